@@ -1,0 +1,335 @@
+package keyvault
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The bolt file holds the check record in bucket "vault" and one nested
+// bucket per key in bucket "keys", whose entries are "key", "v"+version and
+// "m"+version (private key), version as 4 bytes big-endian.
+var (
+	bucketVault = []byte("vault")
+	bucketKeys  = []byte("keys")
+	entryCheck  = []byte("kek-check")
+	entryKey    = []byte("key")
+)
+
+const (
+	prefixVersion  = 'v'
+	prefixMaterial = 'm'
+)
+
+// boltOptions never sets NoSync: every commit is fsynced before it returns.
+// The timeout makes a second process opening the same file fail instead of
+// waiting on the file lock forever.
+var boltOptions = &bolt.Options{Timeout: time.Second}
+
+// BoltStore is the embedded Store: one bbolt file, readable and writable by
+// its owner only.
+type BoltStore struct {
+	path string
+
+	// mu is held for writing only while a commit that erases swaps the file.
+	mu sync.RWMutex
+	db *bolt.DB
+}
+
+// OpenBolt opens the bolt store at path, creating it with mode 0600 if it
+// does not exist.
+func OpenBolt(path string) (*BoltStore, error) {
+	_, statErr := os.Stat(path)
+	db, err := bolt.Open(path, 0o600, boltOptions)
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: open bolt store %s: %w", path, err)
+	}
+	// Holding the file lock now, remove what a rewrite interrupted by a
+	// crash left behind: the file at path is still the committed one.
+	err = removeIfExists(rewritePath(path))
+	if err == nil && errors.Is(statErr, fs.ErrNotExist) {
+		// The new file's directory entry must be durable too, or the first
+		// acknowledged write could vanish with it.
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("keyvault: open bolt store %s: %w", path, err), db.Close())
+	}
+	return &BoltStore{path: path, db: db}, nil
+}
+
+// Close closes the file. Closing twice is not an error.
+func (s *BoltStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return nil
+	}
+	err := s.db.Close()
+	s.db = nil
+	if err != nil {
+		return fmt.Errorf("keyvault: close bolt store: %w", err)
+	}
+	return nil
+}
+
+// Scan implements Store.
+func (s *BoltStore) Scan(ctx context.Context, fn func(Record) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return ErrClosed
+	}
+	return s.db.View(func(tx *bolt.Tx) error {
+		return forEachRecord(tx, func(r Record) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			// Values live in the memory map only while the transaction does.
+			r.Sealed = append([]byte(nil), r.Sealed...)
+			return fn(r)
+		})
+	})
+}
+
+// Commit implements Store in one bbolt transaction, fsynced before it
+// returns.
+func (s *BoltStore) Commit(ctx context.Context, w Write) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(w.Erase) > 0 {
+		return s.rewrite(w)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return ErrClosed
+	}
+	return s.db.Update(func(tx *bolt.Tx) error { return applyWrite(tx, w) })
+}
+
+// rewrite commits a write that erases records by copying every other record
+// into a new file and renaming it over the old one. bbolt is copy-on-write:
+// a deleted value stays in a freed page until the page happens to be reused,
+// so deleting in place would leave the sealed private key in the file.
+// The rename is the commit point: until then the old file is untouched.
+func (s *BoltStore) rewrite(w Write) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return ErrClosed
+	}
+	tmp := rewritePath(s.path)
+	if err := removeIfExists(tmp); err != nil {
+		return fmt.Errorf("keyvault: %w", err)
+	}
+	dst, err := bolt.Open(tmp, 0o600, boltOptions)
+	if err != nil {
+		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+	}
+	erased := make(map[RecordRef]bool, len(w.Erase))
+	for _, ref := range w.Erase {
+		erased[ref] = true
+	}
+	err = s.db.View(func(src *bolt.Tx) error {
+		return dst.Update(func(tx *bolt.Tx) error {
+			err := forEachRecord(src, func(r Record) error {
+				if erased[r.RecordRef] {
+					return nil
+				}
+				return putRecord(tx, r)
+			})
+			if err != nil {
+				return err
+			}
+			return applyWrite(tx, w)
+		})
+	})
+	if err == nil {
+		err = os.Rename(tmp, s.path)
+	}
+	if err != nil {
+		return errors.Join(fmt.Errorf("keyvault: rewrite bolt store: %w", err), dst.Close(), removeIfExists(tmp))
+	}
+	// The old file is unlinked and the write is durable in the new one, so
+	// closing the old one can only fail to release resources.
+	_ = s.db.Close()
+	s.db = dst
+	if err := syncDir(filepath.Dir(s.path)); err != nil {
+		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+	}
+	return nil
+}
+
+func rewritePath(path string) string { return path + ".rewrite" }
+
+// forEachRecord calls fn for every record in tx. Anything else found in the
+// file is reported as corrupted: the vault never drops data silently.
+func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
+	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+		switch string(name) {
+		case string(bucketVault):
+			return b.ForEach(func(k, v []byte) error {
+				if string(k) != string(entryCheck) || v == nil {
+					return unknownEntry(name, k)
+				}
+				return fn(Record{RecordRef: RecordRef{Kind: RecordCheck}, Sealed: v})
+			})
+		case string(bucketKeys):
+			return b.ForEach(func(id, v []byte) error {
+				kb := b.Bucket(id)
+				if v != nil || kb == nil {
+					return unknownEntry(name, id)
+				}
+				return kb.ForEach(func(k, v []byte) error {
+					ref, ok := parseEntry(string(id), k)
+					if !ok || v == nil {
+						return unknownEntry(id, k)
+					}
+					return fn(Record{RecordRef: ref, Sealed: v})
+				})
+			})
+		}
+		return unknownEntry(nil, name)
+	})
+}
+
+func unknownEntry(bucket, key []byte) error {
+	return fmt.Errorf("keyvault: bolt store: unexpected entry %.64q in bucket %.64q: %w", key, bucket, ErrCorrupted)
+}
+
+// parseEntry is the inverse of entryName.
+func parseEntry(id string, k []byte) (RecordRef, bool) {
+	if string(k) == string(entryKey) {
+		return RecordRef{Kind: RecordKey, ID: id}, true
+	}
+	if len(k) != 5 {
+		return RecordRef{}, false
+	}
+	n := binary.BigEndian.Uint32(k[1:])
+	switch k[0] {
+	case prefixVersion:
+		return RecordRef{Kind: RecordVersion, ID: id, Version: n}, n != 0
+	case prefixMaterial:
+		return RecordRef{Kind: RecordMaterial, ID: id, Version: n}, n != 0
+	}
+	return RecordRef{}, false
+}
+
+// entryName returns the bucket path and entry name of ref.
+func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
+	if ref.Kind == RecordCheck {
+		return [][]byte{bucketVault}, entryCheck, nil
+	}
+	if ref.ID == "" {
+		return nil, nil, fmt.Errorf("keyvault: bolt store: %v without key id: %w", ref, ErrInvalidArgument)
+	}
+	buckets = [][]byte{bucketKeys, []byte(ref.ID)}
+	switch ref.Kind {
+	case RecordKey:
+		return buckets, entryKey, nil
+	case RecordVersion, RecordMaterial:
+		if ref.Version == 0 {
+			return nil, nil, fmt.Errorf("keyvault: bolt store: %v: %w", ref, ErrInvalidArgument)
+		}
+		prefix := byte(prefixVersion)
+		if ref.Kind == RecordMaterial {
+			prefix = prefixMaterial
+		}
+		return buckets, binary.BigEndian.AppendUint32([]byte{prefix}, ref.Version), nil
+	}
+	return nil, nil, fmt.Errorf("keyvault: bolt store: %v: %w", ref, ErrInvalidArgument)
+}
+
+// bucketFor returns the bucket holding ref and the entry's name. With create
+// false, a missing bucket is returned as nil.
+func bucketFor(tx *bolt.Tx, ref RecordRef, create bool) (*bolt.Bucket, []byte, error) {
+	path, name, err := entryName(ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	var b *bolt.Bucket
+	for i, p := range path {
+		switch {
+		case create && i == 0:
+			b, err = tx.CreateBucketIfNotExists(p)
+		case create:
+			b, err = b.CreateBucketIfNotExists(p)
+		case i == 0:
+			b = tx.Bucket(p)
+		default:
+			b = b.Bucket(p)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("keyvault: bolt store: %v: %w", ref, err)
+		}
+		if b == nil {
+			return nil, name, nil
+		}
+	}
+	return b, name, nil
+}
+
+func putRecord(tx *bolt.Tx, r Record) error {
+	b, name, err := bucketFor(tx, r.RecordRef, true)
+	if err != nil {
+		return err
+	}
+	return b.Put(name, r.Sealed)
+}
+
+func applyWrite(tx *bolt.Tx, w Write) error {
+	for _, r := range w.Create {
+		b, name, err := bucketFor(tx, r.RecordRef, true)
+		if err != nil {
+			return err
+		}
+		if b.Get(name) != nil {
+			return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrAlreadyExists)
+		}
+		if err := b.Put(name, r.Sealed); err != nil {
+			return err
+		}
+	}
+	for _, r := range w.Put {
+		if err := putRecord(tx, r); err != nil {
+			return err
+		}
+	}
+	for _, ref := range w.Erase {
+		b, name, err := bucketFor(tx, ref, false)
+		if err != nil {
+			return err
+		}
+		if b != nil {
+			if err := b.Delete(name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}

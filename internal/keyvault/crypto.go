@@ -1,0 +1,159 @@
+package keyvault
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"fmt"
+	"math/big"
+	"net"
+	"slices"
+)
+
+// Sign signs input with a version of key id (0: the primary) using a TLS
+// signature scheme that fits the key. If isDigest, input is the digest of
+// the message under the scheme's hash; otherwise input is the message and
+// the vault hashes it. ed25519 always signs the message itself.
+func (v *Vault) Sign(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, error) {
+	ver, err := v.enabledVersion(id, version)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(schemes(ver.alg), scheme) {
+		return nil, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
+	}
+	opts := signerOpts(scheme)
+	hash := opts.HashFunc()
+	switch {
+	case isDigest && hash == 0:
+		return nil, fmt.Errorf("keyvault: %v signs the message itself, not a digest: %w", scheme, ErrInvalidArgument)
+	case isDigest && len(input) != hash.Size():
+		return nil, fmt.Errorf("keyvault: a %v digest is %d bytes, not %d: %w", scheme, hash.Size(), len(input), ErrInvalidArgument)
+	case !isDigest && hash != 0:
+		h := hash.New()
+		h.Write(input)
+		input = h.Sum(nil)
+	}
+	sig, err := ver.signer.Sign(rand.Reader, input, opts)
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: key %q version %d: sign with %v: %w", id, ver.number, scheme, err)
+	}
+	return sig, nil
+}
+
+// premasterLen is the length of an RSA-encrypted premaster secret
+// (RFC 5246 §7.4.7.1).
+const premasterLen = 48
+
+// Decrypt decrypts ciphertext with an RSA version of key id (0: the
+// primary). In DecryptRSAPKCS1TLSPremaster mode it never fails for a
+// ciphertext as long as the modulus: see decryptPremaster.
+// expectedClientVersion is the client_version of the ClientHello, or 0 to
+// skip the version check.
+func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode DecryptMode, ciphertext []byte, expectedClientVersion uint16) ([]byte, error) {
+	if mode != DecryptRSAPKCS1TLSPremaster && mode != DecryptRSAOAEPSHA256 {
+		return nil, fmt.Errorf("keyvault: decrypt mode %v: %w", mode, ErrInvalidArgument)
+	}
+	ver, err := v.enabledVersion(id, version)
+	if err != nil {
+		return nil, err
+	}
+	priv, ok := ver.signer.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("keyvault: key %q version %d is %v; decryption needs an RSA key: %w", id, ver.number, ver.alg, ErrInvalidArgument)
+	}
+	// The length is public (it is on the wire), so rejecting it tells an
+	// attacker nothing.
+	if len(ciphertext) != priv.Size() {
+		return nil, fmt.Errorf("keyvault: key %q version %d: ciphertext is %d bytes, the modulus %d: %w", id, ver.number, len(ciphertext), priv.Size(), ErrInvalidArgument)
+	}
+	if mode == DecryptRSAOAEPSHA256 {
+		plaintext, err := rsa.DecryptOAEP(sha256.New(), nil, priv, ciphertext, nil)
+		if err != nil {
+			return nil, fmt.Errorf("keyvault: key %q version %d: decryption failed: %w", id, ver.number, ErrInvalidArgument)
+		}
+		return plaintext, nil
+	}
+	premaster, err := decryptPremaster(priv, ciphertext, expectedClientVersion)
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: key %q version %d: %w", id, ver.number, err)
+	}
+	return premaster, nil
+}
+
+// decryptPremaster is the server's side of RFC 5246 §7.4.7.1. A server that
+// lets a client tell whether the PKCS #1 v1.5 padding, the length or the
+// version of a decrypted premaster was right, by an error, an alert or its
+// timing, is a Bleichenbacher oracle (Bleichenbacher 1998; ROBOT 2017):
+// with enough queries an attacker decrypts any recorded ciphertext or signs
+// with the key. So every ciphertext of the modulus' length yields 48 bytes
+// and no error: the premaster if padding, length and version are right,
+// else 48 random bytes, and the handshake then fails at Finished as for any
+// wrong premaster. Both outcomes take the same path; nothing branches on
+// secret data.
+func decryptPremaster(priv *rsa.PrivateKey, ciphertext []byte, clientVersion uint16) ([]byte, error) {
+	random := make([]byte, premasterLen)
+	rand.Read(random)
+	premaster := bytes.Clone(random)
+	defer clear(random)
+
+	// A value not below the modulus is no RSA ciphertext, which the
+	// decryption reports as an error. The modulus is public, so this check
+	// leaks nothing; such a ciphertext gets the random premaster like any
+	// other bad one.
+	if new(big.Int).SetBytes(ciphertext).Cmp(priv.N) >= 0 {
+		return premaster, nil
+	}
+	// DecryptPKCS1v15SessionKey overwrites premaster only if the padding is
+	// valid and the message 48 bytes long, in constant time. Its errors
+	// depend on public values only (key size, FIPS 140-only mode).
+	if err := rsa.DecryptPKCS1v15SessionKey(nil, priv, ciphertext, premaster); err != nil {
+		return nil, fmt.Errorf("rsa decryption: %w", err)
+	}
+	if clientVersion != 0 {
+		// The first two bytes are the client_version of the ClientHello;
+		// a mismatch means a version rollback attack or a bad premaster.
+		var want [2]byte
+		binary.BigEndian.PutUint16(want[:], clientVersion)
+		mismatch := 1 ^ subtle.ConstantTimeCompare(premaster[:2], want[:])
+		subtle.ConstantTimeCopy(mismatch, premaster, random)
+	}
+	return premaster, nil
+}
+
+// CreateCSR returns a DER certificate signing request (PKCS #10) for a
+// version of key id (0: the primary), signed by it inside the vault.
+func (v *Vault) CreateCSR(ctx context.Context, id string, version uint32, subject pkix.Name, dnsNames []string, ips []net.IP) ([]byte, error) {
+	ver, err := v.enabledVersion(id, version)
+	if err != nil {
+		return nil, err
+	}
+	template := &x509.CertificateRequest{Subject: subject, DNSNames: dnsNames, IPAddresses: ips}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, template, ver.signer)
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: key %q version %d: create CSR: %v: %w", id, ver.number, err, ErrInvalidArgument)
+	}
+	return csr, nil
+}
+
+// CreateSelfSignedCertificate returns a DER certificate for template, issued
+// and signed by a version of key id (0: the primary) inside the vault. A
+// development instance uses it to give its sample key a certificate.
+func (v *Vault) CreateSelfSignedCertificate(ctx context.Context, id string, version uint32, template *x509.Certificate) ([]byte, error) {
+	ver, err := v.enabledVersion(id, version)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, template, ver.signer.Public(), ver.signer)
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: key %q version %d: create certificate: %v: %w", id, ver.number, err, ErrInvalidArgument)
+	}
+	return der, nil
+}

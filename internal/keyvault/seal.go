@@ -1,0 +1,112 @@
+package keyvault
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// kekSize is the size of the key-encryption key: AES-256.
+const kekSize = 32
+
+// checkPlaintext is what the check record holds: if it opens to this, the
+// key-encryption key is right and every other record must open too.
+var checkPlaintext = []byte("handshaked key vault check record v1")
+
+var checkRef = RecordRef{Kind: RecordCheck}
+
+// sealer seals records with AES-256-GCM under the key-encryption key. Each
+// seal draws a fresh random 96-bit nonce (cipher.NewGCMWithRandomNonce
+// prepends it); records are written rarely, far below the 2^32 seals per
+// key after which random nonces may collide.
+type sealer struct{ aead cipher.AEAD }
+
+func newSealer(kek []byte) (sealer, error) {
+	if len(kek) != kekSize {
+		return sealer{}, fmt.Errorf("keyvault: key-encryption key must be %d bytes, not %d: %w", kekSize, len(kek), ErrInvalidArgument)
+	}
+	block, err := aes.NewCipher(kek)
+	if err != nil {
+		return sealer{}, fmt.Errorf("keyvault: %w", err)
+	}
+	aead, err := cipher.NewGCMWithRandomNonce(block)
+	if err != nil {
+		return sealer{}, fmt.Errorf("keyvault: %w", err)
+	}
+	return sealer{aead: aead}, nil
+}
+
+// associatedData binds a record to its kind, key id and version, so a
+// record copied anywhere else in the store fails to open.
+func associatedData(ref RecordRef) []byte {
+	const prefix = "handshaked/v1/"
+	n := strconv.FormatUint(uint64(ref.Version), 10)
+	switch ref.Kind {
+	case RecordCheck:
+		return []byte(prefix + "kek-check")
+	case RecordKey:
+		return []byte(prefix + "key/" + ref.ID)
+	case RecordVersion:
+		return []byte(prefix + "version/" + ref.ID + "/" + n)
+	case RecordMaterial:
+		return []byte(prefix + "material/" + ref.ID + "/" + n)
+	}
+	// load rejects records of other kinds before opening any, and the
+	// vault seals only the kinds above.
+	panic("keyvault: associated data for " + ref.String())
+}
+
+func (s sealer) seal(ref RecordRef, plaintext []byte) Record {
+	return Record{RecordRef: ref, Sealed: s.aead.Seal(nil, nil, plaintext, associatedData(ref))}
+}
+
+// open returns the plaintext of r; the caller clears it if it is secret.
+func (s sealer) open(r Record) ([]byte, error) {
+	plaintext, err := s.aead.Open(nil, nil, r.Sealed, associatedData(r.RecordRef))
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+	}
+	return plaintext, nil
+}
+
+// keyRecord is the plaintext of a RecordKey.
+type keyRecord struct {
+	Labels     map[string]string `json:"labels,omitempty"`
+	CreateTime time.Time         `json:"create_time"`
+	// Versions is the number of versions, so that a dropped newest version
+	// record is detected like any other missing record.
+	Versions uint32 `json:"versions"`
+}
+
+// versionRecord is the plaintext of a RecordVersion. The private key is in
+// the RecordMaterial, as PKCS #8 DER.
+type versionRecord struct {
+	State      string    `json:"state"`
+	Algorithm  string    `json:"algorithm"`
+	Imported   bool      `json:"imported,omitempty"`
+	CreateTime time.Time `json:"create_time"`
+	PublicKey  []byte    `json:"public_key"` // PKIX DER
+	Chain      [][]byte  `json:"chain,omitempty"`
+}
+
+func (s sealer) sealJSON(ref RecordRef, v any) (Record, error) {
+	plaintext, err := json.Marshal(v)
+	if err != nil {
+		return Record{}, fmt.Errorf("keyvault: encode %v: %w", ref, err)
+	}
+	return s.seal(ref, plaintext), nil
+}
+
+func (s sealer) openJSON(r Record, v any) error {
+	plaintext, err := s.open(r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(plaintext, v); err != nil {
+		return fmt.Errorf("keyvault: %v: undecodable: %w", r.RecordRef, ErrCorrupted)
+	}
+	return nil
+}

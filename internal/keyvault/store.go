@@ -1,0 +1,80 @@
+package keyvault
+
+import (
+	"context"
+	"fmt"
+)
+
+// RecordKind says what a record holds.
+type RecordKind uint8
+
+const (
+	// RecordCheck is the store's one check record: a known plaintext sealed
+	// under the key-encryption key, so that New can tell a wrong KEK from a
+	// corrupted record.
+	RecordCheck RecordKind = iota + 1
+	// RecordKey holds a key's metadata: labels, create time, version count.
+	RecordKey
+	// RecordVersion holds a version's metadata: state, algorithm, public
+	// key, certificate chain.
+	RecordVersion
+	// RecordMaterial holds a version's private key. It is erased when the
+	// version is destroyed.
+	RecordMaterial
+)
+
+// RecordRef names a record: its kind, key id and version number. ID is
+// empty for RecordCheck; Version is 0 unless Kind is RecordVersion or
+// RecordMaterial.
+type RecordRef struct {
+	Kind    RecordKind
+	ID      string
+	Version uint32
+}
+
+func (r RecordRef) String() string {
+	switch r.Kind {
+	case RecordCheck:
+		return "check record"
+	case RecordKey:
+		return fmt.Sprintf("key %q", r.ID)
+	case RecordVersion:
+		return fmt.Sprintf("key %q version %d", r.ID, r.Version)
+	case RecordMaterial:
+		return fmt.Sprintf("key %q version %d private key", r.ID, r.Version)
+	}
+	return fmt.Sprintf("record of kind %d for key %q version %d", r.Kind, r.ID, r.Version)
+}
+
+// Record is a sealed record: AES-256-GCM under the key-encryption key, with
+// its RecordRef bound as associated data. A store sees nothing else.
+type Record struct {
+	RecordRef
+	Sealed []byte
+}
+
+// Write is one atomic change of a store.
+type Write struct {
+	// Create holds records that must not exist yet; if one does, Commit
+	// fails with an error wrapping ErrAlreadyExists and changes nothing.
+	Create []Record
+	// Put holds records that are created or replaced.
+	Put []Record
+	// Erase names records to remove such that no copy of their bytes stays
+	// in the store. Erasing a missing record is not an error.
+	Erase []RecordRef
+}
+
+// Store keeps the vault's sealed records. It is the seam for backends: the
+// embedded BoltStore, later PKCS#11 or a store shared by several replicas.
+// Implementations must be safe for concurrent use.
+type Store interface {
+	// Scan calls fn once for every record in the store, in no particular
+	// order, and stops at fn's first error. fn may retain the Record. A
+	// store reports what it cannot read as a record rather than skip it.
+	Scan(ctx context.Context, fn func(Record) error) error
+	// Commit applies w atomically (all of it or nothing) and durably: when
+	// Commit returns nil, the change survives a crash or power loss.
+	Commit(ctx context.Context, w Write) error
+	Close() error
+}

@@ -1,0 +1,457 @@
+// Package keyvault holds private keys for handshaked and performs the
+// operations TLS needs from them (sign with a TLS signature scheme, decrypt
+// an RSA premaster) without ever handing the keys out.
+//
+// Keys live in a Store as records sealed with AES-256-GCM under a
+// key-encryption key (KEK). The Vault opens every record at start and keeps
+// the parsed private keys in memory, so the hot path never unseals.
+package keyvault
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Version is a snapshot of one version of a key. It holds no private
+// material. PublicKey is shared by all snapshots and must not be modified.
+type Version struct {
+	Number     uint32
+	State      VersionState
+	Algorithm  Algorithm
+	Imported   bool
+	CreateTime time.Time
+	PublicKey  crypto.PublicKey
+	Chain      [][]byte // attached certificate chain, DER, leaf first; nil if none
+}
+
+// Key is a snapshot of a key and its versions.
+type Key struct {
+	ID         string
+	Labels     map[string]string
+	CreateTime time.Time
+	Primary    uint32    // the newest version, what version 0 resolves to
+	Versions   []Version // ascending by Number
+}
+
+// Vault holds keys and performs operations with them. It is safe for
+// concurrent use.
+type Vault struct {
+	store  Store
+	sealer sealer
+
+	// writeMu serializes changes: each reads the current state, commits the
+	// new one to the store and only then publishes it in keys. Key
+	// operations never take it.
+	writeMu sync.Mutex
+
+	// mu guards the fields below. keyState values are immutable, so key
+	// operations hold mu for reading only as long as a map lookup takes and
+	// run the cryptography outside it, in parallel.
+	mu     sync.RWMutex
+	keys   map[string]*keyState
+	ids    []string // sorted, for List
+	closed bool
+}
+
+type keyState struct {
+	id         string
+	labels     map[string]string
+	createTime time.Time
+	versions   []*versionState // versions[i].number == i+1
+}
+
+type versionState struct {
+	number     uint32
+	state      VersionState
+	alg        Algorithm
+	imported   bool
+	createTime time.Time
+	pubDER     []byte           // PKIX
+	pub        crypto.PublicKey // parsed from pubDER, apart from signer
+	chain      [][]byte
+	signer     crypto.Signer // nil once destroyed
+}
+
+// New opens every record of store under kek (32 bytes) and returns a vault
+// serving them. A wrong kek fails with ErrWrongKEK, a record that does not
+// open or does not fit with ErrCorrupted naming the record. On success the
+// vault owns store and closes it in Close; the caller keeps kek and should
+// clear it.
+func New(ctx context.Context, store Store, kek []byte) (*Vault, error) {
+	s, err := newSealer(kek)
+	if err != nil {
+		return nil, err
+	}
+	v := &Vault{store: store, sealer: s, keys: make(map[string]*keyState)}
+	if err := v.load(ctx); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (v *Vault) load(ctx context.Context) error {
+	var check *Record
+	keyRecords := make(map[string]Record)
+	versionRecords := make(map[RecordRef]Record)
+	err := v.store.Scan(ctx, func(r Record) error {
+		var dup bool
+		switch r.Kind {
+		case RecordCheck:
+			dup = check != nil
+			check = &r
+		case RecordKey:
+			_, dup = keyRecords[r.ID]
+			keyRecords[r.ID] = r
+		case RecordVersion, RecordMaterial:
+			_, dup = versionRecords[r.RecordRef]
+			versionRecords[r.RecordRef] = r
+		default:
+			return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+		}
+		if dup {
+			return fmt.Errorf("keyvault: %v: stored twice: %w", r.RecordRef, ErrCorrupted)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keyvault: load: %w", err)
+	}
+
+	if check == nil {
+		if len(keyRecords) > 0 || len(versionRecords) > 0 {
+			return fmt.Errorf("keyvault: %v is missing: %w", checkRef, ErrCorrupted)
+		}
+		// A new store. The check record lets a later start with another
+		// KEK be told so, rather than that every record is corrupted.
+		if err := v.store.Commit(ctx, Write{Create: []Record{v.sealer.seal(checkRef, checkPlaintext)}}); err != nil {
+			return fmt.Errorf("keyvault: write %v: %w", checkRef, err)
+		}
+		return nil
+	}
+	if plaintext, err := v.sealer.open(*check); err != nil || !bytes.Equal(plaintext, checkPlaintext) {
+		return fmt.Errorf("keyvault: the %v does not open: %w", checkRef, ErrWrongKEK)
+	}
+
+	ids := slices.Sorted(maps.Keys(keyRecords))
+	for _, id := range ids {
+		k, err := v.openKey(keyRecords[id], versionRecords)
+		if err != nil {
+			return err
+		}
+		v.keys[id] = k
+	}
+	v.ids = ids
+	if len(versionRecords) > 0 {
+		leftover := slices.SortedFunc(maps.Keys(versionRecords), func(a, b RecordRef) int {
+			return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Kind, b.Kind))
+		})[0]
+		return fmt.Errorf("keyvault: %v belongs to no key: %w", leftover, ErrCorrupted)
+	}
+	return nil
+}
+
+// openKey opens a key record and its versions, removing what it uses from
+// versionRecords.
+func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
+	if err := validateID(r.ID); err != nil {
+		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+	}
+	var kr keyRecord
+	if err := v.sealer.openJSON(r, &kr); err != nil {
+		return nil, err
+	}
+	if kr.Versions == 0 {
+		return nil, fmt.Errorf("keyvault: %v has no versions: %w", r.RecordRef, ErrCorrupted)
+	}
+	k := &keyState{id: r.ID, labels: kr.Labels, createTime: kr.CreateTime}
+	for n := uint32(1); n <= kr.Versions; n++ {
+		ref := RecordRef{Kind: RecordVersion, ID: r.ID, Version: n}
+		vr, ok := versionRecords[ref]
+		if !ok {
+			return nil, fmt.Errorf("keyvault: %v is missing: %w", ref, ErrCorrupted)
+		}
+		delete(versionRecords, ref)
+		ref.Kind = RecordMaterial
+		material, hasMaterial := versionRecords[ref]
+		delete(versionRecords, ref)
+		ver, err := v.openVersion(vr, material, hasMaterial)
+		if err != nil {
+			return nil, err
+		}
+		k.versions = append(k.versions, ver)
+	}
+	return k, nil
+}
+
+func (v *Vault) openVersion(r, material Record, hasMaterial bool) (*versionState, error) {
+	var vr versionRecord
+	if err := v.sealer.openJSON(r, &vr); err != nil {
+		return nil, err
+	}
+	corrupted := fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+	state, ok := parseVersionState(vr.State)
+	if !ok {
+		return nil, corrupted
+	}
+	alg, err := ParseAlgorithm(vr.Algorithm)
+	if err != nil {
+		return nil, corrupted
+	}
+	pub, err := x509.ParsePKIXPublicKey(vr.PublicKey)
+	if err != nil {
+		return nil, corrupted
+	}
+	ver := &versionState{
+		number: r.Version, state: state, alg: alg, imported: vr.Imported, createTime: vr.CreateTime,
+		pubDER: vr.PublicKey, pub: pub, chain: vr.Chain,
+	}
+	switch {
+	case state == StateDestroyed && hasMaterial:
+		return nil, fmt.Errorf("keyvault: %v: the version is destroyed but its private key is stored: %w", material.RecordRef, ErrCorrupted)
+	case state == StateDestroyed:
+		return ver, nil
+	case !hasMaterial:
+		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)
+	}
+	der, err := v.sealer.open(material)
+	if err != nil {
+		return nil, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(der)
+	clear(der)
+	signer, ok := key.(crypto.Signer)
+	if err != nil || !ok {
+		return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
+	}
+	if got, err := algorithmOf(signer); err != nil || got != alg || !publicKeyEqual(signer.Public(), pub) {
+		return nil, fmt.Errorf("keyvault: %v does not match its version record: %w", material.RecordRef, ErrCorrupted)
+	}
+	ver.signer = signer
+	return ver, nil
+}
+
+// newVersion makes the state of a new enabled version holding signer, and
+// returns its private key as PKCS #8 DER, which the caller seals and clears.
+func newVersion(number uint32, signer crypto.Signer, alg Algorithm, imported bool, now time.Time) (*versionState, []byte, error) {
+	pubDER, err := x509.MarshalPKIXPublicKey(signer.Public())
+	if err != nil {
+		return nil, nil, fmt.Errorf("keyvault: encode public key: %w", err)
+	}
+	// A copy of its own, so no snapshot's PublicKey aliases the private key.
+	pub, err := x509.ParsePKIXPublicKey(pubDER)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keyvault: decode public key: %w", err)
+	}
+	material, err := x509.MarshalPKCS8PrivateKey(signer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keyvault: encode private key: %w", err)
+	}
+	ver := &versionState{
+		number: number, state: StateEnabled, alg: alg, imported: imported, createTime: now,
+		pubDER: pubDER, pub: pub, signer: signer,
+	}
+	return ver, material, nil
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	e, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && e.Equal(b)
+}
+
+func (v *Vault) sealKey(k *keyState) (Record, error) {
+	return v.sealer.sealJSON(RecordRef{Kind: RecordKey, ID: k.id}, keyRecord{
+		Labels: k.labels, CreateTime: k.createTime, Versions: uint32(len(k.versions)),
+	})
+}
+
+func (v *Vault) sealVersion(id string, ver *versionState) (Record, error) {
+	return v.sealer.sealJSON(RecordRef{Kind: RecordVersion, ID: id, Version: ver.number}, versionRecord{
+		State: ver.state.String(), Algorithm: ver.alg.String(), Imported: ver.imported,
+		CreateTime: ver.createTime, PublicKey: ver.pubDER, Chain: ver.chain,
+	})
+}
+
+// Close closes the vault and its store, and drops the keys from memory.
+func (v *Vault) Close() error {
+	v.writeMu.Lock()
+	defer v.writeMu.Unlock()
+	v.mu.Lock()
+	if v.closed {
+		v.mu.Unlock()
+		return nil
+	}
+	v.closed = true
+	v.keys, v.ids = nil, nil
+	v.mu.Unlock()
+	return v.store.Close()
+}
+
+// key returns the current state of key id.
+func (v *Vault) key(id string) (*keyState, error) {
+	if err := validateID(id); err != nil {
+		return nil, err
+	}
+	v.mu.RLock()
+	k, ok := v.keys[id]
+	closed := v.closed
+	v.mu.RUnlock()
+	switch {
+	case closed:
+		return nil, ErrClosed
+	case !ok:
+		return nil, fmt.Errorf("keyvault: key %q: %w", id, ErrNotFound)
+	}
+	return k, nil
+}
+
+// version returns version n of k, 0 meaning the primary (newest) one.
+func (k *keyState) version(n uint32) (*versionState, error) {
+	if n == 0 {
+		n = uint32(len(k.versions))
+	}
+	if n > uint32(len(k.versions)) {
+		return nil, fmt.Errorf("keyvault: key %q version %d: %w", k.id, n, ErrNotFound)
+	}
+	return k.versions[n-1], nil
+}
+
+// enabledVersion returns the version that a key operation may use.
+func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
+	k, err := v.key(id)
+	if err != nil {
+		return nil, err
+	}
+	ver, err := k.version(n)
+	if err != nil {
+		return nil, err
+	}
+	if ver.state != StateEnabled {
+		return nil, fmt.Errorf("keyvault: key %q version %d is %v: %w", id, ver.number, ver.state, ErrFailedPrecondition)
+	}
+	return ver, nil
+}
+
+// withVersion returns a copy of k with ver replacing or appending the
+// version of its number.
+func (k *keyState) withVersion(ver *versionState) *keyState {
+	next := *k
+	next.versions = slices.Clone(k.versions)
+	if int(ver.number) > len(next.versions) {
+		next.versions = append(next.versions, ver)
+	} else {
+		next.versions[ver.number-1] = ver
+	}
+	return &next
+}
+
+// publish makes k the current state of its key. The caller holds writeMu
+// and has committed k to the store.
+func (v *Vault) publish(k *keyState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if _, ok := v.keys[k.id]; !ok {
+		i, _ := slices.BinarySearch(v.ids, k.id)
+		v.ids = slices.Insert(v.ids, i, k.id)
+	}
+	v.keys[k.id] = k
+}
+
+func (k *keyState) snapshot() *Key {
+	key := &Key{
+		ID:         k.id,
+		Labels:     maps.Clone(k.labels),
+		CreateTime: k.createTime,
+		Primary:    uint32(len(k.versions)),
+		Versions:   make([]Version, len(k.versions)),
+	}
+	for i, ver := range k.versions {
+		key.Versions[i] = Version{
+			Number: ver.number, State: ver.state, Algorithm: ver.alg, Imported: ver.imported,
+			CreateTime: ver.createTime, PublicKey: ver.pub, Chain: cloneChain(ver.chain),
+		}
+	}
+	return key
+}
+
+func cloneChain(chain [][]byte) [][]byte {
+	if chain == nil {
+		return nil
+	}
+	out := make([][]byte, len(chain))
+	for i, c := range chain {
+		out[i] = slices.Clone(c)
+	}
+	return out
+}
+
+// Get returns key id.
+func (v *Vault) Get(ctx context.Context, id string) (*Key, error) {
+	k, err := v.key(id)
+	if err != nil {
+		return nil, err
+	}
+	return k.snapshot(), nil
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+)
+
+// List returns keys ordered by id, pageSize of them (50 if pageSize <= 0,
+// at most 1000), starting after the page that returned pageToken. The
+// returned token is empty on the last page.
+func (v *Vault) List(ctx context.Context, pageSize int, pageToken string) ([]*Key, string, error) {
+	if pageSize <= 0 {
+		pageSize = defaultPageSize
+	}
+	pageSize = min(pageSize, maxPageSize)
+	var after string
+	if pageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil || validateID(string(b)) != nil {
+			return nil, "", fmt.Errorf("keyvault: invalid page token: %w", ErrInvalidArgument)
+		}
+		after = string(b)
+	}
+
+	v.mu.RLock()
+	if v.closed {
+		v.mu.RUnlock()
+		return nil, "", ErrClosed
+	}
+	start := 0
+	if after != "" {
+		i, found := slices.BinarySearch(v.ids, after)
+		if found {
+			i++
+		}
+		start = i
+	}
+	end := min(start+pageSize, len(v.ids))
+	states := make([]*keyState, 0, end-start)
+	for _, id := range v.ids[start:end] {
+		states = append(states, v.keys[id])
+	}
+	more := end < len(v.ids)
+	v.mu.RUnlock()
+
+	keys := make([]*Key, len(states))
+	for i, k := range states {
+		keys[i] = k.snapshot()
+	}
+	var next string
+	if more {
+		next = base64.RawURLEncoding.EncodeToString([]byte(keys[len(keys)-1].ID))
+	}
+	return keys, next, nil
+}
