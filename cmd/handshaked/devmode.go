@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+// sampleKeyID is the key a development instance starts with.
+const sampleKeyID = "dev-rsa"
+
+// loadOrCreateKEK reads the hex-encoded 32-byte key-encryption key, creating
+// it (mode 0600, never overwriting) when the file does not exist yet.
+func loadOrCreateKEK(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		kek := make([]byte, 32)
+		rand.Read(kek)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("key-encryption key: %w", err)
+		}
+		_, werr := f.WriteString(hex.EncodeToString(kek) + "\n")
+		if serr := f.Sync(); werr == nil {
+			werr = serr
+		}
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return nil, fmt.Errorf("key-encryption key %s: %w", path, werr)
+		}
+		slog.Warn("created a new key-encryption key", "file", path)
+		return kek, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key-encryption key: %w", err)
+	}
+	kek, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	clear(data)
+	if err != nil || len(kek) != 32 {
+		return nil, fmt.Errorf("key-encryption key %s: want 64 hex digits (32 bytes)", path)
+	}
+	return kek, nil
+}
+
+// ensureSampleKey gives a development instance an RSA key with a self-signed
+// certificate for localhost, made inside the vault like any other.
+func ensureSampleKey(ctx context.Context, vault *keyvault.Vault) error {
+	if _, err := vault.Get(ctx, sampleKeyID); err == nil {
+		return nil
+	} else if !errors.Is(err, keyvault.ErrNotFound) {
+		return err
+	}
+	k, err := vault.Create(ctx, sampleKeyID, keyvault.RSA2048, map[string]string{"purpose": "development"})
+	if err != nil {
+		return err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "localhost", Organization: []string{"handshaked development"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.AddDate(1, 0, 0),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := vault.CreateSelfSignedCertificate(ctx, sampleKeyID, k.Primary, tmpl)
+	if err != nil {
+		return fmt.Errorf("self-signed certificate: %w", err)
+	}
+	if _, err := vault.AttachChain(ctx, sampleKeyID, k.Primary, [][]byte{der}); err != nil {
+		return err
+	}
+	slog.Info("created the sample key with a self-signed certificate for localhost", "key", sampleKeyID)
+	return nil
+}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+)
+
+// TestMain lets the test binary act as the handshaked binary: a test starts
+// it again with HANDSHAKED_RUN_MAIN=1 and gets a real server process it can
+// SIGKILL.
+func TestMain(m *testing.M) {
+	if os.Getenv("HANDSHAKED_RUN_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+type process struct {
+	cmd      *exec.Cmd
+	grpcAddr string
+	restURL  string
+	output   *strings.Builder
+	mu       *sync.Mutex
+	exited   chan error
+}
+
+var servingLine = regexp.MustCompile(`grpc_addr=(\S+) rest_url=(\S+)`)
+
+// startProcess runs handshaked on dataDir with loopback ports picked by the
+// kernel and waits until it serves, or until it exits.
+func startProcess(t *testing.T, dataDir string, extra ...string) *process {
+	t.Helper()
+	args := append([]string{"-data-dir", dataDir, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, extra...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "HANDSHAKED_RUN_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, output: &strings.Builder{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	serving := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.output.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
+			if m := servingLine.FindStringSubmatch(sc.Text()); m != nil {
+				serving <- [2]string{m[1], m[2]}
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	select {
+	case addrs := <-serving:
+		p.grpcAddr, p.restURL = addrs[0], addrs[1]
+		return p
+	case err := <-p.exited:
+		p.exited <- err
+		return p // did not serve: the caller inspects exited and output
+	case <-time.After(60 * time.Second):
+		t.Fatalf("handshaked did not start:\n%s", p.out())
+	}
+	return nil
+}
+
+func (p *process) out() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.output.String()
+}
+
+func (p *process) client(t *testing.T) pb.KeyVaultClient {
+	t.Helper()
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewKeyVaultClient(conn)
+}
+
+// TestDurabilityUnderSIGKILL creates and imports keys concurrently, SIGKILLs
+// the server while writes are still in flight, restarts it on the same data,
+// and requires every acknowledged key to be there and usable. Many rounds.
+func TestDurabilityUnderSIGKILL(t *testing.T) {
+	dataDir := t.TempDir()
+	importPEM, err := os.ReadFile(filepath.Join("..", "..", "testdata", "keys", "p256-pkcs8.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var acked []string
+	const rounds, writers, perWriter = 20, 4, 6
+	for round := 0; round < rounds; round++ {
+		p := startProcess(t, dataDir)
+		if p.grpcAddr == "" {
+			t.Fatalf("round %d: server did not start:\n%s", round, p.out())
+		}
+		kv := p.client(t)
+		verifyKeys(t, kv, acked)
+
+		// Writers keep writing; the kill lands once every writer has had a
+		// few acknowledgements, so some writes are in flight at that moment.
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		done := make(chan struct{}, writers*perWriter)
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					id := fmt.Sprintf("r%d-w%d-%d", round, w, i)
+					var err error
+					if i%2 == 0 {
+						_, err = kv.CreateKey(context.Background(), &pb.CreateKeyRequest{Id: id, Algorithm: pb.Algorithm_ALGORITHM_ED25519})
+					} else {
+						_, err = kv.ImportKey(context.Background(), &pb.ImportKeyRequest{Id: id, PrivateKeyPem: importPEM})
+					}
+					if err != nil {
+						return // the server is gone
+					}
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
+					done <- struct{}{}
+				}
+			}()
+		}
+		for i := 0; i < writers*perWriter/2; i++ {
+			<-done
+		}
+		if err := p.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for range done {
+			}
+		}()
+		wg.Wait()
+		close(done)
+		<-p.exited
+	}
+	p := startProcess(t, dataDir)
+	if p.grpcAddr == "" {
+		t.Fatalf("final start failed:\n%s", p.out())
+	}
+	verifyKeys(t, p.client(t), acked)
+	t.Logf("%d acknowledged keys survived %d SIGKILLs", len(acked), rounds)
+}
+
+func verifyKeys(t *testing.T, kv pb.KeyVaultClient, ids []string) {
+	t.Helper()
+	msg := []byte("still here")
+	for _, id := range ids {
+		k, err := kv.GetKey(context.Background(), &pb.GetKeyRequest{Key: id})
+		if err != nil {
+			t.Fatalf("acknowledged key %s lost: %v", id, err)
+		}
+		scheme := pb.SignatureScheme_SIGNATURE_SCHEME_ED25519
+		if k.GetVersions()[0].GetAlgorithm() == pb.Algorithm_ALGORITHM_ECDSA_P256 {
+			scheme = pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256
+		}
+		resp, err := kv.Sign(context.Background(), &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Message{Message: msg}})
+		if err != nil {
+			t.Fatalf("acknowledged key %s unusable: %v", id, err)
+		}
+		if scheme == pb.SignatureScheme_SIGNATURE_SCHEME_ED25519 {
+			pub, err := kv.GetPublicKey(context.Background(), &pb.GetPublicKeyRequest{Key: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !verifyEd25519PEM(t, pub.GetPem(), msg, resp.GetSignature()) {
+				t.Fatalf("key %s: signature does not verify after restart", id)
+			}
+		}
+	}
+}
+
+func verifyEd25519PEM(t *testing.T, pubPEM string, msg, sig []byte) bool {
+	t.Helper()
+	pub := parsePublicKeyPEM(t, pubPEM)
+	return ed25519.Verify(pub.(ed25519.PublicKey), msg, sig)
+}

@@ -1,0 +1,51 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+// toStatus maps a domain error to a gRPC status. The vault's sentinel errors
+// carry caller mistakes; their messages are safe to return (the vault never
+// puts secrets in errors). Anything else is the service's fault: the caller
+// gets a generic INTERNAL and the detail goes to the log only.
+func toStatus(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var code codes.Code
+	switch {
+	case errors.Is(err, keyvault.ErrInvalidArgument):
+		code = codes.InvalidArgument
+	case errors.Is(err, keyvault.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, keyvault.ErrAlreadyExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, keyvault.ErrFailedPrecondition):
+		code = codes.FailedPrecondition
+	case errors.Is(err, keyvault.ErrClosed):
+		code = codes.Unavailable
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	default:
+		slog.ErrorContext(ctx, "internal error", "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	return status.Error(code, err.Error())
+}
+
+// invalid is a caller mistake found by the service's own validation.
+func invalid(format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, format, args...)
+}

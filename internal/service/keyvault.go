@@ -1,0 +1,283 @@
+package service
+
+import (
+	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"net"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+// Field limits. They sit well above any legitimate use and keep one request
+// from making the vault parse or hash unbounded input.
+const (
+	maxPEMBytes        = 64 << 10
+	maxCiphertextBytes = 1024 // RSA-8192; the vault checks the exact modulus size
+	maxMessageBytes    = 256 << 10
+	maxChainCerts      = 10
+	maxChainBytes      = 256 << 10
+	maxSANs            = 100
+)
+
+// KeyVault serves the KeyVault API over a vault.
+type KeyVault struct {
+	pb.UnimplementedKeyVaultServer
+	vault *keyvault.Vault
+}
+
+// NewKeyVault returns the KeyVault API over vault.
+func NewKeyVault(vault *keyvault.Vault) *KeyVault {
+	return &KeyVault{vault: vault}
+}
+
+// keyResult converts the outcome of a vault call that yields a key.
+func keyResult(ctx context.Context, k *keyvault.Key, err error) (*pb.Key, error) {
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return keyToProto(k), nil
+}
+
+func (s *KeyVault) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb.Key, error) {
+	alg, err := algorithmFromProto(req.GetAlgorithm())
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.vault.Create(ctx, req.GetId(), alg, req.GetLabels())
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) ImportKey(ctx context.Context, req *pb.ImportKeyRequest) (*pb.Key, error) {
+	if n := len(req.GetPrivateKeyPem()); n == 0 || n > maxPEMBytes {
+		return nil, invalid("private_key_pem: must be 1 to %d bytes, got %d", maxPEMBytes, n)
+	}
+	k, err := s.vault.Import(ctx, req.GetId(), req.GetPrivateKeyPem(), req.GetLabels())
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) GetKey(ctx context.Context, req *pb.GetKeyRequest) (*pb.Key, error) {
+	k, err := s.vault.Get(ctx, req.GetKey())
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.ListKeysResponse, error) {
+	if req.GetPageSize() < 0 {
+		return nil, invalid("page_size: must not be negative")
+	}
+	keys, next, err := s.vault.List(ctx, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	resp := &pb.ListKeysResponse{NextPageToken: next, Keys: make([]*pb.Key, 0, len(keys))}
+	for _, k := range keys {
+		resp.Keys = append(resp.Keys, keyToProto(k))
+	}
+	return resp, nil
+}
+
+func (s *KeyVault) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.Key, error) {
+	k, err := s.vault.Rotate(ctx, req.GetKey())
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) EnableKeyVersion(ctx context.Context, req *pb.EnableKeyVersionRequest) (*pb.Key, error) {
+	if req.GetVersion() == 0 {
+		return nil, invalid("version is required")
+	}
+	k, err := s.vault.SetVersionEnabled(ctx, req.GetKey(), req.GetVersion(), true)
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) DisableKeyVersion(ctx context.Context, req *pb.DisableKeyVersionRequest) (*pb.Key, error) {
+	if req.GetVersion() == 0 {
+		return nil, invalid("version is required")
+	}
+	k, err := s.vault.SetVersionEnabled(ctx, req.GetKey(), req.GetVersion(), false)
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) DestroyKeyVersion(ctx context.Context, req *pb.DestroyKeyVersionRequest) (*pb.Key, error) {
+	if req.GetVersion() == 0 {
+		return nil, invalid("version is required")
+	}
+	k, err := s.vault.DestroyVersion(ctx, req.GetKey(), req.GetVersion())
+	return keyResult(ctx, k, err)
+}
+
+func (s *KeyVault) GetPublicKey(ctx context.Context, req *pb.GetPublicKeyRequest) (*pb.PublicKey, error) {
+	k, err := s.vault.Get(ctx, req.GetKey())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	v, err := versionOf(k, req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKIXPublicKey(v.PublicKey)
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &pb.PublicKey{
+		Key:       k.ID,
+		Version:   v.Number,
+		Algorithm: algorithmToProto(v.Algorithm),
+		Pem:       string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
+	}, nil
+}
+
+// versionOf resolves version 0 to the key's primary version.
+func versionOf(k *keyvault.Key, version uint32) (*keyvault.Version, error) {
+	if version == 0 {
+		version = k.Primary
+	}
+	for i := range k.Versions {
+		if k.Versions[i].Number == version {
+			return &k.Versions[i], nil
+		}
+	}
+	return nil, toStatus(context.Background(), fmt.Errorf("key %q version %d: %w", k.ID, version, keyvault.ErrNotFound))
+}
+
+// resolveVersion names the version an operation will use, so the response can
+// say which version signed or decrypted.
+func (s *KeyVault) resolveVersion(ctx context.Context, id string, version uint32) (uint32, error) {
+	if version != 0 {
+		return version, nil
+	}
+	k, err := s.vault.Get(ctx, id)
+	if err != nil {
+		return 0, toStatus(ctx, err)
+	}
+	return k.Primary, nil
+}
+
+func (s *KeyVault) AttachCertificateChain(ctx context.Context, req *pb.AttachCertificateChainRequest) (*pb.Key, error) {
+	chain := req.GetCertificateChain()
+	if req.GetCertificateChainPem() != "" {
+		if len(chain) > 0 {
+			return nil, invalid("give certificate_chain or certificate_chain_pem, not both")
+		}
+		var err error
+		if chain, err = certificatesFromPEM(req.GetCertificateChainPem()); err != nil {
+			return nil, err
+		}
+	}
+	if len(chain) == 0 || len(chain) > maxChainCerts {
+		return nil, invalid("certificate chain: must hold 1 to %d certificates, got %d", maxChainCerts, len(chain))
+	}
+	total := 0
+	for _, c := range chain {
+		total += len(c)
+	}
+	if total > maxChainBytes {
+		return nil, invalid("certificate chain: more than %d bytes", maxChainBytes)
+	}
+	k, err := s.vault.AttachChain(ctx, req.GetKey(), req.GetVersion(), chain)
+	return keyResult(ctx, k, err)
+}
+
+func certificatesFromPEM(s string) ([][]byte, error) {
+	if len(s) > maxChainBytes {
+		return nil, invalid("certificate_chain_pem: more than %d bytes", maxChainBytes)
+	}
+	var chain [][]byte
+	rest := []byte(s)
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, invalid("certificate_chain_pem: unexpected PEM block %q", block.Type)
+		}
+		chain = append(chain, block.Bytes)
+	}
+	if len(chain) == 0 {
+		return nil, invalid("certificate_chain_pem: no CERTIFICATE block")
+	}
+	return chain, nil
+}
+
+func (s *KeyVault) CreateCertificateSigningRequest(ctx context.Context, req *pb.CreateCertificateSigningRequestRequest) (*pb.CertificateSigningRequest, error) {
+	if len(req.GetDnsNames())+len(req.GetIpAddresses()) > maxSANs {
+		return nil, invalid("at most %d subject alternative names", maxSANs)
+	}
+	ips := make([]net.IP, 0, len(req.GetIpAddresses()))
+	for _, s := range req.GetIpAddresses() {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return nil, invalid("ip_addresses: %q is not an IP address", s)
+		}
+		ips = append(ips, ip)
+	}
+	subject := pkix.Name{CommonName: req.GetCommonName(), Organization: req.GetOrganization()}
+	der, err := s.vault.CreateCSR(ctx, req.GetKey(), req.GetVersion(), subject, req.GetDnsNames(), ips)
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &pb.CertificateSigningRequest{
+		Der: der,
+		Pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+	}, nil
+}
+
+func (s *KeyVault) Decrypt(ctx context.Context, req *pb.DecryptRequest) (*pb.DecryptResponse, error) {
+	var mode keyvault.DecryptMode
+	switch req.GetMode() {
+	case pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER:
+		mode = keyvault.DecryptRSAPKCS1TLSPremaster
+	case pb.DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256:
+		mode = keyvault.DecryptRSAOAEPSHA256
+	default:
+		return nil, invalid("mode: %v is not a supported decrypt mode", req.GetMode())
+	}
+	if n := len(req.GetCiphertext()); n == 0 || n > maxCiphertextBytes {
+		return nil, invalid("ciphertext: must be 1 to %d bytes, got %d", maxCiphertextBytes, n)
+	}
+	if v := req.GetExpectedClientVersion(); v > 0xffff {
+		return nil, invalid("expected_client_version: %d is not a TLS version", v)
+	}
+	version, err := s.resolveVersion(ctx, req.GetKey(), req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	plaintext, err := s.vault.Decrypt(ctx, req.GetKey(), version, mode, req.GetCiphertext(), uint16(req.GetExpectedClientVersion()))
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &pb.DecryptResponse{Plaintext: plaintext, Version: version}, nil
+}
+
+func (s *KeyVault) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignResponse, error) {
+	scheme, err := schemeFromProto(req.GetScheme())
+	if err != nil {
+		return nil, err
+	}
+	var input []byte
+	isDigest := false
+	switch in := req.GetInput().(type) {
+	case *pb.SignRequest_Message:
+		input = in.Message
+	case *pb.SignRequest_Digest:
+		input, isDigest = in.Digest, true
+	default:
+		return nil, invalid("one of message or digest is required")
+	}
+	if len(input) > maxMessageBytes {
+		return nil, invalid("message: more than %d bytes", maxMessageBytes)
+	}
+	version, err := s.resolveVersion(ctx, req.GetKey(), req.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	sig, err := s.vault.Sign(ctx, req.GetKey(), version, scheme, input, isDigest)
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	return &pb.SignResponse{Signature: sig, Version: version}, nil
+}

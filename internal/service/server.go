@@ -1,0 +1,148 @@
+// Package service serves handshaked's gRPC API and, through grpc-gateway, the
+// same API as REST. It translates between proto and the domain packages and is
+// where validation, error codes and transport concerns live.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/gen/openapiv2"
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+const (
+	// MaxRequestBytes bounds one gRPC message or REST body.
+	MaxRequestBytes = 4 << 20
+	// The gateway reaches the gRPC server through an in-memory pipe, so every
+	// REST call passes the same interceptors as a gRPC call.
+	pipeBuffer = 1 << 20
+)
+
+// Server is the gRPC server and the REST gateway in front of it.
+type Server struct {
+	grpc    *grpc.Server
+	http    *http.Server
+	health  *health.Server
+	pipe    *bufconn.Listener
+	gateway *grpc.ClientConn
+}
+
+// New wires the API over vault.
+func New(vault *keyvault.Vault) (*Server, error) {
+	s := &Server{
+		grpc: grpc.NewServer(
+			grpc.MaxRecvMsgSize(MaxRequestBytes),
+			grpc.ChainUnaryInterceptor(recoverUnary, logUnary),
+			grpc.ChainStreamInterceptor(recoverStream),
+		),
+		health: health.NewServer(),
+		pipe:   bufconn.Listen(pipeBuffer),
+	}
+	pb.RegisterKeyVaultServer(s.grpc, NewKeyVault(vault))
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+
+	conn, err := grpc.NewClient("passthrough:///gateway",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.pipe.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRequestBytes), grpc.MaxCallSendMsgSize(MaxRequestBytes)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("gateway connection: %w", err)
+	}
+	s.gateway = conn
+	mux := runtime.NewServeMux(
+		// Unknown JSON fields are rejected: a misspelt field must not be
+		// silently dropped from a request to a key service.
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+	)
+	if err := pb.RegisterKeyVaultHandler(context.Background(), mux, conn); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+
+	h := http.NewServeMux()
+	h.HandleFunc("GET /healthz", s.healthz)
+	h.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openapiv2.Spec)
+	})
+	h.Handle("/", mux)
+	s.http = &http.Server{
+		Handler:           http.MaxBytesHandler(h, MaxRequestBytes),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.health.Check(r.Context(), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		http.Error(w, "not serving", http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+// Serve serves gRPC on grpcLis and REST on httpLis until Shutdown. It returns
+// the first error that stops a listener other than a shutdown.
+func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
+	errc := make(chan error, 3)
+	go func() { errc <- s.grpc.Serve(s.pipe) }()
+	go func() { errc <- s.grpc.Serve(grpcLis) }()
+	go func() {
+		if err := s.http.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	for range 3 {
+		if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Shutdown stops taking new calls, reports NOT_SERVING to health checks, and
+// waits for calls in flight until ctx is done; then it cuts what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.health.Shutdown()
+	httpErr := s.http.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+	}
+	s.gateway.Close()
+	return httpErr
+}
