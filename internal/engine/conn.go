@@ -1,0 +1,335 @@
+package engine
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// maxSkippedEarlyData bounds the refused 0-RTT data the server skips
+// (RFC 8446, Section 4.2.10 lets it choose; tickets we never issued cannot
+// promise more).
+const maxSkippedEarlyData = 1 << 16
+
+// errPeerAlert marks a failure the client announced with an alert: nothing
+// is sent back.
+var errPeerAlert = errors.New("peer alert")
+
+// Step feeds the client's next bytes (any amount: partial records, several
+// records, byte by byte) to the handshake. The engine buffers incomplete
+// records and messages itself, so every byte given is consumed except those
+// after the client's Finished. A Step after Complete or Failed does nothing
+// and reports the same state.
+func (h *Handshake) Step(ctx context.Context, keys KeyOps, in []byte) StepResult {
+	switch h.state {
+	case stateComplete:
+		return StepResult{State: Complete}
+	case stateFailed:
+		return StepResult{State: Failed, Reason: "handshake already failed"}
+	}
+	h.ctx, h.keys = ctx, keys
+	alertsProtected := h.writeCipher != nil
+	consumed, err := h.consume(in)
+	res := StepResult{Consumed: consumed, Trace: h.trace, State: NeedInput, Output: h.out}
+	h.ctx, h.keys, h.out, h.flight, h.trace = nil, nil, nil, nil, nil
+	switch {
+	case err != nil:
+		h.state = stateFailed
+		res.State, res.Output, res.Reason = Failed, nil, err.Error()
+		res.AlertDescription = alertOf(err)
+		if !errors.Is(err, errPeerAlert) {
+			res.Alert = h.alertRecord(res.AlertDescription, alertsProtected)
+			res.Trace = append(res.Trace, traceAlert(Sent, alertLevelFatal, res.AlertDescription))
+		}
+		h.wipe()
+	case h.state == stateComplete:
+		res.State = Complete
+	}
+	return res
+}
+
+// consume processes every complete record of h.inBuf+in. It returns how
+// many bytes of in were used.
+func (h *Handshake) consume(in []byte) (int, error) {
+	data, buffered := in, len(h.inBuf)
+	if buffered > 0 {
+		data = append(h.inBuf, in...)
+	}
+	h.inBuf = nil
+	off := 0
+	for h.state != stateComplete {
+		typ, vers, body, n, err := record.Parse(data[off:], h.maxRecordLen())
+		if err != nil {
+			return len(in), failWrap(alertOf(err), err, "bad record")
+		}
+		if n == 0 {
+			break
+		}
+		off += n
+		if err := h.handleRecord(typ, vers, body); err != nil {
+			return max(off-buffered, 0), err
+		}
+	}
+	if h.state == stateComplete {
+		return off - buffered, nil
+	}
+	if off < len(data) {
+		h.inBuf = append([]byte(nil), data[off:]...)
+	}
+	return len(in), nil
+}
+
+// maxRecordLen is the largest record body allowed next: plaintext until the
+// client protects its records (RFC 8446, Section 5.1 and 5.2; RFC 5246,
+// Section 6.2).
+func (h *Handshake) maxRecordLen() int {
+	switch {
+	case h.vers == tls.VersionTLS13 && (h.readCipher != nil || h.skipEarlyData):
+		return record.MaxCiphertextTLS13
+	case h.readCipher != nil:
+		return record.MaxCiphertextTLS12
+	}
+	return record.MaxPlaintext
+}
+
+func (h *Handshake) handleRecord(typ record.ContentType, vers uint16, body []byte) error {
+	if typ == record.ChangeCipherSpec {
+		return h.handleChangeCipherSpec(body)
+	}
+	protected := h.readCipher != nil && (typ == record.ApplicationData || h.vers != tls.VersionTLS13)
+	if typ == record.ApplicationData && h.readCipher == nil && h.skipEarlyData {
+		// After a HelloRetryRequest, 0-RTT records are skipped unread,
+		// RFC 8446, Section 4.2.10.
+		return h.skipEarly(len(body), errors.New("application data before the second ClientHello"))
+	}
+	if protected {
+		// Open decrypts in place, and body may be the caller's buffer: work
+		// on a copy at the end of hsBuf, where the plaintext is kept anyway.
+		start := len(h.hsBuf)
+		h.hsBuf = append(h.hsBuf, body...)
+		inner, plaintext, err := h.readCipher.Open(typ, vers, h.hsBuf[start:])
+		if err != nil {
+			h.hsBuf = h.hsBuf[:start]
+			if h.skipEarlyData && errors.Is(err, record.ErrBadRecordMAC) {
+				// Refused 0-RTT data is protected under keys the server never
+				// derived, so it fails to open; skip it.
+				return h.skipEarly(len(body), err)
+			}
+			return failWrap(alertOf(err), err, "cannot open record")
+		}
+		h.skipEarlyData = false
+		if inner != record.Handshake {
+			plaintext = append([]byte(nil), plaintext...)
+			h.hsBuf = h.hsBuf[:start]
+			return h.handleContent(inner, plaintext)
+		}
+		h.hsBuf = h.hsBuf[:start+copy(h.hsBuf[start:], plaintext)]
+		return h.processMessages()
+	}
+	if typ == record.Handshake && h.readCipher != nil {
+		return fail(alertUnexpectedMessage, "unprotected handshake record after keys changed")
+	}
+	if typ == record.Handshake {
+		h.hsBuf = append(h.hsBuf, body...)
+		return h.processMessages()
+	}
+	return h.handleContent(typ, body)
+}
+
+// handleContent handles alert and application data records.
+func (h *Handshake) handleContent(typ record.ContentType, body []byte) error {
+	if len(h.hsBuf) > 0 {
+		// RFC 8446, Section 5.1: no other records inside a fragmented message.
+		return fail(alertUnexpectedMessage, "%v record inside a fragmented handshake message", typ)
+	}
+	if typ != record.Alert {
+		return fail(alertUnexpectedMessage, "%v record before the handshake completed", typ)
+	}
+	if len(body) != 2 {
+		return fail(alertDecodeError, "malformed alert")
+	}
+	h.trace = append(h.trace, traceAlert(Received, body[0], Alert(body[1])))
+	// Any alert ends the handshake: close_notify and user_canceled leave
+	// nothing to finish, and the others are fatal.
+	return &alertError{alert: Alert(body[1]), reason: "client sent alert " + Alert(body[1]).String(), err: errPeerAlert}
+}
+
+func (h *Handshake) skipEarly(n int, cause error) error {
+	h.skippedEarlyData += n
+	if h.skippedEarlyData > maxSkippedEarlyData {
+		return failWrap(alertUnexpectedMessage, cause, "too much refused early data")
+	}
+	return nil
+}
+
+// handleChangeCipherSpec takes the TLS 1.2 ChangeCipherSpec, or drops a TLS
+// 1.3 compatibility one (RFC 8446, Section 5 and Appendix D.4).
+func (h *Handshake) handleChangeCipherSpec(body []byte) error {
+	if len(h.hsBuf) > 0 {
+		return fail(alertUnexpectedMessage, "change_cipher_spec inside a fragmented handshake message")
+	}
+	if len(body) != 1 || body[0] != 1 {
+		return fail(alertUnexpectedMessage, "malformed change_cipher_spec")
+	}
+	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "ChangeCipherSpec"})
+	switch {
+	case h.vers == tls.VersionTLS13:
+		return nil
+	case h.state == stateChangeCipherSpec:
+		c, err := h.newCipher(nil, h.clientKey, h.clientIV, 0)
+		if err != nil {
+			return err
+		}
+		h.readCipher = c
+		h.state = stateClientFinished
+		return nil
+	}
+	return fail(alertUnexpectedMessage, "change_cipher_spec while expecting %s", stateNames[h.state])
+}
+
+// processMessages handles every complete handshake message in hsBuf.
+func (h *Handshake) processMessages() error {
+	for h.state != stateComplete && len(h.hsBuf) >= 4 {
+		n := int(h.hsBuf[1])<<16 | int(h.hsBuf[2])<<8 | int(h.hsBuf[3])
+		if n > maxHandshakeMessage {
+			return fail(alertIllegalParameter, "%d-byte handshake message exceeds %d", n, maxHandshakeMessage)
+		}
+		if len(h.hsBuf) < 4+n {
+			break
+		}
+		msg := h.hsBuf[:4+n]
+		h.hsBuf = h.hsBuf[4+n:]
+		// A ClientHello ends the client's flight, and keys change after
+		// it in TLS 1.3 and after Finished in both versions: the message
+		// must end its record (RFC 8446, Section 5.1).
+		if len(h.hsBuf) > 0 && (h.state == stateClientHello || h.state == stateClientHelloRetry || h.state == stateClientFinished) {
+			return fail(alertUnexpectedMessage, "data after the %s in the same record", stateNames[h.state])
+		}
+		if err := h.handleMessage(msg[0], msg[4:], msg); err != nil {
+			return err
+		}
+	}
+	if len(h.hsBuf) == 0 {
+		h.hsBuf = nil
+	}
+	return nil
+}
+
+// expectedMessage is the handshake message type each state waits for.
+var expectedMessage = map[handshakeState]uint8{
+	stateClientHello:             typeClientHello,
+	stateClientHelloRetry:        typeClientHello,
+	stateClientCertificate:       typeCertificate,
+	stateClientKeyExchange:       typeClientKeyExchange,
+	stateClientCertificateVerify: typeCertificateVerify,
+	stateClientFinished:          typeFinished,
+}
+
+// handleMessage dispatches a handshake message to the handler of the
+// current state.
+func (h *Handshake) handleMessage(typ uint8, body, raw []byte) error {
+	if want, ok := expectedMessage[h.state]; !ok || want != typ {
+		if typ == typeClientHello {
+			return fail(alertUnexpectedMessage, "renegotiation refused: ClientHello while expecting %s", stateNames[h.state])
+		}
+		return fail(alertUnexpectedMessage, "unexpected %s while expecting %s", messageName(typ), stateNames[h.state])
+	}
+	switch h.state {
+	case stateClientHello:
+		return h.processClientHello(body, raw)
+	case stateClientHelloRetry:
+		return h.processSecondClientHello(body, raw)
+	case stateClientCertificate:
+		return h.processClientCertificate(body, raw)
+	case stateClientKeyExchange:
+		return h.processClientKeyExchange(body, raw)
+	case stateClientCertificateVerify:
+		return h.processClientCertificateVerify(body, raw)
+	default:
+		return h.processClientFinished(body, raw)
+	}
+}
+
+// sendMessage adds a handshake message to the transcript and to the flight
+// being written.
+func (h *Handshake) sendMessage(msg []byte, ev TraceEvent) {
+	h.transcript.write(msg)
+	h.flight = append(h.flight, msg...)
+	ev.Direction = Sent
+	h.trace = append(h.trace, ev)
+}
+
+// flush writes the pending flight as records: plaintext, or protected under
+// the current write keys, in fragments of at most 2^14 bytes.
+func (h *Handshake) flush() error {
+	if h.writeCipher == nil {
+		if len(h.flight) > 0 {
+			h.out = record.Append(h.out, record.Handshake, tls.VersionTLS12, h.flight)
+		}
+		h.flight = h.flight[:0]
+		return nil
+	}
+	for rest := h.flight; len(rest) > 0; {
+		frag := rest[:min(len(rest), record.MaxPlaintext)]
+		rest = rest[len(frag):]
+		var err error
+		if h.out, err = h.writeCipher.Seal(h.out, record.Handshake, frag, 0); err != nil {
+			return err
+		}
+	}
+	h.flight = h.flight[:0]
+	return nil
+}
+
+// sendChangeCipherSpec flushes the flight and writes a change_cipher_spec
+// record.
+func (h *Handshake) sendChangeCipherSpec() error {
+	if err := h.flush(); err != nil {
+		return err
+	}
+	h.out = record.Append(h.out, record.ChangeCipherSpec, tls.VersionTLS12, []byte{1})
+	h.trace = append(h.trace, TraceEvent{Direction: Sent, Message: "ChangeCipherSpec"})
+	return nil
+}
+
+// alertRecord builds the fatal alert record for a failure, protected if the
+// client already holds the server's write keys.
+func (h *Handshake) alertRecord(a Alert, protected bool) []byte {
+	body := []byte{alertLevelFatal, byte(a)}
+	if protected && h.writeCipher != nil {
+		if rec, err := h.writeCipher.Seal(nil, record.Alert, body, 0); err == nil {
+			return rec
+		}
+	}
+	vers := uint16(tls.VersionTLS12)
+	if h.vers == 0 {
+		// Before negotiation, the oldest version a client may speak, so
+		// that a TLS 1.0-only client can read its protocol_version alert.
+		vers = tls.VersionTLS10
+	}
+	return record.Append(nil, record.Alert, vers, body)
+}
+
+// newCipher builds the record protection of one direction: from a traffic
+// secret in TLS 1.3, from a key and IV of the key block in TLS 1.2.
+func (h *Handshake) newCipher(secret, key, iv []byte, seq uint64) (*record.Cipher, error) {
+	if h.suite == nil {
+		return nil, errors.New("engine: no cipher suite negotiated")
+	}
+	if h.suite.TLS13 {
+		return record.NewTLS13Cipher(h.suite.ID, secret, seq)
+	}
+	return record.NewTLS12Cipher(h.suite.ID, key, iv, seq)
+}
+
+// wipe drops the secrets of a failed handshake.
+func (h *Handshake) wipe() {
+	for _, s := range [][]byte{h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
+		h.clientHandshake, h.serverHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret} {
+		clear(s)
+	}
+	h.ecdheKey = nil
+	h.inBuf, h.hsBuf, h.transcript, h.readCipher, h.writeCipher = nil, nil, nil, nil, nil
+}

@@ -1,0 +1,407 @@
+// Package engine implements the server side of the TLS 1.2 (RFC 5246) and
+// TLS 1.3 (RFC 8446) handshakes as a sans-I/O state machine.
+//
+// The caller relays the client's raw bytes to Handshake.Step and writes back
+// StepResult.Output. The engine never touches a socket and never holds a
+// private key: signatures and RSA premaster decryption go through KeyOps. On
+// Complete, Handshake.Session returns the negotiated parameters and the
+// session keys, so that the caller can run the record layer itself (see the
+// record subpackage).
+//
+// A Handshake keeps its state in plain values (byte slices, integers, hash
+// states): no goroutines, channels or callbacks. Between two Steps it can be
+// saved with MarshalBinary and continued elsewhere with RestoreHandshake.
+package engine
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// KeyOps performs the private-key operations of a handshake. The key vault
+// implements it; the engine never sees key bytes.
+type KeyOps interface {
+	// Sign signs message, the whole to-be-signed content, with the key named
+	// keyRef under scheme; the implementation hashes as the scheme says
+	// (RSASSA-PSS with salt length equal to the hash length for rsa_pss_*).
+	Sign(ctx context.Context, keyRef string, scheme tls.SignatureScheme, message []byte) ([]byte, error)
+	// DecryptPremaster decrypts a TLS 1.2 RSA EncryptedPreMasterSecret with
+	// implicit rejection (RFC 5246, Section 7.4.7.1): it always returns 48
+	// bytes, random ones when the padding or the version (clientVersion, the
+	// ClientHello's legacy_version) is wrong, and fails only for operational
+	// reasons, never for properties of the ciphertext.
+	DecryptPremaster(ctx context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error)
+}
+
+// Certificate is a certificate chain and the reference of its private key.
+// Build it with NewCertificate, which parses the leaf once.
+type Certificate struct {
+	Chain  [][]byte // DER, leaf first
+	KeyRef string   // passed to KeyOps
+
+	leaf    *x509.Certificate
+	subject string // for traces
+}
+
+// NewCertificate parses the leaf of chain and checks that its key type is one
+// the engine can sign with (RSA, ECDSA P-256/P-384/P-521, Ed25519).
+func NewCertificate(chain [][]byte, keyRef string) (Certificate, error) {
+	if len(chain) == 0 {
+		return Certificate{}, errors.New("engine: empty certificate chain")
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return Certificate{}, fmt.Errorf("engine: parsing leaf certificate: %w", err)
+	}
+	if schemesForKey(tls.VersionTLS12, leaf.PublicKey) == nil {
+		return Certificate{}, fmt.Errorf("engine: unsupported %v public key in leaf certificate", leaf.PublicKeyAlgorithm)
+	}
+	return Certificate{Chain: chain, KeyRef: keyRef, leaf: leaf, subject: leaf.Subject.String()}, nil
+}
+
+// Leaf returns the parsed leaf certificate.
+func (c *Certificate) Leaf() *x509.Certificate { return c.leaf }
+
+// ClientAuthMode says whether the server asks for a client certificate.
+type ClientAuthMode int
+
+const (
+	// ClientAuthOff sends no CertificateRequest.
+	ClientAuthOff ClientAuthMode = iota
+	// ClientAuthOptional requests a certificate and verifies it if one is sent.
+	ClientAuthOptional
+	// ClientAuthRequired requests a certificate and fails without a valid one.
+	ClientAuthRequired
+)
+
+// Config is the server configuration of a handshake. It is read, never
+// written, by the engine; one Config may serve any number of handshakes
+// concurrently but must not change while they run.
+type Config struct {
+	// Certificates to choose from by SNI (RFC 6066): the first whose leaf
+	// is valid for the client's server_name and fits what the client
+	// supports; the first of all is the default.
+	Certificates []Certificate
+	// MinVersion and MaxVersion bound the protocol version. Zero means TLS
+	// 1.2 and TLS 1.3; nothing below TLS 1.2 is ever negotiated.
+	MinVersion, MaxVersion uint16
+	// CipherSuites are the TLS 1.2 suites in order of preference; nil means
+	// all supported ones, ECDHE first and RSA key exchange last.
+	CipherSuites []uint16
+	// CipherSuitesTLS13 are the TLS 1.3 suites in order of preference; nil
+	// means AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305.
+	CipherSuitesTLS13 []uint16
+	// Groups are the key exchange groups in order of preference; nil means
+	// X25519MLKEM768 (TLS 1.3 only), X25519, P-256, P-384.
+	Groups []tls.CurveID
+	// NextProtos are the ALPN protocols in order of preference (RFC 7301).
+	NextProtos []string
+	// ClientAuth selects client certificate authentication, verified against
+	// ClientCAs (required unless ClientAuth is ClientAuthOff).
+	ClientAuth ClientAuthMode
+	ClientCAs  *x509.CertPool
+	// Rand is the source of the hello randoms; nil means crypto/rand.
+	Rand io.Reader
+	// Time returns the current time for certificate checks; nil means time.Now.
+	Time func() time.Time
+}
+
+func (c *Config) rand() io.Reader {
+	if c.Rand != nil {
+		return c.Rand
+	}
+	return rand.Reader
+}
+
+func (c *Config) now() time.Time {
+	if c.Time != nil {
+		return c.Time()
+	}
+	return time.Now()
+}
+
+func (c *Config) versions() (lo, hi uint16) {
+	lo, hi = c.MinVersion, c.MaxVersion
+	if lo == 0 {
+		lo = tls.VersionTLS12
+	}
+	if hi == 0 {
+		hi = tls.VersionTLS13
+	}
+	return lo, hi
+}
+
+func (c *Config) suites12() []uint16 {
+	if c.CipherSuites != nil {
+		return c.CipherSuites
+	}
+	return defaultCipherSuites12
+}
+
+func (c *Config) suites13() []uint16 {
+	if c.CipherSuitesTLS13 != nil {
+		return c.CipherSuitesTLS13
+	}
+	return defaultCipherSuitesTLS13
+}
+
+func (c *Config) groups() []tls.CurveID {
+	if c.Groups != nil {
+		return c.Groups
+	}
+	return defaultGroups
+}
+
+// check reports configuration errors that would make every handshake fail.
+func (c *Config) check() error {
+	if len(c.Certificates) == 0 {
+		return errors.New("engine: no certificates configured")
+	}
+	for i := range c.Certificates {
+		if c.Certificates[i].leaf == nil {
+			return fmt.Errorf("engine: certificate %d was not built with NewCertificate", i)
+		}
+	}
+	lo, hi := c.versions()
+	if lo < tls.VersionTLS12 || hi > tls.VersionTLS13 || lo > hi {
+		return fmt.Errorf("engine: version range %#04x-%#04x outside TLS 1.2-1.3", lo, hi)
+	}
+	for _, id := range c.suites12() {
+		if _, ok := suite12ByID(id); !ok {
+			return fmt.Errorf("engine: unsupported TLS 1.2 cipher suite %s", tls.CipherSuiteName(id))
+		}
+	}
+	for _, id := range c.suites13() {
+		if !slices.Contains(defaultCipherSuitesTLS13, id) {
+			return fmt.Errorf("engine: unsupported TLS 1.3 cipher suite %s", tls.CipherSuiteName(id))
+		}
+	}
+	for _, g := range c.groups() {
+		if !groupSupported(g) {
+			return fmt.Errorf("engine: unsupported group %v", g)
+		}
+	}
+	if c.ClientAuth != ClientAuthOff && c.ClientCAs == nil {
+		return errors.New("engine: client authentication needs ClientCAs")
+	}
+	return nil
+}
+
+// State is the outcome of a Step.
+type State int
+
+const (
+	// NeedInput: write Output (if any) and call Step again with the
+	// client's next bytes.
+	NeedInput State = iota
+	// Complete: write Output; Handshake.Session has the keys.
+	Complete
+	// Failed: write Alert (if any) and close the connection.
+	Failed
+)
+
+func (s State) String() string {
+	switch s {
+	case NeedInput:
+		return "NEED_INPUT"
+	case Complete:
+		return "COMPLETE"
+	case Failed:
+		return "FAILED"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// StepResult is what one Step produced.
+type StepResult struct {
+	// Output is the bytes to write to the client, in order.
+	Output []byte
+	// Consumed is how many bytes of the input the engine took: all of them
+	// on NeedInput (partial records are buffered inside the Handshake); on
+	// Complete, those up to the end of the record carrying the client's
+	// Finished, since what follows belongs to the record layer; on Failed,
+	// those up to the offending record.
+	Consumed int
+	State    State
+	// On Failed: Alert is the alert record to send (protected under the
+	// handshake keys once the client has them), nil when the client sent a
+	// fatal alert itself; AlertDescription is the alert sent or received;
+	// Reason says what went wrong, without secrets.
+	Alert            []byte
+	AlertDescription Alert
+	Reason           string
+	// Trace lists the messages consumed and produced in this step.
+	Trace []TraceEvent
+}
+
+// Session is the result of a completed handshake. It holds session keys:
+// keep it away from logs (its String method prints no secret).
+type Session struct {
+	Version          uint16
+	CipherSuite      uint16
+	ServerName       string
+	ALPN             string
+	Group            tls.CurveID         // 0 for RSA key exchange
+	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange
+	CertificateIndex int                 // into Config.Certificates
+	KeyRef           string
+	PeerCertificates [][]byte // the client's chain, DER, leaf first
+	// ExtendedMasterSecret reports RFC 7627 in TLS 1.2 (always true in 1.3).
+	ExtendedMasterSecret bool
+	DidHelloRetryRequest bool
+
+	// Record keys. TLS 1.2: the write keys and fixed IVs of the key block
+	// (4-byte salt for AES-GCM, 12 bytes for ChaCha20-Poly1305); TLS 1.3:
+	// the keys and IVs of the application traffic secrets.
+	ClientKey, ClientIV []byte
+	ServerKey, ServerIV []byte
+	// ClientSeq and ServerSeq are the next record sequence numbers (1 after
+	// the TLS 1.2 Finished messages, 0 in TLS 1.3).
+	ClientSeq, ServerSeq uint64
+
+	// TLS 1.3 only: application traffic secrets (for KeyUpdate) and the
+	// exporter master secret (RFC 8446, Section 7.5).
+	ClientTrafficSecret, ServerTrafficSecret []byte
+	ExporterMasterSecret                     []byte
+}
+
+// String describes the session without its secrets.
+func (s *Session) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", versionName(s.Version), tls.CipherSuiteName(s.CipherSuite))
+	if s.Group != 0 {
+		fmt.Fprintf(&b, " group=%v", s.Group)
+	}
+	if s.ServerName != "" {
+		fmt.Fprintf(&b, " sni=%s", s.ServerName)
+	}
+	if s.ALPN != "" {
+		fmt.Fprintf(&b, " alpn=%s", s.ALPN)
+	}
+	fmt.Fprintf(&b, " cert=%d peer_certs=%d", s.CertificateIndex, len(s.PeerCertificates))
+	return b.String()
+}
+
+// GoString keeps %#v from printing the keys.
+func (s *Session) GoString() string { return "engine.Session{" + s.String() + "}" }
+
+// handshakeState is where the server is in the handshake: which message it
+// expects next. One handler per state, as in BoringSSL's handshake_server.
+type handshakeState uint8
+
+const (
+	stateClientHello handshakeState = iota
+	stateClientHelloRetry
+	stateClientCertificate
+	stateClientKeyExchange
+	stateClientCertificateVerify
+	stateChangeCipherSpec
+	stateClientFinished
+	stateComplete
+	stateFailed
+)
+
+var stateNames = [...]string{
+	stateClientHello:             "ClientHello",
+	stateClientHelloRetry:        "second ClientHello",
+	stateClientCertificate:       "client Certificate",
+	stateClientKeyExchange:       "ClientKeyExchange",
+	stateClientCertificateVerify: "client CertificateVerify",
+	stateChangeCipherSpec:        "ChangeCipherSpec",
+	stateClientFinished:          "client Finished",
+	stateComplete:                "complete",
+	stateFailed:                  "failed",
+}
+
+// Handshake is the server side of one TLS handshake. It is not safe for
+// concurrent use: Steps of one handshake are sequential by nature.
+//
+// The cipher, hash and key objects among its fields are working forms of
+// plain values (secrets, sequence numbers, marshalled hash state) that
+// MarshalBinary writes out; see state_codec.go.
+type Handshake struct {
+	cfg   *Config
+	state handshakeState
+
+	// Input: at most one partial record, and handshake bytes not yet forming
+	// a whole message.
+	inBuf []byte
+	hsBuf []byte
+	// readCipher and writeCipher protect records once keys are in use.
+	readCipher, writeCipher *record.Cipher
+
+	// Negotiated parameters.
+	vers          uint16
+	suite         *record.Suite
+	kex           keyExchange // TLS 1.2
+	group         tls.CurveID
+	cert          int
+	scheme        tls.SignatureScheme
+	serverName    string
+	alpn          string
+	clientVersion uint16 // ClientHello.legacy_version, for the RSA premaster check
+	clientRandom  []byte
+	serverRandom  []byte
+	ems           bool
+	clientAuth    bool // a CertificateRequest was sent
+	didHRR        bool
+	sentCCS       bool   // TLS 1.3 compatibility change_cipher_spec sent
+	sessionID     []byte // echoed in TLS 1.3, RFC 8446, Section 4.1.3
+	hrrHello      []byte // TLS 1.3: fingerprint of ClientHello1, see helloFingerprint
+	// skipEarlyData is set while records may be 0-RTT data the server
+	// refused; skippedEarlyData counts their bytes (RFC 8446, Section 4.2.10).
+	skipEarlyData    bool
+	skippedEarlyData int
+
+	transcript *transcript
+	peerCerts  [][]byte
+	peerKey    crypto.PublicKey
+
+	// Secrets. TLS 1.2: the ECDHE key until ClientKeyExchange, the master
+	// secret and the key block. TLS 1.3: the handshake traffic secrets and
+	// the application and exporter secrets.
+	ecdheKey            *ecdh.PrivateKey
+	masterSecret        []byte
+	clientKey, clientIV []byte
+	serverKey, serverIV []byte
+	clientHandshake     []byte
+	serverHandshake     []byte
+	clientTraffic       []byte
+	serverTraffic       []byte
+	exporterSecret      []byte
+
+	session *Session
+
+	// Per-step scratch, reset by every Step (the context and KeyOps of the
+	// Step in progress, and what it produces).
+	ctx    context.Context
+	keys   KeyOps
+	out    []byte
+	flight []byte
+	trace  []TraceEvent
+}
+
+// NewHandshake starts the server side of a handshake under cfg.
+func NewHandshake(cfg *Config) (*Handshake, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	return &Handshake{cfg: cfg}, nil
+}
+
+// Session returns the negotiated session once the handshake is complete.
+func (h *Handshake) Session() (*Session, bool) {
+	return h.session, h.state == stateComplete
+}

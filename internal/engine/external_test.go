@@ -1,0 +1,356 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/handshaked/handshaked/internal/testenv"
+)
+
+// Interop with the TLS clients of other stacks, when installed: OpenSSL's
+// s_client, curl and GnuTLS's gnutls-cli. Each connects over loopback TCP to
+// the engine, completes the handshake and exchanges application data under
+// the session keys.
+
+type externalOutcome struct {
+	session *Session
+	err     error
+}
+
+// externalServer accepts one connection, runs the handshake and hands the
+// record layer to serve.
+func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan externalOutcome, 1)
+	h, err := NewHandshake(&cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := getPKI(t).keys
+	go func() {
+		defer ln.Close()
+		conn, err := ln.Accept()
+		if err != nil {
+			ch <- externalOutcome{err: err}
+			return
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		out := (&relay{h: h, keys: keys}).run(conn)
+		switch {
+		case out.err != nil:
+			ch <- externalOutcome{err: out.err}
+		case out.session == nil:
+			ch <- externalOutcome{err: fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))}
+		default:
+			rc, err := newRecordConn(conn, out.session, out.leftover)
+			if err == nil {
+				err = serve(rc)
+			}
+			ch <- externalOutcome{out.session, err}
+		}
+	}()
+	_, port, _ = net.SplitHostPort(ln.Addr().String())
+	return port, ch
+}
+
+// pingPong reads the client's line and answers with pong.
+func pingPong(rc *recordConn) error {
+	got, err := rc.readAppData()
+	if err != nil {
+		return fmt.Errorf("reading client data: %w", err)
+	}
+	if !bytes.HasPrefix(got, ping) {
+		return fmt.Errorf("client sent %q", got)
+	}
+	if err := rc.writeAppData(append(pong, '\n')); err != nil {
+		return err
+	}
+	return rc.closeNotify()
+}
+
+// httpPong answers one HTTP/1.1 request.
+func httpPong(rc *recordConn) error {
+	var req []byte
+	for !bytes.Contains(req, []byte("\r\n\r\n")) {
+		got, err := rc.readAppData()
+		if err != nil {
+			return fmt.Errorf("reading request: %w", err)
+		}
+		req = append(req, got...)
+	}
+	if err := rc.writeAppData([]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(pong), pong))); err != nil {
+		return err
+	}
+	return rc.closeNotify()
+}
+
+func writePEM(t *testing.T, name, typ string, ders ...[]byte) string {
+	t.Helper()
+	var buf bytes.Buffer
+	for _, der := range ders {
+		pem.Encode(&buf, &pem.Block{Type: typ, Bytes: der})
+	}
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func rootsPEM(t *testing.T, p *testPKI) string {
+	return writePEM(t, "roots.pem", "CERTIFICATE", p.rsa.cert.Chain[0], p.p256.cert.Chain[0], p.p384.cert.Chain[0], p.ed.cert.Chain[0])
+}
+
+// runClient runs an external client with stdin and waits until its output
+// contains want, or it exits.
+func runClient(t *testing.T, stdin string, want string, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			if want != "" && strings.Contains(out.String(), want) {
+				err = nil
+			}
+			return out.String(), err
+		case <-deadline:
+			cmd.Process.Kill()
+			<-exited
+			return out.String(), fmt.Errorf("timed out")
+		case <-time.After(20 * time.Millisecond):
+		}
+		if want != "" && strings.Contains(out.String(), want) {
+			cmd.Process.Kill()
+			<-exited
+			return out.String(), nil
+		}
+	}
+}
+
+// syncBuffer collects a process's output while the test polls it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestOpenSSLClient(t *testing.T) {
+	testenv.LookPath(t, "openssl")
+	p := getPKI(t)
+	roots := rootsPEM(t, p)
+	clientKey, err := x509.MarshalPKCS8PrivateKey(p.clientCerts["p256"].PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := writePEM(t, "client.pem", "CERTIFICATE", p.clientCerts["p256"].Certificate[0])
+	keyFile := writePEM(t, "client.key", "PRIVATE KEY", clientKey)
+	tests := []struct {
+		name, key string
+		args      []string
+		auth      bool
+		groups    []tls.CurveID
+	}{ // the name's prefix is the version the session must have
+		{"TLS1.3 ECDSA", "p256", []string{"-tls1_3"}, false, nil},
+		{"TLS1.3 RSA-PSS", "rsa", []string{"-tls1_3"}, false, nil},
+		{"TLS1.3 Ed25519", "ed25519", []string{"-tls1_3"}, false, nil},
+		{"TLS1.3 AES256", "p384", []string{"-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"}, false, nil},
+		{"TLS1.3 ChaCha20", "p256", []string{"-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"}, false, nil},
+		{"TLS1.3 HelloRetryRequest", "p256", []string{"-tls1_3", "-groups", "X25519:P-256"}, false, []tls.CurveID{tls.CurveP256}},
+		{"TLS1.3 client auth", "p256", []string{"-tls1_3", "-cert", certFile, "-key", keyFile}, true, nil},
+		{"TLS1.2 ECDHE-ECDSA", "p256", []string{"-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"}, false, nil},
+		{"TLS1.2 ECDHE-RSA P-384", "rsa", []string{"-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384", "-groups", "P-384"}, false, nil},
+		{"TLS1.2 ChaCha20", "rsa", []string{"-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305"}, false, nil},
+		{"TLS1.2 RSA", "rsa", []string{"-tls1_2", "-cipher", "AES128-GCM-SHA256"}, false, nil},
+		{"TLS1.2 RSA AES256", "rsa", []string{"-tls1_2", "-cipher", "AES256-GCM-SHA384"}, false, nil},
+		{"TLS1.2 client auth", "rsa", []string{"-tls1_2", "-cert", certFile, "-key", keyFile}, true, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := serverConfig(p.key(tc.key))
+			cfg.Groups = tc.groups
+			if tc.auth {
+				cfg.ClientAuth, cfg.ClientCAs = ClientAuthRequired, p.clientCA
+			}
+			port, done := externalServer(t, cfg, pingPong)
+			args := append([]string{"s_client", "-connect", "127.0.0.1:" + port, "-servername", tc.key + ".example.com",
+				"-CAfile", roots, "-verify_return_error", "-quiet"}, tc.args...)
+			out, err := runClient(t, string(ping)+"\n", string(pong), "openssl", args...)
+			res := <-done
+			if res.err != nil || err != nil {
+				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
+			}
+			s := res.session
+			wantVers := uint16(tls.VersionTLS12)
+			if strings.HasPrefix(tc.name, "TLS1.3") {
+				wantVers = tls.VersionTLS13
+			}
+			if s.Version != wantVers || s.DidHelloRetryRequest != (tc.groups != nil) || (len(s.PeerCertificates) == 1) != tc.auth {
+				t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
+			}
+		})
+	}
+}
+
+func TestCurlClient(t *testing.T) {
+	testenv.LookPath(t, "curl")
+	p := getPKI(t)
+	roots := rootsPEM(t, p)
+	for _, tc := range []struct{ name, key, args string }{
+		{"TLS1.3", "p256", "--tlsv1.3"},
+		{"TLS1.2 ECDHE", "rsa", "--tls-max 1.2"},
+		{"TLS1.2 RSA", "rsa", "--tls-max 1.2 --ciphers AES128-GCM-SHA256"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := serverConfig(p.key(tc.key))
+			cfg.NextProtos = []string{"http/1.1"}
+			port, done := externalServer(t, cfg, httpPong)
+			host := tc.key + ".example.com"
+			args := append([]string{"-sS", "--cacert", roots, "--resolve", host + ":" + port + ":127.0.0.1"},
+				strings.Fields(tc.args)...)
+			args = append(args, "https://"+host+":"+port+"/")
+			out, err := runClient(t, "", "", "curl", args...)
+			res := <-done
+			if res.err != nil || err != nil || !strings.Contains(out, string(pong)) {
+				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
+			}
+			if res.session.ALPN != "http/1.1" {
+				t.Errorf("session %s", res.session)
+			}
+		})
+	}
+}
+
+func TestGnuTLSClient(t *testing.T) {
+	testenv.LookPath(t, "gnutls-cli")
+	p := getPKI(t)
+	roots := rootsPEM(t, p)
+	for _, tc := range []struct{ name, key, priority string }{
+		{"TLS1.3", "p256", "NORMAL:-VERS-ALL:+VERS-TLS1.3"},
+		{"TLS1.3 RSA-PSS", "rsa", "NORMAL:-VERS-ALL:+VERS-TLS1.3"},
+		{"TLS1.2 ECDHE", "p384", "NORMAL:-VERS-ALL:+VERS-TLS1.2"},
+		{"TLS1.2 RSA", "rsa", "NORMAL:-KX-ALL:+RSA:-VERS-ALL:+VERS-TLS1.2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port, done := externalServer(t, serverConfig(p.key(tc.key)), pingPong)
+			out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots,
+				"--priority", tc.priority, "--sni-hostname", tc.key+".example.com", "--verify-hostname", tc.key+".example.com",
+				"-p", port, "127.0.0.1")
+			if res := <-done; res.err != nil || err != nil {
+				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
+			}
+		})
+	}
+}
+
+// TestChromium loads a page from the engine in headless Chromium (BoringSSL:
+// GREASE, permuted extensions, X25519MLKEM768). Chromium may open more than
+// one connection; every one is served.
+func TestChromium(t *testing.T) {
+	testenv.LookPath(t, "chromium")
+	p := getPKI(t)
+	for _, tc := range []struct {
+		name, key, flag string
+		vers            uint16
+	}{
+		{"TLS1.3", "p256", "", tls.VersionTLS13},
+		{"TLS1.3 RSA", "rsa", "", tls.VersionTLS13},
+		{"TLS1.2", "rsa", "--ssl-version-max=tls1.2", tls.VersionTLS12},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := serverConfig(p.key(tc.key))
+			cfg.NextProtos = []string{"http/1.1"}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			sessions := make(chan *Session, 16)
+			go func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer conn.Close()
+						conn.SetDeadline(time.Now().Add(20 * time.Second))
+						h, _ := NewHandshake(&cfg)
+						out := (&relay{h: h, keys: p.keys}).run(conn)
+						if out.session == nil {
+							t.Logf("connection failed: %v %s", out.err, out.last.Reason)
+							return
+						}
+						rc, err := newRecordConn(conn, out.session, out.leftover)
+						if err == nil {
+							err = httpPong(rc)
+						}
+						if err == nil {
+							sessions <- out.session
+						}
+					}()
+				}
+			}()
+			_, port, _ := net.SplitHostPort(ln.Addr().String())
+			host := tc.key + ".example.com"
+			args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+				"--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
+				"--user-data-dir=" + t.TempDir(), "--host-resolver-rules=MAP " + host + " 127.0.0.1"}
+			if tc.flag != "" {
+				args = append(args, tc.flag)
+			}
+			args = append(args, "--dump-dom", "https://"+host+":"+port+"/")
+			out, err := runClient(t, "", "", "chromium", args...)
+			if err != nil || !strings.Contains(out, string(pong)) {
+				t.Fatalf("chromium: %v\n%s", err, out)
+			}
+			select {
+			case s := <-sessions:
+				if s.Version != tc.vers || s.ALPN != "http/1.1" {
+					t.Errorf("session %s", s)
+				}
+				t.Logf("session %s", s)
+			case <-time.After(5 * time.Second):
+				t.Fatal("no completed session")
+			}
+		})
+	}
+}

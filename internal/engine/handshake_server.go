@@ -1,0 +1,540 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"slices"
+	"strconv"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// processClientHello parses the first ClientHello, negotiates the version
+// and hands over to the TLS 1.2 or TLS 1.3 server flight.
+func (h *Handshake) processClientHello(body, raw []byte) error {
+	var ch clientHelloMsg
+	if !ch.unmarshal(body) {
+		h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "ClientHello", Fields: []TraceField{{"error", "malformed"}}})
+		return fail(alertDecodeError, "malformed ClientHello")
+	}
+	h.trace = append(h.trace, traceClientHello(&ch))
+	vers, err := h.negotiateVersion(&ch)
+	if err != nil {
+		return err
+	}
+	h.vers = vers
+	if ch.serverName != "" && !validHostname(ch.serverName) {
+		return fail(alertIllegalParameter, "server_name %q is not a valid host name", ch.serverName)
+	}
+	// RFC 7507, Section 3: a fallback retry must not land below our best.
+	if _, hi := h.cfg.versions(); vers < hi && slices.Contains(ch.cipherSuites, scsvFallback) {
+		return fail(alertInappropriateFallback, "client fell back to %s while %s is available", versionName(vers), versionName(hi))
+	}
+	// RFC 5746, Section 3.6: an initial handshake carries empty
+	// renegotiation_info.
+	if len(ch.secureRenegotiation) != 0 {
+		return fail(alertHandshakeFailure, "non-empty renegotiation_info in an initial handshake")
+	}
+	h.clientVersion = ch.vers
+	h.clientRandom = slices.Clone(ch.random)
+	h.serverName = ch.serverName
+	if vers == tls.VersionTLS13 {
+		return h.serverHello13(&ch, raw)
+	}
+	return h.serverHello12(&ch, raw)
+}
+
+// negotiateVersion picks the version: from supported_versions when present
+// (RFC 8446, Section 4.2.1, in the client's order), else from legacy_version
+// (RFC 5246, Appendix E.1), which can only yield TLS 1.2.
+func (h *Handshake) negotiateVersion(ch *clientHelloMsg) (uint16, error) {
+	lo, hi := h.cfg.versions()
+	if ch.has(extensionSupportedVersions) {
+		for _, v := range ch.supportedVersions {
+			if v >= lo && v <= hi {
+				return v, nil
+			}
+		}
+		return 0, fail(alertProtocolVersion, "no common version: client supports %s, server %s-%s",
+			list(ch.supportedVersions, versionName), versionName(lo), versionName(hi))
+	}
+	if ch.vers >= tls.VersionTLS12 && lo <= tls.VersionTLS12 {
+		return tls.VersionTLS12, nil
+	}
+	return 0, fail(alertProtocolVersion, "client offers only %s, server needs %s or later", versionName(ch.vers), versionName(lo))
+}
+
+// certificateOrder lists the certificates to try, in order: those valid for
+// the client's server_name, then the rest, the default (first) leading.
+func (h *Handshake) certificateOrder(serverName string) []int {
+	certs := h.cfg.Certificates
+	order := make([]int, 0, len(certs))
+	if serverName != "" {
+		for i := range certs {
+			if certs[i].leaf.VerifyHostname(serverName) == nil {
+				order = append(order, i)
+			}
+		}
+	}
+	for i := range certs {
+		if !slices.Contains(order, i) {
+			order = append(order, i)
+		}
+	}
+	return order
+}
+
+// negotiateALPN picks the first of the server's protocols the client offers,
+// RFC 7301, Section 3.2.
+func negotiateALPN(server, client []string) (string, error) {
+	if len(server) == 0 || len(client) == 0 {
+		return "", nil
+	}
+	for _, p := range server {
+		if slices.Contains(client, p) {
+			return p, nil
+		}
+	}
+	return "", fail(alertNoApplicationProtocol, "no common application protocol: client offers %q", client)
+}
+
+// randomBytes reads n bytes from the configured source.
+func (h *Handshake) randomBytes(n int) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := io.ReadFull(h.cfg.rand(), b); err != nil {
+		return nil, failWrap(alertInternalError, err, "reading random bytes")
+	}
+	return b, nil
+}
+
+var errNoKeyOps = fail(alertInternalError, "no KeyOps given to Step")
+
+// sign asks KeyOps for a signature with the selected certificate's key.
+func (h *Handshake) sign(what string, message []byte) ([]byte, error) {
+	if h.keys == nil {
+		return nil, errNoKeyOps
+	}
+	sig, err := h.keys.Sign(h.ctx, h.cfg.Certificates[h.cert].KeyRef, h.scheme, message)
+	if err != nil {
+		return nil, failWrap(alertInternalError, err, "signing %s with %v", what, h.scheme)
+	}
+	return sig, nil
+}
+
+// fits12 reports whether suite s can be used with certificate cert for this
+// client, and with which signature scheme.
+func fits12(s cipherSuite12, cert *Certificate, ch *clientHelloMsg, ecdheOK bool) (tls.SignatureScheme, bool) {
+	alg := cert.leaf.PublicKeyAlgorithm
+	switch s.kex {
+	case kexRSA:
+		return 0, alg == x509.RSA
+	case kexECDHERSA:
+		if alg != x509.RSA || !ecdheOK {
+			return 0, false
+		}
+	case kexECDHEECDSA:
+		if (alg != x509.ECDSA && alg != x509.Ed25519) || !ecdheOK {
+			return 0, false
+		}
+	}
+	return selectSignatureScheme(tls.VersionTLS12, cert.leaf.PublicKey, ch.signatureAlgorithms)
+}
+
+// serverHello12 answers a ClientHello with the TLS 1.2 server flight:
+// ServerHello, Certificate, [ServerKeyExchange], [CertificateRequest],
+// ServerHelloDone (RFC 5246, Section 7.3).
+func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
+	if !slices.Contains(ch.compressionMethods, compressionNone) {
+		return fail(alertHandshakeFailure, "client does not offer null compression")
+	}
+	group, haveGroup := selectGroup12(h.cfg.groups(), ch)
+	// RFC 8422, Section 5.1.2: uncompressed points are the only format.
+	ecdheOK := haveGroup && (!ch.has(extensionSupportedPoints) || slices.Contains(ch.supportedPoints, pointFormatUncompressed))
+
+	var suite cipherSuite12
+	found := false
+	for _, idx := range h.certificateOrder(ch.serverName) {
+		for _, id := range serverPreference(h.cfg.suites12(), ch.cipherSuites) {
+			if !slices.Contains(ch.cipherSuites, id) {
+				continue
+			}
+			s, _ := suite12ByID(id)
+			if scheme, ok := fits12(s, &h.cfg.Certificates[idx], ch, ecdheOK); ok {
+				suite, h.cert, h.scheme, found = s, idx, scheme, true
+				break
+			}
+		}
+		if found {
+			break
+		}
+	}
+	if !found {
+		return fail(alertHandshakeFailure, "no TLS 1.2 cipher suite fits both the client and a certificate")
+	}
+	alpn, err := negotiateALPN(h.cfg.NextProtos, ch.alpnProtocols)
+	if err != nil {
+		return err
+	}
+	h.alpn = alpn
+	h.kex = suite.kex
+	if suite.kex != kexRSA {
+		h.group = group
+	}
+	h.suite, _ = record.SuiteByID(suite.id)
+	h.ems = ch.extendedMasterSecret
+	h.clientAuth = h.cfg.ClientAuth != ClientAuthOff
+	h.transcript = newTranscript(h.suite.Hash, h.clientAuth)
+	h.transcript.write(raw)
+
+	if h.serverRandom, err = h.randomBytes(32); err != nil {
+		return err
+	}
+	_, hi := h.cfg.versions()
+	if hi == tls.VersionTLS13 {
+		copy(h.serverRandom[24:], downgradeCanaryTLS12) // RFC 8446, Section 4.1.3
+	}
+	hello := serverHelloMsg{
+		random:               h.serverRandom,
+		cipherSuite:          suite.id,
+		secureRenegotiation:  ch.secureRenegotiationSupported,
+		extendedMasterSecret: h.ems,
+		supportedPoints:      h.kex != kexRSA,
+		serverNameAck:        ch.serverName != "",
+		alpnProtocol:         alpn,
+	}
+	ev := TraceEvent{Message: "ServerHello"}
+	ev.add("version", versionName(h.vers))
+	ev.add("cipher_suite", tls.CipherSuiteName(suite.id))
+	if alpn != "" {
+		ev.add("alpn", alpn)
+	}
+	if h.ems {
+		ev.add("extended_master_secret", "true")
+	} else {
+		ev.add("extended_master_secret", "not offered by the client: master secret not bound to the handshake (RFC 7627)")
+	}
+	ev.add("secure_renegotiation", strconv.FormatBool(ch.secureRenegotiationSupported))
+	if hi == tls.VersionTLS13 {
+		ev.add("downgrade_sentinel", "DOWNGRD\\x01")
+	}
+	h.sendMessage(hello.marshal(), ev)
+
+	cert := &h.cfg.Certificates[h.cert]
+	h.sendMessage((&certificateMsg{certificates: cert.Chain}).marshal(), traceServerCertificate(cert))
+
+	if h.kex != kexRSA {
+		if err := h.sendServerKeyExchange(); err != nil {
+			return err
+		}
+	}
+	if h.clientAuth {
+		h.sendCertificateRequest()
+	}
+	h.sendMessage(marshalServerHelloDone(), TraceEvent{Message: "ServerHelloDone"})
+	if err := h.flush(); err != nil {
+		return err
+	}
+	h.state = stateClientKeyExchange
+	if h.clientAuth {
+		h.state = stateClientCertificate
+	}
+	return nil
+}
+
+// sendServerKeyExchange generates the ephemeral ECDHE key and sends its
+// public value signed over both randoms, RFC 8422, Section 5.4.
+func (h *Handshake) sendServerKeyExchange() error {
+	key, err := generateKey12(h.group, h.cfg.rand())
+	if err != nil {
+		return failWrap(alertInternalError, err, "generating ECDHE key")
+	}
+	h.ecdheKey = key
+	skx := serverKeyExchangeMsg{group: h.group, publicKey: key.PublicKey().Bytes(), signatureAlgorithm: h.scheme}
+	params := skx.params()
+	signed := make([]byte, 0, 64+len(params))
+	signed = append(signed, h.clientRandom...)
+	signed = append(signed, h.serverRandom...)
+	signed = append(signed, params...)
+	if skx.signature, err = h.sign("ServerKeyExchange", signed); err != nil {
+		return err
+	}
+	ev := TraceEvent{Message: "ServerKeyExchange"}
+	ev.add("group", h.group.String())
+	ev.add("signature_scheme", h.scheme.String())
+	h.sendMessage(skx.marshal(), ev)
+	return nil
+}
+
+// sendCertificateRequest asks for a client certificate (RFC 8446, Section
+// 4.3.2; RFC 5246, Section 7.4.4), naming the accepted CAs.
+func (h *Handshake) sendCertificateRequest() {
+	req := certificateRequestMsg{
+		tls13:               h.vers == tls.VersionTLS13,
+		signatureAlgorithms: clientAuthSchemes(h.vers),
+		//lint:ignore SA1019 Subjects is deprecated only for system pools, which ClientCAs never is.
+		certificateAuthorities: h.cfg.ClientCAs.Subjects(),
+	}
+	ev := TraceEvent{Message: "CertificateRequest"}
+	ev.add("signature_algorithms", list(req.signatureAlgorithms, stringer))
+	ev.add("certificate_authorities", strconv.Itoa(len(req.certificateAuthorities)))
+	h.sendMessage(req.marshal(), ev)
+}
+
+func traceServerCertificate(cert *Certificate) TraceEvent {
+	return traceCertificates(Sent, len(cert.Chain), []string{cert.subject})
+}
+
+// processClientCertificate handles the client's Certificate in either
+// version: an empty one is allowed unless ClientAuthRequired; otherwise the
+// chain must verify against ClientCAs.
+func (h *Handshake) processClientCertificate(body, raw []byte) error {
+	msg := certificateMsg{tls13: h.vers == tls.VersionTLS13}
+	if !msg.unmarshal(body) {
+		return fail(alertDecodeError, "malformed client Certificate")
+	}
+	h.transcript.write(raw)
+	next := stateClientKeyExchange
+	if h.vers == tls.VersionTLS13 {
+		next = stateClientFinished
+	}
+	if len(msg.certificates) == 0 {
+		h.trace = append(h.trace, traceCertificates(Received, 0, nil))
+		if h.cfg.ClientAuth == ClientAuthRequired {
+			// RFC 8446, Section 4.4.2.4; RFC 5246, Section 7.4.6.
+			if h.vers == tls.VersionTLS13 {
+				return fail(alertCertificateRequired, "client sent no certificate")
+			}
+			return fail(alertHandshakeFailure, "client sent no certificate")
+		}
+		h.state = next
+		return nil
+	}
+	certs, err := verifyClientChain(h.cfg, msg.certificates)
+	subjects := make([]string, len(certs))
+	for i, c := range certs {
+		subjects[i] = c.Subject.String()
+	}
+	h.trace = append(h.trace, traceCertificates(Received, len(msg.certificates), subjects))
+	if err != nil {
+		return err
+	}
+	h.peerCerts = make([][]byte, len(msg.certificates))
+	for i, c := range msg.certificates {
+		h.peerCerts[i] = slices.Clone(c)
+	}
+	h.peerKey = certs[0].PublicKey
+	h.state = stateClientCertificateVerify
+	if h.vers == tls.VersionTLS12 {
+		h.state = stateClientKeyExchange
+	}
+	return nil
+}
+
+// processClientKeyExchange derives the TLS 1.2 master secret and keys from
+// the client's key exchange (RFC 5246, Section 7.4.7; RFC 8422, Section 5.7).
+func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
+	payload, ok := parseClientKeyExchange(body, h.kex == kexRSA)
+	if !ok {
+		return fail(alertDecodeError, "malformed ClientKeyExchange")
+	}
+	var preMaster []byte
+	ev := TraceEvent{Direction: Received, Message: "ClientKeyExchange"}
+	if h.kex == kexRSA {
+		ev.add("key_exchange", "RSA")
+		// Bleichenbacher (RFC 5246, Section 7.4.7.1): a padding or version
+		// error must be indistinguishable from success, in alerts and in
+		// timing. KeyOps substitutes 48 random bytes in that case and never
+		// reports it; the handshake continues with whatever it returns, so a
+		// wrong premaster only shows when the client's Finished record fails
+		// to authenticate under the derived keys, exactly as for any other
+		// wrong key. An error here is operational (the vault is unreachable),
+		// never a property of the ciphertext.
+		if h.keys == nil {
+			return errNoKeyOps
+		}
+		var err error
+		preMaster, err = h.keys.DecryptPremaster(h.ctx, h.cfg.Certificates[h.cert].KeyRef, payload, h.clientVersion)
+		if err != nil {
+			return failWrap(alertInternalError, err, "premaster decryption")
+		}
+		if len(preMaster) != masterSecretLength {
+			return fail(alertInternalError, "premaster decryption returned %d bytes, want 48", len(preMaster))
+		}
+	} else {
+		ev.add("key_exchange", "ECDHE "+h.group.String())
+		peer, err := h.ecdheKey.Curve().NewPublicKey(payload)
+		if err == nil {
+			preMaster, err = h.ecdheKey.ECDH(peer)
+		}
+		h.ecdheKey = nil
+		if err != nil {
+			return failWrap(alertIllegalParameter, err, "invalid client ECDHE public key")
+		}
+	}
+	h.trace = append(h.trace, ev)
+	h.transcript.write(raw)
+	h.masterSecret = masterSecret(h.suite.Hash, preMaster, h.ems, h.transcript.sum(), h.clientRandom, h.serverRandom)
+	clear(preMaster)
+	h.clientKey, h.serverKey, h.clientIV, h.serverIV = keysFromMasterSecret(h.suite.Hash, h.masterSecret,
+		h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
+	h.state = stateChangeCipherSpec
+	if h.peerKey != nil {
+		h.state = stateClientCertificateVerify
+	}
+	return nil
+}
+
+// processClientCertificateVerify checks the client's proof of possession of
+// its certificate key: over the transcript in TLS 1.3 (RFC 8446, Section
+// 4.4.3), over the raw handshake messages in TLS 1.2 (RFC 5246, Section
+// 7.4.8).
+func (h *Handshake) processClientCertificateVerify(body, raw []byte) error {
+	var cv certificateVerifyMsg
+	if !cv.unmarshal(body) {
+		return fail(alertDecodeError, "malformed client CertificateVerify")
+	}
+	ev := TraceEvent{Direction: Received, Message: "CertificateVerify"}
+	ev.add("signature_scheme", cv.signatureAlgorithm.String())
+	h.trace = append(h.trace, ev)
+	if !slices.Contains(clientAuthSchemes(h.vers), cv.signatureAlgorithm) ||
+		!slices.Contains(schemesForKey(h.vers, h.peerKey), cv.signatureAlgorithm) {
+		return fail(alertIllegalParameter, "client signed with %v, not offered or not fitting its key", cv.signatureAlgorithm)
+	}
+	signed := h.transcript.raw
+	if h.vers == tls.VersionTLS13 {
+		signed = signedMessage13(clientSignatureContext, h.transcript.sum())
+	}
+	if err := verifySignature(cv.signatureAlgorithm, h.peerKey, signed, cv.signature); err != nil {
+		return failWrap(alertDecryptError, err, "invalid client CertificateVerify signature")
+	}
+	h.transcript.dropRaw()
+	h.transcript.write(raw)
+	h.state = stateClientFinished
+	if h.vers == tls.VersionTLS12 {
+		h.state = stateChangeCipherSpec
+	}
+	return nil
+}
+
+// processClientFinished verifies the client's Finished and completes the
+// handshake; in TLS 1.2 the server's ChangeCipherSpec and Finished follow.
+func (h *Handshake) processClientFinished(body, raw []byte) error {
+	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "Finished"})
+	var expected []byte
+	if h.vers == tls.VersionTLS13 {
+		expected = finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())
+	} else {
+		expected = finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())
+	}
+	if !hmac.Equal(body, expected) {
+		return fail(alertDecryptError, "client Finished does not match the transcript")
+	}
+	if h.vers == tls.VersionTLS12 {
+		h.transcript.write(raw)
+		verifyData := finishedVerifyData12(h.suite.Hash, h.masterSecret, "server finished", h.transcript.sum())
+		if err := h.sendChangeCipherSpec(); err != nil {
+			return err
+		}
+		c, err := h.newCipher(nil, h.serverKey, h.serverIV, 0)
+		if err != nil {
+			return err
+		}
+		h.writeCipher = c
+		h.sendMessage(marshalFinished(verifyData), TraceEvent{Message: "Finished"})
+		if err := h.flush(); err != nil {
+			return err
+		}
+	}
+	h.complete()
+	return nil
+}
+
+// complete records the session and drops what the caller does not need.
+func (h *Handshake) complete() {
+	s := &Session{
+		Version:              h.vers,
+		CipherSuite:          h.suite.ID,
+		ServerName:           h.serverName,
+		ALPN:                 h.alpn,
+		Group:                h.group,
+		SignatureScheme:      h.scheme,
+		CertificateIndex:     h.cert,
+		KeyRef:               h.cfg.Certificates[h.cert].KeyRef,
+		PeerCertificates:     h.peerCerts,
+		ExtendedMasterSecret: h.ems || h.vers == tls.VersionTLS13,
+		DidHelloRetryRequest: h.didHRR,
+	}
+	if h.vers == tls.VersionTLS13 {
+		// Fresh application traffic secrets start at sequence number 0.
+		s.ClientTrafficSecret, s.ServerTrafficSecret, s.ExporterMasterSecret = h.clientTraffic, h.serverTraffic, h.exporterSecret
+		s.ClientKey, s.ClientIV = record.TrafficKeys(h.suite, h.clientTraffic)
+		s.ServerKey, s.ServerIV = record.TrafficKeys(h.suite, h.serverTraffic)
+	} else {
+		s.ClientKey, s.ClientIV, s.ServerKey, s.ServerIV = h.clientKey, h.clientIV, h.serverKey, h.serverIV
+		s.ClientSeq, s.ServerSeq = h.readCipher.Seq(), h.writeCipher.Seq()
+	}
+	h.session = s
+	h.state = stateComplete
+	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake, h.serverHandshake} {
+		clear(secret)
+	}
+	h.masterSecret, h.clientHandshake, h.serverHandshake = nil, nil, nil
+	h.transcript, h.readCipher, h.writeCipher = nil, nil, nil
+}
+
+// helloFingerprint hashes the ClientHello fields a client must not change
+// in its second ClientHello (RFC 8446, Section 4.1.2: everything but
+// key_share, early_data, cookie, pre_shared_key and padding). Keeping a
+// digest instead of the first ClientHello keeps the pending state small.
+func helloFingerprint(ch *clientHelloMsg) []byte {
+	var b bytes.Buffer
+	put16 := func(v uint16) { b.WriteByte(byte(v >> 8)); b.WriteByte(byte(v)) }
+	putBytes := func(p []byte) { put16(uint16(len(p))); b.Write(p) }
+	putBool := func(v bool) {
+		if v {
+			b.WriteByte(1)
+		} else {
+			b.WriteByte(0)
+		}
+	}
+	put16(ch.vers)
+	putBytes(ch.random)
+	putBytes(ch.sessionID)
+	putBytes(ch.compressionMethods)
+	put16(uint16(len(ch.cipherSuites)))
+	for _, v := range ch.cipherSuites {
+		put16(v)
+	}
+	put16(uint16(len(ch.supportedVersions)))
+	for _, v := range ch.supportedVersions {
+		put16(v)
+	}
+	put16(uint16(len(ch.supportedGroups)))
+	for _, v := range ch.supportedGroups {
+		put16(uint16(v))
+	}
+	for _, l := range [][]tls.SignatureScheme{ch.signatureAlgorithms, ch.signatureAlgorithmsCert} {
+		put16(uint16(len(l)))
+		for _, v := range l {
+			put16(uint16(v))
+		}
+	}
+	put16(uint16(len(ch.alpnProtocols)))
+	for _, p := range ch.alpnProtocols {
+		putBytes([]byte(p))
+	}
+	putBytes([]byte(ch.serverName))
+	putBytes(ch.supportedPoints)
+	putBytes(ch.pskModes)
+	putBytes(ch.sessionTicket)
+	putBytes(ch.secureRenegotiation)
+	for _, v := range []bool{ch.ocspStapling, ch.scts, ch.extendedMasterSecret, ch.ticketSupported, ch.secureRenegotiationSupported} {
+		putBool(v)
+	}
+	sum := sha256.Sum256(b.Bytes())
+	return sum[:]
+}

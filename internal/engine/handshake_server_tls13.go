@@ -1,0 +1,258 @@
+package engine
+
+import (
+	"bytes"
+	"crypto/tls"
+	"slices"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// negotiation13 is what a TLS 1.3 ClientHello settles besides the version.
+type negotiation13 struct {
+	suite  uint16
+	group  tls.CurveID
+	cert   int
+	scheme tls.SignatureScheme
+	alpn   string
+}
+
+// negotiate13 checks a TLS 1.3 ClientHello and picks the suite, group,
+// certificate, signature scheme and ALPN protocol (RFC 8446, Section 4.1.1).
+func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
+	var n negotiation13
+	// RFC 8446, Section 4.1.2: legacy_compression_methods is exactly {null}.
+	if !bytes.Equal(ch.compressionMethods, []byte{compressionNone}) {
+		return n, fail(alertIllegalParameter, "TLS 1.3 ClientHello offers compression")
+	}
+	// RFC 8446, Section 9.2: a certificate-based TLS 1.3 ClientHello carries
+	// signature_algorithms, supported_groups and key_share.
+	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups, extensionKeyShare} {
+		if !ch.has(ext) {
+			return n, fail(alertMissingExtension, "TLS 1.3 ClientHello without extension %d", ext)
+		}
+	}
+	// RFC 8446, Section 4.2.8: one share per group, each for an offered group.
+	for i, ks := range ch.keyShares {
+		if !slices.Contains(ch.supportedGroups, ks.group) {
+			return n, fail(alertIllegalParameter, "key share for %v, which supported_groups does not list", ks.group)
+		}
+		for _, other := range ch.keyShares[:i] {
+			if other.group == ks.group {
+				return n, fail(alertIllegalParameter, "two key shares for %v", ks.group)
+			}
+		}
+	}
+	for _, id := range serverPreference(h.cfg.suites13(), ch.cipherSuites) {
+		if slices.Contains(ch.cipherSuites, id) {
+			n.suite = id
+			break
+		}
+	}
+	if n.suite == 0 {
+		return n, fail(alertHandshakeFailure, "no TLS 1.3 cipher suite in common")
+	}
+	var ok bool
+	if n.group, ok = selectGroup13(h.cfg.groups(), ch); !ok {
+		return n, fail(alertHandshakeFailure, "no key exchange group in common")
+	}
+	found := false
+	for _, idx := range h.certificateOrder(ch.serverName) {
+		if n.scheme, found = selectSignatureScheme(tls.VersionTLS13, h.cfg.Certificates[idx].leaf.PublicKey, ch.signatureAlgorithms); found {
+			n.cert = idx
+			break
+		}
+	}
+	if !found {
+		return n, fail(alertHandshakeFailure, "no certificate signs with a scheme the client accepts")
+	}
+	var err error
+	n.alpn, err = negotiateALPN(h.cfg.NextProtos, ch.alpnProtocols)
+	return n, err
+}
+
+// serverHello13 answers the first TLS 1.3 ClientHello: with a
+// HelloRetryRequest if the client sent no share for the chosen group,
+// otherwise with the server's whole flight.
+func (h *Handshake) serverHello13(ch *clientHelloMsg, raw []byte) error {
+	n, err := h.negotiate13(ch)
+	if err != nil {
+		return err
+	}
+	h.suite, _ = record.SuiteByID(n.suite)
+	h.transcript = newTranscript(h.suite.Hash, false)
+	h.sessionID = slices.Clone(ch.sessionID)
+	share := ch.keyShare(n.group)
+	if share == nil {
+		return h.sendHelloRetryRequest(ch, raw, n)
+	}
+	return h.sendServerFlight13(ch, raw, n, share)
+}
+
+// sendHelloRetryRequest asks the client for a share for n.group, RFC 8446,
+// Section 4.1.4. The server keeps no cookie: the pending state remembers the
+// group and a digest of the first ClientHello.
+func (h *Handshake) sendHelloRetryRequest(ch *clientHelloMsg, raw []byte, n negotiation13) error {
+	h.transcript.restartWithMessageHash(raw)
+	h.group = n.group
+	h.didHRR = true
+	h.hrrHello = helloFingerprint(ch)
+	// RFC 8446, Section 4.2.10: refused 0-RTT data may follow; it is skipped
+	// unread until the second ClientHello.
+	h.skipEarlyData = ch.earlyData
+	hrr := serverHelloMsg{
+		random:           helloRetryRequestRandom,
+		sessionID:        h.sessionID,
+		cipherSuite:      n.suite,
+		supportedVersion: tls.VersionTLS13,
+		selectedGroup:    n.group,
+	}
+	ev := TraceEvent{Message: "HelloRetryRequest"}
+	ev.add("cipher_suite", tls.CipherSuiteName(n.suite))
+	ev.add("selected_group", n.group.String())
+	h.sendMessage(hrr.marshal(), ev)
+	if err := h.sendCompatChangeCipherSpec(); err != nil {
+		return err
+	}
+	if err := h.flush(); err != nil {
+		return err
+	}
+	h.state = stateClientHelloRetry
+	return nil
+}
+
+// sendCompatChangeCipherSpec sends the middlebox-compatibility
+// change_cipher_spec after the server's first handshake message, when the
+// client asked for compatibility mode with a legacy_session_id (RFC 8446,
+// Appendix D.4).
+func (h *Handshake) sendCompatChangeCipherSpec() error {
+	if len(h.sessionID) == 0 || h.sentCCS {
+		return h.flush()
+	}
+	h.sentCCS = true
+	return h.sendChangeCipherSpec()
+}
+
+// processSecondClientHello checks the ClientHello that answers a
+// HelloRetryRequest (RFC 8446, Section 4.1.2) and continues the handshake.
+func (h *Handshake) processSecondClientHello(body, raw []byte) error {
+	var ch clientHelloMsg
+	if !ch.unmarshal(body) {
+		return fail(alertDecodeError, "malformed second ClientHello")
+	}
+	h.trace = append(h.trace, traceClientHello(&ch))
+	h.skipEarlyData = false
+	if vers, err := h.negotiateVersion(&ch); err != nil || vers != tls.VersionTLS13 {
+		return fail(alertIllegalParameter, "second ClientHello does not offer TLS 1.3")
+	}
+	if len(ch.keyShares) != 1 || ch.keyShares[0].group != h.group {
+		return fail(alertIllegalParameter, "second ClientHello lacks exactly one key share for %v", h.group)
+	}
+	if ch.earlyData {
+		return fail(alertIllegalParameter, "early_data in the second ClientHello")
+	}
+	if !bytes.Equal(helloFingerprint(&ch), h.hrrHello) {
+		return fail(alertIllegalParameter, "second ClientHello changed more than the key share")
+	}
+	h.hrrHello = nil
+	n, err := h.negotiate13(&ch)
+	if err != nil {
+		return err
+	}
+	if n.suite != h.suite.ID {
+		return fail(alertIllegalParameter, "second ClientHello changed the cipher suite")
+	}
+	n.group = h.group
+	return h.sendServerFlight13(&ch, raw, n, ch.keyShares[0].data)
+}
+
+// sendServerFlight13 sends ServerHello, EncryptedExtensions,
+// [CertificateRequest], Certificate, CertificateVerify and Finished, and
+// derives the handshake and application traffic secrets (RFC 8446, Sections
+// 2 and 7.1).
+func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotiation13, clientShare []byte) error {
+	h.group, h.cert, h.scheme, h.alpn = n.group, n.cert, n.scheme, n.alpn
+	hash := h.suite.Hash
+	shared, serverShare, err := serverKeyShare13(n.group, h.cfg.rand(), clientShare)
+	if err != nil {
+		return failWrap(alertIllegalParameter, err, "client key share for %v", n.group)
+	}
+	h.transcript.write(raw)
+	if h.serverRandom, err = h.randomBytes(32); err != nil {
+		return err
+	}
+	hello := serverHelloMsg{
+		random:           h.serverRandom,
+		sessionID:        h.sessionID,
+		cipherSuite:      n.suite,
+		supportedVersion: tls.VersionTLS13,
+		serverShare:      keyShare{group: n.group, data: serverShare},
+	}
+	ev := TraceEvent{Message: "ServerHello"}
+	ev.add("version", versionName(tls.VersionTLS13))
+	ev.add("cipher_suite", tls.CipherSuiteName(n.suite))
+	ev.add("key_share", n.group.String())
+	h.sendMessage(hello.marshal(), ev)
+	if err := h.sendCompatChangeCipherSpec(); err != nil {
+		return err
+	}
+
+	handshakeSecret := handshakeSecret13(hash, shared)
+	clear(shared)
+	helloHash := h.transcript.sum()
+	h.clientHandshake = deriveSecret(hash, handshakeSecret, "c hs traffic", helloHash)
+	h.serverHandshake = deriveSecret(hash, handshakeSecret, "s hs traffic", helloHash)
+	if h.writeCipher, err = h.newCipher(h.serverHandshake, nil, nil, 0); err != nil {
+		return err
+	}
+	if h.readCipher, err = h.newCipher(h.clientHandshake, nil, nil, 0); err != nil {
+		return err
+	}
+
+	ee := encryptedExtensionsMsg{serverNameAck: ch.serverName != "", alpnProtocol: n.alpn}
+	ev = TraceEvent{Message: "EncryptedExtensions"}
+	if n.alpn != "" {
+		ev.add("alpn", n.alpn)
+	}
+	if ee.serverNameAck {
+		ev.add("server_name", "acknowledged")
+	}
+	h.sendMessage(ee.marshal(), ev)
+
+	h.clientAuth = h.cfg.ClientAuth != ClientAuthOff
+	if h.clientAuth {
+		h.sendCertificateRequest()
+	}
+	cert := &h.cfg.Certificates[h.cert]
+	h.sendMessage((&certificateMsg{tls13: true, certificates: cert.Chain}).marshal(), traceServerCertificate(cert))
+
+	cv := certificateVerifyMsg{signatureAlgorithm: h.scheme}
+	if cv.signature, err = h.sign("CertificateVerify", signedMessage13(serverSignatureContext, h.transcript.sum())); err != nil {
+		return err
+	}
+	ev = TraceEvent{Message: "CertificateVerify"}
+	ev.add("signature_scheme", h.scheme.String())
+	h.sendMessage(cv.marshal(), ev)
+
+	h.sendMessage(marshalFinished(finishedVerifyData13(hash, h.serverHandshake, h.transcript.sum())), TraceEvent{Message: "Finished"})
+	if err := h.flush(); err != nil {
+		return err
+	}
+
+	master := masterSecret13(hash, handshakeSecret)
+	clear(handshakeSecret)
+	finishedHash := h.transcript.sum()
+	h.clientTraffic = deriveSecret(hash, master, "c ap traffic", finishedHash)
+	h.serverTraffic = deriveSecret(hash, master, "s ap traffic", finishedHash)
+	h.exporterSecret = deriveSecret(hash, master, "exp master", finishedHash)
+	clear(master)
+
+	// RFC 8446, Section 4.2.10: 0-RTT data the server does not accept is
+	// skipped until a record opens under the handshake keys.
+	h.skipEarlyData = ch.earlyData && !h.didHRR
+	h.state = stateClientFinished
+	if h.clientAuth {
+		h.state = stateClientCertificate
+	}
+	return nil
+}

@@ -1,0 +1,104 @@
+package engine
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"testing"
+)
+
+// TestSaveRestore moves the handshake to a new Handshake value after every
+// Step (every byte, in byte mode), through MarshalBinary and
+// RestoreHandshake, in every kind of handshake.
+func TestSaveRestore(t *testing.T) {
+	p := getPKI(t)
+	tests := []struct {
+		name   string
+		key    string
+		vers   uint16
+		suites []uint16
+		groups []tls.CurveID // client's; crypto/tls sends a share for the one it prefers
+		hrr    []tls.CurveID // server's, to force a HelloRetryRequest
+		auth   bool
+	}{
+		{"TLS13", "p256", tls.VersionTLS13, nil, nil, nil, false},
+		{"TLS13 HRR", "rsa", tls.VersionTLS13, nil, []tls.CurveID{tls.CurveP256, tls.CurveP384}, []tls.CurveID{tls.CurveP384}, false},
+		{"TLS13 client auth", "ed25519", tls.VersionTLS13, nil, nil, nil, true},
+		{"TLS12 ECDHE", "p384", tls.VersionTLS12, nil, []tls.CurveID{tls.CurveP256}, nil, false},
+		{"TLS12 RSA", "rsa", tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_256_GCM_SHA384}, nil, nil, false},
+		{"TLS12 client auth", "rsa", tls.VersionTLS12, nil, nil, nil, true},
+	}
+	for _, tc := range tests {
+		for _, mode := range []splitMode{splitRandom, splitBytes} {
+			t.Run(fmt.Sprintf("%s/%v", tc.name, mode), func(t *testing.T) {
+				t.Parallel()
+				cfg := serverConfig(p.key(tc.key))
+				cl := clientConfig(p, tc.key+".example.com")
+				cl.MaxVersion, cl.CipherSuites, cl.CurvePreferences = tc.vers, tc.suites, tc.groups
+				cfg.Groups = tc.hrr
+				if tc.auth {
+					cfg.ClientAuth, cfg.ClientCAs = ClientAuthRequired, p.clientCA
+					cl.Certificates = []tls.Certificate{p.clientCerts["p384"]}
+				}
+				s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl, mode: mode, hop: true}))
+				if s.DidHelloRetryRequest != (tc.hrr != nil) || (len(s.PeerCertificates) > 0) != tc.auth {
+					t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
+				}
+			})
+		}
+	}
+}
+
+func TestSaveRejects(t *testing.T) {
+	p := getPKI(t)
+	cfg := serverConfig(p.p256)
+	h, _ := NewHandshake(&cfg)
+	h.Step(context.Background(), p.keys, []byte("junk!"))
+	if _, err := h.MarshalBinary(); err == nil {
+		t.Error("saved a failed handshake")
+	}
+	hello := captureClientHello(t, clientConfig(p, "p256.example.com"))
+	h, _ = NewHandshake(&cfg)
+	h.Step(context.Background(), p.keys, hello)
+	saved, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range saved {
+		if _, err := RestoreHandshake(&cfg, saved[:i]); err == nil {
+			t.Fatalf("restored from %d of %d bytes", i, len(saved))
+		}
+	}
+	other := serverConfig(p.p256)
+	other.Certificates = nil
+	if _, err := RestoreHandshake(&other, saved); err == nil {
+		t.Error("restored under an invalid configuration")
+	}
+}
+
+// FuzzRestoreHandshake checks that damaged saved state is rejected or
+// yields a handshake that fails cleanly, never a panic.
+func FuzzRestoreHandshake(f *testing.F) {
+	p := getPKI(f)
+	cfg := serverConfig(p.p256, p.rsa)
+	cfg.ClientAuth, cfg.ClientCAs = ClientAuthOptional, p.clientCA
+	for _, rec := range seedHellos(f) {
+		h, _ := NewHandshake(&cfg)
+		h.Step(context.Background(), p.keys, rec[:len(rec)-3])
+		saved, _ := h.MarshalBinary()
+		f.Add(saved, []byte(nil))
+		h.Step(context.Background(), p.keys, rec[len(rec)-3:])
+		saved, _ = h.MarshalBinary()
+		f.Add(saved, []byte{20, 3, 3, 0, 1, 1, 22, 3, 3, 0, 4, 20, 0, 0, 0})
+	}
+	f.Fuzz(func(t *testing.T, saved, in []byte) {
+		h, err := RestoreHandshake(&cfg, saved)
+		if err != nil {
+			return
+		}
+		if _, err := h.MarshalBinary(); err != nil {
+			t.Fatal(err)
+		}
+		h.Step(context.Background(), p.keys, in)
+	})
+}
