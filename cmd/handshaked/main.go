@@ -79,7 +79,7 @@ func run(ctx context.Context, cfg config) error {
 		return fmt.Errorf("sample key: %w", err)
 	}
 
-	srv, err := service.New(vault)
+	srv, err := service.New(vault, service.Options{})
 	if err != nil {
 		return err
 	}

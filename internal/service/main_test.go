@@ -7,84 +7,40 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
 // testServer is a real handshaked service on loopback sockets: a bbolt vault
 // in a temporary directory, gRPC and REST listeners, and a gRPC client.
 type testServer struct {
-	vault *keyvault.Vault
-	kv    pb.KeyVaultClient
-	rest  string // base URL of the REST gateway
+	*servicetest.Server
+	vault    *keyvault.Vault
+	kv       pb.KeyVaultClient
+	grpcAddr string
+	rest     string // base URL of the REST gateway
 }
 
 func startServer(t testing.TB) *testServer {
 	t.Helper()
-	ctx := context.Background()
-	store, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "keys.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	vault, err := keyvault.New(ctx, store, kek)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := service.New(vault)
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(grpcLis, httpLis) }()
-	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		vault.Close()
-	})
-	return &testServer{vault: vault, kv: pb.NewKeyVaultClient(conn), rest: "http://" + httpLis.Addr().String()}
+	return startServerWith(t, 0, 0)
 }
 
-// fixture reads a test key from testdata/keys (made by testdata/keys/gen.sh).
-func fixture(t testing.TB, name string) []byte {
+// startServerWith sets the handshake session cap and lifetime (0: defaults).
+func startServerWith(t testing.TB, maxSessions int, sessionTTL time.Duration) *testServer {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "keys", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	srv := servicetest.Start(t, service.Options{Handshake: service.HandshakeOptions{MaxSessions: maxSessions, SessionTTL: sessionTTL}})
+	return &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
 }
+
+// fixture reads a test key from testdata/keys.
+func fixture(t testing.TB, name string) []byte { return servicetest.Fixture(t, name) }
 
 // restCall sends a JSON request through the gateway and decodes the JSON
 // answer into out (when non-nil and the status is 200). It returns the HTTP

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -43,8 +46,15 @@ type Server struct {
 	gateway *grpc.ClientConn
 }
 
+// Options configure a Server. The zero value is a development server.
+type Options struct {
+	Handshake HandshakeOptions
+}
+
 // New wires the API over vault.
-func New(vault *keyvault.Vault) (*Server, error) {
+func New(vault *keyvault.Vault, opts Options) (*Server, error) {
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s := &Server{
 		grpc: grpc.NewServer(
 			grpc.MaxRecvMsgSize(MaxRequestBytes),
@@ -55,6 +65,7 @@ func New(vault *keyvault.Vault) (*Server, error) {
 		pipe:   bufconn.Listen(pipeBuffer),
 	}
 	pb.RegisterKeyVaultServer(s.grpc, NewKeyVault(vault))
+	pb.RegisterHandshakeServer(s.grpc, NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry)))
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
@@ -78,9 +89,13 @@ func New(vault *keyvault.Vault) (*Server, error) {
 	if err := pb.RegisterKeyVaultHandler(context.Background(), mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := pb.RegisterHandshakeHandler(context.Background(), mux, conn); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 
 	h := http.NewServeMux()
 	h.HandleFunc("GET /healthz", s.healthz)
+	h.Handle("GET /metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{}))
 	h.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openapiv2.Spec)

@@ -1,0 +1,209 @@
+package service
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/engine"
+	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+const (
+	maxHandshakeKeys = 16
+	maxALPN          = 16
+	maxCAPEMBytes    = 256 << 10
+)
+
+var tlsVersions = map[pb.TLSVersion]uint16{
+	pb.TLSVersion_TLS_VERSION_UNSPECIFIED: 0,
+	pb.TLSVersion_TLS_VERSION_1_2:         tls.VersionTLS12,
+	pb.TLSVersion_TLS_VERSION_1_3:         tls.VersionTLS13,
+}
+
+// engineConfig turns a request's handshake configuration into the engine's,
+// resolving each key to an enabled version with a certificate chain.
+func engineConfig(ctx context.Context, vault *keyvault.Vault, c *pb.HandshakeConfig) (*engine.Config, error) {
+	if n := len(c.GetKeys()); n == 0 || n > maxHandshakeKeys {
+		return nil, invalid("config.keys: must name 1 to %d keys, got %d", maxHandshakeKeys, n)
+	}
+	cfg := &engine.Config{Certificates: make([]engine.Certificate, 0, len(c.GetKeys()))}
+	for _, ref := range c.GetKeys() {
+		cert, err := handshakeCertificate(ctx, vault, ref)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = append(cfg.Certificates, cert)
+	}
+	var ok bool
+	if cfg.MinVersion, ok = tlsVersions[c.GetMinVersion()]; !ok {
+		return nil, invalid("config.min_version: unsupported %v", c.GetMinVersion())
+	}
+	if cfg.MaxVersion, ok = tlsVersions[c.GetMaxVersion()]; !ok {
+		return nil, invalid("config.max_version: unsupported %v", c.GetMaxVersion())
+	}
+	if len(c.GetCipherSuites()) > 0 {
+		// An explicit list configures both versions exactly: a version with
+		// none of its suites listed negotiates nothing.
+		cfg.CipherSuites, cfg.CipherSuitesTLS13 = []uint16{}, []uint16{}
+		for _, id := range c.GetCipherSuites() {
+			s, ok := record.SuiteByID(uint16(id))
+			if !ok || id > 0xffff {
+				return nil, invalid("config.cipher_suites: unsupported cipher suite %#04x", id)
+			}
+			if s.TLS13 {
+				cfg.CipherSuitesTLS13 = append(cfg.CipherSuitesTLS13, s.ID)
+			} else {
+				cfg.CipherSuites = append(cfg.CipherSuites, s.ID)
+			}
+		}
+	}
+	for _, g := range c.GetGroups() {
+		if g > 0xffff {
+			return nil, invalid("config.groups: %d is not a named group", g)
+		}
+		cfg.Groups = append(cfg.Groups, tls.CurveID(g))
+	}
+	if len(c.GetAlpnProtocols()) > maxALPN {
+		return nil, invalid("config.alpn_protocols: at most %d", maxALPN)
+	}
+	for _, p := range c.GetAlpnProtocols() {
+		// RFC 7301 §3.1: protocol names are 1 to 255 bytes.
+		if len(p) == 0 || len(p) > 255 {
+			return nil, invalid("config.alpn_protocols: %q must be 1 to 255 bytes", p)
+		}
+	}
+	cfg.NextProtos = c.GetAlpnProtocols()
+	switch c.GetClientAuth() {
+	case pb.ClientAuth_CLIENT_AUTH_UNSPECIFIED, pb.ClientAuth_CLIENT_AUTH_OFF:
+		cfg.ClientAuth = engine.ClientAuthOff
+	case pb.ClientAuth_CLIENT_AUTH_OPTIONAL:
+		cfg.ClientAuth = engine.ClientAuthOptional
+	case pb.ClientAuth_CLIENT_AUTH_REQUIRED:
+		cfg.ClientAuth = engine.ClientAuthRequired
+	default:
+		return nil, invalid("config.client_auth: unsupported %v", c.GetClientAuth())
+	}
+	if pemCAs := c.GetClientCaPem(); pemCAs != "" {
+		if len(pemCAs) > maxCAPEMBytes {
+			return nil, invalid("config.client_ca_pem: more than %d bytes", maxCAPEMBytes)
+		}
+		cfg.ClientCAs = x509.NewCertPool()
+		if !cfg.ClientCAs.AppendCertsFromPEM([]byte(pemCAs)) {
+			return nil, invalid("config.client_ca_pem: no certificate in it")
+		}
+	}
+	return cfg, nil
+}
+
+func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, ref *pb.KeyRef) (engine.Certificate, error) {
+	k, err := vault.Get(ctx, ref.GetKey())
+	if err != nil {
+		return engine.Certificate{}, toStatus(ctx, err)
+	}
+	v, err := versionOf(k, ref.GetVersion())
+	if err != nil {
+		return engine.Certificate{}, err
+	}
+	if v.State != keyvault.StateEnabled {
+		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d is %v", k.ID, v.Number, v.State)
+	}
+	if len(v.Chain) == 0 {
+		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d has no certificate chain: attach one first", k.ID, v.Number)
+	}
+	cert, err := engine.NewCertificate(v.Chain, keyRef(k.ID, v.Number))
+	if err != nil {
+		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d: %v", k.ID, v.Number, err)
+	}
+	return cert, nil
+}
+
+// newHandshake builds a handshake; a configuration the engine rejects is the
+// caller's mistake.
+func newHandshake(cfg *engine.Config) (*engine.Handshake, error) {
+	hs, err := engine.NewHandshake(cfg)
+	if err != nil {
+		return nil, invalid("config: %v", err)
+	}
+	return hs, nil
+}
+
+func stepToProto(id string, res *engine.StepResult, input []byte, session *engine.Session) *pb.HandshakeStep {
+	out := &pb.HandshakeStep{
+		Id:       id,
+		Output:   res.Output,
+		Consumed: uint32(res.Consumed),
+		Trace:    traceToProto(res.Trace),
+	}
+	switch res.State {
+	case engine.NeedInput:
+		out.State = pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT
+	case engine.Complete:
+		out.State = pb.HandshakeState_HANDSHAKE_STATE_COMPLETE
+		out.Leftover = input[res.Consumed:]
+		out.Session = sessionToProto(session, true)
+	case engine.Failed:
+		out.State = pb.HandshakeState_HANDSHAKE_STATE_FAILED
+		out.Alert = &pb.Alert{
+			Description: uint32(res.AlertDescription),
+			Name:        res.AlertDescription.String(),
+			Record:      res.Alert,
+			Reason:      res.Reason,
+		}
+	}
+	return out
+}
+
+func traceToProto(events []engine.TraceEvent) []*pb.TraceEvent {
+	out := make([]*pb.TraceEvent, 0, len(events))
+	for _, e := range events {
+		pe := &pb.TraceEvent{Direction: e.Direction.String(), Message: e.Message, Fields: make([]*pb.TraceField, 0, len(e.Fields))}
+		for _, f := range e.Fields {
+			pe.Fields = append(pe.Fields, &pb.TraceField{Key: f.Key, Value: f.Value})
+		}
+		out = append(out, pe)
+	}
+	return out
+}
+
+// sessionToProto converts a completed session; the keys only when withKeys:
+// the API returns them once, on the step that completes the handshake.
+func sessionToProto(s *engine.Session, withKeys bool) *pb.Session {
+	id, version, err := parseKeyRef(s.KeyRef)
+	if err != nil {
+		panic(fmt.Sprintf("engine returned a key reference the service did not make: %v", err))
+	}
+	out := &pb.Session{
+		Version:              uint32(s.Version),
+		CipherSuite:          uint32(s.CipherSuite),
+		CipherSuiteName:      tls.CipherSuiteName(s.CipherSuite),
+		Group:                uint32(s.Group),
+		ServerName:           s.ServerName,
+		AlpnProtocol:         s.ALPN,
+		Key:                  &pb.KeyRef{Key: id, Version: version},
+		SignatureScheme:      uint32(s.SignatureScheme),
+		PeerCertificates:     s.PeerCertificates,
+		ExtendedMasterSecret: s.ExtendedMasterSecret,
+		HelloRetryRequest:    s.DidHelloRetryRequest,
+	}
+	if withKeys {
+		out.Keys = &pb.SessionKeys{
+			ClientWriteKey:                 s.ClientKey,
+			ClientWriteIv:                  s.ClientIV,
+			ServerWriteKey:                 s.ServerKey,
+			ServerWriteIv:                  s.ServerIV,
+			ClientSequence:                 s.ClientSeq,
+			ServerSequence:                 s.ServerSeq,
+			ClientApplicationTrafficSecret: s.ClientTrafficSecret,
+			ServerApplicationTrafficSecret: s.ServerTrafficSecret,
+			ExporterMasterSecret:           s.ExporterMasterSecret,
+		}
+	}
+	return out
+}

@@ -1,0 +1,53 @@
+package service
+
+import (
+	"crypto/tls"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/handshaked/handshaked/internal/engine"
+)
+
+// handshakeMetrics are the Handshake API's Prometheus metrics.
+type handshakeMetrics struct {
+	startedTotal   prometheus.Counter
+	completedTotal *prometheus.CounterVec
+	failedTotal    *prometheus.CounterVec
+	stepSeconds    prometheus.Histogram
+	sessions       prometheus.Gauge
+}
+
+func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
+	m := &handshakeMetrics{
+		startedTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "handshaked_handshakes_started_total", Help: "Handshakes started.",
+		}),
+		completedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handshaked_handshakes_completed_total", Help: "Handshakes completed, by version and cipher suite.",
+		}, []string{"version", "cipher_suite"}),
+		failedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handshaked_handshakes_failed_total", Help: "Handshakes failed, by the alert sent or received.",
+		}, []string{"alert"}),
+		stepSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "handshaked_handshake_step_seconds", Help: "Latency of one engine step, private-key operations included.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}),
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "handshaked_handshake_sessions", Help: "Handshake sessions held (unary and streamed).",
+		}),
+	}
+	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions)
+	return m
+}
+
+func (m *handshakeMetrics) completed(s *engine.Session) {
+	version := "TLS 1.2"
+	if s.Version == tls.VersionTLS13 {
+		version = "TLS 1.3"
+	}
+	m.completedTotal.WithLabelValues(version, tls.CipherSuiteName(s.CipherSuite)).Inc()
+}
+
+func (m *handshakeMetrics) failed(a engine.Alert) {
+	m.failedTotal.WithLabelValues(a.String()).Inc()
+}

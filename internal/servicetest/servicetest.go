@@ -1,0 +1,140 @@
+// Package servicetest runs a real handshaked service on loopback sockets for
+// tests in any package: a bbolt vault in a temporary directory under a fresh
+// KEK, gRPC and REST listeners, and a client connection.
+package servicetest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/service"
+)
+
+// Server is a running service. Everything is torn down by t.Cleanup.
+type Server struct {
+	Vault    *keyvault.Vault
+	GRPCAddr string
+	RESTURL  string
+	// Conn is a plain-text gRPC connection to GRPCAddr.
+	Conn *grpc.ClientConn
+}
+
+// Start starts a service with opts.
+func Start(t testing.TB, opts service.Options) *Server {
+	t.Helper()
+	ctx := context.Background()
+	store, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	vault, err := keyvault.New(ctx, store, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := service.New(vault, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(grpcLis, httpLis) }()
+	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		vault.Close()
+	})
+	return &Server{Vault: vault, GRPCAddr: grpcLis.Addr().String(), RESTURL: "http://" + httpLis.Addr().String(), Conn: conn}
+}
+
+// Fixture reads a test key from testdata/keys (made by testdata/keys/gen.sh).
+func Fixture(t testing.TB, name string) []byte {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "testdata", "keys", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// ServerKey is a vault key with a self-signed certificate attached.
+type ServerKey struct {
+	ID      string
+	Name    string // the certificate's DNS name
+	Chain   [][]byte
+	CertPEM string
+	Pool    *x509.CertPool // trusts the certificate
+}
+
+// ServerKey imports fixture as key id and attaches a self-signed certificate
+// for dnsName, issued inside the vault.
+func (s *Server) ServerKey(t testing.TB, id, fixture, dnsName string) ServerKey {
+	t.Helper()
+	ctx := context.Background()
+	kv := pb.NewKeyVaultClient(s.Conn)
+	if _, err := kv.ImportKey(ctx, &pb.ImportKeyRequest{Id: id, PrivateKeyPem: Fixture(t, fixture)}); err != nil {
+		t.Fatalf("import %s: %v", fixture, err)
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: dnsName},
+		DNSNames:              []string{dnsName},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := s.Vault.CreateSelfSignedCertificate(ctx, id, 1, tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.AttachCertificateChain(ctx, &pb.AttachCertificateChainRequest{Key: id, Version: 1, CertificateChain: [][]byte{der}}); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return ServerKey{ID: id, Name: dnsName, Chain: [][]byte{der}, Pool: pool,
+		CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
+}
