@@ -144,16 +144,23 @@ func runPeer(t *testing.T, s *testServer, start *pb.StartHandshakeRequest, name 
 	return out.String(), res.session
 }
 
-func TestOpenSSLClientThroughService(t *testing.T) {
-	openssl := testenv.LookPath(t, "openssl")
+// peerSetup gives the external-client tests a service with an RSA key for
+// rsa.test and an ECDSA key for ec.test, a CA file trusting both, and the
+// client PKI.
+func peerSetup(t *testing.T) (*testServer, []*pb.KeyRef, string, clientPKI) {
 	s := startServer(t)
 	rsaKey := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.test")
 	ecKey := newServerKey(t, s, "p256-sec1.pem", "ec.test")
-	pki := newClientPKI(t)
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "server-ca.pem")
-	os.WriteFile(caFile, []byte(rsaKey.certPEM+ecKey.certPEM), 0o600)
-	keys := []*pb.KeyRef{{Key: rsaKey.id}, {Key: ecKey.id}}
+	caFile := filepath.Join(t.TempDir(), "server-ca.pem")
+	if err := os.WriteFile(caFile, []byte(rsaKey.certPEM+ecKey.certPEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s, []*pb.KeyRef{{Key: rsaKey.id}, {Key: ecKey.id}}, caFile, newClientPKI(t)
+}
+
+func TestOpenSSLClientThroughService(t *testing.T) {
+	openssl := testenv.LookPath(t, "openssl")
+	s, keys, caFile, pki := peerSetup(t)
 
 	for _, tc := range []struct {
 		name       string
@@ -198,14 +205,7 @@ func TestOpenSSLClientThroughService(t *testing.T) {
 
 func TestGnuTLSClientThroughService(t *testing.T) {
 	gnutls := testenv.LookPath(t, "gnutls-cli")
-	s := startServer(t)
-	rsaKey := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.test")
-	ecKey := newServerKey(t, s, "p256-sec1.pem", "ec.test")
-	pki := newClientPKI(t)
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "server-ca.pem")
-	os.WriteFile(caFile, []byte(rsaKey.certPEM+ecKey.certPEM), 0o600)
-	keys := []*pb.KeyRef{{Key: rsaKey.id}, {Key: ecKey.id}}
+	s, keys, caFile, pki := peerSetup(t)
 	for _, tc := range []struct {
 		name, sni, priority string
 		clientAuth          bool
