@@ -27,6 +27,7 @@ import (
 
 // Server is a running service. Everything is torn down by t.Cleanup.
 type Server struct {
+	Service  *service.Server
 	Vault    *keyvault.Vault
 	GRPCAddr string
 	RESTURL  string
@@ -78,7 +79,7 @@ func Start(t testing.TB, opts service.Options) *Server {
 		}
 		vault.Close()
 	})
-	return &Server{Vault: vault, GRPCAddr: grpcLis.Addr().String(), RESTURL: "http://" + httpLis.Addr().String(), Conn: conn}
+	return &Server{Service: srv, Vault: vault, GRPCAddr: grpcLis.Addr().String(), RESTURL: "http://" + httpLis.Addr().String(), Conn: conn}
 }
 
 // Fixture reads a test key from testdata/keys (made by testdata/keys/gen.sh).
