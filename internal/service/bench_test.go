@@ -8,6 +8,9 @@ import (
 	"crypto/tls"
 	"syscall"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"time"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
@@ -88,6 +91,30 @@ func BenchmarkSignECDSAP256(b *testing.B) {
 		req := &pb.SignRequest{Key: k.GetId(), Version: 1, Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}
 		parallel(b, 8, func() error {
 			_, err := s.kv.Sign(ctx, req)
+			return err
+		})
+	})
+	// One stream per client goroutine, as a keyless edge would hold.
+	b.Run("grpc-stream", func(b *testing.B) {
+		req := &pb.SignStreamRequest{Request: &pb.SignRequest{Key: k.GetId(), Version: 1, Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}}
+		streams := make(chan pb.KeyVault_SignStreamClient, 64)
+		for range cap(streams) {
+			st, err := s.kv.SignStream(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			streams <- st
+		}
+		parallel(b, 8, func() error {
+			st := <-streams
+			defer func() { streams <- st }()
+			if err := st.Send(req); err != nil {
+				return err
+			}
+			resp, err := st.Recv()
+			if err == nil && resp.GetError() != nil {
+				err = status.Error(codes.Code(resp.GetError().GetCode()), resp.GetError().GetMessage())
+			}
 			return err
 		})
 	})

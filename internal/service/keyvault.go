@@ -5,8 +5,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+
+	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
@@ -280,4 +284,29 @@ func (s *KeyVault) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignRespo
 		return nil, toStatus(ctx, err)
 	}
 	return &pb.SignResponse{Signature: sig, Version: version}, nil
+}
+
+// SignStream answers each request with what Sign would, in order; a failed
+// signature becomes an error response and the stream goes on.
+func (s *KeyVault) SignStream(stream pb.KeyVault_SignStreamServer) error {
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		out := &pb.SignStreamResponse{}
+		if resp, err := s.Sign(ctx, req.GetRequest()); err != nil {
+			st := status.Convert(err)
+			out.Result = &pb.SignStreamResponse_Error{Error: &pb.Error{Code: int32(st.Code()), Message: st.Message()}}
+		} else {
+			out.Result = &pb.SignStreamResponse_Response{Response: resp}
+		}
+		if err := stream.Send(out); err != nil {
+			return err
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,5 +252,49 @@ func TestRESTSignatureVerifiesWithOpenSSL(t *testing.T) {
 				t.Fatalf("openssl accepted a corrupted signature:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestSignStream: answers come in request order, each verifies, and a bad
+// request gets its error in its response while the stream goes on.
+func TestSignStream(t *testing.T) {
+	s := startServer(t)
+	id := uniqueID("stream")
+	importFixture(t, s, id, "p256-sec1.pem")
+	pub, _ := publicKey(t, s, id)
+	stream, err := s.kv.SignStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := []string{"first", "second", "BAD", "third"}
+	for _, m := range msgs {
+		scheme := pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256
+		if m == "BAD" {
+			scheme = pb.SignatureScheme_SIGNATURE_SCHEME_ED25519
+		}
+		if err := stream.Send(&pb.SignStreamRequest{Request: &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Message{Message: []byte(m)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m == "BAD" {
+			if codes.Code(resp.GetError().GetCode()) != codes.InvalidArgument || resp.GetError().GetMessage() == "" {
+				t.Fatalf("bad request answered with %v", resp)
+			}
+			continue
+		}
+		if err := verify(pub, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, []byte(m), resp.GetResponse().GetSignature()); err != nil {
+			t.Fatalf("%s: %v", m, err)
+		}
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Fatalf("after the last answer: %v", err)
 	}
 }

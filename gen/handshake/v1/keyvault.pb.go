@@ -1490,6 +1490,189 @@ func (*SignRequest_Message) isSignRequest_Input() {}
 
 func (*SignRequest_Digest) isSignRequest_Input() {}
 
+// SignStreamRequest is one signature request of a stream.
+type SignStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *SignRequest           `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamRequest) Reset() {
+	*x = SignStreamRequest{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamRequest) ProtoMessage() {}
+
+func (x *SignStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamRequest.ProtoReflect.Descriptor instead.
+func (*SignStreamRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SignStreamRequest) GetRequest() *SignRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// SignStreamResponse answers one SignStreamRequest, in order.
+type SignStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*SignStreamResponse_Response
+	//	*SignStreamResponse_Error
+	Result        isSignStreamResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignStreamResponse) Reset() {
+	*x = SignStreamResponse{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignStreamResponse) ProtoMessage() {}
+
+func (x *SignStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignStreamResponse.ProtoReflect.Descriptor instead.
+func (*SignStreamResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SignStreamResponse) GetResult() isSignStreamResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *SignStreamResponse) GetResponse() *SignResponse {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *SignStreamResponse) GetError() *Error {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSignStreamResponse_Result interface {
+	isSignStreamResponse_Result()
+}
+
+type SignStreamResponse_Response struct {
+	Response *SignResponse `protobuf:"bytes,1,opt,name=response,proto3,oneof"`
+}
+
+type SignStreamResponse_Error struct {
+	// Why this request failed, as a gRPC status would say it.
+	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*SignStreamResponse_Response) isSignStreamResponse_Result() {}
+
+func (*SignStreamResponse_Error) isSignStreamResponse_Result() {}
+
+// Error is a failed operation's gRPC status code and message.
+type Error struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A google.rpc.Code value.
+	Code          int32  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Error) Reset() {
+	*x = Error{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Error) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Error) ProtoMessage() {}
+
+func (x *Error) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Error.ProtoReflect.Descriptor instead.
+func (*Error) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Error) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Error) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // SignResponse carries the signature.
 type SignResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1501,7 +1684,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_handshake_v1_keyvault_proto_msgTypes[19]
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1696,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handshake_v1_keyvault_proto_msgTypes[19]
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1709,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{19}
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SignResponse) GetSignature() []byte {
@@ -1642,7 +1825,16 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x06scheme\x18\x03 \x01(\x0e2\x1d.handshake.v1.SignatureSchemeR\x06scheme\x12\x1a\n" +
 	"\amessage\x18\x04 \x01(\fH\x00R\amessage\x12\x18\n" +
 	"\x06digest\x18\x05 \x01(\fH\x00R\x06digestB\a\n" +
-	"\x05input\"F\n" +
+	"\x05input\"H\n" +
+	"\x11SignStreamRequest\x123\n" +
+	"\arequest\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestR\arequest\"\x85\x01\n" +
+	"\x12SignStreamResponse\x128\n" +
+	"\bresponse\x18\x01 \x01(\v2\x1a.handshake.v1.SignResponseH\x00R\bresponse\x12+\n" +
+	"\x05error\x18\x02 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"5\n" +
+	"\x05Error\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"F\n" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion*\xb9\x01\n" +
@@ -1675,7 +1867,7 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\vDecryptMode\x12\x1c\n" +
 	"\x18DECRYPT_MODE_UNSPECIFIED\x10\x00\x12(\n" +
 	"$DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER\x10\x01\x12 \n" +
-	"\x1cDECRYPT_MODE_RSA_OAEP_SHA256\x10\x022\xed\a\n" +
+	"\x1cDECRYPT_MODE_RSA_OAEP_SHA256\x10\x022\xc2\b\n" +
 	"\bKeyVault\x12>\n" +
 	"\tCreateKey\x12\x1e.handshake.v1.CreateKeyRequest\x1a\x11.handshake.v1.Key\x12>\n" +
 	"\tImportKey\x12\x1e.handshake.v1.ImportKeyRequest\x1a\x11.handshake.v1.Key\x128\n" +
@@ -1689,7 +1881,9 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x16AttachCertificateChain\x12+.handshake.v1.AttachCertificateChainRequest\x1a\x11.handshake.v1.Key\x12\x80\x01\n" +
 	"\x1fCreateCertificateSigningRequest\x124.handshake.v1.CreateCertificateSigningRequestRequest\x1a'.handshake.v1.CertificateSigningRequest\x12F\n" +
 	"\aDecrypt\x12\x1c.handshake.v1.DecryptRequest\x1a\x1d.handshake.v1.DecryptResponse\x12=\n" +
-	"\x04Sign\x12\x19.handshake.v1.SignRequest\x1a\x1a.handshake.v1.SignResponseB?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
+	"\x04Sign\x12\x19.handshake.v1.SignRequest\x1a\x1a.handshake.v1.SignResponse\x12S\n" +
+	"\n" +
+	"SignStream\x12\x1f.handshake.v1.SignStreamRequest\x1a .handshake.v1.SignStreamResponse(\x010\x01B?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
 
 var (
 	file_handshake_v1_keyvault_proto_rawDescOnce sync.Once
@@ -1704,7 +1898,7 @@ func file_handshake_v1_keyvault_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(Algorithm)(0),                                 // 0: handshake.v1.Algorithm
 	(KeyVersionState)(0),                           // 1: handshake.v1.KeyVersionState
@@ -1729,57 +1923,65 @@ var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(*DecryptRequest)(nil),                         // 20: handshake.v1.DecryptRequest
 	(*DecryptResponse)(nil),                        // 21: handshake.v1.DecryptResponse
 	(*SignRequest)(nil),                            // 22: handshake.v1.SignRequest
-	(*SignResponse)(nil),                           // 23: handshake.v1.SignResponse
-	nil,                                            // 24: handshake.v1.Key.LabelsEntry
-	nil,                                            // 25: handshake.v1.CreateKeyRequest.LabelsEntry
-	nil,                                            // 26: handshake.v1.ImportKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),                  // 27: google.protobuf.Timestamp
+	(*SignStreamRequest)(nil),                      // 23: handshake.v1.SignStreamRequest
+	(*SignStreamResponse)(nil),                     // 24: handshake.v1.SignStreamResponse
+	(*Error)(nil),                                  // 25: handshake.v1.Error
+	(*SignResponse)(nil),                           // 26: handshake.v1.SignResponse
+	nil,                                            // 27: handshake.v1.Key.LabelsEntry
+	nil,                                            // 28: handshake.v1.CreateKeyRequest.LabelsEntry
+	nil,                                            // 29: handshake.v1.ImportKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),                  // 30: google.protobuf.Timestamp
 }
 var file_handshake_v1_keyvault_proto_depIdxs = []int32{
-	24, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
-	27, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	27, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
+	30, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
 	5,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
 	1,  // 3: handshake.v1.KeyVersion.state:type_name -> handshake.v1.KeyVersionState
 	0,  // 4: handshake.v1.KeyVersion.algorithm:type_name -> handshake.v1.Algorithm
-	27, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	30, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
 	0,  // 6: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
-	25, // 7: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
-	26, // 8: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
+	28, // 7: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
+	29, // 8: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
 	4,  // 9: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
 	0,  // 10: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
 	3,  // 11: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
 	2,  // 12: handshake.v1.SignRequest.scheme:type_name -> handshake.v1.SignatureScheme
-	6,  // 13: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
-	7,  // 14: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
-	8,  // 15: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
-	9,  // 16: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
-	11, // 17: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
-	12, // 18: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
-	13, // 19: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
-	14, // 20: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
-	15, // 21: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
-	17, // 22: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
-	18, // 23: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
-	20, // 24: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
-	22, // 25: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
-	4,  // 26: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	4,  // 27: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	4,  // 28: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	10, // 29: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	4,  // 30: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	4,  // 31: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	4,  // 32: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	4,  // 33: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	16, // 34: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	4,  // 35: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	19, // 36: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	21, // 37: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	23, // 38: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	22, // 13: handshake.v1.SignStreamRequest.request:type_name -> handshake.v1.SignRequest
+	26, // 14: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
+	25, // 15: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
+	6,  // 16: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
+	7,  // 17: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
+	8,  // 18: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
+	9,  // 19: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
+	11, // 20: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
+	12, // 21: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
+	13, // 22: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
+	14, // 23: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
+	15, // 24: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
+	17, // 25: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
+	18, // 26: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
+	20, // 27: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
+	22, // 28: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
+	23, // 29: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
+	4,  // 30: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	4,  // 31: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	4,  // 32: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	10, // 33: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	4,  // 34: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	4,  // 35: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	4,  // 36: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	4,  // 37: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	16, // 38: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	4,  // 39: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	19, // 40: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	21, // 41: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	26, // 42: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	24, // 43: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	30, // [30:44] is the sub-list for method output_type
+	16, // [16:30] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_keyvault_proto_init() }
@@ -1791,13 +1993,17 @@ func file_handshake_v1_keyvault_proto_init() {
 		(*SignRequest_Message)(nil),
 		(*SignRequest_Digest)(nil),
 	}
+	file_handshake_v1_keyvault_proto_msgTypes[20].OneofWrappers = []any{
+		(*SignStreamResponse_Response)(nil),
+		(*SignStreamResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_keyvault_proto_rawDesc), len(file_handshake_v1_keyvault_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

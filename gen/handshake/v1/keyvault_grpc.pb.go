@@ -32,6 +32,7 @@ const (
 	KeyVault_CreateCertificateSigningRequest_FullMethodName = "/handshake.v1.KeyVault/CreateCertificateSigningRequest"
 	KeyVault_Decrypt_FullMethodName                         = "/handshake.v1.KeyVault/Decrypt"
 	KeyVault_Sign_FullMethodName                            = "/handshake.v1.KeyVault/Sign"
+	KeyVault_SignStream_FullMethodName                      = "/handshake.v1.KeyVault/SignStream"
 )
 
 // KeyVaultClient is the client API for KeyVault service.
@@ -72,6 +73,11 @@ type KeyVaultClient interface {
 	Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error)
 	// Sign signs with a TLS signature scheme.
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
+	// SignStream signs each request of the stream, answering in order. For
+	// callers that sign at a high rate (a keyless TLS edge signs every
+	// handshake): one long-lived stream avoids the per-call cost of a unary
+	// RPC. A failed signature is an error in its response; the stream goes on.
+	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 }
 
 type keyVaultClient struct {
@@ -212,6 +218,19 @@ func (c *keyVaultClient) Sign(ctx context.Context, in *SignRequest, opts ...grpc
 	return out, nil
 }
 
+func (c *keyVaultClient) SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KeyVault_ServiceDesc.Streams[0], KeyVault_SignStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SignStreamRequest, SignStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KeyVault_SignStreamClient = grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse]
+
 // KeyVaultServer is the server API for KeyVault service.
 // All implementations must embed UnimplementedKeyVaultServer
 // for forward compatibility.
@@ -250,6 +269,11 @@ type KeyVaultServer interface {
 	Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error)
 	// Sign signs with a TLS signature scheme.
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
+	// SignStream signs each request of the stream, answering in order. For
+	// callers that sign at a high rate (a keyless TLS edge signs every
+	// handshake): one long-lived stream avoids the per-call cost of a unary
+	// RPC. A failed signature is an error in its response; the stream goes on.
+	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	mustEmbedUnimplementedKeyVaultServer()
 }
 
@@ -298,6 +322,9 @@ func (UnimplementedKeyVaultServer) Decrypt(context.Context, *DecryptRequest) (*D
 }
 func (UnimplementedKeyVaultServer) Sign(context.Context, *SignRequest) (*SignResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Sign not implemented")
+}
+func (UnimplementedKeyVaultServer) SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method SignStream not implemented")
 }
 func (UnimplementedKeyVaultServer) mustEmbedUnimplementedKeyVaultServer() {}
 func (UnimplementedKeyVaultServer) testEmbeddedByValue()                  {}
@@ -554,6 +581,13 @@ func _KeyVault_Sign_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyVault_SignStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KeyVaultServer).SignStream(&grpc.GenericServerStream[SignStreamRequest, SignStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KeyVault_SignStreamServer = grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]
+
 // KeyVault_ServiceDesc is the grpc.ServiceDesc for KeyVault service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -614,6 +648,13 @@ var KeyVault_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KeyVault_Sign_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SignStream",
+			Handler:       _KeyVault_SignStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "handshake/v1/keyvault.proto",
 }
