@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"crypto/hmac"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -355,6 +356,12 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 		// never a property of the ciphertext.
 		if h.keys == nil {
 			return errNoKeyOps
+		}
+		// The ciphertext's length is public, so one that is not the modulus
+		// size is malformed input, not a padding error to hide (RFC 8017,
+		// Section 7.2.2, step 1), and costs no key operation.
+		if pub, ok := h.cfg.Certificates[h.cert].leaf.PublicKey.(*rsa.PublicKey); !ok || len(payload) != pub.Size() {
+			return fail(alertDecodeError, "RSA-encrypted premaster of %d bytes does not match the key", len(payload))
 		}
 		var err error
 		preMaster, err = h.keys.DecryptPremaster(h.ctx, h.cfg.Certificates[h.cert].KeyRef, payload, h.clientVersion)

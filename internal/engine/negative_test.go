@@ -95,6 +95,21 @@ func tamperPlain(typ uint8, mutate func(body []byte)) func(h *Handshake, rec []b
 
 func flipLast(body []byte) { body[len(body)-1] ^= 0x80 }
 
+// shortenRSAPremaster drops the last byte of the RSA-encrypted premaster in
+// a plaintext record holding only the ClientKeyExchange, keeping every
+// length field consistent.
+func shortenRSAPremaster(h *Handshake, rec []byte) []byte {
+	pt := rec[record.HeaderLen:]
+	if rec[0] != byte(record.Handshake) || h.readCipher != nil || len(pt) < 6 || pt[0] != typeClientKeyExchange {
+		return rec
+	}
+	ct := pt[6 : 4+(int(pt[1])<<16|int(pt[2])<<8|int(pt[3]))]
+	ct = ct[:len(ct)-1]
+	body := append([]byte{byte(len(ct) >> 8), byte(len(ct))}, ct...)
+	msg := append([]byte{typeClientKeyExchange, 0, byte(len(body) >> 8), byte(len(body))}, body...)
+	return record.Append(nil, record.Handshake, tls.VersionTLS12, msg)
+}
+
 func TestTamperedClientMessages(t *testing.T) {
 	p := getPKI(t)
 	for _, vers := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
@@ -129,6 +144,16 @@ func TestTamperedClientMessages(t *testing.T) {
 		res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: cl, mode: splitRecords,
 			tamper: tamperPlain(typeClientKeyExchange, flipLast)})
 		expectFailure(t, res, alertBadRecordMAC)
+	})
+	// A ciphertext shorter than the modulus is malformed, said openly: its
+	// length is public (RFC 8017, Section 7.2.2, step 1).
+	t.Run("RSA premaster of the wrong length", func(t *testing.T) {
+		cl := clientConfig(p, "rsa.example.com")
+		cl.MaxVersion = tls.VersionTLS12
+		cl.CipherSuites = []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}
+		res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: cl, mode: splitRecords,
+			tamper: shortenRSAPremaster})
+		expectFailure(t, res, alertDecodeError)
 	})
 	// Nothing may follow the client's Finished in its record: the keys
 	// change there (RFC 8446, Section 5.1).
