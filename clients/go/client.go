@@ -1,0 +1,355 @@
+// Package handshaked is the Go SDK of handshaked: a typed client for its
+// KeyVault and Handshake gRPC services, with the connection options an edge
+// server needs (mutual TLS, per-call deadlines, retries of idempotent calls,
+// keepalive).
+//
+// The keyless subpackage turns a vault key into a crypto.Signer and
+// crypto.Decrypter for servers with their own TLS stack; the edge subpackage
+// terminates TLS for servers without one.
+package handshaked
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+)
+
+// Client calls a handshaked service. It is safe for concurrent use.
+type Client struct {
+	conn  *grpc.ClientConn // nil when built by New over a caller's connection
+	vault pb.KeyVaultClient
+	hs    pb.HandshakeClient
+}
+
+type options struct {
+	tls         *tls.Config
+	insecure    bool
+	timeout     time.Duration
+	retries     int
+	backoff     time.Duration
+	keepalive   *keepalive.ClientParameters
+	dialOptions []grpc.DialOption
+}
+
+// Option configures Dial.
+type Option func(*options)
+
+// WithTLS connects over TLS with cfg. For mutual TLS, cfg carries the client
+// certificate in Certificates and the service's roots in RootCAs.
+func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tls = cfg } }
+
+// WithInsecure connects in plain text, as to a development instance on
+// loopback. Without WithTLS or WithInsecure, Dial refuses to connect.
+func WithInsecure() Option { return func(o *options) { o.insecure = true } }
+
+// WithTimeout bounds every call whose context has no deadline of its own
+// (default 10 s; 0 leaves such calls unbounded).
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithRetries retries idempotent calls (reads, Sign, Decrypt, GetHandshake)
+// up to n more times when the service is UNAVAILABLE, waiting backoff, then
+// twice as long each time. Calls that change state are never retried: a
+// lost response to CreateKey or StepHandshake must not apply twice.
+func WithRetries(n int, backoff time.Duration) Option {
+	return func(o *options) { o.retries, o.backoff = n, backoff }
+}
+
+// WithKeepalive pings an idle connection every interval and drops it when a
+// ping is not answered within timeout, so a dead peer is noticed before the
+// next handshake needs it.
+func WithKeepalive(interval, timeout time.Duration) Option {
+	return func(o *options) {
+		o.keepalive = &keepalive.ClientParameters{Time: interval, Timeout: timeout, PermitWithoutStream: true}
+	}
+}
+
+// WithDialOptions adds raw gRPC dial options.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
+}
+
+// Dial connects to the service at target ("host:port" or a gRPC target).
+func Dial(target string, opts ...Option) (*Client, error) {
+	o := options{timeout: 10 * time.Second}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var creds credentials.TransportCredentials
+	switch {
+	case o.tls != nil && o.insecure:
+		return nil, errors.New("handshaked: WithTLS and WithInsecure are exclusive")
+	case o.tls != nil:
+		creds = credentials.NewTLS(o.tls)
+	case o.insecure:
+		creds = insecure.NewCredentials()
+	default:
+		return nil, errors.New("handshaked: choose WithTLS (mutual TLS) or WithInsecure (development)")
+	}
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		// Handshake steps carry certificate chains; 1 MiB windows keep a
+		// step to one round trip.
+		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 22),
+		grpc.WithChainUnaryInterceptor(deadlineInterceptor(o.timeout), retryInterceptor(o.retries, o.backoff)),
+	}
+	if o.keepalive != nil {
+		dial = append(dial, grpc.WithKeepaliveParams(*o.keepalive))
+	}
+	conn, err := grpc.NewClient(target, append(dial, o.dialOptions...)...)
+	if err != nil {
+		return nil, fmt.Errorf("handshaked: dial %s: %w", target, err)
+	}
+	c := New(conn)
+	c.conn = conn
+	return c, nil
+}
+
+// New wraps an existing connection, whose own options apply (Dial's
+// deadlines and retries do not); the caller keeps closing it.
+func New(conn grpc.ClientConnInterface) *Client {
+	return &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn)}
+}
+
+// Close closes the connection made by Dial.
+func (c *Client) Close() error {
+	if c.conn == nil {
+		return nil
+	}
+	return c.conn.Close()
+}
+
+// KeyVault is the raw KeyVault client, for what the typed methods leave out.
+func (c *Client) KeyVault() pb.KeyVaultClient { return c.vault }
+
+// Handshake is the raw Handshake client.
+func (c *Client) Handshake() pb.HandshakeClient { return c.hs }
+
+// idempotent lists the methods that may be retried: they read, or compute
+// without changing any state.
+var idempotent = map[string]bool{
+	pb.KeyVault_GetKey_FullMethodName:        true,
+	pb.KeyVault_ListKeys_FullMethodName:      true,
+	pb.KeyVault_GetPublicKey_FullMethodName:  true,
+	pb.KeyVault_Sign_FullMethodName:          true,
+	pb.KeyVault_Decrypt_FullMethodName:       true,
+	pb.Handshake_GetHandshake_FullMethodName: true,
+}
+
+func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := ctx.Deadline(); !ok && d > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+func retryInterceptor(n int, backoff time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if !idempotent[method] {
+			return err
+		}
+		wait := backoff
+		for range n {
+			if status.Code(err) != codes.Unavailable {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(wait):
+			}
+			wait *= 2
+			err = invoker(ctx, method, req, reply, cc, opts...)
+		}
+		return err
+	}
+}
+
+// CreateKey generates a key inside the vault.
+func (c *Client) CreateKey(ctx context.Context, id string, alg pb.Algorithm, labels map[string]string) (*pb.Key, error) {
+	return wrap(c.vault.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: alg, Labels: labels}))
+}
+
+// ImportKey imports a PEM private key (PKCS#1, PKCS#8 or SEC1).
+func (c *Client) ImportKey(ctx context.Context, id string, privateKeyPEM []byte, labels map[string]string) (*pb.Key, error) {
+	return wrap(c.vault.ImportKey(ctx, &pb.ImportKeyRequest{Id: id, PrivateKeyPem: privateKeyPEM, Labels: labels}))
+}
+
+// GetKey returns a key's metadata.
+func (c *Client) GetKey(ctx context.Context, id string) (*pb.Key, error) {
+	return wrap(c.vault.GetKey(ctx, &pb.GetKeyRequest{Key: id}))
+}
+
+// ListKeys returns every key, following pages.
+func (c *Client) ListKeys(ctx context.Context) ([]*pb.Key, error) {
+	var keys []*pb.Key
+	token := ""
+	for {
+		resp, err := c.vault.ListKeys(ctx, &pb.ListKeysRequest{PageSize: 1000, PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("handshaked: list keys: %w", err)
+		}
+		keys = append(keys, resp.GetKeys()...)
+		if token = resp.GetNextPageToken(); token == "" {
+			return keys, nil
+		}
+	}
+}
+
+// RotateKey adds a new primary version.
+func (c *Client) RotateKey(ctx context.Context, id string) (*pb.Key, error) {
+	return wrap(c.vault.RotateKey(ctx, &pb.RotateKeyRequest{Key: id}))
+}
+
+// EnableKeyVersion enables a disabled version.
+func (c *Client) EnableKeyVersion(ctx context.Context, id string, version uint32) (*pb.Key, error) {
+	return wrap(c.vault.EnableKeyVersion(ctx, &pb.EnableKeyVersionRequest{Key: id, Version: version}))
+}
+
+// DisableKeyVersion disables a version.
+func (c *Client) DisableKeyVersion(ctx context.Context, id string, version uint32) (*pb.Key, error) {
+	return wrap(c.vault.DisableKeyVersion(ctx, &pb.DisableKeyVersionRequest{Key: id, Version: version}))
+}
+
+// DestroyKeyVersion erases a disabled version for good.
+func (c *Client) DestroyKeyVersion(ctx context.Context, id string, version uint32) (*pb.Key, error) {
+	return wrap(c.vault.DestroyKeyVersion(ctx, &pb.DestroyKeyVersionRequest{Key: id, Version: version}))
+}
+
+// PublicKey returns a version's public key (version 0: the primary) and the
+// version it belongs to.
+func (c *Client) PublicKey(ctx context.Context, id string, version uint32) (crypto.PublicKey, uint32, error) {
+	resp, err := c.vault.GetPublicKey(ctx, &pb.GetPublicKeyRequest{Key: id, Version: version})
+	if err != nil {
+		return nil, 0, fmt.Errorf("handshaked: public key of %s: %w", id, err)
+	}
+	block, _ := pem.Decode([]byte(resp.GetPem()))
+	if block == nil {
+		return nil, 0, fmt.Errorf("handshaked: public key of %s: no PEM block", id)
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, 0, fmt.Errorf("handshaked: public key of %s: %w", id, err)
+	}
+	return pub, resp.GetVersion(), nil
+}
+
+// CertificateChain returns the chain attached to a version (version 0: the
+// primary), DER, leaf first, and the version it belongs to.
+func (c *Client) CertificateChain(ctx context.Context, id string, version uint32) ([][]byte, uint32, error) {
+	key, err := c.GetKey(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if version == 0 {
+		version = key.GetPrimaryVersion()
+	}
+	for _, v := range key.GetVersions() {
+		if v.GetVersion() == version {
+			if len(v.GetCertificateChain()) == 0 {
+				return nil, 0, fmt.Errorf("handshaked: key %s version %d has no certificate chain", id, version)
+			}
+			return v.GetCertificateChain(), version, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("handshaked: key %s has no version %d", id, version)
+}
+
+// AttachCertificateChain attaches DER certificates, leaf first.
+func (c *Client) AttachCertificateChain(ctx context.Context, id string, version uint32, chain [][]byte) (*pb.Key, error) {
+	return wrap(c.vault.AttachCertificateChain(ctx, &pb.AttachCertificateChainRequest{Key: id, Version: version, CertificateChain: chain}))
+}
+
+// CreateCertificateSigningRequest has the vault make and sign a CSR.
+func (c *Client) CreateCertificateSigningRequest(ctx context.Context, req *pb.CreateCertificateSigningRequestRequest) (*pb.CertificateSigningRequest, error) {
+	return wrap(c.vault.CreateCertificateSigningRequest(ctx, req))
+}
+
+// Sign signs a digest (or, for Ed25519, a message: set digest to nil) with
+// a TLS signature scheme. It returns the signature and the version used.
+func (c *Client) Sign(ctx context.Context, id string, version uint32, scheme pb.SignatureScheme, message, digest []byte) ([]byte, uint32, error) {
+	req := &pb.SignRequest{Key: id, Version: version, Scheme: scheme}
+	if digest != nil {
+		req.Input = &pb.SignRequest_Digest{Digest: digest}
+	} else {
+		req.Input = &pb.SignRequest_Message{Message: message}
+	}
+	resp, err := c.vault.Sign(ctx, req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("handshaked: sign with %s: %w", id, err)
+	}
+	return resp.GetSignature(), resp.GetVersion(), nil
+}
+
+// Decrypt decrypts an RSA ciphertext. In DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER
+// a bad ciphertext is not an error: the result is 48 unpredictable bytes
+// (RFC 5246 §7.4.7.1).
+func (c *Client) Decrypt(ctx context.Context, id string, version uint32, mode pb.DecryptMode, ciphertext []byte) ([]byte, error) {
+	resp, err := c.vault.Decrypt(ctx, &pb.DecryptRequest{Key: id, Version: version, Mode: mode, Ciphertext: ciphertext})
+	if err != nil {
+		return nil, fmt.Errorf("handshaked: decrypt with %s: %w", id, err)
+	}
+	return resp.GetPlaintext(), nil
+}
+
+// StartHandshake starts a handshake session held by the service, stepping
+// it with the client's first bytes if input is not empty.
+func (c *Client) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
+	return wrap(c.hs.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: input}))
+}
+
+// StepHandshake feeds a session the bytes the client sent since the last
+// step. It is not retried: a step changes the session.
+func (c *Client) StepHandshake(ctx context.Context, id string, input []byte) (*pb.HandshakeStep, error) {
+	return wrap(c.hs.StepHandshake(ctx, &pb.StepHandshakeRequest{Id: id, Input: input}))
+}
+
+// GetHandshake returns a session's state (never its keys).
+func (c *Client) GetHandshake(ctx context.Context, id string) (*pb.HandshakeStep, error) {
+	return wrap(c.hs.GetHandshake(ctx, &pb.GetHandshakeRequest{Id: id}))
+}
+
+// AbortHandshake ends a session early.
+func (c *Client) AbortHandshake(ctx context.Context, id string) error {
+	_, err := c.hs.AbortHandshake(ctx, &pb.AbortHandshakeRequest{Id: id})
+	if err != nil {
+		return fmt.Errorf("handshaked: %w", err)
+	}
+	return nil
+}
+
+// HandshakeStream opens a bidirectional handshake stream: the first
+// request carries the config, the session lives as long as the stream.
+func (c *Client) HandshakeStream(ctx context.Context) (pb.Handshake_StreamClient, error) {
+	s, err := c.hs.Stream(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("handshaked: open handshake stream: %w", err)
+	}
+	return s, nil
+}
+
+func wrap[T any](v T, err error) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("handshaked: %w", err)
+	}
+	return v, nil
+}

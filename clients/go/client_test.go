@@ -1,0 +1,290 @@
+package handshaked_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	handshaked "github.com/handshaked/handshaked/clients/go"
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/servicetest"
+)
+
+// flakyVault fails every call with UNAVAILABLE until fails reaches zero,
+// and counts the calls it gets.
+type flakyVault struct {
+	pb.UnimplementedKeyVaultServer
+	fails, calls atomic.Int32
+}
+
+func (f *flakyVault) answer() error {
+	f.calls.Add(1)
+	if f.fails.Add(-1) >= 0 {
+		return status.Error(codes.Unavailable, "try again")
+	}
+	return nil
+}
+
+func (f *flakyVault) GetKey(ctx context.Context, req *pb.GetKeyRequest) (*pb.Key, error) {
+	if req.GetKey() == "slow" {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &pb.Key{Id: req.GetKey()}, f.answer()
+}
+
+func (f *flakyVault) RotateKey(_ context.Context, req *pb.RotateKeyRequest) (*pb.Key, error) {
+	return &pb.Key{Id: req.GetKey()}, f.answer()
+}
+
+func startFlaky(t *testing.T) (*flakyVault, string) {
+	t.Helper()
+	f := &flakyVault{}
+	s := grpc.NewServer()
+	pb.RegisterKeyVaultServer(s, f)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return f, l.Addr().String()
+}
+
+func TestRetriesOnlyIdempotentCalls(t *testing.T) {
+	f, addr := startFlaky(t)
+	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithRetries(3, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	f.fails.Store(2)
+	if _, err := c.GetKey(ctx, "k"); err != nil {
+		t.Fatalf("GetKey after two UNAVAILABLE answers: %v", err)
+	}
+	if got := f.calls.Load(); got != 3 {
+		t.Errorf("GetKey: %d calls, want 3", got)
+	}
+
+	f.calls.Store(0)
+	f.fails.Store(1)
+	_, err = c.RotateKey(ctx, "k")
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("RotateKey: %v, want UNAVAILABLE", err)
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("RotateKey was sent %d times: a non-idempotent call must not be retried", got)
+	}
+
+	f.calls.Store(0)
+	f.fails.Store(10)
+	if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
+		t.Errorf("GetKey with the service down: %v, want UNAVAILABLE", err)
+	}
+	if got := f.calls.Load(); got != 4 {
+		t.Errorf("GetKey: %d calls, want 1 + 3 retries", got)
+	}
+}
+
+func TestDefaultDeadline(t *testing.T) {
+	_, addr := startFlaky(t)
+	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithTimeout(50*time.Millisecond),
+		handshaked.WithKeepalive(10*time.Second, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.GetKey(context.Background(), "slow"); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("GetKey on a stuck call: %v, want DEADLINE_EXCEEDED", err)
+	}
+}
+
+func TestDialNeedsTransportChoice(t *testing.T) {
+	if _, err := handshaked.Dial("127.0.0.1:1"); err == nil {
+		t.Error("Dial without WithTLS or WithInsecure succeeded")
+	}
+}
+
+// TestMutualTLS runs the service behind a TLS listener that requires a
+// client certificate, and calls it with and without one.
+func TestMutualTLS(t *testing.T) {
+	ca, caKey := newCert(t, "test CA", nil, nil)
+	serverCert, serverKey := newCert(t, "127.0.0.1", ca, caKey)
+	clientCert, clientKey := newCert(t, "edge-1", ca, caKey)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+
+	store, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	vault, err := keyvault.New(context.Background(), store, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vault.Close()
+	srv, err := service.New(vault, service.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcLis := tls.NewListener(raw, &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{serverCert.Raw}, PrivateKey: serverKey}},
+		ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: pool, NextProtos: []string{"h2"},
+	})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(grpcLis, httpLis) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-served
+	}()
+
+	withCert, err := handshaked.Dial(raw.Addr().String(), handshaked.WithTLS(&tls.Config{
+		RootCAs: pool, Certificates: []tls.Certificate{{Certificate: [][]byte{clientCert.Raw}, PrivateKey: clientKey}},
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer withCert.Close()
+	if _, err := withCert.ListKeys(context.Background()); err != nil {
+		t.Errorf("with a client certificate: %v", err)
+	}
+
+	without, err := handshaked.Dial(raw.Addr().String(), handshaked.WithTLS(&tls.Config{RootCAs: pool}), handshaked.WithTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer without.Close()
+	if _, err := without.ListKeys(context.Background()); status.Code(err) != codes.Unavailable {
+		t.Errorf("without a client certificate: %v, want UNAVAILABLE", err)
+	}
+}
+
+func newCert(t *testing.T, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if ip := net.ParseIP(name); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	}
+	if parent == nil {
+		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+// TestKeyLifecycle drives the typed KeyVault methods against the real
+// service.
+func TestKeyLifecycle(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	c := handshaked.New(srv.Conn)
+	ctx := context.Background()
+	if _, err := c.CreateKey(ctx, "life", pb.Algorithm_ALGORITHM_ECDSA_P256, map[string]string{"team": "edge"}); err != nil {
+		t.Fatal(err)
+	}
+	k, err := c.RotateKey(ctx, "life")
+	if err != nil || k.GetPrimaryVersion() != 2 {
+		t.Fatalf("rotate: %v, primary %d", err, k.GetPrimaryVersion())
+	}
+	pub, v, err := c.PublicKey(ctx, "life", 0)
+	if _, ok := pub.(*ecdsa.PublicKey); err != nil || !ok || v != 2 {
+		t.Fatalf("public key: %T version %d, %v", pub, v, err)
+	}
+	if _, err := c.DisableKeyVersion(ctx, "life", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DestroyKeyVersion(ctx, "life", 1); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := c.ListKeys(ctx)
+	if err != nil || len(keys) != 1 || keys[0].GetVersions()[0].GetState() != pb.KeyVersionState_KEY_VERSION_STATE_DESTROYED {
+		t.Fatalf("list: %v, %v", keys, err)
+	}
+	csr, err := c.CreateCertificateSigningRequest(ctx, &pb.CreateCertificateSigningRequestRequest{Key: "life", CommonName: "life.test", DnsNames: []string{"life.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := x509.ParseCertificateRequest(csr.GetDer())
+	if err != nil || req.CheckSignature() != nil || req.Subject.CommonName != "life.test" {
+		t.Fatalf("CSR: %v", err)
+	}
+	if _, _, err := c.CertificateChain(ctx, "life", 0); err == nil {
+		t.Error("CertificateChain of a key with none attached succeeded")
+	}
+}
+
+// TestHandshakeSession drives the typed Handshake methods: a session
+// started without input waits for it, and is gone once aborted.
+func TestHandshakeSession(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	key := srv.ServerKey(t, "hs-ec", "p256-pkcs8.pem", "hs.test")
+	c := handshaked.New(srv.Conn)
+	ctx := context.Background()
+	step, err := c.StartHandshake(ctx, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, nil)
+	if err != nil || step.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
+		t.Fatalf("start: %v, %v", step.GetState(), err)
+	}
+	if got, err := c.GetHandshake(ctx, step.GetId()); err != nil || got.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
+		t.Fatalf("get: %v, %v", got.GetState(), err)
+	}
+	// Not TLS: the engine fails the handshake with an alert to send.
+	failed, err := c.StepHandshake(ctx, step.GetId(), []byte("GET / HTTP/1.1\r\n\r\n"))
+	if err != nil || failed.GetState() != pb.HandshakeState_HANDSHAKE_STATE_FAILED || len(failed.GetAlert().GetRecord()) == 0 {
+		t.Fatalf("step: %v, %v", failed, err)
+	}
+	step, err = c.StartHandshake(ctx, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AbortHandshake(ctx, step.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetHandshake(ctx, step.GetId()); status.Code(err) != codes.NotFound {
+		t.Errorf("get after abort: %v, want NOT_FOUND", err)
+	}
+}
