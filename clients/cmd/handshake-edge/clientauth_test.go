@@ -1,0 +1,72 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestClientAuth: with -client-auth require, a client certificate issued by
+// the -client-ca roots gets the page (which names it); a client without
+// one is refused in the handshake. With request, both get in.
+func TestClientAuth(t *testing.T) {
+	f := newFixture(t)
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge test clients"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	clientKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	clientDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "client-7"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}, ca, &clientKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "clients.pem")
+	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600)
+	withCert := []tls.Certificate{{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}}
+
+	get := func(addr string, certs []tls.Certificate, version uint16) (string, error) {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, Certificates: certs, MaxVersion: version}}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/")
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+
+	required, _ := f.start(t, "-client-auth", "require", "-client-ca", caFile)
+	requested, _ := f.start(t, "-client-auth", "request", "-client-ca", caFile)
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		page, err := get(required, withCert, v)
+		if err != nil || !strings.Contains(page, "Client certificate: CN=client-7") {
+			t.Errorf("%s require, with a certificate: %v\n%s", tls.VersionName(v), err, page)
+		}
+		if _, err := get(required, nil, v); err == nil {
+			t.Errorf("%s require: a client without a certificate got in", tls.VersionName(v))
+		}
+		if page, err := get(requested, nil, v); err != nil || strings.Contains(page, "Client certificate") {
+			t.Errorf("%s request, without a certificate: %v\n%s", tls.VersionName(v), err, page)
+		}
+	}
+}

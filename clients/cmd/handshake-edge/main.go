@@ -1,0 +1,334 @@
+// Command handshake-edge terminates TLS through handshaked: it listens on a
+// TCP port, relays each client's handshake to the service (which holds the
+// private keys) and runs the record layer itself with the session keys.
+// Behind it, it either proxies plain TCP to a backend or serves a built-in
+// HTTP echo page that shows what was negotiated.
+//
+//	handshake-edge -listen 127.0.0.1:8443 -handshaked 127.0.0.1:7070 -key dev-rsa
+//	curl -k https://127.0.0.1:8443/
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
+	handshaked "github.com/handshaked/handshaked/clients/go"
+	"github.com/handshaked/handshaked/clients/go/edge"
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "handshake-edge:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	listen, service, backend      string
+	caFile, certFile, keyFile     string
+	keys, suites, groups, alpn    cliflag.List
+	minVersion, maxVersion        string
+	clientAuth, clientCAFile      string
+	unary                         bool
+	handshakeTimeout, idleTimeout time.Duration
+}
+
+// run parses args and serves until ctx ends. ready, if set, is told the
+// listening address.
+func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Addr)) error {
+	var o options
+	fs := flag.NewFlagSet("handshake-edge", flag.ContinueOnError)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8443", "TCP `address` to accept TLS clients on")
+	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
+	fs.StringVar(&o.caFile, "handshaked-ca", "", "roots (`PEM`) for handshaked's certificate; with -handshaked-cert/-key: mutual TLS (default: plain text, for a loopback development instance)")
+	fs.StringVar(&o.certFile, "handshaked-cert", "", "client certificate (`PEM`) for handshaked")
+	fs.StringVar(&o.keyFile, "handshaked-key", "", "client certificate key (`PEM`) for handshaked")
+	fs.Var(&o.keys, "key", "vault `key[:version]` with an attached chain; repeatable, SNI picks among them, the first is the default (default dev-rsa)")
+	fs.StringVar(&o.minVersion, "min-version", "1.2", "lowest TLS `version`: 1.2 or 1.3")
+	fs.StringVar(&o.maxVersion, "max-version", "1.3", "highest TLS `version`: 1.2 or 1.3")
+	fs.Var(&o.suites, "suites", "cipher `suites` in order of preference, crypto/tls names, e.g. TLS_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (default: all the engine supports)")
+	fs.Var(&o.groups, "groups", "key exchange `groups` in order of preference: X25519MLKEM768, X25519, P256, P384 (default: all, in that order)")
+	fs.Var(&o.alpn, "alpn", "ALPN `protocols` in order of preference (default http/1.1,http/1.0 for the echo page, none for -backend)")
+	fs.StringVar(&o.clientAuth, "client-auth", "off", "client certificates: off, request or require")
+	fs.StringVar(&o.clientCAFile, "client-ca", "", "roots (`PEM`) that client certificates must chain to")
+	fs.StringVar(&o.backend, "backend", "", "proxy plain TCP to this `address` (default: serve the echo page)")
+	fs.BoolVar(&o.unary, "unary", false, "step handshakes with unary calls instead of a stream")
+	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on each TLS handshake")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	hcfg, err := o.handshakeConfig()
+	if err != nil {
+		return err
+	}
+	client, err := o.dial()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	log := slog.New(slog.NewTextHandler(logOut, nil))
+
+	inner, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout, Logger: log})
+	defer l.Close()
+	log.Info("handshake-edge listening", "addr", l.Addr().String(), "handshaked", o.service, "backend", o.backend)
+	if ready != nil {
+		ready(l.Addr())
+	}
+	if o.backend != "" {
+		return proxy(ctx, l, o.backend, log)
+	}
+	return serveEcho(ctx, l, o.idleTimeout, log)
+}
+
+func (o *options) dial() (*handshaked.Client, error) {
+	if o.caFile == "" && o.certFile == "" {
+		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(30*time.Second, 10*time.Second))
+	}
+	cfg, err := handshaked.TLSConfigFromFiles(o.caFile, o.certFile, o.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(30*time.Second, 10*time.Second))
+}
+
+var versions = map[string]pb.TLSVersion{"1.2": pb.TLSVersion_TLS_VERSION_1_2, "1.3": pb.TLSVersion_TLS_VERSION_1_3}
+
+var groupIDs = map[string]tls.CurveID{
+	"X25519MLKEM768": tls.X25519MLKEM768, "X25519": tls.X25519,
+	"P256": tls.CurveP256, "P-256": tls.CurveP256, "CurveP256": tls.CurveP256,
+	"P384": tls.CurveP384, "P-384": tls.CurveP384, "CurveP384": tls.CurveP384,
+}
+
+var clientAuths = map[string]pb.ClientAuth{
+	"off": pb.ClientAuth_CLIENT_AUTH_OFF, "request": pb.ClientAuth_CLIENT_AUTH_OPTIONAL, "require": pb.ClientAuth_CLIENT_AUTH_REQUIRED,
+}
+
+func suiteID(name string) (uint16, bool) {
+	for _, s := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+		if s.Name == name {
+			return s.ID, true
+		}
+	}
+	return 0, false
+}
+
+// handshakeConfig turns the flags into the engine's configuration.
+func (o *options) handshakeConfig() (*pb.HandshakeConfig, error) {
+	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn}
+	keys := o.keys
+	if len(keys) == 0 {
+		keys = cliflag.List{"dev-rsa"}
+	}
+	for _, k := range keys {
+		id, v, hasVersion := strings.Cut(k, ":")
+		ref := &pb.KeyRef{Key: id}
+		if hasVersion {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("-key %s: bad version", k)
+			}
+			ref.Version = uint32(n)
+		}
+		cfg.Keys = append(cfg.Keys, ref)
+	}
+	var ok bool
+	if cfg.MinVersion, ok = versions[o.minVersion]; !ok {
+		return nil, fmt.Errorf("-min-version %q: want 1.2 or 1.3", o.minVersion)
+	}
+	if cfg.MaxVersion, ok = versions[o.maxVersion]; !ok {
+		return nil, fmt.Errorf("-max-version %q: want 1.2 or 1.3", o.maxVersion)
+	}
+	for _, name := range o.suites {
+		id, ok := suiteID(name)
+		if !ok {
+			return nil, fmt.Errorf("-suites: unknown cipher suite %q", name)
+		}
+		cfg.CipherSuites = append(cfg.CipherSuites, uint32(id))
+	}
+	for _, name := range o.groups {
+		id, ok := groupIDs[name]
+		if !ok {
+			return nil, fmt.Errorf("-groups: unknown group %q", name)
+		}
+		cfg.Groups = append(cfg.Groups, uint32(id))
+	}
+	if cfg.ClientAuth, ok = clientAuths[o.clientAuth]; !ok {
+		return nil, fmt.Errorf("-client-auth %q: want off, request or require", o.clientAuth)
+	}
+	if o.clientCAFile != "" {
+		b, err := os.ReadFile(o.clientCAFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ClientCaPem = string(b)
+	}
+	if cfg.ClientAuth != pb.ClientAuth_CLIENT_AUTH_OFF && cfg.ClientCaPem == "" {
+		return nil, errors.New("-client-auth needs -client-ca")
+	}
+	if len(cfg.AlpnProtocols) == 0 && o.backend == "" {
+		// The echo page speaks HTTP/1.x only; a client offering h2 must
+		// not be left to guess.
+		cfg.AlpnProtocols = []string{"http/1.1", "http/1.0"}
+	}
+	return cfg, nil
+}
+
+type connKey struct{}
+
+// serveEcho serves the echo page on l until ctx ends.
+func serveEcho(ctx context.Context, l net.Listener, idle time.Duration, log *slog.Logger) error {
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(echo),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       idle,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			logConn(log, c.(*edge.Conn))
+			return context.WithValue(ctx, connKey{}, c)
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// maxEchoBody bounds the request body the echo page sends back.
+const maxEchoBody = 64 << 20
+
+// echo describes the request and the TLS connection it came on; a POST or
+// PUT body is sent back as is.
+func echo(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost || r.Method == http.MethodPut {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEchoBody))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(body)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, "handshake-edge echo\n\n%s %s %s\nHost: %s\nUser-Agent: %s\n\n", r.Method, r.URL.RequestURI(), r.Proto, r.Host, r.UserAgent())
+	c, ok := r.Context().Value(connKey{}).(*edge.Conn)
+	if !ok {
+		return
+	}
+	fmt.Fprint(w, describe(c.ConnectionState()))
+}
+
+// describe renders a connection's negotiated parameters.
+func describe(st edge.ConnectionState) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "TLS version: %s\n", tls.VersionName(st.Version))
+	fmt.Fprintf(&b, "Cipher suite: %s\n", tls.CipherSuiteName(st.CipherSuite))
+	fmt.Fprintf(&b, "Group: %s\n", st.CurveID)
+	fmt.Fprintf(&b, "Signature scheme: %s\n", st.SignatureScheme)
+	fmt.Fprintf(&b, "Server name: %s\n", st.ServerName)
+	fmt.Fprintf(&b, "ALPN: %s\n", st.NegotiatedProtocol)
+	fmt.Fprintf(&b, "Key: %s version %d\n", st.KeyID, st.KeyVersion)
+	fmt.Fprintf(&b, "HelloRetryRequest: %v\n", st.HelloRetryRequest)
+	if st.Version == tls.VersionTLS12 {
+		fmt.Fprintf(&b, "Extended master secret: %v\n", st.ExtendedMasterSecret)
+	}
+	for _, cert := range st.PeerCertificates {
+		fmt.Fprintf(&b, "Client certificate: %s\n", cert.Subject)
+	}
+	return b.String()
+}
+
+// logConn logs what a new connection negotiated.
+func logConn(log *slog.Logger, c *edge.Conn) {
+	st := c.ConnectionState()
+	log.Info("TLS connection", "remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version),
+		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol)
+}
+
+// proxy relays each connection of l to a new TCP connection to backend.
+func proxy(ctx context.Context, l net.Listener, backend string, log *slog.Logger) error {
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			logConn(log, c.(*edge.Conn))
+			var d net.Dialer
+			b, err := d.DialContext(ctx, "tcp", backend)
+			if err != nil {
+				log.Warn("backend unreachable", "backend", backend, "err", err)
+				return
+			}
+			defer b.Close()
+			relay(c, b.(*net.TCPConn), log)
+		}()
+	}
+}
+
+// relay copies both ways and passes on half-closes: the client's
+// close_notify becomes a FIN to the backend and the backend's FIN a
+// close_notify, so request-then-response protocols finish cleanly.
+func relay(c net.Conn, b *net.TCPConn, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := io.Copy(c, b); err != nil {
+			log.Info("backend to client", "err", err)
+			c.Close()
+			return
+		}
+		c.(*edge.Conn).CloseWrite()
+	}()
+	if _, err := io.Copy(b, c); err != nil {
+		log.Info("client to backend", "err", err)
+		b.Close()
+	} else {
+		b.CloseWrite()
+	}
+	<-done
+}

@@ -1,0 +1,391 @@
+// Command handshakectl manages handshaked's keys and shows its handshakes:
+//
+//	handshakectl [-handshaked addr] <command> [flags] [args]
+//
+// Keys: list, get, create, import, rotate, enable, disable, destroy,
+// attach-chain, csr, public-key. Operations: sign, decrypt, verify.
+// Handshakes: trace (accept one TLS client, or replay a capture of a
+// client's bytes, and narrate the handshake step by step).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
+	handshaked "github.com/handshaked/handshaked/clients/go"
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "handshakectl:", err)
+		os.Exit(1)
+	}
+}
+
+// env is what a command runs with.
+type env struct {
+	client *handshaked.Client
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	// ready, if set, is told where trace listens (for tests).
+	ready func(addr string)
+}
+
+type command struct {
+	usage string
+	run   func(ctx context.Context, e *env, args []string) error
+}
+
+// commands is filled in init: the commands look their usage up in it.
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"list":         {"list keys", cmdList},
+		"get":          {"get ID: show a key and its versions", cmdGet},
+		"create":       {"create -algorithm rsa2048|rsa3072|rsa4096|p256|p384|ed25519 [-label k=v] ID", cmdCreate},
+		"import":       {"import -pem FILE [-label k=v] ID", cmdImport},
+		"rotate":       {"rotate ID: add a new primary version", cmdRotate},
+		"enable":       {"enable ID VERSION", cmdEnable},
+		"disable":      {"disable ID VERSION", cmdDisable},
+		"destroy":      {"destroy -confirm ID ID VERSION: erase a disabled version for good", cmdDestroy},
+		"attach-chain": {"attach-chain [-version N] -chain FILE.pem ID", cmdAttach},
+		"csr":          {"csr [-version N] -cn NAME [-dns a,b] [-ip a,b] [-org O] ID: print a PEM CSR signed in the vault", cmdCSR},
+		"public-key":   {"public-key [-version N] ID: print the PEM public key", cmdPublicKey},
+		"sign":         {"sign -scheme SCHEME [-version N] [-in FILE] [-digest] [-o FILE] ID", cmdSign},
+		"decrypt":      {"decrypt -mode premaster|oaep [-version N] [-in FILE] [-o FILE] ID", cmdDecrypt},
+		"verify":       {"verify -scheme SCHEME -sig FILE [-version N] [-in FILE] ID: check a signature locally with the vault's public key", cmdVerify},
+		"trace":        {"trace -key ID [-listen ADDR | -replay FILE] [handshake flags]: narrate a handshake", cmdTrace},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: handshakectl [-handshaked ADDR] [-ca FILE -cert FILE -key FILE] COMMAND [flags] [args]")
+	names := make([]string, 0, len(commands))
+	for name := range commands {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		fmt.Fprintf(w, "  %s\n", commands[name].usage)
+	}
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	return runEnv(ctx, args, &env{stdin: stdin, stdout: stdout, stderr: stderr})
+}
+
+func runEnv(ctx context.Context, args []string, e *env) error {
+	fs := flag.NewFlagSet("handshakectl", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() { usage(e.stderr); fs.PrintDefaults() }
+	addr := fs.String("handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
+	ca := fs.String("ca", "", "roots (`PEM`) for handshaked's certificate (default: plain text, for a loopback development instance)")
+	cert := fs.String("cert", "", "client certificate (`PEM`) for mutual TLS")
+	key := fs.String("key", "", "client certificate key (`PEM`)")
+	timeout := fs.Duration("timeout", 30*time.Second, "bound on each call")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		usage(e.stderr)
+		return errors.New("no command")
+	}
+	cmd, ok := commands[fs.Arg(0)]
+	if !ok {
+		usage(e.stderr)
+		return fmt.Errorf("unknown command %q", fs.Arg(0))
+	}
+	opts := []handshaked.Option{handshaked.WithTimeout(*timeout), handshaked.WithRetries(2, 100*time.Millisecond)}
+	if *ca == "" && *cert == "" {
+		opts = append(opts, handshaked.WithInsecure())
+	} else {
+		cfg, err := handshaked.TLSConfigFromFiles(*ca, *cert, *key)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, handshaked.WithTLS(cfg))
+	}
+	c, err := handshaked.Dial(*addr, opts...)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	e.client = c
+	return cmd.run(ctx, e, fs.Args()[1:])
+}
+
+// subcommand parses a command's flags and checks its positional arguments.
+func subcommand(name string, e *env, args []string, nargs int, define func(fs *flag.FlagSet)) (*flag.FlagSet, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	if define != nil {
+		define(fs)
+	}
+	fs.Usage = func() { fmt.Fprintln(e.stderr, "usage: handshakectl", commands[name].usage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() != nargs {
+		fs.Usage()
+		return nil, fmt.Errorf("%s: want %d argument(s), got %d", name, nargs, fs.NArg())
+	}
+	return fs, nil
+}
+
+// labels is a repeatable k=v flag.
+type labels map[string]string
+
+func (l labels) String() string { return fmt.Sprint(map[string]string(l)) }
+func (l labels) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("label %q: want key=value", v)
+	}
+	l[k] = val
+	return nil
+}
+
+var algorithms = map[string]pb.Algorithm{
+	"rsa2048": pb.Algorithm_ALGORITHM_RSA_2048, "rsa3072": pb.Algorithm_ALGORITHM_RSA_3072, "rsa4096": pb.Algorithm_ALGORITHM_RSA_4096,
+	"p256": pb.Algorithm_ALGORITHM_ECDSA_P256, "p384": pb.Algorithm_ALGORITHM_ECDSA_P384, "ed25519": pb.Algorithm_ALGORITHM_ED25519,
+}
+
+// printKey renders a key for people.
+func printKey(w io.Writer, k *pb.Key) {
+	fmt.Fprintf(w, "%s\tprimary version %d", k.GetId(), k.GetPrimaryVersion())
+	if len(k.GetLabels()) > 0 {
+		fmt.Fprintf(w, "\tlabels %v", k.GetLabels())
+	}
+	fmt.Fprintln(w)
+	for _, v := range k.GetVersions() {
+		state := strings.ToLower(strings.TrimPrefix(v.GetState().String(), "KEY_VERSION_STATE_"))
+		alg := strings.ToLower(strings.TrimPrefix(v.GetAlgorithm().String(), "ALGORITHM_"))
+		fmt.Fprintf(w, "  version %d\t%s\t%s", v.GetVersion(), alg, state)
+		if v.GetImported() {
+			fmt.Fprint(w, "\timported")
+		}
+		if n := len(v.GetCertificateChain()); n > 0 {
+			fmt.Fprintf(w, "\tchain of %d", n)
+		}
+		fmt.Fprintf(w, "\tcreated %s\n", v.GetCreateTime().AsTime().Format(time.RFC3339))
+	}
+}
+
+func cmdList(ctx context.Context, e *env, args []string) error {
+	if _, err := subcommand("list", e, args, 0, nil); err != nil {
+		return err
+	}
+	keys, err := e.client.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		printKey(e.stdout, k)
+	}
+	return nil
+}
+
+func cmdGet(ctx context.Context, e *env, args []string) error {
+	fs, err := subcommand("get", e, args, 1, nil)
+	if err != nil {
+		return err
+	}
+	k, err := e.client.GetKey(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+func cmdCreate(ctx context.Context, e *env, args []string) error {
+	var alg string
+	l := labels{}
+	fs, err := subcommand("create", e, args, 1, func(fs *flag.FlagSet) {
+		fs.StringVar(&alg, "algorithm", "p256", "rsa2048, rsa3072, rsa4096, p256, p384 or ed25519")
+		fs.Var(l, "label", "`key=value` label (repeatable)")
+	})
+	if err != nil {
+		return err
+	}
+	a, ok := algorithms[alg]
+	if !ok {
+		return fmt.Errorf("create: unknown algorithm %q", alg)
+	}
+	k, err := e.client.CreateKey(ctx, fs.Arg(0), a, l)
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+func cmdImport(ctx context.Context, e *env, args []string) error {
+	var file string
+	l := labels{}
+	fs, err := subcommand("import", e, args, 1, func(fs *flag.FlagSet) {
+		fs.StringVar(&file, "pem", "", "private key `file` (PEM: PKCS#1, PKCS#8 or SEC1)")
+		fs.Var(l, "label", "`key=value` label (repeatable)")
+	})
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	k, err := e.client.ImportKey(ctx, fs.Arg(0), b, l)
+	clear(b)
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+func cmdRotate(ctx context.Context, e *env, args []string) error {
+	fs, err := subcommand("rotate", e, args, 1, nil)
+	if err != nil {
+		return err
+	}
+	k, err := e.client.RotateKey(ctx, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+// versionArgs reads the ID VERSION arguments.
+func versionArgs(fs *flag.FlagSet) (string, uint32, error) {
+	var v uint32
+	if _, err := fmt.Sscan(fs.Arg(1), &v); err != nil || v == 0 {
+		return "", 0, fmt.Errorf("version %q: want a positive number", fs.Arg(1))
+	}
+	return fs.Arg(0), v, nil
+}
+
+// versionCommand runs a call that takes ID VERSION and prints the key.
+func versionCommand(ctx context.Context, e *env, args []string, name string, call func(*handshaked.Client, context.Context, string, uint32) (*pb.Key, error)) error {
+	fs, err := subcommand(name, e, args, 2, nil)
+	if err != nil {
+		return err
+	}
+	id, v, err := versionArgs(fs)
+	if err != nil {
+		return err
+	}
+	k, err := call(e.client, ctx, id, v)
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+func cmdEnable(ctx context.Context, e *env, args []string) error {
+	return versionCommand(ctx, e, args, "enable", (*handshaked.Client).EnableKeyVersion)
+}
+
+func cmdDisable(ctx context.Context, e *env, args []string) error {
+	return versionCommand(ctx, e, args, "disable", (*handshaked.Client).DisableKeyVersion)
+}
+
+func cmdDestroy(ctx context.Context, e *env, args []string) error {
+	var confirm string
+	fs, err := subcommand("destroy", e, args, 2, func(fs *flag.FlagSet) {
+		fs.StringVar(&confirm, "confirm", "", "the key `ID` again: destroying cannot be undone")
+	})
+	if err != nil {
+		return err
+	}
+	id, v, err := versionArgs(fs)
+	if err != nil {
+		return err
+	}
+	if confirm != id {
+		return fmt.Errorf("destroy: pass -confirm %s to erase version %d for good", id, v)
+	}
+	k, err := e.client.DestroyKeyVersion(ctx, id, v)
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+func cmdAttach(ctx context.Context, e *env, args []string) error {
+	var file string
+	var version uint
+	fs, err := subcommand("attach-chain", e, args, 1, func(fs *flag.FlagSet) {
+		fs.StringVar(&file, "chain", "", "certificate chain `file` (PEM, leaf first)")
+		fs.UintVar(&version, "version", 0, "key version (0: primary)")
+	})
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	k, err := e.client.KeyVault().AttachCertificateChain(ctx, &pb.AttachCertificateChainRequest{Key: fs.Arg(0), Version: uint32(version), CertificateChainPem: string(b)})
+	if err != nil {
+		return err
+	}
+	printKey(e.stdout, k)
+	return nil
+}
+
+func cmdCSR(ctx context.Context, e *env, args []string) error {
+	var cn string
+	var dns, ips, org cliflag.List
+	var version uint
+	fs, err := subcommand("csr", e, args, 1, func(fs *flag.FlagSet) {
+		fs.StringVar(&cn, "cn", "", "subject common `name`")
+		fs.Var(&dns, "dns", "DNS `names` (comma-separated, repeatable)")
+		fs.Var(&ips, "ip", "IP `addresses`")
+		fs.Var(&org, "org", "`organization`")
+		fs.UintVar(&version, "version", 0, "key version (0: primary)")
+	})
+	if err != nil {
+		return err
+	}
+	csr, err := e.client.CreateCertificateSigningRequest(ctx, &pb.CreateCertificateSigningRequestRequest{
+		Key: fs.Arg(0), Version: uint32(version), CommonName: cn, DnsNames: dns, IpAddresses: ips, Organization: org})
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(e.stdout, csr.GetPem())
+	return err
+}
+
+func cmdPublicKey(ctx context.Context, e *env, args []string) error {
+	var version uint
+	fs, err := subcommand("public-key", e, args, 1, func(fs *flag.FlagSet) {
+		fs.UintVar(&version, "version", 0, "key version (0: primary)")
+	})
+	if err != nil {
+		return err
+	}
+	resp, err := e.client.KeyVault().GetPublicKey(ctx, &pb.GetPublicKeyRequest{Key: fs.Arg(0), Version: uint32(version)})
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(e.stdout, resp.GetPem())
+	return err
+}
