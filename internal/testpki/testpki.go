@@ -1,0 +1,132 @@
+// Package testpki issues certificates for tests of handshaked's mutual TLS:
+// CAs, a server certificate for loopback, and client certificates naming
+// an identity the way callers' certificates do (URI SAN, DNS SAN or CN).
+// Keys are ECDSA P-256, cheap enough to make once per test package.
+package testpki
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"time"
+)
+
+// CA is a certificate authority.
+type CA struct {
+	Cert *x509.Certificate
+	PEM  []byte
+	key  *ecdsa.PrivateKey
+}
+
+// Leaf is an issued certificate with its key.
+type Leaf struct {
+	CertPEM, KeyPEM []byte
+	TLS             tls.Certificate
+	Cert            *x509.Certificate
+}
+
+// NewCA makes a self-signed CA.
+func NewCA(name string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	cert, certPEM, err := sign(tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, PEM: certPEM, key: key}, nil
+}
+
+// Pool trusts the CA.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.Cert)
+	return p
+}
+
+// Server issues a server certificate for localhost, 127.0.0.1 and ::1.
+func (ca *CA) Server() (*Leaf, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: "localhost"},
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, time.Now().Add(24*time.Hour))
+}
+
+// Client issues a client certificate whose identity is id: a URI SAN if id
+// parses as a URI with a scheme, else a DNS SAN if dns, else the subject CN.
+// notAfter in the past makes an expired certificate.
+func (ca *CA) Client(id string, dns bool, notAfter time.Time) (*Leaf, error) {
+	tmpl := &x509.Certificate{ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if u, err := url.Parse(id); err == nil && u.Scheme != "" {
+		tmpl.URIs = []*url.URL{u}
+		tmpl.Subject.CommonName = "ignored-when-a-uri-san-is-present"
+	} else if dns {
+		tmpl.DNSNames = []string{id}
+	} else {
+		tmpl.Subject.CommonName = id
+	}
+	return ca.issue(tmpl, notAfter)
+}
+
+func (ca *CA) issue(tmpl *x509.Certificate, notAfter time.Time) (*Leaf, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.NotBefore = time.Now().Add(-time.Hour)
+	if notAfter.Before(tmpl.NotBefore) {
+		tmpl.NotBefore = notAfter.Add(-time.Hour)
+	}
+	tmpl.NotAfter = notAfter
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	cert, certPEM, err := sign(tmpl, ca.Cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &Leaf{CertPEM: certPEM, KeyPEM: keyPEM, TLS: pair, Cert: cert}, nil
+}
+
+func sign(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, key *ecdsa.PrivateKey) (*x509.Certificate, []byte, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("testpki: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
