@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -12,7 +13,6 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/handshaked/handshaked/internal/keyvault"
@@ -48,10 +48,21 @@ func loadOrCreateKEK(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key-encryption key: %w", err)
 	}
-	kek, err := hex.DecodeString(strings.TrimSpace(string(data)))
-	clear(data)
-	if err != nil || len(kek) != 32 {
-		return nil, fmt.Errorf("key-encryption key %s: want 64 hex digits (32 bytes)", path)
+	defer clear(data)
+	return parseKEK(data, path)
+}
+
+// parseKEK decodes a key-encryption key written as 64 hex digits; source
+// names where it came from, for the error.
+func parseKEK(data []byte, source string) ([]byte, error) {
+	// Decoded from the bytes in place, with no string copy of the hex that
+	// could not be wiped.
+	src := bytes.TrimSpace(data)
+	kek := make([]byte, hex.DecodedLen(len(src)))
+	n, err := hex.Decode(kek, src)
+	if err != nil || n != 32 {
+		clear(kek)
+		return nil, fmt.Errorf("key-encryption key %s: want 64 hex digits (32 bytes)", source)
 	}
 	return kek, nil
 }

@@ -3,6 +3,12 @@
 //
 // With no flags it starts a development instance: a data directory with a
 // fresh key-encryption key and a sample key, served on loopback only.
+//
+// With -mode=production it serves gRPC and REST over mutual TLS, identifies
+// callers by their client certificates, enforces a policy file and writes
+// an audit log. Settings come from flags, HANDSHAKED_<FLAG> environment
+// variables and a JSON file (-config), in that order of precedence; SIGHUP
+// reloads the TLS files and the policy and reopens the audit log.
 package main
 
 import (
@@ -16,28 +22,23 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
 )
 
-type config struct {
-	dataDir         string
-	grpcAddr        string
-	httpAddr        string
-	kekFile         string
-	shutdownTimeout time.Duration
-}
-
 func main() {
-	var cfg config
-	flag.StringVar(&cfg.dataDir, "data-dir", "handshaked-data", "directory holding the key store")
-	flag.StringVar(&cfg.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address")
-	flag.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:7080", "REST (grpc-gateway) listen address")
-	flag.StringVar(&cfg.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key (default: <data-dir>/kek, created in development mode)")
-	flag.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for calls in flight")
-	flag.Parse()
+	cfg, err := parseConfig(os.Args[1:], os.LookupEnv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handshaked:", err)
+		os.Exit(2)
+	}
+	// The KEK is in cfg now; nothing started from here needs to see it.
+	os.Unsetenv(kekEnv)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -47,25 +48,32 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, cfg config) error {
-	slog.Warn("DEVELOPMENT MODE: plain-text transport on loopback, no caller authentication, key-encryption key stored next to the data; never use this for real keys")
-	for _, addr := range []string{cfg.grpcAddr, cfg.httpAddr} {
-		if err := requireLoopback(addr); err != nil {
-			return fmt.Errorf("development mode: %w", err)
+func run(ctx context.Context, cfg *config) error {
+	var opts service.Options
+	var err error
+	if cfg.mode == modeProduction {
+		err = prepareProduction(cfg, &opts)
+	} else {
+		err = prepareDevelopment(cfg)
+	}
+	if err != nil {
+		return err
+	}
+	opts.Limits = service.Limits{Rate: cfg.rateLimit, Burst: cfg.rateBurst, MaxInFlight: cfg.maxInFlight, CallTimeout: cfg.callTimeout}
+	opts.ReloadInterval = cfg.reloadInterval
+	if cfg.auditLog != "" {
+		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
+			return err
 		}
+		defer opts.Audit.Close()
 	}
-	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	if cfg.kekFile == "" {
-		cfg.kekFile = filepath.Join(cfg.dataDir, "kek")
-	}
-	kek, err := loadOrCreateKEK(cfg.kekFile)
+	kek, err := loadKEK(cfg)
 	if err != nil {
 		return err
 	}
 	store, err := keyvault.OpenBolt(filepath.Join(cfg.dataDir, "keys.db"))
 	if err != nil {
+		clear(kek)
 		return fmt.Errorf("key store: %w", err)
 	}
 	vault, err := keyvault.New(ctx, store, kek)
@@ -75,11 +83,13 @@ func run(ctx context.Context, cfg config) error {
 		return fmt.Errorf("key store %s: %w", cfg.dataDir, err)
 	}
 	defer vault.Close()
-	if err := ensureSampleKey(ctx, vault); err != nil {
-		return fmt.Errorf("sample key: %w", err)
+	if cfg.mode == modeDevelopment {
+		if err := ensureSampleKey(ctx, vault); err != nil {
+			return fmt.Errorf("sample key: %w", err)
+		}
 	}
 
-	srv, err := service.New(vault, service.Options{})
+	srv, err := service.New(vault, opts)
 	if err != nil {
 		return err
 	}
@@ -92,7 +102,25 @@ func run(ctx context.Context, cfg config) error {
 		grpcLis.Close()
 		return fmt.Errorf("REST listener: %w", err)
 	}
-	slog.Info("handshaked serving", "grpc_addr", grpcLis.Addr().String(), "rest_url", "http://"+httpLis.Addr().String(), "data_dir", cfg.dataDir)
+	scheme := "http://"
+	if opts.TLS != nil {
+		scheme = "https://"
+	}
+	slog.Info("handshaked serving", "grpc_addr", grpcLis.Addr().String(), "rest_url", scheme+httpLis.Addr().String(), "data_dir", cfg.dataDir, "mode", cfg.mode)
+
+	// SIGHUP: load the TLS files and the policy again, reopen the audit log.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			if err := srv.Reload(); err != nil {
+				slog.Error("SIGHUP: reload incomplete", "err", err)
+				continue
+			}
+			slog.Info("SIGHUP: reloaded")
+		}
+	}()
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(grpcLis, httpLis) }()
@@ -108,6 +136,23 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	return <-errc
+}
+
+// prepareDevelopment checks and creates what a development instance needs.
+func prepareDevelopment(cfg *config) error {
+	slog.Warn("DEVELOPMENT MODE: plain-text transport on loopback, no caller authentication, key-encryption key stored next to the data; never use this for real keys")
+	for _, addr := range []string{cfg.grpcAddr, cfg.httpAddr} {
+		if err := requireLoopback(addr); err != nil {
+			return fmt.Errorf("development mode: %w", err)
+		}
+	}
+	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if cfg.kekFile == "" && cfg.kek == "" {
+		cfg.kekFile = filepath.Join(cfg.dataDir, "kek")
+	}
+	return nil
 }
 
 // requireLoopback refuses to expose an unauthenticated development instance

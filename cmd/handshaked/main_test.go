@@ -47,9 +47,15 @@ var servingLine = regexp.MustCompile(`grpc_addr=(\S+) rest_url=(\S+)`)
 // kernel and waits until it serves, or until it exits.
 func startProcess(t *testing.T, dataDir string, extra ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, dataDir, nil, extra...)
+}
+
+// startProcessEnv is startProcess with environment variables added.
+func startProcessEnv(t *testing.T, dataDir string, env []string, extra ...string) *process {
+	t.Helper()
 	args := append([]string{"-data-dir", dataDir, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "HANDSHAKED_RUN_MAIN=1")
+	cmd.Env = append(append(os.Environ(), "HANDSHAKED_RUN_MAIN=1"), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -33,19 +33,22 @@ func recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h
 	return handler(srv, ss)
 }
 
-// logUnary logs each call's method, code and duration; never its payload.
+// logUnary logs each call's method, caller, code and duration; never its
+// payload. Refusals for load (RESOURCE_EXHAUSTED) log at debug level, so an
+// overload does not turn into a flood of log lines; a metric counts them.
 func logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)
 	code := status.Code(err)
 	level := slog.LevelDebug
 	switch code {
-	case codes.OK:
+	case codes.OK, codes.ResourceExhausted:
 	case codes.Internal, codes.Unknown, codes.DataLoss:
 		level = slog.LevelError
 	default:
 		level = slog.LevelInfo
 	}
-	slog.Log(ctx, level, "rpc", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start))
+	slog.Log(ctx, level, "rpc", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start),
+		"caller", callerIdentity(ctx), "request_id", metaOf(ctx).requestID)
 	return resp, err
 }

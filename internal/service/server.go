@@ -5,6 +5,7 @@ package service
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,8 @@ import (
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/gen/openapiv2"
+	"github.com/handshaked/handshaked/internal/audit"
+	"github.com/handshaked/handshaked/internal/authz"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
@@ -44,11 +47,33 @@ type Server struct {
 	health  *health.Server
 	pipe    *bufconn.Listener
 	gateway *grpc.ClientConn
+
+	tls      *tlsSource // nil in development mode
+	audit    *audit.Log
+	reloader *reloader
+	interval time.Duration
+	pollCtx  context.Context
+	stopPoll context.CancelFunc
 }
 
-// Options configure a Server. The zero value is a development server.
+// Options configure a Server. The zero value is a development server:
+// plain-text transport, no caller authentication, no audit log.
 type Options struct {
 	Handshake HandshakeOptions
+
+	// TLS turns on production mode: both listeners speak TLS with these
+	// files, callers are identified by their client certificates, and
+	// Policy decides what each may do. Both or neither.
+	TLS    *TLSFiles
+	Policy *authz.Store
+	// Audit receives an entry for every key use and change and every
+	// refused call. nil: no audit log.
+	Audit  *audit.Log
+	Limits Limits
+	// ReloadInterval is how often the TLS and policy files are checked for
+	// changes; 0 is DefaultReloadInterval, negative never (Reload still
+	// works).
+	ReloadInterval time.Duration
 }
 
 // New wires the API over vault.
@@ -56,14 +81,16 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s := &Server{
-		grpc: grpc.NewServer(
-			grpc.MaxRecvMsgSize(MaxRequestBytes),
-			grpc.ChainUnaryInterceptor(recoverUnary, logUnary),
-			grpc.ChainStreamInterceptor(recoverStream),
-		),
 		health: health.NewServer(),
 		pipe:   bufconn.Listen(pipeBuffer),
 	}
+	serverOpts, err := s.secure(vault, opts, registry)
+	if err != nil {
+		return nil, err
+	}
+	s.grpc = grpc.NewServer(append(serverOpts,
+		grpc.MaxRecvMsgSize(MaxRequestBytes),
+	)...)
 	pb.RegisterKeyVaultServer(s.grpc, NewKeyVault(vault))
 	pb.RegisterHandshakeServer(s.grpc, NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry)))
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -85,6 +112,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
+		runtime.WithMetadata(gatewayMetadata),
+		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
 	)
 	if err := pb.RegisterKeyVaultHandler(context.Background(), mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -109,6 +138,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn),
 	}
+	if s.tls != nil {
+		s.http.TLSConfig = &tls.Config{GetConfigForClient: s.tls.configFor([]string{"h2", "http/1.1"})}
+	}
 	return s, nil
 }
 
@@ -125,10 +157,17 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // the first error that stops a listener other than a shutdown.
 func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 3)
-	go func() { errc <- s.grpc.Serve(s.pipe) }()
+	if s.interval > 0 {
+		go s.reloader.poll(s.pollCtx, s.interval)
+	}
+	go func() { errc <- s.grpc.Serve(pipeListener{s.pipe}) }()
 	go func() { errc <- s.grpc.Serve(grpcLis) }()
 	go func() {
-		if err := s.http.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.tls != nil {
+			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
+		}
+		if err := serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
 			return
 		}
@@ -145,6 +184,7 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 // Shutdown stops taking new calls, reports NOT_SERVING to health checks, and
 // waits for calls in flight until ctx is done; then it cuts what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopPoll()
 	s.health.Shutdown()
 	httpErr := s.http.Shutdown(ctx)
 	done := make(chan struct{})

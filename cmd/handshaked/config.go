@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+)
+
+const (
+	modeDevelopment = "development"
+	modeProduction  = "production"
+)
+
+// kekEnv holds the key-encryption key itself (64 hex digits), for
+// deployments that inject secrets as environment variables. It is not a
+// flag: a command line is visible to every user of the host.
+const kekEnv = "HANDSHAKED_KEK"
+
+type config struct {
+	mode            string
+	dataDir         string
+	grpcAddr        string
+	httpAddr        string
+	kekFile         string
+	kek             string // from kekEnv
+	shutdownTimeout time.Duration
+
+	tlsCert, tlsKey, clientCA string
+	policyFile                string
+	auditLog                  string
+
+	rateLimit      float64
+	rateBurst      int
+	maxInFlight    int
+	callTimeout    time.Duration
+	reloadInterval time.Duration
+
+	set map[string]bool // flags given by command line, environment or file
+}
+
+// Production defaults of the limits; a development instance has none.
+const (
+	productionRate        = 1000
+	productionBurst       = 2000
+	productionMaxInFlight = 1024
+)
+
+// productionOnly are the flags that make no sense for a development
+// instance; giving one without -mode=production is a mistake worth stopping
+// for, not a production instance silently started in development mode.
+var productionOnly = []string{"tls-cert", "tls-key", "client-ca", "policy"}
+
+// envName is the environment variable that sets a flag: -tls-cert is
+// HANDSHAKED_TLS_CERT.
+func envName(flagName string) string {
+	return "HANDSHAKED_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads the configuration from the command line, then the
+// environment (HANDSHAKED_<FLAG>), then the JSON file named by -config
+// (keys are flag names), each filling only what the ones before left unset.
+func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut io.Writer) (*config, error) {
+	cfg := &config{set: map[string]bool{}}
+	fs := flag.NewFlagSet("handshaked", flag.ContinueOnError)
+	fs.SetOutput(usageOut)
+	var configFile string
+	fs.StringVar(&configFile, "config", "", "JSON file of settings, keyed by flag name (command line and environment take precedence)")
+	fs.StringVar(&cfg.mode, "mode", modeDevelopment, "development (loopback, no authentication) or production (mutual TLS, policy, audit log)")
+	fs.StringVar(&cfg.dataDir, "data-dir", "handshaked-data", "directory holding the key store")
+	fs.StringVar(&cfg.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address")
+	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:7080", "REST (grpc-gateway) listen address")
+	fs.StringVar(&cfg.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key, hex (development default: <data-dir>/kek, created; production: this or $"+kekEnv+")")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for calls in flight")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "production: the service's certificate chain, PEM (reloaded on change and on SIGHUP)")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "production: the service's private key, PEM, not world-readable")
+	fs.StringVar(&cfg.clientCA, "client-ca", "", "production: CA bundle, PEM, that callers' client certificates must chain to")
+	fs.StringVar(&cfg.policyFile, "policy", "", "production: policy file, JSON (reloaded on change and on SIGHUP)")
+	fs.StringVar(&cfg.auditLog, "audit-log", "", "audit log file (mode 0600, reopened on SIGHUP), or - for stdout (production default: -; development: none)")
+	fs.Float64Var(&cfg.rateLimit, "rate-limit", 0, fmt.Sprintf("calls per second per caller identity, 0 for none (production default %d)", productionRate))
+	fs.IntVar(&cfg.rateBurst, "rate-burst", 0, fmt.Sprintf("calls a caller may make at once above the rate (production default %d)", productionBurst))
+	fs.IntVar(&cfg.maxInFlight, "max-in-flight", 0, fmt.Sprintf("API calls served at once, 0 for no cap (production default %d)", productionMaxInFlight))
+	fs.DurationVar(&cfg.callTimeout, "call-timeout", 30*time.Second, "longest a unary call may run")
+	fs.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often TLS and policy files are checked for changes")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) { cfg.set[f.Name] = true })
+
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if cfg.set[f.Name] {
+			return
+		}
+		if v, ok := lookupEnv(envName(f.Name)); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
+			}
+			cfg.set[f.Name] = true
+		}
+	})
+	if configFile != "" {
+		errs = append(errs, cfg.readFile(fs, configFile))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	cfg.kek, _ = lookupEnv(kekEnv)
+	return cfg, cfg.check()
+}
+
+// readFile applies the settings of a JSON config file that nothing before
+// it set. An unknown key is an error: a misspelt "policy" must not start a
+// service with no policy.
+func (cfg *config) readFile(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var settings map[string]any
+	if err := dec.Decode(&settings); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	for name, v := range settings {
+		if fs.Lookup(name) == nil || name == "config" {
+			return fmt.Errorf("config %s: unknown setting %q", path, name)
+		}
+		if cfg.set[name] {
+			continue
+		}
+		switch v.(type) {
+		case string, json.Number, bool:
+		default:
+			return fmt.Errorf("config %s: %q: want a string, number or boolean", path, name)
+		}
+		if err := fs.Set(name, fmt.Sprint(v)); err != nil {
+			return fmt.Errorf("config %s: %q: %w", path, name, err)
+		}
+		cfg.set[name] = true
+	}
+	return nil
+}
+
+func (cfg *config) check() error {
+	switch cfg.mode {
+	case modeProduction:
+		for _, name := range productionOnly {
+			if !cfg.set[name] {
+				return fmt.Errorf("production mode needs -%s (or %s)", name, envName(name))
+			}
+		}
+		if !cfg.set["rate-limit"] {
+			cfg.rateLimit = productionRate
+		}
+		if !cfg.set["rate-burst"] {
+			cfg.rateBurst = productionBurst
+		}
+		if !cfg.set["max-in-flight"] {
+			cfg.maxInFlight = productionMaxInFlight
+		}
+		if !cfg.set["audit-log"] {
+			cfg.auditLog = "-"
+		}
+	case modeDevelopment:
+		for _, name := range productionOnly {
+			if cfg.set[name] {
+				return fmt.Errorf("-%s is for production mode: add -mode=production", name)
+			}
+		}
+	default:
+		return fmt.Errorf("-mode %q: want %s or %s", cfg.mode, modeDevelopment, modeProduction)
+	}
+	return nil
+}

@@ -1,0 +1,332 @@
+package service_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
+	"github.com/handshaked/handshaked/internal/authz"
+	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/testpki"
+)
+
+// Caller identities of the production-mode tests, one per way a
+// certificate can name its holder.
+const (
+	idEdge    = "spiffe://test.example/edge-a" // URI SAN
+	idAdmin   = "admin.test.example"           // DNS SAN
+	idManager = "manager"                      // subject CN only
+	idNobody  = "spiffe://test.example/nobody" // valid, granted nothing
+)
+
+// testPolicy: the edge may use key-a and key-rsa; the manager manages keys
+// labelled team=a; the admin does anything.
+const testPolicy = `{"grants": [
+  {"identities": ["` + idEdge + `"], "rights": ["use"], "keys": ["key-a", "key-rsa"]},
+  {"identities": ["` + idManager + `"], "rights": ["manage"], "labels": {"team": "a"}},
+  {"identities": ["` + idAdmin + `"], "rights": ["admin"]}
+]}`
+
+// pki holds the test CAs and certificates, made once per package.
+type pki struct {
+	ca, otherCA *testpki.CA
+	server      *testpki.Leaf
+	clients     map[string]*testpki.Leaf // by name: edge, admin, manager, nobody, expired, foreign
+}
+
+var (
+	pkiOnce sync.Once
+	pkiVal  *pki
+	pkiErr  error
+)
+
+func testPKI(t testing.TB) *pki {
+	t.Helper()
+	pkiOnce.Do(func() {
+		p := &pki{clients: map[string]*testpki.Leaf{}}
+		if p.ca, pkiErr = testpki.NewCA("handshaked test CA"); pkiErr != nil {
+			return
+		}
+		if p.otherCA, pkiErr = testpki.NewCA("some other CA"); pkiErr != nil {
+			return
+		}
+		if p.server, pkiErr = p.ca.Server(); pkiErr != nil {
+			return
+		}
+		valid := time.Now().Add(24 * time.Hour)
+		for name, c := range map[string]struct {
+			ca       *testpki.CA
+			id       string
+			dns      bool
+			notAfter time.Time
+		}{
+			"edge":    {p.ca, idEdge, false, valid},
+			"admin":   {p.ca, idAdmin, true, valid},
+			"manager": {p.ca, idManager, false, valid},
+			"nobody":  {p.ca, idNobody, false, valid},
+			"expired": {p.ca, idEdge, false, time.Now().Add(-time.Hour)},
+			// Another CA's certificate claiming to be the admin.
+			"foreign": {p.otherCA, idAdmin, true, valid},
+		} {
+			if p.clients[name], pkiErr = c.ca.Client(c.id, c.dns, c.notAfter); pkiErr != nil {
+				return
+			}
+		}
+		pkiVal = p
+	})
+	if pkiErr != nil {
+		t.Fatal(pkiErr)
+	}
+	return pkiVal
+}
+
+// secureServer is a production-mode service on loopback: TLS files, a
+// policy file and an audit log file in a temporary directory.
+type secureServer struct {
+	srv      *service.Server
+	vault    *keyvault.Vault
+	grpcAddr string
+	restURL  string
+	files    service.TLSFiles
+	policy   string // path
+	audit    string // path
+	pki      *pki
+}
+
+type secureOptions struct {
+	policy         string
+	limits         service.Limits
+	reloadInterval time.Duration // 0: no polling (tests reload explicitly)
+}
+
+func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startSecure(t testing.TB, o secureOptions) *secureServer {
+	t.Helper()
+	p := testPKI(t)
+	dir := t.TempDir()
+	s := &secureServer{pki: p,
+		files: service.TLSFiles{
+			CertFile:     filepath.Join(dir, "server.crt"),
+			KeyFile:      filepath.Join(dir, "server.key"),
+			ClientCAFile: filepath.Join(dir, "clients-ca.pem"),
+		},
+		policy: filepath.Join(dir, "policy.json"),
+		audit:  filepath.Join(dir, "audit.log"),
+	}
+	writeFile(t, s.files.CertFile, p.server.CertPEM, 0o644)
+	writeFile(t, s.files.KeyFile, p.server.KeyPEM, 0o600)
+	writeFile(t, s.files.ClientCAFile, p.ca.PEM, 0o644)
+	if o.policy == "" {
+		o.policy = testPolicy
+	}
+	writeFile(t, s.policy, []byte(o.policy), 0o644)
+	policy, err := authz.Open(s.policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auditLog, err := audit.Open(s.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := keyvault.OpenBolt(filepath.Join(dir, "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	s.vault, err = keyvault.New(context.Background(), store, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interval := o.reloadInterval
+	if interval == 0 {
+		interval = -1
+	}
+	s.srv, err = service.New(s.vault, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, ReloadInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.srv.Serve(grpcLis, httpLis) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		s.vault.Close()
+		auditLog.Close()
+	})
+	s.grpcAddr = grpcLis.Addr().String()
+	s.restURL = "https://" + httpLis.Addr().String()
+	return s
+}
+
+// clientTLS is the TLS configuration of a caller presenting the named
+// client certificate ("" for none).
+func (s *secureServer) clientTLS(t testing.TB, who string) *tls.Config {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: s.pki.ca.Pool(), ServerName: "localhost"}
+	if who != "" {
+		leaf, ok := s.pki.clients[who]
+		if !ok {
+			t.Fatalf("no client certificate %q", who)
+		}
+		cfg.Certificates = []tls.Certificate{leaf.TLS}
+	}
+	return cfg
+}
+
+// dial connects to gRPC as who.
+func (s *secureServer) dial(t testing.TB, who string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(s.clientTLS(t, who))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func (s *secureServer) kv(t testing.TB, who string) pb.KeyVaultClient {
+	return pb.NewKeyVaultClient(s.dial(t, who))
+}
+
+// httpClient calls REST as who.
+func (s *secureServer) httpClient(t testing.TB, who string) *http.Client {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: s.clientTLS(t, who), ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+}
+
+// restResult is a REST answer, or the transport error that kept it from
+// coming.
+type restResult struct {
+	status    int
+	body      []byte
+	requestID string
+	err       error
+}
+
+func (s *secureServer) rest(t testing.TB, who, method, path string, body any, header http.Header) restResult {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, s.restURL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := s.httpClient(t, who).Do(req)
+	if err != nil {
+		return restResult{err: err}
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	return restResult{status: resp.StatusCode, body: raw, requestID: resp.Header.Get("Grpc-Metadata-X-Request-Id"), err: err}
+}
+
+// auditEntries reads the audit log written so far.
+func (s *secureServer) auditEntries(t testing.TB) []audit.Entry {
+	t.Helper()
+	f, err := os.Open(s.audit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []audit.Entry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var e audit.Entry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("audit line %q: %v", sc.Text(), err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// auditFor finds the audit entries of a request id.
+func (s *secureServer) auditFor(t testing.TB, requestID string) []audit.Entry {
+	t.Helper()
+	if requestID == "" {
+		t.Fatal("no request id to look up")
+	}
+	var out []audit.Entry
+	for _, e := range s.auditEntries(t) {
+		if e.RequestID == requestID {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// requestID is a call option that captures the call's request id.
+type requestID struct{ md metadata.MD }
+
+func (r *requestID) opt() grpc.CallOption { return grpc.Header(&r.md) }
+func (r *requestID) String() string {
+	if v := r.md.Get("x-request-id"); len(v) == 1 {
+		return v[0]
+	}
+	return ""
+}
+
+// adminImport imports a fixture key as the admin.
+func (s *secureServer) adminImport(t testing.TB, id, file string, labels map[string]string) *pb.Key {
+	t.Helper()
+	k, err := s.kv(t, "admin").ImportKey(context.Background(), &pb.ImportKeyRequest{Id: id, PrivateKeyPem: fixture(t, file), Labels: labels})
+	if err != nil {
+		t.Fatalf("import %s: %v", id, err)
+	}
+	return k
+}
