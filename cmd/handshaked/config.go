@@ -41,6 +41,9 @@ type config struct {
 	callTimeout    time.Duration
 	reloadInterval time.Duration
 
+	handshakeTTL         time.Duration
+	maxHandshakeSessions int
+
 	set map[string]bool // flags given by command line, environment or file
 }
 
@@ -87,6 +90,8 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxInFlight, "max-in-flight", 0, fmt.Sprintf("API calls served at once, 0 for no cap (production default %d)", productionMaxInFlight))
 	fs.DurationVar(&cfg.callTimeout, "call-timeout", 30*time.Second, "longest a unary call may run")
 	fs.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often TLS and policy files are checked for changes")
+	fs.DurationVar(&cfg.handshakeTTL, "handshake-ttl", 30*time.Second, "how long a handshake session started by StartHandshake lives")
+	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed; past it RESOURCE_EXHAUSTED")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -179,6 +184,9 @@ func (cfg *config) check() error {
 		}
 	default:
 		return fmt.Errorf("-mode %q: want %s or %s", cfg.mode, modeDevelopment, modeProduction)
+	}
+	if cfg.handshakeTTL <= 0 || cfg.maxHandshakeSessions <= 0 {
+		return errors.New("-handshake-ttl and -max-handshake-sessions must be positive")
 	}
 	return nil
 }

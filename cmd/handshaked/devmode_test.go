@@ -13,6 +13,10 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
@@ -166,5 +170,34 @@ func TestTamperedStoreFailsAtStart(t *testing.T) {
 		if !strings.Contains(strings.ToLower(out), "corrupt") && !strings.Contains(strings.ToLower(out), "tamper") && !strings.Contains(out, "key-encryption key") {
 			t.Fatalf("tampered %s/%q not reported clearly:\n%s", l.bucket, l.key, out)
 		}
+	}
+}
+
+// TestHandshakeSessionFlags: the binary's session cap and lifetime reach the
+// Handshake service.
+func TestHandshakeSessionFlags(t *testing.T) {
+	p := startProcess(t, t.TempDir(), "-max-handshake-sessions", "1", "-handshake-ttl", "1h")
+	if p.grpcAddr == "" {
+		t.Fatalf("did not start:\n%s", p.out())
+	}
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := pb.NewHandshakeClient(conn)
+	req := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: sampleKeyID}}}}
+	out, err := hc.StartHandshake(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl := time.Until(out.GetExpireTime().AsTime()); ttl < 50*time.Minute {
+		t.Fatalf("session expires in %v, want about the configured hour", ttl)
+	}
+	if _, err := hc.StartHandshake(context.Background(), req); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("second session past a cap of 1: %v", err)
+	}
+	if out := waitExit(t, startProcess(t, t.TempDir(), "-max-handshake-sessions", "0")); !strings.Contains(out, "must be positive") {
+		t.Fatalf("a zero cap must be refused clearly:\n%s", out)
 	}
 }

@@ -59,6 +59,7 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
+	opts.Handshake = service.HandshakeOptions{MaxSessions: cfg.maxHandshakeSessions, SessionTTL: cfg.handshakeTTL}
 	opts.Limits = service.Limits{Rate: cfg.rateLimit, Burst: cfg.rateBurst, MaxInFlight: cfg.maxInFlight, CallTimeout: cfg.callTimeout}
 	opts.ReloadInterval = cfg.reloadInterval
 	if cfg.auditLog != "" {
