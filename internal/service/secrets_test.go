@@ -17,35 +17,20 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // Every slog record this test binary writes (at the default level, Info:
 // what the service would print) is also kept as JSON in capturedLogs, so
 // checkNoSecrets can look through all of it.
-var capturedLogs lockedBuffer
+var capturedLogs testenv.Buffer
 
 func init() {
 	slog.SetDefault(slog.New(slog.NewMultiHandler(
 		slog.NewTextHandler(os.Stderr, nil),
 		slog.NewJSONHandler(&capturedLogs, nil),
 	)))
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
 }
 
 // secretSet recognizes secret bytes in text: raw, hex or base64 (standard

@@ -3,8 +3,10 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -24,3 +26,25 @@ func LookPath(t testing.TB, name string) string {
 	t.Skipf("%s not installed: %v", name, err)
 	return ""
 }
+
+// Buffer is a bytes.Buffer safe for concurrent writers and readers: process
+// output, captured logs or a TLS key log that a test reads while it grows.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *Buffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+func (b *Buffer) String() string { return string(b.Bytes()) }

@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,12 +46,12 @@ func newFixture(t testing.TB) *fixture {
 
 // start runs handshake-edge with args (plus -handshaked, -listen and the
 // keys, ECDSA first) and returns its address and log.
-func (f *fixture) start(t testing.TB, args ...string) (string, *syncBuffer) {
+func (f *fixture) start(t testing.TB, args ...string) (string, *testenv.Buffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
 	done := make(chan error, 1)
-	log := &syncBuffer{}
+	log := &testenv.Buffer{}
 	args = append([]string{"-handshaked", f.srv.GRPCAddr, "-listen", "127.0.0.1:0", "-key", f.ecdsa.ID, "-key", f.rsa.ID}, args...)
 	go func() { done <- run(ctx, args, log, func(a net.Addr) { addrc <- a }) }()
 	select {
@@ -69,23 +68,6 @@ func (f *fixture) start(t testing.TB, args ...string) (string, *syncBuffer) {
 		t.Fatalf("handshake-edge did not start: %v", err)
 	}
 	return "", nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // echoBackend is a TCP backend that sends back what it reads and passes
@@ -235,7 +217,7 @@ func runInteractive(t *testing.T, cmd *exec.Cmd, first []byte, marker string, da
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testenv.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

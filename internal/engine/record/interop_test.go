@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 	_ "unsafe" // for go:linkname
+
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // These tests run Go's crypto/tls as both peers over loopback TCP, tap the
@@ -108,24 +110,10 @@ func (c *tapConn) captured() []byte {
 	return bytes.Clone(c.written)
 }
 
-// lockedBuffer is a KeyLogWriter safe for the handshake goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// secrets parses NSS key log lines ("LABEL client_random secret").
-func (b *lockedBuffer) secrets(t *testing.T) map[string][2][]byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+// keyLogSecrets parses NSS key log lines ("LABEL client_random secret").
+func keyLogSecrets(t *testing.T, b *testenv.Buffer) map[string][2][]byte {
 	out := make(map[string][2][]byte)
-	sc := bufio.NewScanner(bytes.NewReader(b.buf.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(b.Bytes()))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) != 3 {
@@ -145,7 +133,7 @@ func (b *lockedBuffer) secrets(t *testing.T) map[string][2][]byte {
 type session struct {
 	client, server       *tls.Conn
 	clientTap, serverTap *tapConn // what the client and the server wrote
-	keyLog               *lockedBuffer
+	keyLog               *testenv.Buffer
 }
 
 func dial(t *testing.T, clientConf, serverConf *tls.Config) *session {
@@ -180,7 +168,7 @@ func dial(t *testing.T, clientConf, serverConf *tls.Config) *session {
 		t.Fatal(err)
 	}
 	raw.SetDeadline(deadline)
-	s := &session{clientTap: &tapConn{Conn: raw}, keyLog: &lockedBuffer{}}
+	s := &session{clientTap: &tapConn{Conn: raw}, keyLog: &testenv.Buffer{}}
 	clientConf.KeyLogWriter = s.keyLog
 	s.client = tls.Client(s.clientTap, clientConf)
 	t.Cleanup(func() { s.client.Close() })
@@ -465,7 +453,7 @@ func TestInteropTLS13(t *testing.T) {
 			reply := randomBytes(MaxPlaintext + 1)
 			exchange(t, s, request, reply)
 
-			keys := s.keyLog.secrets(t)
+			keys := keyLogSecrets(t, s.keyLog)
 			secret := func(label string) []byte {
 				v, ok := keys[label]
 				if !ok {
@@ -567,7 +555,7 @@ func TestInteropTLS12(t *testing.T) {
 			// RFC 5246 §6.3: key_block = PRF(master_secret, "key expansion",
 			// server_random + client_random), cut into the write keys and
 			// IVs (AEAD suites have no MAC keys).
-			entry, ok := sess.keyLog.secrets(t)["CLIENT_RANDOM"]
+			entry, ok := keyLogSecrets(t, sess.keyLog)["CLIENT_RANDOM"]
 			if !ok {
 				t.Fatal("no CLIENT_RANDOM in the key log")
 			}
