@@ -84,6 +84,14 @@ func TestLifecycle(t *testing.T) {
 	}
 	signOK(t, v, "web", 0)
 	signOK(t, v, "web", 1) // the old version keeps working after a rotation
+	for _, c := range []struct{ in, want uint32 }{{0, 2}, {1, 1}, {2, 2}} {
+		if got, err := v.ResolveVersion(ctx, "web", c.in); err != nil || got != c.want {
+			t.Fatalf("ResolveVersion(%d) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+	if _, err := v.ResolveVersion(ctx, "web", 3); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ResolveVersion of a missing version: %v", err)
+	}
 
 	if _, err := v.DestroyVersion(ctx, "web", 1); !errors.Is(err, ErrFailedPrecondition) {
 		t.Fatalf("destroying an enabled version: got %v, want ErrFailedPrecondition", err)

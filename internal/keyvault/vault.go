@@ -324,6 +324,21 @@ func (k *keyState) version(n uint32) (*versionState, error) {
 	return k.versions[n-1], nil
 }
 
+// ResolveVersion returns the number of version n of key id, 0 meaning the
+// primary one. It is a map lookup, for callers that must name the version an
+// operation used without copying the key as Get does.
+func (v *Vault) ResolveVersion(ctx context.Context, id string, n uint32) (uint32, error) {
+	k, err := v.key(id)
+	if err != nil {
+		return 0, err
+	}
+	ver, err := k.version(n)
+	if err != nil {
+		return 0, err
+	}
+	return ver.number, nil
+}
+
 // enabledVersion returns the version that a key operation may use.
 func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
 	k, err := v.key(id)

@@ -146,17 +146,11 @@ func versionOf(k *keyvault.Key, version uint32) (*keyvault.Version, error) {
 	return nil, toStatus(context.Background(), fmt.Errorf("key %q version %d: %w", k.ID, version, keyvault.ErrNotFound))
 }
 
-// resolveVersion names the version an operation will use, so the response can
-// say which version signed or decrypted.
+// resolveVersion names the version an operation will use, so the response
+// can say which version signed or decrypted.
 func (s *KeyVault) resolveVersion(ctx context.Context, id string, version uint32) (uint32, error) {
-	if version != 0 {
-		return version, nil
-	}
-	k, err := s.vault.Get(ctx, id)
-	if err != nil {
-		return 0, toStatus(ctx, err)
-	}
-	return k.Primary, nil
+	n, err := s.vault.ResolveVersion(ctx, id, version)
+	return n, toStatus(ctx, err)
 }
 
 func (s *KeyVault) AttachCertificateChain(ctx context.Context, req *pb.AttachCertificateChainRequest) (*pb.Key, error) {
