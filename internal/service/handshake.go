@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
@@ -201,12 +202,8 @@ func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, i
 func ended(step *pb.HandshakeStep) *pb.HandshakeStep {
 	out := &pb.HandshakeStep{Id: step.GetId(), State: step.GetState(), Alert: step.GetAlert()}
 	if s := step.GetSession(); s != nil {
-		out.Session = &pb.Session{
-			Version: s.GetVersion(), CipherSuite: s.GetCipherSuite(), CipherSuiteName: s.GetCipherSuiteName(),
-			Group: s.GetGroup(), ServerName: s.GetServerName(), AlpnProtocol: s.GetAlpnProtocol(), Key: s.GetKey(),
-			SignatureScheme: s.GetSignatureScheme(), PeerCertificates: s.GetPeerCertificates(),
-			ExtendedMasterSecret: s.GetExtendedMasterSecret(), HelloRetryRequest: s.GetHelloRetryRequest(),
-		}
+		out.Session = proto.Clone(s).(*pb.Session)
+		out.Session.Keys = nil
 	}
 	return out
 }

@@ -298,3 +298,27 @@ func TestHandshakeBadInput(t *testing.T) {
 		t.Fatalf("stream without start: %v", err)
 	}
 }
+
+// TestSessionKeysReturnedOnce: after the completing step, GetHandshake shows
+// the negotiated parameters but never the session keys.
+func TestSessionKeysReturnedOnce(t *testing.T) {
+	s := startServer(t)
+	key := newServerKey(t, s, "p256-sec1.pem", "ec.test")
+	hc := s.handshakeClient(t)
+	st := &unaryStepper{hc: hc, start: &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.id}}}}}
+	_, r := runClient(t, &tls.Config{ServerName: key.name, RootCAs: key.pool}, func() stepper { return st })
+	if r.session.GetKeys().GetClientApplicationTrafficSecret() == nil {
+		t.Fatal("the completing step carried no keys")
+	}
+	got, err := hc.GetHandshake(context.Background(), &pb.GetHandshakeRequest{Id: st.id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetState() != pb.HandshakeState_HANDSHAKE_STATE_COMPLETE || got.GetSession().GetServerName() != key.name ||
+		got.GetSession().GetCipherSuite() != r.session.GetCipherSuite() {
+		t.Fatalf("GetHandshake after completion: %v", got)
+	}
+	if got.GetSession().GetKeys() != nil {
+		t.Fatal("GetHandshake returned the session keys again")
+	}
+}
