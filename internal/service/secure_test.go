@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/handshaked/handshaked/internal/authz"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/servicetest"
 	"github.com/handshaked/handshaked/internal/testpki"
 )
 
@@ -155,48 +155,14 @@ func startSecure(t testing.TB, o secureOptions) *secureServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := keyvault.OpenBolt(filepath.Join(dir, "keys.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	s.vault, err = keyvault.New(context.Background(), store, kek)
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { auditLog.Close() }) // after the server's shutdown
 	interval := o.reloadInterval
 	if interval == 0 {
 		interval = -1
 	}
-	s.srv, err = service.New(s.vault, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, ReloadInterval: interval})
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.srv.Serve(grpcLis, httpLis) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := s.srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		s.vault.Close()
-		auditLog.Close()
-	})
-	s.grpcAddr = grpcLis.Addr().String()
-	s.restURL = "https://" + httpLis.Addr().String()
+	srv := servicetest.Start(t, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, ReloadInterval: interval})
+	s.vault, s.srv, s.grpcAddr = srv.Vault, srv.Service, srv.GRPCAddr
+	s.restURL = "https://" + strings.TrimPrefix(srv.RESTURL, "http://")
 	return s
 }
 

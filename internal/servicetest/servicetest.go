@@ -31,7 +31,8 @@ type Server struct {
 	Vault    *keyvault.Vault
 	GRPCAddr string
 	RESTURL  string
-	// Conn is a plain-text gRPC connection to GRPCAddr.
+	// Conn is a plain-text gRPC connection to GRPCAddr, for servers started
+	// without Options.TLS.
 	Conn *grpc.ClientConn
 }
 
