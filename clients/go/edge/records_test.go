@@ -9,31 +9,19 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
-// keyLog captures a client's TLS 1.3 traffic secrets (the NSS key log
-// format), so a test can write records as the client would.
-type keyLog struct {
-	mu    sync.Mutex
-	lines bytes.Buffer
-}
-
-func (k *keyLog) Write(b []byte) (int, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.lines.Write(b)
-}
-
-func (k *keyLog) secret(t *testing.T, label string) []byte {
+// keyLogSecret returns the secret on the line of an NSS key log (as
+// crypto/tls's KeyLogWriter writes it) with label, so a test can write
+// records as the client would.
+func keyLogSecret(t *testing.T, keyLog *testenv.Buffer, label string) []byte {
 	t.Helper()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	sc := bufio.NewScanner(bytes.NewReader(k.lines.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(keyLog.Bytes()))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		if len(f) == 3 && f[0] == label {
@@ -54,12 +42,12 @@ func rawClient(t *testing.T, s *testService, suite uint16) (net.Conn, *record.Ci
 	t.Helper()
 	hcfg := s.config(suite)
 	l, conns := listen(t, &Config{Client: s.client, Handshake: hcfg})
-	logs := &keyLog{}
+	logs := &testenv.Buffer{}
 	cfg := s.clientConfig(0, tls.VersionTLS13, true)
 	cfg.KeyLogWriter = logs
 	_, cc := dial(t, l, cfg)
 	server := accept(t, conns)
-	out, err := record.NewTLS13Cipher(suite, logs.secret(t, "CLIENT_TRAFFIC_SECRET_0"), 0)
+	out, err := record.NewTLS13Cipher(suite, keyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
