@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
@@ -18,34 +21,22 @@ func TestREADMEWalkthrough(t *testing.T) {
 		testenv.LookPath(t, tool)
 	}
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	_, rest, ok := strings.Cut(string(readme), "<!-- walkthrough:begin -->")
 	block, _, ok2 := strings.Cut(rest, "<!-- walkthrough:end -->")
-	if !ok || !ok2 {
-		t.Fatal("README has no walkthrough block")
-	}
+	require.True(t, ok && ok2, "README has no walkthrough block")
 	script := strings.TrimSpace(block)
 	script = strings.TrimPrefix(script, "```sh")
 	script = strings.TrimSuffix(script, "```")
 
 	p := startProcess(t, t.TempDir())
-	if p.grpcAddr == "" {
-		t.Fatalf("did not start:\n%s", p.out())
-	}
+	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
 	const documented = "http://127.0.0.1:7080"
-	if !strings.Contains(script, documented) {
-		t.Fatalf("walkthrough does not use %s", documented)
-	}
+	require.Contains(t, script, documented, "walkthrough does not use the documented address")
 	script = strings.ReplaceAll(script, documented, p.restURL)
 	out, err := exec.Command("bash", "-c", script).CombinedOutput()
-	if err != nil {
-		t.Fatalf("walkthrough failed: %v\n%s\nserver:\n%s", err, out, p.out())
-	}
+	require.NoError(t, err, "walkthrough failed:\n%s\nserver:\n%s", out, p.out())
 	for _, want := range []string{"Verified OK", "premaster decrypted: same 48 bytes", "corrupted: 48 other bytes", "404", `"code":3`} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("walkthrough output lacks %q:\n%s", want, out)
-		}
+		assert.Contains(t, string(out), want, "walkthrough output")
 	}
 }
