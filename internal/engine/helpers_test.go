@@ -39,7 +39,12 @@ type testPKI struct {
 	clientCA            *x509.CertPool
 	clientCerts         map[string]tls.Certificate // by key type, signed by the client CA
 	rogueClientCert     tls.Certificate            // signed by an unknown CA
-	keys                *testKeyOps
+	// serverAuthClientCert is from the client CA but for serverAuth only;
+	// noEKUClientCert has no extended key usage (valid for any, RFC 5280,
+	// Section 4.2.1.12); wrongKeyClientCert pairs a valid client
+	// certificate with a private key that is not its own.
+	serverAuthClientCert, noEKUClientCert, wrongKeyClientCert tls.Certificate
+	keys                                                      *testKeyOps
 }
 
 var (
@@ -114,12 +119,20 @@ func newTestPKI() *testPKI {
 	}
 	ca, caKey := newCA("client CA")
 	p.clientCA.AddCert(ca)
-	clientLeaf := func(cn string, s crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) tls.Certificate {
+	clientLeafEKU := func(cn string, eku []x509.ExtKeyUsage, s crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) tls.Certificate {
 		tmpl := template(cn)
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		tmpl.ExtKeyUsage = eku
 		c := mustCert(tmpl, parent, s.Public(), parentKey)
 		return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: s, Leaf: c}
 	}
+	clientLeaf := func(cn string, s crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) tls.Certificate {
+		return clientLeafEKU(cn, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, s, parent, parentKey)
+	}
+	p.serverAuthClientCert = clientLeafEKU("client serverAuth", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, p256, ca, caKey)
+	p.noEKUClientCert = clientLeafEKU("client no EKU", nil, p256, ca, caKey)
+	otherP256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p.wrongKeyClientCert = clientLeaf("client wrong key", p256, ca, caKey)
+	p.wrongKeyClientCert.PrivateKey = otherP256
 	p.clientCerts["rsa"] = clientLeaf("client rsa", rsaKey, ca, caKey)
 	p.clientCerts["p256"] = clientLeaf("client p256", p256, ca, caKey)
 	p.clientCerts["p384"] = clientLeaf("client p384", p384, ca, caKey)
@@ -145,12 +158,16 @@ func (p *testPKI) key(name string) *testKey {
 // over its stored ones.
 type testKeyOps struct {
 	signers map[string]crypto.Signer
-	failAll bool
+	// failWith, when set, is the error of every operation.
+	failWith error
 }
 
 func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.SignatureScheme, message []byte) ([]byte, error) {
 	s, ok := k.signers[keyRef]
-	if !ok || k.failAll {
+	if k.failWith != nil {
+		return nil, k.failWith
+	}
+	if !ok {
 		return nil, fmt.Errorf("no key %q", keyRef)
 	}
 	if scheme == tls.Ed25519 {
@@ -171,7 +188,10 @@ func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.Signature
 
 func (k *testKeyOps) DecryptPremaster(_ context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error) {
 	priv, ok := k.signers[keyRef].(*rsa.PrivateKey)
-	if !ok || k.failAll {
+	if k.failWith != nil {
+		return nil, k.failWith
+	}
+	if !ok {
 		return nil, fmt.Errorf("no RSA key %q", keyRef)
 	}
 	// Implicit rejection: the random key stands in for a bad padding or
@@ -292,6 +312,7 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 				if res.Alert != nil {
 					conn.Write(res.Alert)
 				}
+				drainAfterAlert(conn)
 				return out
 			case Complete:
 				out.session, _ = r.h.Session()
@@ -303,6 +324,17 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 			}
 		}
 	}
+}
+
+// drainAfterAlert half-closes conn and reads what the client still sends
+// until it closes: closing with unread input would make the kernel answer
+// with a reset, which can reach the client before it has read the alert.
+func drainAfterAlert(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, conn)
 }
 
 // recordConn is the edge's record layer after the handshake: it protects
