@@ -287,7 +287,9 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 			res := r.h.Step(context.Background(), r.keys, p)
 			out.trace = append(out.trace, res.Trace...)
 			out.last = res
-			if res.Consumed > len(p) || (res.State != Complete && res.Consumed != len(p)) {
+			// On NeedInput everything is consumed; on Complete and Failed,
+			// up to the record that ended the handshake.
+			if res.Consumed > len(p) || (res.State == NeedInput && res.Consumed != len(p)) {
 				out.err = fmt.Errorf("consumed %d of %d bytes in state %v", res.Consumed, len(p), res.State)
 				return out
 			}
