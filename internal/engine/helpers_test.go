@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
@@ -467,9 +469,7 @@ var (
 func runInterop(t *testing.T, c interopCase) interopResult {
 	t.Helper()
 	h, err := NewHandshake(&c.server)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	keys := c.keys
 	if keys == nil {
 		keys = getPKI(t).keys
@@ -518,9 +518,7 @@ func runInterop(t *testing.T, c interopCase) interopResult {
 func tcpPair(t *testing.T) (server, client net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() {
@@ -528,13 +526,9 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 		accepted <- c
 	}()
 	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	server = <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
+	require.NotNil(t, server, "accept failed")
 	return server, client
 }
 
@@ -570,16 +564,15 @@ func exchangeClient(c *tls.Conn) error {
 // expectSuccess checks a successful handshake on both sides.
 func expectSuccess(t *testing.T, res interopResult) *Session {
 	t.Helper()
-	if res.clientErr != nil || res.relay.err != nil || res.relay.session == nil {
-		t.Fatalf("client error: %v; relay error: %v; engine: %v %s (%v)\ntrace:\n%s",
-			res.clientErr, res.relay.err, res.relay.last.State, res.relay.last.Reason, res.relay.last.AlertDescription, traceText(res.relay.trace))
-	}
+	require.Truef(t, res.clientErr == nil && res.relay.err == nil && res.relay.session != nil,
+		"client error: %v; relay error: %v; engine: %v %s (%v)\ntrace:\n%s",
+		res.clientErr, res.relay.err, res.relay.last.State, res.relay.last.Reason, res.relay.last.AlertDescription, traceText(res.relay.trace))
 	s := res.relay.session
-	if s.Version != res.state.Version || s.CipherSuite != res.state.CipherSuite || s.ALPN != res.state.NegotiatedProtocol {
-		t.Fatalf("engine %s, client %s %s alpn=%q", s, versionName(res.state.Version), tls.CipherSuiteName(res.state.CipherSuite), res.state.NegotiatedProtocol)
-	}
-	if res.state.CurveID != 0 && s.Group != res.state.CurveID {
-		t.Fatalf("engine group %v, client %v", s.Group, res.state.CurveID)
+	require.Equal(t, res.state.Version, s.Version, "engine and client versions")
+	require.Equal(t, res.state.CipherSuite, s.CipherSuite, "engine and client cipher suites")
+	require.Equal(t, res.state.NegotiatedProtocol, s.ALPN, "engine and client ALPN")
+	if res.state.CurveID != 0 {
+		require.Equal(t, res.state.CurveID, s.Group, "engine and client groups")
 	}
 	return s
 }
@@ -588,13 +581,10 @@ func expectSuccess(t *testing.T, res interopResult) *Session {
 func expectFailure(t *testing.T, res interopResult, want Alert) {
 	t.Helper()
 	last := res.relay.last
-	if last.State != Failed || last.AlertDescription != want {
-		t.Fatalf("engine state %v alert %v (%s), want Failed with %v; relay err %v; client err %v\ntrace:\n%s",
-			last.State, last.AlertDescription, last.Reason, want, res.relay.err, res.clientErr, traceText(res.relay.trace))
-	}
-	if res.clientErr == nil {
-		t.Fatal("client handshake succeeded")
-	}
+	require.Truef(t, last.State == Failed && last.AlertDescription == want,
+		"engine state %v alert %v (%s), want Failed with %v; relay err %v; client err %v\ntrace:\n%s",
+		last.State, last.AlertDescription, last.Reason, want, res.relay.err, res.clientErr, traceText(res.relay.trace))
+	require.Error(t, res.clientErr, "client handshake succeeded")
 }
 
 func traceText(tr []TraceEvent) string {
