@@ -61,10 +61,13 @@ type recordedTranscript struct {
 	Cert    []byte `json:"certificate"` // DER, the server's self-signed certificate
 	Seed    uint64 `json:"seed"`
 	// Server configuration.
-	Groups     []tls.CurveID    `json:"groups,omitempty"`
-	NextProtos []string         `json:"next_protos,omitempty"`
-	MaxVersion uint16           `json:"max_version,omitempty"`
-	Steps      []transcriptStep `json:"steps"`
+	Groups     []tls.CurveID `json:"groups,omitempty"`
+	NextProtos []string      `json:"next_protos,omitempty"`
+	MaxVersion uint16        `json:"max_version,omitempty"`
+	// ClientCA, when set, is the client's self-signed certificate, which the
+	// server requires and trusts.
+	ClientCA []byte           `json:"client_ca,omitempty"`
+	Steps    []transcriptStep `json:"steps"`
 	// What the engine negotiated.
 	Version     uint16              `json:"version"`
 	CipherSuite uint16              `json:"cipher_suite"`
@@ -82,6 +85,7 @@ type transcriptCase struct {
 	groups     []tls.CurveID
 	nextProtos []string
 	maxVersion uint16
+	clientKey  string // in testdata/keys: the client authenticates with it
 	program    string
 	args       func(port string) []string
 }
@@ -95,6 +99,10 @@ var transcriptCases = []transcriptCase{
 		args: opensslArgs("-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256")},
 	{name: "openssl-tls12-rsa-kex", key: "rsa3072-pkcs8.pem", program: "openssl",
 		args: opensslArgs("-tls1_2", "-cipher", "AES256-GCM-SHA384")},
+	{name: "openssl-tls13-client-auth", key: "p256-pkcs8.pem", clientKey: "ed25519-pkcs8.pem", program: "openssl",
+		args: opensslArgs("-tls1_3")},
+	{name: "openssl-tls12-client-auth", key: "rsa3072-pkcs8.pem", clientKey: "p256-pkcs8.pem", program: "openssl",
+		args: opensslArgs("-tls1_2")},
 	{name: "gnutls-tls13-p256", key: "p256-pkcs8.pem", program: "gnutls-cli", args: gnutlsArgs("NORMAL:-VERS-ALL:+VERS-TLS1.3")},
 	{name: "gnutls-tls12-ecdhe-ecdsa", key: "p256-pkcs8.pem", program: "gnutls-cli", args: gnutlsArgs("NORMAL:-VERS-ALL:+VERS-TLS1.2")},
 	{name: "chromium-tls13-p256", key: "p256-pkcs8.pem", nextProtos: []string{"http/1.1"}, program: "chromium", args: chromiumArgs()},
@@ -103,6 +111,27 @@ var transcriptCases = []transcriptCase{
 }
 
 const transcriptHost = "transcript.example.com"
+
+// transcriptTime is the clock of the servers that check a client
+// certificate, within the validity of transcriptCert's certificates.
+var transcriptTime = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+
+// transcriptCert makes a self-signed certificate for key.
+func transcriptCert(t *testing.T, key crypto.Signer, cn string, eku x509.ExtKeyUsage) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: cn},
+		DNSNames:     []string{cn},
+		NotBefore:    time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		NotAfter:     time.Date(2036, 1, 1, 0, 0, 0, 0, time.UTC),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{eku},
+	}
+	der, err := x509.CreateCertificate(nil, tmpl, tmpl, key.Public(), key)
+	require.NoError(t, err)
+	return der
+}
 
 func opensslArgs(extra ...string) func(string) []string {
 	return func(port string) []string {
@@ -149,8 +178,14 @@ func (tr *recordedTranscript) config(t *testing.T) (*Config, KeyOps) {
 	require.Equal(t, tr.KeyHash, keyHash, "testdata/keys/%s changed since the recording: re-record", tr.Key)
 	cert, err := NewCertificate([][]byte{tr.Cert}, "key")
 	require.NoError(t, err)
-	return &Config{Certificates: []Certificate{cert}, Groups: tr.Groups, NextProtos: tr.NextProtos, MaxVersion: tr.MaxVersion},
-		&testKeyOps{signers: map[string]crypto.Signer{"key": signer}}
+	cfg := &Config{Certificates: []Certificate{cert}, Groups: tr.Groups, NextProtos: tr.NextProtos, MaxVersion: tr.MaxVersion}
+	if tr.ClientCA != nil {
+		ca, err := x509.ParseCertificate(tr.ClientCA)
+		require.NoError(t, err)
+		cfg.ClientAuth, cfg.ClientCAs, cfg.Time = ClientAuthRequired, x509.NewCertPool(), func() time.Time { return transcriptTime }
+		cfg.ClientCAs.AddCert(ca)
+	}
+	return cfg, &testKeyOps{signers: map[string]crypto.Signer{"key": signer}}
 }
 
 func transcriptPath(name string) string {
@@ -200,6 +235,9 @@ func replayTranscript(t *testing.T, tr *recordedTranscript) {
 	assert.Equal(t, tr.Scheme, s.SignatureScheme)
 	assert.Equal(t, tr.HRR, s.DidHelloRetryRequest)
 	assert.Equal(t, tr.EMS, s.ExtendedMasterSecret)
+	if tr.ClientCA != nil {
+		assert.Equal(t, [][]byte{tr.ClientCA}, s.PeerCertificates, "the client's certificate")
+	}
 }
 
 // recordTranscript runs tc's client against the engine and writes what
@@ -207,27 +245,26 @@ func replayTranscript(t *testing.T, tr *recordedTranscript) {
 func recordTranscript(t *testing.T, tc transcriptCase, seed uint64) {
 	testenv.LookPath(t, tc.program)
 	signer, keyHash := transcriptKey(t, tc.key)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: transcriptHost},
-		DNSNames:     []string{transcriptHost},
-		NotBefore:    time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
-		NotAfter:     time.Date(2036, 1, 1, 0, 0, 0, 0, time.UTC),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	tr := &recordedTranscript{Name: tc.name, Key: tc.key, KeyHash: keyHash, Cert: transcriptCert(t, signer, transcriptHost, x509.ExtKeyUsageServerAuth),
+		Seed: seed, Groups: tc.groups, NextProtos: tc.nextProtos, MaxVersion: tc.maxVersion}
+	var clientArgs []string
+	if tc.clientKey != "" {
+		clientKey, _ := transcriptKey(t, tc.clientKey)
+		tr.ClientCA = transcriptCert(t, clientKey, "transcript client", x509.ExtKeyUsageClientAuth)
+		clientArgs = []string{"-cert", writePEM(t, "client.pem", "CERTIFICATE", tr.ClientCA),
+			"-key", filepath.Join("..", "..", "testdata", "keys", tc.clientKey)}
 	}
-	der, err := x509.CreateCertificate(nil, tmpl, tmpl, signer.Public(), signer)
-	require.NoError(t, err)
-	tr := &recordedTranscript{Name: tc.name, Key: tc.key, KeyHash: keyHash, Cert: der, Seed: seed,
-		Groups: tc.groups, NextProtos: tc.nextProtos, MaxVersion: tc.maxVersion}
 	cfg, keys := tr.config(t)
 	tr.Client = tc.program + " " + strings.Join(tc.args("PORT"), " ")
+	if tc.clientKey != "" {
+		tr.Client += " -cert CLIENT.pem -key testdata/keys/" + tc.clientKey
+	}
 	// A browser may spread its attempts over several connections, of which
 	// only the first is recorded and served; it may then fail on another.
 	// Another run usually succeeds.
 	for attempt := 1; ; attempt++ {
 		tr.Steps = nil
-		out, err := recordAttempt(t, tc, cfg, keys, tr)
+		out, err := recordAttempt(t, tc, cfg, keys, tr, clientArgs)
 		if err == nil {
 			break
 		}
@@ -240,12 +277,12 @@ func recordTranscript(t *testing.T, tc transcriptCase, seed uint64) {
 }
 
 // recordAttempt runs tc's client once, recording its first connection.
-func recordAttempt(t *testing.T, tc transcriptCase, cfg *Config, keys KeyOps, tr *recordedTranscript) (string, error) {
+func recordAttempt(t *testing.T, tc transcriptCase, cfg *Config, keys KeyOps, tr *recordedTranscript, clientArgs []string) (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	args := tc.args(port)
+	args := append(tc.args(port), clientArgs...)
 	if tc.program == "chromium" {
 		args = append([]string{"--user-data-dir=" + t.TempDir()}, args...)
 	}
