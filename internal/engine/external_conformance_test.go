@@ -79,3 +79,34 @@ func TestGnuTLSWithoutExtendedMasterSecret(t *testing.T) {
 		})
 	}
 }
+
+// TestGnuTLSClientAlerts: gnutls-cli reports the alert a client certificate
+// from an unknown CA earns, in TLS 1.3 (under the server's application
+// traffic keys) and TLS 1.2.
+func TestGnuTLSClientAlerts(t *testing.T) {
+	testenv.LookPath(t, "gnutls-cli")
+	p := getPKI(t)
+	roots := rootsPEM(t, p)
+	der, err := x509.MarshalPKCS8PrivateKey(p.rogueClientCert.PrivateKey)
+	require.NoError(t, err)
+	keyFile := writePEM(t, "client.key", "PRIVATE KEY", der)
+	certFile := writePEM(t, "client.pem", "CERTIFICATE", p.rogueClientCert.Certificate...)
+	for _, vers := range []string{"TLS1.3", "TLS1.2"} {
+		t.Run(vers, func(t *testing.T) {
+			cfg := serverConfig(p.p256)
+			cfg.ClientAuth, cfg.ClientCAs = ClientAuthRequired, p.clientCA
+			port, done := externalServer(t, cfg, pingPong)
+			want := "Received alert [48]"
+			out, err := runClient(t, string(ping)+"\n", want, "gnutls-cli", "--x509cafile", roots,
+				"--x509certfile", certFile, "--x509keyfile", keyFile,
+				"--priority", "NORMAL:-VERS-ALL:+VERS-"+vers, "--sni-hostname", "p256.example.com",
+				"--verify-hostname", "p256.example.com", "-p", port, "127.0.0.1")
+			res := <-done
+			require.Error(t, res.err)
+			assert.Contains(t, res.err.Error(), alertUnknownCA.String())
+			assert.NoError(t, err)
+			assert.Contains(t, out, want, "gnutls-cli read the alert")
+			assert.NotContains(t, out, "MAC verification failed")
+		})
+	}
+}
