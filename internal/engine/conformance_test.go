@@ -104,21 +104,21 @@ func extVersions(vs ...uint16) rawExt {
 }
 
 var (
-	extPoints     = rawExt{xECPointFormats, []byte{1, 0}} // uncompressed
-	extEMS        = rawExt{xExtendedMaster, nil}
-	extRenegInfo  = rawExt{xRenegotiationInfo, []byte{0}}
-	extEarlyData  = rawExt{xEarlyData, nil}
-	extGroups     = func(gs ...uint16) rawExt { return rawExt{xSupportedGroups, u16s(gs...)} }
-	extSigAlgs    = rawExt{xSignatureAlgs, u16s(0x0403, 0x0804, 0x0807)} // ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, ed25519
-	rawRandom     = bytes.Repeat([]byte{0x42}, 32)
-	x25519Client  = mustECDH(ecdh.X25519())
-	p256Client    = mustECDH(ecdh.P256())
-	shareX25519   = rawExt{0x001d, x25519Client.PublicKey().Bytes()}
-	shareP256     = rawExt{0x0017, p256Client.PublicKey().Bytes()}
-	suitesTLS12   = []uint16{0xc02b, 0xc02f} // ECDHE_ECDSA/RSA_WITH_AES_128_GCM_SHA256
-	suitesTLS13   = []uint16{0x1301}         // TLS_AES_128_GCM_SHA256
-	scsvRenegRaw  = uint16(0x00ff)
-	nullCompressn = []byte{0}
+	extPoints       = rawExt{xECPointFormats, []byte{1, 0}} // uncompressed
+	extEMS          = rawExt{xExtendedMaster, nil}
+	extRenegInfo    = rawExt{xRenegotiationInfo, []byte{0}}
+	extEarlyData    = rawExt{xEarlyData, nil}
+	extGroups       = func(gs ...uint16) rawExt { return rawExt{xSupportedGroups, u16s(gs...)} }
+	extSigAlgs      = rawExt{xSignatureAlgs, u16s(0x0403, 0x0804, 0x0807)} // ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, ed25519
+	rawRandom       = bytes.Repeat([]byte{0x42}, 32)
+	x25519Client    = mustECDH(ecdh.X25519())
+	p256Client      = mustECDH(ecdh.P256())
+	shareX25519     = rawExt{0x001d, x25519Client.PublicKey().Bytes()}
+	shareP256       = rawExt{0x0017, p256Client.PublicKey().Bytes()}
+	suitesTLS12     = []uint16{0xc02b, 0xc02f} // ECDHE_ECDSA/RSA_WITH_AES_128_GCM_SHA256
+	suitesTLS13     = []uint16{0x1301}         // TLS_AES_128_GCM_SHA256
+	scsvRenegRaw    = uint16(0x00ff)
+	nullCompression = []byte{0}
 )
 
 func mustECDH(c ecdh.Curve) *ecdh.PrivateKey {
@@ -178,12 +178,12 @@ func (h rawHello) replace(e rawExt) rawHello {
 }
 
 func hello12() rawHello {
-	return rawHello{legacyVersion: 0x0303, random: rawRandom, suites: suitesTLS12, compression: nullCompressn,
+	return rawHello{legacyVersion: 0x0303, random: rawRandom, suites: suitesTLS12, compression: nullCompression,
 		exts: []rawExt{extSNI("p256.example.com"), extGroups(0x001d, 0x0017), extPoints, extSigAlgs, extALPN("h2"), extEMS, extRenegInfo}}
 }
 
 func hello13() rawHello {
-	return rawHello{legacyVersion: 0x0303, random: rawRandom, suites: suitesTLS13, compression: nullCompressn,
+	return rawHello{legacyVersion: 0x0303, random: rawRandom, suites: suitesTLS13, compression: nullCompression,
 		exts: []rawExt{extSNI("p256.example.com"), extGroups(0x001d, 0x0017), extSigAlgs, extALPN("h2"),
 			extVersions(0x0304), extKeyShare(shareX25519)}}
 }
