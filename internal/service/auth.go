@@ -618,7 +618,7 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 		// Past the in-flight cap calls are refused, but each stream still
 		// costs a goroutine until then; this bounds them per connection.
 		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
-		grpc.ConnectionTimeout(connectionTimeout),
+		grpc.ConnectionTimeout(cmp.Or(opts.Limits.HandshakeTimeout, DefaultHandshakeTimeout)),
 	}
 	if opts.TLS == nil {
 		return serverOpts, g, nil

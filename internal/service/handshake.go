@@ -273,12 +273,16 @@ func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRe
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(req.GetInput()) == 0 {
 		return &pb.HandshakeStep{Id: s.id, State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, ExpireTime: timestamppb.New(s.expires)}, nil
 	}
-	return h.stepSession(ctx, s, req.GetInput())
+	s.mu.Lock()
+	out, err := h.stepSession(ctx, s, req.GetInput())
+	s.mu.Unlock()
+	if err != nil {
+		h.sessions.remove(s) // refused: nobody learnt its id
+	}
+	return out, err
 }
 
 func (h *Handshake) StepHandshake(ctx context.Context, req *pb.StepHandshakeRequest) (*pb.HandshakeStep, error) {

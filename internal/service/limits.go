@@ -48,6 +48,10 @@ type Limits struct {
 	// REST); past it new connections wait in the kernel's backlog. 0: no
 	// cap.
 	MaxConnections int
+	// HandshakeTimeout bounds a gRPC connection's TLS handshake: a peer
+	// that never finishes one costs a socket this long, not gRPC's 120 s.
+	// 0: DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 	// CallTimeout is the longest a unary call may run: a longer deadline,
 	// or none, is cut to it. 0: DefaultCallTimeout. Streams are bounded by
 	// the idle timeout and the connection's maximum age (MaxConnectionAge).
@@ -74,9 +78,9 @@ const (
 	// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the gateway's pipe, which
 	// carries every REST call, queues past it rather than failing.
 	maxStreamsPerConnection = 1024
-	// connectionTimeout bounds a connection's TLS handshake: a peer that
-	// never finishes one costs a socket for this long, not gRPC's 120 s.
-	connectionTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout is the longest a gRPC connection's TLS
+	// handshake may take.
+	DefaultHandshakeTimeout = 10 * time.Second
 	// Streams of callers without an identity (health Watch, reflection):
 	// per source address and in all.
 	maxUnauthenticatedStreamsPerHost = 16
