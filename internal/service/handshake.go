@@ -250,6 +250,12 @@ func ended(step *pb.HandshakeStep) *pb.HandshakeStep {
 
 // stepSession steps a held session; the caller holds s.mu.
 func (h *Handshake) stepSession(ctx context.Context, s *session, input []byte) (*pb.HandshakeStep, error) {
+	if s.hs == nil {
+		if s.final == nil { // removed: expired or aborted meanwhile
+			return nil, status.Errorf(codes.NotFound, "handshake %q not found (never started, expired or aborted)", s.id)
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "handshake %q has ended (%v)", s.id, s.final.GetState())
+	}
 	if err := h.sessions.take(s.owner, &s.input, len(input)); err != nil {
 		return nil, err
 	}
@@ -303,12 +309,6 @@ func (h *Handshake) StepHandshake(ctx context.Context, req *pb.StepHandshakeRequ
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hs == nil {
-		if s.final == nil {
-			return nil, status.Errorf(codes.NotFound, "handshake %q not found (never started, expired or aborted)", s.id)
-		}
-		return nil, status.Errorf(codes.FailedPrecondition, "handshake %q has ended (%v)", s.id, s.final.GetState())
-	}
 	return h.stepSession(ctx, s, req.GetInput())
 }
 

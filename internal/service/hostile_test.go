@@ -6,14 +6,10 @@ package service_test
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -129,7 +125,7 @@ func TestEdgeCannotExhaustTheService(t *testing.T) {
 		handshake: service.HandshakeOptions{MaxSessions: 40},
 	})
 	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
-	s.attachSelfSigned(t, "key-a")
+	service.AttachSelfSigned(t, s.vault, "key-a")
 	admin := s.kv(t, "admin")
 	start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: "key-a"}}}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -162,27 +158,6 @@ func TestEdgeCannotExhaustTheService(t *testing.T) {
 	_, err = adminHS.StartHandshake(ctx, start)
 	require.NoError(t, err, "the admin cannot start a handshake")
 	adminSigns(t, s, admin)
-}
-
-// attachSelfSigned gives key id a self-signed certificate for localhost.
-func (s *secureServer) attachSelfSigned(t *testing.T, id string) *x509.CertPool {
-	t.Helper()
-	ctx := context.Background()
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	require.NoError(t, err)
-	der, err := s.vault.CreateSelfSignedCertificate(ctx, id, 1, &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	})
-	require.NoError(t, err)
-	_, err = s.kv(t, "admin").AttachCertificateChain(ctx, &pb.AttachCertificateChainRequest{Key: id, Version: 1, CertificateChain: [][]byte{der}})
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool
 }
 
 func auditSize(t *testing.T, s *secureServer) int64 {
@@ -328,22 +303,6 @@ func TestListingHidesUnseenKeys(t *testing.T) {
 	assert.NoError(t, create("team-new"))
 }
 
-// clientHello is the first flight of a Go crypto/tls client.
-func clientHello(t *testing.T, pool *x509.CertPool) []byte {
-	t.Helper()
-	c, srv := net.Pipe()
-	defer srv.Close()
-	go tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "localhost"}).Handshake()
-	hdr := make([]byte, 5)
-	_, err := io.ReadFull(srv, hdr)
-	require.NoError(t, err)
-	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
-	_, err = io.ReadFull(srv, body)
-	require.NoError(t, err)
-	c.Close()
-	return append(hdr, body...)
-}
-
 // TestRevocationStopsSessionsInProgress (issue 13 item 5): the edge starts
 // a unary session and a stream; its grant is removed and the policy
 // reloaded; the next step of each is PERMISSION_DENIED, and the unary
@@ -351,8 +310,8 @@ func clientHello(t *testing.T, pool *x509.CertPool) []byte {
 func TestRevocationStopsSessionsInProgress(t *testing.T) {
 	s := startSecure(t, secureOptions{})
 	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
-	pool := s.attachSelfSigned(t, "key-a")
-	hello := clientHello(t, pool)
+	pool := service.AttachSelfSigned(t, s.vault, "key-a")
+	hello := service.GoClientHello(t, pool)
 	ctx := context.Background()
 	hc := pb.NewHandshakeClient(s.dial(t, "edge"))
 	cfg := &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: "key-a"}}}
@@ -425,7 +384,7 @@ func partialClientHello(n int) []byte {
 func TestSessionFloodPerIdentity(t *testing.T) {
 	s := startSecure(t, secureOptions{handshake: service.HandshakeOptions{MaxSessions: 40, SessionTTL: time.Second, MaxInput: 256 << 10}})
 	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
-	s.attachSelfSigned(t, "key-a")
+	service.AttachSelfSigned(t, s.vault, "key-a")
 	ctx := context.Background()
 	edge := pb.NewHandshakeClient(s.dial(t, "edge"))
 	admin := pb.NewHandshakeClient(s.dial(t, "admin"))

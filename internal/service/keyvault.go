@@ -132,6 +132,9 @@ func (s *KeyVault) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.L
 const (
 	defaultPageSize = 50
 	maxPageSize     = 1000
+	// maxPageTokenBytes is above any token sealPageToken makes (a key
+	// id of 63 bytes sealed, in base64).
+	maxPageTokenBytes = 256
 )
 
 // sealPageToken seals a vault position for the caller; "" stays "".
@@ -148,6 +151,9 @@ func (s *KeyVault) sealPageToken(ctx context.Context, cursor string) string {
 func (s *KeyVault) openPageToken(ctx context.Context, token string) (string, error) {
 	if token == "" {
 		return "", nil
+	}
+	if len(token) > maxPageTokenBytes {
+		return "", errPageToken
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(token)
 	n := s.pageTokens.NonceSize()
