@@ -133,21 +133,18 @@ func TestEdgeCannotExhaustTheService(t *testing.T) {
 
 	// The edge opens handshake streams and never sends the ClientHello.
 	hc := pb.NewHandshakeClient(s.dial(t, "edge"))
-	refused := 0
+	refused := make(chan error, 12)
 	for range 12 {
 		st, err := hc.Stream(ctx)
 		require.NoError(t, err)
 		require.NoError(t, st.Send(&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: start}}))
-		done := make(chan error, 1)
-		go func() { _, err := st.Recv(); done <- err }()
-		select {
-		case err := <-done:
-			require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
-			refused++
-		case <-time.After(200 * time.Millisecond): // held open, as a silent TLS client's would be
-		}
+		go func() {
+			if _, err := st.Recv(); status.Code(err) == codes.ResourceExhausted {
+				refused <- err
+			}
+		}()
 	}
-	assert.GreaterOrEqual(t, refused, 12-8, "streams past the edge's share of 8 refused")
+	receive(t, refused, 12-8, "streams past the edge's share of 8 refused")
 	// Its unary sessions stop at its share of the sessions left.
 	var err error
 	for i := 0; i < 40 && err == nil; i++ {
@@ -464,7 +461,7 @@ func TestDevelopmentModeRefusesCrossSite(t *testing.T) {
 // handshake is cut at the handshake timeout; past the connection cap new
 // connections wait until one closes. The admin is served throughout.
 func TestUnauthenticatedStreamsAndConnections(t *testing.T) {
-	s := startSecure(t, secureOptions{limits: service.Limits{HandshakeTimeout: 2 * time.Second, MaxConnections: 8}})
+	s := startSecure(t, secureOptions{limits: service.Limits{HandshakeTimeout: 3 * time.Second, MaxConnections: 8}})
 	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
 	admin := s.kv(t, "admin")
 	ctx, cancel := context.WithCancel(context.Background())
