@@ -27,6 +27,9 @@ var tlsVersions = map[pb.TLSVersion]uint16{
 	pb.TLSVersion_TLS_VERSION_1_3:         tls.VersionTLS13,
 }
 
+// checkKeyCount bounds the keys a handshake may offer. The guard checks it
+// before it authorizes any of them, so a request naming thousands costs
+// nothing but its decoding.
 func checkKeyCount(n int) error {
 	if n == 0 || n > maxHandshakeKeys {
 		return invalid("config.keys: must name 1 to %d keys, got %d", maxHandshakeKeys, n)
