@@ -455,6 +455,33 @@ func TestDevelopmentModeRefusesCrossSite(t *testing.T) {
 	assert.Equal(t, http.StatusForbidden, send("application/json", "", "null"), "an opaque origin")
 }
 
+// TestProductionRefusesCrossSite (issue 13 item 9, production): a page a
+// certificate holder's browser visits cannot make it sign: a body that is
+// not JSON and a foreign Origin are refused; the same call with the
+// service's own Origin, or none, signs.
+func TestProductionRefusesCrossSite(t *testing.T) {
+	s := startSecure(t, secureOptions{})
+	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
+	body := `{"scheme":"SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256","message":"aGk="}`
+	send := func(contentType, origin string) int {
+		req, err := http.NewRequest("POST", s.restURL+"/v1/keys/key-a:sign", strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("Content-Type", contentType)
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		resp, err := s.httpClient(t, "edge").Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, http.StatusOK, send("application/json", ""))
+	assert.Equal(t, http.StatusOK, send("application/json", s.restURL), "the service's own origin")
+	assert.Equal(t, http.StatusUnsupportedMediaType, send("text/plain", ""))
+	assert.Equal(t, http.StatusForbidden, send("application/json", "https://evil.example"))
+	assert.Equal(t, http.StatusForbidden, send("application/json", "null"))
+}
+
 // TestUnauthenticatedStreamsAndConnections (issue 13 item 10): health
 // Watch streams without a certificate are capped per address (the issue's
 // 10,000 scaled to 20 against 16); a TCP peer that never finishes its TLS

@@ -47,24 +47,27 @@ func validUTF8(next http.Handler) http.Handler {
 	})
 }
 
-// sameOriginLoopback keeps web pages away from a development instance,
-// which authenticates nobody: a page the developer visits could otherwise
-// make the browser call it (cross-site request forgery), or point its own
-// name at 127.0.0.1 and read the answers (DNS rebinding). So the Host must
-// be a loopback name, an Origin (sent by browsers on cross-origin and POST
-// requests) must be a loopback one too, and a request with a body must say
-// it is JSON, which no HTML form can send without a CORS preflight that
-// this server never answers.
-func sameOriginLoopback(next http.Handler) http.Handler {
+// sameOrigin keeps web pages of other origins from using the REST API
+// through a browser: the browser of someone holding a client certificate
+// (in production), or of a developer (development mode authenticates
+// nobody). A request with a body must say it is JSON, which no HTML form
+// can send and a script can send cross-origin only after a CORS preflight
+// that this server never answers; an Origin (sent by browsers on
+// cross-origin and POST requests) must be the server's own. In development
+// mode the Host must also be a loopback name, or a page could point its
+// own name at 127.0.0.1 and read the answers (DNS rebinding), and any
+// loopback Origin is the developer's own.
+func sameOrigin(development bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !loopbackHost(r.Host) {
+		if development && !loopbackHost(r.Host) {
 			httpError(w, http.StatusForbidden, codes.PermissionDenied, "development mode answers only loopback host names, not %q", r.Host)
 			return
 		}
 		if o := r.Header.Get("Origin"); o != "" {
 			u, err := url.Parse(o)
-			if err != nil || u.Host == "" || !loopbackHost(u.Host) {
-				httpError(w, http.StatusForbidden, codes.PermissionDenied, "development mode refuses requests from web pages of other origins")
+			own := err == nil && u.Host != "" && (u.Host == r.Host || development && loopbackHost(u.Host))
+			if !own {
+				httpError(w, http.StatusForbidden, codes.PermissionDenied, "requests from web pages of other origins are refused")
 				return
 			}
 		}

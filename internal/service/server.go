@@ -141,12 +141,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		w.Write(openapiv2.Spec)
 	})
 	h.Handle("/", mux)
-	var handler http.Handler = validUTF8(h)
-	if opts.TLS == nil {
-		handler = sameOriginLoopback(handler)
-	}
 	s.http = &http.Server{
-		Handler:           http.MaxBytesHandler(handler, MaxRequestBytes),
+		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
