@@ -199,12 +199,15 @@ func (m *clientHelloMsg) unmarshal(body []byte) bool {
 		if !m.unmarshalExtension(ext, data) {
 			return false
 		}
-		// RFC 8446, Section 4.2.11: pre_shared_key MUST be the last extension.
-		if ext == extensionPreSharedKey && !exts.Empty() {
-			return false
-		}
 	}
 	return true
+}
+
+// pskNotLast reports a pre_shared_key extension followed by others: RFC
+// 8446, Section 4.2.11 has the server refuse it with illegal_parameter, not
+// as a decoding error, so the parser lets it through.
+func (m *clientHelloMsg) pskNotLast() bool {
+	return m.pskOffered && m.extensions[len(m.extensions)-1] != extensionPreSharedKey
 }
 
 func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) bool {

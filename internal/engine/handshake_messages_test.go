@@ -261,7 +261,6 @@ func TestClientHelloRejects(t *testing.T) {
 		"truncated":        realBody[:len(realBody)-1],
 		"trailing data":    append(slices.Clone(realBody), 0),
 		"duplicate ext":    withExts(func(m *clientHelloMsg) { m.extensions = append(m.extensions, extensionALPN) }),
-		"psk not last":     withExts(func(m *clientHelloMsg) { m.extensions = append([]uint16{extensionPreSharedKey}, m.extensions...) }),
 		"no cipher suites": withExts(func(m *clientHelloMsg) { m.cipherSuites = nil }),
 		"no compression":   withExts(func(m *clientHelloMsg) { m.compressionMethods = nil }),
 		"long session id":  withExts(func(m *clientHelloMsg) { m.sessionID = make([]byte, 33) }),

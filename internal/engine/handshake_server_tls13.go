@@ -25,6 +25,12 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	if !bytes.Equal(ch.compressionMethods, []byte{compressionNone}) {
 		return n, fail(alertIllegalParameter, "TLS 1.3 ClientHello offers compression")
 	}
+	// RFC 8446, Section 4.2.11: "Servers MUST check that it is the last
+	// extension and otherwise fail the handshake with an
+	// "illegal_parameter" alert."
+	if ch.pskNotLast() {
+		return n, fail(alertIllegalParameter, "pre_shared_key is not the last extension")
+	}
 	// RFC 8446, Section 9.2: a certificate-based TLS 1.3 ClientHello carries
 	// signature_algorithms, supported_groups and key_share.
 	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups, extensionKeyShare} {

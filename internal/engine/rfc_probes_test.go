@@ -1,0 +1,467 @@
+package engine
+
+import (
+	"bytes"
+	mrand "math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// The probes here play an outside conformance suite: each writes
+// hand-assembled bytes (rawHello, written-out code points) to the engine
+// over a loopback TCP connection through the relay, reads what comes back
+// as a client would, and checks the alert the RFC names. Each probe is
+// named after the requirement it checks.
+
+// probeResult is what the probing client saw and what the engine reported.
+type probeResult struct {
+	received []byte // every byte the server sent
+	alert    []byte // body of the first plaintext alert record, nil if none
+	sawHello bool   // a ServerHello (or HelloRetryRequest) arrived
+	engine   StepResult
+}
+
+// probe writes the client's bytes to the engine over TCP and reads until the
+// server sends an alert and closes, or a ServerHello arrives.
+func probe(t *testing.T, cfg Config, client []byte) probeResult {
+	t.Helper()
+	return probeWith(t, cfg, client, false)
+}
+
+func probeWith(t *testing.T, cfg Config, client []byte, stopAtHello bool) probeResult {
+	t.Helper()
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	serverConn, clientConn := tcpPair(t)
+	deadline := time.Now().Add(20 * time.Second)
+	serverConn.SetDeadline(deadline)
+	clientConn.SetDeadline(deadline)
+	defer serverConn.Close()
+	defer clientConn.Close()
+	r := &relay{h: h, keys: getPKI(t).keys, mode: splitWhole, rng: mrand.New(mrand.NewPCG(1, 2))}
+	done := make(chan relayOutcome, 1)
+	go func() {
+		out := r.run(serverConn)
+		serverConn.Close()
+		done <- out
+	}()
+	_, err = clientConn.Write(client)
+	require.NoError(t, err)
+
+	var res probeResult
+	tmp := make([]byte, 1<<16)
+	for res.alert == nil && !(stopAtHello && res.sawHello) {
+		n, err := clientConn.Read(tmp)
+		res.received = append(res.received, tmp[:n]...)
+		res.alert, res.sawHello = scanServerRecords(res.received)
+		if err != nil {
+			break
+		}
+	}
+	clientConn.Close()
+	res.engine = (<-done).last
+	return res
+}
+
+// scanServerRecords reads the complete records in data: the body of the
+// first plaintext alert, and whether a ServerHello started a handshake
+// record.
+func scanServerRecords(data []byte) (alert []byte, sawHello bool) {
+	for {
+		typ, _, body, n, err := record.Parse(data, 1<<16-1)
+		if err != nil || n == 0 {
+			return nil, sawHello
+		}
+		switch {
+		case typ == record.Alert:
+			return slices.Clone(body), sawHello
+		case typ == record.Handshake && body[0] == 2:
+			sawHello = true
+		}
+		data = data[n:]
+	}
+}
+
+// expectProbeAlert checks that the client read a fatal alert want in a
+// plaintext record, and that the engine reports the same.
+func expectProbeAlert(t *testing.T, res probeResult, want Alert) {
+	t.Helper()
+	require.Equalf(t, []byte{alertLevelFatal, byte(want)}, res.alert,
+		"client read alert %x (%v), want fatal %v; engine: %v %v (%s)", res.alert, alertName(res.alert), want,
+		res.engine.State, res.engine.AlertDescription, res.engine.Reason)
+	assert.Equal(t, Failed, res.engine.State)
+	assert.Equal(t, want, res.engine.AlertDescription)
+}
+
+func alertName(body []byte) string {
+	if len(body) != 2 {
+		return "none"
+	}
+	return Alert(body[1]).String()
+}
+
+// probeHello is probe for a ClientHello the server must answer: it returns
+// once the ServerHello (or an alert) arrives.
+func probeHello(t *testing.T, cfg Config, client []byte) probeResult {
+	t.Helper()
+	return probeWith(t, cfg, client, true)
+}
+
+// rawRecord is one plaintext record of type typ.
+func rawRecord(typ uint8, body ...byte) []byte {
+	return append([]byte{typ, 3, 3, byte(len(body) >> 8), byte(len(body))}, body...)
+}
+
+// helloWire builds a ClientHello record from wire pieces: legacy_version
+// 0x0303, the test random, and the given session ID, cipher_suites bytes
+// (with their length prefix), compression methods and extensions.
+func helloWire(sessionID, suites, compression []byte, exts []rawExt) []byte {
+	return helloWireBlock(sessionID, suites, compression, rawHello{exts: exts}.withBlock())
+}
+
+// helloWireBlock is helloWire with the extensions block given as bytes.
+func helloWireBlock(sessionID, suites, compression, extBlock []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddUint8(1)
+	b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddUint16(0x0303)
+		b.AddBytes(rawRandom)
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(sessionID) })
+		b.AddBytes(suites)
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(compression) })
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(extBlock) })
+	})
+	return record.Append(nil, record.Handshake, 0x0301, b.BytesOrPanic())
+}
+
+// Extension code points this file adds to conformance_test.go's, IANA
+// "TLS ExtensionType Values".
+const (
+	xStatusRequest = 5
+	xSCT           = 18
+	xPreSharedKey  = 41
+	xCookie        = 44
+	xPSKModes      = 45
+)
+
+// pskOffer is a well-formed pre_shared_key extension: one identity and one
+// 32-byte binder (RFC 8446, Section 4.2.11).
+func pskOffer(identity []byte, binder []byte) rawExt {
+	var b cryptobyte.Builder
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(identity) })
+		b.AddUint32(0)
+	})
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(binder) })
+	})
+	return rawExt{xPreSharedKey, b.BytesOrPanic()}
+}
+
+var (
+	pskModesDHE = rawExt{xPSKModes, []byte{1, 1}} // psk_dhe_ke
+	psk         = pskOffer([]byte("ticket"), bytes.Repeat([]byte{7}, 32))
+)
+
+// sniNames encodes a server_name extension of (type, name) entries.
+func sniNames(names ...rawExt) rawExt {
+	var b cryptobyte.Builder
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for _, n := range names {
+			b.AddUint8(uint8(n.typ))
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(n.data) })
+		}
+	})
+	return rawExt{xServerName, b.BytesOrPanic()}
+}
+
+func probeConfig(t *testing.T) Config {
+	cfg := serverConfig(getPKI(t).p256)
+	cfg.NextProtos = []string{"h2"}
+	return cfg
+}
+
+// TestProbeClientHelloTLS13 sends TLS 1.3 ClientHellos that break one rule
+// each and checks the alert the RFC names for it.
+func TestProbeClientHelloTLS13(t *testing.T) {
+	base := hello13()
+	withSuites := func(raw []byte) []byte { return helloWire(nil, raw, nullCompression, base.exts) }
+	tests := []struct {
+		name  string
+		hello []byte
+		want  Alert
+	}{
+		// RFC 8446, Section 4.1.2: legacy_session_id<0..32>.
+		{"4.1.2 legacy_session_id over 32 bytes is decode_error", helloWire(make([]byte, 33), u16s(suitesTLS13...), nullCompression, base.exts), alertDecodeError},
+		// cipher_suites<2..2^16-2>: pairs of bytes, at least one.
+		{"4.1.2 cipher_suites of odd length is decode_error", withSuites([]byte{0, 3, 0x13, 0x01, 0x13}), alertDecodeError},
+		{"4.1.2 empty cipher_suites is decode_error", withSuites([]byte{0, 0}), alertDecodeError},
+		{"4.1.2 empty legacy_compression_methods is decode_error", helloWire(nil, u16s(suitesTLS13...), nil, base.exts), alertDecodeError},
+		// "If a TLS 1.3 ClientHello is received with any other value in
+		// this field, the server MUST abort the handshake with an
+		// illegal_parameter alert."
+		{"4.1.2 compression methods [1] is illegal_parameter", helloWire(nil, u16s(suitesTLS13...), []byte{1}, base.exts), alertIllegalParameter},
+		{"4.1.2 compression methods [0 1] is illegal_parameter", helloWire(nil, u16s(suitesTLS13...), []byte{0, 1}, base.exts), alertIllegalParameter},
+		// Section 4.2: "There MUST NOT be more than one extension of the
+		// same type in a given extension block."
+		{"4.2 duplicate extension is rejected", base.with(extALPN("h2")).record(), alertDecodeError},
+		{"4.2 truncated extension is decode_error", helloWireBlock(nil, u16s(suitesTLS13...), nullCompression,
+			append(base.without(xSupportedVersions).withBlock(), 0, xSupportedVersions, 0, 5, 2, 3, 4)), alertDecodeError},
+		// Section 4.2.1: supported_versions<2..254>, and no acceptable
+		// version is protocol_version.
+		{"4.2.1 empty supported_versions is decode_error", base.replace(rawExt{xSupportedVersions, []byte{0}}).record(), alertDecodeError},
+		{"4.2.1 supported_versions of odd length is decode_error", base.replace(rawExt{xSupportedVersions, []byte{3, 3, 4, 3}}).record(), alertDecodeError},
+		{"4.2.1 supported_versions with only unknown versions is protocol_version", base.replace(extVersions(0x0305, 0x7f1c, 0x0a0a)).record(), alertProtocolVersion},
+		// Section 4.2.3: supported_signature_algorithms<2..2^16-2>.
+		{"4.2.3 empty signature_algorithms is decode_error", base.replace(rawExt{xSignatureAlgs, []byte{0, 0}}).record(), alertDecodeError},
+		{"4.2.3 signature_algorithms of odd length is decode_error", base.replace(rawExt{xSignatureAlgs, []byte{0, 3, 4, 3, 8}}).record(), alertDecodeError},
+		// Section 4.2.7: named_group_list<2..2^16-1>.
+		{"4.2.7 empty supported_groups is decode_error", base.replace(rawExt{xSupportedGroups, []byte{0, 0}}).record(), alertDecodeError},
+		// Section 4.2.8: key_exchange<1..2^16-1>; a share for a group not in
+		// supported_groups is illegal_parameter.
+		{"4.2.8 zero-length key_exchange is decode_error", base.replace(extKeyShare(rawExt{0x001d, nil})).record(), alertDecodeError},
+		{"4.2.8 key_share for a group not in supported_groups is illegal_parameter", base.replace(extGroups(0x0017)).record(), alertIllegalParameter},
+		{"4.2.8 key_share list longer than the extension is decode_error", base.replace(rawExt{xKeyShare, []byte{0, 40, 0, 0x1d, 0, 32}}).record(), alertDecodeError},
+		// Section 4.2.8.2 and 7.4.2: invalid shares are illegal_parameter.
+		{"4.2.8.2 P-256 share not on the curve is illegal_parameter", base.replace(extKeyShare(rawExt{0x0017, append([]byte{4}, make([]byte, 64)...)})).record(), alertIllegalParameter},
+		{"4.2.8.2 compressed P-256 share is illegal_parameter", base.replace(extKeyShare(rawExt{0x0017, shareP256.data[:33]})).record(), alertIllegalParameter},
+		{"7.4.2 all-zero X25519 shared secret is illegal_parameter", base.replace(extKeyShare(rawExt{0x001d, make([]byte, 32)})).record(), alertIllegalParameter},
+		// Section 4.2.9: ke_modes<1..255>.
+		{"4.2.9 empty psk_key_exchange_modes is decode_error", base.with(rawExt{xPSKModes, []byte{0}}).record(), alertDecodeError},
+		// Section 4.2.9: "If clients offer "pre_shared_key" without a
+		// "psk_key_exchange_modes" extension, servers MUST abort the
+		// handshake."
+		// Section 4.2.11: "Servers MUST check that it is the last extension
+		// and otherwise fail the handshake with an illegal_parameter alert."
+		{"4.2.11 pre_shared_key not last is illegal_parameter", base.with(pskModesDHE).with(psk).with(rawExt{0x1a1a, nil}).record(), alertIllegalParameter},
+		// PskIdentity.identity<1..2^16-1>, PskBinderEntry<32..255>.
+		// Section 9.2: mandatory extensions.
+		{"9.2 no supported_groups is missing_extension", base.without(xSupportedGroups).record(), alertMissingExtension},
+		{"9.2 no signature_algorithms is missing_extension", base.without(xSignatureAlgs).record(), alertMissingExtension},
+		// RFC 6066, Section 3: "The ServerNameList MUST NOT contain more
+		// than one name of the same name_type"; HostName<1..2^16-1>, no IP
+		// literals.
+		{"RFC 6066 3 two host_names is decode_error", base.replace(sniNames(rawExt{0, []byte("p256.example.com")}, rawExt{0, []byte("rsa.example.com")})).record(), alertDecodeError},
+		{"RFC 6066 3 data after the server_name list is decode_error", base.replace(rawExt{xServerName, append(extSNI("p256.example.com").data, 0)}).record(), alertDecodeError},
+		{"RFC 6066 3 empty host_name is decode_error", base.replace(sniNames(rawExt{0, nil})).record(), alertDecodeError},
+		{"RFC 6066 3 empty server_name list is decode_error", base.replace(rawExt{xServerName, []byte{0, 0}}).record(), alertDecodeError},
+		{"RFC 6066 3 IPv4 literal is illegal_parameter", base.replace(extSNI("192.0.2.1")).record(), alertIllegalParameter},
+		{"RFC 6066 3 IPv6 literal is illegal_parameter", base.replace(extSNI("2001:db8::1")).record(), alertIllegalParameter},
+		{"RFC 6066 3 NUL in host_name is illegal_parameter", base.replace(extSNI("p256.example.com\x00.evil")).record(), alertIllegalParameter},
+		// RFC 7301, Section 3.1: ProtocolName<1..2^8-1>,
+		// protocol_name_list<2..2^16-1>; Section 3.2: no overlap is
+		// no_application_protocol.
+		{"RFC 7301 3.1 empty protocol name is decode_error", base.replace(extALPN("h2", "")).record(), alertDecodeError},
+		{"RFC 7301 3.1 empty protocol list is decode_error", base.replace(rawExt{xALPN, []byte{0, 0}}).record(), alertDecodeError},
+		{"RFC 7301 3.1 protocol list longer than the extension is decode_error", base.replace(rawExt{xALPN, []byte{0, 4, 2, 'h', '2'}}).record(), alertDecodeError},
+		{"RFC 7301 3.2 no common protocol is no_application_protocol", base.replace(extALPN("spdy/1", "http/1.1")).record(), alertNoApplicationProtocol},
+		// Extensions whose ClientHello form is empty: RFC 7627, Section
+		// 5.1; RFC 8446, Section 4.2.10; RFC 6962, Section 3.3.1.
+		{"RFC 7627 5.1 extended_master_secret with data is decode_error", base.with(rawExt{xExtendedMaster, []byte{0}}).record(), alertDecodeError},
+		{"4.2.10 early_data with data in a ClientHello is decode_error", base.with(rawExt{xEarlyData, []byte{0, 0, 0, 0}}).record(), alertDecodeError},
+		{"RFC 6962 3.3.1 signed_certificate_timestamp with data is decode_error", base.with(rawExt{xSCT, []byte{0}}).record(), alertDecodeError},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			expectProbeAlert(t, probeHello(t, probeConfig(t), tc.hello), tc.want)
+		})
+	}
+}
+
+// withBlock returns the extensions of h as an extensions block.
+func (h rawHello) withBlock() []byte {
+	var b cryptobyte.Builder
+	for _, e := range h.exts {
+		b.AddUint16(e.typ)
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(e.data) })
+	}
+	return b.BytesOrPanic()
+}
+
+// handshakeRecord wraps one handshake message of type typ in a record.
+func handshakeRecord(typ uint8, body []byte) []byte {
+	msg := append([]byte{typ, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+	return record.Append(nil, record.Handshake, 0x0303, msg)
+}
+
+// ecPoint is a ClientKeyExchange body carrying point (RFC 8422, Section 5.7).
+func ecPoint(point []byte) []byte { return append([]byte{byte(len(point))}, point...) }
+
+// TestProbeClientHelloTLS12 covers the TLS 1.2 ClientHello rules.
+func TestProbeClientHelloTLS12(t *testing.T) {
+	base := hello12()
+	tests := []struct {
+		name  string
+		hello []byte
+		want  Alert
+	}{
+		// RFC 5246, Section 7.4.1.2: the list MUST contain null; a server
+		// finding nothing acceptable sends handshake_failure (Section
+		// 7.4.1.3), as crypto/tls does.
+		{"RFC 5246 7.4.1.2 compression methods without null is handshake_failure", helloWire(nil, u16s(suitesTLS12...), []byte{1}, base.exts), alertHandshakeFailure},
+		// RFC 8422, Section 5.1.2: "If the client sends the extension and
+		// the extension does not contain the uncompressed point format,
+		// and the client has used the Supported Groups extension to
+		// indicate support for any of the curves defined in this
+		// specification, then the server MUST abort the handshake and
+		// return an illegal_parameter alert."
+		{"RFC 8422 5.1.2 empty ec_point_formats is decode_error", base.replace(rawExt{xECPointFormats, []byte{0}}).record(), alertDecodeError},
+		// RFC 5746, Section 3.6: non-empty renegotiated_connection is
+		// handshake_failure.
+		{"RFC 5746 3.6 non-empty renegotiation_info is handshake_failure", base.replace(rawExt{xRenegotiationInfo, []byte{12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}).record(), alertHandshakeFailure},
+		{"RFC 5746 3.2 renegotiation_info longer than its extension is decode_error", base.replace(rawExt{xRenegotiationInfo, []byte{1}}).record(), alertDecodeError},
+		// RFC 9155, Section 4: without signature_algorithms "the server
+		// MUST abort the handshake with a handshake_failure alert, except
+		// when digital signatures are not used".
+		{"RFC 9155 4 no signature_algorithms with ECDHE_ECDSA is handshake_failure", base.without(xSignatureAlgs).record(), alertHandshakeFailure},
+		// RFC 7507, Section 3.
+		{"RFC 7507 3 TLS_FALLBACK_SCSV below the best version is inappropriate_fallback", helloWire(nil, u16s(0xc02b, 0x5600), nullCompression, base.exts), alertInappropriateFallback},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			expectProbeAlert(t, probeHello(t, probeConfig(t), tc.hello), tc.want)
+		})
+	}
+}
+
+// TestProbeClientKeyExchangeTLS12 sends a ClientHello and a second flight
+// that breaks one rule, in one write; the server's first flight is not
+// needed to break it.
+func TestProbeClientKeyExchangeTLS12(t *testing.T) {
+	helloP256 := hello12().replace(extGroups(0x0017)).record()
+	helloX25519 := hello12().replace(extGroups(0x001d)).record()
+	goodP256 := handshakeRecord(typeClientKeyExchange, ecPoint(p256Client.PublicKey().Bytes()))
+	notOnCurve := append([]byte{4}, bytes.Repeat([]byte{1}, 64)...)
+	ccs := rawRecord(20, 1)
+	tests := []struct {
+		name   string
+		flight [][]byte
+		want   Alert
+	}{
+		// RFC 8422, Section 5.7 and RFC 8446, Section 4.2.8.2 (which RFC
+		// 8422 refers to): a point off the curve, the point at infinity
+		// and a compressed point are refused with illegal_parameter, as
+		// crypto/tls does.
+		{"RFC 8422 5.7 point not on the curve is illegal_parameter", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, ecPoint(notOnCurve))}, alertIllegalParameter},
+		{"RFC 8422 5.7 point at infinity is illegal_parameter", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, ecPoint([]byte{0}))}, alertIllegalParameter},
+		{"RFC 8422 5.7 compressed point is illegal_parameter", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, ecPoint(p256Client.PublicKey().Bytes()[:33]))}, alertIllegalParameter},
+		{"RFC 8422 5.7 point of the wrong length is illegal_parameter", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, ecPoint(p256Client.PublicKey().Bytes()[:64]))}, alertIllegalParameter},
+		// RFC 7748, Section 6.1: the all-zero shared secret is refused.
+		{"RFC 7748 6.1 X25519 all-zero shared secret is illegal_parameter", [][]byte{helloX25519, handshakeRecord(typeClientKeyExchange, ecPoint(make([]byte, 32)))}, alertIllegalParameter},
+		// Framing: the point's length prefix must match (RFC 8446,
+		// Section 6: decode_error for an incorrect length).
+		{"RFC 8422 5.7 point length prefix past the message is decode_error", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, append([]byte{66}, p256Client.PublicKey().Bytes()...))}, alertDecodeError},
+		{"RFC 8422 5.7 data after the point is decode_error", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, append(ecPoint(p256Client.PublicKey().Bytes()), 0))}, alertDecodeError},
+		{"RFC 8422 5.7 empty ClientKeyExchange is decode_error", [][]byte{helloP256, handshakeRecord(typeClientKeyExchange, nil)}, alertDecodeError},
+		// RFC 5246, Section 7.3: the message order is fixed.
+		{"RFC 5246 7.3 ChangeCipherSpec before ClientKeyExchange is unexpected_message", [][]byte{helloP256, ccs}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 Finished before ChangeCipherSpec is unexpected_message", [][]byte{helloP256, goodP256, handshakeRecord(typeFinished, make([]byte, 12))}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 Certificate unrequested is unexpected_message", [][]byte{helloP256, handshakeRecord(typeCertificate, []byte{0, 0, 0})}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 CertificateVerify without a certificate is unexpected_message", [][]byte{helloP256, goodP256, handshakeRecord(typeCertificateVerify, []byte{4, 3, 0, 1, 0})}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 second ClientKeyExchange is unexpected_message", [][]byte{helloP256, goodP256, goodP256}, alertUnexpectedMessage},
+		// RFC 5246, Section 7.1: the ChangeCipherSpec message is a single
+		// byte of value 1; the engine refuses others with
+		// unexpected_message, as RFC 8446, Section 5 requires in TLS 1.3.
+		{"RFC 5246 7.1 ChangeCipherSpec of value 2 is refused", [][]byte{helloP256, goodP256, rawRecord(20, 2)}, alertUnexpectedMessage},
+		{"RFC 5246 7.1 ChangeCipherSpec of two bytes is refused", [][]byte{helloP256, goodP256, rawRecord(20, 1, 1)}, alertUnexpectedMessage},
+		// RFC 5246, Section 7.4.1.1: HelloRequest is the server's.
+		{"RFC 5246 7.4.1.1 HelloRequest from the client is unexpected_message", [][]byte{helloP256, handshakeRecord(typeHelloRequest, nil)}, alertUnexpectedMessage},
+		// RFC 5246, Section 6.2.1 and RFC 8446, Section 5.1: handshake
+		// messages MUST NOT be interleaved with other record types.
+		{"RFC 8446 5.1 ChangeCipherSpec inside a fragmented ClientKeyExchange is unexpected_message", [][]byte{helloP256, record.Append(nil, record.Handshake, 0x0303, goodP256[5:15]), ccs}, alertUnexpectedMessage},
+		{"RFC 8446 5.1 alert inside a fragmented ClientKeyExchange is unexpected_message", [][]byte{helloP256, record.Append(nil, record.Handshake, 0x0303, goodP256[5:15]), rawRecord(21, 1, 0)}, alertUnexpectedMessage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			expectProbeAlert(t, probe(t, probeConfig(t), slices.Concat(tc.flight...)), tc.want)
+		})
+	}
+}
+
+// TestProbeRecordLayer covers RFC 8446, Section 5 and RFC 5246, Section 6
+// on the first flight.
+func TestProbeRecordLayer(t *testing.T) {
+	hello := hello13().record()
+	msg := hello[record.HeaderLen:]
+	frag := func(parts ...[]byte) []byte {
+		var out []byte
+		for _, p := range parts {
+			out = append(out, record.Append(nil, record.Handshake, 0x0301, p)...)
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		in   []byte
+		want Alert
+	}{
+		// Section 5: "If a TLS implementation receives an unexpected
+		// record type, it MUST terminate the connection with an
+		// unexpected_message alert."
+		{"5 unknown record type is unexpected_message", rawRecord(99, 1, 2, 3), alertUnexpectedMessage},
+		{"5 heartbeat record is unexpected_message", rawRecord(24, 1, 0, 16), alertUnexpectedMessage},
+		{"5 application_data before the handshake is unexpected_message", rawRecord(23, 1, 2, 3), alertUnexpectedMessage},
+		{"5 change_cipher_spec before the ClientHello is unexpected_message", rawRecord(20, 1), alertUnexpectedMessage},
+		// Section 5.1: "Implementations MUST NOT send zero-length
+		// fragments of Handshake types".
+		{"5.1 zero-length handshake record is unexpected_message", rawRecord(22), alertUnexpectedMessage},
+		// "Handshake messages MUST NOT be interleaved with other record
+		// types."
+		{"5.1 alert inside a fragmented ClientHello is unexpected_message", slices.Concat(frag(msg[:50]), rawRecord(21, 1, 0), frag(msg[50:])), alertUnexpectedMessage},
+		{"5.1 change_cipher_spec inside a fragmented ClientHello is unexpected_message", slices.Concat(frag(msg[:50]), rawRecord(20, 1), frag(msg[50:])), alertUnexpectedMessage},
+		{"5.1 application_data inside a fragmented ClientHello is unexpected_message", slices.Concat(frag(msg[:50]), rawRecord(23, 1), frag(msg[50:])), alertUnexpectedMessage},
+		// Section 5.1: length MUST NOT exceed 2^14; record_overflow.
+		{"5.1 plaintext record over 2^14 bytes is record_overflow", append([]byte{22, 3, 1, 0x40, 0x01}, make([]byte, 1<<14+1)...), alertRecordOverflow},
+		// RFC 8446, Section 5.1 lets the version be ignored, but a major
+		// version other than 3 is not TLS (crypto/tls refuses it too).
+		{"5.1 record major version 2 is refused", []byte{22, 2, 0, 0, 4, 1, 0, 0, 0}, alertDecodeError},
+		// Section 6: an alert record of other than two bytes.
+		{"6 alert of three bytes is decode_error", rawRecord(21, 2, 40, 0), alertDecodeError},
+		{"6 alert of one byte is decode_error", rawRecord(21, 2), alertDecodeError},
+		// Section 4: an unknown handshake message type.
+		{"4 unknown handshake message type is unexpected_message", handshakeRecord(99, []byte{1, 2}), alertUnexpectedMessage},
+		{"4 handshake message other than ClientHello first is unexpected_message", handshakeRecord(typeKeyUpdate, []byte{0}), alertUnexpectedMessage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			expectProbeAlert(t, probe(t, probeConfig(t), tc.in), tc.want)
+		})
+	}
+	// A ClientHello in one-byte fragments is a ClientHello (Section 5.1:
+	// messages may be fragmented across records).
+	t.Run("5.1 ClientHello in one-byte records is answered", func(t *testing.T) {
+		var parts [][]byte
+		for i := range msg {
+			parts = append(parts, msg[i:i+1])
+		}
+		res := probeHello(t, probeConfig(t), frag(parts...))
+		assert.Nil(t, res.alert, "alert %v", alertName(res.alert))
+		assert.True(t, res.sawHello, "ServerHello")
+	})
+	// Section 6: the client's alerts end the handshake; nothing answers
+	// them, whatever their level.
+	for _, tc := range []struct {
+		name string
+		body []byte
+	}{
+		{"warning close_notify", []byte{1, 0}},
+		{"warning user_canceled", []byte{1, 90}},
+		{"fatal handshake_failure", []byte{2, 40}},
+		{"warning unknown description", []byte{1, 255}},
+	} {
+		t.Run("6 client "+tc.name+" during the handshake ends it silently", func(t *testing.T) {
+			h12 := hello12().record()
+			res := probe(t, probeConfig(t), slices.Concat(h12, rawRecord(21, tc.body...)))
+			assert.Nil(t, res.alert, "the server answered the client's alert with %v", alertName(res.alert))
+			assert.Equal(t, Failed, res.engine.State)
+			assert.Equal(t, Alert(tc.body[1]), res.engine.AlertDescription)
+		})
+	}
+}
