@@ -31,6 +31,12 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	if ch.pskNotLast() {
 		return n, fail(alertIllegalParameter, "pre_shared_key is not the last extension")
 	}
+	// RFC 8446, Section 4.2.9: "If clients offer "pre_shared_key" without a
+	// "psk_key_exchange_modes" extension, servers MUST abort the
+	// handshake." The offer is ignored otherwise, but not this.
+	if ch.pskOffered && !ch.has(extensionPSKModes) {
+		return n, fail(alertMissingExtension, "pre_shared_key without psk_key_exchange_modes")
+	}
 	// RFC 8446, Section 9.2: a certificate-based TLS 1.3 ClientHello carries
 	// signature_algorithms, supported_groups and key_share.
 	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups, extensionKeyShare} {

@@ -238,6 +238,7 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// Section 4.2.9: "If clients offer "pre_shared_key" without a
 		// "psk_key_exchange_modes" extension, servers MUST abort the
 		// handshake."
+		{"4.2.9 pre_shared_key without psk_key_exchange_modes is missing_extension", base.with(psk).record(), alertMissingExtension},
 		// Section 4.2.11: "Servers MUST check that it is the last extension
 		// and otherwise fail the handshake with an illegal_parameter alert."
 		{"4.2.11 pre_shared_key not last is illegal_parameter", base.with(pskModesDHE).with(psk).with(rawExt{0x1a1a, nil}).record(), alertIllegalParameter},
