@@ -322,12 +322,25 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			return false
 		}
 	case extensionPreSharedKey:
-		// RFC 8446, Section 4.2.11. The offer is ignored (no resumption), so
-		// only its framing is checked.
+		// RFC 8446, Section 4.2.11. The offer is ignored (no resumption), but
+		// it is decoded like any other: PskIdentity identity<1..2^16-1> and
+		// obfuscated_ticket_age, PskBinderEntry<32..255>.
 		var identities, binders cryptobyte.String
 		if !data.ReadUint16LengthPrefixed(&identities) || identities.Empty() ||
 			!data.ReadUint16LengthPrefixed(&binders) || binders.Empty() {
 			return false
+		}
+		for !identities.Empty() {
+			var identity cryptobyte.String
+			if !identities.ReadUint16LengthPrefixed(&identity) || identity.Empty() || !identities.Skip(4) {
+				return false
+			}
+		}
+		for !binders.Empty() {
+			var binder cryptobyte.String
+			if !binders.ReadUint8LengthPrefixed(&binder) || len(binder) < 32 {
+				return false
+			}
 		}
 		m.pskOffered = true
 	case extensionRenegotiationInfo:

@@ -243,6 +243,10 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// and otherwise fail the handshake with an illegal_parameter alert."
 		{"4.2.11 pre_shared_key not last is illegal_parameter", base.with(pskModesDHE).with(psk).with(rawExt{0x1a1a, nil}).record(), alertIllegalParameter},
 		// PskIdentity.identity<1..2^16-1>, PskBinderEntry<32..255>.
+		{"4.2.11 empty PSK identity is decode_error", base.with(pskModesDHE).with(pskOffer(nil, bytes.Repeat([]byte{7}, 32))).record(), alertDecodeError},
+		{"4.2.11 PSK identity without obfuscated_ticket_age is decode_error", base.with(pskModesDHE).with(rawExt{xPreSharedKey,
+			[]byte{0, 3, 0, 1, 'x', 0, 33, 32, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}}).record(), alertDecodeError},
+		{"4.2.11 PSK binder shorter than 32 bytes is decode_error", base.with(pskModesDHE).with(pskOffer([]byte("ticket"), []byte{7})).record(), alertDecodeError},
 		// Section 9.2: mandatory extensions.
 		{"9.2 no supported_groups is missing_extension", base.without(xSupportedGroups).record(), alertMissingExtension},
 		{"9.2 no signature_algorithms is missing_extension", base.without(xSignatureAlgs).record(), alertMissingExtension},
