@@ -58,6 +58,20 @@ const (
 	certTypeECDSASign       uint8  = 64 // also EdDSA, RFC 8422, Section 3
 )
 
+// curveX448 is x448's NamedCurve value, RFC 8422, Section 5.1.1 (crypto/tls
+// has no constant for it).
+const curveX448 tls.CurveID = 30
+
+// rfc8422Curve reports the curves RFC 8422, Section 5.1.1 defines:
+// secp256r1, secp384r1, secp521r1, x25519 and x448.
+func rfc8422Curve(g tls.CurveID) bool {
+	switch g {
+	case tls.CurveP256, tls.CurveP384, tls.CurveP521, tls.X25519, curveX448:
+		return true
+	}
+	return false
+}
+
 // maxHandshakeMessage caps the body of one handshake message (the protocol
 // allows 16 MiB; nothing a server receives needs more than 64 KiB).
 const maxHandshakeMessage = 1 << 16

@@ -188,6 +188,15 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	if !slices.Contains(ch.compressionMethods, compressionNone) {
 		return fail(alertHandshakeFailure, "client does not offer null compression")
 	}
+	// RFC 8422, Section 5.1.2: "If the client sends the extension and the
+	// extension does not contain the uncompressed point format, and the
+	// client has used the Supported Groups extension to indicate support
+	// for any of the curves defined in this specification, then the server
+	// MUST abort the handshake and return an illegal_parameter alert."
+	if ch.has(extensionSupportedPoints) && !slices.Contains(ch.supportedPoints, pointFormatUncompressed) &&
+		slices.ContainsFunc(ch.supportedGroups, rfc8422Curve) {
+		return fail(alertIllegalParameter, "ec_point_formats without the uncompressed format")
+	}
 	group, haveGroup := selectGroup12(h.cfg.groups(), ch)
 	// RFC 8422, Section 5.1.2: uncompressed points are the only format.
 	ecdheOK := haveGroup && (!ch.has(extensionSupportedPoints) || slices.Contains(ch.supportedPoints, pointFormatUncompressed))

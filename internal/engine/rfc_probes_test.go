@@ -317,6 +317,7 @@ func TestProbeClientHelloTLS12(t *testing.T) {
 		// indicate support for any of the curves defined in this
 		// specification, then the server MUST abort the handshake and
 		// return an illegal_parameter alert."
+		{"RFC 8422 5.1.2 ec_point_formats without uncompressed is illegal_parameter", base.replace(rawExt{xECPointFormats, []byte{1, 1}}).record(), alertIllegalParameter},
 		{"RFC 8422 5.1.2 empty ec_point_formats is decode_error", base.replace(rawExt{xECPointFormats, []byte{0}}).record(), alertDecodeError},
 		// RFC 5746, Section 3.6: non-empty renegotiated_connection is
 		// handshake_failure.
