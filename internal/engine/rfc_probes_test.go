@@ -2,7 +2,15 @@ package engine
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdh"
+	"crypto/sha256"
+	"encoding"
+	"hash"
 	mrand "math/rand/v2"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -468,6 +476,398 @@ func TestProbeRecordLayer(t *testing.T) {
 			assert.Nil(t, res.alert, "the server answered the client's alert with %v", alertName(res.alert))
 			assert.Equal(t, Failed, res.engine.State)
 			assert.Equal(t, Alert(tc.body[1]), res.engine.AlertDescription)
+		})
+	}
+}
+
+// TestProbeGREASE: RFC 8701, Section 3: "servers MUST NOT negotiate any
+// GREASE value when offered in a ClientHello" and, as for any unknown
+// value, ignore it. Every list of the ClientHello carries one here, and the
+// server answers with real values only.
+func TestProbeGREASE(t *testing.T) {
+	const g1, g2 = 0x0a0a, 0xdada
+	greaseExt := func(h rawHello) rawHello {
+		return h.with(rawExt{g1, nil}).with(rawExt{g2, []byte{0}})
+	}
+	tls13 := hello13()
+	tls13.suites = []uint16{g1, 0x1301}
+	tls13 = greaseExt(tls13.replace(extGroups(g2, 0x001d, 0x0017)).
+		replace(extKeyShare(rawExt{g2, []byte{0}}, shareX25519)).
+		replace(rawExt{xSignatureAlgs, u16s(g1, 0x0403, 0x0804)}).
+		replace(extVersions(g1, 0x0304, 0x0303)).
+		replace(extALPN("\x1a\x1a", "h2")).
+		with(rawExt{xPSKModes, []byte{2, 0x2a, 1}})) // GREASE psk mode, RFC 8701, Section 2
+	tls12 := hello12()
+	tls12.suites = []uint16{g1, 0xc02b}
+	tls12 = greaseExt(tls12.replace(extGroups(g2, 0x0017)).
+		replace(rawExt{xSignatureAlgs, u16s(g1, 0x0403)}).
+		replace(extALPN("\x3a\x3a", "h2")))
+	for _, tc := range []struct {
+		name  string
+		hello rawHello
+		vers  uint16
+		suite uint16
+	}{
+		{"TLS 1.3", tls13, 0x0304, 0x1301},
+		{"TLS 1.2", tls12, 0x0303, 0xc02b},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := probeHello(t, probeConfig(t), tc.hello.record())
+			require.Nil(t, res.alert, "alert %v; engine: %s", alertName(res.alert), res.engine.Reason)
+			require.True(t, res.sawHello)
+			msgs, _ := plaintextMessages(t, res.received)
+			sh := parseServerHello(t, msgs[0])
+			assert.Equal(t, tc.suite, sh.suite)
+			if v, ok := sh.ext(xSupportedVersions); ok {
+				assert.Equal(t, []byte{byte(tc.vers >> 8), byte(tc.vers)}, v)
+			} else {
+				assert.Equal(t, tc.vers, sh.version)
+			}
+			if ks, ok := sh.ext(xKeyShare); ok {
+				assert.Equal(t, []byte{0x00, 0x1d}, ks[:2], "key share group")
+			}
+			for _, e := range sh.exts {
+				assert.NotEqual(t, uint16(0x0a0a), e.typ&0x0f0f, "GREASE extension %#04x in the ServerHello", e.typ)
+			}
+			if tc.vers == 0x0303 {
+				alpn, ok := sh.ext(xALPN)
+				require.True(t, ok)
+				assert.Equal(t, extALPN("h2").data, alpn)
+			}
+		})
+	}
+}
+
+// client13 is a raw TLS 1.3 client over TCP: it sends a ClientHello with
+// x25519Client's share, reads the server's flight under keys it derives
+// itself, and then sends whatever second flight the probe wants, protected
+// under the client handshake traffic keys. It reads the server's alert
+// under the server application traffic keys, as RFC 8446, Section 7.1 and
+// Appendix A.2 have the server send it.
+type client13 struct {
+	t          *testing.T
+	conn       net.Conn
+	buf        []byte
+	transcript hash.Hash
+	in, out    *record.Cipher
+	clientHS   []byte
+	serverMsgs []serverMsg
+	done       chan relayOutcome
+}
+
+func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
+	t.Helper()
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	serverConn, clientConn := tcpPair(t)
+	deadline := time.Now().Add(20 * time.Second)
+	serverConn.SetDeadline(deadline)
+	clientConn.SetDeadline(deadline)
+	t.Cleanup(func() { serverConn.Close(); clientConn.Close() })
+	c := &client13{t: t, conn: clientConn, transcript: sha256.New(), done: make(chan relayOutcome, 1)}
+	r := &relay{h: h, keys: getPKI(t).keys, mode: splitWhole, rng: mrand.New(mrand.NewPCG(1, 2))}
+	go func() {
+		out := r.run(serverConn)
+		serverConn.Close()
+		c.done <- out
+	}()
+	msg := hello.message()
+	c.transcript.Write(msg)
+	_, err = clientConn.Write(hello.record())
+	require.NoError(t, err)
+
+	// ServerHello, in plaintext.
+	typ, body := c.readRecord()
+	for typ == record.ChangeCipherSpec {
+		typ, body = c.readRecord()
+	}
+	require.Equal(t, record.Handshake, typ, "ServerHello record")
+	sh := splitMessages(t, body)[0]
+	c.transcript.Write(sh.raw)
+	share, ok := parseServerHello(t, sh).ext(xKeyShare)
+	require.True(t, ok)
+	peer, err := ecdh.X25519().NewPublicKey(share[4:])
+	require.NoError(t, err)
+	shared, err := x25519Client.ECDH(peer)
+	require.NoError(t, err)
+	hsSecret := handshakeSecret13(crypto.SHA256, shared)
+	helloHash := c.transcript.Sum(nil)
+	c.clientHS = deriveSecret(crypto.SHA256, hsSecret, "c hs traffic", helloHash)
+	c.in, err = record.NewTLS13Cipher(0x1301, deriveSecret(crypto.SHA256, hsSecret, "s hs traffic", helloHash), 0)
+	require.NoError(t, err)
+	c.out, err = record.NewTLS13Cipher(0x1301, c.clientHS, 0)
+	require.NoError(t, err)
+
+	// EncryptedExtensions through Finished, under the server handshake keys.
+	var hs []byte
+	for !slices.ContainsFunc(c.serverMsgs, func(m serverMsg) bool { return m.typ == typeFinished }) {
+		typ, body := c.readRecord()
+		if typ == record.ChangeCipherSpec {
+			continue
+		}
+		inner, pt, err := c.in.Open(typ, 0x0303, body)
+		require.NoError(t, err, "server handshake record")
+		require.Equal(t, record.Handshake, inner)
+		hs = append(hs, pt...)
+		c.serverMsgs = nil
+		for _, m := range splitMessages(t, hs) {
+			c.serverMsgs = append(c.serverMsgs, serverMsg{typ: m.typ, body: slices.Clone(m.body), raw: slices.Clone(m.raw)})
+		}
+	}
+	for _, m := range c.serverMsgs {
+		c.transcript.Write(m.raw)
+	}
+	master := masterSecret13(crypto.SHA256, hsSecret)
+	c.in, err = record.NewTLS13Cipher(0x1301, deriveSecret(crypto.SHA256, master, "s ap traffic", c.transcript.Sum(nil)), 0)
+	require.NoError(t, err)
+	return c
+}
+
+// readRecord returns the next record from the server.
+func (c *client13) readRecord() (record.ContentType, []byte) {
+	c.t.Helper()
+	tmp := make([]byte, 1<<16)
+	for {
+		typ, _, body, n, err := record.Parse(c.buf, 1<<16-1)
+		require.NoError(c.t, err)
+		if n > 0 {
+			c.buf = c.buf[n:]
+			return typ, slices.Clone(body)
+		}
+		m, err := c.conn.Read(tmp)
+		require.NoError(c.t, err, "reading the server's flight")
+		c.buf = append(c.buf, tmp[:m]...)
+	}
+}
+
+// seal protects content of type typ under the client handshake keys.
+func (c *client13) seal(typ record.ContentType, content []byte) []byte {
+	rec, err := c.out.Seal(nil, typ, content, 0)
+	require.NoError(c.t, err)
+	return rec
+}
+
+// sealInner protects inner as the whole TLSInnerPlaintext of the client's
+// first protected record (RFC 8446, Section 5.2), by hand: record.Cipher
+// refuses to build the malformed ones.
+func (c *client13) sealInner(inner []byte) []byte {
+	suite, ok := record.SuiteByID(0x1301)
+	require.True(c.t, ok)
+	key, iv := record.TrafficKeys(suite, c.clientHS)
+	block, err := aes.NewCipher(key)
+	require.NoError(c.t, err)
+	aead, err := cipher.NewGCM(block)
+	require.NoError(c.t, err)
+	n := len(inner) + aead.Overhead()
+	header := []byte{23, 3, 3, byte(n >> 8), byte(n)}
+	return aead.Seal(header, iv, inner, header) // sequence number 0: the nonce is the IV
+}
+
+// finished is the client's correct Finished message after msgs.
+func (c *client13) finished(msgs ...[]byte) []byte {
+	// The transcript so far, then msgs.
+	th := sha256.New()
+	state := c.transcript.(encoding.BinaryMarshaler)
+	saved, err := state.MarshalBinary()
+	require.NoError(c.t, err)
+	require.NoError(c.t, th.(encoding.BinaryUnmarshaler).UnmarshalBinary(saved))
+	for _, m := range msgs {
+		th.Write(m)
+	}
+	return marshalFinished(finishedVerifyData13(crypto.SHA256, c.clientHS, th.Sum(nil)))
+}
+
+// send writes raw bytes, then reads to the end: it returns the body of the
+// alert the server sent (opened under the server application traffic keys
+// if protected) and what the engine reported.
+func (c *client13) send(raw []byte) ([]byte, StepResult) {
+	c.t.Helper()
+	_, err := c.conn.Write(raw)
+	require.NoError(c.t, err)
+	var alert []byte
+	tmp := make([]byte, 1<<16)
+	for alert == nil {
+		typ, _, body, n, err := record.Parse(c.buf, 1<<16-1)
+		require.NoError(c.t, err)
+		if n == 0 {
+			m, err := c.conn.Read(tmp)
+			if err != nil {
+				break
+			}
+			c.buf = append(c.buf, tmp[:m]...)
+			continue
+		}
+		c.buf = c.buf[n:]
+		switch typ {
+		case record.Alert:
+			alert = slices.Clone(body)
+		case record.ApplicationData:
+			inner, pt, err := c.in.Open(typ, 0x0303, slices.Clone(body))
+			require.NoError(c.t, err, "opening the server's record under its application traffic keys")
+			if inner == record.Alert {
+				alert = slices.Clone(pt)
+			}
+		}
+	}
+	c.conn.Close()
+	return alert, (<-c.done).last
+}
+
+// expectAlert13 checks the alert the client read and the engine's report.
+func expectAlert13(t *testing.T, alert []byte, res StepResult, want Alert) {
+	t.Helper()
+	require.Equalf(t, []byte{alertLevelFatal, byte(want)}, alert, "client read alert %x (%v), want fatal %v; engine: %v %v (%s)",
+		alert, alertName(alert), want, res.State, res.AlertDescription, res.Reason)
+	assert.Equal(t, want, res.AlertDescription)
+}
+
+// TestProbeSecondFlightTLS13 breaks the client's second TLS 1.3 flight.
+func TestProbeSecondFlightTLS13(t *testing.T) {
+	tests := []struct {
+		name   string
+		flight func(c *client13) []byte
+		want   Alert
+	}{
+		// RFC 8446, Section 4.6.3: "Implementations that receive a
+		// KeyUpdate message prior to receiving a Finished message MUST
+		// terminate the connection with an "unexpected_message" alert."
+		{"4.6.3 KeyUpdate before Finished is unexpected_message", func(c *client13) []byte {
+			return c.seal(record.Handshake, []byte{typeKeyUpdate, 0, 0, 1, 0})
+		}, alertUnexpectedMessage},
+		// Section 4.4.4: a wrong Finished is decrypt_error.
+		{"4.4.4 wrong verify_data is decrypt_error", func(c *client13) []byte {
+			f := c.finished()
+			f[len(f)-1] ^= 1
+			return c.seal(record.Handshake, f)
+		}, alertDecryptError},
+		{"4.4.4 truncated verify_data is refused", func(c *client13) []byte {
+			f := c.finished()
+			return c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 31}, f[4:35]...))
+		}, alertDecryptError},
+		// Section 4.5: EndOfEarlyData only after accepted early data.
+		{"4.5 EndOfEarlyData without early data is unexpected_message", func(c *client13) []byte {
+			return c.seal(record.Handshake, []byte{typeEndOfEarlyData, 0, 0, 0})
+		}, alertUnexpectedMessage},
+		{"4.4.2 Certificate without CertificateRequest is unexpected_message", func(c *client13) []byte {
+			return c.seal(record.Handshake, []byte{typeCertificate, 0, 0, 4, 0, 0, 0, 0})
+		}, alertUnexpectedMessage},
+		{"4 second ClientHello without HelloRetryRequest is unexpected_message", func(c *client13) []byte {
+			return c.seal(record.Handshake, hello13().message())
+		}, alertUnexpectedMessage},
+		// Section 5: protected handshake data after the keys changed,
+		// never plaintext.
+		{"5 plaintext handshake record after ServerHello is unexpected_message", func(c *client13) []byte {
+			return handshakeRecord(typeFinished, c.finished()[4:])
+		}, alertUnexpectedMessage},
+		// Section 5: "An implementation which receives any other
+		// change_cipher_spec value [...] MUST abort the handshake with an
+		// "unexpected_message" alert."
+		{"5 change_cipher_spec of value 2 is unexpected_message", func(c *client13) []byte {
+			return rawRecord(20, 2)
+		}, alertUnexpectedMessage},
+		{"5 application data before Finished is unexpected_message", func(c *client13) []byte {
+			return c.seal(record.ApplicationData, []byte("early"))
+		}, alertUnexpectedMessage},
+		// Section 5.2: "If the decryption fails, the receiver MUST
+		// terminate the connection with a "bad_record_mac" alert."
+		{"5.2 record that fails to decrypt is bad_record_mac", func(c *client13) []byte {
+			rec := c.seal(record.Handshake, c.finished())
+			rec[len(rec)-1] ^= 1
+			return rec
+		}, alertBadRecordMAC},
+		// Section 5.2: length MUST NOT exceed 2^14 + 256.
+		{"5.2 protected record over 2^14+256 bytes is record_overflow", func(c *client13) []byte {
+			return append([]byte{23, 3, 3, 0x41, 0x01}, make([]byte, 1<<14+257)...)
+		}, alertRecordOverflow},
+		// Section 5.4: a protected Handshake record with zero-length
+		// content MUST be refused with unexpected_message.
+		{"5.4 empty protected handshake fragment is unexpected_message", func(c *client13) []byte {
+			return c.sealInner([]byte{byte(record.Handshake)})
+		}, alertUnexpectedMessage},
+		{"5.4 inner plaintext without a content type is unexpected_message", func(c *client13) []byte {
+			return c.sealInner(make([]byte, 8))
+		}, alertUnexpectedMessage},
+		{"5.4 inner plaintext over 2^14+1 bytes is record_overflow", func(c *client13) []byte {
+			return c.sealInner(append(make([]byte, 1<<14+1), byte(record.Handshake)))
+		}, alertRecordOverflow},
+		// RFC 8446, Section 5.1: no interleaving of other record types
+		// inside a fragmented handshake message.
+		{"5.1 alert inside a fragmented Finished is unexpected_message", func(c *client13) []byte {
+			f := c.finished()
+			return slices.Concat(c.seal(record.Handshake, f[:10]), c.seal(record.Alert, []byte{1, 0}), c.seal(record.Handshake, f[10:]))
+		}, alertUnexpectedMessage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial13(t, probeConfig(t), hello13())
+			alert, res := c.send(tc.flight(c))
+			expectAlert13(t, alert, res, tc.want)
+		})
+	}
+	// The correct Finished completes the handshake: the client above is
+	// right, so the refusals are the probes' doing.
+	t.Run("4.4.4 correct Finished completes", func(t *testing.T) {
+		c := dial13(t, probeConfig(t), hello13())
+		_, err := c.conn.Write(c.seal(record.Handshake, c.finished()))
+		require.NoError(t, err)
+		c.conn.Close()
+		out := <-c.done
+		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+	})
+}
+
+// certificate13 is a TLS 1.3 Certificate message with context and one entry
+// for der with the given extensions block (RFC 8446, Section 4.4.2).
+func certificate13(context, der, exts []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddUint8(typeCertificate)
+	b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(context) })
+		b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
+			b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(der) })
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(exts) })
+		})
+	})
+	return b.BytesOrPanic()
+}
+
+// TestProbeClientCertificateTLS13 breaks the client's Certificate when the
+// server asked for one.
+func TestProbeClientCertificateTLS13(t *testing.T) {
+	p := getPKI(t)
+	cfg := probeConfig(t)
+	cfg.ClientAuth, cfg.ClientCAs = ClientAuthRequired, p.clientCA
+	der := p.clientCerts["p256"].Certificate[0]
+	tests := []struct {
+		name   string
+		flight func(c *client13) []byte
+		want   Alert
+	}{
+		// RFC 8446, Section 4.4.2: "Extensions in the Certificate message
+		// from the client MUST correspond to extensions in the
+		// CertificateRequest message from the server", and Section 4.2: an
+		// extension response that was not requested MUST be refused with
+		// unsupported_extension. The CertificateRequest asked for none.
+		// Section 4.4.2.4: "If the client does not send any certificates
+		// [...] the server MAY at its discretion either continue the
+		// handshake without client authentication, or abort the handshake
+		// with a "certificate_required" alert."
+		{"4.4.2.4 no certificate when required is certificate_required", func(c *client13) []byte {
+			return c.seal(record.Handshake, []byte{typeCertificate, 0, 0, 4, 0, 0, 0, 0})
+		}, alertCertificateRequired},
+		// Section 4.4.3: a non-empty Certificate is followed by
+		// CertificateVerify.
+		{"4.4.3 Finished without CertificateVerify is unexpected_message", func(c *client13) []byte {
+			cert := certificate13(nil, der, nil)
+			return slices.Concat(c.seal(record.Handshake, cert), c.seal(record.Handshake, c.finished(cert)))
+		}, alertUnexpectedMessage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial13(t, cfg, hello13())
+			require.Equal(t, typeCertificateRequest, c.serverMsgs[1].typ, "the server asked for a certificate")
+			alert, res := c.send(tc.flight(c))
+			expectAlert13(t, alert, res, tc.want)
 		})
 	}
 }
