@@ -547,6 +547,9 @@ func (m *certificateRequestMsg) marshal() []byte {
 type certificateMsg struct {
 	tls13        bool
 	certificates [][]byte
+	// entryExtensions reports a TLS 1.3 CertificateEntry that carried
+	// extensions.
+	entryExtensions bool
 }
 
 func (m *certificateMsg) marshal() []byte {
@@ -589,6 +592,14 @@ func (m *certificateMsg) unmarshal(body []byte) bool {
 			var exts cryptobyte.String
 			if !list.ReadUint16LengthPrefixed(&exts) {
 				return false
+			}
+			for !exts.Empty() {
+				var typ uint16
+				var data cryptobyte.String
+				if !exts.ReadUint16(&typ) || !exts.ReadUint16LengthPrefixed(&data) {
+					return false
+				}
+				m.entryExtensions = true
 			}
 		}
 	}

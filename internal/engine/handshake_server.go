@@ -345,6 +345,13 @@ func (h *Handshake) processClientCertificate(body, raw []byte) error {
 	if !msg.unmarshal(body) {
 		return fail(alertDecodeError, "malformed client Certificate")
 	}
+	// RFC 8446, Section 4.4.2: "Extensions in the Certificate message from
+	// the client MUST correspond to extensions in the CertificateRequest
+	// message from the server", which asks for none; Section 4.2 refuses an
+	// unrequested one with unsupported_extension.
+	if msg.entryExtensions {
+		return fail(alertUnsupportedExtension, "client Certificate carries extensions the CertificateRequest did not ask for")
+	}
 	h.transcript.write(raw)
 	next := stateClientKeyExchange
 	if h.vers == tls.VersionTLS13 {

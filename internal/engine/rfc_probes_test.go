@@ -848,6 +848,15 @@ func TestProbeClientCertificateTLS13(t *testing.T) {
 		// CertificateRequest message from the server", and Section 4.2: an
 		// extension response that was not requested MUST be refused with
 		// unsupported_extension. The CertificateRequest asked for none.
+		{"4.4.2 unrequested status_request in a CertificateEntry is unsupported_extension", func(c *client13) []byte {
+			return c.seal(record.Handshake, certificate13(nil, der, []byte{0, xStatusRequest, 0, 4, 1, 0, 0, 0}))
+		}, alertUnsupportedExtension},
+		{"4.4.2 unrequested signed_certificate_timestamp in a CertificateEntry is unsupported_extension", func(c *client13) []byte {
+			return c.seal(record.Handshake, certificate13(nil, der, []byte{0, xSCT, 0, 0}))
+		}, alertUnsupportedExtension},
+		{"4.4.2 CertificateEntry extensions longer than the entry is decode_error", func(c *client13) []byte {
+			return c.seal(record.Handshake, certificate13(nil, der, []byte{0, xSCT, 0, 9}))
+		}, alertDecodeError},
 		// Section 4.4.2.4: "If the client does not send any certificates
 		// [...] the server MAY at its discretion either continue the
 		// handshake without client authentication, or abort the handshake
