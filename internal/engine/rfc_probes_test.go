@@ -7,6 +7,7 @@ import (
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding"
 	"hash"
 	mrand "math/rand/v2"
@@ -32,18 +33,21 @@ import (
 type probeResult struct {
 	received []byte // every byte the server sent
 	alert    []byte // body of the first plaintext alert record, nil if none
-	sawHello bool   // a ServerHello (or HelloRetryRequest) arrived
+	hellos   int    // ServerHellos (and HelloRetryRequests) received
 	engine   StepResult
 }
 
-// probe writes the client's bytes to the engine over TCP and reads until the
+// probe writes the client's bytes to the engine over TCP (the relay steps
+// the engine once per record) and reads until the
 // server sends an alert and closes, or a ServerHello arrives.
 func probe(t *testing.T, cfg Config, client []byte) probeResult {
 	t.Helper()
-	return probeWith(t, cfg, client, false)
+	return probeWith(t, cfg, client, 0)
 }
 
-func probeWith(t *testing.T, cfg Config, client []byte, stopAtHello bool) probeResult {
+// probeWith stops reading after the alert or, when hellos > 0, after that
+// many ServerHellos.
+func probeWith(t *testing.T, cfg Config, client []byte, hellos int) probeResult {
 	t.Helper()
 	h, err := NewHandshake(&cfg)
 	require.NoError(t, err)
@@ -53,7 +57,7 @@ func probeWith(t *testing.T, cfg Config, client []byte, stopAtHello bool) probeR
 	clientConn.SetDeadline(deadline)
 	defer serverConn.Close()
 	defer clientConn.Close()
-	r := &relay{h: h, keys: getPKI(t).keys, mode: splitWhole, rng: mrand.New(mrand.NewPCG(1, 2))}
+	r := &relay{h: h, keys: getPKI(t).keys, mode: splitRecords, rng: mrand.New(mrand.NewPCG(1, 2))}
 	done := make(chan relayOutcome, 1)
 	go func() {
 		out := r.run(serverConn)
@@ -65,10 +69,10 @@ func probeWith(t *testing.T, cfg Config, client []byte, stopAtHello bool) probeR
 
 	var res probeResult
 	tmp := make([]byte, 1<<16)
-	for res.alert == nil && !(stopAtHello && res.sawHello) {
+	for res.alert == nil && (hellos == 0 || res.hellos < hellos) {
 		n, err := clientConn.Read(tmp)
 		res.received = append(res.received, tmp[:n]...)
-		res.alert, res.sawHello = scanServerRecords(res.received)
+		res.alert, res.hellos = scanServerRecords(res.received)
 		if err != nil {
 			break
 		}
@@ -79,19 +83,19 @@ func probeWith(t *testing.T, cfg Config, client []byte, stopAtHello bool) probeR
 }
 
 // scanServerRecords reads the complete records in data: the body of the
-// first plaintext alert, and whether a ServerHello started a handshake
-// record.
-func scanServerRecords(data []byte) (alert []byte, sawHello bool) {
+// first plaintext alert, and how many handshake records started with a
+// ServerHello.
+func scanServerRecords(data []byte) (alert []byte, hellos int) {
 	for {
 		typ, _, body, n, err := record.Parse(data, 1<<16-1)
 		if err != nil || n == 0 {
-			return nil, sawHello
+			return nil, hellos
 		}
 		switch {
 		case typ == record.Alert:
-			return slices.Clone(body), sawHello
+			return slices.Clone(body), hellos
 		case typ == record.Handshake && body[0] == 2:
-			sawHello = true
+			hellos++
 		}
 		data = data[n:]
 	}
@@ -119,7 +123,7 @@ func alertName(body []byte) string {
 // once the ServerHello (or an alert) arrives.
 func probeHello(t *testing.T, cfg Config, client []byte) probeResult {
 	t.Helper()
-	return probeWith(t, cfg, client, true)
+	return probeWith(t, cfg, client, 1)
 }
 
 // rawRecord is one plaintext record of type typ.
@@ -457,7 +461,7 @@ func TestProbeRecordLayer(t *testing.T) {
 		}
 		res := probeHello(t, probeConfig(t), frag(parts...))
 		assert.Nil(t, res.alert, "alert %v", alertName(res.alert))
-		assert.True(t, res.sawHello, "ServerHello")
+		assert.True(t, res.hellos > 0, "ServerHello")
 	})
 	// Section 6: the client's alerts end the handshake; nothing answers
 	// them, whatever their level.
@@ -514,7 +518,7 @@ func TestProbeGREASE(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			res := probeHello(t, probeConfig(t), tc.hello.record())
 			require.Nil(t, res.alert, "alert %v; engine: %s", alertName(res.alert), res.engine.Reason)
-			require.True(t, res.sawHello)
+			require.True(t, res.hellos > 0)
 			msgs, _ := plaintextMessages(t, res.received)
 			sh := parseServerHello(t, msgs[0])
 			assert.Equal(t, tc.suite, sh.suite)
@@ -565,7 +569,7 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	clientConn.SetDeadline(deadline)
 	t.Cleanup(func() { serverConn.Close(); clientConn.Close() })
 	c := &client13{t: t, conn: clientConn, transcript: sha256.New(), done: make(chan relayOutcome, 1)}
-	r := &relay{h: h, keys: getPKI(t).keys, mode: splitWhole, rng: mrand.New(mrand.NewPCG(1, 2))}
+	r := &relay{h: h, keys: getPKI(t).keys, mode: splitRecords, rng: mrand.New(mrand.NewPCG(1, 2))}
 	go func() {
 		out := r.run(serverConn)
 		serverConn.Close()
@@ -879,4 +883,56 @@ func TestProbeClientCertificateTLS13(t *testing.T) {
 			expectAlert13(t, alert, res, tc.want)
 		})
 	}
+}
+
+// TestProbeHelloRetryRequest sends a ClientHello the server answers with a
+// HelloRetryRequest (it wants P-256, the client sent an X25519 share) and a
+// second ClientHello that breaks RFC 8446, Section 4.1.2's "the client MUST
+// send the same ClientHello without modification, except as follows".
+func TestProbeHelloRetryRequest(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Groups = []tls.CurveID{tls.CurveP256}
+	first := hello13()
+	second := first.replace(extKeyShare(shareP256))
+	otherSession := second
+	otherSession.sessionID = bytes.Repeat([]byte{9}, 32)
+	tests := []struct {
+		name   string
+		second []byte
+		want   Alert
+	}{
+		{"4.1.2 legacy_session_id changed is illegal_parameter", otherSession.record(), alertIllegalParameter},
+		{"4.1.2 compression methods changed is illegal_parameter", helloWire(nil, u16s(suitesTLS13...), []byte{0, 0}, second.exts), alertIllegalParameter},
+		{"4.1.2 supported_versions changed is illegal_parameter", second.replace(extVersions(0x0304, 0x0303)).record(), alertIllegalParameter},
+		// "Including a "cookie" extension if one was provided in the
+		// HelloRetryRequest": this one had none.
+		{"4.2.8 empty key_share in the second ClientHello is illegal_parameter", second.replace(extKeyShare()).record(), alertIllegalParameter},
+		{"4.2.11 pre_shared_key not last in the second ClientHello is illegal_parameter", second.with(pskModesDHE).with(psk).with(rawExt{0x2a2a, nil}).record(), alertIllegalParameter},
+		{"4.1.4 ClientHello offering only TLS 1.2 after a HelloRetryRequest is refused", hello12().record(), alertIllegalParameter},
+		// RFC 8446, Section 5: a change_cipher_spec may come between them.
+		{"5 change_cipher_spec of value 2 between the ClientHellos is unexpected_message", rawRecord(20, 2), alertUnexpectedMessage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := probe(t, cfg, slices.Concat(first.record(), tc.second))
+			_, _, hrr, _, err := record.Parse(res.received, 1<<16-1)
+			require.NoError(t, err)
+			require.Equal(t, helloRetryRandomRFC, parseServerHello(t, splitMessages(t, hrr)[0]).random, "a HelloRetryRequest first")
+			expectProbeAlert(t, res, tc.want)
+		})
+	}
+	t.Run("4.1.2 the second ClientHello as required is answered", func(t *testing.T) {
+		res := probeWith(t, cfg, slices.Concat(first.record(), rawRecord(20, 1), second.record()), 2)
+		msgs, rest := plaintextMessages(t, res.received)
+		require.Len(t, msgs, 2, "HelloRetryRequest and ServerHello")
+		assert.NotEqual(t, helloRetryRandomRFC, parseServerHello(t, msgs[1]).random)
+		assert.NotEmpty(t, rest, "the server's protected flight")
+	})
+	// Section 4.2.2 forbids clients nothing a server must check in a first
+	// ClientHello: a cookie there is ignored, as crypto/tls does.
+	t.Run("4.2.2 cookie in a first ClientHello is ignored", func(t *testing.T) {
+		res := probeHello(t, probeConfig(t), hello13().with(rawExt{xCookie, []byte{0, 4, 1, 2, 3, 4}}).record())
+		assert.Nil(t, res.alert, "alert %v", alertName(res.alert))
+		assert.True(t, res.hellos > 0)
+	})
 }
