@@ -163,6 +163,11 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 	if ch.earlyData {
 		return fail(alertIllegalParameter, "early_data in the second ClientHello")
 	}
+	// RFC 8446, Section 4.1.2 allows "a "cookie" extension if one was
+	// provided in the HelloRetryRequest"; ours never carries one.
+	if ch.has(extensionCookie) {
+		return fail(alertIllegalParameter, "cookie in the second ClientHello, which the HelloRetryRequest did not send")
+	}
 	if !bytes.Equal(helloFingerprint(&ch), h.hrrHello) {
 		return fail(alertIllegalParameter, "second ClientHello changed more than the key share")
 	}

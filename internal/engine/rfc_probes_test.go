@@ -906,6 +906,7 @@ func TestProbeHelloRetryRequest(t *testing.T) {
 		{"4.1.2 supported_versions changed is illegal_parameter", second.replace(extVersions(0x0304, 0x0303)).record(), alertIllegalParameter},
 		// "Including a "cookie" extension if one was provided in the
 		// HelloRetryRequest": this one had none.
+		{"4.1.2 cookie the HelloRetryRequest did not provide is illegal_parameter", second.with(rawExt{xCookie, []byte{0, 4, 1, 2, 3, 4}}).record(), alertIllegalParameter},
 		{"4.2.8 empty key_share in the second ClientHello is illegal_parameter", second.replace(extKeyShare()).record(), alertIllegalParameter},
 		{"4.2.11 pre_shared_key not last in the second ClientHello is illegal_parameter", second.with(pskModesDHE).with(psk).with(rawExt{0x2a2a, nil}).record(), alertIllegalParameter},
 		{"4.1.4 ClientHello offering only TLS 1.2 after a HelloRetryRequest is refused", hello12().record(), alertIllegalParameter},
