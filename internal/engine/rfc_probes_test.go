@@ -284,6 +284,15 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		{"RFC 7627 5.1 extended_master_secret with data is decode_error", base.with(rawExt{xExtendedMaster, []byte{0}}).record(), alertDecodeError},
 		{"4.2.10 early_data with data in a ClientHello is decode_error", base.with(rawExt{xEarlyData, []byte{0, 0, 0, 0}}).record(), alertDecodeError},
 		{"RFC 6962 3.3.1 signed_certificate_timestamp with data is decode_error", base.with(rawExt{xSCT, []byte{0}}).record(), alertDecodeError},
+		// RFC 6066, Section 8: CertificateStatusRequest is status_type
+		// then, for ocsp, responder_id_list<0..2^16-1> and
+		// request_extensions<0..2^16-1>.
+		// Every list extension: data after the list is decode_error.
+		{"4.2.7 supported_groups of odd length is decode_error", base.replace(rawExt{xSupportedGroups, []byte{0, 3, 0, 0x1d, 0}}).record(), alertDecodeError},
+		{"4.2.7 data after supported_groups is decode_error", base.replace(rawExt{xSupportedGroups, append(u16s(0x001d), 0)}).record(), alertDecodeError},
+		{"4.2.8 data after key_share is decode_error", base.replace(rawExt{xKeyShare, append(extKeyShare(shareX25519).data, 0)}).record(), alertDecodeError},
+		{"4.2.1 data after supported_versions is decode_error", base.replace(rawExt{xSupportedVersions, append(extVersions(0x0304).data, 0)}).record(), alertDecodeError},
+		{"4.2.3 empty signature_algorithms_cert is decode_error", base.with(rawExt{50, []byte{0, 0}}).record(), alertDecodeError},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
