@@ -51,6 +51,7 @@ const (
 
 const (
 	compressionNone         uint8  = 0
+	statusTypeOCSP          uint8  = 1 // RFC 6066, Section 8
 	pointFormatUncompressed uint8  = 0
 	scsvRenegotiation       uint16 = 0x00ff // RFC 5746, Section 3.3
 	scsvFallback            uint16 = 0x5600 // RFC 7507, Section 6
@@ -247,8 +248,29 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			m.serverName = string(name)
 		}
 	case extensionStatusRequest:
+		// RFC 6066, Section 8. No stapling is offered, but the request is
+		// decoded: for ocsp, ResponderID responder_id_list<0..2^16-1> with
+		// each ResponderID<1..2^16-1>, and request_extensions<0..2^16-1>;
+		// other status types have no defined body.
+		var statusType uint8
+		if !data.ReadUint8(&statusType) {
+			return false
+		}
 		m.ocspStapling = true
-		data = nil // contents are irrelevant: no stapling offered
+		if statusType != statusTypeOCSP {
+			data = nil
+			break
+		}
+		var responders, requestExts cryptobyte.String
+		if !data.ReadUint16LengthPrefixed(&responders) || !data.ReadUint16LengthPrefixed(&requestExts) {
+			return false
+		}
+		for !responders.Empty() {
+			var id cryptobyte.String
+			if !responders.ReadUint16LengthPrefixed(&id) || id.Empty() {
+				return false
+			}
+		}
 	case extensionSupportedGroups:
 		// RFC 8446, Section 4.2.7.
 		var list []uint16

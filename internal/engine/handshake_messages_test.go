@@ -57,6 +57,10 @@ func (m *clientHelloMsg) marshal() []byte {
 							b.AddUint8(0)
 							b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(m.serverName)) })
 						})
+					case extensionStatusRequest:
+						b.AddUint8(1) // ocsp, no responder IDs, no extensions
+						b.AddUint16(0)
+						b.AddUint16(0)
 					case extensionSupportedGroups:
 						groups := make([]uint16, len(m.supportedGroups))
 						for i, g := range m.supportedGroups {

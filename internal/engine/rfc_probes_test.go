@@ -287,6 +287,10 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// RFC 6066, Section 8: CertificateStatusRequest is status_type
 		// then, for ocsp, responder_id_list<0..2^16-1> and
 		// request_extensions<0..2^16-1>.
+		{"RFC 6066 8 empty status_request is decode_error", base.with(rawExt{xStatusRequest, nil}).record(), alertDecodeError},
+		{"RFC 6066 8 OCSP status_request without request_extensions is decode_error", base.with(rawExt{xStatusRequest, []byte{1, 0, 0}}).record(), alertDecodeError},
+		{"RFC 6066 8 OCSP status_request with data after it is decode_error", base.with(rawExt{xStatusRequest, []byte{1, 0, 0, 0, 0, 0}}).record(), alertDecodeError},
+		{"RFC 6066 8 empty ResponderID is decode_error", base.with(rawExt{xStatusRequest, []byte{1, 0, 2, 0, 0, 0, 0}}).record(), alertDecodeError},
 		// Every list extension: data after the list is decode_error.
 		{"4.2.7 supported_groups of odd length is decode_error", base.replace(rawExt{xSupportedGroups, []byte{0, 3, 0, 0x1d, 0}}).record(), alertDecodeError},
 		{"4.2.7 data after supported_groups is decode_error", base.replace(rawExt{xSupportedGroups, append(u16s(0x001d), 0)}).record(), alertDecodeError},
