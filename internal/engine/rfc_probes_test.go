@@ -950,3 +950,204 @@ func TestProbeHelloRetryRequest(t *testing.T) {
 		assert.True(t, res.hellos > 0)
 	})
 }
+
+// client12 is a raw TLS 1.2 client over TCP for ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+// on P-256 with extended_master_secret: it reads the server's first
+// flight, derives the keys itself, and lets the probe write the second.
+type client12 struct {
+	t          *testing.T
+	conn       net.Conn
+	transcript hash.Hash
+	master     []byte
+	key, iv    []byte // client write key and salt
+	out        *record.Cipher
+	cke        []byte // the correct ClientKeyExchange message
+	done       chan relayOutcome
+}
+
+func dial12(t *testing.T, cfg Config) *client12 {
+	t.Helper()
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	serverConn, clientConn := tcpPair(t)
+	deadline := time.Now().Add(20 * time.Second)
+	serverConn.SetDeadline(deadline)
+	clientConn.SetDeadline(deadline)
+	t.Cleanup(func() { serverConn.Close(); clientConn.Close() })
+	c := &client12{t: t, conn: clientConn, transcript: sha256.New(), done: make(chan relayOutcome, 1)}
+	r := &relay{h: h, keys: getPKI(t).keys, mode: splitRecords, rng: mrand.New(mrand.NewPCG(1, 2))}
+	go func() {
+		out := r.run(serverConn)
+		serverConn.Close()
+		c.done <- out
+	}()
+	hello := hello12().replace(extGroups(0x0017))
+	hello.suites = []uint16{0xc02b}
+	c.transcript.Write(hello.message())
+	_, err = clientConn.Write(hello.record())
+	require.NoError(t, err)
+
+	var buf, hs []byte
+	tmp := make([]byte, 1<<16)
+	var msgs []serverMsg
+	for len(msgs) == 0 || msgs[len(msgs)-1].typ != typeServerHelloDone {
+		typ, _, body, n, err := record.Parse(buf, 1<<16-1)
+		require.NoError(t, err)
+		if n == 0 {
+			m, err := clientConn.Read(tmp)
+			require.NoError(t, err, "reading the server's flight")
+			buf = append(buf, tmp[:m]...)
+			continue
+		}
+		require.Equal(t, record.Handshake, typ)
+		hs = append(hs, body...)
+		buf = buf[n:]
+		if len(hs) >= 4 && len(hs) >= 4+(int(hs[1])<<16|int(hs[2])<<8|int(hs[3])) {
+			msgs = nil
+			for _, m := range splitMessages(t, hs) {
+				msgs = append(msgs, serverMsg{typ: m.typ, body: slices.Clone(m.body), raw: slices.Clone(m.raw)})
+			}
+		}
+	}
+	require.Equal(t, []uint8{typeServerHello, typeCertificate, typeServerKeyExchange, typeServerHelloDone},
+		[]uint8{msgs[0].typ, msgs[1].typ, msgs[2].typ, msgs[3].typ})
+	for _, m := range msgs {
+		c.transcript.Write(m.raw)
+	}
+	serverRandom := parseServerHello(t, msgs[0]).random
+	skx := msgs[2].body
+	require.Equal(t, []byte{3, 0x00, 0x17, 65}, skx[:4], "ServerECDHParams for secp256r1")
+	peer, err := ecdh.P256().NewPublicKey(skx[4 : 4+65])
+	require.NoError(t, err)
+	shared, err := p256Client.ECDH(peer)
+	require.NoError(t, err)
+	c.cke = handshakeRecord(typeClientKeyExchange, ecPoint(p256Client.PublicKey().Bytes()))[record.HeaderLen:]
+	c.transcript.Write(c.cke)
+	// RFC 7627, Section 4: the session hash runs through ClientKeyExchange.
+	c.master = masterSecret(crypto.SHA256, shared, true, c.transcript.Sum(nil), rawRandom, serverRandom)
+	c.key, _, c.iv, _ = keysFromMasterSecret(crypto.SHA256, c.master, rawRandom, serverRandom, 16, 4)
+	c.out, err = record.NewTLS12Cipher(0xc02b, c.key, c.iv, 0)
+	require.NoError(t, err)
+	return c
+}
+
+// finished is the client's correct Finished message.
+func (c *client12) finished() []byte {
+	return marshalFinished(finishedVerifyData12(crypto.SHA256, c.master, "client finished", c.transcript.Sum(nil)))
+}
+
+func (c *client12) seal(typ record.ContentType, content []byte) []byte {
+	rec, err := c.out.Seal(nil, typ, content, 0)
+	require.NoError(c.t, err)
+	return rec
+}
+
+// sealRaw protects content under typ as the first protected record by hand
+// (RFC 5288, Section 3): record.Cipher refuses to build malformed ones.
+func (c *client12) sealRaw(typ record.ContentType, content []byte) []byte {
+	block, err := aes.NewCipher(c.key)
+	require.NoError(c.t, err)
+	aead, err := cipher.NewGCM(block)
+	require.NoError(c.t, err)
+	explicit := make([]byte, 8) // sequence number 0
+	nonce := append(slices.Clone(c.iv), explicit...)
+	aad := append(make([]byte, 8), byte(typ), 3, 3, byte(len(content)>>8), byte(len(content)))
+	n := 8 + len(content) + aead.Overhead()
+	rec := append([]byte{byte(typ), 3, 3, byte(n >> 8), byte(n)}, explicit...)
+	return aead.Seal(rec, nonce, content, aad)
+}
+
+// send writes the second flight after ClientKeyExchange and returns the
+// plaintext alert the server answered with and the engine's last result.
+func (c *client12) send(raw []byte) ([]byte, relayOutcome) {
+	c.t.Helper()
+	_, err := c.conn.Write(slices.Concat(record.Append(nil, record.Handshake, 0x0303, c.cke), raw))
+	require.NoError(c.t, err)
+	var received, alert []byte
+	tmp := make([]byte, 1<<16)
+	for alert == nil {
+		n, err := c.conn.Read(tmp)
+		received = append(received, tmp[:n]...)
+		alert, _ = scanServerRecords(received)
+		if err != nil {
+			break
+		}
+	}
+	c.conn.Close()
+	return alert, <-c.done
+}
+
+// TestProbeSecondFlightTLS12 breaks the client's protected TLS 1.2 flight.
+func TestProbeSecondFlightTLS12(t *testing.T) {
+	ccs := rawRecord(20, 1)
+	tests := []struct {
+		name   string
+		flight func(c *client12) []byte
+		want   Alert
+	}{
+		// RFC 5246, Section 7.4.9: "Recipients of Finished messages MUST
+		// verify that the contents are correct."
+		{"RFC 5246 7.4.9 wrong verify_data is decrypt_error", func(c *client12) []byte {
+			f := c.finished()
+			f[len(f)-1] ^= 1
+			return slices.Concat(ccs, c.seal(record.Handshake, f))
+		}, alertDecryptError},
+		// Section 6.2.3.3: a record that does not authenticate is
+		// bad_record_mac.
+		{"RFC 5246 6.2.3.3 record that fails to authenticate is bad_record_mac", func(c *client12) []byte {
+			rec := c.seal(record.Handshake, c.finished())
+			rec[len(rec)-1] ^= 1
+			return slices.Concat(ccs, rec)
+		}, alertBadRecordMAC},
+		// Section 6.2.3: "The length MUST NOT exceed 2^14 + 2048."
+		{"RFC 5246 6.2.3 protected record over 2^14+2048 bytes is record_overflow", func(c *client12) []byte {
+			return slices.Concat(ccs, []byte{22, 3, 3, 0x48, 0x01}, make([]byte, 1<<14+2049))
+		}, alertRecordOverflow},
+		// Section 6.2.1 and 7.2.2: plaintext over 2^14 after decryption.
+		{"RFC 5246 7.2.2 decrypted fragment over 2^14 bytes is record_overflow", func(c *client12) []byte {
+			return slices.Concat(ccs, c.sealRaw(record.Handshake, make([]byte, 1<<14+1)))
+		}, alertRecordOverflow},
+		// Section 6.2.1: "Implementations MUST NOT send zero-length
+		// fragments of Handshake, Alert, or ChangeCipherSpec content
+		// types."
+		{"RFC 5246 6.2.1 empty protected handshake fragment is unexpected_message", func(c *client12) []byte {
+			return slices.Concat(ccs, c.sealRaw(record.Handshake, nil))
+		}, alertUnexpectedMessage},
+		// After ChangeCipherSpec every record is protected (Section 7.1):
+		// an unprotected one fails to authenticate like any forgery.
+		{"RFC 5246 6.2.3 unprotected Finished after ChangeCipherSpec is bad_record_mac", func(c *client12) []byte {
+			return slices.Concat(ccs, handshakeRecord(typeFinished, c.finished()[4:]))
+		}, alertBadRecordMAC},
+		{"RFC 5246 7.1 second ChangeCipherSpec is unexpected_message", func(c *client12) []byte {
+			return slices.Concat(ccs, ccs)
+		}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 application data before Finished is unexpected_message", func(c *client12) []byte {
+			return slices.Concat(ccs, c.seal(record.ApplicationData, []byte("early")))
+		}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 application data before ChangeCipherSpec is unexpected_message", func(c *client12) []byte {
+			return rawRecord(23, 1, 2, 3)
+		}, alertUnexpectedMessage},
+		// RFC 5746, Section 3.7 / RFC 5246, Section 7.4.1.2: a ClientHello
+		// in the middle of the handshake is not a renegotiation the
+		// server takes.
+		{"RFC 5246 7.3 ClientHello in place of Finished is unexpected_message", func(c *client12) []byte {
+			return slices.Concat(ccs, c.seal(record.Handshake, hello12().message()))
+		}, alertUnexpectedMessage},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial12(t, probeConfig(t))
+			alert, out := c.send(tc.flight(c))
+			res := out.last
+			require.Equalf(t, []byte{alertLevelFatal, byte(tc.want)}, alert, "client read alert %x (%v), want fatal %v; engine: %v %v (%s)",
+				alert, alertName(alert), tc.want, res.State, res.AlertDescription, res.Reason)
+			assert.Equal(t, tc.want, res.AlertDescription)
+		})
+	}
+	t.Run("RFC 5246 7.4.9 correct Finished completes", func(t *testing.T) {
+		c := dial12(t, probeConfig(t))
+		_, out := c.send(slices.Concat(ccs, c.seal(record.Handshake, c.finished())))
+		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+		assert.True(t, out.session.ExtendedMasterSecret)
+	})
+}
