@@ -440,6 +440,7 @@ func TestProbeRecordLayer(t *testing.T) {
 		{"5 heartbeat record is unexpected_message", rawRecord(24, 1, 0, 16), alertUnexpectedMessage},
 		{"5 application_data before the handshake is unexpected_message", rawRecord(23, 1, 2, 3), alertUnexpectedMessage},
 		{"5 change_cipher_spec before the ClientHello is unexpected_message", rawRecord(20, 1), alertUnexpectedMessage},
+		{"5 empty application_data before the handshake is unexpected_message", rawRecord(23), alertUnexpectedMessage},
 		// Section 5.1: "Implementations MUST NOT send zero-length
 		// fragments of Handshake types".
 		{"5.1 zero-length handshake record is unexpected_message", rawRecord(22), alertUnexpectedMessage},
@@ -476,6 +477,26 @@ func TestProbeRecordLayer(t *testing.T) {
 		assert.Nil(t, res.alert, "alert %v", alertName(res.alert))
 		assert.True(t, res.hellos > 0, "ServerHello")
 	})
+	// Section 5.1: legacy_record_version "MUST be ignored for all
+	// purposes" (within TLS's major version 3), and a ClientHello larger
+	// than a record spans several.
+	for _, tc := range []struct {
+		name string
+		in   []byte
+	}{
+		{"5.1 record version 0x0300 is ignored", append([]byte{22, 3, 0}, hello[3:]...)},
+		{"5.1 record version 0x0304 is ignored", append([]byte{22, 3, 4}, hello[3:]...)},
+		{"5.1 ClientHello over 2^14 bytes across two records is answered", func() []byte {
+			big := hello13().with(rawExt{21, make([]byte, 1<<14)}).message() // padding, RFC 7685
+			return frag(big[:1<<14], big[1<<14:])
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := probeHello(t, probeConfig(t), tc.in)
+			assert.Nil(t, res.alert, "alert %v; engine: %s", alertName(res.alert), res.engine.Reason)
+			assert.Equal(t, 1, res.hellos, "ServerHello")
+		})
+	}
 	// Section 6: the client's alerts end the handshake; nothing answers
 	// them, whatever their level.
 	for _, tc := range []struct {
@@ -807,6 +828,12 @@ func TestProbeSecondFlightTLS13(t *testing.T) {
 		{"5.4 inner plaintext over 2^14+1 bytes is record_overflow", func(c *client13) []byte {
 			return c.sealInner(append(make([]byte, 1<<14+1), byte(record.Handshake)))
 		}, alertRecordOverflow},
+		// Section 4.2.10: a server that does not accept early data and
+		// gets none skips nothing: data under the wrong keys is
+		// bad_record_mac.
+		{"4.2.10 application data under unknown keys without early_data is bad_record_mac", func(c *client13) []byte {
+			return rawRecord(23, bytes.Repeat([]byte{0xee}, 40)...)
+		}, alertBadRecordMAC},
 		// RFC 8446, Section 5.1: no interleaving of other record types
 		// inside a fragmented handshake message.
 		{"5.1 alert inside a fragmented Finished is unexpected_message", func(c *client13) []byte {
@@ -819,6 +846,25 @@ func TestProbeSecondFlightTLS13(t *testing.T) {
 			c := dial13(t, probeConfig(t), hello13())
 			alert, res := c.send(tc.flight(c))
 			expectAlert13(t, alert, res, tc.want)
+		})
+	}
+	// Section 6: a client alert, protected or (from a client that could
+	// not derive the keys) not, ends the handshake with nothing sent back.
+	for _, tc := range []struct {
+		name  string
+		alert func(c *client13) []byte
+	}{
+		{"protected bad_certificate", func(c *client13) []byte { return c.seal(record.Alert, []byte{2, 42}) }},
+		{"protected close_notify", func(c *client13) []byte { return c.seal(record.Alert, []byte{1, 0}) }},
+		{"plaintext illegal_parameter", func(c *client13) []byte { return rawRecord(21, 2, 47) }},
+	} {
+		t.Run("6 client "+tc.name+" after ServerHello ends the handshake silently", func(t *testing.T) {
+			c := dial13(t, probeConfig(t), hello13())
+			raw := tc.alert(c)
+			alert, res := c.send(raw)
+			assert.Nil(t, alert, "the server answered with %v", alertName(alert))
+			assert.Equal(t, Failed, res.State)
+			assert.Nil(t, res.Alert)
 		})
 	}
 	// The correct Finished completes the handshake: the client above is
@@ -1150,4 +1196,53 @@ func TestProbeSecondFlightTLS12(t *testing.T) {
 		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
 		assert.True(t, out.session.ExtendedMasterSecret)
 	})
+}
+
+// TestProbeVersionNegotiation checks the version the server picks, and the
+// ServerHello fields that go with it.
+func TestProbeVersionNegotiation(t *testing.T) {
+	legacy := func(h rawHello, v uint16) rawHello { h.legacyVersion = v; return h }
+	both := hello13().with(extPoints)
+	both.suites = append(slices.Clone(suitesTLS13), suitesTLS12...)
+	compat := hello13()
+	compat.sessionID = bytes.Repeat([]byte{0x5e}, 32)
+	for _, tc := range []struct {
+		name  string
+		hello rawHello
+		vers  uint16
+	}{
+		// RFC 8446, Section 4.2.1: "If the extension is not present,
+		// servers which are compliant with this specification and which
+		// also support TLS 1.2 MUST negotiate TLS 1.2 or prior as
+		// specified in [RFC5246], even if ClientHello.legacy_version is
+		// 0x0304 or later."
+		{"4.2.1 legacy_version 0x0304 without supported_versions is TLS 1.2", legacy(hello12(), 0x0304), 0x0303},
+		{"4.2.1 legacy_version 0x03ff without supported_versions is TLS 1.2", legacy(hello12(), 0x03ff), 0x0303},
+		// "servers MUST NOT use the ClientHello.legacy_version value for
+		// version negotiation and MUST use only the supported_versions
+		// extension".
+		{"4.2.1 supported_versions [1.2] with TLS 1.3 suites and shares is TLS 1.2", both.replace(extVersions(0x0303)), 0x0303},
+		{"4.2.1 supported_versions [GREASE 1.3 1.2] is TLS 1.3", both.replace(extVersions(0x3a3a, 0x0304, 0x0303)), 0x0304},
+		{"4.2.1 supported_versions with a future version first is TLS 1.3", both.replace(extVersions(0x0305, 0x0304)), 0x0304},
+		// Section 4.1.3: legacy_session_id_echo echoes the client's.
+		{"4.1.3 legacy_session_id is echoed", compat, 0x0304},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := probeHello(t, probeConfig(t), tc.hello.record())
+			require.Nil(t, res.alert, "alert %v; engine: %s", alertName(res.alert), res.engine.Reason)
+			msgs, _ := plaintextMessages(t, res.received)
+			sh := parseServerHello(t, msgs[0])
+			assert.Equal(t, uint16(0x0303), sh.version, "ServerHello.legacy_version")
+			sv, ok := sh.ext(xSupportedVersions)
+			if tc.vers == 0x0304 {
+				assert.Equal(t, []byte{3, 4}, sv)
+				assert.Contains(t, suitesTLS13, sh.suite)
+			} else {
+				assert.False(t, ok, "supported_versions in a TLS 1.2 ServerHello")
+				assert.Contains(t, suitesTLS12, sh.suite)
+			}
+			sid := msgs[0].body[2+32+1 : 2+32+1+int(msgs[0].body[2+32])]
+			assert.Truef(t, bytes.Equal(tc.hello.sessionID, sid), "legacy_session_id_echo %x, sent %x", sid, tc.hello.sessionID)
+		})
+	}
 }
