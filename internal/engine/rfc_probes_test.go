@@ -1224,6 +1224,13 @@ func TestProbeVersionNegotiation(t *testing.T) {
 		{"4.2.1 supported_versions [1.2] with TLS 1.3 suites and shares is TLS 1.2", both.replace(extVersions(0x0303)), 0x0303},
 		{"4.2.1 supported_versions [GREASE 1.3 1.2] is TLS 1.3", both.replace(extVersions(0x3a3a, 0x0304, 0x0303)), 0x0304},
 		{"4.2.1 supported_versions with a future version first is TLS 1.3", both.replace(extVersions(0x0305, 0x0304)), 0x0304},
+		// RFC 8422, Section 5.1.2 is TLS 1.2's: a TLS 1.3 ClientHello's
+		// ec_point_formats has no say (RFC 8446, Section 4.2.8.2 fixes the
+		// point format).
+		{"RFC 8422 5.1.2 ec_point_formats without uncompressed is ignored in TLS 1.3", hello13().with(rawExt{xECPointFormats, []byte{1, 1}}), 0x0304},
+		// RFC 8446, Section 4.2.8 lets the server check shares it does not
+		// use ("MAY"); it does not, as crypto/tls.
+		{"4.2.8 a malformed share for a group the server does not pick is ignored", hello13().replace(extKeyShare(shareX25519, rawExt{0x0017, []byte{4, 1, 2}})), 0x0304},
 		// Section 4.1.3: legacy_session_id_echo echoes the client's.
 		{"4.1.3 legacy_session_id is echoed", compat, 0x0304},
 	} {
