@@ -49,6 +49,8 @@ type options struct {
 	clientAuth, clientCAFile      string
 	unary                         bool
 	handshakeTimeout, idleTimeout time.Duration
+	clientHelloTimeout            time.Duration
+	maxHandshakes, maxPending     int
 }
 
 // run parses args and serves until ctx ends. ready, if set, is told the
@@ -72,6 +74,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.StringVar(&o.backend, "backend", "", "proxy plain TCP to this `address` (default: serve the echo page)")
 	fs.BoolVar(&o.unary, "unary", false, "step handshakes with unary calls instead of a stream")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on each TLS handshake")
+	fs.DurationVar(&o.clientHelloTimeout, "client-hello-timeout", edge.DefaultClientHelloTimeout, "bound on receiving a client's whole ClientHello, before which nothing is opened in handshaked")
+	fs.IntVar(&o.maxHandshakes, "max-handshakes", edge.DefaultMaxHandshakes, "handshakes run in handshaked at once; keep it below the service's per-caller caps")
+	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,7 +99,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	if err != nil {
 		return err
 	}
-	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout, Logger: log})
+	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
+		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log})
 	defer l.Close()
 	log.Info("handshake-edge listening", "addr", l.Addr().String(), "handshaked", o.service, "backend", o.backend)
 	if ready != nil {

@@ -1,0 +1,120 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	handshaked "github.com/handshaked/handshaked/clients/go"
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/servicetest"
+)
+
+// flood opens n connections to l, half of them silent, half stopping
+// partway through a ClientHello (a record header announcing 200 bytes and
+// the first two), and waits until the edge holds them all as pending.
+func flood(t *testing.T, l *Listener, n int) []net.Conn {
+	t.Helper()
+	var conns []net.Conn
+	for i := range n {
+		c, err := net.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		if i%2 == 1 {
+			_, err := c.Write([]byte{22, 3, 1, 0, 200, 1, 0})
+			require.NoError(t, err)
+		}
+		conns = append(conns, c)
+	}
+	require.Eventually(t, func() bool { return l.pending.len() == n }, 10*time.Second, 5*time.Millisecond,
+		"the edge did not accept the flood")
+	return conns
+}
+
+// assertClosed checks that the edge closes c within 10 s, sending
+// nothing: an end of file, or a reset if the edge closed it with bytes of
+// a partial ClientHello unread.
+func assertClosed(t *testing.T, c net.Conn, msgAndArgs ...any) {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	b, err := io.ReadAll(c)
+	if errors.Is(err, syscall.ECONNRESET) {
+		err = nil
+	}
+	assert.NoError(t, err, msgAndArgs...)
+	assert.Empty(t, b, msgAndArgs...)
+}
+
+// TestSilentClientsCostOnlyTheEdge reproduces issue 13's first attack,
+// scaled down: more idle and half-sent connections to the edge than the
+// service has in-flight slots. They must cost the service nothing: while
+// they are open, a caller of the service signs and a real TLS client
+// completes its handshake through the same edge.
+func TestSilentClientsCostOnlyTheEdge(t *testing.T) {
+	const inFlight = 8
+	srv := servicetest.Start(t, service.Options{Limits: service.Limits{MaxInFlight: inFlight}})
+	key := srv.ServerKey(t, "flood-ec", "p256-pkcs8.pem", "ec.test")
+	// The edge has its own connection to the service, as in production.
+	edgeClient, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure())
+	require.NoError(t, err)
+	t.Cleanup(func() { edgeClient.Close() })
+	for _, unary := range []bool{false, true} {
+		l, conns := listen(t, &Config{
+			Client: edgeClient, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, Unary: unary,
+			// The flood stays for the whole test.
+			HandshakeTimeout: time.Minute, ClientHelloTimeout: time.Minute,
+		})
+		flood(t, l, 4*inFlight)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _, err := handshaked.New(srv.Conn).Sign(ctx, key.ID, 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, []byte("during the flood"), nil)
+		require.NoError(t, err, "unary=%v: a caller of the service was refused during the flood", unary)
+
+		client, _ := dial(t, l, &tls.Config{ServerName: key.Name, RootCAs: key.Pool})
+		exchange(t, client, accept(t, conns), []byte("through the flood"))
+	}
+}
+
+// TestPendingHandshakesEvictOldest: past MaxPendingHandshakes, each new
+// connection closes the oldest pending one, so a client that sends its
+// ClientHello at once gets through a flood bigger than the cap.
+func TestPendingHandshakesEvictOldest(t *testing.T) {
+	s := newTestService(t)
+	const maxPending = 4
+	l, conns := listen(t, &Config{Client: s.client, Handshake: s.config(), MaxPendingHandshakes: maxPending,
+		HandshakeTimeout: time.Minute, ClientHelloTimeout: time.Minute})
+	silent := flood(t, l, maxPending)
+	for range maxPending {
+		c, err := net.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+	}
+	for i, c := range silent {
+		assertClosed(t, c, "pending connection %d was not closed when newer ones came", i)
+	}
+	assert.LessOrEqual(t, l.pending.len(), maxPending)
+
+	client, _ := dial(t, l, s.clientConfig(0, tls.VersionTLS13, true))
+	exchange(t, client, accept(t, conns), []byte("past the evictions"))
+}
+
+// TestClientHelloTimeout: a connection that does not complete its
+// ClientHello in time is closed, though the handshake timeout is far off.
+func TestClientHelloTimeout(t *testing.T) {
+	s := newTestService(t)
+	l, _ := listen(t, &Config{Client: s.client, Handshake: s.config(), HandshakeTimeout: time.Minute, ClientHelloTimeout: 200 * time.Millisecond})
+	for _, c := range flood(t, l, 2) {
+		assertClosed(t, c, "a connection without a ClientHello outlived the ClientHello timeout")
+	}
+	assert.Eventually(t, func() bool { return l.pending.len() == 0 }, 5*time.Second, 5*time.Millisecond)
+}
