@@ -30,6 +30,7 @@ import (
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/grpckeepalive"
 )
 
 func main() {
@@ -114,13 +115,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 
 func (o *options) dial() (*handshaked.Client, error) {
 	if o.caFile == "" && o.certFile == "" {
-		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(30*time.Second, 10*time.Second))
+		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
 	}
 	cfg, err := handshaked.TLSConfigFromFiles(o.caFile, o.certFile, o.keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(30*time.Second, 10*time.Second))
+	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
 }
 
 var versions = map[string]pb.TLSVersion{"1.2": pb.TLSVersion_TLS_VERSION_1_2, "1.3": pb.TLSVersion_TLS_VERSION_1_3}
