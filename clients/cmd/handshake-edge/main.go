@@ -236,16 +236,10 @@ func serveEcho(ctx context.Context, l net.Listener, idle time.Duration, log *slo
 const maxEchoBody = 64 << 20
 
 // echo describes the request and the TLS connection it came on; a POST or
-// PUT body is sent back as is.
+// PUT body is sent back as it arrives.
 func echo(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost || r.Method == http.MethodPut {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEchoBody))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Write(body)
+		echoBody(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -255,6 +249,33 @@ func echo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprint(w, describe(c.ConnectionState()))
+}
+
+// echoBody streams the request body back, so that a request holds one
+// copy buffer of it, never the whole body (three 60 MiB POSTs used to hold
+// half a gigabyte). A body announced longer than maxEchoBody is refused
+// before it is read; a chunked one that grows past it is cut off, and the
+// connection with it.
+func echoBody(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > maxEchoBody {
+		http.Error(w, fmt.Sprintf("request body over %d bytes", maxEchoBody), http.StatusRequestEntityTooLarge)
+		return
+	}
+	// An HTTP/1 server reads the rest of the body before it writes a
+	// response, unless the handler reads and writes at once.
+	if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if r.ContentLength >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
+	}
+	if _, err := io.Copy(w, http.MaxBytesReader(w, r.Body, maxEchoBody)); err != nil {
+		// The response has begun: only ending the connection abruptly
+		// tells the client it was cut short.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // describe renders a connection's negotiated parameters.
