@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -54,6 +55,23 @@ func assertClosed(t *testing.T, c net.Conn, msgAndArgs ...any) {
 	assert.Empty(t, b, msgAndArgs...)
 }
 
+// countingService counts the handshake sessions the edge opens in the
+// real service behind it.
+type countingService struct {
+	Service
+	opened atomic.Int32
+}
+
+func (c *countingService) HandshakeStream(ctx context.Context) (pb.Handshake_StreamClient, error) {
+	c.opened.Add(1)
+	return c.Service.HandshakeStream(ctx)
+}
+
+func (c *countingService) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
+	c.opened.Add(1)
+	return c.Service.StartHandshake(ctx, cfg, input)
+}
+
 // TestSilentClientsCostOnlyTheEdge reproduces issue 13's first attack,
 // scaled down: more idle and half-sent connections to the edge than the
 // service has in-flight slots. They must cost the service nothing: while
@@ -68,12 +86,15 @@ func TestSilentClientsCostOnlyTheEdge(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { edgeClient.Close() })
 	for _, unary := range []bool{false, true} {
+		svc := &countingService{Service: edgeClient}
 		l, conns := listen(t, &Config{
-			Client: edgeClient, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, Unary: unary,
+			Client: svc, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, Unary: unary,
 			// The flood stays for the whole test.
 			HandshakeTimeout: time.Minute, ClientHelloTimeout: time.Minute,
 		})
 		flood(t, l, 4*inFlight)
+		// Whatever the service's limits, the flood opened nothing there.
+		assert.Zero(t, svc.opened.Load(), "unary=%v: sessions opened in the service for clients without a ClientHello", unary)
 
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -82,6 +103,7 @@ func TestSilentClientsCostOnlyTheEdge(t *testing.T) {
 
 		client, _ := dial(t, l, &tls.Config{ServerName: key.Name, RootCAs: key.Pool})
 		exchange(t, client, accept(t, conns), []byte("through the flood"))
+		assert.Equal(t, int32(1), svc.opened.Load(), "unary=%v", unary)
 	}
 }
 
