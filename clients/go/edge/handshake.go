@@ -397,17 +397,19 @@ func (l *Listener) acceptLoop() {
 			return
 		}
 		backoff = 0
-		if evicted := l.pending.add(raw); evicted != nil {
+		pc, evicted := l.pending.add(raw)
+		if evicted != nil {
 			l.logger().Debug("too many pending TLS handshakes; closed the oldest", "remote", evicted.RemoteAddr().String())
 			evicted.Close()
 		}
-		go l.serve(raw)
+		go l.serve(pc)
 	}
 }
 
 // serve runs the handshake of one accepted connection and hands the
 // connection to Accept.
-func (l *Listener) serve(raw net.Conn) {
+func (l *Listener) serve(pc *pendingConn) {
+	raw := pc.Conn
 	deadline := time.Now().Add(l.cfg.timeout())
 	ctx, cancel := context.WithDeadline(l.ctx, deadline)
 	defer cancel()
@@ -418,11 +420,12 @@ func (l *Listener) serve(raw net.Conn) {
 		select {
 		case l.sem <- struct{}{}:
 			slot = true
+		case <-pc.evicted:
 		case <-ctx.Done():
 			err = fmt.Errorf("edge: waiting for a handshake slot: %w", ctx.Err())
 		}
 	}
-	if !l.pending.remove(raw) && err == nil {
+	if !l.pending.remove(pc) && err == nil {
 		err = errors.New("edge: closed as the oldest pending handshake")
 	}
 	var c *Conn
@@ -456,44 +459,49 @@ func (l *Listener) serve(raw net.Conn) {
 type pendingConns struct {
 	max  int
 	mu   sync.Mutex
-	list *list.List // of net.Conn
-	elem map[net.Conn]*list.Element
+	list *list.List // of *pendingConn
 }
 
-// add adds c and returns the oldest connection, taken out, if there were
-// already max.
-func (p *pendingConns) add(c net.Conn) (evicted net.Conn) {
+// pendingConn is a connection in pendingConns.
+type pendingConn struct {
+	net.Conn
+	elem    *list.Element
+	evicted chan struct{} // closed when it is taken out for a newer one
+}
+
+// add adds c; if there were already max, it takes the oldest out and
+// returns it too.
+func (p *pendingConns) add(c net.Conn) (added, evicted *pendingConn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.elem == nil {
-		p.elem = map[net.Conn]*list.Element{}
-	}
 	if p.list.Len() >= p.max {
-		evicted = p.list.Remove(p.list.Front()).(net.Conn)
-		delete(p.elem, evicted)
+		evicted = p.list.Remove(p.list.Front()).(*pendingConn)
+		close(evicted.evicted)
 	}
-	p.elem[c] = p.list.PushBack(c)
-	return evicted
+	added = &pendingConn{Conn: c, evicted: make(chan struct{})}
+	added.elem = p.list.PushBack(added)
+	return added, evicted
 }
 
 // remove takes c out; false if it was no longer there (evicted).
-func (p *pendingConns) remove(c net.Conn) bool {
+func (p *pendingConns) remove(c *pendingConn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	e, ok := p.elem[c]
-	if ok {
-		p.list.Remove(e)
-		delete(p.elem, c)
+	select {
+	case <-c.evicted:
+		return false
+	default:
 	}
-	return ok
+	p.list.Remove(c.elem)
+	return true
 }
 
 // closeAll closes every pending connection.
 func (p *pendingConns) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for c := range p.elem {
-		c.Close()
+	for e := p.list.Front(); e != nil; e = e.Next() {
+		e.Value.(*pendingConn).Close()
 	}
 }
 
