@@ -13,7 +13,6 @@ import (
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
-	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
@@ -93,24 +92,29 @@ func benchPair(b *testing.B, s *testService, localCert tls.Certificate, server s
 
 // BenchmarkSilentClients measures issue 13's first attack: idle TCP
 // connections to the edge, opened 16 at a time, with a caller of the
-// service signing after each batch. It reports how many idle connections
-// it took until that caller was refused (idle-conns-until-refused; 0:
-// never, up to 4× the service's in-flight cap) and what each pending
+// service signing and a TLS client handshaking through the edge after each
+// batch. It reports how many idle connections it took until either failed
+// (idle-conns-until-refused; 0: never, up to 4× the service's caps) and what each pending
 // connection costs the process, edge and service together (heap and
 // stacks, B/pending-conn). Run it once:
 //
 //	go test -run '^$' -bench SilentClients -benchtime 1x ./clients/go/edge/
 func BenchmarkSilentClients(b *testing.B) {
 	const inFlight, step = 64, 16
-	srv := servicetest.Start(b, service.Options{Limits: service.Limits{MaxInFlight: inFlight}})
+	srv := servicetest.Start(b, capped(inFlight))
 	key := srv.ServerKey(b, "flood-ec", "p256-pkcs8.pem", "ec.test")
 	edgeClient, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure())
 	require.NoError(b, err)
 	b.Cleanup(func() { edgeClient.Close() })
 	caller := handshaked.New(srv.Conn)
 	for range b.N {
-		l, _ := listen(b, &Config{Client: edgeClient, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}},
+		l, accepted := listen(b, &Config{Client: edgeClient, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}},
 			HandshakeTimeout: time.Minute, ClientHelloTimeout: time.Minute})
+		go func() {
+			for c := range accepted {
+				c.Close()
+			}
+		}()
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
@@ -130,6 +134,15 @@ func BenchmarkSilentClients(b *testing.B) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_, _, err := caller.Sign(ctx, key.ID, 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, []byte("m"), nil)
 			cancel()
+			if err == nil {
+				// And a TLS client through the edge.
+				var tc *tls.Conn
+				tc, err = tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", l.Addr().String(),
+					&tls.Config{ServerName: key.Name, RootCAs: key.Pool})
+				if err == nil {
+					tc.Close()
+				}
+			}
 			if err != nil && refusedAt == 0 {
 				refusedAt = open
 			}

@@ -72,14 +72,23 @@ func (c *countingService) StartHandshake(ctx context.Context, cfg *pb.HandshakeC
 	return c.Service.StartHandshake(ctx, cfg, input)
 }
 
+// capped is a service whose every cap on what a caller holds at once (calls
+// in flight, streams, handshake sessions) is n, for one caller as for all.
+func capped(n int) service.Options {
+	return service.Options{
+		Limits:    service.Limits{MaxInFlight: n, MaxInFlightPerCaller: n, MaxStreams: n, MaxStreamsPerCaller: n},
+		Handshake: service.HandshakeOptions{MaxSessions: n, MaxSessionsPerCaller: n},
+	}
+}
+
 // TestSilentClientsCostOnlyTheEdge reproduces issue 13's first attack,
 // scaled down: more idle and half-sent connections to the edge than the
-// service has in-flight slots. They must cost the service nothing: while
+// service has slots. They must cost the service nothing: while
 // they are open, a caller of the service signs and a real TLS client
 // completes its handshake through the same edge.
 func TestSilentClientsCostOnlyTheEdge(t *testing.T) {
 	const inFlight = 8
-	srv := servicetest.Start(t, service.Options{Limits: service.Limits{MaxInFlight: inFlight}})
+	srv := servicetest.Start(t, capped(inFlight))
 	key := srv.ServerKey(t, "flood-ec", "p256-pkcs8.pem", "ec.test")
 	// The edge has its own connection to the service, as in production.
 	edgeClient, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure())
