@@ -149,3 +149,34 @@ func TestClientHelloTimeout(t *testing.T) {
 	}
 	assert.Eventually(t, func() bool { return l.pending.len() == 0 }, 5*time.Second, 5*time.Millisecond)
 }
+
+// TestTrickledClientHello: a client whose ClientHello arrives one byte per
+// TCP segment, and one that splits it into many records, complete their
+// handshakes: the edge waits for the whole message, not the first read.
+func TestTrickledClientHello(t *testing.T) {
+	s := newTestService(t)
+	svc := &countingService{Service: s.client}
+	l, conns := listen(t, &Config{Client: svc, Handshake: s.config()})
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		raw, err := net.Dial("tcp", l.Addr().String())
+		require.NoError(t, err)
+		client := tls.Client(&clientConn{Conn: raw, trickle: true, corruptAt: -1}, s.clientConfig(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, version, true))
+		t.Cleanup(func() { client.Close() })
+		require.NoError(t, client.Handshake())
+		exchange(t, client, accept(t, conns), []byte("after a trickled ClientHello"))
+	}
+	assert.Equal(t, int32(2), svc.opened.Load())
+
+	// The same ClientHello in 16-byte records, sent at once.
+	raw, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	defer raw.Close()
+	hello := goClientHello(t)
+	_, err = raw.Write(fragment(hello, 16))
+	require.NoError(t, err)
+	require.NoError(t, raw.SetReadDeadline(time.Now().Add(10*time.Second)))
+	hdr := make([]byte, 5)
+	_, err = io.ReadFull(raw, hdr)
+	require.NoError(t, err)
+	assert.Equal(t, []byte{22, 3, 3}, hdr[:3], "the edge answered a fragmented ClientHello with other than a ServerHello record")
+}
