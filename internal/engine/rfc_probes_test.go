@@ -778,10 +778,16 @@ func TestProbeSecondFlightTLS13(t *testing.T) {
 			f[len(f)-1] ^= 1
 			return c.seal(record.Handshake, f)
 		}, alertDecryptError},
-		{"4.4.4 truncated verify_data is refused", func(c *client13) []byte {
+		// verify_data is opaque[Hash.length]: a Finished of another length
+		// cannot be decoded (Section 6.2), as OpenSSL answers.
+		{"4.4.4 Finished of Hash.length-1 bytes is decode_error", func(c *client13) []byte {
 			f := c.finished()
 			return c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 31}, f[4:35]...))
-		}, alertDecryptError},
+		}, alertDecodeError},
+		{"4.4.4 Finished of Hash.length+1 bytes is decode_error", func(c *client13) []byte {
+			f := c.finished()
+			return c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 33}, append(f[4:], 0)...))
+		}, alertDecodeError},
 		// Section 4.5: EndOfEarlyData only after accepted early data.
 		{"4.5 EndOfEarlyData without early data is unexpected_message", func(c *client13) []byte {
 			return c.seal(record.Handshake, []byte{typeEndOfEarlyData, 0, 0, 0})
@@ -1138,6 +1144,15 @@ func TestProbeSecondFlightTLS12(t *testing.T) {
 			f[len(f)-1] ^= 1
 			return slices.Concat(ccs, c.seal(record.Handshake, f))
 		}, alertDecryptError},
+		// Section 7.4.9: verify_data[verify_data_length], 12 bytes here; a
+		// Finished of another length cannot be decoded.
+		{"RFC 5246 7.4.9 Finished of 13 bytes is decode_error", func(c *client12) []byte {
+			f := c.finished()
+			return slices.Concat(ccs, c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 13}, append(f[4:], 0)...)))
+		}, alertDecodeError},
+		{"RFC 5246 7.4.9 empty Finished is decode_error", func(c *client12) []byte {
+			return slices.Concat(ccs, c.seal(record.Handshake, []byte{typeFinished, 0, 0, 0}))
+		}, alertDecodeError},
 		// Section 6.2.3.3: a record that does not authenticate is
 		// bad_record_mac.
 		{"RFC 5246 6.2.3.3 record that fails to authenticate is bad_record_mac", func(c *client12) []byte {
