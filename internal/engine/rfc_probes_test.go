@@ -828,6 +828,9 @@ func TestProbeSecondFlightTLS13(t *testing.T) {
 		{"5.4 empty protected handshake fragment is unexpected_message", func(c *client13) []byte {
 			return c.sealInner([]byte{byte(record.Handshake)})
 		}, alertUnexpectedMessage},
+		{"5.4 empty protected alert is unexpected_message", func(c *client13) []byte {
+			return c.sealInner([]byte{byte(record.Alert)})
+		}, alertUnexpectedMessage},
 		{"5.4 inner plaintext without a content type is unexpected_message", func(c *client13) []byte {
 			return c.sealInner(make([]byte, 8))
 		}, alertUnexpectedMessage},
@@ -875,14 +878,32 @@ func TestProbeSecondFlightTLS13(t *testing.T) {
 	}
 	// The correct Finished completes the handshake: the client above is
 	// right, so the refusals are the probes' doing.
-	t.Run("4.4.4 correct Finished completes", func(t *testing.T) {
-		c := dial13(t, probeConfig(t), hello13())
-		_, err := c.conn.Write(c.seal(record.Handshake, c.finished()))
-		require.NoError(t, err)
-		c.conn.Close()
-		out := <-c.done
-		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
-	})
+	for _, tc := range []struct {
+		name   string
+		flight func(c *client13) []byte
+	}{
+		{"4.4.4 correct Finished completes", func(c *client13) []byte { return c.seal(record.Handshake, c.finished()) }},
+		// Section 5.4: padding is the sender's choice, up to the limit.
+		{"5.4 padded Finished completes", func(c *client13) []byte {
+			rec, err := c.out.Seal(nil, record.Handshake, c.finished(), 1<<14-36)
+			require.NoError(t, err)
+			return rec
+		}},
+		// Section 5.1: a message may span records.
+		{"5.1 Finished across two protected records completes", func(c *client13) []byte {
+			f := c.finished()
+			return slices.Concat(c.seal(record.Handshake, f[:3]), c.seal(record.Handshake, f[3:]))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial13(t, probeConfig(t), hello13())
+			_, err := c.conn.Write(tc.flight(c))
+			require.NoError(t, err)
+			c.conn.Close()
+			out := <-c.done
+			require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+		})
+	}
 }
 
 // certificate13 is a TLS 1.3 Certificate message with context and one entry
@@ -1267,4 +1288,24 @@ func TestProbeVersionNegotiation(t *testing.T) {
 			assert.Truef(t, bytes.Equal(tc.hello.sessionID, sid), "legacy_session_id_echo %x, sent %x", sid, tc.hello.sessionID)
 		})
 	}
+}
+
+// TestProbeNoResumptionTLS12: the engine never resumes, so a TLS 1.2
+// ClientHello offering a session (ID or ticket) gets a full handshake:
+// RFC 5246, Section 7.4.1.3 has a server that does not resume answer with a
+// session_id other than the client's, and RFC 5077, Section 3.2 has it send
+// no SessionTicket extension unless it will issue a ticket.
+func TestProbeNoResumptionTLS12(t *testing.T) {
+	hello := hello12().with(rawExt{35, bytes.Repeat([]byte{0x7a}, 100)}) // session_ticket
+	hello.sessionID = bytes.Repeat([]byte{0x5e}, 32)
+	res := probeHello(t, probeConfig(t), hello.record())
+	require.Nil(t, res.alert, "alert %v; engine: %s", alertName(res.alert), res.engine.Reason)
+	msgs, _ := plaintextMessages(t, res.received)
+	require.GreaterOrEqual(t, len(msgs), 2)
+	sh := parseServerHello(t, msgs[0])
+	sid := msgs[0].body[2+32+1 : 2+32+1+int(msgs[0].body[2+32])]
+	assert.NotEqual(t, hello.sessionID, []byte(sid), "session_id echoed: the client would take it for resumption")
+	_, ok := sh.ext(35)
+	assert.False(t, ok, "SessionTicket extension without a ticket to issue")
+	assert.Equal(t, typeCertificate, msgs[1].typ, "a full handshake")
 }
