@@ -262,6 +262,13 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// Section 9.2: mandatory extensions.
 		{"9.2 no supported_groups is missing_extension", base.without(xSupportedGroups).record(), alertMissingExtension},
 		{"9.2 no signature_algorithms is missing_extension", base.without(xSignatureAlgs).record(), alertMissingExtension},
+		// "If containing a "supported_groups" extension, it MUST also
+		// contain a "key_share" extension, and vice versa", PSK or not.
+		{"9.2 supported_groups without key_share is missing_extension", base.without(xKeyShare).record(), alertMissingExtension},
+		{"9.2 key_share without supported_groups with a PSK is missing_extension", base.without(xSupportedGroups).with(pskModesDHE).with(psk).record(), alertMissingExtension},
+		// With pre_shared_key, signature_algorithms and supported_groups
+		// are optional (Section 9.2): such a ClientHello is well formed,
+		// and, with no resumption, there is nothing in common.
 		// RFC 6066, Section 3: "The ServerNameList MUST NOT contain more
 		// than one name of the same name_type"; HostName<1..2^16-1>, no IP
 		// literals.
