@@ -37,10 +37,20 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	if ch.pskOffered && !ch.has(extensionPSKModes) {
 		return n, fail(alertMissingExtension, "pre_shared_key without psk_key_exchange_modes")
 	}
-	// RFC 8446, Section 9.2: a certificate-based TLS 1.3 ClientHello carries
-	// signature_algorithms, supported_groups and key_share.
-	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups, extensionKeyShare} {
+	// RFC 8446, Section 9.2: supported_groups and key_share come together,
+	// and without pre_shared_key a ClientHello carries signature_algorithms
+	// and supported_groups; else the server "MUST abort the handshake with
+	// a "missing_extension" alert".
+	if ch.has(extensionSupportedGroups) != ch.has(extensionKeyShare) {
+		return n, fail(alertMissingExtension, "TLS 1.3 ClientHello with only one of supported_groups and key_share")
+	}
+	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups} {
 		if !ch.has(ext) {
+			if ch.pskOffered {
+				// A well-formed PSK-only offer; with no resumption, nothing
+				// is left to negotiate (RFC 8446, Section 6.2).
+				return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no extension %d), and the server resumes no session", ext)
+			}
 			return n, fail(alertMissingExtension, "TLS 1.3 ClientHello without extension %d", ext)
 		}
 	}

@@ -269,6 +269,9 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// With pre_shared_key, signature_algorithms and supported_groups
 		// are optional (Section 9.2): such a ClientHello is well formed,
 		// and, with no resumption, there is nothing in common.
+		{"9.2 PSK-only ClientHello is handshake_failure", base.without(xSignatureAlgs).without(xSupportedGroups).without(xKeyShare).
+			with(rawExt{xPSKModes, []byte{1, 0}}).with(psk).record(), alertHandshakeFailure},
+		{"9.2 PSK with (EC)DHE but no signature_algorithms is handshake_failure", base.without(xSignatureAlgs).with(pskModesDHE).with(psk).record(), alertHandshakeFailure},
 		// RFC 6066, Section 3: "The ServerNameList MUST NOT contain more
 		// than one name of the same name_type"; HostName<1..2^16-1>, no IP
 		// literals.
