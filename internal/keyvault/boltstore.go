@@ -14,14 +14,16 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The bolt file holds the check record in bucket "vault" and one nested
+// The bolt file holds the check record and the manifest in bucket "vault"
+// and one nested
 // bucket per key in bucket "keys", whose entries are "key", "v"+version and
 // "m"+version (private key), version as 4 bytes big-endian.
 var (
-	bucketVault = []byte("vault")
-	bucketKeys  = []byte("keys")
-	entryCheck  = []byte("kek-check")
-	entryKey    = []byte("key")
+	bucketVault   = []byte("vault")
+	bucketKeys    = []byte("keys")
+	entryCheck    = []byte("kek-check")
+	entryManifest = []byte("manifest")
+	entryKey      = []byte("key")
 )
 
 const (
@@ -179,10 +181,18 @@ func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 		switch string(name) {
 		case string(bucketVault):
 			return b.ForEach(func(k, v []byte) error {
-				if string(k) != string(entryCheck) || v == nil {
+				var ref RecordRef
+				switch {
+				case v == nil:
+					return unknownEntry(name, k)
+				case string(k) == string(entryCheck):
+					ref = checkRef
+				case string(k) == string(entryManifest):
+					ref = manifestRef
+				default:
 					return unknownEntry(name, k)
 				}
-				return fn(Record{RecordRef: RecordRef{Kind: RecordCheck}, Sealed: v})
+				return fn(Record{RecordRef: ref, Sealed: v})
 			})
 		case string(bucketKeys):
 			return b.ForEach(func(id, v []byte) error {
@@ -227,8 +237,11 @@ func parseEntry(id string, k []byte) (RecordRef, bool) {
 
 // entryName returns the bucket path and entry name of ref.
 func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
-	if ref.Kind == RecordCheck {
+	switch ref.Kind {
+	case RecordCheck:
 		return [][]byte{bucketVault}, entryCheck, nil
+	case RecordManifest:
+		return [][]byte{bucketVault}, entryManifest, nil
 	}
 	if ref.ID == "" {
 		return nil, nil, fmt.Errorf("keyvault: bolt store: %v without key id: %w", ref, ErrInvalidArgument)
@@ -288,6 +301,17 @@ func putRecord(tx *bolt.Tx, r Record) error {
 }
 
 func applyWrite(tx *bolt.Tx, w Write) error {
+	for _, ref := range w.Erase {
+		b, name, err := bucketFor(tx, ref, false)
+		if err != nil {
+			return err
+		}
+		if b != nil {
+			if err := b.Delete(name); err != nil {
+				return err
+			}
+		}
+	}
 	for _, r := range w.Create {
 		b, name, err := bucketFor(tx, r.RecordRef, true)
 		if err != nil {
@@ -303,17 +327,6 @@ func applyWrite(tx *bolt.Tx, w Write) error {
 	for _, r := range w.Put {
 		if err := putRecord(tx, r); err != nil {
 			return err
-		}
-	}
-	for _, ref := range w.Erase {
-		b, name, err := bucketFor(tx, ref, false)
-		if err != nil {
-			return err
-		}
-		if b != nil {
-			if err := b.Delete(name); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

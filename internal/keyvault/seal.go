@@ -13,10 +13,18 @@ import (
 const kekSize = 32
 
 // checkPlaintext is what the check record holds: if it opens to this, the
-// key-encryption key is right and every other record must open too.
-var checkPlaintext = []byte("handshaked key vault check record v1")
+// key-encryption key is right and every other record must open too. v2
+// says the store has a manifest; a v1 store (written before manifests) is
+// upgraded when it is opened.
+var (
+	checkPlaintext   = []byte("handshaked key vault check record v2")
+	checkPlaintextV1 = []byte("handshaked key vault check record v1")
+)
 
-var checkRef = RecordRef{Kind: RecordCheck}
+var (
+	checkRef    = RecordRef{Kind: RecordCheck}
+	manifestRef = RecordRef{Kind: RecordManifest}
+)
 
 // sealer seals records with AES-256-GCM under the key-encryption key. Each
 // seal draws a fresh random 96-bit nonce (cipher.NewGCMWithRandomNonce
@@ -47,6 +55,8 @@ func associatedData(ref RecordRef) []byte {
 	switch ref.Kind {
 	case RecordCheck:
 		return []byte(prefix + "kek-check")
+	case RecordManifest:
+		return []byte(prefix + "manifest")
 	case RecordKey:
 		return []byte(prefix + "key/" + ref.ID)
 	case RecordVersion:
@@ -90,6 +100,23 @@ type versionRecord struct {
 	CreateTime time.Time `json:"create_time"`
 	PublicKey  []byte    `json:"public_key"` // PKIX DER
 	Chain      [][]byte  `json:"chain,omitempty"`
+}
+
+// manifestRecord is the plaintext of the RecordManifest: the store's
+// revision, counted up by every commit, and an entry for every other record.
+type manifestRecord struct {
+	Revision uint64          `json:"revision"`
+	Records  []manifestEntry `json:"records"`
+}
+
+// manifestEntry binds one record to the revision that wrote it and to the
+// SHA-256 of its sealed bytes.
+type manifestEntry struct {
+	Kind     RecordKind `json:"kind"`
+	ID       string     `json:"id,omitempty"`
+	Version  uint32     `json:"version,omitempty"`
+	Revision uint64     `json:"revision"`
+	SHA256   []byte     `json:"sha256"`
 }
 
 func (s sealer) sealJSON(ref RecordRef, v any) (Record, error) {

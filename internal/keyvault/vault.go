@@ -12,6 +12,7 @@ import (
 	"cmp"
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
@@ -48,6 +49,13 @@ type Vault struct {
 	store  Store
 	sealer sealer
 
+	// revision and entries are what the store's manifest says: the
+	// revision of the last commit and, for every record but the manifest,
+	// the revision that wrote it and its digest. commit updates them; the
+	// caller holds writeMu.
+	revision uint64
+	entries  map[RecordRef]recordEntry
+
 	// writeMu serializes changes: each reads the current state, commits the
 	// new one to the store and only then publishes it in keys. Key
 	// operations never take it.
@@ -81,30 +89,83 @@ type versionState struct {
 	signer     crypto.Signer // nil once destroyed
 }
 
+type recordEntry struct {
+	revision uint64
+	digest   [sha256.Size]byte
+}
+
 // New opens every record of store under kek (32 bytes) and returns a vault
-// serving them. A wrong kek fails with ErrWrongKEK, a record that does not
-// open or does not fit with ErrCorrupted naming the record. On success the
-// vault owns store and closes it in Close; the caller keeps kek and should
-// clear it.
+// serving them; an empty store becomes a new vault. A wrong kek fails with
+// ErrWrongKEK; a record that does not open, does not fit, or is not the one
+// the store's manifest lists (an older copy spliced back) with ErrCorrupted
+// naming the record. On success the vault owns store and closes it in
+// Close; the caller keeps kek and should clear it.
 func New(ctx context.Context, store Store, kek []byte) (*Vault, error) {
+	return newVault(ctx, store, kek, true)
+}
+
+// Open is New for a store that must already hold a vault: an empty store
+// fails with ErrEmptyStore and is left empty, so that a wrong path or a lost
+// disk does not silently become a new, empty vault.
+func Open(ctx context.Context, store Store, kek []byte) (*Vault, error) {
+	return newVault(ctx, store, kek, false)
+}
+
+func newVault(ctx context.Context, store Store, kek []byte, create bool) (*Vault, error) {
 	s, err := newSealer(kek)
 	if err != nil {
 		return nil, err
 	}
-	v := &Vault{store: store, sealer: s, keys: make(map[string]*keyState)}
-	if err := v.load(ctx); err != nil {
+	v := &Vault{store: store, sealer: s, keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry)}
+	if err := v.load(ctx, create); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
-func (v *Vault) load(ctx context.Context) error {
-	var check *Record
+// commit commits w together with the manifest it leads to, and makes that
+// manifest the vault's. The caller holds writeMu (or is New).
+func (v *Vault) commit(ctx context.Context, w Write) error {
+	rev := v.revision + 1
+	entries := maps.Clone(v.entries)
+	for _, ref := range w.Erase {
+		delete(entries, ref)
+	}
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		entries[r.RecordRef] = recordEntry{revision: rev, digest: sha256.Sum256(r.Sealed)}
+	}
+	m := manifestRecord{Revision: rev, Records: make([]manifestEntry, 0, len(entries))}
+	for _, ref := range slices.SortedFunc(maps.Keys(entries), compareRefs) {
+		e := entries[ref]
+		m.Records = append(m.Records, manifestEntry{Kind: ref.Kind, ID: ref.ID, Version: ref.Version, Revision: e.revision, SHA256: e.digest[:]})
+	}
+	rec, err := v.sealer.sealJSON(manifestRef, m)
+	if err != nil {
+		return err
+	}
+	w.Put = append(slices.Clone(w.Put), rec)
+	if err := v.store.Commit(ctx, w); err != nil {
+		return err
+	}
+	v.revision, v.entries = rev, entries
+	return nil
+}
+
+func compareRefs(a, b RecordRef) int {
+	return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Kind, b.Kind))
+}
+
+func (v *Vault) load(ctx context.Context, create bool) (err error) {
+	var check, manifest *Record
+	var all []Record // every record but the manifest
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
-	err := v.store.Scan(ctx, func(r Record) error {
+	err = v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
+		case RecordManifest:
+			dup = manifest != nil
+			manifest = &r
 		case RecordCheck:
 			dup = check != nil
 			check = &r
@@ -120,6 +181,9 @@ func (v *Vault) load(ctx context.Context) error {
 		if dup {
 			return fmt.Errorf("keyvault: %v: stored twice: %w", r.RecordRef, ErrCorrupted)
 		}
+		if r.Kind != RecordManifest {
+			all = append(all, r)
+		}
 		return nil
 	})
 	if err != nil {
@@ -127,17 +191,41 @@ func (v *Vault) load(ctx context.Context) error {
 	}
 
 	if check == nil {
-		if len(keyRecords) > 0 || len(versionRecords) > 0 {
+		switch {
+		case len(all) > 0 || manifest != nil:
 			return fmt.Errorf("keyvault: %v is missing: %w", checkRef, ErrCorrupted)
+		case !create:
+			return ErrEmptyStore
 		}
 		// A new store. The check record lets a later start with another
 		// KEK be told so, rather than that every record is corrupted.
-		if err := v.store.Commit(ctx, Write{Create: []Record{v.sealer.seal(checkRef, checkPlaintext)}}); err != nil {
+		if err := v.commit(ctx, Write{Create: []Record{v.sealer.seal(checkRef, checkPlaintext)}}); err != nil {
 			return fmt.Errorf("keyvault: write %v: %w", checkRef, err)
 		}
 		return nil
 	}
-	if plaintext, err := v.sealer.open(*check); err != nil || !bytes.Equal(plaintext, checkPlaintext) {
+	plaintext, err := v.sealer.open(*check)
+	switch {
+	case err == nil && bytes.Equal(plaintext, checkPlaintext):
+		if manifest == nil {
+			return fmt.Errorf("keyvault: %v is missing: %w", manifestRef, ErrCorrupted)
+		}
+		if err := v.checkManifest(*manifest, all); err != nil {
+			return err
+		}
+	case err == nil && bytes.Equal(plaintext, checkPlaintextV1) && manifest == nil:
+		// A store written before manifests: what it holds is taken as it
+		// is, once. The upgrade erases the v1 check record, so that no copy
+		// of it is left to pass a later store off as one without a manifest.
+		for _, r := range all {
+			v.entries[r.RecordRef] = recordEntry{digest: sha256.Sum256(r.Sealed)}
+		}
+		defer func() {
+			if err == nil {
+				err = v.commit(ctx, Write{Erase: []RecordRef{checkRef}, Put: []Record{v.sealer.seal(checkRef, checkPlaintext)}})
+			}
+		}()
+	default:
 		return fmt.Errorf("keyvault: the %v does not open: %w", checkRef, ErrWrongKEK)
 	}
 
@@ -151,10 +239,48 @@ func (v *Vault) load(ctx context.Context) error {
 	}
 	v.ids = ids
 	if len(versionRecords) > 0 {
-		leftover := slices.SortedFunc(maps.Keys(versionRecords), func(a, b RecordRef) int {
-			return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Kind, b.Kind))
-		})[0]
+		leftover := slices.SortedFunc(maps.Keys(versionRecords), compareRefs)[0]
 		return fmt.Errorf("keyvault: %v belongs to no key: %w", leftover, ErrCorrupted)
+	}
+	return nil
+}
+
+// checkManifest opens the manifest and requires records to be exactly the
+// ones it lists: each written by the revision it names, with its digest. A
+// record of an older revision copied back (from a free page of the file or
+// a backup) is refused; so is a listed record that is missing or an
+// unlisted one.
+func (v *Vault) checkManifest(r Record, records []Record) error {
+	var m manifestRecord
+	if err := v.sealer.openJSON(r, &m); err != nil {
+		return err
+	}
+	for _, e := range m.Records {
+		ref := RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}
+		_, dup := v.entries[ref]
+		if dup || ref.Kind == RecordManifest || len(e.SHA256) != sha256.Size || e.Revision > m.Revision {
+			return fmt.Errorf("keyvault: %v: bad entry for %v: %w", manifestRef, ref, ErrCorrupted)
+		}
+		v.entries[ref] = recordEntry{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256)}
+	}
+	v.revision = m.Revision
+	seen := make(map[RecordRef]bool, len(records))
+	for _, rec := range records {
+		e, ok := v.entries[rec.RecordRef]
+		if !ok {
+			return fmt.Errorf("keyvault: %v is not in the %v: %w", rec.RecordRef, manifestRef, ErrCorrupted)
+		}
+		if sha256.Sum256(rec.Sealed) != e.digest {
+			return fmt.Errorf("keyvault: %v is not the one revision %d wrote (an older copy spliced back?): %w", rec.RecordRef, e.revision, ErrCorrupted)
+		}
+		seen[rec.RecordRef] = true
+	}
+	if len(seen) != len(v.entries) {
+		for _, ref := range slices.SortedFunc(maps.Keys(v.entries), compareRefs) {
+			if !seen[ref] {
+				return fmt.Errorf("keyvault: %v is missing: %w", ref, ErrCorrupted)
+			}
+		}
 	}
 	return nil
 }
