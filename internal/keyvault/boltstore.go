@@ -8,10 +8,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // The bolt file holds the check record and the manifest in bucket "vault"
@@ -34,12 +37,35 @@ const (
 // boltOptions never sets NoSync: every commit is fsynced before it returns.
 // The timeout makes a second process opening the same file fail instead of
 // waiting on the file lock forever.
-var boltOptions = &bolt.Options{Timeout: time.Second}
+var boltOptions = bolt.Options{Timeout: time.Second}
+
+// fileSystem is what BoltStore does to the file system besides bbolt's own
+// writes: the renames that commit a rewrite and the directory syncs that
+// make them durable. Tests put a file system there that loses what was not
+// made durable.
+type fileSystem interface {
+	Rename(oldpath, newpath string) error
+	SyncDir(dir string) error
+}
+
+// osFS is the operating system's file system.
+type osFS struct{}
+
+func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+func (osFS) SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}
 
 // BoltStore is the embedded Store: one bbolt file, readable and writable by
 // its owner only.
 type BoltStore struct {
 	path string
+	fs   fileSystem
 
 	// mu is held for writing only while a commit that erases swaps the file.
 	mu sync.RWMutex
@@ -47,10 +73,15 @@ type BoltStore struct {
 }
 
 // OpenBolt opens the bolt store at path, creating it with mode 0600 if it
-// does not exist.
+// does not exist. A damaged file (truncated, or not a bolt file) fails with
+// ErrCorrupted; a file another process holds open fails saying so.
 func OpenBolt(path string) (*BoltStore, error) {
+	return openBolt(path, osFS{})
+}
+
+func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 	_, statErr := os.Stat(path)
-	db, err := bolt.Open(path, 0o600, boltOptions)
+	db, err := openBoltDB(path)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: open bolt store %s: %w", path, err)
 	}
@@ -60,12 +91,60 @@ func OpenBolt(path string) (*BoltStore, error) {
 	if err == nil && errors.Is(statErr, fs.ErrNotExist) {
 		// The new file's directory entry must be durable too, or the first
 		// acknowledged write could vanish with it.
-		err = syncDir(filepath.Dir(path))
+		err = fsys.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("keyvault: open bolt store %s: %w", path, err), db.Close())
 	}
-	return &BoltStore{path: path, db: db}, nil
+	return &BoltStore{path: path, fs: fsys, db: db}, nil
+}
+
+// openBoltDB opens a bolt file and checks that it holds every page its last
+// transaction uses. bbolt trusts the file: a truncated one makes it panic,
+// or fault on a page of the memory map past the end of the file, at open or
+// later at any read. So faults are panics here and a panic is an error. The
+// file descriptor bbolt opened is closed again, but bbolt leaves the file
+// mapped, which keeps its lock until the process exits: handshaked exits on
+// this error anyway.
+func openBoltDB(path string) (db *bolt.DB, err error) {
+	var file *os.File
+	opts := boltOptions
+	opts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		file = f
+		return f, err
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if file != nil {
+				file.Close()
+			}
+			db, err = nil, fmt.Errorf("the file is damaged (truncated or not a bolt file): %v: %w", r, ErrCorrupted)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &opts)
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("another process has it open%s; one store serves one handshaked: %w", lockHolder(path), err)
+	case err == nil:
+	case errors.As(err, new(*fs.PathError)), errors.As(err, new(syscall.Errno)):
+		return nil, err // the file system's error, not the file's content
+	default:
+		return nil, fmt.Errorf("the file is damaged (truncated or not a bolt file): %w: %w", err, ErrCorrupted)
+	}
+	var need int64
+	if err := db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil }); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	fi, err := file.Stat()
+	if err == nil && fi.Size() < need {
+		err = fmt.Errorf("the file is truncated: %d bytes, its last commit needs %d: %w", fi.Size(), need, ErrCorrupted)
+	}
+	if err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	return db, nil
 }
 
 // Close closes the file. Closing twice is not an error.
@@ -134,7 +213,7 @@ func (s *BoltStore) rewrite(w Write) error {
 	if err := removeIfExists(tmp); err != nil {
 		return fmt.Errorf("keyvault: %w", err)
 	}
-	dst, err := bolt.Open(tmp, 0o600, boltOptions)
+	dst, err := openBoltDB(tmp)
 	if err != nil {
 		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
@@ -157,7 +236,7 @@ func (s *BoltStore) rewrite(w Write) error {
 		})
 	})
 	if err == nil {
-		err = os.Rename(tmp, s.path)
+		err = s.fs.Rename(tmp, s.path)
 	}
 	if err != nil {
 		return errors.Join(fmt.Errorf("keyvault: rewrite bolt store: %w", err), dst.Close(), removeIfExists(tmp))
@@ -166,7 +245,7 @@ func (s *BoltStore) rewrite(w Write) error {
 	// closing the old one can only fail to release resources.
 	_ = s.db.Close()
 	s.db = dst
-	if err := syncDir(filepath.Dir(s.path)); err != nil {
+	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
 		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
 	return nil
@@ -337,12 +416,4 @@ func removeIfExists(path string) error {
 		return err
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }
