@@ -139,7 +139,7 @@ func openBoltDB(path string) (db *bolt.DB, err error) {
 	}
 	fi, err := file.Stat()
 	if err == nil && fi.Size() < need {
-		err = fmt.Errorf("the file is truncated: %d bytes, its last commit needs %d: %w", fi.Size(), need, ErrCorrupted)
+		err = fmt.Errorf("the file is damaged (truncated or not a bolt file): %d bytes, its last commit needs %d: %w", fi.Size(), need, ErrCorrupted)
 	}
 	if err != nil {
 		return nil, errors.Join(err, db.Close())
