@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"math/big"
 	"net"
 	"slices"
 	"strings"
@@ -269,4 +270,58 @@ func BenchmarkSignECDSAP256(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestDisabledVersionDoesNoKeyWork: no private-key operation uses a disabled
+// or destroyed version, named by number or as the primary (version 0).
+func TestDisabledVersionDoesNoKeyWork(t *testing.T) {
+	v, _ := newTestVault(t)
+	pub := importTestKey(t, v, "rsa", RSA2048).Versions[0].PublicKey.(*rsa.PublicKey)
+	_, pkcs1 := encryptPremaster(t, pub, tls.VersionTLS12)
+	oaep, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte("data key"), nil)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "x"}}
+	ops := func(version uint32) map[string]func() error {
+		return map[string]func() error{
+			"Sign": func() error {
+				_, err := v.Sign(ctx, "rsa", version, tls.PSSWithSHA256, []byte("m"), false)
+				return err
+			},
+			"Decrypt premaster": func() error {
+				_, err := v.Decrypt(ctx, "rsa", version, DecryptRSAPKCS1TLSPremaster, pkcs1, tls.VersionTLS12)
+				return err
+			},
+			"Decrypt OAEP": func() error {
+				_, err := v.Decrypt(ctx, "rsa", version, DecryptRSAOAEPSHA256, oaep, 0)
+				return err
+			},
+			"CreateCSR": func() error {
+				_, err := v.CreateCSR(ctx, "rsa", version, pkix.Name{CommonName: "x"}, nil, nil)
+				return err
+			},
+			"CreateSelfSignedCertificate": func() error {
+				_, err := v.CreateSelfSignedCertificate(ctx, "rsa", version, tmpl)
+				return err
+			},
+		}
+	}
+	check := func(state string, want error) {
+		t.Helper()
+		for _, version := range []uint32{0, 1} {
+			for name, op := range ops(version) {
+				if want == nil {
+					assert.NoError(t, op(), "%s with %s version %d", name, state, version)
+				} else {
+					assert.ErrorIs(t, op(), want, "%s with %s version %d", name, state, version)
+				}
+			}
+		}
+	}
+	check("enabled", nil)
+	_, err = v.SetVersionEnabled(ctx, "rsa", 1, false)
+	require.NoError(t, err)
+	check("disabled", ErrFailedPrecondition)
+	_, err = v.DestroyVersion(ctx, "rsa", 1)
+	require.NoError(t, err)
+	check("destroyed", ErrFailedPrecondition)
 }
