@@ -265,16 +265,8 @@ func TestMovedRecordsOnlyAADRefuses(t *testing.T) {
 func sealedMaterial(t *testing.T, path string, id string, n uint32) []byte {
 	t.Helper()
 	var sealed []byte
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.View(func(tx *bolt.Tx) error {
-		b, name, err := bucketFor(tx, RecordRef{Kind: RecordMaterial, ID: id, Version: n}, false)
-		if err == nil && b != nil {
-			sealed = bytes.Clone(b.Get(name))
-		}
+	readBolt(t, path, func(tx *bolt.Tx) error {
+		sealed = storedValue(tx, matRef(id, n))
 		return nil
 	})
 	return sealed
@@ -282,53 +274,43 @@ func sealedMaterial(t *testing.T, path string, id string, n uint32) []byte {
 
 func TestDestroyErasesMaterial(t *testing.T) {
 	v, path := newTestVault(t)
-	if _, err := v.Create(ctx, "web", ECDSAP256, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.Rotate(ctx, "web"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := v.SetVersionEnabled(ctx, "web", 1, false); err != nil {
-		t.Fatal(err)
-	}
+	_, err := v.Create(ctx, "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
 	v.Close()
 	sealed := sealedMaterial(t, path, "web", 1)
-	if file, err := os.ReadFile(path); err != nil || len(sealed) == 0 || !bytes.Contains(file, sealed) {
-		t.Fatalf("the sealed private key is not in the file before destruction (%v)", err)
-	}
+	require.NotEmpty(t, sealed)
+	file, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.True(t, bytes.Contains(file, sealed), "the sealed private key is not in the file before destruction")
 
 	v = openTestVault(t, path, testKEK)
-	if _, err := v.DestroyVersion(ctx, "web", 1); err != nil {
-		t.Fatal(err)
-	}
+	_, err = v.DestroyVersion(ctx, "web", 1)
+	require.NoError(t, err)
 	v.Close()
 
 	// Checked before any other write: bbolt is copy-on-write, a later write
 	// might reuse, and so hide, a freed page still holding the key.
-
-	file, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bytes.Contains(file, sealed) || sealedMaterial(t, path, "web", 1) != nil {
-		t.Fatal("the destroyed version's sealed private key is still in the bolt file")
-	}
-	if _, err := os.Stat(rewritePath(path)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("rewrite left %s behind: %v", rewritePath(path), err)
-	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("bolt file mode after rewrite = %v, %v; want 0600", fi.Mode(), err)
-	}
+	file, err = os.ReadFile(path)
+	require.NoError(t, err)
+	assert.False(t, bytes.Contains(file, sealed), "the destroyed version's sealed private key is still in the bolt file")
+	assert.Nil(t, sealedMaterial(t, path, "web", 1))
+	assert.NoFileExists(t, rewritePath(path), "the rewrite left its file behind")
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "bolt file mode after rewrite")
 
 	v = openTestVault(t, path, testKEK)
 	key, err := v.Get(ctx, "web")
-	if err != nil || key.Versions[0].State != StateDestroyed || key.Versions[1].State != StateEnabled {
-		t.Fatalf("reopened = %+v, %v", key, err)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, StateDestroyed, key.Versions[0].State)
+	assert.Equal(t, StateEnabled, key.Versions[1].State)
 	signFails(t, v, "web", 1, ErrFailedPrecondition)
 	signOK(t, v, "web", 2)
 	// The store keeps working after the rewrite that erased the key.
-	if _, err := v.Create(ctx, "api", Ed25519, nil); err != nil {
-		t.Fatal(err)
-	}
+	_, err = v.Create(ctx, "api", Ed25519, nil)
+	require.NoError(t, err)
 }
