@@ -39,17 +39,22 @@ const (
 // waiting on the file lock forever.
 var boltOptions = bolt.Options{Timeout: time.Second}
 
-// fileSystem is what BoltStore does to the file system besides bbolt's own
-// writes: the renames that commit a rewrite and the directory syncs that
-// make them durable. Tests put a file system there that loses what was not
-// made durable.
+// fileSystem is how BoltStore reaches the file system: the files bbolt
+// opens (and creates), the renames that commit a rewrite and the directory
+// syncs that make a new file or a rename durable. Tests put a file system
+// there that loses what was not made durable.
 type fileSystem interface {
+	OpenFile(name string, flag int, perm os.FileMode) (*os.File, error)
 	Rename(oldpath, newpath string) error
 	SyncDir(dir string) error
 }
 
 // osFS is the operating system's file system.
 type osFS struct{}
+
+func (osFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	return os.OpenFile(name, flag, perm)
+}
 
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
 
@@ -81,7 +86,7 @@ func OpenBolt(path string) (*BoltStore, error) {
 
 func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 	_, statErr := os.Stat(path)
-	db, err := openBoltDB(path)
+	db, err := openBoltDB(path, fsys)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: open bolt store %s: %w", path, err)
 	}
@@ -106,11 +111,11 @@ func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 // file descriptor bbolt opened is closed again, but bbolt leaves the file
 // mapped, which keeps its lock until the process exits: handshaked exits on
 // this error anyway.
-func openBoltDB(path string) (db *bolt.DB, err error) {
+func openBoltDB(path string, fsys fileSystem) (db *bolt.DB, err error) {
 	var file *os.File
 	opts := boltOptions
 	opts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
-		f, err := os.OpenFile(name, flag, perm)
+		f, err := fsys.OpenFile(name, flag, perm)
 		file = f
 		return f, err
 	}
@@ -213,7 +218,7 @@ func (s *BoltStore) rewrite(w Write) error {
 	if err := removeIfExists(tmp); err != nil {
 		return fmt.Errorf("keyvault: %w", err)
 	}
-	dst, err := openBoltDB(tmp)
+	dst, err := openBoltDB(tmp, s.fs)
 	if err != nil {
 		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}

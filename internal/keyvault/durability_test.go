@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -71,12 +72,24 @@ func requireCachestat(t *testing.T, dir string) {
 
 // powerLossFS is the store's file system, able to lose power: what no
 // fsync made durable is lost. Pages of the store file that the page cache
-// still holds dirty are lost (zeroed), and a rename that no sync of its
-// directory made durable is undone.
+// still holds dirty are lost (zeroed), and a file creation or a rename that
+// no sync of its directory made durable is undone.
 type powerLossFS struct {
 	mu      sync.Mutex
+	created []pendingRename // previous is always ""
 	renames []pendingRename
 	n       int
+}
+
+func (p *powerLossFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	_, statErr := os.Stat(name)
+	f, err := os.OpenFile(name, flag, perm)
+	if err == nil && flag&os.O_CREATE != 0 && errors.Is(statErr, fs.ErrNotExist) {
+		p.mu.Lock()
+		p.created = append(p.created, pendingRename{dir: filepath.Dir(name), path: name})
+		p.mu.Unlock()
+	}
+	return f, err
 }
 
 // pendingRename is a rename not yet durable; previous is a hard link to the
@@ -106,15 +119,14 @@ func (p *powerLossFS) SyncDir(dir string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	kept := p.renames[:0]
-	for _, r := range p.renames {
-		if r.dir != dir {
-			kept = append(kept, r)
-		} else if r.previous != "" {
+	durable := func(r pendingRename) bool {
+		if r.dir == dir && r.previous != "" {
 			os.Remove(r.previous)
 		}
+		return r.dir == dir
 	}
-	p.renames = kept
+	p.renames = slices.DeleteFunc(p.renames, durable)
+	p.created = slices.DeleteFunc(p.created, durable)
 	return nil
 }
 
@@ -133,7 +145,12 @@ func (p *powerLossFS) powerLoss(t *testing.T, path string) {
 			require.NoError(t, os.Rename(r.previous, r.path))
 		}
 	}
-	p.renames = nil
+	for _, c := range p.created {
+		if err := os.Remove(c.path); !errors.Is(err, fs.ErrNotExist) {
+			require.NoError(t, err)
+		}
+	}
+	p.renames, p.created = nil, nil
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer f.Close()
@@ -154,9 +171,10 @@ func (p *powerLossFS) powerLoss(t *testing.T, path string) {
 }
 
 // TestAcknowledgedWritesSurvivePowerLoss: every write the vault
-// acknowledged survives a power loss right after it, with bbolt's own
-// writes (fsync per commit) and the rewrite that erases a destroyed key
-// (its rename made durable by a directory sync) alike.
+// acknowledged survives a power loss right after it: in a new store file
+// (its directory entry made durable by a directory sync), with bbolt's own
+// writes (fsync per commit), and after the rewrite that erases a destroyed
+// key (its rename made durable by a directory sync).
 func TestAcknowledgedWritesSurvivePowerLoss(t *testing.T) {
 	dir := t.TempDir()
 	requireCachestat(t, dir)
