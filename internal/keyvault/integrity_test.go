@@ -2,6 +2,7 @@ package keyvault
 
 import (
 	"bytes"
+	"crypto/tls"
 	"os"
 	"path/filepath"
 	"slices"
@@ -181,37 +182,121 @@ func TestOpenRefusesAnEmptyStore(t *testing.T) {
 	signOK(t, v, "web", 1)
 }
 
-// TestUpgradeFromAStoreWithoutManifest opens a store as written before
-// manifests (check record v1, no manifest): it opens, gains a manifest, and
-// keeps no copy of the v1 check record, which could otherwise pass a later
-// store off as one without a manifest.
+// makeV1Store turns the store at path into a v1 one, as written before
+// manifests: every record resealed with v1 associated data, the v1 check
+// record, no manifest.
+func makeV1Store(t *testing.T, path string) {
+	t.Helper()
+	s, err := newSealer(testKEK)
+	require.NoError(t, err)
+	editBolt(t, path, func(tx *bolt.Tx) error {
+		var w Write
+		err := forEachRecord(tx, func(r Record) error {
+			switch r.Kind {
+			case RecordManifest:
+				w.Erase = append(w.Erase, r.RecordRef)
+			case RecordCheck:
+				w.Put = append(w.Put, s.v1().seal(checkRef, checkPlaintextV1))
+			default:
+				plaintext, err := s.open(r)
+				if err != nil {
+					return err
+				}
+				w.Put = append(w.Put, s.v1().seal(r.RecordRef, plaintext))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return applyWrite(tx, w)
+	})
+}
+
+// TestUpgradeFromAStoreWithoutManifest opens a v1 store (no manifest, v1
+// associated data): it opens, is resealed as v2 with a manifest, and keeps
+// no v1 record. A copy of a v1 record (from a backup made before the
+// upgrade) put back with the v1 check record and without the manifest does
+// not open among the v2 records written since: such a splice is refused,
+// not taken for a v1 store.
 func TestUpgradeFromAStoreWithoutManifest(t *testing.T) {
 	v, path := newTestVault(t)
 	importTestKey(t, v, "web", ECDSAP256)
-	v.Close()
-	s, err := newSealer(testKEK)
+	_, err := v.Create(ctx, "api", Ed25519, nil)
 	require.NoError(t, err)
-	v1 := s.seal(checkRef, checkPlaintextV1)
-	editBolt(t, path, func(tx *bolt.Tx) error {
-		return applyWrite(tx, Write{Erase: []RecordRef{manifestRef}, Put: []Record{v1}})
+	v.Close()
+	makeV1Store(t, path)
+	var v1Records []Record
+	readBolt(t, path, func(tx *bolt.Tx) error {
+		return forEachRecord(tx, func(r Record) error {
+			r.Sealed = bytes.Clone(r.Sealed)
+			v1Records = append(v1Records, r)
+			return nil
+		})
 	})
+	require.Len(t, v1Records, 7) // check; web and api: key, version, private key
+	pre := filepath.Join(t.TempDir(), "before-upgrade.db")
+	file, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(pre, file, 0o600))
 
 	v = openTestVault(t, path, testKEK)
 	signOK(t, v, "web", 1)
-	v.Close()
-	file, err := os.ReadFile(path)
+	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
 	require.NoError(t, err)
-	assert.False(t, bytes.Contains(file, v1.Sealed), "the v1 check record is still in the file")
+	v.Close()
+	file, err = os.ReadFile(path)
+	require.NoError(t, err)
+	for _, r := range v1Records {
+		assert.False(t, bytes.Contains(file, r.Sealed), "the v1 %v is still in the file", r.RecordRef)
+	}
 	readBolt(t, path, func(tx *bolt.Tx) error {
 		assert.NotNil(t, storedValue(tx, manifestRef), "no manifest after the upgrade")
 		return nil
 	})
-	v = openTestVault(t, path, testKEK)
-	signOK(t, v, "web", 1)
+	clean := file
 
-	// A store with a manifest never reads as one without.
-	v.Close()
-	editBolt(t, path, removeRecord(manifestRef))
-	_, err = openVault(path, testKEK)
-	assert.ErrorIs(t, err, ErrCorrupted)
+	t.Run("reopened", func(t *testing.T) {
+		v := openTestVault(t, path, testKEK)
+		signFails(t, v, "web", 1, ErrFailedPrecondition)
+		_, err := v.Sign(ctx, "api", 0, tls.Ed25519, []byte("m"), false)
+		assert.NoError(t, err)
+	})
+	t.Run("manifest dropped", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, clean, 0o600))
+		editBolt(t, path, removeRecord(manifestRef))
+		_, err := openVault(path, testKEK)
+		assert.ErrorIs(t, err, ErrCorrupted)
+		assert.ErrorContains(t, err, "manifest is missing")
+	})
+	t.Run("v1 records spliced back, manifest dropped", func(t *testing.T) {
+		// The enabled v1 version record and the v1 check record, from a
+		// copy made before the upgrade; the rest is as written since.
+		require.NoError(t, os.WriteFile(path, clean, 0o600))
+		editBolt(t, path, func(tx *bolt.Tx) error {
+			w := Write{Erase: []RecordRef{manifestRef}}
+			for _, r := range v1Records {
+				if r.RecordRef == checkRef || r.RecordRef == verRef("web", 1) {
+					w.Put = append(w.Put, r)
+				}
+			}
+			return applyWrite(tx, w)
+		})
+		_, err := openVault(path, testKEK)
+		assert.ErrorIs(t, err, ErrCorrupted)
+	})
+	t.Run("v1 check record with a manifest", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, clean, 0o600))
+		i := slices.IndexFunc(v1Records, func(r Record) bool { return r.RecordRef == checkRef })
+		editBolt(t, path, func(tx *bolt.Tx) error { return putRecord(tx, v1Records[i]) })
+		_, err := openVault(path, testKEK)
+		assert.ErrorIs(t, err, ErrCorrupted)
+		assert.ErrorContains(t, err, "a v1 check record in a store with a manifest")
+	})
+	t.Run("the copy made before the upgrade", func(t *testing.T) {
+		// Restoring the whole old file is the limit the README states: it
+		// opens, as the store it was.
+		v := openTestVault(t, pre, testKEK)
+		signOK(t, v, "web", 1)
+	})
 }

@@ -155,12 +155,12 @@ func compareRefs(a, b RecordRef) int {
 	return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Kind, b.Kind))
 }
 
-func (v *Vault) load(ctx context.Context, create bool) (err error) {
+func (v *Vault) load(ctx context.Context, create bool) error {
 	var check, manifest *Record
 	var all []Record // every record but the manifest
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
-	err = v.store.Scan(ctx, func(r Record) error {
+	err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
 		case RecordManifest:
@@ -204,34 +204,33 @@ func (v *Vault) load(ctx context.Context, create bool) (err error) {
 		}
 		return nil
 	}
-	plaintext, err := v.sealer.open(*check)
+	opens := func(s sealer, want []byte) bool {
+		plaintext, err := s.open(*check)
+		return err == nil && bytes.Equal(plaintext, want)
+	}
+	s := v.sealer
 	switch {
-	case err == nil && bytes.Equal(plaintext, checkPlaintext):
+	case opens(s, checkPlaintext):
 		if manifest == nil {
 			return fmt.Errorf("keyvault: %v is missing: %w", manifestRef, ErrCorrupted)
 		}
 		if err := v.checkManifest(*manifest, all); err != nil {
 			return err
 		}
-	case err == nil && bytes.Equal(plaintext, checkPlaintextV1) && manifest == nil:
-		// A store written before manifests: what it holds is taken as it
-		// is, once. The upgrade erases the v1 check record, so that no copy
-		// of it is left to pass a later store off as one without a manifest.
-		for _, r := range all {
-			v.entries[r.RecordRef] = recordEntry{digest: sha256.Sum256(r.Sealed)}
+	case opens(s.v1(), checkPlaintextV1):
+		// A v1 store, written before manifests: what it holds is taken as
+		// it is, once, and resealed below.
+		if manifest != nil {
+			return fmt.Errorf("keyvault: a v1 %v in a store with a manifest: %w", checkRef, ErrCorrupted)
 		}
-		defer func() {
-			if err == nil {
-				err = v.commit(ctx, Write{Erase: []RecordRef{checkRef}, Put: []Record{v.sealer.seal(checkRef, checkPlaintext)}})
-			}
-		}()
+		s = s.v1()
 	default:
 		return fmt.Errorf("keyvault: the %v does not open: %w", checkRef, ErrWrongKEK)
 	}
 
 	ids := slices.Sorted(maps.Keys(keyRecords))
 	for _, id := range ids {
-		k, err := v.openKey(keyRecords[id], versionRecords)
+		k, err := v.openKey(s, keyRecords[id], versionRecords)
 		if err != nil {
 			return err
 		}
@@ -241,6 +240,32 @@ func (v *Vault) load(ctx context.Context, create bool) (err error) {
 	if len(versionRecords) > 0 {
 		leftover := slices.SortedFunc(maps.Keys(versionRecords), compareRefs)[0]
 		return fmt.Errorf("keyvault: %v belongs to no key: %w", leftover, ErrCorrupted)
+	}
+	if s.format != v.sealer.format {
+		return v.upgrade(ctx, s, all)
+	}
+	return nil
+}
+
+// upgrade reseals the records of a v1 store as v2 ones, with a manifest, in
+// one rewrite that erases every v1 record: no copy of them is left in the
+// file, and none of a v1 store opens among v2 records.
+func (v *Vault) upgrade(ctx context.Context, old sealer, records []Record) error {
+	var w Write
+	for _, r := range records {
+		plaintext, err := old.open(r)
+		if err != nil {
+			return err
+		}
+		if r.Kind == RecordCheck {
+			plaintext = bytes.Clone(checkPlaintext)
+		}
+		w.Erase = append(w.Erase, r.RecordRef)
+		w.Put = append(w.Put, v.sealer.seal(r.RecordRef, plaintext))
+		clear(plaintext) // a private key, for material records
+	}
+	if err := v.commit(ctx, w); err != nil {
+		return fmt.Errorf("keyvault: upgrade the store to v2: %w", err)
 	}
 	return nil
 }
@@ -287,12 +312,12 @@ func (v *Vault) checkManifest(r Record, records []Record) error {
 
 // openKey opens a key record and its versions, removing what it uses from
 // versionRecords.
-func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
+func (v *Vault) openKey(s sealer, r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
 	if err := validateID(r.ID); err != nil {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
 	var kr keyRecord
-	if err := v.sealer.openJSON(r, &kr); err != nil {
+	if err := s.openJSON(r, &kr); err != nil {
 		return nil, err
 	}
 	if kr.Versions == 0 {
@@ -309,7 +334,7 @@ func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyStat
 		ref.Kind = RecordMaterial
 		material, hasMaterial := versionRecords[ref]
 		delete(versionRecords, ref)
-		ver, err := v.openVersion(vr, material, hasMaterial)
+		ver, err := v.openVersion(s, vr, material, hasMaterial)
 		if err != nil {
 			return nil, err
 		}
@@ -318,9 +343,9 @@ func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyStat
 	return k, nil
 }
 
-func (v *Vault) openVersion(r, material Record, hasMaterial bool) (*versionState, error) {
+func (v *Vault) openVersion(s sealer, r, material Record, hasMaterial bool) (*versionState, error) {
 	var vr versionRecord
-	if err := v.sealer.openJSON(r, &vr); err != nil {
+	if err := s.openJSON(r, &vr); err != nil {
 		return nil, err
 	}
 	corrupted := fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
@@ -348,7 +373,7 @@ func (v *Vault) openVersion(r, material Record, hasMaterial bool) (*versionState
 	case !hasMaterial:
 		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)
 	}
-	der, err := v.sealer.open(material)
+	der, err := s.open(material)
 	if err != nil {
 		return nil, err
 	}
