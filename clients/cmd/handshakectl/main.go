@@ -5,7 +5,8 @@
 // Keys: list, get, create, import, rotate, enable, disable, destroy,
 // attach-chain, csr, public-key. Operations: sign, decrypt, verify.
 // Handshakes: trace (accept one TLS client, or replay a capture of a
-// client's bytes, and narrate the handshake step by step).
+// client's bytes, and narrate the handshake step by step). version (or
+// -version) prints the build.
 package main
 
 import (
@@ -24,6 +25,7 @@ import (
 	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/buildinfo"
 )
 
 func main() {
@@ -98,7 +100,12 @@ func runEnv(ctx context.Context, args []string, e *env) error {
 	cert := fs.String("cert", "", "client certificate (`PEM`) for mutual TLS")
 	key := fs.String("key", "", "client certificate key (`PEM`)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each call")
+	version := fs.Bool("version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *version || fs.Arg(0) == "version" {
+		_, err := fmt.Fprintln(e.stdout, "handshakectl", buildinfo.Read())
 		return err
 	}
 	if fs.NArg() == 0 {
