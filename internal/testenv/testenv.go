@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 )
@@ -48,3 +49,17 @@ func (b *Buffer) Bytes() []byte {
 }
 
 func (b *Buffer) String() string { return string(b.Bytes()) }
+
+// BuildCommand builds the command in the current directory, as an operator
+// would (go build), into the test's temporary directory and returns the
+// binary's path: for tests of what only the real process shows, such as
+// its exit status and the build information the toolchain stamps into it.
+func BuildCommand(t testing.TB, name string) string {
+	t.Helper()
+	goTool := LookPath(t, "go")
+	bin := filepath.Join(t.TempDir(), name)
+	if out, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, out)
+	}
+	return bin
+}

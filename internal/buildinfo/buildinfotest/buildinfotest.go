@@ -4,7 +4,6 @@ package buildinfotest
 
 import (
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -14,18 +13,14 @@ import (
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
-// CheckVersion builds the command in the current directory, as an operator
-// would, runs it with each of argSets (e.g. -version) in env (added to the
+// CheckVersion builds the command in the current directory, runs it with each of argSets (e.g. -version) in env (added to the
 // test's), and checks that it exits 0 and prints "name" and the build as `go
 // version -m` reads it back: the module version, the VCS revision (where
 // the checkout allows stamping it) and the Go version.
 func CheckVersion(t *testing.T, name string, env []string, argSets ...[]string) {
 	t.Helper()
-	goTool := testenv.LookPath(t, "go")
-	bin := filepath.Join(t.TempDir(), name)
-	out, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "go build:\n%s", out)
-	stamped, err := exec.Command(goTool, "version", "-m", bin).Output()
+	bin := testenv.BuildCommand(t, name)
+	stamped, err := exec.Command(testenv.LookPath(t, "go"), "version", "-m", bin).Output()
 	require.NoError(t, err)
 	var goVersion, version, revision string
 	for i, line := range strings.Split(string(stamped), "\n") {
