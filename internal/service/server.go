@@ -130,6 +130,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		}),
 		runtime.WithMetadata(gatewayMetadata),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
+		runtime.WithErrorHandler(restError),
 	)
 	if err := pb.RegisterKeyVaultHandler(context.Background(), mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
