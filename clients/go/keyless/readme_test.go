@@ -22,7 +22,9 @@ func readmeSnippet(t *testing.T) string {
 	fset := token.NewFileSet()
 	f, err := parser.ParseFile(fset, "example_test.go", src, parser.ParseComments)
 	require.NoError(t, err)
-	text := func(from, to token.Pos) string { return string(src[fset.Position(from).Offset:fset.Position(to).Offset]) }
+	text := func(from, to token.Pos) string {
+		return string(src[fset.Position(from).Offset:fset.Position(to).Offset])
+	}
 	var imports, body string
 	for _, d := range f.Decls {
 		switch d := d.(type) {
