@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // Test PKI, generated once per package run: RSA keygen under -race is slow.
@@ -145,6 +146,7 @@ func (p *testPKI) key(name string) *testKey {
 // over its stored ones.
 type testKeyOps struct {
 	signers map[string]crypto.Signer
+	schemes map[string][]tls.SignatureScheme // what a key says it can do, if not all its type allows
 	failAll bool
 }
 
@@ -153,20 +155,24 @@ func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.Signature
 	if !ok || k.failAll {
 		return nil, fmt.Errorf("no key %q", keyRef)
 	}
-	if scheme == tls.Ed25519 {
-		return s.Sign(rand.Reader, message, crypto.Hash(0))
+	ss, ok := sigscheme.Lookup(scheme)
+	if !ok || !sigscheme.Fits(scheme, s.Public(), tls.VersionTLS12) {
+		return nil, fmt.Errorf("scheme %v does not fit key %q", scheme, keyRef)
 	}
-	h := schemeHash(scheme)
-	hh := h.New()
-	hh.Write(message)
-	digest := hh.Sum(nil)
-	switch scheme {
-	case tls.PSSWithSHA256, tls.PSSWithSHA384, tls.PSSWithSHA512:
-		return rsa.SignPSS(rand.Reader, s.(*rsa.PrivateKey), h, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
-	case tls.PKCS1WithSHA256, tls.PKCS1WithSHA384, tls.PKCS1WithSHA512:
-		return rsa.SignPKCS1v15(rand.Reader, s.(*rsa.PrivateKey), h, digest)
+	return s.Sign(rand.Reader, ss.Digest(message), ss.SignerOpts())
+}
+
+// SignatureSchemes answers as the vault does: what the table says the key
+// can produce at vers, or schemes[keyRef] when a test limits a key.
+func (k *testKeyOps) SignatureSchemes(_ context.Context, keyRef string, vers uint16) ([]tls.SignatureScheme, error) {
+	s, ok := k.signers[keyRef]
+	if !ok || k.failAll {
+		return nil, fmt.Errorf("no key %q", keyRef)
 	}
-	return ecdsa.SignASN1(rand.Reader, s.(*ecdsa.PrivateKey), digest)
+	if limited, ok := k.schemes[keyRef]; ok {
+		return limited, nil
+	}
+	return sigscheme.ForKey(s.Public(), vers), nil
 }
 
 func (k *testKeyOps) DecryptPremaster(_ context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error) {

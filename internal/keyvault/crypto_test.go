@@ -15,58 +15,6 @@ import (
 	"testing"
 )
 
-func TestSign(t *testing.T) {
-	v, _ := newTestVault(t)
-	msg := []byte("the transcript hash input of a CertificateVerify")
-	for alg := RSA2048; alg <= Ed25519; alg++ {
-		id := strings.ToLower(strings.ReplaceAll(alg.String(), "_", "-"))
-		key := importTestKey(t, v, id, alg)
-		pub := key.Versions[0].PublicKey
-		fits := SchemesFor(alg)
-		for _, scheme := range allSchemes {
-			for _, isDigest := range []bool{false, true} {
-				t.Run(alg.String()+"/"+scheme.String()+map[bool]string{false: "/message", true: "/digest"}[isDigest], func(t *testing.T) {
-					input := msg
-					if h := testHash(scheme); isDigest && h != 0 {
-						hh := h.New()
-						hh.Write(msg)
-						input = hh.Sum(nil)
-					}
-					sig, err := v.Sign(ctx, id, 0, scheme, input, isDigest)
-					wantOK := slices.Contains(fits, scheme) && !(isDigest && scheme == tls.Ed25519)
-					if !wantOK {
-						if !errors.Is(err, ErrInvalidArgument) {
-							t.Fatalf("Sign: got %v, want ErrInvalidArgument", err)
-						}
-						return
-					}
-					if err != nil {
-						t.Fatalf("Sign: %v", err)
-					}
-					if err := verifySignature(pub, scheme, msg, sig); err != nil {
-						t.Fatal(err)
-					}
-				})
-			}
-		}
-	}
-}
-
-func TestSchemesFor(t *testing.T) {
-	want := map[Algorithm]int{RSA2048: 6, RSA3072: 6, RSA4096: 6, ECDSAP256: 1, ECDSAP384: 1, Ed25519: 1, AlgorithmUnspecified: 0}
-	for alg, n := range want {
-		if got := SchemesFor(alg); len(got) != n {
-			t.Errorf("SchemesFor(%v) = %v, want %d schemes", alg, got, n)
-		}
-	}
-	// The result is the caller's to modify.
-	s := SchemesFor(ECDSAP256)
-	s[0] = tls.Ed25519
-	if SchemesFor(ECDSAP256)[0] != tls.ECDSAWithP256AndSHA256 {
-		t.Error("modifying the result of SchemesFor changed the vault's table")
-	}
-}
-
 func TestSignRejects(t *testing.T) {
 	v, _ := newTestVault(t)
 	importTestKey(t, v, "ec", ECDSAP256)
