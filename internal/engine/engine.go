@@ -112,7 +112,7 @@ type Config struct {
 	// means AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305.
 	CipherSuitesTLS13 []uint16
 	// Groups are the key exchange groups in order of preference; nil means
-	// X25519MLKEM768 (TLS 1.3 only), X25519, P-256, P-384.
+	// X25519MLKEM768 (TLS 1.3 only), X25519, P-256, P-384, P-521.
 	Groups []tls.CurveID
 	// NextProtos are the ALPN protocols in order of preference (RFC 7301).
 	NextProtos []string

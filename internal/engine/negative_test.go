@@ -285,7 +285,7 @@ func TestMalformedInput(t *testing.T) {
 		})}, alertIllegalParameter},
 		{"no common suite", [][]byte{hello(real13, func(m *clientHelloMsg) { m.cipherSuites = []uint16{0x0a0a} })}, alertHandshakeFailure},
 		{"no common group", [][]byte{hello(real13, func(m *clientHelloMsg) {
-			m.supportedGroups = []tls.CurveID{tls.CurveP521}
+			m.supportedGroups = []tls.CurveID{0x0100} // ffdhe2048 (RFC 7919), not supported
 			m.keyShares = nil
 		})}, alertHandshakeFailure},
 		{"no signature scheme", [][]byte{hello(real13, func(m *clientHelloMsg) { m.signatureAlgorithms = []tls.SignatureScheme{tls.Ed25519} })}, alertHandshakeFailure},
