@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -128,8 +129,12 @@ func (h *Handshake) sign(what string, message []byte) ([]byte, error) {
 }
 
 // fits12 reports whether suite s can be used with certificate cert for this
-// client, leaving the signature scheme to the caller.
-func fits12(s cipherSuite12, cert *Certificate, ecdheOK bool) bool {
+// client, leaving the signature scheme to the caller. An ECDSA certificate
+// must be on a curve the client lists in supported_groups: in TLS 1.2 that
+// extension also names the curves the client verifies signatures on (RFC
+// 8422, Sections 5.1 and 5.3), and OpenSSL aborts with "wrong curve"
+// otherwise.
+func fits12(s cipherSuite12, cert *Certificate, ch *clientHelloMsg, ecdheOK bool) bool {
 	alg := cert.leaf.PublicKeyAlgorithm
 	switch s.kex {
 	case kexRSA:
@@ -137,6 +142,11 @@ func fits12(s cipherSuite12, cert *Certificate, ecdheOK bool) bool {
 	case kexECDHERSA:
 		return alg == x509.RSA && ecdheOK
 	case kexECDHEECDSA:
+		if pub, ok := cert.leaf.PublicKey.(*ecdsa.PublicKey); ok && ch.has(extensionSupportedGroups) {
+			if id, known := curveID(pub.Curve); !known || !slices.Contains(ch.supportedGroups, id) {
+				return false
+			}
+		}
 		return (alg == x509.ECDSA || alg == x509.Ed25519) && ecdheOK
 	}
 	return false
@@ -164,7 +174,7 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 				continue
 			}
 			s, _ := suite12ByID(id)
-			if !fits12(s, &h.cfg.Certificates[idx], ecdheOK) {
+			if !fits12(s, &h.cfg.Certificates[idx], ch, ecdheOK) {
 				continue
 			}
 			if s.kex == kexRSA {

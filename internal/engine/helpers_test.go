@@ -35,7 +35,7 @@ type testKey struct {
 }
 
 type testPKI struct {
-	rsa, p256, p384, ed *testKey
+	rsa, p256, p384, p521, ed *testKey
 	serverRoots         *x509.CertPool
 	clientCA            *x509.CertPool
 	clientCerts         map[string]tls.Certificate // by key type, signed by the client CA
@@ -92,6 +92,7 @@ func newTestPKI() *testPKI {
 	}
 	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	p521, _ := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	mk := func(name string, s crypto.Signer) *testKey {
 		tmpl := template(name+".example.com", name+".example.com", "*."+name+".example.net")
@@ -104,7 +105,7 @@ func newTestPKI() *testPKI {
 		p.keys.signers["key/"+name] = s
 		return &testKey{name: name, signer: s, cert: cert, x509: c}
 	}
-	p.rsa, p.p256, p.p384, p.ed = mk("rsa", rsaKey), mk("p256", p256), mk("p384", p384), mk("ed25519", edKey)
+	p.rsa, p.p256, p.p384, p.p521, p.ed = mk("rsa", rsaKey), mk("p256", p256), mk("p384", p384), mk("p521", p521), mk("ed25519", edKey)
 
 	newCA := func(cn string) (*x509.Certificate, crypto.Signer) {
 		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -138,6 +139,8 @@ func (p *testPKI) key(name string) *testKey {
 		return p.p256
 	case "p384":
 		return p.p384
+	case "p521":
+		return p.p521
 	}
 	return p.ed
 }

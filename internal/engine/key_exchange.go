@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/ecdh"
+	"crypto/elliptic"
 	"crypto/mlkem"
 	"crypto/tls"
 	"errors"
@@ -32,6 +33,19 @@ func ecdhCurve(g tls.CurveID) ecdh.Curve {
 		return ecdh.P521()
 	}
 	return nil
+}
+
+// curveID returns the group of an ECDSA key's curve.
+func curveID(c elliptic.Curve) (tls.CurveID, bool) {
+	switch c {
+	case elliptic.P256():
+		return tls.CurveP256, true
+	case elliptic.P384():
+		return tls.CurveP384, true
+	case elliptic.P521():
+		return tls.CurveP521, true
+	}
+	return 0, false
 }
 
 func isHybrid(g tls.CurveID) bool { return g == tls.X25519MLKEM768 }
