@@ -36,11 +36,11 @@ type testKey struct {
 
 type testPKI struct {
 	rsa, p256, p384, p521, ed *testKey
-	serverRoots         *x509.CertPool
-	clientCA            *x509.CertPool
-	clientCerts         map[string]tls.Certificate // by key type, signed by the client CA
-	rogueClientCert     tls.Certificate            // signed by an unknown CA
-	keys                *testKeyOps
+	serverRoots               *x509.CertPool
+	clientCA                  *x509.CertPool
+	clientCerts               map[string]tls.Certificate // by key type, signed by the client CA
+	rogueClientCert           tls.Certificate            // signed by an unknown CA
+	keys                      *testKeyOps
 }
 
 var (
