@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/tls"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -167,7 +168,7 @@ func TestOpenSSLSignatureSchemeAlone(t *testing.T) {
 						"-CAfile", roots, "-verify_return_error", "-quiet", "-sigalgs", names[scheme]}, args...)
 					out, _ := runClient(t, string(ping)+"\n", string(pong), openssl, args...)
 					res := <-done
-					if !containsScheme(fits, scheme) {
+					if !slices.Contains(fits, scheme) {
 						require.Error(t, res.err, "%s must fail\n%s", names[scheme], out)
 						assert.Contains(t, res.err.Error(), "handshake_failure")
 						return
@@ -179,15 +180,6 @@ func TestOpenSSLSignatureSchemeAlone(t *testing.T) {
 			}
 		}
 	}
-}
-
-func containsScheme(list []tls.SignatureScheme, s tls.SignatureScheme) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestOpenSSLP521Group: OpenSSL offering only P-521 completes in both

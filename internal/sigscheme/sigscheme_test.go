@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -62,7 +63,7 @@ func TestForKey(t *testing.T) {
 			pub := testKeys[name].Public()
 			assert.Equal(t, schemes, ForKey(pub, vers), "%s at %x", name, vers)
 			for _, s := range All() {
-				assert.Equal(t, contains(schemes, s.ID), Fits(s.ID, pub, vers), "Fits(%v, %s, %x)", s, name, vers)
+				assert.Equal(t, slices.Contains(schemes, s.ID), Fits(s.ID, pub, vers), "Fits(%v, %s, %x)", s, name, vers)
 			}
 		}
 	}
@@ -79,15 +80,6 @@ func TestPSSModulus(t *testing.T) {
 	require.NoError(t, err)
 	got := ForKey(k.Public(), tls.VersionTLS13)
 	assert.Equal(t, []tls.SignatureScheme{tls.PSSWithSHA256, tls.PSSWithSHA384}, got)
-}
-
-func contains(list []tls.SignatureScheme, s tls.SignatureScheme) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestSignVerify signs with the standard library's signers using

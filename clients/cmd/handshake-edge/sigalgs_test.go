@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -93,7 +94,7 @@ func TestSignatureSchemeOfferedAlone(t *testing.T) {
 						args = append(args, "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256")
 					}
 					out := sClient(t, openssl, k, args...)
-					if !contains(ok, scheme) {
+					if !slices.Contains(ok, scheme) {
 						assert.Contains(t, out, "alert handshake failure", "%s must fail", scheme)
 						assert.NotContains(t, out, "HTTP/1.0 200")
 						return
@@ -107,15 +108,6 @@ func TestSignatureSchemeOfferedAlone(t *testing.T) {
 			}
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestP521Group: a client that offers only secp521r1 completes in TLS 1.2
