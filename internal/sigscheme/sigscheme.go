@@ -63,9 +63,6 @@ var schemes = []Scheme{
 	{tls.Ed25519, "ed25519", Ed25519, 0, nil},
 }
 
-// All returns every scheme of the table, most preferred first.
-func All() []Scheme { return append([]Scheme(nil), schemes...) }
-
 // Lookup returns the scheme with code point id.
 func Lookup(id tls.SignatureScheme) (Scheme, bool) {
 	for _, s := range schemes {
@@ -111,8 +108,8 @@ func (s Scheme) Digest(message []byte) []byte {
 }
 
 // Key is what the table needs to know of a key: its type, and its size or
-// curve. KeyOf gives it for a public key; a key vault can also state it for
-// an algorithm without holding a key.
+// curve. A key vault can state it for an algorithm without holding a key;
+// the functions that take a crypto.PublicKey derive it.
 type Key struct {
 	Type x509.PublicKeyAlgorithm // x509.RSA, x509.ECDSA or x509.Ed25519
 	// ModulusBytes is the length of an RSA modulus.
@@ -121,9 +118,9 @@ type Key struct {
 	Curve elliptic.Curve
 }
 
-// KeyOf describes pub; the zero Key (which fits no scheme) for a key type
+// keyOf describes pub; the zero Key (which fits no scheme) for a key type
 // the table does not know.
-func KeyOf(pub crypto.PublicKey) Key {
+func keyOf(pub crypto.PublicKey) Key {
 	switch pub := pub.(type) {
 	case *rsa.PublicKey:
 		return Key{Type: x509.RSA, ModulusBytes: pub.Size()}
@@ -155,7 +152,7 @@ func (k Key) Fits(s Scheme, vers uint16) bool {
 		// signature schemes align with TLS 1.2's ECDSA hash/signature pairs.
 		// However, the old semantics did not constrain the signing curve":
 		// in TLS 1.2 a scheme names only the hash (RFC 5246 §7.4.1.4.1).
-		return s.Algorithm == ECDSA && (vers < tls.VersionTLS13 || s.Curve == k.Curve) && KnownCurve(k.Curve)
+		return s.Algorithm == ECDSA && (vers < tls.VersionTLS13 || s.Curve == k.Curve) && knownCurve(k.Curve)
 	case x509.Ed25519:
 		return s.Algorithm == Ed25519
 	}
@@ -181,8 +178,8 @@ func (k Key) Schemes(vers uint16) []tls.SignatureScheme {
 	return out
 }
 
-// KnownCurve reports whether the table has a scheme for curve.
-func KnownCurve(curve elliptic.Curve) bool {
+// knownCurve reports whether the table has a scheme for curve.
+func knownCurve(curve elliptic.Curve) bool {
 	for _, s := range schemes {
 		if s.Curve != nil && s.Curve == curve {
 			return true
@@ -195,13 +192,13 @@ func KnownCurve(curve elliptic.Curve) bool {
 // a signature in TLS version vers (tls.VersionTLS12 or tls.VersionTLS13).
 func Fits(id tls.SignatureScheme, pub crypto.PublicKey, vers uint16) bool {
 	s, ok := Lookup(id)
-	return ok && KeyOf(pub).Fits(s, vers)
+	return ok && keyOf(pub).Fits(s, vers)
 }
 
 // ForKey returns the schemes a key with public key pub can produce in TLS
 // version vers, most preferred first (Key.Schemes).
 func ForKey(pub crypto.PublicKey, vers uint16) []tls.SignatureScheme {
-	return KeyOf(pub).Schemes(vers)
+	return keyOf(pub).Schemes(vers)
 }
 
 // ForSignerOpts returns the scheme a crypto.Signer is asked for when
@@ -222,7 +219,7 @@ func ForSignerOpts(pub crypto.PublicKey, opts crypto.SignerOpts) (Scheme, error)
 			alg = PSS
 		}
 	case *ecdsa.PublicKey:
-		if !KnownCurve(pub.Curve) {
+		if !knownCurve(pub.Curve) {
 			return Scheme{}, fmt.Errorf("ECDSA curve %s is not supported", pub.Curve.Params().Name)
 		}
 		alg = ECDSA
@@ -238,7 +235,7 @@ func ForSignerOpts(pub crypto.PublicKey, opts crypto.SignerOpts) (Scheme, error)
 		return Scheme{}, fmt.Errorf("unsupported public key type %T", pub)
 	}
 	for _, s := range schemes {
-		if s.Algorithm == alg && s.Hash == h && KeyOf(pub).Fits(s, tls.VersionTLS12) {
+		if s.Algorithm == alg && s.Hash == h && keyOf(pub).Fits(s, tls.VersionTLS12) {
 			return s, nil
 		}
 	}

@@ -59,11 +59,11 @@ func TestForKey(t *testing.T) {
 		"ed25519": {tls.VersionTLS12: {tls.Ed25519}, tls.VersionTLS13: {tls.Ed25519}},
 	}
 	for name, byVersion := range want {
-		for vers, schemes := range byVersion {
+		for vers, fits := range byVersion {
 			pub := testKeys[name].Public()
-			assert.Equal(t, schemes, ForKey(pub, vers), "%s at %x", name, vers)
-			for _, s := range All() {
-				assert.Equal(t, slices.Contains(schemes, s.ID), Fits(s.ID, pub, vers), "Fits(%v, %s, %x)", s, name, vers)
+			assert.Equal(t, fits, ForKey(pub, vers), "%s at %x", name, vers)
+			for _, s := range schemes {
+				assert.Equal(t, slices.Contains(fits, s.ID), Fits(s.ID, pub, vers), "Fits(%v, %s, %x)", s, name, vers)
 			}
 		}
 	}
@@ -150,7 +150,7 @@ func TestForSignerOpts(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	for _, s := range All() {
+	for _, s := range schemes {
 		got, ok := ByName(s.Name)
 		assert.True(t, ok)
 		assert.Equal(t, s.ID, got.ID)
