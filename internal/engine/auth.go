@@ -26,7 +26,7 @@ func (h *Handshake) keySchemes(idx int, vers uint16) ([]tls.SignatureScheme, err
 	cert := &h.cfg.Certificates[idx]
 	schemes, err := h.keys.SignatureSchemes(h.ctx, cert.KeyRef, vers)
 	if err != nil {
-		return nil, failWrap(alertInternalError, err, "asking key of %s for its signature schemes", cert.subject)
+		return nil, failWrap(alertInternalError, keyOpsError{err}, "asking the key of %s for its signature schemes", cert.subject)
 	}
 	return slices.DeleteFunc(slices.Clone(schemes), func(s tls.SignatureScheme) bool {
 		return !sigscheme.Fits(s, cert.leaf.PublicKey, vers)
