@@ -23,6 +23,7 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/authz"
+	"github.com/handshaked/handshaked/internal/grpckeepalive"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
@@ -615,6 +616,9 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 		grpc.ChainUnaryInterceptor(recoverUnary, identifyUnary, logUnary, g.unary),
 		grpc.ChainStreamInterceptor(recoverStream, identifyStream, g.stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: MaxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace}),
+		// The SDK pings idle connections; gRPC's default policy would
+		// answer with GOAWAY too_many_pings.
+		grpc.KeepaliveEnforcementPolicy(grpckeepalive.Enforcement()),
 		// Past the in-flight cap calls are refused, but each stream still
 		// costs a goroutine until then; this bounds them per connection.
 		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
