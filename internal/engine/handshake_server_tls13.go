@@ -25,10 +25,32 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	if !bytes.Equal(ch.compressionMethods, []byte{compressionNone}) {
 		return n, fail(alertIllegalParameter, "TLS 1.3 ClientHello offers compression")
 	}
-	// RFC 8446, Section 9.2: a certificate-based TLS 1.3 ClientHello carries
-	// signature_algorithms, supported_groups and key_share.
-	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups, extensionKeyShare} {
+	// RFC 8446, Section 4.2.11: "Servers MUST check that it is the last
+	// extension and otherwise fail the handshake with an
+	// "illegal_parameter" alert."
+	if ch.pskNotLast() {
+		return n, fail(alertIllegalParameter, "pre_shared_key is not the last extension")
+	}
+	// RFC 8446, Section 4.2.9: "If clients offer "pre_shared_key" without a
+	// "psk_key_exchange_modes" extension, servers MUST abort the
+	// handshake." The offer is ignored otherwise, but not this.
+	if ch.pskOffered && !ch.has(extensionPSKModes) {
+		return n, fail(alertMissingExtension, "pre_shared_key without psk_key_exchange_modes")
+	}
+	// RFC 8446, Section 9.2: supported_groups and key_share come together,
+	// and without pre_shared_key a ClientHello carries signature_algorithms
+	// and supported_groups; else the server "MUST abort the handshake with
+	// a "missing_extension" alert".
+	if ch.has(extensionSupportedGroups) != ch.has(extensionKeyShare) {
+		return n, fail(alertMissingExtension, "TLS 1.3 ClientHello with only one of supported_groups and key_share")
+	}
+	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups} {
 		if !ch.has(ext) {
+			if ch.pskOffered {
+				// A well-formed PSK-only offer; with no resumption, nothing
+				// is left to negotiate (RFC 8446, Section 6.2).
+				return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no extension %d), and the server resumes no session", ext)
+			}
 			return n, fail(alertMissingExtension, "TLS 1.3 ClientHello without extension %d", ext)
 		}
 	}
@@ -154,6 +176,11 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 	}
 	if ch.earlyData {
 		return fail(alertIllegalParameter, "early_data in the second ClientHello")
+	}
+	// RFC 8446, Section 4.1.2 allows "a "cookie" extension if one was
+	// provided in the HelloRetryRequest"; ours never carries one.
+	if ch.has(extensionCookie) {
+		return fail(alertIllegalParameter, "cookie in the second ClientHello, which the HelloRetryRequest did not send")
 	}
 	if !bytes.Equal(helloFingerprint(&ch), h.hrrHello) {
 		return fail(alertIllegalParameter, "second ClientHello changed more than the key share")

@@ -8,20 +8,25 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
-// The bolt file holds the check record in bucket "vault" and one nested
+// The bolt file holds the check record and the manifest in bucket "vault"
+// and one nested
 // bucket per key in bucket "keys", whose entries are "key", "v"+version and
 // "m"+version (private key), version as 4 bytes big-endian.
 var (
-	bucketVault = []byte("vault")
-	bucketKeys  = []byte("keys")
-	entryCheck  = []byte("kek-check")
-	entryKey    = []byte("key")
+	bucketVault   = []byte("vault")
+	bucketKeys    = []byte("keys")
+	entryCheck    = []byte("kek-check")
+	entryManifest = []byte("manifest")
+	entryKey      = []byte("key")
 )
 
 const (
@@ -32,12 +37,40 @@ const (
 // boltOptions never sets NoSync: every commit is fsynced before it returns.
 // The timeout makes a second process opening the same file fail instead of
 // waiting on the file lock forever.
-var boltOptions = &bolt.Options{Timeout: time.Second}
+var boltOptions = bolt.Options{Timeout: time.Second}
+
+// fileSystem is how BoltStore reaches the file system: the files bbolt
+// opens (and creates), the renames that commit a rewrite and the directory
+// syncs that make a new file or a rename durable. Tests put a file system
+// there that loses what was not made durable.
+type fileSystem interface {
+	OpenFile(name string, flag int, perm os.FileMode) (*os.File, error)
+	Rename(oldpath, newpath string) error
+	SyncDir(dir string) error
+}
+
+// osFS is the operating system's file system.
+type osFS struct{}
+
+func (osFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	return os.OpenFile(name, flag, perm)
+}
+
+func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+func (osFS) SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	return errors.Join(d.Sync(), d.Close())
+}
 
 // BoltStore is the embedded Store: one bbolt file, readable and writable by
 // its owner only.
 type BoltStore struct {
 	path string
+	fs   fileSystem
 
 	// mu is held for writing only while a commit that erases swaps the file.
 	mu sync.RWMutex
@@ -45,10 +78,15 @@ type BoltStore struct {
 }
 
 // OpenBolt opens the bolt store at path, creating it with mode 0600 if it
-// does not exist.
+// does not exist. A damaged file (truncated, or not a bolt file) fails with
+// ErrCorrupted; a file another process holds open fails saying so.
 func OpenBolt(path string) (*BoltStore, error) {
+	return openBolt(path, osFS{})
+}
+
+func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 	_, statErr := os.Stat(path)
-	db, err := bolt.Open(path, 0o600, boltOptions)
+	db, err := openBoltDB(path, fsys)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: open bolt store %s: %w", path, err)
 	}
@@ -58,12 +96,60 @@ func OpenBolt(path string) (*BoltStore, error) {
 	if err == nil && errors.Is(statErr, fs.ErrNotExist) {
 		// The new file's directory entry must be durable too, or the first
 		// acknowledged write could vanish with it.
-		err = syncDir(filepath.Dir(path))
+		err = fsys.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("keyvault: open bolt store %s: %w", path, err), db.Close())
 	}
-	return &BoltStore{path: path, db: db}, nil
+	return &BoltStore{path: path, fs: fsys, db: db}, nil
+}
+
+// openBoltDB opens a bolt file and checks that it holds every page its last
+// transaction uses. bbolt trusts the file: a truncated one makes it panic,
+// or fault on a page of the memory map past the end of the file, at open or
+// later at any read. So faults are panics here and a panic is an error. The
+// file descriptor bbolt opened is closed again, but bbolt leaves the file
+// mapped, which keeps its lock until the process exits: handshaked exits on
+// this error anyway.
+func openBoltDB(path string, fsys fileSystem) (db *bolt.DB, err error) {
+	var file *os.File
+	opts := boltOptions
+	opts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := fsys.OpenFile(name, flag, perm)
+		file = f
+		return f, err
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if file != nil {
+				file.Close()
+			}
+			db, err = nil, fmt.Errorf("the file is damaged (truncated or not a bolt file): %v: %w", r, ErrCorrupted)
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &opts)
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("another process has it open%s; one store serves one handshaked: %w", lockHolder(path), err)
+	case err == nil:
+	case errors.As(err, new(*fs.PathError)), errors.As(err, new(syscall.Errno)):
+		return nil, err // the file system's error, not the file's content
+	default:
+		return nil, fmt.Errorf("the file is damaged (truncated or not a bolt file): %w: %w", err, ErrCorrupted)
+	}
+	var need int64
+	if err := db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil }); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	fi, err := file.Stat()
+	if err == nil && fi.Size() < need {
+		err = fmt.Errorf("the file is damaged (truncated or not a bolt file): %d bytes, its last commit needs %d: %w", fi.Size(), need, ErrCorrupted)
+	}
+	if err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	return db, nil
 }
 
 // Close closes the file. Closing twice is not an error.
@@ -132,7 +218,7 @@ func (s *BoltStore) rewrite(w Write) error {
 	if err := removeIfExists(tmp); err != nil {
 		return fmt.Errorf("keyvault: %w", err)
 	}
-	dst, err := bolt.Open(tmp, 0o600, boltOptions)
+	dst, err := openBoltDB(tmp, s.fs)
 	if err != nil {
 		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
@@ -155,7 +241,7 @@ func (s *BoltStore) rewrite(w Write) error {
 		})
 	})
 	if err == nil {
-		err = os.Rename(tmp, s.path)
+		err = s.fs.Rename(tmp, s.path)
 	}
 	if err != nil {
 		return errors.Join(fmt.Errorf("keyvault: rewrite bolt store: %w", err), dst.Close(), removeIfExists(tmp))
@@ -164,7 +250,7 @@ func (s *BoltStore) rewrite(w Write) error {
 	// closing the old one can only fail to release resources.
 	_ = s.db.Close()
 	s.db = dst
-	if err := syncDir(filepath.Dir(s.path)); err != nil {
+	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
 		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
 	return nil
@@ -179,10 +265,18 @@ func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 		switch string(name) {
 		case string(bucketVault):
 			return b.ForEach(func(k, v []byte) error {
-				if string(k) != string(entryCheck) || v == nil {
+				var ref RecordRef
+				switch {
+				case v == nil:
+					return unknownEntry(name, k)
+				case string(k) == string(entryCheck):
+					ref = checkRef
+				case string(k) == string(entryManifest):
+					ref = manifestRef
+				default:
 					return unknownEntry(name, k)
 				}
-				return fn(Record{RecordRef: RecordRef{Kind: RecordCheck}, Sealed: v})
+				return fn(Record{RecordRef: ref, Sealed: v})
 			})
 		case string(bucketKeys):
 			return b.ForEach(func(id, v []byte) error {
@@ -227,8 +321,11 @@ func parseEntry(id string, k []byte) (RecordRef, bool) {
 
 // entryName returns the bucket path and entry name of ref.
 func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
-	if ref.Kind == RecordCheck {
+	switch ref.Kind {
+	case RecordCheck:
 		return [][]byte{bucketVault}, entryCheck, nil
+	case RecordManifest:
+		return [][]byte{bucketVault}, entryManifest, nil
 	}
 	if ref.ID == "" {
 		return nil, nil, fmt.Errorf("keyvault: bolt store: %v without key id: %w", ref, ErrInvalidArgument)
@@ -288,6 +385,17 @@ func putRecord(tx *bolt.Tx, r Record) error {
 }
 
 func applyWrite(tx *bolt.Tx, w Write) error {
+	for _, ref := range w.Erase {
+		b, name, err := bucketFor(tx, ref, false)
+		if err != nil {
+			return err
+		}
+		if b != nil {
+			if err := b.Delete(name); err != nil {
+				return err
+			}
+		}
+	}
 	for _, r := range w.Create {
 		b, name, err := bucketFor(tx, r.RecordRef, true)
 		if err != nil {
@@ -305,17 +413,6 @@ func applyWrite(tx *bolt.Tx, w Write) error {
 			return err
 		}
 	}
-	for _, ref := range w.Erase {
-		b, name, err := bucketFor(tx, ref, false)
-		if err != nil {
-			return err
-		}
-		if b != nil {
-			if err := b.Delete(name); err != nil {
-				return err
-			}
-		}
-	}
 	return nil
 }
 
@@ -324,12 +421,4 @@ func removeIfExists(path string) error {
 		return err
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
 }

@@ -3,6 +3,7 @@ package keyvault
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -120,19 +121,23 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 // with enough queries an attacker decrypts any recorded ciphertext or signs
 // with the key. So every ciphertext of the modulus' length yields 48 bytes
 // and no error: the premaster if padding, length and version are right,
-// else 48 random bytes, and the handshake then fails at Finished as for any
-// wrong premaster. Both outcomes take the same path; nothing branches on
-// secret data.
+// else a substitute, and the handshake then fails at Finished as for any
+// wrong premaster.
+//
+// The substitute is derived from the ciphertext and the private key
+// (rejectionSubstitute), not drawn at random: a random one would differ on
+// every query of the same bad ciphertext while a good one always yields the
+// same premaster, so asking twice would tell them apart. Both outcomes take
+// the same path; nothing branches on secret data.
 func decryptPremaster(priv *rsa.PrivateKey, ciphertext []byte, clientVersion uint16) ([]byte, error) {
-	random := make([]byte, premasterLen)
-	rand.Read(random)
-	premaster := bytes.Clone(random)
-	defer clear(random)
+	substitute := rejectionSubstitute(priv, ciphertext)
+	defer clear(substitute)
+	premaster := bytes.Clone(substitute)
 
 	// A value not below the modulus is no RSA ciphertext, which the
 	// decryption reports as an error. The modulus is public, so this check
-	// leaks nothing; such a ciphertext gets the random premaster like any
-	// other bad one.
+	// leaks nothing; such a ciphertext gets the substitute like any other
+	// bad one.
 	if new(big.Int).SetBytes(ciphertext).Cmp(priv.N) >= 0 {
 		return premaster, nil
 	}
@@ -148,9 +153,46 @@ func decryptPremaster(priv *rsa.PrivateKey, ciphertext []byte, clientVersion uin
 		var want [2]byte
 		binary.BigEndian.PutUint16(want[:], clientVersion)
 		mismatch := 1 ^ subtle.ConstantTimeCompare(premaster[:2], want[:])
-		subtle.ConstantTimeCopy(mismatch, premaster, random)
+		subtle.ConstantTimeCopy(mismatch, premaster, substitute)
 	}
 	return premaster, nil
+}
+
+// rejectionLabel names what the substitute is for, so that it is unrelated
+// to any other value derived from the same key-derivation key.
+var rejectionLabel = []byte("handshaked TLS premaster implicit rejection")
+
+// rejectionSubstitute returns the 48 bytes a bad ciphertext decrypts to:
+// the implicit-rejection construction of draft-irtf-cfrg-rsa-guidance §7.1
+// (as OpenSSL 3.2 implements it), with the TLS premaster's fixed length.
+// The key-derivation key is KDK = HMAC-SHA256(SHA256(I2OSP(d, k)),
+// ciphertext), a secret of the key and a function of the ciphertext, and
+// the substitute is IRPRF(KDK, label, 384 bits): blocks
+// HMAC-SHA256(KDK, I2OSP(i, 2) || label || I2OSP(384, 2)). It is computed for
+// every ciphertext, valid or not, so its cost says nothing about validity.
+func rejectionSubstitute(priv *rsa.PrivateKey, ciphertext []byte) []byte {
+	d := priv.D.FillBytes(make([]byte, priv.Size()))
+	dh := sha256.Sum256(d)
+	clear(d)
+	mac := hmac.New(sha256.New, dh[:])
+	clear(dh[:])
+	mac.Write(ciphertext)
+	kdk := mac.Sum(nil)
+	defer clear(kdk)
+
+	const bits = premasterLen * 8
+	prf := hmac.New(sha256.New, kdk)
+	out := make([]byte, 0, 2*sha256.Size)
+	for i := uint16(0); len(out) < premasterLen; i++ {
+		prf.Reset()
+		prf.Write(binary.BigEndian.AppendUint16(nil, i))
+		prf.Write(rejectionLabel)
+		prf.Write(binary.BigEndian.AppendUint16(nil, bits))
+		out = prf.Sum(out)
+	}
+	substitute := bytes.Clone(out[:premasterLen])
+	clear(out)
+	return substitute
 }
 
 // CreateCSR returns a DER certificate signing request (PKCS #10) for a

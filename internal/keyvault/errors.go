@@ -18,6 +18,8 @@ var (
 	// missing, or does not belong where it is stored. The error names the
 	// record.
 	ErrCorrupted = errors.New("record is corrupted or was tampered with")
+	// ErrEmptyStore is returned by Open for a store that holds no vault.
+	ErrEmptyStore = errors.New("the key store is empty")
 	// ErrClosed is returned by every method of a closed Vault or store.
 	ErrClosed = errors.New("key vault is closed")
 )

@@ -152,7 +152,7 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, si
 	if err := v.absent(id); err != nil {
 		return nil, err
 	}
-	if err := v.store.Commit(ctx, w); err != nil {
+	if err := v.commit(ctx, w); err != nil {
 		return nil, fmt.Errorf("keyvault: store key %q: %w", id, err)
 	}
 	v.publish(k)
@@ -200,7 +200,7 @@ func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, material),
 		},
 	}
-	if err := v.store.Commit(ctx, w); err != nil {
+	if err := v.commit(ctx, w); err != nil {
 		return nil, fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
 	}
 	v.publish(next)
@@ -308,7 +308,7 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 	if ver.signer != nil && next.signer == nil {
 		w.Erase = []RecordRef{{Kind: RecordMaterial, ID: id, Version: ver.number}}
 	}
-	if err := v.store.Commit(ctx, w); err != nil {
+	if err := v.commit(ctx, w); err != nil {
 		return nil, fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
 	}
 	nk := k.withVersion(next)

@@ -14,15 +14,35 @@ const kekSize = 32
 
 // checkPlaintext is what the check record holds: if it opens to this, the
 // key-encryption key is right and every other record must open too.
-var checkPlaintext = []byte("handshaked key vault check record v1")
+// checkPlaintextV1 is the check record of a v1 store, written before
+// manifests, whose records are sealed with v1 associated data; it is
+// upgraded when it is opened.
+var (
+	checkPlaintext   = []byte("handshaked key vault check record v2")
+	checkPlaintextV1 = []byte("handshaked key vault check record v1")
+)
 
-var checkRef = RecordRef{Kind: RecordCheck}
+// The associated data of every record starts with its store format: v2
+// records (with a manifest) never open as v1 ones, so no copy of a v1 store
+// can be mixed with records written since its upgrade.
+const (
+	aadV2 = "handshaked/v2/"
+	aadV1 = "handshaked/v1/"
+)
+
+var (
+	checkRef    = RecordRef{Kind: RecordCheck}
+	manifestRef = RecordRef{Kind: RecordManifest}
+)
 
 // sealer seals records with AES-256-GCM under the key-encryption key. Each
 // seal draws a fresh random 96-bit nonce (cipher.NewGCMWithRandomNonce
 // prepends it); records are written rarely, far below the 2^32 seals per
 // key after which random nonces may collide.
-type sealer struct{ aead cipher.AEAD }
+type sealer struct {
+	aead   cipher.AEAD
+	format string // aadV2, or aadV1 to open a v1 store
+}
 
 func newSealer(kek []byte) (sealer, error) {
 	if len(kek) != kekSize {
@@ -36,17 +56,21 @@ func newSealer(kek []byte) (sealer, error) {
 	if err != nil {
 		return sealer{}, fmt.Errorf("keyvault: %w", err)
 	}
-	return sealer{aead: aead}, nil
+	return sealer{aead: aead, format: aadV2}, nil
 }
 
-// associatedData binds a record to its kind, key id and version, so a
-// record copied anywhere else in the store fails to open.
-func associatedData(ref RecordRef) []byte {
-	const prefix = "handshaked/v1/"
+// v1 returns the sealer that opens the records of a v1 store.
+func (s sealer) v1() sealer { return sealer{aead: s.aead, format: aadV1} }
+
+// associatedData binds a record to its store format, kind, key id and
+// version, so a record copied anywhere else in the store fails to open.
+func associatedData(prefix string, ref RecordRef) []byte {
 	n := strconv.FormatUint(uint64(ref.Version), 10)
 	switch ref.Kind {
 	case RecordCheck:
 		return []byte(prefix + "kek-check")
+	case RecordManifest:
+		return []byte(prefix + "manifest")
 	case RecordKey:
 		return []byte(prefix + "key/" + ref.ID)
 	case RecordVersion:
@@ -60,12 +84,12 @@ func associatedData(ref RecordRef) []byte {
 }
 
 func (s sealer) seal(ref RecordRef, plaintext []byte) Record {
-	return Record{RecordRef: ref, Sealed: s.aead.Seal(nil, nil, plaintext, associatedData(ref))}
+	return Record{RecordRef: ref, Sealed: s.aead.Seal(nil, nil, plaintext, associatedData(s.format, ref))}
 }
 
 // open returns the plaintext of r; the caller clears it if it is secret.
 func (s sealer) open(r Record) ([]byte, error) {
-	plaintext, err := s.aead.Open(nil, nil, r.Sealed, associatedData(r.RecordRef))
+	plaintext, err := s.aead.Open(nil, nil, r.Sealed, associatedData(s.format, r.RecordRef))
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
@@ -90,6 +114,23 @@ type versionRecord struct {
 	CreateTime time.Time `json:"create_time"`
 	PublicKey  []byte    `json:"public_key"` // PKIX DER
 	Chain      [][]byte  `json:"chain,omitempty"`
+}
+
+// manifestRecord is the plaintext of the RecordManifest: the store's
+// revision, counted up by every commit, and an entry for every other record.
+type manifestRecord struct {
+	Revision uint64          `json:"revision"`
+	Records  []manifestEntry `json:"records"`
+}
+
+// manifestEntry binds one record to the revision that wrote it and to the
+// SHA-256 of its sealed bytes.
+type manifestEntry struct {
+	Kind     RecordKind `json:"kind"`
+	ID       string     `json:"id,omitempty"`
+	Version  uint32     `json:"version,omitempty"`
+	Revision uint64     `json:"revision"`
+	SHA256   []byte     `json:"sha256"`
 }
 
 func (s sealer) sealJSON(ref RecordRef, v any) (Record, error) {

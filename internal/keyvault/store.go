@@ -21,10 +21,15 @@ const (
 	// RecordMaterial holds a version's private key. It is erased when the
 	// version is destroyed.
 	RecordMaterial
+	// RecordManifest is the store's one manifest: the revision of the store
+	// and the revision and digest of every other record, rewritten in the
+	// same commit as any change, so that an older copy of a record spliced
+	// back into the store is detected.
+	RecordManifest
 )
 
 // RecordRef names a record: its kind, key id and version number. ID is
-// empty for RecordCheck; Version is 0 unless Kind is RecordVersion or
+// empty for RecordCheck and RecordManifest; Version is 0 unless Kind is RecordVersion or
 // RecordMaterial.
 type RecordRef struct {
 	Kind    RecordKind
@@ -36,6 +41,8 @@ func (r RecordRef) String() string {
 	switch r.Kind {
 	case RecordCheck:
 		return "check record"
+	case RecordManifest:
+		return "manifest"
 	case RecordKey:
 		return fmt.Sprintf("key %q", r.ID)
 	case RecordVersion:
@@ -61,7 +68,9 @@ type Write struct {
 	// Put holds records that are created or replaced.
 	Put []Record
 	// Erase names records to remove such that no copy of their bytes stays
-	// in the store. Erasing a missing record is not an error.
+	// in the store. Erasing a missing record is not an error. Erase applies
+	// first: a record both erased and put is replaced, with no copy of its
+	// old bytes left.
 	Erase []RecordRef
 }
 

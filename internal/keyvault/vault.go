@@ -12,6 +12,7 @@ import (
 	"cmp"
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
@@ -48,6 +49,13 @@ type Vault struct {
 	store  Store
 	sealer sealer
 
+	// revision and entries are what the store's manifest says: the
+	// revision of the last commit and, for every record but the manifest,
+	// the revision that wrote it and its digest. commit updates them; the
+	// caller holds writeMu.
+	revision uint64
+	entries  map[RecordRef]recordEntry
+
 	// writeMu serializes changes: each reads the current state, commits the
 	// new one to the store and only then publishes it in keys. Key
 	// operations never take it.
@@ -81,30 +89,83 @@ type versionState struct {
 	signer     crypto.Signer // nil once destroyed
 }
 
+type recordEntry struct {
+	revision uint64
+	digest   [sha256.Size]byte
+}
+
 // New opens every record of store under kek (32 bytes) and returns a vault
-// serving them. A wrong kek fails with ErrWrongKEK, a record that does not
-// open or does not fit with ErrCorrupted naming the record. On success the
-// vault owns store and closes it in Close; the caller keeps kek and should
-// clear it.
+// serving them; an empty store becomes a new vault. A wrong kek fails with
+// ErrWrongKEK; a record that does not open, does not fit, or is not the one
+// the store's manifest lists (an older copy spliced back) with ErrCorrupted
+// naming the record. On success the vault owns store and closes it in
+// Close; the caller keeps kek and should clear it.
 func New(ctx context.Context, store Store, kek []byte) (*Vault, error) {
+	return newVault(ctx, store, kek, true)
+}
+
+// Open is New for a store that must already hold a vault: an empty store
+// fails with ErrEmptyStore and is left empty, so that a wrong path or a lost
+// disk does not silently become a new, empty vault.
+func Open(ctx context.Context, store Store, kek []byte) (*Vault, error) {
+	return newVault(ctx, store, kek, false)
+}
+
+func newVault(ctx context.Context, store Store, kek []byte, create bool) (*Vault, error) {
 	s, err := newSealer(kek)
 	if err != nil {
 		return nil, err
 	}
-	v := &Vault{store: store, sealer: s, keys: make(map[string]*keyState)}
-	if err := v.load(ctx); err != nil {
+	v := &Vault{store: store, sealer: s, keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry)}
+	if err := v.load(ctx, create); err != nil {
 		return nil, err
 	}
 	return v, nil
 }
 
-func (v *Vault) load(ctx context.Context) error {
-	var check *Record
+// commit commits w together with the manifest it leads to, and makes that
+// manifest the vault's. The caller holds writeMu (or is New).
+func (v *Vault) commit(ctx context.Context, w Write) error {
+	rev := v.revision + 1
+	entries := maps.Clone(v.entries)
+	for _, ref := range w.Erase {
+		delete(entries, ref)
+	}
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		entries[r.RecordRef] = recordEntry{revision: rev, digest: sha256.Sum256(r.Sealed)}
+	}
+	m := manifestRecord{Revision: rev, Records: make([]manifestEntry, 0, len(entries))}
+	for _, ref := range slices.SortedFunc(maps.Keys(entries), compareRefs) {
+		e := entries[ref]
+		m.Records = append(m.Records, manifestEntry{Kind: ref.Kind, ID: ref.ID, Version: ref.Version, Revision: e.revision, SHA256: e.digest[:]})
+	}
+	rec, err := v.sealer.sealJSON(manifestRef, m)
+	if err != nil {
+		return err
+	}
+	w.Put = append(slices.Clone(w.Put), rec)
+	if err := v.store.Commit(ctx, w); err != nil {
+		return err
+	}
+	v.revision, v.entries = rev, entries
+	return nil
+}
+
+func compareRefs(a, b RecordRef) int {
+	return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Kind, b.Kind))
+}
+
+func (v *Vault) load(ctx context.Context, create bool) error {
+	var check, manifest *Record
+	var all []Record // every record but the manifest
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
 	err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
+		case RecordManifest:
+			dup = manifest != nil
+			manifest = &r
 		case RecordCheck:
 			dup = check != nil
 			check = &r
@@ -120,6 +181,9 @@ func (v *Vault) load(ctx context.Context) error {
 		if dup {
 			return fmt.Errorf("keyvault: %v: stored twice: %w", r.RecordRef, ErrCorrupted)
 		}
+		if r.Kind != RecordManifest {
+			all = append(all, r)
+		}
 		return nil
 	})
 	if err != nil {
@@ -127,23 +191,46 @@ func (v *Vault) load(ctx context.Context) error {
 	}
 
 	if check == nil {
-		if len(keyRecords) > 0 || len(versionRecords) > 0 {
+		switch {
+		case len(all) > 0 || manifest != nil:
 			return fmt.Errorf("keyvault: %v is missing: %w", checkRef, ErrCorrupted)
+		case !create:
+			return ErrEmptyStore
 		}
 		// A new store. The check record lets a later start with another
 		// KEK be told so, rather than that every record is corrupted.
-		if err := v.store.Commit(ctx, Write{Create: []Record{v.sealer.seal(checkRef, checkPlaintext)}}); err != nil {
+		if err := v.commit(ctx, Write{Create: []Record{v.sealer.seal(checkRef, checkPlaintext)}}); err != nil {
 			return fmt.Errorf("keyvault: write %v: %w", checkRef, err)
 		}
 		return nil
 	}
-	if plaintext, err := v.sealer.open(*check); err != nil || !bytes.Equal(plaintext, checkPlaintext) {
+	opens := func(s sealer, want []byte) bool {
+		plaintext, err := s.open(*check)
+		return err == nil && bytes.Equal(plaintext, want)
+	}
+	s := v.sealer
+	switch {
+	case opens(s, checkPlaintext):
+		if manifest == nil {
+			return fmt.Errorf("keyvault: %v is missing: %w", manifestRef, ErrCorrupted)
+		}
+		if err := v.checkManifest(*manifest, all); err != nil {
+			return err
+		}
+	case opens(s.v1(), checkPlaintextV1):
+		// A v1 store, written before manifests: what it holds is taken as
+		// it is, once, and resealed below.
+		if manifest != nil {
+			return fmt.Errorf("keyvault: a v1 %v in a store with a manifest: %w", checkRef, ErrCorrupted)
+		}
+		s = s.v1()
+	default:
 		return fmt.Errorf("keyvault: the %v does not open: %w", checkRef, ErrWrongKEK)
 	}
 
 	ids := slices.Sorted(maps.Keys(keyRecords))
 	for _, id := range ids {
-		k, err := v.openKey(keyRecords[id], versionRecords)
+		k, err := v.openKey(s, keyRecords[id], versionRecords)
 		if err != nil {
 			return err
 		}
@@ -151,22 +238,86 @@ func (v *Vault) load(ctx context.Context) error {
 	}
 	v.ids = ids
 	if len(versionRecords) > 0 {
-		leftover := slices.SortedFunc(maps.Keys(versionRecords), func(a, b RecordRef) int {
-			return cmp.Or(cmp.Compare(a.ID, b.ID), cmp.Compare(a.Version, b.Version), cmp.Compare(a.Kind, b.Kind))
-		})[0]
+		leftover := slices.SortedFunc(maps.Keys(versionRecords), compareRefs)[0]
 		return fmt.Errorf("keyvault: %v belongs to no key: %w", leftover, ErrCorrupted)
+	}
+	if s.format != v.sealer.format {
+		return v.upgrade(ctx, s, all)
+	}
+	return nil
+}
+
+// upgrade reseals the records of a v1 store as v2 ones, with a manifest, in
+// one rewrite that erases every v1 record: no copy of them is left in the
+// file, and none of a v1 store opens among v2 records.
+func (v *Vault) upgrade(ctx context.Context, old sealer, records []Record) error {
+	var w Write
+	for _, r := range records {
+		plaintext, err := old.open(r)
+		if err != nil {
+			return err
+		}
+		if r.Kind == RecordCheck {
+			plaintext = bytes.Clone(checkPlaintext)
+		}
+		w.Erase = append(w.Erase, r.RecordRef)
+		w.Put = append(w.Put, v.sealer.seal(r.RecordRef, plaintext))
+		clear(plaintext) // a private key, for material records
+	}
+	if err := v.commit(ctx, w); err != nil {
+		return fmt.Errorf("keyvault: upgrade the store to v2: %w", err)
+	}
+	return nil
+}
+
+// checkManifest opens the manifest and requires records to be exactly the
+// ones it lists: each written by the revision it names, with its digest. A
+// record of an older revision copied back (from a free page of the file or
+// a backup) is refused; so is a listed record that is missing or an
+// unlisted one.
+func (v *Vault) checkManifest(r Record, records []Record) error {
+	var m manifestRecord
+	if err := v.sealer.openJSON(r, &m); err != nil {
+		return err
+	}
+	for _, e := range m.Records {
+		ref := RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}
+		_, dup := v.entries[ref]
+		if dup || ref.Kind == RecordManifest || len(e.SHA256) != sha256.Size || e.Revision > m.Revision {
+			return fmt.Errorf("keyvault: %v: bad entry for %v: %w", manifestRef, ref, ErrCorrupted)
+		}
+		v.entries[ref] = recordEntry{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256)}
+	}
+	v.revision = m.Revision
+	seen := make(map[RecordRef]bool, len(records))
+	for _, rec := range records {
+		e, ok := v.entries[rec.RecordRef]
+		if !ok {
+			return fmt.Errorf("keyvault: %v is not in the %v: %w", rec.RecordRef, manifestRef, ErrCorrupted)
+		}
+		if sha256.Sum256(rec.Sealed) != e.digest {
+			return fmt.Errorf("keyvault: %v is not the one revision %d wrote (an older copy spliced back?): %w", rec.RecordRef, e.revision, ErrCorrupted)
+		}
+		seen[rec.RecordRef] = true
+	}
+	if len(seen) != len(v.entries) {
+		for _, ref := range slices.SortedFunc(maps.Keys(v.entries), compareRefs) {
+			if !seen[ref] {
+				return fmt.Errorf("keyvault: %v is missing: %w", ref, ErrCorrupted)
+			}
+		}
 	}
 	return nil
 }
 
 // openKey opens a key record and its versions, removing what it uses from
 // versionRecords.
-func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
+func (v *Vault) openKey(s sealer, r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
 	if err := validateID(r.ID); err != nil {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
 	var kr keyRecord
-	if err := v.sealer.openJSON(r, &kr); err != nil {
+	if err := s.openJSON(r, &kr); err != nil {
 		return nil, err
 	}
 	if kr.Versions == 0 {
@@ -183,7 +334,7 @@ func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyStat
 		ref.Kind = RecordMaterial
 		material, hasMaterial := versionRecords[ref]
 		delete(versionRecords, ref)
-		ver, err := v.openVersion(vr, material, hasMaterial)
+		ver, err := v.openVersion(s, vr, material, hasMaterial)
 		if err != nil {
 			return nil, err
 		}
@@ -192,9 +343,9 @@ func (v *Vault) openKey(r Record, versionRecords map[RecordRef]Record) (*keyStat
 	return k, nil
 }
 
-func (v *Vault) openVersion(r, material Record, hasMaterial bool) (*versionState, error) {
+func (v *Vault) openVersion(s sealer, r, material Record, hasMaterial bool) (*versionState, error) {
 	var vr versionRecord
-	if err := v.sealer.openJSON(r, &vr); err != nil {
+	if err := s.openJSON(r, &vr); err != nil {
 		return nil, err
 	}
 	corrupted := fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
@@ -222,7 +373,7 @@ func (v *Vault) openVersion(r, material Record, hasMaterial bool) (*versionState
 	case !hasMaterial:
 		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)
 	}
-	der, err := v.sealer.open(material)
+	der, err := s.open(material)
 	if err != nil {
 		return nil, err
 	}

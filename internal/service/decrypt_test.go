@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/testenv"
 )
@@ -22,20 +25,18 @@ func opensslEncrypt(t *testing.T, openssl, pubPEM string, plaintext []byte, opts
 	os.WriteFile(pub, []byte(pubPEM), 0o600)
 	os.WriteFile(in, plaintext, 0o600)
 	args := append([]string{"pkeyutl", "-encrypt", "-pubin", "-inkey", pub, "-in", in, "-out", out}, opts...)
-	if msg, err := exec.Command(openssl, args...).CombinedOutput(); err != nil {
-		t.Fatalf("openssl pkeyutl: %v\n%s", err, msg)
-	}
+	msg, err := exec.Command(openssl, args...).CombinedOutput()
+	require.NoError(t, err, "openssl pkeyutl: %s", msg)
 	ct, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return ct
 }
 
 // TestPremasterFromOpenSSL: a TLS premaster encrypted by openssl decrypts over
 // REST to the same 48 bytes; a corrupted ciphertext, or a premaster with the
 // wrong client version, returns 48 other bytes with status OK (RFC 5246
-// §7.4.7.1 implicit rejection).
+// §7.4.7.1 implicit rejection), the same ones however often it is asked, so
+// that repeating a query does not tell a rejected ciphertext from a good one.
 func TestPremasterFromOpenSSL(t *testing.T) {
 	openssl := testenv.LookPath(t, "openssl")
 	s := startServer(t)
@@ -57,35 +58,27 @@ func TestPremasterFromOpenSSL(t *testing.T) {
 		mustRest(t, s, "POST", "/v1/keys/"+id+":decrypt", map[string]any{
 			"mode": "DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER", "ciphertext": ct, "expectedClientVersion": clientVersion,
 		}, &resp)
-		if len(resp.Plaintext) != 48 || resp.Version != 1 {
-			t.Fatalf("decrypt answer: %d bytes, version %d", len(resp.Plaintext), resp.Version)
-		}
+		require.Len(t, resp.Plaintext, 48)
+		require.Equal(t, 1, resp.Version)
 		return resp.Plaintext
 	}
-	if got := decrypt(ct, 0); !bytes.Equal(got, premaster) {
-		t.Fatal("premaster differs from what openssl encrypted")
-	}
-	if got := decrypt(ct, 0x0303); !bytes.Equal(got, premaster) {
-		t.Fatal("premaster with matching client version differs")
-	}
-	if got := decrypt(ct, 0x0302); bytes.Equal(got, premaster) {
-		t.Fatal("version mismatch must yield random bytes, got the premaster")
-	}
+	assert.Equal(t, premaster, decrypt(ct, 0), "premaster differs from what openssl encrypted")
+	assert.Equal(t, premaster, decrypt(ct, 0x0303), "premaster with matching client version differs")
+	mismatch := decrypt(ct, 0x0302)
+	assert.NotEqual(t, premaster, mismatch, "version mismatch must not yield the premaster")
+	assert.Equal(t, mismatch, decrypt(ct, 0x0302), "version mismatch asked twice")
 	corrupt := bytes.Clone(ct)
 	corrupt[10] ^= 0x40
 	first, second := decrypt(corrupt, 0), decrypt(corrupt, 0)
-	if bytes.Equal(first, premaster) {
-		t.Fatal("corrupted ciphertext decrypted to the premaster")
-	}
-	if bytes.Equal(first, second) {
-		t.Fatal("implicit rejection must give fresh random bytes each time")
-	}
+	assert.NotEqual(t, premaster, first, "corrupted ciphertext decrypted to the premaster")
+	assert.Equal(t, first, second, "implicit rejection gave other bytes on a second query: asking twice tells validity")
+	corrupt[11] ^= 0x40
+	assert.NotEqual(t, first, decrypt(corrupt, 0), "two corrupted ciphertexts gave the same bytes")
 
 	// gRPC gives the same answer.
 	resp, err := s.kv.Decrypt(context.Background(), &pb.DecryptRequest{Key: id, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct})
-	if err != nil || !bytes.Equal(resp.GetPlaintext(), premaster) {
-		t.Fatalf("gRPC decrypt: %v", err)
-	}
+	require.NoError(t, err, "gRPC decrypt")
+	assert.Equal(t, premaster, resp.GetPlaintext(), "gRPC decrypt")
 }
 
 func TestOAEPFromOpenSSL(t *testing.T) {
@@ -97,10 +90,6 @@ func TestOAEPFromOpenSSL(t *testing.T) {
 	secret := []byte("a wrapped data key")
 	ct := opensslEncrypt(t, openssl, pubPEM, secret, "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256")
 	resp, err := s.kv.Decrypt(context.Background(), &pb.DecryptRequest{Key: id, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256, Ciphertext: ct})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(resp.GetPlaintext(), secret) {
-		t.Fatalf("OAEP plaintext = %q", resp.GetPlaintext())
-	}
+	require.NoError(t, err)
+	assert.Equal(t, secret, resp.GetPlaintext(), "OAEP plaintext")
 }
