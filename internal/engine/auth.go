@@ -2,72 +2,42 @@ package engine
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // Signature schemes, RFC 8446, Section 4.2.3 and RFC 5246, Section 7.4.1.4.1.
+// What a scheme means, and which schemes a public key fits in a version, is
+// the sigscheme table, shared with the key vault and the keyless client.
 
-// rsaSchemes lists RSA schemes in preference order with the smallest
-// modulus (bytes) that fits an RSASSA-PSS signature with salt length equal
-// to the hash length (RFC 8017, Section 9.1.1: emLen >= 2*hLen + 2).
-// PKCS#1 v1.5 is TLS 1.2 only, RFC 8446, Section 4.2.3.
-var rsaSchemes = []struct {
-	scheme     tls.SignatureScheme
-	minModulus int
-	tls12Only  bool
-}{
-	{tls.PSSWithSHA256, 2*32 + 2, false},
-	{tls.PSSWithSHA384, 2*48 + 2, false},
-	{tls.PSSWithSHA512, 2*64 + 2, false},
-	{tls.PKCS1WithSHA256, 0, true},
-	{tls.PKCS1WithSHA384, 0, true},
-	{tls.PKCS1WithSHA512, 0, true},
-}
-
-// schemesForKey returns the schemes pub can sign with at version vers. In
-// TLS 1.3 an ECDSA scheme names the curve; in TLS 1.2 it does not.
-func schemesForKey(vers uint16, pub crypto.PublicKey) []tls.SignatureScheme {
-	switch pub := pub.(type) {
-	case *ecdsa.PublicKey:
-		if vers < tls.VersionTLS13 {
-			return []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256, tls.ECDSAWithP384AndSHA384, tls.ECDSAWithP521AndSHA512}
-		}
-		switch pub.Curve {
-		case elliptic.P256():
-			return []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}
-		case elliptic.P384():
-			return []tls.SignatureScheme{tls.ECDSAWithP384AndSHA384}
-		case elliptic.P521():
-			return []tls.SignatureScheme{tls.ECDSAWithP521AndSHA512}
-		}
-	case *rsa.PublicKey:
-		var out []tls.SignatureScheme
-		for _, s := range rsaSchemes {
-			if pub.Size() >= s.minModulus && (vers < tls.VersionTLS13 || !s.tls12Only) {
-				out = append(out, s.scheme)
-			}
-		}
-		return out
-	case ed25519.PublicKey:
-		return []tls.SignatureScheme{tls.Ed25519}
+// keySchemes returns the schemes the key of certificate idx can produce at
+// version vers: what the key says through KeyOps (a key may do less than its
+// type allows, as an HSM key without RSA-PSS does), limited to what the
+// certificate's public key fits, since that is what the client verifies with.
+func (h *Handshake) keySchemes(idx int, vers uint16) ([]tls.SignatureScheme, error) {
+	if h.keys == nil {
+		return nil, errNoKeyOps
 	}
-	return nil
+	cert := &h.cfg.Certificates[idx]
+	schemes, err := h.keys.SignatureSchemes(h.ctx, cert.KeyRef, vers)
+	if err != nil {
+		return nil, failWrap(alertInternalError, keyOpsError{err}, "asking the key of %s for its signature schemes", cert.subject)
+	}
+	return slices.DeleteFunc(slices.Clone(schemes), func(s tls.SignatureScheme) bool {
+		return !sigscheme.Fits(s, cert.leaf.PublicKey, vers)
+	}), nil
 }
 
 // selectSignatureScheme picks, in the client's order of preference, a scheme
-// the client accepts that pub can sign with.
-func selectSignatureScheme(vers uint16, pub crypto.PublicKey, peer []tls.SignatureScheme) (tls.SignatureScheme, bool) {
-	ours := schemesForKey(vers, pub)
+// the client accepts that the key can produce.
+func selectSignatureScheme(key, peer []tls.SignatureScheme) (tls.SignatureScheme, bool) {
 	for _, s := range peer {
-		if slices.Contains(ours, s) {
+		if slices.Contains(key, s) {
 			return s, true
 		}
 	}
@@ -88,48 +58,14 @@ func clientAuthSchemes(vers uint16) []tls.SignatureScheme {
 	return s
 }
 
-// schemeHash returns the hash a scheme signs with; 0 for Ed25519, which signs
-// the message itself.
-func schemeHash(s tls.SignatureScheme) crypto.Hash {
-	switch s {
-	case tls.PSSWithSHA256, tls.PKCS1WithSHA256, tls.ECDSAWithP256AndSHA256:
-		return crypto.SHA256
-	case tls.PSSWithSHA384, tls.PKCS1WithSHA384, tls.ECDSAWithP384AndSHA384:
-		return crypto.SHA384
-	case tls.PSSWithSHA512, tls.PKCS1WithSHA512, tls.ECDSAWithP521AndSHA512:
-		return crypto.SHA512
-	}
-	return 0
-}
-
 // verifySignature checks a peer's signature over message with scheme, which
-// the caller has already matched to pub's type with schemesForKey.
+// the caller has already matched to pub with sigscheme.Fits.
 func verifySignature(scheme tls.SignatureScheme, pub crypto.PublicKey, message, sig []byte) error {
-	if edPub, ok := pub.(ed25519.PublicKey); ok {
-		if scheme != tls.Ed25519 || !ed25519.Verify(edPub, message, sig) {
-			return errors.New("Ed25519 verification failure")
-		}
-		return nil
+	s, ok := sigscheme.Lookup(scheme)
+	if !ok {
+		return fmt.Errorf("unsupported signature scheme %v", scheme)
 	}
-	h := schemeHash(scheme)
-	hh := h.New()
-	hh.Write(message)
-	digest := hh.Sum(nil)
-	switch pub := pub.(type) {
-	case *ecdsa.PublicKey:
-		if !ecdsa.VerifyASN1(pub, digest, sig) {
-			return errors.New("ECDSA verification failure")
-		}
-		return nil
-	case *rsa.PublicKey:
-		switch scheme {
-		case tls.PSSWithSHA256, tls.PSSWithSHA384, tls.PSSWithSHA512:
-			return rsa.VerifyPSS(pub, h, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
-		default:
-			return rsa.VerifyPKCS1v15(pub, h, digest, sig)
-		}
-	}
-	return fmt.Errorf("unsupported public key type %T", pub)
+	return s.Verify(pub, message, sig)
 }
 
 // verifyClientChain parses the client's chain and verifies it against the
@@ -146,7 +82,7 @@ func verifyClientChain(cfg *Config, chain [][]byte) ([]*x509.Certificate, error)
 		}
 		certs[i] = c
 	}
-	if schemesForKey(tls.VersionTLS12, certs[0].PublicKey) == nil {
+	if sigscheme.ForKey(certs[0].PublicKey, tls.VersionTLS12) == nil {
 		return certs, fail(alertUnsupportedCertificate, "client certificate has an unsupported %v key", certs[0].PublicKeyAlgorithm)
 	}
 	opts := x509.VerifyOptions{

@@ -25,8 +25,10 @@ func benchCases(p *testPKI) []benchCase {
 	return []benchCase{
 		{"TLS13_ECDSA", func(p *testPKI) *testKey { return p.p256 }, &tls.Config{
 			MinVersion: tls.VersionTLS13, CurvePreferences: []tls.CurveID{tls.X25519}}},
+		// X25519 for the key exchange; P-256 listed too, as TLS 1.2 wants
+		// the certificate's curve among supported_groups (RFC 8422, 5.1).
 		{"TLS12_ECDHE_ECDSA", func(p *testPKI) *testKey { return p.p256 }, &tls.Config{
-			MaxVersion: tls.VersionTLS12, CurvePreferences: []tls.CurveID{tls.X25519},
+			MaxVersion: tls.VersionTLS12, CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256},
 			CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}},
 		{"TLS12_RSA", func(p *testPKI) *testKey { return p.rsa }, &tls.Config{
 			MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}},

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // KeyOps performs the private-key operations of a handshake. The key vault
@@ -37,6 +38,13 @@ type KeyOps interface {
 	// keyRef under scheme; the implementation hashes as the scheme says
 	// (RSASSA-PSS with salt length equal to the hash length for rsa_pss_*).
 	Sign(ctx context.Context, keyRef string, scheme tls.SignatureScheme, message []byte) ([]byte, error)
+	// SignatureSchemes returns the schemes the key named keyRef can sign
+	// with at TLS version vers (tls.VersionTLS12 or tls.VersionTLS13), most
+	// preferred first. The key, not the engine, knows what it can produce
+	// (RFC 8446, Section 4.2.3 binds an ECDSA scheme to a curve in TLS 1.3
+	// only; a hardware key may lack RSA-PSS); the engine picks among them
+	// the one the client prefers.
+	SignatureSchemes(ctx context.Context, keyRef string, vers uint16) ([]tls.SignatureScheme, error)
 	// DecryptPremaster decrypts a TLS 1.2 RSA EncryptedPreMasterSecret with
 	// implicit rejection (RFC 5246, Section 7.4.7.1): it always returns 48
 	// bytes, random ones when the padding or the version (clientVersion, the
@@ -65,7 +73,7 @@ func NewCertificate(chain [][]byte, keyRef string) (Certificate, error) {
 	if err != nil {
 		return Certificate{}, fmt.Errorf("engine: parsing leaf certificate: %w", err)
 	}
-	if schemesForKey(tls.VersionTLS12, leaf.PublicKey) == nil {
+	if sigscheme.ForKey(leaf.PublicKey, tls.VersionTLS12) == nil {
 		return Certificate{}, fmt.Errorf("engine: unsupported %v public key in leaf certificate", leaf.PublicKeyAlgorithm)
 	}
 	return Certificate{Chain: chain, KeyRef: keyRef, leaf: leaf, subject: leaf.Subject.String()}, nil
@@ -104,7 +112,7 @@ type Config struct {
 	// means AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305.
 	CipherSuitesTLS13 []uint16
 	// Groups are the key exchange groups in order of preference; nil means
-	// X25519MLKEM768 (TLS 1.3 only), X25519, P-256, P-384.
+	// X25519MLKEM768 (TLS 1.3 only), X25519, P-256, P-384, P-521.
 	Groups []tls.CurveID
 	// NextProtos are the ALPN protocols in order of preference (RFC 7301).
 	NextProtos []string

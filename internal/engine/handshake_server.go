@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"strconv"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // processClientHello parses the first ClientHello, negotiates the version
@@ -163,22 +165,27 @@ func (h *Handshake) sign(what string, message []byte) ([]byte, error) {
 }
 
 // fits12 reports whether suite s can be used with certificate cert for this
-// client, and with which signature scheme.
-func fits12(s cipherSuite12, cert *Certificate, ch *clientHelloMsg, ecdheOK bool) (tls.SignatureScheme, bool) {
+// client, leaving the signature scheme to the caller. An ECDSA certificate
+// must be on a curve the client lists in supported_groups: in TLS 1.2 that
+// extension also names the curves the client verifies signatures on (RFC
+// 8422, Sections 5.1 and 5.3), and OpenSSL aborts with "wrong curve"
+// otherwise.
+func fits12(s cipherSuite12, cert *Certificate, ch *clientHelloMsg, ecdheOK bool) bool {
 	alg := cert.leaf.PublicKeyAlgorithm
 	switch s.kex {
 	case kexRSA:
-		return 0, alg == x509.RSA
+		return alg == x509.RSA
 	case kexECDHERSA:
-		if alg != x509.RSA || !ecdheOK {
-			return 0, false
-		}
+		return alg == x509.RSA && ecdheOK
 	case kexECDHEECDSA:
-		if (alg != x509.ECDSA && alg != x509.Ed25519) || !ecdheOK {
-			return 0, false
+		if pub, ok := cert.leaf.PublicKey.(*ecdsa.PublicKey); ok && ch.has(extensionSupportedGroups) {
+			if id, known := curveID(pub.Curve); !known || !slices.Contains(ch.supportedGroups, id) {
+				return false
+			}
 		}
+		return (alg == x509.ECDSA || alg == x509.Ed25519) && ecdheOK
 	}
-	return selectSignatureScheme(tls.VersionTLS12, cert.leaf.PublicKey, ch.signatureAlgorithms)
+	return false
 }
 
 // serverHello12 answers a ClientHello with the TLS 1.2 server flight:
@@ -204,12 +211,29 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	var suite cipherSuite12
 	found := false
 	for _, idx := range h.certificateOrder(ch.serverName) {
+		// The key is asked once, when the first ECDHE suite needs a scheme.
+		var keySchemes []tls.SignatureScheme
+		asked := false
 		for _, id := range serverPreference(h.cfg.suites12(), ch.cipherSuites) {
 			if !slices.Contains(ch.cipherSuites, id) {
 				continue
 			}
 			s, _ := suite12ByID(id)
-			if scheme, ok := fits12(s, &h.cfg.Certificates[idx], ch, ecdheOK); ok {
+			if !fits12(s, &h.cfg.Certificates[idx], ch, ecdheOK) {
+				continue
+			}
+			if s.kex == kexRSA {
+				suite, h.cert, h.scheme, found = s, idx, 0, true
+				break
+			}
+			if !asked {
+				var err error
+				if keySchemes, err = h.keySchemes(idx, tls.VersionTLS12); err != nil {
+					return err
+				}
+				asked = true
+			}
+			if scheme, ok := selectSignatureScheme(keySchemes, ch.signatureAlgorithms); ok {
 				suite, h.cert, h.scheme, found = s, idx, scheme, true
 				break
 			}
@@ -463,7 +487,7 @@ func (h *Handshake) processClientCertificateVerify(body, raw []byte) error {
 	ev.add("signature_scheme", cv.signatureAlgorithm.String())
 	h.trace = append(h.trace, ev)
 	if !slices.Contains(clientAuthSchemes(h.vers), cv.signatureAlgorithm) ||
-		!slices.Contains(schemesForKey(h.vers, h.peerKey), cv.signatureAlgorithm) {
+		!sigscheme.Fits(cv.signatureAlgorithm, h.peerKey, h.vers) {
 		return fail(alertIllegalParameter, "client signed with %v, not offered or not fitting its key", cv.signatureAlgorithm)
 	}
 	signed := h.transcript.raw

@@ -80,7 +80,11 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	}
 	found := false
 	for _, idx := range h.certificateOrder(ch.serverName) {
-		if n.scheme, found = selectSignatureScheme(tls.VersionTLS13, h.cfg.Certificates[idx].leaf.PublicKey, ch.signatureAlgorithms); found {
+		keySchemes, err := h.keySchemes(idx, tls.VersionTLS13)
+		if err != nil {
+			return n, err
+		}
+		if n.scheme, found = selectSignatureScheme(keySchemes, ch.signatureAlgorithms); found {
 			n.cert = idx
 			break
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // Test PKI, generated once per package run: RSA keygen under -race is slow.
@@ -36,11 +37,11 @@ type testKey struct {
 }
 
 type testPKI struct {
-	rsa, p256, p384, ed *testKey
-	serverRoots         *x509.CertPool
-	clientCA            *x509.CertPool
-	clientCerts         map[string]tls.Certificate // by key type, signed by the client CA
-	rogueClientCert     tls.Certificate            // signed by an unknown CA
+	rsa, p256, p384, p521, ed *testKey
+	serverRoots               *x509.CertPool
+	clientCA                  *x509.CertPool
+	clientCerts               map[string]tls.Certificate // by key type, signed by the client CA
+	rogueClientCert           tls.Certificate            // signed by an unknown CA
 	// serverAuthClientCert is from the client CA but for serverAuth only;
 	// noEKUClientCert has no extended key usage (valid for any, RFC 5280,
 	// Section 4.2.1.12); wrongKeyClientCert pairs a valid client
@@ -98,6 +99,7 @@ func newTestPKI() *testPKI {
 	}
 	p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	p521, _ := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
 	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
 	mk := func(name string, s crypto.Signer) *testKey {
 		tmpl := template(name+".example.com", name+".example.com", "*."+name+".example.net")
@@ -110,7 +112,7 @@ func newTestPKI() *testPKI {
 		p.keys.signers["key/"+name] = s
 		return &testKey{name: name, signer: s, cert: cert, x509: c}
 	}
-	p.rsa, p.p256, p.p384, p.ed = mk("rsa", rsaKey), mk("p256", p256), mk("p384", p384), mk("ed25519", edKey)
+	p.rsa, p.p256, p.p384, p.p521, p.ed = mk("rsa", rsaKey), mk("p256", p256), mk("p384", p384), mk("p521", p521), mk("ed25519", edKey)
 
 	newCA := func(cn string) (*x509.Certificate, crypto.Signer) {
 		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -152,6 +154,8 @@ func (p *testPKI) key(name string) *testKey {
 		return p.p256
 	case "p384":
 		return p.p384
+	case "p521":
+		return p.p521
 	}
 	return p.ed
 }
@@ -160,8 +164,10 @@ func (p *testPKI) key(name string) *testKey {
 // over its stored ones.
 type testKeyOps struct {
 	signers map[string]crypto.Signer
-	// failWith, when set, is the error of every operation.
-	failWith error
+	schemes map[string][]tls.SignatureScheme // what a key says it can do, if not all its type allows
+	// failWith, when set, is the error of every private-key operation;
+	// schemesErr of SignatureSchemes.
+	failWith, schemesErr error
 }
 
 func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.SignatureScheme, message []byte) ([]byte, error) {
@@ -172,20 +178,27 @@ func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.Signature
 	if !ok {
 		return nil, fmt.Errorf("no key %q", keyRef)
 	}
-	if scheme == tls.Ed25519 {
-		return s.Sign(rand.Reader, message, crypto.Hash(0))
+	ss, ok := sigscheme.Lookup(scheme)
+	if !ok || !sigscheme.Fits(scheme, s.Public(), tls.VersionTLS12) {
+		return nil, fmt.Errorf("scheme %v does not fit key %q", scheme, keyRef)
 	}
-	h := schemeHash(scheme)
-	hh := h.New()
-	hh.Write(message)
-	digest := hh.Sum(nil)
-	switch scheme {
-	case tls.PSSWithSHA256, tls.PSSWithSHA384, tls.PSSWithSHA512:
-		return rsa.SignPSS(rand.Reader, s.(*rsa.PrivateKey), h, digest, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
-	case tls.PKCS1WithSHA256, tls.PKCS1WithSHA384, tls.PKCS1WithSHA512:
-		return rsa.SignPKCS1v15(rand.Reader, s.(*rsa.PrivateKey), h, digest)
+	return s.Sign(rand.Reader, ss.Digest(message), ss.SignerOpts())
+}
+
+// SignatureSchemes answers as the vault does: what the table says the key
+// can produce at vers, or schemes[keyRef] when a test limits a key.
+func (k *testKeyOps) SignatureSchemes(_ context.Context, keyRef string, vers uint16) ([]tls.SignatureScheme, error) {
+	s, ok := k.signers[keyRef]
+	if k.schemesErr != nil {
+		return nil, k.schemesErr
 	}
-	return ecdsa.SignASN1(rand.Reader, s.(*ecdsa.PrivateKey), digest)
+	if !ok {
+		return nil, fmt.Errorf("no key %q", keyRef)
+	}
+	if limited, ok := k.schemes[keyRef]; ok {
+		return limited, nil
+	}
+	return sigscheme.ForKey(s.Public(), vers), nil
 }
 
 func (k *testKeyOps) DecryptPremaster(_ context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error) {

@@ -86,7 +86,14 @@ func TestInteropTLS12(t *testing.T) {
 					cl.MaxVersion = tls.VersionTLS12
 					cl.CipherSuites = []uint16{s.id}
 					if group != 0 {
+						// In TLS 1.2 supported_groups also names the curves of
+						// ECDSA certificates (RFC 8422, Section 5.1), so the
+						// client lists the key's; the server uses only group.
+						cfg.Groups = []tls.CurveID{group}
 						cl.CurvePreferences = []tls.CurveID{group}
+						if id, ok := curveID(keyCurve(p.key(kn))); ok && id != group {
+							cl.CurvePreferences = append(cl.CurvePreferences, id)
+						}
 					}
 					sess := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl, mode: mode}))
 					assert.Equal(t, s.id, sess.CipherSuite)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/ecdh"
+	"crypto/elliptic"
 	"crypto/mlkem"
 	"crypto/tls"
 	"errors"
@@ -13,8 +14,11 @@ import (
 // draft-ietf-tls-ecdhe-mlkem (X25519MLKEM768).
 
 // defaultGroups is the default server preference. The hybrid post-quantum
-// group comes first; it exists only in TLS 1.3.
-var defaultGroups = []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256, tls.CurveP384}
+// group comes first; it exists only in TLS 1.3. P-521 comes last: it is the
+// slowest and adds nothing a client that also offers X25519 or P-256 needs,
+// but a client offering only secp521r1 (as Go's and OpenSSL's can be told
+// to) must still find a group in common.
+var defaultGroups = []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}
 
 // ecdhCurve returns the classical curve of a group, nil if unsupported.
 func ecdhCurve(g tls.CurveID) ecdh.Curve {
@@ -25,8 +29,23 @@ func ecdhCurve(g tls.CurveID) ecdh.Curve {
 		return ecdh.P256()
 	case tls.CurveP384:
 		return ecdh.P384()
+	case tls.CurveP521:
+		return ecdh.P521()
 	}
 	return nil
+}
+
+// curveID returns the group of an ECDSA key's curve.
+func curveID(c elliptic.Curve) (tls.CurveID, bool) {
+	switch c {
+	case elliptic.P256():
+		return tls.CurveP256, true
+	case elliptic.P384():
+		return tls.CurveP384, true
+	case elliptic.P521():
+		return tls.CurveP521, true
+	}
+	return 0, false
 }
 
 func isHybrid(g tls.CurveID) bool { return g == tls.X25519MLKEM768 }

@@ -288,7 +288,7 @@ func TestMalformedInput(t *testing.T) {
 		})}, alertIllegalParameter},
 		{"no common suite", [][]byte{hello(real13, func(m *clientHelloMsg) { m.cipherSuites = []uint16{0x0a0a} })}, alertHandshakeFailure},
 		{"no common group", [][]byte{hello(real13, func(m *clientHelloMsg) {
-			m.supportedGroups = []tls.CurveID{tls.CurveP521}
+			m.supportedGroups = []tls.CurveID{0x0100} // ffdhe2048 (RFC 7919), not supported
 			m.keyShares = nil
 		})}, alertHandshakeFailure},
 		{"no signature scheme", [][]byte{hello(real13, func(m *clientHelloMsg) { m.signatureAlgorithms = []tls.SignatureScheme{tls.Ed25519} })}, alertHandshakeFailure},
@@ -339,20 +339,25 @@ func TestKeyOpsFailure(t *testing.T) {
 	der, err := x509.MarshalPKCS8PrivateKey(p.rsa.signer)
 	require.NoError(t, err)
 	marker := hex.EncodeToString(der)
-	leaky := &testKeyOps{signers: p.keys.signers, failWith: fmt.Errorf("backend: key %s unusable", marker)}
+	leakyErr := fmt.Errorf("backend: key %s unusable", marker)
+	leaky := &testKeyOps{signers: p.keys.signers, failWith: leakyErr}
+	leakySchemes := &testKeyOps{signers: p.keys.signers, schemesErr: leakyErr}
 	for _, tc := range []struct {
 		name   string
 		vers   uint16
 		suites []uint16
+		keys   *testKeyOps
 	}{
-		{"TLS 1.3 Sign", tls.VersionTLS13, nil},
-		{"TLS 1.2 Sign", tls.VersionTLS12, nil},
-		{"TLS 1.2 DecryptPremaster", tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+		{"TLS 1.3 Sign", tls.VersionTLS13, nil, leaky},
+		{"TLS 1.2 Sign", tls.VersionTLS12, nil, leaky},
+		{"TLS 1.2 DecryptPremaster", tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}, leaky},
+		{"TLS 1.3 SignatureSchemes", tls.VersionTLS13, nil, leakySchemes},
+		{"TLS 1.2 SignatureSchemes", tls.VersionTLS12, nil, leakySchemes},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cl := clientConfig(p, "rsa.example.com")
 			cl.MaxVersion, cl.CipherSuites = tc.vers, tc.suites
-			res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: cl, keys: leaky})
+			res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: cl, keys: tc.keys})
 			expectFailure(t, res, alertInternalError)
 			last := res.relay.last
 			assert.Contains(t, last.Reason, "key operation failed")

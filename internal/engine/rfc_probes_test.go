@@ -377,7 +377,9 @@ func TestProbeClientHelloTLS12(t *testing.T) {
 // needed to break it.
 func TestProbeClientKeyExchangeTLS12(t *testing.T) {
 	helloP256 := hello12().replace(extGroups(0x0017)).record()
-	helloX25519 := hello12().replace(extGroups(0x001d)).record()
+	// X25519 for the key exchange (the server prefers it); P-256 too, for
+	// the P-256 certificate (RFC 8422, Section 5.1).
+	helloX25519 := hello12().replace(extGroups(0x001d, 0x0017)).record()
 	goodP256 := handshakeRecord(typeClientKeyExchange, ecPoint(p256Client.PublicKey().Bytes()))
 	notOnCurve := append([]byte{4}, bytes.Repeat([]byte{1}, 64)...)
 	ccs := rawRecord(20, 1)

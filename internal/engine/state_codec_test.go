@@ -24,7 +24,7 @@ func TestSaveRestore(t *testing.T) {
 		{"TLS13", "p256", tls.VersionTLS13, nil, nil, nil, false},
 		{"TLS13 HRR", "rsa", tls.VersionTLS13, nil, []tls.CurveID{tls.CurveP256, tls.CurveP384}, []tls.CurveID{tls.CurveP384}, false},
 		{"TLS13 client auth", "ed25519", tls.VersionTLS13, nil, nil, nil, true},
-		{"TLS12 ECDHE", "p384", tls.VersionTLS12, nil, []tls.CurveID{tls.CurveP256}, nil, false},
+		{"TLS12 ECDHE", "p384", tls.VersionTLS12, nil, []tls.CurveID{tls.CurveP256, tls.CurveP384}, nil, false},
 		{"TLS12 RSA", "rsa", tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_256_GCM_SHA384}, nil, nil, false},
 		{"TLS12 client auth", "rsa", tls.VersionTLS12, nil, nil, nil, true},
 	}

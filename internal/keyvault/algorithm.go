@@ -7,12 +7,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	_ "crypto/sha256" // registers crypto.SHA256 for crypto.Hash.New
-	_ "crypto/sha512" // registers crypto.SHA384 and crypto.SHA512
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
-	"slices"
 	"strconv"
+
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // Algorithm is the type and size of a key.
@@ -25,6 +25,7 @@ const (
 	RSA4096
 	ECDSAP256
 	ECDSAP384
+	ECDSAP521
 	Ed25519
 )
 
@@ -35,6 +36,7 @@ var algorithmNames = [...]string{
 	RSA4096:              "RSA_4096",
 	ECDSAP256:            "ECDSA_P256",
 	ECDSAP384:            "ECDSA_P384",
+	ECDSAP521:            "ECDSA_P521",
 	Ed25519:              "ED25519",
 }
 
@@ -114,65 +116,32 @@ func (m DecryptMode) String() string {
 	return "DecryptMode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// The TLS signature schemes (RFC 8446 §4.2.3) each algorithm can produce,
-// most preferred first. rsa_pss_rsae_* and rsa_pkcs1_* both use an
-// rsaEncryption key, so every RSA key fits all six.
-var (
-	rsaSchemes = []tls.SignatureScheme{
-		tls.PSSWithSHA256, tls.PSSWithSHA384, tls.PSSWithSHA512,
-		tls.PKCS1WithSHA256, tls.PKCS1WithSHA384, tls.PKCS1WithSHA512,
-	}
-	p256Schemes    = []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}
-	p384Schemes    = []tls.SignatureScheme{tls.ECDSAWithP384AndSHA384}
-	ed25519Schemes = []tls.SignatureScheme{tls.Ed25519}
-)
-
-func schemes(alg Algorithm) []tls.SignatureScheme {
-	switch alg {
-	case RSA2048, RSA3072, RSA4096:
-		return rsaSchemes
-	case ECDSAP256:
-		return p256Schemes
-	case ECDSAP384:
-		return p384Schemes
-	case Ed25519:
-		return ed25519Schemes
-	}
-	return nil
-}
-
 // SchemesFor returns the TLS signature schemes a key of alg can sign with,
-// most preferred first. The caller may modify the slice.
+// most preferred first: those it can produce in TLS 1.2, which include those
+// of TLS 1.3 (see Vault.Sign). The caller may modify the slice.
 func SchemesFor(alg Algorithm) []tls.SignatureScheme {
-	return slices.Clone(schemes(alg))
+	return alg.sigschemeKey().Schemes(tls.VersionTLS12)
 }
 
-// PSS options for rsa_pss_rsae_*: RFC 8446 §4.2.3 requires the salt to be as
-// long as the digest.
-var (
-	pssSHA256 = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
-	pssSHA384 = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA384}
-	pssSHA512 = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA512}
-)
-
-// signerOpts returns what crypto.Signer.Sign needs for scheme. Its HashFunc
-// is 0 for ed25519, which signs the message itself (RFC 8032 PureEdDSA).
-func signerOpts(scheme tls.SignatureScheme) crypto.SignerOpts {
-	switch scheme {
-	case tls.PKCS1WithSHA256, tls.ECDSAWithP256AndSHA256:
-		return crypto.SHA256
-	case tls.PKCS1WithSHA384, tls.ECDSAWithP384AndSHA384:
-		return crypto.SHA384
-	case tls.PKCS1WithSHA512:
-		return crypto.SHA512
-	case tls.PSSWithSHA256:
-		return pssSHA256
-	case tls.PSSWithSHA384:
-		return pssSHA384
-	case tls.PSSWithSHA512:
-		return pssSHA512
+// sigschemeKey describes a key of alg to the scheme table.
+func (a Algorithm) sigschemeKey() sigscheme.Key {
+	switch a {
+	case RSA2048:
+		return sigscheme.Key{Type: x509.RSA, ModulusBytes: 2048 / 8}
+	case RSA3072:
+		return sigscheme.Key{Type: x509.RSA, ModulusBytes: 3072 / 8}
+	case RSA4096:
+		return sigscheme.Key{Type: x509.RSA, ModulusBytes: 4096 / 8}
+	case ECDSAP256:
+		return sigscheme.Key{Type: x509.ECDSA, Curve: elliptic.P256()}
+	case ECDSAP384:
+		return sigscheme.Key{Type: x509.ECDSA, Curve: elliptic.P384()}
+	case ECDSAP521:
+		return sigscheme.Key{Type: x509.ECDSA, Curve: elliptic.P521()}
+	case Ed25519:
+		return sigscheme.Key{Type: x509.Ed25519}
 	}
-	return crypto.Hash(0)
+	return sigscheme.Key{}
 }
 
 // generateKey makes a new private key of alg from the system's secure
@@ -193,6 +162,8 @@ func generateKey(alg Algorithm) (crypto.Signer, error) {
 		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	case ECDSAP384:
 		key, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case ECDSAP521:
+		key, err = ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
 	case Ed25519:
 		_, key, err = ed25519.GenerateKey(rand.Reader)
 	default:
@@ -223,8 +194,10 @@ func algorithmOf(key crypto.Signer) (Algorithm, error) {
 			return ECDSAP256, nil
 		case elliptic.P384():
 			return ECDSAP384, nil
+		case elliptic.P521():
+			return ECDSAP521, nil
 		}
-		return AlgorithmUnspecified, fmt.Errorf("ECDSA curve %s is not supported (P-256 or P-384): %w", k.Curve.Params().Name, ErrInvalidArgument)
+		return AlgorithmUnspecified, fmt.Errorf("ECDSA curve %s is not supported (P-256, P-384 or P-521): %w", k.Curve.Params().Name, ErrInvalidArgument)
 	case ed25519.PrivateKey:
 		return Ed25519, nil
 	}

@@ -15,38 +15,63 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"slices"
+
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // Sign signs input with a version of key id (0: the primary) using a TLS
 // signature scheme that fits the key. If isDigest, input is the digest of
 // the message under the scheme's hash; otherwise input is the message and
 // the vault hashes it. ed25519 always signs the message itself.
+//
+// A scheme fits a key if the key can produce it in some TLS version, which
+// is what it can produce in TLS 1.2: there an ECDSA scheme names only the
+// hash, so a P-384 key signs ecdsa_secp256r1_sha256 as ECDSA over SHA-256
+// (RFC 8446 §4.2.3, RFC 5246 §7.4.1.4.1). The signature is the same one a
+// TLS 1.3 reading would give where both allow the scheme; the vault does not
+// know the version a caller signs for, so the rule that narrows the choice
+// for TLS 1.3 applies where the scheme is chosen: SignatureSchemes.
 func (v *Vault) Sign(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, error) {
 	ver, err := v.enabledVersion(id, version)
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(schemes(ver.alg), scheme) {
+	s, ok := sigscheme.Lookup(scheme)
+	if !ok || !ver.alg.sigschemeKey().Fits(s, tls.VersionTLS12) {
 		return nil, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
 	}
-	opts := signerOpts(scheme)
-	hash := opts.HashFunc()
+	opts := s.SignerOpts()
+	hash := s.Hash
 	switch {
 	case isDigest && hash == 0:
 		return nil, fmt.Errorf("keyvault: %v signs the message itself, not a digest: %w", scheme, ErrInvalidArgument)
 	case isDigest && len(input) != hash.Size():
 		return nil, fmt.Errorf("keyvault: a %v digest is %d bytes, not %d: %w", scheme, hash.Size(), len(input), ErrInvalidArgument)
-	case !isDigest && hash != 0:
-		h := hash.New()
-		h.Write(input)
-		input = h.Sum(nil)
+	case !isDigest:
+		input = s.Digest(input)
 	}
 	sig, err := ver.signer.Sign(rand.Reader, input, opts)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: key %q version %d: sign with %v: %w", id, ver.number, scheme, err)
 	}
 	return sig, nil
+}
+
+// SignatureSchemes returns the TLS signature schemes a version of key id (0:
+// the primary) can produce in TLS version tlsVersion (tls.VersionTLS12 or
+// tls.VersionTLS13), most preferred first: the key's answer to "which
+// schemes can you sign with", as a handshake asks it before choosing one
+// the client accepts (RFC 8446 §4.2.3 narrows ECDSA to the key's curve and
+// leaves rsa_pkcs1 out in TLS 1.3).
+func (v *Vault) SignatureSchemes(ctx context.Context, id string, version uint32, tlsVersion uint16) ([]tls.SignatureScheme, error) {
+	if tlsVersion != tls.VersionTLS12 && tlsVersion != tls.VersionTLS13 {
+		return nil, fmt.Errorf("keyvault: TLS version %#04x: signature schemes are for TLS 1.2 or 1.3: %w", tlsVersion, ErrInvalidArgument)
+	}
+	ver, err := v.enabledVersion(id, version)
+	if err != nil {
+		return nil, err
+	}
+	return ver.alg.sigschemeKey().Schemes(tlsVersion), nil
 }
 
 // premasterLen is the length of an RSA-encrypted premaster secret

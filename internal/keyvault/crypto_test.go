@@ -20,48 +20,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestSign(t *testing.T) {
-	v, _ := newTestVault(t)
-	msg := []byte("the transcript hash input of a CertificateVerify")
-	for alg := RSA2048; alg <= Ed25519; alg++ {
-		id := strings.ToLower(strings.ReplaceAll(alg.String(), "_", "-"))
-		key := importTestKey(t, v, id, alg)
-		pub := key.Versions[0].PublicKey
-		fits := SchemesFor(alg)
-		for _, scheme := range allSchemes {
-			for _, isDigest := range []bool{false, true} {
-				t.Run(alg.String()+"/"+scheme.String()+map[bool]string{false: "/message", true: "/digest"}[isDigest], func(t *testing.T) {
-					input := msg
-					if h := testHash(scheme); isDigest && h != 0 {
-						hh := h.New()
-						hh.Write(msg)
-						input = hh.Sum(nil)
-					}
-					sig, err := v.Sign(ctx, id, 0, scheme, input, isDigest)
-					wantOK := slices.Contains(fits, scheme) && !(isDigest && scheme == tls.Ed25519)
-					if !wantOK {
-						require.ErrorIs(t, err, ErrInvalidArgument)
-						return
-					}
-					require.NoError(t, err)
-					assert.NoError(t, verifySignature(pub, scheme, msg, sig))
-				})
-			}
-		}
-	}
-}
-
-func TestSchemesFor(t *testing.T) {
-	want := map[Algorithm]int{RSA2048: 6, RSA3072: 6, RSA4096: 6, ECDSAP256: 1, ECDSAP384: 1, Ed25519: 1, AlgorithmUnspecified: 0}
-	for alg, n := range want {
-		assert.Len(t, SchemesFor(alg), n, "SchemesFor(%v)", alg)
-	}
-	// The result is the caller's to modify.
-	s := SchemesFor(ECDSAP256)
-	s[0] = tls.Ed25519
-	assert.Equal(t, tls.ECDSAWithP256AndSHA256, SchemesFor(ECDSAP256)[0], "modifying the result of SchemesFor changed the vault's table")
-}
-
 func TestSignRejects(t *testing.T) {
 	v, _ := newTestVault(t)
 	importTestKey(t, v, "ec", ECDSAP256)

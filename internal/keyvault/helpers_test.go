@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 var ctx = context.Background()
@@ -33,9 +35,7 @@ func testKey(tb testing.TB, alg Algorithm) crypto.Signer {
 	tb.Helper()
 	k := &testKeys[alg]
 	k.once.Do(func() { k.key, k.err = generateKey(alg) })
-	if k.err != nil {
-		tb.Fatalf("generate %v: %v", alg, k.err)
-	}
+	require.NoError(tb, k.err, "generate %v", alg)
 	return k.key
 }
 
@@ -57,11 +57,9 @@ func pemOf(tb testing.TB, key crypto.Signer, format string) []byte {
 		typ = "EC PRIVATE KEY"
 		der, err = x509.MarshalECPrivateKey(key.(*ecdsa.PrivateKey))
 	default:
-		tb.Fatalf("unknown format %q", format)
+		require.FailNow(tb, "unknown PEM format", format)
 	}
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
 
@@ -75,9 +73,7 @@ func newTestVault(tb testing.TB) (*Vault, string) {
 func openTestVault(tb testing.TB, path string, kek []byte) *Vault {
 	tb.Helper()
 	v, err := openVault(path, kek)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	tb.Cleanup(func() { v.Close() })
 	return v
 }
@@ -98,9 +94,7 @@ func openVault(path string, kek []byte) (*Vault, error) {
 func importTestKey(tb testing.TB, v *Vault, id string, alg Algorithm) *Key {
 	tb.Helper()
 	k, err := v.Import(ctx, id, pemOf(tb, testKey(tb, alg), "pkcs8"), nil)
-	if err != nil {
-		tb.Fatalf("import %v: %v", alg, err)
-	}
+	require.NoError(tb, err, "import %v", alg)
 	return k
 }
 
@@ -112,7 +106,7 @@ func testHash(scheme tls.SignatureScheme) crypto.Hash {
 		return crypto.SHA256
 	case tls.PKCS1WithSHA384, tls.PSSWithSHA384, tls.ECDSAWithP384AndSHA384:
 		return crypto.SHA384
-	case tls.PKCS1WithSHA512, tls.PSSWithSHA512:
+	case tls.PKCS1WithSHA512, tls.PSSWithSHA512, tls.ECDSAWithP521AndSHA512:
 		return crypto.SHA512
 	}
 	return 0
@@ -139,7 +133,7 @@ func verifySignature(pub crypto.PublicKey, scheme tls.SignatureScheme, msg, sig 
 		return rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), h, digest, sig)
 	case tls.PSSWithSHA256, tls.PSSWithSHA384, tls.PSSWithSHA512:
 		return rsa.VerifyPSS(pub.(*rsa.PublicKey), h, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
-	case tls.ECDSAWithP256AndSHA256, tls.ECDSAWithP384AndSHA384:
+	case tls.ECDSAWithP256AndSHA256, tls.ECDSAWithP384AndSHA384, tls.ECDSAWithP521AndSHA512:
 		if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, sig) {
 			return errors.New("ecdsa signature does not verify")
 		}

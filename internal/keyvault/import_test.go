@@ -7,11 +7,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/pem"
-	"errors"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // importSeeds are valid PEMs of every supported kind.
@@ -25,6 +27,8 @@ func importSeeds(tb testing.TB) map[string][]byte {
 		"sec1-p256":              pemOf(tb, testKey(tb, ECDSAP256), "sec1"),
 		"sec1-p384-with-params":  append(ecParams, pemOf(tb, testKey(tb, ECDSAP384), "sec1")...),
 		"pkcs8-p384-with-banner": append([]byte("key for example.com\n"), pemOf(tb, testKey(tb, ECDSAP384), "pkcs8")...),
+		"pkcs8-p521":             pemOf(tb, testKey(tb, ECDSAP521), "pkcs8"),
+		"sec1-p521":              pemOf(tb, testKey(tb, ECDSAP521), "sec1"),
 	}
 }
 
@@ -33,20 +37,19 @@ func TestImport(t *testing.T) {
 	want := map[string]Algorithm{
 		"pkcs1-rsa2048": RSA2048, "pkcs8-rsa2048": RSA2048, "pkcs8-p256": ECDSAP256, "pkcs8-ed25519": Ed25519,
 		"sec1-p256": ECDSAP256, "sec1-p384-with-params": ECDSAP384, "pkcs8-p384-with-banner": ECDSAP384,
+		"pkcs8-p521": ECDSAP521, "sec1-p521": ECDSAP521,
 	}
 	for name, data := range importSeeds(t) {
 		t.Run(name, func(t *testing.T) {
 			key, err := v.Import(ctx, name, data, map[string]string{"source": name})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			ver := key.Versions[0]
-			if ver.Algorithm != want[name] || !ver.Imported || ver.State != StateEnabled || key.Primary != 1 || key.Labels["source"] != name {
-				t.Fatalf("imported key = %+v", key)
-			}
-			if !publicKeyEqual(testKey(t, ver.Algorithm).Public(), ver.PublicKey) {
-				t.Fatal("imported key has another public key")
-			}
+			assert.Equal(t, want[name], ver.Algorithm)
+			assert.True(t, ver.Imported)
+			assert.Equal(t, StateEnabled, ver.State)
+			assert.Equal(t, uint32(1), key.Primary)
+			assert.Equal(t, name, key.Labels["source"])
+			assert.True(t, publicKeyEqual(testKey(t, ver.Algorithm).Public(), ver.PublicKey), "imported key has another public key")
 		})
 	}
 }
@@ -54,10 +57,9 @@ func TestImport(t *testing.T) {
 func TestImportRejects(t *testing.T) {
 	v, _ := newTestVault(t)
 	p256 := testKey(t, ECDSAP256)
-	p521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// P-224 parses (crypto/x509 knows it) but has no TLS signature scheme.
+	p224, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	require.NoError(t, err)
 	good := pemOf(t, p256, "pkcs8")
 	block, _ := pem.Decode(good)
 	encryptedHeaders := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Headers: map[string]string{
@@ -77,29 +79,23 @@ func TestImportRejects(t *testing.T) {
 		"key and cert":      append(bytes.Clone(good), cert...),
 		"two keys":          append(bytes.Clone(good), good...),
 		"pkcs8 in pkcs1":    pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: block.Bytes}),
-		"p521":              pemOf(t, p521, "pkcs8"),
+		"p224":              pemOf(t, p224, "pkcs8"),
 		"too large":         append(bytes.Repeat([]byte(" "), maxPEMSize), good...),
 	}
 	// The standard library parses RSA-1024; the vault's size check refuses it.
 	rsa1024, err := rsa.GenerateKey(rand.Reader, 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cases["rsa1024"] = pemOf(t, rsa1024, "pkcs1")
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {
 			id := strings.ToLower(strings.ReplaceAll(name, " ", "-"))
 			_, err := v.Import(ctx, id, data, nil)
-			if !errors.Is(err, ErrInvalidArgument) {
-				t.Fatalf("got %v, want ErrInvalidArgument", err)
-			}
-			if _, err := v.Get(ctx, id); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("a failed import left key %q: %v", id, err)
-			}
+			require.ErrorIs(t, err, ErrInvalidArgument)
+			_, getErr := v.Get(ctx, id)
+			assert.ErrorIs(t, getErr, ErrNotFound, "a failed import left key %q", id)
 			// No error may quote the key.
-			if body := block.Bytes; bytes.Contains([]byte(err.Error()), body[len(body)-16:]) {
-				t.Fatal("error quotes key bytes")
-			}
+			body := block.Bytes
+			assert.NotContains(t, err.Error(), string(body[len(body)-16:]), "error quotes key bytes")
 		})
 	}
 }
@@ -107,13 +103,11 @@ func TestImportRejects(t *testing.T) {
 func TestImportDuplicateID(t *testing.T) {
 	v, _ := newTestVault(t)
 	importTestKey(t, v, "dup", Ed25519)
-	if _, err := v.Import(ctx, "dup", pemOf(t, testKey(t, ECDSAP256), "pkcs8"), nil); !errors.Is(err, ErrAlreadyExists) {
-		t.Fatalf("got %v, want ErrAlreadyExists", err)
-	}
+	_, err := v.Import(ctx, "dup", pemOf(t, testKey(t, ECDSAP256), "pkcs8"), nil)
+	assert.ErrorIs(t, err, ErrAlreadyExists)
 	key, err := v.Get(ctx, "dup")
-	if err != nil || key.Versions[0].Algorithm != Ed25519 {
-		t.Fatalf("Get = %+v, %v; want the first key untouched", key, err)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, Ed25519, key.Versions[0].Algorithm, "the first key must stay untouched")
 }
 
 func FuzzImport(f *testing.F) {
@@ -131,27 +125,21 @@ func FuzzImport(f *testing.F) {
 		id := "fuzz-" + strconv.FormatUint(n.Add(1), 10)
 		key, err := v.Import(ctx, id, data, nil)
 		if err != nil {
-			if !errors.Is(err, ErrInvalidArgument) {
-				t.Fatalf("Import error %v does not wrap ErrInvalidArgument", err)
-			}
-			if _, err := v.Get(ctx, id); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("a failed import left key %q: %v", id, err)
-			}
+			require.ErrorIs(t, err, ErrInvalidArgument, "Import error does not wrap ErrInvalidArgument")
+			_, getErr := v.Get(ctx, id)
+			require.ErrorIs(t, getErr, ErrNotFound, "a failed import left key %q", id)
 			return
 		}
 		got, err := v.Get(ctx, id)
-		if err != nil || got.Primary != 1 || len(got.Versions) != 1 || got.Versions[0].Algorithm != key.Versions[0].Algorithm {
-			t.Fatalf("Get after Import = %+v, %v", got, err)
-		}
+		require.NoError(t, err)
+		require.Equal(t, uint32(1), got.Primary)
+		require.Len(t, got.Versions, 1)
+		require.Equal(t, key.Versions[0].Algorithm, got.Versions[0].Algorithm)
 		ver := got.Versions[0]
 		scheme := SchemesFor(ver.Algorithm)[0]
 		msg := []byte("fuzz")
 		sig, err := v.Sign(ctx, id, 0, scheme, msg, false)
-		if err != nil {
-			t.Fatalf("Sign with an imported key: %v", err)
-		}
-		if err := verifySignature(ver.PublicKey, scheme, msg, sig); err != nil {
-			t.Fatalf("imported key signs wrongly: %v", err)
-		}
+		require.NoError(t, err, "Sign with an imported key")
+		require.NoError(t, verifySignature(ver.PublicKey, scheme, msg, sig), "imported key signs wrongly")
 	})
 }

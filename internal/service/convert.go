@@ -9,8 +9,10 @@ import (
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
-// The proto enums and the vault's enums are listed in the same order, except
-// that signature schemes use the TLS code points on both sides.
+// The proto enums and the vault's enums name the same values; the proto
+// numbers never change, so an algorithm added later (ECDSA P-521) has the
+// next proto number wherever the vault lists it. Signature schemes use the
+// TLS code points on both sides.
 
 func algorithmFromProto(a pb.Algorithm) (keyvault.Algorithm, error) {
 	switch a {
@@ -24,6 +26,8 @@ func algorithmFromProto(a pb.Algorithm) (keyvault.Algorithm, error) {
 		return keyvault.ECDSAP256, nil
 	case pb.Algorithm_ALGORITHM_ECDSA_P384:
 		return keyvault.ECDSAP384, nil
+	case pb.Algorithm_ALGORITHM_ECDSA_P521:
+		return keyvault.ECDSAP521, nil
 	case pb.Algorithm_ALGORITHM_ED25519:
 		return keyvault.Ed25519, nil
 	}
@@ -42,6 +46,8 @@ func algorithmToProto(a keyvault.Algorithm) pb.Algorithm {
 		return pb.Algorithm_ALGORITHM_ECDSA_P256
 	case keyvault.ECDSAP384:
 		return pb.Algorithm_ALGORITHM_ECDSA_P384
+	case keyvault.ECDSAP521:
+		return pb.Algorithm_ALGORITHM_ECDSA_P521
 	case keyvault.Ed25519:
 		return pb.Algorithm_ALGORITHM_ED25519
 	}

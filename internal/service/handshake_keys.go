@@ -36,6 +36,15 @@ func (k vaultKeyOps) Sign(ctx context.Context, ref string, scheme tls.SignatureS
 	return k.vault.Sign(ctx, id, version, scheme, message, false)
 }
 
+// SignatureSchemes asks the vault what the key can sign with at vers.
+func (k vaultKeyOps) SignatureSchemes(ctx context.Context, ref string, vers uint16) ([]tls.SignatureScheme, error) {
+	id, version, err := parseKeyRef(ref)
+	if err != nil {
+		return nil, err
+	}
+	return k.vault.SignatureSchemes(ctx, id, version, vers)
+}
+
 func (k vaultKeyOps) DecryptPremaster(ctx context.Context, ref string, ciphertext []byte, clientVersion uint16) ([]byte, error) {
 	id, version, err := parseKeyRef(ref)
 	if err != nil {

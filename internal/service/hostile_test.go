@@ -83,19 +83,25 @@ func receive(t *testing.T, c <-chan error, n int, what string) []error {
 // opens more idle SignStreams, on two connections, than the service has
 // in-flight slots (the 1,100 against 1,024, scaled to 35 against
 // 32). Only its own share of streams stays open, unary calls are not
-// touched, the admin signs throughout, and its idle streams end after the
-// idle timeout, after which its share is free again.
+// touched, the admin signs and a TLS client gets through the edge
+// throughout, and its idle streams end after the idle timeout, after which
+// its share is free again.
 func TestNoGrantStreamFlood(t *testing.T) {
 	s := startSecure(t, secureOptions{limits: service.Limits{
 		MaxInFlight: 32, MaxStreams: 32, StreamIdleTimeout: 2 * time.Second,
 	}})
 	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
+	pool := service.AttachSelfSigned(t, s.vault, "key-a")
 	admin := s.kv(t, "admin")
 	edge := s.kv(t, "edge")
+	// The edge in front, over the stream and over unary steps.
+	fronts := []*edgeFront{startEdge(t, s, "key-a", pool, false), startEdge(t, s, "key-a", pool, true)}
 
 	refused, ended := openIdle(t, s, "nobody", 2, 35)
 	receive(t, refused, 35-8, "streams past nobody's share of 8 refused")
 	adminSigns(t, s, admin)
+	fronts[0].tlsClientServed(t, "streamed, during the no-grant stream flood")
+	fronts[1].tlsClientServed(t, "unary, during the no-grant stream flood")
 	_, err := edge.Sign(context.Background(), signReq("key-a", p256Scheme))
 	require.NoError(t, err, "the edge is not served during the flood")
 	// Another identity still opens streams, and they work.

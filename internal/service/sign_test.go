@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -31,6 +33,7 @@ var allSchemes = []pb.SignatureScheme{
 	pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512,
 	pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256,
 	pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384,
+	pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512,
 	pb.SignatureScheme_SIGNATURE_SCHEME_ED25519,
 }
 
@@ -41,7 +44,7 @@ func schemeHash(s pb.SignatureScheme) crypto.Hash {
 		return crypto.SHA256
 	case pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA384, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384:
 		return crypto.SHA384
-	case pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA512, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512:
+	case pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA512, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512:
 		return crypto.SHA512
 	}
 	return 0
@@ -62,7 +65,7 @@ func verify(pub crypto.PublicKey, s pb.SignatureScheme, msg, sig []byte) error {
 	case pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512:
 		// TLS requires the salt length to equal the hash length (RFC 8446 §4.2.3).
 		return rsa.VerifyPSS(pub.(*rsa.PublicKey), h, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
-	case pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384:
+	case pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512:
 		if !ecdsa.VerifyASN1(pub.(*ecdsa.PublicKey), digest, sig) {
 			return fmt.Errorf("ecdsa signature does not verify")
 		}
@@ -79,17 +82,12 @@ func verify(pub crypto.PublicKey, s pb.SignatureScheme, msg, sig []byte) error {
 func publicKey(t testing.TB, s *testServer, id string) (crypto.PublicKey, string) {
 	t.Helper()
 	resp, err := s.kv.GetPublicKey(context.Background(), &pb.GetPublicKeyRequest{Key: id})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	block, _ := pem.Decode([]byte(resp.GetPem()))
-	if block == nil || block.Type != "PUBLIC KEY" {
-		t.Fatalf("public key PEM: %q", resp.GetPem())
-	}
+	require.NotNil(t, block, "public key PEM: %q", resp.GetPem())
+	require.Equal(t, "PUBLIC KEY", block.Type)
 	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return pub, resp.GetPem()
 }
 
@@ -103,13 +101,23 @@ var rsaSchemes = map[pb.SignatureScheme]bool{
 	pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256: true, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384: true, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512: true,
 }
 
+// ecdsaSchemes fit every ECDSA key: a scheme fits if the key can produce it
+// in some TLS version, and in TLS 1.2 an ECDSA scheme names only the hash
+// (RFC 8446 §4.2.3), so a P-384 key signs ECDSA_SECP256R1_SHA256 as ECDSA
+// over SHA-256.
+var ecdsaSchemes = map[pb.SignatureScheme]bool{
+	pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256: true, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384: true,
+	pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512: true,
+}
+
 var keyFixtures = []keyFixture{
 	{"rsa2048-pkcs1.pem", rsaSchemes},
 	{"rsa3072-pkcs8.pem", rsaSchemes},
 	{"rsa4096-pkcs1.pem", rsaSchemes},
-	{"p256-sec1.pem", map[pb.SignatureScheme]bool{pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256: true}},
-	{"p256-pkcs8.pem", map[pb.SignatureScheme]bool{pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256: true}},
-	{"p384-sec1.pem", map[pb.SignatureScheme]bool{pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384: true}},
+	{"p256-sec1.pem", ecdsaSchemes},
+	{"p256-pkcs8.pem", ecdsaSchemes},
+	{"p384-sec1.pem", ecdsaSchemes},
+	{"p521-pkcs8.pem", ecdsaSchemes},
 	{"ed25519-pkcs8.pem", map[pb.SignatureScheme]bool{pb.SignatureScheme_SIGNATURE_SCHEME_ED25519: true}},
 }
 
@@ -128,37 +136,23 @@ func TestSignEveryKeyTypeAndScheme(t *testing.T) {
 			t.Run(f.file+"/"+scheme.String(), func(t *testing.T) {
 				resp, err := s.kv.Sign(ctx, &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Message{Message: msg}})
 				if !f.schemes[scheme] {
-					if status.Code(err) != codes.InvalidArgument {
-						t.Fatalf("scheme unfit for key: got %v, want InvalidArgument", err)
-					}
+					require.Equal(t, codes.InvalidArgument, status.Code(err), "scheme unfit for key: %v", err)
 					return
 				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				if resp.GetVersion() != 1 {
-					t.Errorf("version = %d, want 1", resp.GetVersion())
-				}
-				if err := verify(pub, scheme, msg, resp.GetSignature()); err != nil {
-					t.Fatalf("message signature: %v", err)
-				}
+				require.NoError(t, err)
+				assert.Equal(t, uint32(1), resp.GetVersion())
+				require.NoError(t, verify(pub, scheme, msg, resp.GetSignature()), "message signature")
 				h := schemeHash(scheme)
 				if h == 0 {
 					_, err := s.kv.Sign(ctx, &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Digest{Digest: make([]byte, 32)}})
-					if status.Code(err) != codes.InvalidArgument {
-						t.Fatalf("digest with Ed25519: got %v, want InvalidArgument", err)
-					}
+					require.Equal(t, codes.InvalidArgument, status.Code(err), "digest with Ed25519: %v", err)
 					return
 				}
 				hh := h.New()
 				hh.Write(msg)
 				resp, err = s.kv.Sign(ctx, &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Digest{Digest: hh.Sum(nil)}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := verify(pub, scheme, msg, resp.GetSignature()); err != nil {
-					t.Fatalf("digest signature: %v", err)
-				}
+				require.NoError(t, err)
+				require.NoError(t, verify(pub, scheme, msg, resp.GetSignature()), "digest signature")
 			})
 		}
 	}
@@ -176,26 +170,23 @@ func TestCreatedKeysSign(t *testing.T) {
 		{pb.Algorithm_ALGORITHM_RSA_2048, pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256},
 		{pb.Algorithm_ALGORITHM_ECDSA_P256, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256},
 		{pb.Algorithm_ALGORITHM_ECDSA_P384, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384},
+		{pb.Algorithm_ALGORITHM_ECDSA_P521, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512},
 		{pb.Algorithm_ALGORITHM_ED25519, pb.SignatureScheme_SIGNATURE_SCHEME_ED25519},
 	} {
 		t.Run(tc.alg.String(), func(t *testing.T) {
 			id := uniqueID("created")
 			k, err := s.kv.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: tc.alg, Labels: map[string]string{"team": "edge"}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if k.GetId() != id || k.GetPrimaryVersion() != 1 || len(k.GetVersions()) != 1 || k.GetVersions()[0].GetAlgorithm() != tc.alg || k.GetVersions()[0].GetImported() {
-				t.Fatalf("created key = %v", k)
-			}
+			require.NoError(t, err)
+			assert.Equal(t, id, k.GetId())
+			assert.Equal(t, uint32(1), k.GetPrimaryVersion())
+			require.Len(t, k.GetVersions(), 1)
+			assert.Equal(t, tc.alg, k.GetVersions()[0].GetAlgorithm())
+			assert.False(t, k.GetVersions()[0].GetImported())
 			pub, _ := publicKey(t, s, id)
 			msg := []byte("created in the vault")
 			resp, err := s.kv.Sign(ctx, &pb.SignRequest{Key: id, Scheme: tc.scheme, Input: &pb.SignRequest_Message{Message: msg}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := verify(pub, tc.scheme, msg, resp.GetSignature()); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
+			assert.NoError(t, verify(pub, tc.scheme, msg, resp.GetSignature()))
 		})
 	}
 }
@@ -208,9 +199,7 @@ func TestRESTSignatureVerifiesWithOpenSSL(t *testing.T) {
 	dir := t.TempDir()
 	msg := []byte("verify me with openssl\n")
 	msgFile := filepath.Join(dir, "msg")
-	if err := os.WriteFile(msgFile, msg, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(msgFile, msg, 0o600))
 	for _, tc := range []struct {
 		file, scheme string
 		args         func(pub, sig string) []string
@@ -227,11 +216,18 @@ func TestRESTSignatureVerifiesWithOpenSSL(t *testing.T) {
 		{"p384-sec1.pem", "SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384", func(pub, sig string) []string {
 			return []string{"dgst", "-sha384", "-verify", pub, "-signature", sig, msgFile}
 		}},
+		// TLS 1.2's reading: ECDSA over SHA-256 with a P-384 key.
+		{"p384-sec1.pem", "SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256", func(pub, sig string) []string {
+			return []string{"dgst", "-sha256", "-verify", pub, "-signature", sig, msgFile}
+		}},
+		{"p521-pkcs8.pem", "SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512", func(pub, sig string) []string {
+			return []string{"dgst", "-sha512", "-verify", pub, "-signature", sig, msgFile}
+		}},
 		{"ed25519-pkcs8.pem", "SIGNATURE_SCHEME_ED25519", func(pub, sig string) []string {
 			return []string{"pkeyutl", "-verify", "-pubin", "-inkey", pub, "-rawin", "-in", msgFile, "-sigfile", sig}
 		}},
 	} {
-		t.Run(tc.scheme, func(t *testing.T) {
+		t.Run(tc.file+"/"+tc.scheme, func(t *testing.T) {
 			id := uniqueID("openssl")
 			mustRest(t, s, "POST", "/v1/keys:import", map[string]any{"id": id, "privateKeyPem": fixture(t, tc.file)}, nil)
 			var pub struct{ Pem string }
@@ -242,15 +238,12 @@ func TestRESTSignatureVerifiesWithOpenSSL(t *testing.T) {
 			os.WriteFile(pubFile, []byte(pub.Pem), 0o600)
 			os.WriteFile(sigFile, sig.Signature, 0o600)
 			out, err := exec.Command(openssl, tc.args(pubFile, sigFile)...).CombinedOutput()
-			if err != nil {
-				t.Fatalf("openssl rejects the signature: %v\n%s", err, out)
-			}
+			require.NoError(t, err, "openssl rejects the signature:\n%s", out)
 			// A signature over another message must not verify: the check above can fail.
 			sig.Signature[len(sig.Signature)/2] ^= 1
 			os.WriteFile(sigFile, sig.Signature, 0o600)
-			if out, err := exec.Command(openssl, tc.args(pubFile, sigFile)...).CombinedOutput(); err == nil {
-				t.Fatalf("openssl accepted a corrupted signature:\n%s", out)
-			}
+			out, err = exec.Command(openssl, tc.args(pubFile, sigFile)...).CombinedOutput()
+			require.Error(t, err, "openssl accepted a corrupted signature:\n%s", out)
 		})
 	}
 }
@@ -263,38 +256,26 @@ func TestSignStream(t *testing.T) {
 	importFixture(t, s, id, "p256-sec1.pem")
 	pub, _ := publicKey(t, s, id)
 	stream, err := s.kv.SignStream(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	msgs := []string{"first", "second", "BAD", "third"}
 	for _, m := range msgs {
 		scheme := pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256
 		if m == "BAD" {
 			scheme = pb.SignatureScheme_SIGNATURE_SCHEME_ED25519
 		}
-		if err := stream.Send(&pb.SignStreamRequest{Request: &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Message{Message: []byte(m)}}}); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, stream.Send(&pb.SignStreamRequest{Request: &pb.SignRequest{Key: id, Scheme: scheme, Input: &pb.SignRequest_Message{Message: []byte(m)}}}))
 	}
-	if err := stream.CloseSend(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, stream.CloseSend())
 	for _, m := range msgs {
 		resp, err := stream.Recv()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if m == "BAD" {
-			if codes.Code(resp.GetError().GetCode()) != codes.InvalidArgument || resp.GetError().GetMessage() == "" {
-				t.Fatalf("bad request answered with %v", resp)
-			}
+			require.Equal(t, codes.InvalidArgument, codes.Code(resp.GetError().GetCode()), "bad request answered with %v", resp)
+			require.NotEmpty(t, resp.GetError().GetMessage(), "bad request answered with %v", resp)
 			continue
 		}
-		if err := verify(pub, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, []byte(m), resp.GetResponse().GetSignature()); err != nil {
-			t.Fatalf("%s: %v", m, err)
-		}
+		require.NoError(t, verify(pub, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, []byte(m), resp.GetResponse().GetSignature()), m)
 	}
-	if _, err := stream.Recv(); err != io.EOF {
-		t.Fatalf("after the last answer: %v", err)
-	}
+	_, err = stream.Recv()
+	assert.Equal(t, io.EOF, err, "after the last answer")
 }

@@ -11,6 +11,7 @@ openssl genrsa -traditional -out rsa4096-pkcs1.pem 4096 2>/dev/null
 openssl ecparam -name prime256v1 -genkey -noout -out p256-sec1.pem
 openssl pkcs8 -topk8 -nocrypt -in p256-sec1.pem -out p256-pkcs8.pem
 openssl ecparam -name secp384r1 -genkey -noout -out p384-sec1.pem
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-521 -out p521-pkcs8.pem
 openssl genpkey -algorithm ED25519 -out ed25519-pkcs8.pem
 openssl genrsa -traditional -out rsa1024-pkcs1.pem 1024 2>/dev/null   # unsupported size
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -aes-128-cbc -pass pass:test -out rsa2048-encrypted.pem 2>/dev/null

@@ -77,7 +77,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.StringVar(&o.minVersion, "min-version", "1.2", "lowest TLS `version`: 1.2 or 1.3")
 	fs.StringVar(&o.maxVersion, "max-version", "1.3", "highest TLS `version`: 1.2 or 1.3")
 	fs.Var(&o.suites, "suites", "cipher `suites` in order of preference, crypto/tls names, e.g. TLS_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 (default: all the engine supports)")
-	fs.Var(&o.groups, "groups", "key exchange `groups` in order of preference: X25519MLKEM768, X25519, P256, P384 (default: all, in that order)")
+	fs.Var(&o.groups, "groups", "key exchange `groups` in order of preference: X25519MLKEM768, X25519, P256, P384, P521 (default: all, in that order)")
 	fs.Var(&o.alpn, "alpn", "ALPN `protocols` in order of preference (default http/1.1,http/1.0 for the echo page, none for -backend)")
 	fs.StringVar(&o.clientAuth, "client-auth", "off", "client certificates: off, request or require")
 	fs.StringVar(&o.clientCAFile, "client-ca", "", "roots (`PEM`) that client certificates must chain to")
@@ -144,6 +144,7 @@ var groupIDs = map[string]tls.CurveID{
 	"X25519MLKEM768": tls.X25519MLKEM768, "X25519": tls.X25519,
 	"P256": tls.CurveP256, "P-256": tls.CurveP256, "CurveP256": tls.CurveP256,
 	"P384": tls.CurveP384, "P-384": tls.CurveP384, "CurveP384": tls.CurveP384,
+	"P521": tls.CurveP521, "P-521": tls.CurveP521, "CurveP521": tls.CurveP521,
 }
 
 var clientAuths = map[string]pb.ClientAuth{

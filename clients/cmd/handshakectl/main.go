@@ -109,7 +109,7 @@ func init() {
 	commands = map[string]command{
 		"list":         {"list [-json]: show the keys", cmdList},
 		"get":          {"get [-json] ID: show a key and its versions", cmdGet},
-		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|ed25519] [-label k=v] ID: create a key in the vault (default p256)", cmdCreate},
+		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519] [-label k=v] ID: create a key in the vault (default p256)", cmdCreate},
 		"import":       {"import -pem FILE [-label k=v] ID: import a private key into the vault", cmdImport},
 		"rotate":       {"rotate ID: add a new primary version", cmdRotate},
 		"enable":       {"enable ID VERSION: let a disabled version be used again", cmdEnable},
@@ -250,7 +250,8 @@ func (l labels) Set(v string) error {
 
 var algorithms = map[string]pb.Algorithm{
 	"rsa2048": pb.Algorithm_ALGORITHM_RSA_2048, "rsa3072": pb.Algorithm_ALGORITHM_RSA_3072, "rsa4096": pb.Algorithm_ALGORITHM_RSA_4096,
-	"p256": pb.Algorithm_ALGORITHM_ECDSA_P256, "p384": pb.Algorithm_ALGORITHM_ECDSA_P384, "ed25519": pb.Algorithm_ALGORITHM_ED25519,
+	"p256": pb.Algorithm_ALGORITHM_ECDSA_P256, "p384": pb.Algorithm_ALGORITHM_ECDSA_P384, "p521": pb.Algorithm_ALGORITHM_ECDSA_P521,
+	"ed25519": pb.Algorithm_ALGORITHM_ED25519,
 }
 
 // printKey renders a key for people.
@@ -330,7 +331,7 @@ func cmdCreate(ctx context.Context, e *env, args []string) error {
 	var alg string
 	l := labels{}
 	fs, err := subcommand("create", e, args, 1, func(fs *flag.FlagSet) {
-		fs.StringVar(&alg, "algorithm", "p256", "rsa2048, rsa3072, rsa4096, p256, p384 or ed25519")
+		fs.StringVar(&alg, "algorithm", "p256", "rsa2048, rsa3072, rsa4096, p256, p384, p521 or ed25519")
 		fs.Var(l, "label", "`key=value` label (repeatable)")
 	})
 	if err != nil {

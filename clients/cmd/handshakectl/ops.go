@@ -3,13 +3,7 @@ package main
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/sha512"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,31 +11,18 @@ import (
 	"strings"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
-// schemeByName accepts TLS names ("ecdsa_secp256r1_sha256") and the proto
-// enum names.
-func schemeByName(name string) (pb.SignatureScheme, error) {
-	for v, n := range pb.SignatureScheme_name {
-		if v != 0 && (strings.EqualFold(n, name) || strings.EqualFold(strings.TrimPrefix(n, "SIGNATURE_SCHEME_"), name)) {
-			return pb.SignatureScheme(v), nil
+// schemeByName accepts TLS names ("ecdsa_secp256r1_sha256", as in the IANA
+// registry and internal/sigscheme's table) and the proto enum names.
+func schemeByName(name string) (sigscheme.Scheme, error) {
+	if s, ok := sigscheme.ByName(strings.TrimPrefix(strings.ToUpper(name), "SIGNATURE_SCHEME_")); ok {
+		if _, known := pb.SignatureScheme_name[int32(s.ID)]; known {
+			return s, nil
 		}
 	}
-	return 0, fmt.Errorf("unknown signature scheme %q (e.g. rsa_pss_rsae_sha256, ecdsa_secp256r1_sha256, ed25519)", name)
-}
-
-// schemeHash is the hash a scheme signs with; 0 for Ed25519.
-func schemeHash(s pb.SignatureScheme) crypto.Hash {
-	name := s.String()
-	switch {
-	case strings.HasSuffix(name, "SHA256"):
-		return crypto.SHA256
-	case strings.HasSuffix(name, "SHA384"):
-		return crypto.SHA384
-	case strings.HasSuffix(name, "SHA512"):
-		return crypto.SHA512
-	}
-	return 0
+	return sigscheme.Scheme{}, fmt.Errorf("unknown signature scheme %q (e.g. rsa_pss_rsae_sha256, ecdsa_secp256r1_sha256, ed25519)", name)
 }
 
 func readInput(e *env, file string) ([]byte, error) {
@@ -92,9 +73,9 @@ func cmdSign(ctx context.Context, e *env, args []string) error {
 	}
 	var sig []byte
 	if o.digest {
-		sig, _, err = e.client.Sign(ctx, fs.Arg(0), uint32(o.version), scheme, nil, in)
+		sig, _, err = e.client.Sign(ctx, fs.Arg(0), uint32(o.version), pb.SignatureScheme(scheme.ID), nil, in)
 	} else {
-		sig, _, err = e.client.Sign(ctx, fs.Arg(0), uint32(o.version), scheme, in, nil)
+		sig, _, err = e.client.Sign(ctx, fs.Arg(0), uint32(o.version), pb.SignatureScheme(scheme.ID), in, nil)
 	}
 	if err != nil {
 		return err
@@ -131,48 +112,16 @@ func cmdVerify(ctx context.Context, e *env, args []string) error {
 	if err := verify(pub, scheme, in, o.digest, sig); err != nil {
 		return fmt.Errorf("verify with %s version %d: %w", fs.Arg(0), version, err)
 	}
-	fmt.Fprintf(e.stdout, "signature OK (%s version %d, %s)\n", fs.Arg(0), version, strings.ToLower(strings.TrimPrefix(scheme.String(), "SIGNATURE_SCHEME_")))
+	fmt.Fprintf(e.stdout, "signature OK (%s version %d, %s)\n", fs.Arg(0), version, scheme)
 	return nil
 }
 
 // verify checks sig over in (a message, or its digest) with pub.
-func verify(pub crypto.PublicKey, scheme pb.SignatureScheme, in []byte, isDigest bool, sig []byte) error {
-	h := schemeHash(scheme)
-	digest := in
-	if !isDigest && h != 0 {
-		switch h {
-		case crypto.SHA256:
-			d := sha256.Sum256(in)
-			digest = d[:]
-		case crypto.SHA384:
-			d := sha512.Sum384(in)
-			digest = d[:]
-		case crypto.SHA512:
-			d := sha512.Sum512(in)
-			digest = d[:]
-		}
+func verify(pub crypto.PublicKey, scheme sigscheme.Scheme, in []byte, isDigest bool, sig []byte) error {
+	if isDigest {
+		return scheme.VerifyDigest(pub, in, sig)
 	}
-	switch k := pub.(type) {
-	case *rsa.PublicKey:
-		if strings.Contains(scheme.String(), "PSS") {
-			return rsa.VerifyPSS(k, h, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash})
-		}
-		return rsa.VerifyPKCS1v15(k, h, digest, sig)
-	case *ecdsa.PublicKey:
-		if !ecdsa.VerifyASN1(k, digest, sig) {
-			return errors.New("bad ECDSA signature")
-		}
-		return nil
-	case ed25519.PublicKey:
-		if isDigest {
-			return errors.New("ed25519 signs the message, not a digest")
-		}
-		if !ed25519.Verify(k, in, sig) {
-			return errors.New("bad Ed25519 signature")
-		}
-		return nil
-	}
-	return fmt.Errorf("unsupported key type %T", pub)
+	return scheme.Verify(pub, in, sig)
 }
 
 func cmdDecrypt(ctx context.Context, e *env, args []string) error {

@@ -13,18 +13,15 @@ package keyless
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/sigscheme"
 )
 
 // Vault is what a Key needs from the service; *handshaked.Client has it.
@@ -122,54 +119,17 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 }
 
 // scheme maps the key type and opts to the TLS signature scheme the vault
-// signs with.
+// signs with. A crypto.Signer learns only the hash (and, for RSA, whether
+// PSS is wanted), which is what a scheme means in TLS 1.2: crypto/tls asks a
+// P-384 key for SHA-256 when a TLS 1.2 client prefers
+// ecdsa_secp256r1_sha256, and the vault signs that scheme with any ECDSA key
+// (RFC 8446 §4.2.3). The one table of schemes is internal/sigscheme.
 func (k *Key) scheme(opts crypto.SignerOpts) (pb.SignatureScheme, error) {
-	h := opts.HashFunc()
-	switch pub := k.pub.(type) {
-	case *rsa.PublicKey:
-		if pss, ok := opts.(*rsa.PSSOptions); ok {
-			if pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != h.Size() {
-				return 0, fmt.Errorf("RSA-PSS salt length %d: the vault uses the hash length", pss.SaltLength)
-			}
-			switch h {
-			case crypto.SHA256:
-				return pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, nil
-			case crypto.SHA384:
-				return pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384, nil
-			case crypto.SHA512:
-				return pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512, nil
-			}
-			return 0, fmt.Errorf("RSA-PSS with hash %v is not supported", h)
-		}
-		switch h {
-		case crypto.SHA256:
-			return pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA256, nil
-		case crypto.SHA384:
-			return pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA384, nil
-		case crypto.SHA512:
-			return pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA512, nil
-		}
-		return 0, fmt.Errorf("RSA PKCS #1 v1.5 with hash %v is not supported", h)
-	case *ecdsa.PublicKey:
-		// The vault's ECDSA schemes bind the hash to the curve, as TLS 1.3
-		// does (RFC 8446 §4.2.3).
-		switch {
-		case pub.Curve == elliptic.P256() && h == crypto.SHA256:
-			return pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil
-		case pub.Curve == elliptic.P384() && h == crypto.SHA384:
-			return pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384, nil
-		}
-		return 0, fmt.Errorf("ECDSA %s with hash %v is not supported", pub.Curve.Params().Name, h)
-	case ed25519.PublicKey:
-		if h != 0 {
-			return 0, errors.New("Ed25519ph (a prehashed message) is not supported")
-		}
-		if o, ok := opts.(*ed25519.Options); ok && o.Context != "" {
-			return 0, errors.New("Ed25519 with a context is not supported")
-		}
-		return pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, nil
+	s, err := sigscheme.ForSignerOpts(k.pub, opts)
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("unsupported public key type %T", k.pub)
+	return pb.SignatureScheme(s.ID), nil
 }
 
 // Decrypt decrypts an RSA ciphertext in the vault. crypto/tls passes

@@ -11,6 +11,9 @@ import (
 	"crypto/sha512"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/keyless"
 	"github.com/handshaked/handshaked/internal/service"
@@ -23,14 +26,11 @@ func vaultKeys(t *testing.T) (*handshaked.Client, map[string]crypto.Signer) {
 	srv := servicetest.Start(t, service.Options{})
 	c := handshaked.New(srv.Conn)
 	keys := map[string]crypto.Signer{}
-	for id, fixture := range map[string]string{"rsa": "rsa2048-pkcs1.pem", "p256": "p256-pkcs8.pem", "p384": "p384-sec1.pem", "ed25519": "ed25519-pkcs8.pem"} {
-		if _, err := c.ImportKey(context.Background(), id, servicetest.Fixture(t, fixture), nil); err != nil {
-			t.Fatal(err)
-		}
+	for id, fixture := range map[string]string{"rsa": "rsa2048-pkcs1.pem", "p256": "p256-pkcs8.pem", "p384": "p384-sec1.pem", "p521": "p521-pkcs8.pem", "ed25519": "ed25519-pkcs8.pem"} {
+		_, err := c.ImportKey(context.Background(), id, servicetest.Fixture(t, fixture), nil)
+		require.NoError(t, err)
 		k, err := keyless.New(context.Background(), c, id, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		keys[id] = k
 	}
 	return c, keys
@@ -41,46 +41,35 @@ func TestSign(t *testing.T) {
 	msg := []byte("the vault signs this")
 	d256, d384, d512 := sha256.Sum256(msg), sha512.Sum384(msg), sha512.Sum512(msg)
 	digest := map[crypto.Hash][]byte{crypto.SHA256: d256[:], crypto.SHA384: d384[:], crypto.SHA512: d512[:]}
-	for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+	hashes := []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512}
+	for _, h := range hashes {
 		k := keys["rsa"]
 		sig, err := k.Sign(rand.Reader, digest[h], h)
-		if err != nil {
-			t.Fatalf("PKCS1 %v: %v", h, err)
-		}
-		if err := rsa.VerifyPKCS1v15(k.Public().(*rsa.PublicKey), h, digest[h], sig); err != nil {
-			t.Errorf("PKCS1 %v does not verify: %v", h, err)
-		}
+		require.NoError(t, err, "PKCS1 %v", h)
+		assert.NoError(t, rsa.VerifyPKCS1v15(k.Public().(*rsa.PublicKey), h, digest[h], sig), "PKCS1 %v", h)
 		for _, salt := range []int{rsa.PSSSaltLengthEqualsHash, h.Size()} {
 			sig, err := k.Sign(rand.Reader, digest[h], &rsa.PSSOptions{SaltLength: salt, Hash: h})
-			if err != nil {
-				t.Fatalf("PSS %v: %v", h, err)
-			}
+			require.NoError(t, err, "PSS %v", h)
 			// Verifying with the exact salt length proves the vault used
 			// the hash length, as TLS requires.
-			if err := rsa.VerifyPSS(k.Public().(*rsa.PublicKey), h, digest[h], sig, &rsa.PSSOptions{SaltLength: h.Size()}); err != nil {
-				t.Errorf("PSS %v does not verify: %v", h, err)
-			}
+			assert.NoError(t, rsa.VerifyPSS(k.Public().(*rsa.PublicKey), h, digest[h], sig, &rsa.PSSOptions{SaltLength: h.Size()}), "PSS %v", h)
 		}
 	}
-	for id, h := range map[string]crypto.Hash{"p256": crypto.SHA256, "p384": crypto.SHA384} {
-		sig, err := keys[id].Sign(rand.Reader, digest[h], h)
-		if err != nil {
-			t.Fatalf("%s: %v", id, err)
-		}
-		if !ecdsa.VerifyASN1(keys[id].Public().(*ecdsa.PublicKey), digest[h], sig) {
-			t.Errorf("%s signature does not verify", id)
+	// An ECDSA key signs with any of the three hashes, as crypto/tls asks in
+	// TLS 1.2, where ecdsa_secp256r1_sha256 means ECDSA with SHA-256 on any
+	// curve (RFC 8446 §4.2.3).
+	for _, id := range []string{"p256", "p384", "p521"} {
+		for _, h := range hashes {
+			sig, err := keys[id].Sign(rand.Reader, digest[h], h)
+			require.NoError(t, err, "%s %v", id, h)
+			assert.True(t, ecdsa.VerifyASN1(keys[id].Public().(*ecdsa.PublicKey), digest[h], sig), "%s %v signature does not verify", id, h)
 		}
 	}
 	sig, err := keys["ed25519"].Sign(rand.Reader, msg, crypto.Hash(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ed25519.Verify(keys["ed25519"].Public().(ed25519.PublicKey), msg, sig) {
-		t.Error("Ed25519 signature over the message does not verify")
-	}
-	if _, err := keys["ed25519"].Sign(rand.Reader, msg, &ed25519.Options{}); err != nil {
-		t.Errorf("Ed25519 with empty options: %v", err)
-	}
+	require.NoError(t, err)
+	assert.True(t, ed25519.Verify(keys["ed25519"].Public().(ed25519.PublicKey), msg, sig), "Ed25519 signature over the message does not verify")
+	_, err = keys["ed25519"].Sign(rand.Reader, msg, &ed25519.Options{})
+	assert.NoError(t, err, "Ed25519 with empty options")
 
 	refused := []struct {
 		name   string
@@ -93,14 +82,14 @@ func TestSign(t *testing.T) {
 		{"RSA with MD5+SHA1", "rsa", make([]byte, 36), crypto.MD5SHA1},
 		{"RSA without a hash", "rsa", digest[crypto.SHA256], crypto.Hash(0)},
 		{"digest of the wrong length", "rsa", digest[crypto.SHA384], crypto.SHA256},
-		{"P-256 with SHA-384", "p256", digest[crypto.SHA384], crypto.SHA384},
+		{"ECDSA digest of the wrong length", "p384", digest[crypto.SHA384], crypto.SHA256},
+		{"ECDSA with SHA-1", "p256", make([]byte, 20), crypto.SHA1},
 		{"Ed25519ph", "ed25519", digest[crypto.SHA512], crypto.SHA512},
 		{"Ed25519 with a context", "ed25519", msg, &ed25519.Options{Context: "ctx"}},
 	}
 	for _, tc := range refused {
-		if _, err := keys[tc.key].Sign(rand.Reader, tc.digest, tc.opts); err == nil {
-			t.Errorf("%s: signed, want an error", tc.name)
-		}
+		_, err := keys[tc.key].Sign(rand.Reader, tc.digest, tc.opts)
+		assert.Error(t, err, "%s: signed, want an error", tc.name)
 	}
 }
 
@@ -112,30 +101,24 @@ func TestDecrypt(t *testing.T) {
 	rand.Read(premaster)
 	premaster[0], premaster[1] = 3, 3
 	ct, err := rsa.EncryptPKCS1v15(rand.Reader, pub, premaster)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tlsOpts := &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 48}
 	got, err := k.Decrypt(rand.Reader, ct, tlsOpts)
-	if err != nil || string(got) != string(premaster) {
-		t.Fatalf("premaster: got %x, %v", got, err)
-	}
+	require.NoError(t, err)
+	require.Equal(t, premaster, got, "premaster")
 	// A corrupted ciphertext is 48 other bytes and no error, like
 	// crypto/rsa with SessionKeyLen: no padding oracle.
 	ct[len(ct)/2] ^= 1
 	other, err := k.Decrypt(rand.Reader, ct, tlsOpts)
-	if err != nil || len(other) != 48 || string(other) == string(premaster) {
-		t.Fatalf("corrupted premaster: got %d bytes, %v", len(other), err)
-	}
+	require.NoError(t, err, "corrupted premaster")
+	require.Len(t, other, 48, "corrupted premaster")
+	require.NotEqual(t, premaster, other, "corrupted premaster")
 
 	oaep, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte("sealed"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	got, err = k.Decrypt(rand.Reader, oaep, &rsa.OAEPOptions{Hash: crypto.SHA256})
-	if err != nil || string(got) != "sealed" {
-		t.Fatalf("OAEP: got %q, %v", got, err)
-	}
+	require.NoError(t, err, "OAEP")
+	require.Equal(t, "sealed", string(got), "OAEP")
 
 	for name, opts := range map[string]crypto.DecrypterOpts{
 		"plain PKCS1v15": &rsa.PKCS1v15DecryptOptions{},
@@ -143,11 +126,9 @@ func TestDecrypt(t *testing.T) {
 		"OAEP SHA-1":     &rsa.OAEPOptions{Hash: crypto.SHA1},
 		"OAEP label":     &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("l")},
 	} {
-		if _, err := k.Decrypt(rand.Reader, oaep, opts); err == nil {
-			t.Errorf("%s: decrypted, want an error", name)
-		}
+		_, err := k.Decrypt(rand.Reader, oaep, opts)
+		assert.Error(t, err, "%s: decrypted, want an error", name)
 	}
-	if _, ok := keys["p256"].(crypto.Decrypter); ok {
-		t.Error("an ECDSA key is a crypto.Decrypter: crypto/tls would refuse its certificate")
-	}
+	_, ok := keys["p256"].(crypto.Decrypter)
+	assert.False(t, ok, "an ECDSA key is a crypto.Decrypter: crypto/tls would refuse its certificate")
 }

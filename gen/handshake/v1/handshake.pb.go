@@ -249,8 +249,8 @@ type HandshakeConfig struct {
 	// TLS cipher suite code points in order of preference (TLS 1.2 and 1.3
 	// suites may be mixed); empty: all supported.
 	CipherSuites []uint32 `protobuf:"varint,4,rep,packed,name=cipher_suites,json=cipherSuites,proto3" json:"cipher_suites,omitempty"`
-	// Named group code points in order of preference; empty: X25519MLKEM768,
-	// X25519, P-256, P-384.
+	// Named group code points in order of preference; empty: X25519MLKEM768
+	// (TLS 1.3 only), X25519, P-256, P-384, P-521.
 	Groups []uint32 `protobuf:"varint,5,rep,packed,name=groups,proto3" json:"groups,omitempty"`
 	// ALPN protocols in order of preference.
 	AlpnProtocols []string   `protobuf:"bytes,6,rep,name=alpn_protocols,json=alpnProtocols,proto3" json:"alpn_protocols,omitempty"`

@@ -33,6 +33,7 @@ const (
 	Algorithm_ALGORITHM_ECDSA_P256  Algorithm = 4
 	Algorithm_ALGORITHM_ECDSA_P384  Algorithm = 5
 	Algorithm_ALGORITHM_ED25519     Algorithm = 6
+	Algorithm_ALGORITHM_ECDSA_P521  Algorithm = 7
 )
 
 // Enum value maps for Algorithm.
@@ -45,6 +46,7 @@ var (
 		4: "ALGORITHM_ECDSA_P256",
 		5: "ALGORITHM_ECDSA_P384",
 		6: "ALGORITHM_ED25519",
+		7: "ALGORITHM_ECDSA_P521",
 	}
 	Algorithm_value = map[string]int32{
 		"ALGORITHM_UNSPECIFIED": 0,
@@ -54,6 +56,7 @@ var (
 		"ALGORITHM_ECDSA_P256":  4,
 		"ALGORITHM_ECDSA_P384":  5,
 		"ALGORITHM_ED25519":     6,
+		"ALGORITHM_ECDSA_P521":  7,
 	}
 )
 
@@ -138,7 +141,11 @@ func (KeyVersionState) EnumDescriptor() ([]byte, []int) {
 }
 
 // SignatureScheme is a TLS SignatureScheme (RFC 8446 §4.2.3); the enum numbers
-// are the TLS code points.
+// are the TLS code points. Sign accepts a scheme the key can produce in some
+// TLS version: an ECDSA key any ECDSA scheme, which in TLS 1.2 names only the
+// hash (RFC 8446 §4.2.3, RFC 5246 §7.4.1.4.1), so a P-384 key signs
+// ECDSA_SECP256R1_SHA256 as ECDSA over SHA-256. A TLS 1.3 signature must use
+// the scheme of the key's curve.
 type SignatureScheme int32
 
 const (
@@ -148,6 +155,7 @@ const (
 	SignatureScheme_SIGNATURE_SCHEME_RSA_PKCS1_SHA512       SignatureScheme = 1537 // 0x0601
 	SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256 SignatureScheme = 1027 // 0x0403
 	SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384 SignatureScheme = 1283 // 0x0503
+	SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512 SignatureScheme = 1539 // 0x0603
 	SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256    SignatureScheme = 2052 // 0x0804
 	SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384    SignatureScheme = 2053 // 0x0805
 	SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512    SignatureScheme = 2054 // 0x0806
@@ -163,6 +171,7 @@ var (
 		1537: "SIGNATURE_SCHEME_RSA_PKCS1_SHA512",
 		1027: "SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256",
 		1283: "SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384",
+		1539: "SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512",
 		2052: "SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256",
 		2053: "SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384",
 		2054: "SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512",
@@ -175,6 +184,7 @@ var (
 		"SIGNATURE_SCHEME_RSA_PKCS1_SHA512":       1537,
 		"SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256": 1027,
 		"SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384": 1283,
+		"SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512": 1539,
 		"SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256":    2052,
 		"SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384":    2053,
 		"SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512":    2054,
@@ -1837,7 +1847,7 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"F\n" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion*\xb9\x01\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion*\xd3\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ALGORITHM_RSA_2048\x10\x01\x12\x16\n" +
@@ -1845,12 +1855,13 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x12ALGORITHM_RSA_4096\x10\x03\x12\x18\n" +
 	"\x14ALGORITHM_ECDSA_P256\x10\x04\x12\x18\n" +
 	"\x14ALGORITHM_ECDSA_P384\x10\x05\x12\x15\n" +
-	"\x11ALGORITHM_ED25519\x10\x06*\x94\x01\n" +
+	"\x11ALGORITHM_ED25519\x10\x06\x12\x18\n" +
+	"\x14ALGORITHM_ECDSA_P521\x10\a*\x94\x01\n" +
 	"\x0fKeyVersionState\x12!\n" +
 	"\x1dKEY_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19KEY_VERSION_STATE_ENABLED\x10\x01\x12\x1e\n" +
 	"\x1aKEY_VERSION_STATE_DISABLED\x10\x02\x12\x1f\n" +
-	"\x1bKEY_VERSION_STATE_DESTROYED\x10\x03*\xa7\x03\n" +
+	"\x1bKEY_VERSION_STATE_DESTROYED\x10\x03*\xd5\x03\n" +
 	"\x0fSignatureScheme\x12 \n" +
 	"\x1cSIGNATURE_SCHEME_UNSPECIFIED\x10\x00\x12&\n" +
 	"!SIGNATURE_SCHEME_RSA_PKCS1_SHA256\x10\x81\b\x12&\n" +
@@ -1859,7 +1870,8 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"!SIGNATURE_SCHEME_RSA_PKCS1_SHA512\x10\x81\f\x12,\n" +
 	"'SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256\x10\x83\b\x12,\n" +
 	"'SIGNATURE_SCHEME_ECDSA_SECP384R1_SHA384\x10\x83\n" +
-	"\x12)\n" +
+	"\x12,\n" +
+	"'SIGNATURE_SCHEME_ECDSA_SECP521R1_SHA512\x10\x83\f\x12)\n" +
 	"$SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256\x10\x84\x10\x12)\n" +
 	"$SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA384\x10\x85\x10\x12)\n" +
 	"$SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA512\x10\x86\x10\x12\x1d\n" +
