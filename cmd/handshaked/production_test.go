@@ -355,6 +355,30 @@ func TestREADMECertificates(t *testing.T) {
 	assert.Contains(t, string(out), `"signature"`, "README curl call answers a signature")
 }
 
+// TestREADMEMutationCommand runs the README's mutation-testing command as
+// written, narrowed to the smallest package and to a dry run (finding the
+// mutants, not testing them: a full run takes far too long for the suite).
+func TestREADMEMutationCommand(t *testing.T) {
+	for _, tool := range []string{"bash", "nice", "go"} {
+		testenv.LookPath(t, tool)
+	}
+	script := readmeBlock(t, "mutation")
+	for old, new := range map[string]string{
+		"for pkg in authz keyvault service engine;": "for pkg in authz;",
+		"gremlins unleash ":                         "gremlins unleash --dry-run ",
+	} {
+		require.Equal(t, 1, strings.Count(script, old), "the README's mutation command has %q", old)
+		script = strings.Replace(script, old, new, 1)
+	}
+	cmd := exec.Command("bash", "-c", "set -euo pipefail\n"+script)
+	cmd.Dir = filepath.Join("..", "..")
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir()) // gremlins' coverage profile and work copies
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "README mutation command:\n%s", out)
+	assert.Regexp(t, `RUNNABLE .* at policy\.go:`, string(out), "gremlins found the authz package's mutants")
+	assert.Contains(t, string(out), "Dry run completed")
+}
+
 // readmeCurl is the curl call that follows the certificates block.
 func readmeCurl(t *testing.T) string {
 	t.Helper()
