@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/grpckeepalive"
 )
 
 // Client calls a handshaked service. It is safe for concurrent use.
@@ -68,12 +69,15 @@ func WithRetries(n int, backoff time.Duration) Option {
 	return func(o *options) { o.retries, o.backoff = n, backoff }
 }
 
-// WithKeepalive pings an idle connection every interval and drops it when a
-// ping is not answered within timeout, so a dead peer is noticed before the
-// next handshake needs it.
+// WithKeepalive pings an idle connection every interval (at least 10 s)
+// and drops it when a ping is not answered within timeout, so a dead peer
+// is noticed before the next handshake needs it. handshaked admits these
+// pings, also on a connection without calls; an edge usually pings every
+// 30 s with a 10 s timeout.
 func WithKeepalive(interval, timeout time.Duration) Option {
 	return func(o *options) {
-		o.keepalive = &keepalive.ClientParameters{Time: interval, Timeout: timeout, PermitWithoutStream: true}
+		p := grpckeepalive.Client(interval, timeout)
+		o.keepalive = &p
 	}
 }
 

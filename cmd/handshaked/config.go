@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/handshaked/handshaked/internal/service"
 )
 
 const (
@@ -35,23 +37,33 @@ type config struct {
 	policyFile                string
 	auditLog                  string
 
-	rateLimit      float64
-	rateBurst      int
-	maxInFlight    int
-	callTimeout    time.Duration
-	reloadInterval time.Duration
+	rateLimit            float64
+	rateBurst            int
+	maxInFlight          int
+	maxInFlightPerCaller int
+	maxStreams           int
+	maxStreamsPerCaller  int
+	streamIdleTimeout    time.Duration
+	unauthenticatedRate  float64
+	maxConnections       int
+	callTimeout          time.Duration
+	reloadInterval       time.Duration
 
-	handshakeTTL         time.Duration
-	maxHandshakeSessions int
+	handshakeTTL                  time.Duration
+	maxHandshakeSessions          int
+	maxHandshakeSessionsPerCaller int
+	maxHandshakeInput             int64
 
 	set map[string]bool // flags given by command line, environment or file
 }
 
 // Production defaults of the limits; a development instance has none.
 const (
-	productionRate        = 1000
-	productionBurst       = 2000
-	productionMaxInFlight = 1024
+	productionRate           = 1000
+	productionBurst          = 2000
+	productionMaxInFlight    = 1024
+	productionMaxStreams     = 4096
+	productionMaxConnections = 4096
 )
 
 // productionOnly are the flags that make no sense for a development
@@ -87,11 +99,19 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.StringVar(&cfg.auditLog, "audit-log", "", "audit log file (mode 0600, reopened on SIGHUP), or - for stdout (production default: -; development: none)")
 	fs.Float64Var(&cfg.rateLimit, "rate-limit", 0, fmt.Sprintf("calls per second per caller identity, 0 for none (production default %d)", productionRate))
 	fs.IntVar(&cfg.rateBurst, "rate-burst", 0, fmt.Sprintf("calls a caller may make at once above the rate (production default %d)", productionBurst))
-	fs.IntVar(&cfg.maxInFlight, "max-in-flight", 0, fmt.Sprintf("API calls served at once, 0 for no cap (production default %d)", productionMaxInFlight))
+	fs.IntVar(&cfg.maxInFlight, "max-in-flight", 0, fmt.Sprintf("unary API calls served at once, all callers, 0 for no cap (production default %d)", productionMaxInFlight))
+	fs.IntVar(&cfg.maxInFlightPerCaller, "max-in-flight-per-caller", 0, "unary API calls served at once for one caller identity (default a quarter of -max-in-flight)")
+	fs.IntVar(&cfg.maxStreams, "max-streams", 0, fmt.Sprintf("API streams open at once, all callers, 0 for no cap (production default %d)", productionMaxStreams))
+	fs.IntVar(&cfg.maxStreamsPerCaller, "max-streams-per-caller", 0, "API streams open at once for one caller identity (default a quarter of -max-streams)")
+	fs.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", 0, fmt.Sprintf("end a stream on which the caller sent nothing for this long (default %v)", service.DefaultStreamIdleTimeout))
+	fs.Float64Var(&cfg.unauthenticatedRate, "unauthenticated-rate", 0, fmt.Sprintf("production: calls per second by callers without a certificate, all together, refused and audited; past it only counted (default %d)", service.DefaultUnauthenticatedRate))
+	fs.IntVar(&cfg.maxConnections, "max-connections", 0, fmt.Sprintf("open connections per listener, 0 for no cap (production default %d)", productionMaxConnections))
 	fs.DurationVar(&cfg.callTimeout, "call-timeout", 30*time.Second, "longest a unary call may run")
 	fs.DurationVar(&cfg.reloadInterval, "reload-interval", 10*time.Second, "how often TLS and policy files are checked for changes")
 	fs.DurationVar(&cfg.handshakeTTL, "handshake-ttl", 30*time.Second, "how long a handshake session started by StartHandshake lives")
-	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed; past it RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed, all callers; past it RESOURCE_EXHAUSTED")
+	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
+	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -173,6 +193,12 @@ func (cfg *config) check() error {
 		if !cfg.set["max-in-flight"] {
 			cfg.maxInFlight = productionMaxInFlight
 		}
+		if !cfg.set["max-streams"] {
+			cfg.maxStreams = productionMaxStreams
+		}
+		if !cfg.set["max-connections"] {
+			cfg.maxConnections = productionMaxConnections
+		}
 		if !cfg.set["audit-log"] {
 			cfg.auditLog = "-"
 		}
@@ -185,8 +211,8 @@ func (cfg *config) check() error {
 	default:
 		return fmt.Errorf("-mode %q: want %s or %s", cfg.mode, modeDevelopment, modeProduction)
 	}
-	if cfg.handshakeTTL <= 0 || cfg.maxHandshakeSessions <= 0 {
-		return errors.New("-handshake-ttl and -max-handshake-sessions must be positive")
+	if cfg.handshakeTTL <= 0 || cfg.maxHandshakeSessions <= 0 || cfg.maxHandshakeInput <= 0 {
+		return errors.New("-handshake-ttl, -max-handshake-sessions and -max-handshake-input must be positive")
 	}
 	return nil
 }

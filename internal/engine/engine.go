@@ -235,8 +235,9 @@ type StepResult struct {
 	// those up to the offending record.
 	Consumed int
 	State    State
-	// On Failed: Alert is the alert record to send (protected under the
-	// handshake keys once the client has them), nil when the client sent a
+	// On Failed: Alert is the alert record to send (protected once the
+	// client holds the server's write keys: in TLS 1.3 the application
+	// traffic keys after the server's Finished), nil when the client sent a
 	// fatal alert itself; AlertDescription is the alert sent or received;
 	// Reason says what went wrong, without secrets.
 	Alert            []byte
@@ -358,6 +359,7 @@ type Handshake struct {
 	clientAuth    bool // a CertificateRequest was sent
 	didHRR        bool
 	sentCCS       bool   // TLS 1.3 compatibility change_cipher_spec sent
+	droppedCCS    uint8  // TLS 1.3 change_cipher_spec records received
 	sessionID     []byte // echoed in TLS 1.3, RFC 8446, Section 4.1.3
 	hrrHello      []byte // TLS 1.3: fingerprint of ClientHello1, see helloFingerprint
 	// skipEarlyData is set while records may be 0-RTT data the server
@@ -370,14 +372,14 @@ type Handshake struct {
 	peerKey    crypto.PublicKey
 
 	// Secrets. TLS 1.2: the ECDHE key until ClientKeyExchange, the master
-	// secret and the key block. TLS 1.3: the handshake traffic secrets and
-	// the application and exporter secrets.
+	// secret and the key block. TLS 1.3: the client handshake traffic
+	// secret and the application and exporter secrets (the server's
+	// handshake traffic secret lives only while its flight is written).
 	ecdheKey            *ecdh.PrivateKey
 	masterSecret        []byte
 	clientKey, clientIV []byte
 	serverKey, serverIV []byte
 	clientHandshake     []byte
-	serverHandshake     []byte
 	clientTraffic       []byte
 	serverTraffic       []byte
 	exporterSecret      []byte

@@ -3,14 +3,19 @@ package engine
 import (
 	"context"
 	"crypto/tls"
-	"reflect"
+	"encoding/hex"
+	"encoding/json"
+	"os"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // seedHellos are ClientHello records of crypto/tls's client in several
-// configurations.
+// configurations, and those of the recorded transcripts (OpenSSL, GnuTLS,
+// Chromium).
 func seedHellos(t testing.TB) [][]byte {
 	p := getPKI(t)
 	var out [][]byte
@@ -23,6 +28,18 @@ func seedHellos(t testing.TB) [][]byte {
 	} {
 		cfg.RootCAs = p.serverRoots
 		out = append(out, captureClientHello(t, cfg))
+	}
+	for _, tc := range transcriptCases {
+		data, err := os.ReadFile(transcriptPath(tc.name))
+		require.NoError(t, err)
+		var tr recordedTranscript
+		require.NoError(t, json.Unmarshal(data, &tr))
+		rec, err := hex.DecodeString(tr.Steps[0].In)
+		require.NoError(t, err)
+		// One ClientHello record, the shape both fuzz targets take.
+		if _, _, _, n, err := record.Parse(rec, record.MaxPlaintext); err == nil && n == len(rec) {
+			out = append(out, rec)
+		}
 	}
 	return out
 }
@@ -41,12 +58,8 @@ func FuzzClientHello(f *testing.F) {
 		validHostname(m.serverName)
 		// What was understood survives re-encoding.
 		var again clientHelloMsg
-		if !again.unmarshal(m.marshal()[4:]) {
-			t.Fatal("re-encoded ClientHello rejected")
-		}
-		if !reflect.DeepEqual(normalizeHello(again), normalizeHello(m)) {
-			t.Fatalf("round trip:\n got %+v\nwant %+v", again, m)
-		}
+		require.True(t, again.unmarshal(m.marshal()[4:]), "re-encoded ClientHello rejected")
+		require.Equal(t, normalizeHello(m), normalizeHello(again), "round trip")
 	})
 }
 
@@ -65,33 +78,24 @@ func FuzzEngine(f *testing.F) {
 	cfg.ClientAuth, cfg.ClientCAs = ClientAuthOptional, p.clientCA
 	f.Fuzz(func(t *testing.T, prefix uint8, split uint16, data []byte) {
 		h, err := NewHandshake(&cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ctx := context.Background()
 		if i := int(prefix) % (len(hellos) + 1); i > 0 {
-			if res := h.Step(ctx, p.keys, hellos[i-1]); res.State != NeedInput {
-				t.Fatalf("real ClientHello: %v %s", res.State, res.Reason)
-			}
+			res := h.Step(ctx, p.keys, hellos[i-1])
+			require.Equal(t, NeedInput, res.State, "real ClientHello %d: %s", i-1, res.Reason)
 		}
 		cut := min(int(split), len(data))
 		for _, in := range [][]byte{data[:cut], data[cut:]} {
 			res := h.Step(ctx, p.keys, in)
 			switch res.State {
 			case NeedInput:
-				if res.Consumed != len(in) {
-					t.Fatalf("NeedInput consumed %d of %d", res.Consumed, len(in))
-				}
+				require.Equal(t, len(in), res.Consumed, "NeedInput consumes everything")
 			case Failed:
-				if res.Alert == nil && res.Reason == "" {
-					t.Fatal("failure without alert or reason")
-				}
-				if res.Output != nil {
-					t.Fatal("output on failure")
-				}
+				require.False(t, res.Alert == nil && res.Reason == "", "failure without alert or reason")
+				require.Nil(t, res.Output, "output on failure")
 				return
 			case Complete:
-				t.Fatal("handshake completed on fuzzed input")
+				require.Fail(t, "handshake completed on fuzzed input")
 			}
 		}
 	})

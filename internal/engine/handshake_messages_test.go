@@ -3,12 +3,14 @@ package engine
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/hex"
 	"net"
-	"reflect"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
@@ -115,15 +117,11 @@ func parseHello(t testing.TB, rec []byte) *clientHelloMsg {
 	msg := rec
 	if rec[0] == byte(record.Handshake) {
 		_, _, body, _, err := record.Parse(rec, 1<<16-1)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		msg = body
 	}
 	var ch clientHelloMsg
-	if !ch.unmarshal(msg[4:]) {
-		t.Fatal("cannot parse ClientHello")
-	}
+	require.True(t, ch.unmarshal(msg[4:]), "cannot parse ClientHello")
 	return &ch
 }
 
@@ -147,66 +145,84 @@ func captureClientHello(t testing.TB, cfg *tls.Config) []byte {
 	tmp := make([]byte, 1<<16)
 	for {
 		_, _, _, n, err := record.Parse(buf, 1<<16-1)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if n > 0 {
 			return buf[:n]
 		}
 		m, err := server.Read(tmp)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		buf = append(buf, tmp[:m]...)
 	}
 }
 
-func TestClientHelloRoundTrip(t *testing.T) {
-	base := clientHelloMsg{
-		vers:               tls.VersionTLS12,
-		random:             bytes.Repeat([]byte{7}, 32),
-		sessionID:          bytes.Repeat([]byte{9}, 32),
-		cipherSuites:       []uint16{tls.TLS_AES_128_GCM_SHA256, scsvRenegotiation},
-		compressionMethods: []uint8{0},
-	}
-	full := base
-	full.extensions = []uint16{extensionServerName, extensionSupportedGroups, extensionSupportedPoints,
-		extensionSignatureAlgorithms, extensionSignatureAlgorithmsCert, extensionALPN, extensionSessionTicket,
-		extensionSupportedVersions, extensionCookie, extensionKeyShare, extensionPSKModes, extensionEarlyData,
-		extensionExtendedMasterSecret, extensionRenegotiationInfo, extensionPreSharedKey}
-	full.serverName = "example.com"
-	full.supportedGroups = []tls.CurveID{tls.X25519MLKEM768, tls.X25519}
-	full.supportedPoints = []uint8{0}
-	full.signatureAlgorithms = []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256, tls.PSSWithSHA256}
-	full.signatureAlgorithmsCert = []tls.SignatureScheme{tls.PKCS1WithSHA256}
-	full.alpnProtocols = []string{"h2", "http/1.1"}
-	full.ticketSupported, full.sessionTicket = true, []byte("ticket")
-	full.supportedVersions = []uint16{tls.VersionTLS13, tls.VersionTLS12}
-	full.cookie = []byte("cookie")
-	full.keyShares = []keyShare{{tls.X25519, bytes.Repeat([]byte{1}, 32)}}
-	full.pskModes = []uint8{1}
-	full.earlyData, full.extendedMasterSecret, full.pskOffered = true, true, true
-	full.secureRenegotiationSupported, full.secureRenegotiation = true, []byte{}
-	noExt := base
-	noExt.secureRenegotiationSupported = true
-	emptyShares := base
-	emptyShares.extensions = []uint16{extensionKeyShare}
+// rfc8448ClientHello is the ClientHello of RFC 8448, Section 3 (Simple
+// 1-RTT Handshake), with its handshake header.
+const rfc8448ClientHello = "010000c00303cb34ecb1e78163ba1c38c6dacb196a6dffa21a8d9912ec18a2ef" +
+	"6283024dece7000006130113031302010000910000000b000900000673657276" +
+	"6572ff01000100000a00140012001d0017001800190100010101020103010400" +
+	"230000003300260024001d002099381de560e4bd43d23d8e435a7dbafeb3c06e" +
+	"51c13cae4d5413691e529aaf2c002b0003020304000d0020001e040305030603" +
+	"020308040805080604010501060102010402050206020202002d00020101001c" +
+	"00024001"
 
-	for name, m := range map[string]clientHelloMsg{"full": full, "no extensions": noExt, "empty key_share": emptyShares} {
-		t.Run(name, func(t *testing.T) {
-			if name != "no extensions" {
-				m.secureRenegotiationSupported = true // from the SCSV
-			}
-			msg := m.marshal()
-			var got clientHelloMsg
-			if !got.unmarshal(msg[4:]) {
-				t.Fatal("unmarshal failed")
-			}
-			if !reflect.DeepEqual(normalizeHello(got), normalizeHello(m)) {
-				t.Errorf("round trip:\n got %+v\nwant %+v", got, m)
-			}
-		})
-	}
+// TestClientHelloParse parses ClientHellos the engine's code did not build:
+// RFC 8448's, checked field by field against the RFC's annotation, and
+// crypto/tls's, checked against the configuration it came from.
+func TestClientHelloParse(t *testing.T) {
+	t.Run("RFC 8448", func(t *testing.T) {
+		msg, err := hex.DecodeString(rfc8448ClientHello)
+		require.NoError(t, err)
+		var m clientHelloMsg
+		require.True(t, m.unmarshal(msg[4:]))
+		random, _ := hex.DecodeString("cb34ecb1e78163ba1c38c6dacb196a6dffa21a8d9912ec18a2ef6283024dece7")
+		share, _ := hex.DecodeString("99381de560e4bd43d23d8e435a7dbafeb3c06e51c13cae4d5413691e529aaf2c")
+		assert.Equal(t, uint16(0x0303), m.vers)
+		assert.Equal(t, random, m.random)
+		assert.Empty(t, m.sessionID)
+		assert.Equal(t, []uint16{0x1301, 0x1303, 0x1302}, m.cipherSuites)
+		assert.Equal(t, []uint8{0}, []uint8(m.compressionMethods))
+		// server_name, renegotiation_info, supported_groups, session_ticket,
+		// key_share, supported_versions, signature_algorithms,
+		// psk_key_exchange_modes, record_size_limit.
+		assert.Equal(t, []uint16{0, 0xff01, 10, 35, 51, 43, 13, 45, 28}, m.extensions)
+		assert.Equal(t, "server", m.serverName)
+		assert.True(t, m.secureRenegotiationSupported)
+		assert.Empty(t, m.secureRenegotiation)
+		assert.Equal(t, []tls.CurveID{0x001d, 0x0017, 0x0018, 0x0019, 0x0100, 0x0101, 0x0102, 0x0103, 0x0104}, m.supportedGroups)
+		assert.True(t, m.ticketSupported)
+		assert.Empty(t, m.sessionTicket)
+		require.Len(t, m.keyShares, 1)
+		assert.Equal(t, tls.CurveID(0x001d), m.keyShares[0].group)
+		assert.Equal(t, share, m.keyShares[0].data)
+		assert.Equal(t, []uint16{0x0304}, m.supportedVersions)
+		assert.Equal(t, []tls.SignatureScheme{0x0403, 0x0503, 0x0603, 0x0203, 0x0804, 0x0805, 0x0806,
+			0x0401, 0x0501, 0x0601, 0x0201, 0x0402, 0x0502, 0x0602, 0x0202}, m.signatureAlgorithms)
+		assert.Equal(t, []uint8{1}, m.pskModes) // psk_dhe_ke
+		assert.False(t, m.extendedMasterSecret || m.earlyData || m.pskOffered || m.ocspStapling || m.scts)
+		assert.Empty(t, m.alpnProtocols)
+	})
+	t.Run("crypto/tls", func(t *testing.T) {
+		cfg := &tls.Config{ServerName: "client.example.com", NextProtos: []string{"h2", "http/1.1"},
+			CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS13}
+		m := parseHello(t, captureClientHello(t, cfg))
+		assert.Equal(t, uint16(tls.VersionTLS12), m.vers)
+		assert.Len(t, m.random, 32)
+		assert.Len(t, m.sessionID, 32, "middlebox compatibility mode")
+		assert.Contains(t, m.cipherSuites, uint16(tls.TLS_AES_128_GCM_SHA256))
+		assert.Contains(t, m.cipherSuites, uint16(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256))
+		assert.Equal(t, "client.example.com", m.serverName)
+		assert.Equal(t, []string{"h2", "http/1.1"}, m.alpnProtocols)
+		assert.Equal(t, []uint16{tls.VersionTLS13, tls.VersionTLS12}, m.supportedVersions)
+		assert.Equal(t, []tls.CurveID{tls.X25519, tls.CurveP256}, m.supportedGroups)
+		require.NotEmpty(t, m.keyShares)
+		assert.Equal(t, tls.X25519, m.keyShares[0].group)
+		assert.Len(t, m.keyShares[0].data, 32)
+		assert.Equal(t, []uint8{0}, []uint8(m.supportedPoints))
+		assert.True(t, m.extendedMasterSecret)
+		assert.True(t, m.secureRenegotiationSupported)
+		assert.Contains(t, m.signatureAlgorithms, tls.ECDSAWithP256AndSHA256)
+		assert.Contains(t, m.signatureAlgorithms, tls.PSSWithSHA256)
+	})
 }
 
 // normalizeHello clears the differences between nil and empty slices that
@@ -260,15 +276,11 @@ func TestClientHelloRejects(t *testing.T) {
 	for name, b := range tests {
 		t.Run(name, func(t *testing.T) {
 			var m clientHelloMsg
-			if m.unmarshal(b) {
-				t.Error("accepted")
-			}
+			assert.False(t, m.unmarshal(b), "accepted")
 		})
 	}
 	var m clientHelloMsg
-	if !m.unmarshal(realBody) {
-		t.Fatal("re-marshalled real ClientHello rejected")
-	}
+	assert.True(t, m.unmarshal(realBody), "re-marshalled real ClientHello rejected")
 }
 
 func TestCertificateRoundTrip(t *testing.T) {
@@ -276,40 +288,29 @@ func TestCertificateRoundTrip(t *testing.T) {
 		for _, chain := range [][][]byte{nil, {[]byte("leaf")}, {[]byte("leaf"), bytes.Repeat([]byte("i"), 70000)}} {
 			m := certificateMsg{tls13: tls13, certificates: chain}
 			msg := m.marshal()
-			if msg[0] != typeCertificate {
-				t.Fatal("wrong type")
-			}
+			require.Equal(t, typeCertificate, msg[0])
 			got := certificateMsg{tls13: tls13}
-			if !got.unmarshal(msg[4:]) || len(got.certificates) != len(chain) {
-				t.Fatalf("tls13=%v chain=%d: round trip failed", tls13, len(chain))
-			}
+			require.True(t, got.unmarshal(msg[4:]), "tls13=%v chain=%d: round trip failed", tls13, len(chain))
+			require.Len(t, got.certificates, len(chain))
 			for i := range chain {
-				if !bytes.Equal(got.certificates[i], chain[i]) {
-					t.Errorf("certificate %d differs", i)
-				}
+				assert.Equal(t, chain[i], []byte(got.certificates[i]), "certificate %d", i)
 			}
-			if got.unmarshal(msg[4 : len(msg)-1]) {
-				t.Error("truncated Certificate accepted")
-			}
+			assert.False(t, got.unmarshal(msg[4:len(msg)-1]), "truncated Certificate accepted")
 		}
 	}
 	// TLS 1.3: a non-empty certificate_request_context does not echo ours.
-	if (&certificateMsg{tls13: true}).unmarshal([]byte{1, 0, 0, 0, 0}) {
-		t.Error("foreign certificate_request_context accepted")
-	}
+	assert.False(t, (&certificateMsg{tls13: true}).unmarshal([]byte{1, 0, 0, 0, 0}), "foreign certificate_request_context accepted")
 }
 
 func TestCertificateVerifyRoundTrip(t *testing.T) {
 	m := certificateVerifyMsg{signatureAlgorithm: tls.ECDSAWithP256AndSHA256, signature: []byte("signature")}
 	msg := m.marshal()
 	var got certificateVerifyMsg
-	if !got.unmarshal(msg[4:]) || !reflect.DeepEqual(got, m) {
-		t.Fatalf("round trip: %+v", got)
-	}
+	require.True(t, got.unmarshal(msg[4:]))
+	assert.Equal(t, m.signatureAlgorithm, got.signatureAlgorithm)
+	assert.Equal(t, m.signature, got.signature)
 	for _, bad := range [][]byte{msg[4 : len(msg)-1], append(slices.Clone(msg[4:]), 0), {4, 3, 0, 0}} {
-		if got.unmarshal(bad) {
-			t.Errorf("accepted %x", bad)
-		}
+		assert.False(t, got.unmarshal(bad), "accepted %x", bad)
 	}
 }
 
@@ -321,30 +322,19 @@ func TestServerMessages(t *testing.T) {
 	want := []byte{typeServerHello, 0, 0, 54, 3, 3}
 	want = append(want, helloRetryRequestRandom...)
 	want = append(want, 2, 1, 2, 0x13, 0x01, 0, 0, 12, 0, 43, 0, 2, 3, 4, 0, 51, 0, 2, 0, 23)
-	if !bytes.Equal(hrr, want) {
-		t.Errorf("HelloRetryRequest\n got %x\nwant %x", hrr, want)
-	}
+	assert.Equal(t, want, hrr, "HelloRetryRequest")
 	sh12 := (&serverHelloMsg{random: make([]byte, 32), cipherSuite: 0xc02b, secureRenegotiation: true,
 		extendedMasterSecret: true, supportedPoints: true, alpnProtocol: "h2"}).marshal()
 	wantExt := []byte{0xff, 0x01, 0, 1, 0, 0, 23, 0, 0, 0, 11, 0, 2, 1, 0, 0, 16, 0, 5, 0, 3, 2, 'h', '2'}
-	if !bytes.HasSuffix(sh12, wantExt) || int(sh12[3]) != len(sh12)-4 {
-		t.Errorf("TLS 1.2 ServerHello %x", sh12)
-	}
-	if ee := (&encryptedExtensionsMsg{}).marshal(); !bytes.Equal(ee, []byte{8, 0, 0, 2, 0, 0}) {
-		t.Errorf("EncryptedExtensions %x", ee)
-	}
+	assert.Equal(t, wantExt, sh12[len(sh12)-len(wantExt):], "TLS 1.2 ServerHello extensions")
+	assert.Equal(t, len(sh12)-4, int(sh12[3]), "TLS 1.2 ServerHello length")
+	assert.Equal(t, []byte{8, 0, 0, 2, 0, 0}, (&encryptedExtensionsMsg{}).marshal(), "EncryptedExtensions")
 	cr := (&certificateRequestMsg{tls13: true, signatureAlgorithms: []tls.SignatureScheme{tls.Ed25519}}).marshal()
-	if !bytes.Equal(cr, []byte{13, 0, 0, 11, 0, 0, 8, 0, 13, 0, 4, 0, 2, 8, 7}) {
-		t.Errorf("CertificateRequest %x", cr)
-	}
+	assert.Equal(t, []byte{13, 0, 0, 11, 0, 0, 8, 0, 13, 0, 4, 0, 2, 8, 7}, cr, "CertificateRequest")
 	cr12 := (&certificateRequestMsg{signatureAlgorithms: []tls.SignatureScheme{tls.Ed25519}, certificateAuthorities: [][]byte{{0x30}}}).marshal()
-	if !bytes.Equal(cr12, []byte{13, 0, 0, 12, 2, 1, 64, 0, 2, 8, 7, 0, 3, 0, 1, 0x30}) {
-		t.Errorf("TLS 1.2 CertificateRequest %x", cr12)
-	}
+	assert.Equal(t, []byte{13, 0, 0, 12, 2, 1, 64, 0, 2, 8, 7, 0, 3, 0, 1, 0x30}, cr12, "TLS 1.2 CertificateRequest")
 	skx := (&serverKeyExchangeMsg{group: tls.X25519, publicKey: []byte{1, 2}, signatureAlgorithm: tls.Ed25519, signature: []byte{3}}).marshal()
-	if !bytes.Equal(skx, []byte{12, 0, 0, 11, 3, 0, 29, 2, 1, 2, 8, 7, 0, 1, 3}) {
-		t.Errorf("ServerKeyExchange %x", skx)
-	}
+	assert.Equal(t, []byte{12, 0, 0, 11, 3, 0, 29, 2, 1, 2, 8, 7, 0, 1, 3}, skx, "ServerKeyExchange")
 }
 
 func TestValidHostname(t *testing.T) {
@@ -353,8 +343,6 @@ func TestValidHostname(t *testing.T) {
 		"example.com.": false, "-a.com": false, "a..b": false, "10.0.0.1": false, "a b.com": false,
 		"": false, string(bytes.Repeat([]byte("a"), 64)) + ".com": false,
 	} {
-		if got := validHostname(name); got != want {
-			t.Errorf("validHostname(%q) = %v", name, got)
-		}
+		assert.Equal(t, want, validHostname(name), "validHostname(%q)", name)
 	}
 }

@@ -2,11 +2,13 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"slices"
 	"strconv"
@@ -49,16 +51,32 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 	return h.serverHello12(&ch, raw)
 }
 
+// versionSSL30 is SSL 3.0's version number (crypto/tls's is deprecated).
+const versionSSL30 = 0x0300
+
 // negotiateVersion picks the version: from supported_versions when present
 // (RFC 8446, Section 4.2.1, in the client's order), else from legacy_version
 // (RFC 5246, Appendix E.1), which can only yield TLS 1.2.
 func (h *Handshake) negotiateVersion(ch *clientHelloMsg) (uint16, error) {
 	lo, hi := h.cfg.versions()
+	// RFC 8446, Appendix D.5: "Any endpoint receiving a Hello message with
+	// ClientHello.legacy_version [...] set to 0x0300 MUST abort the
+	// handshake with a "protocol_version" alert."
+	if ch.vers <= versionSSL30 {
+		return 0, fail(alertProtocolVersion, "ClientHello legacy_version %#04x is SSL 3.0 or older", ch.vers)
+	}
 	if ch.has(extensionSupportedVersions) {
 		for _, v := range ch.supportedVersions {
-			if v >= lo && v <= hi {
-				return v, nil
+			if v < lo || v > hi {
+				continue
 			}
+			// RFC 8446, Section 4.1.2: in a TLS 1.3 ClientHello "the
+			// legacy_version field MUST be set to 0x0303". Refused, as
+			// OpenSSL does: such a client is broken or a probe.
+			if v == tls.VersionTLS13 && ch.vers < tls.VersionTLS12 {
+				return 0, fail(alertProtocolVersion, "TLS 1.3 ClientHello with legacy_version %#04x, below 0x0303", ch.vers)
+			}
+			return v, nil
 		}
 		return 0, fail(alertProtocolVersion, "no common version: client supports %s, server %s-%s",
 			list(ch.supportedVersions, versionName), versionName(lo), versionName(hi))
@@ -114,6 +132,24 @@ func (h *Handshake) randomBytes(n int) ([]byte, error) {
 
 var errNoKeyOps = fail(alertInternalError, "no KeyOps given to Step")
 
+// keyOpsError keeps a KeyOps error as the cause of a failure but not in its
+// text, which becomes StepResult.Reason and goes to the edge: the KeyOps
+// implementation belongs to the caller, which has the error already, and
+// its words (a key backend's) are not the engine's to pass on. Only a
+// cancelled or expired context, the caller's own doing, is named.
+type keyOpsError struct{ err error }
+
+func (e keyOpsError) Error() string {
+	for _, ctxErr := range []error{context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(e.err, ctxErr) {
+			return "key operation failed: " + ctxErr.Error()
+		}
+	}
+	return "key operation failed"
+}
+
+func (e keyOpsError) Unwrap() error { return e.err }
+
 // sign asks KeyOps for a signature with the selected certificate's key.
 func (h *Handshake) sign(what string, message []byte) ([]byte, error) {
 	if h.keys == nil {
@@ -121,7 +157,7 @@ func (h *Handshake) sign(what string, message []byte) ([]byte, error) {
 	}
 	sig, err := h.keys.Sign(h.ctx, h.cfg.Certificates[h.cert].KeyRef, h.scheme, message)
 	if err != nil {
-		return nil, failWrap(alertInternalError, err, "signing %s with %v", what, h.scheme)
+		return nil, failWrap(alertInternalError, keyOpsError{err}, "signing %s with %v", what, h.scheme)
 	}
 	return sig, nil
 }
@@ -203,9 +239,12 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 		cipherSuite:          suite.id,
 		secureRenegotiation:  ch.secureRenegotiationSupported,
 		extendedMasterSecret: h.ems,
-		supportedPoints:      h.kex != kexRSA,
-		serverNameAck:        ch.serverName != "",
-		alpnProtocol:         alpn,
+		// RFC 8422, Section 5.2: only in answer to the client's
+		// ec_point_formats, as any ServerHello extension (RFC 5246,
+		// Section 7.4.1.4).
+		supportedPoints: h.kex != kexRSA && ch.has(extensionSupportedPoints),
+		serverNameAck:   ch.serverName != "",
+		alpnProtocol:    alpn,
 	}
 	ev := TraceEvent{Message: "ServerHello"}
 	ev.add("version", versionName(h.vers))
@@ -366,7 +405,7 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 		var err error
 		preMaster, err = h.keys.DecryptPremaster(h.ctx, h.cfg.Certificates[h.cert].KeyRef, payload, h.clientVersion)
 		if err != nil {
-			return failWrap(alertInternalError, err, "premaster decryption")
+			return failWrap(alertInternalError, keyOpsError{err}, "premaster decryption")
 		}
 		if len(preMaster) != masterSecretLength {
 			return fail(alertInternalError, "premaster decryption returned %d bytes, want 48", len(preMaster))
@@ -486,10 +525,10 @@ func (h *Handshake) complete() {
 	}
 	h.session = s
 	h.state = stateComplete
-	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake, h.serverHandshake} {
+	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake} {
 		clear(secret)
 	}
-	h.masterSecret, h.clientHandshake, h.serverHandshake = nil, nil, nil
+	h.masterSecret, h.clientHandshake = nil, nil
 	h.transcript, h.readCipher, h.writeCipher = nil, nil, nil
 }
 

@@ -201,8 +201,9 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	clear(shared)
 	helloHash := h.transcript.sum()
 	h.clientHandshake = deriveSecret(hash, handshakeSecret, "c hs traffic", helloHash)
-	h.serverHandshake = deriveSecret(hash, handshakeSecret, "s hs traffic", helloHash)
-	if h.writeCipher, err = h.newCipher(h.serverHandshake, nil, nil, 0); err != nil {
+	serverHandshake := deriveSecret(hash, handshakeSecret, "s hs traffic", helloHash)
+	defer clear(serverHandshake)
+	if h.writeCipher, err = h.newCipher(serverHandshake, nil, nil, 0); err != nil {
 		return err
 	}
 	if h.readCipher, err = h.newCipher(h.clientHandshake, nil, nil, 0); err != nil {
@@ -234,7 +235,7 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	ev.add("signature_scheme", h.scheme.String())
 	h.sendMessage(cv.marshal(), ev)
 
-	h.sendMessage(marshalFinished(finishedVerifyData13(hash, h.serverHandshake, h.transcript.sum())), TraceEvent{Message: "Finished"})
+	h.sendMessage(marshalFinished(finishedVerifyData13(hash, serverHandshake, h.transcript.sum())), TraceEvent{Message: "Finished"})
 	if err := h.flush(); err != nil {
 		return err
 	}
@@ -246,6 +247,14 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	h.serverTraffic = deriveSecret(hash, master, "s ap traffic", finishedHash)
 	h.exporterSecret = deriveSecret(hash, master, "exp master", finishedHash)
 	clear(master)
+	// From its Finished on, the server writes under the server application
+	// traffic secret (RFC 8446, Section 7.1 and Appendix A.2): an alert it
+	// sends about the client's second flight is protected with it, because
+	// the client switched its read key on our Finished. The server handshake
+	// traffic secret has no use left.
+	if h.writeCipher, err = h.newCipher(h.serverTraffic, nil, nil, 0); err != nil {
+		return err
+	}
 
 	// RFC 8446, Section 4.2.10: 0-RTT data the server does not accept is
 	// skipped until a record opens under the handshake keys.

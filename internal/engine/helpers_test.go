@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
@@ -39,7 +41,12 @@ type testPKI struct {
 	clientCA            *x509.CertPool
 	clientCerts         map[string]tls.Certificate // by key type, signed by the client CA
 	rogueClientCert     tls.Certificate            // signed by an unknown CA
-	keys                *testKeyOps
+	// serverAuthClientCert is from the client CA but for serverAuth only;
+	// noEKUClientCert has no extended key usage (valid for any, RFC 5280,
+	// Section 4.2.1.12); wrongKeyClientCert pairs a valid client
+	// certificate with a private key that is not its own.
+	serverAuthClientCert, noEKUClientCert, wrongKeyClientCert tls.Certificate
+	keys                                                      *testKeyOps
 }
 
 var (
@@ -114,12 +121,20 @@ func newTestPKI() *testPKI {
 	}
 	ca, caKey := newCA("client CA")
 	p.clientCA.AddCert(ca)
-	clientLeaf := func(cn string, s crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) tls.Certificate {
+	clientLeafEKU := func(cn string, eku []x509.ExtKeyUsage, s crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) tls.Certificate {
 		tmpl := template(cn)
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		tmpl.ExtKeyUsage = eku
 		c := mustCert(tmpl, parent, s.Public(), parentKey)
 		return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: s, Leaf: c}
 	}
+	clientLeaf := func(cn string, s crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) tls.Certificate {
+		return clientLeafEKU(cn, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, s, parent, parentKey)
+	}
+	p.serverAuthClientCert = clientLeafEKU("client serverAuth", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, p256, ca, caKey)
+	p.noEKUClientCert = clientLeafEKU("client no EKU", nil, p256, ca, caKey)
+	otherP256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p.wrongKeyClientCert = clientLeaf("client wrong key", p256, ca, caKey)
+	p.wrongKeyClientCert.PrivateKey = otherP256
 	p.clientCerts["rsa"] = clientLeaf("client rsa", rsaKey, ca, caKey)
 	p.clientCerts["p256"] = clientLeaf("client p256", p256, ca, caKey)
 	p.clientCerts["p384"] = clientLeaf("client p384", p384, ca, caKey)
@@ -145,12 +160,16 @@ func (p *testPKI) key(name string) *testKey {
 // over its stored ones.
 type testKeyOps struct {
 	signers map[string]crypto.Signer
-	failAll bool
+	// failWith, when set, is the error of every operation.
+	failWith error
 }
 
 func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.SignatureScheme, message []byte) ([]byte, error) {
 	s, ok := k.signers[keyRef]
-	if !ok || k.failAll {
+	if k.failWith != nil {
+		return nil, k.failWith
+	}
+	if !ok {
 		return nil, fmt.Errorf("no key %q", keyRef)
 	}
 	if scheme == tls.Ed25519 {
@@ -171,7 +190,10 @@ func (k *testKeyOps) Sign(_ context.Context, keyRef string, scheme tls.Signature
 
 func (k *testKeyOps) DecryptPremaster(_ context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error) {
 	priv, ok := k.signers[keyRef].(*rsa.PrivateKey)
-	if !ok || k.failAll {
+	if k.failWith != nil {
+		return nil, k.failWith
+	}
+	if !ok {
 		return nil, fmt.Errorf("no RSA key %q", keyRef)
 	}
 	// Implicit rejection: the random key stands in for a bad padding or
@@ -267,7 +289,9 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 			res := r.h.Step(context.Background(), r.keys, p)
 			out.trace = append(out.trace, res.Trace...)
 			out.last = res
-			if res.Consumed > len(p) || (res.State != Complete && res.Consumed != len(p)) {
+			// On NeedInput everything is consumed; on Complete and Failed,
+			// up to the record that ended the handshake.
+			if res.Consumed > len(p) || (res.State == NeedInput && res.Consumed != len(p)) {
 				out.err = fmt.Errorf("consumed %d of %d bytes in state %v", res.Consumed, len(p), res.State)
 				return out
 			}
@@ -292,6 +316,7 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 				if res.Alert != nil {
 					conn.Write(res.Alert)
 				}
+				drainAfterAlert(conn)
 				return out
 			case Complete:
 				out.session, _ = r.h.Session()
@@ -303,6 +328,17 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 			}
 		}
 	}
+}
+
+// drainAfterAlert half-closes conn and reads what the client still sends
+// until it closes: closing with unread input would make the kernel answer
+// with a reset, which can reach the client before it has read the alert.
+func drainAfterAlert(conn net.Conn) {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, conn)
 }
 
 // recordConn is the edge's record layer after the handshake: it protects
@@ -433,9 +469,7 @@ var (
 func runInterop(t *testing.T, c interopCase) interopResult {
 	t.Helper()
 	h, err := NewHandshake(&c.server)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	keys := c.keys
 	if keys == nil {
 		keys = getPKI(t).keys
@@ -484,9 +518,7 @@ func runInterop(t *testing.T, c interopCase) interopResult {
 func tcpPair(t *testing.T) (server, client net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
 	go func() {
@@ -494,13 +526,9 @@ func tcpPair(t *testing.T) (server, client net.Conn) {
 		accepted <- c
 	}()
 	client, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	server = <-accepted
-	if server == nil {
-		t.Fatal("accept failed")
-	}
+	require.NotNil(t, server, "accept failed")
 	return server, client
 }
 
@@ -536,16 +564,15 @@ func exchangeClient(c *tls.Conn) error {
 // expectSuccess checks a successful handshake on both sides.
 func expectSuccess(t *testing.T, res interopResult) *Session {
 	t.Helper()
-	if res.clientErr != nil || res.relay.err != nil || res.relay.session == nil {
-		t.Fatalf("client error: %v; relay error: %v; engine: %v %s (%v)\ntrace:\n%s",
-			res.clientErr, res.relay.err, res.relay.last.State, res.relay.last.Reason, res.relay.last.AlertDescription, traceText(res.relay.trace))
-	}
+	require.Truef(t, res.clientErr == nil && res.relay.err == nil && res.relay.session != nil,
+		"client error: %v; relay error: %v; engine: %v %s (%v)\ntrace:\n%s",
+		res.clientErr, res.relay.err, res.relay.last.State, res.relay.last.Reason, res.relay.last.AlertDescription, traceText(res.relay.trace))
 	s := res.relay.session
-	if s.Version != res.state.Version || s.CipherSuite != res.state.CipherSuite || s.ALPN != res.state.NegotiatedProtocol {
-		t.Fatalf("engine %s, client %s %s alpn=%q", s, versionName(res.state.Version), tls.CipherSuiteName(res.state.CipherSuite), res.state.NegotiatedProtocol)
-	}
-	if res.state.CurveID != 0 && s.Group != res.state.CurveID {
-		t.Fatalf("engine group %v, client %v", s.Group, res.state.CurveID)
+	require.Equal(t, res.state.Version, s.Version, "engine and client versions")
+	require.Equal(t, res.state.CipherSuite, s.CipherSuite, "engine and client cipher suites")
+	require.Equal(t, res.state.NegotiatedProtocol, s.ALPN, "engine and client ALPN")
+	if res.state.CurveID != 0 {
+		require.Equal(t, res.state.CurveID, s.Group, "engine and client groups")
 	}
 	return s
 }
@@ -554,13 +581,10 @@ func expectSuccess(t *testing.T, res interopResult) *Session {
 func expectFailure(t *testing.T, res interopResult, want Alert) {
 	t.Helper()
 	last := res.relay.last
-	if last.State != Failed || last.AlertDescription != want {
-		t.Fatalf("engine state %v alert %v (%s), want Failed with %v; relay err %v; client err %v\ntrace:\n%s",
-			last.State, last.AlertDescription, last.Reason, want, res.relay.err, res.clientErr, traceText(res.relay.trace))
-	}
-	if res.clientErr == nil {
-		t.Fatal("client handshake succeeded")
-	}
+	require.Truef(t, last.State == Failed && last.AlertDescription == want,
+		"engine state %v alert %v (%s), want Failed with %v; relay err %v; client err %v\ntrace:\n%s",
+		last.State, last.AlertDescription, last.Reason, want, res.relay.err, res.clientErr, traceText(res.relay.trace))
+	require.Error(t, res.clientErr, "client handshake succeeded")
 }
 
 func traceText(tr []TraceEvent) string {

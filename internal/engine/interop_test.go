@@ -4,9 +4,11 @@ package engine
 import (
 	"crypto/tls"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func clientConfig(p *testPKI, serverName string) *tls.Config {
@@ -45,9 +47,10 @@ func TestInteropTLS13(t *testing.T) {
 					cl := clientConfig(p, kn+".example.com")
 					cl.CurvePreferences = []tls.CurveID{group}
 					s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl, mode: mode}))
-					if s.Version != tls.VersionTLS13 || s.CipherSuite != suite || s.Group != group || s.DidHelloRetryRequest {
-						t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
-					}
+					assert.Equal(t, uint16(tls.VersionTLS13), s.Version)
+					assert.Equal(t, suite, s.CipherSuite)
+					assert.Equal(t, group, s.Group)
+					assert.False(t, s.DidHelloRetryRequest)
 				})
 			}
 		}
@@ -86,52 +89,31 @@ func TestInteropTLS12(t *testing.T) {
 						cl.CurvePreferences = []tls.CurveID{group}
 					}
 					sess := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl, mode: mode}))
-					if sess.CipherSuite != s.id || sess.Group != group || !sess.ExtendedMasterSecret ||
-						sess.ClientSeq != 1 || sess.ServerSeq != 1 {
-						t.Errorf("session %s ems=%v seq=%d/%d", sess, sess.ExtendedMasterSecret, sess.ClientSeq, sess.ServerSeq)
-					}
+					assert.Equal(t, s.id, sess.CipherSuite)
+					assert.Equal(t, group, sess.Group)
+					assert.True(t, sess.ExtendedMasterSecret)
+					assert.Equal(t, uint64(1), sess.ClientSeq)
+					assert.Equal(t, uint64(1), sess.ServerSeq)
 				})
 			}
 		}
 	}
 }
 
-func TestDowngradeSentinel(t *testing.T) {
+// TestDowngradeSentinelDetected: a TLS 1.3 client checks the sentinel
+// itself (TestDowngradeSentinelBytes reads it): a server that offers 1.3
+// but answers a 1.3-capable client with 1.2 is caught by the client.
+func TestDowngradeSentinelDetected(t *testing.T) {
 	p := getPKI(t)
-	for _, maxVers := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
-		t.Run(versionName(maxVers), func(t *testing.T) {
-			cfg := serverConfig(p.p256)
-			cfg.MaxVersion = maxVers
-			cl := clientConfig(p, "p256.example.com")
-			cl.MaxVersion = tls.VersionTLS12
-			res := runInterop(t, interopCase{server: cfg, client: cl})
-			expectSuccess(t, res)
-			var sh []byte
-			for _, e := range res.relay.trace {
-				if e.Message == "ServerHello" {
-					sh = []byte(e.String())
-				}
-			}
-			has := strings.Contains(string(sh), "downgrade_sentinel")
-			if has != (maxVers == tls.VersionTLS13) {
-				t.Errorf("ServerHello trace %q", sh)
-			}
-		})
-	}
-	// A TLS 1.3 client checks the sentinel itself: a server that offers 1.3
-	// but answers a 1.3-capable client with 1.2 is caught by the client.
-	t.Run("client detects", func(t *testing.T) {
-		cfg := serverConfig(p.p256)
-		cfg.MaxVersion = tls.VersionTLS13
-		cl := clientConfig(p, "p256.example.com")
-		cl.MaxVersion = tls.VersionTLS13
-		// Remove TLS 1.3 from the client's supported_versions in flight,
-		// as a downgrading attacker would; the sentinel gives it away.
-		res := runInterop(t, interopCase{server: cfg, client: cl, mode: splitRecords, tamper: stripTLS13})
-		if res.clientErr == nil || !strings.Contains(res.clientErr.Error(), "downgrade") {
-			t.Fatalf("client error %v, want a downgrade error", res.clientErr)
-		}
-	})
+	cfg := serverConfig(p.p256)
+	cfg.MaxVersion = tls.VersionTLS13
+	cl := clientConfig(p, "p256.example.com")
+	cl.MaxVersion = tls.VersionTLS13
+	// Remove TLS 1.3 from the client's supported_versions in flight, as a
+	// downgrading attacker would; the sentinel gives it away.
+	res := runInterop(t, interopCase{server: cfg, client: cl, mode: splitRecords, tamper: stripTLS13})
+	require.Error(t, res.clientErr)
+	assert.Contains(t, res.clientErr.Error(), "downgrade")
 }
 
 func TestHelloRetryRequest(t *testing.T) {
@@ -145,9 +127,8 @@ func TestHelloRetryRequest(t *testing.T) {
 			cl.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
 			res := runInterop(t, interopCase{server: cfg, client: cl, mode: mode})
 			s := expectSuccess(t, res)
-			if !s.DidHelloRetryRequest || s.Group != tls.CurveP256 {
-				t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
-			}
+			assert.True(t, s.DidHelloRetryRequest)
+			assert.Equal(t, tls.CurveP256, s.Group)
 		})
 	}
 	// A client supporting the hybrid group without sending a share for it
@@ -157,18 +138,16 @@ func TestHelloRetryRequest(t *testing.T) {
 		cl := clientConfig(p, "ed25519.example.com")
 		cl.CurvePreferences = []tls.CurveID{tls.X25519, tls.X25519MLKEM768}
 		s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl}))
-		if s.Group != tls.X25519MLKEM768 {
-			t.Errorf("group %v", s.Group)
-		}
+		assert.Equal(t, tls.X25519MLKEM768, s.Group)
 	})
 }
 
 func TestDefaultsChooseHybrid(t *testing.T) {
 	p := getPKI(t)
 	s := expectSuccess(t, runInterop(t, interopCase{server: serverConfig(p.p256, p.rsa), client: clientConfig(p, "p256.example.com")}))
-	if s.Version != tls.VersionTLS13 || s.Group != tls.X25519MLKEM768 || s.CertificateIndex != 0 {
-		t.Errorf("session %s", s)
-	}
+	assert.Equal(t, uint16(tls.VersionTLS13), s.Version)
+	assert.Equal(t, tls.X25519MLKEM768, s.Group)
+	assert.Zero(t, s.CertificateIndex)
 }
 
 func TestSNI(t *testing.T) {
@@ -195,9 +174,9 @@ func TestSNI(t *testing.T) {
 				cl.InsecureSkipVerify = true
 			}
 			s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl}))
-			if s.CertificateIndex != tc.want || s.ServerName != tc.serverName || s.KeyRef != cfg.Certificates[tc.want].KeyRef {
-				t.Errorf("session %s, want certificate %d", s, tc.want)
-			}
+			assert.Equal(t, tc.want, s.CertificateIndex)
+			assert.Equal(t, tc.serverName, s.ServerName)
+			assert.Equal(t, cfg.Certificates[tc.want].KeyRef, s.KeyRef)
 		})
 	}
 	// A client that cannot verify Ed25519 or ECDSA signatures still gets a
@@ -207,9 +186,7 @@ func TestSNI(t *testing.T) {
 		cl.MaxVersion = tls.VersionTLS12
 		cl.CipherSuites = []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}
 		s := expectSuccess(t, runInterop(t, interopCase{server: serverConfig(p.p256, p.rsa), client: cl}))
-		if s.CertificateIndex != 1 {
-			t.Errorf("session %s", s)
-		}
+		assert.Equal(t, 1, s.CertificateIndex)
 	})
 }
 
@@ -223,17 +200,13 @@ func TestALPN(t *testing.T) {
 			cl.MaxVersion = vers
 			cl.NextProtos = []string{"http/1.1", "h2"}
 			s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl}))
-			if s.ALPN != "h2" {
-				t.Errorf("ALPN %q", s.ALPN)
-			}
+			assert.Equal(t, "h2", s.ALPN)
 			cl.NextProtos = []string{"spdy/3"}
 			res := runInterop(t, interopCase{server: cfg, client: cl})
 			expectFailure(t, res, alertNoApplicationProtocol)
 			// No ALPN from the client: no protocol, no failure.
 			cl.NextProtos = nil
-			if s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl})); s.ALPN != "" {
-				t.Errorf("ALPN %q", s.ALPN)
-			}
+			assert.Empty(t, expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl})).ALPN)
 		})
 	}
 }
@@ -250,9 +223,7 @@ func TestClientAuth(t *testing.T) {
 				cl.MaxVersion = vers
 				cl.Certificates = []tls.Certificate{p.clientCerts[kn]}
 				s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl, mode: splitRandom}))
-				if len(s.PeerCertificates) != 1 || string(s.PeerCertificates[0]) != string(p.clientCerts[kn].Certificate[0]) {
-					t.Errorf("peer certificates %d", len(s.PeerCertificates))
-				}
+				assert.Equal(t, p.clientCerts[kn].Certificate, s.PeerCertificates)
 			})
 		}
 		t.Run(versionName(vers)+"/missing", func(t *testing.T) {
@@ -268,9 +239,7 @@ func TestClientAuth(t *testing.T) {
 
 			cfg.ClientAuth = ClientAuthOptional
 			s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl}))
-			if len(s.PeerCertificates) != 0 {
-				t.Error("peer certificates without a client certificate")
-			}
+			assert.Empty(t, s.PeerCertificates, "peer certificates without a client certificate")
 		})
 		t.Run(versionName(vers)+"/unknown CA", func(t *testing.T) {
 			cfg := serverConfig(p.p256)
@@ -297,9 +266,7 @@ func TestCoalescedLeftover(t *testing.T) {
 			cfg := serverConfig(p.key(kn))
 			res := runInterop(t, interopCase{server: cfg, client: clientConfig(p, kn+".example.com"), coalesce: true})
 			expectSuccess(t, res)
-			if len(res.relay.leftover) == 0 {
-				t.Fatal("no bytes left after the client's Finished; the test did not coalesce")
-			}
+			assert.NotEmpty(t, res.relay.leftover, "no bytes left after the client's Finished; the test did not coalesce")
 		})
 	}
 }
@@ -313,9 +280,7 @@ func TestClientCertificateExpired(t *testing.T) {
 	cl.Certificates = []tls.Certificate{p.clientCerts["rsa"]}
 	res := runInterop(t, interopCase{server: cfg, client: cl})
 	expectFailure(t, res, alertCertificateExpired)
-	if !strings.Contains(traceText(res.relay.trace), "subject[0]=CN=client rsa") {
-		t.Errorf("trace lacks the client certificate:\n%s", traceText(res.relay.trace))
-	}
+	assert.Contains(t, traceText(res.relay.trace), "subject[0]=CN=client rsa", "trace lacks the client certificate")
 }
 
 // TestTrace checks the message sequence of the trace and that no secret of
@@ -346,19 +311,16 @@ func TestTrace(t *testing.T) {
 			for _, e := range res.relay.trace {
 				got = append(got, e.Direction.String()+" "+e.Message)
 			}
-			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
-				t.Errorf("trace\n got %q\nwant %q", got, tc.want)
-			}
+			assert.Equal(t, tc.want, got, "trace")
 			text := traceText(res.relay.trace) + s.String() + fmt.Sprintf("%v %+v %#v", s, s, s)
 			for _, secret := range [][]byte{s.ClientKey, s.ServerKey, s.ClientIV, s.ServerIV, s.ClientTrafficSecret, s.ServerTrafficSecret, s.ExporterMasterSecret} {
-				if len(secret) > 0 && (strings.Contains(text, fmt.Sprintf("%x", secret)) || strings.Contains(text, string(secret))) {
-					t.Errorf("secret in trace or Session formatting")
+				if len(secret) > 0 {
+					assert.NotContains(t, text, fmt.Sprintf("%x", secret), "secret in trace or Session formatting")
+					assert.NotContains(t, text, string(secret), "secret in trace or Session formatting")
 				}
 			}
 			for _, want := range []string{"server_name=rsa.example.com", "alpn=h2", "subject[0]=CN=client ed25519", "signature_scheme="} {
-				if !strings.Contains(text, want) {
-					t.Errorf("trace lacks %q", want)
-				}
+				assert.Contains(t, text, want)
 			}
 		})
 	}

@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
 	"slices"
-	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
@@ -183,10 +188,10 @@ func TestTamperedClientMessages(t *testing.T) {
 		res := runInterop(t, interopCase{server: serverConfig(p.p256), client: clientConfig(p, "p256.example.com"),
 			mode: splitRecords, tamper: tamper})
 		expectFailure(t, res, alertBadRecordMAC)
-		// The alert is protected under the server's handshake keys.
-		if res.relay.last.Alert[0] != byte(record.ApplicationData) {
-			t.Errorf("alert record type %d, want protected", res.relay.last.Alert[0])
-		}
+		// The alert is protected under the server's application traffic
+		// keys, and the client reads it.
+		assert.Equal(t, byte(record.ApplicationData), res.relay.last.Alert[0], "alert record protected")
+		assert.ErrorContains(t, res.clientErr, "remote error: tls: bad record MAC")
 	})
 }
 
@@ -195,9 +200,7 @@ func TestTamperedClientMessages(t *testing.T) {
 func stepAll(t *testing.T, cfg *Config, inputs ...[]byte) (StepResult, *Handshake) {
 	t.Helper()
 	h, err := NewHandshake(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var res StepResult
 	for _, in := range inputs {
 		res = h.Step(context.Background(), getPKI(t).keys, in)
@@ -210,15 +213,15 @@ func stepAll(t *testing.T, cfg *Config, inputs ...[]byte) (StepResult, *Handshak
 
 func expectAlert(t *testing.T, res StepResult, want Alert) {
 	t.Helper()
-	if res.State != Failed || res.AlertDescription != want {
-		t.Fatalf("state %v alert %v (%s), want Failed with %v", res.State, res.AlertDescription, res.Reason, want)
-	}
+	require.Equal(t, Failed, res.State, res.Reason)
+	require.Equal(t, want, res.AlertDescription, res.Reason)
+	require.NotEmpty(t, res.Alert)
 	if res.Alert[0] == byte(record.ApplicationData) {
-		return // protected under the handshake keys
+		return // protected under the keys the client reads with
 	}
-	if len(res.Alert) != 7 || res.Alert[0] != byte(record.Alert) || res.Alert[5] != alertLevelFatal || Alert(res.Alert[6]) != want {
-		t.Fatalf("alert record %x", res.Alert)
-	}
+	require.Len(t, res.Alert, 7, "alert record %x", res.Alert)
+	assert.Equal(t, byte(record.Alert), res.Alert[0])
+	assert.Equal(t, []byte{alertLevelFatal, byte(want)}, res.Alert[5:])
 }
 
 func TestMalformedInput(t *testing.T) {
@@ -308,9 +311,7 @@ func TestMalformedInput(t *testing.T) {
 
 	// The alert to a TLS 1.0 client is in a record it can read.
 	res, _ := stepAll(t, &cfg, tls10Hello)
-	if v := uint16(res.Alert[1])<<8 | uint16(res.Alert[2]); v != tls.VersionTLS10 {
-		t.Errorf("protocol_version alert in a %#04x record", v)
-	}
+	assert.Equal(t, []byte{3, 1}, res.Alert[1:3], "protocol_version alert in a TLS 1.0 record")
 }
 
 func TestPeerAlert(t *testing.T) {
@@ -318,29 +319,54 @@ func TestPeerAlert(t *testing.T) {
 	cfg := serverConfig(p.p256)
 	real12 := captureClientHello(t, &tls.Config{MaxVersion: tls.VersionTLS12, InsecureSkipVerify: true})
 	res, _ := stepAll(t, &cfg, real12, []byte{21, 3, 3, 0, 2, 2, byte(alertBadCertificate)})
-	if res.State != Failed || res.Alert != nil || res.AlertDescription != alertBadCertificate {
-		t.Fatalf("%v %v %x %s", res.State, res.AlertDescription, res.Alert, res.Reason)
-	}
+	require.Equal(t, Failed, res.State, res.Reason)
+	assert.Nil(t, res.Alert, "no alert answers the client's")
+	assert.Equal(t, alertBadCertificate, res.AlertDescription)
 	// After Failed, Step does nothing.
 	h, _ := NewHandshake(&cfg)
 	h.Step(context.Background(), p.keys, []byte("garbage!"))
-	if again := h.Step(context.Background(), p.keys, real12); again.State != Failed || again.Output != nil {
-		t.Fatalf("step after failure: %+v", again)
-	}
+	again := h.Step(context.Background(), p.keys, real12)
+	assert.Equal(t, Failed, again.State)
+	assert.Nil(t, again.Output)
 }
 
+// TestKeyOpsFailure: a failed key operation ends the handshake with
+// internal_error, and the KeyOps error's text, here carrying the private key
+// as a careless key backend might, reaches neither the reason, nor the
+// alert, nor the trace.
 func TestKeyOpsFailure(t *testing.T) {
 	p := getPKI(t)
-	cfg := serverConfig(p.rsa)
-	for _, vers := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
-		cl := clientConfig(p, "rsa.example.com")
-		cl.MaxVersion = vers
-		res := runInterop(t, interopCase{server: cfg, client: cl, keys: &testKeyOps{signers: p.keys.signers, failAll: true}})
-		expectFailure(t, res, alertInternalError)
-		if bytes.Contains([]byte(res.relay.last.Reason), []byte("BEGIN")) {
-			t.Error("reason leaks key material")
-		}
+	der, err := x509.MarshalPKCS8PrivateKey(p.rsa.signer)
+	require.NoError(t, err)
+	marker := hex.EncodeToString(der)
+	leaky := &testKeyOps{signers: p.keys.signers, failWith: fmt.Errorf("backend: key %s unusable", marker)}
+	for _, tc := range []struct {
+		name   string
+		vers   uint16
+		suites []uint16
+	}{
+		{"TLS 1.3 Sign", tls.VersionTLS13, nil},
+		{"TLS 1.2 Sign", tls.VersionTLS12, nil},
+		{"TLS 1.2 DecryptPremaster", tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl := clientConfig(p, "rsa.example.com")
+			cl.MaxVersion, cl.CipherSuites = tc.vers, tc.suites
+			res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: cl, keys: leaky})
+			expectFailure(t, res, alertInternalError)
+			last := res.relay.last
+			assert.Contains(t, last.Reason, "key operation failed")
+			for _, where := range []string{last.Reason, string(last.Alert), traceText(res.relay.trace)} {
+				assert.NotContains(t, where, marker[:64], "KeyOps error text reached the engine's output")
+				assert.NotContains(t, where, string(der[:64]))
+			}
+		})
 	}
+	// A cancelled context is the caller's own doing and is named.
+	cancelled := &testKeyOps{signers: p.keys.signers, failWith: fmt.Errorf("vault: %w", context.Canceled)}
+	res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: clientConfig(p, "rsa.example.com"), keys: cancelled})
+	expectFailure(t, res, alertInternalError)
+	assert.Contains(t, res.relay.last.Reason, "key operation failed: context canceled")
 }
 
 func TestEarlyDataRefused(t *testing.T) {
@@ -355,32 +381,25 @@ func TestEarlyDataRefused(t *testing.T) {
 	m.extensions = append(slices.Clone(m.extensions), extensionEarlyData, extensionPSKModes, extensionPreSharedKey)
 	m.pskModes = []uint8{1}
 	h, err := NewHandshake(&cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	in := helloRecord(m)
 	in = append(in, 20, 3, 3, 0, 1, 1) // compatibility change_cipher_spec
 	for range 3 {
 		in = append(in, record.Append(nil, record.ApplicationData, tls.VersionTLS12, bytes.Repeat([]byte{0xee}, 100))...)
 	}
 	res := h.Step(context.Background(), p.keys, in)
-	if res.State != NeedInput || len(res.Output) == 0 {
-		t.Fatalf("%v %v %s", res.State, res.AlertDescription, res.Reason)
-	}
-	if !h.skipEarlyData || h.skippedEarlyData != 3*100 {
-		t.Fatalf("skipping=%v skipped=%d", h.skipEarlyData, h.skippedEarlyData)
-	}
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	require.NotEmpty(t, res.Output)
+	require.True(t, h.skipEarlyData)
+	require.Equal(t, 3*100, h.skippedEarlyData)
 	// Past the limit, the server gives up.
 	big := record.Append(nil, record.ApplicationData, tls.VersionTLS12, make([]byte, record.MaxCiphertextTLS13))
 	for range maxSkippedEarlyData / len(big) {
-		if res = h.Step(context.Background(), p.keys, big); res.State != NeedInput {
-			t.Fatalf("%v %s", res.State, res.Reason)
-		}
+		res = h.Step(context.Background(), p.keys, big)
+		require.Equal(t, NeedInput, res.State, res.Reason)
 	}
 	res = h.Step(context.Background(), p.keys, big)
-	if res.State != Failed {
-		t.Fatalf("state %v after too much early data", res.State)
-	}
+	assert.Equal(t, Failed, res.State, "after too much early data")
 }
 
 // TestClientRejectsServer: a client that does not trust the server's
@@ -394,9 +413,9 @@ func TestClientRejectsServer(t *testing.T) {
 		cl.MaxVersion = vers
 		res := runInterop(t, interopCase{server: serverConfig(p.p256), client: cl})
 		last := res.relay.last
-		if last.State != Failed || last.Alert != nil || !strings.Contains(last.Reason, "client sent alert") {
-			t.Errorf("%s: %v alert=%x %s", versionName(vers), last.State, last.Alert, last.Reason)
-		}
+		assert.Equal(t, Failed, last.State, versionName(vers))
+		assert.Nil(t, last.Alert, versionName(vers))
+		assert.Contains(t, last.Reason, "client sent alert", versionName(vers))
 	}
 }
 

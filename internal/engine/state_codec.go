@@ -19,7 +19,9 @@ import (
 // secrets, the TLS 1.2 master secret and keys): whoever stores it must
 // protect it like a private key, e.g. seal it with an AEAD.
 
-const stateCodecVersion = 1
+// Version 2: a TLS 1.3 write cipher is under the application traffic
+// secret; the dropped change_cipher_spec count.
+const stateCodecVersion = 2
 
 // stateFlags pack the booleans of the state.
 const (
@@ -75,6 +77,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	b.AddUint8(stateCodecVersion)
 	b.AddUint8(uint8(h.state))
 	b.AddUint8(flags)
+	b.AddUint8(h.droppedCCS)
 	for _, v := range []uint16{h.vers, suiteID, uint16(h.kex), uint16(h.group), uint16(h.cert), uint16(h.scheme), h.clientVersion} {
 		b.AddUint16(v)
 	}
@@ -87,7 +90,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	}
 	for _, v := range [][]byte{[]byte(h.serverName), []byte(h.alpn), h.clientRandom, h.serverRandom, h.sessionID,
 		h.hrrHello, ecdheKey, h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
-		h.clientHandshake, h.serverHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, transcriptState} {
+		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, transcriptState} {
 		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(v) })
 	}
 	for _, v := range [][]byte{h.inBuf, h.hsBuf, transcriptRaw} {
@@ -115,7 +118,7 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	var codecVersion, state, flags uint8
 	var suiteID, kex, group, cert, scheme uint16
 	if !s.ReadUint8(&codecVersion) || codecVersion != stateCodecVersion ||
-		!s.ReadUint8(&state) || !s.ReadUint8(&flags) ||
+		!s.ReadUint8(&state) || !s.ReadUint8(&flags) || !s.ReadUint8(&h.droppedCCS) ||
 		!s.ReadUint16(&h.vers) || !s.ReadUint16(&suiteID) || !s.ReadUint16(&kex) || !s.ReadUint16(&group) ||
 		!s.ReadUint16(&cert) || !s.ReadUint16(&scheme) || !s.ReadUint16(&h.clientVersion) {
 		return nil, errBadState
@@ -134,7 +137,7 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	var serverName, alpn, ecdheKey, transcriptState, transcriptRaw []byte
 	for _, v := range []*[]byte{&serverName, &alpn, &h.clientRandom, &h.serverRandom, &h.sessionID,
 		&h.hrrHello, &ecdheKey, &h.masterSecret, &h.clientKey, &h.clientIV, &h.serverKey, &h.serverIV,
-		&h.clientHandshake, &h.serverHandshake, &h.clientTraffic, &h.serverTraffic, &h.exporterSecret, &transcriptState} {
+		&h.clientHandshake, &h.clientTraffic, &h.serverTraffic, &h.exporterSecret, &transcriptState} {
 		if !readCopy(&s, v, (*cryptobyte.String).ReadUint16LengthPrefixed) {
 			return nil, errBadState
 		}
@@ -227,7 +230,9 @@ func (h *Handshake) restoreDerived(suiteID uint16, flags uint8, readSeq, writeSe
 		}
 	}
 	if flags&flagWriteCipher != 0 {
-		if h.writeCipher, err = h.newCipher(h.serverHandshake, h.serverKey, h.serverIV, writeSeq); err != nil {
+		// TLS 1.3 saves only after the server's Finished, when it writes
+		// under the application traffic secret.
+		if h.writeCipher, err = h.newCipher(h.serverTraffic, h.serverKey, h.serverIV, writeSeq); err != nil {
 			return fmt.Errorf("%w: %w", errBadState, err)
 		}
 	}
@@ -247,7 +252,7 @@ func (h *Handshake) consistent() bool {
 		return tls13 && h.didHRR && len(h.hrrHello) == sha256.Size && groupSupported(h.group)
 	case tls13:
 		return (h.state == stateClientCertificate || h.state == stateClientCertificateVerify || h.state == stateClientFinished) &&
-			len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverHandshake) == h.suite.Hash.Size() &&
+			len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverTraffic) == h.suite.Hash.Size() &&
 			(h.state != stateClientCertificateVerify || h.peerKey != nil)
 	case h.state == stateClientCertificate || h.state == stateClientKeyExchange:
 		return h.kex == kexRSA || (h.kex != 0 && h.kex <= kexECDHEECDSA && h.ecdheKey != nil)

@@ -1,17 +1,18 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 	rpccode "google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -22,6 +23,7 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/authz"
+	"github.com/handshaked/handshaked/internal/grpckeepalive"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
@@ -41,41 +43,40 @@ type target struct {
 type rule struct {
 	right authz.Right
 	keys  func(msg any) []target
-	// filter trims a response to what the caller may see.
-	filter func(p *authz.Policy, identity string, resp any) any
 }
 
 // rules is the one place that says who may call what. A method missing here
 // is for admins only, so a new RPC is closed until someone decides. Stream
 // rules apply to every message the caller sends.
 var rules = map[string]rule{
-	pb.KeyVault_CreateKey_FullMethodName:                       {authz.Manage, newKey, nil},
-	pb.KeyVault_ImportKey_FullMethodName:                       {authz.Manage, newKey, nil},
-	pb.KeyVault_GetKey_FullMethodName:                          {authz.Use | authz.Manage, namedKey, nil},
-	pb.KeyVault_ListKeys_FullMethodName:                        {0, nil, visibleKeys},
-	pb.KeyVault_RotateKey_FullMethodName:                       {authz.Manage, namedKey, nil},
-	pb.KeyVault_EnableKeyVersion_FullMethodName:                {authz.Manage, namedKey, nil},
-	pb.KeyVault_DisableKeyVersion_FullMethodName:               {authz.Manage, namedKey, nil},
-	pb.KeyVault_DestroyKeyVersion_FullMethodName:               {authz.Manage, namedKey, nil},
-	pb.KeyVault_GetPublicKey_FullMethodName:                    {authz.Use | authz.Manage, namedKey, nil},
-	pb.KeyVault_AttachCertificateChain_FullMethodName:          {authz.Manage, namedKey, nil},
-	pb.KeyVault_CreateCertificateSigningRequest_FullMethodName: {authz.Manage, namedKey, nil},
-	pb.KeyVault_Decrypt_FullMethodName:                         {authz.Use, namedKey, nil},
-	pb.KeyVault_Sign_FullMethodName:                            {authz.Use, namedKey, nil},
+	pb.KeyVault_CreateKey_FullMethodName:                       {authz.Manage, newKey},
+	pb.KeyVault_ImportKey_FullMethodName:                       {authz.Manage, newKey},
+	pb.KeyVault_GetKey_FullMethodName:                          {authz.Use | authz.Manage, namedKey},
+	pb.KeyVault_ListKeys_FullMethodName:                        {0, nil},
+	pb.KeyVault_RotateKey_FullMethodName:                       {authz.Manage, namedKey},
+	pb.KeyVault_EnableKeyVersion_FullMethodName:                {authz.Manage, namedKey},
+	pb.KeyVault_DisableKeyVersion_FullMethodName:               {authz.Manage, namedKey},
+	pb.KeyVault_DestroyKeyVersion_FullMethodName:               {authz.Manage, namedKey},
+	pb.KeyVault_GetPublicKey_FullMethodName:                    {authz.Use | authz.Manage, namedKey},
+	pb.KeyVault_AttachCertificateChain_FullMethodName:          {authz.Manage, namedKey},
+	pb.KeyVault_CreateCertificateSigningRequest_FullMethodName: {authz.Manage, namedKey},
+	pb.KeyVault_Decrypt_FullMethodName:                         {authz.Use, namedKey},
+	pb.KeyVault_Sign_FullMethodName:                            {authz.Use, namedKey},
 	pb.KeyVault_SignStream_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.SignStreamRequest); ok {
 			return namedKey(r.GetRequest())
 		}
 		return []target{{}}
-	}, nil},
+	}},
 	pb.Handshake_StartHandshake_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.StartHandshakeRequest); ok {
 			return handshakeKeys(r)
 		}
 		return []target{{}}
-	}, nil},
-	// Sessions belong to the identity that started them (the handlers
-	// check that); stepping one needs no right on a key.
+	}},
+	// Sessions belong to the identity that started them, and each step
+	// needs use on the session's keys by the policy in force at that step:
+	// the handlers check both (Handshake.authorize).
 	pb.Handshake_StepHandshake_FullMethodName:  {},
 	pb.Handshake_GetHandshake_FullMethodName:   {},
 	pb.Handshake_AbortHandshake_FullMethodName: {},
@@ -85,10 +86,12 @@ var rules = map[string]rule{
 			return []target{{}}
 		}
 		if _, input := r.GetRequest().(*pb.StreamRequest_Input); input {
-			return []target{} // bytes for the handshake the start authorized
+			// Bytes for the handshake the start named: guardedStream checks
+			// use on its keys again for each of them.
+			return []target{}
 		}
 		return handshakeKeys(r.GetStart())
-	}, nil},
+	}},
 }
 
 var adminOnly = rule{right: authz.Admin}
@@ -134,45 +137,40 @@ func handshakeKeys(r *pb.StartHandshakeRequest) []target {
 	return ts
 }
 
-// visibleKeys keeps the keys on which the caller holds some right. A page
-// may come back shorter than asked, or empty with a next page token.
-func visibleKeys(p *authz.Policy, identity string, resp any) any {
-	r, ok := resp.(*pb.ListKeysResponse)
-	if !ok {
-		return resp
-	}
-	keys := make([]*pb.Key, 0, len(r.GetKeys()))
-	for _, k := range r.GetKeys() {
-		if p.Allows(identity, authz.Key{ID: k.GetId(), Labels: k.GetLabels()}, authz.Use|authz.Manage) {
-			keys = append(keys, k)
-		}
-	}
-	return &pb.ListKeysResponse{Keys: keys, NextPageToken: r.GetNextPageToken()}
-}
-
 // guard is where every API call is limited, authorized and audited, in
 // that order, before its handler runs.
 type guard struct {
 	vault       *keyvault.Vault
 	policy      *authz.Store // nil: development mode, nobody is authenticated
 	audit       *audit.Log   // nil: no audit log
-	rate        *rateLimiter // nil: no rate limit
-	inFlight    semaphore    // nil: no cap
+	rate        *rateLimiter // per identity; nil: no rate limit
+	inFlight    *callerCaps  // unary calls; nil: no cap
+	streams     *callerCaps  // open streams; nil: no cap
+	idleTimeout time.Duration
 	callTimeout time.Duration
+	// Callers without an identity in production: a rate for all of them
+	// and one per source address, and caps on their (exempt) streams.
+	unauthAll     *rate.Limiter
+	unauthHost    *rateLimiter
+	unauthStreams *callerCaps
 
 	refusedCalls *prometheus.CounterVec
 	auditErrors  prometheus.Counter
 }
 
 func newGuard(vault *keyvault.Vault, opts Options, reg prometheus.Registerer) *guard {
+	l := opts.Limits
 	g := &guard{
 		vault:       vault,
 		policy:      opts.Policy,
 		audit:       opts.Audit,
-		callTimeout: opts.Limits.CallTimeout,
+		callTimeout: cmp.Or(l.CallTimeout, DefaultCallTimeout),
+		idleTimeout: cmp.Or(l.StreamIdleTimeout, DefaultStreamIdleTimeout),
+		inFlight:    newCallerCaps(int64(l.MaxInFlight), int64(quarter(l.MaxInFlight, l.MaxInFlightPerCaller))),
+		streams:     newCallerCaps(int64(l.MaxStreams), int64(quarter(l.MaxStreams, l.MaxStreamsPerCaller))),
 		refusedCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "handshaked_calls_refused_total",
-			Help: "API calls refused before they ran, by reason (rate_limit, in_flight); refused TLS handshakes left out of the audit log past the rate limit (tls_refusal_not_audited).",
+			Help: "API calls refused before they ran, by reason (rate_limit, in_flight, streams, stream_idle, unauthenticated_rate_limit); refused TLS handshakes left out of the audit log past the rate limit (tls_refusal_not_audited).",
 		}, []string{"reason"}),
 		auditErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "handshaked_audit_write_errors_total",
@@ -180,68 +178,107 @@ func newGuard(vault *keyvault.Vault, opts Options, reg prometheus.Registerer) *g
 		}),
 	}
 	reg.MustRegister(g.refusedCalls, g.auditErrors)
-	if g.callTimeout <= 0 {
-		g.callTimeout = DefaultCallTimeout
+	if l.Rate > 0 {
+		g.rate = newRateLimiter(l.Rate, l.Burst)
 	}
-	if opts.Limits.Rate > 0 {
-		g.rate = newRateLimiter(opts.Limits.Rate, opts.Limits.Burst)
-	}
-	if opts.Limits.MaxInFlight > 0 {
-		g.inFlight = make(semaphore, opts.Limits.MaxInFlight)
+	if g.policy != nil {
+		r := cmp.Or(l.UnauthenticatedRate, DefaultUnauthenticatedRate)
+		g.unauthAll = rate.NewLimiter(rate.Limit(r), max(int(2*r), 1))
+		g.unauthHost = newRateLimiter(r/4, max(int(r/2), 1))
+		g.unauthStreams = newCallerCaps(maxUnauthenticatedStreams, maxUnauthenticatedStreamsPerHost)
 	}
 	return g
 }
 
-// admit applies the rate limit. Refused calls are counted, not audited:
-// they did nothing, and a flood of them must not fill the disk.
-func (g *guard) admit(ctx context.Context) error {
-	if g.rate != nil && !g.rate.allow(callerIdentity(ctx), time.Now()) {
-		g.refusedCalls.WithLabelValues("rate_limit").Inc()
+func (g *guard) refused(reason string) { g.refusedCalls.WithLabelValues(reason).Inc() }
+
+// admit applies the rate limits. Refused calls are counted, not audited:
+// they did nothing, and a flood of them must not fill the disk. A caller
+// without an identity in production is refused here, audited within the
+// tight rate of such callers.
+func (g *guard) admit(ctx context.Context, method string, msg any) error {
+	identity := callerIdentity(ctx)
+	if g.policy != nil && identity == "" {
+		if !g.allowUnauthenticated(peerHost(metaOf(ctx).peer)) {
+			g.refused("unauthenticated_rate_limit")
+			return errRateLimited
+		}
+		err := status.Error(codes.Unauthenticated, "no client certificate: this API needs mutual TLS with a certificate from the configured CA")
+		// The entry names the request's key only if it is of a valid
+		// size: the caller's bytes reach the disk bounded.
+		if sizeError(msg) != nil {
+			msg = nil
+		}
+		g.record(ctx, g.entry(ctx, method, msg), time.Now(), nil, err)
+		return err
+	}
+	if g.rate != nil && !g.rate.allow(identity, time.Now()) {
+		g.refused("rate_limit")
 		return errRateLimited
 	}
 	return nil
 }
 
-func (g *guard) acquire() error {
-	if !g.inFlight.tryAcquire() {
-		g.refusedCalls.WithLabelValues("in_flight").Inc()
-		return errTooBusy
-	}
-	return nil
+// allowUnauthenticated takes a token for a caller without an identity from
+// host's bucket and from the one of all such callers.
+func (g *guard) allowUnauthenticated(host string) bool {
+	now := time.Now()
+	return g.unauthHost.allow(host, now) && g.unauthAll.AllowN(now, 1)
 }
 
 // authorize checks the caller's rights for one request message.
 func (g *guard) authorize(ctx context.Context, r rule, msg any) error {
-	if g.policy == nil {
-		return nil
-	}
-	identity := callerIdentity(ctx)
-	if identity == "" {
-		return status.Error(codes.Unauthenticated, "no client certificate: this API needs mutual TLS with a certificate from the configured CA")
-	}
-	if r.right == 0 {
+	if g.policy == nil || r.right == 0 {
 		return nil
 	}
 	targets := []target{{}}
 	if r.keys != nil {
 		targets = r.keys(msg)
 	}
+	return g.allowed(ctx, r.right, targets)
+}
+
+// allowed checks that the caller holds one of right on every target, by
+// the policy in force now.
+func (g *guard) allowed(ctx context.Context, right authz.Right, targets []target) error {
+	if g.policy == nil {
+		return nil
+	}
+	identity := callerIdentity(ctx)
 	p := g.policy.Policy()
 	for _, t := range targets {
 		key := authz.Key{ID: t.id, Labels: t.labels}
-		if !t.isNew && t.id != "" && p.UsesLabels() {
+		if t.id != "" && (t.isNew || p.UsesLabels()) {
 			// A key that does not exist has no labels; if a grant by id
 			// covers it, the handler says NOT_FOUND, and otherwise the
 			// caller learns nothing about whether it exists.
 			if k, err := g.vault.Get(ctx, t.id); err == nil {
-				key.Labels = k.Labels
+				existing := authz.Key{ID: k.ID, Labels: k.Labels}
+				if t.isNew && !p.Allows(identity, existing, authz.Use|authz.Manage) {
+					// Creating over a key the caller cannot see is refused
+					// as any key it has no right on, not ALREADY_EXISTS.
+					return denied(identity, right, t.id)
+				}
+				if !t.isNew {
+					key = existing
+				}
 			}
 		}
-		if !p.Allows(identity, key, r.right) {
-			return status.Errorf(codes.PermissionDenied, "%q needs %v on key %q", identity, r.right, t.id)
+		if !p.Allows(identity, key, right) {
+			return denied(identity, right, t.id)
 		}
 	}
 	return nil
+}
+
+func denied(identity string, right authz.Right, id string) error {
+	return status.Errorf(codes.PermissionDenied, "%q needs %v on key %q", identity, right, id)
+}
+
+// visible reports whether the caller may see key in a listing: whether it
+// holds some right on it.
+func (g *guard) visible(ctx context.Context, k *keyvault.Key) bool {
+	return g.policy == nil || g.policy.Policy().Allows(callerIdentity(ctx), authz.Key{ID: k.ID, Labels: k.Labels}, authz.Use|authz.Manage)
 }
 
 // entry starts the audit entry of a call (nil without an audit log).
@@ -272,7 +309,7 @@ func (g *guard) record(ctx context.Context, e *audit.Entry, start time.Time, res
 	switch st.Code() {
 	case codes.OK:
 		describeResponse(e, resp)
-	case codes.Unauthenticated, codes.PermissionDenied:
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
 		e.Detail = st.Message()
 	}
 	if werr := g.audit.Write(e); werr != nil {
@@ -296,13 +333,18 @@ func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		defer clear(r.PrivateKeyPem)
 	}
 	start := time.Now()
-	if err := g.admit(ctx); err != nil {
+	if err := g.admit(ctx, info.FullMethod, req); err != nil {
 		return nil, err
 	}
-	if err := g.acquire(); err != nil {
+	if err := g.checkSizes(ctx, info.FullMethod, req); err != nil {
 		return nil, err
 	}
-	defer g.inFlight.release()
+	identity := callerIdentity(ctx)
+	if !g.inFlight.acquire(identity, 1) {
+		g.refused("in_flight")
+		return nil, errTooBusy
+	}
+	defer g.inFlight.release(identity, 1)
 	e := g.entry(ctx, info.FullMethod, req)
 	defer func() { g.record(ctx, e, start, resp, err) }()
 
@@ -315,33 +357,87 @@ func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	}
 	ctx, cancel := withCallTimeout(ctx, g.callTimeout)
 	defer cancel()
-	resp, err = handler(ctx, req)
-	if err == nil && r.filter != nil && g.policy != nil {
-		resp = r.filter(g.policy.Policy(), callerIdentity(ctx), resp)
+	return handler(ctx, req)
+}
+
+// checkSizes refuses, before authorization and before the request is
+// described in the audit log, what no valid request holds: a key id or
+// handshake id longer than any, more keys than a handshake may offer. The
+// audit entry of the refusal names none of the request's fields.
+func (g *guard) checkSizes(ctx context.Context, method string, msg any) error {
+	err := sizeError(msg)
+	if err != nil {
+		g.record(ctx, g.entry(ctx, method, nil), time.Now(), nil, err)
 	}
-	return resp, err
+	return err
+}
+
+// maxIDBytes bounds key ids (the vault allows 63 bytes) and handshake ids
+// (32 hex digits) before either is looked at.
+const maxIDBytes = 64
+
+func checkID(field, id string) error {
+	if len(id) > maxIDBytes {
+		return invalid("%s: more than %d bytes", field, maxIDBytes)
+	}
+	return nil
+}
+
+func sizeError(msg any) error {
+	switch r := msg.(type) {
+	case *pb.SignStreamRequest:
+		return sizeError(r.GetRequest())
+	case *pb.StreamRequest:
+		if s := r.GetStart(); s != nil {
+			return sizeError(s)
+		}
+	case *pb.StartHandshakeRequest:
+		refs := r.GetConfig().GetKeys()
+		if err := checkKeyCount(len(refs)); err != nil {
+			return err
+		}
+		for _, k := range refs {
+			if err := checkID("config.keys.key", k.GetKey()); err != nil {
+				return err
+			}
+		}
+	case interface{ GetKey() string }:
+		return checkID("key", r.GetKey())
+	case interface{ GetId() string }:
+		return checkID("id", r.GetId())
+	}
+	return nil
 }
 
 func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx := ss.Context()
+	identity := callerIdentity(ctx)
 	if exempt(info.FullMethod) {
+		// Health watches and reflection answer anyone, but each stream
+		// holds memory: callers without an identity are capped per source
+		// address and in all, the others as any stream.
+		caps, caller := g.streams, identity
+		if g.policy != nil && identity == "" {
+			caps, caller = g.unauthStreams, peerHost(metaOf(ctx).peer)
+		}
+		if !caps.acquire(caller, 1) {
+			g.refused("streams")
+			return errTooManyStreams
+		}
+		defer caps.release(caller, 1)
 		return handler(srv, ss)
 	}
-	ctx := ss.Context()
-	if err := g.admit(ctx); err != nil {
+	if err := g.admit(ctx, info.FullMethod, nil); err != nil {
 		return err
 	}
-	if err := g.acquire(); err != nil {
-		return err
+	if !g.streams.acquire(identity, 1) {
+		g.refused("streams")
+		return errTooManyStreams
 	}
-	defer g.inFlight.release()
+	defer g.streams.release(identity, 1)
 	r, ok := rules[info.FullMethod]
 	if !ok {
 		r = adminOnly
-	}
-	// Who may open the stream at all; each message is checked as it comes.
-	if err := g.authorize(ctx, rule{}, nil); err != nil {
-		g.record(ctx, g.entry(ctx, info.FullMethod, nil), time.Now(), nil, err)
-		return err
 	}
 	gs := &guardedStream{ServerStream: ss, g: g, rule: r, method: info.FullMethod}
 	err := handler(srv, gs)
@@ -358,6 +454,9 @@ type guardedStream struct {
 	g      *guard
 	rule   rule
 	method string
+	// session holds the keys a handshake stream's start named: each input
+	// message needs use on them by the policy in force when it comes.
+	session []target
 
 	mu      sync.Mutex
 	pending []pendingEntry
@@ -368,17 +467,49 @@ type pendingEntry struct {
 	start time.Time
 }
 
+var errStreamIdle = status.Error(codes.DeadlineExceeded, "stream idle for too long: closed; open a new one")
+
+// recv waits for the caller's next message, at most the idle timeout: an
+// idle stream must not hold its place for the life of the connection.
+func (s *guardedStream) recv(m any) error {
+	done := make(chan error, 1)
+	// RecvMsg cannot be interrupted but by the end of the stream, which
+	// the handler's return brings; then this goroutine ends too.
+	go func() { done <- s.ServerStream.RecvMsg(m) }()
+	t := time.NewTimer(s.g.idleTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		s.g.refused("stream_idle")
+		return errStreamIdle
+	}
+}
+
 func (s *guardedStream) RecvMsg(m any) error {
-	if err := s.ServerStream.RecvMsg(m); err != nil {
+	if err := s.recv(m); err != nil {
 		return err
 	}
 	ctx := s.Context()
-	if err := s.g.admit(ctx); err != nil {
+	if s.g.rate != nil && !s.g.rate.allow(callerIdentity(ctx), time.Now()) {
+		s.g.refused("rate_limit")
+		return errRateLimited
+	}
+	if err := s.g.checkSizes(ctx, s.method, m); err != nil {
 		return err
 	}
 	start := time.Now()
 	e := s.g.entry(ctx, s.method, m)
-	if err := s.g.authorize(ctx, s.rule, m); err != nil {
+	err := s.g.authorize(ctx, s.rule, m)
+	if r, ok := m.(*pb.StreamRequest); ok && err == nil {
+		if st := r.GetStart(); st != nil {
+			s.session = handshakeKeys(st)
+		} else {
+			err = s.g.allowed(ctx, authz.Use, s.session)
+		}
+	}
+	if err != nil {
 		s.g.record(ctx, e, start, nil, err)
 		return err
 	}
@@ -473,9 +604,9 @@ func describeResponse(e *audit.Entry, resp any) {
 // secure sets up what production mode adds to a server (TLS, reloading,
 // the audit log) and returns the gRPC server options that identify, limit,
 // authorize and audit calls. In development mode only the limits apply.
-func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Registerer) ([]grpc.ServerOption, error) {
+func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Registerer) ([]grpc.ServerOption, *guard, error) {
 	if (opts.TLS == nil) != (opts.Policy == nil) {
-		return nil, errors.New("service: TLS and a policy go together (client certificates are the identities the policy names)")
+		return nil, nil, errors.New("service: TLS and a policy go together (client certificates are the identities the policy names)")
 	}
 	s.audit = opts.Audit
 	s.reloader = &reloader{audit: opts.Audit}
@@ -485,18 +616,21 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 		grpc.ChainUnaryInterceptor(recoverUnary, identifyUnary, logUnary, g.unary),
 		grpc.ChainStreamInterceptor(recoverStream, identifyStream, g.stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: MaxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace}),
+		// The SDK pings idle connections; gRPC's default policy would
+		// answer with GOAWAY too_many_pings.
+		grpc.KeepaliveEnforcementPolicy(grpckeepalive.Enforcement()),
 		// Past the in-flight cap calls are refused, but each stream still
 		// costs a goroutine until then; this bounds them per connection.
 		grpc.MaxConcurrentStreams(maxStreamsPerConnection),
+		grpc.ConnectionTimeout(cmp.Or(opts.Limits.HandshakeTimeout, DefaultHandshakeTimeout)),
 	}
 	if opts.TLS == nil {
-		return serverOpts, nil
+		return serverOpts, g, nil
 	}
 	src, err := newTLSSource(*opts.TLS, func(peer string, err error) {
-		// Refused handshakes are audited at the rate limit of their source
-		// address, so a flood of them cannot fill the disk.
-		host, _, _ := net.SplitHostPort(peer)
-		if g.rate != nil && !g.rate.allow("refused-tls "+host, time.Now()) {
+		// Refused handshakes are audited at the rate of callers without an
+		// identity, so a flood of them cannot fill the disk.
+		if !g.allowUnauthenticated(peerHost(peer)) {
 			g.refusedCalls.WithLabelValues("tls_refusal_not_audited").Inc()
 			return
 		}
@@ -504,7 +638,7 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 			time.Now(), nil, status.Error(codes.Unauthenticated, err.Error()))
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.tls = src
 	s.reloader.add("tls", opts.TLS.paths(), src.reload)
@@ -514,5 +648,5 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 		s.interval = DefaultReloadInterval
 	}
 	creds := serverCredentials{credentials.NewTLS(&tls.Config{GetConfigForClient: src.configFor([]string{"h2"})})}
-	return append(serverOpts, grpc.Creds(creds)), nil
+	return append(serverOpts, grpc.Creds(creds)), g, nil
 }

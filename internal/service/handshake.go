@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -23,13 +24,24 @@ import (
 // flight with a large certificate chain fits several times over.
 const maxStepInput = 256 << 10
 
+// maxSessionInput bounds the client bytes one handshake takes in all, and
+// so what its engine may buffer.
+const maxSessionInput = 2 * maxStepInput
+
 // HandshakeOptions bound the handshake sessions the service holds.
 type HandshakeOptions struct {
-	// MaxSessions caps sessions held at once, unary and streamed; past it
-	// StartHandshake fails with RESOURCE_EXHAUSTED. Default 10000.
-	MaxSessions int
+	// MaxSessions caps sessions held at once, unary and streamed, for all
+	// callers together; MaxSessionsPerCaller for one identity (0: a quarter
+	// of MaxSessions). Past either StartHandshake fails with
+	// RESOURCE_EXHAUSTED. Default 10000.
+	MaxSessions          int
+	MaxSessionsPerCaller int
 	// SessionTTL is how long a unary session lives after it starts. Default 30s.
 	SessionTTL time.Duration
+	// MaxInput caps the client bytes held by unfinished handshakes (what
+	// their engines buffer at most), for all callers together; one identity
+	// may hold a quarter of it. Default 64 MiB.
+	MaxInput int64
 }
 
 // Handshake serves the Handshake API: the engine, stepped remotely, with the
@@ -40,16 +52,16 @@ type Handshake struct {
 	keys     vaultKeyOps
 	sessions *sessionStore
 	metrics  *handshakeMetrics
+	// authorize checks that the caller may still use a session's keys, by
+	// the policy in force at each step; nil: no policy.
+	authorize func(ctx context.Context, keys []target) error
 }
 
 // NewHandshake returns the Handshake API over vault.
 func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handshakeMetrics) *Handshake {
-	if opts.MaxSessions <= 0 {
-		opts.MaxSessions = 10000
-	}
-	if opts.SessionTTL <= 0 {
-		opts.SessionTTL = 30 * time.Second
-	}
+	opts.MaxSessions = cmp.Or(max(opts.MaxSessions, 0), 10000)
+	opts.SessionTTL = cmp.Or(max(opts.SessionTTL, 0), 30*time.Second)
+	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
 	return &Handshake{
 		vault:    vault,
 		keys:     vaultKeyOps{vault},
@@ -62,61 +74,65 @@ func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handsha
 // dropped once the handshake ends; what is kept answers GetHandshake.
 type session struct {
 	id, owner string
+	keys      []target // the keys the start named, for authorize
 	expires   time.Time
+	expiry    *time.Timer
 
 	mu    sync.Mutex
 	hs    *engine.Handshake // nil once complete or failed
+	input int64             // client bytes held against the input caps
 	final *pb.HandshakeStep // the outcome, without keys, once ended
 }
 
 // sessionStore holds unary sessions and counts streamed ones against the
-// same cap.
+// same caps.
 type sessionStore struct {
-	max     int
 	ttl     time.Duration
 	metrics *handshakeMetrics
+	slots   *callerCaps // sessions, unary and streamed
+	input   *callerCaps // bytes of client input of unfinished sessions
 
-	mu        sync.Mutex
-	byID      map[string]*session
-	streams   int
-	lastSweep time.Time
+	mu   sync.Mutex
+	byID map[string]*session
+	held int // sessions, unary and streamed
 }
 
 func newSessionStore(opts HandshakeOptions, metrics *handshakeMetrics) *sessionStore {
-	return &sessionStore{max: opts.MaxSessions, ttl: opts.SessionTTL, metrics: metrics, byID: map[string]*session{}}
-}
-
-var errTooManySessions = status.Error(codes.ResourceExhausted, "too many handshake sessions held; retry later")
-
-// sweepLocked forgets expired sessions. It runs at most four times per TTL,
-// when sessions are added, so its cost is amortized over the adds.
-func (st *sessionStore) sweepLocked(now time.Time) {
-	if now.Sub(st.lastSweep) < st.ttl/4 {
-		return
-	}
-	st.lastSweep = now
-	for id, s := range st.byID {
-		if now.After(s.expires) {
-			delete(st.byID, id)
-		}
+	return &sessionStore{
+		ttl: opts.SessionTTL, metrics: metrics, byID: map[string]*session{},
+		slots: newCallerCaps(int64(opts.MaxSessions), int64(quarter(opts.MaxSessions, opts.MaxSessionsPerCaller))),
+		input: newCallerCaps(opts.MaxInput, max(opts.MaxInput/4, 1)),
 	}
 }
 
-func (st *sessionStore) heldLocked() int { return len(st.byID) + st.streams }
+var (
+	errTooManySessions = status.Error(codes.ResourceExhausted, "too many handshake sessions held for this caller or in all; retry later")
+	errTooMuchInput    = status.Error(codes.ResourceExhausted, "too much unfinished handshake input held for this caller or in all; retry later")
+)
 
-func (st *sessionStore) add(owner string, hs *engine.Handshake) (*session, error) {
-	b := make([]byte, 16)
-	rand.Read(b)
-	now := time.Now()
-	s := &session{id: hex.EncodeToString(b), owner: owner, expires: now.Add(st.ttl), hs: hs}
+// count moves the number of sessions held, and the gauge with it.
+func (st *sessionStore) count(delta int) {
 	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.sweepLocked(now)
-	if st.heldLocked() >= st.max {
+	st.held += delta
+	st.metrics.sessions.Set(float64(st.held))
+	st.mu.Unlock()
+}
+
+func (st *sessionStore) add(owner string, keys []target, hs *engine.Handshake) (*session, error) {
+	if !st.slots.acquire(owner, 1) {
 		return nil, errTooManySessions
 	}
+	b := make([]byte, 16)
+	rand.Read(b)
+	s := &session{id: hex.EncodeToString(b), owner: owner, keys: keys, expires: time.Now().Add(st.ttl), hs: hs}
+	st.mu.Lock()
+	// A session leaves the store when it expires, not at some later
+	// call: its slot, its input and the gauge follow at once.
+	s.expiry = time.AfterFunc(st.ttl, func() { st.remove(s) })
 	st.byID[s.id] = s
-	st.metrics.sessions.Set(float64(st.heldLocked()))
+	st.held++
+	st.metrics.sessions.Set(float64(st.held))
+	st.mu.Unlock()
 	return s, nil
 }
 
@@ -132,29 +148,53 @@ func (st *sessionStore) get(owner, id string) (*session, error) {
 	return s, nil
 }
 
-func (st *sessionStore) remove(id string) {
+// remove drops s, once, and frees what it held.
+func (st *sessionStore) remove(s *session) {
 	st.mu.Lock()
-	delete(st.byID, id)
-	st.metrics.sessions.Set(float64(st.heldLocked()))
+	_, ok := st.byID[s.id]
+	delete(st.byID, s.id)
 	st.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.expiry.Stop()
+	st.count(-1)
+	st.slots.release(s.owner, 1)
+	s.mu.Lock()
+	s.hs = nil
+	st.drop(s.owner, &s.input)
+	s.mu.Unlock()
 }
 
-// reserveStream counts a streamed session against the cap until release.
-func (st *sessionStore) reserveStream() (release func(), err error) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.sweepLocked(time.Now())
-	if st.heldLocked() >= st.max {
+// reserveStream counts a streamed session against the caps until release.
+func (st *sessionStore) reserveStream(owner string) (release func(), err error) {
+	if !st.slots.acquire(owner, 1) {
 		return nil, errTooManySessions
 	}
-	st.streams++
-	st.metrics.sessions.Set(float64(st.heldLocked()))
+	st.count(1)
 	return func() {
-		st.mu.Lock()
-		st.streams--
-		st.metrics.sessions.Set(float64(st.heldLocked()))
-		st.mu.Unlock()
+		st.count(-1)
+		st.slots.release(owner, 1)
 	}, nil
+}
+
+// take counts n more client bytes of a handshake of owner that has been
+// given *held bytes so far.
+func (st *sessionStore) take(owner string, held *int64, n int) error {
+	if *held+int64(n) > maxSessionInput {
+		return invalid("input: more than %d bytes for one handshake", maxSessionInput)
+	}
+	if !st.input.acquire(owner, int64(n)) {
+		return errTooMuchInput
+	}
+	*held += int64(n)
+	return nil
+}
+
+// drop frees the input bytes of a handshake that has ended.
+func (st *sessionStore) drop(owner string, held *int64) {
+	st.input.release(owner, *held)
+	*held = 0
 }
 
 func checkInput(in []byte) error {
@@ -209,15 +249,25 @@ func ended(step *pb.HandshakeStep) *pb.HandshakeStep {
 }
 
 // stepSession steps a held session; the caller holds s.mu.
-func (h *Handshake) stepSession(ctx context.Context, s *session, input []byte) *pb.HandshakeStep {
+func (h *Handshake) stepSession(ctx context.Context, s *session, input []byte) (*pb.HandshakeStep, error) {
+	if s.hs == nil {
+		if s.final == nil { // removed: expired or aborted meanwhile
+			return nil, status.Errorf(codes.NotFound, "handshake %q not found (never started, expired or aborted)", s.id)
+		}
+		return nil, status.Errorf(codes.FailedPrecondition, "handshake %q has ended (%v)", s.id, s.final.GetState())
+	}
+	if err := h.sessions.take(s.owner, &s.input, len(input)); err != nil {
+		return nil, err
+	}
 	out := h.step(ctx, s.id, s.hs, input)
 	out.ExpireTime = timestamppb.New(s.expires)
 	if out.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
 		s.hs = nil // free the engine state; keep only the outcome
+		h.sessions.drop(s.owner, &s.input)
 		s.final = ended(out)
 		s.final.ExpireTime = out.GetExpireTime()
 	}
-	return out
+	return out, nil
 }
 
 func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRequest) (*pb.HandshakeStep, error) {
@@ -225,16 +275,20 @@ func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRe
 	if err != nil {
 		return nil, err
 	}
-	s, err := h.sessions.add(callerIdentity(ctx), hs)
+	s, err := h.sessions.add(callerIdentity(ctx), handshakeKeys(req), hs)
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(req.GetInput()) == 0 {
 		return &pb.HandshakeStep{Id: s.id, State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, ExpireTime: timestamppb.New(s.expires)}, nil
 	}
-	return h.stepSession(ctx, s, req.GetInput()), nil
+	s.mu.Lock()
+	out, err := h.stepSession(ctx, s, req.GetInput())
+	s.mu.Unlock()
+	if err != nil {
+		h.sessions.remove(s) // refused: nobody learnt its id
+	}
+	return out, err
 }
 
 func (h *Handshake) StepHandshake(ctx context.Context, req *pb.StepHandshakeRequest) (*pb.HandshakeStep, error) {
@@ -245,12 +299,17 @@ func (h *Handshake) StepHandshake(ctx context.Context, req *pb.StepHandshakeRequ
 	if err != nil {
 		return nil, err
 	}
+	if h.authorize != nil {
+		// A grant revoked since the start ends the session here: the key
+		// is not used once more for it.
+		if err := h.authorize(ctx, s.keys); err != nil {
+			h.sessions.remove(s)
+			return nil, err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hs == nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "handshake %q has ended (%v)", s.id, s.final.GetState())
-	}
-	return h.stepSession(ctx, s, req.GetInput()), nil
+	return h.stepSession(ctx, s, req.GetInput())
 }
 
 func (h *Handshake) GetHandshake(ctx context.Context, req *pb.GetHandshakeRequest) (*pb.HandshakeStep, error) {
@@ -271,14 +330,16 @@ func (h *Handshake) AbortHandshake(ctx context.Context, req *pb.AbortHandshakeRe
 	if err != nil {
 		return nil, err
 	}
-	h.sessions.remove(s.id)
+	h.sessions.remove(s)
 	return &pb.AbortHandshakeResponse{}, nil
 }
 
 // Stream runs one handshake for the life of the stream. The session is not
-// in the store (no id to step it by), but it counts against the same cap.
+// in the store (no id to step it by), but it counts against the same caps.
+// The guard checks use on its keys again for every input message.
 func (h *Handshake) Stream(stream pb.Handshake_StreamServer) error {
 	ctx := stream.Context()
+	owner := callerIdentity(ctx)
 	first, err := stream.Recv()
 	if err != nil {
 		return err
@@ -291,14 +352,19 @@ func (h *Handshake) Stream(stream pb.Handshake_StreamServer) error {
 	if err != nil {
 		return err
 	}
-	release, err := h.sessions.reserveStream()
+	release, err := h.sessions.reserveStream(owner)
 	if err != nil {
 		return err
 	}
 	defer release()
+	var held int64
+	defer h.sessions.drop(owner, &held)
 	input := start.GetInput()
 	for {
 		if len(input) > 0 {
+			if err := h.sessions.take(owner, &held, len(input)); err != nil {
+				return err
+			}
 			out := h.step(ctx, "", hs, input)
 			if err := stream.Send(out); err != nil {
 				return err

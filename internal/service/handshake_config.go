@@ -27,11 +27,21 @@ var tlsVersions = map[pb.TLSVersion]uint16{
 	pb.TLSVersion_TLS_VERSION_1_3:         tls.VersionTLS13,
 }
 
+// checkKeyCount bounds the keys a handshake may offer. The guard checks it
+// before it authorizes any of them, so a request naming thousands costs
+// nothing but its decoding.
+func checkKeyCount(n int) error {
+	if n == 0 || n > maxHandshakeKeys {
+		return invalid("config.keys: must name 1 to %d keys, got %d", maxHandshakeKeys, n)
+	}
+	return nil
+}
+
 // engineConfig turns a request's handshake configuration into the engine's,
 // resolving each key to an enabled version with a certificate chain.
 func engineConfig(ctx context.Context, vault *keyvault.Vault, c *pb.HandshakeConfig) (*engine.Config, error) {
-	if n := len(c.GetKeys()); n == 0 || n > maxHandshakeKeys {
-		return nil, invalid("config.keys: must name 1 to %d keys, got %d", maxHandshakeKeys, n)
+	if err := checkKeyCount(len(c.GetKeys())); err != nil {
+		return nil, err
 	}
 	cfg := &engine.Config{Certificates: make([]engine.Certificate, 0, len(c.GetKeys()))}
 	for _, ref := range c.GetKeys() {

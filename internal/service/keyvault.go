@@ -2,8 +2,12 @@ package service
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -31,11 +35,27 @@ const (
 type KeyVault struct {
 	pb.UnimplementedKeyVaultServer
 	vault *keyvault.Vault
+	// visible says whether the caller may see a key in a listing.
+	visible func(context.Context, *keyvault.Key) bool
+	// pageTokens seals listing positions: a token tells its holder
+	// nothing, not even the id of a key it was not shown.
+	pageTokens cipher.AEAD
 }
 
-// NewKeyVault returns the KeyVault API over vault.
-func NewKeyVault(vault *keyvault.Vault) *KeyVault {
-	return &KeyVault{vault: vault}
+// NewKeyVault returns the KeyVault API over vault; listings show the keys
+// for which visible holds.
+func NewKeyVault(vault *keyvault.Vault, visible func(context.Context, *keyvault.Key) bool) (*KeyVault, error) {
+	key := make([]byte, 32)
+	rand.Read(key)
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("page tokens: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("page tokens: %w", err)
+	}
+	return &KeyVault{vault: vault, visible: visible, pageTokens: aead}, nil
 }
 
 // keyResult converts the outcome of a vault call that yields a key.
@@ -68,20 +88,86 @@ func (s *KeyVault) GetKey(ctx context.Context, req *pb.GetKeyRequest) (*pb.Key, 
 	return keyResult(ctx, k, err)
 }
 
+// maxListScan bounds the keys one ListKeys call examines, so that a caller
+// who may see few keys cannot make a call walk the whole vault. A page can
+// come back short, or empty, with a next page token when it runs out.
+const maxListScan = 1000
+
 func (s *KeyVault) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.ListKeysResponse, error) {
 	if req.GetPageSize() < 0 {
 		return nil, invalid("page_size: must not be negative")
 	}
-	keys, next, err := s.vault.List(ctx, int(req.GetPageSize()), req.GetPageToken())
+	size := int(req.GetPageSize())
+	if size == 0 {
+		size = defaultPageSize
+	}
+	size = min(size, maxPageSize)
+	cursor, err := s.openPageToken(ctx, req.GetPageToken())
 	if err != nil {
-		return nil, toStatus(ctx, err)
+		return nil, err
 	}
-	resp := &pb.ListKeysResponse{NextPageToken: next, Keys: make([]*pb.Key, 0, len(keys))}
-	for _, k := range keys {
-		resp.Keys = append(resp.Keys, keyToProto(k))
+	// The vault's own token is the position after the last key it
+	// returned; asking for exactly as many keys as the page still needs
+	// makes that the last key shown, or the last one examined.
+	resp := &pb.ListKeysResponse{Keys: make([]*pb.Key, 0, size)}
+	for scanned := 0; len(resp.Keys) < size && scanned < maxListScan; {
+		keys, next, err := s.vault.List(ctx, min(size-len(resp.Keys), maxListScan-scanned), cursor)
+		if err != nil {
+			return nil, toStatus(ctx, err)
+		}
+		scanned += len(keys)
+		for _, k := range keys {
+			if s.visible(ctx, k) {
+				resp.Keys = append(resp.Keys, keyToProto(k))
+			}
+		}
+		if cursor = next; cursor == "" {
+			break
+		}
 	}
+	resp.NextPageToken = s.sealPageToken(ctx, cursor)
 	return resp, nil
 }
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+	// maxPageTokenBytes is above any token sealPageToken makes (a key
+	// id of 63 bytes sealed, in base64).
+	maxPageTokenBytes = 256
+)
+
+// sealPageToken seals a vault position for the caller; "" stays "".
+func (s *KeyVault) sealPageToken(ctx context.Context, cursor string) string {
+	if cursor == "" {
+		return ""
+	}
+	nonce := make([]byte, s.pageTokens.NonceSize(), s.pageTokens.NonceSize()+len(cursor)+s.pageTokens.Overhead())
+	rand.Read(nonce)
+	return base64.RawURLEncoding.EncodeToString(s.pageTokens.Seal(nonce, nonce, []byte(cursor), []byte(callerIdentity(ctx))))
+}
+
+// openPageToken opens a token this process sealed for the same caller.
+func (s *KeyVault) openPageToken(ctx context.Context, token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	if len(token) > maxPageTokenBytes {
+		return "", errPageToken
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	n := s.pageTokens.NonceSize()
+	if err != nil || len(raw) < n {
+		return "", errPageToken
+	}
+	cursor, err := s.pageTokens.Open(nil, raw[:n], raw[n:], []byte(callerIdentity(ctx)))
+	if err != nil {
+		return "", errPageToken
+	}
+	return string(cursor), nil
+}
+
+var errPageToken = invalid("page_token: not a token this service gave this caller (tokens do not survive a restart)")
 
 func (s *KeyVault) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.Key, error) {
 	k, err := s.vault.Rotate(ctx, req.GetKey())

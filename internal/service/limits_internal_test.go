@@ -5,28 +5,21 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestRateLimiter(t *testing.T) {
 	l := newRateLimiter(10, 3) // 10/s, bursts of 3
 	now := time.Unix(1000, 0)
 	for i := range 3 {
-		if !l.allow("a", now) {
-			t.Fatalf("call %d of the burst refused", i)
-		}
+		require.True(t, l.allow("a", now), "call %d of the burst refused", i)
 	}
-	if l.allow("a", now) {
-		t.Fatal("call past the burst allowed")
-	}
-	if !l.allow("b", now) {
-		t.Fatal("another identity shares a's bucket")
-	}
-	if l.allow("a", now.Add(99*time.Millisecond)) {
-		t.Fatal("a token before 1/rate has passed")
-	}
-	if !l.allow("a", now.Add(100*time.Millisecond)) {
-		t.Fatal("no token after 1/rate")
-	}
+	assert.False(t, l.allow("a", now), "call past the burst allowed")
+	assert.True(t, l.allow("b", now), "another identity shares a's bucket")
+	assert.False(t, l.allow("a", now.Add(99*time.Millisecond)), "a token before 1/rate has passed")
+	assert.True(t, l.allow("a", now.Add(100*time.Millisecond)), "no token after 1/rate")
 	// Sustained: over 10 s at most burst + 10*10 calls pass.
 	passed := 0
 	for ms := range 10_000 {
@@ -34,9 +27,8 @@ func TestRateLimiter(t *testing.T) {
 			passed++
 		}
 	}
-	if passed > 3+100 || passed < 100 {
-		t.Fatalf("%d calls passed in 10 s at 10/s with burst 3", passed)
-	}
+	assert.GreaterOrEqual(t, passed, 100)
+	assert.LessOrEqual(t, passed, 3+100)
 }
 
 // TestRateLimiterForgetsIdleCallers: memory is bounded by the identities
@@ -47,46 +39,66 @@ func TestRateLimiterForgetsIdleCallers(t *testing.T) {
 	for i := range 10_000 {
 		l.allow(fmt.Sprintf("caller-%d", i), now.Add(time.Duration(i)*time.Millisecond))
 	}
-	if n := len(l.buckets); n > 2100 {
-		t.Fatalf("%d buckets held for callers of the last two seconds", n)
-	}
+	assert.LessOrEqual(t, len(l.buckets), 2100, "buckets held for callers of the last two seconds")
 }
 
-func TestSemaphore(t *testing.T) {
-	s := make(semaphore, 2)
-	if !s.tryAcquire() || !s.tryAcquire() {
-		t.Fatal("cap of 2 refused a call")
-	}
-	if s.tryAcquire() {
-		t.Fatal("third call allowed")
-	}
-	s.release()
-	if !s.tryAcquire() {
-		t.Fatal("slot not freed")
-	}
-	var none semaphore
-	if !none.tryAcquire() {
-		t.Fatal("no cap refused a call")
-	}
-	none.release()
+// TestCallerCaps: one caller cannot take more than its share, the others
+// keep theirs until the ceiling, and what is released is free again and
+// forgotten.
+func TestCallerCaps(t *testing.T) {
+	c := newCallerCaps(5, 2)
+	require.True(t, c.acquire("a", 1))
+	require.True(t, c.acquire("a", 1))
+	assert.False(t, c.acquire("a", 1), "a third slot for a caller capped at 2")
+	assert.True(t, c.acquire("b", 2), "b refused for a's calls")
+	assert.True(t, c.acquire("c", 1))
+	assert.False(t, c.acquire("d", 1), "past the ceiling of 5")
+	assert.False(t, c.acquire("e", 3), "weight past the per-caller cap")
+	c.release("a", 2)
+	assert.NotContains(t, c.held, "a", "a caller holding nothing is remembered")
+	assert.True(t, c.acquire("d", 1), "released slots not free")
+
+	var none *callerCaps
+	assert.Nil(t, newCallerCaps(0, 0))
+	assert.True(t, none.acquire("x", 1<<40), "no caps refused")
+	none.release("x", 1<<40)
+
+	ceilingOnly := newCallerCaps(2, 0)
+	assert.True(t, ceilingOnly.acquire("a", 2))
+	assert.False(t, ceilingOnly.acquire("b", 1))
+}
+
+func TestQuarter(t *testing.T) {
+	assert.Equal(t, 256, quarter(1024, 0))
+	assert.Equal(t, 1, quarter(3, 0))
+	assert.Equal(t, 7, quarter(1024, 7), "an explicit per-caller cap is kept")
+	assert.Equal(t, 0, quarter(0, 0), "no ceiling, no per-caller cap")
 }
 
 func TestCallTimeout(t *testing.T) {
 	ctx, cancel := withCallTimeout(context.Background(), time.Second)
 	defer cancel()
-	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > time.Second {
-		t.Fatalf("no deadline set: %v %v", dl, ok)
-	}
+	dl, ok := ctx.Deadline()
+	require.True(t, ok, "no deadline set")
+	assert.LessOrEqual(t, time.Until(dl), time.Second)
 	long, cancelLong := context.WithTimeout(context.Background(), time.Hour)
 	defer cancelLong()
 	ctx, cancel2 := withCallTimeout(long, time.Second)
 	defer cancel2()
-	if dl, _ := ctx.Deadline(); time.Until(dl) > time.Second {
-		t.Fatal("a longer deadline was kept")
-	}
+	dl, _ = ctx.Deadline()
+	assert.LessOrEqual(t, time.Until(dl), time.Second, "a longer deadline was kept")
 	short, cancelShort := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancelShort()
-	if ctx, _ := withCallTimeout(short, time.Second); ctx != short {
-		t.Fatal("a shorter deadline was replaced")
+	ctx, _ = withCallTimeout(short, time.Second)
+	assert.Equal(t, short, ctx, "a shorter deadline was replaced")
+}
+
+// TestCallerCapsDevelopmentCaller: development mode's single unidentified
+// caller is held to the ceiling only.
+func TestCallerCapsDevelopmentCaller(t *testing.T) {
+	c := newCallerCaps(4, 1)
+	for range 4 {
+		require.True(t, c.acquire("", 1))
 	}
+	assert.False(t, c.acquire("", 1))
 }

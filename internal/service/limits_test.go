@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -54,7 +56,7 @@ func TestOverload(t *testing.T) {
 				case codes.ResourceExhausted:
 					exhausted.Add(1)
 				default:
-					t.Errorf("under load: %v", err)
+					assert.Fail(t, "under load", "%v", err)
 					return
 				}
 			}
@@ -73,7 +75,7 @@ func TestOverload(t *testing.T) {
 				mu.Unlock()
 			case codes.ResourceExhausted:
 			default:
-				t.Errorf("create under load: %v", err)
+				assert.Fail(t, "create under load", "%v", err)
 			}
 		}
 	})
@@ -90,13 +92,11 @@ func TestOverload(t *testing.T) {
 			hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			resp, err := health.Check(hctx, &healthpb.HealthCheckRequest{})
 			cancel()
-			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				t.Errorf("gRPC health under load: %v %v", resp, err)
+			if !assert.NoError(t, err, "gRPC health under load") || !assert.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.GetStatus()) {
 				return
 			}
 			r, err := healthz.Get(s.restURL + "/healthz")
-			if err != nil || r.StatusCode != http.StatusOK {
-				t.Errorf("/healthz under load: %v %v", r, err)
+			if !assert.NoError(t, err, "/healthz under load") || !assert.Equal(t, http.StatusOK, r.StatusCode, "/healthz under load") {
 				return
 			}
 			r.Body.Close()
@@ -108,19 +108,12 @@ func TestOverload(t *testing.T) {
 	close(done)
 	checker.Wait()
 
-	if exhausted.Load() == 0 {
-		t.Fatal("no call was refused beyond the rate limit")
-	}
-	if limit := burst + int64(rate*elapsed.Seconds()) + 1; okCalls.Load() > limit {
-		t.Fatalf("%d calls admitted in %v, the bucket allows at most %d", okCalls.Load(), elapsed, limit)
-	}
-	if healthChecks == 0 {
-		t.Fatal("no health check ran during the load")
-	}
+	require.NotZero(t, exhausted.Load(), "no call was refused beyond the rate limit")
+	limit := burst + int64(rate*elapsed.Seconds()) + 1
+	require.LessOrEqual(t, okCalls.Load(), limit, "calls admitted in %v beyond what the bucket allows", elapsed)
+	require.NotZero(t, healthChecks, "no health check ran during the load")
 	after := heapAlloc()
-	if after > before+64<<20 {
-		t.Fatalf("heap grew from %d to %d bytes under load", before, after)
-	}
+	require.LessOrEqual(t, after, before+64<<20, "heap grew under load")
 	// The check itself is subject to the admin's rate limit: back off on
 	// RESOURCE_EXHAUSTED as a well-behaved caller does.
 	for _, id := range acked {
@@ -131,20 +124,17 @@ func TestOverload(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		if err != nil {
-			t.Fatalf("acknowledged key %s: %v", id, err)
-		}
+		require.NoError(t, err, "acknowledged key %s", id)
 	}
-	if len(acked) == 0 {
-		t.Fatal("no create was acknowledged")
-	}
+	require.NotEmpty(t, acked, "no create was acknowledged")
 	t.Logf("%v: %d signatures admitted, %d refused, %d/60 creates acknowledged, %d health checks; heap %d -> %d KiB",
 		elapsed, okCalls.Load(), exhausted.Load(), len(acked), healthChecks, before>>10, after>>10)
 }
 
 // BenchmarkSecurityOverhead signs with the same ECDSA key over gRPC in
 // development mode (plain text, no checks) and in production mode (mutual
-// TLS, identity, rate limit, policy, one audit line per call to a file):
+// TLS, identity, policy, one audit line per call to a file), without and
+// with the per-identity limits (rate, in-flight and stream caps):
 //
 //	go test -run '^$' -bench SecurityOverhead -benchtime 3s ./internal/service/
 func BenchmarkSecurityOverhead(b *testing.B) {
@@ -153,13 +143,21 @@ func BenchmarkSecurityOverhead(b *testing.B) {
 	req := &pb.SignRequest{Key: "key-a", Version: 1, Scheme: p256Scheme, Input: &pb.SignRequest_Digest{Digest: digest}}
 	dev := startServer(b)
 	importFixture(b, dev, "key-a", "p256-sec1.pem")
-	prod := startSecure(b, secureOptions{limits: service.Limits{Rate: 1e9, Burst: 1e9, MaxInFlight: 1024}})
-	prod.adminImport(b, "key-a", "p256-sec1.pem", nil)
-	edge := prod.kv(b, "edge")
 	b.Run("development", func(b *testing.B) {
 		parallel(b, 8, func() error { _, err := dev.kv.Sign(ctx, req); return err })
 	})
-	b.Run("production", func(b *testing.B) {
-		parallel(b, 8, func() error { _, err := edge.Sign(ctx, req); return err })
-	})
+	for _, c := range []struct {
+		name   string
+		limits service.Limits
+	}{
+		{"production-limits-off", service.Limits{}},
+		{"production", service.Limits{Rate: 1e9, Burst: 1e9, MaxInFlight: 1024, MaxStreams: 4096}},
+	} {
+		prod := startSecure(b, secureOptions{limits: c.limits})
+		prod.adminImport(b, "key-a", "p256-sec1.pem", nil)
+		edge := prod.kv(b, "edge")
+		b.Run(c.name, func(b *testing.B) {
+			parallel(b, 8, func() error { _, err := edge.Sign(ctx, req); return err })
+		})
+	}
 }

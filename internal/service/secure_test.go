@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -92,9 +93,7 @@ func testPKI(t testing.TB) *pki {
 		}
 		pkiVal = p
 	})
-	if pkiErr != nil {
-		t.Fatal(pkiErr)
-	}
+	require.NoError(t, pkiErr)
 	return pkiVal
 }
 
@@ -114,17 +113,14 @@ type secureServer struct {
 type secureOptions struct {
 	policy         string
 	limits         service.Limits
+	handshake      service.HandshakeOptions
 	reloadInterval time.Duration // 0: no polling (tests reload explicitly)
 }
 
 func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 	t.Helper()
-	if err := os.WriteFile(path, data, mode); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, data, mode))
+	require.NoError(t, os.Chmod(path, mode))
 }
 
 func startSecure(t testing.TB, o secureOptions) *secureServer {
@@ -148,19 +144,15 @@ func startSecure(t testing.TB, o secureOptions) *secureServer {
 	}
 	writeFile(t, s.policy, []byte(o.policy), 0o644)
 	policy, err := authz.Open(s.policy)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	auditLog, err := audit.Open(s.audit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { auditLog.Close() }) // after the server's shutdown
 	interval := o.reloadInterval
 	if interval == 0 {
 		interval = -1
 	}
-	srv := servicetest.Start(t, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, ReloadInterval: interval})
+	srv := servicetest.Start(t, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, Handshake: o.handshake, ReloadInterval: interval})
 	s.vault, s.srv, s.grpcAddr = srv.Vault, srv.Service, srv.GRPCAddr
 	s.restURL = "https://" + strings.TrimPrefix(srv.RESTURL, "http://")
 	return s
@@ -173,9 +165,7 @@ func (s *secureServer) clientTLS(t testing.TB, who string) *tls.Config {
 	cfg := &tls.Config{RootCAs: s.pki.ca.Pool(), ServerName: "localhost"}
 	if who != "" {
 		leaf, ok := s.pki.clients[who]
-		if !ok {
-			t.Fatalf("no client certificate %q", who)
-		}
+		require.True(t, ok, "no client certificate %q", who)
 		cfg.Certificates = []tls.Certificate{leaf.TLS}
 	}
 	return cfg
@@ -185,9 +175,7 @@ func (s *secureServer) clientTLS(t testing.TB, who string) *tls.Config {
 func (s *secureServer) dial(t testing.TB, who string) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(s.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(s.clientTLS(t, who))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
@@ -218,15 +206,11 @@ func (s *secureServer) rest(t testing.TB, who, method, path string, body any, he
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, s.restURL+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range header {
 		req.Header[k] = v
@@ -244,18 +228,14 @@ func (s *secureServer) rest(t testing.TB, who, method, path string, body any, he
 func (s *secureServer) auditEntries(t testing.TB) []audit.Entry {
 	t.Helper()
 	f, err := os.Open(s.audit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer f.Close()
 	var out []audit.Entry
 	sc := bufio.NewScanner(f)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var e audit.Entry
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("audit line %q: %v", sc.Text(), err)
-		}
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &e), "audit line %q", sc.Text())
 		out = append(out, e)
 	}
 	return out
@@ -264,9 +244,7 @@ func (s *secureServer) auditEntries(t testing.TB) []audit.Entry {
 // auditFor finds the audit entries of a request id.
 func (s *secureServer) auditFor(t testing.TB, requestID string) []audit.Entry {
 	t.Helper()
-	if requestID == "" {
-		t.Fatal("no request id to look up")
-	}
+	require.NotEmpty(t, requestID, "no request id to look up")
 	var out []audit.Entry
 	for _, e := range s.auditEntries(t) {
 		if e.RequestID == requestID {
@@ -291,8 +269,6 @@ func (r *requestID) String() string {
 func (s *secureServer) adminImport(t testing.TB, id, file string, labels map[string]string) *pb.Key {
 	t.Helper()
 	k, err := s.kv(t, "admin").ImportKey(context.Background(), &pb.ImportKeyRequest{Id: id, PrivateKeyPem: fixture(t, file), Labels: labels})
-	if err != nil {
-		t.Fatalf("import %s: %v", id, err)
-	}
+	require.NoError(t, err, "import %s", id)
 	return k
 }

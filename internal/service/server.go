@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
@@ -49,6 +50,7 @@ type Server struct {
 	gateway *grpc.ClientConn
 
 	tls      *tlsSource // nil in development mode
+	maxConns int        // per listener; 0: no cap
 	audit    *audit.Log
 	reloader *reloader
 	interval time.Duration
@@ -84,15 +86,24 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		health: health.NewServer(),
 		pipe:   bufconn.Listen(pipeBuffer),
 	}
-	serverOpts, err := s.secure(vault, opts, registry)
+	serverOpts, g, err := s.secure(vault, opts, registry)
 	if err != nil {
 		return nil, err
 	}
+	s.maxConns = opts.Limits.MaxConnections
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 	)...)
-	pb.RegisterKeyVaultServer(s.grpc, NewKeyVault(vault))
-	pb.RegisterHandshakeServer(s.grpc, NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry)))
+	kv, err := NewKeyVault(vault, g.visible)
+	if err != nil {
+		return nil, err
+	}
+	pb.RegisterKeyVaultServer(s.grpc, kv)
+	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	if opts.Policy != nil {
+		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
+	}
+	pb.RegisterHandshakeServer(s.grpc, hs)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
@@ -131,7 +142,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	})
 	h.Handle("/", mux)
 	s.http = &http.Server{
-		Handler:           http.MaxBytesHandler(h, MaxRequestBytes),
+		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -159,6 +170,11 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 3)
 	if s.interval > 0 {
 		go s.reloader.poll(s.pollCtx, s.interval)
+	}
+	if s.maxConns > 0 {
+		// Connections cost memory before any call is made on them: past
+		// the cap the next ones wait in the kernel's backlog.
+		grpcLis, httpLis = netutil.LimitListener(grpcLis, s.maxConns), netutil.LimitListener(httpLis, s.maxConns)
 	}
 	go func() { errc <- s.grpc.Serve(pipeListener{s.pipe}) }()
 	go func() { errc <- s.grpc.Serve(grpcLis) }()

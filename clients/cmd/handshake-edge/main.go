@@ -30,6 +30,7 @@ import (
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/grpckeepalive"
 )
 
 func main() {
@@ -49,6 +50,8 @@ type options struct {
 	clientAuth, clientCAFile      string
 	unary                         bool
 	handshakeTimeout, idleTimeout time.Duration
+	clientHelloTimeout            time.Duration
+	maxHandshakes, maxPending     int
 }
 
 // run parses args and serves until ctx ends. ready, if set, is told the
@@ -72,6 +75,9 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.StringVar(&o.backend, "backend", "", "proxy plain TCP to this `address` (default: serve the echo page)")
 	fs.BoolVar(&o.unary, "unary", false, "step handshakes with unary calls instead of a stream")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on each TLS handshake")
+	fs.DurationVar(&o.clientHelloTimeout, "client-hello-timeout", edge.DefaultClientHelloTimeout, "bound on receiving a client's whole ClientHello, before which nothing is opened in handshaked")
+	fs.IntVar(&o.maxHandshakes, "max-handshakes", edge.DefaultMaxHandshakes, "handshakes run in handshaked at once; keep it below the service's per-caller caps")
+	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -94,7 +100,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	if err != nil {
 		return err
 	}
-	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout, Logger: log})
+	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
+		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log})
 	defer l.Close()
 	log.Info("handshake-edge listening", "addr", l.Addr().String(), "handshaked", o.service, "backend", o.backend)
 	if ready != nil {
@@ -108,13 +115,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 
 func (o *options) dial() (*handshaked.Client, error) {
 	if o.caFile == "" && o.certFile == "" {
-		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(30*time.Second, 10*time.Second))
+		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
 	}
 	cfg, err := handshaked.TLSConfigFromFiles(o.caFile, o.certFile, o.keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(30*time.Second, 10*time.Second))
+	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
 }
 
 var versions = map[string]pb.TLSVersion{"1.2": pb.TLSVersion_TLS_VERSION_1_2, "1.3": pb.TLSVersion_TLS_VERSION_1_3}
@@ -229,16 +236,10 @@ func serveEcho(ctx context.Context, l net.Listener, idle time.Duration, log *slo
 const maxEchoBody = 64 << 20
 
 // echo describes the request and the TLS connection it came on; a POST or
-// PUT body is sent back as is.
+// PUT body is sent back as it arrives.
 func echo(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost || r.Method == http.MethodPut {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxEchoBody))
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Write(body)
+		echoBody(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -248,6 +249,33 @@ func echo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprint(w, describe(c.ConnectionState()))
+}
+
+// echoBody streams the request body back, so that a request holds one
+// copy buffer of it, never the whole body (three 60 MiB POSTs used to hold
+// half a gigabyte). A body announced longer than maxEchoBody is refused
+// before it is read; a chunked one that grows past it is cut off, and the
+// connection with it.
+func echoBody(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > maxEchoBody {
+		http.Error(w, fmt.Sprintf("request body over %d bytes", maxEchoBody), http.StatusRequestEntityTooLarge)
+		return
+	}
+	// An HTTP/1 server reads the rest of the body before it writes a
+	// response, unless the handler reads and writes at once.
+	if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if r.ContentLength >= 0 {
+		w.Header().Set("Content-Length", strconv.FormatInt(r.ContentLength, 10))
+	}
+	if _, err := io.Copy(w, http.MaxBytesReader(w, r.Body, maxEchoBody)); err != nil {
+		// The response has begun: only ending the connection abruptly
+		// tells the client it was cut short.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // describe renders a connection's negotiated parameters.

@@ -39,6 +39,7 @@ type ConnectionState struct {
 const (
 	alertCloseNotify       uint8 = 0
 	alertUnexpectedMessage uint8 = 10
+	alertIllegalParameter  uint8 = 47
 	alertDecodeError       uint8 = 50
 	alertInternalError     uint8 = 80
 	alertUserCanceled      uint8 = 90
@@ -84,17 +85,7 @@ func (e *alertError) Error() string { return "edge: " + e.text }
 type RemoteAlertError struct{ Alert uint8 }
 
 func (e *RemoteAlertError) Error() string {
-	if name, ok := alertNames[e.Alert]; ok {
-		return "edge: remote error: " + name
-	}
-	return fmt.Sprintf("edge: remote error: alert %d", e.Alert)
-}
-
-// alertNames names the alerts a client may send (RFC 8446 §6).
-var alertNames = map[uint8]string{
-	10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow", 40: "handshake_failure",
-	42: "bad_certificate", 46: "certificate_unknown", 47: "illegal_parameter", 48: "unknown_ca",
-	50: "decode_error", 51: "decrypt_error", 70: "protocol_version", 80: "internal_error",
+	return "edge: remote error: " + record.AlertName(e.Alert)
 }
 
 // Conn is a TLS connection whose handshake ran in handshaked and whose
@@ -320,8 +311,13 @@ func (c *Conn) handlePostHandshake(b []byte) error {
 
 // handleKeyUpdate implements RFC 8446 §4.6.3.
 func (c *Conn) handleKeyUpdate(msg []byte) error {
-	if len(msg) != 1 || msg[0] > 1 {
-		return c.fatal(&alertError{alertDecodeError, "malformed KeyUpdate"})
+	if len(msg) != 1 {
+		return c.fatal(&alertError{alertDecodeError, fmt.Sprintf("%d-byte KeyUpdate", len(msg))})
+	}
+	// RFC 8446 §4.6.3: a request_update other than update_not_requested
+	// or update_requested is illegal_parameter.
+	if msg[0] > 1 {
+		return c.fatal(&alertError{alertIllegalParameter, fmt.Sprintf("KeyUpdate request_update %d", msg[0])})
 	}
 	// RFC 8446 §5.1: a message before a key change must end its record.
 	if len(c.in.hs) > 0 {

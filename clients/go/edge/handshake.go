@@ -11,17 +11,21 @@
 package edge
 
 import (
+	"container/list"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // Service is what the edge needs from handshaked; *handshaked.Client has
@@ -44,12 +48,25 @@ type Config struct {
 	// of the bidirectional stream (for instance through a proxy that does
 	// not carry streams).
 	Unary bool
-	// HandshakeTimeout bounds each handshake, reading the client included
-	// (default 10 s).
+	// HandshakeTimeout bounds each handshake, from the moment the
+	// connection is accepted, reading the client included (default 10 s).
 	HandshakeTimeout time.Duration
-	// MaxHandshakes caps the handshakes a Listener runs at once (default
-	// 1024); further connections wait in the kernel's accept queue.
+	// ClientHelloTimeout bounds how long a new connection may take to send
+	// its whole ClientHello (default 5 s, and never more than
+	// HandshakeTimeout). Until then the connection costs only the edge:
+	// nothing is opened in the service.
+	ClientHelloTimeout time.Duration
+	// MaxHandshakes caps the handshakes a Listener runs in the service at
+	// once (default 128, well below the service's per-caller caps, so that
+	// handshakes past it wait here instead of failing there). A connection
+	// whose ClientHello has arrived waits for one of these slots.
 	MaxHandshakes int
+	// MaxPendingHandshakes caps a Listener's connections that have not yet
+	// got a slot in the service: those still sending their ClientHello and
+	// those waiting for a slot (default 1024). When it is full, accepting
+	// one more closes the oldest, so a flood of silent or slow clients
+	// cannot lock out clients that send their ClientHello promptly.
+	MaxPendingHandshakes int
 	// Logger receives failed handshakes (default slog.Default()).
 	Logger *slog.Logger
 }
@@ -59,6 +76,21 @@ func (c *Config) timeout() time.Duration {
 		return c.HandshakeTimeout
 	}
 	return 10 * time.Second
+}
+
+// Defaults of Config.
+const (
+	DefaultClientHelloTimeout   = 5 * time.Second
+	DefaultMaxHandshakes        = 128
+	DefaultMaxPendingHandshakes = 1024
+)
+
+func (c *Config) clientHelloTimeout() time.Duration {
+	d := DefaultClientHelloTimeout
+	if c.ClientHelloTimeout > 0 {
+		d = c.ClientHelloTimeout
+	}
+	return min(d, c.timeout())
 }
 
 // Step is one step of a handshake as the edge saw it, for tracing.
@@ -139,15 +171,83 @@ func (u *unaryStepper) abort() {
 }
 
 // Server runs the TLS handshake of raw through the service and returns the
-// connection with its record layer. On failure raw is closed, after the
-// engine's alert record if it produced one.
+// connection with its record layer. Nothing is opened in the service before
+// the client's whole ClientHello has arrived. On failure raw is closed,
+// after the engine's alert record if it produced one.
 func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
-	c, err := handshake(ctx, raw, cfg)
+	deadline := time.Now().Add(cfg.timeout())
+	hello, err := readClientHello(raw, cfg)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	c, err := handshake(ctx, raw, cfg, hello, deadline)
 	if err != nil {
 		raw.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// maxClientHello bounds the ClientHello the edge holds before it opens a
+// session in the service: the engine refuses any handshake message longer
+// (its maxHandshakeMessage), so nothing valid is cut off.
+const maxClientHello = 1 << 16
+
+// maxFirstFlight bounds the bytes of the records that carry it, for a
+// ClientHello fragmented into many small records.
+const maxFirstFlight = 2 * maxClientHello
+
+// errNoClientHello is a connection that ended, or timed out, before its
+// ClientHello was complete.
+var errNoClientHello = errors.New("edge: no ClientHello")
+
+// readClientHello reads the client's records up to the end of its first
+// handshake message, within the ClientHello timeout, and returns them. It
+// only decides when the service can have the bytes, never whether they are
+// valid: anything that cannot begin a ClientHello (another record type, a
+// bad length, another message) is returned as soon as its record header is
+// in, for the engine to answer with the alert it calls for (RFC 8446 §5.1,
+// §4.1.2).
+func readClientHello(raw net.Conn, cfg *Config) ([]byte, error) {
+	if err := raw.SetReadDeadline(time.Now().Add(cfg.clientHelloTimeout())); err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
+	var (
+		flight []byte
+		msg    [4]byte // the handshake message header, as it arrives
+		got    int     // handshake bytes received
+	)
+	for len(flight) < maxFirstFlight {
+		// Nothing is allocated for a client until its first bytes come.
+		var hdr [record.HeaderLen]byte
+		if _, err := io.ReadFull(raw, hdr[:]); err != nil {
+			return nil, fmt.Errorf("%w: %w", errNoClientHello, err)
+		}
+		flight = append(flight, hdr[:]...)
+		n := int(hdr[3])<<8 | int(hdr[4])
+		if record.ContentType(hdr[0]) != record.Handshake || n == 0 || n > record.MaxPlaintext {
+			return flight, nil
+		}
+		flight = slices.Grow(flight, n)
+		body := flight[len(flight) : len(flight)+n]
+		if _, err := io.ReadFull(raw, body); err != nil {
+			return nil, fmt.Errorf("%w: %w", errNoClientHello, err)
+		}
+		flight = flight[:len(flight)+n]
+		if got < len(msg) {
+			copy(msg[got:], body)
+		}
+		got += n
+		if got < len(msg) {
+			continue
+		}
+		length := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
+		if msg[0] != typeClientHello || length > maxClientHello || got >= len(msg)+length {
+			return flight, nil
+		}
+	}
+	return flight, nil
 }
 
 // handshakeBufferLen is the most a handshake reads from the client at once.
@@ -157,8 +257,9 @@ const handshakeBufferLen = 16 << 10
 // handshakes a second, and each buffer is needed only while it runs.
 var handshakeBuffers = sync.Pool{New: func() any { return new([handshakeBufferLen]byte) }}
 
-func handshake(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
-	deadline := time.Now().Add(cfg.timeout())
+// handshake runs the handshake through the service, hello (the client's
+// first flight) first, within deadline.
+func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time) (*Conn, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := raw.SetDeadline(deadline); err != nil {
@@ -178,19 +279,23 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
 	bufp := handshakeBuffers.Get().(*[handshakeBufferLen]byte)
 	defer handshakeBuffers.Put(bufp)
 	buf := bufp[:]
-	for {
-		n, err := raw.Read(buf)
-		if n == 0 {
-			st.abort()
-			return nil, fmt.Errorf("edge: reading the client's handshake: %w", err)
+	for input := hello; ; {
+		if input == nil {
+			n, err := raw.Read(buf)
+			if n == 0 {
+				st.abort()
+				return nil, fmt.Errorf("edge: reading the client's handshake: %w", err)
+			}
+			input = buf[:n]
 		}
 		start := time.Now()
-		out, err := st.step(ctx, buf[:n])
+		out, err := st.step(ctx, input)
 		if err != nil {
 			st.abort()
 			return nil, fmt.Errorf("edge: handshake step: %w", err)
 		}
-		steps = append(steps, Step{In: n, Out: len(out.GetOutput()), Duration: time.Since(start), Trace: out.GetTrace()})
+		steps = append(steps, Step{In: len(input), Out: len(out.GetOutput()), Duration: time.Since(start), Trace: out.GetTrace()})
+		input = nil
 		if _, err := raw.Write(out.GetOutput()); err != nil {
 			st.abort()
 			return nil, fmt.Errorf("edge: writing to the client: %w", err)
@@ -229,24 +334,40 @@ func parsePeerCertificates(ders [][]byte) ([]*x509.Certificate, error) {
 
 // Listener terminates TLS on the connections of an inner listener. Accept
 // returns connections whose handshake is complete; handshakes run
-// concurrently, so a slow or silent client never blocks another.
+// concurrently, so a slow or silent client never blocks another, and costs
+// only the edge: a connection gets a slot in the service (MaxHandshakes)
+// only once its whole ClientHello has arrived, and until then it is one of
+// at most MaxPendingHandshakes, each bounded by ClientHelloTimeout.
 type Listener struct {
-	inner net.Listener
-	cfg   *Config
-	conns chan *Conn
-	done  chan struct{}
-	errc  chan error
-	sem   chan struct{}
-	once  sync.Once
+	inner   net.Listener
+	cfg     *Config
+	conns   chan *Conn
+	done    chan struct{}
+	errc    chan error
+	sem     chan struct{} // a slot per handshake in the service
+	pending pendingConns
+	// ctx ends at Close, and with it every handshake (no goroutine per
+	// connection needed to watch done).
+	ctx  context.Context
+	stop context.CancelFunc
+	once sync.Once
 }
 
 // NewListener starts accepting on inner.
 func NewListener(inner net.Listener, cfg *Config) *Listener {
-	max := cfg.MaxHandshakes
-	if max <= 0 {
-		max = 1024
+	maxUpstream := cfg.MaxHandshakes
+	if maxUpstream <= 0 {
+		maxUpstream = DefaultMaxHandshakes
 	}
-	l := &Listener{inner: inner, cfg: cfg, conns: make(chan *Conn), done: make(chan struct{}), errc: make(chan error, 1), sem: make(chan struct{}, max)}
+	maxPending := cfg.MaxPendingHandshakes
+	if maxPending <= 0 {
+		maxPending = DefaultMaxPendingHandshakes
+	}
+	l := &Listener{
+		inner: inner, cfg: cfg, conns: make(chan *Conn), done: make(chan struct{}), errc: make(chan error, 1),
+		sem: make(chan struct{}, maxUpstream), pending: pendingConns{max: maxPending, list: list.New()},
+	}
+	l.ctx, l.stop = context.WithCancel(context.Background())
 	go l.acceptLoop()
 	return l
 }
@@ -261,14 +382,8 @@ func (l *Listener) logger() *slog.Logger {
 func (l *Listener) acceptLoop() {
 	var backoff time.Duration
 	for {
-		select {
-		case l.sem <- struct{}{}:
-		case <-l.done:
-			return
-		}
 		raw, err := l.inner.Accept()
 		if err != nil {
-			<-l.sem
 			if retry := acceptBackoff(err, &backoff); retry > 0 {
 				l.logger().Warn("accept failed; retrying", "err", err, "in", retry)
 				select {
@@ -282,29 +397,119 @@ func (l *Listener) acceptLoop() {
 			return
 		}
 		backoff = 0
-		go func() {
-			defer func() { <-l.sem }()
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-l.done:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			c, err := Server(ctx, raw, l.cfg)
-			cancel()
-			if err != nil {
-				l.logger().Info("TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
-				return
-			}
-			select {
-			case l.conns <- c:
-			case <-l.done:
-				c.Close()
-			}
-		}()
+		pc, evicted := l.pending.add(raw)
+		if evicted != nil {
+			l.logger().Debug("too many pending TLS handshakes; closed the oldest", "remote", evicted.RemoteAddr().String())
+			evicted.Close()
+		}
+		go l.serve(pc)
 	}
+}
+
+// serve runs the handshake of one accepted connection and hands the
+// connection to Accept.
+func (l *Listener) serve(pc *pendingConn) {
+	raw := pc.Conn
+	deadline := time.Now().Add(l.cfg.timeout())
+	ctx, cancel := context.WithDeadline(l.ctx, deadline)
+	defer cancel()
+	hello, err := readClientHello(raw, l.cfg)
+	slot := false
+	if err == nil {
+		// A slot in the service, waited for as one of the pending.
+		select {
+		case l.sem <- struct{}{}:
+			slot = true
+		case <-pc.evicted:
+		case <-ctx.Done():
+			err = fmt.Errorf("edge: waiting for a handshake slot: %w", ctx.Err())
+		}
+	}
+	if !l.pending.remove(pc) && err == nil {
+		err = errors.New("edge: closed as the oldest pending handshake")
+	}
+	var c *Conn
+	if err == nil {
+		c, err = handshake(ctx, raw, l.cfg, hello, deadline)
+	}
+	if slot {
+		<-l.sem
+	}
+	switch {
+	case errors.Is(err, errNoClientHello) || !slot:
+		// A client that never sent a ClientHello, or never got a slot,
+		// cost the service nothing; one line each would be a flood.
+		raw.Close()
+		l.logger().Debug("no TLS handshake", "remote", raw.RemoteAddr().String(), "err", err)
+		return
+	case err != nil:
+		raw.Close()
+		l.logger().Info("TLS handshake failed", "remote", raw.RemoteAddr().String(), "err", err)
+		return
+	}
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+// pendingConns are the accepted connections that have no slot in the
+// service yet, oldest first.
+type pendingConns struct {
+	max  int
+	mu   sync.Mutex
+	list *list.List // of *pendingConn
+}
+
+// pendingConn is a connection in pendingConns.
+type pendingConn struct {
+	net.Conn
+	elem    *list.Element
+	evicted chan struct{} // closed when it is taken out for a newer one
+}
+
+// add adds c; if there were already max, it takes the oldest out and
+// returns it too.
+func (p *pendingConns) add(c net.Conn) (added, evicted *pendingConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.list.Len() >= p.max {
+		evicted = p.list.Remove(p.list.Front()).(*pendingConn)
+		close(evicted.evicted)
+	}
+	added = &pendingConn{Conn: c, evicted: make(chan struct{})}
+	added.elem = p.list.PushBack(added)
+	return added, evicted
+}
+
+// remove takes c out; false if it was no longer there (evicted).
+func (p *pendingConns) remove(c *pendingConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-c.evicted:
+		return false
+	default:
+	}
+	p.list.Remove(c.elem)
+	return true
+}
+
+// closeAll closes every pending connection.
+func (p *pendingConns) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for e := p.list.Front(); e != nil; e = e.Next() {
+		e.Value.(*pendingConn).Close()
+	}
+}
+
+// len is how many connections are pending.
+func (p *pendingConns) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.list.Len()
 }
 
 // acceptBackoff says how long to wait before accepting again after err:
@@ -336,7 +541,9 @@ func (l *Listener) Close() error {
 	err := net.ErrClosed
 	l.once.Do(func() {
 		close(l.done)
+		l.stop()
 		err = l.inner.Close()
+		l.pending.closeAll()
 	})
 	return err
 }

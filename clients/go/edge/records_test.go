@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/testenv"
 )
@@ -26,19 +29,25 @@ func keyLogSecret(t *testing.T, keyLog *testenv.Buffer, label string) []byte {
 		f := strings.Fields(sc.Text())
 		if len(f) == 3 && f[0] == label {
 			b, err := hex.DecodeString(f[2])
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			return b
 		}
 	}
-	t.Fatalf("no %s in the key log", label)
+	require.Failf(t, "no secret in the key log", "label %s", label)
 	return nil
+}
+
+// rawPeer is the client's side of a TLS 1.3 connection to the edge whose
+// handshake crypto/tls completed: the TCP connection with the client's
+// write cipher (out) and a cipher that opens what the edge sends (in).
+type rawPeer struct {
+	raw     net.Conn
+	out, in *record.Cipher
 }
 
 // rawClient completes a TLS 1.3 handshake with crypto/tls, then writes its
 // own records on the TCP connection with the client's traffic secret.
-func rawClient(t *testing.T, s *testService, suite uint16) (net.Conn, *record.Cipher, *Conn) {
+func rawClient(t *testing.T, s *testService, suite uint16) (*rawPeer, *Conn) {
 	t.Helper()
 	hcfg := s.config(suite)
 	l, conns := listen(t, &Config{Client: s.client, Handshake: hcfg})
@@ -48,19 +57,36 @@ func rawClient(t *testing.T, s *testService, suite uint16) (net.Conn, *record.Ci
 	_, cc := dial(t, l, cfg)
 	server := accept(t, conns)
 	out, err := record.NewTLS13Cipher(suite, keyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cc.Conn, out, server
+	require.NoError(t, err)
+	in, err := record.NewTLS13Cipher(suite, keyLogSecret(t, logs, "SERVER_TRAFFIC_SECRET_0"), 0)
+	require.NoError(t, err)
+	return &rawPeer{raw: cc.Conn, out: out, in: in}, server
 }
 
 func seal(t *testing.T, c *record.Cipher, typ record.ContentType, b []byte, padding int) []byte {
 	t.Helper()
 	rec, err := c.Seal(nil, typ, b, padding)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return rec
+}
+
+// readAlert reads the next record the edge sent and returns the alert
+// description it carries.
+func (p *rawPeer) readAlert(t *testing.T) uint8 {
+	t.Helper()
+	require.NoError(t, p.raw.SetReadDeadline(time.Now().Add(10*time.Second)))
+	hdr := make([]byte, record.HeaderLen)
+	_, err := io.ReadFull(p.raw, hdr)
+	require.NoError(t, err, "no record from the edge")
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	_, err = io.ReadFull(p.raw, body)
+	require.NoError(t, err)
+	typ, plain, err := p.in.Open(record.ContentType(hdr[0]), uint16(hdr[1])<<8|uint16(hdr[2]), body)
+	require.NoError(t, err, "the edge's record does not open under the server traffic key")
+	require.Equal(t, record.Alert, typ, "the edge sent a %v record, want an alert", typ)
+	require.Len(t, plain, 2)
+	assert.Equal(t, uint8(alertLevelFatal), plain[0], "alert level")
+	return plain[1]
 }
 
 // TestTLS13ClientRecords sends the edge what crypto/tls never sends:
@@ -70,45 +96,75 @@ func TestTLS13ClientRecords(t *testing.T) {
 	s := newTestService(t)
 	for _, suite := range []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384, tls.TLS_CHACHA20_POLY1305_SHA256} {
 		t.Run(tls.CipherSuiteName(suite), func(t *testing.T) {
-			raw, out, server := rawClient(t, s, suite)
+			p, server := rawClient(t, s, suite)
 			var w []byte
-			w = append(w, seal(t, out, record.ApplicationData, nil, 0)...)
-			w = append(w, seal(t, out, record.ApplicationData, []byte("padded"), 1000)...)
-			w = append(w, seal(t, out, record.ApplicationData, nil, 50)...)
+			w = append(w, seal(t, p.out, record.ApplicationData, nil, 0)...)
+			w = append(w, seal(t, p.out, record.ApplicationData, []byte("padded"), 1000)...)
+			w = append(w, seal(t, p.out, record.ApplicationData, nil, 50)...)
 			// KeyUpdate(update_requested) in two records.
-			w = append(w, seal(t, out, record.Handshake, []byte{24, 0}, 0)...)
-			w = append(w, seal(t, out, record.Handshake, []byte{0, 1, 1}, 0)...)
-			if err := out.Update(); err != nil {
-				t.Fatal(err)
-			}
-			w = append(w, seal(t, out, record.ApplicationData, []byte("|new key"), 0)...)
-			if _, err := raw.Write(w); err != nil {
-				t.Fatal(err)
-			}
+			w = append(w, seal(t, p.out, record.Handshake, []byte{24, 0}, 0)...)
+			w = append(w, seal(t, p.out, record.Handshake, []byte{0, 1, 1}, 0)...)
+			require.NoError(t, p.out.Update())
+			w = append(w, seal(t, p.out, record.ApplicationData, []byte("|new key"), 0)...)
+			_, err := p.raw.Write(w)
+			require.NoError(t, err)
 			got := make([]byte, len("padded|new key"))
-			if _, err := io.ReadFull(server, got); err != nil || string(got) != "padded|new key" {
-				t.Fatalf("edge read %q, %v", got, err)
-			}
+			_, err = io.ReadFull(server, got)
+			require.NoError(t, err)
+			require.Equal(t, "padded|new key", string(got))
 			server.out.Lock()
 			seq := server.out.cipher.Seq()
 			server.out.Unlock()
-			if seq != 0 {
-				t.Errorf("the edge did not answer update_requested with its own KeyUpdate (write seq %d)", seq)
-			}
+			assert.Zero(t, seq, "the edge did not answer update_requested with its own KeyUpdate")
 
 			// A maximum-size record is fine; a header announcing more
 			// than 2^14+256 bytes is record_overflow before its body
 			// arrives (RFC 8446 §5.2).
-			raw.Write(seal(t, out, record.ApplicationData, bytes.Repeat([]byte{'z'}, record.MaxPlaintext), 0))
+			p.raw.Write(seal(t, p.out, record.ApplicationData, bytes.Repeat([]byte{'z'}, record.MaxPlaintext), 0))
 			big := make([]byte, record.MaxPlaintext)
-			if _, err := io.ReadFull(server, big); err != nil {
-				t.Fatalf("maximum-size record: %v", err)
-			}
+			_, err = io.ReadFull(server, big)
+			require.NoError(t, err, "maximum-size record")
 			tooLong := record.MaxCiphertextTLS13 + 1
-			raw.Write([]byte{byte(record.ApplicationData), 3, 3, byte(tooLong >> 8), byte(tooLong)})
-			if _, err := server.Read(big); !errors.Is(err, record.ErrRecordOverflow) {
-				t.Errorf("over-long record: %v, want record_overflow", err)
-			}
+			p.raw.Write([]byte{byte(record.ApplicationData), 3, 3, byte(tooLong >> 8), byte(tooLong)})
+			_, err = server.Read(big)
+			assert.ErrorIs(t, err, record.ErrRecordOverflow, "over-long record")
+		})
+	}
+}
+
+// TestKeyUpdateRefused sends KeyUpdates the edge must refuse, each in one
+// record, and checks the alert the client receives, sealed under the
+// server's application traffic key.
+func TestKeyUpdateRefused(t *testing.T) {
+	s := newTestService(t)
+	for _, tc := range []struct {
+		name   string
+		record []byte
+		alert  uint8
+	}{
+		// RFC 8446 §4.6.3: "If an implementation receives any other value
+		// [than 0 or 1], it MUST terminate the connection with an
+		// "illegal_parameter" alert."
+		{"request_update 2", []byte{24, 0, 0, 1, 2}, alertIllegalParameter},
+		{"request_update 255", []byte{24, 0, 0, 1, 255}, alertIllegalParameter},
+		// A KeyUpdate body is one byte (RFC 8446 §4.6.3).
+		{"two-byte body", []byte{24, 0, 0, 2, 0, 0}, alertDecodeError},
+		{"empty body", []byte{24, 0, 0, 0}, alertDecodeError},
+		// RFC 8446 §5.1: handshake messages preceding a key change must
+		// align with a record boundary, else unexpected_message.
+		{"two KeyUpdates in one record", []byte{24, 0, 0, 1, 0, 24, 0, 0, 1, 0}, alertUnexpectedMessage},
+		{"KeyUpdate then part of a message", []byte{24, 0, 0, 1, 1, 24, 0}, alertUnexpectedMessage},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, server := rawClient(t, s, tls.TLS_AES_128_GCM_SHA256)
+			_, err := p.raw.Write(seal(t, p.out, record.Handshake, tc.record, 0))
+			require.NoError(t, err)
+			require.NoError(t, server.SetReadDeadline(time.Now().Add(5*time.Second)))
+			_, err = server.Read(make([]byte, 10))
+			var ne net.Error
+			require.Error(t, err)
+			require.False(t, errors.As(err, &ne) && ne.Timeout(), "the edge accepted the KeyUpdate and waited for more")
+			assert.Equal(t, record.AlertName(tc.alert), record.AlertName(p.readAlert(t)))
 		})
 	}
 }
@@ -117,33 +173,32 @@ func TestTLS13ClientRecords(t *testing.T) {
 // unexpected_message.
 func TestUselessRecords(t *testing.T) {
 	s := newTestService(t)
-	raw, out, server := rawClient(t, s, tls.TLS_AES_128_GCM_SHA256)
+	p, server := rawClient(t, s, tls.TLS_AES_128_GCM_SHA256)
 	var w []byte
 	for range maxUselessRecords + 2 {
-		w = append(w, seal(t, out, record.ApplicationData, nil, 0)...)
+		w = append(w, seal(t, p.out, record.ApplicationData, nil, 0)...)
 	}
-	go raw.Write(w)
-	if _, err := server.Read(make([]byte, 10)); err == nil || !strings.Contains(err.Error(), "without application data") {
-		t.Errorf("empty-record flood: %v", err)
-	}
+	go p.raw.Write(w)
+	_, err := server.Read(make([]byte, 10))
+	assert.ErrorContains(t, err, "without application data", "empty-record flood")
 }
 
 // TestRemoteFatalAlert: a fatal alert from the client ends reading with a
 // RemoteAlertError, and the edge sends nothing more, not even close_notify.
 func TestRemoteFatalAlert(t *testing.T) {
 	s := newTestService(t)
-	raw, out, server := rawClient(t, s, tls.TLS_AES_128_GCM_SHA256)
-	raw.Write(seal(t, out, record.Alert, []byte{2, 40}, 0))
+	p, server := rawClient(t, s, tls.TLS_AES_128_GCM_SHA256)
+	p.raw.Write(seal(t, p.out, record.Alert, []byte{2, 40}, 0))
 	var rerr *RemoteAlertError
-	if _, err := server.Read(make([]byte, 10)); !errors.As(err, &rerr) || rerr.Alert != 40 || !strings.Contains(err.Error(), "handshake_failure") {
-		t.Fatalf("read: %v, want the client's handshake_failure", err)
-	}
-	if _, err := server.Write([]byte("x")); err == nil {
-		t.Error("write after the client's fatal alert succeeded")
-	}
+	_, err := server.Read(make([]byte, 10))
+	require.ErrorAs(t, err, &rerr)
+	assert.Equal(t, uint8(40), rerr.Alert)
+	assert.ErrorContains(t, err, "handshake_failure")
+	_, err = server.Write([]byte("x"))
+	assert.Error(t, err, "write after the client's fatal alert succeeded")
 	server.Close()
-	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if rest, err := io.ReadAll(raw); err != nil || len(rest) != 0 {
-		t.Errorf("after the client's fatal alert the edge sent % x (%v)", rest, err)
-	}
+	p.raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	rest, err := io.ReadAll(p.raw)
+	assert.NoError(t, err)
+	assert.Empty(t, rest, "after the client's fatal alert the edge sent something")
 }

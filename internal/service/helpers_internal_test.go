@@ -1,0 +1,55 @@
+package service
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+// AttachSelfSigned gives version 1 of key id a self-signed certificate
+// for localhost, and returns a pool that trusts it. (Exported for the
+// package's external tests.)
+func AttachSelfSigned(b testing.TB, vault *keyvault.Vault, id string) *x509.CertPool {
+	b.Helper()
+	ctx := context.Background()
+	der, err := vault.CreateSelfSignedCertificate(ctx, id, 1, &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	require.NoError(b, err)
+	_, err = vault.AttachChain(ctx, id, 1, [][]byte{der})
+	require.NoError(b, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(b, err)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool
+}
+
+// GoClientHello is the first flight of a Go crypto/tls client that trusts
+// pool.
+func GoClientHello(b testing.TB, pool *x509.CertPool) []byte {
+	b.Helper()
+	c, srv := net.Pipe()
+	defer srv.Close()
+	go tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "localhost"}).Handshake()
+	hdr := make([]byte, 5)
+	_, err := io.ReadFull(srv, hdr)
+	require.NoError(b, err)
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	_, err = io.ReadFull(srv, body)
+	require.NoError(b, err)
+	c.Close()
+	return append(hdr, body...)
+}
