@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/service"
 )
 
 // need is which right a method asks of its caller on the keys it names,
@@ -186,7 +187,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		assert.ElementsMatch(t, names, written, "the hand-written expectations must name every method of the service descriptors, and only those")
 	})
 
-	s := startSecure(t, secureOptions{policy: matrixPolicy})
+	// Callers without a certificate share a small rate (past it they are
+	// RESOURCE_EXHAUSTED); the matrix makes one such call per method.
+	s := startSecure(t, secureOptions{policy: matrixPolicy, limits: service.Limits{UnauthenticatedRate: 40 * float64(len(methods))}})
 	s.adminImport(t, matrixKey, "p256-pkcs8.pem", nil)
 	conns := map[string]*grpc.ClientConn{}
 	for _, l := range matrixLevels {
