@@ -324,7 +324,12 @@ func TestRevocationStopsSessionsInProgress(t *testing.T) {
 	require.NoError(t, err)
 	stream, err := hc.Stream(ctx)
 	require.NoError(t, err)
-	require.NoError(t, stream.Send(&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: &pb.StartHandshakeRequest{Config: cfg}}}))
+	// The start carries the ClientHello, so its answer shows the stream's
+	// session is running before the policy changes.
+	require.NoError(t, stream.Send(&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: &pb.StartHandshakeRequest{Config: cfg, Input: hello}}}))
+	flight, err := stream.Recv()
+	require.NoError(t, err)
+	require.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, flight.GetState())
 
 	revoked := strings.Replace(testPolicy, `"keys": ["key-a", "key-rsa"]`, `"keys": ["key-rsa"]`, 1)
 	require.NotEqual(t, testPolicy, revoked)
