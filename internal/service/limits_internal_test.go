@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestRateLimiter(t *testing.T) {
@@ -111,5 +113,22 @@ func TestRetryAfterSeconds(t *testing.T) {
 		0: 1, time.Nanosecond: 1, time.Second: 1, time.Second + time.Millisecond: 2, 99*time.Second + 1: 100,
 	} {
 		assert.Equal(t, want, retryAfterSeconds(d), "%v", d)
+	}
+}
+
+// TestRefusalsSayWhenToRetry: a rate-limit refusal carries the wait it is
+// given, the in-flight cap one second, and the stream cap nothing (no
+// estimate is honest there).
+func TestRefusalsSayWhenToRetry(t *testing.T) {
+	d, ok := retryDelay(status.Convert(rateLimited(1500 * time.Millisecond)))
+	assert.True(t, ok)
+	assert.Equal(t, 1500*time.Millisecond, d)
+	d, ok = retryDelay(status.Convert(errTooBusy))
+	assert.True(t, ok)
+	assert.Equal(t, time.Second, d)
+	_, ok = retryDelay(status.Convert(errTooManyStreams))
+	assert.False(t, ok)
+	for _, err := range []error{rateLimited(time.Second), errTooBusy, errTooManyStreams} {
+		assert.Equal(t, codes.ResourceExhausted, status.Code(err))
 	}
 }
