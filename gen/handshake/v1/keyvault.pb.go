@@ -225,8 +225,10 @@ type DecryptMode int32
 const (
 	DecryptMode_DECRYPT_MODE_UNSPECIFIED DecryptMode = 0
 	// PKCS#1 v1.5 for a TLS 1.2 premaster secret, with implicit rejection
-	// (RFC 5246 §7.4.7.1): always 48 bytes; a bad ciphertext yields random bytes
-	// and status OK, so a caller cannot learn whether the padding was valid.
+	// (RFC 5246 §7.4.7.1): always 48 bytes and status OK. A bad ciphertext
+	// yields a substitute derived from the ciphertext and a secret of the key
+	// (the same bytes on every query), so a caller cannot learn whether the
+	// padding was valid, not even by asking twice.
 	DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER DecryptMode = 1
 	// RSA-OAEP with SHA-256 and an empty label.
 	DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256 DecryptMode = 2
