@@ -228,11 +228,12 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		return err
 	}
 
-	handshakeSecret := handshakeSecret13(hash, shared)
+	early := newEarlySecret13(hash, nil)
+	handshakeSecret := early.handshakeSecret(shared)
+	early.wipe()
 	clear(shared)
-	helloHash := h.transcript.sum()
-	h.clientHandshake = deriveSecret(hash, handshakeSecret, "c hs traffic", helloHash)
-	serverHandshake := deriveSecret(hash, handshakeSecret, "s hs traffic", helloHash)
+	var serverHandshake []byte
+	h.clientHandshake, serverHandshake = handshakeSecret.trafficSecrets(h.transcript.sum())
 	defer clear(serverHandshake)
 	if h.writeCipher, err = h.newCipher(serverHandshake, nil, nil, 0); err != nil {
 		return err
@@ -271,13 +272,12 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		return err
 	}
 
-	master := masterSecret13(hash, handshakeSecret)
-	clear(handshakeSecret)
+	master := handshakeSecret.masterSecret()
+	handshakeSecret.wipe()
 	finishedHash := h.transcript.sum()
-	h.clientTraffic = deriveSecret(hash, master, "c ap traffic", finishedHash)
-	h.serverTraffic = deriveSecret(hash, master, "s ap traffic", finishedHash)
-	h.exporterSecret = deriveSecret(hash, master, "exp master", finishedHash)
-	clear(master)
+	h.clientTraffic, h.serverTraffic = master.trafficSecrets(finishedHash)
+	h.exporterSecret = master.exporterMasterSecret(finishedHash)
+	master.wipe()
 	// From its Finished on, the server writes under the server application
 	// traffic secret (RFC 8446, Section 7.1 and Appendix A.2): an alert it
 	// sends about the client's second flight is protected with it, because
