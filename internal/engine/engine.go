@@ -307,31 +307,58 @@ func (s *Session) String() string {
 func (s *Session) GoString() string { return "engine.Session{" + s.String() + "}" }
 
 // handshakeState is where the server is in the handshake: which message it
-// expects next. One handler per state, as in BoringSSL's handshake_server.
+// expects next. Each version has its own states, as BoringSSL's
+// state12_*/state13_* and rustls's Expect* types, one handler per state
+// (see steps in conn.go), so that a handler never branches on the version
+// and a new step (resumption, for one) is a new state.
 type handshakeState uint8
 
 const (
+	// stateClientHello: the version is not negotiated yet.
 	stateClientHello handshakeState = iota
-	stateClientHelloRetry
-	stateClientCertificate
-	stateClientKeyExchange
-	stateClientCertificateVerify
-	stateChangeCipherSpec
-	stateClientFinished
+
+	// TLS 1.2, RFC 5246, Section 7.3.
+	state12ClientCertificate
+	state12ClientKeyExchange
+	state12ClientCertificateVerify
+	state12ChangeCipherSpec
+	state12ClientFinished
+
+	// TLS 1.3, RFC 8446, Section 2.
+	state13SecondClientHello
+	state13ClientCertificate
+	state13ClientCertificateVerify
+	state13ClientFinished
+
 	stateComplete
 	stateFailed
 )
 
 var stateNames = [...]string{
-	stateClientHello:             "ClientHello",
-	stateClientHelloRetry:        "second ClientHello",
-	stateClientCertificate:       "client Certificate",
-	stateClientKeyExchange:       "ClientKeyExchange",
-	stateClientCertificateVerify: "client CertificateVerify",
-	stateChangeCipherSpec:        "ChangeCipherSpec",
-	stateClientFinished:          "client Finished",
-	stateComplete:                "complete",
-	stateFailed:                  "failed",
+	stateClientHello:               "ClientHello",
+	state12ClientCertificate:       "client Certificate",
+	state12ClientKeyExchange:       "ClientKeyExchange",
+	state12ClientCertificateVerify: "client CertificateVerify",
+	state12ChangeCipherSpec:        "ChangeCipherSpec",
+	state12ClientFinished:          "client Finished",
+	state13SecondClientHello:       "second ClientHello",
+	state13ClientCertificate:       "client Certificate",
+	state13ClientCertificateVerify: "client CertificateVerify",
+	state13ClientFinished:          "client Finished",
+	stateComplete:                  "complete",
+	stateFailed:                    "failed",
+}
+
+// version is the protocol version a pending state belongs to, 0 before the
+// ClientHello is processed.
+func (s handshakeState) version() uint16 {
+	switch {
+	case s >= state12ClientCertificate && s <= state12ClientFinished:
+		return tls.VersionTLS12
+	case s >= state13SecondClientHello && s <= state13ClientFinished:
+		return tls.VersionTLS13
+	}
+	return 0
 }
 
 // Handshake is the server side of one TLS handshake. It is not safe for

@@ -98,3 +98,24 @@ func FuzzRestoreHandshake(f *testing.F) {
 		h.Step(context.Background(), p.keys, in)
 	})
 }
+
+// TestRestoreRefusesOtherCodecVersion checks that a state saved under
+// another layout (version 2 numbered the handshake states differently) is
+// refused, not misread.
+func TestRestoreRefusesOtherCodecVersion(t *testing.T) {
+	p := getPKI(t)
+	cfg := serverConfig(p.p256)
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), p.keys, captureClientHello(t, clientConfig(p, "p256.example.com")))
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	saved, err := h.MarshalBinary()
+	require.NoError(t, err)
+	_, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	for _, v := range []byte{stateCodecVersion - 1, stateCodecVersion + 1} {
+		saved[0] = v
+		_, err = RestoreHandshake(&cfg, saved)
+		assert.ErrorIs(t, err, errBadState, "codec version %d", v)
+	}
+}
