@@ -18,12 +18,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/testenv"
 	"github.com/handshaked/handshaked/internal/testpki"
 )
@@ -31,14 +35,12 @@ import (
 func TestConfigPrecedence(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "config.json")
-	os.WriteFile(file, []byte(`{"mode":"production","tls-cert":"file.crt","tls-key":"file.key","client-ca":"file-ca.pem",
-		"policy":"file-policy.json","grpc-addr":"0.0.0.0:1","rate-limit":5,"call-timeout":"3s"}`), 0o600)
+	require.NoError(t, os.WriteFile(file, []byte(`{"mode":"production","tls-cert":"file.crt","tls-key":"file.key","client-ca":"file-ca.pem",
+		"policy":"file-policy.json","grpc-addr":"0.0.0.0:1","rate-limit":5,"call-timeout":"3s"}`), 0o600))
 	env := map[string]string{"HANDSHAKED_CONFIG": file, "HANDSHAKED_TLS_CERT": "env.crt", "HANDSHAKED_GRPC_ADDR": "0.0.0.0:2", kekEnv: "00"}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	cfg, err := parseConfig([]string{"-grpc-addr", "0.0.0.0:3"}, lookup, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for name, got := range map[string]any{
 		"grpc-addr (flag over env and file)": cfg.grpcAddr, "tls-cert (env over file)": cfg.tlsCert,
 		"tls-key (file)": cfg.tlsKey, "mode (file)": cfg.mode, "rate-limit (file)": cfg.rateLimit,
@@ -53,9 +55,7 @@ func TestConfigPrecedence(t *testing.T) {
 			"max-in-flight (production default)": productionMaxInFlight, "audit-log (production default)": "-",
 			"kek (environment only)": "00",
 		}[name]
-		if got != want {
-			t.Errorf("%s: %v, want %v", name, got, want)
-		}
+		assert.Equal(t, want, got, name)
 	}
 	none := func(string) (string, bool) { return "", false }
 	for _, tc := range []struct {
@@ -68,17 +68,16 @@ func TestConfigPrecedence(t *testing.T) {
 		{[]string{"-config", file + ".missing"}, "config"},
 		{[]string{"extra"}, "unexpected"},
 	} {
-		if _, err := parseConfig(tc.args, none, io.Discard); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: %v, want an error with %q", tc.args, err, tc.want)
-		}
+		_, err := parseConfig(tc.args, none, io.Discard)
+		assert.ErrorContains(t, err, tc.want, "%q", tc.args)
 	}
-	os.WriteFile(file, []byte(`{"polciy":"p.json"}`), 0o600)
-	if _, err := parseConfig([]string{"-config", file}, none, io.Discard); err == nil || !strings.Contains(err.Error(), "polciy") {
-		t.Errorf("misspelt setting: %v", err)
-	}
-	if cfg, err := parseConfig(nil, none, io.Discard); err != nil || cfg.rateLimit != 0 || cfg.auditLog != "" {
-		t.Errorf("development defaults: %+v %v", cfg, err)
-	}
+	require.NoError(t, os.WriteFile(file, []byte(`{"polciy":"p.json"}`), 0o600))
+	_, err = parseConfig([]string{"-config", file}, none, io.Discard)
+	assert.ErrorContains(t, err, "polciy", "misspelt setting")
+	cfg, err = parseConfig(nil, none, io.Discard)
+	require.NoError(t, err, "development defaults")
+	assert.Zero(t, cfg.rateLimit, "development rate limit")
+	assert.Empty(t, cfg.auditLog, "development audit log")
 }
 
 // prodSetup is a production configuration in a temporary directory.
@@ -113,9 +112,7 @@ func newProdSetup(t *testing.T) *prodSetup {
 		}
 		pkiEdge, pkiErr = pkiCA.Client("edge.test", true, time.Now().Add(time.Hour))
 	})
-	if pkiErr != nil {
-		t.Fatal(pkiErr)
-	}
+	require.NoError(t, pkiErr)
 	dir := t.TempDir()
 	kek := make([]byte, 32)
 	rand.Read(kek)
@@ -131,9 +128,7 @@ func newProdSetup(t *testing.T) *prodSetup {
 		s.policy:  {[]byte(`{"grants":[{"identities":["spiffe://test/admin"],"rights":["admin"]}]}`), 0o644},
 		s.kekFile: {[]byte(s.kekHex + "\n"), 0o600},
 	} {
-		if err := os.WriteFile(path, f.data, f.mode); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.WriteFile(path, f.data, f.mode))
 	}
 	return s
 }
@@ -162,9 +157,7 @@ func TestProductionRefusesToStart(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newProdSetup(t)
 			args := append(s.args(), tc.break_(s)...)
-			if out := waitExit(t, startProcess(t, s.dataDir, args...)); !strings.Contains(out, tc.want) {
-				t.Fatalf("refusal does not say %q:\n%s", tc.want, out)
-			}
+			assert.Contains(t, waitExit(t, startProcess(t, s.dataDir, args...)), tc.want, "the refusal names what is wrong")
 		})
 	}
 }
@@ -180,31 +173,62 @@ func (s *prodSetup) tlsConfig(leaf *testpki.Leaf) *tls.Config {
 func (s *prodSetup) kv(t *testing.T, addr string, leaf *testpki.Leaf) pb.KeyVaultClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(leaf))))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return pb.NewKeyVaultClient(conn)
 }
 
-func auditOperations(t *testing.T, path string) []map[string]any {
+// readAudit parses every line of the audit log at path; a line that is not
+// an entry, or has a field an entry does not, fails the test.
+func readAudit(t *testing.T, path string) []audit.Entry {
 	t.Helper()
 	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		if line == "" {
-			continue
-		}
-		var e map[string]any
-		if err := json.Unmarshal([]byte(line), &e); err != nil {
-			t.Fatalf("audit line %q: %v", line, err)
-		}
+	require.NoError(t, err)
+	var out []audit.Entry
+	for line := range strings.Lines(string(data)) {
+		dec := json.NewDecoder(strings.NewReader(line))
+		dec.DisallowUnknownFields()
+		var e audit.Entry
+		require.NoError(t, dec.Decode(&e), "audit line %q", line)
 		out = append(out, e)
 	}
 	return out
+}
+
+// wantEntry is the audit entry one call must leave.
+type wantEntry struct {
+	requestID, caller, operation, key, outcome string
+}
+
+// requireAudit checks that each call in want left exactly one entry in the
+// log at path, by its request id, saying who called what on which key and
+// how it ended, when and from where.
+func requireAudit(t *testing.T, path string, want ...wantEntry) {
+	t.Helper()
+	byID := map[string][]audit.Entry{}
+	for _, e := range readAudit(t, path) {
+		byID[e.RequestID] = append(byID[e.RequestID], e)
+	}
+	for _, w := range want {
+		require.NotEmpty(t, w.requestID, "a call without a request id: %+v", w)
+		es := byID[w.requestID]
+		require.Len(t, es, 1, "audit entries of request %s (%s)", w.requestID, w.operation)
+		e := es[0]
+		assert.Equal(t, w, wantEntry{e.RequestID, e.Caller, e.Operation, e.Key, e.Outcome}, "audit entry of request %s", w.requestID)
+		assert.WithinDuration(t, time.Now(), e.Time, time.Hour, "time of request %s", w.requestID)
+		assert.NotEmpty(t, e.Peer, "peer of request %s", w.requestID)
+	}
+}
+
+// requestID captures the request id the service returns with a call.
+type requestID struct{ md metadata.MD }
+
+func (r *requestID) opt() grpc.CallOption { return grpc.Header(&r.md) }
+func (r *requestID) String() string {
+	if v := r.md.Get("x-request-id"); len(v) == 1 {
+		return v[0]
+	}
+	return ""
 }
 
 // TestProductionInstance runs the binary in production mode configured by
@@ -216,101 +240,76 @@ func TestProductionInstance(t *testing.T) {
 	config := filepath.Join(s.dir, "handshaked.json")
 	settings, _ := json.Marshal(map[string]any{"tls-cert": s.cert, "tls-key": s.key, "client-ca": s.ca, "policy": s.policy,
 		"audit-log": s.auditLog, "rate-limit": 500})
-	os.WriteFile(config, settings, 0o600)
+	require.NoError(t, os.WriteFile(config, settings, 0o600))
 	env := []string{"HANDSHAKED_MODE=production", "HANDSHAKED_CONFIG=" + config, kekEnv + "=" + s.kekHex, "HANDSHAKED_INIT=true"}
 	p := startProcessEnv(t, s.dataDir, env)
-	if p.grpcAddr == "" {
-		t.Fatalf("did not start:\n%s", p.out())
-	}
-	if !strings.HasPrefix(p.restURL, "https://") || strings.Contains(p.out(), "DEVELOPMENT MODE") {
-		t.Fatalf("not in production mode:\n%s", p.out())
-	}
+	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
+	require.True(t, strings.HasPrefix(p.restURL, "https://"), "REST not over TLS:\n%s", p.out())
+	require.NotContains(t, p.out(), "DEVELOPMENT MODE")
 	ctx := context.Background()
 	admin, edge, anon := s.kv(t, p.grpcAddr, s.admin), s.kv(t, p.grpcAddr, s.edge), s.kv(t, p.grpcAddr, nil)
-	if _, err := admin.CreateKey(ctx, &pb.CreateKeyRequest{Id: "prod-key", Algorithm: pb.Algorithm_ALGORITHM_ED25519}); err != nil {
-		t.Fatalf("admin creates a key: %v", err)
-	}
+	var created, denied, anonymous requestID
+	_, err := admin.CreateKey(ctx, &pb.CreateKeyRequest{Id: "prod-key", Algorithm: pb.Algorithm_ALGORITHM_ED25519}, created.opt())
+	require.NoError(t, err, "admin creates a key")
 	sign := &pb.SignRequest{Key: "prod-key", Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, Input: &pb.SignRequest_Message{Message: []byte("m")}}
-	if _, err := edge.Sign(ctx, sign); status.Code(err) != codes.PermissionDenied {
-		t.Fatalf("edge signs before its grant: %v", err)
-	}
-	if _, err := anon.Sign(ctx, sign); status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("anonymous caller: %v", err)
-	}
+	_, err = edge.Sign(ctx, sign, denied.opt())
+	require.Equal(t, codes.PermissionDenied, status.Code(err), "edge signs before its grant: %v", err)
+	_, err = anon.Sign(ctx, sign, anonymous.opt())
+	require.Equal(t, codes.Unauthenticated, status.Code(err), "anonymous caller: %v", err)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: s.tlsConfig(nil)}}
 	resp, err := client.Get(p.restURL + "/v1/keys")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("REST without a certificate: %d", resp.StatusCode)
-	}
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "REST without a certificate")
 	fi, err := os.Stat(s.auditLog)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("audit log: %v %v", fi, err)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "audit log mode")
+	before := []wantEntry{
+		{created.String(), "spiffe://test/admin", "KeyVault.CreateKey", "prod-key", "OK"},
+		{denied.String(), "edge.test", "KeyVault.Sign", "prod-key", "PERMISSION_DENIED"},
+		{anonymous.String(), "", "KeyVault.Sign", "prod-key", "UNAUTHENTICATED"},
+		{resp.Header.Get("Grpc-Metadata-X-Request-Id"), "", "KeyVault.ListKeys", "", "UNAUTHENTICATED"},
 	}
-	if n := len(auditOperations(t, s.auditLog)); n < 4 {
-		t.Fatalf("%d audit entries for 4 calls", n)
-	}
+	requireAudit(t, s.auditLog, before...)
 
 	// SIGHUP: a new grant takes effect and the rotated audit log is
 	// reopened.
-	os.WriteFile(s.policy, []byte(`{"grants":[{"identities":["spiffe://test/admin"],"rights":["admin"]},
-		{"identities":["edge.test"],"rights":["use"],"keys":["prod-*"]}]}`), 0o644)
-	os.Rename(s.auditLog, s.auditLog+".1")
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		_, err := edge.Sign(ctx, sign)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("grant not in force after SIGHUP: %v\n%s", err, p.out())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	var signed bool
-	for _, e := range auditOperations(t, s.auditLog) {
-		signed = signed || e["operation"] == "KeyVault.Sign" && e["caller"] == "edge.test" && e["outcome"] == "OK"
-	}
-	if !signed {
-		t.Fatal("the reopened audit log lacks the edge's signature")
-	}
-	if fi, err := os.Stat(s.auditLog); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("reopened audit log: %v %v", fi, err)
-	}
-	if strings.Contains(p.out(), s.kekHex) {
-		t.Fatal("the key-encryption key is in the log")
-	}
-	p.cmd.Process.Kill()
+	require.NoError(t, os.WriteFile(s.policy, []byte(`{"grants":[{"identities":["spiffe://test/admin"],"rights":["admin"]},
+		{"identities":["edge.test"],"rights":["use"],"keys":["prod-*"]}]}`), 0o644))
+	rotated := s.auditLog + ".1"
+	require.NoError(t, os.Rename(s.auditLog, rotated))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	var signed requestID
+	require.Eventually(t, func() bool {
+		_, err := edge.Sign(ctx, sign, signed.opt())
+		return err == nil
+	}, 20*time.Second, 20*time.Millisecond, "grant not in force after SIGHUP:\n%s", p.out())
+	// The signature is in the reopened log; what came before stayed in the
+	// rotated one.
+	requireAudit(t, s.auditLog, wantEntry{signed.String(), "edge.test", "KeyVault.Sign", "prod-key", "OK"})
+	requireAudit(t, rotated, before...)
+	fi, err = os.Stat(s.auditLog)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "reopened audit log mode")
+	assert.NotContains(t, p.out(), s.kekHex, "the key-encryption key is in the log")
+	require.NoError(t, p.cmd.Process.Kill())
 	<-p.exited
 
 	// The same store opens with the KEK from a file.
 	p = startProcess(t, s.dataDir, s.args()...)
-	if p.grpcAddr == "" {
-		t.Fatalf("restart with -kek-file:\n%s", p.out())
-	}
-	if _, err := s.kv(t, p.grpcAddr, s.admin).GetKey(ctx, &pb.GetKeyRequest{Key: "prod-key"}); err != nil {
-		t.Fatalf("key after restart: %v", err)
-	}
+	require.NotEmpty(t, p.grpcAddr, "restart with -kek-file:\n%s", p.out())
+	_, err = s.kv(t, p.grpcAddr, s.admin).GetKey(ctx, &pb.GetKeyRequest{Key: "prod-key"})
+	require.NoError(t, err, "key after restart")
 }
 
 // readmeBlock returns the shell block of the README between two markers.
 func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
 	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	_, rest, ok := strings.Cut(string(readme), "<!-- "+name+":begin -->")
 	block, _, ok2 := strings.Cut(rest, "<!-- "+name+":end -->")
-	if !ok || !ok2 {
-		t.Fatalf("README has no %s block", name)
-	}
+	require.True(t, ok && ok2, "README has no %s block", name)
 	block = strings.TrimSpace(block)
 	block = strings.TrimPrefix(block, "```sh")
 	return strings.TrimSuffix(block, "```")
@@ -326,32 +325,24 @@ func TestREADMECertificates(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command("bash", "-c", "set -euo pipefail\n"+readmeBlock(t, "certificates"))
 	cmd.Dir = dir
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("README certificate commands: %v\n%s", err, out)
-	}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "README certificate commands:\n%s", out)
 	policy := filepath.Join(dir, "policy.json")
-	os.WriteFile(policy, []byte(`{"grants":[{"identities":["spiffe://example.org/edge"],"rights":["use","manage"],"keys":["web-*"]}]}`), 0o644)
+	require.NoError(t, os.WriteFile(policy, []byte(`{"grants":[{"identities":["spiffe://example.org/edge"],"rights":["use","manage"],"keys":["web-*"]}]}`), 0o644))
 	in := func(name string) string { return filepath.Join(dir, name) }
 	p := startProcess(t, in("data"), "-mode", "production", "-tls-cert", in("tls.crt"), "-tls-key", in("tls.key"),
 		"-client-ca", in("clients-ca.pem"), "-policy", policy, "-kek-file", in("kek"), "-audit-log", in("audit.log"), "-init")
-	if p.grpcAddr == "" {
-		t.Fatalf("did not start with the README's files:\n%s", p.out())
-	}
+	require.NotEmpty(t, p.grpcAddr, "did not start with the README's files:\n%s", p.out())
 	leaf, err := tls.LoadX509KeyPair(in("edge.crt"), in("edge.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(readFileT(t, in("clients-ca.pem")))
 	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(
 		&tls.Config{RootCAs: roots, ServerName: "handshaked.example.org", Certificates: []tls.Certificate{leaf}})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer conn.Close()
-	if _, err := pb.NewKeyVaultClient(conn).CreateKey(context.Background(), &pb.CreateKeyRequest{Id: "web-ec", Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256}); err != nil {
-		t.Fatalf("the README's caller creates web-ec: %v", err)
-	}
+	_, err = pb.NewKeyVaultClient(conn).CreateKey(context.Background(), &pb.CreateKeyRequest{Id: "web-ec", Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256})
+	require.NoError(t, err, "the README's caller creates web-ec")
 	// The README's curl call, pointed at this instance.
 	_, port, _ := strings.Cut(strings.TrimPrefix(p.restURL, "https://"), ":")
 	call := readmeCurl(t)
@@ -359,30 +350,50 @@ func TestREADMECertificates(t *testing.T) {
 	call = strings.Replace(call, "curl ", "curl -fsS --resolve handshaked.example.org:"+port+":127.0.0.1 ", 1)
 	cmd = exec.Command("bash", "-c", call)
 	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), `"signature"`) {
-		t.Fatalf("README curl call: %v\n%s\nserver:\n%s", err, out, p.out())
+	out, err = cmd.CombinedOutput()
+	require.NoError(t, err, "README curl call:\n%s\nserver:\n%s", out, p.out())
+	assert.Contains(t, string(out), `"signature"`, "README curl call answers a signature")
+}
+
+// TestREADMEMutationCommand runs the README's mutation-testing command as
+// written, narrowed to the smallest package and to a dry run (finding the
+// mutants, not testing them: a full run takes far too long for the suite).
+func TestREADMEMutationCommand(t *testing.T) {
+	for _, tool := range []string{"bash", "nice", "go"} {
+		testenv.LookPath(t, tool)
 	}
+	script := readmeBlock(t, "mutation")
+	for old, new := range map[string]string{
+		"for pkg in authz keyvault service engine;": "for pkg in authz;",
+		"gremlins unleash ":                         "gremlins unleash --dry-run ",
+	} {
+		require.Equal(t, 1, strings.Count(script, old), "the README's mutation command has %q", old)
+		script = strings.Replace(script, old, new, 1)
+	}
+	cmd := exec.Command("bash", "-c", "set -euo pipefail\n"+script)
+	cmd.Dir = filepath.Join("..", "..")
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir()) // gremlins' coverage profile and work copies
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "README mutation command:\n%s", out)
+	assert.Regexp(t, `RUNNABLE .* at policy\.go:`, string(out), "gremlins found the authz package's mutants")
+	assert.Contains(t, string(out), "Dry run completed")
 }
 
 // readmeCurl is the curl call that follows the certificates block.
 func readmeCurl(t *testing.T) string {
 	t.Helper()
-	readme, _ := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	require.NoError(t, err)
 	_, rest, _ := strings.Cut(string(readme), "<!-- certificates:end -->")
 	_, rest, ok := strings.Cut(rest, "```sh\n")
 	call, _, ok2 := strings.Cut(rest, "```")
-	if !ok || !ok2 || !strings.HasPrefix(call, "curl ") {
-		t.Fatalf("no curl call after the certificates block: %q", call)
-	}
+	require.True(t, ok && ok2 && strings.HasPrefix(call, "curl "), "no curl call after the certificates block: %q", call)
 	return call
 }
 
 func readFileT(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return b
 }

@@ -10,25 +10,40 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func readLines(t *testing.T, path string) []Entry {
 	t.Helper()
 	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer f.Close()
 	var out []Entry
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		var e Entry
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("line %q: %v", sc.Text(), err)
-		}
+		require.NoError(t, json.Unmarshal(sc.Bytes(), &e), "line %q", sc.Text())
 		out = append(out, e)
 	}
+	require.NoError(t, sc.Err())
 	return out
+}
+
+func operations(es []Entry) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Operation)
+	}
+	return out
+}
+
+func requireMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, want, fi.Mode().Perm(), "mode of %s", path)
 }
 
 // TestConcurrentWritesAreWholeLines: many writers, every line parses and
@@ -36,9 +51,7 @@ func readLines(t *testing.T, path string) []Entry {
 func TestConcurrentWritesAreWholeLines(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	l, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	const writers, each = 8, 200
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -46,85 +59,66 @@ func TestConcurrentWritesAreWholeLines(t *testing.T) {
 			for i := range each {
 				e := &Entry{Time: time.Now(), Caller: fmt.Sprintf("w%d", w), Operation: "KeyVault.Sign", Key: "k",
 					Detail: strings.Repeat("x", 100*(i%7)), Outcome: "OK"}
-				if err := l.Write(e); err != nil {
-					t.Error(err)
-				}
+				assert.NoError(t, l.Write(e))
 			}
 		})
 	}
 	wg.Wait()
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
+	require.NoError(t, l.Close())
+	lines := readLines(t, path)
+	assert.Len(t, lines, writers*each)
+	perWriter := map[string]int{}
+	for _, e := range lines {
+		perWriter[e.Caller]++
 	}
-	if got := len(readLines(t, path)); got != writers*each {
-		t.Fatalf("%d lines, want %d", got, writers*each)
+	for w := range writers {
+		assert.Equal(t, each, perWriter[fmt.Sprintf("w%d", w)], "entries of writer %d", w)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Fatalf("audit log mode %v, want 0600", fi.Mode().Perm())
-	}
+	requireMode(t, path, 0o600)
 }
 
 // TestReopenAfterRotation: the operator moves the file away and asks for a
-// reopen; later entries go to a new file at the old path.
+// reopen; later entries go to a new file at the old path. A reopen that
+// fails keeps the log writing to the file it had.
 func TestReopenAfterRotation(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "audit.log")
 	l, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer l.Close()
-	l.Write(&Entry{Operation: "before", Outcome: "OK"})
-	if err := os.Rename(path, path+".1"); err != nil {
-		t.Fatal(err)
-	}
-	l.Write(&Entry{Operation: "after-move", Outcome: "OK"}) // still the moved file
-	if err := l.Reopen(); err != nil {
-		t.Fatal(err)
-	}
-	l.Write(&Entry{Operation: "after-reopen", Outcome: "OK"})
-	old, cur := readLines(t, path+".1"), readLines(t, path)
-	if len(old) != 2 || old[1].Operation != "after-move" {
-		t.Fatalf("rotated file: %+v", old)
-	}
-	if len(cur) != 1 || cur[0].Operation != "after-reopen" {
-		t.Fatalf("new file: %+v", cur)
-	}
-	fi, _ := os.Stat(path)
-	if fi.Mode().Perm() != 0o600 {
-		t.Fatalf("reopened file mode %v", fi.Mode().Perm())
-	}
-	// A reopen that fails keeps the log writing where it was.
-	if err := os.Chmod(dir, 0o500); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Chmod(dir, 0o700)
-	os.Rename(path, path+".2")
-	if os.Getuid() != 0 { // root ignores the directory's mode
-		if err := l.Reopen(); err == nil {
-			t.Fatal("reopen in a read-only directory succeeded")
-		}
-		if err := l.Write(&Entry{Operation: "after-failed-reopen", Outcome: "OK"}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(op string) { require.NoError(t, l.Write(&Entry{Operation: op, Outcome: "OK"})) }
+	write("before")
+	require.NoError(t, os.Rename(path, path+".1"))
+	write("after-move") // still the moved file
+	require.NoError(t, l.Reopen())
+	write("after-reopen")
+	assert.Equal(t, []string{"before", "after-move"}, operations(readLines(t, path+".1")), "rotated file")
+	assert.Equal(t, []string{"after-reopen"}, operations(readLines(t, path)), "new file")
+	requireMode(t, path, 0o600)
+
+	// A directory where the file was makes the reopen fail for root too
+	// (CI runs as root, which a read-only directory would not stop).
+	require.NoError(t, os.Rename(path, path+".2"))
+	require.NoError(t, os.Mkdir(path, 0o700))
+	assert.Error(t, l.Reopen(), "reopen onto a directory")
+	write("after-failed-reopen")
+	assert.Equal(t, []string{"after-reopen", "after-failed-reopen"}, operations(readLines(t, path+".2")),
+		"after a failed reopen the log keeps writing to its file")
+
+	// Once the path is usable again, a reopen moves on to it.
+	require.NoError(t, os.Remove(path))
+	require.NoError(t, l.Reopen())
+	write("after-second-reopen")
+	assert.Equal(t, []string{"after-second-reopen"}, operations(readLines(t, path)), "file after the second reopen")
 }
 
 // TestEntryJSON pins the field names operators grep for.
 func TestEntryJSON(t *testing.T) {
 	var b strings.Builder
 	l := New(&b)
-	l.Write(&Entry{Time: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), RequestID: "r1", Caller: "spiffe://x/edge",
-		Operation: "KeyVault.Sign", Key: "k", Version: 2, Scheme: "SIGNATURE_SCHEME_ED25519", Outcome: "OK", DurationMS: 1.5})
+	require.NoError(t, l.Write(&Entry{Time: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), RequestID: "r1", Caller: "spiffe://x/edge",
+		Operation: "KeyVault.Sign", Key: "k", Version: 2, Scheme: "SIGNATURE_SCHEME_ED25519", Outcome: "OK", DurationMS: 1.5}))
 	want := `{"time":"2030-01-02T03:04:05Z","request_id":"r1","caller":"spiffe://x/edge","operation":"KeyVault.Sign","key":"k","version":2,"scheme":"SIGNATURE_SCHEME_ED25519","outcome":"OK","duration_ms":1.5}` + "\n"
-	if b.String() != want {
-		t.Fatalf("got  %s\nwant %s", b.String(), want)
-	}
-	if err := l.Reopen(); err != nil {
-		t.Fatalf("reopen of a stream: %v", err)
-	}
+	assert.Equal(t, want, b.String())
+	assert.NoError(t, l.Reopen(), "reopen of a stream")
 }

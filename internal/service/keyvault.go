@@ -48,6 +48,7 @@ func NewKeyVault(vault *keyvault.Vault, visible func(context.Context, *keyvault.
 	key := make([]byte, 32)
 	rand.Read(key)
 	block, err := aes.NewCipher(key)
+	clear(key) // the cipher keeps its own expanded copy
 	if err != nil {
 		return nil, fmt.Errorf("page tokens: %w", err)
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestRateLimiter(t *testing.T) {
@@ -101,4 +103,23 @@ func TestCallerCapsDevelopmentCaller(t *testing.T) {
 		require.True(t, c.acquire("", 1))
 	}
 	assert.False(t, c.acquire("", 1))
+}
+
+// TestSessionInput: one handshake may be sent at most maxSessionInput bytes
+// in all (INVALID_ARGUMENT past it: no valid handshake needs more), one
+// caller a quarter of the input ceiling (RESOURCE_EXHAUSTED), and what an
+// ended handshake held is free again.
+func TestSessionInput(t *testing.T) {
+	st := newSessionStore(HandshakeOptions{MaxSessions: 10, SessionTTL: time.Minute, MaxInput: 8 * maxSessionInput}, nil)
+	var a, b int64
+	require.NoError(t, st.take("edge", &a, maxSessionInput))
+	assert.Equal(t, codes.InvalidArgument, status.Code(st.take("edge", &a, 1)), "one byte past the handshake's bound")
+	assert.Equal(t, int64(maxSessionInput), a)
+	require.NoError(t, st.take("edge", &b, maxSessionInput))
+	var c int64
+	assert.Equal(t, codes.ResourceExhausted, status.Code(st.take("edge", &c, 1)), "past the caller's quarter")
+	require.NoError(t, st.take("admin", &c, maxSessionInput), "another caller's share")
+	st.drop("edge", &a)
+	assert.Zero(t, a)
+	assert.NoError(t, st.take("edge", &a, maxSessionInput), "the ended handshake's bytes were not freed")
 }

@@ -21,6 +21,13 @@ type swappedChain struct {
 	chainOf string
 }
 
+// noChain answers an empty chain, as a Vault other than the SDK's could.
+type noChain struct{ keyless.Vault }
+
+func (noChain) CertificateChain(context.Context, string, uint32) ([][]byte, uint32, error) {
+	return nil, 1, nil
+}
+
 func (s swappedChain) CertificateChain(ctx context.Context, id string, version uint32) ([][]byte, uint32, error) {
 	chain, _, err := s.Vault.CertificateChain(ctx, s.chainOf, 0)
 	if err != nil {
@@ -55,4 +62,8 @@ func TestCertificateLeafMatchesKey(t *testing.T) {
 	rsa3072 := srv.ServerKey(t, "rsa3072", "rsa3072-pkcs8.pem", "rsa3072.test")
 	_, err := keyless.Certificate(ctx, swappedChain{Vault: c, chainOf: rsa3072.ID}, "rsa")
 	assert.ErrorContains(t, err, "does not certify", "rsa with the chain of another RSA key")
+
+	// An empty chain is an error, not a panic.
+	_, err = keyless.Certificate(ctx, noChain{c}, "rsa")
+	assert.ErrorContains(t, err, "no certificate chain")
 }

@@ -71,6 +71,9 @@ func Certificate(ctx context.Context, v Vault, id string) (tls.Certificate, erro
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("keyless: %w", err)
 	}
+	if len(chain) == 0 {
+		return tls.Certificate{}, fmt.Errorf("keyless: key %s version %d has no certificate chain", id, version)
+	}
 	key, err := New(ctx, v, id, version)
 	if err != nil {
 		return tls.Certificate{}, err

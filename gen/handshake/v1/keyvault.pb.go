@@ -225,8 +225,10 @@ type DecryptMode int32
 const (
 	DecryptMode_DECRYPT_MODE_UNSPECIFIED DecryptMode = 0
 	// PKCS#1 v1.5 for a TLS 1.2 premaster secret, with implicit rejection
-	// (RFC 5246 §7.4.7.1): always 48 bytes; a bad ciphertext yields random bytes
-	// and status OK, so a caller cannot learn whether the padding was valid.
+	// (RFC 5246 §7.4.7.1): always 48 bytes and status OK. A bad ciphertext
+	// yields a substitute derived from the ciphertext and a secret of the key
+	// (the same bytes on every query), so a caller cannot learn whether the
+	// padding was valid, not even by asking twice.
 	DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER DecryptMode = 1
 	// RSA-OAEP with SHA-256 and an empty label.
 	DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256 DecryptMode = 2
@@ -612,7 +614,9 @@ func (x *GetKeyRequest) GetKey() string {
 type ListKeysRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many keys (default 50, at most 1000).
-	PageSize      int32  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page: opaque, valid only for the
+	// caller it was given to, and not across a restart of the service.
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -662,7 +666,9 @@ func (x *ListKeysRequest) GetPageToken() string {
 	return ""
 }
 
-// ListKeysResponse is one page of keys.
+// ListKeysResponse is one page of keys: those the caller holds a right on.
+// A page may hold fewer keys than asked, or none, and still have a
+// next_page_token (one call examines a bounded number of keys).
 type ListKeysResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Keys  []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
