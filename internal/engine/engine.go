@@ -47,9 +47,11 @@ type KeyOps interface {
 	SignatureSchemes(ctx context.Context, keyRef string, vers uint16) ([]tls.SignatureScheme, error)
 	// DecryptPremaster decrypts a TLS 1.2 RSA EncryptedPreMasterSecret with
 	// implicit rejection (RFC 5246, Section 7.4.7.1): it always returns 48
-	// bytes, random ones when the padding or the version (clientVersion, the
-	// ClientHello's legacy_version) is wrong, and fails only for operational
-	// reasons, never for properties of the ciphertext.
+	// bytes, a substitute that looks random (and is the same for the same
+	// ciphertext, so asking twice tells nothing) when the padding or the
+	// version (clientVersion, the ClientHello's legacy_version) is wrong, and
+	// fails only for operational reasons, never for properties of the
+	// ciphertext.
 	DecryptPremaster(ctx context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error)
 }
 

@@ -419,7 +419,7 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 		ev.add("key_exchange", "RSA")
 		// Bleichenbacher (RFC 5246, Section 7.4.7.1): a padding or version
 		// error must be indistinguishable from success, in alerts and in
-		// timing. KeyOps substitutes 48 random bytes in that case and never
+		// timing. KeyOps substitutes 48 pseudorandom bytes in that case and never
 		// reports it; the handshake continues with whatever it returns, so a
 		// wrong premaster only shows when the client's Finished record fails
 		// to authenticate under the derived keys, exactly as for any other
