@@ -6,6 +6,8 @@ import (
 	"net"
 	"runtime"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // The handshake benchmarks run crypto/tls's client against the engine and,
@@ -62,9 +64,7 @@ func BenchmarkHandshake(b *testing.B) {
 						}
 					}
 					if res.State != NeedInput {
-						if res.State == Failed {
-							b.Fatal(res.Reason)
-						}
+						require.NotEqual(b, Failed, res.State, res.Reason)
 						return nil
 					}
 				}
@@ -90,12 +90,8 @@ func benchLoop(b *testing.B, client *tls.Config, serve func(net.Conn) error) {
 		s, c := net.Pipe()
 		done := make(chan error, 1)
 		go func() { done <- tls.Client(c, client).Handshake() }()
-		if err := serve(s); err != nil {
-			b.Fatal(err)
-		}
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
+		require.NoError(b, serve(s))
+		require.NoError(b, <-done)
 		s.Close()
 		c.Close()
 	}
@@ -124,9 +120,8 @@ func BenchmarkPendingHandshake(b *testing.B) {
 				runtime.ReadMemStats(&before)
 				for i := range pending {
 					h, _ := NewHandshake(&cfg)
-					if res := h.Step(context.Background(), p.keys, hello); res.State != NeedInput {
-						b.Fatal(res.Reason)
-					}
+					res := h.Step(context.Background(), p.keys, hello)
+					require.Equal(b, NeedInput, res.State, res.Reason)
 					pending[i] = h
 				}
 				runtime.GC()
@@ -135,9 +130,7 @@ func BenchmarkPendingHandshake(b *testing.B) {
 			}
 			runtime.KeepAlive(pending)
 			saved, err := pending[0].MarshalBinary()
-			if err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
 			b.ReportMetric(perHandshake, "B/pending")
 			b.ReportMetric(float64(len(saved)), "B/saved")
 		})

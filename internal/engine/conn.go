@@ -198,13 +198,13 @@ func (h *Handshake) handleChangeCipherSpec(body []byte) error {
 			return fail(alertUnexpectedMessage, "more than %d change_cipher_spec records in a TLS 1.3 handshake", maxDroppedCCS)
 		}
 		return nil
-	case h.state == stateChangeCipherSpec:
+	case h.state == state12ChangeCipherSpec:
 		c, err := h.newCipher(nil, h.clientKey, h.clientIV, 0)
 		if err != nil {
 			return err
 		}
 		h.readCipher = c
-		h.state = stateClientFinished
+		h.state = state12ClientFinished
 		return nil
 	}
 	return fail(alertUnexpectedMessage, "change_cipher_spec while expecting %s", stateNames[h.state])
@@ -222,10 +222,7 @@ func (h *Handshake) processMessages() error {
 		}
 		msg := h.hsBuf[:4+n]
 		h.hsBuf = h.hsBuf[4+n:]
-		// A ClientHello ends the client's flight, and keys change after
-		// it in TLS 1.3 and after Finished in both versions: the message
-		// must end its record (RFC 8446, Section 5.1).
-		if len(h.hsBuf) > 0 && (h.state == stateClientHello || h.state == stateClientHelloRetry || h.state == stateClientFinished) {
+		if len(h.hsBuf) > 0 && steps[h.state].endsRecord {
 			return fail(alertUnexpectedMessage, "data after the %s in the same record", stateNames[h.state])
 		}
 		if err := h.handleMessage(msg[0], msg[4:], msg); err != nil {
@@ -238,39 +235,42 @@ func (h *Handshake) processMessages() error {
 	return nil
 }
 
-// expectedMessage is the handshake message type each state waits for.
-var expectedMessage = map[handshakeState]uint8{
-	stateClientHello:             typeClientHello,
-	stateClientHelloRetry:        typeClientHello,
-	stateClientCertificate:       typeCertificate,
-	stateClientKeyExchange:       typeClientKeyExchange,
-	stateClientCertificateVerify: typeCertificateVerify,
-	stateClientFinished:          typeFinished,
+// step is what a state waiting for a handshake message does: the message
+// type it expects, its handler, and whether that message must end its
+// record (a ClientHello ends the client's flight, and keys change after it
+// in TLS 1.3 and after Finished in both versions, RFC 8446, Section 5.1).
+type step struct {
+	msg        uint8
+	handle     func(h *Handshake, body, raw []byte) error
+	endsRecord bool
+}
+
+// steps holds the step of every state that waits for a handshake message
+// (state12ChangeCipherSpec waits for a record instead): a new state is one
+// more entry.
+var steps = map[handshakeState]step{
+	stateClientHello:               {typeClientHello, (*Handshake).processClientHello, true},
+	state12ClientCertificate:       {typeCertificate, (*Handshake).processClientCertificate12, false},
+	state12ClientKeyExchange:       {typeClientKeyExchange, (*Handshake).processClientKeyExchange, false},
+	state12ClientCertificateVerify: {typeCertificateVerify, (*Handshake).processClientCertificateVerify12, false},
+	state12ClientFinished:          {typeFinished, (*Handshake).processClientFinished12, true},
+	state13SecondClientHello:       {typeClientHello, (*Handshake).processSecondClientHello, true},
+	state13ClientCertificate:       {typeCertificate, (*Handshake).processClientCertificate13, false},
+	state13ClientCertificateVerify: {typeCertificateVerify, (*Handshake).processClientCertificateVerify13, false},
+	state13ClientFinished:          {typeFinished, (*Handshake).processClientFinished13, true},
 }
 
 // handleMessage dispatches a handshake message to the handler of the
 // current state.
 func (h *Handshake) handleMessage(typ uint8, body, raw []byte) error {
-	if want, ok := expectedMessage[h.state]; !ok || want != typ {
+	st, ok := steps[h.state]
+	if !ok || st.msg != typ {
 		if typ == typeClientHello {
 			return fail(alertUnexpectedMessage, "renegotiation refused: ClientHello while expecting %s", stateNames[h.state])
 		}
 		return fail(alertUnexpectedMessage, "unexpected %s while expecting %s", messageName(typ), stateNames[h.state])
 	}
-	switch h.state {
-	case stateClientHello:
-		return h.processClientHello(body, raw)
-	case stateClientHelloRetry:
-		return h.processSecondClientHello(body, raw)
-	case stateClientCertificate:
-		return h.processClientCertificate(body, raw)
-	case stateClientKeyExchange:
-		return h.processClientKeyExchange(body, raw)
-	case stateClientCertificateVerify:
-		return h.processClientCertificateVerify(body, raw)
-	default:
-		return h.processClientFinished(body, raw)
-	}
+	return st.handle(h, body, raw)
 }
 
 // sendMessage adds a handshake message to the transcript and to the flight

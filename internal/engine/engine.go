@@ -47,9 +47,11 @@ type KeyOps interface {
 	SignatureSchemes(ctx context.Context, keyRef string, vers uint16) ([]tls.SignatureScheme, error)
 	// DecryptPremaster decrypts a TLS 1.2 RSA EncryptedPreMasterSecret with
 	// implicit rejection (RFC 5246, Section 7.4.7.1): it always returns 48
-	// bytes, random ones when the padding or the version (clientVersion, the
-	// ClientHello's legacy_version) is wrong, and fails only for operational
-	// reasons, never for properties of the ciphertext.
+	// bytes, a substitute that looks random (and is the same for the same
+	// ciphertext, so asking twice tells nothing) when the padding or the
+	// version (clientVersion, the ClientHello's legacy_version) is wrong, and
+	// fails only for operational reasons, never for properties of the
+	// ciphertext.
 	DecryptPremaster(ctx context.Context, keyRef string, ciphertext []byte, clientVersion uint16) ([]byte, error)
 }
 
@@ -307,31 +309,58 @@ func (s *Session) String() string {
 func (s *Session) GoString() string { return "engine.Session{" + s.String() + "}" }
 
 // handshakeState is where the server is in the handshake: which message it
-// expects next. One handler per state, as in BoringSSL's handshake_server.
+// expects next. Each version has its own states, as BoringSSL's
+// state12_*/state13_* and rustls's Expect* types, one handler per state
+// (see steps in conn.go), so that a handler never branches on the version
+// and a new step (resumption, for one) is a new state.
 type handshakeState uint8
 
 const (
+	// stateClientHello: the version is not negotiated yet.
 	stateClientHello handshakeState = iota
-	stateClientHelloRetry
-	stateClientCertificate
-	stateClientKeyExchange
-	stateClientCertificateVerify
-	stateChangeCipherSpec
-	stateClientFinished
+
+	// TLS 1.2, RFC 5246, Section 7.3.
+	state12ClientCertificate
+	state12ClientKeyExchange
+	state12ClientCertificateVerify
+	state12ChangeCipherSpec
+	state12ClientFinished
+
+	// TLS 1.3, RFC 8446, Section 2.
+	state13SecondClientHello
+	state13ClientCertificate
+	state13ClientCertificateVerify
+	state13ClientFinished
+
 	stateComplete
 	stateFailed
 )
 
 var stateNames = [...]string{
-	stateClientHello:             "ClientHello",
-	stateClientHelloRetry:        "second ClientHello",
-	stateClientCertificate:       "client Certificate",
-	stateClientKeyExchange:       "ClientKeyExchange",
-	stateClientCertificateVerify: "client CertificateVerify",
-	stateChangeCipherSpec:        "ChangeCipherSpec",
-	stateClientFinished:          "client Finished",
-	stateComplete:                "complete",
-	stateFailed:                  "failed",
+	stateClientHello:               "ClientHello",
+	state12ClientCertificate:       "client Certificate",
+	state12ClientKeyExchange:       "ClientKeyExchange",
+	state12ClientCertificateVerify: "client CertificateVerify",
+	state12ChangeCipherSpec:        "ChangeCipherSpec",
+	state12ClientFinished:          "client Finished",
+	state13SecondClientHello:       "second ClientHello",
+	state13ClientCertificate:       "client Certificate",
+	state13ClientCertificateVerify: "client CertificateVerify",
+	state13ClientFinished:          "client Finished",
+	stateComplete:                  "complete",
+	stateFailed:                    "failed",
+}
+
+// version is the protocol version a pending state belongs to, 0 before the
+// ClientHello is processed.
+func (s handshakeState) version() uint16 {
+	switch {
+	case s >= state12ClientCertificate && s <= state12ClientFinished:
+		return tls.VersionTLS12
+	case s >= state13SecondClientHello && s <= state13ClientFinished:
+		return tls.VersionTLS13
+	}
+	return 0
 }
 
 // Handshake is the server side of one TLS handshake. It is not safe for
@@ -351,46 +380,24 @@ type Handshake struct {
 	// readCipher and writeCipher protect records once keys are in use.
 	readCipher, writeCipher *record.Cipher
 
-	// Negotiated parameters.
-	vers          uint16
-	suite         *record.Suite
-	kex           keyExchange // TLS 1.2
-	group         tls.CurveID
-	cert          int
-	scheme        tls.SignatureScheme
-	serverName    string
-	alpn          string
-	clientVersion uint16 // ClientHello.legacy_version, for the RSA premaster check
-	clientRandom  []byte
-	serverRandom  []byte
-	ems           bool
-	clientAuth    bool // a CertificateRequest was sent
-	didHRR        bool
-	sentCCS       bool   // TLS 1.3 compatibility change_cipher_spec sent
-	droppedCCS    uint8  // TLS 1.3 change_cipher_spec records received
-	sessionID     []byte // echoed in TLS 1.3, RFC 8446, Section 4.1.3
-	hrrHello      []byte // TLS 1.3: fingerprint of ClientHello1, see helloFingerprint
-	// skipEarlyData is set while records may be 0-RTT data the server
-	// refused; skippedEarlyData counts their bytes (RFC 8446, Section 4.2.10).
-	skipEarlyData    bool
-	skippedEarlyData int
+	// Negotiated parameters and state of either version.
+	vers         uint16
+	suite        *record.Suite
+	group        tls.CurveID
+	cert         int
+	scheme       tls.SignatureScheme
+	serverName   string
+	alpn         string
+	clientRandom []byte
+	serverRandom []byte
+	clientAuth   bool // a CertificateRequest was sent
+	transcript   *transcript
+	peerCerts    [][]byte
+	peerKey      crypto.PublicKey
 
-	transcript *transcript
-	peerCerts  [][]byte
-	peerKey    crypto.PublicKey
-
-	// Secrets. TLS 1.2: the ECDHE key until ClientKeyExchange, the master
-	// secret and the key block. TLS 1.3: the client handshake traffic
-	// secret and the application and exporter secrets (the server's
-	// handshake traffic secret lives only while its flight is written).
-	ecdheKey            *ecdh.PrivateKey
-	masterSecret        []byte
-	clientKey, clientIV []byte
-	serverKey, serverIV []byte
-	clientHandshake     []byte
-	clientTraffic       []byte
-	serverTraffic       []byte
-	exporterSecret      []byte
+	// What only one version's states use.
+	handshake12
+	handshake13
 
 	session *Session
 
@@ -401,6 +408,39 @@ type Handshake struct {
 	out    []byte
 	flight []byte
 	trace  []TraceEvent
+}
+
+// handshake12 is what only the TLS 1.2 states (state12_*) use.
+type handshake12 struct {
+	kex           keyExchange
+	clientVersion uint16 // ClientHello.legacy_version, for the RSA premaster check
+	ems           bool   // RFC 7627
+	// Secrets: the ECDHE key until ClientKeyExchange, the master secret and
+	// the key block.
+	ecdheKey            *ecdh.PrivateKey
+	masterSecret        []byte
+	clientKey, clientIV []byte
+	serverKey, serverIV []byte
+}
+
+// handshake13 is what only the TLS 1.3 states (state13_*) use.
+type handshake13 struct {
+	didHRR     bool
+	sentCCS    bool   // compatibility change_cipher_spec sent
+	droppedCCS uint8  // change_cipher_spec records received
+	sessionID  []byte // echoed, RFC 8446, Section 4.1.3
+	hrrHello   []byte // fingerprint of ClientHello1, see helloFingerprint
+	// skipEarlyData is set while records may be 0-RTT data the server
+	// refused; skippedEarlyData counts their bytes (RFC 8446, Section 4.2.10).
+	skipEarlyData    bool
+	skippedEarlyData int
+	// Secrets: the client handshake traffic secret and the application and
+	// exporter secrets (the server's handshake traffic secret lives only
+	// while its flight is written).
+	clientHandshake []byte
+	clientTraffic   []byte
+	serverTraffic   []byte
+	exporterSecret  []byte
 }
 
 // NewHandshake starts the server side of a handshake under cfg.

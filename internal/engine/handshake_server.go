@@ -311,9 +311,9 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	if err := h.flush(); err != nil {
 		return err
 	}
-	h.state = stateClientKeyExchange
+	h.state = state12ClientKeyExchange
 	if h.clientAuth {
-		h.state = stateClientCertificate
+		h.state = state12ClientCertificate
 	}
 	return nil
 }
@@ -361,36 +361,32 @@ func traceServerCertificate(cert *Certificate) TraceEvent {
 	return traceCertificates(Sent, len(cert.Chain), []string{cert.subject})
 }
 
-// processClientCertificate handles the client's Certificate in either
-// version: an empty one is allowed unless ClientAuthRequired; otherwise the
-// chain must verify against ClientCAs.
-func (h *Handshake) processClientCertificate(body, raw []byte) error {
-	msg := certificateMsg{tls13: h.vers == tls.VersionTLS13}
+// processClientCertificate12 handles the TLS 1.2 client Certificate (RFC
+// 5246, Section 7.4.6); its CertificateVerify, if any, follows the
+// ClientKeyExchange.
+func (h *Handshake) processClientCertificate12(body, raw []byte) error {
+	var msg certificateMsg
 	if !msg.unmarshal(body) {
 		return fail(alertDecodeError, "malformed client Certificate")
 	}
-	// RFC 8446, Section 4.4.2: "Extensions in the Certificate message from
-	// the client MUST correspond to extensions in the CertificateRequest
-	// message from the server", which asks for none; Section 4.2 refuses an
-	// unrequested one with unsupported_extension.
-	if msg.entryExtensions {
-		return fail(alertUnsupportedExtension, "client Certificate carries extensions the CertificateRequest did not ask for")
+	if err := h.acceptClientCertificate(&msg, raw, alertHandshakeFailure); err != nil {
+		return err
 	}
+	h.state = state12ClientKeyExchange
+	return nil
+}
+
+// acceptClientCertificate takes the client's chain in either version: an
+// empty one is allowed unless ClientAuthRequired (then the handshake fails
+// with noCertificate, RFC 8446, Section 4.4.2.4; RFC 5246, Section 7.4.6);
+// otherwise the chain must verify against ClientCAs.
+func (h *Handshake) acceptClientCertificate(msg *certificateMsg, raw []byte, noCertificate Alert) error {
 	h.transcript.write(raw)
-	next := stateClientKeyExchange
-	if h.vers == tls.VersionTLS13 {
-		next = stateClientFinished
-	}
 	if len(msg.certificates) == 0 {
 		h.trace = append(h.trace, traceCertificates(Received, 0, nil))
 		if h.cfg.ClientAuth == ClientAuthRequired {
-			// RFC 8446, Section 4.4.2.4; RFC 5246, Section 7.4.6.
-			if h.vers == tls.VersionTLS13 {
-				return fail(alertCertificateRequired, "client sent no certificate")
-			}
-			return fail(alertHandshakeFailure, "client sent no certificate")
+			return fail(noCertificate, "client sent no certificate")
 		}
-		h.state = next
 		return nil
 	}
 	certs, err := verifyClientChain(h.cfg, msg.certificates)
@@ -407,10 +403,6 @@ func (h *Handshake) processClientCertificate(body, raw []byte) error {
 		h.peerCerts[i] = slices.Clone(c)
 	}
 	h.peerKey = certs[0].PublicKey
-	h.state = stateClientCertificateVerify
-	if h.vers == tls.VersionTLS12 {
-		h.state = stateClientKeyExchange
-	}
 	return nil
 }
 
@@ -427,7 +419,7 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 		ev.add("key_exchange", "RSA")
 		// Bleichenbacher (RFC 5246, Section 7.4.7.1): a padding or version
 		// error must be indistinguishable from success, in alerts and in
-		// timing. KeyOps substitutes 48 random bytes in that case and never
+		// timing. KeyOps substitutes 48 pseudorandom bytes in that case and never
 		// reports it; the handshake continues with whatever it returns, so a
 		// wrong premaster only shows when the client's Finished record fails
 		// to authenticate under the derived keys, exactly as for any other
@@ -467,18 +459,30 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 	clear(preMaster)
 	h.clientKey, h.serverKey, h.clientIV, h.serverIV = keysFromMasterSecret(h.suite.Hash, h.masterSecret,
 		h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
-	h.state = stateChangeCipherSpec
+	h.state = state12ChangeCipherSpec
 	if h.peerKey != nil {
-		h.state = stateClientCertificateVerify
+		h.state = state12ClientCertificateVerify
 	}
 	return nil
 }
 
-// processClientCertificateVerify checks the client's proof of possession of
-// its certificate key: over the transcript in TLS 1.3 (RFC 8446, Section
-// 4.4.3), over the raw handshake messages in TLS 1.2 (RFC 5246, Section
-// 7.4.8).
-func (h *Handshake) processClientCertificateVerify(body, raw []byte) error {
+// processClientCertificateVerify12 checks the client's TLS 1.2
+// CertificateVerify, a signature over the raw handshake messages so far
+// (RFC 5246, Section 7.4.8).
+func (h *Handshake) processClientCertificateVerify12(body, raw []byte) error {
+	if err := h.verifyClientCertificateVerify(body, tls.VersionTLS12, h.transcript.raw); err != nil {
+		return err
+	}
+	h.transcript.dropRaw()
+	h.transcript.write(raw)
+	h.state = state12ChangeCipherSpec
+	return nil
+}
+
+// verifyClientCertificateVerify checks the client's proof of possession of
+// its certificate key: a signature over signed with a scheme offered for
+// vers that fits the key.
+func (h *Handshake) verifyClientCertificateVerify(body []byte, vers uint16, signed []byte) error {
 	var cv certificateVerifyMsg
 	if !cv.unmarshal(body) {
 		return fail(alertDecodeError, "malformed client CertificateVerify")
@@ -486,36 +490,49 @@ func (h *Handshake) processClientCertificateVerify(body, raw []byte) error {
 	ev := TraceEvent{Direction: Received, Message: "CertificateVerify"}
 	ev.add("signature_scheme", cv.signatureAlgorithm.String())
 	h.trace = append(h.trace, ev)
-	if !slices.Contains(clientAuthSchemes(h.vers), cv.signatureAlgorithm) ||
-		!sigscheme.Fits(cv.signatureAlgorithm, h.peerKey, h.vers) {
+	if !slices.Contains(clientAuthSchemes(vers), cv.signatureAlgorithm) ||
+		!sigscheme.Fits(cv.signatureAlgorithm, h.peerKey, vers) {
 		return fail(alertIllegalParameter, "client signed with %v, not offered or not fitting its key", cv.signatureAlgorithm)
-	}
-	signed := h.transcript.raw
-	if h.vers == tls.VersionTLS13 {
-		signed = signedMessage13(clientSignatureContext, h.transcript.sum())
 	}
 	if err := verifySignature(cv.signatureAlgorithm, h.peerKey, signed, cv.signature); err != nil {
 		return failWrap(alertDecryptError, err, "invalid client CertificateVerify signature")
 	}
-	h.transcript.dropRaw()
-	h.transcript.write(raw)
-	h.state = stateClientFinished
-	if h.vers == tls.VersionTLS12 {
-		h.state = stateChangeCipherSpec
-	}
 	return nil
 }
 
-// processClientFinished verifies the client's Finished and completes the
-// handshake; in TLS 1.2 the server's ChangeCipherSpec and Finished follow.
-func (h *Handshake) processClientFinished(body, raw []byte) error {
-	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "Finished"})
-	var expected []byte
-	if h.vers == tls.VersionTLS13 {
-		expected = finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())
-	} else {
-		expected = finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())
+// processClientFinished12 verifies the client's TLS 1.2 Finished, sends the
+// server's ChangeCipherSpec and Finished and completes the handshake (RFC
+// 5246, Section 7.4.9).
+func (h *Handshake) processClientFinished12(body, raw []byte) error {
+	if err := h.checkClientFinished(body, finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())); err != nil {
+		return err
 	}
+	h.transcript.write(raw)
+	verifyData := finishedVerifyData12(h.suite.Hash, h.masterSecret, "server finished", h.transcript.sum())
+	if err := h.sendChangeCipherSpec(); err != nil {
+		return err
+	}
+	c, err := h.newCipher(nil, h.serverKey, h.serverIV, 0)
+	if err != nil {
+		return err
+	}
+	h.writeCipher = c
+	h.sendMessage(marshalFinished(verifyData), TraceEvent{Message: "Finished"})
+	if err := h.flush(); err != nil {
+		return err
+	}
+	s := h.newSession()
+	s.ExtendedMasterSecret = h.ems
+	s.ClientKey, s.ClientIV, s.ServerKey, s.ServerIV = h.clientKey, h.clientIV, h.serverKey, h.serverIV
+	s.ClientSeq, s.ServerSeq = h.readCipher.Seq(), h.writeCipher.Seq()
+	h.complete(s)
+	return nil
+}
+
+// checkClientFinished compares the client's Finished with the expected
+// verify_data in constant time.
+func (h *Handshake) checkClientFinished(body, expected []byte) error {
+	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "Finished"})
 	// verify_data is opaque[Hash.length] in TLS 1.3 (RFC 8446, Section
 	// 4.4.4) and 12 bytes in TLS 1.2 (RFC 5246, Section 7.4.9): a Finished
 	// of another length is a message that cannot be decoded (RFC 8446,
@@ -526,29 +543,13 @@ func (h *Handshake) processClientFinished(body, raw []byte) error {
 	if !hmac.Equal(body, expected) {
 		return fail(alertDecryptError, "client Finished does not match the transcript")
 	}
-	if h.vers == tls.VersionTLS12 {
-		h.transcript.write(raw)
-		verifyData := finishedVerifyData12(h.suite.Hash, h.masterSecret, "server finished", h.transcript.sum())
-		if err := h.sendChangeCipherSpec(); err != nil {
-			return err
-		}
-		c, err := h.newCipher(nil, h.serverKey, h.serverIV, 0)
-		if err != nil {
-			return err
-		}
-		h.writeCipher = c
-		h.sendMessage(marshalFinished(verifyData), TraceEvent{Message: "Finished"})
-		if err := h.flush(); err != nil {
-			return err
-		}
-	}
-	h.complete()
 	return nil
 }
 
-// complete records the session and drops what the caller does not need.
-func (h *Handshake) complete() {
-	s := &Session{
+// newSession records the negotiated parameters common to both versions; the
+// version's Finished handler adds the keys.
+func (h *Handshake) newSession() *Session {
+	return &Session{
 		Version:              h.vers,
 		CipherSuite:          h.suite.ID,
 		ServerName:           h.serverName,
@@ -558,18 +559,12 @@ func (h *Handshake) complete() {
 		CertificateIndex:     h.cert,
 		KeyRef:               h.cfg.Certificates[h.cert].KeyRef,
 		PeerCertificates:     h.peerCerts,
-		ExtendedMasterSecret: h.ems || h.vers == tls.VersionTLS13,
 		DidHelloRetryRequest: h.didHRR,
 	}
-	if h.vers == tls.VersionTLS13 {
-		// Fresh application traffic secrets start at sequence number 0.
-		s.ClientTrafficSecret, s.ServerTrafficSecret, s.ExporterMasterSecret = h.clientTraffic, h.serverTraffic, h.exporterSecret
-		s.ClientKey, s.ClientIV = record.TrafficKeys(h.suite, h.clientTraffic)
-		s.ServerKey, s.ServerIV = record.TrafficKeys(h.suite, h.serverTraffic)
-	} else {
-		s.ClientKey, s.ClientIV, s.ServerKey, s.ServerIV = h.clientKey, h.clientIV, h.serverKey, h.serverIV
-		s.ClientSeq, s.ServerSeq = h.readCipher.Seq(), h.writeCipher.Seq()
-	}
+}
+
+// complete records the session and drops what the caller does not need.
+func (h *Handshake) complete(s *Session) {
 	h.session = s
 	h.state = stateComplete
 	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake} {

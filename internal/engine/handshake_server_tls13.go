@@ -143,7 +143,7 @@ func (h *Handshake) sendHelloRetryRequest(ch *clientHelloMsg, raw []byte, n nego
 	if err := h.flush(); err != nil {
 		return err
 	}
-	h.state = stateClientHelloRetry
+	h.state = state13SecondClientHello
 	return nil
 }
 
@@ -228,11 +228,12 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		return err
 	}
 
-	handshakeSecret := handshakeSecret13(hash, shared)
+	early := newEarlySecret13(hash, nil)
+	handshakeSecret := early.handshakeSecret(shared)
+	early.wipe()
 	clear(shared)
-	helloHash := h.transcript.sum()
-	h.clientHandshake = deriveSecret(hash, handshakeSecret, "c hs traffic", helloHash)
-	serverHandshake := deriveSecret(hash, handshakeSecret, "s hs traffic", helloHash)
+	var serverHandshake []byte
+	h.clientHandshake, serverHandshake = handshakeSecret.trafficSecrets(h.transcript.sum())
 	defer clear(serverHandshake)
 	if h.writeCipher, err = h.newCipher(serverHandshake, nil, nil, 0); err != nil {
 		return err
@@ -271,13 +272,12 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		return err
 	}
 
-	master := masterSecret13(hash, handshakeSecret)
-	clear(handshakeSecret)
+	master := handshakeSecret.masterSecret()
+	handshakeSecret.wipe()
 	finishedHash := h.transcript.sum()
-	h.clientTraffic = deriveSecret(hash, master, "c ap traffic", finishedHash)
-	h.serverTraffic = deriveSecret(hash, master, "s ap traffic", finishedHash)
-	h.exporterSecret = deriveSecret(hash, master, "exp master", finishedHash)
-	clear(master)
+	h.clientTraffic, h.serverTraffic = master.trafficSecrets(finishedHash)
+	h.exporterSecret = master.exporterMasterSecret(finishedHash)
+	master.wipe()
 	// From its Finished on, the server writes under the server application
 	// traffic secret (RFC 8446, Section 7.1 and Appendix A.2): an alert it
 	// sends about the client's second flight is protected with it, because
@@ -290,9 +290,61 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	// RFC 8446, Section 4.2.10: 0-RTT data the server does not accept is
 	// skipped until a record opens under the handshake keys.
 	h.skipEarlyData = ch.earlyData && !h.didHRR
-	h.state = stateClientFinished
+	h.state = state13ClientFinished
 	if h.clientAuth {
-		h.state = stateClientCertificate
+		h.state = state13ClientCertificate
 	}
+	return nil
+}
+
+// processClientCertificate13 handles the TLS 1.3 client Certificate (RFC
+// 8446, Section 4.4.2); a CertificateVerify follows a non-empty one.
+func (h *Handshake) processClientCertificate13(body, raw []byte) error {
+	msg := certificateMsg{tls13: true}
+	if !msg.unmarshal(body) {
+		return fail(alertDecodeError, "malformed client Certificate")
+	}
+	// RFC 8446, Section 4.4.2: "Extensions in the Certificate message from
+	// the client MUST correspond to extensions in the CertificateRequest
+	// message from the server", which asks for none; Section 4.2 refuses an
+	// unrequested one with unsupported_extension.
+	if msg.entryExtensions {
+		return fail(alertUnsupportedExtension, "client Certificate carries extensions the CertificateRequest did not ask for")
+	}
+	if err := h.acceptClientCertificate(&msg, raw, alertCertificateRequired); err != nil {
+		return err
+	}
+	h.state = state13ClientFinished
+	if h.peerKey != nil {
+		h.state = state13ClientCertificateVerify
+	}
+	return nil
+}
+
+// processClientCertificateVerify13 checks the client's signature over the
+// transcript, RFC 8446, Section 4.4.3.
+func (h *Handshake) processClientCertificateVerify13(body, raw []byte) error {
+	if err := h.verifyClientCertificateVerify(body, tls.VersionTLS13, signedMessage13(clientSignatureContext, h.transcript.sum())); err != nil {
+		return err
+	}
+	h.transcript.write(raw)
+	h.state = state13ClientFinished
+	return nil
+}
+
+// processClientFinished13 verifies the client's Finished under the client
+// handshake traffic secret (RFC 8446, Section 4.4.4) and completes the
+// handshake: the server's flight went out with its ServerHello.
+func (h *Handshake) processClientFinished13(body, raw []byte) error {
+	if err := h.checkClientFinished(body, finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())); err != nil {
+		return err
+	}
+	s := h.newSession()
+	s.ExtendedMasterSecret = true // the transcript is always bound
+	// Fresh application traffic secrets start at sequence number 0.
+	s.ClientTrafficSecret, s.ServerTrafficSecret, s.ExporterMasterSecret = h.clientTraffic, h.serverTraffic, h.exporterSecret
+	s.ClientKey, s.ClientIV = record.TrafficKeys(h.suite, h.clientTraffic)
+	s.ServerKey, s.ServerIV = record.TrafficKeys(h.suite, h.serverTraffic)
+	h.complete(s)
 	return nil
 }

@@ -4,23 +4,45 @@ import (
 	"crypto"
 	"crypto/hkdf"
 	"crypto/hmac"
-	"sync"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
-// The TLS 1.3 key schedule, RFC 8446, Section 7.1, for full (non-PSK)
-// handshakes:
+// The TLS 1.3 key schedule, RFC 8446, Section 7.1, in typed stages. Each
+// stage is one secret; it derives its own traffic secrets and, by
+// HKDF-Extract over Derive-Secret(., "derived", ""), the next stage:
 //
-//	0 -> HKDF-Extract = Early Secret -> Derive-Secret(., "derived", "")
-//	(EC)DHE -> HKDF-Extract = Handshake Secret -> {c,s} hs traffic, Derive-Secret(., "derived", "")
-//	0 -> HKDF-Extract = Master Secret -> {c,s} ap traffic, exp master
+//	PSK or 0   -> HKDF-Extract = Early Secret     (earlySecret13)
+//	(EC)DHE    -> HKDF-Extract = Handshake Secret (handshakeSecret13) -> {c,s} hs traffic
+//	0          -> HKDF-Extract = Master Secret    (masterSecret13)    -> {c,s} ap traffic, exp master
+//
+// A PSK enters at the early secret (its binder key and early traffic secret
+// are derived there), the resumption master secret at the master secret:
+// resumption adds derivations to a stage, never a branch in the handlers.
 
-// deriveSecret is Derive-Secret(Secret, Label, Messages) with the transcript
-// hash already computed.
-func deriveSecret(h crypto.Hash, secret []byte, label string, transcriptHash []byte) []byte {
-	return record.ExpandLabel(h, secret, label, transcriptHash, h.Size())
+// secret13 is one stage of the key schedule under the suite's hash.
+type secret13 struct {
+	hash   crypto.Hash
+	secret []byte
 }
+
+// derive is Derive-Secret(Secret, Label, Messages) with the transcript hash
+// already computed.
+func (s secret13) derive(label string, transcriptHash []byte) []byte {
+	return record.ExpandLabel(s.hash, s.secret, label, transcriptHash, s.hash.Size())
+}
+
+// next is HKDF-Extract(Derive-Secret(Secret, "derived", ""), ikm): the secret
+// of the next stage.
+func (s secret13) next(ikm []byte) secret13 {
+	salt := s.derive("derived", s.hash.New().Sum(nil))
+	defer clear(salt)
+	return secret13{s.hash, extract(s.hash, ikm, salt)}
+}
+
+// wipe clears the stage's secret once the next stage and its traffic
+// secrets are derived.
+func (s secret13) wipe() { clear(s.secret) }
 
 func extract(h crypto.Hash, ikm, salt []byte) []byte {
 	out, err := hkdf.Extract(h.New, ikm, salt)
@@ -30,26 +52,48 @@ func extract(h crypto.Hash, ikm, salt []byte) []byte {
 	return out
 }
 
-// emptyDerived holds Derive-Secret(Early Secret, "derived", "") per hash.
-// Without a PSK the early secret is a constant, and so is this value.
-var emptyDerived = sync.OnceValue(func() map[crypto.Hash][]byte {
-	m := make(map[crypto.Hash][]byte)
-	for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384} {
-		early := extract(h, make([]byte, h.Size()), nil)
-		m[h] = deriveSecret(h, early, "derived", h.New().Sum(nil))
-	}
-	return m
-})
+// earlySecret13 is HKDF-Extract(0, PSK).
+type earlySecret13 struct{ secret13 }
 
-// handshakeSecret13 is HKDF-Extract(Derive-Secret(early, "derived", ""), (EC)DHE).
-func handshakeSecret13(h crypto.Hash, shared []byte) []byte {
-	return extract(h, shared, emptyDerived()[h])
+// newEarlySecret13 starts the key schedule. Without a PSK (psk nil) the
+// input is a string of Hash.length zeros.
+func newEarlySecret13(h crypto.Hash, psk []byte) earlySecret13 {
+	if psk == nil {
+		psk = make([]byte, h.Size())
+	}
+	return earlySecret13{secret13{h, extract(h, psk, nil)}}
 }
 
-// masterSecret13 is HKDF-Extract(Derive-Secret(handshake, "derived", ""), 0).
-func masterSecret13(h crypto.Hash, handshakeSecret []byte) []byte {
-	salt := deriveSecret(h, handshakeSecret, "derived", h.New().Sum(nil))
-	return extract(h, make([]byte, h.Size()), salt)
+// handshakeSecret13 is HKDF-Extract(Derive-Secret(Early Secret, "derived", ""), (EC)DHE).
+type handshakeSecret13 struct{ secret13 }
+
+func (s earlySecret13) handshakeSecret(sharedSecret []byte) handshakeSecret13 {
+	return handshakeSecret13{s.next(sharedSecret)}
+}
+
+// trafficSecrets are the client and server handshake traffic secrets, over
+// ClientHello...ServerHello.
+func (s handshakeSecret13) trafficSecrets(transcriptHash []byte) (client, server []byte) {
+	return s.derive("c hs traffic", transcriptHash), s.derive("s hs traffic", transcriptHash)
+}
+
+// masterSecret13 is HKDF-Extract(Derive-Secret(Handshake Secret, "derived", ""), 0).
+type masterSecret13 struct{ secret13 }
+
+func (s handshakeSecret13) masterSecret() masterSecret13 {
+	return masterSecret13{s.next(make([]byte, s.hash.Size()))}
+}
+
+// trafficSecrets are the client and server application traffic secrets,
+// over ClientHello...server Finished.
+func (s masterSecret13) trafficSecrets(transcriptHash []byte) (client, server []byte) {
+	return s.derive("c ap traffic", transcriptHash), s.derive("s ap traffic", transcriptHash)
+}
+
+// exporterMasterSecret is the exporter_master_secret (RFC 8446, Section 7.5),
+// over ClientHello...server Finished.
+func (s masterSecret13) exporterMasterSecret(transcriptHash []byte) []byte {
+	return s.derive("exp master", transcriptHash)
 }
 
 // finishedVerifyData13 is HMAC(finished_key, Transcript-Hash), RFC 8446,

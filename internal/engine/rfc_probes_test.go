@@ -640,10 +640,10 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	require.NoError(t, err)
 	shared, err := x25519Client.ECDH(peer)
 	require.NoError(t, err)
-	hsSecret := handshakeSecret13(crypto.SHA256, shared)
-	helloHash := c.transcript.Sum(nil)
-	c.clientHS = deriveSecret(crypto.SHA256, hsSecret, "c hs traffic", helloHash)
-	c.in, err = record.NewTLS13Cipher(0x1301, deriveSecret(crypto.SHA256, hsSecret, "s hs traffic", helloHash), 0)
+	hsSecret := newEarlySecret13(crypto.SHA256, nil).handshakeSecret(shared)
+	clientHS, serverHS := hsSecret.trafficSecrets(c.transcript.Sum(nil))
+	c.clientHS = clientHS
+	c.in, err = record.NewTLS13Cipher(0x1301, serverHS, 0)
 	require.NoError(t, err)
 	c.out, err = record.NewTLS13Cipher(0x1301, c.clientHS, 0)
 	require.NoError(t, err)
@@ -667,8 +667,8 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	for _, m := range c.serverMsgs {
 		c.transcript.Write(m.raw)
 	}
-	master := masterSecret13(crypto.SHA256, hsSecret)
-	c.in, err = record.NewTLS13Cipher(0x1301, deriveSecret(crypto.SHA256, master, "s ap traffic", c.transcript.Sum(nil)), 0)
+	_, serverAP := hsSecret.masterSecret().trafficSecrets(c.transcript.Sum(nil))
+	c.in, err = record.NewTLS13Cipher(0x1301, serverAP, 0)
 	require.NoError(t, err)
 	return c
 }

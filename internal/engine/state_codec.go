@@ -20,8 +20,9 @@ import (
 // protect it like a private key, e.g. seal it with an AEAD.
 
 // Version 2: a TLS 1.3 write cipher is under the application traffic
-// secret; the dropped change_cipher_spec count.
-const stateCodecVersion = 2
+// secret; the dropped change_cipher_spec count. Version 3: per-version
+// handshake states (state12_*, state13_*), numbered anew.
+const stateCodecVersion = 3
 
 // stateFlags pack the booleans of the state.
 const (
@@ -183,7 +184,7 @@ func readCopy(s *cryptobyte.String, out *[]byte, read func(*cryptobyte.String, *
 // client's public key.
 func (h *Handshake) restoreDerived(suiteID uint16, flags uint8, readSeq, writeSeq uint64, ecdheKey, transcriptState, transcriptRaw []byte) error {
 	if h.state >= stateComplete || h.cert >= len(h.cfg.Certificates) ||
-		(h.vers != 0 && h.vers != tls.VersionTLS12 && h.vers != tls.VersionTLS13) {
+		h.state.version() != h.vers {
 		return errBadState
 	}
 	if suiteID != 0 {
@@ -242,21 +243,19 @@ func (h *Handshake) restoreDerived(suiteID uint16, flags uint8, readSeq, writeSe
 // consistent checks that the restored state has what its handshake state
 // needs, so that a damaged encoding fails here rather than in a later Step.
 func (h *Handshake) consistent() bool {
-	tls13 := h.vers == tls.VersionTLS13
 	switch {
 	case h.state == stateClientHello:
-		return h.vers == 0 && h.transcript == nil
+		return h.transcript == nil
 	case h.suite == nil || h.transcript == nil || len(h.clientRandom) != 32:
 		return false
-	case h.state == stateClientHelloRetry:
-		return tls13 && h.didHRR && len(h.hrrHello) == sha256.Size && groupSupported(h.group)
-	case tls13:
-		return (h.state == stateClientCertificate || h.state == stateClientCertificateVerify || h.state == stateClientFinished) &&
-			len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverTraffic) == h.suite.Hash.Size() &&
-			(h.state != stateClientCertificateVerify || h.peerKey != nil)
-	case h.state == stateClientCertificate || h.state == stateClientKeyExchange:
+	case h.state == state13SecondClientHello:
+		return h.didHRR && len(h.hrrHello) == sha256.Size && groupSupported(h.group)
+	case h.vers == tls.VersionTLS13:
+		return len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverTraffic) == h.suite.Hash.Size() &&
+			(h.state != state13ClientCertificateVerify || h.peerKey != nil)
+	case h.state == state12ClientCertificate || h.state == state12ClientKeyExchange:
 		return h.kex == kexRSA || (h.kex != 0 && h.kex <= kexECDHEECDSA && h.ecdheKey != nil)
-	case h.state == stateClientCertificateVerify:
+	case h.state == state12ClientCertificateVerify:
 		return h.peerKey != nil
 	}
 	return len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished

@@ -5,6 +5,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestSaveRestore moves the handshake to a new Handshake value after every
@@ -41,9 +44,8 @@ func TestSaveRestore(t *testing.T) {
 					cl.Certificates = []tls.Certificate{p.clientCerts["p384"]}
 				}
 				s := expectSuccess(t, runInterop(t, interopCase{server: cfg, client: cl, mode: mode, hop: true}))
-				if s.DidHelloRetryRequest != (tc.hrr != nil) || (len(s.PeerCertificates) > 0) != tc.auth {
-					t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
-				}
+				assert.Equal(t, tc.hrr != nil, s.DidHelloRetryRequest, "session %s", s)
+				assert.Equal(t, tc.auth, len(s.PeerCertificates) > 0, "session %s", s)
 			})
 		}
 	}
@@ -54,26 +56,21 @@ func TestSaveRejects(t *testing.T) {
 	cfg := serverConfig(p.p256)
 	h, _ := NewHandshake(&cfg)
 	h.Step(context.Background(), p.keys, []byte("junk!"))
-	if _, err := h.MarshalBinary(); err == nil {
-		t.Error("saved a failed handshake")
-	}
+	_, err := h.MarshalBinary()
+	assert.Error(t, err, "saved a failed handshake")
 	hello := captureClientHello(t, clientConfig(p, "p256.example.com"))
 	h, _ = NewHandshake(&cfg)
 	h.Step(context.Background(), p.keys, hello)
 	saved, err := h.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := range saved {
-		if _, err := RestoreHandshake(&cfg, saved[:i]); err == nil {
-			t.Fatalf("restored from %d of %d bytes", i, len(saved))
-		}
+		_, err := RestoreHandshake(&cfg, saved[:i])
+		require.Error(t, err, "restored from %d of %d bytes", i, len(saved))
 	}
 	other := serverConfig(p.p256)
 	other.Certificates = nil
-	if _, err := RestoreHandshake(&other, saved); err == nil {
-		t.Error("restored under an invalid configuration")
-	}
+	_, err = RestoreHandshake(&other, saved)
+	assert.Error(t, err, "restored under an invalid configuration")
 }
 
 // FuzzRestoreHandshake checks that damaged saved state is rejected or
@@ -96,9 +93,29 @@ func FuzzRestoreHandshake(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := h.MarshalBinary(); err != nil {
-			t.Fatal(err)
-		}
+		_, err = h.MarshalBinary()
+		require.NoError(t, err)
 		h.Step(context.Background(), p.keys, in)
 	})
+}
+
+// TestRestoreRefusesOtherCodecVersion checks that a state saved under
+// another layout (version 2 numbered the handshake states differently) is
+// refused, not misread.
+func TestRestoreRefusesOtherCodecVersion(t *testing.T) {
+	p := getPKI(t)
+	cfg := serverConfig(p.p256)
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), p.keys, captureClientHello(t, clientConfig(p, "p256.example.com")))
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	saved, err := h.MarshalBinary()
+	require.NoError(t, err)
+	_, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	for _, v := range []byte{stateCodecVersion - 1, stateCodecVersion + 1} {
+		saved[0] = v
+		_, err = RestoreHandshake(&cfg, saved)
+		assert.ErrorIs(t, err, errBadState, "codec version %d", v)
+	}
 }
