@@ -447,6 +447,7 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 	}
 	gs := &guardedStream{ServerStream: ss, g: g, rule: r, method: info.FullMethod}
 	err := handler(srv, gs)
+	gs.stopReader()
 	gs.completePending(nil, err)
 	return err
 }
@@ -466,6 +467,14 @@ type guardedStream struct {
 
 	mu      sync.Mutex
 	pending []pendingEntry
+
+	// The stream's reader: RecvMsg can be interrupted only by the end of
+	// the stream, so one goroutine per stream receives into the message it
+	// is handed (recvReq) and answers on recvDone, while recv waits on that
+	// or the idle timer. Started by the first recv, ended by stopReader.
+	recvReq  chan any
+	recvDone chan error
+	idle     *time.Timer
 }
 
 type pendingEntry struct {
@@ -478,18 +487,34 @@ var errStreamIdle = status.Error(codes.DeadlineExceeded, "stream idle for too lo
 // recv waits for the caller's next message, at most the idle timeout: an
 // idle stream must not hold its place for the life of the connection.
 func (s *guardedStream) recv(m any) error {
-	done := make(chan error, 1)
-	// RecvMsg cannot be interrupted but by the end of the stream, which
-	// the handler's return brings; then this goroutine ends too.
-	go func() { done <- s.ServerStream.RecvMsg(m) }()
-	t := time.NewTimer(s.g.idleTimeout)
-	defer t.Stop()
+	if s.recvReq == nil {
+		s.recvReq, s.recvDone = make(chan any), make(chan error, 1)
+		go func() {
+			for m := range s.recvReq {
+				s.recvDone <- s.ServerStream.RecvMsg(m)
+			}
+		}()
+		s.idle = time.NewTimer(s.g.idleTimeout)
+	} else {
+		s.idle.Reset(s.g.idleTimeout)
+	}
+	s.recvReq <- m
 	select {
-	case err := <-done:
+	case err := <-s.recvDone:
 		return err
-	case <-t.C:
+	case <-s.idle.C:
 		s.g.refused("stream_idle")
 		return errStreamIdle
+	}
+}
+
+// stopReader ends the reader goroutine once the handler has returned: a
+// RecvMsg still waiting then returns with the end of the stream, and the
+// closed recvReq ends the loop.
+func (s *guardedStream) stopReader() {
+	if s.recvReq != nil {
+		s.idle.Stop()
+		close(s.recvReq)
 	}
 }
 
