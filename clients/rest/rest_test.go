@@ -12,17 +12,21 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
+// TestMain fails the run when a test leaves files outside its t.TempDir().
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
 func guide(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return string(b)
 }
 
@@ -30,15 +34,11 @@ func guide(t *testing.T) string {
 // appears in the guide as "METHOD /path".
 func TestGuideCoversOpenAPI(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("..", "..", "gen", "openapiv2", "handshaked.swagger.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var doc struct {
 		Paths map[string]map[string]json.RawMessage
 	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, json.Unmarshal(b, &doc))
 	text := guide(t)
 	for path, methods := range doc.Paths {
 		for method := range methods {
@@ -53,14 +53,13 @@ func TestGuideCoversOpenAPI(t *testing.T) {
 			if verb == "" {
 				re = regexp.MustCompile(regexp.QuoteMeta(m+" "+path) + `[\s(?]`)
 			}
-			if !re.MatchString(text) {
-				t.Errorf("the guide does not show %s %s%s", m, path, verb)
-			}
+			assert.Regexp(t, re, text, "the guide does not show %s %s%s", m, path, verb)
 		}
 	}
 }
 
-// TestRESTGuide runs the guide's walkthrough against a service.
+// TestRESTGuide runs the guide's walkthrough against a service. Its
+// mktemp -d lands in the test's own temporary directory.
 func TestRESTGuide(t *testing.T) {
 	for _, tool := range []string{"curl", "jq", "openssl", "bash"} {
 		testenv.LookPath(t, tool)
@@ -68,18 +67,14 @@ func TestRESTGuide(t *testing.T) {
 	text := guide(t)
 	start := strings.Index(text, "<!-- rest:begin -->\n```sh\n")
 	end := strings.Index(text, "```\n<!-- rest:end -->")
-	if start < 0 || end < start {
-		t.Fatal("no walkthrough block in the guide")
-	}
+	require.True(t, start >= 0 && end > start, "no walkthrough block in the guide")
 	script := text[start+len("<!-- rest:begin -->\n```sh\n") : end]
 	srv := servicetest.Start(t, service.Options{})
 	cmd := exec.Command("bash", "-c", script)
-	cmd.Env = append(os.Environ(), "API="+srv.RESTURL)
+	cmd.Env = append(os.Environ(), "API="+srv.RESTURL, "TMPDIR="+t.TempDir())
 	cmd.Dir = t.TempDir()
 	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("walkthrough: %v\n%s", err, out)
-	}
+	require.NoError(t, err, "walkthrough:\n%s", out)
 	t.Logf("walkthrough output:\n%s", out)
 	for _, want := range []string{
 		`{"id":"rest-ec","primaryVersion":1}`, `{"id":"rest-rsa","imported":true}`, `{"chain":1}`,
@@ -87,8 +82,6 @@ func TestRESTGuide(t *testing.T) {
 		`["KEY_VERSION_STATE_DESTROYED","KEY_VERSION_STATE_ENABLED"]`, "\n400\n",
 		`{"state":"HANDSHAKE_STATE_FAILED"`, `{"state":"HANDSHAKE_STATE_NEED_INPUT","expireTime":true}`, "\n404\n",
 	} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("walkthrough output lacks %q:\n%s", want, out)
-		}
+		assert.Contains(t, string(out), want, "walkthrough output")
 	}
 }

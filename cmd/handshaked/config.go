@@ -33,6 +33,7 @@ type config struct {
 	kek             string // from kekEnv
 	initStore       bool
 	shutdownTimeout time.Duration
+	showVersion     bool // -version or the version command: print the build and exit
 
 	tlsCert, tlsKey, clientCA string
 	policyFile                string
@@ -86,6 +87,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs := flag.NewFlagSet("handshaked", flag.ContinueOnError)
 	fs.SetOutput(usageOut)
 	var configFile string
+	fs.BoolVar(&cfg.showVersion, "version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	fs.StringVar(&configFile, "config", "", "JSON file of settings, keyed by flag name (command line and environment take precedence)")
 	fs.StringVar(&cfg.mode, "mode", modeDevelopment, "development (loopback, no authentication) or production (mutual TLS, policy, audit log)")
 	fs.StringVar(&cfg.dataDir, "data-dir", "handshaked-data", "directory holding the key store")
@@ -116,6 +118,12 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	// Asking for the version needs no valid configuration: an image with
+	// HANDSHAKED_MODE=production but no secrets mounted still answers it.
+	if cfg.showVersion || (fs.NArg() == 1 && fs.Arg(0) == "version") {
+		cfg.showVersion = true
+		return cfg, nil
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())

@@ -9,6 +9,8 @@
 // an audit log. Settings come from flags, HANDSHAKED_<FLAG> environment
 // variables and a JSON file (-config), in that order of precedence; SIGHUP
 // reloads the TLS files and the policy and reopens the audit log.
+//
+// handshaked -version (or handshaked version) prints the build and exits.
 package main
 
 import (
@@ -24,6 +26,7 @@ import (
 	"syscall"
 
 	"github.com/handshaked/handshaked/internal/audit"
+	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
 )
@@ -36,6 +39,10 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "handshaked:", err)
 		os.Exit(2)
+	}
+	if cfg.showVersion {
+		fmt.Println("handshaked", buildinfo.Read())
+		return
 	}
 	// The KEK is in cfg now; nothing started from here needs to see it.
 	os.Unsetenv(kekEnv)

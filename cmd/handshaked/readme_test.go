@@ -34,7 +34,9 @@ func TestREADMEWalkthrough(t *testing.T) {
 	const documented = "http://127.0.0.1:7080"
 	require.Contains(t, script, documented, "walkthrough does not use the documented address")
 	script = strings.ReplaceAll(script, documented, p.restURL)
-	out, err := exec.Command("bash", "-c", script).CombinedOutput()
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir()) // where its mktemp -d lands
+	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "walkthrough failed:\n%s\nserver:\n%s", out, p.out())
 	for _, want := range []string{"Verified OK", "premaster decrypted: same 48 bytes", "corrupted: 48 other bytes", "corrupted, asked again: the same 48 bytes", "404", `"code":3`} {
 		assert.Contains(t, string(out), want, "walkthrough output")

@@ -199,9 +199,9 @@ func (g *guard) refused(reason string) { g.refusedCalls.WithLabelValues(reason).
 func (g *guard) admit(ctx context.Context, method string, msg any) error {
 	identity := callerIdentity(ctx)
 	if g.policy != nil && identity == "" {
-		if !g.allowUnauthenticated(peerHost(metaOf(ctx).peer)) {
+		if wait := g.takeUnauthenticated(peerHost(metaOf(ctx).peer)); wait > 0 {
 			g.refused("unauthenticated_rate_limit")
-			return errRateLimited
+			return rateLimited(wait)
 		}
 		err := status.Error(codes.Unauthenticated, "no client certificate: this API needs mutual TLS with a certificate from the configured CA")
 		// The entry names the request's key only if it is of a valid
@@ -212,18 +212,24 @@ func (g *guard) admit(ctx context.Context, method string, msg any) error {
 		g.record(ctx, g.entry(ctx, method, msg), time.Now(), nil, err)
 		return err
 	}
-	if g.rate != nil && !g.rate.allow(identity, time.Now()) {
-		g.refused("rate_limit")
-		return errRateLimited
+	if g.rate != nil {
+		if wait := g.rate.take(identity, time.Now()); wait > 0 {
+			g.refused("rate_limit")
+			return rateLimited(wait)
+		}
 	}
 	return nil
 }
 
-// allowUnauthenticated takes a token for a caller without an identity from
-// host's bucket and from the one of all such callers.
-func (g *guard) allowUnauthenticated(host string) bool {
+// takeUnauthenticated takes a token for a caller without an identity from
+// host's bucket and from the one of all such callers; 0 if both had one,
+// else how long until the one that had none does.
+func (g *guard) takeUnauthenticated(host string) time.Duration {
 	now := time.Now()
-	return g.unauthHost.allow(host, now) && g.unauthAll.AllowN(now, 1)
+	if wait := g.unauthHost.take(host, now); wait > 0 {
+		return wait
+	}
+	return takeToken(g.unauthAll, now)
 }
 
 // authorize checks the caller's rights for one request message.
@@ -517,9 +523,11 @@ func (s *guardedStream) RecvMsg(m any) error {
 		return err
 	}
 	ctx := s.Context()
-	if s.g.rate != nil && !s.g.rate.allow(callerIdentity(ctx), time.Now()) {
-		s.g.refused("rate_limit")
-		return errRateLimited
+	if s.g.rate != nil {
+		if wait := s.g.rate.take(callerIdentity(ctx), time.Now()); wait > 0 {
+			s.g.refused("rate_limit")
+			return rateLimited(wait)
+		}
 	}
 	if err := s.g.checkSizes(ctx, s.method, m); err != nil {
 		return err
@@ -655,7 +663,7 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 	src, err := newTLSSource(*opts.TLS, func(peer string, err error) {
 		// Refused handshakes are audited at the rate of callers without an
 		// identity, so a flood of them cannot fill the disk.
-		if !g.allowUnauthenticated(peerHost(peer)) {
+		if g.takeUnauthenticated(peerHost(peer)) > 0 {
 			g.refusedCalls.WithLabelValues("tls_refusal_not_audited").Inc()
 			return
 		}

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -48,4 +52,21 @@ func toStatus(ctx context.Context, err error) error {
 // invalid is a caller mistake found by the service's own validation.
 func invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+// restError is the gateway's error handler: grpc-gateway's own, plus a
+// Retry-After header (RFC 9110 §10.2.3) when the status says, in a
+// google.rpc.RetryInfo detail, how long the caller should wait: in whole
+// seconds, rounded up, at least 1.
+func restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if st, ok := status.FromError(err); ok {
+		if d, ok := retryDelay(st); ok {
+			w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(d), 10))
+		}
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(1, int64((d+time.Second-1)/time.Second))
 }

@@ -14,10 +14,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/testenv"
@@ -31,20 +33,19 @@ type clientPKI struct {
 	caFile            string
 }
 
+// clientPEMs is the client PKI, made once per package; each test writes
+// its files into its own t.TempDir().
+type clientPEMs struct{ ca, cert, key []byte }
+
 var (
 	clientPKIOnce sync.Once
-	clientPKIVal  clientPKI
+	clientPKIVal  clientPEMs
 	clientPKIErr  error
 )
 
 func newClientPKI(t testing.TB) clientPKI {
 	t.Helper()
 	clientPKIOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "handshaked-client-pki")
-		if err != nil {
-			clientPKIErr = err
-			return
-		}
 		caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "client CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 		caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
@@ -57,19 +58,22 @@ func newClientPKI(t testing.TB) clientPKI {
 			return
 		}
 		keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-		p := clientPKI{
-			caPEM:    string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
-			certFile: filepath.Join(dir, "client.pem"), keyFile: filepath.Join(dir, "client.key"), caFile: filepath.Join(dir, "ca.pem"),
+		clientPKIVal = clientPEMs{
+			ca:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+			cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+			key:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 		}
-		os.WriteFile(p.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-		os.WriteFile(p.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
-		os.WriteFile(p.caFile, []byte(p.caPEM), 0o600)
-		clientPKIVal = p
 	})
-	if clientPKIErr != nil {
-		t.Fatal(clientPKIErr)
+	require.NoError(t, clientPKIErr)
+	dir := t.TempDir()
+	p := clientPKI{
+		caPEM:    string(clientPKIVal.ca),
+		certFile: filepath.Join(dir, "client.pem"), keyFile: filepath.Join(dir, "client.key"), caFile: filepath.Join(dir, "ca.pem"),
 	}
-	return clientPKIVal
+	require.NoError(t, os.WriteFile(p.certFile, clientPKIVal.cert, 0o600))
+	require.NoError(t, os.WriteFile(p.keyFile, clientPKIVal.key, 0o600))
+	require.NoError(t, os.WriteFile(p.caFile, clientPKIVal.ca, 0o600))
+	return p
 }
 
 // runPeer starts a relay on loopback TCP that steps handshakes through the
@@ -79,9 +83,7 @@ func newClientPKI(t testing.TB) clientPKI {
 func runPeer(t *testing.T, s *testServer, start *pb.StartHandshakeRequest, name string, args func(addr string) []string) (string, *pb.Session) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer ln.Close()
 	hc := s.handshakeClient(t)
 	type result struct {
@@ -123,24 +125,16 @@ func runPeer(t *testing.T, s *testServer, start *pb.StartHandshakeRequest, name 
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
 	// Keep stdin open until the client exits: both clients quit at stdin's
 	// EOF, which would race the echo.
 	stdin.Write([]byte("ping\n"))
 	werr := cmd.Wait()
 	stdin.Close()
 	res := <-done
-	if res.err != nil {
-		t.Fatalf("relay: %v\n%s output:\n%s", res.err, name, out.String())
-	}
-	if !strings.Contains(out.String(), "echo: ping") {
-		t.Fatalf("%s did not print the echo (exit: %v):\n%s", name, werr, out.String())
-	}
+	require.NoError(t, res.err, "relay; %s output:\n%s", name, out.String())
+	require.Contains(t, out.String(), "echo: ping", "%s did not print the echo (exit: %v)", name, werr)
 	return out.String(), res.session
 }
 
@@ -152,9 +146,7 @@ func peerSetup(t *testing.T) (*testServer, []*pb.KeyRef, string, clientPKI) {
 	rsaKey := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.test")
 	ecKey := newServerKey(t, s, "p256-sec1.pem", "ec.test")
 	caFile := filepath.Join(t.TempDir(), "server-ca.pem")
-	if err := os.WriteFile(caFile, []byte(rsaKey.certPEM+ecKey.certPEM), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(caFile, []byte(rsaKey.certPEM+ecKey.certPEM), 0o600))
 	return s, []*pb.KeyRef{{Key: rsaKey.id}, {Key: ecKey.id}}, caFile, newClientPKI(t)
 }
 
@@ -189,15 +181,12 @@ func TestOpenSSLClientThroughService(t *testing.T) {
 				return append(args, tc.flags...)
 			})
 			for _, w := range append(tc.want, "Verify return code: 0 (ok)") {
-				if !strings.Contains(out, w) {
-					t.Errorf("openssl output lacks %q:\n%s", w, out)
-				}
+				assert.Contains(t, out, w, "openssl output")
 			}
-			if sess.GetVersion() != tc.version || sess.GetServerName() != tc.sni {
-				t.Errorf("service session: %v", sess)
-			}
-			if tc.clientAuth && len(sess.GetPeerCertificates()) != 1 {
-				t.Errorf("client certificate not reported: %d certificates", len(sess.GetPeerCertificates()))
+			assert.Equal(t, tc.version, sess.GetVersion(), "service session: %v", sess)
+			assert.Equal(t, tc.sni, sess.GetServerName(), "service session: %v", sess)
+			if tc.clientAuth {
+				assert.Len(t, sess.GetPeerCertificates(), 1, "client certificate not reported")
 			}
 		})
 	}
@@ -229,11 +218,10 @@ func TestGnuTLSClientThroughService(t *testing.T) {
 				}
 				return append(args, host)
 			})
-			if !strings.Contains(out, tc.want) {
-				t.Errorf("gnutls-cli output lacks %q:\n%s", tc.want, out)
-			}
-			if sess.GetServerName() != tc.sni || (tc.clientAuth && len(sess.GetPeerCertificates()) != 1) {
-				t.Errorf("service session: %v", sess)
+			assert.Contains(t, out, tc.want, "gnutls-cli output")
+			assert.Equal(t, tc.sni, sess.GetServerName(), "service session: %v", sess)
+			if tc.clientAuth {
+				assert.Len(t, sess.GetPeerCertificates(), 1, "client certificate not reported")
 			}
 		})
 	}

@@ -8,8 +8,10 @@ import (
 
 	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Limits bound what callers can make the service do. Each cap holds per
@@ -88,10 +90,36 @@ const (
 )
 
 var (
-	errRateLimited    = status.Error(codes.ResourceExhausted, "rate limit exceeded for this caller; retry later")
-	errTooBusy        = status.Error(codes.ResourceExhausted, "too many calls in flight for this caller or in all; retry later")
+	// A call in flight usually ends within milliseconds: a second is a
+	// fair wait for a slot.
+	errTooBusy        = withRetryDelay(status.New(codes.ResourceExhausted, "too many calls in flight for this caller or in all; retry later"), time.Second)
 	errTooManyStreams = status.Error(codes.ResourceExhausted, "too many open streams for this caller or in all; retry later")
 )
+
+// rateLimited is the refusal of a call past the caller's rate: it says, as a
+// google.rpc.RetryInfo detail, how long until the caller's bucket holds a
+// token again (REST answers it as Retry-After).
+func rateLimited(retryAfter time.Duration) error {
+	return withRetryDelay(status.New(codes.ResourceExhausted, "rate limit exceeded for this caller; retry later"), retryAfter)
+}
+
+func withRetryDelay(st *status.Status, d time.Duration) error {
+	withInfo, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
+	if err != nil {
+		return st.Err() // RetryInfo always marshals; the refusal stands without it
+	}
+	return withInfo.Err()
+}
+
+// retryDelay is the delay of st's RetryInfo detail, if it has one.
+func retryDelay(st *status.Status) (time.Duration, bool) {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
 
 // quarter is the default per-caller share of a ceiling: at least four
 // identities must collude to take all of it.
@@ -116,8 +144,9 @@ func newRateLimiter(r float64, burst int) *rateLimiter {
 	return &rateLimiter{limit: rate.Limit(r), burst: max(burst, 1), buckets: map[string]*rate.Limiter{}}
 }
 
-// allow takes a token from caller's bucket, if it has one.
-func (l *rateLimiter) allow(caller string, now time.Time) bool {
+// take takes a token from caller's bucket and returns 0 if it has one;
+// else it takes nothing and returns how long until the bucket holds one.
+func (l *rateLimiter) take(caller string, now time.Time) time.Duration {
 	l.mu.Lock()
 	b, ok := l.buckets[caller]
 	if !ok {
@@ -126,7 +155,22 @@ func (l *rateLimiter) allow(caller string, now time.Time) bool {
 		l.buckets[caller] = b
 	}
 	l.mu.Unlock()
-	return b.AllowN(now, 1)
+	return takeToken(b, now)
+}
+
+// takeToken takes a token from b and returns 0 if it has one; else it
+// takes nothing and returns how long until b holds one. A reservation
+// (unlike AllowN) says that time, and is given back when it is too far.
+func takeToken(b *rate.Limiter, now time.Time) time.Duration {
+	r := b.ReserveN(now, 1)
+	if !r.OK() {
+		return time.Hour // burst 0 or rate 0: never; newRateLimiter prevents it
+	}
+	d := r.DelayFrom(now)
+	if d > 0 {
+		r.CancelAt(now)
+	}
+	return d
 }
 
 // sweepLocked forgets the buckets that have filled up again: a new bucket

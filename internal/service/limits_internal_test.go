@@ -16,16 +16,17 @@ func TestRateLimiter(t *testing.T) {
 	l := newRateLimiter(10, 3) // 10/s, bursts of 3
 	now := time.Unix(1000, 0)
 	for i := range 3 {
-		require.True(t, l.allow("a", now), "call %d of the burst refused", i)
+		require.Zero(t, l.take("a", now), "call %d of the burst refused", i)
 	}
-	assert.False(t, l.allow("a", now), "call past the burst allowed")
-	assert.True(t, l.allow("b", now), "another identity shares a's bucket")
-	assert.False(t, l.allow("a", now.Add(99*time.Millisecond)), "a token before 1/rate has passed")
-	assert.True(t, l.allow("a", now.Add(100*time.Millisecond)), "no token after 1/rate")
+	assert.Equal(t, 100*time.Millisecond, l.take("a", now), "call past the burst allowed, or told the wrong wait")
+	assert.Zero(t, l.take("b", now), "another identity shares a's bucket")
+	// A refusal takes nothing: the wait shrinks as time passes.
+	assert.Equal(t, 1*time.Millisecond, l.take("a", now.Add(99*time.Millisecond)), "a token before 1/rate has passed")
+	assert.Zero(t, l.take("a", now.Add(100*time.Millisecond)), "no token after 1/rate")
 	// Sustained: over 10 s at most burst + 10*10 calls pass.
 	passed := 0
 	for ms := range 10_000 {
-		if l.allow("c", now.Add(time.Duration(ms)*time.Millisecond)) {
+		if l.take("c", now.Add(time.Duration(ms)*time.Millisecond)) == 0 {
 			passed++
 		}
 	}
@@ -39,7 +40,7 @@ func TestRateLimiterForgetsIdleCallers(t *testing.T) {
 	l := newRateLimiter(100, 100) // refill time 1 s
 	now := time.Unix(1000, 0)
 	for i := range 10_000 {
-		l.allow(fmt.Sprintf("caller-%d", i), now.Add(time.Duration(i)*time.Millisecond))
+		l.take(fmt.Sprintf("caller-%d", i), now.Add(time.Duration(i)*time.Millisecond))
 	}
 	assert.LessOrEqual(t, len(l.buckets), 2100, "buckets held for callers of the last two seconds")
 }
@@ -103,6 +104,33 @@ func TestCallerCapsDevelopmentCaller(t *testing.T) {
 		require.True(t, c.acquire("", 1))
 	}
 	assert.False(t, c.acquire("", 1))
+}
+
+// TestRetryAfterSeconds: Retry-After is whole seconds, rounded up, at
+// least 1 (0 would invite an immediate retry that is refused again).
+func TestRetryAfterSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]int64{
+		0: 1, time.Nanosecond: 1, time.Second: 1, time.Second + time.Millisecond: 2, 99*time.Second + 1: 100,
+	} {
+		assert.Equal(t, want, retryAfterSeconds(d), "%v", d)
+	}
+}
+
+// TestRefusalsSayWhenToRetry: a rate-limit refusal carries the wait it is
+// given, the in-flight cap one second, and the stream cap nothing (no
+// estimate is honest there).
+func TestRefusalsSayWhenToRetry(t *testing.T) {
+	d, ok := retryDelay(status.Convert(rateLimited(1500 * time.Millisecond)))
+	assert.True(t, ok)
+	assert.Equal(t, 1500*time.Millisecond, d)
+	d, ok = retryDelay(status.Convert(errTooBusy))
+	assert.True(t, ok)
+	assert.Equal(t, time.Second, d)
+	_, ok = retryDelay(status.Convert(errTooManyStreams))
+	assert.False(t, ok)
+	for _, err := range []error{rateLimited(time.Second), errTooBusy, errTooManyStreams} {
+		assert.Equal(t, codes.ResourceExhausted, status.Code(err))
+	}
 }
 
 // TestSessionInput: one handshake may be sent at most maxSessionInput bytes

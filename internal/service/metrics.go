@@ -5,8 +5,18 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/engine"
 )
+
+// buildInfoGauge is handshaked_build_info{version,revision,goversion} 1, the
+// usual way to put a build on dashboards and to join it to other series.
+func buildInfoGauge(info buildinfo.Info) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "handshaked_build_info", Help: "The running build: module version, VCS revision and Go version; always 1.",
+		ConstLabels: prometheus.Labels{"version": info.Version, "revision": info.Revision, "goversion": info.GoVersion},
+	}, func() float64 { return 1 })
+}
 
 // handshakeMetrics are the Handshake API's Prometheus metrics.
 type handshakeMetrics struct {

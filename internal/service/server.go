@@ -6,6 +6,7 @@ package service
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 	"github.com/handshaked/handshaked/gen/openapiv2"
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/authz"
+	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
@@ -48,6 +50,7 @@ type Server struct {
 	health  *health.Server
 	pipe    *bufconn.Listener
 	gateway *grpc.ClientConn
+	build   buildinfo.Info
 
 	tls      *tlsSource // nil in development mode
 	maxConns int        // per listener; 0: no cap
@@ -81,8 +84,10 @@ type Options struct {
 // New wires the API over vault.
 func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := buildinfo.Read()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge(build))
 	s := &Server{
+		build:  build,
 		health: health.NewServer(),
 		pipe:   bufconn.Listen(pipeBuffer),
 	}
@@ -125,6 +130,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		}),
 		runtime.WithMetadata(gatewayMetadata),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
+		runtime.WithErrorHandler(restError),
 	)
 	if err := pb.RegisterKeyVaultHandler(context.Background(), mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -155,13 +161,26 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	return s, nil
 }
 
+// healthz answers 200 while the service serves and 503 once it is shutting
+// down, with the state and the build in a JSON body:
+// {"status":"SERVING","build":{"version":...}}.
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	code, state := http.StatusOK, healthpb.HealthCheckResponse_SERVING
 	resp, err := s.health.Check(r.Context(), &healthpb.HealthCheckRequest{})
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		http.Error(w, "not serving", http.StatusServiceUnavailable)
+		code, state = http.StatusServiceUnavailable, healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	body, err := json.Marshal(struct {
+		Status string         `json:"status"`
+		Build  buildinfo.Info `json:"build"`
+	}{state.String(), s.build})
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	w.Write([]byte("ok\n"))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(body, '\n'))
 }
 
 // Serve serves gRPC on grpcLis and REST on httpLis until Shutdown. It returns

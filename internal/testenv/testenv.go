@@ -4,8 +4,11 @@ package testenv
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -48,3 +51,55 @@ func (b *Buffer) Bytes() []byte {
 }
 
 func (b *Buffer) String() string { return string(b.Bytes()) }
+
+// BuildCommand builds the command in the current directory, as an operator
+// would (go build), into the test's temporary directory and returns the
+// binary's path: for tests of what only the real process shows, such as
+// its exit status and the build information the toolchain stamps into it.
+func BuildCommand(t testing.TB, name string) string {
+	t.Helper()
+	goTool := LookPath(t, "go")
+	bin := filepath.Join(t.TempDir(), name)
+	if out, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
+// Main runs a package's tests, from its TestMain, and exits with their
+// status: os.Exit(testenv.Main(m)). They run with TMPDIR set to a directory
+// of their own, which fails the run when a test (or a program it started)
+// left anything in it: every test keeps its files in t.TempDir(), removed
+// after it, and nothing it writes may outlive the run, least of all a key.
+func Main(m interface{ Run() int }) int {
+	root, err := os.MkdirTemp("", "handshaked-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	defer os.RemoveAll(root)
+	if old, ok := os.LookupEnv("TMPDIR"); ok {
+		defer os.Setenv("TMPDIR", old)
+	} else {
+		defer os.Unsetenv("TMPDIR")
+	}
+	if err := os.Setenv("TMPDIR", root); err != nil { // os.TempDir reads it on every call
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	code := m.Run()
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	if len(entries) > 0 {
+		names := make([]string, len(entries))
+		for i, e := range entries {
+			names[i] = e.Name()
+		}
+		fmt.Fprintf(os.Stderr, "FAIL: tests left files outside their t.TempDir(), in the temporary directory: %s\n", strings.Join(names, ", "))
+		return 1
+	}
+	return code
+}

@@ -71,6 +71,16 @@ func (ca *CA) Server() (*Leaf, error) {
 	}, time.Now().Add(24*time.Hour))
 }
 
+// ServerNamed issues a server certificate for dnsName only, with no IP
+// address: a client dialling an IP address must be told the name.
+func (ca *CA) ServerNamed(dnsName string) (*Leaf, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: dnsName},
+		DNSNames:    []string{dnsName},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, time.Now().Add(24*time.Hour))
+}
+
 // Client issues a client certificate whose identity is id: a URI SAN if id
 // parses as a URI with a scheme, else a DNS SAN if dns, else the subject CN.
 // notAfter in the past makes an expired certificate.

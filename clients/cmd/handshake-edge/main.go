@@ -30,13 +30,18 @@ import (
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/grpckeepalive"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+	err := run(ctx, os.Args[1:], os.Stderr, nil)
+	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersionShown) {
+		return
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "handshake-edge:", err)
 		os.Exit(1)
 	}
@@ -52,7 +57,11 @@ type options struct {
 	handshakeTimeout, idleTimeout time.Duration
 	clientHelloTimeout            time.Duration
 	maxHandshakes, maxPending     int
+	version                       bool
 }
+
+// errVersionShown ends run after -version printed the build: main exits 0.
+var errVersionShown = errors.New("version shown")
 
 // run parses args and serves until ctx ends. ready, if set, is told the
 // listening address.
@@ -79,8 +88,13 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", edge.DefaultMaxHandshakes, "handshakes run in handshaked at once; keep it below the service's per-caller caps")
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
+	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.version {
+		fmt.Println("handshake-edge", buildinfo.Read())
+		return errVersionShown
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())

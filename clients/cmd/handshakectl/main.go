@@ -5,7 +5,8 @@
 // Keys: list, get, create, import, rotate, enable, disable, destroy,
 // attach-chain, csr, public-key. Operations: sign, decrypt, verify.
 // Handshakes: trace (accept one TLS client, or replay a capture of a
-// client's bytes, and narrate the handshake step by step).
+// client's bytes, and narrate the handshake step by step). version (or
+// -version) prints the build.
 package main
 
 import (
@@ -20,19 +21,70 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/buildinfo"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "handshakectl:", err)
-		os.Exit(1)
+	os.Exit(report(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr), os.Stderr))
+}
+
+// report prints err, if any, in plain words and returns the exit status:
+// 0 for success and for -h, 1 for a failure.
+func report(err error, w io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
+	fmt.Fprintln(w, "handshakectl:", plainError(err))
+	return 1
+}
+
+// plainError renders err for people: a gRPC status in it becomes its code
+// in words and its message ("permission denied: ...") instead of gRPC's
+// "rpc error: code = PermissionDenied desc = ...", with a hint where the
+// usual cause is the command line.
+func plainError(err error) string {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return err.Error()
+	}
+	st := se.GRPCStatus()
+	msg := strings.Replace(err.Error(), st.Err().Error(), codeWords(st.Code())+": "+st.Message(), 1)
+	switch st.Code() {
+	case codes.Unavailable:
+		if strings.Contains(msg, "x509: ") {
+			msg += " (handshaked's certificate was not accepted: check -ca, and give -server-name when the address is not a name in the certificate)"
+		} else {
+			msg += " (is handshaked running at that address, and does it speak TLS (-ca) or plain text?)"
+		}
+	case codes.Unauthenticated:
+		msg += " (give a client certificate with -cert and -key)"
+	}
+	return msg
+}
+
+// codeWords spells a gRPC code as words: PermissionDenied is "permission
+// denied".
+func codeWords(c codes.Code) string {
+	var b strings.Builder
+	for i, r := range c.String() {
+		if unicode.IsUpper(r) && i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteRune(unicode.ToLower(r))
+	}
+	return b.String()
 }
 
 // env is what a command runs with.
@@ -55,26 +107,31 @@ var commands map[string]command
 
 func init() {
 	commands = map[string]command{
-		"list":         {"list keys", cmdList},
-		"get":          {"get ID: show a key and its versions", cmdGet},
-		"create":       {"create -algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519 [-label k=v] ID", cmdCreate},
-		"import":       {"import -pem FILE [-label k=v] ID", cmdImport},
+		"list":         {"list [-json]: show the keys", cmdList},
+		"get":          {"get [-json] ID: show a key and its versions", cmdGet},
+		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519] [-label k=v] ID: create a key in the vault (default p256)", cmdCreate},
+		"import":       {"import -pem FILE [-label k=v] ID: import a private key into the vault", cmdImport},
 		"rotate":       {"rotate ID: add a new primary version", cmdRotate},
-		"enable":       {"enable ID VERSION", cmdEnable},
-		"disable":      {"disable ID VERSION", cmdDisable},
+		"enable":       {"enable ID VERSION: let a disabled version be used again", cmdEnable},
+		"disable":      {"disable ID VERSION: stop a version from being used", cmdDisable},
 		"destroy":      {"destroy -confirm ID ID VERSION: erase a disabled version for good", cmdDestroy},
-		"attach-chain": {"attach-chain [-version N] -chain FILE.pem ID", cmdAttach},
+		"attach-chain": {"attach-chain [-version N] -chain FILE.pem ID: attach a certificate chain (leaf first) to a version", cmdAttach},
 		"csr":          {"csr [-version N] -cn NAME [-dns a,b] [-ip a,b] [-org O] ID: print a PEM CSR signed in the vault", cmdCSR},
-		"public-key":   {"public-key [-version N] ID: print the PEM public key", cmdPublicKey},
-		"sign":         {"sign -scheme SCHEME [-version N] [-in FILE] [-digest] [-o FILE] ID", cmdSign},
-		"decrypt":      {"decrypt -mode premaster|oaep [-version N] [-in FILE] [-o FILE] ID", cmdDecrypt},
+		"public-key":   {"public-key [-version N] [-json] ID: print the PEM public key", cmdPublicKey},
+		"sign":         {"sign -scheme SCHEME [-version N] [-in FILE] [-digest] [-o FILE] ID: sign in the vault", cmdSign},
+		"decrypt":      {"decrypt -mode premaster|oaep [-version N] [-in FILE] [-o FILE] ID: decrypt with an RSA key in the vault", cmdDecrypt},
 		"verify":       {"verify -scheme SCHEME -sig FILE [-version N] [-in FILE] ID: check a signature locally with the vault's public key", cmdVerify},
 		"trace":        {"trace -key ID [-listen ADDR | -replay FILE] [handshake flags]: narrate a handshake", cmdTrace},
 	}
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: handshakectl [-handshaked ADDR] [-ca FILE -cert FILE -key FILE] COMMAND [flags] [args]")
+	fmt.Fprintln(w, "usage: handshakectl [-handshaked ADDR] [-ca FILE] [-cert FILE -key FILE] [-server-name NAME] COMMAND [flags] [args]")
+	fmt.Fprintln(w, "The connection flags can come from the environment instead:")
+	for _, f := range connFlags {
+		fmt.Fprintf(w, "  %-14s $%s\n", "-"+f.name, f.env)
+	}
+	fmt.Fprintln(w, "Commands (handshakectl COMMAND -h for a command's flags):")
 	names := make([]string, 0, len(commands))
 	for name := range commands {
 		names = append(names, name)
@@ -83,6 +140,20 @@ func usage(w io.Writer) {
 	for _, name := range names {
 		fmt.Fprintf(w, "  %s\n", commands[name].usage)
 	}
+	fmt.Fprintln(w, "  version: print the build")
+	fmt.Fprintln(w, "Flags:")
+}
+
+// connFlags are the flags that say how to reach handshaked; each can be set
+// by an environment variable instead, so that a shell session or a script
+// names the service and its credentials once. A flag given on the command
+// line wins.
+var connFlags = []struct{ name, env string }{
+	{"handshaked", "HANDSHAKED_ADDR"},
+	{"ca", "HANDSHAKED_CA"},
+	{"cert", "HANDSHAKED_CERT"},
+	{"key", "HANDSHAKED_KEY"},
+	{"server-name", "HANDSHAKED_SERVER_NAME"},
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -97,8 +168,21 @@ func runEnv(ctx context.Context, args []string, e *env) error {
 	ca := fs.String("ca", "", "roots (`PEM`) for handshaked's certificate (default: plain text, for a loopback development instance)")
 	cert := fs.String("cert", "", "client certificate (`PEM`) for mutual TLS")
 	key := fs.String("key", "", "client certificate key (`PEM`)")
+	serverName := fs.String("server-name", "", "`name` handshaked's certificate must carry, when it is not the host of -handshaked (implies TLS)")
 	timeout := fs.Duration("timeout", 30*time.Second, "bound on each call")
+	version := fs.Bool("version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
+	for _, f := range connFlags {
+		if v, ok := os.LookupEnv(f.env); ok {
+			if err := fs.Set(f.name, v); err != nil {
+				return fmt.Errorf("$%s: %w", f.env, err)
+			}
+		}
+	}
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *version || fs.Arg(0) == "version" {
+		_, err := fmt.Fprintln(e.stdout, "handshakectl", buildinfo.Read())
 		return err
 	}
 	if fs.NArg() == 0 {
@@ -111,13 +195,17 @@ func runEnv(ctx context.Context, args []string, e *env) error {
 		return fmt.Errorf("unknown command %q", fs.Arg(0))
 	}
 	opts := []handshaked.Option{handshaked.WithTimeout(*timeout), handshaked.WithRetries(2, 100*time.Millisecond)}
-	if *ca == "" && *cert == "" {
+	if (*cert == "") != (*key == "") {
+		return errors.New("-cert and -key go together")
+	}
+	if *ca == "" && *cert == "" && *serverName == "" {
 		opts = append(opts, handshaked.WithInsecure())
 	} else {
 		cfg, err := handshaked.TLSConfigFromFiles(*ca, *cert, *key)
 		if err != nil {
 			return err
 		}
+		cfg.ServerName = *serverName
 		opts = append(opts, handshaked.WithTLS(cfg))
 	}
 	c, err := handshaked.Dial(*addr, opts...)
@@ -187,13 +275,34 @@ func printKey(w io.Writer, k *pb.Key) {
 	}
 }
 
+// printJSON renders m as the REST API does (proto JSON field names, every
+// field present), for scripts.
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", EmitUnpopulated: true}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func jsonFlag(asJSON *bool) func(fs *flag.FlagSet) {
+	return func(fs *flag.FlagSet) {
+		fs.BoolVar(asJSON, "json", false, "print JSON, as the REST API answers")
+	}
+}
+
 func cmdList(ctx context.Context, e *env, args []string) error {
-	if _, err := subcommand("list", e, args, 0, nil); err != nil {
+	var asJSON bool
+	if _, err := subcommand("list", e, args, 0, jsonFlag(&asJSON)); err != nil {
 		return err
 	}
 	keys, err := e.client.ListKeys(ctx)
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		return printJSON(e.stdout, &pb.ListKeysResponse{Keys: keys})
 	}
 	for _, k := range keys {
 		printKey(e.stdout, k)
@@ -202,13 +311,17 @@ func cmdList(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdGet(ctx context.Context, e *env, args []string) error {
-	fs, err := subcommand("get", e, args, 1, nil)
+	var asJSON bool
+	fs, err := subcommand("get", e, args, 1, jsonFlag(&asJSON))
 	if err != nil {
 		return err
 	}
 	k, err := e.client.GetKey(ctx, fs.Arg(0))
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		return printJSON(e.stdout, k)
 	}
 	printKey(e.stdout, k)
 	return nil
@@ -377,8 +490,10 @@ func cmdCSR(ctx context.Context, e *env, args []string) error {
 
 func cmdPublicKey(ctx context.Context, e *env, args []string) error {
 	var version uint
+	var asJSON bool
 	fs, err := subcommand("public-key", e, args, 1, func(fs *flag.FlagSet) {
 		fs.UintVar(&version, "version", 0, "key version (0: primary)")
+		jsonFlag(&asJSON)(fs)
 	})
 	if err != nil {
 		return err
@@ -386,6 +501,9 @@ func cmdPublicKey(ctx context.Context, e *env, args []string) error {
 	resp, err := e.client.KeyVault().GetPublicKey(ctx, &pb.GetPublicKeyRequest{Key: fs.Arg(0), Version: uint32(version)})
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		return printJSON(e.stdout, resp)
 	}
 	_, err = io.WriteString(e.stdout, resp.GetPem())
 	return err

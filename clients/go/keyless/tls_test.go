@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/keyless"
 	"github.com/handshaked/handshaked/internal/service"
@@ -36,7 +39,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	os.Exit(testenv.Main(m))
 }
 
 // serveKeyless is the child: an ordinary net/http HTTPS server whose
@@ -93,35 +96,23 @@ func TestKeylessHTTPSServer(t *testing.T) {
 	edKey := srv.ServerKey(t, "web-ed", "ed25519-pkcs8.pem", "ed.test")
 
 	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	dir := t.TempDir()
 	cmd := exec.Command(self, "-test.run=^$")
 	cmd.Dir = dir
 	cmd.Env = []string{envGRPC + "=" + srv.GRPCAddr, envKeys + "=" + rsaKey.ID + "," + ecKey.ID + "," + edKey.ID}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
 		stdin.Close()
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("keyless server: %v", err)
-		}
+		assert.NoError(t, cmd.Wait(), "keyless server")
 	})
 	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("keyless server did not start: %v", err)
-	}
+	require.NoError(t, err, "keyless server did not start")
 	addr := strings.TrimSpace(strings.TrimPrefix(line, "ADDR "))
 	_, port, _ := net.SplitHostPort(addr)
 
@@ -155,26 +146,18 @@ func TestKeylessHTTPSServer(t *testing.T) {
 			client := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
 			defer client.CloseIdleConnections()
 			resp, err := client.Get("https://" + addr + "/")
-			if err != nil {
-				t.Fatalf("Go client: %v", err)
-			}
+			require.NoError(t, err, "Go client")
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if !strings.HasPrefix(string(body), "keyless "+tc.want) {
-				t.Errorf("Go client got %q, want %q", body, tc.want)
-			}
+			assert.True(t, strings.HasPrefix(string(body), "keyless "+tc.want), "Go client got %q, want %q", body, tc.want)
 
 			caFile := filepath.Join(t.TempDir(), "ca.pem")
-			os.WriteFile(caFile, []byte(tc.key.CertPEM), 0o600)
+			require.NoError(t, os.WriteFile(caFile, []byte(tc.key.CertPEM), 0o600))
 			args := append([]string{"-fsS", "--max-time", "20", "--cacert", caFile,
 				"--resolve", tc.key.Name + ":" + port + ":127.0.0.1", "https://" + tc.key.Name + ":" + port + "/"}, tc.curl...)
 			out, err := exec.Command(curl, args...).CombinedOutput()
-			if err != nil {
-				t.Fatalf("curl %v: %v\n%s", args, err, out)
-			}
-			if !strings.HasPrefix(string(out), "keyless "+tc.want) {
-				t.Errorf("curl got %q, want %q", out, tc.want)
-			}
+			require.NoError(t, err, "curl %v:\n%s", args, out)
+			assert.True(t, strings.HasPrefix(string(out), "keyless "+tc.want), "curl got %q, want %q", out, tc.want)
 		})
 	}
 }
@@ -188,24 +171,17 @@ func assertHoldsNoKey(t *testing.T, pid int, dir string) {
 	proc := fmt.Sprintf("/proc/%d", pid)
 	for _, f := range []string{"cmdline", "environ"} {
 		b, err := os.ReadFile(filepath.Join(proc, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.Contains(string(b), "PRIVATE KEY") || strings.Contains(string(b), ".pem") {
-			t.Errorf("keyless server's %s mentions key material: %q", f, b)
-		}
+		require.NoError(t, err)
+		assert.NotContains(t, string(b), "PRIVATE KEY", "keyless server's %s mentions key material", f)
+		assert.NotContains(t, string(b), ".pem", "keyless server's %s mentions key material", f)
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
-		t.Errorf("keyless server's directory is not empty: %v", entries)
-	}
+	entries, _ := os.ReadDir(dir)
+	assert.Empty(t, entries, "keyless server's directory is not empty")
 	fds, err := os.ReadDir(filepath.Join(proc, "fd"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, fd := range fds {
 		target, _ := os.Readlink(filepath.Join(proc, "fd", fd.Name()))
-		if strings.HasSuffix(target, ".pem") || strings.HasSuffix(target, ".db") || strings.Contains(target, "testdata/keys") {
-			t.Errorf("keyless server has %s open", target)
-		}
+		assert.False(t, strings.HasSuffix(target, ".pem") || strings.HasSuffix(target, ".db") || strings.Contains(target, "testdata/keys"),
+			"keyless server has %s open", target)
 	}
 }
