@@ -605,7 +605,10 @@ type client13 struct {
 	done       chan relayOutcome
 }
 
-func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
+// startProbeRelay runs a handshake with cfg behind a loopback TCP
+// connection, the engine stepped once per record, and returns the client's
+// end and where the relay's outcome arrives.
+func startProbeRelay(t *testing.T, cfg Config) (net.Conn, chan relayOutcome) {
 	t.Helper()
 	h, err := NewHandshake(&cfg)
 	require.NoError(t, err)
@@ -614,16 +617,23 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	serverConn.SetDeadline(deadline)
 	clientConn.SetDeadline(deadline)
 	t.Cleanup(func() { serverConn.Close(); clientConn.Close() })
-	c := &client13{t: t, conn: clientConn, transcript: sha256.New(), done: make(chan relayOutcome, 1)}
+	done := make(chan relayOutcome, 1)
 	r := &relay{h: h, keys: getPKI(t).keys, mode: splitRecords, rng: mrand.New(mrand.NewPCG(1, 2))}
 	go func() {
 		out := r.run(serverConn)
 		serverConn.Close()
-		c.done <- out
+		done <- out
 	}()
+	return clientConn, done
+}
+
+func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
+	t.Helper()
+	clientConn, done := startProbeRelay(t, cfg)
+	c := &client13{t: t, conn: clientConn, transcript: sha256.New(), done: done}
 	msg := hello.message()
 	c.transcript.Write(msg)
-	_, err = clientConn.Write(hello.record())
+	_, err := clientConn.Write(hello.record())
 	require.NoError(t, err)
 
 	// ServerHello, in plaintext.
@@ -1052,24 +1062,12 @@ type client12 struct {
 
 func dial12(t *testing.T, cfg Config) *client12 {
 	t.Helper()
-	h, err := NewHandshake(&cfg)
-	require.NoError(t, err)
-	serverConn, clientConn := tcpPair(t)
-	deadline := time.Now().Add(20 * time.Second)
-	serverConn.SetDeadline(deadline)
-	clientConn.SetDeadline(deadline)
-	t.Cleanup(func() { serverConn.Close(); clientConn.Close() })
-	c := &client12{t: t, conn: clientConn, transcript: sha256.New(), done: make(chan relayOutcome, 1)}
-	r := &relay{h: h, keys: getPKI(t).keys, mode: splitRecords, rng: mrand.New(mrand.NewPCG(1, 2))}
-	go func() {
-		out := r.run(serverConn)
-		serverConn.Close()
-		c.done <- out
-	}()
+	clientConn, done := startProbeRelay(t, cfg)
+	c := &client12{t: t, conn: clientConn, transcript: sha256.New(), done: done}
 	hello := hello12().replace(extGroups(0x0017))
 	hello.suites = []uint16{0xc02b}
 	c.transcript.Write(hello.message())
-	_, err = clientConn.Write(hello.record())
+	_, err := clientConn.Write(hello.record())
 	require.NoError(t, err)
 
 	var buf, hs []byte
