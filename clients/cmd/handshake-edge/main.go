@@ -298,8 +298,14 @@ func describe(st edge.ConnectionState) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "TLS version: %s\n", tls.VersionName(st.Version))
 	fmt.Fprintf(&b, "Cipher suite: %s\n", tls.CipherSuiteName(st.CipherSuite))
-	fmt.Fprintf(&b, "Group: %s\n", st.CurveID)
-	fmt.Fprintf(&b, "Signature scheme: %s\n", st.SignatureScheme)
+	// TLS 1.2 RSA key exchange has neither: the client encrypts the
+	// premaster to the certificate's key (RFC 5246, Section 7.4.7.1).
+	if st.CurveID == 0 && st.SignatureScheme == 0 {
+		b.WriteString("Group: none (RSA key exchange)\nSignature scheme: none (RSA key exchange)\n")
+	} else {
+		fmt.Fprintf(&b, "Group: %s\n", st.CurveID)
+		fmt.Fprintf(&b, "Signature scheme: %s\n", st.SignatureScheme)
+	}
 	fmt.Fprintf(&b, "Server name: %s\n", st.ServerName)
 	fmt.Fprintf(&b, "ALPN: %s\n", st.NegotiatedProtocol)
 	fmt.Fprintf(&b, "Key: %s version %d\n", st.KeyID, st.KeyVersion)
