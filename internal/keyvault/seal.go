@@ -108,9 +108,9 @@ type keyRecord struct {
 // versionRecord is the plaintext of a RecordVersion. The private key, or
 // its backend's handle, is in the RecordMaterial.
 type versionRecord struct {
-	State      string    `json:"state"`
-	Algorithm  string    `json:"algorithm"`
-	Imported   bool      `json:"imported,omitempty"`
+	State     string `json:"state"`
+	Algorithm string `json:"algorithm"`
+	Imported  bool   `json:"imported,omitempty"`
 	// Backend names the KeyBackend whose handle the RecordMaterial holds;
 	// empty for the software backend (and every record written before
 	// backends), whose handle is the private key as PKCS #8 DER.
