@@ -47,6 +47,7 @@ type KeyBackend interface {
 //
 // It is also a crypto.Decrypter, for RSA-OAEP (*rsa.OAEPOptions).
 type RawRSAKey interface {
+	crypto.Signer
 	crypto.Decrypter
 	// DecryptRaw returns RSADP (RFC 8017 §5.1.2) of ciphertext, which is
 	// as long as the modulus and below it: the padded message, as many

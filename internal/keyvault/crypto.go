@@ -13,6 +13,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -104,6 +105,9 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 	}
 	if mode == DecryptRSAOAEPSHA256 {
 		plaintext, err := ver.signer.(crypto.Decrypter).Decrypt(nil, ciphertext, &rsa.OAEPOptions{Hash: crypto.SHA256})
+		if errors.Is(err, ErrFailedPrecondition) { // a backend that cannot do OAEP at all
+			return nil, fmt.Errorf("keyvault: key %q version %d: %w", id, ver.number, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("keyvault: key %q version %d: decryption failed: %w", id, ver.number, ErrInvalidArgument)
 		}
