@@ -1,9 +1,10 @@
 //go:build pkcs11
 
 // Package softhsmtest gives tests a real SoftHSM2 token: one per test
-// binary, initialised in a directory of its own and removed after the run.
-// SoftHSM reads its configuration once per process (C_Initialize), so every
-// test of a package shares the token.
+// binary (Main, Config, Open), initialised in a directory of its own and
+// removed after the run, or one per test for a process the test starts
+// (NewToken). SoftHSM reads its configuration once per process
+// (C_Initialize), so every test of a package shares the first.
 package softhsmtest
 
 import (
@@ -53,12 +54,17 @@ func Main(m interface{ Run() int }) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		setupErr = setup(dir)
+		var conf string
+		if conf, setupErr = initToken(dir); setupErr == nil {
+			setupErr = os.Setenv("SOFTHSM2_CONF", conf)
+		}
 		return m.Run()
 	}))
 }
 
-func setup(dir string) error {
+// initToken initialises a token in dir and returns the path of the
+// SoftHSM2 configuration that finds it.
+func initToken(dir string) (string, error) {
 	for _, c := range append([]string{os.Getenv("SOFTHSM2_MODULE")}, moduleCandidates...) {
 		if c != "" {
 			if _, err := os.Stat(c); err == nil {
@@ -68,28 +74,43 @@ func setup(dir string) error {
 		}
 	}
 	if module == "" {
-		return fmt.Errorf("no SoftHSM2 module in %v ($SOFTHSM2_MODULE)", moduleCandidates)
+		return "", fmt.Errorf("no SoftHSM2 module in %v ($SOFTHSM2_MODULE)", moduleCandidates)
 	}
 	util, err := exec.LookPath("softhsm2-util")
 	if err != nil {
-		return err
+		return "", err
 	}
 	tokens := filepath.Join(dir, "tokens")
 	if err := os.Mkdir(tokens, 0o700); err != nil {
-		return err
+		return "", err
 	}
 	conf := filepath.Join(dir, "softhsm2.conf")
 	if err := os.WriteFile(conf, []byte("directories.tokendir = "+tokens+"\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"), 0o600); err != nil {
-		return err
+		return "", err
 	}
-	if err := os.Setenv("SOFTHSM2_CONF", conf); err != nil {
-		return err
+	cmd := exec.Command(util, "--init-token", "--free", "--label", TokenLabel, "--so-pin", soPIN, "--pin", PIN)
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("softhsm2-util --init-token: %v: %s", err, out)
 	}
-	out, err := exec.Command(util, "--init-token", "--free", "--label", TokenLabel, "--so-pin", soPIN, "--pin", PIN).CombinedOutput()
+	return conf, nil
+}
+
+// NewToken initialises a token of its own in t.TempDir() for a process the
+// test starts (SoftHSM reads its configuration per process), and returns
+// the SOFTHSM2_CONF value that finds it and its configuration. Skipped, or
+// failed in CI, as Config.
+func NewToken(t testing.TB) (conf string, cfg pkcs11.Config) {
+	t.Helper()
+	testenv.LookPath(t, "softhsm2-util")
+	conf, err := initToken(t.TempDir())
 	if err != nil {
-		return fmt.Errorf("softhsm2-util --init-token: %v: %s", err, out)
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("SoftHSM2 is required in CI (.ci/run installs it): %v", err)
+		}
+		t.Skipf("SoftHSM2 token: %v", err)
 	}
-	return nil
+	return conf, pkcs11.Config{Module: module, TokenLabel: TokenLabel, PIN: PIN, Sessions: 4}
 }
 
 // Config returns the configuration of the package's token. Where SoftHSM2

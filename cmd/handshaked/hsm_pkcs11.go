@@ -1,0 +1,11 @@
+//go:build pkcs11
+
+package main
+
+import "github.com/handshaked/handshaked/internal/keyvault/pkcs11"
+
+func init() {
+	openTokenBackend = func(h *hsmConfig) (tokenBackend, error) {
+		return pkcs11.Open(pkcs11.Config{Module: h.module, TokenLabel: h.token, PIN: h.pin, Sessions: h.sessions})
+	}
+}
