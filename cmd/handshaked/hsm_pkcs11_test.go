@@ -83,4 +83,3 @@ func TestPKCS11Instance(t *testing.T) {
 	out = waitExit(t, startProcessEnv(t, dataDir, append(env, pkcs11PINEnv+"="+token.PIN), "-pkcs11-module", token.Module, "-pkcs11-token", token.TokenLabel, "-kek-pkcs11-file", tampered))
 	assert.Contains(t, out, "key-encryption key")
 }
-
