@@ -227,3 +227,32 @@ func TestBackendRouting(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, BackendSoftware, s.Versions[0].Backend, "after reopening")
 }
+
+// FuzzUnpadSessionKey compares the vault's constant-time unpadding of a
+// decrypted block with the test's plain statement of RFC 8017 §7.2.2 step
+// 3 for a 48-byte message: 0x00 0x02, at least 8 nonzero bytes, 0x00, then
+// the message.
+func FuzzUnpadSessionKey(f *testing.F) {
+	premaster := bytes.Repeat([]byte{3}, premasterLen)
+	f.Add(pkcs1Block(256, premaster))
+	f.Add(pkcs1Block(64, premaster))
+	f.Add(pkcs1Block(256, premaster[:47]))
+	f.Add(make([]byte, 256))
+	f.Add(pkcs1Block(59, premaster))
+	f.Fuzz(func(t *testing.T, em []byte) {
+		key := bytes.Repeat([]byte{0xaa}, premasterLen)
+		err := unpadSessionKey(em, key)
+		if len(em) < premasterLen+11 {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		want := bytes.Repeat([]byte{0xaa}, premasterLen)
+		if em[0] == 0 && em[1] == 2 {
+			if sep := bytes.IndexByte(em[2:], 0) + 2; sep >= 10 && len(em)-sep-1 == premasterLen {
+				want = em[sep+1:]
+			}
+		}
+		assert.Equal(t, want, key)
+	})
+}
