@@ -94,15 +94,7 @@ func (b *Backend) UnwrapKEK(ctx context.Context, wrapped []byte) ([]byte, error)
 // generating it if the token has none.
 func (b *Backend) kekWrappingKey(sh pkcs11.SessionHandle) (pkcs11.ObjectHandle, []byte, error) {
 	c := b.mod.ctx
-	if err := c.FindObjectsInit(sh, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_LABEL, kekWrappingLabel),
-	}); err != nil {
-		return 0, nil, err
-	}
-	objs, _, err := c.FindObjects(sh, 2)
-	if ferr := c.FindObjectsFinal(sh); err == nil {
-		err = ferr
-	}
+	objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_LABEL, kekWrappingLabel))
 	if err != nil {
 		return 0, nil, err
 	}

@@ -155,22 +155,27 @@ func (b *Backend) Load(ctx context.Context, alg keyvault.Algorithm, handle []byt
 
 // find returns the one object of class with CKA_ID id.
 func (b *Backend) find(sh pkcs11.SessionHandle, class uint, id []byte) (pkcs11.ObjectHandle, error) {
-	if err := b.mod.ctx.FindObjectsInit(sh, []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-	}); err != nil {
+	objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+	if err == nil && len(objs) != 1 {
+		err = fmt.Errorf("%d objects of class %d with this id in the token, not 1", len(objs), class)
+	}
+	if err != nil {
 		return 0, err
+	}
+	return objs[0], nil
+}
+
+// findAll returns the objects matching template, two at most: enough to
+// tell one from several.
+func (b *Backend) findAll(sh pkcs11.SessionHandle, template ...*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	if err := b.mod.ctx.FindObjectsInit(sh, template); err != nil {
+		return nil, err
 	}
 	objs, _, err := b.mod.ctx.FindObjects(sh, 2)
 	if ferr := b.mod.ctx.FindObjectsFinal(sh); err == nil {
 		err = ferr
 	}
-	switch {
-	case err != nil:
-		return 0, err
-	case len(objs) != 1:
-		return 0, fmt.Errorf("%d objects of class %d with this id in the token, not 1", len(objs), class)
-	}
-	return objs[0], nil
+	return objs, err
 }
 
 // Destroy destroys the objects of key, a key of this backend: the private,

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -59,24 +60,35 @@ func openVault(t testing.TB, path string, b keyvault.KeyBackend) *keyvault.Vault
 	return v
 }
 
-// verify checks sig over msg with the standard library (RFC 8446 §4.2.3).
-func verify(pub crypto.PublicKey, scheme tls.SignatureScheme, msg, sig []byte) error {
-	var h crypto.Hash
+// hashOf is the test's own statement of each scheme's hash (RFC 8446
+// §4.2.3), apart from the code under test; 0 for Ed25519.
+func hashOf(scheme tls.SignatureScheme) crypto.Hash {
 	switch scheme {
 	case tls.PKCS1WithSHA256, tls.PSSWithSHA256, tls.ECDSAWithP256AndSHA256:
-		h = crypto.SHA256
+		return crypto.SHA256
 	case tls.PKCS1WithSHA384, tls.PSSWithSHA384, tls.ECDSAWithP384AndSHA384:
-		h = crypto.SHA384
+		return crypto.SHA384
 	case tls.PKCS1WithSHA512, tls.PSSWithSHA512, tls.ECDSAWithP521AndSHA512:
-		h = crypto.SHA512
+		return crypto.SHA512
 	case tls.PKCS1WithSHA1, tls.ECDSAWithSHA1:
-		h = crypto.SHA1
+		return crypto.SHA1
 	}
+	return 0
+}
+
+// digestFor is msg hashed with scheme's hash.
+func digestFor(scheme tls.SignatureScheme, msg []byte) []byte {
+	hh := hashOf(scheme).New()
+	hh.Write(msg)
+	return hh.Sum(nil)
+}
+
+// verify checks sig over msg with the standard library.
+func verify(pub crypto.PublicKey, scheme tls.SignatureScheme, msg, sig []byte) error {
+	h := hashOf(scheme)
 	var digest []byte
 	if h != 0 {
-		hh := h.New()
-		hh.Write(msg)
-		digest = hh.Sum(nil)
+		digest = digestFor(scheme, msg)
 	}
 	switch scheme {
 	case tls.PKCS1WithSHA256, tls.PKCS1WithSHA384, tls.PKCS1WithSHA512, tls.PKCS1WithSHA1:
@@ -128,7 +140,7 @@ func TestTokenKeysSignEveryScheme(t *testing.T) {
 	}
 	for _, alg := range allAlgorithms {
 		t.Run(alg.String(), func(t *testing.T) {
-			id := "hsm-" + map[bool]string{true: "rsa", false: "ec"}[alg <= keyvault.RSA4096] + fmt.Sprint(int(alg))
+			id := keyID(alg)
 			_, err := v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, id, alg, nil)
 			require.NoError(t, err)
 			check(t, v, id, alg)
@@ -143,26 +155,13 @@ func TestTokenKeysSignEveryScheme(t *testing.T) {
 	b2 := softhsmtest.Open(t)
 	v2 := openVault(t, path, b2)
 	for _, alg := range allAlgorithms {
-		id := "hsm-" + map[bool]string{true: "rsa", false: "ec"}[alg <= keyvault.RSA4096] + fmt.Sprint(int(alg))
-		t.Run("reopened/"+alg.String(), func(t *testing.T) { check(t, v2, id, alg) })
+		t.Run("reopened/"+alg.String(), func(t *testing.T) { check(t, v2, keyID(alg), alg) })
 	}
 }
 
-func digestFor(scheme tls.SignatureScheme, msg []byte) []byte {
-	var h crypto.Hash
-	switch scheme {
-	case tls.PKCS1WithSHA256, tls.PSSWithSHA256, tls.ECDSAWithP256AndSHA256:
-		h = crypto.SHA256
-	case tls.PKCS1WithSHA384, tls.PSSWithSHA384, tls.ECDSAWithP384AndSHA384:
-		h = crypto.SHA384
-	case tls.PKCS1WithSHA512, tls.PSSWithSHA512, tls.ECDSAWithP521AndSHA512:
-		h = crypto.SHA512
-	default:
-		h = crypto.SHA1
-	}
-	hh := h.New()
-	hh.Write(msg)
-	return hh.Sum(nil)
+// keyID is the id of the test's key of alg: "hsm-rsa-2048", ...
+func keyID(alg keyvault.Algorithm) string {
+	return "hsm-" + strings.ToLower(strings.ReplaceAll(alg.String(), "_", "-"))
 }
 
 // TestTokenKeysStayInTheToken checks what the token says of a generated
