@@ -23,6 +23,7 @@ const pkcs11PINEnv = "HANDSHAKED_PKCS11_PIN"
 type hsmConfig struct {
 	module   string
 	token    string
+	slot     int // -1: by -pkcs11-token
 	pinFile  string
 	pin      string // from pkcs11PINEnv
 	sessions int
@@ -32,6 +33,7 @@ type hsmConfig struct {
 func registerHSMFlags(fs *flag.FlagSet, h *hsmConfig) {
 	fs.StringVar(&h.module, "pkcs11-module", "", "PKCS#11 module (HSM library) for keys created with backend KEY_BACKEND_PKCS11 and the token-wrapped KEK; needs a build with -tags pkcs11")
 	fs.StringVar(&h.token, "pkcs11-token", "", "label of the PKCS#11 token to use")
+	fs.IntVar(&h.slot, "pkcs11-slot", -1, "slot ID of the PKCS#11 token, instead of -pkcs11-token")
 	fs.StringVar(&h.pinFile, "pkcs11-pin-file", "", "file holding the token's user PIN, not world-readable (or $"+pkcs11PINEnv+")")
 	fs.IntVar(&h.sessions, "pkcs11-sessions", 8, "PKCS#11 sessions kept open for concurrent key operations")
 	fs.StringVar(&h.kekFile, "kek-pkcs11-file", "", "file holding the key-encryption key wrapped by an AES key of the PKCS#11 token (created with a new KEK when the vault is created): no plaintext KEK on disk; instead of -kek-file")
@@ -52,7 +54,7 @@ var openTokenBackend func(h *hsmConfig) (tokenBackend, error)
 func openToken(cfg *config) (tokenBackend, error) {
 	h := &cfg.hsm
 	if h.module == "" {
-		if h.token != "" || h.pinFile != "" || h.kekFile != "" {
+		if h.token != "" || h.slot >= 0 || h.pinFile != "" || h.kekFile != "" {
 			return nil, errors.New("the -pkcs11-* and -kek-pkcs11-file settings need -pkcs11-module")
 		}
 		return nil, nil
@@ -60,8 +62,8 @@ func openToken(cfg *config) (tokenBackend, error) {
 	if openTokenBackend == nil {
 		return nil, errors.New("-pkcs11-module: this handshaked is built without PKCS#11 support; build it with -tags pkcs11 (it needs cgo)")
 	}
-	if h.token == "" {
-		return nil, errors.New("-pkcs11-module needs -pkcs11-token, the token's label")
+	if (h.token == "") == (h.slot < 0) {
+		return nil, errors.New("-pkcs11-module needs the token: its label (-pkcs11-token) or its slot ID (-pkcs11-slot), one of them")
 	}
 	switch {
 	case h.pin != "" && h.pinFile != "":
@@ -83,7 +85,7 @@ func openToken(cfg *config) (tokenBackend, error) {
 	if err != nil {
 		return nil, err
 	}
-	slog.Info("PKCS#11 token open", "module", h.module, "token", h.token, "sessions", h.sessions)
+	slog.Info("PKCS#11 token open", "module", h.module, "token", h.token, "slot", h.slot, "sessions", h.sessions)
 	return b, nil
 }
 

@@ -74,6 +74,8 @@ func TestPKCS11Instance(t *testing.T) {
 	assert.NotContains(t, out, token.PIN)
 	out = waitExit(t, startProcessEnv(t, dataDir, env, hsmArgs...))
 	assert.Contains(t, out, "needs its user PIN")
+	out = waitExit(t, startProcessEnv(t, dataDir, append(env, pkcs11PINEnv+"="+token.PIN), append(hsmArgs, "-pkcs11-slot", "0")...))
+	assert.Contains(t, out, "one of them")
 
 	data, err := os.ReadFile(wrapped)
 	require.NoError(t, err)

@@ -58,3 +58,6 @@ func ObjectsWithID(b *Backend, key crypto.Signer) (int, error) {
 var ParseObjectURI = parseObjectURI
 
 type ObjectURI = objectURI
+
+// SlotOf is the slot ID of b's token.
+func SlotOf(b *Backend) uint { return b.slot }

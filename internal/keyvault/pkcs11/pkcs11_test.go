@@ -425,6 +425,38 @@ func TestKEKWrappedInToken(t *testing.T) {
 	assert.ErrorContains(t, err, "not a wrapped key-encryption key")
 }
 
+// TestOpenSelectsToken finds the token by label or slot ID, and fails
+// clearly on a wrong label, slot or module, or no PIN. (A wrong PIN is
+// refused in a process of its own, TestPKCS11Instance: here the token is
+// already logged in, which PKCS #11 keeps per application.)
+func TestOpenSelectsToken(t *testing.T) {
+	cfg := softhsmtest.Config(t)
+	b := softhsmtest.Open(t)
+	bySlot := cfg
+	bySlot.TokenLabel, bySlot.Slot = "", pkcs11.SlotOf(b)
+	b2, err := pkcs11.Open(bySlot)
+	require.NoError(t, err, "by slot")
+	_, key, err := b2.Generate(t.Context(), keyvault.ECDSAP256, "by slot")
+	require.NoError(t, err)
+	require.NoError(t, b2.Destroy(t.Context(), key))
+	require.NoError(t, b2.Close())
+
+	for name, change := range map[string]func(*pkcs11.Config){
+		"no token labelled":  func(c *pkcs11.Config) { c.TokenLabel = "other" },
+		"no token in slot":   func(c *pkcs11.Config) { c.TokenLabel, c.Slot = "", pkcs11.SlotOf(b)+1000 },
+		"cannot load module": func(c *pkcs11.Config) { c.Module = filepath.Join(t.TempDir(), "missing.so") },
+		"no user PIN":        func(c *pkcs11.Config) { c.PIN = "" },
+	} {
+		c := cfg
+		change(&c)
+		_, err := pkcs11.Open(c)
+		assert.ErrorContains(t, err, name)
+		if err != nil {
+			assert.NotContains(t, err.Error(), cfg.PIN)
+		}
+	}
+}
+
 func TestObjectURI(t *testing.T) {
 	u := pkcs11.ObjectURI{Token: "my token;1", Object: "handshaked/k/1", ID: []byte{0, 0xff, ';', '='}, Type: "private"}
 	s := u.String()
