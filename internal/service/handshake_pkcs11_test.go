@@ -3,6 +3,8 @@
 package service_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -24,8 +26,9 @@ import (
 // TestTokenKeysThroughEngine runs the handshake matrix of the external
 // clients through the engine with server keys generated in a SoftHSM
 // token: openssl and gnutls-cli over TLS 1.2 (RSA key exchange, ECDHE with
-// RSA and ECDSA, mutual TLS) and TLS 1.3, and curl over TLS 1.2 RSA key
-// exchange and TLS 1.3. RSA key exchange decrypts the premaster by raw RSA
+// RSA and ECDSA, mutual TLS) and TLS 1.3, curl over TLS 1.2 RSA key
+// exchange and TLS 1.3, and Go's crypto/tls with RSA, P-256, P-384 and
+// Ed25519 keys over both versions. RSA key exchange decrypts the premaster by raw RSA
 // in the token and the vault's unpadding.
 func TestTokenKeysThroughEngine(t *testing.T) {
 	openssl := testenv.LookPath(t, "openssl")
@@ -54,6 +57,41 @@ func TestTokenKeysThroughEngine(t *testing.T) {
 	pki := newClientPKI(t)
 
 	t.Run("openssl", func(t *testing.T) { opensslMatrix(t, openssl, s, keys, caFile, pki) })
+
+	// Go's crypto/tls, with Ed25519 and P-384 token keys as well.
+	edKey := s.CreateServerKey(t, uniqueID("hsm-ed"), pb.KeyBackend_KEY_BACKEND_PKCS11, pb.Algorithm_ALGORITHM_ED25519, "ed.test")
+	p384Key := s.CreateServerKey(t, uniqueID("hsm-p384"), pb.KeyBackend_KEY_BACKEND_PKCS11, pb.Algorithm_ALGORITHM_ECDSA_P384, "p384.test")
+	hc := s.handshakeClient(t)
+	for _, tc := range []struct {
+		name    string
+		key     servicetest.ServerKey
+		version uint16
+		suites  []uint16
+	}{
+		{"go/TLS12-RSA-kx", rsaKey, tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+		{"go/TLS12-ECDHE-RSA", rsaKey, tls.VersionTLS12, []uint16{tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384}},
+		{"go/TLS12-ECDHE-ECDSA", ecKey, tls.VersionTLS12, []uint16{tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256}},
+		{"go/TLS13-RSA-PSS", rsaKey, tls.VersionTLS13, nil},
+		{"go/TLS13-P256", ecKey, tls.VersionTLS13, nil},
+		{"go/TLS13-P384", p384Key, tls.VersionTLS13, nil},
+		{"go/TLS13-Ed25519", edKey, tls.VersionTLS13, nil},
+		{"go/TLS12-Ed25519", edKey, tls.VersionTLS12, []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: tc.key.ID}}}}
+			state, _ := runClient(t, &tls.Config{
+				RootCAs: tc.key.Pool, ServerName: tc.key.Name, MinVersion: tc.version, MaxVersion: tc.version, CipherSuites: tc.suites,
+			}, func() stepper {
+				stream, err := hc.Stream(context.Background())
+				require.NoError(t, err)
+				return &streamStepper{stream: stream, start: start}
+			})
+			assert.Equal(t, tc.version, state.Version)
+			if len(tc.suites) == 1 {
+				assert.Equal(t, tc.suites[0], state.CipherSuite)
+			}
+		})
+	}
 	t.Run("gnutls", func(t *testing.T) { gnutlsMatrix(t, gnutls, s, keys, caFile, pki) })
 	for _, tc := range []struct {
 		name, sni string
