@@ -74,6 +74,10 @@ func TestPKCS11Instance(t *testing.T) {
 	assert.NotContains(t, out, token.PIN)
 	out = waitExit(t, startProcessEnv(t, dataDir, env, hsmArgs...))
 	assert.Contains(t, out, "needs its user PIN")
+	require.NoError(t, os.Chmod(pinFile, 0o644))
+	out = waitExit(t, startProcessEnv(t, dataDir, env, append(hsmArgs, "-pkcs11-pin-file", pinFile)...))
+	assert.Contains(t, out, "PKCS#11 PIN "+pinFile+" is world-readable")
+	assert.NotContains(t, out, token.PIN)
 	out = waitExit(t, startProcessEnv(t, dataDir, append(env, pkcs11PINEnv+"="+token.PIN), append(hsmArgs, "-pkcs11-slot", "0")...))
 	assert.Contains(t, out, "one of them")
 
