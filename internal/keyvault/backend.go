@@ -39,16 +39,14 @@ type KeyBackend interface {
 }
 
 // RawRSAKey is an RSA key of a backend that does not hand the private
-// exponent out (an HSM's). For TLS-premaster decryption the vault asks it
-// for the raw RSA operation and a rejection key, and removes the PKCS #1
-// v1.5 padding itself, in constant time and with implicit rejection: a
-// token's own PKCS #1 v1.5 decryption reports bad padding by an error and
-// by its timing, the Bleichenbacher oracle RFC 5246 §7.4.7.1 forbids.
-//
-// It is also a crypto.Decrypter, for RSA-OAEP (*rsa.OAEPOptions).
+// exponent out (an HSM's). For decryption the vault asks it for the raw RSA
+// operation and removes the padding itself, in constant time: a token's
+// own PKCS #1 v1.5 decryption reports bad padding by an error and by its
+// timing, the Bleichenbacher oracle RFC 5246 §7.4.7.1 forbids, and the
+// vault's OAEP decoding is the same for every token. For a TLS premaster it
+// also asks for a rejection key, for the implicit rejection.
 type RawRSAKey interface {
 	crypto.Signer
-	crypto.Decrypter
 	// DecryptRaw returns RSADP (RFC 8017 §5.1.2) of ciphertext, which is
 	// as long as the modulus and below it: the padded message, as many
 	// bytes as the modulus, with no check of its padding.

@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"io"
 	"math/big"
@@ -19,7 +20,7 @@ import (
 
 // rawTestKey is an RSA key that offers the vault only what an HSM's does:
 // the raw RSA operation and a rejection KDK, never the key for
-// softwarePremaster. Its KDK is the software one, so that both paths must
+// softwareRSA. Its KDK is the software one, so that both paths must
 // give the same 48 bytes for every ciphertext.
 type rawTestKey struct {
 	priv *rsa.PrivateKey
@@ -31,10 +32,6 @@ func (k rawTestKey) Public() crypto.PublicKey { return k.priv.Public() }
 
 func (k rawTestKey) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	return k.priv.Sign(r, digest, opts)
-}
-
-func (k rawTestKey) Decrypt(r io.Reader, ct []byte, opts crypto.DecrypterOpts) ([]byte, error) {
-	return k.priv.Decrypt(r, ct, opts)
 }
 
 func (k rawTestKey) record(op string) {
@@ -52,7 +49,7 @@ func (k rawTestKey) DecryptRaw(ctx context.Context, ct []byte) ([]byte, error) {
 
 func (k rawTestKey) RejectionKDK(ctx context.Context, ct []byte) ([]byte, error) {
 	k.record("kdk")
-	return softwarePremaster{k.priv}.rejectionKDK(ctx, ct)
+	return softwareRSA{k.priv}.rejectionKDK(ctx, ct)
 }
 
 // rawTestBackend holds rawTestKeys in memory under the name "raw-test".
@@ -145,9 +142,9 @@ func TestUnpadSessionKeyMatchesCryptoRSA(t *testing.T) {
 	for name, block := range cases {
 		t.Run(name, func(t *testing.T) {
 			ct := encryptBlock(pub, block())
-			want, err := decryptPremaster(ctx, pub, softwarePremaster{priv}, ct, tls.VersionTLS12)
+			want, err := decryptPremaster(ctx, pub, softwareRSA{priv}, ct, tls.VersionTLS12)
 			require.NoError(t, err)
-			got, err := decryptPremaster(ctx, pub, rawPremaster{raw}, ct, tls.VersionTLS12)
+			got, err := decryptPremaster(ctx, pub, rawRSA{raw}, ct, tls.VersionTLS12)
 			require.NoError(t, err)
 			assert.Equal(t, want, got)
 			assert.Len(t, got, premasterLen)
@@ -199,6 +196,15 @@ func TestBackendRouting(t *testing.T) {
 	assert.Len(t, got, premasterLen)
 	assert.NotEqual(t, premaster, got)
 	assert.Equal(t, []string{"kdk", "raw", "kdk", "raw"}, b.takeOps(), "a good and a bad ciphertext make the same backend calls")
+	oaep, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte("oaep"), nil)
+	require.NoError(t, err)
+	got, err = v.Decrypt(ctx, "in-backend", 1, DecryptRSAOAEPSHA256, oaep, 0)
+	require.NoError(t, err)
+	assert.Equal(t, []byte("oaep"), got)
+	assert.Equal(t, []string{"raw"}, b.takeOps(), "OAEP by raw RSA and the vault's decoding")
+	oaep[3] ^= 1
+	_, err = v.Decrypt(ctx, "in-backend", 1, DecryptRSAOAEPSHA256, oaep, 0)
+	assert.ErrorIs(t, err, ErrInvalidArgument)
 
 	_, err = v.SetVersionEnabled(ctx, "in-backend", 1, false)
 	require.NoError(t, err)
@@ -254,5 +260,89 @@ func FuzzUnpadSessionKey(f *testing.F) {
 			}
 		}
 		assert.Equal(t, want, key)
+	})
+}
+
+// oaepBlock is the test's own EME-OAEP encoding (RFC 8017 §7.1.1 step 2)
+// with SHA-256 and an empty label, with each part given: lead (0x00 when
+// valid), the label hash, PS, the separator (0x01) and the message.
+func oaepBlock(k int, lead byte, lHash []byte, sep byte, msg []byte) []byte {
+	db := make([]byte, k-sha256.Size-1)
+	copy(db, lHash)
+	db[len(db)-len(msg)-1] = sep
+	copy(db[len(db)-len(msg):], msg)
+	seed := make([]byte, sha256.Size)
+	rand.Read(seed)
+	xorMGF1 := func(out, seed []byte) {
+		for i, done := uint32(0), 0; done < len(out); i++ {
+			block := sha256.Sum256(append(bytes.Clone(seed), byte(i>>24), byte(i>>16), byte(i>>8), byte(i)))
+			for j := 0; j < len(block) && done < len(out); j++ {
+				out[done] ^= block[j]
+				done++
+			}
+		}
+	}
+	xorMGF1(db, seed)
+	xorMGF1(seed, db)
+	return append(append([]byte{lead}, seed...), db...)
+}
+
+// TestUnpadOAEPMatchesCryptoRSA decrypts well- and ill-formed OAEP blocks
+// through crypto/rsa and through raw RSA and the vault's own decoding: the
+// same message where crypto/rsa finds one, an error where it does not.
+func TestUnpadOAEPMatchesCryptoRSA(t *testing.T) {
+	priv := testKey(t, RSA2048).(*rsa.PrivateKey)
+	pub := &priv.PublicKey
+	k := pub.Size()
+	raw := rawRSA{rawTestKey{priv: priv, mu: new(sync.Mutex), ops: new([]string)}}
+	lHash := sha256.Sum256(nil)
+	otherHash := sha256.Sum256([]byte("label"))
+	msg := []byte("oaep message")
+	cases := map[string]struct {
+		em    []byte
+		valid bool
+	}{
+		"valid":                 {oaepBlock(k, 0, lHash[:], 1, msg), true},
+		"valid, empty message":  {oaepBlock(k, 0, lHash[:], 1, nil), true},
+		"valid, longest":        {oaepBlock(k, 0, lHash[:], 1, make([]byte, k-2*sha256.Size-2)), true},
+		"leading byte":          {oaepBlock(k, 1, lHash[:], 1, msg), false},
+		"other label":           {oaepBlock(k, 0, otherHash[:], 1, msg), false},
+		"separator 2":           {oaepBlock(k, 0, lHash[:], 2, msg), false},
+		"no separator":          {oaepBlock(k, 0, lHash[:], 0, msg), false},
+		"byte before separator": {oaepBlock(k, 0, lHash[:], 5, append([]byte{1}, msg...)), false},
+		"random":                {func() []byte { b := make([]byte, k); rand.Read(b[1:]); return b }(), false},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			ct := encryptBlock(pub, tc.em)
+			want, wantErr := rsa.DecryptOAEP(sha256.New(), nil, priv, ct, nil)
+			got, err := raw.decryptOAEP(ctx, ct)
+			require.Equal(t, wantErr == nil, err == nil, "crypto/rsa: %v, vault: %v", wantErr, err)
+			assert.Equal(t, tc.valid, err == nil, "%v", err)
+			assert.Equal(t, want, got)
+			if err != nil {
+				assert.Equal(t, errOAEP, err, "one error for every failure")
+			}
+		})
+	}
+}
+
+// FuzzUnpadOAEP compares the vault's OAEP decoding with crypto/rsa's on
+// any block, encrypted with the test key's public key.
+func FuzzUnpadOAEP(f *testing.F) {
+	lHash := sha256.Sum256(nil)
+	f.Add(oaepBlock(256, 0, lHash[:], 1, []byte("m")))
+	f.Add(oaepBlock(256, 0, lHash[:], 0, []byte("m")))
+	f.Add(make([]byte, 256))
+	f.Fuzz(func(t *testing.T, em []byte) {
+		priv := testKey(t, RSA2048).(*rsa.PrivateKey)
+		if len(em) != priv.Size() || new(big.Int).SetBytes(em).Cmp(priv.N) >= 0 {
+			return
+		}
+		ct := encryptBlock(&priv.PublicKey, em)
+		want, wantErr := rsa.DecryptOAEP(sha256.New(), nil, priv, ct, nil)
+		got, err := unpadOAEP(bytes.Clone(em))
+		require.Equal(t, wantErr == nil, err == nil)
+		assert.Equal(t, want, got)
 	})
 }

@@ -94,7 +94,7 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 		return nil, err
 	}
 	pub, isRSA := ver.signer.Public().(*rsa.PublicKey)
-	key, canDecrypt := premasterKeyOf(ver.signer)
+	key, canDecrypt := rsaPrivateOf(ver.signer)
 	if !isRSA || !canDecrypt {
 		return nil, fmt.Errorf("keyvault: key %q version %d is %v; decryption needs an RSA key: %w", id, ver.number, ver.alg, ErrInvalidArgument)
 	}
@@ -104,10 +104,7 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 		return nil, fmt.Errorf("keyvault: key %q version %d: ciphertext is %d bytes, the modulus %d: %w", id, ver.number, len(ciphertext), pub.Size(), ErrInvalidArgument)
 	}
 	if mode == DecryptRSAOAEPSHA256 {
-		plaintext, err := ver.signer.(crypto.Decrypter).Decrypt(nil, ciphertext, &rsa.OAEPOptions{Hash: crypto.SHA256})
-		if errors.Is(err, ErrFailedPrecondition) { // a backend that cannot do OAEP at all
-			return nil, fmt.Errorf("keyvault: key %q version %d: %w", id, ver.number, err)
-		}
+		plaintext, err := key.decryptOAEP(ctx, ciphertext)
 		if err != nil {
 			return nil, fmt.Errorf("keyvault: key %q version %d: decryption failed: %w", id, ver.number, ErrInvalidArgument)
 		}
@@ -120,11 +117,15 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 	return premaster, nil
 }
 
-// premasterKey is the private-key part of premaster decryption, which
-// differs by where the key is: in memory (softwarePremaster) or in a
-// backend that does the raw RSA operation only (rawPremaster). What both
-// share, the substitute and the checks, is decryptPremaster's.
-type premasterKey interface {
+// rsaPrivate is the private-key part of RSA decryption, which differs by
+// where the key is: in memory (softwareRSA) or in a backend that does the
+// raw RSA operation only (rawRSA), where the vault removes the padding
+// itself. What both share for a premaster, the substitute and the checks,
+// is decryptPremaster's.
+type rsaPrivate interface {
+	// decryptOAEP decrypts RSA-OAEP with SHA-256 and an empty label. Every
+	// invalid ciphertext fails with the same error, after the same work.
+	decryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error)
 	// rejectionKDK returns the key-derivation key of the substitute for
 	// ciphertext: a function of ciphertext and a secret of the key.
 	rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error)
@@ -135,13 +136,13 @@ type premasterKey interface {
 	decryptSessionKey(ctx context.Context, ciphertext, key []byte) error
 }
 
-// premasterKeyOf returns the premaster decryption of an RSA key.
-func premasterKeyOf(key crypto.Signer) (premasterKey, bool) {
+// rsaPrivateOf returns the premaster decryption of an RSA key.
+func rsaPrivateOf(key crypto.Signer) (rsaPrivate, bool) {
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
-		return softwarePremaster{k}, true
+		return softwareRSA{k}, true
 	case RawRSAKey:
-		return rawPremaster{k}, true
+		return rawRSA{k}, true
 	}
 	return nil, false
 }
@@ -162,7 +163,7 @@ func premasterKeyOf(key crypto.Signer) (premasterKey, bool) {
 // same premaster, so asking twice would tell them apart. Both outcomes take
 // the same path, with the same calls into the key's backend; nothing
 // branches on secret data.
-func decryptPremaster(ctx context.Context, pub *rsa.PublicKey, key premasterKey, ciphertext []byte, clientVersion uint16) ([]byte, error) {
+func decryptPremaster(ctx context.Context, pub *rsa.PublicKey, key rsaPrivate, ciphertext []byte, clientVersion uint16) ([]byte, error) {
 	kdk, err := key.rejectionKDK(ctx, ciphertext)
 	if err != nil {
 		return nil, fmt.Errorf("implicit rejection key: %w", err)
@@ -193,13 +194,13 @@ func decryptPremaster(ctx context.Context, pub *rsa.PublicKey, key premasterKey,
 	return premaster, nil
 }
 
-// softwarePremaster decrypts with a private key in memory.
-type softwarePremaster struct{ priv *rsa.PrivateKey }
+// softwareRSA decrypts with a private key in memory.
+type softwareRSA struct{ priv *rsa.PrivateKey }
 
 // rejectionKDK is KDK = HMAC-SHA256(SHA256(I2OSP(d, k)), ciphertext), the
 // key-derivation key of draft-irtf-cfrg-rsa-guidance §7.1 (as OpenSSL 3.2
 // computes it).
-func (k softwarePremaster) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
+func (k softwareRSA) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
 	d := k.priv.D.FillBytes(make([]byte, k.priv.Size()))
 	dh := sha256.Sum256(d)
 	clear(d)
@@ -212,22 +213,85 @@ func (k softwarePremaster) rejectionKDK(ctx context.Context, ciphertext []byte) 
 // decryptSessionKey is crypto/rsa's, which keeps the padding check in
 // constant time. Its errors depend on public values only (key size, FIPS
 // 140-only mode).
-func (k softwarePremaster) decryptSessionKey(ctx context.Context, ciphertext, key []byte) error {
+func (k softwareRSA) decryptSessionKey(ctx context.Context, ciphertext, key []byte) error {
 	return rsa.DecryptPKCS1v15SessionKey(nil, k.priv, ciphertext, key)
 }
 
-// rawPremaster decrypts with a key of a backend that gives the raw RSA
+func (k softwareRSA) decryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	return rsa.DecryptOAEP(sha256.New(), nil, k.priv, ciphertext, nil)
+}
+
+// rawRSA decrypts with a key of a backend that gives the raw RSA
 // operation and keeps the rejection secret (an HMAC key) inside it: the
 // private exponent is not available, so the KDK is HMAC-SHA256 under that
 // secret instead. The padding is removed here, not by the backend, whose
 // own PKCS #1 v1.5 decryption would report bad padding.
-type rawPremaster struct{ key RawRSAKey }
+type rawRSA struct{ key RawRSAKey }
 
-func (k rawPremaster) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
+func (k rawRSA) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
 	return k.key.RejectionKDK(ctx, ciphertext)
 }
 
-func (k rawPremaster) decryptSessionKey(ctx context.Context, ciphertext, key []byte) error {
+func (k rawRSA) decryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	em, err := k.key.DecryptRaw(ctx, ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(em)
+	if len(em) != len(ciphertext) {
+		return nil, fmt.Errorf("the backend's raw RSA gave %d bytes, not %d", len(em), len(ciphertext))
+	}
+	return unpadOAEP(em)
+}
+
+var errOAEP = errors.New("rsa-oaep decryption error")
+
+// unpadOAEP is EME-OAEP decoding (RFC 8017 §7.1.2 step 3) with SHA-256,
+// MGF1-SHA-256 and an empty label, of em, which it overwrites. As crypto/rsa
+// does, it checks the leading zero, the label hash and the 0x01 separator
+// without branching on any of them and reports every failure alike, so that
+// a caller cannot tell which one it was (Manger 2001).
+func unpadOAEP(em []byte) ([]byte, error) {
+	const hLen = sha256.Size
+	if len(em) < 2*hLen+2 {
+		return nil, errOAEP
+	}
+	lHash := sha256.Sum256(nil)
+	seed, db := em[1:1+hLen], em[1+hLen:]
+	mgf1XOR(seed, db)
+	mgf1XOR(db, seed)
+	valid := subtle.ConstantTimeByteEq(em[0], 0) & subtle.ConstantTimeCompare(db[:hLen], lHash[:])
+	// db[hLen:] is PS (zeros) || 0x01 || M: find the first nonzero byte,
+	// which must be 0x01, looking at every byte.
+	looking, index, invalid := 1, 0, 0
+	rest := db[hLen:]
+	for i, b := range rest {
+		isZero, isOne := subtle.ConstantTimeByteEq(b, 0), subtle.ConstantTimeByteEq(b, 1)
+		index = subtle.ConstantTimeSelect(looking&isOne, i, index)
+		looking = subtle.ConstantTimeSelect(isOne, 0, looking)
+		invalid = subtle.ConstantTimeSelect(looking&^isZero, 1, invalid)
+	}
+	if valid&^invalid&^looking != 1 {
+		return nil, errOAEP
+	}
+	return bytes.Clone(rest[index+1:]), nil
+}
+
+// mgf1XOR XORs out with MGF1-SHA-256 of seed (RFC 8017 §B.2.1).
+func mgf1XOR(out, seed []byte) {
+	var counter [4]byte
+	h := sha256.New()
+	for done := 0; done < len(out); {
+		h.Reset()
+		h.Write(seed)
+		h.Write(counter[:])
+		block := h.Sum(nil)
+		done += subtle.XORBytes(out[done:], out[done:], block)
+		binary.BigEndian.PutUint32(counter[:], binary.BigEndian.Uint32(counter[:])+1)
+	}
+}
+
+func (k rawRSA) decryptSessionKey(ctx context.Context, ciphertext, key []byte) error {
 	em, err := k.key.DecryptRaw(ctx, ciphertext)
 	if err != nil {
 		return err
@@ -267,7 +331,7 @@ var rejectionLabel = []byte("handshaked TLS premaster implicit rejection")
 // rejectionSubstitute returns the 48 bytes a bad ciphertext decrypts to:
 // the implicit-rejection construction of draft-irtf-cfrg-rsa-guidance §7.1
 // (as OpenSSL 3.2 implements it), with the TLS premaster's fixed length,
-// from the key-derivation key of the ciphertext (premasterKey.rejectionKDK):
+// from the key-derivation key of the ciphertext (rsaPrivate.rejectionKDK):
 // IRPRF(KDK, label, 384 bits), blocks HMAC-SHA256(KDK, I2OSP(i, 2) || label
 // || I2OSP(384, 2)). It is computed for every ciphertext, valid or not, so
 // its cost says nothing about validity.

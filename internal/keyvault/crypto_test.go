@@ -220,7 +220,7 @@ func BenchmarkDecryptPremasterRSA2048(b *testing.B) {
 	})
 	b.Run("substitute-only", func(b *testing.B) {
 		for b.Loop() {
-			kdk, _ := softwarePremaster{priv}.rejectionKDK(ctx, ct)
+			kdk, _ := softwareRSA{priv}.rejectionKDK(ctx, ct)
 			rejectionSubstitute(kdk)
 		}
 	})

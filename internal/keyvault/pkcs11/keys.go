@@ -288,8 +288,10 @@ func (b *Backend) newKey(ctx context.Context, alg keyvault.Algorithm, id []byte,
 	}
 }
 
-// rsaTokenKey signs (PKCS #1 v1.5, PSS), decrypts OAEP, and gives the vault
-// the raw RSA operation and the rejection KDK (keyvault.RawRSAKey).
+// rsaTokenKey signs (PKCS #1 v1.5, PSS) and gives the vault the raw RSA
+// operation and the rejection KDK (keyvault.RawRSAKey). It does not offer
+// the token's PKCS #1 v1.5 decryption, a padding oracle, nor its OAEP: the
+// vault removes either padding itself.
 type rsaTokenKey struct{ *tokenKey }
 
 // DigestInfo prefixes of RFC 8017 §9.2 note 1: CKM_RSA_PKCS signs what it
@@ -331,26 +333,6 @@ func (k *rsaTokenKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) (
 		return nil, fmt.Errorf("pkcs11: RSA PKCS #1 v1.5 with %v is not supported", h)
 	}
 	return k.op(ctx, k.priv, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), false, append(append([]byte(nil), prefix...), digest...))
-}
-
-// Decrypt decrypts RSA-OAEP (*rsa.OAEPOptions, SHA-256 and no label) in
-// the token. PKCS #1 v1.5 decryption is refused: the token's would be a
-// padding oracle; the vault's premaster decryption uses DecryptRaw.
-func (k *rsaTokenKey) Decrypt(_ io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
-	oaep, ok := opts.(*rsa.OAEPOptions)
-	if !ok || oaep.Hash != crypto.SHA256 || oaep.MGFHash != 0 && oaep.MGFHash != crypto.SHA256 || len(oaep.Label) != 0 {
-		return nil, errors.New("pkcs11: only RSA-OAEP with SHA-256 and no label decrypts in the token")
-	}
-	params := pkcs11.NewOAEPParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, pkcs11.CKZ_DATA_SPECIFIED, nil)
-	out, err := k.op(context.Background(), k.priv, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP, params), true, ciphertext)
-	for _, code := range []uint{pkcs11.CKR_ARGUMENTS_BAD, pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID} {
-		// Whether the token does OAEP with SHA-256 at all (SoftHSM 2.6
-		// does it with SHA-1 only) says nothing about the ciphertext.
-		if errors.Is(err, pkcs11.Error(code)) {
-			return nil, fmt.Errorf("pkcs11: token %q does not decrypt RSA-OAEP with SHA-256 (%v): %w", k.b.token, err, keyvault.ErrFailedPrecondition)
-		}
-	}
-	return out, err
 }
 
 // DecryptRaw is CKM_RSA_X_509: RSADP with no padding check in the token,

@@ -339,15 +339,17 @@ func TestPremasterWithTokenKey(t *testing.T) {
 	_, err = v.Decrypt(t.Context(), "premaster", 0, keyvault.DecryptRSAPKCS1TLSPremaster, good[1:], tls.VersionTLS12)
 	assert.ErrorIs(t, err, keyvault.ErrInvalidArgument, "a ciphertext not of the modulus' length")
 
-	// RSA-OAEP is the token's to do; SoftHSM 2.6 does it with SHA-1 only,
-	// so it is refused as a precondition of the token, the same for every
-	// ciphertext.
-	for range 2 {
-		oct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, []byte("oaep"), nil)
-		require.NoError(t, err)
-		_, err = v.Decrypt(t.Context(), "premaster", 0, keyvault.DecryptRSAOAEPSHA256, oct, 0)
-		assert.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
-	}
+	// RSA-OAEP: raw RSA in the token, decoded by the vault (SoftHSM 2.6
+	// does OAEP with SHA-1 only).
+	msg := []byte("oaep through the token")
+	oct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
+	require.NoError(t, err)
+	plain, err := v.Decrypt(t.Context(), "premaster", 0, keyvault.DecryptRSAOAEPSHA256, oct, 0)
+	require.NoError(t, err)
+	assert.Equal(t, msg, plain)
+	oct[7] ^= 1
+	_, err = v.Decrypt(t.Context(), "premaster", 0, keyvault.DecryptRSAOAEPSHA256, oct, 0)
+	assert.ErrorIs(t, err, keyvault.ErrInvalidArgument)
 }
 
 // recordingBackend is the real backend, recording which token operations
