@@ -4,7 +4,9 @@
 //
 // Keys live in a Store as records sealed with AES-256-GCM under a
 // key-encryption key (KEK). The Vault opens every record at start and keeps
-// the parsed private keys in memory, so the hot path never unseals.
+// the keys ready, so the hot path never unseals: a software key parsed in
+// memory, a key of another KeyBackend (an HSM's, package keyvault/pkcs11)
+// loaded from the handle its record holds.
 package keyvault
 
 import (
