@@ -62,3 +62,19 @@ func TestDocsHandler(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
 }
+
+// TestDocsInProduction: like /openapi.json, the page answers a browser
+// without a client certificate (it shows only the API's shape); the calls
+// made from it are REST calls, refused without one.
+func TestDocsInProduction(t *testing.T) {
+	s := startSecure(t, secureOptions{})
+	anonymous := s.httpClient(t, "")
+	resp, err := anonymous.Get(s.restURL + "/docs")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "the page")
+	resp, err = anonymous.Get(s.restURL + "/v1/keys")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "a call from it without a certificate")
+}
