@@ -24,8 +24,9 @@ import (
 // document, and "Try it out" on CreateKey, with a body typed into the page,
 // creates the key in the vault (checked over gRPC). The page must load and
 // run under its Content-Security-Policy without an error in its console.
-// HANDSHAKED_DOCS_SCREENSHOT=file.png keeps a screenshot of the page after
-// the call (the test's own are in its temporary directory).
+// HANDSHAKED_DOCS_SCREENSHOTS=dir keeps its screenshots (operations.png, the
+// page as it loads; try-it-out.png, after the call) in dir; otherwise they
+// go with its temporary directory.
 func TestDocsPage(t *testing.T) {
 	b := browsertest.Start(t, 1280, 1400)
 	p := startProcess(t, t.TempDir())
@@ -66,12 +67,13 @@ func TestDocsPage(t *testing.T) {
 	require.Len(t, key.GetVersions(), 1)
 	assert.Equal(t, pb.Algorithm_ALGORITHM_ED25519, key.GetVersions()[0].GetAlgorithm())
 	b.Eval(`document.querySelector('`+op+`').scrollIntoView()`, nil)
-	shot := filepath.Join(dir, "try-it-out.png")
-	b.Screenshot(shot)
-	if keep := os.Getenv("HANDSHAKED_DOCS_SCREENSHOT"); keep != "" {
-		png, err := os.ReadFile(shot)
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(keep, png, 0o644))
+	b.Screenshot(filepath.Join(dir, "try-it-out.png"))
+	if keep := os.Getenv("HANDSHAKED_DOCS_SCREENSHOTS"); keep != "" {
+		for _, name := range []string{"operations.png", "try-it-out.png"} {
+			png, err := os.ReadFile(filepath.Join(dir, name))
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(filepath.Join(keep, name), png, 0o644))
+		}
 	}
 	assert.Empty(t, b.Console(), "the page's console")
 }
