@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,7 +34,11 @@ func TestDocsPage(t *testing.T) {
 	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
 	ctx := context.Background()
 
-	b.Navigate(p.restURL + "/docs")
+	// The address the instance's start line gives for the page.
+	docs := regexp.MustCompile(` docs=(\S+)`).FindStringSubmatch(p.out())
+	require.NotNil(t, docs, "the start line names no docs page:\n%s", p.out())
+	require.Equal(t, p.restURL+"/docs", docs[1])
+	b.Navigate(docs[1])
 	want := specOperations(t)
 	b.WaitFor(ctx, 30*time.Second, "the operations", "document.querySelectorAll('.opblock').length >= "+strconv.Itoa(len(want)))
 	var shown []string
