@@ -26,7 +26,6 @@ import (
 // Browser is one headless Chromium with one page.
 type Browser struct {
 	t        testing.TB
-	cmd      *exec.Cmd
 	toChrome *os.File
 	session  string
 
@@ -70,7 +69,7 @@ func Start(t testing.TB, width, height int) *Browser {
 	require.NoError(t, cmd.Start())
 	cmdIn.Close()
 	cmdOut.Close()
-	b := &Browser{t: t, cmd: cmd, toChrome: toChrome, pending: map[int]chan reply{}, done: make(chan struct{})}
+	b := &Browser{t: t, toChrome: toChrome, pending: map[int]chan reply{}, done: make(chan struct{})}
 	go b.read(fromChrome)
 	t.Cleanup(func() {
 		toChrome.Close() // Chromium exits when its command pipe closes
