@@ -56,6 +56,8 @@ type config struct {
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
 
+	hsm hsmConfig // -pkcs11-*, -kek-pkcs11-file: hsm.go
+
 	set map[string]bool // flags given by command line, environment or file
 }
 
@@ -116,6 +118,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed, all callers; past it RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
+	registerHSMFlags(fs, &cfg.hsm)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -149,6 +152,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		return nil, err
 	}
 	cfg.kek, _ = lookupEnv(kekEnv)
+	cfg.hsm.pin, _ = lookupEnv(pkcs11PINEnv)
 	return cfg, cfg.check()
 }
 
