@@ -7,10 +7,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
 )
 
@@ -55,6 +57,8 @@ type config struct {
 	maxHandshakeSessions          int
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
+
+	log *logging.Options
 
 	set map[string]bool // flags given by command line, environment or file
 }
@@ -116,6 +120,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed, all callers; past it RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
+	cfg.log = logging.AddFlags(fs, slog.LevelInfo, "")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -211,6 +216,9 @@ func (cfg *config) check() error {
 		}
 		if !cfg.set["audit-log"] {
 			cfg.auditLog = "-"
+		}
+		if !cfg.set["log-format"] {
+			cfg.log.Format = logging.FormatJSON // what log collectors parse
 		}
 	case modeDevelopment:
 		for _, name := range productionOnly {

@@ -28,6 +28,7 @@ import (
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
 )
 
@@ -46,6 +47,13 @@ func main() {
 	}
 	// The KEK is in cfg now; nothing started from here needs to see it.
 	os.Unsetenv(kekEnv)
+	logger, err := logging.New(os.Stderr, *cfg.log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handshaked:", err)
+		os.Exit(2)
+	}
+	slog.SetDefault(logger)
+	logging.RouteGRPC(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
