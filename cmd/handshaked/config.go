@@ -9,9 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
+	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
 )
@@ -77,11 +77,12 @@ const (
 // for, not a production instance silently started in development mode.
 var productionOnly = []string{"tls-cert", "tls-key", "client-ca", "policy"}
 
+// envPrefix starts the environment variables that set flags.
+const envPrefix = "HANDSHAKED_"
+
 // envName is the environment variable that sets a flag: -tls-cert is
 // HANDSHAKED_TLS_CERT.
-func envName(flagName string) string {
-	return "HANDSHAKED_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+func envName(flagName string) string { return flagenv.Name(envPrefix, flagName) }
 
 // parseConfig reads the configuration from the command line, then the
 // environment (HANDSHAKED_<FLAG>), then the JSON file named by -config
@@ -135,18 +136,11 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 	fs.Visit(func(f *flag.Flag) { cfg.set[f.Name] = true })
 
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if cfg.set[f.Name] {
-			return
-		}
-		if v, ok := lookupEnv(envName(f.Name)); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
-			cfg.set[f.Name] = true
-		}
-	})
+	fromEnv, err := flagenv.Apply(fs, envPrefix, lookupEnv)
+	for _, name := range fromEnv {
+		cfg.set[name] = true
+	}
+	errs := []error{err}
 	if configFile != "" {
 		errs = append(errs, cfg.readFile(fs, configFile))
 	}

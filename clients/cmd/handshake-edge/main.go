@@ -6,6 +6,11 @@
 //
 //	handshake-edge -listen 127.0.0.1:8443 -handshaked 127.0.0.1:7070 -key dev-rsa
 //	curl -k https://127.0.0.1:8443/
+//
+// Every flag can be set by an environment variable instead, HANDSHAKE_EDGE_
+// and the flag's name in capitals with _ for -: HANDSHAKE_EDGE_LISTEN,
+// HANDSHAKE_EDGE_KEY=a,b. It logs JSON lines (-log-format text for
+// key=value) at -log-level and above, grpc-go's own lines among them.
 package main
 
 import (
@@ -31,12 +36,15 @@ import (
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/buildinfo"
+	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/grpckeepalive"
+	"github.com/handshaked/handshaked/internal/logging"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	routeGRPC = logging.RouteGRPC
 	err := run(ctx, os.Args[1:], os.Stderr, nil)
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersionShown) {
 		return
@@ -62,6 +70,15 @@ type options struct {
 
 // errVersionShown ends run after -version printed the build: main exits 0.
 var errVersionShown = errors.New("version shown")
+
+// envPrefix starts the environment variables that set flags: -handshaked-ca
+// is HANDSHAKE_EDGE_HANDSHAKED_CA. A flag on the command line wins.
+const envPrefix = "HANDSHAKE_EDGE_"
+
+// routeGRPC sends grpc-go's log lines to the edge's logger. Only main sets
+// it: grpc-go has one logger per process, which tests running several
+// edges at once must leave alone.
+var routeGRPC = func(*slog.Logger) {}
 
 // run parses args and serves until ctx ends. ready, if set, is told the
 // listening address.
@@ -89,7 +106,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
+	logOpts := logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := flagenv.Apply(fs, envPrefix, os.LookupEnv, "version"); err != nil {
 		return err
 	}
 	if o.version {
@@ -108,7 +129,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 		return err
 	}
 	defer client.Close()
-	log := slog.New(slog.NewTextHandler(logOut, nil))
+	log, err := logging.New(logOut, *logOpts)
+	if err != nil {
+		return err
+	}
+	routeGRPC(log)
 
 	inner, err := net.Listen("tcp", o.listen)
 	if err != nil {
