@@ -14,6 +14,7 @@ import (
 	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 const (
@@ -58,7 +59,8 @@ type config struct {
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
 
-	log *logging.Options
+	log   *logging.Options
+	trace *tracing.Options
 
 	set map[string]bool // flags given by command line, environment or file
 }
@@ -122,6 +124,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
 	cfg.log = logging.AddFlags(fs, slog.LevelInfo, "")
+	cfg.trace = tracing.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -24,12 +24,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 func main() {
@@ -83,6 +85,21 @@ func run(ctx context.Context, cfg *config) error {
 		UnauthenticatedRate: cfg.unauthenticatedRate, MaxConnections: cfg.maxConnections, CallTimeout: cfg.callTimeout,
 	}
 	opts.ReloadInterval = cfg.reloadInterval
+	tp, err := tracing.Start(ctx, *cfg.trace, "handshaked", buildinfo.Read().Version)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		// The spans of the last calls, sent within a bounded time.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(sctx); err != nil {
+			slog.Warn("tracing: spans not sent at exit", "err", err)
+		}
+	}()
+	if cfg.trace.Endpoint != "" {
+		opts.TracerProvider = tp
+	}
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
 			return err
