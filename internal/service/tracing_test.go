@@ -61,11 +61,11 @@ func TestTracingHandshake(t *testing.T) {
 	for _, tc := range []struct {
 		name, transport, vaultOp, version string
 		key                               serverKey
-		cfg                               tls.Config
+		cfg                               *tls.Config
 	}{
-		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, tls.Config{MinVersion: tls.VersionTLS13}},
+		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, &tls.Config{MinVersion: tls.VersionTLS13}},
 		{"TLS 1.2 RSA key exchange unary", "unary", "vault.decrypt_premaster", "TLS 1.2", rsa,
-			tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}},
+			&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var keylog testenv.Buffer
