@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/handshaked/handshaked/internal/flagenv"
@@ -62,7 +63,8 @@ type config struct {
 	log   *logging.Options
 	trace *tracing.Options
 
-	set map[string]bool // flags given by command line, environment or file
+	set   map[string]bool // flags given by command line, environment or file
+	flags *flag.FlagSet   // all of them, for the configuration reference
 }
 
 // Production defaults of the limits; a development instance has none.
@@ -79,6 +81,15 @@ const (
 // for, not a production instance silently started in development mode.
 var productionOnly = []string{"tls-cert", "tls-key", "client-ca", "policy"}
 
+// notFromEnvOrFile are the flags only a command line gives: a
+// HANDSHAKED_VERSION left in a container's environment must not turn the
+// service into a command that prints its version and exits. notFromFile:
+// and a config file cannot name another.
+var (
+	notFromEnvOrFile = []string{"version"}
+	notFromFile      = append([]string{"config"}, notFromEnvOrFile...)
+)
+
 // envPrefix starts the environment variables that set flags.
 const envPrefix = "HANDSHAKED_"
 
@@ -93,6 +104,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	cfg := &config{set: map[string]bool{}}
 	fs := flag.NewFlagSet("handshaked", flag.ContinueOnError)
 	fs.SetOutput(usageOut)
+	cfg.flags = fs
 	var configFile string
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	fs.StringVar(&configFile, "config", "", "JSON file of settings, keyed by flag name (command line and environment take precedence)")
@@ -139,7 +151,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 	fs.Visit(func(f *flag.Flag) { cfg.set[f.Name] = true })
 
-	fromEnv, err := flagenv.Apply(fs, envPrefix, lookupEnv)
+	fromEnv, err := flagenv.Apply(fs, envPrefix, lookupEnv, notFromEnvOrFile...)
 	for _, name := range fromEnv {
 		cfg.set[name] = true
 	}
@@ -169,7 +181,7 @@ func (cfg *config) readFile(fs *flag.FlagSet, path string) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	for name, v := range settings {
-		if fs.Lookup(name) == nil || name == "config" {
+		if fs.Lookup(name) == nil || slices.Contains(notFromFile, name) {
 			return fmt.Errorf("config %s: unknown setting %q", path, name)
 		}
 		if cfg.set[name] {

@@ -75,6 +75,11 @@ var errVersionShown = errors.New("version shown")
 // is HANDSHAKE_EDGE_HANDSHAKED_CA. A flag on the command line wins.
 const envPrefix = "HANDSHAKE_EDGE_"
 
+// notFromEnv are the flags only a command line gives: a
+// HANDSHAKE_EDGE_VERSION left in an environment must not turn the edge into
+// a command that prints its version and exits.
+var notFromEnv = []string{"version"}
+
 // routeGRPC sends grpc-go's log lines to the edge's logger. Only main sets
 // it: grpc-go has one logger per process, which tests running several
 // edges at once must leave alone.
@@ -84,6 +89,18 @@ var routeGRPC = func(*slog.Logger) {}
 // listening address.
 func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Addr)) error {
 	var o options
+	fs, logOpts := newFlagSet(&o)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := flagenv.Apply(fs, envPrefix, os.LookupEnv, notFromEnv...); err != nil {
+		return err
+	}
+	return o.serve(ctx, fs, logOpts, logOut, ready)
+}
+
+// newFlagSet defines the edge's flags, to be parsed into o.
+func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs := flag.NewFlagSet("handshake-edge", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8443", "TCP `address` to accept TLS clients on")
 	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
@@ -106,13 +123,11 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
-	logOpts := logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if _, err := flagenv.Apply(fs, envPrefix, os.LookupEnv, "version"); err != nil {
-		return err
-	}
+	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
+}
+
+// serve runs the edge with the settings read into o.
+func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.Options, logOut io.Writer, ready func(net.Addr)) error {
 	if o.version {
 		fmt.Println("handshake-edge", buildinfo.Read())
 		return errVersionShown
