@@ -85,7 +85,7 @@ func run(ctx context.Context, cfg *config) error {
 		UnauthenticatedRate: cfg.unauthenticatedRate, MaxConnections: cfg.maxConnections, CallTimeout: cfg.callTimeout,
 	}
 	opts.ReloadInterval = cfg.reloadInterval
-	tp, err := tracing.Start(ctx, *cfg.trace, "handshaked", buildinfo.Read().Version)
+	tp, err := tracing.Start(ctx, *cfg.trace, "handshaked", buildinfo.Read().Version, slog.Default())
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -50,7 +51,7 @@ func addKeyLog(t *testing.T, keylog []byte) {
 func TestTracingHandshake(t *testing.T) {
 	ctx := context.Background()
 	rcv := tracingtest.Start(t)
-	tp, err := tracing.Start(ctx, tracing.Options{Endpoint: rcv.Addr, Insecure: true, SampleRatio: 1}, "handshaked-test", "test")
+	tp, err := tracing.Start(ctx, tracing.Options{Endpoint: rcv.Addr, Insecure: true, SampleRatio: 1}, "handshaked-test", "test", slog.Default())
 	require.NoError(t, err)
 	srv := servicetest.Start(t, service.Options{TracerProvider: tp})
 	s := &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}

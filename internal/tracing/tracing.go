@@ -60,9 +60,10 @@ type Provider struct {
 }
 
 // Start returns the tracer provider o asks for, naming this process
-// service (service.name) at version. Tracing off: a provider that records
-// nothing and costs nothing, so callers need no special case.
-func Start(ctx context.Context, o Options, service, version string) (*Provider, error) {
+// service (service.name) at version; log receives export failures. Tracing
+// off: a provider that records nothing and costs nothing, so callers need
+// no special case.
+func Start(ctx context.Context, o Options, service, version string, log *slog.Logger) (*Provider, error) {
 	if o.Endpoint == "" {
 		none := func(context.Context) error { return nil }
 		return &Provider{TracerProvider: noop.NewTracerProvider(), ForceFlush: none, Shutdown: none}, nil
@@ -98,7 +99,7 @@ func Start(ctx context.Context, o Options, service, version string) (*Provider, 
 	}
 	// The SDK reports export failures through otel's global handler, by
 	// default in its own format on stderr: into the process's log instead.
-	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { slog.Warn("tracing: spans not exported", "err", err) }))
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("tracing: spans not exported", "err", err) }))
 	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithBatcher(exp),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(o.SampleRatio))),
@@ -107,6 +108,6 @@ func Start(ctx context.Context, o Options, service, version string) (*Provider, 
 			attribute.String("service.version", version),
 		)),
 	)
-	slog.Info("tracing: sending spans over OTLP", "endpoint", o.Endpoint, "insecure", o.Insecure, "sample_ratio", o.SampleRatio)
+	log.Info("tracing: sending spans over OTLP", "endpoint", o.Endpoint, "insecure", o.Insecure, "sample_ratio", o.SampleRatio)
 	return &Provider{TracerProvider: tp, ForceFlush: tp.ForceFlush, Shutdown: tp.Shutdown}, nil
 }

@@ -31,6 +31,11 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+
 	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
@@ -39,6 +44,7 @@ import (
 	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/grpckeepalive"
 	"github.com/handshaked/handshaked/internal/logging"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 func main() {
@@ -66,6 +72,7 @@ type options struct {
 	clientHelloTimeout            time.Duration
 	maxHandshakes, maxPending     int
 	version                       bool
+	trace                         *tracing.Options
 }
 
 // errVersionShown ends run after -version printed the build: main exits 0.
@@ -123,6 +130,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
+	o.trace = tracing.AddFlags(fs)
 	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
 }
 
@@ -139,23 +147,42 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 	if err != nil {
 		return err
 	}
-	client, err := o.dial()
-	if err != nil {
-		return err
-	}
-	defer client.Close()
 	log, err := logging.New(logOut, *logOpts)
 	if err != nil {
 		return err
 	}
 	routeGRPC(log)
+	tp, err := tracing.Start(ctx, *o.trace, "handshake-edge", buildinfo.Read().Version, log)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tp.Shutdown(sctx)
+	}()
+	var dialOpts []handshaked.Option
+	var edgeTracing trace.TracerProvider
+	if o.trace.Endpoint != "" {
+		// Each handshake is a span here, and its calls carry its trace
+		// to the service.
+		edgeTracing = tp
+		dialOpts = append(dialOpts, handshaked.WithDialOptions(grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(propagation.TraceContext{})))))
+	}
+	client, err := o.dial(dialOpts...)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
 
 	inner, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
 	}
 	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
-		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log})
+		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log,
+		TracerProvider: edgeTracing})
 	defer l.Close()
 	log.Info("handshake-edge listening", "addr", l.Addr().String(), "handshaked", o.service, "backend", o.backend)
 	if ready != nil {
@@ -167,15 +194,15 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 	return serveEcho(ctx, l, o.idleTimeout, log)
 }
 
-func (o *options) dial() (*handshaked.Client, error) {
+func (o *options) dial(extra ...handshaked.Option) (*handshaked.Client, error) {
 	if o.caFile == "" && o.certFile == "" {
-		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
+		return handshaked.Dial(o.service, append(extra, handshaked.WithInsecure(), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))...)
 	}
 	cfg, err := handshaked.TLSConfigFromFiles(o.caFile, o.certFile, o.keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
+	return handshaked.Dial(o.service, append(extra, handshaked.WithTLS(cfg), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))...)
 }
 
 var versions = map[string]pb.TLSVersion{"1.2": pb.TLSVersion_TLS_VERSION_1_2, "1.3": pb.TLSVersion_TLS_VERSION_1_3}
