@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -172,4 +173,31 @@ func toUint32(ids []uint16) []uint32 {
 		out = append(out, uint32(id))
 	}
 	return out
+}
+
+// TestTracingREST: a REST caller's W3C traceparent continues its trace in
+// the span of the gRPC call the gateway makes.
+func TestTracingREST(t *testing.T) {
+	ctx := context.Background()
+	rcv := tracingtest.Start(t)
+	tp, err := tracing.Start(ctx, tracing.Options{Endpoint: rcv.Addr, Insecure: true, SampleRatio: 1}, "handshaked-test", "test", slog.Default())
+	require.NoError(t, err)
+	srv := servicetest.Start(t, service.Options{TracerProvider: tp})
+	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, err := http.NewRequest(http.MethodGet, srv.RESTURL+"/v1/keys", nil)
+	require.NoError(t, err)
+	req.Header.Set("traceparent", "00-"+traceID+"-"+parentID+"-01")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	rcv.WaitFor(t, "the ListKeys span in the caller's trace", func(spans []tracingtest.Span) bool {
+		require.NoError(t, tp.ForceFlush(ctx))
+		for _, sp := range spans {
+			if sp.Name == "handshake.v1.KeyVault/ListKeys" && sp.TraceID == traceID && sp.ParentID == parentID {
+				return true
+			}
+		}
+		return false
+	})
 }
