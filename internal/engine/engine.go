@@ -124,8 +124,21 @@ type Config struct {
 	ClientCAs  *x509.CertPool
 	// Rand is the source of the hello randoms; nil means crypto/rand.
 	Rand io.Reader
-	// Time returns the current time for certificate checks; nil means time.Now.
+	// Time returns the current time for certificate and ticket checks; nil
+	// means time.Now.
 	Time func() time.Time
+
+	// Tickets seals and opens session tickets; nil means the server neither
+	// issues nor accepts any (every handshake is a full one).
+	Tickets TicketKeys
+	// DisableTLS12Tickets turns TLS 1.2 tickets (RFC 5077) off while TLS 1.3
+	// ones stay: a TLS 1.2 ticket carries the master secret, so a stolen
+	// ticket key decrypts the sessions of every ticket it sealed, whereas a
+	// TLS 1.3 psk_dhe_ke resumption keeps forward secrecy.
+	DisableTLS12Tickets bool
+	// TicketLifetime is how long a ticket may be used after it was issued;
+	// zero means, and no value may exceed, 7 days (RFC 8446, Section 4.6.1).
+	TicketLifetime time.Duration
 }
 
 func (c *Config) rand() io.Reader {
@@ -206,7 +219,7 @@ func (c *Config) check() error {
 	if c.ClientAuth != ClientAuthOff && c.ClientCAs == nil {
 		return errors.New("engine: client authentication needs ClientCAs")
 	}
-	return nil
+	return c.checkTickets()
 }
 
 // State is the outcome of a Step.
@@ -272,6 +285,10 @@ type Session struct {
 	// ExtendedMasterSecret reports RFC 7627 in TLS 1.2 (always true in 1.3).
 	ExtendedMasterSecret bool
 	DidHelloRetryRequest bool
+	// Resumed reports an abbreviated handshake from a session ticket: no
+	// certificate was sent and no private-key operation made; ServerName,
+	// ALPN and PeerCertificates are those the ticket carried forward.
+	Resumed bool
 
 	// Record keys. TLS 1.2: the write keys and fixed IVs of the key block
 	// (4-byte salt for AES-GCM, 12 bytes for ChaCha20-Poly1305); TLS 1.3:
@@ -302,6 +319,9 @@ func (s *Session) String() string {
 		fmt.Fprintf(&b, " alpn=%s", s.ALPN)
 	}
 	fmt.Fprintf(&b, " cert=%d peer_certs=%d", s.CertificateIndex, len(s.PeerCertificates))
+	if s.Resumed {
+		b.WriteString(" resumed")
+	}
 	return b.String()
 }
 
@@ -391,6 +411,7 @@ type Handshake struct {
 	clientRandom []byte
 	serverRandom []byte
 	clientAuth   bool // a CertificateRequest was sent
+	resumed      bool // from a session ticket
 	transcript   *transcript
 	peerCerts    [][]byte
 	peerKey      crypto.PublicKey

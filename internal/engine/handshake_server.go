@@ -560,6 +560,7 @@ func (h *Handshake) newSession() *Session {
 		KeyRef:               h.cfg.Certificates[h.cert].KeyRef,
 		PeerCertificates:     h.peerCerts,
 		DidHelloRetryRequest: h.didHRR,
+		Resumed:              h.resumed,
 	}
 }
 
