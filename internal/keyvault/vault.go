@@ -64,7 +64,7 @@ type Vault struct {
 	// mu guards the fields below. keyState values are immutable, so key
 	// operations hold mu for reading only as long as a map lookup takes and
 	// run the cryptography outside it, in parallel.
-	mu     sync.RWMutex
+	mu      sync.RWMutex
 	keys    map[string]*keyState
 	ids     []string     // sorted, for List
 	tickets []*ticketKey // session ticket keys, oldest first (ticketkeys.go)
