@@ -7,13 +7,20 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
 // vaultKeyOps performs the engine's private-key operations with the vault.
 // Key references are "<id>/<version>", resolved when the handshake starts so
 // that a rotation mid-handshake cannot switch keys under it.
-type vaultKeyOps struct{ vault *keyvault.Vault }
+type vaultKeyOps struct {
+	vault *keyvault.Vault
+	// operations counts the private-key operations made, by operation
+	// (sign, decrypt): a resumed handshake makes none.
+	operations *prometheus.CounterVec
+}
 
 func keyRef(id string, version uint32) string {
 	return id + "/" + strconv.FormatUint(uint64(version), 10)
@@ -33,6 +40,7 @@ func (k vaultKeyOps) Sign(ctx context.Context, ref string, scheme tls.SignatureS
 	if err != nil {
 		return nil, err
 	}
+	k.operations.WithLabelValues("sign").Inc()
 	return k.vault.Sign(ctx, id, version, scheme, message, false)
 }
 
@@ -50,5 +58,6 @@ func (k vaultKeyOps) DecryptPremaster(ctx context.Context, ref string, ciphertex
 	if err != nil {
 		return nil, err
 	}
+	k.operations.WithLabelValues("decrypt").Inc()
 	return k.vault.Decrypt(ctx, id, version, keyvault.DecryptRSAPKCS1TLSPremaster, ciphertext, clientVersion)
 }
