@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
 )
 
@@ -55,6 +56,11 @@ type config struct {
 	maxHandshakeSessions          int
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
+
+	sessionTickets bool
+	deployment     string
+	ticketRotation time.Duration
+	ticketLifetime time.Duration
 
 	set map[string]bool // flags given by command line, environment or file
 }
@@ -116,6 +122,10 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed, all callers; past it RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
+	fs.BoolVar(&cfg.sessionTickets, "session-tickets", true, "issue and accept TLS session tickets sealed by the vault's ticket keys, for handshakes and SealTicket/OpenTicket (false: every handshake is a full one)")
+	fs.StringVar(&cfg.deployment, "deployment", "default", "the deployment's name, bound into every session ticket: another deployment's tickets never resume here, even one restored from the same backup")
+	fs.DurationVar(&cfg.ticketRotation, "ticket-rotation", keyvault.DefaultTicketRotation, "how long a session ticket key seals new tickets before the vault rotates it")
+	fs.DurationVar(&cfg.ticketLifetime, "ticket-lifetime", keyvault.DefaultTicketLifetime, "how long a session ticket may be used (at most 168h, RFC 8446); a ticket key is erased -ticket-rotation plus this after its creation")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -223,6 +233,9 @@ func (cfg *config) check() error {
 	}
 	if cfg.handshakeTTL <= 0 || cfg.maxHandshakeSessions <= 0 || cfg.maxHandshakeInput <= 0 {
 		return errors.New("-handshake-ttl, -max-handshake-sessions and -max-handshake-input must be positive")
+	}
+	if cfg.ticketRotation < time.Second || cfg.ticketLifetime < time.Second || cfg.ticketLifetime > keyvault.DefaultTicketLifetime {
+		return fmt.Errorf("-ticket-rotation must be at least 1s and -ticket-lifetime 1s to %v", keyvault.DefaultTicketLifetime)
 	}
 	return nil
 }

@@ -75,6 +75,9 @@ func run(ctx context.Context, cfg *config) error {
 		UnauthenticatedRate: cfg.unauthenticatedRate, MaxConnections: cfg.maxConnections, CallTimeout: cfg.callTimeout,
 	}
 	opts.ReloadInterval = cfg.reloadInterval
+	if cfg.sessionTickets {
+		opts.Tickets = &service.TicketOptions{Deployment: cfg.deployment, Rotation: cfg.ticketRotation, Lifetime: cfg.ticketLifetime}
+	}
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
 			return err
