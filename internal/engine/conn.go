@@ -348,7 +348,7 @@ func (h *Handshake) newCipher(secret, key, iv []byte, seq uint64) (*record.Ciphe
 // wipe drops the secrets of a failed handshake.
 func (h *Handshake) wipe() {
 	for _, s := range [][]byte{h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
-		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret} {
+		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, h.master13} {
 		clear(s)
 	}
 	h.ecdheKey = nil

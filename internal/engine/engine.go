@@ -462,6 +462,9 @@ type handshake13 struct {
 	clientTraffic   []byte
 	serverTraffic   []byte
 	exporterSecret  []byte
+	// master13 is the master secret, kept until the client's Finished when
+	// tickets are on: the resumption master secret covers that Finished.
+	master13 []byte
 }
 
 // NewHandshake starts the server side of a handshake under cfg.

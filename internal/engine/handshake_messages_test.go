@@ -99,12 +99,20 @@ func (m *clientHelloMsg) marshal() []byte {
 					case extensionPSKModes:
 						b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(m.pskModes) })
 					case extensionPreSharedKey:
+						ids, binders := m.pskIdentities, m.pskBinders
+						if ids == nil {
+							ids, binders = []pskIdentity{{identity: []byte("identity")}}, [][]byte{make([]byte, 32)}
+						}
 						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-							b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte("identity")) })
-							b.AddUint32(0)
+							for _, id := range ids {
+								b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(id.identity) })
+								b.AddUint32(id.obfuscatedTicketAge)
+							}
 						})
 						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-							b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(make([]byte, 32)) })
+							for _, binder := range binders {
+								b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(binder) })
+							}
 						})
 					case extensionRenegotiationInfo:
 						b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(m.secureRenegotiation) })

@@ -568,10 +568,10 @@ func (h *Handshake) newSession() *Session {
 func (h *Handshake) complete(s *Session) {
 	h.session = s
 	h.state = stateComplete
-	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake} {
+	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake, h.master13} {
 		clear(secret)
 	}
-	h.masterSecret, h.clientHandshake = nil, nil
+	h.masterSecret, h.clientHandshake, h.master13 = nil, nil, nil
 	h.transcript, h.readCipher, h.writeCipher = nil, nil, nil
 }
 

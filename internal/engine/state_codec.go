@@ -22,7 +22,8 @@ import (
 // Version 2: a TLS 1.3 write cipher is under the application traffic
 // secret; the dropped change_cipher_spec count. Version 3: per-version
 // handshake states (state12_*, state13_*), numbered anew. Version 4: 16 bits
-// of flags, with the resumption flag.
+// of flags, with the resumption flag; the TLS 1.3 master secret kept for
+// the resumption master secret.
 const stateCodecVersion = 4
 
 // stateFlags pack the booleans of the state.
@@ -94,7 +95,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	}
 	for _, v := range [][]byte{[]byte(h.serverName), []byte(h.alpn), h.clientRandom, h.serverRandom, h.sessionID,
 		h.hrrHello, ecdheKey, h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
-		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, transcriptState} {
+		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, h.master13, transcriptState} {
 		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(v) })
 	}
 	for _, v := range [][]byte{h.inBuf, h.hsBuf, transcriptRaw} {
@@ -142,7 +143,7 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	var serverName, alpn, ecdheKey, transcriptState, transcriptRaw []byte
 	for _, v := range []*[]byte{&serverName, &alpn, &h.clientRandom, &h.serverRandom, &h.sessionID,
 		&h.hrrHello, &ecdheKey, &h.masterSecret, &h.clientKey, &h.clientIV, &h.serverKey, &h.serverIV,
-		&h.clientHandshake, &h.clientTraffic, &h.serverTraffic, &h.exporterSecret, &transcriptState} {
+		&h.clientHandshake, &h.clientTraffic, &h.serverTraffic, &h.exporterSecret, &h.master13, &transcriptState} {
 		if !readCopy(&s, v, (*cryptobyte.String).ReadUint16LengthPrefixed) {
 			return nil, errBadState
 		}
@@ -256,6 +257,7 @@ func (h *Handshake) consistent() bool {
 		return h.didHRR && len(h.hrrHello) == sha256.Size && groupSupported(h.group)
 	case h.vers == tls.VersionTLS13:
 		return len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverTraffic) == h.suite.Hash.Size() &&
+			(h.master13 == nil || len(h.master13) == h.suite.Hash.Size()) &&
 			(h.state != state13ClientCertificateVerify || h.peerKey != nil)
 	case h.state == state12ClientCertificate || h.state == state12ClientKeyExchange:
 		return h.kex == kexRSA || (h.kex != 0 && h.kex <= kexECDHEECDSA && h.ecdheKey != nil)
