@@ -57,6 +57,7 @@ type options struct {
 	handshakeTimeout, idleTimeout time.Duration
 	clientHelloTimeout            time.Duration
 	maxHandshakes, maxPending     int
+	tickets, tickets12            bool
 	version                       bool
 }
 
@@ -88,6 +89,8 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", edge.DefaultMaxHandshakes, "handshakes run in handshaked at once; keep it below the service's per-caller caps")
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
+	fs.BoolVar(&o.tickets, "session-tickets", true, "issue and accept session tickets (sealed by handshaked, so a client resumes on any edge of the deployment)")
+	fs.BoolVar(&o.tickets12, "tls12-session-tickets", true, "also in TLS 1.2, whose tickets carry the master secret (false: forward secrecy for TLS 1.2 sessions; TLS 1.3 resumption keeps it)")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -162,7 +165,7 @@ func suiteID(name string) (uint16, bool) {
 
 // handshakeConfig turns the flags into the engine's configuration.
 func (o *options) handshakeConfig() (*pb.HandshakeConfig, error) {
-	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn}
+	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn, DisableSessionTickets: !o.tickets, DisableTls12SessionTickets: !o.tickets12}
 	keys := o.keys
 	if len(keys) == 0 {
 		keys = cliflag.List{"dev-rsa"}
@@ -298,11 +301,17 @@ func describe(st edge.ConnectionState) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "TLS version: %s\n", tls.VersionName(st.Version))
 	fmt.Fprintf(&b, "Cipher suite: %s\n", tls.CipherSuiteName(st.CipherSuite))
-	// TLS 1.2 RSA key exchange has neither: the client encrypts the
-	// premaster to the certificate's key (RFC 5246, Section 7.4.7.1).
-	if st.CurveID == 0 && st.SignatureScheme == 0 {
+	switch {
+	case st.DidResume && st.CurveID == 0:
+		// A TLS 1.2 resumption reuses the master secret: no key exchange.
+		b.WriteString("Group: none (resumed)\nSignature scheme: none (resumed)\n")
+	case st.DidResume:
+		fmt.Fprintf(&b, "Group: %s\nSignature scheme: none (resumed)\n", st.CurveID)
+	case st.CurveID == 0 && st.SignatureScheme == 0:
+		// TLS 1.2 RSA key exchange has neither: the client encrypts the
+		// premaster to the certificate's key (RFC 5246, Section 7.4.7.1).
 		b.WriteString("Group: none (RSA key exchange)\nSignature scheme: none (RSA key exchange)\n")
-	} else {
+	default:
 		fmt.Fprintf(&b, "Group: %s\n", st.CurveID)
 		fmt.Fprintf(&b, "Signature scheme: %s\n", st.SignatureScheme)
 	}
@@ -310,20 +319,42 @@ func describe(st edge.ConnectionState) string {
 	fmt.Fprintf(&b, "ALPN: %s\n", st.NegotiatedProtocol)
 	fmt.Fprintf(&b, "Key: %s version %d\n", st.KeyID, st.KeyVersion)
 	fmt.Fprintf(&b, "HelloRetryRequest: %v\n", st.HelloRetryRequest)
+	if st.DidResume {
+		b.WriteString("Resumed: yes (session ticket: no certificate, no private-key operation)\n")
+	} else {
+		b.WriteString("Resumed: no (full handshake)\n")
+	}
 	if st.Version == tls.VersionTLS12 {
 		fmt.Fprintf(&b, "Extended master secret: %v\n", st.ExtendedMasterSecret)
 	}
 	for _, cert := range st.PeerCertificates {
 		fmt.Fprintf(&b, "Client certificate: %s\n", cert.Subject)
 	}
+	fmt.Fprintf(&b, "Handshake: %s\n", handshakeMessages(st.Steps))
 	return b.String()
+}
+
+// handshakeMessages lists the handshake messages of steps in order,
+// "received" ones marked "<" and "sent" ones ">".
+func handshakeMessages(steps []edge.Step) string {
+	var msgs []string
+	for _, s := range steps {
+		for _, e := range s.Trace {
+			mark := ">"
+			if e.GetDirection() == "received" {
+				mark = "<"
+			}
+			msgs = append(msgs, mark+e.GetMessage())
+		}
+	}
+	return strings.Join(msgs, " ")
 }
 
 // logConn logs what a new connection negotiated.
 func logConn(log *slog.Logger, c *edge.Conn) {
 	st := c.ConnectionState()
 	log.Info("TLS connection", "remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version),
-		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol)
+		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume)
 }
 
 // proxy relays each connection of l to a new TCP connection to backend.

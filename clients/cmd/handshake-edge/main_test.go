@@ -33,7 +33,13 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	srv := servicetest.Start(t, service.Options{})
+	return newFixtureWith(t, service.Options{})
+}
+
+// newFixtureWith is newFixture with the service started with opts.
+func newFixtureWith(t testing.TB, opts service.Options) *fixture {
+	t.Helper()
+	srv := servicetest.Start(t, opts)
 	f := &fixture{srv: srv,
 		rsa:   srv.ServerKey(t, "edge-rsa", "rsa2048-pkcs1.pem", "rsa.test"),
 		ecdsa: srv.ServerKey(t, "edge-ec", "p256-pkcs8.pem", "ec.test")}
