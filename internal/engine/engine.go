@@ -345,6 +345,10 @@ const (
 	state12ClientCertificateVerify
 	state12ChangeCipherSpec
 	state12ClientFinished
+	// Abbreviated handshake, RFC 5246, Section 7.3: after the server's
+	// Finished.
+	state12ResumeChangeCipherSpec
+	state12ResumeClientFinished
 
 	// TLS 1.3, RFC 8446, Section 2.
 	state13SecondClientHello
@@ -363,6 +367,8 @@ var stateNames = [...]string{
 	state12ClientCertificateVerify: "client CertificateVerify",
 	state12ChangeCipherSpec:        "ChangeCipherSpec",
 	state12ClientFinished:          "client Finished",
+	state12ResumeChangeCipherSpec:  "ChangeCipherSpec",
+	state12ResumeClientFinished:    "client Finished",
 	state13SecondClientHello:       "second ClientHello",
 	state13ClientCertificate:       "client Certificate",
 	state13ClientCertificateVerify: "client CertificateVerify",
@@ -375,7 +381,7 @@ var stateNames = [...]string{
 // ClientHello is processed.
 func (s handshakeState) version() uint16 {
 	switch {
-	case s >= state12ClientCertificate && s <= state12ClientFinished:
+	case s >= state12ClientCertificate && s <= state12ResumeClientFinished:
 		return tls.VersionTLS12
 	case s >= state13SecondClientHello && s <= state13ClientFinished:
 		return tls.VersionTLS13
@@ -436,6 +442,9 @@ type handshake12 struct {
 	kex           keyExchange
 	clientVersion uint16 // ClientHello.legacy_version, for the RSA premaster check
 	ems           bool   // RFC 7627
+	// issueTicket: the ServerHello promised a NewSessionTicket (RFC 5077,
+	// Section 3.2).
+	issueTicket bool
 	// Secrets: the ECDHE key until ClientKeyExchange, the master secret and
 	// the key block.
 	ecdheKey            *ecdh.PrivateKey
