@@ -160,31 +160,26 @@ func TestGnuTLSResumes(t *testing.T) {
 }
 
 // TestCurlResumes: curl fetching several URLs in one invocation, each on a
-// new connection (the server closes them), resumes the first's session.
+// new connection (the server closes them), resumes the first's session in
+// TLS 1.3. (In TLS 1.2 curl offers no session_ticket extension: it sets
+// SSL_OP_NO_TICKET and resumes by session ID only, which needs a session
+// cache on the server, not tickets; Go, openssl and gnutls-cli resume TLS
+// 1.2 above.)
 func TestCurlResumes(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	f := newTicketFixture(t)
 	addr, _ := f.start(t)
 	_, port, _ := net.SplitHostPort(addr)
-	for _, tc := range []struct{ name, flag string }{{"TLS1.3", "--tlsv1.3"}, {"TLS1.2", "--tls-max"}} {
-		t.Run(tc.name, func(t *testing.T) {
-			args := []string{"-fsS", "--max-time", "30", "--cacert", f.ecCA, "--resolve", "ec.test:" + port + ":127.0.0.1",
-				"-H", "Connection: close"}
-			if tc.flag == "--tls-max" {
-				args = append(args, "--tlsv1.2", "--tls-max", "1.2")
-			} else {
-				args = append(args, tc.flag)
-			}
-			for _, p := range []string{"/1", "/2", "/3"} {
-				args = append(args, "https://ec.test:"+port+p)
-			}
-			out, err := exec.Command(curl, args...).CombinedOutput()
-			require.NoError(t, err, "%s", out)
-			pages := strings.Split(string(out), "handshake-edge echo")[1:]
-			require.Len(t, pages, 3, "%s", out)
-			assert.Contains(t, pages[0], "Resumed: no", pages[0])
-			assert.Contains(t, pages[1], "Resumed: yes", pages[1])
-			assert.Contains(t, pages[2], "Resumed: yes", pages[2])
-		})
+	args := []string{"-fsS", "--max-time", "30", "--cacert", f.ecCA, "--resolve", "ec.test:" + port + ":127.0.0.1",
+		"-H", "Connection: close", "--tlsv1.3"}
+	for _, p := range []string{"/1", "/2", "/3"} {
+		args = append(args, "https://ec.test:"+port+p)
 	}
+	out, err := exec.Command(curl, args...).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	pages := strings.Split(string(out), "handshake-edge echo")[1:]
+	require.Len(t, pages, 3, "%s", out)
+	assert.Contains(t, pages[0], "Resumed: no", pages[0])
+	assert.Contains(t, pages[1], "Resumed: yes", pages[1])
+	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
 }
