@@ -2,7 +2,9 @@
 // TCP port, relays each client's handshake to the service (which holds the
 // private keys) and runs the record layer itself with the session keys.
 // Behind it, it either proxies plain TCP to a backend or serves a built-in
-// HTTP echo page that shows what was negotiated.
+// HTTP echo page that shows what was negotiated (/?close: and closes the
+// connection; /resumption: a page that fetches it again over a new
+// connection, to see a browser resume).
 //
 //	handshake-edge -listen 127.0.0.1:8443 -handshaked 127.0.0.1:7070 -key dev-rsa
 //	curl -k https://127.0.0.1:8443/
@@ -14,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"html/template"
 	"io"
 	"log/slog"
 	"net"
@@ -260,6 +263,15 @@ func echo(w http.ResponseWriter, r *http.Request) {
 		echoBody(w, r)
 		return
 	}
+	if r.URL.Path == "/resumption" {
+		resumptionPage(w, r)
+		return
+	}
+	if r.URL.Query().Has("close") {
+		// A client's next request needs a new connection, and so a new
+		// handshake: a resumption, if it kept the session.
+		w.Header().Set("Connection", "close")
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintf(w, "handshake-edge echo\n\n%s %s %s\nHost: %s\nUser-Agent: %s\n\n", r.Method, r.URL.RequestURI(), r.Proto, r.Host, r.UserAgent())
 	c, ok := r.Context().Value(connKey{}).(*edge.Conn)
@@ -267,6 +279,43 @@ func echo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprint(w, describe(c.ConnectionState()))
+}
+
+// resumptionTemplate shows the connection the page came on, then fetches
+// the echo page over new ones, one after the other: a browser shows
+// whether it resumed. (More than one: a browser may have opened a spare
+// connection, with a full handshake, before it had the first one's ticket.)
+var resumptionTemplate = template.Must(template.New("resumption").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>handshake-edge resumption</title></head><body>
+<h1>This connection</h1><pre id="first">{{.}}</pre>
+<h1>New connections</h1><pre id="next">loading…</pre>
+<script>
+(async () => {
+  const out = document.getElementById("next");
+  let text = "";
+  for (let i = 1; i <= 3; i++) {
+    try {
+      const r = await fetch("/?close", {cache: "no-store"});
+      text += "connection " + i + ":\n" + await r.text() + "\n";
+    } catch (e) {
+      text += "connection " + i + " failed: " + e + "\n";
+    }
+  }
+  out.textContent = text;
+})();
+</script></body></html>
+`))
+
+// resumptionPage serves the page that checks a browser's resumption; it
+// closes its connection, so the fetch makes a new one.
+func resumptionPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	var st string
+	if c, ok := r.Context().Value(connKey{}).(*edge.Conn); ok {
+		st = describe(c.ConnectionState())
+	}
+	resumptionTemplate.Execute(w, st)
 }
 
 // echoBody streams the request body back, so that a request holds one
