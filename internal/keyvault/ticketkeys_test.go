@@ -258,3 +258,28 @@ func TestTicketKeysConcurrent(t *testing.T) {
 	assert.Len(t, events, 3, "one key per rotation period")
 	assert.Len(t, v.TicketKeys(), 3)
 }
+
+// FuzzTicketOpen: a ticket is bytes a client sends. Open never panics,
+// and whatever it accepts is exactly what Seal sealed for the scope.
+func FuzzTicketOpen(f *testing.F) {
+	v, _ := newTestVault(f)
+	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	tk, err := NewTicketKeys(v, TicketKeyOptions{Deployment: "fuzz", Rotation: testRotation, Lifetime: testLifetime, Now: clock.Now})
+	require.NoError(f, err)
+	ticket, err := tk.Seal(ctx, "web", []byte("session state"))
+	require.NoError(f, err)
+	f.Add(ticket)
+	f.Add(ticket[:ticketOverhead])
+	f.Add([]byte{ticketFormat, 0, 0, 0, 1})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := tk.Open(ctx, "web", b)
+		if err != nil {
+			require.ErrorIs(t, err, ErrTicketRejected)
+			require.Nil(t, got)
+			return
+		}
+		require.Equal(t, ticket, b, "a ticket Seal did not make opened")
+		require.Equal(t, []byte("session state"), got)
+	})
+}
