@@ -32,41 +32,52 @@ type externalOutcome struct {
 // record layer to serve.
 func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
+	return externalServerN(t, cfg, 1, serve)
+}
+
+// externalServerN is externalServer for n connections in a row (a client
+// that resumes connects twice), each with a fresh Handshake under cfg.
+func externalServerN(t *testing.T, cfg Config, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan externalOutcome, 1)
-	h, err := NewHandshake(&cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := make(chan externalOutcome, n)
 	keys := getPKI(t).keys
 	go func() {
 		defer ln.Close()
-		conn, err := ln.Accept()
-		if err != nil {
-			ch <- externalOutcome{err: err}
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(20 * time.Second))
-		out := (&relay{h: h, keys: keys}).run(conn)
-		switch {
-		case out.err != nil:
-			ch <- externalOutcome{err: out.err}
-		case out.session == nil:
-			ch <- externalOutcome{err: fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))}
-		default:
-			rc, err := newRecordConn(conn, out.session, out.leftover)
-			if err == nil {
-				err = serve(rc)
-			}
-			ch <- externalOutcome{out.session, err}
+		for range n {
+			ch <- serveExternal(ln, &cfg, keys, serve)
 		}
 	}()
 	_, port, _ = net.SplitHostPort(ln.Addr().String())
 	return port, ch
+}
+
+func serveExternal(ln net.Listener, cfg *Config, keys KeyOps, serve func(rc *recordConn) error) externalOutcome {
+	h, err := NewHandshake(cfg)
+	if err != nil {
+		return externalOutcome{err: err}
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		return externalOutcome{err: err}
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	out := (&relay{h: h, keys: keys}).run(conn)
+	switch {
+	case out.err != nil:
+		return externalOutcome{err: out.err}
+	case out.session == nil:
+		return externalOutcome{err: fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))}
+	}
+	rc, err := newRecordConn(conn, out.session, out.leftover)
+	if err == nil {
+		err = serve(rc)
+	}
+	return externalOutcome{out.session, err}
 }
 
 // pingPong reads the client's line and answers with pong.
