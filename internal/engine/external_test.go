@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
@@ -26,25 +29,32 @@ import (
 type externalOutcome struct {
 	session *Session
 	err     error
+	trace   []TraceEvent
+	// skippedEarlyData is the refused 0-RTT data skipped, in bytes.
+	skippedEarlyData int
 }
 
 // externalServer accepts one connection, runs the handshake and hands the
 // record layer to serve.
 func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
-	t.Helper()
-	return externalServerN(t, cfg, 1, serve)
+	return externalServerKeys(t, cfg, getPKI(t).keys, serve)
 }
 
-// externalServerN is externalServer for n connections in a row (a client
-// that resumes connects twice), each with a fresh Handshake under cfg.
-func externalServerN(t *testing.T, cfg Config, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+// externalServerKeys is externalServer with the KeyOps to use.
+func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	return externalServerN(t, cfg, keys, 1, serve)
+}
+
+// externalServerN is externalServerKeys for n connections in a row (a
+// client that resumes connects twice), each with a fresh Handshake under
+// cfg.
+func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, cfg.check())
 	ch := make(chan externalOutcome, n)
-	keys := getPKI(t).keys
 	go func() {
 		defer ln.Close()
 		for range n {
@@ -55,6 +65,7 @@ func externalServerN(t *testing.T, cfg Config, n int, serve func(rc *recordConn)
 	return port, ch
 }
 
+// serveExternal accepts one connection on ln and serves it.
 func serveExternal(ln net.Listener, cfg *Config, keys KeyOps, serve func(rc *recordConn) error) externalOutcome {
 	h, err := NewHandshake(cfg)
 	if err != nil {
@@ -67,17 +78,19 @@ func serveExternal(ln net.Listener, cfg *Config, keys KeyOps, serve func(rc *rec
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	out := (&relay{h: h, keys: keys}).run(conn)
+	res := externalOutcome{session: out.session, err: out.err, trace: out.trace, skippedEarlyData: h.skippedEarlyData}
 	switch {
 	case out.err != nil:
-		return externalOutcome{err: out.err}
 	case out.session == nil:
-		return externalOutcome{err: fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))}
+		res.err = fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))
+	default:
+		rc, err := newRecordConn(conn, out.session, out.leftover)
+		if err == nil {
+			err = serve(rc)
+		}
+		res.err = err
 	}
-	rc, err := newRecordConn(conn, out.session, out.leftover)
-	if err == nil {
-		err = serve(rc)
-	}
-	return externalOutcome{out.session, err}
+	return res
 }
 
 // pingPong reads the client's line and answers with pong.
@@ -118,9 +131,7 @@ func writePEM(t *testing.T, name, typ string, ders ...[]byte) string {
 		pem.Encode(&buf, &pem.Block{Type: typ, Bytes: der})
 	}
 	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o600))
 	return path
 }
 
@@ -170,9 +181,7 @@ func TestOpenSSLClient(t *testing.T) {
 	p := getPKI(t)
 	roots := rootsPEM(t, p)
 	clientKey, err := x509.MarshalPKCS8PrivateKey(p.clientCerts["p256"].PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	certFile := writePEM(t, "client.pem", "CERTIFICATE", p.clientCerts["p256"].Certificate[0])
 	keyFile := writePEM(t, "client.key", "PRIVATE KEY", clientKey)
 	tests := []struct {
@@ -207,17 +216,15 @@ func TestOpenSSLClient(t *testing.T) {
 				"-CAfile", roots, "-verify_return_error", "-quiet"}, tc.args...)
 			out, err := runClient(t, string(ping)+"\n", string(pong), "openssl", args...)
 			res := <-done
-			if res.err != nil || err != nil {
-				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
-			}
+			require.Truef(t, res.err == nil && err == nil, "server: %v\nclient: %v\n%s", res.err, err, out)
 			s := res.session
 			wantVers := uint16(tls.VersionTLS12)
 			if strings.HasPrefix(tc.name, "TLS1.3") {
 				wantVers = tls.VersionTLS13
 			}
-			if s.Version != wantVers || s.DidHelloRetryRequest != (tc.groups != nil) || (len(s.PeerCertificates) == 1) != tc.auth {
-				t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
-			}
+			assert.Equal(t, wantVers, s.Version, "session %s", s)
+			assert.Equal(t, tc.groups != nil, s.DidHelloRetryRequest, "session %s", s)
+			assert.Equal(t, tc.auth, len(s.PeerCertificates) == 1, "session %s", s)
 		})
 	}
 }
@@ -241,12 +248,8 @@ func TestCurlClient(t *testing.T) {
 			args = append(args, "https://"+host+":"+port+"/")
 			out, err := runClient(t, "", "", "curl", args...)
 			res := <-done
-			if res.err != nil || err != nil || !strings.Contains(out, string(pong)) {
-				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
-			}
-			if res.session.ALPN != "http/1.1" {
-				t.Errorf("session %s", res.session)
-			}
+			require.Truef(t, res.err == nil && err == nil && strings.Contains(out, string(pong)), "server: %v\nclient: %v\n%s", res.err, err, out)
+			assert.Equal(t, "http/1.1", res.session.ALPN, "session %s", res.session)
 		})
 	}
 }
@@ -266,9 +269,8 @@ func TestGnuTLSClient(t *testing.T) {
 			out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots,
 				"--priority", tc.priority, "--sni-hostname", tc.key+".example.com", "--verify-hostname", tc.key+".example.com",
 				"-p", port, "127.0.0.1")
-			if res := <-done; res.err != nil || err != nil {
-				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
-			}
+			res := <-done
+			require.Truef(t, res.err == nil && err == nil, "server: %v\nclient: %v\n%s", res.err, err, out)
 		})
 	}
 }
@@ -291,9 +293,7 @@ func TestChromium(t *testing.T) {
 			cfg := serverConfig(p.key(tc.key))
 			cfg.NextProtos = []string{"http/1.1"}
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer ln.Close()
 			sessions := make(chan *Session, 16)
 			go func() {
@@ -331,17 +331,14 @@ func TestChromium(t *testing.T) {
 			}
 			args = append(args, "--dump-dom", "https://"+host+":"+port+"/")
 			out, err := runClient(t, "", "", "chromium", args...)
-			if err != nil || !strings.Contains(out, string(pong)) {
-				t.Fatalf("chromium: %v\n%s", err, out)
-			}
+			require.Truef(t, err == nil && strings.Contains(out, string(pong)), "chromium: %v\n%s", err, out)
 			select {
 			case s := <-sessions:
-				if s.Version != tc.vers || s.ALPN != "http/1.1" {
-					t.Errorf("session %s", s)
-				}
+				assert.Equal(t, tc.vers, s.Version, "session %s", s)
+				assert.Equal(t, "http/1.1", s.ALPN, "session %s", s)
 				t.Logf("session %s", s)
 			case <-time.After(5 * time.Second):
-				t.Fatal("no completed session")
+				require.Fail(t, "no completed session")
 			}
 		})
 	}

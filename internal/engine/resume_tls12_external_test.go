@@ -70,7 +70,7 @@ func TestResumptionTLS12GnuTLS(t *testing.T) {
 			cfg := ticketConfig(newAEADTicketKeys(1), p.rsa)
 			// The first connection ends after the handshake; the second
 			// carries the data.
-			port, done := externalServerN(t, cfg, 2, func(rc *recordConn) error {
+			port, done := externalServerN(t, cfg, p.keys, 2, func(rc *recordConn) error {
 				if _, err := rc.readAppData(); err != nil && strings.Contains(err.Error(), "close_notify") {
 					return nil
 				} else if err != nil {
