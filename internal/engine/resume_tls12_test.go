@@ -620,3 +620,52 @@ func TestProbeTicketIssuedTLS12(t *testing.T) {
 		assert.Equal(t, marshalFinished(finishedVerifyData12(crypto.SHA256, c.master, "server finished", c.transcript.Sum(nil))), got)
 	})
 }
+
+// FuzzResumptionTLS12 feeds ClientHellos carrying tickets that open (the
+// fuzzer mutates around them) and what follows to a server with tickets on;
+// the pending state of an abbreviated handshake is saved and restored in
+// between. The engine must fail cleanly or wait, never complete or panic.
+func FuzzResumptionTLS12(f *testing.F) {
+	p := getPKI(f)
+	cfg := ticketConfig(newAEADTicketKeys(1), p.p256, p.rsa)
+	cfg.ClientAuth, cfg.ClientCAs = ClientAuthOptional, p.clientCA
+	ccsAndJunk := []byte{20, 3, 3, 0, 1, 1, 22, 3, 3, 0, 20, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+	for _, change := range []func(ts *ticketState){
+		func(*ticketState) {},
+		func(ts *ticketState) { ts.ems = false },
+		func(ts *ticketState) { ts.suite = tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 },
+		func(ts *ticketState) { ts.peerCerts = [][]byte{p.clientCerts["p256"].Certificate[0]} },
+		func(ts *ticketState) { ts.secret = ts.secret[:47] },
+	} {
+		ts := probeTicketState(time.Now())
+		change(ts)
+		ticket, err := cfg.Tickets.Seal(context.Background(), ts.marshal())
+		require.NoError(f, err)
+		f.Add(resumeHello(ticket).record(), ccsAndJunk)
+		f.Add(resumeHello(ticket).without(xExtendedMaster).record(), []byte(nil))
+	}
+	f.Fuzz(func(t *testing.T, hello, next []byte) {
+		h, err := NewHandshake(&cfg)
+		require.NoError(t, err)
+		ctx := context.Background()
+		for i, in := range [][]byte{hello, next} {
+			res := h.Step(ctx, p.keys, in)
+			switch res.State {
+			case NeedInput:
+				require.Equal(t, len(in), res.Consumed, "NeedInput consumes everything")
+			case Failed:
+				require.False(t, res.Alert == nil && res.Reason == "", "failure without alert or reason")
+				require.Nil(t, res.Output, "output on failure")
+				return
+			case Complete:
+				require.Fail(t, "handshake completed on fuzzed input")
+			}
+			if i == 0 {
+				saved, err := h.MarshalBinary()
+				require.NoError(t, err)
+				h, err = RestoreHandshake(&cfg, saved)
+				require.NoError(t, err, "restoring a state the engine saved")
+			}
+		}
+	})
+}
