@@ -1309,11 +1309,11 @@ func TestProbeVersionNegotiation(t *testing.T) {
 	}
 }
 
-// TestProbeNoResumptionTLS12: the engine never resumes, so a TLS 1.2
-// ClientHello offering a session (ID or ticket) gets a full handshake:
-// RFC 5246, Section 7.4.1.3 has a server that does not resume answer with a
-// session_id other than the client's, and RFC 5077, Section 3.2 has it send
-// no SessionTicket extension unless it will issue a ticket.
+// TestProbeNoResumptionTLS12: without TicketKeys the engine never resumes,
+// so a TLS 1.2 ClientHello offering a session (ID or ticket) gets a full
+// handshake: RFC 5246, Section 7.4.1.3 has a server that does not resume
+// answer with a session_id other than the client's, and RFC 5077, Section
+// 3.2 has it send no SessionTicket extension unless it will issue a ticket.
 func TestProbeNoResumptionTLS12(t *testing.T) {
 	hello := hello12().with(rawExt{35, bytes.Repeat([]byte{0x7a}, 100)}) // session_ticket
 	hello.sessionID = bytes.Repeat([]byte{0x5e}, 32)
