@@ -252,8 +252,8 @@ func sealProbeTicket(t *testing.T, keys TicketKeys, ts *ticketState) []byte {
 	return ticket
 }
 
-// resumeHello is hello12 offering ticket with a session ID.
-func resumeHello(ticket []byte) rawHello {
+// resumeHello12 is hello12 offering ticket with a session ID.
+func resumeHello12(ticket []byte) rawHello {
 	h := hello12().with(rawExt{xSessionTicket, ticket})
 	h.sessionID = probeSessionID
 	return h
@@ -379,7 +379,7 @@ func TestProbeResumptionTLS12(t *testing.T) {
 		cfg := config()
 		ts := probeTicketState(now.Add(-time.Hour))
 		master := slices.Clone(ts.secret)
-		r := dialResume12(t, cfg, resumeHello(sealProbeTicket(t, cfg.Tickets, ts)), master)
+		r := dialResume12(t, cfg, resumeHello12(sealProbeTicket(t, cfg.Tickets, ts)), master)
 		// RFC 5077, Section 3.4: "If the server accepts the ticket and the
 		// Session ID is not empty, then it MUST respond with the same
 		// Session ID present in the ClientHello."
@@ -426,7 +426,7 @@ func TestProbeResumptionTLS12(t *testing.T) {
 	t.Run("RFC 5077 3.4 empty session ID resumes with an empty echo", func(t *testing.T) {
 		cfg := config()
 		ts := probeTicketState(now)
-		hello := resumeHello(sealProbeTicket(t, cfg.Tickets, ts))
+		hello := resumeHello12(sealProbeTicket(t, cfg.Tickets, ts))
 		hello.sessionID = nil
 		r := dialResume12(t, cfg, hello, slices.Clone(ts.secret))
 		assert.Empty(t, r.sessionID)
@@ -437,7 +437,7 @@ func TestProbeResumptionTLS12(t *testing.T) {
 	t.Run("RFC 5746 3.6 SCSV without the extension: renegotiation_info in the resumed ServerHello", func(t *testing.T) {
 		cfg := config()
 		ts := probeTicketState(now)
-		hello := resumeHello(sealProbeTicket(t, cfg.Tickets, ts)).without(xRenegotiationInfo)
+		hello := resumeHello12(sealProbeTicket(t, cfg.Tickets, ts)).without(xRenegotiationInfo)
 		hello.suites = append(slices.Clone(hello.suites), scsvRenegRaw)
 		r := dialResume12(t, cfg, hello, slices.Clone(ts.secret))
 		reneg, ok := r.hello.ext(xRenegotiationInfo)
@@ -450,7 +450,7 @@ func TestProbeResumptionTLS12(t *testing.T) {
 	t.Run("RFC 5246 7.4.9 wrong client Finished in a resumption is decrypt_error", func(t *testing.T) {
 		cfg := config()
 		ts := probeTicketState(now)
-		r := dialResume12(t, cfg, resumeHello(sealProbeTicket(t, cfg.Tickets, ts)), slices.Clone(ts.secret))
+		r := dialResume12(t, cfg, resumeHello12(sealProbeTicket(t, cfg.Tickets, ts)), slices.Clone(ts.secret))
 		answer, out := r.finish(t, func(fin []byte) { fin[len(fin)-1] ^= 1 })
 		assert.Equal(t, alertDecryptError, out.last.AlertDescription, "engine: %s", out.last.Reason)
 		in, err := record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, r.serverKey, r.srvIV, 1)
@@ -521,7 +521,7 @@ func TestProbeResumptionTLS12(t *testing.T) {
 			if tc.ticket != nil {
 				tc.ticket(ts)
 			}
-			hello := resumeHello(sealProbeTicket(t, cfg.Tickets, ts))
+			hello := resumeHello12(sealProbeTicket(t, cfg.Tickets, ts))
 			if tc.hello != nil {
 				hello = tc.hello(hello)
 			}
@@ -641,8 +641,8 @@ func FuzzResumptionTLS12(f *testing.F) {
 		change(ts)
 		ticket, err := cfg.Tickets.Seal(context.Background(), ts.marshal())
 		require.NoError(f, err)
-		f.Add(resumeHello(ticket).record(), ccsAndJunk)
-		f.Add(resumeHello(ticket).without(xExtendedMaster).record(), []byte(nil))
+		f.Add(resumeHello12(ticket).record(), ccsAndJunk)
+		f.Add(resumeHello12(ticket).without(xExtendedMaster).record(), []byte(nil))
 	}
 	f.Fuzz(func(t *testing.T, hello, next []byte) {
 		h, err := NewHandshake(&cfg)

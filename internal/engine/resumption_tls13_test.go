@@ -130,6 +130,7 @@ func TestResumeTLS13(t *testing.T) {
 			assert.Equal(t, uint64(1), s.ServerSeq, "a fresh ticket on the resumed connection too")
 			trace := traceText(res.relay.trace)
 			assert.Contains(t, trace, "resumption=accepted identity 0")
+			assert.Contains(t, trace, "psk_key_exchange_modes=psk_dhe_ke pre_shared_key=1 identities")
 			assert.NotContains(t, trace, "sent Certificate")
 			assert.Contains(t, trace, "sent NewSessionTicket")
 			if tc.check != nil {

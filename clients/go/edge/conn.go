@@ -130,8 +130,8 @@ func newConn(raw net.Conn, s *pb.Session, leftover []byte, steps []Step) (*Conn,
 	suite, k := uint16(s.GetCipherSuite()), s.GetKeys()
 	switch s.GetVersion() {
 	case tls.VersionTLS13:
-		if c.in.cipher, err = record.NewTLS13Cipher(suite, k.GetClientApplicationTrafficSecret(), 0); err == nil {
-			c.out.cipher, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), 0)
+		if c.in.cipher, err = record.NewTLS13Cipher(suite, k.GetClientApplicationTrafficSecret(), k.GetClientSequence()); err == nil {
+			c.out.cipher, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), k.GetServerSequence())
 		}
 	case tls.VersionTLS12:
 		if c.in.cipher, err = record.NewTLS12Cipher(suite, k.GetClientWriteKey(), k.GetClientWriteIv(), k.GetClientSequence()); err == nil {
