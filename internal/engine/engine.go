@@ -277,8 +277,8 @@ type Session struct {
 	CipherSuite      uint16
 	ServerName       string
 	ALPN             string
-	Group            tls.CurveID         // 0 for RSA key exchange
-	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange
+	Group            tls.CurveID         // 0 for RSA key exchange; a resumed TLS 1.2 session's is the original's
+	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange and resumptions
 	CertificateIndex int                 // into Config.Certificates
 	KeyRef           string
 	PeerCertificates [][]byte // the client's chain, DER, leaf first
@@ -287,7 +287,9 @@ type Session struct {
 	DidHelloRetryRequest bool
 	// Resumed reports an abbreviated handshake from a session ticket: no
 	// certificate was sent and no private-key operation made; ServerName,
-	// ALPN and PeerCertificates are those the ticket carried forward.
+	// ALPN and PeerCertificates are those the ticket carried forward (TLS
+	// 1.2 negotiates ALPN anew: it is the connection's, RFC 7301, Section
+	// 3.1).
 	Resumed bool
 
 	// Record keys. TLS 1.2: the write keys and fixed IVs of the key block

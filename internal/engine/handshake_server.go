@@ -13,6 +13,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/sigscheme"
@@ -293,7 +294,7 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	}
 	ev := h.traceServerHello12(&hello, ch)
 	if refused != "" {
-		ev.add("session_ticket_refused", refused+": full handshake")
+		ev.add("resumption", "refused: "+refused)
 	}
 	h.sendMessage(hello.marshal(), ev)
 
@@ -546,7 +547,7 @@ func (h *Handshake) processClientFinished12(body, raw []byte) error {
 	}
 	h.transcript.write(raw)
 	if h.issueTicket {
-		h.sendNewSessionTicket12(h.cfg.now())
+		h.sendNewSessionTicket12(time.Time{})
 	}
 	if err := h.sendServerFinished12(); err != nil {
 		return err

@@ -64,7 +64,7 @@ func (h *Handshake) resume12(ch *clientHelloMsg, raw []byte) (resumed bool, refu
 // failure RFC 7627, Section 5.3 demands.
 func (h *Handshake) ticketFits12(ch *clientHelloMsg, t *ticketState) (cert int, why string, err error) {
 	if t.vers != tls.VersionTLS12 {
-		return 0, "ticket of " + versionName(t.vers), nil
+		return 0, "ticket of another TLS version", nil
 	}
 	if len(t.secret) != masterSecretLength {
 		return 0, "ticket does not decode", nil
@@ -84,7 +84,7 @@ func (h *Handshake) ticketFits12(ch *clientHelloMsg, t *ticketState) (cert int, 
 	// handshake to establish a new session." Host names compare without
 	// case (RFC 4343).
 	if !strings.EqualFold(t.serverName, ch.serverName) {
-		return 0, "ticket for another server_name", nil
+		return 0, "ticket for another server name", nil
 	}
 	cert = -1
 	for _, i := range h.certificateOrder(ch.serverName) {
@@ -96,17 +96,8 @@ func (h *Handshake) ticketFits12(ch *clientHelloMsg, t *ticketState) (cert int, 
 	if cert < 0 {
 		return 0, "no certificate fits the ticket's cipher suite", nil
 	}
-	// The resumed session is as authenticated as the original, and no more:
-	// the client's chain must still be wanted and still verify.
-	switch {
-	case len(t.peerCerts) == 0 && h.cfg.ClientAuth == ClientAuthRequired:
-		return 0, "ticket has no client certificate, which is required", nil
-	case len(t.peerCerts) > 0 && h.cfg.ClientAuth == ClientAuthOff:
-		return 0, "ticket has a client certificate, and client authentication is off", nil
-	case len(t.peerCerts) > 0:
-		if _, err := verifyClientChain(h.cfg, t.peerCerts); err != nil {
-			return 0, "the ticket's client certificate no longer verifies", nil
-		}
+	if why := h.ticketClientAuth(t); why != "" {
+		return 0, why, nil
 	}
 	// RFC 7627, Section 5.3, last: only a ticket the server would resume
 	// gets this far.
@@ -179,7 +170,7 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 		sessionTicket: issue,
 	}
 	ev := h.traceServerHello12(&hello, ch)
-	ev.add("resumed", "session ticket")
+	ev.add("resumption", "accepted")
 	h.sendMessage(hello.marshal(), ev)
 	if issue {
 		// The new ticket keeps the session's creation time: the lifetime
@@ -207,10 +198,15 @@ func (h *Handshake) processResumedClientFinished12(body, raw []byte) error {
 }
 
 // sendNewSessionTicket12 seals the session into a ticket and sends it, RFC
-// 5077, Section 3.3. If sealing fails (the vault is unreachable), the
+// 5077, Section 3.3; created is the session's creation time, zero for a
+// session created now. If sealing fails (the vault is unreachable), the
 // handshake goes on with the zero-length ticket the section provides for a
 // server that changed its mind after promising one.
 func (h *Handshake) sendNewSessionTicket12(created time.Time) {
+	now := h.cfg.now()
+	if created.IsZero() {
+		created = now
+	}
 	t := ticketState{
 		vers:       tls.VersionTLS12,
 		suite:      h.suite.ID,
@@ -235,7 +231,7 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 		ev.add("ticket", strconv.Itoa(len(ticket))+" bytes")
 	}
 	// ticket_lifetime_hint: the seconds the ticket has left (Section 3.3).
-	left := max(h.cfg.ticketLifetime()-h.cfg.now().Sub(created), 0)
+	left := max(h.cfg.ticketLifetime()-now.Sub(created), 0)
 	hint := uint32(left / time.Second)
 	ev.add("lifetime_hint", strconv.FormatUint(uint64(hint), 10)+"s")
 	h.sendMessage(marshalNewSessionTicket12(hint, ticket), ev)
