@@ -9,32 +9,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testenv"
 )
-
-// fakeClock is a settable clock for the ticket key schedule.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 const (
 	testRotation = time.Hour
 	testLifetime = 10 * time.Hour
 )
 
-func newTicketKeys(t *testing.T, v *Vault, deployment string, clock *fakeClock, events *[]TicketKeyEvent) *TicketKeys {
+func newTicketKeys(t *testing.T, v *Vault, deployment string, clock *testenv.Clock, events *[]TicketKeyEvent) *TicketKeys {
 	t.Helper()
 	opts := TicketKeyOptions{Deployment: deployment, Rotation: testRotation, Lifetime: testLifetime, Now: clock.Now}
 	if events != nil {
@@ -68,7 +52,7 @@ func storedTicketKeys(t *testing.T, path string) map[uint32][]byte {
 
 func TestTicketKeyCreatedOnFirstUseAndPersisted(t *testing.T) {
 	v, path := newTestVault(t)
-	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	tk := newTicketKeys(t, v, "prod", clock, nil)
 	require.Empty(t, v.TicketKeys(), "no ticket key before the first ticket")
 
@@ -98,7 +82,7 @@ func TestTicketKeyCreatedOnFirstUseAndPersisted(t *testing.T) {
 
 func TestTicketRejected(t *testing.T) {
 	v, _ := newTestVault(t)
-	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	tk := newTicketKeys(t, v, "prod", clock, nil)
 	ticket, err := tk.Seal(ctx, "web", []byte("session state"))
 	require.NoError(t, err)
@@ -134,7 +118,7 @@ func TestTicketRejected(t *testing.T) {
 // retired: its tickets are rejected and its record is erased from the file.
 func TestTicketKeyRotation(t *testing.T) {
 	v, path := newTestVault(t)
-	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	var events []TicketKeyEvent
 	tk := newTicketKeys(t, v, "prod", clock, &events)
 
@@ -218,7 +202,7 @@ func TestTicketKeyOptions(t *testing.T) {
 
 func TestTicketKeysClosed(t *testing.T) {
 	v, _ := newTestVault(t)
-	clock := &fakeClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	tk := newTicketKeys(t, v, "prod", clock, nil)
 	ticket, err := tk.Seal(ctx, "web", []byte("x"))
 	require.NoError(t, err)
@@ -234,7 +218,7 @@ func TestTicketKeysClosed(t *testing.T) {
 // rotations: every ticket opens, and one key is created per rotation.
 func TestTicketKeysConcurrent(t *testing.T) {
 	v, _ := newTestVault(t)
-	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	var events []TicketKeyEvent
 	tk := newTicketKeys(t, v, "prod", clock, &events)
 	var wg sync.WaitGroup
@@ -263,7 +247,7 @@ func TestTicketKeysConcurrent(t *testing.T) {
 // and whatever it accepts is exactly what Seal sealed for the scope.
 func FuzzTicketOpen(f *testing.F) {
 	v, _ := newTestVault(f)
-	clock := &fakeClock{now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
+	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	tk, err := NewTicketKeys(v, TicketKeyOptions{Deployment: "fuzz", Rotation: testRotation, Lifetime: testLifetime, Now: clock.Now})
 	require.NoError(f, err)
 	ticket, err := tk.Seal(ctx, "web", []byte("session state"))

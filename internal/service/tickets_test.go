@@ -4,11 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"io"
 	"net/http"
-	"regexp"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,27 +17,8 @@ import (
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
+	"github.com/handshaked/handshaked/internal/testenv"
 )
-
-// testClock is a settable clock for the ticket key schedule.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock { return &testClock{now: time.Now()} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // startTicketServer starts a development service with session tickets on.
 func startTicketServer(t testing.TB, opts service.TicketOptions) *testServer {
@@ -50,30 +27,12 @@ func startTicketServer(t testing.TB, opts service.TicketOptions) *testServer {
 	return &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
 }
 
-// metricValue reads one sample from /metrics ("name" or `name{labels}`);
-// 0 when absent.
-func metricValue(t testing.TB, client *http.Client, restURL, sample string) float64 {
-	t.Helper()
-	resp, err := client.Get(restURL + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(body)
-	if m == nil {
-		return 0
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	require.NoError(t, err)
-	return v
-}
-
 func TestSealOpenTicket(t *testing.T) {
 	s := startTicketServer(t, service.TicketOptions{Deployment: "test"})
 	ctx := context.Background()
 	importFixture(t, s, "web", "p256-pkcs8.pem")
 	importFixture(t, s, "api", "ed25519-pkcs8.pem")
-	assert.Zero(t, metricValue(t, http.DefaultClient, s.rest, "handshaked_ticket_keys"), "a ticket key before the first ticket")
+	assert.Zero(t, servicetest.Metric(t, http.DefaultClient, s.rest, "handshaked_ticket_keys"), "a ticket key before the first ticket")
 
 	sealed, err := s.kv.SealTicket(ctx, &pb.SealTicketRequest{Key: "web", Plaintext: []byte("session state")})
 	require.NoError(t, err)
@@ -146,11 +105,11 @@ func TestSealOpenTicket(t *testing.T) {
 	code, body = s.restCall(t, http.MethodPost, "/v1/keys/nope:openTicket", map[string]any{"ticket": restSealed.Ticket}, nil)
 	assert.Equal(t, http.StatusNotFound, code, "%s", body)
 
-	assert.Equal(t, 1.0, metricValue(t, http.DefaultClient, s.rest, "handshaked_ticket_keys"))
-	assert.Equal(t, 1.0, metricValue(t, http.DefaultClient, s.rest, `handshaked_ticket_key_changes_total{change="created"}`))
-	assert.Equal(t, 2.0, metricValue(t, http.DefaultClient, s.rest, `handshaked_tickets_sealed_total{via="api"}`))
-	assert.Equal(t, 2.0, metricValue(t, http.DefaultClient, s.rest, `handshaked_tickets_opened_total{outcome="accepted",via="api"}`))
-	assert.Equal(t, 3.0, metricValue(t, http.DefaultClient, s.rest, `handshaked_tickets_opened_total{outcome="rejected",via="api"}`))
+	assert.Equal(t, 1.0, servicetest.Metric(t, http.DefaultClient, s.rest, "handshaked_ticket_keys"))
+	assert.Equal(t, 1.0, servicetest.Metric(t, http.DefaultClient, s.rest, `handshaked_ticket_key_changes_total{change="created"}`))
+	assert.Equal(t, 2.0, servicetest.Metric(t, http.DefaultClient, s.rest, `handshaked_tickets_sealed_total{via="api"}`))
+	assert.Equal(t, 2.0, servicetest.Metric(t, http.DefaultClient, s.rest, `handshaked_tickets_opened_total{outcome="accepted",via="api"}`))
+	assert.Equal(t, 3.0, servicetest.Metric(t, http.DefaultClient, s.rest, `handshaked_tickets_opened_total{outcome="rejected",via="api"}`))
 }
 
 func TestTicketsOff(t *testing.T) {
@@ -166,7 +125,7 @@ func TestTicketsOff(t *testing.T) {
 // retirement of the first key: each change is in the audit log and the
 // metrics, and the retired key's tickets are refused.
 func TestTicketKeyRotationAudited(t *testing.T) {
-	clock := newTestClock()
+	clock := testenv.NewClock(time.Now())
 	const rotation, lifetime = time.Hour, 2 * time.Hour
 	s := startSecure(t, secureOptions{tickets: &service.TicketOptions{Deployment: "audit", Rotation: rotation, Lifetime: lifetime, Now: clock.Now}})
 	s.adminImport(t, "web", "p256-pkcs8.pem", nil)
@@ -209,6 +168,6 @@ func TestTicketKeyRotationAudited(t *testing.T) {
 		}
 	}
 	assert.Equal(t, []string{"ticket_keys.rotate", "ticket_keys.rotate", "ticket_keys.retire", "ticket_keys.rotate"}, changes)
-	assert.Equal(t, 3.0, metricValue(t, s.httpClient(t, ""), s.restURL, `handshaked_ticket_key_changes_total{change="created"}`))
-	assert.Equal(t, 1.0, metricValue(t, s.httpClient(t, ""), s.restURL, `handshaked_ticket_key_changes_total{change="retired"}`))
+	assert.Equal(t, 3.0, servicetest.Metric(t, s.httpClient(t, ""), s.restURL, `handshaked_ticket_key_changes_total{change="created"}`))
+	assert.Equal(t, 1.0, servicetest.Metric(t, s.httpClient(t, ""), s.restURL, `handshaked_ticket_key_changes_total{change="retired"}`))
 }

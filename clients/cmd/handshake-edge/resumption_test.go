@@ -7,8 +7,6 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,18 +28,7 @@ func newTicketFixture(t testing.TB) *fixture {
 // serviceMetric reads one sample of the service's /metrics; 0 if absent.
 func serviceMetric(t testing.TB, srv *servicetest.Server, sample string) float64 {
 	t.Helper()
-	resp, err := http.Get(srv.RESTURL + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(body)
-	if m == nil {
-		return 0
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
-	require.NoError(t, err)
-	return v
+	return servicetest.Metric(t, http.DefaultClient, srv.RESTURL, sample)
 }
 
 // getPage fetches the echo page over a new connection.

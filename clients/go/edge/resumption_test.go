@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,25 +14,8 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
+	"github.com/handshaked/handshaked/internal/testenv"
 )
-
-// ticketClock is a settable clock for the vault's ticket key schedule.
-type ticketClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *ticketClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *ticketClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // oneByteEdge is an edge with cfg that writes a byte on every connection.
 func oneByteEdge(t *testing.T, client *handshaked.Client, cfg *pb.HandshakeConfig) string {
@@ -63,7 +45,7 @@ func resumes(t *testing.T, addr string, cfg *tls.Config) bool {
 // caller allowed other keys cannot take over the session. A ticket of a
 // retired ticket key gets a full handshake. TLS 1.2 and 1.3.
 func TestResumptionScope(t *testing.T) {
-	clock := &ticketClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	const rotation, lifetime = time.Hour, 2 * time.Hour
 	srv := servicetest.Start(t, service.Options{Tickets: &service.TicketOptions{Deployment: "scope", Rotation: rotation, Lifetime: lifetime, Now: clock.Now}})
 	ec := srv.ServerKey(t, "scope-ec", "p256-pkcs8.pem", "ec.test")

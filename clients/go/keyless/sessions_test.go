@@ -18,6 +18,7 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // countingVault forwards to the real client and counts the private-key
@@ -30,24 +31,6 @@ type countingVault struct {
 func (v *countingVault) Sign(ctx context.Context, id string, version uint32, scheme pb.SignatureScheme, message, digest []byte) ([]byte, uint32, error) {
 	v.signs.Add(1)
 	return v.Client.Sign(ctx, id, version, scheme, message, digest)
-}
-
-// testClock is a settable clock for the vault's ticket key schedule.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 // startTLSServer is an ordinary crypto/tls server with a keyless
@@ -108,7 +91,7 @@ func connect(t *testing.T, addr string, cfg *tls.Config) bool {
 // ticket outlives a rotation of the vault's ticket key, but not its
 // retirement.
 func TestSessionTicketsAcrossServers(t *testing.T) {
-	clock := &testClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	const rotation, lifetime = time.Hour, 2 * time.Hour
 	srv := servicetest.Start(t, service.Options{Tickets: &service.TicketOptions{Deployment: "keyless-test", Rotation: rotation, Lifetime: lifetime, Now: clock.Now}})
 	key := srv.ServerKey(t, "web-ec", "p256-pkcs8.pem", "ec.test")
