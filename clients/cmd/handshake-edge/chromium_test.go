@@ -20,14 +20,7 @@ func TestChromium(t *testing.T) {
 	chromium := testenv.LookPath(t, "chromium")
 	f := newFixture(t)
 	addr, log := f.start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
-		"--user-data-dir="+t.TempDir(), "--dump-dom", "https://"+addr+"/")
-	out, err := cmd.Output()
-	require.NoError(t, err, "chromium:\n%s", out)
-	page := string(out)
+	page := dumpDOM(t, chromium, "https://"+addr+"/")
 	for _, want := range []string{"handshake-edge echo", "GET / HTTP/1.1", "TLS version: TLS 1.3", "Group: X25519MLKEM768", "ALPN: http/1.1", "Chrome/"} {
 		assert.Contains(t, page, want)
 	}
@@ -41,14 +34,7 @@ func TestChromiumResumes(t *testing.T) {
 	chromium := testenv.LookPath(t, "chromium")
 	f := newTicketFixture(t)
 	addr, log := f.start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
-		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=20000", "--dump-dom", "https://"+addr+"/resumption")
-	out, err := cmd.Output()
-	require.NoError(t, err, "chromium:\n%s", out)
-	page := string(out)
+	page := dumpDOM(t, chromium, "https://"+addr+"/resumption")
 	first, next, ok := strings.Cut(page, `id="next"`)
 	require.True(t, ok, page)
 	assert.Contains(t, first, "Resumed: no (full handshake)", page)
@@ -56,4 +42,18 @@ func TestChromiumResumes(t *testing.T) {
 	assert.Contains(t, next, "TLS version: TLS 1.3", page)
 	assert.Contains(t, next, "Resumed: yes", page)
 	assert.Contains(t, log.String(), "resumed=true", log.String())
+}
+
+// dumpDOM loads url in a new headless Chromium and returns the DOM once the
+// page's scripts have run.
+func dumpDOM(t *testing.T, chromium, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
+		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=20000", "--dump-dom", url)
+	out, err := cmd.Output()
+	require.NoError(t, err, "chromium:\n%s", out)
+	return string(out)
 }
