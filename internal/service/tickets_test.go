@@ -3,8 +3,11 @@ package service_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,4 +173,47 @@ func TestTicketKeyRotationAudited(t *testing.T) {
 	assert.Equal(t, []string{"ticket_keys.rotate", "ticket_keys.rotate", "ticket_keys.retire", "ticket_keys.rotate"}, changes)
 	assert.Equal(t, 3.0, servicetest.Metric(t, s.httpClient(t, ""), s.restURL, `handshaked_ticket_key_changes_total{change="created"}`))
 	assert.Equal(t, 1.0, servicetest.Metric(t, s.httpClient(t, ""), s.restURL, `handshaked_ticket_key_changes_total{change="retired"}`))
+}
+
+// TestHandshakeResumptionAudited: through an edge stepping unary calls in
+// production mode, a client's second connection resumes; its audit entry
+// says so, and the handshakes' private-key operations stay at one.
+func TestHandshakeResumptionAudited(t *testing.T) {
+	s := startSecure(t, secureOptions{tickets: &service.TicketOptions{Deployment: "audit"}})
+	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
+	pool := service.AttachSelfSigned(t, s.vault, "key-a")
+	front := startEdge(t, s, "key-a", pool, true)
+	cfg := &tls.Config{RootCAs: pool, ServerName: "localhost", ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	connect := func() bool {
+		t.Helper()
+		c, err := tls.Dial("tcp", front.l.Addr().String(), cfg)
+		require.NoError(t, err)
+		defer c.Close()
+		server := <-front.conns
+		defer server.Close()
+		_, err = server.Write([]byte{1})
+		require.NoError(t, err)
+		// Reading takes in the TLS 1.3 NewSessionTicket sent before it.
+		_, err = io.ReadFull(c, make([]byte, 1))
+		require.NoError(t, err)
+		return c.ConnectionState().DidResume
+	}
+	metrics := s.httpClient(t, "")
+	signs := func() float64 {
+		return servicetest.Metric(t, metrics, s.restURL, `handshaked_handshake_key_operations_total{operation="sign"}`)
+	}
+	require.False(t, connect())
+	require.Equal(t, 1.0, signs())
+	assert.True(t, connect())
+	assert.True(t, connect())
+	assert.Equal(t, 1.0, signs(), "a resumed handshake signed")
+	assert.Equal(t, 2.0, servicetest.Metric(t, metrics, s.restURL, `handshaked_handshakes_resumed_total{version="TLS 1.3"}`))
+
+	var completed []string
+	for _, e := range s.auditEntries(t) {
+		if strings.HasPrefix(e.Detail, "HANDSHAKE_STATE_COMPLETE") {
+			completed = append(completed, e.Detail)
+		}
+	}
+	assert.Equal(t, []string{"HANDSHAKE_STATE_COMPLETE", "HANDSHAKE_STATE_COMPLETE resumed", "HANDSHAKE_STATE_COMPLETE resumed"}, completed)
 }
