@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // The probes here offer the engine hand-built TLS 1.3 ClientHellos with
@@ -215,4 +217,25 @@ func TestProbeResumptionAlerts(t *testing.T) {
 			expectAlert(t, res, tc.want)
 		})
 	}
+}
+
+// TestProbeResumptionEarlyDataSkipped: a resuming ClientHello with
+// early_data, followed by 0-RTT records: the server resumes, does not
+// accept the early data (no early_data in its EncryptedExtensions) and
+// skips those records, which it cannot open (RFC 8446, Section 4.2.10).
+func TestProbeResumptionEarlyDataSkipped(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	good := probeTicket(t, &cfg, time.Second, nil)
+	in := resumeHello(hello13().with(extEarlyData), []byte{pskModeDHEKE}, []offeredTicket{good}, 1, 32, false)
+	for range 3 {
+		in = append(in, rawRecord(byte(record.ApplicationData), bytes.Repeat([]byte{0xee}, 200)...)...)
+	}
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), noKeyOps, in)
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	assert.True(t, h.resumed)
+	assert.Equal(t, 3*200, h.skippedEarlyData)
+	assert.Contains(t, traceText(res.Trace), "early_data=offered (refused)")
 }
