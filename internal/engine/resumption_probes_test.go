@@ -63,20 +63,12 @@ type offeredTicket struct {
 // truncated ClientHello. binderLen is the length of each binder (32 for
 // SHA-256); corrupt flips a bit of the first real binder.
 func resumeHello(base rawHello, modes []byte, tickets []offeredTicket, binders int, binderLen int, corrupt bool) []byte {
+	ids := make([]pskIdentity, len(tickets))
+	for i, t := range tickets {
+		ids[i] = pskIdentity{identity: t.ticket, obfuscatedTicketAge: t.age}
+	}
 	build := func(binderList [][]byte) rawHello {
-		var b cryptobyte.Builder
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-			for _, t := range tickets {
-				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(t.ticket) })
-				b.AddUint32(t.age)
-			}
-		})
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-			for _, bd := range binderList {
-				b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(bd) })
-			}
-		})
-		return base.with(rawExt{xPSKModes, append([]byte{byte(len(modes))}, modes...)}).with(rawExt{xPreSharedKey, b.BytesOrPanic()})
+		return base.with(rawExt{xPSKModes, append([]byte{byte(len(modes))}, modes...)}).with(rawExt{xPreSharedKey, pskExtension(ids, binderList)})
 	}
 	placeholder := make([][]byte, binders)
 	for i := range placeholder {
