@@ -45,30 +45,7 @@ func BenchmarkHandshake(b *testing.B) {
 		client.RootCAs, client.ServerName, client.SessionTicketsDisabled = p.serverRoots, k.name+".example.com", true
 		b.Run(bc.name+"/engine", func(b *testing.B) {
 			cfg := serverConfig(k)
-			ctx := context.Background()
-			benchLoop(b, client, func(conn net.Conn) error {
-				h, err := NewHandshake(&cfg)
-				if err != nil {
-					return err
-				}
-				buf := make([]byte, 1<<14)
-				for {
-					n, err := conn.Read(buf)
-					if err != nil {
-						return err
-					}
-					res := h.Step(ctx, p.keys, buf[:n])
-					if len(res.Output) > 0 {
-						if _, err := conn.Write(res.Output); err != nil {
-							return err
-						}
-					}
-					if res.State != NeedInput {
-						require.NotEqual(b, Failed, res.State, res.Reason)
-						return nil
-					}
-				}
-			})
+			benchLoop(b, client, engineServer(b, &cfg, p.keys))
 		})
 		b.Run(bc.name+"/crypto_tls", func(b *testing.B) {
 			server := &tls.Config{
@@ -80,6 +57,34 @@ func BenchmarkHandshake(b *testing.B) {
 				return tls.Server(conn, server).Handshake()
 			})
 		})
+	}
+}
+
+// engineServer runs one handshake under cfg on a connection.
+func engineServer(b *testing.B, cfg *Config, keys KeyOps) func(net.Conn) error {
+	ctx := context.Background()
+	return func(conn net.Conn) error {
+		h, err := NewHandshake(cfg)
+		if err != nil {
+			return err
+		}
+		buf := make([]byte, 1<<14)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return err
+			}
+			res := h.Step(ctx, keys, buf[:n])
+			if len(res.Output) > 0 {
+				if _, err := conn.Write(res.Output); err != nil {
+					return err
+				}
+			}
+			if res.State != NeedInput {
+				require.NotEqual(b, Failed, res.State, res.Reason)
+				return nil
+			}
+		}
 	}
 }
 

@@ -669,3 +669,57 @@ func FuzzResumptionTLS12(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkResumptionTLS12 compares, in one run, full and resumed TLS 1.2
+// handshakes of crypto/tls's client through the engine, and resumed ones
+// against a crypto/tls server with its own tickets. The client's work is
+// included in all.
+//
+//	go test -run XXX -bench ResumptionTLS12 -benchmem ./internal/engine/
+func BenchmarkResumptionTLS12(b *testing.B) {
+	p := getPKI(b)
+	client := &tls.Config{RootCAs: p.serverRoots, ServerName: "p256.example.com", MaxVersion: tls.VersionTLS12,
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}
+	// resuming primes the client's cache with a full handshake, then
+	// measures resumptions.
+	resuming := func(b *testing.B, full, resumed func(net.Conn) error) {
+		cl := client.Clone()
+		cl.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+		benchPrime(b, cl, full)
+		benchLoop(b, cl, resumed)
+	}
+	b.Run("engine/full", func(b *testing.B) {
+		cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
+		cl := client.Clone()
+		cl.SessionTicketsDisabled = true
+		benchLoop(b, cl, engineServer(b, &cfg, p.keys))
+	})
+	b.Run("engine/resumed", func(b *testing.B) {
+		cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
+		resuming(b, engineServer(b, &cfg, p.keys), engineServer(b, &cfg, noKeyOps))
+	})
+	b.Run("crypto_tls/resumed", func(b *testing.B) {
+		server := &tls.Config{Certificates: []tls.Certificate{{Certificate: p.p256.cert.Chain, PrivateKey: p.p256.signer}}}
+		resuming(b, func(conn net.Conn) error { return tls.Server(conn, server).Handshake() }, func(conn net.Conn) error {
+			c := tls.Server(conn, server)
+			if err := c.Handshake(); err != nil {
+				return err
+			}
+			if !c.ConnectionState().DidResume {
+				return errors.New("crypto/tls server did not resume")
+			}
+			return nil
+		})
+	})
+}
+
+// benchPrime runs one handshake so that the client's cache holds a ticket.
+func benchPrime(b *testing.B, client *tls.Config, serve func(net.Conn) error) {
+	s, c := net.Pipe()
+	defer s.Close()
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() { done <- tls.Client(c, client).Handshake() }()
+	require.NoError(b, serve(s))
+	require.NoError(b, <-done)
+}
