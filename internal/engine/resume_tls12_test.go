@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -714,4 +716,19 @@ func benchPrime(b *testing.B, client *tls.Config, serve func(net.Conn) error) {
 	go func() { done <- tls.Client(c, client).Handshake() }()
 	require.NoError(b, serve(s))
 	require.NoError(b, <-done)
+}
+
+// transcriptTicketKeys seals and opens the tickets of the recorded
+// transcripts under a fixed key.
+func transcriptTicketKeys() TicketKeys {
+	key := sha256.Sum256([]byte("handshaked transcript ticket key"))
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		panic(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return &aeadTicketKeys{id: 1, aead: aead}
 }
