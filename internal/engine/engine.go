@@ -8,6 +8,14 @@
 // session keys, so that the caller can run the record layer itself (see the
 // record subpackage).
 //
+// With Config.Tickets, the engine issues session tickets and resumes from
+// them (TLS 1.3 PSK with (EC)DHE, RFC 8446, Section 2.2; TLS 1.2, RFC 5077):
+// TicketKeys seals what a resumption needs, so that any server holding the
+// same ticket keys resumes any other's sessions. A TLS 1.3 ticket goes out
+// in the Output of the completing Step, protected under the server's
+// application traffic key, and Session.ServerSeq counts it. A ticket that
+// does not open or fit gives a full handshake, never an error.
+//
 // A Handshake keeps its state in plain values (byte slices, integers, hash
 // states): no goroutines, channels or callbacks. Between two Steps it can be
 // saved with MarshalBinary and continued elsewhere with RestoreHandshake.

@@ -308,9 +308,12 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	finishedHash := h.transcript.sum()
 	h.clientTraffic, h.serverTraffic = master.trafficSecrets(finishedHash)
 	h.exporterSecret = master.exporterMasterSecret(finishedHash)
-	if h.cfg.Tickets != nil {
-		// The resumption master secret covers the client's Finished: the
-		// master secret waits for it.
+	if h.cfg.Tickets != nil && slices.Contains(ch.pskModes, pskModeDHEKE) {
+		// A ticket will follow the client's Finished, which the resumption
+		// master secret covers: the master secret waits for it. A client
+		// without psk_dhe_ke could not use the ticket (RFC 8446, Section
+		// 4.2.9: servers "SHOULD NOT send NewSessionTicket with tickets that
+		// are not compatible with the advertised modes").
 		h.master13 = master.secret
 	} else {
 		master.wipe()
@@ -393,7 +396,8 @@ func (h *Handshake) processClientCertificateVerify13(body, raw []byte) error {
 // processClientFinished13 verifies the client's Finished under the client
 // handshake traffic secret (RFC 8446, Section 4.4.4) and completes the
 // handshake: the server's flight went out with its ServerHello. With
-// tickets on, a NewSessionTicket follows in the Output.
+// tickets on and a client that lists psk_dhe_ke, a NewSessionTicket
+// follows in the Output.
 func (h *Handshake) processClientFinished13(body, raw []byte) error {
 	if err := h.checkClientFinished(body, finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())); err != nil {
 		return err

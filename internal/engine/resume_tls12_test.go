@@ -686,11 +686,11 @@ func BenchmarkResumptionTLS12(b *testing.B) {
 		cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
 		cl := client.Clone()
 		cl.SessionTicketsDisabled = true
-		benchLoop(b, cl, engineServer(b, &cfg, p.keys))
+		benchLoop(b, cl, engineServe(b, &cfg, p.keys))
 	})
 	b.Run("engine/resumed", func(b *testing.B) {
 		cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
-		resuming(b, engineServer(b, &cfg, p.keys), engineServer(b, &cfg, noKeyOps))
+		resuming(b, engineServe(b, &cfg, p.keys), engineServe(b, &cfg, noKeyOps))
 	})
 	b.Run("crypto_tls/resumed", func(b *testing.B) {
 		server := &tls.Config{Certificates: []tls.Certificate{{Certificate: p.p256.cert.Chain, PrivateKey: p.p256.signer}}}

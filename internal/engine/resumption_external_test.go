@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,4 +123,55 @@ func TestOpenSSLEarlyDataRefused(t *testing.T) {
 	assert.False(t, res.session.Resumed)
 	assert.Positive(t, res.skippedEarlyData, "early data records skipped")
 	assert.Contains(t, traceText(res.trace), "resumption=refused: ticket does not open")
+}
+
+// TestGnuTLSResumeTLS13: gnutls-cli --resume connects twice, the second
+// time with the engine's ticket: "This is a resumed session".
+func TestGnuTLSResumeTLS13(t *testing.T) {
+	testenv.LookPath(t, "gnutls-cli")
+	p := getPKI(t)
+	roots := rootsPEM(t, p)
+	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	sessions := make(chan externalOutcome, 2)
+	go func() {
+		for i, keys := range []KeyOps{p.keys, noKeyOps} {
+			conn, err := ln.Accept()
+			if err != nil {
+				sessions <- externalOutcome{err: err}
+				return
+			}
+			conn.SetDeadline(time.Now().Add(20 * time.Second))
+			h, _ := NewHandshake(&cfg)
+			out := (&relay{h: h, keys: keys}).run(conn)
+			res := externalOutcome{session: out.session, err: out.err, trace: out.trace}
+			if out.session == nil && res.err == nil {
+				res.err = fmt.Errorf("connection %d: %s", i, out.last.Reason)
+			}
+			if res.err == nil && i == 1 {
+				rc, err := newRecordConn(conn, out.session, out.leftover)
+				if err == nil {
+					err = pingPong(rc)
+				}
+				res.err = err
+			} else if res.err == nil {
+				io.Copy(io.Discard, conn) // the client leaves once it has the ticket
+			}
+			conn.Close()
+			sessions <- res
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots, "--resume",
+		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "--sni-hostname", "p256.example.com", "--verify-hostname", "p256.example.com",
+		"-p", port, "127.0.0.1")
+	require.NoError(t, err, out)
+	first, second := <-sessions, <-sessions
+	require.NoError(t, first.err)
+	require.NoError(t, second.err, out)
+	assert.False(t, first.session.Resumed)
+	assert.True(t, second.session.Resumed, "session %s", second.session)
+	assert.Contains(t, out, "This is a resumed session")
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // The probes here offer the engine hand-built TLS 1.3 ClientHellos with
@@ -61,20 +63,12 @@ type offeredTicket struct {
 // truncated ClientHello. binderLen is the length of each binder (32 for
 // SHA-256); corrupt flips a bit of the first real binder.
 func resumeHello(base rawHello, modes []byte, tickets []offeredTicket, binders int, binderLen int, corrupt bool) []byte {
+	ids := make([]pskIdentity, len(tickets))
+	for i, t := range tickets {
+		ids[i] = pskIdentity{identity: t.ticket, obfuscatedTicketAge: t.age}
+	}
 	build := func(binderList [][]byte) rawHello {
-		var b cryptobyte.Builder
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-			for _, t := range tickets {
-				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(t.ticket) })
-				b.AddUint32(t.age)
-			}
-		})
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-			for _, bd := range binderList {
-				b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(bd) })
-			}
-		})
-		return base.with(rawExt{xPSKModes, append([]byte{byte(len(modes))}, modes...)}).with(rawExt{xPreSharedKey, b.BytesOrPanic()})
+		return base.with(rawExt{xPSKModes, append([]byte{byte(len(modes))}, modes...)}).with(rawExt{xPreSharedKey, pskExtension(ids, binderList)})
 	}
 	placeholder := make([][]byte, binders)
 	for i := range placeholder {
@@ -215,4 +209,25 @@ func TestProbeResumptionAlerts(t *testing.T) {
 			expectAlert(t, res, tc.want)
 		})
 	}
+}
+
+// TestProbeResumptionEarlyDataSkipped: a resuming ClientHello with
+// early_data, followed by 0-RTT records: the server resumes, does not
+// accept the early data (no early_data in its EncryptedExtensions) and
+// skips those records, which it cannot open (RFC 8446, Section 4.2.10).
+func TestProbeResumptionEarlyDataSkipped(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	good := probeTicket(t, &cfg, time.Second, nil)
+	in := resumeHello(hello13().with(extEarlyData), []byte{pskModeDHEKE}, []offeredTicket{good}, 1, 32, false)
+	for range 3 {
+		in = append(in, rawRecord(byte(record.ApplicationData), bytes.Repeat([]byte{0xee}, 200)...)...)
+	}
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), noKeyOps, in)
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	assert.True(t, h.resumed)
+	assert.Equal(t, 3*200, h.skippedEarlyData)
+	assert.Contains(t, traceText(res.Trace), "early_data=offered (refused)")
 }

@@ -295,3 +295,16 @@ func TestResumeTLS13ClientCertificateRechecked(t *testing.T) {
 	assert.Empty(t, s.PeerCertificates, "the ticket's certificate is not carried forward")
 	assert.False(t, res.state.DidResume)
 }
+
+// TestNoTicketWithoutPSKDHE: a client that lists no psk_dhe_ke (crypto/tls
+// with SessionTicketsDisabled sends no psk_key_exchange_modes) gets no
+// ticket it could not use (RFC 8446, Section 4.2.9).
+func TestNoTicketWithoutPSKDHE(t *testing.T) {
+	p := getPKI(t)
+	keys := newAEADTicketKeys(1)
+	res := runInterop(t, interopCase{server: ticketConfig(keys, p.p256), client: clientConfig(p, "p256.example.com")})
+	s := expectSuccess(t, res)
+	assert.Equal(t, uint64(0), s.ServerSeq)
+	assert.Zero(t, keys.sealed.Load())
+	assert.NotContains(t, traceText(res.relay.trace), "NewSessionTicket")
+}

@@ -166,15 +166,7 @@ const (
 // pskOffer is a well-formed pre_shared_key extension: one identity and one
 // 32-byte binder (RFC 8446, Section 4.2.11).
 func pskOffer(identity []byte, binder []byte) rawExt {
-	var b cryptobyte.Builder
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(identity) })
-		b.AddUint32(0)
-	})
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(binder) })
-	})
-	return rawExt{xPreSharedKey, b.BytesOrPanic()}
+	return rawExt{xPreSharedKey, pskExtension([]pskIdentity{{identity: identity}}, [][]byte{binder})}
 }
 
 var (
