@@ -664,58 +664,39 @@ func FuzzResumptionTLS12(f *testing.F) {
 	})
 }
 
-// BenchmarkResumptionTLS12 compares, in one run, full and resumed TLS 1.2
-// handshakes of crypto/tls's client through the engine, and resumed ones
-// against a crypto/tls server with its own tickets. The client's work is
-// included in all.
+// BenchmarkResumptionTLS12 is BenchmarkResumption for TLS 1.2: full and
+// resumed handshakes of crypto/tls's client through the engine (resumed
+// ones with noKeyOps, which fails any vault call), and resumed ones against
+// a crypto/tls server with its own tickets, in one run.
 //
 //	go test -run XXX -bench ResumptionTLS12 -benchmem ./internal/engine/
 func BenchmarkResumptionTLS12(b *testing.B) {
 	p := getPKI(b)
-	client := &tls.Config{RootCAs: p.serverRoots, ServerName: "p256.example.com", MaxVersion: tls.VersionTLS12,
-		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}
-	// resuming primes the client's cache with a full handshake, then
-	// measures resumptions.
-	resuming := func(b *testing.B, full, resumed func(net.Conn) error) {
-		cl := client.Clone()
-		cl.ClientSessionCache = tls.NewLRUClientSessionCache(1)
-		benchPrime(b, cl, full)
-		benchLoop(b, cl, resumed)
+	client := func(tickets bool) *tls.Config {
+		return &tls.Config{RootCAs: p.serverRoots, ServerName: "p256.example.com", MaxVersion: tls.VersionTLS12,
+			CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+			SessionTicketsDisabled: !tickets, ClientSessionCache: tls.NewLRUClientSessionCache(1)}
 	}
-	b.Run("engine/full", func(b *testing.B) {
+	b.Run("full/engine", func(b *testing.B) {
 		cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
-		cl := client.Clone()
-		cl.SessionTicketsDisabled = true
-		benchLoop(b, cl, engineServe(b, &cfg, p.keys))
+		benchLoop(b, client(false), engineServe(b, &cfg, p.keys))
 	})
-	b.Run("engine/resumed", func(b *testing.B) {
+	b.Run("resumed/engine", func(b *testing.B) {
 		cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
-		resuming(b, engineServe(b, &cfg, p.keys), engineServe(b, &cfg, noKeyOps))
+		cl := client(true)
+		benchHandshake(b, cl, engineServe(b, &cfg, p.keys)) // the first ticket
+		resume := engineServe(b, &cfg, noKeyOps)
+		benchLoop(b, cl, resume)
+		require.True(b, benchHandshake(b, cl, resume).DidResume)
 	})
-	b.Run("crypto_tls/resumed", func(b *testing.B) {
+	b.Run("resumed/crypto_tls", func(b *testing.B) {
 		server := &tls.Config{Certificates: []tls.Certificate{{Certificate: p.p256.cert.Chain, PrivateKey: p.p256.signer}}}
-		resuming(b, func(conn net.Conn) error { return tls.Server(conn, server).Handshake() }, func(conn net.Conn) error {
-			c := tls.Server(conn, server)
-			if err := c.Handshake(); err != nil {
-				return err
-			}
-			if !c.ConnectionState().DidResume {
-				return errors.New("crypto/tls server did not resume")
-			}
-			return nil
-		})
+		cl := client(true)
+		serve := func(conn net.Conn) error { return tls.Server(conn, server).Handshake() }
+		benchHandshake(b, cl, serve)
+		benchLoop(b, cl, serve)
+		require.True(b, benchHandshake(b, cl, serve).DidResume)
 	})
-}
-
-// benchPrime runs one handshake so that the client's cache holds a ticket.
-func benchPrime(b *testing.B, client *tls.Config, serve func(net.Conn) error) {
-	s, c := net.Pipe()
-	defer s.Close()
-	defer c.Close()
-	done := make(chan error, 1)
-	go func() { done <- tls.Client(c, client).Handshake() }()
-	require.NoError(b, serve(s))
-	require.NoError(b, <-done)
 }
 
 // transcriptTicketKeys seals and opens the tickets of the recorded
