@@ -270,5 +270,5 @@ func (h *Handshake) consistent(flags uint16) bool {
 		// The abbreviated handshake waits with the server's write keys.
 		return h.resumed && flags&flagWriteCipher != 0 && len(h.masterSecret) == masterSecretLength
 	}
-	return len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished
+	return !h.resumed && len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished
 }
