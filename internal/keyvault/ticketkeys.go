@@ -259,15 +259,18 @@ func (t *TicketKeys) current(now time.Time) (*ticketKey, error) {
 
 // Maintain rotates the key if it is due and retires the keys no ticket can
 // need any more. The vault does both on Seal; a server calls Maintain on a
-// schedule too, so that keys are retired on time when nothing is sealed.
+// schedule too, so that keys rotate and are retired on time when nothing is
+// sealed. It never creates the first key: that is made on first use.
 func (t *TicketKeys) Maintain(ctx context.Context) error {
 	now := t.opts.Now()
 	k, err := t.current(now)
-	if err != nil || k != nil {
-		if err == nil {
-			err = t.retire(ctx, now)
-		}
+	switch {
+	case err != nil:
 		return err
+	case k != nil:
+		return t.retire(ctx, now)
+	case len(t.v.TicketKeys()) == 0:
+		return nil
 	}
 	_, err = t.rotate(ctx, now)
 	return err

@@ -54,7 +54,10 @@ func TestTicketKeyCreatedOnFirstUseAndPersisted(t *testing.T) {
 	v, path := newTestVault(t)
 	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
 	tk := newTicketKeys(t, v, "prod", clock, nil)
-	require.Empty(t, v.TicketKeys(), "no ticket key before the first ticket")
+	require.NoError(t, tk.Maintain(ctx))
+	clock.Add(testRotation + testLifetime)
+	require.NoError(t, tk.Maintain(ctx))
+	require.Empty(t, v.TicketKeys(), "no ticket key before the first ticket, whatever the schedule")
 
 	ticket, err := tk.Seal(ctx, "web", []byte("session state"))
 	require.NoError(t, err)

@@ -64,7 +64,7 @@ func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketM
 	}, func() float64 { return float64(len(vault.TicketKeys())) })
 	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "handshaked_ticket_key_age_seconds",
-		Help: "Age of the newest session ticket key; it grows past the rotation period only while no ticket is sealed (the next one rotates), 0 before the first.",
+		Help: "Age of the newest session ticket key: at most the rotation period plus a minute while rotation works; 0 before the first ticket.",
 	}, func() float64 {
 		ks := vault.TicketKeys()
 		if len(ks) == 0 {
