@@ -57,6 +57,8 @@ type config struct {
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
 
+	hsm hsmConfig // -pkcs11-*, -kek-pkcs11-file: hsm.go
+
 	sessionTickets bool
 	deployment     string
 	ticketRotation time.Duration
@@ -122,6 +124,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed, all callers; past it RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
+	registerHSMFlags(fs, &cfg.hsm)
 	fs.BoolVar(&cfg.sessionTickets, "session-tickets", true, "issue and accept TLS session tickets sealed by the vault's ticket keys, for handshakes and SealTicket/OpenTicket (false: every handshake is a full one)")
 	fs.StringVar(&cfg.deployment, "deployment", "default", "the deployment's name, bound into every session ticket: another deployment's tickets never resume here, even one restored from the same backup")
 	fs.DurationVar(&cfg.ticketRotation, "ticket-rotation", keyvault.DefaultTicketRotation, "how long a session ticket key seals new tickets before the vault rotates it")
@@ -159,6 +162,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		return nil, err
 	}
 	cfg.kek, _ = lookupEnv(kekEnv)
+	cfg.hsm.pin, _ = lookupEnv(pkcs11PINEnv)
 	return cfg, cfg.check()
 }
 

@@ -44,8 +44,10 @@ func main() {
 		fmt.Println("handshaked", buildinfo.Read())
 		return
 	}
-	// The KEK is in cfg now; nothing started from here needs to see it.
+	// The KEK and the PIN are in cfg now; nothing started from here needs
+	// to see them.
 	os.Unsetenv(kekEnv)
+	os.Unsetenv(pkcs11PINEnv)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -84,11 +86,25 @@ func run(ctx context.Context, cfg *config) error {
 		}
 		defer opts.Audit.Close()
 	}
-	kek, err := loadKEK(cfg)
+	token, err := openToken(cfg)
 	if err != nil {
 		return err
 	}
-	vault, err := openVault(ctx, cfg, kek)
+	var vaultOpts []keyvault.Option
+	if token != nil {
+		defer token.Close()
+		vaultOpts = append(vaultOpts, keyvault.WithBackend(token))
+	}
+	var kek []byte
+	if cfg.hsm.kekFile != "" {
+		kek, err = loadTokenKEK(ctx, cfg, token)
+	} else {
+		kek, err = loadKEK(cfg)
+	}
+	if err != nil {
+		return err
+	}
+	vault, err := openVault(ctx, cfg, kek, vaultOpts...)
 	clear(kek)
 	if err != nil {
 		return err
@@ -152,7 +168,7 @@ func run(ctx context.Context, cfg *config) error {
 // openVault opens the vault in the data directory. A development instance
 // creates it when it is missing; production does so only with -init, so that
 // a wrong -data-dir or a lost disk is an error, not a new, empty vault.
-func openVault(ctx context.Context, cfg *config, kek []byte) (*keyvault.Vault, error) {
+func openVault(ctx context.Context, cfg *config, kek []byte, opts ...keyvault.Option) (*keyvault.Vault, error) {
 	path := filepath.Join(cfg.dataDir, "keys.db")
 	create := cfg.mode == modeDevelopment || cfg.initStore
 	if !create && !fileExists(path) {
@@ -166,7 +182,7 @@ func openVault(ctx context.Context, cfg *config, kek []byte) (*keyvault.Vault, e
 	if create {
 		open = keyvault.New
 	}
-	vault, err := open(ctx, store, kek)
+	vault, err := open(ctx, store, kek, opts...)
 	if err != nil {
 		store.Close()
 		if errors.Is(err, keyvault.ErrEmptyStore) {
@@ -188,7 +204,7 @@ func prepareDevelopment(cfg *config) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	if cfg.kekFile == "" && cfg.kek == "" {
+	if cfg.kekFile == "" && cfg.kek == "" && cfg.hsm.kekFile == "" {
 		cfg.kekFile = filepath.Join(cfg.dataDir, "kek")
 	}
 	return nil

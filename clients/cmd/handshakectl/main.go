@@ -109,7 +109,7 @@ func init() {
 	commands = map[string]command{
 		"list":         {"list [-json]: show the keys", cmdList},
 		"get":          {"get [-json] ID: show a key and its versions", cmdGet},
-		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519] [-label k=v] ID: create a key in the vault (default p256)", cmdCreate},
+		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519] [-backend software|pkcs11] [-label k=v] ID: create a key in the vault (default p256, software)", cmdCreate},
 		"import":       {"import -pem FILE [-label k=v] ID: import a private key into the vault", cmdImport},
 		"rotate":       {"rotate ID: add a new primary version", cmdRotate},
 		"enable":       {"enable ID VERSION: let a disabled version be used again", cmdEnable},
@@ -268,6 +268,9 @@ func printKey(w io.Writer, k *pb.Key) {
 		if v.GetImported() {
 			fmt.Fprint(w, "\timported")
 		}
+		if v.GetBackend() == pb.KeyBackend_KEY_BACKEND_PKCS11 {
+			fmt.Fprint(w, "\tin pkcs11")
+		}
 		if n := len(v.GetCertificateChain()); n > 0 {
 			fmt.Fprintf(w, "\tchain of %d", n)
 		}
@@ -327,11 +330,15 @@ func cmdGet(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
+// backends are the -backend values of create.
+var backends = map[string]pb.KeyBackend{"software": pb.KeyBackend_KEY_BACKEND_SOFTWARE, "pkcs11": pb.KeyBackend_KEY_BACKEND_PKCS11}
+
 func cmdCreate(ctx context.Context, e *env, args []string) error {
-	var alg string
+	var alg, backend string
 	l := labels{}
 	fs, err := subcommand("create", e, args, 1, func(fs *flag.FlagSet) {
 		fs.StringVar(&alg, "algorithm", "p256", "rsa2048, rsa3072, rsa4096, p256, p384, p521 or ed25519")
+		fs.StringVar(&backend, "backend", "software", "software (sealed in the vault's store) or pkcs11 (inside the service's HSM, never extractable)")
 		fs.Var(l, "label", "`key=value` label (repeatable)")
 	})
 	if err != nil {
@@ -341,7 +348,11 @@ func cmdCreate(ctx context.Context, e *env, args []string) error {
 	if !ok {
 		return fmt.Errorf("create: unknown algorithm %q", alg)
 	}
-	k, err := e.client.CreateKey(ctx, fs.Arg(0), a, l)
+	b, ok := backends[backend]
+	if !ok {
+		return fmt.Errorf("create: unknown backend %q (software or pkcs11)", backend)
+	}
+	k, err := e.client.CreateKeyInBackend(ctx, fs.Arg(0), a, b, l)
 	if err != nil {
 		return err
 	}
