@@ -214,64 +214,25 @@ func TestCurlResumeTLS13(t *testing.T) {
 // TestChromiumResumeTLS13: headless Chromium loads a page with nested
 // frames, each over another connection (each response closes its
 // connection); a later connection resumes with an earlier one's ticket.
-// Chromium opens connections as it likes, so every one is served,
-// concurrently.
 func TestChromiumResumeTLS13(t *testing.T) {
 	testenv.LookPath(t, "chromium")
 	p := getPKI(t)
 	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
 	cfg.NextProtos = []string{"http/1.1"}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	sessions := make(chan *Session, 16)
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(20 * time.Second))
-				h, _ := NewHandshake(&cfg)
-				out := (&relay{h: h, keys: p.keys}).run(conn)
-				if out.session == nil {
-					return
-				}
-				sessions <- out.session
-				rc, err := newRecordConn(conn, out.session, out.leftover)
-				if err != nil {
-					return
-				}
-				req, err := rc.readAppData()
-				if err != nil {
-					return
-				}
-				// Nested frames, each over a new connection: Chromium may
-				// have opened a spare one before any ticket came.
-				body := `<html><body>` + string(pong) + `<iframe src="/1"></iframe></body></html>`
-				switch {
-				case bytes.HasPrefix(req, []byte("GET /1 ")):
-					body = `<iframe src="/2"></iframe>`
-				case bytes.HasPrefix(req, []byte("GET /2 ")):
-					body = `<iframe src="/3"></iframe>`
-				case bytes.HasPrefix(req, []byte("GET /3 ")):
-					body = "last"
-				}
-				resp := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-				if rc.writeAppData([]byte(resp)) == nil {
-					rc.closeNotify()
-				}
-			}()
+	// Nested frames, each over a new connection: Chromium may have opened
+	// a spare one before any ticket came.
+	page := func(req []byte) string {
+		switch {
+		case bytes.HasPrefix(req, []byte("GET /1 ")):
+			return `<iframe src="/2"></iframe>`
+		case bytes.HasPrefix(req, []byte("GET /2 ")):
+			return `<iframe src="/3"></iframe>`
+		case bytes.HasPrefix(req, []byte("GET /3 ")):
+			return "last"
 		}
-	}()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	host := "p256.example.com"
-	out, err := runClient(t, "", "", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
-		"--user-data-dir="+t.TempDir(), "--host-resolver-rules=MAP "+host+" 127.0.0.1", "--dump-dom", "https://"+host+":"+port+"/")
-	require.Truef(t, err == nil && strings.Contains(out, string(pong)), "chromium: %v\n%s", err, out)
+		return `<html><body>` + string(pong) + `<iframe src="/1"></iframe></body></html>`
+	}
+	sessions := loadInChromium(t, cfg, page, "p256.example.com")
 	// The last frame's connection may still be finishing as Chromium exits.
 	var completed, resumed int
 	for timeout := time.After(5 * time.Second); resumed == 0; {
