@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,38 +133,9 @@ func TestGnuTLSResumeTLS13(t *testing.T) {
 	p := getPKI(t)
 	roots := rootsPEM(t, p)
 	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	sessions := make(chan externalOutcome, 2)
-	go func() {
-		for i, keys := range []KeyOps{p.keys, noKeyOps} {
-			conn, err := ln.Accept()
-			if err != nil {
-				sessions <- externalOutcome{err: err}
-				return
-			}
-			conn.SetDeadline(time.Now().Add(20 * time.Second))
-			h, _ := NewHandshake(&cfg)
-			out := (&relay{h: h, keys: keys}).run(conn)
-			res := externalOutcome{session: out.session, err: out.err, trace: out.trace}
-			if out.session == nil && res.err == nil {
-				res.err = fmt.Errorf("connection %d: %s", i, out.last.Reason)
-			}
-			if res.err == nil && i == 1 {
-				rc, err := newRecordConn(conn, out.session, out.leftover)
-				if err == nil {
-					err = pingPong(rc)
-				}
-				res.err = err
-			} else if res.err == nil {
-				io.Copy(io.Discard, conn) // the client leaves once it has the ticket
-			}
-			conn.Close()
-			sessions <- res
-		}
-	}()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	// The first connection ends once the client has the ticket.
+	drain := func(rc *recordConn) error { _, err := io.Copy(io.Discard, rc.conn); return err }
+	port, sessions := serveConnections(t, cfg, []KeyOps{p.keys, noKeyOps}, []func(*recordConn) error{drain, pingPong})
 	out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots, "--resume",
 		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "--sni-hostname", "p256.example.com", "--verify-hostname", "p256.example.com",
 		"-p", port, "127.0.0.1")
@@ -174,4 +146,105 @@ func TestGnuTLSResumeTLS13(t *testing.T) {
 	assert.False(t, first.session.Resumed)
 	assert.True(t, second.session.Resumed, "session %s", second.session)
 	assert.Contains(t, out, "This is a resumed session")
+}
+
+// serveConnections accepts len(keys) connections one after the other, the
+// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
+func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan externalOutcome, len(keys))
+	go func() {
+		for i := range keys {
+			conn, err := ln.Accept()
+			if err != nil {
+				ch <- externalOutcome{err: err}
+				return
+			}
+			conn.SetDeadline(time.Now().Add(20 * time.Second))
+			h, err := NewHandshake(&cfg)
+			if err != nil {
+				ch <- externalOutcome{err: err}
+				return
+			}
+			out := (&relay{h: h, keys: keys[i]}).run(conn)
+			res := externalOutcome{session: out.session, err: out.err, trace: out.trace}
+			if out.session == nil && res.err == nil {
+				res.err = fmt.Errorf("connection %d: %s", i, out.last.Reason)
+			}
+			if res.err == nil {
+				rc, err := newRecordConn(conn, out.session, out.leftover)
+				if err == nil {
+					err = serve[i](rc)
+				}
+				res.err = err
+			}
+			conn.Close()
+			ch <- res
+		}
+	}()
+	_, port, _ = net.SplitHostPort(ln.Addr().String())
+	return port, ch
+}
+
+// TestCurlResumeTLS13: curl fetching two URLs from a server that closes
+// each connection resumes the second with the first one's ticket.
+func TestCurlResumeTLS13(t *testing.T) {
+	testenv.LookPath(t, "curl")
+	p := getPKI(t)
+	roots := rootsPEM(t, p)
+	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
+	cfg.NextProtos = []string{"http/1.1"}
+	port, sessions := serveConnections(t, cfg, []KeyOps{p.keys, noKeyOps}, []func(*recordConn) error{httpPong, httpPong})
+	host := "p256.example.com"
+	url := "https://" + host + ":" + port
+	out, err := runClient(t, "", "", "curl", "-sS", "--tlsv1.3", "--http1.1", "--cacert", roots,
+		"--resolve", host+":"+port+":127.0.0.1", url+"/one", url+"/two")
+	first, second := <-sessions, <-sessions
+	require.NoError(t, err, out)
+	require.NoError(t, first.err)
+	require.NoError(t, second.err)
+	assert.Equal(t, 2, strings.Count(out, string(pong)), out)
+	assert.False(t, first.session.Resumed)
+	assert.True(t, second.session.Resumed, "session %s", second.session)
+}
+
+// TestChromiumResumeTLS13: headless Chromium loads a page with nested
+// frames, each over another connection (each response closes its
+// connection); a later connection resumes with an earlier one's ticket.
+func TestChromiumResumeTLS13(t *testing.T) {
+	testenv.LookPath(t, "chromium")
+	p := getPKI(t)
+	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
+	cfg.NextProtos = []string{"http/1.1"}
+	// Nested frames, each over a new connection: Chromium may have opened
+	// a spare one before any ticket came.
+	page := func(req []byte) string {
+		switch {
+		case bytes.HasPrefix(req, []byte("GET /1 ")):
+			return `<iframe src="/2"></iframe>`
+		case bytes.HasPrefix(req, []byte("GET /2 ")):
+			return `<iframe src="/3"></iframe>`
+		case bytes.HasPrefix(req, []byte("GET /3 ")):
+			return "last"
+		}
+		return `<html><body>` + string(pong) + `<iframe src="/1"></iframe></body></html>`
+	}
+	sessions := loadInChromium(t, cfg, page, "p256.example.com")
+	// The last frame's connection may still be finishing as Chromium exits.
+	var completed, resumed int
+	for timeout := time.After(5 * time.Second); resumed == 0; {
+		select {
+		case s := <-sessions:
+			completed++
+			if s.Resumed {
+				resumed++
+			}
+		case <-timeout:
+			require.Failf(t, "no resumed connection", "%d handshakes completed, none resumed", completed)
+		}
+	}
+	assert.GreaterOrEqual(t, completed, 2)
 }
