@@ -285,8 +285,8 @@ type Session struct {
 	CipherSuite      uint16
 	ServerName       string
 	ALPN             string
-	Group            tls.CurveID         // 0 for RSA key exchange
-	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange
+	Group            tls.CurveID         // 0 for RSA key exchange; a resumed TLS 1.2 session's is the original's
+	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange and resumptions
 	CertificateIndex int                 // into Config.Certificates
 	KeyRef           string
 	PeerCertificates [][]byte // the client's chain, DER, leaf first
@@ -295,7 +295,9 @@ type Session struct {
 	DidHelloRetryRequest bool
 	// Resumed reports an abbreviated handshake from a session ticket: no
 	// certificate was sent and no private-key operation made; ServerName,
-	// ALPN and PeerCertificates are those the ticket carried forward.
+	// ALPN and PeerCertificates are those the ticket carried forward (TLS
+	// 1.2 negotiates ALPN anew: it is the connection's, RFC 7301, Section
+	// 3.1).
 	Resumed bool
 
 	// Record keys. TLS 1.2: the write keys and fixed IVs of the key block
@@ -353,6 +355,10 @@ const (
 	state12ClientCertificateVerify
 	state12ChangeCipherSpec
 	state12ClientFinished
+	// Abbreviated handshake, RFC 5246, Section 7.3: after the server's
+	// Finished.
+	state12ResumeChangeCipherSpec
+	state12ResumeClientFinished
 
 	// TLS 1.3, RFC 8446, Section 2.
 	state13SecondClientHello
@@ -371,6 +377,8 @@ var stateNames = [...]string{
 	state12ClientCertificateVerify: "client CertificateVerify",
 	state12ChangeCipherSpec:        "ChangeCipherSpec",
 	state12ClientFinished:          "client Finished",
+	state12ResumeChangeCipherSpec:  "ChangeCipherSpec",
+	state12ResumeClientFinished:    "client Finished",
 	state13SecondClientHello:       "second ClientHello",
 	state13ClientCertificate:       "client Certificate",
 	state13ClientCertificateVerify: "client CertificateVerify",
@@ -383,7 +391,7 @@ var stateNames = [...]string{
 // ClientHello is processed.
 func (s handshakeState) version() uint16 {
 	switch {
-	case s >= state12ClientCertificate && s <= state12ClientFinished:
+	case s >= state12ClientCertificate && s <= state12ResumeClientFinished:
 		return tls.VersionTLS12
 	case s >= state13SecondClientHello && s <= state13ClientFinished:
 		return tls.VersionTLS13
@@ -444,6 +452,9 @@ type handshake12 struct {
 	kex           keyExchange
 	clientVersion uint16 // ClientHello.legacy_version, for the RSA premaster check
 	ems           bool   // RFC 7627
+	// issueTicket: the ServerHello promised a NewSessionTicket (RFC 5077,
+	// Section 3.2).
+	issueTicket bool
 	// Secrets: the ECDHE key until ClientKeyExchange, the master secret and
 	// the key block.
 	ecdheKey            *ecdh.PrivateKey

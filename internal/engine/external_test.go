@@ -43,37 +43,54 @@ func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) 
 // externalServerKeys is externalServer with the KeyOps to use.
 func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
+	return externalServerN(t, cfg, keys, 1, serve)
+}
+
+// externalServerN is externalServerKeys for n connections in a row (a
+// client that resumes connects twice), each with a fresh Handshake under
+// cfg.
+func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	ch := make(chan externalOutcome, 1)
-	h, err := NewHandshake(&cfg)
-	require.NoError(t, err)
+	require.NoError(t, cfg.check())
+	ch := make(chan externalOutcome, n)
 	go func() {
 		defer ln.Close()
-		conn, err := ln.Accept()
-		if err != nil {
-			ch <- externalOutcome{err: err}
-			return
+		for range n {
+			ch <- serveExternal(ln, &cfg, keys, serve)
 		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(20 * time.Second))
-		out := (&relay{h: h, keys: keys}).run(conn)
-		res := externalOutcome{session: out.session, err: out.err, trace: out.trace, skippedEarlyData: h.skippedEarlyData}
-		switch {
-		case out.err != nil:
-		case out.session == nil:
-			res.err = fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))
-		default:
-			rc, err := newRecordConn(conn, out.session, out.leftover)
-			if err == nil {
-				err = serve(rc)
-			}
-			res.err = err
-		}
-		ch <- res
 	}()
 	_, port, _ = net.SplitHostPort(ln.Addr().String())
 	return port, ch
+}
+
+// serveExternal accepts one connection on ln and serves it.
+func serveExternal(ln net.Listener, cfg *Config, keys KeyOps, serve func(rc *recordConn) error) externalOutcome {
+	h, err := NewHandshake(cfg)
+	if err != nil {
+		return externalOutcome{err: err}
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		return externalOutcome{err: err}
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	out := (&relay{h: h, keys: keys}).run(conn)
+	res := externalOutcome{session: out.session, err: out.err, trace: out.trace, skippedEarlyData: h.skippedEarlyData}
+	switch {
+	case out.err != nil:
+	case out.session == nil:
+		res.err = fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))
+	default:
+		rc, err := newRecordConn(conn, out.session, out.leftover)
+		if err == nil {
+			err = serve(rc)
+		}
+		res.err = err
+	}
+	return res
 }
 
 // pingPong reads the client's line and answers with pong.

@@ -100,17 +100,27 @@ func FuzzEngine(f *testing.F) {
 		}
 		cut := min(int(split), len(data))
 		for _, in := range [][]byte{data[:cut], data[cut:]} {
-			res := h.Step(ctx, p.keys, in)
-			switch res.State {
-			case NeedInput:
-				require.Equal(t, len(in), res.Consumed, "NeedInput consumes everything")
-			case Failed:
-				require.False(t, res.Alert == nil && res.Reason == "", "failure without alert or reason")
-				require.Nil(t, res.Output, "output on failure")
+			if fuzzedStepFailed(t, h.Step(ctx, p.keys, in), in) {
 				return
-			case Complete:
-				require.Fail(t, "handshake completed on fuzzed input")
 			}
 		}
 	})
+}
+
+// fuzzedStepFailed checks what a Step made of fuzzed input in: it consumed
+// everything if it waits for more, failed with an alert or a reason and no
+// output, and never completed. It reports whether the handshake failed.
+func fuzzedStepFailed(t *testing.T, res StepResult, in []byte) bool {
+	t.Helper()
+	switch res.State {
+	case NeedInput:
+		require.Equal(t, len(in), res.Consumed, "NeedInput consumes everything")
+	case Failed:
+		require.False(t, res.Alert == nil && res.Reason == "", "failure without alert or reason")
+		require.Nil(t, res.Output, "output on failure")
+		return true
+	case Complete:
+		require.Fail(t, "handshake completed on fuzzed input")
+	}
+	return false
 }

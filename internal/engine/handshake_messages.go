@@ -333,8 +333,8 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 		// RFC 7627, Section 5.1.
 		m.extendedMasterSecret = true
 	case extensionSessionTicket:
-		// RFC 5077, Section 3.2: we never resume, but the ticket is part of
-		// what a second ClientHello must repeat.
+		// RFC 5077, Section 3.2: empty to ask for a ticket, or the ticket
+		// of the session to resume.
 		m.ticketSupported = true
 		m.sessionTicket = data
 		data = nil
@@ -466,6 +466,7 @@ type serverHelloMsg struct {
 	extendedMasterSecret bool // TLS 1.2: RFC 7627
 	supportedPoints      bool // TLS 1.2 ECDHE: RFC 8422, Section 5.2
 	serverNameAck        bool // TLS 1.2: RFC 6066, Section 3
+	sessionTicket        bool // TLS 1.2: empty SessionTicket, RFC 5077, Section 3.2
 	alpnProtocol         string
 }
 
@@ -515,6 +516,9 @@ func (m *serverHelloMsg) marshal() []byte {
 	}
 	if m.alpnProtocol != "" {
 		addALPN(&exts, m.alpnProtocol)
+	}
+	if m.sessionTicket {
+		addExtension(&exts, extensionSessionTicket, func(*cryptobyte.Builder) {})
 	}
 	extBytes := exts.BytesOrPanic()
 	return marshalHandshake(typeServerHello, func(b *cryptobyte.Builder) {

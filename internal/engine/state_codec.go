@@ -23,7 +23,8 @@ import (
 // secret; the dropped change_cipher_spec count. Version 3: per-version
 // handshake states (state12_*, state13_*), numbered anew. Version 4: 16 bits
 // of flags, with the resumption flag; the TLS 1.3 master secret kept for
-// the resumption master secret.
+// the resumption master secret; the TLS 1.2 abbreviated handshake states
+// and the ticket promised in a full one.
 const stateCodecVersion = 4
 
 // stateFlags pack the booleans of the state.
@@ -37,6 +38,7 @@ const (
 	flagReadCipher
 	flagWriteCipher
 	flagResumed
+	flagIssueTicket
 )
 
 var errNotPending = errors.New("engine: only a handshake waiting for input can be saved")
@@ -62,6 +64,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	set(flagReadCipher, h.readCipher != nil)
 	set(flagWriteCipher, h.writeCipher != nil)
 	set(flagResumed, h.resumed)
+	set(flagIssueTicket, h.issueTicket)
 	var suiteID uint16
 	if h.suite != nil {
 		suiteID = h.suite.ID
@@ -131,7 +134,7 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	h.state, h.kex, h.group, h.cert, h.scheme = handshakeState(state), keyExchange(kex), tls.CurveID(group), int(cert), tls.SignatureScheme(scheme)
 	h.ems, h.clientAuth, h.didHRR = flags&flagEMS != 0, flags&flagClientAuth != 0, flags&flagDidHRR != 0
 	h.sentCCS, h.skipEarlyData = flags&flagSentCCS != 0, flags&flagSkipEarlyData != 0
-	h.resumed = flags&flagResumed != 0
+	h.resumed, h.issueTicket = flags&flagResumed != 0, flags&flagIssueTicket != 0
 	var skipped uint32
 	var readSeq, writeSeq uint64
 	if !s.ReadUint32(&skipped) ||
@@ -226,7 +229,7 @@ func (h *Handshake) restoreDerived(suiteID, flags uint16, readSeq, writeSeq uint
 		}
 		h.peerKey = leaf.PublicKey
 	}
-	if !h.consistent() {
+	if !h.consistent(flags) {
 		return errBadState
 	}
 	var err error
@@ -247,7 +250,7 @@ func (h *Handshake) restoreDerived(suiteID, flags uint16, readSeq, writeSeq uint
 
 // consistent checks that the restored state has what its handshake state
 // needs, so that a damaged encoding fails here rather than in a later Step.
-func (h *Handshake) consistent() bool {
+func (h *Handshake) consistent(flags uint16) bool {
 	switch {
 	case h.state == stateClientHello:
 		return h.transcript == nil
@@ -263,6 +266,9 @@ func (h *Handshake) consistent() bool {
 		return h.kex == kexRSA || (h.kex != 0 && h.kex <= kexECDHEECDSA && h.ecdheKey != nil)
 	case h.state == state12ClientCertificateVerify:
 		return h.peerKey != nil
+	case h.state == state12ResumeChangeCipherSpec || h.state == state12ResumeClientFinished:
+		// The abbreviated handshake waits with the server's write keys.
+		return h.resumed && flags&flagWriteCipher != 0 && len(h.masterSecret) == masterSecretLength
 	}
-	return len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished
+	return !h.resumed && len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"crypto/tls"
 	"errors"
 	"time"
 
@@ -12,8 +13,12 @@ import (
 // resumption PSK, the TLS 1.2 master secret): only its sealed form leaves
 // the engine.
 type ticketState struct {
-	vers    uint16 // tls.VersionTLS12 or tls.VersionTLS13
-	suite   uint16
+	vers  uint16 // tls.VersionTLS12 or tls.VersionTLS13
+	suite uint16
+	// group is the TLS 1.2 session's ECDHE group (0 for RSA key exchange),
+	// which its resumptions report as crypto/tls does; 0 in TLS 1.3, whose
+	// resumption exchanges keys anew.
+	group   tls.CurveID
 	created time.Time // millisecond precision on the wire
 	// ageAdd is the TLS 1.3 ticket_age_add (RFC 8446, Section 4.6.1); 0 in
 	// TLS 1.2.
@@ -43,7 +48,7 @@ var errBadTicket = errors.New("engine: malformed ticket plaintext")
 // marshal encodes t:
 //
 //	uint8  codec version
-//	uint16 TLS version, uint16 cipher suite
+//	uint16 TLS version, uint16 cipher suite, uint16 group
 //	uint64 creation time, Unix milliseconds
 //	uint32 ticket_age_add
 //	uint8  flags (EMS)
@@ -59,6 +64,7 @@ func (t *ticketState) marshal() []byte {
 	b.AddUint8(ticketCodecVersion)
 	b.AddUint16(t.vers)
 	b.AddUint16(t.suite)
+	b.AddUint16(uint16(t.group))
 	b.AddUint64(uint64(t.created.UnixMilli()))
 	b.AddUint32(t.ageAdd)
 	b.AddUint8(flags)
@@ -81,7 +87,7 @@ func parseTicketState(data []byte) (*ticketState, error) {
 	var created uint64
 	var secret, serverName, alpn, certs cryptobyte.String
 	if !s.ReadUint8(&codecVersion) || codecVersion != ticketCodecVersion ||
-		!s.ReadUint16(&t.vers) || !s.ReadUint16(&t.suite) || !s.ReadUint64(&created) ||
+		!s.ReadUint16(&t.vers) || !s.ReadUint16(&t.suite) || !s.ReadUint16((*uint16)(&t.group)) || !s.ReadUint64(&created) ||
 		!s.ReadUint32(&t.ageAdd) || !s.ReadUint8(&flags) || flags&^ticketFlagEMS != 0 ||
 		!s.ReadUint8LengthPrefixed(&secret) || secret.Empty() ||
 		!s.ReadUint16LengthPrefixed(&serverName) || !s.ReadUint8LengthPrefixed(&alpn) ||

@@ -27,7 +27,7 @@ func sampleTicketState() *ticketState {
 func TestTicketCodecRoundTrip(t *testing.T) {
 	for _, ts := range []*ticketState{
 		sampleTicketState(),
-		{vers: tls.VersionTLS12, suite: tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, created: time.UnixMilli(0), secret: make([]byte, 48)},
+		{vers: tls.VersionTLS12, suite: tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, group: tls.X25519, created: time.UnixMilli(0), secret: make([]byte, 48)},
 	} {
 		got, err := parseTicketState(ts.marshal())
 		require.NoError(t, err)

@@ -136,6 +136,12 @@ func traceClientHello(ch *clientHelloMsg) TraceEvent {
 		ev.add("signature_algorithms", list(ch.signatureAlgorithms, stringer))
 	}
 	ev.add("extended_master_secret", strconv.FormatBool(ch.extendedMasterSecret))
+	switch {
+	case len(ch.sessionTicket) > 0:
+		ev.add("session_ticket", strconv.Itoa(len(ch.sessionTicket))+" bytes")
+	case ch.ticketSupported:
+		ev.add("session_ticket", "empty (asks for a ticket)")
+	}
 	ev.add("secure_renegotiation", strconv.FormatBool(ch.secureRenegotiationSupported))
 	if len(ch.sessionID) > 0 {
 		ev.add("legacy_session_id", strconv.Itoa(len(ch.sessionID))+" bytes")
