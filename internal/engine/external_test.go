@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,14 +52,21 @@ func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *re
 // cfg.
 func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
+	return serveConnections(t, cfg, slices.Repeat([]KeyOps{keys}, n), slices.Repeat([]func(*recordConn) error{serve}, n))
+}
+
+// serveConnections accepts len(keys) connections one after the other, the
+// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
+func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	require.NoError(t, cfg.check())
-	ch := make(chan externalOutcome, n)
+	ch := make(chan externalOutcome, len(keys))
 	go func() {
 		defer ln.Close()
-		for range n {
-			ch <- serveExternal(ln, &cfg, keys, serve)
+		for i := range keys {
+			ch <- serveExternal(ln, &cfg, keys[i], serve[i])
 		}
 	}()
 	_, port, _ = net.SplitHostPort(ln.Addr().String())

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -146,47 +144,6 @@ func TestGnuTLSResumeTLS13(t *testing.T) {
 	assert.False(t, first.session.Resumed)
 	assert.True(t, second.session.Resumed, "session %s", second.session)
 	assert.Contains(t, out, "This is a resumed session")
-}
-
-// serveConnections accepts len(keys) connections one after the other, the
-// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
-func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	ch := make(chan externalOutcome, len(keys))
-	go func() {
-		for i := range keys {
-			conn, err := ln.Accept()
-			if err != nil {
-				ch <- externalOutcome{err: err}
-				return
-			}
-			conn.SetDeadline(time.Now().Add(20 * time.Second))
-			h, err := NewHandshake(&cfg)
-			if err != nil {
-				ch <- externalOutcome{err: err}
-				return
-			}
-			out := (&relay{h: h, keys: keys[i]}).run(conn)
-			res := externalOutcome{session: out.session, err: out.err, trace: out.trace}
-			if out.session == nil && res.err == nil {
-				res.err = fmt.Errorf("connection %d: %s", i, out.last.Reason)
-			}
-			if res.err == nil {
-				rc, err := newRecordConn(conn, out.session, out.leftover)
-				if err == nil {
-					err = serve[i](rc)
-				}
-				res.err = err
-			}
-			conn.Close()
-			ch <- res
-		}
-	}()
-	_, port, _ = net.SplitHostPort(ln.Addr().String())
-	return port, ch
 }
 
 // TestCurlResumeTLS13: curl fetching two URLs from a server that closes
