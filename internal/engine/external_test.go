@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,14 +52,21 @@ func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *re
 // cfg.
 func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
+	return serveConnections(t, cfg, slices.Repeat([]KeyOps{keys}, n), slices.Repeat([]func(*recordConn) error{serve}, n))
+}
+
+// serveConnections accepts len(keys) connections one after the other, the
+// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
+func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	require.NoError(t, cfg.check())
-	ch := make(chan externalOutcome, n)
+	ch := make(chan externalOutcome, len(keys))
 	go func() {
 		defer ln.Close()
-		for range n {
-			ch <- serveExternal(ln, &cfg, keys, serve)
+		for i := range keys {
+			ch <- serveExternal(ln, &cfg, keys[i], serve[i])
 		}
 	}()
 	_, port, _ = net.SplitHostPort(ln.Addr().String())
@@ -108,8 +116,14 @@ func pingPong(rc *recordConn) error {
 	return rc.closeNotify()
 }
 
-// httpPong answers one HTTP/1.1 request.
+// httpPong answers one HTTP/1.1 request with pong.
 func httpPong(rc *recordConn) error {
+	return httpAnswer(rc, func([]byte) string { return string(pong) })
+}
+
+// httpAnswer answers one HTTP/1.1 request with the HTML page(request) and
+// closes the connection.
+func httpAnswer(rc *recordConn, page func(req []byte) string) error {
 	var req []byte
 	for !bytes.Contains(req, []byte("\r\n\r\n")) {
 		got, err := rc.readAppData()
@@ -118,7 +132,8 @@ func httpPong(rc *recordConn) error {
 		}
 		req = append(req, got...)
 	}
-	if err := rc.writeAppData([]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(pong), pong))); err != nil {
+	body := page(req)
+	if err := rc.writeAppData([]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body))); err != nil {
 		return err
 	}
 	return rc.closeNotify()
@@ -292,46 +307,7 @@ func TestChromium(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := serverConfig(p.key(tc.key))
 			cfg.NextProtos = []string{"http/1.1"}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			defer ln.Close()
-			sessions := make(chan *Session, 16)
-			go func() {
-				for {
-					conn, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() {
-						defer conn.Close()
-						conn.SetDeadline(time.Now().Add(20 * time.Second))
-						h, _ := NewHandshake(&cfg)
-						out := (&relay{h: h, keys: p.keys}).run(conn)
-						if out.session == nil {
-							t.Logf("connection failed: %v %s", out.err, out.last.Reason)
-							return
-						}
-						rc, err := newRecordConn(conn, out.session, out.leftover)
-						if err == nil {
-							err = httpPong(rc)
-						}
-						if err == nil {
-							sessions <- out.session
-						}
-					}()
-				}
-			}()
-			_, port, _ := net.SplitHostPort(ln.Addr().String())
-			host := tc.key + ".example.com"
-			args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-				"--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
-				"--user-data-dir=" + t.TempDir(), "--host-resolver-rules=MAP " + host + " 127.0.0.1"}
-			if tc.flag != "" {
-				args = append(args, tc.flag)
-			}
-			args = append(args, "--dump-dom", "https://"+host+":"+port+"/")
-			out, err := runClient(t, "", "", "chromium", args...)
-			require.Truef(t, err == nil && strings.Contains(out, string(pong)), "chromium: %v\n%s", err, out)
+			sessions := loadInChromium(t, cfg, func([]byte) string { return string(pong) }, tc.key+".example.com", tc.flag)
 			select {
 			case s := <-sessions:
 				assert.Equal(t, tc.vers, s.Version, "session %s", s)
@@ -342,4 +318,52 @@ func TestChromium(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadInChromium starts an engine server answering each HTTP/1.1 request with
+// page(request), over connections served concurrently, and has headless
+// Chromium load https://host/ from it (host mapped to loopback, with the
+// extra flags). It returns the sessions of the completed handshakes.
+func loadInChromium(t *testing.T, cfg Config, page func(req []byte) string, host string, flags ...string) <-chan *Session {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	keys := getPKI(t).keys
+	sessions := make(chan *Session, 16)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(20 * time.Second))
+				h, _ := NewHandshake(&cfg)
+				out := (&relay{h: h, keys: keys}).run(conn)
+				if out.session == nil {
+					t.Logf("connection failed: %v %s", out.err, out.last.Reason)
+					return
+				}
+				sessions <- out.session
+				if rc, err := newRecordConn(conn, out.session, out.leftover); err == nil {
+					httpAnswer(rc, page)
+				}
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+		"--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
+		"--user-data-dir=" + t.TempDir(), "--host-resolver-rules=MAP " + host + " 127.0.0.1"}
+	for _, f := range flags {
+		if f != "" {
+			args = append(args, f)
+		}
+	}
+	args = append(args, "--dump-dom", "https://"+host+":"+port+"/")
+	out, err := runClient(t, "", "", "chromium", args...)
+	require.Truef(t, err == nil && strings.Contains(out, string(pong)), "chromium: %v\n%s", err, out)
+	return sessions
 }

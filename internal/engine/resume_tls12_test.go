@@ -340,18 +340,46 @@ func (r *resumption12) finish(t *testing.T, alter func(fin []byte)) ([]byte, rel
 	t.Helper()
 	out, err := record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, r.clientKey, r.clinv, 0)
 	require.NoError(t, err)
-	fin := marshalFinished(finishedVerifyData12(crypto.SHA256, r.master, "client finished", r.transcript.Sum(nil)))
+	fin := r.clientFinished()
 	if alter != nil {
 		alter(fin)
 	}
 	rec, err := out.Seal(nil, record.Handshake, fin, 0)
 	require.NoError(t, err)
-	_, err = r.conn.Write(slices.Concat(rawRecord(20, 1), rec))
+	return r.send(t, slices.Concat(rawRecord(20, 1), rec))
+}
+
+// clientFinished is the client's correct Finished message.
+func (r *resumption12) clientFinished() []byte {
+	return marshalFinished(finishedVerifyData12(crypto.SHA256, r.master, "client finished", r.transcript.Sum(nil)))
+}
+
+// send writes the client's second flight and returns what the server
+// answered and its outcome.
+func (r *resumption12) send(t *testing.T, flight []byte) ([]byte, relayOutcome) {
+	t.Helper()
+	_, err := r.conn.Write(flight)
 	require.NoError(t, err)
 	r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	answer, _ := io.ReadAll(r.conn)
 	r.conn.Close()
 	return answer, <-r.done
+}
+
+// expectProtectedAlert checks that the server answered with the fatal alert
+// want, protected under its keys (it has sent its ChangeCipherSpec), and
+// that the engine reports the same.
+func (r *resumption12) expectProtectedAlert(t *testing.T, answer []byte, out relayOutcome, want Alert) {
+	t.Helper()
+	assert.Equal(t, want, out.last.AlertDescription, "engine: %s", out.last.Reason)
+	in, err := record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, r.serverKey, r.srvIV, 1)
+	require.NoError(t, err)
+	typ, _, body, _, err := record.Parse(answer, 1<<16-1)
+	require.NoError(t, err)
+	inner, alert, err := in.Open(typ, 0x0303, slices.Clone(body))
+	require.NoError(t, err, "the alert is protected under the server's keys")
+	assert.Equal(t, record.Alert, inner)
+	assert.Equal(t, []byte{alertLevelFatal, byte(want)}, alert)
 }
 
 // parseNewSessionTicket12 splits a NewSessionTicket body, RFC 5077, Section
@@ -454,16 +482,28 @@ func TestProbeResumptionTLS12(t *testing.T) {
 		ts := probeTicketState(now)
 		r := dialResume12(t, cfg, resumeHello12(sealProbeTicket(t, cfg.Tickets, ts)), slices.Clone(ts.secret))
 		answer, out := r.finish(t, func(fin []byte) { fin[len(fin)-1] ^= 1 })
-		assert.Equal(t, alertDecryptError, out.last.AlertDescription, "engine: %s", out.last.Reason)
-		in, err := record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, r.serverKey, r.srvIV, 1)
-		require.NoError(t, err)
-		typ, _, body, _, err := record.Parse(answer, 1<<16-1)
-		require.NoError(t, err)
-		inner, alert, err := in.Open(typ, 0x0303, slices.Clone(body))
-		require.NoError(t, err, "the alert is protected under the server's keys")
-		assert.Equal(t, record.Alert, inner)
-		assert.Equal(t, []byte{alertLevelFatal, byte(alertDecryptError)}, alert)
+		r.expectProtectedAlert(t, answer, out, alertDecryptError)
 	})
+
+	// RFC 5246, Section 7.3 (Figure 2): the client's ChangeCipherSpec
+	// comes before its Finished, and the handshake does not take
+	// application data before both.
+	for _, tc := range []struct {
+		name   string
+		flight func(r *resumption12) []byte
+	}{
+		{"Finished without ChangeCipherSpec", func(r *resumption12) []byte { return handshakeRecord(typeFinished, r.clientFinished()[4:]) }},
+		{"application data before ChangeCipherSpec", func(r *resumption12) []byte { return rawRecord(23, 1, 2, 3) }},
+		{"a second ClientHello", func(r *resumption12) []byte { return hello12().record() }},
+	} {
+		t.Run("RFC 5246 7.3 "+tc.name+" in a resumption is unexpected_message", func(t *testing.T) {
+			cfg := config()
+			ts := probeTicketState(now)
+			r := dialResume12(t, cfg, resumeHello12(sealProbeTicket(t, cfg.Tickets, ts)), slices.Clone(ts.secret))
+			answer, out := r.send(t, tc.flight(r))
+			r.expectProtectedAlert(t, answer, out, alertUnexpectedMessage)
+		})
+	}
 
 	// The handshakes that must not resume.
 	for _, tc := range []struct {

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,47 +146,6 @@ func TestGnuTLSResumeTLS13(t *testing.T) {
 	assert.Contains(t, out, "This is a resumed session")
 }
 
-// serveConnections accepts len(keys) connections one after the other, the
-// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
-func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	ch := make(chan externalOutcome, len(keys))
-	go func() {
-		for i := range keys {
-			conn, err := ln.Accept()
-			if err != nil {
-				ch <- externalOutcome{err: err}
-				return
-			}
-			conn.SetDeadline(time.Now().Add(20 * time.Second))
-			h, err := NewHandshake(&cfg)
-			if err != nil {
-				ch <- externalOutcome{err: err}
-				return
-			}
-			out := (&relay{h: h, keys: keys[i]}).run(conn)
-			res := externalOutcome{session: out.session, err: out.err, trace: out.trace}
-			if out.session == nil && res.err == nil {
-				res.err = fmt.Errorf("connection %d: %s", i, out.last.Reason)
-			}
-			if res.err == nil {
-				rc, err := newRecordConn(conn, out.session, out.leftover)
-				if err == nil {
-					err = serve[i](rc)
-				}
-				res.err = err
-			}
-			conn.Close()
-			ch <- res
-		}
-	}()
-	_, port, _ = net.SplitHostPort(ln.Addr().String())
-	return port, ch
-}
-
 // TestCurlResumeTLS13: curl fetching two URLs from a server that closes
 // each connection resumes the second with the first one's ticket.
 func TestCurlResumeTLS13(t *testing.T) {
@@ -209,4 +166,42 @@ func TestCurlResumeTLS13(t *testing.T) {
 	assert.Equal(t, 2, strings.Count(out, string(pong)), out)
 	assert.False(t, first.session.Resumed)
 	assert.True(t, second.session.Resumed, "session %s", second.session)
+}
+
+// TestChromiumResumeTLS13: headless Chromium loads a page with nested
+// frames, each over another connection (each response closes its
+// connection); a later connection resumes with an earlier one's ticket.
+func TestChromiumResumeTLS13(t *testing.T) {
+	testenv.LookPath(t, "chromium")
+	p := getPKI(t)
+	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
+	cfg.NextProtos = []string{"http/1.1"}
+	// Nested frames, each over a new connection: Chromium may have opened
+	// a spare one before any ticket came.
+	page := func(req []byte) string {
+		switch {
+		case bytes.HasPrefix(req, []byte("GET /1 ")):
+			return `<iframe src="/2"></iframe>`
+		case bytes.HasPrefix(req, []byte("GET /2 ")):
+			return `<iframe src="/3"></iframe>`
+		case bytes.HasPrefix(req, []byte("GET /3 ")):
+			return "last"
+		}
+		return `<html><body>` + string(pong) + `<iframe src="/1"></iframe></body></html>`
+	}
+	sessions := loadInChromium(t, cfg, page, "p256.example.com")
+	// The last frame's connection may still be finishing as Chromium exits.
+	var completed, resumed int
+	for timeout := time.After(5 * time.Second); resumed == 0; {
+		select {
+		case s := <-sessions:
+			completed++
+			if s.Resumed {
+				resumed++
+			}
+		case <-timeout:
+			require.Failf(t, "no resumed connection", "%d handshakes completed, none resumed", completed)
+		}
+	}
+	assert.GreaterOrEqual(t, completed, 2)
 }
