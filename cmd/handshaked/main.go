@@ -102,6 +102,9 @@ func run(ctx context.Context, cfg *config) error {
 	if cfg.trace.Endpoint != "" {
 		opts.TracerProvider = tp
 	}
+	if cfg.sessionTickets {
+		opts.Tickets = &service.TicketOptions{Deployment: cfg.deployment, Rotation: cfg.ticketRotation, Lifetime: cfg.ticketLifetime}
+	}
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
 			return err

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -19,6 +20,9 @@ import (
 type vaultKeyOps struct {
 	vault  *keyvault.Vault
 	tracer trace.Tracer
+	// operations counts the private-key operations made, by operation
+	// (sign, decrypt): a resumed handshake makes none.
+	operations *prometheus.CounterVec
 }
 
 func keyRef(id string, version uint32) string {
@@ -41,6 +45,7 @@ func (k vaultKeyOps) Sign(ctx context.Context, ref string, scheme tls.SignatureS
 	if err != nil {
 		return nil, err
 	}
+	k.operations.WithLabelValues("sign").Inc()
 	return k.vault.Sign(ctx, id, version, scheme, message, false)
 }
 
@@ -64,5 +69,6 @@ func (k vaultKeyOps) DecryptPremaster(ctx context.Context, ref string, ciphertex
 	if err != nil {
 		return nil, err
 	}
+	k.operations.WithLabelValues("decrypt").Inc()
 	return k.vault.Decrypt(ctx, id, version, keyvault.DecryptRSAPKCS1TLSPremaster, ciphertext, clientVersion)
 }

@@ -60,6 +60,7 @@ type Server struct {
 	audit    *audit.Log
 	reloader *reloader
 	interval time.Duration
+	tickets  *keyvault.TicketKeys // nil: session tickets off
 	pollCtx  context.Context
 	stopPoll context.CancelFunc
 }
@@ -78,6 +79,8 @@ type Options struct {
 	// refused call. nil: no audit log.
 	Audit  *audit.Log
 	Limits Limits
+	// Tickets turns session tickets on (nil: off): see TicketOptions.
+	Tickets *TicketOptions
 	// ReloadInterval is how often the TLS and policy files are checked for
 	// changes; 0 is DefaultReloadInterval, negative never (Reload still
 	// works).
@@ -115,11 +118,21 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	pb.RegisterKeyVaultServer(s.grpc, kv)
 	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
 	if opts.TracerProvider != nil {
 		hs.setTracerProvider(opts.TracerProvider)
 	}
+	if opts.Tickets != nil {
+		m := newTicketMetrics(registry, vault)
+		tk, err := newTicketKeys(vault, *opts.Tickets, m, opts.Audit)
+		if err != nil {
+			return nil, err
+		}
+		kv.tickets, kv.ticketMetrics = tk, m
+		hs.tickets, hs.ticketMetrics = tk, m
+		s.tickets = tk
+	}
+	pb.RegisterKeyVaultServer(s.grpc, kv)
 	if opts.Policy != nil {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}
@@ -207,6 +220,9 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 3)
 	if s.interval > 0 {
 		go s.reloader.poll(s.pollCtx, s.interval)
+	}
+	if s.tickets != nil {
+		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past
