@@ -17,7 +17,8 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// The bolt file holds the check record and the manifest in bucket "vault"
+// The bolt file holds the check record, the manifest and the KEK rotation
+// record (during a rotation) in bucket "vault"
 // and one nested
 // bucket per key in bucket "keys", whose entries are "key", "v"+version and
 // "m"+version (private key), version as 4 bytes big-endian.
@@ -26,6 +27,7 @@ var (
 	bucketKeys    = []byte("keys")
 	entryCheck    = []byte("kek-check")
 	entryManifest = []byte("manifest")
+	entryRotation = []byte("kek-rotation")
 	entryKey      = []byte("key")
 )
 
@@ -273,6 +275,8 @@ func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 					ref = checkRef
 				case string(k) == string(entryManifest):
 					ref = manifestRef
+				case string(k) == string(entryRotation):
+					ref = rotationRef
 				default:
 					return unknownEntry(name, k)
 				}
@@ -326,6 +330,8 @@ func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
 		return [][]byte{bucketVault}, entryCheck, nil
 	case RecordManifest:
 		return [][]byte{bucketVault}, entryManifest, nil
+	case RecordKEKRotation:
+		return [][]byte{bucketVault}, entryRotation, nil
 	}
 	if ref.ID == "" {
 		return nil, nil, fmt.Errorf("keyvault: bolt store: %v without key id: %w", ref, ErrInvalidArgument)
