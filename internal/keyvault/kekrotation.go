@@ -2,8 +2,6 @@ package keyvault
 
 import (
 	"context"
-	"crypto/hkdf"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
@@ -40,13 +38,7 @@ func rotationAD(part string) []byte {
 // KEKID is a public name for a key-encryption key: 16 hex digits derived
 // from it with HKDF-SHA256, which tell KEKs apart and reveal nothing of
 // them. Logs, status and snapshots name KEKs by it.
-func KEKID(kek []byte) string {
-	id, err := hkdf.Key(sha256.New, kek, nil, "handshaked key-encryption key id", 8)
-	if err != nil {
-		panic("keyvault: HKDF: " + err.Error()) // 8 bytes of SHA-256 HKDF cannot fail
-	}
-	return hex.EncodeToString(id)
-}
+func KEKID(kek []byte) string { return hex.EncodeToString(kekIDBytes(kek)) }
 
 // KEKStatus says which KEK seals the store and whether a rotation is under
 // way.
