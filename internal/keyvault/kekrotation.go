@@ -1,6 +1,7 @@
 package keyvault
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/hex"
@@ -259,4 +260,19 @@ func (v *Vault) isClosed() bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.closed
+}
+
+// ParseKEK decodes a key-encryption key written as 64 hex digits, with
+// surrounding white space (a KEK file's form). It decodes from data in
+// place, with no string copy of the hex that could not be wiped; the
+// caller clears data and, when done, the KEK.
+func ParseKEK(data []byte) ([]byte, error) {
+	src := bytes.TrimSpace(data)
+	kek := make([]byte, hex.DecodedLen(len(src)))
+	n, err := hex.Decode(kek, src)
+	if err != nil || n != kekSize {
+		clear(kek)
+		return nil, fmt.Errorf("keyvault: a key-encryption key is 64 hex digits (32 bytes): %w", ErrInvalidArgument)
+	}
+	return kek, nil
 }
