@@ -2,17 +2,26 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/testenv"
+	"github.com/handshaked/handshaked/internal/testpki"
 )
 
 // ctlEnv builds handshakectl into a directory of its own and returns the
@@ -98,4 +107,80 @@ func TestREADMEVaultLifecycle(t *testing.T) {
 func verifyKeysAs(t *testing.T, s *prodSetup, addr string, ids ...string) {
 	t.Helper()
 	verifyKeys(t, s.kv(t, addr, s.admin), ids)
+}
+
+// TestInterruptedKEKRotationAtStart: a KEK rotation cut short (its call's
+// deadline) and then the process killed leaves a store that opens with
+// either KEK. Started with the retiring KEK, handshaked serves and says how
+// to finish; started with the new one, it finishes the rotation by itself,
+// after which the old KEK is refused.
+func TestInterruptedKEKRotationAtStart(t *testing.T) {
+	ctx := context.Background()
+	s := newProdSetup(t)
+	p := startProcess(t, s.dataDir, s.args()...)
+	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
+	kv := s.kv(t, p.grpcAddr, s.admin)
+	var ids []string
+	for i := range 300 {
+		id := fmt.Sprintf("k%d", i)
+		_, err := kv.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: pb.Algorithm_ALGORITHM_ED25519})
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	admin := pb.NewAdminClient(s.conn(t, p.grpcAddr, s.admin))
+	// Shorter and shorter deadlines until one lands inside the rotation.
+	var newKEK []byte
+	for d := 64 * time.Millisecond; ; d = max(d/2, time.Millisecond) {
+		newKEK = make([]byte, 32)
+		rand.Read(newKEK)
+		cctx, cancel := context.WithTimeout(ctx, d)
+		_, err := admin.RotateKEK(cctx, &pb.RotateKEKRequest{NewKek: newKEK})
+		cancel()
+		st, serr := admin.GetKEKStatus(ctx, &pb.GetKEKStatusRequest{})
+		require.NoError(t, serr)
+		if st.GetRetiringKekId() != "" {
+			require.Error(t, err)
+			break
+		}
+		if st.GetKekId() == keyvault.KEKID(newKEK) {
+			// Completed (the answer may have missed its deadline): that
+			// KEK is the one to rotate from now.
+			s.kekHex = hex.EncodeToString(newKEK)
+		}
+	}
+	require.NoError(t, p.cmd.Process.Kill())
+	<-p.exited
+
+	require.NoError(t, os.WriteFile(s.kekFile, []byte(s.kekHex+"\n"), 0o600))
+	p = startProcess(t, s.dataDir, s.args()...)
+	require.NotEmpty(t, p.grpcAddr, "mid-rotation, start with the retiring KEK:\n%s", p.out())
+	assert.Contains(t, p.out(), "finish it with handshakectl kek-rotate")
+	verifyKeysAs(t, s, p.grpcAddr, ids[0], ids[len(ids)-1])
+	require.NoError(t, p.cmd.Process.Kill())
+	<-p.exited
+
+	require.NoError(t, os.WriteFile(s.kekFile, []byte(hex.EncodeToString(newKEK)+"\n"), 0o600))
+	p = startProcess(t, s.dataDir, s.args()...)
+	require.NotEmpty(t, p.grpcAddr, "mid-rotation, start with the new KEK:\n%s", p.out())
+	assert.Contains(t, p.out(), "resuming an interrupted KEK rotation")
+	admin = pb.NewAdminClient(s.conn(t, p.grpcAddr, s.admin))
+	require.Eventually(t, func() bool {
+		st, err := admin.GetKEKStatus(ctx, &pb.GetKEKStatusRequest{})
+		return err == nil && st.GetRetiringKekId() == ""
+	}, 30*time.Second, 20*time.Millisecond, "the rotation did not finish:\n%s", p.out())
+	verifyKeysAs(t, s, p.grpcAddr, ids...)
+	require.NoError(t, p.cmd.Process.Kill())
+	<-p.exited
+
+	require.NoError(t, os.WriteFile(s.kekFile, []byte(s.kekHex+"\n"), 0o600))
+	assert.Contains(t, waitExit(t, startProcess(t, s.dataDir, s.args()...)), "wrong key-encryption key", "the old KEK once the rotation finished")
+}
+
+// conn is a mutual-TLS connection to addr as leaf.
+func (s *prodSetup) conn(t *testing.T, addr string, leaf *testpki.Leaf) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(leaf))))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
