@@ -75,7 +75,9 @@ func TestREADMEVaultLifecycle(t *testing.T) {
 
 	out := runBlock(t, "kek-rotation", s.dir, env)
 	assert.Contains(t, out, "opens with the new KEK only")
-	newKEK := strings.TrimSpace(string(readFileT(t, s.kekFile)))
+	kekFile, err := os.ReadFile(s.kekFile)
+	require.NoError(t, err)
+	newKEK := strings.TrimSpace(string(kekFile))
 	require.NotEqual(t, s.kekHex, newKEK, "the README's rotation leaves the new KEK in the -kek-file")
 	runBlock(t, "backup", s.dir, env)
 	require.FileExists(t, filepath.Join(s.dir, "vault.snapshot"))
