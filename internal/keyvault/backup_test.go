@@ -139,7 +139,7 @@ func TestRestoreRefusesTamperedSnapshots(t *testing.T) {
 			dropped = append(dropped, r)
 		}
 	}
-	_, err = dst.Restore(ctx, bytes.NewReader(encodeSnapshot(t, kek, dropped)))
+	_, err = dst.Restore(ctx, bytes.NewReader(encodeSnapshot(kek, dropped)))
 	assert.ErrorIs(t, err, ErrCorrupted, "a dropped record")
 	assert.ErrorIs(t, err, ErrInvalidArgument, "a dropped record is the caller's mistake")
 	assert.Contains(t, err.Error(), `key "web" version 1 is missing`)
@@ -151,8 +151,7 @@ func TestRestoreRefusesTamperedSnapshots(t *testing.T) {
 
 // encodeSnapshot frames and authenticates records as Backup does, apart
 // from it: the test's own statement of the format.
-func encodeSnapshot(t *testing.T, kek []byte, records []Record) []byte {
-	t.Helper()
+func encodeSnapshot(kek []byte, records []Record) []byte {
 	b := append([]byte(snapshotMagic), kekIDBytes(kek)...)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(records)))
 	for _, r := range records {
@@ -254,7 +253,7 @@ func TestBackupDuringKEKRotation(t *testing.T) {
 // never a panic or an allocation sized by an unchecked count.
 func FuzzParseSnapshot(f *testing.F) {
 	kek := bytes.Repeat([]byte{7}, kekSize)
-	good := encodeSnapshot(&testing.T{}, kek, []Record{
+	good := encodeSnapshot(kek, []Record{
 		{RecordRef: checkRef, Sealed: []byte("sealed")},
 		{RecordRef: RecordRef{Kind: RecordVersion, ID: "web", Version: 2}, Sealed: make([]byte, 40)},
 	})
