@@ -251,3 +251,42 @@ func TestKEKRotationUnderWrites(t *testing.T) {
 	}
 	t.Logf("%d keys written during the rotation", len(acked))
 }
+
+// TestKEKRotationSurvivesPowerLoss: a completed rotation is durable when
+// RotateKEK returns: after a power loss right then the store opens with the
+// new KEK and refuses the old one (the rewrite that erased the rotation
+// record was made durable, its rename included).
+func TestKEKRotationSurvivesPowerLoss(t *testing.T) {
+	dir := t.TempDir()
+	requireCachestat(t, dir)
+	path := filepath.Join(dir, "vault.db")
+	fsys := &powerLossFS{}
+	open := func(kek []byte) (*Vault, error) {
+		store, err := openBolt(path, fsys)
+		require.NoError(t, err)
+		v, err := New(ctx, store, kek)
+		if err != nil {
+			store.Close()
+		}
+		return v, err
+	}
+	oldKEK, nextKEK := newKEK(t), newKEK(t)
+	v, err := open(oldKEK)
+	require.NoError(t, err)
+	populate(t, v)
+	_, err = v.RotateKEK(ctx, nextKEK)
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	fsys.powerLoss(t, path)
+
+	v, err = open(oldKEK)
+	if err == nil {
+		v.Close()
+	}
+	require.ErrorIs(t, err, ErrWrongKEK, "after a power loss the old KEK opens the store again")
+	v, err = open(nextKEK)
+	require.NoError(t, err)
+	defer v.Close()
+	signOK(t, v, "web", 2)
+	signEd25519(t, v, "ed")
+}
