@@ -7,9 +7,13 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -167,4 +171,65 @@ func TestAdminBackupRestore(t *testing.T) {
 	code, body = bad.restCall(t, http.MethodPost, "/v1/admin:restore", tamperedBody, nil)
 	assert.Equal(t, http.StatusBadRequest, code)
 	assert.Contains(t, string(body), "altered or truncated")
+}
+
+// TestAdminBackupUnderWriteLoad: snapshots streamed over gRPC while
+// callers keep creating keys each restore into a fresh service under the
+// same KEK with every key acknowledged before the backup started, and
+// each of those keys signs there.
+func TestAdminBackupUnderWriteLoad(t *testing.T) {
+	ctx := context.Background()
+	kek := randomKEK(t)
+	src, srcClient := underKEK(t, kek)
+	pemKey := fixture(t, "p256-pkcs8.pem")
+	var mu sync.Mutex
+	var acked []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := fmt.Sprintf("load-%d-%d", w, i)
+				if _, err := src.kv.ImportKey(ctx, &pb.ImportKeyRequest{Id: id, PrivateKeyPem: pemKey}); !assert.NoError(t, err) {
+					return
+				}
+				mu.Lock()
+				acked = append(acked, id)
+				mu.Unlock()
+			}
+		}()
+	}
+	type snapshot struct {
+		before []string
+		data   []byte
+	}
+	var snaps []snapshot
+	for range 3 {
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		before := slices.Clone(acked)
+		mu.Unlock()
+		var buf bytes.Buffer
+		_, err := srcClient.Backup(ctx, &buf)
+		require.NoError(t, err)
+		snaps = append(snaps, snapshot{before, buf.Bytes()})
+	}
+	close(stop)
+	wg.Wait()
+	for i, snap := range snaps {
+		dst, dstClient := underKEK(t, kek)
+		_, err := dstClient.Restore(ctx, bytes.NewReader(snap.data))
+		require.NoError(t, err, "snapshot %d", i)
+		for _, id := range snap.before {
+			signs(t, dst, id)
+		}
+		t.Logf("snapshot %d: the %d keys acknowledged before it restored and sign", i, len(snap.before))
+	}
 }
