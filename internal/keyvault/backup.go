@@ -183,10 +183,17 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 		v.sealer.keys.Store(prevKeys)
 		return SnapshotInfo{}, fmt.Errorf("keyvault: restore: %w", err)
 	}
-	v.mu.Lock()
-	v.keys, v.ids = restored.keys, restored.ids
-	v.mu.Unlock()
+	v.adoptLoaded(restored)
 	return info, nil
+}
+
+// adoptLoaded makes the state that load gave from serve in v: the records
+// committed to v's store are from's. The caller holds writeMu and has set
+// the manifest state and the sealer's keys.
+func (v *Vault) adoptLoaded(from *Vault) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.keys, v.ids = from.keys, from.ids
 }
 
 // openSnapshot checks a snapshot's KEK id and authentication tag under kek,

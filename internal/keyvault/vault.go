@@ -67,6 +67,10 @@ type Vault struct {
 	// mu guards the fields below. keyState values are immutable, so key
 	// operations hold mu for reading only as long as a map lookup takes and
 	// run the cryptography outside it, in parallel.
+	//
+	// Whatever load fills in, Restore takes over from the vault it opened
+	// the snapshot as (adoptLoaded): a field added for another record kind
+	// goes there too.
 	mu     sync.RWMutex
 	keys   map[string]*keyState
 	ids    []string // sorted, for List
