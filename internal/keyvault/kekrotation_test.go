@@ -290,3 +290,20 @@ func TestKEKRotationSurvivesPowerLoss(t *testing.T) {
 	signOK(t, v, "web", 2)
 	signEd25519(t, v, "ed")
 }
+
+// TestCommitRefusesRecordsUnderAnotherKEK: a record sealed under any KEK
+// but the current one (the one a rotation retired, say) never reaches the
+// store.
+func TestCommitRefusesRecordsUnderAnotherKEK(t *testing.T) {
+	v, path := freshVault(t, newKEK(t))
+	other, err := newSealer(newKEK(t))
+	require.NoError(t, err)
+	v.writeMu.Lock()
+	err = v.commit(ctx, Write{Put: []Record{other.seal(RecordRef{Kind: RecordKey, ID: "stray"}, []byte("{}"))}})
+	v.writeMu.Unlock()
+	require.ErrorContains(t, err, "not sealed under the current key-encryption key")
+	require.NoError(t, v.Close())
+	for _, r := range storedRecords(t, path) {
+		assert.NotEqual(t, "stray", r.ID, "the refused record is in the store")
+	}
+}

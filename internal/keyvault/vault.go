@@ -169,13 +169,14 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 }
 
 // underCurrentKEK returns w with every record sealed under the current KEK:
-// one sealed under the KEK a rotation retires, before the rotation began, is
-// resealed, and one that opens under neither is refused, so that no record
+// one sealed under the KEK a rotation retires (a record of a snapshot taken
+// mid-rotation that Restore commits, or one sealed before the rotation began)
+// is resealed, and one that opens under neither is refused, so that no record
 // the store could not open again is ever committed.
 func (v *Vault) underCurrentKEK(w Write) (Write, error) {
 	k := v.sealer.keys.Load()
 	check := func(rs []Record) ([]Record, error) {
-		out := rs
+		out := slices.Clone(rs)
 		for i, r := range rs {
 			if r.Kind == RecordKEKRotation {
 				continue // sealed in two parts (kekrotation.go)
@@ -183,7 +184,6 @@ func (v *Vault) underCurrentKEK(w Write) (Write, error) {
 			plaintext, err := openWith(k, v.sealer.format, r)
 			if err != nil && k.previous != nil {
 				if plaintext, err = openWith(k.previous, v.sealer.format, r); err == nil {
-					out = slices.Clone(out)
 					out[i] = v.sealer.seal(r.RecordRef, plaintext)
 				}
 			}
