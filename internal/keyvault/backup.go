@@ -144,8 +144,13 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	// The snapshot opened as a vault: what load accepts from a store.
-	restored, err := newVault(ctx, &snapshotStore{records: records}, keys.kek, false)
+	// The snapshot opened as a vault, with this vault's key backends: what
+	// load accepts from a store.
+	var opts []Option
+	for _, b := range v.backends {
+		opts = append(opts, WithBackend(b))
+	}
+	restored, err := newVault(ctx, &snapshotStore{records: records}, keys.kek, false, opts)
 	if err != nil {
 		return SnapshotInfo{}, fmt.Errorf("keyvault: the snapshot's records do not open as a vault: %w: %w", err, ErrInvalidArgument)
 	}
