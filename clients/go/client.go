@@ -34,6 +34,7 @@ type Client struct {
 	conn  *grpc.ClientConn // nil when built by New over a caller's connection
 	vault pb.KeyVaultClient
 	hs    pb.HandshakeClient
+	admin pb.AdminClient
 }
 
 type options struct {
@@ -125,7 +126,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
 func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn)}
+	return &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 }
 
 // Close closes the connection made by Dial.
@@ -153,6 +154,7 @@ var idempotent = map[string]bool{
 	pb.KeyVault_SealTicket_FullMethodName:    true,
 	pb.KeyVault_OpenTicket_FullMethodName:    true,
 	pb.Handshake_GetHandshake_FullMethodName: true,
+	pb.Admin_GetKEKStatus_FullMethodName:     true,
 }
 
 func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
