@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // populateWithChain is populate plus a certificate chain on web's version 2
@@ -270,4 +272,24 @@ func FuzzParseSnapshot(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRestoreBringsTicketKeys: a session ticket sealed before the snapshot
+// opens on the restored instance right away, without a restart (the
+// restored vault serves the snapshot's ticket keys, not keys of its own).
+func TestRestoreBringsTicketKeys(t *testing.T) {
+	kek := newKEK(t)
+	clock := testenv.NewClock(time.Now())
+	src, _ := freshVault(t, kek)
+	populate(t, src)
+	ticket, err := newTicketKeys(t, src, "prod", clock, nil).Seal(ctx, "scope", []byte("session state"))
+	require.NoError(t, err)
+	snap := backup(t, src)
+
+	dst, _ := freshVault(t, kek)
+	_, err = dst.Restore(ctx, bytes.NewReader(snap))
+	require.NoError(t, err)
+	got, err := newTicketKeys(t, dst, "prod", clock, nil).Open(ctx, "scope", ticket)
+	require.NoError(t, err, "a ticket sealed before the backup opens after the restore")
+	assert.Equal(t, []byte("session state"), got)
 }
