@@ -43,26 +43,7 @@ func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) 
 // externalServerKeys is externalServer with the KeyOps to use.
 func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
-	return externalServerN(t, cfg, keys, 1, serve)
-}
-
-// externalServerN is externalServerKeys for n connections in a row (a
-// client that resumes connects twice), each with a fresh Handshake under
-// cfg.
-func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	require.NoError(t, cfg.check())
-	ch := make(chan externalOutcome, n)
-	go func() {
-		defer ln.Close()
-		for range n {
-			ch <- serveExternal(ln, &cfg, keys, serve)
-		}
-	}()
-	_, port, _ = net.SplitHostPort(ln.Addr().String())
-	return port, ch
+	return serveConnections(t, cfg, []KeyOps{keys}, []func(*recordConn) error{serve})
 }
 
 // serveExternal accepts one connection on ln and serves it.

@@ -155,33 +155,14 @@ func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*rec
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
+	require.NoError(t, cfg.check())
 	ch := make(chan externalOutcome, len(keys))
 	go func() {
 		for i := range keys {
-			conn, err := ln.Accept()
-			if err != nil {
-				ch <- externalOutcome{err: err}
-				return
+			res := serveExternal(ln, &cfg, keys[i], serve[i])
+			if res.err != nil {
+				res.err = fmt.Errorf("connection %d: %w", i, res.err)
 			}
-			conn.SetDeadline(time.Now().Add(20 * time.Second))
-			h, err := NewHandshake(&cfg)
-			if err != nil {
-				ch <- externalOutcome{err: err}
-				return
-			}
-			out := (&relay{h: h, keys: keys[i]}).run(conn)
-			res := externalOutcome{session: out.session, err: out.err, trace: out.trace}
-			if out.session == nil && res.err == nil {
-				res.err = fmt.Errorf("connection %d: %s", i, out.last.Reason)
-			}
-			if res.err == nil {
-				rc, err := newRecordConn(conn, out.session, out.leftover)
-				if err == nil {
-					err = serve[i](rc)
-				}
-				res.err = err
-			}
-			conn.Close()
 			ch <- res
 		}
 	}()
