@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"crypto/tls"
 	"io"
 	"path/filepath"
 	"strings"
@@ -89,4 +90,11 @@ func TestResumptionTLS12GnuTLS(t *testing.T) {
 			assert.Equal(t, tc.resumed, strings.Contains(out, "This is a resumed session"), "client:\n%s", out)
 		})
 	}
+}
+
+// TestChromiumResumeTLS12: headless Chromium held to TLS 1.2 resumes a
+// later connection of a page with nested frames with an earlier one's
+// RFC 5077 ticket.
+func TestChromiumResumeTLS12(t *testing.T) {
+	chromiumResumes(t, tls.VersionTLS12, "--ssl-version-max=tls1.2")
 }
