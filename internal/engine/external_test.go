@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,7 +44,33 @@ func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) 
 // externalServerKeys is externalServer with the KeyOps to use.
 func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
-	return serveConnections(t, cfg, []KeyOps{keys}, []func(*recordConn) error{serve})
+	return externalServerN(t, cfg, keys, 1, serve)
+}
+
+// externalServerN is externalServerKeys for n connections in a row (a
+// client that resumes connects twice), each with a fresh Handshake under
+// cfg.
+func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	return serveConnections(t, cfg, slices.Repeat([]KeyOps{keys}, n), slices.Repeat([]func(*recordConn) error{serve}, n))
+}
+
+// serveConnections accepts len(keys) connections one after the other, the
+// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
+func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	require.NoError(t, cfg.check())
+	ch := make(chan externalOutcome, len(keys))
+	go func() {
+		defer ln.Close()
+		for i := range keys {
+			ch <- serveExternal(ln, &cfg, keys[i], serve[i])
+		}
+	}()
+	_, port, _ = net.SplitHostPort(ln.Addr().String())
+	return port, ch
 }
 
 // serveExternal accepts one connection on ln and serves it.

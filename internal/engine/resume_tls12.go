@@ -220,9 +220,6 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 	}
 	ev := TraceEvent{Message: "NewSessionTicket"}
 	ticket, err := h.sealTicket(&t)
-	if err == nil && len(ticket) > 1<<16-1 {
-		ticket, err = nil, errTicketTooLong
-	}
 	if err != nil {
 		// The cause stays out of the trace: it is the TicketKeys
 		// implementation's, as for KeyOps (see keyOpsError).
@@ -236,8 +233,6 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 	ev.add("lifetime_hint", strconv.FormatUint(uint64(hint), 10)+"s")
 	h.sendMessage(marshalNewSessionTicket12(hint, ticket), ev)
 }
-
-var errTicketTooLong = fail(alertInternalError, "sealed ticket longer than 2^16-1 bytes")
 
 // marshalNewSessionTicket12 is the TLS 1.2 NewSessionTicket, RFC 5077,
 // Section 3.3: uint32 ticket_lifetime_hint; opaque ticket<0..2^16-1>.

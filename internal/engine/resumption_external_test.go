@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,28 +145,6 @@ func TestGnuTLSResumeTLS13(t *testing.T) {
 	assert.False(t, first.session.Resumed)
 	assert.True(t, second.session.Resumed, "session %s", second.session)
 	assert.Contains(t, out, "This is a resumed session")
-}
-
-// serveConnections accepts len(keys) connections one after the other, the
-// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
-func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	require.NoError(t, cfg.check())
-	ch := make(chan externalOutcome, len(keys))
-	go func() {
-		for i := range keys {
-			res := serveExternal(ln, &cfg, keys[i], serve[i])
-			if res.err != nil {
-				res.err = fmt.Errorf("connection %d: %w", i, res.err)
-			}
-			ch <- res
-		}
-	}()
-	_, port, _ = net.SplitHostPort(ln.Addr().String())
-	return port, ch
 }
 
 // TestCurlResumeTLS13: curl fetching two URLs from a server that closes

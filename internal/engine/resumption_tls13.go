@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"hash"
 	"slices"
 	"strconv"
@@ -194,7 +195,13 @@ func (h *Handshake) sendNewSessionTicket(resumptionMaster []byte) error {
 	ev := TraceEvent{Direction: Sent, Message: "NewSessionTicket"}
 	ticket, err := h.sealTicket(t)
 	if err != nil {
-		ev.add("error", "not sent: ticket sealing failed")
+		// The cause stays out of the trace: it is the TicketKeys
+		// implementation's, as for KeyOps (see keyOpsError).
+		why := "ticket sealing failed"
+		if errors.Is(err, errTicketTooLong) {
+			why = "sealed ticket too long" // a long client certificate chain
+		}
+		ev.add("error", "not sent: "+why)
 		h.trace = append(h.trace, ev)
 		return nil
 	}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"sync"
@@ -307,4 +308,36 @@ func TestNoTicketWithoutPSKDHE(t *testing.T) {
 	assert.Equal(t, uint64(0), s.ServerSeq)
 	assert.Zero(t, keys.sealed.Load())
 	assert.NotContains(t, traceText(res.relay.trace), "NewSessionTicket")
+}
+
+// paddedTicketKeys seals tickets padded to size bytes, as a long client
+// certificate chain would make them.
+type paddedTicketKeys struct {
+	*aeadTicketKeys
+	size int
+}
+
+func (k paddedTicketKeys) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	ticket, err := k.aeadTicketKeys.Seal(ctx, plaintext)
+	return append(ticket, make([]byte, k.size-len(ticket))...), err
+}
+
+// TestTicketTooLong: a sealed ticket longer than a NewSessionTicket can
+// carry (2^16-1 bytes) is not sent; the handshake completes.
+func TestTicketTooLong(t *testing.T) {
+	p := getPKI(t)
+	// crypto/tls reads handshake messages of up to 2^16 bytes: a 60000-byte
+	// ticket is as long as it takes.
+	for _, size := range []int{60000, maxTicketLen + 1} {
+		cache := &sessionCache{}
+		res := runInterop(t, interopCase{server: ticketConfig(paddedTicketKeys{newAEADTicketKeys(1), size}, p.p256),
+			client: resumingClient(p, "p256.example.com", cache)})
+		s := expectSuccess(t, res)
+		sent := size <= maxTicketLen
+		assert.Equal(t, sent, cache.has(), "ticket of %d bytes", size)
+		assert.Equal(t, sent, s.ServerSeq > 0, "ticket of %d bytes (one record per 2^14 bytes)", size)
+		if !sent {
+			assert.Contains(t, traceText(res.relay.trace), "NewSessionTicket error=not sent: sealed ticket too long")
+		}
+	}
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -44,6 +45,13 @@ func (c *Config) checkTickets() error {
 	return nil
 }
 
+// maxTicketLen is the longest ticket a NewSessionTicket of either version
+// carries: opaque ticket<1..2^16-1> (RFC 8446, Section 4.6.1; RFC 5077,
+// Section 3.3).
+const maxTicketLen = 1<<16 - 1
+
+var errTicketTooLong = errors.New("engine: sealed ticket longer than 2^16-1 bytes")
+
 // sealTicket encodes t and seals it under Config.Tickets. Callers issue no
 // ticket when it fails: the handshake itself does not depend on it.
 func (h *Handshake) sealTicket(t *ticketState) ([]byte, error) {
@@ -52,6 +60,9 @@ func (h *Handshake) sealTicket(t *ticketState) ([]byte, error) {
 	ticket, err := h.cfg.Tickets.Seal(h.ctx, plaintext)
 	if err != nil {
 		return nil, fmt.Errorf("engine: sealing session ticket: %w", err)
+	}
+	if len(ticket) > maxTicketLen {
+		return nil, errTicketTooLong
 	}
 	return ticket, nil
 }
