@@ -72,7 +72,11 @@ func (s *KeyVault) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
-	k, err := s.vault.Create(ctx, req.GetId(), alg, req.GetLabels())
+	backend, err := backendFromProto(req.GetBackend())
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.vault.CreateInBackend(ctx, backend, req.GetId(), alg, req.GetLabels())
 	return keyResult(ctx, k, err)
 }
 
