@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // TestSaveRestore moves the handshake to a new Handshake value after every
@@ -153,4 +155,26 @@ func TestRestoreResumed(t *testing.T) {
 	saved[1] = byte(state13ClientCertificate)
 	_, err = RestoreHandshake(&cfg, saved)
 	assert.ErrorIs(t, err, errBadState)
+}
+
+// TestRestoreResumedTicketsOff: a handshake saved while tickets were on and
+// restored under a configuration without them completes, with no ticket.
+func TestRestoreResumedTicketsOff(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(3)
+	saved := savedResumed(t, &cfg)
+	cfg.Tickets = nil
+	h, err := RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	// The client's Finished, under its handshake traffic secret.
+	c, err := record.NewTLS13Cipher(h.suite.ID, h.clientHandshake, 0)
+	require.NoError(t, err)
+	fin, err := c.Seal(nil, record.Handshake, marshalFinished(finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())), 0)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), noKeyOps, fin)
+	require.Equal(t, Complete, res.State, res.Reason)
+	s, _ := h.Session()
+	assert.True(t, s.Resumed)
+	assert.Equal(t, uint64(0), s.ServerSeq, "no NewSessionTicket")
+	assert.Empty(t, res.Output)
 }
