@@ -40,6 +40,8 @@ type KeyVault struct {
 	// pageTokens seals listing positions: a token tells its holder
 	// nothing, not even the id of a key it was not shown.
 	pageTokens cipher.AEAD
+	// batchItem admits and audits each operation of a Batch.
+	batchItem batchItemGuard
 }
 
 // NewKeyVault returns the KeyVault API over vault; listings show the keys

@@ -1818,6 +1818,299 @@ func (x *SignResponse) GetVersion() uint32 {
 	return 0
 }
 
+// BatchRequest carries the operations of a Batch call.
+type BatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Echoed in the response and written in each operation's audit entry, so
+	// the caller can match a batch to what it collected (at most 64 bytes).
+	Reference string `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// 1 to 256 operations, run in any order, answered in this order.
+	Operations    []*BatchOperation `protobuf:"bytes,2,rep,name=operations,proto3" json:"operations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRequest) Reset() {
+	*x = BatchRequest{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRequest) ProtoMessage() {}
+
+func (x *BatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
+func (*BatchRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BatchRequest) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *BatchRequest) GetOperations() []*BatchOperation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+// BatchOperation is one signature or decryption.
+type BatchOperation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Operation:
+	//
+	//	*BatchOperation_Sign
+	//	*BatchOperation_Decrypt
+	Operation     isBatchOperation_Operation `protobuf_oneof:"operation"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchOperation) Reset() {
+	*x = BatchOperation{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchOperation) ProtoMessage() {}
+
+func (x *BatchOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchOperation.ProtoReflect.Descriptor instead.
+func (*BatchOperation) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BatchOperation) GetOperation() isBatchOperation_Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetSign() *SignRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Sign); ok {
+			return x.Sign
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetDecrypt() *DecryptRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Decrypt); ok {
+			return x.Decrypt
+		}
+	}
+	return nil
+}
+
+type isBatchOperation_Operation interface {
+	isBatchOperation_Operation()
+}
+
+type BatchOperation_Sign struct {
+	Sign *SignRequest `protobuf:"bytes,1,opt,name=sign,proto3,oneof"`
+}
+
+type BatchOperation_Decrypt struct {
+	Decrypt *DecryptRequest `protobuf:"bytes,2,opt,name=decrypt,proto3,oneof"`
+}
+
+func (*BatchOperation_Sign) isBatchOperation_Operation() {}
+
+func (*BatchOperation_Decrypt) isBatchOperation_Operation() {}
+
+// BatchResponse answers a BatchRequest.
+type BatchResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Reference string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// One per operation, in the request's order.
+	Results       []*BatchResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BatchResponse) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *BatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// BatchResult is one operation's outcome.
+type BatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*BatchResult_Sign
+	//	*BatchResult_Decrypt
+	//	*BatchResult_Error
+	Result        isBatchResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *BatchResult) GetResult() isBatchResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *BatchResult) GetSign() *SignResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Sign); ok {
+			return x.Sign
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetDecrypt() *DecryptResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Decrypt); ok {
+			return x.Decrypt
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetError() *Error {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isBatchResult_Result interface {
+	isBatchResult_Result()
+}
+
+type BatchResult_Sign struct {
+	Sign *SignResponse `protobuf:"bytes,1,opt,name=sign,proto3,oneof"`
+}
+
+type BatchResult_Decrypt struct {
+	Decrypt *DecryptResponse `protobuf:"bytes,2,opt,name=decrypt,proto3,oneof"`
+}
+
+type BatchResult_Error struct {
+	// Why this operation failed, as a gRPC status would say it.
+	Error *Error `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*BatchResult_Sign) isBatchResult_Result() {}
+
+func (*BatchResult_Decrypt) isBatchResult_Result() {}
+
+func (*BatchResult_Error) isBatchResult_Result() {}
+
 var File_handshake_v1_keyvault_proto protoreflect.FileDescriptor
 
 const file_handshake_v1_keyvault_proto_rawDesc = "" +
@@ -1931,7 +2224,24 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"F\n" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion*\xd3\x01\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"j\n" +
+	"\fBatchRequest\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12<\n" +
+	"\n" +
+	"operations\x18\x02 \x03(\v2\x1c.handshake.v1.BatchOperationR\n" +
+	"operations\"\x88\x01\n" +
+	"\x0eBatchOperation\x12/\n" +
+	"\x04sign\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestH\x00R\x04sign\x128\n" +
+	"\adecrypt\x18\x02 \x01(\v2\x1c.handshake.v1.DecryptRequestH\x00R\adecryptB\v\n" +
+	"\toperation\"b\n" +
+	"\rBatchResponse\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x123\n" +
+	"\aresults\x18\x02 \x03(\v2\x19.handshake.v1.BatchResultR\aresults\"\xb1\x01\n" +
+	"\vBatchResult\x120\n" +
+	"\x04sign\x18\x01 \x01(\v2\x1a.handshake.v1.SignResponseH\x00R\x04sign\x129\n" +
+	"\adecrypt\x18\x02 \x01(\v2\x1d.handshake.v1.DecryptResponseH\x00R\adecrypt\x12+\n" +
+	"\x05error\x18\x03 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x06result*\xd3\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ALGORITHM_RSA_2048\x10\x01\x12\x16\n" +
@@ -1968,7 +2278,7 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"KeyBackend\x12\x1b\n" +
 	"\x17KEY_BACKEND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_BACKEND_SOFTWARE\x10\x01\x12\x16\n" +
-	"\x12KEY_BACKEND_PKCS11\x10\x022\xc2\b\n" +
+	"\x12KEY_BACKEND_PKCS11\x10\x022\x84\t\n" +
 	"\bKeyVault\x12>\n" +
 	"\tCreateKey\x12\x1e.handshake.v1.CreateKeyRequest\x1a\x11.handshake.v1.Key\x12>\n" +
 	"\tImportKey\x12\x1e.handshake.v1.ImportKeyRequest\x1a\x11.handshake.v1.Key\x128\n" +
@@ -1984,7 +2294,8 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\aDecrypt\x12\x1c.handshake.v1.DecryptRequest\x1a\x1d.handshake.v1.DecryptResponse\x12=\n" +
 	"\x04Sign\x12\x19.handshake.v1.SignRequest\x1a\x1a.handshake.v1.SignResponse\x12S\n" +
 	"\n" +
-	"SignStream\x12\x1f.handshake.v1.SignStreamRequest\x1a .handshake.v1.SignStreamResponse(\x010\x01B?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
+	"SignStream\x12\x1f.handshake.v1.SignStreamRequest\x1a .handshake.v1.SignStreamResponse(\x010\x01\x12@\n" +
+	"\x05Batch\x12\x1a.handshake.v1.BatchRequest\x1a\x1b.handshake.v1.BatchResponseB?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
 
 var (
 	file_handshake_v1_keyvault_proto_rawDescOnce sync.Once
@@ -1999,7 +2310,7 @@ func file_handshake_v1_keyvault_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(Algorithm)(0),                                 // 0: handshake.v1.Algorithm
 	(KeyVersionState)(0),                           // 1: handshake.v1.KeyVersionState
@@ -2029,23 +2340,27 @@ var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(*SignStreamResponse)(nil),                     // 25: handshake.v1.SignStreamResponse
 	(*Error)(nil),                                  // 26: handshake.v1.Error
 	(*SignResponse)(nil),                           // 27: handshake.v1.SignResponse
-	nil,                                            // 28: handshake.v1.Key.LabelsEntry
-	nil,                                            // 29: handshake.v1.CreateKeyRequest.LabelsEntry
-	nil,                                            // 30: handshake.v1.ImportKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),                  // 31: google.protobuf.Timestamp
+	(*BatchRequest)(nil),                           // 28: handshake.v1.BatchRequest
+	(*BatchOperation)(nil),                         // 29: handshake.v1.BatchOperation
+	(*BatchResponse)(nil),                          // 30: handshake.v1.BatchResponse
+	(*BatchResult)(nil),                            // 31: handshake.v1.BatchResult
+	nil,                                            // 32: handshake.v1.Key.LabelsEntry
+	nil,                                            // 33: handshake.v1.CreateKeyRequest.LabelsEntry
+	nil,                                            // 34: handshake.v1.ImportKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),                  // 35: google.protobuf.Timestamp
 }
 var file_handshake_v1_keyvault_proto_depIdxs = []int32{
-	28, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
-	31, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	32, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
+	35, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
 	1,  // 3: handshake.v1.KeyVersion.state:type_name -> handshake.v1.KeyVersionState
 	0,  // 4: handshake.v1.KeyVersion.algorithm:type_name -> handshake.v1.Algorithm
-	31, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	35, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 6: handshake.v1.KeyVersion.backend:type_name -> handshake.v1.KeyBackend
 	0,  // 7: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
-	29, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
+	33, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
 	4,  // 9: handshake.v1.CreateKeyRequest.backend:type_name -> handshake.v1.KeyBackend
-	30, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
+	34, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
 	5,  // 11: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
 	0,  // 12: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
 	3,  // 13: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
@@ -2053,39 +2368,48 @@ var file_handshake_v1_keyvault_proto_depIdxs = []int32{
 	23, // 15: handshake.v1.SignStreamRequest.request:type_name -> handshake.v1.SignRequest
 	27, // 16: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
 	26, // 17: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
-	7,  // 18: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
-	8,  // 19: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
-	9,  // 20: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
-	10, // 21: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
-	12, // 22: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
-	13, // 23: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
-	14, // 24: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
-	15, // 25: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
-	16, // 26: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
-	18, // 27: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
-	19, // 28: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
-	21, // 29: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
-	23, // 30: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
-	24, // 31: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
-	5,  // 32: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	5,  // 33: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	5,  // 34: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	11, // 35: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	5,  // 36: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	5,  // 37: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 38: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 39: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	17, // 40: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	5,  // 41: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	20, // 42: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	22, // 43: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	27, // 44: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	25, // 45: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	29, // 18: handshake.v1.BatchRequest.operations:type_name -> handshake.v1.BatchOperation
+	23, // 19: handshake.v1.BatchOperation.sign:type_name -> handshake.v1.SignRequest
+	21, // 20: handshake.v1.BatchOperation.decrypt:type_name -> handshake.v1.DecryptRequest
+	31, // 21: handshake.v1.BatchResponse.results:type_name -> handshake.v1.BatchResult
+	27, // 22: handshake.v1.BatchResult.sign:type_name -> handshake.v1.SignResponse
+	22, // 23: handshake.v1.BatchResult.decrypt:type_name -> handshake.v1.DecryptResponse
+	26, // 24: handshake.v1.BatchResult.error:type_name -> handshake.v1.Error
+	7,  // 25: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
+	8,  // 26: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
+	9,  // 27: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
+	10, // 28: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
+	12, // 29: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
+	13, // 30: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
+	14, // 31: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
+	15, // 32: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
+	16, // 33: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
+	18, // 34: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
+	19, // 35: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
+	21, // 36: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
+	23, // 37: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
+	24, // 38: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
+	28, // 39: handshake.v1.KeyVault.Batch:input_type -> handshake.v1.BatchRequest
+	5,  // 40: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	5,  // 41: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	5,  // 42: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	11, // 43: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	5,  // 44: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	5,  // 45: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 46: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 47: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	17, // 48: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	5,  // 49: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	20, // 50: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	22, // 51: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	27, // 52: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	25, // 53: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	30, // 54: handshake.v1.KeyVault.Batch:output_type -> handshake.v1.BatchResponse
+	40, // [40:55] is the sub-list for method output_type
+	25, // [25:40] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_keyvault_proto_init() }
@@ -2101,13 +2425,22 @@ func file_handshake_v1_keyvault_proto_init() {
 		(*SignStreamResponse_Response)(nil),
 		(*SignStreamResponse_Error)(nil),
 	}
+	file_handshake_v1_keyvault_proto_msgTypes[24].OneofWrappers = []any{
+		(*BatchOperation_Sign)(nil),
+		(*BatchOperation_Decrypt)(nil),
+	}
+	file_handshake_v1_keyvault_proto_msgTypes[26].OneofWrappers = []any{
+		(*BatchResult_Sign)(nil),
+		(*BatchResult_Decrypt)(nil),
+		(*BatchResult_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_keyvault_proto_rawDesc), len(file_handshake_v1_keyvault_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

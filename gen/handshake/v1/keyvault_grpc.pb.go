@@ -33,6 +33,7 @@ const (
 	KeyVault_Decrypt_FullMethodName                         = "/handshake.v1.KeyVault/Decrypt"
 	KeyVault_Sign_FullMethodName                            = "/handshake.v1.KeyVault/Sign"
 	KeyVault_SignStream_FullMethodName                      = "/handshake.v1.KeyVault/SignStream"
+	KeyVault_Batch_FullMethodName                           = "/handshake.v1.KeyVault/Batch"
 )
 
 // KeyVaultClient is the client API for KeyVault service.
@@ -78,6 +79,12 @@ type KeyVaultClient interface {
 	// handshake): one long-lived stream avoids the per-call cost of a unary
 	// RPC. A failed signature is an error in its response; the stream goes on.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
+	// Batch runs many signatures and decryptions in one call, for callers
+	// that collect work themselves. Each operation is authorized, limited and
+	// audited on its own and gets its own result, in order: one refused or
+	// failed operation does not fail the others. The call fails as a whole
+	// only for what concerns all of it (no identity, too many operations).
+	Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error)
 }
 
 type keyVaultClient struct {
@@ -231,6 +238,16 @@ func (c *keyVaultClient) SignStream(ctx context.Context, opts ...grpc.CallOption
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KeyVault_SignStreamClient = grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse]
 
+func (c *keyVaultClient) Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchResponse)
+	err := c.cc.Invoke(ctx, KeyVault_Batch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyVaultServer is the server API for KeyVault service.
 // All implementations must embed UnimplementedKeyVaultServer
 // for forward compatibility.
@@ -274,6 +291,12 @@ type KeyVaultServer interface {
 	// handshake): one long-lived stream avoids the per-call cost of a unary
 	// RPC. A failed signature is an error in its response; the stream goes on.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
+	// Batch runs many signatures and decryptions in one call, for callers
+	// that collect work themselves. Each operation is authorized, limited and
+	// audited on its own and gets its own result, in order: one refused or
+	// failed operation does not fail the others. The call fails as a whole
+	// only for what concerns all of it (no identity, too many operations).
+	Batch(context.Context, *BatchRequest) (*BatchResponse, error)
 	mustEmbedUnimplementedKeyVaultServer()
 }
 
@@ -325,6 +348,9 @@ func (UnimplementedKeyVaultServer) Sign(context.Context, *SignRequest) (*SignRes
 }
 func (UnimplementedKeyVaultServer) SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method SignStream not implemented")
+}
+func (UnimplementedKeyVaultServer) Batch(context.Context, *BatchRequest) (*BatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Batch not implemented")
 }
 func (UnimplementedKeyVaultServer) mustEmbedUnimplementedKeyVaultServer() {}
 func (UnimplementedKeyVaultServer) testEmbeddedByValue()                  {}
@@ -588,6 +614,24 @@ func _KeyVault_SignStream_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KeyVault_SignStreamServer = grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]
 
+func _KeyVault_Batch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyVaultServer).Batch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyVault_Batch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyVaultServer).Batch(ctx, req.(*BatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyVault_ServiceDesc is the grpc.ServiceDesc for KeyVault service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -646,6 +690,10 @@ var KeyVault_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Sign",
 			Handler:    _KeyVault_Sign_Handler,
+		},
+		{
+			MethodName: "Batch",
+			Handler:    _KeyVault_Batch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
