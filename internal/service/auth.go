@@ -64,6 +64,9 @@ var rules = map[string]rule{
 	pb.KeyVault_Sign_FullMethodName:                            {authz.Use, namedKey},
 	pb.KeyVault_SignStream_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.SignStreamRequest); ok {
+			if d := r.GetDecrypt(); d != nil {
+				return namedKey(d)
+			}
 			return namedKey(r.GetRequest())
 		}
 		return []target{{}}
@@ -396,6 +399,9 @@ func checkID(field, id string) error {
 func sizeError(msg any) error {
 	switch r := msg.(type) {
 	case *pb.SignStreamRequest:
+		if d := r.GetDecrypt(); d != nil {
+			return sizeError(d)
+		}
 		return sizeError(r.GetRequest())
 	case *pb.BatchRequest:
 		return checkBatch(r)
@@ -583,7 +589,11 @@ func describeRequest(e *audit.Entry, msg any) {
 	case *pb.DecryptRequest:
 		e.Key, e.Version, e.Mode = r.GetKey(), r.GetVersion(), r.GetMode().String()
 	case *pb.SignStreamRequest:
-		describeRequest(e, r.GetRequest())
+		if d := r.GetDecrypt(); d != nil {
+			describeRequest(e, d)
+		} else {
+			describeRequest(e, r.GetRequest())
+		}
 	case *pb.BatchRequest:
 		e.Reference = r.GetReference()
 	case *pb.CreateKeyRequest:
@@ -619,9 +629,12 @@ func describeResponse(e *audit.Entry, resp any) {
 	case *pb.DecryptResponse:
 		e.Version = r.GetVersion()
 	case *pb.SignStreamResponse:
-		if r.GetError() != nil {
+		switch {
+		case r.GetError() != nil:
 			e.Outcome = codeName(codes.Code(r.GetError().GetCode()))
-		} else {
+		case r.GetDecrypt() != nil:
+			e.Version = r.GetDecrypt().GetVersion()
+		default:
 			e.Version = r.GetResponse().GetVersion()
 		}
 	case *pb.Key:

@@ -1582,10 +1582,12 @@ func (*SignRequest_Message) isSignRequest_Input() {}
 
 func (*SignRequest_Digest) isSignRequest_Input() {}
 
-// SignStreamRequest is one signature request of a stream.
+// SignStreamRequest is one signature request of a stream, or one
+// decryption (for a keyless TLS 1.2 RSA key exchange): set one of them.
 type SignStreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Request       *SignRequest           `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Decrypt       *DecryptRequest        `protobuf:"bytes,2,opt,name=decrypt,proto3" json:"decrypt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1627,6 +1629,13 @@ func (x *SignStreamRequest) GetRequest() *SignRequest {
 	return nil
 }
 
+func (x *SignStreamRequest) GetDecrypt() *DecryptRequest {
+	if x != nil {
+		return x.Decrypt
+	}
+	return nil
+}
+
 // SignStreamResponse answers one SignStreamRequest, in order.
 type SignStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1634,6 +1643,7 @@ type SignStreamResponse struct {
 	//
 	//	*SignStreamResponse_Response
 	//	*SignStreamResponse_Error
+	//	*SignStreamResponse_Decrypt
 	Result        isSignStreamResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1694,6 +1704,15 @@ func (x *SignStreamResponse) GetError() *Error {
 	return nil
 }
 
+func (x *SignStreamResponse) GetDecrypt() *DecryptResponse {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Decrypt); ok {
+			return x.Decrypt
+		}
+	}
+	return nil
+}
+
 type isSignStreamResponse_Result interface {
 	isSignStreamResponse_Result()
 }
@@ -1707,9 +1726,15 @@ type SignStreamResponse_Error struct {
 	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
 }
 
+type SignStreamResponse_Decrypt struct {
+	Decrypt *DecryptResponse `protobuf:"bytes,3,opt,name=decrypt,proto3,oneof"`
+}
+
 func (*SignStreamResponse_Response) isSignStreamResponse_Result() {}
 
 func (*SignStreamResponse_Error) isSignStreamResponse_Result() {}
+
+func (*SignStreamResponse_Decrypt) isSignStreamResponse_Result() {}
 
 // Error is a failed operation's gRPC status code and message.
 type Error struct {
@@ -2212,12 +2237,14 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x06scheme\x18\x03 \x01(\x0e2\x1d.handshake.v1.SignatureSchemeR\x06scheme\x12\x1a\n" +
 	"\amessage\x18\x04 \x01(\fH\x00R\amessage\x12\x18\n" +
 	"\x06digest\x18\x05 \x01(\fH\x00R\x06digestB\a\n" +
-	"\x05input\"H\n" +
+	"\x05input\"\x80\x01\n" +
 	"\x11SignStreamRequest\x123\n" +
-	"\arequest\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestR\arequest\"\x85\x01\n" +
+	"\arequest\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestR\arequest\x126\n" +
+	"\adecrypt\x18\x02 \x01(\v2\x1c.handshake.v1.DecryptRequestR\adecrypt\"\xc0\x01\n" +
 	"\x12SignStreamResponse\x128\n" +
 	"\bresponse\x18\x01 \x01(\v2\x1a.handshake.v1.SignResponseH\x00R\bresponse\x12+\n" +
-	"\x05error\x18\x02 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x02 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05error\x129\n" +
+	"\adecrypt\x18\x03 \x01(\v2\x1d.handshake.v1.DecryptResponseH\x00R\adecryptB\b\n" +
 	"\x06result\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -2366,50 +2393,52 @@ var file_handshake_v1_keyvault_proto_depIdxs = []int32{
 	3,  // 13: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
 	2,  // 14: handshake.v1.SignRequest.scheme:type_name -> handshake.v1.SignatureScheme
 	23, // 15: handshake.v1.SignStreamRequest.request:type_name -> handshake.v1.SignRequest
-	27, // 16: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
-	26, // 17: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
-	29, // 18: handshake.v1.BatchRequest.operations:type_name -> handshake.v1.BatchOperation
-	23, // 19: handshake.v1.BatchOperation.sign:type_name -> handshake.v1.SignRequest
-	21, // 20: handshake.v1.BatchOperation.decrypt:type_name -> handshake.v1.DecryptRequest
-	31, // 21: handshake.v1.BatchResponse.results:type_name -> handshake.v1.BatchResult
-	27, // 22: handshake.v1.BatchResult.sign:type_name -> handshake.v1.SignResponse
-	22, // 23: handshake.v1.BatchResult.decrypt:type_name -> handshake.v1.DecryptResponse
-	26, // 24: handshake.v1.BatchResult.error:type_name -> handshake.v1.Error
-	7,  // 25: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
-	8,  // 26: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
-	9,  // 27: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
-	10, // 28: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
-	12, // 29: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
-	13, // 30: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
-	14, // 31: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
-	15, // 32: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
-	16, // 33: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
-	18, // 34: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
-	19, // 35: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
-	21, // 36: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
-	23, // 37: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
-	24, // 38: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
-	28, // 39: handshake.v1.KeyVault.Batch:input_type -> handshake.v1.BatchRequest
-	5,  // 40: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	5,  // 41: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	5,  // 42: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	11, // 43: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	5,  // 44: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	5,  // 45: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 46: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 47: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	17, // 48: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	5,  // 49: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	20, // 50: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	22, // 51: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	27, // 52: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	25, // 53: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
-	30, // 54: handshake.v1.KeyVault.Batch:output_type -> handshake.v1.BatchResponse
-	40, // [40:55] is the sub-list for method output_type
-	25, // [25:40] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	21, // 16: handshake.v1.SignStreamRequest.decrypt:type_name -> handshake.v1.DecryptRequest
+	27, // 17: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
+	26, // 18: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
+	22, // 19: handshake.v1.SignStreamResponse.decrypt:type_name -> handshake.v1.DecryptResponse
+	29, // 20: handshake.v1.BatchRequest.operations:type_name -> handshake.v1.BatchOperation
+	23, // 21: handshake.v1.BatchOperation.sign:type_name -> handshake.v1.SignRequest
+	21, // 22: handshake.v1.BatchOperation.decrypt:type_name -> handshake.v1.DecryptRequest
+	31, // 23: handshake.v1.BatchResponse.results:type_name -> handshake.v1.BatchResult
+	27, // 24: handshake.v1.BatchResult.sign:type_name -> handshake.v1.SignResponse
+	22, // 25: handshake.v1.BatchResult.decrypt:type_name -> handshake.v1.DecryptResponse
+	26, // 26: handshake.v1.BatchResult.error:type_name -> handshake.v1.Error
+	7,  // 27: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
+	8,  // 28: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
+	9,  // 29: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
+	10, // 30: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
+	12, // 31: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
+	13, // 32: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
+	14, // 33: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
+	15, // 34: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
+	16, // 35: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
+	18, // 36: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
+	19, // 37: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
+	21, // 38: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
+	23, // 39: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
+	24, // 40: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
+	28, // 41: handshake.v1.KeyVault.Batch:input_type -> handshake.v1.BatchRequest
+	5,  // 42: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	5,  // 43: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	5,  // 44: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	11, // 45: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	5,  // 46: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	5,  // 47: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 48: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 49: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	17, // 50: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	5,  // 51: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	20, // 52: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	22, // 53: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	27, // 54: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	25, // 55: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	30, // 56: handshake.v1.KeyVault.Batch:output_type -> handshake.v1.BatchResponse
+	42, // [42:57] is the sub-list for method output_type
+	27, // [27:42] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_keyvault_proto_init() }
@@ -2424,6 +2453,7 @@ func file_handshake_v1_keyvault_proto_init() {
 	file_handshake_v1_keyvault_proto_msgTypes[20].OneofWrappers = []any{
 		(*SignStreamResponse_Response)(nil),
 		(*SignStreamResponse_Error)(nil),
+		(*SignStreamResponse_Decrypt)(nil),
 	}
 	file_handshake_v1_keyvault_proto_msgTypes[24].OneofWrappers = []any{
 		(*BatchOperation_Sign)(nil),

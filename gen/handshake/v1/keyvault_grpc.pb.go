@@ -74,10 +74,11 @@ type KeyVaultClient interface {
 	Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error)
 	// Sign signs with a TLS signature scheme.
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
-	// SignStream signs each request of the stream, answering in order. For
-	// callers that sign at a high rate (a keyless TLS edge signs every
-	// handshake): one long-lived stream avoids the per-call cost of a unary
-	// RPC. A failed signature is an error in its response; the stream goes on.
+	// SignStream signs (or decrypts) each request of the stream, answering in
+	// order. For callers that sign at a high rate (a keyless TLS edge signs
+	// every handshake): one long-lived stream avoids the per-call cost of a
+	// unary RPC. A failed operation is an error in its response; the stream
+	// goes on. The service ends a stream idle for a minute.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 	// Batch runs many signatures and decryptions in one call, for callers
 	// that collect work themselves. Each operation is authorized, limited and
@@ -286,10 +287,11 @@ type KeyVaultServer interface {
 	Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error)
 	// Sign signs with a TLS signature scheme.
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
-	// SignStream signs each request of the stream, answering in order. For
-	// callers that sign at a high rate (a keyless TLS edge signs every
-	// handshake): one long-lived stream avoids the per-call cost of a unary
-	// RPC. A failed signature is an error in its response; the stream goes on.
+	// SignStream signs (or decrypts) each request of the stream, answering in
+	// order. For callers that sign at a high rate (a keyless TLS edge signs
+	// every handshake): one long-lived stream avoids the per-call cost of a
+	// unary RPC. A failed operation is an error in its response; the stream
+	// goes on. The service ends a stream idle for a minute.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	// Batch runs many signatures and decryptions in one call, for callers
 	// that collect work themselves. Each operation is authorized, limited and
