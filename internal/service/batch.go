@@ -53,9 +53,8 @@ func checkBatch(r *pb.BatchRequest) error {
 	return nil
 }
 
-// Batch runs the operations at most batchParallelism at a time (they are
-// CPU work: more would only queue for the cores) and answers each in the
-// request's order.
+// Batch runs the operations batchParallelism at a time and answers each in
+// the request's order.
 func (s *KeyVault) Batch(ctx context.Context, req *pb.BatchRequest) (*pb.BatchResponse, error) {
 	if err := checkBatch(req); err != nil {
 		return nil, err
@@ -78,8 +77,6 @@ func (s *KeyVault) Batch(ctx context.Context, req *pb.BatchRequest) (*pb.BatchRe
 	wg.Wait()
 	return &pb.BatchResponse{Reference: req.GetReference(), Results: results}, nil
 }
-
-func batchParallelism() int { return max(streamWorkers, 1) }
 
 func (s *KeyVault) batchOne(ctx context.Context, reference string, op *pb.BatchOperation) *pb.BatchResult {
 	var msg any = op.GetSign()

@@ -21,7 +21,7 @@ func BenchmarkUnaryWorkers(b *testing.B) {
 	for _, c := range []struct {
 		name    string
 		workers int
-	}{{"goroutine-per-call", 0}, {"workers", 2}} {
+	}{{"goroutine-per-call", 0}, {"workers-2", 2}, {"workers-64", 64}} {
 		old := service.SetStreamWorkers(c.workers)
 		s := startServer(b)
 		service.SetStreamWorkers(old)
