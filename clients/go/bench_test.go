@@ -223,4 +223,3 @@ func dialBench(b *testing.B, addr string, streams int) *handshaked.Client {
 	b.Cleanup(func() { c.Close() })
 	return c
 }
-
