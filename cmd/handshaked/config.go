@@ -7,11 +7,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"strings"
+	"slices"
 	"time"
 
+	"github.com/handshaked/handshaked/internal/flagenv"
+	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 const (
@@ -58,7 +63,16 @@ type config struct {
 
 	hsm hsmConfig // -pkcs11-*, -kek-pkcs11-file: hsm.go
 
-	set map[string]bool // flags given by command line, environment or file
+	sessionTickets bool
+	deployment     string
+	ticketRotation time.Duration
+	ticketLifetime time.Duration
+
+	log   *logging.Options
+	trace *tracing.Options
+
+	set   map[string]bool // flags given by command line, environment or file
+	flags *flag.FlagSet   // all of them, for the configuration reference
 }
 
 // Production defaults of the limits; a development instance has none.
@@ -75,11 +89,21 @@ const (
 // for, not a production instance silently started in development mode.
 var productionOnly = []string{"tls-cert", "tls-key", "client-ca", "policy"}
 
+// notFromEnvOrFile are the flags only a command line gives: a
+// HANDSHAKED_VERSION left in a container's environment must not turn the
+// service into a command that prints its version and exits. notFromFile:
+// and a config file cannot name another.
+var (
+	notFromEnvOrFile = []string{"version"}
+	notFromFile      = append([]string{"config"}, notFromEnvOrFile...)
+)
+
+// envPrefix starts the environment variables that set flags.
+const envPrefix = "HANDSHAKED_"
+
 // envName is the environment variable that sets a flag: -tls-cert is
 // HANDSHAKED_TLS_CERT.
-func envName(flagName string) string {
-	return "HANDSHAKED_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+func envName(flagName string) string { return flagenv.Name(envPrefix, flagName) }
 
 // parseConfig reads the configuration from the command line, then the
 // environment (HANDSHAKED_<FLAG>), then the JSON file named by -config
@@ -88,6 +112,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	cfg := &config{set: map[string]bool{}}
 	fs := flag.NewFlagSet("handshaked", flag.ContinueOnError)
 	fs.SetOutput(usageOut)
+	cfg.flags = fs
 	var configFile string
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	fs.StringVar(&configFile, "config", "", "JSON file of settings, keyed by flag name (command line and environment take precedence)")
@@ -119,6 +144,12 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
 	registerHSMFlags(fs, &cfg.hsm)
+	cfg.log = logging.AddFlags(fs, slog.LevelInfo, "")
+	cfg.trace = tracing.AddFlags(fs)
+	fs.BoolVar(&cfg.sessionTickets, "session-tickets", true, "issue and accept TLS session tickets sealed by the vault's ticket keys, for handshakes and SealTicket/OpenTicket (false: every handshake is a full one)")
+	fs.StringVar(&cfg.deployment, "deployment", "default", "the deployment's name, bound into every session ticket: another deployment's tickets never resume here, even one restored from the same backup")
+	fs.DurationVar(&cfg.ticketRotation, "ticket-rotation", keyvault.DefaultTicketRotation, "how long a session ticket key seals new tickets before the vault rotates it")
+	fs.DurationVar(&cfg.ticketLifetime, "ticket-lifetime", keyvault.DefaultTicketLifetime, "how long a session ticket may be used (at most 168h, RFC 8446); a ticket key is erased -ticket-rotation plus this after its creation")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -133,18 +164,11 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 	fs.Visit(func(f *flag.Flag) { cfg.set[f.Name] = true })
 
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if cfg.set[f.Name] {
-			return
-		}
-		if v, ok := lookupEnv(envName(f.Name)); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
-			cfg.set[f.Name] = true
-		}
-	})
+	fromEnv, err := flagenv.Apply(fs, envPrefix, lookupEnv, notFromEnvOrFile...)
+	for _, name := range fromEnv {
+		cfg.set[name] = true
+	}
+	errs := []error{err}
 	if configFile != "" {
 		errs = append(errs, cfg.readFile(fs, configFile))
 	}
@@ -171,7 +195,7 @@ func (cfg *config) readFile(fs *flag.FlagSet, path string) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	for name, v := range settings {
-		if fs.Lookup(name) == nil || name == "config" {
+		if fs.Lookup(name) == nil || slices.Contains(notFromFile, name) {
 			return fmt.Errorf("config %s: unknown setting %q", path, name)
 		}
 		if cfg.set[name] {
@@ -216,6 +240,9 @@ func (cfg *config) check() error {
 		if !cfg.set["audit-log"] {
 			cfg.auditLog = "-"
 		}
+		if !cfg.set["log-format"] {
+			cfg.log.Format = logging.FormatJSON // what log collectors parse
+		}
 	case modeDevelopment:
 		for _, name := range productionOnly {
 			if cfg.set[name] {
@@ -227,6 +254,9 @@ func (cfg *config) check() error {
 	}
 	if cfg.handshakeTTL <= 0 || cfg.maxHandshakeSessions <= 0 || cfg.maxHandshakeInput <= 0 {
 		return errors.New("-handshake-ttl, -max-handshake-sessions and -max-handshake-input must be positive")
+	}
+	if cfg.ticketRotation < time.Second || cfg.ticketLifetime < time.Second || cfg.ticketLifetime > keyvault.DefaultTicketLifetime {
+		return fmt.Errorf("-ticket-rotation must be at least 1s and -ticket-lifetime 1s to %v", keyvault.DefaultTicketLifetime)
 	}
 	return nil
 }

@@ -24,11 +24,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 func main() {
@@ -48,6 +51,13 @@ func main() {
 	// to see them.
 	os.Unsetenv(kekEnv)
 	os.Unsetenv(pkcs11PINEnv)
+	logger, err := logging.New(os.Stderr, *cfg.log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handshaked:", err)
+		os.Exit(2)
+	}
+	slog.SetDefault(logger)
+	logging.RouteGRPC(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -77,6 +87,24 @@ func run(ctx context.Context, cfg *config) error {
 		UnauthenticatedRate: cfg.unauthenticatedRate, MaxConnections: cfg.maxConnections, CallTimeout: cfg.callTimeout,
 	}
 	opts.ReloadInterval = cfg.reloadInterval
+	tp, err := tracing.Start(ctx, *cfg.trace, "handshaked", buildinfo.Read().Version, slog.Default())
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		// The spans of the last calls, sent within a bounded time.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(sctx); err != nil {
+			slog.Warn("tracing: spans not sent at exit", "err", err)
+		}
+	}()
+	if cfg.trace.Endpoint != "" {
+		opts.TracerProvider = tp
+	}
+	if cfg.sessionTickets {
+		opts.Tickets = &service.TicketOptions{Deployment: cfg.deployment, Rotation: cfg.ticketRotation, Lifetime: cfg.ticketLifetime}
+	}
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
 			return err

@@ -77,6 +77,8 @@ func associatedData(prefix string, ref RecordRef) []byte {
 		return []byte(prefix + "version/" + ref.ID + "/" + n)
 	case RecordMaterial:
 		return []byte(prefix + "material/" + ref.ID + "/" + n)
+	case RecordTicketKey:
+		return []byte(prefix + "ticket-key/" + n)
 	}
 	// load rejects records of other kinds before opening any, and the
 	// vault seals only the kinds above.

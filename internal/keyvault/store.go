@@ -26,11 +26,14 @@ const (
 	// same commit as any change, so that an older copy of a record spliced
 	// back into the store is detected.
 	RecordManifest
+	// RecordTicketKey holds a session ticket key (ticketkeys.go); Version
+	// is its id. It is erased when the key is retired.
+	RecordTicketKey
 )
 
 // RecordRef names a record: its kind, key id and version number. ID is
-// empty for RecordCheck and RecordManifest; Version is 0 unless Kind is RecordVersion or
-// RecordMaterial.
+// empty for RecordCheck, RecordManifest and RecordTicketKey; Version is 0
+// unless Kind is RecordVersion, RecordMaterial or RecordTicketKey.
 type RecordRef struct {
 	Kind    RecordKind
 	ID      string
@@ -49,6 +52,8 @@ func (r RecordRef) String() string {
 		return fmt.Sprintf("key %q version %d", r.ID, r.Version)
 	case RecordMaterial:
 		return fmt.Sprintf("key %q version %d private key", r.ID, r.Version)
+	case RecordTicketKey:
+		return fmt.Sprintf("ticket key %08x", r.Version)
 	}
 	return fmt.Sprintf("record of kind %d for key %q version %d", r.Kind, r.ID, r.Version)
 }

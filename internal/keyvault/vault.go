@@ -68,10 +68,11 @@ type Vault struct {
 	// mu guards the fields below. keyState values are immutable, so key
 	// operations hold mu for reading only as long as a map lookup takes and
 	// run the cryptography outside it, in parallel.
-	mu     sync.RWMutex
-	keys   map[string]*keyState
-	ids    []string // sorted, for List
-	closed bool
+	mu      sync.RWMutex
+	keys    map[string]*keyState
+	ids     []string     // sorted, for List
+	tickets []*ticketKey // session ticket keys, oldest first (ticketkeys.go)
+	closed  bool
 }
 
 type keyState struct {
@@ -172,6 +173,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	var all []Record // every record but the manifest
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
+	ticketRecords := make(map[uint32]Record)
 	err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
@@ -187,6 +189,9 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		case RecordVersion, RecordMaterial:
 			_, dup = versionRecords[r.RecordRef]
 			versionRecords[r.RecordRef] = r
+		case RecordTicketKey:
+			_, dup = ticketRecords[r.Version]
+			ticketRecords[r.Version] = r
 		default:
 			return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 		}
@@ -249,6 +254,14 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		v.keys[id] = k
 	}
 	v.ids = ids
+	for _, r := range ticketRecords {
+		k, err := openTicketKey(s, r)
+		if err != nil {
+			return err
+		}
+		v.tickets = append(v.tickets, k)
+	}
+	slices.SortFunc(v.tickets, func(a, b *ticketKey) int { return a.createTime.Compare(b.createTime) })
 	if len(versionRecords) > 0 {
 		leftover := slices.SortedFunc(maps.Keys(versionRecords), compareRefs)[0]
 		return fmt.Errorf("keyvault: %v belongs to no key: %w", leftover, ErrCorrupted)
@@ -456,7 +469,10 @@ func (v *Vault) Close() error {
 		return nil
 	}
 	v.closed = true
-	v.keys, v.ids = nil, nil
+	for _, k := range v.tickets {
+		clear(k.secret)
+	}
+	v.keys, v.ids, v.tickets = nil, nil, nil
 	v.mu.Unlock()
 	return v.store.Close()
 }

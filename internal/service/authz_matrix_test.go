@@ -85,8 +85,10 @@ func matrixCalls() map[string]matrixCall {
 			&pb.CreateCertificateSigningRequestRequest{Key: key, Version: 99, CommonName: "matrix.test"}, codes.NotFound},
 		pb.KeyVault_Decrypt_FullMethodName: {needUse,
 			&pb.DecryptRequest{Key: key, Version: 99, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256, Ciphertext: []byte{1}}, codes.NotFound},
-		pb.KeyVault_Sign_FullMethodName:       {needUse, sign, codes.OK},
-		pb.KeyVault_SignStream_FullMethodName: {needUse, &pb.SignStreamRequest{Request: sign}, codes.OK},
+		pb.KeyVault_Sign_FullMethodName:            {needUse, sign, codes.OK},
+		pb.KeyVault_SignStream_FullMethodName:      {needUse, &pb.SignStreamRequest{Request: sign}, codes.OK},
+		pb.KeyVault_SealTicket_FullMethodName:      {needUse, &pb.SealTicketRequest{Key: key, Plaintext: []byte("matrix")}, codes.OK},
+		pb.KeyVault_OpenTicket_FullMethodName:      {needUse, &pb.OpenTicketRequest{Key: key, Ticket: []byte("not a ticket")}, codes.OK},
 		pb.KeyVault_Batch_FullMethodName: {needUse,
 			&pb.BatchRequest{Operations: []*pb.BatchOperation{{Operation: &pb.BatchOperation_Sign{Sign: sign}}}}, codes.OK},
 		pb.Handshake_StartHandshake_FullMethodName: {needUse, &pb.StartHandshakeRequest{Config: hsKeys}, codes.FailedPrecondition},
@@ -197,7 +199,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 
 	// Callers without a certificate share a small rate (past it they are
 	// RESOURCE_EXHAUSTED); the matrix makes one such call per method.
-	s := startSecure(t, secureOptions{policy: matrixPolicy, limits: service.Limits{UnauthenticatedRate: 40 * float64(len(methods))}})
+	s := startSecure(t, secureOptions{policy: matrixPolicy, limits: service.Limits{UnauthenticatedRate: 40 * float64(len(methods))},
+		tickets: &service.TicketOptions{Deployment: "matrix"}})
 	s.adminImport(t, matrixKey, "p256-pkcs8.pem", nil)
 	conns := map[string]*grpc.ClientConn{}
 	for _, l := range matrixLevels {

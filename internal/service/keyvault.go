@@ -40,6 +40,9 @@ type KeyVault struct {
 	// pageTokens seals listing positions: a token tells its holder
 	// nothing, not even the id of a key it was not shown.
 	pageTokens cipher.AEAD
+	// tickets seals and opens session tickets (tickets.go); nil: off.
+	tickets       *keyvault.TicketKeys
+	ticketMetrics *ticketMetrics
 	// batchItem admits and audits each operation of a Batch.
 	batchItem batchItemGuard
 }

@@ -18,6 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -57,6 +60,7 @@ type Server struct {
 	audit    *audit.Log
 	reloader *reloader
 	interval time.Duration
+	tickets  *keyvault.TicketKeys // nil: session tickets off
 	pollCtx  context.Context
 	stopPoll context.CancelFunc
 }
@@ -75,10 +79,16 @@ type Options struct {
 	// refused call. nil: no audit log.
 	Audit  *audit.Log
 	Limits Limits
+	// Tickets turns session tickets on (nil: off): see TicketOptions.
+	Tickets *TicketOptions
 	// ReloadInterval is how often the TLS and policy files are checked for
 	// changes; 0 is DefaultReloadInterval, negative never (Reload still
 	// works).
 	ReloadInterval time.Duration
+	// TracerProvider, when set, traces every gRPC call (REST calls too:
+	// they pass through the gRPC server) and each handshake as one trace
+	// (handshake_trace.go). nil: no tracing, no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // New wires the API over vault.
@@ -96,6 +106,11 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.maxConns = opts.Limits.MaxConnections
+	if opts.TracerProvider != nil {
+		// W3C trace context from the caller: an edge's trace continues here.
+		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(opts.TracerProvider), otelgrpc.WithPropagators(propagation.TraceContext{}))))
+	}
 	serverOpts = append(serverOpts, grpc.MaxRecvMsgSize(MaxRequestBytes))
 	if streamWorkers > 0 {
 		// A unary call otherwise runs on a fresh goroutine whose stack
@@ -110,8 +125,21 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, err
 	}
 	kv.batchItem = g.batchItem
-	pb.RegisterKeyVaultServer(s.grpc, kv)
 	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	if opts.TracerProvider != nil {
+		hs.setTracerProvider(opts.TracerProvider)
+	}
+	if opts.Tickets != nil {
+		m := newTicketMetrics(registry, vault)
+		tk, err := newTicketKeys(vault, *opts.Tickets, m, opts.Audit)
+		if err != nil {
+			return nil, err
+		}
+		kv.tickets, kv.ticketMetrics = tk, m
+		hs.tickets, hs.ticketMetrics = tk, m
+		s.tickets = tk
+	}
+	pb.RegisterKeyVaultServer(s.grpc, kv)
 	if opts.Policy != nil {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}
@@ -199,6 +227,9 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 3)
 	if s.interval > 0 {
 		go s.reloader.poll(s.pollCtx, s.interval)
+	}
+	if s.tickets != nil {
+		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past
