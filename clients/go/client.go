@@ -34,6 +34,7 @@ type Client struct {
 	conn    *grpc.ClientConn // nil when built by New over a caller's connection
 	vault   pb.KeyVaultClient
 	hs      pb.HandshakeClient
+	admin   pb.AdminClient
 	ops     *streamOps    // Sign and Decrypt; nil: unary calls only
 	timeout time.Duration // bounds streamed calls as deadlineInterceptor does unary ones
 }
@@ -136,7 +137,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 func New(conn grpc.ClientConnInterface) *Client { return newClient(conn, DefaultSignStreams) }
 
 func newClient(conn grpc.ClientConnInterface, signStreams int) *Client {
-	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn)}
+	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 	if signStreams > 0 {
 		c.ops = newStreamOps(c.vault, signStreams)
 	}
@@ -171,6 +172,7 @@ var idempotent = map[string]bool{
 	pb.KeyVault_SealTicket_FullMethodName:    true,
 	pb.KeyVault_OpenTicket_FullMethodName:    true,
 	pb.Handshake_GetHandshake_FullMethodName: true,
+	pb.Admin_GetKEKStatus_FullMethodName:     true,
 }
 
 func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {

@@ -81,6 +81,7 @@ func TestRESTGuide(t *testing.T) {
 		"Verified OK", "Signature Verified Successfully", "\nbatch-1\n",
 		`["KEY_VERSION_STATE_DESTROYED","KEY_VERSION_STATE_ENABLED"]`, "\n400\n",
 		`{"accepted":false}`, `{"state":"HANDSHAKE_STATE_FAILED"`, `{"state":"HANDSHAKE_STATE_NEED_INPUT","expireTime":true}`, "\n404\n",
+		`{"kekId":16,"retiringKekId":""}`, `{"staleRecords":0,"retiringKekId":""}`, "the snapshot was altered or truncated",
 	} {
 		assert.Contains(t, string(out), want, "walkthrough output")
 	}

@@ -294,10 +294,11 @@ type Session struct {
 	ExtendedMasterSecret bool
 	DidHelloRetryRequest bool
 	// Resumed reports an abbreviated handshake from a session ticket: no
-	// certificate was sent and no private-key operation made; ServerName,
-	// ALPN and PeerCertificates are those the ticket carried forward (TLS
-	// 1.2 negotiates ALPN anew: it is the connection's, RFC 7301, Section
-	// 3.1).
+	// certificate was sent and no private-key operation made.
+	// PeerCertificates are those the ticket carried forward; ServerName is
+	// the resuming ClientHello's (RFC 8446, Section 4.6.1), equal to the
+	// ticket's but for case; ALPN is the connection's (RFC 7301, Section
+	// 3.1), in TLS 1.3 also equal to the ticket's.
 	Resumed bool
 
 	// Record keys. TLS 1.2: the write keys and fixed IVs of the key block

@@ -402,7 +402,7 @@ func (h *Handshake) processClientFinished13(body, raw []byte) error {
 	if err := h.checkClientFinished(body, finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())); err != nil {
 		return err
 	}
-	if h.master13 != nil {
+	if h.master13 != nil && h.cfg.Tickets != nil { // tickets may have been turned off since a restore
 		h.transcript.write(raw)
 		master := masterSecret13{secret13{h.suite.Hash, h.master13}}
 		resumptionMaster := master.resumptionMasterSecret(h.transcript.sum())

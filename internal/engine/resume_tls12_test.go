@@ -553,6 +553,9 @@ func TestProbeResumptionTLS12(t *testing.T) {
 				return h.replace(rawExt{xRenegotiationInfo, append([]byte{12}, make([]byte, 12)...)})
 			}, alert: alertHandshakeFailure},
 		{name: "TLS 1.2 tickets off: full handshake", cfg: func(cfg *Config) { cfg.DisableTLS12Tickets = true }, why: "TLS 1.2 tickets are off"},
+		// The session is reported under a certificate that fits its suite.
+		{name: "no certificate for the ticket's suite any more: full handshake",
+			cfg: func(cfg *Config) { cfg.Certificates = []Certificate{getPKI(t).rsa.cert} }, why: "no certificate fits the ticket's cipher suite"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := config()

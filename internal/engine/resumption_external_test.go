@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"io"
 	"os"
@@ -172,6 +173,12 @@ func TestCurlResumeTLS13(t *testing.T) {
 // frames, each over another connection (each response closes its
 // connection); a later connection resumes with an earlier one's ticket.
 func TestChromiumResumeTLS13(t *testing.T) {
+	chromiumResumes(t, tls.VersionTLS13)
+}
+
+// chromiumResumes is TestChromiumResumeTLS13 at version vers (Chromium
+// limited to it by flag).
+func chromiumResumes(t *testing.T, vers uint16, flags ...string) {
 	testenv.LookPath(t, "chromium")
 	p := getPKI(t)
 	cfg := ticketConfig(newAEADTicketKeys(1), p.p256)
@@ -189,13 +196,14 @@ func TestChromiumResumeTLS13(t *testing.T) {
 		}
 		return `<html><body>` + string(pong) + `<iframe src="/1"></iframe></body></html>`
 	}
-	sessions := loadInChromium(t, cfg, page, "p256.example.com")
+	sessions := loadInChromium(t, cfg, page, "p256.example.com", flags...)
 	// The last frame's connection may still be finishing as Chromium exits.
 	var completed, resumed int
 	for timeout := time.After(5 * time.Second); resumed == 0; {
 		select {
 		case s := <-sessions:
 			completed++
+			assert.Equal(t, vers, s.Version)
 			if s.Resumed {
 				resumed++
 			}

@@ -147,7 +147,7 @@ func TestProbeResumptionTLS13(t *testing.T) {
 			resumeHello(base.replace(extSNI("x.p256.example.net")), dhe, []offeredTicket{good}, 1, 32, false), -1, "refused: ticket for another server name"},
 		{"4.6.1 server_name in another case: resumed", &cfg,
 			resumeHello(base.replace(extSNI("P256.Example.COM")), dhe, []offeredTicket{good}, 1, 32, false), 0, ""},
-		{"4.2.11 SHA-384 ticket offered for a SHA-256 suite: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{probeTicket(t, &cfg, time.Second, func(ts *ticketState) {
+		{"4.6.1 SHA-384 ticket offered for a SHA-256 suite: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{probeTicket(t, &cfg, time.Second, func(ts *ticketState) {
 			ts.suite = tls.TLS_AES_256_GCM_SHA384
 		})}, 1, 32, false), -1, "refused: ticket for a cipher suite with another hash"},
 	}

@@ -49,9 +49,9 @@ func (h *Handshake) selectPSK(ch *clientHelloMsg, raw []byte, n *negotiation13, 
 	if h.cfg.Tickets == nil || !ch.pskOffered {
 		return nil, nil
 	}
-	// RFC 8446, Section 4.2.11: "Clients MUST NOT ... send a
-	// "pre_shared_key" extension" with binders that do not match their
-	// identities one to one; crypto/tls refuses the same.
+	// RFC 8446, Section 4.2.11: the binders are "one for each value in the
+	// identities list and in the same order"; crypto/tls refuses a
+	// mismatch with illegal_parameter too.
 	if len(ch.pskIdentities) != len(ch.pskBinders) {
 		return nil, fail(alertIllegalParameter, "%d PSK identities but %d binders", len(ch.pskIdentities), len(ch.pskBinders))
 	}
@@ -91,16 +91,17 @@ func (h *Handshake) ticketFits13(t *ticketState, ch *clientHelloMsg, n *negotiat
 	if t.vers != tls.VersionTLS13 {
 		return "ticket of another TLS version"
 	}
-	// RFC 8446, Section 4.2.11: "Any ticket MUST only be resumed with a
+	// RFC 8446, Section 4.6.1: "Any ticket MUST only be resumed with a
 	// cipher suite that has the same KDF hash algorithm as that used to
 	// establish the original connection."
 	if orig, ok := record.SuiteByID(t.suite); !ok || !orig.TLS13 || orig.Hash != h.suite.Hash {
 		return "ticket for a cipher suite with another hash"
 	}
-	// RFC 8446, Section 4.6.1 lets clients resume only for the original
-	// SNI value; the server holds them to it, and to the ALPN protocol, so
-	// that a resumed session is one the server would have negotiated with
-	// the same certificate and application.
+	// RFC 8446, Section 4.6.1: clients "SHOULD only resume if the SNI
+	// value matches the one used in the original session"; the server
+	// holds them to it, and to the ALPN protocol, so that a resumed session
+	// is one the server would have negotiated with the same certificate and
+	// application.
 	if !strings.EqualFold(t.serverName, ch.serverName) {
 		return "ticket for another server name"
 	}

@@ -146,7 +146,7 @@ func TestResumeTLS13(t *testing.T) {
 }
 
 // TestResumeTLS13SuiteChange: a ticket resumes under another suite with the
-// same hash (RFC 8446, Section 4.2.11), not under one with another hash.
+// same hash (RFC 8446, Section 4.6.1), not under one with another hash.
 func TestResumeTLS13SuiteChange(t *testing.T) {
 	p := getPKI(t)
 	keys := newAEADTicketKeys(1)

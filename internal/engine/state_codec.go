@@ -261,7 +261,8 @@ func (h *Handshake) consistent(flags uint16) bool {
 	case h.vers == tls.VersionTLS13:
 		return len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverTraffic) == h.suite.Hash.Size() &&
 			(h.master13 == nil || len(h.master13) == h.suite.Hash.Size()) &&
-			(h.state != state13ClientCertificateVerify || h.peerKey != nil)
+			(h.state != state13ClientCertificateVerify || h.peerKey != nil) &&
+			(!h.resumed || (h.state == state13ClientFinished && !h.clientAuth)) // no CertificateRequest when resumed
 	case h.state == state12ClientCertificate || h.state == state12ClientKeyExchange:
 		return h.kex == kexRSA || (h.kex != 0 && h.kex <= kexECDHEECDSA && h.ecdheKey != nil)
 	case h.state == state12ClientCertificateVerify:

@@ -100,6 +100,8 @@ func TestOpenTicket(t *testing.T) {
 	_, why, ok = h.openTicket(good)
 	assert.False(t, ok)
 	assert.Equal(t, "tickets disabled", why)
+	_, err = h.sealTicket(sampleTicketState())
+	assert.ErrorIs(t, err, errNoTicketKeys, "sealing without TicketKeys")
 }
 
 func TestTicketLifetimeConfig(t *testing.T) {

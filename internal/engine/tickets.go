@@ -50,11 +50,19 @@ func (c *Config) checkTickets() error {
 // Section 3.3).
 const maxTicketLen = 1<<16 - 1
 
-var errTicketTooLong = errors.New("engine: sealed ticket longer than 2^16-1 bytes")
+var (
+	errTicketTooLong = errors.New("engine: sealed ticket longer than 2^16-1 bytes")
+	errNoTicketKeys  = errors.New("engine: no TicketKeys configured")
+)
 
 // sealTicket encodes t and seals it under Config.Tickets. Callers issue no
 // ticket when it fails: the handshake itself does not depend on it.
 func (h *Handshake) sealTicket(t *ticketState) ([]byte, error) {
+	if h.cfg.Tickets == nil {
+		// A handshake saved with tickets on, restored under a
+		// configuration without them.
+		return nil, errNoTicketKeys
+	}
 	plaintext := t.marshal()
 	defer clear(plaintext) // it holds the resumption secret
 	ticket, err := h.cfg.Tickets.Seal(h.ctx, plaintext)

@@ -115,6 +115,7 @@ var transcriptCases = []transcriptCase{
 	{name: "chromium-tls12-rsa", key: "rsa3072-pkcs8.pem", nextProtos: []string{"http/1.1"}, program: "chromium",
 		args: chromiumArgs("--ssl-version-max=tls1.2")},
 	{name: "openssl-tls12-resumed", key: "p256-pkcs8.pem", resume: true, program: "openssl", args: opensslArgs("-tls1_2")},
+	{name: "openssl-tls13-resumed", key: "p256-pkcs8.pem", resume: true, program: "openssl", args: opensslArgs("-tls1_3")},
 }
 
 const transcriptHost = "transcript.example.com"

@@ -32,8 +32,9 @@ const (
 )
 
 // RecordRef names a record: its kind, key id and version number. ID is
-// empty for RecordCheck, RecordManifest and RecordTicketKey; Version is 0
-// unless Kind is RecordVersion, RecordMaterial or RecordTicketKey.
+// empty for RecordCheck, RecordManifest, RecordKEKRotation and
+// RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial
+// or RecordTicketKey.
 type RecordRef struct {
 	Kind    RecordKind
 	ID      string
@@ -46,6 +47,8 @@ func (r RecordRef) String() string {
 		return "check record"
 	case RecordManifest:
 		return "manifest"
+	case RecordKEKRotation:
+		return "KEK rotation record"
 	case RecordKey:
 		return fmt.Sprintf("key %q", r.ID)
 	case RecordVersion:
@@ -84,7 +87,8 @@ type Write struct {
 // Implementations must be safe for concurrent use.
 type Store interface {
 	// Scan calls fn once for every record in the store, in no particular
-	// order, and stops at fn's first error. fn may retain the Record. A
+	// order, and stops at fn's first error. fn may retain the Record. The
+	// records are those of one state of the store, between two commits. A
 	// store reports what it cannot read as a record rather than skip it.
 	Scan(ctx context.Context, fn func(Record) error) error
 	// Commit applies w atomically (all of it or nothing) and durably: when

@@ -102,6 +102,11 @@ var rules = map[string]rule{
 		}
 		return handshakeKeys(r.GetStart())
 	}},
+	// The vault as a whole (its KEK, its backups): admins only.
+	pb.Admin_GetKEKStatus_FullMethodName: adminOnly,
+	pb.Admin_RotateKEK_FullMethodName:    adminOnly,
+	pb.Admin_Backup_FullMethodName:       adminOnly,
+	pb.Admin_Restore_FullMethodName:      adminOnly,
 }
 
 var adminOnly = rule{right: authz.Admin}

@@ -97,6 +97,10 @@ func matrixCalls() map[string]matrixCall {
 		pb.Handshake_AbortHandshake_FullMethodName: {needCaller, &pb.AbortHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_Stream_FullMethodName: {needUse,
 			&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: &pb.StartHandshakeRequest{Config: hsKeys}}}, codes.FailedPrecondition},
+		pb.Admin_GetKEKStatus_FullMethodName: {needAdmin, &pb.GetKEKStatusRequest{}, codes.OK},
+		pb.Admin_RotateKEK_FullMethodName:    {needAdmin, &pb.RotateKEKRequest{NewKek: []byte("short")}, codes.InvalidArgument},
+		pb.Admin_Backup_FullMethodName:       {needAdmin, &pb.BackupRequest{}, codes.OK},
+		pb.Admin_Restore_FullMethodName:      {needAdmin, &pb.RestoreRequest{Data: []byte("not a snapshot")}, codes.InvalidArgument},
 	}
 }
 
@@ -120,7 +124,7 @@ var matrixLevels = []matrixLevel{
 func serviceMethods(t *testing.T) []protoreflect.MethodDescriptor {
 	t.Helper()
 	var out []protoreflect.MethodDescriptor
-	for _, fd := range []protoreflect.FileDescriptor{pb.File_handshake_v1_keyvault_proto, pb.File_handshake_v1_handshake_proto} {
+	for _, fd := range []protoreflect.FileDescriptor{pb.File_handshake_v1_keyvault_proto, pb.File_handshake_v1_handshake_proto, pb.File_handshake_v1_admin_proto} {
 		for i := range fd.Services().Len() {
 			sd := fd.Services().Get(i)
 			for j := range sd.Methods().Len() {
@@ -175,7 +179,7 @@ func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescrip
 	return codes.OK
 }
 
-// TestAuthorizationMatrix calls every method of both services, streams
+// TestAuthorizationMatrix calls every method of the three services, streams
 // included, as a caller with no certificate, with no right on the key, with
 // use, with manage and as admin, over mutual TLS through the production
 // interceptors, and checks each answer against the hand-written rights

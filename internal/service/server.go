@@ -144,6 +144,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}
 	pb.RegisterHandshakeServer(s.grpc, hs)
+	pb.RegisterAdminServer(s.grpc, NewAdmin(vault))
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 
@@ -171,6 +172,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if err := pb.RegisterHandshakeHandler(context.Background(), mux, conn); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := pb.RegisterAdminHandler(context.Background(), mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 
