@@ -231,7 +231,7 @@ func sessionToProto(s *engine.Session, withKeys bool) *pb.Session {
 	out := &pb.Session{
 		Version:              uint32(s.Version),
 		CipherSuite:          uint32(s.CipherSuite),
-		CipherSuiteName:      tls.CipherSuiteName(s.CipherSuite),
+		CipherSuiteName:      record.SuiteName(s.CipherSuite),
 		Group:                uint32(s.Group),
 		ServerName:           s.ServerName,
 		AlpnProtocol:         s.ALPN,
