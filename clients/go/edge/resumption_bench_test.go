@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +60,14 @@ type resumptionLoad struct {
 	wantResumed bool
 	elapsed     time.Duration // wall time of all its handshakes
 	cpu         time.Duration // CPU time of the process meanwhile
+	allocs      uint64        // heap allocations of the process meanwhile
+}
+
+// processAllocs is how many heap allocations the process has made.
+func processAllocs() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.Mallocs
 }
 
 // processCPU is the CPU time the process has used, user and system.
@@ -71,7 +80,7 @@ func processCPU() time.Duration {
 }
 
 // run makes n handshakes from its clients at once, each client one after
-// the other, and adds the wall and CPU time they took.
+// the other, and adds the wall and CPU time and the allocations they took.
 func (l *resumptionLoad) run(n int) error {
 	var (
 		next     atomic.Int64
@@ -79,6 +88,7 @@ func (l *resumptionLoad) run(n int) error {
 		errOnce  sync.Once
 		firstErr error
 	)
+	startAllocs := processAllocs()
 	start, startCPU := time.Now(), processCPU()
 	for _, cfg := range l.clients {
 		wg.Add(1)
@@ -99,6 +109,7 @@ func (l *resumptionLoad) run(n int) error {
 	wg.Wait()
 	l.elapsed += time.Since(start)
 	l.cpu += processCPU() - startCPU
+	l.allocs += processAllocs() - startAllocs
 	return firstErr
 }
 
@@ -113,7 +124,8 @@ func (l *resumptionLoad) run(n int) error {
 // the CPU time of the whole process (clients, edge and service, or clients
 // and local server) per handshake of each kind: on a shared machine the
 // rates follow the CPU share the process gets, the CPU per handshake much
-// less so. b.N is the number of handshakes of each kind.
+// less so; the allocations per handshake not at all. b.N is the number of
+// handshakes of each kind.
 //
 //	go test -run '^$' -bench Resumption -benchtime 2000x -count 3 ./clients/go/edge/ | benchstat -
 func BenchmarkResumption(b *testing.B) {
@@ -180,6 +192,10 @@ func BenchmarkResumption(b *testing.B) {
 				b.ReportMetric(cpu(full), "edge-full-cpu-µs/hs")
 				b.ReportMetric(cpu(resumed), "edge-resumed-cpu-µs/hs")
 				b.ReportMetric(cpu(local), "local-resumed-cpu-µs/hs")
+				allocs := func(l *resumptionLoad) float64 { return float64(l.allocs) / float64(b.N) }
+				b.ReportMetric(allocs(full), "edge-full-allocs/hs")
+				b.ReportMetric(allocs(resumed), "edge-resumed-allocs/hs")
+				b.ReportMetric(allocs(local), "local-resumed-allocs/hs")
 				// ns/op would mix the three kinds: the rates say it.
 				b.ReportMetric(0, "ns/op")
 			})
