@@ -64,7 +64,7 @@ func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handsha
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
 	return &Handshake{
 		vault:    vault,
-		keys:     vaultKeyOps{vault},
+		keys:     vaultKeyOps{vault: vault, keys: newKeyMetrics(nil)},
 		sessions: newSessionStore(opts, metrics),
 		metrics:  metrics,
 	}

@@ -13,7 +13,10 @@ import (
 // vaultKeyOps performs the engine's private-key operations with the vault.
 // Key references are "<id>/<version>", resolved when the handshake starts so
 // that a rotation mid-handshake cannot switch keys under it.
-type vaultKeyOps struct{ vault *keyvault.Vault }
+type vaultKeyOps struct {
+	vault *keyvault.Vault
+	keys  *keyMetrics
+}
 
 func keyRef(id string, version uint32) string {
 	return id + "/" + strconv.FormatUint(uint64(version), 10)
@@ -33,7 +36,8 @@ func (k vaultKeyOps) Sign(ctx context.Context, ref string, scheme tls.SignatureS
 	if err != nil {
 		return nil, err
 	}
-	return k.vault.Sign(ctx, id, version, scheme, message, false)
+	sig, _, err := k.keys.sign(ctx, k.vault, sourceHandshake, id, version, scheme, message, false)
+	return sig, err
 }
 
 // SignatureSchemes asks the vault what the key can sign with at vers.
@@ -50,5 +54,6 @@ func (k vaultKeyOps) DecryptPremaster(ctx context.Context, ref string, ciphertex
 	if err != nil {
 		return nil, err
 	}
-	return k.vault.Decrypt(ctx, id, version, keyvault.DecryptRSAPKCS1TLSPremaster, ciphertext, clientVersion)
+	plaintext, _, err := k.keys.decrypt(ctx, k.vault, sourceHandshake, id, version, keyvault.DecryptRSAPKCS1TLSPremaster, ciphertext, clientVersion)
+	return plaintext, err
 }

@@ -103,8 +103,11 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	pb.RegisterKeyVaultServer(s.grpc, kv)
 	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	// One set of key metrics for both APIs, labelled by source.
+	keys := newKeyMetrics(registry)
+	kv.keys, hs.keys.keys = keys, keys
+	pb.RegisterKeyVaultServer(s.grpc, kv)
 	if opts.Policy != nil {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}
