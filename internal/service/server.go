@@ -45,12 +45,14 @@ const (
 
 // Server is the gRPC server and the REST gateway in front of it.
 type Server struct {
-	grpc    *grpc.Server
-	http    *http.Server
-	health  *health.Server
-	pipe    *bufconn.Listener
-	gateway *grpc.ClientConn
-	build   buildinfo.Info
+	grpc   *grpc.Server
+	http   *http.Server
+	health *health.Server
+	// healthOnly serves s.health alone, in plain text (ServeHealth).
+	healthOnly *grpc.Server
+	pipe       *bufconn.Listener
+	gateway    *grpc.ClientConn
+	build      buildinfo.Info
 
 	tls      *tlsSource // nil in development mode
 	maxConns int        // per listener; 0: no cap
@@ -114,6 +116,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	pb.RegisterHandshakeServer(s.grpc, hs)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4 << 10))
+	healthpb.RegisterHealthServer(s.healthOnly, s.health)
 
 	conn, err := grpc.NewClient("passthrough:///gateway",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.pipe.DialContext(ctx) }),
@@ -219,8 +223,22 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	return nil
 }
 
+// ServeHealth serves gRPC health checking (grpc.health.v1) alone, in plain
+// text, on lis until Shutdown: for probes that cannot speak TLS, such as the
+// kubelet's gRPC probe. It answers what the health service on the API
+// listener answers, SERVING until Shutdown begins, and nothing else: no API
+// call, no reflection, no metrics.
+func (s *Server) ServeHealth(lis net.Listener) error {
+	if err := s.healthOnly.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
 // Shutdown stops taking new calls, reports NOT_SERVING to health checks, and
 // waits for calls in flight until ctx is done; then it cuts what is left.
+// The plain-text health listener stops last, so probes see NOT_SERVING while
+// calls drain.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopPoll()
 	s.health.Shutdown()
@@ -237,5 +255,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.gateway.Close()
+	s.healthOnly.Stop()
 	return httpErr
 }
