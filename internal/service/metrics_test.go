@@ -1,7 +1,6 @@
 package service_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -10,10 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net/http"
-	"os"
-	"path/filepath"
-	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -27,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/metricsdoc"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
@@ -189,20 +185,21 @@ func TestMetrics(t *testing.T) {
 	})
 
 	t.Run("documented", func(t *testing.T) {
-		rows := metricsTable(t)
+		rows, err := metricsdoc.Read(metricsdoc.Path())
+		require.NoError(t, err)
 		for name, row := range rows {
 			f, ok := families[name]
 			if !assert.True(t, ok, "docs/metrics.md lists %s, which /metrics does not serve (or this test does not exercise)", name) {
 				continue
 			}
-			assert.Equal(t, row.typ, strings.ToLower(f.GetType().String()), "type of %s", name)
+			assert.Equal(t, row.Type, strings.ToLower(f.GetType().String()), "type of %s", name)
 			for _, m := range f.GetMetric() {
 				var labels []string
 				for _, l := range m.GetLabel() {
 					labels = append(labels, l.GetName())
 				}
 				slices.Sort(labels)
-				assert.Equal(t, row.labels, labels, "labels of %s", name)
+				assert.Equal(t, row.Labels, labels, "labels of %s", name)
 			}
 		}
 		for name := range families {
@@ -211,44 +208,4 @@ func TestMetrics(t *testing.T) {
 			}
 		}
 	})
-}
-
-type metricsRow struct {
-	typ    string
-	labels []string // sorted
-}
-
-var tableRow = regexp.MustCompile("^\\| `([a-z_:]+)` \\| (counter|gauge|histogram|summary) \\|([^|]*)\\|")
-
-// metricsTable reads the table of docs/metrics.md.
-func metricsTable(t *testing.T) map[string]metricsRow {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	doc, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "docs", "metrics.md"))
-	require.NoError(t, err)
-	_, table, ok := strings.Cut(string(doc), "<!-- metrics:begin -->")
-	require.True(t, ok, "docs/metrics.md: no <!-- metrics:begin --> marker")
-	table, _, ok = strings.Cut(table, "<!-- metrics:end -->")
-	require.True(t, ok, "docs/metrics.md: no <!-- metrics:end --> marker")
-	rows := map[string]metricsRow{}
-	sc := bufio.NewScanner(strings.NewReader(table))
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "| `") {
-			continue
-		}
-		m := tableRow.FindStringSubmatch(line)
-		require.NotNil(t, m, "docs/metrics.md: a row not of the form | `name` | type | labels | meaning |: %s", line)
-		var labels []string
-		for _, l := range strings.Split(m[3], ",") {
-			if l = strings.Trim(strings.TrimSpace(l), "`"); l != "" {
-				labels = append(labels, l)
-			}
-		}
-		slices.Sort(labels)
-		require.NotContains(t, rows, m[1], "docs/metrics.md lists %s twice", m[1])
-		rows[m[1]] = metricsRow{typ: m[2], labels: labels}
-	}
-	require.NotEmpty(t, rows)
-	return rows
 }
