@@ -119,7 +119,7 @@ func run(ctx context.Context, cfg *config) error {
 	if opts.TLS != nil {
 		scheme = "https://"
 	}
-	slog.Info("handshaked serving", "grpc_addr", grpcLis.Addr().String(), "rest_url", scheme+httpLis.Addr().String(), "data_dir", cfg.dataDir, "mode", cfg.mode)
+	slog.Info("handshaked serving", "grpc_addr", grpcLis.Addr().String(), "rest_url", scheme+httpLis.Addr().String(), "data_dir", cfg.dataDir, "mode", cfg.mode, "docs", scheme+httpLis.Addr().String()+"/docs")
 
 	// SIGHUP: load the TLS files and the policy again, reopen the audit log.
 	hup := make(chan os.Signal, 1)

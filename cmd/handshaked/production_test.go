@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -315,46 +314,6 @@ func readmeBlock(t *testing.T, name string) string {
 	return strings.TrimSuffix(block, "```")
 }
 
-// TestREADMECertificates runs the README's openssl commands verbatim, starts
-// a production instance with what they make, and calls it as the caller
-// they certify, with the README's curl command.
-func TestREADMECertificates(t *testing.T) {
-	for _, tool := range []string{"bash", "openssl", "curl"} {
-		testenv.LookPath(t, tool)
-	}
-	dir := t.TempDir()
-	cmd := exec.Command("bash", "-c", "set -euo pipefail\n"+readmeBlock(t, "certificates"))
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "README certificate commands:\n%s", out)
-	policy := filepath.Join(dir, "policy.json")
-	require.NoError(t, os.WriteFile(policy, []byte(`{"grants":[{"identities":["spiffe://example.org/edge"],"rights":["use","manage"],"keys":["web-*"]}]}`), 0o644))
-	in := func(name string) string { return filepath.Join(dir, name) }
-	p := startProcess(t, in("data"), "-mode", "production", "-tls-cert", in("tls.crt"), "-tls-key", in("tls.key"),
-		"-client-ca", in("clients-ca.pem"), "-policy", policy, "-kek-file", in("kek"), "-audit-log", in("audit.log"), "-init")
-	require.NotEmpty(t, p.grpcAddr, "did not start with the README's files:\n%s", p.out())
-	leaf, err := tls.LoadX509KeyPair(in("edge.crt"), in("edge.key"))
-	require.NoError(t, err)
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(readFileT(t, in("clients-ca.pem")))
-	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(credentials.NewTLS(
-		&tls.Config{RootCAs: roots, ServerName: "handshaked.example.org", Certificates: []tls.Certificate{leaf}})))
-	require.NoError(t, err)
-	defer conn.Close()
-	_, err = pb.NewKeyVaultClient(conn).CreateKey(context.Background(), &pb.CreateKeyRequest{Id: "web-ec", Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256})
-	require.NoError(t, err, "the README's caller creates web-ec")
-	// The README's curl call, pointed at this instance.
-	_, port, _ := strings.Cut(strings.TrimPrefix(p.restURL, "https://"), ":")
-	call := readmeCurl(t)
-	call = strings.Replace(call, "handshaked.example.org:7443", "handshaked.example.org:"+port, 1)
-	call = strings.Replace(call, "curl ", "curl -fsS --resolve handshaked.example.org:"+port+":127.0.0.1 ", 1)
-	cmd = exec.Command("bash", "-c", call)
-	cmd.Dir = dir
-	out, err = cmd.CombinedOutput()
-	require.NoError(t, err, "README curl call:\n%s\nserver:\n%s", out, p.out())
-	assert.Contains(t, string(out), `"signature"`, "README curl call answers a signature")
-}
-
 // TestREADMEMutationCommand runs the README's mutation-testing command as
 // written, narrowed to the smallest package and to a dry run (finding the
 // mutants, not testing them: a full run takes far too long for the suite).
@@ -377,23 +336,4 @@ func TestREADMEMutationCommand(t *testing.T) {
 	require.NoError(t, err, "README mutation command:\n%s", out)
 	assert.Regexp(t, `RUNNABLE .* at policy\.go:`, string(out), "gremlins found the authz package's mutants")
 	assert.Contains(t, string(out), "Dry run completed")
-}
-
-// readmeCurl is the curl call that follows the certificates block.
-func readmeCurl(t *testing.T) string {
-	t.Helper()
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	require.NoError(t, err)
-	_, rest, _ := strings.Cut(string(readme), "<!-- certificates:end -->")
-	_, rest, ok := strings.Cut(rest, "```sh\n")
-	call, _, ok2 := strings.Cut(rest, "```")
-	require.True(t, ok && ok2 && strings.HasPrefix(call, "curl "), "no curl call after the certificates block: %q", call)
-	return call
-}
-
-func readFileT(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	require.NoError(t, err)
-	return b
 }

@@ -153,6 +153,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openapiv2.Spec)
 	})
+	docs := docsHandler()
+	h.Handle("/docs", docs)
+	h.Handle("/docs/", docs)
 	h.Handle("/", mux)
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testpki"
+)
+
+// mtlsFront stands for handshaked's mutual-TLS listener in front of the
+// fixture's service: it verifies the edge's client certificate, records the
+// identity it names and relays the bytes. It can close every connection, as
+// a service restart or its connection age limit does.
+type mtlsFront struct {
+	mu         sync.Mutex
+	identities []string
+	conns      []net.Conn
+}
+
+func startMTLSFront(t *testing.T, ca *testpki.CA, backend string) (*mtlsFront, string) {
+	t.Helper()
+	server, err := ca.Server()
+	require.NoError(t, err)
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{server.TLS},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool(), NextProtos: []string{"h2"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	f := &mtlsFront{}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go f.relay(c.(*tls.Conn), backend)
+		}
+	}()
+	t.Cleanup(f.dropAll)
+	return f, l.Addr().String()
+}
+
+func (f *mtlsFront) relay(c *tls.Conn, backend string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return
+	}
+	b, err := net.Dial("tcp", backend)
+	if err != nil {
+		c.Close()
+		return
+	}
+	f.mu.Lock()
+	f.identities = append(f.identities, c.ConnectionState().PeerCertificates[0].URIs[0].String())
+	f.conns = append(f.conns, c, b)
+	f.mu.Unlock()
+	go func() { io.Copy(b, c); b.Close() }()
+	io.Copy(c, b)
+	c.Close()
+}
+
+func (f *mtlsFront) dropAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+func (f *mtlsFront) lastIdentity() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.identities) == 0 {
+		return ""
+	}
+	return f.identities[len(f.identities)-1]
+}
+
+// TestReloadsClientCertificate: handshake-edge, running all along, presents
+// to handshaked the client certificate its -handshaked-cert/-key files hold
+// when it reconnects: a renewed certificate (renamed over the old files, as
+// certificate tools do) is used without a restart, and TLS clients keep
+// getting their pages.
+func TestReloadsClientCertificate(t *testing.T) {
+	f := newFixture(t)
+	ca, err := testpki.NewCA("handshaked callers CA")
+	require.NoError(t, err)
+	front, addr := startMTLSFront(t, ca, f.srv.GRPCAddr)
+	dir := t.TempDir()
+	in := func(name string) string { return filepath.Join(dir, name) }
+	renew := func(id string) {
+		leaf, err := ca.Client(id, false, time.Now().Add(time.Hour))
+		require.NoError(t, err)
+		for name, b := range map[string][]byte{"edge.crt": leaf.CertPEM, "edge.key": leaf.KeyPEM} {
+			require.NoError(t, os.WriteFile(in(name+".new"), b, 0o600))
+			require.NoError(t, os.Rename(in(name+".new"), in(name)))
+		}
+	}
+	renew("spiffe://example.org/edge/before")
+	require.NoError(t, os.WriteFile(in("ca.pem"), ca.PEM, 0o600))
+	edgeAddr, _ := f.start(t, "-handshaked", addr,
+		"-handshaked-ca", in("ca.pem"), "-handshaked-cert", in("edge.crt"), "-handshaked-key", in("edge.key"))
+
+	page := func() error {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + edgeAddr + "/")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.ReadAll(resp.Body)
+		return err
+	}
+	require.NoError(t, page())
+	assert.Equal(t, "spiffe://example.org/edge/before", front.lastIdentity())
+
+	renew("spiffe://example.org/edge/renewed")
+	front.dropAll()
+	// The handshake that meets the dropped connection may fail; the edge
+	// reconnects for the next.
+	if err := page(); err != nil {
+		require.NoError(t, page(), "after the reconnection (the first try: %v)", err)
+	}
+	assert.Equal(t, "spiffe://example.org/edge/renewed", front.lastIdentity(), "the renewed certificate, without a restart")
+}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testenv"
+)
+
+// TestREADMEProduction runs the README's production walkthrough verbatim,
+// only its ports changed to free ones, in a copy of the source tree: it
+// builds the binaries, issues the certificates, starts handshaked in
+// production mode and handshake-edge in front of it with mutual TLS, and
+// must complete a TLS handshake through the edge, a signature as the edge,
+// and the refusal of a call the edge has no right to. It logs how long the
+// walkthrough took.
+func TestREADMEProduction(t *testing.T) {
+	for _, tool := range []string{"bash", "go", "openssl", "curl", "grep"} {
+		testenv.LookPath(t, tool)
+	}
+	script := readmeBlock(t, "production")
+	for _, port := range []string{":7070", ":7443", ":8443"} {
+		require.Contains(t, script, port, "the walkthrough's ports")
+		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(freePort(t)))
+	}
+	clone := filepath.Join(t.TempDir(), "handshaked")
+	copyTree(t, filepath.Join("..", ".."), clone)
+
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Dir = clone
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // what it starts in the background ends with it
+	var out testenv.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	err := cmd.Wait()
+	took := time.Since(start)
+	logs := func() string {
+		var b strings.Builder
+		for _, name := range []string{"handshaked.log", "edge.log"} {
+			l, _ := os.ReadFile(filepath.Join(clone, "fleet", name))
+			b.WriteString("\n" + name + ":\n" + string(l))
+		}
+		return b.String()
+	}
+	require.NoError(t, err, "the README's production walkthrough failed:\n%s%s", out.String(), logs())
+	t.Logf("the production walkthrough took %v", took.Round(100*time.Millisecond))
+	got := out.String()
+	for _, want := range []string{
+		`"status":"SERVING"`,           // the service's health over TLS
+		"TLS version: TLS 1.3",         // the echo page through handshake-edge
+		"Key: web-ec version 1",        // with the key made by the admin
+		"Server name: www.example.org", //
+		`"signature"`,                  // the edge's REST call
+		`permission denied: "spiffe://example.org/edge" needs manage on key "web-ec"`, // the refused call
+		`"caller":"spiffe://example.org/edge"`,                                        // and its audit line
+	} {
+		assert.Contains(t, got, want, "the walkthrough's output")
+	}
+	audit, err := os.ReadFile(filepath.Join(clone, "fleet", "audit.log"))
+	require.NoError(t, err)
+	assert.Contains(t, string(audit), `"caller":"spiffe://example.org/edge","peer":"127.0.0.1:`, "the edge's handshakes are audited under its identity")
+	assert.Contains(t, string(audit), `"operation":"Handshake.Stream"`, "the handshake through the edge ran in the service")
+}
+
+// freePort is a loopback TCP port free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// copyTree copies the source tree at src to dst, as a fresh clone would
+// have it: without .git, and without what a development instance or an
+// earlier build leaves at the root.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	skip := map[string]bool{".git": true, "handshaked-data": true, "bin": true, "fleet": true, "handshaked": true}
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(rel, string(filepath.Separator)) && skip[rel] {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o644)
+	})
+	require.NoError(t, err)
+}
