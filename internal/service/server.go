@@ -38,6 +38,9 @@ import (
 const (
 	// MaxRequestBytes bounds one gRPC message or REST body.
 	MaxRequestBytes = 4 << 20
+	// maxHealthConns caps the connections of the plain-text health
+	// listener; past it the next ones wait in the kernel's backlog.
+	maxHealthConns = 64
 	// The gateway reaches the gRPC server through an in-memory pipe, so every
 	// REST call passes the same interceptors as a gRPC call.
 	pipeBuffer = 1 << 20
@@ -116,7 +119,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	pb.RegisterHandshakeServer(s.grpc, hs)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4 << 10))
+	// Probes make one short call at a time: small caps keep an open port
+	// that answers anyone from holding much for anyone.
+	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4))
 	healthpb.RegisterHealthServer(s.healthOnly, s.health)
 
 	conn, err := grpc.NewClient("passthrough:///gateway",
@@ -232,7 +237,7 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 // listener answers, SERVING until Shutdown begins, and nothing else: no API
 // call, no reflection, no metrics.
 func (s *Server) ServeHealth(lis net.Listener) error {
-	if err := s.healthOnly.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	if err := s.healthOnly.Serve(netutil.LimitListener(lis, maxHealthConns)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
 	}
 	return nil
