@@ -187,9 +187,15 @@ func retryInterceptor(n int, backoff time.Duration) grpc.UnaryClientInterceptor 
 	}
 }
 
-// CreateKey generates a key inside the vault.
+// CreateKey generates a key inside the vault, in its software backend.
 func (c *Client) CreateKey(ctx context.Context, id string, alg pb.Algorithm, labels map[string]string) (*pb.Key, error) {
-	return wrap(c.vault.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: alg, Labels: labels}))
+	return c.CreateKeyInBackend(ctx, id, alg, pb.KeyBackend_KEY_BACKEND_UNSPECIFIED, labels)
+}
+
+// CreateKeyInBackend generates a key inside the vault's key backend (for
+// pb.KeyBackend_KEY_BACKEND_PKCS11, inside its HSM, never extractable).
+func (c *Client) CreateKeyInBackend(ctx context.Context, id string, alg pb.Algorithm, backend pb.KeyBackend, labels map[string]string) (*pb.Key, error) {
+	return wrap(c.vault.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: alg, Labels: labels, Backend: backend}))
 }
 
 // ImportKey imports a PEM private key (PKCS#1, PKCS#8 or SEC1).

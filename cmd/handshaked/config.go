@@ -7,11 +7,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
-	"strings"
+	"slices"
 	"time"
 
+	"github.com/handshaked/handshaked/internal/flagenv"
+	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 const (
@@ -57,7 +61,13 @@ type config struct {
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
 
-	set map[string]bool // flags given by command line, environment or file
+	hsm hsmConfig // -pkcs11-*, -kek-pkcs11-file: hsm.go
+
+	log   *logging.Options
+	trace *tracing.Options
+
+	set   map[string]bool // flags given by command line, environment or file
+	flags *flag.FlagSet   // all of them, for the configuration reference
 }
 
 // Production defaults of the limits; a development instance has none.
@@ -74,11 +84,21 @@ const (
 // for, not a production instance silently started in development mode.
 var productionOnly = []string{"tls-cert", "tls-key", "client-ca", "policy"}
 
+// notFromEnvOrFile are the flags only a command line gives: a
+// HANDSHAKED_VERSION left in a container's environment must not turn the
+// service into a command that prints its version and exits. notFromFile:
+// and a config file cannot name another.
+var (
+	notFromEnvOrFile = []string{"version"}
+	notFromFile      = append([]string{"config"}, notFromEnvOrFile...)
+)
+
+// envPrefix starts the environment variables that set flags.
+const envPrefix = "HANDSHAKED_"
+
 // envName is the environment variable that sets a flag: -tls-cert is
 // HANDSHAKED_TLS_CERT.
-func envName(flagName string) string {
-	return "HANDSHAKED_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+func envName(flagName string) string { return flagenv.Name(envPrefix, flagName) }
 
 // parseConfig reads the configuration from the command line, then the
 // environment (HANDSHAKED_<FLAG>), then the JSON file named by -config
@@ -87,6 +107,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	cfg := &config{set: map[string]bool{}}
 	fs := flag.NewFlagSet("handshaked", flag.ContinueOnError)
 	fs.SetOutput(usageOut)
+	cfg.flags = fs
 	var configFile string
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	fs.StringVar(&configFile, "config", "", "JSON file of settings, keyed by flag name (command line and environment take precedence)")
@@ -118,6 +139,9 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessions, "max-handshake-sessions", 10000, "handshake sessions held at once, unary and streamed, all callers; past it RESOURCE_EXHAUSTED")
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
+	registerHSMFlags(fs, &cfg.hsm)
+	cfg.log = logging.AddFlags(fs, slog.LevelInfo, "")
+	cfg.trace = tracing.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -132,18 +156,11 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	}
 	fs.Visit(func(f *flag.Flag) { cfg.set[f.Name] = true })
 
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if cfg.set[f.Name] {
-			return
-		}
-		if v, ok := lookupEnv(envName(f.Name)); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", envName(f.Name), err))
-			}
-			cfg.set[f.Name] = true
-		}
-	})
+	fromEnv, err := flagenv.Apply(fs, envPrefix, lookupEnv, notFromEnvOrFile...)
+	for _, name := range fromEnv {
+		cfg.set[name] = true
+	}
+	errs := []error{err}
 	if configFile != "" {
 		errs = append(errs, cfg.readFile(fs, configFile))
 	}
@@ -151,6 +168,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 		return nil, err
 	}
 	cfg.kek, _ = lookupEnv(kekEnv)
+	cfg.hsm.pin, _ = lookupEnv(pkcs11PINEnv)
 	return cfg, cfg.check()
 }
 
@@ -169,7 +187,7 @@ func (cfg *config) readFile(fs *flag.FlagSet, path string) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	for name, v := range settings {
-		if fs.Lookup(name) == nil || name == "config" {
+		if fs.Lookup(name) == nil || slices.Contains(notFromFile, name) {
 			return fmt.Errorf("config %s: unknown setting %q", path, name)
 		}
 		if cfg.set[name] {
@@ -213,6 +231,9 @@ func (cfg *config) check() error {
 		}
 		if !cfg.set["audit-log"] {
 			cfg.auditLog = "-"
+		}
+		if !cfg.set["log-format"] {
+			cfg.log.Format = logging.FormatJSON // what log collectors parse
 		}
 	case modeDevelopment:
 		for _, name := range productionOnly {

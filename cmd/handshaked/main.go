@@ -26,11 +26,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 func main() {
@@ -49,8 +52,17 @@ func main() {
 		fmt.Println("handshaked", buildinfo.Read())
 		return
 	}
-	// The KEK is in cfg now; nothing started from here needs to see it.
+	// The KEK and the PIN are in cfg now; nothing started from here needs
+	// to see them.
 	os.Unsetenv(kekEnv)
+	os.Unsetenv(pkcs11PINEnv)
+	logger, err := logging.New(os.Stderr, *cfg.log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handshaked:", err)
+		os.Exit(2)
+	}
+	slog.SetDefault(logger)
+	logging.RouteGRPC(logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -80,17 +92,46 @@ func run(ctx context.Context, cfg *config) error {
 		UnauthenticatedRate: cfg.unauthenticatedRate, MaxConnections: cfg.maxConnections, CallTimeout: cfg.callTimeout,
 	}
 	opts.ReloadInterval = cfg.reloadInterval
+	tp, err := tracing.Start(ctx, *cfg.trace, "handshaked", buildinfo.Read().Version, slog.Default())
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		// The spans of the last calls, sent within a bounded time.
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tp.Shutdown(sctx); err != nil {
+			slog.Warn("tracing: spans not sent at exit", "err", err)
+		}
+	}()
+	if cfg.trace.Endpoint != "" {
+		opts.TracerProvider = tp
+	}
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
 			return err
 		}
 		defer opts.Audit.Close()
 	}
-	kek, err := loadKEK(cfg)
+	token, err := openToken(cfg)
 	if err != nil {
 		return err
 	}
-	vault, err := openVault(ctx, cfg, kek)
+	var vaultOpts []keyvault.Option
+	if token != nil {
+		defer token.Close()
+		vaultOpts = append(vaultOpts, keyvault.WithBackend(token))
+	}
+	var kek []byte
+	if cfg.hsm.kekFile != "" {
+		kek, err = loadTokenKEK(ctx, cfg, token)
+	} else {
+		kek, err = loadKEK(cfg)
+	}
+	if err != nil {
+		return err
+	}
+	vault, err := openVault(ctx, cfg, kek, vaultOpts...)
 	clear(kek)
 	if err != nil {
 		return err
@@ -168,7 +209,7 @@ func run(ctx context.Context, cfg *config) error {
 // openVault opens the vault in the data directory. A development instance
 // creates it when it is missing; production does so only with -init, so that
 // a wrong -data-dir or a lost disk is an error, not a new, empty vault.
-func openVault(ctx context.Context, cfg *config, kek []byte) (*keyvault.Vault, error) {
+func openVault(ctx context.Context, cfg *config, kek []byte, opts ...keyvault.Option) (*keyvault.Vault, error) {
 	path := filepath.Join(cfg.dataDir, "keys.db")
 	create := cfg.mode == modeDevelopment || cfg.initStore
 	if !create && !fileExists(path) {
@@ -182,7 +223,7 @@ func openVault(ctx context.Context, cfg *config, kek []byte) (*keyvault.Vault, e
 	if create {
 		open = keyvault.New
 	}
-	vault, err := open(ctx, store, kek)
+	vault, err := open(ctx, store, kek, opts...)
 	if err != nil {
 		store.Close()
 		if errors.Is(err, keyvault.ErrEmptyStore) {
@@ -207,7 +248,7 @@ func prepareDevelopment(cfg *config) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	if cfg.kekFile == "" && cfg.kek == "" {
+	if cfg.kekFile == "" && cfg.kek == "" && cfg.hsm.kekFile == "" {
 		cfg.kekFile = filepath.Join(cfg.dataDir, "kek")
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -47,6 +48,23 @@ type process struct {
 
 var servingLine = regexp.MustCompile(`grpc_addr=(\S+) rest_url=(\S+)`)
 
+// servingAddrs finds the addresses in the serving line, logged as text
+// (development) or JSON (production).
+func servingAddrs(line string) (grpcAddr, restURL string, ok bool) {
+	var rec struct {
+		Msg      string `json:"msg"`
+		GRPCAddr string `json:"grpc_addr"`
+		RESTURL  string `json:"rest_url"`
+	}
+	if json.Unmarshal([]byte(line), &rec) == nil {
+		return rec.GRPCAddr, rec.RESTURL, rec.Msg == "handshaked serving"
+	}
+	if m := servingLine.FindStringSubmatch(line); m != nil {
+		return m[1], m[2], true
+	}
+	return "", "", false
+}
+
 // startProcess runs handshaked on dataDir with loopback ports picked by the
 // kernel and waits until it serves, or until it exits.
 func startProcess(t *testing.T, dataDir string, extra ...string) *process {
@@ -71,8 +89,8 @@ func startProcessEnv(t *testing.T, dataDir string, env []string, extra ...string
 			p.mu.Lock()
 			p.output.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
-			if m := servingLine.FindStringSubmatch(sc.Text()); m != nil {
-				serving <- [2]string{m[1], m[2]}
+			if g, r, ok := servingAddrs(sc.Text()); ok {
+				serving <- [2]string{g, r}
 			}
 		}
 		io.Copy(io.Discard, stderr)

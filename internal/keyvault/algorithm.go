@@ -175,10 +175,11 @@ func generateKey(alg Algorithm) (crypto.Signer, error) {
 	return key, nil
 }
 
-// algorithmOf tells which supported algorithm key is, if any.
+// algorithmOf tells which supported algorithm key is, if any, by its public
+// key: a backend's key need not be one of the standard library's types.
 func algorithmOf(key crypto.Signer) (Algorithm, error) {
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
+	switch k := key.Public().(type) {
+	case *rsa.PublicKey:
 		switch k.N.BitLen() {
 		case 2048:
 			return RSA2048, nil
@@ -188,7 +189,7 @@ func algorithmOf(key crypto.Signer) (Algorithm, error) {
 			return RSA4096, nil
 		}
 		return AlgorithmUnspecified, fmt.Errorf("RSA keys of %d bits are not supported (2048, 3072 or 4096): %w", k.N.BitLen(), ErrInvalidArgument)
-	case *ecdsa.PrivateKey:
+	case *ecdsa.PublicKey:
 		switch k.Curve {
 		case elliptic.P256():
 			return ECDSAP256, nil
@@ -198,7 +199,7 @@ func algorithmOf(key crypto.Signer) (Algorithm, error) {
 			return ECDSAP521, nil
 		}
 		return AlgorithmUnspecified, fmt.Errorf("ECDSA curve %s is not supported (P-256, P-384 or P-521): %w", k.Curve.Params().Name, ErrInvalidArgument)
-	case ed25519.PrivateKey:
+	case ed25519.PublicKey:
 		return Ed25519, nil
 	}
 	return AlgorithmUnspecified, fmt.Errorf("unsupported key type %T: %w", key, ErrInvalidArgument)

@@ -3,6 +3,7 @@ package keyvault
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
@@ -12,6 +13,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -91,27 +93,58 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 	if err != nil {
 		return nil, err
 	}
-	priv, ok := ver.signer.(*rsa.PrivateKey)
-	if !ok {
+	pub, isRSA := ver.signer.Public().(*rsa.PublicKey)
+	key, canDecrypt := rsaPrivateOf(ver.signer)
+	if !isRSA || !canDecrypt {
 		return nil, fmt.Errorf("keyvault: key %q version %d is %v; decryption needs an RSA key: %w", id, ver.number, ver.alg, ErrInvalidArgument)
 	}
 	// The length is public (it is on the wire), so rejecting it tells an
 	// attacker nothing.
-	if len(ciphertext) != priv.Size() {
-		return nil, fmt.Errorf("keyvault: key %q version %d: ciphertext is %d bytes, the modulus %d: %w", id, ver.number, len(ciphertext), priv.Size(), ErrInvalidArgument)
+	if len(ciphertext) != pub.Size() {
+		return nil, fmt.Errorf("keyvault: key %q version %d: ciphertext is %d bytes, the modulus %d: %w", id, ver.number, len(ciphertext), pub.Size(), ErrInvalidArgument)
 	}
 	if mode == DecryptRSAOAEPSHA256 {
-		plaintext, err := rsa.DecryptOAEP(sha256.New(), nil, priv, ciphertext, nil)
+		plaintext, err := key.decryptOAEP(ctx, ciphertext)
 		if err != nil {
 			return nil, fmt.Errorf("keyvault: key %q version %d: decryption failed: %w", id, ver.number, ErrInvalidArgument)
 		}
 		return plaintext, nil
 	}
-	premaster, err := decryptPremaster(priv, ciphertext, expectedClientVersion)
+	premaster, err := decryptPremaster(ctx, pub, key, ciphertext, expectedClientVersion)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: key %q version %d: %w", id, ver.number, err)
 	}
 	return premaster, nil
+}
+
+// rsaPrivate is the private-key part of RSA decryption, which differs by
+// where the key is: in memory (softwareRSA) or in a backend that does the
+// raw RSA operation only (rawRSA), where the vault removes the padding
+// itself. What both share for a premaster, the substitute and the checks,
+// is decryptPremaster's.
+type rsaPrivate interface {
+	// decryptOAEP decrypts RSA-OAEP with SHA-256 and an empty label. Every
+	// invalid ciphertext fails with the same error, after the same work.
+	decryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error)
+	// rejectionKDK returns the key-derivation key of the substitute for
+	// ciphertext: a function of ciphertext and a secret of the key.
+	rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error)
+	// decryptSessionKey overwrites key with the message of ciphertext
+	// (below the modulus) if its PKCS #1 v1.5 padding is valid and the
+	// message len(key) bytes long, in constant time, and leaves key as it
+	// is otherwise. Its errors depend on public values only.
+	decryptSessionKey(ctx context.Context, ciphertext, key []byte) error
+}
+
+// rsaPrivateOf returns the premaster decryption of an RSA key.
+func rsaPrivateOf(key crypto.Signer) (rsaPrivate, bool) {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return softwareRSA{k}, true
+	case RawRSAKey:
+		return rawRSA{k}, true
+	}
+	return nil, false
 }
 
 // decryptPremaster is the server's side of RFC 5246 §7.4.7.1. A server that
@@ -124,13 +157,19 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 // else a substitute, and the handshake then fails at Finished as for any
 // wrong premaster.
 //
-// The substitute is derived from the ciphertext and the private key
+// The substitute is derived from the ciphertext and a secret of the key
 // (rejectionSubstitute), not drawn at random: a random one would differ on
 // every query of the same bad ciphertext while a good one always yields the
 // same premaster, so asking twice would tell them apart. Both outcomes take
-// the same path; nothing branches on secret data.
-func decryptPremaster(priv *rsa.PrivateKey, ciphertext []byte, clientVersion uint16) ([]byte, error) {
-	substitute := rejectionSubstitute(priv, ciphertext)
+// the same path, with the same calls into the key's backend; nothing
+// branches on secret data.
+func decryptPremaster(ctx context.Context, pub *rsa.PublicKey, key rsaPrivate, ciphertext []byte, clientVersion uint16) ([]byte, error) {
+	kdk, err := key.rejectionKDK(ctx, ciphertext)
+	if err != nil {
+		return nil, fmt.Errorf("implicit rejection key: %w", err)
+	}
+	substitute := rejectionSubstitute(kdk)
+	clear(kdk)
 	defer clear(substitute)
 	premaster := bytes.Clone(substitute)
 
@@ -138,13 +177,10 @@ func decryptPremaster(priv *rsa.PrivateKey, ciphertext []byte, clientVersion uin
 	// decryption reports as an error. The modulus is public, so this check
 	// leaks nothing; such a ciphertext gets the substitute like any other
 	// bad one.
-	if new(big.Int).SetBytes(ciphertext).Cmp(priv.N) >= 0 {
+	if new(big.Int).SetBytes(ciphertext).Cmp(pub.N) >= 0 {
 		return premaster, nil
 	}
-	// DecryptPKCS1v15SessionKey overwrites premaster only if the padding is
-	// valid and the message 48 bytes long, in constant time. Its errors
-	// depend on public values only (key size, FIPS 140-only mode).
-	if err := rsa.DecryptPKCS1v15SessionKey(nil, priv, ciphertext, premaster); err != nil {
+	if err := key.decryptSessionKey(ctx, ciphertext, premaster); err != nil {
 		return nil, fmt.Errorf("rsa decryption: %w", err)
 	}
 	if clientVersion != 0 {
@@ -158,28 +194,148 @@ func decryptPremaster(priv *rsa.PrivateKey, ciphertext []byte, clientVersion uin
 	return premaster, nil
 }
 
+// softwareRSA decrypts with a private key in memory.
+type softwareRSA struct{ priv *rsa.PrivateKey }
+
+// rejectionKDK is KDK = HMAC-SHA256(SHA256(I2OSP(d, k)), ciphertext), the
+// key-derivation key of draft-irtf-cfrg-rsa-guidance §7.1 (as OpenSSL 3.2
+// computes it).
+func (k softwareRSA) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	d := k.priv.D.FillBytes(make([]byte, k.priv.Size()))
+	dh := sha256.Sum256(d)
+	clear(d)
+	mac := hmac.New(sha256.New, dh[:])
+	clear(dh[:])
+	mac.Write(ciphertext)
+	return mac.Sum(nil), nil
+}
+
+// decryptSessionKey is crypto/rsa's, which keeps the padding check in
+// constant time. Its errors depend on public values only (key size, FIPS
+// 140-only mode).
+func (k softwareRSA) decryptSessionKey(ctx context.Context, ciphertext, key []byte) error {
+	return rsa.DecryptPKCS1v15SessionKey(nil, k.priv, ciphertext, key)
+}
+
+func (k softwareRSA) decryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	return rsa.DecryptOAEP(sha256.New(), nil, k.priv, ciphertext, nil)
+}
+
+// rawRSA decrypts with a key of a backend that gives the raw RSA
+// operation and keeps the rejection secret (an HMAC key) inside it: the
+// private exponent is not available, so the KDK is HMAC-SHA256 under that
+// secret instead. The padding is removed here, not by the backend, whose
+// own PKCS #1 v1.5 decryption would report bad padding.
+type rawRSA struct{ key RawRSAKey }
+
+func (k rawRSA) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	return k.key.RejectionKDK(ctx, ciphertext)
+}
+
+func (k rawRSA) decryptOAEP(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	em, err := k.key.DecryptRaw(ctx, ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(em)
+	if len(em) != len(ciphertext) {
+		return nil, fmt.Errorf("the backend's raw RSA gave %d bytes, not %d", len(em), len(ciphertext))
+	}
+	return unpadOAEP(em)
+}
+
+var errOAEP = errors.New("rsa-oaep decryption error")
+
+// unpadOAEP is EME-OAEP decoding (RFC 8017 §7.1.2 step 3) with SHA-256,
+// MGF1-SHA-256 and an empty label, of em, which it overwrites. As crypto/rsa
+// does, it checks the leading zero, the label hash and the 0x01 separator
+// without branching on any of them and reports every failure alike, so that
+// a caller cannot tell which one it was (Manger 2001).
+func unpadOAEP(em []byte) ([]byte, error) {
+	const hLen = sha256.Size
+	if len(em) < 2*hLen+2 {
+		return nil, errOAEP
+	}
+	lHash := sha256.Sum256(nil)
+	seed, db := em[1:1+hLen], em[1+hLen:]
+	mgf1XOR(seed, db)
+	mgf1XOR(db, seed)
+	valid := subtle.ConstantTimeByteEq(em[0], 0) & subtle.ConstantTimeCompare(db[:hLen], lHash[:])
+	// db[hLen:] is PS (zeros) || 0x01 || M: find the first nonzero byte,
+	// which must be 0x01, looking at every byte.
+	looking, index, invalid := 1, 0, 0
+	rest := db[hLen:]
+	for i, b := range rest {
+		isZero, isOne := subtle.ConstantTimeByteEq(b, 0), subtle.ConstantTimeByteEq(b, 1)
+		index = subtle.ConstantTimeSelect(looking&isOne, i, index)
+		looking = subtle.ConstantTimeSelect(isOne, 0, looking)
+		invalid = subtle.ConstantTimeSelect(looking&^isZero, 1, invalid)
+	}
+	if valid&^invalid&^looking != 1 {
+		return nil, errOAEP
+	}
+	return bytes.Clone(rest[index+1:]), nil
+}
+
+// mgf1XOR XORs out with MGF1-SHA-256 of seed (RFC 8017 §B.2.1).
+func mgf1XOR(out, seed []byte) {
+	var counter [4]byte
+	h := sha256.New()
+	for done := 0; done < len(out); {
+		h.Reset()
+		h.Write(seed)
+		h.Write(counter[:])
+		block := h.Sum(nil)
+		done += subtle.XORBytes(out[done:], out[done:], block)
+		binary.BigEndian.PutUint32(counter[:], binary.BigEndian.Uint32(counter[:])+1)
+	}
+}
+
+func (k rawRSA) decryptSessionKey(ctx context.Context, ciphertext, key []byte) error {
+	em, err := k.key.DecryptRaw(ctx, ciphertext)
+	if err != nil {
+		return err
+	}
+	defer clear(em)
+	if len(em) != len(ciphertext) {
+		return fmt.Errorf("the backend's raw RSA gave %d bytes, not %d", len(em), len(ciphertext))
+	}
+	return unpadSessionKey(em, key)
+}
+
+// unpadSessionKey copies the message of em, a PKCS #1 v1.5 encryption block
+// (RFC 8017 §7.2.2 step 3: 0x00 || 0x02 || PS || 0x00 || M, PS at least 8
+// nonzero bytes), into key if the block is valid and M len(key) bytes long,
+// and leaves key as it is otherwise. It looks at every byte of em whatever
+// they hold and branches on none of them, as crypto/rsa's
+// DecryptPKCS1v15SessionKey does: with the message length fixed, the zero
+// separator must be at len(em)-len(key)-1 and every byte between em[2] and
+// it nonzero. The error is for lengths, which are public.
+func unpadSessionKey(em, key []byte) error {
+	sep := len(em) - len(key) - 1
+	if sep < 2+8 {
+		return fmt.Errorf("a %d-byte RSA block cannot hold a %d-byte message: %w", len(em), len(key), ErrInvalidArgument)
+	}
+	valid := subtle.ConstantTimeByteEq(em[0], 0) & subtle.ConstantTimeByteEq(em[1], 2) & subtle.ConstantTimeByteEq(em[sep], 0)
+	for _, b := range em[2:sep] {
+		valid &= 1 ^ subtle.ConstantTimeByteEq(b, 0)
+	}
+	subtle.ConstantTimeCopy(valid, key, em[sep+1:])
+	return nil
+}
+
 // rejectionLabel names what the substitute is for, so that it is unrelated
 // to any other value derived from the same key-derivation key.
 var rejectionLabel = []byte("handshaked TLS premaster implicit rejection")
 
 // rejectionSubstitute returns the 48 bytes a bad ciphertext decrypts to:
 // the implicit-rejection construction of draft-irtf-cfrg-rsa-guidance §7.1
-// (as OpenSSL 3.2 implements it), with the TLS premaster's fixed length.
-// The key-derivation key is KDK = HMAC-SHA256(SHA256(I2OSP(d, k)),
-// ciphertext), a secret of the key and a function of the ciphertext, and
-// the substitute is IRPRF(KDK, label, 384 bits): blocks
-// HMAC-SHA256(KDK, I2OSP(i, 2) || label || I2OSP(384, 2)). It is computed for
-// every ciphertext, valid or not, so its cost says nothing about validity.
-func rejectionSubstitute(priv *rsa.PrivateKey, ciphertext []byte) []byte {
-	d := priv.D.FillBytes(make([]byte, priv.Size()))
-	dh := sha256.Sum256(d)
-	clear(d)
-	mac := hmac.New(sha256.New, dh[:])
-	clear(dh[:])
-	mac.Write(ciphertext)
-	kdk := mac.Sum(nil)
-	defer clear(kdk)
-
+// (as OpenSSL 3.2 implements it), with the TLS premaster's fixed length,
+// from the key-derivation key of the ciphertext (rsaPrivate.rejectionKDK):
+// IRPRF(KDK, label, 384 bits), blocks HMAC-SHA256(KDK, I2OSP(i, 2) || label
+// || I2OSP(384, 2)). It is computed for every ciphertext, valid or not, so
+// its cost says nothing about validity.
+func rejectionSubstitute(kdk []byte) []byte {
 	const bits = premasterLen * 8
 	prf := hmac.New(sha256.New, kdk)
 	out := make([]byte, 0, 2*sha256.Size)

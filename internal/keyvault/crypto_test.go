@@ -220,7 +220,8 @@ func BenchmarkDecryptPremasterRSA2048(b *testing.B) {
 	})
 	b.Run("substitute-only", func(b *testing.B) {
 		for b.Loop() {
-			rejectionSubstitute(priv, ct)
+			kdk, _ := softwareRSA{priv}.rejectionKDK(ctx, ct)
+			rejectionSubstitute(kdk)
 		}
 	})
 	b.Run("vault", func(b *testing.B) {

@@ -70,20 +70,20 @@ func newTestVault(tb testing.TB) (*Vault, string) {
 	return openTestVault(tb, path, testKEK), path
 }
 
-func openTestVault(tb testing.TB, path string, kek []byte) *Vault {
+func openTestVault(tb testing.TB, path string, kek []byte, opts ...Option) *Vault {
 	tb.Helper()
-	v, err := openVault(path, kek)
+	v, err := openVault(path, kek, opts...)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { v.Close() })
 	return v
 }
 
-func openVault(path string, kek []byte) (*Vault, error) {
+func openVault(path string, kek []byte, opts ...Option) (*Vault, error) {
 	store, err := OpenBolt(path)
 	if err != nil {
 		return nil, err
 	}
-	v, err := New(ctx, store, kek)
+	v, err := New(ctx, store, kek, opts...)
 	if err != nil {
 		return nil, errors.Join(err, store.Close())
 	}

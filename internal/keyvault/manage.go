@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"time"
 	"unicode"
@@ -65,19 +66,51 @@ func validateLabels(labels map[string]string) error {
 }
 
 // Create makes key id with one version of a new private key of alg,
-// generated in the vault.
+// generated in the vault's software backend.
 func (v *Vault) Create(ctx context.Context, id string, alg Algorithm, labels map[string]string) (*Key, error) {
+	return v.CreateInBackend(ctx, BackendSoftware, id, alg, labels)
+}
+
+// CreateInBackend makes key id with one version of a new private key of
+// alg, generated inside the key backend of that name (see WithBackend); its
+// later versions (Rotate) are generated there too. A backend this vault was
+// not given fails with ErrFailedPrecondition.
+func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, alg Algorithm, labels map[string]string) (*Key, error) {
 	if err := v.checkNew(id, labels); err != nil {
 		return nil, err
 	}
 	if !alg.valid() {
 		return nil, fmt.Errorf("keyvault: algorithm %v: %w", alg, ErrInvalidArgument)
 	}
-	signer, err := generateKey(alg)
+	b, err := v.backend(backend)
 	if err != nil {
 		return nil, err
 	}
-	return v.add(ctx, id, labels, signer, alg, false)
+	handle, signer, err := b.Generate(ctx, alg, versionLabel(id, 1))
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: key %q: %w", id, err)
+	}
+	defer clear(handle)
+	k, err := v.add(ctx, id, labels, backend, handle, signer, alg, false)
+	if err != nil {
+		return nil, destroyUnstored(ctx, b, signer, err)
+	}
+	return k, nil
+}
+
+// destroyUnstored destroys a key that a backend generated but the vault
+// failed to store, so that it does not linger in an HSM with no record
+// naming it, and returns err.
+func destroyUnstored(ctx context.Context, b KeyBackend, key crypto.Signer, err error) error {
+	if derr := b.Destroy(ctx, key); derr != nil {
+		return fmt.Errorf("%w (and destroying the key generated in the %s backend failed: %v)", err, b.Name(), derr)
+	}
+	return err
+}
+
+// versionLabel names a key version inside a backend, for an operator.
+func versionLabel(id string, version uint32) string {
+	return fmt.Sprintf("handshaked/%s/%d", id, version)
 }
 
 // Import makes key id with one version holding the private key in pemBytes:
@@ -95,7 +128,12 @@ func (v *Vault) Import(ctx context.Context, id string, pemBytes []byte, labels m
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: import key %q: %w", id, err)
 	}
-	return v.add(ctx, id, labels, signer, alg, true)
+	handle, err := softwareHandle(signer)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(handle)
+	return v.add(ctx, id, labels, BackendSoftware, handle, signer, alg, true)
 }
 
 // checkNew validates the arguments of a new key and fails early if the id
@@ -122,14 +160,14 @@ func (v *Vault) absent(id string) error {
 	return err
 }
 
-// add stores a new key whose version 1 holds signer.
-func (v *Vault) add(ctx context.Context, id string, labels map[string]string, signer crypto.Signer, alg Algorithm, imported bool) (*Key, error) {
+// add stores a new key whose version 1 holds signer, a key of backend that
+// handle names.
+func (v *Vault) add(ctx context.Context, id string, labels map[string]string, backend string, handle []byte, signer crypto.Signer, alg Algorithm, imported bool) (*Key, error) {
 	now := time.Now().UTC()
-	ver, material, err := newVersion(1, signer, alg, imported, now)
+	ver, err := newVersion(1, backend, signer, alg, imported, now)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(material)
 	k := &keyState{id: id, createTime: now, versions: []*versionState{ver}}
 	if len(labels) > 0 {
 		k.labels = maps.Clone(labels)
@@ -144,7 +182,7 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, si
 	}
 	w := Write{Create: []Record{
 		keyRec, verRec,
-		v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, material),
+		v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, handle),
 	}}
 
 	v.writeMu.Lock()
@@ -160,30 +198,43 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, si
 }
 
 // Rotate adds a version to key id holding a new private key of the key's
-// algorithm, generated in the vault. It becomes the primary version; the
-// earlier ones keep working until disabled.
+// algorithm, generated in the backend of its primary version (the software
+// backend for an imported key). It becomes the primary version; the earlier
+// ones keep working until disabled.
 func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 	k, err := v.key(id)
 	if err != nil {
 		return nil, err
 	}
 	alg := k.versions[0].alg
-	// Generating an RSA key takes long; do it before taking writeMu.
-	signer, err := generateKey(alg)
+	b, err := v.backend(k.versions[len(k.versions)-1].backend)
 	if err != nil {
 		return nil, err
 	}
+	// Generating an RSA key takes long; do it before taking writeMu.
+	handle, signer, err := b.Generate(ctx, alg, versionLabel(id, uint32(len(k.versions))+1))
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: key %q: %w", id, err)
+	}
+	defer clear(handle)
+	key, err := v.rotate(ctx, id, b.Name(), handle, signer, alg)
+	if err != nil {
+		return nil, destroyUnstored(ctx, b, signer, err)
+	}
+	return key, nil
+}
 
+func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []byte, signer crypto.Signer, alg Algorithm) (*Key, error) {
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
-	if k, err = v.key(id); err != nil {
-		return nil, err
-	}
-	ver, material, err := newVersion(uint32(len(k.versions))+1, signer, alg, false, time.Now().UTC())
+	k, err := v.key(id)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(material)
+	ver, err := newVersion(uint32(len(k.versions))+1, backend, signer, alg, false, time.Now().UTC())
+	if err != nil {
+		return nil, err
+	}
 	next := k.withVersion(ver)
 	keyRec, err := v.sealKey(next)
 	if err != nil {
@@ -197,7 +248,7 @@ func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 		Put: []Record{keyRec},
 		Create: []Record{
 			verRec,
-			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, material),
+			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, handle),
 		},
 	}
 	if err := v.commit(ctx, w); err != nil {
@@ -313,5 +364,16 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 	}
 	nk := k.withVersion(next)
 	v.publish(nk)
+	if ver.signer != nil && next.signer == nil && ver.backend != BackendSoftware {
+		// The handle is erased, so the vault can never use the key again
+		// whatever happens here; a key the backend failed to destroy is
+		// left for the operator, named by its label.
+		if b, err := v.backend(ver.backend); err == nil {
+			if err := b.Destroy(ctx, ver.signer); err != nil {
+				slog.ErrorContext(ctx, "keyvault: the version is destroyed, but its key is left in the backend: remove it there",
+					"key", id, "version", ver.number, "backend", ver.backend, "label", versionLabel(id, ver.number), "err", err)
+			}
+		}
+	}
 	return nk.snapshot(), nil
 }

@@ -105,8 +105,8 @@ type keyRecord struct {
 	Versions uint32 `json:"versions"`
 }
 
-// versionRecord is the plaintext of a RecordVersion. The private key is in
-// the RecordMaterial, as PKCS #8 DER.
+// versionRecord is the plaintext of a RecordVersion. The private key, or
+// its backend's handle, is in the RecordMaterial.
 type versionRecord struct {
 	State      string    `json:"state"`
 	Algorithm  string    `json:"algorithm"`
@@ -114,6 +114,10 @@ type versionRecord struct {
 	CreateTime time.Time `json:"create_time"`
 	PublicKey  []byte    `json:"public_key"` // PKIX DER
 	Chain      [][]byte  `json:"chain,omitempty"`
+	// Backend names the KeyBackend whose handle the RecordMaterial holds:
+	// empty for the software backend (and every record written before
+	// backends), whose handle is the private key as PKCS #8 DER.
+	Backend string `json:"backend,omitempty"`
 }
 
 // manifestRecord is the plaintext of the RecordManifest: the store's

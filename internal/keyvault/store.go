@@ -18,8 +18,8 @@ const (
 	// RecordVersion holds a version's metadata: state, algorithm, public
 	// key, certificate chain.
 	RecordVersion
-	// RecordMaterial holds a version's private key. It is erased when the
-	// version is destroyed.
+	// RecordMaterial holds a version's private key, or its handle in a
+	// KeyBackend. It is erased when the version is destroyed.
 	RecordMaterial
 	// RecordManifest is the store's one manifest: the revision of the store
 	// and the revision and digest of every other record, rewritten in the

@@ -4,7 +4,9 @@
 //
 // Keys live in a Store as records sealed with AES-256-GCM under a
 // key-encryption key (KEK). The Vault opens every record at start and keeps
-// the parsed private keys in memory, so the hot path never unseals.
+// the keys ready, so the hot path never unseals: a software key parsed in
+// memory, a key of another KeyBackend (an HSM's, package keyvault/pkcs11)
+// loaded from the handle its record holds.
 package keyvault
 
 import (
@@ -29,6 +31,7 @@ type Version struct {
 	State      VersionState
 	Algorithm  Algorithm
 	Imported   bool
+	Backend    string // the KeyBackend holding the private key: BackendSoftware, "pkcs11", ...
 	CreateTime time.Time
 	PublicKey  crypto.PublicKey
 	Chain      [][]byte // attached certificate chain, DER, leaf first; nil if none
@@ -46,8 +49,9 @@ type Key struct {
 // Vault holds keys and performs operations with them. It is safe for
 // concurrent use.
 type Vault struct {
-	store  Store
-	sealer sealer
+	store    Store
+	sealer   sealer
+	backends map[string]KeyBackend // by name; never changes after New
 
 	// revision and entries are what the store's manifest says: the
 	// revision of the last commit and, for every record but the manifest,
@@ -82,11 +86,12 @@ type versionState struct {
 	state      VersionState
 	alg        Algorithm
 	imported   bool
+	backend    string
 	createTime time.Time
 	pubDER     []byte           // PKIX
 	pub        crypto.PublicKey // parsed from pubDER, apart from signer
 	chain      [][]byte
-	signer     crypto.Signer // nil once destroyed
+	signer     crypto.Signer // the backend's key; nil once destroyed
 }
 
 type recordEntry struct {
@@ -99,24 +104,31 @@ type recordEntry struct {
 // ErrWrongKEK; a record that does not open, does not fit, or is not the one
 // the store's manifest lists (an older copy spliced back) with ErrCorrupted
 // naming the record. On success the vault owns store and closes it in
-// Close; the caller keeps kek and should clear it.
-func New(ctx context.Context, store Store, kek []byte) (*Vault, error) {
-	return newVault(ctx, store, kek, true)
+// Close; the caller keeps kek and should clear it. A version held by a key
+// backend that opts do not give fails with ErrFailedPrecondition.
+func New(ctx context.Context, store Store, kek []byte, opts ...Option) (*Vault, error) {
+	return newVault(ctx, store, kek, true, opts)
 }
 
 // Open is New for a store that must already hold a vault: an empty store
 // fails with ErrEmptyStore and is left empty, so that a wrong path or a lost
 // disk does not silently become a new, empty vault.
-func Open(ctx context.Context, store Store, kek []byte) (*Vault, error) {
-	return newVault(ctx, store, kek, false)
+func Open(ctx context.Context, store Store, kek []byte, opts ...Option) (*Vault, error) {
+	return newVault(ctx, store, kek, false, opts)
 }
 
-func newVault(ctx context.Context, store Store, kek []byte, create bool) (*Vault, error) {
+func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []Option) (*Vault, error) {
 	s, err := newSealer(kek)
 	if err != nil {
 		return nil, err
 	}
-	v := &Vault{store: store, sealer: s, keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry)}
+	v := &Vault{
+		store: store, sealer: s, keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry),
+		backends: map[string]KeyBackend{BackendSoftware: softwareBackend{}},
+	}
+	for _, o := range opts {
+		o(v)
+	}
 	if err := v.load(ctx, create); err != nil {
 		return nil, err
 	}
@@ -230,7 +242,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 
 	ids := slices.Sorted(maps.Keys(keyRecords))
 	for _, id := range ids {
-		k, err := v.openKey(s, keyRecords[id], versionRecords)
+		k, err := v.openKey(ctx, s, keyRecords[id], versionRecords)
 		if err != nil {
 			return err
 		}
@@ -312,7 +324,7 @@ func (v *Vault) checkManifest(r Record, records []Record) error {
 
 // openKey opens a key record and its versions, removing what it uses from
 // versionRecords.
-func (v *Vault) openKey(s sealer, r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
+func (v *Vault) openKey(ctx context.Context, s sealer, r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
 	if err := validateID(r.ID); err != nil {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
@@ -334,7 +346,7 @@ func (v *Vault) openKey(s sealer, r Record, versionRecords map[RecordRef]Record)
 		ref.Kind = RecordMaterial
 		material, hasMaterial := versionRecords[ref]
 		delete(versionRecords, ref)
-		ver, err := v.openVersion(s, vr, material, hasMaterial)
+		ver, err := v.openVersion(ctx, s, vr, material, hasMaterial)
 		if err != nil {
 			return nil, err
 		}
@@ -343,7 +355,7 @@ func (v *Vault) openKey(s sealer, r Record, versionRecords map[RecordRef]Record)
 	return k, nil
 }
 
-func (v *Vault) openVersion(s sealer, r, material Record, hasMaterial bool) (*versionState, error) {
+func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, hasMaterial bool) (*versionState, error) {
 	var vr versionRecord
 	if err := s.openJSON(r, &vr); err != nil {
 		return nil, err
@@ -361,8 +373,9 @@ func (v *Vault) openVersion(s sealer, r, material Record, hasMaterial bool) (*ve
 	if err != nil {
 		return nil, corrupted
 	}
+	backendName := cmp.Or(vr.Backend, BackendSoftware)
 	ver := &versionState{
-		number: r.Version, state: state, alg: alg, imported: vr.Imported, createTime: vr.CreateTime,
+		number: r.Version, state: state, alg: alg, imported: vr.Imported, backend: backendName, createTime: vr.CreateTime,
 		pubDER: vr.PublicKey, pub: pub, chain: vr.Chain,
 	}
 	switch {
@@ -373,15 +386,21 @@ func (v *Vault) openVersion(s sealer, r, material Record, hasMaterial bool) (*ve
 	case !hasMaterial:
 		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)
 	}
-	der, err := s.open(material)
+	backend, err := v.backend(backendName)
+	if err != nil {
+		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, err)
+	}
+	handle, err := s.open(material)
 	if err != nil {
 		return nil, err
 	}
-	key, err := x509.ParsePKCS8PrivateKey(der)
-	clear(der)
-	signer, ok := key.(crypto.Signer)
-	if err != nil || !ok {
-		return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
+	signer, err := backend.Load(ctx, alg, handle)
+	clear(handle) // the private key, for the software backend
+	if err != nil {
+		if backendName == BackendSoftware {
+			return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
+		}
+		return nil, fmt.Errorf("keyvault: %v: load from the %s backend: %w", material.RecordRef, backendName, err)
 	}
 	if got, err := algorithmOf(signer); err != nil || got != alg || !publicKeyEqual(signer.Public(), pub) {
 		return nil, fmt.Errorf("keyvault: %v does not match its version record: %w", material.RecordRef, ErrCorrupted)
@@ -390,27 +409,23 @@ func (v *Vault) openVersion(s sealer, r, material Record, hasMaterial bool) (*ve
 	return ver, nil
 }
 
-// newVersion makes the state of a new enabled version holding signer, and
-// returns its private key as PKCS #8 DER, which the caller seals and clears.
-func newVersion(number uint32, signer crypto.Signer, alg Algorithm, imported bool, now time.Time) (*versionState, []byte, error) {
+// newVersion makes the state of a new enabled version holding signer, a
+// key of backend.
+func newVersion(number uint32, backend string, signer crypto.Signer, alg Algorithm, imported bool, now time.Time) (*versionState, error) {
 	pubDER, err := x509.MarshalPKIXPublicKey(signer.Public())
 	if err != nil {
-		return nil, nil, fmt.Errorf("keyvault: encode public key: %w", err)
+		return nil, fmt.Errorf("keyvault: encode public key: %w", err)
 	}
 	// A copy of its own, so no snapshot's PublicKey aliases the private key.
 	pub, err := x509.ParsePKIXPublicKey(pubDER)
 	if err != nil {
-		return nil, nil, fmt.Errorf("keyvault: decode public key: %w", err)
-	}
-	material, err := x509.MarshalPKCS8PrivateKey(signer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("keyvault: encode private key: %w", err)
+		return nil, fmt.Errorf("keyvault: decode public key: %w", err)
 	}
 	ver := &versionState{
-		number: number, state: StateEnabled, alg: alg, imported: imported, createTime: now,
+		number: number, state: StateEnabled, alg: alg, imported: imported, backend: backend, createTime: now,
 		pubDER: pubDER, pub: pub, signer: signer,
 	}
-	return ver, material, nil
+	return ver, nil
 }
 
 func publicKeyEqual(a, b crypto.PublicKey) bool {
@@ -427,7 +442,7 @@ func (v *Vault) sealKey(k *keyState) (Record, error) {
 func (v *Vault) sealVersion(id string, ver *versionState) (Record, error) {
 	return v.sealer.sealJSON(RecordRef{Kind: RecordVersion, ID: id, Version: ver.number}, versionRecord{
 		State: ver.state.String(), Algorithm: ver.alg.String(), Imported: ver.imported,
-		CreateTime: ver.createTime, PublicKey: ver.pubDER, Chain: ver.chain,
+		Backend: backendField(ver.backend), CreateTime: ver.createTime, PublicKey: ver.pubDER, Chain: ver.chain,
 	})
 }
 
@@ -556,7 +571,7 @@ func (k *keyState) snapshot() *Key {
 	}
 	for i, ver := range k.versions {
 		key.Versions[i] = Version{
-			Number: ver.number, State: ver.state, Algorithm: ver.alg, Imported: ver.imported,
+			Number: ver.number, State: ver.state, Algorithm: ver.alg, Imported: ver.imported, Backend: ver.backend,
 			CreateTime: ver.createTime, PublicKey: ver.pub, Chain: cloneChain(ver.chain),
 		}
 	}

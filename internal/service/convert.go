@@ -34,6 +34,27 @@ func algorithmFromProto(a pb.Algorithm) (keyvault.Algorithm, error) {
 	return 0, invalid("algorithm: %v is not a supported algorithm", a)
 }
 
+// backendFromProto names the vault's key backend for b.
+func backendFromProto(b pb.KeyBackend) (string, error) {
+	switch b {
+	case pb.KeyBackend_KEY_BACKEND_UNSPECIFIED, pb.KeyBackend_KEY_BACKEND_SOFTWARE:
+		return keyvault.BackendSoftware, nil
+	case pb.KeyBackend_KEY_BACKEND_PKCS11:
+		return keyvault.BackendPKCS11, nil
+	}
+	return "", invalid("backend: %v is not a key backend", b)
+}
+
+func backendToProto(name string) pb.KeyBackend {
+	switch name {
+	case keyvault.BackendSoftware:
+		return pb.KeyBackend_KEY_BACKEND_SOFTWARE
+	case keyvault.BackendPKCS11:
+		return pb.KeyBackend_KEY_BACKEND_PKCS11
+	}
+	return pb.KeyBackend_KEY_BACKEND_UNSPECIFIED
+}
+
 func algorithmToProto(a keyvault.Algorithm) pb.Algorithm {
 	switch a {
 	case keyvault.RSA2048:
@@ -93,6 +114,7 @@ func keyToProto(k *keyvault.Key) *pb.Key {
 			Imported:         v.Imported,
 			CreateTime:       timestamppb.New(v.CreateTime),
 			CertificateChain: v.Chain,
+			Backend:          backendToProto(v.Backend),
 		})
 	}
 	return out

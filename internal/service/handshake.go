@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -52,6 +53,7 @@ type Handshake struct {
 	keys     vaultKeyOps
 	sessions *sessionStore
 	metrics  *handshakeMetrics
+	tracer   trace.Tracer
 	// authorize checks that the caller may still use a session's keys, by
 	// the policy in force at each step; nil: no policy.
 	authorize func(ctx context.Context, keys []target) error
@@ -64,10 +66,17 @@ func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handsha
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
 	return &Handshake{
 		vault:    vault,
-		keys:     vaultKeyOps{vault: vault, keys: newKeyMetrics(nil)},
+		keys:     vaultKeyOps{vault: vault, tracer: noTracer, metrics: newKeyMetrics(nil)},
 		sessions: newSessionStore(opts, metrics),
 		metrics:  metrics,
+		tracer:   noTracer,
 	}
+}
+
+// setTracerProvider turns tracing on: see handshake_trace.go.
+func (h *Handshake) setTracerProvider(tp trace.TracerProvider) {
+	h.tracer = tp.Tracer(tracerName)
+	h.keys.tracer = h.tracer
 }
 
 // session is one handshake held between unary calls. Its engine state is
@@ -77,6 +86,7 @@ type session struct {
 	keys      []target // the keys the start named, for authorize
 	expires   time.Time
 	expiry    *time.Timer
+	span      trace.Span // of the whole handshake, ended with it
 
 	mu    sync.Mutex
 	hs    *engine.Handshake // nil once complete or failed
@@ -118,13 +128,13 @@ func (st *sessionStore) count(delta int) {
 	st.mu.Unlock()
 }
 
-func (st *sessionStore) add(owner string, keys []target, hs *engine.Handshake) (*session, error) {
+func (st *sessionStore) add(owner string, keys []target, hs *engine.Handshake, span trace.Span) (*session, error) {
 	if !st.slots.acquire(owner, 1) {
 		return nil, errTooManySessions
 	}
 	b := make([]byte, 16)
 	rand.Read(b)
-	s := &session{id: hex.EncodeToString(b), owner: owner, keys: keys, expires: time.Now().Add(st.ttl), hs: hs}
+	s := &session{id: hex.EncodeToString(b), owner: owner, keys: keys, expires: time.Now().Add(st.ttl), hs: hs, span: span}
 	st.mu.Lock()
 	// A session leaves the store when it expires, not at some later
 	// call: its slot, its input and the gauge follow at once.
@@ -161,6 +171,9 @@ func (st *sessionStore) remove(s *session) {
 	st.count(-1)
 	st.slots.release(s.owner, 1)
 	s.mu.Lock()
+	if s.hs != nil { // still running: expired or aborted
+		endHandshakeSpan(s.span, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
+	}
 	s.hs = nil
 	st.drop(s.owner, &s.input)
 	s.mu.Unlock()
@@ -221,8 +234,12 @@ func (h *Handshake) start(ctx context.Context, req *pb.StartHandshakeRequest) (*
 	return hs, nil
 }
 
-// step runs one engine step and converts its outcome.
-func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, input []byte) *pb.HandshakeStep {
+// step runs one engine step and converts its outcome. ctx carries the
+// handshake's span; the step's span is its child.
+func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, input []byte, opts ...trace.SpanStartOption) *pb.HandshakeStep {
+	handshake := trace.SpanFromContext(ctx)
+	ctx, span := h.tracer.Start(ctx, "handshake.step", opts...)
+	defer span.End()
 	begin := time.Now()
 	res := hs.Step(ctx, h.keys, input)
 	h.metrics.stepSeconds.Observe(time.Since(begin).Seconds())
@@ -234,6 +251,7 @@ func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, i
 	case engine.Failed:
 		h.metrics.failed(res.AlertDescription)
 	}
+	traceStep(span, handshake, &res, input, sess)
 	return stepToProto(id, &res, input, sess)
 }
 
@@ -259,9 +277,13 @@ func (h *Handshake) stepSession(ctx context.Context, s *session, input []byte) (
 	if err := h.sessions.take(s.owner, &s.input, len(input)); err != nil {
 		return nil, err
 	}
-	out := h.step(ctx, s.id, s.hs, input)
+	// The step belongs to the session's trace; the call that carried it
+	// is linked.
+	call := trace.LinkFromContext(ctx)
+	out := h.step(trace.ContextWithSpan(ctx, s.span), s.id, s.hs, input, trace.WithLinks(call))
 	out.ExpireTime = timestamppb.New(s.expires)
 	if out.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
+		endHandshakeSpan(s.span, out.GetState())
 		s.hs = nil // free the engine state; keep only the outcome
 		h.sessions.drop(s.owner, &s.input)
 		s.final = ended(out)
@@ -275,8 +297,10 @@ func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRe
 	if err != nil {
 		return nil, err
 	}
-	s, err := h.sessions.add(callerIdentity(ctx), handshakeKeys(req), hs)
+	_, span := h.startHandshakeSpan(ctx, "unary", req)
+	s, err := h.sessions.add(callerIdentity(ctx), handshakeKeys(req), hs, span)
 	if err != nil {
+		endHandshakeSpan(span, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
 		return nil, err
 	}
 	if len(req.GetInput()) == 0 {
@@ -357,6 +381,9 @@ func (h *Handshake) Stream(stream pb.Handshake_StreamServer) error {
 		return err
 	}
 	defer release()
+	ctx, span := h.startHandshakeSpan(ctx, "stream", start)
+	state := pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED // ended before an outcome
+	defer func() { endHandshakeSpan(span, state) }()
 	var held int64
 	defer h.sessions.drop(owner, &held)
 	input := start.GetInput()
@@ -366,6 +393,7 @@ func (h *Handshake) Stream(stream pb.Handshake_StreamServer) error {
 				return err
 			}
 			out := h.step(ctx, "", hs, input)
+			state = out.GetState()
 			if err := stream.Send(out); err != nil {
 				return err
 			}

@@ -136,9 +136,15 @@ func gatewayMetadata(_ context.Context, r *http.Request) metadata.MD {
 	return md
 }
 
-// gatewayHeaderMatcher is the gateway's default header forwarding, except
-// that a REST caller cannot send the pipe's identity headers itself.
+// gatewayHeaderMatcher is the gateway's default header forwarding and the W3C
+// trace context headers, except that a REST caller cannot send the pipe's
+// identity headers itself.
 func gatewayHeaderMatcher(key string) (string, bool) {
+	// A REST caller's W3C trace context continues its trace in the gRPC
+	// server's spans, as a gRPC caller's does.
+	if k := strings.ToLower(key); k == "traceparent" || k == "tracestate" {
+		return k, true
+	}
 	name, ok := runtime.DefaultHeaderMatcher(key)
 	if !ok || strings.HasPrefix(strings.ToLower(name), "x-handshaked-") {
 		return "", false

@@ -75,8 +75,12 @@ func (s *KeyVault) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
+	backend, err := backendFromProto(req.GetBackend())
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	k, err := s.vault.Create(ctx, req.GetId(), alg, req.GetLabels())
+	k, err := s.vault.CreateInBackend(ctx, backend, req.GetId(), alg, req.GetLabels())
 	s.keys.changed(ctx, s.vault, "create", start, alg, "", 0, err)
 	return keyResult(ctx, k, err)
 }

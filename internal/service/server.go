@@ -18,6 +18,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -84,6 +87,10 @@ type Options struct {
 	// changes; 0 is DefaultReloadInterval, negative never (Reload still
 	// works).
 	ReloadInterval time.Duration
+	// TracerProvider, when set, traces every gRPC call (REST calls too:
+	// they pass through the gRPC server) and each handshake as one trace
+	// (handshake_trace.go). nil: no tracing, no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // New wires the API over vault.
@@ -101,6 +108,11 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.maxConns = opts.Limits.MaxConnections
+	if opts.TracerProvider != nil {
+		// W3C trace context from the caller: an edge's trace continues here.
+		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(opts.TracerProvider), otelgrpc.WithPropagators(propagation.TraceContext{}))))
+	}
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 	)...)
@@ -111,8 +123,11 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)
-	kv.keys, hs.keys.keys = keys, keys
+	kv.keys, hs.keys.metrics = keys, keys
 	pb.RegisterKeyVaultServer(s.grpc, kv)
+	if opts.TracerProvider != nil {
+		hs.setTracerProvider(opts.TracerProvider)
+	}
 	if opts.Policy != nil {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}

@@ -39,6 +39,13 @@ type Server struct {
 // Start starts a service with opts.
 func Start(t testing.TB, opts service.Options) *Server {
 	t.Helper()
+	return StartWithVault(t, opts)
+}
+
+// StartWithVault starts a service with opts on a vault with vaultOpts (key
+// backends).
+func StartWithVault(t testing.TB, opts service.Options, vaultOpts ...keyvault.Option) *Server {
+	t.Helper()
 	ctx := context.Background()
 	store, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "keys.db"))
 	if err != nil {
@@ -46,7 +53,7 @@ func Start(t testing.TB, opts service.Options) *Server {
 	}
 	kek := make([]byte, 32)
 	rand.Read(kek)
-	vault, err := keyvault.New(ctx, store, kek)
+	vault, err := keyvault.New(ctx, store, kek, vaultOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +119,25 @@ func (s *Server) ServerKey(t testing.TB, id, fixture, dnsName string) ServerKey 
 	if _, err := kv.ImportKey(ctx, &pb.ImportKeyRequest{Id: id, PrivateKeyPem: Fixture(t, fixture)}); err != nil {
 		t.Fatalf("import %s: %v", fixture, err)
 	}
+	return s.selfSigned(t, id, dnsName)
+}
+
+// CreateServerKey creates key id of alg in backend and attaches a
+// self-signed certificate for dnsName, issued inside the vault.
+func (s *Server) CreateServerKey(t testing.TB, id string, backend pb.KeyBackend, alg pb.Algorithm, dnsName string) ServerKey {
+	t.Helper()
+	kv := pb.NewKeyVaultClient(s.Conn)
+	if _, err := kv.CreateKey(context.Background(), &pb.CreateKeyRequest{Id: id, Algorithm: alg, Backend: backend}); err != nil {
+		t.Fatalf("create %v key in %v: %v", alg, backend, err)
+	}
+	return s.selfSigned(t, id, dnsName)
+}
+
+// selfSigned attaches to key id a self-signed certificate for dnsName.
+func (s *Server) selfSigned(t testing.TB, id, dnsName string) ServerKey {
+	t.Helper()
+	ctx := context.Background()
+	kv := pb.NewKeyVaultClient(s.Conn)
 	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,

@@ -6,6 +6,11 @@
 //
 //	handshake-edge -listen 127.0.0.1:8443 -handshaked 127.0.0.1:7070 -key dev-rsa
 //	curl -k https://127.0.0.1:8443/
+//
+// Every flag can be set by an environment variable instead, HANDSHAKE_EDGE_
+// and the flag's name in capitals with _ for -: HANDSHAKE_EDGE_LISTEN,
+// HANDSHAKE_EDGE_KEY=a,b. It logs JSON lines (-log-format text for
+// key=value) at -log-level and above, grpc-go's own lines among them.
 package main
 
 import (
@@ -26,17 +31,26 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
+
 	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/buildinfo"
+	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/grpckeepalive"
+	"github.com/handshaked/handshaked/internal/logging"
+	"github.com/handshaked/handshaked/internal/tracing"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	routeGRPC = logging.RouteGRPC
 	err := run(ctx, os.Args[1:], os.Stderr, nil)
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersionShown) {
 		return
@@ -58,15 +72,42 @@ type options struct {
 	clientHelloTimeout            time.Duration
 	maxHandshakes, maxPending     int
 	version                       bool
+	trace                         *tracing.Options
 }
 
 // errVersionShown ends run after -version printed the build: main exits 0.
 var errVersionShown = errors.New("version shown")
 
+// envPrefix starts the environment variables that set flags: -handshaked-ca
+// is HANDSHAKE_EDGE_HANDSHAKED_CA. A flag on the command line wins.
+const envPrefix = "HANDSHAKE_EDGE_"
+
+// notFromEnv are the flags only a command line gives: a
+// HANDSHAKE_EDGE_VERSION left in an environment must not turn the edge into
+// a command that prints its version and exits.
+var notFromEnv = []string{"version"}
+
+// routeGRPC sends grpc-go's log lines to the edge's logger. Only main sets
+// it: grpc-go has one logger per process, which tests running several
+// edges at once must leave alone.
+var routeGRPC = func(*slog.Logger) {}
+
 // run parses args and serves until ctx ends. ready, if set, is told the
 // listening address.
 func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Addr)) error {
 	var o options
+	fs, logOpts := newFlagSet(&o)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if _, err := flagenv.Apply(fs, envPrefix, os.LookupEnv, notFromEnv...); err != nil {
+		return err
+	}
+	return o.serve(ctx, fs, logOpts, logOut, ready)
+}
+
+// newFlagSet defines the edge's flags, to be parsed into o.
+func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs := flag.NewFlagSet("handshake-edge", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8443", "TCP `address` to accept TLS clients on")
 	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
@@ -89,9 +130,12 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+	o.trace = tracing.AddFlags(fs)
+	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
+}
+
+// serve runs the edge with the settings read into o.
+func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.Options, logOut io.Writer, ready func(net.Addr)) error {
 	if o.version {
 		fmt.Println("handshake-edge", buildinfo.Read())
 		return errVersionShown
@@ -103,19 +147,42 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	if err != nil {
 		return err
 	}
-	client, err := o.dial()
+	log, err := logging.New(logOut, *logOpts)
+	if err != nil {
+		return err
+	}
+	routeGRPC(log)
+	tp, err := tracing.Start(ctx, *o.trace, "handshake-edge", buildinfo.Read().Version, log)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		tp.Shutdown(sctx)
+	}()
+	var dialOpts []handshaked.Option
+	var edgeTracing trace.TracerProvider
+	if o.trace.Endpoint != "" {
+		// Each handshake is a span here, and its calls carry its trace
+		// to the service.
+		edgeTracing = tp
+		dialOpts = append(dialOpts, handshaked.WithDialOptions(grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(propagation.TraceContext{})))))
+	}
+	client, err := o.dial(dialOpts...)
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	log := slog.New(slog.NewTextHandler(logOut, nil))
 
 	inner, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return err
 	}
 	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
-		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log})
+		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log,
+		TracerProvider: edgeTracing})
 	defer l.Close()
 	log.Info("handshake-edge listening", "addr", l.Addr().String(), "handshaked", o.service, "backend", o.backend)
 	if ready != nil {
@@ -127,15 +194,15 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 	return serveEcho(ctx, l, o.idleTimeout, log)
 }
 
-func (o *options) dial() (*handshaked.Client, error) {
+func (o *options) dial(extra ...handshaked.Option) (*handshaked.Client, error) {
 	if o.caFile == "" && o.certFile == "" {
-		return handshaked.Dial(o.service, handshaked.WithInsecure(), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
+		return handshaked.Dial(o.service, append(extra, handshaked.WithInsecure(), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))...)
 	}
 	cfg, err := handshaked.TLSConfigFromFiles(o.caFile, o.certFile, o.keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return handshaked.Dial(o.service, handshaked.WithTLS(cfg), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))
+	return handshaked.Dial(o.service, append(extra, handshaked.WithTLS(cfg), handshaked.WithKeepalive(grpckeepalive.Interval, grpckeepalive.Timeout))...)
 }
 
 var versions = map[string]pb.TLSVersion{"1.2": pb.TLSVersion_TLS_VERSION_1_2, "1.3": pb.TLSVersion_TLS_VERSION_1_3}

@@ -45,14 +45,14 @@ func newFixture(t testing.TB) *fixture {
 }
 
 // start runs handshake-edge with args (plus -handshaked, -listen and the
-// keys, ECDSA first) and returns its address and log.
+// keys, ECDSA first) and returns its address and log, in text.
 func (f *fixture) start(t testing.TB, args ...string) (string, *testenv.Buffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	log := &testenv.Buffer{}
-	args = append([]string{"-handshaked", f.srv.GRPCAddr, "-listen", "127.0.0.1:0", "-key", f.ecdsa.ID, "-key", f.rsa.ID}, args...)
+	args = append([]string{"-handshaked", f.srv.GRPCAddr, "-listen", "127.0.0.1:0", "-key", f.ecdsa.ID, "-key", f.rsa.ID, "-log-format", "text"}, args...)
 	go func() { done <- run(ctx, args, log, func(a net.Addr) { addrc <- a }) }()
 	select {
 	case a := <-addrc:

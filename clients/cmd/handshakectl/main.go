@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"sort"
@@ -32,11 +33,13 @@ import (
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/buildinfo"
+	"github.com/handshaked/handshaked/internal/logging"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	routeGRPC = logging.RouteGRPC
 	os.Exit(report(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr), os.Stderr))
 }
 
@@ -109,7 +112,7 @@ func init() {
 	commands = map[string]command{
 		"list":         {"list [-json]: show the keys", cmdList},
 		"get":          {"get [-json] ID: show a key and its versions", cmdGet},
-		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519] [-label k=v] ID: create a key in the vault (default p256)", cmdCreate},
+		"create":       {"create [-algorithm rsa2048|rsa3072|rsa4096|p256|p384|p521|ed25519] [-backend software|pkcs11] [-label k=v] ID: create a key in the vault (default p256, software)", cmdCreate},
 		"import":       {"import -pem FILE [-label k=v] ID: import a private key into the vault", cmdImport},
 		"rotate":       {"rotate ID: add a new primary version", cmdRotate},
 		"enable":       {"enable ID VERSION: let a disabled version be used again", cmdEnable},
@@ -160,17 +163,41 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return runEnv(ctx, args, &env{stdin: stdin, stdout: stdout, stderr: stderr})
 }
 
-func runEnv(ctx context.Context, args []string, e *env) error {
+// globals are the flags before the command.
+type globals struct {
+	addr, ca, cert, key, serverName *string
+	timeout                         *time.Duration
+	version                         *bool
+	log                             *logging.Options
+}
+
+// newFlagSet defines the flags before the command.
+func newFlagSet() (*flag.FlagSet, globals) {
 	fs := flag.NewFlagSet("handshakectl", flag.ContinueOnError)
+	var g globals
+	g.addr = fs.String("handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
+	g.ca = fs.String("ca", "", "roots (`PEM`) for handshaked's certificate (default: plain text, for a loopback development instance)")
+	g.cert = fs.String("cert", "", "client certificate (`PEM`) for mutual TLS")
+	g.key = fs.String("key", "", "client certificate key (`PEM`)")
+	g.serverName = fs.String("server-name", "", "`name` handshaked's certificate must carry, when it is not the host of -handshaked (implies TLS)")
+	g.timeout = fs.Duration("timeout", 30*time.Second, "bound on each call")
+	g.version = fs.Bool("version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
+	// What handshakectl logs on stderr is gRPC's own diagnostics: only
+	// errors unless asked, as grpc-go does by default; a failed call's
+	// cause is in handshakectl's own message already.
+	g.log = logging.AddFlags(fs, slog.LevelError, logging.FormatText)
+	return fs, g
+}
+
+// routeGRPC sends grpc-go's log lines to handshakectl's logger. Only main
+// sets it: grpc-go has one logger per process, which tests running
+// commands at once must leave alone.
+var routeGRPC = func(*slog.Logger) {}
+
+func runEnv(ctx context.Context, args []string, e *env) error {
+	fs, g := newFlagSet()
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() { usage(e.stderr); fs.PrintDefaults() }
-	addr := fs.String("handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
-	ca := fs.String("ca", "", "roots (`PEM`) for handshaked's certificate (default: plain text, for a loopback development instance)")
-	cert := fs.String("cert", "", "client certificate (`PEM`) for mutual TLS")
-	key := fs.String("key", "", "client certificate key (`PEM`)")
-	serverName := fs.String("server-name", "", "`name` handshaked's certificate must carry, when it is not the host of -handshaked (implies TLS)")
-	timeout := fs.Duration("timeout", 30*time.Second, "bound on each call")
-	version := fs.Bool("version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	for _, f := range connFlags {
 		if v, ok := os.LookupEnv(f.env); ok {
 			if err := fs.Set(f.name, v); err != nil {
@@ -181,10 +208,15 @@ func runEnv(ctx context.Context, args []string, e *env) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *version || fs.Arg(0) == "version" {
+	if *g.version || fs.Arg(0) == "version" {
 		_, err := fmt.Fprintln(e.stdout, "handshakectl", buildinfo.Read())
 		return err
 	}
+	logger, err := logging.New(e.stderr, *g.log)
+	if err != nil {
+		return err
+	}
+	routeGRPC(logger)
 	if fs.NArg() == 0 {
 		usage(e.stderr)
 		return errors.New("no command")
@@ -194,21 +226,21 @@ func runEnv(ctx context.Context, args []string, e *env) error {
 		usage(e.stderr)
 		return fmt.Errorf("unknown command %q", fs.Arg(0))
 	}
-	opts := []handshaked.Option{handshaked.WithTimeout(*timeout), handshaked.WithRetries(2, 100*time.Millisecond)}
-	if (*cert == "") != (*key == "") {
+	opts := []handshaked.Option{handshaked.WithTimeout(*g.timeout), handshaked.WithRetries(2, 100*time.Millisecond)}
+	if (*g.cert == "") != (*g.key == "") {
 		return errors.New("-cert and -key go together")
 	}
-	if *ca == "" && *cert == "" && *serverName == "" {
+	if *g.ca == "" && *g.cert == "" && *g.serverName == "" {
 		opts = append(opts, handshaked.WithInsecure())
 	} else {
-		cfg, err := handshaked.TLSConfigFromFiles(*ca, *cert, *key)
+		cfg, err := handshaked.TLSConfigFromFiles(*g.ca, *g.cert, *g.key)
 		if err != nil {
 			return err
 		}
-		cfg.ServerName = *serverName
+		cfg.ServerName = *g.serverName
 		opts = append(opts, handshaked.WithTLS(cfg))
 	}
-	c, err := handshaked.Dial(*addr, opts...)
+	c, err := handshaked.Dial(*g.addr, opts...)
 	if err != nil {
 		return err
 	}
@@ -267,6 +299,9 @@ func printKey(w io.Writer, k *pb.Key) {
 		fmt.Fprintf(w, "  version %d\t%s\t%s", v.GetVersion(), alg, state)
 		if v.GetImported() {
 			fmt.Fprint(w, "\timported")
+		}
+		if v.GetBackend() == pb.KeyBackend_KEY_BACKEND_PKCS11 {
+			fmt.Fprint(w, "\tin pkcs11")
 		}
 		if n := len(v.GetCertificateChain()); n > 0 {
 			fmt.Fprintf(w, "\tchain of %d", n)
@@ -327,11 +362,15 @@ func cmdGet(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
+// backends are the -backend values of create.
+var backends = map[string]pb.KeyBackend{"software": pb.KeyBackend_KEY_BACKEND_SOFTWARE, "pkcs11": pb.KeyBackend_KEY_BACKEND_PKCS11}
+
 func cmdCreate(ctx context.Context, e *env, args []string) error {
-	var alg string
+	var alg, backend string
 	l := labels{}
 	fs, err := subcommand("create", e, args, 1, func(fs *flag.FlagSet) {
 		fs.StringVar(&alg, "algorithm", "p256", "rsa2048, rsa3072, rsa4096, p256, p384, p521 or ed25519")
+		fs.StringVar(&backend, "backend", "software", "software (sealed in the vault's store) or pkcs11 (inside the service's HSM, never extractable)")
 		fs.Var(l, "label", "`key=value` label (repeatable)")
 	})
 	if err != nil {
@@ -341,7 +380,11 @@ func cmdCreate(ctx context.Context, e *env, args []string) error {
 	if !ok {
 		return fmt.Errorf("create: unknown algorithm %q", alg)
 	}
-	k, err := e.client.CreateKey(ctx, fs.Arg(0), a, l)
+	b, ok := backends[backend]
+	if !ok {
+		return fmt.Errorf("create: unknown backend %q (software or pkcs11)", backend)
+	}
+	k, err := e.client.CreateKeyInBackend(ctx, fs.Arg(0), a, b, l)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ package edge
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -23,6 +24,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/engine/record"
@@ -69,6 +74,33 @@ type Config struct {
 	MaxPendingHandshakes int
 	// Logger receives failed handshakes (default slog.Default()).
 	Logger *slog.Logger
+	// TracerProvider, when set, makes each handshake an "edge.handshake"
+	// span whose trace the service's spans continue (give the Client's
+	// gRPC connection the OpenTelemetry stats handler to carry it).
+	TracerProvider trace.TracerProvider
+}
+
+// startSpan starts a handshake's span; without a TracerProvider it records
+// nothing.
+func (c *Config) startSpan(ctx context.Context, raw net.Conn) (context.Context, trace.Span) {
+	if c.TracerProvider == nil {
+		return ctx, trace.SpanFromContext(ctx) // a no-op span
+	}
+	return c.TracerProvider.Tracer("github.com/handshaked/handshaked/clients/go/edge").Start(ctx, "edge.handshake",
+		trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("client.address", raw.RemoteAddr().String())))
+}
+
+// endSpan ends it with the outcome: what was negotiated, or the error
+// (whose text holds no secret).
+func endSpan(span trace.Span, c *Conn, err error) {
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	} else {
+		st := c.ConnectionState()
+		span.SetAttributes(attribute.String("tls.version", tls.VersionName(st.Version)),
+			attribute.String("tls.cipher_suite", tls.CipherSuiteName(st.CipherSuite)), attribute.String("tls.server_name", st.ServerName))
+	}
+	span.End()
 }
 
 func (c *Config) timeout() time.Duration {
@@ -259,7 +291,9 @@ var handshakeBuffers = sync.Pool{New: func() any { return new([handshakeBufferLe
 
 // handshake runs the handshake through the service, hello (the client's
 // first flight) first, within deadline.
-func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time) (*Conn, error) {
+func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time) (c *Conn, err error) {
+	ctx, span := cfg.startSpan(ctx, raw)
+	defer func() { endSpan(span, c, err) }()
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	if err := raw.SetDeadline(deadline); err != nil {

@@ -275,6 +275,62 @@ func (DecryptMode) EnumDescriptor() ([]byte, []int) {
 	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{3}
 }
 
+// KeyBackend is where a key version's private key lives and its operations
+// happen.
+type KeyBackend int32
+
+const (
+	KeyBackend_KEY_BACKEND_UNSPECIFIED KeyBackend = 0
+	// Sealed in the vault's store under the key-encryption key and unsealed
+	// into the service's memory when it starts.
+	KeyBackend_KEY_BACKEND_SOFTWARE KeyBackend = 1
+	// Generated inside a PKCS#11 token (an HSM) as non-extractable; the store
+	// holds only its handle, an RFC 7512 URI. Needs a build with the pkcs11
+	// tag and the -pkcs11-* settings.
+	KeyBackend_KEY_BACKEND_PKCS11 KeyBackend = 2
+)
+
+// Enum value maps for KeyBackend.
+var (
+	KeyBackend_name = map[int32]string{
+		0: "KEY_BACKEND_UNSPECIFIED",
+		1: "KEY_BACKEND_SOFTWARE",
+		2: "KEY_BACKEND_PKCS11",
+	}
+	KeyBackend_value = map[string]int32{
+		"KEY_BACKEND_UNSPECIFIED": 0,
+		"KEY_BACKEND_SOFTWARE":    1,
+		"KEY_BACKEND_PKCS11":      2,
+	}
+)
+
+func (x KeyBackend) Enum() *KeyBackend {
+	p := new(KeyBackend)
+	*p = x
+	return p
+}
+
+func (x KeyBackend) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyBackend) Descriptor() protoreflect.EnumDescriptor {
+	return file_handshake_v1_keyvault_proto_enumTypes[4].Descriptor()
+}
+
+func (KeyBackend) Type() protoreflect.EnumType {
+	return &file_handshake_v1_keyvault_proto_enumTypes[4]
+}
+
+func (x KeyBackend) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyBackend.Descriptor instead.
+func (KeyBackend) EnumDescriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{4}
+}
+
 // Key is a named key with one or more versions.
 type Key struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -365,8 +421,10 @@ type KeyVersion struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Attached certificate chain, DER, leaf first.
 	CertificateChain [][]byte `protobuf:"bytes,6,rep,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Where the private key is and its operations happen.
+	Backend       KeyBackend `protobuf:"varint,7,opt,name=backend,proto3,enum=handshake.v1.KeyBackend" json:"backend,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KeyVersion) Reset() {
@@ -441,12 +499,23 @@ func (x *KeyVersion) GetCertificateChain() [][]byte {
 	return nil
 }
 
+func (x *KeyVersion) GetBackend() KeyBackend {
+	if x != nil {
+		return x.Backend
+	}
+	return KeyBackend_KEY_BACKEND_UNSPECIFIED
+}
+
 // CreateKeyRequest asks for a new key generated in the vault.
 type CreateKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Algorithm     Algorithm              `protobuf:"varint,2,opt,name=algorithm,proto3,enum=handshake.v1.Algorithm" json:"algorithm,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Algorithm Algorithm              `protobuf:"varint,2,opt,name=algorithm,proto3,enum=handshake.v1.Algorithm" json:"algorithm,omitempty"`
+	Labels    map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Where to generate the key (and its later versions). Unspecified: the
+	// software backend. A backend the instance is not configured with is
+	// FAILED_PRECONDITION.
+	Backend       KeyBackend `protobuf:"varint,4,opt,name=backend,proto3,enum=handshake.v1.KeyBackend" json:"backend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -500,6 +569,13 @@ func (x *CreateKeyRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *CreateKeyRequest) GetBackend() KeyBackend {
+	if x != nil {
+		return x.Backend
+	}
+	return KeyBackend_KEY_BACKEND_UNSPECIFIED
 }
 
 // ImportKeyRequest imports an existing private key.
@@ -1756,7 +1832,7 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\bversions\x18\x05 \x03(\v2\x18.handshake.v1.KeyVersionR\bversions\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x02\n" +
 	"\n" +
 	"KeyVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x123\n" +
@@ -1765,11 +1841,13 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\bimported\x18\x04 \x01(\bR\bimported\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12+\n" +
-	"\x11certificate_chain\x18\x06 \x03(\fR\x10certificateChain\"\xd8\x01\n" +
+	"\x11certificate_chain\x18\x06 \x03(\fR\x10certificateChain\x122\n" +
+	"\abackend\x18\a \x01(\x0e2\x18.handshake.v1.KeyBackendR\abackend\"\x8c\x02\n" +
 	"\x10CreateKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\talgorithm\x18\x02 \x01(\x0e2\x17.handshake.v1.AlgorithmR\talgorithm\x12B\n" +
-	"\x06labels\x18\x03 \x03(\v2*.handshake.v1.CreateKeyRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x03 \x03(\v2*.handshake.v1.CreateKeyRequest.LabelsEntryR\x06labels\x122\n" +
+	"\abackend\x18\x04 \x01(\x0e2\x18.handshake.v1.KeyBackendR\abackend\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +
@@ -1885,7 +1963,12 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\vDecryptMode\x12\x1c\n" +
 	"\x18DECRYPT_MODE_UNSPECIFIED\x10\x00\x12(\n" +
 	"$DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER\x10\x01\x12 \n" +
-	"\x1cDECRYPT_MODE_RSA_OAEP_SHA256\x10\x022\xc2\b\n" +
+	"\x1cDECRYPT_MODE_RSA_OAEP_SHA256\x10\x02*[\n" +
+	"\n" +
+	"KeyBackend\x12\x1b\n" +
+	"\x17KEY_BACKEND_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14KEY_BACKEND_SOFTWARE\x10\x01\x12\x16\n" +
+	"\x12KEY_BACKEND_PKCS11\x10\x022\xc2\b\n" +
 	"\bKeyVault\x12>\n" +
 	"\tCreateKey\x12\x1e.handshake.v1.CreateKeyRequest\x1a\x11.handshake.v1.Key\x12>\n" +
 	"\tImportKey\x12\x1e.handshake.v1.ImportKeyRequest\x1a\x11.handshake.v1.Key\x128\n" +
@@ -1915,91 +1998,94 @@ func file_handshake_v1_keyvault_proto_rawDescGZIP() []byte {
 	return file_handshake_v1_keyvault_proto_rawDescData
 }
 
-var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(Algorithm)(0),                                 // 0: handshake.v1.Algorithm
 	(KeyVersionState)(0),                           // 1: handshake.v1.KeyVersionState
 	(SignatureScheme)(0),                           // 2: handshake.v1.SignatureScheme
 	(DecryptMode)(0),                               // 3: handshake.v1.DecryptMode
-	(*Key)(nil),                                    // 4: handshake.v1.Key
-	(*KeyVersion)(nil),                             // 5: handshake.v1.KeyVersion
-	(*CreateKeyRequest)(nil),                       // 6: handshake.v1.CreateKeyRequest
-	(*ImportKeyRequest)(nil),                       // 7: handshake.v1.ImportKeyRequest
-	(*GetKeyRequest)(nil),                          // 8: handshake.v1.GetKeyRequest
-	(*ListKeysRequest)(nil),                        // 9: handshake.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),                       // 10: handshake.v1.ListKeysResponse
-	(*RotateKeyRequest)(nil),                       // 11: handshake.v1.RotateKeyRequest
-	(*EnableKeyVersionRequest)(nil),                // 12: handshake.v1.EnableKeyVersionRequest
-	(*DisableKeyVersionRequest)(nil),               // 13: handshake.v1.DisableKeyVersionRequest
-	(*DestroyKeyVersionRequest)(nil),               // 14: handshake.v1.DestroyKeyVersionRequest
-	(*GetPublicKeyRequest)(nil),                    // 15: handshake.v1.GetPublicKeyRequest
-	(*PublicKey)(nil),                              // 16: handshake.v1.PublicKey
-	(*AttachCertificateChainRequest)(nil),          // 17: handshake.v1.AttachCertificateChainRequest
-	(*CreateCertificateSigningRequestRequest)(nil), // 18: handshake.v1.CreateCertificateSigningRequestRequest
-	(*CertificateSigningRequest)(nil),              // 19: handshake.v1.CertificateSigningRequest
-	(*DecryptRequest)(nil),                         // 20: handshake.v1.DecryptRequest
-	(*DecryptResponse)(nil),                        // 21: handshake.v1.DecryptResponse
-	(*SignRequest)(nil),                            // 22: handshake.v1.SignRequest
-	(*SignStreamRequest)(nil),                      // 23: handshake.v1.SignStreamRequest
-	(*SignStreamResponse)(nil),                     // 24: handshake.v1.SignStreamResponse
-	(*Error)(nil),                                  // 25: handshake.v1.Error
-	(*SignResponse)(nil),                           // 26: handshake.v1.SignResponse
-	nil,                                            // 27: handshake.v1.Key.LabelsEntry
-	nil,                                            // 28: handshake.v1.CreateKeyRequest.LabelsEntry
-	nil,                                            // 29: handshake.v1.ImportKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),                  // 30: google.protobuf.Timestamp
+	(KeyBackend)(0),                                // 4: handshake.v1.KeyBackend
+	(*Key)(nil),                                    // 5: handshake.v1.Key
+	(*KeyVersion)(nil),                             // 6: handshake.v1.KeyVersion
+	(*CreateKeyRequest)(nil),                       // 7: handshake.v1.CreateKeyRequest
+	(*ImportKeyRequest)(nil),                       // 8: handshake.v1.ImportKeyRequest
+	(*GetKeyRequest)(nil),                          // 9: handshake.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),                        // 10: handshake.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),                       // 11: handshake.v1.ListKeysResponse
+	(*RotateKeyRequest)(nil),                       // 12: handshake.v1.RotateKeyRequest
+	(*EnableKeyVersionRequest)(nil),                // 13: handshake.v1.EnableKeyVersionRequest
+	(*DisableKeyVersionRequest)(nil),               // 14: handshake.v1.DisableKeyVersionRequest
+	(*DestroyKeyVersionRequest)(nil),               // 15: handshake.v1.DestroyKeyVersionRequest
+	(*GetPublicKeyRequest)(nil),                    // 16: handshake.v1.GetPublicKeyRequest
+	(*PublicKey)(nil),                              // 17: handshake.v1.PublicKey
+	(*AttachCertificateChainRequest)(nil),          // 18: handshake.v1.AttachCertificateChainRequest
+	(*CreateCertificateSigningRequestRequest)(nil), // 19: handshake.v1.CreateCertificateSigningRequestRequest
+	(*CertificateSigningRequest)(nil),              // 20: handshake.v1.CertificateSigningRequest
+	(*DecryptRequest)(nil),                         // 21: handshake.v1.DecryptRequest
+	(*DecryptResponse)(nil),                        // 22: handshake.v1.DecryptResponse
+	(*SignRequest)(nil),                            // 23: handshake.v1.SignRequest
+	(*SignStreamRequest)(nil),                      // 24: handshake.v1.SignStreamRequest
+	(*SignStreamResponse)(nil),                     // 25: handshake.v1.SignStreamResponse
+	(*Error)(nil),                                  // 26: handshake.v1.Error
+	(*SignResponse)(nil),                           // 27: handshake.v1.SignResponse
+	nil,                                            // 28: handshake.v1.Key.LabelsEntry
+	nil,                                            // 29: handshake.v1.CreateKeyRequest.LabelsEntry
+	nil,                                            // 30: handshake.v1.ImportKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),                  // 31: google.protobuf.Timestamp
 }
 var file_handshake_v1_keyvault_proto_depIdxs = []int32{
-	27, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
-	30, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	5,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
+	28, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
+	31, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	6,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
 	1,  // 3: handshake.v1.KeyVersion.state:type_name -> handshake.v1.KeyVersionState
 	0,  // 4: handshake.v1.KeyVersion.algorithm:type_name -> handshake.v1.Algorithm
-	30, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 6: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
-	28, // 7: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
-	29, // 8: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
-	4,  // 9: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
-	0,  // 10: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
-	3,  // 11: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
-	2,  // 12: handshake.v1.SignRequest.scheme:type_name -> handshake.v1.SignatureScheme
-	22, // 13: handshake.v1.SignStreamRequest.request:type_name -> handshake.v1.SignRequest
-	26, // 14: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
-	25, // 15: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
-	6,  // 16: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
-	7,  // 17: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
-	8,  // 18: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
-	9,  // 19: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
-	11, // 20: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
-	12, // 21: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
-	13, // 22: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
-	14, // 23: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
-	15, // 24: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
-	17, // 25: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
-	18, // 26: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
-	20, // 27: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
-	22, // 28: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
-	23, // 29: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
-	4,  // 30: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	4,  // 31: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	4,  // 32: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	10, // 33: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	4,  // 34: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	4,  // 35: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	4,  // 36: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	4,  // 37: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	16, // 38: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	4,  // 39: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	19, // 40: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	21, // 41: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	26, // 42: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	24, // 43: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
-	30, // [30:44] is the sub-list for method output_type
-	16, // [16:30] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	31, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 6: handshake.v1.KeyVersion.backend:type_name -> handshake.v1.KeyBackend
+	0,  // 7: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
+	29, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
+	4,  // 9: handshake.v1.CreateKeyRequest.backend:type_name -> handshake.v1.KeyBackend
+	30, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
+	5,  // 11: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
+	0,  // 12: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
+	3,  // 13: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
+	2,  // 14: handshake.v1.SignRequest.scheme:type_name -> handshake.v1.SignatureScheme
+	23, // 15: handshake.v1.SignStreamRequest.request:type_name -> handshake.v1.SignRequest
+	27, // 16: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
+	26, // 17: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
+	7,  // 18: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
+	8,  // 19: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
+	9,  // 20: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
+	10, // 21: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
+	12, // 22: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
+	13, // 23: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
+	14, // 24: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
+	15, // 25: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
+	16, // 26: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
+	18, // 27: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
+	19, // 28: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
+	21, // 29: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
+	23, // 30: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
+	24, // 31: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
+	5,  // 32: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	5,  // 33: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	5,  // 34: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	11, // 35: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	5,  // 36: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	5,  // 37: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 38: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 39: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	17, // 40: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	5,  // 41: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	20, // 42: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	22, // 43: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	27, // 44: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	25, // 45: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_keyvault_proto_init() }
@@ -2020,7 +2106,7 @@ func file_handshake_v1_keyvault_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_keyvault_proto_rawDesc), len(file_handshake_v1_keyvault_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -1,0 +1,63 @@
+//go:build pkcs11
+
+package pkcs11
+
+import (
+	"context"
+	"crypto"
+
+	"github.com/miekg/pkcs11"
+)
+
+// OpenedSessions is how many sessions b has opened.
+func OpenedSessions(b *Backend) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.open)
+}
+
+// KeyFlags reads CKA_SENSITIVE, CKA_EXTRACTABLE and CKA_TOKEN of key's
+// private object, and reports whether the token hands out its private
+// value (CKA_PRIVATE_EXPONENT or CKA_VALUE), which it must refuse.
+func KeyFlags(b *Backend, key crypto.Signer) (sensitive, extractable, token, valueRead bool, err error) {
+	tk := key.(interface{ base() *tokenKey }).base()
+	err = b.withSession(context.Background(), func(sh pkcs11.SessionHandle) error {
+		attrs, err := b.mod.ctx.GetAttributeValue(sh, tk.priv, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
+		})
+		if err != nil {
+			return err
+		}
+		sensitive, extractable, token = attrs[0].Value[0] == 1, attrs[1].Value[0] == 1, attrs[2].Value[0] == 1
+		for _, a := range []uint{pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_VALUE} {
+			if v, err := b.mod.ctx.GetAttributeValue(sh, tk.priv, []*pkcs11.Attribute{pkcs11.NewAttribute(a, nil)}); err == nil && len(v[0].Value) > 0 {
+				valueRead = true
+			}
+		}
+		return nil
+	})
+	return
+}
+
+// ObjectsWithID counts the token's objects with key's CKA_ID.
+func ObjectsWithID(b *Backend, key crypto.Signer) (int, error) {
+	tk := key.(interface{ base() *tokenKey }).base()
+	var n int
+	err := b.withSession(context.Background(), func(sh pkcs11.SessionHandle) error {
+		if err := b.mod.ctx.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, tk.id)}); err != nil {
+			return err
+		}
+		objs, _, err := b.mod.ctx.FindObjects(sh, 10)
+		b.mod.ctx.FindObjectsFinal(sh)
+		n = len(objs)
+		return err
+	})
+	return n, err
+}
+
+var ParseObjectURI = parseObjectURI
+
+type ObjectURI = objectURI
+
+// SlotOf is the slot ID of b's token.
+func SlotOf(b *Backend) uint { return b.slot }

@@ -1,0 +1,223 @@
+//go:build pkcs11
+
+// Package pkcs11 is the vault's PKCS #11 key backend: private keys are
+// generated inside a token (an HSM; SoftHSM in tests) as sensitive and
+// non-extractable, and the vault's store holds only their handle, an RFC
+// 7512 URI. It also wraps the vault's key-encryption key under a key of the
+// token, so that no plaintext KEK is on disk (an HSM-held KEK).
+//
+// It needs cgo (the module is a C library, loaded with dlopen), so it is
+// built only with the pkcs11 build tag; the default build stays static and
+// cgo-free.
+package pkcs11
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Config says which token to use and how to log in.
+type Config struct {
+	// Module is the path of the token's PKCS #11 library, e.g.
+	// /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so.
+	Module string
+	// TokenLabel selects the token by its label. If empty, Slot does.
+	TokenLabel string
+	// Slot selects the token by slot ID when TokenLabel is empty.
+	Slot uint
+	// PIN is the user PIN. Read it from a file or the environment, never a
+	// command-line flag (which every user of the host sees in ps).
+	PIN string
+	// Sessions caps the pooled sessions (default 8): concurrent operations
+	// each take one, so they do not serialise on a single session.
+	Sessions int
+}
+
+const defaultSessions = 8
+
+// Backend is a keyvault.KeyBackend whose keys live in one PKCS #11 token.
+// It is safe for concurrent use.
+type Backend struct {
+	mod   *module
+	slot  uint
+	token string // the token's label, for URIs
+
+	// sessions holds idle sessions; slots bounds how many exist. The first
+	// session, opened by Open and logged in, stays open until Close so the
+	// login (which belongs to the application, not one session) lasts.
+	sessions chan pkcs11.SessionHandle
+	slots    chan struct{}
+
+	mu     sync.Mutex
+	closed bool
+	open   []pkcs11.SessionHandle // every session opened, to close them in Close
+}
+
+// Open loads the module, finds the token and logs in.
+func Open(cfg Config) (*Backend, error) {
+	if cfg.Module == "" {
+		return nil, errors.New("pkcs11: no module path")
+	}
+	if cfg.PIN == "" {
+		return nil, errors.New("pkcs11: no user PIN")
+	}
+	n := cfg.Sessions
+	if n <= 0 {
+		n = defaultSessions
+	}
+	mod, err := loadModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{mod: mod, sessions: make(chan pkcs11.SessionHandle, n), slots: make(chan struct{}, n)}
+	if err := b.findToken(cfg); err != nil {
+		mod.release()
+		return nil, err
+	}
+	sh, err := b.newSession()
+	if err != nil {
+		mod.release()
+		return nil, err
+	}
+	if err := mod.ctx.Login(sh, pkcs11.CKU_USER, cfg.PIN); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+		b.Close()
+		// The error is the token's code (CKR_PIN_INCORRECT, ...), never the PIN.
+		return nil, fmt.Errorf("pkcs11: log in to token %q: %w", b.token, err)
+	}
+	b.slots <- struct{}{}
+	b.sessions <- sh
+	return b, nil
+}
+
+func (b *Backend) findToken(cfg Config) error {
+	slots, err := b.mod.ctx.GetSlotList(true)
+	if err != nil {
+		return fmt.Errorf("pkcs11: list slots: %w", err)
+	}
+	for _, slot := range slots {
+		info, err := b.mod.ctx.GetTokenInfo(slot)
+		if err != nil {
+			continue
+		}
+		if cfg.TokenLabel != "" && info.Label == cfg.TokenLabel || cfg.TokenLabel == "" && slot == cfg.Slot {
+			b.slot, b.token = slot, info.Label
+			return nil
+		}
+	}
+	if cfg.TokenLabel != "" {
+		return fmt.Errorf("pkcs11: no token labelled %q in %s", cfg.TokenLabel, cfg.Module)
+	}
+	return fmt.Errorf("pkcs11: no token in slot %d of %s", cfg.Slot, cfg.Module)
+}
+
+func (b *Backend) newSession() (pkcs11.SessionHandle, error) {
+	sh, err := b.mod.ctx.OpenSession(b.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return 0, fmt.Errorf("pkcs11: open a session on token %q: %w", b.token, err)
+	}
+	b.mu.Lock()
+	b.open = append(b.open, sh)
+	b.mu.Unlock()
+	return sh, nil
+}
+
+var errClosed = errors.New("pkcs11: the backend is closed")
+
+// withSession runs fn with a session of the pool: an idle one, or a new one
+// while fewer than Config.Sessions exist, or the first to come back.
+func (b *Backend) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) error {
+	var sh pkcs11.SessionHandle
+	select {
+	case sh = <-b.sessions:
+	default:
+		select {
+		case sh = <-b.sessions:
+		case b.slots <- struct{}{}:
+			var err error
+			if sh, err = b.newSession(); err != nil {
+				<-b.slots
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return errClosed
+	}
+	defer func() { b.sessions <- sh }()
+	return fn(sh)
+}
+
+// Close closes the sessions, logging out, and releases the module. Keys
+// loaded from the backend stop working.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	open := b.open
+	b.mu.Unlock()
+	var errs []error
+	for _, sh := range open {
+		if err := b.mod.ctx.CloseSession(sh); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.mod.release()
+	return errors.Join(errs...)
+}
+
+// module is a loaded PKCS #11 library. C_Initialize and C_Finalize belong
+// to the process, not to one caller, so backends on the same library share
+// one, and the last to close finalises it.
+type module struct {
+	path string
+	ctx  *pkcs11.Ctx
+	refs int
+}
+
+var (
+	modulesMu sync.Mutex
+	modules   = make(map[string]*module)
+)
+
+func loadModule(path string) (*module, error) {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m, ok := modules[path]; ok {
+		m.refs++
+		return m, nil
+	}
+	ctx := pkcs11.New(path)
+	if ctx == nil {
+		return nil, fmt.Errorf("pkcs11: cannot load module %s", path)
+	}
+	if err := ctx.Initialize(); err != nil {
+		ctx.Destroy()
+		return nil, fmt.Errorf("pkcs11: initialise %s: %w", path, err)
+	}
+	m := &module{path: path, ctx: ctx, refs: 1}
+	modules[path] = m
+	return m, nil
+}
+
+func (m *module) release() {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m.refs--; m.refs > 0 {
+		return
+	}
+	delete(modules, m.path)
+	m.ctx.Finalize()
+	m.ctx.Destroy()
+}

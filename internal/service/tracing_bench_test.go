@@ -1,0 +1,76 @@
+package service_test
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"testing"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/servicetest"
+	"github.com/handshaked/handshaked/internal/tracing"
+	"github.com/handshaked/handshaked/internal/tracing/tracingtest"
+)
+
+// BenchmarkHandshakeTracing: full TLS 1.3 ECDSA handshakes through the
+// service over the stream, with tracing off and on (every trace sampled,
+// exported to an in-process OTLP receiver), in one run: the ratio is what
+// tracing costs a handshake.
+//
+//	go test -run '^$' -bench HandshakeTracing -benchtime 3s ./internal/service/
+func BenchmarkHandshakeTracing(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		name := "off"
+		opts := service.Options{}
+		if on {
+			name = "on"
+			rcv := tracingtest.Start(b)
+			tp, err := tracing.Start(context.Background(), tracing.Options{Endpoint: rcv.Addr, Insecure: true, SampleRatio: 1}, "bench", "test", slog.Default())
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { tp.Shutdown(context.Background()) })
+			opts.TracerProvider = tp
+		}
+		b.Run(name, func(b *testing.B) {
+			srv := servicetest.Start(b, opts)
+			s := &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
+			key := newServerKey(b, s, "p256-pkcs8.pem", "bench.test")
+			hc := s.handshakeClient(b)
+			start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.id}}}}
+			cfg := &tls.Config{ServerName: key.name, RootCAs: key.pool, MinVersion: tls.VersionTLS13}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			// Each operation dials one client and relays one accepted
+			// connection (not necessarily its own: all are alike).
+			parallel(b, 4, func() error {
+				done := make(chan error, 1)
+				go func() {
+					c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+					if err == nil {
+						c.Close()
+					}
+					done <- err
+				}()
+				server, err := ln.Accept()
+				if err != nil {
+					return err
+				}
+				defer server.Close()
+				stream, err := hc.Stream(context.Background())
+				if err != nil {
+					return err
+				}
+				if _, err := relay(server, &streamStepper{stream: stream, start: start}); err != nil {
+					return err
+				}
+				return <-done
+			})
+		})
+	}
+}
