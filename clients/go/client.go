@@ -34,6 +34,7 @@ type Client struct {
 	conn  *grpc.ClientConn // nil when built by New over a caller's connection
 	vault pb.KeyVaultClient
 	hs    pb.HandshakeClient
+	admin pb.AdminClient
 }
 
 type options struct {
@@ -125,7 +126,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
 func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn)}
+	return &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 }
 
 // Close closes the connection made by Dial.
@@ -150,7 +151,10 @@ var idempotent = map[string]bool{
 	pb.KeyVault_GetPublicKey_FullMethodName:  true,
 	pb.KeyVault_Sign_FullMethodName:          true,
 	pb.KeyVault_Decrypt_FullMethodName:       true,
+	pb.KeyVault_SealTicket_FullMethodName:    true,
+	pb.KeyVault_OpenTicket_FullMethodName:    true,
 	pb.Handshake_GetHandshake_FullMethodName: true,
+	pb.Admin_GetKEKStatus_FullMethodName:     true,
 }
 
 func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
@@ -318,6 +322,28 @@ func (c *Client) Decrypt(ctx context.Context, id string, version uint32, mode pb
 		return nil, fmt.Errorf("handshaked: decrypt with %s: %w", id, err)
 	}
 	return resp.GetPlaintext(), nil
+}
+
+// SealTicket seals a TLS session state into a session ticket under the
+// vault's ticket keys, bound to key id; it returns the ticket and how long
+// it may be used. keyless.SessionTickets uses it for tls.Config.WrapSession.
+func (c *Client) SealTicket(ctx context.Context, id string, plaintext []byte) ([]byte, time.Duration, error) {
+	resp, err := c.vault.SealTicket(ctx, &pb.SealTicketRequest{Key: id, Plaintext: plaintext})
+	if err != nil {
+		return nil, 0, fmt.Errorf("handshaked: seal ticket for %s: %w", id, err)
+	}
+	return resp.GetTicket(), time.Duration(resp.GetLifetimeSeconds()) * time.Second, nil
+}
+
+// OpenTicket returns the session state sealed in ticket for key id;
+// accepted is false (and err nil) for a ticket the vault does not accept:
+// its ticket key retired, another deployment's or key's, or tampered with.
+func (c *Client) OpenTicket(ctx context.Context, id string, ticket []byte) (plaintext []byte, accepted bool, err error) {
+	resp, err := c.vault.OpenTicket(ctx, &pb.OpenTicketRequest{Key: id, Ticket: ticket})
+	if err != nil {
+		return nil, false, fmt.Errorf("handshaked: open ticket for %s: %w", id, err)
+	}
+	return resp.GetPlaintext(), resp.GetAccepted(), nil
 }
 
 // StartHandshake starts a handshake session held by the service, stepping

@@ -69,7 +69,7 @@ func TestRESTGuide(t *testing.T) {
 	end := strings.Index(text, "```\n<!-- rest:end -->")
 	require.True(t, start >= 0 && end > start, "no walkthrough block in the guide")
 	script := text[start+len("<!-- rest:begin -->\n```sh\n") : end]
-	srv := servicetest.Start(t, service.Options{})
+	srv := servicetest.Start(t, service.Options{Tickets: &service.TicketOptions{Deployment: "rest"}})
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Env = append(os.Environ(), "API="+srv.RESTURL, "TMPDIR="+t.TempDir())
 	cmd.Dir = t.TempDir()
@@ -80,7 +80,8 @@ func TestRESTGuide(t *testing.T) {
 		`{"id":"rest-ec","primaryVersion":1}`, `{"id":"rest-rsa","imported":true}`, `{"chain":1}`,
 		"Verified OK", "Signature Verified Successfully",
 		`["KEY_VERSION_STATE_DESTROYED","KEY_VERSION_STATE_ENABLED"]`, "\n400\n",
-		`{"state":"HANDSHAKE_STATE_FAILED"`, `{"state":"HANDSHAKE_STATE_NEED_INPUT","expireTime":true}`, "\n404\n",
+		`{"accepted":false}`, `{"state":"HANDSHAKE_STATE_FAILED"`, `{"state":"HANDSHAKE_STATE_NEED_INPUT","expireTime":true}`, "\n404\n",
+		`{"kekId":16,"retiringKekId":""}`, `{"staleRecords":0,"retiringKekId":""}`, "the snapshot was altered or truncated",
 	} {
 		assert.Contains(t, string(out), want, "walkthrough output")
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/handshaked/handshaked/internal/flagenv"
+	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/tracing"
@@ -62,6 +63,11 @@ type config struct {
 	maxHandshakeInput             int64
 
 	hsm hsmConfig // -pkcs11-*, -kek-pkcs11-file: hsm.go
+
+	sessionTickets bool
+	deployment     string
+	ticketRotation time.Duration
+	ticketLifetime time.Duration
 
 	log   *logging.Options
 	trace *tracing.Options
@@ -142,6 +148,10 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	registerHSMFlags(fs, &cfg.hsm)
 	cfg.log = logging.AddFlags(fs, slog.LevelInfo, "")
 	cfg.trace = tracing.AddFlags(fs)
+	fs.BoolVar(&cfg.sessionTickets, "session-tickets", true, "issue and accept TLS session tickets sealed by the vault's ticket keys, for handshakes and SealTicket/OpenTicket (false: every handshake is a full one)")
+	fs.StringVar(&cfg.deployment, "deployment", "default", "the deployment's name, bound into every session ticket: another deployment's tickets never resume here, even one restored from the same backup")
+	fs.DurationVar(&cfg.ticketRotation, "ticket-rotation", keyvault.DefaultTicketRotation, "how long a session ticket key seals new tickets before the vault rotates it")
+	fs.DurationVar(&cfg.ticketLifetime, "ticket-lifetime", keyvault.DefaultTicketLifetime, "how long a session ticket may be used (at most 168h, RFC 8446); a ticket key is erased -ticket-rotation plus this after its creation")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -246,6 +256,9 @@ func (cfg *config) check() error {
 	}
 	if cfg.handshakeTTL <= 0 || cfg.maxHandshakeSessions <= 0 || cfg.maxHandshakeInput <= 0 {
 		return errors.New("-handshake-ttl, -max-handshake-sessions and -max-handshake-input must be positive")
+	}
+	if cfg.ticketRotation < time.Second || cfg.ticketLifetime < time.Second || cfg.ticketLifetime > keyvault.DefaultTicketLifetime {
+		return fmt.Errorf("-ticket-rotation must be at least 1s and -ticket-lifetime 1s to %v", keyvault.DefaultTicketLifetime)
 	}
 	return nil
 }

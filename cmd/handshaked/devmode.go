@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -55,13 +54,8 @@ func loadOrCreateKEK(path string) ([]byte, error) {
 // parseKEK decodes a key-encryption key written as 64 hex digits; source
 // names where it came from, for the error.
 func parseKEK(data []byte, source string) ([]byte, error) {
-	// Decoded from the bytes in place, with no string copy of the hex that
-	// could not be wiped.
-	src := bytes.TrimSpace(data)
-	kek := make([]byte, hex.DecodedLen(len(src)))
-	n, err := hex.Decode(kek, src)
-	if err != nil || n != 32 {
-		clear(kek)
+	kek, err := keyvault.ParseKEK(data)
+	if err != nil {
 		return nil, fmt.Errorf("key-encryption key %s: want 64 hex digits (32 bytes)", source)
 	}
 	return kek, nil

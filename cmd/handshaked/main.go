@@ -107,6 +107,9 @@ func run(ctx context.Context, cfg *config) error {
 	if cfg.trace.Endpoint != "" {
 		opts.TracerProvider = tp
 	}
+	if cfg.sessionTickets {
+		opts.Tickets = &service.TicketOptions{Deployment: cfg.deployment, Rotation: cfg.ticketRotation, Lifetime: cfg.ticketLifetime}
+	}
 	if cfg.auditLog != "" {
 		if opts.Audit, err = audit.Open(cfg.auditLog); err != nil {
 			return err
@@ -131,12 +134,14 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
+	kekID := keyvault.KEKID(kek)
 	vault, err := openVault(ctx, cfg, kek, vaultOpts...)
 	clear(kek)
 	if err != nil {
 		return err
 	}
 	defer vault.Close()
+	resumeKEKRotation(ctx, vault, kekID)
 	if cfg.mode == modeDevelopment {
 		if err := ensureSampleKey(ctx, vault); err != nil {
 			return fmt.Errorf("sample key: %w", err)
@@ -229,9 +234,38 @@ func openVault(ctx context.Context, cfg *config, kek []byte, opts ...keyvault.Op
 		if errors.Is(err, keyvault.ErrEmptyStore) {
 			return nil, fmt.Errorf("key store %s holds no vault: start with -init to create a new one (the first start only)", path)
 		}
+		if errors.Is(err, keyvault.ErrWrongKEK) {
+			return nil, fmt.Errorf("key store %s: %w (KEK %s; once a KEK rotation completes, only the new KEK opens the store)", cfg.dataDir, err, keyvault.KEKID(kek))
+		}
 		return nil, fmt.Errorf("key store %s: %w", cfg.dataDir, err)
 	}
 	return vault, nil
+}
+
+// resumeKEKRotation carries on, in the background, a KEK rotation that a
+// crash or a restart interrupted, when the instance was started with the
+// new KEK: the operator has made it the KEK already. Started with the KEK
+// the rotation retires, it serves and says how to finish.
+func resumeKEKRotation(ctx context.Context, vault *keyvault.Vault, kekID string) {
+	st := vault.KEKStatus()
+	switch {
+	case st.Retiring == "":
+		slog.Info("key-encryption key", "kek_id", st.ID)
+		return
+	case st.ID != kekID:
+		slog.Warn("a KEK rotation is under way and this instance was started with the KEK it retires: finish it with handshakectl kek-rotate and the new KEK, then make the new KEK -kek-file",
+			"kek_id", kekID, "new_kek_id", st.ID, "stale_records", st.Stale)
+		return
+	}
+	slog.Warn("resuming an interrupted KEK rotation", "kek_id", st.ID, "retiring_kek_id", st.Retiring, "stale_records", st.Stale)
+	go func() {
+		st, err := vault.ResumeKEKRotation(ctx)
+		if err != nil {
+			slog.Error("KEK rotation not finished; it resumes at the next start or with handshakectl kek-rotate", "err", err)
+			return
+		}
+		slog.Info("KEK rotation complete: the store opens with the new KEK only", "kek_id", st.ID)
+	}()
 }
 
 // prepareDevelopment checks and creates what a development instance needs.

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"runtime"
 	"testing"
@@ -45,30 +46,7 @@ func BenchmarkHandshake(b *testing.B) {
 		client.RootCAs, client.ServerName, client.SessionTicketsDisabled = p.serverRoots, k.name+".example.com", true
 		b.Run(bc.name+"/engine", func(b *testing.B) {
 			cfg := serverConfig(k)
-			ctx := context.Background()
-			benchLoop(b, client, func(conn net.Conn) error {
-				h, err := NewHandshake(&cfg)
-				if err != nil {
-					return err
-				}
-				buf := make([]byte, 1<<14)
-				for {
-					n, err := conn.Read(buf)
-					if err != nil {
-						return err
-					}
-					res := h.Step(ctx, p.keys, buf[:n])
-					if len(res.Output) > 0 {
-						if _, err := conn.Write(res.Output); err != nil {
-							return err
-						}
-					}
-					if res.State != NeedInput {
-						require.NotEqual(b, Failed, res.State, res.Reason)
-						return nil
-					}
-				}
-			})
+			benchLoop(b, client, engineServe(b, &cfg, p.keys))
 		})
 		b.Run(bc.name+"/crypto_tls", func(b *testing.B) {
 			server := &tls.Config{
@@ -83,17 +61,97 @@ func BenchmarkHandshake(b *testing.B) {
 	}
 }
 
-// benchLoop runs b.N handshakes of a crypto/tls client against serve.
+// engineServe runs the engine's handshake on conn, as an edge would.
+func engineServe(b *testing.B, cfg *Config, keys KeyOps) func(net.Conn) error {
+	ctx := context.Background()
+	return func(conn net.Conn) error {
+		h, err := NewHandshake(cfg)
+		if err != nil {
+			return err
+		}
+		buf := make([]byte, 1<<14)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return err
+			}
+			res := h.Step(ctx, keys, buf[:n])
+			if len(res.Output) > 0 {
+				if _, err := conn.Write(res.Output); err != nil {
+					return err
+				}
+			}
+			if res.State != NeedInput {
+				require.NotEqual(b, Failed, res.State, res.Reason)
+				return nil
+			}
+		}
+	}
+}
+
+// benchLoop runs b.N handshakes of a crypto/tls client against serve. The
+// client reads until the server closes, taking in a NewSessionTicket sent
+// after the handshake.
 func benchLoop(b *testing.B, client *tls.Config, serve func(net.Conn) error) {
 	b.ReportAllocs()
 	for b.Loop() {
-		s, c := net.Pipe()
-		done := make(chan error, 1)
-		go func() { done <- tls.Client(c, client).Handshake() }()
-		require.NoError(b, serve(s))
-		require.NoError(b, <-done)
-		s.Close()
-		c.Close()
+		benchHandshake(b, client, serve)
+	}
+}
+
+// benchHandshake runs one handshake and returns the client's view of it.
+func benchHandshake(b *testing.B, client *tls.Config, serve func(net.Conn) error) tls.ConnectionState {
+	s, c := net.Pipe()
+	done := make(chan error, 1)
+	tc := tls.Client(c, client)
+	go func() {
+		err := tc.Handshake()
+		if err == nil {
+			io.Copy(io.Discard, tc)
+		}
+		done <- err
+	}()
+	require.NoError(b, serve(s))
+	s.Close()
+	require.NoError(b, <-done)
+	c.Close()
+	return tc.ConnectionState()
+}
+
+// BenchmarkResumption compares, in one run, TLS 1.3 full and resumed
+// handshakes through the engine (tickets sealed with AES-256-GCM in
+// process) with those of a crypto/tls server using its own tickets.
+//
+//	go test -run XXX -bench Resumption -benchmem ./internal/engine/
+func BenchmarkResumption(b *testing.B) {
+	p := getPKI(b)
+	k := p.p256
+	for _, resumed := range []bool{false, true} {
+		name := "full"
+		if resumed {
+			name = "resumed"
+		}
+		client := func() *tls.Config {
+			return &tls.Config{RootCAs: p.serverRoots, ServerName: "p256.example.com", MinVersion: tls.VersionTLS13,
+				CurvePreferences: []tls.CurveID{tls.X25519}, SessionTicketsDisabled: !resumed,
+				ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+		}
+		b.Run(name+"/engine", func(b *testing.B) {
+			cfg := ticketConfig(newAEADTicketKeys(1), k)
+			cl := client()
+			serve := engineServe(b, &cfg, p.keys)
+			benchHandshake(b, cl, serve) // the first ticket
+			benchLoop(b, cl, serve)
+			require.Equal(b, resumed, benchHandshake(b, cl, serve).DidResume)
+		})
+		b.Run(name+"/crypto_tls", func(b *testing.B) {
+			server := &tls.Config{Certificates: []tls.Certificate{{Certificate: k.cert.Chain, PrivateKey: k.signer}}}
+			cl := client()
+			serve := func(conn net.Conn) error { return tls.Server(conn, server).Handshake() }
+			benchHandshake(b, cl, serve)
+			benchLoop(b, cl, serve)
+			require.Equal(b, resumed, benchHandshake(b, cl, serve).DidResume)
+		})
 	}
 }
 

@@ -198,13 +198,16 @@ func (h *Handshake) handleChangeCipherSpec(body []byte) error {
 			return fail(alertUnexpectedMessage, "more than %d change_cipher_spec records in a TLS 1.3 handshake", maxDroppedCCS)
 		}
 		return nil
-	case h.state == state12ChangeCipherSpec:
+	case h.state == state12ChangeCipherSpec, h.state == state12ResumeChangeCipherSpec:
 		c, err := h.newCipher(nil, h.clientKey, h.clientIV, 0)
 		if err != nil {
 			return err
 		}
 		h.readCipher = c
 		h.state = state12ClientFinished
+		if h.resumed {
+			h.state = state12ResumeClientFinished
+		}
 		return nil
 	}
 	return fail(alertUnexpectedMessage, "change_cipher_spec while expecting %s", stateNames[h.state])
@@ -254,6 +257,7 @@ var steps = map[handshakeState]step{
 	state12ClientKeyExchange:       {typeClientKeyExchange, (*Handshake).processClientKeyExchange, false},
 	state12ClientCertificateVerify: {typeCertificateVerify, (*Handshake).processClientCertificateVerify12, false},
 	state12ClientFinished:          {typeFinished, (*Handshake).processClientFinished12, true},
+	state12ResumeClientFinished:    {typeFinished, (*Handshake).processResumedClientFinished12, true},
 	state13SecondClientHello:       {typeClientHello, (*Handshake).processSecondClientHello, true},
 	state13ClientCertificate:       {typeCertificate, (*Handshake).processClientCertificate13, false},
 	state13ClientCertificateVerify: {typeCertificateVerify, (*Handshake).processClientCertificateVerify13, false},
@@ -348,7 +352,7 @@ func (h *Handshake) newCipher(secret, key, iv []byte, seq uint64) (*record.Ciphe
 // wipe drops the secrets of a failed handshake.
 func (h *Handshake) wipe() {
 	for _, s := range [][]byte{h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
-		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret} {
+		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, h.master13} {
 		clear(s)
 	}
 	h.ecdheKey = nil

@@ -8,6 +8,14 @@
 // session keys, so that the caller can run the record layer itself (see the
 // record subpackage).
 //
+// With Config.Tickets, the engine issues session tickets and resumes from
+// them (TLS 1.3 PSK with (EC)DHE, RFC 8446, Section 2.2; TLS 1.2, RFC 5077):
+// TicketKeys seals what a resumption needs, so that any server holding the
+// same ticket keys resumes any other's sessions. A TLS 1.3 ticket goes out
+// in the Output of the completing Step, protected under the server's
+// application traffic key, and Session.ServerSeq counts it. A ticket that
+// does not open or fit gives a full handshake, never an error.
+//
 // A Handshake keeps its state in plain values (byte slices, integers, hash
 // states): no goroutines, channels or callbacks. Between two Steps it can be
 // saved with MarshalBinary and continued elsewhere with RestoreHandshake.
@@ -124,8 +132,21 @@ type Config struct {
 	ClientCAs  *x509.CertPool
 	// Rand is the source of the hello randoms; nil means crypto/rand.
 	Rand io.Reader
-	// Time returns the current time for certificate checks; nil means time.Now.
+	// Time returns the current time for certificate and ticket checks; nil
+	// means time.Now.
 	Time func() time.Time
+
+	// Tickets seals and opens session tickets; nil means the server neither
+	// issues nor accepts any (every handshake is a full one).
+	Tickets TicketKeys
+	// DisableTLS12Tickets turns TLS 1.2 tickets (RFC 5077) off while TLS 1.3
+	// ones stay: a TLS 1.2 ticket carries the master secret, so a stolen
+	// ticket key decrypts the sessions of every ticket it sealed, whereas a
+	// TLS 1.3 psk_dhe_ke resumption keeps forward secrecy.
+	DisableTLS12Tickets bool
+	// TicketLifetime is how long a ticket may be used after it was issued;
+	// zero means, and no value may exceed, 7 days (RFC 8446, Section 4.6.1).
+	TicketLifetime time.Duration
 }
 
 func (c *Config) rand() io.Reader {
@@ -206,7 +227,7 @@ func (c *Config) check() error {
 	if c.ClientAuth != ClientAuthOff && c.ClientCAs == nil {
 		return errors.New("engine: client authentication needs ClientCAs")
 	}
-	return nil
+	return c.checkTickets()
 }
 
 // State is the outcome of a Step.
@@ -264,14 +285,21 @@ type Session struct {
 	CipherSuite      uint16
 	ServerName       string
 	ALPN             string
-	Group            tls.CurveID         // 0 for RSA key exchange
-	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange
+	Group            tls.CurveID         // 0 for RSA key exchange; a resumed TLS 1.2 session's is the original's
+	SignatureScheme  tls.SignatureScheme // of the server's signature; 0 for RSA key exchange and resumptions
 	CertificateIndex int                 // into Config.Certificates
 	KeyRef           string
 	PeerCertificates [][]byte // the client's chain, DER, leaf first
 	// ExtendedMasterSecret reports RFC 7627 in TLS 1.2 (always true in 1.3).
 	ExtendedMasterSecret bool
 	DidHelloRetryRequest bool
+	// Resumed reports an abbreviated handshake from a session ticket: no
+	// certificate was sent and no private-key operation made.
+	// PeerCertificates are those the ticket carried forward; ServerName is
+	// the resuming ClientHello's (RFC 8446, Section 4.6.1), equal to the
+	// ticket's but for case; ALPN is the connection's (RFC 7301, Section
+	// 3.1), in TLS 1.3 also equal to the ticket's.
+	Resumed bool
 
 	// Record keys. TLS 1.2: the write keys and fixed IVs of the key block
 	// (4-byte salt for AES-GCM, 12 bytes for ChaCha20-Poly1305); TLS 1.3:
@@ -302,6 +330,9 @@ func (s *Session) String() string {
 		fmt.Fprintf(&b, " alpn=%s", s.ALPN)
 	}
 	fmt.Fprintf(&b, " cert=%d peer_certs=%d", s.CertificateIndex, len(s.PeerCertificates))
+	if s.Resumed {
+		b.WriteString(" resumed")
+	}
 	return b.String()
 }
 
@@ -325,6 +356,10 @@ const (
 	state12ClientCertificateVerify
 	state12ChangeCipherSpec
 	state12ClientFinished
+	// Abbreviated handshake, RFC 5246, Section 7.3: after the server's
+	// Finished.
+	state12ResumeChangeCipherSpec
+	state12ResumeClientFinished
 
 	// TLS 1.3, RFC 8446, Section 2.
 	state13SecondClientHello
@@ -343,6 +378,8 @@ var stateNames = [...]string{
 	state12ClientCertificateVerify: "client CertificateVerify",
 	state12ChangeCipherSpec:        "ChangeCipherSpec",
 	state12ClientFinished:          "client Finished",
+	state12ResumeChangeCipherSpec:  "ChangeCipherSpec",
+	state12ResumeClientFinished:    "client Finished",
 	state13SecondClientHello:       "second ClientHello",
 	state13ClientCertificate:       "client Certificate",
 	state13ClientCertificateVerify: "client CertificateVerify",
@@ -355,7 +392,7 @@ var stateNames = [...]string{
 // ClientHello is processed.
 func (s handshakeState) version() uint16 {
 	switch {
-	case s >= state12ClientCertificate && s <= state12ClientFinished:
+	case s >= state12ClientCertificate && s <= state12ResumeClientFinished:
 		return tls.VersionTLS12
 	case s >= state13SecondClientHello && s <= state13ClientFinished:
 		return tls.VersionTLS13
@@ -391,6 +428,7 @@ type Handshake struct {
 	clientRandom []byte
 	serverRandom []byte
 	clientAuth   bool // a CertificateRequest was sent
+	resumed      bool // from a session ticket
 	transcript   *transcript
 	peerCerts    [][]byte
 	peerKey      crypto.PublicKey
@@ -415,6 +453,9 @@ type handshake12 struct {
 	kex           keyExchange
 	clientVersion uint16 // ClientHello.legacy_version, for the RSA premaster check
 	ems           bool   // RFC 7627
+	// issueTicket: the ServerHello promised a NewSessionTicket (RFC 5077,
+	// Section 3.2).
+	issueTicket bool
 	// Secrets: the ECDHE key until ClientKeyExchange, the master secret and
 	// the key block.
 	ecdheKey            *ecdh.PrivateKey
@@ -441,6 +482,9 @@ type handshake13 struct {
 	clientTraffic   []byte
 	serverTraffic   []byte
 	exporterSecret  []byte
+	// master13 is the master secret, kept until the client's Finished when
+	// tickets are on: the resumption master secret covers that Finished.
+	master13 []byte
 }
 
 // NewHandshake starts the server side of a handshake under cfg.

@@ -11,9 +11,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/handshaked/handshaked/internal/testenv"
 )
@@ -26,47 +30,75 @@ import (
 type externalOutcome struct {
 	session *Session
 	err     error
+	trace   []TraceEvent
+	// skippedEarlyData is the refused 0-RTT data skipped, in bytes.
+	skippedEarlyData int
 }
 
 // externalServer accepts one connection, runs the handshake and hands the
 // record layer to serve.
 func externalServer(t *testing.T, cfg Config, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	return externalServerKeys(t, cfg, getPKI(t).keys, serve)
+}
+
+// externalServerKeys is externalServer with the KeyOps to use.
+func externalServerKeys(t *testing.T, cfg Config, keys KeyOps, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	return externalServerN(t, cfg, keys, 1, serve)
+}
+
+// externalServerN is externalServerKeys for n connections in a row (a
+// client that resumes connects twice), each with a fresh Handshake under
+// cfg.
+func externalServerN(t *testing.T, cfg Config, keys KeyOps, n int, serve func(rc *recordConn) error) (port string, done <-chan externalOutcome) {
+	t.Helper()
+	return serveConnections(t, cfg, slices.Repeat([]KeyOps{keys}, n), slices.Repeat([]func(*recordConn) error{serve}, n))
+}
+
+// serveConnections accepts len(keys) connections one after the other, the
+// i-th with KeyOps keys[i] and served by serve[i] after the handshake.
+func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*recordConn) error) (port string, done <-chan externalOutcome) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := make(chan externalOutcome, 1)
-	h, err := NewHandshake(&cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := getPKI(t).keys
+	require.NoError(t, err)
+	require.NoError(t, cfg.check())
+	ch := make(chan externalOutcome, len(keys))
 	go func() {
 		defer ln.Close()
-		conn, err := ln.Accept()
-		if err != nil {
-			ch <- externalOutcome{err: err}
-			return
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(20 * time.Second))
-		out := (&relay{h: h, keys: keys}).run(conn)
-		switch {
-		case out.err != nil:
-			ch <- externalOutcome{err: out.err}
-		case out.session == nil:
-			ch <- externalOutcome{err: fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))}
-		default:
-			rc, err := newRecordConn(conn, out.session, out.leftover)
-			if err == nil {
-				err = serve(rc)
-			}
-			ch <- externalOutcome{out.session, err}
+		for i := range keys {
+			ch <- serveExternal(ln, &cfg, keys[i], serve[i])
 		}
 	}()
 	_, port, _ = net.SplitHostPort(ln.Addr().String())
 	return port, ch
+}
+
+// serveExternal accepts one connection on ln and serves it.
+func serveExternal(ln net.Listener, cfg *Config, keys KeyOps, serve func(rc *recordConn) error) externalOutcome {
+	h, err := NewHandshake(cfg)
+	if err != nil {
+		return externalOutcome{err: err}
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		return externalOutcome{err: err}
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	out := (&relay{h: h, keys: keys}).run(conn)
+	res := externalOutcome{session: out.session, err: out.err, trace: out.trace, skippedEarlyData: h.skippedEarlyData}
+	switch {
+	case out.err != nil:
+	case out.session == nil:
+		res.err = fmt.Errorf("engine: %v %v %s\n%s", out.last.State, out.last.AlertDescription, out.last.Reason, traceText(out.trace))
+	default:
+		rc, err := newRecordConn(conn, out.session, out.leftover)
+		if err == nil {
+			err = serve(rc)
+		}
+		res.err = err
+	}
+	return res
 }
 
 // pingPong reads the client's line and answers with pong.
@@ -84,8 +116,14 @@ func pingPong(rc *recordConn) error {
 	return rc.closeNotify()
 }
 
-// httpPong answers one HTTP/1.1 request.
+// httpPong answers one HTTP/1.1 request with pong.
 func httpPong(rc *recordConn) error {
+	return httpAnswer(rc, func([]byte) string { return string(pong) })
+}
+
+// httpAnswer answers one HTTP/1.1 request with the HTML page(request) and
+// closes the connection.
+func httpAnswer(rc *recordConn, page func(req []byte) string) error {
 	var req []byte
 	for !bytes.Contains(req, []byte("\r\n\r\n")) {
 		got, err := rc.readAppData()
@@ -94,7 +132,8 @@ func httpPong(rc *recordConn) error {
 		}
 		req = append(req, got...)
 	}
-	if err := rc.writeAppData([]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(pong), pong))); err != nil {
+	body := page(req)
+	if err := rc.writeAppData([]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body))); err != nil {
 		return err
 	}
 	return rc.closeNotify()
@@ -107,9 +146,7 @@ func writePEM(t *testing.T, name, typ string, ders ...[]byte) string {
 		pem.Encode(&buf, &pem.Block{Type: typ, Bytes: der})
 	}
 	path := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o600))
 	return path
 }
 
@@ -159,9 +196,7 @@ func TestOpenSSLClient(t *testing.T) {
 	p := getPKI(t)
 	roots := rootsPEM(t, p)
 	clientKey, err := x509.MarshalPKCS8PrivateKey(p.clientCerts["p256"].PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	certFile := writePEM(t, "client.pem", "CERTIFICATE", p.clientCerts["p256"].Certificate[0])
 	keyFile := writePEM(t, "client.key", "PRIVATE KEY", clientKey)
 	tests := []struct {
@@ -196,17 +231,15 @@ func TestOpenSSLClient(t *testing.T) {
 				"-CAfile", roots, "-verify_return_error", "-quiet"}, tc.args...)
 			out, err := runClient(t, string(ping)+"\n", string(pong), "openssl", args...)
 			res := <-done
-			if res.err != nil || err != nil {
-				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
-			}
+			require.Truef(t, res.err == nil && err == nil, "server: %v\nclient: %v\n%s", res.err, err, out)
 			s := res.session
 			wantVers := uint16(tls.VersionTLS12)
 			if strings.HasPrefix(tc.name, "TLS1.3") {
 				wantVers = tls.VersionTLS13
 			}
-			if s.Version != wantVers || s.DidHelloRetryRequest != (tc.groups != nil) || (len(s.PeerCertificates) == 1) != tc.auth {
-				t.Errorf("session %s hrr=%v", s, s.DidHelloRetryRequest)
-			}
+			assert.Equal(t, wantVers, s.Version, "session %s", s)
+			assert.Equal(t, tc.groups != nil, s.DidHelloRetryRequest, "session %s", s)
+			assert.Equal(t, tc.auth, len(s.PeerCertificates) == 1, "session %s", s)
 		})
 	}
 }
@@ -230,12 +263,8 @@ func TestCurlClient(t *testing.T) {
 			args = append(args, "https://"+host+":"+port+"/")
 			out, err := runClient(t, "", "", "curl", args...)
 			res := <-done
-			if res.err != nil || err != nil || !strings.Contains(out, string(pong)) {
-				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
-			}
-			if res.session.ALPN != "http/1.1" {
-				t.Errorf("session %s", res.session)
-			}
+			require.Truef(t, res.err == nil && err == nil && strings.Contains(out, string(pong)), "server: %v\nclient: %v\n%s", res.err, err, out)
+			assert.Equal(t, "http/1.1", res.session.ALPN, "session %s", res.session)
 		})
 	}
 }
@@ -255,9 +284,8 @@ func TestGnuTLSClient(t *testing.T) {
 			out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots,
 				"--priority", tc.priority, "--sni-hostname", tc.key+".example.com", "--verify-hostname", tc.key+".example.com",
 				"-p", port, "127.0.0.1")
-			if res := <-done; res.err != nil || err != nil {
-				t.Fatalf("server: %v\nclient: %v\n%s", res.err, err, out)
-			}
+			res := <-done
+			require.Truef(t, res.err == nil && err == nil, "server: %v\nclient: %v\n%s", res.err, err, out)
 		})
 	}
 }
@@ -279,59 +307,63 @@ func TestChromium(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := serverConfig(p.key(tc.key))
 			cfg.NextProtos = []string{"http/1.1"}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			sessions := make(chan *Session, 16)
-			go func() {
-				for {
-					conn, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					go func() {
-						defer conn.Close()
-						conn.SetDeadline(time.Now().Add(20 * time.Second))
-						h, _ := NewHandshake(&cfg)
-						out := (&relay{h: h, keys: p.keys}).run(conn)
-						if out.session == nil {
-							t.Logf("connection failed: %v %s", out.err, out.last.Reason)
-							return
-						}
-						rc, err := newRecordConn(conn, out.session, out.leftover)
-						if err == nil {
-							err = httpPong(rc)
-						}
-						if err == nil {
-							sessions <- out.session
-						}
-					}()
-				}
-			}()
-			_, port, _ := net.SplitHostPort(ln.Addr().String())
-			host := tc.key + ".example.com"
-			args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-				"--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
-				"--user-data-dir=" + t.TempDir(), "--host-resolver-rules=MAP " + host + " 127.0.0.1"}
-			if tc.flag != "" {
-				args = append(args, tc.flag)
-			}
-			args = append(args, "--dump-dom", "https://"+host+":"+port+"/")
-			out, err := runClient(t, "", "", "chromium", args...)
-			if err != nil || !strings.Contains(out, string(pong)) {
-				t.Fatalf("chromium: %v\n%s", err, out)
-			}
+			sessions := loadInChromium(t, cfg, func([]byte) string { return string(pong) }, tc.key+".example.com", tc.flag)
 			select {
 			case s := <-sessions:
-				if s.Version != tc.vers || s.ALPN != "http/1.1" {
-					t.Errorf("session %s", s)
-				}
+				assert.Equal(t, tc.vers, s.Version, "session %s", s)
+				assert.Equal(t, "http/1.1", s.ALPN, "session %s", s)
 				t.Logf("session %s", s)
 			case <-time.After(5 * time.Second):
-				t.Fatal("no completed session")
+				require.Fail(t, "no completed session")
 			}
 		})
 	}
+}
+
+// loadInChromium starts an engine server answering each HTTP/1.1 request with
+// page(request), over connections served concurrently, and has headless
+// Chromium load https://host/ from it (host mapped to loopback, with the
+// extra flags). It returns the sessions of the completed handshakes.
+func loadInChromium(t *testing.T, cfg Config, page func(req []byte) string, host string, flags ...string) <-chan *Session {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	keys := getPKI(t).keys
+	sessions := make(chan *Session, 16)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(20 * time.Second))
+				h, _ := NewHandshake(&cfg)
+				out := (&relay{h: h, keys: keys}).run(conn)
+				if out.session == nil {
+					t.Logf("connection failed: %v %s", out.err, out.last.Reason)
+					return
+				}
+				sessions <- out.session
+				if rc, err := newRecordConn(conn, out.session, out.leftover); err == nil {
+					httpAnswer(rc, page)
+				}
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+		"--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
+		"--user-data-dir=" + t.TempDir(), "--host-resolver-rules=MAP " + host + " 127.0.0.1"}
+	for _, f := range flags {
+		if f != "" {
+			args = append(args, f)
+		}
+	}
+	args = append(args, "--dump-dom", "https://"+host+":"+port+"/")
+	out, err := runClient(t, "", "", "chromium", args...)
+	require.Truef(t, err == nil && strings.Contains(out, string(pong)), "chromium: %v\n%s", err, out)
+	return sessions
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -48,6 +49,10 @@ func FuzzClientHello(f *testing.F) {
 	for _, rec := range seedHellos(f) {
 		f.Add(rec[record.HeaderLen+4:])
 	}
+	// A ClientHello offering two tickets (pre_shared_key, RFC 8446,
+	// Section 4.2.11).
+	two := []offeredTicket{{ticket: []byte("one"), age: 1, psk: make([]byte, 32)}, {ticket: []byte("two"), age: 2}}
+	f.Add(resumeHello(hello13(), []byte{pskModeKE, pskModeDHEKE}, two, 2, 32, false)[record.HeaderLen+4:])
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var m clientHelloMsg
 		if !m.unmarshal(body) {
@@ -76,6 +81,15 @@ func FuzzEngine(f *testing.F) {
 	p := getPKI(f)
 	cfg := serverConfig(p.p256, p.rsa)
 	cfg.ClientAuth, cfg.ClientCAs = ClientAuthOptional, p.clientCA
+	// Resumption: ClientHellos offering a ticket the engine sealed, with a
+	// right and a wrong binder.
+	cfg.Tickets = newAEADTicketKeys(9)
+	cfg.NextProtos = []string{"h2"}
+	ticket := probeTicket(f, &cfg, time.Second, nil)
+	for _, corrupt := range []bool{false, true} {
+		rec := resumeHello(hello13(), []byte{pskModeDHEKE}, []offeredTicket{ticket}, 1, 32, corrupt)
+		f.Add(uint8(0), uint16(len(rec)), rec)
+	}
 	f.Fuzz(func(t *testing.T, prefix uint8, split uint16, data []byte) {
 		h, err := NewHandshake(&cfg)
 		require.NoError(t, err)
@@ -86,17 +100,27 @@ func FuzzEngine(f *testing.F) {
 		}
 		cut := min(int(split), len(data))
 		for _, in := range [][]byte{data[:cut], data[cut:]} {
-			res := h.Step(ctx, p.keys, in)
-			switch res.State {
-			case NeedInput:
-				require.Equal(t, len(in), res.Consumed, "NeedInput consumes everything")
-			case Failed:
-				require.False(t, res.Alert == nil && res.Reason == "", "failure without alert or reason")
-				require.Nil(t, res.Output, "output on failure")
+			if fuzzedStepFailed(t, h.Step(ctx, p.keys, in), in) {
 				return
-			case Complete:
-				require.Fail(t, "handshake completed on fuzzed input")
 			}
 		}
 	})
+}
+
+// fuzzedStepFailed checks what a Step made of fuzzed input in: it consumed
+// everything if it waits for more, failed with an alert or a reason and no
+// output, and never completed. It reports whether the handshake failed.
+func fuzzedStepFailed(t *testing.T, res StepResult, in []byte) bool {
+	t.Helper()
+	switch res.State {
+	case NeedInput:
+		require.Equal(t, len(in), res.Consumed, "NeedInput consumes everything")
+	case Failed:
+		require.False(t, res.Alert == nil && res.Reason == "", "failure without alert or reason")
+		require.Nil(t, res.Output, "output on failure")
+		return true
+	case Complete:
+		require.Fail(t, "handshake completed on fuzzed input")
+	}
+	return false
 }

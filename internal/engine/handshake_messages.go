@@ -95,32 +95,51 @@ type keyShare struct {
 	data  []byte
 }
 
+// pskIdentity is a PskIdentity of the pre_shared_key extension, RFC 8446,
+// Section 4.2.11: for resumption, a ticket and its obfuscated age.
+type pskIdentity struct {
+	identity            []byte
+	obfuscatedTicketAge uint32
+}
+
+// PSK key exchange modes, RFC 8446, Section 4.2.9.
+const (
+	pskModeKE    uint8 = 0 // psk_ke: PSK only, no forward secrecy
+	pskModeDHEKE uint8 = 1 // psk_dhe_ke: PSK with (EC)DHE
+)
+
 // clientHelloMsg is a parsed ClientHello, RFC 8446, Section 4.1.2 and RFC
 // 5246, Section 7.4.1.2. Slices alias the message buffer.
 type clientHelloMsg struct {
-	vers                         uint16
-	random                       []byte
-	sessionID                    []byte
-	cipherSuites                 []uint16
-	compressionMethods           []uint8
-	extensions                   []uint16 // types in the order sent
-	serverName                   string
-	ocspStapling                 bool
-	supportedGroups              []tls.CurveID
-	supportedPoints              []uint8
-	signatureAlgorithms          []tls.SignatureScheme
-	signatureAlgorithmsCert      []tls.SignatureScheme
-	alpnProtocols                []string
-	scts                         bool
-	extendedMasterSecret         bool
-	ticketSupported              bool
-	sessionTicket                []byte
-	supportedVersions            []uint16
-	cookie                       []byte
-	keyShares                    []keyShare
-	earlyData                    bool
-	pskModes                     []uint8
-	pskOffered                   bool
+	vers                    uint16
+	random                  []byte
+	sessionID               []byte
+	cipherSuites            []uint16
+	compressionMethods      []uint8
+	extensions              []uint16 // types in the order sent
+	serverName              string
+	ocspStapling            bool
+	supportedGroups         []tls.CurveID
+	supportedPoints         []uint8
+	signatureAlgorithms     []tls.SignatureScheme
+	signatureAlgorithmsCert []tls.SignatureScheme
+	alpnProtocols           []string
+	scts                    bool
+	extendedMasterSecret    bool
+	ticketSupported         bool
+	sessionTicket           []byte
+	supportedVersions       []uint16
+	cookie                  []byte
+	keyShares               []keyShare
+	earlyData               bool
+	pskModes                []uint8
+	pskOffered              bool
+	pskIdentities           []pskIdentity
+	pskBinders              [][]byte
+	// pskBindersLen is the length of the binders list with its length
+	// prefix: the ClientHello without its last pskBindersLen bytes is the
+	// truncated ClientHello the binders cover (RFC 8446, Section 4.2.11.2).
+	pskBindersLen                int
 	secureRenegotiationSupported bool
 	secureRenegotiation          []byte
 }
@@ -314,8 +333,8 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 		// RFC 7627, Section 5.1.
 		m.extendedMasterSecret = true
 	case extensionSessionTicket:
-		// RFC 5077, Section 3.2: we never resume, but the ticket is part of
-		// what a second ClientHello must repeat.
+		// RFC 5077, Section 3.2: empty to ask for a ticket, or the ticket
+		// of the session to resume.
 		m.ticketSupported = true
 		m.sessionTicket = data
 		data = nil
@@ -358,25 +377,30 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			return false
 		}
 	case extensionPreSharedKey:
-		// RFC 8446, Section 4.2.11. The offer is ignored (no resumption), but
-		// it is decoded like any other: PskIdentity identity<1..2^16-1> and
+		// RFC 8446, Section 4.2.11: PskIdentity identity<1..2^16-1> and
 		// obfuscated_ticket_age, PskBinderEntry<32..255>.
 		var identities, binders cryptobyte.String
-		if !data.ReadUint16LengthPrefixed(&identities) || identities.Empty() ||
-			!data.ReadUint16LengthPrefixed(&binders) || binders.Empty() {
+		if !data.ReadUint16LengthPrefixed(&identities) || identities.Empty() {
+			return false
+		}
+		m.pskBindersLen = len(data)
+		if !data.ReadUint16LengthPrefixed(&binders) || binders.Empty() {
 			return false
 		}
 		for !identities.Empty() {
-			var identity cryptobyte.String
-			if !identities.ReadUint16LengthPrefixed(&identity) || identity.Empty() || !identities.Skip(4) {
+			var id pskIdentity
+			if !identities.ReadUint16LengthPrefixed((*cryptobyte.String)(&id.identity)) || len(id.identity) == 0 ||
+				!identities.ReadUint32(&id.obfuscatedTicketAge) {
 				return false
 			}
+			m.pskIdentities = append(m.pskIdentities, id)
 		}
 		for !binders.Empty() {
 			var binder cryptobyte.String
 			if !binders.ReadUint8LengthPrefixed(&binder) || len(binder) < 32 {
 				return false
 			}
+			m.pskBinders = append(m.pskBinders, binder)
 		}
 		m.pskOffered = true
 	case extensionRenegotiationInfo:
@@ -432,14 +456,17 @@ type serverHelloMsg struct {
 	sessionID   []byte
 	cipherSuite uint16
 
-	supportedVersion uint16      // TLS 1.3 and HelloRetryRequest
-	serverShare      keyShare    // TLS 1.3 ServerHello
+	supportedVersion uint16   // TLS 1.3 and HelloRetryRequest
+	serverShare      keyShare // TLS 1.3 ServerHello
+	pskSelected      bool     // TLS 1.3 ServerHello: pre_shared_key, RFC 8446, Section 4.2.11
+	pskIdentity      uint16
 	selectedGroup    tls.CurveID // HelloRetryRequest
 
 	secureRenegotiation  bool // TLS 1.2: empty renegotiation_info, RFC 5746
 	extendedMasterSecret bool // TLS 1.2: RFC 7627
 	supportedPoints      bool // TLS 1.2 ECDHE: RFC 8422, Section 5.2
 	serverNameAck        bool // TLS 1.2: RFC 6066, Section 3
+	sessionTicket        bool // TLS 1.2: empty SessionTicket, RFC 5077, Section 3.2
 	alpnProtocol         string
 }
 
@@ -470,6 +497,9 @@ func (m *serverHelloMsg) marshal() []byte {
 			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(m.serverShare.data) })
 		})
 	}
+	if m.pskSelected {
+		addExtension(&exts, extensionPreSharedKey, func(b *cryptobyte.Builder) { b.AddUint16(m.pskIdentity) })
+	}
 	if m.secureRenegotiation {
 		addExtension(&exts, extensionRenegotiationInfo, func(b *cryptobyte.Builder) { b.AddUint8(0) })
 	}
@@ -486,6 +516,9 @@ func (m *serverHelloMsg) marshal() []byte {
 	}
 	if m.alpnProtocol != "" {
 		addALPN(&exts, m.alpnProtocol)
+	}
+	if m.sessionTicket {
+		addExtension(&exts, extensionSessionTicket, func(*cryptobyte.Builder) {})
 	}
 	extBytes := exts.BytesOrPanic()
 	return marshalHandshake(typeServerHello, func(b *cryptobyte.Builder) {

@@ -99,13 +99,11 @@ func (m *clientHelloMsg) marshal() []byte {
 					case extensionPSKModes:
 						b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(m.pskModes) })
 					case extensionPreSharedKey:
-						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-							b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte("identity")) })
-							b.AddUint32(0)
-						})
-						b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-							b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(make([]byte, 32)) })
-						})
+						ids, binders := m.pskIdentities, m.pskBinders
+						if ids == nil {
+							ids, binders = []pskIdentity{{identity: []byte("identity")}}, [][]byte{make([]byte, 32)}
+						}
+						b.AddBytes(pskExtension(ids, binders))
 					case extensionRenegotiationInfo:
 						b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(m.secureRenegotiation) })
 					}
@@ -113,6 +111,25 @@ func (m *clientHelloMsg) marshal() []byte {
 			}
 		})
 	})
+}
+
+// pskExtension encodes the body of a pre_shared_key extension, RFC 8446,
+// Section 4.2.11: the identities with their obfuscated ages, then the
+// binders.
+func pskExtension(ids []pskIdentity, binders [][]byte) []byte {
+	var b cryptobyte.Builder
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for _, id := range ids {
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(id.identity) })
+			b.AddUint32(id.obfuscatedTicketAge)
+		}
+	})
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for _, binder := range binders {
+			b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(binder) })
+		}
+	})
+	return b.BytesOrPanic()
 }
 
 // parseHello parses a ClientHello record or message into its struct.

@@ -13,6 +13,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/sigscheme"
@@ -171,19 +172,29 @@ func (h *Handshake) sign(what string, message []byte) ([]byte, error) {
 // 8422, Sections 5.1 and 5.3), and OpenSSL aborts with "wrong curve"
 // otherwise.
 func fits12(s cipherSuite12, cert *Certificate, ch *clientHelloMsg, ecdheOK bool) bool {
-	alg := cert.leaf.PublicKeyAlgorithm
-	switch s.kex {
-	case kexRSA:
-		return alg == x509.RSA
-	case kexECDHERSA:
-		return alg == x509.RSA && ecdheOK
-	case kexECDHEECDSA:
-		if pub, ok := cert.leaf.PublicKey.(*ecdsa.PublicKey); ok && ch.has(extensionSupportedGroups) {
-			if id, known := curveID(pub.Curve); !known || !slices.Contains(ch.supportedGroups, id) {
-				return false
-			}
+	if !kexFitsKey(s.kex, cert.leaf.PublicKeyAlgorithm) {
+		return false
+	}
+	if s.kex == kexRSA {
+		return true
+	}
+	if pub, ok := cert.leaf.PublicKey.(*ecdsa.PublicKey); ok && ch.has(extensionSupportedGroups) {
+		if id, known := curveID(pub.Curve); !known || !slices.Contains(ch.supportedGroups, id) {
+			return false
 		}
-		return (alg == x509.ECDSA || alg == x509.Ed25519) && ecdheOK
+	}
+	return ecdheOK
+}
+
+// kexFitsKey reports whether a TLS 1.2 key exchange can use a certificate
+// key of type alg: RSA encryption or an RSA signature, or an ECDSA or EdDSA
+// signature (RFC 8422, Section 2).
+func kexFitsKey(kex keyExchange, alg x509.PublicKeyAlgorithm) bool {
+	switch kex {
+	case kexRSA, kexECDHERSA:
+		return alg == x509.RSA
+	case kexECDHEECDSA:
+		return alg == x509.ECDSA || alg == x509.Ed25519
 	}
 	return false
 }
@@ -203,6 +214,10 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	if ch.has(extensionSupportedPoints) && !slices.Contains(ch.supportedPoints, pointFormatUncompressed) &&
 		slices.ContainsFunc(ch.supportedGroups, rfc8422Curve) {
 		return fail(alertIllegalParameter, "ec_point_formats without the uncompressed format")
+	}
+	resumed, refused, err := h.resume12(ch, raw)
+	if err != nil || resumed {
+		return err
 	}
 	group, haveGroup := selectGroup12(h.cfg.groups(), ch)
 	// RFC 8422, Section 5.1.2: uncompressed points are the only format.
@@ -250,6 +265,7 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 		return err
 	}
 	h.alpn = alpn
+	h.issueTicket = h.issueTicket12(ch)
 	h.kex = suite.kex
 	if suite.kex != kexRSA {
 		h.group = group
@@ -260,12 +276,8 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	h.transcript = newTranscript(h.suite.Hash, h.clientAuth)
 	h.transcript.write(raw)
 
-	if h.serverRandom, err = h.randomBytes(32); err != nil {
+	if err := h.newServerRandom12(); err != nil {
 		return err
-	}
-	_, hi := h.cfg.versions()
-	if hi == tls.VersionTLS13 {
-		copy(h.serverRandom[24:], downgradeCanaryTLS12) // RFC 8446, Section 4.1.3
 	}
 	hello := serverHelloMsg{
 		random:               h.serverRandom,
@@ -278,21 +290,11 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 		supportedPoints: h.kex != kexRSA && ch.has(extensionSupportedPoints),
 		serverNameAck:   ch.serverName != "",
 		alpnProtocol:    alpn,
+		sessionTicket:   h.issueTicket,
 	}
-	ev := TraceEvent{Message: "ServerHello"}
-	ev.add("version", versionName(h.vers))
-	ev.add("cipher_suite", tls.CipherSuiteName(suite.id))
-	if alpn != "" {
-		ev.add("alpn", alpn)
-	}
-	if h.ems {
-		ev.add("extended_master_secret", "true")
-	} else {
-		ev.add("extended_master_secret", "not offered by the client: master secret not bound to the handshake (RFC 7627)")
-	}
-	ev.add("secure_renegotiation", strconv.FormatBool(ch.secureRenegotiationSupported))
-	if hi == tls.VersionTLS13 {
-		ev.add("downgrade_sentinel", "DOWNGRD\\x01")
+	ev := h.traceServerHello12(&hello, ch)
+	if refused != "" {
+		ev.add("resumption", "refused: "+refused)
 	}
 	h.sendMessage(hello.marshal(), ev)
 
@@ -316,6 +318,42 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 		h.state = state12ClientCertificate
 	}
 	return nil
+}
+
+// newServerRandom12 draws ServerHello.random, with the downgrade sentinel
+// of a server able to do TLS 1.3 (RFC 8446, Section 4.1.3).
+func (h *Handshake) newServerRandom12() error {
+	var err error
+	if h.serverRandom, err = h.randomBytes(32); err != nil {
+		return err
+	}
+	if _, hi := h.cfg.versions(); hi == tls.VersionTLS13 {
+		copy(h.serverRandom[24:], downgradeCanaryTLS12)
+	}
+	return nil
+}
+
+// traceServerHello12 decodes a TLS 1.2 ServerHello for the trace.
+func (h *Handshake) traceServerHello12(hello *serverHelloMsg, ch *clientHelloMsg) TraceEvent {
+	ev := TraceEvent{Message: "ServerHello"}
+	ev.add("version", versionName(h.vers))
+	ev.add("cipher_suite", tls.CipherSuiteName(hello.cipherSuite))
+	if hello.alpnProtocol != "" {
+		ev.add("alpn", hello.alpnProtocol)
+	}
+	if hello.extendedMasterSecret {
+		ev.add("extended_master_secret", "true")
+	} else {
+		ev.add("extended_master_secret", "not offered by the client: master secret not bound to the handshake (RFC 7627)")
+	}
+	ev.add("secure_renegotiation", strconv.FormatBool(ch.secureRenegotiationSupported))
+	if hello.sessionTicket {
+		ev.add("session_ticket", "a new ticket follows")
+	}
+	if _, hi := h.cfg.versions(); hi == tls.VersionTLS13 {
+		ev.add("downgrade_sentinel", "DOWNGRD\\x01")
+	}
+	return ev
 }
 
 // sendServerKeyExchange generates the ephemeral ECDHE key and sends its
@@ -508,6 +546,20 @@ func (h *Handshake) processClientFinished12(body, raw []byte) error {
 		return err
 	}
 	h.transcript.write(raw)
+	if h.issueTicket {
+		h.sendNewSessionTicket12(time.Time{})
+	}
+	if err := h.sendServerFinished12(); err != nil {
+		return err
+	}
+	h.complete12()
+	return nil
+}
+
+// sendServerFinished12 sends the server's ChangeCipherSpec and Finished,
+// which ends the full handshake and starts the abbreviated one (RFC 5246,
+// Sections 7.1 and 7.4.9).
+func (h *Handshake) sendServerFinished12() error {
 	verifyData := finishedVerifyData12(h.suite.Hash, h.masterSecret, "server finished", h.transcript.sum())
 	if err := h.sendChangeCipherSpec(); err != nil {
 		return err
@@ -518,15 +570,17 @@ func (h *Handshake) processClientFinished12(body, raw []byte) error {
 	}
 	h.writeCipher = c
 	h.sendMessage(marshalFinished(verifyData), TraceEvent{Message: "Finished"})
-	if err := h.flush(); err != nil {
-		return err
-	}
+	return h.flush()
+}
+
+// complete12 completes a TLS 1.2 handshake once both Finished messages are
+// through.
+func (h *Handshake) complete12() {
 	s := h.newSession()
 	s.ExtendedMasterSecret = h.ems
 	s.ClientKey, s.ClientIV, s.ServerKey, s.ServerIV = h.clientKey, h.clientIV, h.serverKey, h.serverIV
 	s.ClientSeq, s.ServerSeq = h.readCipher.Seq(), h.writeCipher.Seq()
 	h.complete(s)
-	return nil
 }
 
 // checkClientFinished compares the client's Finished with the expected
@@ -560,6 +614,7 @@ func (h *Handshake) newSession() *Session {
 		KeyRef:               h.cfg.Certificates[h.cert].KeyRef,
 		PeerCertificates:     h.peerCerts,
 		DidHelloRetryRequest: h.didHRR,
+		Resumed:              h.resumed,
 	}
 }
 
@@ -567,10 +622,10 @@ func (h *Handshake) newSession() *Session {
 func (h *Handshake) complete(s *Session) {
 	h.session = s
 	h.state = stateComplete
-	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake} {
+	for _, secret := range [][]byte{h.masterSecret, h.clientHandshake, h.master13} {
 		clear(secret)
 	}
-	h.masterSecret, h.clientHandshake = nil, nil
+	h.masterSecret, h.clientHandshake, h.master13 = nil, nil, nil
 	h.transcript, h.readCipher, h.writeCipher = nil, nil, nil
 }
 

@@ -12,7 +12,7 @@ import (
 type negotiation13 struct {
 	suite  uint16
 	group  tls.CurveID
-	cert   int
+	cert   int // -1 until chosen: after the PSK is checked when the client may resume
 	scheme tls.SignatureScheme
 	alpn   string
 }
@@ -47,9 +47,13 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups} {
 		if !ch.has(ext) {
 			if ch.pskOffered {
-				// A well-formed PSK-only offer; with no resumption, nothing
-				// is left to negotiate (RFC 8446, Section 6.2).
-				return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no extension %d), and the server resumes no session", ext)
+				if ext == extensionSignatureAlgorithms && h.mayResume13(ch) {
+					continue // a resumption needs no signature
+				}
+				// A well-formed PSK-only offer; without (EC)DHE
+				// (psk_ke) or resumption, nothing is left to negotiate
+				// (RFC 8446, Section 6.2).
+				return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no extension %d), and the server resumes no session that way", ext)
 			}
 			return n, fail(alertMissingExtension, "TLS 1.3 ClientHello without extension %d", ext)
 		}
@@ -78,23 +82,34 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	if n.group, ok = selectGroup13(h.cfg.groups(), ch); !ok {
 		return n, fail(alertHandshakeFailure, "no key exchange group in common")
 	}
-	found := false
+	var err error
+	if n.alpn, err = negotiateALPN(h.cfg.NextProtos, ch.alpnProtocols); err != nil {
+		return n, err
+	}
+	n.cert = -1
+	if h.mayResume13(ch) {
+		// The certificate waits until the PSK is checked: a resumption
+		// needs none, and asks nothing of KeyOps.
+		return n, nil
+	}
+	return n, h.selectCertificate13(ch, &n)
+}
+
+// selectCertificate13 picks the certificate and signature scheme of a full
+// handshake.
+func (h *Handshake) selectCertificate13(ch *clientHelloMsg, n *negotiation13) error {
 	for _, idx := range h.certificateOrder(ch.serverName) {
 		keySchemes, err := h.keySchemes(idx, tls.VersionTLS13)
 		if err != nil {
-			return n, err
+			return err
 		}
+		var found bool
 		if n.scheme, found = selectSignatureScheme(keySchemes, ch.signatureAlgorithms); found {
 			n.cert = idx
-			break
+			return nil
 		}
 	}
-	if !found {
-		return n, fail(alertHandshakeFailure, "no certificate signs with a scheme the client accepts")
-	}
-	var err error
-	n.alpn, err = negotiateALPN(h.cfg.NextProtos, ch.alpnProtocols)
-	return n, err
+	return fail(alertHandshakeFailure, "no certificate signs with a scheme the client accepts")
 }
 
 // serverHello13 answers the first TLS 1.3 ClientHello: with a
@@ -202,6 +217,27 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 // derives the handshake and application traffic secrets (RFC 8446, Sections
 // 2 and 7.1).
 func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotiation13, clientShare []byte) error {
+	ev := TraceEvent{Message: "ServerHello"}
+	ev.add("version", versionName(tls.VersionTLS13))
+	ev.add("cipher_suite", tls.CipherSuiteName(n.suite))
+	ev.add("key_share", n.group.String())
+	psk, err := h.selectPSK(ch, raw, &n, &ev)
+	if err != nil {
+		return err
+	}
+	var pskSecret []byte
+	if psk != nil {
+		// RFC 8446, Section 2.2: a resumed handshake authenticates with the
+		// PSK; the certificate is the one SNI would select, for the record.
+		h.resumed, h.peerCerts = true, psk.ticket.peerCerts
+		n.cert, n.scheme = h.certificateOrder(ch.serverName)[0], 0
+		pskSecret = psk.ticket.secret
+		defer psk.ticket.wipe()
+	} else if n.cert < 0 {
+		if err := h.selectCertificate13(ch, &n); err != nil {
+			return err
+		}
+	}
 	h.group, h.cert, h.scheme, h.alpn = n.group, n.cert, n.scheme, n.alpn
 	hash := h.suite.Hash
 	shared, serverShare, err := serverKeyShare13(n.group, h.cfg.rand(), clientShare)
@@ -219,16 +255,15 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		supportedVersion: tls.VersionTLS13,
 		serverShare:      keyShare{group: n.group, data: serverShare},
 	}
-	ev := TraceEvent{Message: "ServerHello"}
-	ev.add("version", versionName(tls.VersionTLS13))
-	ev.add("cipher_suite", tls.CipherSuiteName(n.suite))
-	ev.add("key_share", n.group.String())
+	if psk != nil {
+		hello.pskSelected, hello.pskIdentity = true, psk.identity
+	}
 	h.sendMessage(hello.marshal(), ev)
 	if err := h.sendCompatChangeCipherSpec(); err != nil {
 		return err
 	}
 
-	early := newEarlySecret13(hash, nil)
+	early := newEarlySecret13(hash, pskSecret)
 	handshakeSecret := early.handshakeSecret(shared)
 	early.wipe()
 	clear(shared)
@@ -242,7 +277,9 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		return err
 	}
 
-	ee := encryptedExtensionsMsg{serverNameAck: ch.serverName != "", alpnProtocol: n.alpn}
+	// RFC 6066, Section 3: "When resuming a session, the server MUST NOT
+	// include a server_name extension in the server hello."
+	ee := encryptedExtensionsMsg{serverNameAck: ch.serverName != "" && !h.resumed, alpnProtocol: n.alpn}
 	ev = TraceEvent{Message: "EncryptedExtensions"}
 	if n.alpn != "" {
 		ev.add("alpn", n.alpn)
@@ -252,20 +289,14 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	}
 	h.sendMessage(ee.marshal(), ev)
 
-	h.clientAuth = h.cfg.ClientAuth != ClientAuthOff
-	if h.clientAuth {
-		h.sendCertificateRequest()
+	// RFC 8446, Section 4.3.2: "Servers which are authenticating with a
+	// PSK MUST NOT send the CertificateRequest message in the main
+	// handshake"; nor Certificate and CertificateVerify (Section 2.2).
+	if !h.resumed {
+		if err := h.sendCertificateFlight13(); err != nil {
+			return err
+		}
 	}
-	cert := &h.cfg.Certificates[h.cert]
-	h.sendMessage((&certificateMsg{tls13: true, certificates: cert.Chain}).marshal(), traceServerCertificate(cert))
-
-	cv := certificateVerifyMsg{signatureAlgorithm: h.scheme}
-	if cv.signature, err = h.sign("CertificateVerify", signedMessage13(serverSignatureContext, h.transcript.sum())); err != nil {
-		return err
-	}
-	ev = TraceEvent{Message: "CertificateVerify"}
-	ev.add("signature_scheme", h.scheme.String())
-	h.sendMessage(cv.marshal(), ev)
 
 	h.sendMessage(marshalFinished(finishedVerifyData13(hash, serverHandshake, h.transcript.sum())), TraceEvent{Message: "Finished"})
 	if err := h.flush(); err != nil {
@@ -277,7 +308,16 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	finishedHash := h.transcript.sum()
 	h.clientTraffic, h.serverTraffic = master.trafficSecrets(finishedHash)
 	h.exporterSecret = master.exporterMasterSecret(finishedHash)
-	master.wipe()
+	if h.cfg.Tickets != nil && slices.Contains(ch.pskModes, pskModeDHEKE) {
+		// A ticket will follow the client's Finished, which the resumption
+		// master secret covers: the master secret waits for it. A client
+		// without psk_dhe_ke could not use the ticket (RFC 8446, Section
+		// 4.2.9: servers "SHOULD NOT send NewSessionTicket with tickets that
+		// are not compatible with the advertised modes").
+		h.master13 = master.secret
+	} else {
+		master.wipe()
+	}
 	// From its Finished on, the server writes under the server application
 	// traffic secret (RFC 8446, Section 7.1 and Appendix A.2): an alert it
 	// sends about the client's second flight is protected with it, because
@@ -294,6 +334,27 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	if h.clientAuth {
 		h.state = state13ClientCertificate
 	}
+	return nil
+}
+
+// sendCertificateFlight13 sends [CertificateRequest], Certificate and
+// CertificateVerify: the server authentication of a full handshake.
+func (h *Handshake) sendCertificateFlight13() error {
+	h.clientAuth = h.cfg.ClientAuth != ClientAuthOff
+	if h.clientAuth {
+		h.sendCertificateRequest()
+	}
+	cert := &h.cfg.Certificates[h.cert]
+	h.sendMessage((&certificateMsg{tls13: true, certificates: cert.Chain}).marshal(), traceServerCertificate(cert))
+
+	cv := certificateVerifyMsg{signatureAlgorithm: h.scheme}
+	var err error
+	if cv.signature, err = h.sign("CertificateVerify", signedMessage13(serverSignatureContext, h.transcript.sum())); err != nil {
+		return err
+	}
+	ev := TraceEvent{Message: "CertificateVerify"}
+	ev.add("signature_scheme", h.scheme.String())
+	h.sendMessage(cv.marshal(), ev)
 	return nil
 }
 
@@ -334,10 +395,24 @@ func (h *Handshake) processClientCertificateVerify13(body, raw []byte) error {
 
 // processClientFinished13 verifies the client's Finished under the client
 // handshake traffic secret (RFC 8446, Section 4.4.4) and completes the
-// handshake: the server's flight went out with its ServerHello.
+// handshake: the server's flight went out with its ServerHello. With
+// tickets on and a client that lists psk_dhe_ke, a NewSessionTicket
+// follows in the Output.
 func (h *Handshake) processClientFinished13(body, raw []byte) error {
 	if err := h.checkClientFinished(body, finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())); err != nil {
 		return err
+	}
+	if h.master13 != nil && h.cfg.Tickets != nil { // tickets may have been turned off since a restore
+		h.transcript.write(raw)
+		master := masterSecret13{secret13{h.suite.Hash, h.master13}}
+		resumptionMaster := master.resumptionMasterSecret(h.transcript.sum())
+		master.wipe()
+		h.master13 = nil
+		err := h.sendNewSessionTicket(resumptionMaster)
+		clear(resumptionMaster)
+		if err != nil {
+			return err
+		}
 	}
 	s := h.newSession()
 	s.ExtendedMasterSecret = true // the transcript is always bound
@@ -345,6 +420,7 @@ func (h *Handshake) processClientFinished13(body, raw []byte) error {
 	s.ClientTrafficSecret, s.ServerTrafficSecret, s.ExporterMasterSecret = h.clientTraffic, h.serverTraffic, h.exporterSecret
 	s.ClientKey, s.ClientIV = record.TrafficKeys(h.suite, h.clientTraffic)
 	s.ServerKey, s.ServerIV = record.TrafficKeys(h.suite, h.serverTraffic)
+	s.ServerSeq = h.writeCipher.Seq() // past the NewSessionTicket, if any
 	h.complete(s)
 	return nil
 }

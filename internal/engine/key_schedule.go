@@ -12,9 +12,9 @@ import (
 // stage is one secret; it derives its own traffic secrets and, by
 // HKDF-Extract over Derive-Secret(., "derived", ""), the next stage:
 //
-//	PSK or 0   -> HKDF-Extract = Early Secret     (earlySecret13)
+//	PSK or 0   -> HKDF-Extract = Early Secret     (earlySecret13)     -> res binder
 //	(EC)DHE    -> HKDF-Extract = Handshake Secret (handshakeSecret13) -> {c,s} hs traffic
-//	0          -> HKDF-Extract = Master Secret    (masterSecret13)    -> {c,s} ap traffic, exp master
+//	0          -> HKDF-Extract = Master Secret    (masterSecret13)    -> {c,s} ap traffic, exp master, res master
 //
 // A PSK enters at the early secret (its binder key and early traffic secret
 // are derived there), the resumption master secret at the master secret:
@@ -64,6 +64,13 @@ func newEarlySecret13(h crypto.Hash, psk []byte) earlySecret13 {
 	return earlySecret13{secret13{h, extract(h, psk, nil)}}
 }
 
+// binderKey is the resumption binder_key, Derive-Secret(., "res binder",
+// ""), RFC 8446, Section 7.1: the base key of the PSK binders (Section
+// 4.2.11.2).
+func (s earlySecret13) binderKey() []byte {
+	return s.derive("res binder", s.hash.New().Sum(nil))
+}
+
 // handshakeSecret13 is HKDF-Extract(Derive-Secret(Early Secret, "derived", ""), (EC)DHE).
 type handshakeSecret13 struct{ secret13 }
 
@@ -94,6 +101,19 @@ func (s masterSecret13) trafficSecrets(transcriptHash []byte) (client, server []
 // over ClientHello...server Finished.
 func (s masterSecret13) exporterMasterSecret(transcriptHash []byte) []byte {
 	return s.derive("exp master", transcriptHash)
+}
+
+// resumptionMasterSecret is the resumption_master_secret, over
+// ClientHello...client Finished (RFC 8446, Section 7.1).
+func (s masterSecret13) resumptionMasterSecret(transcriptHash []byte) []byte {
+	return s.derive("res master", transcriptHash)
+}
+
+// ticketPSK is the PSK of the ticket with ticket_nonce nonce,
+// HKDF-Expand-Label(resumption_master_secret, "resumption", ticket_nonce,
+// Hash.length), RFC 8446, Section 4.6.1.
+func ticketPSK(h crypto.Hash, resumptionMasterSecret, nonce []byte) []byte {
+	return record.ExpandLabel(h, resumptionMasterSecret, "resumption", nonce, h.Size())
 }
 
 // finishedVerifyData13 is HMAC(finished_key, Transcript-Hash), RFC 8446,

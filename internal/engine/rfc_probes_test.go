@@ -166,15 +166,7 @@ const (
 // pskOffer is a well-formed pre_shared_key extension: one identity and one
 // 32-byte binder (RFC 8446, Section 4.2.11).
 func pskOffer(identity []byte, binder []byte) rawExt {
-	var b cryptobyte.Builder
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(identity) })
-		b.AddUint32(0)
-	})
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(binder) })
-	})
-	return rawExt{xPreSharedKey, b.BytesOrPanic()}
+	return rawExt{xPreSharedKey, pskExtension([]pskIdentity{{identity: identity}}, [][]byte{binder})}
 }
 
 var (
@@ -1055,6 +1047,7 @@ type client12 struct {
 	transcript hash.Hash
 	master     []byte
 	key, iv    []byte // client write key and salt
+	random     []byte // the server's
 	out        *record.Cipher
 	cke        []byte // the correct ClientKeyExchange message
 	done       chan relayOutcome
@@ -1062,9 +1055,16 @@ type client12 struct {
 
 func dial12(t *testing.T, cfg Config) *client12 {
 	t.Helper()
+	return dial12Hello(t, cfg, hello12())
+}
+
+// dial12Hello is dial12 with the extensions of hello (the suite and group
+// are dial12's).
+func dial12Hello(t *testing.T, cfg Config, hello rawHello) *client12 {
+	t.Helper()
 	clientConn, done := startProbeRelay(t, cfg)
 	c := &client12{t: t, conn: clientConn, transcript: sha256.New(), done: done}
-	hello := hello12().replace(extGroups(0x0017))
+	hello = hello.replace(extGroups(0x0017))
 	hello.suites = []uint16{0xc02b}
 	c.transcript.Write(hello.message())
 	_, err := clientConn.Write(hello.record())
@@ -1098,6 +1098,7 @@ func dial12(t *testing.T, cfg Config) *client12 {
 		c.transcript.Write(m.raw)
 	}
 	serverRandom := parseServerHello(t, msgs[0]).random
+	c.random = serverRandom
 	skx := msgs[2].body
 	require.Equal(t, []byte{3, 0x00, 0x17, 65}, skx[:4], "ServerECDHParams for secp256r1")
 	peer, err := ecdh.P256().NewPublicKey(skx[4 : 4+65])
@@ -1300,11 +1301,11 @@ func TestProbeVersionNegotiation(t *testing.T) {
 	}
 }
 
-// TestProbeNoResumptionTLS12: the engine never resumes, so a TLS 1.2
-// ClientHello offering a session (ID or ticket) gets a full handshake:
-// RFC 5246, Section 7.4.1.3 has a server that does not resume answer with a
-// session_id other than the client's, and RFC 5077, Section 3.2 has it send
-// no SessionTicket extension unless it will issue a ticket.
+// TestProbeNoResumptionTLS12: without TicketKeys the engine never resumes,
+// so a TLS 1.2 ClientHello offering a session (ID or ticket) gets a full
+// handshake: RFC 5246, Section 7.4.1.3 has a server that does not resume
+// answer with a session_id other than the client's, and RFC 5077, Section
+// 3.2 has it send no SessionTicket extension unless it will issue a ticket.
 func TestProbeNoResumptionTLS12(t *testing.T) {
 	hello := hello12().with(rawExt{35, bytes.Repeat([]byte{0x7a}, 100)}) // session_ticket
 	hello.sessionID = bytes.Repeat([]byte{0x5e}, 32)

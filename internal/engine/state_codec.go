@@ -21,8 +21,11 @@ import (
 
 // Version 2: a TLS 1.3 write cipher is under the application traffic
 // secret; the dropped change_cipher_spec count. Version 3: per-version
-// handshake states (state12_*, state13_*), numbered anew.
-const stateCodecVersion = 3
+// handshake states (state12_*, state13_*), numbered anew. Version 4: 16 bits
+// of flags, with the resumption flag; the TLS 1.3 master secret kept for
+// the resumption master secret; the TLS 1.2 abbreviated handshake states
+// and the ticket promised in a full one.
+const stateCodecVersion = 4
 
 // stateFlags pack the booleans of the state.
 const (
@@ -34,6 +37,8 @@ const (
 	flagKeepRaw
 	flagReadCipher
 	flagWriteCipher
+	flagResumed
+	flagIssueTicket
 )
 
 var errNotPending = errors.New("engine: only a handshake waiting for input can be saved")
@@ -44,8 +49,8 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	if h.state == stateComplete || h.state == stateFailed {
 		return nil, errNotPending
 	}
-	var flags uint8
-	set := func(bit uint8, on bool) {
+	var flags uint16
+	set := func(bit uint16, on bool) {
 		if on {
 			flags |= bit
 		}
@@ -58,6 +63,8 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	set(flagKeepRaw, h.transcript != nil && h.transcript.keep)
 	set(flagReadCipher, h.readCipher != nil)
 	set(flagWriteCipher, h.writeCipher != nil)
+	set(flagResumed, h.resumed)
+	set(flagIssueTicket, h.issueTicket)
 	var suiteID uint16
 	if h.suite != nil {
 		suiteID = h.suite.ID
@@ -77,7 +84,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	var b cryptobyte.Builder
 	b.AddUint8(stateCodecVersion)
 	b.AddUint8(uint8(h.state))
-	b.AddUint8(flags)
+	b.AddUint16(flags)
 	b.AddUint8(h.droppedCCS)
 	for _, v := range []uint16{h.vers, suiteID, uint16(h.kex), uint16(h.group), uint16(h.cert), uint16(h.scheme), h.clientVersion} {
 		b.AddUint16(v)
@@ -91,7 +98,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	}
 	for _, v := range [][]byte{[]byte(h.serverName), []byte(h.alpn), h.clientRandom, h.serverRandom, h.sessionID,
 		h.hrrHello, ecdheKey, h.masterSecret, h.clientKey, h.clientIV, h.serverKey, h.serverIV,
-		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, transcriptState} {
+		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, h.master13, transcriptState} {
 		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(v) })
 	}
 	for _, v := range [][]byte{h.inBuf, h.hsBuf, transcriptRaw} {
@@ -116,10 +123,10 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	}
 	h := &Handshake{cfg: cfg}
 	s := cryptobyte.String(data)
-	var codecVersion, state, flags uint8
-	var suiteID, kex, group, cert, scheme uint16
+	var codecVersion, state uint8
+	var flags, suiteID, kex, group, cert, scheme uint16
 	if !s.ReadUint8(&codecVersion) || codecVersion != stateCodecVersion ||
-		!s.ReadUint8(&state) || !s.ReadUint8(&flags) || !s.ReadUint8(&h.droppedCCS) ||
+		!s.ReadUint8(&state) || !s.ReadUint16(&flags) || !s.ReadUint8(&h.droppedCCS) ||
 		!s.ReadUint16(&h.vers) || !s.ReadUint16(&suiteID) || !s.ReadUint16(&kex) || !s.ReadUint16(&group) ||
 		!s.ReadUint16(&cert) || !s.ReadUint16(&scheme) || !s.ReadUint16(&h.clientVersion) {
 		return nil, errBadState
@@ -127,6 +134,7 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	h.state, h.kex, h.group, h.cert, h.scheme = handshakeState(state), keyExchange(kex), tls.CurveID(group), int(cert), tls.SignatureScheme(scheme)
 	h.ems, h.clientAuth, h.didHRR = flags&flagEMS != 0, flags&flagClientAuth != 0, flags&flagDidHRR != 0
 	h.sentCCS, h.skipEarlyData = flags&flagSentCCS != 0, flags&flagSkipEarlyData != 0
+	h.resumed, h.issueTicket = flags&flagResumed != 0, flags&flagIssueTicket != 0
 	var skipped uint32
 	var readSeq, writeSeq uint64
 	if !s.ReadUint32(&skipped) ||
@@ -138,7 +146,7 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	var serverName, alpn, ecdheKey, transcriptState, transcriptRaw []byte
 	for _, v := range []*[]byte{&serverName, &alpn, &h.clientRandom, &h.serverRandom, &h.sessionID,
 		&h.hrrHello, &ecdheKey, &h.masterSecret, &h.clientKey, &h.clientIV, &h.serverKey, &h.serverIV,
-		&h.clientHandshake, &h.clientTraffic, &h.serverTraffic, &h.exporterSecret, &transcriptState} {
+		&h.clientHandshake, &h.clientTraffic, &h.serverTraffic, &h.exporterSecret, &h.master13, &transcriptState} {
 		if !readCopy(&s, v, (*cryptobyte.String).ReadUint16LengthPrefixed) {
 			return nil, errBadState
 		}
@@ -182,7 +190,7 @@ func readCopy(s *cryptobyte.String, out *[]byte, read func(*cryptobyte.String, *
 // restoreDerived rebuilds what the encoding leaves out because it follows
 // from the rest: the suite, ciphers, transcript hash, ECDHE key and the
 // client's public key.
-func (h *Handshake) restoreDerived(suiteID uint16, flags uint8, readSeq, writeSeq uint64, ecdheKey, transcriptState, transcriptRaw []byte) error {
+func (h *Handshake) restoreDerived(suiteID, flags uint16, readSeq, writeSeq uint64, ecdheKey, transcriptState, transcriptRaw []byte) error {
 	if h.state >= stateComplete || h.cert >= len(h.cfg.Certificates) ||
 		h.state.version() != h.vers {
 		return errBadState
@@ -221,7 +229,7 @@ func (h *Handshake) restoreDerived(suiteID uint16, flags uint8, readSeq, writeSe
 		}
 		h.peerKey = leaf.PublicKey
 	}
-	if !h.consistent() {
+	if !h.consistent(flags) {
 		return errBadState
 	}
 	var err error
@@ -242,7 +250,7 @@ func (h *Handshake) restoreDerived(suiteID uint16, flags uint8, readSeq, writeSe
 
 // consistent checks that the restored state has what its handshake state
 // needs, so that a damaged encoding fails here rather than in a later Step.
-func (h *Handshake) consistent() bool {
+func (h *Handshake) consistent(flags uint16) bool {
 	switch {
 	case h.state == stateClientHello:
 		return h.transcript == nil
@@ -252,11 +260,16 @@ func (h *Handshake) consistent() bool {
 		return h.didHRR && len(h.hrrHello) == sha256.Size && groupSupported(h.group)
 	case h.vers == tls.VersionTLS13:
 		return len(h.clientHandshake) == h.suite.Hash.Size() && len(h.serverTraffic) == h.suite.Hash.Size() &&
-			(h.state != state13ClientCertificateVerify || h.peerKey != nil)
+			(h.master13 == nil || len(h.master13) == h.suite.Hash.Size()) &&
+			(h.state != state13ClientCertificateVerify || h.peerKey != nil) &&
+			(!h.resumed || (h.state == state13ClientFinished && !h.clientAuth)) // no CertificateRequest when resumed
 	case h.state == state12ClientCertificate || h.state == state12ClientKeyExchange:
 		return h.kex == kexRSA || (h.kex != 0 && h.kex <= kexECDHEECDSA && h.ecdheKey != nil)
 	case h.state == state12ClientCertificateVerify:
 		return h.peerKey != nil
+	case h.state == state12ResumeChangeCipherSpec || h.state == state12ResumeClientFinished:
+		// The abbreviated handshake waits with the server's write keys.
+		return h.resumed && flags&flagWriteCipher != 0 && len(h.masterSecret) == masterSecretLength
 	}
-	return len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished
+	return !h.resumed && len(h.masterSecret) == masterSecretLength // ChangeCipherSpec or Finished
 }

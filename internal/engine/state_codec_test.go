@@ -5,9 +5,12 @@ import (
 	"crypto/tls"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // TestSaveRestore moves the handshake to a new Handshake value after every
@@ -88,6 +91,9 @@ func FuzzRestoreHandshake(f *testing.F) {
 		saved, _ = h.MarshalBinary()
 		f.Add(saved, []byte{20, 3, 3, 0, 1, 1, 22, 3, 3, 0, 4, 20, 0, 0, 0})
 	}
+	// A resumed TLS 1.3 handshake waiting for the client's Finished.
+	cfg.Tickets, cfg.NextProtos = newAEADTicketKeys(3), []string{"h2"}
+	f.Add(savedResumed(f, &cfg), []byte{20, 3, 3, 0, 1, 1})
 	f.Fuzz(func(t *testing.T, saved, in []byte) {
 		h, err := RestoreHandshake(&cfg, saved)
 		if err != nil {
@@ -118,4 +124,57 @@ func TestRestoreRefusesOtherCodecVersion(t *testing.T) {
 		_, err = RestoreHandshake(&cfg, saved)
 		assert.ErrorIs(t, err, errBadState, "codec version %d", v)
 	}
+}
+
+// savedResumed returns the saved state of a TLS 1.3 handshake resumed from
+// a ticket, waiting for the client's Finished.
+func savedResumed(t testing.TB, cfg *Config) []byte {
+	h, err := NewHandshake(cfg)
+	require.NoError(t, err)
+	hello := resumeHello(hello13(), []byte{pskModeDHEKE}, []offeredTicket{probeTicket(t, cfg, time.Second, nil)}, 1, 32, false)
+	res := h.Step(context.Background(), noKeyOps, hello)
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	require.True(t, h.resumed)
+	saved, err := h.MarshalBinary()
+	require.NoError(t, err)
+	return saved
+}
+
+// TestRestoreResumed: a resumed handshake's state survives a save and a
+// restore (with the master secret kept for the next ticket); one that
+// claims to wait for a client Certificate, which a resumption never asks
+// for, is refused.
+func TestRestoreResumed(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(3)
+	saved := savedResumed(t, &cfg)
+	h, err := RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	assert.True(t, h.resumed)
+	assert.Len(t, h.master13, 32)
+	saved[1] = byte(state13ClientCertificate)
+	_, err = RestoreHandshake(&cfg, saved)
+	assert.ErrorIs(t, err, errBadState)
+}
+
+// TestRestoreResumedTicketsOff: a handshake saved while tickets were on and
+// restored under a configuration without them completes, with no ticket.
+func TestRestoreResumedTicketsOff(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(3)
+	saved := savedResumed(t, &cfg)
+	cfg.Tickets = nil
+	h, err := RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	// The client's Finished, under its handshake traffic secret.
+	c, err := record.NewTLS13Cipher(h.suite.ID, h.clientHandshake, 0)
+	require.NoError(t, err)
+	fin, err := c.Seal(nil, record.Handshake, marshalFinished(finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())), 0)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), noKeyOps, fin)
+	require.Equal(t, Complete, res.State, res.Reason)
+	s, _ := h.Session()
+	assert.True(t, s.Resumed)
+	assert.Equal(t, uint64(0), s.ServerSeq, "no NewSessionTicket")
+	assert.Empty(t, res.Output)
 }

@@ -136,17 +136,36 @@ func traceClientHello(ch *clientHelloMsg) TraceEvent {
 		ev.add("signature_algorithms", list(ch.signatureAlgorithms, stringer))
 	}
 	ev.add("extended_master_secret", strconv.FormatBool(ch.extendedMasterSecret))
+	switch {
+	case len(ch.sessionTicket) > 0:
+		ev.add("session_ticket", strconv.Itoa(len(ch.sessionTicket))+" bytes")
+	case ch.ticketSupported:
+		ev.add("session_ticket", "empty (asks for a ticket)")
+	}
 	ev.add("secure_renegotiation", strconv.FormatBool(ch.secureRenegotiationSupported))
 	if len(ch.sessionID) > 0 {
 		ev.add("legacy_session_id", strconv.Itoa(len(ch.sessionID))+" bytes")
 	}
+	if len(ch.pskModes) > 0 {
+		ev.add("psk_key_exchange_modes", list(ch.pskModes, pskModeName))
+	}
 	if ch.pskOffered {
-		ev.add("pre_shared_key", "offered (ignored: full handshake)")
+		ev.add("pre_shared_key", strconv.Itoa(len(ch.pskIdentities))+" identities")
 	}
 	if ch.earlyData {
 		ev.add("early_data", "offered (refused)")
 	}
 	return ev
+}
+
+func pskModeName(m uint8) string {
+	switch m {
+	case pskModeKE:
+		return "psk_ke"
+	case pskModeDHEKE:
+		return "psk_dhe_ke"
+	}
+	return "mode " + strconv.Itoa(int(m))
 }
 
 // traceCertificates gives the length of a chain and the subjects of its

@@ -66,8 +66,11 @@ type recordedTranscript struct {
 	MaxVersion uint16        `json:"max_version,omitempty"`
 	// ClientCA, when set, is the client's self-signed certificate, which the
 	// server requires and trusts.
-	ClientCA []byte           `json:"client_ca,omitempty"`
-	Steps    []transcriptStep `json:"steps"`
+	ClientCA []byte `json:"client_ca,omitempty"`
+	// Resumed: the recorded connection resumes, with a ticket under
+	// transcriptTicketKeys, the session of an unrecorded one before it.
+	Resumed bool             `json:"resumed,omitempty"`
+	Steps   []transcriptStep `json:"steps"`
 	// What the engine negotiated.
 	Version     uint16              `json:"version"`
 	CipherSuite uint16              `json:"cipher_suite"`
@@ -86,8 +89,11 @@ type transcriptCase struct {
 	nextProtos []string
 	maxVersion uint16
 	clientKey  string // in testdata/keys: the client authenticates with it
-	program    string
-	args       func(port string) []string
+	// resume: the client (openssl) connects first with -sess_out, then,
+	// recorded, with -sess_in.
+	resume  bool
+	program string
+	args    func(port string) []string
 }
 
 var transcriptCases = []transcriptCase{
@@ -108,6 +114,8 @@ var transcriptCases = []transcriptCase{
 	{name: "chromium-tls13-p256", key: "p256-pkcs8.pem", nextProtos: []string{"http/1.1"}, program: "chromium", args: chromiumArgs()},
 	{name: "chromium-tls12-rsa", key: "rsa3072-pkcs8.pem", nextProtos: []string{"http/1.1"}, program: "chromium",
 		args: chromiumArgs("--ssl-version-max=tls1.2")},
+	{name: "openssl-tls12-resumed", key: "p256-pkcs8.pem", resume: true, program: "openssl", args: opensslArgs("-tls1_2")},
+	{name: "openssl-tls13-resumed", key: "p256-pkcs8.pem", resume: true, program: "openssl", args: opensslArgs("-tls1_3")},
 }
 
 const transcriptHost = "transcript.example.com"
@@ -179,6 +187,11 @@ func (tr *recordedTranscript) config(t *testing.T) (*Config, KeyOps) {
 	cert, err := NewCertificate([][]byte{tr.Cert}, "key")
 	require.NoError(t, err)
 	cfg := &Config{Certificates: []Certificate{cert}, Groups: tr.Groups, NextProtos: tr.NextProtos, MaxVersion: tr.MaxVersion}
+	if tr.Resumed {
+		// The ticket's creation time and its nonce (drawn from the seeded
+		// randomness) make the new ticket the same bytes on every replay.
+		cfg.Tickets, cfg.Time = transcriptTicketKeys(), func() time.Time { return transcriptTime }
+	}
 	if tr.ClientCA != nil {
 		ca, err := x509.ParseCertificate(tr.ClientCA)
 		require.NoError(t, err)
@@ -235,6 +248,7 @@ func replayTranscript(t *testing.T, tr *recordedTranscript) {
 	assert.Equal(t, tr.Scheme, s.SignatureScheme)
 	assert.Equal(t, tr.HRR, s.DidHelloRetryRequest)
 	assert.Equal(t, tr.EMS, s.ExtendedMasterSecret)
+	assert.Equal(t, tr.Resumed, s.Resumed)
 	if tr.ClientCA != nil {
 		assert.Equal(t, [][]byte{tr.ClientCA}, s.PeerCertificates, "the client's certificate")
 	}
@@ -246,7 +260,7 @@ func recordTranscript(t *testing.T, tc transcriptCase, seed uint64) {
 	testenv.LookPath(t, tc.program)
 	signer, keyHash := transcriptKey(t, tc.key)
 	tr := &recordedTranscript{Name: tc.name, Key: tc.key, KeyHash: keyHash, Cert: transcriptCert(t, signer, transcriptHost, x509.ExtKeyUsageServerAuth),
-		Seed: seed, Groups: tc.groups, NextProtos: tc.nextProtos, MaxVersion: tc.maxVersion}
+		Seed: seed, Groups: tc.groups, NextProtos: tc.nextProtos, MaxVersion: tc.maxVersion, Resumed: tc.resume}
 	var clientArgs []string
 	if tc.clientKey != "" {
 		clientKey, _ := transcriptKey(t, tc.clientKey)
@@ -258,6 +272,9 @@ func recordTranscript(t *testing.T, tc transcriptCase, seed uint64) {
 	tr.Client = tc.program + " " + strings.Join(tc.args("PORT"), " ")
 	if tc.clientKey != "" {
 		tr.Client += " -cert CLIENT.pem -key testdata/keys/" + tc.clientKey
+	}
+	if tc.resume {
+		tr.Client += " -sess_in SESSION.pem (from a connection before it with -sess_out SESSION.pem)"
 	}
 	// A browser may spread its attempts over several connections, of which
 	// only the first is recorded and served; it may then fail on another.
@@ -283,6 +300,15 @@ func recordAttempt(t *testing.T, tc transcriptCase, cfg *Config, keys KeyOps, tr
 	defer ln.Close()
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	args := append(tc.args(port), clientArgs...)
+	if tc.resume {
+		sess := filepath.Join(t.TempDir(), "session.pem")
+		firstPort, first := externalServerKeys(t, *cfg, keys, pingPong)
+		out, err := runClient(t, string(ping)+"\n", string(pong), tc.program, append(tc.args(firstPort), "-sess_out", sess)...)
+		if res := <-first; res.err != nil || err != nil {
+			return out, fmt.Errorf("the connection before: server %v, client %v", res.err, err)
+		}
+		args = append(args, "-sess_in", sess)
+	}
 	if tc.program == "chromium" {
 		args = append([]string{"--user-data-dir=" + t.TempDir()}, args...)
 	}

@@ -17,8 +17,9 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// The bolt file holds the check record and the manifest in bucket "vault"
-// and one nested
+// The bolt file holds the check record, the manifest, the KEK rotation
+// record (during a rotation) and the ticket keys ("t"+id, id as 4 bytes
+// big-endian) in bucket "vault" and one nested
 // bucket per key in bucket "keys", whose entries are "key", "v"+version and
 // "m"+version (private key), version as 4 bytes big-endian.
 var (
@@ -26,12 +27,14 @@ var (
 	bucketKeys    = []byte("keys")
 	entryCheck    = []byte("kek-check")
 	entryManifest = []byte("manifest")
+	entryRotation = []byte("kek-rotation")
 	entryKey      = []byte("key")
 )
 
 const (
-	prefixVersion  = 'v'
-	prefixMaterial = 'm'
+	prefixVersion   = 'v'
+	prefixMaterial  = 'm'
+	prefixTicketKey = 't'
 )
 
 // boltOptions never sets NoSync: every commit is fsynced before it returns.
@@ -273,6 +276,10 @@ func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 					ref = checkRef
 				case string(k) == string(entryManifest):
 					ref = manifestRef
+				case len(k) == 5 && k[0] == prefixTicketKey && binary.BigEndian.Uint32(k[1:]) != 0:
+					ref = ticketKeyRef(binary.BigEndian.Uint32(k[1:]))
+				case string(k) == string(entryRotation):
+					ref = rotationRef
 				default:
 					return unknownEntry(name, k)
 				}
@@ -326,6 +333,13 @@ func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
 		return [][]byte{bucketVault}, entryCheck, nil
 	case RecordManifest:
 		return [][]byte{bucketVault}, entryManifest, nil
+	case RecordTicketKey:
+		if ref.ID != "" || ref.Version == 0 {
+			return nil, nil, fmt.Errorf("keyvault: bolt store: %v: %w", ref, ErrInvalidArgument)
+		}
+		return [][]byte{bucketVault}, binary.BigEndian.AppendUint32([]byte{prefixTicketKey}, ref.Version), nil
+	case RecordKEKRotation:
+		return [][]byte{bucketVault}, entryRotation, nil
 	}
 	if ref.ID == "" {
 		return nil, nil, fmt.Errorf("keyvault: bolt store: %v without key id: %w", ref, ErrInvalidArgument)

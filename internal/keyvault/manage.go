@@ -172,6 +172,13 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 	if len(labels) > 0 {
 		k.labels = maps.Clone(labels)
 	}
+	// Sealed holding writeMu, so under the KEK the commit is made under
+	// even while a KEK rotation begins.
+	v.writeMu.Lock()
+	defer v.writeMu.Unlock()
+	if err := v.absent(id); err != nil {
+		return nil, err
+	}
 	keyRec, err := v.sealKey(k)
 	if err != nil {
 		return nil, err
@@ -184,12 +191,6 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 		keyRec, verRec,
 		v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, handle),
 	}}
-
-	v.writeMu.Lock()
-	defer v.writeMu.Unlock()
-	if err := v.absent(id); err != nil {
-		return nil, err
-	}
 	if err := v.commit(ctx, w); err != nil {
 		return nil, fmt.Errorf("keyvault: store key %q: %w", id, err)
 	}

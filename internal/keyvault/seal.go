@@ -1,11 +1,13 @@
 package keyvault
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,28 +41,50 @@ var (
 // seal draws a fresh random 96-bit nonce (cipher.NewGCMWithRandomNonce
 // prepends it); records are written rarely, far below the 2^32 seals per
 // key after which random nonces may collide.
+//
+// Copies of a sealer share its keys: a KEK rotation swaps them for every
+// copy at once, while key operations and writes go on.
 type sealer struct {
-	aead   cipher.AEAD
+	keys   *atomic.Pointer[sealKeys]
 	format string // aadV2, or aadV1 to open a v1 store
 }
 
-func newSealer(kek []byte) (sealer, error) {
+// sealKeys is the KEK records are sealed under and, during a KEK rotation,
+// the one being retired, under which the records not yet rewrapped still
+// open.
+type sealKeys struct {
+	kek      []byte // kept to seal it into a rotation record (kekrotation.go)
+	aead     cipher.AEAD
+	previous *sealKeys
+}
+
+func newSealKeys(kek []byte) (*sealKeys, error) {
 	if len(kek) != kekSize {
-		return sealer{}, fmt.Errorf("keyvault: key-encryption key must be %d bytes, not %d: %w", kekSize, len(kek), ErrInvalidArgument)
+		return nil, fmt.Errorf("keyvault: key-encryption key must be %d bytes, not %d: %w", kekSize, len(kek), ErrInvalidArgument)
 	}
 	block, err := aes.NewCipher(kek)
 	if err != nil {
-		return sealer{}, fmt.Errorf("keyvault: %w", err)
+		return nil, fmt.Errorf("keyvault: %w", err)
 	}
 	aead, err := cipher.NewGCMWithRandomNonce(block)
 	if err != nil {
-		return sealer{}, fmt.Errorf("keyvault: %w", err)
+		return nil, fmt.Errorf("keyvault: %w", err)
 	}
-	return sealer{aead: aead, format: aadV2}, nil
+	return &sealKeys{kek: bytes.Clone(kek), aead: aead}, nil
+}
+
+func newSealer(kek []byte) (sealer, error) {
+	k, err := newSealKeys(kek)
+	if err != nil {
+		return sealer{}, err
+	}
+	s := sealer{keys: new(atomic.Pointer[sealKeys]), format: aadV2}
+	s.keys.Store(k)
+	return s, nil
 }
 
 // v1 returns the sealer that opens the records of a v1 store.
-func (s sealer) v1() sealer { return sealer{aead: s.aead, format: aadV1} }
+func (s sealer) v1() sealer { return sealer{keys: s.keys, format: aadV1} }
 
 // associatedData binds a record to its store format, kind, key id and
 // version, so a record copied anywhere else in the store fails to open.
@@ -77,6 +101,10 @@ func associatedData(prefix string, ref RecordRef) []byte {
 		return []byte(prefix + "version/" + ref.ID + "/" + n)
 	case RecordMaterial:
 		return []byte(prefix + "material/" + ref.ID + "/" + n)
+	case RecordTicketKey:
+		return []byte(prefix + "ticket-key/" + n)
+	case RecordKEKRotation:
+		return []byte(prefix + "kek-rotation")
 	}
 	// load rejects records of other kinds before opening any, and the
 	// vault seals only the kinds above.
@@ -84,12 +112,24 @@ func associatedData(prefix string, ref RecordRef) []byte {
 }
 
 func (s sealer) seal(ref RecordRef, plaintext []byte) Record {
-	return Record{RecordRef: ref, Sealed: s.aead.Seal(nil, nil, plaintext, associatedData(s.format, ref))}
+	aead := s.keys.Load().aead
+	return Record{RecordRef: ref, Sealed: aead.Seal(nil, nil, plaintext, associatedData(s.format, ref))}
 }
 
-// open returns the plaintext of r; the caller clears it if it is secret.
+// open returns the plaintext of r, sealed under the KEK or, during a KEK
+// rotation, under the one being retired; the caller clears it if it is
+// secret.
 func (s sealer) open(r Record) ([]byte, error) {
-	plaintext, err := s.aead.Open(nil, nil, r.Sealed, associatedData(s.format, r.RecordRef))
+	k := s.keys.Load()
+	plaintext, err := openWith(k, s.format, r)
+	if err != nil && k.previous != nil {
+		plaintext, err = openWith(k.previous, s.format, r)
+	}
+	return plaintext, err
+}
+
+func openWith(k *sealKeys, format string, r Record) ([]byte, error) {
+	plaintext, err := k.aead.Open(nil, nil, r.Sealed, associatedData(format, r.RecordRef))
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}

@@ -26,11 +26,15 @@ const (
 	// same commit as any change, so that an older copy of a record spliced
 	// back into the store is detected.
 	RecordManifest
+	// RecordTicketKey holds a session ticket key (ticketkeys.go); Version
+	// is its id. It is erased when the key is retired.
+	RecordTicketKey
 )
 
 // RecordRef names a record: its kind, key id and version number. ID is
-// empty for RecordCheck and RecordManifest; Version is 0 unless Kind is RecordVersion or
-// RecordMaterial.
+// empty for RecordCheck, RecordManifest, RecordKEKRotation and
+// RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial
+// or RecordTicketKey.
 type RecordRef struct {
 	Kind    RecordKind
 	ID      string
@@ -43,12 +47,16 @@ func (r RecordRef) String() string {
 		return "check record"
 	case RecordManifest:
 		return "manifest"
+	case RecordKEKRotation:
+		return "KEK rotation record"
 	case RecordKey:
 		return fmt.Sprintf("key %q", r.ID)
 	case RecordVersion:
 		return fmt.Sprintf("key %q version %d", r.ID, r.Version)
 	case RecordMaterial:
 		return fmt.Sprintf("key %q version %d private key", r.ID, r.Version)
+	case RecordTicketKey:
+		return fmt.Sprintf("ticket key %08x", r.Version)
 	}
 	return fmt.Sprintf("record of kind %d for key %q version %d", r.Kind, r.ID, r.Version)
 }
@@ -79,7 +87,8 @@ type Write struct {
 // Implementations must be safe for concurrent use.
 type Store interface {
 	// Scan calls fn once for every record in the store, in no particular
-	// order, and stops at fn's first error. fn may retain the Record. A
+	// order, and stops at fn's first error. fn may retain the Record. The
+	// records are those of one state of the store, between two commits. A
 	// store reports what it cannot read as a record rather than skip it.
 	Scan(ctx context.Context, fn func(Record) error) error
 	// Commit applies w atomically (all of it or nothing) and durably: when

@@ -59,6 +59,9 @@ type Vault struct {
 	// caller holds writeMu.
 	revision uint64
 	entries  map[RecordRef]recordEntry
+	// stale holds, during a KEK rotation, the records still sealed under
+	// the KEK being retired (kekrotation.go). The caller holds writeMu.
+	stale map[RecordRef]bool
 
 	// writeMu serializes changes: each reads the current state, commits the
 	// new one to the store and only then publishes it in keys. Key
@@ -68,10 +71,15 @@ type Vault struct {
 	// mu guards the fields below. keyState values are immutable, so key
 	// operations hold mu for reading only as long as a map lookup takes and
 	// run the cryptography outside it, in parallel.
-	mu     sync.RWMutex
-	keys   map[string]*keyState
-	ids    []string // sorted, for List
-	closed bool
+	//
+	// Whatever load fills in, Restore takes over from the vault it opened
+	// the snapshot as (adoptLoaded): a field added for another record kind
+	// goes there too.
+	mu      sync.RWMutex
+	keys    map[string]*keyState
+	ids     []string     // sorted, for List
+	tickets []*ticketKey // session ticket keys, oldest first (ticketkeys.go)
+	closed  bool
 }
 
 type keyState struct {
@@ -138,6 +146,10 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 // commit commits w together with the manifest it leads to, and makes that
 // manifest the vault's. The caller holds writeMu (or is New).
 func (v *Vault) commit(ctx context.Context, w Write) error {
+	w, err := v.underCurrentKEK(w)
+	if err != nil {
+		return err
+	}
 	rev := v.revision + 1
 	entries := maps.Clone(v.entries)
 	for _, ref := range w.Erase {
@@ -160,7 +172,49 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 		return err
 	}
 	v.revision, v.entries = rev, entries
+	for _, ref := range w.Erase {
+		delete(v.stale, ref)
+	}
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		delete(v.stale, r.RecordRef)
+	}
 	return nil
+}
+
+// underCurrentKEK returns w with every record sealed under the current KEK:
+// one sealed under the KEK a rotation retires (a record of a snapshot taken
+// mid-rotation that Restore commits, or one sealed before the rotation began)
+// is resealed, and one that opens under neither is refused, so that no record
+// the store could not open again is ever committed.
+func (v *Vault) underCurrentKEK(w Write) (Write, error) {
+	k := v.sealer.keys.Load()
+	check := func(rs []Record) ([]Record, error) {
+		out := slices.Clone(rs)
+		for i, r := range rs {
+			if r.Kind == RecordKEKRotation {
+				continue // sealed in two parts (kekrotation.go)
+			}
+			plaintext, err := openWith(k, v.sealer.format, r)
+			if err != nil && k.previous != nil {
+				if plaintext, err = openWith(k.previous, v.sealer.format, r); err == nil {
+					out[i] = v.sealer.seal(r.RecordRef, plaintext)
+				}
+			}
+			clear(plaintext)
+			if err != nil {
+				return nil, fmt.Errorf("keyvault: %v is not sealed under the current key-encryption key", r.RecordRef)
+			}
+		}
+		return out, nil
+	}
+	var err error
+	if w.Create, err = check(w.Create); err != nil {
+		return Write{}, err
+	}
+	if w.Put, err = check(w.Put); err != nil {
+		return Write{}, err
+	}
+	return w, nil
 }
 
 func compareRefs(a, b RecordRef) int {
@@ -168,10 +222,11 @@ func compareRefs(a, b RecordRef) int {
 }
 
 func (v *Vault) load(ctx context.Context, create bool) error {
-	var check, manifest *Record
+	var check, manifest, rotation *Record
 	var all []Record // every record but the manifest
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
+	ticketRecords := make(map[uint32]Record)
 	err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
@@ -181,12 +236,18 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		case RecordCheck:
 			dup = check != nil
 			check = &r
+		case RecordKEKRotation:
+			dup = rotation != nil
+			rotation = &r
 		case RecordKey:
 			_, dup = keyRecords[r.ID]
 			keyRecords[r.ID] = r
 		case RecordVersion, RecordMaterial:
 			_, dup = versionRecords[r.RecordRef]
 			versionRecords[r.RecordRef] = r
+		case RecordTicketKey:
+			_, dup = ticketRecords[r.Version]
+			ticketRecords[r.Version] = r
 		default:
 			return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 		}
@@ -216,6 +277,13 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		}
 		return nil
 	}
+	if rotation != nil {
+		// A KEK rotation is under way: the KEK given opens the other one,
+		// and every record opens under one of the two.
+		if err := v.openRotation(*rotation); err != nil {
+			return err
+		}
+	}
 	opens := func(s sealer, want []byte) bool {
 		plaintext, err := s.open(*check)
 		return err == nil && bytes.Equal(plaintext, want)
@@ -232,7 +300,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	case opens(s.v1(), checkPlaintextV1):
 		// A v1 store, written before manifests: what it holds is taken as
 		// it is, once, and resealed below.
-		if manifest != nil {
+		if manifest != nil || rotation != nil {
 			return fmt.Errorf("keyvault: a v1 %v in a store with a manifest: %w", checkRef, ErrCorrupted)
 		}
 		s = s.v1()
@@ -249,12 +317,23 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		v.keys[id] = k
 	}
 	v.ids = ids
+	for _, r := range ticketRecords {
+		k, err := openTicketKey(s, r)
+		if err != nil {
+			return err
+		}
+		v.tickets = append(v.tickets, k)
+	}
+	slices.SortFunc(v.tickets, func(a, b *ticketKey) int { return a.createTime.Compare(b.createTime) })
 	if len(versionRecords) > 0 {
 		leftover := slices.SortedFunc(maps.Keys(versionRecords), compareRefs)[0]
 		return fmt.Errorf("keyvault: %v belongs to no key: %w", leftover, ErrCorrupted)
 	}
 	if s.format != v.sealer.format {
 		return v.upgrade(ctx, s, all)
+	}
+	if rotation != nil {
+		v.findStale(all)
 	}
 	return nil
 }
@@ -456,7 +535,10 @@ func (v *Vault) Close() error {
 		return nil
 	}
 	v.closed = true
-	v.keys, v.ids = nil, nil
+	for _, k := range v.tickets {
+		clear(k.secret)
+	}
+	v.keys, v.ids, v.tickets = nil, nil, nil
 	v.mu.Unlock()
 	return v.store.Close()
 }

@@ -62,6 +62,10 @@ var rules = map[string]rule{
 	pb.KeyVault_CreateCertificateSigningRequest_FullMethodName: {authz.Manage, namedKey},
 	pb.KeyVault_Decrypt_FullMethodName:                         {authz.Use, namedKey},
 	pb.KeyVault_Sign_FullMethodName:                            {authz.Use, namedKey},
+	// A ticket holds session secrets: only a caller that may use the key
+	// the session was authenticated with seals or opens its tickets.
+	pb.KeyVault_SealTicket_FullMethodName: {authz.Use, namedKey},
+	pb.KeyVault_OpenTicket_FullMethodName: {authz.Use, namedKey},
 	pb.KeyVault_SignStream_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.SignStreamRequest); ok {
 			return namedKey(r.GetRequest())
@@ -92,6 +96,11 @@ var rules = map[string]rule{
 		}
 		return handshakeKeys(r.GetStart())
 	}},
+	// The vault as a whole (its KEK, its backups): admins only.
+	pb.Admin_GetKEKStatus_FullMethodName: adminOnly,
+	pb.Admin_RotateKEK_FullMethodName:    adminOnly,
+	pb.Admin_Backup_FullMethodName:       adminOnly,
+	pb.Admin_Restore_FullMethodName:      adminOnly,
 }
 
 var adminOnly = rule{right: authz.Admin}
@@ -620,11 +629,19 @@ func describeResponse(e *audit.Entry, resp any) {
 		if e.Version == 0 {
 			e.Version = r.GetPrimaryVersion()
 		}
+	case *pb.OpenTicketResponse:
+		e.Detail = "ticket rejected"
+		if r.GetAccepted() {
+			e.Detail = "ticket accepted"
+		}
 	case *pb.HandshakeStep:
 		if r.GetId() != "" {
 			e.Handshake = r.GetId()
 		}
 		e.Detail = r.GetState().String()
+		if r.GetSession().GetResumed() {
+			e.Detail += " resumed"
+		}
 		if a := r.GetAlert(); a != nil && a.GetName() != "" {
 			e.Detail += " alert=" + a.GetName()
 		}

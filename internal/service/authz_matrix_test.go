@@ -87,12 +87,18 @@ func matrixCalls() map[string]matrixCall {
 			&pb.DecryptRequest{Key: key, Version: 99, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256, Ciphertext: []byte{1}}, codes.NotFound},
 		pb.KeyVault_Sign_FullMethodName:            {needUse, sign, codes.OK},
 		pb.KeyVault_SignStream_FullMethodName:      {needUse, &pb.SignStreamRequest{Request: sign}, codes.OK},
+		pb.KeyVault_SealTicket_FullMethodName:      {needUse, &pb.SealTicketRequest{Key: key, Plaintext: []byte("matrix")}, codes.OK},
+		pb.KeyVault_OpenTicket_FullMethodName:      {needUse, &pb.OpenTicketRequest{Key: key, Ticket: []byte("not a ticket")}, codes.OK},
 		pb.Handshake_StartHandshake_FullMethodName: {needUse, &pb.StartHandshakeRequest{Config: hsKeys}, codes.FailedPrecondition},
 		pb.Handshake_StepHandshake_FullMethodName:  {needCaller, &pb.StepHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_GetHandshake_FullMethodName:   {needCaller, &pb.GetHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_AbortHandshake_FullMethodName: {needCaller, &pb.AbortHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_Stream_FullMethodName: {needUse,
 			&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: &pb.StartHandshakeRequest{Config: hsKeys}}}, codes.FailedPrecondition},
+		pb.Admin_GetKEKStatus_FullMethodName: {needAdmin, &pb.GetKEKStatusRequest{}, codes.OK},
+		pb.Admin_RotateKEK_FullMethodName:    {needAdmin, &pb.RotateKEKRequest{NewKek: []byte("short")}, codes.InvalidArgument},
+		pb.Admin_Backup_FullMethodName:       {needAdmin, &pb.BackupRequest{}, codes.OK},
+		pb.Admin_Restore_FullMethodName:      {needAdmin, &pb.RestoreRequest{Data: []byte("not a snapshot")}, codes.InvalidArgument},
 	}
 }
 
@@ -116,7 +122,7 @@ var matrixLevels = []matrixLevel{
 func serviceMethods(t *testing.T) []protoreflect.MethodDescriptor {
 	t.Helper()
 	var out []protoreflect.MethodDescriptor
-	for _, fd := range []protoreflect.FileDescriptor{pb.File_handshake_v1_keyvault_proto, pb.File_handshake_v1_handshake_proto} {
+	for _, fd := range []protoreflect.FileDescriptor{pb.File_handshake_v1_keyvault_proto, pb.File_handshake_v1_handshake_proto, pb.File_handshake_v1_admin_proto} {
 		for i := range fd.Services().Len() {
 			sd := fd.Services().Get(i)
 			for j := range sd.Methods().Len() {
@@ -165,7 +171,7 @@ func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescrip
 	return codes.OK
 }
 
-// TestAuthorizationMatrix calls every method of both services, streams
+// TestAuthorizationMatrix calls every method of the three services, streams
 // included, as a caller with no certificate, with no right on the key, with
 // use, with manage and as admin, over mutual TLS through the production
 // interceptors, and checks each answer against the hand-written rights
@@ -189,7 +195,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 
 	// Callers without a certificate share a small rate (past it they are
 	// RESOURCE_EXHAUSTED); the matrix makes one such call per method.
-	s := startSecure(t, secureOptions{policy: matrixPolicy, limits: service.Limits{UnauthenticatedRate: 40 * float64(len(methods))}})
+	s := startSecure(t, secureOptions{policy: matrixPolicy, limits: service.Limits{UnauthenticatedRate: 40 * float64(len(methods))},
+		tickets: &service.TicketOptions{Deployment: "matrix"}})
 	s.adminImport(t, matrixKey, "p256-pkcs8.pem", nil)
 	conns := map[string]*grpc.ClientConn{}
 	for _, l := range matrixLevels {

@@ -57,6 +57,10 @@ type Handshake struct {
 	// authorize checks that the caller may still use a session's keys, by
 	// the policy in force at each step; nil: no policy.
 	authorize func(ctx context.Context, keys []target) error
+	// tickets seals and opens the session tickets of handshakes
+	// (tickets.go); nil: none are issued or accepted.
+	tickets       *keyvault.TicketKeys
+	ticketMetrics *ticketMetrics
 }
 
 // NewHandshake returns the Handshake API over vault.
@@ -66,7 +70,7 @@ func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handsha
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
 	return &Handshake{
 		vault:    vault,
-		keys:     vaultKeyOps{vault: vault, tracer: noTracer, metrics: newKeyMetrics(nil)},
+		keys:     vaultKeyOps{vault: vault, tracer: noTracer, operations: metrics.keyOperations, metrics: newKeyMetrics(nil)},
 		sessions: newSessionStore(opts, metrics),
 		metrics:  metrics,
 		tracer:   noTracer,
@@ -226,6 +230,7 @@ func (h *Handshake) start(ctx context.Context, req *pb.StartHandshakeRequest) (*
 	if err != nil {
 		return nil, err
 	}
+	h.withTickets(cfg, req.GetConfig())
 	hs, err := newHandshake(cfg)
 	if err != nil {
 		return nil, err

@@ -201,6 +201,7 @@ func sessionToProto(s *engine.Session, withKeys bool) *pb.Session {
 		PeerCertificates:     s.PeerCertificates,
 		ExtendedMasterSecret: s.ExtendedMasterSecret,
 		HelloRetryRequest:    s.DidHelloRetryRequest,
+		Resumed:              s.Resumed,
 	}
 	if withKeys {
 		out.Keys = &pb.SessionKeys{

@@ -176,10 +176,10 @@ func newRelayed(conn net.Conn, s *pb.Session, leftover []byte) (*relayed, error)
 	suite, k := uint16(s.GetCipherSuite()), s.GetKeys()
 	var err error
 	if r.version == tls.VersionTLS13 {
-		if r.in, err = record.NewTLS13Cipher(suite, k.GetClientApplicationTrafficSecret(), 0); err != nil {
+		if r.in, err = record.NewTLS13Cipher(suite, k.GetClientApplicationTrafficSecret(), k.GetClientSequence()); err != nil {
 			return nil, err
 		}
-		r.out, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), 0)
+		r.out, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), k.GetServerSequence())
 		return r, err
 	}
 	if r.in, err = record.NewTLS12Cipher(suite, k.GetClientWriteKey(), k.GetClientWriteIv(), k.GetClientSequence()); err != nil {

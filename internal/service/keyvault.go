@@ -43,6 +43,9 @@ type KeyVault struct {
 	pageTokens cipher.AEAD
 	// keys times the vault operations; New gives it the server's registry.
 	keys *keyMetrics
+	// tickets seals and opens session tickets (tickets.go); nil: off.
+	tickets       *keyvault.TicketKeys
+	ticketMetrics *ticketMetrics
 }
 
 // NewKeyVault returns the KeyVault API over vault; listings show the keys

@@ -28,6 +28,8 @@ type handshakeMetrics struct {
 	failedTotal    *prometheus.CounterVec
 	stepSeconds    prometheus.Histogram
 	sessions       prometheus.Gauge
+	resumedTotal   *prometheus.CounterVec
+	keyOperations  *prometheus.CounterVec
 }
 
 func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
@@ -49,7 +51,13 @@ func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
 			Name: "handshaked_handshake_sessions", Help: "Handshake sessions held (unary and streamed).",
 		}),
 	}
-	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions)
+	m.resumedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "handshaked_handshakes_resumed_total", Help: "Handshakes completed by resuming a session from a ticket (also counted in handshaked_handshakes_completed_total), by version.",
+	}, []string{"version"})
+	m.keyOperations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "handshaked_handshake_key_operations_total", Help: "Private-key operations made by handshakes, by operation (sign, decrypt); a resumed handshake makes none.",
+	}, []string{"operation"})
+	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions, m.resumedTotal, m.keyOperations)
 	return m
 }
 
@@ -59,6 +67,9 @@ func (m *handshakeMetrics) completed(s *engine.Session) {
 		version = "TLS 1.3"
 	}
 	m.completedTotal.WithLabelValues(version, tls.CipherSuiteName(s.CipherSuite)).Inc()
+	if s.Resumed {
+		m.resumedTotal.WithLabelValues(version).Inc()
+	}
 }
 
 func (m *handshakeMetrics) failed(a engine.Alert) {

@@ -68,8 +68,10 @@ func observations(families map[string]*dto.MetricFamily, name string, want map[s
 // change with its algorithm, source and outcome, and the metrics table in
 // docs/metrics.md is what a live /metrics serves.
 func TestMetrics(t *testing.T) {
-	// One stream at a time, so that a second one is refused and counted.
-	srv := servicetest.Start(t, service.Options{Limits: service.Limits{MaxStreams: 1, MaxStreamsPerCaller: 1}})
+	// One stream at a time, so that a second one is refused and counted;
+	// session tickets, so that a handshake resumes.
+	srv := servicetest.Start(t, service.Options{Limits: service.Limits{MaxStreams: 1, MaxStreamsPerCaller: 1},
+		Tickets: &service.TicketOptions{Deployment: "metrics"}})
 	s := &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
 	ctx := context.Background()
 
@@ -126,13 +128,24 @@ func TestMetrics(t *testing.T) {
 	require.Equal(t, codes.FailedPrecondition, status.Code(err), "%v", err)
 
 	// Handshakes through the service: TLS 1.2 RSA key exchange decrypts,
-	// TLS 1.3 signs, both with the RSA key; a malformed ClientHello fails.
+	// TLS 1.3 signs, both with the RSA key, and a second TLS 1.3 one
+	// resumes with no private-key operation; a malformed ClientHello fails.
 	hc := s.handshakeClient(t)
 	start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: rsaKey.id}}}}
 	unary := func() stepper { return &unaryStepper{hc: hc, start: start} }
 	runClient(t, &tls.Config{ServerName: rsaKey.name, RootCAs: rsaKey.pool, MaxVersion: tls.VersionTLS12,
 		CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}, unary)
-	runClient(t, &tls.Config{ServerName: rsaKey.name, RootCAs: rsaKey.pool, MinVersion: tls.VersionTLS13}, unary)
+	tls13 := &tls.Config{ServerName: rsaKey.name, RootCAs: rsaKey.pool, MinVersion: tls.VersionTLS13, ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	runClient(t, tls13, unary)
+	resumed, _ := runClient(t, tls13, unary)
+	require.True(t, resumed.DidResume, "the second TLS 1.3 handshake did not resume")
+
+	// A ticket sealed and opened over the API.
+	sealed, err := s.kv.SealTicket(ctx, &pb.SealTicketRequest{Key: ec, Plaintext: []byte("session")})
+	require.NoError(t, err)
+	opened, err := s.kv.OpenTicket(ctx, &pb.OpenTicketRequest{Key: ec, Ticket: sealed.GetTicket()})
+	require.NoError(t, err)
+	require.True(t, opened.GetAccepted())
 	failed, err := hc.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: start.GetConfig(),
 		Input: []byte{22, 3, 1, 0, 5, 1, 0, 0, 1, 0}})
 	require.NoError(t, err)
@@ -163,7 +176,7 @@ func TestMetrics(t *testing.T) {
 		assert.EqualValues(t, 1, op("sign", "unknown", "api", "NotFound"))
 		assert.EqualValues(t, 2, op("decrypt", "RSA_2048", "api", "OK"), "a bad padding is an OK decryption (implicit rejection)")
 		assert.EqualValues(t, 1, op("decrypt", "RSA_2048", "handshake", "OK"), "the TLS 1.2 RSA key exchange")
-		assert.EqualValues(t, 1, op("sign", "RSA_2048", "handshake", "OK"), "the TLS 1.3 CertificateVerify")
+		assert.EqualValues(t, 1, op("sign", "RSA_2048", "handshake", "OK"), "the full TLS 1.3 handshake's CertificateVerify; the resumed one signs nothing")
 		assert.Len(t, families["handshaked_key_operation_seconds"].GetMetric(), 7, "no other series")
 	})
 

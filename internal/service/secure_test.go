@@ -115,6 +115,7 @@ type secureOptions struct {
 	limits         service.Limits
 	handshake      service.HandshakeOptions
 	reloadInterval time.Duration // 0: no polling (tests reload explicitly)
+	tickets        *service.TicketOptions
 }
 
 func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
@@ -152,7 +153,7 @@ func startSecure(t testing.TB, o secureOptions) *secureServer {
 	if interval == 0 {
 		interval = -1
 	}
-	srv := servicetest.Start(t, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, Handshake: o.handshake, ReloadInterval: interval})
+	srv := servicetest.Start(t, service.Options{TLS: &s.files, Policy: policy, Audit: auditLog, Limits: o.limits, Handshake: o.handshake, ReloadInterval: interval, Tickets: o.tickets})
 	s.vault, s.srv, s.grpcAddr = srv.Vault, srv.Service, srv.GRPCAddr
 	s.restURL = "https://" + strings.TrimPrefix(srv.RESTURL, "http://")
 	return s

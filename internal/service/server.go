@@ -65,6 +65,7 @@ type Server struct {
 	audit    *audit.Log
 	reloader *reloader
 	interval time.Duration
+	tickets  *keyvault.TicketKeys // nil: session tickets off
 	pollCtx  context.Context
 	stopPoll context.CancelFunc
 }
@@ -83,6 +84,8 @@ type Options struct {
 	// refused call. nil: no audit log.
 	Audit  *audit.Log
 	Limits Limits
+	// Tickets turns session tickets on (nil: off): see TicketOptions.
+	Tickets *TicketOptions
 	// ReloadInterval is how often the TLS and policy files are checked for
 	// changes; 0 is DefaultReloadInterval, negative never (Reload still
 	// works).
@@ -124,14 +127,25 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)
 	kv.keys, hs.keys.metrics = keys, keys
-	pb.RegisterKeyVaultServer(s.grpc, kv)
 	if opts.TracerProvider != nil {
 		hs.setTracerProvider(opts.TracerProvider)
 	}
+	if opts.Tickets != nil {
+		m := newTicketMetrics(registry, vault)
+		tk, err := newTicketKeys(vault, *opts.Tickets, m, opts.Audit)
+		if err != nil {
+			return nil, err
+		}
+		kv.tickets, kv.ticketMetrics = tk, m
+		hs.tickets, hs.ticketMetrics = tk, m
+		s.tickets = tk
+	}
+	pb.RegisterKeyVaultServer(s.grpc, kv)
 	if opts.Policy != nil {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}
 	pb.RegisterHandshakeServer(s.grpc, hs)
+	pb.RegisterAdminServer(s.grpc, NewAdmin(vault))
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	// Probes make one short call at a time: small caps keep an open port
@@ -163,6 +177,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if err := pb.RegisterHandshakeHandler(context.Background(), mux, conn); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := pb.RegisterAdminHandler(context.Background(), mux, conn); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 
@@ -219,6 +236,9 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	errc := make(chan error, 3)
 	if s.interval > 0 {
 		go s.reloader.poll(s.pollCtx, s.interval)
+	}
+	if s.tickets != nil {
+		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past

@@ -9,11 +9,15 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -165,4 +169,29 @@ func (s *Server) selfSigned(t testing.TB, id, dnsName string) ServerKey {
 	pool.AddCert(cert)
 	return ServerKey{ID: id, Name: dnsName, Chain: [][]byte{der}, Pool: pool,
 		CertPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
+}
+
+// Metric reads one sample ("name" or `name{label="v",...}`, labels in the
+// order Prometheus writes them) from the /metrics page under restURL,
+// fetched with client; 0 when the page has no such sample.
+func Metric(t testing.TB, client *http.Client, restURL, sample string) float64 {
+	t.Helper()
+	resp, err := client.Get(restURL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(body)
+	if m == nil {
+		return 0
+	}
+	v, err := strconv.ParseFloat(string(m[1]), 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

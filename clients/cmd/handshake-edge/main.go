@@ -2,7 +2,9 @@
 // TCP port, relays each client's handshake to the service (which holds the
 // private keys) and runs the record layer itself with the session keys.
 // Behind it, it either proxies plain TCP to a backend or serves a built-in
-// HTTP echo page that shows what was negotiated.
+// HTTP echo page that shows what was negotiated (/?close: and closes the
+// connection; /resumption: a page that fetches it again over a new
+// connection, to see a browser resume).
 //
 //	handshake-edge -listen 127.0.0.1:8443 -handshaked 127.0.0.1:7070 -key dev-rsa
 //	curl -k https://127.0.0.1:8443/
@@ -19,6 +21,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"html/template"
 	"io"
 	"log/slog"
 	"net"
@@ -71,6 +74,7 @@ type options struct {
 	handshakeTimeout, idleTimeout time.Duration
 	clientHelloTimeout            time.Duration
 	maxHandshakes, maxPending     int
+	tickets, tickets12            bool
 	version                       bool
 	trace                         *tracing.Options
 }
@@ -129,6 +133,8 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", edge.DefaultMaxHandshakes, "handshakes run in handshaked at once; keep it below the service's per-caller caps")
 	fs.IntVar(&o.maxPending, "max-pending", edge.DefaultMaxPendingHandshakes, "connections waiting for their ClientHello or a handshake slot; past it the oldest is closed")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
+	fs.BoolVar(&o.tickets, "session-tickets", true, "issue and accept session tickets (sealed by handshaked, so a client resumes on any edge of the deployment)")
+	fs.BoolVar(&o.tickets12, "tls12-session-tickets", true, "also in TLS 1.2, whose tickets carry the master secret (false: forward secrecy for TLS 1.2 sessions; TLS 1.3 resumption keeps it)")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
 	o.trace = tracing.AddFlags(fs)
 	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
@@ -229,7 +235,7 @@ func suiteID(name string) (uint16, bool) {
 
 // handshakeConfig turns the flags into the engine's configuration.
 func (o *options) handshakeConfig() (*pb.HandshakeConfig, error) {
-	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn}
+	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn, DisableSessionTickets: !o.tickets, DisableTls12SessionTickets: !o.tickets12}
 	keys := o.keys
 	if len(keys) == 0 {
 		keys = cliflag.List{"dev-rsa"}
@@ -324,6 +330,15 @@ func echo(w http.ResponseWriter, r *http.Request) {
 		echoBody(w, r)
 		return
 	}
+	if r.URL.Path == "/resumption" {
+		resumptionPage(w, r)
+		return
+	}
+	if r.URL.Query().Has("close") {
+		// A client's next request needs a new connection, and so a new
+		// handshake: a resumption, if it kept the session.
+		w.Header().Set("Connection", "close")
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintf(w, "handshake-edge echo\n\n%s %s %s\nHost: %s\nUser-Agent: %s\n\n", r.Method, r.URL.RequestURI(), r.Proto, r.Host, r.UserAgent())
 	c, ok := r.Context().Value(connKey{}).(*edge.Conn)
@@ -331,6 +346,43 @@ func echo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprint(w, describe(c.ConnectionState()))
+}
+
+// resumptionTemplate shows the connection the page came on, then fetches
+// the echo page over new ones, one after the other: a browser shows
+// whether it resumed. (More than one: a browser may have opened a spare
+// connection, with a full handshake, before it had the first one's ticket.)
+var resumptionTemplate = template.Must(template.New("resumption").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>handshake-edge resumption</title></head><body>
+<h1>This connection</h1><pre id="first">{{.}}</pre>
+<h1>New connections</h1><pre id="next">loading…</pre>
+<script>
+(async () => {
+  const out = document.getElementById("next");
+  let text = "";
+  for (let i = 1; i <= 3; i++) {
+    try {
+      const r = await fetch("/?close", {cache: "no-store"});
+      text += "connection " + i + ":\n" + await r.text() + "\n";
+    } catch (e) {
+      text += "connection " + i + " failed: " + e + "\n";
+    }
+  }
+  out.textContent = text;
+})();
+</script></body></html>
+`))
+
+// resumptionPage serves the page that checks a browser's resumption; it
+// closes its connection, so the fetch makes a new one.
+func resumptionPage(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	var st string
+	if c, ok := r.Context().Value(connKey{}).(*edge.Conn); ok {
+		st = describe(c.ConnectionState())
+	}
+	resumptionTemplate.Execute(w, st)
 }
 
 // echoBody streams the request body back, so that a request holds one
@@ -365,11 +417,17 @@ func describe(st edge.ConnectionState) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "TLS version: %s\n", tls.VersionName(st.Version))
 	fmt.Fprintf(&b, "Cipher suite: %s\n", tls.CipherSuiteName(st.CipherSuite))
-	// TLS 1.2 RSA key exchange has neither: the client encrypts the
-	// premaster to the certificate's key (RFC 5246, Section 7.4.7.1).
-	if st.CurveID == 0 && st.SignatureScheme == 0 {
+	switch {
+	case st.DidResume && st.CurveID == 0:
+		// A TLS 1.2 resumption reuses the master secret: no key exchange.
+		b.WriteString("Group: none (resumed)\nSignature scheme: none (resumed)\n")
+	case st.DidResume:
+		fmt.Fprintf(&b, "Group: %s\nSignature scheme: none (resumed)\n", st.CurveID)
+	case st.CurveID == 0 && st.SignatureScheme == 0:
+		// TLS 1.2 RSA key exchange has neither: the client encrypts the
+		// premaster to the certificate's key (RFC 5246, Section 7.4.7.1).
 		b.WriteString("Group: none (RSA key exchange)\nSignature scheme: none (RSA key exchange)\n")
-	} else {
+	default:
 		fmt.Fprintf(&b, "Group: %s\n", st.CurveID)
 		fmt.Fprintf(&b, "Signature scheme: %s\n", st.SignatureScheme)
 	}
@@ -377,20 +435,42 @@ func describe(st edge.ConnectionState) string {
 	fmt.Fprintf(&b, "ALPN: %s\n", st.NegotiatedProtocol)
 	fmt.Fprintf(&b, "Key: %s version %d\n", st.KeyID, st.KeyVersion)
 	fmt.Fprintf(&b, "HelloRetryRequest: %v\n", st.HelloRetryRequest)
+	if st.DidResume {
+		b.WriteString("Resumed: yes (session ticket: no certificate, no private-key operation)\n")
+	} else {
+		b.WriteString("Resumed: no (full handshake)\n")
+	}
 	if st.Version == tls.VersionTLS12 {
 		fmt.Fprintf(&b, "Extended master secret: %v\n", st.ExtendedMasterSecret)
 	}
 	for _, cert := range st.PeerCertificates {
 		fmt.Fprintf(&b, "Client certificate: %s\n", cert.Subject)
 	}
+	fmt.Fprintf(&b, "Handshake: %s\n", handshakeMessages(st.Steps))
 	return b.String()
+}
+
+// handshakeMessages lists the handshake messages of steps in order,
+// "received" ones marked "<" and "sent" ones ">".
+func handshakeMessages(steps []edge.Step) string {
+	var msgs []string
+	for _, s := range steps {
+		for _, e := range s.Trace {
+			mark := ">"
+			if e.GetDirection() == "received" {
+				mark = "<"
+			}
+			msgs = append(msgs, mark+e.GetMessage())
+		}
+	}
+	return strings.Join(msgs, " ")
 }
 
 // logConn logs what a new connection negotiated.
 func logConn(log *slog.Logger, c *edge.Conn) {
 	st := c.ConnectionState()
 	log.Info("TLS connection", "remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version),
-		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol)
+		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume)
 }
 
 // proxy relays each connection of l to a new TCP connection to backend.

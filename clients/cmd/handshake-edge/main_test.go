@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
 	"github.com/handshaked/handshaked/internal/testenv"
@@ -33,7 +36,13 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	srv := servicetest.Start(t, service.Options{})
+	return newFixtureWith(t, service.Options{})
+}
+
+// newFixtureWith is newFixture with the service started with opts.
+func newFixtureWith(t testing.TB, opts service.Options) *fixture {
+	t.Helper()
+	srv := servicetest.Start(t, opts)
 	f := &fixture{srv: srv,
 		rsa:   srv.ServerKey(t, "edge-rsa", "rsa2048-pkcs1.pem", "rsa.test"),
 		ecdsa: srv.ServerKey(t, "edge-ec", "p256-pkcs8.pem", "ec.test")}
@@ -58,14 +67,12 @@ func (f *fixture) start(t testing.TB, args ...string) (string, *testenv.Buffer) 
 	case a := <-addrc:
 		t.Cleanup(func() {
 			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("handshake-edge: %v", err)
-			}
+			assert.NoError(t, <-done, "handshake-edge")
 		})
 		return a.String(), log
 	case err := <-done:
 		cancel()
-		t.Fatalf("handshake-edge did not start: %v", err)
+		require.FailNow(t, "handshake-edge did not start", "%v", err)
 	}
 	return "", nil
 }
@@ -75,9 +82,7 @@ func (f *fixture) start(t testing.TB, args ...string) (string, *testenv.Buffer) 
 func echoBackend(t testing.TB) (string, <-chan error) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	ended := make(chan error, 16)
 	go func() {
@@ -102,9 +107,7 @@ func randomFile(t testing.TB, n int) (string, []byte) {
 	b := make([]byte, n)
 	rand.Read(b)
 	name := filepath.Join(t.TempDir(), "body.bin")
-	if err := os.WriteFile(name, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(name, b, 0o600))
 	return name, b
 }
 
@@ -129,25 +132,17 @@ func TestCurl(t *testing.T) {
 			common := append([]string{"-fsS", "--max-time", "30", "--cacert", tc.ca, "--resolve", tc.key + ":" + port + ":127.0.0.1"}, tc.args...)
 			for _, proto := range []string{"--http1.1", "--http1.0"} {
 				out, err := exec.Command(curl, append(common, proto, url)...).CombinedOutput()
-				if err != nil {
-					t.Fatalf("curl %s: %v\n%s", proto, err, out)
-				}
+				require.NoError(t, err, "curl %s:\n%s", proto, out)
 				wantProto := map[string]string{"--http1.1": "HTTP/1.1", "--http1.0": "HTTP/1.0"}[proto]
 				for _, s := range []string{"GET / " + wantProto, "TLS version: " + tc.version, "Server name: " + tc.key} {
-					if !strings.Contains(string(out), s) {
-						t.Errorf("curl %s: page lacks %q:\n%s", proto, s, out)
-					}
+					assert.Contains(t, string(out), s, "curl %s", proto)
 				}
 			}
 			outFile := filepath.Join(t.TempDir(), "out.bin")
 			out, err := exec.Command(curl, append(common, "--data-binary", "@"+body, "-o", outFile, url)...).CombinedOutput()
-			if err != nil {
-				t.Fatalf("curl POST: %v\n%s", err, out)
-			}
+			require.NoError(t, err, "curl POST:\n%s", out)
 			got, _ := os.ReadFile(outFile)
-			if !bytes.Equal(got, want) {
-				t.Errorf("1 MiB POST came back as %d other bytes", len(got))
-			}
+			assert.True(t, bytes.Equal(got, want), "1 MiB POST came back as %d other bytes", len(got))
 		})
 	}
 }
@@ -162,27 +157,20 @@ func TestGoClient(t *testing.T) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: v}}
 		c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 		resp, err := c.Post("https://"+addr+"/", "application/octet-stream", bytes.NewReader(want))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		got, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s: 1 MiB came back as %d other bytes", tls.VersionName(v), len(got))
-		}
+		assert.True(t, bytes.Equal(got, want), "%s: 1 MiB came back as %d other bytes", tls.VersionName(v), len(got))
 		resp, err = c.Get("https://" + addr + "/")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		page, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		wantGroup := "Group: X25519MLKEM768"
 		if v == tls.VersionTLS12 {
 			wantGroup = "Group: X25519" // no hybrid groups in TLS 1.2
 		}
-		if !strings.Contains(string(page), wantGroup+"\n") || resp.TLS.Version != v {
-			t.Errorf("%s page:\n%s", tls.VersionName(v), page)
-		}
+		assert.Contains(t, string(page), wantGroup+"\n", tls.VersionName(v))
+		assert.Equal(t, v, resp.TLS.Version)
 		tr.CloseIdleConnections()
 	}
 }
@@ -210,27 +198,19 @@ func hexLines(n int) []byte {
 func runInteractive(t *testing.T, cmd *exec.Cmd, first []byte, marker string, data []byte) {
 	t.Helper()
 	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var stderr testenv.Buffer
 	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, cmd.Start())
 	killer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
 	defer killer.Stop()
 	r := bufio.NewReader(stdout)
 	stdin.Write(first)
 	// s_client reports a key update on stderr.
 	for deadline := time.Now().Add(20 * time.Second); marker != "" && !strings.Contains(stderr.String(), marker); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: no %q:\n%s", cmd.Path, marker, stderr.String())
-		}
+		require.False(t, time.Now().After(deadline), "%s: no %q:\n%s", cmd.Path, marker, stderr.String())
 		time.Sleep(10 * time.Millisecond)
 	}
 	go stdin.Write(data)
@@ -238,9 +218,7 @@ func runInteractive(t *testing.T, cmd *exec.Cmd, first []byte, marker string, da
 	var echoed bytes.Buffer
 	for n := 0; n < wantLines; {
 		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("%s: %v after %d of %d lines\n%s", cmd.Path, err, n, wantLines, stderr.String())
-		}
+		require.NoError(t, err, "%s: after %d of %d lines\n%s", cmd.Path, n, wantLines, stderr.String())
 		if strings.HasPrefix(line, "@") {
 			echoed.WriteString(line)
 			n++
@@ -252,13 +230,11 @@ func runInteractive(t *testing.T, cmd *exec.Cmd, first []byte, marker string, da
 		for i < min(len(e), len(d)) && e[i] == d[i] {
 			i++
 		}
-		t.Errorf("%s: the echo (%d bytes) differs from what was sent (%d bytes) at byte %d: %q vs %q", cmd.Path, len(e), len(d), i, e[max(0, i-70):min(len(e), i+70)], d[max(0, i-70):min(len(d), i+70)])
+		assert.Fail(t, "the echo differs", "%s: the echo (%d bytes) differs from what was sent (%d bytes) at byte %d: %q vs %q", cmd.Path, len(e), len(d), i, e[max(0, i-70):min(len(e), i+70)], d[max(0, i-70):min(len(d), i+70)])
 	}
 	stdin.Close()
 	io.Copy(io.Discard, r)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("%s: %v\n%s", cmd.Path, err, stderr.String())
-	}
+	assert.NoError(t, cmd.Wait(), "%s:\n%s", cmd.Path, stderr.String())
 }
 
 // TestOpenSSLClient: s_client over TLS 1.3 asks for a key update (the k
@@ -274,15 +250,11 @@ func TestOpenSSLClient(t *testing.T) {
 
 	cmd := exec.Command(openssl, append(common, "-tls1_3")...)
 	runInteractive(t, cmd, []byte("k\n"), "KEYUPDATE", data)
-	if err := <-ended; err != nil {
-		t.Errorf("backend connection: %v", err)
-	}
+	assert.NoError(t, <-ended, "backend connection")
 
 	cmd = exec.Command(openssl, append(common, "-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305")...)
 	runInteractive(t, cmd, nil, "", data)
-	if err := <-ended; err != nil {
-		t.Errorf("backend connection: %v", err)
-	}
+	assert.NoError(t, <-ended, "backend connection")
 }
 
 // TestGnuTLSClient: gnutls-cli sends 1 MiB through the edge and back, over
@@ -298,9 +270,7 @@ func TestGnuTLSClient(t *testing.T) {
 		cmd := exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
 			"--priority", prio, "-p", port, host)
 		runInteractive(t, cmd, nil, "", data)
-		if err := <-ended; err != nil {
-			t.Errorf("%s: backend connection: %v", prio, err)
-		}
+		assert.NoError(t, <-ended, "%s: backend connection", prio)
 	}
 }
 
@@ -314,28 +284,26 @@ func TestCloses(t *testing.T) {
 	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}
 	for _, abrupt := range []bool{false, true} {
 		raw, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		c := tls.Client(raw, cfg)
 		c.Write([]byte("ping"))
 		buf := make([]byte, 4)
-		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
-			t.Fatalf("echo: %q, %v", buf, err)
-		}
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err, "echo")
+		require.Equal(t, "ping", string(buf))
 		if abrupt {
 			raw.Close()
 		} else {
 			c.CloseWrite() // close_notify
-			if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
-				t.Errorf("after close_notify: %q, %v; want a clean EOF", rest, err)
-			}
+			rest, err := io.ReadAll(c)
+			assert.NoError(t, err, "after close_notify: want a clean EOF")
+			assert.Empty(t, rest, "after close_notify: want a clean EOF")
 			c.Close()
 		}
 		select {
 		case <-ended:
 		case <-time.After(10 * time.Second):
-			t.Fatalf("abrupt=%v: the backend connection did not end", abrupt)
+			require.FailNow(t, "the backend connection did not end", "abrupt=%v", abrupt)
 		}
 	}
 }
@@ -348,28 +316,22 @@ func TestFatalAlert(t *testing.T) {
 	addr, _ := f.start(t, "-backend", backend)
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		raw, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		c := tls.Client(raw, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: v})
-		if err := c.Handshake(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, c.Handshake())
 		// A forged application_data record.
 		raw.Write(append([]byte{23, 3, 3, 0, 40}, make([]byte, 40)...))
 		raw.SetReadDeadline(time.Now().Add(10 * time.Second))
 		rest, err := io.ReadAll(raw)
-		if err != nil {
-			t.Fatalf("%s: %v", tls.VersionName(v), err)
-		}
+		require.NoError(t, err, tls.VersionName(v))
 		// Skip a TLS 1.3 NewSessionTicket? The engine sends none: what
 		// follows the handshake is the alert alone.
 		wantType, wantLen := byte(21), 8+2+16 // TLS 1.2: explicit nonce, alert, tag
 		if v == tls.VersionTLS13 {
 			wantType, wantLen = 23, 2+1+16 // alert, inner type, tag
 		}
-		if len(rest) != 5+wantLen || rest[0] != wantType {
-			t.Errorf("%s: after the forged record the edge sent % x, want one %d-byte alert record then EOF", tls.VersionName(v), rest, wantLen)
+		if !assert.Len(t, rest, 5+wantLen, tls.VersionName(v)) || rest[0] != wantType {
+			assert.Fail(t, "not one alert record", "%s: after the forged record the edge sent % x, want one %d-byte alert record then EOF", tls.VersionName(v), rest, wantLen)
 		}
 		raw.Close()
 	}

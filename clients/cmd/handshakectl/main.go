@@ -5,8 +5,9 @@
 // Keys: list, get, create, import, rotate, enable, disable, destroy,
 // attach-chain, csr, public-key. Operations: sign, decrypt, verify.
 // Handshakes: trace (accept one TLS client, or replay a capture of a
-// client's bytes, and narrate the handshake step by step). version (or
-// -version) prints the build.
+// client's bytes, and narrate the handshake step by step). The vault as a
+// whole: kek-status, kek-rotate, backup, restore. version (or -version)
+// prints the build.
 package main
 
 import (
@@ -125,6 +126,10 @@ func init() {
 		"decrypt":      {"decrypt -mode premaster|oaep [-version N] [-in FILE] [-o FILE] ID: decrypt with an RSA key in the vault", cmdDecrypt},
 		"verify":       {"verify -scheme SCHEME -sig FILE [-version N] [-in FILE] ID: check a signature locally with the vault's public key", cmdVerify},
 		"trace":        {"trace -key ID [-listen ADDR | -replay FILE] [handshake flags]: narrate a handshake", cmdTrace},
+		"kek-status":   {"kek-status [-json]: show which KEK seals the vault and whether a rotation is under way", cmdKEKStatus},
+		"kek-rotate":   {"kek-rotate -new-kek-file FILE: rewrap every record under a new KEK, online", cmdKEKRotate},
+		"backup":       {"backup -o FILE: write a snapshot of the vault, online", cmdBackup},
+		"restore":      {"restore FILE: load a snapshot into a fresh instance started with its KEK", cmdRestore},
 	}
 }
 

@@ -30,6 +30,10 @@ type ConnectionState struct {
 	KeyVersion           uint32
 	HelloRetryRequest    bool
 	ExtendedMasterSecret bool
+	// DidResume reports a session resumed from a ticket (TLS 1.3 PSK, TLS
+	// 1.2 RFC 5077): no certificate was sent and no private-key operation
+	// made; the ticket may have been issued by another edge.
+	DidResume bool
 	// Steps is the handshake as relayed, step by step.
 	Steps []Step
 }
@@ -125,13 +129,15 @@ func newConn(raw net.Conn, s *pb.Session, leftover []byte, steps []Step) (*Conn,
 		Version: uint16(s.GetVersion()), CipherSuite: uint16(s.GetCipherSuite()), CurveID: tls.CurveID(s.GetGroup()),
 		ServerName: s.GetServerName(), NegotiatedProtocol: s.GetAlpnProtocol(), PeerCertificates: peers,
 		SignatureScheme: tls.SignatureScheme(s.GetSignatureScheme()), KeyID: s.GetKey().GetKey(), KeyVersion: s.GetKey().GetVersion(),
-		HelloRetryRequest: s.GetHelloRetryRequest(), ExtendedMasterSecret: s.GetExtendedMasterSecret(), Steps: steps,
+		HelloRetryRequest: s.GetHelloRetryRequest(), ExtendedMasterSecret: s.GetExtendedMasterSecret(), DidResume: s.GetResumed(), Steps: steps,
 	}
 	suite, k := uint16(s.GetCipherSuite()), s.GetKeys()
 	switch s.GetVersion() {
 	case tls.VersionTLS13:
-		if c.in.cipher, err = record.NewTLS13Cipher(suite, k.GetClientApplicationTrafficSecret(), 0); err == nil {
-			c.out.cipher, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), 0)
+		// The server sequence is past the NewSessionTicket the engine
+		// protected after the handshake, if it issued one.
+		if c.in.cipher, err = record.NewTLS13Cipher(suite, k.GetClientApplicationTrafficSecret(), k.GetClientSequence()); err == nil {
+			c.out.cipher, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), k.GetServerSequence())
 		}
 	case tls.VersionTLS12:
 		if c.in.cipher, err = record.NewTLS12Cipher(suite, k.GetClientWriteKey(), k.GetClientWriteIv(), k.GetClientSequence()); err == nil {

@@ -256,9 +256,19 @@ type HandshakeConfig struct {
 	AlpnProtocols []string   `protobuf:"bytes,6,rep,name=alpn_protocols,json=alpnProtocols,proto3" json:"alpn_protocols,omitempty"`
 	ClientAuth    ClientAuth `protobuf:"varint,7,opt,name=client_auth,json=clientAuth,proto3,enum=handshake.v1.ClientAuth" json:"client_auth,omitempty"`
 	// Roots for client certificates, PEM.
-	ClientCaPem   string `protobuf:"bytes,8,opt,name=client_ca_pem,json=clientCaPem,proto3" json:"client_ca_pem,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClientCaPem string `protobuf:"bytes,8,opt,name=client_ca_pem,json=clientCaPem,proto3" json:"client_ca_pem,omitempty"`
+	// Issue and accept no session tickets (every handshake is a full one).
+	// By default, when the service has ticket keys, a handshake issues a
+	// ticket sealed under them (TLS 1.3 NewSessionTicket, RFC 8446 §4.6.1;
+	// TLS 1.2 RFC 5077) and resumes from one, on any edge and any replica of
+	// the deployment, as long as the handshake names the same keys.
+	DisableSessionTickets bool `protobuf:"varint,9,opt,name=disable_session_tickets,json=disableSessionTickets,proto3" json:"disable_session_tickets,omitempty"`
+	// Issue and accept no TLS 1.2 tickets, TLS 1.3 ones still: a TLS 1.2
+	// ticket carries the master secret, so resuming from it gives up forward
+	// secrecy, which TLS 1.3 psk_dhe_ke keeps.
+	DisableTls12SessionTickets bool `protobuf:"varint,10,opt,name=disable_tls12_session_tickets,json=disableTls12SessionTickets,proto3" json:"disable_tls12_session_tickets,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *HandshakeConfig) Reset() {
@@ -345,6 +355,20 @@ func (x *HandshakeConfig) GetClientCaPem() string {
 		return x.ClientCaPem
 	}
 	return ""
+}
+
+func (x *HandshakeConfig) GetDisableSessionTickets() bool {
+	if x != nil {
+		return x.DisableSessionTickets
+	}
+	return false
+}
+
+func (x *HandshakeConfig) GetDisableTls12SessionTickets() bool {
+	if x != nil {
+		return x.DisableTls12SessionTickets
+	}
+	return false
 }
 
 // StartHandshakeRequest starts a handshake session.
@@ -992,7 +1016,10 @@ type Session struct {
 	ExtendedMasterSecret bool     `protobuf:"varint,10,opt,name=extended_master_secret,json=extendedMasterSecret,proto3" json:"extended_master_secret,omitempty"`
 	HelloRetryRequest    bool     `protobuf:"varint,11,opt,name=hello_retry_request,json=helloRetryRequest,proto3" json:"hello_retry_request,omitempty"`
 	// Record keys (absent from GetHandshake).
-	Keys          *SessionKeys `protobuf:"bytes,12,opt,name=keys,proto3" json:"keys,omitempty"`
+	Keys *SessionKeys `protobuf:"bytes,12,opt,name=keys,proto3" json:"keys,omitempty"`
+	// The handshake resumed a session from a ticket: no certificate was sent
+	// and no private-key operation was made.
+	Resumed       bool `protobuf:"varint,13,opt,name=resumed,proto3" json:"resumed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1109,6 +1136,13 @@ func (x *Session) GetKeys() *SessionKeys {
 		return x.Keys
 	}
 	return nil
+}
+
+func (x *Session) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
 }
 
 // SessionKeys are the record-layer keys. TLS 1.2: write keys and fixed IVs
@@ -1230,7 +1264,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x1chandshake/v1/handshake.proto\x12\fhandshake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n" +
 	"\x06KeyRef\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion\"\xf4\x02\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"\xef\x03\n" +
 	"\x0fHandshakeConfig\x12(\n" +
 	"\x04keys\x18\x01 \x03(\v2\x14.handshake.v1.KeyRefR\x04keys\x129\n" +
 	"\vmin_version\x18\x02 \x01(\x0e2\x18.handshake.v1.TLSVersionR\n" +
@@ -1242,7 +1276,10 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x0ealpn_protocols\x18\x06 \x03(\tR\ralpnProtocols\x129\n" +
 	"\vclient_auth\x18\a \x01(\x0e2\x18.handshake.v1.ClientAuthR\n" +
 	"clientAuth\x12\"\n" +
-	"\rclient_ca_pem\x18\b \x01(\tR\vclientCaPem\"d\n" +
+	"\rclient_ca_pem\x18\b \x01(\tR\vclientCaPem\x126\n" +
+	"\x17disable_session_tickets\x18\t \x01(\bR\x15disableSessionTickets\x12A\n" +
+	"\x1ddisable_tls12_session_tickets\x18\n" +
+	" \x01(\bR\x1adisableTls12SessionTickets\"d\n" +
 	"\x15StartHandshakeRequest\x125\n" +
 	"\x06config\x18\x01 \x01(\v2\x1d.handshake.v1.HandshakeConfigR\x06config\x12\x14\n" +
 	"\x05input\x18\x02 \x01(\fR\x05input\"<\n" +
@@ -1282,7 +1319,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\n" +
 	"TraceField\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xe3\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xfd\x03\n" +
 	"\aSession\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12*\n" +
@@ -1297,7 +1334,8 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x16extended_master_secret\x18\n" +
 	" \x01(\bR\x14extendedMasterSecret\x12.\n" +
 	"\x13hello_retry_request\x18\v \x01(\bR\x11helloRetryRequest\x12-\n" +
-	"\x04keys\x18\f \x01(\v2\x19.handshake.v1.SessionKeysR\x04keys\"\xcf\x03\n" +
+	"\x04keys\x18\f \x01(\v2\x19.handshake.v1.SessionKeysR\x04keys\x12\x18\n" +
+	"\aresumed\x18\r \x01(\bR\aresumed\"\xcf\x03\n" +
 	"\vSessionKeys\x12(\n" +
 	"\x10client_write_key\x18\x01 \x01(\fR\x0eclientWriteKey\x12&\n" +
 	"\x0fclient_write_iv\x18\x02 \x01(\fR\rclientWriteIv\x12(\n" +

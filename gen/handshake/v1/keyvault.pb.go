@@ -1818,6 +1818,228 @@ func (x *SignResponse) GetVersion() uint32 {
 	return 0
 }
 
+// SealTicketRequest carries a session state to seal.
+type SealTicketRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key whose certificate the session was authenticated with: the
+	// caller needs the use right on it, and only OpenTicket naming it opens
+	// the ticket.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The session state, at most 65490 bytes. It holds session secrets:
+	// send it only over a protected connection.
+	Plaintext     []byte `protobuf:"bytes,2,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SealTicketRequest) Reset() {
+	*x = SealTicketRequest{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealTicketRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealTicketRequest) ProtoMessage() {}
+
+func (x *SealTicketRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealTicketRequest.ProtoReflect.Descriptor instead.
+func (*SealTicketRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SealTicketRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *SealTicketRequest) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
+// SealTicketResponse carries the ticket, at most 65535 bytes.
+type SealTicketResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Ticket []byte                 `protobuf:"bytes,1,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	// How long the ticket may be used, in seconds: the lifetime to announce
+	// (RFC 8446 §4.6.1), at most 604800 (7 days).
+	LifetimeSeconds uint32 `protobuf:"varint,2,opt,name=lifetime_seconds,json=lifetimeSeconds,proto3" json:"lifetime_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SealTicketResponse) Reset() {
+	*x = SealTicketResponse{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SealTicketResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SealTicketResponse) ProtoMessage() {}
+
+func (x *SealTicketResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SealTicketResponse.ProtoReflect.Descriptor instead.
+func (*SealTicketResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SealTicketResponse) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+func (x *SealTicketResponse) GetLifetimeSeconds() uint32 {
+	if x != nil {
+		return x.LifetimeSeconds
+	}
+	return 0
+}
+
+// OpenTicketRequest carries a ticket a client presented.
+type OpenTicketRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key named when the ticket was sealed.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// At most 65535 bytes.
+	Ticket        []byte `protobuf:"bytes,2,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenTicketRequest) Reset() {
+	*x = OpenTicketRequest{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenTicketRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenTicketRequest) ProtoMessage() {}
+
+func (x *OpenTicketRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenTicketRequest.ProtoReflect.Descriptor instead.
+func (*OpenTicketRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *OpenTicketRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *OpenTicketRequest) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
+// OpenTicketResponse carries the session state, if the ticket opened.
+type OpenTicketResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Accepted bool                   `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	// The session state SealTicket sealed; empty unless accepted.
+	Plaintext     []byte `protobuf:"bytes,2,opt,name=plaintext,proto3" json:"plaintext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenTicketResponse) Reset() {
+	*x = OpenTicketResponse{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenTicketResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenTicketResponse) ProtoMessage() {}
+
+func (x *OpenTicketResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenTicketResponse.ProtoReflect.Descriptor instead.
+func (*OpenTicketResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *OpenTicketResponse) GetAccepted() bool {
+	if x != nil {
+		return x.Accepted
+	}
+	return false
+}
+
+func (x *OpenTicketResponse) GetPlaintext() []byte {
+	if x != nil {
+		return x.Plaintext
+	}
+	return nil
+}
+
 var File_handshake_v1_keyvault_proto protoreflect.FileDescriptor
 
 const file_handshake_v1_keyvault_proto_rawDesc = "" +
@@ -1931,7 +2153,19 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"F\n" +
 	"\fSignResponse\x12\x1c\n" +
 	"\tsignature\x18\x01 \x01(\fR\tsignature\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion*\xd3\x01\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"C\n" +
+	"\x11SealTicketRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1c\n" +
+	"\tplaintext\x18\x02 \x01(\fR\tplaintext\"W\n" +
+	"\x12SealTicketResponse\x12\x16\n" +
+	"\x06ticket\x18\x01 \x01(\fR\x06ticket\x12)\n" +
+	"\x10lifetime_seconds\x18\x02 \x01(\rR\x0flifetimeSeconds\"=\n" +
+	"\x11OpenTicketRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06ticket\x18\x02 \x01(\fR\x06ticket\"N\n" +
+	"\x12OpenTicketResponse\x12\x1a\n" +
+	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x1c\n" +
+	"\tplaintext\x18\x02 \x01(\fR\tplaintext*\xd3\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ALGORITHM_RSA_2048\x10\x01\x12\x16\n" +
@@ -1968,7 +2202,7 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"KeyBackend\x12\x1b\n" +
 	"\x17KEY_BACKEND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_BACKEND_SOFTWARE\x10\x01\x12\x16\n" +
-	"\x12KEY_BACKEND_PKCS11\x10\x022\xc2\b\n" +
+	"\x12KEY_BACKEND_PKCS11\x10\x022\xe4\t\n" +
 	"\bKeyVault\x12>\n" +
 	"\tCreateKey\x12\x1e.handshake.v1.CreateKeyRequest\x1a\x11.handshake.v1.Key\x12>\n" +
 	"\tImportKey\x12\x1e.handshake.v1.ImportKeyRequest\x1a\x11.handshake.v1.Key\x128\n" +
@@ -1984,7 +2218,11 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\aDecrypt\x12\x1c.handshake.v1.DecryptRequest\x1a\x1d.handshake.v1.DecryptResponse\x12=\n" +
 	"\x04Sign\x12\x19.handshake.v1.SignRequest\x1a\x1a.handshake.v1.SignResponse\x12S\n" +
 	"\n" +
-	"SignStream\x12\x1f.handshake.v1.SignStreamRequest\x1a .handshake.v1.SignStreamResponse(\x010\x01B?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
+	"SignStream\x12\x1f.handshake.v1.SignStreamRequest\x1a .handshake.v1.SignStreamResponse(\x010\x01\x12O\n" +
+	"\n" +
+	"SealTicket\x12\x1f.handshake.v1.SealTicketRequest\x1a .handshake.v1.SealTicketResponse\x12O\n" +
+	"\n" +
+	"OpenTicket\x12\x1f.handshake.v1.OpenTicketRequest\x1a .handshake.v1.OpenTicketResponseB?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
 
 var (
 	file_handshake_v1_keyvault_proto_rawDescOnce sync.Once
@@ -1999,7 +2237,7 @@ func file_handshake_v1_keyvault_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(Algorithm)(0),                                 // 0: handshake.v1.Algorithm
 	(KeyVersionState)(0),                           // 1: handshake.v1.KeyVersionState
@@ -2029,23 +2267,27 @@ var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(*SignStreamResponse)(nil),                     // 25: handshake.v1.SignStreamResponse
 	(*Error)(nil),                                  // 26: handshake.v1.Error
 	(*SignResponse)(nil),                           // 27: handshake.v1.SignResponse
-	nil,                                            // 28: handshake.v1.Key.LabelsEntry
-	nil,                                            // 29: handshake.v1.CreateKeyRequest.LabelsEntry
-	nil,                                            // 30: handshake.v1.ImportKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),                  // 31: google.protobuf.Timestamp
+	(*SealTicketRequest)(nil),                      // 28: handshake.v1.SealTicketRequest
+	(*SealTicketResponse)(nil),                     // 29: handshake.v1.SealTicketResponse
+	(*OpenTicketRequest)(nil),                      // 30: handshake.v1.OpenTicketRequest
+	(*OpenTicketResponse)(nil),                     // 31: handshake.v1.OpenTicketResponse
+	nil,                                            // 32: handshake.v1.Key.LabelsEntry
+	nil,                                            // 33: handshake.v1.CreateKeyRequest.LabelsEntry
+	nil,                                            // 34: handshake.v1.ImportKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),                  // 35: google.protobuf.Timestamp
 }
 var file_handshake_v1_keyvault_proto_depIdxs = []int32{
-	28, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
-	31, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	32, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
+	35, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
 	1,  // 3: handshake.v1.KeyVersion.state:type_name -> handshake.v1.KeyVersionState
 	0,  // 4: handshake.v1.KeyVersion.algorithm:type_name -> handshake.v1.Algorithm
-	31, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	35, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 6: handshake.v1.KeyVersion.backend:type_name -> handshake.v1.KeyBackend
 	0,  // 7: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
-	29, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
+	33, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
 	4,  // 9: handshake.v1.CreateKeyRequest.backend:type_name -> handshake.v1.KeyBackend
-	30, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
+	34, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
 	5,  // 11: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
 	0,  // 12: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
 	3,  // 13: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
@@ -2067,22 +2309,26 @@ var file_handshake_v1_keyvault_proto_depIdxs = []int32{
 	21, // 29: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
 	23, // 30: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
 	24, // 31: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
-	5,  // 32: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	5,  // 33: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	5,  // 34: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	11, // 35: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	5,  // 36: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	5,  // 37: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 38: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 39: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	17, // 40: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	5,  // 41: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	20, // 42: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	22, // 43: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	27, // 44: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	25, // 45: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
+	28, // 32: handshake.v1.KeyVault.SealTicket:input_type -> handshake.v1.SealTicketRequest
+	30, // 33: handshake.v1.KeyVault.OpenTicket:input_type -> handshake.v1.OpenTicketRequest
+	5,  // 34: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	5,  // 35: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	5,  // 36: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	11, // 37: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	5,  // 38: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	5,  // 39: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 40: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 41: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	17, // 42: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	5,  // 43: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	20, // 44: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	22, // 45: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	27, // 46: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	25, // 47: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	29, // 48: handshake.v1.KeyVault.SealTicket:output_type -> handshake.v1.SealTicketResponse
+	31, // 49: handshake.v1.KeyVault.OpenTicket:output_type -> handshake.v1.OpenTicketResponse
+	34, // [34:50] is the sub-list for method output_type
+	18, // [18:34] is the sub-list for method input_type
 	18, // [18:18] is the sub-list for extension type_name
 	18, // [18:18] is the sub-list for extension extendee
 	0,  // [0:18] is the sub-list for field type_name
@@ -2107,7 +2353,7 @@ func file_handshake_v1_keyvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_keyvault_proto_rawDesc), len(file_handshake_v1_keyvault_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

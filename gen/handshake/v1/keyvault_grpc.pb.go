@@ -33,6 +33,8 @@ const (
 	KeyVault_Decrypt_FullMethodName                         = "/handshake.v1.KeyVault/Decrypt"
 	KeyVault_Sign_FullMethodName                            = "/handshake.v1.KeyVault/Sign"
 	KeyVault_SignStream_FullMethodName                      = "/handshake.v1.KeyVault/SignStream"
+	KeyVault_SealTicket_FullMethodName                      = "/handshake.v1.KeyVault/SealTicket"
+	KeyVault_OpenTicket_FullMethodName                      = "/handshake.v1.KeyVault/OpenTicket"
 )
 
 // KeyVaultClient is the client API for KeyVault service.
@@ -78,6 +80,19 @@ type KeyVaultClient interface {
 	// handshake): one long-lived stream avoids the per-call cost of a unary
 	// RPC. A failed signature is an error in its response; the stream goes on.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
+	// SealTicket seals a TLS session state into a session ticket under the
+	// vault's current ticket key, for a server with its own TLS stack (Go's
+	// tls.Config.WrapSession): every server of a fleet sealing through the
+	// vault resumes every other's sessions. The ticket is bound to the key
+	// named (it opens only with OpenTicket naming it) and to the service's
+	// deployment. Ticket keys are created, rotated and retired by the vault
+	// and never leave it.
+	SealTicket(ctx context.Context, in *SealTicketRequest, opts ...grpc.CallOption) (*SealTicketResponse, error)
+	// OpenTicket returns the session state sealed in a ticket. A ticket that
+	// does not open (its ticket key retired, another deployment's or key's,
+	// tampered with, not a ticket) is no error: accepted is false, and the
+	// server does a full handshake.
+	OpenTicket(ctx context.Context, in *OpenTicketRequest, opts ...grpc.CallOption) (*OpenTicketResponse, error)
 }
 
 type keyVaultClient struct {
@@ -231,6 +246,26 @@ func (c *keyVaultClient) SignStream(ctx context.Context, opts ...grpc.CallOption
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KeyVault_SignStreamClient = grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse]
 
+func (c *keyVaultClient) SealTicket(ctx context.Context, in *SealTicketRequest, opts ...grpc.CallOption) (*SealTicketResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SealTicketResponse)
+	err := c.cc.Invoke(ctx, KeyVault_SealTicket_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyVaultClient) OpenTicket(ctx context.Context, in *OpenTicketRequest, opts ...grpc.CallOption) (*OpenTicketResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenTicketResponse)
+	err := c.cc.Invoke(ctx, KeyVault_OpenTicket_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyVaultServer is the server API for KeyVault service.
 // All implementations must embed UnimplementedKeyVaultServer
 // for forward compatibility.
@@ -274,6 +309,19 @@ type KeyVaultServer interface {
 	// handshake): one long-lived stream avoids the per-call cost of a unary
 	// RPC. A failed signature is an error in its response; the stream goes on.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
+	// SealTicket seals a TLS session state into a session ticket under the
+	// vault's current ticket key, for a server with its own TLS stack (Go's
+	// tls.Config.WrapSession): every server of a fleet sealing through the
+	// vault resumes every other's sessions. The ticket is bound to the key
+	// named (it opens only with OpenTicket naming it) and to the service's
+	// deployment. Ticket keys are created, rotated and retired by the vault
+	// and never leave it.
+	SealTicket(context.Context, *SealTicketRequest) (*SealTicketResponse, error)
+	// OpenTicket returns the session state sealed in a ticket. A ticket that
+	// does not open (its ticket key retired, another deployment's or key's,
+	// tampered with, not a ticket) is no error: accepted is false, and the
+	// server does a full handshake.
+	OpenTicket(context.Context, *OpenTicketRequest) (*OpenTicketResponse, error)
 	mustEmbedUnimplementedKeyVaultServer()
 }
 
@@ -325,6 +373,12 @@ func (UnimplementedKeyVaultServer) Sign(context.Context, *SignRequest) (*SignRes
 }
 func (UnimplementedKeyVaultServer) SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method SignStream not implemented")
+}
+func (UnimplementedKeyVaultServer) SealTicket(context.Context, *SealTicketRequest) (*SealTicketResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SealTicket not implemented")
+}
+func (UnimplementedKeyVaultServer) OpenTicket(context.Context, *OpenTicketRequest) (*OpenTicketResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenTicket not implemented")
 }
 func (UnimplementedKeyVaultServer) mustEmbedUnimplementedKeyVaultServer() {}
 func (UnimplementedKeyVaultServer) testEmbeddedByValue()                  {}
@@ -588,6 +642,42 @@ func _KeyVault_SignStream_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type KeyVault_SignStreamServer = grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]
 
+func _KeyVault_SealTicket_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SealTicketRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyVaultServer).SealTicket(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyVault_SealTicket_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyVaultServer).SealTicket(ctx, req.(*SealTicketRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyVault_OpenTicket_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenTicketRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyVaultServer).OpenTicket(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyVault_OpenTicket_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyVaultServer).OpenTicket(ctx, req.(*OpenTicketRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyVault_ServiceDesc is the grpc.ServiceDesc for KeyVault service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -646,6 +736,14 @@ var KeyVault_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Sign",
 			Handler:    _KeyVault_Sign_Handler,
+		},
+		{
+			MethodName: "SealTicket",
+			Handler:    _KeyVault_SealTicket_Handler,
+		},
+		{
+			MethodName: "OpenTicket",
+			Handler:    _KeyVault_OpenTicket_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

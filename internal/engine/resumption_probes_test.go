@@ -1,0 +1,233 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// The probes here offer the engine hand-built TLS 1.3 ClientHellos with
+// tickets it sealed and binders computed by the test itself, from RFC 8446,
+// Sections 4.2.11.2 and 7.1 (not with the engine's key schedule), and
+// check what the RFC says the server does.
+
+// rfcExpandLabel is HKDF-Expand-Label, RFC 8446, Section 7.1.
+func rfcExpandLabel(h crypto.Hash, secret []byte, label string, context []byte, n int) []byte {
+	var b cryptobyte.Builder
+	b.AddUint16(uint16(n))
+	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte("tls13 " + label)) })
+	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(context) })
+	out, err := hkdf.Expand(h.New, secret, string(b.BytesOrPanic()), n)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// rfcBinder is the PSK binder over a truncated ClientHello, SHA-256.
+func rfcBinder(psk, truncatedHello []byte) []byte {
+	early, err := hkdf.Extract(sha256.New, psk, make([]byte, 32))
+	if err != nil {
+		panic(err)
+	}
+	empty := sha256.Sum256(nil)
+	binderKey := rfcExpandLabel(crypto.SHA256, early, "res binder", empty[:], 32)
+	finishedKey := rfcExpandLabel(crypto.SHA256, binderKey, "finished", nil, 32)
+	th := sha256.Sum256(truncatedHello)
+	mac := hmac.New(sha256.New, finishedKey)
+	mac.Write(th[:])
+	return mac.Sum(nil)
+}
+
+// offeredTicket is one PSK identity of a probe.
+type offeredTicket struct {
+	ticket []byte
+	age    uint32 // obfuscated_ticket_age
+	psk    []byte // for the binder; nil: a garbage binder
+}
+
+// resumeHello returns the ClientHello record base+psk_key_exchange_modes
+// (modes)+pre_shared_key offering tickets, binders computed over the
+// truncated ClientHello. binderLen is the length of each binder (32 for
+// SHA-256); corrupt flips a bit of the first real binder.
+func resumeHello(base rawHello, modes []byte, tickets []offeredTicket, binders int, binderLen int, corrupt bool) []byte {
+	ids := make([]pskIdentity, len(tickets))
+	for i, t := range tickets {
+		ids[i] = pskIdentity{identity: t.ticket, obfuscatedTicketAge: t.age}
+	}
+	build := func(binderList [][]byte) rawHello {
+		return base.with(rawExt{xPSKModes, append([]byte{byte(len(modes))}, modes...)}).with(rawExt{xPreSharedKey, pskExtension(ids, binderList)})
+	}
+	placeholder := make([][]byte, binders)
+	for i := range placeholder {
+		placeholder[i] = bytes.Repeat([]byte{0xbb}, binderLen)
+	}
+	msg := build(placeholder).message()
+	bindersLen := 2 + binders*(1+binderLen)
+	truncated := msg[:len(msg)-bindersLen]
+	real := make([][]byte, binders)
+	corrupted := false
+	for i := range real {
+		real[i] = placeholder[i]
+		if i < len(tickets) && tickets[i].psk != nil {
+			real[i] = rfcBinder(tickets[i].psk, truncated)[:min(32, binderLen)]
+			real[i] = append(real[i], make([]byte, binderLen-len(real[i]))...)
+			if corrupt && !corrupted {
+				real[i][0] ^= 1
+				corrupted = true
+			}
+		}
+	}
+	return build(real).record()
+}
+
+// probeTicket seals a TLS 1.3 ticket for p256.example.com and ALPN h2
+// (probeConfig's), created age ago, and returns it with its PSK and the
+// obfuscated age a client would send now.
+func probeTicket(t testing.TB, cfg *Config, age time.Duration, edit func(ts *ticketState)) offeredTicket {
+	t.Helper()
+	psk := bytes.Repeat([]byte{0x5a}, 32)
+	ts := &ticketState{vers: tls.VersionTLS13, suite: tls.TLS_AES_128_GCM_SHA256, created: time.Now().Add(-age),
+		ageAdd: 0x01020304, secret: bytes.Clone(psk), ems: true, serverName: "p256.example.com", alpn: "h2"}
+	if edit != nil {
+		edit(ts)
+	}
+	plaintext := ts.marshal()
+	ticket, err := cfg.Tickets.Seal(context.Background(), plaintext)
+	require.NoError(t, err)
+	return offeredTicket{ticket: ticket, age: uint32(age/time.Millisecond) + ts.ageAdd, psk: psk}
+}
+
+func TestProbeResumptionTLS13(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	good := probeTicket(t, &cfg, 3*time.Second, nil)
+	unknown := offeredTicket{ticket: []byte("a ticket from elsewhere"), age: 1}
+	dhe, ke, both := []byte{pskModeDHEKE}, []byte{pskModeKE}, []byte{pskModeKE, pskModeDHEKE}
+	base := hello13()
+	tests := []struct {
+		name     string
+		cfg      *Config
+		hello    []byte
+		identity int    // selected identity, -1 for a full handshake
+		why      string // in the trace of a full handshake
+	}{
+		// RFC 8446, Section 4.2.11: the server selects an identity and says
+		// which in its ServerHello; Section 2.2: no Certificate follows.
+		{"4.2.11 valid ticket and binder: identity 0 selected", &cfg, resumeHello(base, dhe, []offeredTicket{good}, 1, 32, false), 0, ""},
+		{"4.2.11 unknown then valid ticket: identity 1 selected", &cfg,
+			resumeHello(base, dhe, []offeredTicket{unknown, good}, 2, 32, false), 1, ""},
+		// Section 4.2.9: the server must not pick a mode the client did not
+		// list; psk_ke alone (no forward secrecy) is not resumed.
+		{"4.2.9 psk_ke only: full handshake", &cfg, resumeHello(base, ke, []offeredTicket{good}, 1, 32, false), -1, "refused: psk_dhe_ke not offered"},
+		{"4.2.9 psk_ke and psk_dhe_ke: resumed with psk_dhe_ke", &cfg, resumeHello(base, both, []offeredTicket{good}, 1, 32, false), 0, ""},
+		// Section 9.2: with pre_shared_key, signature_algorithms may be left
+		// out; the handshake then needs the resumption.
+		{"9.2 no signature_algorithms, valid ticket: resumed", &cfg,
+			resumeHello(base.without(xSignatureAlgs), dhe, []offeredTicket{good}, 1, 32, false), 0, ""},
+		{"4.2.11 unknown ticket: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{unknown}, 1, 32, false), -1, "refused: ticket does not open"},
+		{"4.6.1 TLS 1.2 ticket: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{probeTicket(t, &cfg, time.Second, func(ts *ticketState) {
+			ts.vers = tls.VersionTLS12
+		})}, 1, 32, false), -1, "refused: ticket of another TLS version"},
+		{"4.6.1 obfuscated age past the lifetime: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{{ticket: good.ticket,
+			age: uint32((maxTicketLifetime+time.Second)/time.Millisecond) + 0x01020304, psk: good.psk}}, 1, 32, false), -1, "refused: ticket age beyond its lifetime"},
+		{"4.6.1 server_name differs from the ticket's: full handshake", &cfg,
+			resumeHello(base.replace(extSNI("x.p256.example.net")), dhe, []offeredTicket{good}, 1, 32, false), -1, "refused: ticket for another server name"},
+		{"4.6.1 server_name in another case: resumed", &cfg,
+			resumeHello(base.replace(extSNI("P256.Example.COM")), dhe, []offeredTicket{good}, 1, 32, false), 0, ""},
+		{"4.6.1 SHA-384 ticket offered for a SHA-256 suite: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{probeTicket(t, &cfg, time.Second, func(ts *ticketState) {
+			ts.suite = tls.TLS_AES_256_GCM_SHA384
+		})}, 1, 32, false), -1, "refused: ticket for a cipher suite with another hash"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := NewHandshake(tc.cfg)
+			require.NoError(t, err)
+			keys := KeyOps(getPKI(t).keys)
+			if tc.identity >= 0 {
+				keys = noKeyOps // a resumption asks KeyOps nothing
+			}
+			res := h.Step(context.Background(), keys, tc.hello)
+			require.Equal(t, NeedInput, res.State, "%s: %s\n%s", res.AlertDescription, res.Reason, traceText(res.Trace))
+			msgs, _ := plaintextMessages(t, res.Output)
+			sh := parseServerHello(t, msgs[0])
+			selected, ok := sh.ext(xPreSharedKey)
+			trace := traceText(res.Trace)
+			if tc.identity < 0 {
+				assert.False(t, ok, "pre_shared_key in the ServerHello of a full handshake")
+				assert.Contains(t, trace, "sent Certificate")
+				assert.Contains(t, trace, "resumption="+tc.why)
+				return
+			}
+			require.True(t, ok, "no pre_shared_key in the ServerHello\n%s", trace)
+			assert.Equal(t, []byte{0, byte(tc.identity)}, selected)
+			assert.NotContains(t, trace, "Certificate")
+			assert.True(t, h.resumed)
+		})
+	}
+}
+
+// TestProbeResumptionAlerts: what aborts a handshake that offers a ticket.
+func TestProbeResumptionAlerts(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	good := probeTicket(t, &cfg, time.Second, nil)
+	dhe := []byte{pskModeDHEKE}
+	base := hello13()
+	unknown := offeredTicket{ticket: []byte("a ticket from elsewhere"), age: 1}
+	tests := []struct {
+		name  string
+		hello []byte
+		want  Alert
+	}{
+		// RFC 8446, Section 4.2.11: "If this value is not present or does
+		// not validate, the server MUST abort the handshake."
+		{"4.2.11 wrong binder is decrypt_error", resumeHello(base, dhe, []offeredTicket{good}, 1, 32, true), alertDecryptError},
+		{"4.2.11 binder longer than the hash is decrypt_error", resumeHello(base, dhe, []offeredTicket{good}, 1, 48, false), alertDecryptError},
+		{"4.2.11 wrong binder after an unknown ticket is decrypt_error", resumeHello(base, dhe, []offeredTicket{unknown, good}, 2, 32, true), alertDecryptError},
+		{"4.2.11 fewer binders than identities is illegal_parameter", resumeHello(base, dhe, []offeredTicket{good, unknown}, 1, 32, false), alertIllegalParameter},
+		{"4.2.11 more binders than identities is illegal_parameter", resumeHello(base, dhe, []offeredTicket{good}, 2, 32, false), alertIllegalParameter},
+		// Section 9.2 without signature_algorithms, and nothing resumes.
+		{"9.2 no signature_algorithms and an unknown ticket is handshake_failure",
+			resumeHello(base.without(xSignatureAlgs), dhe, []offeredTicket{unknown}, 1, 32, false), alertHandshakeFailure},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res, _ := stepHello(t, &cfg, tc.hello)
+			expectAlert(t, res, tc.want)
+		})
+	}
+}
+
+// TestProbeResumptionEarlyDataSkipped: a resuming ClientHello with
+// early_data, followed by 0-RTT records: the server resumes, does not
+// accept the early data (no early_data in its EncryptedExtensions) and
+// skips those records, which it cannot open (RFC 8446, Section 4.2.10).
+func TestProbeResumptionEarlyDataSkipped(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	good := probeTicket(t, &cfg, time.Second, nil)
+	in := resumeHello(hello13().with(extEarlyData), []byte{pskModeDHEKE}, []offeredTicket{good}, 1, 32, false)
+	for range 3 {
+		in = append(in, rawRecord(byte(record.ApplicationData), bytes.Repeat([]byte{0xee}, 200)...)...)
+	}
+	h, err := NewHandshake(&cfg)
+	require.NoError(t, err)
+	res := h.Step(context.Background(), noKeyOps, in)
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	assert.True(t, h.resumed)
+	assert.Equal(t, 3*200, h.skippedEarlyData)
+	assert.Contains(t, traceText(res.Trace), "early_data=offered (refused)")
+}

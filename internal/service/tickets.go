@@ -1,0 +1,222 @@
+package service
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
+	"github.com/handshaked/handshaked/internal/engine"
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+// TicketOptions turn session tickets on: the vault's ticket keys seal the
+// tickets of handshakes run by the service (TLS 1.3 and 1.2 resumption) and
+// those of servers with their own TLS stack (SealTicket, OpenTicket).
+type TicketOptions struct {
+	// Deployment names the fleet sharing the tickets: another deployment's
+	// tickets never open, even under the same keys (a copy restored from
+	// a backup).
+	Deployment string
+	// Rotation is how long a ticket key seals new tickets, Lifetime how
+	// long a ticket lives (defaults: 24 hours and 7 days, the RFC 8446
+	// §4.6.1 maximum). A key is erased Rotation+Lifetime after its creation.
+	Rotation, Lifetime time.Duration
+	// Now is the clock of the ticket key schedule; nil: time.Now.
+	Now func() time.Time
+}
+
+// ticketMetrics show the ticket keys' rotation and the tickets' use.
+type ticketMetrics struct {
+	keyChanges *prometheus.CounterVec
+	sealed     *prometheus.CounterVec
+	opened     *prometheus.CounterVec
+}
+
+func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketMetrics {
+	m := &ticketMetrics{
+		keyChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handshaked_ticket_key_changes_total",
+			Help: "Session ticket keys created (change=created: first use and every rotation) and retired (change=retired: erased once no ticket they sealed can be valid).",
+		}, []string{"change"}),
+		sealed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handshaked_tickets_sealed_total",
+			Help: "Session tickets sealed, by who asked: via=handshake (the engine issuing one) or via=api (SealTicket).",
+		}, []string{"via"}),
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "handshaked_tickets_opened_total",
+			Help: "Session tickets presented, by who asked (handshake, api) and outcome: accepted, or rejected (retired or unknown key, other deployment or scope, tampered).",
+		}, []string{"via", "outcome"}),
+	}
+	keys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "handshaked_ticket_keys",
+		Help: "Session ticket keys held: the current one and those whose tickets may still be valid.",
+	}, func() float64 { return float64(len(vault.TicketKeys())) })
+	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "handshaked_ticket_key_age_seconds",
+		Help: "Age of the newest session ticket key: at most the rotation period plus a minute while rotation works; 0 before the first ticket.",
+	}, func() float64 {
+		ks := vault.TicketKeys()
+		if len(ks) == 0 {
+			return 0
+		}
+		return time.Since(ks[len(ks)-1].CreateTime).Seconds()
+	})
+	reg.MustRegister(m.keyChanges, m.sealed, m.opened, keys, age)
+	return m
+}
+
+// newTicketKeys returns the vault's ticket keys for opts, whose changes
+// are counted and audited.
+func newTicketKeys(vault *keyvault.Vault, opts TicketOptions, m *ticketMetrics, log *audit.Log) (*keyvault.TicketKeys, error) {
+	return keyvault.NewTicketKeys(vault, keyvault.TicketKeyOptions{
+		Deployment: opts.Deployment, Rotation: opts.Rotation, Lifetime: opts.Lifetime, Now: opts.Now,
+		OnChange: func(e keyvault.TicketKeyEvent) {
+			change, op := "created", "ticket_keys.rotate"
+			if e.Retired {
+				change, op = "retired", "ticket_keys.retire"
+			}
+			m.keyChanges.WithLabelValues(change).Inc()
+			slog.Info("session ticket key "+change, "ticket_key", fmt.Sprintf("%08x", e.ID),
+				"seal_until", e.SealUntil, "accept_until", e.AcceptUntil, "keys", e.Accepted)
+			if log == nil {
+				return
+			}
+			entry := &audit.Entry{
+				Time: time.Now().UTC(), Operation: op, Outcome: "OK",
+				Detail: fmt.Sprintf("ticket key %08x %s (created %s, seals until %s, accepted until %s); %d ticket keys held",
+					e.ID, change, e.CreateTime.Format(time.RFC3339), e.SealUntil.Format(time.RFC3339), e.AcceptUntil.Format(time.RFC3339), e.Accepted),
+			}
+			if err := log.Write(entry); err != nil {
+				slog.Error("audit entry not written", "err", err, "operation", op)
+			}
+		},
+	})
+}
+
+// ticketMaintenance is how often the ticket keys are checked for rotation
+// and retirement. A key past its acceptance is refused at once; its record
+// is erased within this period.
+const ticketMaintenance = time.Minute
+
+// maintainTickets rotates and retires ticket keys on schedule until ctx
+// ends, so that keys are erased on time even when no ticket is sealed.
+func maintainTickets(ctx context.Context, tk *keyvault.TicketKeys, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := tk.Maintain(ctx); err != nil && !errors.Is(err, keyvault.ErrClosed) && ctx.Err() == nil {
+				slog.ErrorContext(ctx, "session ticket key rotation failed", "err", err)
+			}
+		}
+	}
+}
+
+// handshakeTickets is the engine's TicketKeys for one handshake: the
+// vault's ticket keys, scoped to the handshake's configuration, so that a
+// ticket resumes only a handshake that names the same keys and client
+// authentication. A caller allowed to use other keys cannot resume, and so
+// take over, sessions authenticated by keys it may not use.
+type handshakeTickets struct {
+	keys    *keyvault.TicketKeys
+	scope   string
+	metrics *ticketMetrics
+}
+
+// handshakeScope names what a handshake configuration authenticates with:
+// its keys (sorted: their order only ranks them) and its client
+// authentication.
+func handshakeScope(c *pb.HandshakeConfig) string {
+	refs := make([]string, 0, len(c.GetKeys()))
+	for _, k := range c.GetKeys() {
+		refs = append(refs, k.GetKey()+"/"+strconv.FormatUint(uint64(k.GetVersion()), 10))
+	}
+	slices.Sort(refs)
+	cas := sha256.Sum256([]byte(c.GetClientCaPem()))
+	return "handshake keys=" + strings.Join(slices.Compact(refs), ",") +
+		" client_auth=" + c.GetClientAuth().String() + " client_cas=" + hex.EncodeToString(cas[:])
+}
+
+func (t handshakeTickets) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	ticket, err := t.keys.Seal(ctx, t.scope, plaintext)
+	if err == nil {
+		t.metrics.sealed.WithLabelValues("handshake").Inc()
+	}
+	return ticket, err
+}
+
+func (t handshakeTickets) Open(ctx context.Context, ticket []byte) ([]byte, error) {
+	plaintext, err := t.keys.Open(ctx, t.scope, ticket)
+	t.metrics.opened.WithLabelValues("handshake", openOutcome(err)).Inc()
+	return plaintext, err
+}
+
+func openOutcome(err error) string {
+	if err != nil {
+		return "rejected"
+	}
+	return "accepted"
+}
+
+// withTickets sets up cfg to issue and accept tickets as c asks, if the
+// service has ticket keys.
+func (h *Handshake) withTickets(cfg *engine.Config, c *pb.HandshakeConfig) {
+	if h.tickets == nil || c.GetDisableSessionTickets() {
+		return
+	}
+	cfg.Tickets = handshakeTickets{keys: h.tickets, scope: handshakeScope(c), metrics: h.ticketMetrics}
+	cfg.TicketLifetime = h.tickets.Lifetime()
+	cfg.DisableTLS12Tickets = c.GetDisableTls12SessionTickets()
+}
+
+// keyScope is the scope of the tickets SealTicket seals for a key.
+func keyScope(id string) string { return "key " + id }
+
+var errNoTickets = errors.New("this service has no session ticket keys (started with session tickets off)")
+
+func (s *KeyVault) SealTicket(ctx context.Context, req *pb.SealTicketRequest) (*pb.SealTicketResponse, error) {
+	if s.tickets == nil {
+		return nil, toStatus(ctx, fmt.Errorf("%w: %w", errNoTickets, keyvault.ErrFailedPrecondition))
+	}
+	if len(req.GetPlaintext()) == 0 {
+		return nil, invalid("plaintext: empty")
+	}
+	if _, err := s.vault.ResolveVersion(ctx, req.GetKey(), 0); err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	ticket, err := s.tickets.Seal(ctx, keyScope(req.GetKey()), req.GetPlaintext())
+	if err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	s.ticketMetrics.sealed.WithLabelValues("api").Inc()
+	return &pb.SealTicketResponse{Ticket: ticket, LifetimeSeconds: uint32(s.tickets.Lifetime() / time.Second)}, nil
+}
+
+func (s *KeyVault) OpenTicket(ctx context.Context, req *pb.OpenTicketRequest) (*pb.OpenTicketResponse, error) {
+	if s.tickets == nil {
+		return nil, toStatus(ctx, fmt.Errorf("%w: %w", errNoTickets, keyvault.ErrFailedPrecondition))
+	}
+	if _, err := s.vault.ResolveVersion(ctx, req.GetKey(), 0); err != nil {
+		return nil, toStatus(ctx, err)
+	}
+	plaintext, err := s.tickets.Open(ctx, keyScope(req.GetKey()), req.GetTicket())
+	if err != nil && !errors.Is(err, keyvault.ErrTicketRejected) {
+		return nil, toStatus(ctx, err)
+	}
+	s.ticketMetrics.opened.WithLabelValues("api", openOutcome(err)).Inc()
+	return &pb.OpenTicketResponse{Accepted: err == nil, Plaintext: plaintext}, nil
+}
