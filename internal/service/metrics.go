@@ -115,7 +115,7 @@ func newKeyMetrics(reg prometheus.Registerer) *keyMetrics {
 // Sources of a private-key operation, the source label of
 // handshaked_key_operation_seconds.
 const (
-	sourceAPI       = "api"       // the KeyVault API's Sign, SignStream and Decrypt
+	sourceAPI       = "api"       // the KeyVault API: Sign, Decrypt, SignStream, Batch
 	sourceHandshake = "handshake" // the engine, in a handshake the service runs
 )
 
