@@ -29,7 +29,6 @@ type handshakeMetrics struct {
 	stepSeconds    prometheus.Histogram
 	sessions       prometheus.Gauge
 	resumedTotal   *prometheus.CounterVec
-	keyOperations  *prometheus.CounterVec
 }
 
 func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
@@ -54,10 +53,7 @@ func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
 	m.resumedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "handshaked_handshakes_resumed_total", Help: "Handshakes completed by resuming a session from a ticket (also counted in handshaked_handshakes_completed_total), by version.",
 	}, []string{"version"})
-	m.keyOperations = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "handshaked_handshake_key_operations_total", Help: "Private-key operations made by handshakes, by operation (sign, decrypt); a resumed handshake makes none.",
-	}, []string{"operation"})
-	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions, m.resumedTotal, m.keyOperations)
+	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions, m.resumedTotal)
 	return m
 }
 
