@@ -199,9 +199,13 @@ func TestProbeResumptionAlerts(t *testing.T) {
 		{"4.2.11 wrong binder after an unknown ticket is decrypt_error", resumeHello(base, dhe, []offeredTicket{unknown, good}, 2, 32, true), alertDecryptError},
 		{"4.2.11 fewer binders than identities is illegal_parameter", resumeHello(base, dhe, []offeredTicket{good, unknown}, 1, 32, false), alertIllegalParameter},
 		{"4.2.11 more binders than identities is illegal_parameter", resumeHello(base, dhe, []offeredTicket{good}, 2, 32, false), alertIllegalParameter},
-		// Section 9.2 without signature_algorithms, and nothing resumes.
-		{"9.2 no signature_algorithms and an unknown ticket is handshake_failure",
-			resumeHello(base.without(xSignatureAlgs), dhe, []offeredTicket{unknown}, 1, 32, false), alertHandshakeFailure},
+		// Section 9.2 lets a PSK offer leave signature_algorithms out; when
+		// nothing resumes, the server authenticates with a certificate and
+		// Section 4.2.3 has it abort with missing_extension.
+		{"4.2.3 no signature_algorithms and an unknown ticket is missing_extension",
+			resumeHello(base.without(xSignatureAlgs), dhe, []offeredTicket{unknown}, 1, 32, false), alertMissingExtension},
+		{"4.2.3 no signature_algorithms and a psk_ke-only offer is missing_extension",
+			resumeHello(base.without(xSignatureAlgs), []byte{pskModeKE}, []offeredTicket{good}, 1, 32, false), alertMissingExtension},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -263,7 +263,11 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// and, with no resumption, there is nothing in common.
 		{"9.2 PSK-only ClientHello is handshake_failure", base.without(xSignatureAlgs).without(xSupportedGroups).without(xKeyShare).
 			with(rawExt{xPSKModes, []byte{1, 0}}).with(psk).record(), alertHandshakeFailure},
-		{"9.2 PSK with (EC)DHE but no signature_algorithms is handshake_failure", base.without(xSignatureAlgs).with(pskModesDHE).with(psk).record(), alertHandshakeFailure},
+		// Section 4.2.3: "If a server is authenticating via a certificate
+		// and the client has not sent a "signature_algorithms" extension,
+		// then the server MUST abort the handshake with a
+		// "missing_extension" alert", a PSK offered or not.
+		{"4.2.3 PSK with (EC)DHE but no signature_algorithms, no tickets, is missing_extension", base.without(xSignatureAlgs).with(pskModesDHE).with(psk).record(), alertMissingExtension},
 		// RFC 6066, Section 3: "The ServerNameList MUST NOT contain more
 		// than one name of the same name_type"; HostName<1..2^16-1>, no IP
 		// literals.
