@@ -8,6 +8,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/tls"
+	"slices"
 	"testing"
 	"time"
 
@@ -36,8 +37,9 @@ func rfcExpandLabel(h crypto.Hash, secret []byte, label string, context []byte, 
 	return out
 }
 
-// rfcBinder is the PSK binder over a truncated ClientHello, SHA-256.
-func rfcBinder(psk, truncatedHello []byte) []byte {
+// rfcBinder is the PSK binder over a transcript ending in a truncated
+// ClientHello, SHA-256.
+func rfcBinder(psk, transcript []byte) []byte {
 	early, err := hkdf.Extract(sha256.New, psk, make([]byte, 32))
 	if err != nil {
 		panic(err)
@@ -45,7 +47,7 @@ func rfcBinder(psk, truncatedHello []byte) []byte {
 	empty := sha256.Sum256(nil)
 	binderKey := rfcExpandLabel(crypto.SHA256, early, "res binder", empty[:], 32)
 	finishedKey := rfcExpandLabel(crypto.SHA256, binderKey, "finished", nil, 32)
-	th := sha256.Sum256(truncatedHello)
+	th := sha256.Sum256(transcript)
 	mac := hmac.New(sha256.New, finishedKey)
 	mac.Write(th[:])
 	return mac.Sum(nil)
@@ -63,6 +65,13 @@ type offeredTicket struct {
 // truncated ClientHello. binderLen is the length of each binder (32 for
 // SHA-256); corrupt flips a bit of the first real binder.
 func resumeHello(base rawHello, modes []byte, tickets []offeredTicket, binders int, binderLen int, corrupt bool) []byte {
+	return resumeHelloAfter(nil, base, modes, tickets, binders, binderLen, corrupt)
+}
+
+// resumeHelloAfter is resumeHello for a ClientHello that follows the
+// messages in transcript: after a HelloRetryRequest, message_hash of the
+// first ClientHello and the HelloRetryRequest (RFC 8446, Section 4.2.11.2).
+func resumeHelloAfter(transcript []byte, base rawHello, modes []byte, tickets []offeredTicket, binders int, binderLen int, corrupt bool) []byte {
 	ids := make([]pskIdentity, len(tickets))
 	for i, t := range tickets {
 		ids[i] = pskIdentity{identity: t.ticket, obfuscatedTicketAge: t.age}
@@ -82,7 +91,7 @@ func resumeHello(base rawHello, modes []byte, tickets []offeredTicket, binders i
 	for i := range real {
 		real[i] = placeholder[i]
 		if i < len(tickets) && tickets[i].psk != nil {
-			real[i] = rfcBinder(tickets[i].psk, truncated)[:min(32, binderLen)]
+			real[i] = rfcBinder(tickets[i].psk, slices.Concat(transcript, truncated))[:min(32, binderLen)]
 			real[i] = append(real[i], make([]byte, binderLen-len(real[i]))...)
 			if corrupt && !corrupted {
 				real[i][0] ^= 1
@@ -234,4 +243,178 @@ func TestProbeResumptionEarlyDataSkipped(t *testing.T) {
 	assert.True(t, h.resumed)
 	assert.Equal(t, 3*200, h.skippedEarlyData)
 	assert.Contains(t, traceText(res.Trace), "early_data=offered (refused)")
+}
+
+// messageHash is the message_hash that replaces the first ClientHello in
+// the transcript after a HelloRetryRequest, RFC 8446, Section 4.4.1.
+func messageHash(clientHello []byte) []byte {
+	sum := sha256.Sum256(clientHello)
+	return append([]byte{254, 0, 0, 32}, sum[:]...)
+}
+
+// TestProbeResumptionAfterHelloRetryRequest: after a HelloRetryRequest the
+// binder of the second ClientHello covers message_hash(ClientHello1) and
+// the HelloRetryRequest before the truncated ClientHello2 (RFC 8446,
+// Section 4.2.11.2), and refused 0-RTT data between the ClientHellos is
+// skipped, up to a limit (Section 4.2.10).
+func TestProbeResumptionAfterHelloRetryRequest(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	cfg.Groups = []tls.CurveID{tls.CurveP256} // the hellos offer an X25519 share
+	good := probeTicket(t, &cfg, time.Second, nil)
+	dhe := []byte{pskModeDHEKE}
+	second := hello13().replace(extKeyShare(shareP256))
+	zeroRTT := rawRecord(byte(record.ApplicationData), bytes.Repeat([]byte{0xee}, 200)...)
+	// retry steps the first ClientHello record first (and what follows
+	// it), expects a HelloRetryRequest and returns the transcript the
+	// second ClientHello's binder covers.
+	retry := func(t *testing.T, first []byte, more ...[]byte) (*Handshake, []byte) {
+		t.Helper()
+		h, err := NewHandshake(&cfg)
+		require.NoError(t, err)
+		res := h.Step(context.Background(), noKeyOps, slices.Concat(append([][]byte{first}, more...)...))
+		require.Equal(t, NeedInput, res.State, "%s: %s", res.AlertDescription, res.Reason)
+		msgs, _ := plaintextMessages(t, res.Output)
+		require.Equal(t, helloRetryRandomRFC, parseServerHello(t, msgs[0]).random, "a HelloRetryRequest")
+		return h, slices.Concat(messageHash(first[record.HeaderLen:]), msgs[0].raw)
+	}
+	expectResumed := func(t *testing.T, h *Handshake, res StepResult) {
+		t.Helper()
+		require.Equal(t, NeedInput, res.State, "%s: %s\n%s", res.AlertDescription, res.Reason, traceText(res.Trace))
+		msgs, _ := plaintextMessages(t, res.Output)
+		selected, ok := parseServerHello(t, msgs[0]).ext(xPreSharedKey)
+		require.True(t, ok, "no pre_shared_key in the ServerHello\n%s", traceText(res.Trace))
+		assert.Equal(t, []byte{0, 0}, selected)
+		assert.True(t, h.resumed)
+		assert.True(t, h.didHRR)
+	}
+	first := resumeHello(hello13(), dhe, []offeredTicket{good}, 1, 32, false)
+
+	t.Run("4.2.11.2 binder over message_hash, HelloRetryRequest and the truncated second ClientHello: resumed", func(t *testing.T) {
+		h, transcript := retry(t, first)
+		expectResumed(t, h, h.Step(context.Background(), noKeyOps, resumeHelloAfter(transcript, second, dhe, []offeredTicket{good}, 1, 32, false)))
+	})
+	t.Run("4.2.11.2 binder over the second ClientHello alone is decrypt_error", func(t *testing.T) {
+		h, _ := retry(t, first)
+		expectAlert(t, h.Step(context.Background(), noKeyOps, resumeHello(second, dhe, []offeredTicket{good}, 1, 32, false)), alertDecryptError)
+	})
+	t.Run("4.2.11.2 binder over the HelloRetryRequest without message_hash is decrypt_error", func(t *testing.T) {
+		h, transcript := retry(t, first)
+		hrr := transcript[4+32:]
+		expectAlert(t, h.Step(context.Background(), noKeyOps, resumeHelloAfter(hrr, second, dhe, []offeredTicket{good}, 1, 32, false)), alertDecryptError)
+	})
+	t.Run("4.2.11.2 binder over the whole first ClientHello instead of its hash is decrypt_error", func(t *testing.T) {
+		h, transcript := retry(t, first)
+		whole := slices.Concat(first[record.HeaderLen:], transcript[4+32:])
+		expectAlert(t, h.Step(context.Background(), noKeyOps, resumeHelloAfter(whole, second, dhe, []offeredTicket{good}, 1, 32, false)), alertDecryptError)
+	})
+
+	// Section 4.2.10: after a HelloRetryRequest "The server then ignores
+	// early data by skipping all records with an external content type of
+	// "application_data" [...], up to the configured max_early_data_size."
+	earlyFirst := resumeHello(hello13().with(extEarlyData), dhe, []offeredTicket{good}, 1, 32, false)
+	t.Run("4.2.10 0-RTT records before the second ClientHello are skipped, then it resumes", func(t *testing.T) {
+		h, transcript := retry(t, earlyFirst, zeroRTT, zeroRTT, zeroRTT)
+		assert.Equal(t, 3*200, h.skippedEarlyData)
+		res := h.Step(context.Background(), noKeyOps, slices.Concat(zeroRTT, resumeHelloAfter(transcript, second, dhe, []offeredTicket{good}, 1, 32, false)))
+		expectResumed(t, h, res)
+		assert.Equal(t, 4*200, h.skippedEarlyData)
+	})
+	t.Run("4.2.10 0-RTT past the limit before the second ClientHello is unexpected_message", func(t *testing.T) {
+		h, _ := retry(t, earlyFirst)
+		big := rawRecord(byte(record.ApplicationData), make([]byte, record.MaxCiphertextTLS13)...)
+		var res StepResult
+		for range maxSkippedEarlyData/len(big) + 1 {
+			res = h.Step(context.Background(), noKeyOps, big)
+		}
+		expectAlert(t, res, alertUnexpectedMessage)
+	})
+	t.Run("4.2.10 application data after a HelloRetryRequest without early_data is unexpected_message", func(t *testing.T) {
+		h, _ := retry(t, first)
+		expectAlert(t, h.Step(context.Background(), noKeyOps, zeroRTT), alertUnexpectedMessage)
+	})
+	// The second ClientHello has no early_data (Section 4.2.10: "A client
+	// MUST NOT include the "early_data" extension in its followup
+	// ClientHello"): nothing is skipped after it, and a record that does not
+	// open under the handshake keys is bad_record_mac (Section 5.2).
+	t.Run("4.2.10 0-RTT record after the second ClientHello is bad_record_mac", func(t *testing.T) {
+		h, transcript := retry(t, earlyFirst)
+		res := h.Step(context.Background(), noKeyOps, resumeHelloAfter(transcript, second, dhe, []offeredTicket{good}, 1, 32, false))
+		expectResumed(t, h, res)
+		expectAlert(t, h.Step(context.Background(), noKeyOps, zeroRTT), alertBadRecordMAC)
+	})
+	t.Run("4.2.10 early_data in the second ClientHello is illegal_parameter", func(t *testing.T) {
+		h, transcript := retry(t, earlyFirst)
+		expectAlert(t, h.Step(context.Background(), noKeyOps, resumeHelloAfter(transcript, second.with(extEarlyData), dhe, []offeredTicket{good}, 1, 32, false)), alertIllegalParameter)
+	})
+}
+
+// TestProbeNewSessionTicketTLS13 reads the NewSessionTicket of a full
+// handshake as a client does, under the server application traffic keys,
+// and checks it against RFC 8446, Section 4.6.1 and the PSK against Section
+// 7.1, derived here: PSK = HKDF-Expand-Label(resumption_master_secret,
+// "resumption", ticket_nonce, Hash.length), resumption_master_secret =
+// Derive-Secret(master_secret, "res master", ClientHello...client Finished).
+func TestProbeNewSessionTicketTLS13(t *testing.T) {
+	type issued struct {
+		lifetime, ageAdd uint32
+		nonce            []byte
+		state            *ticketState
+		psk              []byte // derived by the test
+	}
+	issue := func(t *testing.T, cfg Config) issued {
+		t.Helper()
+		c := dial13(t, cfg, hello13().with(pskModesDHE))
+		fin := c.finished()
+		c.transcript.Write(fin)
+		_, err := c.conn.Write(c.seal(record.Handshake, fin))
+		require.NoError(t, err)
+		typ, body := c.readRecord()
+		inner, pt, err := c.in.Open(typ, 0x0303, body)
+		require.NoError(t, err, "the NewSessionTicket under the server application traffic keys")
+		require.Equal(t, record.Handshake, inner)
+		msgs := splitMessages(t, pt)
+		require.Len(t, msgs, 1, "one NewSessionTicket")
+		require.Equal(t, typeNewSessionTicket, msgs[0].typ)
+		var got issued
+		var nonce, ticket, exts cryptobyte.String
+		s := cryptobyte.String(msgs[0].body)
+		require.True(t, s.ReadUint32(&got.lifetime) && s.ReadUint32(&got.ageAdd) && s.ReadUint8LengthPrefixed(&nonce) &&
+			s.ReadUint16LengthPrefixed(&ticket) && s.ReadUint16LengthPrefixed(&exts) && s.Empty(), "NewSessionTicket fields")
+		require.NotEmpty(t, ticket, "opaque ticket<1..2^16-1>")
+		assert.Empty(t, exts, "no early_data: 0-RTT is never accepted")
+		got.nonce = slices.Clone(nonce)
+		plaintext, err := cfg.Tickets.Open(context.Background(), ticket)
+		require.NoError(t, err)
+		got.state, err = parseTicketState(plaintext)
+		require.NoError(t, err)
+		resMaster := rfcExpandLabel(crypto.SHA256, c.master, "res master", c.transcript.Sum(nil), 32)
+		got.psk = rfcExpandLabel(crypto.SHA256, resMaster, "resumption", got.nonce, 32)
+		c.conn.Close()
+		out := <-c.done
+		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+		assert.Equal(t, uint64(1), out.session.ServerSeq, "the NewSessionTicket took record 0")
+		return got
+	}
+	cfg := probeConfig(t)
+	cfg.Tickets = newAEADTicketKeys(7)
+	a, b := issue(t, cfg), issue(t, cfg)
+	for _, tk := range []issued{a, b} {
+		// "Servers MUST NOT use any value greater than 604800 seconds (7
+		// days)"; the default is the maximum.
+		assert.Equal(t, uint32(604800), tk.lifetime)
+		assert.Equal(t, tk.ageAdd, tk.state.ageAdd, "the server checks ages with the ticket_age_add it sent")
+		assert.Equal(t, tk.psk, tk.state.secret, "Section 7.1: the ticket's PSK")
+		assert.Equal(t, uint16(tls.VersionTLS13), tk.state.vers)
+		assert.Equal(t, uint16(tls.TLS_AES_128_GCM_SHA256), tk.state.suite)
+		assert.Equal(t, "p256.example.com", tk.state.serverName)
+		assert.Equal(t, "h2", tk.state.alpn)
+	}
+	// "The server MUST generate a fresh value [of ticket_age_add] for each
+	// ticket it sends"; each connection's PSK is its own.
+	assert.NotEqual(t, a.ageAdd, b.ageAdd)
+	assert.NotEqual(t, a.psk, b.psk)
+
+	cfg.TicketLifetime = 36 * time.Hour
+	assert.Equal(t, uint32(36*3600), issue(t, cfg).lifetime, "ticket_lifetime is the configured lifetime, in seconds")
 }

@@ -597,6 +597,7 @@ type client13 struct {
 	transcript hash.Hash
 	in, out    *record.Cipher
 	clientHS   []byte
+	master     []byte // master secret, for the resumption secrets
 	serverMsgs []serverMsg
 	done       chan relayOutcome
 }
@@ -673,7 +674,9 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	for _, m := range c.serverMsgs {
 		c.transcript.Write(m.raw)
 	}
-	_, serverAP := hsSecret.masterSecret().trafficSecrets(c.transcript.Sum(nil))
+	master := hsSecret.masterSecret()
+	c.master = master.secret
+	_, serverAP := master.trafficSecrets(c.transcript.Sum(nil))
 	c.in, err = record.NewTLS13Cipher(0x1301, serverAP, 0)
 	require.NoError(t, err)
 	return c
