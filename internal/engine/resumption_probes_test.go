@@ -243,6 +243,9 @@ func TestProbeResumptionEarlyDataSkipped(t *testing.T) {
 	assert.True(t, h.resumed)
 	assert.Equal(t, 3*200, h.skippedEarlyData)
 	assert.Contains(t, traceText(res.Trace), "early_data=offered (refused)")
+	// Section 5.1: a plaintext record stays within 2^14 bytes while
+	// protected-size 0-RTT records are skipped.
+	expectAlert(t, h.Step(context.Background(), noKeyOps, rawRecord(byte(record.Alert), make([]byte, record.MaxPlaintext+1)...)), alertRecordOverflow)
 }
 
 // messageHash is the message_hash that replaces the first ClientHello in
@@ -342,6 +345,21 @@ func TestProbeResumptionAfterHelloRetryRequest(t *testing.T) {
 		res := h.Step(context.Background(), noKeyOps, resumeHelloAfter(transcript, second, dhe, []offeredTicket{good}, 1, 32, false))
 		expectResumed(t, h, res)
 		expectAlert(t, h.Step(context.Background(), noKeyOps, zeroRTT), alertBadRecordMAC)
+	})
+	// Section 5.1: TLSPlaintext.length "MUST NOT exceed 2^14 bytes",
+	// also while records of the protected size (0-RTT) are skipped.
+	t.Run("5.1 plaintext second ClientHello record over 2^14 bytes while skipping 0-RTT is record_overflow", func(t *testing.T) {
+		h, transcript := retry(t, earlyFirst)
+		hello := func(pad int) []byte { // padding, RFC 7685, before pre_shared_key
+			return resumeHelloAfter(transcript, second.with(rawExt{21, make([]byte, pad)}), dhe, []offeredTicket{good}, 1, 32, false)
+		}
+		rec := hello(record.MaxPlaintext + 1 - (len(hello(0)) - record.HeaderLen))
+		require.Len(t, rec, record.HeaderLen+record.MaxPlaintext+1)
+		expectAlert(t, h.Step(context.Background(), noKeyOps, rec), alertRecordOverflow)
+	})
+	t.Run("5.1 change_cipher_spec record over 2^14 bytes while skipping 0-RTT is record_overflow", func(t *testing.T) {
+		h, _ := retry(t, earlyFirst)
+		expectAlert(t, h.Step(context.Background(), noKeyOps, rawRecord(20, make([]byte, record.MaxPlaintext+1)...)), alertRecordOverflow)
 	})
 	t.Run("4.2.10 early_data in the second ClientHello is illegal_parameter", func(t *testing.T) {
 		h, transcript := retry(t, earlyFirst)
