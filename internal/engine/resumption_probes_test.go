@@ -152,6 +152,24 @@ func TestProbeResumptionTLS13(t *testing.T) {
 		})}, 1, 32, false), -1, "refused: ticket of another TLS version"},
 		{"4.6.1 obfuscated age past the lifetime: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{{ticket: good.ticket,
 			age: uint32((maxTicketLifetime+time.Second)/time.Millisecond) + 0x01020304, psk: good.psk}}, 1, 32, false), -1, "refused: ticket age beyond its lifetime"},
+		// Section 4.2.11: the age the client computes (obfuscated age minus
+		// ticket_age_add) must agree with the server's view of it.
+		{"4.2.11 obfuscated age ten minutes older than the ticket: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{{ticket: good.ticket,
+			age: uint32((10*time.Minute)/time.Millisecond) + 0x01020304, psk: good.psk}}, 1, 32, false), -1, "refused: obfuscated_ticket_age does not match the ticket"},
+		// An age sent without ticket_age_add: minus it, modulo 2^32, it is
+		// weeks.
+		{"4.2.11 obfuscated age without ticket_age_add: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{{ticket: good.ticket,
+			age: 3000, psk: good.psk}}, 1, 32, false), -1, "refused: ticket age beyond its lifetime"},
+		// Section 4.6.1: "Servers MUST NOT use any value greater than
+		// 604800 seconds (7 days)", whatever age the client claims.
+		{"4.6.1 ticket created 8 days ago, young obfuscated age: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{func() offeredTicket {
+			old := probeTicket(t, &cfg, 8*24*time.Hour, nil)
+			old.age = 1000 + 0x01020304
+			return old
+		}()}, 1, 32, false), -1, "refused: ticket expired"},
+		{"4.6.1 ticket for another ALPN protocol: full handshake", &cfg, resumeHello(base, dhe, []offeredTicket{probeTicket(t, &cfg, time.Second, func(ts *ticketState) {
+			ts.alpn = "http/1.1"
+		})}, 1, 32, false), -1, "refused: ticket for another ALPN protocol"},
 		{"4.6.1 server_name differs from the ticket's: full handshake", &cfg,
 			resumeHello(base.replace(extSNI("x.p256.example.net")), dhe, []offeredTicket{good}, 1, 32, false), -1, "refused: ticket for another server name"},
 		{"4.6.1 server_name in another case: resumed", &cfg,
@@ -208,6 +226,11 @@ func TestProbeResumptionAlerts(t *testing.T) {
 		{"4.2.11 wrong binder after an unknown ticket is decrypt_error", resumeHello(base, dhe, []offeredTicket{unknown, good}, 2, 32, true), alertDecryptError},
 		{"4.2.11 fewer binders than identities is illegal_parameter", resumeHello(base, dhe, []offeredTicket{good, unknown}, 1, 32, false), alertIllegalParameter},
 		{"4.2.11 more binders than identities is illegal_parameter", resumeHello(base, dhe, []offeredTicket{good}, 2, 32, false), alertIllegalParameter},
+		// Section 4.2.9 and 4.2.11, with a ticket that would resume.
+		{"4.2.9 valid ticket without psk_key_exchange_modes is missing_extension",
+			base.with(pskOffer(good.ticket, bytes.Repeat([]byte{7}, 32))).record(), alertMissingExtension},
+		{"4.2.11 valid ticket, pre_shared_key not last is illegal_parameter",
+			base.with(pskModesDHE).with(pskOffer(good.ticket, bytes.Repeat([]byte{7}, 32))).with(rawExt{0x1a1a, nil}).record(), alertIllegalParameter},
 		// Section 9.2 lets a PSK offer leave signature_algorithms out; when
 		// nothing resumes, the server authenticates with a certificate and
 		// Section 4.2.3 has it abort with missing_extension.
