@@ -459,3 +459,78 @@ func TestProbeNewSessionTicketTLS13(t *testing.T) {
 	cfg.TicketLifetime = 36 * time.Hour
 	assert.Equal(t, uint32(36*3600), issue(t, cfg).lifetime, "ticket_lifetime is the configured lifetime, in seconds")
 }
+
+// FuzzResumptionTLS13 mutates the extensions, the obfuscated age and the
+// modes of a ClientHello offering a ticket that opens, and always gives it
+// a binder that verifies, so that mutations reach what follows the binder
+// check: ticket fit, HelloRetryRequest with a PSK (the second ClientHello
+// comes from next, its binder recomputed over the retry's transcript), and
+// the resumed flight. The state is saved and restored in between. The
+// engine must wait or fail cleanly, never complete, panic or call KeyOps on
+// a resumption (noKeyOps fails every call).
+func FuzzResumptionTLS13(f *testing.F) {
+	cfg := probeConfig(f)
+	cfg.Tickets = newAEADTicketKeys(7)
+	cfg.Groups = []tls.CurveID{tls.CurveP256} // an X25519 share gets a HelloRetryRequest
+	good := probeTicket(f, &cfg, time.Second, nil)
+	block := func(h rawHello) []byte { return h.withBlock() }
+	base := hello13()
+	f.Add(block(base), good.age, []byte{pskModeDHEKE}, block(base.replace(extKeyShare(shareP256))))
+	f.Add(block(base.with(extEarlyData)), good.age, []byte{pskModeKE, pskModeDHEKE}, block(base.replace(extKeyShare(shareP256))))
+	f.Add(block(base.replace(extKeyShare(shareP256))), good.age, []byte{pskModeDHEKE}, []byte(nil))
+	f.Add(block(base.without(xSignatureAlgs)), good.age+5000, []byte{pskModeDHEKE}, block(base))
+	f.Fuzz(func(t *testing.T, exts []byte, age uint32, modes []byte, next []byte) {
+		if len(modes) == 0 || len(modes) > 255 {
+			return
+		}
+		first, ok := parseRawExts(exts)
+		second, ok2 := parseRawExts(next)
+		if !ok || !ok2 {
+			return
+		}
+		offer := []offeredTicket{{ticket: good.ticket, age: age, psk: good.psk}}
+		hello1 := rawHello{legacyVersion: 0x0303, random: rawRandom, suites: suitesTLS13, compression: nullCompression, exts: first}
+		rec := resumeHello(hello1, modes, offer, 1, 32, false)
+		if len(rec) > record.HeaderLen+record.MaxPlaintext {
+			return
+		}
+		h, err := NewHandshake(&cfg)
+		require.NoError(t, err)
+		ctx := context.Background()
+		res := h.Step(ctx, noKeyOps, rec)
+		if fuzzedStepFailed(t, res, rec) {
+			return
+		}
+		if !h.didHRR {
+			assert.True(t, h.resumed, "a full handshake without a KeyOps call")
+			return
+		}
+		msgs, _ := plaintextMessages(t, res.Output)
+		transcript := slices.Concat(messageHash(rec[record.HeaderLen:]), msgs[0].raw)
+		saved, err := h.MarshalBinary()
+		require.NoError(t, err)
+		h, err = RestoreHandshake(&cfg, saved)
+		require.NoError(t, err, "restoring a state the engine saved")
+		hello2 := hello1
+		hello2.exts = second
+		rec = resumeHelloAfter(transcript, hello2, modes, offer, 1, 32, false)
+		if fuzzedStepFailed(t, h.Step(ctx, noKeyOps, rec), rec) {
+			return
+		}
+		assert.True(t, h.resumed, "a full handshake without a KeyOps call")
+	})
+}
+
+// parseRawExts reads an extensions block without its length prefix.
+func parseRawExts(block []byte) ([]rawExt, bool) {
+	s := cryptobyte.String(block)
+	var exts []rawExt
+	for !s.Empty() {
+		var e rawExt
+		if !s.ReadUint16(&e.typ) || !s.ReadUint16LengthPrefixed((*cryptobyte.String)(&e.data)) {
+			return nil, false
+		}
+		exts = append(exts, e)
+	}
+	return exts, true
+}

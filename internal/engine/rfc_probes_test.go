@@ -186,7 +186,7 @@ func sniNames(names ...rawExt) rawExt {
 	return rawExt{xServerName, b.BytesOrPanic()}
 }
 
-func probeConfig(t *testing.T) Config {
+func probeConfig(t testing.TB) Config {
 	cfg := serverConfig(getPKI(t).p256)
 	cfg.NextProtos = []string{"h2"}
 	return cfg
