@@ -238,3 +238,22 @@ func TestOpenSSLEarlyDataRefusedThroughEdge(t *testing.T) {
 	assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)
 	assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "the page, over the full handshake: %s", out)
 }
+
+// TestGoClientResumesAfterHelloRetryRequest: RFC 8446, Section 4.2.11.2 end
+// to end. The edge takes P-384 only, for which Go's client sends no share
+// at first: each handshake has a HelloRetryRequest, and the second resumes
+// with a binder over message_hash(ClientHello1), the HelloRetryRequest and
+// the truncated second ClientHello, checked by the service's engine across
+// its Steps.
+func TestGoClientResumesAfterHelloRetryRequest(t *testing.T) {
+	f := newTicketFixture(t)
+	addr, _ := f.start(t, "-groups", "P384")
+	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: tls.VersionTLS13,
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP384}, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	page := getPage(t, addr, cfg)
+	require.Contains(t, page, "HelloRetryRequest: true\n", page)
+	require.Contains(t, page, "Resumed: no (full handshake)\n", page)
+	page = getPage(t, addr, cfg)
+	assert.Contains(t, page, "HelloRetryRequest: true\n", page)
+	assert.Contains(t, page, "Resumed: yes", page)
+}
