@@ -31,10 +31,12 @@ import (
 
 // Client calls a handshaked service. It is safe for concurrent use.
 type Client struct {
-	conn  *grpc.ClientConn // nil when built by New over a caller's connection
-	vault pb.KeyVaultClient
-	hs    pb.HandshakeClient
-	admin pb.AdminClient
+	conn    *grpc.ClientConn // nil when built by New over a caller's connection
+	vault   pb.KeyVaultClient
+	hs      pb.HandshakeClient
+	admin   pb.AdminClient
+	ops     *streamOps    // Sign and Decrypt; nil: unary calls only
+	timeout time.Duration // bounds streamed calls as deadlineInterceptor does unary ones
 }
 
 type options struct {
@@ -45,6 +47,7 @@ type options struct {
 	backoff     time.Duration
 	keepalive   *keepalive.ClientParameters
 	dialOptions []grpc.DialOption
+	signStreams int
 }
 
 // Option configures Dial.
@@ -82,6 +85,12 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 	}
 }
 
+// WithSignStreams sets how many long-lived SignStreams carry Sign and
+// Decrypt (default DefaultSignStreams; 0: every call is a unary RPC).
+// Calls share the streams, so concurrent calls cost one message each
+// instead of one RPC; a call whose stream breaks goes again as a unary RPC.
+func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n } }
+
 // WithDialOptions adds raw gRPC dial options.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
@@ -89,7 +98,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 
 // Dial connects to the service at target ("host:port" or a gRPC target).
 func Dial(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: 10 * time.Second}
+	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -118,19 +127,28 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handshaked: dial %s: %w", target, err)
 	}
-	c := New(conn)
-	c.conn = conn
+	c := newClient(conn, o.signStreams)
+	c.conn, c.timeout = conn, o.timeout
 	return c, nil
 }
 
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
-func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
+func New(conn grpc.ClientConnInterface) *Client { return newClient(conn, DefaultSignStreams) }
+
+func newClient(conn grpc.ClientConnInterface, signStreams int) *Client {
+	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
+	if signStreams > 0 {
+		c.ops = newStreamOps(c.vault, signStreams)
+	}
+	return c
 }
 
 // Close closes the connection made by Dial.
 func (c *Client) Close() error {
+	if c.ops != nil {
+		c.ops.close()
+	}
 	if c.conn == nil {
 		return nil
 	}
@@ -306,7 +324,7 @@ func (c *Client) Sign(ctx context.Context, id string, version uint32, scheme pb.
 	} else {
 		req.Input = &pb.SignRequest_Message{Message: message}
 	}
-	resp, err := c.vault.Sign(ctx, req)
+	resp, err := c.sign(ctx, req)
 	if err != nil {
 		return nil, 0, fmt.Errorf("handshaked: sign with %s: %w", id, err)
 	}
@@ -317,7 +335,7 @@ func (c *Client) Sign(ctx context.Context, id string, version uint32, scheme pb.
 // a bad ciphertext is not an error: the result is 48 unpredictable bytes
 // (RFC 5246 §7.4.7.1).
 func (c *Client) Decrypt(ctx context.Context, id string, version uint32, mode pb.DecryptMode, ciphertext []byte) ([]byte, error) {
-	resp, err := c.vault.Decrypt(ctx, &pb.DecryptRequest{Key: id, Version: version, Mode: mode, Ciphertext: ciphertext})
+	resp, err := c.decrypt(ctx, &pb.DecryptRequest{Key: id, Version: version, Mode: mode, Ciphertext: ciphertext})
 	if err != nil {
 		return nil, fmt.Errorf("handshaked: decrypt with %s: %w", id, err)
 	}

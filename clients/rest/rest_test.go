@@ -78,7 +78,7 @@ func TestRESTGuide(t *testing.T) {
 	t.Logf("walkthrough output:\n%s", out)
 	for _, want := range []string{
 		`{"id":"rest-ec","primaryVersion":1}`, `{"id":"rest-rsa","imported":true}`, `{"chain":1}`,
-		"Verified OK", "Signature Verified Successfully",
+		"Verified OK", "Signature Verified Successfully", "\nbatch-1\n",
 		`["KEY_VERSION_STATE_DESTROYED","KEY_VERSION_STATE_ENABLED"]`, "\n400\n",
 		`{"accepted":false}`, `{"state":"HANDSHAKE_STATE_FAILED"`, `{"state":"HANDSHAKE_STATE_NEED_INPUT","expireTime":true}`, "\n404\n",
 		`{"kekId":16,"retiringKekId":""}`, `{"staleRecords":0,"retiringKekId":""}`, "the snapshot was altered or truncated",

@@ -47,6 +47,9 @@ type Entry struct {
 	// Detail says why a caller was refused, or how a handshake step ended.
 	Detail     string  `json:"detail,omitempty"`
 	DurationMS float64 `json:"duration_ms"`
+	// Reference is the caller's correlation reference of a batch, on the
+	// entry of the batch and of each of its operations.
+	Reference string `json:"reference,omitempty"`
 }
 
 // Log writes entries as JSON lines. It is safe for concurrent use; each

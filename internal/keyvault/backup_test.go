@@ -7,10 +7,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
-	"fmt"
 	"math/big"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -174,41 +172,18 @@ func encodeSnapshot(kek []byte, records []Record) []byte {
 func TestBackupUnderWriteLoad(t *testing.T) {
 	kek := newKEK(t)
 	src, _ := freshVault(t, kek)
-	var mu sync.Mutex
-	var acked []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("w%d-%d", w, i)
-				if _, err := src.Create(ctx, id, Ed25519, nil); !assert.NoError(t, err) {
-					return
-				}
-				mu.Lock()
-				acked = append(acked, id)
-				mu.Unlock()
-			}
-		}()
-	}
+	load := testenv.StartWriteLoad(t, 3, "w", func(id string, _ int) error {
+		_, err := src.Create(ctx, id, Ed25519, nil)
+		return err
+	})
 	var snaps [][]byte
 	var before [][]string
 	for range 5 {
 		time.Sleep(20 * time.Millisecond)
-		mu.Lock()
-		before = append(before, append([]string(nil), acked...))
-		mu.Unlock()
+		before = append(before, load.Acked())
 		snaps = append(snaps, backup(t, src))
 	}
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	for i, snap := range snaps {
 		dst, _ := freshVault(t, kek)
 		_, err := dst.Restore(ctx, bytes.NewReader(snap))

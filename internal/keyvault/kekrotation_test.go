@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
+	"github.com/handshaked/handshaked/internal/testenv"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	bolt "go.etcd.io/bbolt"
@@ -204,41 +204,22 @@ func TestKEKRotationUnderWrites(t *testing.T) {
 		_, err := v.Create(ctx, fmt.Sprintf("pre-%d", i), Ed25519, nil)
 		require.NoError(t, err)
 	}
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	var mu sync.Mutex
-	var acked []string
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("w%d-%d", w, i)
-				if _, err := v.Create(ctx, id, Ed25519, nil); !assert.NoError(t, err) {
-					return
-				}
-				if i%3 == 0 {
-					_, err := v.Rotate(ctx, id)
-					assert.NoError(t, err)
-					_, err = v.SetVersionEnabled(ctx, id, 1, false)
-					assert.NoError(t, err)
-					_, err = v.DestroyVersion(ctx, id, 1)
-					assert.NoError(t, err)
-				}
-				mu.Lock()
-				acked = append(acked, id)
-				mu.Unlock()
-			}
-		}()
-	}
+	load := testenv.StartWriteLoad(t, 3, "w", func(id string, n int) error {
+		if _, err := v.Create(ctx, id, Ed25519, nil); err != nil {
+			return err
+		}
+		if n%3 == 0 {
+			_, err := v.Rotate(ctx, id)
+			assert.NoError(t, err)
+			_, err = v.SetVersionEnabled(ctx, id, 1, false)
+			assert.NoError(t, err)
+			_, err = v.DestroyVersion(ctx, id, 1)
+			assert.NoError(t, err)
+		}
+		return nil
+	})
 	_, err = v.RotateKEK(ctx, nextKEK)
-	close(stop)
-	wg.Wait()
+	acked := load.Stop()
 	require.NoError(t, err)
 	require.NoError(t, v.Close())
 	requireWrongKEK(t, path, oldKEK, "the old KEK once the rotation completed")

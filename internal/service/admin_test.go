@@ -7,11 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"net/http"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +20,7 @@ import (
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 func randomKEK(t *testing.T) []byte {
@@ -182,30 +180,10 @@ func TestAdminBackupUnderWriteLoad(t *testing.T) {
 	kek := randomKEK(t)
 	src, srcClient := underKEK(t, kek)
 	pemKey := fixture(t, "p256-pkcs8.pem")
-	var mu sync.Mutex
-	var acked []string
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := range 3 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("load-%d-%d", w, i)
-				if _, err := src.kv.ImportKey(ctx, &pb.ImportKeyRequest{Id: id, PrivateKeyPem: pemKey}); !assert.NoError(t, err) {
-					return
-				}
-				mu.Lock()
-				acked = append(acked, id)
-				mu.Unlock()
-			}
-		}()
-	}
+	load := testenv.StartWriteLoad(t, 3, "load-", func(id string, _ int) error {
+		_, err := src.kv.ImportKey(ctx, &pb.ImportKeyRequest{Id: id, PrivateKeyPem: pemKey})
+		return err
+	})
 	type snapshot struct {
 		before []string
 		data   []byte
@@ -213,16 +191,13 @@ func TestAdminBackupUnderWriteLoad(t *testing.T) {
 	var snaps []snapshot
 	for range 3 {
 		time.Sleep(50 * time.Millisecond)
-		mu.Lock()
-		before := slices.Clone(acked)
-		mu.Unlock()
+		before := load.Acked()
 		var buf bytes.Buffer
 		_, err := srcClient.Backup(ctx, &buf)
 		require.NoError(t, err)
 		snaps = append(snaps, snapshot{before, buf.Bytes()})
 	}
-	close(stop)
-	wg.Wait()
+	load.Stop()
 	for i, snap := range snaps {
 		dst, dstClient := underKEK(t, kek)
 		_, err := dstClient.Restore(ctx, bytes.NewReader(snap.data))

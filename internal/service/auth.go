@@ -68,10 +68,16 @@ var rules = map[string]rule{
 	pb.KeyVault_OpenTicket_FullMethodName: {authz.Use, namedKey},
 	pb.KeyVault_SignStream_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.SignStreamRequest); ok {
+			if d := r.GetDecrypt(); d != nil {
+				return namedKey(d)
+			}
 			return namedKey(r.GetRequest())
 		}
 		return []target{{}}
 	}},
+	// Each operation of a batch needs use on its key: the handler checks
+	// them one by one (guard.batchItem), so one refusal fails only its own.
+	pb.KeyVault_Batch_FullMethodName: {authz.Use, func(any) []target { return []target{} }},
 	pb.Handshake_StartHandshake_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.StartHandshakeRequest); ok {
 			return handshakeKeys(r)
@@ -355,11 +361,12 @@ func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		return nil, err
 	}
 	identity := callerIdentity(ctx)
-	if !g.inFlight.acquire(identity, 1) {
+	weight := g.weight(req)
+	if !g.inFlight.acquire(identity, weight) {
 		g.refused("in_flight")
 		return nil, errTooBusy
 	}
-	defer g.inFlight.release(identity, 1)
+	defer g.inFlight.release(identity, weight)
 	e := g.entry(ctx, info.FullMethod, req)
 	defer func() { g.record(ctx, e, start, resp, err) }()
 
@@ -401,7 +408,12 @@ func checkID(field, id string) error {
 func sizeError(msg any) error {
 	switch r := msg.(type) {
 	case *pb.SignStreamRequest:
+		if d := r.GetDecrypt(); d != nil {
+			return sizeError(d)
+		}
 		return sizeError(r.GetRequest())
+	case *pb.BatchRequest:
+		return checkBatch(r)
 	case *pb.StreamRequest:
 		if s := r.GetStart(); s != nil {
 			return sizeError(s)
@@ -586,7 +598,13 @@ func describeRequest(e *audit.Entry, msg any) {
 	case *pb.DecryptRequest:
 		e.Key, e.Version, e.Mode = r.GetKey(), r.GetVersion(), r.GetMode().String()
 	case *pb.SignStreamRequest:
-		describeRequest(e, r.GetRequest())
+		if d := r.GetDecrypt(); d != nil {
+			describeRequest(e, d)
+		} else {
+			describeRequest(e, r.GetRequest())
+		}
+	case *pb.BatchRequest:
+		e.Reference = r.GetReference()
 	case *pb.CreateKeyRequest:
 		e.Key = r.GetId()
 	case *pb.ImportKeyRequest:
@@ -620,9 +638,12 @@ func describeResponse(e *audit.Entry, resp any) {
 	case *pb.DecryptResponse:
 		e.Version = r.GetVersion()
 	case *pb.SignStreamResponse:
-		if r.GetError() != nil {
+		switch {
+		case r.GetError() != nil:
 			e.Outcome = codeName(codes.Code(r.GetError().GetCode()))
-		} else {
+		case r.GetDecrypt() != nil:
+			e.Version = r.GetDecrypt().GetVersion()
+		default:
 			e.Version = r.GetResponse().GetVersion()
 		}
 	case *pb.Key:

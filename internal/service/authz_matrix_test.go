@@ -85,10 +85,12 @@ func matrixCalls() map[string]matrixCall {
 			&pb.CreateCertificateSigningRequestRequest{Key: key, Version: 99, CommonName: "matrix.test"}, codes.NotFound},
 		pb.KeyVault_Decrypt_FullMethodName: {needUse,
 			&pb.DecryptRequest{Key: key, Version: 99, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_OAEP_SHA256, Ciphertext: []byte{1}}, codes.NotFound},
-		pb.KeyVault_Sign_FullMethodName:            {needUse, sign, codes.OK},
-		pb.KeyVault_SignStream_FullMethodName:      {needUse, &pb.SignStreamRequest{Request: sign}, codes.OK},
-		pb.KeyVault_SealTicket_FullMethodName:      {needUse, &pb.SealTicketRequest{Key: key, Plaintext: []byte("matrix")}, codes.OK},
-		pb.KeyVault_OpenTicket_FullMethodName:      {needUse, &pb.OpenTicketRequest{Key: key, Ticket: []byte("not a ticket")}, codes.OK},
+		pb.KeyVault_Sign_FullMethodName:       {needUse, sign, codes.OK},
+		pb.KeyVault_SignStream_FullMethodName: {needUse, &pb.SignStreamRequest{Request: sign}, codes.OK},
+		pb.KeyVault_SealTicket_FullMethodName: {needUse, &pb.SealTicketRequest{Key: key, Plaintext: []byte("matrix")}, codes.OK},
+		pb.KeyVault_OpenTicket_FullMethodName: {needUse, &pb.OpenTicketRequest{Key: key, Ticket: []byte("not a ticket")}, codes.OK},
+		pb.KeyVault_Batch_FullMethodName: {needUse,
+			&pb.BatchRequest{Operations: []*pb.BatchOperation{{Operation: &pb.BatchOperation_Sign{Sign: sign}}}}, codes.OK},
 		pb.Handshake_StartHandshake_FullMethodName: {needUse, &pb.StartHandshakeRequest{Config: hsKeys}, codes.FailedPrecondition},
 		pb.Handshake_StepHandshake_FullMethodName:  {needCaller, &pb.StepHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_GetHandshake_FullMethodName:   {needCaller, &pb.GetHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
@@ -140,7 +142,8 @@ func fullMethod(md protoreflect.MethodDescriptor) string {
 
 // callCode makes one call of md with req on conn and returns its code. A
 // stream gets the one request; its code is the stream's status, or for a
-// SignStream answer the per-request error it carries.
+// SignStream answer (and a batch's first result) the per-request error it
+// carries.
 func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescriptor, req proto.Message) codes.Code {
 	t.Helper()
 	ctx := context.Background()
@@ -148,7 +151,12 @@ func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescrip
 	require.NoError(t, err)
 	resp := mt.New().Interface()
 	if !md.IsStreamingClient() && !md.IsStreamingServer() {
-		return status.Code(conn.Invoke(ctx, fullMethod(md), req, resp))
+		err := conn.Invoke(ctx, fullMethod(md), req, resp)
+		// A batch authorizes each operation: a refusal is in its result.
+		if r, ok := resp.(*pb.BatchResponse); ok && err == nil && r.GetResults()[0].GetError() != nil {
+			return codes.Code(r.GetResults()[0].GetError().GetCode())
+		}
+		return status.Code(err)
 	}
 	desc := &grpc.StreamDesc{StreamName: string(md.Name()), ClientStreams: md.IsStreamingClient(), ServerStreams: md.IsStreamingServer()}
 	ctx, cancel := context.WithCancel(ctx)

@@ -53,3 +53,12 @@ func GoClientHello(b testing.TB, pool *x509.CertPool) []byte {
 	c.Close()
 	return append(hdr, body...)
 }
+
+// SetStreamWorkers sets how many gRPC workers servers started from now on
+// get (0: none), so a benchmark compares both in one run; it returns the
+// previous value.
+func SetStreamWorkers(n int) int {
+	old := streamWorkers
+	streamWorkers = n
+	return old
+}

@@ -43,6 +43,8 @@ type KeyVault struct {
 	// tickets seals and opens session tickets (tickets.go); nil: off.
 	tickets       *keyvault.TicketKeys
 	ticketMetrics *ticketMetrics
+	// batchItem admits and audits each operation of a Batch.
+	batchItem batchItemGuard
 }
 
 // NewKeyVault returns the KeyVault API over vault; listings show the keys
@@ -374,8 +376,9 @@ func (s *KeyVault) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignRespo
 	return &pb.SignResponse{Signature: sig, Version: version}, nil
 }
 
-// SignStream answers each request with what Sign would, in order; a failed
-// signature becomes an error response and the stream goes on.
+// SignStream answers each request with what Sign (or Decrypt) would, in
+// order; a failed operation becomes an error response and the stream goes
+// on.
 func (s *KeyVault) SignStream(stream pb.KeyVault_SignStreamServer) error {
 	ctx := stream.Context()
 	for {
@@ -387,11 +390,24 @@ func (s *KeyVault) SignStream(stream pb.KeyVault_SignStreamServer) error {
 			return err
 		}
 		out := &pb.SignStreamResponse{}
-		if resp, err := s.Sign(ctx, req.GetRequest()); err != nil {
-			st := status.Convert(err)
+		var opErr error
+		switch {
+		case req.GetDecrypt() != nil && req.GetRequest() != nil:
+			opErr = invalid("set request or decrypt, not both")
+		case req.GetDecrypt() != nil:
+			var resp *pb.DecryptResponse
+			if resp, opErr = s.Decrypt(ctx, req.GetDecrypt()); opErr == nil {
+				out.Result = &pb.SignStreamResponse_Decrypt{Decrypt: resp}
+			}
+		default:
+			var resp *pb.SignResponse
+			if resp, opErr = s.Sign(ctx, req.GetRequest()); opErr == nil {
+				out.Result = &pb.SignStreamResponse_Response{Response: resp}
+			}
+		}
+		if opErr != nil {
+			st := status.Convert(opErr)
 			out.Result = &pb.SignStreamResponse_Error{Error: &pb.Error{Code: int32(st.Code()), Message: st.Message()}}
-		} else {
-			out.Result = &pb.SignStreamResponse_Response{Response: resp}
 		}
 		if err := stream.Send(out); err != nil {
 			return err

@@ -1582,10 +1582,12 @@ func (*SignRequest_Message) isSignRequest_Input() {}
 
 func (*SignRequest_Digest) isSignRequest_Input() {}
 
-// SignStreamRequest is one signature request of a stream.
+// SignStreamRequest is one signature request of a stream, or one
+// decryption (for a keyless TLS 1.2 RSA key exchange): set one of them.
 type SignStreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Request       *SignRequest           `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	Decrypt       *DecryptRequest        `protobuf:"bytes,2,opt,name=decrypt,proto3" json:"decrypt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1627,6 +1629,13 @@ func (x *SignStreamRequest) GetRequest() *SignRequest {
 	return nil
 }
 
+func (x *SignStreamRequest) GetDecrypt() *DecryptRequest {
+	if x != nil {
+		return x.Decrypt
+	}
+	return nil
+}
+
 // SignStreamResponse answers one SignStreamRequest, in order.
 type SignStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1634,6 +1643,7 @@ type SignStreamResponse struct {
 	//
 	//	*SignStreamResponse_Response
 	//	*SignStreamResponse_Error
+	//	*SignStreamResponse_Decrypt
 	Result        isSignStreamResponse_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1694,6 +1704,15 @@ func (x *SignStreamResponse) GetError() *Error {
 	return nil
 }
 
+func (x *SignStreamResponse) GetDecrypt() *DecryptResponse {
+	if x != nil {
+		if x, ok := x.Result.(*SignStreamResponse_Decrypt); ok {
+			return x.Decrypt
+		}
+	}
+	return nil
+}
+
 type isSignStreamResponse_Result interface {
 	isSignStreamResponse_Result()
 }
@@ -1707,9 +1726,15 @@ type SignStreamResponse_Error struct {
 	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
 }
 
+type SignStreamResponse_Decrypt struct {
+	Decrypt *DecryptResponse `protobuf:"bytes,3,opt,name=decrypt,proto3,oneof"`
+}
+
 func (*SignStreamResponse_Response) isSignStreamResponse_Result() {}
 
 func (*SignStreamResponse_Error) isSignStreamResponse_Result() {}
+
+func (*SignStreamResponse_Decrypt) isSignStreamResponse_Result() {}
 
 // Error is a failed operation's gRPC status code and message.
 type Error struct {
@@ -2040,6 +2065,299 @@ func (x *OpenTicketResponse) GetPlaintext() []byte {
 	return nil
 }
 
+// BatchRequest carries the operations of a Batch call.
+type BatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Echoed in the response and written in each operation's audit entry, so
+	// the caller can match a batch to what it collected (at most 64 bytes).
+	Reference string `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// 1 to 256 operations, run in any order, answered in this order.
+	Operations    []*BatchOperation `protobuf:"bytes,2,rep,name=operations,proto3" json:"operations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchRequest) Reset() {
+	*x = BatchRequest{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchRequest) ProtoMessage() {}
+
+func (x *BatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchRequest.ProtoReflect.Descriptor instead.
+func (*BatchRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *BatchRequest) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *BatchRequest) GetOperations() []*BatchOperation {
+	if x != nil {
+		return x.Operations
+	}
+	return nil
+}
+
+// BatchOperation is one signature or decryption.
+type BatchOperation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Operation:
+	//
+	//	*BatchOperation_Sign
+	//	*BatchOperation_Decrypt
+	Operation     isBatchOperation_Operation `protobuf_oneof:"operation"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchOperation) Reset() {
+	*x = BatchOperation{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchOperation) ProtoMessage() {}
+
+func (x *BatchOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchOperation.ProtoReflect.Descriptor instead.
+func (*BatchOperation) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *BatchOperation) GetOperation() isBatchOperation_Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetSign() *SignRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Sign); ok {
+			return x.Sign
+		}
+	}
+	return nil
+}
+
+func (x *BatchOperation) GetDecrypt() *DecryptRequest {
+	if x != nil {
+		if x, ok := x.Operation.(*BatchOperation_Decrypt); ok {
+			return x.Decrypt
+		}
+	}
+	return nil
+}
+
+type isBatchOperation_Operation interface {
+	isBatchOperation_Operation()
+}
+
+type BatchOperation_Sign struct {
+	Sign *SignRequest `protobuf:"bytes,1,opt,name=sign,proto3,oneof"`
+}
+
+type BatchOperation_Decrypt struct {
+	Decrypt *DecryptRequest `protobuf:"bytes,2,opt,name=decrypt,proto3,oneof"`
+}
+
+func (*BatchOperation_Sign) isBatchOperation_Operation() {}
+
+func (*BatchOperation_Decrypt) isBatchOperation_Operation() {}
+
+// BatchResponse answers a BatchRequest.
+type BatchResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Reference string                 `protobuf:"bytes,1,opt,name=reference,proto3" json:"reference,omitempty"`
+	// One per operation, in the request's order.
+	Results       []*BatchResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResponse) Reset() {
+	*x = BatchResponse{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResponse) ProtoMessage() {}
+
+func (x *BatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResponse.ProtoReflect.Descriptor instead.
+func (*BatchResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *BatchResponse) GetReference() string {
+	if x != nil {
+		return x.Reference
+	}
+	return ""
+}
+
+func (x *BatchResponse) GetResults() []*BatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// BatchResult is one operation's outcome.
+type BatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*BatchResult_Sign
+	//	*BatchResult_Decrypt
+	//	*BatchResult_Error
+	Result        isBatchResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchResult) Reset() {
+	*x = BatchResult{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchResult) ProtoMessage() {}
+
+func (x *BatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
+func (*BatchResult) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *BatchResult) GetResult() isBatchResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *BatchResult) GetSign() *SignResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Sign); ok {
+			return x.Sign
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetDecrypt() *DecryptResponse {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Decrypt); ok {
+			return x.Decrypt
+		}
+	}
+	return nil
+}
+
+func (x *BatchResult) GetError() *Error {
+	if x != nil {
+		if x, ok := x.Result.(*BatchResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isBatchResult_Result interface {
+	isBatchResult_Result()
+}
+
+type BatchResult_Sign struct {
+	Sign *SignResponse `protobuf:"bytes,1,opt,name=sign,proto3,oneof"`
+}
+
+type BatchResult_Decrypt struct {
+	Decrypt *DecryptResponse `protobuf:"bytes,2,opt,name=decrypt,proto3,oneof"`
+}
+
+type BatchResult_Error struct {
+	// Why this operation failed, as a gRPC status would say it.
+	Error *Error `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*BatchResult_Sign) isBatchResult_Result() {}
+
+func (*BatchResult_Decrypt) isBatchResult_Result() {}
+
+func (*BatchResult_Error) isBatchResult_Result() {}
+
 var File_handshake_v1_keyvault_proto protoreflect.FileDescriptor
 
 const file_handshake_v1_keyvault_proto_rawDesc = "" +
@@ -2141,12 +2459,14 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x06scheme\x18\x03 \x01(\x0e2\x1d.handshake.v1.SignatureSchemeR\x06scheme\x12\x1a\n" +
 	"\amessage\x18\x04 \x01(\fH\x00R\amessage\x12\x18\n" +
 	"\x06digest\x18\x05 \x01(\fH\x00R\x06digestB\a\n" +
-	"\x05input\"H\n" +
+	"\x05input\"\x80\x01\n" +
 	"\x11SignStreamRequest\x123\n" +
-	"\arequest\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestR\arequest\"\x85\x01\n" +
+	"\arequest\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestR\arequest\x126\n" +
+	"\adecrypt\x18\x02 \x01(\v2\x1c.handshake.v1.DecryptRequestR\adecrypt\"\xc0\x01\n" +
 	"\x12SignStreamResponse\x128\n" +
 	"\bresponse\x18\x01 \x01(\v2\x1a.handshake.v1.SignResponseH\x00R\bresponse\x12+\n" +
-	"\x05error\x18\x02 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x02 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05error\x129\n" +
+	"\adecrypt\x18\x03 \x01(\v2\x1d.handshake.v1.DecryptResponseH\x00R\adecryptB\b\n" +
 	"\x06result\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -2165,7 +2485,24 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x06ticket\x18\x02 \x01(\fR\x06ticket\"N\n" +
 	"\x12OpenTicketResponse\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x1c\n" +
-	"\tplaintext\x18\x02 \x01(\fR\tplaintext*\xd3\x01\n" +
+	"\tplaintext\x18\x02 \x01(\fR\tplaintext\"j\n" +
+	"\fBatchRequest\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x12<\n" +
+	"\n" +
+	"operations\x18\x02 \x03(\v2\x1c.handshake.v1.BatchOperationR\n" +
+	"operations\"\x88\x01\n" +
+	"\x0eBatchOperation\x12/\n" +
+	"\x04sign\x18\x01 \x01(\v2\x19.handshake.v1.SignRequestH\x00R\x04sign\x128\n" +
+	"\adecrypt\x18\x02 \x01(\v2\x1c.handshake.v1.DecryptRequestH\x00R\adecryptB\v\n" +
+	"\toperation\"b\n" +
+	"\rBatchResponse\x12\x1c\n" +
+	"\treference\x18\x01 \x01(\tR\treference\x123\n" +
+	"\aresults\x18\x02 \x03(\v2\x19.handshake.v1.BatchResultR\aresults\"\xb1\x01\n" +
+	"\vBatchResult\x120\n" +
+	"\x04sign\x18\x01 \x01(\v2\x1a.handshake.v1.SignResponseH\x00R\x04sign\x129\n" +
+	"\adecrypt\x18\x02 \x01(\v2\x1d.handshake.v1.DecryptResponseH\x00R\adecrypt\x12+\n" +
+	"\x05error\x18\x03 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x06result*\xd3\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ALGORITHM_RSA_2048\x10\x01\x12\x16\n" +
@@ -2202,7 +2539,8 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"KeyBackend\x12\x1b\n" +
 	"\x17KEY_BACKEND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_BACKEND_SOFTWARE\x10\x01\x12\x16\n" +
-	"\x12KEY_BACKEND_PKCS11\x10\x022\xe4\t\n" +
+	"\x12KEY_BACKEND_PKCS11\x10\x022\xa6\n" +
+	"\n" +
 	"\bKeyVault\x12>\n" +
 	"\tCreateKey\x12\x1e.handshake.v1.CreateKeyRequest\x1a\x11.handshake.v1.Key\x12>\n" +
 	"\tImportKey\x12\x1e.handshake.v1.ImportKeyRequest\x1a\x11.handshake.v1.Key\x128\n" +
@@ -2222,7 +2560,8 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\n" +
 	"SealTicket\x12\x1f.handshake.v1.SealTicketRequest\x1a .handshake.v1.SealTicketResponse\x12O\n" +
 	"\n" +
-	"OpenTicket\x12\x1f.handshake.v1.OpenTicketRequest\x1a .handshake.v1.OpenTicketResponseB?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
+	"OpenTicket\x12\x1f.handshake.v1.OpenTicketRequest\x1a .handshake.v1.OpenTicketResponse\x12@\n" +
+	"\x05Batch\x12\x1a.handshake.v1.BatchRequest\x1a\x1b.handshake.v1.BatchResponseB?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
 
 var (
 	file_handshake_v1_keyvault_proto_rawDescOnce sync.Once
@@ -2237,7 +2576,7 @@ func file_handshake_v1_keyvault_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(Algorithm)(0),                                 // 0: handshake.v1.Algorithm
 	(KeyVersionState)(0),                           // 1: handshake.v1.KeyVersionState
@@ -2271,67 +2610,82 @@ var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(*SealTicketResponse)(nil),                     // 29: handshake.v1.SealTicketResponse
 	(*OpenTicketRequest)(nil),                      // 30: handshake.v1.OpenTicketRequest
 	(*OpenTicketResponse)(nil),                     // 31: handshake.v1.OpenTicketResponse
-	nil,                                            // 32: handshake.v1.Key.LabelsEntry
-	nil,                                            // 33: handshake.v1.CreateKeyRequest.LabelsEntry
-	nil,                                            // 34: handshake.v1.ImportKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),                  // 35: google.protobuf.Timestamp
+	(*BatchRequest)(nil),                           // 32: handshake.v1.BatchRequest
+	(*BatchOperation)(nil),                         // 33: handshake.v1.BatchOperation
+	(*BatchResponse)(nil),                          // 34: handshake.v1.BatchResponse
+	(*BatchResult)(nil),                            // 35: handshake.v1.BatchResult
+	nil,                                            // 36: handshake.v1.Key.LabelsEntry
+	nil,                                            // 37: handshake.v1.CreateKeyRequest.LabelsEntry
+	nil,                                            // 38: handshake.v1.ImportKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),                  // 39: google.protobuf.Timestamp
 }
 var file_handshake_v1_keyvault_proto_depIdxs = []int32{
-	32, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
-	35, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	36, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
+	39, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
 	1,  // 3: handshake.v1.KeyVersion.state:type_name -> handshake.v1.KeyVersionState
 	0,  // 4: handshake.v1.KeyVersion.algorithm:type_name -> handshake.v1.Algorithm
-	35, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	39, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 6: handshake.v1.KeyVersion.backend:type_name -> handshake.v1.KeyBackend
 	0,  // 7: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
-	33, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
+	37, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
 	4,  // 9: handshake.v1.CreateKeyRequest.backend:type_name -> handshake.v1.KeyBackend
-	34, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
+	38, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
 	5,  // 11: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
 	0,  // 12: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
 	3,  // 13: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
 	2,  // 14: handshake.v1.SignRequest.scheme:type_name -> handshake.v1.SignatureScheme
 	23, // 15: handshake.v1.SignStreamRequest.request:type_name -> handshake.v1.SignRequest
-	27, // 16: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
-	26, // 17: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
-	7,  // 18: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
-	8,  // 19: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
-	9,  // 20: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
-	10, // 21: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
-	12, // 22: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
-	13, // 23: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
-	14, // 24: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
-	15, // 25: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
-	16, // 26: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
-	18, // 27: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
-	19, // 28: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
-	21, // 29: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
-	23, // 30: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
-	24, // 31: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
-	28, // 32: handshake.v1.KeyVault.SealTicket:input_type -> handshake.v1.SealTicketRequest
-	30, // 33: handshake.v1.KeyVault.OpenTicket:input_type -> handshake.v1.OpenTicketRequest
-	5,  // 34: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	5,  // 35: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	5,  // 36: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	11, // 37: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	5,  // 38: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	5,  // 39: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 40: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 41: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	17, // 42: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	5,  // 43: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	20, // 44: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	22, // 45: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	27, // 46: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	25, // 47: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
-	29, // 48: handshake.v1.KeyVault.SealTicket:output_type -> handshake.v1.SealTicketResponse
-	31, // 49: handshake.v1.KeyVault.OpenTicket:output_type -> handshake.v1.OpenTicketResponse
-	34, // [34:50] is the sub-list for method output_type
-	18, // [18:34] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 16: handshake.v1.SignStreamRequest.decrypt:type_name -> handshake.v1.DecryptRequest
+	27, // 17: handshake.v1.SignStreamResponse.response:type_name -> handshake.v1.SignResponse
+	26, // 18: handshake.v1.SignStreamResponse.error:type_name -> handshake.v1.Error
+	22, // 19: handshake.v1.SignStreamResponse.decrypt:type_name -> handshake.v1.DecryptResponse
+	33, // 20: handshake.v1.BatchRequest.operations:type_name -> handshake.v1.BatchOperation
+	23, // 21: handshake.v1.BatchOperation.sign:type_name -> handshake.v1.SignRequest
+	21, // 22: handshake.v1.BatchOperation.decrypt:type_name -> handshake.v1.DecryptRequest
+	35, // 23: handshake.v1.BatchResponse.results:type_name -> handshake.v1.BatchResult
+	27, // 24: handshake.v1.BatchResult.sign:type_name -> handshake.v1.SignResponse
+	22, // 25: handshake.v1.BatchResult.decrypt:type_name -> handshake.v1.DecryptResponse
+	26, // 26: handshake.v1.BatchResult.error:type_name -> handshake.v1.Error
+	7,  // 27: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
+	8,  // 28: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
+	9,  // 29: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
+	10, // 30: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
+	12, // 31: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
+	13, // 32: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
+	14, // 33: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
+	15, // 34: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
+	16, // 35: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
+	18, // 36: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
+	19, // 37: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
+	21, // 38: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
+	23, // 39: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
+	24, // 40: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
+	28, // 41: handshake.v1.KeyVault.SealTicket:input_type -> handshake.v1.SealTicketRequest
+	30, // 42: handshake.v1.KeyVault.OpenTicket:input_type -> handshake.v1.OpenTicketRequest
+	32, // 43: handshake.v1.KeyVault.Batch:input_type -> handshake.v1.BatchRequest
+	5,  // 44: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	5,  // 45: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	5,  // 46: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	11, // 47: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	5,  // 48: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	5,  // 49: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 50: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 51: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	17, // 52: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	5,  // 53: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	20, // 54: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	22, // 55: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	27, // 56: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	25, // 57: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	29, // 58: handshake.v1.KeyVault.SealTicket:output_type -> handshake.v1.SealTicketResponse
+	31, // 59: handshake.v1.KeyVault.OpenTicket:output_type -> handshake.v1.OpenTicketResponse
+	34, // 60: handshake.v1.KeyVault.Batch:output_type -> handshake.v1.BatchResponse
+	44, // [44:61] is the sub-list for method output_type
+	27, // [27:44] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_keyvault_proto_init() }
@@ -2346,6 +2700,16 @@ func file_handshake_v1_keyvault_proto_init() {
 	file_handshake_v1_keyvault_proto_msgTypes[20].OneofWrappers = []any{
 		(*SignStreamResponse_Response)(nil),
 		(*SignStreamResponse_Error)(nil),
+		(*SignStreamResponse_Decrypt)(nil),
+	}
+	file_handshake_v1_keyvault_proto_msgTypes[28].OneofWrappers = []any{
+		(*BatchOperation_Sign)(nil),
+		(*BatchOperation_Decrypt)(nil),
+	}
+	file_handshake_v1_keyvault_proto_msgTypes[30].OneofWrappers = []any{
+		(*BatchResult_Sign)(nil),
+		(*BatchResult_Decrypt)(nil),
+		(*BatchResult_Error)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2353,7 +2717,7 @@ func file_handshake_v1_keyvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_keyvault_proto_rawDesc), len(file_handshake_v1_keyvault_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   30,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

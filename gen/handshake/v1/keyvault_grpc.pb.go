@@ -35,6 +35,7 @@ const (
 	KeyVault_SignStream_FullMethodName                      = "/handshake.v1.KeyVault/SignStream"
 	KeyVault_SealTicket_FullMethodName                      = "/handshake.v1.KeyVault/SealTicket"
 	KeyVault_OpenTicket_FullMethodName                      = "/handshake.v1.KeyVault/OpenTicket"
+	KeyVault_Batch_FullMethodName                           = "/handshake.v1.KeyVault/Batch"
 )
 
 // KeyVaultClient is the client API for KeyVault service.
@@ -75,10 +76,11 @@ type KeyVaultClient interface {
 	Decrypt(ctx context.Context, in *DecryptRequest, opts ...grpc.CallOption) (*DecryptResponse, error)
 	// Sign signs with a TLS signature scheme.
 	Sign(ctx context.Context, in *SignRequest, opts ...grpc.CallOption) (*SignResponse, error)
-	// SignStream signs each request of the stream, answering in order. For
-	// callers that sign at a high rate (a keyless TLS edge signs every
-	// handshake): one long-lived stream avoids the per-call cost of a unary
-	// RPC. A failed signature is an error in its response; the stream goes on.
+	// SignStream signs (or decrypts) each request of the stream, answering in
+	// order. For callers that sign at a high rate (a keyless TLS edge signs
+	// every handshake): one long-lived stream avoids the per-call cost of a
+	// unary RPC. A failed operation is an error in its response; the stream
+	// goes on. The service ends a stream idle for a minute.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 	// SealTicket seals a TLS session state into a session ticket under the
 	// vault's current ticket key, for a server with its own TLS stack (Go's
@@ -93,6 +95,12 @@ type KeyVaultClient interface {
 	// tampered with, not a ticket) is no error: accepted is false, and the
 	// server does a full handshake.
 	OpenTicket(ctx context.Context, in *OpenTicketRequest, opts ...grpc.CallOption) (*OpenTicketResponse, error)
+	// Batch runs many signatures and decryptions in one call, for callers
+	// that collect work themselves. Each operation is authorized, limited and
+	// audited on its own and gets its own result, in order: one refused or
+	// failed operation does not fail the others. The call fails as a whole
+	// only for what concerns all of it (no identity, too many operations).
+	Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error)
 }
 
 type keyVaultClient struct {
@@ -266,6 +274,16 @@ func (c *keyVaultClient) OpenTicket(ctx context.Context, in *OpenTicketRequest, 
 	return out, nil
 }
 
+func (c *keyVaultClient) Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchResponse)
+	err := c.cc.Invoke(ctx, KeyVault_Batch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyVaultServer is the server API for KeyVault service.
 // All implementations must embed UnimplementedKeyVaultServer
 // for forward compatibility.
@@ -304,10 +322,11 @@ type KeyVaultServer interface {
 	Decrypt(context.Context, *DecryptRequest) (*DecryptResponse, error)
 	// Sign signs with a TLS signature scheme.
 	Sign(context.Context, *SignRequest) (*SignResponse, error)
-	// SignStream signs each request of the stream, answering in order. For
-	// callers that sign at a high rate (a keyless TLS edge signs every
-	// handshake): one long-lived stream avoids the per-call cost of a unary
-	// RPC. A failed signature is an error in its response; the stream goes on.
+	// SignStream signs (or decrypts) each request of the stream, answering in
+	// order. For callers that sign at a high rate (a keyless TLS edge signs
+	// every handshake): one long-lived stream avoids the per-call cost of a
+	// unary RPC. A failed operation is an error in its response; the stream
+	// goes on. The service ends a stream idle for a minute.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	// SealTicket seals a TLS session state into a session ticket under the
 	// vault's current ticket key, for a server with its own TLS stack (Go's
@@ -322,6 +341,12 @@ type KeyVaultServer interface {
 	// tampered with, not a ticket) is no error: accepted is false, and the
 	// server does a full handshake.
 	OpenTicket(context.Context, *OpenTicketRequest) (*OpenTicketResponse, error)
+	// Batch runs many signatures and decryptions in one call, for callers
+	// that collect work themselves. Each operation is authorized, limited and
+	// audited on its own and gets its own result, in order: one refused or
+	// failed operation does not fail the others. The call fails as a whole
+	// only for what concerns all of it (no identity, too many operations).
+	Batch(context.Context, *BatchRequest) (*BatchResponse, error)
 	mustEmbedUnimplementedKeyVaultServer()
 }
 
@@ -379,6 +404,9 @@ func (UnimplementedKeyVaultServer) SealTicket(context.Context, *SealTicketReques
 }
 func (UnimplementedKeyVaultServer) OpenTicket(context.Context, *OpenTicketRequest) (*OpenTicketResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method OpenTicket not implemented")
+}
+func (UnimplementedKeyVaultServer) Batch(context.Context, *BatchRequest) (*BatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Batch not implemented")
 }
 func (UnimplementedKeyVaultServer) mustEmbedUnimplementedKeyVaultServer() {}
 func (UnimplementedKeyVaultServer) testEmbeddedByValue()                  {}
@@ -678,6 +706,24 @@ func _KeyVault_OpenTicket_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyVault_Batch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyVaultServer).Batch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyVault_Batch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyVaultServer).Batch(ctx, req.(*BatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyVault_ServiceDesc is the grpc.ServiceDesc for KeyVault service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -744,6 +790,10 @@ var KeyVault_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "OpenTicket",
 			Handler:    _KeyVault_OpenTicket_Handler,
+		},
+		{
+			MethodName: "Batch",
+			Handler:    _KeyVault_Batch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
