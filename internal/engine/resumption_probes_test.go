@@ -142,6 +142,10 @@ func TestProbeResumptionTLS13(t *testing.T) {
 		// list; psk_ke alone (no forward secrecy) is not resumed.
 		{"4.2.9 psk_ke only: full handshake", &cfg, resumeHello(base, ke, []offeredTicket{good}, 1, 32, false), -1, "refused: psk_dhe_ke not offered"},
 		{"4.2.9 psk_ke and psk_dhe_ke: resumed with psk_dhe_ke", &cfg, resumeHello(base, both, []offeredTicket{good}, 1, 32, false), 0, ""},
+		// Unknown modes (IANA assigns only 0 and 1) are ignored, not
+		// refused.
+		{"4.2.9 unknown modes and psk_dhe_ke: resumed", &cfg, resumeHello(base, []byte{0x7f, pskModeDHEKE, 0xff}, []offeredTicket{good}, 1, 32, false), 0, ""},
+		{"4.2.9 unknown modes only: full handshake", &cfg, resumeHello(base, []byte{0x02, 0xff}, []offeredTicket{good}, 1, 32, false), -1, "refused: psk_dhe_ke not offered"},
 		// Section 9.2: with pre_shared_key, signature_algorithms may be left
 		// out; the handshake then needs the resumption.
 		{"9.2 no signature_algorithms, valid ticket: resumed", &cfg,
