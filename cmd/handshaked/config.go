@@ -34,6 +34,7 @@ type config struct {
 	dataDir         string
 	grpcAddr        string
 	httpAddr        string
+	healthAddr      string
 	kekFile         string
 	kek             string // from kekEnv
 	initStore       bool
@@ -120,6 +121,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.StringVar(&cfg.dataDir, "data-dir", "handshaked-data", "directory holding the key store")
 	fs.StringVar(&cfg.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address")
 	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:7080", "REST (grpc-gateway) listen address")
+	fs.StringVar(&cfg.healthAddr, "health-addr", "", "listen address of a plain-text gRPC health service (grpc.health.v1 only, for probes that cannot speak TLS, such as the kubelet's); empty: none")
 	fs.StringVar(&cfg.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key, hex (development default: <data-dir>/kek, created; production: this or $"+kekEnv+")")
 	fs.BoolVar(&cfg.initStore, "init", false, "production: create a new vault if the key store in -data-dir is missing or empty (the first start); without it production refuses to start on one")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown waits for calls in flight")

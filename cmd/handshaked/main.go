@@ -11,6 +11,8 @@
 // reloads the TLS files and the policy and reopens the audit log.
 //
 // handshaked -version (or handshaked version) prints the build and exits.
+// handshaked health asks a running instance's -health-addr whether it
+// serves, for container health checks in an image without a shell.
 package main
 
 import (
@@ -35,6 +37,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "health" {
+		os.Exit(healthCommand(os.Args[2:], os.LookupEnv, os.Stdout, os.Stderr))
+	}
 	cfg, err := parseConfig(os.Args[1:], os.LookupEnv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -176,7 +181,21 @@ func run(ctx context.Context, cfg *config) error {
 		}
 	}()
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	if cfg.healthAddr != "" {
+		healthLis, err := net.Listen("tcp", cfg.healthAddr)
+		if err != nil {
+			grpcLis.Close()
+			httpLis.Close()
+			return fmt.Errorf("health listener: %w", err)
+		}
+		slog.Info("plain-text gRPC health service", "health_addr", healthLis.Addr().String())
+		go func() {
+			if err := srv.ServeHealth(healthLis); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	go func() { errc <- srv.Serve(grpcLis, httpLis) }()
 	select {
 	case err := <-errc:
@@ -252,7 +271,10 @@ func resumeKEKRotation(ctx context.Context, vault *keyvault.Vault, kekID string)
 // prepareDevelopment checks and creates what a development instance needs.
 func prepareDevelopment(cfg *config) error {
 	slog.Warn("DEVELOPMENT MODE: plain-text transport on loopback, no caller authentication, key-encryption key stored next to the data; never use this for real keys")
-	for _, addr := range []string{cfg.grpcAddr, cfg.httpAddr} {
+	for _, addr := range []string{cfg.grpcAddr, cfg.httpAddr, cfg.healthAddr} {
+		if addr == "" {
+			continue
+		}
 		if err := requireLoopback(addr); err != nil {
 			return fmt.Errorf("development mode: %w", err)
 		}

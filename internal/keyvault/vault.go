@@ -587,6 +587,21 @@ func (v *Vault) ResolveVersion(ctx context.Context, id string, n uint32) (uint32
 	return ver.number, nil
 }
 
+// VersionAlgorithm returns the algorithm of version n of key id, 0 meaning
+// the primary one: a map lookup, for the service's metrics, which label
+// every key operation with the algorithm of the key it used.
+func (v *Vault) VersionAlgorithm(ctx context.Context, id string, n uint32) (Algorithm, error) {
+	k, err := v.key(id)
+	if err != nil {
+		return AlgorithmUnspecified, err
+	}
+	ver, err := k.version(n)
+	if err != nil {
+		return AlgorithmUnspecified, err
+	}
+	return ver.alg, nil
+}
+
 // enabledVersion returns the version that a key operation may use.
 func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
 	k, err := v.key(id)

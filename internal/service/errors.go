@@ -26,27 +26,40 @@ func toStatus(ctx context.Context, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	var code codes.Code
-	switch {
-	case errors.Is(err, keyvault.ErrInvalidArgument):
-		code = codes.InvalidArgument
-	case errors.Is(err, keyvault.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, keyvault.ErrAlreadyExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, keyvault.ErrFailedPrecondition):
-		code = codes.FailedPrecondition
-	case errors.Is(err, keyvault.ErrClosed):
-		code = codes.Unavailable
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	default:
+	code := codeOf(err)
+	if code == codes.Internal {
 		slog.ErrorContext(ctx, "internal error", "err", err)
 		return status.Error(codes.Internal, "internal error")
 	}
 	return status.Error(code, err.Error())
+}
+
+// codeOf is the gRPC code a domain error maps to: OK for nil, the status's
+// own code for a status error, Internal for what is not a caller's mistake.
+func codeOf(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code()
+	}
+	switch {
+	case errors.Is(err, keyvault.ErrInvalidArgument):
+		return codes.InvalidArgument
+	case errors.Is(err, keyvault.ErrNotFound):
+		return codes.NotFound
+	case errors.Is(err, keyvault.ErrAlreadyExists):
+		return codes.AlreadyExists
+	case errors.Is(err, keyvault.ErrFailedPrecondition):
+		return codes.FailedPrecondition
+	case errors.Is(err, keyvault.ErrClosed):
+		return codes.Unavailable
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	}
+	return codes.Internal
 }
 
 // invalid is a caller mistake found by the service's own validation.

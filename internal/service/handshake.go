@@ -70,7 +70,7 @@ func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handsha
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
 	return &Handshake{
 		vault:    vault,
-		keys:     vaultKeyOps{vault: vault, tracer: noTracer, operations: metrics.keyOperations},
+		keys:     vaultKeyOps{vault: vault, tracer: noTracer, metrics: newKeyMetrics(nil)},
 		sessions: newSessionStore(opts, metrics),
 		metrics:  metrics,
 		tracer:   noTracer,

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -20,9 +19,8 @@ import (
 type vaultKeyOps struct {
 	vault  *keyvault.Vault
 	tracer trace.Tracer
-	// operations counts the private-key operations made, by operation
-	// (sign, decrypt): a resumed handshake makes none.
-	operations *prometheus.CounterVec
+	// metrics times them (source=handshake).
+	metrics *keyMetrics
 }
 
 func keyRef(id string, version uint32) string {
@@ -45,8 +43,8 @@ func (k vaultKeyOps) Sign(ctx context.Context, ref string, scheme tls.SignatureS
 	if err != nil {
 		return nil, err
 	}
-	k.operations.WithLabelValues("sign").Inc()
-	return k.vault.Sign(ctx, id, version, scheme, message, false)
+	sig, _, err = k.metrics.sign(ctx, k.vault, sourceHandshake, id, version, scheme, message, false)
+	return sig, err
 }
 
 // SignatureSchemes asks the vault what the key can sign with at vers.
@@ -69,6 +67,6 @@ func (k vaultKeyOps) DecryptPremaster(ctx context.Context, ref string, ciphertex
 	if err != nil {
 		return nil, err
 	}
-	k.operations.WithLabelValues("decrypt").Inc()
-	return k.vault.Decrypt(ctx, id, version, keyvault.DecryptRSAPKCS1TLSPremaster, ciphertext, clientVersion)
+	plaintext, _, err := k.metrics.decrypt(ctx, k.vault, sourceHandshake, id, version, keyvault.DecryptRSAPKCS1TLSPremaster, ciphertext, clientVersion)
+	return plaintext, err
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"google.golang.org/grpc/status"
 
@@ -40,6 +41,8 @@ type KeyVault struct {
 	// pageTokens seals listing positions: a token tells its holder
 	// nothing, not even the id of a key it was not shown.
 	pageTokens cipher.AEAD
+	// keys times the vault operations; New gives it the server's registry.
+	keys *keyMetrics
 	// tickets seals and opens session tickets (tickets.go); nil: off.
 	tickets       *keyvault.TicketKeys
 	ticketMetrics *ticketMetrics
@@ -61,7 +64,7 @@ func NewKeyVault(vault *keyvault.Vault, visible func(context.Context, *keyvault.
 	if err != nil {
 		return nil, fmt.Errorf("page tokens: %w", err)
 	}
-	return &KeyVault{vault: vault, visible: visible, pageTokens: aead}, nil
+	return &KeyVault{vault: vault, visible: visible, pageTokens: aead, keys: newKeyMetrics(nil)}, nil
 }
 
 // keyResult converts the outcome of a vault call that yields a key.
@@ -81,7 +84,9 @@ func (s *KeyVault) CreateKey(ctx context.Context, req *pb.CreateKeyRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	k, err := s.vault.CreateInBackend(ctx, backend, req.GetId(), alg, req.GetLabels())
+	s.keys.changed(ctx, s.vault, "create", start, alg, "", 0, err)
 	return keyResult(ctx, k, err)
 }
 
@@ -89,7 +94,15 @@ func (s *KeyVault) ImportKey(ctx context.Context, req *pb.ImportKeyRequest) (*pb
 	if n := len(req.GetPrivateKeyPem()); n == 0 || n > maxPEMBytes {
 		return nil, invalid("private_key_pem: must be 1 to %d bytes, got %d", maxPEMBytes, n)
 	}
+	start := time.Now()
 	k, err := s.vault.Import(ctx, req.GetId(), req.GetPrivateKeyPem(), req.GetLabels())
+	// A failed import names no algorithm: the PEM may not parse, and a
+	// key of that id already there is another key.
+	id := ""
+	if err == nil {
+		id = k.ID
+	}
+	s.keys.changed(ctx, s.vault, "import", start, keyvault.AlgorithmUnspecified, id, 0, err)
 	return keyResult(ctx, k, err)
 }
 
@@ -180,7 +193,9 @@ func (s *KeyVault) openPageToken(ctx context.Context, token string) (string, err
 var errPageToken = invalid("page_token: not a token this service gave this caller (tokens do not survive a restart)")
 
 func (s *KeyVault) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.Key, error) {
+	start := time.Now()
 	k, err := s.vault.Rotate(ctx, req.GetKey())
+	s.keys.changed(ctx, s.vault, "rotate", start, keyvault.AlgorithmUnspecified, req.GetKey(), 0, err)
 	return keyResult(ctx, k, err)
 }
 
@@ -188,7 +203,9 @@ func (s *KeyVault) EnableKeyVersion(ctx context.Context, req *pb.EnableKeyVersio
 	if req.GetVersion() == 0 {
 		return nil, invalid("version is required")
 	}
+	start := time.Now()
 	k, err := s.vault.SetVersionEnabled(ctx, req.GetKey(), req.GetVersion(), true)
+	s.keys.changed(ctx, s.vault, "enable", start, keyvault.AlgorithmUnspecified, req.GetKey(), req.GetVersion(), err)
 	return keyResult(ctx, k, err)
 }
 
@@ -196,7 +213,9 @@ func (s *KeyVault) DisableKeyVersion(ctx context.Context, req *pb.DisableKeyVers
 	if req.GetVersion() == 0 {
 		return nil, invalid("version is required")
 	}
+	start := time.Now()
 	k, err := s.vault.SetVersionEnabled(ctx, req.GetKey(), req.GetVersion(), false)
+	s.keys.changed(ctx, s.vault, "disable", start, keyvault.AlgorithmUnspecified, req.GetKey(), req.GetVersion(), err)
 	return keyResult(ctx, k, err)
 }
 
@@ -204,7 +223,9 @@ func (s *KeyVault) DestroyKeyVersion(ctx context.Context, req *pb.DestroyKeyVers
 	if req.GetVersion() == 0 {
 		return nil, invalid("version is required")
 	}
+	start := time.Now()
 	k, err := s.vault.DestroyVersion(ctx, req.GetKey(), req.GetVersion())
+	s.keys.changed(ctx, s.vault, "destroy", start, keyvault.AlgorithmUnspecified, req.GetKey(), req.GetVersion(), err)
 	return keyResult(ctx, k, err)
 }
 
@@ -242,13 +263,6 @@ func versionOf(k *keyvault.Key, version uint32) (*keyvault.Version, error) {
 	return nil, toStatus(context.Background(), fmt.Errorf("key %q version %d: %w", k.ID, version, keyvault.ErrNotFound))
 }
 
-// resolveVersion names the version an operation will use, so the response
-// can say which version signed or decrypted.
-func (s *KeyVault) resolveVersion(ctx context.Context, id string, version uint32) (uint32, error) {
-	n, err := s.vault.ResolveVersion(ctx, id, version)
-	return n, toStatus(ctx, err)
-}
-
 func (s *KeyVault) AttachCertificateChain(ctx context.Context, req *pb.AttachCertificateChainRequest) (*pb.Key, error) {
 	chain := req.GetCertificateChain()
 	if req.GetCertificateChainPem() != "" {
@@ -270,7 +284,9 @@ func (s *KeyVault) AttachCertificateChain(ctx context.Context, req *pb.AttachCer
 	if total > maxChainBytes {
 		return nil, invalid("certificate chain: more than %d bytes", maxChainBytes)
 	}
+	start := time.Now()
 	k, err := s.vault.AttachChain(ctx, req.GetKey(), req.GetVersion(), chain)
+	s.keys.changed(ctx, s.vault, "attach_chain", start, keyvault.AlgorithmUnspecified, req.GetKey(), req.GetVersion(), err)
 	return keyResult(ctx, k, err)
 }
 
@@ -336,11 +352,7 @@ func (s *KeyVault) Decrypt(ctx context.Context, req *pb.DecryptRequest) (*pb.Dec
 	if v := req.GetExpectedClientVersion(); v > 0xffff {
 		return nil, invalid("expected_client_version: %d is not a TLS version", v)
 	}
-	version, err := s.resolveVersion(ctx, req.GetKey(), req.GetVersion())
-	if err != nil {
-		return nil, err
-	}
-	plaintext, err := s.vault.Decrypt(ctx, req.GetKey(), version, mode, req.GetCiphertext(), uint16(req.GetExpectedClientVersion()))
+	plaintext, version, err := s.keys.decrypt(ctx, s.vault, sourceAPI, req.GetKey(), req.GetVersion(), mode, req.GetCiphertext(), uint16(req.GetExpectedClientVersion()))
 	if err != nil {
 		return nil, toStatus(ctx, err)
 	}
@@ -365,11 +377,7 @@ func (s *KeyVault) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignRespo
 	if len(input) > maxMessageBytes {
 		return nil, invalid("message: more than %d bytes", maxMessageBytes)
 	}
-	version, err := s.resolveVersion(ctx, req.GetKey(), req.GetVersion())
-	if err != nil {
-		return nil, err
-	}
-	sig, err := s.vault.Sign(ctx, req.GetKey(), version, scheme, input, isDigest)
+	sig, version, err := s.keys.sign(ctx, s.vault, sourceAPI, req.GetKey(), req.GetVersion(), scheme, input, isDigest)
 	if err != nil {
 		return nil, toStatus(ctx, err)
 	}

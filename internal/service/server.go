@@ -41,6 +41,9 @@ import (
 const (
 	// MaxRequestBytes bounds one gRPC message or REST body.
 	MaxRequestBytes = 4 << 20
+	// maxHealthConns caps the connections of the plain-text health
+	// listener; past it the next ones wait in the kernel's backlog.
+	maxHealthConns = 64
 	// The gateway reaches the gRPC server through an in-memory pipe, so every
 	// REST call passes the same interceptors as a gRPC call.
 	pipeBuffer = 1 << 20
@@ -48,12 +51,14 @@ const (
 
 // Server is the gRPC server and the REST gateway in front of it.
 type Server struct {
-	grpc    *grpc.Server
-	http    *http.Server
-	health  *health.Server
-	pipe    *bufconn.Listener
-	gateway *grpc.ClientConn
-	build   buildinfo.Info
+	grpc   *grpc.Server
+	http   *http.Server
+	health *health.Server
+	// healthOnly serves s.health alone, in plain text (ServeHealth).
+	healthOnly *grpc.Server
+	pipe       *bufconn.Listener
+	gateway    *grpc.ClientConn
+	build      buildinfo.Info
 
 	tls      *tlsSource // nil in development mode
 	maxConns int        // per listener; 0: no cap
@@ -126,6 +131,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	}
 	kv.batchItem = g.batchItem
 	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	// One set of key metrics for both APIs, labelled by source.
+	keys := newKeyMetrics(registry)
+	kv.keys, hs.keys.metrics = keys, keys
 	if opts.TracerProvider != nil {
 		hs.setTracerProvider(opts.TracerProvider)
 	}
@@ -147,6 +155,10 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	pb.RegisterAdminServer(s.grpc, NewAdmin(vault))
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	// Probes make one short call at a time: small caps keep an open port
+	// that answers anyone from holding much for anyone.
+	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4))
+	healthpb.RegisterHealthServer(s.healthOnly, s.health)
 
 	conn, err := grpc.NewClient("passthrough:///gateway",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.pipe.DialContext(ctx) }),
@@ -261,8 +273,22 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	return nil
 }
 
+// ServeHealth serves gRPC health checking (grpc.health.v1) alone, in plain
+// text, on lis until Shutdown: for probes that cannot speak TLS, such as the
+// kubelet's gRPC probe. It answers what the health service on the API
+// listener answers, SERVING until Shutdown begins, and nothing else: no API
+// call, no reflection, no metrics.
+func (s *Server) ServeHealth(lis net.Listener) error {
+	if err := s.healthOnly.Serve(netutil.LimitListener(lis, maxHealthConns)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
+}
+
 // Shutdown stops taking new calls, reports NOT_SERVING to health checks, and
 // waits for calls in flight until ctx is done; then it cuts what is left.
+// The plain-text health listener stops last, so probes see NOT_SERVING while
+// calls drain.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopPoll()
 	s.health.Shutdown()
@@ -279,5 +305,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.gateway.Close()
+	s.healthOnly.Stop()
 	return httpErr
 }

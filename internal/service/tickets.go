@@ -195,8 +195,8 @@ func (s *KeyVault) SealTicket(ctx context.Context, req *pb.SealTicketRequest) (*
 	if len(req.GetPlaintext()) == 0 {
 		return nil, invalid("plaintext: empty")
 	}
-	if _, err := s.resolveVersion(ctx, req.GetKey(), 0); err != nil {
-		return nil, err
+	if _, err := s.vault.ResolveVersion(ctx, req.GetKey(), 0); err != nil {
+		return nil, toStatus(ctx, err)
 	}
 	ticket, err := s.tickets.Seal(ctx, keyScope(req.GetKey()), req.GetPlaintext())
 	if err != nil {
@@ -210,8 +210,8 @@ func (s *KeyVault) OpenTicket(ctx context.Context, req *pb.OpenTicketRequest) (*
 	if s.tickets == nil {
 		return nil, toStatus(ctx, fmt.Errorf("%w: %w", errNoTickets, keyvault.ErrFailedPrecondition))
 	}
-	if _, err := s.resolveVersion(ctx, req.GetKey(), 0); err != nil {
-		return nil, err
+	if _, err := s.vault.ResolveVersion(ctx, req.GetKey(), 0); err != nil {
+		return nil, toStatus(ctx, err)
 	}
 	plaintext, err := s.tickets.Open(ctx, keyScope(req.GetKey()), req.GetTicket())
 	if err != nil && !errors.Is(err, keyvault.ErrTicketRejected) {

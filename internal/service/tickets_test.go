@@ -200,7 +200,7 @@ func TestHandshakeResumptionAudited(t *testing.T) {
 	}
 	metrics := s.httpClient(t, "")
 	signs := func() float64 {
-		return servicetest.Metric(t, metrics, s.restURL, `handshaked_handshake_key_operations_total{operation="sign"}`)
+		return servicetest.MetricSum(t, metrics, s.restURL, "handshaked_key_operation_seconds_count", `operation="sign"`, `source="handshake"`)
 	}
 	require.False(t, connect())
 	require.Equal(t, 1.0, signs())

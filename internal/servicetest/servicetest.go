@@ -17,7 +17,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,6 +178,40 @@ func (s *Server) selfSigned(t testing.TB, id, dnsName string) ServerKey {
 // fetched with client; 0 when the page has no such sample.
 func Metric(t testing.TB, client *http.Client, restURL, sample string) float64 {
 	t.Helper()
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(scrape(t, client, restURL))
+	if m == nil {
+		return 0
+	}
+	return parseSample(t, m[1])
+}
+
+// MetricSum is the sum of the samples of name whose labels include every
+// one of labels (each as `key="value"`), 0 when there is none: for
+// counting across the labels a test does not care about.
+func MetricSum(t testing.TB, client *http.Client, restURL, name string, labels ...string) float64 {
+	t.Helper()
+	var sum float64
+	for _, m := range regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(name)+`\{([^}]*)\} (\S+)$`).FindAllSubmatch(scrape(t, client, restURL), -1) {
+		set := strings.Split(string(m[1]), ",")
+		if !allIn(labels, set) {
+			continue
+		}
+		sum += parseSample(t, m[2])
+	}
+	return sum
+}
+
+func allIn(want, set []string) bool {
+	for _, l := range want {
+		if !slices.Contains(set, l) {
+			return false
+		}
+	}
+	return true
+}
+
+func scrape(t testing.TB, client *http.Client, restURL string) []byte {
+	t.Helper()
 	resp, err := client.Get(restURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -185,11 +221,12 @@ func Metric(t testing.TB, client *http.Client, restURL, sample string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(sample) + ` (\S+)$`).FindSubmatch(body)
-	if m == nil {
-		return 0
-	}
-	v, err := strconv.ParseFloat(string(m[1]), 64)
+	return body
+}
+
+func parseSample(t testing.TB, b []byte) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(string(b), 64)
 	if err != nil {
 		t.Fatal(err)
 	}
