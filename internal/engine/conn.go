@@ -113,6 +113,13 @@ func (h *Handshake) maxRecordLen() int {
 }
 
 func (h *Handshake) handleRecord(typ record.ContentType, vers uint16, body []byte) error {
+	// RFC 8446, Section 5.1: TLSPlaintext.length "MUST NOT exceed 2^14
+	// bytes". maxRecordLen lets protected lengths through once 0-RTT or
+	// protected records may come, and in TLS 1.3 those are all
+	// application_data on the outside: any other type is plaintext.
+	if h.vers == tls.VersionTLS13 && typ != record.ApplicationData && len(body) > record.MaxPlaintext {
+		return fail(alertRecordOverflow, "%v record of %d bytes, over 2^14", typ, len(body))
+	}
 	if typ == record.ChangeCipherSpec {
 		return h.handleChangeCipherSpec(body)
 	}

@@ -44,19 +44,19 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 	if ch.has(extensionSupportedGroups) != ch.has(extensionKeyShare) {
 		return n, fail(alertMissingExtension, "TLS 1.3 ClientHello with only one of supported_groups and key_share")
 	}
-	for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups} {
-		if !ch.has(ext) {
-			if ch.pskOffered {
-				if ext == extensionSignatureAlgorithms && h.mayResume13(ch) {
-					continue // a resumption needs no signature
-				}
-				// A well-formed PSK-only offer; without (EC)DHE
-				// (psk_ke) or resumption, nothing is left to negotiate
-				// (RFC 8446, Section 6.2).
-				return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no extension %d), and the server resumes no session that way", ext)
+	switch {
+	case !ch.pskOffered:
+		for _, ext := range []uint16{extensionSignatureAlgorithms, extensionSupportedGroups} {
+			if !ch.has(ext) {
+				return n, fail(alertMissingExtension, "TLS 1.3 ClientHello without extension %d", ext)
 			}
-			return n, fail(alertMissingExtension, "TLS 1.3 ClientHello without extension %d", ext)
 		}
+	case !ch.has(extensionSupportedGroups):
+		// A well-formed PSK-only offer (psk_ke); the server resumes only
+		// with (EC)DHE, so nothing is left to negotiate (RFC 8446, Section
+		// 6.2). signature_algorithms is checked when a certificate is
+		// chosen: a resumption needs none (selectCertificate13).
+		return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no supported_groups), and the server resumes no session that way")
 	}
 	// RFC 8446, Section 4.2.8: one share per group, each for an offered group.
 	for i, ks := range ch.keyShares {
@@ -98,6 +98,14 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 // selectCertificate13 picks the certificate and signature scheme of a full
 // handshake.
 func (h *Handshake) selectCertificate13(ch *clientHelloMsg, n *negotiation13) error {
+	// RFC 8446, Section 4.2.3: "If a server is authenticating via a
+	// certificate and the client has not sent a "signature_algorithms"
+	// extension, then the server MUST abort the handshake with a
+	// "missing_extension" alert". A ClientHello with pre_shared_key may
+	// leave it out (Section 9.2), until its PSK is not taken.
+	if !ch.has(extensionSignatureAlgorithms) {
+		return fail(alertMissingExtension, "TLS 1.3 ClientHello without signature_algorithms, and the server authenticates with a certificate")
+	}
 	for _, idx := range h.certificateOrder(ch.serverName) {
 		keySchemes, err := h.keySchemes(idx, tls.VersionTLS13)
 		if err != nil {

@@ -186,7 +186,7 @@ func sniNames(names ...rawExt) rawExt {
 	return rawExt{xServerName, b.BytesOrPanic()}
 }
 
-func probeConfig(t *testing.T) Config {
+func probeConfig(t testing.TB) Config {
 	cfg := serverConfig(getPKI(t).p256)
 	cfg.NextProtos = []string{"h2"}
 	return cfg
@@ -263,7 +263,11 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		// and, with no resumption, there is nothing in common.
 		{"9.2 PSK-only ClientHello is handshake_failure", base.without(xSignatureAlgs).without(xSupportedGroups).without(xKeyShare).
 			with(rawExt{xPSKModes, []byte{1, 0}}).with(psk).record(), alertHandshakeFailure},
-		{"9.2 PSK with (EC)DHE but no signature_algorithms is handshake_failure", base.without(xSignatureAlgs).with(pskModesDHE).with(psk).record(), alertHandshakeFailure},
+		// Section 4.2.3: "If a server is authenticating via a certificate
+		// and the client has not sent a "signature_algorithms" extension,
+		// then the server MUST abort the handshake with a
+		// "missing_extension" alert", a PSK offered or not.
+		{"4.2.3 PSK with (EC)DHE but no signature_algorithms, no tickets, is missing_extension", base.without(xSignatureAlgs).with(pskModesDHE).with(psk).record(), alertMissingExtension},
 		// RFC 6066, Section 3: "The ServerNameList MUST NOT contain more
 		// than one name of the same name_type"; HostName<1..2^16-1>, no IP
 		// literals.
@@ -593,6 +597,7 @@ type client13 struct {
 	transcript hash.Hash
 	in, out    *record.Cipher
 	clientHS   []byte
+	master     []byte // master secret, for the resumption secrets
 	serverMsgs []serverMsg
 	done       chan relayOutcome
 }
@@ -669,7 +674,9 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	for _, m := range c.serverMsgs {
 		c.transcript.Write(m.raw)
 	}
-	_, serverAP := hsSecret.masterSecret().trafficSecrets(c.transcript.Sum(nil))
+	master := hsSecret.masterSecret()
+	c.master = master.secret
+	_, serverAP := master.trafficSecrets(c.transcript.Sum(nil))
 	c.in, err = record.NewTLS13Cipher(0x1301, serverAP, 0)
 	require.NoError(t, err)
 	return c

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -175,4 +179,87 @@ func TestCurlResumes(t *testing.T) {
 	assert.Contains(t, pages[0], "Resumed: no", pages[0])
 	assert.Contains(t, pages[1], "Resumed: yes", pages[1])
 	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
+}
+
+// TestOpenSSLEarlyDataRefusedThroughEdge: RFC 8446, Section 4.2.10 end to
+// end. s_client offers 0-RTT data with a ticket from OpenSSL's s_server
+// (which allows early data) for the same name and key; the edge's service
+// cannot open that ticket, does a full handshake and skips the 0-RTT
+// records, which arrive through the edge between the engine's Steps in the
+// service. The client is told its early data was rejected and the page
+// comes back over the full handshake.
+func TestOpenSSLEarlyDataRefusedThroughEdge(t *testing.T) {
+	openssl := testenv.LookPath(t, "openssl")
+	f := newTicketFixture(t)
+	addr, _ := f.start(t)
+	dir := t.TempDir()
+	keyFile, sess, early := filepath.Join(dir, "key.pem"), filepath.Join(dir, "session.pem"), filepath.Join(dir, "early.txt")
+	require.NoError(t, os.WriteFile(keyFile, servicetest.Fixture(t, "p256-pkcs8.pem"), 0o600))
+	require.NoError(t, os.WriteFile(early, []byte("GET /early HTTP/1.0\r\n\r\n"), 0o600))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:0", "-cert", f.ecCA, "-key", keyFile,
+		"-early_data", "-num_tickets", "1", "-naccept", "1")
+	var srvOut testenv.Buffer
+	srv.Stdout, srv.Stderr = &srvOut, &srvOut
+	stdin, err := srv.StdinPipe() // kept open: s_server ends a connection on EOF
+	require.NoError(t, err)
+	require.NoError(t, srv.Start())
+	t.Cleanup(func() {
+		stdin.Close()
+		cancel()
+		srv.Wait()
+	})
+	accept := regexp.MustCompile(`ACCEPT 127\.0\.0\.1:(\d+)`)
+	var port string
+	require.Eventually(t, func() bool {
+		if m := accept.FindStringSubmatch(srvOut.String()); m != nil {
+			port = m[1]
+		}
+		return port != ""
+	}, 10*time.Second, 20*time.Millisecond, "s_server did not start: %s", srvOut.String())
+	// s_client writes the session when the ticket arrives; its output is
+	// buffered until it exits, so the file is what to watch.
+	cl := exec.CommandContext(ctx, openssl, "s_client", "-connect", "127.0.0.1:"+port, "-servername", f.ecdsa.Name,
+		"-CAfile", f.ecCA, "-tls1_3", "-ign_eof", "-sess_out", sess)
+	var clOut testenv.Buffer
+	cl.Stdout, cl.Stderr = &clOut, &clOut
+	require.NoError(t, cl.Start())
+	require.Eventually(t, func() bool {
+		data, _ := os.ReadFile(sess)
+		return bytes.Contains(data, []byte("-----END SSL SESSION PARAMETERS-----"))
+	}, 10*time.Second, 20*time.Millisecond, "no session from s_server: %s", clOut.String())
+	cl.Process.Kill()
+	cl.Wait()
+	out, err := exec.Command(openssl, "sess_id", "-in", sess, "-noout", "-text").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "Max Early Data: 16384", "s_server's ticket allows early data")
+
+	cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
+		"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
+	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+	out, err = cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "Early data was rejected", "%s", out)
+	assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)
+	assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "the page, over the full handshake: %s", out)
+}
+
+// TestGoClientResumesAfterHelloRetryRequest: RFC 8446, Section 4.2.11.2 end
+// to end. The edge takes P-384 only, for which Go's client sends no share
+// at first: each handshake has a HelloRetryRequest, and the second resumes
+// with a binder over message_hash(ClientHello1), the HelloRetryRequest and
+// the truncated second ClientHello, checked by the service's engine across
+// its Steps.
+func TestGoClientResumesAfterHelloRetryRequest(t *testing.T) {
+	f := newTicketFixture(t)
+	addr, _ := f.start(t, "-groups", "P384")
+	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: tls.VersionTLS13,
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP384}, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	page := getPage(t, addr, cfg)
+	require.Contains(t, page, "HelloRetryRequest: true\n", page)
+	require.Contains(t, page, "Resumed: no (full handshake)\n", page)
+	page = getPage(t, addr, cfg)
+	assert.Contains(t, page, "HelloRetryRequest: true\n", page)
+	assert.Contains(t, page, "Resumed: yes", page)
 }
