@@ -337,7 +337,7 @@ func (h *Handshake) newServerRandom12() error {
 func (h *Handshake) traceServerHello12(hello *serverHelloMsg, ch *clientHelloMsg) TraceEvent {
 	ev := TraceEvent{Message: "ServerHello"}
 	ev.add("version", versionName(h.vers))
-	ev.add("cipher_suite", tls.CipherSuiteName(hello.cipherSuite))
+	ev.add("cipher_suite", record.SuiteName(hello.cipherSuite))
 	if hello.alpnProtocol != "" {
 		ev.add("alpn", hello.alpnProtocol)
 	}

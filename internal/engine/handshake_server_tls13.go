@@ -157,7 +157,7 @@ func (h *Handshake) sendHelloRetryRequest(ch *clientHelloMsg, raw []byte, n nego
 		selectedGroup:    n.group,
 	}
 	ev := TraceEvent{Message: "HelloRetryRequest"}
-	ev.add("cipher_suite", tls.CipherSuiteName(n.suite))
+	ev.add("cipher_suite", record.SuiteName(n.suite))
 	ev.add("selected_group", n.group.String())
 	h.sendMessage(hrr.marshal(), ev)
 	if err := h.sendCompatChangeCipherSpec(); err != nil {
@@ -227,7 +227,7 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotiation13, clientShare []byte) error {
 	ev := TraceEvent{Message: "ServerHello"}
 	ev.add("version", versionName(tls.VersionTLS13))
-	ev.add("cipher_suite", tls.CipherSuiteName(n.suite))
+	ev.add("cipher_suite", record.SuiteName(n.suite))
 	ev.add("key_share", n.group.String())
 	psk, err := h.selectPSK(ch, raw, &n, &ev)
 	if err != nil {

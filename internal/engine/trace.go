@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // Direction says who sent a traced message.
@@ -119,7 +121,7 @@ func traceClientHello(ch *clientHelloMsg) TraceEvent {
 	if len(ch.supportedVersions) > 0 {
 		ev.add("supported_versions", list(ch.supportedVersions, versionName))
 	}
-	ev.add("cipher_suites", list(ch.cipherSuites, tls.CipherSuiteName))
+	ev.add("cipher_suites", list(ch.cipherSuites, record.SuiteName))
 	if ch.serverName != "" {
 		ev.add("server_name", ch.serverName)
 	}

@@ -50,6 +50,7 @@ type HandshakeOptions struct {
 type Handshake struct {
 	pb.UnimplementedHandshakeServer
 	vault    *keyvault.Vault
+	certs    certificates
 	keys     vaultKeyOps
 	sessions *sessionStore
 	metrics  *handshakeMetrics
@@ -226,7 +227,7 @@ func (h *Handshake) start(ctx context.Context, req *pb.StartHandshakeRequest) (*
 	if err := checkInput(req.GetInput()); err != nil {
 		return nil, err
 	}
-	cfg, err := engineConfig(ctx, h.vault, req.GetConfig())
+	cfg, err := engineConfig(ctx, h.vault, &h.certs, req.GetConfig())
 	if err != nil {
 		return nil, err
 	}

@@ -1,10 +1,13 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"slices"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,13 +42,13 @@ func checkKeyCount(n int) error {
 
 // engineConfig turns a request's handshake configuration into the engine's,
 // resolving each key to an enabled version with a certificate chain.
-func engineConfig(ctx context.Context, vault *keyvault.Vault, c *pb.HandshakeConfig) (*engine.Config, error) {
+func engineConfig(ctx context.Context, vault *keyvault.Vault, certs *certificates, c *pb.HandshakeConfig) (*engine.Config, error) {
 	if err := checkKeyCount(len(c.GetKeys())); err != nil {
 		return nil, err
 	}
 	cfg := &engine.Config{Certificates: make([]engine.Certificate, 0, len(c.GetKeys()))}
 	for _, ref := range c.GetKeys() {
-		cert, err := handshakeCertificate(ctx, vault, ref)
+		cert, err := handshakeCertificate(ctx, vault, certs, ref)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +115,7 @@ func engineConfig(ctx context.Context, vault *keyvault.Vault, c *pb.HandshakeCon
 	return cfg, nil
 }
 
-func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, ref *pb.KeyRef) (engine.Certificate, error) {
+func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, certs *certificates, ref *pb.KeyRef) (engine.Certificate, error) {
 	k, err := vault.Get(ctx, ref.GetKey())
 	if err != nil {
 		return engine.Certificate{}, toStatus(ctx, err)
@@ -127,10 +130,46 @@ func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, ref *pb.Ke
 	if len(v.Chain) == 0 {
 		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d has no certificate chain: attach one first", k.ID, v.Number)
 	}
-	cert, err := engine.NewCertificate(v.Chain, keyRef(k.ID, v.Number))
+	cert, err := certs.get(keyRef(k.ID, v.Number), v.Chain)
 	if err != nil {
 		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d: %v", k.ID, v.Number, err)
 	}
+	return cert, nil
+}
+
+// maxCertificates bounds the parsed certificates kept: past it the cache
+// starts again, so keys deleted meanwhile cost nothing for long.
+const maxCertificates = 1024
+
+// certificates keeps the engine certificate of each key version handshakes
+// use: parsing the leaf again for every handshake cost more than the rest
+// of a resumed handshake's configuration. An entry serves only while the
+// version's chain is the same bytes, so attaching a new chain takes effect
+// at once; the vault still decides, at every handshake, whether the version
+// may be used.
+type certificates struct {
+	mu    sync.Mutex
+	certs map[string]engine.Certificate // by key reference
+}
+
+// get returns the certificate of the key version ref with chain.
+func (c *certificates) get(ref string, chain [][]byte) (engine.Certificate, error) {
+	c.mu.Lock()
+	cert, ok := c.certs[ref]
+	c.mu.Unlock()
+	if ok && slices.EqualFunc(cert.Chain, chain, bytes.Equal) {
+		return cert, nil
+	}
+	cert, err := engine.NewCertificate(chain, ref)
+	if err != nil {
+		return engine.Certificate{}, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.certs == nil || len(c.certs) >= maxCertificates {
+		c.certs = make(map[string]engine.Certificate)
+	}
+	c.certs[ref] = cert
 	return cert, nil
 }
 
@@ -192,7 +231,7 @@ func sessionToProto(s *engine.Session, withKeys bool) *pb.Session {
 	out := &pb.Session{
 		Version:              uint32(s.Version),
 		CipherSuite:          uint32(s.CipherSuite),
-		CipherSuiteName:      tls.CipherSuiteName(s.CipherSuite),
+		CipherSuiteName:      record.SuiteName(s.CipherSuite),
 		Group:                uint32(s.Group),
 		ServerName:           s.ServerName,
 		AlpnProtocol:         s.ALPN,

@@ -61,6 +61,11 @@ func endHandshakeSpan(span trace.Span, state pb.HandshakeState) {
 // traceStep records one engine step on its span, and on the handshake's
 // span what a completed handshake negotiated.
 func traceStep(span, handshake trace.Span, res *engine.StepResult, input []byte, sess *engine.Session) {
+	// With tracing off (the default) or this trace not sampled, building
+	// the attributes would cost every handshake allocations for nothing.
+	if !span.IsRecording() && !handshake.IsRecording() {
+		return
+	}
 	span.SetAttributes(
 		attribute.Int("handshake.input_bytes", len(input)),
 		attribute.Int("handshake.output_bytes", len(res.Output)),

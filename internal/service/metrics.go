@@ -9,6 +9,7 @@ import (
 
 	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/engine"
+	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
@@ -62,7 +63,7 @@ func (m *handshakeMetrics) completed(s *engine.Session) {
 	if s.Version == tls.VersionTLS13 {
 		version = "TLS 1.3"
 	}
-	m.completedTotal.WithLabelValues(version, tls.CipherSuiteName(s.CipherSuite)).Inc()
+	m.completedTotal.WithLabelValues(version, record.SuiteName(s.CipherSuite)).Inc()
 	if s.Resumed {
 		m.resumedTotal.WithLabelValues(version).Inc()
 	}

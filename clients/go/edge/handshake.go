@@ -93,12 +93,16 @@ func (c *Config) startSpan(ctx context.Context, raw net.Conn) (context.Context, 
 // endSpan ends it with the outcome: what was negotiated, or the error
 // (whose text holds no secret).
 func endSpan(span trace.Span, c *Conn, err error) {
-	if err != nil {
+	switch {
+	case !span.IsRecording():
+		// Tracing off: the outcome would cost every handshake its
+		// attributes for nothing.
+	case err != nil:
 		span.SetStatus(codes.Error, err.Error())
-	} else {
+	default:
 		st := c.ConnectionState()
 		span.SetAttributes(attribute.String("tls.version", tls.VersionName(st.Version)),
-			attribute.String("tls.cipher_suite", tls.CipherSuiteName(st.CipherSuite)), attribute.String("tls.server_name", st.ServerName))
+			attribute.String("tls.cipher_suite", record.SuiteName(st.CipherSuite)), attribute.String("tls.server_name", st.ServerName))
 	}
 	span.End()
 }

@@ -7,6 +7,7 @@ import (
 	_ "crypto/sha256" // registers crypto.SHA256 for Suite.Hash
 	_ "crypto/sha512" // registers crypto.SHA384 for Suite.Hash
 	"crypto/tls"
+	"sync"
 
 	"golang.org/x/crypto/chacha20poly1305"
 )
@@ -81,4 +82,26 @@ func SuiteByID(id uint16) (*Suite, bool) {
 	}
 	c := *s
 	return &c, true
+}
+
+// suiteNames holds crypto/tls's names of every cipher suite it knows,
+// secure and insecure.
+var suiteNames = sync.OnceValue(func() map[uint16]string {
+	names := make(map[uint16]string)
+	for _, list := range [][]*tls.CipherSuite{tls.CipherSuites(), tls.InsecureCipherSuites()} {
+		for _, s := range list {
+			names[s.ID] = s.Name
+		}
+	}
+	return names
+})
+
+// SuiteName is tls.CipherSuiteName(id) without its cost: that builds
+// crypto/tls's lists of suites again on every call, and the trace of every
+// ClientHello names each suite the client offers.
+func SuiteName(id uint16) string {
+	if name, ok := suiteNames()[id]; ok {
+		return name
+	}
+	return tls.CipherSuiteName(id)
 }
