@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/miekg/pkcs11"
@@ -36,6 +37,23 @@ type Config struct {
 	// each take one, so they do not serialise on a single session.
 	Sessions int
 }
+
+// String and GoString describe the configuration without its PIN, so that a
+// Config in a log line, an error or a panic (%v, %+v, %#v) does not give
+// the PIN away; LogValue does the same for log/slog.
+func (c Config) String() string {
+	pin := "none"
+	if c.PIN != "" {
+		pin = "redacted"
+	}
+	return fmt.Sprintf("pkcs11.Config{Module: %q, TokenLabel: %q, Slot: %d, PIN: %s, Sessions: %d}", c.Module, c.TokenLabel, c.Slot, pin, c.Sessions)
+}
+
+// GoString is String, for %#v.
+func (c Config) GoString() string { return c.String() }
+
+// LogValue is String, for log/slog.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
 const defaultSessions = 8
 

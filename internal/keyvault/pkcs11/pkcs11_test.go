@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"os/exec"
@@ -476,5 +477,19 @@ func TestObjectURI(t *testing.T) {
 	} {
 		_, err := pkcs11.ParseObjectURI(bad)
 		assert.Error(t, err, bad)
+	}
+}
+
+// TestConfigDoesNotPrintPIN: a Config printed by fmt or logged by slog names
+// its token but never shows the PIN.
+func TestConfigDoesNotPrintPIN(t *testing.T) {
+	const pin = "pin-4711-secret"
+	cfg := pkcs11.Config{Module: "/usr/lib/softhsm/libsofthsm2.so", TokenLabel: "handshaked", PIN: pin}
+	var log bytes.Buffer
+	slog.New(slog.NewJSONHandler(&log, nil)).Info("token", "config", cfg)
+	slog.New(slog.NewTextHandler(&log, nil)).Info("token", "config", cfg)
+	for _, out := range []string{fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), fmt.Sprintf("%v", &cfg), log.String()} {
+		assert.NotContains(t, out, pin)
+		assert.Contains(t, out, "handshaked", "the configuration is still described")
 	}
 }
