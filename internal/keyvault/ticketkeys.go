@@ -237,8 +237,20 @@ func (t *TicketKeys) aead(k *ticketKey) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: ticket key: %w", err)
 	}
-	actual, _ := t.aeads.LoadOrStore(k.id, a)
+	actual, loaded := t.aeads.LoadOrStore(k.id, a)
+	if !loaded && !t.held(k) {
+		// publish retired k between the caller finding it and this store:
+		// its Delete ran first, so drop the entry here or it stays for good.
+		t.aeads.CompareAndDelete(k.id, a)
+	}
 	return actual.(cipher.AEAD), nil
+}
+
+// held reports whether k is still one of the vault's ticket keys.
+func (t *TicketKeys) held(k *ticketKey) bool {
+	t.v.mu.RLock()
+	defer t.v.mu.RUnlock()
+	return slices.Contains(t.v.tickets, k)
 }
 
 // current returns the key that seals at now; nil if none does (none yet,

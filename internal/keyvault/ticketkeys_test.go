@@ -270,3 +270,26 @@ func FuzzTicketOpen(f *testing.F) {
 		require.Equal(t, []byte("session state"), got)
 	})
 }
+
+// An AEAD derived for a key retired meanwhile (an Open that found the key
+// just before it was retired) is not kept: the cache holds only keys held.
+func TestTicketAEADOfRetiredKeyNotKept(t *testing.T) {
+	v, _ := newTestVault(t)
+	clock := testenv.NewClock(time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC))
+	tk := newTicketKeys(t, v, "prod", clock, nil)
+	_, err := tk.Seal(ctx, "scope", []byte("state"))
+	require.NoError(t, err)
+	v.mu.RLock()
+	k := v.tickets[0]
+	v.mu.RUnlock()
+
+	clock.Add(testRotation + testLifetime)
+	require.NoError(t, tk.Maintain(ctx))
+	_, err = tk.aead(k) // the late Open of the retired key
+	require.NoError(t, err)
+
+	tk.aeads.Range(func(id, _ any) bool {
+		assert.NotEqual(t, k.id, id, "AEAD of the retired key still cached")
+		return true
+	})
+}

@@ -602,6 +602,23 @@ func (v *Vault) VersionAlgorithm(ctx context.Context, id string, n uint32) (Algo
 	return ver.alg, nil
 }
 
+// VersionChain returns the number, state and certificate chain of version
+// n of key id, 0 meaning the primary one, without copying the key as Get
+// does: a handshake needs them at every start. The chain is the vault's
+// own, which it replaces rather than changes: the caller must not modify
+// it.
+func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, VersionState, [][]byte, error) {
+	k, err := v.key(id)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	ver, err := k.version(n)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	return ver.number, ver.state, ver.chain, nil
+}
+
 // enabledVersion returns the version that a key operation may use.
 func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
 	k, err := v.key(id)

@@ -116,23 +116,20 @@ func engineConfig(ctx context.Context, vault *keyvault.Vault, certs *certificate
 }
 
 func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, certs *certificates, ref *pb.KeyRef) (engine.Certificate, error) {
-	k, err := vault.Get(ctx, ref.GetKey())
+	id := ref.GetKey()
+	n, state, chain, err := vault.VersionChain(ctx, id, ref.GetVersion())
 	if err != nil {
 		return engine.Certificate{}, toStatus(ctx, err)
 	}
-	v, err := versionOf(k, ref.GetVersion())
+	if state != keyvault.StateEnabled {
+		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d is %v", id, n, state)
+	}
+	if len(chain) == 0 {
+		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d has no certificate chain: attach one first", id, n)
+	}
+	cert, err := certs.get(keyRef(id, n), chain)
 	if err != nil {
-		return engine.Certificate{}, err
-	}
-	if v.State != keyvault.StateEnabled {
-		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d is %v", k.ID, v.Number, v.State)
-	}
-	if len(v.Chain) == 0 {
-		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d has no certificate chain: attach one first", k.ID, v.Number)
-	}
-	cert, err := certs.get(keyRef(k.ID, v.Number), v.Chain)
-	if err != nil {
-		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d: %v", k.ID, v.Number, err)
+		return engine.Certificate{}, status.Errorf(codes.FailedPrecondition, "key %q version %d: %v", id, n, err)
 	}
 	return cert, nil
 }

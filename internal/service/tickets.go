@@ -41,6 +41,10 @@ type ticketMetrics struct {
 	keyChanges *prometheus.CounterVec
 	sealed     *prometheus.CounterVec
 	opened     *prometheus.CounterVec
+
+	// The counters of handshakes, resolved once rather than by label at
+	// every handshake.
+	handshakeSealed, handshakeAccepted, handshakeRejected prometheus.Counter
 }
 
 func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketMetrics {
@@ -58,6 +62,9 @@ func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketM
 			Help: "Session tickets presented, by who asked (handshake, api) and outcome: accepted, or rejected (retired or unknown key, other deployment or scope, tampered).",
 		}, []string{"via", "outcome"}),
 	}
+	m.handshakeSealed = m.sealed.WithLabelValues("handshake")
+	m.handshakeAccepted = m.opened.WithLabelValues("handshake", openOutcome(nil))
+	m.handshakeRejected = m.opened.WithLabelValues("handshake", openOutcome(keyvault.ErrTicketRejected))
 	keys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "handshaked_ticket_keys",
 		Help: "Session ticket keys held: the current one and those whose tickets may still be valid.",
@@ -154,14 +161,18 @@ func handshakeScope(c *pb.HandshakeConfig) string {
 func (t handshakeTickets) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
 	ticket, err := t.keys.Seal(ctx, t.scope, plaintext)
 	if err == nil {
-		t.metrics.sealed.WithLabelValues("handshake").Inc()
+		t.metrics.handshakeSealed.Inc()
 	}
 	return ticket, err
 }
 
 func (t handshakeTickets) Open(ctx context.Context, ticket []byte) ([]byte, error) {
 	plaintext, err := t.keys.Open(ctx, t.scope, ticket)
-	t.metrics.opened.WithLabelValues("handshake", openOutcome(err)).Inc()
+	if err == nil {
+		t.metrics.handshakeAccepted.Inc()
+	} else {
+		t.metrics.handshakeRejected.Inc()
+	}
 	return plaintext, err
 }
 

@@ -208,6 +208,8 @@ func TestHandshakeResumptionAudited(t *testing.T) {
 	assert.True(t, connect())
 	assert.Equal(t, 1.0, signs(), "a resumed handshake signed")
 	assert.Equal(t, 2.0, servicetest.Metric(t, metrics, s.restURL, `handshaked_handshakes_resumed_total{version="TLS 1.3"}`))
+	assert.Equal(t, 2.0, servicetest.Metric(t, metrics, s.restURL, `handshaked_tickets_opened_total{outcome="accepted",via="handshake"}`))
+	assert.Positive(t, servicetest.Metric(t, metrics, s.restURL, `handshaked_tickets_sealed_total{via="handshake"}`))
 
 	var completed []string
 	for _, e := range s.auditEntries(t) {
