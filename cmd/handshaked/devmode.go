@@ -31,14 +31,7 @@ func loadOrCreateKEK(path string) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("key-encryption key: %w", err)
 		}
-		_, werr := f.WriteString(hex.EncodeToString(kek) + "\n")
-		if serr := f.Sync(); werr == nil {
-			werr = serr
-		}
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
+		if werr := writeAndClose(f, []byte(hex.EncodeToString(kek)+"\n")); werr != nil {
 			return nil, fmt.Errorf("key-encryption key %s: %w", path, werr)
 		}
 		slog.Warn("created a new key-encryption key", "file", path)
@@ -49,6 +42,19 @@ func loadOrCreateKEK(path string) ([]byte, error) {
 	}
 	defer clear(data)
 	return parseKEK(data, path)
+}
+
+// writeAndClose writes data to the new file f, syncs and closes it: a
+// key-encryption key file is complete on disk before it is used.
+func writeAndClose(f *os.File, data []byte) error {
+	_, err := f.Write(data)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // parseKEK decodes a key-encryption key written as 64 hex digits; source

@@ -113,13 +113,7 @@ func loadTokenKEK(ctx context.Context, cfg *config, token tokenBackend) ([]byte,
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err == nil {
-		_, err = f.Write(wrapped)
-		if serr := f.Sync(); err == nil {
-			err = serr
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
+		err = writeAndClose(f, wrapped)
 	}
 	if err != nil {
 		clear(kek)

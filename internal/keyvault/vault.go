@@ -561,6 +561,15 @@ func (v *Vault) key(id string) (*keyState, error) {
 	return k, nil
 }
 
+// keyVersion returns version n of key id, 0 meaning the primary one.
+func (v *Vault) keyVersion(id string, n uint32) (*versionState, error) {
+	k, err := v.key(id)
+	if err != nil {
+		return nil, err
+	}
+	return k.version(n)
+}
+
 // version returns version n of k, 0 meaning the primary (newest) one.
 func (k *keyState) version(n uint32) (*versionState, error) {
 	if n == 0 {
@@ -576,11 +585,7 @@ func (k *keyState) version(n uint32) (*versionState, error) {
 // primary one. It is a map lookup, for callers that must name the version an
 // operation used without copying the key as Get does.
 func (v *Vault) ResolveVersion(ctx context.Context, id string, n uint32) (uint32, error) {
-	k, err := v.key(id)
-	if err != nil {
-		return 0, err
-	}
-	ver, err := k.version(n)
+	ver, err := v.keyVersion(id, n)
 	if err != nil {
 		return 0, err
 	}
@@ -591,11 +596,7 @@ func (v *Vault) ResolveVersion(ctx context.Context, id string, n uint32) (uint32
 // the primary one: a map lookup, for the service's metrics, which label
 // every key operation with the algorithm of the key it used.
 func (v *Vault) VersionAlgorithm(ctx context.Context, id string, n uint32) (Algorithm, error) {
-	k, err := v.key(id)
-	if err != nil {
-		return AlgorithmUnspecified, err
-	}
-	ver, err := k.version(n)
+	ver, err := v.keyVersion(id, n)
 	if err != nil {
 		return AlgorithmUnspecified, err
 	}
@@ -621,11 +622,7 @@ func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, 
 
 // enabledVersion returns the version that a key operation may use.
 func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
-	k, err := v.key(id)
-	if err != nil {
-		return nil, err
-	}
-	ver, err := k.version(n)
+	ver, err := v.keyVersion(id, n)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,6 @@ import (
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
-	"github.com/handshaked/handshaked/internal/keyvault/pkcs11"
 	"github.com/handshaked/handshaked/internal/keyvault/pkcs11/softhsmtest"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
@@ -36,11 +35,7 @@ func TestTokenKeysThroughEngine(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	// A token of this test's own: the package has no TestMain-wide one,
 	// and SoftHSM reads SOFTHSM2_CONF when the module is initialised.
-	conf, cfg := softhsmtest.NewToken(t)
-	t.Setenv("SOFTHSM2_CONF", conf)
-	b, err := pkcs11.Open(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { b.Close() })
+	b := softhsmtest.OpenNewToken(t)
 	srv := servicetest.StartWithVault(t, service.Options{}, keyvault.WithBackend(b))
 	s := &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
 

@@ -105,6 +105,14 @@ func (r *reloader) all(force bool) error {
 
 // poll reloads what changed every interval until ctx is done.
 func (r *reloader) poll(ctx context.Context, interval time.Duration) {
+	everyTick(ctx, interval, func() {
+		r.all(false) // failures are logged and audited
+	})
+}
+
+// everyTick calls fn every interval until ctx is done; the background
+// loops of the server (file reloads, ticket key maintenance) share it.
+func everyTick(ctx context.Context, interval time.Duration, fn func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -112,7 +120,7 @@ func (r *reloader) poll(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			r.all(false) // failures are logged and audited
+			fn()
 		}
 	}
 }

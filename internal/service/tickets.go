@@ -119,18 +119,11 @@ const ticketMaintenance = time.Minute
 // maintainTickets rotates and retires ticket keys on schedule until ctx
 // ends, so that keys are erased on time even when no ticket is sealed.
 func maintainTickets(ctx context.Context, tk *keyvault.TicketKeys, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := tk.Maintain(ctx); err != nil && !errors.Is(err, keyvault.ErrClosed) && ctx.Err() == nil {
-				slog.ErrorContext(ctx, "session ticket key rotation failed", "err", err)
-			}
+	everyTick(ctx, every, func() {
+		if err := tk.Maintain(ctx); err != nil && !errors.Is(err, keyvault.ErrClosed) && ctx.Err() == nil {
+			slog.ErrorContext(ctx, "session ticket key rotation failed", "err", err)
 		}
-	}
+	})
 }
 
 // handshakeTickets is the engine's TicketKeys for one handshake: the

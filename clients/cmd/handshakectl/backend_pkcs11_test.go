@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/handshaked/handshaked/internal/keyvault"
-	"github.com/handshaked/handshaked/internal/keyvault/pkcs11"
 	"github.com/handshaked/handshaked/internal/keyvault/pkcs11/softhsmtest"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
@@ -20,11 +19,7 @@ import (
 // TestCreateInToken: create -backend pkcs11 makes the key in the service's
 // SoftHSM token; get shows it; it signs and the signature verifies.
 func TestCreateInToken(t *testing.T) {
-	conf, cfg := softhsmtest.NewToken(t)
-	t.Setenv("SOFTHSM2_CONF", conf)
-	b, err := pkcs11.Open(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { b.Close() })
+	b := softhsmtest.OpenNewToken(t)
 	srv := servicetest.StartWithVault(t, service.Options{}, keyvault.WithBackend(b))
 
 	out := mustCtl(t, srv, nil, "create", "-backend", "pkcs11", "-algorithm", "rsa2048", "ctl-hsm")

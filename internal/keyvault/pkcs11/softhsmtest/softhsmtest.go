@@ -138,3 +138,19 @@ func Open(t testing.TB) *pkcs11.Backend {
 	t.Cleanup(func() { b.Close() })
 	return b
 }
+
+// OpenNewToken opens a backend on a token of the test's own (NewToken) in
+// this process, for a package with no Main-wide token: it points
+// SOFTHSM2_CONF at the token for the test (SoftHSM reads it when the module
+// is initialised) and closes the backend when the test ends.
+func OpenNewToken(t testing.TB) *pkcs11.Backend {
+	t.Helper()
+	conf, cfg := NewToken(t)
+	t.Setenv("SOFTHSM2_CONF", conf)
+	b, err := pkcs11.Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
