@@ -67,13 +67,13 @@ func servingAddrs(line string) (grpcAddr, restURL string, ok bool) {
 
 // startProcess runs handshaked on dataDir with loopback ports picked by the
 // kernel and waits until it serves, or until it exits.
-func startProcess(t *testing.T, dataDir string, extra ...string) *process {
+func startProcess(t testing.TB, dataDir string, extra ...string) *process {
 	t.Helper()
 	return startProcessEnv(t, dataDir, nil, extra...)
 }
 
 // startProcessEnv is startProcess with environment variables added.
-func startProcessEnv(t *testing.T, dataDir string, env []string, extra ...string) *process {
+func startProcessEnv(t testing.TB, dataDir string, env []string, extra ...string) *process {
 	t.Helper()
 	args := append([]string{"-data-dir", dataDir, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(os.Args[0], args...)
@@ -116,7 +116,7 @@ func (p *process) out() string {
 	return p.output.String()
 }
 
-func (p *process) client(t *testing.T) pb.KeyVaultClient {
+func (p *process) client(t testing.TB) pb.KeyVaultClient {
 	t.Helper()
 	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
