@@ -48,7 +48,7 @@ func logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	default:
 		level = slog.LevelInfo
 	}
-	slog.Log(ctx, level, "rpc", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start),
+	slog.Log(ctx, level, "rpc", "method", info.FullMethod, "transport", transportOf(ctx), "code", code.String(), "duration", time.Since(start),
 		"caller", callerIdentity(ctx), "request_id", metaOf(ctx).requestID)
 	return resp, err
 }
