@@ -88,7 +88,7 @@ func restCallCode(t *testing.T, client *http.Client, baseURL string, route restR
 		require.NoError(t, err)
 	}
 	var answer struct {
-		Code    *int32 `json:"code"`
+		Code    *int32                `json:"code"`
 		Error   *struct{ Code int32 } `json:"error"`
 		Results []struct {
 			Error *struct{ Code int32 } `json:"error"`
