@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -28,13 +29,30 @@ import (
 
 // TestMain lets the test binary act as the handshaked binary: a test starts
 // it again with HANDSHAKED_RUN_MAIN=1 and gets a real server process it can
-// SIGKILL.
+// SIGKILL. With HANDSHAKED_TEST_CPUPROFILE=file too, the process writes a
+// CPU profile there when it exits after a signal (for the benchmarks).
 func TestMain(m *testing.M) {
 	if os.Getenv("HANDSHAKED_RUN_MAIN") == "1" {
-		main()
-		os.Exit(0)
+		os.Exit(runMain())
 	}
 	os.Exit(testenv.Main(m))
+}
+
+func runMain() int {
+	if path := os.Getenv("HANDSHAKED_TEST_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cpu profile:", err)
+			return 2
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	main()
+	return 0
 }
 
 type process struct {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,9 +26,10 @@ import (
 // callers, in one run: issue 12's target is REST at 0.8x gRPC or better.
 // server-cpu-ns/op is the server process's CPU time per call, read from
 // /proc: on a shared machine it says more than ns/op. The last line logs
-// both ratios.
+// both ratios. HANDSHAKED_TEST_CPUPROFILE=file has the server write a CPU
+// profile (of one transport with -bench RESTvsGRPC/rest):
 //
-//	go test -run '^$' -bench RESTvsGRPC -benchtime 3s ./cmd/handshaked/
+//	go test -run '^$' -bench RESTvsGRPC -benchtime 3s -v ./cmd/handshaked/
 func BenchmarkRESTvsGRPC(b *testing.B) {
 	const callers = 8
 	p := startProcess(b, b.TempDir())
@@ -71,6 +73,13 @@ func BenchmarkRESTvsGRPC(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			results[tc.name] = runCallers(b, p.cmd.Process.Pid, callers, tc.call)
 		})
+	}
+	// A graceful stop: a CPU profile of the server is complete only then.
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		b.Fatal(err)
+	}
+	if err := <-p.exited; err != nil {
+		b.Fatalf("handshaked: %v\n%s", err, p.out())
 	}
 	g, r := results["grpc"], results["rest"]
 	if g.n > 0 && r.n > 0 {
