@@ -14,20 +14,15 @@ import (
 	"google.golang.org/grpc/peer"
 )
 
-type identityKey struct{}
-
 // withIdentity records the authenticated caller of a call.
 func withIdentity(ctx context.Context, identity string) context.Context {
-	return context.WithValue(ctx, identityKey{}, identity)
+	return context.WithValue(ctx, callMetaKey{}, &callMeta{identity: identity})
 }
 
 // callerIdentity is the authenticated caller of a call; "" in development
 // mode, where callers are not authenticated. In production a call without
 // an identity is refused before it reaches a handler.
-func callerIdentity(ctx context.Context) string {
-	id, _ := ctx.Value(identityKey{}).(string)
-	return id
-}
+func callerIdentity(ctx context.Context) string { return metaOf(ctx).identity }
 
 // identityOf names the holder of a verified client certificate: its URI SAN
 // (a SPIFFE ID), else its DNS SAN, else its subject common name; "" if it
@@ -43,9 +38,11 @@ func identityOf(cert *x509.Certificate) string {
 	}
 }
 
-// callMeta is what the audit log and the logs say about a call besides its
-// caller.
+// callMeta is who makes a call and what the audit log and the logs say
+// about it: one context value (a pointer: no copy into an interface), as
+// every call sets it.
 type callMeta struct {
+	identity  string
 	requestID string
 	peer      string // the caller's network address
 }
@@ -53,8 +50,10 @@ type callMeta struct {
 type callMetaKey struct{}
 
 func metaOf(ctx context.Context) callMeta {
-	m, _ := ctx.Value(callMetaKey{}).(callMeta)
-	return m
+	if m, ok := ctx.Value(callMetaKey{}).(*callMeta); ok {
+		return *m
+	}
+	return callMeta{}
 }
 
 // requestIDHeader carries a call's request id back to the caller (over
@@ -72,8 +71,7 @@ func newRequestID() string {
 // and a fresh request id.
 func identify(ctx context.Context) context.Context {
 	identity, addr := peerIdentity(ctx)
-	ctx = withIdentity(ctx, identity)
-	return context.WithValue(ctx, callMetaKey{}, callMeta{requestID: newRequestID(), peer: addr})
+	return context.WithValue(ctx, callMetaKey{}, &callMeta{identity: identity, requestID: newRequestID(), peer: addr})
 }
 
 // Where the identity of a call comes from: the client certificate the TLS

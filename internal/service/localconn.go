@@ -71,8 +71,6 @@ func (rs registrars) RegisterService(sd *grpc.ServiceDesc, impl any) {
 	}
 }
 
-type transportKey struct{}
-
 // Transports, the transport label of the call metrics and attribute of the
 // call spans.
 const (
@@ -80,9 +78,11 @@ const (
 	transportREST = "rest"
 )
 
-// transportOf is the transport a call came by.
+// transportOf is the transport a call came by: a local call's context
+// holds one of localConn's transport streams.
 func transportOf(ctx context.Context) string {
-	if ctx.Value(transportKey{}) != nil {
+	switch grpc.ServerTransportStreamFromContext(ctx).(type) {
+	case *localTransportStream, localStreamTransport:
 		return transportREST
 	}
 	return transportGRPC
@@ -93,8 +93,7 @@ func transportOf(ctx context.Context) string {
 // metadata, and st to collect the headers and trailers the call sets.
 func incoming(ctx context.Context, st grpc.ServerTransportStream) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx)
-	ctx = metadata.NewIncomingContext(context.WithValue(ctx, transportKey{}, true), md)
-	return grpc.NewContextWithServerTransportStream(ctx, st)
+	return grpc.NewContextWithServerTransportStream(metadata.NewIncomingContext(ctx, md), st)
 }
 
 // Invoke runs a unary call.
@@ -140,7 +139,11 @@ func (s *localTransportStream) Method() string { return s.method }
 
 func (s *localTransportStream) SetHeader(md metadata.MD) error {
 	s.mu.Lock()
-	s.header = metadata.Join(s.header, md)
+	if s.header == nil {
+		s.header = md // the request id's, the only header a call sets
+	} else {
+		s.header = metadata.Join(s.header, md)
+	}
 	s.mu.Unlock()
 	return nil
 }
