@@ -211,6 +211,7 @@ type localStream struct {
 	toServer chan proto.Message
 	toClient chan proto.Message
 	closeTx  sync.Once
+	closed   bool // CloseSend was called (by the caller's goroutine, as SendMsg)
 
 	mu              sync.Mutex
 	header, trailer metadata.MD
@@ -327,7 +328,10 @@ func (s *localClientStream) Trailer() metadata.MD {
 }
 
 func (s *localClientStream) CloseSend() error {
-	s.closeTx.Do(func() { close(s.toServer) })
+	s.closeTx.Do(func() {
+		s.closed = true
+		close(s.toServer)
+	})
 	return nil
 }
 
@@ -337,6 +341,9 @@ func (s *localClientStream) SendMsg(m any) error {
 	msg, ok := m.(proto.Message)
 	if !ok {
 		return status.Errorf(codes.Internal, "local stream: %T is not a proto message", m)
+	}
+	if s.closed {
+		return status.Error(codes.Internal, "local stream: SendMsg after CloseSend")
 	}
 	msg = proto.Clone(msg)
 	select {
