@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
 // BenchmarkRESTvsGRPC signs an ECDSA P-256 digest on a handshaked process
@@ -57,18 +57,7 @@ func BenchmarkRESTvsGRPC(b *testing.B) {
 		_, err := kv.Sign(ctx, grpcReq)
 		return err
 	}
-	overREST := func() error {
-		resp, err := client.Post(p.restURL+"/v1/keys/bench-p256:sign", "application/json", bytes.NewReader(restBody))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("REST sign: %s: %s", resp.Status, body)
-		}
-		return err
-	}
+	overREST := func() error { return servicetest.PostJSON(client, p.restURL+"/v1/keys/bench-p256:sign", restBody) }
 
 	for _, tc := range []struct {
 		name string

@@ -1,16 +1,15 @@
 package service_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"testing"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
 // BenchmarkSignTransports signs an ECDSA P-256 digest over unary gRPC and
@@ -35,17 +34,7 @@ func BenchmarkSignTransports(b *testing.B) {
 		body := []byte(fmt.Sprintf(`{"scheme":%q,"digest":%q}`, p256Scheme.String(), base64.StdEncoding.EncodeToString(digest[:])))
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 		defer client.CloseIdleConnections()
-		parallel(b, 4, func() error {
-			resp, err := client.Post(s.rest+"/v1/keys/"+k.GetId()+":sign", "application/json", bytes.NewReader(body))
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			out, err := io.ReadAll(resp.Body)
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("%s: %s", resp.Status, out)
-			}
-			return err
-		})
+		url := s.rest + "/v1/keys/" + k.GetId() + ":sign"
+		parallel(b, 4, func() error { return servicetest.PostJSON(client, url, body) })
 	})
 }
