@@ -147,6 +147,15 @@ type Config struct {
 	// TicketLifetime is how long a ticket may be used after it was issued;
 	// zero means, and no value may exceed, 7 days (RFC 8446, Section 4.6.1).
 	TicketLifetime time.Duration
+
+	// CallerVerifiesFinished completes a TLS 1.3 handshake that asks for no
+	// client certificate as soon as the server's flight is built: the
+	// client's Finished is fixed by then, so Session.PendingFinished
+	// carries the Finished expected and the key to read it, and the caller
+	// verifies it before it uses the session keys (see finished_at_caller.go).
+	// TLS 1.2 and TLS 1.3 with a CertificateRequest complete on the client's
+	// Finished as without it.
+	CallerVerifiesFinished bool
 }
 
 func (c *Config) rand() io.Reader {
@@ -314,6 +323,11 @@ type Session struct {
 	// exporter master secret (RFC 8446, Section 7.5).
 	ClientTrafficSecret, ServerTrafficSecret []byte
 	ExporterMasterSecret                     []byte
+
+	// PendingFinished, with Config.CallerVerifiesFinished, is the client's
+	// Finished the caller must verify before it uses any key above; nil
+	// when the engine verified it.
+	PendingFinished *PendingFinished
 }
 
 // String describes the session without its secrets.
