@@ -47,7 +47,10 @@ type Config struct {
 	// Client reaches the handshaked service.
 	Client Service
 	// Handshake is the server configuration: keys, versions, suites,
-	// groups, ALPN, client authentication.
+	// groups, ALPN, client authentication. With caller_verifies_finished
+	// the service completes a TLS 1.3 handshake without client
+	// authentication in one round trip, and the edge verifies the client's
+	// Finished itself before it uses the session keys.
 	Handshake *pb.HandshakeConfig
 	// Unary steps the handshake with StartHandshake/StepHandshake instead
 	// of the bidirectional stream (for instance through a proxy that does
@@ -344,10 +347,18 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 			raw.Write(a.GetRecord())
 			return nil, &HandshakeError{Alert: a.GetName(), Reason: a.GetReason()}
 		case pb.HandshakeState_HANDSHAKE_STATE_COMPLETE:
+			leftover := out.GetLeftover()
+			if out.GetSession().GetKeys().GetClientFinished() != nil {
+				// The service left the client's Finished to the edge
+				// (finished.go), within the handshake's deadline.
+				if leftover, err = finishAtEdge(raw, out.GetSession(), leftover, buf); err != nil {
+					return nil, err
+				}
+			}
 			if err := raw.SetDeadline(time.Time{}); err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
 			}
-			return newConn(raw, out.GetSession(), out.GetLeftover(), steps)
+			return newConn(raw, out.GetSession(), leftover, steps)
 		case pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT:
 		default:
 			st.abort()
