@@ -450,6 +450,7 @@ func describe(st edge.ConnectionState) string {
 		fmt.Fprintf(&b, "Client certificate: %s\n", cert.Subject)
 	}
 	fmt.Fprintf(&b, "Handshake: %s\n", handshakeMessages(st.Steps))
+	fmt.Fprintf(&b, "Service round trips: %d\n", len(st.Steps))
 	return b.String()
 }
 
@@ -473,7 +474,7 @@ func handshakeMessages(steps []edge.Step) string {
 func logConn(log *slog.Logger, c *edge.Conn) {
 	st := c.ConnectionState()
 	log.Info("TLS connection", "remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version),
-		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume)
+		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume, "service_round_trips", len(st.Steps))
 }
 
 // proxy relays each connection of l to a new TCP connection to backend.

@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -192,53 +188,11 @@ func TestOpenSSLEarlyDataRefusedThroughEdge(t *testing.T) {
 	openssl := testenv.LookPath(t, "openssl")
 	f := newTicketFixture(t)
 	addr, _ := f.start(t)
-	dir := t.TempDir()
-	keyFile, sess, early := filepath.Join(dir, "key.pem"), filepath.Join(dir, "session.pem"), filepath.Join(dir, "early.txt")
-	require.NoError(t, os.WriteFile(keyFile, servicetest.Fixture(t, "p256-pkcs8.pem"), 0o600))
-	require.NoError(t, os.WriteFile(early, []byte("GET /early HTTP/1.0\r\n\r\n"), 0o600))
-
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:0", "-cert", f.ecCA, "-key", keyFile,
-		"-early_data", "-num_tickets", "1", "-naccept", "1")
-	var srvOut testenv.Buffer
-	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	stdin, err := srv.StdinPipe() // kept open: s_server ends a connection on EOF
-	require.NoError(t, err)
-	require.NoError(t, srv.Start())
-	t.Cleanup(func() {
-		stdin.Close()
-		cancel()
-		srv.Wait()
-	})
-	accept := regexp.MustCompile(`ACCEPT 127\.0\.0\.1:(\d+)`)
-	var port string
-	require.Eventually(t, func() bool {
-		if m := accept.FindStringSubmatch(srvOut.String()); m != nil {
-			port = m[1]
-		}
-		return port != ""
-	}, 10*time.Second, 20*time.Millisecond, "s_server did not start: %s", srvOut.String())
-	// s_client writes the session when the ticket arrives; its output is
-	// buffered until it exits, so the file is what to watch.
-	cl := exec.CommandContext(ctx, openssl, "s_client", "-connect", "127.0.0.1:"+port, "-servername", f.ecdsa.Name,
-		"-CAfile", f.ecCA, "-tls1_3", "-ign_eof", "-sess_out", sess)
-	var clOut testenv.Buffer
-	cl.Stdout, cl.Stderr = &clOut, &clOut
-	require.NoError(t, cl.Start())
-	require.Eventually(t, func() bool {
-		data, _ := os.ReadFile(sess)
-		return bytes.Contains(data, []byte("-----END SSL SESSION PARAMETERS-----"))
-	}, 10*time.Second, 20*time.Millisecond, "no session from s_server: %s", clOut.String())
-	cl.Process.Kill()
-	cl.Wait()
-	out, err := exec.Command(openssl, "sess_id", "-in", sess, "-noout", "-text").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	require.Contains(t, string(out), "Max Early Data: 16384", "s_server's ticket allows early data")
-
+	sess, early := earlyDataSession(t, openssl, f) // oneroundtrip_test.go
 	cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
 		"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
 	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
-	out, err = cmd.CombinedOutput()
+	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "Early data was rejected", "%s", out)
 	assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -70,4 +71,37 @@ func finishedAlert(suite uint16, serverSecret []byte, alert uint8) []byte {
 		return nil
 	}
 	return rec
+}
+
+// ccsRecord is a TLS 1.3 compatibility change_cipher_spec record (RFC
+// 8446, Appendix D.4), as clients write it.
+var ccsRecord = []byte{byte(record.ChangeCipherSpec), 3, 3, 0, 1, 1}
+
+// readFlight reads the client's next bytes into buf. A compatibility
+// change_cipher_spec that arrives alone (after a HelloRetryRequest, before
+// the second ClientHello) is followed by the rest of the flight, so it is
+// not worth a service round trip of its own: readFlight reads on until
+// more comes, an error or a full buf.
+func readFlight(raw net.Conn, buf []byte) (int, error) {
+	n, err := raw.Read(buf)
+	for err == nil && n < len(buf) && onlyChangeCipherSpec(buf[:n]) {
+		var m int
+		m, err = raw.Read(buf[n:])
+		n += m
+	}
+	return n, err
+}
+
+// onlyChangeCipherSpec reports whether b is whole change_cipher_spec
+// records and nothing else.
+func onlyChangeCipherSpec(b []byte) bool {
+	if len(b) == 0 || len(b)%len(ccsRecord) != 0 {
+		return false
+	}
+	for i := 0; i < len(b); i += len(ccsRecord) {
+		if !bytes.Equal(b[i:i+len(ccsRecord)], ccsRecord) {
+			return false
+		}
+	}
+	return true
 }

@@ -322,7 +322,7 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 	buf := bufp[:]
 	for input := hello; ; {
 		if input == nil {
-			n, err := raw.Read(buf)
+			n, err := readFlight(raw, buf)
 			if n == 0 {
 				st.abort()
 				return nil, fmt.Errorf("edge: reading the client's handshake: %w", err)
