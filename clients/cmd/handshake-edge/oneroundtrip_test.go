@@ -58,16 +58,7 @@ func TestOneRoundTripCurl(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	f := newTicketFixture(t)
 	addr, _ := f.start(t, "-one-round-trip")
-	_, port, _ := net.SplitHostPort(addr)
-	args := []string{"-fsS", "--max-time", "30", "--cacert", f.ecCA, "--resolve", "ec.test:" + port + ":127.0.0.1",
-		"-H", "Connection: close", "--tlsv1.3"}
-	for _, p := range []string{"/1", "/2", "/3"} {
-		args = append(args, "https://ec.test:"+port+p)
-	}
-	out, err := exec.Command(curl, args...).CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	pages := strings.Split(string(out), "handshake-edge echo")[1:]
-	require.Len(t, pages, 3, "%s", out)
+	pages := curlPages(t, curl, f, addr) // resumption_test.go
 	assert.Contains(t, pages[0], "Resumed: no", pages[0])
 	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
 	for _, p := range pages {

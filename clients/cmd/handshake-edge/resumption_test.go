@@ -162,6 +162,16 @@ func TestCurlResumes(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	f := newTicketFixture(t)
 	addr, _ := f.start(t)
+	pages := curlPages(t, curl, f, addr)
+	assert.Contains(t, pages[0], "Resumed: no", pages[0])
+	assert.Contains(t, pages[1], "Resumed: yes", pages[1])
+	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
+}
+
+// curlPages has one curl fetch three pages from the edge at addr over TLS
+// 1.3, each on a new connection (the server closes them), and returns them.
+func curlPages(t *testing.T, curl string, f *fixture, addr string) []string {
+	t.Helper()
 	_, port, _ := net.SplitHostPort(addr)
 	args := []string{"-fsS", "--max-time", "30", "--cacert", f.ecCA, "--resolve", "ec.test:" + port + ":127.0.0.1",
 		"-H", "Connection: close", "--tlsv1.3"}
@@ -172,9 +182,7 @@ func TestCurlResumes(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	pages := strings.Split(string(out), "handshake-edge echo")[1:]
 	require.Len(t, pages, 3, "%s", out)
-	assert.Contains(t, pages[0], "Resumed: no", pages[0])
-	assert.Contains(t, pages[1], "Resumed: yes", pages[1])
-	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
+	return pages
 }
 
 // TestOpenSSLEarlyDataRefusedThroughEdge: RFC 8446, Section 4.2.10 end to

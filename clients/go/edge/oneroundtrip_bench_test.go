@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -22,13 +23,33 @@ import (
 // It reports each rate, the ratios one-trip/local and one-trip/two-trip,
 // and the CPU time of the whole process per handshake (clients, edge and
 // service, or clients and local server). b.N is the number of handshakes
-// of each kind.
+// of each kind. The edge reaches the service over loopback (rtt=0) and with
+// 2 ms added between them (rtt=2ms), where a round trip saved shows.
 //
 //	go test -run '^$' -bench OneRoundTrip -benchtime 2000x ./clients/go/edge/
 func BenchmarkOneRoundTrip(b *testing.B) {
 	srv := servicetest.Start(b, service.Options{Tickets: &service.TicketOptions{Deployment: "bench"}})
 	key := srv.ServerKey(b, "bench-ec", "p256-pkcs8.pem", "ec.test")
-	edgeClient, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure())
+	localCert, err := tls.X509KeyPair([]byte(key.CertPEM), servicetest.Fixture(b, "p256-pkcs8.pem"))
+	require.NoError(b, err)
+	ll, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{localCert}})
+	require.NoError(b, err)
+	b.Cleanup(func() { ll.Close() })
+	go serveOneByte(ll)
+	for _, rtt := range []time.Duration{0, 2 * time.Millisecond} {
+		// The edge reaches the service over loopback, or through a proxy
+		// that delays each direction by half the round-trip time, as a
+		// service in another zone would.
+		addr := srv.GRPCAddr
+		if rtt > 0 {
+			addr = delayProxy(b, addr, rtt/2)
+		}
+		b.Run(fmt.Sprintf("rtt=%v", rtt), func(b *testing.B) { benchOneRoundTrip(b, addr, key, ll.Addr().String()) })
+	}
+}
+
+func benchOneRoundTrip(b *testing.B, service string, key servicetest.ServerKey, local string) {
+	edgeClient, err := handshaked.Dial(service, handshaked.WithInsecure())
 	require.NoError(b, err)
 	b.Cleanup(func() { edgeClient.Close() })
 	edgeListener := func(oneTrip bool) string {
@@ -41,12 +62,6 @@ func BenchmarkOneRoundTrip(b *testing.B) {
 		return l.Addr().String()
 	}
 	oneTrip, twoTrips := edgeListener(true), edgeListener(false)
-	localCert, err := tls.X509KeyPair([]byte(key.CertPEM), servicetest.Fixture(b, "p256-pkcs8.pem"))
-	require.NoError(b, err)
-	ll, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{localCert}})
-	require.NoError(b, err)
-	b.Cleanup(func() { ll.Close() })
-	go serveOneByte(ll)
 
 	for _, resume := range []bool{false, true} {
 		for _, concurrency := range []int{1, 16} {
@@ -67,7 +82,7 @@ func BenchmarkOneRoundTrip(b *testing.B) {
 				}
 				one := &resumptionLoad{name: "one-trip", addr: oneTrip, clients: clients(), wantResumed: resume}
 				two := &resumptionLoad{name: "two-trips", addr: twoTrips, clients: clients(), wantResumed: resume}
-				local := &resumptionLoad{name: "local", addr: ll.Addr().String(), clients: clients(), wantResumed: resume}
+				local := &resumptionLoad{name: "local", addr: local, clients: clients(), wantResumed: resume}
 				loads := []*resumptionLoad{one, two, local}
 				if resume {
 					for _, l := range loads {
@@ -100,4 +115,55 @@ func BenchmarkOneRoundTrip(b *testing.B) {
 			})
 		}
 	}
+}
+
+// delayProxy forwards TCP connections to target, delaying every chunk by
+// oneWay in each direction without holding back the chunks behind it.
+func delayProxy(b *testing.B, target string, oneWay time.Duration) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	b.Cleanup(func() { l.Close() })
+	type chunk struct {
+		at   time.Time
+		data []byte
+	}
+	pipe := func(dst, src net.Conn) {
+		defer dst.Close()
+		q := make(chan chunk, 1024)
+		go func() {
+			defer close(q)
+			for {
+				buf := make([]byte, 32<<10)
+				n, err := src.Read(buf)
+				if n > 0 {
+					q <- chunk{time.Now().Add(oneWay), buf[:n]}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+		for c := range q {
+			time.Sleep(time.Until(c.at))
+			if _, err := dst.Write(c.data); err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go pipe(up, c)
+			go pipe(c, up)
+		}
+	}()
+	return l.Addr().String()
 }

@@ -142,9 +142,6 @@ func (v *Verifier) record(typ record.ContentType, vers uint16, body []byte) erro
 		}
 		return nil
 	case record.Alert:
-		if len(v.msg) > 0 {
-			return fail(AlertUnexpectedMessage, "alert record inside a fragmented handshake message")
-		}
 		return v.alert(body)
 	default:
 		// RFC 8446, Section 5: after the server's flight every handshake
@@ -170,9 +167,6 @@ func (v *Verifier) record(typ record.ContentType, vers uint16, body []byte) erro
 	switch inner {
 	case record.Handshake:
 	case record.Alert:
-		if len(v.msg) > 0 {
-			return fail(AlertUnexpectedMessage, "alert record inside a fragmented handshake message")
-		}
 		return v.alert(plaintext)
 	default:
 		return fail(AlertUnexpectedMessage, "%v record before the client's Finished", inner)
@@ -216,6 +210,11 @@ func (v *Verifier) message() error {
 // alert is a client's alert before its Finished: any ends the handshake
 // (close_notify and user_canceled leave nothing to finish).
 func (v *Verifier) alert(body []byte) error {
+	if len(v.msg) > 0 {
+		// RFC 8446, Section 5.1: no other records inside a fragmented
+		// handshake message.
+		return fail(AlertUnexpectedMessage, "alert record inside a fragmented handshake message")
+	}
 	if len(body) != 2 {
 		return fail(AlertDecodeError, "malformed alert")
 	}
