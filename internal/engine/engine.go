@@ -13,8 +13,10 @@
 // TicketKeys seals what a resumption needs, so that any server holding the
 // same ticket keys resumes any other's sessions. A TLS 1.3 ticket goes out
 // in the Output of the completing Step, protected under the server's
-// application traffic key, and Session.ServerSeq counts it. A ticket that
-// does not open or fit gives a full handshake, never an error.
+// application traffic key, and Session.ServerSeq counts it (with
+// Config.CallerVerifiesFinished, in Session.PendingFinished.Output, for the
+// caller to write once it has verified the client's Finished). A ticket
+// that does not open or fit gives a full handshake, never an error.
 //
 // A Handshake keeps its state in plain values (byte slices, integers, hash
 // states): no goroutines, channels or callbacks. Between two Steps it can be
