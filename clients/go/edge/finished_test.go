@@ -278,3 +278,36 @@ func (c *dropAfterFirstWrite) Write(b []byte) (int, error) {
 	c.wrote = true
 	return c.Conn.Write(b)
 }
+
+// TestReadFlightReadsPastChangeCipherSpec: a change_cipher_spec that
+// arrives alone is read together with what follows it, so it costs no
+// service round trip of its own; anything else is returned as it comes.
+func TestReadFlightReadsPastChangeCipherSpec(t *testing.T) {
+	hello := []byte{22, 3, 3, 0, 4, 1, 0, 0, 0}
+	for _, tc := range []struct {
+		name   string
+		writes [][]byte
+		want   []byte
+	}{
+		{"change_cipher_spec alone, then the ClientHello", [][]byte{ccsRecord, hello}, slices.Concat(ccsRecord, hello)},
+		{"two change_cipher_spec, then the ClientHello", [][]byte{ccsRecord, ccsRecord, hello}, slices.Concat(ccsRecord, ccsRecord, hello)},
+		{"ClientHello", [][]byte{hello, ccsRecord}, hello},
+		{"part of a change_cipher_spec", [][]byte{ccsRecord[:3], ccsRecord[3:]}, ccsRecord[:3]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			server, client := net.Pipe()
+			defer server.Close()
+			defer client.Close()
+			go func() {
+				for _, w := range tc.writes {
+					client.Write(w)
+				}
+			}()
+			// net.Pipe hands each write to one read.
+			buf := make([]byte, 100)
+			n, err := readFlight(server, buf)
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, buf[:n])
+		})
+	}
+}
