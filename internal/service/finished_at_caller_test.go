@@ -3,6 +3,7 @@ package service_test
 import (
 	"crypto/tls"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
 // clientHello returns the first flight of a crypto/tls client with cfg.
@@ -65,6 +67,7 @@ func TestCallerVerifiesFinishedREST(t *testing.T) {
 	assert.Len(t, out.Session.Keys.ServerApplicationTrafficSecret, 32)
 	_, err := record.NewTLS13KeyCipher(tls.TLS_AES_128_GCM_SHA256, cf.ClientHandshakeKey, cf.ClientHandshakeIv, 0)
 	require.NoError(t, err)
+	assert.Equal(t, 1.0, servicetest.Metric(t, http.DefaultClient, s.rest, "handshaked_handshakes_caller_finished_total"))
 
 	var got step
 	status, raw = s.restCall(t, "GET", "/v1/handshakes/"+out.ID, nil, &got)
@@ -79,4 +82,5 @@ func TestCallerVerifiesFinishedREST(t *testing.T) {
 	}, "input": hello}, &out)
 	require.Equal(t, 200, status, "%s", raw)
 	assert.Equal(t, "HANDSHAKE_STATE_NEED_INPUT", out.State, "client authentication: the client's Finished goes to the service")
+	assert.Equal(t, 1.0, servicetest.Metric(t, http.DefaultClient, s.rest, "handshaked_handshakes_caller_finished_total"))
 }
