@@ -311,3 +311,28 @@ func TestReadFlightReadsPastChangeCipherSpec(t *testing.T) {
 		})
 	}
 }
+
+// TestOneRoundTripFreesTheSlot: the service slot of a handshake
+// (MaxHandshakes) is given back once the service is done, so a client
+// that stalls before its Finished does not hold it: with one slot, another
+// client handshakes meanwhile.
+func TestOneRoundTripFreesTheSlot(t *testing.T) {
+	s := newTestService(t)
+	l, conns := listen(t, &Config{Client: s.client, Handshake: s.oneRoundTrip(), MaxHandshakes: 1, HandshakeTimeout: time.Minute})
+	cfg := s.clientConfig(0, tls.VersionTLS13, true)
+	raw, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	defer raw.Close()
+	// Its handshake returns once it has the server's flight; its Finished
+	// never reaches the edge.
+	require.NoError(t, tls.Client(&dropAfterFirstWrite{Conn: raw}, cfg).Handshake())
+
+	raw2, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	raw2.SetDeadline(time.Now().Add(20 * time.Second)) // well before the stalled one's minute
+	client := tls.Client(raw2, cfg)
+	t.Cleanup(func() { client.Close() })
+	require.NoError(t, client.Handshake())
+	server := accept(t, conns)
+	exchange(t, client, server, []byte("while another waits for its Finished"))
+}
