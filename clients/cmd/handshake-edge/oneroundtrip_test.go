@@ -120,25 +120,6 @@ func TestOneRoundTripChromium(t *testing.T) {
 	assert.Contains(t, log.String(), "resumed=true service_round_trips=1", log.String())
 }
 
-// TestOneRoundTripEarlyDataRefused: s_client offers 0-RTT data with a
-// ticket the service cannot open; the engine completes on the first step
-// and the edge skips the early data records while it waits for the
-// Finished (RFC 8446, Section 4.2.10), then serves the page.
-func TestOneRoundTripEarlyDataRefused(t *testing.T) {
-	openssl := testenv.LookPath(t, "openssl")
-	f := newTicketFixture(t)
-	addr, _ := f.start(t, "-one-round-trip")
-	sess, early := earlyDataSession(t, openssl, f)
-	cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
-		"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
-	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Contains(t, string(out), "Early data was rejected", "%s", out)
-	assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "%s", out)
-	assert.Contains(t, string(out), oneTrip, "%s", out)
-}
-
 // earlyDataSession gets s_client a session from OpenSSL's s_server that
 // allows early data, for the edge's name and key, and a file of early data.
 func earlyDataSession(t *testing.T, openssl string, f *fixture) (sess, early string) {

@@ -190,21 +190,29 @@ func curlPages(t *testing.T, curl string, f *fixture, addr string) []string {
 // (which allows early data) for the same name and key; the edge's service
 // cannot open that ticket, does a full handshake and skips the 0-RTT
 // records, which arrive through the edge between the engine's Steps in the
-// service. The client is told its early data was rejected and the page
-// comes back over the full handshake.
+// service, or, with -one-round-trip, after the one Step, while the edge
+// waits for the client's Finished. The client is told its early data was
+// rejected and the page comes back over the full handshake.
 func TestOpenSSLEarlyDataRefusedThroughEdge(t *testing.T) {
 	openssl := testenv.LookPath(t, "openssl")
 	f := newTicketFixture(t)
-	addr, _ := f.start(t)
-	sess, early := earlyDataSession(t, openssl, f) // oneroundtrip_test.go
-	cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
-		"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
-	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Contains(t, string(out), "Early data was rejected", "%s", out)
-	assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)
-	assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "the page, over the full handshake: %s", out)
+	for _, args := range [][]string{nil, {"-one-round-trip"}} {
+		t.Run(strings.Join(append([]string{"edge"}, args...), " "), func(t *testing.T) {
+			addr, _ := f.start(t, args...)
+			sess, early := earlyDataSession(t, openssl, f)
+			cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
+				"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
+			cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Contains(t, string(out), "Early data was rejected", "%s", out)
+			assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)
+			assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "the page, over the full handshake: %s", out)
+			if args != nil {
+				assert.Contains(t, string(out), oneTrip, "%s", out)
+			}
+		})
+	}
 }
 
 // TestGoClientResumesAfterHelloRetryRequest: RFC 8446, Section 4.2.11.2 end

@@ -94,22 +94,16 @@ func benchOneRoundTrip(b *testing.B, service string, key servicetest.ServerKey, 
 						}
 					}
 				}
-				const rounds = 10
 				b.ResetTimer()
-				for r := range rounds {
-					n := (r+1)*b.N/rounds - r*b.N/rounds
-					for _, l := range loads {
-						require.NoError(b, l.run(n))
-					}
-				}
-				rate := func(l *resumptionLoad) float64 { return float64(b.N) / l.elapsed.Seconds() }
+				runRounds(b, b.N, loads...)
+				rate := func(l *resumptionLoad) float64 { return l.rate(b.N) }
 				b.ReportMetric(rate(one), "one-trip-hs/s")
 				b.ReportMetric(rate(two), "two-trips-hs/s")
 				b.ReportMetric(rate(local), "local-hs/s")
 				b.ReportMetric(rate(one)/rate(local), "one-trip/local")
 				b.ReportMetric(rate(two)/rate(local), "two-trips/local")
 				b.ReportMetric(rate(one)/rate(two), "one-trip/two-trips")
-				cpu := func(l *resumptionLoad) float64 { return float64(l.cpu.Microseconds()) / float64(b.N) }
+				cpu := func(l *resumptionLoad) float64 { return l.cpuPerHandshake(b.N) }
 				b.ReportMetric(cpu(one), "one-trip-cpu-µs/hs")
 				b.ReportMetric(cpu(two), "two-trips-cpu-µs/hs")
 				b.ReportMetric(cpu(local), "local-cpu-µs/hs")
