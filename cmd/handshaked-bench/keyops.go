@@ -76,7 +76,11 @@ func keyOps(ctx context.Context, c *handshaked.Client) ([]keyOp, error) {
 // call carried.
 type transport struct {
 	name string
-	call func(ctx context.Context, op keyOp) (n int, err error)
+	// call runs one call for one of c concurrent callers.
+	call func(ctx context.Context, op keyOp, c int) (n int, err error)
+	// callers is how many goroutines carry c operations in flight
+	// (nil: c).
+	callers func(c int) int
 }
 
 // transports connects every transport and prepares the operations for
@@ -104,8 +108,8 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		streamed.Close()
 		httpClient.CloseIdleConnections()
 	}
-	viaClient := func(c *handshaked.Client) func(context.Context, keyOp) (int, error) {
-		return func(ctx context.Context, op keyOp) (int, error) {
+	viaClient := func(c *handshaked.Client) func(context.Context, keyOp, int) (int, error) {
+		return func(ctx context.Context, op keyOp, _ int) (int, error) {
 			if d := op.decrypt; d != nil {
 				_, err := c.Decrypt(ctx, d.Key, d.Version, d.Mode, d.Ciphertext)
 				return 1, err
@@ -117,8 +121,12 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 	}
 	batches := map[string]*pb.BatchRequest{}
 	rest := map[string][]byte{}
-	batch := func(ctx context.Context, op keyOp) (int, error) {
-		resp, err := unary.KeyVault().Batch(ctx, batches[op.name])
+	// c operations in flight are batches of up to batchSize, as a caller
+	// collecting the work of c others sends them.
+	batch := func(ctx context.Context, op keyOp, c int) (int, error) {
+		full := batches[op.name]
+		req := &pb.BatchRequest{Reference: full.GetReference(), Operations: full.GetOperations()[:min(c, batchSize)]}
+		resp, err := unary.KeyVault().Batch(ctx, req)
 		if err != nil {
 			return 0, err
 		}
@@ -129,7 +137,7 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		}
 		return len(resp.GetResults()), nil
 	}
-	restCall := func(ctx context.Context, op keyOp) (int, error) {
+	restCall := func(ctx context.Context, op keyOp, _ int) (int, error) {
 		path := "/v1/keys/" + op.sign.GetKey() + ":sign"
 		if op.decrypt != nil {
 			path = "/v1/keys/" + op.decrypt.GetKey() + ":decrypt"
@@ -176,11 +184,11 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		return err
 	}
 	ts := []transport{
-		{"in-process", func(ctx context.Context, op keyOp) (int, error) { return 1, op.local(ctx, local) }},
-		{"unary gRPC", viaClient(unary)},
-		{"SignStream", viaClient(streamed)},
-		{fmt.Sprintf("Batch (%d)", batchSize), batch},
-		{"REST", restCall},
+		{"in-process", func(ctx context.Context, op keyOp, _ int) (int, error) { return 1, op.local(ctx, local) }, nil},
+		{"unary gRPC", viaClient(unary), nil},
+		{"SignStream", viaClient(streamed), nil},
+		{fmt.Sprintf("Batch (≤%d)", batchSize), batch, func(c int) int { return (c + batchSize - 1) / batchSize }},
+		{"REST", restCall, nil},
 	}
 	ops, err := keyOps(ctx, unary)
 	for i := 0; err == nil && i < len(ops); i++ {
@@ -201,7 +209,7 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc ch
 		return err
 	}
 	defer cleanup()
-	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated).\n\n")
+	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d.\n\n", batchSize)
 	header := "| operation | callers |"
 	rule := "|---|---:|"
 	for _, t := range ts {
@@ -216,7 +224,11 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc ch
 			loads := make([]load, len(ts))
 			for i, t := range ts {
 				loads[i] = func(d time.Duration) (int, time.Duration, error) {
-					n, el, err := measure(ctx, c, d, func(ctx context.Context) (int, error) { return t.call(ctx, op) })
+					callers := c
+					if t.callers != nil {
+						callers = t.callers(c)
+					}
+					n, el, err := measure(ctx, callers, d, func(ctx context.Context) (int, error) { return t.call(ctx, op, c) })
 					if err != nil {
 						err = fmt.Errorf("%s over %s: %w", op.name, t.name, err)
 					}
