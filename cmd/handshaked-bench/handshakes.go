@@ -164,11 +164,13 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 			if resumed {
 				label = "resumed"
 			}
-			local, err := newHSClient(localProc.info.Listeners[kind.key], kind, pool, resumed, max(o.hsClients, 64))
+			// Twice the closed loop's clients: enough for the open loop's
+			// handshakes in flight at half load, so none waits for a client.
+			local, err := newHSClient(localProc.info.Listeners[kind.key], kind, pool, resumed, 2*o.hsClients)
 			if err != nil {
 				return fmt.Errorf("%s %s, local: %w", kind.name, label, err)
 			}
-			edge, err := newHSClient(edgeProc.info.Listeners[kind.key], kind, pool, resumed, max(o.hsClients, 64))
+			edge, err := newHSClient(edgeProc.info.Listeners[kind.key], kind, pool, resumed, 2*o.hsClients)
 			if err != nil {
 				return fmt.Errorf("%s %s, edge: %w", kind.name, label, err)
 			}

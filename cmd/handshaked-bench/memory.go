@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
@@ -58,6 +61,11 @@ func benchMemory(ctx context.Context, w io.Writer, o options, dir string) error 
 			return fmt.Errorf("%d sessions: %w", n, err)
 		}
 		held = max(held, n)
+		// The service's own count, so the figure is for the sessions it
+		// says it holds.
+		if got, err := sessionsHeld(ctx, svc.info.HTTP); err != nil || got != held {
+			return fmt.Errorf("the service holds %d sessions, want %d (%v)", got, held, err)
+		}
 		rss, err := residentBytes(svc.pid())
 		if err != nil {
 			return err
@@ -75,20 +83,19 @@ func mib(b int64) float64 { return float64(b) / (1 << 20) }
 func startSessions(ctx context.Context, c *handshaked.Client, req *pb.StartHandshakeRequest, n int) error {
 	var left atomic.Int64
 	left.Store(int64(n))
-	_, _, err := measure(ctx, 16, 1<<62, func(ctx context.Context) (int, error) {
-		if left.Add(-1) < 0 {
-			return 0, errDone
-		}
-		_, err := c.Handshake().StartHandshake(ctx, req)
-		return 1, err
-	})
-	if err == errDone {
-		err = nil
+	g, ctx := errgroup.WithContext(ctx)
+	for range 16 {
+		g.Go(func() error {
+			for left.Add(-1) >= 0 {
+				if _, err := c.Handshake().StartHandshake(ctx, req); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
-	return err
+	return g.Wait()
 }
-
-var errDone = fmt.Errorf("done")
 
 // clientHello is the first record a crypto/tls client sends for TLS 1.3.
 func clientHello() ([]byte, error) {
@@ -104,6 +111,27 @@ func clientHello() ([]byte, error) {
 	copy(rec, hdr)
 	_, err := io.ReadFull(b, rec[5:])
 	return rec, err
+}
+
+// sessionsHeld reads the service's handshaked_handshake_sessions gauge.
+func sessionsHeld(ctx context.Context, httpAddr string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	s := bufio.NewScanner(resp.Body)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "handshaked_handshake_sessions "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return int(f), err
+		}
+	}
+	return 0, fmt.Errorf("no handshaked_handshake_sessions on /metrics")
 }
 
 // residentBytes reads a process's resident set size from /proc.
