@@ -58,7 +58,7 @@ func main() {
 	var o options
 	fs := flag.NewFlagSet("handshaked-bench", flag.ContinueOnError)
 	fs.DurationVar(&o.duration, "duration", 1500*time.Millisecond, "how long each measurement runs")
-	fs.IntVar(&o.rounds, "rounds", 3, "rounds each measurement's duration is split into, alternating with its baseline's, so that noise hits both alike")
+	fs.IntVar(&o.rounds, "rounds", 6, "rounds each measurement's duration is split into, alternating with its baseline's, so that noise hits both alike")
 	conc := fs.String("concurrency", "1,8,64", "concurrent callers of the key operations, comma-separated")
 	fs.IntVar(&o.hsClients, "handshake-clients", 16, "concurrent TLS clients measuring handshakes per second")
 	sessions := fs.String("sessions", "10000,50000", "pending handshake sessions to measure the service's memory at, comma-separated, increasing")
