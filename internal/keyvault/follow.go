@@ -189,21 +189,30 @@ func (v *Vault) unchangedSigner(ref RecordRef) crypto.Signer {
 	return k.versions[ref.Version-1].signer
 }
 
-// unchangedKey returns the state of k's key in the view refresh replaces if
-// k, just loaded, is the same; k if not.
-func (v *Vault) unchangedKey(k *keyState) *keyState {
+// unchangedKey returns the state of key id in the view refresh replaces
+// if none of the key's records changed, and takes its records out of
+// versionRecords; nil if one did.
+func (v *Vault) unchangedKey(id string, versionRecords map[RecordRef]Record) *keyState {
 	if v.prev == nil {
-		return k
+		return nil
 	}
-	old := v.prev.keys[k.id]
-	ref := RecordRef{Kind: RecordKey, ID: k.id}
-	if old == nil || v.prev.entries[ref] != v.entries[ref] || len(old.versions) != len(k.versions) {
-		return k
+	old := v.prev.keys[id]
+	if old == nil {
+		return nil
 	}
-	for i, ver := range k.versions {
-		if old.versions[i] != ver {
-			return k
+	refs := []RecordRef{{Kind: RecordKey, ID: id}}
+	for n := range uint32(len(old.versions)) {
+		refs = append(refs, RecordRef{Kind: RecordVersion, ID: id, Version: n + 1}, RecordRef{Kind: RecordMaterial, ID: id, Version: n + 1})
+	}
+	for _, ref := range refs {
+		was, had := v.prev.entries[ref]
+		is, has := v.entries[ref]
+		if had != has || was != is {
+			return nil
 		}
+	}
+	for _, ref := range refs[1:] {
+		delete(versionRecords, ref)
 	}
 	return old
 }
@@ -382,7 +391,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 		case <-tick.C:
 		case <-f.wake:
 		}
-		sctx, cancel := context.WithTimeout(ctx, f.bound/2)
+		sctx, cancel := context.WithTimeout(ctx, f.bound)
 		err := v.Sync(sctx)
 		if err == nil {
 			err = f.announce(sctx, f.view.Load())
