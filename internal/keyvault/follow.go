@@ -418,10 +418,10 @@ func (v *Vault) keepUp(ctx context.Context) {
 // checks that the vault is open.
 func (v *Vault) Sync(ctx context.Context) error {
 	f := v.follow
+	if v.isClosed() {
+		return ErrClosed
+	}
 	if f == nil {
-		if v.isClosed() {
-			return ErrClosed
-		}
 		return nil
 	}
 	ts := time.Since(f.epoch)

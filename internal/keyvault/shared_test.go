@@ -141,7 +141,7 @@ func (s vaultSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([
 
 // countingBackend is the software backend under another name, counting
 // the keys it loads from their handles.
-type countingBackend struct{ loads atomic.Int64 }
+type countingBackend struct{ loads, destroyed atomic.Int64 }
 
 func (b *countingBackend) Name() string { return "counting" }
 
@@ -154,7 +154,47 @@ func (b *countingBackend) Load(ctx context.Context, alg Algorithm, handle []byte
 	return softwareBackend{}.Load(ctx, alg, handle)
 }
 
-func (b *countingBackend) Destroy(ctx context.Context, key crypto.Signer) error { return nil }
+func (b *countingBackend) Destroy(ctx context.Context, key crypto.Signer) error {
+	b.destroyed.Add(1)
+	return nil
+}
+
+// lostAnswer is a store whose commits apply but answer ErrUnavailable, as
+// an etcd request that timed out after etcd committed it.
+type lostAnswer struct {
+	*memClient
+	lose atomic.Bool
+}
+
+func (s *lostAnswer) Commit(ctx context.Context, w Write) (int64, error) {
+	rev, err := s.memClient.Commit(ctx, w)
+	if err == nil && s.lose.Load() {
+		return 0, fmt.Errorf("test: no answer: %w", ErrUnavailable)
+	}
+	return rev, err
+}
+
+// TestSharedUnconfirmedCommitKeepsTheBackendKey: a rotation the store did
+// not confirm may be committed; the key its backend made is kept, and the
+// vault serves it once it reads the store again.
+func TestSharedUnconfirmedCommitKeepsTheBackendKey(t *testing.T) {
+	s := newMemShared()
+	backend := &countingBackend{}
+	store := &lostAnswer{memClient: s.client()}
+	v, err := New(ctx, store, testKEK, WithBackend(backend))
+	require.NoError(t, err)
+	defer v.Close()
+	_, err = v.CreateInBackend(ctx, "counting", "web", ECDSAP256, nil)
+	require.NoError(t, err)
+
+	store.lose.Store(true)
+	_, err = v.Rotate(ctx, "web")
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.Zero(t, backend.destroyed.Load(), "the key of a rotation that may be committed is kept")
+	store.lose.Store(false)
+	require.NoError(t, v.Sync(ctx))
+	signOK(t, v, "web", 2)
+}
 
 // TestSharedFollowKeepsUnchangedVersions: following a change loads only
 // the versions it wrote; every other version, its loaded key (an HSM
