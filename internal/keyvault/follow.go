@@ -252,6 +252,12 @@ type follower struct {
 	announceMu sync.Mutex
 	announced  int64 // the newest revision announced
 
+	// ctx ends with stop; it bounds what the loops and Sync rounds do.
+	ctx     context.Context
+	roundMu sync.Mutex
+	pending *syncRound // the round Sync callers wait for, not begun
+	rounds  bool       // runRounds runs
+
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 }
@@ -262,21 +268,24 @@ func (v *Vault) startFollowing(ctx context.Context, ss SharedStore) error {
 	f := &follower{store: ss, bound: v.staleBound, epoch: time.Now(), wake: make(chan struct{}, 1)}
 	f.view.Store(v.storeRev)
 	f.confirmed.Store(-int64(f.bound) - 1) // not yet
+	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	v.follow = f
 	// Announced before the first Sync: a revocation committed before
 	// the announcement and not waited for by its WaitApplied is before
 	// the Sync's Revision read too, so the view has it before it serves.
-	if err := f.announce(ctx, v.storeRev); err != nil {
-		return fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	err := f.announce(ctx, v.storeRev)
+	if err != nil {
+		err = fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	} else {
+		err = v.Sync(ctx)
 	}
-	if err := v.Sync(ctx); err != nil {
+	if err != nil {
+		f.cancel()
 		return err
 	}
-	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f.cancel = cancel
 	f.done.Add(2)
-	go v.watch(loopCtx)
-	go v.keepUp(loopCtx)
+	go v.watch(f.ctx)
+	go v.keepUp(f.ctx)
 	return nil
 }
 
@@ -424,6 +433,60 @@ func (v *Vault) Sync(ctx context.Context) error {
 	if f == nil {
 		return nil
 	}
+	r := f.nextRound(v)
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// syncRound is one Revision read and the catching up after it, which every
+// Sync called before it began waits for.
+type syncRound struct {
+	done chan struct{}
+	err  error
+}
+
+// nextRound returns the round that has not begun yet, starting the rounds
+// if none runs. Sync may be called for every request naming an unknown key
+// or ticket, which any client can send: the store sees one Revision read at
+// a time from this replica however many wait, and each caller still gets a
+// read begun after its call.
+func (f *follower) nextRound(v *Vault) *syncRound {
+	f.roundMu.Lock()
+	defer f.roundMu.Unlock()
+	if f.pending == nil {
+		f.pending = &syncRound{done: make(chan struct{})}
+		if !f.rounds {
+			f.rounds = true
+			go f.runRounds(v)
+		}
+	}
+	return f.pending
+}
+
+func (f *follower) runRounds(v *Vault) {
+	for {
+		f.roundMu.Lock()
+		r := f.pending
+		f.pending = nil
+		f.rounds = r != nil
+		f.roundMu.Unlock()
+		if r == nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(f.ctx, f.bound)
+		r.err = v.syncOnce(ctx)
+		cancel()
+		close(r.done)
+	}
+}
+
+// syncOnce is one round of Sync.
+func (v *Vault) syncOnce(ctx context.Context) error {
+	f := v.follow
 	ts := time.Since(f.epoch)
 	rev, err := f.store.Revision(ctx)
 	if err != nil {

@@ -241,6 +241,37 @@ func TestSharedFollowKeepsUnchangedVersions(t *testing.T) {
 	signFails(t, b, "web", 1, ErrFailedPrecondition)
 }
 
+// TestSyncCoalesces: many Syncs at once make a few Revision reads, not one
+// each (any client can make a server Sync, with a ticket under an unknown
+// key), and each still returns a view that has what was committed before
+// it was called.
+func TestSyncCoalesces(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	b, bc := newSharedVault(t, s)
+	bc.revisionDelay.Store(int64(20 * time.Millisecond))
+	const callers = 200
+	before := bc.revisions.Load()
+	var wg sync.WaitGroup
+	for i := range callers {
+		id := fmt.Sprintf("k%d", i)
+		if i%50 == 0 {
+			_, err := a.Create(ctx, id, Ed25519, nil)
+			require.NoError(t, err)
+		}
+		wg.Go(func() {
+			if assert.NoError(t, b.Sync(ctx)) && i%50 == 0 {
+				_, err := b.Get(ctx, id)
+				assert.NoError(t, err, "created before Sync was called")
+			}
+		})
+	}
+	wg.Wait()
+	reads := bc.revisions.Load() - before
+	t.Logf("%d Syncs, %d Revision reads", callers, reads)
+	assert.Less(t, reads, int64(callers/4))
+}
+
 // TestSharedConcurrentRotation: two replicas rotate one key at once, many
 // rounds. Every rotation either makes a version or aborts; none is lost or
 // made twice, and a third replica opening the store afterwards (checking
