@@ -496,8 +496,12 @@ func (s *Store) compact(ctx context.Context, rev int64) error {
 	// Compacted already (by another replica, or etcd's auto-compaction) at
 	// or after rev: what rev needs is done.
 	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
-		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w",
-			rev, s.fail(ctx, "compact", s.cfg.RequestTimeout, err))
+		why := s.fail(ctx, "compact", s.cfg.RequestTimeout, err)
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			why = fmt.Errorf("etcdstore: compact: etcd refused (%v): with etcd's authentication on, compacting needs the root role: grant it to handshaked's etcd user, or give the key store an etcd cluster of its own secured by client certificates: %w",
+				err, keyvault.ErrUnavailable)
+		}
+		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w", rev, why)
 	}
 	s.mu.Lock()
 	if s.compactPending <= rev {
