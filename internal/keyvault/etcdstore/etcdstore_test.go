@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"fmt"
 	"os"
 	"sync"
@@ -78,7 +77,6 @@ func TestStore(t *testing.T) {
 	t.Run("AnnounceWaitApplied", func(t *testing.T) { testAnnounceWaitApplied(t, c) })
 	t.Run("Corrupted", func(t *testing.T) { testCorrupted(t, c) })
 	t.Run("Vault", func(t *testing.T) { testVault(t, c) })
-	t.Run("Revocation", func(t *testing.T) { testRevocation(t, c) })
 }
 
 // A commit is seen by every store on the same prefix (another process's
@@ -500,39 +498,3 @@ func testVault(t *testing.T, c *etcdtest.Cluster) {
 	}
 }
 
-// testRevocation: two vaults, two stores on one etcd (two replicas): a key
-// created on one serves on the other once followed, and once a disable on
-// one returns, the other refuses to sign with that version.
-func testRevocation(t *testing.T, c *etcdtest.Cluster) {
-	ctx := t.Context()
-	kek := make([]byte, 32)
-	_, err := rand.Read(kek)
-	require.NoError(t, err)
-	a, err := keyvault.New(ctx, open(t, c, "/revocation"), kek)
-	require.NoError(t, err)
-	defer a.Close()
-	b, err := keyvault.Open(ctx, open(t, c, "/revocation"), kek)
-	require.NoError(t, err)
-	defer b.Close()
-	digest := make([]byte, 32)
-	sign := func(v *keyvault.Vault) error {
-		_, err := v.Sign(ctx, "web", 1, tls.ECDSAWithP256AndSHA256, digest, true)
-		return err
-	}
-	for round := range 5 {
-		if round == 0 {
-			_, err = a.Create(ctx, "web", keyvault.ECDSAP256, nil)
-		} else {
-			_, err = b.SetVersionEnabled(ctx, "web", 1, true)
-		}
-		require.NoError(t, err)
-		require.Eventually(t, func() bool { return sign(a) == nil && sign(b) == nil }, 30*time.Second, time.Millisecond)
-		disabler, other := a, b
-		if round%2 == 1 {
-			disabler, other = b, a
-		}
-		_, err = disabler.SetVersionEnabled(ctx, "web", 1, false)
-		require.NoError(t, err)
-		assert.ErrorIs(t, sign(other), keyvault.ErrFailedPrecondition, "round %d: the other replica signs with a disabled version once the disable returned", round)
-	}
-}
