@@ -497,4 +497,3 @@ func testVault(t *testing.T, c *etcdtest.Cluster) {
 		}
 	}
 }
-
