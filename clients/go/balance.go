@@ -30,9 +30,9 @@ func (r *listResolver) Build(_ resolver.Target, cc resolver.ClientConn, _ resolv
 	return r, nil
 }
 
-func (r *listResolver) Scheme() string                      { return listScheme }
+func (r *listResolver) Scheme() string                        { return listScheme }
 func (r *listResolver) ResolveNow(resolver.ResolveNowOptions) {}
-func (r *listResolver) Close()                              {}
+func (r *listResolver) Close()                                {}
 
 // parseTarget turns Dial's target into a gRPC target and the options that
 // resolve it: a comma-separated list of "host:port" is resolved by a
