@@ -55,6 +55,14 @@ func (p TicketKeyPurpose) label() string {
 	return "handshaked " + string(p) + " key v1 deployment "
 }
 
+// maxBytes is the largest ticket of the purpose, sealed.
+func (p TicketKeyPurpose) maxBytes() int {
+	if p == PurposeTickets {
+		return MaxTicketBytes
+	}
+	return MaxStepTokenBytes
+}
+
 func (p TicketKeyPurpose) String() string {
 	if p == PurposeTickets {
 		return "ticket"
@@ -74,6 +82,10 @@ const (
 	MaxTicketBytes = 1<<16 - 1
 	// MaxTicketPlaintext is the largest plaintext that seals into a ticket.
 	MaxTicketPlaintext = MaxTicketBytes - ticketOverhead
+	// MaxStepTokenBytes is the largest step token: a handshake's engine
+	// state holds all the client input it buffers (512 KiB at most in the
+	// service) and its configuration.
+	MaxStepTokenBytes = 2 << 20
 
 	ticketFormat    = 1
 	ticketHeaderLen = 1 + 4 // format, key id
@@ -188,6 +200,9 @@ func NewTicketKeys(v *Vault, opts TicketKeyOptions) (*TicketKeys, error) {
 	return &TicketKeys{v: v, opts: opts}, nil
 }
 
+// Purpose is what t's keys seal.
+func (t *TicketKeys) Purpose() TicketKeyPurpose { return t.opts.Purpose }
+
 // Lifetime is how long the tickets sealed now may live.
 func (t *TicketKeys) Lifetime() time.Duration { return t.opts.Lifetime }
 
@@ -196,8 +211,8 @@ func (t *TicketKeys) Lifetime() time.Duration { return t.opts.Lifetime }
 // open it (the key or configuration it was issued for): Open with another
 // scope rejects it.
 func (t *TicketKeys) Seal(ctx context.Context, scope string, plaintext []byte) ([]byte, error) {
-	if len(plaintext) > MaxTicketPlaintext {
-		return nil, fmt.Errorf("keyvault: ticket plaintext of %d bytes, more than %d: %w", len(plaintext), MaxTicketPlaintext, ErrInvalidArgument)
+	if limit := t.opts.Purpose.maxBytes() - ticketOverhead; len(plaintext) > limit {
+		return nil, fmt.Errorf("keyvault: %v plaintext of %d bytes, more than %d: %w", t.opts.Purpose, len(plaintext), limit, ErrInvalidArgument)
 	}
 	now := t.opts.Now()
 	k, err := t.current(now)
@@ -223,8 +238,8 @@ func (t *TicketKeys) Seal(ctx context.Context, scope string, plaintext []byte) (
 // Open returns the plaintext of a ticket Seal made for scope, under a key
 // still accepted; any other ticket fails with ErrTicketRejected.
 func (t *TicketKeys) Open(ctx context.Context, scope string, ticket []byte) ([]byte, error) {
-	if len(ticket) > MaxTicketBytes {
-		return nil, fmt.Errorf("keyvault: ticket of %d bytes, more than %d: %w", len(ticket), MaxTicketBytes, ErrInvalidArgument)
+	if limit := t.opts.Purpose.maxBytes(); len(ticket) > limit {
+		return nil, fmt.Errorf("keyvault: %v of %d bytes, more than %d: %w", t.opts.Purpose, len(ticket), limit, ErrInvalidArgument)
 	}
 	if len(ticket) < ticketOverhead || ticket[0] != ticketFormat {
 		return nil, ErrTicketRejected
