@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -13,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/service"
@@ -267,4 +270,53 @@ func TestStatelessSessionCap(t *testing.T) {
 	require.NoError(t, err, "stateless handshakes between steps held a slot")
 	_, err = hc.StepHandshake(ctx, &pb.StepHandshakeRequest{Id: tokens[0].GetId(), Input: []byte{22}, StateToken: tokens[0].GetStateToken()})
 	assert.Equal(t, codes.ResourceExhausted, status.Code(err), "a stateless step past the cap: %v", err)
+}
+
+// restTokenStepper runs a stateless handshake over REST, protobuf JSON in
+// both directions.
+type restTokenStepper struct {
+	t      *testing.T
+	s      *testServer
+	config *pb.HandshakeConfig
+	id     string
+	token  []byte
+}
+
+func (r *restTokenStepper) step(input []byte) (*pb.HandshakeStep, error) {
+	var path string
+	var req proto.Message
+	if r.id == "" {
+		path, req = "/v1/handshakes", &pb.StartHandshakeRequest{Config: r.config, Input: input, Stateless: true}
+	} else {
+		path, req = "/v1/handshakes/"+r.id+":step", &pb.StepHandshakeRequest{Input: input, StateToken: r.token}
+	}
+	body, err := protojson.Marshal(req)
+	require.NoError(r.t, err)
+	code, raw := r.s.restCall(r.t, "POST", path, body, nil)
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("HTTP %d: %s", code, raw)
+	}
+	out := &pb.HandshakeStep{}
+	require.NoError(r.t, protojson.Unmarshal(raw, out))
+	r.id, r.token = out.GetId(), out.GetStateToken()
+	return out, nil
+}
+
+// TestStatelessOverREST: the REST mapping carries stateless handshakes,
+// and a bad token gets the HTTP status of its gRPC code.
+func TestStatelessOverREST(t *testing.T) {
+	s := startServer(t)
+	key := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.test")
+	cfg := &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.id}}}
+	for _, vers := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		st := &restTokenStepper{t: t, s: s, config: cfg}
+		state, _ := runClient(t, &tls.Config{RootCAs: key.pool, ServerName: key.name, MinVersion: vers, MaxVersion: vers}, func() stepper { return st })
+		assert.Equal(t, vers, state.Version)
+	}
+	st := &restTokenStepper{t: t, s: s, config: cfg}
+	_, err := st.step(service.GoClientHello(t, key.pool))
+	require.NoError(t, err)
+	st.token[len(st.token)-1] ^= 1
+	_, err = st.step([]byte{21})
+	assert.ErrorContains(t, err, "HTTP 400")
 }
