@@ -411,7 +411,10 @@ func (c *Client) OpenTicket(ctx context.Context, id string, ticket []byte) (plai
 }
 
 // StartHandshake starts a handshake session held by the service, stepping
-// it with the client's first bytes if input is not empty.
+// it with the client's first bytes if input is not empty. The session lives
+// on the replica that started it: with several replicas, use
+// StartStatelessHandshake or HandshakeStream instead, since a
+// StepHandshake may go to another replica, which does not know it.
 func (c *Client) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
 	return wrap(c.hs.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: input}))
 }
