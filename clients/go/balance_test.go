@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,47 +112,30 @@ func TestFailoverUnderLoad(t *testing.T) {
 				handshaked.WithRetries(tc.retries, handshaked.DefaultRetryBackoff))
 			require.NoError(t, err)
 			defer c.Close()
-			ctx, cancel := context.WithCancel(context.Background())
-			var calls, failed atomic.Int64
-			var wg sync.WaitGroup
-			for g := range 8 {
-				wg.Go(func() {
-					for ctx.Err() == nil {
-						var err error
-						if g%2 == 0 {
-							err = sign(ctx, c)
-						} else {
-							_, err = c.GetKey(ctx, "k")
-						}
-						calls.Add(1)
-						if err != nil && ctx.Err() == nil {
-							require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
-							failed.Add(1)
-						}
-					}
-				})
-			}
-			waitCalls := func(n int64) {
-				from := calls.Load()
-				require.Eventually(t, func() bool { return calls.Load() >= from+n }, 20*time.Second, time.Millisecond)
-			}
-			waitCalls(300)
-			replicas[1].Kill()
-			waitCalls(300)
-			replicas[1].Restart()
-			restarted := time.Now()
-			require.Eventually(t, func() bool { return signs(t, replicas[1]) > 0 }, 10*time.Second, 10*time.Millisecond,
-				"the restarted replica is back in the rotation")
-			t.Logf("restarted replica signing again after %v", time.Since(restarted).Round(time.Millisecond))
-			replicas[0].Kill()
-			waitCalls(300)
-			cancel()
-			wg.Wait()
-			t.Logf("%d calls, %d failed", calls.Load(), failed.Load())
+			load := servicetest.StartLoad(t, 8, func(ctx context.Context, g int) error {
+				var err error
+				if g%2 == 0 {
+					err = sign(ctx, c)
+				} else {
+					_, err = c.GetKey(ctx, "k")
+				}
+				if err != nil && ctx.Err() == nil {
+					assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+				}
+				return err
+			})
+			back := func(r *servicetest.Replica) bool { return signs(t, r) > 0 }
+			servicetest.KillInTurn(t, replicas, load, back, func(kills int) bool {
+				// Most kills catch calls in flight; without retries, go
+				// on until one did.
+				return kills >= 3 && (tc.retries > 0 || load.Failed() > 0)
+			})
+			calls, failed := load.Stop()
+			t.Logf("%d calls, %d failed", calls, failed)
 			if tc.retries > 0 {
-				assert.Zero(t, failed.Load(), "every call dropped by a killed replica is retried on another")
+				assert.Zero(t, failed, "every call dropped by a killed replica is retried on another")
 			} else {
-				assert.NotZero(t, failed.Load(), "without retries, the calls a killed replica dropped fail")
+				assert.NotZero(t, failed, "without retries, the calls a killed replica dropped fail")
 			}
 		})
 	}

@@ -12,8 +12,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,46 +66,22 @@ func TestUnaryOverReplicas(t *testing.T) {
 		_, err = io.ReadAll(c)
 		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var done, failed atomic.Int64
-	var wg sync.WaitGroup
-	for g := range 6 {
-		wg.Go(func() {
-			version := uint16(tls.VersionTLS12)
-			if g%2 == 0 {
-				version = tls.VersionTLS13
-			}
-			for ctx.Err() == nil {
-				if err := get(version); err != nil {
-					failed.Add(1)
-					t.Logf("handshake: %v", err)
-				}
-				done.Add(1)
-			}
-		})
+	load := servicetest.StartLoad(t, 6, func(_ context.Context, g int) error {
+		if g%2 == 0 {
+			return get(tls.VersionTLS13)
+		}
+		return get(tls.VersionTLS12)
+	})
+	back := func(r *servicetest.Replica) bool {
+		return servicetest.Metric(t, http.DefaultClient, r.Server().RESTURL, "handshaked_handshakes_started_total") > 0
 	}
-	waitHandshakes := func(n int64) {
-		from := done.Load()
-		require.Eventually(t, func() bool { return done.Load() >= from+n }, 30*time.Second, time.Millisecond)
-	}
-	started := func(r *servicetest.Replica) float64 {
-		return servicetest.Metric(t, http.DefaultClient, r.Server().RESTURL, "handshaked_handshakes_started_total")
-	}
-	for i := 0; i < 10 && edgeMetric("handshake_edge_step_retries_total") == 0; i++ {
-		r := replicas[i%len(replicas)]
-		waitHandshakes(30)
-		r.Kill()
-		waitHandshakes(30)
-		r.Restart()
-		require.Eventually(t, func() bool { return started(r) > 0 }, 10*time.Second, 10*time.Millisecond, "the restarted replica gets handshakes again")
-	}
-	cancel()
-	wg.Wait()
+	servicetest.KillInTurn(t, replicas, load, back, func(int) bool { return edgeMetric("handshake_edge_step_retries_total") > 0 })
+	done, failed := load.Stop()
 	retries, failures := edgeMetric("handshake_edge_step_retries_total"), edgeMetric("handshake_edge_step_failures_total")
-	t.Logf("%d handshakes, %d failed; %v steps failed, %v retried", done.Load(), failed.Load(), failures, retries)
+	t.Logf("%d handshakes, %d failed; %v steps failed, %v retried", done, failed, failures, retries)
 	assert.Positive(t, retries, "no kill caught a step in flight")
 	assert.Equal(t, failures, retries, "every failed step was retried")
-	assert.Zero(t, failed.Load(), "a handshake whose step a killed replica dropped goes on on another")
+	assert.Zero(t, failed, "a handshake whose step a killed replica dropped goes on on another")
 
 	t.Run("documented", func(t *testing.T) {
 		doc, err := os.ReadFile(metricsdoc.Path())

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,51 +106,25 @@ func TestEdgeFailsOverUnderLoad(t *testing.T) {
 	}{{"retried", handshaked.DefaultRetries}, {"not retried", 0}} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFleet(t, tc.retries)
-			ctx, cancel := context.WithCancel(context.Background())
-			var done, failed atomic.Int64
-			var wg sync.WaitGroup
-			for g := range 8 {
-				wg.Go(func() {
-					version := uint16(tls.VersionTLS12)
-					if g%2 == 0 {
-						version = tls.VersionTLS13
-					}
-					for ctx.Err() == nil {
-						if err := f.handshake(version); err != nil {
-							failed.Add(1)
-							t.Logf("handshake: %v", err)
-						}
-						done.Add(1)
-					}
-				})
-			}
-			waitHandshakes := func(n int64) {
-				from := done.Load()
-				require.Eventually(t, func() bool { return done.Load() >= from+n }, 30*time.Second, time.Millisecond)
-			}
-			// Kill and restart replicas in turn until a kill has caught
-			// steps in flight (most do: 8 clients keep about as many
-			// steps in flight).
-			caught := func() bool { return f.failed.Load() > 0 }
-			for i := 0; i < 10 && !caught(); i++ {
-				r := f.replicas[i%len(f.replicas)]
-				waitHandshakes(30)
-				r.Kill()
-				waitHandshakes(30)
-				r.Restart()
-				require.Eventually(t, func() bool { return started(t, r) > 0 }, 10*time.Second, 10*time.Millisecond,
-					"the restarted replica gets handshakes again")
-			}
-			require.True(t, caught(), "no kill caught a step in flight")
-			cancel()
-			wg.Wait()
-			t.Logf("%d handshakes, %d failed; %d steps failed, %d retried", done.Load(), failed.Load(), f.failed.Load(), f.retried.Load())
+			load := servicetest.StartLoad(t, 8, func(_ context.Context, g int) error {
+				if g%2 == 0 {
+					return f.handshake(tls.VersionTLS13)
+				}
+				return f.handshake(tls.VersionTLS12)
+			})
+			back := func(r *servicetest.Replica) bool { return started(t, r) > 0 }
+			// Until a kill has caught steps in flight (most do: 8
+			// clients keep about as many steps in flight).
+			caught := servicetest.KillInTurn(t, f.replicas, load, back, func(int) bool { return f.failed.Load() > 0 })
+			require.True(t, caught, "no kill caught a step in flight")
+			done, failed := load.Stop()
+			t.Logf("%d handshakes, %d failed; %d steps failed, %d retried", done, failed, f.failed.Load(), f.retried.Load())
 			if tc.retries > 0 {
-				assert.Zero(t, failed.Load(), "a handshake whose step a killed replica dropped goes on on another")
+				assert.Zero(t, failed, "a handshake whose step a killed replica dropped goes on on another")
 				assert.Equal(t, f.failed.Load(), f.retried.Load(), "every failed step was retried")
 			} else {
-				assert.NotZero(t, failed.Load(), "without retries, the handshakes a killed replica dropped fail")
-				assert.Equal(t, f.failed.Load(), failed.Load(), "each failed handshake is one failed step, counted")
+				assert.NotZero(t, failed, "without retries, the handshakes a killed replica dropped fail")
+				assert.Equal(t, f.failed.Load(), failed, "each failed handshake is one failed step, counted")
 				assert.Zero(t, f.retried.Load())
 			}
 		})
