@@ -22,8 +22,8 @@ import (
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
-// fleet is three replicas holding one ECDSA key and the same step-token
-// keys, and an edge in unary mode over all three.
+// fleet is replicas holding one ECDSA key and the same step-token keys, and
+// an edge over all of them.
 type fleet struct {
 	replicas []*servicetest.Replica
 	key      servicetest.ServerKey
@@ -33,10 +33,10 @@ type fleet struct {
 	failed, retried atomic.Int64
 }
 
-func newFleet(t *testing.T, retries int) *fleet {
+func newFleet(t testing.TB, replicas, retries int, unary bool) *fleet {
 	t.Helper()
 	f := &fleet{}
-	f.replicas = servicetest.StartReplicas(t, 3, service.Options{}, func(s *servicetest.Server) {
+	f.replicas = servicetest.StartReplicas(t, replicas, service.Options{}, func(s *servicetest.Server) {
 		f.key = s.ServerKey(t, "fleet-ec", "p256-pkcs8.pem", "ec.test")
 		// The step-token key is made on first use: here, so that every
 		// copy of the store holds it.
@@ -58,7 +58,7 @@ func newFleet(t *testing.T, retries int) *fleet {
 	require.NoError(t, err)
 	t.Cleanup(func() { client.Close() })
 	var conns <-chan *Conn
-	f.edge, conns = listen(t, &Config{Client: client, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: f.key.ID}}}, Unary: true})
+	f.edge, conns = listen(t, &Config{Client: client, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: f.key.ID}}}, Unary: unary})
 	go func() {
 		for c := range conns {
 			go func() {
@@ -105,7 +105,7 @@ func TestEdgeFailsOverUnderLoad(t *testing.T) {
 		retries int
 	}{{"retried", handshaked.DefaultRetries}, {"not retried", 0}} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFleet(t, tc.retries)
+			f := newFleet(t, 3, tc.retries, true)
 			load := servicetest.StartLoad(t, 8, func(_ context.Context, g int) error {
 				if g%2 == 0 {
 					return f.handshake(tls.VersionTLS13)
@@ -150,7 +150,7 @@ func (c *pausedConn) Write(b []byte) (int, error) {
 // three replicas (round-robin) finish on the only one left after the other
 // two were killed between their steps.
 func TestStepOnAReplicaThatNeverSawTheHandshake(t *testing.T) {
-	f := newFleet(t, handshaked.DefaultRetries)
+	f := newFleet(t, 3, handshaked.DefaultRetries, true)
 	// Once every replica is connected, round_robin sends three starts in a
 	// row to the three of them.
 	require.Eventually(t, func() bool {
