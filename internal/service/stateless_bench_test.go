@@ -12,6 +12,29 @@ import (
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
+// dialAndRelay dials one client with cfg and relays, with st, one
+// connection ln accepted (not necessarily that one: in a benchmark all are
+// alike).
+func dialAndRelay(ln net.Listener, cfg *tls.Config, st stepper) error {
+	done := make(chan error, 1)
+	go func() {
+		c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+		if err == nil {
+			c.Close()
+		}
+		done <- err
+	}()
+	server, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer server.Close()
+	if _, err := relay(server, st); err != nil {
+		return err
+	}
+	return <-done
+}
+
 // BenchmarkStatelessHandshake: full handshakes over unary gRPC, the session
 // held by the service ("memory") and carried in step tokens ("tokens"), in
 // one run on one server: the ratio of cpu-ns/op is what the tokens cost a
@@ -52,25 +75,12 @@ func BenchmarkStatelessHandshake(b *testing.B) {
 				var mu sync.Mutex
 				var tokenBytes, tokens [4]int // by step
 				parallel(b, 4, func() error {
-					done := make(chan error, 1)
-					go func() {
-						c, err := tls.Dial("tcp", ln.Addr().String(), tc.client)
-						if err == nil {
-							c.Close()
-						}
-						done <- err
-					}()
-					server, err := ln.Accept()
-					if err != nil {
-						return err
-					}
-					defer server.Close()
 					var st stepper = &unaryStepper{hc: hc, start: start}
 					ts := &tokenStepper{hcs: []pb.HandshakeClient{hc}, start: start}
 					if mode == "tokens" {
 						st = ts
 					}
-					if _, err := relay(server, st); err != nil {
+					if err := dialAndRelay(ln, tc.client, st); err != nil {
 						return err
 					}
 					mu.Lock()
@@ -79,7 +89,7 @@ func BenchmarkStatelessHandshake(b *testing.B) {
 						tokens[i]++
 					}
 					mu.Unlock()
-					return <-done
+					return nil
 				})
 				for i, n := range tokens {
 					if n > 0 {

@@ -111,7 +111,7 @@ func auditKeyChange(e keyvault.TicketKeyEvent, log *audit.Log) string {
 		name, kind, ops = "step-token key", "step-token key", "step_token_keys."
 	}
 	op = ops + op
-	slog.Info(name+" "+change, strings.ReplaceAll(kind, " ", "_"), fmt.Sprintf("%08x", e.ID),
+	slog.Info(name+" "+change, strings.NewReplacer(" ", "_", "-", "_").Replace(kind), fmt.Sprintf("%08x", e.ID),
 		"seal_until", e.SealUntil, "accept_until", e.AcceptUntil, "keys", e.Accepted)
 	if log == nil {
 		return change
