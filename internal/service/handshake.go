@@ -82,7 +82,7 @@ func newHandshakeAPI(vault *keyvault.Vault, opts HandshakeOptions, metrics *hand
 	opts.MaxSessions = cmp.Or(max(opts.MaxSessions, 0), 10000)
 	opts.SessionTTL = cmp.Or(max(opts.SessionTTL, 0), 30*time.Second)
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
-	return &Handshake{
+	h := &Handshake{
 		tokens:   newStepTokenKeys(vault, opts.Deployment, opts.SessionTTL, log),
 		vault:    vault,
 		keys:     vaultKeyOps{vault: vault, tracer: noTracer, metrics: newKeyMetrics(nil)},
@@ -90,6 +90,9 @@ func newHandshakeAPI(vault *keyvault.Vault, opts HandshakeOptions, metrics *hand
 		metrics:  metrics,
 		tracer:   noTracer,
 	}
+	// For the life of the vault: the certificates are of its keys.
+	vault.Subscribe(h.certs.forget)
+	return h
 }
 
 // setTracerProvider turns tracing on: see handshake_trace.go.
