@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/engine"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
@@ -68,13 +69,15 @@ const stepTokenRotation = time.Hour
 const stepTokenScope = "handshake step"
 
 // newStepTokenKeys returns the step-token keys of a service whose
-// handshakes live ttl.
-func newStepTokenKeys(vault *keyvault.Vault, deployment string, ttl time.Duration, now func() time.Time) *keyvault.TicketKeys {
+// handshakes live ttl; their changes are logged and audited in log (nil:
+// logged only).
+func newStepTokenKeys(vault *keyvault.Vault, deployment string, ttl time.Duration, log *audit.Log) *keyvault.TicketKeys {
 	// The lifetime is what the key schedule allows (1s to 7 days): a token
 	// expires at its own expiry anyway.
 	lifetime := min(max(ttl.Round(time.Second), time.Second), keyvault.DefaultTicketLifetime)
 	tk, err := keyvault.NewTicketKeys(vault, keyvault.TicketKeyOptions{
-		Purpose: keyvault.PurposeStepTokens, Deployment: deployment, Rotation: stepTokenRotation, Lifetime: lifetime, Now: now,
+		Purpose: keyvault.PurposeStepTokens, Deployment: deployment, Rotation: stepTokenRotation, Lifetime: lifetime,
+		OnChange: func(e keyvault.TicketKeyEvent) { auditKeyChange(e, log) },
 	})
 	if err != nil {
 		panic(fmt.Sprintf("step-token key options out of the range made above: %v", err))
