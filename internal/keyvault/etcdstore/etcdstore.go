@@ -21,6 +21,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +42,8 @@ const (
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultRequestTimeout = 5 * time.Second
 	DefaultLeaseTTL       = 5 * time.Second
+	// DefaultMaxTxnOps is etcd's default --max-txn-ops.
+	DefaultMaxTxnOps = 128
 )
 
 // scanPage is how many records one range request of a Scan reads.
@@ -65,6 +69,9 @@ type Config struct {
 	// keep-alive of its process: a replica that died stops holding up
 	// WaitApplied after that.
 	LeaseTTL time.Duration
+	// MaxTxnOps is the etcd cluster's --max-txn-ops: a commit writes at
+	// most MaxTxnOps-1 records (one operation rewrites the head).
+	MaxTxnOps int
 }
 
 // Store is a keyvault.SharedStore on etcd.
@@ -85,6 +92,8 @@ type Store struct {
 	mu         sync.Mutex
 	lease      clientv3.LeaseID // 0: none alive
 	announced  int64
+	// announcedOn is the lease whose key holds announced.
+	announcedOn clientv3.LeaseID
 	// compactPending is the revision of a commit that erased records
 	// whose history could not be compacted yet; 0 when none.
 	compactPending int64
@@ -114,13 +123,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
+	if cfg.MaxTxnOps <= 1 {
+		cfg.MaxTxnOps = DefaultMaxTxnOps
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
 		// Keep-alive pings notice a dead connection and move the client to
-		// another member while nothing else is sent.
-		DialKeepAliveTime:    cfg.RequestTimeout,
+		// another member while nothing else is sent (10s: gRPC's minimum).
+		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: cfg.RequestTimeout,
 		Logger:               zap.NewNop(),
 	})
@@ -141,9 +153,60 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	rctx, rcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), cfg.DialTimeout)
 	defer rcancel()
 	if _, err := s.cli.Get(rctx, s.head); err != nil {
+		if why := diagnose(cfg); why != nil {
+			err = fmt.Errorf("%w; %w", err, why)
+		}
 		return nil, errors.Join(s.fail(ctx, "open", cfg.DialTimeout, err), s.Close())
 	}
 	return s, nil
+}
+
+// diagnose connects to each endpoint itself to find what the etcd client
+// does not report, why it could not connect: refused, or the TLS handshake
+// failed (a CA that does not match, a client certificate missing or
+// refused). nil when it finds nothing.
+func diagnose(cfg Config) error {
+	var errs []error
+	for _, ep := range cfg.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+			continue
+		}
+		conn, err := net.DialTimeout("tcp", u.Host, cfg.DialTimeout)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if u.Scheme == "https" && cfg.TLS != nil {
+			tc := cfg.TLS.Clone()
+			if tc.ServerName == "" {
+				tc.ServerName = u.Hostname()
+			}
+			tconn := tls.Client(conn, tc)
+			_ = tconn.SetDeadline(time.Now().Add(cfg.DialTimeout))
+			err = tconn.Handshake()
+			if err == nil {
+				// TLS 1.3: the server refuses a client certificate after
+				// the client's handshake is done, in its first record.
+				_ = tconn.SetReadDeadline(time.Now().Add(cfg.DialTimeout / 4))
+				_, err = tconn.Read(make([]byte, 1))
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					err = nil
+				}
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: TLS: %w", ep, err))
+			}
+		}
+		conn.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// String says where the store is: its endpoints and prefix.
+func (s *Store) String() string {
+	return fmt.Sprintf("etcd %s, prefix %s", strings.Join(s.cfg.Endpoints, ","), s.cfg.Prefix)
 }
 
 // Close revokes the replica's lease, so that WaitApplied stops waiting for
@@ -318,7 +381,11 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		// Without an answer the commit may or may not have happened: a
 		// retry computed on a new Scan compares revisions and finds out.
-		return 0, s.fail(ctx, "commit", s.cfg.RequestTimeout, err)
+		op := "commit"
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
+		}
+		return 0, s.fail(ctx, op, s.cfg.RequestTimeout, err)
 	}
 	if !resp.Succeeded {
 		return 0, s.explain(w, resp)
@@ -338,6 +405,10 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	}
 	return rev, nil
 }
+
+// MaxCommitRecords is how many records one commit may write: the vault
+// splits what it can (a KEK rotation) into commits of at most this many.
+func (s *Store) MaxCommitRecords() int { return s.cfg.MaxTxnOps - 1 }
 
 // txn translates w: comparisons, operations, and the reads that explain a
 // failed comparison.
@@ -427,8 +498,12 @@ func (s *Store) compact(ctx context.Context, rev int64) error {
 	// Compacted already (by another replica, or etcd's auto-compaction) at
 	// or after rev: what rev needs is done.
 	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
-		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w",
-			rev, s.fail(ctx, "compact", s.cfg.RequestTimeout, err))
+		why := s.fail(ctx, "compact", s.cfg.RequestTimeout, err)
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			why = fmt.Errorf("etcdstore: compact: etcd refused (%v): with etcd's authentication on, compacting needs the root role: grant it to handshaked's etcd user, or give the key store an etcd cluster of its own secured by client certificates: %w",
+				err, keyvault.ErrUnavailable)
+		}
+		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w", rev, why)
 	}
 	s.mu.Lock()
 	if s.compactPending <= rev {
@@ -507,7 +582,9 @@ func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) erro
 // replicas/ holds rev, attached to a lease that the store keeps alive while
 // it is open. A lease that expired (the process stalled past LeaseTTL) is
 // replaced by a new one. Announcing a revision lower than one announced
-// before changes nothing.
+// before, or the one the lease's key holds already, changes nothing and
+// sends nothing: a replica announces at every confirmation of its view, and
+// each write would grow etcd's history.
 func (s *Store) Announce(ctx context.Context, rev int64) error {
 	s.announceMu.Lock()
 	defer s.announceMu.Unlock()
@@ -520,7 +597,11 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 		if rev < s.announced {
 			rev = s.announced
 		}
+		held := lease == s.announcedOn && rev == s.announced
 		s.mu.Unlock()
+		if held {
+			return nil
+		}
 		rctx, cancel := s.request(ctx)
 		_, err = s.cli.Put(rctx, s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))
 		cancel()
@@ -532,7 +613,7 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 			return s.fail(ctx, "announce the applied revision", s.cfg.RequestTimeout, err)
 		}
 		s.mu.Lock()
-		s.announced = rev
+		s.announced, s.announcedOn = rev, lease
 		s.mu.Unlock()
 		return nil
 	}
@@ -560,13 +641,20 @@ func (s *Store) liveLease(ctx context.Context) (clientv3.LeaseID, error) {
 	if err != nil {
 		return 0, s.fail(ctx, "grant the replica's lease", s.cfg.RequestTimeout, err)
 	}
+	s.mu.Lock()
+	closed = s.closed
+	if !closed {
+		s.lease = resp.ID
+	}
+	s.mu.Unlock()
+	if closed { // Close ran meanwhile and revoked none: this one ends with its TTL
+		return 0, keyvault.ErrClosed
+	}
 	alive, err := s.cli.KeepAlive(s.ctx, resp.ID)
 	if err != nil {
+		s.leaseEnded(resp.ID)
 		return 0, s.fail(ctx, "keep the replica's lease alive", s.cfg.RequestTimeout, err)
 	}
-	s.mu.Lock()
-	s.lease = resp.ID
-	s.mu.Unlock()
 	go func() {
 		// The channel closes when the lease expired or the store closed.
 		for range alive {
