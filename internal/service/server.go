@@ -59,6 +59,7 @@ type Server struct {
 	reloader *reloader
 	interval time.Duration
 	tickets  *keyvault.TicketKeys // nil: session tickets off
+	tokens   *keyvault.TicketKeys // of stateless handshakes
 	pollCtx  context.Context
 	stopPoll context.CancelFunc
 }
@@ -122,7 +123,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, err
 	}
 	kv.batchItem = g.batchItem
-	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	hs := newHandshakeAPI(vault, opts.Handshake, newHandshakeMetrics(registry), opts.Audit)
+	s.tokens = hs.tokens
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)
 	kv.keys, hs.keys.metrics = keys, keys
@@ -229,6 +231,7 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	if s.tickets != nil {
 		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
+	go maintainTickets(s.pollCtx, s.tokens, ticketMaintenance)
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past
 		// the cap the next ones wait in the kernel's backlog.
