@@ -104,7 +104,7 @@ func (v *Vault) consistentRecords(ctx context.Context) ([]Record, *sealKeys, err
 		return nil, nil, ErrClosed
 	}
 	var records []Record
-	err := v.store.Scan(ctx, func(r Record) error {
+	_, err := v.store.Scan(ctx, func(r Record) error {
 		if r.Kind != RecordManifest {
 			e, ok := v.entries[r.RecordRef]
 			if !ok || sha256.Sum256(r.Sealed) != e.digest {
@@ -296,17 +296,18 @@ func snapshotKey(kek []byte) []byte {
 // to open them as a vault before it commits anything.
 type snapshotStore struct{ records []Record }
 
-func (s *snapshotStore) Scan(ctx context.Context, fn func(Record) error) error {
+// Scan implements Store. A snapshot has no store revisions: every one is 0.
+func (s *snapshotStore) Scan(ctx context.Context, fn func(Record) error) (int64, error) {
 	for _, r := range s.records {
 		if err := fn(r); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return 0, nil
 }
 
-func (s *snapshotStore) Commit(context.Context, Write) error {
-	return errors.New("keyvault: a snapshot is read-only")
+func (s *snapshotStore) Commit(context.Context, Write) (int64, error) {
+	return 0, errors.New("keyvault: a snapshot is read-only")
 }
 
 func (s *snapshotStore) Close() error { return nil }

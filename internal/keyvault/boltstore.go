@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -21,14 +23,20 @@ import (
 // record (during a rotation) and the ticket keys ("t"+id, id as 4 bytes
 // big-endian) in bucket "vault" and one nested
 // bucket per key in bucket "keys", whose entries are "key", "v"+version and
-// "m"+version (private key), version as 4 bytes big-endian.
+// "m"+version (private key), version as 4 bytes big-endian. Bucket
+// "revisions" holds the store revision (entry "\x00") and the revision of
+// the commit that last wrote each record (entry kind, version as 4 bytes
+// big-endian, id), 8 bytes big-endian each. A file written before revisions
+// has none: its state is revision 1, and so is each of its records.
 var (
-	bucketVault   = []byte("vault")
-	bucketKeys    = []byte("keys")
-	entryCheck    = []byte("kek-check")
-	entryManifest = []byte("manifest")
-	entryRotation = []byte("kek-rotation")
-	entryKey      = []byte("key")
+	bucketVault     = []byte("vault")
+	bucketKeys      = []byte("keys")
+	bucketRevisions = []byte("revisions")
+	entryStoreRev   = []byte{0}
+	entryCheck      = []byte("kek-check")
+	entryManifest   = []byte("manifest")
+	entryRotation   = []byte("kek-rotation")
+	entryKey        = []byte("key")
 )
 
 const (
@@ -171,29 +179,36 @@ func (s *BoltStore) Close() error {
 }
 
 // Scan implements Store.
-func (s *BoltStore) Scan(ctx context.Context, fn func(Record) error) error {
+func (s *BoltStore) Scan(ctx context.Context, fn func(Record) error) (int64, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.db == nil {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	return s.db.View(func(tx *bolt.Tx) error {
+	var rev int64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rev = storeRevision(tx)
 		return forEachRecord(tx, func(r Record) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 			// Values live in the memory map only while the transaction does.
 			r.Sealed = append([]byte(nil), r.Sealed...)
+			r.Revision = recordRevision(tx, r.RecordRef)
 			return fn(r)
 		})
 	})
+	if err != nil {
+		return 0, err
+	}
+	return rev, nil
 }
 
 // Commit implements Store in one bbolt transaction, fsynced before it
 // returns.
-func (s *BoltStore) Commit(ctx context.Context, w Write) error {
+func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, err
 	}
 	if len(w.Erase) > 0 {
 		return s.rewrite(w)
@@ -201,9 +216,20 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.db == nil {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return applyWrite(tx, w) })
+	var rev int64
+	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		if err := checkIf(tx, w.If); err != nil {
+			return err
+		}
+		rev, err = applyWrite(tx, w)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return rev, nil
 }
 
 // rewrite commits a write that erases records by copying every other record
@@ -211,52 +237,61 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) error {
 // a deleted value stays in a freed page until the page happens to be reused,
 // so deleting in place would leave the sealed private key in the file.
 // The rename is the commit point: until then the old file is untouched.
-func (s *BoltStore) rewrite(w Write) error {
+func (s *BoltStore) rewrite(w Write) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.db == nil {
-		return ErrClosed
+		return 0, ErrClosed
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error { return checkIf(tx, w.If) }); err != nil {
+		return 0, err
 	}
 	tmp := rewritePath(s.path)
 	if err := removeIfExists(tmp); err != nil {
-		return fmt.Errorf("keyvault: %w", err)
+		return 0, fmt.Errorf("keyvault: %w", err)
 	}
 	dst, err := openBoltDB(tmp, s.fs)
 	if err != nil {
-		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+		return 0, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
 	erased := make(map[RecordRef]bool, len(w.Erase))
 	for _, ref := range w.Erase {
 		erased[ref] = true
 	}
+	var rev int64
 	err = s.db.View(func(src *bolt.Tx) error {
 		return dst.Update(func(tx *bolt.Tx) error {
 			err := forEachRecord(src, func(r Record) error {
 				if erased[r.RecordRef] {
 					return nil
 				}
+				r.Revision = recordRevision(src, r.RecordRef)
 				return putRecord(tx, r)
 			})
+			if err == nil {
+				err = putRevision(tx, entryStoreRev, storeRevision(src))
+			}
 			if err != nil {
 				return err
 			}
-			return applyWrite(tx, w)
+			rev, err = applyWrite(tx, w)
+			return err
 		})
 	})
 	if err == nil {
 		err = s.fs.Rename(tmp, s.path)
 	}
 	if err != nil {
-		return errors.Join(fmt.Errorf("keyvault: rewrite bolt store: %w", err), dst.Close(), removeIfExists(tmp))
+		return 0, errors.Join(fmt.Errorf("keyvault: rewrite bolt store: %w", err), dst.Close(), removeIfExists(tmp))
 	}
 	// The old file is unlinked and the write is durable in the new one, so
 	// closing the old one can only fail to release resources.
 	_ = s.db.Close()
 	s.db = dst
 	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
-		return fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+		return 0, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
-	return nil
+	return rev, nil
 }
 
 func rewritePath(path string) string { return path + ".rewrite" }
@@ -266,6 +301,8 @@ func rewritePath(path string) string { return path + ".rewrite" }
 func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 	return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 		switch string(name) {
+		case string(bucketRevisions):
+			return nil // read with each record
 		case string(bucketVault):
 			return b.ForEach(func(k, v []byte) error {
 				var ref RecordRef
@@ -390,44 +427,115 @@ func bucketFor(tx *bolt.Tx, ref RecordRef, create bool) (*bolt.Bucket, []byte, e
 	return b, name, nil
 }
 
+// putRecord stores r with r.Revision as its revision.
 func putRecord(tx *bolt.Tx, r Record) error {
 	b, name, err := bucketFor(tx, r.RecordRef, true)
 	if err != nil {
 		return err
 	}
-	return b.Put(name, r.Sealed)
+	if err := b.Put(name, r.Sealed); err != nil {
+		return err
+	}
+	return putRevision(tx, revisionEntry(r.RecordRef), r.Revision)
 }
 
-func applyWrite(tx *bolt.Tx, w Write) error {
+// applyWrite applies w in tx, as the commit of the next store revision,
+// which it returns.
+func applyWrite(tx *bolt.Tx, w Write) (int64, error) {
+	rev := storeRevision(tx) + 1
 	for _, ref := range w.Erase {
 		b, name, err := bucketFor(tx, ref, false)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if b != nil {
 			if err := b.Delete(name); err != nil {
-				return err
+				return 0, err
+			}
+		}
+		if b := tx.Bucket(bucketRevisions); b != nil {
+			if err := b.Delete(revisionEntry(ref)); err != nil {
+				return 0, err
 			}
 		}
 	}
 	for _, r := range w.Create {
 		b, name, err := bucketFor(tx, r.RecordRef, true)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if b.Get(name) != nil {
-			return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrAlreadyExists)
+			return 0, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrAlreadyExists)
 		}
-		if err := b.Put(name, r.Sealed); err != nil {
-			return err
+		r.Revision = rev
+		if err := putRecord(tx, r); err != nil {
+			return 0, err
 		}
 	}
 	for _, r := range w.Put {
+		r.Revision = rev
 		if err := putRecord(tx, r); err != nil {
+			return 0, err
+		}
+	}
+	if err := putRevision(tx, entryStoreRev, rev); err != nil {
+		return 0, err
+	}
+	return rev, nil
+}
+
+// checkIf fails with ErrConflict unless every record named in cond has the
+// revision given, 0 meaning that it does not exist.
+func checkIf(tx *bolt.Tx, cond map[RecordRef]int64) error {
+	for _, ref := range slices.SortedFunc(maps.Keys(cond), compareRefs) {
+		var got int64
+		b, name, err := bucketFor(tx, ref, false)
+		if err != nil {
 			return err
+		}
+		if b != nil && b.Get(name) != nil {
+			got = recordRevision(tx, ref)
+		}
+		if got != cond[ref] {
+			return fmt.Errorf("keyvault: bolt store: %v is at revision %d, not %d: %w", ref, got, cond[ref], ErrConflict)
 		}
 	}
 	return nil
+}
+
+// storeRevision returns the revision of the store's state in tx.
+func storeRevision(tx *bolt.Tx) int64 {
+	return readRevision(tx, entryStoreRev)
+}
+
+// recordRevision returns the revision of the commit that wrote ref, which
+// exists in tx.
+func recordRevision(tx *bolt.Tx, ref RecordRef) int64 {
+	return readRevision(tx, revisionEntry(ref))
+}
+
+// readRevision reads an entry of the revisions bucket: 1 for a file written
+// before revisions, so that none of its records looks missing to If.
+func readRevision(tx *bolt.Tx, entry []byte) int64 {
+	if b := tx.Bucket(bucketRevisions); b != nil {
+		if v := b.Get(entry); len(v) == 8 {
+			return int64(binary.BigEndian.Uint64(v))
+		}
+	}
+	return 1
+}
+
+func putRevision(tx *bolt.Tx, entry []byte, rev int64) error {
+	b, err := tx.CreateBucketIfNotExists(bucketRevisions)
+	if err != nil {
+		return err
+	}
+	return b.Put(entry, binary.BigEndian.AppendUint64(nil, uint64(rev)))
+}
+
+// revisionEntry names ref's entry in the revisions bucket.
+func revisionEntry(ref RecordRef) []byte {
+	return append(binary.BigEndian.AppendUint32([]byte{byte(ref.Kind)}, ref.Version), ref.ID...)
 }
 
 func removeIfExists(path string) error {

@@ -2,7 +2,7 @@ package keyvault
 
 import "errors"
 
-// The service maps the first four to gRPC codes with errors.Is. The vault
+// The service maps the first four, ErrAborted and ErrUnavailable to gRPC codes with errors.Is. The vault
 // wraps every error with context (key id, version number), never with key
 // material, plaintexts or premasters.
 var (
@@ -22,4 +22,17 @@ var (
 	ErrEmptyStore = errors.New("the key store is empty")
 	// ErrClosed is returned by every method of a closed Vault or store.
 	ErrClosed = errors.New("key vault is closed")
+
+	// ErrConflict is wrapped by Store.Commit when a record named in
+	// Write.If does not have the revision given: another writer changed
+	// the store since the write was computed. The vault recomputes the
+	// change on the new state and tries again.
+	ErrConflict = errors.New("the store changed since it was read")
+	// ErrAborted is returned by a change that kept conflicting with
+	// changes of other replicas: the caller may retry it.
+	ErrAborted = errors.New("aborted by concurrent changes")
+	// ErrUnavailable is wrapped when the store cannot be reached or cannot
+	// confirm its state (etcd without quorum), and by key use on a replica
+	// whose view it could not confirm recently.
+	ErrUnavailable = errors.New("unavailable")
 )

@@ -184,7 +184,7 @@ func (v *Vault) rewrapStep(ctx context.Context) (KEKStatus, bool, error) {
 		batch[ref] = true
 	}
 	var w Write
-	err := v.store.Scan(ctx, func(r Record) error {
+	_, err := v.store.Scan(ctx, func(r Record) error {
 		if !batch[r.RecordRef] {
 			return nil
 		}

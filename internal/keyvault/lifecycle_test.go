@@ -306,9 +306,9 @@ type failingStore struct {
 	fail atomic.Bool
 }
 
-func (s *failingStore) Commit(ctx context.Context, w Write) error {
+func (s *failingStore) Commit(ctx context.Context, w Write) (int64, error) {
 	if s.fail.Load() {
-		return errors.New("disk full")
+		return 0, errors.New("disk full")
 	}
 	return s.Store.Commit(ctx, w)
 }

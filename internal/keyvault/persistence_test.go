@@ -151,7 +151,10 @@ func copyRecords(from, to []RecordRef) func(tx *bolt.Tx) error {
 }
 
 func removeRecord(ref RecordRef) func(tx *bolt.Tx) error {
-	return func(tx *bolt.Tx) error { return applyWrite(tx, Write{Erase: []RecordRef{ref}}) }
+	return func(tx *bolt.Tx) error {
+		_, err := applyWrite(tx, Write{Erase: []RecordRef{ref}})
+		return err
+	}
 }
 
 func verRef(id string, n uint32) RecordRef { return RecordRef{Kind: RecordVersion, ID: id, Version: n} }

@@ -66,6 +66,9 @@ func (r RecordRef) String() string {
 type Record struct {
 	RecordRef
 	Sealed []byte
+	// Revision is the store revision of the commit that last wrote the
+	// record: set by Scan, ignored by Commit.
+	Revision int64
 }
 
 // Write is one atomic change of a store.
@@ -80,6 +83,11 @@ type Write struct {
 	// first: a record both erased and put is replaced, with no copy of its
 	// old bytes left.
 	Erase []RecordRef
+	// If makes the write a compare-and-swap on what it was computed from:
+	// Commit applies it only if every record named has the store revision
+	// given (0: the record must not exist) and otherwise fails with an
+	// error wrapping ErrConflict, changing nothing.
+	If map[RecordRef]int64
 }
 
 // Store keeps the vault's sealed records. It is the seam for backends: the
@@ -88,11 +96,35 @@ type Write struct {
 type Store interface {
 	// Scan calls fn once for every record in the store, in no particular
 	// order, and stops at fn's first error. fn may retain the Record. The
-	// records are those of one state of the store, between two commits. A
-	// store reports what it cannot read as a record rather than skip it.
-	Scan(ctx context.Context, fn func(Record) error) error
+	// records are those of one state of the store, between two commits,
+	// and rev is the store revision of that state. A store reports what it
+	// cannot read as a record rather than skip it.
+	Scan(ctx context.Context, fn func(Record) error) (rev int64, err error)
 	// Commit applies w atomically (all of it or nothing) and durably: when
-	// Commit returns nil, the change survives a crash or power loss.
-	Commit(ctx context.Context, w Write) error
+	// Commit returns, the change survives a crash or power loss. rev is
+	// the store revision of the commit, which every record it wrote now
+	// has.
+	Commit(ctx context.Context, w Write) (rev int64, err error)
 	Close() error
+}
+
+// SharedStore is a Store other processes write too (etcd). A vault on one
+// follows it.
+type SharedStore interface {
+	Store
+	// Watch calls fn with the store revision of each commit after `after`,
+	// by any process, in order, until ctx ends (returns ctx.Err()) or the
+	// watch breaks (returns another error: the caller rescans, then
+	// watches again).
+	Watch(ctx context.Context, after int64, fn func(rev int64)) error
+	// Revision returns the store's current revision, read linearizably; it
+	// fails when the store cannot confirm it (etcd without quorum): wrap
+	// ErrUnavailable.
+	Revision(ctx context.Context) (int64, error)
+	// Announce publishes that this replica's view has applied revision
+	// rev, under a lease that ends with the process.
+	Announce(ctx context.Context, rev int64) error
+	// WaitApplied returns once every live announced replica has applied
+	// rev, or when ctx ends.
+	WaitApplied(ctx context.Context, rev int64) error
 }

@@ -41,12 +41,13 @@ func storedTicketKeys(t *testing.T, path string) map[uint32][]byte {
 	require.NoError(t, err)
 	defer store.Close()
 	out := map[uint32][]byte{}
-	require.NoError(t, store.Scan(ctx, func(r Record) error {
+	_, err = store.Scan(ctx, func(r Record) error {
 		if r.Kind == RecordTicketKey {
 			out[r.Version] = r.Sealed
 		}
 		return nil
-	}))
+	})
+	require.NoError(t, err)
 	return out
 }
 

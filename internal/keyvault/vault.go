@@ -168,7 +168,7 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 		return err
 	}
 	w.Put = append(slices.Clone(w.Put), rec)
-	if err := v.store.Commit(ctx, w); err != nil {
+	if _, err := v.store.Commit(ctx, w); err != nil {
 		return err
 	}
 	v.revision, v.entries = rev, entries
@@ -227,7 +227,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
 	ticketRecords := make(map[uint32]Record)
-	err := v.store.Scan(ctx, func(r Record) error {
+	_, err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
 		case RecordManifest:

@@ -52,8 +52,10 @@ func codeOf(err error) codes.Code {
 		return codes.AlreadyExists
 	case errors.Is(err, keyvault.ErrFailedPrecondition):
 		return codes.FailedPrecondition
-	case errors.Is(err, keyvault.ErrClosed):
+	case errors.Is(err, keyvault.ErrClosed), errors.Is(err, keyvault.ErrUnavailable):
 		return codes.Unavailable
+	case errors.Is(err, keyvault.ErrAborted):
+		return codes.Aborted
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
