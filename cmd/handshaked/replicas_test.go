@@ -443,4 +443,3 @@ func testEtcdMembersDown(ctx context.Context, t *testing.T, f *fleet, e *edgePro
 	load.waitOK(t, 12, 20)
 	t.Logf("quorum back: key changes and handshakes again after %v", time.Since(back).Round(time.Millisecond))
 }
-
