@@ -66,6 +66,7 @@ type Server struct {
 	reloader *reloader
 	interval time.Duration
 	tickets  *keyvault.TicketKeys // nil: session tickets off
+	tokens   *keyvault.TicketKeys // of stateless handshakes
 	pollCtx  context.Context
 	stopPoll context.CancelFunc
 }
@@ -131,6 +132,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	}
 	kv.batchItem = g.batchItem
 	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	s.tokens = hs.tokens
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)
 	kv.keys, hs.keys.metrics = keys, keys
@@ -247,6 +249,7 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 	if s.tickets != nil {
 		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
+	go maintainTickets(s.pollCtx, s.tokens, ticketMaintenance)
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past
 		// the cap the next ones wait in the kernel's backlog.

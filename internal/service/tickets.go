@@ -68,12 +68,12 @@ func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketM
 	keys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "handshaked_ticket_keys",
 		Help: "Session ticket keys held: the current one and those whose tickets may still be valid.",
-	}, func() float64 { return float64(len(vault.TicketKeys())) })
+	}, func() float64 { return float64(len(sessionTicketKeys(vault))) })
 	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "handshaked_ticket_key_age_seconds",
 		Help: "Age of the newest session ticket key: at most the rotation period plus a minute while rotation works; 0 before the first ticket.",
 	}, func() float64 {
-		ks := vault.TicketKeys()
+		ks := sessionTicketKeys(vault)
 		if len(ks) == 0 {
 			return 0
 		}
@@ -81,6 +81,11 @@ func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketM
 	})
 	reg.MustRegister(m.keyChanges, m.sealed, m.opened, keys, age)
 	return m
+}
+
+// sessionTicketKeys lists the vault's session ticket keys, oldest first.
+func sessionTicketKeys(vault *keyvault.Vault) []keyvault.TicketKeyInfo {
+	return slices.DeleteFunc(vault.TicketKeys(), func(k keyvault.TicketKeyInfo) bool { return k.Purpose != keyvault.PurposeTickets })
 }
 
 // newTicketKeys returns the vault's ticket keys for opts, whose changes
@@ -116,12 +121,13 @@ func newTicketKeys(vault *keyvault.Vault, opts TicketOptions, m *ticketMetrics, 
 // is erased within this period.
 const ticketMaintenance = time.Minute
 
-// maintainTickets rotates and retires ticket keys on schedule until ctx
-// ends, so that keys are erased on time even when no ticket is sealed.
+// maintainTickets rotates and retires ticket keys (of either purpose) on
+// schedule until ctx ends, so that keys are erased on time even when none
+// seals anything.
 func maintainTickets(ctx context.Context, tk *keyvault.TicketKeys, every time.Duration) {
 	everyTick(ctx, every, func() {
 		if err := tk.Maintain(ctx); err != nil && !errors.Is(err, keyvault.ErrClosed) && ctx.Err() == nil {
-			slog.ErrorContext(ctx, "session ticket key rotation failed", "err", err)
+			slog.ErrorContext(ctx, tk.Purpose().String()+" key rotation failed", "err", err)
 		}
 	})
 }
