@@ -66,6 +66,7 @@ func main() {
 
 type options struct {
 	listen, service, backend      string
+	metricsListen                 string
 	caFile, certFile, keyFile     string
 	keys, suites, groups, alpn    cliflag.List
 	minVersion, maxVersion        string
@@ -114,7 +115,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs := flag.NewFlagSet("handshake-edge", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8443", "TCP `address` to accept TLS clients on")
-	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
+	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `target` of handshaked: host:port, the replicas host:port,host:port,... or dns:///name:port; calls are balanced round-robin over every address, and a unary step (-unary) that fails with UNAVAILABLE is retried on another replica")
 	fs.StringVar(&o.caFile, "handshaked-ca", "", "roots (`PEM`) for handshaked's certificate; with -handshaked-cert/-key: mutual TLS (default: plain text, for a loopback development instance)")
 	fs.StringVar(&o.certFile, "handshaked-cert", "", "client certificate (`PEM`) for handshaked")
 	fs.StringVar(&o.keyFile, "handshaked-key", "", "client certificate key (`PEM`) for handshaked")
@@ -135,6 +136,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.tickets, "session-tickets", true, "issue and accept session tickets (sealed by handshaked, so a client resumes on any edge of the deployment)")
 	fs.BoolVar(&o.tickets12, "tls12-session-tickets", true, "also in TLS 1.2, whose tickets carry the master secret (false: forward secrecy for TLS 1.2 sessions; TLS 1.3 resumption keeps it)")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics in plain HTTP on this `address` (default: none)")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
 	o.trace = tracing.AddFlags(fs)
 	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
@@ -167,7 +169,26 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 		defer cancel()
 		tp.Shutdown(sctx)
 	}()
-	var dialOpts []handshaked.Option
+	ctx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	metrics := newEdgeMetrics()
+	if o.metricsListen != "" {
+		lis, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("-metrics-listen: %w", err)
+		}
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			metrics.serve(ctx, lis, log)
+		}()
+		defer func() {
+			stopMetrics()
+			<-served
+		}()
+		log.Info("serving metrics", "addr", lis.Addr().String())
+	}
+	dialOpts := []handshaked.Option{metrics.dialOption()}
 	var edgeTracing trace.TracerProvider
 	if o.trace.Endpoint != "" {
 		// Each handshake is a span here, and its calls carry its trace
