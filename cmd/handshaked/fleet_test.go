@@ -30,6 +30,7 @@ import (
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/etcdtest"
+	"github.com/handshaked/handshaked/internal/servicetest"
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
@@ -142,9 +143,18 @@ func (f *fleet) logs() string {
 
 // edgeProcess is a handshake-edge process.
 type edgeProcess struct {
-	cmd  *exec.Cmd
-	addr string
-	out  *testenv.Buffer
+	cmd        *exec.Cmd
+	addr       string
+	out        *testenv.Buffer
+	metricsURL string // with -metrics-listen
+}
+
+// stepCounts reads the edge's counters of unary steps retried on another
+// replica and of failed step attempts.
+func (e *edgeProcess) stepCounts(t *testing.T) (retries, failures float64) {
+	t.Helper()
+	return servicetest.MetricSum(t, http.DefaultClient, e.metricsURL, "handshake_edge_step_retries_total"),
+		servicetest.MetricSum(t, http.DefaultClient, e.metricsURL, "handshake_edge_step_failures_total")
 }
 
 // startEdge runs the handshake-edge binary bin with args on a loopback
