@@ -2,12 +2,15 @@
 // the embedded etcd server (go.etcd.io/etcd/server/v3/embed) on loopback,
 // forming one Raft cluster, with everything they write in t.TempDir(). A
 // test can stop and restart single members (to take quorum away and give it
-// back) and the cluster stops with the test.
+// back) and the cluster stops with the test. Each member's client URL is a
+// TCP forwarder in front of the member, so that stopping it cuts its
+// clients off at once, as a crash or a partition would.
 package etcdtest
 
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
@@ -45,11 +48,13 @@ type Cluster struct {
 type member struct {
 	name      string
 	dir       string
-	clientURL url.URL
+	clientURL url.URL // the front's: what clients dial
+	serveURL  url.URL // the member's own client URL, behind the front
 	peerURL   url.URL
 
-	mu   sync.Mutex
-	etcd *embed.Etcd // nil while stopped
+	mu    sync.Mutex
+	etcd  *embed.Etcd // nil while stopped
+	front *front
 }
 
 // ServerTLS makes the members serve their clients over TLS (PEM): the
@@ -83,13 +88,14 @@ func Start(t testing.TB, n int, opts ...Option) *Cluster {
 		}
 	})
 	root := t.TempDir()
-	ports := freePorts(t, 2*n)
+	ports := freePorts(t, 3*n)
 	for i := range n {
 		m := &member{
 			name:      fmt.Sprintf("m%d", i),
 			dir:       filepath.Join(root, fmt.Sprintf("m%d", i)),
-			clientURL: url.URL{Scheme: c.scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i])},
-			peerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[2*i+1])},
+			clientURL: url.URL{Scheme: c.scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i])},
+			serveURL:  url.URL{Scheme: c.scheme, Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i+1])},
+			peerURL:   url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[3*i+2])},
 		}
 		c.members = append(c.members, m)
 	}
@@ -120,7 +126,7 @@ func (c *Cluster) config(m *member, cluster string) *embed.Config {
 	cfg.Dir = filepath.Join(m.dir, "data")
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(c.logger)
-	cfg.ListenClientUrls = []url.URL{m.clientURL}
+	cfg.ListenClientUrls = []url.URL{m.serveURL}
 	cfg.AdvertiseClientUrls = []url.URL{m.clientURL}
 	cfg.ListenPeerUrls = []url.URL{m.peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{m.peerURL}
@@ -146,12 +152,17 @@ func (c *Cluster) initialCluster() string {
 }
 
 func (c *Cluster) start(m *member, cluster string) error {
-	e, err := embed.StartEtcd(c.config(m, cluster))
+	f, err := listenFront(m.clientURL.Host, m.serveURL.Host)
 	if err != nil {
 		return fmt.Errorf("etcdtest: start member %s: %w", m.name, err)
 	}
+	e, err := embed.StartEtcd(c.config(m, cluster))
+	if err != nil {
+		f.close()
+		return fmt.Errorf("etcdtest: start member %s: %w", m.name, err)
+	}
 	m.mu.Lock()
-	m.etcd = e
+	m.etcd, m.front = e, f
 	m.mu.Unlock()
 	return nil
 }
@@ -187,13 +198,17 @@ func (c *Cluster) Endpoints() []string {
 // Endpoint is member i's client URL.
 func (c *Cluster) Endpoint(i int) string { return c.members[i].clientURL.String() }
 
-// Stop stops member i (its data stays for Restart).
+// Stop stops member i (its data stays for Restart). Its clients are cut
+// off at once, as by a crash.
 func (c *Cluster) Stop(i int) {
 	m := c.members[i]
 	m.mu.Lock()
-	e := m.etcd
-	m.etcd = nil
+	e, f := m.etcd, m.front
+	m.etcd, m.front = nil, nil
 	m.mu.Unlock()
+	if f != nil {
+		f.close()
+	}
 	if e != nil {
 		e.Close()
 	}
@@ -245,6 +260,88 @@ func (c *Cluster) stopAll() {
 		wg.Go(func() { c.Stop(i) })
 	}
 	wg.Wait()
+}
+
+// front forwards a member's client port to the port the member serves on,
+// so that stopping the member cuts its clients off at once: etcd's own
+// shutdown waits up to seven seconds for open watch streams to end.
+type front struct {
+	l  net.Listener
+	wg sync.WaitGroup
+
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	closed bool
+}
+
+func listenFront(addr, target string) (*front, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	f := &front{l: l, conns: make(map[net.Conn]bool)}
+	f.wg.Go(func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			f.wg.Go(func() { f.forward(conn, target) })
+		}
+	})
+	return f, nil
+}
+
+func (f *front) forward(conn net.Conn, target string) {
+	up, err := net.Dial("tcp", target)
+	if err != nil {
+		conn.Close()
+		return
+	}
+	if !f.track(conn, up) {
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range [][2]net.Conn{{conn, up}, {up, conn}} {
+		wg.Go(func() {
+			_, _ = io.Copy(p[0], p[1])
+			// One direction ended: end the other.
+			p[0].Close()
+			p[1].Close()
+		})
+	}
+	wg.Wait()
+	f.mu.Lock()
+	delete(f.conns, conn)
+	delete(f.conns, up)
+	f.mu.Unlock()
+}
+
+// track registers conns for close; false (and closed) once it was called.
+func (f *front) track(conns ...net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		for _, c := range conns {
+			c.Close()
+		}
+		return false
+	}
+	for _, c := range conns {
+		f.conns[c] = true
+	}
+	return true
+}
+
+func (f *front) close() {
+	f.l.Close()
+	f.mu.Lock()
+	f.closed = true
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
 }
 
 // freePorts reserves n loopback ports by listening on port 0 at once (so

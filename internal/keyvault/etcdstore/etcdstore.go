@@ -1,0 +1,667 @@
+// Package etcdstore keeps the key vault's sealed records in an etcd v3
+// cluster that several handshaked replicas share: a keyvault.SharedStore.
+// A store sees only sealed bytes (sealed under the KEK by the vault, as in
+// the bolt store); etcd provides the revisions, the compare-and-swap, the
+// watch and the leases that replicas announce their view under.
+//
+// Layout under the deployment's prefix P (ending in "/"):
+//
+//	P+"store/head"               rewritten by every commit: its ModRevision is the store revision
+//	P+"store/r/KK/VVVVVVVV/ID"   a record: kind and version in hex, then the key id; value: sealed bytes
+//	P+"replicas/LLLLLLLLLLLLLLLL" a replica's applied revision (decimal), under that replica's lease
+//
+// The store revision is etcd's revision of the last commit to this store,
+// so commits of other deployments (or of announcements) in the same etcd
+// do not move it.
+package etcdstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/handshaked/handshaked/internal/keyvault"
+)
+
+// Defaults of Config's durations.
+const (
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultLeaseTTL       = 5 * time.Second
+)
+
+// scanPage is how many records one range request of a Scan reads.
+const scanPage = 256
+
+// Config says which etcd cluster holds the store and where in it.
+type Config struct {
+	// Endpoints are the client URLs of the etcd members.
+	Endpoints []string
+	// Prefix is the deployment's key prefix: every key the store writes
+	// starts with it, so deployments can share an etcd cluster. "/" is
+	// appended when missing.
+	Prefix string
+	// TLS is the client TLS configuration (the etcd CA, and a client
+	// certificate when etcd requires one); nil for plain http endpoints.
+	TLS *tls.Config
+	// DialTimeout bounds Open's first request to etcd.
+	DialTimeout time.Duration
+	// RequestTimeout bounds every later request: without quorum, etcd does
+	// not answer, and the store reports ErrUnavailable instead of waiting.
+	RequestTimeout time.Duration
+	// LeaseTTL is how long a replica's announcement outlives the last
+	// keep-alive of its process: a replica that died stops holding up
+	// WaitApplied after that.
+	LeaseTTL time.Duration
+}
+
+// Store is a keyvault.SharedStore on etcd.
+type Store struct {
+	cli      *clientv3.Client
+	cfg      Config
+	head     string // P+"store/head"
+	records  string // P+"store/r/"
+	store    string // P+"store/"
+	replicas string // P+"replicas/"
+
+	// ctx ends with Close: it bounds the lease keep-alive.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// announceMu serialises Announce; mu guards the fields below it.
+	announceMu sync.Mutex
+	mu         sync.Mutex
+	lease      clientv3.LeaseID // 0: none alive
+	announced  int64
+	// compactPending is the revision of a commit that erased records
+	// whose history could not be compacted yet; 0 when none.
+	compactPending int64
+	closed         bool
+}
+
+var _ keyvault.SharedStore = (*Store)(nil)
+
+// Open connects to etcd and checks, within cfg.DialTimeout, that the store
+// is readable there.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, fmt.Errorf("etcdstore: no etcd endpoints: %w", keyvault.ErrInvalidArgument)
+	}
+	if cfg.Prefix == "" {
+		return nil, fmt.Errorf("etcdstore: empty key prefix (one per deployment, e.g. /handshaked/prod/): %w", keyvault.ErrInvalidArgument)
+	}
+	if !strings.HasSuffix(cfg.Prefix, "/") {
+		cfg.Prefix += "/"
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		TLS:         cfg.TLS,
+		DialTimeout: cfg.DialTimeout,
+		// Keep-alive pings notice a dead connection and move the client to
+		// another member while nothing else is sent.
+		DialKeepAliveTime:    cfg.RequestTimeout,
+		DialKeepAliveTimeout: cfg.RequestTimeout,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcdstore: connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &Store{
+		cli:      cli,
+		cfg:      cfg,
+		store:    cfg.Prefix + "store/",
+		head:     cfg.Prefix + "store/head",
+		records:  cfg.Prefix + "store/r/",
+		replicas: cfg.Prefix + "replicas/",
+		ctx:      sctx,
+		cancel:   cancel,
+	}
+	rctx, rcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), cfg.DialTimeout)
+	defer rcancel()
+	if _, err := s.cli.Get(rctx, s.head); err != nil {
+		return nil, errors.Join(s.fail(ctx, "open", cfg.DialTimeout, err), s.Close())
+	}
+	return s, nil
+}
+
+// Close revokes the replica's lease, so that WaitApplied stops waiting for
+// it, and disconnects. Closing twice is not an error.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	lease := s.lease
+	s.lease = 0
+	s.mu.Unlock()
+	s.cancel()
+	if lease != 0 {
+		// Best effort: without it the lease ends after its TTL.
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		_, _ = s.cli.Revoke(ctx, lease)
+		cancel()
+	}
+	if err := s.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("etcdstore: close: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// request derives the context of one request: bounded by RequestTimeout,
+// and refused at once by a member that has no leader (no quorum) rather
+// than queued.
+func (s *Store) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.RequestTimeout)
+}
+
+// fail wraps an etcd error with what the operator needs to know. When the
+// caller's own context ended, that is the error.
+func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("etcdstore: %s: %w", op, ctx.Err())
+	}
+	eps := strings.Join(s.cfg.Endpoints, ",")
+	switch {
+	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrUserEmpty),
+		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken):
+		return fmt.Errorf("etcdstore: %s: etcd at %s refused access (%v): handshaked's etcd user needs read and write on the keys under %q: %w",
+			op, eps, err, s.cfg.Prefix, keyvault.ErrUnavailable)
+	case errors.Is(err, rpctypes.ErrTooManyOps), errors.Is(err, rpctypes.ErrRequestTooLarge):
+		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops or --max-request-bytes: %w",
+			op, eps, err, keyvault.ErrUnavailable)
+	}
+	return fmt.Errorf("etcdstore: %s: etcd at %s did not confirm within %v (%v): a majority of its members must be running and reachable from this replica: %w",
+		op, eps, timeout, err, keyvault.ErrUnavailable)
+}
+
+// Scan implements keyvault.Store: the records of one etcd revision, read in
+// pages at that revision. rev is the revision of the last commit to the
+// store in that state.
+func (s *Store) Scan(ctx context.Context, fn func(keyvault.Record) error) (int64, error) {
+	if s.isClosed() {
+		return 0, keyvault.ErrClosed
+	}
+	// A compaction between two pages makes the state unreadable; read again
+	// from the start, and call fn only once all of one state is read.
+	for attempt := 0; ; attempt++ {
+		recs, rev, err := s.read(ctx)
+		if errors.Is(err, rpctypes.ErrCompacted) && attempt < 3 {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range recs {
+			if err := fn(r); err != nil {
+				return 0, err
+			}
+		}
+		return rev, nil
+	}
+}
+
+func (s *Store) read(ctx context.Context) ([]keyvault.Record, int64, error) {
+	var (
+		recs   []keyvault.Record
+		rev    int64 // head's ModRevision: the store revision
+		at     int64 // etcd revision of the state read
+		from   = s.store
+		end    = clientv3.GetPrefixRangeEnd(s.store)
+		header bool
+	)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
+		if header {
+			opts = append(opts, clientv3.WithRev(at))
+		}
+		rctx, cancel := s.request(ctx)
+		resp, err := s.cli.Get(rctx, from, opts...)
+		cancel()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return nil, 0, err
+		}
+		if err != nil {
+			return nil, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
+		}
+		if !header {
+			at, header = resp.Header.Revision, true
+		}
+		for _, kv := range resp.Kvs {
+			if string(kv.Key) == s.head {
+				rev = kv.ModRevision
+				continue
+			}
+			ref, err := s.parseKey(string(kv.Key))
+			if err != nil {
+				return nil, 0, err
+			}
+			recs = append(recs, keyvault.Record{RecordRef: ref, Sealed: kv.Value, Revision: kv.ModRevision})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return recs, rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// key returns the etcd key of ref.
+func (s *Store) key(ref keyvault.RecordRef) string {
+	return fmt.Sprintf("%s%02x/%08x/%s", s.records, uint8(ref.Kind), ref.Version, ref.ID)
+}
+
+// parseKey is the inverse of key. Anything else under the store's prefix
+// is reported as corrupted: the vault never drops data silently.
+func (s *Store) parseKey(k string) (keyvault.RecordRef, error) {
+	rest, ok := strings.CutPrefix(k, s.records)
+	if ok && len(rest) >= 12 && rest[2] == '/' && rest[11] == '/' {
+		kind, err1 := strconv.ParseUint(rest[:2], 16, 8)
+		version, err2 := strconv.ParseUint(rest[3:11], 16, 32)
+		if err1 == nil && err2 == nil {
+			ref := keyvault.RecordRef{Kind: keyvault.RecordKind(kind), Version: uint32(version), ID: rest[12:]}
+			if s.key(ref) == k {
+				return ref, nil
+			}
+		}
+	}
+	return keyvault.RecordRef{}, fmt.Errorf("etcdstore: unexpected key %.80q under the store's prefix: %w", k, keyvault.ErrCorrupted)
+}
+
+// Commit implements keyvault.Store in one etcd transaction: durable on a
+// majority of the members when it returns. Write.If and Write.Create are
+// its comparisons (ModRevision, CreateRevision 0). A commit that erases
+// records then compacts etcd's history up to its revision, physically, so
+// that no earlier revision of an erased record can be read back; if that
+// fails, Commit returns the commit's revision with an error wrapping
+// keyvault.ErrUnavailable (the write is done; the history is compacted by
+// the next commit), and the store keeps trying with each commit.
+func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
+	if s.isClosed() {
+		return 0, keyvault.ErrClosed
+	}
+	cmps, ops, checks, err := s.txn(w)
+	if err != nil {
+		return 0, err
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Txn(rctx).If(cmps...).Then(ops...).Else(checks...).Commit()
+	cancel()
+	if err != nil {
+		// Without an answer the commit may or may not have happened: a
+		// retry computed on a new Scan compares revisions and finds out.
+		return 0, s.fail(ctx, "commit", s.cfg.RequestTimeout, err)
+	}
+	if !resp.Succeeded {
+		return 0, s.explain(w, resp)
+	}
+	rev := resp.Header.Revision
+	s.mu.Lock()
+	pending := s.compactPending > 0
+	if len(w.Erase) > 0 {
+		s.compactPending = rev
+		pending = true
+	}
+	s.mu.Unlock()
+	if pending {
+		if err := s.compact(ctx, rev); err != nil {
+			return rev, err
+		}
+	}
+	return rev, nil
+}
+
+// txn translates w: comparisons, operations, and the reads that explain a
+// failed comparison.
+func (s *Store) txn(w keyvault.Write) (cmps []clientv3.Cmp, ops, checks []clientv3.Op, err error) {
+	erased := make(map[keyvault.RecordRef]bool, len(w.Erase))
+	for _, ref := range w.Erase {
+		erased[ref] = true
+	}
+	written := make(map[keyvault.RecordRef]bool, len(w.Create)+len(w.Put))
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		if written[r.RecordRef] {
+			return nil, nil, nil, fmt.Errorf("etcdstore: %v written twice in one commit: %w", r.RecordRef, keyvault.ErrInvalidArgument)
+		}
+		written[r.RecordRef] = true
+	}
+	for _, ref := range s.ifOrder(w) {
+		k := s.key(ref)
+		if want := w.If[ref]; want == 0 {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+		} else {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", want))
+		}
+		checks = append(checks, clientv3.OpGet(k, clientv3.WithKeysOnly()))
+	}
+	for _, r := range w.Create {
+		// Erase applies first: an erased record can be created again.
+		if !erased[r.RecordRef] {
+			k := s.key(r.RecordRef)
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+			checks = append(checks, clientv3.OpGet(k, clientv3.WithKeysOnly()))
+		}
+	}
+	// etcd refuses a key twice in one transaction: a record both erased
+	// and written is only written (its old value is history, compacted).
+	for _, ref := range w.Erase {
+		if !written[ref] {
+			ops = append(ops, clientv3.OpDelete(s.key(ref)))
+		}
+	}
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		ops = append(ops, clientv3.OpPut(s.key(r.RecordRef), string(r.Sealed)))
+	}
+	ops = append(ops, clientv3.OpPut(s.head, ""))
+	return cmps, ops, checks, nil
+}
+
+// explain turns a failed comparison into the error Write documents:
+// ErrConflict for the first record of If not at its revision, else
+// ErrAlreadyExists for a record of Create that exists.
+func (s *Store) explain(w keyvault.Write, resp *clientv3.TxnResponse) error {
+	got := make(map[string]int64)
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			got[string(kv.Key)] = kv.ModRevision
+		}
+	}
+	for _, ref := range s.ifOrder(w) {
+		if have := got[s.key(ref)]; have != w.If[ref] {
+			return fmt.Errorf("etcdstore: %v is at revision %d, not %d: %w", ref, have, w.If[ref], keyvault.ErrConflict)
+		}
+	}
+	for _, r := range w.Create {
+		if _, ok := got[s.key(r.RecordRef)]; ok {
+			return fmt.Errorf("etcdstore: %v: %w", r.RecordRef, keyvault.ErrAlreadyExists)
+		}
+	}
+	// The state moved between the comparison and the reads explaining it.
+	return fmt.Errorf("etcdstore: the store changed during the commit: %w", keyvault.ErrConflict)
+}
+
+// ifOrder lists the records of w.If in the order of their etcd keys, so
+// that a conflict is reported the same way every time.
+func (s *Store) ifOrder(w keyvault.Write) []keyvault.RecordRef {
+	return slices.SortedFunc(maps.Keys(w.If), func(a, b keyvault.RecordRef) int {
+		return strings.Compare(s.key(a), s.key(b))
+	})
+}
+
+// compact removes etcd's history before rev, physically (the member waits
+// until the old revisions are gone from its backend before answering):
+// every revision of the cluster, this store's and any other's, older than
+// rev. etcd keeps the latest value of each key, so live records stay.
+func (s *Store) compact(ctx context.Context, rev int64) error {
+	rctx, cancel := s.request(ctx)
+	_, err := s.cli.Compact(rctx, rev, clientv3.WithCompactPhysical())
+	cancel()
+	// Compacted already (by another replica, or etcd's auto-compaction) at
+	// or after rev: what rev needs is done.
+	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w",
+			rev, s.fail(ctx, "compact", s.cfg.RequestTimeout, err))
+	}
+	s.mu.Lock()
+	if s.compactPending <= rev {
+		s.compactPending = 0
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Revision implements keyvault.SharedStore: a linearizable read of the
+// store's head, which needs a quorum of etcd members to answer.
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	if s.isClosed() {
+		return 0, keyvault.ErrClosed
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Get(rctx, s.head, clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return 0, s.fail(ctx, "read the store revision", s.cfg.RequestTimeout, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+// Watch implements keyvault.SharedStore. The watch needs the etcd member it
+// is connected to to have a leader; a member that loses it ends the watch,
+// and so does a compaction past the revision the watch has reached.
+func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) error {
+	if s.isClosed() {
+		return keyvault.ErrClosed
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	start := after + 1
+	if after == 0 {
+		// An empty store: its first commit may be after etcd compacted
+		// the revisions before it, so start at the current one.
+		rctx, rcancel := s.request(ctx)
+		resp, err := s.cli.Get(rctx, s.head, clientv3.WithKeysOnly())
+		rcancel()
+		if err != nil {
+			return s.fail(ctx, "watch", s.cfg.RequestTimeout, err)
+		}
+		if len(resp.Kvs) > 0 {
+			after = resp.Kvs[0].ModRevision
+			fn(after)
+		}
+		start = resp.Header.Revision + 1
+	}
+	last := after
+	for resp := range s.cli.Watch(wctx, s.store, clientv3.WithPrefix(), clientv3.WithRev(start)) {
+		if err := resp.Err(); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("etcdstore: watch after revision %d: %w: %w", last, err, keyvault.ErrUnavailable)
+		}
+		for _, ev := range resp.Events {
+			// The events of one commit share its revision: report it once.
+			if rev := ev.Kv.ModRevision; rev > last {
+				last = rev
+				fn(rev)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("etcdstore: watch after revision %d ended: %w", last, keyvault.ErrUnavailable)
+}
+
+// Announce implements keyvault.SharedStore: this replica's key under
+// replicas/ holds rev, attached to a lease that the store keeps alive while
+// it is open. A lease that expired (the process stalled past LeaseTTL) is
+// replaced by a new one. Announcing a revision lower than one announced
+// before changes nothing.
+func (s *Store) Announce(ctx context.Context, rev int64) error {
+	s.announceMu.Lock()
+	defer s.announceMu.Unlock()
+	for attempt := 0; ; attempt++ {
+		lease, err := s.liveLease(ctx)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if rev < s.announced {
+			rev = s.announced
+		}
+		s.mu.Unlock()
+		rctx, cancel := s.request(ctx)
+		_, err = s.cli.Put(rctx, s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+			s.leaseEnded(lease)
+			continue
+		}
+		if err != nil {
+			return s.fail(ctx, "announce the applied revision", s.cfg.RequestTimeout, err)
+		}
+		s.mu.Lock()
+		s.announced = rev
+		s.mu.Unlock()
+		return nil
+	}
+}
+
+func (s *Store) replicaKey(lease clientv3.LeaseID) string {
+	return fmt.Sprintf("%s%016x", s.replicas, int64(lease))
+}
+
+// liveLease returns the replica's lease, granting one (and starting its
+// keep-alive) when there is none.
+func (s *Store) liveLease(ctx context.Context) (clientv3.LeaseID, error) {
+	s.mu.Lock()
+	lease, closed := s.lease, s.closed
+	s.mu.Unlock()
+	if closed {
+		return 0, keyvault.ErrClosed
+	}
+	if lease != 0 {
+		return lease, nil
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Grant(rctx, int64((s.cfg.LeaseTTL+time.Second-1)/time.Second))
+	cancel()
+	if err != nil {
+		return 0, s.fail(ctx, "grant the replica's lease", s.cfg.RequestTimeout, err)
+	}
+	alive, err := s.cli.KeepAlive(s.ctx, resp.ID)
+	if err != nil {
+		return 0, s.fail(ctx, "keep the replica's lease alive", s.cfg.RequestTimeout, err)
+	}
+	s.mu.Lock()
+	s.lease = resp.ID
+	s.mu.Unlock()
+	go func() {
+		// The channel closes when the lease expired or the store closed.
+		for range alive {
+		}
+		s.leaseEnded(resp.ID)
+	}()
+	return resp.ID, nil
+}
+
+func (s *Store) leaseEnded(lease clientv3.LeaseID) {
+	s.mu.Lock()
+	if s.lease == lease {
+		s.lease = 0
+	}
+	s.mu.Unlock()
+}
+
+// WaitApplied implements keyvault.SharedStore: it reads every replica's
+// announcement and watches them until each is at rev or later. A replica
+// whose lease ended (it closed, or died and its TTL passed) no longer
+// counts. It fails with ErrUnavailable when etcd cannot be read.
+func (s *Store) WaitApplied(ctx context.Context, rev int64) error {
+	if s.isClosed() {
+		return keyvault.ErrClosed
+	}
+	for {
+		rctx, cancel := s.request(ctx)
+		resp, err := s.cli.Get(rctx, s.replicas, clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			return s.fail(ctx, "read the replicas' applied revisions", s.cfg.RequestTimeout, err)
+		}
+		applied := make(map[string]int64, len(resp.Kvs))
+		for _, kv := range resp.Kvs {
+			applied[string(kv.Key)] = parseApplied(kv.Value)
+		}
+		if allApplied(applied, rev) {
+			return nil
+		}
+		done, err := s.watchApplied(ctx, applied, rev, resp.Header.Revision+1)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// watchApplied follows the announcements from etcd revision from on. It
+// returns done once all are at rev; not done and no error when the watch
+// was compacted away and the caller must read them again.
+func (s *Store) watchApplied(ctx context.Context, applied map[string]int64, rev, from int64) (done bool, err error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for resp := range s.cli.Watch(wctx, s.replicas, clientv3.WithPrefix(), clientv3.WithRev(from)) {
+		if err := resp.Err(); err != nil {
+			if ctx.Err() != nil {
+				return true, ctx.Err()
+			}
+			if resp.CompactRevision != 0 {
+				return false, nil
+			}
+			return true, s.fail(ctx, "watch the replicas' applied revisions", s.cfg.RequestTimeout, err)
+		}
+		for _, ev := range resp.Events {
+			if ev.Type == mvccpb.DELETE {
+				delete(applied, string(ev.Kv.Key))
+			} else {
+				applied[string(ev.Kv.Key)] = parseApplied(ev.Kv.Value)
+			}
+		}
+		if allApplied(applied, rev) {
+			return true, nil
+		}
+	}
+	if ctx.Err() != nil {
+		return true, ctx.Err()
+	}
+	return true, fmt.Errorf("etcdstore: watch of the replicas' applied revisions ended: %w", keyvault.ErrUnavailable)
+}
+
+// parseApplied reads an announcement; one that does not parse counts as
+// having applied nothing, so it holds WaitApplied up rather than let it
+// return early.
+func parseApplied(v []byte) int64 {
+	n, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+func allApplied(applied map[string]int64, rev int64) bool {
+	for _, r := range applied {
+		if r < rev {
+			return false
+		}
+	}
+	return true
+}
