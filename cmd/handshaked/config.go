@@ -62,7 +62,8 @@ type config struct {
 	maxHandshakeSessionsPerCaller int
 	maxHandshakeInput             int64
 
-	hsm hsmConfig // -pkcs11-*, -kek-pkcs11-file: hsm.go
+	hsm  hsmConfig  // -pkcs11-*, -kek-pkcs11-file: hsm.go
+	etcd etcdConfig // -etcd-*: etcd.go
 
 	sessionTickets bool
 	deployment     string
@@ -118,7 +119,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the build (version, VCS revision, Go version) and exit; also the version command")
 	fs.StringVar(&configFile, "config", "", "JSON file of settings, keyed by flag name (command line and environment take precedence)")
 	fs.StringVar(&cfg.mode, "mode", modeDevelopment, "development (loopback, no authentication) or production (mutual TLS, policy, audit log)")
-	fs.StringVar(&cfg.dataDir, "data-dir", "handshaked-data", "directory holding the key store")
+	fs.StringVar(&cfg.dataDir, "data-dir", "handshaked-data", "directory holding the key store (without -etcd-endpoints) and, in development mode, the KEK file")
 	fs.StringVar(&cfg.grpcAddr, "grpc-addr", "127.0.0.1:7070", "gRPC listen address")
 	fs.StringVar(&cfg.httpAddr, "http-addr", "127.0.0.1:7080", "REST (grpc-gateway) listen address")
 	fs.StringVar(&cfg.healthAddr, "health-addr", "", "listen address of a plain-text gRPC health service (grpc.health.v1 only, for probes that cannot speak TLS, such as the kubelet's); empty: none")
@@ -146,6 +147,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxHandshakeSessionsPerCaller, "max-handshake-sessions-per-caller", 0, "handshake sessions held at once for one caller identity (default a quarter of -max-handshake-sessions)")
 	fs.Int64Var(&cfg.maxHandshakeInput, "max-handshake-input", 64<<20, "bytes of client input held by unfinished handshakes, all callers (one caller: a quarter)")
 	registerHSMFlags(fs, &cfg.hsm)
+	registerEtcdFlags(fs, &cfg.etcd)
 	cfg.log = logging.AddFlags(fs, slog.LevelInfo, "")
 	cfg.trace = tracing.AddFlags(fs)
 	fs.BoolVar(&cfg.sessionTickets, "session-tickets", true, "issue and accept TLS session tickets sealed by the vault's ticket keys, for handshakes and SealTicket/OpenTicket (false: every handshake is a full one)")
@@ -260,5 +262,5 @@ func (cfg *config) check() error {
 	if cfg.ticketRotation < time.Second || cfg.ticketLifetime < time.Second || cfg.ticketLifetime > keyvault.DefaultTicketLifetime {
 		return fmt.Errorf("-ticket-rotation must be at least 1s and -ticket-lifetime 1s to %v", keyvault.DefaultTicketLifetime)
 	}
-	return nil
+	return cfg.etcd.check()
 }

@@ -211,18 +211,32 @@ func run(ctx context.Context, cfg *config) error {
 	return <-errc
 }
 
-// openVault opens the vault in the data directory. A development instance
-// creates it when it is missing; production does so only with -init, so that
-// a wrong -data-dir or a lost disk is an error, not a new, empty vault.
+// openVault opens the vault in the data directory, or on etcd with
+// -etcd-endpoints. A development instance creates it when it is missing;
+// production does so only with -init, so that a wrong -data-dir or
+// -etcd-prefix, or a lost disk, is an error, not a new, empty vault.
 func openVault(ctx context.Context, cfg *config, kek []byte, opts ...keyvault.Option) (*keyvault.Vault, error) {
-	path := filepath.Join(cfg.dataDir, "keys.db")
 	create := cfg.mode == modeDevelopment || cfg.initStore
-	if !create && !fileExists(path) {
-		return nil, fmt.Errorf("key store %s does not exist: start with -init to create a new vault (the first start only)", path)
-	}
-	store, err := keyvault.OpenBolt(path)
-	if err != nil {
-		return nil, fmt.Errorf("key store: %w", err)
+	var (
+		store keyvault.Store
+		where string
+	)
+	if cfg.etcd.endpoints != "" {
+		s, w, err := openEtcdStore(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		store, where = s, w
+	} else {
+		path := filepath.Join(cfg.dataDir, "keys.db")
+		if !create && !fileExists(path) {
+			return nil, fmt.Errorf("key store %s does not exist: start with -init to create a new vault (the first start only)", path)
+		}
+		s, err := keyvault.OpenBolt(path)
+		if err != nil {
+			return nil, fmt.Errorf("key store: %w", err)
+		}
+		store, where = s, path
 	}
 	open := keyvault.Open
 	if create {
@@ -232,13 +246,14 @@ func openVault(ctx context.Context, cfg *config, kek []byte, opts ...keyvault.Op
 	if err != nil {
 		store.Close()
 		if errors.Is(err, keyvault.ErrEmptyStore) {
-			return nil, fmt.Errorf("key store %s holds no vault: start with -init to create a new one (the first start only)", path)
+			return nil, fmt.Errorf("key store %s holds no vault: start with -init to create a new one (the first start only)", where)
 		}
 		if errors.Is(err, keyvault.ErrWrongKEK) {
-			return nil, fmt.Errorf("key store %s: %w (KEK %s; once a KEK rotation completes, only the new KEK opens the store)", cfg.dataDir, err, keyvault.KEKID(kek))
+			return nil, fmt.Errorf("key store %s: %w (KEK %s; once a KEK rotation completes, only the new KEK opens the store)", where, err, keyvault.KEKID(kek))
 		}
-		return nil, fmt.Errorf("key store %s: %w", cfg.dataDir, err)
+		return nil, fmt.Errorf("key store %s: %w", where, err)
 	}
+	slog.Info("key store", "key_store", where)
 	return vault, nil
 }
 

@@ -43,7 +43,9 @@ func TestProductionStore(t *testing.T) {
 
 	// A second instance on the same store is refused, naming the first.
 	out = waitExit(t, startProcess(t, s.dataDir, noInit...))
-	assert.Contains(t, out, "another process has it open (pid "+strconv.Itoa(p.cmd.Process.Pid))
+	assert.Contains(t, out, "another process has it open (pid "+strconv.Itoa(p.cmd.Process.Pid)+", ")
+	assert.Contains(t, out, ", since ")
+	assert.NotContains(t, out, "timeout")
 	stop(p)
 
 	p = startProcess(t, s.dataDir, noInit...)

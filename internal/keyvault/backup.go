@@ -104,16 +104,26 @@ func (v *Vault) consistentRecords(ctx context.Context) ([]Record, *sealKeys, err
 		return nil, nil, ErrClosed
 	}
 	var records []Record
-	_, err := v.store.Scan(ctx, func(r Record) error {
-		if r.Kind != RecordManifest {
-			e, ok := v.entries[r.RecordRef]
-			if !ok || sha256.Sum256(r.Sealed) != e.digest {
-				return fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
-			}
-		}
+	rev, err := v.store.Scan(ctx, func(r Record) error {
 		records = append(records, r)
 		return nil
 	})
+	if err == nil && rev != v.storeRev {
+		// Another replica changed the store: these records are its state
+		// now, which the view takes.
+		err = v.adopt(ctx, records, rev)
+	}
+	for _, r := range records {
+		if err != nil {
+			break
+		}
+		if r.Kind != RecordManifest {
+			e, ok := v.entries[r.RecordRef]
+			if !ok || sha256.Sum256(r.Sealed) != e.digest {
+				err = fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
+			}
+		}
+	}
 	if err == nil && len(records) != len(v.entries)+1 {
 		err = fmt.Errorf("keyvault: the store holds %d records, its manifest lists %d: %w", len(records), len(v.entries)+1, ErrCorrupted)
 	}
@@ -161,44 +171,68 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 	if v.isClosed() {
 		return SnapshotInfo{}, ErrClosed
 	}
-	for ref := range v.entries {
-		if ref.Kind == RecordKey {
-			return SnapshotInfo{}, fmt.Errorf("keyvault: restore goes into a fresh instance, and this one holds keys: %w", ErrFailedPrecondition)
+	err = v.retry(ctx, "restore", func() error {
+		// Another replica of a shared store may have changed it
+		// meanwhile: the instance must still be fresh.
+		for ref := range v.entries {
+			if ref.Kind == RecordKey {
+				return fmt.Errorf("keyvault: restore goes into a fresh instance, and this one holds keys: %w", ErrFailedPrecondition)
+			}
 		}
-	}
-	if v.sealer.keys.Load().previous != nil {
-		return SnapshotInfo{}, fmt.Errorf("keyvault: restore goes into a fresh instance, and this one is rotating its KEK: %w", ErrFailedPrecondition)
-	}
-	var w Write
-	for ref := range v.entries {
-		w.Erase = append(w.Erase, ref)
-	}
-	for _, r := range records {
-		if r.Kind != RecordManifest {
-			w.Put = append(w.Put, r)
+		if v.sealer.keys.Load().previous != nil {
+			return fmt.Errorf("keyvault: restore goes into a fresh instance, and this one is rotating its KEK: %w", ErrFailedPrecondition)
 		}
-	}
-	// The new manifest carries on from the snapshot's, listing its records.
-	prevEntries, prevRevision, prevKeys := v.entries, v.revision, v.sealer.keys.Load()
-	v.entries, v.revision = maps.Clone(restored.entries), max(v.revision, restored.revision)
-	v.sealer.keys.Store(restored.sealer.keys.Load()) // the snapshot may be mid-rotation
-	v.stale = restored.stale
-	if err := v.commit(ctx, w); err != nil {
-		v.entries, v.revision, v.stale = prevEntries, prevRevision, nil
-		v.sealer.keys.Store(prevKeys)
-		return SnapshotInfo{}, fmt.Errorf("keyvault: restore: %w", err)
+		var w Write
+		for ref := range v.entries {
+			w.Erase = append(w.Erase, ref)
+		}
+		for _, r := range records {
+			if r.Kind != RecordManifest {
+				w.Put = append(w.Put, r)
+			}
+		}
+		// The new manifest carries on from the snapshot's, listing its records.
+		prevEntries, prevRevision, prevKeys := v.entries, v.revision, v.sealer.keys.Load()
+		v.entries, v.revision = maps.Clone(restored.entries), max(v.revision, restored.revision)
+		v.sealer.keys.Store(restored.sealer.keys.Load()) // the snapshot may be mid-rotation
+		v.stale = restored.stale
+		if err := v.commit(ctx, w); err != nil {
+			v.entries, v.revision, v.stale = prevEntries, prevRevision, nil
+			v.sealer.keys.Store(prevKeys)
+			return fmt.Errorf("keyvault: restore: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return SnapshotInfo{}, err
 	}
 	v.adoptLoaded(restored)
 	return info, nil
 }
 
 // adoptLoaded makes the state that load gave from serve in v: the records
-// committed to v's store are from's. The caller holds writeMu and has set
-// the manifest state and the sealer's keys.
-func (v *Vault) adoptLoaded(from *Vault) {
+// committed to v's store are from's. It tells the subscribers which keys
+// changed and returns the ticket keys v no longer holds. The caller holds
+// writeMu and has set the manifest state and the sealer's keys.
+func (v *Vault) adoptLoaded(from *Vault) []*ticketKey {
 	v.mu.Lock()
-	defer v.mu.Unlock()
+	var changed []string
+	for id, k := range from.keys {
+		if v.keys[id] != k {
+			changed = append(changed, id)
+		}
+	}
+	var dropped []*ticketKey
+	for _, k := range v.tickets {
+		if !slices.Contains(from.tickets, k) {
+			dropped = append(dropped, k)
+		}
+	}
 	v.keys, v.ids, v.tickets = from.keys, from.ids, from.tickets
+	v.mu.Unlock()
+	slices.Sort(changed)
+	v.subs.notify(changed)
+	return dropped
 }
 
 // openSnapshot checks a snapshot's KEK id and authentication tag under kek,

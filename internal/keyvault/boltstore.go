@@ -142,7 +142,9 @@ func openBoltDB(path string, fsys fileSystem) (db *bolt.DB, err error) {
 	db, err = bolt.Open(path, 0o600, &opts)
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("another process has it open%s; one store serves one handshaked: %w", lockHolder(path), err)
+		// bbolt says only "timeout": say whose lock it waited for.
+		return nil, fmt.Errorf("another process has it open%s and holds its lock; a bolt store serves one handshaked: stop that one, "+
+			"or run several replicas on a shared store (etcd)", lockHolder(path))
 	case err == nil:
 	case errors.As(err, new(*fs.PathError)), errors.As(err, new(syscall.Errno)):
 		return nil, err // the file system's error, not the file's content

@@ -3,8 +3,11 @@ package keyvault
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -56,11 +59,23 @@ func TestTruncatedStore(t *testing.T) {
 }
 
 // TestStoreInUse opens a store another holder has open: the error says so
-// and names the process (this one).
+// and names the process (this one) and since when it runs, not bbolt's
+// bare timeout.
 func TestStoreInUse(t *testing.T) {
 	_, path := newTestVault(t)
 	_, err := OpenBolt(path)
 	require.Error(t, err)
 	assert.ErrorContains(t, err, "another process has it open")
 	assert.ErrorContains(t, err, "pid "+strconv.Itoa(os.Getpid()))
+	assert.NotContains(t, err.Error(), "timeout")
+	t.Log(err)
+	if runtime.GOOS == "linux" {
+		_, since, ok := strings.Cut(err.Error(), ", since ")
+		require.True(t, ok, "%v", err)
+		start, perr := time.Parse(time.RFC3339, since[:len("2006-01-02T15:04:05Z")])
+		require.NoError(t, perr, "%v", err)
+		// This process started before the test, and not long before.
+		assert.False(t, start.After(time.Now()), "%v", err)
+		assert.WithinDuration(t, time.Now(), start, time.Hour, "%v", err)
+	}
 }

@@ -102,6 +102,12 @@ func (v *Vault) beginRotation(ctx context.Context, next *sealKeys) error {
 	if v.isClosed() {
 		return ErrClosed
 	}
+	return v.retry(ctx, "begin the KEK rotation", func() error { return v.beginRotationOnce(ctx, next) })
+}
+
+// beginRotationOnce is one attempt of beginRotation. The caller holds
+// writeMu.
+func (v *Vault) beginRotationOnce(ctx context.Context, next *sealKeys) error {
 	cur := v.sealer.keys.Load()
 	same := func(k *sealKeys) bool { return subtle.ConstantTimeCompare(k.kek, next.kek) == 1 }
 	switch {
@@ -159,22 +165,39 @@ func (v *Vault) rewrapStep(ctx context.Context) (KEKStatus, bool, error) {
 	if v.isClosed() {
 		return KEKStatus{}, false, ErrClosed
 	}
+	var done bool
+	err := v.retry(ctx, "rewrap under the new KEK", func() (err error) {
+		done, err = v.rewrapOnce(ctx)
+		return err
+	})
+	if err != nil {
+		return KEKStatus{}, false, err
+	}
+	return v.kekStatus(), done, nil
+}
+
+// rewrapOnce is one attempt of rewrapStep: it reports whether the rotation
+// is complete. The caller holds writeMu.
+func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 	k := v.sealer.keys.Load()
 	if k.previous == nil {
-		return v.kekStatus(), true, nil
+		return true, nil
 	}
 	if len(v.stale) == 0 {
+		if err := v.follow.allHold(ctx, v.storeRev); err != nil {
+			return false, fmt.Errorf("keyvault: complete the KEK rotation: wait for every replica to hold the new KEK: %w", err)
+		}
 		// Erasing rewrites the store file: none of its pages keeps a record
 		// sealed under the old KEK, nor the rotation record, which is what
 		// the old KEK would open the new one with.
 		if err := v.commit(ctx, Write{Erase: []RecordRef{rotationRef}}); err != nil {
-			return KEKStatus{}, false, fmt.Errorf("keyvault: complete the KEK rotation: %w", err)
+			return false, fmt.Errorf("keyvault: complete the KEK rotation: %w", err)
 		}
 		old := k.previous
 		v.sealer.keys.Store(&sealKeys{kek: k.kek, aead: k.aead})
 		clear(old.kek)
 		v.stale = nil
-		return v.kekStatus(), true, nil
+		return true, nil
 	}
 	batch := make(map[RecordRef]bool, rewrapBatch)
 	for _, ref := range slices.SortedFunc(maps.Keys(v.stale), compareRefs) {
@@ -203,9 +226,9 @@ func (v *Vault) rewrapStep(ctx context.Context) (KEKStatus, bool, error) {
 		err = v.commit(ctx, w)
 	}
 	if err != nil {
-		return KEKStatus{}, false, fmt.Errorf("keyvault: rewrap under the new KEK: %w", err)
+		return false, fmt.Errorf("keyvault: rewrap under the new KEK: %w", err)
 	}
-	return v.kekStatus(), false, nil
+	return false, nil
 }
 
 // openRotation makes the vault's sealer hold both KEKs of the rotation

@@ -176,23 +176,29 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 	// even while a KEK rotation begins.
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
-	if err := v.absent(id); err != nil {
-		return nil, err
-	}
-	keyRec, err := v.sealKey(k)
+	err = v.retry(ctx, fmt.Sprintf("create key %q", id), func() error {
+		if err := v.absent(id); err != nil {
+			return err // another replica may have created it meanwhile
+		}
+		keyRec, err := v.sealKey(k)
+		if err != nil {
+			return err
+		}
+		verRec, err := v.sealVersion(id, ver)
+		if err != nil {
+			return err
+		}
+		w := Write{Create: []Record{
+			keyRec, verRec,
+			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, handle),
+		}}
+		if err := v.commit(ctx, w); err != nil {
+			return fmt.Errorf("keyvault: store key %q: %w", id, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	verRec, err := v.sealVersion(id, ver)
-	if err != nil {
-		return nil, err
-	}
-	w := Write{Create: []Record{
-		keyRec, verRec,
-		v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, handle),
-	}}
-	if err := v.commit(ctx, w); err != nil {
-		return nil, fmt.Errorf("keyvault: store key %q: %w", id, err)
 	}
 	v.publish(k)
 	return k.snapshot(), nil
@@ -228,32 +234,41 @@ func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []byte, signer crypto.Signer, alg Algorithm) (*Key, error) {
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
-	k, err := v.key(id)
+	var next *keyState
+	err := v.retry(ctx, fmt.Sprintf("rotate key %q", id), func() error {
+		// The version number follows the versions of the view: on a
+		// conflict, of the view another replica's rotation left.
+		k, err := v.key(id)
+		if err != nil {
+			return err
+		}
+		ver, err := newVersion(uint32(len(k.versions))+1, backend, signer, alg, false, time.Now().UTC())
+		if err != nil {
+			return err
+		}
+		next = k.withVersion(ver)
+		keyRec, err := v.sealKey(next)
+		if err != nil {
+			return err
+		}
+		verRec, err := v.sealVersion(id, ver)
+		if err != nil {
+			return err
+		}
+		w := Write{
+			Put: []Record{keyRec},
+			Create: []Record{
+				verRec,
+				v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, handle),
+			},
+		}
+		if err := v.commit(ctx, w); err != nil {
+			return fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	ver, err := newVersion(uint32(len(k.versions))+1, backend, signer, alg, false, time.Now().UTC())
-	if err != nil {
-		return nil, err
-	}
-	next := k.withVersion(ver)
-	keyRec, err := v.sealKey(next)
-	if err != nil {
-		return nil, err
-	}
-	verRec, err := v.sealVersion(id, ver)
-	if err != nil {
-		return nil, err
-	}
-	w := Write{
-		Put: []Record{keyRec},
-		Create: []Record{
-			verRec,
-			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, handle),
-		},
-	}
-	if err := v.commit(ctx, w); err != nil {
-		return nil, fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
 	}
 	v.publish(next)
 	return next.snapshot(), nil
@@ -266,7 +281,7 @@ func (v *Vault) SetVersionEnabled(ctx context.Context, id string, version uint32
 	if enabled {
 		want = StateEnabled
 	}
-	return v.changeVersion(ctx, id, version, func(ver *versionState) (*versionState, error) {
+	key, rev, err := v.changeVersion(ctx, id, version, func(ver *versionState) (*versionState, error) {
 		if ver.state == StateDestroyed {
 			return nil, fmt.Errorf("the version is destroyed: %w", ErrFailedPrecondition)
 		}
@@ -277,13 +292,17 @@ func (v *Vault) SetVersionEnabled(ctx context.Context, id string, version uint32
 		next.state = want
 		return &next, nil
 	})
+	if err == nil && !enabled && rev != 0 {
+		err = v.revoked(ctx, rev)
+	}
+	return key, err
 }
 
 // DestroyVersion destroys a disabled version (0: the primary): its private
 // key is erased from the store and dropped from memory; its metadata stays,
 // in state StateDestroyed.
 func (v *Vault) DestroyVersion(ctx context.Context, id string, version uint32) (*Key, error) {
-	return v.changeVersion(ctx, id, version, func(ver *versionState) (*versionState, error) {
+	key, rev, err := v.changeVersion(ctx, id, version, func(ver *versionState) (*versionState, error) {
 		if ver.state != StateDisabled {
 			return nil, fmt.Errorf("the version is %v; only a disabled version can be destroyed: %w", ver.state, ErrFailedPrecondition)
 		}
@@ -292,6 +311,10 @@ func (v *Vault) DestroyVersion(ctx context.Context, id string, version uint32) (
 		next.signer = nil
 		return &next, nil
 	})
+	if err == nil && rev != 0 {
+		err = v.revoked(ctx, rev)
+	}
+	return key, err
 }
 
 // AttachChain attaches a certificate chain (DER, leaf first) to a version
@@ -317,7 +340,7 @@ func (v *Vault) AttachChain(ctx context.Context, id string, version uint32, chai
 		}
 	}
 	chain := cloneChain(chainDER)
-	return v.changeVersion(ctx, id, version, func(ver *versionState) (*versionState, error) {
+	key, _, err := v.changeVersion(ctx, id, version, func(ver *versionState) (*versionState, error) {
 		if ver.state == StateDestroyed {
 			return nil, fmt.Errorf("the version is destroyed: %w", ErrFailedPrecondition)
 		}
@@ -328,40 +351,51 @@ func (v *Vault) AttachChain(ctx context.Context, id string, version uint32, chai
 		next.chain = chain
 		return &next, nil
 	})
+	return key, err
 }
 
 // changeVersion commits the state that change computes from the current
-// state of a version, then publishes it. If change returns the version unchanged,
-// nothing is written. A version leaving its private key behind has the key
-// erased from the store in the same write.
-func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change func(*versionState) (*versionState, error)) (*Key, error) {
+// state of a version, then publishes it, and returns the key and the store
+// revision of the commit. If change returns the version unchanged, nothing
+// is written and the revision is 0. A version leaving its private key behind
+// has the key erased from the store in the same write.
+func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change func(*versionState) (*versionState, error)) (*Key, int64, error) {
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
-	k, err := v.key(id)
+	var k *keyState
+	var ver, next *versionState
+	err := v.retry(ctx, fmt.Sprintf("change key %q version %d", id, n), func() error {
+		var err error
+		if k, err = v.key(id); err != nil {
+			return err
+		}
+		if ver, err = k.version(n); err != nil {
+			return err
+		}
+		if next, err = change(ver); err != nil {
+			return fmt.Errorf("keyvault: key %q version %d: %w", id, ver.number, err)
+		}
+		if next == ver {
+			return nil
+		}
+		rec, err := v.sealVersion(id, next)
+		if err != nil {
+			return err
+		}
+		w := Write{Put: []Record{rec}}
+		if ver.signer != nil && next.signer == nil {
+			w.Erase = []RecordRef{{Kind: RecordMaterial, ID: id, Version: ver.number}}
+		}
+		if err := v.commit(ctx, w); err != nil {
+			return fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	ver, err := k.version(n)
-	if err != nil {
-		return nil, err
-	}
-	next, err := change(ver)
-	if err != nil {
-		return nil, fmt.Errorf("keyvault: key %q version %d: %w", id, ver.number, err)
+		return nil, 0, err
 	}
 	if next == ver {
-		return k.snapshot(), nil
-	}
-	rec, err := v.sealVersion(id, next)
-	if err != nil {
-		return nil, err
-	}
-	w := Write{Put: []Record{rec}}
-	if ver.signer != nil && next.signer == nil {
-		w.Erase = []RecordRef{{Kind: RecordMaterial, ID: id, Version: ver.number}}
-	}
-	if err := v.commit(ctx, w); err != nil {
-		return nil, fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
+		return k.snapshot(), 0, nil
 	}
 	nk := k.withVersion(next)
 	v.publish(nk)
@@ -376,5 +410,5 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 			}
 		}
 	}
-	return nk.snapshot(), nil
+	return nk.snapshot(), v.storeRev, nil
 }

@@ -357,9 +357,18 @@ func (t *TicketKeys) Maintain(ctx context.Context) error {
 
 // rotate creates a new current key, unless another call did meanwhile,
 // and retires the expired ones in the same write.
-func (t *TicketKeys) rotate(ctx context.Context, now time.Time) (*ticketKey, error) {
+func (t *TicketKeys) rotate(ctx context.Context, now time.Time) (k *ticketKey, err error) {
 	t.v.writeMu.Lock()
 	defer t.v.writeMu.Unlock()
+	err = t.v.retry(ctx, "rotate the ticket keys", func() (err error) {
+		k, err = t.rotateOnce(ctx, now)
+		return err
+	})
+	return k, err
+}
+
+// rotateOnce is one attempt of rotate. The caller holds writeMu.
+func (t *TicketKeys) rotateOnce(ctx context.Context, now time.Time) (*ticketKey, error) {
 	if k, err := t.current(now); k != nil || err != nil {
 		return k, err
 	}
@@ -397,6 +406,11 @@ func (t *TicketKeys) rotate(ctx context.Context, now time.Time) (*ticketKey, err
 func (t *TicketKeys) retire(ctx context.Context, now time.Time) error {
 	t.v.writeMu.Lock()
 	defer t.v.writeMu.Unlock()
+	return t.v.retry(ctx, "retire ticket keys", func() error { return t.retireOnce(ctx, now) })
+}
+
+// retireOnce is one attempt of retire. The caller holds writeMu.
+func (t *TicketKeys) retireOnce(ctx context.Context, now time.Time) error {
 	retired, w := t.expired(now)
 	if len(retired) == 0 {
 		return nil

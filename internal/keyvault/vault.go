@@ -17,6 +17,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -62,6 +63,24 @@ type Vault struct {
 	// stale holds, during a KEK rotation, the records still sealed under
 	// the KEK being retired (kekrotation.go). The caller holds writeMu.
 	stale map[RecordRef]bool
+	// manifestRev is the store revision of the manifest the view holds,
+	// which every commit names in its If: a commit computed from a view
+	// another writer has moved past conflicts. storeRev is the store
+	// revision the view has applied, manifestDigest the manifest's digest.
+	// The caller holds writeMu.
+	manifestRev, storeRev int64
+	manifestDigest        [sha256.Size]byte
+	// prev is set while refresh loads a newer state of the store into a
+	// new Vault: the view it replaces, whose versions (and their loaded
+	// keys) are taken over wherever their records did not change.
+	prev *Vault
+
+	// follow is set for a SharedStore: how the view follows it and fences
+	// key use when it cannot (follow.go). Never changes after New.
+	follow *follower
+	// staleBound is WithStalenessBound's.
+	staleBound time.Duration
+	subs       subscribers
 
 	// writeMu serializes changes: each reads the current state, commits the
 	// new one to the store and only then publishes it in keys. Key
@@ -126,21 +145,37 @@ func Open(ctx context.Context, store Store, kek []byte, opts ...Option) (*Vault,
 }
 
 func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []Option) (*Vault, error) {
-	s, err := newSealer(kek)
-	if err != nil {
-		return nil, err
+	// Loading commits only to create or upgrade a store; on a shared
+	// store another replica may do that first, and then this one loads
+	// what it wrote.
+	for attempt := 1; ; attempt++ {
+		s, err := newSealer(kek)
+		if err != nil {
+			return nil, err
+		}
+		v := &Vault{
+			store: store, sealer: s, keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry),
+			backends:   map[string]KeyBackend{BackendSoftware: softwareBackend{}},
+			staleBound: DefaultStalenessBound,
+		}
+		for _, o := range opts {
+			o(v)
+		}
+		err = v.load(ctx, create)
+		switch {
+		case err == nil:
+			if ss, ok := store.(SharedStore); ok {
+				if err := v.startFollowing(ctx, ss); err != nil {
+					return nil, err
+				}
+			}
+			return v, nil
+		case !errors.Is(err, ErrConflict):
+			return nil, err
+		case attempt == maxCommitAttempts:
+			return nil, aborted("open the store", attempt)
+		}
 	}
-	v := &Vault{
-		store: store, sealer: s, keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry),
-		backends: map[string]KeyBackend{BackendSoftware: softwareBackend{}},
-	}
-	for _, o := range opts {
-		o(v)
-	}
-	if err := v.load(ctx, create); err != nil {
-		return nil, err
-	}
-	return v, nil
 }
 
 // commit commits w together with the manifest it leads to, and makes that
@@ -168,10 +203,16 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 		return err
 	}
 	w.Put = append(slices.Clone(w.Put), rec)
-	if _, err := v.store.Commit(ctx, w); err != nil {
+	w.If = map[RecordRef]int64{manifestRef: v.manifestRev}
+	storeRev, err := v.store.Commit(ctx, w)
+	if err != nil {
 		return err
 	}
 	v.revision, v.entries = rev, entries
+	// The commit passed If, so no other commit came between the view and
+	// it: the view is now the store at storeRev.
+	v.manifestRev, v.storeRev, v.manifestDigest = storeRev, storeRev, sha256.Sum256(rec.Sealed)
+	v.follow.applied(storeRev)
 	for _, ref := range w.Erase {
 		delete(v.stale, ref)
 	}
@@ -227,7 +268,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
 	ticketRecords := make(map[uint32]Record)
-	_, err := v.store.Scan(ctx, func(r Record) error {
+	storeRev, err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
 		case RecordManifest:
@@ -261,6 +302,10 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	})
 	if err != nil {
 		return fmt.Errorf("keyvault: load: %w", err)
+	}
+	v.storeRev = storeRev
+	if manifest != nil {
+		v.manifestRev, v.manifestDigest = manifest.Revision, sha256.Sum256(manifest.Sealed)
 	}
 
 	if check == nil {
@@ -318,9 +363,11 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	}
 	v.ids = ids
 	for _, r := range ticketRecords {
-		k, err := openTicketKey(s, r)
-		if err != nil {
-			return err
+		k := v.unchangedTicketKey(r.RecordRef)
+		if k == nil {
+			if k, err = openTicketKey(s, r); err != nil {
+				return err
+			}
 		}
 		v.tickets = append(v.tickets, k)
 	}
@@ -425,13 +472,16 @@ func (v *Vault) openKey(ctx context.Context, s sealer, r Record, versionRecords 
 		ref.Kind = RecordMaterial
 		material, hasMaterial := versionRecords[ref]
 		delete(versionRecords, ref)
-		ver, err := v.openVersion(ctx, s, vr, material, hasMaterial)
-		if err != nil {
-			return nil, err
+		ver := v.unchangedVersion(r.ID, n)
+		if ver == nil {
+			var err error
+			if ver, err = v.openVersion(ctx, s, vr, material, hasMaterial); err != nil {
+				return nil, err
+			}
 		}
 		k.versions = append(k.versions, ver)
 	}
-	return k, nil
+	return v.unchangedKey(k), nil
 }
 
 func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, hasMaterial bool) (*versionState, error) {
@@ -465,21 +515,24 @@ func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, h
 	case !hasMaterial:
 		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)
 	}
-	backend, err := v.backend(backendName)
-	if err != nil {
-		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, err)
-	}
-	handle, err := s.open(material)
-	if err != nil {
-		return nil, err
-	}
-	signer, err := backend.Load(ctx, alg, handle)
-	clear(handle) // the private key, for the software backend
-	if err != nil {
-		if backendName == BackendSoftware {
-			return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
+	signer := v.unchangedSigner(material.RecordRef)
+	if signer == nil {
+		backend, err := v.backend(backendName)
+		if err != nil {
+			return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, err)
 		}
-		return nil, fmt.Errorf("keyvault: %v: load from the %s backend: %w", material.RecordRef, backendName, err)
+		handle, err := s.open(material)
+		if err != nil {
+			return nil, err
+		}
+		signer, err = backend.Load(ctx, alg, handle)
+		clear(handle) // the private key, for the software backend
+		if err != nil {
+			if backendName == BackendSoftware {
+				return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
+			}
+			return nil, fmt.Errorf("keyvault: %v: load from the %s backend: %w", material.RecordRef, backendName, err)
+		}
 	}
 	if got, err := algorithmOf(signer); err != nil || got != alg || !publicKeyEqual(signer.Public(), pub) {
 		return nil, fmt.Errorf("keyvault: %v does not match its version record: %w", material.RecordRef, ErrCorrupted)
@@ -527,6 +580,7 @@ func (v *Vault) sealVersion(id string, ver *versionState) (Record, error) {
 
 // Close closes the vault and its store, and drops the keys from memory.
 func (v *Vault) Close() error {
+	v.follow.stop() // it takes writeMu
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
 	v.mu.Lock()
@@ -620,8 +674,12 @@ func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, 
 	return ver.number, ver.state, ver.chain, nil
 }
 
-// enabledVersion returns the version that a key operation may use.
+// enabledVersion returns the version that a key operation may use: none
+// while the view of a shared store is stale (follow.go).
 func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
+	if err := v.follow.fresh(); err != nil {
+		return nil, err
+	}
 	ver, err := v.keyVersion(id, n)
 	if err != nil {
 		return nil, err
@@ -645,16 +703,17 @@ func (k *keyState) withVersion(ver *versionState) *keyState {
 	return &next
 }
 
-// publish makes k the current state of its key. The caller holds writeMu
-// and has committed k to the store.
+// publish makes k the current state of its key, then tells the
+// subscribers. The caller holds writeMu and has committed k to the store.
 func (v *Vault) publish(k *keyState) {
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if _, ok := v.keys[k.id]; !ok {
 		i, _ := slices.BinarySearch(v.ids, k.id)
 		v.ids = slices.Insert(v.ids, i, k.id)
 	}
 	v.keys[k.id] = k
+	v.mu.Unlock()
+	v.subs.notify([]string{k.id})
 }
 
 func (k *keyState) snapshot() *Key {

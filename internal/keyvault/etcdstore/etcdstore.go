@@ -21,6 +21,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,8 +121,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
 		// Keep-alive pings notice a dead connection and move the client to
-		// another member while nothing else is sent.
-		DialKeepAliveTime:    cfg.RequestTimeout,
+		// another member while nothing else is sent (10s: gRPC's minimum).
+		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: cfg.RequestTimeout,
 		Logger:               zap.NewNop(),
 	})
@@ -141,9 +143,60 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	rctx, rcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), cfg.DialTimeout)
 	defer rcancel()
 	if _, err := s.cli.Get(rctx, s.head); err != nil {
+		if why := diagnose(cfg); why != nil {
+			err = fmt.Errorf("%w; %w", err, why)
+		}
 		return nil, errors.Join(s.fail(ctx, "open", cfg.DialTimeout, err), s.Close())
 	}
 	return s, nil
+}
+
+// diagnose connects to each endpoint itself to find what the etcd client
+// does not report, why it could not connect: refused, or the TLS handshake
+// failed (a CA that does not match, a client certificate missing or
+// refused). nil when it finds nothing.
+func diagnose(cfg Config) error {
+	var errs []error
+	for _, ep := range cfg.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", ep, err))
+			continue
+		}
+		conn, err := net.DialTimeout("tcp", u.Host, cfg.DialTimeout)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if u.Scheme == "https" && cfg.TLS != nil {
+			tc := cfg.TLS.Clone()
+			if tc.ServerName == "" {
+				tc.ServerName = u.Hostname()
+			}
+			tconn := tls.Client(conn, tc)
+			_ = tconn.SetDeadline(time.Now().Add(cfg.DialTimeout))
+			err = tconn.Handshake()
+			if err == nil {
+				// TLS 1.3: the server refuses a client certificate after
+				// the client's handshake is done, in its first record.
+				_ = tconn.SetReadDeadline(time.Now().Add(cfg.DialTimeout / 4))
+				_, err = tconn.Read(make([]byte, 1))
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					err = nil
+				}
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: TLS: %w", ep, err))
+			}
+		}
+		conn.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// String says where the store is: its endpoints and prefix.
+func (s *Store) String() string {
+	return fmt.Sprintf("etcd %s, prefix %s", strings.Join(s.cfg.Endpoints, ","), s.cfg.Prefix)
 }
 
 // Close revokes the replica's lease, so that WaitApplied stops waiting for

@@ -90,4 +90,5 @@ func TestOpenErrors(t *testing.T) {
 	require.ErrorIs(t, err, keyvault.ErrUnavailable)
 	assert.NotErrorIs(t, err, context.DeadlineExceeded)
 	assert.ErrorContains(t, err, "http://127.0.0.1:1")
+	assert.ErrorContains(t, err, "connection refused", "what the client saw")
 }

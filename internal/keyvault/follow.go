@@ -1,0 +1,524 @@
+package keyvault
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A vault on a SharedStore is one replica among several. Its view (keys,
+// versions, ticket keys, the manifest) is the store at one revision:
+//
+//   - Every change is a compare-and-swap on the manifest's store revision
+//     (commit's Write.If). Every commit rewrites the manifest, so a change
+//     computed from a view another replica has moved past conflicts; the
+//     vault then reads the store again and computes the change anew from
+//     what it holds now (retry), at most maxCommitAttempts times before it
+//     gives up with ErrAborted. Two replicas rotating one key at once thus
+//     make two versions, numbered one after the other, never one lost.
+//   - The view follows the store: a watch wakes it at every commit of any
+//     replica, and it reads the store again (refresh), keeping the loaded
+//     state of every version whose records did not change, so following
+//     neither parses keys again nor reopens HSM objects.
+//   - Key use is fenced by staleness: a replica confirms its view when a
+//     Revision read it sent at ts is answered and it has applied everything
+//     up to that revision (confirmedAt = ts, on the monotonic clock). Once
+//     the last confirmation is older than the staleness bound B, Sign,
+//     Decrypt and the other uses of a private key fail with ErrUnavailable
+//     until the store answers again.
+//   - A change that revokes (disable, destroy) returns only once every live
+//     replica announced it applied the change's revision, or B has passed
+//     since the commit: a replica that has not applied it by then has not
+//     confirmed a view since before the commit, and so refuses key use.
+//     This needs the same B on every replica.
+//
+// Ticket and step-token keys are not revocable by the API: a replica with a
+// stale view keeps sealing and opening with them.
+
+// DefaultStalenessBound is the staleness bound B unless WithStalenessBound
+// sets another.
+const DefaultStalenessBound = 2 * time.Second
+
+// maxCommitAttempts is how many times a change is computed and committed
+// before a run of conflicts with other replicas aborts it.
+const maxCommitAttempts = 8
+
+// WithStalenessBound sets the staleness bound B of a vault on a
+// SharedStore (see above); every replica of a deployment must use the same.
+// A bound of zero or less keeps DefaultStalenessBound.
+func WithStalenessBound(d time.Duration) Option {
+	return func(v *Vault) {
+		if d > 0 {
+			v.staleBound = d
+		}
+	}
+}
+
+// aborted is the error of a change that conflicted attempts times.
+func aborted(what string, attempts int) error {
+	return fmt.Errorf("keyvault: %s: other replicas changed the store %d times while this change was computed; retry it: %w", what, attempts, ErrAborted)
+}
+
+// retry runs change, which computes a change from the vault's view and
+// commits it, again on a view refreshed from the store each time its
+// commit conflicts. The caller holds writeMu.
+func (v *Vault) retry(ctx context.Context, what string, change func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := change()
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		if attempt == maxCommitAttempts {
+			return aborted(what, attempt)
+		}
+		// A little jitter, growing, so that replicas that keep colliding
+		// drift apart.
+		select {
+		case <-time.After(time.Duration(rand.Int64N(int64(attempt) * int64(2*time.Millisecond)))):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := v.refresh(ctx); err != nil {
+			return fmt.Errorf("keyvault: %s: %w", what, err)
+		}
+	}
+}
+
+// refresh makes the view the store's current state. The caller holds
+// writeMu.
+func (v *Vault) refresh(ctx context.Context) error {
+	var records []Record
+	rev, err := v.store.Scan(ctx, func(r Record) error {
+		records = append(records, r)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("keyvault: read the store: %w", err)
+	}
+	return v.adopt(ctx, records, rev)
+}
+
+// adopt makes records, the store's state at revision rev, the view. It
+// opens them as New does, in a new Vault that takes over from v every
+// version and ticket key whose records did not change, then serves that.
+// On an error the view stays as it was. The caller holds writeMu.
+func (v *Vault) adopt(ctx context.Context, records []Record, rev int64) error {
+	for _, r := range records {
+		if r.Kind == RecordManifest && r.Revision == v.manifestRev && sha256.Sum256(r.Sealed) == v.manifestDigest {
+			// Every commit rewrites the manifest: nothing the view holds
+			// changed.
+			v.storeRev = max(v.storeRev, rev)
+			v.follow.applied(v.storeRev)
+			return nil
+		}
+	}
+	cur := v.sealer.keys.Load()
+	s, err := newSealer(cur.kek)
+	if err != nil {
+		return err
+	}
+	next := &Vault{
+		store: &snapshotStore{records: records}, sealer: s, backends: v.backends,
+		keys: make(map[string]*keyState), entries: make(map[RecordRef]recordEntry), prev: v,
+	}
+	if err := next.load(ctx, false); err != nil {
+		if errors.Is(err, ErrWrongKEK) {
+			return fmt.Errorf("keyvault: follow the store to revision %d: its records are sealed under a KEK this replica does not hold "+
+				"(another replica rotated the KEK while this one did not follow): restart it with the new KEK: %w", rev, err)
+		}
+		return fmt.Errorf("keyvault: follow the store to revision %d: %w", rev, err)
+	}
+	v.entries, v.revision, v.stale = next.entries, next.revision, next.stale
+	v.manifestRev, v.manifestDigest, v.storeRev = next.manifestRev, next.manifestDigest, rev
+	nextKeys := next.sealer.keys.Load()
+	v.sealer.keys.Store(nextKeys)
+	if cur.previous != nil && nextKeys.previous == nil {
+		clear(cur.previous.kek) // another replica completed a KEK rotation
+	}
+	dropped := v.adoptLoaded(next)
+	for _, k := range dropped {
+		clear(k.secret) // retired by another replica
+	}
+	v.follow.applied(rev)
+	return nil
+}
+
+// unchangedVersion returns the state of version n of key id in the view
+// refresh replaces, if its records are the ones being loaded; nil if not.
+func (v *Vault) unchangedVersion(id string, n uint32) *versionState {
+	if v.prev == nil {
+		return nil
+	}
+	k := v.prev.keys[id]
+	if k == nil || n > uint32(len(k.versions)) {
+		return nil
+	}
+	for _, kind := range []RecordKind{RecordVersion, RecordMaterial} {
+		ref := RecordRef{Kind: kind, ID: id, Version: n}
+		old, had := v.prev.entries[ref]
+		now, has := v.entries[ref]
+		if had != has || old != now {
+			return nil
+		}
+	}
+	return k.versions[n-1]
+}
+
+// unchangedSigner returns the private key of the material record ref in the
+// view refresh replaces, if that record is the one being loaded; nil if
+// not. A version whose state or chain changed keeps its loaded key.
+func (v *Vault) unchangedSigner(ref RecordRef) crypto.Signer {
+	if v.prev == nil {
+		return nil
+	}
+	old, had := v.prev.entries[ref]
+	if now := v.entries[ref]; !had || old != now {
+		return nil
+	}
+	k := v.prev.keys[ref.ID]
+	if k == nil || ref.Version > uint32(len(k.versions)) {
+		return nil
+	}
+	return k.versions[ref.Version-1].signer
+}
+
+// unchangedKey returns the state of k's key in the view refresh replaces if
+// k, just loaded, is the same; k if not.
+func (v *Vault) unchangedKey(k *keyState) *keyState {
+	if v.prev == nil {
+		return k
+	}
+	old := v.prev.keys[k.id]
+	ref := RecordRef{Kind: RecordKey, ID: k.id}
+	if old == nil || v.prev.entries[ref] != v.entries[ref] || len(old.versions) != len(k.versions) {
+		return k
+	}
+	for i, ver := range k.versions {
+		if old.versions[i] != ver {
+			return k
+		}
+	}
+	return old
+}
+
+// unchangedTicketKey returns the ticket key of ref in the view refresh
+// replaces, if its record is the one being loaded; nil if not.
+func (v *Vault) unchangedTicketKey(ref RecordRef) *ticketKey {
+	if v.prev == nil {
+		return nil
+	}
+	old, had := v.prev.entries[ref]
+	if now := v.entries[ref]; !had || old != now {
+		return nil
+	}
+	for _, k := range v.prev.tickets {
+		if k.id == ref.Version {
+			return k
+		}
+	}
+	return nil
+}
+
+// follower follows a SharedStore for its vault.
+type follower struct {
+	store SharedStore
+	bound time.Duration
+	epoch time.Time // the origin of the monotonic times below
+
+	// confirmed is when, in nanoseconds since epoch, the Revision read
+	// that last confirmed the view was sent.
+	confirmed atomic.Int64
+	// view is the store revision the view has applied; seen the newest
+	// the watch reported.
+	view, seen atomic.Int64
+	wake       chan struct{} // capacity 1: something to catch up with
+
+	announceMu sync.Mutex
+	announced  int64 // the newest revision announced
+
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+}
+
+// startFollowing confirms the view just loaded from ss, then follows ss
+// until Close.
+func (v *Vault) startFollowing(ctx context.Context, ss SharedStore) error {
+	f := &follower{store: ss, bound: v.staleBound, epoch: time.Now(), wake: make(chan struct{}, 1)}
+	f.view.Store(v.storeRev)
+	f.confirmed.Store(-int64(f.bound) - 1) // not yet
+	v.follow = f
+	// Announced before the first Sync: a revocation committed before
+	// the announcement and not waited for by its WaitApplied is before
+	// the Sync's Revision read too, so the view has it before it serves.
+	if err := f.announce(ctx, v.storeRev); err != nil {
+		return fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	}
+	if err := v.Sync(ctx); err != nil {
+		return err
+	}
+	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.cancel = cancel
+	f.done.Add(2)
+	go v.watch(loopCtx)
+	go v.keepUp(loopCtx)
+	return nil
+}
+
+// applied records that the view is the store at rev and wakes keepUp to
+// announce it.
+func (f *follower) applied(rev int64) {
+	if f == nil {
+		return
+	}
+	f.view.Store(rev)
+	f.signal()
+}
+
+func (f *follower) signal() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// announce publishes that the view applied rev, unless a later revision is
+// announced.
+func (f *follower) announce(ctx context.Context, rev int64) error {
+	f.announceMu.Lock()
+	defer f.announceMu.Unlock()
+	if rev <= f.announced {
+		return nil
+	}
+	if err := f.store.Announce(ctx, rev); err != nil {
+		return err
+	}
+	f.announced = rev
+	return nil
+}
+
+// confirm records a confirmation by a Revision read sent at ts (since
+// epoch), unless a later one is recorded.
+func (f *follower) confirm(ts time.Duration) {
+	for {
+		old := f.confirmed.Load()
+		if int64(ts) <= old || f.confirmed.CompareAndSwap(old, int64(ts)) {
+			return
+		}
+	}
+}
+
+// fresh fails with ErrUnavailable once the view was last confirmed longer
+// than the staleness bound ago.
+func (f *follower) fresh() error {
+	if f == nil {
+		return nil
+	}
+	age := time.Since(f.epoch) - time.Duration(f.confirmed.Load())
+	if age <= f.bound {
+		return nil
+	}
+	return fmt.Errorf("keyvault: this replica could not confirm its view of the shared key store for more than %v (the staleness bound): "+
+		"it refuses key use until the store answers again; check that the store (etcd) is reachable and has quorum: %w", f.bound, ErrUnavailable)
+}
+
+// stop ends the loops and waits for them.
+func (f *follower) stop() {
+	if f == nil || f.cancel == nil {
+		return
+	}
+	f.cancel()
+	f.done.Wait()
+}
+
+// watch wakes keepUp at every commit the view has not applied. When the
+// watch breaks it wakes keepUp too, which reads the store again, and then
+// watches again.
+func (v *Vault) watch(ctx context.Context) {
+	f := v.follow
+	defer f.done.Done()
+	backoff := 50 * time.Millisecond
+	for {
+		err := f.store.Watch(ctx, f.view.Load(), func(rev int64) {
+			if rev > f.view.Load() {
+				for old := f.seen.Load(); rev > old && !f.seen.CompareAndSwap(old, rev); old = f.seen.Load() {
+				}
+				f.signal()
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		slog.WarnContext(ctx, "keyvault: the watch of the shared store broke; reading it again", "err", err)
+		f.signal()
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(2*backoff, f.bound/2)
+	}
+}
+
+// keepUp confirms the view every quarter of the staleness bound and when
+// woken, catching up with the store as needed, and announces what the
+// view applied.
+func (v *Vault) keepUp(ctx context.Context) {
+	f := v.follow
+	defer f.done.Done()
+	tick := time.NewTicker(f.bound / 4)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-f.wake:
+		}
+		sctx, cancel := context.WithTimeout(ctx, f.bound/2)
+		err := v.Sync(sctx)
+		if err == nil {
+			err = f.announce(sctx, f.view.Load())
+		}
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			slog.ErrorContext(ctx, "keyvault: cannot confirm the view of the shared key store; key use stops once it is older than the staleness bound",
+				"bound", f.bound, "err", err)
+		case err == nil && failing:
+			slog.InfoContext(ctx, "keyvault: the view of the shared key store is confirmed again")
+		}
+		failing = err != nil
+	}
+}
+
+// Sync makes the vault's view current: it reads the store's current
+// revision and applies every change up to it, so that a key another
+// replica created or changed before Sync was called is served when it
+// returns. A server calls it when asked for a key or key version it does
+// not know, then looks again. On a store no other process writes it only
+// checks that the vault is open.
+func (v *Vault) Sync(ctx context.Context) error {
+	f := v.follow
+	if f == nil {
+		if v.isClosed() {
+			return ErrClosed
+		}
+		return nil
+	}
+	ts := time.Since(f.epoch)
+	rev, err := f.store.Revision(ctx)
+	if err != nil {
+		return fmt.Errorf("keyvault: read the shared store's revision: %w", err)
+	}
+	if f.view.Load() < rev {
+		v.writeMu.Lock()
+		switch {
+		case v.isClosed():
+			err = ErrClosed
+		case v.storeRev < rev:
+			err = v.refresh(ctx)
+		}
+		v.writeMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	f.confirm(ts)
+	return nil
+}
+
+// revoked returns once no live replica can use what the change committed
+// at rev revoked: every live replica announced it applied rev, or the
+// staleness bound passed since the commit (see above). The caller does not
+// hold writeMu, which the replica's own catching up takes.
+func (v *Vault) revoked(ctx context.Context, rev int64) error {
+	f := v.follow
+	if f == nil {
+		return nil
+	}
+	bctx, cancel := context.WithTimeout(ctx, f.bound)
+	defer cancel()
+	if err := f.store.WaitApplied(bctx, rev); err != nil {
+		<-bctx.Done() // by then a replica that did not apply rev refuses key use
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("keyvault: the change is committed, and replicas that have not applied it refuse key use within %v of it: %w", f.bound, err)
+	}
+	return nil
+}
+
+// Subscribe calls fn with a key's id after the key changed in the vault's
+// view (created, rotated, a version enabled, disabled, destroyed or given a
+// chain), whatever changed it: a call on this vault, a Restore, or another
+// replica's change the view followed. Calls are in the order of the
+// changes, one at a time; fn must return quickly and must not change the
+// vault. cancel ends the subscription.
+func (v *Vault) Subscribe(fn func(keyID string)) (cancel func()) {
+	return v.subs.add(fn)
+}
+
+// subscribers are the functions Subscribe registered.
+type subscribers struct {
+	mu   sync.Mutex
+	next int
+	fns  map[int]func(string)
+}
+
+func (s *subscribers) add(fn func(string)) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fns == nil {
+		s.fns = make(map[int]func(string))
+	}
+	id := s.next
+	s.next++
+	s.fns[id] = fn
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.fns, id)
+	}
+}
+
+// notify calls every subscriber with each of ids. The caller holds
+// writeMu, which orders the calls.
+func (s *subscribers) notify(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	fns := make([]func(string), 0, len(s.fns))
+	for _, fn := range s.fns {
+		fns = append(fns, fn)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		for _, fn := range fns {
+			fn(id)
+		}
+	}
+}
+
+// allHold returns once every live replica applied revision rev of the
+// view. A KEK rotation completes only then: a replica that never saw the
+// rotation record, which gives it the new KEK, could not open the store
+// after.
+func (f *follower) allHold(ctx context.Context, rev int64) error {
+	if f == nil {
+		return nil
+	}
+	if err := f.announce(ctx, rev); err != nil {
+		return err
+	}
+	return f.store.WaitApplied(ctx, rev)
+}

@@ -1,0 +1,178 @@
+package keyvault
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// memShared is a SharedStore in memory for the unit tests of the vault's
+// following logic: one state, several clients (one per replica), the
+// contract of the seam (a revision per commit, If, Watch in order,
+// linearizable Revision, announcements that end when a client closes).
+// The real shared store is etcdstore's; integration tests use it.
+type memShared struct {
+	mu      sync.Mutex
+	rev     int64
+	records map[RecordRef]Record
+	changed chan struct{} // closed and replaced at every change
+	applied map[*memClient]int64
+}
+
+func newMemShared() *memShared {
+	return &memShared{records: map[RecordRef]Record{}, changed: make(chan struct{}), applied: map[*memClient]int64{}}
+}
+
+// broadcast wakes every waiter. The caller holds mu.
+func (s *memShared) broadcast() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// memClient is one replica's connection to a memShared.
+type memClient struct {
+	s *memShared
+	// down cuts the replica off the store (a partition): every call fails
+	// with ErrUnavailable and watches break; its announcement stays, as an
+	// etcd lease does until it expires.
+	down atomic.Bool
+	// scanDelay slows the replica's reads of the store, so that it follows
+	// late.
+	scanDelay atomic.Int64
+	scans     atomic.Int64
+}
+
+func (s *memShared) client() *memClient { return &memClient{s: s} }
+
+func (c *memClient) setDown(down bool) {
+	c.down.Store(down)
+	c.s.mu.Lock()
+	c.s.broadcast()
+	c.s.mu.Unlock()
+}
+
+var errMemDown = fmt.Errorf("memShared: cut off: %w", ErrUnavailable)
+
+func (c *memClient) Scan(ctx context.Context, fn func(Record) error) (int64, error) {
+	c.scans.Add(1)
+	if d := time.Duration(c.scanDelay.Load()); d > 0 {
+		time.Sleep(d)
+	}
+	if c.down.Load() {
+		return 0, errMemDown
+	}
+	c.s.mu.Lock()
+	rev := c.s.rev
+	records := slices.Collect(maps.Values(c.s.records))
+	c.s.mu.Unlock()
+	for _, r := range records {
+		if err := fn(r); err != nil {
+			return 0, err
+		}
+	}
+	return rev, nil
+}
+
+func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {
+	if c.down.Load() {
+		return 0, errMemDown
+	}
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ref, want := range w.If {
+		if s.records[ref].Revision != want {
+			return 0, fmt.Errorf("memShared: %v: %w", ref, ErrConflict)
+		}
+	}
+	for _, r := range w.Create {
+		if _, ok := s.records[r.RecordRef]; ok {
+			return 0, fmt.Errorf("memShared: %v: %w", r.RecordRef, ErrAlreadyExists)
+		}
+	}
+	s.rev++
+	for _, ref := range w.Erase {
+		delete(s.records, ref)
+	}
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		r.Sealed = slices.Clone(r.Sealed)
+		r.Revision = s.rev
+		s.records[r.RecordRef] = r
+	}
+	s.broadcast()
+	return s.rev, nil
+}
+
+func (c *memClient) Close() error {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	delete(c.s.applied, c)
+	c.s.broadcast()
+	return nil
+}
+
+func (c *memClient) Watch(ctx context.Context, after int64, fn func(rev int64)) error {
+	for {
+		c.s.mu.Lock()
+		rev, changed := c.s.rev, c.s.changed
+		c.s.mu.Unlock()
+		if c.down.Load() {
+			return errMemDown
+		}
+		for ; after < rev; after++ {
+			fn(after + 1)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (c *memClient) Revision(ctx context.Context) (int64, error) {
+	if c.down.Load() {
+		return 0, errMemDown
+	}
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.s.rev, nil
+}
+
+func (c *memClient) Announce(ctx context.Context, rev int64) error {
+	if c.down.Load() {
+		return errMemDown
+	}
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	c.s.applied[c] = rev
+	c.s.broadcast()
+	return nil
+}
+
+func (c *memClient) WaitApplied(ctx context.Context, rev int64) error {
+	if c.down.Load() {
+		return errMemDown
+	}
+	for {
+		c.s.mu.Lock()
+		done := true
+		for _, applied := range c.s.applied {
+			done = done && applied >= rev
+		}
+		changed := c.s.changed
+		c.s.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
