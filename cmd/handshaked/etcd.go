@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/keyvault/etcdstore"
 	"github.com/handshaked/handshaked/internal/service"
 )
@@ -25,6 +26,7 @@ type etcdConfig struct {
 	caFile, certFile, keyFile string
 	dialTimeout               time.Duration
 	requestTimeout            time.Duration
+	stalenessBound            time.Duration
 }
 
 func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
@@ -35,6 +37,7 @@ func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
 	fs.StringVar(&e.keyFile, "etcd-key-file", "", "private key, PEM, of -etcd-cert-file, not world-readable")
 	fs.DurationVar(&e.dialTimeout, "etcd-dial-timeout", etcdstore.DefaultDialTimeout, "how long the start waits for the etcd cluster to answer")
 	fs.DurationVar(&e.requestTimeout, "etcd-request-timeout", etcdstore.DefaultRequestTimeout, "how long a request to etcd may take; past it (no quorum) key changes fail with UNAVAILABLE instead of waiting")
+	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long after its commit; the same on every replica")
 }
 
 // check validates the -etcd-* settings together.
@@ -50,8 +53,8 @@ func (e *etcdConfig) check() error {
 	if (e.certFile == "") != (e.keyFile == "") {
 		return errors.New("-etcd-cert-file and -etcd-key-file go together")
 	}
-	if e.dialTimeout <= 0 || e.requestTimeout <= 0 {
-		return errors.New("-etcd-dial-timeout and -etcd-request-timeout must be positive")
+	if e.dialTimeout <= 0 || e.requestTimeout <= 0 || e.stalenessBound <= 0 {
+		return errors.New("-etcd-dial-timeout, -etcd-request-timeout and -staleness-bound must be positive")
 	}
 	return nil
 }

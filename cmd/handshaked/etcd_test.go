@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/etcdtest"
@@ -134,4 +136,44 @@ func TestEtcdFlags(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, sc.TLS, "https endpoints use TLS with the system's roots")
 	assert.Nil(t, sc.TLS.RootCAs)
+}
+
+// TestEtcdStalenessBound: -staleness-bound reaches the vault. With etcd
+// gone, the replica with a short bound refuses to sign (UNAVAILABLE) while
+// the one with a long bound still signs; etcd back, both sign. Replicas on
+// one etcd store follow each other: a key created on one is soon on the
+// other.
+func TestEtcdStalenessBound(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	dataDir := t.TempDir() // the development KEK file, shared
+	flags := []string{"-etcd-endpoints", c.Endpoint(0), "-etcd-prefix", "/dev", "-etcd-request-timeout", "1s"}
+	short := startProcess(t, dataDir, append(flags, "-staleness-bound", "500ms")...)
+	require.NotEmpty(t, short.grpcAddr, short.out())
+	long := startProcess(t, dataDir, append(flags, "-staleness-bound", "1h")...)
+	require.NotEmpty(t, long.grpcAddr, long.out())
+	ctx := context.Background()
+	sign := func(p *process) error {
+		_, err := p.client(t).Sign(ctx, &pb.SignRequest{Key: sampleKeyID, Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256,
+			Input: &pb.SignRequest_Message{Message: []byte("m")}})
+		return err
+	}
+	require.NoError(t, sign(short))
+	require.NoError(t, sign(long))
+
+	_, err := short.client(t).CreateKey(ctx, &pb.CreateKeyRequest{Id: "followed", Algorithm: pb.Algorithm_ALGORITHM_ED25519})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, err := long.client(t).GetKey(ctx, &pb.GetKeyRequest{Key: "followed"})
+		return err == nil
+	}, 30*time.Second, 50*time.Millisecond, "a key created on one replica never reached the other")
+
+	c.Stop(0)
+	require.Eventually(t, func() bool { return status.Code(sign(short)) == codes.Unavailable }, 30*time.Second, 100*time.Millisecond)
+	assert.NoError(t, sign(long), "a bound of 1h still trusts its view")
+	_, err = long.client(t).CreateKey(ctx, &pb.CreateKeyRequest{Id: "not-now", Algorithm: pb.Algorithm_ALGORITHM_ED25519})
+	assert.Equal(t, codes.Unavailable, status.Code(err), "no key change without etcd: %v", err)
+
+	c.Restart(0)
+	require.Eventually(t, func() bool { return sign(short) == nil }, 30*time.Second, 100*time.Millisecond)
+	assert.NoError(t, sign(long))
 }

@@ -120,7 +120,7 @@ func run(ctx context.Context, cfg *config) error {
 	if err != nil {
 		return err
 	}
-	var vaultOpts []keyvault.Option
+	vaultOpts := []keyvault.Option{keyvault.WithStalenessBound(cfg.etcd.stalenessBound)}
 	if token != nil {
 		defer token.Close()
 		vaultOpts = append(vaultOpts, keyvault.WithBackend(token))
