@@ -33,6 +33,13 @@ import (
 // fleetName is the TLS server name of the fleet's web key.
 const fleetName = "fleet.test"
 
+// fleetStaleness is the replicas' staleness bound: above the default 2 s,
+// which suits an etcd whose linearizable reads take milliseconds, because
+// on a machine this loaded (2 cores shared by the whole test suite, the
+// embedded etcd built with -race) a read or an announcement can take over a
+// second, and a healthy replica would fence itself.
+const fleetStaleness = 5 * time.Second
+
 // TestReplicas runs what issue 9 asks a fleet to show, on a real etcd cluster
 // of three members and three handshaked processes on it, with
 // handshake-edge stepping its handshakes in unary mode round-robin across
@@ -56,7 +63,7 @@ func TestReplicas(t *testing.T) {
 	require.NoError(t, os.WriteFile(caFile, ca.PEM, 0o600))
 	tlsCfg := &tls.Config{RootCAs: ca.Pool(), ServerName: fleetName}
 
-	f := startFleet(t, 3, 3)
+	f := startFleet(t, 3, 3, "-staleness-bound", fleetStaleness.String())
 	ctx := context.Background()
 
 	// A key made on r0 serves handshakes on r1 and r2.
@@ -243,62 +250,73 @@ func testRevocation(ctx context.Context, t *testing.T, f *fleet, ca *testpki.CA,
 	}
 }
 
-// testKillUnderLoad kills r2 with SIGKILL while the edge's clients
-// handshake and writers create keys on r0 and r1, restarts it, and checks
-// what the issue asks: bounded, counted failures; every acknowledged key
-// there and usable on every replica, the restarted one included, which
-// serves handshakes again.
+// testKillUnderLoad kills r2, then r1, with SIGKILL while the edge's
+// clients handshake and writers create keys on every replica, and restarts
+// each, checking what the issue asks: every failed step attempt of the
+// edge retried on another replica, at most a few client-visible failures
+// (counted), every acknowledged key there and usable on every replica, and
+// the restarted replica serving the edge's handshakes again.
 func testKillUnderLoad(ctx context.Context, t *testing.T, f *fleet, e *edgeProcess, load *handshakeLoad) {
-	writes := testenv.StartWriteLoad(t, 2, "kill-", func(id string, n int) error {
-		_, err := f.replicas[n%2].kv.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256})
+	writes := testenv.StartWriteLoad(t, 3, "kill-", func(id string, n int) error {
+		req := &pb.CreateKeyRequest{Id: id, Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256}
+		if _, err := f.replicas[n%3].kv.CreateKey(ctx, req); err == nil {
+			return nil
+		}
+		// That replica is dead or restarting: the same create through r0,
+		// never killed. One the dead replica committed before it died
+		// is there already.
+		_, err := f.replicas[0].kv.CreateKey(ctx, req)
+		if status.Code(err) == codes.AlreadyExists {
+			return nil
+		}
 		return err
 	})
-	defer writes.Stop()
+	stopWrites := sync.OnceValue(writes.Stop)
+	defer stopWrites()
 	load.setPhase(1)
 	load.waitOK(t, 1, 20)
-	for len(writes.Acked()) < 4 {
-		time.Sleep(10 * time.Millisecond)
+
+	phase := int32(1)
+	for _, victim := range []int{2, 1} {
+		r := f.replicas[victim]
+		for n := len(writes.Acked()); len(writes.Acked()) < n+3; {
+			time.Sleep(10 * time.Millisecond) // writes are in flight on every replica
+		}
+		retries, stepFailures := e.stepCounts(t)
+		phase++
+		load.setPhase(phase)
+		f.kill(victim)
+		killed := time.Now()
+		load.waitOK(t, phase, 40)
+		time.Sleep(2*time.Second - time.Since(killed)) // long after the balancer saw it gone
+
+		phase++
+		load.setPhase(phase)
+		f.start(victim)
+		// The restarted replica (its counters start from zero) takes its
+		// share of the edge's steps again.
+		require.Eventually(t, func() bool {
+			return servicetest.MetricSum(t, http.DefaultClient, "http://"+r.httpAddr, "handshaked_handshakes_completed_total") > 0
+		}, 60*time.Second, 50*time.Millisecond, "the restarted %s serves none of the edge's handshakes", r.name)
+		load.waitOK(t, phase, 20)
+		retriesAfter, stepFailuresAfter := e.stepCounts(t)
+		t.Logf("%s killed and restarted: the edge's unary steps had %.0f failed attempts, %.0f retried on another replica",
+			r.name, stepFailuresAfter-stepFailures, retriesAfter-retries)
+		assert.Equal(t, stepFailuresAfter-stepFailures, retriesAfter-retries, "%s killed: a failed step attempt was not retried", r.name)
+		for p, what := range map[int32]string{phase - 1: "down", phase: "restarted"} {
+			ok, failed, errs := load.counts(p)
+			t.Logf("handshakes through the edge, %s %s: %d ok, %d failed %v", r.name, what, ok, failed, errs)
+			// A client whose connection the kill reset may fail once; the
+			// others complete on the live replicas.
+			assert.LessOrEqual(t, failed, 5, "handshakes failed, %s %s: %v", r.name, what, errs)
+		}
 	}
-
-	retries, stepFailures := e.stepCounts(t)
-	load.setPhase(2)
-	f.kill(2)
-	killed := time.Now()
-	load.waitOK(t, 2, 40)
-	down := time.Since(killed)
-	beforeRestart := servicetest.MetricSum(t, http.DefaultClient, "http://"+f.replicas[0].httpAddr, "handshaked_handshakes_completed_total")
-
-	load.setPhase(3)
-	f.start(2)
-	r2 := f.replicas[2]
-	// The restarted replica takes its share of the edge's steps again.
-	require.Eventually(t, func() bool {
-		return servicetest.MetricSum(t, http.DefaultClient, "http://"+r2.httpAddr, "handshaked_handshakes_completed_total") > 0
-	}, 60*time.Second, 50*time.Millisecond, "the restarted replica serves none of the edge's handshakes")
-	load.waitOK(t, 3, 20)
-	acked := writes.Stop()
+	acked := stopWrites()
 	require.NotEmpty(t, acked)
-
-	for phase, name := range map[int32]string{1: "before the kill", 2: "r2 killed", 3: "r2 restarted"} {
-		ok, failed, errs := load.counts(phase)
-		t.Logf("handshakes through the edge, %s: %d ok, %d failed %v", name, ok, failed, errs)
-	}
-	retriesAfter, stepFailuresAfter := e.stepCounts(t)
-	t.Logf("the edge's unary steps while r2 was down and as it rejoined: %.0f failed attempts, %.0f retried on another replica",
-		stepFailuresAfter-stepFailures, retriesAfter-retries)
-	ok, failed, errs := load.counts(2)
-	t.Logf("r2 down for %v; r0 had completed %.0f handshakes when r2 restarted", down.Round(time.Millisecond), beforeRestart)
-	// A request in flight on r2 when it died may fail once per client
-	// (its connection was reset before the edge could retry it); every
-	// later step goes to the live replicas.
-	assert.LessOrEqual(t, failed, 5, "handshakes failed while r2 was down: %v", errs)
-	assert.GreaterOrEqual(t, ok, 40)
-	_, failed, errs = load.counts(3)
-	assert.LessOrEqual(t, failed, 5, "handshakes failed as r2 rejoined: %v", errs)
 	for _, r := range f.replicas {
 		verifyKeys(t, r.kv, acked)
 	}
-	t.Logf("%d keys acknowledged during the kill, all usable on the three replicas", len(acked))
+	t.Logf("%d keys acknowledged during the kills, all usable on the three replicas", len(acked))
 }
 
 // testConcurrentRotation rotates one key from r0 and r1 at once, many rounds:
@@ -397,12 +415,12 @@ func testEtcdMembersDown(ctx context.Context, t *testing.T, f *fleet, e *edgePro
 	_, err = f.replicas[1].kv.DisableKeyVersion(ctx, &pb.DisableKeyVersionRequest{Key: "one-member-down-0", Version: 1})
 	require.NoError(t, err, "a revocation with one etcd member down")
 	load.waitOK(t, 10, 20)
-	for time.Since(stopped) < 3*time.Second { // past the staleness bound: nothing fenced itself
+	for time.Since(stopped) < fleetStaleness+time.Second { // past the staleness bound: nothing fenced itself
 		time.Sleep(100 * time.Millisecond)
 	}
 	for _, r := range f.replicas {
 		_, err := sign(ctx, r, "fleet-ec", 0)
-		require.NoError(t, err, "sign on %s, one etcd member down for 3s", r.name)
+		require.NoError(t, err, "sign on %s, one etcd member down for longer than the staleness bound", r.name)
 	}
 	ok, failed, errs := load.counts(10)
 	t.Logf("one etcd member down: %d handshakes ok, %d failed %v", ok, failed, errs)
@@ -411,21 +429,31 @@ func testEtcdMembersDown(ctx context.Context, t *testing.T, f *fleet, e *edgePro
 	load.setPhase(11)
 	f.etcd.Stop(1)
 	lost := time.Now()
+	// Every replica refuses key use once it could not confirm its view
+	// for the staleness bound.
+	var fences sync.WaitGroup
+	for _, r := range f.replicas {
+		fences.Add(1)
+		go func() {
+			defer fences.Done()
+			var err error
+			if !assert.Eventually(t, func() bool {
+				_, err = sign(ctx, r, "fleet-ec", 0)
+				return status.Code(err) == codes.Unavailable
+			}, 30*time.Second, 20*time.Millisecond, "%s still signs without etcd quorum: %v", r.name, err) {
+				return
+			}
+			t.Logf("%s refuses key use %v after quorum was lost: %v", r.name, time.Since(lost).Round(time.Millisecond), err)
+			assert.Contains(t, status.Convert(err).Message(), "staleness bound", "the refusal says why")
+		}()
+	}
 	_, err = f.replicas[0].kv.CreateKey(ctx, &pb.CreateKeyRequest{Id: "no-quorum", Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256})
 	t.Logf("a key change without etcd quorum failed after %v: %v", time.Since(lost).Round(time.Millisecond), err)
 	require.Equal(t, codes.Unavailable, status.Code(err), "a key change without etcd quorum: %v", err)
 	assert.Contains(t, strings.ToLower(status.Convert(err).Message()), "etcd", "the message says what cannot be reached")
 	_, err = f.replicas[1].kv.RotateKey(ctx, &pb.RotateKeyRequest{Key: "fleet-ec"})
 	require.Equal(t, codes.Unavailable, status.Code(err), "a rotation without etcd quorum: %v", err)
-	// Past the staleness bound (2 s), every replica refuses key use.
-	for _, r := range f.replicas {
-		var err error
-		require.Eventually(t, func() bool {
-			_, err = sign(ctx, r, "fleet-ec", 0)
-			return status.Code(err) == codes.Unavailable
-		}, 10*time.Second, 50*time.Millisecond, "%s still signs without etcd quorum: %v", r.name, err)
-		t.Logf("%s refuses key use %v after quorum was lost: %v", r.name, time.Since(lost).Round(time.Millisecond), err)
-	}
+	fences.Wait()
 	fullOK, _, _ := load.counts(11)
 	time.Sleep(time.Second)
 	fullOKLater, failed, errs := load.counts(11)
