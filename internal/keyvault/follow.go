@@ -189,21 +189,30 @@ func (v *Vault) unchangedSigner(ref RecordRef) crypto.Signer {
 	return k.versions[ref.Version-1].signer
 }
 
-// unchangedKey returns the state of k's key in the view refresh replaces if
-// k, just loaded, is the same; k if not.
-func (v *Vault) unchangedKey(k *keyState) *keyState {
+// unchangedKey returns the state of key id in the view refresh replaces
+// if none of the key's records changed, and takes its records out of
+// versionRecords; nil if one did.
+func (v *Vault) unchangedKey(id string, versionRecords map[RecordRef]Record) *keyState {
 	if v.prev == nil {
-		return k
+		return nil
 	}
-	old := v.prev.keys[k.id]
-	ref := RecordRef{Kind: RecordKey, ID: k.id}
-	if old == nil || v.prev.entries[ref] != v.entries[ref] || len(old.versions) != len(k.versions) {
-		return k
+	old := v.prev.keys[id]
+	if old == nil {
+		return nil
 	}
-	for i, ver := range k.versions {
-		if old.versions[i] != ver {
-			return k
+	refs := []RecordRef{{Kind: RecordKey, ID: id}}
+	for n := range uint32(len(old.versions)) {
+		refs = append(refs, RecordRef{Kind: RecordVersion, ID: id, Version: n + 1}, RecordRef{Kind: RecordMaterial, ID: id, Version: n + 1})
+	}
+	for _, ref := range refs {
+		was, had := v.prev.entries[ref]
+		is, has := v.entries[ref]
+		if had != has || was != is {
+			return nil
 		}
+	}
+	for _, ref := range refs[1:] {
+		delete(versionRecords, ref)
 	}
 	return old
 }
@@ -243,6 +252,12 @@ type follower struct {
 	announceMu sync.Mutex
 	announced  int64 // the newest revision announced
 
+	// ctx ends with stop; it bounds what the loops and Sync rounds do.
+	ctx     context.Context
+	roundMu sync.Mutex
+	pending *syncRound // the round Sync callers wait for, not begun
+	rounds  bool       // runRounds runs
+
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 }
@@ -253,21 +268,24 @@ func (v *Vault) startFollowing(ctx context.Context, ss SharedStore) error {
 	f := &follower{store: ss, bound: v.staleBound, epoch: time.Now(), wake: make(chan struct{}, 1)}
 	f.view.Store(v.storeRev)
 	f.confirmed.Store(-int64(f.bound) - 1) // not yet
+	f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	v.follow = f
 	// Announced before the first Sync: a revocation committed before
 	// the announcement and not waited for by its WaitApplied is before
 	// the Sync's Revision read too, so the view has it before it serves.
-	if err := f.announce(ctx, v.storeRev); err != nil {
-		return fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	err := f.announce(ctx, v.storeRev)
+	if err != nil {
+		err = fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	} else {
+		err = v.Sync(ctx)
 	}
-	if err := v.Sync(ctx); err != nil {
+	if err != nil {
+		f.cancel()
 		return err
 	}
-	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f.cancel = cancel
 	f.done.Add(2)
-	go v.watch(loopCtx)
-	go v.keepUp(loopCtx)
+	go v.watch(f.ctx)
+	go v.keepUp(f.ctx)
 	return nil
 }
 
@@ -382,7 +400,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 		case <-tick.C:
 		case <-f.wake:
 		}
-		sctx, cancel := context.WithTimeout(ctx, f.bound/2)
+		sctx, cancel := context.WithTimeout(ctx, f.bound)
 		err := v.Sync(sctx)
 		if err == nil {
 			err = f.announce(sctx, f.view.Load())
@@ -409,12 +427,66 @@ func (v *Vault) keepUp(ctx context.Context) {
 // checks that the vault is open.
 func (v *Vault) Sync(ctx context.Context) error {
 	f := v.follow
+	if v.isClosed() {
+		return ErrClosed
+	}
 	if f == nil {
-		if v.isClosed() {
-			return ErrClosed
-		}
 		return nil
 	}
+	r := f.nextRound(v)
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// syncRound is one Revision read and the catching up after it, which every
+// Sync called before it began waits for.
+type syncRound struct {
+	done chan struct{}
+	err  error
+}
+
+// nextRound returns the round that has not begun yet, starting the rounds
+// if none runs. Sync may be called for every request naming an unknown key
+// or ticket, which any client can send: the store sees one Revision read at
+// a time from this replica however many wait, and each caller still gets a
+// read begun after its call.
+func (f *follower) nextRound(v *Vault) *syncRound {
+	f.roundMu.Lock()
+	defer f.roundMu.Unlock()
+	if f.pending == nil {
+		f.pending = &syncRound{done: make(chan struct{})}
+		if !f.rounds {
+			f.rounds = true
+			go f.runRounds(v)
+		}
+	}
+	return f.pending
+}
+
+func (f *follower) runRounds(v *Vault) {
+	for {
+		f.roundMu.Lock()
+		r := f.pending
+		f.pending = nil
+		f.rounds = r != nil
+		f.roundMu.Unlock()
+		if r == nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(f.ctx, f.bound)
+		r.err = v.syncOnce(ctx)
+		cancel()
+		close(r.done)
+	}
+}
+
+// syncOnce is one round of Sync.
+func (v *Vault) syncOnce(ctx context.Context) error {
+	f := v.follow
 	ts := time.Since(f.epoch)
 	rev, err := f.store.Revision(ctx)
 	if err != nil {

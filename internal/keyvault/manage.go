@@ -100,8 +100,17 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 
 // destroyUnstored destroys a key that a backend generated but the vault
 // failed to store, so that it does not linger in an HSM with no record
-// naming it, and returns err.
+// naming it, and returns err. A store that could not be reached may have
+// committed all the same (an etcd request that timed out): the key is kept
+// then, as one that may be in use.
 func destroyUnstored(ctx context.Context, b KeyBackend, key crypto.Signer, err error) error {
+	if errors.Is(err, ErrUnavailable) {
+		if b.Name() != BackendSoftware {
+			slog.WarnContext(ctx, "keyvault: the store did not confirm a new key version; its key is kept in the backend in case the store has it",
+				"backend", b.Name(), "err", err)
+		}
+		return err
+	}
 	if derr := b.Destroy(ctx, key); derr != nil {
 		return fmt.Errorf("%w (and destroying the key generated in the %s backend failed: %v)", err, b.Name(), derr)
 	}

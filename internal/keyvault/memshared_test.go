@@ -44,6 +44,9 @@ type memClient struct {
 	// late.
 	scanDelay atomic.Int64
 	scans     atomic.Int64
+	// revisionDelay slows Revision reads; revisions counts them.
+	revisionDelay atomic.Int64
+	revisions     atomic.Int64
 }
 
 func (s *memShared) client() *memClient { return &memClient{s: s} }
@@ -135,6 +138,10 @@ func (c *memClient) Watch(ctx context.Context, after int64, fn func(rev int64)) 
 }
 
 func (c *memClient) Revision(ctx context.Context) (int64, error) {
+	c.revisions.Add(1)
+	if d := time.Duration(c.revisionDelay.Load()); d > 0 {
+		time.Sleep(d)
+	}
 	if c.down.Load() {
 		return 0, errMemDown
 	}

@@ -454,6 +454,9 @@ func (v *Vault) openKey(ctx context.Context, s sealer, r Record, versionRecords 
 	if err := validateID(r.ID); err != nil {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
+	if k := v.unchangedKey(r.ID, versionRecords); k != nil {
+		return k, nil
+	}
 	var kr keyRecord
 	if err := s.openJSON(r, &kr); err != nil {
 		return nil, err
@@ -481,7 +484,7 @@ func (v *Vault) openKey(ctx context.Context, s sealer, r Record, versionRecords 
 		}
 		k.versions = append(k.versions, ver)
 	}
-	return v.unchangedKey(k), nil
+	return k, nil
 }
 
 func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, hasMaterial bool) (*versionState, error) {

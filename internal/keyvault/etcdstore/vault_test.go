@@ -1,0 +1,232 @@
+package etcdstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/etcdtest"
+	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/keyvault/etcdstore"
+)
+
+// The key vault's replica logic (keyvault/follow.go) on a real etcd
+// cluster: vaults on one prefix are replicas of one deployment.
+
+var vaultKEK = bytes.Repeat([]byte{0x42}, 32)
+
+// openVault opens a replica on store s, closed with the test.
+func openVault(t testing.TB, s keyvault.SharedStore, opts ...keyvault.Option) *keyvault.Vault {
+	t.Helper()
+	v, err := keyvault.New(t.Context(), s, vaultKEK, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { v.Close() })
+	return v
+}
+
+// slowScan reads the store late: a replica that follows slowly.
+type slowScan struct {
+	*etcdstore.Store
+	delay time.Duration
+}
+
+func (s slowScan) Scan(ctx context.Context, fn func(keyvault.Record) error) (int64, error) {
+	time.Sleep(s.delay)
+	return s.Store.Scan(ctx, fn)
+}
+
+func sign(v *keyvault.Vault, id string, n uint32) error {
+	_, err := v.Sign(context.Background(), id, n, tls.Ed25519, []byte("m"), false)
+	return err
+}
+
+// waitChange returns a function that waits, woken by v's Subscribe, until
+// done holds.
+func waitChange(t testing.TB, v *keyvault.Vault) func(done func() bool) {
+	ch := make(chan string, 1024)
+	t.Cleanup(v.Subscribe(func(id string) { ch <- id }))
+	return func(done func() bool) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for !done() {
+			select {
+			case <-ch:
+			case <-timeout:
+				require.FailNow(t, "the change was not followed")
+			}
+		}
+	}
+}
+
+func TestVaultReplicasOnEtcd(t *testing.T) {
+	c := etcdtest.Start(t, 3)
+
+	// A key created, rotated or given a chain on one replica serves on the
+	// other: after Sync at once, and by the watch alone soon after.
+	t.Run("follow", func(t *testing.T) {
+		a := openVault(t, open(t, c, "/follow"))
+		b := openVault(t, open(t, c, "/follow"))
+		changed := waitChange(t, b)
+		_, err := a.Create(t.Context(), "web", keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		require.NoError(t, b.Sync(t.Context()))
+		require.NoError(t, sign(b, "web", 1))
+		_, err = a.Rotate(t.Context(), "web")
+		require.NoError(t, err)
+		changed(func() bool { return sign(b, "web", 2) == nil })
+	})
+
+	// Two replicas rotating one key at once, many rounds: each rotation
+	// makes one version or aborts; none is lost or made twice; a third
+	// replica opening the store (every record checked against the
+	// manifest) finds exactly those.
+	t.Run("rotate concurrently", func(t *testing.T) {
+		a := openVault(t, open(t, c, "/rotate"))
+		b := openVault(t, open(t, c, "/rotate"))
+		_, err := a.Create(t.Context(), "k", keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		require.NoError(t, b.Sync(t.Context()))
+		const rounds = 25
+		var mu sync.Mutex
+		made := map[uint32][]byte{}
+		var aborted atomic.Int64
+		var wg sync.WaitGroup
+		for _, v := range []*keyvault.Vault{a, b} {
+			wg.Go(func() {
+				for range rounds {
+					key, err := v.Rotate(t.Context(), "k")
+					if errors.Is(err, keyvault.ErrAborted) {
+						aborted.Add(1)
+						continue
+					}
+					if !assert.NoError(t, err) {
+						return
+					}
+					pub, err := x509.MarshalPKIXPublicKey(key.Versions[key.Primary-1].PublicKey)
+					require.NoError(t, err)
+					mu.Lock()
+					_, dup := made[key.Primary]
+					assert.False(t, dup, "version %d made twice", key.Primary)
+					made[key.Primary] = pub
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		t.Logf("%d rotations made a version, %d aborted", len(made), aborted.Load())
+		assert.Equal(t, int64(2*rounds), int64(len(made))+aborted.Load())
+		third := openVault(t, open(t, c, "/rotate"))
+		require.NoError(t, a.Sync(t.Context()))
+		require.NoError(t, b.Sync(t.Context()))
+		for _, v := range []*keyvault.Vault{a, b, third} {
+			key, err := v.Get(t.Context(), "k")
+			require.NoError(t, err)
+			require.Len(t, key.Versions, 1+len(made))
+			for _, ver := range key.Versions[1:] {
+				pub, err := x509.MarshalPKIXPublicKey(ver.PublicKey)
+				require.NoError(t, err)
+				assert.Equal(t, made[ver.Number], pub, "version %d", ver.Number)
+				assert.NoError(t, sign(v, "k", ver.Number))
+			}
+		}
+	})
+
+	// A disable returns only once the other replica, which reads the
+	// store late, refuses the version; so does a destroy.
+	t.Run("revocation", func(t *testing.T) {
+		a := openVault(t, open(t, c, "/revoke"))
+		b := openVault(t, slowScan{Store: open(t, c, "/revoke"), delay: 300 * time.Millisecond})
+		_, err := a.Create(t.Context(), "web", keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		_, err = a.Rotate(t.Context(), "web")
+		require.NoError(t, err)
+		require.NoError(t, b.Sync(t.Context()))
+		require.NoError(t, sign(b, "web", 1))
+
+		_, err = a.SetVersionEnabled(t.Context(), "web", 1, false)
+		require.NoError(t, err)
+		assert.ErrorIs(t, sign(b, "web", 1), keyvault.ErrFailedPrecondition)
+		assert.NoError(t, sign(b, "web", 2))
+		_, err = a.DestroyVersion(t.Context(), "web", 1)
+		require.NoError(t, err)
+		key, err := b.Get(t.Context(), "web")
+		require.NoError(t, err)
+		assert.Equal(t, keyvault.StateDestroyed, key.Versions[0].State)
+	})
+
+	// Without quorum no replica can confirm its view: key changes fail
+	// with UNAVAILABLE at once, key use once the staleness bound passed;
+	// with quorum back both serve again by themselves.
+	t.Run("quorum loss", func(t *testing.T) {
+		const bound = time.Second
+		a := openVault(t, open(t, c, "/quorum-vault"), keyvault.WithStalenessBound(bound))
+		b := openVault(t, open(t, c, "/quorum-vault"), keyvault.WithStalenessBound(bound))
+		_, err := a.Create(t.Context(), "web", keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		require.NoError(t, b.Sync(t.Context()))
+		require.NoError(t, sign(b, "web", 1))
+
+		c.Stop(0)
+		_, err = a.Rotate(t.Context(), "web")
+		require.NoError(t, err, "two of three members serve")
+		require.NoError(t, b.Sync(t.Context()))
+		require.NoError(t, sign(b, "web", 2))
+
+		c.Stop(1)
+		_, err = a.Rotate(t.Context(), "web")
+		require.ErrorIs(t, err, keyvault.ErrUnavailable)
+		assert.ErrorContains(t, err, "a majority of its members must be running and reachable")
+		for _, v := range []*keyvault.Vault{a, b} {
+			require.Eventually(t, func() bool { return errors.Is(sign(v, "web", 2), keyvault.ErrUnavailable) },
+				30*time.Second, bound/10, "key use fenced")
+			assert.ErrorContains(t, sign(v, "web", 2), "refuses key use until the store answers again")
+		}
+
+		c.Restart(0)
+		c.Restart(1)
+		for _, v := range []*keyvault.Vault{a, b} {
+			require.Eventually(t, func() bool { return sign(v, "web", 2) == nil }, time.Minute, bound/10, "key use back")
+		}
+		_, err = b.Rotate(t.Context(), "web")
+		require.NoError(t, err)
+		require.NoError(t, a.Sync(t.Context()))
+		assert.NoError(t, sign(a, "web", 3))
+	})
+}
+
+// BenchmarkVaultPropagation measures the propagation bound on etcd (one
+// member on loopback): from Create returning on one replica to the key
+// being served by another, which follows by its watch alone (ns/follow),
+// with the replicas holding b.N keys at the end.
+func BenchmarkVaultPropagation(b *testing.B) {
+	c := etcdtest.Start(b, 1)
+	s := func() *etcdstore.Store {
+		s, err := etcdstore.Open(b.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/bench"})
+		require.NoError(b, err)
+		return s
+	}
+	va, vb := openVault(b, s()), openVault(b, s())
+	changed := waitChange(b, vb)
+	i := 0
+	var follow time.Duration
+	for b.Loop() {
+		id := fmt.Sprintf("k%d", i)
+		i++
+		_, err := va.Create(b.Context(), id, keyvault.Ed25519, nil)
+		require.NoError(b, err)
+		start := time.Now()
+		changed(func() bool { _, err := vb.Get(b.Context(), id); return err == nil })
+		follow += time.Since(start)
+	}
+	b.ReportMetric(float64(follow.Nanoseconds())/float64(b.N), "ns/follow")
+}
