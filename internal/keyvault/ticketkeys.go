@@ -236,7 +236,10 @@ func (t *TicketKeys) Seal(ctx context.Context, scope string, plaintext []byte) (
 }
 
 // Open returns the plaintext of a ticket Seal made for scope, under a key
-// still accepted; any other ticket fails with ErrTicketRejected.
+// still accepted; any other ticket fails with ErrTicketRejected. A ticket
+// under a key the vault does not know makes it catch up with a shared
+// store first (Vault.Sync), so that a key another replica just made is
+// found; if the store cannot be reached, that is the error.
 func (t *TicketKeys) Open(ctx context.Context, scope string, ticket []byte) ([]byte, error) {
 	if limit := t.opts.Purpose.maxBytes(); len(ticket) > limit {
 		return nil, fmt.Errorf("keyvault: %v of %d bytes, more than %d: %w", t.opts.Purpose, len(ticket), limit, ErrInvalidArgument)
@@ -246,14 +249,16 @@ func (t *TicketKeys) Open(ctx context.Context, scope string, ticket []byte) ([]b
 	}
 	id := binary.BigEndian.Uint32(ticket[1:ticketHeaderLen])
 	now := t.opts.Now()
-	t.v.mu.RLock()
-	closed := t.v.closed
-	i := slices.IndexFunc(t.v.tickets, func(k *ticketKey) bool { return k.id == id && k.purpose == t.opts.Purpose })
-	var k *ticketKey
-	if i >= 0 {
-		k = t.v.tickets[i]
+	k, closed := t.lookup(id)
+	if k == nil && !closed {
+		// Maybe a key another replica made that this one's view has not
+		// applied yet: catch up once, then look again. A store that cannot
+		// say (etcd without quorum) is the error, not the ticket.
+		if err := t.v.Sync(ctx); err != nil {
+			return nil, err
+		}
+		k, closed = t.lookup(id)
 	}
-	t.v.mu.RUnlock()
 	switch {
 	case closed:
 		return nil, ErrClosed
@@ -270,6 +275,18 @@ func (t *TicketKeys) Open(ctx context.Context, scope string, ticket []byte) ([]b
 		return nil, ErrTicketRejected
 	}
 	return plaintext, nil
+}
+
+// lookup returns the purpose's key id (nil if none), and whether the vault
+// is closed.
+func (t *TicketKeys) lookup(id uint32) (*ticketKey, bool) {
+	t.v.mu.RLock()
+	defer t.v.mu.RUnlock()
+	i := slices.IndexFunc(t.v.tickets, func(k *ticketKey) bool { return k.id == id && k.purpose == t.opts.Purpose })
+	if i < 0 {
+		return nil, t.v.closed
+	}
+	return t.v.tickets[i], t.v.closed
 }
 
 // ticketAD is the associated data of a ticket: its header and its scope.

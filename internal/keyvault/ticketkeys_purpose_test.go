@@ -82,3 +82,36 @@ func TestTicketKeyPurposes(t *testing.T) {
 	_, err = NewTicketKeys(v, TicketKeyOptions{Purpose: "other"})
 	assert.ErrorIs(t, err, ErrInvalidArgument)
 }
+
+// TestTicketKeysOfAnotherReplica: a ticket or step token sealed under a key
+// another replica has just made opens at once: the vault catches up with
+// the store before it rejects an unknown key; cut off from the store, it
+// says so rather than reject.
+func TestTicketKeysOfAnotherReplica(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	b, bc := newSharedVault(t, s)
+	clock := testenv.NewClock(time.Now())
+	for _, purpose := range []TicketKeyPurpose{PurposeTickets, PurposeStepTokens} {
+		opts := TicketKeyOptions{Purpose: purpose, Deployment: "prod", Rotation: testRotation, Lifetime: testLifetime, Now: clock.Now}
+		ta, err := NewTicketKeys(a, opts)
+		require.NoError(t, err)
+		tb, err := NewTicketKeys(b, opts)
+		require.NoError(t, err)
+		bc.scanDelay.Store(int64(200 * time.Millisecond)) // b follows late
+		sealed, err := ta.Seal(ctx, "web", []byte("state"))
+		require.NoError(t, err)
+		got, err := tb.Open(ctx, "web", sealed)
+		require.NoError(t, err, "%v sealed on another replica", purpose)
+		assert.Equal(t, []byte("state"), got)
+		bc.scanDelay.Store(0)
+
+		clock.Add(testRotation) // a new key, on a
+		sealed, err = ta.Seal(ctx, "web", []byte("state"))
+		require.NoError(t, err)
+		bc.setDown(true)
+		_, err = tb.Open(ctx, "web", sealed)
+		assert.ErrorIs(t, err, ErrUnavailable, "%v: an unknown key while cut off from the store", purpose)
+		bc.setDown(false)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/engine"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
@@ -72,17 +73,26 @@ type Handshake struct {
 
 // NewHandshake returns the Handshake API over vault.
 func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handshakeMetrics) *Handshake {
+	return newHandshakeAPI(vault, opts, metrics, nil)
+}
+
+// newHandshakeAPI is NewHandshake with the audit log of its step-token key
+// changes.
+func newHandshakeAPI(vault *keyvault.Vault, opts HandshakeOptions, metrics *handshakeMetrics, log *audit.Log) *Handshake {
 	opts.MaxSessions = cmp.Or(max(opts.MaxSessions, 0), 10000)
 	opts.SessionTTL = cmp.Or(max(opts.SessionTTL, 0), 30*time.Second)
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
-	return &Handshake{
-		tokens:   newStepTokenKeys(vault, opts.Deployment, opts.SessionTTL, nil),
+	h := &Handshake{
+		tokens:   newStepTokenKeys(vault, opts.Deployment, opts.SessionTTL, log),
 		vault:    vault,
 		keys:     vaultKeyOps{vault: vault, tracer: noTracer, metrics: newKeyMetrics(nil)},
 		sessions: newSessionStore(opts, metrics),
 		metrics:  metrics,
 		tracer:   noTracer,
 	}
+	// For the life of the vault: the certificates are of its keys.
+	vault.Subscribe(h.certs.forget)
+	return h
 }
 
 // setTracerProvider turns tracing on: see handshake_trace.go.

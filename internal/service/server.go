@@ -131,7 +131,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		return nil, err
 	}
 	kv.batchItem = g.batchItem
-	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	hs := newHandshakeAPI(vault, opts.Handshake, newHandshakeMetrics(registry), opts.Audit)
 	s.tokens = hs.tokens
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)

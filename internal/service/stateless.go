@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/engine"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
@@ -68,13 +69,15 @@ const stepTokenRotation = time.Hour
 const stepTokenScope = "handshake step"
 
 // newStepTokenKeys returns the step-token keys of a service whose
-// handshakes live ttl.
-func newStepTokenKeys(vault *keyvault.Vault, deployment string, ttl time.Duration, now func() time.Time) *keyvault.TicketKeys {
+// handshakes live ttl; their changes are logged and audited in log (nil:
+// logged only).
+func newStepTokenKeys(vault *keyvault.Vault, deployment string, ttl time.Duration, log *audit.Log) *keyvault.TicketKeys {
 	// The lifetime is what the key schedule allows (1s to 7 days): a token
 	// expires at its own expiry anyway.
 	lifetime := min(max(ttl.Round(time.Second), time.Second), keyvault.DefaultTicketLifetime)
 	tk, err := keyvault.NewTicketKeys(vault, keyvault.TicketKeyOptions{
-		Purpose: keyvault.PurposeStepTokens, Deployment: deployment, Rotation: stepTokenRotation, Lifetime: lifetime, Now: now,
+		Purpose: keyvault.PurposeStepTokens, Deployment: deployment, Rotation: stepTokenRotation, Lifetime: lifetime,
+		OnChange: func(e keyvault.TicketKeyEvent) { auditKeyChange(e, log) },
 	})
 	if err != nil {
 		panic(fmt.Sprintf("step-token key options out of the range made above: %v", err))
@@ -130,7 +133,7 @@ func (h *Handshake) startStateless(ctx context.Context, req *pb.StartHandshakeRe
 	}
 	config, err := proto.MarshalOptions{Deterministic: true}.Marshal(req.GetConfig())
 	if err != nil {
-		return nil, fmt.Errorf("marshal handshake config: %w", err)
+		return nil, toStatus(ctx, fmt.Errorf("marshal handshake config: %w", err))
 	}
 	b := make([]byte, 16)
 	rand.Read(b)
@@ -158,7 +161,7 @@ func (h *Handshake) stepStateless(ctx context.Context, req *pb.StepHandshakeRequ
 	}
 	config := &pb.HandshakeConfig{}
 	if err := proto.Unmarshal(tok.config, config); err != nil || len(tok.versions) != len(config.GetKeys()) {
-		return nil, fmt.Errorf("step token sealed by this deployment has a malformed configuration: %v", err)
+		return nil, toStatus(ctx, fmt.Errorf("step token sealed by this deployment has a malformed configuration: %v", err))
 	}
 	if h.authorize != nil {
 		keys := make([]target, 0, len(config.GetKeys()))
@@ -174,6 +177,16 @@ func (h *Handshake) stepStateless(ctx context.Context, req *pb.StepHandshakeRequ
 		return nil, err
 	}
 	defer release()
+	hs, err := h.restoreStepToken(ctx, tok, config)
+	if err != nil {
+		return nil, err
+	}
+	return h.stepToken(ctx, owner, tok, hs, req.GetInput())
+}
+
+// restoreStepToken rebuilds the handshake of tok, whose configuration is
+// config, from the vault's keys as they are now.
+func (h *Handshake) restoreStepToken(ctx context.Context, tok *stepToken, config *pb.HandshakeConfig) (*engine.Handshake, error) {
 	// The versions the start resolved, not the primary now: a rotation
 	// mid-handshake must not switch keys under it.
 	resolved := proto.Clone(config).(*pb.HandshakeConfig)
@@ -182,7 +195,7 @@ func (h *Handshake) stepStateless(ctx context.Context, req *pb.StepHandshakeRequ
 	}
 	cfg, err := engineConfig(ctx, h.vault, &h.certs, resolved)
 	if err != nil {
-		if status.Code(err) == codes.FailedPrecondition || status.Code(err) == codes.NotFound {
+		if c := status.Code(err); c == codes.FailedPrecondition || c == codes.NotFound {
 			return nil, status.Errorf(codes.FailedPrecondition, "handshake %q cannot continue: %v", tok.id, status.Convert(err).Message())
 		}
 		return nil, err
@@ -195,7 +208,7 @@ func (h *Handshake) stepStateless(ctx context.Context, req *pb.StepHandshakeRequ
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "handshake %q cannot continue on this replica: %v", tok.id, err)
 	}
-	return h.stepToken(ctx, owner, tok, hs, req.GetInput())
+	return hs, nil
 }
 
 // stepToken steps hs with input and, if it needs more, seals its state in
@@ -217,13 +230,13 @@ func (h *Handshake) stepToken(ctx context.Context, owner string, tok *stepToken,
 	}
 	state, err := hs.MarshalBinary()
 	if err != nil {
-		return nil, fmt.Errorf("save handshake state: %w", err)
+		return nil, toStatus(ctx, fmt.Errorf("save handshake state: %w", err))
 	}
 	next := *tok
 	next.input, next.state = uint32(held), state
 	plain, err := next.marshal()
 	if err != nil {
-		return nil, fmt.Errorf("encode step token: %w", err)
+		return nil, toStatus(ctx, fmt.Errorf("encode step token: %w", err))
 	}
 	if out.StateToken, err = h.tokens.Seal(ctx, stepTokenScope, plain); err != nil {
 		if errors.Is(err, keyvault.ErrInvalidArgument) {

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -233,6 +234,11 @@ func TestStatelessTokenRules(t *testing.T) {
 		assert.Equal(t, codes.FailedPrecondition, code(err), "%v", err)
 		assert.ErrorContains(t, err, "DISABLED")
 	})
+	var created bool
+	for _, e := range s.auditEntries(t) {
+		created = created || e.Operation == "step_token_keys.rotate" && strings.Contains(e.Detail, "step-token key")
+	}
+	assert.True(t, created, "the step-token key's creation was not audited")
 }
 
 // TestStatelessReplay: a token sent again repeats its step, on another

@@ -94,26 +94,37 @@ func newTicketKeys(vault *keyvault.Vault, opts TicketOptions, m *ticketMetrics, 
 	return keyvault.NewTicketKeys(vault, keyvault.TicketKeyOptions{
 		Deployment: opts.Deployment, Rotation: opts.Rotation, Lifetime: opts.Lifetime, Now: opts.Now,
 		OnChange: func(e keyvault.TicketKeyEvent) {
-			change, op := "created", "ticket_keys.rotate"
-			if e.Retired {
-				change, op = "retired", "ticket_keys.retire"
-			}
-			m.keyChanges.WithLabelValues(change).Inc()
-			slog.Info("session ticket key "+change, "ticket_key", fmt.Sprintf("%08x", e.ID),
-				"seal_until", e.SealUntil, "accept_until", e.AcceptUntil, "keys", e.Accepted)
-			if log == nil {
-				return
-			}
-			entry := &audit.Entry{
-				Time: time.Now().UTC(), Operation: op, Outcome: "OK",
-				Detail: fmt.Sprintf("ticket key %08x %s (created %s, seals until %s, accepted until %s); %d ticket keys held",
-					e.ID, change, e.CreateTime.Format(time.RFC3339), e.SealUntil.Format(time.RFC3339), e.AcceptUntil.Format(time.RFC3339), e.Accepted),
-			}
-			if err := log.Write(entry); err != nil {
-				slog.Error("audit entry not written", "err", err, "operation", op)
-			}
+			m.keyChanges.WithLabelValues(auditKeyChange(e, log)).Inc()
 		},
 	})
+}
+
+// auditKeyChange logs and audits a change of the ticket or step-token keys;
+// it returns the change: created or retired.
+func auditKeyChange(e keyvault.TicketKeyEvent, log *audit.Log) string {
+	change, op := "created", "rotate"
+	if e.Retired {
+		change, op = "retired", "retire"
+	}
+	name, kind, ops := "session ticket key", "ticket key", "ticket_keys."
+	if e.Purpose == keyvault.PurposeStepTokens {
+		name, kind, ops = "step-token key", "step-token key", "step_token_keys."
+	}
+	op = ops + op
+	slog.Info(name+" "+change, strings.NewReplacer(" ", "_", "-", "_").Replace(kind), fmt.Sprintf("%08x", e.ID),
+		"seal_until", e.SealUntil, "accept_until", e.AcceptUntil, "keys", e.Accepted)
+	if log == nil {
+		return change
+	}
+	entry := &audit.Entry{
+		Time: time.Now().UTC(), Operation: op, Outcome: "OK",
+		Detail: fmt.Sprintf("%s %08x %s (created %s, seals until %s, accepted until %s); %d %ss held",
+			kind, e.ID, change, e.CreateTime.Format(time.RFC3339), e.SealUntil.Format(time.RFC3339), e.AcceptUntil.Format(time.RFC3339), e.Accepted, kind),
+	}
+	if err := log.Write(entry); err != nil {
+		slog.Error("audit entry not written", "err", err, "operation", op)
+	}
+	return change
 }
 
 // ticketMaintenance is how often the ticket keys are checked for rotation

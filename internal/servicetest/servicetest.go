@@ -63,16 +63,23 @@ func StartWithVault(t testing.TB, opts service.Options, vaultOpts ...keyvault.Op
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { vault.Close() }) // after the service stopped
+	return StartOnVault(t, vault, opts)
+}
+
+// StartOnVault starts a service with opts on vault, which the caller
+// closes: several services on vaults of one shared store are replicas.
+func StartOnVault(t testing.TB, vault *keyvault.Vault, opts service.Options) *Server {
+	t.Helper()
 	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, stop := serve(t, vault, opts, grpcLis)
 	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		stop(sctx)
-		vault.Close()
 	})
 	return s
 }
