@@ -244,10 +244,9 @@ type follower struct {
 	// confirmed is when, in nanoseconds since epoch, the Revision read
 	// that last confirmed the view was sent.
 	confirmed atomic.Int64
-	// view is the store revision the view has applied; seen the newest
-	// the watch reported.
-	view, seen atomic.Int64
-	wake       chan struct{} // capacity 1: something to catch up with
+	// view is the store revision the view has applied.
+	view atomic.Int64
+	wake chan struct{} // capacity 1: something to catch up with
 
 	announceMu sync.Mutex
 	announced  int64 // the newest revision announced
@@ -365,8 +364,6 @@ func (v *Vault) watch(ctx context.Context) {
 	for {
 		err := f.store.Watch(ctx, f.view.Load(), func(rev int64) {
 			if rev > f.view.Load() {
-				for old := f.seen.Load(); rev > old && !f.seen.CompareAndSwap(old, rev); old = f.seen.Load() {
-				}
 				f.signal()
 			}
 		})
