@@ -27,6 +27,7 @@ type etcdConfig struct {
 	dialTimeout               time.Duration
 	requestTimeout            time.Duration
 	stalenessBound            time.Duration
+	maxTxnOps                 int
 }
 
 func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
@@ -37,6 +38,7 @@ func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
 	fs.StringVar(&e.keyFile, "etcd-key-file", "", "private key, PEM, of -etcd-cert-file, not world-readable")
 	fs.DurationVar(&e.dialTimeout, "etcd-dial-timeout", etcdstore.DefaultDialTimeout, "how long the start waits for the etcd cluster to answer")
 	fs.DurationVar(&e.requestTimeout, "etcd-request-timeout", etcdstore.DefaultRequestTimeout, "how long a request to etcd may take; past it (no quorum) key changes fail with UNAVAILABLE instead of waiting")
+	fs.IntVar(&e.maxTxnOps, "etcd-max-txn-ops", etcdstore.DefaultMaxTxnOps, "the etcd cluster's --max-txn-ops: a KEK rotation commits in batches below it, and a restore (one commit of every record) needs more than the vault has records")
 	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long after its commit; the same on every replica")
 }
 
@@ -56,6 +58,9 @@ func (e *etcdConfig) check() error {
 	if e.dialTimeout <= 0 || e.requestTimeout <= 0 || e.stalenessBound <= 0 {
 		return errors.New("-etcd-dial-timeout, -etcd-request-timeout and -staleness-bound must be positive")
 	}
+	if e.maxTxnOps < 2 {
+		return errors.New("-etcd-max-txn-ops must be at least 2")
+	}
 	return nil
 }
 
@@ -66,6 +71,7 @@ func (e *etcdConfig) storeConfig(deployment string) (etcdstore.Config, error) {
 		Prefix:         e.prefix,
 		DialTimeout:    e.dialTimeout,
 		RequestTimeout: e.requestTimeout,
+		MaxTxnOps:      e.maxTxnOps,
 	}
 	if sc.Prefix == "" {
 		sc.Prefix = "/handshaked/" + deployment + "/"

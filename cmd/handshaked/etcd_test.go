@@ -119,14 +119,16 @@ func TestEtcdFlags(t *testing.T) {
 		{[]string{"-etcd-ca-file", "ca.pem"}, "-etcd-ca-file needs -etcd-endpoints"},
 		{[]string{"-etcd-endpoints", "https://e:2379", "-etcd-cert-file", "c.pem"}, "go together"},
 		{[]string{"-etcd-endpoints", "https://e:2379", "-etcd-dial-timeout", "0s"}, "must be positive"},
+		{[]string{"-etcd-endpoints", "https://e:2379", "-etcd-max-txn-ops", "1"}, "at least 2"},
 	} {
 		_, err := parseConfig(tc.args, none, io.Discard)
 		assert.ErrorContains(t, err, tc.want, "%q", tc.args)
 	}
-	cfg, err := parseConfig([]string{"-etcd-endpoints", "http://a:2379, http://b:2379", "-deployment", "eu"}, none, io.Discard)
+	cfg, err := parseConfig([]string{"-etcd-endpoints", "http://a:2379, http://b:2379", "-deployment", "eu", "-etcd-max-txn-ops", "1024"}, none, io.Discard)
 	require.NoError(t, err)
 	sc, err := cfg.etcd.storeConfig(cfg.deployment)
 	require.NoError(t, err)
+	assert.Equal(t, 1024, sc.MaxTxnOps)
 	assert.Equal(t, []string{"http://a:2379", "http://b:2379"}, sc.Endpoints)
 	assert.Equal(t, "/handshaked/eu/", sc.Prefix, "the default prefix is the deployment's")
 	assert.Nil(t, sc.TLS, "plain http endpoints")

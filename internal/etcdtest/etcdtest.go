@@ -35,10 +35,11 @@ const readyTimeout = 60 * time.Second
 
 // Cluster is an etcd cluster of embedded members.
 type Cluster struct {
-	t       testing.TB
-	members []*member
-	scheme  string
-	tls     *ServerTLS
+	t         testing.TB
+	members   []*member
+	scheme    string
+	tls       *ServerTLS
+	maxTxnOps uint
 	// log collects what the members log at error level, shown only when
 	// the test fails: stopping a member logs closed listeners as errors.
 	log    testenv.Buffer
@@ -71,6 +72,11 @@ type Option func(*Cluster)
 // WithServerTLS makes the members' client URLs https with s.
 func WithServerTLS(s ServerTLS) Option {
 	return func(c *Cluster) { c.tls = &s; c.scheme = "https" }
+}
+
+// WithMaxTxnOps sets the members' --max-txn-ops (etcd's default: 128).
+func WithMaxTxnOps(n uint) Option {
+	return func(c *Cluster) { c.maxTxnOps = n }
 }
 
 // Start starts an n-member cluster, waits until every member serves, and
@@ -132,6 +138,9 @@ func (c *Cluster) config(m *member, cluster string) *embed.Config {
 	cfg.AdvertisePeerUrls = []url.URL{m.peerURL}
 	cfg.InitialCluster = cluster
 	cfg.InitialClusterToken = "etcdtest"
+	if c.maxTxnOps > 0 {
+		cfg.MaxTxnOps = c.maxTxnOps
+	}
 	if c.tls != nil {
 		cfg.ClientTLSInfo.CertFile = filepath.Join(m.dir, "server.pem")
 		cfg.ClientTLSInfo.KeyFile = filepath.Join(m.dir, "server-key.pem")

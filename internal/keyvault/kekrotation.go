@@ -24,6 +24,17 @@ var rotationRef = RecordRef{Kind: RecordKEKRotation}
 // wait for one batch at most, never for the whole rotation.
 var rewrapBatch = 256
 
+// commitBounded is a store whose commits hold a bounded number of records
+// (etcd: its --max-txn-ops); a rotation's batches stay within it.
+type commitBounded interface{ MaxCommitRecords() int }
+
+func (v *Vault) rewrapBatchSize() int {
+	if b, ok := v.store.(commitBounded); ok {
+		return max(1, min(rewrapBatch, b.MaxCommitRecords()-1)) // -1: the manifest
+	}
+	return rewrapBatch
+}
+
 // rotationRecord is the content of the RecordKEKRotation, each field an
 // AES-256-GCM seal of one KEK under the other. It is not sealed as a whole:
 // the manifest, which lists its digest, is.
@@ -199,9 +210,10 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 		v.stale = nil
 		return true, nil
 	}
-	batch := make(map[RecordRef]bool, rewrapBatch)
+	n := v.rewrapBatchSize()
+	batch := make(map[RecordRef]bool, n)
 	for _, ref := range slices.SortedFunc(maps.Keys(v.stale), compareRefs) {
-		if len(batch) == rewrapBatch {
+		if len(batch) == n {
 			break
 		}
 		batch[ref] = true

@@ -42,6 +42,8 @@ const (
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultRequestTimeout = 5 * time.Second
 	DefaultLeaseTTL       = 5 * time.Second
+	// DefaultMaxTxnOps is etcd's default --max-txn-ops.
+	DefaultMaxTxnOps = 128
 )
 
 // scanPage is how many records one range request of a Scan reads.
@@ -67,6 +69,9 @@ type Config struct {
 	// keep-alive of its process: a replica that died stops holding up
 	// WaitApplied after that.
 	LeaseTTL time.Duration
+	// MaxTxnOps is the etcd cluster's --max-txn-ops: a commit writes at
+	// most MaxTxnOps-1 records (one operation rewrites the head).
+	MaxTxnOps int
 }
 
 // Store is a keyvault.SharedStore on etcd.
@@ -115,6 +120,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.MaxTxnOps <= 1 {
+		cfg.MaxTxnOps = DefaultMaxTxnOps
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
@@ -371,7 +379,11 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		// Without an answer the commit may or may not have happened: a
 		// retry computed on a new Scan compares revisions and finds out.
-		return 0, s.fail(ctx, "commit", s.cfg.RequestTimeout, err)
+		op := "commit"
+		if errors.Is(err, rpctypes.ErrTooManyOps) {
+			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
+		}
+		return 0, s.fail(ctx, op, s.cfg.RequestTimeout, err)
 	}
 	if !resp.Succeeded {
 		return 0, s.explain(w, resp)
@@ -391,6 +403,10 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	}
 	return rev, nil
 }
+
+// MaxCommitRecords is how many records one commit may write: the vault
+// splits what it can (a KEK rotation) into commits of at most this many.
+func (s *Store) MaxCommitRecords() int { return s.cfg.MaxTxnOps - 1 }
 
 // txn translates w: comparisons, operations, and the reads that explain a
 // failed comparison.
@@ -480,8 +496,12 @@ func (s *Store) compact(ctx context.Context, rev int64) error {
 	// Compacted already (by another replica, or etcd's auto-compaction) at
 	// or after rev: what rev needs is done.
 	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
-		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w",
-			rev, s.fail(ctx, "compact", s.cfg.RequestTimeout, err))
+		why := s.fail(ctx, "compact", s.cfg.RequestTimeout, err)
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			why = fmt.Errorf("etcdstore: compact: etcd refused (%v): with etcd's authentication on, compacting needs the root role: grant it to handshaked's etcd user, or give the key store an etcd cluster of its own secured by client certificates: %w",
+				err, keyvault.ErrUnavailable)
+		}
+		return fmt.Errorf("etcdstore: committed at revision %d, but the earlier revisions of the erased records stay readable in etcd until a later commit compacts its history: %w", rev, why)
 	}
 	s.mu.Lock()
 	if s.compactPending <= rev {
