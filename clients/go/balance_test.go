@@ -3,10 +3,12 @@ package handshaked_test
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,8 +19,10 @@ import (
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/authz"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
+	"github.com/handshaked/handshaked/internal/testpki"
 )
 
 // startReplicas starts three replicas holding key "k" (ECDSA P-256) and
@@ -91,59 +95,86 @@ func TestDialTargets(t *testing.T) {
 
 // TestFailoverUnderLoad: under a steady load of Sign and GetKey calls, a
 // replica killed (its connections cut, calls in flight included) costs the
-// callers nothing: the calls it dropped are retried on the others. Once
-// restarted, it gets calls again.
+// callers nothing: the calls it dropped are retried on the others, unary or
+// sent over a SignStream that broke. Once restarted, it gets calls again.
 func TestFailoverUnderLoad(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		retries int
-	}{{"retried", handshaked.DefaultRetries}, {"not retried", 0}} {
+		name                 string
+		retries, signStreams int
+	}{
+		{"retried", handshaked.DefaultRetries, 0},
+		{"retried, signing over streams", handshaked.DefaultRetries, handshaked.DefaultSignStreams},
+		{"not retried", 0, 0},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			replicas, target := startReplicas(t)
-			c, err := handshaked.Dial(target, handshaked.WithInsecure(), handshaked.WithSignStreams(0),
+			c, err := handshaked.Dial(target, handshaked.WithInsecure(), handshaked.WithSignStreams(tc.signStreams), handshaked.WithSignStreamAge(100*time.Millisecond),
 				handshaked.WithRetries(tc.retries, handshaked.DefaultRetryBackoff))
 			require.NoError(t, err)
 			defer c.Close()
-			ctx, cancel := context.WithCancel(context.Background())
-			var calls, failed atomic.Int64
-			var wg sync.WaitGroup
-			for g := range 8 {
-				wg.Go(func() {
-					for ctx.Err() == nil {
-						var err error
-						if g%2 == 0 {
-							err = sign(ctx, c)
-						} else {
-							_, err = c.GetKey(ctx, "k")
-						}
-						calls.Add(1)
-						if err != nil && ctx.Err() == nil {
-							require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
-							failed.Add(1)
-						}
-					}
-				})
-			}
-			waitCalls := func(n int64) {
-				from := calls.Load()
-				require.Eventually(t, func() bool { return calls.Load() >= from+n }, 20*time.Second, time.Millisecond)
-			}
-			waitCalls(300)
-			replicas[1].Kill()
-			waitCalls(300)
-			replicas[1].Restart()
-			require.Eventually(t, func() bool { return signs(t, replicas[1]) > 0 }, 10*time.Second, 10*time.Millisecond,
-				"the restarted replica is back in the rotation")
-			replicas[0].Kill()
-			waitCalls(300)
-			cancel()
-			wg.Wait()
-			t.Logf("%d calls, %d failed", calls.Load(), failed.Load())
+			load := servicetest.StartLoad(t, 8, func(ctx context.Context, g int) error {
+				var err error
+				if g%2 == 0 {
+					err = sign(ctx, c)
+				} else {
+					_, err = c.GetKey(ctx, "k")
+				}
+				if err != nil && ctx.Err() == nil {
+					assert.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+				}
+				return err
+			})
+			back := func(r *servicetest.Replica) bool { return signs(t, r) > 0 }
+			servicetest.KillInTurn(t, replicas, load, back, func(kills int) bool {
+				// Most kills catch calls in flight; without retries, go
+				// on until one did.
+				return kills >= 3 && (tc.retries > 0 || load.Failed() > 0)
+			})
+			calls, failed := load.Stop()
+			t.Logf("%d calls, %d failed", calls, failed)
 			if tc.retries > 0 {
-				assert.Zero(t, failed.Load(), "every call dropped by a killed replica is retried on another")
+				assert.Zero(t, failed, "every call dropped by a killed replica is retried on another")
 			} else {
-				assert.NotZero(t, failed.Load(), "without retries, the calls a killed replica dropped fail")
+				assert.NotZero(t, failed, "without retries, the calls a killed replica dropped fail")
 			}
 		})
+	}
+}
+
+// TestListOverTLS: each replica of a list is verified against its own
+// host, as a single "host:port" is: a list naming one replica by name and
+// another by IP address reaches both.
+func TestListOverTLS(t *testing.T) {
+	ca, err := testpki.NewCA("balance test CA")
+	require.NoError(t, err)
+	server, err := ca.Server() // localhost and 127.0.0.1
+	require.NoError(t, err)
+	client, err := ca.Client("sdk-balancer", false, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, data, 0o600))
+		return path
+	}
+	policy, err := authz.Open(write("policy.json", []byte(`{"grants": [{"identities": ["sdk-balancer"], "rights": ["admin"]}]}`)))
+	require.NoError(t, err)
+	files := service.TLSFiles{CertFile: write("server.crt", server.CertPEM), KeyFile: write("server.key", server.KeyPEM), ClientCAFile: write("ca.pem", ca.PEM)}
+	replicas := servicetest.StartReplicas(t, 2, service.Options{TLS: &files, Policy: policy, ReloadInterval: -1}, func(*servicetest.Server) {})
+	_, port0, _ := net.SplitHostPort(replicas[0].GRPCAddr)
+	_, port1, _ := net.SplitHostPort(replicas[1].GRPCAddr)
+
+	c, err := handshaked.Dial("localhost:"+port0+",127.0.0.1:"+port1, handshaked.WithTLS(&tls.Config{
+		RootCAs: ca.Pool(), Certificates: []tls.Certificate{client.TLS}, MinVersion: tls.VersionTLS13}))
+	require.NoError(t, err)
+	defer c.Close()
+	ctx := context.Background()
+	for _, r := range replicas {
+		r.Kill()
+		for range 3 {
+			_, err := c.ListKeys(ctx)
+			require.NoError(t, err, "the other replica, by its own name")
+		}
+		r.Restart()
 	}
 }

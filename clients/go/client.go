@@ -50,6 +50,7 @@ type options struct {
 	keepalive   *keepalive.ClientParameters
 	dialOptions []grpc.DialOption
 	signStreams int
+	streamAge   time.Duration
 }
 
 // Option configures Dial.
@@ -105,6 +106,14 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 // instead of one RPC; a call whose stream breaks goes again as a unary RPC.
 func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n } }
 
+// WithSignStreamAge sets how long a SignStream takes new calls (default
+// DefaultSignStreamAge); then the next call opens another in its place
+// and the old one ends once it has answered. A stream stays on the
+// replica it was opened on: this is how soon a replica that joins, or
+// comes back, gets its share of streamed Sign and Decrypt calls (0: a
+// stream is kept until it ends).
+func WithSignStreamAge(d time.Duration) Option { return func(o *options) { o.streamAge = d } }
+
 // WithDialOptions adds raw gRPC dial options.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
@@ -115,7 +124,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // are balanced round-robin over every address the target names or its name
 // resolves to; a replica that fails leaves the rotation until it is back.
 func Dial(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, retries: DefaultRetries, backoff: DefaultRetryBackoff}
+	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, streamAge: DefaultSignStreamAge, retries: DefaultRetries, backoff: DefaultRetryBackoff}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -150,19 +159,21 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handshaked: dial %s: %w", target, err)
 	}
-	c := newClient(conn, o.signStreams)
+	c := newClient(conn, o.signStreams, o.streamAge)
 	c.conn, c.timeout = conn, o.timeout
 	return c, nil
 }
 
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
-func New(conn grpc.ClientConnInterface) *Client { return newClient(conn, DefaultSignStreams) }
+func New(conn grpc.ClientConnInterface) *Client {
+	return newClient(conn, DefaultSignStreams, DefaultSignStreamAge)
+}
 
-func newClient(conn grpc.ClientConnInterface, signStreams int) *Client {
+func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Duration) *Client {
 	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 	if signStreams > 0 {
-		c.ops = newStreamOps(c.vault, signStreams)
+		c.ops = newStreamOps(c.vault, signStreams, streamAge)
 	}
 	return c
 }
@@ -400,7 +411,10 @@ func (c *Client) OpenTicket(ctx context.Context, id string, ticket []byte) (plai
 }
 
 // StartHandshake starts a handshake session held by the service, stepping
-// it with the client's first bytes if input is not empty.
+// it with the client's first bytes if input is not empty. The session lives
+// on the replica that started it: with several replicas, use
+// StartStatelessHandshake or HandshakeStream instead, since a
+// StepHandshake may go to another replica, which does not know it.
 func (c *Client) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
 	return wrap(c.hs.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: input}))
 }

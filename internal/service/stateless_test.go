@@ -160,20 +160,23 @@ func (s *replayingStepper) step(input []byte) (*pb.HandshakeStep, error) {
 // TestStatelessTokenRules: the replay rules of stateless.go, each enforced.
 func TestStatelessTokenRules(t *testing.T) {
 	ctx := context.Background()
-	s := startSecure(t, secureOptions{handshake: service.HandshakeOptions{SessionTTL: time.Second}})
-	s.adminImport(t, "key-a", "p256-sec1.pem", nil)
-	pool := service.AttachSelfSigned(t, s.vault, "key-a")
-	edge := pb.NewHandshakeClient(s.dial(t, "edge"))
-	admin := pb.NewHandshakeClient(s.dial(t, "admin"))
-	cfg := &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: "key-a"}}}
-	hello := service.GoClientHello(t, pool)
-	start := func(t *testing.T) *pb.HandshakeStep {
-		out, err := edge.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: hello, Stateless: true})
-		require.NoError(t, err)
-		require.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, out.GetState())
-		require.NotEmpty(t, out.GetStateToken())
-		return out
+	server := func(ttl time.Duration) (*secureServer, pb.HandshakeClient, func(*testing.T) *pb.HandshakeStep) {
+		s := startSecure(t, secureOptions{handshake: service.HandshakeOptions{SessionTTL: ttl}})
+		s.adminImport(t, "key-a", "p256-sec1.pem", nil)
+		pool := service.AttachSelfSigned(t, s.vault, "key-a")
+		edge := pb.NewHandshakeClient(s.dial(t, "edge"))
+		cfg := &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: "key-a"}}}
+		hello := service.GoClientHello(t, pool)
+		return s, edge, func(t *testing.T) *pb.HandshakeStep {
+			out, err := edge.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: hello, Stateless: true})
+			require.NoError(t, err)
+			require.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, out.GetState())
+			require.NotEmpty(t, out.GetStateToken())
+			return out
+		}
 	}
+	s, edge, start := server(time.Minute)
+	admin := pb.NewHandshakeClient(s.dial(t, "admin"))
 	code := func(err error) codes.Code { return status.Code(err) }
 
 	t.Run("bound to the caller", func(t *testing.T) {
@@ -196,6 +199,7 @@ func TestStatelessTokenRules(t *testing.T) {
 		}
 	})
 	t.Run("expiry fixed at the start", func(t *testing.T) {
+		_, edge, start := server(2 * time.Second)
 		out := start(t)
 		// A step before the expiry does not extend it.
 		step, err := edge.StepHandshake(ctx, &pb.StepHandshakeRequest{Id: out.GetId(), Input: []byte{22, 3, 3}, StateToken: out.GetStateToken()})
