@@ -242,8 +242,7 @@ func handshake(ctx context.Context, addr string, cfg *tls.Config) error {
 // and failures by phase: a test moves phase when it changes the fleet
 // (a replica killed, restarted...).
 type handshakeLoad struct {
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	load  *servicetest.Load
 	phase atomic.Int32
 	mu    sync.Mutex
 	ok    map[int32]int
@@ -255,14 +254,15 @@ type handshakeLoad struct {
 // TLS 1.3 and 1.2 alternately) and, with curl, a curl client.
 func startHandshakeLoad(t *testing.T, addr string, tlsCfg *tls.Config, caFile string, goClients int, curl bool) *handshakeLoad {
 	t.Helper()
-	l := &handshakeLoad{stop: make(chan struct{}), ok: map[int32]int{}, fails: map[int32]map[string]int{}}
+	l := &handshakeLoad{ok: map[int32]int{}, fails: map[int32]map[string]int{}}
+	var clients []func(ctx context.Context) error
 	for i := range goClients {
 		cfg := tlsCfg.Clone()
 		if i%2 == 1 {
 			cfg.MaxVersion = tls.VersionTLS12
 		}
-		l.run(func() error {
-			_, err := getEcho(context.Background(), addr, cfg)
+		clients = append(clients, func(ctx context.Context) error {
+			_, err := getEcho(ctx, addr, cfg)
 			return err
 		})
 	}
@@ -270,8 +270,8 @@ func startHandshakeLoad(t *testing.T, addr string, tlsCfg *tls.Config, caFile st
 		curlPath := testenv.LookPath(t, "curl")
 		resolve := tlsCfg.ServerName + ":" + portOf(t, addr) + ":127.0.0.1"
 		url := "https://" + net.JoinHostPort(tlsCfg.ServerName, portOf(t, addr)) + "/"
-		l.run(func() error {
-			out, err := exec.Command(curlPath, "-fsS", "--max-time", "15", "--cacert", caFile, "--resolve", resolve, url).CombinedOutput()
+		clients = append(clients, func(ctx context.Context) error {
+			out, err := exec.CommandContext(ctx, curlPath, "-fsS", "--max-time", "15", "--cacert", caFile, "--resolve", resolve, url).CombinedOutput()
 			if err != nil {
 				return fmt.Errorf("curl: %v: %s", err, strings.TrimSpace(string(out)))
 			}
@@ -281,8 +281,62 @@ func startHandshakeLoad(t *testing.T, addr string, tlsCfg *tls.Config, caFile st
 			return nil
 		})
 	}
-	t.Cleanup(l.Stop)
+	l.load = servicetest.StartLoad(t, len(clients), func(ctx context.Context, g int) error {
+		phase := l.phase.Load()
+		err := clients[g](ctx)
+		if ctx.Err() != nil {
+			return nil // cut short by Stop
+		}
+		l.mu.Lock()
+		if err == nil {
+			l.ok[phase]++
+		} else {
+			if l.fails[phase] == nil {
+				l.fails[phase] = map[string]int{}
+			}
+			l.fails[phase][err.Error()]++
+		}
+		l.mu.Unlock()
+		if err != nil {
+			time.Sleep(10 * time.Millisecond) // a failing client does not spin
+		}
+		return nil // counted here, by phase
+	})
 	return l
+}
+
+// setPhase makes the requests that start from now count under phase.
+func (l *handshakeLoad) setPhase(phase int32) { l.phase.Store(phase) }
+
+// Stop stops the clients and waits for them.
+func (l *handshakeLoad) Stop() { l.load.Stop() }
+
+// counts returns the successes and failures of a phase, and the failures'
+// errors, most frequent first.
+func (l *handshakeLoad) counts(phase int32) (ok, failed int, errs []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for msg, n := range l.fails[phase] {
+		failed += n
+		errs = append(errs, fmt.Sprintf("%dx %s", n, msg))
+	}
+	sort.Slice(errs, func(i, j int) bool { return errs[i] > errs[j] })
+	return l.ok[phase], failed, errs
+}
+
+// waitOK waits until the phase has had n successful requests.
+func (l *handshakeLoad) waitOK(t *testing.T, phase int32, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		ok, _, _ := l.counts(phase)
+		return ok >= n
+	}, 60*time.Second, 20*time.Millisecond, "load phase %d: fewer than %d successful requests", phase, n)
+}
+
+func portOf(t *testing.T, addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	return port
 }
 
 // getEcho GETs the echo page of the edge at addr on a new connection, a
@@ -318,74 +372,4 @@ func getEcho(ctx context.Context, addr string, cfg *tls.Config) (resumed bool, e
 		return false, fmt.Errorf("not the echo page: %s %q", resp.Status, body)
 	}
 	return tc.ConnectionState().DidResume, nil
-}
-
-func (l *handshakeLoad) run(get func() error) {
-	l.wg.Add(1)
-	go func() {
-		defer l.wg.Done()
-		for {
-			select {
-			case <-l.stop:
-				return
-			default:
-			}
-			phase := l.phase.Load()
-			err := get()
-			l.mu.Lock()
-			if err == nil {
-				l.ok[phase]++
-			} else {
-				if l.fails[phase] == nil {
-					l.fails[phase] = map[string]int{}
-				}
-				l.fails[phase][err.Error()]++
-			}
-			l.mu.Unlock()
-			if err != nil {
-				time.Sleep(10 * time.Millisecond) // a failing client does not spin
-			}
-		}
-	}()
-}
-
-// setPhase makes the requests that start from now count under phase.
-func (l *handshakeLoad) setPhase(phase int32) { l.phase.Store(phase) }
-
-// Stop stops the clients and waits for them.
-func (l *handshakeLoad) Stop() {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
-	l.wg.Wait()
-}
-
-// counts returns the successes and failures of a phase, and the failures'
-// errors, most frequent first.
-func (l *handshakeLoad) counts(phase int32) (ok, failed int, errs []string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for msg, n := range l.fails[phase] {
-		failed += n
-		errs = append(errs, fmt.Sprintf("%dx %s", n, msg))
-	}
-	sort.Slice(errs, func(i, j int) bool { return errs[i] > errs[j] })
-	return l.ok[phase], failed, errs
-}
-
-// waitOK waits until the phase has had n successful requests.
-func (l *handshakeLoad) waitOK(t *testing.T, phase int32, n int) {
-	t.Helper()
-	require.Eventually(t, func() bool {
-		ok, _, _ := l.counts(phase)
-		return ok >= n
-	}, 60*time.Second, 20*time.Millisecond, "load phase %d: fewer than %d successful requests", phase, n)
-}
-
-func portOf(t *testing.T, addr string) string {
-	_, port, err := net.SplitHostPort(addr)
-	require.NoError(t, err)
-	return port
 }
