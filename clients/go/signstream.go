@@ -14,10 +14,12 @@ import (
 )
 
 // DefaultSignStreams is how many SignStreams a Client keeps for Sign and
-// Decrypt. The service answers a stream's requests one after the other, so
-// a few streams let it use several cores; each carries every call that
-// arrives while earlier ones are in flight, which is where the cost of a
-// unary call (a goroutine, headers, a trailer) is saved.
+// Decrypt. The service works on several requests of a stream at once (as
+// many as it has cores) and answers them in order, so a slow operation
+// holds back the answers behind it on its stream: a few streams keep that
+// from stalling every call. Each carries every call that arrives while
+// earlier ones are in flight, which is where the cost of a unary call (a
+// goroutine, headers, a trailer) is saved.
 const DefaultSignStreams = 4
 
 // errStreamLost says a call's stream broke before its answer came: the

@@ -575,8 +575,26 @@ func (s *guardedStream) RecvMsg(m any) error {
 
 func (s *guardedStream) SendMsg(m any) error {
 	err := s.ServerStream.SendMsg(m)
-	s.completePending(m, err)
+	if s.method == pb.KeyVault_SignStream_FullMethodName {
+		// SignStream answers every request, in order, several in flight
+		// (signstream.go): an answer completes its own request's entry.
+		s.completeOldest(m, err)
+	} else {
+		s.completePending(m, err)
+	}
 	return err
+}
+
+func (s *guardedStream) completeOldest(resp any, err error) {
+	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	p := s.pending[0]
+	s.pending = s.pending[1:]
+	s.mu.Unlock()
+	s.g.record(s.Context(), p.e, p.start, resp, err)
 }
 
 func (s *guardedStream) completePending(resp any, err error) {

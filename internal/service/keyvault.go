@@ -9,13 +9,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
-
-	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
@@ -382,43 +378,4 @@ func (s *KeyVault) Sign(ctx context.Context, req *pb.SignRequest) (*pb.SignRespo
 		return nil, toStatus(ctx, err)
 	}
 	return &pb.SignResponse{Signature: sig, Version: version}, nil
-}
-
-// SignStream answers each request with what Sign (or Decrypt) would, in
-// order; a failed operation becomes an error response and the stream goes
-// on.
-func (s *KeyVault) SignStream(stream pb.KeyVault_SignStreamServer) error {
-	ctx := stream.Context()
-	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		out := &pb.SignStreamResponse{}
-		var opErr error
-		switch {
-		case req.GetDecrypt() != nil && req.GetRequest() != nil:
-			opErr = invalid("set request or decrypt, not both")
-		case req.GetDecrypt() != nil:
-			var resp *pb.DecryptResponse
-			if resp, opErr = s.Decrypt(ctx, req.GetDecrypt()); opErr == nil {
-				out.Result = &pb.SignStreamResponse_Decrypt{Decrypt: resp}
-			}
-		default:
-			var resp *pb.SignResponse
-			if resp, opErr = s.Sign(ctx, req.GetRequest()); opErr == nil {
-				out.Result = &pb.SignStreamResponse_Response{Response: resp}
-			}
-		}
-		if opErr != nil {
-			st := status.Convert(opErr)
-			out.Result = &pb.SignStreamResponse_Error{Error: &pb.Error{Code: int32(st.Code()), Message: st.Message()}}
-		}
-		if err := stream.Send(out); err != nil {
-			return err
-		}
-	}
 }

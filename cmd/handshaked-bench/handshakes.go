@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// hsKind is one kind of TLS handshake the clients ask for.
+type hsKind struct {
+	name    string
+	key     string // the listener's key
+	version uint16
+	suites  []uint16 // TLS 1.2: the only suites offered
+}
+
+var hsKinds = []hsKind{
+	{"TLS 1.3 ECDSA P-256", "ec", tls.VersionTLS13, nil},
+	{"TLS 1.3 RSA-2048", "rsa", tls.VersionTLS13, nil},
+	{"TLS 1.2 RSA key exchange", "rsa", tls.VersionTLS12, []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+}
+
+// hsClient makes handshakes of one kind against one server.
+type hsClient struct {
+	addr    string
+	kind    hsKind
+	pool    *x509.CertPool
+	resumed bool
+	// configs holds client configurations, each with its own session
+	// cache (a real client has one) already holding a ticket, when
+	// resumed; otherwise one configuration without a cache.
+	configs chan *tls.Config
+}
+
+func newHSClient(addr string, kind hsKind, pool *x509.CertPool, resumed bool, n int) (*hsClient, error) {
+	h := &hsClient{addr: addr, kind: kind, pool: pool, resumed: resumed, configs: make(chan *tls.Config, n)}
+	for range n {
+		cfg := &tls.Config{ServerName: serverName, RootCAs: pool, MinVersion: kind.version, MaxVersion: kind.version, CipherSuites: kind.suites}
+		if resumed {
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			// A first, full handshake gives the client its ticket.
+			if _, err := handshakeOnce(addr, cfg); err != nil {
+				return nil, err
+			}
+		}
+		h.configs <- cfg
+	}
+	return h, nil
+}
+
+// once makes one handshake and checks it resumed or not as asked.
+func (h *hsClient) once() error {
+	cfg := <-h.configs
+	defer func() { h.configs <- cfg }()
+	did, err := handshakeOnce(h.addr, cfg)
+	if err == nil && did != h.resumed {
+		err = fmt.Errorf("%s: resumed %v, want %v", h.kind.name, did, h.resumed)
+	}
+	return err
+}
+
+// handshakeOnce connects to addr with cfg, reads the server's one byte
+// (so the server has completed the handshake) and reports whether it
+// resumed.
+func handshakeOnce(addr string, cfg *tls.Config) (bool, error) {
+	raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return false, err
+	}
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(raw, cfg)
+	defer c.Close()
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		return false, err
+	}
+	return c.ConnectionState().DidResume, nil
+}
+
+// closedLoop makes handshakes from n clients, each one after the other,
+// for d and returns handshakes per second.
+func (h *hsClient) closedLoop(n int, d time.Duration) (int, time.Duration, error) {
+	return measure(context.Background(), n, d, func(context.Context) (int, error) { return 1, h.once() })
+}
+
+// openLoop starts handshakes at rate per second for d, whatever the
+// earlier ones are doing, and returns their latencies (connect to first
+// byte).
+func (h *hsClient) openLoop(rate float64, d time.Duration) ([]time.Duration, error) {
+	var (
+		mu      sync.Mutex
+		lat     []time.Duration
+		wg      sync.WaitGroup
+		failed  atomic.Pointer[error]
+		n       = max(1, int(rate*d.Seconds()))
+		start   = time.Now()
+		between = time.Duration(float64(time.Second) / rate)
+	)
+	for i := range n {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * between)))
+		if failed.Load() != nil {
+			break
+		}
+		wg.Go(func() {
+			t := time.Now()
+			if err := h.once(); err != nil {
+				failed.CompareAndSwap(nil, &err)
+				return
+			}
+			mu.Lock()
+			lat = append(lat, time.Since(t))
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		return nil, *err
+	}
+	return lat, nil
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
+}
+
+// benchHandshakes compares, for each kind of handshake, full and resumed,
+// the edge (in its own process, stepping handshakes in the service)
+// against the local-key crypto/tls server (in its own process): rate from
+// closed-loop clients, then latency at half the edge's rate, the same
+// rate for both.
+func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, svc *child) error {
+	edgeProc, err := startChild(ctx, "edge", dir, []string{serviceEnv + "=" + svc.info.GRPC})
+	if err != nil {
+		return err
+	}
+	defer edgeProc.stop()
+	localProc, err := startChild(ctx, "local", dir, nil)
+	if err != nil {
+		return err
+	}
+	defer localProc.stop()
+	// Every process serving the handshakes, whose CPU time is counted.
+	pids := []int{svc.pid(), edgeProc.pid(), localProc.pid()}
+	pool := x509.NewCertPool()
+	for _, c := range append(svc.info.CertsPEM, localProc.info.CertsPEM...) {
+		pool.AppendCertsFromPEM([]byte(c))
+	}
+	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency from connect to the first byte read at half the edge's rate, the same rate on both servers. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service).\n\n", o.hsClients)
+	fmt.Fprintln(w, "| handshake | | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
+	for _, kind := range hsKinds {
+		for _, resumed := range []bool{false, true} {
+			label := "full"
+			if resumed {
+				label = "resumed"
+			}
+			// Twice the closed loop's clients: enough for the open loop's
+			// handshakes in flight at half load, so none waits for a client.
+			local, err := newHSClient(localProc.info.Listeners[kind.key], kind, pool, resumed, 2*o.hsClients)
+			if err != nil {
+				return fmt.Errorf("%s %s, local: %w", kind.name, label, err)
+			}
+			edge, err := newHSClient(edgeProc.info.Listeners[kind.key], kind, pool, resumed, 2*o.hsClients)
+			if err != nil {
+				return fmt.Errorf("%s %s, edge: %w", kind.name, label, err)
+			}
+			res, err := interleaved(o.rounds, o.duration, pids, []load{
+				func(d time.Duration) (int, time.Duration, error) { return local.closedLoop(o.hsClients, d) },
+				func(d time.Duration) (int, time.Duration, error) { return edge.closedLoop(o.hsClients, d) },
+			})
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", kind.name, label, err)
+			}
+			localRate, edgeRate := res[0].rate, res[1].rate
+			half := edgeRate / 2
+			var localLat, edgeLat []time.Duration
+			for range o.rounds {
+				l, err := local.openLoop(half, o.duration/time.Duration(o.rounds))
+				if err != nil {
+					return fmt.Errorf("%s %s, local latency: %w", kind.name, label, err)
+				}
+				e, err := edge.openLoop(half, o.duration/time.Duration(o.rounds))
+				if err != nil {
+					return fmt.Errorf("%s %s, edge latency: %w", kind.name, label, err)
+				}
+				localLat, edgeLat = append(localLat, l...), append(edgeLat, e...)
+			}
+			slices.Sort(localLat)
+			slices.Sort(edgeLat)
+			var cells [2]string
+			for i, p := range []float64{0.50, 0.99} {
+				l, e := percentile(localLat, p), percentile(edgeLat, p)
+				cells[i] = fmt.Sprintf("%s / %s (%+.2f ms)", ms(l), ms(e), float64((e-l).Microseconds())/1000)
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f× | %.0f / %.0f (%.2f×) | %s/s | %s | %s |\n", kind.name, label, si(localRate), si(edgeRate), edgeRate/localRate,
+				res[0].cpu*1e6, res[1].cpu*1e6, res[0].cpu/res[1].cpu, si(half), cells[0], cells[1])
+		}
+	}
+	fmt.Fprintln(w)
+	return nil
+}

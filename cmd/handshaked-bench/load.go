@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// A load runs for about d and says how many operations it completed and
+// in how long.
+type load func(d time.Duration) (n int, elapsed time.Duration, err error)
+
+// result is a load's rate and the CPU time (seconds) each operation took
+// in this process and the others measured.
+type result struct{ rate, cpu float64 }
+
+// interleaved runs each load for d in all, in rounds of d/rounds one load
+// after the other, so that what else the machine does meanwhile hits all
+// alike, after a warm-up of each (connections, streams, goroutine stacks).
+// CPU time is this process's and pids'.
+func interleaved(rounds int, d time.Duration, pids []int, loads []load) ([]result, error) {
+	type sum struct {
+		n       int
+		elapsed time.Duration
+		cpu     time.Duration
+	}
+	sums := make([]sum, len(loads))
+	for _, l := range loads {
+		if _, _, err := l(d / 10); err != nil {
+			return nil, err
+		}
+	}
+	for range rounds {
+		for i, l := range loads {
+			before, err := cpuTime(pids)
+			if err != nil {
+				return nil, err
+			}
+			n, elapsed, err := l(d / time.Duration(rounds))
+			if err != nil {
+				return nil, err
+			}
+			after, err := cpuTime(pids)
+			if err != nil {
+				return nil, err
+			}
+			sums[i].n += n
+			sums[i].elapsed += elapsed
+			sums[i].cpu += after - before
+		}
+	}
+	out := make([]result, len(loads))
+	for i, s := range sums {
+		if s.n == 0 {
+			return nil, fmt.Errorf("no operation completed in %v", s.elapsed)
+		}
+		out[i] = result{rate: float64(s.n) / s.elapsed.Seconds(), cpu: s.cpu.Seconds() / float64(s.n)}
+	}
+	return out, nil
+}
+
+// measure runs op from c goroutines until d has passed and returns how
+// many operations completed and in how long.
+func measure(ctx context.Context, c int, d time.Duration, op func(context.Context) (int, error)) (int, time.Duration, error) {
+	var (
+		count   atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	deadline := start.Add(d)
+	for range c {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				n, err := op(ctx)
+				if err != nil {
+					errOnce.Do(func() { first = err; cancel() })
+					return
+				}
+				count.Add(int64(n))
+			}
+		})
+	}
+	wg.Wait()
+	return int(count.Load()), time.Since(start), first
+}
+
+// cpuTime is the CPU time (user and system) this process and pids have
+// used.
+func cpuTime(pids []int) (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	for _, pid := range pids {
+		t, err := processCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		total += t
+	}
+	return total, nil
+}
+
+// clockTicks is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
+// Linux).
+const clockTicks = 100
+
+// processCPU reads another process's CPU time, all its threads, from
+// /proc/<pid>/stat (utime and stime, fields 14 and 15).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("CPU time (Linux /proc only): %w", err)
+	}
+	// The command name (field 2) may hold spaces: fields count from the
+	// closing parenthesis.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// cpuCell writes a CPU time per operation.
+func cpuCell(seconds float64) string {
+	us := seconds * 1e6
+	if us >= 100 {
+		return fmt.Sprintf("(%.0f µs CPU)", us)
+	}
+	return fmt.Sprintf("(%.1f µs CPU)", us)
+}

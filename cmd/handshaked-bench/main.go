@@ -1,0 +1,127 @@
+// Command handshaked-bench measures handshaked from outside, the way its
+// callers use it, and prints a table of ratios, each against a baseline
+// measured in the same run:
+//
+//   - key operations (RSA-2048 PKCS#1 premaster decryption, RSA-2048 PSS,
+//     ECDSA P-256 and Ed25519 signatures) over unary gRPC, SignStream,
+//     Batch and REST at 1, 8 and 64 concurrent callers, against the same
+//     vault operation in-process;
+//   - full and resumed TLS handshakes per second, and their p50/p99
+//     latency at half load, through the edge (clients/go/edge, what
+//     handshake-edge runs) against a crypto/tls server holding the key
+//     itself: TLS 1.3 ECDSA, TLS 1.3 RSA, TLS 1.2 RSA key exchange;
+//   - the service's resident memory holding 10,000 and 50,000 pending
+//     handshake sessions, against the same process idle.
+//
+// The service, the edge and the local-key server each run in a process of
+// their own (this program started again in another role); this process is
+// the load generator, and the in-process baseline. From the repository:
+//
+//	go run ./cmd/handshaked-bench
+//
+// takes about four minutes on 2 cores; -short runs every part briefly (a
+// smoke test, not a measurement).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// roleEnv names the role a child process of the benchmark runs.
+const roleEnv = "HANDSHAKED_BENCH_ROLE"
+
+type options struct {
+	duration    time.Duration // each measurement
+	rounds      int           // slices each measurement is run in, interleaved with its baseline's
+	concurrency []int         // key-operation callers
+	hsClients   int           // closed-loop handshake clients
+	sessions    []int         // pending sessions to measure memory at
+	short       bool
+}
+
+func main() {
+	if role := os.Getenv(roleEnv); role != "" {
+		if err := runChild(role); err != nil {
+			fmt.Fprintf(os.Stderr, "handshaked-bench %s: %v\n", role, err)
+			os.Exit(1)
+		}
+		return
+	}
+	var o options
+	fs := flag.NewFlagSet("handshaked-bench", flag.ContinueOnError)
+	fs.DurationVar(&o.duration, "duration", 1500*time.Millisecond, "how long each measurement runs")
+	fs.IntVar(&o.rounds, "rounds", 6, "rounds each measurement's duration is split into, alternating with its baseline's, so that noise hits both alike")
+	conc := fs.String("concurrency", "1,8,64", "concurrent callers of the key operations, comma-separated")
+	fs.IntVar(&o.hsClients, "handshake-clients", 16, "concurrent TLS clients measuring handshakes per second")
+	sessions := fs.String("sessions", "10000,50000", "pending handshake sessions to measure the service's memory at, comma-separated, increasing")
+	fs.BoolVar(&o.short, "short", false, "run every part briefly with small loads: checks the suite works, measures nothing")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	var err error
+	o.concurrency, err = intList(*conc)
+	if err == nil {
+		o.sessions, err = intList(*sessions)
+	}
+	if err == nil && o.rounds < 1 {
+		err = fmt.Errorf("-rounds %d: at least 1", o.rounds)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "handshaked-bench:", err)
+		os.Exit(2)
+	}
+	if o.short {
+		o.duration, o.rounds, o.concurrency, o.hsClients, o.sessions = 50*time.Millisecond, 1, []int{1, 8}, 4, []int{100, 300}
+	}
+	if err := run(context.Background(), os.Stdout, o); err != nil {
+		fmt.Fprintln(os.Stderr, "handshaked-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: want positive integers, comma-separated", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// run measures everything and writes the tables to w as it goes.
+func run(ctx context.Context, w io.Writer, o options) error {
+	dir, err := os.MkdirTemp("", "handshaked-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Fprintf(w, "handshaked-bench: %s, GOMAXPROCS %d, %v per measurement in %d rounds alternating with its baseline\n\n", runtime.Version(), runtime.GOMAXPROCS(0), o.duration, o.rounds)
+
+	svc, err := startChild(ctx, "service", dir, nil)
+	if err != nil {
+		return err
+	}
+	defer svc.stop()
+	if err := benchKeyOps(ctx, w, o, dir, svc.info, []int{svc.pid()}); err != nil {
+		return fmt.Errorf("key operations: %w", err)
+	}
+	if err := benchHandshakes(ctx, w, o, dir, svc); err != nil {
+		return fmt.Errorf("handshakes: %w", err)
+	}
+	svc.stop()
+	if err := benchMemory(ctx, w, o, dir); err != nil {
+		return fmt.Errorf("memory: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testenv"
+)
+
+// freeAddr is a loopback address nothing listens on right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestLoadScenarios runs the load scenarios of this directory's README
+// verbatim, on free ports instead of the documented ones: every tool
+// completes its bounded load without a failed call.
+func TestLoadScenarios(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "jq", "openssl", "ghz", "h2load", "wrk"} {
+		testenv.LookPath(t, tool)
+	}
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(readme), "<!-- scenarios:begin -->")
+	block, _, ok2 := strings.Cut(rest, "<!-- scenarios:end -->")
+	require.True(t, ok && ok2, "README has no scenarios block")
+	script := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(block), "```sh"), "```")
+	for _, documented := range []string{"127.0.0.1:7070", "127.0.0.1:7080", "127.0.0.1:8443"} {
+		require.Contains(t, script, documented)
+		addr := freeAddr(t)
+		script = strings.ReplaceAll(script, documented, addr)
+		// wrk names the edge localhost, for its SNI.
+		_, port, _ := strings.Cut(documented, ":")
+		_, free, _ := strings.Cut(addr, ":")
+		script = strings.ReplaceAll(script, "localhost:"+port, "localhost:"+free)
+	}
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Dir = filepath.Join("..", "..")
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	got := string(out)
+	// ghz, three times, every call OK.
+	assert.Equal(t, 3, strings.Count(got, "Summary:"), "%s", got)
+	assert.Equal(t, 3, strings.Count(got, "[OK]"), "%s", got)
+	assert.NotContains(t, got, "Error distribution")
+	assert.Contains(t, got, "requests: 1000 total, 1000 started, 1000 done, 1000 succeeded, 0 failed, 0 errored", "h2load")
+	assert.Contains(t, got, "Requests/sec:", "wrk")
+	assert.NotContains(t, got, "Non-2xx", "wrk")
+	assert.NotContains(t, got, "Socket errors", "wrk")
+}
