@@ -633,13 +633,20 @@ func (s *Store) liveLease(ctx context.Context) (clientv3.LeaseID, error) {
 	if err != nil {
 		return 0, s.fail(ctx, "grant the replica's lease", s.cfg.RequestTimeout, err)
 	}
+	s.mu.Lock()
+	closed = s.closed
+	if !closed {
+		s.lease = resp.ID
+	}
+	s.mu.Unlock()
+	if closed { // Close ran meanwhile and revoked none: this one ends with its TTL
+		return 0, keyvault.ErrClosed
+	}
 	alive, err := s.cli.KeepAlive(s.ctx, resp.ID)
 	if err != nil {
+		s.leaseEnded(resp.ID)
 		return 0, s.fail(ctx, "keep the replica's lease alive", s.cfg.RequestTimeout, err)
 	}
-	s.mu.Lock()
-	s.lease = resp.ID
-	s.mu.Unlock()
 	go func() {
 		// The channel closes when the lease expired or the store closed.
 		for range alive {
