@@ -72,6 +72,10 @@ func (e *etcdConfig) storeConfig(deployment string) (etcdstore.Config, error) {
 		DialTimeout:    e.dialTimeout,
 		RequestTimeout: e.requestTimeout,
 		MaxTxnOps:      e.maxTxnOps,
+		// A replica whose announcement expired is no longer waited for by
+		// a revocation: by then it must have fenced itself, so its lease
+		// outlives the staleness bound.
+		LeaseTTL: max(etcdstore.DefaultLeaseTTL, 2*e.stalenessBound),
 	}
 	if sc.Prefix == "" {
 		sc.Prefix = "/handshaked/" + deployment + "/"

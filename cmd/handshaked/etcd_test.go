@@ -16,6 +16,7 @@ import (
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/etcdtest"
+	"github.com/handshaked/handshaked/internal/keyvault/etcdstore"
 )
 
 // etcdFiles is an etcd member serving mutual TLS and handshaked's client
@@ -129,6 +130,11 @@ func TestEtcdFlags(t *testing.T) {
 	sc, err := cfg.etcd.storeConfig(cfg.deployment)
 	require.NoError(t, err)
 	assert.Equal(t, 1024, sc.MaxTxnOps)
+	assert.Equal(t, etcdstore.DefaultLeaseTTL, sc.LeaseTTL)
+	cfg.etcd.stalenessBound = 10 * time.Second
+	sc, err = cfg.etcd.storeConfig(cfg.deployment)
+	require.NoError(t, err)
+	assert.Equal(t, 20*time.Second, sc.LeaseTTL, "a replica's lease outlives the staleness bound")
 	assert.Equal(t, []string{"http://a:2379", "http://b:2379"}, sc.Endpoints)
 	assert.Equal(t, "/handshaked/eu/", sc.Prefix, "the default prefix is the deployment's")
 	assert.Nil(t, sc.TLS, "plain http endpoints")

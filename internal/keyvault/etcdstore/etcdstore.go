@@ -92,6 +92,8 @@ type Store struct {
 	mu         sync.Mutex
 	lease      clientv3.LeaseID // 0: none alive
 	announced  int64
+	// announcedOn is the lease whose key holds announced.
+	announcedOn clientv3.LeaseID
 	// compactPending is the revision of a commit that erased records
 	// whose history could not be compacted yet; 0 when none.
 	compactPending int64
@@ -580,7 +582,9 @@ func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) erro
 // replicas/ holds rev, attached to a lease that the store keeps alive while
 // it is open. A lease that expired (the process stalled past LeaseTTL) is
 // replaced by a new one. Announcing a revision lower than one announced
-// before changes nothing.
+// before, or the one the lease's key holds already, changes nothing and
+// sends nothing: a replica announces at every confirmation of its view, and
+// each write would grow etcd's history.
 func (s *Store) Announce(ctx context.Context, rev int64) error {
 	s.announceMu.Lock()
 	defer s.announceMu.Unlock()
@@ -593,7 +597,11 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 		if rev < s.announced {
 			rev = s.announced
 		}
+		held := lease == s.announcedOn && rev == s.announced
 		s.mu.Unlock()
+		if held {
+			return nil
+		}
 		rctx, cancel := s.request(ctx)
 		_, err = s.cli.Put(rctx, s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))
 		cancel()
@@ -605,7 +613,7 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 			return s.fail(ctx, "announce the applied revision", s.cfg.RequestTimeout, err)
 		}
 		s.mu.Lock()
-		s.announced = rev
+		s.announced, s.announcedOn = rev, lease
 		s.mu.Unlock()
 		return nil
 	}

@@ -415,6 +415,19 @@ func testAnnounceWaitApplied(t *testing.T, c *etcdtest.Cluster) {
 	require.NoError(t, b.Announce(ctx, 21))
 	require.NoError(t, a.Announce(ctx, 21))
 	require.NoError(t, a.WaitApplied(ctx, 21))
+
+	// Announcing what the lease's key holds writes nothing (no history).
+	head := func() int64 {
+		resp, err := c.Client(t, nil).Get(ctx, "/announce/replicas/", clientv3.WithPrefix())
+		require.NoError(t, err)
+		return resp.Header.Revision
+	}
+	before := head()
+	require.NoError(t, a.Announce(ctx, 21))
+	require.NoError(t, a.Announce(ctx, 3))
+	assert.Equal(t, before, head())
+	require.NoError(t, a.Announce(ctx, 22))
+	assert.Greater(t, head(), before)
 }
 
 // leaseOf returns the lease of the announcement under prefix with value v.
