@@ -106,10 +106,10 @@ func TestTicketKeysOfAnotherReplica(t *testing.T) {
 		assert.Equal(t, []byte("state"), got)
 		bc.scanDelay.Store(0)
 
-		clock.Add(testRotation) // a new key, on a
+		bc.setDown(true)
+		clock.Add(testRotation) // a new key, on a, which b cannot learn of
 		sealed, err = ta.Seal(ctx, "web", []byte("state"))
 		require.NoError(t, err)
-		bc.setDown(true)
 		_, err = tb.Open(ctx, "web", sealed)
 		assert.ErrorIs(t, err, ErrUnavailable, "%v: an unknown key while cut off from the store", purpose)
 		bc.setDown(false)
