@@ -171,6 +171,12 @@ func TestListOverTLS(t *testing.T) {
 	ctx := context.Background()
 	for _, r := range replicas {
 		r.Kill()
+		// The other one may have been restarted a moment ago: the
+		// client reconnects to it within its reconnection backoff.
+		require.Eventually(t, func() bool {
+			_, err := c.ListKeys(ctx)
+			return err == nil
+		}, 10*time.Second, 10*time.Millisecond, "the other replica, by its own name")
 		for range 3 {
 			_, err := c.ListKeys(ctx)
 			require.NoError(t, err, "the other replica, by its own name")
