@@ -13,8 +13,10 @@
 // TicketKeys seals what a resumption needs, so that any server holding the
 // same ticket keys resumes any other's sessions. A TLS 1.3 ticket goes out
 // in the Output of the completing Step, protected under the server's
-// application traffic key, and Session.ServerSeq counts it. A ticket that
-// does not open or fit gives a full handshake, never an error.
+// application traffic key, and Session.ServerSeq counts it (with
+// Config.CallerVerifiesFinished, in Session.PendingFinished.Output, for the
+// caller to write once it has verified the client's Finished). A ticket
+// that does not open or fit gives a full handshake, never an error.
 //
 // A Handshake keeps its state in plain values (byte slices, integers, hash
 // states): no goroutines, channels or callbacks. Between two Steps it can be
@@ -147,6 +149,15 @@ type Config struct {
 	// TicketLifetime is how long a ticket may be used after it was issued;
 	// zero means, and no value may exceed, 7 days (RFC 8446, Section 4.6.1).
 	TicketLifetime time.Duration
+
+	// CallerVerifiesFinished completes a TLS 1.3 handshake that asks for no
+	// client certificate as soon as the server's flight is built: the
+	// client's Finished is fixed by then, so Session.PendingFinished
+	// carries the Finished expected and the key to read it, and the caller
+	// verifies it before it uses the session keys (see finished_at_caller.go).
+	// TLS 1.2 and TLS 1.3 with a CertificateRequest complete on the client's
+	// Finished as without it.
+	CallerVerifiesFinished bool
 }
 
 func (c *Config) rand() io.Reader {
@@ -314,6 +325,11 @@ type Session struct {
 	// exporter master secret (RFC 8446, Section 7.5).
 	ClientTrafficSecret, ServerTrafficSecret []byte
 	ExporterMasterSecret                     []byte
+
+	// PendingFinished, with Config.CallerVerifiesFinished, is the client's
+	// Finished the caller must verify before it uses any key above; nil
+	// when the engine verified it.
+	PendingFinished *PendingFinished
 }
 
 // String describes the session without its secrets.

@@ -339,8 +339,11 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	// skipped until a record opens under the handshake keys.
 	h.skipEarlyData = ch.earlyData && !h.didHRR
 	h.state = state13ClientFinished
-	if h.clientAuth {
+	switch {
+	case h.clientAuth:
 		h.state = state13ClientCertificate
+	case h.cfg.CallerVerifiesFinished:
+		return h.completeAtCaller()
 	}
 	return nil
 }
@@ -410,8 +413,15 @@ func (h *Handshake) processClientFinished13(body, raw []byte) error {
 	if err := h.checkClientFinished(body, finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum())); err != nil {
 		return err
 	}
+	return h.complete13(raw)
+}
+
+// complete13 completes a TLS 1.3 handshake whose client Finished is
+// clientFinished (the whole message): it issues the ticket, which the
+// resumption master secret binds to that Finished, and records the session.
+func (h *Handshake) complete13(clientFinished []byte) error {
 	if h.master13 != nil && h.cfg.Tickets != nil { // tickets may have been turned off since a restore
-		h.transcript.write(raw)
+		h.transcript.write(clientFinished)
 		master := masterSecret13{secret13{h.suite.Hash, h.master13}}
 		resumptionMaster := master.resumptionMasterSecret(h.transcript.sum())
 		master.wipe()

@@ -24,6 +24,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/handshaked/handshaked/internal/engine/clientfinished"
 	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/sigscheme"
 )
@@ -247,6 +248,9 @@ type relay struct {
 	// hop saves the handshake after every Step and restores it into a new
 	// Handshake, as a service moving it between replicas would.
 	hop bool
+	// tamperFinished changes the client's records after the server flight
+	// when the relay verifies the client Finished (CallerVerifiesFinished).
+	tamperFinished func(p *PendingFinished, in []byte) []byte
 }
 
 type relayOutcome struct {
@@ -255,6 +259,9 @@ type relayOutcome struct {
 	leftover []byte
 	trace    []TraceEvent
 	err      error
+	steps    int // Steps taken
+	// finishErr: the relay refused the client's Finished.
+	finishErr *clientfinished.Error
 }
 
 func (r *relay) run(conn net.Conn) (out relayOutcome) {
@@ -300,6 +307,7 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 				p = r.tamper(r.h, p)
 			}
 			res := r.h.Step(context.Background(), r.keys, p)
+			out.steps++
 			out.trace = append(out.trace, res.Trace...)
 			out.last = res
 			// On NeedInput everything is consumed; on Complete and Failed,
@@ -336,6 +344,9 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 				out.leftover = append([]byte(nil), p[res.Consumed:]...)
 				for _, rest := range pieces[i+1:] {
 					out.leftover = append(out.leftover, rest...)
+				}
+				if out.session.PendingFinished != nil {
+					r.verifyFinished(conn, &out) // finished_at_caller_test.go
 				}
 				return out
 			}
@@ -464,6 +475,8 @@ type interopCase struct {
 	hop      bool
 	keys     KeyOps
 	skipData bool // do not exchange application data
+	// tamperFinished: see relay.
+	tamperFinished func(p *PendingFinished, in []byte) []byte
 }
 
 type interopResult struct {
@@ -494,7 +507,7 @@ func runInterop(t *testing.T, c interopCase) interopResult {
 	defer serverConn.Close()
 	defer clientConn.Close()
 
-	r := &relay{h: h, keys: keys, mode: c.mode, rng: mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 1)), tamper: c.tamper, hop: c.hop}
+	r := &relay{h: h, keys: keys, mode: c.mode, rng: mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 1)), tamper: c.tamper, hop: c.hop, tamperFinished: c.tamperFinished}
 	done := make(chan relayOutcome, 1)
 	go func() {
 		out := r.run(serverConn)

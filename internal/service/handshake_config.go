@@ -112,6 +112,7 @@ func engineConfig(ctx context.Context, vault *keyvault.Vault, certs *certificate
 			return nil, invalid("config.client_ca_pem: no certificate in it")
 		}
 	}
+	cfg.CallerVerifiesFinished = c.GetCallerVerifiesFinished()
 	return cfg, nil
 }
 
@@ -250,6 +251,11 @@ func sessionToProto(s *engine.Session, withKeys bool) *pb.Session {
 			ClientApplicationTrafficSecret: s.ClientTrafficSecret,
 			ServerApplicationTrafficSecret: s.ServerTrafficSecret,
 			ExporterMasterSecret:           s.ExporterMasterSecret,
+		}
+		if p := s.PendingFinished; p != nil {
+			out.Keys.ClientFinished = &pb.PendingClientFinished{
+				Message: p.Message, ClientHandshakeKey: p.Key, ClientHandshakeIv: p.IV, Output: p.Output, SkipEarlyData: p.SkipEarlyData,
+			}
 		}
 	}
 	return out

@@ -30,6 +30,10 @@ type handshakeMetrics struct {
 	stepSeconds    prometheus.Histogram
 	sessions       prometheus.Gauge
 	resumedTotal   *prometheus.CounterVec
+	// callerFinishedTotal counts the TLS 1.3 handshakes completed before
+	// the client's Finished, which the caller verifies
+	// (caller_verifies_finished): a refusal there is the caller's to count.
+	callerFinishedTotal prometheus.Counter
 }
 
 func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
@@ -54,7 +58,10 @@ func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
 	m.resumedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "handshaked_handshakes_resumed_total", Help: "Handshakes completed by resuming a session from a ticket (also counted in handshaked_handshakes_completed_total), by version.",
 	}, []string{"version"})
-	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions, m.resumedTotal)
+	m.callerFinishedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "handshaked_handshakes_caller_finished_total", Help: "TLS 1.3 handshakes completed before the client's Finished, left to the caller to verify (also counted in handshaked_handshakes_completed_total).",
+	})
+	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions, m.resumedTotal, m.callerFinishedTotal)
 	return m
 }
 
@@ -66,6 +73,9 @@ func (m *handshakeMetrics) completed(s *engine.Session) {
 	m.completedTotal.WithLabelValues(version, record.SuiteName(s.CipherSuite)).Inc()
 	if s.Resumed {
 		m.resumedTotal.WithLabelValues(version).Inc()
+	}
+	if s.PendingFinished != nil {
+		m.callerFinishedTotal.Inc()
 	}
 }
 

@@ -75,6 +75,7 @@ type options struct {
 	clientHelloTimeout            time.Duration
 	maxHandshakes, maxPending     int
 	tickets, tickets12            bool
+	oneRoundTrip                  bool
 	version                       bool
 	trace                         *tracing.Options
 }
@@ -135,6 +136,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.tickets, "session-tickets", true, "issue and accept session tickets (sealed by handshaked, so a client resumes on any edge of the deployment)")
 	fs.BoolVar(&o.tickets12, "tls12-session-tickets", true, "also in TLS 1.2, whose tickets carry the master secret (false: forward secrecy for TLS 1.2 sessions; TLS 1.3 resumption keeps it)")
+	fs.BoolVar(&o.oneRoundTrip, "one-round-trip", false, "complete TLS 1.3 handshakes without client certificates in one call to handshaked: the edge gets the session keys with the server's flight and verifies the client's Finished itself before using them")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
 	o.trace = tracing.AddFlags(fs)
 	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)
@@ -235,7 +237,8 @@ func suiteID(name string) (uint16, bool) {
 
 // handshakeConfig turns the flags into the engine's configuration.
 func (o *options) handshakeConfig() (*pb.HandshakeConfig, error) {
-	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn, DisableSessionTickets: !o.tickets, DisableTls12SessionTickets: !o.tickets12}
+	cfg := &pb.HandshakeConfig{AlpnProtocols: o.alpn, DisableSessionTickets: !o.tickets, DisableTls12SessionTickets: !o.tickets12,
+		CallerVerifiesFinished: o.oneRoundTrip}
 	keys := o.keys
 	if len(keys) == 0 {
 		keys = cliflag.List{"dev-rsa"}
@@ -447,6 +450,7 @@ func describe(st edge.ConnectionState) string {
 		fmt.Fprintf(&b, "Client certificate: %s\n", cert.Subject)
 	}
 	fmt.Fprintf(&b, "Handshake: %s\n", handshakeMessages(st.Steps))
+	fmt.Fprintf(&b, "Service round trips: %d\n", len(st.Steps))
 	return b.String()
 }
 
@@ -470,7 +474,7 @@ func handshakeMessages(steps []edge.Step) string {
 func logConn(log *slog.Logger, c *edge.Conn) {
 	st := c.ConnectionState()
 	log.Info("TLS connection", "remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version),
-		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume)
+		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume, "service_round_trips", len(st.Steps))
 }
 
 // proxy relays each connection of l to a new TCP connection to backend.

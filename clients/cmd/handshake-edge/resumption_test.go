@@ -1,16 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -166,6 +162,16 @@ func TestCurlResumes(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	f := newTicketFixture(t)
 	addr, _ := f.start(t)
+	pages := curlPages(t, curl, f, addr)
+	assert.Contains(t, pages[0], "Resumed: no", pages[0])
+	assert.Contains(t, pages[1], "Resumed: yes", pages[1])
+	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
+}
+
+// curlPages has one curl fetch three pages from the edge at addr over TLS
+// 1.3, each on a new connection (the server closes them), and returns them.
+func curlPages(t *testing.T, curl string, f *fixture, addr string) []string {
+	t.Helper()
 	_, port, _ := net.SplitHostPort(addr)
 	args := []string{"-fsS", "--max-time", "30", "--cacert", f.ecCA, "--resolve", "ec.test:" + port + ":127.0.0.1",
 		"-H", "Connection: close", "--tlsv1.3"}
@@ -176,9 +182,7 @@ func TestCurlResumes(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	pages := strings.Split(string(out), "handshake-edge echo")[1:]
 	require.Len(t, pages, 3, "%s", out)
-	assert.Contains(t, pages[0], "Resumed: no", pages[0])
-	assert.Contains(t, pages[1], "Resumed: yes", pages[1])
-	assert.Contains(t, pages[2], "Resumed: yes", pages[2])
+	return pages
 }
 
 // TestOpenSSLEarlyDataRefusedThroughEdge: RFC 8446, Section 4.2.10 end to
@@ -186,63 +190,29 @@ func TestCurlResumes(t *testing.T) {
 // (which allows early data) for the same name and key; the edge's service
 // cannot open that ticket, does a full handshake and skips the 0-RTT
 // records, which arrive through the edge between the engine's Steps in the
-// service. The client is told its early data was rejected and the page
-// comes back over the full handshake.
+// service, or, with -one-round-trip, after the one Step, while the edge
+// waits for the client's Finished. The client is told its early data was
+// rejected and the page comes back over the full handshake.
 func TestOpenSSLEarlyDataRefusedThroughEdge(t *testing.T) {
 	openssl := testenv.LookPath(t, "openssl")
 	f := newTicketFixture(t)
-	addr, _ := f.start(t)
-	dir := t.TempDir()
-	keyFile, sess, early := filepath.Join(dir, "key.pem"), filepath.Join(dir, "session.pem"), filepath.Join(dir, "early.txt")
-	require.NoError(t, os.WriteFile(keyFile, servicetest.Fixture(t, "p256-pkcs8.pem"), 0o600))
-	require.NoError(t, os.WriteFile(early, []byte("GET /early HTTP/1.0\r\n\r\n"), 0o600))
-
-	ctx, cancel := context.WithCancel(context.Background())
-	srv := exec.CommandContext(ctx, openssl, "s_server", "-accept", "127.0.0.1:0", "-cert", f.ecCA, "-key", keyFile,
-		"-early_data", "-num_tickets", "1", "-naccept", "1")
-	var srvOut testenv.Buffer
-	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	stdin, err := srv.StdinPipe() // kept open: s_server ends a connection on EOF
-	require.NoError(t, err)
-	require.NoError(t, srv.Start())
-	t.Cleanup(func() {
-		stdin.Close()
-		cancel()
-		srv.Wait()
-	})
-	accept := regexp.MustCompile(`ACCEPT 127\.0\.0\.1:(\d+)`)
-	var port string
-	require.Eventually(t, func() bool {
-		if m := accept.FindStringSubmatch(srvOut.String()); m != nil {
-			port = m[1]
-		}
-		return port != ""
-	}, 10*time.Second, 20*time.Millisecond, "s_server did not start: %s", srvOut.String())
-	// s_client writes the session when the ticket arrives; its output is
-	// buffered until it exits, so the file is what to watch.
-	cl := exec.CommandContext(ctx, openssl, "s_client", "-connect", "127.0.0.1:"+port, "-servername", f.ecdsa.Name,
-		"-CAfile", f.ecCA, "-tls1_3", "-ign_eof", "-sess_out", sess)
-	var clOut testenv.Buffer
-	cl.Stdout, cl.Stderr = &clOut, &clOut
-	require.NoError(t, cl.Start())
-	require.Eventually(t, func() bool {
-		data, _ := os.ReadFile(sess)
-		return bytes.Contains(data, []byte("-----END SSL SESSION PARAMETERS-----"))
-	}, 10*time.Second, 20*time.Millisecond, "no session from s_server: %s", clOut.String())
-	cl.Process.Kill()
-	cl.Wait()
-	out, err := exec.Command(openssl, "sess_id", "-in", sess, "-noout", "-text").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	require.Contains(t, string(out), "Max Early Data: 16384", "s_server's ticket allows early data")
-
-	cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
-		"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
-	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
-	out, err = cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assert.Contains(t, string(out), "Early data was rejected", "%s", out)
-	assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)
-	assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "the page, over the full handshake: %s", out)
+	for _, args := range [][]string{nil, {"-one-round-trip"}} {
+		t.Run(strings.Join(append([]string{"edge"}, args...), " "), func(t *testing.T) {
+			addr, _ := f.start(t, args...)
+			sess, early := earlyDataSession(t, openssl, f)
+			cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", f.ecdsa.Name, "-CAfile", f.ecCA,
+				"-verify_return_error", "-tls1_3", "-ign_eof", "-sess_in", sess, "-early_data", early)
+			cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Contains(t, string(out), "Early data was rejected", "%s", out)
+			assert.Contains(t, string(out), "New, TLSv1.3", "%s", out)
+			assert.Contains(t, string(out), "Resumed: no (full handshake)\n", "the page, over the full handshake: %s", out)
+			if args != nil {
+				assert.Contains(t, string(out), oneTrip, "%s", out)
+			}
+		})
+	}
 }
 
 // TestGoClientResumesAfterHelloRetryRequest: RFC 8446, Section 4.2.11.2 end

@@ -47,7 +47,10 @@ type Config struct {
 	// Client reaches the handshaked service.
 	Client Service
 	// Handshake is the server configuration: keys, versions, suites,
-	// groups, ALPN, client authentication.
+	// groups, ALPN, client authentication. With caller_verifies_finished
+	// the service completes a TLS 1.3 handshake without client
+	// authentication in one round trip, and the edge verifies the client's
+	// Finished itself before it uses the session keys.
 	Handshake *pb.HandshakeConfig
 	// Unary steps the handshake with StartHandshake/StepHandshake instead
 	// of the bidirectional stream (for instance through a proxy that does
@@ -217,7 +220,7 @@ func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
 		raw.Close()
 		return nil, err
 	}
-	c, err := handshake(ctx, raw, cfg, hello, deadline)
+	c, err := handshake(ctx, raw, cfg, hello, deadline, func() {})
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -294,8 +297,10 @@ const handshakeBufferLen = 16 << 10
 var handshakeBuffers = sync.Pool{New: func() any { return new([handshakeBufferLen]byte) }}
 
 // handshake runs the handshake through the service, hello (the client's
-// first flight) first, within deadline.
-func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time) (c *Conn, err error) {
+// first flight) first, within deadline. It calls serviceDone once the
+// service has nothing more to do for it, if before the end: when the edge
+// verifies the client's Finished itself.
+func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time, serviceDone func()) (c *Conn, err error) {
 	ctx, span := cfg.startSpan(ctx, raw)
 	defer func() { endSpan(span, c, err) }()
 	ctx, cancel := context.WithDeadline(ctx, deadline)
@@ -319,7 +324,7 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 	buf := bufp[:]
 	for input := hello; ; {
 		if input == nil {
-			n, err := raw.Read(buf)
+			n, err := readFlight(raw, buf)
 			if n == 0 {
 				st.abort()
 				return nil, fmt.Errorf("edge: reading the client's handshake: %w", err)
@@ -344,10 +349,20 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 			raw.Write(a.GetRecord())
 			return nil, &HandshakeError{Alert: a.GetName(), Reason: a.GetReason()}
 		case pb.HandshakeState_HANDSHAKE_STATE_COMPLETE:
+			leftover := out.GetLeftover()
+			if out.GetSession().GetKeys().GetClientFinished() != nil {
+				// The service left the client's Finished to the edge
+				// (finished.go), within the handshake's deadline: its
+				// part is over.
+				serviceDone()
+				if leftover, err = finishAtEdge(raw, out.GetSession(), leftover, buf); err != nil {
+					return nil, err
+				}
+			}
 			if err := raw.SetDeadline(time.Time{}); err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
 			}
-			return newConn(raw, out.GetSession(), out.GetLeftover(), steps)
+			return newConn(raw, out.GetSession(), leftover, steps)
 		case pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT:
 		default:
 			st.abort()
@@ -463,16 +478,21 @@ func (l *Listener) serve(pc *pendingConn) {
 			err = fmt.Errorf("edge: waiting for a handshake slot: %w", ctx.Err())
 		}
 	}
+	// The slot is the service's: it is given back as soon as the service is
+	// done, before a client Finished the edge verifies itself.
+	release := sync.OnceFunc(func() {
+		if slot {
+			<-l.sem
+		}
+	})
 	if !l.pending.remove(pc) && err == nil {
 		err = errors.New("edge: closed as the oldest pending handshake")
 	}
 	var c *Conn
 	if err == nil {
-		c, err = handshake(ctx, raw, l.cfg, hello, deadline)
+		c, err = handshake(ctx, raw, l.cfg, hello, deadline, release)
 	}
-	if slot {
-		<-l.sem
-	}
+	release()
 	switch {
 	case errors.Is(err, errNoClientHello) || !slot:
 		// A client that never sent a ClientHello, or never got a slot,

@@ -267,8 +267,17 @@ type HandshakeConfig struct {
 	// ticket carries the master secret, so resuming from it gives up forward
 	// secrecy, which TLS 1.3 psk_dhe_ke keeps.
 	DisableTls12SessionTickets bool `protobuf:"varint,10,opt,name=disable_tls12_session_tickets,json=disableTls12SessionTickets,proto3" json:"disable_tls12_session_tickets,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// One service round trip per TLS 1.3 handshake: a TLS 1.3 handshake
+	// that asks for no client certificate completes on the step that
+	// returns the server's flight, whose session carries, in
+	// keys.client_finished, the client Finished expected and the key to
+	// read it. The caller then MUST verify the client's Finished (in
+	// constant time) before it uses any session key, and write
+	// client_finished.output only after. Meant for an edge; TLS 1.2 and
+	// client authentication complete on the client's Finished as without it.
+	CallerVerifiesFinished bool `protobuf:"varint,11,opt,name=caller_verifies_finished,json=callerVerifiesFinished,proto3" json:"caller_verifies_finished,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *HandshakeConfig) Reset() {
@@ -367,6 +376,13 @@ func (x *HandshakeConfig) GetDisableSessionTickets() bool {
 func (x *HandshakeConfig) GetDisableTls12SessionTickets() bool {
 	if x != nil {
 		return x.DisableTls12SessionTickets
+	}
+	return false
+}
+
+func (x *HandshakeConfig) GetCallerVerifiesFinished() bool {
+	if x != nil {
+		return x.CallerVerifiesFinished
 	}
 	return false
 }
@@ -1160,8 +1176,12 @@ type SessionKeys struct {
 	ClientApplicationTrafficSecret []byte `protobuf:"bytes,7,opt,name=client_application_traffic_secret,json=clientApplicationTrafficSecret,proto3" json:"client_application_traffic_secret,omitempty"`
 	ServerApplicationTrafficSecret []byte `protobuf:"bytes,8,opt,name=server_application_traffic_secret,json=serverApplicationTrafficSecret,proto3" json:"server_application_traffic_secret,omitempty"`
 	ExporterMasterSecret           []byte `protobuf:"bytes,9,opt,name=exporter_master_secret,json=exporterMasterSecret,proto3" json:"exporter_master_secret,omitempty"`
-	unknownFields                  protoimpl.UnknownFields
-	sizeCache                      protoimpl.SizeCache
+	// With HandshakeConfig.caller_verifies_finished, on a TLS 1.3 handshake
+	// completed before the client's Finished: what the caller verifies it
+	// with. Absent when the service verified the Finished.
+	ClientFinished *PendingClientFinished `protobuf:"bytes,10,opt,name=client_finished,json=clientFinished,proto3" json:"client_finished,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SessionKeys) Reset() {
@@ -1257,6 +1277,101 @@ func (x *SessionKeys) GetExporterMasterSecret() []byte {
 	return nil
 }
 
+func (x *SessionKeys) GetClientFinished() *PendingClientFinished {
+	if x != nil {
+		return x.ClientFinished
+	}
+	return nil
+}
+
+// PendingClientFinished is the TLS 1.3 client Finished the caller verifies
+// itself (RFC 8446 §4.4.4).
+type PendingClientFinished struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The whole Finished handshake message expected: type, length,
+	// verify_data.
+	Message []byte `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	// The client handshake traffic key and IV (RFC 8446 §7.3): the records
+	// carrying the Finished open under them from sequence number 0.
+	ClientHandshakeKey []byte `protobuf:"bytes,2,opt,name=client_handshake_key,json=clientHandshakeKey,proto3" json:"client_handshake_key,omitempty"`
+	ClientHandshakeIv  []byte `protobuf:"bytes,3,opt,name=client_handshake_iv,json=clientHandshakeIv,proto3" json:"client_handshake_iv,omitempty"`
+	// Records to write once the Finished is verified (a NewSessionTicket,
+	// which keys.server_sequence counts). On a wrong Finished they are
+	// dropped and the alert is protected under the server application
+	// traffic secret at sequence number 0.
+	Output []byte `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	// The client offered 0-RTT data, refused: records that do not open under
+	// the key may come first, up to 2^16 bytes (RFC 8446 §4.2.10).
+	SkipEarlyData bool `protobuf:"varint,5,opt,name=skip_early_data,json=skipEarlyData,proto3" json:"skip_early_data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PendingClientFinished) Reset() {
+	*x = PendingClientFinished{}
+	mi := &file_handshake_v1_handshake_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingClientFinished) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingClientFinished) ProtoMessage() {}
+
+func (x *PendingClientFinished) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_handshake_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingClientFinished.ProtoReflect.Descriptor instead.
+func (*PendingClientFinished) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_handshake_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PendingClientFinished) GetMessage() []byte {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *PendingClientFinished) GetClientHandshakeKey() []byte {
+	if x != nil {
+		return x.ClientHandshakeKey
+	}
+	return nil
+}
+
+func (x *PendingClientFinished) GetClientHandshakeIv() []byte {
+	if x != nil {
+		return x.ClientHandshakeIv
+	}
+	return nil
+}
+
+func (x *PendingClientFinished) GetOutput() []byte {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+func (x *PendingClientFinished) GetSkipEarlyData() bool {
+	if x != nil {
+		return x.SkipEarlyData
+	}
+	return false
+}
+
 var File_handshake_v1_handshake_proto protoreflect.FileDescriptor
 
 const file_handshake_v1_handshake_proto_rawDesc = "" +
@@ -1264,7 +1379,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x1chandshake/v1/handshake.proto\x12\fhandshake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n" +
 	"\x06KeyRef\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion\"\xef\x03\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"\xa9\x04\n" +
 	"\x0fHandshakeConfig\x12(\n" +
 	"\x04keys\x18\x01 \x03(\v2\x14.handshake.v1.KeyRefR\x04keys\x129\n" +
 	"\vmin_version\x18\x02 \x01(\x0e2\x18.handshake.v1.TLSVersionR\n" +
@@ -1279,7 +1394,8 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\rclient_ca_pem\x18\b \x01(\tR\vclientCaPem\x126\n" +
 	"\x17disable_session_tickets\x18\t \x01(\bR\x15disableSessionTickets\x12A\n" +
 	"\x1ddisable_tls12_session_tickets\x18\n" +
-	" \x01(\bR\x1adisableTls12SessionTickets\"d\n" +
+	" \x01(\bR\x1adisableTls12SessionTickets\x128\n" +
+	"\x18caller_verifies_finished\x18\v \x01(\bR\x16callerVerifiesFinished\"d\n" +
 	"\x15StartHandshakeRequest\x125\n" +
 	"\x06config\x18\x01 \x01(\v2\x1d.handshake.v1.HandshakeConfigR\x06config\x12\x14\n" +
 	"\x05input\x18\x02 \x01(\fR\x05input\"<\n" +
@@ -1335,7 +1451,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	" \x01(\bR\x14extendedMasterSecret\x12.\n" +
 	"\x13hello_retry_request\x18\v \x01(\bR\x11helloRetryRequest\x12-\n" +
 	"\x04keys\x18\f \x01(\v2\x19.handshake.v1.SessionKeysR\x04keys\x12\x18\n" +
-	"\aresumed\x18\r \x01(\bR\aresumed\"\xcf\x03\n" +
+	"\aresumed\x18\r \x01(\bR\aresumed\"\x9d\x04\n" +
 	"\vSessionKeys\x12(\n" +
 	"\x10client_write_key\x18\x01 \x01(\fR\x0eclientWriteKey\x12&\n" +
 	"\x0fclient_write_iv\x18\x02 \x01(\fR\rclientWriteIv\x12(\n" +
@@ -1345,7 +1461,15 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x0fserver_sequence\x18\x06 \x01(\x04R\x0eserverSequence\x12I\n" +
 	"!client_application_traffic_secret\x18\a \x01(\fR\x1eclientApplicationTrafficSecret\x12I\n" +
 	"!server_application_traffic_secret\x18\b \x01(\fR\x1eserverApplicationTrafficSecret\x124\n" +
-	"\x16exporter_master_secret\x18\t \x01(\fR\x14exporterMasterSecret*S\n" +
+	"\x16exporter_master_secret\x18\t \x01(\fR\x14exporterMasterSecret\x12L\n" +
+	"\x0fclient_finished\x18\n" +
+	" \x01(\v2#.handshake.v1.PendingClientFinishedR\x0eclientFinished\"\xd3\x01\n" +
+	"\x15PendingClientFinished\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\fR\amessage\x120\n" +
+	"\x14client_handshake_key\x18\x02 \x01(\fR\x12clientHandshakeKey\x12.\n" +
+	"\x13client_handshake_iv\x18\x03 \x01(\fR\x11clientHandshakeIv\x12\x16\n" +
+	"\x06output\x18\x04 \x01(\fR\x06output\x12&\n" +
+	"\x0fskip_early_data\x18\x05 \x01(\bR\rskipEarlyData*S\n" +
 	"\n" +
 	"TLSVersion\x12\x1b\n" +
 	"\x17TLS_VERSION_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1382,7 +1506,7 @@ func file_handshake_v1_handshake_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_handshake_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_handshake_v1_handshake_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_handshake_v1_handshake_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_handshake_v1_handshake_proto_goTypes = []any{
 	(TLSVersion)(0),                // 0: handshake.v1.TLSVersion
 	(ClientAuth)(0),                // 1: handshake.v1.ClientAuth
@@ -1401,7 +1525,8 @@ var file_handshake_v1_handshake_proto_goTypes = []any{
 	(*TraceField)(nil),             // 14: handshake.v1.TraceField
 	(*Session)(nil),                // 15: handshake.v1.Session
 	(*SessionKeys)(nil),            // 16: handshake.v1.SessionKeys
-	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
+	(*PendingClientFinished)(nil),  // 17: handshake.v1.PendingClientFinished
+	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
 }
 var file_handshake_v1_handshake_proto_depIdxs = []int32{
 	3,  // 0: handshake.v1.HandshakeConfig.keys:type_name -> handshake.v1.KeyRef
@@ -1414,25 +1539,26 @@ var file_handshake_v1_handshake_proto_depIdxs = []int32{
 	12, // 7: handshake.v1.HandshakeStep.alert:type_name -> handshake.v1.Alert
 	13, // 8: handshake.v1.HandshakeStep.trace:type_name -> handshake.v1.TraceEvent
 	15, // 9: handshake.v1.HandshakeStep.session:type_name -> handshake.v1.Session
-	17, // 10: handshake.v1.HandshakeStep.expire_time:type_name -> google.protobuf.Timestamp
+	18, // 10: handshake.v1.HandshakeStep.expire_time:type_name -> google.protobuf.Timestamp
 	14, // 11: handshake.v1.TraceEvent.fields:type_name -> handshake.v1.TraceField
 	3,  // 12: handshake.v1.Session.key:type_name -> handshake.v1.KeyRef
 	16, // 13: handshake.v1.Session.keys:type_name -> handshake.v1.SessionKeys
-	5,  // 14: handshake.v1.Handshake.StartHandshake:input_type -> handshake.v1.StartHandshakeRequest
-	6,  // 15: handshake.v1.Handshake.StepHandshake:input_type -> handshake.v1.StepHandshakeRequest
-	7,  // 16: handshake.v1.Handshake.GetHandshake:input_type -> handshake.v1.GetHandshakeRequest
-	8,  // 17: handshake.v1.Handshake.AbortHandshake:input_type -> handshake.v1.AbortHandshakeRequest
-	10, // 18: handshake.v1.Handshake.Stream:input_type -> handshake.v1.StreamRequest
-	11, // 19: handshake.v1.Handshake.StartHandshake:output_type -> handshake.v1.HandshakeStep
-	11, // 20: handshake.v1.Handshake.StepHandshake:output_type -> handshake.v1.HandshakeStep
-	11, // 21: handshake.v1.Handshake.GetHandshake:output_type -> handshake.v1.HandshakeStep
-	9,  // 22: handshake.v1.Handshake.AbortHandshake:output_type -> handshake.v1.AbortHandshakeResponse
-	11, // 23: handshake.v1.Handshake.Stream:output_type -> handshake.v1.HandshakeStep
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	17, // 14: handshake.v1.SessionKeys.client_finished:type_name -> handshake.v1.PendingClientFinished
+	5,  // 15: handshake.v1.Handshake.StartHandshake:input_type -> handshake.v1.StartHandshakeRequest
+	6,  // 16: handshake.v1.Handshake.StepHandshake:input_type -> handshake.v1.StepHandshakeRequest
+	7,  // 17: handshake.v1.Handshake.GetHandshake:input_type -> handshake.v1.GetHandshakeRequest
+	8,  // 18: handshake.v1.Handshake.AbortHandshake:input_type -> handshake.v1.AbortHandshakeRequest
+	10, // 19: handshake.v1.Handshake.Stream:input_type -> handshake.v1.StreamRequest
+	11, // 20: handshake.v1.Handshake.StartHandshake:output_type -> handshake.v1.HandshakeStep
+	11, // 21: handshake.v1.Handshake.StepHandshake:output_type -> handshake.v1.HandshakeStep
+	11, // 22: handshake.v1.Handshake.GetHandshake:output_type -> handshake.v1.HandshakeStep
+	9,  // 23: handshake.v1.Handshake.AbortHandshake:output_type -> handshake.v1.AbortHandshakeResponse
+	11, // 24: handshake.v1.Handshake.Stream:output_type -> handshake.v1.HandshakeStep
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_handshake_proto_init() }
@@ -1450,7 +1576,7 @@ func file_handshake_v1_handshake_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_handshake_proto_rawDesc), len(file_handshake_v1_handshake_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

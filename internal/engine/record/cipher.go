@@ -107,6 +107,9 @@ func (c *Cipher) Update() error {
 	if !c.suite.TLS13 {
 		return fmt.Errorf("record: KeyUpdate needs TLS 1.3")
 	}
+	if c.secret == nil {
+		return fmt.Errorf("record: KeyUpdate needs the traffic secret, and this Cipher was built from a key (NewTLS13KeyCipher)")
+	}
 	if err := c.setTrafficSecret(nextTrafficSecret(c.suite.Hash, c.secret)); err != nil {
 		return err
 	}

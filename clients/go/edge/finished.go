@@ -1,0 +1,107 @@
+package edge
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/engine/clientfinished"
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// finishAtEdge completes a TLS 1.3 handshake the service completed before
+// the client's Finished (HandshakeConfig.caller_verifies_finished: one
+// service round trip per handshake). It reads the client's records from
+// leftover and then raw until its Finished, verified in constant time
+// against the one the service expects, and only then writes what the
+// service held back (the NewSessionTicket) and returns the bytes after the
+// Finished for the record layer. No session key protects a byte from or to
+// the application before that: on a missing or wrong Finished the
+// connection gets the alert (RFC 8446 §4.4.4: decrypt_error) under the
+// server application traffic key at sequence number 0, the one record the
+// client can read, and closes. buf is the handshake's read buffer.
+func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, error) {
+	p := s.GetKeys().GetClientFinished()
+	suite := uint16(s.GetCipherSuite())
+	v, err := clientfinished.New(suite, p.GetMessage(), p.GetClientHandshakeKey(), p.GetClientHandshakeIv(), p.GetSkipEarlyData())
+	if err != nil {
+		return nil, fmt.Errorf("edge: the service's client Finished: %w", err)
+	}
+	for in := leftover; ; {
+		if len(in) > 0 {
+			done, rest, err := v.Feed(in)
+			var fe *clientfinished.Error
+			switch {
+			case errors.As(err, &fe):
+				if !fe.Peer {
+					raw.Write(finishedAlert(suite, s.GetKeys().GetServerApplicationTrafficSecret(), fe.Alert))
+				}
+				return nil, &HandshakeError{Alert: record.AlertName(fe.Alert), Reason: fe.Reason}
+			case err != nil:
+				return nil, fmt.Errorf("edge: %w", err)
+			case done:
+				if _, err := raw.Write(p.GetOutput()); err != nil {
+					return nil, fmt.Errorf("edge: writing to the client: %w", err)
+				}
+				// rest may be the pooled read buffer.
+				return append([]byte(nil), rest...), nil
+			}
+		}
+		n, err := raw.Read(buf)
+		if n == 0 {
+			return nil, fmt.Errorf("edge: reading the client's Finished: %w", err)
+		}
+		in = buf[:n]
+	}
+}
+
+// finishedAlert is a fatal alert protected under the server application
+// traffic secret at sequence number 0: after the server's Finished the
+// client reads with that key (RFC 8446 §7.1, Appendix A.2), and nothing
+// was written under it yet.
+func finishedAlert(suite uint16, serverSecret []byte, alert uint8) []byte {
+	c, err := record.NewTLS13Cipher(suite, serverSecret, 0)
+	if err != nil {
+		return nil
+	}
+	rec, err := c.Seal(nil, record.Alert, []byte{2, alert}, 0)
+	if err != nil {
+		return nil
+	}
+	return rec
+}
+
+// ccsRecord is a TLS 1.3 compatibility change_cipher_spec record (RFC
+// 8446, Appendix D.4), as clients write it.
+var ccsRecord = []byte{byte(record.ChangeCipherSpec), 3, 3, 0, 1, 1}
+
+// readFlight reads the client's next bytes into buf. A compatibility
+// change_cipher_spec that arrives alone (after a HelloRetryRequest, before
+// the second ClientHello) is followed by the rest of the flight, so it is
+// not worth a service round trip of its own: readFlight reads on until
+// more comes, an error or a full buf.
+func readFlight(raw net.Conn, buf []byte) (int, error) {
+	n, err := raw.Read(buf)
+	for err == nil && n < len(buf) && onlyChangeCipherSpec(buf[:n]) {
+		var m int
+		m, err = raw.Read(buf[n:])
+		n += m
+	}
+	return n, err
+}
+
+// onlyChangeCipherSpec reports whether b is whole change_cipher_spec
+// records and nothing else.
+func onlyChangeCipherSpec(b []byte) bool {
+	if len(b) == 0 || len(b)%len(ccsRecord) != 0 {
+		return false
+	}
+	for i := 0; i < len(b); i += len(ccsRecord) {
+		if !bytes.Equal(b[i:i+len(ccsRecord)], ccsRecord) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,247 @@
+package clientfinished_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/engine/clientfinished"
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+const suite = tls.TLS_AES_128_GCM_SHA256
+
+var (
+	key      = bytes.Repeat([]byte{7}, 16)
+	iv       = bytes.Repeat([]byte{9}, 12)
+	verify   = bytes.Repeat([]byte{0xf1}, 32)
+	finished = append([]byte{20, 0, 0, 32}, verify...)
+	ccs      = []byte{20, 3, 3, 0, 1, 1}
+)
+
+// client seals the client's records under the handshake key from sequence
+// number 0, as a TLS 1.3 client does after the server's flight.
+type client struct {
+	t *testing.T
+	c *record.Cipher
+}
+
+func newClient(t *testing.T) *client {
+	c, err := record.NewTLS13KeyCipher(suite, key, iv, 0)
+	require.NoError(t, err)
+	return &client{t, c}
+}
+
+func (c *client) seal(typ record.ContentType, pt []byte) []byte {
+	rec, err := c.c.Seal(nil, typ, pt, 0)
+	require.NoError(c.t, err)
+	return rec
+}
+
+func newVerifier(t *testing.T, skipEarly bool) *clientfinished.Verifier {
+	v, err := clientfinished.New(suite, finished, key, iv, skipEarly)
+	require.NoError(t, err)
+	return v
+}
+
+// earlyData is a 0-RTT record under keys the server never derived.
+func earlyData(t *testing.T) []byte {
+	c, err := record.NewTLS13KeyCipher(suite, bytes.Repeat([]byte{1}, 16), iv, 0)
+	require.NoError(t, err)
+	rec, err := c.Seal(nil, record.ApplicationData, []byte("GET / HTTP/1.1\r\n"), 0)
+	require.NoError(t, err)
+	return rec
+}
+
+func TestVerifierAccepts(t *testing.T) {
+	tail := []byte("application data records follow")
+	tests := []struct {
+		name      string
+		skipEarly bool
+		flight    func(c *client) []byte
+	}{
+		{name: "Finished", flight: func(c *client) []byte { return c.seal(record.Handshake, finished) }},
+		{name: "after change_cipher_spec", flight: func(c *client) []byte { return slices.Concat(ccs, c.seal(record.Handshake, finished)) }},
+		// RFC 8446, Section 5.1: a handshake message may span records.
+		{name: "fragmented", flight: func(c *client) []byte {
+			return slices.Concat(c.seal(record.Handshake, finished[:3]), c.seal(record.Handshake, finished[3:20]), c.seal(record.Handshake, finished[20:]))
+		}},
+		{name: "padded", flight: func(c *client) []byte {
+			rec, err := c.c.Seal(nil, record.Handshake, finished, 100)
+			require.NoError(t, err)
+			return rec
+		}},
+		// RFC 8446, Section 4.2.10: refused 0-RTT data is skipped.
+		{name: "after refused early data", skipEarly: true, flight: func(c *client) []byte {
+			return slices.Concat(earlyData(t), ccs, earlyData(t), c.seal(record.Handshake, finished))
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			flight := slices.Concat(tc.flight(newClient(t)), tail)
+			// Whole, and byte by byte.
+			v := newVerifier(t, tc.skipEarly)
+			done, rest, err := v.Feed(slices.Clone(flight))
+			require.NoError(t, err)
+			require.True(t, done)
+			assert.Equal(t, tail, rest, "the bytes after the Finished's record")
+
+			v = newVerifier(t, tc.skipEarly)
+			var got []byte
+			for i := range flight {
+				done, rest, err = v.Feed(flight[i : i+1])
+				require.NoError(t, err, "byte %d", i)
+				if done {
+					got = append(got, rest...)
+				}
+			}
+			assert.Equal(t, tail, got)
+		})
+	}
+}
+
+func TestVerifierRefuses(t *testing.T) {
+	tests := []struct {
+		name      string
+		skipEarly bool
+		flight    func(c *client) []byte
+		alert     uint8
+		peer      bool
+	}{
+		// RFC 8446, Section 4.4.4.
+		{name: "wrong verify_data", alert: clientfinished.AlertDecryptError, flight: func(c *client) []byte {
+			bad := slices.Clone(finished)
+			bad[len(bad)-1] ^= 0x80
+			return c.seal(record.Handshake, bad)
+		}},
+		// Section 6.2: opaque verify_data[Hash.length].
+		{name: "short Finished", alert: clientfinished.AlertDecodeError, flight: func(c *client) []byte {
+			return c.seal(record.Handshake, append([]byte{20, 0, 0, 31}, verify[:31]...))
+		}},
+		{name: "long Finished", alert: clientfinished.AlertDecodeError, flight: func(c *client) []byte {
+			return c.seal(record.Handshake, append([]byte{20, 0, 0, 33}, append(verify, 0)...))
+		}},
+		// Section 4.4.2: without a CertificateRequest, no Certificate.
+		{name: "Certificate instead", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return c.seal(record.Handshake, []byte{11, 0, 0, 4, 0, 0, 0, 0})
+		}},
+		// Section 5.1: keys change after the Finished, which ends its record.
+		{name: "data after Finished in its record", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return c.seal(record.Handshake, append(slices.Clone(finished), 20, 0))
+		}},
+		{name: "application data before Finished", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return c.seal(record.ApplicationData, []byte("GET /"))
+		}},
+		{name: "unprotected Finished", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return record.Append(nil, record.Handshake, tls.VersionTLS12, finished)
+		}},
+		// Section 5.2.
+		{name: "garbled record", alert: clientfinished.AlertBadRecordMAC, flight: func(c *client) []byte {
+			rec := c.seal(record.Handshake, finished)
+			rec[len(rec)-3] ^= 1
+			return rec
+		}},
+		{name: "early data not offered", alert: clientfinished.AlertBadRecordMAC, flight: func(c *client) []byte {
+			return slices.Concat(earlyData(t), c.seal(record.Handshake, finished))
+		}},
+		{name: "early data after the first record opened", skipEarly: true, alert: clientfinished.AlertBadRecordMAC, flight: func(c *client) []byte {
+			return slices.Concat(c.seal(record.Handshake, finished[:10]), earlyData(t))
+		}},
+		{name: "too much early data", skipEarly: true, alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			var out []byte
+			for range 1 << 16 / 30 {
+				out = append(out, earlyData(t)...)
+			}
+			return out
+		}},
+		// Section 5: change_cipher_spec is the single byte 1.
+		{name: "malformed change_cipher_spec", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return []byte{20, 3, 3, 0, 1, 2}
+		}},
+		{name: "too many change_cipher_spec", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return bytes.Repeat(ccs, 17)
+		}},
+		{name: "change_cipher_spec inside the Finished", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return slices.Concat(c.seal(record.Handshake, finished[:10]), ccs)
+		}},
+		{name: "plaintext over 2^14", alert: clientfinished.AlertRecordOverflow, flight: func(c *client) []byte {
+			return append([]byte{21, 3, 3, 0x40, 0x01}, make([]byte, 1<<14+1)...)
+		}},
+		{name: "record overflow", alert: clientfinished.AlertRecordOverflow, flight: func(c *client) []byte {
+			return []byte{23, 3, 3, 0x41, 0x01}
+		}},
+		{name: "not TLS", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return []byte("GET / HTTP/1.1\r\n")
+		}},
+		// The client gives up with an alert: nothing is sent back.
+		{name: "client alert", peer: true, alert: 42, flight: func(c *client) []byte {
+			return c.seal(record.Alert, []byte{2, 42})
+		}},
+		{name: "client alert in plaintext", peer: true, alert: 40, flight: func(c *client) []byte {
+			return record.Append(nil, record.Alert, tls.VersionTLS12, []byte{2, 40})
+		}},
+		{name: "malformed alert", alert: clientfinished.AlertDecodeError, flight: func(c *client) []byte {
+			return c.seal(record.Alert, []byte{2})
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newVerifier(t, tc.skipEarly)
+			done, _, err := v.Feed(tc.flight(newClient(t)))
+			require.False(t, done)
+			var fe *clientfinished.Error
+			require.ErrorAs(t, err, &fe)
+			assert.Equal(t, tc.alert, fe.Alert, "%s", fe.Reason)
+			assert.Equal(t, tc.peer, fe.Peer)
+		})
+	}
+}
+
+func TestVerifierIncomplete(t *testing.T) {
+	v := newVerifier(t, false)
+	rec := newClient(t).seal(record.Handshake, finished)
+	done, rest, err := v.Feed(rec[:len(rec)-1])
+	require.NoError(t, err)
+	assert.False(t, done)
+	assert.Nil(t, rest)
+}
+
+func TestNewRefusesBadInput(t *testing.T) {
+	_, err := clientfinished.New(suite, []byte{20, 0, 0, 2, 1}, key, iv, false)
+	assert.Error(t, err, "not a Finished message")
+	_, err = clientfinished.New(suite, finished, key[:15], iv, false)
+	assert.Error(t, err, "short key")
+	_, err = clientfinished.New(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, finished, key, iv, false)
+	assert.Error(t, err, "TLS 1.2 suite")
+}
+
+// FuzzVerifier feeds arbitrary client bytes, in two pieces: the verifier
+// never panics, and it accepts only the expected Finished.
+func FuzzVerifier(f *testing.F) {
+	c, _ := record.NewTLS13KeyCipher(suite, key, iv, 0)
+	good, _ := c.Seal(nil, record.Handshake, finished, 0)
+	f.Add(slices.Concat(ccs, good, []byte("rest")), true, 3)
+	f.Add(good, false, 0)
+	f.Add([]byte{23, 3, 3, 0, 17}, true, 5)
+	f.Add(slices.Concat(ccs, ccs, []byte{21, 3, 3, 0, 2, 2, 40}), false, 7)
+	f.Fuzz(func(t *testing.T, in []byte, skipEarly bool, cut int) {
+		v, err := clientfinished.New(suite, finished, key, iv, skipEarly)
+		require.NoError(t, err)
+		cut = min(max(cut, 0), len(in))
+		done, rest, err := v.Feed(slices.Clone(in[:cut]))
+		if err == nil && !done {
+			done, rest, err = v.Feed(slices.Clone(in[cut:]))
+		}
+		if done {
+			require.NoError(t, err)
+			// Nobody without the key makes a record that opens under it:
+			// accepted only if the bytes held the Finished sealed above.
+			assert.True(t, bytes.Contains(in, good), "accepted without the Finished")
+			assert.LessOrEqual(t, len(rest), len(in)-len(good))
+		}
+	})
+}
