@@ -433,7 +433,9 @@ func TestSharedRevocationWaitsForReplicas(t *testing.T) {
 	key, err := b.Get(ctx, "web")
 	require.NoError(t, err)
 	assert.Equal(t, StateDestroyed, key.Versions[0].State, "B applied the destroy")
-	assert.Nil(t, b.keys["web"].versions[0].signer, "B dropped the private key")
+	state, err := b.key("web")
+	require.NoError(t, err)
+	assert.Nil(t, state.versions[0].signer, "B dropped the private key")
 }
 
 // TestSharedRevocationFencesACutOffReplica: a replica cut off from the
