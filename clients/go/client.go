@@ -16,6 +16,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"google.golang.org/grpc"
@@ -45,9 +46,11 @@ type options struct {
 	timeout     time.Duration
 	retries     int
 	backoff     time.Duration
+	observe     func(method string, err error, retried bool)
 	keepalive   *keepalive.ClientParameters
 	dialOptions []grpc.DialOption
 	signStreams int
+	streamAge   time.Duration
 }
 
 // Option configures Dial.
@@ -65,12 +68,24 @@ func WithInsecure() Option { return func(o *options) { o.insecure = true } }
 // (default 10 s; 0 leaves such calls unbounded).
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
-// WithRetries retries idempotent calls (reads, Sign, Decrypt, GetHandshake)
-// up to n more times when the service is UNAVAILABLE, waiting backoff, then
-// twice as long each time. Calls that change state are never retried: a
-// lost response to CreateKey or StepHandshake must not apply twice.
+// WithRetries retries a call that fails with UNAVAILABLE up to n more
+// times (default 2), waiting a random time up to backoff (default 50 ms),
+// then up to twice as long each time; with several replicas, on another
+// one. Only calls that may run twice are retried: reads, Sign, Decrypt,
+// SealTicket, OpenTicket, GetHandshake, and the steps of stateless
+// handshakes (their state token lets any replica repeat the step). Calls
+// that change state are never retried: a lost answer to CreateKey or to a
+// step of a session held by the service must not apply twice.
 func WithRetries(n int, backoff time.Duration) Option {
-	return func(o *options) { o.retries, o.backoff = n, backoff }
+	return func(o *options) { o.retries, o.backoff = max(n, 0), backoff }
+}
+
+// WithRetryObserver has fn told of each failed attempt of a stateless
+// handshake call (StartStatelessHandshake, StepStatelessHandshake): its
+// gRPC method, its error, and whether it is retried. An edge counts
+// failovers with it.
+func WithRetryObserver(fn func(method string, err error, retried bool)) Option {
+	return func(o *options) { o.observe = fn }
 }
 
 // WithKeepalive pings an idle connection every interval (at least 10 s)
@@ -91,14 +106,25 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 // instead of one RPC; a call whose stream breaks goes again as a unary RPC.
 func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n } }
 
+// WithSignStreamAge sets how long a SignStream takes new calls (default
+// DefaultSignStreamAge); then the next call opens another in its place
+// and the old one ends once it has answered. A stream stays on the
+// replica it was opened on: this is how soon a replica that joins, or
+// comes back, gets its share of streamed Sign and Decrypt calls (0: a
+// stream is kept until it ends).
+func WithSignStreamAge(d time.Duration) Option { return func(o *options) { o.streamAge = d } }
+
 // WithDialOptions adds raw gRPC dial options.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
 }
 
-// Dial connects to the service at target ("host:port" or a gRPC target).
+// Dial connects to the service at target: "host:port", a list of replicas
+// "host:port,host:port", or a gRPC target such as "dns:///name:port". Calls
+// are balanced round-robin over every address the target names or its name
+// resolves to; a replica that fails leaves the rotation until it is back.
 func Dial(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams}
+	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, streamAge: DefaultSignStreamAge, retries: DefaultRetries, backoff: DefaultRetryBackoff}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -118,28 +144,36 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		// Handshake steps carry certificate chains; 1 MiB windows keep a
 		// step to one round trip.
 		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 22),
-		grpc.WithChainUnaryInterceptor(deadlineInterceptor(o.timeout), retryInterceptor(o.retries, o.backoff)),
+		grpc.WithChainUnaryInterceptor(deadlineInterceptor(o.timeout), retryInterceptor(o.retries, o.backoff, o.observe)),
 	}
+	dial = append(dial, balanceOptions(o.retries, o.backoff)...)
 	if o.keepalive != nil {
 		dial = append(dial, grpc.WithKeepaliveParams(*o.keepalive))
 	}
-	conn, err := grpc.NewClient(target, append(dial, o.dialOptions...)...)
+	grpcTarget, resolve, err := parseTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	dial = append(dial, resolve...)
+	conn, err := grpc.NewClient(grpcTarget, append(dial, o.dialOptions...)...)
 	if err != nil {
 		return nil, fmt.Errorf("handshaked: dial %s: %w", target, err)
 	}
-	c := newClient(conn, o.signStreams)
+	c := newClient(conn, o.signStreams, o.streamAge)
 	c.conn, c.timeout = conn, o.timeout
 	return c, nil
 }
 
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
-func New(conn grpc.ClientConnInterface) *Client { return newClient(conn, DefaultSignStreams) }
+func New(conn grpc.ClientConnInterface) *Client {
+	return newClient(conn, DefaultSignStreams, DefaultSignStreamAge)
+}
 
-func newClient(conn grpc.ClientConnInterface, signStreams int) *Client {
+func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Duration) *Client {
 	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 	if signStreams > 0 {
-		c.ops = newStreamOps(c.vault, signStreams)
+		c.ops = newStreamOps(c.vault, signStreams, streamAge)
 	}
 	return c
 }
@@ -161,19 +195,11 @@ func (c *Client) KeyVault() pb.KeyVaultClient { return c.vault }
 // Handshake is the raw Handshake client.
 func (c *Client) Handshake() pb.HandshakeClient { return c.hs }
 
-// idempotent lists the methods that may be retried: they read, or compute
-// without changing any state.
-var idempotent = map[string]bool{
-	pb.KeyVault_GetKey_FullMethodName:        true,
-	pb.KeyVault_ListKeys_FullMethodName:      true,
-	pb.KeyVault_GetPublicKey_FullMethodName:  true,
-	pb.KeyVault_Sign_FullMethodName:          true,
-	pb.KeyVault_Decrypt_FullMethodName:       true,
-	pb.KeyVault_SealTicket_FullMethodName:    true,
-	pb.KeyVault_OpenTicket_FullMethodName:    true,
-	pb.Handshake_GetHandshake_FullMethodName: true,
-	pb.Admin_GetKEKStatus_FullMethodName:     true,
-}
+// Defaults of Dial.
+const (
+	DefaultRetries      = 2
+	DefaultRetryBackoff = 50 * time.Millisecond
+)
 
 func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -186,27 +212,47 @@ func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
 	}
 }
 
-func retryInterceptor(n int, backoff time.Duration) grpc.UnaryClientInterceptor {
+// retryInterceptor retries the calls whose request says they may run
+// twice, which a service config, naming methods only, cannot tell: the
+// steps of stateless handshakes. The service config retries the rest of
+// what may be retried (retriedMethods).
+func retryInterceptor(n int, backoff time.Duration, observe func(string, error, bool)) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		err := invoker(ctx, method, req, reply, cc, opts...)
-		if !idempotent[method] {
-			return err
+		if !stateless(req) {
+			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		wait := backoff
-		for range n {
-			if status.Code(err) != codes.Unavailable {
+		for attempt := 0; ; attempt++ {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			retry := attempt < n && status.Code(err) == codes.Unavailable && ctx.Err() == nil
+			if err != nil && observe != nil {
+				observe(method, err, retry)
+			}
+			if !retry {
 				return err
 			}
+			// Full jitter, as gRPC's own retries: callers that failed
+			// together do not all come back at once.
 			select {
 			case <-ctx.Done():
 				return err
-			case <-time.After(wait):
+			case <-time.After(rand.N(wait + 1)):
 			}
 			wait *= 2
-			err = invoker(ctx, method, req, reply, cc, opts...)
 		}
-		return err
 	}
+}
+
+// stateless says whether req is a step of a stateless handshake: the
+// service keeps nothing of it, so it can run again, on any replica.
+func stateless(req any) bool {
+	switch r := req.(type) {
+	case *pb.StartHandshakeRequest:
+		return r.GetStateless()
+	case *pb.StepHandshakeRequest:
+		return len(r.GetStateToken()) > 0
+	}
+	return false
 }
 
 // CreateKey generates a key inside the vault, in its software backend.
@@ -365,7 +411,10 @@ func (c *Client) OpenTicket(ctx context.Context, id string, ticket []byte) (plai
 }
 
 // StartHandshake starts a handshake session held by the service, stepping
-// it with the client's first bytes if input is not empty.
+// it with the client's first bytes if input is not empty. The session lives
+// on the replica that started it: with several replicas, use
+// StartStatelessHandshake or HandshakeStream instead, since a
+// StepHandshake may go to another replica, which does not know it.
 func (c *Client) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
 	return wrap(c.hs.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: input}))
 }
@@ -374,6 +423,21 @@ func (c *Client) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, in
 // step. It is not retried: a step changes the session.
 func (c *Client) StepHandshake(ctx context.Context, id string, input []byte) (*pb.HandshakeStep, error) {
 	return wrap(c.hs.StepHandshake(ctx, &pb.StepHandshakeRequest{Id: id, Input: input}))
+}
+
+// StartStatelessHandshake starts a handshake of which the service keeps
+// nothing: a step that needs input carries a state token, which
+// StepStatelessHandshake sends back, to any replica. Both are retried on
+// UNAVAILABLE (see WithRetries), so a replica that fails in the middle of a
+// handshake costs it a retry, not the handshake.
+func (c *Client) StartStatelessHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
+	return wrap(c.hs.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: input, Stateless: true}))
+}
+
+// StepStatelessHandshake feeds the stateless handshake id the bytes the
+// client sent since the last step, with that step's state token.
+func (c *Client) StepStatelessHandshake(ctx context.Context, id string, token, input []byte) (*pb.HandshakeStep, error) {
+	return wrap(c.hs.StepHandshake(ctx, &pb.StepHandshakeRequest{Id: id, Input: input, StateToken: token}))
 }
 
 // GetHandshake returns a session's state (never its keys).

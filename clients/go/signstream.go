@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,24 +27,35 @@ const DefaultSignStreams = 4
 // decrypting change nothing.
 var errStreamLost = errors.New("sign stream lost")
 
+// DefaultSignStreamAge is how long a SignStream takes new calls before the
+// next call opens another in its place (see WithSignStreamAge).
+const DefaultSignStreamAge = 30 * time.Second
+
 // streamOps sends key operations over long-lived SignStreams, opening each
 // on first use and again after it ends (the service closes a stream idle
-// for a minute; a connection can break).
+// for a minute; a connection can break) or has taken calls for maxAge.
 type streamOps struct {
 	vault   pb.KeyVaultClient
 	streams []*opStream
 	next    atomic.Uint32
+	maxAge  time.Duration
 	ctx     context.Context // ends the streams on Close
 	stop    context.CancelFunc
 }
 
-// opStream is one SignStream. Answers come in request order, so waiting
-// callers are a FIFO queue; mu makes a Send and its place in the queue one
-// step, so the two orders agree.
+// opStream is one slot of a SignStream. Answers come in request order, so
+// waiting callers are a FIFO queue; mu makes a Send and its place in the
+// queue one step, so the two orders agree.
 type opStream struct {
-	mu      sync.Mutex
-	cs      pb.KeyVault_SignStreamClient // nil: not open
+	mu  sync.Mutex
+	cur *openStream // nil: not open
+}
+
+// openStream is a SignStream and the calls waiting for its answers.
+type openStream struct {
+	cs      pb.KeyVault_SignStreamClient
 	pending []chan opResult
+	retire  time.Time // from then on, the next call opens a new stream; zero: never
 }
 
 type opResult struct {
@@ -51,9 +63,9 @@ type opResult struct {
 	err  error
 }
 
-func newStreamOps(vault pb.KeyVaultClient, n int) *streamOps {
+func newStreamOps(vault pb.KeyVaultClient, n int, maxAge time.Duration) *streamOps {
 	ctx, stop := context.WithCancel(context.Background())
-	o := &streamOps{vault: vault, streams: make([]*opStream, n), ctx: ctx, stop: stop}
+	o := &streamOps{vault: vault, streams: make([]*opStream, n), maxAge: maxAge, ctx: ctx, stop: stop}
 	for i := range o.streams {
 		o.streams[i] = &opStream{}
 	}
@@ -68,7 +80,15 @@ func (o *streamOps) do(ctx context.Context, req *pb.SignStreamRequest) (*pb.Sign
 	s := o.streams[int(o.next.Add(1))%len(o.streams)]
 	ch := make(chan opResult, 1)
 	s.mu.Lock()
-	if s.cs == nil {
+	if s.cur != nil && !s.cur.retire.IsZero() && time.Now().After(s.cur.retire) {
+		// A stream stays on the replica it was opened on: retiring it
+		// lets the balancer place its successor, so a replica that
+		// joined (or came back) gets its share of streamed calls. The
+		// old one answers what it was sent, then ends.
+		s.cur.cs.CloseSend()
+		s.cur = nil
+	}
+	if s.cur == nil {
 		sctx, cancel := context.WithCancel(o.ctx)
 		cs, err := o.vault.SignStream(sctx)
 		if err != nil {
@@ -76,13 +96,16 @@ func (o *streamOps) do(ctx context.Context, req *pb.SignStreamRequest) (*pb.Sign
 			s.mu.Unlock()
 			return nil, errStreamLost
 		}
-		s.cs = cs
-		go s.receive(cs, cancel)
+		s.cur = &openStream{cs: cs}
+		if o.maxAge > 0 {
+			s.cur.retire = time.Now().Add(o.maxAge)
+		}
+		go s.receive(s.cur, cancel)
 	}
-	s.pending = append(s.pending, ch)
+	s.cur.pending = append(s.cur.pending, ch)
 	// A failed Send needs nothing here: the receiver sees the broken
 	// stream too and fails every call queued on it, this one included.
-	_ = s.cs.Send(req)
+	_ = s.cur.cs.Send(req)
 	s.mu.Unlock()
 	return wait(ctx, ch)
 }
@@ -98,27 +121,30 @@ func wait(ctx context.Context, ch chan opResult) (*pb.SignStreamResponse, error)
 	}
 }
 
-// receive hands each answer of cs to the oldest waiting call; when cs ends
-// it fails the calls still waiting with errStreamLost and forgets cs, so
-// the next call opens a new stream.
-func (s *opStream) receive(cs pb.KeyVault_SignStreamClient, cancel context.CancelFunc) {
+// receive hands each answer of st to the oldest waiting call; when st ends
+// it fails the calls still waiting with errStreamLost and, unless it was
+// retired already, forgets st, so the next call opens a new stream.
+func (s *opStream) receive(st *openStream, cancel context.CancelFunc) {
 	defer cancel()
 	for {
-		resp, err := cs.Recv()
+		resp, err := st.cs.Recv()
 		s.mu.Lock()
-		if err != nil || len(s.pending) == 0 {
+		if err != nil || len(st.pending) == 0 {
 			// Ended, or an answer nobody asked for: out of step, so
-			// nothing more on cs can be trusted.
-			pending := s.pending
-			s.pending, s.cs = nil, nil
+			// nothing more on it can be trusted.
+			pending := st.pending
+			st.pending = nil
+			if s.cur == st {
+				s.cur = nil
+			}
 			s.mu.Unlock()
 			for _, ch := range pending {
 				ch <- opResult{err: errStreamLost}
 			}
 			return
 		}
-		ch := s.pending[0]
-		s.pending = s.pending[1:]
+		ch := st.pending[0]
+		st.pending = st.pending[1:]
 		s.mu.Unlock()
 		ch <- opResult{resp: resp}
 	}

@@ -195,3 +195,25 @@ func TestSignStreamsFallBackToUnary(t *testing.T) {
 	assert.Equal(t, 2, unary.get(pb.KeyVault_Sign_FullMethodName), "WithSignStreams(0) signs unary")
 	assert.Zero(t, unary.get(pb.KeyVault_SignStream_FullMethodName))
 }
+
+// TestSignStreamsRetireWithAge: a stream older than WithSignStreamAge
+// takes no new call, which opens another in its place (the balancer places
+// it: a replica that came back gets its share), and what was in flight on
+// the old one is answered there, none falling back to a unary call.
+func TestSignStreamsRetireWithAge(t *testing.T) {
+	f := startStreamFixture(t, service.Limits{})
+	var cc callCounter
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithSignStreamAge(50*time.Millisecond), cc.options())
+	require.NoError(t, err)
+	defer c.Close()
+	_, _, err = c.Sign(context.Background(), "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)
+	require.NoError(t, err)
+	require.Equal(t, 1, cc.get(pb.KeyVault_SignStream_FullMethodName), "streams opened")
+	time.Sleep(100 * time.Millisecond)
+	// Concurrent calls: those sent after the stream retired go on a new
+	// one (a slow machine may retire that one too) while the old one still
+	// answers those it has.
+	f.signAndDecrypt(t, c, 32)
+	assert.GreaterOrEqual(t, cc.get(pb.KeyVault_SignStream_FullMethodName), 2, "streams opened")
+	assert.Zero(t, cc.get(pb.KeyVault_Sign_FullMethodName)+cc.get(pb.KeyVault_Decrypt_FullMethodName), "unary calls")
+}

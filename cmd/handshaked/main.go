@@ -84,7 +84,7 @@ func run(ctx context.Context, cfg *config) error {
 		return err
 	}
 	opts.Handshake = service.HandshakeOptions{MaxSessions: cfg.maxHandshakeSessions, MaxSessionsPerCaller: cfg.maxHandshakeSessionsPerCaller,
-		SessionTTL: cfg.handshakeTTL, MaxInput: cfg.maxHandshakeInput}
+		SessionTTL: cfg.handshakeTTL, MaxInput: cfg.maxHandshakeInput, Deployment: cfg.deployment}
 	opts.Limits = service.Limits{
 		Rate: cfg.rateLimit, Burst: cfg.rateBurst,
 		MaxInFlight: cfg.maxInFlight, MaxInFlightPerCaller: cfg.maxInFlightPerCaller,

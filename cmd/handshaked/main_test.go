@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -28,13 +29,30 @@ import (
 
 // TestMain lets the test binary act as the handshaked binary: a test starts
 // it again with HANDSHAKED_RUN_MAIN=1 and gets a real server process it can
-// SIGKILL.
+// SIGKILL. With HANDSHAKED_TEST_CPUPROFILE=file too, the process writes a
+// CPU profile there when it exits after a signal (for the benchmarks).
 func TestMain(m *testing.M) {
 	if os.Getenv("HANDSHAKED_RUN_MAIN") == "1" {
-		main()
-		os.Exit(0)
+		os.Exit(runMain())
 	}
 	os.Exit(testenv.Main(m))
+}
+
+func runMain() int {
+	if path := os.Getenv("HANDSHAKED_TEST_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cpu profile:", err)
+			return 2
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	main()
+	return 0
 }
 
 type process struct {
@@ -67,13 +85,13 @@ func servingAddrs(line string) (grpcAddr, restURL string, ok bool) {
 
 // startProcess runs handshaked on dataDir with loopback ports picked by the
 // kernel and waits until it serves, or until it exits.
-func startProcess(t *testing.T, dataDir string, extra ...string) *process {
+func startProcess(t testing.TB, dataDir string, extra ...string) *process {
 	t.Helper()
 	return startProcessEnv(t, dataDir, nil, extra...)
 }
 
 // startProcessEnv is startProcess with environment variables added.
-func startProcessEnv(t *testing.T, dataDir string, env []string, extra ...string) *process {
+func startProcessEnv(t testing.TB, dataDir string, env []string, extra ...string) *process {
 	t.Helper()
 	args := append([]string{"-data-dir", dataDir, "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0"}, extra...)
 	cmd := exec.Command(os.Args[0], args...)
@@ -116,7 +134,7 @@ func (p *process) out() string {
 	return p.output.String()
 }
 
-func (p *process) client(t *testing.T) pb.KeyVaultClient {
+func (p *process) client(t testing.TB) pb.KeyVaultClient {
 	t.Helper()
 	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

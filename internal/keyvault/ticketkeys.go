@@ -27,6 +27,48 @@ import (
 // Rotation, is accepted for Lifetime more (the longest a ticket it sealed
 // may live), and is then retired: erased from the store and from memory.
 // Its secret never leaves the vault; callers get tickets and plaintexts.
+//
+// The same mechanism serves a second purpose: step-token keys seal the
+// engine state of stateless handshakes between two steps (PurposeStepTokens),
+// so that any replica continues any handshake. Each purpose has its own
+// keys, rotation and lifetime, and derives its AEAD keys under its own
+// label: a ticket never opens as a step token nor the reverse. Neither kind
+// is revocable by the API (a key version's disable or destroy does not
+// touch them); they are retired by their schedule only.
+
+// TicketKeyPurpose says what a ticket key seals.
+type TicketKeyPurpose string
+
+const (
+	// PurposeTickets: session tickets (the default).
+	PurposeTickets TicketKeyPurpose = ""
+	// PurposeStepTokens: the state tokens of stateless handshake steps.
+	PurposeStepTokens TicketKeyPurpose = "step-token"
+)
+
+// label is the HKDF label of the purpose's AEAD keys. The tickets' one is
+// what it was before there were purposes, so tickets stay valid.
+func (p TicketKeyPurpose) label() string {
+	if p == PurposeTickets {
+		return "handshaked ticket key v1 deployment "
+	}
+	return "handshaked " + string(p) + " key v1 deployment "
+}
+
+// maxBytes is the largest ticket of the purpose, sealed.
+func (p TicketKeyPurpose) maxBytes() int {
+	if p == PurposeTickets {
+		return MaxTicketBytes
+	}
+	return MaxStepTokenBytes
+}
+
+func (p TicketKeyPurpose) String() string {
+	if p == PurposeTickets {
+		return "ticket"
+	}
+	return string(p)
+}
 
 const (
 	// DefaultTicketRotation is how long a ticket key seals new tickets.
@@ -40,6 +82,10 @@ const (
 	MaxTicketBytes = 1<<16 - 1
 	// MaxTicketPlaintext is the largest plaintext that seals into a ticket.
 	MaxTicketPlaintext = MaxTicketBytes - ticketOverhead
+	// MaxStepTokenBytes is the largest step token: a handshake's engine
+	// state holds all the client input it buffers (512 KiB at most in the
+	// service) and its configuration.
+	MaxStepTokenBytes = 2 << 20
 
 	ticketFormat    = 1
 	ticketHeaderLen = 1 + 4 // format, key id
@@ -56,6 +102,7 @@ var ErrTicketRejected = errors.New("ticket not accepted")
 // ticketKey is one ticket key in memory. Its fields never change.
 type ticketKey struct {
 	id          uint32
+	purpose     TicketKeyPurpose
 	secret      []byte
 	createTime  time.Time
 	sealUntil   time.Time // seals new tickets until then
@@ -66,10 +113,13 @@ type ticketKey struct {
 // stored with the key, so that a later change of the configured schedule
 // never shortens the life of tickets already issued.
 type ticketKeyRecord struct {
-	Secret      []byte    `json:"secret"`
-	CreateTime  time.Time `json:"create_time"`
-	SealUntil   time.Time `json:"seal_until"`
-	AcceptUntil time.Time `json:"accept_until"`
+	// Purpose is empty for ticket keys, as records made before there
+	// were purposes are.
+	Purpose     TicketKeyPurpose `json:"purpose,omitempty"`
+	Secret      []byte           `json:"secret"`
+	CreateTime  time.Time        `json:"create_time"`
+	SealUntil   time.Time        `json:"seal_until"`
+	AcceptUntil time.Time        `json:"accept_until"`
 }
 
 func ticketKeyRef(id uint32) RecordRef { return RecordRef{Kind: RecordTicketKey, Version: id} }
@@ -80,15 +130,18 @@ func openTicketKey(s sealer, r Record) (*ticketKey, error) {
 	if err := s.openJSON(r, &tr); err != nil {
 		return nil, err
 	}
-	if r.ID != "" || r.Version == 0 || len(tr.Secret) != ticketSecretLen ||
+	if r.ID != "" || r.Version == 0 || len(tr.Secret) != ticketSecretLen || (tr.Purpose != PurposeTickets && tr.Purpose != PurposeStepTokens) ||
 		tr.SealUntil.Before(tr.CreateTime) || tr.AcceptUntil.Before(tr.SealUntil) {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
-	return &ticketKey{id: r.Version, secret: tr.Secret, createTime: tr.CreateTime, sealUntil: tr.SealUntil, acceptUntil: tr.AcceptUntil}, nil
+	return &ticketKey{id: r.Version, purpose: tr.Purpose, secret: tr.Secret, createTime: tr.CreateTime, sealUntil: tr.SealUntil, acceptUntil: tr.AcceptUntil}, nil
 }
 
 // TicketKeyOptions configure TicketKeys.
 type TicketKeyOptions struct {
+	// Purpose selects the keys: session tickets (the default) or step
+	// tokens. The keys of one purpose never open what another sealed.
+	Purpose TicketKeyPurpose
 	// Deployment names the fleet: tickets of one deployment never open in
 	// another, even one restored from the same backup and so holding the
 	// same keys (a staging copy of production).
@@ -108,11 +161,12 @@ type TicketKeyOptions struct {
 // TicketKeyEvent is a change of the ticket keys. It holds no secret.
 type TicketKeyEvent struct {
 	Retired     bool // false: created
+	Purpose     TicketKeyPurpose
 	ID          uint32
 	CreateTime  time.Time
 	SealUntil   time.Time
 	AcceptUntil time.Time
-	Accepted    int // keys accepted after the change
+	Accepted    int // keys of the purpose accepted after the change
 }
 
 // TicketKeys seals and opens session tickets with the vault's ticket keys.
@@ -135,13 +189,19 @@ func NewTicketKeys(v *Vault, opts TicketKeyOptions) (*TicketKeys, error) {
 		opts.Lifetime = DefaultTicketLifetime
 	}
 	if opts.Rotation < time.Second || opts.Lifetime < time.Second || opts.Lifetime > DefaultTicketLifetime {
-		return nil, fmt.Errorf("keyvault: ticket keys: rotation must be at least 1s and lifetime 1s to 7 days: %w", ErrInvalidArgument)
+		return nil, fmt.Errorf("keyvault: %v keys: rotation must be at least 1s and lifetime 1s to 7 days: %w", opts.Purpose, ErrInvalidArgument)
+	}
+	if opts.Purpose != PurposeTickets && opts.Purpose != PurposeStepTokens {
+		return nil, fmt.Errorf("keyvault: unknown ticket key purpose %q: %w", opts.Purpose, ErrInvalidArgument)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
 	return &TicketKeys{v: v, opts: opts}, nil
 }
+
+// Purpose is what t's keys seal.
+func (t *TicketKeys) Purpose() TicketKeyPurpose { return t.opts.Purpose }
 
 // Lifetime is how long the tickets sealed now may live.
 func (t *TicketKeys) Lifetime() time.Duration { return t.opts.Lifetime }
@@ -151,8 +211,8 @@ func (t *TicketKeys) Lifetime() time.Duration { return t.opts.Lifetime }
 // open it (the key or configuration it was issued for): Open with another
 // scope rejects it.
 func (t *TicketKeys) Seal(ctx context.Context, scope string, plaintext []byte) ([]byte, error) {
-	if len(plaintext) > MaxTicketPlaintext {
-		return nil, fmt.Errorf("keyvault: ticket plaintext of %d bytes, more than %d: %w", len(plaintext), MaxTicketPlaintext, ErrInvalidArgument)
+	if limit := t.opts.Purpose.maxBytes() - ticketOverhead; len(plaintext) > limit {
+		return nil, fmt.Errorf("keyvault: %v plaintext of %d bytes, more than %d: %w", t.opts.Purpose, len(plaintext), limit, ErrInvalidArgument)
 	}
 	now := t.opts.Now()
 	k, err := t.current(now)
@@ -176,24 +236,29 @@ func (t *TicketKeys) Seal(ctx context.Context, scope string, plaintext []byte) (
 }
 
 // Open returns the plaintext of a ticket Seal made for scope, under a key
-// still accepted; any other ticket fails with ErrTicketRejected.
+// still accepted; any other ticket fails with ErrTicketRejected. A ticket
+// under a key the vault does not know makes it catch up with a shared
+// store first (Vault.Sync), so that a key another replica just made is
+// found; if the store cannot be reached, that is the error.
 func (t *TicketKeys) Open(ctx context.Context, scope string, ticket []byte) ([]byte, error) {
-	if len(ticket) > MaxTicketBytes {
-		return nil, fmt.Errorf("keyvault: ticket of %d bytes, more than %d: %w", len(ticket), MaxTicketBytes, ErrInvalidArgument)
+	if limit := t.opts.Purpose.maxBytes(); len(ticket) > limit {
+		return nil, fmt.Errorf("keyvault: %v of %d bytes, more than %d: %w", t.opts.Purpose, len(ticket), limit, ErrInvalidArgument)
 	}
 	if len(ticket) < ticketOverhead || ticket[0] != ticketFormat {
 		return nil, ErrTicketRejected
 	}
 	id := binary.BigEndian.Uint32(ticket[1:ticketHeaderLen])
 	now := t.opts.Now()
-	t.v.mu.RLock()
-	closed := t.v.closed
-	i := slices.IndexFunc(t.v.tickets, func(k *ticketKey) bool { return k.id == id })
-	var k *ticketKey
-	if i >= 0 {
-		k = t.v.tickets[i]
+	k, closed := t.lookup(id)
+	if k == nil && !closed {
+		// Maybe a key another replica made that this one's view has not
+		// applied yet: catch up once, then look again. A store that cannot
+		// say (etcd without quorum) is the error, not the ticket.
+		if err := t.v.Sync(ctx); err != nil {
+			return nil, err
+		}
+		k, closed = t.lookup(id)
 	}
-	t.v.mu.RUnlock()
 	switch {
 	case closed:
 		return nil, ErrClosed
@@ -212,6 +277,18 @@ func (t *TicketKeys) Open(ctx context.Context, scope string, ticket []byte) ([]b
 	return plaintext, nil
 }
 
+// lookup returns the purpose's key id (nil if none), and whether the vault
+// is closed.
+func (t *TicketKeys) lookup(id uint32) (*ticketKey, bool) {
+	t.v.mu.RLock()
+	defer t.v.mu.RUnlock()
+	i := slices.IndexFunc(t.v.tickets, func(k *ticketKey) bool { return k.id == id && k.purpose == t.opts.Purpose })
+	if i < 0 {
+		return nil, t.v.closed
+	}
+	return t.v.tickets[i], t.v.closed
+}
+
 // ticketAD is the associated data of a ticket: its header and its scope.
 func ticketAD(header []byte, scope string) []byte {
 	ad := make([]byte, 0, len(header)+2+len(scope))
@@ -228,7 +305,7 @@ func (t *TicketKeys) aead(k *ticketKey) (cipher.AEAD, error) {
 	if a, ok := t.aeads.Load(k.id); ok {
 		return a.(cipher.AEAD), nil
 	}
-	key, err := hkdf.Key(sha256.New, k.secret, nil, "handshaked ticket key v1 deployment "+t.opts.Deployment, chacha20poly1305.KeySize)
+	key, err := hkdf.Key(sha256.New, k.secret, nil, k.purpose.label()+t.opts.Deployment, chacha20poly1305.KeySize)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: derive ticket key: %w", err)
 	}
@@ -253,21 +330,28 @@ func (t *TicketKeys) held(k *ticketKey) bool {
 	return slices.Contains(t.v.tickets, k)
 }
 
-// current returns the key that seals at now; nil if none does (none yet,
-// or the newest one is due for rotation).
+// current returns the key of the purpose that seals at now; nil if none
+// does (none yet, or the newest one is due for rotation).
 func (t *TicketKeys) current(now time.Time) (*ticketKey, error) {
 	t.v.mu.RLock()
 	defer t.v.mu.RUnlock()
 	if t.v.closed {
 		return nil, ErrClosed
 	}
-	if n := len(t.v.tickets); n > 0 {
-		if k := t.v.tickets[n-1]; now.Before(k.sealUntil) && !now.Before(k.createTime) {
-			return k, nil
+	// The vault keeps its keys oldest first: the purpose's newest decides.
+	for _, k := range slices.Backward(t.v.tickets) {
+		if t.mine(k) {
+			if now.Before(k.sealUntil) && !now.Before(k.createTime) {
+				return k, nil
+			}
+			break
 		}
 	}
 	return nil, nil
 }
+
+// mine reports whether k is a key of t's purpose.
+func (t *TicketKeys) mine(k *ticketKey) bool { return k.purpose == t.opts.Purpose }
 
 // Maintain rotates the key if it is due and retires the keys no ticket can
 // need any more. The vault does both on Seal; a server calls Maintain on a
@@ -281,7 +365,7 @@ func (t *TicketKeys) Maintain(ctx context.Context) error {
 		return err
 	case k != nil:
 		return t.retire(ctx, now)
-	case len(t.v.TicketKeys()) == 0:
+	case !slices.ContainsFunc(t.v.TicketKeys(), func(k TicketKeyInfo) bool { return k.Purpose == t.opts.Purpose }):
 		return nil
 	}
 	_, err = t.rotate(ctx, now)
@@ -306,6 +390,7 @@ func (t *TicketKeys) rotateOnce(ctx context.Context, now time.Time) (*ticketKey,
 		return k, err
 	}
 	k := &ticketKey{
+		purpose:     t.opts.Purpose,
 		secret:      make([]byte, ticketSecretLen),
 		createTime:  now.UTC(),
 		sealUntil:   now.UTC().Add(t.opts.Rotation),
@@ -320,7 +405,7 @@ func (t *TicketKeys) rotateOnce(ctx context.Context, now time.Time) (*ticketKey,
 	}
 	t.v.mu.RUnlock()
 	rec, err := t.v.sealer.sealJSON(ticketKeyRef(k.id), ticketKeyRecord{
-		Secret: k.secret, CreateTime: k.createTime, SealUntil: k.sealUntil, AcceptUntil: k.acceptUntil,
+		Purpose: k.purpose, Secret: k.secret, CreateTime: k.createTime, SealUntil: k.sealUntil, AcceptUntil: k.acceptUntil,
 	})
 	if err != nil {
 		return nil, err
@@ -348,21 +433,21 @@ func (t *TicketKeys) retireOnce(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	if err := t.v.commit(ctx, w); err != nil {
-		return fmt.Errorf("keyvault: erase retired ticket keys: %w", err)
+		return fmt.Errorf("keyvault: erase retired %v keys: %w", t.opts.Purpose, err)
 	}
 	t.notify(retired, nil, t.publish(retired, nil))
 	return nil
 }
 
-// expired returns the keys past their acceptance at now and the write that
-// erases them. The caller holds writeMu.
+// expired returns the keys of the purpose past their acceptance at now and
+// the write that erases them. The caller holds writeMu.
 func (t *TicketKeys) expired(now time.Time) ([]*ticketKey, Write) {
 	t.v.mu.RLock()
 	defer t.v.mu.RUnlock()
 	var retired []*ticketKey
 	var w Write
 	for _, k := range t.v.tickets {
-		if !now.Before(k.acceptUntil) {
+		if t.mine(k) && !now.Before(k.acceptUntil) {
 			retired = append(retired, k)
 			w.Erase = append(w.Erase, ticketKeyRef(k.id))
 		}
@@ -371,8 +456,8 @@ func (t *TicketKeys) expired(now time.Time) ([]*ticketKey, Write) {
 }
 
 // publish drops retired from memory and adds k (if not nil) as the newest
-// key; it returns how many keys are left. The caller holds writeMu and has
-// committed the change.
+// key; it returns how many keys of the purpose are left. The caller holds
+// writeMu and has committed the change.
 func (t *TicketKeys) publish(retired []*ticketKey, k *ticketKey) int {
 	t.v.mu.Lock()
 	defer t.v.mu.Unlock()
@@ -386,7 +471,13 @@ func (t *TicketKeys) publish(retired []*ticketKey, k *ticketKey) int {
 		// its AEAD, which they hold: they finish, and none starts with it.
 		clear(o.secret)
 	}
-	return len(t.v.tickets)
+	n := 0
+	for _, o := range t.v.tickets {
+		if t.mine(o) {
+			n++
+		}
+	}
+	return n
 }
 
 // notify reports the keys retired and the one created (if not nil).
@@ -396,7 +487,7 @@ func (t *TicketKeys) notify(retired []*ticketKey, created *ticketKey, accepted i
 	}
 	event := func(k *ticketKey, retired bool) TicketKeyEvent {
 		return TicketKeyEvent{
-			Retired: retired, ID: k.id, CreateTime: k.createTime,
+			Retired: retired, Purpose: k.purpose, ID: k.id, CreateTime: k.createTime,
 			SealUntil: k.sealUntil, AcceptUntil: k.acceptUntil, Accepted: accepted,
 		}
 	}
@@ -410,19 +501,20 @@ func (t *TicketKeys) notify(retired []*ticketKey, created *ticketKey, accepted i
 
 // TicketKeyInfo describes a ticket key, without its secret.
 type TicketKeyInfo struct {
+	Purpose     TicketKeyPurpose
 	ID          uint32
 	CreateTime  time.Time
 	SealUntil   time.Time
 	AcceptUntil time.Time
 }
 
-// TicketKeys lists the ticket keys held, oldest first.
+// TicketKeys lists the ticket keys held, of every purpose, oldest first.
 func (v *Vault) TicketKeys() []TicketKeyInfo {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	out := make([]TicketKeyInfo, 0, len(v.tickets))
 	for _, k := range v.tickets {
-		out = append(out, TicketKeyInfo{ID: k.id, CreateTime: k.createTime, SealUntil: k.sealUntil, AcceptUntil: k.acceptUntil})
+		out = append(out, TicketKeyInfo{Purpose: k.purpose, ID: k.id, CreateTime: k.createTime, SealUntil: k.sealUntil, AcceptUntil: k.acceptUntil})
 	}
 	return out
 }

@@ -313,7 +313,7 @@ func (g *guard) entry(ctx context.Context, method string, msg any) *audit.Entry 
 		RequestID: m.requestID,
 		Caller:    callerIdentity(ctx),
 		Peer:      m.peer,
-		Operation: strings.Replace(strings.TrimPrefix(method, "/handshake.v1."), "/", ".", 1),
+		Operation: methodLabel(method),
 	}
 	describeRequest(e, msg)
 	return e
@@ -691,8 +691,9 @@ func describeResponse(e *audit.Entry, resp any) {
 }
 
 // secure sets up what production mode adds to a server (TLS, reloading,
-// the audit log) and returns the gRPC server options that identify, limit,
-// authorize and audit calls. In development mode only the limits apply.
+// the audit log) and returns the gRPC server's transport options and the
+// guard that limits, authorizes and audits calls (newCalls puts it in the
+// chain of both transports). In development mode only the limits apply.
 func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Registerer) ([]grpc.ServerOption, *guard, error) {
 	if (opts.TLS == nil) != (opts.Policy == nil) {
 		return nil, nil, errors.New("service: TLS and a policy go together (client certificates are the identities the policy names)")
@@ -702,8 +703,6 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 	s.pollCtx, s.stopPoll = context.WithCancel(context.Background())
 	g := newGuard(vault, opts, reg)
 	serverOpts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(recoverUnary, identifyUnary, logUnary, g.unary),
-		grpc.ChainStreamInterceptor(recoverStream, identifyStream, g.stream),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: MaxConnectionAge, MaxConnectionAgeGrace: maxConnectionAgeGrace}),
 		// The SDK pings idle connections; gRPC's default policy would
 		// answer with GOAWAY too_many_pings.
@@ -736,6 +735,6 @@ func (s *Server) secure(vault *keyvault.Vault, opts Options, reg prometheus.Regi
 	if s.interval == 0 {
 		s.interval = DefaultReloadInterval
 	}
-	creds := serverCredentials{credentials.NewTLS(&tls.Config{GetConfigForClient: src.configFor([]string{"h2"})})}
+	creds := credentials.NewTLS(&tls.Config{GetConfigForClient: src.configFor([]string{"h2"})})
 	return append(serverOpts, grpc.Creds(creds)), g, nil
 }

@@ -144,14 +144,14 @@ func fullMethod(md protoreflect.MethodDescriptor) string {
 // stream gets the one request; its code is the stream's status, or for a
 // SignStream answer (and a batch's first result) the per-request error it
 // carries.
-func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescriptor, req proto.Message) codes.Code {
+func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescriptor, req proto.Message, opts ...grpc.CallOption) codes.Code {
 	t.Helper()
 	ctx := context.Background()
 	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Output().FullName())
 	require.NoError(t, err)
 	resp := mt.New().Interface()
 	if !md.IsStreamingClient() && !md.IsStreamingServer() {
-		err := conn.Invoke(ctx, fullMethod(md), req, resp)
+		err := conn.Invoke(ctx, fullMethod(md), req, resp, opts...)
 		// A batch authorizes each operation: a refusal is in its result.
 		if r, ok := resp.(*pb.BatchResponse); ok && err == nil && r.GetResults()[0].GetError() != nil {
 			return codes.Code(r.GetResults()[0].GetError().GetCode())
@@ -161,7 +161,7 @@ func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescrip
 	desc := &grpc.StreamDesc{StreamName: string(md.Name()), ClientStreams: md.IsStreamingClient(), ServerStreams: md.IsStreamingServer()}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cs, err := conn.NewStream(ctx, desc, fullMethod(md))
+	cs, err := conn.NewStream(ctx, desc, fullMethod(md), opts...)
 	if err != nil {
 		return status.Code(err)
 	}

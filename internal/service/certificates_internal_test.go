@@ -1,17 +1,24 @@
 package service
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"maps"
 	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
 
 // selfSignedDER is a certificate for name, under a new key.
@@ -70,4 +77,42 @@ func TestCertificatesBounded(t *testing.T) {
 		require.NoError(t, err)
 	}
 	assert.LessOrEqual(t, len(certs.certs), maxCertificates)
+}
+
+// TestCertificatesForgottenOnChange: a change of a key in the vault's view
+// drops the parsed certificates of that key, and of no other.
+func TestCertificatesForgottenOnChange(t *testing.T) {
+	ctx := context.Background()
+	h, _ := goldenHandshake(t, nil)
+	pemKey, err := os.ReadFile(filepath.Join("..", "..", "testdata", "keys", "p384-sec1.pem"))
+	require.NoError(t, err)
+	_, err = h.vault.Import(ctx, "other", pemKey, nil)
+	require.NoError(t, err)
+	AttachSelfSigned(t, h.vault, "other")
+	cached := func() []string {
+		h.certs.mu.Lock()
+		defer h.certs.mu.Unlock()
+		return slices.Sorted(maps.Keys(h.certs.certs))
+	}
+	for _, id := range []string{"golden", "other"} {
+		_, err := handshakeCertificate(ctx, h.vault, &h.certs, &pb.KeyRef{Key: id})
+		require.NoError(t, err)
+	}
+	require.Equal(t, []string{"golden/1", "other/1"}, cached())
+
+	_, err = h.vault.Rotate(ctx, "golden")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"other/1"}, cached(), "a rotation kept the key's parsed certificates")
+	_, err = handshakeCertificate(ctx, h.vault, &h.certs, &pb.KeyRef{Key: "golden", Version: 1})
+	require.NoError(t, err)
+	der, err := h.vault.CreateSelfSignedCertificate(ctx, "golden", 2, &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "golden.test"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+	})
+	require.NoError(t, err)
+	_, err = h.vault.AttachChain(ctx, "golden", 2, [][]byte{der})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"other/1"}, cached(), "a new chain kept the key's parsed certificates")
+	_, err = h.vault.SetVersionEnabled(ctx, "other", 1, false)
+	require.NoError(t, err)
+	assert.Empty(t, cached(), "a disabled version's parsed certificate was kept")
 }

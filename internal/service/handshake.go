@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/engine"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
@@ -43,6 +44,10 @@ type HandshakeOptions struct {
 	// their engines buffer at most), for all callers together; one identity
 	// may hold a quarter of it. Default 64 MiB.
 	MaxInput int64
+	// Deployment names the fleet whose replicas continue each other's
+	// stateless handshakes (stateless.go): another deployment's step tokens
+	// never restore, even under the same keys.
+	Deployment string
 }
 
 // Handshake serves the Handshake API: the engine, stepped remotely, with the
@@ -62,20 +67,32 @@ type Handshake struct {
 	// (tickets.go); nil: none are issued or accepted.
 	tickets       *keyvault.TicketKeys
 	ticketMetrics *ticketMetrics
+	// tokens seal the state of stateless handshakes (stateless.go).
+	tokens *keyvault.TicketKeys
 }
 
 // NewHandshake returns the Handshake API over vault.
 func NewHandshake(vault *keyvault.Vault, opts HandshakeOptions, metrics *handshakeMetrics) *Handshake {
+	return newHandshakeAPI(vault, opts, metrics, nil)
+}
+
+// newHandshakeAPI is NewHandshake with the audit log of its step-token key
+// changes.
+func newHandshakeAPI(vault *keyvault.Vault, opts HandshakeOptions, metrics *handshakeMetrics, log *audit.Log) *Handshake {
 	opts.MaxSessions = cmp.Or(max(opts.MaxSessions, 0), 10000)
 	opts.SessionTTL = cmp.Or(max(opts.SessionTTL, 0), 30*time.Second)
 	opts.MaxInput = cmp.Or(max(opts.MaxInput, 0), 64<<20)
-	return &Handshake{
+	h := &Handshake{
+		tokens:   newStepTokenKeys(vault, opts.Deployment, opts.SessionTTL, log),
 		vault:    vault,
 		keys:     vaultKeyOps{vault: vault, tracer: noTracer, metrics: newKeyMetrics(nil)},
 		sessions: newSessionStore(opts, metrics),
 		metrics:  metrics,
 		tracer:   noTracer,
 	}
+	// For the life of the vault: the certificates are of its keys.
+	vault.Subscribe(h.certs.forget)
+	return h
 }
 
 // setTracerProvider turns tracing on: see handshake_trace.go.
@@ -184,8 +201,9 @@ func (st *sessionStore) remove(s *session) {
 	s.mu.Unlock()
 }
 
-// reserveStream counts a streamed session against the caps until release.
-func (st *sessionStore) reserveStream(owner string) (release func(), err error) {
+// reserve counts a streamed session, or a stateless step in flight, against
+// the caps until release.
+func (st *sessionStore) reserve(owner string) (release func(), err error) {
 	if !st.slots.acquire(owner, 1) {
 		return nil, errTooManySessions
 	}
@@ -223,21 +241,21 @@ func checkInput(in []byte) error {
 }
 
 // start validates a start request and builds its handshake.
-func (h *Handshake) start(ctx context.Context, req *pb.StartHandshakeRequest) (*engine.Handshake, error) {
+func (h *Handshake) start(ctx context.Context, req *pb.StartHandshakeRequest) (*engine.Handshake, *engine.Config, error) {
 	if err := checkInput(req.GetInput()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg, err := engineConfig(ctx, h.vault, &h.certs, req.GetConfig())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h.withTickets(cfg, req.GetConfig())
 	hs, err := newHandshake(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h.metrics.startedTotal.Inc()
-	return hs, nil
+	return hs, cfg, nil
 }
 
 // step runs one engine step and converts its outcome. ctx carries the
@@ -299,7 +317,10 @@ func (h *Handshake) stepSession(ctx context.Context, s *session, input []byte) (
 }
 
 func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRequest) (*pb.HandshakeStep, error) {
-	hs, err := h.start(ctx, req)
+	if req.GetStateless() {
+		return h.startStateless(ctx, req)
+	}
+	hs, _, err := h.start(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -324,6 +345,9 @@ func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRe
 func (h *Handshake) StepHandshake(ctx context.Context, req *pb.StepHandshakeRequest) (*pb.HandshakeStep, error) {
 	if err := checkInput(req.GetInput()); err != nil {
 		return nil, err
+	}
+	if len(req.GetStateToken()) > 0 {
+		return h.stepStateless(ctx, req)
 	}
 	s, err := h.sessions.get(callerIdentity(ctx), req.GetId())
 	if err != nil {
@@ -378,11 +402,11 @@ func (h *Handshake) Stream(stream pb.Handshake_StreamServer) error {
 	if start == nil {
 		return invalid("the first message of a stream must be start")
 	}
-	hs, err := h.start(ctx, start)
+	hs, _, err := h.start(ctx, start)
 	if err != nil {
 		return err
 	}
-	release, err := h.sessions.reserveStream(owner)
+	release, err := h.sessions.reserve(owner)
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -119,6 +121,13 @@ func engineConfig(ctx context.Context, vault *keyvault.Vault, certs *certificate
 func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, certs *certificates, ref *pb.KeyRef) (engine.Certificate, error) {
 	id := ref.GetKey()
 	n, state, chain, err := vault.VersionChain(ctx, id, ref.GetVersion())
+	if errors.Is(err, keyvault.ErrNotFound) {
+		// Maybe a key or version another replica just made, which this
+		// one's view has not applied yet: catch up once, then look again.
+		if err = vault.Sync(ctx); err == nil {
+			n, state, chain, err = vault.VersionChain(ctx, id, ref.GetVersion())
+		}
+	}
 	if err != nil {
 		return engine.Certificate{}, toStatus(ctx, err)
 	}
@@ -140,14 +149,28 @@ func handshakeCertificate(ctx context.Context, vault *keyvault.Vault, certs *cer
 const maxCertificates = 1024
 
 // certificates keeps the engine certificate of each key version handshakes
-// use: parsing the leaf again for every handshake cost more than the rest
-// of a resumed handshake's configuration. An entry serves only while the
-// version's chain is the same bytes, so attaching a new chain takes effect
-// at once; the vault still decides, at every handshake, whether the version
-// may be used.
+// use, parsed once: parsing the leaf again for every handshake cost more
+// than the rest of a resumed handshake's configuration. The vault's
+// Subscribe drops a key's entries whenever the key changes in this
+// replica's view (here or on another replica), so that what a rotation,
+// a new chain, a disable or a destroy left behind is not kept; an entry
+// also serves only while the version's chain is the same bytes, so that a
+// start that reads a new chain before the notification does not get the
+// old one. The vault still decides, at every handshake, whether the
+// version may be used.
 type certificates struct {
 	mu    sync.Mutex
 	certs map[string]engine.Certificate // by key reference
+}
+
+// forget drops the entries of key id.
+func (c *certificates) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	maps.DeleteFunc(c.certs, func(ref string, _ engine.Certificate) bool {
+		k, _, err := parseKeyRef(ref)
+		return err == nil && k == id
+	})
 }
 
 // get returns the certificate of the key version ref with chain.

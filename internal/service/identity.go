@@ -5,31 +5,23 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"net"
-	"net/http"
 	"strings"
 
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 )
 
-type identityKey struct{}
-
 // withIdentity records the authenticated caller of a call.
 func withIdentity(ctx context.Context, identity string) context.Context {
-	return context.WithValue(ctx, identityKey{}, identity)
+	return context.WithValue(ctx, callMetaKey{}, &callMeta{identity: identity})
 }
 
 // callerIdentity is the authenticated caller of a call; "" in development
 // mode, where callers are not authenticated. In production a call without
 // an identity is refused before it reaches a handler.
-func callerIdentity(ctx context.Context) string {
-	id, _ := ctx.Value(identityKey{}).(string)
-	return id
-}
+func callerIdentity(ctx context.Context) string { return metaOf(ctx).identity }
 
 // identityOf names the holder of a verified client certificate: its URI SAN
 // (a SPIFFE ID), else its DNS SAN, else its subject common name; "" if it
@@ -45,9 +37,11 @@ func identityOf(cert *x509.Certificate) string {
 	}
 }
 
-// callMeta is what the audit log and the logs say about a call besides its
-// caller.
+// callMeta is who makes a call and what the audit log and the logs say
+// about it: one context value (a pointer: no copy into an interface), as
+// every call sets it.
 type callMeta struct {
+	identity  string
 	requestID string
 	peer      string // the caller's network address
 }
@@ -55,8 +49,10 @@ type callMeta struct {
 type callMetaKey struct{}
 
 func metaOf(ctx context.Context) callMeta {
-	m, _ := ctx.Value(callMetaKey{}).(callMeta)
-	return m
+	if m, ok := ctx.Value(callMetaKey{}).(*callMeta); ok {
+		return *m
+	}
+	return callMeta{}
 }
 
 // requestIDHeader carries a call's request id back to the caller (over
@@ -74,27 +70,13 @@ func newRequestID() string {
 // and a fresh request id.
 func identify(ctx context.Context) context.Context {
 	identity, addr := peerIdentity(ctx)
-	ctx = withIdentity(ctx, identity)
-	return context.WithValue(ctx, callMetaKey{}, callMeta{requestID: newRequestID(), peer: addr})
+	return context.WithValue(ctx, callMetaKey{}, &callMeta{identity: identity, requestID: newRequestID(), peer: addr})
 }
 
-// Where the identity of a call comes from.
-//
-// The external gRPC listener speaks mutual TLS: the identity is that of the
-// client certificate the TLS layer verified (see tlsSource). REST calls
-// reach the gRPC server through the gateway's in-memory pipe; for them the
-// gateway, which terminated the caller's TLS connection, puts the caller's
-// identity and address into the metadata headers below. Those headers are
-// believed only on the pipe's own connections: the pipe listener marks its
-// connections with a type of this package (pipeConn), the server's transport
-// credentials give such connections a pipeAuthInfo, and nothing an external
-// caller sends can produce either. So a gRPC caller who sets the headers
-// itself gains nothing, and the gateway drops them from REST requests too
-// (gatewayHeaderMatcher).
-const (
-	mdCaller = "x-handshaked-caller"
-	mdPeer   = "x-handshaked-peer"
-)
+// Where the identity of a call comes from: the client certificate the TLS
+// layer verified (see tlsSource), on the gRPC listener's connection or on
+// the REST listener's (withHTTPPeer puts that connection's state where the
+// gRPC transport puts its own). No header of the request names a caller.
 
 // peerIdentity returns the caller's identity ("" if none) and address.
 func peerIdentity(ctx context.Context) (identity, addr string) {
@@ -105,86 +87,26 @@ func peerIdentity(ctx context.Context) (identity, addr string) {
 	if p.Addr != nil {
 		addr = p.Addr.String()
 	}
-	switch info := p.AuthInfo.(type) {
-	case credentials.TLSInfo:
-		// Every certificate on a connection passed tlsSource's
-		// verification: the TLS layer requests a certificate without
-		// verifying it and our VerifyConnection refuses the handshake
-		// unless it verifies. No certificate: no identity.
-		if certs := info.State.PeerCertificates; len(certs) > 0 {
-			identity = identityOf(certs[0])
-		}
-	case pipeAuthInfo:
-		md, _ := metadata.FromIncomingContext(ctx)
-		if v := md.Get(mdCaller); len(v) == 1 {
-			identity = v[0]
-		}
-		if v := md.Get(mdPeer); len(v) == 1 {
-			addr = v[0]
-		}
+	// Every certificate on a connection passed tlsSource's verification:
+	// the TLS layer requests a certificate without verifying it and our
+	// VerifyConnection refuses the handshake unless it verifies. No
+	// certificate: no identity.
+	if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.PeerCertificates) > 0 {
+		identity = identityOf(info.State.PeerCertificates[0])
 	}
 	return identity, addr
 }
 
-// gatewayMetadata passes the identity of a REST caller, from the client
-// certificate its TLS connection verified, to the gRPC call the gateway makes.
-func gatewayMetadata(_ context.Context, r *http.Request) metadata.MD {
-	md := metadata.Pairs(mdPeer, r.RemoteAddr)
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		md.Set(mdCaller, identityOf(r.TLS.PeerCertificates[0]))
-	}
-	return md
-}
-
-// gatewayHeaderMatcher is the gateway's default header forwarding and the W3C
-// trace context headers, except that a REST caller cannot send the pipe's
-// identity headers itself.
+// gatewayHeaderMatcher makes the W3C trace context headers of a REST
+// request, and no other header, metadata of its call: a REST caller's trace
+// continues in the call's span as a gRPC caller's does, and nothing else in
+// the chain or the handlers reads metadata (the gateway's own, such as
+// x-forwarded-for, it adds itself). Fewer headers, less work per call.
 func gatewayHeaderMatcher(key string) (string, bool) {
-	// A REST caller's W3C trace context continues its trace in the gRPC
-	// server's spans, as a gRPC caller's does.
 	if k := strings.ToLower(key); k == "traceparent" || k == "tracestate" {
 		return k, true
 	}
-	name, ok := runtime.DefaultHeaderMatcher(key)
-	if !ok || strings.HasPrefix(strings.ToLower(name), "x-handshaked-") {
-		return "", false
-	}
-	return name, true
-}
-
-// pipeListener marks the connections of the gateway's in-memory pipe.
-type pipeListener struct{ net.Listener }
-
-func (l pipeListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return pipeConn{c}, nil
-}
-
-type pipeConn struct{ net.Conn }
-
-// pipeAuthInfo is the AuthInfo of a pipe connection.
-type pipeAuthInfo struct{ credentials.CommonAuthInfo }
-
-func (pipeAuthInfo) AuthType() string { return "handshaked-gateway-pipe" }
-
-// serverCredentials run TLS on every connection but the pipe's, which is
-// in-memory and carries calls the gateway has authenticated.
-type serverCredentials struct {
-	credentials.TransportCredentials
-}
-
-func (c serverCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	if _, ok := conn.(pipeConn); ok {
-		return conn, pipeAuthInfo{credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
-	}
-	return c.TransportCredentials.ServerHandshake(conn)
-}
-
-func (c serverCredentials) Clone() credentials.TransportCredentials {
-	return serverCredentials{c.TransportCredentials.Clone()}
+	return "", false
 }
 
 // identifyUnary and identifyStream run before everything else that wants

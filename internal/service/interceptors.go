@@ -48,7 +48,13 @@ func logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	default:
 		level = slog.LevelInfo
 	}
-	slog.Log(ctx, level, "rpc", "method", info.FullMethod, "code", code.String(), "duration", time.Since(start),
-		"caller", callerIdentity(ctx), "request_id", metaOf(ctx).requestID)
+	// The attributes cost allocations on every call: only for a line
+	// that is written.
+	if !slog.Default().Enabled(ctx, level) {
+		return resp, err
+	}
+	m := metaOf(ctx)
+	slog.Log(ctx, level, "rpc", "method", info.FullMethod, "transport", transportOf(ctx), "code", code.String(), "duration", time.Since(start),
+		"caller", m.identity, "request_id", m.requestID)
 	return resp, err
 }

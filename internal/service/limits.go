@@ -76,9 +76,8 @@ const (
 	// has changed.
 	MaxConnectionAge      = 30 * time.Minute
 	maxConnectionAgeGrace = 5 * time.Minute
-	// maxStreamsPerConnection bounds concurrent calls on one connection
-	// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the gateway's pipe, which
-	// carries every REST call, queues past it rather than failing.
+	// maxStreamsPerConnection bounds concurrent calls on one gRPC
+	// connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
 	maxStreamsPerConnection = 1024
 	// DefaultHandshakeTimeout is the longest a gRPC connection's TLS
 	// handshake may take.

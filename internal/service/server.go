@@ -1,6 +1,8 @@
 // Package service serves handshaked's gRPC API and, through grpc-gateway, the
-// same API as REST. It translates between proto and the domain packages and is
-// where validation, error codes and transport concerns live.
+// same API as REST: the gateway calls the same handlers in process, through
+// the same interceptor chain (calls.go, localconn.go). It translates between
+// proto and the domain packages and is where validation, error codes and
+// transport concerns live.
 package service
 
 import (
@@ -18,16 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
@@ -44,9 +42,6 @@ const (
 	// maxHealthConns caps the connections of the plain-text health
 	// listener; past it the next ones wait in the kernel's backlog.
 	maxHealthConns = 64
-	// The gateway reaches the gRPC server through an in-memory pipe, so every
-	// REST call passes the same interceptors as a gRPC call.
-	pipeBuffer = 1 << 20
 )
 
 // Server is the gRPC server and the REST gateway in front of it.
@@ -56,8 +51,6 @@ type Server struct {
 	health *health.Server
 	// healthOnly serves s.health alone, in plain text (ServeHealth).
 	healthOnly *grpc.Server
-	pipe       *bufconn.Listener
-	gateway    *grpc.ClientConn
 	build      buildinfo.Info
 
 	tls      *tlsSource // nil in development mode
@@ -66,6 +59,7 @@ type Server struct {
 	reloader *reloader
 	interval time.Duration
 	tickets  *keyvault.TicketKeys // nil: session tickets off
+	tokens   *keyvault.TicketKeys // of stateless handshakes
 	pollCtx  context.Context
 	stopPoll context.CancelFunc
 }
@@ -90,9 +84,9 @@ type Options struct {
 	// changes; 0 is DefaultReloadInterval, negative never (Reload still
 	// works).
 	ReloadInterval time.Duration
-	// TracerProvider, when set, traces every gRPC call (REST calls too:
-	// they pass through the gRPC server) and each handshake as one trace
-	// (handshake_trace.go). nil: no tracing, no cost.
+	// TracerProvider, when set, traces every API call, gRPC or REST
+	// (calls.go), and each handshake as one trace (handshake_trace.go).
+	// nil: no tracing, no cost.
 	TracerProvider trace.TracerProvider
 }
 
@@ -104,19 +98,15 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s := &Server{
 		build:  build,
 		health: health.NewServer(),
-		pipe:   bufconn.Listen(pipeBuffer),
 	}
 	serverOpts, g, err := s.secure(vault, opts, registry)
 	if err != nil {
 		return nil, err
 	}
 	s.maxConns = opts.Limits.MaxConnections
-	if opts.TracerProvider != nil {
-		// W3C trace context from the caller: an edge's trace continues here.
-		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(
-			otelgrpc.WithTracerProvider(opts.TracerProvider), otelgrpc.WithPropagators(propagation.TraceContext{}))))
-	}
-	serverOpts = append(serverOpts, grpc.MaxRecvMsgSize(MaxRequestBytes))
+	chain := newCalls(g, opts.TracerProvider, registry)
+	local := newLocalConn(chain)
+	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream), grpc.MaxRecvMsgSize(MaxRequestBytes))
 	if streamWorkers > 0 {
 		// A unary call otherwise runs on a fresh goroutine whose stack
 		// grows (copied, doubling) inside the P-256 and RSA code on every
@@ -125,12 +115,16 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		serverOpts = append(serverOpts, grpc.NumStreamWorkers(uint32(streamWorkers)))
 	}
 	s.grpc = grpc.NewServer(serverOpts...)
+	// The API's services answer on both transports; health and reflection
+	// on gRPC only.
+	api := registrars{s.grpc, local}
 	kv, err := NewKeyVault(vault, g.visible)
 	if err != nil {
 		return nil, err
 	}
 	kv.batchItem = g.batchItem
-	hs := NewHandshake(vault, opts.Handshake, newHandshakeMetrics(registry))
+	hs := newHandshakeAPI(vault, opts.Handshake, newHandshakeMetrics(registry), opts.Audit)
+	s.tokens = hs.tokens
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)
 	kv.keys, hs.keys.metrics = keys, keys
@@ -147,12 +141,12 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		hs.tickets, hs.ticketMetrics = tk, m
 		s.tickets = tk
 	}
-	pb.RegisterKeyVaultServer(s.grpc, kv)
+	pb.RegisterKeyVaultServer(api, kv)
 	if opts.Policy != nil {
 		hs.authorize = func(ctx context.Context, keys []target) error { return g.allowed(ctx, authz.Use, keys) }
 	}
-	pb.RegisterHandshakeServer(s.grpc, hs)
-	pb.RegisterAdminServer(s.grpc, NewAdmin(vault))
+	pb.RegisterHandshakeServer(api, hs)
+	pb.RegisterAdminServer(api, NewAdmin(vault))
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	// Probes make one short call at a time: small caps keep an open port
@@ -160,15 +154,6 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4))
 	healthpb.RegisterHealthServer(s.healthOnly, s.health)
 
-	conn, err := grpc.NewClient("passthrough:///gateway",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.pipe.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRequestBytes), grpc.MaxCallSendMsgSize(MaxRequestBytes)),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("gateway connection: %w", err)
-	}
-	s.gateway = conn
 	mux := runtime.NewServeMux(
 		// Unknown JSON fields are rejected: a misspelt field must not be
 		// silently dropped from a request to a key service.
@@ -176,17 +161,16 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
-		runtime.WithMetadata(gatewayMetadata),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
 		runtime.WithErrorHandler(restError),
 	)
-	if err := pb.RegisterKeyVaultHandler(context.Background(), mux, conn); err != nil {
+	if err := pb.RegisterKeyVaultHandlerClient(context.Background(), mux, pb.NewKeyVaultClient(local)); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if err := pb.RegisterHandshakeHandler(context.Background(), mux, conn); err != nil {
+	if err := pb.RegisterHandshakeHandlerClient(context.Background(), mux, pb.NewHandshakeClient(local)); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if err := pb.RegisterAdminHandler(context.Background(), mux, conn); err != nil {
+	if err := pb.RegisterAdminHandlerClient(context.Background(), mux, pb.NewAdminClient(local)); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 
@@ -200,7 +184,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	docs := docsHandler()
 	h.Handle("/docs", docs)
 	h.Handle("/docs/", docs)
-	h.Handle("/", mux)
+	h.Handle("/", withHTTPPeer(mux))
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -240,19 +224,19 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 // Serve serves gRPC on grpcLis and REST on httpLis until Shutdown. It returns
 // the first error that stops a listener other than a shutdown.
 func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 2)
 	if s.interval > 0 {
 		go s.reloader.poll(s.pollCtx, s.interval)
 	}
 	if s.tickets != nil {
 		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
+	go maintainTickets(s.pollCtx, s.tokens, ticketMaintenance)
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past
 		// the cap the next ones wait in the kernel's backlog.
 		grpcLis, httpLis = netutil.LimitListener(grpcLis, s.maxConns), netutil.LimitListener(httpLis, s.maxConns)
 	}
-	go func() { errc <- s.grpc.Serve(pipeListener{s.pipe}) }()
 	go func() { errc <- s.grpc.Serve(grpcLis) }()
 	go func() {
 		serve := s.http.Serve
@@ -265,7 +249,7 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 		}
 		errc <- nil
 	}()
-	for range 3 {
+	for range 2 {
 		if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return err
 		}
@@ -304,7 +288,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.grpc.Stop()
 		<-done
 	}
-	s.gateway.Close()
 	s.healthOnly.Stop()
 	return httpErr
 }

@@ -68,12 +68,12 @@ func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketM
 	keys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "handshaked_ticket_keys",
 		Help: "Session ticket keys held: the current one and those whose tickets may still be valid.",
-	}, func() float64 { return float64(len(vault.TicketKeys())) })
+	}, func() float64 { return float64(len(sessionTicketKeys(vault))) })
 	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "handshaked_ticket_key_age_seconds",
 		Help: "Age of the newest session ticket key: at most the rotation period plus a minute while rotation works; 0 before the first ticket.",
 	}, func() float64 {
-		ks := vault.TicketKeys()
+		ks := sessionTicketKeys(vault)
 		if len(ks) == 0 {
 			return 0
 		}
@@ -83,32 +83,48 @@ func newTicketMetrics(reg prometheus.Registerer, vault *keyvault.Vault) *ticketM
 	return m
 }
 
+// sessionTicketKeys lists the vault's session ticket keys, oldest first.
+func sessionTicketKeys(vault *keyvault.Vault) []keyvault.TicketKeyInfo {
+	return slices.DeleteFunc(vault.TicketKeys(), func(k keyvault.TicketKeyInfo) bool { return k.Purpose != keyvault.PurposeTickets })
+}
+
 // newTicketKeys returns the vault's ticket keys for opts, whose changes
 // are counted and audited.
 func newTicketKeys(vault *keyvault.Vault, opts TicketOptions, m *ticketMetrics, log *audit.Log) (*keyvault.TicketKeys, error) {
 	return keyvault.NewTicketKeys(vault, keyvault.TicketKeyOptions{
 		Deployment: opts.Deployment, Rotation: opts.Rotation, Lifetime: opts.Lifetime, Now: opts.Now,
 		OnChange: func(e keyvault.TicketKeyEvent) {
-			change, op := "created", "ticket_keys.rotate"
-			if e.Retired {
-				change, op = "retired", "ticket_keys.retire"
-			}
-			m.keyChanges.WithLabelValues(change).Inc()
-			slog.Info("session ticket key "+change, "ticket_key", fmt.Sprintf("%08x", e.ID),
-				"seal_until", e.SealUntil, "accept_until", e.AcceptUntil, "keys", e.Accepted)
-			if log == nil {
-				return
-			}
-			entry := &audit.Entry{
-				Time: time.Now().UTC(), Operation: op, Outcome: "OK",
-				Detail: fmt.Sprintf("ticket key %08x %s (created %s, seals until %s, accepted until %s); %d ticket keys held",
-					e.ID, change, e.CreateTime.Format(time.RFC3339), e.SealUntil.Format(time.RFC3339), e.AcceptUntil.Format(time.RFC3339), e.Accepted),
-			}
-			if err := log.Write(entry); err != nil {
-				slog.Error("audit entry not written", "err", err, "operation", op)
-			}
+			m.keyChanges.WithLabelValues(auditKeyChange(e, log)).Inc()
 		},
 	})
+}
+
+// auditKeyChange logs and audits a change of the ticket or step-token keys;
+// it returns the change: created or retired.
+func auditKeyChange(e keyvault.TicketKeyEvent, log *audit.Log) string {
+	change, op := "created", "rotate"
+	if e.Retired {
+		change, op = "retired", "retire"
+	}
+	name, kind, ops := "session ticket key", "ticket key", "ticket_keys."
+	if e.Purpose == keyvault.PurposeStepTokens {
+		name, kind, ops = "step-token key", "step-token key", "step_token_keys."
+	}
+	op = ops + op
+	slog.Info(name+" "+change, strings.NewReplacer(" ", "_", "-", "_").Replace(kind), fmt.Sprintf("%08x", e.ID),
+		"seal_until", e.SealUntil, "accept_until", e.AcceptUntil, "keys", e.Accepted)
+	if log == nil {
+		return change
+	}
+	entry := &audit.Entry{
+		Time: time.Now().UTC(), Operation: op, Outcome: "OK",
+		Detail: fmt.Sprintf("%s %08x %s (created %s, seals until %s, accepted until %s); %d %ss held",
+			kind, e.ID, change, e.CreateTime.Format(time.RFC3339), e.SealUntil.Format(time.RFC3339), e.AcceptUntil.Format(time.RFC3339), e.Accepted, kind),
+	}
+	if err := log.Write(entry); err != nil {
+		slog.Error("audit entry not written", "err", err, "operation", op)
+	}
+	return change
 }
 
 // ticketMaintenance is how often the ticket keys are checked for rotation
@@ -116,12 +132,13 @@ func newTicketKeys(vault *keyvault.Vault, opts TicketOptions, m *ticketMetrics, 
 // is erased within this period.
 const ticketMaintenance = time.Minute
 
-// maintainTickets rotates and retires ticket keys on schedule until ctx
-// ends, so that keys are erased on time even when no ticket is sealed.
+// maintainTickets rotates and retires ticket keys (of either purpose) on
+// schedule until ctx ends, so that keys are erased on time even when none
+// seals anything.
 func maintainTickets(ctx context.Context, tk *keyvault.TicketKeys, every time.Duration) {
 	everyTick(ctx, every, func() {
 		if err := tk.Maintain(ctx); err != nil && !errors.Is(err, keyvault.ErrClosed) && ctx.Err() == nil {
-			slog.ErrorContext(ctx, "session ticket key rotation failed", "err", err)
+			slog.ErrorContext(ctx, tk.Purpose().String()+" key rotation failed", "err", err)
 		}
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
@@ -28,9 +30,7 @@ func BenchmarkHandshakeTracing(b *testing.B) {
 			name = "on"
 			rcv := tracingtest.Start(b)
 			tp, err := tracing.Start(context.Background(), tracing.Options{Endpoint: rcv.Addr, Insecure: true, SampleRatio: 1}, "bench", "test", slog.Default())
-			if err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
 			b.Cleanup(func() { tp.Shutdown(context.Background()) })
 			opts.TracerProvider = tp
 		}
@@ -42,34 +42,14 @@ func BenchmarkHandshakeTracing(b *testing.B) {
 			start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.id}}}}
 			cfg := &tls.Config{ServerName: key.name, RootCAs: key.pool, MinVersion: tls.VersionTLS13}
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
+			require.NoError(b, err)
 			defer ln.Close()
-			// Each operation dials one client and relays one accepted
-			// connection (not necessarily its own: all are alike).
 			parallel(b, 4, func() error {
-				done := make(chan error, 1)
-				go func() {
-					c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
-					if err == nil {
-						c.Close()
-					}
-					done <- err
-				}()
-				server, err := ln.Accept()
-				if err != nil {
-					return err
-				}
-				defer server.Close()
 				stream, err := hc.Stream(context.Background())
 				if err != nil {
 					return err
 				}
-				if _, err := relay(server, &streamStepper{stream: stream, start: start}); err != nil {
-					return err
-				}
-				return <-done
+				return dialAndRelay(ln, cfg, &streamStepper{stream: stream, start: start})
 			})
 		})
 	}

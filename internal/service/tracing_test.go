@@ -176,7 +176,7 @@ func toUint32(ids []uint16) []uint32 {
 }
 
 // TestTracingREST: a REST caller's W3C traceparent continues its trace in
-// the span of the gRPC call the gateway makes.
+// the span of its call, which says it came over REST.
 func TestTracingREST(t *testing.T) {
 	ctx := context.Background()
 	rcv := tracingtest.Start(t)
@@ -194,7 +194,7 @@ func TestTracingREST(t *testing.T) {
 	rcv.WaitFor(t, "the ListKeys span in the caller's trace", func(spans []tracingtest.Span) bool {
 		require.NoError(t, tp.ForceFlush(ctx))
 		for _, sp := range spans {
-			if sp.Name == "handshake.v1.KeyVault/ListKeys" && sp.TraceID == traceID && sp.ParentID == parentID {
+			if sp.Name == "handshake.v1.KeyVault/ListKeys" && sp.TraceID == traceID && sp.ParentID == parentID && sp.Attrs["handshaked.transport"] == "rest" {
 				return true
 			}
 		}

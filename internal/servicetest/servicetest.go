@@ -63,11 +63,33 @@ func StartWithVault(t testing.TB, opts service.Options, vaultOpts ...keyvault.Op
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := service.New(vault, opts)
+	t.Cleanup(func() { vault.Close() }) // after the service stopped
+	return StartOnVault(t, vault, opts)
+}
+
+// StartOnVault starts a service with opts on vault, which the caller
+// closes: several services on vaults of one shared store are replicas.
+func StartOnVault(t testing.TB, vault *keyvault.Vault, opts service.Options) *Server {
+	t.Helper()
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	s, stop := serve(t, vault, opts, grpcLis)
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stop(sctx)
+	})
+	return s
+}
+
+// serve serves a service of vault with opts, gRPC on grpcLis and REST on a
+// new loopback port; stop shuts it down, waiting for calls in flight until
+// its context ends, and reports what went wrong to t.
+func serve(t testing.TB, vault *keyvault.Vault, opts service.Options, grpcLis net.Listener) (s *Server, stop func(context.Context)) {
+	t.Helper()
+	srv, err := service.New(vault, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,19 +103,16 @@ func StartWithVault(t testing.TB, opts service.Options, vaultOpts ...keyvault.Op
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	stop = func(ctx context.Context) {
 		conn.Close()
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
+		if err := srv.Shutdown(ctx); err != nil && ctx.Err() == nil {
 			t.Errorf("shutdown: %v", err)
 		}
 		if err := <-served; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		vault.Close()
-	})
-	return &Server{Service: srv, Vault: vault, GRPCAddr: grpcLis.Addr().String(), RESTURL: "http://" + httpLis.Addr().String(), Conn: conn}
+	}
+	return &Server{Service: srv, Vault: vault, GRPCAddr: grpcLis.Addr().String(), RESTURL: "http://" + httpLis.Addr().String(), Conn: conn}, stop
 }
 
 // Fixture reads a test key from testdata/keys (made by testdata/keys/gen.sh).

@@ -66,6 +66,7 @@ func main() {
 
 type options struct {
 	listen, service, backend      string
+	metricsListen                 string
 	caFile, certFile, keyFile     string
 	keys, suites, groups, alpn    cliflag.List
 	minVersion, maxVersion        string
@@ -115,7 +116,7 @@ func run(ctx context.Context, args []string, logOut io.Writer, ready func(net.Ad
 func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs := flag.NewFlagSet("handshake-edge", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8443", "TCP `address` to accept TLS clients on")
-	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
+	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `target` of handshaked: host:port, the replicas host:port,host:port,... or dns:///name:port; calls are balanced round-robin over every address, and a unary step (-unary) that fails with UNAVAILABLE is retried on another replica")
 	fs.StringVar(&o.caFile, "handshaked-ca", "", "roots (`PEM`) for handshaked's certificate; with -handshaked-cert/-key: mutual TLS (default: plain text, for a loopback development instance)")
 	fs.StringVar(&o.certFile, "handshaked-cert", "", "client certificate (`PEM`) for handshaked")
 	fs.StringVar(&o.keyFile, "handshaked-key", "", "client certificate key (`PEM`) for handshaked")
@@ -128,7 +129,8 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.StringVar(&o.clientAuth, "client-auth", "off", "client certificates: off, request or require")
 	fs.StringVar(&o.clientCAFile, "client-ca", "", "roots (`PEM`) that client certificates must chain to")
 	fs.StringVar(&o.backend, "backend", "", "proxy plain TCP to this `address` (default: serve the echo page)")
-	fs.BoolVar(&o.unary, "unary", false, "step handshakes with unary calls instead of a stream")
+	fs.BoolVar(&o.unary, "unary", false, "step handshakes with stateless unary calls instead of a stream: each step may go to any replica of -handshaked, and one whose replica failed is retried on another")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics in plain HTTP on this `address` (default: none)")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on each TLS handshake")
 	fs.DurationVar(&o.clientHelloTimeout, "client-hello-timeout", edge.DefaultClientHelloTimeout, "bound on receiving a client's whole ClientHello, before which nothing is opened in handshaked")
 	fs.IntVar(&o.maxHandshakes, "max-handshakes", edge.DefaultMaxHandshakes, "handshakes run in handshaked at once; keep it below the service's per-caller caps")
@@ -169,7 +171,26 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 		defer cancel()
 		tp.Shutdown(sctx)
 	}()
-	var dialOpts []handshaked.Option
+	ctx, stopMetrics := context.WithCancel(ctx)
+	defer stopMetrics()
+	metrics := newEdgeMetrics()
+	if o.metricsListen != "" {
+		lis, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
+			return fmt.Errorf("-metrics-listen: %w", err)
+		}
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			metrics.serve(ctx, lis, log)
+		}()
+		defer func() {
+			stopMetrics()
+			<-served
+		}()
+		log.Info("serving metrics", "addr", lis.Addr().String())
+	}
+	dialOpts := []handshaked.Option{metrics.dialOption()}
 	var edgeTracing trace.TracerProvider
 	if o.trace.Endpoint != "" {
 		// Each handshake is a span here, and its calls carry its trace

@@ -57,11 +57,18 @@ func newFixtureWith(t testing.TB, opts service.Options) *fixture {
 // keys, ECDSA first) and returns its address and log, in text.
 func (f *fixture) start(t testing.TB, args ...string) (string, *testenv.Buffer) {
 	t.Helper()
+	return startEdge(t, append([]string{"-handshaked", f.srv.GRPCAddr, "-key", f.ecdsa.ID, "-key", f.rsa.ID}, args...)...)
+}
+
+// startEdge runs handshake-edge with args (plus -listen and -log-format
+// text) until the test ends and returns its address and log.
+func startEdge(t testing.TB, args ...string) (string, *testenv.Buffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	log := &testenv.Buffer{}
-	args = append([]string{"-handshaked", f.srv.GRPCAddr, "-listen", "127.0.0.1:0", "-key", f.ecdsa.ID, "-key", f.rsa.ID, "-log-format", "text"}, args...)
+	args = append([]string{"-listen", "127.0.0.1:0", "-log-format", "text"}, args...)
 	go func() { done <- run(ctx, args, log, func(a net.Addr) { addrc <- a }) }()
 	select {
 	case a := <-addrc:

@@ -180,7 +180,7 @@ type globals struct {
 func newFlagSet() (*flag.FlagSet, globals) {
 	fs := flag.NewFlagSet("handshakectl", flag.ContinueOnError)
 	var g globals
-	g.addr = fs.String("handshaked", "127.0.0.1:7070", "gRPC `address` of handshaked")
+	g.addr = fs.String("handshaked", "127.0.0.1:7070", "gRPC `target` of handshaked: host:port, the replicas host:port,host:port,... (calls are balanced over them, reads retried on another when one is unavailable) or dns:///name:port")
 	g.ca = fs.String("ca", "", "roots (`PEM`) for handshaked's certificate (default: plain text, for a loopback development instance)")
 	g.cert = fs.String("cert", "", "client certificate (`PEM`) for mutual TLS")
 	g.key = fs.String("key", "", "client certificate key (`PEM`)")

@@ -160,7 +160,12 @@ func replay(ctx context.Context, e *env, cfg *pb.HandshakeConfig, o traceFlags) 
 			return fmt.Errorf("trace: capture: %w", err)
 		}
 	}
-	var id string
+	// Stateless steps: with -handshaked naming several replicas, each step
+	// may land on any of them.
+	var (
+		id    string
+		token []byte
+	)
 	for step := 1; len(capture) > 0; step++ {
 		_, _, _, n, err := record.Parse(capture, record.MaxCiphertextTLS12)
 		if err != nil {
@@ -174,11 +179,11 @@ func replay(ctx context.Context, e *env, cfg *pb.HandshakeConfig, o traceFlags) 
 		start := time.Now()
 		var out *pb.HandshakeStep
 		if id == "" {
-			out, err = e.client.StartHandshake(ctx, cfg, in)
-			id = out.GetId()
+			out, err = e.client.StartStatelessHandshake(ctx, cfg, in)
 		} else {
-			out, err = e.client.StepHandshake(ctx, id, in)
+			out, err = e.client.StepStatelessHandshake(ctx, id, token, in)
 		}
+		id, token = out.GetId(), out.GetStateToken()
 		if err != nil {
 			return fmt.Errorf("trace: step %d: %w", step, err)
 		}
@@ -193,7 +198,6 @@ func replay(ctx context.Context, e *env, cfg *pb.HandshakeConfig, o traceFlags) 
 			return nil
 		}
 	}
-	e.client.AbortHandshake(ctx, id)
 	fmt.Fprintln(e.stdout, "capture exhausted: the handshake waits for more input")
 	return nil
 }

@@ -67,9 +67,9 @@ func (c *countingService) HandshakeStream(ctx context.Context) (pb.Handshake_Str
 	return c.Service.HandshakeStream(ctx)
 }
 
-func (c *countingService) StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
+func (c *countingService) StartStatelessHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
 	c.opened.Add(1)
-	return c.Service.StartHandshake(ctx, cfg, input)
+	return c.Service.StartStatelessHandshake(ctx, cfg, input)
 }
 
 // capped is a service whose every cap on what a caller holds at once (calls

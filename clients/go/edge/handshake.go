@@ -37,9 +37,8 @@ import (
 // it.
 type Service interface {
 	HandshakeStream(ctx context.Context) (pb.Handshake_StreamClient, error)
-	StartHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error)
-	StepHandshake(ctx context.Context, id string, input []byte) (*pb.HandshakeStep, error)
-	AbortHandshake(ctx context.Context, id string) error
+	StartStatelessHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error)
+	StepStatelessHandshake(ctx context.Context, id string, token, input []byte) (*pb.HandshakeStep, error)
 }
 
 // Config says how to terminate TLS.
@@ -52,9 +51,12 @@ type Config struct {
 	// authentication in one round trip, and the edge verifies the client's
 	// Finished itself before it uses the session keys.
 	Handshake *pb.HandshakeConfig
-	// Unary steps the handshake with StartHandshake/StepHandshake instead
-	// of the bidirectional stream (for instance through a proxy that does
-	// not carry streams).
+	// Unary steps the handshake with stateless StartHandshake and
+	// StepHandshake calls instead of the bidirectional stream: the service
+	// keeps nothing between steps, each carries the state token of the one
+	// before, so each step may go to any replica and one that fails is
+	// retried on another (*handshaked.Client does, on UNAVAILABLE). Also for
+	// a proxy that does not carry streams.
 	Unary bool
 	// HandshakeTimeout bounds each handshake, from the moment the
 	// connection is accepted, reading the client included (default 10 s).
@@ -184,30 +186,28 @@ func (s *streamStepper) step(_ context.Context, input []byte) (*pb.HandshakeStep
 // caller cancels.
 func (s *streamStepper) abort() {}
 
+// unaryStepper steps a stateless handshake: the service holds nothing of
+// it, the state token of each step goes with the next.
 type unaryStepper struct {
-	cfg *pb.HandshakeConfig
-	svc Service
-	id  string
+	cfg   *pb.HandshakeConfig
+	svc   Service
+	id    string
+	token []byte
 }
 
-func (u *unaryStepper) step(ctx context.Context, input []byte) (*pb.HandshakeStep, error) {
+func (u *unaryStepper) step(ctx context.Context, input []byte) (out *pb.HandshakeStep, err error) {
 	if u.id == "" {
-		out, err := u.svc.StartHandshake(ctx, u.cfg, input)
-		u.id = out.GetId()
-		return out, err
+		out, err = u.svc.StartStatelessHandshake(ctx, u.cfg, input)
+	} else {
+		out, err = u.svc.StepStatelessHandshake(ctx, u.id, u.token, input)
 	}
-	return u.svc.StepHandshake(ctx, u.id, input)
+	u.id, u.token = out.GetId(), out.GetStateToken()
+	return out, err
 }
 
-func (u *unaryStepper) abort() {
-	if u.id == "" {
-		return
-	}
-	// The handshake's own context may be what expired.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	u.svc.AbortHandshake(ctx, u.id)
-}
+// abort has nothing to end: the service keeps nothing of a stateless
+// handshake, which is over when the edge stops stepping it.
+func (u *unaryStepper) abort() {}
 
 // Server runs the TLS handshake of raw through the service and returns the
 // connection with its record layer. Nothing is opened in the service before

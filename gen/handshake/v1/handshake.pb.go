@@ -392,7 +392,14 @@ type StartHandshakeRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Config *HandshakeConfig       `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
 	// The first bytes read from the client, if any.
-	Input         []byte `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	Input []byte `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	// The service keeps nothing between steps: each HandshakeStep that needs
+	// input carries state_token, the engine state sealed under the
+	// deployment's step-token keys, and the next StepHandshake sends it back
+	// (to any replica of the deployment). The token is bound to the caller,
+	// the session id, an expiry and the resolved configuration; a replayed
+	// or stale token is refused (see StepHandshakeRequest.state_token).
+	Stateless     bool `protobuf:"varint,3,opt,name=stateless,proto3" json:"stateless,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -441,12 +448,29 @@ func (x *StartHandshakeRequest) GetInput() []byte {
 	return nil
 }
 
+func (x *StartHandshakeRequest) GetStateless() bool {
+	if x != nil {
+		return x.Stateless
+	}
+	return false
+}
+
 // StepHandshakeRequest feeds a session.
 type StepHandshakeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Bytes read from the client since the last step.
-	Input         []byte `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	Input []byte `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	// The state_token of the previous step of a stateless handshake: the
+	// service restores the session from it instead of looking id up, on any
+	// replica of the deployment. It is accepted only from the caller it was
+	// issued to (else PERMISSION_DENIED), for the session id it names, before
+	// the session's expiry (fixed at the start, not extended by steps), and
+	// only while the key versions and configuration it was computed from are
+	// unchanged (else FAILED_PRECONDITION). Sending a token again repeats the
+	// step from the same state (so a step can be retried on another replica);
+	// it is charged like any step. COMPLETE and FAILED steps return no token.
+	StateToken    []byte `protobuf:"bytes,3,opt,name=state_token,json=stateToken,proto3" json:"state_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -491,6 +515,13 @@ func (x *StepHandshakeRequest) GetId() string {
 func (x *StepHandshakeRequest) GetInput() []byte {
 	if x != nil {
 		return x.Input
+	}
+	return nil
+}
+
+func (x *StepHandshakeRequest) GetStateToken() []byte {
+	if x != nil {
+		return x.StateToken
 	}
 	return nil
 }
@@ -727,7 +758,10 @@ type HandshakeStep struct {
 	// GetHandshake afterwards carries only the parameters, never the keys).
 	Session *Session `protobuf:"bytes,8,opt,name=session,proto3" json:"session,omitempty"`
 	// When the service forgets the session.
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// On NEED_INPUT of a stateless handshake: the sealed session state to send
+	// with the next StepHandshake (opaque; expires at expire_time).
+	StateToken    []byte `protobuf:"bytes,10,opt,name=state_token,json=stateToken,proto3" json:"state_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -821,6 +855,13 @@ func (x *HandshakeStep) GetSession() *Session {
 func (x *HandshakeStep) GetExpireTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *HandshakeStep) GetStateToken() []byte {
+	if x != nil {
+		return x.StateToken
 	}
 	return nil
 }
@@ -1395,13 +1436,16 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x17disable_session_tickets\x18\t \x01(\bR\x15disableSessionTickets\x12A\n" +
 	"\x1ddisable_tls12_session_tickets\x18\n" +
 	" \x01(\bR\x1adisableTls12SessionTickets\x128\n" +
-	"\x18caller_verifies_finished\x18\v \x01(\bR\x16callerVerifiesFinished\"d\n" +
+	"\x18caller_verifies_finished\x18\v \x01(\bR\x16callerVerifiesFinished\"\x82\x01\n" +
 	"\x15StartHandshakeRequest\x125\n" +
 	"\x06config\x18\x01 \x01(\v2\x1d.handshake.v1.HandshakeConfigR\x06config\x12\x14\n" +
-	"\x05input\x18\x02 \x01(\fR\x05input\"<\n" +
+	"\x05input\x18\x02 \x01(\fR\x05input\x12\x1c\n" +
+	"\tstateless\x18\x03 \x01(\bR\tstateless\"]\n" +
 	"\x14StepHandshakeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
-	"\x05input\x18\x02 \x01(\fR\x05input\"%\n" +
+	"\x05input\x18\x02 \x01(\fR\x05input\x12\x1f\n" +
+	"\vstate_token\x18\x03 \x01(\fR\n" +
+	"stateToken\"%\n" +
 	"\x13GetHandshakeRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"'\n" +
 	"\x15AbortHandshakeRequest\x12\x0e\n" +
@@ -1410,7 +1454,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\rStreamRequest\x12;\n" +
 	"\x05start\x18\x01 \x01(\v2#.handshake.v1.StartHandshakeRequestH\x00R\x05start\x12\x16\n" +
 	"\x05input\x18\x02 \x01(\fH\x00R\x05inputB\t\n" +
-	"\arequest\"\xec\x02\n" +
+	"\arequest\"\x8d\x03\n" +
 	"\rHandshakeStep\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x122\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1c.handshake.v1.HandshakeStateR\x05state\x12\x16\n" +
@@ -1421,7 +1465,10 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x05trace\x18\a \x03(\v2\x18.handshake.v1.TraceEventR\x05trace\x12/\n" +
 	"\asession\x18\b \x01(\v2\x15.handshake.v1.SessionR\asession\x12;\n" +
 	"\vexpire_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"m\n" +
+	"expireTime\x12\x1f\n" +
+	"\vstate_token\x18\n" +
+	" \x01(\fR\n" +
+	"stateToken\"m\n" +
 	"\x05Alert\x12 \n" +
 	"\vdescription\x18\x01 \x01(\rR\vdescription\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
