@@ -23,8 +23,10 @@ import (
 // builds the binaries, issues the certificates, starts handshaked in
 // production mode and handshake-edge in front of it with mutual TLS, and
 // must complete a TLS handshake through the edge, a signature as the edge,
-// and the refusal of a call the edge has no right to. It logs how long the
-// walkthrough took.
+// and the refusal of a call the edge has no right to. Then, in the same
+// shell, the "Running several replicas" block that continues it (see
+// replicasBlock; one test, so that the tree is copied and built once). It
+// logs how long the two took.
 func TestREADMEProduction(t *testing.T) {
 	for _, tool := range []string{"bash", "go", "openssl", "curl", "grep"} {
 		testenv.LookPath(t, tool)
@@ -34,6 +36,7 @@ func TestREADMEProduction(t *testing.T) {
 		require.Contains(t, script, port, "the walkthrough's ports")
 		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(freePort(t)))
 	}
+	script += "\n" + replicasBlock(t)
 	clone := filepath.Join(t.TempDir(), "handshaked")
 	copyTree(t, filepath.Join("..", ".."), clone)
 
@@ -50,14 +53,15 @@ func TestREADMEProduction(t *testing.T) {
 	took := time.Since(start)
 	logs := func() string {
 		var b strings.Builder
-		for _, name := range []string{"handshaked.log", "edge.log"} {
-			l, _ := os.ReadFile(filepath.Join(clone, "fleet", name))
-			b.WriteString("\n" + name + ":\n" + string(l))
+		logs, _ := filepath.Glob(filepath.Join(clone, "fleet", "*.log"))
+		for _, name := range logs {
+			l, _ := os.ReadFile(name)
+			b.WriteString("\n" + filepath.Base(name) + ":\n" + string(l))
 		}
 		return b.String()
 	}
-	require.NoError(t, err, "the README's production walkthrough failed:\n%s%s", out.String(), logs())
-	t.Logf("the production walkthrough took %v", took.Round(100*time.Millisecond))
+	require.NoError(t, err, "the README's production walkthrough or replicas block failed:\n%s%s", out.String(), logs())
+	t.Logf("the production walkthrough and the replicas block took %v", took.Round(100*time.Millisecond))
 	got := out.String()
 	for _, want := range []string{
 		`"status":"SERVING"`,           // the service's health over TLS
@@ -74,6 +78,7 @@ func TestREADMEProduction(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(audit), `"caller":"spiffe://example.org/edge","peer":"127.0.0.1:`, "the edge's handshakes are audited under its identity")
 	assert.Contains(t, string(audit), `"operation":"Handshake.Stream"`, "the handshake through the edge ran in the service")
+	checkReplicasOutput(t, got)
 }
 
 // freePort is a loopback TCP port free a moment ago.

@@ -58,10 +58,18 @@ func (b *Buffer) String() string { return string(b.Bytes()) }
 // its exit status and the build information the toolchain stamps into it.
 func BuildCommand(t testing.TB, name string) string {
 	t.Helper()
+	return BuildPackage(t, name, ".")
+}
+
+// BuildPackage is BuildCommand for the command in pkg (a directory such as
+// ../../clients/cmd/handshake-edge, or an import path): for a test that runs
+// another command of the tree as its own process.
+func BuildPackage(t testing.TB, name, pkg string) string {
+	t.Helper()
 	goTool := LookPath(t, "go")
 	bin := filepath.Join(t.TempDir(), name)
-	if out, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", name, err, out)
+	if out, err := exec.Command(goTool, "build", "-buildvcs=auto", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
