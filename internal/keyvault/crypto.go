@@ -34,7 +34,7 @@ import (
 // know the version a caller signs for, so the rule that narrows the choice
 // for TLS 1.3 applies where the scheme is chosen: SignatureSchemes.
 func (v *Vault) Sign(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, error) {
-	ver, err := v.enabledVersion(id, version)
+	ver, err := v.enabledVersion(ctx, id, version)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func (v *Vault) SignatureSchemes(ctx context.Context, id string, version uint32,
 	if tlsVersion != tls.VersionTLS12 && tlsVersion != tls.VersionTLS13 {
 		return nil, fmt.Errorf("keyvault: TLS version %#04x: signature schemes are for TLS 1.2 or 1.3: %w", tlsVersion, ErrInvalidArgument)
 	}
-	ver, err := v.enabledVersion(id, version)
+	ver, err := v.enabledVersion(ctx, id, version)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +89,7 @@ func (v *Vault) Decrypt(ctx context.Context, id string, version uint32, mode Dec
 	if mode != DecryptRSAPKCS1TLSPremaster && mode != DecryptRSAOAEPSHA256 {
 		return nil, fmt.Errorf("keyvault: decrypt mode %v: %w", mode, ErrInvalidArgument)
 	}
-	ver, err := v.enabledVersion(id, version)
+	ver, err := v.enabledVersion(ctx, id, version)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +354,7 @@ func rejectionSubstitute(kdk []byte) []byte {
 // CreateCSR returns a DER certificate signing request (PKCS #10) for a
 // version of key id (0: the primary), signed by it inside the vault.
 func (v *Vault) CreateCSR(ctx context.Context, id string, version uint32, subject pkix.Name, dnsNames []string, ips []net.IP) ([]byte, error) {
-	ver, err := v.enabledVersion(id, version)
+	ver, err := v.enabledVersion(ctx, id, version)
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +370,7 @@ func (v *Vault) CreateCSR(ctx context.Context, id string, version uint32, subjec
 // and signed by a version of key id (0: the primary) inside the vault. A
 // development instance uses it to give its sample key a certificate.
 func (v *Vault) CreateSelfSignedCertificate(ctx context.Context, id string, version uint32, template *x509.Certificate) ([]byte, error) {
-	ver, err := v.enabledVersion(id, version)
+	ver, err := v.enabledVersion(ctx, id, version)
 	if err != nil {
 		return nil, err
 	}

@@ -70,8 +70,18 @@ func aborted(what string, attempts int) error {
 // commits it, again on a view refreshed from the store each time its
 // commit conflicts. The caller holds writeMu.
 func (v *Vault) retry(ctx context.Context, what string, change func() error) error {
+	caughtUp := false
 	for attempt := 1; ; attempt++ {
 		err := change()
+		if errors.Is(err, ErrNotFound) && v.follow != nil && !caughtUp {
+			// A key or version another replica made a moment ago may not
+			// be in the view yet: read the store once before saying so.
+			caughtUp = true
+			if err := v.refresh(ctx); err != nil {
+				return fmt.Errorf("keyvault: %s: %w", what, err)
+			}
+			continue
+		}
 		if !errors.Is(err, ErrConflict) {
 			return err
 		}
@@ -590,4 +600,22 @@ func (f *follower) allHold(ctx context.Context, rev int64) error {
 		return err
 	}
 	return f.store.WaitApplied(ctx, rev)
+}
+
+// caughtUp returns what lookup finds, looking again after Sync when it
+// finds no such key or version and the store is shared: a key or version
+// another replica made a moment ago may not be in this replica's view yet
+// (the watch applies it within milliseconds). A flood of calls naming keys
+// that do not exist costs the store one Revision read per Sync round, not
+// one per call. Callers holding writeMu use retry instead (Sync takes it).
+func caughtUp[T any](ctx context.Context, v *Vault, lookup func() (T, error)) (T, error) {
+	t, err := lookup()
+	if v.follow == nil || !errors.Is(err, ErrNotFound) {
+		return t, err
+	}
+	if err := v.Sync(ctx); err != nil {
+		var zero T
+		return zero, err
+	}
+	return lookup()
 }

@@ -218,7 +218,7 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 // backend for an imported key). It becomes the primary version; the earlier
 // ones keep working until disabled.
 func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
-	k, err := v.key(id)
+	k, err := v.knownKey(ctx, id)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,9 @@ type memClient struct {
 	// late.
 	scanDelay atomic.Int64
 	scans     atomic.Int64
+	// watchHeld keeps the replica's watch from reporting commits, as a
+	// watch that lags behind the store.
+	watchHeld atomic.Bool
 	// revisionDelay slows Revision reads; revisions counts them.
 	revisionDelay atomic.Int64
 	revisions     atomic.Int64
@@ -126,7 +129,7 @@ func (c *memClient) Watch(ctx context.Context, after int64, fn func(rev int64)) 
 		if c.down.Load() {
 			return errMemDown
 		}
-		for ; after < rev; after++ {
+		for ; after < rev && !c.watchHeld.Load(); after++ {
 			fn(after + 1)
 		}
 		select {

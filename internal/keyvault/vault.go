@@ -619,12 +619,20 @@ func (v *Vault) key(id string) (*keyState, error) {
 }
 
 // keyVersion returns version n of key id, 0 meaning the primary one.
-func (v *Vault) keyVersion(id string, n uint32) (*versionState, error) {
-	k, err := v.key(id)
-	if err != nil {
-		return nil, err
-	}
-	return k.version(n)
+func (v *Vault) keyVersion(ctx context.Context, id string, n uint32) (*versionState, error) {
+	return caughtUp(ctx, v, func() (*versionState, error) {
+		k, err := v.key(id)
+		if err != nil {
+			return nil, err
+		}
+		return k.version(n)
+	})
+}
+
+// knownKey is key for callers not holding writeMu: it catches up with a
+// shared store before it says the key does not exist.
+func (v *Vault) knownKey(ctx context.Context, id string) (*keyState, error) {
+	return caughtUp(ctx, v, func() (*keyState, error) { return v.key(id) })
 }
 
 // version returns version n of k, 0 meaning the primary (newest) one.
@@ -642,7 +650,7 @@ func (k *keyState) version(n uint32) (*versionState, error) {
 // primary one. It is a map lookup, for callers that must name the version an
 // operation used without copying the key as Get does.
 func (v *Vault) ResolveVersion(ctx context.Context, id string, n uint32) (uint32, error) {
-	ver, err := v.keyVersion(id, n)
+	ver, err := v.keyVersion(ctx, id, n)
 	if err != nil {
 		return 0, err
 	}
@@ -653,7 +661,7 @@ func (v *Vault) ResolveVersion(ctx context.Context, id string, n uint32) (uint32
 // the primary one: a map lookup, for the service's metrics, which label
 // every key operation with the algorithm of the key it used.
 func (v *Vault) VersionAlgorithm(ctx context.Context, id string, n uint32) (Algorithm, error) {
-	ver, err := v.keyVersion(id, n)
+	ver, err := v.keyVersion(ctx, id, n)
 	if err != nil {
 		return AlgorithmUnspecified, err
 	}
@@ -666,11 +674,7 @@ func (v *Vault) VersionAlgorithm(ctx context.Context, id string, n uint32) (Algo
 // own, which it replaces rather than changes: the caller must not modify
 // it.
 func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, VersionState, [][]byte, error) {
-	k, err := v.key(id)
-	if err != nil {
-		return 0, 0, nil, err
-	}
-	ver, err := k.version(n)
+	ver, err := v.keyVersion(ctx, id, n)
 	if err != nil {
 		return 0, 0, nil, err
 	}
@@ -679,11 +683,11 @@ func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, 
 
 // enabledVersion returns the version that a key operation may use: none
 // while the view of a shared store is stale (follow.go).
-func (v *Vault) enabledVersion(id string, n uint32) (*versionState, error) {
+func (v *Vault) enabledVersion(ctx context.Context, id string, n uint32) (*versionState, error) {
 	if err := v.follow.fresh(); err != nil {
 		return nil, err
 	}
-	ver, err := v.keyVersion(id, n)
+	ver, err := v.keyVersion(ctx, id, n)
 	if err != nil {
 		return nil, err
 	}
@@ -749,7 +753,7 @@ func cloneChain(chain [][]byte) [][]byte {
 
 // Get returns key id.
 func (v *Vault) Get(ctx context.Context, id string) (*Key, error) {
-	k, err := v.key(id)
+	k, err := v.knownKey(ctx, id)
 	if err != nil {
 		return nil, err
 	}
