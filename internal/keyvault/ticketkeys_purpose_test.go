@@ -115,3 +115,33 @@ func TestTicketKeysOfAnotherReplica(t *testing.T) {
 		bc.setDown(false)
 	}
 }
+
+// TestPageTokenPurpose: page-token keys are a third purpose: what they seal
+// opens under no other purpose, and nothing another purpose sealed opens
+// as a page token; a page token larger than MaxPageTokenBytes is refused
+// before any key is looked up.
+func TestPageTokenPurpose(t *testing.T) {
+	v, _ := newTestVault(t)
+	keys := map[TicketKeyPurpose]*TicketKeys{}
+	sealed := map[TicketKeyPurpose][]byte{}
+	for _, p := range []TicketKeyPurpose{PurposeTickets, PurposeStepTokens, PurposePageTokens} {
+		tk, err := NewTicketKeys(v, TicketKeyOptions{Purpose: p, Deployment: "prod", Rotation: time.Hour, Lifetime: time.Hour})
+		require.NoError(t, err)
+		keys[p] = tk
+		sealed[p], err = tk.Seal(ctx, "scope", []byte("position"))
+		require.NoError(t, err)
+	}
+	for p, tk := range keys {
+		for q, s := range sealed {
+			got, err := tk.Open(ctx, "scope", s)
+			if p == q {
+				require.NoError(t, err)
+				assert.Equal(t, []byte("position"), got)
+				continue
+			}
+			assert.ErrorIs(t, err, ErrTicketRejected, "sealed as %v, opened as %v", q, p)
+		}
+	}
+	_, err := keys[PurposePageTokens].Open(ctx, "scope", make([]byte, MaxPageTokenBytes+1))
+	assert.ErrorIs(t, err, ErrInvalidArgument)
+}
