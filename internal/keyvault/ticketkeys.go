@@ -373,6 +373,7 @@ func (t *TicketKeys) mine(k *ticketKey) bool { return k.purpose == t.opts.Purpos
 // schedule too, so that keys rotate and are retired on time when nothing is
 // sealed. It never creates the first key: that is made on first use.
 func (t *TicketKeys) Maintain(ctx context.Context) error {
+	t.dropRetiredAEADs()
 	now := t.opts.Now()
 	k, err := t.current(now)
 	switch {
@@ -385,6 +386,25 @@ func (t *TicketKeys) Maintain(ctx context.Context) error {
 	}
 	_, err = t.rotate(ctx, now)
 	return err
+}
+
+// dropRetiredAEADs drops the cached AEAD of every key no longer held: a key
+// another replica retired leaves this replica's view (adopt clears its
+// secret) without passing through publish, which drops the AEADs of the
+// keys this replica retires.
+func (t *TicketKeys) dropRetiredAEADs() {
+	t.v.mu.RLock()
+	held := make(map[uint32]bool, len(t.v.tickets))
+	for _, k := range t.v.tickets {
+		held[k.id] = true
+	}
+	t.v.mu.RUnlock()
+	t.aeads.Range(func(id, _ any) bool {
+		if !held[id.(uint32)] {
+			t.aeads.Delete(id) // one made since the snapshot is derived again
+		}
+		return true
+	})
 }
 
 // rotate creates a new current key, unless another call did meanwhile,

@@ -145,3 +145,33 @@ func TestPageTokenPurpose(t *testing.T) {
 	_, err := keys[PurposePageTokens].Open(ctx, "scope", make([]byte, MaxPageTokenBytes+1))
 	assert.ErrorIs(t, err, ErrInvalidArgument)
 }
+
+// TestRetiredElsewhereDropsAEAD: a ticket key another replica retired
+// leaves this replica's cache of derived AEADs at its next Maintain, so no
+// key material of a retired key stays in its memory.
+func TestRetiredElsewhereDropsAEAD(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	b, _ := newSharedVault(t, s)
+	clock := testenv.NewClock(time.Now())
+	opts := TicketKeyOptions{Deployment: "prod", Rotation: testRotation, Lifetime: testLifetime, Now: clock.Now}
+	ta, err := NewTicketKeys(a, opts)
+	require.NoError(t, err)
+	tb, err := NewTicketKeys(b, opts)
+	require.NoError(t, err)
+	ticket, err := ta.Seal(ctx, "web", []byte("state"))
+	require.NoError(t, err)
+	_, err = tb.Open(ctx, "web", ticket)
+	require.NoError(t, err)
+	cached := func() (n int) {
+		tb.aeads.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	require.Equal(t, 1, cached(), "b derived the key's AEAD")
+
+	clock.Add(testRotation + testLifetime + time.Minute)
+	require.NoError(t, ta.Maintain(ctx)) // a retires the key
+	require.NoError(t, b.Sync(ctx))
+	require.NoError(t, tb.Maintain(ctx))
+	assert.Zero(t, cached(), "the AEAD of a key retired by another replica stayed")
+}
