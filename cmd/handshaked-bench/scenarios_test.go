@@ -30,12 +30,7 @@ func TestLoadScenarios(t *testing.T) {
 	for _, tool := range []string{"bash", "curl", "jq", "openssl", "ghz", "h2load", "wrk"} {
 		testenv.LookPath(t, tool)
 	}
-	readme, err := os.ReadFile("README.md")
-	require.NoError(t, err)
-	_, rest, ok := strings.Cut(string(readme), "<!-- scenarios:begin -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- scenarios:end -->")
-	require.True(t, ok && ok2, "README has no scenarios block")
-	script := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(block), "```sh"), "```")
+	script := testenv.DocBlock(t, "README.md", "scenarios")
 	for _, documented := range []string{"127.0.0.1:7070", "127.0.0.1:7080", "127.0.0.1:8443"} {
 		require.Contains(t, script, documented)
 		addr := freeAddr(t)
