@@ -60,11 +60,15 @@ func TestDialBalancesOverAList(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	ctx := context.Background()
-	// Once every replica is connected, round_robin takes each in turn.
+	// Once every replica is connected, round_robin takes each in turn. A
+	// failed call ends the wait, to fail on the test's goroutine.
 	require.Eventually(t, func() bool {
-		require.NoError(t, sign(ctx, c))
+		if err = sign(ctx, c); err != nil {
+			return true
+		}
 		return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
 	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, err)
 	var before [3]float64
 	for i, r := range replicas {
 		before[i] = signs(t, r)

@@ -152,11 +152,16 @@ func (c *pausedConn) Write(b []byte) (int, error) {
 func TestStepOnAReplicaThatNeverSawTheHandshake(t *testing.T) {
 	f := newFleet(t, 3, handshaked.DefaultRetries, true)
 	// Once every replica is connected, round_robin sends three starts in a
-	// row to the three of them.
+	// row to the three of them. A failed handshake ends the wait, to fail
+	// on the test's goroutine.
+	var err error
 	require.Eventually(t, func() bool {
-		require.NoError(t, f.handshake(tls.VersionTLS13))
+		if err = f.handshake(tls.VersionTLS13); err != nil {
+			return true
+		}
 		return started(t, f.replicas[0]) > 0 && started(t, f.replicas[1]) > 0 && started(t, f.replicas[2]) > 0
 	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, err)
 	var before [3]float64
 	for i, r := range f.replicas {
 		before[i] = started(t, r)
