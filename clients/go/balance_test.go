@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,11 +32,7 @@ func startReplicas(t *testing.T) ([]*servicetest.Replica, string) {
 		_, err := pb.NewKeyVaultClient(s.Conn).CreateKey(context.Background(), &pb.CreateKeyRequest{Id: "k", Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256})
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
-	return replicas, strings.Join(addrs, ",")
+	return replicas, servicetest.ListTarget(replicas)
 }
 
 // signs is how many Sign calls replica r has answered since it started.

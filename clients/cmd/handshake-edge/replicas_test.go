@@ -41,11 +41,7 @@ func TestUnaryOverReplicas(t *testing.T) {
 		_, err := handshaked.New(s.Conn).StartStatelessHandshake(context.Background(), &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, nil)
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
-	addr, log := startEdge(t, "-handshaked", strings.Join(addrs, ","), "-unary", "-key", key.ID, "-metrics-listen", "127.0.0.1:0")
+	addr, log := startEdge(t, "-handshaked", servicetest.ListTarget(replicas), "-unary", "-key", key.ID, "-metrics-listen", "127.0.0.1:0")
 	m := regexp.MustCompile(`msg="serving metrics" addr=(\S+)`).FindStringSubmatch(log.String())
 	require.NotNil(t, m, "no metrics address in the log:\n%s", log)
 	metrics := "http://" + m[1]

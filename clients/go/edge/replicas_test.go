@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,11 +42,7 @@ func newFleet(t testing.TB, replicas, retries int, unary bool) *fleet {
 		_, err := handshaked.New(s.Conn).StartStatelessHandshake(context.Background(), &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: f.key.ID}}}, nil)
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range f.replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
-	client, err := handshaked.Dial(strings.Join(addrs, ","), handshaked.WithInsecure(), handshaked.WithRetries(retries, handshaked.DefaultRetryBackoff),
+	client, err := handshaked.Dial(servicetest.ListTarget(f.replicas), handshaked.WithInsecure(), handshaked.WithRetries(retries, handshaked.DefaultRetryBackoff),
 		handshaked.WithRetryObserver(func(method string, err error, retried bool) {
 			assert.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", method, err)
 			f.failed.Add(1)
