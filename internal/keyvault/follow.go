@@ -75,8 +75,17 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 		err := change()
 		if errors.Is(err, ErrNotFound) && v.follow != nil && !caughtUp {
 			// A key or version another replica made a moment ago may not
-			// be in the view yet: read the store once before saying so.
+			// be in the view yet: if the store is ahead of the view, read
+			// it once before saying so (a revision read first, so that a
+			// change naming a key that exists nowhere rereads nothing).
 			caughtUp = true
+			rev, rerr := v.follow.store.Revision(ctx)
+			if rerr != nil {
+				return fmt.Errorf("keyvault: %s: read the shared store's revision: %w", what, rerr)
+			}
+			if rev <= v.storeRev {
+				return err
+			}
 			if err := v.refresh(ctx); err != nil {
 				return fmt.Errorf("keyvault: %s: %w", what, err)
 			}
