@@ -480,6 +480,36 @@ func TestSharedRevocationFencesACutOffReplica(t *testing.T) {
 	signOK(t, b, "web", 2)
 }
 
+// TestSharedRevocationWaitsForAReplicaWhoseAnnouncementEnded: a replica
+// whose announcement ended (its etcd lease expired while it could not reach
+// the store) and that reaches the store again announces itself again before
+// it confirms a view: a revocation then waits for it as for any replica,
+// rather than return while it still signs with the version.
+func TestSharedRevocationWaitsForAReplicaWhoseAnnouncementEnded(t *testing.T) {
+	const bound = 2 * time.Second
+	s := newMemShared()
+	a, _ := newSharedVault(t, s, WithStalenessBound(bound))
+	b, bc := newSharedVault(t, s, WithStalenessBound(bound))
+	_, err := a.Create(ctx, "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	_, err = a.Rotate(ctx, "web")
+	require.NoError(t, err)
+	require.NoError(t, b.Sync(ctx))
+	signOK(t, b, "web", 1)
+
+	bc.expireAnnouncement()
+	// B confirms its view on its own schedule: two more Revision reads
+	// are a whole round of it after the expiry.
+	n := bc.revisions.Load()
+	require.Eventually(t, func() bool { return bc.revisions.Load() >= n+2 }, 10*time.Second, 10*time.Millisecond)
+	signOK(t, b, "web", 1) // B serves, confirmed
+
+	bc.scanDelay.Store(int64(300 * time.Millisecond))
+	_, err = a.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	signFails(t, b, "web", 1, ErrFailedPrecondition)
+}
+
 // TestSharedStalenessAfterTheStoreAnswers: the fence lifts by itself once
 // the store answers again (the follower confirms on its own schedule).
 func TestSharedStalenessAfterTheStoreAnswers(t *testing.T) {
