@@ -324,14 +324,15 @@ func (f *follower) signal() {
 	}
 }
 
-// announce publishes that the view applied rev, unless a later revision is
-// announced.
+// announce publishes that the view applied rev, or the later revision
+// announced already. It asks the store even when that revision is announced
+// already: the announcement may have ended meanwhile (an etcd lease that
+// expired), and the store makes it again (etcdstore sends nothing while its
+// lease's key holds the revision).
 func (f *follower) announce(ctx context.Context, rev int64) error {
 	f.announceMu.Lock()
 	defer f.announceMu.Unlock()
-	if rev <= f.announced {
-		return nil
-	}
+	rev = max(rev, f.announced)
 	if err := f.store.Announce(ctx, rev); err != nil {
 		return err
 	}
@@ -503,6 +504,16 @@ func (f *follower) runRounds(v *Vault) {
 // syncOnce is one round of Sync.
 func (v *Vault) syncOnce(ctx context.Context) error {
 	f := v.follow
+	// A confirmation lets this replica use keys for the staleness bound,
+	// and a revocation waits only for the replicas announced: the
+	// announcement must stand before the Revision read is sent, as at the
+	// start (startFollowing). Otherwise a replica whose announcement ended
+	// (its lease expired while it could not reach the store) would serve
+	// again unannounced, and a revocation would return while it still
+	// signs with what was revoked.
+	if err := f.announce(ctx, f.view.Load()); err != nil {
+		return fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	}
 	ts := time.Since(f.epoch)
 	rev, err := f.store.Revision(ctx)
 	if err != nil {
