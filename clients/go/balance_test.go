@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -33,11 +32,7 @@ func startReplicas(t *testing.T) ([]*servicetest.Replica, string) {
 		_, err := pb.NewKeyVaultClient(s.Conn).CreateKey(context.Background(), &pb.CreateKeyRequest{Id: "k", Algorithm: pb.Algorithm_ALGORITHM_ECDSA_P256})
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
-	return replicas, strings.Join(addrs, ",")
+	return replicas, servicetest.ListTarget(replicas)
 }
 
 // signs is how many Sign calls replica r has answered since it started.
@@ -60,11 +55,15 @@ func TestDialBalancesOverAList(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	ctx := context.Background()
-	// Once every replica is connected, round_robin takes each in turn.
+	// Once every replica is connected, round_robin takes each in turn. A
+	// failed call ends the wait, to fail on the test's goroutine.
 	require.Eventually(t, func() bool {
-		require.NoError(t, sign(ctx, c))
+		if err = sign(ctx, c); err != nil {
+			return true
+		}
 		return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
 	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, err)
 	var before [3]float64
 	for i, r := range replicas {
 		before[i] = signs(t, r)

@@ -3,13 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/handshaked/handshaked/internal/procstat"
 )
 
 // A load runs for about d and says how many operations it completed and
@@ -103,42 +102,13 @@ func cpuTime(pids []int) (time.Duration, error) {
 	}
 	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	for _, pid := range pids {
-		t, err := processCPU(pid)
+		t, err := procstat.CPUTime(pid)
 		if err != nil {
 			return 0, err
 		}
 		total += t
 	}
 	return total, nil
-}
-
-// clockTicks is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
-// Linux).
-const clockTicks = 100
-
-// processCPU reads another process's CPU time, all its threads, from
-// /proc/<pid>/stat (utime and stime, fields 14 and 15).
-func processCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, fmt.Errorf("CPU time (Linux /proc only): %w", err)
-	}
-	// The command name (field 2) may hold spaces: fields count from the
-	// closing parenthesis.
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	var ticks int64
-	for _, s := range f[11:13] {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
 }
 
 // cpuCell writes a CPU time per operation.

@@ -13,18 +13,10 @@ import (
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
-// readmeBlock returns what the README holds between the markers
-// <!-- name:begin --> and <!-- name:end -->, without a code fence.
+// readmeBlock returns the shell block of the README between two markers.
 func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	require.NoError(t, err)
-	_, rest, ok := strings.Cut(string(readme), "<!-- "+name+":begin -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- "+name+":end -->")
-	require.True(t, ok && ok2, "README has no %s block", name)
-	block = strings.TrimSpace(block)
-	block = strings.TrimPrefix(block, "```sh")
-	return strings.TrimSpace(strings.TrimSuffix(block, "```"))
+	return testenv.DocBlock(t, filepath.Join("..", "..", "README.md"), name)
 }
 
 // TestREADMEPerformance runs the README's benchmark command, as a user

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,15 +13,6 @@ import (
 	"github.com/handshaked/handshaked/internal/testenv"
 )
 
-// freeAddr is a loopback address nothing listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestLoadScenarios runs the load scenarios of this directory's README
 // verbatim, on free ports instead of the documented ones: every tool
 // completes its bounded load without a failed call.
@@ -30,15 +20,10 @@ func TestLoadScenarios(t *testing.T) {
 	for _, tool := range []string{"bash", "curl", "jq", "openssl", "ghz", "h2load", "wrk"} {
 		testenv.LookPath(t, tool)
 	}
-	readme, err := os.ReadFile("README.md")
-	require.NoError(t, err)
-	_, rest, ok := strings.Cut(string(readme), "<!-- scenarios:begin -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- scenarios:end -->")
-	require.True(t, ok && ok2, "README has no scenarios block")
-	script := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(block), "```sh"), "```")
+	script := testenv.DocBlock(t, "README.md", "scenarios")
 	for _, documented := range []string{"127.0.0.1:7070", "127.0.0.1:7080", "127.0.0.1:8443"} {
 		require.Contains(t, script, documented)
-		addr := freeAddr(t)
+		addr := testenv.FreeAddr(t)
 		script = strings.ReplaceAll(script, documented, addr)
 		// wrk names the edge localhost, for its SNI.
 		_, port, _ := strings.Cut(documented, ":")

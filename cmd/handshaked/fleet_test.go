@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,8 +76,8 @@ func startFleet(t *testing.T, members, n int, extra ...string) *fleet {
 		r := &replica{
 			name:     fmt.Sprintf("r%d", i),
 			dataDir:  filepath.Join(f.dir, fmt.Sprintf("r%d", i)),
-			grpcAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))),
-			httpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t))),
+			grpcAddr: testenv.FreeAddr(t),
+			httpAddr: testenv.FreeAddr(t),
 			extra:    extra,
 		}
 		require.NoError(t, os.MkdirAll(r.dataDir, 0o700))

@@ -62,6 +62,7 @@ type process struct {
 	output   *strings.Builder
 	mu       *sync.Mutex
 	exited   chan error
+	waited   chan struct{} // closed once the process is reaped
 }
 
 var servingLine = regexp.MustCompile(`grpc_addr=(\S+) rest_url=(\S+)`)
@@ -98,7 +99,7 @@ func startProcessEnv(t testing.TB, dataDir string, env []string, extra ...string
 	cmd.Env = append(append(os.Environ(), "HANDSHAKED_RUN_MAIN=1"), env...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
-	p := &process{cmd: cmd, output: &strings.Builder{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
+	p := &process{cmd: cmd, output: &strings.Builder{}, mu: &sync.Mutex{}, exited: make(chan error, 1), waited: make(chan struct{})}
 	require.NoError(t, cmd.Start())
 	serving := make(chan [2]string, 1)
 	go func() {
@@ -108,13 +109,19 @@ func startProcessEnv(t testing.TB, dataDir string, env []string, extra ...string
 			p.output.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
 			if g, r, ok := servingAddrs(sc.Text()); ok {
-				serving <- [2]string{g, r}
+				select {
+				case serving <- [2]string{g, r}:
+				default: // a second such line: the reading goes on
+				}
 			}
 		}
 		io.Copy(io.Discard, stderr)
 		p.exited <- cmd.Wait()
+		close(p.waited)
 	}()
-	t.Cleanup(func() { cmd.Process.Kill() })
+	// Reaped before the test's directories are removed: a process still
+	// dying must not write into them, nor outlive the test.
+	t.Cleanup(func() { cmd.Process.Kill(); <-p.waited })
 	select {
 	case addrs := <-serving:
 		p.grpcAddr, p.restURL = addrs[0], addrs[1]

@@ -304,14 +304,7 @@ func TestProductionInstance(t *testing.T) {
 // readmeBlock returns the shell block of the README between two markers.
 func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	require.NoError(t, err)
-	_, rest, ok := strings.Cut(string(readme), "<!-- "+name+":begin -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- "+name+":end -->")
-	require.True(t, ok && ok2, "README has no %s block", name)
-	block = strings.TrimSpace(block)
-	block = strings.TrimPrefix(block, "```sh")
-	return strings.TrimSuffix(block, "```")
+	return testenv.DocBlock(t, filepath.Join("..", "..", "README.md"), name)
 }
 
 // TestREADMEMutationCommand runs the README's mutation-testing command as

@@ -2,7 +2,6 @@ package main
 
 import (
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +33,7 @@ func TestREADMEProduction(t *testing.T) {
 	script := readmeBlock(t, "production")
 	for _, port := range []string{":7070", ":7443", ":8443"} {
 		require.Contains(t, script, port, "the walkthrough's ports")
-		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(freePort(t)))
+		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(testenv.FreePort(t)))
 	}
 	script += "\n" + replicasBlock(t)
 	clone := filepath.Join(t.TempDir(), "handshaked")
@@ -79,15 +78,6 @@ func TestREADMEProduction(t *testing.T) {
 	assert.Contains(t, string(audit), `"caller":"spiffe://example.org/edge","peer":"127.0.0.1:`, "the edge's handshakes are audited under its identity")
 	assert.Contains(t, string(audit), `"operation":"Handshake.Stream"`, "the handshake through the edge ran in the service")
 	checkReplicasOutput(t, got)
-}
-
-// freePort is a loopback TCP port free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // copyTree copies the source tree at src to dst, as a fresh clone would

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/handshaked/handshaked/internal/testenv"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -23,7 +24,7 @@ func replicasBlock(t *testing.T) string {
 	for _, port := range []string{"2379", "2380", "22379", "22380", "32379", "32380", "7171", "7172", "7173", "7481", "7482", "7483", "8453"} {
 		word := regexp.MustCompile(`\b` + port + `\b`)
 		require.Regexp(t, word, script, "the replicas block's ports")
-		script = word.ReplaceAllString(script, strconv.Itoa(freePort(t)))
+		script = word.ReplaceAllString(script, strconv.Itoa(testenv.FreePort(t)))
 	}
 	return script
 }

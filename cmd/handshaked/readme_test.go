@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,14 +19,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	for _, tool := range []string{"bash", "curl", "jq", "openssl"} {
 		testenv.LookPath(t, tool)
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
-	require.NoError(t, err)
-	_, rest, ok := strings.Cut(string(readme), "<!-- walkthrough:begin -->")
-	block, _, ok2 := strings.Cut(rest, "<!-- walkthrough:end -->")
-	require.True(t, ok && ok2, "README has no walkthrough block")
-	script := strings.TrimSpace(block)
-	script = strings.TrimPrefix(script, "```sh")
-	script = strings.TrimSuffix(script, "```")
+	script := readmeBlock(t, "walkthrough")
 
 	p := startProcess(t, t.TempDir())
 	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())

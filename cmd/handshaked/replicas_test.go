@@ -6,14 +6,12 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -78,7 +76,7 @@ func TestReplicas(t *testing.T) {
 	}
 	t.Logf("propagation, create acknowledged on one replica -> usable on the others: %s", propagation(ctx, t, f))
 
-	edgeMetrics := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	edgeMetrics := "http://" + testenv.FreeAddr(t)
 	e := startEdge(t, edgeBin, "-unary", "-handshaked", f.grpcAddrs(), "-key", "fleet-ec", "-metrics-listen", strings.TrimPrefix(edgeMetrics, "http://"))
 	e.metricsURL = edgeMetrics
 	for _, version := range []string{"-tls1_2", "-tls1_3"} {

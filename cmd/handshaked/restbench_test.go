@@ -1,15 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +13,7 @@ import (
 	"time"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/procstat"
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
@@ -124,22 +121,11 @@ func runCallers(b *testing.B, pid, callers, n int, call func() error) benchResul
 	return benchResult{wall: time.Since(start), serverCPU: processCPU(b, pid) - before}
 }
 
-// processCPU is the user and system CPU time of process pid so far, from
-// /proc/pid/stat (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+// processCPU is the user and system CPU time of process pid so far.
 func processCPU(b *testing.B, pid int) time.Duration {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	t, err := procstat.CPUTime(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	// The command name (field 2) is in parentheses and may hold spaces.
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	var ticks int64
-	for _, f := range fields[11:13] { // fields 14 and 15 of the whole line
-		n, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond
+	return t
 }

@@ -94,7 +94,7 @@ func Start(t testing.TB, n int, opts ...Option) *Cluster {
 		}
 	})
 	root := t.TempDir()
-	ports := freePorts(t, 3*n)
+	ports := testenv.FreePorts(t, 3*n)
 	for i := range n {
 		m := &member{
 			name:      fmt.Sprintf("m%d", i),
@@ -351,22 +351,4 @@ func (f *front) close() {
 	}
 	f.mu.Unlock()
 	f.wg.Wait()
-}
-
-// freePorts reserves n loopback ports by listening on port 0 at once (so
-// they differ) and releasing them for the members to take.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, n)
-	var ls []net.Listener
-	for i := range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		ls = append(ls, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
 }

@@ -75,8 +75,17 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 		err := change()
 		if errors.Is(err, ErrNotFound) && v.follow != nil && !caughtUp {
 			// A key or version another replica made a moment ago may not
-			// be in the view yet: read the store once before saying so.
+			// be in the view yet: if the store is ahead of the view, read
+			// it once before saying so (a revision read first, so that a
+			// change naming a key that exists nowhere rereads nothing).
 			caughtUp = true
+			rev, rerr := v.follow.store.Revision(ctx)
+			if rerr != nil {
+				return fmt.Errorf("keyvault: %s: read the shared store's revision: %w", what, rerr)
+			}
+			if rev <= v.storeRev {
+				return err
+			}
 			if err := v.refresh(ctx); err != nil {
 				return fmt.Errorf("keyvault: %s: %w", what, err)
 			}
@@ -315,14 +324,15 @@ func (f *follower) signal() {
 	}
 }
 
-// announce publishes that the view applied rev, unless a later revision is
-// announced.
+// announce publishes that the view applied rev, or the later revision
+// announced already. It asks the store even when that revision is announced
+// already: the announcement may have ended meanwhile (an etcd lease that
+// expired), and the store makes it again (etcdstore sends nothing while its
+// lease's key holds the revision).
 func (f *follower) announce(ctx context.Context, rev int64) error {
 	f.announceMu.Lock()
 	defer f.announceMu.Unlock()
-	if rev <= f.announced {
-		return nil
-	}
+	rev = max(rev, f.announced)
 	if err := f.store.Announce(ctx, rev); err != nil {
 		return err
 	}
@@ -494,6 +504,16 @@ func (f *follower) runRounds(v *Vault) {
 // syncOnce is one round of Sync.
 func (v *Vault) syncOnce(ctx context.Context) error {
 	f := v.follow
+	// A confirmation lets this replica use keys for the staleness bound,
+	// and a revocation waits only for the replicas announced: the
+	// announcement must stand before the Revision read is sent, as at the
+	// start (startFollowing). Otherwise a replica whose announcement ended
+	// (its lease expired while it could not reach the store) would serve
+	// again unannounced, and a revocation would return while it still
+	// signs with what was revoked.
+	if err := f.announce(ctx, f.view.Load()); err != nil {
+		return fmt.Errorf("keyvault: announce this replica to the shared store: %w", err)
+	}
 	ts := time.Since(f.epoch)
 	rev, err := f.store.Revision(ctx)
 	if err != nil {

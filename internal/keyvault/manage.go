@@ -301,8 +301,10 @@ func (v *Vault) SetVersionEnabled(ctx context.Context, id string, version uint32
 		next.state = want
 		return &next, nil
 	})
-	if err == nil && !enabled && rev != 0 {
-		err = v.revoked(ctx, rev)
+	if !enabled && rev != 0 { // committed, even with an error after the commit
+		if rerr := v.revoked(ctx, rev); err == nil {
+			err = rerr
+		}
 	}
 	return key, err
 }
@@ -320,8 +322,10 @@ func (v *Vault) DestroyVersion(ctx context.Context, id string, version uint32) (
 		next.signer = nil
 		return &next, nil
 	})
-	if err == nil && rev != 0 {
-		err = v.revoked(ctx, rev)
+	if rev != 0 { // committed, even with an error after the commit
+		if rerr := v.revoked(ctx, rev); err == nil {
+			err = rerr
+		}
 	}
 	return key, err
 }
@@ -400,6 +404,15 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 		}
 		return nil
 	})
+	var committed *committedError
+	if errors.As(err, &committed) {
+		// The store holds the change; the view applies it when it follows
+		// the store. The caller still waits for the replicas on a
+		// revocation, and a key whose handle the store erased is
+		// destroyed in its backend now: nothing names it any more.
+		v.destroyInBackend(ctx, id, ver, next)
+		return nil, committed.rev, err
+	}
 	if err != nil {
 		return nil, 0, err
 	}
@@ -408,6 +421,13 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 	}
 	nk := k.withVersion(next)
 	v.publish(nk)
+	v.destroyInBackend(ctx, id, ver, next)
+	return nk.snapshot(), v.storeRev, nil
+}
+
+// destroyInBackend destroys the backend key of version ver of key id when
+// next, its committed state, left its private key behind.
+func (v *Vault) destroyInBackend(ctx context.Context, id string, ver, next *versionState) {
 	if ver.signer != nil && next.signer == nil && ver.backend != BackendSoftware {
 		// The handle is erased, so the vault can never use the key again
 		// whatever happens here; a key the backend failed to destroy is
@@ -419,5 +439,4 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 			}
 		}
 	}
-	return nk.snapshot(), v.storeRev, nil
 }

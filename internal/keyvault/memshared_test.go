@@ -61,6 +61,17 @@ func (c *memClient) setDown(down bool) {
 	c.s.mu.Unlock()
 }
 
+// expireAnnouncement ends the replica's announcement, as etcd does when
+// the replica's lease expires (its keep-alives did not reach etcd for the
+// lease's TTL); the replica's next Announce makes a new one, as
+// etcdstore's does under a new lease.
+func (c *memClient) expireAnnouncement() {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	delete(c.s.applied, c)
+	c.s.broadcast()
+}
+
 var errMemDown = fmt.Errorf("memShared: cut off: %w", ErrUnavailable)
 
 func (c *memClient) Scan(ctx context.Context, fn func(Record) error) (int64, error) {

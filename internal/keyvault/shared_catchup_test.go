@@ -13,7 +13,8 @@ import (
 // replica made a moment ago finds it, though the watch has not brought it
 // into the view yet: a not-found makes the vault read the store once before
 // it answers, for reads, key operations and changes alike; cut off from the
-// store, it says that rather than not-found.
+// store, it says that rather than not-found. A call naming a key that
+// exists nowhere does not reread the store.
 func TestCallsCatchUp(t *testing.T) {
 	s := newMemShared()
 	a, _ := newSharedVault(t, s)
@@ -47,6 +48,12 @@ func TestCallsCatchUp(t *testing.T) {
 
 	_, err = b.Get(ctx, "no-such-key")
 	assert.ErrorIs(t, err, ErrNotFound)
+	// A change naming a key that exists nowhere: a revision read shows
+	// the view is current, and nothing is read again.
+	scans := bc.scans.Load()
+	_, err = b.SetVersionEnabled(ctx, "no-such-key", 1, false)
+	assert.ErrorIs(t, err, ErrNotFound)
+	assert.Equal(t, scans, bc.scans.Load(), "a change naming no key reread the store")
 	bc.setDown(true)
 	_, err = b.Get(ctx, "no-such-key")
 	assert.ErrorIs(t, err, ErrUnavailable, "cut off from the store, a key it does not know is not said to be missing")

@@ -28,9 +28,11 @@ import (
 // may live), and is then retired: erased from the store and from memory.
 // Its secret never leaves the vault; callers get tickets and plaintexts.
 //
-// The same mechanism serves a second purpose: step-token keys seal the
+// The same mechanism serves two more purposes: step-token keys seal the
 // engine state of stateless handshakes between two steps (PurposeStepTokens),
-// so that any replica continues any handshake. Each purpose has its own
+// so that any replica continues any handshake, and page-token keys seal
+// listing positions (PurposePageTokens), so that any replica serves the
+// next page. Each purpose has its own
 // keys, rotation and lifetime, and derives its AEAD keys under its own
 // label: a ticket never opens as a step token nor the reverse. Neither kind
 // is revocable by the API (a key version's disable or destroy does not
@@ -44,7 +46,14 @@ const (
 	PurposeTickets TicketKeyPurpose = ""
 	// PurposeStepTokens: the state tokens of stateless handshake steps.
 	PurposeStepTokens TicketKeyPurpose = "step-token"
+	// PurposePageTokens: the page tokens of listings.
+	PurposePageTokens TicketKeyPurpose = "page-token"
 )
+
+// known reports whether p is one of the purposes above.
+func (p TicketKeyPurpose) known() bool {
+	return p == PurposeTickets || p == PurposeStepTokens || p == PurposePageTokens
+}
 
 // label is the HKDF label of the purpose's AEAD keys. The tickets' one is
 // what it was before there were purposes, so tickets stay valid.
@@ -57,8 +66,11 @@ func (p TicketKeyPurpose) label() string {
 
 // maxBytes is the largest ticket of the purpose, sealed.
 func (p TicketKeyPurpose) maxBytes() int {
-	if p == PurposeTickets {
+	switch p {
+	case PurposeTickets:
 		return MaxTicketBytes
+	case PurposePageTokens:
+		return MaxPageTokenBytes
 	}
 	return MaxStepTokenBytes
 }
@@ -86,6 +98,9 @@ const (
 	// state holds all the client input it buffers (512 KiB at most in the
 	// service) and its configuration.
 	MaxStepTokenBytes = 2 << 20
+	// MaxPageTokenBytes is the largest page token: a listing position is
+	// a key id, 63 bytes at most.
+	MaxPageTokenBytes = 192
 
 	ticketFormat    = 1
 	ticketHeaderLen = 1 + 4 // format, key id
@@ -130,7 +145,7 @@ func openTicketKey(s sealer, r Record) (*ticketKey, error) {
 	if err := s.openJSON(r, &tr); err != nil {
 		return nil, err
 	}
-	if r.ID != "" || r.Version == 0 || len(tr.Secret) != ticketSecretLen || (tr.Purpose != PurposeTickets && tr.Purpose != PurposeStepTokens) ||
+	if r.ID != "" || r.Version == 0 || len(tr.Secret) != ticketSecretLen || !tr.Purpose.known() ||
 		tr.SealUntil.Before(tr.CreateTime) || tr.AcceptUntil.Before(tr.SealUntil) {
 		return nil, fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
 	}
@@ -191,7 +206,7 @@ func NewTicketKeys(v *Vault, opts TicketKeyOptions) (*TicketKeys, error) {
 	if opts.Rotation < time.Second || opts.Lifetime < time.Second || opts.Lifetime > DefaultTicketLifetime {
 		return nil, fmt.Errorf("keyvault: %v keys: rotation must be at least 1s and lifetime 1s to 7 days: %w", opts.Purpose, ErrInvalidArgument)
 	}
-	if opts.Purpose != PurposeTickets && opts.Purpose != PurposeStepTokens {
+	if !opts.Purpose.known() {
 		return nil, fmt.Errorf("keyvault: unknown ticket key purpose %q: %w", opts.Purpose, ErrInvalidArgument)
 	}
 	if opts.Now == nil {
@@ -358,6 +373,7 @@ func (t *TicketKeys) mine(k *ticketKey) bool { return k.purpose == t.opts.Purpos
 // schedule too, so that keys rotate and are retired on time when nothing is
 // sealed. It never creates the first key: that is made on first use.
 func (t *TicketKeys) Maintain(ctx context.Context) error {
+	t.dropRetiredAEADs()
 	now := t.opts.Now()
 	k, err := t.current(now)
 	switch {
@@ -370,6 +386,25 @@ func (t *TicketKeys) Maintain(ctx context.Context) error {
 	}
 	_, err = t.rotate(ctx, now)
 	return err
+}
+
+// dropRetiredAEADs drops the cached AEAD of every key no longer held: a key
+// another replica retired leaves this replica's view (adopt clears its
+// secret) without passing through publish, which drops the AEADs of the
+// keys this replica retires.
+func (t *TicketKeys) dropRetiredAEADs() {
+	t.v.mu.RLock()
+	held := make(map[uint32]bool, len(t.v.tickets))
+	for _, k := range t.v.tickets {
+		held[k.id] = true
+	}
+	t.v.mu.RUnlock()
+	t.aeads.Range(func(id, _ any) bool {
+		if !held[id.(uint32)] {
+			t.aeads.Delete(id) // one made since the snapshot is derived again
+		}
+		return true
+	})
 }
 
 // rotate creates a new current key, unless another call did meanwhile,

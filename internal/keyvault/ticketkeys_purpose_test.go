@@ -115,3 +115,63 @@ func TestTicketKeysOfAnotherReplica(t *testing.T) {
 		bc.setDown(false)
 	}
 }
+
+// TestPageTokenPurpose: page-token keys are a third purpose: what they seal
+// opens under no other purpose, and nothing another purpose sealed opens
+// as a page token; a page token larger than MaxPageTokenBytes is refused
+// before any key is looked up.
+func TestPageTokenPurpose(t *testing.T) {
+	v, _ := newTestVault(t)
+	keys := map[TicketKeyPurpose]*TicketKeys{}
+	sealed := map[TicketKeyPurpose][]byte{}
+	for _, p := range []TicketKeyPurpose{PurposeTickets, PurposeStepTokens, PurposePageTokens} {
+		tk, err := NewTicketKeys(v, TicketKeyOptions{Purpose: p, Deployment: "prod", Rotation: time.Hour, Lifetime: time.Hour})
+		require.NoError(t, err)
+		keys[p] = tk
+		sealed[p], err = tk.Seal(ctx, "scope", []byte("position"))
+		require.NoError(t, err)
+	}
+	for p, tk := range keys {
+		for q, s := range sealed {
+			got, err := tk.Open(ctx, "scope", s)
+			if p == q {
+				require.NoError(t, err)
+				assert.Equal(t, []byte("position"), got)
+				continue
+			}
+			assert.ErrorIs(t, err, ErrTicketRejected, "sealed as %v, opened as %v", q, p)
+		}
+	}
+	_, err := keys[PurposePageTokens].Open(ctx, "scope", make([]byte, MaxPageTokenBytes+1))
+	assert.ErrorIs(t, err, ErrInvalidArgument)
+}
+
+// TestRetiredElsewhereDropsAEAD: a ticket key another replica retired
+// leaves this replica's cache of derived AEADs at its next Maintain, so no
+// key material of a retired key stays in its memory.
+func TestRetiredElsewhereDropsAEAD(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	b, _ := newSharedVault(t, s)
+	clock := testenv.NewClock(time.Now())
+	opts := TicketKeyOptions{Deployment: "prod", Rotation: testRotation, Lifetime: testLifetime, Now: clock.Now}
+	ta, err := NewTicketKeys(a, opts)
+	require.NoError(t, err)
+	tb, err := NewTicketKeys(b, opts)
+	require.NoError(t, err)
+	ticket, err := ta.Seal(ctx, "web", []byte("state"))
+	require.NoError(t, err)
+	_, err = tb.Open(ctx, "web", ticket)
+	require.NoError(t, err)
+	cached := func() (n int) {
+		tb.aeads.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	require.Equal(t, 1, cached(), "b derived the key's AEAD")
+
+	clock.Add(testRotation + testLifetime + time.Minute)
+	require.NoError(t, ta.Maintain(ctx)) // a retires the key
+	require.NoError(t, b.Sync(ctx))
+	require.NoError(t, tb.Maintain(ctx))
+	assert.Zero(t, cached(), "the AEAD of a key retired by another replica stayed")
+}

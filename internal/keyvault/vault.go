@@ -206,6 +206,10 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 	w.If = map[RecordRef]int64{manifestRef: v.manifestRev}
 	storeRev, err := v.store.Commit(ctx, w)
 	if err != nil {
+		if storeRev > 0 {
+			// The view follows the store to it.
+			return &committedError{rev: storeRev, err: err}
+		}
 		return err
 	}
 	v.revision, v.entries = rev, entries
@@ -221,6 +225,19 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 	}
 	return nil
 }
+
+// committedError is the error of a commit the store made and then failed
+// after, returning the commit's revision with the error (etcdstore, when
+// etcd refuses or does not answer the compaction after a commit that
+// erased records): the change is in the store, and the view applies it
+// when it follows the store, not at once.
+type committedError struct {
+	rev int64
+	err error
+}
+
+func (e *committedError) Error() string { return e.err.Error() }
+func (e *committedError) Unwrap() error { return e.err }
 
 // underCurrentKEK returns w with every record sealed under the current KEK:
 // one sealed under the KEK a rotation retires (a record of a snapshot taken

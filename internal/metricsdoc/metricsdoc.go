@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Metric is one row of the table.
@@ -83,4 +85,40 @@ func Parse(doc string) (map[string]Metric, error) {
 		return nil, fmt.Errorf("metrics table: no rows")
 	}
 	return metrics, nil
+}
+
+// Mismatches compares the table's rows with served, the metric families a
+// live /metrics page serves, and lists what differs: a listed metric not
+// served, or served with another type or labels, and a served metric named
+// with prefix that the table does not list. The service and the edge check
+// their pages with it.
+func Mismatches(rows map[string]Metric, served map[string]*dto.MetricFamily, prefix string) []string {
+	var diffs []string
+	for name, row := range rows {
+		f, ok := served[name]
+		if !ok {
+			diffs = append(diffs, fmt.Sprintf("%s is listed but not served", name))
+			continue
+		}
+		if typ := strings.ToLower(f.GetType().String()); typ != row.Type {
+			diffs = append(diffs, fmt.Sprintf("%s is listed as a %s but served as a %s", name, row.Type, typ))
+		}
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName())
+			}
+			slices.Sort(labels)
+			if !slices.Equal(labels, row.Labels) {
+				diffs = append(diffs, fmt.Sprintf("%s is listed with labels %v but served with %v", name, row.Labels, labels))
+			}
+		}
+	}
+	for name := range served {
+		if _, ok := rows[name]; !ok && strings.HasPrefix(name, prefix) {
+			diffs = append(diffs, fmt.Sprintf("%s is served but not listed", name))
+		}
+	}
+	slices.Sort(diffs)
+	return slices.Compact(diffs)
 }

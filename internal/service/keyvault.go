@@ -2,18 +2,17 @@ package service
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/audit"
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
@@ -34,9 +33,11 @@ type KeyVault struct {
 	vault *keyvault.Vault
 	// visible says whether the caller may see a key in a listing.
 	visible func(context.Context, *keyvault.Key) bool
-	// pageTokens seals listing positions: a token tells its holder
-	// nothing, not even the id of a key it was not shown.
-	pageTokens cipher.AEAD
+	// pageTokens seals listing positions under the deployment's
+	// page-token keys, which every replica holds: a token tells its holder
+	// nothing, not even the id of a key it was not shown, and whichever
+	// replica a client's next call reaches serves the next page.
+	pageTokens *keyvault.TicketKeys
 	// keys times the vault operations; New gives it the server's registry.
 	keys *keyMetrics
 	// tickets seals and opens session tickets (tickets.go); nil: off.
@@ -46,21 +47,22 @@ type KeyVault struct {
 	batchItem batchItemGuard
 }
 
-// NewKeyVault returns the KeyVault API over vault; listings show the keys
-// for which visible holds.
-func NewKeyVault(vault *keyvault.Vault, visible func(context.Context, *keyvault.Key) bool) (*KeyVault, error) {
-	key := make([]byte, 32)
-	rand.Read(key)
-	block, err := aes.NewCipher(key)
-	clear(key) // the cipher keeps its own expanded copy
+// pageTokenRotation is how long a page-token key seals new tokens, and
+// how long a token is accepted after that.
+const pageTokenRotation = time.Hour
+
+// newKeyVault returns the KeyVault API over vault for deployment;
+// listings show the keys for which visible holds. The page-token keys'
+// changes are logged and audited in log (nil: logged only).
+func newKeyVault(vault *keyvault.Vault, visible func(context.Context, *keyvault.Key) bool, deployment string, log *audit.Log) (*KeyVault, error) {
+	pageTokens, err := keyvault.NewTicketKeys(vault, keyvault.TicketKeyOptions{
+		Purpose: keyvault.PurposePageTokens, Deployment: deployment, Rotation: pageTokenRotation, Lifetime: pageTokenRotation,
+		OnChange: func(e keyvault.TicketKeyEvent) { auditKeyChange(e, log) },
+	})
 	if err != nil {
 		return nil, fmt.Errorf("page tokens: %w", err)
 	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("page tokens: %w", err)
-	}
-	return &KeyVault{vault: vault, visible: visible, pageTokens: aead, keys: newKeyMetrics(nil)}, nil
+	return &KeyVault{vault: vault, visible: visible, pageTokens: pageTokens, keys: newKeyMetrics(nil)}, nil
 }
 
 // keyResult converts the outcome of a vault call that yields a key.
@@ -144,29 +146,35 @@ func (s *KeyVault) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.L
 			break
 		}
 	}
-	resp.NextPageToken = s.sealPageToken(ctx, cursor)
+	if resp.NextPageToken, err = s.sealPageToken(ctx, cursor); err != nil {
+		return nil, err
+	}
 	return resp, nil
 }
 
 const (
 	defaultPageSize = 50
 	maxPageSize     = 1000
-	// maxPageTokenBytes is above any token sealPageToken makes (a key
-	// id of 63 bytes sealed, in base64).
-	maxPageTokenBytes = 256
+	// maxPageTokenBytes is the longest page token, in base64.
+	maxPageTokenBytes = (keyvault.MaxPageTokenBytes*8 + 5) / 6
 )
 
 // sealPageToken seals a vault position for the caller; "" stays "".
-func (s *KeyVault) sealPageToken(ctx context.Context, cursor string) string {
+func (s *KeyVault) sealPageToken(ctx context.Context, cursor string) (string, error) {
 	if cursor == "" {
-		return ""
+		return "", nil
 	}
-	nonce := make([]byte, s.pageTokens.NonceSize(), s.pageTokens.NonceSize()+len(cursor)+s.pageTokens.Overhead())
-	rand.Read(nonce)
-	return base64.RawURLEncoding.EncodeToString(s.pageTokens.Seal(nonce, nonce, []byte(cursor), []byte(callerIdentity(ctx))))
+	token, err := s.pageTokens.Seal(ctx, pageTokenScope(ctx), []byte(cursor))
+	if err != nil {
+		return "", toStatus(ctx, err)
+	}
+	return base64.RawURLEncoding.EncodeToString(token), nil
 }
 
-// openPageToken opens a token this process sealed for the same caller.
+// openPageToken opens a token a replica of this deployment sealed for the
+// same caller. One it cannot tell (the store unreachable while catching up
+// with a page-token key another replica made) is that error, not the
+// caller's.
 func (s *KeyVault) openPageToken(ctx context.Context, token string) (string, error) {
 	if token == "" {
 		return "", nil
@@ -175,18 +183,23 @@ func (s *KeyVault) openPageToken(ctx context.Context, token string) (string, err
 		return "", errPageToken
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(token)
-	n := s.pageTokens.NonceSize()
-	if err != nil || len(raw) < n {
-		return "", errPageToken
-	}
-	cursor, err := s.pageTokens.Open(nil, raw[:n], raw[n:], []byte(callerIdentity(ctx)))
 	if err != nil {
 		return "", errPageToken
+	}
+	cursor, err := s.pageTokens.Open(ctx, pageTokenScope(ctx), raw)
+	switch {
+	case errors.Is(err, keyvault.ErrTicketRejected), errors.Is(err, keyvault.ErrInvalidArgument):
+		return "", errPageToken
+	case err != nil:
+		return "", toStatus(ctx, err)
 	}
 	return string(cursor), nil
 }
 
-var errPageToken = invalid("page_token: not a token this service gave this caller (tokens do not survive a restart)")
+// pageTokenScope binds a page token to the listing and its caller.
+func pageTokenScope(ctx context.Context) string { return "list keys for " + callerIdentity(ctx) }
+
+var errPageToken = invalid("page_token: not a token this deployment gave this caller in the last hour")
 
 func (s *KeyVault) RotateKey(ctx context.Context, req *pb.RotateKeyRequest) (*pb.Key, error) {
 	start := time.Now()

@@ -49,7 +49,7 @@ func BenchmarkLimitsAndStepAuthorization(b *testing.B) {
 	require.NoError(b, err)
 	caller := withIdentity(ctx, "edge")
 
-	kv, err := NewKeyVault(vault, func(context.Context, *keyvault.Key) bool { return true })
+	kv, err := newKeyVault(vault, func(context.Context, *keyvault.Key) bool { return true }, "", nil)
 	require.NoError(b, err)
 	digest := sha256.Sum256([]byte("benchmark"))
 	sign := &pb.SignRequest{Key: "key-a", Version: 1, Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}

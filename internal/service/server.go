@@ -60,8 +60,10 @@ type Server struct {
 	interval time.Duration
 	tickets  *keyvault.TicketKeys // nil: session tickets off
 	tokens   *keyvault.TicketKeys // of stateless handshakes
-	pollCtx  context.Context
-	stopPoll context.CancelFunc
+	// pageTokens seal ListKeys positions.
+	pageTokens *keyvault.TicketKeys
+	pollCtx    context.Context
+	stopPoll   context.CancelFunc
 }
 
 // Options configure a Server. The zero value is a development server:
@@ -118,11 +120,12 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	// The API's services answer on both transports; health and reflection
 	// on gRPC only.
 	api := registrars{s.grpc, local}
-	kv, err := NewKeyVault(vault, g.visible)
+	kv, err := newKeyVault(vault, g.visible, opts.Handshake.Deployment, opts.Audit)
 	if err != nil {
 		return nil, err
 	}
 	kv.batchItem = g.batchItem
+	s.pageTokens = kv.pageTokens
 	hs := newHandshakeAPI(vault, opts.Handshake, newHandshakeMetrics(registry), opts.Audit)
 	s.tokens = hs.tokens
 	// One set of key metrics for both APIs, labelled by source.
@@ -232,6 +235,7 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 		go maintainTickets(s.pollCtx, s.tickets, ticketMaintenance)
 	}
 	go maintainTickets(s.pollCtx, s.tokens, ticketMaintenance)
+	go maintainTickets(s.pollCtx, s.pageTokens, ticketMaintenance)
 	if s.maxConns > 0 {
 		// Connections cost memory before any call is made on them: past
 		// the cap the next ones wait in the kernel's backlog.

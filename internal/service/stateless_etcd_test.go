@@ -20,6 +20,59 @@ import (
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
+// startSharedReplicas starts n replicas of deployment "prod" on one new
+// etcd cluster; the first one creates the vault.
+func startSharedReplicas(t *testing.T, n int) []*servicetest.Server {
+	ctx := context.Background()
+	cluster := etcdtest.Start(t, 1)
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	var replicas []*servicetest.Server
+	for i := range n {
+		store, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cluster.Endpoints(), Prefix: "/shared", RequestTimeout: 2 * time.Second, LeaseTTL: 2 * time.Second})
+		require.NoError(t, err)
+		open := keyvault.Open
+		if i == 0 {
+			open = keyvault.New
+		}
+		vault, err := open(ctx, store, kek)
+		require.NoError(t, err)
+		t.Cleanup(func() { vault.Close() })
+		replicas = append(replicas, servicetest.StartOnVault(t, vault, service.Options{Handshake: service.HandshakeOptions{Deployment: "prod"}}))
+	}
+	return replicas
+}
+
+// TestListPagesAcrossReplicas: a listing's pages may each come from
+// another replica, as a balancing client sends them: a page token one
+// replica sealed opens on the other, and the pages cover every key once.
+func TestListPagesAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	replicas := startSharedReplicas(t, 2)
+	kva := pb.NewKeyVaultClient(replicas[0].Conn)
+	want := map[string]bool{}
+	for _, id := range []string{"k1", "k2", "k3", "k4", "k5"} {
+		_, err := kva.CreateKey(ctx, &pb.CreateKeyRequest{Id: id, Algorithm: pb.Algorithm_ALGORITHM_ED25519})
+		require.NoError(t, err)
+		want[id] = true
+	}
+	got := map[string]bool{}
+	token := ""
+	for page := 0; ; page++ {
+		require.Less(t, page, 10, "the listing does not end")
+		resp, err := pb.NewKeyVaultClient(replicas[page%2].Conn).ListKeys(ctx, &pb.ListKeysRequest{PageSize: 2, PageToken: token})
+		require.NoError(t, err, "page %d on replica %d", page, page%2)
+		for _, k := range resp.GetKeys() {
+			assert.False(t, got[k.GetId()], "%s listed twice", k.GetId())
+			got[k.GetId()] = true
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	assert.Equal(t, want, got)
+}
+
 // TestStatelessOnSharedStore: two replicas on one etcd cluster. A stateless
 // handshake started on one continues on the other with a key and a
 // step-token key the other has just learnt of; a rotation mid-handshake
@@ -27,22 +80,8 @@ import (
 // in flight on the other once the call returns.
 func TestStatelessOnSharedStore(t *testing.T) {
 	ctx := context.Background()
-	cluster := etcdtest.Start(t, 1)
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	replica := func(create bool) *servicetest.Server {
-		store, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cluster.Endpoints(), Prefix: "/stateless", RequestTimeout: 2 * time.Second, LeaseTTL: 2 * time.Second})
-		require.NoError(t, err)
-		open := keyvault.Open
-		if create {
-			open = keyvault.New
-		}
-		vault, err := open(ctx, store, kek)
-		require.NoError(t, err)
-		t.Cleanup(func() { vault.Close() })
-		return servicetest.StartOnVault(t, vault, service.Options{Handshake: service.HandshakeOptions{Deployment: "prod"}})
-	}
-	a, b := replica(true), replica(false)
+	replicas := startSharedReplicas(t, 2)
+	a, b := replicas[0], replicas[1]
 	ha, hb := pb.NewHandshakeClient(a.Conn), pb.NewHandshakeClient(b.Conn)
 
 	key := a.ServerKey(t, "k", "p256-sec1.pem", "k.test")

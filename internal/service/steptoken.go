@@ -14,7 +14,7 @@ import (
 // the caller holds it: this encoding, sealed under the deployment's
 // step-token keys (keyvault.PurposeStepTokens). Its first byte is the
 // encoding version. A replica decodes every version it has ever written
-// (testdata/steptoken-v*.hex are tokens of each, restored by a test), so a
+// (testdata/steptoken-v*.json are tokens of each, restored by a test), so a
 // rolling upgrade never breaks a handshake in flight; it writes the newest.
 //
 // Version 1:

@@ -99,7 +99,8 @@ func newTicketKeys(vault *keyvault.Vault, opts TicketOptions, m *ticketMetrics, 
 	})
 }
 
-// auditKeyChange logs and audits a change of the ticket or step-token keys;
+// auditKeyChange logs and audits a change of the ticket, step-token or
+// page-token keys;
 // it returns the change: created or retired.
 func auditKeyChange(e keyvault.TicketKeyEvent, log *audit.Log) string {
 	change, op := "created", "rotate"
@@ -107,8 +108,11 @@ func auditKeyChange(e keyvault.TicketKeyEvent, log *audit.Log) string {
 		change, op = "retired", "retire"
 	}
 	name, kind, ops := "session ticket key", "ticket key", "ticket_keys."
-	if e.Purpose == keyvault.PurposeStepTokens {
+	switch e.Purpose {
+	case keyvault.PurposeStepTokens:
 		name, kind, ops = "step-token key", "step-token key", "step_token_keys."
+	case keyvault.PurposePageTokens:
+		name, kind, ops = "page-token key", "page-token key", "page_token_keys."
 	}
 	op = ops + op
 	slog.Info(name+" "+change, strings.NewReplacer(" ", "_", "-", "_").Replace(kind), fmt.Sprintf("%08x", e.ID),

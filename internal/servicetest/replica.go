@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,6 +76,17 @@ func StartReplicas(t testing.TB, n int, opts service.Options, setup func(*Server
 		t.Cleanup(func() { r.stop(10 * time.Second) })
 	}
 	return replicas
+}
+
+// ListTarget is the replicas' gRPC addresses as the list target a client
+// dials, "127.0.0.1:1,127.0.0.1:2": each replica keeps its address across
+// restarts.
+func ListTarget(replicas []*Replica) string {
+	addrs := make([]string, len(replicas))
+	for i, r := range replicas {
+		addrs[i] = r.GRPCAddr
+	}
+	return strings.Join(addrs, ",")
 }
 
 func copyFile(t testing.TB, from, to string) {

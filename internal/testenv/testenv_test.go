@@ -36,3 +36,13 @@ func TestMainFailsOnLeftovers(t *testing.T) {
 	assert.Equal(t, 0, Main(clean))
 	assert.Equal(t, 3, Main(runFunc(func() int { return 3 })))
 }
+
+// TestDocBlock: the block between a name's markers, its code fence and
+// surrounding blank lines removed, not another name's block.
+func TestDocBlock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "README.md")
+	doc := "intro\n<!-- other:begin -->\nnot this\n<!-- other:end -->\n<!-- run:begin -->\n\n```sh\necho one\necho two\n```\n\n<!-- run:end -->\n"
+	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
+	assert.Equal(t, "echo one\necho two", DocBlock(t, path, "run"))
+	assert.Equal(t, "not this", DocBlock(t, path, "other"))
+}

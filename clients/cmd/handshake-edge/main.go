@@ -332,6 +332,12 @@ func serveEcho(ctx context.Context, l net.Listener, idle time.Duration, log *slo
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	return serveHTTP(ctx, srv, l)
+}
+
+// serveHTTP serves srv on l until ctx ends, then shuts it down, giving
+// the requests in flight 5 s.
+func serveHTTP(ctx context.Context, srv *http.Server, l net.Listener) error {
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

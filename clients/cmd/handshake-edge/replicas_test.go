@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,11 +41,7 @@ func TestUnaryOverReplicas(t *testing.T) {
 		_, err := handshaked.New(s.Conn).StartStatelessHandshake(context.Background(), &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, nil)
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
-	addr, log := startEdge(t, "-handshaked", strings.Join(addrs, ","), "-unary", "-key", key.ID, "-metrics-listen", "127.0.0.1:0")
+	addr, log := startEdge(t, "-handshaked", servicetest.ListTarget(replicas), "-unary", "-key", key.ID, "-metrics-listen", "127.0.0.1:0")
 	m := regexp.MustCompile(`msg="serving metrics" addr=(\S+)`).FindStringSubmatch(log.String())
 	require.NotNil(t, m, "no metrics address in the log:\n%s", log)
 	metrics := "http://" + m[1]
@@ -96,26 +91,7 @@ func TestUnaryOverReplicas(t *testing.T) {
 		parser := expfmt.NewTextParser(model.UTF8Validation)
 		families, err := parser.TextToMetricFamilies(resp.Body)
 		require.NoError(t, err)
-		for name, row := range rows {
-			f, ok := families[name]
-			if !assert.True(t, ok, "docs/metrics.md lists %s, which the edge's /metrics does not serve", name) {
-				continue
-			}
-			assert.Equal(t, row.Type, strings.ToLower(f.GetType().String()), "type of %s", name)
-			for _, m := range f.GetMetric() {
-				var labels []string
-				for _, l := range m.GetLabel() {
-					labels = append(labels, l.GetName())
-				}
-				slices.Sort(labels)
-				assert.Equal(t, row.Labels, labels, "labels of %s", name)
-			}
-		}
-		for name := range families {
-			if strings.HasPrefix(name, "handshake_edge_") {
-				assert.Contains(t, rows, name, "the edge serves %s, which docs/metrics.md does not list", name)
-			}
-		}
+		assert.Empty(t, metricsdoc.Mismatches(rows, families, "handshake_edge_"), "docs/metrics.md's handshake-edge section against the edge's /metrics")
 	})
 
 	t.Run("curl", func(t *testing.T) {

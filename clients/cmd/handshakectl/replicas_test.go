@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -21,13 +20,9 @@ func TestReplicaList(t *testing.T) {
 		_, err := pb.NewKeyVaultClient(s.Conn).CreateKey(context.Background(), &pb.CreateKeyRequest{Id: "ctl-replicated", Algorithm: pb.Algorithm_ALGORITHM_ED25519})
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
 	get := func() (string, error) {
 		var stdout, stderr bytes.Buffer
-		err := run(context.Background(), []string{"-handshaked", strings.Join(addrs, ","), "get", "ctl-replicated"}, nil, &stdout, &stderr)
+		err := run(context.Background(), []string{"-handshaked", servicetest.ListTarget(replicas), "get", "ctl-replicated"}, nil, &stdout, &stderr)
 		return stdout.String(), err
 	}
 	out, err := get()

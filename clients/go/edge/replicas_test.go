@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,11 +42,7 @@ func newFleet(t testing.TB, replicas, retries int, unary bool) *fleet {
 		_, err := handshaked.New(s.Conn).StartStatelessHandshake(context.Background(), &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: f.key.ID}}}, nil)
 		require.NoError(t, err)
 	})
-	var addrs []string
-	for _, r := range f.replicas {
-		addrs = append(addrs, r.GRPCAddr)
-	}
-	client, err := handshaked.Dial(strings.Join(addrs, ","), handshaked.WithInsecure(), handshaked.WithRetries(retries, handshaked.DefaultRetryBackoff),
+	client, err := handshaked.Dial(servicetest.ListTarget(f.replicas), handshaked.WithInsecure(), handshaked.WithRetries(retries, handshaked.DefaultRetryBackoff),
 		handshaked.WithRetryObserver(func(method string, err error, retried bool) {
 			assert.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", method, err)
 			f.failed.Add(1)
@@ -152,11 +147,16 @@ func (c *pausedConn) Write(b []byte) (int, error) {
 func TestStepOnAReplicaThatNeverSawTheHandshake(t *testing.T) {
 	f := newFleet(t, 3, handshaked.DefaultRetries, true)
 	// Once every replica is connected, round_robin sends three starts in a
-	// row to the three of them.
+	// row to the three of them. A failed handshake ends the wait, to fail
+	// on the test's goroutine.
+	var err error
 	require.Eventually(t, func() bool {
-		require.NoError(t, f.handshake(tls.VersionTLS13))
+		if err = f.handshake(tls.VersionTLS13); err != nil {
+			return true
+		}
 		return started(t, f.replicas[0]) > 0 && started(t, f.replicas[1]) > 0 && started(t, f.replicas[2]) > 0
 	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, err)
 	var before [3]float64
 	for i, r := range f.replicas {
 		before[i] = started(t, r)

@@ -692,7 +692,8 @@ type ListKeysRequest struct {
 	// At most this many keys (default 50, at most 1000).
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page: opaque, valid only for the
-	// caller it was given to, and not across a restart of the service.
+	// caller it was given to, on any replica of the deployment, for an hour
+	// or more (two at most).
 	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

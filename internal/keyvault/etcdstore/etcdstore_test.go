@@ -344,9 +344,11 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	wctx, cancel = context.WithCancel(ctx)
 	defer cancel()
 	go func() { done <- empty.Watch(wctx, 0, func(rev int64) { revs <- rev }) }()
+	// A failed commit ends the wait, to fail on the test's goroutine.
 	require.Eventually(t, func() bool {
-		_, err := empty.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: check, Sealed: []byte("c")}}})
-		require.NoError(t, err)
+		if _, err = empty.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: check, Sealed: []byte("c")}}}); err != nil {
+			return true
+		}
 		select {
 		case <-revs:
 			return true
@@ -354,6 +356,9 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 			return false
 		}
 	}, 30*time.Second, time.Millisecond)
+	require.NoError(t, err)
+	cancel()
+	assert.ErrorIs(t, <-done, context.Canceled, "the watch ends with the test")
 }
 
 // WaitApplied returns once every live replica announced the revision; a

@@ -14,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/handshaked/handshaked/internal/etcdtest"
 	"github.com/handshaked/handshaked/internal/keyvault"
@@ -113,7 +115,9 @@ func TestVaultReplicasOnEtcd(t *testing.T) {
 						return
 					}
 					pub, err := x509.MarshalPKIXPublicKey(key.Versions[key.Primary-1].PublicKey)
-					require.NoError(t, err)
+					if !assert.NoError(t, err) { // not require: this is not the test's goroutine
+						return
+					}
 					mu.Lock()
 					_, dup := made[key.Primary]
 					assert.False(t, dup, "version %d made twice", key.Primary)
@@ -162,6 +166,51 @@ func TestVaultReplicasOnEtcd(t *testing.T) {
 		key, err := b.Get(t.Context(), "web")
 		require.NoError(t, err)
 		assert.Equal(t, keyvault.StateDestroyed, key.Versions[0].State)
+	})
+
+	// A replica whose lease ended (revoked here; expired when its
+	// keep-alives did not reach etcd for the TTL) and that still reaches
+	// etcd announces itself again under a new lease before it confirms its
+	// view again: a revocation then waits for it, rather than return while
+	// it still signs with the version.
+	t.Run("revocation after the lease ended", func(t *testing.T) {
+		raw := c.Client(t, nil)
+		announcements := func() []*mvccpb.KeyValue {
+			resp, err := raw.Get(t.Context(), "/relet/replicas/", clientv3.WithPrefix())
+			require.NoError(t, err)
+			return resp.Kvs
+		}
+		b := openVault(t, slowScan{Store: open(t, c, "/relet"), delay: 300 * time.Millisecond})
+		require.Len(t, announcements(), 1)
+		lease := clientv3.LeaseID(announcements()[0].Lease)
+		a := openVault(t, open(t, c, "/relet"))
+		_, err := a.Create(t.Context(), "web", keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		_, err = a.Rotate(t.Context(), "web")
+		require.NoError(t, err)
+		require.NoError(t, b.Sync(t.Context()))
+		require.NoError(t, sign(b, "web", 1))
+		// Both announced the last change: B's view does not move after.
+		require.Eventually(t, func() bool {
+			kvs := announcements()
+			return len(kvs) == 2 && bytes.Equal(kvs[0].Value, kvs[1].Value)
+		}, 30*time.Second, 10*time.Millisecond)
+
+		_, err = raw.Revoke(t.Context(), lease)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			for _, kv := range announcements() {
+				if clientv3.LeaseID(kv.Lease) == lease {
+					return false
+				}
+			}
+			return len(announcements()) == 2
+		}, 10*time.Second, 10*time.Millisecond, "B announced again under a new lease")
+		require.NoError(t, sign(b, "web", 1))
+
+		_, err = a.SetVersionEnabled(t.Context(), "web", 1, false)
+		require.NoError(t, err)
+		assert.ErrorIs(t, sign(b, "web", 1), keyvault.ErrFailedPrecondition)
 	})
 
 	// Without quorum no replica can confirm its view: key changes fail
