@@ -232,8 +232,21 @@ func serveService(ctx context.Context, dir string) (childInfo, func(), error) {
 	}, nil
 }
 
+// listenerName names in childInfo.Listeners the edge's listener for key
+// in one mode: with oneRoundTrip, the service completes a TLS 1.3
+// handshake in its first step and the edge verifies the client's Finished
+// (handshake-edge -one-round-trip); without, the edge steps it twice, the
+// default. The local-key server's listeners are named by key alone.
+func listenerName(key string, oneRoundTrip bool) string {
+	if oneRoundTrip {
+		return key + " one-round-trip"
+	}
+	return key
+}
+
 // serveEdge serves TLS through the service at addr, one listener per
-// TLS key, each connection answered as serveOneByte does.
+// TLS key and mode, each connection answered as serveOneByte does with
+// the number of service round trips the handshake took.
 func serveEdge(addr string) (childInfo, func(), error) {
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure())
 	if err != nil {
@@ -241,18 +254,22 @@ func serveEdge(addr string) (childInfo, func(), error) {
 	}
 	info := childInfo{Listeners: map[string]string{}}
 	var closers []func() error
+	roundTrips := func(c net.Conn) byte { return byte(len(c.(*edge.Conn).ConnectionState().Steps)) }
 	for _, k := range benchKeys {
 		if !k.tls {
 			continue
 		}
-		inner, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return childInfo{}, nil, err
+		for _, oneRoundTrip := range []bool{false, true} {
+			inner, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return childInfo{}, nil, err
+			}
+			l := edge.NewListener(inner, &edge.Config{Client: c, Handshake: &pb.HandshakeConfig{
+				Keys: []*pb.KeyRef{{Key: k.id}}, CallerVerifiesFinished: oneRoundTrip}})
+			go serveOneByte(l, roundTrips)
+			info.Listeners[listenerName(k.id, oneRoundTrip)] = l.Addr().String()
+			closers = append(closers, l.Close)
 		}
-		l := edge.NewListener(inner, &edge.Config{Client: c, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: k.id}}}})
-		go serveOneByte(l)
-		info.Listeners[k.id] = l.Addr().String()
-		closers = append(closers, l.Close)
 	}
 	return info, func() {
 		for _, f := range closers {
@@ -295,7 +312,7 @@ func serveLocal() (childInfo, func(), error) {
 		if err != nil {
 			return childInfo{}, nil, err
 		}
-		go serveOneByte(l)
+		go serveOneByte(l, func(net.Conn) byte { return 0 })
 		info.Listeners[k.id] = l.Addr().String()
 		info.CertsPEM = append(info.CertsPEM, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 		closers = append(closers, l.Close)
@@ -309,8 +326,11 @@ func serveLocal() (childInfo, func(), error) {
 
 // serveOneByte writes a byte on every connection l accepts and closes it:
 // once a client has read it, the server has completed the handshake and
-// the client has taken in a TLS 1.3 NewSessionTicket sent before it.
-func serveOneByte(l net.Listener) {
+// the client has taken in a TLS 1.3 NewSessionTicket sent before it. The
+// byte is what roundTrips says of the connection (the calls to the service
+// its handshake took, 0 for the local-key server), so that the client
+// checks each server ran the handshake in the mode its row says.
+func serveOneByte(l net.Listener, roundTrips func(net.Conn) byte) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -318,7 +338,7 @@ func serveOneByte(l net.Listener) {
 		}
 		go func() {
 			c.SetDeadline(time.Now().Add(10 * time.Second))
-			c.Write([]byte{1})
+			c.Write([]byte{roundTrips(c)})
 			c.Close()
 		}()
 	}

@@ -33,20 +33,23 @@ type hsClient struct {
 	kind    hsKind
 	pool    *x509.CertPool
 	resumed bool
+	// trips is the number of service round trips the server must say
+	// each handshake took (serveOneByte).
+	trips byte
 	// configs holds client configurations, each with its own session
 	// cache (a real client has one) already holding a ticket, when
 	// resumed; otherwise one configuration without a cache.
 	configs chan *tls.Config
 }
 
-func newHSClient(addr string, kind hsKind, pool *x509.CertPool, resumed bool, n int) (*hsClient, error) {
-	h := &hsClient{addr: addr, kind: kind, pool: pool, resumed: resumed, configs: make(chan *tls.Config, n)}
+func newHSClient(addr string, kind hsKind, pool *x509.CertPool, resumed bool, trips byte, n int) (*hsClient, error) {
+	h := &hsClient{addr: addr, kind: kind, pool: pool, resumed: resumed, trips: trips, configs: make(chan *tls.Config, n)}
 	for range n {
 		cfg := &tls.Config{ServerName: serverName, RootCAs: pool, MinVersion: kind.version, MaxVersion: kind.version, CipherSuites: kind.suites}
 		if resumed {
 			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
 			// A first, full handshake gives the client its ticket.
-			if _, err := handshakeOnce(addr, cfg); err != nil {
+			if _, _, err := handshakeOnce(addr, cfg); err != nil {
 				return nil, err
 			}
 		}
@@ -55,32 +58,38 @@ func newHSClient(addr string, kind hsKind, pool *x509.CertPool, resumed bool, n 
 	return h, nil
 }
 
-// once makes one handshake and checks it resumed or not as asked.
+// once makes one handshake and checks it resumed or not as asked, in as
+// many service round trips as asked.
 func (h *hsClient) once() error {
 	cfg := <-h.configs
 	defer func() { h.configs <- cfg }()
-	did, err := handshakeOnce(h.addr, cfg)
-	if err == nil && did != h.resumed {
+	did, trips, err := handshakeOnce(h.addr, cfg)
+	switch {
+	case err != nil:
+	case did != h.resumed:
 		err = fmt.Errorf("%s: resumed %v, want %v", h.kind.name, did, h.resumed)
+	case trips != h.trips:
+		err = fmt.Errorf("%s: %d service round trips, want %d", h.kind.name, trips, h.trips)
 	}
 	return err
 }
 
 // handshakeOnce connects to addr with cfg, reads the server's one byte
-// (so the server has completed the handshake) and reports whether it
-// resumed.
-func handshakeOnce(addr string, cfg *tls.Config) (bool, error) {
+// (so the server has completed the handshake) and returns whether it
+// resumed and the byte (the service round trips, serveOneByte).
+func handshakeOnce(addr string, cfg *tls.Config) (bool, byte, error) {
 	raw, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	raw.SetDeadline(time.Now().Add(10 * time.Second))
 	c := tls.Client(raw, cfg)
 	defer c.Close()
-	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
-		return false, err
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return false, 0, err
 	}
-	return c.ConnectionState().DidResume, nil
+	return c.ConnectionState().DidResume, b[0], nil
 }
 
 // closedLoop makes handshakes from n clients, each one after the other,
@@ -132,11 +141,28 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
 }
 
+// edgeMode is how the edge steps a handshake in the service.
+type edgeMode struct {
+	oneRoundTrip bool
+	trips        byte // service round trips per handshake
+}
+
+// edgeModes are the edge's modes that apply to kind: TLS 1.3 in two steps
+// (the default) and in one round trip; TLS 1.2 has only the two steps
+// (with one-round-trip set it falls back to them).
+func edgeModes(kind hsKind) []edgeMode {
+	if kind.version == tls.VersionTLS13 {
+		return []edgeMode{{false, 2}, {true, 1}}
+	}
+	return []edgeMode{{false, 2}}
+}
+
 // benchHandshakes compares, for each kind of handshake, full and resumed,
-// the edge (in its own process, stepping handshakes in the service)
-// against the local-key crypto/tls server (in its own process): rate from
-// closed-loop clients, then latency at half the edge's rate, the same
-// rate for both.
+// the edge (in its own process, stepping handshakes in the service) in
+// each of its modes against the local-key crypto/tls server (in its own
+// process): rate from closed-loop clients, every mode interleaved with
+// the one baseline, then latency at half each mode's rate, the same rate
+// for the mode and the baseline.
 func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, svc *child) error {
 	edgeProc, err := startChild(ctx, "edge", dir, []string{serviceEnv + "=" + svc.info.GRPC})
 	if err != nil {
@@ -154,9 +180,9 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	for _, c := range append(svc.info.CertsPEM, localProc.info.CertsPEM...) {
 		pool.AppendCertsFromPEM([]byte(c))
 	}
-	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency from connect to the first byte read at half the edge's rate, the same rate on both servers. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service).\n\n", o.hsClients)
-	fmt.Fprintln(w, "| handshake | | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency from connect to the first byte read at half the edge's rate, the same rate on both servers. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients)
+	fmt.Fprintln(w, "| handshake | | service round trips | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
 	for _, kind := range hsKinds {
 		for _, resumed := range []bool{false, true} {
@@ -166,44 +192,49 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 			}
 			// Twice the closed loop's clients: enough for the open loop's
 			// handshakes in flight at half load, so none waits for a client.
-			local, err := newHSClient(localProc.info.Listeners[kind.key], kind, pool, resumed, 2*o.hsClients)
+			local, err := newHSClient(localProc.info.Listeners[kind.key], kind, pool, resumed, 0, 2*o.hsClients)
 			if err != nil {
 				return fmt.Errorf("%s %s, local: %w", kind.name, label, err)
 			}
-			edge, err := newHSClient(edgeProc.info.Listeners[kind.key], kind, pool, resumed, 2*o.hsClients)
-			if err != nil {
-				return fmt.Errorf("%s %s, edge: %w", kind.name, label, err)
+			loads := []load{func(d time.Duration) (int, time.Duration, error) { return local.closedLoop(o.hsClients, d) }}
+			modes := edgeModes(kind)
+			edges := make([]*hsClient, len(modes))
+			for i, m := range modes {
+				edges[i], err = newHSClient(edgeProc.info.Listeners[listenerName(kind.key, m.oneRoundTrip)], kind, pool, resumed, m.trips, 2*o.hsClients)
+				if err != nil {
+					return fmt.Errorf("%s %s, edge in %d round trips: %w", kind.name, label, m.trips, err)
+				}
+				loads = append(loads, func(d time.Duration) (int, time.Duration, error) { return edges[i].closedLoop(o.hsClients, d) })
 			}
-			res, err := interleaved(o.rounds, o.duration, pids, []load{
-				func(d time.Duration) (int, time.Duration, error) { return local.closedLoop(o.hsClients, d) },
-				func(d time.Duration) (int, time.Duration, error) { return edge.closedLoop(o.hsClients, d) },
-			})
+			res, err := interleaved(o.rounds, o.duration, pids, loads)
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", kind.name, label, err)
 			}
-			localRate, edgeRate := res[0].rate, res[1].rate
-			half := edgeRate / 2
-			var localLat, edgeLat []time.Duration
-			for range o.rounds {
-				l, err := local.openLoop(half, o.duration/time.Duration(o.rounds))
-				if err != nil {
-					return fmt.Errorf("%s %s, local latency: %w", kind.name, label, err)
+			for i, m := range modes {
+				localRate, edgeRate := res[0].rate, res[i+1].rate
+				half := edgeRate / 2
+				var localLat, edgeLat []time.Duration
+				for range o.rounds {
+					l, err := local.openLoop(half, o.duration/time.Duration(o.rounds))
+					if err != nil {
+						return fmt.Errorf("%s %s, local latency: %w", kind.name, label, err)
+					}
+					e, err := edges[i].openLoop(half, o.duration/time.Duration(o.rounds))
+					if err != nil {
+						return fmt.Errorf("%s %s, edge latency in %d round trips: %w", kind.name, label, m.trips, err)
+					}
+					localLat, edgeLat = append(localLat, l...), append(edgeLat, e...)
 				}
-				e, err := edge.openLoop(half, o.duration/time.Duration(o.rounds))
-				if err != nil {
-					return fmt.Errorf("%s %s, edge latency: %w", kind.name, label, err)
+				slices.Sort(localLat)
+				slices.Sort(edgeLat)
+				var cells [2]string
+				for j, p := range []float64{0.50, 0.99} {
+					l, e := percentile(localLat, p), percentile(edgeLat, p)
+					cells[j] = fmt.Sprintf("%s / %s (%+.2f ms)", ms(l), ms(e), float64((e-l).Microseconds())/1000)
 				}
-				localLat, edgeLat = append(localLat, l...), append(edgeLat, e...)
+				fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %.2f× | %.0f / %.0f (%.2f×) | %s/s | %s | %s |\n", kind.name, label, m.trips, si(localRate), si(edgeRate), edgeRate/localRate,
+					res[0].cpu*1e6, res[i+1].cpu*1e6, res[0].cpu/res[i+1].cpu, si(half), cells[0], cells[1])
 			}
-			slices.Sort(localLat)
-			slices.Sort(edgeLat)
-			var cells [2]string
-			for i, p := range []float64{0.50, 0.99} {
-				l, e := percentile(localLat, p), percentile(edgeLat, p)
-				cells[i] = fmt.Sprintf("%s / %s (%+.2f ms)", ms(l), ms(e), float64((e-l).Microseconds())/1000)
-			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f× | %.0f / %.0f (%.2f×) | %s/s | %s | %s |\n", kind.name, label, si(localRate), si(edgeRate), edgeRate/localRate,
-				res[0].cpu*1e6, res[1].cpu*1e6, res[0].cpu/res[1].cpu, si(half), cells[0], cells[1])
 		}
 	}
 	fmt.Fprintln(w)
