@@ -10,12 +10,10 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -27,6 +25,7 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/testpki"
 )
 
 // Environment of a child process: its working directory and, for the
@@ -170,7 +169,7 @@ func openVault(ctx context.Context, dir string) (*keyvault.Vault, []string, erro
 		if !k.tls {
 			continue
 		}
-		der, err := v.CreateSelfSignedCertificate(ctx, k.id, 1, certTemplate())
+		der, err := v.CreateSelfSignedCertificate(ctx, k.id, 1, testpki.SelfSignedServerTemplate(serverName))
 		if err == nil {
 			_, err = v.AttachChain(ctx, k.id, 1, [][]byte{der})
 		}
@@ -181,21 +180,6 @@ func openVault(ctx context.Context, dir string) (*keyvault.Vault, []string, erro
 		certs = append(certs, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	}
 	return v, certs, nil
-}
-
-func certTemplate() *x509.Certificate {
-	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	return &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: serverName},
-		DNSNames:              []string{serverName},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-	}
 }
 
 // serveService serves the API in development mode (no authentication:
@@ -301,7 +285,7 @@ func serveLocal() (childInfo, func(), error) {
 		if err != nil {
 			return childInfo{}, nil, err
 		}
-		der, err := x509.CreateCertificate(rand.Reader, certTemplate(), certTemplate(), key.Public(), key)
+		der, err := x509.CreateCertificate(rand.Reader, testpki.SelfSignedServerTemplate(serverName), testpki.SelfSignedServerTemplate(serverName), key.Public(), key)
 		if err != nil {
 			return childInfo{}, nil, err
 		}

@@ -7,10 +7,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +27,7 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/testpki"
 )
 
 // Server is a running service. Everything is torn down by t.Cleanup.
@@ -163,18 +162,7 @@ func (s *Server) selfSigned(t testing.TB, id, dnsName string) ServerKey {
 	t.Helper()
 	ctx := context.Background()
 	kv := pb.NewKeyVaultClient(s.Conn)
-	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: dnsName},
-		DNSNames:              []string{dnsName},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-	}
+	tmpl := testpki.SelfSignedServerTemplate(dnsName)
 	der, err := s.Vault.CreateSelfSignedCertificate(ctx, id, 1, tmpl)
 	if err != nil {
 		t.Fatal(err)
