@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
@@ -33,7 +34,12 @@ import (
 const (
 	dirEnv     = "HANDSHAKED_BENCH_DIR"
 	serviceEnv = "HANDSHAKED_BENCH_SERVICE"
+	profileEnv = "HANDSHAKED_BENCH_CPUPROFILE"
 )
+
+// children counts the child processes started, to name their profiles in
+// the order they ran.
+var children int
 
 // serverName is the DNS name of every certificate of the benchmark.
 const serverName = "bench.handshaked.test"
@@ -67,13 +73,18 @@ type child struct {
 }
 
 // startChild runs this program again in role, in dir, and waits for it to
-// serve. It ends when stop closes its standard input.
-func startChild(ctx context.Context, role, dir string, env []string) (*child, error) {
+// serve. It ends when stop closes its standard input. With -cpuprofile it
+// profiles its whole life into N-role.pprof, N counting the children.
+func startChild(ctx context.Context, o options, role, dir string, env []string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, exe)
+	children++
+	if o.profileDir != "" {
+		env = append(env, profileEnv+"="+filepath.Join(o.profileDir, fmt.Sprintf("%d-%s.pprof", children, role)))
+	}
 	cmd.Env = append(os.Environ(), append(env, roleEnv+"="+role, dirEnv+"="+dir)...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
@@ -105,6 +116,22 @@ func (c *child) stop() {
 	}
 }
 
+// startProfile writes a CPU profile to path until stop is called.
+func startProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 func (c *child) pid() int { return c.cmd.Process.Pid }
 
 // runChild serves in role until standard input closes.
@@ -133,6 +160,13 @@ func runChild(role string) error {
 		return err
 	}
 	defer cleanup()
+	if path := os.Getenv(profileEnv); path != "" {
+		stop, err := startProfile(path)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	line, err := json.Marshal(info)
 	if err != nil {
 		return err

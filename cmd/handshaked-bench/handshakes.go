@@ -164,12 +164,12 @@ func edgeModes(kind hsKind) []edgeMode {
 // the one baseline, then latency at half each mode's rate, the same rate
 // for the mode and the baseline.
 func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, svc *child) error {
-	edgeProc, err := startChild(ctx, "edge", dir, []string{serviceEnv + "=" + svc.info.GRPC})
+	edgeProc, err := startChild(ctx, o, "edge", dir, []string{serviceEnv + "=" + svc.info.GRPC})
 	if err != nil {
 		return err
 	}
 	defer edgeProc.stop()
-	localProc, err := startChild(ctx, "local", dir, nil)
+	localProc, err := startChild(ctx, o, "local", dir, nil)
 	if err != nil {
 		return err
 	}
@@ -189,6 +189,9 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 			label := "full"
 			if resumed {
 				label = "resumed"
+			}
+			if !o.handshakes.MatchString(kind.name + " " + label) {
+				continue
 			}
 			// Twice the closed loop's clients: enough for the open loop's
 			// handshakes in flight at half load, so none waits for a client.

@@ -31,7 +31,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -46,8 +49,14 @@ type options struct {
 	concurrency []int         // key-operation callers
 	hsClients   int           // closed-loop handshake clients
 	sessions    []int         // pending sessions to measure memory at
+	parts       map[string]bool
+	handshakes  *regexp.Regexp // the handshake rows to measure
+	profileDir  string         // where each process writes its CPU profile, if set
 	short       bool
 }
+
+// parts are what the suite measures, in order; -parts picks some.
+var parts = []string{"keyops", "handshakes", "memory"}
 
 func main() {
 	if role := os.Getenv(roleEnv); role != "" {
@@ -64,6 +73,9 @@ func main() {
 	conc := fs.String("concurrency", "1,8,64", "concurrent callers of the key operations, comma-separated")
 	fs.IntVar(&o.hsClients, "handshake-clients", 16, "concurrent TLS clients measuring handshakes per second")
 	sessions := fs.String("sessions", "10000,50000", "pending handshake sessions to measure the service's memory at, comma-separated, increasing")
+	partList := fs.String("parts", strings.Join(parts, ","), "parts to run, comma-separated: "+strings.Join(parts, ", "))
+	hsFilter := fs.String("handshakes", "", "measure only the handshakes whose row (\"TLS 1.3 ECDSA P-256 full\", \"TLS 1.2 RSA key exchange resumed\") this regular expression matches")
+	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of every process (this one, the service, the edge, the local-key server) to this directory, one file per process and part, for go tool pprof")
 	fs.BoolVar(&o.short, "short", false, "run every part briefly with small loads: checks the suite works, measures nothing")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -72,6 +84,12 @@ func main() {
 	o.concurrency, err = intList(*conc)
 	if err == nil {
 		o.sessions, err = intList(*sessions)
+	}
+	if err == nil {
+		o.parts, err = partSet(*partList)
+	}
+	if err == nil {
+		o.handshakes, err = regexp.Compile(*hsFilter)
 	}
 	if err == nil && o.rounds < 1 {
 		err = fmt.Errorf("-rounds %d: at least 1", o.rounds)
@@ -101,6 +119,18 @@ func intList(s string) ([]int, error) {
 	return out, nil
 }
 
+func partSet(s string) (map[string]bool, error) {
+	set := map[string]bool{}
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(parts, f) {
+			return nil, fmt.Errorf("-parts: unknown part %q: want some of %s", f, strings.Join(parts, ", "))
+		}
+		set[f] = true
+	}
+	return set, nil
+}
+
 // run measures everything and writes the tables to w as it goes.
 func run(ctx context.Context, w io.Writer, o options) error {
 	dir, err := os.MkdirTemp("", "handshaked-bench-")
@@ -110,20 +140,39 @@ func run(ctx context.Context, w io.Writer, o options) error {
 	defer os.RemoveAll(dir)
 	fmt.Fprintf(w, "handshaked-bench: %s, GOMAXPROCS %d, %v per measurement in %d rounds alternating with its baseline\n\n", runtime.Version(), runtime.GOMAXPROCS(0), o.duration, o.rounds)
 
-	svc, err := startChild(ctx, "service", dir, nil)
-	if err != nil {
-		return err
+	if o.profileDir != "" {
+		if err := os.MkdirAll(o.profileDir, 0o755); err != nil {
+			return err
+		}
+		stop, err := startProfile(filepath.Join(o.profileDir, "0-bench.pprof"))
+		if err != nil {
+			return err
+		}
+		defer stop()
+		defer fmt.Fprintf(w, "CPU profiles: %s (go tool pprof FILE)\n", o.profileDir)
 	}
-	defer svc.stop()
-	if err := benchKeyOps(ctx, w, o, dir, svc.info, []int{svc.pid()}); err != nil {
-		return fmt.Errorf("key operations: %w", err)
+	if o.parts["keyops"] || o.parts["handshakes"] {
+		svc, err := startChild(ctx, o, "service", dir, nil)
+		if err != nil {
+			return err
+		}
+		defer svc.stop()
+		if o.parts["keyops"] {
+			if err := benchKeyOps(ctx, w, o, dir, svc.info, []int{svc.pid()}); err != nil {
+				return fmt.Errorf("key operations: %w", err)
+			}
+		}
+		if o.parts["handshakes"] {
+			if err := benchHandshakes(ctx, w, o, dir, svc); err != nil {
+				return fmt.Errorf("handshakes: %w", err)
+			}
+		}
+		svc.stop()
 	}
-	if err := benchHandshakes(ctx, w, o, dir, svc); err != nil {
-		return fmt.Errorf("handshakes: %w", err)
-	}
-	svc.stop()
-	if err := benchMemory(ctx, w, o, dir); err != nil {
-		return fmt.Errorf("memory: %w", err)
+	if o.parts["memory"] {
+		if err := benchMemory(ctx, w, o, dir); err != nil {
+			return fmt.Errorf("memory: %w", err)
+		}
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ const memoryTarget = 1 << 30
 // TLS 1.3 ClientHello, its server flight built, waiting for the client's
 // Finished) and reads it again at each count.
 func benchMemory(ctx context.Context, w io.Writer, o options, dir string) error {
-	svc, err := startChild(ctx, "service", dir, nil)
+	svc, err := startChild(ctx, o, "service", dir, nil)
 	if err != nil {
 		return err
 	}
