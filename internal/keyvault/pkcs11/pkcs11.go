@@ -81,6 +81,19 @@ type Backend struct {
 	open   []pkcs11.SessionHandle // every session open, to close them in Close
 }
 
+// String and GoString name the backend's token without the PIN it keeps,
+// so that a Backend printed by fmt (%v, %+v, %#v) does not give it away;
+// LogValue does the same for log/slog.
+func (b *Backend) String() string {
+	return fmt.Sprintf("pkcs11.Backend{Token: %q, Slot: %d}", b.token, b.slot)
+}
+
+// GoString is String, for %#v.
+func (b *Backend) GoString() string { return b.String() }
+
+// LogValue is String, for log/slog.
+func (b *Backend) LogValue() slog.Value { return slog.StringValue(b.String()) }
+
 // Open loads the module, finds the token and logs in.
 func Open(cfg Config) (*Backend, error) {
 	if cfg.Module == "" {

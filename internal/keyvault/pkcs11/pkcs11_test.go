@@ -530,3 +530,17 @@ func TestConfigDoesNotPrintPIN(t *testing.T) {
 		assert.Contains(t, out, "handshaked", "the configuration is still described")
 	}
 }
+
+// TestBackendDoesNotPrintPIN: the backend keeps the PIN (to log in again
+// after the token ended its sessions) and prints its token, never the PIN.
+func TestBackendDoesNotPrintPIN(t *testing.T) {
+	cfg := softhsmtest.Config(t)
+	b := softhsmtest.Open(t)
+	var log bytes.Buffer
+	slog.New(slog.NewJSONHandler(&log, nil)).Info("token", "backend", b)
+	slog.New(slog.NewTextHandler(&log, nil)).Info("token", "backend", b)
+	for _, out := range []string{fmt.Sprint(b), fmt.Sprintf("%+v", b), fmt.Sprintf("%#v", b), log.String()} {
+		assert.NotContains(t, out, cfg.PIN)
+		assert.Contains(t, out, softhsmtest.TokenLabel, "the backend is still described")
+	}
+}
