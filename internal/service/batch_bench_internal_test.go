@@ -2,18 +2,13 @@ package service
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/stretchr/testify/require"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
-	"github.com/handshaked/handshaked/internal/keyvault"
 )
 
 // BenchmarkBatchItems measures, in process and in one run, what the
@@ -25,20 +20,8 @@ import (
 //	go test -run '^$' -bench BatchItems -benchmem -count 5 ./internal/service/
 func BenchmarkBatchItems(b *testing.B) {
 	ctx := context.Background()
-	store, err := keyvault.OpenBolt(filepath.Join(b.TempDir(), "keys.db"))
-	require.NoError(b, err)
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	vault, err := keyvault.New(ctx, store, kek)
-	require.NoError(b, err)
-	b.Cleanup(func() { vault.Close() })
-	pemKey, err := os.ReadFile(filepath.Join("..", "..", "testdata", "keys", "ed25519-pkcs8.pem"))
-	require.NoError(b, err)
-	_, err = vault.Import(ctx, "key-ed", pemKey, nil)
-	require.NoError(b, err)
-	kv, err := newKeyVault(vault, func(context.Context, *keyvault.Key) bool { return true }, "", nil)
-	require.NoError(b, err)
-	kv.keys = newKeyMetrics(prometheus.NewRegistry())
+	vault, _ := vaultWithKey(b, "key-ed", "ed25519-pkcs8.pem")
+	kv := batchKeyVault(b, vault)
 	kv.batchItem = newGuard(vault, Options{}, prometheus.NewRegistry()).batchItem
 	message := make([]byte, 100)
 

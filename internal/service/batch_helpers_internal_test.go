@@ -3,10 +3,7 @@ package service
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,21 +45,9 @@ func TestHelpersOffer(t *testing.T) {
 // other work (the call does the work itself) or absent.
 func TestBatchHelpers(t *testing.T) {
 	ctx := context.Background()
-	store, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "keys.db"))
-	require.NoError(t, err)
-	kek := make([]byte, 32)
-	rand.Read(kek)
-	vault, err := keyvault.New(ctx, store, kek)
-	require.NoError(t, err)
-	t.Cleanup(func() { vault.Close() })
-	pemKey, err := os.ReadFile(filepath.Join("..", "..", "testdata", "keys", "ed25519-pkcs8.pem"))
-	require.NoError(t, err)
-	k, err := vault.Import(ctx, "key-ed", pemKey, nil)
-	require.NoError(t, err)
+	vault, k := vaultWithKey(t, "key-ed", "ed25519-pkcs8.pem")
 	pub := k.Versions[0].PublicKey.(ed25519.PublicKey)
-	kv, err := newKeyVault(vault, func(context.Context, *keyvault.Key) bool { return true }, "", nil)
-	require.NoError(t, err)
-	kv.keys = newKeyMetrics(prometheus.NewRegistry())
+	kv := batchKeyVault(t, vault)
 	req := &pb.BatchRequest{}
 	for i := range 20 {
 		req.Operations = append(req.Operations, &pb.BatchOperation{Operation: &pb.BatchOperation_Sign{Sign: &pb.SignRequest{
@@ -98,4 +83,14 @@ func TestBatchHelpers(t *testing.T) {
 		kv.helpers = nil
 		check(t)
 	})
+}
+
+// batchKeyVault is the KeyVault API over vault, outside a Server: its key
+// metrics on a registry of their own, no guard, no helpers.
+func batchKeyVault(tb testing.TB, vault *keyvault.Vault) *KeyVault {
+	tb.Helper()
+	kv, err := newKeyVault(vault, func(context.Context, *keyvault.Key) bool { return true }, "", nil)
+	require.NoError(tb, err)
+	kv.keys = newKeyMetrics(prometheus.NewRegistry())
+	return kv
 }
