@@ -105,11 +105,13 @@ func TestOneRoundTripOpenSSL(t *testing.T) {
 	}
 }
 
-// TestOneRoundTripGnuTLS: gnutls-cli over TLS 1.3 in one round trip.
+// TestOneRoundTripGnuTLS: gnutls-cli over TLS 1.3 in one round trip, and
+// over TLS 1.2 a full handshake and a resumption (--resume), the
+// resumption in one round trip.
 func TestOneRoundTripGnuTLS(t *testing.T) {
 	gnutls := testenv.LookPath(t, "gnutls-cli")
 	f := newTicketFixture(t)
-	addr, _ := f.start(t, "-one-round-trip")
+	addr, log := f.start(t, "-one-round-trip")
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
 		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "-p", port, host)
@@ -118,6 +120,16 @@ func TestOneRoundTripGnuTLS(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "TLS version: TLS 1.3\n", "%s", out)
 	assert.Contains(t, string(out), oneTrip, "%s", out)
+
+	cmd = exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
+		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.2", "--resume", "-p", port, host)
+	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+	out, err = cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "This is a resumed session", "%s", out)
+	assert.Contains(t, string(out), "TLS version: TLS 1.2\n", "%s", out)
+	assert.Contains(t, string(out), oneTrip, "the resumed connection's page: %s", out)
+	assert.Contains(t, log.String(), "resumed=true service_round_trips=1", log.String())
 }
 
 // TestOneRoundTripChromium: headless Chromium loads the resumption page:
