@@ -277,36 +277,44 @@ func TestCallerVerifiesFinishedTLS12Resumption(t *testing.T) {
 		{"rsa", tls.TLS_RSA_WITH_AES_128_GCM_SHA256},
 	} {
 		for _, mode := range []splitMode{splitWhole, splitBytes} {
-			t.Run(fmt.Sprintf("%s/%v", tls.CipherSuiteName(tc.suite), mode), func(t *testing.T) {
-				t.Parallel()
-				cfg := ticketConfig(newAEADTicketKeys(1), p.key(tc.key))
-				cfg.CallerVerifiesFinished = true
-				cl := resumingClient12(p, tc.key+".example.com", tls.NewLRUClientSessionCache(1))
-				cl.CipherSuites = []uint16{tc.suite}
-				ic := interopCase{server: cfg, client: cl, mode: mode}
-				res := runInterop(t, ic)
-				full := expectFull(t, res)
-				assert.Nil(t, full.PendingFinished, "a full handshake completes on the client's Finished")
-
-				ic.keys = noKeyOps
-				for range 2 { // the ticket of the resumption resumes again
-					res = runInterop(t, ic)
-					s := expectResumed(t, res)
-					require.NotNil(t, s.PendingFinished, "completed before the client's Finished")
-					if mode == splitWhole {
-						assert.Equal(t, 1, res.relay.steps, "engine steps")
-					}
-					assert.Nil(t, s.PendingFinished.Key, "the Finished opens under the session's client key")
-					assert.Empty(t, s.PendingFinished.Output, "nothing held back: the ticket is in the server's flight")
-					assert.Len(t, s.PendingFinished.Message, 4+12)
-					assert.Equal(t, uint64(1), s.ClientSeq, "the client's Finished takes record 0")
-					assert.Equal(t, uint64(1), s.ServerSeq, "the server's Finished took record 0")
-					tr := traceText(res.relay.trace)
-					assert.Contains(t, tr, "received ChangeCipherSpec verified_by=caller")
-					assert.Contains(t, tr, "received Finished verified_by=caller")
-				}
-			})
+			for _, coalesce := range []bool{false, true} {
+				// Coalesced: the client's application data comes with its
+				// Finished, for the record layer after it.
+				t.Run(fmt.Sprintf("%s/%v/coalesced=%v", tls.CipherSuiteName(tc.suite), mode, coalesce), func(t *testing.T) {
+					t.Parallel()
+					testCallerVerifiesFinishedTLS12Resumption(t, p, tc.key, tc.suite, mode, coalesce)
+				})
+			}
 		}
+	}
+}
+
+func testCallerVerifiesFinishedTLS12Resumption(t *testing.T, p *testPKI, key string, suite uint16, mode splitMode, coalesce bool) {
+	cfg := ticketConfig(newAEADTicketKeys(1), p.key(key))
+	cfg.CallerVerifiesFinished = true
+	cl := resumingClient12(p, key+".example.com", tls.NewLRUClientSessionCache(1))
+	cl.CipherSuites = []uint16{suite}
+	ic := interopCase{server: cfg, client: cl, mode: mode, coalesce: coalesce}
+	res := runInterop(t, ic)
+	full := expectFull(t, res)
+	assert.Nil(t, full.PendingFinished, "a full handshake completes on the client's Finished")
+
+	ic.keys = noKeyOps
+	for range 2 { // the ticket of the resumption resumes again
+		res = runInterop(t, ic)
+		s := expectResumed(t, res)
+		require.NotNil(t, s.PendingFinished, "completed before the client's Finished")
+		if mode == splitWhole {
+			assert.Equal(t, 1, res.relay.steps, "engine steps")
+		}
+		assert.Nil(t, s.PendingFinished.Key, "the Finished opens under the session's client key")
+		assert.Empty(t, s.PendingFinished.Output, "nothing held back: the ticket is in the server's flight")
+		assert.Len(t, s.PendingFinished.Message, 4+12)
+		assert.Equal(t, uint64(1), s.ClientSeq, "the client's Finished takes record 0")
+		assert.Equal(t, uint64(1), s.ServerSeq, "the server's Finished took record 0")
+		tr := traceText(res.relay.trace)
+		assert.Contains(t, tr, "received ChangeCipherSpec verified_by=caller")
+		assert.Contains(t, tr, "received Finished verified_by=caller")
 	}
 }
 
