@@ -29,6 +29,10 @@ func memoryKey(key crypto.Signer) (crypto.Signer, error) {
 	return &opensslRSA{key: k, rejection: rejectionSecret(priv)}, nil
 }
 
+// RSAImplementation names what does the private-key operations of software
+// RSA keys in this build, for the operator: the libcrypto it runs with.
+func RSAImplementation() string { return opensslrsa.Version() }
+
 // opensslRSA is an in-memory RSA key held by libcrypto. For decryption it
 // is a RawRSAKey: OpenSSL does the raw RSA operation and the vault removes
 // the padding in constant time and substitutes for a bad premaster, the

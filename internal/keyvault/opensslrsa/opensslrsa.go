@@ -18,6 +18,7 @@ package opensslrsa
 #if OPENSSL_VERSION_MAJOR < 3
 #error "opensslrsa needs OpenSSL 3.0 or later"
 #endif
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
@@ -193,6 +194,10 @@ func (k *Key) DecryptRaw(ciphertext []byte) ([]byte, error) {
 	}
 	return out[:outLen], nil
 }
+
+// Version is the version of the libcrypto the process runs with, such as
+// "OpenSSL 3.0.19 27 Jan 2026".
+func Version() string { return C.GoString(C.OpenSSL_version(C.OPENSSL_VERSION)) }
 
 // opensslError is an error of libcrypto's error code e.
 func opensslError(e C.ulong) error {

@@ -158,3 +158,7 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestVersion(t *testing.T) {
+	assert.Regexp(t, `^OpenSSL [3-9]\.`, opensslrsa.Version())
+}
