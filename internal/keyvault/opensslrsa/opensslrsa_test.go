@@ -162,3 +162,32 @@ func TestConcurrentUse(t *testing.T) {
 func TestVersion(t *testing.T) {
 	assert.Regexp(t, `^OpenSSL [3-9]\.`, opensslrsa.Version())
 }
+
+// FuzzDecryptRaw compares OpenSSL's RSADP of any 256 bytes with the
+// textbook c^d mod n: the same block below the modulus, an error at or
+// above it (a public fact), whatever the bytes are.
+func FuzzDecryptRaw(f *testing.F) {
+	priv := testKey(f, "rsa2048-pkcs1.pem")
+	key, err := opensslrsa.New(priv)
+	require.NoError(f, err)
+	f.Add(make([]byte, priv.Size()))
+	f.Add(bytes.Repeat([]byte{0xff}, priv.Size()))
+	f.Add(priv.N.Bytes())
+	f.Add(new(big.Int).Sub(priv.N, big.NewInt(1)).Bytes())
+	f.Add(append(make([]byte, priv.Size()-1), 1))
+	f.Fuzz(func(t *testing.T, ct []byte) {
+		if len(ct) != priv.Size() {
+			_, err := key.DecryptRaw(ct)
+			require.Error(t, err)
+			return
+		}
+		got, err := key.DecryptRaw(ct)
+		c := new(big.Int).SetBytes(ct)
+		if c.Cmp(priv.N) >= 0 {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		assert.Equal(t, new(big.Int).Exp(c, priv.D, priv.N).FillBytes(make([]byte, priv.Size())), got)
+	})
+}
