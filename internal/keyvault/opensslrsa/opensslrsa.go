@@ -15,8 +15,8 @@ package opensslrsa
 /*
 #cgo LDFLAGS: -lcrypto
 #include <openssl/opensslv.h>
-#if OPENSSL_VERSION_MAJOR < 3
-#error "opensslrsa needs OpenSSL 3.0 or later"
+#if OPENSSL_VERSION_NUMBER < 0x30000080L
+#error "opensslrsa needs OpenSSL 3.0.8 or later"
 #endif
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -101,8 +101,27 @@ type Key struct {
 	pub  *rsa.PublicKey
 }
 
+// minVersion is the oldest libcrypto New accepts, 3.0.8: older ones
+// unblind an RSA decryption in time that depends on the result, a
+// Bleichenbacher oracle over the network (CVE-2022-4304). The process may
+// run with another libcrypto than it was built against, so New checks the
+// one it runs with.
+const minVersion = 0x30000080
+
+// checkVersion fails for a libcrypto older than minVersion, of version
+// number num (OPENSSL_VERSION_NUMBER's form) and name.
+func checkVersion(num uint64, name string) error {
+	if num < minVersion {
+		return fmt.Errorf("opensslrsa: %s is older than 3.0.8, whose RSA decryption has a timing oracle (CVE-2022-4304)", name)
+	}
+	return nil
+}
+
 // New copies priv into libcrypto. The caller may clear or drop priv after.
 func New(priv *rsa.PrivateKey) (*Key, error) {
+	if err := checkVersion(uint64(C.OpenSSL_version_num()), Version()); err != nil {
+		return nil, err
+	}
 	der := x509.MarshalPKCS1PrivateKey(priv)
 	defer clear(der)
 	var pkey *C.EVP_PKEY

@@ -161,6 +161,9 @@ func TestConcurrentUse(t *testing.T) {
 
 func TestVersion(t *testing.T) {
 	assert.Regexp(t, `^OpenSSL [3-9]\.`, opensslrsa.Version())
+	assert.NoError(t, opensslrsa.CheckVersion(0x30000080, "OpenSSL 3.0.8"))
+	assert.NoError(t, opensslrsa.CheckVersion(0x30200000, "OpenSSL 3.2.0"))
+	assert.ErrorContains(t, opensslrsa.CheckVersion(0x30000070, "OpenSSL 3.0.7"), "OpenSSL 3.0.7 is older than 3.0.8")
 }
 
 // FuzzDecryptRaw checks OpenSSL's RSADP of any 256 bytes (the input,
