@@ -24,7 +24,8 @@ func memoryKey(key crypto.Signer) (crypto.Signer, error) {
 	}
 	k, err := opensslrsa.New(priv)
 	if err != nil {
-		return nil, fmt.Errorf("keyvault: RSA key into OpenSSL: %w", err)
+		// Not the key's fault (a libcrypto too old): the instance's.
+		return nil, fmt.Errorf("keyvault: RSA key into OpenSSL: %w: %w", err, ErrFailedPrecondition)
 	}
 	return &opensslRSA{key: k, rejection: rejectionSecret(priv)}, nil
 }
