@@ -2,38 +2,20 @@ package main
 
 import (
 	"bufio"
-	"debug/elf"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // TestREADMEOpenSSLBuild runs the README's build command for RSA in
 // OpenSSL verbatim: it makes a cgo binary linked to libcrypto that, started
 // as a development instance, names OpenSSL as its RSA implementation.
 func TestREADMEOpenSSLBuild(t *testing.T) {
-	bash := testenv.LookPath(t, "bash")
-	testenv.LookPath(t, "go")
-	testenv.LookPath(t, "gcc") // cgo
-	bin := filepath.Join(t.TempDir(), "handshaked")
-	cmd := exec.Command(bash, "-euo", "pipefail", "-c", readmeBlock(t, "openssl-build"))
-	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), "BIN="+bin, "CGO_ENABLED=1")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	f, err := elf.Open(bin)
-	require.NoError(t, err)
-	libs, err := f.ImportedLibraries()
-	f.Close()
-	require.NoError(t, err)
+	bin, libs := buildFromREADME(t, "openssl-build")
 	assert.True(t, slices.ContainsFunc(libs, func(l string) bool { return strings.HasPrefix(l, "libcrypto.so.") }), "linked to %v", libs)
 
 	run := exec.Command(bin, "-data-dir", t.TempDir(), "-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0")
