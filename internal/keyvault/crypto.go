@@ -211,13 +211,24 @@ type softwareRSA struct{ priv *rsa.PrivateKey }
 // key-derivation key of draft-irtf-cfrg-rsa-guidance §7.1 (as OpenSSL 3.2
 // computes it).
 func (k softwareRSA) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
-	d := k.priv.D.FillBytes(make([]byte, k.priv.Size()))
-	dh := sha256.Sum256(d)
-	clear(d)
-	mac := hmac.New(sha256.New, dh[:])
-	clear(dh[:])
+	secret := rejectionSecret(k.priv)
+	defer clear(secret[:])
+	return rejectionKDKUnder(secret[:], ciphertext), nil
+}
+
+// rejectionSecret is SHA256(I2OSP(d, k)), the key under which an in-memory
+// RSA key derives its KDKs.
+func rejectionSecret(priv *rsa.PrivateKey) [sha256.Size]byte {
+	d := priv.D.FillBytes(make([]byte, priv.Size()))
+	defer clear(d)
+	return sha256.Sum256(d)
+}
+
+// rejectionKDKUnder is HMAC-SHA256(secret, ciphertext).
+func rejectionKDKUnder(secret, ciphertext []byte) []byte {
+	mac := hmac.New(sha256.New, secret)
 	mac.Write(ciphertext)
-	return mac.Sum(nil), nil
+	return mac.Sum(nil)
 }
 
 // decryptSessionKey is crypto/rsa's, which keeps the padding check in

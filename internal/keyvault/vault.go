@@ -548,7 +548,9 @@ func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, h
 		signer, err = backend.Load(ctx, alg, handle)
 		clear(handle) // the private key, for the software backend
 		if err != nil {
-			if backendName == BackendSoftware {
+			// A software key that does not decode is corrupted; one that
+			// decodes but cannot be put to use (memoryKey) is not.
+			if backendName == BackendSoftware && !errors.Is(err, ErrFailedPrecondition) {
 				return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
 			}
 			return nil, fmt.Errorf("keyvault: %v: load from the %s backend: %w", material.RecordRef, backendName, err)
