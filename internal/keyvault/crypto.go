@@ -34,29 +34,39 @@ import (
 // know the version a caller signs for, so the rule that narrows the choice
 // for TLS 1.3 applies where the scheme is chosen: SignatureSchemes.
 func (v *Vault) Sign(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, error) {
+	sig, _, err := v.SignVersion(ctx, id, version, scheme, input, isDigest)
+	return sig, err
+}
+
+// SignVersion is Sign, and it names the version it used, from the one
+// lookup it makes (the zero UsedVersion when it found none): a caller that
+// reports the version and its algorithm need not look the key up again
+// for each signature.
+func (v *Vault) SignVersion(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, UsedVersion, error) {
 	ver, err := v.enabledVersion(ctx, id, version)
+	used := ver.used()
 	if err != nil {
-		return nil, err
+		return nil, used, err
 	}
 	s, ok := sigscheme.Lookup(scheme)
 	if !ok || !ver.alg.sigschemeKey().Fits(s, tls.VersionTLS12) {
-		return nil, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
 	}
 	opts := s.SignerOpts()
 	hash := s.Hash
 	switch {
 	case isDigest && hash == 0:
-		return nil, fmt.Errorf("keyvault: %v signs the message itself, not a digest: %w", scheme, ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: %v signs the message itself, not a digest: %w", scheme, ErrInvalidArgument)
 	case isDigest && len(input) != hash.Size():
-		return nil, fmt.Errorf("keyvault: a %v digest is %d bytes, not %d: %w", scheme, hash.Size(), len(input), ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: a %v digest is %d bytes, not %d: %w", scheme, hash.Size(), len(input), ErrInvalidArgument)
 	case !isDigest:
 		input = s.Digest(input)
 	}
 	sig, err := ver.signer.Sign(rand.Reader, input, opts)
 	if err != nil {
-		return nil, fmt.Errorf("keyvault: key %q version %d: sign with %v: %w", id, ver.number, scheme, err)
+		return nil, used, fmt.Errorf("keyvault: key %q version %d: sign with %v: %w", id, ver.number, scheme, err)
 	}
-	return sig, nil
+	return sig, used, nil
 }
 
 // SignatureSchemes returns the TLS signature schemes a version of key id (0:

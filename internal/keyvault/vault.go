@@ -699,7 +699,8 @@ func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, 
 }
 
 // enabledVersion returns the version that a key operation may use: none
-// while the view of a shared store is stale (follow.go).
+// while the view of a shared store is stale (follow.go). A version that is
+// not enabled comes back with the error, for callers that name it.
 func (v *Vault) enabledVersion(ctx context.Context, id string, n uint32) (*versionState, error) {
 	if err := v.follow.fresh(); err != nil {
 		return nil, err
@@ -709,9 +710,23 @@ func (v *Vault) enabledVersion(ctx context.Context, id string, n uint32) (*versi
 		return nil, err
 	}
 	if ver.state != StateEnabled {
-		return nil, fmt.Errorf("keyvault: key %q version %d is %v: %w", id, ver.number, ver.state, ErrFailedPrecondition)
+		return ver, fmt.Errorf("keyvault: key %q version %d is %v: %w", id, ver.number, ver.state, ErrFailedPrecondition)
 	}
 	return ver, nil
+}
+
+// UsedVersion is the version of a key an operation resolved to and its
+// algorithm: what a response names and the service's metrics label.
+type UsedVersion struct {
+	Number    uint32
+	Algorithm Algorithm
+}
+
+func (ver *versionState) used() UsedVersion {
+	if ver == nil {
+		return UsedVersion{}
+	}
+	return UsedVersion{Number: ver.number, Algorithm: ver.alg}
 }
 
 // withVersion returns a copy of k with ver replacing or appending the
