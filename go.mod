@@ -3,6 +3,7 @@ module github.com/handshaked/handshaked
 go 1.26.0
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.33.0
 	github.com/miekg/pkcs11 v1.1.1
 	github.com/prometheus/client_golang v1.25.0

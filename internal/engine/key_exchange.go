@@ -57,7 +57,10 @@ var errInvalidKeyShare = errors.New("invalid key share")
 // serverKeyShare13 answers a TLS 1.3 client key share (RFC 8446, Section
 // 4.2.8): it returns the shared secret and the server's key_exchange value.
 func serverKeyShare13(g tls.CurveID, rand io.Reader, clientShare []byte) (shared, serverShare []byte, err error) {
-	if !isHybrid(g) {
+	switch {
+	case g == tls.X25519:
+		return x25519Share(rand, clientShare)
+	case !isHybrid(g):
 		return ecdhe(ecdhCurve(g), rand, clientShare)
 	}
 	// draft-ietf-tls-ecdhe-mlkem, Section 4.1: the client share is the
@@ -71,7 +74,7 @@ func serverKeyShare13(g tls.CurveID, rand io.Reader, clientShare []byte) (shared
 	if err != nil {
 		return nil, nil, errInvalidKeyShare
 	}
-	ecdhShared, ecdhShare, err := ecdhe(ecdh.X25519(), rand, clientShare[mlkem.EncapsulationKeySize768:])
+	ecdhShared, ecdhShare, err := x25519Share(rand, clientShare[mlkem.EncapsulationKeySize768:])
 	if err != nil {
 		return nil, nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -489,13 +490,51 @@ type guardedStream struct {
 	mu      sync.Mutex
 	pending []pendingEntry
 
-	// The stream's reader: RecvMsg can be interrupted only by the end of
-	// the stream, so one goroutine per stream receives into the message it
-	// is handed (recvReq) and answers on recvDone, while recv waits on that
-	// or the idle timer. Started by the first recv, ended by stopReader.
-	recvReq  chan any
+	// RecvMsg can be interrupted only by the end of the stream, so a
+	// reader (readers) receives into the message and answers on recvDone,
+	// while recv waits on that or the idle timer.
 	recvDone chan error
 	idle     *time.Timer
+}
+
+// readers are long-lived goroutines that run guarded streams' RecvMsg
+// calls, each one call at a time. A goroutine per stream would be created
+// for every handshake and grow its stack again inside the proto decoder
+// (issue 12: 2% of the service's CPU per handshake). A call that finds
+// every reader busy (streams idle in RecvMsg hold theirs) gets a reader of
+// its own, which joins the pool if there is room.
+var readers = readerPool{jobs: make(chan recvJob), max: int64(streamWorkers)}
+
+type readerPool struct {
+	jobs chan recvJob
+	n    atomic.Int64 // pooled readers
+	max  int64
+}
+
+type recvJob struct {
+	stream grpc.ServerStream
+	m      any
+	done   chan<- error
+}
+
+func (p *readerPool) recv(j recvJob) {
+	select {
+	case p.jobs <- j:
+	default:
+		go p.read(j)
+	}
+}
+
+// read runs j, then further jobs while the pool has room for it.
+func (p *readerPool) read(j recvJob) {
+	j.done <- j.stream.RecvMsg(j.m)
+	if p.n.Add(1) > p.max {
+		p.n.Add(-1)
+		return
+	}
+	for j := range p.jobs {
+		j.done <- j.stream.RecvMsg(j.m)
+	}
 }
 
 type pendingEntry struct {
@@ -508,18 +547,15 @@ var errStreamIdle = status.Error(codes.DeadlineExceeded, "stream idle for too lo
 // recv waits for the caller's next message, at most the idle timeout: an
 // idle stream must not hold its place for the life of the connection.
 func (s *guardedStream) recv(m any) error {
-	if s.recvReq == nil {
-		s.recvReq, s.recvDone = make(chan any), make(chan error, 1)
-		go func() {
-			for m := range s.recvReq {
-				s.recvDone <- s.ServerStream.RecvMsg(m)
-			}
-		}()
+	if s.recvDone == nil {
+		// Buffered: the answer to a call given up on at the idle timeout
+		// comes when the stream ends, with nobody waiting.
+		s.recvDone = make(chan error, 1)
 		s.idle = time.NewTimer(s.g.idleTimeout)
 	} else {
 		s.idle.Reset(s.g.idleTimeout)
 	}
-	s.recvReq <- m
+	readers.recv(recvJob{s.ServerStream, m, s.recvDone})
 	select {
 	case err := <-s.recvDone:
 		return err
@@ -529,13 +565,12 @@ func (s *guardedStream) recv(m any) error {
 	}
 }
 
-// stopReader ends the reader goroutine once the handler has returned: a
-// RecvMsg still waiting then returns with the end of the stream, and the
-// closed recvReq ends the loop.
+// stopReader stops the idle timer once the handler has returned: a
+// RecvMsg still waiting then returns with the end of the stream, and its
+// reader goes on to other streams.
 func (s *guardedStream) stopReader() {
-	if s.recvReq != nil {
+	if s.idle != nil {
 		s.idle.Stop()
-		close(s.recvReq)
 	}
 }
 

@@ -230,14 +230,31 @@ func stepToProto(id string, res *engine.StepResult, input []byte, session *engin
 	return out
 }
 
+// traceToProto converts a step's trace. The messages of one step are
+// allocated together, in one array per type, rather than one by one: a
+// full handshake's trace has some thirty fields, and every allocation is
+// CPU per handshake (issue 12).
 func traceToProto(events []engine.TraceEvent) []*pb.TraceEvent {
-	out := make([]*pb.TraceEvent, 0, len(events))
+	n := 0
 	for _, e := range events {
-		pe := &pb.TraceEvent{Direction: e.Direction.String(), Message: e.Message, Fields: make([]*pb.TraceField, 0, len(e.Fields))}
-		for _, f := range e.Fields {
-			pe.Fields = append(pe.Fields, &pb.TraceField{Key: f.Key, Value: f.Value})
+		n += len(e.Fields)
+	}
+	msgs := make([]pb.TraceEvent, len(events))
+	fields := make([]pb.TraceField, n)
+	fieldPtrs := make([]*pb.TraceField, n)
+	out := make([]*pb.TraceEvent, len(events))
+	for i, e := range events {
+		pe := &msgs[i]
+		pe.Direction, pe.Message = e.Direction.String(), e.Message
+		pe.Fields = fieldPtrs[:len(e.Fields):len(e.Fields)]
+		for j, f := range e.Fields {
+			pf := &fields[0]
+			fields = fields[1:]
+			pf.Key, pf.Value = f.Key, f.Value
+			pe.Fields[j] = pf
 		}
-		out = append(out, pe)
+		fieldPtrs = fieldPtrs[len(e.Fields):]
+		out[i] = pe
 	}
 	return out
 }
