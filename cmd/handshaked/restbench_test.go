@@ -32,7 +32,8 @@ import (
 // more than ns/op. The grpc and rest sub-benchmarks run one transport each
 // (HANDSHAKED_TEST_CPUPROFILE=file has the server write a CPU profile:
 // pick one with -bench 'RESTvsGRPC/ECDSA-P256/callers=8/rest$');
-// "alternating" runs both in turns of 256 calls, so that what else the
+// "alternating" runs both in turns of 64 calls per caller (each turn long
+// enough for its start and end not to weigh), so that what else the
 // machine does weighs on both alike, and reports the ratios of that one
 // run: rest/grpc-calls/s (throughput), rest/grpc-capacity (gRPC's server
 // CPU per call over REST's: the calls a server can take over REST for one
@@ -41,7 +42,7 @@ import (
 //
 //	go test -run '^$' -bench RESTvsGRPC -benchtime 3s -v ./cmd/handshaked/
 func BenchmarkRESTvsGRPC(b *testing.B) {
-	const turn = 256
+	const callsPerTurn = 64
 	p := startProcess(b, b.TempDir())
 	if p.grpcAddr == "" {
 		b.Fatalf("handshaked did not start:\n%s", p.out())
@@ -87,6 +88,7 @@ func BenchmarkRESTvsGRPC(b *testing.B) {
 				}
 				b.Run("alternating", func(b *testing.B) {
 					var g, r benchResult
+					turn := callsPerTurn * callers
 					for done := 0; done < b.N; done += turn {
 						n := min(turn, b.N-done)
 						g.add(runCallers(b, pid, callers, n, overGRPC))
