@@ -31,6 +31,7 @@ const floorEnv = "HANDSHAKED_TEST_FLOOR"
 // handshaked's) and an HTTP/1.1 POST that reads a Sign-sized JSON body
 // and answers a Sign-sized JSON response with handshaked's headers,
 // called from this process over keep-alive connections, one per caller.
+// alternate reports what BenchmarkRESTvsGRPC's "alternating" reports;
 // rest/grpc-cpu is the floor's CPU per gRPC call (both processes) over
 // its CPU per REST call: what REST/gRPC would be for an operation costing
 // nothing in a service costing nothing but its transport. A REST/gRPC
@@ -61,22 +62,7 @@ func BenchmarkTransportFloor(b *testing.B) {
 			return err
 		}
 		overREST := func() error { return postJSON(ctx, client, "http://"+httpAddr+"/v1/keys/ed:sign", body) }
-		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
-			var g, r benchResult
-			turn := 64 * callers
-			for done := 0; done < b.N; done += turn {
-				n := min(turn, b.N-done)
-				g.add(runCallers(b, pid, callers, n, overGRPC))
-				r.add(runCallers(b, pid, callers, n, overREST))
-			}
-			b.ReportMetric(float64(g.serverCPU.Nanoseconds())/float64(b.N), "grpc-server-cpu-ns/call")
-			b.ReportMetric(float64(r.serverCPU.Nanoseconds())/float64(b.N), "rest-server-cpu-ns/call")
-			b.ReportMetric(float64((g.serverCPU+g.ownCPU).Nanoseconds())/float64(b.N), "grpc-cpu-ns/call")
-			b.ReportMetric(float64((r.serverCPU+r.ownCPU).Nanoseconds())/float64(b.N), "rest-cpu-ns/call")
-			if r.serverCPU+r.ownCPU > 0 {
-				b.ReportMetric((g.serverCPU+g.ownCPU).Seconds()/(r.serverCPU+r.ownCPU).Seconds(), "rest/grpc-cpu")
-			}
-		})
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) { alternate(b, pid, callers, overGRPC, overREST) })
 		client.CloseIdleConnections()
 	}
 }

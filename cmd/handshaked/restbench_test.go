@@ -42,7 +42,6 @@ import (
 //
 //	go test -run '^$' -bench RESTvsGRPC -benchtime 3s -v ./cmd/handshaked/
 func BenchmarkRESTvsGRPC(b *testing.B) {
-	const callsPerTurn = 64
 	p := startProcess(b, b.TempDir())
 	if p.grpcAddr == "" {
 		b.Fatalf("handshaked did not start:\n%s", p.out())
@@ -86,24 +85,7 @@ func BenchmarkRESTvsGRPC(b *testing.B) {
 						b.ReportMetric(float64((r.serverCPU+r.ownCPU).Nanoseconds())/float64(b.N), "cpu-ns/op")
 					})
 				}
-				b.Run("alternating", func(b *testing.B) {
-					var g, r benchResult
-					turn := callsPerTurn * callers
-					for done := 0; done < b.N; done += turn {
-						n := min(turn, b.N-done)
-						g.add(runCallers(b, pid, callers, n, overGRPC))
-						r.add(runCallers(b, pid, callers, n, overREST))
-					}
-					b.ReportMetric(float64(g.serverCPU.Nanoseconds())/float64(b.N), "grpc-server-cpu-ns/call")
-					b.ReportMetric(float64(r.serverCPU.Nanoseconds())/float64(b.N), "rest-server-cpu-ns/call")
-					b.ReportMetric(float64((g.serverCPU+g.ownCPU).Nanoseconds())/float64(b.N), "grpc-cpu-ns/call")
-					b.ReportMetric(float64((r.serverCPU+r.ownCPU).Nanoseconds())/float64(b.N), "rest-cpu-ns/call")
-					b.ReportMetric(g.wall.Seconds()/r.wall.Seconds(), "rest/grpc-calls/s")
-					if r.serverCPU > 0 {
-						b.ReportMetric(g.serverCPU.Seconds()/r.serverCPU.Seconds(), "rest/grpc-capacity")
-						b.ReportMetric((g.serverCPU+g.ownCPU).Seconds()/(r.serverCPU+r.ownCPU).Seconds(), "rest/grpc-cpu")
-					}
-				})
+				b.Run("alternating", func(b *testing.B) { alternate(b, pid, callers, overGRPC, overREST) })
 			})
 			client.CloseIdleConnections()
 		}
@@ -135,6 +117,32 @@ func postJSON(ctx context.Context, client *http.Client, url string, body []byte)
 		err = fmt.Errorf("POST %s: %s: %s", url, resp.Status, answer)
 	}
 	return err
+}
+
+// callsPerTurn is how many calls each caller makes in a turn of
+// alternate: enough for a turn's start and end not to weigh.
+const callsPerTurn = 64
+
+// alternate makes b.N calls over gRPC and b.N over REST from callers
+// goroutines, in turns, and reports the CPU time per call of process pid
+// (the server) and of both processes, and REST's ratios to gRPC.
+func alternate(b *testing.B, pid, callers int, overGRPC, overREST func() error) {
+	var g, r benchResult
+	turn := callsPerTurn * callers
+	for done := 0; done < b.N; done += turn {
+		n := min(turn, b.N-done)
+		g.add(runCallers(b, pid, callers, n, overGRPC))
+		r.add(runCallers(b, pid, callers, n, overREST))
+	}
+	b.ReportMetric(float64(g.serverCPU.Nanoseconds())/float64(b.N), "grpc-server-cpu-ns/call")
+	b.ReportMetric(float64(r.serverCPU.Nanoseconds())/float64(b.N), "rest-server-cpu-ns/call")
+	b.ReportMetric(float64((g.serverCPU+g.ownCPU).Nanoseconds())/float64(b.N), "grpc-cpu-ns/call")
+	b.ReportMetric(float64((r.serverCPU+r.ownCPU).Nanoseconds())/float64(b.N), "rest-cpu-ns/call")
+	b.ReportMetric(g.wall.Seconds()/r.wall.Seconds(), "rest/grpc-calls/s")
+	if r.serverCPU > 0 {
+		b.ReportMetric(g.serverCPU.Seconds()/r.serverCPU.Seconds(), "rest/grpc-capacity")
+		b.ReportMetric((g.serverCPU+g.ownCPU).Seconds()/(r.serverCPU+r.ownCPU).Seconds(), "rest/grpc-cpu")
+	}
 }
 
 // benchResult is what calls took: wall time, the server's CPU time and
