@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("HANDSHAKED_RUN_MAIN") == "1" {
 		os.Exit(runMain())
 	}
+	if os.Getenv(floorEnv) == "1" {
+		os.Exit(runFloor())
+	}
 	os.Exit(testenv.Main(m))
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -84,3 +85,7 @@ func SetStreamWorkers(n int) int {
 	streamWorkers = n
 	return old
 }
+
+// HTTPHandler is the handler of s's REST listener, for benchmarks that
+// call it in process.
+func (s *Server) HTTPHandler() http.Handler { return s.http.Handler }

@@ -30,6 +30,10 @@ func validUTF8(next http.Handler) http.Handler {
 			httpError(w, http.StatusBadRequest, codes.InvalidArgument, "path: not valid UTF-8")
 			return
 		}
+		if r.URL.RawQuery == "" { // most calls: nothing to parse
+			next.ServeHTTP(w, r)
+			return
+		}
 		q, err := url.ParseQuery(r.URL.RawQuery)
 		if err != nil {
 			httpError(w, http.StatusBadRequest, codes.InvalidArgument, "query: %v", err)
@@ -72,13 +76,23 @@ func sameOrigin(development bool, next http.Handler) http.Handler {
 			}
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			if !isJSON(r.Header.Get("Content-Type")) {
 				httpError(w, http.StatusUnsupportedMediaType, codes.InvalidArgument, "Content-Type: want application/json")
 				return
 			}
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// isJSON reports whether a Content-Type is JSON's media type, with or
+// without parameters (charset).
+func isJSON(contentType string) bool {
+	if contentType == "application/json" { // most calls: nothing to parse
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "application/json"
 }
 
 // loopbackHost reports whether a host or host:port names this machine.

@@ -171,10 +171,10 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	mux := runtime.NewServeMux(
 		// Unknown JSON fields are rejected: a misspelt field must not be
 		// silently dropped from a request to a key service.
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, restJSON{&runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}),
+		}}),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
 		runtime.WithErrorHandler(restError),
 	)
