@@ -28,6 +28,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/engine/record"
@@ -83,6 +84,28 @@ type Config struct {
 	// span whose trace the service's spans continue (give the Client's
 	// gRPC connection the OpenTelemetry stats handler to carry it).
 	TracerProvider trace.TracerProvider
+	// Trace keeps the handshake messages of each step, decoded by the
+	// engine, in ConnectionState().Steps[].Trace. Without it the edge
+	// asks the service to leave them out (HandshakeConfig.omit_trace): an
+	// edge serving traffic has no use for them, and building, sending and
+	// decoding them was a good part of the CPU each handshake cost.
+	Trace bool
+}
+
+// withTraceChoice returns c with its Handshake configuration asking for
+// the trace or not, as c.Trace says: c itself if it does already, else a
+// copy (the caller's configuration is left as it is).
+func (c *Config) withTraceChoice() *Config {
+	if c.Trace == !c.Handshake.GetOmitTrace() {
+		return c
+	}
+	out := *c
+	out.Handshake = proto.CloneOf(c.Handshake)
+	if out.Handshake == nil {
+		out.Handshake = &pb.HandshakeConfig{}
+	}
+	out.Handshake.OmitTrace = !c.Trace
+	return &out
 }
 
 // startSpan starts a handshake's span; without a TracerProvider it records
@@ -214,6 +237,7 @@ func (u *unaryStepper) abort() {}
 // the client's whole ClientHello has arrived. On failure raw is closed,
 // after the engine's alert record if it produced one.
 func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
+	cfg = cfg.withTraceChoice()
 	deadline := time.Now().Add(cfg.timeout())
 	hello, err := readClientHello(raw, cfg)
 	if err != nil {
@@ -418,7 +442,7 @@ func NewListener(inner net.Listener, cfg *Config) *Listener {
 		maxPending = DefaultMaxPendingHandshakes
 	}
 	l := &Listener{
-		inner: inner, cfg: cfg, conns: make(chan *Conn), done: make(chan struct{}), errc: make(chan error, 1),
+		inner: inner, cfg: cfg.withTraceChoice(), conns: make(chan *Conn), done: make(chan struct{}), errc: make(chan error, 1),
 		sem: make(chan struct{}, maxUpstream), pending: pendingConns{max: maxPending, list: list.New()},
 	}
 	l.workers.maxIdle = maxUpstream
