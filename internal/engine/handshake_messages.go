@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/tls"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -438,6 +439,16 @@ func validHostname(name string) bool {
 		}
 	}
 	return !allDigits // an IPv4 literal is not a host name
+}
+
+// isIPLiteral reports whether name is an IPv4 or IPv6 address, bracketed
+// or not.
+func isIPLiteral(name string) bool {
+	if strings.HasPrefix(name, "[") && strings.HasSuffix(name, "]") {
+		name = name[1 : len(name)-1]
+	}
+	_, err := netip.ParseAddr(name)
+	return err == nil
 }
 
 // addHandshakeHeader wraps body in a handshake message header.

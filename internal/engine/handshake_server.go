@@ -33,6 +33,14 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return err
 	}
 	h.vers = vers
+	// RFC 6066, Section 3 forbids IP literals in host_name, yet clients
+	// that take the name from the URL send them (wrk, for one). The name
+	// then says nothing a certificate could match, so it counts as absent
+	// (no acknowledgement, the default certificate), as crypto/tls and
+	// OpenSSL servers treat it; any other malformed name is refused.
+	if isIPLiteral(ch.serverName) {
+		ch.serverName = ""
+	}
 	if ch.serverName != "" && !validHostname(ch.serverName) {
 		return fail(alertIllegalParameter, "server_name %q is not a valid host name", ch.serverName)
 	}

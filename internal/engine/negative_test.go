@@ -292,7 +292,7 @@ func TestMalformedInput(t *testing.T) {
 			m.keyShares = nil
 		})}, alertHandshakeFailure},
 		{"no signature scheme", [][]byte{hello(real13, func(m *clientHelloMsg) { m.signatureAlgorithms = []tls.SignatureScheme{tls.Ed25519} })}, alertHandshakeFailure},
-		{"invalid server_name", [][]byte{hello(real13, func(m *clientHelloMsg) { m.serverName = "10.1.2.3" })}, alertIllegalParameter},
+		{"invalid server_name", [][]byte{hello(real13, func(m *clientHelloMsg) { m.serverName = "a..example" })}, alertIllegalParameter},
 		{"renegotiation_info", [][]byte{hello(real12, func(m *clientHelloMsg) { m.secureRenegotiation = []byte{1} })}, alertHandshakeFailure},
 		{"fallback SCSV", [][]byte{hello(real12, func(m *clientHelloMsg) { m.cipherSuites = append(m.cipherSuites, scsvFallback) })}, alertInappropriateFallback},
 		{"data after ClientHello", [][]byte{func() []byte {

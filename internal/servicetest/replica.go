@@ -61,11 +61,17 @@ func StartReplicas(t testing.TB, n int, opts service.Options, setup func(*Server
 		t.Fatal(err)
 	}
 	s, stop := serve(t, vault, opts, lis)
-	setup(s)
-	stop(ctx)
-	if err := vault.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// Stopped even when setup fails the test (runtime.Goexit runs the
+	// deferred call), so no setup server outlives it.
+	func() {
+		defer func() {
+			stop(ctx)
+			if err := vault.Close(); err != nil {
+				t.Error(err)
+			}
+		}()
+		setup(s)
+	}()
 	replicas := make([]*Replica, n)
 	for i := range replicas {
 		path := filepath.Join(dir, "replica"+strconv.Itoa(i)+".db")

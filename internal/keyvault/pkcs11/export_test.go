@@ -22,7 +22,7 @@ func OpenedSessions(b *Backend) int {
 func KeyFlags(b *Backend, key crypto.Signer) (sensitive, extractable, token, valueRead bool, err error) {
 	tk := key.(interface{ base() *tokenKey }).base()
 	err = b.withSession(context.Background(), func(sh pkcs11.SessionHandle) error {
-		attrs, err := b.mod.ctx.GetAttributeValue(sh, tk.priv, []*pkcs11.Attribute{
+		attrs, err := b.mod.ctx.GetAttributeValue(sh, tk.handle(pkcs11.CKO_PRIVATE_KEY), []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, nil), pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil), pkcs11.NewAttribute(pkcs11.CKA_TOKEN, nil),
 		})
 		if err != nil {
@@ -30,7 +30,7 @@ func KeyFlags(b *Backend, key crypto.Signer) (sensitive, extractable, token, val
 		}
 		sensitive, extractable, token = attrs[0].Value[0] == 1, attrs[1].Value[0] == 1, attrs[2].Value[0] == 1
 		for _, a := range []uint{pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_VALUE} {
-			if v, err := b.mod.ctx.GetAttributeValue(sh, tk.priv, []*pkcs11.Attribute{pkcs11.NewAttribute(a, nil)}); err == nil && len(v[0].Value) > 0 {
+			if v, err := b.mod.ctx.GetAttributeValue(sh, tk.handle(pkcs11.CKO_PRIVATE_KEY), []*pkcs11.Attribute{pkcs11.NewAttribute(a, nil)}); err == nil && len(v[0].Value) > 0 {
 				valueRead = true
 			}
 		}
@@ -61,3 +61,7 @@ type ObjectURI = objectURI
 
 // SlotOf is the slot ID of b's token.
 func SlotOf(b *Backend) uint { return b.slot }
+
+// CloseAllSessions ends every session of the process on b's token, and
+// with them the login, as a token reset or an HSM failover does.
+func CloseAllSessions(b *Backend) error { return b.mod.ctx.CloseAllSessions(b.slot) }

@@ -14,7 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
+	"slices"
+	"sync"
 
 	"github.com/miekg/pkcs11"
 	"golang.org/x/crypto/cryptobyte"
@@ -186,7 +189,21 @@ func (b *Backend) Destroy(ctx context.Context, key crypto.Signer) error {
 		return fmt.Errorf("pkcs11: a %T is not a key of this backend", key)
 	}
 	tk := k.base()
-	return b.destroyObjects(ctx, tk.priv, tk.pubObj, tk.hmac)
+	tk.mu.Lock()
+	classes := slices.Collect(maps.Keys(tk.objs))
+	tk.mu.Unlock()
+	// By CKA_ID, not the handles held: those may be stale (tokenKey).
+	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		var errs []error
+		for _, class := range classes {
+			objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, tk.id))
+			for _, obj := range objs {
+				err = errors.Join(err, b.mod.ctx.DestroyObject(sh, obj))
+			}
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // destroyObjects destroys the objects that are not 0.
@@ -206,40 +223,66 @@ func (b *Backend) destroyObjects(ctx context.Context, objs ...pkcs11.ObjectHandl
 
 // tokenKey is what every key of the token holds: its objects and public
 // key. Object handles belong to the application, not a session, so any
-// pooled session may use them.
+// pooled session may use them; a token may renumber them when the
+// application's sessions end, so they are found again by CKA_ID then.
 type tokenKey struct {
-	b      *Backend
-	id     []byte
-	pub    crypto.PublicKey
-	pubObj pkcs11.ObjectHandle
-	priv   pkcs11.ObjectHandle
-	hmac   pkcs11.ObjectHandle // RSA keys only
+	b   *Backend
+	id  []byte
+	pub crypto.PublicKey
+
+	mu   sync.Mutex
+	objs map[uint]pkcs11.ObjectHandle // by class: public, private, secret (the rejection key, RSA only)
 }
 
 func (k *tokenKey) base() *tokenKey          { return k }
 func (k *tokenKey) Public() crypto.PublicKey { return k.pub }
 
-// op runs one single-part operation (C_*Init then C_*) with the private key.
-func (k *tokenKey) op(ctx context.Context, obj pkcs11.ObjectHandle, mech *pkcs11.Mechanism, decrypt bool, in []byte) ([]byte, error) {
+// handle is the key's object of class, 0 if it has none.
+func (k *tokenKey) handle(class uint) pkcs11.ObjectHandle {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.objs[class]
+}
+
+// op runs one single-part operation (C_*Init then C_*) with the key's
+// object of class, finding the object again once if the token no longer
+// knows its handle.
+func (k *tokenKey) op(ctx context.Context, class uint, mech *pkcs11.Mechanism, decrypt bool, in []byte) ([]byte, error) {
 	var out []byte
 	err := k.b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
 		c := k.b.mod.ctx
 		m := []*pkcs11.Mechanism{mech}
-		var err error
-		if decrypt {
-			if err = c.DecryptInit(sh, m, obj); err == nil {
-				out, err = c.Decrypt(sh, in)
+		run := func(obj pkcs11.ObjectHandle) (err error) {
+			if decrypt {
+				if err = c.DecryptInit(sh, m, obj); err == nil {
+					out, err = c.Decrypt(sh, in)
+				}
+			} else if err = c.SignInit(sh, m, obj); err == nil {
+				out, err = c.Sign(sh, in)
 			}
-		} else if err = c.SignInit(sh, m, obj); err == nil {
-			out, err = c.Sign(sh, in)
+			return err
 		}
-		return err
+		err := run(k.handle(class))
+		if !errors.Is(err, pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)) && !errors.Is(err, pkcs11.Error(pkcs11.CKR_KEY_HANDLE_INVALID)) {
+			return err
+		}
+		obj, ferr := k.b.find(sh, class, k.id)
+		if ferr != nil {
+			return fmt.Errorf("%w; finding the key again: %w", err, ferr)
+		}
+		k.mu.Lock()
+		k.objs[class] = obj
+		k.mu.Unlock()
+		return run(obj)
 	})
 	return out, err
 }
 
 func (b *Backend) newKey(ctx context.Context, alg keyvault.Algorithm, id []byte, pubObj, privObj, hmacObj pkcs11.ObjectHandle) (crypto.Signer, error) {
-	k := &tokenKey{b: b, id: id, pubObj: pubObj, priv: privObj, hmac: hmacObj}
+	k := &tokenKey{b: b, id: id, objs: map[uint]pkcs11.ObjectHandle{pkcs11.CKO_PUBLIC_KEY: pubObj, pkcs11.CKO_PRIVATE_KEY: privObj}}
+	if hmacObj != 0 {
+		k.objs[pkcs11.CKO_SECRET_KEY] = hmacObj
+	}
 	var attrs []*pkcs11.Attribute
 	rsaKey := alg == keyvault.RSA2048 || alg == keyvault.RSA3072 || alg == keyvault.RSA4096
 	if rsaKey {
@@ -326,19 +369,19 @@ func (k *rsaTokenKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) (
 			// TLS requires the salt as long as the hash (RFC 8446 §4.2.3).
 			salt = h.Size()
 		}
-		return k.op(ctx, k.priv, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS, pkcs11.NewPSSParams(m[0], m[1], uint(salt))), false, digest)
+		return k.op(ctx, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS, pkcs11.NewPSSParams(m[0], m[1], uint(salt))), false, digest)
 	}
 	prefix, ok := digestInfoPrefix[h]
 	if !ok && h != 0 {
 		return nil, fmt.Errorf("pkcs11: RSA PKCS #1 v1.5 with %v is not supported", h)
 	}
-	return k.op(ctx, k.priv, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), false, append(append([]byte(nil), prefix...), digest...))
+	return k.op(ctx, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil), false, append(append([]byte(nil), prefix...), digest...))
 }
 
 // DecryptRaw is CKM_RSA_X_509: RSADP with no padding check in the token,
 // so nothing it returns or how long it takes depends on the padding.
 func (k *rsaTokenKey) DecryptRaw(ctx context.Context, ciphertext []byte) ([]byte, error) {
-	em, err := k.op(ctx, k.priv, pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil), true, ciphertext)
+	em, err := k.op(ctx, pkcs11.CKO_PRIVATE_KEY, pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil), true, ciphertext)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: raw RSA: %w", err)
 	}
@@ -358,7 +401,7 @@ func (k *rsaTokenKey) DecryptRaw(ctx context.Context, ciphertext []byte) ([]byte
 // RejectionKDK is CKM_SHA256_HMAC of ciphertext under the key's rejection
 // key, a secret that never leaves the token.
 func (k *rsaTokenKey) RejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
-	kdk, err := k.op(ctx, k.hmac, pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil), false, ciphertext)
+	kdk, err := k.op(ctx, pkcs11.CKO_SECRET_KEY, pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil), false, ciphertext)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: rejection key: %w", err)
 	}
@@ -370,7 +413,7 @@ func (k *rsaTokenKey) RejectionKDK(ctx context.Context, ciphertext []byte) ([]by
 type ecdsaTokenKey struct{ *tokenKey }
 
 func (k *ecdsaTokenKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	raw, err := k.op(context.Background(), k.priv, pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), false, digest)
+	raw, err := k.op(context.Background(), pkcs11.CKO_PRIVATE_KEY, pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil), false, digest)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: ECDSA: %w", err)
 	}
@@ -394,7 +437,7 @@ func (k *ed25519TokenKey) Sign(_ io.Reader, message []byte, opts crypto.SignerOp
 	if opts.HashFunc() != 0 {
 		return nil, errors.New("pkcs11: Ed25519 signs the message, not a digest")
 	}
-	sig, err := k.op(context.Background(), k.priv, pkcs11.NewMechanism(ckmEdDSA, nil), false, message)
+	sig, err := k.op(context.Background(), pkcs11.CKO_PRIVATE_KEY, pkcs11.NewMechanism(ckmEdDSA, nil), false, message)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: Ed25519: %w", err)
 	}

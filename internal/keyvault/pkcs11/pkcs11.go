@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"github.com/miekg/pkcs11"
@@ -64,16 +65,34 @@ type Backend struct {
 	slot  uint
 	token string // the token's label, for URIs
 
-	// sessions holds idle sessions; slots bounds how many exist. The first
-	// session, opened by Open and logged in, stays open until Close so the
-	// login (which belongs to the application, not one session) lasts.
+	// sessions holds idle sessions; slots bounds how many exist. Idle
+	// sessions stay open until Close, so the login (which belongs to the
+	// application, not one session) lasts.
 	sessions chan pkcs11.SessionHandle
 	slots    chan struct{}
 
+	// pin logs a new session in again when the token ended the
+	// application's login (it closed every session: C_CloseAllSessions,
+	// a token or HSM-cluster failover). Never logged, never in an error.
+	pin string
+
 	mu     sync.Mutex
 	closed bool
-	open   []pkcs11.SessionHandle // every session opened, to close them in Close
+	open   []pkcs11.SessionHandle // every session open, to close them in Close
 }
+
+// String and GoString name the backend's token without the PIN it keeps,
+// so that a Backend printed by fmt (%v, %+v, %#v) does not give it away;
+// LogValue does the same for log/slog.
+func (b *Backend) String() string {
+	return fmt.Sprintf("pkcs11.Backend{Token: %q, Slot: %d}", b.token, b.slot)
+}
+
+// GoString is String, for %#v.
+func (b *Backend) GoString() string { return b.String() }
+
+// LogValue is String, for log/slog.
+func (b *Backend) LogValue() slog.Value { return slog.StringValue(b.String()) }
 
 // Open loads the module, finds the token and logs in.
 func Open(cfg Config) (*Backend, error) {
@@ -91,20 +110,15 @@ func Open(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{mod: mod, sessions: make(chan pkcs11.SessionHandle, n), slots: make(chan struct{}, n)}
+	b := &Backend{mod: mod, pin: cfg.PIN, sessions: make(chan pkcs11.SessionHandle, n), slots: make(chan struct{}, n)}
 	if err := b.findToken(cfg); err != nil {
 		mod.release()
 		return nil, err
 	}
 	sh, err := b.newSession()
 	if err != nil {
-		mod.release()
-		return nil, err
-	}
-	if err := mod.ctx.Login(sh, pkcs11.CKU_USER, cfg.PIN); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
 		b.Close()
-		// The error is the token's code (CKR_PIN_INCORRECT, ...), never the PIN.
-		return nil, fmt.Errorf("pkcs11: log in to token %q: %w", b.token, err)
+		return nil, err
 	}
 	b.slots <- struct{}{}
 	b.sessions <- sh
@@ -132,10 +146,24 @@ func (b *Backend) findToken(cfg Config) error {
 	return fmt.Errorf("pkcs11: no token in slot %d of %s", cfg.Slot, cfg.Module)
 }
 
+// newSession opens a session, logged in: the login belongs to the
+// application (PKCS #11 v2.40, Section 5.6), so only the first session
+// and one opened after the token ended every session need C_Login.
 func (b *Backend) newSession() (pkcs11.SessionHandle, error) {
 	sh, err := b.mod.ctx.OpenSession(b.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return 0, fmt.Errorf("pkcs11: open a session on token %q: %w", b.token, err)
+	}
+	info, err := b.mod.ctx.GetSessionInfo(sh)
+	if err == nil && info.State != pkcs11.CKS_RW_USER_FUNCTIONS {
+		if err = b.mod.ctx.Login(sh, pkcs11.CKU_USER, b.pin); errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+			err = nil
+		}
+	}
+	if err != nil {
+		b.mod.ctx.CloseSession(sh)
+		// The error is the token's code (CKR_PIN_INCORRECT, ...), never the PIN.
+		return 0, fmt.Errorf("pkcs11: log in to token %q: %w", b.token, err)
 	}
 	b.mu.Lock()
 	b.open = append(b.open, sh)
@@ -146,8 +174,28 @@ func (b *Backend) newSession() (pkcs11.SessionHandle, error) {
 var errClosed = errors.New("pkcs11: the backend is closed")
 
 // withSession runs fn with a session of the pool: an idle one, or a new one
-// while fewer than Config.Sessions exist, or the first to come back.
+// while fewer than Config.Sessions exist, or the first to come back. A
+// session the token no longer knows leaves the pool, and fn runs once more
+// on a new one: the token refused the call before doing anything.
 func (b *Backend) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) error {
+	for retried := false; ; retried = true {
+		sh, err := b.session(ctx)
+		if err != nil {
+			return err
+		}
+		err = fn(sh)
+		if !sessionLost(err) {
+			b.sessions <- sh
+			return err
+		}
+		b.drop(sh)
+		if retried {
+			return err
+		}
+	}
+}
+
+func (b *Backend) session(ctx context.Context) (pkcs11.SessionHandle, error) {
 	var sh pkcs11.SessionHandle
 	select {
 	case sh = <-b.sessions:
@@ -158,20 +206,42 @@ func (b *Backend) withSession(ctx context.Context, fn func(pkcs11.SessionHandle)
 			var err error
 			if sh, err = b.newSession(); err != nil {
 				<-b.slots
-				return err
+				return 0, err
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
 	if closed {
-		return errClosed
+		b.sessions <- sh
+		return 0, errClosed
 	}
-	defer func() { b.sessions <- sh }()
-	return fn(sh)
+	return sh, nil
+}
+
+// sessionLost reports whether err says the session is gone (closed by the
+// token or another caller in the process, or logged out with it), so that
+// it must not go back to the pool, where every later call would fail.
+func sessionLost(err error) bool {
+	for _, code := range []uint{pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED, pkcs11.CKR_USER_NOT_LOGGED_IN} {
+		if errors.Is(err, pkcs11.Error(code)) {
+			return true
+		}
+	}
+	return false
+}
+
+// drop closes a lost session (best effort: the token may have closed it)
+// and frees its place in the pool.
+func (b *Backend) drop(sh pkcs11.SessionHandle) {
+	b.mod.ctx.CloseSession(sh)
+	b.mu.Lock()
+	b.open = slices.DeleteFunc(b.open, func(o pkcs11.SessionHandle) bool { return o == sh })
+	b.mu.Unlock()
+	<-b.slots
 }
 
 // Close closes the sessions, logging out, and releases the module. Keys

@@ -253,6 +253,43 @@ func TestSessionsPooled(t *testing.T) {
 	assert.LessOrEqual(t, n, softhsmtest.Config(t).Sessions)
 }
 
+// TestSessionsLost: when the token ends every session (and the login with
+// them), a signature and a decryption still work: the lost sessions leave
+// the pool and a new one logs in again, instead of each later call failing
+// on a dead session.
+func TestSessionsLost(t *testing.T) {
+	b := softhsmtest.Open(t)
+	v, _ := newVault(t, b)
+	ec, err := v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "lost-ec", keyvault.ECDSAP256, nil)
+	require.NoError(t, err)
+	_, err = v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "lost-rsa", keyvault.RSA2048, nil)
+	require.NoError(t, err)
+	sign := func() error {
+		msg := []byte("after the sessions ended")
+		sig, err := v.Sign(t.Context(), "lost-ec", 0, tls.ECDSAWithP256AndSHA256, msg, false)
+		if err == nil {
+			err = verify(ec.Versions[0].PublicKey, tls.ECDSAWithP256AndSHA256, msg, sig)
+		}
+		return err
+	}
+	require.NoError(t, sign())
+	for round := range 2 {
+		require.NoError(t, pkcs11.CloseAllSessions(b))
+		assert.NoError(t, sign(), "round %d: sign after every session ended", round)
+		_, err := v.Decrypt(t.Context(), "lost-rsa", 0, keyvault.DecryptRSAPKCS1TLSPremaster, make([]byte, 256), tls.VersionTLS12)
+		assert.NoError(t, err, "round %d: decrypt after every session ended", round)
+		assert.Equal(t, 1, pkcs11.OpenedSessions(b), "round %d: the lost sessions left the pool", round)
+	}
+	// Destroying finds the objects again too.
+	_, key, err := b.Generate(t.Context(), keyvault.RSA2048, "lost and destroyed")
+	require.NoError(t, err)
+	require.NoError(t, pkcs11.CloseAllSessions(b))
+	require.NoError(t, b.Destroy(t.Context(), key))
+	n, err := pkcs11.ObjectsWithID(b, key)
+	require.NoError(t, err)
+	assert.Zero(t, n, "the destroyed key's objects")
+}
+
 // TestPremasterWithTokenKey is the RFC 5246 §7.4.7.1 behaviour with a token
 // key: a ciphertext openssl made decrypts to its 48 bytes; bad padding, a
 // wrong client version and a message that is not 48 bytes each yield 48
@@ -491,5 +528,19 @@ func TestConfigDoesNotPrintPIN(t *testing.T) {
 	for _, out := range []string{fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), fmt.Sprintf("%v", &cfg), log.String()} {
 		assert.NotContains(t, out, pin)
 		assert.Contains(t, out, "handshaked", "the configuration is still described")
+	}
+}
+
+// TestBackendDoesNotPrintPIN: the backend keeps the PIN (to log in again
+// after the token ended its sessions) and prints its token, never the PIN.
+func TestBackendDoesNotPrintPIN(t *testing.T) {
+	cfg := softhsmtest.Config(t)
+	b := softhsmtest.Open(t)
+	var log bytes.Buffer
+	slog.New(slog.NewJSONHandler(&log, nil)).Info("token", "backend", b)
+	slog.New(slog.NewTextHandler(&log, nil)).Info("token", "backend", b)
+	for _, out := range []string{fmt.Sprint(b), fmt.Sprintf("%+v", b), fmt.Sprintf("%#v", b), log.String()} {
+		assert.NotContains(t, out, cfg.PIN)
+		assert.Contains(t, out, softhsmtest.TokenLabel, "the backend is still described")
 	}
 }
