@@ -40,8 +40,10 @@ func TestOmitTrace(t *testing.T) {
 			require.NoError(t, err)
 			return &streamStepper{stream: stream, start: req}
 		},
-		"unary":     func(req *pb.StartHandshakeRequest) stepper { return &unaryStepper{hc: hc, start: req} },
-		"stateless": func(req *pb.StartHandshakeRequest) stepper { return &tokenStepper{hcs: []pb.HandshakeClient{hc}, start: req} },
+		"unary": func(req *pb.StartHandshakeRequest) stepper { return &unaryStepper{hc: hc, start: req} },
+		"stateless": func(req *pb.StartHandshakeRequest) stepper {
+			return &tokenStepper{hcs: []pb.HandshakeClient{hc}, start: req}
+		},
 	}
 	for name, transport := range transports {
 		for _, version := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
