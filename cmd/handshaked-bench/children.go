@@ -252,7 +252,7 @@ func serveService(ctx context.Context, dir string) (childInfo, func(), error) {
 
 // listenerName names in childInfo.Listeners the edge's listener for key
 // in one mode: with oneRoundTrip, the service completes a TLS 1.3
-// handshake in its first step and the edge verifies the client's Finished
+// handshake or a TLS 1.2 resumption in its first step and the edge verifies the client's Finished
 // (handshake-edge -one-round-trip); without, the edge steps it twice, the
 // default. The local-key server's listeners are named by key alone.
 func listenerName(key string, oneRoundTrip bool) string {

@@ -147,11 +147,13 @@ type edgeMode struct {
 	trips        byte // service round trips per handshake
 }
 
-// edgeModes are the edge's modes that apply to kind: TLS 1.3 in two steps
-// (the default) and in one round trip; TLS 1.2 has only the two steps
-// (with one-round-trip set it falls back to them).
-func edgeModes(kind hsKind) []edgeMode {
-	if kind.version == tls.VersionTLS13 {
+// edgeModes are the edge's modes that apply to a handshake: two steps (the
+// default) and one round trip, which TLS 1.3 and a TLS 1.2 resumption
+// have; a full TLS 1.2 handshake has only the two steps (the client's
+// Finished comes before the server's, so with one-round-trip set the edge
+// falls back to them).
+func edgeModes(kind hsKind, resumed bool) []edgeMode {
+	if kind.version == tls.VersionTLS13 || resumed {
 		return []edgeMode{{false, 2}, {true, 1}}
 	}
 	return []edgeMode{{false, 2}}
@@ -180,7 +182,7 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	for _, c := range append(svc.info.CertsPEM, localProc.info.CertsPEM...) {
 		pool.AppendCertsFromPEM([]byte(c))
 	}
-	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency from connect to the first byte read at half the edge's rate, the same rate on both servers. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients)
+	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency from connect to the first byte read at half the edge's rate, the same rate on both servers. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients)
 	fmt.Fprintln(w, "| handshake | | service round trips | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
@@ -200,7 +202,7 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 				return fmt.Errorf("%s %s, local: %w", kind.name, label, err)
 			}
 			loads := []load{func(d time.Duration) (int, time.Duration, error) { return local.closedLoop(o.hsClients, d) }}
-			modes := edgeModes(kind)
+			modes := edgeModes(kind, resumed)
 			edges := make([]*hsClient, len(modes))
 			for i, m := range modes {
 				edges[i], err = newHSClient(edgeProc.info.Listeners[listenerName(kind.key, m.oneRoundTrip)], kind, pool, resumed, m.trips, 2*o.hsClients)

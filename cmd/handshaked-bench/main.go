@@ -10,8 +10,9 @@
 //     latency at half load, through the edge (clients/go/edge, what
 //     handshake-edge runs) against a crypto/tls server holding the key
 //     itself: TLS 1.3 ECDSA, TLS 1.3 RSA, TLS 1.2 RSA key exchange, TLS
-//     1.3 both in two service round trips (the default) and in one
-//     (handshake-edge -one-round-trip), against the same baseline;
+//     1.3 and TLS 1.2 resumptions both in two service round trips (the
+//     default) and in one (handshake-edge -one-round-trip), against the
+//     same baseline;
 //   - the service's resident memory holding 10,000 and 50,000 pending
 //     handshake sessions, against the same process idle.
 //

@@ -151,12 +151,14 @@ type Config struct {
 	TicketLifetime time.Duration
 
 	// CallerVerifiesFinished completes a TLS 1.3 handshake that asks for no
-	// client certificate as soon as the server's flight is built: the
-	// client's Finished is fixed by then, so Session.PendingFinished
-	// carries the Finished expected and the key to read it, and the caller
+	// client certificate, and a TLS 1.2 abbreviated handshake (resumed from
+	// a ticket), as soon as the server's flight is built: the client's
+	// Finished is fixed by then, so Session.PendingFinished carries the
+	// Finished expected (and in TLS 1.3 the key to read it), and the caller
 	// verifies it before it uses the session keys (see finished_at_caller.go).
-	// TLS 1.2 and TLS 1.3 with a CertificateRequest complete on the client's
-	// Finished as without it.
+	// A full TLS 1.2 handshake, whose client Finished comes before the
+	// server's, and TLS 1.3 with a CertificateRequest complete on the
+	// client's Finished as without it.
 	CallerVerifiesFinished bool
 }
 

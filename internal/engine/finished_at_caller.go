@@ -2,7 +2,8 @@ package engine
 
 import "github.com/handshaked/handshaked/internal/engine/record"
 
-// One service round trip per TLS 1.3 handshake (Config.CallerVerifiesFinished).
+// One service round trip per TLS 1.3 handshake and TLS 1.2 resumption
+// (Config.CallerVerifiesFinished).
 //
 // Without client authentication the client's second flight is only its
 // Finished, whose verify_data is HMAC(finished_key, Transcript-Hash(
@@ -26,19 +27,38 @@ import "github.com/handshaked/handshaked/internal/engine/record"
 // leaves the vault; the finished keys stay here). A client that never sends
 // a valid Finished gets no ticket and no application data.
 
+// The same holds for a TLS 1.2 abbreviated handshake (a resumption from a
+// ticket, RFC 5246, Section 7.3; RFC 5077, Section 3.1): the server's
+// flight (ServerHello, NewSessionTicket, ChangeCipherSpec, Finished) comes
+// first, and all the client may send after it is its ChangeCipherSpec and
+// its Finished, PRF(master_secret, "client finished", Hash(ClientHello...
+// server Finished)) (Section 7.4.9), fixed by then. The records carrying it
+// open under the client write key of the session, from sequence number 0.
+// What the caller learns one round trip earlier: the session's write keys,
+// which it gets a step later anyway; the client write key opens only the
+// Finished the caller already knows, the master secret (from which the
+// client's Finished or a ticket could be made) stays here, and the new
+// ticket goes out in the server's flight as it does without the option
+// (the protocol puts it before the server's Finished). A client that never
+// sends a valid Finished gets no byte of application data.
+
 // PendingFinished is the client's Finished a caller verifies itself.
 type PendingFinished struct {
 	// Message is the whole Finished handshake message expected: type,
 	// length and verify_data.
 	Message []byte
-	// Key and IV are the client handshake traffic key and IV (RFC 8446,
-	// Section 7.3): the records carrying the Finished open under them from
-	// sequence number 0.
+	// Key and IV, in TLS 1.3, are the client handshake traffic key and IV
+	// (RFC 8446, Section 7.3): the records carrying the Finished open
+	// under them from sequence number 0. In TLS 1.2 they are nil: the
+	// records after the client's ChangeCipherSpec open under the Session's
+	// ClientKey and ClientIV from sequence number 0.
 	Key, IV []byte
 	// Output is what to write to the client once the Finished is verified
-	// (a NewSessionTicket under the server application traffic key; the
-	// Session's ServerSeq counts it); on a wrong Finished it is dropped and
-	// the alert goes out at server sequence number 0.
+	// (in TLS 1.3 a NewSessionTicket under the server application traffic
+	// key; the Session's ServerSeq counts it; nothing in TLS 1.2); on a
+	// wrong Finished it is dropped and the alert goes out at server
+	// sequence number 0 in TLS 1.3, at the Session's ServerSeq (1, after
+	// the server's Finished) in TLS 1.2.
 	Output []byte
 	// SkipEarlyData: the client offered 0-RTT data, which the server
 	// refused, so records that do not open under Key may come first (RFC
@@ -66,4 +86,17 @@ func (h *Handshake) completeAtCaller() error {
 	}
 	h.session.PendingFinished = p
 	return nil
+}
+
+// completeAtCaller12 completes a TLS 1.2 abbreviated handshake after the
+// server's flight, with the client's ChangeCipherSpec and Finished still to
+// verify by the caller.
+func (h *Handshake) completeAtCaller12() {
+	p := &PendingFinished{Message: marshalFinished(h.clientFinished12())}
+	for _, msg := range []string{"ChangeCipherSpec", "Finished"} {
+		ev := TraceEvent{Direction: Received, Message: msg}
+		ev.add("verified_by", "caller")
+		h.trace = append(h.trace, ev)
+	}
+	h.complete12(p)
 }

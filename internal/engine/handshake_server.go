@@ -560,7 +560,7 @@ func (h *Handshake) processClientFinished12(body, raw []byte) error {
 	if err := h.sendServerFinished12(); err != nil {
 		return err
 	}
-	h.complete12()
+	h.complete12(nil)
 	return nil
 }
 
@@ -582,12 +582,20 @@ func (h *Handshake) sendServerFinished12() error {
 }
 
 // complete12 completes a TLS 1.2 handshake once both Finished messages are
-// through.
-func (h *Handshake) complete12() {
+// through, or, with pending, once the server's are, leaving the client's to
+// the caller (completeAtCaller12).
+func (h *Handshake) complete12(pending *PendingFinished) {
 	s := h.newSession()
 	s.ExtendedMasterSecret = h.ems
 	s.ClientKey, s.ClientIV, s.ServerKey, s.ServerIV = h.clientKey, h.clientIV, h.serverKey, h.serverIV
-	s.ClientSeq, s.ServerSeq = h.readCipher.Seq(), h.writeCipher.Seq()
+	s.ServerSeq = h.writeCipher.Seq()
+	if pending != nil {
+		// The client's Finished, which the caller opens, takes its
+		// record 0.
+		s.ClientSeq, s.PendingFinished = 1, pending
+	} else {
+		s.ClientSeq = h.readCipher.Seq()
+	}
 	h.complete(s)
 }
 

@@ -250,7 +250,7 @@ type relay struct {
 	hop bool
 	// tamperFinished changes the client's records after the server flight
 	// when the relay verifies the client Finished (CallerVerifiesFinished).
-	tamperFinished func(p *PendingFinished, in []byte) []byte
+	tamperFinished func(s *Session, in []byte) []byte
 }
 
 type relayOutcome struct {
@@ -476,7 +476,7 @@ type interopCase struct {
 	keys     KeyOps
 	skipData bool // do not exchange application data
 	// tamperFinished: see relay.
-	tamperFinished func(p *PendingFinished, in []byte) []byte
+	tamperFinished func(s *Session, in []byte) []byte
 }
 
 type interopResult struct {

@@ -182,6 +182,10 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 	if err := h.sendServerFinished12(); err != nil {
 		return err
 	}
+	if h.cfg.CallerVerifiesFinished {
+		h.completeAtCaller12()
+		return nil
+	}
 	h.state = state12ResumeChangeCipherSpec
 	return nil
 }
@@ -190,11 +194,18 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 // follows the server's in the abbreviated handshake (RFC 5246, Section
 // 7.4.9), and completes it.
 func (h *Handshake) processResumedClientFinished12(body, raw []byte) error {
-	if err := h.checkClientFinished(body, finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())); err != nil {
+	if err := h.checkClientFinished(body, h.clientFinished12()); err != nil {
 		return err
 	}
-	h.complete12()
+	h.complete12(nil)
 	return nil
+}
+
+// clientFinished12 is the client's verify_data of the abbreviated
+// handshake, over the transcript up to the server's Finished (RFC 5246,
+// Section 7.4.9).
+func (h *Handshake) clientFinished12() []byte {
+	return finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())
 }
 
 // sendNewSessionTicket12 seals the session into a ticket and sends it, RFC

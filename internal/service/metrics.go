@@ -30,7 +30,7 @@ type handshakeMetrics struct {
 	stepSeconds    prometheus.Histogram
 	sessions       prometheus.Gauge
 	resumedTotal   *prometheus.CounterVec
-	// callerFinishedTotal counts the TLS 1.3 handshakes completed before
+	// callerFinishedTotal counts the handshakes completed before
 	// the client's Finished, which the caller verifies
 	// (caller_verifies_finished): a refusal there is the caller's to count.
 	callerFinishedTotal prometheus.Counter
@@ -59,7 +59,7 @@ func newHandshakeMetrics(reg prometheus.Registerer) *handshakeMetrics {
 		Name: "handshaked_handshakes_resumed_total", Help: "Handshakes completed by resuming a session from a ticket (also counted in handshaked_handshakes_completed_total), by version.",
 	}, []string{"version"})
 	m.callerFinishedTotal = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "handshaked_handshakes_caller_finished_total", Help: "TLS 1.3 handshakes completed before the client's Finished, left to the caller to verify (also counted in handshaked_handshakes_completed_total).",
+		Name: "handshaked_handshakes_caller_finished_total", Help: "Handshakes (TLS 1.3, TLS 1.2 resumed) completed before the client's Finished, left to the caller to verify (also counted in handshaked_handshakes_completed_total).",
 	})
 	reg.MustRegister(m.startedTotal, m.completedTotal, m.failedTotal, m.stepSeconds, m.sessions, m.resumedTotal, m.callerFinishedTotal)
 	return m

@@ -138,7 +138,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 2*time.Minute, "close echo-page connections idle this long")
 	fs.BoolVar(&o.tickets, "session-tickets", true, "issue and accept session tickets (sealed by handshaked, so a client resumes on any edge of the deployment)")
 	fs.BoolVar(&o.tickets12, "tls12-session-tickets", true, "also in TLS 1.2, whose tickets carry the master secret (false: forward secrecy for TLS 1.2 sessions; TLS 1.3 resumption keeps it)")
-	fs.BoolVar(&o.oneRoundTrip, "one-round-trip", false, "complete TLS 1.3 handshakes without client certificates in one call to handshaked: the edge gets the session keys with the server's flight and verifies the client's Finished itself before using them")
+	fs.BoolVar(&o.oneRoundTrip, "one-round-trip", false, "complete TLS 1.3 handshakes without client certificates, and TLS 1.2 resumptions, in one call to handshaked: the edge gets the session keys with the server's flight and verifies the client's Finished itself before using them")
 	fs.BoolVar(&o.version, "version", false, "print the build (version, VCS revision, Go version) and exit")
 	o.trace = tracing.AddFlags(fs)
 	return fs, logging.AddFlags(fs, slog.LevelInfo, logging.FormatJSON)

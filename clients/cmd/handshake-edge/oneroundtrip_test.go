@@ -20,14 +20,14 @@ import (
 )
 
 // The tests of -one-round-trip: real clients through the edge, each TLS
-// 1.3 handshake one call to the service (the echo page counts them), the
-// client's Finished verified by the edge.
+// 1.3 handshake and TLS 1.2 resumption one call to the service (the echo
+// page counts them), the client's Finished verified by the edge.
 
 const oneTrip = "Service round trips: 1\n"
 
 // TestOneRoundTripGoClient: Go's client, full and resumed TLS 1.3
-// handshakes in one round trip, a HelloRetryRequest in two, TLS 1.2 as
-// before.
+// handshakes in one round trip, a HelloRetryRequest in two, a full TLS 1.2
+// handshake in two and a resumed one in one.
 func TestOneRoundTripGoClient(t *testing.T) {
 	f := newTicketFixture(t)
 	addr, log := f.start(t, "-one-round-trip")
@@ -47,9 +47,16 @@ func TestOneRoundTripGoClient(t *testing.T) {
 	assert.Contains(t, page, "HelloRetryRequest: true\n", page)
 	assert.Contains(t, page, "Service round trips: 2\n", page)
 
-	page = getPage(t, addr, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12})
+	// TLS 1.2: the full handshake in two (the client's Finished comes
+	// first), the resumed one in one.
+	cfg12 := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	page = getPage(t, addr, cfg12)
 	assert.Contains(t, page, "TLS version: TLS 1.2\n", page)
 	assert.Contains(t, page, "Service round trips: 2\n", page)
+	page = getPage(t, addr, cfg12)
+	assert.Contains(t, page, "TLS version: TLS 1.2\n", page)
+	assert.Contains(t, page, "Resumed: yes", page)
+	assert.Contains(t, page, oneTrip, page)
 }
 
 // TestOneRoundTripCurl: curl fetches three pages over new connections, the
@@ -67,33 +74,44 @@ func TestOneRoundTripCurl(t *testing.T) {
 }
 
 // TestOneRoundTripOpenSSL: s_client, a full handshake whose session it
-// saves and a resumed one, each in one round trip.
+// saves and a resumed one: in TLS 1.3 each in one round trip, in TLS 1.2
+// the full one in two (its client Finished comes first) and the resumed
+// one in one.
 func TestOneRoundTripOpenSSL(t *testing.T) {
 	openssl := testenv.LookPath(t, "openssl")
 	f := newTicketFixture(t)
 	addr, _ := f.start(t, "-one-round-trip")
-	sess := filepath.Join(t.TempDir(), "session.pem")
-	sClient := func(sessFlag string) string {
-		cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", "ec.test", "-CAfile", f.ecCA,
-			"-verify_return_error", "-ign_eof", "-tls1_3", sessFlag, sess)
-		cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		return string(out)
+	for _, tc := range []struct{ flag, name, fullTrips string }{
+		{"-tls1_3", "TLSv1.3", oneTrip},
+		{"-tls1_2", "TLSv1.2", "Service round trips: 2\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sess := filepath.Join(t.TempDir(), "session.pem")
+			sClient := func(sessFlag string) string {
+				cmd := exec.Command(openssl, "s_client", "-connect", addr, "-servername", "ec.test", "-CAfile", f.ecCA,
+					"-verify_return_error", "-ign_eof", tc.flag, sessFlag, sess)
+				cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+				out, err := cmd.CombinedOutput()
+				require.NoError(t, err, "%s", out)
+				return string(out)
+			}
+			out := sClient("-sess_out")
+			assert.Contains(t, out, "New, "+tc.name, out)
+			assert.Contains(t, out, tc.fullTrips, out)
+			out = sClient("-sess_in")
+			assert.Contains(t, out, "Reused, "+tc.name, out)
+			assert.Contains(t, out, oneTrip, out)
+		})
 	}
-	out := sClient("-sess_out")
-	assert.Contains(t, out, "New, TLSv1.3", out)
-	assert.Contains(t, out, oneTrip, out)
-	out = sClient("-sess_in")
-	assert.Contains(t, out, "Reused, TLSv1.3", out)
-	assert.Contains(t, out, oneTrip, out)
 }
 
-// TestOneRoundTripGnuTLS: gnutls-cli over TLS 1.3 in one round trip.
+// TestOneRoundTripGnuTLS: gnutls-cli over TLS 1.3 in one round trip, and
+// over TLS 1.2 a full handshake and a resumption (--resume), the
+// resumption in one round trip.
 func TestOneRoundTripGnuTLS(t *testing.T) {
 	gnutls := testenv.LookPath(t, "gnutls-cli")
 	f := newTicketFixture(t)
-	addr, _ := f.start(t, "-one-round-trip")
+	addr, log := f.start(t, "-one-round-trip")
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
 		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "-p", port, host)
@@ -102,6 +120,16 @@ func TestOneRoundTripGnuTLS(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	assert.Contains(t, string(out), "TLS version: TLS 1.3\n", "%s", out)
 	assert.Contains(t, string(out), oneTrip, "%s", out)
+
+	cmd = exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
+		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.2", "--resume", "-p", port, host)
+	cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+	out, err = cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "This is a resumed session", "%s", out)
+	assert.Contains(t, string(out), "TLS version: TLS 1.2\n", "%s", out)
+	assert.Contains(t, string(out), oneTrip, "the resumed connection's page: %s", out)
+	assert.Contains(t, log.String(), "resumed=true service_round_trips=1", log.String())
 }
 
 // TestOneRoundTripChromium: headless Chromium loads the resumption page:

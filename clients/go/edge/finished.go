@@ -2,6 +2,7 @@ package edge
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -11,21 +12,35 @@ import (
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
-// finishAtEdge completes a TLS 1.3 handshake the service completed before
-// the client's Finished (HandshakeConfig.caller_verifies_finished: one
-// service round trip per handshake). It reads the client's records from
-// leftover and then raw until its Finished, verified in constant time
-// against the one the service expects, and only then writes what the
-// service held back (the NewSessionTicket) and returns the bytes after the
-// Finished for the record layer. No session key protects a byte from or to
-// the application before that: on a missing or wrong Finished the
-// connection gets the alert (RFC 8446 §4.4.4: decrypt_error) under the
-// server application traffic key at sequence number 0, the one record the
-// client can read, and closes. buf is the handshake's read buffer.
+// finishAtEdge completes a handshake the service completed before the
+// client's Finished (HandshakeConfig.caller_verifies_finished: one service
+// round trip per handshake): a TLS 1.3 one, or a TLS 1.2 abbreviated one
+// (a resumption from a ticket, RFC 5246 §7.3). It reads the client's
+// records from leftover and then raw until its Finished, verified in
+// constant time against the one the service expects, and only then writes
+// what the service held back (TLS 1.3: the NewSessionTicket) and returns
+// the bytes after the Finished for the record layer. No session key
+// protects a byte from or to the application before that: on a missing or
+// wrong Finished (or, in TLS 1.2, a missing ChangeCipherSpec before it)
+// the connection gets the alert (RFC 8446 §4.4.4, RFC 5246 §7.4.9:
+// decrypt_error) under the server's session write key, as the first
+// record the client reads under it, and closes. buf is the handshake's
+// read buffer.
 func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, error) {
-	p := s.GetKeys().GetClientFinished()
+	keys := s.GetKeys()
+	p := keys.GetClientFinished()
 	suite := uint16(s.GetCipherSuite())
-	v, err := clientfinished.New(suite, p.GetMessage(), p.GetClientHandshakeKey(), p.GetClientHandshakeIv(), p.GetSkipEarlyData())
+	var (
+		v   *clientfinished.Verifier
+		err error
+	)
+	if s.GetVersion() == tls.VersionTLS12 {
+		// The records after the client's ChangeCipherSpec open under its
+		// write key from sequence number 0.
+		v, err = clientfinished.New12(suite, p.GetMessage(), keys.GetClientWriteKey(), keys.GetClientWriteIv())
+	} else {
+		v, err = clientfinished.New(suite, p.GetMessage(), p.GetClientHandshakeKey(), p.GetClientHandshakeIv(), p.GetSkipEarlyData())
+	}
 	if err != nil {
 		return nil, fmt.Errorf("edge: the service's client Finished: %w", err)
 	}
@@ -36,7 +51,7 @@ func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, er
 			switch {
 			case errors.As(err, &fe):
 				if !fe.Peer {
-					raw.Write(finishedAlert(suite, s.GetKeys().GetServerApplicationTrafficSecret(), fe.Alert))
+					raw.Write(finishedAlert(s, fe.Alert))
 				}
 				return nil, &HandshakeError{Alert: record.AlertName(fe.Alert), Reason: fe.Reason}
 			case err != nil:
@@ -57,12 +72,17 @@ func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, er
 	}
 }
 
-// finishedAlert is a fatal alert protected under the server application
-// traffic secret at sequence number 0: after the server's Finished the
-// client reads with that key (RFC 8446 §7.1, Appendix A.2), and nothing
-// was written under it yet.
-func finishedAlert(suite uint16, serverSecret []byte, alert uint8) []byte {
-	c, err := record.NewTLS13Cipher(suite, serverSecret, 0)
+// finishedAlert is a fatal alert protected under the server's session
+// write key, which the client reads with after the server's Finished: in
+// TLS 1.3 the application traffic secret at sequence number 0 (RFC 8446
+// §7.1, Appendix A.2; nothing was written under it yet), in TLS 1.2 the
+// server write key at the sequence number after the server's Finished.
+func finishedAlert(s *pb.Session, alert uint8) []byte {
+	keys, suite := s.GetKeys(), uint16(s.GetCipherSuite())
+	c, err := record.NewTLS13Cipher(suite, keys.GetServerApplicationTrafficSecret(), 0)
+	if s.GetVersion() == tls.VersionTLS12 {
+		c, err = record.NewTLS12Cipher(suite, keys.GetServerWriteKey(), keys.GetServerWriteIv(), keys.GetServerSequence())
+	}
 	if err != nil {
 		return nil
 	}

@@ -49,8 +49,9 @@ type Config struct {
 	// Handshake is the server configuration: keys, versions, suites,
 	// groups, ALPN, client authentication. With caller_verifies_finished
 	// the service completes a TLS 1.3 handshake without client
-	// authentication in one round trip, and the edge verifies the client's
-	// Finished itself before it uses the session keys.
+	// authentication, and a TLS 1.2 resumption, in one round trip, and the
+	// edge verifies the client's Finished itself before it uses the
+	// session keys.
 	Handshake *pb.HandshakeConfig
 	// Unary steps the handshake with stateless StartHandshake and
 	// StepHandshake calls instead of the bidirectional stream: the service

@@ -267,14 +267,16 @@ type HandshakeConfig struct {
 	// ticket carries the master secret, so resuming from it gives up forward
 	// secrecy, which TLS 1.3 psk_dhe_ke keeps.
 	DisableTls12SessionTickets bool `protobuf:"varint,10,opt,name=disable_tls12_session_tickets,json=disableTls12SessionTickets,proto3" json:"disable_tls12_session_tickets,omitempty"`
-	// One service round trip per TLS 1.3 handshake: a TLS 1.3 handshake
-	// that asks for no client certificate completes on the step that
-	// returns the server's flight, whose session carries, in
-	// keys.client_finished, the client Finished expected and the key to
-	// read it. The caller then MUST verify the client's Finished (in
-	// constant time) before it uses any session key, and write
-	// client_finished.output only after. Meant for an edge; TLS 1.2 and
-	// client authentication complete on the client's Finished as without it.
+	// One service round trip per TLS 1.3 handshake and TLS 1.2 resumption: a
+	// TLS 1.3 handshake that asks for no client certificate, and a TLS 1.2
+	// abbreviated handshake (resumed from a ticket, RFC 5246 §7.3), complete
+	// on the step that returns the server's flight, whose session carries,
+	// in keys.client_finished, the client Finished expected (and in TLS 1.3
+	// the key to read it). The caller then MUST verify the client's Finished
+	// (in constant time; in TLS 1.2 after its ChangeCipherSpec) before it
+	// uses any session key, and write client_finished.output only after.
+	// Meant for an edge; a full TLS 1.2 handshake and client authentication
+	// complete on the client's Finished as without it.
 	CallerVerifiesFinished bool `protobuf:"varint,11,opt,name=caller_verifies_finished,json=callerVerifiesFinished,proto3" json:"caller_verifies_finished,omitempty"`
 	// Leave HandshakeStep.trace empty: for a caller that does not read it
 	// (an edge serving traffic), the service saves building it and the
@@ -1229,7 +1231,7 @@ type SessionKeys struct {
 	ClientApplicationTrafficSecret []byte `protobuf:"bytes,7,opt,name=client_application_traffic_secret,json=clientApplicationTrafficSecret,proto3" json:"client_application_traffic_secret,omitempty"`
 	ServerApplicationTrafficSecret []byte `protobuf:"bytes,8,opt,name=server_application_traffic_secret,json=serverApplicationTrafficSecret,proto3" json:"server_application_traffic_secret,omitempty"`
 	ExporterMasterSecret           []byte `protobuf:"bytes,9,opt,name=exporter_master_secret,json=exporterMasterSecret,proto3" json:"exporter_master_secret,omitempty"`
-	// With HandshakeConfig.caller_verifies_finished, on a TLS 1.3 handshake
+	// With HandshakeConfig.caller_verifies_finished, on a handshake
 	// completed before the client's Finished: what the caller verifies it
 	// with. Absent when the service verified the Finished.
 	ClientFinished *PendingClientFinished `protobuf:"bytes,10,opt,name=client_finished,json=clientFinished,proto3" json:"client_finished,omitempty"`
@@ -1337,21 +1339,26 @@ func (x *SessionKeys) GetClientFinished() *PendingClientFinished {
 	return nil
 }
 
-// PendingClientFinished is the TLS 1.3 client Finished the caller verifies
-// itself (RFC 8446 §4.4.4).
+// PendingClientFinished is the client Finished the caller verifies itself
+// (RFC 8446 §4.4.4; RFC 5246 §7.4.9).
 type PendingClientFinished struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The whole Finished handshake message expected: type, length,
 	// verify_data.
 	Message []byte `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
-	// The client handshake traffic key and IV (RFC 8446 §7.3): the records
-	// carrying the Finished open under them from sequence number 0.
+	// TLS 1.3: the client handshake traffic key and IV (RFC 8446 §7.3): the
+	// records carrying the Finished open under them from sequence number 0.
+	// Empty in TLS 1.2, where the client's ChangeCipherSpec comes first and
+	// the records after it open under keys.client_write_key and
+	// client_write_iv from sequence number 0 (keys.client_sequence is 1).
 	ClientHandshakeKey []byte `protobuf:"bytes,2,opt,name=client_handshake_key,json=clientHandshakeKey,proto3" json:"client_handshake_key,omitempty"`
 	ClientHandshakeIv  []byte `protobuf:"bytes,3,opt,name=client_handshake_iv,json=clientHandshakeIv,proto3" json:"client_handshake_iv,omitempty"`
-	// Records to write once the Finished is verified (a NewSessionTicket,
-	// which keys.server_sequence counts). On a wrong Finished they are
-	// dropped and the alert is protected under the server application
-	// traffic secret at sequence number 0.
+	// Records to write once the Finished is verified (TLS 1.3: a
+	// NewSessionTicket, which keys.server_sequence counts; nothing in TLS
+	// 1.2, whose ticket is in the server's flight). On a wrong Finished they
+	// are dropped and the alert is protected under the server application
+	// traffic secret at sequence number 0 (TLS 1.3), under
+	// keys.server_write_key at keys.server_sequence (TLS 1.2).
 	Output []byte `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
 	// The client offered 0-RTT data, refused: records that do not open under
 	// the key may come first, up to 2^16 bytes (RFC 8446 §4.2.10).

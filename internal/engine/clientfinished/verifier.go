@@ -1,11 +1,14 @@
-// Package clientfinished verifies a TLS 1.3 client's Finished the handshake
-// engine predicted (engine.Config.CallerVerifiesFinished): it reads the
-// client's records after the server's flight, drops compatibility
-// change_cipher_spec records, skips refused 0-RTT data, opens the records
-// under the client handshake traffic key, and compares the Finished with
-// the expected one in constant time (RFC 8446, Sections 4.4.4, 5 and
-// 4.2.10). The edge uses it to complete a handshake in one service round
-// trip; it never sees a secret from which another key could be derived.
+// Package clientfinished verifies a client's Finished the handshake engine
+// predicted (engine.Config.CallerVerifiesFinished): it reads the client's
+// records after the server's flight and compares the Finished with the
+// expected one in constant time. In TLS 1.3 it drops compatibility
+// change_cipher_spec records, skips refused 0-RTT data and opens the
+// records under the client handshake traffic key (RFC 8446, Sections
+// 4.4.4, 5 and 4.2.10); in a TLS 1.2 abbreviated handshake it takes the
+// client's ChangeCipherSpec and opens the records after it under the
+// client write key (RFC 5246, Sections 7.1, 7.3 and 7.4.9). The edge uses
+// it to complete a handshake in one service round trip; it never sees a
+// secret from which another key could be derived.
 package clientfinished
 
 import (
@@ -39,9 +42,11 @@ const (
 const typeFinished = 20
 
 // Error is a failed verification. Alert is the alert to send, protected
-// under the server application traffic key (the client switched its read
-// key on the server's Finished); none is sent when Peer (the client sent
-// the alert itself).
+// under the server's session write key (the client switched its read key
+// on the server's Finished): in TLS 1.3 the server application traffic
+// key, in TLS 1.2 the server write key at the sequence number after the
+// server's Finished; none is sent when Peer (the client sent the alert
+// itself).
 type Error struct {
 	Alert  uint8
 	Peer   bool
@@ -58,14 +63,17 @@ func fail(alert uint8, format string, args ...any) *Error {
 
 // Verifier checks one client's Finished. It is not safe for concurrent use.
 type Verifier struct {
-	cipher    *record.Cipher
-	expected  []byte
-	skipEarly bool
-	skipped   int
-	dropped   int
-	in        []byte // a partial record
-	msg       []byte // handshake bytes opened so far
-	done      bool
+	cipher   *record.Cipher
+	expected []byte
+	// tls12: the client's ChangeCipherSpec comes first, then every record
+	// is protected (RFC 5246, Section 7.1); changedCipher: it came.
+	tls12, changedCipher bool
+	skipEarly            bool
+	skipped              int
+	dropped              int
+	in                   []byte // a partial record
+	msg                  []byte // handshake bytes opened so far
+	done                 bool
 }
 
 // New returns a Verifier for the Finished message expected (type, length
@@ -73,14 +81,38 @@ type Verifier struct {
 // handshake traffic key and iv from sequence number 0. skipEarlyData says
 // that refused 0-RTT records may come first.
 func New(suite uint16, expected, key, iv []byte, skipEarlyData bool) (*Verifier, error) {
-	if len(expected) < 4 || expected[0] != typeFinished || int(expected[1])<<16|int(expected[2])<<8|int(expected[3]) != len(expected)-4 {
-		return nil, errors.New("clientfinished: the expected Finished is not a Finished message")
+	if err := checkExpected(expected); err != nil {
+		return nil, err
 	}
 	c, err := record.NewTLS13KeyCipher(suite, key, iv, 0)
 	if err != nil {
 		return nil, fmt.Errorf("clientfinished: %w", err)
 	}
 	return &Verifier{cipher: c, expected: expected, skipEarly: skipEarlyData}, nil
+}
+
+// New12 returns a Verifier for the client Finished expected (type, length
+// and verify_data) of a TLS 1.2 abbreviated handshake of suite (RFC 5246,
+// Section 7.3; RFC 5077, Section 3.1): after the server's flight the client
+// sends a ChangeCipherSpec, then its Finished in records protected under
+// its write key and fixed IV of the key block from sequence number 0 (the
+// session's client_write_key and client_write_iv).
+func New12(suite uint16, expected, key, iv []byte) (*Verifier, error) {
+	if err := checkExpected(expected); err != nil {
+		return nil, err
+	}
+	c, err := record.NewTLS12Cipher(suite, key, iv, 0)
+	if err != nil {
+		return nil, fmt.Errorf("clientfinished: %w", err)
+	}
+	return &Verifier{cipher: c, expected: expected, tls12: true}, nil
+}
+
+func checkExpected(expected []byte) error {
+	if len(expected) < 4 || expected[0] != typeFinished || int(expected[1])<<16|int(expected[2])<<8|int(expected[3]) != len(expected)-4 {
+		return errors.New("clientfinished: the expected Finished is not a Finished message")
+	}
+	return nil
 }
 
 // Feed takes the client's next bytes (any amount). It returns done once the
@@ -98,10 +130,7 @@ func (v *Verifier) Feed(in []byte) (done bool, rest []byte, err error) {
 		v.in = nil
 	}
 	for {
-		// Protected records are application_data on the outside and may
-		// be longer than 2^14 (RFC 8446, Section 5.2); record checks the
-		// plaintext ones below.
-		typ, vers, body, n, err := record.Parse(data, record.MaxCiphertextTLS13)
+		typ, vers, body, n, err := record.Parse(data, v.maxRecordLen())
 		if err != nil {
 			return false, nil, fail(alertOf(err), "bad record: %v", err)
 		}
@@ -119,7 +148,54 @@ func (v *Verifier) Feed(in []byte) (done bool, rest []byte, err error) {
 	}
 }
 
+// maxRecordLen is the largest record body allowed next.
+func (v *Verifier) maxRecordLen() int {
+	switch {
+	case !v.tls12:
+		// Protected records are application_data on the outside and may
+		// be longer than 2^14 (RFC 8446, Section 5.2); record13 checks
+		// the plaintext ones.
+		return record.MaxCiphertextTLS13
+	case v.changedCipher:
+		return record.MaxCiphertextTLS12
+	}
+	// RFC 5246, Section 6.2.1: TLSPlaintext.length MUST NOT exceed 2^14.
+	return record.MaxPlaintext
+}
+
 func (v *Verifier) record(typ record.ContentType, vers uint16, body []byte) error {
+	if v.tls12 {
+		return v.record12(typ, vers, body)
+	}
+	return v.record13(typ, vers, body)
+}
+
+// record12 takes a record of a TLS 1.2 client after the server's flight of
+// an abbreviated handshake: the ChangeCipherSpec, then only protected
+// records (RFC 5246, Sections 7.1 and 7.3), as the engine would.
+func (v *Verifier) record12(typ record.ContentType, vers uint16, body []byte) error {
+	switch {
+	case typ == record.ChangeCipherSpec && v.changedCipher:
+		return fail(AlertUnexpectedMessage, "a second change_cipher_spec")
+	case typ == record.ChangeCipherSpec:
+		if len(body) != 1 || body[0] != 1 {
+			return fail(AlertUnexpectedMessage, "malformed change_cipher_spec")
+		}
+		v.changedCipher = true
+		return nil
+	case v.changedCipher:
+		return v.open(typ, vers, body)
+	case typ == record.Alert:
+		return v.alert(body)
+	}
+	// The Finished, or anything else, before the ChangeCipherSpec: in the
+	// abbreviated handshake the client's ChangeCipherSpec comes first
+	// (RFC 5246, Section 7.3).
+	return fail(AlertUnexpectedMessage, "%v record while expecting the client's change_cipher_spec", typ)
+}
+
+// record13 takes a record of a TLS 1.3 client after the server's flight.
+func (v *Verifier) record13(typ record.ContentType, vers uint16, body []byte) error {
 	// RFC 8446, Section 5.1: TLSPlaintext.length "MUST NOT exceed 2^14
 	// bytes".
 	if typ != record.ApplicationData && len(body) > record.MaxPlaintext {
@@ -148,6 +224,12 @@ func (v *Verifier) record(typ record.ContentType, vers uint16, body []byte) erro
 		// record of the client is protected.
 		return fail(AlertUnexpectedMessage, "unprotected %v record after the server's Finished", typ)
 	}
+	return v.open(typ, vers, body)
+}
+
+// open opens a protected record of the client's, which must carry (part
+// of) its Finished or an alert.
+func (v *Verifier) open(typ record.ContentType, vers uint16, body []byte) error {
 	// Open decrypts in place, and body is the caller's buffer: work on a
 	// copy.
 	work := append([]byte(nil), body...)
@@ -177,7 +259,8 @@ func (v *Verifier) record(typ record.ContentType, vers uint16, body []byte) erro
 
 // message checks the handshake bytes opened so far: they must be a
 // Finished, which ends its record since keys change after it (RFC 8446,
-// Section 5.1).
+// Section 5.1), and nothing follows it in TLS 1.2 either: it ends the
+// client's flight (RFC 5246, Section 7.3).
 func (v *Verifier) message() error {
 	if v.msg[0] != typeFinished {
 		return fail(AlertUnexpectedMessage, "handshake message %d while expecting the client Finished", v.msg[0])
@@ -185,9 +268,10 @@ func (v *Verifier) message() error {
 	if len(v.msg) < 4 {
 		return nil
 	}
-	// verify_data is opaque[Hash.length] (RFC 8446, Section 4.4.4): a
-	// Finished of another length cannot be decoded (Section 6.2). Its
-	// length is public.
+	// verify_data is opaque[Hash.length] (RFC 8446, Section 4.4.4), 12
+	// bytes in TLS 1.2 (RFC 5246, Section 7.4.9): a Finished of another
+	// length cannot be decoded (RFC 8446, Section 6.2). Its length is
+	// public.
 	if n := int(v.msg[1])<<16 | int(v.msg[2])<<8 | int(v.msg[3]); n != len(v.expected)-4 {
 		return fail(AlertDecodeError, "%d-byte client Finished, want %d", n, len(v.expected)-4)
 	}

@@ -245,3 +245,172 @@ func FuzzVerifier(f *testing.F) {
 		}
 	})
 }
+
+// TLS 1.2 abbreviated handshake: the client's ChangeCipherSpec, then its
+// Finished (12 bytes of verify_data) under the client write key from
+// sequence number 0.
+const suite12 = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+
+var (
+	iv12       = bytes.Repeat([]byte{9}, 4)
+	finished12 = append([]byte{20, 0, 0, 12}, verify[:12]...)
+)
+
+func newClient12(t *testing.T) *client {
+	c, err := record.NewTLS12Cipher(suite12, key, iv12, 0)
+	require.NoError(t, err)
+	return &client{t, c}
+}
+
+func newVerifier12(t *testing.T) *clientfinished.Verifier {
+	v, err := clientfinished.New12(suite12, finished12, key, iv12)
+	require.NoError(t, err)
+	return v
+}
+
+func TestVerifier12Accepts(t *testing.T) {
+	tail := []byte("application data records follow")
+	tests := []struct {
+		name   string
+		flight func(c *client) []byte
+	}{
+		{name: "ChangeCipherSpec, Finished", flight: func(c *client) []byte { return slices.Concat(ccs, c.seal(record.Handshake, finished12)) }},
+		// RFC 5246, Section 6.2.1: a handshake message may span records.
+		{name: "fragmented", flight: func(c *client) []byte {
+			return slices.Concat(ccs, c.seal(record.Handshake, finished12[:3]), c.seal(record.Handshake, finished12[3:]))
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			flight := slices.Concat(tc.flight(newClient12(t)), tail)
+			v := newVerifier12(t)
+			done, rest, err := v.Feed(slices.Clone(flight))
+			require.NoError(t, err)
+			require.True(t, done)
+			assert.Equal(t, tail, rest, "the bytes after the Finished's record")
+
+			v = newVerifier12(t)
+			var got []byte
+			for i := range flight {
+				done, rest, err = v.Feed(flight[i : i+1])
+				require.NoError(t, err, "byte %d", i)
+				if done {
+					got = append(got, rest...)
+				}
+			}
+			assert.Equal(t, tail, got)
+		})
+	}
+}
+
+func TestVerifier12Refuses(t *testing.T) {
+	tests := []struct {
+		name   string
+		flight func(c *client) []byte
+		alert  uint8
+		peer   bool
+	}{
+		// RFC 5246, Section 7.4.9.
+		{name: "wrong verify_data", alert: clientfinished.AlertDecryptError, flight: func(c *client) []byte {
+			bad := slices.Clone(finished12)
+			bad[len(bad)-1] ^= 0x80
+			return slices.Concat(ccs, c.seal(record.Handshake, bad))
+		}},
+		{name: "short Finished", alert: clientfinished.AlertDecodeError, flight: func(c *client) []byte {
+			return slices.Concat(ccs, c.seal(record.Handshake, append([]byte{20, 0, 0, 11}, verify[:11]...)))
+		}},
+		// Section 7.3: ChangeCipherSpec first, then the Finished, protected.
+		{name: "no ChangeCipherSpec", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return c.seal(record.Handshake, finished12)
+		}},
+		{name: "Finished before ChangeCipherSpec", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return slices.Concat(c.seal(record.Handshake, finished12), ccs)
+		}},
+		{name: "unprotected Finished", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return record.Append(nil, record.Handshake, tls.VersionTLS12, finished12)
+		}},
+		{name: "unprotected Finished after ChangeCipherSpec", alert: clientfinished.AlertBadRecordMAC, flight: func(c *client) []byte {
+			return slices.Concat(ccs, record.Append(nil, record.Handshake, tls.VersionTLS12, finished12))
+		}},
+		{name: "ChangeCipherSpec twice", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return slices.Concat(ccs, ccs, c.seal(record.Handshake, finished12))
+		}},
+		{name: "ChangeCipherSpec inside the Finished", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return slices.Concat(ccs, c.seal(record.Handshake, finished12[:5]), ccs)
+		}},
+		{name: "malformed change_cipher_spec", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return []byte{20, 3, 3, 0, 1, 2}
+		}},
+		{name: "application data before Finished", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return slices.Concat(ccs, c.seal(record.ApplicationData, []byte("GET /")))
+		}},
+		{name: "plaintext application data", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return record.Append(nil, record.ApplicationData, tls.VersionTLS12, []byte("GET /"))
+		}},
+		{name: "data after Finished in its record", alert: clientfinished.AlertUnexpectedMessage, flight: func(c *client) []byte {
+			return slices.Concat(ccs, c.seal(record.Handshake, append(slices.Clone(finished12), 20, 0)))
+		}},
+		{name: "garbled record", alert: clientfinished.AlertBadRecordMAC, flight: func(c *client) []byte {
+			rec := c.seal(record.Handshake, finished12)
+			rec[len(rec)-3] ^= 1
+			return slices.Concat(ccs, rec)
+		}},
+		// Section 6.2.1 and 6.2.3.
+		{name: "plaintext over 2^14", alert: clientfinished.AlertRecordOverflow, flight: func(c *client) []byte {
+			return append([]byte{21, 3, 3, 0x40, 0x01}, make([]byte, 1<<14+1)...)
+		}},
+		{name: "protected record overflow", alert: clientfinished.AlertRecordOverflow, flight: func(c *client) []byte {
+			return slices.Concat(ccs, []byte{22, 3, 3, 0x48, 0x01})
+		}},
+		{name: "client alert", peer: true, alert: 40, flight: func(c *client) []byte {
+			return record.Append(nil, record.Alert, tls.VersionTLS12, []byte{2, 40})
+		}},
+		{name: "protected client alert", peer: true, alert: 42, flight: func(c *client) []byte {
+			return slices.Concat(ccs, c.seal(record.Alert, []byte{2, 42}))
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newVerifier12(t)
+			done, _, err := v.Feed(tc.flight(newClient12(t)))
+			require.False(t, done)
+			var fe *clientfinished.Error
+			require.ErrorAs(t, err, &fe)
+			assert.Equal(t, tc.alert, fe.Alert, "%s", fe.Reason)
+			assert.Equal(t, tc.peer, fe.Peer)
+		})
+	}
+}
+
+func TestNew12RefusesBadInput(t *testing.T) {
+	_, err := clientfinished.New12(suite12, []byte{20, 0, 0, 2, 1}, key, iv12)
+	assert.Error(t, err, "not a Finished message")
+	_, err = clientfinished.New12(suite12, finished12, key, iv)
+	assert.Error(t, err, "12-byte IV for AES-GCM")
+	_, err = clientfinished.New12(suite, finished12, key, iv12)
+	assert.Error(t, err, "TLS 1.3 suite")
+}
+
+// FuzzVerifier12 is FuzzVerifier for a TLS 1.2 client.
+func FuzzVerifier12(f *testing.F) {
+	c, _ := record.NewTLS12Cipher(suite12, key, iv12, 0)
+	good, _ := c.Seal(nil, record.Handshake, finished12, 0)
+	f.Add(slices.Concat(ccs, good, []byte("rest")), 3)
+	f.Add(good, 0)
+	f.Add(slices.Concat(ccs, ccs), 6)
+	f.Add([]byte{21, 3, 3, 0, 2, 2, 40}, 7)
+	f.Fuzz(func(t *testing.T, in []byte, cut int) {
+		v, err := clientfinished.New12(suite12, finished12, key, iv12)
+		require.NoError(t, err)
+		cut = min(max(cut, 0), len(in))
+		done, rest, err := v.Feed(slices.Clone(in[:cut]))
+		if err == nil && !done {
+			done, rest, err = v.Feed(slices.Clone(in[cut:]))
+		}
+		if done {
+			require.NoError(t, err)
+			assert.True(t, bytes.Contains(in, good), "accepted without the Finished")
+			assert.LessOrEqual(t, len(rest), len(in)-len(good)-len(ccs))
+		}
+	})
+}
