@@ -219,6 +219,9 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc ch
 	fmt.Fprintln(w, header)
 	fmt.Fprintln(w, rule)
 	for _, op := range ops {
+		if !o.keyOps.MatchString(op.name) {
+			continue
+		}
 		for _, c := range o.concurrency {
 			row := fmt.Sprintf("| %s | %d |", op.name, c)
 			loads := make([]load, len(ts))

@@ -253,7 +253,7 @@ func openVault(ctx context.Context, cfg *config, kek []byte, opts ...keyvault.Op
 		}
 		return nil, fmt.Errorf("key store %s: %w", where, err)
 	}
-	slog.Info("key store", "key_store", where)
+	slog.Info("key store", "key_store", where, "rsa", keyvault.RSAImplementation())
 	return vault, nil
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,8 +8,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // TestREADMEPKCS11Build runs the README's build command for the PKCS#11
@@ -18,23 +15,11 @@ import (
 // the default static one) that accepts the -pkcs11-* settings and fails on
 // a missing module rather than saying it lacks the backend.
 func TestREADMEPKCS11Build(t *testing.T) {
-	bash := testenv.LookPath(t, "bash")
-	testenv.LookPath(t, "go")
-	testenv.LookPath(t, "gcc") // cgo
-	bin := filepath.Join(t.TempDir(), "handshaked")
-	cmd := exec.Command(bash, "-euo", "pipefail", "-c", readmeBlock(t, "pkcs11-build"))
-	cmd.Dir = filepath.Join("..", "..")
-	cmd.Env = append(os.Environ(), "BIN="+bin, "CGO_ENABLED=1")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	f, err := elf.Open(bin)
-	require.NoError(t, err)
-	defer f.Close()
-	assert.NotNil(t, f.Section(".interp"), "a cgo binary, dynamically linked")
+	bin, _ := buildFromREADME(t, "pkcs11-build")
 
 	run := exec.Command(bin, "-data-dir", t.TempDir(), "-pkcs11-module", filepath.Join(t.TempDir(), "missing.so"), "-pkcs11-token", "t")
 	run.Env = append(os.Environ(), pkcs11PINEnv+"=1234")
-	out, err = run.CombinedOutput()
+	out, err := run.CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(out), "cannot load module")
 	assert.NotContains(t, string(out), "built without PKCS#11 support")

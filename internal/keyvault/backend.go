@@ -91,7 +91,12 @@ func (softwareBackend) Generate(ctx context.Context, alg Algorithm, label string
 	if err != nil {
 		return nil, nil, err
 	}
-	return handle, key, nil
+	signer, err := memoryKey(key)
+	if err != nil {
+		clear(handle)
+		return nil, nil, err
+	}
+	return handle, signer, nil
 }
 
 // softwareHandle is the handle of a software key: PKCS #8 DER, which the
@@ -113,7 +118,7 @@ func (softwareBackend) Load(ctx context.Context, alg Algorithm, handle []byte) (
 	if !ok {
 		return nil, fmt.Errorf("keyvault: a %T is no signer", key)
 	}
-	return signer, nil
+	return memoryKey(signer)
 }
 
 // Destroy has nothing to do: the material record the vault erased was the

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"math/big"
 	"path/filepath"
@@ -71,7 +72,9 @@ func (b *rawTestBackend) Generate(ctx context.Context, alg Algorithm, label stri
 }
 
 func (b *rawTestBackend) Load(ctx context.Context, alg Algorithm, handle []byte) (crypto.Signer, error) {
-	key, err := softwareBackend{}.Load(ctx, alg, handle)
+	// The handle is the software backend's, parsed here: the software
+	// backend's own key may be OpenSSL's (the openssl build tag).
+	key, err := x509.ParsePKCS8PrivateKey(handle)
 	if err != nil {
 		return nil, err
 	}
@@ -114,8 +117,9 @@ func pkcs1Block(k int, msg []byte) []byte {
 }
 
 // TestUnpadSessionKeyMatchesCryptoRSA decrypts well- and ill-formed PKCS #1
-// v1.5 blocks both ways, through crypto/rsa (a software key) and through the
-// raw RSA operation and the vault's own unpadding (a backend's key): every
+// v1.5 blocks through crypto/rsa, through the raw RSA operation and the
+// vault's own unpadding (a backend's key), and as the software backend's
+// key does (OpenSSL's raw RSA with the openssl build tag): every
 // ciphertext must give the same 48 bytes, the premaster where crypto/rsa
 // finds it and the same substitute where it does not.
 func TestUnpadSessionKeyMatchesCryptoRSA(t *testing.T) {
@@ -123,6 +127,10 @@ func TestUnpadSessionKeyMatchesCryptoRSA(t *testing.T) {
 	pub := &priv.PublicKey
 	k := pub.Size()
 	raw := rawTestKey{priv: priv, mu: new(sync.Mutex), ops: new([]string)}
+	inMemory, err := memoryKey(priv)
+	require.NoError(t, err)
+	software, ok := rsaPrivateOf(inMemory)
+	require.True(t, ok)
 	premaster := make([]byte, premasterLen)
 	rand.Read(premaster)
 	premaster[0], premaster[1] = 3, 3
@@ -147,6 +155,9 @@ func TestUnpadSessionKeyMatchesCryptoRSA(t *testing.T) {
 			got, err := decryptPremaster(ctx, pub, rawRSA{raw}, ct, tls.VersionTLS12)
 			require.NoError(t, err)
 			assert.Equal(t, want, got)
+			fromBackend, err := decryptPremaster(ctx, pub, software, ct, tls.VersionTLS12)
+			require.NoError(t, err)
+			assert.Equal(t, want, fromBackend, "the software backend's key")
 			assert.Len(t, got, premasterLen)
 			if name == "valid" {
 				assert.Equal(t, premaster, got, "a valid block yields its premaster")

@@ -34,29 +34,39 @@ import (
 // know the version a caller signs for, so the rule that narrows the choice
 // for TLS 1.3 applies where the scheme is chosen: SignatureSchemes.
 func (v *Vault) Sign(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, error) {
+	sig, _, err := v.SignVersion(ctx, id, version, scheme, input, isDigest)
+	return sig, err
+}
+
+// SignVersion is Sign, and it names the version it used, from the one
+// lookup it makes (the zero UsedVersion when it found none): a caller that
+// reports the version and its algorithm need not look the key up again
+// for each signature.
+func (v *Vault) SignVersion(ctx context.Context, id string, version uint32, scheme tls.SignatureScheme, input []byte, isDigest bool) ([]byte, UsedVersion, error) {
 	ver, err := v.enabledVersion(ctx, id, version)
+	used := ver.used()
 	if err != nil {
-		return nil, err
+		return nil, used, err
 	}
 	s, ok := sigscheme.Lookup(scheme)
 	if !ok || !ver.alg.sigschemeKey().Fits(s, tls.VersionTLS12) {
-		return nil, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
 	}
 	opts := s.SignerOpts()
 	hash := s.Hash
 	switch {
 	case isDigest && hash == 0:
-		return nil, fmt.Errorf("keyvault: %v signs the message itself, not a digest: %w", scheme, ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: %v signs the message itself, not a digest: %w", scheme, ErrInvalidArgument)
 	case isDigest && len(input) != hash.Size():
-		return nil, fmt.Errorf("keyvault: a %v digest is %d bytes, not %d: %w", scheme, hash.Size(), len(input), ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: a %v digest is %d bytes, not %d: %w", scheme, hash.Size(), len(input), ErrInvalidArgument)
 	case !isDigest:
 		input = s.Digest(input)
 	}
 	sig, err := ver.signer.Sign(rand.Reader, input, opts)
 	if err != nil {
-		return nil, fmt.Errorf("keyvault: key %q version %d: sign with %v: %w", id, ver.number, scheme, err)
+		return nil, used, fmt.Errorf("keyvault: key %q version %d: sign with %v: %w", id, ver.number, scheme, err)
 	}
-	return sig, nil
+	return sig, used, nil
 }
 
 // SignatureSchemes returns the TLS signature schemes a version of key id (0:
@@ -201,13 +211,24 @@ type softwareRSA struct{ priv *rsa.PrivateKey }
 // key-derivation key of draft-irtf-cfrg-rsa-guidance §7.1 (as OpenSSL 3.2
 // computes it).
 func (k softwareRSA) rejectionKDK(ctx context.Context, ciphertext []byte) ([]byte, error) {
-	d := k.priv.D.FillBytes(make([]byte, k.priv.Size()))
-	dh := sha256.Sum256(d)
-	clear(d)
-	mac := hmac.New(sha256.New, dh[:])
-	clear(dh[:])
+	secret := rejectionSecret(k.priv)
+	defer clear(secret[:])
+	return rejectionKDKUnder(secret[:], ciphertext), nil
+}
+
+// rejectionSecret is SHA256(I2OSP(d, k)), the key under which an in-memory
+// RSA key derives its KDKs.
+func rejectionSecret(priv *rsa.PrivateKey) [sha256.Size]byte {
+	d := priv.D.FillBytes(make([]byte, priv.Size()))
+	defer clear(d)
+	return sha256.Sum256(d)
+}
+
+// rejectionKDKUnder is HMAC-SHA256(secret, ciphertext).
+func rejectionKDKUnder(secret, ciphertext []byte) []byte {
+	mac := hmac.New(sha256.New, secret)
 	mac.Write(ciphertext)
-	return mac.Sum(nil), nil
+	return mac.Sum(nil)
 }
 
 // decryptSessionKey is crypto/rsa's, which keeps the padding check in

@@ -142,6 +142,9 @@ func (v *Vault) Import(ctx context.Context, id string, pemBytes []byte, labels m
 		return nil, err
 	}
 	defer clear(handle)
+	if signer, err = memoryKey(signer); err != nil {
+		return nil, err
+	}
 	return v.add(ctx, id, labels, BackendSoftware, handle, signer, alg, true)
 }
 

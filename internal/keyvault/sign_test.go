@@ -143,3 +143,35 @@ func TestCreateP521(t *testing.T) {
 	require.NoError(t, err)
 	assert.NoError(t, verifySignature(got.Versions[0].PublicKey, tls.ECDSAWithP521AndSHA512, []byte("m"), sig))
 }
+
+// TestSignVersion: SignVersion names the version that signed and its
+// algorithm, the primary for version 0, the one asked for otherwise; a
+// disabled version is named with its refusal, a missing one not at all.
+func TestSignVersion(t *testing.T) {
+	v, _ := newTestVault(t)
+	importTestKey(t, v, "key", ECDSAP256)
+	_, err := v.Rotate(ctx, "key")
+	require.NoError(t, err)
+	digest := sha256.Sum256([]byte("m"))
+	for version, want := range map[uint32]uint32{0: 2, 1: 1, 2: 2} {
+		sig, used, err := v.SignVersion(ctx, "key", version, tls.ECDSAWithP256AndSHA256, digest[:], true)
+		require.NoError(t, err, "version %d", version)
+		assert.Equal(t, UsedVersion{Number: want, Algorithm: ECDSAP256}, used, "version %d", version)
+		k, err := v.Get(ctx, "key")
+		require.NoError(t, err)
+		assert.True(t, ecdsa.VerifyASN1(k.Versions[want-1].PublicKey.(*ecdsa.PublicKey), digest[:], sig), "version %d signed with version %d", version, want)
+	}
+	_, err = v.SetVersionEnabled(ctx, "key", 1, false)
+	require.NoError(t, err)
+	_, used, err := v.SignVersion(ctx, "key", 1, tls.ECDSAWithP256AndSHA256, digest[:], true)
+	assert.ErrorIs(t, err, ErrFailedPrecondition)
+	assert.Equal(t, UsedVersion{Number: 1, Algorithm: ECDSAP256}, used)
+	for _, missing := range []struct {
+		id      string
+		version uint32
+	}{{"key", 3}, {"nokey", 0}} {
+		_, used, err = v.SignVersion(ctx, missing.id, missing.version, tls.ECDSAWithP256AndSHA256, digest[:], true)
+		assert.ErrorIs(t, err, ErrNotFound)
+		assert.Zero(t, used)
+	}
+}

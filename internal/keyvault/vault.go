@@ -548,7 +548,9 @@ func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, h
 		signer, err = backend.Load(ctx, alg, handle)
 		clear(handle) // the private key, for the software backend
 		if err != nil {
-			if backendName == BackendSoftware {
+			// A software key that does not decode is corrupted; one that
+			// decodes but cannot be put to use (memoryKey) is not.
+			if backendName == BackendSoftware && !errors.Is(err, ErrFailedPrecondition) {
 				return nil, fmt.Errorf("keyvault: %v: undecodable: %w", material.RecordRef, ErrCorrupted)
 			}
 			return nil, fmt.Errorf("keyvault: %v: load from the %s backend: %w", material.RecordRef, backendName, err)
@@ -699,7 +701,8 @@ func (v *Vault) VersionChain(ctx context.Context, id string, n uint32) (uint32, 
 }
 
 // enabledVersion returns the version that a key operation may use: none
-// while the view of a shared store is stale (follow.go).
+// while the view of a shared store is stale (follow.go). A version that is
+// not enabled comes back with the error, for callers that name it.
 func (v *Vault) enabledVersion(ctx context.Context, id string, n uint32) (*versionState, error) {
 	if err := v.follow.fresh(); err != nil {
 		return nil, err
@@ -709,9 +712,23 @@ func (v *Vault) enabledVersion(ctx context.Context, id string, n uint32) (*versi
 		return nil, err
 	}
 	if ver.state != StateEnabled {
-		return nil, fmt.Errorf("keyvault: key %q version %d is %v: %w", id, ver.number, ver.state, ErrFailedPrecondition)
+		return ver, fmt.Errorf("keyvault: key %q version %d is %v: %w", id, ver.number, ver.state, ErrFailedPrecondition)
 	}
 	return ver, nil
+}
+
+// UsedVersion is the version of a key an operation resolved to and its
+// algorithm: what a response names and the service's metrics label.
+type UsedVersion struct {
+	Number    uint32
+	Algorithm Algorithm
+}
+
+func (ver *versionState) used() UsedVersion {
+	if ver == nil {
+		return UsedVersion{}
+	}
+	return UsedVersion{Number: ver.number, Algorithm: ver.alg}
 }
 
 // withVersion returns a copy of k with ver replacing or appending the

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -53,27 +54,37 @@ func checkBatch(r *pb.BatchRequest) error {
 	return nil
 }
 
-// Batch runs the operations batchParallelism at a time and answers each in
-// the request's order.
+// Batch runs the operations batchParallelism at a time on the helpers
+// idle now, or on this call's goroutine when none is, and answers each in
+// the request's order. The call's goroutine is one of the gRPC server's
+// many workers, each of which serves a call now and then, so its stack has
+// shrunk again (at a garbage collection) by the time it signs; the
+// helpers are few and keep theirs grown.
 func (s *KeyVault) Batch(ctx context.Context, req *pb.BatchRequest) (*pb.BatchResponse, error) {
 	if err := checkBatch(req); err != nil {
 		return nil, err
 	}
 	ops := req.GetOperations()
 	results := make([]*pb.BatchResult, len(ops))
-	next := make(chan int)
+	var next atomic.Int64
+	work := func() {
+		for i := next.Add(1) - 1; i < int64(len(ops)); i = next.Add(1) - 1 {
+			results[i] = s.batchOne(ctx, req.GetReference(), ops[i])
+		}
+	}
 	var wg sync.WaitGroup
+	helped := false
 	for range min(batchParallelism(), len(ops)) {
-		wg.Go(func() {
-			for i := range next {
-				results[i] = s.batchOne(ctx, req.GetReference(), ops[i])
-			}
-		})
+		wg.Add(1)
+		if !s.helpers.offer(func() { work(); wg.Done() }) {
+			wg.Done()
+			break
+		}
+		helped = true
 	}
-	for i := range ops {
-		next <- i
+	if !helped {
+		work()
 	}
-	close(next)
 	wg.Wait()
 	return &pb.BatchResponse{Reference: req.GetReference(), Results: results}, nil
 }

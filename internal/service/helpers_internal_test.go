@@ -2,12 +2,15 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"io"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,6 +18,25 @@ import (
 
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
+
+// vaultWithKey opens a vault in a temporary directory, closed when tb
+// ends, holding the test key fixture (testdata/keys) as key id.
+func vaultWithKey(tb testing.TB, id, fixture string) (*keyvault.Vault, *keyvault.Key) {
+	tb.Helper()
+	ctx := context.Background()
+	store, err := keyvault.OpenBolt(filepath.Join(tb.TempDir(), "keys.db"))
+	require.NoError(tb, err)
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	vault, err := keyvault.New(ctx, store, kek)
+	require.NoError(tb, err)
+	tb.Cleanup(func() { vault.Close() })
+	pemKey, err := os.ReadFile(filepath.Join("..", "..", "testdata", "keys", fixture))
+	require.NoError(tb, err)
+	k, err := vault.Import(ctx, id, pemKey, nil)
+	require.NoError(tb, err)
+	return vault, k
+}
 
 // AttachSelfSigned gives version 1 of key id a self-signed certificate
 // for localhost, and returns a pool that trusts it. (Exported for the

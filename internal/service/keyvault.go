@@ -45,6 +45,8 @@ type KeyVault struct {
 	ticketMetrics *ticketMetrics
 	// batchItem admits and audits each operation of a Batch.
 	batchItem batchItemGuard
+	// helpers work on a Batch's operations (nil: its call does them).
+	helpers *helpers
 }
 
 // pageTokenRotation is how long a page-token key seals new tokens, and

@@ -64,6 +64,8 @@ type Server struct {
 	pageTokens *keyvault.TicketKeys
 	pollCtx    context.Context
 	stopPoll   context.CancelFunc
+	// helpers work on batches beside their calls; Shutdown ends them.
+	helpers *helpers
 }
 
 // Options configure a Server. The zero value is a development server:
@@ -199,6 +201,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	if s.tls != nil {
 		s.http.TLSConfig = &tls.Config{GetConfigForClient: s.tls.configFor([]string{"h2", "http/1.1"})}
 	}
+	kv.helpers = startHelpers(batchParallelism())
+	s.helpers = kv.helpers
 	return s, nil
 }
 
@@ -293,5 +297,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	s.healthOnly.Stop()
+	s.helpers.close()
 	return httpErr
 }

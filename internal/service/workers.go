@@ -1,6 +1,9 @@
 package service
 
-import goruntime "runtime"
+import (
+	goruntime "runtime"
+	"sync"
+)
 
 // streamWorkers is how many long-lived goroutines serve gRPC calls (0: a
 // new goroutine per call, grpc's default). A call that finds them all busy
@@ -14,3 +17,57 @@ var streamWorkers = max(64, 16*goruntime.GOMAXPROCS(0))
 // batchParallelism is how many operations of one batch run at once: they
 // are CPU work, so more than the cores would only queue.
 func batchParallelism() int { return goruntime.GOMAXPROCS(0) }
+
+// helpers are long-lived goroutines that work on the operations of
+// batches, as many as the cores. Goroutines started for each batch, or the
+// call's own, would grow their stacks again inside the signing code (the
+// P-256 code needs more than a fresh or shrunk stack) at every batch; a few
+// helpers, busy whenever batches come, keep theirs grown (issue 12, h4's
+// note: stack growth was a fifth of the service's CPU beyond signing for
+// batches of 8).
+type helpers struct {
+	work    chan func()
+	stop    chan struct{}
+	stopped sync.Once
+}
+
+// startHelpers starts n helpers; stop ends them.
+func startHelpers(n int) *helpers {
+	h := &helpers{work: make(chan func()), stop: make(chan struct{})}
+	for range n {
+		go func() {
+			for {
+				select {
+				case f := <-h.work:
+					f()
+				case <-h.stop:
+					return
+				}
+			}
+		}()
+	}
+	return h
+}
+
+// offer hands f to a helper that is idle now and reports whether one took
+// it: a call that finds them all busy with other calls' work does its own,
+// sharing the cores with them. A nil or stopped h takes nothing.
+func (h *helpers) offer(f func()) bool {
+	if h == nil {
+		return false
+	}
+	select {
+	case h.work <- f:
+		return true
+	default:
+		return false
+	}
+}
+
+// close ends the helpers once they finish what they took; offers after
+// they have ended find none. A Server can be shut down more than once.
+func (h *helpers) close() {
+	if h != nil {
+		h.stopped.Do(func() { close(h.stop) })
+	}
+}

@@ -1,0 +1,5 @@
+//go:build openssl
+
+package opensslrsa
+
+var CheckVersion = checkVersion
