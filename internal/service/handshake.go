@@ -109,6 +109,7 @@ type session struct {
 	expires   time.Time
 	expiry    *time.Timer
 	span      trace.Span // of the whole handshake, ended with it
+	trace     bool       // steps carry their trace (no HandshakeConfig.omit_trace)
 
 	mu    sync.Mutex
 	hs    *engine.Handshake // nil once complete or failed
@@ -150,13 +151,13 @@ func (st *sessionStore) count(delta int) {
 	st.mu.Unlock()
 }
 
-func (st *sessionStore) add(owner string, keys []target, hs *engine.Handshake, span trace.Span) (*session, error) {
+func (st *sessionStore) add(owner string, keys []target, hs *engine.Handshake, withTrace bool, span trace.Span) (*session, error) {
 	if !st.slots.acquire(owner, 1) {
 		return nil, errTooManySessions
 	}
 	b := make([]byte, 16)
 	rand.Read(b)
-	s := &session{id: hex.EncodeToString(b), owner: owner, keys: keys, expires: time.Now().Add(st.ttl), hs: hs, span: span}
+	s := &session{id: hex.EncodeToString(b), owner: owner, keys: keys, expires: time.Now().Add(st.ttl), hs: hs, trace: withTrace, span: span}
 	st.mu.Lock()
 	// A session leaves the store when it expires, not at some later
 	// call: its slot, its input and the gauge follow at once.
@@ -258,9 +259,10 @@ func (h *Handshake) start(ctx context.Context, req *pb.StartHandshakeRequest) (*
 	return hs, cfg, nil
 }
 
-// step runs one engine step and converts its outcome. ctx carries the
+// step runs one engine step and converts its outcome, with its trace
+// unless the handshake's configuration said to omit it. ctx carries the
 // handshake's span; the step's span is its child.
-func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, input []byte, opts ...trace.SpanStartOption) *pb.HandshakeStep {
+func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, withTrace bool, input []byte, opts ...trace.SpanStartOption) *pb.HandshakeStep {
 	handshake := trace.SpanFromContext(ctx)
 	ctx, span := h.tracer.Start(ctx, "handshake.step", opts...)
 	defer span.End()
@@ -276,7 +278,7 @@ func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, i
 		h.metrics.failed(res.AlertDescription)
 	}
 	traceStep(span, handshake, &res, input, sess)
-	return stepToProto(id, &res, input, sess)
+	return stepToProto(id, &res, input, sess, withTrace)
 }
 
 // ended is what GetHandshake shows of an ended handshake: the outcome,
@@ -304,7 +306,7 @@ func (h *Handshake) stepSession(ctx context.Context, s *session, input []byte) (
 	// The step belongs to the session's trace; the call that carried it
 	// is linked.
 	call := trace.LinkFromContext(ctx)
-	out := h.step(trace.ContextWithSpan(ctx, s.span), s.id, s.hs, input, trace.WithLinks(call))
+	out := h.step(trace.ContextWithSpan(ctx, s.span), s.id, s.hs, s.trace, input, trace.WithLinks(call))
 	out.ExpireTime = timestamppb.New(s.expires)
 	if out.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
 		endHandshakeSpan(s.span, out.GetState())
@@ -325,7 +327,7 @@ func (h *Handshake) StartHandshake(ctx context.Context, req *pb.StartHandshakeRe
 		return nil, err
 	}
 	_, span := h.startHandshakeSpan(ctx, "unary", req)
-	s, err := h.sessions.add(callerIdentity(ctx), handshakeKeys(req), hs, span)
+	s, err := h.sessions.add(callerIdentity(ctx), handshakeKeys(req), hs, !req.GetConfig().GetOmitTrace(), span)
 	if err != nil {
 		endHandshakeSpan(span, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
 		return nil, err
@@ -422,7 +424,7 @@ func (h *Handshake) Stream(stream pb.Handshake_StreamServer) error {
 			if err := h.sessions.take(owner, &held, len(input)); err != nil {
 				return err
 			}
-			out := h.step(ctx, "", hs, input)
+			out := h.step(ctx, "", hs, !start.GetConfig().GetOmitTrace(), input)
 			state = out.GetState()
 			if err := stream.Send(out); err != nil {
 				return err

@@ -204,12 +204,16 @@ func newHandshake(cfg *engine.Config) (*engine.Handshake, error) {
 	return hs, nil
 }
 
-func stepToProto(id string, res *engine.StepResult, input []byte, session *engine.Session) *pb.HandshakeStep {
+// stepToProto converts a step; its trace unless the configuration asked to
+// omit it (HandshakeConfig.omit_trace).
+func stepToProto(id string, res *engine.StepResult, input []byte, session *engine.Session, withTrace bool) *pb.HandshakeStep {
 	out := &pb.HandshakeStep{
 		Id:       id,
 		Output:   res.Output,
 		Consumed: uint32(res.Consumed),
-		Trace:    traceToProto(res.Trace),
+	}
+	if withTrace {
+		out.Trace = traceToProto(res.Trace)
 	}
 	switch res.State {
 	case engine.NeedInput:

@@ -141,7 +141,7 @@ func (h *Handshake) startStateless(ctx context.Context, req *pb.StartHandshakeRe
 		id: hex.EncodeToString(b), caller: callerDigest(owner), expires: time.Now().Add(h.sessions.ttl).Truncate(time.Millisecond),
 		digest: configDigest(config, cfg), versions: resolvedVersions(cfg), config: config,
 	}
-	return h.stepToken(ctx, owner, tok, hs, req.GetInput())
+	return h.stepToken(ctx, owner, tok, hs, !req.GetConfig().GetOmitTrace(), req.GetInput())
 }
 
 // stepStateless runs a StepHandshake that carries a state token.
@@ -181,7 +181,7 @@ func (h *Handshake) stepStateless(ctx context.Context, req *pb.StepHandshakeRequ
 	if err != nil {
 		return nil, err
 	}
-	return h.stepToken(ctx, owner, tok, hs, req.GetInput())
+	return h.stepToken(ctx, owner, tok, hs, !config.GetOmitTrace(), req.GetInput())
 }
 
 // restoreStepToken rebuilds the handshake of tok, whose configuration is
@@ -213,7 +213,7 @@ func (h *Handshake) restoreStepToken(ctx context.Context, tok *stepToken, config
 
 // stepToken steps hs with input and, if it needs more, seals its state in
 // the next token.
-func (h *Handshake) stepToken(ctx context.Context, owner string, tok *stepToken, hs *engine.Handshake, input []byte) (*pb.HandshakeStep, error) {
+func (h *Handshake) stepToken(ctx context.Context, owner string, tok *stepToken, hs *engine.Handshake, withTrace bool, input []byte) (*pb.HandshakeStep, error) {
 	// The engine holds what the earlier steps took and this one's input.
 	var held int64
 	if err := h.sessions.take(owner, &held, int(tok.input)+len(input)); err != nil {
@@ -222,7 +222,7 @@ func (h *Handshake) stepToken(ctx context.Context, owner string, tok *stepToken,
 	defer h.sessions.drop(owner, &held)
 	out := &pb.HandshakeStep{Id: tok.id, State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
 	if len(input) > 0 {
-		out = h.step(ctx, tok.id, hs, input)
+		out = h.step(ctx, tok.id, hs, withTrace, input)
 	}
 	out.ExpireTime = timestamppb.New(tok.expires)
 	if out.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {

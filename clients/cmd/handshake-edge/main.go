@@ -211,7 +211,7 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 	}
 	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
 		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log,
-		TracerProvider: edgeTracing})
+		TracerProvider: edgeTracing, Trace: o.backend == ""}) // the echo page lists the handshake messages
 	defer l.Close()
 	log.Info("handshake-edge listening", "addr", l.Addr().String(), "handshaked", o.service, "backend", o.backend)
 	if ready != nil {

@@ -98,7 +98,7 @@ func traceLive(ctx context.Context, e *env, cfg *pb.HandshakeConfig, o traceFlag
 		return fmt.Errorf("trace: no client: %w", err)
 	}
 	start := time.Now()
-	c, err := edge.Server(ctx, raw, &edge.Config{Client: e.client, Handshake: cfg})
+	c, err := edge.Server(ctx, raw, &edge.Config{Client: e.client, Handshake: cfg, Trace: true})
 	if err != nil {
 		var herr *edge.HandshakeError
 		if errors.As(err, &herr) {

@@ -28,6 +28,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/engine/record"
@@ -84,6 +85,28 @@ type Config struct {
 	// span whose trace the service's spans continue (give the Client's
 	// gRPC connection the OpenTelemetry stats handler to carry it).
 	TracerProvider trace.TracerProvider
+	// Trace keeps the handshake messages of each step, decoded by the
+	// engine, in ConnectionState().Steps[].Trace. Without it the edge
+	// asks the service to leave them out (HandshakeConfig.omit_trace): an
+	// edge serving traffic has no use for them, and building, sending and
+	// decoding them was a good part of the CPU each handshake cost.
+	Trace bool
+}
+
+// withTraceChoice returns c with its Handshake configuration asking for
+// the trace or not, as c.Trace says: c itself if it does already, else a
+// copy (the caller's configuration is left as it is).
+func (c *Config) withTraceChoice() *Config {
+	if c.Trace == !c.Handshake.GetOmitTrace() {
+		return c
+	}
+	out := *c
+	out.Handshake = proto.CloneOf(c.Handshake)
+	if out.Handshake == nil {
+		out.Handshake = &pb.HandshakeConfig{}
+	}
+	out.Handshake.OmitTrace = !c.Trace
+	return &out
 }
 
 // startSpan starts a handshake's span; without a TracerProvider it records
@@ -215,12 +238,15 @@ func (u *unaryStepper) abort() {}
 // the client's whole ClientHello has arrived. On failure raw is closed,
 // after the engine's alert record if it produced one.
 func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
+	cfg = cfg.withTraceChoice()
 	deadline := time.Now().Add(cfg.timeout())
 	hello, err := readClientHello(raw, cfg)
 	if err != nil {
 		raw.Close()
 		return nil, err
 	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	c, err := handshake(ctx, raw, cfg, hello, deadline, func() {})
 	if err != nil {
 		raw.Close()
@@ -298,14 +324,12 @@ const handshakeBufferLen = 16 << 10
 var handshakeBuffers = sync.Pool{New: func() any { return new([handshakeBufferLen]byte) }}
 
 // handshake runs the handshake through the service, hello (the client's
-// first flight) first, within deadline. It calls serviceDone once the
-// service has nothing more to do for it, if before the end: when the edge
-// verifies the client's Finished itself.
+// first flight) first, within deadline, which ctx already carries. It
+// calls serviceDone once the service has nothing more to do for it, if
+// before the end: when the edge verifies the client's Finished itself.
 func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time, serviceDone func()) (c *Conn, err error) {
 	ctx, span := cfg.startSpan(ctx, raw)
 	defer func() { endSpan(span, c, err) }()
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
 	if err := raw.SetDeadline(deadline); err != nil {
 		return nil, fmt.Errorf("edge: %w", err)
 	}
@@ -400,6 +424,7 @@ type Listener struct {
 	errc    chan error
 	sem     chan struct{} // a slot per handshake in the service
 	pending pendingConns
+	workers workers // run serve
 	// ctx ends at Close, and with it every handshake (no goroutine per
 	// connection needed to watch done).
 	ctx  context.Context
@@ -418,9 +443,10 @@ func NewListener(inner net.Listener, cfg *Config) *Listener {
 		maxPending = DefaultMaxPendingHandshakes
 	}
 	l := &Listener{
-		inner: inner, cfg: cfg, conns: make(chan *Conn), done: make(chan struct{}), errc: make(chan error, 1),
+		inner: inner, cfg: cfg.withTraceChoice(), conns: make(chan *Conn), done: make(chan struct{}), errc: make(chan error, 1),
 		sem: make(chan struct{}, maxUpstream), pending: pendingConns{max: maxPending, list: list.New()},
 	}
+	l.workers.maxIdle = maxUpstream
 	l.ctx, l.stop = context.WithCancel(context.Background())
 	go l.acceptLoop()
 	return l
@@ -456,7 +482,7 @@ func (l *Listener) acceptLoop() {
 			l.logger().Debug("too many pending TLS handshakes; closed the oldest", "remote", evicted.RemoteAddr().String())
 			evicted.Close()
 		}
-		go l.serve(pc)
+		l.workers.run(func() { l.serve(pc) })
 	}
 }
 
@@ -493,6 +519,8 @@ func (l *Listener) serve(pc *pendingConn) {
 	if err == nil {
 		c, err = handshake(ctx, raw, l.cfg, hello, deadline, release)
 	}
+	// Ends the handshake's stream now, not once Accept takes c.
+	cancel()
 	release()
 	switch {
 	case errors.Is(err, errNoClientHello) || !slot:
@@ -511,6 +539,63 @@ func (l *Listener) serve(pc *pendingConn) {
 	case <-l.done:
 		c.Close()
 	}
+}
+
+// workers runs functions on goroutines that are kept, once done, for the
+// next: a handshake grows its goroutine's stack (gRPC, protobuf, AES-GCM),
+// which a new goroutine per connection pays for again and again
+// (runtime.copystack). The one that finished last runs the next, so that
+// under a steady load a few warm goroutines do the work and the others'
+// stacks shrink at the next collections; past maxIdle waiting, a finished
+// goroutine ends.
+type workers struct {
+	maxIdle int
+	mu      sync.Mutex
+	idle    []chan func() // of the waiting goroutines, the last to finish last
+	stopped bool
+}
+
+// run runs f on a waiting goroutine, or on a new one if none waits.
+func (w *workers) run(f func()) {
+	w.mu.Lock()
+	var next chan func()
+	if n := len(w.idle); n > 0 {
+		next = w.idle[n-1]
+		w.idle = w.idle[:n-1]
+	}
+	w.mu.Unlock()
+	if next == nil {
+		go w.loop(f, make(chan func(), 1))
+		return
+	}
+	next <- f
+}
+
+// loop runs f, then whatever it is given next, until too many wait or
+// stop ends them.
+func (w *workers) loop(f func(), next chan func()) {
+	for f != nil {
+		f()
+		w.mu.Lock()
+		if w.stopped || len(w.idle) >= w.maxIdle {
+			w.mu.Unlock()
+			return
+		}
+		w.idle = append(w.idle, next)
+		w.mu.Unlock()
+		f = <-next
+	}
+}
+
+// stop ends the waiting goroutines, and the others once done.
+func (w *workers) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stopped = true
+	for _, next := range w.idle {
+		close(next)
+	}
+	w.idle = nil
 }
 
 // pendingConns are the accepted connections that have no slot in the
@@ -603,6 +688,7 @@ func (l *Listener) Close() error {
 		l.stop()
 		err = l.inner.Close()
 		l.pending.closeAll()
+		l.workers.stop()
 	})
 	return err
 }
