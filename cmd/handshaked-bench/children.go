@@ -24,6 +24,7 @@ import (
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/heapfloor"
 	"github.com/handshaked/handshaked/internal/keyvault"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/testpki"
@@ -266,6 +267,7 @@ func listenerName(key string, oneRoundTrip bool) string {
 // TLS key and mode, each connection answered as serveOneByte does with
 // the number of service round trips the handshake took.
 func serveEdge(addr string) (childInfo, func(), error) {
+	heapfloor.Start(heapfloor.Serving) // as handshake-edge's main does
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure())
 	if err != nil {
 		return childInfo{}, nil, err

@@ -62,9 +62,9 @@ func agree(t *testing.T, m proto.Message, body []byte, reader func([]byte) io.Re
 	assert.Equal(t, errors.Is(wantErr, io.EOF), errors.Is(gotErr, io.EOF), "%q: io.EOF (no body) is not an error to the gateway", body)
 }
 
-// readers give a body as a request's: whole, a byte per read, bounded by
+// bodyReaders give a body as a request's: whole, a byte per read, bounded by
 // http.MaxBytesReader, and failing after the first bytes.
-var readers = map[string]func([]byte) io.Reader{
+var bodyReaders = map[string]func([]byte) io.Reader{
 	"whole":    func(b []byte) io.Reader { return bytes.NewReader(b) },
 	"one byte": func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
 	"max 40 bytes": func(b []byte) io.Reader {
@@ -105,7 +105,7 @@ var restJSONSeeds = []string{
 // long or cut off.
 func TestRESTJSONDecoderAgreesWithGateway(t *testing.T) {
 	for _, m := range []proto.Message{&pb.SignRequest{}, &pb.BatchRequest{}, &pb.RestoreRequest{}} {
-		for name, reader := range readers {
+		for name, reader := range bodyReaders {
 			for _, body := range restJSONSeeds {
 				t.Run(name, func(t *testing.T) { agree(t, m, []byte(body), reader) })
 			}
@@ -130,8 +130,8 @@ func FuzzRESTJSONDecoder(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, m := range []proto.Message{&pb.SignRequest{}, &pb.BatchRequest{}, &pb.RestoreRequest{}} {
-			agree(t, m, body, readers["whole"])
-			agree(t, m, body, readers["max 40 bytes"])
+			agree(t, m, body, bodyReaders["whole"])
+			agree(t, m, body, bodyReaders["max 40 bytes"])
 		}
 	})
 }

@@ -71,11 +71,6 @@ type Server struct {
 
 // Options configure a Server. The zero value is a development server:
 // plain-text transport, no caller authentication, no audit log.
-// heapFloor is the smallest heap goal of a serving process: at 1000
-// handshakes a second (about 80 KiB allocated each, with gRPC's share) it
-// collects a few times a second rather than thirty.
-const heapFloor = 64 << 20
-
 type Options struct {
 	Handshake HandshakeOptions
 
@@ -104,7 +99,7 @@ type Options struct {
 func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	// A live heap of a few MiB would otherwise be collected every few
 	// dozen handshakes (see heapfloor); GOGC set by the operator wins.
-	heapfloor.Start(heapFloor)
+	heapfloor.Start(heapfloor.Serving)
 	registry := prometheus.NewRegistry()
 	build := buildinfo.Read()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge(build))

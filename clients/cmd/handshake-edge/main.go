@@ -46,6 +46,7 @@ import (
 	"github.com/handshaked/handshaked/internal/buildinfo"
 	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/grpckeepalive"
+	"github.com/handshaked/handshaked/internal/heapfloor"
 	"github.com/handshaked/handshaked/internal/logging"
 	"github.com/handshaked/handshaked/internal/tracing"
 )
@@ -54,6 +55,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	routeGRPC = logging.RouteGRPC
+	// The edge's live heap is a few MiB, collected every few dozen
+	// handshakes without a floor (see heapfloor); GOGC set by the operator
+	// wins. Process policy: only main sets it.
+	heapfloor.Start(heapfloor.Serving)
 	err := run(ctx, os.Args[1:], os.Stderr, nil)
 	if errors.Is(err, flag.ErrHelp) || errors.Is(err, errVersionShown) {
 		return
