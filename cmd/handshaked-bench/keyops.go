@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -35,14 +36,25 @@ type keyOp struct {
 // keyOps are the operations measured, with the inputs a TLS server has:
 // a SHA-256 digest to sign (the message for Ed25519) and an RSA-encrypted
 // 48-byte premaster.
-func keyOps(ctx context.Context, c *handshaked.Client) ([]keyOp, error) {
+func keyOps(ctx context.Context, c *handshaked.Client, local *keyvault.Vault) ([]keyOp, error) {
 	pub, _, err := c.PublicKey(ctx, "rsa", 0)
+	if err != nil {
+		return nil, err
+	}
+	k, err := local.Get(ctx, "rsa")
 	if err != nil {
 		return nil, err
 	}
 	premaster := make([]byte, 48)
 	rand.Read(premaster)
+	// A premaster for each vault's own key: one under another key would
+	// measure the countermeasure's substitute, not a decryption (and cost
+	// no RSA operation at all when it is not below the other modulus).
 	ct, err := rsa.EncryptPKCS1v15(rand.Reader, pub.(*rsa.PublicKey), premaster)
+	if err != nil {
+		return nil, err
+	}
+	localCT, err := rsa.EncryptPKCS1v15(rand.Reader, k.Versions[0].PublicKey.(*rsa.PublicKey), premaster)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +75,10 @@ func keyOps(ctx context.Context, c *handshaked.Client) ([]keyOp, error) {
 	return []keyOp{
 		{name: "RSA-2048 PKCS#1 premaster decrypt", decrypt: &pb.DecryptRequest{Key: "rsa", Version: 1, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct},
 			local: func(ctx context.Context, v *keyvault.Vault) error {
-				_, err := v.Decrypt(ctx, "rsa", 1, keyvault.DecryptRSAPKCS1TLSPremaster, ct, 0)
+				got, err := v.Decrypt(ctx, "rsa", 1, keyvault.DecryptRSAPKCS1TLSPremaster, localCT, 0)
+				if err == nil && !bytes.Equal(got, premaster) {
+					err = errors.New("the in-process premaster decryption is not the premaster")
+				}
 				return err
 			}},
 		signOp("RSA-2048 PSS sign", "rsa", pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, tls.PSSWithSHA256),
@@ -190,7 +205,7 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		{fmt.Sprintf("Batch (≤%d)", batchSize), batch, func(c int) int { return (c + batchSize - 1) / batchSize }},
 		{"REST", restCall, nil},
 	}
-	ops, err := keyOps(ctx, unary)
+	ops, err := keyOps(ctx, unary, local)
 	for i := 0; err == nil && i < len(ops); i++ {
 		err = prepare(ops[i])
 	}
