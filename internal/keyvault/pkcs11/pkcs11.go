@@ -175,10 +175,12 @@ var errClosed = errors.New("pkcs11: the backend is closed")
 
 // withSession runs fn with a session of the pool: an idle one, or a new one
 // while fewer than Config.Sessions exist, or the first to come back. A
-// session the token no longer knows leaves the pool, and fn runs once more
-// on a new one: the token refused the call before doing anything.
+// session the token no longer knows leaves the pool, and fn runs again: the
+// token refused the call before doing anything. When the token ended every
+// session, the other idle ones are as dead: fn runs again on each, at most
+// once per session the pool can hold, and then on a new session.
 func (b *Backend) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) error {
-	for retried := false; ; retried = true {
+	for tries := 0; ; tries++ {
 		sh, err := b.session(ctx)
 		if err != nil {
 			return err
@@ -189,7 +191,7 @@ func (b *Backend) withSession(ctx context.Context, fn func(pkcs11.SessionHandle)
 			return err
 		}
 		b.drop(sh)
-		if retried {
+		if tries == cap(b.slots) {
 			return err
 		}
 	}

@@ -290,6 +290,35 @@ func TestSessionsLost(t *testing.T) {
 	assert.Zero(t, n, "the destroyed key's objects")
 }
 
+// TestSessionsLostFromFullPool: when the token ends every session while
+// several are idle in the pool, the next call does not fail on the second
+// dead one it takes: every lost session leaves the pool and the call runs
+// on a new one.
+func TestSessionsLostFromFullPool(t *testing.T) {
+	b := softhsmtest.Open(t)
+	v, _ := newVault(t, b)
+	k, err := v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "lost-pool", keyvault.ECDSAP256, nil)
+	require.NoError(t, err)
+	msg := []byte("after the pool's sessions ended")
+	// Concurrent signatures open several sessions, all idle after.
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 10 {
+				_, err := v.Sign(context.Background(), "lost-pool", 0, tls.ECDSAWithP256AndSHA256, msg, false)
+				assert.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	require.GreaterOrEqual(t, pkcs11.OpenedSessions(b), 2, "idle sessions in the pool")
+	require.NoError(t, pkcs11.CloseAllSessions(b))
+	sig, err := v.Sign(t.Context(), "lost-pool", 0, tls.ECDSAWithP256AndSHA256, msg, false)
+	require.NoError(t, err, "the first signature after every session ended")
+	assert.NoError(t, verify(k.Versions[0].PublicKey, tls.ECDSAWithP256AndSHA256, msg, sig))
+	assert.Equal(t, 1, pkcs11.OpenedSessions(b), "the lost sessions left the pool")
+}
+
 // TestPremasterWithTokenKey is the RFC 5246 §7.4.7.1 behaviour with a token
 // key: a ciphertext openssl made decrypts to its 48 bytes; bad padding, a
 // wrong client version and a message that is not 48 bytes each yield 48
