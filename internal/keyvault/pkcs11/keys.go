@@ -14,9 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"math/big"
-	"slices"
 	"sync"
 
 	"github.com/miekg/pkcs11"
@@ -89,6 +87,12 @@ func (b *Backend) Generate(ctx context.Context, alg keyvault.Algorithm, label st
 
 	var pubObj, privObj, hmacObj pkcs11.ObjectHandle
 	err := b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		// A retry on a new session (withSession) starts over: objects an
+		// attempt made before its session was lost go first, or the id
+		// would name two keys.
+		if err := b.destroyID(sh, id); err != nil {
+			return fmt.Errorf("pkcs11: clear an earlier attempt: %w", err)
+		}
 		var err error
 		pubObj, privObj, err = b.mod.ctx.GenerateKeyPair(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, public, private)
 		if err != nil {
@@ -110,9 +114,7 @@ func (b *Backend) Generate(ctx context.Context, alg keyvault.Algorithm, label st
 			pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
 		}, common...))
 		if err != nil {
-			b.mod.ctx.DestroyObject(sh, pubObj)
-			b.mod.ctx.DestroyObject(sh, privObj)
-			return fmt.Errorf("pkcs11: generate the rejection key: %w", err)
+			return errors.Join(fmt.Errorf("pkcs11: generate the rejection key: %w", err), b.destroyID(sh, id))
 		}
 		return nil
 	})
@@ -121,7 +123,7 @@ func (b *Backend) Generate(ctx context.Context, alg keyvault.Algorithm, label st
 	}
 	key, err := b.newKey(ctx, alg, id, pubObj, privObj, hmacObj)
 	if err != nil {
-		return nil, nil, errors.Join(err, b.destroyObjects(ctx, privObj, pubObj, hmacObj))
+		return nil, nil, errors.Join(err, b.withSession(ctx, func(sh pkcs11.SessionHandle) error { return b.destroyID(sh, id) }))
 	}
 	uri := objectURI{Token: b.token, Object: label, ID: id, Type: "private"}
 	return []byte(uri.String()), key, nil
@@ -188,37 +190,25 @@ func (b *Backend) Destroy(ctx context.Context, key crypto.Signer) error {
 	if !ok {
 		return fmt.Errorf("pkcs11: a %T is not a key of this backend", key)
 	}
-	tk := k.base()
-	tk.mu.Lock()
-	classes := slices.Collect(maps.Keys(tk.objs))
-	tk.mu.Unlock()
 	// By CKA_ID, not the handles held: those may be stale (tokenKey).
-	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
-		var errs []error
-		for _, class := range classes {
-			objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, tk.id))
-			for _, obj := range objs {
-				err = errors.Join(err, b.mod.ctx.DestroyObject(sh, obj))
-			}
-			errs = append(errs, err)
-		}
-		return errors.Join(errs...)
-	})
+	id := k.base().id
+	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error { return b.destroyID(sh, id) })
 }
 
-// destroyObjects destroys the objects that are not 0.
-func (b *Backend) destroyObjects(ctx context.Context, objs ...pkcs11.ObjectHandle) error {
-	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
-		var errs []error
+// destroyID destroys every object with CKA_ID id: a key's public, private
+// and rejection keys.
+func (b *Backend) destroyID(sh pkcs11.SessionHandle, id []byte) error {
+	for {
+		objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+		if err != nil || len(objs) == 0 {
+			return err
+		}
 		for _, obj := range objs {
-			if obj != 0 {
-				if err := b.mod.ctx.DestroyObject(sh, obj); err != nil {
-					errs = append(errs, err)
-				}
+			if err := b.mod.ctx.DestroyObject(sh, obj); err != nil {
+				return err
 			}
 		}
-		return errors.Join(errs...)
-	})
+	}
 }
 
 // tokenKey is what every key of the token holds: its objects and public
@@ -283,16 +273,21 @@ func (b *Backend) newKey(ctx context.Context, alg keyvault.Algorithm, id []byte,
 	if hmacObj != 0 {
 		k.objs[pkcs11.CKO_SECRET_KEY] = hmacObj
 	}
-	var attrs []*pkcs11.Attribute
+	var template, attrs []*pkcs11.Attribute
 	rsaKey := alg == keyvault.RSA2048 || alg == keyvault.RSA3072 || alg == keyvault.RSA4096
 	if rsaKey {
-		attrs = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil)}
+		template = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil)}
 	} else {
-		attrs = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)}
+		template = []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)}
 	}
+	// The template stays intact for a retry on a new session (withSession):
+	// a failed call returns no attributes.
 	err := b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
 		var err error
-		attrs, err = b.mod.ctx.GetAttributeValue(sh, pubObj, attrs)
+		attrs, err = b.mod.ctx.GetAttributeValue(sh, pubObj, template)
+		if err == nil && len(attrs) != len(template) {
+			err = fmt.Errorf("%d attributes read, not %d", len(attrs), len(template))
+		}
 		return err
 	})
 	if err != nil {
