@@ -90,16 +90,7 @@ func TestVerifierAccepts(t *testing.T) {
 			require.True(t, done)
 			assert.Equal(t, tail, rest, "the bytes after the Finished's record")
 
-			v = newVerifier(t, tc.skipEarly)
-			var got []byte
-			for i := range flight {
-				done, rest, err = v.Feed(flight[i : i+1])
-				require.NoError(t, err, "byte %d", i)
-				if done {
-					got = append(got, rest...)
-				}
-			}
-			assert.Equal(t, tail, got)
+			assert.Equal(t, tail, feedBytewise(t, newVerifier(t, tc.skipEarly), flight))
 		})
 	}
 }
@@ -289,16 +280,7 @@ func TestVerifier12Accepts(t *testing.T) {
 			require.True(t, done)
 			assert.Equal(t, tail, rest, "the bytes after the Finished's record")
 
-			v = newVerifier12(t)
-			var got []byte
-			for i := range flight {
-				done, rest, err = v.Feed(flight[i : i+1])
-				require.NoError(t, err, "byte %d", i)
-				if done {
-					got = append(got, rest...)
-				}
-			}
-			assert.Equal(t, tail, got)
+			assert.Equal(t, tail, feedBytewise(t, newVerifier12(t), flight))
 		})
 	}
 }
@@ -413,4 +395,19 @@ func FuzzVerifier12(f *testing.F) {
 			assert.LessOrEqual(t, len(rest), len(in)-len(good)-len(ccs))
 		}
 	})
+}
+
+// feedBytewise feeds flight to v a byte at a time and returns the bytes it
+// gave back after the Finished.
+func feedBytewise(t *testing.T, v *clientfinished.Verifier, flight []byte) []byte {
+	t.Helper()
+	var got []byte
+	for i := range flight {
+		done, rest, err := v.Feed(flight[i : i+1])
+		require.NoError(t, err, "byte %d", i)
+		if done {
+			got = append(got, rest...)
+		}
+	}
+	return got
 }
