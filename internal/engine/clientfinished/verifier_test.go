@@ -181,13 +181,7 @@ func TestVerifierRefuses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v := newVerifier(t, tc.skipEarly)
-			done, _, err := v.Feed(tc.flight(newClient(t)))
-			require.False(t, done)
-			var fe *clientfinished.Error
-			require.ErrorAs(t, err, &fe)
-			assert.Equal(t, tc.alert, fe.Alert, "%s", fe.Reason)
-			assert.Equal(t, tc.peer, fe.Peer)
+			expectRefused(t, newVerifier(t, tc.skipEarly), tc.flight(newClient(t)), tc.alert, tc.peer)
 		})
 	}
 }
@@ -353,13 +347,7 @@ func TestVerifier12Refuses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			v := newVerifier12(t)
-			done, _, err := v.Feed(tc.flight(newClient12(t)))
-			require.False(t, done)
-			var fe *clientfinished.Error
-			require.ErrorAs(t, err, &fe)
-			assert.Equal(t, tc.alert, fe.Alert, "%s", fe.Reason)
-			assert.Equal(t, tc.peer, fe.Peer)
+			expectRefused(t, newVerifier12(t), tc.flight(newClient12(t)), tc.alert, tc.peer)
 		})
 	}
 }
@@ -410,4 +398,16 @@ func feedBytewise(t *testing.T, v *clientfinished.Verifier, flight []byte) []byt
 		}
 	}
 	return got
+}
+
+// expectRefused feeds flight to v and checks that v refuses it with alert,
+// one the client sent itself if peer.
+func expectRefused(t *testing.T, v *clientfinished.Verifier, flight []byte, alert uint8, peer bool) {
+	t.Helper()
+	done, _, err := v.Feed(flight)
+	require.False(t, done)
+	var fe *clientfinished.Error
+	require.ErrorAs(t, err, &fe)
+	assert.Equal(t, alert, fe.Alert, "%s", fe.Reason)
+	assert.Equal(t, peer, fe.Peer)
 }
