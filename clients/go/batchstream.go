@@ -35,8 +35,11 @@ const maxBatch = 256
 type batchOps struct {
 	vault  pb.KeyVaultClient
 	maxAge time.Duration
-	ctx    context.Context // ends the stream on Close
-	stop   context.CancelFunc
+	// timeout bounds a call without a deadline of its own (the client's
+	// timeout; 0: unbounded).
+	timeout time.Duration
+	ctx     context.Context // ends the stream on Close
+	stop    context.CancelFunc
 	// mu orders the sends, the batches in flight (answered in order) and
 	// the calls waiting.
 	mu  sync.Mutex
@@ -61,12 +64,34 @@ type batchStream struct {
 	holding bool
 	retired bool      // takes no new calls; closes once it has answered all
 	retire  time.Time // from then on, the next call opens a new stream; zero: never
+	// watch fires at the deadline of the oldest call bounded by the
+	// client's timeout (watching: it is set). One timer per stream rather
+	// than a timer per call, as a context.WithTimeout per call would be
+	// (measured: ~2.5 µs of CPU per call, 3% of an ECDSA signature's
+	// cost through the service). The calls are in order, so their
+	// deadlines are too.
+	watch    *time.Timer
+	watching bool
 }
 
 type batchCall struct {
-	op     *pb.BatchOperation
-	answer chan batchAnswer // buffered: a call given up on is not waited for
+	op       *pb.BatchOperation
+	answer   chan batchAnswer // buffered: a call given up on is not waited for
+	deadline time.Time        // zero: the caller's context bounds the call
+	expired  bool             // answered with errCallTimeout
 }
+
+// give answers c unless it has its answer already (it expired).
+func (c *batchCall) give(a batchAnswer) {
+	select {
+	case c.answer <- a:
+	default:
+	}
+}
+
+// errCallTimeout is what a call bounded by the client's timeout gets at
+// its deadline: what its own context would have said.
+var errCallTimeout = status.FromContextError(context.DeadlineExceeded).Err()
 
 type batchAnswer struct {
 	result *pb.BatchResult
@@ -84,6 +109,9 @@ func (o *batchOps) close() { o.stop() }
 // when the stream could not carry it.
 func (o *batchOps) do(ctx context.Context, op *pb.BatchOperation) (*pb.BatchResult, error) {
 	call := &batchCall{op: op, answer: make(chan batchAnswer, 1)}
+	if _, ok := ctx.Deadline(); !ok && o.timeout > 0 {
+		call.deadline = time.Now().Add(o.timeout)
+	}
 	o.mu.Lock()
 	if o.cur == nil && time.Now().UnixNano() < o.unsupportedUntil {
 		o.mu.Unlock()
@@ -113,6 +141,9 @@ func (o *batchOps) do(ctx context.Context, op *pb.BatchOperation) (*pb.BatchResu
 	}
 	st := o.cur
 	st.waiting = append(st.waiting, call)
+	if !call.deadline.IsZero() && !st.watching {
+		o.arm(st, call.deadline)
+	}
 	if !st.holding && st.ops < minOpsInFlight {
 		st.send()
 	}
@@ -122,6 +153,40 @@ func (o *batchOps) do(ctx context.Context, op *pb.BatchOperation) (*pb.BatchResu
 		return a.result, a.err
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// arm sets st's timer to fire at; o.mu is held.
+func (o *batchOps) arm(st *batchStream, at time.Time) {
+	st.watching = true
+	if st.watch == nil {
+		st.watch = time.AfterFunc(time.Until(at), func() { o.expire(st) })
+		return
+	}
+	st.watch.Reset(time.Until(at))
+}
+
+// expire answers the calls of st past their deadline with errCallTimeout
+// (their operations may still be answered, and are dropped) and sets the
+// timer for the next deadline.
+func (o *batchOps) expire(st *batchStream) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	st.watching = false
+	now := time.Now()
+	queues := append(append([][]*batchCall(nil), st.inFlight...), st.waiting)
+	for _, calls := range queues {
+		for _, c := range calls {
+			switch {
+			case c.deadline.IsZero() || c.expired:
+			case c.deadline.After(now):
+				o.arm(st, c.deadline)
+				return
+			default:
+				c.expired = true
+				c.give(batchAnswer{err: errCallTimeout})
+			}
+		}
 	}
 }
 
@@ -172,7 +237,7 @@ func (o *batchOps) receive(st *batchStream, cancel context.CancelFunc) {
 		st.holding = true
 		o.mu.Unlock()
 		for i, r := range resp.GetBatch().GetResults() {
-			calls[i].answer <- batchAnswer{result: r}
+			calls[i].give(batchAnswer{result: r})
 		}
 		// The callers just answered are runnable on this core: yielding
 		// once lets those that call again join the calls waiting, instead
@@ -198,12 +263,15 @@ func (o *batchOps) receive(st *batchStream, cancel context.CancelFunc) {
 		lost = append(lost, calls...)
 	}
 	st.inFlight, st.waiting, st.ops = nil, nil, 0
+	if st.watch != nil {
+		st.watch.Stop()
+	}
 	if o.cur == st {
 		o.cur = nil
 	}
 	o.mu.Unlock()
 	for _, c := range lost {
-		c.answer <- batchAnswer{err: errStreamLost}
+		c.give(batchAnswer{err: errStreamLost})
 	}
 }
 
@@ -216,14 +284,13 @@ func batchResultError(r *pb.BatchResult) error {
 }
 
 // batched runs op in a coalesced batch, bounded by the client's timeout
-// as streamed is; a failed operation's result becomes the status it
+// as streamed is (by the stream's timer; a call whose stream is lost goes
+// again, bounded anew); a failed operation's result becomes the status it
 // stands for.
 func (c *Client) batched(ctx context.Context, op *pb.BatchOperation) (*pb.BatchResult, error) {
 	if c.batches == nil {
 		return nil, errStreamLost
 	}
-	ctx, cancel := c.bounded(ctx)
-	defer cancel()
 	r, err := c.batches.do(ctx, op)
 	if err != nil {
 		return nil, err

@@ -212,3 +212,43 @@ func TestCoalescingReopens(t *testing.T) {
 		assert.Zero(t, cc.get(pb.KeyVault_Sign_FullMethodName)+cc.get(pb.KeyVault_Decrypt_FullMethodName)+cc.get(pb.KeyVault_SignStream_FullMethodName), "other transports")
 	})
 }
+
+// TestCoalescedCallsTimeOut: a call without a deadline of its own gives up
+// with DEADLINE_EXCEEDED at the client's timeout while its answer does
+// not come; one with a later deadline of its own waits until then.
+func TestCoalescedCallsTimeOut(t *testing.T) {
+	f := startStreamFixture(t, service.Limits{})
+	w := batchWatch{held: make(chan struct{})}
+	const timeout = 150 * time.Millisecond
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithTimeout(timeout), w.option())
+	require.NoError(t, err)
+	defer c.Close()
+	sign := func(ctx context.Context) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := c.Sign(ctx, "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)
+			done <- err
+		}()
+		return done
+	}
+	start := time.Now()
+	bounded := sign(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	own := sign(ctx)
+	select {
+	case err := <-bounded:
+		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+		assert.GreaterOrEqual(t, time.Since(start), timeout)
+	case <-time.After(10 * time.Second):
+		require.Fail(t, "a call held past the client's timeout did not give up")
+	}
+	time.Sleep(2 * timeout)
+	select {
+	case err := <-own:
+		require.Fail(t, "a call with its own deadline gave up at the client's timeout", "%v", err)
+	default:
+	}
+	close(w.held)
+	assert.NoError(t, <-own)
+}

@@ -172,6 +172,9 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	}
 	c := newClient(conn, o.signStreams, o.streamAge, !o.noCoalesce)
 	c.conn, c.timeout = conn, o.timeout
+	if c.batches != nil {
+		c.batches.timeout = o.timeout
+	}
 	return c, nil
 }
 
