@@ -131,10 +131,12 @@ func BenchmarkKeyless(b *testing.B) {
 	pmOpts := &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 48}
 
 	signers := map[string]crypto.Signer{}
+	// watch sees the batches the coalescing client forms.
+	var watch batchWatch
 	for name, opts := range map[string][]handshaked.Option{
 		"unary":     {handshaked.WithSignStreams(0)},
 		"stream":    {handshaked.WithoutCoalescing()},
-		"coalesced": nil,
+		"coalesced": {watch.option()},
 	} {
 		c := dialBench(b, addr, opts...)
 		for _, id := range []string{"ec", "rsa"} {
@@ -184,7 +186,13 @@ func BenchmarkKeyless(b *testing.B) {
 			b.Run(prefix+"in-process", func(b *testing.B) { runParallel(b, par, o.local) })
 			for _, via := range []string{"unary", "stream", "coalesced"} {
 				s := signers[via+"/"+o.key]
-				b.Run(prefix+via, func(b *testing.B) { runParallel(b, par, func() error { return o.call(s) }) })
+				b.Run(prefix+via, func(b *testing.B) {
+					before := len(watch.batches())
+					runParallel(b, par, func() error { return o.call(s) })
+					if n := len(watch.batches()) - before; via == "coalesced" && n > 0 {
+						b.ReportMetric(float64(b.N)/float64(n), "ops/batch")
+					}
+				})
 			}
 			// ns/op is per operation: each call carries batchSize.
 			b.Run(prefix+"batch16", func(b *testing.B) {
