@@ -95,20 +95,23 @@ func TestDialTargets(t *testing.T) {
 // TestFailoverUnderLoad: under a steady load of Sign and GetKey calls, a
 // replica killed (its connections cut, calls in flight included) costs the
 // callers nothing: the calls it dropped are retried on the others, unary or
-// sent over a SignStream that broke. Once restarted, it gets calls again.
+// sent over a SignStream or a BatchStream that broke. Once restarted, it
+// gets calls again.
 func TestFailoverUnderLoad(t *testing.T) {
 	for _, tc := range []struct {
 		name                 string
 		retries, signStreams int
+		options              []handshaked.Option
 	}{
-		{"retried", handshaked.DefaultRetries, 0},
-		{"retried, signing over streams", handshaked.DefaultRetries, handshaked.DefaultSignStreams},
-		{"not retried", 0, 0},
+		{"retried", handshaked.DefaultRetries, 0, nil},
+		{"retried, signing over streams", handshaked.DefaultRetries, handshaked.DefaultSignStreams, []handshaked.Option{handshaked.WithoutCoalescing()}},
+		{"retried, signing in coalesced batches", handshaked.DefaultRetries, handshaked.DefaultSignStreams, nil},
+		{"not retried", 0, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			replicas, target := startReplicas(t)
-			c, err := handshaked.Dial(target, handshaked.WithInsecure(), handshaked.WithSignStreams(tc.signStreams), handshaked.WithSignStreamAge(100*time.Millisecond),
-				handshaked.WithRetries(tc.retries, handshaked.DefaultRetryBackoff))
+			c, err := handshaked.Dial(target, append(tc.options, handshaked.WithInsecure(), handshaked.WithSignStreams(tc.signStreams), handshaked.WithSignStreamAge(100*time.Millisecond),
+				handshaked.WithRetries(tc.retries, handshaked.DefaultRetryBackoff))...)
 			require.NoError(t, err)
 			defer c.Close()
 			load := servicetest.StartLoad(t, 8, func(ctx context.Context, g int) error {

@@ -78,7 +78,8 @@ var rules = map[string]rule{
 	}},
 	// Each operation of a batch needs use on its key: the handler checks
 	// them one by one (guard.batchItem), so one refusal fails only its own.
-	pb.KeyVault_Batch_FullMethodName: {authz.Use, func(any) []target { return []target{} }},
+	pb.KeyVault_Batch_FullMethodName:       {authz.Use, func(any) []target { return []target{} }},
+	pb.KeyVault_BatchStream_FullMethodName: {authz.Use, func(any) []target { return []target{} }},
 	pb.Handshake_StartHandshake_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.StartHandshakeRequest); ok {
 			return handshakeKeys(r)
@@ -415,6 +416,8 @@ func sizeError(msg any) error {
 		return sizeError(r.GetRequest())
 	case *pb.BatchRequest:
 		return checkBatch(r)
+	case *pb.BatchStreamRequest:
+		return checkBatch(r.GetBatch())
 	case *pb.StreamRequest:
 		if s := r.GetStart(); s != nil {
 			return sizeError(s)
@@ -610,9 +613,10 @@ func (s *guardedStream) RecvMsg(m any) error {
 
 func (s *guardedStream) SendMsg(m any) error {
 	err := s.ServerStream.SendMsg(m)
-	if s.method == pb.KeyVault_SignStream_FullMethodName {
-		// SignStream answers every request, in order, several in flight
-		// (signstream.go): an answer completes its own request's entry.
+	if s.method == pb.KeyVault_SignStream_FullMethodName || s.method == pb.KeyVault_BatchStream_FullMethodName {
+		// SignStream and BatchStream answer every request, in order,
+		// several in flight (signstream.go): an answer completes its own
+		// request's entry.
 		s.completeOldest(m, err)
 	} else {
 		s.completePending(m, err)
@@ -658,6 +662,8 @@ func describeRequest(e *audit.Entry, msg any) {
 		}
 	case *pb.BatchRequest:
 		e.Reference = r.GetReference()
+	case *pb.BatchStreamRequest:
+		e.Reference = r.GetBatch().GetReference()
 	case *pb.CreateKeyRequest:
 		e.Key = r.GetId()
 	case *pb.ImportKeyRequest:

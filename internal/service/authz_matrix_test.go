@@ -91,6 +91,8 @@ func matrixCalls() map[string]matrixCall {
 		pb.KeyVault_OpenTicket_FullMethodName: {needUse, &pb.OpenTicketRequest{Key: key, Ticket: []byte("not a ticket")}, codes.OK},
 		pb.KeyVault_Batch_FullMethodName: {needUse,
 			&pb.BatchRequest{Operations: []*pb.BatchOperation{{Operation: &pb.BatchOperation_Sign{Sign: sign}}}}, codes.OK},
+		pb.KeyVault_BatchStream_FullMethodName: {needUse,
+			&pb.BatchStreamRequest{Batch: &pb.BatchRequest{Operations: []*pb.BatchOperation{{Operation: &pb.BatchOperation_Sign{Sign: sign}}}}}, codes.OK},
 		pb.Handshake_StartHandshake_FullMethodName: {needUse, &pb.StartHandshakeRequest{Config: hsKeys}, codes.FailedPrecondition},
 		pb.Handshake_StepHandshake_FullMethodName:  {needCaller, &pb.StepHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_GetHandshake_FullMethodName:   {needCaller, &pb.GetHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
@@ -175,6 +177,9 @@ func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescrip
 	}
 	if r, ok := resp.(*pb.SignStreamResponse); ok && r.GetError() != nil {
 		return codes.Code(r.GetError().GetCode())
+	}
+	if r, ok := resp.(*pb.BatchStreamResponse); ok && r.GetBatch().GetResults()[0].GetError() != nil {
+		return codes.Code(r.GetBatch().GetResults()[0].GetError().GetCode())
 	}
 	return codes.OK
 }
