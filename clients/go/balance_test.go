@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,6 +74,53 @@ func TestDialBalancesOverAList(t *testing.T) {
 	}
 	for i, r := range replicas {
 		assert.Equal(t, 10.0, signs(t, r)-before[i], "replica %d answers every third call", i)
+	}
+}
+
+// TestStreamedCallsSpreadOverReplicas: Sign calls on long-lived streams,
+// coalesced into batches (the default) or one message each, reach every
+// replica of a list: a stream stays on the replica it was opened on, so
+// the client keeps several and takes them in turn.
+func TestStreamedCallsSpreadOverReplicas(t *testing.T) {
+	for name, opts := range map[string][]handshaked.Option{
+		"coalesced":    nil,
+		"sign streams": {handshaked.WithoutCoalescing()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			replicas, target := startReplicas(t)
+			c, err := handshaked.Dial(target, append(opts, handshaked.WithInsecure())...)
+			require.NoError(t, err)
+			defer c.Close()
+			ctx := context.Background()
+			// Unary calls until every replica is connected, so that the
+			// streams, opened later, are placed over all three.
+			digest := sha256.Sum256([]byte("balanced"))
+			unary := &pb.SignRequest{Key: "k", Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}
+			require.Eventually(t, func() bool {
+				if _, err = c.KeyVault().Sign(ctx, unary); err != nil {
+					return true
+				}
+				return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
+			}, 10*time.Second, time.Millisecond)
+			require.NoError(t, err)
+			var before [3]float64
+			for i, r := range replicas {
+				before[i] = signs(t, r)
+			}
+			const callers, calls = 8, 50
+			var wg sync.WaitGroup
+			for range callers {
+				wg.Go(func() {
+					for range calls {
+						assert.NoError(t, sign(ctx, c))
+					}
+				})
+			}
+			wg.Wait()
+			for i, r := range replicas {
+				assert.GreaterOrEqual(t, signs(t, r)-before[i], 0.1*callers*calls, "replica %d's share of %d streamed signatures", i, callers*calls)
+			}
+		})
 	}
 }
 

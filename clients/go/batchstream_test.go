@@ -19,7 +19,8 @@ import (
 
 // batchWatch sees the batches a client sends on its BatchStreams (how many
 // operations each carries) and can hold back the answers of the first
-// stream until released, as a slow service would.
+// stream until released, as a slow service would (the tests that hold
+// answers use one stream, WithSignStreams(1)).
 type batchWatch struct {
 	mu      sync.Mutex
 	sizes   []int
@@ -83,14 +84,14 @@ func (s *watchedStream) RecvMsg(m any) error {
 
 // TestCoalescedCallsCarryKeyOperations: by default, concurrent Sign and
 // Decrypt calls of the SDK (and so of the keyless Signer and Decrypter)
-// travel in batches on one long-lived BatchStream, none as a unary RPC or
-// on a SignStream, and each caller gets its own answer; a failed operation
-// is its call's error and the stream goes on.
+// travel in batches on a long-lived BatchStream (one here), none as a
+// unary RPC or on a SignStream, and each caller gets its own answer; a
+// failed operation is its call's error and the stream goes on.
 func TestCoalescedCallsCarryKeyOperations(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
 	var cc callCounter
 	var w batchWatch
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), cc.options(), w.option())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), cc.options(), w.option())
 	require.NoError(t, err)
 	defer c.Close()
 	f.signAndDecrypt(t, c, 64)
@@ -119,7 +120,7 @@ func TestCoalescedCallsCarryKeyOperations(t *testing.T) {
 func TestCoalescingWaitsOnlyForAnswers(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
 	w := batchWatch{held: make(chan struct{})}
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), w.option())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), w.option())
 	require.NoError(t, err)
 	defer c.Close()
 	ctx := context.Background()
@@ -169,8 +170,9 @@ func TestCoalescingFallsBack(t *testing.T) {
 		var cc callCounter
 		w := batchWatch{renamed: true}
 		// Age 0: streams are kept until they end, and a service without
-		// BatchStream is not asked again.
-		c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), cc.options(), w.option(), handshaked.WithSignStreamAge(0))
+		// BatchStream is not asked again. One stream: calls that come
+		// before the first answer do not open another.
+		c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), cc.options(), w.option(), handshaked.WithSignStreamAge(0))
 		require.NoError(t, err)
 		defer c.Close()
 		f.signAndDecrypt(t, c, 4)
@@ -213,7 +215,7 @@ func TestCoalescingReopens(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
 		f := startStreamFixture(t, service.Limits{StreamIdleTimeout: 100 * time.Millisecond})
 		var cc callCounter
-		c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), cc.options())
+		c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), cc.options())
 		require.NoError(t, err)
 		defer c.Close()
 		f.signAndDecrypt(t, c, 1)
@@ -245,7 +247,7 @@ func TestCoalescedCallsTimeOut(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
 	w := batchWatch{held: make(chan struct{})}
 	const timeout = 150 * time.Millisecond
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithTimeout(timeout), w.option())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout), w.option())
 	require.NoError(t, err)
 	defer c.Close()
 	sign := func(ctx context.Context) chan error {

@@ -102,12 +102,14 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 	}
 }
 
-// WithSignStreams sets how many long-lived SignStreams carry Sign and
-// Decrypt where the service has no BatchStream, or WithoutCoalescing
+// WithSignStreams sets how many long-lived streams carry Sign and Decrypt
 // (default DefaultSignStreams; 0: every call is a unary RPC, without
-// coalescing either). Calls share the streams, so concurrent calls cost
-// one message each instead of one RPC; a call whose stream breaks goes
-// again as a unary RPC.
+// coalescing either): BatchStreams, each batch on the next in turn, or
+// SignStreams where the service has no BatchStream or WithoutCoalescing.
+// Each stream stays on the replica it was opened on, so several spread
+// the calls over a fleet. Calls share the streams, so concurrent calls
+// cost one message each (or a share of one batch) instead of one RPC; a
+// call whose stream breaks goes again as a unary RPC.
 func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n } }
 
 // WithSignStreamAge sets how long a SignStream or BatchStream takes new
@@ -120,7 +122,7 @@ func WithSignStreamAge(d time.Duration) Option { return func(o *options) { o.str
 
 // WithoutCoalescing sends each Sign and Decrypt as a message of its own
 // on the SignStreams. By default calls are coalesced: concurrent calls go
-// together in batches on one long-lived BatchStream, a call waiting only
+// together in batches on long-lived BatchStreams, a call waiting only
 // while others are in flight (never for a timer), which costs both
 // processes less CPU per operation the more calls come together.
 func WithoutCoalescing() Option { return func(o *options) { o.noCoalesce = true } }
@@ -190,7 +192,7 @@ func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Du
 		c.ops = newStreamOps(c.vault, signStreams, streamAge)
 	}
 	if signStreams > 0 && coalesce {
-		c.batches = newBatchOps(c.vault, streamAge)
+		c.batches = newBatchOps(c.vault, signStreams, streamAge)
 	}
 	return c
 }
