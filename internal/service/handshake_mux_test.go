@@ -315,6 +315,8 @@ func TestMultiplexProduction(t *testing.T) {
 	assert.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, m.step(2).GetState())
 	m.start(3, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: "key-a"}}}, nil)
 	m.step(3)
+	m.start(4, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: "key-a"}}}, hello)
+	assert.NotEmpty(t, m.step(4).GetOutput(), "the server's flight")
 
 	// Revoked between the start and the input: the input is refused and
 	// handshake 2 ends; the stream goes on.
@@ -338,6 +340,7 @@ func TestMultiplexProduction(t *testing.T) {
 		"multiplex:1 PERMISSION_DENIED [key-a key-b] " + denied + `"key-b"`,
 		"multiplex:2 OK [key-a] HANDSHAKE_STATE_NEED_INPUT",
 		"multiplex:3 OK [key-a] HANDSHAKE_STATE_NEED_INPUT",
+		"multiplex:4 OK [key-a] HANDSHAKE_STATE_NEED_INPUT",
 		"multiplex:2 PERMISSION_DENIED [] " + denied + `"key-a"`,
 		"multiplex:2 NOT_FOUND [] ",
 		"multiplex:3 PERMISSION_DENIED [] " + denied + `"key-a"`,
