@@ -37,6 +37,7 @@ type Client struct {
 	hs      pb.HandshakeClient
 	admin   pb.AdminClient
 	ops     *streamOps    // Sign and Decrypt; nil: unary calls only
+	mux     *handshakeMux // MultiplexedHandshake; nil: a Stream per handshake
 	timeout time.Duration // bounds streamed calls as deadlineInterceptor does unary ones
 }
 
@@ -51,6 +52,7 @@ type options struct {
 	dialOptions []grpc.DialOption
 	signStreams int
 	streamAge   time.Duration
+	hsStreams   int
 }
 
 // Option configures Dial.
@@ -111,8 +113,15 @@ func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n
 // and the old one ends once it has answered. A stream stays on the
 // replica it was opened on: this is how soon a replica that joins, or
 // comes back, gets its share of streamed Sign and Decrypt calls (0: a
-// stream is kept until it ends).
+// stream is kept until it ends). It applies to the Multiplex streams of
+// MultiplexedHandshake too, each of which ends once its last handshake
+// has.
 func WithSignStreamAge(d time.Duration) Option { return func(o *options) { o.streamAge = d } }
+
+// WithHandshakeStreams sets how many long-lived Multiplex streams carry
+// the handshakes of MultiplexedHandshake (default DefaultHandshakeStreams;
+// 0: a Stream per handshake).
+func WithHandshakeStreams(n int) Option { return func(o *options) { o.hsStreams = n } }
 
 // WithDialOptions adds raw gRPC dial options.
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -124,7 +133,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // are balanced round-robin over every address the target names or its name
 // resolves to; a replica that fails leaves the rotation until it is back.
 func Dial(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, streamAge: DefaultSignStreamAge, retries: DefaultRetries, backoff: DefaultRetryBackoff}
+	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, hsStreams: DefaultHandshakeStreams, streamAge: DefaultSignStreamAge, retries: DefaultRetries, backoff: DefaultRetryBackoff}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -159,7 +168,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handshaked: dial %s: %w", target, err)
 	}
-	c := newClient(conn, o.signStreams, o.streamAge)
+	c := newClient(conn, o.signStreams, o.hsStreams, o.streamAge)
 	c.conn, c.timeout = conn, o.timeout
 	return c, nil
 }
@@ -167,13 +176,16 @@ func Dial(target string, opts ...Option) (*Client, error) {
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
 func New(conn grpc.ClientConnInterface) *Client {
-	return newClient(conn, DefaultSignStreams, DefaultSignStreamAge)
+	return newClient(conn, DefaultSignStreams, DefaultHandshakeStreams, DefaultSignStreamAge)
 }
 
-func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Duration) *Client {
+func newClient(conn grpc.ClientConnInterface, signStreams, hsStreams int, streamAge time.Duration) *Client {
 	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 	if signStreams > 0 {
 		c.ops = newStreamOps(c.vault, signStreams, streamAge)
+	}
+	if hsStreams > 0 {
+		c.mux = newHandshakeMux(c.hs, hsStreams, streamAge)
 	}
 	return c
 }
@@ -182,6 +194,9 @@ func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Du
 func (c *Client) Close() error {
 	if c.ops != nil {
 		c.ops.close()
+	}
+	if c.mux != nil {
+		c.mux.close()
 	}
 	if c.conn == nil {
 		return nil
