@@ -28,6 +28,9 @@ const DefaultHandshakeStreams = 4
 // on a Stream each.
 var errMuxUnimplemented = errors.New("multiplex not implemented by the service")
 
+// errMuxLost is a Multiplex stream that ended: its handshakes with it.
+var errMuxLost = errors.New("multiplex stream lost")
+
 // handshakeMux runs handshakes on long-lived Multiplex streams, opening
 // each on first use and again after it ends or has taken handshakes for
 // maxAge (then the next handshake opens another in its place, which the
@@ -116,6 +119,10 @@ func (m *handshakeMux) join() (*muxConn, uint64, chan muxAnswer, error) {
 	c := s.cur
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.lost { // ended since
+		s.cur = nil
+		return nil, 0, nil, errMuxLost
+	}
 	c.last++
 	// One answer per request, and a handshake has at most a step and an
 	// abort unanswered.
@@ -135,7 +142,7 @@ func (m *handshakeMux) receive(s *muxSlot, c *muxConn) {
 				m.unimplemented.Store(true)
 				err = errMuxUnimplemented
 			} else {
-				err = errStreamLost
+				err = errMuxLost
 			}
 			c.mu.Lock()
 			c.lost = true
@@ -226,7 +233,7 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 		return nil, errors.New("handshaked: step of a handshake that has ended")
 	}
 	if h.stream != nil {
-		return h.streamStep(input)
+		return h.streamStep(ctx, input)
 	}
 	if h.cfg == nil {
 		return h.muxStep(ctx, &pb.MultiplexRequest{Handshake: h.n, Request: &pb.MultiplexRequest_Input{Input: input}})
@@ -238,17 +245,16 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 	start := &pb.StartHandshakeRequest{Config: h.cfg, Input: input}
 	for attempt := 0; ; attempt++ {
 		conn, n, ch, err := mux.join()
-		if err != nil {
-			h.ended = true
-			return nil, err
+		var out *pb.HandshakeStep
+		if err == nil {
+			h.conn, h.n, h.ch = conn, n, ch
+			out, err = h.muxStep(ctx, &pb.MultiplexRequest{Handshake: n, Request: &pb.MultiplexRequest_Start{Start: start}})
 		}
-		h.conn, h.n, h.ch = conn, n, ch
-		out, err := h.muxStep(ctx, &pb.MultiplexRequest{Handshake: n, Request: &pb.MultiplexRequest_Start{Start: start}})
 		switch {
 		case errors.Is(err, errMuxUnimplemented):
 			h.ended, h.conn = false, nil
 			return h.openStream(ctx, input)
-		case errors.Is(err, errStreamLost) && attempt == 0:
+		case errors.Is(err, errMuxLost) && attempt == 0:
 			// The stream ended before the start was answered (the
 			// service closes an idle stream, a replica went away): the
 			// handshake ended with it, and the client has been sent
@@ -259,6 +265,7 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 		if err == nil {
 			h.cfg = nil
 		}
+		h.ended = h.ended || err != nil
 		return out, err
 	}
 }
@@ -267,7 +274,7 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 func (h *MultiplexedHandshake) muxStep(ctx context.Context, req *pb.MultiplexRequest) (*pb.HandshakeStep, error) {
 	var a muxAnswer
 	if !h.conn.send(req) {
-		a.err = errStreamLost
+		a.err = errMuxLost
 	} else {
 		select {
 		case a = <-h.ch:
@@ -331,6 +338,7 @@ func (h *MultiplexedHandshake) openStream(ctx context.Context, input []byte) (*p
 		return nil, err
 	}
 	h.stream, h.cancel = stream, cancel
+	defer context.AfterFunc(ctx, cancel)()
 	err = stream.Send(&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: &pb.StartHandshakeRequest{Config: h.cfg, Input: input}}})
 	h.cfg = nil
 	if err != nil {
@@ -339,7 +347,10 @@ func (h *MultiplexedHandshake) openStream(ctx context.Context, input []byte) (*p
 	return h.streamRecv()
 }
 
-func (h *MultiplexedHandshake) streamStep(input []byte) (*pb.HandshakeStep, error) {
+// streamStep runs a later step on the handshake's Stream, which ends if
+// ctx does first.
+func (h *MultiplexedHandshake) streamStep(ctx context.Context, input []byte) (*pb.HandshakeStep, error) {
+	defer context.AfterFunc(ctx, h.cancel)()
 	if err := h.stream.Send(&pb.StreamRequest{Request: &pb.StreamRequest_Input{Input: input}}); err != nil {
 		return nil, h.sendFailed(err)
 	}

@@ -82,7 +82,8 @@ type muxHandshake struct {
 	expireAt time.Time
 }
 
-// muxJob is one request of a handshake, or an error that ends it.
+// muxJob is one request of a handshake (with err: refused), or, without
+// a request, its expiry.
 type muxJob struct {
 	req    *pb.MultiplexRequest
 	err    error
@@ -150,9 +151,8 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 			if x != nil && start == nil {
 				// Refused by the policy or the limits: as on a Stream,
 				// where the refusal would end it, the handshake ends.
-				if m.enqueue(x, muxJob{err: err, finish: func(any, error) {}}) {
-					return
-				}
+				m.enqueue(x, muxJob{req: req, err: err, finish: func(any, error) {}})
+				return
 			}
 			m.answerError(n, err)
 			return
@@ -184,25 +184,19 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 
 // enqueue adds j to x's requests and hands x to a worker unless one has it
 // already. It waits while every worker is busy: a caller sending faster
-// than the steps run stops being read from. An error that would end x
-// is dropped (false) if x has ended already: it is no longer x's to
-// answer, and its number may be another handshake's by now.
-func (m *muxStream) enqueue(x *muxHandshake, j muxJob) bool {
+// than the steps run stops being read from.
+func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 	m.mu.Lock()
-	if j.req == nil && x.done {
-		m.mu.Unlock()
-		return false
-	}
 	if m.ended {
 		m.mu.Unlock()
 		j.finish(nil, errMuxEnded)
-		return true
+		return
 	}
 	x.queue = append(x.queue, j)
 	m.queued++
 	if x.running {
 		m.mu.Unlock()
-		return true
+		return
 	}
 	x.running = true
 	m.mu.Unlock()
@@ -210,7 +204,6 @@ func (m *muxStream) enqueue(x *muxHandshake, j muxJob) bool {
 	case m.work <- x:
 	case <-m.stop: // abortAll completes what is queued
 	}
-	return true
 }
 
 func (m *muxStream) worker() {
@@ -244,11 +237,15 @@ func (m *muxStream) run(x *muxHandshake) {
 		x.queue = x.queue[1:]
 		done := x.done
 		m.mu.Unlock()
-		if done {
+		switch {
+		case done && j.req == nil:
+			// Expired after it ended: nothing to answer, and its number
+			// may be another handshake's by now.
+		case done:
 			err := status.Errorf(codes.FailedPrecondition, "handshake %d has ended", x.n)
 			j.finish(nil, err)
 			m.answerError(x.n, err)
-		} else {
+		default:
 			m.do(x, j)
 		}
 		m.mu.Lock()
