@@ -30,6 +30,7 @@ type muxClient struct {
 	sendMu sync.Mutex
 	mu     sync.Mutex
 	byN    map[uint64]chan *pb.MultiplexResponse
+	order  []uint64 // the numbers of the answers, as they came
 	ended  chan error
 }
 
@@ -47,6 +48,9 @@ func openMux(t testing.TB, hc pb.HandshakeClient) *muxClient {
 				m.ended <- err
 				return
 			}
+			m.mu.Lock()
+			m.order = append(m.order, resp.GetHandshake())
+			m.mu.Unlock()
 			m.answers(resp.GetHandshake()) <- resp
 		}
 	}()
@@ -181,6 +185,27 @@ func TestMultiplexOrder(t *testing.T) {
 		assert.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, second.GetState(), "handshake %d", n)
 		assert.NotEmpty(t, second.GetOutput(), "handshake %d: the server's flight", n)
 	}
+}
+
+// TestMultiplexConcurrent: a slow step (an RSA-4096 signature) does not
+// hold back the answers to requests of other handshakes sent after it.
+func TestMultiplexConcurrent(t *testing.T) {
+	s := startServer(t)
+	slow := newServerKey(t, s, "rsa4096-pkcs1.pem", "rsa.test")
+	fast := newServerKey(t, s, "p256-sec1.pem", "ec.test")
+	hello := clientHello(t, &tls.Config{ServerName: slow.name, RootCAs: slow.pool, MinVersion: tls.VersionTLS13})
+	m := openMux(t, s.handshakeClient(t))
+	m.start(1, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: slow.id}}}, hello)
+	for n := range uint64(10) {
+		m.start(10+n, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: fast.id}}}, nil)
+	}
+	assert.NotEmpty(t, m.step(1).GetOutput(), "the server's flight, signed")
+	for n := range uint64(10) {
+		m.step(10 + n)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	assert.NotEqual(t, uint64(1), m.order[0], "answers in order %v: the slow step held back the others", m.order)
 }
 
 // TestMultiplexBadInput: a request that names no handshake it can be for,
