@@ -306,7 +306,7 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 		m.answerError(x.n, err)
 		return
 	}
-	step := m.h.step(x.ctx, "", x.hs, x.trace, input)
+	step := m.h.step(x.ctx, "", x.hs, x.trace, input, trace.WithLinks(trace.LinkFromContext(m.ctx)))
 	if step.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
 		m.end(x, step.GetState())
 	}
@@ -326,7 +326,11 @@ func (m *muxStream) begin(x *muxHandshake, start *pb.StartHandshakeRequest) erro
 		return err
 	}
 	x.hs, x.release, x.trace = hs, release, !start.GetConfig().GetOmitTrace()
-	x.ctx, x.span = m.h.startHandshakeSpan(m.ctx, "multiplex", start)
+	// A handshake is a trace of its own, not a part of the trace of the
+	// long-lived stream that carries it with many others: its steps link
+	// to the stream's call instead, as unary steps to theirs.
+	root := trace.ContextWithSpanContext(m.ctx, trace.SpanContext{})
+	x.ctx, x.span = m.h.startHandshakeSpan(root, "multiplex", start)
 	// A handshake whose client has gone quiet must not hold its slot for
 	// the life of the stream: as a unary session, it has SessionTTL from
 	// its start.
