@@ -50,6 +50,13 @@ type muxStream struct {
 
 	sendMu sync.Mutex
 
+	// A handshake is a trace of its own, not a part of the trace of the
+	// long-lived stream that carries it with many others: root is the
+	// stream's context without its span, and each step links to the
+	// stream's call (stepSpan), as unary steps to theirs.
+	root     context.Context
+	stepSpan []trace.SpanStartOption
+
 	// work hands handshakes with requests to work on to the stream's
 	// workers; stop ends them.
 	work chan *muxHandshake
@@ -99,6 +106,8 @@ func (h *Handshake) Multiplex(stream pb.Handshake_MultiplexServer) error {
 		work: make(chan *muxHandshake), stop: make(chan struct{}), live: map[uint64]*muxHandshake{},
 	}
 	m.idle = sync.NewCond(&m.mu)
+	m.root = trace.ContextWithSpanContext(m.ctx, trace.SpanContext{})
+	m.stepSpan = []trace.SpanStartOption{trace.WithLinks(trace.LinkFromContext(m.ctx))}
 	var workers sync.WaitGroup
 	for range muxParallelism() {
 		workers.Go(m.worker)
@@ -306,7 +315,7 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 		m.answerError(x.n, err)
 		return
 	}
-	step := m.h.step(x.ctx, "", x.hs, x.trace, input, trace.WithLinks(trace.LinkFromContext(m.ctx)))
+	step := m.h.step(x.ctx, "", x.hs, x.trace, input, m.stepSpan...)
 	if step.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
 		m.end(x, step.GetState())
 	}
@@ -326,11 +335,7 @@ func (m *muxStream) begin(x *muxHandshake, start *pb.StartHandshakeRequest) erro
 		return err
 	}
 	x.hs, x.release, x.trace = hs, release, !start.GetConfig().GetOmitTrace()
-	// A handshake is a trace of its own, not a part of the trace of the
-	// long-lived stream that carries it with many others: its steps link
-	// to the stream's call instead, as unary steps to theirs.
-	root := trace.ContextWithSpanContext(m.ctx, trace.SpanContext{})
-	x.ctx, x.span = m.h.startHandshakeSpan(root, "multiplex", start)
+	x.ctx, x.span = m.h.startHandshakeSpan(m.root, "multiplex", start)
 	// A handshake whose client has gone quiet must not hold its slot for
 	// the life of the stream: as a unary session, it has SessionTTL from
 	// its start.
