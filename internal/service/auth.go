@@ -104,6 +104,10 @@ var rules = map[string]rule{
 		}
 		return handshakeKeys(r.GetStart())
 	}},
+	// Each request of a Multiplex stream is admitted by the handler as a
+	// message of a handshake Stream would be (guard.muxItem), so that a
+	// refusal ends its own handshake, not the stream with all the others.
+	pb.Handshake_Multiplex_FullMethodName: {},
 	// The vault as a whole (its KEK, its backups): admins only.
 	pb.Admin_GetKEKStatus_FullMethodName: adminOnly,
 	pb.Admin_RotateKEK_FullMethodName:    adminOnly,
@@ -422,6 +426,10 @@ func sizeError(msg any) error {
 		if s := r.GetStart(); s != nil {
 			return sizeError(s)
 		}
+	case *pb.MultiplexRequest:
+		if s := r.GetStart(); s != nil {
+			return sizeError(s)
+		}
 	case *pb.StartHandshakeRequest:
 		refs := r.GetConfig().GetKeys()
 		if err := checkKeyCount(len(refs)); err != nil {
@@ -581,6 +589,9 @@ func (s *guardedStream) RecvMsg(m any) error {
 	if err := s.recv(m); err != nil {
 		return err
 	}
+	if s.method == pb.Handshake_Multiplex_FullMethodName {
+		return nil // admitted request by request: guard.muxItem
+	}
 	ctx := s.Context()
 	if s.g.rate != nil {
 		if wait := s.g.rate.take(callerIdentity(ctx), time.Now()); wait > 0 {
@@ -680,6 +691,11 @@ func describeRequest(e *audit.Entry, msg any) {
 		if start := r.GetStart(); start != nil {
 			describeRequest(e, start)
 		}
+	case *pb.MultiplexRequest:
+		if start := r.GetStart(); start != nil {
+			describeRequest(e, start)
+		}
+		e.Handshake = muxHandshakeRef(r.GetHandshake())
 	case interface{ GetId() string }: // Step, Get and AbortHandshake
 		e.Handshake = r.GetId()
 	case interface{ GetKey() string }:
@@ -714,6 +730,8 @@ func describeResponse(e *audit.Entry, resp any) {
 		if r.GetAccepted() {
 			e.Detail = "ticket accepted"
 		}
+	case *pb.MultiplexAbort:
+		e.Detail = "aborted"
 	case *pb.HandshakeStep:
 		if r.GetId() != "" {
 			e.Handshake = r.GetId()
