@@ -69,21 +69,25 @@ type muxStream struct {
 	ended  bool
 }
 
-// muxHandshake is one handshake of a Multiplex stream. queue, running and
-// done are guarded by the stream's mu; the rest belongs to the one worker
-// running it.
+// muxHandshake is one handshake of a Multiplex stream. queue, running,
+// done and held are guarded by the stream's mu; the rest belongs to the
+// one worker running it.
 type muxHandshake struct {
 	n       uint64
 	keys    []target
 	queue   []muxJob
 	running bool // queued on work or on a worker
 	done    bool
+	// held counts the client bytes of its requests, queued or taken by
+	// the engine, against the session store's input caps: counted as
+	// they are received, so that requests queued behind a slow step are
+	// bounded as the engine's buffer is.
+	held int64
 
 	hs       *engine.Handshake // nil until started and once ended
 	ctx      context.Context   // carries the handshake's span
 	span     trace.Span
 	trace    bool
-	held     int64
 	release  func() // the session slot; nil until reserved
 	expiry   *time.Timer
 	expireAt time.Time
@@ -184,11 +188,32 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	}
 	if start != nil {
 		x = &muxHandshake{n: n, keys: keys}
+		if err := m.h.sessions.take(m.owner, &x.held, len(start.GetInput())); err != nil {
+			finish(nil, err)
+			m.answerError(n, err)
+			return
+		}
 		m.mu.Lock()
 		m.live[n] = x
 		m.mu.Unlock()
+	} else if err := m.takeInput(x, req.GetInput()); err != nil {
+		// As on a Stream, where too much input ends it.
+		finish(nil, err)
+		m.enqueue(x, muxJob{req: req, err: err, finish: func(any, error) {}})
+		return
 	}
 	m.enqueue(x, muxJob{req: req, finish: finish})
+}
+
+// takeInput counts input, received for x, against the input caps, unless
+// x has ended (its request is then answered FAILED_PRECONDITION).
+func (m *muxStream) takeInput(x *muxHandshake, input []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if x.done {
+		return nil
+	}
+	return m.h.sessions.take(m.owner, &x.held, len(input))
 }
 
 // enqueue adds j to x's requests and hands x to a worker unless one has it
@@ -309,12 +334,6 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 			return
 		}
 	}
-	if err := m.h.sessions.take(m.owner, &x.held, len(input)); err != nil {
-		j.finish(nil, err)
-		m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
-		m.answerError(x.n, err)
-		return
-	}
 	step := m.h.step(x.ctx, "", x.hs, x.trace, input, m.stepSpan...)
 	if step.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
 		m.end(x, step.GetState())
@@ -355,6 +374,7 @@ func (m *muxStream) end(x *muxHandshake, state pb.HandshakeState) {
 	if m.live[x.n] == x {
 		delete(m.live, x.n)
 	}
+	m.h.sessions.drop(m.owner, &x.held)
 	m.mu.Unlock()
 	if x.expiry != nil {
 		x.expiry.Stop()
@@ -363,7 +383,6 @@ func (m *muxStream) end(x *muxHandshake, state pb.HandshakeState) {
 		x.release()
 		x.release = nil
 	}
-	m.h.sessions.drop(m.owner, &x.held)
 	if x.span != nil {
 		endHandshakeSpan(x.span, state)
 		x.span = nil
