@@ -75,7 +75,7 @@ func identify(ctx context.Context) context.Context {
 
 // Where the identity of a call comes from: the client certificate the TLS
 // layer verified (see tlsSource), on the gRPC listener's connection or on
-// the REST listener's (withHTTPPeer puts that connection's state where the
+// the REST listener's (withConnPeer puts that connection's state where the
 // gRPC transport puts its own). No header of the request names a caller.
 
 // peerIdentity returns the caller's identity ("" if none) and address.
