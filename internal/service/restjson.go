@@ -2,11 +2,15 @@ package service
 
 import (
 	"bytes"
+	"encoding/base64"
 	"io"
+	"strconv"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // restJSON is the gateway's JSON codec (runtime.JSONPb) with a cheaper
@@ -35,6 +39,15 @@ const maxFastBody = 64 << 10
 // (strings, decoded bytes), so a buffer is free again once a body is
 // parsed.
 var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// Marshal is JSONPb's for a message without copying protojson's output
+// into a buffer of its own.
+func (j restJSON) Marshal(v any) ([]byte, error) {
+	if m, ok := v.(proto.Message); ok {
+		return j.MarshalOptions.Marshal(m)
+	}
+	return j.JSONPb.Marshal(v)
+}
 
 func (j restJSON) NewDecoder(r io.Reader) runtime.Decoder {
 	return &restDecoder{codec: j.JSONPb, r: r}
@@ -66,7 +79,7 @@ func (d *restDecoder) Decode(v any) error {
 		}
 	}()
 	_, err := buf.ReadFrom(io.LimitReader(d.r, maxFastBody+1))
-	if err == nil && buf.Len() <= maxFastBody && d.codec.UnmarshalOptions.Unmarshal(buf.Bytes(), m) == nil {
+	if err == nil && buf.Len() <= maxFastBody && (decodePlain(buf.Bytes(), m) || d.codec.UnmarshalOptions.Unmarshal(buf.Bytes(), m) == nil) {
 		// The whole body was this one message: the gateway's decoder
 		// would have decoded it and then found the end of the body.
 		d.next = bodyEnd{}
@@ -94,3 +107,252 @@ func (bodyEnd) Decode(any) error { return io.EOF }
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// decodePlain decodes body into m, as protojson would, if body is a plain
+// request: one JSON object whose members are fields of the message, each
+// at most once and one per oneof, holding strings without escapes,
+// base64 bytes, enum names, integers without fraction or exponent,
+// booleans, objects of the same kind (no well-known type) or lists of
+// these, with no null, map or float. That is every REST call's body as
+// the API's clients send it, and a quarter of protojson's work (issue 12:
+// its tokenizer was most of the decoding of a REST Sign). For anything
+// else it returns false, with m in any state, and protojson decides what
+// it decides: decodePlain accepts only what protojson accepts, into the
+// same message (FuzzRESTJSONDecoder checks it against the gateway).
+func decodePlain(body []byte, m proto.Message) bool {
+	proto.Reset(m)
+	p := plainJSON{b: body}
+	if !p.object(m.ProtoReflect(), 0) {
+		return false
+	}
+	p.space()
+	return p.i == len(p.b) && proto.CheckInitialized(m) == nil
+}
+
+// plainJSON reads a body for decodePlain.
+type plainJSON struct {
+	b []byte
+	i int
+}
+
+// maxPlainDepth is how deep decodePlain follows nested objects, well below
+// protojson's recursion limit.
+const maxPlainDepth = 16
+
+func (p *plainJSON) space() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// next skips white space and reads c, if c is what comes.
+func (p *plainJSON) next(c byte) bool {
+	p.space()
+	if p.i < len(p.b) && p.b[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// str reads a string without escapes or control characters, valid UTF-8:
+// its bytes are its value.
+func (p *plainJSON) str() ([]byte, bool) {
+	if !p.next('"') {
+		return nil, false
+	}
+	for j := p.i; j < len(p.b); j++ {
+		switch c := p.b[j]; {
+		case c == '"':
+			s := p.b[p.i:j]
+			p.i = j + 1
+			return s, utf8.Valid(s)
+		case c == '\\' || c < 0x20:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+// end reports whether a number or literal ends here, as JSON's grammar
+// wants: white space, a separator or the end of the body follows.
+func (p *plainJSON) end() bool {
+	if p.i == len(p.b) {
+		return true
+	}
+	switch p.b[p.i] {
+	case ' ', '\t', '\n', '\r', ',', '}', ']':
+		return true
+	}
+	return false
+}
+
+func (p *plainJSON) object(m protoreflect.Message, depth int) bool {
+	md := m.Descriptor()
+	fields := md.Fields()
+	// Seen fields and oneofs by index: protojson refuses a field twice
+	// (its JSON and its proto name count as one) and two of a oneof.
+	var seen, seenOneofs uint64
+	if depth > maxPlainDepth || fields.Len() > 64 || md.Oneofs().Len() > 64 || !p.next('{') {
+		return false
+	}
+	if p.next('}') {
+		return true
+	}
+	for {
+		name, ok := p.str()
+		if !ok || !p.next(':') {
+			return false
+		}
+		fd := fields.ByJSONName(string(name))
+		if fd == nil {
+			fd = fields.ByTextName(string(name))
+		}
+		if fd == nil || fd.IsMap() || seen&(1<<fd.Index()) != 0 {
+			return false
+		}
+		seen |= 1 << fd.Index()
+		if fd.IsList() {
+			if !p.list(m.Mutable(fd).List(), fd, depth) {
+				return false
+			}
+		} else {
+			if od := fd.ContainingOneof(); od != nil {
+				if seenOneofs&(1<<od.Index()) != 0 {
+					return false
+				}
+				seenOneofs |= 1 << od.Index()
+			}
+			v, ok := p.value(m.NewField(fd), fd, depth)
+			if !ok {
+				return false
+			}
+			m.Set(fd, v)
+		}
+		if p.next('}') {
+			return true
+		}
+		if !p.next(',') {
+			return false
+		}
+	}
+}
+
+func (p *plainJSON) list(l protoreflect.List, fd protoreflect.FieldDescriptor, depth int) bool {
+	if !p.next('[') {
+		return false
+	}
+	if p.next(']') {
+		return true
+	}
+	for {
+		v, ok := p.value(l.NewElement(), fd, depth)
+		if !ok {
+			return false
+		}
+		l.Append(v)
+		if p.next(']') {
+			return true
+		}
+		if !p.next(',') {
+			return false
+		}
+	}
+}
+
+// value reads a value of fd's kind; for a message, into empty, a new one.
+func (p *plainJSON) value(empty protoreflect.Value, fd protoreflect.FieldDescriptor, depth int) (protoreflect.Value, bool) {
+	switch fd.Kind() {
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		// Well-known types have JSON forms of their own.
+		if fd.Message().FullName().Parent() == "google.protobuf" {
+			return protoreflect.Value{}, false
+		}
+		return empty, p.object(empty.Message(), depth+1)
+	case protoreflect.StringKind:
+		s, ok := p.str()
+		return protoreflect.ValueOfString(string(s)), ok
+	case protoreflect.BytesKind:
+		s, ok := p.str()
+		if !ok {
+			return protoreflect.Value{}, false
+		}
+		b, ok := decodeBase64(s)
+		return protoreflect.ValueOfBytes(b), ok
+	case protoreflect.EnumKind:
+		s, ok := p.str()
+		if !ok || fd.Enum().FullName() == "google.protobuf.NullValue" {
+			return protoreflect.Value{}, false
+		}
+		ev := fd.Enum().Values().ByName(protoreflect.Name(s))
+		if ev == nil {
+			return protoreflect.Value{}, false
+		}
+		return protoreflect.ValueOfEnum(ev.Number()), true
+	case protoreflect.BoolKind:
+		p.space()
+		for _, lit := range [...]string{"false", "true"} {
+			if bytes.HasPrefix(p.b[p.i:], []byte(lit)) {
+				p.i += len(lit)
+				return protoreflect.ValueOfBool(lit == "true"), p.end()
+			}
+		}
+		return protoreflect.Value{}, false
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		n, err := strconv.ParseInt(p.integer(true), 10, 32)
+		return protoreflect.ValueOfInt32(int32(n)), err == nil && p.end()
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		n, err := strconv.ParseInt(p.integer(true), 10, 64)
+		return protoreflect.ValueOfInt64(n), err == nil && p.end()
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		n, err := strconv.ParseUint(p.integer(false), 10, 32)
+		return protoreflect.ValueOfUint32(uint32(n)), err == nil && p.end()
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		n, err := strconv.ParseUint(p.integer(false), 10, 64)
+		return protoreflect.ValueOfUint64(n), err == nil && p.end()
+	}
+	return protoreflect.Value{}, false // floats: protojson's
+}
+
+// integer reads a JSON number that is an integer written plainly: digits
+// without a leading zero, with a minus if signed (not "-0"). Anything
+// else gives "", which no parser takes.
+func (p *plainJSON) integer(signed bool) string {
+	p.space()
+	start := p.i
+	if signed && p.i < len(p.b) && p.b[p.i] == '-' {
+		p.i++
+	}
+	digits := p.i
+	for p.i < len(p.b) && '0' <= p.b[p.i] && p.b[p.i] <= '9' {
+		p.i++
+	}
+	if p.i == digits || p.b[digits] == '0' && (p.i > digits+1 || digits > start) {
+		return ""
+	}
+	return string(p.b[start:p.i])
+}
+
+// decodeBase64 decodes bytes as protojson does: standard or URL alphabet
+// (whichever the string's characters say), padded or not (whichever its
+// length says).
+func decodeBase64(s []byte) ([]byte, bool) {
+	enc := base64.StdEncoding
+	if bytes.ContainsAny(s, "-_") {
+		enc = base64.URLEncoding
+	}
+	if len(s)%4 != 0 {
+		enc = base64.RawStdEncoding
+		if bytes.ContainsAny(s, "-_") {
+			enc = base64.RawURLEncoding
+		}
+	}
+	b := make([]byte, enc.DecodedLen(len(s)))
+	n, err := enc.Decode(b, s)
+	return b[:n], err == nil
+}

@@ -13,7 +13,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/dynamicpb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
@@ -97,14 +101,39 @@ var restJSONSeeds = []string{
 	`{"key":"a"`,
 	`{"operations":[{"sign":{"key":"a","digest":"AAAA"}}]}`,
 	`{"data":"` + strings.Repeat("QUFB", maxFastBody/4) + `"}`,
+	// What decodePlain takes, and its edges.
+	`{"key":"a","version":7,"scheme":"SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256","digest":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`,
+	`{"key":"a","mode":"DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER","ciphertext":"AAEC","expectedClientVersion":771}`,
+	`{"key":"a","expected_client_version":771,"expectedClientVersion":771}`,
+	`{"message":"YQ","digest":"YQ=="}`,
+	`{"message":"-_-_"}`, `{"message":"+/+/"}`, `{"message":"+_"}`, `{"message":"YQ="}`, `{"message":"Y"}`, `{"message":""}`,
+	`{"scheme":"NOT_A_SCHEME"}`, `{"scheme":3}`, `{"scheme":"3"}`, `{"scheme":null}`,
+	`{"version":0}`, `{"version":-0}`, `{"version":-1}`, `{"version":4294967295}`, `{"version":4294967296}`,
+	`{"version":1e2}`, `{"version":10x}`, `{"version":"7"}`, `{"version":007}`, `{"version":-}`,
+	`{"key":"a\u0062"}`, `{"k\u0065y":"a"}`, "{\"key\":\"a\tb\"}", `{"key":"é"}`, `{"key":1}`,
+	`{"stateless":true}`, `{"stateless":false}`, `{"stateless":truex}`, `{"stateless":"true"}`,
+	`{"id":"h","input":"AAEC","stateToken":"AAEC"}`,
+	`{"config":{"keys":[{"key":"a"}],"omitTrace":true},"input":"FgMB"}`,
+	`{"config":{"keys":[{"key":"a"},{"key":"b"}]}}`, `{"config":{"keys":[]}}`, `{"config":{"keys":[null]}}`, `{"config":{"keys":[1]}}`,
+	`{"config":{"keys":[{"key":"a"},]}}`, `{"config":{}}`, `{"config":null}`, `{"config":{"config":{}}}`,
+	`{"reference":"r","operations":[{"sign":{"key":"a","digest":"AAAA"}},{"decrypt":{"key":"b","ciphertext":"AAAA"}}]}`,
+	`{"operations":[{"sign":{"key":"a"},"decrypt":{"key":"b"}}]}`,
+	`{"operations":[{}],"operations":[]}`,
+	`{"key":"a",}`, `{,}`, `{"key" "a"}`, `{"key":"a" "version":1}`, ` { "key" : "a" , "version" : 1 } `,
 }
+
+// plainMessages are the requests restJSON's tests decode: those of the
+// hot REST calls (Sign, Decrypt, handshake steps, Batch) and the restore
+// stream's.
+var plainMessages = []proto.Message{&pb.SignRequest{}, &pb.DecryptRequest{}, &pb.StartHandshakeRequest{},
+	&pb.StepHandshakeRequest{}, &pb.BatchRequest{}, &pb.RestoreRequest{}}
 
 // restJSON decodes what the gateway's decoder decodes and refuses what it
 // refuses, with the same error, however the body arrives: one message,
 // none, several (a client stream), trailing data, bad JSON, a body too
 // long or cut off.
 func TestRESTJSONDecoderAgreesWithGateway(t *testing.T) {
-	for _, m := range []proto.Message{&pb.SignRequest{}, &pb.BatchRequest{}, &pb.RestoreRequest{}} {
+	for _, m := range plainMessages {
 		for name, reader := range bodyReaders {
 			for _, body := range restJSONSeeds {
 				t.Run(name, func(t *testing.T) { agree(t, m, []byte(body), reader) })
@@ -129,9 +158,73 @@ func FuzzRESTJSONDecoder(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		for _, m := range []proto.Message{&pb.SignRequest{}, &pb.BatchRequest{}, &pb.RestoreRequest{}} {
+		for _, m := range plainMessages {
 			agree(t, m, body, bodyReaders["whole"])
 			agree(t, m, body, bodyReaders["max 40 bytes"])
 		}
 	})
+}
+
+// The bodies the API's clients send take decodePlain's path (the
+// agreement tests pass whether or not it is taken), into what protojson
+// decodes.
+func TestRESTJSONPlainBodies(t *testing.T) {
+	for _, tc := range []struct {
+		m    proto.Message
+		body string
+	}{
+		{&pb.SignRequest{}, `{"scheme":"SIGNATURE_SCHEME_ED25519","message":"YmVuY2htYXJr"}`},
+		{&pb.SignRequest{}, `{"key":"k","version":2,"scheme":"SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256","digest":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`},
+		{&pb.DecryptRequest{}, `{"mode":"DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER","ciphertext":"AAEC","expected_client_version":771}`},
+		{&pb.StepHandshakeRequest{}, `{"input":"FgMBAAE=","stateToken":"AAEC"}`},
+		{&pb.StepHandshakeRequest{}, `{"input":"-_-","stateToken":"+/+"}`},
+		{&pb.StartHandshakeRequest{}, `{"config":{"keys":[{"key":"a"}],"omitTrace":true},"input":"FgMB","stateless":true}`},
+		{&pb.BatchRequest{}, `{"reference":"r","operations":[{"sign":{"key":"a","digest":"AAAA"}},{"decrypt":{"key":"b","ciphertext":"AAAA"}}]}`},
+	} {
+		got := tc.m.ProtoReflect().New().Interface()
+		require.True(t, decodePlain([]byte(tc.body), got), "%s", tc.body)
+		want := tc.m.ProtoReflect().New().Interface()
+		require.NoError(t, gatewayJSON().Unmarshal([]byte(tc.body), want))
+		assert.True(t, proto.Equal(want, got), "%s: %v, want %v", tc.body, got, want)
+	}
+}
+
+// restJSON answers with the bytes the gateway's codec writes.
+func TestRESTJSONMarshalAgreesWithGateway(t *testing.T) {
+	for _, v := range []any{
+		&pb.SignResponse{Signature: []byte{1, 2, 3}, Version: 1},
+		&pb.SignResponse{},
+		&pb.DecryptResponse{Plaintext: []byte("premaster")},
+		&pb.BatchResponse{Reference: "r", Results: []*pb.BatchResult{{}}},
+		map[string]any{"not": "a message"},
+	} {
+		want, wantErr := gatewayJSON().Marshal(v)
+		got, err := restJSON{gatewayJSON()}.Marshal(v)
+		require.Equal(t, wantErr, err)
+		assert.Equal(t, string(want), string(got))
+	}
+}
+
+// decodePlain leaves deep nesting to protojson, which has a recursion
+// limit. No message of the API nests: this one does.
+func TestRESTJSONDeepBody(t *testing.T) {
+	fd, err := protodesc.NewFile(&descriptorpb.FileDescriptorProto{
+		Name: proto.String("node.proto"), Package: proto.String("test"), Syntax: proto.String("proto3"),
+		MessageType: []*descriptorpb.DescriptorProto{{Name: proto.String("Node"), Field: []*descriptorpb.FieldDescriptorProto{{
+			Name: proto.String("n"), JsonName: proto.String("n"), Number: proto.Int32(1), TypeName: proto.String(".test.Node"),
+			Type: descriptorpb.FieldDescriptorProto_TYPE_MESSAGE.Enum(), Label: descriptorpb.FieldDescriptorProto_LABEL_OPTIONAL.Enum(),
+		}}}},
+	}, nil)
+	require.NoError(t, err)
+	node := dynamicpb.NewMessage(fd.Messages().Get(0))
+	nested := func(depth int) []byte {
+		return []byte(strings.Repeat(`{"n":`, depth) + "{}" + strings.Repeat(`}`, depth))
+	}
+	assert.True(t, decodePlain(nested(maxPlainDepth), node.New().Interface()))
+	assert.False(t, decodePlain(nested(maxPlainDepth+1), node.New().Interface()))
+	deep := nested(protowire.DefaultRecursionLimit)
+	require.LessOrEqual(t, len(deep), maxFastBody)
+	for _, body := range [][]byte{nested(maxPlainDepth + 1), deep} {
+		agree(t, node, body, bodyReaders["whole"])
+	}
 }
