@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -111,6 +112,17 @@ func gatewayHeaderMatcher(key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// gatewayOutgoingHeader names the HTTP header of a call's header metadata
+// as the gateway's default does (Grpc-Metadata-<key>), already in the
+// canonical form the header map gives it: the default formats every name
+// with fmt and the map canonicalizes it again, on every call (issue 12).
+func gatewayOutgoingHeader(key string) (string, bool) {
+	if key == requestIDHeader { // the header of every call
+		return "Grpc-Metadata-X-Request-Id", true
+	}
+	return runtime.MetadataHeaderPrefix + key, true
 }
 
 // identifyUnary and identifyStream run before everything else that wants

@@ -171,6 +171,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}}),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
+		runtime.WithOutgoingHeaderMatcher(gatewayOutgoingHeader),
 		runtime.WithErrorHandler(restError),
 	)
 	// The gateway tries a method's patterns one after the other, the last
