@@ -9,8 +9,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
 
 // restJSON is the gateway's JSON codec (runtime.JSONPb) with a cheaper
@@ -40,10 +43,16 @@ const maxFastBody = 64 << 10
 // parsed.
 var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// Marshal is JSONPb's for a message without copying protojson's output
-// into a buffer of its own.
+// Marshal is JSONPb's: a message of a plain type (plainType: most of the
+// API's answers) is written by marshalPlain, any other by protojson
+// without copying its output into a buffer of its own.
 func (j restJSON) Marshal(v any) ([]byte, error) {
 	if m, ok := v.(proto.Message); ok {
+		if j.MarshalOptions == plainMarshalOptions {
+			if b, ok := marshalPlain(m.ProtoReflect()); ok {
+				return b, nil
+			}
+		}
 		return j.MarshalOptions.Marshal(m)
 	}
 	return j.JSONPb.Marshal(v)
@@ -355,4 +364,211 @@ func decodeBase64(s []byte) ([]byte, bool) {
 	b := make([]byte, enc.DecodedLen(len(s)))
 	n, err := enc.Decode(b, s)
 	return b[:n], err == nil
+}
+
+// plainMarshalOptions are the options marshalPlain writes as: the
+// server's (unpopulated fields too, JSON names, enum names, one line).
+var plainMarshalOptions = protojson.MarshalOptions{EmitUnpopulated: true}
+
+// commaSpace is whether protojson puts a space after the commas of
+// one-line output. It does so or not, at random, once per binary (its
+// internal detrand: so that nobody relies on its bytes); marshalPlain
+// writes the bytes protojson writes in this binary.
+var commaSpace = func() bool {
+	b, err := plainMarshalOptions.Marshal(&pb.SignResponse{Signature: []byte{0}, Version: 1})
+	return err == nil && bytes.Contains(b, []byte(", "))
+}()
+
+// plainTypes caches plainType by message descriptor.
+var plainTypes sync.Map
+
+// plainType reports whether messages of md's type, and of every type they
+// hold, have fields marshalPlain writes: no float, map, group or
+// extension, no well-known type (each has a JSON form of its own).
+func plainType(md protoreflect.MessageDescriptor) bool {
+	if v, ok := plainTypes.Load(md); ok {
+		return v.(bool)
+	}
+	ok := plainTypeOf(md, map[protoreflect.MessageDescriptor]bool{})
+	plainTypes.Store(md, ok)
+	return ok
+}
+
+func plainTypeOf(md protoreflect.MessageDescriptor, visiting map[protoreflect.MessageDescriptor]bool) bool {
+	if visiting[md] {
+		return true // a cycle adds no kind of field
+	}
+	visiting[md] = true
+	if md.FullName().Parent() == "google.protobuf" || md.ExtensionRanges().Len() > 0 {
+		return false
+	}
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		switch fd.Kind() {
+		case protoreflect.FloatKind, protoreflect.DoubleKind, protoreflect.GroupKind:
+			return false
+		case protoreflect.MessageKind:
+			if fd.IsMap() || !plainTypeOf(fd.Message(), visiting) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// marshalPlain writes m as protojson does with plainMarshalOptions, if
+// m's type is plain (plainType) and its strings are UTF-8 (protojson
+// refuses other strings: so does marshalPlain, and protojson says why).
+// protojson's reflection and sorting of fields were most of the cost of
+// writing a REST answer (issue 12); TestRESTJSONMarshalAgreesWithGateway
+// compares the two over every message of the API.
+func marshalPlain(m protoreflect.Message) ([]byte, bool) {
+	if !plainType(m.Descriptor()) {
+		return nil, false
+	}
+	b, ok := appendPlainMessage(make([]byte, 0, 128), m)
+	return b, ok && proto.CheckInitialized(m.Interface()) == nil
+}
+
+// appendPlainMessage writes the fields in the order protojson does (their
+// declaration's), each set one with its value and each unset one but
+// members of a oneof: null if it has presence, its zero value if not.
+func appendPlainMessage(b []byte, m protoreflect.Message) ([]byte, bool) {
+	b = append(b, '{')
+	fields := m.Descriptor().Fields()
+	first := true
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		v := m.Get(fd)
+		if !m.Has(fd) {
+			if fd.ContainingOneof() != nil {
+				continue
+			}
+			if fd.HasPresence() {
+				v = protoreflect.Value{}
+			}
+		}
+		if !first {
+			b = appendComma(b)
+		}
+		first = false
+		var ok bool
+		if b, ok = appendJSONString(b, fd.JSONName()); !ok {
+			return nil, false
+		}
+		b = append(b, ':')
+		if fd.IsList() {
+			b, ok = appendPlainList(b, v.List(), fd)
+		} else {
+			b, ok = appendPlainValue(b, v, fd)
+		}
+		if !ok {
+			return nil, false
+		}
+	}
+	return append(b, '}'), true
+}
+
+func appendComma(b []byte) []byte {
+	if commaSpace {
+		return append(b, ',', ' ')
+	}
+	return append(b, ',')
+}
+
+func appendPlainList(b []byte, l protoreflect.List, fd protoreflect.FieldDescriptor) ([]byte, bool) {
+	b = append(b, '[')
+	for i := range l.Len() {
+		if i > 0 {
+			b = appendComma(b)
+		}
+		var ok bool
+		if b, ok = appendPlainValue(b, l.Get(i), fd); !ok {
+			return nil, false
+		}
+	}
+	return append(b, ']'), true
+}
+
+// appendPlainValue writes one value of fd's kind as protojson does: 64-bit
+// integers as strings, bytes in standard base64, enums by name (by number
+// if unknown), an invalid value (an unset field with presence) as null.
+func appendPlainValue(b []byte, v protoreflect.Value, fd protoreflect.FieldDescriptor) ([]byte, bool) {
+	if !v.IsValid() {
+		return append(b, "null"...), true
+	}
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return strconv.AppendBool(b, v.Bool()), true
+	case protoreflect.StringKind:
+		return appendJSONString(b, v.String())
+	case protoreflect.BytesKind:
+		b = append(b, '"')
+		b = base64.StdEncoding.AppendEncode(b, v.Bytes())
+		return append(b, '"'), true
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return strconv.AppendInt(b, v.Int(), 10), true
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return strconv.AppendUint(b, v.Uint(), 10), true
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		b = append(b, '"')
+		b = strconv.AppendInt(b, v.Int(), 10)
+		return append(b, '"'), true
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		b = append(b, '"')
+		b = strconv.AppendUint(b, v.Uint(), 10)
+		return append(b, '"'), true
+	case protoreflect.EnumKind:
+		if fd.Enum().FullName() == "google.protobuf.NullValue" {
+			return append(b, "null"...), true
+		}
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			return appendJSONString(b, string(ev.Name()))
+		}
+		return strconv.AppendInt(b, int64(v.Enum()), 10), true
+	case protoreflect.MessageKind:
+		return appendPlainMessage(b, v.Message())
+	}
+	return nil, false // not a plain type's
+}
+
+// appendJSONString writes s as protojson does: quoted, with \" and \\
+// escaped, control characters as \b, \f, \n, \r, \t or \u00xx, the rest
+// as it is; false if s is not UTF-8.
+func appendJSONString(b []byte, s string) ([]byte, bool) {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n == 1 {
+				return nil, false
+			}
+			b = append(b, s[i:i+n]...)
+			i += n
+			continue
+		}
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\b':
+			b = append(b, '\\', 'b')
+		case c == '\f':
+			b = append(b, '\\', 'f')
+		case c == '\n':
+			b = append(b, '\\', 'n')
+		case c == '\r':
+			b = append(b, '\\', 'r')
+		case c == '\t':
+			b = append(b, '\\', 't')
+		case c < ' ':
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		default:
+			b = append(b, c)
+		}
+		i++
+	}
+	return append(b, '"'), true
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"testing"
@@ -16,6 +17,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
 
@@ -189,20 +192,139 @@ func TestRESTJSONPlainBodies(t *testing.T) {
 	}
 }
 
-// restJSON answers with the bytes the gateway's codec writes.
+// restJSON answers with the bytes the gateway's codec writes (protojson's
+// in this binary), for every message of the API filled at random: each
+// kind of field set or not, strings that need escapes or are not UTF-8,
+// unknown enum numbers, the extremes of the integers, nested and listed
+// messages, oneofs; and for what is not a message.
 func TestRESTJSONMarshalAgreesWithGateway(t *testing.T) {
-	for _, v := range []any{
-		&pb.SignResponse{Signature: []byte{1, 2, 3}, Version: 1},
-		&pb.SignResponse{},
-		&pb.DecryptResponse{Plaintext: []byte("premaster")},
-		&pb.BatchResponse{Reference: "r", Results: []*pb.BatchResult{{}}},
-		map[string]any{"not": "a message"},
-	} {
-		want, wantErr := gatewayJSON().Marshal(v)
-		got, err := restJSON{gatewayJSON()}.Marshal(v)
-		require.Equal(t, wantErr, err)
-		assert.Equal(t, string(want), string(got))
+	r := rand.New(rand.NewPCG(1, 2))
+	n := 0
+	protoregistry.GlobalTypes.RangeMessages(func(mt protoreflect.MessageType) bool {
+		if mt.Descriptor().ParentFile().Package() != "handshake.v1" {
+			return true
+		}
+		n++
+		for range 40 {
+			m := mt.New()
+			fillRandom(r, m, 0)
+			marshalAgrees(t, m.Interface())
+		}
+		marshalAgrees(t, mt.New().Interface())
+		return true
+	})
+	require.Greater(t, n, 50, "messages of the API")
+	marshalAgrees(t, map[string]any{"not": "a message"})
+}
+
+func marshalAgrees(t *testing.T, v any) {
+	t.Helper()
+	want, wantErr := gatewayJSON().Marshal(v)
+	got, err := restJSON{gatewayJSON()}.Marshal(v)
+	if wantErr != nil {
+		assert.Error(t, err, "%v", v)
+		return
 	}
+	require.NoError(t, err, "%v", v)
+	assert.Equal(t, string(want), string(got))
+}
+
+// The answers of the hot REST calls take marshalPlain's path (the
+// agreement test passes whether or not it is taken).
+func TestRESTJSONPlainAnswers(t *testing.T) {
+	for _, m := range []proto.Message{
+		&pb.SignResponse{Signature: []byte{1}, Version: 1}, &pb.DecryptResponse{Plaintext: []byte{1}},
+		&pb.BatchResponse{Results: []*pb.BatchResult{{}}},
+	} {
+		_, ok := marshalPlain(m.ProtoReflect())
+		assert.True(t, ok, "%T", m)
+	}
+}
+
+var (
+	randomStrings = []string{"", "a", "key-1", "é€𝄞", "\"\\/", "\b\f\n\r\t\x00\x01\x1f\x7f", "\u2028\u2029<>&", "\ufffd", "\xff", "a\xc3"}
+	randomInts    = []int64{0, 1, -1, 127, 1 << 31, -1 << 31, 1<<31 - 1, 1<<63 - 1, -1 << 63}
+)
+
+// fillRandom sets some of m's fields (recursively, to a depth of 3) to
+// values chosen to cover what a JSON writer must get right.
+func fillRandom(r *rand.Rand, m protoreflect.Message, depth int) {
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if r.IntN(3) == 0 {
+			continue
+		}
+		switch {
+		case fd.IsList():
+			l := m.Mutable(fd).List()
+			for range r.IntN(3) {
+				if fd.Message() != nil {
+					if depth < 3 {
+						e := l.NewElement()
+						fillRandom(r, e.Message(), depth+1)
+						l.Append(e)
+					}
+					continue
+				}
+				l.Append(randomScalar(r, fd))
+			}
+		case fd.IsMap():
+			mp := m.Mutable(fd).Map()
+			for range r.IntN(3) {
+				k := randomScalar(r, fd.MapKey()).MapKey()
+				if fd.MapValue().Message() != nil {
+					if depth < 3 {
+						v := mp.NewValue()
+						fillRandom(r, v.Message(), depth+1)
+						mp.Set(k, v)
+					}
+					continue
+				}
+				mp.Set(k, randomScalar(r, fd.MapValue()))
+			}
+		case fd.Message() != nil:
+			if depth < 3 {
+				fillRandom(r, m.Mutable(fd).Message(), depth+1)
+			}
+		default:
+			m.Set(fd, randomScalar(r, fd))
+		}
+	}
+}
+
+func randomScalar(r *rand.Rand, fd protoreflect.FieldDescriptor) protoreflect.Value {
+	n := randomInts[r.IntN(len(randomInts))]
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(r.IntN(2) == 0)
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(randomStrings[r.IntN(len(randomStrings))])
+	case protoreflect.BytesKind:
+		b := make([]byte, r.IntN(6))
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		return protoreflect.ValueOfBytes(b)
+	case protoreflect.EnumKind:
+		if values := fd.Enum().Values(); r.IntN(4) > 0 {
+			return protoreflect.ValueOfEnum(values.Get(r.IntN(values.Len())).Number())
+		}
+		return protoreflect.ValueOfEnum(99)
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return protoreflect.ValueOfInt32(int32(n))
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return protoreflect.ValueOfInt64(n)
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return protoreflect.ValueOfUint32(uint32(n))
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return protoreflect.ValueOfUint64(uint64(n))
+	case protoreflect.FloatKind:
+		return protoreflect.ValueOfFloat32(float32(n) / 3)
+	case protoreflect.DoubleKind:
+		return protoreflect.ValueOfFloat64(float64(n) / 3)
+	}
+	panic(fd.Kind().String())
 }
 
 // decodePlain leaves deep nesting to protojson, which has a recursion
