@@ -350,3 +350,33 @@ func TestRESTJSONDeepBody(t *testing.T) {
 		agree(t, node, body, bodyReaders["whole"])
 	}
 }
+
+// BenchmarkRESTJSON decodes a REST Sign's body and writes its answer with
+// the gateway's codec and with restJSON:
+//
+//	go test -run '^$' -bench RESTJSON -benchmem ./internal/service/
+func BenchmarkRESTJSON(b *testing.B) {
+	body := []byte(`{"scheme":"SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256","digest":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`)
+	answer := &pb.SignResponse{Signature: bytes.Repeat([]byte{0x30}, 72), Version: 1}
+	for _, tc := range []struct {
+		name  string
+		codec runtime.Marshaler
+	}{{"gateway", gatewayJSON()}, {"restJSON", restJSON{gatewayJSON()}}} {
+		b.Run(tc.name+"/decode", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := tc.codec.NewDecoder(bytes.NewReader(body)).Decode(&pb.SignRequest{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/marshal", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := tc.codec.Marshal(answer); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
