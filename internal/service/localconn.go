@@ -410,7 +410,7 @@ type connPeerKey struct{}
 // holds its peer where the gRPC transport puts a call's (peer.NewContext),
 // and withHTTPPeer completes it.
 func withConnPeer(ctx context.Context, c net.Conn) context.Context {
-	cp := &connPeer{peer: peer.Peer{Addr: c.RemoteAddr(), LocalAddr: c.LocalAddr()}}
+	cp := &connPeer{peer: peer.Peer{Addr: connAddrOf(c.RemoteAddr()), LocalAddr: c.LocalAddr()}}
 	return context.WithValue(peer.NewContext(ctx, &cp.peer), connPeerKey{}, cp)
 }
 
@@ -437,3 +437,17 @@ func withHTTPPeer(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// connAddr is the address of a REST connection's peer, written once: every
+// call asks for it (its caller's address in logs, limits and audit).
+type connAddr struct{ network, addr string }
+
+func connAddrOf(a net.Addr) net.Addr {
+	if a == nil { // a listener's connection without a peer address
+		return nil
+	}
+	return connAddr{a.Network(), a.String()}
+}
+
+func (a connAddr) Network() string { return a.network }
+func (a connAddr) String() string  { return a.addr }
