@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -384,7 +385,8 @@ var plainTypes sync.Map
 
 // plainType reports whether messages of md's type, and of every type they
 // hold, have fields marshalPlain writes: no float, map, group or
-// extension, no well-known type (each has a JSON form of its own).
+// extension, no well-known type (each has a JSON form of its own) but
+// Timestamp in a field (a handshake step's expiry).
 func plainType(md protoreflect.MessageDescriptor) bool {
 	if v, ok := plainTypes.Load(md); ok {
 		return v.(bool)
@@ -409,12 +411,37 @@ func plainTypeOf(md protoreflect.MessageDescriptor, visiting map[protoreflect.Me
 		case protoreflect.FloatKind, protoreflect.DoubleKind, protoreflect.GroupKind:
 			return false
 		case protoreflect.MessageKind:
-			if fd.IsMap() || !plainTypeOf(fd.Message(), visiting) {
+			if fd.IsMap() || fd.Message().FullName() != timestampType && !plainTypeOf(fd.Message(), visiting) {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+const timestampType = "google.protobuf.Timestamp"
+
+// appendTimestamp writes a Timestamp as protojson does: RFC 3339 in UTC
+// with 0, 3, 6 or 9 digits of fraction; false out of its range (years 1
+// to 9999), which protojson refuses.
+func appendTimestamp(b []byte, m protoreflect.Message) ([]byte, bool) {
+	fields := m.Descriptor().Fields()
+	secs, nanos := m.Get(fields.ByNumber(1)).Int(), m.Get(fields.ByNumber(2)).Int()
+	if secs < -62135596800 || secs > 253402300799 || nanos < 0 || nanos > 999999999 {
+		return nil, false
+	}
+	b = append(b, '"')
+	start := len(b)
+	b = time.Unix(secs, nanos).UTC().AppendFormat(b, "2006-01-02T15:04:05.000000000")
+	for range 2 {
+		if bytes.HasSuffix(b[start:], []byte("000")) {
+			b = b[:len(b)-3]
+		}
+	}
+	if bytes.HasSuffix(b[start:], []byte(".000")) {
+		b = b[:len(b)-4]
+	}
+	return append(b, 'Z', '"'), true
 }
 
 // marshalPlain writes m as protojson does with plainMarshalOptions, if
@@ -528,6 +555,9 @@ func appendPlainValue(b []byte, v protoreflect.Value, fd protoreflect.FieldDescr
 		}
 		return strconv.AppendInt(b, int64(v.Enum()), 10), true
 	case protoreflect.MessageKind:
+		if fd.Message().FullName() == timestampType {
+			return appendTimestamp(b, v.Message())
+		}
 		return appendPlainMessage(b, v.Message())
 	}
 	return nil, false // not a plain type's

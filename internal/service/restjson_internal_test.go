@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
@@ -196,7 +197,8 @@ func TestRESTJSONPlainBodies(t *testing.T) {
 // in this binary), for every message of the API filled at random: each
 // kind of field set or not, strings that need escapes or are not UTF-8,
 // unknown enum numbers, the extremes of the integers, nested and listed
-// messages, oneofs; and for what is not a message.
+// messages, oneofs, timestamps in and out of range; and for what is not a
+// message.
 func TestRESTJSONMarshalAgreesWithGateway(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	n := 0
@@ -214,6 +216,13 @@ func TestRESTJSONMarshalAgreesWithGateway(t *testing.T) {
 		return true
 	})
 	require.Greater(t, n, 50, "messages of the API")
+	for _, ts := range []*timestamppb.Timestamp{{}, {Seconds: 1, Nanos: 1}, {Seconds: -62135596800}, {Seconds: 253402300799, Nanos: 999999999}} {
+		marshalAgrees(t, &pb.HandshakeStep{ExpireTime: ts})
+		marshalAgrees(t, ts)
+	}
+	for _, ts := range []*timestamppb.Timestamp{{Seconds: -62135596801}, {Seconds: 253402300800}, {Nanos: -1}, {Nanos: 1e9}} {
+		marshalAgrees(t, &pb.HandshakeStep{ExpireTime: ts})
+	}
 	marshalAgrees(t, map[string]any{"not": "a message"})
 }
 
@@ -234,7 +243,7 @@ func marshalAgrees(t *testing.T, v any) {
 func TestRESTJSONPlainAnswers(t *testing.T) {
 	for _, m := range []proto.Message{
 		&pb.SignResponse{Signature: []byte{1}, Version: 1}, &pb.DecryptResponse{Plaintext: []byte{1}},
-		&pb.BatchResponse{Results: []*pb.BatchResult{{}}},
+		&pb.BatchResponse{Results: []*pb.BatchResult{{}}}, &pb.HandshakeStep{ExpireTime: timestamppb.Now()},
 	} {
 		_, ok := marshalPlain(m.ProtoReflect())
 		assert.True(t, ok, "%T", m)
