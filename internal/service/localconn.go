@@ -27,9 +27,10 @@ import (
 // What a gRPC server takes from its transport, localConn takes from the
 // HTTP request: the caller's address and verified client certificate
 // (withConnPeer and withHTTPPeer put them in the context of the request's
-// connection as a peer.Peer, which is where the gRPC transport puts them) and the metadata the gateway derives
-// from the request's headers (its outgoing metadata becomes the call's
-// incoming metadata). Nothing a REST caller sends can set the peer.
+// connection as a peer.Peer, which is where the gRPC transport puts them)
+// and the metadata the gateway derives from the request's headers (its
+// outgoing metadata becomes the call's incoming metadata). Nothing a REST
+// caller sends can set the peer.
 type localConn struct {
 	unary   map[string]localMethod
 	streams map[string]localStreamDesc
@@ -393,8 +394,8 @@ func (s *localClientStream) status() error {
 	return s.err
 }
 
-// The peer of a REST call is its connection's: connPeer makes it once per
-// connection (http.Server.ConnContext), so that a call does not pay for
+// The peer of a REST call is its connection's: withConnPeer makes it once
+// per connection (http.Server.ConnContext), so that a call does not pay for
 // a new peer, a new context and a copy of its request (issue 12); over
 // TLS the connection's state, known only once the handshake is done, is
 // added by the first request (withHTTPPeer), the same for every request

@@ -177,9 +177,9 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	// The gateway tries a method's patterns one after the other, the last
 	// registered first, and each miss costs (issue 12: a REST Sign missed
 	// eight patterns before its own). No path matches patterns of two of
-	// these services (/v1/keys, /v1/handshakes, /v1/admin), so the order changes
-	// no answer, only how soon the hot calls (Sign, Decrypt) are found:
-	// KeyVault last.
+	// these services (/v1/keys, /v1/handshakes, /v1/admin), so the order
+	// changes no answer, only how soon the hot calls (Sign, Decrypt) are
+	// found: KeyVault last.
 	if err := pb.RegisterAdminHandlerClient(context.Background(), mux, pb.NewAdminClient(local)); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
