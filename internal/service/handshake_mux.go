@@ -249,7 +249,22 @@ func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 	m.mu.Unlock()
 	select {
 	case m.work <- x:
-	case <-m.stop: // abortAll completes what is queued
+	case <-m.stop:
+		m.abandon(x)
+	}
+}
+
+// abandon completes the audit entries of x's requests that no worker
+// will take now that the stream has stopped: abortAll finds only the
+// handshakes still in progress, not those that ended with requests queued
+// behind their last answer.
+func (m *muxStream) abandon(x *muxHandshake) {
+	m.mu.Lock()
+	jobs := x.queue
+	x.queue = nil
+	m.mu.Unlock()
+	for _, j := range jobs {
+		j.finish(nil, errMuxEnded)
 	}
 }
 
@@ -265,7 +280,7 @@ func (m *muxStream) worker() {
 }
 
 // run works on x's requests in order until none is left, or the stream
-// ends (abortAll takes the rest).
+// ends.
 func (m *muxStream) run(x *muxHandshake) {
 	for {
 		stopped := false
@@ -278,6 +293,9 @@ func (m *muxStream) run(x *muxHandshake) {
 		if len(x.queue) == 0 || stopped {
 			x.running = false
 			m.mu.Unlock()
+			if stopped {
+				m.abandon(x)
+			}
 			return
 		}
 		j := x.queue[0]

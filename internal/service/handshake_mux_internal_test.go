@@ -77,3 +77,23 @@ func TestMultiplexQueueBounded(t *testing.T) {
 	defer m.mu.Unlock()
 	assert.Len(t, x.queue, muxMaxQueued())
 }
+
+// TestMultiplexStoppedQueueAudited: a request queued for a handshake that
+// ended just before (its number no longer in progress) when the stream
+// stops gets its audit entry completed all the same.
+func TestMultiplexStoppedQueueAudited(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
+	m.idle = sync.NewCond(&m.mu)
+	close(m.stop)
+	x := &muxHandshake{n: 1, done: true} // ended: not in m.live
+	var finished []error
+	m.enqueue(x, muxJob{
+		req:    &pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{Input: []byte{1}}},
+		finish: func(_ any, err error) { finished = append(finished, err) },
+	})
+	m.abortAll()
+	require.Len(t, finished, 1, "the request's entry completed once")
+	assert.ErrorIs(t, finished[0], errMuxEnded)
+}
