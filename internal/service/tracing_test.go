@@ -58,23 +58,28 @@ func TestTracingHandshake(t *testing.T) {
 	s := &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
 	ec := newServerKey(t, s, "p256-pkcs8.pem", "ec.trace.test")
 	rsa := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.trace.test")
+	omitted := newServerKey(t, s, "p256-pkcs8.pem", "omitted.trace.test")
 	hc := s.handshakeClient(t)
 
 	for _, tc := range []struct {
 		name, transport, vaultOp, version string
 		key                               serverKey
 		cfg                               *tls.Config
+		// omitTrace: the caller omits the steps' trace (as the edge does by
+		// default); the spans show the messages all the same.
+		omitTrace bool
 	}{
-		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, &tls.Config{MinVersion: tls.VersionTLS13}},
+		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, &tls.Config{MinVersion: tls.VersionTLS13}, false},
 		{"TLS 1.2 RSA key exchange unary", "unary", "vault.decrypt_premaster", "TLS 1.2", rsa,
-			&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}},
+			&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}, false},
+		{"TLS 1.3 ECDSA stream, trace omitted", "stream", "vault.sign", "TLS 1.3", omitted, &tls.Config{MinVersion: tls.VersionTLS13}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var keylog testenv.Buffer
 			cfg := tc.cfg.Clone()
 			cfg.ServerName, cfg.RootCAs, cfg.KeyLogWriter = tc.key.name, tc.key.pool, &keylog
 			start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: tc.key.id}},
-				CipherSuites: toUint32(tc.cfg.CipherSuites)}}
+				CipherSuites: toUint32(tc.cfg.CipherSuites), OmitTrace: tc.omitTrace}}
 			_, relayed := runClient(t, cfg, func() stepper {
 				if tc.transport == "stream" {
 					stream, err := hc.Stream(ctx)
