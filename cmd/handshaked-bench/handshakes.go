@@ -98,38 +98,67 @@ func (h *hsClient) closedLoop(n int, d time.Duration) (int, time.Duration, error
 	return measure(context.Background(), n, d, func(context.Context) (int, error) { return 1, h.once() })
 }
 
-// openLoop starts handshakes at rate per second for d, whatever the
-// earlier ones are doing, and returns their latencies (connect to first
-// byte).
-func (h *hsClient) openLoop(rate float64, d time.Duration) ([]time.Duration, error) {
+// openLoop starts n operations at rate per second from start, whatever the
+// earlier ones are doing, and returns their latencies. Each counts from the
+// moment it was due, not from when this process got to start it: a load
+// generator short of CPU starts late, and a latency taken from the late
+// start would leave out the wait a client arriving on time sees
+// (coordinated omission).
+func openLoop(start time.Time, rate float64, n int, op func() error) ([]time.Duration, error) {
 	var (
 		mu      sync.Mutex
-		lat     []time.Duration
+		lat     = make([]time.Duration, 0, n)
 		wg      sync.WaitGroup
 		failed  atomic.Pointer[error]
-		n       = max(1, int(rate*d.Seconds()))
-		start   = time.Now()
-		between = time.Duration(float64(time.Second) / rate)
+		between = float64(time.Second) / rate
 	)
 	for i := range n {
-		time.Sleep(time.Until(start.Add(time.Duration(i) * between)))
+		due := start.Add(time.Duration(float64(i) * between))
+		time.Sleep(time.Until(due))
 		if failed.Load() != nil {
 			break
 		}
 		wg.Go(func() {
-			t := time.Now()
-			if err := h.once(); err != nil {
+			if err := op(); err != nil {
 				failed.CompareAndSwap(nil, &err)
 				return
 			}
+			d := time.Since(due)
 			mu.Lock()
-			lat = append(lat, time.Since(t))
+			lat = append(lat, d)
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	if err := failed.Load(); err != nil {
 		return nil, *err
+	}
+	return lat, nil
+}
+
+// latencyRound is how many handshakes a round of latencies makes on one
+// server before the other takes over.
+const latencyRound = 100
+
+// latencies measures the latency of samples handshakes on each of two
+// servers at the same rate: in rounds of latencyRound handshakes, one
+// server after the other, which one goes first alternating, so that what
+// else the machine does meanwhile, and any drift, hits both alike. The
+// first round is a warm-up and not counted: the load has just changed
+// (from the closed loop, or from another row).
+func latencies(rate float64, samples int, servers [2]*hsClient) ([2][]time.Duration, error) {
+	var lat [2][]time.Duration
+	for r := 0; len(lat[0]) < samples; r++ {
+		for k := range 2 {
+			i := (r + k) % 2
+			l, err := openLoop(time.Now(), rate, min(latencyRound, samples-len(lat[i])), servers[i].once)
+			if err != nil {
+				return lat, err
+			}
+			if r > 0 {
+				lat[i] = append(lat[i], l...)
+			}
+		}
 	}
 	return lat, nil
 }
@@ -182,7 +211,7 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	for _, c := range append(svc.info.CertsPEM, localProc.info.CertsPEM...) {
 		pool.AppendCertsFromPEM([]byte(c))
 	}
-	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency from connect to the first byte read at half the edge's rate, the same rate on both servers. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients)
+	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency of %d handshakes on each server at half the edge's rate, the same rate on both, arriving at that steady rate whatever the earlier ones are doing, from the moment each was due to its first byte read, the servers taking turns every %d handshakes. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients, o.latencySamples, latencyRound)
 	fmt.Fprintln(w, "| handshake | | service round trips | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
@@ -218,18 +247,11 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 			for i, m := range modes {
 				localRate, edgeRate := res[0].rate, res[i+1].rate
 				half := edgeRate / 2
-				var localLat, edgeLat []time.Duration
-				for range o.rounds {
-					l, err := local.openLoop(half, o.duration/time.Duration(o.rounds))
-					if err != nil {
-						return fmt.Errorf("%s %s, local latency: %w", kind.name, label, err)
-					}
-					e, err := edges[i].openLoop(half, o.duration/time.Duration(o.rounds))
-					if err != nil {
-						return fmt.Errorf("%s %s, edge latency in %d round trips: %w", kind.name, label, m.trips, err)
-					}
-					localLat, edgeLat = append(localLat, l...), append(edgeLat, e...)
+				lat, err := latencies(half, o.latencySamples, [2]*hsClient{local, edges[i]})
+				if err != nil {
+					return fmt.Errorf("%s %s, latency locally and through the edge in %d round trips: %w", kind.name, label, m.trips, err)
 				}
+				localLat, edgeLat := lat[0], lat[1]
 				slices.Sort(localLat)
 				slices.Sort(edgeLat)
 				var cells [2]string
