@@ -126,7 +126,11 @@ func TestOpenSSLEarlyDataRefused(t *testing.T) {
 }
 
 // TestGnuTLSResumeTLS13: gnutls-cli --resume connects twice, the second
-// time with the engine's ticket: "This is a resumed session".
+// time with the engine's ticket: "This is a resumed session". The ticket
+// comes after the client's Finished (RFC 8446, Section 4.6.1), so
+// --waitresumption: without it gnutls-cli may take its session data and
+// close before the ticket arrives, and under load the second connection
+// was then a full handshake.
 func TestGnuTLSResumeTLS13(t *testing.T) {
 	testenv.LookPath(t, "gnutls-cli")
 	p := getPKI(t)
@@ -135,7 +139,7 @@ func TestGnuTLSResumeTLS13(t *testing.T) {
 	// The first connection ends once the client has the ticket.
 	drain := func(rc *recordConn) error { _, err := io.Copy(io.Discard, rc.conn); return err }
 	port, sessions := serveConnections(t, cfg, []KeyOps{p.keys, noKeyOps}, []func(*recordConn) error{drain, pingPong})
-	out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots, "--resume",
+	out, err := runClient(t, string(ping)+"\n", string(pong), "gnutls-cli", "--x509cafile", roots, "--resume", "--waitresumption",
 		"--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3", "--sni-hostname", "p256.example.com", "--verify-hostname", "p256.example.com",
 		"-p", port, "127.0.0.1")
 	require.NoError(t, err, out)
