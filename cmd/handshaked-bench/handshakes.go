@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -170,6 +171,34 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
 }
 
+// percentileRange is where the p-quantile of what sorted was sampled from
+// lies, at 97.5% confidence: how many of n samples fall below the quantile
+// is binomial(n, p), so the quantile lies between the order statistics
+// z = 2.24 standard deviations, sqrt(n p (1-p)), either side of rank n p
+// (the normal approximation, distribution-free). Two such ranges, of two
+// servers, give one for the difference of their quantiles at 95%.
+func percentileRange(sorted []time.Duration, p float64) (lo, hi time.Duration) {
+	n := len(sorted)
+	if n == 0 {
+		return 0, 0
+	}
+	d := 2.24 * math.Sqrt(float64(n)*p*(1-p))
+	rank := p * float64(n)
+	return sorted[max(0, int(math.Floor(rank-d)))], sorted[min(n-1, int(math.Ceil(rank+d)))]
+}
+
+// addedCell shows the p-quantiles of the local and the edge latencies and
+// their difference, with the range the difference lies in at 95%
+// confidence (percentileRange).
+func addedCell(local, edge []time.Duration, p float64) string {
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
+	added := func(d time.Duration) string { return fmt.Sprintf("%+.2f", float64(d.Microseconds())/1000) }
+	l, e := percentile(local, p), percentile(edge, p)
+	lLo, lHi := percentileRange(local, p)
+	eLo, eHi := percentileRange(edge, p)
+	return fmt.Sprintf("%s / %s (%s ms, %s to %s)", ms(l), ms(e), added(e-l), added(eLo-lHi), added(eHi-lLo))
+}
+
 // edgeMode is how the edge steps a handshake in the service.
 type edgeMode struct {
 	oneRoundTrip bool
@@ -211,10 +240,9 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	for _, c := range append(svc.info.CertsPEM, localProc.info.CertsPEM...) {
 		pool.AppendCertsFromPEM([]byte(c))
 	}
-	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency of %d handshakes on each server at half the edge's rate, the same rate on both, arriving at that steady rate whatever the earlier ones are doing, from the moment each was due to its first byte read, the servers taking turns every %d handshakes. Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients, o.latencySamples, latencyRound)
+	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency of %d handshakes on each server at half the edge's rate, the same rate on both, arriving at that steady rate whatever the earlier ones are doing, from the moment each was due to its first byte read, the servers taking turns every %d handshakes; in brackets the latency the edge adds and the range it lies in at 95%% confidence (from the order statistics of the samples). Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients, o.latencySamples, latencyRound)
 	fmt.Fprintln(w, "| handshake | | service round trips | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
 	for _, kind := range hsKinds {
 		for _, resumed := range []bool{false, true} {
 			label := "full"
@@ -254,13 +282,8 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 				localLat, edgeLat := lat[0], lat[1]
 				slices.Sort(localLat)
 				slices.Sort(edgeLat)
-				var cells [2]string
-				for j, p := range []float64{0.50, 0.99} {
-					l, e := percentile(localLat, p), percentile(edgeLat, p)
-					cells[j] = fmt.Sprintf("%s / %s (%+.2f ms)", ms(l), ms(e), float64((e-l).Microseconds())/1000)
-				}
 				fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %.2f× | %.0f / %.0f (%.2f×) | %s/s | %s | %s |\n", kind.name, label, m.trips, si(localRate), si(edgeRate), edgeRate/localRate,
-					res[0].cpu*1e6, res[i+1].cpu*1e6, res[0].cpu/res[i+1].cpu, si(half), cells[0], cells[1])
+					res[0].cpu*1e6, res[i+1].cpu*1e6, res[0].cpu/res[i+1].cpu, si(half), addedCell(localLat, edgeLat, 0.50), addedCell(localLat, edgeLat, 0.99))
 			}
 		}
 	}
