@@ -287,7 +287,8 @@ type StepResult struct {
 	Alert            []byte
 	AlertDescription Alert
 	Reason           string
-	// Trace lists the messages consumed and produced in this step.
+	// Trace lists the messages consumed and produced in this step; it is
+	// empty when the Handshake omits it (OmitTrace).
 	Trace []TraceEvent
 }
 
