@@ -176,26 +176,32 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 // is binomial(n, p), so the quantile lies between the order statistics
 // z = 2.24 standard deviations, sqrt(n p (1-p)), either side of rank n p
 // (the normal approximation, distribution-free). Two such ranges, of two
-// servers, give one for the difference of their quantiles at 95%.
-func percentileRange(sorted []time.Duration, p float64) (lo, hi time.Duration) {
+// servers, give one for the difference of their quantiles at 95%. Too few
+// samples have no order statistic at one of those ranks (for a p99, 500
+// or fewer): then ok is false, as the quantile may lie beyond the samples.
+func percentileRange(sorted []time.Duration, p float64) (lo, hi time.Duration, ok bool) {
 	n := len(sorted)
-	if n == 0 {
-		return 0, 0
-	}
 	d := 2.24 * math.Sqrt(float64(n)*p*(1-p))
 	rank := p * float64(n)
-	return sorted[max(0, int(math.Floor(rank-d)))], sorted[min(n-1, int(math.Ceil(rank+d)))]
+	l, h := int(math.Floor(rank-d)), int(math.Ceil(rank+d))
+	if l < 0 || h >= n {
+		return 0, 0, false
+	}
+	return sorted[l], sorted[h], true
 }
 
 // addedCell shows the p-quantiles of the local and the edge latencies and
 // their difference, with the range the difference lies in at 95%
-// confidence (percentileRange).
+// confidence (percentileRange), if there are samples enough for one.
 func addedCell(local, edge []time.Duration, p float64) string {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d.Microseconds())/1000) }
 	added := func(d time.Duration) string { return fmt.Sprintf("%+.2f", float64(d.Microseconds())/1000) }
 	l, e := percentile(local, p), percentile(edge, p)
-	lLo, lHi := percentileRange(local, p)
-	eLo, eHi := percentileRange(edge, p)
+	lLo, lHi, lOK := percentileRange(local, p)
+	eLo, eHi, eOK := percentileRange(edge, p)
+	if !lOK || !eOK {
+		return fmt.Sprintf("%s / %s (%s ms, too few samples for a range)", ms(l), ms(e), added(e-l))
+	}
 	return fmt.Sprintf("%s / %s (%s ms, %s to %s)", ms(l), ms(e), added(e-l), added(eLo-lHi), added(eHi-lLo))
 }
 

@@ -72,12 +72,14 @@ func TestPercentileRange(t *testing.T) {
 	for i := range 2000 {
 		lat = append(lat, time.Duration(i+1)*time.Millisecond)
 	}
-	lo, hi := percentileRange(lat, 0.99)
+	lo, hi, ok := percentileRange(lat, 0.99)
+	require.True(t, ok)
 	assert.Equal(t, 1971*time.Millisecond, lo)
 	assert.Equal(t, 1991*time.Millisecond, hi)
-	lo, hi = percentileRange(lat[:10], 0.99)
-	assert.Equal(t, 10*time.Millisecond, lo, "clamped")
-	assert.Equal(t, 10*time.Millisecond, hi, "clamped")
+	_, _, ok = percentileRange(lat[:500], 0.99)
+	assert.False(t, ok, "the p99 of 500 samples may lie beyond the slowest")
+	_, _, ok = percentileRange(nil, 0.5)
+	assert.False(t, ok)
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	quantile := time.Duration(-math.Log(0.01) * float64(time.Millisecond)) // of Exp(1/ms)
@@ -88,7 +90,7 @@ func TestPercentileRange(t *testing.T) {
 			s[i] = time.Duration(rng.ExpFloat64() * float64(time.Millisecond))
 		}
 		slices.Sort(s)
-		if lo, hi := percentileRange(s, 0.99); lo <= quantile && quantile <= hi {
+		if lo, hi, _ := percentileRange(s, 0.99); lo <= quantile && quantile <= hi {
 			held++
 		}
 	}
@@ -103,4 +105,5 @@ func TestAddedCell(t *testing.T) {
 		edge = append(edge, time.Duration(i+1)*time.Millisecond/100+time.Millisecond)
 	}
 	assert.Equal(t, "19.81 / 20.81 (+1.00 ms, +0.80 to +1.20)", addedCell(local, edge, 0.99))
+	assert.Equal(t, "0.10 / 1.10 (+1.00 ms, too few samples for a range)", addedCell(local[:10], edge[:10], 0.99))
 }
