@@ -37,6 +37,15 @@ func TestOpenLoopCountsFromDue(t *testing.T) {
 	}
 }
 
+// TestSleepUntil: it sleeps until the time, not less.
+func TestSleepUntil(t *testing.T) {
+	for _, d := range []time.Duration{-time.Millisecond, 0, 50 * time.Microsecond, 300 * time.Microsecond, 20 * time.Millisecond} {
+		due := time.Now().Add(d)
+		sleepUntil(due)
+		assert.False(t, time.Now().Before(due), "woke before %v", d)
+	}
+}
+
 // TestOpenLoopPaced: operations start at the rate whatever the earlier ones
 // are doing (open loop): of ten that each take 300 ms, due every 10 ms,
 // most run at once (a closed loop would run one); and the first error is
