@@ -8,11 +8,15 @@ import (
 	"io"
 	"math"
 	"net"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/handshaked/handshaked/internal/procstat"
 )
 
 // hsKind is one kind of TLS handshake the clients ask for.
@@ -156,27 +160,80 @@ func sleepUntil(t time.Time) {
 // server before the other takes over.
 const latencyRound = 100
 
-// latencies measures the latency of samples handshakes on each of two
-// servers at the same rate: in rounds of latencyRound handshakes, one
+// watched is, for -latency-detail, the processes of one server of a
+// latency measurement (the clients' and the server's) and what the kernel's
+// scheduler did with them during that server's counted turns.
+type watched struct {
+	pids  []int
+	sched []procstat.Scheduling // by pid
+}
+
+// scheduling reads the Scheduling of each of pids.
+func scheduling(pids []int) ([]procstat.Scheduling, error) {
+	out := make([]procstat.Scheduling, len(pids))
+	for i, pid := range pids {
+		var err error
+		if out[i], err = procstat.SchedulingOf(pid); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// latencies measures the latency of samples handshakes (ops) on each of
+// two servers at the same rate: in rounds of latencyRound handshakes, one
 // server after the other, which one goes first alternating, so that what
 // else the machine does meanwhile, and any drift, hits both alike. The
 // first round is a warm-up and not counted: the load has just changed
-// (from the closed loop, or from another row).
-func latencies(rate float64, samples int, servers [2]*hsClient) ([2][]time.Duration, error) {
+// (from the closed loop, or from another row). With watch, it also sums
+// the scheduling of each server's processes over its counted turns.
+func latencies(rate float64, samples int, ops [2]func() error, watch *[2]watched) ([2][]time.Duration, error) {
 	var lat [2][]time.Duration
 	for r := 0; len(lat[0]) < samples; r++ {
 		for k := range 2 {
 			i := (r + k) % 2
-			l, err := openLoop(time.Now(), rate, min(latencyRound, samples-len(lat[i])), servers[i].once)
+			var before []procstat.Scheduling
+			if watch != nil {
+				var err error
+				if before, err = scheduling(watch[i].pids); err != nil {
+					return lat, err
+				}
+			}
+			l, err := openLoop(time.Now(), rate, min(latencyRound, samples-len(lat[i])), ops[i])
 			if err != nil {
 				return lat, err
 			}
-			if r > 0 {
-				lat[i] = append(lat[i], l...)
+			if r == 0 {
+				continue
+			}
+			lat[i] = append(lat[i], l...)
+			if watch != nil {
+				after, err := scheduling(watch[i].pids)
+				if err != nil {
+					return lat, err
+				}
+				if watch[i].sched == nil {
+					watch[i].sched = make([]procstat.Scheduling, len(after))
+				}
+				for j := range after {
+					d := after[j].Sub(before[j])
+					watch[i].sched[j].RunQueueWait += d.RunQueueWait
+					watch[i].sched[j].Wakeups += d.Wakeups
+				}
 			}
 		}
 	}
 	return lat, nil
+}
+
+// schedulingCells shows each process's run-queue wait and wake-ups per
+// handshake.
+func schedulingCells(w watched, handshakes int) []string {
+	var cells []string
+	for _, s := range w.sched {
+		cells = append(cells, fmt.Sprintf("%.0f µs, %.1f", float64(s.RunQueueWait.Microseconds())/float64(handshakes), float64(s.Wakeups)/float64(handshakes)))
+	}
+	return cells
 }
 
 func percentile(sorted []time.Duration, p float64) time.Duration {
@@ -264,6 +321,8 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency of %d handshakes on each server at half the edge's rate, the same rate on both, arriving at that steady rate whatever the earlier ones are doing, from the moment each was due to its first byte read, the servers taking turns every %d handshakes; in brackets the latency the edge adds and the range it lies in at 95%% confidence (from the order statistics of the samples). Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients, o.latencySamples, latencyRound)
 	fmt.Fprintln(w, "| handshake | | service round trips | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	// -latency-detail's rows, shown after the table.
+	var details []string
 	for _, kind := range hsKinds {
 		for _, resumed := range []bool{false, true} {
 			label := "full"
@@ -296,7 +355,12 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 			for i, m := range modes {
 				localRate, edgeRate := res[0].rate, res[i+1].rate
 				half := edgeRate / 2
-				lat, err := latencies(half, o.latencySamples, [2]*hsClient{local, edges[i]})
+				var watch *[2]watched
+				if o.latencyDetail {
+					self := os.Getpid()
+					watch = &[2]watched{{pids: []int{self, localProc.pid()}}, {pids: []int{self, edgeProc.pid(), svc.pid()}}}
+				}
+				lat, err := latencies(half, o.latencySamples, [2]func() error{local.once, edges[i].once}, watch)
 				if err != nil {
 					return fmt.Errorf("%s %s, latency locally and through the edge in %d round trips: %w", kind.name, label, m.trips, err)
 				}
@@ -305,9 +369,23 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 				slices.Sort(edgeLat)
 				fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %.2f× | %.0f / %.0f (%.2f×) | %s/s | %s | %s |\n", kind.name, label, m.trips, si(localRate), si(edgeRate), edgeRate/localRate,
 					res[0].cpu*1e6, res[i+1].cpu*1e6, res[0].cpu/res[i+1].cpu, si(half), addedCell(localLat, edgeLat, 0.50), addedCell(localLat, edgeLat, 0.99))
+				if watch != nil {
+					cells := append(schedulingCells(watch[0], len(localLat)), schedulingCells(watch[1], len(edgeLat))...)
+					details = append(details, fmt.Sprintf("| %s | %s | %d | %s |", kind.name, label, m.trips, strings.Join(cells, " | ")))
+				}
 			}
 		}
 	}
 	fmt.Fprintln(w)
+	if len(details) > 0 {
+		fmt.Fprintln(w, "Where the handshakes of the latency measurement waited (-latency-detail): per handshake, the time the threads of each process spent runnable, waiting for a CPU, and how often they slept and were woken; the clients are this process, during that server's turns.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| handshake | | service round trips | local turns: clients | local server | edge turns: clients | edge | service |")
+		fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|")
+		for _, d := range details {
+			fmt.Fprintln(w, d)
+		}
+		fmt.Fprintln(w)
+	}
 	return nil
 }

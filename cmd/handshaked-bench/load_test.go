@@ -4,8 +4,11 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,4 +118,41 @@ func TestAddedCell(t *testing.T) {
 	}
 	assert.Equal(t, "19.81 / 20.81 (+1.00 ms, +0.80 to +1.20)", addedCell(local, edge, 0.99))
 	assert.Equal(t, "0.10 / 1.10 (+1.00 ms, too few samples for a range)", addedCell(local[:10], edge[:10], 0.99))
+}
+
+// TestLatencies: samples latencies of each of two servers, in turns of
+// latencyRound, which one goes first alternating, after a warm-up round
+// that is not counted; with watch, the scheduling of the watched
+// processes (here this one, whose operations sleep) in the counted turns.
+func TestLatencies(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		turns []int // the server of each turn, as the operations ran
+		sizes []int // how many operations each turn made
+	)
+	op := func(server int) func() error {
+		return func() error {
+			mu.Lock()
+			if len(turns) == 0 || turns[len(turns)-1] != server {
+				turns, sizes = append(turns, server), append(sizes, 0)
+			}
+			sizes[len(sizes)-1]++
+			mu.Unlock()
+			ts := syscall.NsecToTimespec(int64(100 * time.Microsecond))
+			return syscall.Nanosleep(&ts, nil)
+		}
+	}
+	watch := [2]watched{{pids: []int{os.Getpid()}}, {pids: []int{os.Getpid()}}}
+	lat, err := latencies(5000, 150, [2]func() error{op(0), op(1)}, &watch)
+	require.NoError(t, err)
+	// Rounds 0 1 (warm-up), 1 0, 0 1 (the last 50 each): a server's two
+	// turns in a row show as one.
+	assert.Equal(t, []int{0, 1, 0, 1}, turns, "servers in turn")
+	assert.Equal(t, []int{100, 200, 150, 50}, sizes, "operations per turn")
+	for i := range 2 {
+		assert.Len(t, lat[i], 150, "server %d", i)
+		require.Len(t, watch[i].sched, 1)
+		assert.GreaterOrEqual(t, watch[i].sched[0].Wakeups, int64(150), "server %d: wake-ups of the counted operations", i)
+		assert.Len(t, schedulingCells(watch[i], len(lat[i])), 1)
+	}
 }
