@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,6 +77,53 @@ func TestDialBalancesOverAList(t *testing.T) {
 	}
 }
 
+// TestStreamedCallsSpreadOverReplicas: Sign calls on long-lived streams,
+// coalesced into batches (the default) or one message each, reach every
+// replica of a list: a stream stays on the replica it was opened on, so
+// the client keeps several and takes them in turn.
+func TestStreamedCallsSpreadOverReplicas(t *testing.T) {
+	for name, opts := range map[string][]handshaked.Option{
+		"coalesced":    nil,
+		"sign streams": {handshaked.WithoutCoalescing()},
+	} {
+		t.Run(name, func(t *testing.T) {
+			replicas, target := startReplicas(t)
+			c, err := handshaked.Dial(target, append(opts, handshaked.WithInsecure())...)
+			require.NoError(t, err)
+			defer c.Close()
+			ctx := context.Background()
+			// Unary calls until every replica is connected, so that the
+			// streams, opened later, are placed over all three.
+			digest := sha256.Sum256([]byte("balanced"))
+			unary := &pb.SignRequest{Key: "k", Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}
+			require.Eventually(t, func() bool {
+				if _, err = c.KeyVault().Sign(ctx, unary); err != nil {
+					return true
+				}
+				return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
+			}, 10*time.Second, time.Millisecond)
+			require.NoError(t, err)
+			var before [3]float64
+			for i, r := range replicas {
+				before[i] = signs(t, r)
+			}
+			const callers, calls = 8, 50
+			var wg sync.WaitGroup
+			for range callers {
+				wg.Go(func() {
+					for range calls {
+						assert.NoError(t, sign(ctx, c))
+					}
+				})
+			}
+			wg.Wait()
+			for i, r := range replicas {
+				assert.GreaterOrEqual(t, signs(t, r)-before[i], 0.1*callers*calls, "replica %d's share of %d streamed signatures", i, callers*calls)
+			}
+		})
+	}
+}
+
 // TestDialTargets: a list must be of host:port; a single address and a
 // gRPC target go to gRPC as they are.
 func TestDialTargets(t *testing.T) {
@@ -95,20 +143,23 @@ func TestDialTargets(t *testing.T) {
 // TestFailoverUnderLoad: under a steady load of Sign and GetKey calls, a
 // replica killed (its connections cut, calls in flight included) costs the
 // callers nothing: the calls it dropped are retried on the others, unary or
-// sent over a SignStream that broke. Once restarted, it gets calls again.
+// sent over a SignStream or a BatchStream that broke. Once restarted, it
+// gets calls again.
 func TestFailoverUnderLoad(t *testing.T) {
 	for _, tc := range []struct {
 		name                 string
 		retries, signStreams int
+		options              []handshaked.Option
 	}{
-		{"retried", handshaked.DefaultRetries, 0},
-		{"retried, signing over streams", handshaked.DefaultRetries, handshaked.DefaultSignStreams},
-		{"not retried", 0, 0},
+		{"retried", handshaked.DefaultRetries, 0, nil},
+		{"retried, signing over streams", handshaked.DefaultRetries, handshaked.DefaultSignStreams, []handshaked.Option{handshaked.WithoutCoalescing()}},
+		{"retried, signing in coalesced batches", handshaked.DefaultRetries, handshaked.DefaultSignStreams, nil},
+		{"not retried", 0, 0, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			replicas, target := startReplicas(t)
-			c, err := handshaked.Dial(target, handshaked.WithInsecure(), handshaked.WithSignStreams(tc.signStreams), handshaked.WithSignStreamAge(100*time.Millisecond),
-				handshaked.WithRetries(tc.retries, handshaked.DefaultRetryBackoff))
+			c, err := handshaked.Dial(target, append(tc.options, handshaked.WithInsecure(), handshaked.WithSignStreams(tc.signStreams), handshaked.WithSignStreamAge(100*time.Millisecond),
+				handshaked.WithRetries(tc.retries, handshaked.DefaultRetryBackoff))...)
 			require.NoError(t, err)
 			defer c.Close()
 			load := servicetest.StartLoad(t, 8, func(ctx context.Context, g int) error {

@@ -110,8 +110,8 @@ func startBenchServer(b *testing.B) string {
 
 // BenchmarkKeyless signs ECDSA P-256 and decrypts RSA-2048 TLS premasters
 // through the keyless crypto.Signer/crypto.Decrypter against a service in
-// another process, over unary RPCs, over SignStreams (the default) and in
-// batches of 16, with the same vault operation in-process as the baseline,
+// another process, over unary RPCs, over SignStreams, coalesced into
+// batches on a BatchStream (the default) and in batches of 16, with the same vault operation in-process as the baseline,
 // in one run, at 8 and 64 concurrent callers (SetParallelism × 2 cores):
 //
 //	go test -run '^$' -bench Keyless -benchtime 2s ./clients/go/
@@ -122,7 +122,7 @@ func BenchmarkKeyless(b *testing.B) {
 	require.NoError(b, err)
 	b.Cleanup(func() { local.Close() })
 	digest := sha256.Sum256([]byte("benchmark"))
-	pub, _, err := dialBench(b, addr, 0).PublicKey(ctx, "rsa", 0)
+	pub, _, err := dialBench(b, addr).PublicKey(ctx, "rsa", 0)
 	require.NoError(b, err)
 	pm := make([]byte, 48)
 	rand.Read(pm)
@@ -131,15 +131,21 @@ func BenchmarkKeyless(b *testing.B) {
 	pmOpts := &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 48}
 
 	signers := map[string]crypto.Signer{}
-	for name, streams := range map[string]int{"unary": 0, "stream": handshaked.DefaultSignStreams} {
-		c := dialBench(b, addr, streams)
+	// watch sees the batches the coalescing client forms.
+	var watch batchWatch
+	for name, opts := range map[string][]handshaked.Option{
+		"unary":     {handshaked.WithSignStreams(0)},
+		"stream":    {handshaked.WithoutCoalescing()},
+		"coalesced": {watch.option()},
+	} {
+		c := dialBench(b, addr, opts...)
 		for _, id := range []string{"ec", "rsa"} {
 			s, err := keyless.New(ctx, c, id, 0)
 			require.NoError(b, err)
 			signers[name+"/"+id] = s
 		}
 	}
-	batcher := dialBench(b, addr, 0).KeyVault()
+	batcher := dialBench(b, addr).KeyVault()
 	const batchSize = 16
 	batchOf := func(op *pb.BatchOperation) *pb.BatchRequest {
 		r := &pb.BatchRequest{}
@@ -178,9 +184,15 @@ func BenchmarkKeyless(b *testing.B) {
 		for _, par := range o.par {
 			prefix := fmt.Sprintf("%s/c%d/", o.name, par*2)
 			b.Run(prefix+"in-process", func(b *testing.B) { runParallel(b, par, o.local) })
-			for _, via := range []string{"unary", "stream"} {
+			for _, via := range []string{"unary", "stream", "coalesced"} {
 				s := signers[via+"/"+o.key]
-				b.Run(prefix+via, func(b *testing.B) { runParallel(b, par, func() error { return o.call(s) }) })
+				b.Run(prefix+via, func(b *testing.B) {
+					before := len(watch.batches())
+					runParallel(b, par, func() error { return o.call(s) })
+					if n := len(watch.batches()) - before; via == "coalesced" && n > 0 {
+						b.ReportMetric(float64(b.N)/float64(n), "ops/batch")
+					}
+				})
 			}
 			// ns/op is per operation: each call carries batchSize.
 			b.Run(prefix+"batch16", func(b *testing.B) {
@@ -216,9 +228,9 @@ func runParallel(b *testing.B, par int, op func() error) {
 	})
 }
 
-func dialBench(b *testing.B, addr string, streams int) *handshaked.Client {
+func dialBench(b *testing.B, addr string, opts ...handshaked.Option) *handshaked.Client {
 	b.Helper()
-	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithSignStreams(streams))
+	c, err := handshaked.Dial(addr, append(opts, handshaked.WithInsecure())...)
 	require.NoError(b, err)
 	b.Cleanup(func() { c.Close() })
 	return c

@@ -36,7 +36,9 @@ type Client struct {
 	vault   pb.KeyVaultClient
 	hs      pb.HandshakeClient
 	admin   pb.AdminClient
-	ops     *streamOps    // Sign and Decrypt; nil: unary calls only
+	batches *batchOps     // Sign and Decrypt, coalesced; nil: unary calls only
+	ops     *streamOps    // Sign and Decrypt where the service has no BatchStream
+	mux     *handshakeMux // MultiplexedHandshake; nil: a Stream per handshake
 	timeout time.Duration // bounds streamed calls as deadlineInterceptor does unary ones
 }
 
@@ -51,6 +53,8 @@ type options struct {
 	dialOptions []grpc.DialOption
 	signStreams int
 	streamAge   time.Duration
+	noCoalesce  bool
+	hsStreams   int
 }
 
 // Option configures Dial.
@@ -100,19 +104,37 @@ func WithKeepalive(interval, timeout time.Duration) Option {
 	}
 }
 
-// WithSignStreams sets how many long-lived SignStreams carry Sign and
-// Decrypt (default DefaultSignStreams; 0: every call is a unary RPC).
-// Calls share the streams, so concurrent calls cost one message each
-// instead of one RPC; a call whose stream breaks goes again as a unary RPC.
+// WithSignStreams sets how many long-lived streams carry Sign and Decrypt
+// (default DefaultSignStreams; 0: every call is a unary RPC, without
+// coalescing either): BatchStreams, each batch on the next in turn, or
+// SignStreams where the service has no BatchStream or WithoutCoalescing.
+// Each stream stays on the replica it was opened on, so several spread
+// the calls over a fleet. Calls share the streams, so concurrent calls
+// cost one message each (or a share of one batch) instead of one RPC; a
+// call whose stream breaks goes again as a unary RPC.
 func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n } }
 
-// WithSignStreamAge sets how long a SignStream takes new calls (default
-// DefaultSignStreamAge); then the next call opens another in its place
-// and the old one ends once it has answered. A stream stays on the
+// WithSignStreamAge sets how long a SignStream or BatchStream takes new
+// calls (default DefaultSignStreamAge); then the next call opens another
+// in its place and the old one ends once it has answered. A stream stays on the
 // replica it was opened on: this is how soon a replica that joins, or
 // comes back, gets its share of streamed Sign and Decrypt calls (0: a
-// stream is kept until it ends).
+// stream is kept until it ends). It applies to the Multiplex streams of
+// MultiplexedHandshake too, each of which ends once its last handshake
+// has.
 func WithSignStreamAge(d time.Duration) Option { return func(o *options) { o.streamAge = d } }
+
+// WithoutCoalescing sends each Sign and Decrypt as a message of its own
+// on the SignStreams. By default calls are coalesced: concurrent calls go
+// together in batches on long-lived BatchStreams, a call waiting only
+// while others are in flight (never for a timer), which costs both
+// processes less CPU per operation the more calls come together.
+func WithoutCoalescing() Option { return func(o *options) { o.noCoalesce = true } }
+
+// WithHandshakeStreams sets how many long-lived Multiplex streams carry
+// the handshakes of MultiplexedHandshake (default DefaultHandshakeStreams;
+// 0: a Stream per handshake).
+func WithHandshakeStreams(n int) Option { return func(o *options) { o.hsStreams = n } }
 
 // WithDialOptions adds raw gRPC dial options.
 func WithDialOptions(opts ...grpc.DialOption) Option {
@@ -124,7 +146,7 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // are balanced round-robin over every address the target names or its name
 // resolves to; a replica that fails leaves the rotation until it is back.
 func Dial(target string, opts ...Option) (*Client, error) {
-	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, streamAge: DefaultSignStreamAge, retries: DefaultRetries, backoff: DefaultRetryBackoff}
+	o := options{timeout: 10 * time.Second, signStreams: DefaultSignStreams, hsStreams: DefaultHandshakeStreams, streamAge: DefaultSignStreamAge, retries: DefaultRetries, backoff: DefaultRetryBackoff}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -159,21 +181,30 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("handshaked: dial %s: %w", target, err)
 	}
-	c := newClient(conn, o.signStreams, o.streamAge)
+	c := newClient(conn, o.signStreams, o.hsStreams, o.streamAge, !o.noCoalesce)
 	c.conn, c.timeout = conn, o.timeout
+	if c.batches != nil {
+		c.batches.timeout = o.timeout
+	}
 	return c, nil
 }
 
 // New wraps an existing connection, whose own options apply (Dial's
 // deadlines and retries do not); the caller keeps closing it.
 func New(conn grpc.ClientConnInterface) *Client {
-	return newClient(conn, DefaultSignStreams, DefaultSignStreamAge)
+	return newClient(conn, DefaultSignStreams, DefaultHandshakeStreams, DefaultSignStreamAge, true)
 }
 
-func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Duration) *Client {
+func newClient(conn grpc.ClientConnInterface, signStreams, hsStreams int, streamAge time.Duration, coalesce bool) *Client {
 	c := &Client{vault: pb.NewKeyVaultClient(conn), hs: pb.NewHandshakeClient(conn), admin: pb.NewAdminClient(conn)}
 	if signStreams > 0 {
 		c.ops = newStreamOps(c.vault, signStreams, streamAge)
+	}
+	if signStreams > 0 && coalesce {
+		c.batches = newBatchOps(c.vault, signStreams, streamAge)
+	}
+	if hsStreams > 0 {
+		c.mux = newHandshakeMux(c.hs, hsStreams, streamAge)
 	}
 	return c
 }
@@ -182,6 +213,12 @@ func newClient(conn grpc.ClientConnInterface, signStreams int, streamAge time.Du
 func (c *Client) Close() error {
 	if c.ops != nil {
 		c.ops.close()
+	}
+	if c.batches != nil {
+		c.batches.close()
+	}
+	if c.mux != nil {
+		c.mux.close()
 	}
 	if c.conn == nil {
 		return nil

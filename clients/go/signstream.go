@@ -150,16 +150,24 @@ func (s *opStream) receive(st *openStream, cancel context.CancelFunc) {
 	}
 }
 
-// sign signs over a stream, or unary when the stream is lost.
+// sign signs in a coalesced batch, over a SignStream where the service
+// has no BatchStream (or without coalescing), or unary when the stream is
+// lost.
 func (c *Client) sign(ctx context.Context, req *pb.SignRequest) (*pb.SignResponse, error) {
+	if r, err := c.batched(ctx, &pb.BatchOperation{Operation: &pb.BatchOperation_Sign{Sign: req}}); !errors.Is(err, errStreamLost) {
+		return r.GetSign(), err
+	}
 	if resp, err := c.streamed(ctx, &pb.SignStreamRequest{Request: req}); !errors.Is(err, errStreamLost) {
 		return resp.GetResponse(), err
 	}
 	return c.vault.Sign(ctx, req)
 }
 
-// decrypt decrypts over a stream, or unary when the stream is lost.
+// decrypt decrypts as sign signs.
 func (c *Client) decrypt(ctx context.Context, req *pb.DecryptRequest) (*pb.DecryptResponse, error) {
+	if r, err := c.batched(ctx, &pb.BatchOperation{Operation: &pb.BatchOperation_Decrypt{Decrypt: req}}); !errors.Is(err, errStreamLost) {
+		return r.GetDecrypt(), err
+	}
 	if resp, err := c.streamed(ctx, &pb.SignStreamRequest{Decrypt: req}); !errors.Is(err, errStreamLost) {
 		return resp.GetDecrypt(), err
 	}
@@ -172,11 +180,8 @@ func (c *Client) streamed(ctx context.Context, req *pb.SignStreamRequest) (*pb.S
 	if c.ops == nil {
 		return nil, errStreamLost
 	}
-	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
+	ctx, cancel := c.bounded(ctx)
+	defer cancel()
 	resp, err := c.ops.do(ctx, req)
 	if err != nil {
 		return nil, err
@@ -185,4 +190,13 @@ func (c *Client) streamed(ctx context.Context, req *pb.SignStreamRequest) (*pb.S
 		return nil, status.Error(codes.Code(e.GetCode()), e.GetMessage())
 	}
 	return resp, nil
+}
+
+// bounded bounds ctx by the client's timeout, as deadlineInterceptor
+// bounds unary calls, unless it has a deadline already.
+func (c *Client) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
+		return context.WithTimeout(ctx, c.timeout)
+	}
+	return ctx, func() {}
 }

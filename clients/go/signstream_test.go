@@ -137,20 +137,22 @@ func (f streamFixture) signAndDecrypt(t *testing.T, c *handshaked.Client, n int)
 	require.Zero(t, bad.Load())
 }
 
-// TestSignStreamsCarryKeyOperations: concurrent Sign and Decrypt calls of
-// the SDK (and so of the keyless Signer and Decrypter) all travel over a
-// few long-lived SignStreams, none as a unary RPC, and each caller gets
-// its own answer; an error answer is the call's error.
+// TestSignStreamsCarryKeyOperations: without coalescing, concurrent Sign
+// and Decrypt calls of the SDK (and so of the keyless Signer and
+// Decrypter) all travel over a few long-lived SignStreams, none as a unary
+// RPC, and each caller gets its own answer; an error answer is the call's
+// error.
 func TestSignStreamsCarryKeyOperations(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
 	var cc callCounter
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), cc.options())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithoutCoalescing(), cc.options())
 	require.NoError(t, err)
 	defer c.Close()
 	f.signAndDecrypt(t, c, 64)
 	assert.Zero(t, cc.get(pb.KeyVault_Sign_FullMethodName), "unary Sign calls")
 	assert.Zero(t, cc.get(pb.KeyVault_Decrypt_FullMethodName), "unary Decrypt calls")
 	assert.LessOrEqual(t, cc.get(pb.KeyVault_SignStream_FullMethodName), handshaked.DefaultSignStreams, "streams opened")
+	assert.Zero(t, cc.get(pb.KeyVault_BatchStream_FullMethodName), "batch streams opened")
 
 	_, _, err = c.Sign(context.Background(), "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, []byte("m"), nil)
 	assert.Equal(t, codes.InvalidArgument, status.Code(err), "an Ed25519 scheme with a P-256 key: %v", err)
@@ -165,7 +167,7 @@ func TestSignStreamsCarryKeyOperations(t *testing.T) {
 func TestSignStreamsReopenAfterIdle(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{StreamIdleTimeout: 100 * time.Millisecond})
 	var cc callCounter
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), cc.options())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithoutCoalescing(), handshaked.WithSignStreams(1), cc.options())
 	require.NoError(t, err)
 	defer c.Close()
 	f.signAndDecrypt(t, c, 1)
@@ -180,7 +182,7 @@ func TestSignStreamsReopenAfterIdle(t *testing.T) {
 func TestSignStreamsFallBackToUnary(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
 	cc := callCounter{breakAfter: 3}
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), cc.options())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithoutCoalescing(), handshaked.WithSignStreams(1), cc.options())
 	require.NoError(t, err)
 	defer c.Close()
 	f.signAndDecrypt(t, c, 32)
@@ -203,7 +205,7 @@ func TestSignStreamsFallBackToUnary(t *testing.T) {
 func TestSignStreamsRetireWithAge(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
 	var cc callCounter
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithSignStreamAge(50*time.Millisecond), cc.options())
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithoutCoalescing(), handshaked.WithSignStreams(1), handshaked.WithSignStreamAge(50*time.Millisecond), cc.options())
 	require.NoError(t, err)
 	defer c.Close()
 	_, _, err = c.Sign(context.Background(), "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)

@@ -110,10 +110,17 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		local.Close()
 		return nil, nil, nil, err
 	}
-	streamed, err := handshaked.Dial(grpcAddr, handshaked.WithInsecure())
+	streamed, err := handshaked.Dial(grpcAddr, handshaked.WithInsecure(), handshaked.WithoutCoalescing())
 	if err != nil {
 		local.Close()
 		unary.Close()
+		return nil, nil, nil, err
+	}
+	coalesced, err := handshaked.Dial(grpcAddr, handshaked.WithInsecure())
+	if err != nil {
+		local.Close()
+		unary.Close()
+		streamed.Close()
 		return nil, nil, nil, err
 	}
 	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: maxConc, MaxConnsPerHost: maxConc}, Timeout: 30 * time.Second}
@@ -121,6 +128,7 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		local.Close()
 		unary.Close()
 		streamed.Close()
+		coalesced.Close()
 		httpClient.CloseIdleConnections()
 	}
 	viaClient := func(c *handshaked.Client) func(context.Context, keyOp, int) (int, error) {
@@ -204,6 +212,7 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		{"SignStream", viaClient(streamed), nil},
 		{fmt.Sprintf("Batch (≤%d)", batchSize), batch, func(c int) int { return (c + batchSize - 1) / batchSize }},
 		{"REST", restCall, nil},
+		{"coalesced", viaClient(coalesced), nil},
 	}
 	ops, err := keyOps(ctx, unary, local)
 	for i := 0; err == nil && i < len(ops); i++ {
@@ -224,7 +233,7 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc ch
 		return err
 	}
 	defer cleanup()
-	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d.\n\n", batchSize)
+	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d; SignStream is the Go SDK's Sign without coalescing, one message per operation; coalesced is its default, concurrent calls coalesced into batches on one BatchStream.\n\n", batchSize)
 	header := "| operation | callers |"
 	rule := "|---|---:|"
 	for _, t := range ts {

@@ -76,7 +76,7 @@ func TestREADMEProduction(t *testing.T) {
 	audit, err := os.ReadFile(filepath.Join(clone, "fleet", "audit.log"))
 	require.NoError(t, err)
 	assert.Contains(t, string(audit), `"caller":"spiffe://example.org/edge","peer":"127.0.0.1:`, "the edge's handshakes are audited under its identity")
-	assert.Contains(t, string(audit), `"operation":"Handshake.Stream"`, "the handshake through the edge ran in the service")
+	assert.Contains(t, string(audit), `"operation":"Handshake.Multiplex"`, "the handshake through the edge ran in the service, on a shared stream")
 	checkReplicasOutput(t, got)
 }
 

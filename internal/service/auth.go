@@ -78,7 +78,8 @@ var rules = map[string]rule{
 	}},
 	// Each operation of a batch needs use on its key: the handler checks
 	// them one by one (guard.batchItem), so one refusal fails only its own.
-	pb.KeyVault_Batch_FullMethodName: {authz.Use, func(any) []target { return []target{} }},
+	pb.KeyVault_Batch_FullMethodName:       {authz.Use, func(any) []target { return []target{} }},
+	pb.KeyVault_BatchStream_FullMethodName: {authz.Use, func(any) []target { return []target{} }},
 	pb.Handshake_StartHandshake_FullMethodName: {authz.Use, func(m any) []target {
 		if r, ok := m.(*pb.StartHandshakeRequest); ok {
 			return handshakeKeys(r)
@@ -103,6 +104,10 @@ var rules = map[string]rule{
 		}
 		return handshakeKeys(r.GetStart())
 	}},
+	// Each request of a Multiplex stream is admitted by the handler as a
+	// message of a handshake Stream would be (guard.muxItem), so that a
+	// refusal ends its own handshake, not the stream with all the others.
+	pb.Handshake_Multiplex_FullMethodName: {},
 	// The vault as a whole (its KEK, its backups): admins only.
 	pb.Admin_GetKEKStatus_FullMethodName: adminOnly,
 	pb.Admin_RotateKEK_FullMethodName:    adminOnly,
@@ -415,7 +420,13 @@ func sizeError(msg any) error {
 		return sizeError(r.GetRequest())
 	case *pb.BatchRequest:
 		return checkBatch(r)
+	case *pb.BatchStreamRequest:
+		return checkBatch(r.GetBatch())
 	case *pb.StreamRequest:
+		if s := r.GetStart(); s != nil {
+			return sizeError(s)
+		}
+	case *pb.MultiplexRequest:
 		if s := r.GetStart(); s != nil {
 			return sizeError(s)
 		}
@@ -578,6 +589,9 @@ func (s *guardedStream) RecvMsg(m any) error {
 	if err := s.recv(m); err != nil {
 		return err
 	}
+	if s.method == pb.Handshake_Multiplex_FullMethodName {
+		return nil // admitted request by request: guard.muxItem
+	}
 	ctx := s.Context()
 	if s.g.rate != nil {
 		if wait := s.g.rate.take(callerIdentity(ctx), time.Now()); wait > 0 {
@@ -610,9 +624,10 @@ func (s *guardedStream) RecvMsg(m any) error {
 
 func (s *guardedStream) SendMsg(m any) error {
 	err := s.ServerStream.SendMsg(m)
-	if s.method == pb.KeyVault_SignStream_FullMethodName {
-		// SignStream answers every request, in order, several in flight
-		// (signstream.go): an answer completes its own request's entry.
+	if s.method == pb.KeyVault_SignStream_FullMethodName || s.method == pb.KeyVault_BatchStream_FullMethodName {
+		// SignStream and BatchStream answer every request, in order,
+		// several in flight (signstream.go): an answer completes its own
+		// request's entry.
 		s.completeOldest(m, err)
 	} else {
 		s.completePending(m, err)
@@ -658,6 +673,8 @@ func describeRequest(e *audit.Entry, msg any) {
 		}
 	case *pb.BatchRequest:
 		e.Reference = r.GetReference()
+	case *pb.BatchStreamRequest:
+		e.Reference = r.GetBatch().GetReference()
 	case *pb.CreateKeyRequest:
 		e.Key = r.GetId()
 	case *pb.ImportKeyRequest:
@@ -674,6 +691,11 @@ func describeRequest(e *audit.Entry, msg any) {
 		if start := r.GetStart(); start != nil {
 			describeRequest(e, start)
 		}
+	case *pb.MultiplexRequest:
+		if start := r.GetStart(); start != nil {
+			describeRequest(e, start)
+		}
+		e.Handshake = muxHandshakeRef(r.GetHandshake())
 	case interface{ GetId() string }: // Step, Get and AbortHandshake
 		e.Handshake = r.GetId()
 	case interface{ GetKey() string }:
@@ -708,6 +730,8 @@ func describeResponse(e *audit.Entry, resp any) {
 		if r.GetAccepted() {
 			e.Detail = "ticket accepted"
 		}
+	case *pb.MultiplexAbort:
+		e.Detail = "aborted"
 	case *pb.HandshakeStep:
 		if r.GetId() != "" {
 			e.Handshake = r.GetId()

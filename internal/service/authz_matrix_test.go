@@ -91,12 +91,16 @@ func matrixCalls() map[string]matrixCall {
 		pb.KeyVault_OpenTicket_FullMethodName: {needUse, &pb.OpenTicketRequest{Key: key, Ticket: []byte("not a ticket")}, codes.OK},
 		pb.KeyVault_Batch_FullMethodName: {needUse,
 			&pb.BatchRequest{Operations: []*pb.BatchOperation{{Operation: &pb.BatchOperation_Sign{Sign: sign}}}}, codes.OK},
+		pb.KeyVault_BatchStream_FullMethodName: {needUse,
+			&pb.BatchStreamRequest{Batch: &pb.BatchRequest{Operations: []*pb.BatchOperation{{Operation: &pb.BatchOperation_Sign{Sign: sign}}}}}, codes.OK},
 		pb.Handshake_StartHandshake_FullMethodName: {needUse, &pb.StartHandshakeRequest{Config: hsKeys}, codes.FailedPrecondition},
 		pb.Handshake_StepHandshake_FullMethodName:  {needCaller, &pb.StepHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_GetHandshake_FullMethodName:   {needCaller, &pb.GetHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_AbortHandshake_FullMethodName: {needCaller, &pb.AbortHandshakeRequest{Id: "no-such-session"}, codes.NotFound},
 		pb.Handshake_Stream_FullMethodName: {needUse,
 			&pb.StreamRequest{Request: &pb.StreamRequest_Start{Start: &pb.StartHandshakeRequest{Config: hsKeys}}}, codes.FailedPrecondition},
+		pb.Handshake_Multiplex_FullMethodName: {needUse,
+			&pb.MultiplexRequest{Request: &pb.MultiplexRequest_Start{Start: &pb.StartHandshakeRequest{Config: hsKeys}}}, codes.FailedPrecondition},
 		pb.Admin_GetKEKStatus_FullMethodName: {needAdmin, &pb.GetKEKStatusRequest{}, codes.OK},
 		pb.Admin_RotateKEK_FullMethodName:    {needAdmin, &pb.RotateKEKRequest{NewKek: []byte("short")}, codes.InvalidArgument},
 		pb.Admin_Backup_FullMethodName:       {needAdmin, &pb.BackupRequest{}, codes.OK},
@@ -142,8 +146,8 @@ func fullMethod(md protoreflect.MethodDescriptor) string {
 
 // callCode makes one call of md with req on conn and returns its code. A
 // stream gets the one request; its code is the stream's status, or for a
-// SignStream answer (and a batch's first result) the per-request error it
-// carries.
+// SignStream or Multiplex answer (and a batch's first result) the
+// per-request error it carries.
 func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescriptor, req proto.Message, opts ...grpc.CallOption) codes.Code {
 	t.Helper()
 	ctx := context.Background()
@@ -174,6 +178,12 @@ func callCode(t *testing.T, conn *grpc.ClientConn, md protoreflect.MethodDescrip
 		return status.Code(err)
 	}
 	if r, ok := resp.(*pb.SignStreamResponse); ok && r.GetError() != nil {
+		return codes.Code(r.GetError().GetCode())
+	}
+	if r, ok := resp.(*pb.BatchStreamResponse); ok && r.GetBatch().GetResults()[0].GetError() != nil {
+		return codes.Code(r.GetBatch().GetResults()[0].GetError().GetCode())
+	}
+	if r, ok := resp.(*pb.MultiplexResponse); ok && r.GetError() != nil {
 		return codes.Code(r.GetError().GetCode())
 	}
 	return codes.OK

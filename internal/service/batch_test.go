@@ -32,32 +32,15 @@ func batchSign(key string, scheme pb.SignatureScheme, msg string) *pb.BatchOpera
 func TestBatchProduction(t *testing.T) {
 	s := startSecure(t, secureOptions{})
 	ctx := context.Background()
-	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
-	s.adminImport(t, "key-b", "ed25519-pkcs8.pem", nil)
-	s.adminImport(t, "key-rsa", "rsa2048-pkcs1.pem", nil)
-	pubA, pubRSA := vaultPublicKey(t, s, "key-a"), vaultPublicKey(t, s, "key-rsa")
-	premaster := make([]byte, 48)
-	premaster[0], premaster[1] = 3, 3
-	rand.Read(premaster[2:])
-	ct, err := rsa.EncryptPKCS1v15(rand.Reader, pubRSA.(*rsa.PublicKey), premaster)
-	require.NoError(t, err)
+	m := newMixedBatch(t, s)
 
 	var rid requestID
-	resp, err := s.kv(t, "edge").Batch(ctx, &pb.BatchRequest{Reference: "collect-42", Operations: []*pb.BatchOperation{
-		batchSign("key-a", p256Scheme, "one"),
-		batchSign("key-b", edScheme, "two"),
-		{Operation: &pb.BatchOperation_Decrypt{Decrypt: &pb.DecryptRequest{Key: "key-rsa", Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct}}},
-		batchSign("key-a", edScheme, "wrong scheme for the key"),
-	}}, rid.opt())
+	resp, err := s.kv(t, "edge").Batch(ctx, &pb.BatchRequest{Reference: "collect-42", Operations: m.ops}, rid.opt())
 	require.NoError(t, err)
 	assert.Equal(t, "collect-42", resp.GetReference())
-	require.Len(t, resp.GetResults(), 4)
-
+	m.check(t, resp.GetResults())
+	pubA := m.pubA
 	digest := sha256.Sum256([]byte("one"))
-	assert.True(t, ecdsa.VerifyASN1(pubA.(*ecdsa.PublicKey), digest[:], resp.GetResults()[0].GetSign().GetSignature()), "first result is key-a's signature of its message")
-	assert.Equal(t, int32(codes.PermissionDenied), resp.GetResults()[1].GetError().GetCode(), "edge has no use on key-b")
-	assert.Equal(t, premaster, resp.GetResults()[2].GetDecrypt().GetPlaintext())
-	assert.Equal(t, int32(codes.InvalidArgument), resp.GetResults()[3].GetError().GetCode(), "Ed25519 scheme with a P-256 key")
 
 	entries := s.auditFor(t, rid.String())
 	var ops []string
@@ -92,7 +75,7 @@ func TestBatchProduction(t *testing.T) {
 		assert.Equal(t, "rest-1", out.Reference)
 		require.Len(t, out.Results, 2)
 		require.NotNil(t, out.Results[0].Sign)
-		assert.True(t, ecdsa.VerifyASN1(pubA.(*ecdsa.PublicKey), digest[:], out.Results[0].Sign.Signature))
+		assert.True(t, ecdsa.VerifyASN1(pubA, digest[:], out.Results[0].Sign.Signature))
 		require.NotNil(t, out.Results[1].Error)
 		assert.Equal(t, int32(codes.PermissionDenied), out.Results[1].Error.Code)
 	})
@@ -134,4 +117,44 @@ func vaultPublicKey(t *testing.T, s *secureServer, id string) crypto.PublicKey {
 	k, err := s.vault.Get(context.Background(), id)
 	require.NoError(t, err)
 	return k.Versions[0].PublicKey
+}
+
+// mixedBatch is a batch of four operations by the edge: a signature with
+// key-a, one with key-b (which the edge may not use), a premaster
+// decryption with key-rsa and a signature with a scheme key-a cannot make.
+type mixedBatch struct {
+	ops       []*pb.BatchOperation
+	pubA      *ecdsa.PublicKey
+	premaster []byte
+}
+
+// newMixedBatch imports the batch's keys into s and makes the batch.
+func newMixedBatch(t *testing.T, s *secureServer) mixedBatch {
+	t.Helper()
+	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
+	s.adminImport(t, "key-b", "ed25519-pkcs8.pem", nil)
+	s.adminImport(t, "key-rsa", "rsa2048-pkcs1.pem", nil)
+	m := mixedBatch{pubA: vaultPublicKey(t, s, "key-a").(*ecdsa.PublicKey), premaster: make([]byte, 48)}
+	m.premaster[0], m.premaster[1] = 3, 3
+	rand.Read(m.premaster[2:])
+	ct, err := rsa.EncryptPKCS1v15(rand.Reader, vaultPublicKey(t, s, "key-rsa").(*rsa.PublicKey), m.premaster)
+	require.NoError(t, err)
+	m.ops = []*pb.BatchOperation{
+		batchSign("key-a", p256Scheme, "one"),
+		batchSign("key-b", edScheme, "two"),
+		{Operation: &pb.BatchOperation_Decrypt{Decrypt: &pb.DecryptRequest{Key: "key-rsa", Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct}}},
+		batchSign("key-a", edScheme, "wrong scheme for the key"),
+	}
+	return m
+}
+
+// check checks that results answer the batch's operations, in order.
+func (m mixedBatch) check(t *testing.T, results []*pb.BatchResult) {
+	t.Helper()
+	require.Len(t, results, 4)
+	digest := sha256.Sum256([]byte("one"))
+	assert.True(t, ecdsa.VerifyASN1(m.pubA, digest[:], results[0].GetSign().GetSignature()), "first result is key-a's signature of its message")
+	assert.Equal(t, int32(codes.PermissionDenied), results[1].GetError().GetCode(), "edge has no use on key-b")
+	assert.Equal(t, m.premaster, results[2].GetDecrypt().GetPlaintext())
+	assert.Equal(t, int32(codes.InvalidArgument), results[3].GetError().GetCode(), "Ed25519 scheme with a P-256 key")
 }

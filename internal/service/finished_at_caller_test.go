@@ -15,7 +15,7 @@ import (
 )
 
 // clientHello returns the first flight of a crypto/tls client with cfg.
-func clientHello(t *testing.T, cfg *tls.Config) []byte {
+func clientHello(t testing.TB, cfg *tls.Config) []byte {
 	t.Helper()
 	server, client := net.Pipe()
 	defer server.Close()

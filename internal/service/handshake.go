@@ -63,6 +63,9 @@ type Handshake struct {
 	// authorize checks that the caller may still use a session's keys, by
 	// the policy in force at each step; nil: no policy.
 	authorize func(ctx context.Context, keys []target) error
+	// muxItem admits each request of a Multiplex stream
+	// (handshake_mux.go).
+	muxItem muxItemGuard
 	// tickets seals and opens the session tickets of handshakes
 	// (tickets.go); nil: none are issued or accepted.
 	tickets       *keyvault.TicketKeys

@@ -122,7 +122,7 @@ func newKeyMetrics(reg prometheus.Registerer) *keyMetrics {
 // Sources of a private-key operation, the source label of
 // handshaked_key_operation_seconds.
 const (
-	sourceAPI       = "api"       // the KeyVault API: Sign, Decrypt, SignStream, Batch
+	sourceAPI       = "api"       // the KeyVault API: Sign, Decrypt, SignStream, Batch, BatchStream
 	sourceHandshake = "handshake" // the engine, in a handshake the service runs
 )
 

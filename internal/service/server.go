@@ -134,6 +134,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.pageTokens = kv.pageTokens
 	hs := newHandshakeAPI(vault, opts.Handshake, newHandshakeMetrics(registry), opts.Audit)
 	s.tokens = hs.tokens
+	hs.muxItem = g.muxItem
 	// One set of key metrics for both APIs, labelled by source.
 	keys := newKeyMetrics(registry)
 	kv.keys, hs.keys.metrics = keys, keys

@@ -58,7 +58,10 @@ func TestTracingHandshake(t *testing.T) {
 	s := &testServer{Server: srv, vault: srv.Vault, grpcAddr: srv.GRPCAddr, kv: pb.NewKeyVaultClient(srv.Conn), rest: srv.RESTURL}
 	ec := newServerKey(t, s, "p256-pkcs8.pem", "ec.trace.test")
 	rsa := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.trace.test")
+	// Each case has its own server name, which finds its handshake's span.
+	muxEC := newServerKey(t, s, "p256-pkcs8.pem", "ec.multiplex.trace.test")
 	omitted := newServerKey(t, s, "p256-pkcs8.pem", "omitted.trace.test")
+	muxOmitted := newServerKey(t, s, "p256-pkcs8.pem", "omitted.multiplex.trace.test")
 	hc := s.handshakeClient(t)
 
 	for _, tc := range []struct {
@@ -70,9 +73,11 @@ func TestTracingHandshake(t *testing.T) {
 		omitTrace bool
 	}{
 		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, &tls.Config{MinVersion: tls.VersionTLS13}, false},
+		{"TLS 1.3 ECDSA multiplex", "multiplex", "vault.sign", "TLS 1.3", muxEC, &tls.Config{MinVersion: tls.VersionTLS13}, false},
 		{"TLS 1.2 RSA key exchange unary", "unary", "vault.decrypt_premaster", "TLS 1.2", rsa,
 			&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}, false},
 		{"TLS 1.3 ECDSA stream, trace omitted", "stream", "vault.sign", "TLS 1.3", omitted, &tls.Config{MinVersion: tls.VersionTLS13}, true},
+		{"TLS 1.3 ECDSA multiplex, trace omitted", "multiplex", "vault.sign", "TLS 1.3", muxOmitted, &tls.Config{MinVersion: tls.VersionTLS13}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var keylog testenv.Buffer
@@ -80,14 +85,23 @@ func TestTracingHandshake(t *testing.T) {
 			cfg.ServerName, cfg.RootCAs, cfg.KeyLogWriter = tc.key.name, tc.key.pool, &keylog
 			start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: tc.key.id}},
 				CipherSuites: toUint32(tc.cfg.CipherSuites), OmitTrace: tc.omitTrace}}
+			var mux *muxClient
 			_, relayed := runClient(t, cfg, func() stepper {
-				if tc.transport == "stream" {
+				switch tc.transport {
+				case "stream":
 					stream, err := hc.Stream(ctx)
 					require.NoError(t, err)
 					return &streamStepper{stream: stream, start: start}
+				case "multiplex":
+					mux = openMux(t, hc)
+					return &muxStepper{m: mux, n: 1, cfg: start.GetConfig()}
 				}
 				return &unaryStepper{hc: hc, start: start}
 			})
+			if mux != nil {
+				// The stream's span, which the steps link to, ends with it.
+				require.NoError(t, mux.stream.CloseSend())
+			}
 			addKeyLog(t, keylog.Bytes())
 			keys := relayed.session.GetKeys()
 			for name, b := range map[string][]byte{
@@ -122,6 +136,9 @@ func TestTracingHandshake(t *testing.T) {
 			}
 			assert.Equal(t, "handshaked-test", hs.Service)
 			assert.Equal(t, tc.transport, hs.Attrs["handshake.transport"])
+			if tc.transport == "multiplex" {
+				assert.Empty(t, hs.ParentID, "a handshake of a shared stream is a trace of its own, not part of the stream's")
+			}
 			assert.Equal(t, "HANDSHAKE_STATE_COMPLETE", hs.Attrs["handshake.state"])
 			assert.Equal(t, tc.version, hs.Attrs["tls.version"])
 			assert.Equal(t, tls.CipherSuiteName(uint16(relayed.session.GetCipherSuite())), hs.Attrs["tls.cipher_suite"])
@@ -147,8 +164,8 @@ func TestTracingHandshake(t *testing.T) {
 					for _, ev := range sp.Events {
 						clientHello = clientHello || ev.Name == "received ClientHello" && ev.Attrs["tls.server_name"] == tc.key.name
 					}
-					if tc.transport == "unary" {
-						require.Len(t, sp.Links, 1, "a unary step links to its call")
+					if tc.transport != "stream" {
+						require.Len(t, sp.Links, 1, "a unary or multiplexed step links to its call")
 						assert.True(t, rpcSpans[sp.Links[0]], "step linked to %s, not an RPC span", sp.Links[0])
 					}
 				case strings.HasPrefix(sp.Name, "vault.") && byID[sp.ParentID].ParentID == hs.SpanID:

@@ -134,7 +134,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.StringVar(&o.clientAuth, "client-auth", "off", "client certificates: off, request or require")
 	fs.StringVar(&o.clientCAFile, "client-ca", "", "roots (`PEM`) that client certificates must chain to")
 	fs.StringVar(&o.backend, "backend", "", "proxy plain TCP to this `address` (default: serve the echo page)")
-	fs.BoolVar(&o.unary, "unary", false, "step handshakes with stateless unary calls instead of a stream: each step may go to any replica of -handshaked, and one whose replica failed is retried on another")
+	fs.BoolVar(&o.unary, "unary", false, "step handshakes with stateless unary calls instead of streams shared by many handshakes: each step may go to any replica of -handshaked, and one whose replica failed is retried on another")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics in plain HTTP on this `address` (default: none)")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 10*time.Second, "bound on each TLS handshake")
 	fs.DurationVar(&o.clientHelloTimeout, "client-hello-timeout", edge.DefaultClientHelloTimeout, "bound on receiving a client's whole ClientHello, before which nothing is opened in handshaked")

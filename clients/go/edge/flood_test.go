@@ -67,6 +67,11 @@ func (c *countingService) HandshakeStream(ctx context.Context) (pb.Handshake_Str
 	return c.Service.HandshakeStream(ctx)
 }
 
+func (c *countingService) MultiplexedHandshake(cfg *pb.HandshakeConfig) *handshaked.MultiplexedHandshake {
+	c.opened.Add(1)
+	return c.Service.MultiplexedHandshake(cfg)
+}
+
 func (c *countingService) StartStatelessHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error) {
 	c.opened.Add(1)
 	return c.Service.StartStatelessHandshake(ctx, cfg, input)

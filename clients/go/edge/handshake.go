@@ -30,6 +30,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
+	handshaked "github.com/handshaked/handshaked/clients/go"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
@@ -37,6 +38,7 @@ import (
 // Service is what the edge needs from handshaked; *handshaked.Client has
 // it.
 type Service interface {
+	MultiplexedHandshake(cfg *pb.HandshakeConfig) *handshaked.MultiplexedHandshake
 	HandshakeStream(ctx context.Context) (pb.Handshake_StreamClient, error)
 	StartStatelessHandshake(ctx context.Context, cfg *pb.HandshakeConfig, input []byte) (*pb.HandshakeStep, error)
 	StepStatelessHandshake(ctx context.Context, id string, token, input []byte) (*pb.HandshakeStep, error)
@@ -53,8 +55,12 @@ type Config struct {
 	// edge verifies the client's Finished itself before it uses the
 	// session keys.
 	Handshake *pb.HandshakeConfig
+	// By default handshakes share the Client's long-lived Multiplex
+	// streams (handshaked.MultiplexedHandshake; a Stream each with a
+	// TracerProvider, or from a service without Multiplex).
+	//
 	// Unary steps the handshake with stateless StartHandshake and
-	// StepHandshake calls instead of the bidirectional stream: the service
+	// StepHandshake calls instead of the streams: the service
 	// keeps nothing between steps, each carries the state token of the one
 	// before, so each step may go to any replica and one that fails is
 	// retried on another (*handshaked.Client does, on UNAVAILABLE). Also for
@@ -83,7 +89,9 @@ type Config struct {
 	Logger *slog.Logger
 	// TracerProvider, when set, makes each handshake an "edge.handshake"
 	// span whose trace the service's spans continue (give the Client's
-	// gRPC connection the OpenTelemetry stats handler to carry it).
+	// gRPC connection the OpenTelemetry stats handler to carry it). Each
+	// handshake then has a Stream of its own, which carries its span's
+	// context to the service.
 	TracerProvider trace.TracerProvider
 	// Trace keeps the handshake messages of each step, decoded by the
 	// engine, in ConnectionState().Steps[].Trace. Without it the edge
@@ -210,6 +218,17 @@ func (s *streamStepper) step(_ context.Context, input []byte) (*pb.HandshakeStep
 // caller cancels.
 func (s *streamStepper) abort() {}
 
+// muxStepper steps a handshake on the Client's shared Multiplex streams.
+type muxStepper struct {
+	h *handshaked.MultiplexedHandshake
+}
+
+func (s muxStepper) step(ctx context.Context, input []byte) (*pb.HandshakeStep, error) {
+	return s.h.Step(ctx, input)
+}
+
+func (s muxStepper) abort() { s.h.Abort() }
+
 // unaryStepper steps a stateless handshake: the service holds nothing of
 // it, the state token of each step goes with the next.
 type unaryStepper struct {
@@ -334,9 +353,14 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 		return nil, fmt.Errorf("edge: %w", err)
 	}
 	var st stepper
-	if cfg.Unary {
+	switch {
+	case cfg.Unary:
 		st = &unaryStepper{cfg: cfg.Handshake, svc: cfg.Client}
-	} else {
+	case cfg.TracerProvider == nil:
+		st = muxStepper{cfg.Client.MultiplexedHandshake(cfg.Handshake)}
+	default:
+		// The span's context goes to the service in the new stream's
+		// metadata: the service's spans continue the edge's trace.
 		stream, err := cfg.Client.HandshakeStream(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("edge: %w", err)

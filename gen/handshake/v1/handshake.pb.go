@@ -1432,11 +1432,275 @@ func (x *PendingClientFinished) GetSkipEarlyData() bool {
 	return false
 }
 
+// MultiplexRequest is one request for one handshake of a Multiplex stream.
+type MultiplexRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's number for the handshake: any value, unique among the
+	// stream's handshakes in progress (a start reusing one is refused with
+	// ALREADY_EXISTS and leaves that handshake alone; the number is free
+	// again once its handshake has ended).
+	Handshake uint64 `protobuf:"varint,1,opt,name=handshake,proto3" json:"handshake,omitempty"`
+	// Types that are valid to be assigned to Request:
+	//
+	//	*MultiplexRequest_Start
+	//	*MultiplexRequest_Input
+	//	*MultiplexRequest_Abort
+	Request       isMultiplexRequest_Request `protobuf_oneof:"request"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MultiplexRequest) Reset() {
+	*x = MultiplexRequest{}
+	mi := &file_handshake_v1_handshake_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MultiplexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MultiplexRequest) ProtoMessage() {}
+
+func (x *MultiplexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_handshake_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MultiplexRequest.ProtoReflect.Descriptor instead.
+func (*MultiplexRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_handshake_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *MultiplexRequest) GetHandshake() uint64 {
+	if x != nil {
+		return x.Handshake
+	}
+	return 0
+}
+
+func (x *MultiplexRequest) GetRequest() isMultiplexRequest_Request {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *MultiplexRequest) GetStart() *StartHandshakeRequest {
+	if x != nil {
+		if x, ok := x.Request.(*MultiplexRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *MultiplexRequest) GetInput() []byte {
+	if x != nil {
+		if x, ok := x.Request.(*MultiplexRequest_Input); ok {
+			return x.Input
+		}
+	}
+	return nil
+}
+
+func (x *MultiplexRequest) GetAbort() *MultiplexAbort {
+	if x != nil {
+		if x, ok := x.Request.(*MultiplexRequest_Abort); ok {
+			return x.Abort
+		}
+	}
+	return nil
+}
+
+type isMultiplexRequest_Request interface {
+	isMultiplexRequest_Request()
+}
+
+type MultiplexRequest_Start struct {
+	// Starts the handshake, with the client's first bytes if any.
+	Start *StartHandshakeRequest `protobuf:"bytes,2,opt,name=start,proto3,oneof"`
+}
+
+type MultiplexRequest_Input struct {
+	// Bytes read from the client.
+	Input []byte `protobuf:"bytes,3,opt,name=input,proto3,oneof"`
+}
+
+type MultiplexRequest_Abort struct {
+	// Ends the handshake early.
+	Abort *MultiplexAbort `protobuf:"bytes,4,opt,name=abort,proto3,oneof"`
+}
+
+func (*MultiplexRequest_Start) isMultiplexRequest_Request() {}
+
+func (*MultiplexRequest_Input) isMultiplexRequest_Request() {}
+
+func (*MultiplexRequest_Abort) isMultiplexRequest_Request() {}
+
+// MultiplexAbort asks to end a handshake, or says it was ended.
+type MultiplexAbort struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MultiplexAbort) Reset() {
+	*x = MultiplexAbort{}
+	mi := &file_handshake_v1_handshake_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MultiplexAbort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MultiplexAbort) ProtoMessage() {}
+
+func (x *MultiplexAbort) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_handshake_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MultiplexAbort.ProtoReflect.Descriptor instead.
+func (*MultiplexAbort) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_handshake_proto_rawDescGZIP(), []int{16}
+}
+
+// MultiplexResponse answers one MultiplexRequest.
+type MultiplexResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The number of the request's handshake.
+	Handshake uint64 `protobuf:"varint,1,opt,name=handshake,proto3" json:"handshake,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*MultiplexResponse_Step
+	//	*MultiplexResponse_Error
+	//	*MultiplexResponse_Aborted
+	Result        isMultiplexResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MultiplexResponse) Reset() {
+	*x = MultiplexResponse{}
+	mi := &file_handshake_v1_handshake_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MultiplexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MultiplexResponse) ProtoMessage() {}
+
+func (x *MultiplexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_handshake_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MultiplexResponse.ProtoReflect.Descriptor instead.
+func (*MultiplexResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_handshake_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MultiplexResponse) GetHandshake() uint64 {
+	if x != nil {
+		return x.Handshake
+	}
+	return 0
+}
+
+func (x *MultiplexResponse) GetResult() isMultiplexResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *MultiplexResponse) GetStep() *HandshakeStep {
+	if x != nil {
+		if x, ok := x.Result.(*MultiplexResponse_Step); ok {
+			return x.Step
+		}
+	}
+	return nil
+}
+
+func (x *MultiplexResponse) GetError() *Error {
+	if x != nil {
+		if x, ok := x.Result.(*MultiplexResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+func (x *MultiplexResponse) GetAborted() *MultiplexAbort {
+	if x != nil {
+		if x, ok := x.Result.(*MultiplexResponse_Aborted); ok {
+			return x.Aborted
+		}
+	}
+	return nil
+}
+
+type isMultiplexResponse_Result interface {
+	isMultiplexResponse_Result()
+}
+
+type MultiplexResponse_Step struct {
+	// The step, as Stream would send it (NEED_INPUT without output for a
+	// start without input). A COMPLETE or FAILED step ends the handshake.
+	Step *HandshakeStep `protobuf:"bytes,2,opt,name=step,proto3,oneof"`
+}
+
+type MultiplexResponse_Error struct {
+	// The error that would have ended a Stream: the handshake has ended
+	// (except ALREADY_EXISTS, see MultiplexRequest.handshake).
+	Error *Error `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+type MultiplexResponse_Aborted struct {
+	// The handshake was aborted as asked.
+	Aborted *MultiplexAbort `protobuf:"bytes,4,opt,name=aborted,proto3,oneof"`
+}
+
+func (*MultiplexResponse_Step) isMultiplexResponse_Result() {}
+
+func (*MultiplexResponse_Error) isMultiplexResponse_Result() {}
+
+func (*MultiplexResponse_Aborted) isMultiplexResponse_Result() {}
+
 var File_handshake_v1_handshake_proto protoreflect.FileDescriptor
 
 const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\n" +
-	"\x1chandshake/v1/handshake.proto\x12\fhandshake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n" +
+	"\x1chandshake/v1/handshake.proto\x12\fhandshake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bhandshake/v1/keyvault.proto\"4\n" +
 	"\x06KeyRef\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\rR\aversion\"\xc8\x04\n" +
@@ -1537,7 +1801,20 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x14client_handshake_key\x18\x02 \x01(\fR\x12clientHandshakeKey\x12.\n" +
 	"\x13client_handshake_iv\x18\x03 \x01(\fR\x11clientHandshakeIv\x12\x16\n" +
 	"\x06output\x18\x04 \x01(\fR\x06output\x12&\n" +
-	"\x0fskip_early_data\x18\x05 \x01(\bR\rskipEarlyData*S\n" +
+	"\x0fskip_early_data\x18\x05 \x01(\bR\rskipEarlyData\"\xc6\x01\n" +
+	"\x10MultiplexRequest\x12\x1c\n" +
+	"\thandshake\x18\x01 \x01(\x04R\thandshake\x12;\n" +
+	"\x05start\x18\x02 \x01(\v2#.handshake.v1.StartHandshakeRequestH\x00R\x05start\x12\x16\n" +
+	"\x05input\x18\x03 \x01(\fH\x00R\x05input\x124\n" +
+	"\x05abort\x18\x04 \x01(\v2\x1c.handshake.v1.MultiplexAbortH\x00R\x05abortB\t\n" +
+	"\arequest\"\x10\n" +
+	"\x0eMultiplexAbort\"\xd5\x01\n" +
+	"\x11MultiplexResponse\x12\x1c\n" +
+	"\thandshake\x18\x01 \x01(\x04R\thandshake\x121\n" +
+	"\x04step\x18\x02 \x01(\v2\x1b.handshake.v1.HandshakeStepH\x00R\x04step\x12+\n" +
+	"\x05error\x18\x03 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05error\x128\n" +
+	"\aaborted\x18\x04 \x01(\v2\x1c.handshake.v1.MultiplexAbortH\x00R\aabortedB\b\n" +
+	"\x06result*S\n" +
 	"\n" +
 	"TLSVersion\x12\x1b\n" +
 	"\x17TLS_VERSION_UNSPECIFIED\x10\x00\x12\x13\n" +
@@ -1553,13 +1830,14 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x1bHANDSHAKE_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aHANDSHAKE_STATE_NEED_INPUT\x10\x01\x12\x1c\n" +
 	"\x18HANDSHAKE_STATE_COMPLETE\x10\x02\x12\x1a\n" +
-	"\x16HANDSHAKE_STATE_FAILED\x10\x032\xa6\x03\n" +
+	"\x16HANDSHAKE_STATE_FAILED\x10\x032\xf8\x03\n" +
 	"\tHandshake\x12R\n" +
 	"\x0eStartHandshake\x12#.handshake.v1.StartHandshakeRequest\x1a\x1b.handshake.v1.HandshakeStep\x12P\n" +
 	"\rStepHandshake\x12\".handshake.v1.StepHandshakeRequest\x1a\x1b.handshake.v1.HandshakeStep\x12N\n" +
 	"\fGetHandshake\x12!.handshake.v1.GetHandshakeRequest\x1a\x1b.handshake.v1.HandshakeStep\x12[\n" +
 	"\x0eAbortHandshake\x12#.handshake.v1.AbortHandshakeRequest\x1a$.handshake.v1.AbortHandshakeResponse\x12F\n" +
-	"\x06Stream\x12\x1b.handshake.v1.StreamRequest\x1a\x1b.handshake.v1.HandshakeStep(\x010\x01B?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
+	"\x06Stream\x12\x1b.handshake.v1.StreamRequest\x1a\x1b.handshake.v1.HandshakeStep(\x010\x01\x12P\n" +
+	"\tMultiplex\x12\x1e.handshake.v1.MultiplexRequest\x1a\x1f.handshake.v1.MultiplexResponse(\x010\x01B?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
 
 var (
 	file_handshake_v1_handshake_proto_rawDescOnce sync.Once
@@ -1574,7 +1852,7 @@ func file_handshake_v1_handshake_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_handshake_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_handshake_v1_handshake_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_handshake_v1_handshake_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_handshake_v1_handshake_proto_goTypes = []any{
 	(TLSVersion)(0),                // 0: handshake.v1.TLSVersion
 	(ClientAuth)(0),                // 1: handshake.v1.ClientAuth
@@ -1594,7 +1872,11 @@ var file_handshake_v1_handshake_proto_goTypes = []any{
 	(*Session)(nil),                // 15: handshake.v1.Session
 	(*SessionKeys)(nil),            // 16: handshake.v1.SessionKeys
 	(*PendingClientFinished)(nil),  // 17: handshake.v1.PendingClientFinished
-	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
+	(*MultiplexRequest)(nil),       // 18: handshake.v1.MultiplexRequest
+	(*MultiplexAbort)(nil),         // 19: handshake.v1.MultiplexAbort
+	(*MultiplexResponse)(nil),      // 20: handshake.v1.MultiplexResponse
+	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(*Error)(nil),                  // 22: handshake.v1.Error
 }
 var file_handshake_v1_handshake_proto_depIdxs = []int32{
 	3,  // 0: handshake.v1.HandshakeConfig.keys:type_name -> handshake.v1.KeyRef
@@ -1607,26 +1889,33 @@ var file_handshake_v1_handshake_proto_depIdxs = []int32{
 	12, // 7: handshake.v1.HandshakeStep.alert:type_name -> handshake.v1.Alert
 	13, // 8: handshake.v1.HandshakeStep.trace:type_name -> handshake.v1.TraceEvent
 	15, // 9: handshake.v1.HandshakeStep.session:type_name -> handshake.v1.Session
-	18, // 10: handshake.v1.HandshakeStep.expire_time:type_name -> google.protobuf.Timestamp
+	21, // 10: handshake.v1.HandshakeStep.expire_time:type_name -> google.protobuf.Timestamp
 	14, // 11: handshake.v1.TraceEvent.fields:type_name -> handshake.v1.TraceField
 	3,  // 12: handshake.v1.Session.key:type_name -> handshake.v1.KeyRef
 	16, // 13: handshake.v1.Session.keys:type_name -> handshake.v1.SessionKeys
 	17, // 14: handshake.v1.SessionKeys.client_finished:type_name -> handshake.v1.PendingClientFinished
-	5,  // 15: handshake.v1.Handshake.StartHandshake:input_type -> handshake.v1.StartHandshakeRequest
-	6,  // 16: handshake.v1.Handshake.StepHandshake:input_type -> handshake.v1.StepHandshakeRequest
-	7,  // 17: handshake.v1.Handshake.GetHandshake:input_type -> handshake.v1.GetHandshakeRequest
-	8,  // 18: handshake.v1.Handshake.AbortHandshake:input_type -> handshake.v1.AbortHandshakeRequest
-	10, // 19: handshake.v1.Handshake.Stream:input_type -> handshake.v1.StreamRequest
-	11, // 20: handshake.v1.Handshake.StartHandshake:output_type -> handshake.v1.HandshakeStep
-	11, // 21: handshake.v1.Handshake.StepHandshake:output_type -> handshake.v1.HandshakeStep
-	11, // 22: handshake.v1.Handshake.GetHandshake:output_type -> handshake.v1.HandshakeStep
-	9,  // 23: handshake.v1.Handshake.AbortHandshake:output_type -> handshake.v1.AbortHandshakeResponse
-	11, // 24: handshake.v1.Handshake.Stream:output_type -> handshake.v1.HandshakeStep
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	5,  // 15: handshake.v1.MultiplexRequest.start:type_name -> handshake.v1.StartHandshakeRequest
+	19, // 16: handshake.v1.MultiplexRequest.abort:type_name -> handshake.v1.MultiplexAbort
+	11, // 17: handshake.v1.MultiplexResponse.step:type_name -> handshake.v1.HandshakeStep
+	22, // 18: handshake.v1.MultiplexResponse.error:type_name -> handshake.v1.Error
+	19, // 19: handshake.v1.MultiplexResponse.aborted:type_name -> handshake.v1.MultiplexAbort
+	5,  // 20: handshake.v1.Handshake.StartHandshake:input_type -> handshake.v1.StartHandshakeRequest
+	6,  // 21: handshake.v1.Handshake.StepHandshake:input_type -> handshake.v1.StepHandshakeRequest
+	7,  // 22: handshake.v1.Handshake.GetHandshake:input_type -> handshake.v1.GetHandshakeRequest
+	8,  // 23: handshake.v1.Handshake.AbortHandshake:input_type -> handshake.v1.AbortHandshakeRequest
+	10, // 24: handshake.v1.Handshake.Stream:input_type -> handshake.v1.StreamRequest
+	18, // 25: handshake.v1.Handshake.Multiplex:input_type -> handshake.v1.MultiplexRequest
+	11, // 26: handshake.v1.Handshake.StartHandshake:output_type -> handshake.v1.HandshakeStep
+	11, // 27: handshake.v1.Handshake.StepHandshake:output_type -> handshake.v1.HandshakeStep
+	11, // 28: handshake.v1.Handshake.GetHandshake:output_type -> handshake.v1.HandshakeStep
+	9,  // 29: handshake.v1.Handshake.AbortHandshake:output_type -> handshake.v1.AbortHandshakeResponse
+	11, // 30: handshake.v1.Handshake.Stream:output_type -> handshake.v1.HandshakeStep
+	20, // 31: handshake.v1.Handshake.Multiplex:output_type -> handshake.v1.MultiplexResponse
+	26, // [26:32] is the sub-list for method output_type
+	20, // [20:26] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_handshake_proto_init() }
@@ -1634,9 +1923,20 @@ func file_handshake_v1_handshake_proto_init() {
 	if File_handshake_v1_handshake_proto != nil {
 		return
 	}
+	file_handshake_v1_keyvault_proto_init()
 	file_handshake_v1_handshake_proto_msgTypes[7].OneofWrappers = []any{
 		(*StreamRequest_Start)(nil),
 		(*StreamRequest_Input)(nil),
+	}
+	file_handshake_v1_handshake_proto_msgTypes[15].OneofWrappers = []any{
+		(*MultiplexRequest_Start)(nil),
+		(*MultiplexRequest_Input)(nil),
+		(*MultiplexRequest_Abort)(nil),
+	}
+	file_handshake_v1_handshake_proto_msgTypes[17].OneofWrappers = []any{
+		(*MultiplexResponse_Step)(nil),
+		(*MultiplexResponse_Error)(nil),
+		(*MultiplexResponse_Aborted)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1644,7 +1944,7 @@ func file_handshake_v1_handshake_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_handshake_proto_rawDesc), len(file_handshake_v1_handshake_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

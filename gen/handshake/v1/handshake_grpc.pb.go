@@ -24,6 +24,7 @@ const (
 	Handshake_GetHandshake_FullMethodName   = "/handshake.v1.Handshake/GetHandshake"
 	Handshake_AbortHandshake_FullMethodName = "/handshake.v1.Handshake/AbortHandshake"
 	Handshake_Stream_FullMethodName         = "/handshake.v1.Handshake/Stream"
+	Handshake_Multiplex_FullMethodName      = "/handshake.v1.Handshake/Multiplex"
 )
 
 // HandshakeClient is the client API for Handshake service.
@@ -48,6 +49,20 @@ type HandshakeClient interface {
 	// first request carries the config, the following ones the client's bytes.
 	// A failed handshake is a FAILED step inside a response, not a stream error.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamRequest, HandshakeStep], error)
+	// Multiplex runs many handshakes on one long-lived stream, for an edge
+	// with many at once: each request names its handshake by a number the
+	// caller picks, each answer carries that number. Steps of different
+	// handshakes run concurrently and are answered as they finish; the
+	// requests of one handshake are worked on, and answered, in the order
+	// they came, one answer each. Each handshake is held as one of Stream:
+	// the start's keys are authorized, every later request needs use on
+	// them again by the policy in force, it counts against the session and
+	// input caps, each request is rate-limited and audited, and it ends
+	// SessionTTL after its start at the latest. A request that Stream would
+	// have ended its stream for is answered with that error instead, and
+	// ends its handshake only; the stream's end aborts all of its
+	// handshakes. Numbers are the stream's own: no other stream reaches them.
+	Multiplex(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse], error)
 }
 
 type handshakeClient struct {
@@ -111,6 +126,19 @@ func (c *handshakeClient) Stream(ctx context.Context, opts ...grpc.CallOption) (
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Handshake_StreamClient = grpc.BidiStreamingClient[StreamRequest, HandshakeStep]
 
+func (c *handshakeClient) Multiplex(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Handshake_ServiceDesc.Streams[1], Handshake_Multiplex_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MultiplexRequest, MultiplexResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Handshake_MultiplexClient = grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse]
+
 // HandshakeServer is the server API for Handshake service.
 // All implementations must embed UnimplementedHandshakeServer
 // for forward compatibility.
@@ -133,6 +161,20 @@ type HandshakeServer interface {
 	// first request carries the config, the following ones the client's bytes.
 	// A failed handshake is a FAILED step inside a response, not a stream error.
 	Stream(grpc.BidiStreamingServer[StreamRequest, HandshakeStep]) error
+	// Multiplex runs many handshakes on one long-lived stream, for an edge
+	// with many at once: each request names its handshake by a number the
+	// caller picks, each answer carries that number. Steps of different
+	// handshakes run concurrently and are answered as they finish; the
+	// requests of one handshake are worked on, and answered, in the order
+	// they came, one answer each. Each handshake is held as one of Stream:
+	// the start's keys are authorized, every later request needs use on
+	// them again by the policy in force, it counts against the session and
+	// input caps, each request is rate-limited and audited, and it ends
+	// SessionTTL after its start at the latest. A request that Stream would
+	// have ended its stream for is answered with that error instead, and
+	// ends its handshake only; the stream's end aborts all of its
+	// handshakes. Numbers are the stream's own: no other stream reaches them.
+	Multiplex(grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]) error
 	mustEmbedUnimplementedHandshakeServer()
 }
 
@@ -157,6 +199,9 @@ func (UnimplementedHandshakeServer) AbortHandshake(context.Context, *AbortHandsh
 }
 func (UnimplementedHandshakeServer) Stream(grpc.BidiStreamingServer[StreamRequest, HandshakeStep]) error {
 	return status.Error(codes.Unimplemented, "method Stream not implemented")
+}
+func (UnimplementedHandshakeServer) Multiplex(grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]) error {
+	return status.Error(codes.Unimplemented, "method Multiplex not implemented")
 }
 func (UnimplementedHandshakeServer) mustEmbedUnimplementedHandshakeServer() {}
 func (UnimplementedHandshakeServer) testEmbeddedByValue()                   {}
@@ -258,6 +303,13 @@ func _Handshake_Stream_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Handshake_StreamServer = grpc.BidiStreamingServer[StreamRequest, HandshakeStep]
 
+func _Handshake_Multiplex_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(HandshakeServer).Multiplex(&grpc.GenericServerStream[MultiplexRequest, MultiplexResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Handshake_MultiplexServer = grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]
+
 // Handshake_ServiceDesc is the grpc.ServiceDesc for Handshake service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -286,6 +338,12 @@ var Handshake_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Stream",
 			Handler:       _Handshake_Stream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Multiplex",
+			Handler:       _Handshake_Multiplex_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -2359,6 +2359,96 @@ func (*BatchResult_Decrypt) isBatchResult_Result() {}
 
 func (*BatchResult_Error) isBatchResult_Result() {}
 
+// BatchStreamRequest is one batch of a BatchStream.
+type BatchStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Batch         *BatchRequest          `protobuf:"bytes,1,opt,name=batch,proto3" json:"batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStreamRequest) Reset() {
+	*x = BatchStreamRequest{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStreamRequest) ProtoMessage() {}
+
+func (x *BatchStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStreamRequest.ProtoReflect.Descriptor instead.
+func (*BatchStreamRequest) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *BatchStreamRequest) GetBatch() *BatchRequest {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
+// BatchStreamResponse answers one BatchStreamRequest, in order.
+type BatchStreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Batch         *BatchResponse         `protobuf:"bytes,1,opt,name=batch,proto3" json:"batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchStreamResponse) Reset() {
+	*x = BatchStreamResponse{}
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchStreamResponse) ProtoMessage() {}
+
+func (x *BatchStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handshake_v1_keyvault_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchStreamResponse.ProtoReflect.Descriptor instead.
+func (*BatchStreamResponse) Descriptor() ([]byte, []int) {
+	return file_handshake_v1_keyvault_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *BatchStreamResponse) GetBatch() *BatchResponse {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
 var File_handshake_v1_keyvault_proto protoreflect.FileDescriptor
 
 const file_handshake_v1_keyvault_proto_rawDesc = "" +
@@ -2503,7 +2593,11 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"\x04sign\x18\x01 \x01(\v2\x1a.handshake.v1.SignResponseH\x00R\x04sign\x129\n" +
 	"\adecrypt\x18\x02 \x01(\v2\x1d.handshake.v1.DecryptResponseH\x00R\adecrypt\x12+\n" +
 	"\x05error\x18\x03 \x01(\v2\x13.handshake.v1.ErrorH\x00R\x05errorB\b\n" +
-	"\x06result*\xd3\x01\n" +
+	"\x06result\"F\n" +
+	"\x12BatchStreamRequest\x120\n" +
+	"\x05batch\x18\x01 \x01(\v2\x1a.handshake.v1.BatchRequestR\x05batch\"H\n" +
+	"\x13BatchStreamResponse\x121\n" +
+	"\x05batch\x18\x01 \x01(\v2\x1b.handshake.v1.BatchResponseR\x05batch*\xd3\x01\n" +
 	"\tAlgorithm\x12\x19\n" +
 	"\x15ALGORITHM_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12ALGORITHM_RSA_2048\x10\x01\x12\x16\n" +
@@ -2540,7 +2634,7 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"KeyBackend\x12\x1b\n" +
 	"\x17KEY_BACKEND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KEY_BACKEND_SOFTWARE\x10\x01\x12\x16\n" +
-	"\x12KEY_BACKEND_PKCS11\x10\x022\xa6\n" +
+	"\x12KEY_BACKEND_PKCS11\x10\x022\xfe\n" +
 	"\n" +
 	"\bKeyVault\x12>\n" +
 	"\tCreateKey\x12\x1e.handshake.v1.CreateKeyRequest\x1a\x11.handshake.v1.Key\x12>\n" +
@@ -2562,7 +2656,8 @@ const file_handshake_v1_keyvault_proto_rawDesc = "" +
 	"SealTicket\x12\x1f.handshake.v1.SealTicketRequest\x1a .handshake.v1.SealTicketResponse\x12O\n" +
 	"\n" +
 	"OpenTicket\x12\x1f.handshake.v1.OpenTicketRequest\x1a .handshake.v1.OpenTicketResponse\x12@\n" +
-	"\x05Batch\x12\x1a.handshake.v1.BatchRequest\x1a\x1b.handshake.v1.BatchResponseB?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
+	"\x05Batch\x12\x1a.handshake.v1.BatchRequest\x1a\x1b.handshake.v1.BatchResponse\x12V\n" +
+	"\vBatchStream\x12 .handshake.v1.BatchStreamRequest\x1a!.handshake.v1.BatchStreamResponse(\x010\x01B?Z=github.com/handshaked/handshaked/gen/handshake/v1;handshakev1b\x06proto3"
 
 var (
 	file_handshake_v1_keyvault_proto_rawDescOnce sync.Once
@@ -2577,7 +2672,7 @@ func file_handshake_v1_keyvault_proto_rawDescGZIP() []byte {
 }
 
 var file_handshake_v1_keyvault_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_handshake_v1_keyvault_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(Algorithm)(0),                                 // 0: handshake.v1.Algorithm
 	(KeyVersionState)(0),                           // 1: handshake.v1.KeyVersionState
@@ -2615,23 +2710,25 @@ var file_handshake_v1_keyvault_proto_goTypes = []any{
 	(*BatchOperation)(nil),                         // 33: handshake.v1.BatchOperation
 	(*BatchResponse)(nil),                          // 34: handshake.v1.BatchResponse
 	(*BatchResult)(nil),                            // 35: handshake.v1.BatchResult
-	nil,                                            // 36: handshake.v1.Key.LabelsEntry
-	nil,                                            // 37: handshake.v1.CreateKeyRequest.LabelsEntry
-	nil,                                            // 38: handshake.v1.ImportKeyRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),                  // 39: google.protobuf.Timestamp
+	(*BatchStreamRequest)(nil),                     // 36: handshake.v1.BatchStreamRequest
+	(*BatchStreamResponse)(nil),                    // 37: handshake.v1.BatchStreamResponse
+	nil,                                            // 38: handshake.v1.Key.LabelsEntry
+	nil,                                            // 39: handshake.v1.CreateKeyRequest.LabelsEntry
+	nil,                                            // 40: handshake.v1.ImportKeyRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),                  // 41: google.protobuf.Timestamp
 }
 var file_handshake_v1_keyvault_proto_depIdxs = []int32{
-	36, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
-	39, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	38, // 0: handshake.v1.Key.labels:type_name -> handshake.v1.Key.LabelsEntry
+	41, // 1: handshake.v1.Key.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 2: handshake.v1.Key.versions:type_name -> handshake.v1.KeyVersion
 	1,  // 3: handshake.v1.KeyVersion.state:type_name -> handshake.v1.KeyVersionState
 	0,  // 4: handshake.v1.KeyVersion.algorithm:type_name -> handshake.v1.Algorithm
-	39, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
+	41, // 5: handshake.v1.KeyVersion.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 6: handshake.v1.KeyVersion.backend:type_name -> handshake.v1.KeyBackend
 	0,  // 7: handshake.v1.CreateKeyRequest.algorithm:type_name -> handshake.v1.Algorithm
-	37, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
+	39, // 8: handshake.v1.CreateKeyRequest.labels:type_name -> handshake.v1.CreateKeyRequest.LabelsEntry
 	4,  // 9: handshake.v1.CreateKeyRequest.backend:type_name -> handshake.v1.KeyBackend
-	38, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
+	40, // 10: handshake.v1.ImportKeyRequest.labels:type_name -> handshake.v1.ImportKeyRequest.LabelsEntry
 	5,  // 11: handshake.v1.ListKeysResponse.keys:type_name -> handshake.v1.Key
 	0,  // 12: handshake.v1.PublicKey.algorithm:type_name -> handshake.v1.Algorithm
 	3,  // 13: handshake.v1.DecryptRequest.mode:type_name -> handshake.v1.DecryptMode
@@ -2648,45 +2745,49 @@ var file_handshake_v1_keyvault_proto_depIdxs = []int32{
 	27, // 24: handshake.v1.BatchResult.sign:type_name -> handshake.v1.SignResponse
 	22, // 25: handshake.v1.BatchResult.decrypt:type_name -> handshake.v1.DecryptResponse
 	26, // 26: handshake.v1.BatchResult.error:type_name -> handshake.v1.Error
-	7,  // 27: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
-	8,  // 28: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
-	9,  // 29: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
-	10, // 30: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
-	12, // 31: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
-	13, // 32: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
-	14, // 33: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
-	15, // 34: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
-	16, // 35: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
-	18, // 36: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
-	19, // 37: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
-	21, // 38: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
-	23, // 39: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
-	24, // 40: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
-	28, // 41: handshake.v1.KeyVault.SealTicket:input_type -> handshake.v1.SealTicketRequest
-	30, // 42: handshake.v1.KeyVault.OpenTicket:input_type -> handshake.v1.OpenTicketRequest
-	32, // 43: handshake.v1.KeyVault.Batch:input_type -> handshake.v1.BatchRequest
-	5,  // 44: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
-	5,  // 45: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
-	5,  // 46: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
-	11, // 47: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
-	5,  // 48: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
-	5,  // 49: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 50: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
-	5,  // 51: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
-	17, // 52: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
-	5,  // 53: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
-	20, // 54: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
-	22, // 55: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
-	27, // 56: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
-	25, // 57: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
-	29, // 58: handshake.v1.KeyVault.SealTicket:output_type -> handshake.v1.SealTicketResponse
-	31, // 59: handshake.v1.KeyVault.OpenTicket:output_type -> handshake.v1.OpenTicketResponse
-	34, // 60: handshake.v1.KeyVault.Batch:output_type -> handshake.v1.BatchResponse
-	44, // [44:61] is the sub-list for method output_type
-	27, // [27:44] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	32, // 27: handshake.v1.BatchStreamRequest.batch:type_name -> handshake.v1.BatchRequest
+	34, // 28: handshake.v1.BatchStreamResponse.batch:type_name -> handshake.v1.BatchResponse
+	7,  // 29: handshake.v1.KeyVault.CreateKey:input_type -> handshake.v1.CreateKeyRequest
+	8,  // 30: handshake.v1.KeyVault.ImportKey:input_type -> handshake.v1.ImportKeyRequest
+	9,  // 31: handshake.v1.KeyVault.GetKey:input_type -> handshake.v1.GetKeyRequest
+	10, // 32: handshake.v1.KeyVault.ListKeys:input_type -> handshake.v1.ListKeysRequest
+	12, // 33: handshake.v1.KeyVault.RotateKey:input_type -> handshake.v1.RotateKeyRequest
+	13, // 34: handshake.v1.KeyVault.EnableKeyVersion:input_type -> handshake.v1.EnableKeyVersionRequest
+	14, // 35: handshake.v1.KeyVault.DisableKeyVersion:input_type -> handshake.v1.DisableKeyVersionRequest
+	15, // 36: handshake.v1.KeyVault.DestroyKeyVersion:input_type -> handshake.v1.DestroyKeyVersionRequest
+	16, // 37: handshake.v1.KeyVault.GetPublicKey:input_type -> handshake.v1.GetPublicKeyRequest
+	18, // 38: handshake.v1.KeyVault.AttachCertificateChain:input_type -> handshake.v1.AttachCertificateChainRequest
+	19, // 39: handshake.v1.KeyVault.CreateCertificateSigningRequest:input_type -> handshake.v1.CreateCertificateSigningRequestRequest
+	21, // 40: handshake.v1.KeyVault.Decrypt:input_type -> handshake.v1.DecryptRequest
+	23, // 41: handshake.v1.KeyVault.Sign:input_type -> handshake.v1.SignRequest
+	24, // 42: handshake.v1.KeyVault.SignStream:input_type -> handshake.v1.SignStreamRequest
+	28, // 43: handshake.v1.KeyVault.SealTicket:input_type -> handshake.v1.SealTicketRequest
+	30, // 44: handshake.v1.KeyVault.OpenTicket:input_type -> handshake.v1.OpenTicketRequest
+	32, // 45: handshake.v1.KeyVault.Batch:input_type -> handshake.v1.BatchRequest
+	36, // 46: handshake.v1.KeyVault.BatchStream:input_type -> handshake.v1.BatchStreamRequest
+	5,  // 47: handshake.v1.KeyVault.CreateKey:output_type -> handshake.v1.Key
+	5,  // 48: handshake.v1.KeyVault.ImportKey:output_type -> handshake.v1.Key
+	5,  // 49: handshake.v1.KeyVault.GetKey:output_type -> handshake.v1.Key
+	11, // 50: handshake.v1.KeyVault.ListKeys:output_type -> handshake.v1.ListKeysResponse
+	5,  // 51: handshake.v1.KeyVault.RotateKey:output_type -> handshake.v1.Key
+	5,  // 52: handshake.v1.KeyVault.EnableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 53: handshake.v1.KeyVault.DisableKeyVersion:output_type -> handshake.v1.Key
+	5,  // 54: handshake.v1.KeyVault.DestroyKeyVersion:output_type -> handshake.v1.Key
+	17, // 55: handshake.v1.KeyVault.GetPublicKey:output_type -> handshake.v1.PublicKey
+	5,  // 56: handshake.v1.KeyVault.AttachCertificateChain:output_type -> handshake.v1.Key
+	20, // 57: handshake.v1.KeyVault.CreateCertificateSigningRequest:output_type -> handshake.v1.CertificateSigningRequest
+	22, // 58: handshake.v1.KeyVault.Decrypt:output_type -> handshake.v1.DecryptResponse
+	27, // 59: handshake.v1.KeyVault.Sign:output_type -> handshake.v1.SignResponse
+	25, // 60: handshake.v1.KeyVault.SignStream:output_type -> handshake.v1.SignStreamResponse
+	29, // 61: handshake.v1.KeyVault.SealTicket:output_type -> handshake.v1.SealTicketResponse
+	31, // 62: handshake.v1.KeyVault.OpenTicket:output_type -> handshake.v1.OpenTicketResponse
+	34, // 63: handshake.v1.KeyVault.Batch:output_type -> handshake.v1.BatchResponse
+	37, // 64: handshake.v1.KeyVault.BatchStream:output_type -> handshake.v1.BatchStreamResponse
+	47, // [47:65] is the sub-list for method output_type
+	29, // [29:47] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_handshake_v1_keyvault_proto_init() }
@@ -2718,7 +2819,7 @@ func file_handshake_v1_keyvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handshake_v1_keyvault_proto_rawDesc), len(file_handshake_v1_keyvault_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,7 @@ const (
 	KeyVault_SealTicket_FullMethodName                      = "/handshake.v1.KeyVault/SealTicket"
 	KeyVault_OpenTicket_FullMethodName                      = "/handshake.v1.KeyVault/OpenTicket"
 	KeyVault_Batch_FullMethodName                           = "/handshake.v1.KeyVault/Batch"
+	KeyVault_BatchStream_FullMethodName                     = "/handshake.v1.KeyVault/BatchStream"
 )
 
 // KeyVaultClient is the client API for KeyVault service.
@@ -101,6 +102,15 @@ type KeyVaultClient interface {
 	// failed operation does not fail the others. The call fails as a whole
 	// only for what concerns all of it (no identity, too many operations).
 	Batch(ctx context.Context, in *BatchRequest, opts ...grpc.CallOption) (*BatchResponse, error)
+	// BatchStream runs each batch of the stream as Batch would (the same
+	// authorization, limits and audit per operation, one result per
+	// operation) and answers the batches in order. For callers that coalesce
+	// their concurrent operations into batches (the SDK's Sign and Decrypt):
+	// a message on a long-lived stream costs far less than a call. A batch
+	// that Batch would refuse as a whole ends the stream, once the answers
+	// to the batches before it are sent. The service ends a stream idle for
+	// a minute.
+	BatchStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchStreamRequest, BatchStreamResponse], error)
 }
 
 type keyVaultClient struct {
@@ -284,6 +294,19 @@ func (c *keyVaultClient) Batch(ctx context.Context, in *BatchRequest, opts ...gr
 	return out, nil
 }
 
+func (c *keyVaultClient) BatchStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchStreamRequest, BatchStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KeyVault_ServiceDesc.Streams[1], KeyVault_BatchStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BatchStreamRequest, BatchStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KeyVault_BatchStreamClient = grpc.BidiStreamingClient[BatchStreamRequest, BatchStreamResponse]
+
 // KeyVaultServer is the server API for KeyVault service.
 // All implementations must embed UnimplementedKeyVaultServer
 // for forward compatibility.
@@ -347,6 +370,15 @@ type KeyVaultServer interface {
 	// failed operation does not fail the others. The call fails as a whole
 	// only for what concerns all of it (no identity, too many operations).
 	Batch(context.Context, *BatchRequest) (*BatchResponse, error)
+	// BatchStream runs each batch of the stream as Batch would (the same
+	// authorization, limits and audit per operation, one result per
+	// operation) and answers the batches in order. For callers that coalesce
+	// their concurrent operations into batches (the SDK's Sign and Decrypt):
+	// a message on a long-lived stream costs far less than a call. A batch
+	// that Batch would refuse as a whole ends the stream, once the answers
+	// to the batches before it are sent. The service ends a stream idle for
+	// a minute.
+	BatchStream(grpc.BidiStreamingServer[BatchStreamRequest, BatchStreamResponse]) error
 	mustEmbedUnimplementedKeyVaultServer()
 }
 
@@ -407,6 +439,9 @@ func (UnimplementedKeyVaultServer) OpenTicket(context.Context, *OpenTicketReques
 }
 func (UnimplementedKeyVaultServer) Batch(context.Context, *BatchRequest) (*BatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Batch not implemented")
+}
+func (UnimplementedKeyVaultServer) BatchStream(grpc.BidiStreamingServer[BatchStreamRequest, BatchStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method BatchStream not implemented")
 }
 func (UnimplementedKeyVaultServer) mustEmbedUnimplementedKeyVaultServer() {}
 func (UnimplementedKeyVaultServer) testEmbeddedByValue()                  {}
@@ -724,6 +759,13 @@ func _KeyVault_Batch_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyVault_BatchStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(KeyVaultServer).BatchStream(&grpc.GenericServerStream[BatchStreamRequest, BatchStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KeyVault_BatchStreamServer = grpc.BidiStreamingServer[BatchStreamRequest, BatchStreamResponse]
+
 // KeyVault_ServiceDesc is the grpc.ServiceDesc for KeyVault service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -800,6 +842,12 @@ var KeyVault_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "SignStream",
 			Handler:       _KeyVault_SignStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "BatchStream",
+			Handler:       _KeyVault_BatchStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1,0 +1,342 @@
+package handshaked
+
+import (
+	"context"
+	"math"
+	"runtime"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+)
+
+// minOpsInFlight is how many operations a BatchStream keeps in flight
+// before calls wait to go together: below it a call goes at once, so a
+// lone caller or two never wait for another's answer and the service's
+// cores are not left idle by a few callers.
+const minOpsInFlight = 2
+
+// maxBatch is how many operations one batch carries, the service's limit.
+const maxBatch = 256
+
+// batchOps coalesces Sign and Decrypt calls into batches on long-lived
+// BatchStreams. A call that finds fewer than minOpsInFlight operations in
+// flight goes at once, with the calls waiting; any other waits, and the
+// calls that waited go together in one batch when an answer comes. There
+// is no timer: a call waits only for operations that are in flight.
+//
+// Each message costs both processes about the same whatever it carries
+// (issue 12: 150–200 µs of CPU per message in both together on 2 cores,
+// the wake-ups and syscalls of a round trip more than gRPC's own work), so
+// the fewer the messages the cheaper each operation. A unary Batch call
+// per batch costs more again (ECDSA at 8 callers: 0.58–0.66× in-process
+// against 0.78–0.88× on the stream, same runs).
+//
+// The calls wait in one queue, and each batch goes on the next of a few
+// streams in turn: a stream stays on the replica it was opened on, so one
+// stream would put all of a client's operations on one replica at a time,
+// and the fleet's other replicas would sign nothing for it.
+type batchOps struct {
+	vault  pb.KeyVaultClient
+	maxAge time.Duration
+	// timeout bounds a call without a deadline of its own (the client's
+	// timeout; 0: unbounded).
+	timeout time.Duration
+	ctx     context.Context // ends the streams on Close
+	stop    context.CancelFunc
+	// mu orders the sends, each stream's batches in flight (answered in
+	// order) and the calls waiting.
+	mu      sync.Mutex
+	streams []*batchStream // nil: not open
+	next    int            // the slot of streams the next batch goes on
+	ops     int            // operations in flight, on every stream
+	waiting []*batchCall
+	// holding counts receivers that have just answered calls and let
+	// them come back before the next batch goes, so that closed-loop
+	// callers do not split into groups that take turns.
+	holding int
+	// watch fires at the deadline of the oldest call bounded by the
+	// client's timeout (watching: it is set). One timer rather than a
+	// timer per call, as a context.WithTimeout per call would be
+	// (measured: ~2.5 µs of CPU per call, 3% of an ECDSA signature's
+	// cost through the service).
+	watch    *time.Timer
+	watching bool
+	// unsupportedUntil (Unix nanoseconds) is set when a service answers
+	// Unimplemented: it predates BatchStream, and calls go over
+	// SignStreams until then, a stream's age later (in a rolling upgrade,
+	// the next stream may reach an upgraded replica).
+	unsupportedUntil int64
+}
+
+// batchStream is an open BatchStream and the batches it has in flight.
+type batchStream struct {
+	cs       pb.KeyVault_BatchStreamClient
+	inFlight [][]*batchCall // oldest first
+	retired  bool           // takes no new batches; closes once it has answered all
+	retire   time.Time      // from then on, the next batch opens a new stream; zero: never
+}
+
+type batchCall struct {
+	op       *pb.BatchOperation
+	answer   chan batchAnswer // buffered: a call given up on is not waited for
+	deadline time.Time        // zero: the caller's context bounds the call
+	expired  bool             // answered with errCallTimeout
+}
+
+// give answers c unless it has its answer already (it expired).
+func (c *batchCall) give(a batchAnswer) {
+	select {
+	case c.answer <- a:
+	default:
+	}
+}
+
+// errCallTimeout is what a call bounded by the client's timeout gets at
+// its deadline: what its own context would have said.
+var errCallTimeout = status.FromContextError(context.DeadlineExceeded).Err()
+
+type batchAnswer struct {
+	result *pb.BatchResult
+	err    error
+}
+
+func newBatchOps(vault pb.KeyVaultClient, streams int, maxAge time.Duration) *batchOps {
+	ctx, stop := context.WithCancel(context.Background())
+	return &batchOps{vault: vault, streams: make([]*batchStream, streams), maxAge: maxAge, ctx: ctx, stop: stop}
+}
+
+func (o *batchOps) close() { o.stop() }
+
+// do runs op in a batch and waits for its result, or returns errStreamLost
+// when a stream could not carry it.
+func (o *batchOps) do(ctx context.Context, op *pb.BatchOperation) (*pb.BatchResult, error) {
+	call := &batchCall{op: op, answer: make(chan batchAnswer, 1)}
+	if _, ok := ctx.Deadline(); !ok && o.timeout > 0 {
+		call.deadline = time.Now().Add(o.timeout)
+	}
+	o.mu.Lock()
+	if time.Now().UnixNano() < o.unsupportedUntil {
+		o.mu.Unlock()
+		return nil, errStreamLost
+	}
+	o.waiting = append(o.waiting, call)
+	if !call.deadline.IsZero() && !o.watching {
+		o.arm(call.deadline)
+	}
+	o.sendIfIdle()
+	o.mu.Unlock()
+	select {
+	case a := <-call.answer:
+		return a.result, a.err
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// arm sets the timer to fire at; o.mu is held.
+func (o *batchOps) arm(at time.Time) {
+	o.watching = true
+	if o.watch == nil {
+		o.watch = time.AfterFunc(time.Until(at), o.expire)
+		return
+	}
+	o.watch.Reset(time.Until(at))
+}
+
+// expire answers the calls past their deadline with errCallTimeout (their
+// operations may still be answered, and are dropped) and sets the timer
+// for the next deadline.
+func (o *batchOps) expire() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.watching = false
+	now := time.Now()
+	var next time.Time
+	queues := [][]*batchCall{o.waiting}
+	for _, st := range o.streams {
+		if st != nil {
+			queues = append(queues, st.inFlight...)
+		}
+	}
+	for _, calls := range queues {
+		for _, c := range calls {
+			switch {
+			case c.deadline.IsZero() || c.expired:
+			case c.deadline.After(now):
+				if next.IsZero() || c.deadline.Before(next) {
+					next = c.deadline
+				}
+			default:
+				c.expired = true
+				c.give(batchAnswer{err: errCallTimeout})
+			}
+		}
+	}
+	if !next.IsZero() {
+		o.arm(next)
+	}
+}
+
+// sendIfIdle sends the calls waiting as one batch, unless enough
+// operations are in flight for them to wait for an answer or a receiver
+// is letting the calls it answered come back; o.mu is held.
+func (o *batchOps) sendIfIdle() {
+	if o.holding > 0 || o.ops >= minOpsInFlight || len(o.waiting) == 0 {
+		return
+	}
+	st, err := o.nextStream()
+	if err != nil {
+		lost := o.waiting
+		o.waiting = nil
+		for _, c := range lost {
+			c.give(batchAnswer{err: errStreamLost})
+		}
+		return
+	}
+	n := min(len(o.waiting), maxBatch)
+	calls := o.waiting[:n:n]
+	o.waiting = o.waiting[n:]
+	ops := make([]*pb.BatchOperation, n)
+	for i, c := range calls {
+		ops[i] = c.op
+	}
+	st.inFlight = append(st.inFlight, calls)
+	o.ops += n
+	// A failed Send needs nothing here: the receiver sees the broken
+	// stream too and fails every call on it, these included.
+	_ = st.cs.Send(&pb.BatchStreamRequest{Batch: &pb.BatchRequest{Operations: ops}})
+}
+
+// nextStream returns the stream of the next slot in turn, opening it if it
+// is not open or past its age; o.mu is held.
+func (o *batchOps) nextStream() (*batchStream, error) {
+	i := o.next
+	o.next = (o.next + 1) % len(o.streams)
+	st := o.streams[i]
+	if st != nil && !st.retire.IsZero() && time.Now().After(st.retire) {
+		// As a SignStream (streamOps.do): the successor lets the balancer
+		// place the batches anew. The old one answers what it carries,
+		// then ends.
+		st.retired = true
+		st.closeIfDone()
+		st = nil
+	}
+	if st == nil {
+		sctx, cancel := context.WithCancel(o.ctx)
+		cs, err := o.vault.BatchStream(sctx)
+		if err != nil {
+			cancel()
+			o.streams[i] = nil
+			return nil, err
+		}
+		st = &batchStream{cs: cs}
+		if o.maxAge > 0 {
+			st.retire = time.Now().Add(o.maxAge)
+		}
+		o.streams[i] = st
+		go o.receive(st, cancel)
+	}
+	return st, nil
+}
+
+// closeIfDone ends a retired stream's sending side once nothing is in
+// flight on it; the receiver then sees the end of the stream.
+func (st *batchStream) closeIfDone() {
+	if st.retired && len(st.inFlight) == 0 {
+		_ = st.cs.CloseSend()
+	}
+}
+
+// receive hands each batch's results to its calls, then sends the calls
+// that waited meanwhile; when st ends it fails the calls still in flight
+// on it with errStreamLost and, unless it was retired already, forgets st,
+// so that its slot opens a new stream. A service without BatchStream fails
+// the calls waiting too, which then go over SignStreams.
+func (o *batchOps) receive(st *batchStream, cancel context.CancelFunc) {
+	defer cancel()
+	var err error
+	for {
+		var resp *pb.BatchStreamResponse
+		resp, err = st.cs.Recv()
+		o.mu.Lock()
+		if err != nil || len(st.inFlight) == 0 || len(resp.GetBatch().GetResults()) != len(st.inFlight[0]) {
+			// Ended, or an answer out of step with what was sent: nothing
+			// more on it can be trusted.
+			break
+		}
+		calls := st.inFlight[0]
+		st.inFlight = st.inFlight[1:]
+		o.ops -= len(calls)
+		o.holding++
+		o.mu.Unlock()
+		for i, r := range resp.GetBatch().GetResults() {
+			calls[i].give(batchAnswer{result: r})
+		}
+		// The callers just answered are runnable on this core: yielding
+		// once lets those that call again join the calls waiting, instead
+		// of finding the next batch gone and waiting for its answer.
+		runtime.Gosched()
+		o.mu.Lock()
+		o.holding--
+		o.sendIfIdle()
+		st.closeIfDone()
+		o.mu.Unlock()
+	}
+	var lost []*batchCall
+	for _, calls := range st.inFlight {
+		lost = append(lost, calls...)
+		o.ops -= len(calls)
+	}
+	st.inFlight = nil
+	for i, s := range o.streams {
+		if s == st {
+			o.streams[i] = nil
+		}
+	}
+	if status.Code(err) == codes.Unimplemented {
+		until := int64(math.MaxInt64)
+		if o.maxAge > 0 {
+			until = time.Now().Add(o.maxAge).UnixNano()
+		}
+		o.unsupportedUntil = until
+		lost = append(lost, o.waiting...)
+		o.waiting = nil
+	} else {
+		// The calls waiting go on another stream.
+		o.sendIfIdle()
+	}
+	o.mu.Unlock()
+	for _, c := range lost {
+		c.give(batchAnswer{err: errStreamLost})
+	}
+}
+
+// batchResultError is the status a failed operation's result stands for.
+func batchResultError(r *pb.BatchResult) error {
+	if e := r.GetError(); e != nil {
+		return status.Error(codes.Code(e.GetCode()), e.GetMessage())
+	}
+	return nil
+}
+
+// batched runs op in a coalesced batch, bounded by the client's timeout
+// as streamed is (by the stream's timer; a call whose stream is lost goes
+// again, bounded anew); a failed operation's result becomes the status it
+// stands for.
+func (c *Client) batched(ctx context.Context, op *pb.BatchOperation) (*pb.BatchResult, error) {
+	if c.batches == nil {
+		return nil, errStreamLost
+	}
+	r, err := c.batches.do(ctx, op)
+	if err != nil {
+		return nil, err
+	}
+	if err := batchResultError(r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}

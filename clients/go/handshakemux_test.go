@@ -1,0 +1,162 @@
+package handshaked_test
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+
+	handshaked "github.com/handshaked/handshaked/clients/go"
+	"github.com/handshaked/handshaked/clients/go/edge"
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/service"
+	"github.com/handshaked/handshaked/internal/servicetest"
+)
+
+// muxStreams counts the handshake streams a client opens, by method, and
+// the Multiplex streams that have ended; with missing set, Multiplex goes
+// to a method the service does not have, as with a service from before
+// Multiplex (which answers UNIMPLEMENTED).
+type muxStreams struct {
+	missing bool
+	mu      sync.Mutex
+	opened  map[string]int
+	ended   atomic.Int32
+}
+
+func (m *muxStreams) get(method string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.opened[method]
+}
+
+func (m *muxStreams) option() handshaked.Option {
+	return handshaked.WithDialOptions(grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		m.mu.Lock()
+		if m.opened == nil {
+			m.opened = map[string]int{}
+		}
+		m.opened[method]++
+		m.mu.Unlock()
+		if method != pb.Handshake_Multiplex_FullMethodName {
+			return streamer(ctx, desc, cc, method, opts...)
+		}
+		if m.missing {
+			method = "/handshake.v1.Handshake/MultiplexNotHere"
+		}
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return &endWatch{ClientStream: cs, ended: &m.ended}, nil
+	}))
+}
+
+// endWatch counts its stream's end.
+type endWatch struct {
+	grpc.ClientStream
+	ended *atomic.Int32
+	once  sync.Once
+}
+
+func (s *endWatch) RecvMsg(msg any) error {
+	err := s.ClientStream.RecvMsg(msg)
+	if err != nil {
+		s.once.Do(func() { s.ended.Add(1) })
+	}
+	return err
+}
+
+// tlsThroughEdge runs n crypto/tls handshakes at once, each through
+// edge.Server stepping it with c, and checks data goes through each.
+func tlsThroughEdge(t *testing.T, c *handshaked.Client, key servicetest.ServerKey, n int) {
+	t.Helper()
+	cfg := &edge.Config{Client: c, Handshake: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			srvSide, cliSide := net.Pipe()
+			defer cliSide.Close()
+			go func() {
+				conn, err := edge.Server(context.Background(), srvSide, cfg)
+				if !assert.NoError(t, err, "handshake %d", i) {
+					return
+				}
+				defer conn.Close()
+				conn.Write([]byte("through the edge"))
+			}()
+			tc := tls.Client(cliSide, &tls.Config{ServerName: key.Name, RootCAs: key.Pool, MinVersion: tls.VersionTLS12 + uint16(i%2)})
+			tc.SetDeadline(time.Now().Add(20 * time.Second))
+			require.NoError(t, tc.Handshake(), "handshake %d", i)
+			got := make([]byte, len("through the edge"))
+			_, err := io.ReadFull(tc, got)
+			require.NoError(t, err)
+			assert.Equal(t, "through the edge", string(got))
+		})
+	}
+	wg.Wait()
+}
+
+// TestMultiplexedHandshakesShareStreams: concurrent handshakes all travel
+// on a few long-lived Multiplex streams, none on a Stream of its own.
+func TestMultiplexedHandshakesShareStreams(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
+	var streams muxStreams
+	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), streams.option())
+	require.NoError(t, err)
+	defer c.Close()
+	tlsThroughEdge(t, c, key, 16)
+	assert.Zero(t, streams.get(pb.Handshake_Stream_FullMethodName), "handshakes on a Stream of their own")
+	assert.Positive(t, streams.get(pb.Handshake_Multiplex_FullMethodName))
+	assert.LessOrEqual(t, streams.get(pb.Handshake_Multiplex_FullMethodName), handshaked.DefaultHandshakeStreams, "Multiplex streams opened")
+	tlsThroughEdge(t, c, key, 4)
+	assert.LessOrEqual(t, streams.get(pb.Handshake_Multiplex_FullMethodName), handshaked.DefaultHandshakeStreams, "the streams are kept")
+}
+
+// TestMultiplexedHandshakesFallBack: from a service without Multiplex,
+// handshakes go on a Stream each, and Multiplex is not tried again.
+func TestMultiplexedHandshakesFallBack(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
+	streams := muxStreams{missing: true}
+	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), streams.option())
+	require.NoError(t, err)
+	defer c.Close()
+	tlsThroughEdge(t, c, key, 8)
+	tried := streams.get(pb.Handshake_Multiplex_FullMethodName)
+	assert.Positive(t, tried)
+	assert.Equal(t, 8, streams.get(pb.Handshake_Stream_FullMethodName), "a Stream per handshake")
+	tlsThroughEdge(t, c, key, 4)
+	assert.Equal(t, tried, streams.get(pb.Handshake_Multiplex_FullMethodName), "Multiplex tried again")
+	assert.Equal(t, 12, streams.get(pb.Handshake_Stream_FullMethodName))
+}
+
+// TestMultiplexStreamsRetire: a Multiplex stream older than the stream age
+// takes no new handshake (the next one opens another, which the balancer
+// may place on another replica) and ends once its last handshake has.
+func TestMultiplexStreamsRetire(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
+	var streams muxStreams
+	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithHandshakeStreams(1),
+		handshaked.WithSignStreamAge(time.Millisecond), streams.option())
+	require.NoError(t, err)
+	defer c.Close()
+	for range 3 {
+		tlsThroughEdge(t, c, key, 2)
+		time.Sleep(5 * time.Millisecond)
+	}
+	opened := streams.get(pb.Handshake_Multiplex_FullMethodName)
+	assert.GreaterOrEqual(t, opened, 3, "a stream past its age took new handshakes")
+	assert.Eventually(t, func() bool { return int(streams.ended.Load()) == opened-1 }, 10*time.Second, 10*time.Millisecond,
+		"retired streams end with their last handshake, the current one stays")
+}
