@@ -86,6 +86,17 @@ func SetStreamWorkers(n int) int {
 	return old
 }
 
-// HTTPHandler is the handler of s's REST listener, for benchmarks that
-// call it in process.
-func (s *Server) HTTPHandler() http.Handler { return s.http.Handler }
+// HTTPHandler is the handler of s's REST listener and the context the
+// listener gives the requests of a connection from 127.0.0.1, for
+// benchmarks that call it in process.
+func (s *Server) HTTPHandler() (http.Handler, context.Context) {
+	return s.http.Handler, s.http.ConnContext(context.Background(), loopbackConn{})
+}
+
+// loopbackConn is a connection's addresses, all a ConnContext reads.
+type loopbackConn struct{ net.Conn }
+
+func (loopbackConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
+}
+func (loopbackConn) LocalAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080} }

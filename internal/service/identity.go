@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -75,7 +76,7 @@ func identify(ctx context.Context) context.Context {
 
 // Where the identity of a call comes from: the client certificate the TLS
 // layer verified (see tlsSource), on the gRPC listener's connection or on
-// the REST listener's (withHTTPPeer puts that connection's state where the
+// the REST listener's (withConnPeer puts that connection's state where the
 // gRPC transport puts its own). No header of the request names a caller.
 
 // peerIdentity returns the caller's identity ("" if none) and address.
@@ -111,6 +112,17 @@ func gatewayHeaderMatcher(key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// gatewayOutgoingHeader names the HTTP header of a call's header metadata
+// as the gateway's default does (Grpc-Metadata-<key>), already in the
+// canonical form the header map gives it: the default formats every name
+// with fmt and the map canonicalizes it again, on every call (issue 12).
+func gatewayOutgoingHeader(key string) (string, bool) {
+	if key == requestIDHeader { // the header of every call
+		return "Grpc-Metadata-X-Request-Id", true
+	}
+	return runtime.MetadataHeaderPrefix + key, true
 }
 
 // identifyUnary and identifyStream run before everything else that wants

@@ -26,10 +26,11 @@ import (
 //
 // What a gRPC server takes from its transport, localConn takes from the
 // HTTP request: the caller's address and verified client certificate
-// (withHTTPPeer puts them in the request's context as a peer.Peer, which is
-// where the gRPC transport puts them) and the metadata the gateway derives
-// from the request's headers (its outgoing metadata becomes the call's
-// incoming metadata). Nothing a REST caller sends can set the peer.
+// (withConnPeer and withHTTPPeer put them in the context of the request's
+// connection as a peer.Peer, which is where the gRPC transport puts them)
+// and the metadata the gateway derives from the request's headers (its
+// outgoing metadata becomes the call's incoming metadata). Nothing a REST
+// caller sends can set the peer.
 type localConn struct {
 	unary   map[string]localMethod
 	streams map[string]localStreamDesc
@@ -393,24 +394,61 @@ func (s *localClientStream) status() error {
 	return s.err
 }
 
-// withHTTPPeer puts into each request's context what the gRPC transport
-// puts into a call's: the caller's address and, over TLS, the connection's
-// state with the client certificate the TLS layer verified.
+// The peer of a REST call is its connection's: withConnPeer makes it once
+// per connection (http.Server.ConnContext), so that a call does not pay for
+// a new peer, a new context and a copy of its request (issue 12); over
+// TLS the connection's state, known only once the handshake is done, is
+// added by the first request (withHTTPPeer), the same for every request
+// of the connection (Go's server does not renegotiate).
+type connPeer struct {
+	once sync.Once
+	peer peer.Peer
+}
+
+type connPeerKey struct{}
+
+// withConnPeer is the REST server's ConnContext: the connection's context
+// holds its peer where the gRPC transport puts a call's (peer.NewContext),
+// and withHTTPPeer completes it.
+func withConnPeer(ctx context.Context, c net.Conn) context.Context {
+	cp := &connPeer{peer: peer.Peer{Addr: connAddrOf(c.RemoteAddr()), LocalAddr: c.LocalAddr()}}
+	return context.WithValue(peer.NewContext(ctx, &cp.peer), connPeerKey{}, cp)
+}
+
+// withHTTPPeer adds to a request's peer what the gRPC transport puts into
+// a call's and is known only once the connection's TLS handshake is done:
+// the connection's state with the client certificate the TLS layer
+// verified. A request that came by no connection of the server's has no
+// peer: that is the server's fault (500), and no call is made.
 func withHTTPPeer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := &peer.Peer{Addr: httpAddr(r.RemoteAddr)}
-		if local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-			p.LocalAddr = local
+		cp, ok := r.Context().Value(connPeerKey{}).(*connPeer)
+		if !ok {
+			httpError(w, http.StatusInternalServerError, codes.Internal, "request without a connection")
+			return
 		}
-		if r.TLS != nil {
-			p.AuthInfo = credentials.TLSInfo{State: *r.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
-		}
-		next.ServeHTTP(w, r.WithContext(peer.NewContext(r.Context(), p)))
+		// Every request passes here before anything reads the peer, so
+		// the once orders the write before every read, HTTP/2's
+		// concurrent requests of one connection included.
+		cp.once.Do(func() {
+			if r.TLS != nil {
+				cp.peer.AuthInfo = credentials.TLSInfo{State: *r.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
+			}
+		})
+		next.ServeHTTP(w, r)
 	})
 }
 
-// httpAddr is the address of an HTTP request's peer, as net/http gives it.
-type httpAddr string
+// connAddr is the address of a REST connection's peer, written once: every
+// call asks for it (its caller's address in logs, limits and audit).
+type connAddr struct{ network, addr string }
 
-func (httpAddr) Network() string  { return "tcp" }
-func (a httpAddr) String() string { return string(a) }
+func connAddrOf(a net.Addr) net.Addr {
+	if a == nil { // a listener's connection without a peer address
+		return nil
+	}
+	return connAddr{a.Network(), a.String()}
+}
+
+func (a connAddr) Network() string { return a.network }
+func (a connAddr) String() string  { return a.addr }

@@ -2,15 +2,22 @@ package service
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/textproto"
 	"testing"
 	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
@@ -154,4 +161,48 @@ func TestLocalStreamClientStreamAnswerAndPanic(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, cs.CloseSend())
 	assert.Equal(t, codes.Internal, status.Code(cs.RecvMsg(&pb.RestoreResponse{})))
+}
+
+// The peer of a REST call is its connection's (withConnPeer), with the TLS
+// state added by the connection's first request; a request that came by
+// no connection of the server's makes no call.
+func TestHTTPPeerOfConnection(t *testing.T) {
+	var got []*peer.Peer
+	h := withHTTPPeer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		p, ok := peer.FromContext(r.Context())
+		require.True(t, ok)
+		got = append(got, p)
+	}))
+	conn := withConnPeer(context.Background(), loopbackConn{})
+	state := &tls.ConnectionState{Version: tls.VersionTLS13, HandshakeComplete: true}
+	for range 2 {
+		r := httptest.NewRequestWithContext(conn, http.MethodGet, "https://127.0.0.1:8080/v1/keys", nil)
+		r.TLS = state
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	require.Len(t, got, 2)
+	assert.Same(t, got[0], got[1], "one peer per connection")
+	assert.Equal(t, "127.0.0.1:40000", got[0].Addr.String())
+	assert.Equal(t, "127.0.0.1:8080", got[0].LocalAddr.String())
+	info, ok := got[0].AuthInfo.(credentials.TLSInfo)
+	require.True(t, ok, "TLS state of the connection")
+	assert.Equal(t, *state, info.State)
+	assert.Equal(t, credentials.PrivacyAndIntegrity, info.SecurityLevel)
+
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "http://127.0.0.1:8080/v1/keys", nil))
+	assert.Equal(t, http.StatusInternalServerError, w.Code)
+	assert.Len(t, got, 2, "no call without a connection")
+}
+
+// The gateway's response headers for a call's header metadata keep the
+// names its default matcher gives them.
+func TestGatewayOutgoingHeader(t *testing.T) {
+	for _, key := range []string{requestIDHeader, "x-other", "trace-bin"} {
+		got, ok := gatewayOutgoingHeader(key)
+		require.True(t, ok)
+		assert.Equal(t, textproto.CanonicalMIMEHeaderKey(runtime.MetadataHeaderPrefix+key), textproto.CanonicalMIMEHeaderKey(got))
+	}
+	got, _ := gatewayOutgoingHeader(requestIDHeader)
+	assert.Equal(t, textproto.CanonicalMIMEHeaderKey(got), got, "the request id's is canonical already")
 }

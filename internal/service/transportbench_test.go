@@ -55,11 +55,11 @@ func BenchmarkRESTHandler(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := s.Service.HTTPHandler()
+	h, conn := s.Service.HTTPHandler()
 	body := []byte(`{"scheme":"SIGNATURE_SCHEME_ED25519","message":"YmVuY2htYXJr"}`)
 	b.ReportAllocs()
 	parallel(b, 1, func() error {
-		req := httptest.NewRequest(http.MethodPost, "http://127.0.0.1:8080/v1/keys/bench-ed:sign", bytes.NewReader(body))
+		req := httptest.NewRequestWithContext(conn, http.MethodPost, "http://127.0.0.1:8080/v1/keys/bench-ed:sign", bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, req)
