@@ -22,7 +22,7 @@
 //
 //	go run ./cmd/handshaked-bench
 //
-// takes three to four minutes on 2 cores; -short runs every part briefly (a
+// takes four to five minutes on 2 cores; -short runs every part briefly (a
 // smoke test, not a measurement).
 package main
 
@@ -49,12 +49,16 @@ type options struct {
 	rounds      int           // slices each measurement is run in, interleaved with its baseline's
 	concurrency []int         // key-operation callers
 	hsClients   int           // closed-loop handshake clients
-	sessions    []int         // pending sessions to measure memory at
-	parts       map[string]bool
-	handshakes  *regexp.Regexp // the handshake rows to measure
-	keyOps      *regexp.Regexp // the key operations to measure
-	profileDir  string         // where each process writes its CPU profile, if set
-	short       bool
+	// latencySamples: handshakes whose latency is measured per row and
+	// server.
+	latencySamples int
+	latencyDetail  bool  // where the latency measurement's handshakes waited
+	sessions       []int // pending sessions to measure memory at
+	parts          map[string]bool
+	handshakes     *regexp.Regexp // the handshake rows to measure
+	keyOps         *regexp.Regexp // the key operations to measure
+	profileDir     string         // where each process writes its CPU profile, if set
+	short          bool
 }
 
 // parts are what the suite measures, in order; -parts picks some.
@@ -74,6 +78,8 @@ func main() {
 	fs.IntVar(&o.rounds, "rounds", 6, "rounds each measurement's duration is split into, alternating with its baseline's, so that noise hits both alike")
 	conc := fs.String("concurrency", "1,8,64", "concurrent callers of the key operations, comma-separated")
 	fs.IntVar(&o.hsClients, "handshake-clients", 16, "concurrent TLS clients measuring handshakes per second")
+	fs.IntVar(&o.latencySamples, "latency-samples", 2000, "handshakes whose latency is measured, per row and server: the p99 is the 1% slowest of them")
+	fs.BoolVar(&o.latencyDetail, "latency-detail", false, "after the handshakes' table, say where the handshakes of each latency measurement waited: each process's run-queue wait and wake-ups per handshake (Linux /proc)")
 	sessions := fs.String("sessions", "10000,50000", "pending handshake sessions to measure the service's memory at, comma-separated, increasing")
 	partList := fs.String("parts", strings.Join(parts, ","), "parts to run, comma-separated: "+strings.Join(parts, ", "))
 	opsFilter := fs.String("keyops", "", "measure only the key operations whose name (\"ECDSA P-256 sign\", \"RSA-2048 PKCS#1 premaster decrypt\") this regular expression matches")
@@ -100,12 +106,15 @@ func main() {
 	if err == nil && o.rounds < 1 {
 		err = fmt.Errorf("-rounds %d: at least 1", o.rounds)
 	}
+	if err == nil && o.latencySamples < 1 {
+		err = fmt.Errorf("-latency-samples %d: at least 1", o.latencySamples)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "handshaked-bench:", err)
 		os.Exit(2)
 	}
 	if o.short {
-		o.duration, o.rounds, o.concurrency, o.hsClients, o.sessions = 50*time.Millisecond, 1, []int{1, 8}, 4, []int{100, 300}
+		o.duration, o.rounds, o.concurrency, o.hsClients, o.sessions, o.latencySamples = 50*time.Millisecond, 1, []int{1, 8}, 4, []int{100, 300}, 20
 	}
 	if err := run(context.Background(), os.Stdout, o); err != nil {
 		fmt.Fprintln(os.Stderr, "handshaked-bench:", err)

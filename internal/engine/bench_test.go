@@ -194,3 +194,31 @@ func BenchmarkPendingHandshake(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFirstFlightTrace measures a server's first flight (one Step on
+// crypto/tls's ClientHello: key exchange, signature, records) with its
+// trace and without (OmitTrace), the two alternating in one run: what
+// decoding the messages for the trace costs a handshake.
+//
+//	go test -run XXX -bench FirstFlightTrace -benchmem -count 4 ./internal/engine/
+func BenchmarkFirstFlightTrace(b *testing.B) {
+	p := getPKI(b)
+	for _, bc := range benchCases(p) {
+		k := bc.key(p)
+		cfg := serverConfig(k)
+		client := bc.client.Clone()
+		client.InsecureSkipVerify = true
+		hello := captureClientHello(b, client)
+		for _, omit := range []bool{false, true} {
+			b.Run(bc.name+map[bool]string{false: "/traced", true: "/omitted"}[omit], func(b *testing.B) {
+				for b.Loop() {
+					h, _ := NewHandshake(&cfg)
+					h.OmitTrace(omit)
+					if res := h.Step(context.Background(), p.keys, hello); res.State != NeedInput {
+						b.Fatal(res.Reason)
+					}
+				}
+			})
+		}
+	}
+}

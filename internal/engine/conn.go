@@ -47,7 +47,9 @@ func (h *Handshake) Step(ctx context.Context, keys KeyOps, in []byte) StepResult
 		res.AlertDescription = alertOf(err)
 		if !errors.Is(err, errPeerAlert) {
 			res.Alert = h.alertRecord(res.AlertDescription, alertsProtected)
-			res.Trace = append(res.Trace, traceAlert(Sent, alertLevelFatal, res.AlertDescription))
+			if !h.omitTrace {
+				res.Trace = append(res.Trace, h.alertEvent(Sent, alertLevelFatal, res.AlertDescription))
+			}
 		}
 		h.wipe()
 	case h.state == stateComplete:
@@ -175,7 +177,7 @@ func (h *Handshake) handleContent(typ record.ContentType, body []byte) error {
 	if len(body) != 2 {
 		return fail(alertDecodeError, "malformed alert")
 	}
-	h.trace = append(h.trace, traceAlert(Received, body[0], Alert(body[1])))
+	h.note(h.alertEvent(Received, body[0], Alert(body[1])))
 	// Any alert ends the handshake: close_notify and user_canceled leave
 	// nothing to finish, and the others are fatal.
 	return &alertError{alert: Alert(body[1]), reason: "client sent alert " + Alert(body[1]).String(), err: errPeerAlert}
@@ -198,7 +200,7 @@ func (h *Handshake) handleChangeCipherSpec(body []byte) error {
 	if len(body) != 1 || body[0] != 1 {
 		return fail(alertUnexpectedMessage, "malformed change_cipher_spec")
 	}
-	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "ChangeCipherSpec"})
+	h.note(h.event(Received, "ChangeCipherSpec"))
 	switch {
 	case h.vers == tls.VersionTLS13:
 		if h.droppedCCS++; h.droppedCCS > maxDroppedCCS {
@@ -289,8 +291,7 @@ func (h *Handshake) handleMessage(typ uint8, body, raw []byte) error {
 func (h *Handshake) sendMessage(msg []byte, ev TraceEvent) {
 	h.transcript.write(msg)
 	h.flight = append(h.flight, msg...)
-	ev.Direction = Sent
-	h.trace = append(h.trace, ev)
+	h.note(ev)
 }
 
 // flush writes the pending flight as records: plaintext, or protected under
@@ -322,7 +323,7 @@ func (h *Handshake) sendChangeCipherSpec() error {
 		return err
 	}
 	h.out = record.Append(h.out, record.ChangeCipherSpec, tls.VersionTLS12, []byte{1})
-	h.trace = append(h.trace, TraceEvent{Direction: Sent, Message: "ChangeCipherSpec"})
+	h.note(h.event(Sent, "ChangeCipherSpec"))
 	return nil
 }
 

@@ -287,7 +287,8 @@ type StepResult struct {
 	Alert            []byte
 	AlertDescription Alert
 	Reason           string
-	// Trace lists the messages consumed and produced in this step.
+	// Trace lists the messages consumed and produced in this step; it is
+	// empty when the Handshake omits it (OmitTrace).
 	Trace []TraceEvent
 }
 
@@ -464,6 +465,9 @@ type Handshake struct {
 	out    []byte
 	flight []byte
 	trace  []TraceEvent
+
+	// omitTrace: Steps leave StepResult.Trace empty (OmitTrace).
+	omitTrace bool
 }
 
 // handshake12 is what only the TLS 1.2 states (state12_*) use.
@@ -512,6 +516,14 @@ func NewHandshake(cfg *Config) (*Handshake, error) {
 	}
 	return &Handshake{cfg: cfg}, nil
 }
+
+// OmitTrace says whether the Steps that follow leave StepResult.Trace
+// empty, which is the default's opposite: decoding every message into
+// trace fields (cipher suites, groups, schemes as text) is work that
+// nobody reads when the caller neither shows nor records the trace. It
+// changes nothing else a Step does or returns, and MarshalBinary does not
+// keep it: a restored Handshake traces until told otherwise.
+func (h *Handshake) OmitTrace(omit bool) { h.omitTrace = omit }
 
 // Session returns the negotiated session once the handshake is complete.
 func (h *Handshake) Session() (*Session, bool) {

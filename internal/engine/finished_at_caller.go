@@ -72,9 +72,9 @@ func (h *Handshake) completeAtCaller() error {
 	expected := marshalFinished(finishedVerifyData13(h.suite.Hash, h.clientHandshake, h.transcript.sum()))
 	p := &PendingFinished{Message: expected, SkipEarlyData: h.skipEarlyData}
 	p.Key, p.IV = record.TrafficKeys(h.suite, h.clientHandshake)
-	ev := TraceEvent{Direction: Received, Message: "Finished"}
+	ev := h.event(Received, "Finished")
 	ev.add("verified_by", "caller")
-	h.trace = append(h.trace, ev)
+	h.note(ev)
 	// The ticket is built now, but goes out only after the caller has
 	// verified the Finished.
 	flight := h.out
@@ -94,9 +94,9 @@ func (h *Handshake) completeAtCaller() error {
 func (h *Handshake) completeAtCaller12() {
 	p := &PendingFinished{Message: marshalFinished(h.clientFinished12())}
 	for _, msg := range []string{"ChangeCipherSpec", "Finished"} {
-		ev := TraceEvent{Direction: Received, Message: msg}
+		ev := h.event(Received, msg)
 		ev.add("verified_by", "caller")
-		h.trace = append(h.trace, ev)
+		h.note(ev)
 	}
 	h.complete12(p)
 }

@@ -58,7 +58,7 @@ func FuzzClientHello(f *testing.F) {
 		if !m.unmarshal(body) {
 			return
 		}
-		traceClientHello(&m)
+		(&Handshake{}).noteClientHello(&m)
 		helloFingerprint(&m)
 		validHostname(m.serverName)
 		// What was understood survives re-encoding.

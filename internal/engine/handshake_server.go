@@ -24,10 +24,12 @@ import (
 func (h *Handshake) processClientHello(body, raw []byte) error {
 	var ch clientHelloMsg
 	if !ch.unmarshal(body) {
-		h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "ClientHello", Fields: []TraceField{{"error", "malformed"}}})
+		ev := h.event(Received, "ClientHello")
+		ev.add("error", "malformed")
+		h.note(ev)
 		return fail(alertDecodeError, "malformed ClientHello")
 	}
-	h.trace = append(h.trace, traceClientHello(&ch))
+	h.noteClientHello(&ch)
 	vers, err := h.negotiateVersion(&ch)
 	if err != nil {
 		return err
@@ -301,13 +303,13 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 		sessionTicket:   h.issueTicket,
 	}
 	ev := h.traceServerHello12(&hello, ch)
-	if refused != "" {
+	if refused != "" && !ev.omitted {
 		ev.add("resumption", "refused: "+refused)
 	}
 	h.sendMessage(hello.marshal(), ev)
 
 	cert := &h.cfg.Certificates[h.cert]
-	h.sendMessage((&certificateMsg{certificates: cert.Chain}).marshal(), traceServerCertificate(cert))
+	h.sendMessage((&certificateMsg{certificates: cert.Chain}).marshal(), h.traceServerCertificate(cert))
 
 	if h.kex != kexRSA {
 		if err := h.sendServerKeyExchange(); err != nil {
@@ -317,7 +319,7 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 	if h.clientAuth {
 		h.sendCertificateRequest()
 	}
-	h.sendMessage(marshalServerHelloDone(), TraceEvent{Message: "ServerHelloDone"})
+	h.sendMessage(marshalServerHelloDone(), h.event(Sent, "ServerHelloDone"))
 	if err := h.flush(); err != nil {
 		return err
 	}
@@ -343,7 +345,7 @@ func (h *Handshake) newServerRandom12() error {
 
 // traceServerHello12 decodes a TLS 1.2 ServerHello for the trace.
 func (h *Handshake) traceServerHello12(hello *serverHelloMsg, ch *clientHelloMsg) TraceEvent {
-	ev := TraceEvent{Message: "ServerHello"}
+	ev := h.event(Sent, "ServerHello")
 	ev.add("version", versionName(h.vers))
 	ev.add("cipher_suite", record.SuiteName(hello.cipherSuite))
 	if hello.alpnProtocol != "" {
@@ -381,7 +383,7 @@ func (h *Handshake) sendServerKeyExchange() error {
 	if skx.signature, err = h.sign("ServerKeyExchange", signed); err != nil {
 		return err
 	}
-	ev := TraceEvent{Message: "ServerKeyExchange"}
+	ev := h.event(Sent, "ServerKeyExchange")
 	ev.add("group", h.group.String())
 	ev.add("signature_scheme", h.scheme.String())
 	h.sendMessage(skx.marshal(), ev)
@@ -397,14 +399,16 @@ func (h *Handshake) sendCertificateRequest() {
 		//lint:ignore SA1019 Subjects is deprecated only for system pools, which ClientCAs never is.
 		certificateAuthorities: h.cfg.ClientCAs.Subjects(),
 	}
-	ev := TraceEvent{Message: "CertificateRequest"}
-	ev.add("signature_algorithms", list(req.signatureAlgorithms, stringer))
-	ev.add("certificate_authorities", strconv.Itoa(len(req.certificateAuthorities)))
+	ev := h.event(Sent, "CertificateRequest")
+	if !ev.omitted {
+		ev.add("signature_algorithms", list(req.signatureAlgorithms, stringer))
+		ev.add("certificate_authorities", strconv.Itoa(len(req.certificateAuthorities)))
+	}
 	h.sendMessage(req.marshal(), ev)
 }
 
-func traceServerCertificate(cert *Certificate) TraceEvent {
-	return traceCertificates(Sent, len(cert.Chain), []string{cert.subject})
+func (h *Handshake) traceServerCertificate(cert *Certificate) TraceEvent {
+	return h.traceCertificates(Sent, len(cert.Chain), []string{cert.subject})
 }
 
 // processClientCertificate12 handles the TLS 1.2 client Certificate (RFC
@@ -429,18 +433,20 @@ func (h *Handshake) processClientCertificate12(body, raw []byte) error {
 func (h *Handshake) acceptClientCertificate(msg *certificateMsg, raw []byte, noCertificate Alert) error {
 	h.transcript.write(raw)
 	if len(msg.certificates) == 0 {
-		h.trace = append(h.trace, traceCertificates(Received, 0, nil))
+		h.note(h.traceCertificates(Received, 0, nil))
 		if h.cfg.ClientAuth == ClientAuthRequired {
 			return fail(noCertificate, "client sent no certificate")
 		}
 		return nil
 	}
 	certs, err := verifyClientChain(h.cfg, msg.certificates)
-	subjects := make([]string, len(certs))
-	for i, c := range certs {
-		subjects[i] = c.Subject.String()
+	if !h.omitTrace {
+		subjects := make([]string, len(certs))
+		for i, c := range certs {
+			subjects[i] = c.Subject.String()
+		}
+		h.note(h.traceCertificates(Received, len(msg.certificates), subjects))
 	}
-	h.trace = append(h.trace, traceCertificates(Received, len(msg.certificates), subjects))
 	if err != nil {
 		return err
 	}
@@ -460,7 +466,7 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed ClientKeyExchange")
 	}
 	var preMaster []byte
-	ev := TraceEvent{Direction: Received, Message: "ClientKeyExchange"}
+	ev := h.event(Received, "ClientKeyExchange")
 	if h.kex == kexRSA {
 		ev.add("key_exchange", "RSA")
 		// Bleichenbacher (RFC 5246, Section 7.4.7.1): a padding or version
@@ -489,7 +495,9 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 			return fail(alertInternalError, "premaster decryption returned %d bytes, want 48", len(preMaster))
 		}
 	} else {
-		ev.add("key_exchange", "ECDHE "+h.group.String())
+		if !ev.omitted {
+			ev.add("key_exchange", "ECDHE "+h.group.String())
+		}
 		peer, err := h.ecdheKey.Curve().NewPublicKey(payload)
 		if err == nil {
 			preMaster, err = h.ecdheKey.ECDH(peer)
@@ -499,7 +507,7 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 			return failWrap(alertIllegalParameter, err, "invalid client ECDHE public key")
 		}
 	}
-	h.trace = append(h.trace, ev)
+	h.note(ev)
 	h.transcript.write(raw)
 	h.masterSecret = masterSecret(h.suite.Hash, preMaster, h.ems, h.transcript.sum(), h.clientRandom, h.serverRandom)
 	clear(preMaster)
@@ -533,9 +541,9 @@ func (h *Handshake) verifyClientCertificateVerify(body []byte, vers uint16, sign
 	if !cv.unmarshal(body) {
 		return fail(alertDecodeError, "malformed client CertificateVerify")
 	}
-	ev := TraceEvent{Direction: Received, Message: "CertificateVerify"}
+	ev := h.event(Received, "CertificateVerify")
 	ev.add("signature_scheme", cv.signatureAlgorithm.String())
-	h.trace = append(h.trace, ev)
+	h.note(ev)
 	if !slices.Contains(clientAuthSchemes(vers), cv.signatureAlgorithm) ||
 		!sigscheme.Fits(cv.signatureAlgorithm, h.peerKey, vers) {
 		return fail(alertIllegalParameter, "client signed with %v, not offered or not fitting its key", cv.signatureAlgorithm)
@@ -577,7 +585,7 @@ func (h *Handshake) sendServerFinished12() error {
 		return err
 	}
 	h.writeCipher = c
-	h.sendMessage(marshalFinished(verifyData), TraceEvent{Message: "Finished"})
+	h.sendMessage(marshalFinished(verifyData), h.event(Sent, "Finished"))
 	return h.flush()
 }
 
@@ -602,7 +610,7 @@ func (h *Handshake) complete12(pending *PendingFinished) {
 // checkClientFinished compares the client's Finished with the expected
 // verify_data in constant time.
 func (h *Handshake) checkClientFinished(body, expected []byte) error {
-	h.trace = append(h.trace, TraceEvent{Direction: Received, Message: "Finished"})
+	h.note(h.event(Received, "Finished"))
 	// verify_data is opaque[Hash.length] in TLS 1.3 (RFC 8446, Section
 	// 4.4.4) and 12 bytes in TLS 1.2 (RFC 5246, Section 7.4.9): a Finished
 	// of another length is a message that cannot be decoded (RFC 8446,

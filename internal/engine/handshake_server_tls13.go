@@ -156,7 +156,7 @@ func (h *Handshake) sendHelloRetryRequest(ch *clientHelloMsg, raw []byte, n nego
 		supportedVersion: tls.VersionTLS13,
 		selectedGroup:    n.group,
 	}
-	ev := TraceEvent{Message: "HelloRetryRequest"}
+	ev := h.event(Sent, "HelloRetryRequest")
 	ev.add("cipher_suite", record.SuiteName(n.suite))
 	ev.add("selected_group", n.group.String())
 	h.sendMessage(hrr.marshal(), ev)
@@ -189,7 +189,7 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 	if !ch.unmarshal(body) {
 		return fail(alertDecodeError, "malformed second ClientHello")
 	}
-	h.trace = append(h.trace, traceClientHello(&ch))
+	h.noteClientHello(&ch)
 	h.skipEarlyData = false
 	if vers, err := h.negotiateVersion(&ch); err != nil || vers != tls.VersionTLS13 {
 		return fail(alertIllegalParameter, "second ClientHello does not offer TLS 1.3")
@@ -225,7 +225,7 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 // derives the handshake and application traffic secrets (RFC 8446, Sections
 // 2 and 7.1).
 func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotiation13, clientShare []byte) error {
-	ev := TraceEvent{Message: "ServerHello"}
+	ev := h.event(Sent, "ServerHello")
 	ev.add("version", versionName(tls.VersionTLS13))
 	ev.add("cipher_suite", record.SuiteName(n.suite))
 	ev.add("key_share", n.group.String())
@@ -288,7 +288,7 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	// RFC 6066, Section 3: "When resuming a session, the server MUST NOT
 	// include a server_name extension in the server hello."
 	ee := encryptedExtensionsMsg{serverNameAck: ch.serverName != "" && !h.resumed, alpnProtocol: n.alpn}
-	ev = TraceEvent{Message: "EncryptedExtensions"}
+	ev = h.event(Sent, "EncryptedExtensions")
 	if n.alpn != "" {
 		ev.add("alpn", n.alpn)
 	}
@@ -306,7 +306,7 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 		}
 	}
 
-	h.sendMessage(marshalFinished(finishedVerifyData13(hash, serverHandshake, h.transcript.sum())), TraceEvent{Message: "Finished"})
+	h.sendMessage(marshalFinished(finishedVerifyData13(hash, serverHandshake, h.transcript.sum())), h.event(Sent, "Finished"))
 	if err := h.flush(); err != nil {
 		return err
 	}
@@ -356,14 +356,14 @@ func (h *Handshake) sendCertificateFlight13() error {
 		h.sendCertificateRequest()
 	}
 	cert := &h.cfg.Certificates[h.cert]
-	h.sendMessage((&certificateMsg{tls13: true, certificates: cert.Chain}).marshal(), traceServerCertificate(cert))
+	h.sendMessage((&certificateMsg{tls13: true, certificates: cert.Chain}).marshal(), h.traceServerCertificate(cert))
 
 	cv := certificateVerifyMsg{signatureAlgorithm: h.scheme}
 	var err error
 	if cv.signature, err = h.sign("CertificateVerify", signedMessage13(serverSignatureContext, h.transcript.sum())); err != nil {
 		return err
 	}
-	ev := TraceEvent{Message: "CertificateVerify"}
+	ev := h.event(Sent, "CertificateVerify")
 	ev.add("signature_scheme", h.scheme.String())
 	h.sendMessage(cv.marshal(), ev)
 	return nil

@@ -251,6 +251,9 @@ type relay struct {
 	// tamperFinished changes the client's records after the server flight
 	// when the relay verifies the client Finished (CallerVerifiesFinished).
 	tamperFinished func(s *Session, in []byte) []byte
+	// omitTrace: every Step omits its trace (Handshake.OmitTrace), also
+	// after a hop.
+	omitTrace bool
 }
 
 type relayOutcome struct {
@@ -306,6 +309,7 @@ func (r *relay) run(conn net.Conn) (out relayOutcome) {
 			if r.tamper != nil {
 				p = r.tamper(r.h, p)
 			}
+			r.h.OmitTrace(r.omitTrace)
 			res := r.h.Step(context.Background(), r.keys, p)
 			out.steps++
 			out.trace = append(out.trace, res.Trace...)
@@ -475,8 +479,9 @@ type interopCase struct {
 	hop      bool
 	keys     KeyOps
 	skipData bool // do not exchange application data
-	// tamperFinished: see relay.
+	// tamperFinished, omitTrace: see relay.
 	tamperFinished func(s *Session, in []byte) []byte
+	omitTrace      bool
 }
 
 type interopResult struct {
@@ -507,7 +512,7 @@ func runInterop(t *testing.T, c interopCase) interopResult {
 	defer serverConn.Close()
 	defer clientConn.Close()
 
-	r := &relay{h: h, keys: keys, mode: c.mode, rng: mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 1)), tamper: c.tamper, hop: c.hop, tamperFinished: c.tamperFinished}
+	r := &relay{h: h, keys: keys, mode: c.mode, rng: mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 1)), tamper: c.tamper, hop: c.hop, tamperFinished: c.tamperFinished, omitTrace: c.omitTrace}
 	done := make(chan relayOutcome, 1)
 	go func() {
 		out := r.run(serverConn)

@@ -229,19 +229,22 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 		alpn:       h.alpn,
 		peerCerts:  h.peerCerts,
 	}
-	ev := TraceEvent{Message: "NewSessionTicket"}
+	ev := h.event(Sent, "NewSessionTicket")
 	ticket, err := h.sealTicket(&t)
-	if err != nil {
+	switch {
+	case err != nil:
 		// The cause stays out of the trace: it is the TicketKeys
 		// implementation's, as for KeyOps (see keyOpsError).
 		ev.add("ticket", "none (sealing failed)")
-	} else {
+	case !ev.omitted:
 		ev.add("ticket", strconv.Itoa(len(ticket))+" bytes")
 	}
 	// ticket_lifetime_hint: the seconds the ticket has left (Section 3.3).
 	left := max(h.cfg.ticketLifetime()-now.Sub(created), 0)
 	hint := uint32(left / time.Second)
-	ev.add("lifetime_hint", strconv.FormatUint(uint64(hint), 10)+"s")
+	if !ev.omitted {
+		ev.add("lifetime_hint", strconv.FormatUint(uint64(hint), 10)+"s")
+	}
 	h.sendMessage(marshalNewSessionTicket12(hint, ticket), ev)
 }
 

@@ -78,10 +78,14 @@ func (h *Handshake) selectPSK(ch *clientHelloMsg, raw []byte, n *negotiation13, 
 			t.wipe()
 			return nil, err
 		}
-		ev.add("resumption", "accepted identity "+strconv.Itoa(i))
+		if !ev.omitted {
+			ev.add("resumption", "accepted identity "+strconv.Itoa(i))
+		}
 		return &pskSelection{ticket: t, identity: uint16(i)}, nil
 	}
-	ev.add("resumption", "refused: "+strings.Join(reasons, ", "))
+	if !ev.omitted {
+		ev.add("resumption", "refused: "+strings.Join(reasons, ", "))
+	}
 	return nil, nil
 }
 
@@ -193,7 +197,7 @@ func (h *Handshake) sendNewSessionTicket(resumptionMaster []byte) error {
 		alpn:       h.alpn,
 		peerCerts:  h.peerCerts,
 	}
-	ev := TraceEvent{Direction: Sent, Message: "NewSessionTicket"}
+	ev := h.event(Sent, "NewSessionTicket")
 	ticket, err := h.sealTicket(t)
 	if err != nil {
 		// The cause stays out of the trace: it is the TicketKeys
@@ -203,11 +207,13 @@ func (h *Handshake) sendNewSessionTicket(resumptionMaster []byte) error {
 			why = "sealed ticket too long" // a long client certificate chain
 		}
 		ev.add("error", "not sent: "+why)
-		h.trace = append(h.trace, ev)
+		h.note(ev)
 		return nil
 	}
-	ev.add("lifetime", lifetime.String())
-	h.trace = append(h.trace, ev)
+	if !ev.omitted {
+		ev.add("lifetime", lifetime.String())
+	}
+	h.note(ev)
 	h.flight = append(h.flight, marshalNewSessionTicket13(uint32(lifetime/time.Second), t.ageAdd, nil, ticket)...)
 	return h.flush()
 }

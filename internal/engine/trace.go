@@ -31,6 +31,10 @@ type TraceEvent struct {
 	Direction Direction
 	Message   string // "ClientHello", "ChangeCipherSpec", "Alert", ...
 	Fields    []TraceField
+
+	// omitted: the event of a step whose trace is omitted
+	// (Handshake.OmitTrace), which keeps no fields and is not kept.
+	omitted bool
 }
 
 // TraceField is one decoded field of a traced message.
@@ -52,7 +56,24 @@ func (e TraceEvent) String() string {
 }
 
 func (e *TraceEvent) add(key, value string) {
-	e.Fields = append(e.Fields, TraceField{key, value})
+	if !e.omitted {
+		e.Fields = append(e.Fields, TraceField{key, value})
+	}
+}
+
+// event starts an event of the step's trace. Build its fields with add:
+// those of a step whose trace is omitted are dropped as they come, and a
+// value that takes work to compute (text from numbers, lists, subjects)
+// is worth computing only when ev.omitted is false.
+func (h *Handshake) event(d Direction, message string) TraceEvent {
+	return TraceEvent{Direction: d, Message: message, omitted: h.omitTrace}
+}
+
+// note adds ev to the step's trace, unless the trace is omitted.
+func (h *Handshake) note(ev TraceEvent) {
+	if !h.omitTrace {
+		h.trace = append(h.trace, ev)
+	}
 }
 
 var messageNames = map[uint8]string{
@@ -106,17 +127,23 @@ func list[T any](values []T, f func(T) string) string {
 
 func stringer[T fmt.Stringer](v T) string { return v.String() }
 
-func traceAlert(d Direction, level uint8, a Alert) TraceEvent {
+func (h *Handshake) alertEvent(d Direction, level uint8, a Alert) TraceEvent {
 	lvl := "fatal"
 	if level == alertLevelWarning {
 		lvl = "warning"
 	}
-	return TraceEvent{Direction: d, Message: "Alert", Fields: []TraceField{{"level", lvl}, {"description", a.String()}}}
+	ev := h.event(d, "Alert")
+	ev.add("level", lvl)
+	ev.add("description", a.String())
+	return ev
 }
 
-// traceClientHello decodes the ClientHello fields that drive negotiation.
-func traceClientHello(ch *clientHelloMsg) TraceEvent {
-	ev := TraceEvent{Direction: Received, Message: "ClientHello"}
+// noteClientHello traces the ClientHello fields that drive negotiation.
+func (h *Handshake) noteClientHello(ch *clientHelloMsg) {
+	if h.omitTrace {
+		return
+	}
+	ev := h.event(Received, "ClientHello")
 	ev.add("legacy_version", versionName(ch.vers))
 	if len(ch.supportedVersions) > 0 {
 		ev.add("supported_versions", list(ch.supportedVersions, versionName))
@@ -157,7 +184,7 @@ func traceClientHello(ch *clientHelloMsg) TraceEvent {
 	if ch.earlyData {
 		ev.add("early_data", "offered (refused)")
 	}
-	return ev
+	h.note(ev)
 }
 
 func pskModeName(m uint8) string {
@@ -172,8 +199,11 @@ func pskModeName(m uint8) string {
 
 // traceCertificates gives the length of a chain and the subjects of its
 // first certificates.
-func traceCertificates(d Direction, count int, subjects []string) TraceEvent {
-	ev := TraceEvent{Direction: d, Message: "Certificate"}
+func (h *Handshake) traceCertificates(d Direction, count int, subjects []string) TraceEvent {
+	ev := h.event(d, "Certificate")
+	if ev.omitted {
+		return ev
+	}
 	ev.add("certificates", strconv.Itoa(count))
 	for i, s := range subjects {
 		ev.add("subject["+strconv.Itoa(i)+"]", s)

@@ -3,6 +3,8 @@ package procstat
 import (
 	"crypto/sha256"
 	"os"
+	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -42,4 +44,49 @@ func TestCPUTime(t *testing.T) {
 func TestCPUTimeNoProcess(t *testing.T) {
 	_, err := CPUTime(-1)
 	assert.Error(t, err)
+}
+
+// TestSchedulingOf: a thread that sleeps 50 times adds at least 50
+// wake-ups to its process; three times as many threads as CPUs, each busy
+// for 200 ms, spend together at least twice 200 ms per CPU waiting for
+// one (what they did not run), more than they can have run.
+func TestSchedulingOf(t *testing.T) {
+	before, err := SchedulingOf(os.Getpid())
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		for range 50 {
+			ts := syscall.NsecToTimespec(int64(time.Millisecond))
+			syscall.Nanosleep(&ts, nil)
+		}
+		close(done)
+	}()
+	<-done
+	slept, err := SchedulingOf(os.Getpid())
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, slept.Sub(before).Wakeups, int64(50), "wake-ups")
+
+	busy := 3 * runtime.NumCPU()
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(busy))
+	var wg sync.WaitGroup
+	for range busy {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			sum := sha256.Sum256(nil)
+			for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+				sum = sha256.Sum256(sum[:])
+			}
+		})
+	}
+	wg.Wait()
+	after, err := SchedulingOf(os.Getpid())
+	require.NoError(t, err)
+	least := time.Duration(busy-runtime.NumCPU()) * 200 * time.Millisecond * 3 / 4 // a quarter off for clock ticks and start-up
+	assert.GreaterOrEqual(t, after.Sub(slept).RunQueueWait, least, "run-queue wait of %d busy threads on %d CPUs", busy, runtime.NumCPU())
+
+	_, err = SchedulingOf(1 << 30)
+	assert.Error(t, err, "no such process")
 }

@@ -269,6 +269,9 @@ func (h *Handshake) step(ctx context.Context, id string, hs *engine.Handshake, w
 	handshake := trace.SpanFromContext(ctx)
 	ctx, span := h.tracer.Start(ctx, "handshake.step", opts...)
 	defer span.End()
+	// The engine decodes the messages into a trace only for its readers:
+	// the caller (no omit_trace) and the spans, when recorded (traceStep).
+	hs.OmitTrace(!withTrace && !span.IsRecording() && !handshake.IsRecording())
 	begin := time.Now()
 	res := hs.Step(ctx, h.keys, input)
 	h.metrics.stepSeconds.Observe(time.Since(begin).Seconds())

@@ -60,24 +60,31 @@ func TestTracingHandshake(t *testing.T) {
 	rsa := newServerKey(t, s, "rsa2048-pkcs1.pem", "rsa.trace.test")
 	// Each case has its own server name, which finds its handshake's span.
 	muxEC := newServerKey(t, s, "p256-pkcs8.pem", "ec.multiplex.trace.test")
+	omitted := newServerKey(t, s, "p256-pkcs8.pem", "omitted.trace.test")
+	muxOmitted := newServerKey(t, s, "p256-pkcs8.pem", "omitted.multiplex.trace.test")
 	hc := s.handshakeClient(t)
 
 	for _, tc := range []struct {
 		name, transport, vaultOp, version string
 		key                               serverKey
 		cfg                               *tls.Config
+		// omitTrace: the caller omits the steps' trace (as the edge does by
+		// default); the spans show the messages all the same.
+		omitTrace bool
 	}{
-		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, &tls.Config{MinVersion: tls.VersionTLS13}},
-		{"TLS 1.3 ECDSA multiplex", "multiplex", "vault.sign", "TLS 1.3", muxEC, &tls.Config{MinVersion: tls.VersionTLS13}},
+		{"TLS 1.3 ECDSA stream", "stream", "vault.sign", "TLS 1.3", ec, &tls.Config{MinVersion: tls.VersionTLS13}, false},
+		{"TLS 1.3 ECDSA multiplex", "multiplex", "vault.sign", "TLS 1.3", muxEC, &tls.Config{MinVersion: tls.VersionTLS13}, false},
 		{"TLS 1.2 RSA key exchange unary", "unary", "vault.decrypt_premaster", "TLS 1.2", rsa,
-			&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}},
+			&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}, false},
+		{"TLS 1.3 ECDSA stream, trace omitted", "stream", "vault.sign", "TLS 1.3", omitted, &tls.Config{MinVersion: tls.VersionTLS13}, true},
+		{"TLS 1.3 ECDSA multiplex, trace omitted", "multiplex", "vault.sign", "TLS 1.3", muxOmitted, &tls.Config{MinVersion: tls.VersionTLS13}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var keylog testenv.Buffer
 			cfg := tc.cfg.Clone()
 			cfg.ServerName, cfg.RootCAs, cfg.KeyLogWriter = tc.key.name, tc.key.pool, &keylog
 			start := &pb.StartHandshakeRequest{Config: &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: tc.key.id}},
-				CipherSuites: toUint32(tc.cfg.CipherSuites)}}
+				CipherSuites: toUint32(tc.cfg.CipherSuites), OmitTrace: tc.omitTrace}}
 			var mux *muxClient
 			_, relayed := runClient(t, cfg, func() stepper {
 				switch tc.transport {
