@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,8 +52,11 @@ type batchOps struct {
 	// order) and the calls waiting.
 	mu      sync.Mutex
 	streams []*batchStream // nil: not open
-	next    int            // the slot of streams the next batch goes on
-	ops     int            // operations in flight, on every stream
+	// retired are streams replaced in their slot that still carry
+	// batches: their calls time out as any.
+	retired []*batchStream
+	next    int // the slot of streams the next batch goes on
+	ops     int // operations in flight, on every stream
 	waiting []*batchCall
 	// holding counts receivers that have just answered calls and let
 	// them come back before the next batch goes, so that closed-loop
@@ -157,7 +161,7 @@ func (o *batchOps) expire() {
 	now := time.Now()
 	var next time.Time
 	queues := [][]*batchCall{o.waiting}
-	for _, st := range o.streams {
+	for _, st := range slices.Concat(o.streams, o.retired) {
 		if st != nil {
 			queues = append(queues, st.inFlight...)
 		}
@@ -223,6 +227,7 @@ func (o *batchOps) nextStream() (*batchStream, error) {
 		// then ends.
 		st.retired = true
 		st.closeIfDone()
+		o.retired = append(o.retired, st)
 		st = nil
 	}
 	if st == nil {
@@ -297,6 +302,7 @@ func (o *batchOps) receive(st *batchStream, cancel context.CancelFunc) {
 			o.streams[i] = nil
 		}
 	}
+	o.retired = slices.DeleteFunc(o.retired, func(s *batchStream) bool { return s == st })
 	if status.Code(err) == codes.Unimplemented {
 		until := int64(math.MaxInt64)
 		if o.maxAge > 0 {

@@ -279,3 +279,37 @@ func TestCoalescedCallsTimeOut(t *testing.T) {
 	close(w.held)
 	assert.NoError(t, <-own)
 }
+
+// TestCoalescedCallsTimeOutOnRetiredStream: a call in flight on a stream
+// that has been retired since (past its age, replaced in its slot) still
+// gives up at the client's timeout while its answer does not come.
+func TestCoalescedCallsTimeOutOnRetiredStream(t *testing.T) {
+	f := startStreamFixture(t, service.Limits{})
+	w := batchWatch{held: make(chan struct{})}
+	defer close(w.held)
+	const timeout, age = 300 * time.Millisecond, 50 * time.Millisecond
+	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout),
+		handshaked.WithSignStreamAge(age), w.option())
+	require.NoError(t, err)
+	defer c.Close()
+	sign := func(ctx context.Context) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := c.Sign(ctx, "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)
+			done <- err
+		}()
+		return done
+	}
+	bounded := sign(context.Background()) // on the first stream, whose answers are held
+	require.Eventually(t, func() bool { return len(w.batches()) == 1 }, 10*time.Second, time.Millisecond, "the first call sent")
+	time.Sleep(2 * age)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, <-sign(ctx), "a call on the stream that replaced the first")
+	select {
+	case err := <-bounded:
+		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+	case <-time.After(10 * time.Second):
+		require.Fail(t, "a call held on a retired stream did not give up at the client's timeout")
+	}
+}

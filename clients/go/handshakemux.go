@@ -58,7 +58,13 @@ type muxConn struct {
 	cancel context.CancelFunc
 	retire time.Time // zero: never
 
-	mu      sync.Mutex // Send and the map
+	// sendMu orders Send and CloseSend. It is not mu: a Send waits while
+	// the service reads nothing (it reads no more once it holds as many
+	// requests as it takes, until its answers are read), and the receiver
+	// must still take mu to hand those answers out.
+	sendMu sync.Mutex
+
+	mu      sync.Mutex // the map and the flags
 	waiting map[uint64]chan muxAnswer
 	last    uint64 // the last number given: numbers are never reused
 	retired bool   // takes no more handshakes; CloseSend with the last
@@ -175,10 +181,13 @@ func (m *handshakeMux) receive(s *muxSlot, c *muxConn) {
 // send sends req for handshake n, false if the stream is lost.
 func (c *muxConn) send(req *pb.MultiplexRequest) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lost {
+	lost := c.lost
+	c.mu.Unlock()
+	if lost {
 		return false
 	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	// A failed Send needs nothing more: the receiver sees the broken
 	// stream and fails every handshake waiting on it.
 	_ = c.cs.Send(req)
@@ -195,9 +204,12 @@ func (c *muxConn) leave(n uint64) {
 }
 
 // closeIfDone closes a retired stream with no handshake left; c.mu held.
+// No Send is waiting then (a handshake sends before it leaves).
 func (c *muxConn) closeIfDone() {
 	if c.retired && len(c.waiting) == 0 && !c.lost {
+		c.sendMu.Lock()
 		c.cs.CloseSend()
+		c.sendMu.Unlock()
 	}
 }
 

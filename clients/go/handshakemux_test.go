@@ -160,3 +160,69 @@ func TestMultiplexStreamsRetire(t *testing.T) {
 	assert.Eventually(t, func() bool { return int(streams.ended.Load()) == opened-1 }, 10*time.Second, 10*time.Millisecond,
 		"retired streams end with their last handshake, the current one stays")
 }
+
+// stalledMux is a Multiplex service that has stopped reading, as
+// handshaked does while it holds as many requests of a stream as it takes
+// (until its answers are read): it takes the first start, reads nothing
+// more, and answers that start when told.
+type stalledMux struct {
+	pb.UnimplementedHandshakeServer
+	started, answer chan struct{}
+}
+
+func (s *stalledMux) Multiplex(stream pb.Handshake_MultiplexServer) error {
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	close(s.started)
+	<-s.answer
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
+	if err := stream.Send(&pb.MultiplexResponse{Handshake: req.GetHandshake(), Result: &pb.MultiplexResponse_Step{Step: step}}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+// TestMultiplexAnswersWhileSendWaits: a Send that waits for the service to
+// read (its flow-control window is full) does not keep the answers of the
+// stream's other handshakes from them; otherwise the service, which stops
+// reading when its answers are not read, and the client wait on each
+// other for ever.
+func TestMultiplexAnswersWhileSendWaits(t *testing.T) {
+	svc := &stalledMux{started: make(chan struct{}), answer: make(chan struct{})}
+	// A window of its own size: it does not grow as the service reads
+	// nothing.
+	s := grpc.NewServer(grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+	pb.RegisterHandshakeServer(s, svc)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	c, err := handshaked.Dial(l.Addr().String(), handshaked.WithInsecure(), handshaked.WithHandshakeStreams(1))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.MultiplexedHandshake(&pb.HandshakeConfig{}).Step(ctx, []byte{22})
+		first <- err
+	}()
+	<-svc.started
+	// A start larger than the service's window takes the stream's write
+	// quota: the next Send waits.
+	go c.MultiplexedHandshake(&pb.HandshakeConfig{}).Step(ctx, make([]byte, 1<<20))
+	time.Sleep(100 * time.Millisecond)
+	go c.MultiplexedHandshake(&pb.HandshakeConfig{}).Step(ctx, []byte{22})
+	time.Sleep(200 * time.Millisecond)
+	close(svc.answer)
+	select {
+	case err := <-first:
+		assert.NoError(t, err, "the first handshake's answer")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first handshake's answer was not handed out while another's Send waited")
+	}
+}

@@ -39,6 +39,16 @@ type muxItemGuard func(ctx context.Context, req *pb.MultiplexRequest, keys []tar
 // wait on a key backend (an HSM answers in its own time).
 func muxParallelism() int { return 2 * goruntime.GOMAXPROCS(0) }
 
+// muxMaxQueued bounds the requests a Multiplex stream holds, queued or
+// being worked on: past it the stream is not read from until a step ends,
+// as a Stream holds one message at a time and gRPC's flow control the
+// rest. Requests queued behind a running step (aborts, empty inputs, ones
+// the guard refused) hold no input bytes, so without it a caller that
+// keeps sending while it reads no answer would make the service hold
+// whatever it sends. A handshake has at most a step and an abort
+// unanswered from the SDK, so this never holds back a well-behaved caller.
+func muxMaxQueued() int { return 4 * muxParallelism() }
+
 var errMuxEnded = status.Error(codes.Canceled, "the multiplex stream ended: its handshakes are aborted")
 
 // muxStream is one Multiplex stream being served.
@@ -65,7 +75,7 @@ type muxStream struct {
 	mu     sync.Mutex
 	live   map[uint64]*muxHandshake
 	queued int        // requests queued or being worked on
-	idle   *sync.Cond // on mu: queued fell to 0
+	idle   *sync.Cond // on mu: queued fell
 	ended  bool
 }
 
@@ -148,6 +158,9 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	n := req.GetHandshake()
 	start := req.GetStart()
 	m.mu.Lock()
+	for m.queued >= muxMaxQueued() {
+		m.idle.Wait()
+	}
 	x := m.live[n]
 	m.mu.Unlock()
 	keys := []target{}
@@ -236,7 +249,22 @@ func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 	m.mu.Unlock()
 	select {
 	case m.work <- x:
-	case <-m.stop: // abortAll completes what is queued
+	case <-m.stop:
+		m.abandon(x)
+	}
+}
+
+// abandon completes the audit entries of x's requests that no worker
+// will take now that the stream has stopped: abortAll finds only the
+// handshakes still in progress, not those that ended with requests queued
+// behind their last answer.
+func (m *muxStream) abandon(x *muxHandshake) {
+	m.mu.Lock()
+	jobs := x.queue
+	x.queue = nil
+	m.mu.Unlock()
+	for _, j := range jobs {
+		j.finish(nil, errMuxEnded)
 	}
 }
 
@@ -252,7 +280,7 @@ func (m *muxStream) worker() {
 }
 
 // run works on x's requests in order until none is left, or the stream
-// ends (abortAll takes the rest).
+// ends.
 func (m *muxStream) run(x *muxHandshake) {
 	for {
 		stopped := false
@@ -265,6 +293,9 @@ func (m *muxStream) run(x *muxHandshake) {
 		if len(x.queue) == 0 || stopped {
 			x.running = false
 			m.mu.Unlock()
+			if stopped {
+				m.abandon(x)
+			}
 			return
 		}
 		j := x.queue[0]
@@ -282,12 +313,16 @@ func (m *muxStream) run(x *muxHandshake) {
 		default:
 			m.do(x, j)
 		}
-		m.mu.Lock()
-		if m.queued--; m.queued == 0 {
-			m.idle.Broadcast()
-		}
-		m.mu.Unlock()
+		m.jobDone()
 	}
+}
+
+// jobDone counts a request of the stream as answered.
+func (m *muxStream) jobDone() {
+	m.mu.Lock()
+	m.queued--
+	m.idle.Broadcast()
+	m.mu.Unlock()
 }
 
 // do works on one request of x.

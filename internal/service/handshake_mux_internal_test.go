@@ -1,7 +1,10 @@
 package service
 
 import (
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -40,4 +43,57 @@ func TestMultiplexQueuedInputCounts(t *testing.T) {
 	m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
 	assert.Zero(t, x.held)
 	assert.True(t, h.sessions.input.acquire("edge", 1000), "the ended handshake's input is freed")
+}
+
+// TestMultiplexQueueBounded: requests that hold no input (aborts, empty
+// inputs) queued behind a step that does not end (its answer cannot be
+// sent to a caller that reads none) are bounded too: past muxMaxQueued
+// the stream is not read from until a request has been answered.
+func TestMultiplexQueueBounded(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
+	m.idle = sync.NewCond(&m.mu)
+	x := &muxHandshake{n: 1, running: true}
+	m.live[1] = x
+	empty := &pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{}}
+	for range muxMaxQueued() {
+		m.dispatch(empty)
+	}
+	require.Len(t, x.queue, muxMaxQueued())
+	var dispatched atomic.Bool
+	go func() {
+		m.dispatch(empty)
+		dispatched.Store(true)
+	}()
+	assert.Never(t, dispatched.Load, 200*time.Millisecond, 10*time.Millisecond, "a request past the bound is not taken")
+	// A worker answers the oldest request.
+	m.mu.Lock()
+	x.queue = x.queue[1:]
+	m.mu.Unlock()
+	m.jobDone()
+	assert.Eventually(t, dispatched.Load, 10*time.Second, time.Millisecond, "taken once a request has been answered")
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	assert.Len(t, x.queue, muxMaxQueued())
+}
+
+// TestMultiplexStoppedQueueAudited: a request queued for a handshake that
+// ended just before (its number no longer in progress) when the stream
+// stops gets its audit entry completed all the same.
+func TestMultiplexStoppedQueueAudited(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
+	m.idle = sync.NewCond(&m.mu)
+	close(m.stop)
+	x := &muxHandshake{n: 1, done: true} // ended: not in m.live
+	var finished []error
+	m.enqueue(x, muxJob{
+		req:    &pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{Input: []byte{1}}},
+		finish: func(_ any, err error) { finished = append(finished, err) },
+	})
+	m.abortAll()
+	require.Len(t, finished, 1, "the request's entry completed once")
+	assert.ErrorIs(t, finished[0], errMuxEnded)
 }
