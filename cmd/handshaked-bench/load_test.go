@@ -8,7 +8,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -138,8 +137,10 @@ func TestLatencies(t *testing.T) {
 			}
 			sizes[len(sizes)-1]++
 			mu.Unlock()
-			ts := syscall.NsecToTimespec(int64(100 * time.Microsecond))
-			return syscall.Nanosleep(&ts, nil)
+			// sleepUntil, not a bare nanosleep: the runtime's preemption
+			// signal interrupts a sleeping thread now and then (EINTR).
+			sleepUntil(time.Now().Add(100 * time.Microsecond))
+			return nil
 		}
 	}
 	watch := [2]watched{{pids: []int{os.Getpid()}}, {pids: []int{os.Getpid()}}}
