@@ -124,11 +124,13 @@ func WithSignStreams(n int) Option { return func(o *options) { o.signStreams = n
 // has.
 func WithSignStreamAge(d time.Duration) Option { return func(o *options) { o.streamAge = d } }
 
-// WithoutCoalescing sends each Sign and Decrypt as a message of its own
-// on the SignStreams. By default calls are coalesced: concurrent calls go
-// together in batches on long-lived BatchStreams, a call waiting only
-// while others are in flight (never for a timer), which costs both
-// processes less CPU per operation the more calls come together.
+// WithoutCoalescing sends each Sign as a message of its own on the
+// SignStreams, as Decrypt always goes. By default ECDSA and Ed25519
+// signatures are coalesced: concurrent calls go together in batches on
+// long-lived BatchStreams, a call waiting only while others are in flight
+// (never for a timer), which costs both processes less CPU per operation
+// the more calls come together. RSA operations cost too much for sharing
+// a message to save anything, and go one message each.
 func WithoutCoalescing() Option { return func(o *options) { o.noCoalesce = true } }
 
 // WithHandshakeStreams sets how many long-lived Multiplex streams carry
