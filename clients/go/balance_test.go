@@ -48,6 +48,23 @@ func sign(ctx context.Context, c *handshaked.Client) error {
 	return err
 }
 
+// connectAll signs with unary calls until each of replicas has answered
+// one: then c is connected to all of them. A failed call ends the wait, to
+// fail on the test's goroutine.
+func connectAll(t *testing.T, c *handshaked.Client, replicas []*servicetest.Replica) {
+	t.Helper()
+	digest := sha256.Sum256([]byte("balanced"))
+	req := &pb.SignRequest{Key: "k", Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}
+	var err error
+	require.Eventually(t, func() bool {
+		if _, err = c.KeyVault().Sign(context.Background(), req); err != nil {
+			return true
+		}
+		return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
+	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, err)
+}
+
 // TestDialBalancesOverAList: a client dialled with a list of replicas
 // sends its calls to every one of them, round-robin.
 func TestDialBalancesOverAList(t *testing.T) {
@@ -56,15 +73,8 @@ func TestDialBalancesOverAList(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	ctx := context.Background()
-	// Once every replica is connected, round_robin takes each in turn. A
-	// failed call ends the wait, to fail on the test's goroutine.
-	require.Eventually(t, func() bool {
-		if err = sign(ctx, c); err != nil {
-			return true
-		}
-		return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
-	}, 10*time.Second, time.Millisecond)
-	require.NoError(t, err)
+	// Once every replica is connected, round_robin takes each in turn.
+	connectAll(t, c, replicas)
 	var before [3]float64
 	for i, r := range replicas {
 		before[i] = signs(t, r)
@@ -92,17 +102,8 @@ func TestStreamedCallsSpreadOverReplicas(t *testing.T) {
 			require.NoError(t, err)
 			defer c.Close()
 			ctx := context.Background()
-			// Unary calls until every replica is connected, so that the
-			// streams, opened later, are placed over all three.
-			digest := sha256.Sum256([]byte("balanced"))
-			unary := &pb.SignRequest{Key: "k", Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, Input: &pb.SignRequest_Digest{Digest: digest[:]}}
-			require.Eventually(t, func() bool {
-				if _, err = c.KeyVault().Sign(ctx, unary); err != nil {
-					return true
-				}
-				return signs(t, replicas[0]) > 0 && signs(t, replicas[1]) > 0 && signs(t, replicas[2]) > 0
-			}, 10*time.Second, time.Millisecond)
-			require.NoError(t, err)
+			// The streams, opened later, are placed over all three.
+			connectAll(t, c, replicas)
 			var before [3]float64
 			for i, r := range replicas {
 				before[i] = signs(t, r)
