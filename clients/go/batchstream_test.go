@@ -245,6 +245,19 @@ func TestCoalescingReopens(t *testing.T) {
 	})
 }
 
+// signLater returns a function that starts an ECDSA signature with c and
+// returns the channel its error will come on.
+func (f streamFixture) signLater(c *handshaked.Client) func(ctx context.Context) chan error {
+	return func(ctx context.Context) chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, _, err := c.Sign(ctx, "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)
+			done <- err
+		}()
+		return done
+	}
+}
+
 // TestCoalescedCallsTimeOut: a call without a deadline of its own gives up
 // with DEADLINE_EXCEEDED at the client's timeout while its answer does
 // not come; one with a later deadline of its own waits until then.
@@ -255,14 +268,7 @@ func TestCoalescedCallsTimeOut(t *testing.T) {
 	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout), w.option())
 	require.NoError(t, err)
 	defer c.Close()
-	sign := func(ctx context.Context) chan error {
-		done := make(chan error, 1)
-		go func() {
-			_, _, err := c.Sign(ctx, "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)
-			done <- err
-		}()
-		return done
-	}
+	sign := f.signLater(c)
 	start := time.Now()
 	bounded := sign(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -297,14 +303,7 @@ func TestCoalescedCallsTimeOutOnRetiredStream(t *testing.T) {
 		handshaked.WithSignStreamAge(age), w.option())
 	require.NoError(t, err)
 	defer c.Close()
-	sign := func(ctx context.Context) chan error {
-		done := make(chan error, 1)
-		go func() {
-			_, _, err := c.Sign(ctx, "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, f.digest)
-			done <- err
-		}()
-		return done
-	}
+	sign := f.signLater(c)
 	bounded := sign(context.Background()) // on the first stream, whose answers are held
 	require.Eventually(t, func() bool { return len(w.batches()) == 1 }, 10*time.Second, time.Millisecond, "the first call sent")
 	time.Sleep(2 * age)
