@@ -233,7 +233,7 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc ch
 		return err
 	}
 	defer cleanup()
-	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d; SignStream is the Go SDK's Sign without coalescing, one message per operation; coalesced is its default, concurrent calls coalesced into batches on BatchStreams, each batch on the next in turn.\n\n", batchSize)
+	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d; SignStream is the Go SDK's Sign without coalescing, one message per operation; coalesced is its default: concurrent ECDSA and Ed25519 signatures coalesced into batches on BatchStreams, each batch on the next in turn, RSA operations one message each as on SignStream.\n\n", batchSize)
 	header := "| operation | callers |"
 	rule := "|---|---:|"
 	for _, t := range ts {
