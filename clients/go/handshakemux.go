@@ -37,13 +37,10 @@ var errMuxLost = errors.New("multiplex stream lost")
 // balancer may put on another replica, and the old one ends with its last
 // handshake).
 type handshakeMux struct {
+	streamSlots[muxSlot]
 	hs            pb.HandshakeClient
-	slots         []*muxSlot
-	next          atomic.Uint32
 	maxAge        time.Duration
 	unimplemented atomic.Bool
-	ctx           context.Context // ends the streams on Close
-	stop          context.CancelFunc
 }
 
 type muxSlot struct {
@@ -77,20 +74,15 @@ type muxAnswer struct {
 }
 
 func newHandshakeMux(hs pb.HandshakeClient, n int, maxAge time.Duration) *handshakeMux {
-	ctx, stop := context.WithCancel(context.Background())
-	m := &handshakeMux{hs: hs, slots: make([]*muxSlot, n), maxAge: maxAge, ctx: ctx, stop: stop}
-	for i := range m.slots {
-		m.slots[i] = &muxSlot{}
-	}
+	m := &handshakeMux{hs: hs, maxAge: maxAge}
+	m.init(n)
 	return m
 }
-
-func (m *handshakeMux) close() { m.stop() }
 
 // join gives a new handshake a number on one of the streams, opening the
 // stream if needed, and the channel of its answers.
 func (m *handshakeMux) join() (*muxConn, uint64, chan muxAnswer, error) {
-	s := m.slots[int(m.next.Add(1))%len(m.slots)]
+	s := m.take()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c := s.cur; c != nil && !c.retire.IsZero() && time.Now().After(c.retire) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -35,12 +34,9 @@ const DefaultSignStreamAge = 30 * time.Second
 // on first use and again after it ends (the service closes a stream idle
 // for a minute; a connection can break) or has taken calls for maxAge.
 type streamOps struct {
-	vault   pb.KeyVaultClient
-	streams []*opStream
-	next    atomic.Uint32
-	maxAge  time.Duration
-	ctx     context.Context // ends the streams on Close
-	stop    context.CancelFunc
+	streamSlots[opStream]
+	vault  pb.KeyVaultClient
+	maxAge time.Duration
 }
 
 // opStream is one slot of a SignStream. Answers come in request order, so
@@ -64,20 +60,15 @@ type opResult struct {
 }
 
 func newStreamOps(vault pb.KeyVaultClient, n int, maxAge time.Duration) *streamOps {
-	ctx, stop := context.WithCancel(context.Background())
-	o := &streamOps{vault: vault, streams: make([]*opStream, n), maxAge: maxAge, ctx: ctx, stop: stop}
-	for i := range o.streams {
-		o.streams[i] = &opStream{}
-	}
+	o := &streamOps{vault: vault, maxAge: maxAge}
+	o.init(n)
 	return o
 }
-
-func (o *streamOps) close() { o.stop() }
 
 // do sends req on one of the streams and waits for its answer, or returns
 // errStreamLost when the stream could not carry it.
 func (o *streamOps) do(ctx context.Context, req *pb.SignStreamRequest) (*pb.SignStreamResponse, error) {
-	s := o.streams[int(o.next.Add(1))%len(o.streams)]
+	s := o.take()
 	ch := make(chan opResult, 1)
 	s.mu.Lock()
 	if s.cur != nil && !s.cur.retire.IsZero() && time.Now().After(s.cur.retire) {
