@@ -1,7 +1,6 @@
 package service
 
 import (
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,7 +21,8 @@ func TestMultiplexQueuedInputCounts(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	// A caller may hold a quarter of MaxInput: 1000 bytes.
 	h := NewHandshake(vault, HandshakeOptions{MaxInput: 4000}, newHandshakeMetrics(prometheus.NewRegistry()))
-	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
+	m := newMuxStream(h, nil)
+	m.owner = "edge"
 	// A handshake whose step is running: what comes for it waits.
 	x := &muxHandshake{n: 1, running: true}
 	m.live[1] = x
@@ -46,36 +46,30 @@ func TestMultiplexQueuedInputCounts(t *testing.T) {
 }
 
 // TestMultiplexQueueBounded: requests that hold no input (aborts, empty
-// inputs) queued behind a step that does not end (its answer cannot be
-// sent to a caller that reads none) are bounded too: past muxMaxQueued
-// the stream is not read from until a request has been answered.
+// inputs) queued behind a step that does not end are bounded too: past
+// muxMaxQueued unanswered requests the stream is not read from until one
+// has been answered.
 func TestMultiplexQueueBounded(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
-	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
-	m.idle = sync.NewCond(&m.mu)
+	m := newMuxStream(h, nil)
+	m.owner = "edge"
 	x := &muxHandshake{n: 1, running: true}
 	m.live[1] = x
 	empty := &pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{}}
 	for range muxMaxQueued() {
+		require.NoError(t, m.await(muxMaxQueued()))
 		m.dispatch(empty)
 	}
 	require.Len(t, x.queue, muxMaxQueued())
-	var dispatched atomic.Bool
+	var room atomic.Bool
 	go func() {
-		m.dispatch(empty)
-		dispatched.Store(true)
+		assert.NoError(t, m.await(muxMaxQueued()))
+		room.Store(true)
 	}()
-	assert.Never(t, dispatched.Load, 200*time.Millisecond, 10*time.Millisecond, "a request past the bound is not taken")
-	// A worker answers the oldest request.
-	m.mu.Lock()
-	x.queue = x.queue[1:]
-	m.mu.Unlock()
-	m.jobDone()
-	assert.Eventually(t, dispatched.Load, 10*time.Second, time.Millisecond, "taken once a request has been answered")
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	assert.Len(t, x.queue, muxMaxQueued())
+	assert.Never(t, room.Load, 200*time.Millisecond, 10*time.Millisecond, "a request past the bound is read")
+	m.answered()
+	assert.Eventually(t, room.Load, 10*time.Second, time.Millisecond, "read again once a request has been answered")
 }
 
 // TestMultiplexStoppedQueueAudited: a request queued for a handshake that
@@ -84,9 +78,9 @@ func TestMultiplexQueueBounded(t *testing.T) {
 func TestMultiplexStoppedQueueAudited(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
-	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
-	m.idle = sync.NewCond(&m.mu)
-	close(m.stop)
+	m := newMuxStream(h, nil)
+	m.owner = "edge"
+	m.stop()
 	x := &muxHandshake{n: 1, done: true} // ended: not in m.live
 	var finished []error
 	m.enqueue(x, muxJob{
