@@ -108,7 +108,8 @@ type muxStream struct {
 type muxHandshake struct {
 	n       uint64
 	keys    []target
-	queue   []muxJob
+	queue   []muxJob // on first until a second request waits
+	first   [1]muxJob
 	running bool // in ready or on a worker
 	done    bool
 	// held counts the client bytes of its requests, queued or taken by
@@ -310,6 +311,7 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	}
 	if start != nil {
 		x = &muxHandshake{n: n, keys: keys}
+		x.queue = x.first[:0]
 		if err := m.h.sessions.take(m.owner, &x.held, len(start.GetInput())); err != nil {
 			finish(nil, err)
 			m.answerNow(n, err)
@@ -365,8 +367,7 @@ func (m *muxStream) worker() {
 			m.flush()
 		case len(m.ready) > 0:
 			x := m.ready[0]
-			m.ready[0] = nil
-			m.ready = m.ready[1:]
+			m.ready = popFront(m.ready)
 			m.mu.Unlock()
 			m.run(x)
 			m.mu.Lock()
@@ -378,14 +379,23 @@ func (m *muxStream) worker() {
 	m.signalRoom()
 }
 
+// popFront drops the first of q, keeping its array: queues of a stream
+// are short (muxMaxQueued), and a slice moved past its front would be
+// allocated again and again.
+func popFront[T any](q []T) []T {
+	n := copy(q, q[1:])
+	var zero T
+	q[n] = zero
+	return q[:n]
+}
+
 // flush sends the answers waiting, in order, until none is left or the
 // stream stops; mu is held, and let go during each Send.
 func (m *muxStream) flush() {
 	m.sending = true
 	for len(m.out) > 0 && !m.stopped {
 		a := m.out[0]
-		m.out[0] = muxAnswer{}
-		m.out = m.out[1:]
+		m.out = popFront(m.out)
 		m.mu.Unlock()
 		err := m.stream.Send(a.resp)
 		if a.finish != nil {
@@ -417,7 +427,7 @@ func (m *muxStream) run(x *muxHandshake) {
 			m.wake.Signal()
 		}
 		j := x.queue[0]
-		x.queue = x.queue[1:]
+		x.queue = popFront(x.queue)
 		done := x.done
 		m.mu.Unlock()
 		switch {
