@@ -230,14 +230,15 @@ func (m *muxStream) signalRoom() {
 }
 
 // unreadCheck runs a session TTL after await armed it: with answers
-// waiting and none sent since, the stream is unread; otherwise it checks
-// again a TTL later while the receiving loop still waits.
+// waiting (queued, or the last one in Send) and none sent since, the
+// stream is unread; otherwise it checks again a TTL later while the
+// receiving loop still waits.
 func (m *muxStream) unreadCheck() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
 	case m.stopped:
-	case len(m.out) > 0 && m.sent == m.sentSeen:
+	case (len(m.out) > 0 || m.sending) && m.sent == m.sentSeen:
 		m.isUnread = true
 		m.signalRoom()
 	case m.waiting:

@@ -1,6 +1,8 @@
 package service
 
 import (
+	"context"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -8,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
@@ -90,4 +93,44 @@ func TestMultiplexStoppedQueueAudited(t *testing.T) {
 	m.abortAll()
 	require.Len(t, finished, 1, "the request's entry completed once")
 	assert.ErrorIs(t, finished[0], errMuxEnded)
+}
+
+// sendWaits is a Multiplex stream whose caller reads nothing: Send waits
+// until release.
+type sendWaits struct {
+	grpc.ServerStream
+	release chan struct{}
+}
+
+func (s *sendWaits) Context() context.Context { return context.Background() }
+
+func (s *sendWaits) Recv() (*pb.MultiplexRequest, error) { return nil, io.EOF }
+
+func (s *sendWaits) Send(*pb.MultiplexResponse) error {
+	<-s.release
+	return context.Canceled
+}
+
+// TestMultiplexLastAnswerUnread: a half-closed stream whose one answer
+// left waits in Send, none queued behind it, ends all the same once it
+// has not been read for the session TTL.
+func TestMultiplexLastAnswerUnread(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{SessionTTL: 100 * time.Millisecond}, newHandshakeMetrics(prometheus.NewRegistry()))
+	stream := &sendWaits{release: make(chan struct{})}
+	m := newMuxStream(h, stream)
+	m.workers = 1
+	go m.worker()
+	// Answered at once (NOT_FOUND): the worker sends it, and waits.
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+	ended := make(chan error, 1)
+	go func() { ended <- m.await(1) }() // as after the caller's half-close
+	select {
+	case err := <-ended:
+		assert.ErrorIs(t, err, errMuxUnread)
+	case <-time.After(10 * time.Second):
+		assert.Fail(t, "the stream waits for ever on its last answer")
+	}
+	close(stream.release)
+	m.stop()
 }
