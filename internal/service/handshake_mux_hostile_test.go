@@ -35,13 +35,18 @@ func staticWindowConn(t *testing.T, s *testServer) pb.HandshakeClient {
 	return pb.NewHandshakeClient(conn)
 }
 
-// unreadMux opens a Multiplex stream on hc whose answers are never read.
+// unreadMux opens a Multiplex stream on hc whose answers are not read
+// once it is served (one abort answered).
 func unreadMux(t *testing.T, hc pb.HandshakeClient) pb.Handshake_MultiplexClient {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	stream, err := hc.Multiplex(ctx)
 	require.NoError(t, err)
+	require.NoError(t, stream.Send(&pb.MultiplexRequest{Handshake: 0, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}}))
+	resp, err := stream.Recv()
+	require.NoError(t, err)
+	require.NotNil(t, resp.GetError(), "%v", resp)
 	return stream
 }
 
