@@ -516,15 +516,18 @@ func (m *muxStream) expire(x *muxHandshake) {
 		}
 	}
 	full := len(m.out) >= muxMaxQueued()
+	if full {
+		m.forget(x)
+		m.unanswered--
+		m.signalRoom()
+	}
 	m.mu.Unlock()
 	for _, a := range waiting {
 		a.finish(a.result, nil)
 	}
-	if full {
-		m.answered()
-		return
+	if !full {
+		m.answerError(x, status.Errorf(codes.DeadlineExceeded, "handshake %d expired: not complete %v after its start", x.n, m.h.sessions.ttl))
 	}
-	m.answerError(x, status.Errorf(codes.DeadlineExceeded, "handshake %d expired: not complete %v after its start", x.n, m.h.sessions.ttl))
 }
 
 // answered counts a request, or an expiry, that gets no answer.
@@ -540,7 +543,19 @@ func (m *muxStream) answered() {
 func (m *muxStream) answer(x *muxHandshake, resp *pb.MultiplexResponse, result any, finish func(any, error)) {
 	m.mu.Lock()
 	m.out = append(m.out, muxAnswer{x: x, resp: resp, result: result, finish: finish})
+	if x.done {
+		m.forget(x)
+	}
 	m.mu.Unlock()
+}
+
+// forget frees the number of x, which has ended, once its last answer is
+// queued: a request for that number that came before is x's, answered
+// after it; mu held.
+func (m *muxStream) forget(x *muxHandshake) {
+	if m.live[x.n] == x {
+		delete(m.live, x.n)
+	}
 }
 
 func (m *muxStream) answerError(x *muxHandshake, err error) {
@@ -588,15 +603,13 @@ func (m *muxStream) begin(x *muxHandshake, start *pb.StartHandshakeRequest) erro
 	return nil
 }
 
-// end ends x: its number is free again, its slot, input and expiry are
-// released and its span ends with state. Requests still queued for it are
-// answered FAILED_PRECONDITION.
+// end ends x: its slot, input and expiry are released and its span ends
+// with state. Requests still queued for it, and those that come before its
+// last answer is queued (answer frees its number then), are answered
+// FAILED_PRECONDITION, in order.
 func (m *muxStream) end(x *muxHandshake, state pb.HandshakeState) {
 	m.mu.Lock()
 	x.done = true
-	if m.live[x.n] == x {
-		delete(m.live, x.n)
-	}
 	m.h.sessions.drop(m.owner, &x.held)
 	m.mu.Unlock()
 	if x.expiry != nil {

@@ -134,3 +134,27 @@ func TestMultiplexLastAnswerUnread(t *testing.T) {
 	close(stream.release)
 	m.stop()
 }
+
+// TestMultiplexNumberFreedByLastAnswer: a request that comes for a
+// handshake after the step that ends it, before that step's answer is
+// queued, is answered after that answer (FAILED_PRECONDITION), not before
+// it as a request for no handshake.
+func TestMultiplexNumberFreedByLastAnswer(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := newMuxStream(h, nil)
+	x := &muxHandshake{n: 1, running: true} // on a worker
+	m.live[1] = x
+	// The worker's step ends x ...
+	m.end(x, pb.HandshakeState_HANDSHAKE_STATE_FAILED)
+	// ... the caller's next request for it comes in ...
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{Input: []byte{1}}})
+	// ... and the worker queues the step's answer.
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_FAILED}
+	m.answer(x, &pb.MultiplexResponse{Handshake: 1, Result: &pb.MultiplexResponse_Step{Step: step}}, step, nil)
+
+	require.NotEmpty(t, m.out)
+	assert.NotNil(t, m.out[0].resp.GetStep(), "the step's answer first: %v", m.out[0].resp)
+	assert.Len(t, x.queue, 1, "the request waits behind the step, on its handshake")
+	assert.NotContains(t, m.live, uint64(1), "the number is free once the last answer is queued")
+}
