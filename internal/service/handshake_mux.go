@@ -281,14 +281,14 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	case x != nil:
 		keys = x.keys
 	}
-	finish := func(any, error) {}
+	finish := notAudited
 	if m.h.muxItem != nil {
 		f, err := m.h.muxItem(m.ctx, req, keys)
 		if err != nil {
 			if x != nil && start == nil {
 				// Refused by the policy or the limits: as on a Stream,
 				// where the refusal would end it, the handshake ends.
-				m.enqueue(x, muxJob{req: req, err: err, finish: func(any, error) {}})
+				m.enqueue(x, muxJob{req: req, err: err, finish: notAudited})
 				return
 			}
 			m.answerNow(n, err)
@@ -324,7 +324,7 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	} else if err := m.takeInput(x, req.GetInput()); err != nil {
 		// As on a Stream, where too much input ends it.
 		finish(nil, err)
-		m.enqueue(x, muxJob{req: req, err: err, finish: func(any, error) {}})
+		m.enqueue(x, muxJob{req: req, err: err, finish: notAudited})
 		return
 	}
 	m.enqueue(x, muxJob{req: req, finish: finish})
@@ -598,7 +598,7 @@ func (m *muxStream) begin(x *muxHandshake, start *pb.StartHandshakeRequest) erro
 		m.mu.Lock()
 		m.unanswered++
 		m.mu.Unlock()
-		m.enqueue(x, muxJob{finish: func(any, error) {}})
+		m.enqueue(x, muxJob{finish: notAudited})
 	})
 	return nil
 }
@@ -675,14 +675,20 @@ func (g *guard) muxItem(ctx context.Context, req *pb.MultiplexRequest, keys []ta
 		return nil, err
 	}
 	start := time.Now()
-	e := g.entry(ctx, method, req)
-	finish := func(resp any, err error) { g.record(ctx, e, start, resp, err) }
+	finish := notAudited
+	if e := g.entry(ctx, method, req); e != nil {
+		finish = func(resp any, err error) { g.record(ctx, e, start, resp, err) }
+	}
 	if err := g.allowed(ctx, authz.Use, keys); err != nil {
 		finish(nil, err)
 		return nil, err
 	}
 	return finish, nil
 }
+
+// notAudited completes the audit entry of a request that has none: one
+// whose entry is completed otherwise, or with no audit log.
+func notAudited(any, error) {}
 
 // muxHandshakeRef is how the audit log names a handshake of a Multiplex
 // stream: by the caller's number, which is only unique on its stream.
