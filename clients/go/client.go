@@ -157,7 +157,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	case o.tls != nil && o.insecure:
 		return nil, errors.New("handshaked: WithTLS and WithInsecure are exclusive")
 	case o.tls != nil:
-		creds = credentials.NewTLS(o.tls)
+		creds = tlsCredentials(o.tls)
 	case o.insecure:
 		creds = insecure.NewCredentials()
 	default:
