@@ -94,6 +94,19 @@ func (f *mtlsFront) lastIdentity() string {
 	return f.identities[len(f.identities)-1]
 }
 
+// page fetches the echo page from the edge at addr, over a new connection.
+func (f *fixture) page(addr string) error {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.ReadAll(resp.Body)
+	return err
+}
+
 // TestReloadsClientCertificate: handshake-edge, running all along, presents
 // to handshaked the client certificate its -handshaked-cert/-key files hold
 // when it reconnects: a renewed certificate (renamed over the old files, as
@@ -119,26 +132,15 @@ func TestReloadsClientCertificate(t *testing.T) {
 	edgeAddr, _ := f.start(t, "-handshaked", addr,
 		"-handshaked-ca", in("ca.pem"), "-handshaked-cert", in("edge.crt"), "-handshaked-key", in("edge.key"))
 
-	page := func() error {
-		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + edgeAddr + "/")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		_, err = io.ReadAll(resp.Body)
-		return err
-	}
-	require.NoError(t, page())
+	require.NoError(t, f.page(edgeAddr))
 	assert.Equal(t, "spiffe://example.org/edge/before", front.lastIdentity())
 
 	renew("spiffe://example.org/edge/renewed")
 	front.dropAll()
 	// The handshake that meets the dropped connection may fail; the edge
 	// reconnects for the next.
-	if err := page(); err != nil {
-		require.NoError(t, page(), "after the reconnection (the first try: %v)", err)
+	if err := f.page(edgeAddr); err != nil {
+		require.NoError(t, f.page(edgeAddr), "after the reconnection (the first try: %v)", err)
 	}
 	assert.Equal(t, "spiffe://example.org/edge/renewed", front.lastIdentity(), "the renewed certificate, without a restart")
 }
@@ -184,34 +186,23 @@ func TestFollowsCABundle(t *testing.T) {
 	edgeAddr, log := f.start(t, "-handshaked", addr,
 		"-handshaked-ca", in("ca.pem"), "-handshaked-cert", in("edge.crt"), "-handshaked-key", in("edge.key"))
 
-	page := func() error {
-		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + edgeAddr + "/")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		_, err = io.ReadAll(resp.Body)
-		return err
-	}
 	// pages waits for the edge to reach the service again: the handshake
 	// that meets a dropped connection, or the edge waiting to reconnect
 	// after a refusal, may fail a page or two.
 	pages := func() error {
 		var err error
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if err = page(); err == nil {
+			if err = f.page(edgeAddr); err == nil {
 				return nil
 			}
 		}
 		return err
 	}
-	require.NoError(t, page())
+	require.NoError(t, f.page(edgeAddr))
 
 	reissue(newCA)
 	for range 3 {
-		assert.Error(t, page(), "handshaked's certificate from a CA not in the bundle yet")
+		assert.Error(t, f.page(edgeAddr), "handshaked's certificate from a CA not in the bundle yet")
 	}
 	assert.Contains(t, log.String(), "x509: certificate signed by unknown authority")
 
@@ -222,6 +213,6 @@ func TestFollowsCABundle(t *testing.T) {
 	assert.NoError(t, pages(), "the new CA only")
 	reissue(oldCA)
 	for range 3 {
-		assert.Error(t, page(), "the old CA, out of the bundle")
+		assert.Error(t, f.page(edgeAddr), "the old CA, out of the bundle")
 	}
 }
