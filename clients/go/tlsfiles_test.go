@@ -263,8 +263,8 @@ func TestCABundleRotation(t *testing.T) {
 	require.NoError(t, err)
 	c := newCaller(t, svc, cfg)
 	require.NoError(t, c.connects())
-	// A copy given the name to expect, as handshakectl -server-name does,
-	// follows the bundle too.
+	// A Clone given the name to expect (what handshakectl -server-name
+	// sets) follows the bundle too.
 	named := cfg.Clone()
 	named.ServerName = "localhost"
 	cn := newCaller(t, svc, named)
