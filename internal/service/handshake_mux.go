@@ -88,6 +88,7 @@ type muxStream struct {
 	unanswered int
 	sent       uint64 // answers sent, for unread
 	workers    int    // running
+	idle       int    // workers waiting on wake, not yet woken
 	stopped    bool   // the workers stop; nothing more is sent
 	ended      bool   // abortAll has run: requests are ended at once
 	// The receiving loop waits on room (with waiting set) for fewer
@@ -160,10 +161,6 @@ func newMuxStream(h *Handshake, stream pb.Handshake_MultiplexServer) *muxStream 
 // stream's workers step handshakes, each one request at a time in order.
 func (h *Handshake) Multiplex(stream pb.Handshake_MultiplexServer) error {
 	m := newMuxStream(h, stream)
-	m.workers = muxParallelism()
-	for range m.workers {
-		go m.worker()
-	}
 	var err error
 	for {
 		if err = m.await(muxMaxQueued()); err != nil {
@@ -354,9 +351,24 @@ func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 	if !x.running {
 		x.running = true
 		m.ready = append(m.ready, x)
-		m.wake.Signal()
+		m.wakeWorker()
 	}
 	m.mu.Unlock()
+}
+
+// wakeWorker wakes a worker for work or answers to send, or starts one,
+// up to muxParallelism: a stream has the workers its load has needed, not
+// as many as the cores from its start (a connection may carry a thousand
+// streams, most of them quiet); mu held.
+func (m *muxStream) wakeWorker() {
+	switch {
+	case m.idle > 0:
+		m.idle--
+		m.wake.Signal()
+	case m.workers < muxParallelism():
+		m.workers++
+		go m.worker()
+	}
 }
 
 func (m *muxStream) worker() {
@@ -373,6 +385,7 @@ func (m *muxStream) worker() {
 			m.run(x)
 			m.mu.Lock()
 		default:
+			m.idle++ // taken back by wakeWorker's Signal
 			m.wake.Wait()
 		}
 	}
@@ -425,7 +438,7 @@ func (m *muxStream) run(x *muxHandshake) {
 		}
 		if len(m.out) > 0 && !m.sending {
 			// This worker keeps x: another sends the answers.
-			m.wake.Signal()
+			m.wakeWorker()
 		}
 		j := x.queue[0]
 		x.queue = popFront(x.queue)
@@ -568,7 +581,7 @@ func (m *muxStream) answerNow(n uint64, err error) {
 	m.mu.Lock()
 	m.out = append(m.out, muxAnswer{resp: errorAnswer(n, err)})
 	if !m.sending {
-		m.wake.Signal()
+		m.wakeWorker()
 	}
 	m.mu.Unlock()
 }

@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"crypto/tls"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -179,4 +180,24 @@ func TestMultiplexUnreadStreamEnds(t *testing.T) {
 				"the unread stream keeps its place")
 		})
 	}
+}
+
+// TestMultiplexQuietStreamsCost: a quiet Multiplex stream costs the
+// service the goroutines of a Stream (its handler and the read it waits
+// on) and the one worker its answer needed, not a worker per core from
+// its start: a connection may carry a thousand quiet streams.
+func TestMultiplexQuietStreamsCost(t *testing.T) {
+	s := startServer(t)
+	hc := s.handshakeClient(t)
+	unreadMux(t, hc) // the connection, and a first reader
+	const streams = 50
+	before := runtime.NumGoroutine()
+	for range streams {
+		unreadMux(t, hc)
+	}
+	perStream := float64(runtime.NumGoroutine()-before) / streams
+	t.Logf("%.2f goroutines per quiet stream (GOMAXPROCS %d)", perStream, runtime.GOMAXPROCS(0))
+	// The service's handler, the read it waits on, and one worker; a
+	// worker per core from the start: 2 x GOMAXPROCS more.
+	assert.LessOrEqual(t, perStream, 3.5, "goroutines per quiet stream")
 }

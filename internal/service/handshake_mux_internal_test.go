@@ -119,9 +119,7 @@ func TestMultiplexLastAnswerUnread(t *testing.T) {
 	h := NewHandshake(vault, HandshakeOptions{SessionTTL: 100 * time.Millisecond}, newHandshakeMetrics(prometheus.NewRegistry()))
 	stream := &sendWaits{release: make(chan struct{})}
 	m := newMuxStream(h, stream)
-	m.workers = 1
-	go m.worker()
-	// Answered at once (NOT_FOUND): the worker sends it, and waits.
+	// Answered at once (NOT_FOUND): a worker sends it, and waits.
 	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
 	ended := make(chan error, 1)
 	go func() { ended <- m.await(1) }() // as after the caller's half-close
