@@ -226,23 +226,23 @@ func (m *muxStream) signalRoom() {
 	}
 }
 
-// unreadCheck runs a session TTL after await armed it: with answers
-// waiting (queued, or the last one in Send) and none sent since, the
-// stream is unread; otherwise it checks again a TTL later while the
-// receiving loop still waits.
+// unreadCheck runs a session TTL after await armed it. While the
+// receiving loop waits, with answers waiting (queued, or the last one in
+// Send) and none sent since, the stream is unread; with some sent, it
+// checks again a TTL later. A loop back to reading is not held back by
+// the answers: the check ends, and the next wait arms it again.
 func (m *muxStream) unreadCheck() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
-	case m.stopped:
+	case m.stopped || !m.waiting:
+		m.armed = false
 	case (len(m.out) > 0 || m.sending) && m.sent == m.sentSeen:
 		m.isUnread = true
 		m.signalRoom()
-	case m.waiting:
+	default:
 		m.sentSeen = m.sent
 		m.unread.Reset(m.h.sessions.ttl)
-	default:
-		m.armed = false
 	}
 }
 

@@ -156,3 +156,32 @@ func TestMultiplexNumberFreedByLastAnswer(t *testing.T) {
 	assert.Len(t, x.queue, 1, "the request waits behind the step, on its handshake")
 	assert.NotContains(t, m.live, uint64(1), "the number is free once the last answer is queued")
 }
+
+// TestMultiplexUnreadOnlyWhileHeldBack: answers left unread for the
+// session TTL while the receiving loop reads on (the caller sends, and
+// may read later) do not end the stream: only a loop held back by them
+// does.
+func TestMultiplexUnreadOnlyWhileHeldBack(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	const ttl = 50 * time.Millisecond
+	h := NewHandshake(vault, HandshakeOptions{SessionTTL: ttl}, newHandshakeMetrics(prometheus.NewRegistry()))
+	stream := &sendWaits{release: make(chan struct{})}
+	m := newMuxStream(h, stream)
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+	// The loop waits once (the check is armed), then reads on.
+	waited := make(chan error, 1)
+	go func() { waited <- m.await(1) }()
+	require.Eventually(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.armed && m.waiting
+	}, 10*time.Second, time.Millisecond)
+	m.answered()
+	require.NoError(t, <-waited)
+	time.Sleep(3 * ttl) // the answer in Send stays unread meanwhile
+	m.mu.Lock()
+	assert.False(t, m.isUnread, "unread while the loop was reading")
+	m.mu.Unlock()
+	close(stream.release)
+	m.stop()
+}
