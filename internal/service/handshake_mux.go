@@ -362,6 +362,7 @@ func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 // streams, most of them quiet); mu held.
 func (m *muxStream) wakeWorker() {
 	switch {
+	case m.stopped:
 	case m.idle > 0:
 		m.idle--
 		m.wake.Signal()
