@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
@@ -184,4 +185,45 @@ func TestMultiplexUnreadOnlyWhileHeldBack(t *testing.T) {
 	m.mu.Unlock()
 	close(stream.release)
 	m.stop()
+}
+
+// TestMultiplexExpiryWithUnsentAnswers: a handshake that expires while
+// its answers wait unsent (a caller not reading) has their audit entries
+// completed at its expiry, and its DEADLINE_EXCEEDED answer is queued
+// only while the stream holds fewer answers than its bound: past it the
+// caller learns at its next request.
+func TestMultiplexExpiryWithUnsentAnswers(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := newMuxStream(h, nil)
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
+	stepAnswer := func(x *muxHandshake, finish func(any, error)) {
+		m.answer(x, &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}, step, finish)
+	}
+	var completed []any
+	x := &muxHandshake{n: 1, running: true}
+	m.live[1] = x
+	stepAnswer(x, func(resp any, err error) {
+		assert.NoError(t, err)
+		completed = append(completed, resp)
+	})
+	other := &muxHandshake{n: 2}
+	for range muxMaxQueued() - 1 {
+		stepAnswer(other, notAudited)
+	}
+	m.unanswered = muxMaxQueued() + 1 // the answered requests, and the expiry
+	m.expire(x)
+	assert.Equal(t, []any{step}, completed, "the unsent answer's entry completed at the expiry")
+	assert.Len(t, m.out, muxMaxQueued(), "no expiry answer past the bound")
+	assert.Equal(t, muxMaxQueued(), m.unanswered, "the expiry counted as answered")
+	assert.NotContains(t, m.live, uint64(1), "the number is free")
+
+	// With room, the expiry is answered.
+	m.out = m.out[:1]
+	y := &muxHandshake{n: 3, running: true}
+	m.live[3] = y
+	m.expire(y)
+	require.Len(t, m.out, 2)
+	assert.Equal(t, int32(codes.DeadlineExceeded), m.out[1].resp.GetError().GetCode(), "%v", m.out[1].resp)
+	assert.Equal(t, uint64(3), m.out[1].resp.GetHandshake())
 }
