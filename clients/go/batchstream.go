@@ -304,11 +304,7 @@ func (o *batchOps) receive(st *batchStream, cancel context.CancelFunc) {
 	}
 	o.retired = slices.DeleteFunc(o.retired, func(s *batchStream) bool { return s == st })
 	if status.Code(err) == codes.Unimplemented {
-		until := int64(math.MaxInt64)
-		if o.maxAge > 0 {
-			until = time.Now().Add(o.maxAge).UnixNano()
-		}
-		o.unsupportedUntil = until
+		o.unsupportedUntil = unsupportedUntil(o.maxAge)
 		lost = append(lost, o.waiting...)
 		o.waiting = nil
 	} else {
@@ -319,6 +315,17 @@ func (o *batchOps) receive(st *batchStream, cancel context.CancelFunc) {
 	for _, c := range lost {
 		c.give(batchAnswer{err: errStreamLost})
 	}
+}
+
+// unsupportedUntil is until when (Unix nanoseconds) a client takes a
+// service to lack a streaming method it has just answered Unimplemented:
+// a stream's age, after which the next stream may reach another replica;
+// for ever if streams do not age.
+func unsupportedUntil(maxAge time.Duration) int64 {
+	if maxAge <= 0 {
+		return math.MaxInt64
+	}
+	return time.Now().Add(maxAge).UnixNano()
 }
 
 // batchResultError is the status a failed operation's result stands for.

@@ -38,9 +38,13 @@ var errMuxLost = errors.New("multiplex stream lost")
 // handshake).
 type handshakeMux struct {
 	streamSlots[muxSlot]
-	hs            pb.HandshakeClient
-	maxAge        time.Duration
-	unimplemented atomic.Bool
+	hs     pb.HandshakeClient
+	maxAge time.Duration
+	// unsupportedUntil (Unix nanoseconds) is set when a service answers
+	// Unimplemented: it predates Multiplex, and handshakes go on a Stream
+	// each until then, a stream's age later, as batchOps does (in a
+	// rolling upgrade, the next stream may reach an upgraded replica).
+	unsupportedUntil atomic.Int64
 }
 
 type muxSlot struct {
@@ -137,7 +141,7 @@ func (m *handshakeMux) receive(s *muxSlot, c *muxConn) {
 		resp, err := c.cs.Recv()
 		if err != nil {
 			if status.Code(err) == codes.Unimplemented {
-				m.unimplemented.Store(true)
+				m.unsupportedUntil.Store(unsupportedUntil(m.maxAge))
 				err = errMuxUnimplemented
 			} else {
 				err = errMuxLost
@@ -207,7 +211,8 @@ func (c *muxConn) closeIfDone() {
 
 // MultiplexedHandshake is one handshake in the service, stepped on one of
 // the Client's shared Multiplex streams, or on a Stream of its own when
-// the service has no Multiplex or the Client none (WithHandshakeStreams(0)).
+// the service has no Multiplex (tried again a stream age later) or the
+// Client none (WithHandshakeStreams(0)).
 // Step it in order from one goroutine; Abort it if it ends before COMPLETE
 // or FAILED. The service holds it as one of a Stream (the same caps,
 // checks and audit) for at most its session TTL.
@@ -243,7 +248,7 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 		return h.muxStep(ctx, &pb.MultiplexRequest{Handshake: h.n, Request: &pb.MultiplexRequest_Input{Input: input}})
 	}
 	mux := h.client.mux
-	if mux == nil || mux.unimplemented.Load() {
+	if mux == nil || time.Now().UnixNano() < mux.unsupportedUntil.Load() {
 		return h.openStream(ctx, input)
 	}
 	start := &pb.StartHandshakeRequest{Config: h.cfg, Input: input}

@@ -26,7 +26,7 @@ import (
 // to a method the service does not have, as with a service from before
 // Multiplex (which answers UNIMPLEMENTED).
 type muxStreams struct {
-	missing bool
+	missing atomic.Bool
 	mu      sync.Mutex
 	opened  map[string]int
 	ended   atomic.Int32
@@ -49,7 +49,7 @@ func (m *muxStreams) option() handshaked.Option {
 		if method != pb.Handshake_Multiplex_FullMethodName {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
-		if m.missing {
+		if m.missing.Load() {
 			method = "/handshake.v1.Handshake/MultiplexNotHere"
 		}
 		cs, err := streamer(ctx, desc, cc, method, opts...)
@@ -127,7 +127,8 @@ func TestMultiplexedHandshakesShareStreams(t *testing.T) {
 func TestMultiplexedHandshakesFallBack(t *testing.T) {
 	srv := servicetest.Start(t, service.Options{})
 	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
-	streams := muxStreams{missing: true}
+	var streams muxStreams
+	streams.missing.Store(true)
 	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), streams.option())
 	require.NoError(t, err)
 	defer c.Close()
@@ -138,6 +139,30 @@ func TestMultiplexedHandshakesFallBack(t *testing.T) {
 	tlsThroughEdge(t, c, key, 4)
 	assert.Equal(t, tried, streams.get(pb.Handshake_Multiplex_FullMethodName), "Multiplex tried again")
 	assert.Equal(t, 12, streams.get(pb.Handshake_Stream_FullMethodName))
+}
+
+// TestMultiplexedHandshakesTryAgain: a stream age after a service answered
+// that it has no Multiplex, the client tries it again (in a rolling
+// upgrade, the next stream may reach an upgraded replica).
+func TestMultiplexedHandshakesTryAgain(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
+	var streams muxStreams
+	streams.missing.Store(true)
+	const age = time.Second
+	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreamAge(age), streams.option())
+	require.NoError(t, err)
+	defer c.Close()
+	tlsThroughEdge(t, c, key, 4)
+	fellBack := streams.get(pb.Handshake_Stream_FullMethodName)
+	require.Positive(t, fellBack, "handshakes on a Stream of their own")
+	tried := streams.get(pb.Handshake_Multiplex_FullMethodName)
+
+	streams.missing.Store(false) // the service is upgraded
+	time.Sleep(age)
+	tlsThroughEdge(t, c, key, 4)
+	assert.Greater(t, streams.get(pb.Handshake_Multiplex_FullMethodName), tried, "Multiplex not tried again")
+	assert.Equal(t, fellBack, streams.get(pb.Handshake_Stream_FullMethodName), "handshakes on a Stream after the age")
 }
 
 // TestMultiplexStreamsRetire: a Multiplex stream older than the stream age
