@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
@@ -250,4 +252,137 @@ func TestMultiplexAnswersWhileSendWaits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first handshake's answer was not handed out while another's Send waited")
 	}
+}
+
+// deafMux is a Multiplex service that answers the first request of each
+// stream, then reads no more of it.
+type deafMux struct {
+	pb.UnimplementedHandshakeServer
+	streams atomic.Int32
+}
+
+func (s *deafMux) Multiplex(stream pb.Handshake_MultiplexServer) error {
+	s.streams.Add(1)
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
+	if err := stream.Send(&pb.MultiplexResponse{Handshake: req.GetHandshake(), Result: &pb.MultiplexResponse_Step{Step: step}}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+// sendWatch counts the Sends of a client's Multiplex streams begun and
+// ended.
+type sendWatch struct{ begun, ended atomic.Int32 }
+
+func (w *sendWatch) option() handshaked.Option {
+	return handshaked.WithDialOptions(grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return &watchedSends{ClientStream: cs, w: w}, nil
+	}))
+}
+
+type watchedSends struct {
+	grpc.ClientStream
+	w *sendWatch
+}
+
+func (s *watchedSends) SendMsg(m any) error {
+	s.w.begun.Add(1)
+	defer s.w.ended.Add(1)
+	return s.ClientStream.SendMsg(m)
+}
+
+// TestMultiplexSendWaitsNoLongerThanItsStep: a Send that waits on a
+// service reading no more of the stream, a step waiting for its turn
+// behind such a Send, and an Abort, wait no longer than their step's
+// deadline (the Abort: the client's timeout); the stream, stuck for all
+// its handshakes, ends then, and they go on a new one.
+func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
+	svc := &deafMux{}
+	// A window of its own size: it does not grow as the service reads
+	// nothing.
+	s := grpc.NewServer(grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+	pb.RegisterHandshakeServer(s, svc)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	var sends sendWatch
+	const timeout = 300 * time.Millisecond
+	c, err := handshaked.Dial(l.Addr().String(), handshaked.WithInsecure(), handshaked.WithHandshakeStreams(1),
+		handshaked.WithTimeout(timeout), sends.option())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	done := func(name string, errs chan error) error {
+		t.Helper()
+		select {
+		case err := <-errs:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s still waits to send past its deadline", name)
+			return nil
+		}
+	}
+	step := func(h *handshaked.MultiplexedHandshake, ctx context.Context, input []byte) chan error {
+		errs := make(chan error, 1)
+		go func() {
+			_, err := h.Step(ctx, input)
+			errs <- err
+		}()
+		return errs
+	}
+	// starts a handshake larger than the service's window, on no deadline:
+	// its Send takes the stream's write quota, the next Send waits for
+	// the service to read; with sent, after its Send has returned, else
+	// once it waits in it.
+	large := make([]byte, 1<<20)
+	start := func(sent bool) (*handshaked.MultiplexedHandshake, chan error) {
+		h := c.MultiplexedHandshake(&pb.HandshakeConfig{})
+		n := sends.begun.Load() + 1
+		errs := step(h, ctx, large)
+		require.Eventually(t, func() bool {
+			return sends.begun.Load() == n && (!sent || sends.ended.Load() == n)
+		}, 10*time.Second, time.Millisecond)
+		return h, errs
+	}
+	deadline := func() context.Context {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	first := c.MultiplexedHandshake(&pb.HandshakeConfig{})
+	_, err = first.Step(ctx, []byte{22})
+	require.NoError(t, err)
+	a, aDone := start(true)
+	aborted := make(chan error, 1)
+	go func() {
+		first.Abort()
+		aborted <- nil
+	}()
+	done("an Abort", aborted)
+	require.NoError(t, done("a start on the stuck stream", aDone), "started again on a new stream")
+	require.Equal(t, int32(2), svc.streams.Load(), "streams")
+
+	_, bDone := start(true)
+	err = done("a step", step(a, deadline(), []byte{1}))
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+	require.NoError(t, done("a start on the stuck stream", bDone), "started again on a new stream")
+	require.Equal(t, int32(3), svc.streams.Load(), "streams")
+
+	start(true)
+	start(false)
+	err = done("a step waiting for its turn", step(c.MultiplexedHandshake(&pb.HandshakeConfig{}), deadline(), []byte{22}))
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
 }
