@@ -66,6 +66,10 @@ type muxConn struct {
 	// channel, so that a step waits for its turn no longer than its
 	// context.
 	sendTurn chan struct{}
+	// sendTimer ends the stream when the Send of the step holding the
+	// turn outlasts the step's deadline: one timer, reset for each Send,
+	// rather than a context.AfterFunc per Send (4 allocations each).
+	sendTimer *time.Timer
 
 	mu      sync.Mutex // the map and the flags
 	waiting map[uint64]chan muxAnswer
@@ -114,6 +118,8 @@ func (m *handshakeMux) join() (*muxConn, uint64, chan muxAnswer, error) {
 			return nil, 0, nil, fmt.Errorf("handshaked: open multiplex stream: %w", err)
 		}
 		c := &muxConn{cs: cs, cancel: cancel, sendTurn: make(chan struct{}, 1), waiting: map[uint64]chan muxAnswer{}}
+		c.sendTimer = time.AfterFunc(time.Hour, c.fail)
+		c.sendTimer.Stop()
 		if m.maxAge > 0 {
 			c.retire = time.Now().Add(m.maxAge)
 		}
@@ -176,9 +182,10 @@ func (m *handshakeMux) receive(s *muxSlot, c *muxConn) {
 	}
 }
 
-// send sends req, waiting for its turn and for the service's flow control
-// no longer than ctx. It returns errMuxLost if the stream is lost, ctx's
-// error if ctx ends first. A Send that waits until its step's deadline
+// send sends req, waiting for its turn no longer than ctx and for the
+// service's flow control no longer than ctx's deadline (or, without one,
+// until ctx is cancelled). It returns errMuxLost if the stream is lost,
+// ctx's error if ctx ends first. A Send that waits until its step's deadline
 // means the service reads no more of the stream (stuck, or its answers
 // not read), which holds every handshake on it: then the stream ends, and
 // its handshakes with it (the next ones open a new one), as a Stream ends
@@ -200,11 +207,21 @@ func (c *muxConn) send(ctx context.Context, req *pb.MultiplexRequest) error {
 		return ctx.Err()
 	}
 	defer func() { <-c.sendTurn }()
-	stop := context.AfterFunc(ctx, c.fail)
+	deadline, timed := ctx.Deadline()
+	var stop func() bool
+	if timed {
+		c.sendTimer.Reset(time.Until(deadline))
+	} else {
+		stop = context.AfterFunc(ctx, c.fail)
+	}
 	// A failed Send needs nothing more: the receiver sees the broken
 	// stream and fails every handshake waiting on it.
 	_ = c.cs.Send(req)
-	if !stop() {
+	switch {
+	case timed && !c.sendTimer.Stop():
+		// ctx's own timer may not have fired yet.
+		return context.DeadlineExceeded
+	case !timed && !stop():
 		return ctx.Err()
 	}
 	return nil

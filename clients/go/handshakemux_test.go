@@ -303,8 +303,8 @@ func (s *watchedSends) SendMsg(m any) error {
 // TestMultiplexSendWaitsNoLongerThanItsStep: a Send that waits on a
 // service reading no more of the stream, a step waiting for its turn
 // behind such a Send, and an Abort, wait no longer than their step's
-// deadline (the Abort: the client's timeout); the stream, stuck for all
-// its handshakes, ends then, and they go on a new one.
+// deadline or cancellation (the Abort: the client's timeout); the stream,
+// stuck for all its handshakes, ends then, and they go on a new one.
 func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
 	svc := &deafMux{}
 	// A window of its own size: it does not grow as the service reads
@@ -375,11 +375,19 @@ func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
 	require.NoError(t, done("a start on the stuck stream", aDone), "started again on a new stream")
 	require.Equal(t, int32(2), svc.streams.Load(), "streams")
 
-	_, bDone := start(true)
+	b, bDone := start(true)
 	err = done("a step", step(a, deadline(), []byte{1}))
 	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
 	require.NoError(t, done("a start on the stuck stream", bDone), "started again on a new stream")
 	require.Equal(t, int32(3), svc.streams.Load(), "streams")
+
+	_, cDone := start(true)
+	cancelled, cancelStep := context.WithCancel(ctx) // no deadline
+	time.AfterFunc(timeout, cancelStep)
+	err = done("a step", step(b, cancelled, []byte{1}))
+	assert.Equal(t, codes.Canceled, status.Code(err), "%v", err)
+	require.NoError(t, done("a start on the stuck stream", cDone), "started again on a new stream")
+	require.Equal(t, int32(4), svc.streams.Load(), "streams")
 
 	start(true)
 	start(false)
