@@ -179,13 +179,27 @@ func (s *opStream) receive(st *openStream, cancel context.CancelFunc) {
 func (c *Client) sign(ctx context.Context, req *pb.SignRequest) (*pb.SignResponse, error) {
 	if coalesced(req.GetScheme()) {
 		if r, err := c.batched(ctx, &pb.BatchOperation{Operation: &pb.BatchOperation_Sign{Sign: req}}); !errors.Is(err, errStreamLost) {
-			return r.GetSign(), err
+			return answerOf(r.GetSign(), err)
 		}
 	}
 	if resp, err := c.streamed(ctx, &pb.SignStreamRequest{Request: req}); !errors.Is(err, errStreamLost) {
-		return resp.GetResponse(), err
+		return answerOf(resp.GetResponse(), err)
 	}
 	return c.vault.Sign(ctx, req)
+}
+
+// errWrongAnswer is a streamed answer that is not the kind of result its
+// request asked for: a broken service, whose answer is not handed on as an
+// empty signature or plaintext.
+var errWrongAnswer = status.Error(codes.Internal, "the service answered with another kind of result")
+
+// answerOf is a streamed call's result r, which err or the service's
+// answer of another kind leaves nil.
+func answerOf[R any](r *R, err error) (*R, error) {
+	if err == nil && r == nil {
+		return nil, errWrongAnswer
+	}
+	return r, err
 }
 
 // coalesced says whether signatures of scheme go in coalesced batches:
@@ -209,7 +223,7 @@ func coalesced(scheme pb.SignatureScheme) bool {
 // unary when the stream is lost.
 func (c *Client) decrypt(ctx context.Context, req *pb.DecryptRequest) (*pb.DecryptResponse, error) {
 	if resp, err := c.streamed(ctx, &pb.SignStreamRequest{Decrypt: req}); !errors.Is(err, errStreamLost) {
-		return resp.GetDecrypt(), err
+		return answerOf(resp.GetDecrypt(), err)
 	}
 	return c.vault.Decrypt(ctx, req)
 }
