@@ -203,7 +203,12 @@ func (c *muxConn) send(ctx context.Context, req *pb.MultiplexRequest) error {
 	select {
 	case c.sendTurn <- struct{}{}:
 	case <-ctx.Done():
-		c.fail()
+		// A step that reached its deadline waiting for its turn found
+		// the stream stuck that long; one cancelled (its TLS client gone)
+		// says nothing of the stream, whose other handshakes go on.
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			c.fail()
+		}
 		return ctx.Err()
 	}
 	defer func() { <-c.sendTurn }()

@@ -304,7 +304,8 @@ func (s *watchedSends) SendMsg(m any) error {
 // service reading no more of the stream, a step waiting for its turn
 // behind such a Send, and an Abort, wait no longer than their step's
 // deadline or cancellation (the Abort: the client's timeout); the stream,
-// stuck for all its handshakes, ends then, and they go on a new one.
+// stuck for all its handshakes, ends then, and they go on a new one. A step
+// cancelled while it waits for its turn leaves the stream alone.
 func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
 	svc := &deafMux{}
 	// A window of its own size: it does not grow as the service reads
@@ -391,6 +392,13 @@ func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
 
 	start(true)
 	start(false)
+	// A step cancelled while it waits for its turn (its TLS client gone)
+	// says nothing of the stream: it and its handshakes go on.
+	waiting, stopWaiting := context.WithCancel(ctx)
+	time.AfterFunc(100*time.Millisecond, stopWaiting)
+	err = done("a cancelled step waiting for its turn", step(c.MultiplexedHandshake(&pb.HandshakeConfig{}), waiting, []byte{22}))
+	assert.Equal(t, codes.Canceled, status.Code(err), "%v", err)
+	assert.Never(t, func() bool { return svc.streams.Load() != 4 }, 300*time.Millisecond, 10*time.Millisecond, "the stream ended with a cancelled step")
 	err = done("a step waiting for its turn", step(c.MultiplexedHandshake(&pb.HandshakeConfig{}), deadline(), []byte{22}))
 	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
 }
