@@ -39,26 +39,34 @@ type muxItemGuard func(ctx context.Context, req *pb.MultiplexRequest, keys []tar
 // wait on a key backend (an HSM answers in its own time).
 func muxParallelism() int { return 2 * goruntime.GOMAXPROCS(0) }
 
-// muxMaxQueued bounds the requests a Multiplex stream holds, queued or
-// being worked on: past it the stream is not read from until a step ends,
-// as a Stream holds one message at a time and gRPC's flow control the
-// rest. Requests queued behind a running step (aborts, empty inputs, ones
-// the guard refused) hold no input bytes, so without it a caller that
-// keeps sending while it reads no answer would make the service hold
-// whatever it sends. A handshake has at most a step and an abort
-// unanswered from the SDK, so this never holds back a well-behaved caller.
+// muxMaxQueued bounds the requests of a Multiplex stream not answered
+// yet (queued, being worked on, or their answers waiting to be sent): past
+// it the stream is not read from until an answer has been sent, as a
+// Stream holds one message at a time and gRPC's flow control the rest. A
+// caller that keeps sending while it reads no answer is held back there,
+// whatever its requests are (aborts, empty inputs and ones refused hold
+// no input bytes), and its other streams are not. The SDK holds at most a
+// step and an abort unanswered per handshake.
 func muxMaxQueued() int { return 4 * muxParallelism() }
 
-var errMuxEnded = status.Error(codes.Canceled, "the multiplex stream ended: its handshakes are aborted")
+var (
+	errMuxEnded  = status.Error(codes.Canceled, "the multiplex stream ended: its handshakes are aborted")
+	errMuxUnread = status.Error(codes.DeadlineExceeded, "multiplex answers not read for the session TTL: the stream is closed; read answers as they come")
+)
 
 // muxStream is one Multiplex stream being served.
+//
+// Answers are sent by one worker at a time, the one that finds answers
+// waiting and nobody sending, once it has let go of its handshake: a
+// worker waiting in Send holds no handshake, so a caller that stops
+// reading holds up its answers, not the other steps nor the expiry of its
+// handshakes, and the receiving loop stops once muxMaxQueued requests are
+// unanswered.
 type muxStream struct {
 	h      *Handshake
 	ctx    context.Context
 	owner  string
 	stream pb.Handshake_MultiplexServer
-
-	sendMu sync.Mutex
 
 	// A handshake is a trace of its own, not a part of the trace of the
 	// long-lived stream that carries it with many others: root is the
@@ -67,16 +75,32 @@ type muxStream struct {
 	root     context.Context
 	stepSpan []trace.SpanStartOption
 
-	// work hands handshakes with requests to work on to the stream's
-	// workers; stop ends them.
-	work chan *muxHandshake
-	stop chan struct{}
-
-	mu     sync.Mutex
-	live   map[uint64]*muxHandshake
-	queued int        // requests queued or being worked on
-	idle   *sync.Cond // on mu: queued fell
-	ended  bool
+	mu   sync.Mutex
+	wake *sync.Cond // on mu: for the workers, work or answers to send
+	live map[uint64]*muxHandshake
+	// ready are the handshakes with requests that no worker has yet.
+	ready []*muxHandshake
+	// out are the answers waiting to be sent, in the order they were made.
+	out     []muxAnswer
+	sending bool // a worker is sending out
+	// unanswered counts the requests (and expiries) whose answer has not
+	// been sent yet.
+	unanswered int
+	sent       uint64 // answers sent, for unread
+	workers    int    // running
+	idle       int    // workers waiting on wake, not yet woken
+	stopped    bool   // the workers stop; nothing more is sent
+	ended      bool   // abortAll has run: requests are ended at once
+	// The receiving loop waits on room (with waiting set) for fewer
+	// unanswered requests, or for the workers to stop. unread, armed
+	// while it waits, ends the stream once no answer has been sent for
+	// the session TTL while some wait (unreadCheck).
+	room     chan struct{}
+	waiting  bool
+	unread   *time.Timer
+	armed    bool
+	sentSeen uint64
+	isUnread bool
 }
 
 // muxHandshake is one handshake of a Multiplex stream. queue, running,
@@ -85,8 +109,9 @@ type muxStream struct {
 type muxHandshake struct {
 	n       uint64
 	keys    []target
-	queue   []muxJob
-	running bool // queued on work or on a worker
+	queue   []muxJob // on first until a second request waits
+	first   [1]muxJob
+	running bool // in ready or on a worker
 	done    bool
 	// held counts the client bytes of its requests, queued or taken by
 	// the engine, against the session store's input caps: counted as
@@ -94,13 +119,12 @@ type muxHandshake struct {
 	// bounded as the engine's buffer is.
 	held int64
 
-	hs       *engine.Handshake // nil until started and once ended
-	ctx      context.Context   // carries the handshake's span
-	span     trace.Span
-	trace    bool
-	release  func() // the session slot; nil until reserved
-	expiry   *time.Timer
-	expireAt time.Time
+	hs      *engine.Handshake // nil until started and once ended
+	ctx     context.Context   // carries the handshake's span
+	span    trace.Span
+	trace   bool
+	release func() // the session slot; nil until reserved
+	expiry  *time.Timer
 }
 
 // muxJob is one request of a handshake (with err: refused), or, without
@@ -111,23 +135,37 @@ type muxJob struct {
 	finish func(resp any, err error)
 }
 
+// muxAnswer is an answer waiting to be sent; finish completes its
+// request's audit entry with result once it has been sent.
+type muxAnswer struct {
+	x      *muxHandshake // nil: a request for no handshake
+	resp   *pb.MultiplexResponse
+	result any
+	finish func(resp any, err error)
+}
+
+func newMuxStream(h *Handshake, stream pb.Handshake_MultiplexServer) *muxStream {
+	m := &muxStream{h: h, stream: stream, live: map[uint64]*muxHandshake{}, room: make(chan struct{}, 1)}
+	if stream != nil {
+		m.ctx = stream.Context()
+		m.owner = callerIdentity(m.ctx)
+		m.root = trace.ContextWithSpanContext(m.ctx, trace.SpanContext{})
+		m.stepSpan = []trace.SpanStartOption{trace.WithLinks(trace.LinkFromContext(m.ctx))}
+	}
+	m.wake = sync.NewCond(&m.mu)
+	return m
+}
+
 // Multiplex serves a stream of many handshakes: see the proto. The
 // receiving loop admits each request and queues it on its handshake; the
 // stream's workers step handshakes, each one request at a time in order.
 func (h *Handshake) Multiplex(stream pb.Handshake_MultiplexServer) error {
-	m := &muxStream{
-		h: h, ctx: stream.Context(), owner: callerIdentity(stream.Context()), stream: stream,
-		work: make(chan *muxHandshake), stop: make(chan struct{}), live: map[uint64]*muxHandshake{},
-	}
-	m.idle = sync.NewCond(&m.mu)
-	m.root = trace.ContextWithSpanContext(m.ctx, trace.SpanContext{})
-	m.stepSpan = []trace.SpanStartOption{trace.WithLinks(trace.LinkFromContext(m.ctx))}
-	var workers sync.WaitGroup
-	for range muxParallelism() {
-		workers.Go(m.worker)
-	}
+	m := newMuxStream(h, stream)
 	var err error
 	for {
+		if err = m.await(muxMaxQueued()); err != nil {
+			break
+		}
 		var req *pb.MultiplexRequest
 		if req, err = stream.Recv(); err != nil {
 			break
@@ -137,19 +175,91 @@ func (h *Handshake) Multiplex(stream pb.Handshake_MultiplexServer) error {
 	if errors.Is(err, io.EOF) {
 		// The caller has sent its last request: what it sent is answered
 		// before the handshakes still in progress are aborted.
-		m.mu.Lock()
-		for m.queued > 0 {
-			m.idle.Wait()
-		}
-		m.mu.Unlock()
+		err = m.await(1)
 	}
-	close(m.stop)
-	workers.Wait()
+	m.stop()
 	m.abortAll()
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
 	return err
+}
+
+// await waits until fewer than limit requests are unanswered. It gives up
+// with errMuxUnread when answers wait and none has been sent for the
+// session TTL: every handshake behind them has expired by then, and the
+// stream would hold its place, its goroutines and its answers for as long
+// as the caller likes.
+func (m *muxStream) await(limit int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for m.unanswered >= limit {
+		if m.isUnread {
+			return errMuxUnread
+		}
+		if !m.armed {
+			m.armed, m.sentSeen = true, m.sent
+			if m.unread == nil {
+				m.unread = time.AfterFunc(m.h.sessions.ttl, m.unreadCheck)
+			} else {
+				m.unread.Reset(m.h.sessions.ttl)
+			}
+		}
+		m.waitRoom()
+	}
+	return nil
+}
+
+// waitRoom waits, with mu held, for room to be signalled.
+func (m *muxStream) waitRoom() {
+	m.waiting = true
+	m.mu.Unlock()
+	<-m.room
+	m.mu.Lock()
+	m.waiting = false
+}
+
+// signalRoom wakes the receiving loop if it waits; mu held.
+func (m *muxStream) signalRoom() {
+	if m.waiting {
+		select {
+		case m.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// unreadCheck runs a session TTL after await armed it. While the
+// receiving loop waits, with answers waiting (queued, or the last one in
+// Send) and none sent since, the stream is unread; with some sent, it
+// checks again a TTL later. A loop back to reading is not held back by
+// the answers: the check ends, and the next wait arms it again.
+func (m *muxStream) unreadCheck() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.stopped || !m.waiting:
+		m.armed = false
+	case (len(m.out) > 0 || m.sending) && m.sent == m.sentSeen:
+		m.isUnread = true
+		m.signalRoom()
+	default:
+		m.sentSeen = m.sent
+		m.unread.Reset(m.h.sessions.ttl)
+	}
+}
+
+// stop ends the workers: those stepping finish their step, one waiting in
+// Send is not waited for (only the end of the stream, once the handler
+// returns, ends that Send, and it sends nothing more after it).
+func (m *muxStream) stop() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stopped = true
+	m.wake.Broadcast()
+	if m.unread != nil {
+		m.unread.Stop()
+	}
+	for m.workers > 1 || m.workers == 1 && !m.sending {
+		m.waitRoom()
+	}
 }
 
 // dispatch admits req and queues it on its handshake, or answers it at
@@ -158,9 +268,7 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	n := req.GetHandshake()
 	start := req.GetStart()
 	m.mu.Lock()
-	for m.queued >= muxMaxQueued() {
-		m.idle.Wait()
-	}
+	m.unanswered++
 	x := m.live[n]
 	m.mu.Unlock()
 	keys := []target{}
@@ -170,17 +278,17 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	case x != nil:
 		keys = x.keys
 	}
-	finish := func(any, error) {}
+	finish := notAudited
 	if m.h.muxItem != nil {
 		f, err := m.h.muxItem(m.ctx, req, keys)
 		if err != nil {
 			if x != nil && start == nil {
 				// Refused by the policy or the limits: as on a Stream,
 				// where the refusal would end it, the handshake ends.
-				m.enqueue(x, muxJob{req: req, err: err, finish: func(any, error) {}})
+				m.enqueue(x, muxJob{req: req, err: err, finish: notAudited})
 				return
 			}
-			m.answerError(n, err)
+			m.answerNow(n, err)
 			return
 		}
 		finish = f
@@ -196,14 +304,15 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	}
 	if err != nil {
 		finish(nil, err)
-		m.answerError(n, err)
+		m.answerNow(n, err)
 		return
 	}
 	if start != nil {
 		x = &muxHandshake{n: n, keys: keys}
+		x.queue = x.first[:0]
 		if err := m.h.sessions.take(m.owner, &x.held, len(start.GetInput())); err != nil {
 			finish(nil, err)
-			m.answerError(n, err)
+			m.answerNow(n, err)
 			return
 		}
 		m.mu.Lock()
@@ -212,7 +321,7 @@ func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	} else if err := m.takeInput(x, req.GetInput()); err != nil {
 		// As on a Stream, where too much input ends it.
 		finish(nil, err)
-		m.enqueue(x, muxJob{req: req, err: err, finish: func(any, error) {}})
+		m.enqueue(x, muxJob{req: req, err: err, finish: notAudited})
 		return
 	}
 	m.enqueue(x, muxJob{req: req, finish: finish})
@@ -229,9 +338,8 @@ func (m *muxStream) takeInput(x *muxHandshake, input []byte) error {
 	return m.h.sessions.take(m.owner, &x.held, len(input))
 }
 
-// enqueue adds j to x's requests and hands x to a worker unless one has it
-// already. It waits while every worker is busy: a caller sending faster
-// than the steps run stops being read from.
+// enqueue adds j to x's requests and makes x ready for a worker unless
+// one has it already.
 func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 	m.mu.Lock()
 	if m.ended {
@@ -240,100 +348,131 @@ func (m *muxStream) enqueue(x *muxHandshake, j muxJob) {
 		return
 	}
 	x.queue = append(x.queue, j)
-	m.queued++
-	if x.running {
-		m.mu.Unlock()
-		return
+	if !x.running {
+		x.running = true
+		m.ready = append(m.ready, x)
+		m.wakeWorker()
 	}
-	x.running = true
 	m.mu.Unlock()
-	select {
-	case m.work <- x:
-	case <-m.stop:
-		m.abandon(x)
-	}
 }
 
-// abandon completes the audit entries of x's requests that no worker
-// will take now that the stream has stopped: abortAll finds only the
-// handshakes still in progress, not those that ended with requests queued
-// behind their last answer.
-func (m *muxStream) abandon(x *muxHandshake) {
-	m.mu.Lock()
-	jobs := x.queue
-	x.queue = nil
-	m.mu.Unlock()
-	for _, j := range jobs {
-		j.finish(nil, errMuxEnded)
+// wakeWorker wakes a worker for work or answers to send, or starts one,
+// up to muxParallelism: a stream has the workers its load has needed, not
+// as many as the cores from its start (a connection may carry a thousand
+// streams, most of them quiet); mu held.
+func (m *muxStream) wakeWorker() {
+	switch {
+	case m.stopped:
+	case m.idle > 0:
+		m.idle--
+		m.wake.Signal()
+	case m.workers < muxParallelism():
+		m.workers++
+		go m.worker()
 	}
 }
 
 func (m *muxStream) worker() {
-	for {
-		select {
-		case x := <-m.work:
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for !m.stopped {
+		switch {
+		case len(m.out) > 0 && !m.sending:
+			m.flush()
+		case len(m.ready) > 0:
+			x := m.ready[0]
+			m.ready = popFront(m.ready)
+			m.mu.Unlock()
 			m.run(x)
-		case <-m.stop:
-			return
+			m.mu.Lock()
+		default:
+			m.idle++ // taken back by wakeWorker's Signal
+			m.wake.Wait()
 		}
 	}
+	m.workers--
+	m.signalRoom()
+}
+
+// popFront drops the first of q, keeping its array: queues of a stream
+// are short (muxMaxQueued), and a slice moved past its front would be
+// allocated again and again.
+func popFront[T any](q []T) []T {
+	n := copy(q, q[1:])
+	var zero T
+	q[n] = zero
+	return q[:n]
+}
+
+// flush sends the answers waiting, in order, until none is left or the
+// stream stops; mu is held, and let go during each Send.
+func (m *muxStream) flush() {
+	m.sending = true
+	for len(m.out) > 0 && !m.stopped {
+		a := m.out[0]
+		m.out = popFront(m.out)
+		m.mu.Unlock()
+		err := m.stream.Send(a.resp)
+		if a.finish != nil {
+			a.finish(a.result, err)
+		}
+		m.mu.Lock()
+		m.sent++
+		m.unanswered--
+		m.signalRoom()
+	}
+	m.sending = false
 }
 
 // run works on x's requests in order until none is left, or the stream
-// ends.
+// stops.
 func (m *muxStream) run(x *muxHandshake) {
 	for {
-		stopped := false
-		select {
-		case <-m.stop:
-			stopped = true
-		default:
-		}
 		m.mu.Lock()
-		if len(x.queue) == 0 || stopped {
+		if len(x.queue) == 0 || m.stopped {
 			x.running = false
-			m.mu.Unlock()
-			if stopped {
-				m.abandon(x)
+			if len(x.queue) > 0 { // for abortAll
+				m.ready = append(m.ready, x)
 			}
+			m.mu.Unlock()
 			return
 		}
+		if len(m.out) > 0 && !m.sending {
+			// This worker keeps x: another sends the answers.
+			m.wakeWorker()
+		}
 		j := x.queue[0]
-		x.queue = x.queue[1:]
+		x.queue = popFront(x.queue)
 		done := x.done
 		m.mu.Unlock()
 		switch {
 		case done && j.req == nil:
 			// Expired after it ended: nothing to answer, and its number
 			// may be another handshake's by now.
+			m.answered()
 		case done:
 			err := status.Errorf(codes.FailedPrecondition, "handshake %d has ended", x.n)
 			j.finish(nil, err)
-			m.answerError(x.n, err)
+			m.answerError(x, err)
 		default:
 			m.do(x, j)
 		}
-		m.jobDone()
 	}
-}
-
-// jobDone counts a request of the stream as answered.
-func (m *muxStream) jobDone() {
-	m.mu.Lock()
-	m.queued--
-	m.idle.Broadcast()
-	m.mu.Unlock()
 }
 
 // do works on one request of x.
 func (m *muxStream) do(x *muxHandshake, j muxJob) {
+	if j.req == nil {
+		m.expire(x)
+		return
+	}
 	if j.err == nil && m.ctx.Err() != nil {
 		j.err = status.FromContextError(m.ctx.Err()).Err()
 	}
 	if j.err != nil {
 		j.finish(nil, j.err)
 		m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
-		m.answerError(x.n, j.err)
+		m.answerError(x, j.err)
 		return
 	}
 	var input []byte
@@ -341,19 +480,18 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 	case *pb.MultiplexRequest_Abort:
 		m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
 		aborted := &pb.MultiplexAbort{}
-		j.finish(aborted, m.send(&pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Aborted{Aborted: aborted}}))
+		m.answer(x, &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Aborted{Aborted: aborted}}, aborted, j.finish)
 		return
 	case *pb.MultiplexRequest_Start:
 		if err := m.begin(x, r.Start); err != nil {
 			j.finish(nil, err)
 			m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
-			m.answerError(x.n, err)
+			m.answerError(x, err)
 			return
 		}
 		if input = r.Start.GetInput(); len(input) == 0 {
 			step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
-			resp := &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}
-			j.finish(step, m.send(resp))
+			m.answer(x, &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}, step, j.finish)
 			return
 		}
 	case *pb.MultiplexRequest_Input:
@@ -365,7 +503,7 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 		if err != nil {
 			j.finish(nil, err)
 			m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
-			m.answerError(x.n, err)
+			m.answerError(x, err)
 			return
 		}
 	}
@@ -373,8 +511,85 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 	if step.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
 		m.end(x, step.GetState())
 	}
-	resp := &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}
-	j.finish(step, m.send(resp))
+	m.answer(x, &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}, step, j.finish)
+}
+
+// expire ends x at its session TTL. Its answers still waiting to be sent
+// have their audit entries completed now (the steps they answer have
+// run): an entry must not stay open for as long as the caller does not
+// read. DEADLINE_EXCEEDED is answered unless the stream holds its bound
+// of answers already, when the caller learns it at its next request.
+func (m *muxStream) expire(x *muxHandshake) {
+	m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
+	m.mu.Lock()
+	var waiting []muxAnswer
+	for i := range m.out {
+		if a := &m.out[i]; a.x == x && a.finish != nil {
+			waiting = append(waiting, *a)
+			a.finish = nil
+		}
+	}
+	full := len(m.out) >= muxMaxQueued()
+	if full {
+		m.forget(x)
+		m.unanswered--
+		m.signalRoom()
+	}
+	m.mu.Unlock()
+	for _, a := range waiting {
+		a.finish(a.result, nil)
+	}
+	if !full {
+		m.answerError(x, status.Errorf(codes.DeadlineExceeded, "handshake %d expired: not complete %v after its start", x.n, m.h.sessions.ttl))
+	}
+}
+
+// answered counts a request, or an expiry, that gets no answer.
+func (m *muxStream) answered() {
+	m.mu.Lock()
+	m.unanswered--
+	m.signalRoom()
+	m.mu.Unlock()
+}
+
+// answer queues x's answer resp, made by the worker running x, which
+// sends it once it lets x go unless another worker is sending.
+func (m *muxStream) answer(x *muxHandshake, resp *pb.MultiplexResponse, result any, finish func(any, error)) {
+	m.mu.Lock()
+	m.out = append(m.out, muxAnswer{x: x, resp: resp, result: result, finish: finish})
+	if x.done {
+		m.forget(x)
+	}
+	m.mu.Unlock()
+}
+
+// forget frees the number of x, which has ended, once its last answer is
+// queued: a request for that number that came before is x's, answered
+// after it; mu held.
+func (m *muxStream) forget(x *muxHandshake) {
+	if m.live[x.n] == x {
+		delete(m.live, x.n)
+	}
+}
+
+func (m *muxStream) answerError(x *muxHandshake, err error) {
+	m.answer(x, errorAnswer(x.n, err), nil, nil)
+}
+
+// answerNow queues the error answer of a request of the receiving loop,
+// for no handshake, and wakes a worker to send it.
+func (m *muxStream) answerNow(n uint64, err error) {
+	m.mu.Lock()
+	m.out = append(m.out, muxAnswer{resp: errorAnswer(n, err)})
+	if !m.sending {
+		m.wakeWorker()
+	}
+	m.mu.Unlock()
+}
+
+func errorAnswer(n uint64, err error) *pb.MultiplexResponse {
+	st := status.Convert(err)
+	return &pb.MultiplexResponse{Handshake: n, Result: &pb.MultiplexResponse_Error{Error: &pb.Error{Code: int32(st.Code()), Message: st.Message()}}}
 }
 
 // begin builds x's handshake from its start, takes its session slot and
@@ -393,22 +608,22 @@ func (m *muxStream) begin(x *muxHandshake, start *pb.StartHandshakeRequest) erro
 	// A handshake whose client has gone quiet must not hold its slot for
 	// the life of the stream: as a unary session, it has SessionTTL from
 	// its start.
-	ttl := m.h.sessions.ttl
-	x.expiry = time.AfterFunc(ttl, func() {
-		m.enqueue(x, muxJob{err: status.Errorf(codes.DeadlineExceeded, "handshake %d expired: not complete %v after its start", x.n, ttl), finish: func(any, error) {}})
+	x.expiry = time.AfterFunc(m.h.sessions.ttl, func() {
+		m.mu.Lock()
+		m.unanswered++
+		m.mu.Unlock()
+		m.enqueue(x, muxJob{finish: notAudited})
 	})
 	return nil
 }
 
-// end ends x: its number is free again, its slot, input and expiry are
-// released and its span ends with state. Requests still queued for it are
-// answered FAILED_PRECONDITION.
+// end ends x: its slot, input and expiry are released and its span ends
+// with state. Requests still queued for it, and those that come before its
+// last answer is queued (answer frees its number then), are answered
+// FAILED_PRECONDITION, in order.
 func (m *muxStream) end(x *muxHandshake, state pb.HandshakeState) {
 	m.mu.Lock()
 	x.done = true
-	if m.live[x.n] == x {
-		delete(m.live, x.n)
-	}
 	m.h.sessions.drop(m.owner, &x.held)
 	m.mu.Unlock()
 	if x.expiry != nil {
@@ -426,37 +641,37 @@ func (m *muxStream) end(x *muxHandshake, state pb.HandshakeState) {
 }
 
 // abortAll ends every handshake of the stream once its workers have
-// stopped, completing the audit entries of the requests nobody answered.
+// stopped, completing the audit entries of the requests nobody answered:
+// those queued (on handshakes in progress, or on ready ones that ended
+// with requests behind their last answer) and those whose answers were
+// not sent.
 func (m *muxStream) abortAll() {
 	m.mu.Lock()
 	m.ended = true
-	var jobs []muxJob
+	var finish []func(any, error)
 	live := make([]*muxHandshake, 0, len(m.live))
 	for _, x := range m.live {
 		live = append(live, x)
-		jobs = append(jobs, x.queue...)
+	}
+	for _, x := range append(live, m.ready...) {
+		for _, j := range x.queue {
+			finish = append(finish, j.finish)
+		}
 		x.queue = nil
 	}
+	for _, a := range m.out {
+		if a.finish != nil {
+			finish = append(finish, a.finish)
+		}
+	}
+	m.ready, m.out = nil, nil
 	m.mu.Unlock()
-	for _, j := range jobs {
-		j.finish(nil, errMuxEnded)
+	for _, f := range finish {
+		f(nil, errMuxEnded)
 	}
 	for _, x := range live {
 		m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
 	}
-}
-
-func (m *muxStream) answerError(n uint64, err error) {
-	st := status.Convert(err)
-	m.send(&pb.MultiplexResponse{Handshake: n, Result: &pb.MultiplexResponse_Error{Error: &pb.Error{Code: int32(st.Code()), Message: st.Message()}}})
-}
-
-// send sends one answer; answers of different handshakes come from
-// different workers.
-func (m *muxStream) send(resp *pb.MultiplexResponse) error {
-	m.sendMu.Lock()
-	defer m.sendMu.Unlock()
-	return m.stream.Send(resp)
 }
 
 // muxItem is the guard's muxItemGuard: a request of a Multiplex stream is
@@ -474,14 +689,20 @@ func (g *guard) muxItem(ctx context.Context, req *pb.MultiplexRequest, keys []ta
 		return nil, err
 	}
 	start := time.Now()
-	e := g.entry(ctx, method, req)
-	finish := func(resp any, err error) { g.record(ctx, e, start, resp, err) }
+	finish := notAudited
+	if e := g.entry(ctx, method, req); e != nil {
+		finish = func(resp any, err error) { g.record(ctx, e, start, resp, err) }
+	}
 	if err := g.allowed(ctx, authz.Use, keys); err != nil {
 		finish(nil, err)
 		return nil, err
 	}
 	return finish, nil
 }
+
+// notAudited completes the audit entry of a request that has none: one
+// whose entry is completed otherwise, or with no audit log.
+func notAudited(any, error) {}
 
 // muxHandshakeRef is how the audit log names a handshake of a Multiplex
 // stream: by the caller's number, which is only unique on its stream.

@@ -1,7 +1,8 @@
 package service
 
 import (
-	"sync"
+	"context"
+	"io"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
@@ -22,7 +25,8 @@ func TestMultiplexQueuedInputCounts(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	// A caller may hold a quarter of MaxInput: 1000 bytes.
 	h := NewHandshake(vault, HandshakeOptions{MaxInput: 4000}, newHandshakeMetrics(prometheus.NewRegistry()))
-	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
+	m := newMuxStream(h, nil)
+	m.owner = "edge"
 	// A handshake whose step is running: what comes for it waits.
 	x := &muxHandshake{n: 1, running: true}
 	m.live[1] = x
@@ -46,36 +50,30 @@ func TestMultiplexQueuedInputCounts(t *testing.T) {
 }
 
 // TestMultiplexQueueBounded: requests that hold no input (aborts, empty
-// inputs) queued behind a step that does not end (its answer cannot be
-// sent to a caller that reads none) are bounded too: past muxMaxQueued
-// the stream is not read from until a request has been answered.
+// inputs) queued behind a step that does not end are bounded too: past
+// muxMaxQueued unanswered requests the stream is not read from until one
+// has been answered.
 func TestMultiplexQueueBounded(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
-	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
-	m.idle = sync.NewCond(&m.mu)
+	m := newMuxStream(h, nil)
+	m.owner = "edge"
 	x := &muxHandshake{n: 1, running: true}
 	m.live[1] = x
 	empty := &pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{}}
 	for range muxMaxQueued() {
+		require.NoError(t, m.await(muxMaxQueued()))
 		m.dispatch(empty)
 	}
 	require.Len(t, x.queue, muxMaxQueued())
-	var dispatched atomic.Bool
+	var room atomic.Bool
 	go func() {
-		m.dispatch(empty)
-		dispatched.Store(true)
+		assert.NoError(t, m.await(muxMaxQueued()))
+		room.Store(true)
 	}()
-	assert.Never(t, dispatched.Load, 200*time.Millisecond, 10*time.Millisecond, "a request past the bound is not taken")
-	// A worker answers the oldest request.
-	m.mu.Lock()
-	x.queue = x.queue[1:]
-	m.mu.Unlock()
-	m.jobDone()
-	assert.Eventually(t, dispatched.Load, 10*time.Second, time.Millisecond, "taken once a request has been answered")
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	assert.Len(t, x.queue, muxMaxQueued())
+	assert.Never(t, room.Load, 200*time.Millisecond, 10*time.Millisecond, "a request past the bound is read")
+	m.answered()
+	assert.Eventually(t, room.Load, 10*time.Second, time.Millisecond, "read again once a request has been answered")
 }
 
 // TestMultiplexStoppedQueueAudited: a request queued for a handshake that
@@ -84,9 +82,9 @@ func TestMultiplexQueueBounded(t *testing.T) {
 func TestMultiplexStoppedQueueAudited(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
-	m := &muxStream{h: h, owner: "edge", live: map[uint64]*muxHandshake{}, stop: make(chan struct{})}
-	m.idle = sync.NewCond(&m.mu)
-	close(m.stop)
+	m := newMuxStream(h, nil)
+	m.owner = "edge"
+	m.stop()
 	x := &muxHandshake{n: 1, done: true} // ended: not in m.live
 	var finished []error
 	m.enqueue(x, muxJob{
@@ -96,4 +94,136 @@ func TestMultiplexStoppedQueueAudited(t *testing.T) {
 	m.abortAll()
 	require.Len(t, finished, 1, "the request's entry completed once")
 	assert.ErrorIs(t, finished[0], errMuxEnded)
+}
+
+// sendWaits is a Multiplex stream whose caller reads nothing: Send waits
+// until release.
+type sendWaits struct {
+	grpc.ServerStream
+	release chan struct{}
+}
+
+func (s *sendWaits) Context() context.Context { return context.Background() }
+
+func (s *sendWaits) Recv() (*pb.MultiplexRequest, error) { return nil, io.EOF }
+
+func (s *sendWaits) Send(*pb.MultiplexResponse) error {
+	<-s.release
+	return context.Canceled
+}
+
+// TestMultiplexLastAnswerUnread: a half-closed stream whose one answer
+// left waits in Send, none queued behind it, ends all the same once it
+// has not been read for the session TTL.
+func TestMultiplexLastAnswerUnread(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{SessionTTL: 100 * time.Millisecond}, newHandshakeMetrics(prometheus.NewRegistry()))
+	stream := &sendWaits{release: make(chan struct{})}
+	m := newMuxStream(h, stream)
+	// Answered at once (NOT_FOUND): a worker sends it, and waits.
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+	ended := make(chan error, 1)
+	go func() { ended <- m.await(1) }() // as after the caller's half-close
+	select {
+	case err := <-ended:
+		assert.ErrorIs(t, err, errMuxUnread)
+	case <-time.After(10 * time.Second):
+		assert.Fail(t, "the stream waits for ever on its last answer")
+	}
+	close(stream.release)
+	m.stop()
+}
+
+// TestMultiplexNumberFreedByLastAnswer: a request that comes for a
+// handshake after the step that ends it, before that step's answer is
+// queued, is answered after that answer (FAILED_PRECONDITION), not before
+// it as a request for no handshake.
+func TestMultiplexNumberFreedByLastAnswer(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := newMuxStream(h, nil)
+	x := &muxHandshake{n: 1, running: true} // on a worker
+	m.live[1] = x
+	// The worker's step ends x ...
+	m.end(x, pb.HandshakeState_HANDSHAKE_STATE_FAILED)
+	// ... the caller's next request for it comes in ...
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Input{Input: []byte{1}}})
+	// ... and the worker queues the step's answer.
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_FAILED}
+	m.answer(x, &pb.MultiplexResponse{Handshake: 1, Result: &pb.MultiplexResponse_Step{Step: step}}, step, nil)
+
+	require.NotEmpty(t, m.out)
+	assert.NotNil(t, m.out[0].resp.GetStep(), "the step's answer first: %v", m.out[0].resp)
+	assert.Len(t, x.queue, 1, "the request waits behind the step, on its handshake")
+	assert.NotContains(t, m.live, uint64(1), "the number is free once the last answer is queued")
+}
+
+// TestMultiplexUnreadOnlyWhileHeldBack: answers left unread for the
+// session TTL while the receiving loop reads on (the caller sends, and
+// may read later) do not end the stream: only a loop held back by them
+// does.
+func TestMultiplexUnreadOnlyWhileHeldBack(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	const ttl = 50 * time.Millisecond
+	h := NewHandshake(vault, HandshakeOptions{SessionTTL: ttl}, newHandshakeMetrics(prometheus.NewRegistry()))
+	stream := &sendWaits{release: make(chan struct{})}
+	m := newMuxStream(h, stream)
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+	// The loop waits once (the check is armed), then reads on.
+	waited := make(chan error, 1)
+	go func() { waited <- m.await(1) }()
+	require.Eventually(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.armed && m.waiting
+	}, 10*time.Second, time.Millisecond)
+	m.answered()
+	require.NoError(t, <-waited)
+	time.Sleep(3 * ttl) // the answer in Send stays unread meanwhile
+	m.mu.Lock()
+	assert.False(t, m.isUnread, "unread while the loop was reading")
+	m.mu.Unlock()
+	close(stream.release)
+	m.stop()
+}
+
+// TestMultiplexExpiryWithUnsentAnswers: a handshake that expires while
+// its answers wait unsent (a caller not reading) has their audit entries
+// completed at its expiry, and its DEADLINE_EXCEEDED answer is queued
+// only while the stream holds fewer answers than its bound: past it the
+// caller learns at its next request.
+func TestMultiplexExpiryWithUnsentAnswers(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	m := newMuxStream(h, nil)
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
+	stepAnswer := func(x *muxHandshake, finish func(any, error)) {
+		m.answer(x, &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}, step, finish)
+	}
+	var completed []any
+	x := &muxHandshake{n: 1, running: true}
+	m.live[1] = x
+	stepAnswer(x, func(resp any, err error) {
+		assert.NoError(t, err)
+		completed = append(completed, resp)
+	})
+	other := &muxHandshake{n: 2}
+	for range muxMaxQueued() - 1 {
+		stepAnswer(other, notAudited)
+	}
+	m.unanswered = muxMaxQueued() + 1 // the answered requests, and the expiry
+	m.expire(x)
+	assert.Equal(t, []any{step}, completed, "the unsent answer's entry completed at the expiry")
+	assert.Len(t, m.out, muxMaxQueued(), "no expiry answer past the bound")
+	assert.Equal(t, muxMaxQueued(), m.unanswered, "the expiry counted as answered")
+	assert.NotContains(t, m.live, uint64(1), "the number is free")
+
+	// With room, the expiry is answered.
+	m.out = m.out[:1]
+	y := &muxHandshake{n: 3, running: true}
+	m.live[3] = y
+	m.expire(y)
+	require.Len(t, m.out, 2)
+	assert.Equal(t, int32(codes.DeadlineExceeded), m.out[1].resp.GetError().GetCode(), "%v", m.out[1].resp)
+	assert.Equal(t, uint64(3), m.out[1].resp.GetHandshake())
 }

@@ -62,6 +62,10 @@ type HandshakeClient interface {
 	// have ended its stream for is answered with that error instead, and
 	// ends its handshake only; the stream's end aborts all of its
 	// handshakes. Numbers are the stream's own: no other stream reaches them.
+	// The caller reads answers as they come: past a few requests unanswered
+	// the stream is not read from until an answer is sent, and a stream held
+	// back by answers none of which is read for SessionTTL ends with
+	// DEADLINE_EXCEEDED.
 	Multiplex(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse], error)
 }
 
@@ -174,6 +178,10 @@ type HandshakeServer interface {
 	// have ended its stream for is answered with that error instead, and
 	// ends its handshake only; the stream's end aborts all of its
 	// handshakes. Numbers are the stream's own: no other stream reaches them.
+	// The caller reads answers as they come: past a few requests unanswered
+	// the stream is not read from until an answer is sent, and a stream held
+	// back by answers none of which is read for SessionTTL ends with
+	// DEADLINE_EXCEEDED.
 	Multiplex(grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]) error
 	mustEmbedUnimplementedHandshakeServer()
 }
