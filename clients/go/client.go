@@ -61,7 +61,9 @@ type options struct {
 type Option func(*options)
 
 // WithTLS connects over TLS with cfg. For mutual TLS, cfg carries the client
-// certificate in Certificates and the service's roots in RootCAs.
+// certificate in Certificates and the service's roots in RootCAs; one made
+// by TLSConfigFromFiles follows its files, roots included, at each new
+// connection.
 func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tls = cfg } }
 
 // WithInsecure connects in plain text, as to a development instance on
@@ -157,7 +159,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	case o.tls != nil && o.insecure:
 		return nil, errors.New("handshaked: WithTLS and WithInsecure are exclusive")
 	case o.tls != nil:
-		creds = credentials.NewTLS(o.tls)
+		creds = tlsCredentials(o.tls)
 	case o.insecure:
 		creds = insecure.NewCredentials()
 	default:

@@ -1,23 +1,62 @@
 package handshaked
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"runtime"
 	"sync"
+	"weak"
+
+	"google.golang.org/grpc/credentials"
 )
 
-// LoadCertPool reads the PEM certificates in file into a pool.
+// LoadCertPool reads the PEM certificates in file into a pool. Every
+// CERTIFICATE block must parse and every block begun must end, so a bundle
+// cut short or corrupted is an error rather than a pool missing the roots
+// it lost (text around the blocks, as bundles' comments, is let be).
 func LoadCertPool(file string) (*x509.CertPool, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
+	pool, err := parseBundle(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return pool, nil
+}
+
+func parseBundle(b []byte) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s: no PEM certificates", file)
+	n := 0
+	for rest := b; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			if bytes.Contains(rest, []byte("-----BEGIN")) {
+				return nil, fmt.Errorf("after %d certificate(s), a PEM block that does not decode (cut short?)", n)
+			}
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue // a bundle may carry other blocks, as AppendCertsFromPEM allows
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New("no PEM certificates")
 	}
 	return pool, nil
 }
@@ -26,24 +65,38 @@ func LoadCertPool(file string) (*x509.CertPool, error) {
 // mutual TLS: roots from caFile and the caller's certificate from
 // certFile/keyFile. Either part may be left empty.
 //
-// The client certificate follows its files: every new connection's
-// handshake checks whether either file changed (a renewal written in place,
-// renamed over, or swapped in by a symlink as Kubernetes does for a mounted
-// Secret) and, if so, loads the pair again, so a renewed certificate is used
-// without a restart. A connection already open keeps the certificate it was
-// opened with until it closes (handshaked ends every connection after at
-// most 30 minutes). A pair that does not load, such as a certificate
-// renewed before its new key is written, leaves the previous one in use
-// (with a warning at each connection) until the pair loads. The first load must succeed. The roots in
-// caFile are read once.
+// Both follow their files: every new connection's handshake checks whether
+// a file changed (written in place, renamed over, or swapped in by a
+// symlink as Kubernetes does for a mounted Secret) and, if so, loads it
+// again, so a renewed certificate or a rotated CA bundle is used without a
+// restart. A connection already open keeps the certificate and the roots
+// it was opened with until it closes (handshaked ends every connection
+// after at most 30 minutes). A file that does not load, such as a bundle
+// cut short or a certificate renewed before its new key is written, leaves
+// the previous one in use (with a warning at each connection) until it
+// loads. The first load must succeed.
+//
+// The roots follow caFile on the connections that Dial makes with this
+// configuration (WithTLS), or with a Clone of it, as long as its RootCAs is
+// still the pool put there: each handshake is verified by crypto/tls, as
+// strictly as with fixed roots, against the bundle in force. Anything else
+// using the configuration (an HTTP client, grpc.Dial) verifies against the
+// roots read here.
 func TLSConfigFromFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cfg := &tls.Config{}
 	if caFile != "" {
-		pool, err := LoadCertPool(caFile)
-		if err != nil {
-			return nil, err
+		ca := &caFiles{file: caFile, log: slog.Default()}
+		st, err := os.Stat(caFile)
+		if err == nil {
+			err = ca.load(st)
 		}
-		cfg.RootCAs = pool
+		if err != nil {
+			return nil, fmt.Errorf("CA bundle for handshaked: %w", err)
+		}
+		// A pool of the configuration's own: the bundle's is not the key
+		// of followed, which it would keep alive.
+		cfg.RootCAs = ca.current.Clone()
+		followRoots(cfg.RootCAs, ca)
 	}
 	if certFile != "" {
 		kp := &keyPairFiles{certFile: certFile, keyFile: keyFile, log: slog.Default()}
@@ -57,6 +110,102 @@ func TLSConfigFromFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 		cfg.GetClientCertificate = kp.clientCertificate
 	}
 	return cfg, nil
+}
+
+// followed maps the pool TLSConfigFromFiles put in a configuration's
+// RootCAs to the bundle it came from, for Dial to give each handshake the
+// roots in force. The key is weak: a pool no configuration holds any more
+// takes its entry with it.
+var followed sync.Map // weak.Pointer[x509.CertPool] -> *caFiles
+
+func followRoots(pool *x509.CertPool, ca *caFiles) {
+	key := weak.Make(pool)
+	followed.Store(key, ca)
+	runtime.AddCleanup(pool, func(key weak.Pointer[x509.CertPool]) { followed.Delete(key) }, key)
+}
+
+// followedRoots is the bundle that pool was put in a configuration for, or
+// nil.
+func followedRoots(pool *x509.CertPool) *caFiles {
+	if pool == nil {
+		return nil
+	}
+	if ca, ok := followed.Load(weak.Make(pool)); ok {
+		return ca.(*caFiles)
+	}
+	return nil
+}
+
+// tlsCredentials are the transport credentials of Dial for cfg: gRPC's own,
+// and when cfg's roots come from a CA bundle, gRPC's own again at each
+// handshake on a copy of cfg with the bundle's roots in force. Verification
+// stays crypto/tls's (chain to the roots, server name, validity, serverAuth
+// usage); only the pool changes.
+func tlsCredentials(cfg *tls.Config) credentials.TransportCredentials {
+	creds := credentials.NewTLS(cfg)
+	ca := followedRoots(cfg.RootCAs)
+	if ca == nil {
+		return creds
+	}
+	return &followingRoots{TransportCredentials: creds, base: cfg.Clone(), ca: ca}
+}
+
+// followingRoots are TLS credentials whose roots follow a CA bundle.
+type followingRoots struct {
+	credentials.TransportCredentials // for Info and the server side
+	base                             *tls.Config
+	ca                               *caFiles
+}
+
+func (f *followingRoots) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	cfg := f.base.Clone()
+	cfg.RootCAs = f.ca.roots()
+	return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, raw)
+}
+
+func (f *followingRoots) Clone() credentials.TransportCredentials {
+	return &followingRoots{TransportCredentials: f.TransportCredentials.Clone(), base: f.base, ca: f.ca}
+}
+
+// caFiles is a CA bundle kept in a file, loaded again when it changes.
+type caFiles struct {
+	file string
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	current *x509.CertPool
+	loaded  os.FileInfo // of the file current came from
+}
+
+// load reads the bundle, whose file was st just before, and makes it
+// current. ca.mu is held, or ca is not shared yet.
+func (ca *caFiles) load(st os.FileInfo) error {
+	pool, err := LoadCertPool(ca.file)
+	if err != nil {
+		return err
+	}
+	ca.current, ca.loaded = pool, st
+	return nil
+}
+
+// roots is the current pool, loaded again first if its file changed since.
+func (ca *caFiles) roots() *x509.CertPool {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	st, err := os.Stat(ca.file) // follows symlinks: a swapped target is a change
+	if err != nil {
+		ca.log.Warn("handshaked CA bundle: keeping the loaded one", "err", err)
+		return ca.current
+	}
+	if unchanged(st, ca.loaded) {
+		return ca.current
+	}
+	if err := ca.load(st); err != nil {
+		ca.log.Warn("handshaked CA bundle: the changed file does not load, keeping the loaded one", "err", err)
+		return ca.current
+	}
+	ca.log.Info("handshaked CA bundle reloaded", "file", ca.file)
+	return ca.current
 }
 
 // keyPairFiles is a certificate and key kept in two files, loaded again

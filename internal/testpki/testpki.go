@@ -63,12 +63,18 @@ func (ca *CA) Pool() *x509.CertPool {
 
 // Server issues a server certificate for localhost, 127.0.0.1 and ::1.
 func (ca *CA) Server() (*Leaf, error) {
+	return ca.ServerFor(time.Now().Add(24*time.Hour), x509.ExtKeyUsageServerAuth)
+}
+
+// ServerFor is Server's certificate valid until notAfter (in the past: an
+// expired certificate) with the extended key usages eku.
+func (ca *CA) ServerFor(notAfter time.Time, eku ...x509.ExtKeyUsage) (*Leaf, error) {
 	return ca.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "localhost"},
 		DNSNames:    []string{"localhost"},
 		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, time.Now().Add(24*time.Hour))
+		ExtKeyUsage: eku,
+	}, notAfter)
 }
 
 // ServerNamed issues a server certificate for dnsName only, with no IP

@@ -122,7 +122,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs := flag.NewFlagSet("handshake-edge", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8443", "TCP `address` to accept TLS clients on")
 	fs.StringVar(&o.service, "handshaked", "127.0.0.1:7070", "gRPC `target` of handshaked: host:port, the replicas host:port,host:port,... or dns:///name:port; calls are balanced round-robin over every address, and a unary step (-unary) that fails with UNAVAILABLE is retried on another replica")
-	fs.StringVar(&o.caFile, "handshaked-ca", "", "roots (`PEM`) for handshaked's certificate; with -handshaked-cert/-key: mutual TLS (default: plain text, for a loopback development instance)")
+	fs.StringVar(&o.caFile, "handshaked-ca", "", "roots (`PEM`) for handshaked's certificate, read again for the next connection when the file changes; with -handshaked-cert/-key: mutual TLS (default: plain text, for a loopback development instance)")
 	fs.StringVar(&o.certFile, "handshaked-cert", "", "client certificate (`PEM`) for handshaked")
 	fs.StringVar(&o.keyFile, "handshaked-key", "", "client certificate key (`PEM`) for handshaked")
 	fs.Var(&o.keys, "key", "vault `key[:version]` with an attached chain; repeatable, SNI picks among them, the first is the default (default dev-rsa)")
