@@ -1,6 +1,7 @@
 package handshaked_test
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"testing"
@@ -20,13 +21,16 @@ import (
 // batchWatch sees the batches a client sends on its BatchStreams (how many
 // operations each carries) and can hold back the answers of the first
 // stream until released, as a slow service would (the tests that hold
-// answers use one stream, WithSignStreams(1)).
+// answers use one stream, WithSignStreams(1)). With method set, it watches
+// the streams of that method instead (a SignStream's messages carry one
+// operation each).
 type batchWatch struct {
 	mu      sync.Mutex
 	sizes   []int
 	held    chan struct{} // nil: answers are not held
 	opened  int
-	renamed bool // open BatchStream as a method the service does not have
+	renamed bool   // open BatchStream as a method the service does not have
+	method  string // zero: BatchStream
 }
 
 func (w *batchWatch) batches() []int {
@@ -37,7 +41,7 @@ func (w *batchWatch) batches() []int {
 
 func (w *batchWatch) option() handshaked.Option {
 	return handshaked.WithDialOptions(grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-		if method != pb.KeyVault_BatchStream_FullMethodName {
+		if watched := cmp.Or(w.method, pb.KeyVault_BatchStream_FullMethodName); method != watched {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
 		w.mu.Lock()
@@ -67,11 +71,13 @@ type watchedStream struct {
 }
 
 func (s *watchedStream) SendMsg(m any) error {
+	n := 1
 	if r, ok := m.(*pb.BatchStreamRequest); ok {
-		s.w.mu.Lock()
-		s.w.sizes = append(s.w.sizes, len(r.GetBatch().GetOperations()))
-		s.w.mu.Unlock()
+		n = len(r.GetBatch().GetOperations())
 	}
+	s.w.mu.Lock()
+	s.w.sizes = append(s.w.sizes, n)
+	s.w.mu.Unlock()
 	return s.ClientStream.SendMsg(m)
 }
 
@@ -258,62 +264,81 @@ func (f streamFixture) signLater(c *handshaked.Client) func(ctx context.Context)
 	}
 }
 
-// TestCoalescedCallsTimeOut: a call without a deadline of its own gives up
-// with DEADLINE_EXCEEDED at the client's timeout while its answer does
-// not come; one with a later deadline of its own waits until then.
-func TestCoalescedCallsTimeOut(t *testing.T) {
-	f := startStreamFixture(t, service.Limits{})
-	w := batchWatch{held: make(chan struct{})}
-	const timeout = 150 * time.Millisecond
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout), w.option())
-	require.NoError(t, err)
-	defer c.Close()
-	sign := f.signLater(c)
-	start := time.Now()
-	bounded := sign(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	own := sign(ctx)
-	select {
-	case err := <-bounded:
-		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
-		assert.GreaterOrEqual(t, time.Since(start), timeout)
-	case <-time.After(10 * time.Second):
-		require.Fail(t, "a call held past the client's timeout did not give up")
-	}
-	time.Sleep(2 * timeout)
-	select {
-	case err := <-own:
-		require.Fail(t, "a call with its own deadline gave up at the client's timeout", "%v", err)
-	default:
-	}
-	close(w.held)
-	assert.NoError(t, <-own)
+// streamedPaths are the two ways a Sign call goes on a stream: coalesced
+// on a BatchStream (ECDSA, by default) or one message on a SignStream.
+var streamedPaths = []struct {
+	name   string
+	method string
+	opts   []handshaked.Option
+}{
+	{"coalesced", pb.KeyVault_BatchStream_FullMethodName, nil},
+	{"SignStream", pb.KeyVault_SignStream_FullMethodName, []handshaked.Option{handshaked.WithoutCoalescing()}},
 }
 
-// TestCoalescedCallsTimeOutOnRetiredStream: a call in flight on a stream
+// TestStreamedCallsTimeOut: a call without a deadline of its own gives up
+// with DEADLINE_EXCEEDED at the client's timeout while its answer does
+// not come; one with a later deadline of its own waits until then.
+func TestStreamedCallsTimeOut(t *testing.T) {
+	f := startStreamFixture(t, service.Limits{})
+	for _, path := range streamedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			w := batchWatch{held: make(chan struct{}), method: path.method}
+			const timeout = 150 * time.Millisecond
+			c, err := handshaked.Dial(f.srv.GRPCAddr, append(path.opts, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout), w.option())...)
+			require.NoError(t, err)
+			defer c.Close()
+			sign := f.signLater(c)
+			start := time.Now()
+			bounded := sign(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			own := sign(ctx)
+			select {
+			case err := <-bounded:
+				assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+				assert.GreaterOrEqual(t, time.Since(start), timeout)
+			case <-time.After(10 * time.Second):
+				require.Fail(t, "a call held past the client's timeout did not give up")
+			}
+			time.Sleep(2 * timeout)
+			select {
+			case err := <-own:
+				require.Fail(t, "a call with its own deadline gave up at the client's timeout", "%v", err)
+			default:
+			}
+			close(w.held)
+			assert.NoError(t, <-own)
+		})
+	}
+}
+
+// TestStreamedCallsTimeOutOnRetiredStream: a call in flight on a stream
 // that has been retired since (past its age, replaced in its slot) still
 // gives up at the client's timeout while its answer does not come.
-func TestCoalescedCallsTimeOutOnRetiredStream(t *testing.T) {
+func TestStreamedCallsTimeOutOnRetiredStream(t *testing.T) {
 	f := startStreamFixture(t, service.Limits{})
-	w := batchWatch{held: make(chan struct{})}
-	defer close(w.held)
-	const timeout, age = 300 * time.Millisecond, 50 * time.Millisecond
-	c, err := handshaked.Dial(f.srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout),
-		handshaked.WithSignStreamAge(age), w.option())
-	require.NoError(t, err)
-	defer c.Close()
-	sign := f.signLater(c)
-	bounded := sign(context.Background()) // on the first stream, whose answers are held
-	require.Eventually(t, func() bool { return len(w.batches()) == 1 }, 10*time.Second, time.Millisecond, "the first call sent")
-	time.Sleep(2 * age)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	require.NoError(t, <-sign(ctx), "a call on the stream that replaced the first")
-	select {
-	case err := <-bounded:
-		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
-	case <-time.After(10 * time.Second):
-		require.Fail(t, "a call held on a retired stream did not give up at the client's timeout")
+	for _, path := range streamedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			w := batchWatch{held: make(chan struct{}), method: path.method}
+			defer close(w.held)
+			const timeout, age = 300 * time.Millisecond, 50 * time.Millisecond
+			c, err := handshaked.Dial(f.srv.GRPCAddr, append(path.opts, handshaked.WithInsecure(), handshaked.WithSignStreams(1), handshaked.WithTimeout(timeout),
+				handshaked.WithSignStreamAge(age), w.option())...)
+			require.NoError(t, err)
+			defer c.Close()
+			sign := f.signLater(c)
+			bounded := sign(context.Background()) // on the first stream, whose answers are held
+			require.Eventually(t, func() bool { return len(w.batches()) == 1 }, 10*time.Second, time.Millisecond, "the first call sent")
+			time.Sleep(2 * age)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			require.NoError(t, <-sign(ctx), "a call on the stream that replaced the first")
+			select {
+			case err := <-bounded:
+				assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+			case <-time.After(10 * time.Second):
+				require.Fail(t, "a call held on a retired stream did not give up at the client's timeout")
+			}
+		})
 	}
 }

@@ -187,6 +187,9 @@ func Dial(target string, opts ...Option) (*Client, error) {
 	}
 	c := newClient(conn, o.signStreams, o.hsStreams, o.streamAge, !o.noCoalesce)
 	c.conn, c.timeout = conn, o.timeout
+	if c.ops != nil {
+		c.ops.timeout = o.timeout
+	}
 	if c.batches != nil {
 		c.batches.timeout = o.timeout
 	}

@@ -38,9 +38,13 @@ var errMuxLost = errors.New("multiplex stream lost")
 // handshake).
 type handshakeMux struct {
 	streamSlots[muxSlot]
-	hs            pb.HandshakeClient
-	maxAge        time.Duration
-	unimplemented atomic.Bool
+	hs     pb.HandshakeClient
+	maxAge time.Duration
+	// unsupportedUntil (Unix nanoseconds) is set when a service answers
+	// Unimplemented: it predates Multiplex, and handshakes go on a Stream
+	// each until then, a stream's age later, as batchOps does (in a
+	// rolling upgrade, the next stream may reach an upgraded replica).
+	unsupportedUntil atomic.Int64
 }
 
 type muxSlot struct {
@@ -55,11 +59,17 @@ type muxConn struct {
 	cancel context.CancelFunc
 	retire time.Time // zero: never
 
-	// sendMu orders Send and CloseSend. It is not mu: a Send waits while
-	// the service reads nothing (it reads no more once it holds as many
-	// requests as it takes, until its answers are read), and the receiver
-	// must still take mu to hand those answers out.
-	sendMu sync.Mutex
+	// sendTurn (one token) orders Send and CloseSend. It is not mu: a
+	// Send waits while the service reads nothing (it reads no more once
+	// it holds as many requests as it takes, until its answers are read),
+	// and the receiver must still take mu to hand those answers out. A
+	// channel, so that a step waits for its turn no longer than its
+	// context.
+	sendTurn chan struct{}
+	// sendTimer ends the stream when the Send of the step holding the
+	// turn outlasts the step's deadline: one timer, reset for each Send,
+	// rather than a context.AfterFunc per Send (4 allocations each).
+	sendTimer *time.Timer
 
 	mu      sync.Mutex // the map and the flags
 	waiting map[uint64]chan muxAnswer
@@ -107,7 +117,9 @@ func (m *handshakeMux) join() (*muxConn, uint64, chan muxAnswer, error) {
 			cancel()
 			return nil, 0, nil, fmt.Errorf("handshaked: open multiplex stream: %w", err)
 		}
-		c := &muxConn{cs: cs, cancel: cancel, waiting: map[uint64]chan muxAnswer{}}
+		c := &muxConn{cs: cs, cancel: cancel, sendTurn: make(chan struct{}, 1), waiting: map[uint64]chan muxAnswer{}}
+		c.sendTimer = time.AfterFunc(time.Hour, c.fail)
+		c.sendTimer.Stop()
 		if m.maxAge > 0 {
 			c.retire = time.Now().Add(m.maxAge)
 		}
@@ -137,7 +149,7 @@ func (m *handshakeMux) receive(s *muxSlot, c *muxConn) {
 		resp, err := c.cs.Recv()
 		if err != nil {
 			if status.Code(err) == codes.Unimplemented {
-				m.unimplemented.Store(true)
+				m.unsupportedUntil.Store(unsupportedUntil(m.maxAge))
 				err = errMuxUnimplemented
 			} else {
 				err = errMuxLost
@@ -170,20 +182,63 @@ func (m *handshakeMux) receive(s *muxSlot, c *muxConn) {
 	}
 }
 
-// send sends req for handshake n, false if the stream is lost.
-func (c *muxConn) send(req *pb.MultiplexRequest) bool {
+// send sends req, waiting for its turn no longer than ctx and for the
+// service's flow control no longer than ctx's deadline (or, without one,
+// until ctx is cancelled). It returns errMuxLost if the stream is lost,
+// ctx's error if ctx ends first. A Send that waits until its step's deadline
+// means the service reads no more of the stream (stuck, or its answers
+// not read), which holds every handshake on it: then the stream ends, and
+// its handshakes with it (the next ones open a new one), as a Stream ends
+// with its context.
+func (c *muxConn) send(ctx context.Context, req *pb.MultiplexRequest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	lost := c.lost
 	c.mu.Unlock()
 	if lost {
-		return false
+		return errMuxLost
 	}
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
+	select {
+	case c.sendTurn <- struct{}{}:
+	case <-ctx.Done():
+		// A step that reached its deadline waiting for its turn found
+		// the stream stuck that long; one cancelled (its TLS client gone)
+		// says nothing of the stream, whose other handshakes go on.
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			c.fail()
+		}
+		return ctx.Err()
+	}
+	defer func() { <-c.sendTurn }()
+	deadline, timed := ctx.Deadline()
+	var stop func() bool
+	if timed {
+		c.sendTimer.Reset(time.Until(deadline))
+	} else {
+		stop = context.AfterFunc(ctx, c.fail)
+	}
 	// A failed Send needs nothing more: the receiver sees the broken
 	// stream and fails every handshake waiting on it.
 	_ = c.cs.Send(req)
-	return true
+	switch {
+	case timed && !c.sendTimer.Stop():
+		// ctx's own timer may not have fired yet.
+		return context.DeadlineExceeded
+	case !timed && !stop():
+		return ctx.Err()
+	}
+	return nil
+}
+
+// fail ends the stream: its receiver then fails the handshakes waiting on
+// it, and the slot opens a new one.
+func (c *muxConn) fail() {
+	c.mu.Lock()
+	c.lost = true
+	c.mu.Unlock()
+	c.cancel()
 }
 
 // leave forgets handshake n, which has ended: its number gets no more
@@ -199,15 +254,16 @@ func (c *muxConn) leave(n uint64) {
 // No Send is waiting then (a handshake sends before it leaves).
 func (c *muxConn) closeIfDone() {
 	if c.retired && len(c.waiting) == 0 && !c.lost {
-		c.sendMu.Lock()
+		c.sendTurn <- struct{}{}
 		c.cs.CloseSend()
-		c.sendMu.Unlock()
+		<-c.sendTurn
 	}
 }
 
 // MultiplexedHandshake is one handshake in the service, stepped on one of
 // the Client's shared Multiplex streams, or on a Stream of its own when
-// the service has no Multiplex or the Client none (WithHandshakeStreams(0)).
+// the service has no Multiplex (tried again a stream age later) or the
+// Client none (WithHandshakeStreams(0)).
 // Step it in order from one goroutine; Abort it if it ends before COMPLETE
 // or FAILED. The service holds it as one of a Stream (the same caps,
 // checks and audit) for at most its session TTL.
@@ -243,7 +299,7 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 		return h.muxStep(ctx, &pb.MultiplexRequest{Handshake: h.n, Request: &pb.MultiplexRequest_Input{Input: input}})
 	}
 	mux := h.client.mux
-	if mux == nil || mux.unimplemented.Load() {
+	if mux == nil || time.Now().UnixNano() < mux.unsupportedUntil.Load() {
 		return h.openStream(ctx, input)
 	}
 	start := &pb.StartHandshakeRequest{Config: h.cfg, Input: input}
@@ -274,18 +330,29 @@ func (h *MultiplexedHandshake) Step(ctx context.Context, input []byte) (*pb.Hand
 	}
 }
 
-// muxStep sends req and waits for its answer.
+// muxStep sends req and waits for its answer, no longer than ctx.
 func (h *MultiplexedHandshake) muxStep(ctx context.Context, req *pb.MultiplexRequest) (*pb.HandshakeStep, error) {
 	var a muxAnswer
-	if !h.conn.send(req) {
-		a.err = errMuxLost
-	} else {
+	switch err := h.conn.send(ctx, req); {
+	case err == nil:
 		select {
 		case a = <-h.ch:
 		case <-ctx.Done():
 			h.Abort()
 			return nil, fmt.Errorf("handshaked: handshake step: %w", status.FromContextError(ctx.Err()).Err())
 		}
+	case errors.Is(err, errMuxLost):
+		a.err = err
+	default:
+		// ctx ended before req was sent, or while it was (and the stream
+		// ended then): a start leaves nothing in the service, a later
+		// step a handshake to abort (nothing to send on an ended stream).
+		if req.GetStart() != nil {
+			h.end()
+		} else {
+			h.Abort()
+		}
+		return nil, fmt.Errorf("handshaked: handshake step: %w", status.FromContextError(err).Err())
 	}
 	if a.err != nil {
 		h.end()
@@ -315,7 +382,8 @@ func (h *MultiplexedHandshake) end() {
 }
 
 // Abort ends the handshake in the service, if it has not ended; it does
-// not wait for the service.
+// not wait for the service's answer, and waits to send no longer than the
+// client's timeout (WithTimeout).
 func (h *MultiplexedHandshake) Abort() {
 	if h.ended {
 		return
@@ -325,7 +393,12 @@ func (h *MultiplexedHandshake) Abort() {
 		h.cancel()
 	}
 	if h.conn != nil {
-		h.conn.send(&pb.MultiplexRequest{Handshake: h.n, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+		// Abort has no deadline of its own: the client's timeout bounds
+		// it as any call without one. A stream that takes not even an
+		// abort by then is stuck, and ends with its handshakes.
+		ctx, cancel := h.client.bounded(context.Background())
+		h.conn.send(ctx, &pb.MultiplexRequest{Handshake: h.n, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+		cancel()
 		h.conn.leave(h.n)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
 	"github.com/handshaked/handshaked/clients/go/edge"
@@ -26,7 +28,7 @@ import (
 // to a method the service does not have, as with a service from before
 // Multiplex (which answers UNIMPLEMENTED).
 type muxStreams struct {
-	missing bool
+	missing atomic.Bool
 	mu      sync.Mutex
 	opened  map[string]int
 	ended   atomic.Int32
@@ -49,7 +51,7 @@ func (m *muxStreams) option() handshaked.Option {
 		if method != pb.Handshake_Multiplex_FullMethodName {
 			return streamer(ctx, desc, cc, method, opts...)
 		}
-		if m.missing {
+		if m.missing.Load() {
 			method = "/handshake.v1.Handshake/MultiplexNotHere"
 		}
 		cs, err := streamer(ctx, desc, cc, method, opts...)
@@ -127,7 +129,8 @@ func TestMultiplexedHandshakesShareStreams(t *testing.T) {
 func TestMultiplexedHandshakesFallBack(t *testing.T) {
 	srv := servicetest.Start(t, service.Options{})
 	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
-	streams := muxStreams{missing: true}
+	var streams muxStreams
+	streams.missing.Store(true)
 	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), streams.option())
 	require.NoError(t, err)
 	defer c.Close()
@@ -138,6 +141,30 @@ func TestMultiplexedHandshakesFallBack(t *testing.T) {
 	tlsThroughEdge(t, c, key, 4)
 	assert.Equal(t, tried, streams.get(pb.Handshake_Multiplex_FullMethodName), "Multiplex tried again")
 	assert.Equal(t, 12, streams.get(pb.Handshake_Stream_FullMethodName))
+}
+
+// TestMultiplexedHandshakesTryAgain: a stream age after a service answered
+// that it has no Multiplex, the client tries it again (in a rolling
+// upgrade, the next stream may reach an upgraded replica).
+func TestMultiplexedHandshakesTryAgain(t *testing.T) {
+	srv := servicetest.Start(t, service.Options{})
+	key := srv.ServerKey(t, "mux-ec", "p256-sec1.pem", "ec.test")
+	var streams muxStreams
+	streams.missing.Store(true)
+	const age = time.Second
+	c, err := handshaked.Dial(srv.GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreamAge(age), streams.option())
+	require.NoError(t, err)
+	defer c.Close()
+	tlsThroughEdge(t, c, key, 4)
+	fellBack := streams.get(pb.Handshake_Stream_FullMethodName)
+	require.Positive(t, fellBack, "handshakes on a Stream of their own")
+	tried := streams.get(pb.Handshake_Multiplex_FullMethodName)
+
+	streams.missing.Store(false) // the service is upgraded
+	time.Sleep(age)
+	tlsThroughEdge(t, c, key, 4)
+	assert.Greater(t, streams.get(pb.Handshake_Multiplex_FullMethodName), tried, "Multiplex not tried again")
+	assert.Equal(t, fellBack, streams.get(pb.Handshake_Stream_FullMethodName), "handshakes on a Stream after the age")
 }
 
 // TestMultiplexStreamsRetire: a Multiplex stream older than the stream age
@@ -225,4 +252,153 @@ func TestMultiplexAnswersWhileSendWaits(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first handshake's answer was not handed out while another's Send waited")
 	}
+}
+
+// deafMux is a Multiplex service that answers the first request of each
+// stream, then reads no more of it.
+type deafMux struct {
+	pb.UnimplementedHandshakeServer
+	streams atomic.Int32
+}
+
+func (s *deafMux) Multiplex(stream pb.Handshake_MultiplexServer) error {
+	s.streams.Add(1)
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
+	if err := stream.Send(&pb.MultiplexResponse{Handshake: req.GetHandshake(), Result: &pb.MultiplexResponse_Step{Step: step}}); err != nil {
+		return err
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
+// sendWatch counts the Sends of a client's Multiplex streams begun and
+// ended.
+type sendWatch struct{ begun, ended atomic.Int32 }
+
+func (w *sendWatch) option() handshaked.Option {
+	return handshaked.WithDialOptions(grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			return nil, err
+		}
+		return &watchedSends{ClientStream: cs, w: w}, nil
+	}))
+}
+
+type watchedSends struct {
+	grpc.ClientStream
+	w *sendWatch
+}
+
+func (s *watchedSends) SendMsg(m any) error {
+	s.w.begun.Add(1)
+	defer s.w.ended.Add(1)
+	return s.ClientStream.SendMsg(m)
+}
+
+// TestMultiplexSendWaitsNoLongerThanItsStep: a Send that waits on a
+// service reading no more of the stream, a step waiting for its turn
+// behind such a Send, and an Abort, wait no longer than their step's
+// deadline or cancellation (the Abort: the client's timeout); the stream,
+// stuck for all its handshakes, ends then, and they go on a new one. A step
+// cancelled while it waits for its turn leaves the stream alone.
+func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
+	svc := &deafMux{}
+	// A window of its own size: it does not grow as the service reads
+	// nothing.
+	s := grpc.NewServer(grpc.InitialWindowSize(64<<10), grpc.InitialConnWindowSize(64<<10))
+	pb.RegisterHandshakeServer(s, svc)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	var sends sendWatch
+	const timeout = 300 * time.Millisecond
+	c, err := handshaked.Dial(l.Addr().String(), handshaked.WithInsecure(), handshaked.WithHandshakeStreams(1),
+		handshaked.WithTimeout(timeout), sends.option())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	done := func(name string, errs chan error) error {
+		t.Helper()
+		select {
+		case err := <-errs:
+			return err
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s still waits to send past its deadline", name)
+			return nil
+		}
+	}
+	step := func(h *handshaked.MultiplexedHandshake, ctx context.Context, input []byte) chan error {
+		errs := make(chan error, 1)
+		go func() {
+			_, err := h.Step(ctx, input)
+			errs <- err
+		}()
+		return errs
+	}
+	// starts a handshake larger than the service's window, on no deadline:
+	// its Send takes the stream's write quota, the next Send waits for
+	// the service to read; with sent, after its Send has returned, else
+	// once it waits in it.
+	large := make([]byte, 1<<20)
+	start := func(sent bool) (*handshaked.MultiplexedHandshake, chan error) {
+		h := c.MultiplexedHandshake(&pb.HandshakeConfig{})
+		n := sends.begun.Load() + 1
+		errs := step(h, ctx, large)
+		require.Eventually(t, func() bool {
+			return sends.begun.Load() == n && (!sent || sends.ended.Load() == n)
+		}, 10*time.Second, time.Millisecond)
+		return h, errs
+	}
+	deadline := func() context.Context {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		t.Cleanup(cancel)
+		return ctx
+	}
+
+	first := c.MultiplexedHandshake(&pb.HandshakeConfig{})
+	_, err = first.Step(ctx, []byte{22})
+	require.NoError(t, err)
+	a, aDone := start(true)
+	aborted := make(chan error, 1)
+	go func() {
+		first.Abort()
+		aborted <- nil
+	}()
+	done("an Abort", aborted)
+	require.NoError(t, done("a start on the stuck stream", aDone), "started again on a new stream")
+	require.Equal(t, int32(2), svc.streams.Load(), "streams")
+
+	b, bDone := start(true)
+	err = done("a step", step(a, deadline(), []byte{1}))
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+	require.NoError(t, done("a start on the stuck stream", bDone), "started again on a new stream")
+	require.Equal(t, int32(3), svc.streams.Load(), "streams")
+
+	_, cDone := start(true)
+	cancelled, cancelStep := context.WithCancel(ctx) // no deadline
+	time.AfterFunc(timeout, cancelStep)
+	err = done("a step", step(b, cancelled, []byte{1}))
+	assert.Equal(t, codes.Canceled, status.Code(err), "%v", err)
+	require.NoError(t, done("a start on the stuck stream", cDone), "started again on a new stream")
+	require.Equal(t, int32(4), svc.streams.Load(), "streams")
+
+	start(true)
+	start(false)
+	// A step cancelled while it waits for its turn (its TLS client gone)
+	// says nothing of the stream: it and its handshakes go on.
+	waiting, stopWaiting := context.WithCancel(ctx)
+	time.AfterFunc(100*time.Millisecond, stopWaiting)
+	err = done("a cancelled step waiting for its turn", step(c.MultiplexedHandshake(&pb.HandshakeConfig{}), waiting, []byte{22}))
+	assert.Equal(t, codes.Canceled, status.Code(err), "%v", err)
+	assert.Never(t, func() bool { return svc.streams.Load() != 4 }, 300*time.Millisecond, 10*time.Millisecond, "the stream ended with a cancelled step")
+	err = done("a step waiting for its turn", step(c.MultiplexedHandshake(&pb.HandshakeConfig{}), deadline(), []byte{22}))
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
 }

@@ -37,6 +37,9 @@ type streamOps struct {
 	streamSlots[opStream]
 	vault  pb.KeyVaultClient
 	maxAge time.Duration
+	// timeout bounds a call without a deadline of its own (the client's
+	// timeout; 0: unbounded).
+	timeout time.Duration
 }
 
 // opStream is one slot of a SignStream. Answers come in request order, so
@@ -50,9 +53,14 @@ type opStream struct {
 // openStream is a SignStream and the calls waiting for its answers.
 type openStream struct {
 	cs      pb.KeyVault_SignStreamClient
-	pending []chan opResult
+	pending []*streamCall
 	retire  time.Time // from then on, the next call opens a new stream; zero: never
+	// watch fires at the deadline of the oldest call bounded by the
+	// client's timeout.
+	watch callWatch
 }
+
+type streamCall = timedCall[opResult]
 
 type opResult struct {
 	resp *pb.SignStreamResponse
@@ -69,7 +77,8 @@ func newStreamOps(vault pb.KeyVaultClient, n int, maxAge time.Duration) *streamO
 // errStreamLost when the stream could not carry it.
 func (o *streamOps) do(ctx context.Context, req *pb.SignStreamRequest) (*pb.SignStreamResponse, error) {
 	s := o.take()
-	ch := make(chan opResult, 1)
+	tc := newTimedCall[opResult](ctx, o.timeout)
+	call := &tc
 	s.mu.Lock()
 	if s.cur != nil && !s.cur.retire.IsZero() && time.Now().After(s.cur.retire) {
 		// A stream stays on the replica it was opened on: retiring it
@@ -87,18 +96,40 @@ func (o *streamOps) do(ctx context.Context, req *pb.SignStreamRequest) (*pb.Sign
 			s.mu.Unlock()
 			return nil, errStreamLost
 		}
-		s.cur = &openStream{cs: cs}
+		st := &openStream{cs: cs}
+		st.watch.expire = func() { s.expire(st) }
 		if o.maxAge > 0 {
-			s.cur.retire = time.Now().Add(o.maxAge)
+			st.retire = time.Now().Add(o.maxAge)
 		}
-		go s.receive(s.cur, cancel)
+		s.cur = st
+		go s.receive(st, cancel)
 	}
-	s.cur.pending = append(s.cur.pending, ch)
+	s.cur.pending = append(s.cur.pending, call)
+	s.cur.watch.watch(call.callDeadline)
 	// A failed Send needs nothing here: the receiver sees the broken
 	// stream too and fails every call queued on it, this one included.
 	_ = s.cur.cs.Send(req)
 	s.mu.Unlock()
-	return wait(ctx, ch)
+	return wait(ctx, call.answer)
+}
+
+// expire answers the calls of st past their deadline with errCallTimeout
+// (their answers, when they come, are dropped) and sets the timer for the
+// next deadline. A retired stream's calls time out as any.
+func (s *opStream) expire(st *openStream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st.watch.fired()
+	now := time.Now()
+	var next time.Time
+	for _, c := range st.pending {
+		if c.due(now, &next) {
+			c.give(opResult{err: errCallTimeout})
+		}
+	}
+	if !next.IsZero() {
+		st.watch.arm(next)
+	}
 }
 
 func wait(ctx context.Context, ch chan opResult) (*pb.SignStreamResponse, error) {
@@ -125,19 +156,20 @@ func (s *opStream) receive(st *openStream, cancel context.CancelFunc) {
 			// nothing more on it can be trusted.
 			pending := st.pending
 			st.pending = nil
+			st.watch.stop()
 			if s.cur == st {
 				s.cur = nil
 			}
 			s.mu.Unlock()
-			for _, ch := range pending {
-				ch <- opResult{err: errStreamLost}
+			for _, c := range pending {
+				c.give(opResult{err: errStreamLost})
 			}
 			return
 		}
-		ch := st.pending[0]
+		c := st.pending[0]
 		st.pending = st.pending[1:]
 		s.mu.Unlock()
-		ch <- opResult{resp: resp}
+		c.give(opResult{resp: resp})
 	}
 }
 
@@ -147,13 +179,27 @@ func (s *opStream) receive(st *openStream, cancel context.CancelFunc) {
 func (c *Client) sign(ctx context.Context, req *pb.SignRequest) (*pb.SignResponse, error) {
 	if coalesced(req.GetScheme()) {
 		if r, err := c.batched(ctx, &pb.BatchOperation{Operation: &pb.BatchOperation_Sign{Sign: req}}); !errors.Is(err, errStreamLost) {
-			return r.GetSign(), err
+			return answerOf(r.GetSign(), err)
 		}
 	}
 	if resp, err := c.streamed(ctx, &pb.SignStreamRequest{Request: req}); !errors.Is(err, errStreamLost) {
-		return resp.GetResponse(), err
+		return answerOf(resp.GetResponse(), err)
 	}
 	return c.vault.Sign(ctx, req)
+}
+
+// errWrongAnswer is a streamed answer that is not the kind of result its
+// request asked for: a broken service, whose answer is not handed on as an
+// empty signature or plaintext.
+var errWrongAnswer = status.Error(codes.Internal, "the service answered with another kind of result")
+
+// answerOf is a streamed call's result r, which err or the service's
+// answer of another kind leaves nil.
+func answerOf[R any](r *R, err error) (*R, error) {
+	if err == nil && r == nil {
+		return nil, errWrongAnswer
+	}
+	return r, err
 }
 
 // coalesced says whether signatures of scheme go in coalesced batches:
@@ -177,19 +223,19 @@ func coalesced(scheme pb.SignatureScheme) bool {
 // unary when the stream is lost.
 func (c *Client) decrypt(ctx context.Context, req *pb.DecryptRequest) (*pb.DecryptResponse, error) {
 	if resp, err := c.streamed(ctx, &pb.SignStreamRequest{Decrypt: req}); !errors.Is(err, errStreamLost) {
-		return resp.GetDecrypt(), err
+		return answerOf(resp.GetDecrypt(), err)
 	}
 	return c.vault.Decrypt(ctx, req)
 }
 
 // streamed runs req over a stream, bounded by the client's timeout as a
-// unary call would be; an error answer becomes the status it stands for.
+// unary call would be (by the stream's timer; a call whose stream is lost
+// goes again, bounded anew); an error answer becomes the status it stands
+// for.
 func (c *Client) streamed(ctx context.Context, req *pb.SignStreamRequest) (*pb.SignStreamResponse, error) {
 	if c.ops == nil {
 		return nil, errStreamLost
 	}
-	ctx, cancel := c.bounded(ctx)
-	defer cancel()
 	resp, err := c.ops.do(ctx, req)
 	if err != nil {
 		return nil, err

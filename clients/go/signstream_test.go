@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,4 +219,68 @@ func TestSignStreamsRetireWithAge(t *testing.T) {
 	f.signAndDecrypt(t, c, 32)
 	assert.GreaterOrEqual(t, cc.get(pb.KeyVault_SignStream_FullMethodName), 2, "streams opened")
 	assert.Zero(t, cc.get(pb.KeyVault_Sign_FullMethodName)+cc.get(pb.KeyVault_Decrypt_FullMethodName), "unary calls")
+}
+
+// crossedVault answers every streamed operation with the result of the
+// other kind: a Decrypt result to a Sign, a signature to a Decrypt.
+type crossedVault struct {
+	pb.UnimplementedKeyVaultServer
+}
+
+func (crossedVault) SignStream(stream pb.KeyVault_SignStreamServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		resp := &pb.SignStreamResponse{Result: &pb.SignStreamResponse_Decrypt{Decrypt: &pb.DecryptResponse{Plaintext: []byte("crossed")}}}
+		if req.GetDecrypt() != nil {
+			resp.Result = &pb.SignStreamResponse_Response{Response: &pb.SignResponse{Signature: []byte("crossed")}}
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+func (crossedVault) BatchStream(stream pb.KeyVault_BatchStreamServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		resp := &pb.BatchResponse{}
+		for range req.GetBatch().GetOperations() {
+			resp.Results = append(resp.Results, &pb.BatchResult{Result: &pb.BatchResult_Decrypt{Decrypt: &pb.DecryptResponse{Plaintext: []byte("crossed")}}})
+		}
+		if err := stream.Send(&pb.BatchStreamResponse{Batch: resp}); err != nil {
+			return err
+		}
+	}
+}
+
+// TestStreamedAnswerOfAnotherKind: a streamed answer that is not the
+// result its call asked for is an INTERNAL error, not an empty signature
+// or plaintext with no error.
+func TestStreamedAnswerOfAnotherKind(t *testing.T) {
+	s := grpc.NewServer()
+	pb.RegisterKeyVaultServer(s, crossedVault{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	ctx := context.Background()
+	for _, path := range streamedPaths {
+		t.Run(path.name, func(t *testing.T) {
+			c, err := handshaked.Dial(l.Addr().String(), append(path.opts, handshaked.WithInsecure())...)
+			require.NoError(t, err)
+			defer c.Close()
+			sig, _, err := c.Sign(ctx, "ec", 0, pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, nil, make([]byte, 32))
+			assert.Equal(t, codes.Internal, status.Code(err), "%v", err)
+			assert.Nil(t, sig)
+			pt, err := c.Decrypt(ctx, "rsa", 0, pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, make([]byte, 256))
+			assert.Equal(t, codes.Internal, status.Code(err), "%v", err)
+			assert.Nil(t, pt)
+		})
+	}
 }
