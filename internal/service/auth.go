@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/audit"
@@ -479,8 +480,11 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 		r = adminOnly
 	}
 	gs := &guardedStream{ServerStream: ss, g: g, rule: r, method: info.FullMethod}
+	if !gs.idle.start(ctx, g.idleTimeout, func() { g.refused("stream_idle") }) {
+		return status.Errorf(codes.Internal, "stream %s: not set up to end when idle", info.FullMethod)
+	}
 	err := handler(srv, gs)
-	gs.stopReader()
+	gs.idle.stop()
 	gs.completePending(nil, err)
 	return err
 }
@@ -501,51 +505,146 @@ type guardedStream struct {
 	mu      sync.Mutex
 	pending []pendingEntry
 
-	// RecvMsg can be interrupted only by the end of the stream, so a
-	// reader (readers) receives into the message and answers on recvDone,
-	// while recv waits on that or the idle timer.
-	recvDone chan error
-	idle     *time.Timer
+	idle idleWatch
 }
 
-// readers are long-lived goroutines that run guarded streams' RecvMsg
-// calls, each one call at a time. A goroutine per stream would be created
-// for every handshake and grow its stack again inside the proto decoder
-// (issue 12: 2% of the service's CPU per handshake). A call that finds
-// every reader busy (streams idle in RecvMsg hold theirs) gets a reader of
-// its own, which joins the pool if there is room.
-var readers = readerPool{jobs: make(chan recvJob), max: int64(streamWorkers)}
+// idleWatch ends a stream whose caller has sent nothing for the idle
+// timeout while the handler waited for it: an idle stream must not hold
+// its place for the life of the connection. grpc-go's RecvMsg returns only
+// with a message or with the end of the stream's context, so the handler
+// waits in RecvMsg itself (no hand-off per message to a goroutine that
+// could be left waiting) and the watch ends the context, which the stream
+// got for that (withIdleCancel). The timer is not reset per message: it
+// fires once per timeout and looks at how long the current wait has
+// lasted, arming itself again for the rest.
+type idleWatch struct {
+	timeout time.Duration
+	ctx     *idleCtx
+	// since is when the handler began to wait for a message, in
+	// nanoseconds after epoch; 0 while it is not waiting.
+	since atomic.Int64
+	epoch time.Time
 
-type readerPool struct {
-	jobs chan recvJob
-	n    atomic.Int64 // pooled readers
-	max  int64
+	mu    sync.Mutex // orders timer rearming with stop
+	timer *time.Timer
+	ended bool
 }
 
-type recvJob struct {
-	stream grpc.ServerStream
-	m      any
-	done   chan<- error
+// idleCtx is a stream's context that its idleWatch can end. Once ended its
+// Err is DeadlineExceeded: grpc-go's RecvMsg, failing on it, ends the
+// stream with that status at once ("context deadline exceeded", a wait
+// that ran out, as a call's deadline), and what the handler still sends
+// fails; the handler's own contexts, derived from it, are cancelled.
+type idleCtx struct {
+	context.Context // cancelled by cancel
+	cancel          context.CancelFunc
+	idled           atomic.Bool
 }
 
-func (p *readerPool) recv(j recvJob) {
-	select {
-	case p.jobs <- j:
-	default:
-		go p.read(j)
+type idleCtxKey struct{}
+
+// withIdleCancel gives a stream's context an end idleWatch can use: the
+// server's tap (tapStreams) and localConn's streams set it up.
+func withIdleCancel(ctx context.Context) context.Context {
+	inner, cancel := context.WithCancel(ctx)
+	return &idleCtx{Context: inner, cancel: cancel}
+}
+
+func (c *idleCtx) Value(key any) any {
+	if key == (idleCtxKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func (c *idleCtx) Err() error {
+	err := c.Context.Err()
+	if err != nil && c.idled.Load() {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+// end ends the stream, unless it has ended already (its Err says why).
+func (c *idleCtx) end() {
+	if c.Context.Err() == nil {
+		c.idled.Store(true)
+		c.cancel()
 	}
 }
 
-// read runs j, then further jobs while the pool has room for it.
-func (p *readerPool) read(j recvJob) {
-	j.done <- j.stream.RecvMsg(j.m)
-	if p.n.Add(1) > p.max {
-		p.n.Add(-1)
-		return
+// streamMethods are the full names of desc's streaming methods.
+func streamMethods(descs ...*grpc.ServiceDesc) map[string]bool {
+	m := map[string]bool{}
+	for _, d := range descs {
+		for _, s := range d.Streams {
+			m["/"+d.ServiceName+"/"+s.StreamName] = true
+		}
 	}
-	for j := range p.jobs {
-		j.done <- j.stream.RecvMsg(j.m)
+	return m
+}
+
+// tapStreams is a tap.ServerInHandle giving the streams of methods a
+// context an idleWatch can end; the others keep theirs.
+func tapStreams(methods map[string]bool) tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if methods[info.FullMethodName] {
+			ctx = withIdleCancel(ctx)
+		}
+		return ctx, nil
 	}
+}
+
+// start arms the watch over the stream whose context is ctx; false if ctx
+// cannot be ended (the stream was not set up by withIdleCancel).
+func (w *idleWatch) start(ctx context.Context, timeout time.Duration, refused func()) bool {
+	c, ok := ctx.Value(idleCtxKey{}).(*idleCtx)
+	if !ok {
+		return false
+	}
+	w.timeout, w.ctx, w.epoch = timeout, c, time.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.timer = time.AfterFunc(timeout, func() { w.check(refused) })
+	return true
+}
+
+// wait marks the start (true) or the end (false) of a wait for a message.
+func (w *idleWatch) wait(waiting bool) {
+	var since int64
+	if waiting {
+		// +1: a wait starting at the epoch is still a wait.
+		since = int64(time.Since(w.epoch)) + 1
+	}
+	w.since.Store(since)
+}
+
+// check ends the stream if the current wait has lasted the timeout, else
+// looks again when it would have.
+func (w *idleWatch) check(refused func()) {
+	next := w.timeout
+	if since := w.since.Load(); since != 0 {
+		waited := time.Duration(int64(time.Since(w.epoch)) + 1 - since)
+		if waited >= w.timeout {
+			refused()
+			w.ctx.end()
+			return
+		}
+		next = w.timeout - waited
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.ended {
+		w.timer.Reset(next)
+	}
+}
+
+// stop ends the watch once the handler has returned.
+func (w *idleWatch) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	w.timer.Stop()
 }
 
 type pendingEntry struct {
@@ -553,36 +652,12 @@ type pendingEntry struct {
 	start time.Time
 }
 
-var errStreamIdle = status.Error(codes.DeadlineExceeded, "stream idle for too long: closed; open a new one")
-
-// recv waits for the caller's next message, at most the idle timeout: an
-// idle stream must not hold its place for the life of the connection.
+// recv waits for the caller's next message, at most the idle timeout.
 func (s *guardedStream) recv(m any) error {
-	if s.recvDone == nil {
-		// Buffered: the answer to a call given up on at the idle timeout
-		// comes when the stream ends, with nobody waiting.
-		s.recvDone = make(chan error, 1)
-		s.idle = time.NewTimer(s.g.idleTimeout)
-	} else {
-		s.idle.Reset(s.g.idleTimeout)
-	}
-	readers.recv(recvJob{s.ServerStream, m, s.recvDone})
-	select {
-	case err := <-s.recvDone:
-		return err
-	case <-s.idle.C:
-		s.g.refused("stream_idle")
-		return errStreamIdle
-	}
-}
-
-// stopReader stops the idle timer once the handler has returned: a
-// RecvMsg still waiting then returns with the end of the stream, and its
-// reader goes on to other streams.
-func (s *guardedStream) stopReader() {
-	if s.idle != nil {
-		s.idle.Stop()
-	}
+	s.idle.wait(true)
+	err := s.ServerStream.RecvMsg(m)
+	s.idle.wait(false)
+	return err
 }
 
 func (s *guardedStream) RecvMsg(m any) error {

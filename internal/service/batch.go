@@ -64,6 +64,14 @@ func (s *KeyVault) Batch(ctx context.Context, req *pb.BatchRequest) (*pb.BatchRe
 	if err := checkBatch(req); err != nil {
 		return nil, err
 	}
+	return s.runBatch(ctx, req, false), nil
+}
+
+// runBatch runs a checked batch as Batch does. A caller that signs often
+// (a stream's worker, whose stack stays grown) works on it too, beside as
+// many helpers as make batchParallelism with it: each helper woken is a
+// hand-off, and the caller would only wait for them otherwise.
+func (s *KeyVault) runBatch(ctx context.Context, req *pb.BatchRequest, callerWorks bool) *pb.BatchResponse {
 	ops := req.GetOperations()
 	results := make([]*pb.BatchResult, len(ops))
 	var next atomic.Int64
@@ -72,9 +80,13 @@ func (s *KeyVault) Batch(ctx context.Context, req *pb.BatchRequest) (*pb.BatchRe
 			results[i] = s.batchOne(ctx, req.GetReference(), ops[i])
 		}
 	}
+	helpers := min(batchParallelism(), len(ops))
+	if callerWorks {
+		helpers--
+	}
 	var wg sync.WaitGroup
 	helped := false
-	for range min(batchParallelism(), len(ops)) {
+	for range helpers {
 		wg.Add(1)
 		if !s.helpers.offer(func() { work(); wg.Done() }) {
 			wg.Done()
@@ -82,11 +94,11 @@ func (s *KeyVault) Batch(ctx context.Context, req *pb.BatchRequest) (*pb.BatchRe
 		}
 		helped = true
 	}
-	if !helped {
+	if callerWorks || !helped {
 		work()
 	}
 	wg.Wait()
-	return &pb.BatchResponse{Reference: req.GetReference(), Results: results}, nil
+	return &pb.BatchResponse{Reference: req.GetReference(), Results: results}
 }
 
 func (s *KeyVault) batchOne(ctx context.Context, reference string, op *pb.BatchOperation) *pb.BatchResult {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,4 +95,49 @@ func batchKeyVault(tb testing.TB, vault *keyvault.Vault) *KeyVault {
 	require.NoError(tb, err)
 	kv.keys = newKeyMetrics(prometheus.NewRegistry())
 	return kv
+}
+
+// TestStreamBatchHelpers: a stream's batch is worked on by its worker
+// beside as many helpers as make batchParallelism with it, never more
+// (each one woken is a hand-off): none for a batch of one operation. The
+// helpers here take whatever is offered, as idle helpers do.
+func TestStreamBatchHelpers(t *testing.T) {
+	ctx := context.Background()
+	vault, k := vaultWithKey(t, "key-ed", "ed25519-pkcs8.pem")
+	pub := k.Versions[0].PublicKey.(ed25519.PublicKey)
+	kv := batchKeyVault(t, vault)
+	kv.helpers = &helpers{work: make(chan func()), stop: make(chan struct{})}
+	var took atomic.Int64
+	var running sync.WaitGroup
+	defer running.Wait()
+	defer close(kv.helpers.stop)
+	for range batchParallelism() + 2 {
+		running.Go(func() {
+			for {
+				select {
+				case f := <-kv.helpers.work:
+					took.Add(1)
+					f()
+				case <-kv.helpers.stop:
+					return
+				}
+			}
+		})
+	}
+	for _, n := range []int{1, 2, 7} {
+		req := &pb.BatchRequest{}
+		for i := range n {
+			req.Operations = append(req.Operations, &pb.BatchOperation{Operation: &pb.BatchOperation_Sign{Sign: &pb.SignRequest{
+				Key: "key-ed", Scheme: pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, Input: &pb.SignRequest_Message{Message: fmt.Appendf(nil, "message %d", i)}}}})
+		}
+		for range 20 {
+			took.Store(0)
+			resp := kv.runBatch(ctx, req, true)
+			require.Len(t, resp.GetResults(), n)
+			for i, r := range resp.GetResults() {
+				require.True(t, ed25519.Verify(pub, req.GetOperations()[i].GetSign().GetMessage(), r.GetSign().GetSignature()), "result %d", i)
+			}
+			require.LessOrEqual(t, took.Load(), int64(min(batchParallelism(), n)-1), "helpers woken for a batch of %d", n)
+		}
+	}
 }

@@ -20,8 +20,8 @@ const batchStreamDepth = 2
 func (s *KeyVault) BatchStream(stream pb.KeyVault_BatchStreamServer) error {
 	ctx := stream.Context()
 	return pipeline(batchStreamDepth, stream.Recv, func(req *pb.BatchStreamRequest) *pb.BatchStreamResponse {
-		// The guard checked the batch (checkBatch), so Batch does not fail.
-		resp, _ := s.Batch(ctx, req.GetBatch())
-		return &pb.BatchStreamResponse{Batch: resp}
+		// The guard checked the batch (checkBatch). The pipeline's workers
+		// live as long as the stream: they work on their batches too.
+		return &pb.BatchStreamResponse{Batch: s.runBatch(ctx, req.GetBatch(), true)}
 	}, stream.Send)
 }

@@ -194,7 +194,7 @@ func (c *localConn) NewStream(ctx context.Context, _ *grpc.StreamDesc, method st
 		headerSent: make(chan struct{}),
 		done:       make(chan struct{}),
 	}
-	s.ctx = incoming(ctx, localStreamTransport{(*localServerStream)(s)})
+	s.ctx = incoming(withIdleCancel(ctx), localStreamTransport{(*localServerStream)(s)})
 	go func() {
 		info := &grpc.StreamServerInfo{FullMethod: method, IsClientStream: sd.desc.ClientStreams, IsServerStream: sd.desc.ServerStreams}
 		err := c.calls.stream(sd.impl, (*localServerStream)(s), info, sd.desc.Handler)

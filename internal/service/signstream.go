@@ -57,61 +57,97 @@ func (s *KeyVault) signStreamOne(ctx context.Context, req *pb.SignStreamRequest)
 // pipeline receives requests with recv until it fails, works on up to n of
 // them at once with do, on n long-lived goroutines (a fresh goroutine per
 // request would pay its stack growth again inside the signing code), and
-// sends the answers with send in the order the requests came. Once recv
-// fails it sends the answers still due, then returns nil for io.EOF (the
-// caller closed its side) or recv's error; a failed send ends it with that
-// error, the answers still due being dropped. At most n answers wait to be
-// sent, so a caller that does not read stops being read from.
+// sends the answers with send in the order the requests came: the worker
+// whose answer is next sends it, and the answers after it that are done,
+// so that an answer is not handed to a goroutine of its own to be sent.
+// Once recv fails it sends the answers still due, then returns nil for
+// io.EOF (the caller closed its side) or recv's error; a failed send ends
+// it with that error, the answers still due being dropped. At most n
+// requests are taken on before their answers are sent, so a caller that
+// does not read stops being read from.
 func pipeline[Req, Resp any](n int, recv func() (Req, error), do func(Req) Resp, send func(Resp) error) error {
 	type job struct {
-		req    Req
-		answer chan Resp
+		req Req
+		seq int
 	}
 	jobs := make(chan job)
-	// due holds the answers in request order; its capacity bounds the work
-	// taken on ahead of the sender.
-	due := make(chan chan Resp, n)
+	// taken holds a place per request received and not yet answered.
+	taken := make(chan struct{}, n)
+	o := &inOrder[Resp]{send: send, answers: make([]answer[Resp], n), taken: taken}
 	var workers sync.WaitGroup
 	for range n {
 		workers.Go(func() {
 			for j := range jobs {
-				j.answer <- do(j.req)
+				o.deliver(j.seq, do(j.req))
 			}
 		})
 	}
-	sent := make(chan error, 1)
-	go func() {
-		var err error
-		for answer := range due {
-			resp := <-answer
-			if err == nil {
-				err = send(resp)
-			}
-		}
-		sent <- err
-	}()
-
 	var recvErr error
-	for {
+	for seq := 0; ; seq++ {
 		req, err := recv()
 		if err != nil {
 			recvErr = err
 			break
 		}
-		answer := make(chan Resp, 1)
-		due <- answer
-		jobs <- job{req, answer}
+		taken <- struct{}{}
+		jobs <- job{req, seq}
 	}
 	close(jobs)
-	close(due)
-	sendErr := <-sent
+	// Every answer is delivered, so every one is sent: the last delivered
+	// is sent by its worker or by the one sending before it.
 	workers.Wait()
 	switch {
-	case sendErr != nil:
-		return sendErr
+	case o.sendErr != nil:
+		return o.sendErr
 	case errors.Is(recvErr, io.EOF):
 		return nil
 	default:
 		return recvErr
 	}
+}
+
+type answer[Resp any] struct {
+	resp Resp
+	done bool
+}
+
+// inOrder sends pipeline's answers in request order from the workers that
+// make them.
+type inOrder[Resp any] struct {
+	send  func(Resp) error
+	taken chan struct{}
+
+	mu      sync.Mutex
+	answers []answer[Resp] // by request number modulo its length
+	next    int            // number of the next answer to send
+	sending bool           // a worker is sending
+	sendErr error
+}
+
+// deliver records the answer to request seq and, unless a worker is
+// sending already, sends the answers that are next in order.
+func (o *inOrder[Resp]) deliver(seq int, resp Resp) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.answers[seq%len(o.answers)] = answer[Resp]{resp, true}
+	if o.sending {
+		return // the worker sending sends this one once it is next
+	}
+	o.sending = true
+	for a := &o.answers[o.next%len(o.answers)]; a.done; a = &o.answers[o.next%len(o.answers)] {
+		resp, failed := a.resp, o.sendErr != nil
+		*a = answer[Resp]{}
+		o.next++
+		o.mu.Unlock()
+		var err error
+		if !failed {
+			err = o.send(resp)
+		}
+		<-o.taken
+		o.mu.Lock()
+		if err != nil {
+			o.sendErr = err
+		}
+	}
+	o.sending = false
 }

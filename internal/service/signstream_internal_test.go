@@ -79,3 +79,44 @@ func TestPipelineEnds(t *testing.T) {
 	assert.ErrorIs(t, err, broken)
 	assert.Equal(t, 1, calls, "nothing is sent after a failed send")
 }
+
+// TestPipelineBounded: while the caller does not read (send blocks), at
+// most n requests are taken on and one more received; once it reads
+// again, every answer goes out, in order.
+func TestPipelineBounded(t *testing.T) {
+	const n, total = 3, 20
+	received := make(chan int, total)
+	next := 0
+	recv := func() (int, error) {
+		if next == total {
+			return 0, io.EOF
+		}
+		next++
+		received <- next
+		return next, nil
+	}
+	reading := make(chan struct{})
+	var sent []int
+	send := func(a int) error {
+		<-reading
+		sent = append(sent, a)
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- pipeline(n, recv, func(r int) int { return r }, send) }()
+	for range n + 1 {
+		<-received
+	}
+	select {
+	case r := <-received:
+		require.FailNow(t, "read past the bound", "request %d received while %d answers wait to be sent", r, n)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(reading)
+	require.NoError(t, <-done)
+	want := make([]int, total)
+	for i := range want {
+		want[i] = i + 1
+	}
+	assert.Equal(t, want, sent)
+}
