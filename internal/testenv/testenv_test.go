@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -45,4 +47,23 @@ func TestDocBlock(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
 	assert.Equal(t, "echo one\necho two", DocBlock(t, path, "run"))
 	assert.Equal(t, "not this", DocBlock(t, path, "other"))
+}
+
+// TestFreePortsBelowEphemeral: the ports handed out differ, are free, and
+// lie below the ephemeral range, where no outgoing connection takes them
+// before the test's process listens.
+func TestFreePortsBelowEphemeral(t *testing.T) {
+	low := ephemeralLow()
+	if low <= 10000 {
+		t.Skipf("ephemeral range starts at %d: no room below it", low)
+	}
+	seen := map[int]bool{}
+	for _, p := range append(FreePorts(t, 20), FreePort(t)) {
+		assert.Less(t, p, low, "port %d in the ephemeral range", p)
+		assert.False(t, seen[p], "port %d handed out twice", p)
+		seen[p] = true
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		require.NoError(t, err, "port %d not free", p)
+		l.Close()
+	}
 }
