@@ -1,0 +1,76 @@
+package main
+
+import (
+	"crypto/tls"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testpki"
+)
+
+// TestFollowsClientCA: handshake-edge, running all along, gives each new
+// connection's handshake the -client-ca bundle its file holds then. A
+// client certificate from a new CA is refused until the bundle has old and
+// new (renamed over), then both are accepted; once the bundle holds the
+// new CA only (written in place), the old CA's is refused. A bundle cut
+// short keeps the one in force, with a warning, rather than the roots it
+// kept before the cut.
+func TestFollowsClientCA(t *testing.T) {
+	f := newFixture(t)
+	oldCA, err := testpki.NewCA("web clients CA 1")
+	require.NoError(t, err)
+	newCA, err := testpki.NewCA("web clients CA 2")
+	require.NoError(t, err)
+	oldClient, err := oldCA.Client("client-old", false, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	newClient, err := newCA.Client("client-new", false, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+
+	file := filepath.Join(t.TempDir(), "clients.pem")
+	renameOver := func(b []byte) {
+		require.NoError(t, os.WriteFile(file+".new", b, 0o600))
+		require.NoError(t, os.Rename(file+".new", file))
+	}
+	renameOver(oldCA.PEM)
+	addr, log := f.start(t, "-client-auth", "require", "-client-ca", file)
+
+	// get fetches the page over a new connection with the client's
+	// certificate; in TLS 1.3 a refused certificate shows at the first read.
+	get := func(client *testpki.Leaf) error {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool,
+			Certificates: []tls.Certificate{client.TLS}}}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.ReadAll(resp.Body)
+		return err
+	}
+	assert.NoError(t, get(oldClient), "the old CA, in the bundle")
+	assert.Error(t, get(newClient), "the new CA, not in the bundle yet")
+
+	renameOver(append(append([]byte{}, oldCA.PEM...), newCA.PEM...))
+	assert.NoError(t, get(newClient), "old+new: the new CA's certificate, without a restart")
+	assert.NoError(t, get(oldClient), "old+new: the old CA's still")
+
+	require.NoError(t, os.WriteFile(file, newCA.PEM, 0o600))
+	assert.NoError(t, get(newClient), "the new CA only")
+	assert.Error(t, get(oldClient), "the old CA, out of the bundle")
+
+	// Cut short in the second certificate: a lax parse would keep the
+	// first block (the old CA) alone.
+	both := append(append([]byte{}, oldCA.PEM...), newCA.PEM...)
+	renameOver(both[:len(oldCA.PEM)+len(newCA.PEM)/2])
+	assert.NoError(t, get(newClient), "cut short: the bundle in force (new only) kept")
+	assert.Error(t, get(oldClient), "cut short: the bundle in force (new only) kept")
+	assert.Contains(t, log.String(), `msg="client CA bundle (-client-ca): the changed file does not load, keeping the loaded one"`)
+}
