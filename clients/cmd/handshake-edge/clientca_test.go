@@ -19,9 +19,9 @@ import (
 // connection's handshake the -client-ca bundle its file holds then. A
 // client certificate from a new CA is refused until the bundle has old and
 // new (renamed over), then both are accepted; once the bundle holds the
-// new CA only (written in place), the old CA's is refused. A bundle cut
-// short keeps the one in force, with a warning, rather than the roots it
-// kept before the cut.
+// new CA only (written in place), the old CA's is refused, but in a
+// handshake that started before. A bundle cut short keeps the one in
+// force, with a warning, rather than the roots it kept before the cut.
 func TestFollowsClientCA(t *testing.T) {
 	f := newFixture(t)
 	oldCA, err := testpki.NewCA("web clients CA 1")
@@ -45,10 +45,14 @@ func TestFollowsClientCA(t *testing.T) {
 	// certificate, sent whatever CAs the edge names (crypto/tls would
 	// otherwise send none the edge does not name): the refusal is the
 	// engine's verification against the bundle in force. In TLS 1.3 a
-	// refused certificate shows at the first read.
-	get := func(client *testpki.Leaf) error {
+	// refused certificate shows at the first read. midway runs once the
+	// edge has asked for the certificate, before the client sends it.
+	getMidway := func(client *testpki.Leaf, midway func()) error {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool,
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &client.TLS, nil }}}
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				midway()
+				return &client.TLS, nil
+			}}}
 		defer tr.CloseIdleConnections()
 		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/")
 		if err != nil {
@@ -58,6 +62,7 @@ func TestFollowsClientCA(t *testing.T) {
 		_, err = io.ReadAll(resp.Body)
 		return err
 	}
+	get := func(client *testpki.Leaf) error { return getMidway(client, func() {}) }
 	assert.NoError(t, get(oldClient), "the old CA, in the bundle")
 	assert.ErrorContains(t, get(newClient), "unknown certificate authority", "the new CA, not in the bundle yet")
 
@@ -65,7 +70,11 @@ func TestFollowsClientCA(t *testing.T) {
 	assert.NoError(t, get(newClient), "old+new: the new CA's certificate, without a restart")
 	assert.NoError(t, get(oldClient), "old+new: the old CA's still")
 
-	require.NoError(t, os.WriteFile(file, newCA.PEM, 0o600))
+	// A handshake already started keeps the bundle it started with: the
+	// old CA's certificate, sent after the bundle became the new CA only
+	// (written in place), is verified against old+new.
+	assert.NoError(t, getMidway(oldClient, func() { assert.NoError(t, os.WriteFile(file, newCA.PEM, 0o600)) }),
+		"the bundle changed mid-handshake")
 	assert.NoError(t, get(newClient), "the new CA only")
 	assert.ErrorContains(t, get(oldClient), "unknown certificate authority", "the old CA, out of the bundle")
 
