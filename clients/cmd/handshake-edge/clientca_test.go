@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	handshaked "github.com/handshaked/handshaked/clients/go"
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/testpki"
 )
 
@@ -85,4 +88,28 @@ func TestFollowsClientCA(t *testing.T) {
 	assert.NoError(t, get(newClient), "cut short: the bundle in force (new only) kept")
 	assert.ErrorContains(t, get(oldClient), "unknown certificate authority", "cut short: the bundle in force (new only) kept")
 	assert.Contains(t, log.String(), `msg="client CA bundle (-client-ca): the changed file does not load, keeping the loaded one"`)
+}
+
+// BenchmarkClientCAs measures what following -client-ca costs each new
+// connection when the bundle is unchanged (a stat, the configuration
+// kept); compare with a handshake's time in BenchmarkRequests.
+//
+//	go test -run '^$' -bench ClientCAs -cpu 1,2 ./clients/cmd/handshake-edge/
+func BenchmarkClientCAs(b *testing.B) {
+	ca, err := testpki.NewCA("web clients CA")
+	require.NoError(b, err)
+	file := filepath.Join(b.TempDir(), "clients.pem")
+	require.NoError(b, os.WriteFile(file, ca.PEM, 0o600))
+	bundle, err := handshaked.FollowCABundle(file, "client CA bundle (-client-ca)", slog.Default())
+	require.NoError(b, err)
+	c := &clientCAs{bundle: bundle, base: &pb.HandshakeConfig{}}
+	first := c.handshake()
+	b.RunParallel(func(p *testing.PB) {
+		for p.Next() {
+			if c.handshake() != first {
+				b.Error("the configuration changed with the bundle unchanged")
+				return
+			}
+		}
+	})
 }
