@@ -23,15 +23,21 @@ import (
 // cut short or corrupted is an error rather than a pool missing the roots
 // it lost (text around the blocks, as bundles' comments, is let be).
 func LoadCertPool(file string) (*x509.CertPool, error) {
+	pool, _, err := loadBundle(file)
+	return pool, err
+}
+
+// loadBundle is LoadCertPool, with the file's bytes.
+func loadBundle(file string) (*x509.CertPool, []byte, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	pool, err := parseBundle(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
+		return nil, nil, fmt.Errorf("%s: %w", file, err)
 	}
-	return pool, nil
+	return pool, b, nil
 }
 
 func parseBundle(b []byte) (*x509.CertPool, error) {
@@ -85,11 +91,7 @@ func parseBundle(b []byte) (*x509.CertPool, error) {
 func TLSConfigFromFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cfg := &tls.Config{}
 	if caFile != "" {
-		ca := &caFiles{file: caFile, log: slog.Default()}
-		st, err := os.Stat(caFile)
-		if err == nil {
-			err = ca.load(st)
-		}
+		ca, err := newCAFiles(caFile, "handshaked CA bundle", slog.Default())
 		if err != nil {
 			return nil, fmt.Errorf("CA bundle for handshaked: %w", err)
 		}
@@ -167,24 +169,65 @@ func (f *followingRoots) Clone() credentials.TransportCredentials {
 	return &followingRoots{TransportCredentials: f.TransportCredentials.Clone(), base: f.base, ca: f.ca}
 }
 
+// CABundle is a CA bundle kept in a PEM file and read again when the file
+// changes, as TLSConfigFromFiles follows its roots: for a caller that
+// needs the bundle's text (handshake-edge sends its -client-ca to the
+// service in each handshake's configuration).
+type CABundle struct{ ca *caFiles }
+
+// FollowCABundle loads the bundle in file, as strictly as LoadCertPool;
+// the first load must succeed. what names the bundle in log's lines.
+func FollowCABundle(file, what string, log *slog.Logger) (*CABundle, error) {
+	ca, err := newCAFiles(file, what, log)
+	if err != nil {
+		return nil, err
+	}
+	return &CABundle{ca}, nil
+}
+
+// PEM is the bundle in force: the file is checked first and, if it
+// changed, read again. A changed file that does not load (cut short, a
+// certificate that does not parse, the file missing) leaves the bundle in
+// force, with a warning. The same text comes back, as the same string,
+// for as long as the bundle stays.
+func (b *CABundle) PEM() string {
+	b.ca.mu.Lock()
+	defer b.ca.mu.Unlock()
+	b.ca.followLocked()
+	return b.ca.pem
+}
+
 // caFiles is a CA bundle kept in a file, loaded again when it changes.
 type caFiles struct {
-	file string
-	log  *slog.Logger
+	file, what string
+	log        *slog.Logger
 
 	mu      sync.Mutex
 	current *x509.CertPool
+	pem     string      // the text current was parsed from
 	loaded  os.FileInfo // of the file current came from
+}
+
+func newCAFiles(file, what string, log *slog.Logger) (*caFiles, error) {
+	ca := &caFiles{file: file, what: what, log: log}
+	st, err := os.Stat(file)
+	if err == nil {
+		err = ca.load(st)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ca, nil
 }
 
 // load reads the bundle, whose file was st just before, and makes it
 // current. ca.mu is held, or ca is not shared yet.
 func (ca *caFiles) load(st os.FileInfo) error {
-	pool, err := LoadCertPool(ca.file)
+	pool, pem, err := loadBundle(ca.file)
 	if err != nil {
 		return err
 	}
-	ca.current, ca.loaded = pool, st
+	ca.current, ca.pem, ca.loaded = pool, string(pem), st
 	return nil
 }
 
@@ -192,20 +235,26 @@ func (ca *caFiles) load(st os.FileInfo) error {
 func (ca *caFiles) roots() *x509.CertPool {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	ca.followLocked()
+	return ca.current
+}
+
+// followLocked loads the bundle again if its file changed since. ca.mu is
+// held.
+func (ca *caFiles) followLocked() {
 	st, err := os.Stat(ca.file) // follows symlinks: a swapped target is a change
 	if err != nil {
-		ca.log.Warn("handshaked CA bundle: keeping the loaded one", "err", err)
-		return ca.current
+		ca.log.Warn(ca.what+": keeping the loaded one", "err", err)
+		return
 	}
 	if unchanged(st, ca.loaded) {
-		return ca.current
+		return
 	}
 	if err := ca.load(st); err != nil {
-		ca.log.Warn("handshaked CA bundle: the changed file does not load, keeping the loaded one", "err", err)
-		return ca.current
+		ca.log.Warn(ca.what+": the changed file does not load, keeping the loaded one", "err", err)
+		return
 	}
-	ca.log.Info("handshaked CA bundle reloaded", "file", ca.file)
-	return ca.current
+	ca.log.Info(ca.what+" reloaded", "file", ca.file)
 }
 
 // keyPairFiles is a certificate and key kept in two files, loaded again

@@ -25,10 +25,8 @@ func TestCABundleThatDoesNotLoadSaysSo(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "ca.pem")
 	require.NoError(t, os.WriteFile(file, one.PEM, 0o600))
 	log := &testenv.Buffer{}
-	ca := &caFiles{file: file, log: slog.New(slog.NewTextHandler(log, nil))}
-	st, err := os.Stat(file)
+	ca, err := newCAFiles(file, "handshaked CA bundle", slog.New(slog.NewTextHandler(log, nil)))
 	require.NoError(t, err)
-	require.NoError(t, ca.load(st))
 	first := ca.roots()
 	assert.Empty(t, log.String(), "unchanged: nothing loaded, nothing said")
 

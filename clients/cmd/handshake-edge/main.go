@@ -38,6 +38,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/handshaked/handshaked/clients/cmd/internal/cliflag"
 	handshaked "github.com/handshaked/handshaked/clients/go"
@@ -132,7 +133,7 @@ func newFlagSet(o *options) (*flag.FlagSet, *logging.Options) {
 	fs.Var(&o.groups, "groups", "key exchange `groups` in order of preference: X25519MLKEM768, X25519, P256, P384, P521 (default: all, in that order)")
 	fs.Var(&o.alpn, "alpn", "ALPN `protocols` in order of preference (default http/1.1,http/1.0 for the echo page, none for -backend)")
 	fs.StringVar(&o.clientAuth, "client-auth", "off", "client certificates: off, request or require")
-	fs.StringVar(&o.clientCAFile, "client-ca", "", "roots (`PEM`) that client certificates must chain to")
+	fs.StringVar(&o.clientCAFile, "client-ca", "", "roots (`PEM`) that client certificates must chain to, read again for the next connection when the file changes (one that does not load keeps the roots in force)")
 	fs.StringVar(&o.backend, "backend", "", "proxy plain TCP to this `address` (default: serve the echo page)")
 	fs.BoolVar(&o.unary, "unary", false, "step handshakes with stateless unary calls instead of streams shared by many handshakes: each step may go to any replica of -handshaked, and one whose replica failed is retried on another")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus /metrics in plain HTTP on this `address` (default: none)")
@@ -167,6 +168,14 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 		return err
 	}
 	routeGRPC(log)
+	var getHandshake func() *pb.HandshakeConfig
+	if o.clientCAFile != "" {
+		bundle, err := handshaked.FollowCABundle(o.clientCAFile, "client CA bundle (-client-ca)", log)
+		if err != nil {
+			return fmt.Errorf("-client-ca: %w", err)
+		}
+		getHandshake = (&clientCAs{bundle: bundle, base: hcfg}).handshake
+	}
 	tp, err := tracing.Start(ctx, *o.trace, "handshake-edge", buildinfo.Read().Version, log)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
@@ -214,7 +223,7 @@ func (o *options) serve(ctx context.Context, fs *flag.FlagSet, logOpts *logging.
 	if err != nil {
 		return err
 	}
-	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
+	l := edge.NewListener(inner, &edge.Config{Client: client, Handshake: hcfg, GetHandshake: getHandshake, Unary: o.unary, HandshakeTimeout: o.handshakeTimeout,
 		ClientHelloTimeout: o.clientHelloTimeout, MaxHandshakes: o.maxHandshakes, MaxPendingHandshakes: o.maxPending, Logger: log,
 		TracerProvider: edgeTracing, Trace: o.backend == ""}) // the echo page lists the handshake messages
 	defer l.Close()
@@ -305,14 +314,7 @@ func (o *options) handshakeConfig() (*pb.HandshakeConfig, error) {
 	if cfg.ClientAuth, ok = clientAuths[o.clientAuth]; !ok {
 		return nil, fmt.Errorf("-client-auth %q: want off, request or require", o.clientAuth)
 	}
-	if o.clientCAFile != "" {
-		b, err := os.ReadFile(o.clientCAFile)
-		if err != nil {
-			return nil, err
-		}
-		cfg.ClientCaPem = string(b)
-	}
-	if cfg.ClientAuth != pb.ClientAuth_CLIENT_AUTH_OFF && cfg.ClientCaPem == "" {
+	if cfg.ClientAuth != pb.ClientAuth_CLIENT_AUTH_OFF && o.clientCAFile == "" {
 		return nil, errors.New("-client-auth needs -client-ca")
 	}
 	if len(cfg.AlpnProtocols) == 0 && o.backend == "" {
@@ -321,6 +323,31 @@ func (o *options) handshakeConfig() (*pb.HandshakeConfig, error) {
 		cfg.AlpnProtocols = []string{"http/1.1", "http/1.0"}
 	}
 	return cfg, nil
+}
+
+// clientCAs gives each new connection the handshake configuration with the
+// -client-ca bundle in force: the file is checked at each connection and
+// read again when it changed, so rotating the CA of client certificates
+// needs no restart; a bundle that does not load keeps the one in force.
+type clientCAs struct {
+	bundle *handshaked.CABundle
+	base   *pb.HandshakeConfig // the flags' configuration, without roots
+
+	mu  sync.Mutex
+	cfg *pb.HandshakeConfig // base with the bundle last seen
+}
+
+// handshake is edge.Config.GetHandshake: the same configuration for as
+// long as the bundle stays.
+func (c *clientCAs) handshake() *pb.HandshakeConfig {
+	pem := c.bundle.PEM()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cfg == nil || c.cfg.GetClientCaPem() != pem {
+		c.cfg = proto.CloneOf(c.base)
+		c.cfg.ClientCaPem = pem
+	}
+	return c.cfg
 }
 
 type connKey struct{}

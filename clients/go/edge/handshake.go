@@ -22,6 +22,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,16 @@ type Config struct {
 	// edge verifies the client's Finished itself before it uses the
 	// session keys.
 	Handshake *pb.HandshakeConfig
+	// GetHandshake, when set, gives the server configuration for each new
+	// connection in place of Handshake, e.g. with the client CA bundle in
+	// force: it is called once the connection's ClientHello has arrived,
+	// before anything is opened in the service, and the handshake keeps
+	// what it got to its end. It is called concurrently; it should return
+	// the same *pb.HandshakeConfig for as long as the configuration stays,
+	// and never modify one it has returned (the Listener keeps a copy of
+	// the last one asking for the trace or not, as Trace says). A nil
+	// result is Handshake.
+	GetHandshake func() *pb.HandshakeConfig
 	// By default handshakes share the Client's long-lived Multiplex
 	// streams (handshaked.MultiplexedHandshake; a Stream each with a
 	// TracerProvider, or from a service without Multiplex).
@@ -116,6 +127,38 @@ func (c *Config) withTraceChoice() *Config {
 	out.Handshake.OmitTrace = !c.Trace
 	return &out
 }
+
+// handshakeFor is the configuration for a new connection's handshake:
+// GetHandshake's or Handshake, asking for the trace or not as c.Trace
+// says. A copy made for the trace is kept in last, if given, for as long
+// as GetHandshake gives the same configuration.
+func (c *Config) handshakeFor(last *atomic.Pointer[tracedConfig]) *pb.HandshakeConfig {
+	var h *pb.HandshakeConfig
+	if c.GetHandshake != nil {
+		h = c.GetHandshake()
+	}
+	if h == nil {
+		return c.Handshake // already asks as c.Trace says (withTraceChoice)
+	}
+	if c.Trace == !h.GetOmitTrace() {
+		return h
+	}
+	if last != nil {
+		if t := last.Load(); t != nil && t.given == h {
+			return t.sent
+		}
+	}
+	sent := proto.CloneOf(h)
+	sent.OmitTrace = !c.Trace
+	if last != nil {
+		last.Store(&tracedConfig{given: h, sent: sent})
+	}
+	return sent
+}
+
+// tracedConfig is a configuration GetHandshake gave and its copy asking
+// for the trace or not.
+type tracedConfig struct{ given, sent *pb.HandshakeConfig }
 
 // startSpan starts a handshake's span; without a TracerProvider it records
 // nothing.
@@ -266,7 +309,7 @@ func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	c, err := handshake(ctx, raw, cfg, hello, deadline, func() {})
+	c, err := handshake(ctx, raw, cfg, cfg.handshakeFor(nil), hello, deadline, func() {})
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -342,11 +385,11 @@ const handshakeBufferLen = 16 << 10
 // handshakes a second, and each buffer is needed only while it runs.
 var handshakeBuffers = sync.Pool{New: func() any { return new([handshakeBufferLen]byte) }}
 
-// handshake runs the handshake through the service, hello (the client's
-// first flight) first, within deadline, which ctx already carries. It
+// handshake runs the handshake through the service with the server
+// configuration hcfg, hello (the client's first flight) first, within deadline, which ctx already carries. It
 // calls serviceDone once the service has nothing more to do for it, if
 // before the end: when the edge verifies the client's Finished itself.
-func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, deadline time.Time, serviceDone func()) (c *Conn, err error) {
+func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.HandshakeConfig, hello []byte, deadline time.Time, serviceDone func()) (c *Conn, err error) {
 	ctx, span := cfg.startSpan(ctx, raw)
 	defer func() { endSpan(span, c, err) }()
 	if err := raw.SetDeadline(deadline); err != nil {
@@ -355,9 +398,9 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 	var st stepper
 	switch {
 	case cfg.Unary:
-		st = &unaryStepper{cfg: cfg.Handshake, svc: cfg.Client}
+		st = &unaryStepper{cfg: hcfg, svc: cfg.Client}
 	case cfg.TracerProvider == nil:
-		st = muxStepper{cfg.Client.MultiplexedHandshake(cfg.Handshake)}
+		st = muxStepper{cfg.Client.MultiplexedHandshake(hcfg)}
 	default:
 		// The span's context goes to the service in the new stream's
 		// metadata: the service's spans continue the edge's trace.
@@ -365,7 +408,7 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hello []byte, dea
 		if err != nil {
 			return nil, fmt.Errorf("edge: %w", err)
 		}
-		st = &streamStepper{cfg: cfg.Handshake, stream: stream}
+		st = &streamStepper{cfg: hcfg, stream: stream}
 	}
 	var steps []Step
 	bufp := handshakeBuffers.Get().(*[handshakeBufferLen]byte)
@@ -448,7 +491,8 @@ type Listener struct {
 	errc    chan error
 	sem     chan struct{} // a slot per handshake in the service
 	pending pendingConns
-	workers workers // run serve
+	workers workers                      // run serve
+	traced  atomic.Pointer[tracedConfig] // GetHandshake's last, copied for the trace
 	// ctx ends at Close, and with it every handshake (no goroutine per
 	// connection needed to watch done).
 	ctx  context.Context
@@ -541,7 +585,7 @@ func (l *Listener) serve(pc *pendingConn) {
 	}
 	var c *Conn
 	if err == nil {
-		c, err = handshake(ctx, raw, l.cfg, hello, deadline, release)
+		c, err = handshake(ctx, raw, l.cfg, l.cfg.handshakeFor(&l.traced), hello, deadline, release)
 	}
 	// Ends the handshake's stream now, not once Accept takes c.
 	cancel()
