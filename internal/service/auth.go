@@ -509,20 +509,27 @@ type guardedStream struct {
 }
 
 // idleWatch ends a stream whose caller has sent nothing for the idle
-// timeout while the handler waited for it: an idle stream must not hold
-// its place for the life of the connection. grpc-go's RecvMsg returns only
-// with a message or with the end of the stream's context, so the handler
-// waits in RecvMsg itself (no hand-off per message to a goroutine that
-// could be left waiting) and the watch ends the context, which the stream
-// got for that (withIdleCancel). The timer is not reset per message: it
-// fires once per timeout and looks at how long the current wait has
-// lasted, arming itself again for the rest.
+// timeout while the handler waited for it, or has read nothing for the
+// idle timeout while the handler (or the one worker sending for it) waited
+// to send: an idle stream, or one whose caller stops reading once flow
+// control is full, must not hold its place, its goroutines and a
+// handshake's session for the life of the connection. grpc-go's RecvMsg
+// and SendMsg return only when done or with the end of the stream's
+// context, so the handler waits in them itself (no hand-off per message to
+// a goroutine that could be left waiting) and the watch ends the context,
+// which the stream got for that (withIdleCancel). The timer is not reset
+// per message: it fires once per timeout and looks at how long the current
+// waits have lasted, arming itself again for the rest. A pipeline stream
+// waits to receive and to send at once: each wait has its own start, so
+// that one ending does not hide the other still going on.
 type idleWatch struct {
 	timeout time.Duration
 	ctx     *idleCtx
-	// since is when the handler began to wait for a message, in
-	// nanoseconds after epoch; 0 while it is not waiting.
-	since atomic.Int64
+	// since is, per waitKind, when the handler began the current wait, in
+	// nanoseconds after epoch; 0 while it is not waiting. Sends are
+	// serialized by their callers (one worker sends a pipeline's answers
+	// at a time), so one start per kind is enough.
+	since [waitKinds]atomic.Int64
 	epoch time.Time
 
 	mu    sync.Mutex // orders timer rearming with stop
@@ -530,11 +537,20 @@ type idleWatch struct {
 	ended bool
 }
 
+// waitKind is what a handler waits for in an idleWatch.
+type waitKind int
+
+const (
+	receiving waitKind = iota // the caller's next message
+	sending                   // the caller to read, for room to send
+	waitKinds                 // how many kinds there are
+)
+
 // idleCtx is a stream's context that its idleWatch can end. Once ended its
-// Err is DeadlineExceeded: grpc-go's RecvMsg, failing on it, ends the
-// stream with that status at once ("context deadline exceeded", a wait
-// that ran out, as a call's deadline), and what the handler still sends
-// fails; the handler's own contexts, derived from it, are cancelled.
+// Err is DeadlineExceeded: grpc-go's RecvMsg and SendMsg, failing on it,
+// end the stream with that status at once ("context deadline exceeded", a
+// wait that ran out, as a call's deadline), and what the handler still
+// sends fails; the handler's own contexts, derived from it, are cancelled.
 type idleCtx struct {
 	context.Context // cancelled by cancel
 	cancel          context.CancelFunc
@@ -609,28 +625,33 @@ func (w *idleWatch) start(ctx context.Context, timeout time.Duration, refused fu
 	return true
 }
 
-// wait marks the start (true) or the end (false) of a wait for a message.
-func (w *idleWatch) wait(waiting bool) {
+// wait marks the start (true) or the end (false) of a wait of kind k.
+func (w *idleWatch) wait(k waitKind, waiting bool) {
 	var since int64
 	if waiting {
 		// +1: a wait starting at the epoch is still a wait.
 		since = int64(time.Since(w.epoch)) + 1
 	}
-	w.since.Store(since)
+	w.since[k].Store(since)
 }
 
-// check ends the stream if the current wait has lasted the timeout, else
-// looks again when it would have.
+// check ends the stream if a current wait has lasted the timeout, else
+// looks again when the one that began first would have.
 func (w *idleWatch) check(refused func()) {
 	next := w.timeout
-	if since := w.since.Load(); since != 0 {
-		waited := time.Duration(int64(time.Since(w.epoch)) + 1 - since)
+	now := int64(time.Since(w.epoch)) + 1
+	for k := range w.since {
+		since := w.since[k].Load()
+		if since == 0 {
+			continue
+		}
+		waited := time.Duration(now - since)
 		if waited >= w.timeout {
 			refused()
 			w.ctx.end()
 			return
 		}
-		next = w.timeout - waited
+		next = min(next, w.timeout-waited)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -654,9 +675,9 @@ type pendingEntry struct {
 
 // recv waits for the caller's next message, at most the idle timeout.
 func (s *guardedStream) recv(m any) error {
-	s.idle.wait(true)
+	s.idle.wait(receiving, true)
 	err := s.ServerStream.RecvMsg(m)
-	s.idle.wait(false)
+	s.idle.wait(receiving, false)
 	return err
 }
 
@@ -697,8 +718,12 @@ func (s *guardedStream) RecvMsg(m any) error {
 	return nil
 }
 
+// SendMsg sends m, waiting at most the idle timeout for the caller to
+// read what was sent before it.
 func (s *guardedStream) SendMsg(m any) error {
+	s.idle.wait(sending, true)
 	err := s.ServerStream.SendMsg(m)
+	s.idle.wait(sending, false)
 	if s.method == pb.KeyVault_SignStream_FullMethodName || s.method == pb.KeyVault_BatchStream_FullMethodName {
 		// SignStream and BatchStream answer every request, in order,
 		// several in flight (signstream.go): an answer completes its own

@@ -37,7 +37,9 @@ type Limits struct {
 	MaxStreams          int
 	MaxStreamsPerCaller int
 	// StreamIdleTimeout ends a stream on which the caller has sent nothing
-	// for that long. 0: DefaultStreamIdleTimeout.
+	// for that long while the service waited for it, or has read nothing
+	// for that long while an answer waited to be sent (flow control full).
+	// 0: DefaultStreamIdleTimeout.
 	StreamIdleTimeout time.Duration
 	// UnauthenticatedRate is how many calls per second callers without a
 	// client certificate may make, all of them together, in production mode
@@ -64,8 +66,8 @@ const (
 	// DefaultCallTimeout is the deadline of a unary call that sets none.
 	DefaultCallTimeout = 30 * time.Second
 	// DefaultStreamIdleTimeout is how long a stream may wait for the
-	// caller's next message: a TLS client that has not sent its next flight
-	// within it has gone.
+	// caller's next message, or for the caller to read its answers: a TLS
+	// client that has not sent its next flight within it has gone.
 	DefaultStreamIdleTimeout = time.Minute
 	// DefaultUnauthenticatedRate bounds the audit entries of refused
 	// callers without a certificate to a few kilobytes a second.

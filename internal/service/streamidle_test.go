@@ -3,12 +3,16 @@ package service_test
 import (
 	"context"
 	"io"
+	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
@@ -75,4 +79,106 @@ func TestStreamIdleTimeout(t *testing.T) {
 		assert.GreaterOrEqual(t, time.Since(opened), timeout)
 		assert.Less(t, time.Since(opened), callerDeadline/2, "ended by the caller's deadline, not the service")
 	})
+}
+
+// TestStreamUnreadEnds: a SignStream whose caller keeps sending and stops
+// reading (its flow-control windows full, an answer waiting in Send, the
+// service no longer reading it) ends with DEADLINE_EXCEEDED once that
+// answer has waited the idle timeout, and its place is freed; one whose
+// caller reads, in bursts that keep answers waiting less than the timeout
+// each time, goes on.
+func TestStreamUnreadEnds(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	srv := servicetest.Start(t, service.Options{Limits: service.Limits{MaxStreams: 1, StreamIdleTimeout: timeout}})
+	_, err := pb.NewKeyVaultClient(srv.Conn).ImportKey(context.Background(), &pb.ImportKeyRequest{Id: "key-a", PrivateKeyPem: fixture(t, "p256-sec1.pem")})
+	require.NoError(t, err)
+	req := &pb.SignStreamRequest{Request: signReq("key-a", p256Scheme)}
+	// Windows of 64 KiB that do not grow (static windows turn grpc-go's
+	// BDP estimation off): a thousand or two unread answers fill them.
+	conn, err := grpc.NewClient(srv.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	kv := pb.NewKeyVaultClient(conn)
+	idled := func() float64 {
+		return servicetest.Metric(t, http.DefaultClient, srv.RESTURL, `handshaked_calls_refused_total{reason="stream_idle"}`)
+	}
+	// flood sends req on stream until a Send fails or until is past.
+	flood := func(stream pb.KeyVault_SignStreamClient, until time.Time) *atomic.Int64 {
+		var sent atomic.Int64
+		go func() {
+			for time.Now().Before(until) && stream.Send(req) == nil {
+				sent.Add(1)
+			}
+			stream.CloseSend()
+		}()
+		return &sent
+	}
+
+	t.Run("read in bursts", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*timeout)
+		defer cancel()
+		stream, err := kv.SignStream(ctx)
+		require.NoError(t, err)
+		sent := flood(stream, time.Now().Add(3*timeout))
+		var read, pauses int64
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				require.ErrorIs(t, err, io.EOF, "a stream read in bursts ended after %d answers", read)
+				break
+			}
+			require.NotNil(t, resp.GetResponse(), "%v", resp.GetError())
+			if read++; read%1000 == 0 {
+				// Answers wait in Send meanwhile, half a timeout each time.
+				pauses++
+				time.Sleep(timeout / 2)
+			}
+		}
+		assert.Equal(t, sent.Load(), read, "every request answered")
+		assert.Zero(t, idled(), "stream_idle counted")
+		t.Logf("%d answers read, %d pauses of %v", read, pauses, timeout/2)
+	})
+	t.Run("unread", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*timeout)
+		defer cancel()
+		stream, err := kv.SignStream(ctx)
+		require.NoError(t, err)
+		sent := flood(stream, time.Now().Add(50*timeout))
+		// One answer read: the stream holds the one place.
+		_, err = stream.Recv()
+		require.NoError(t, err)
+		flooded := time.Now()
+		require.Equal(t, codes.ResourceExhausted, signServed(t, srv.Conn, req), "a second stream under a cap of one")
+		require.Eventually(t, func() bool { return signServed(t, srv.Conn, req) == codes.OK }, 20*timeout, timeout/10,
+			"the unread stream keeps its place")
+		assert.GreaterOrEqual(t, time.Since(flooded), timeout, "ended before an answer waited the timeout")
+		assert.Equal(t, 1.0, idled(), "stream_idle count")
+		// The answers sent before the end are there to read, then the end.
+		read := 1
+		for ; err == nil; read++ {
+			_, err = stream.Recv()
+		}
+		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+		t.Logf("%d requests sent, %d answers read before the end", sent.Load(), read-1)
+	})
+}
+
+// signServed opens a SignStream on conn and reports how req on it went.
+func signServed(t *testing.T, conn grpc.ClientConnInterface, req *pb.SignStreamRequest) codes.Code {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	stream, err := pb.NewKeyVaultClient(conn).SignStream(ctx)
+	require.NoError(t, err)
+	if err := stream.Send(req); err != nil {
+		_, err = stream.Recv()
+		return status.Code(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return status.Code(err)
+	}
+	require.NotNil(t, resp.GetResponse(), "%v", resp.GetError())
+	return codes.OK
 }

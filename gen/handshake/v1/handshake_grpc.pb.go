@@ -64,8 +64,9 @@ type HandshakeClient interface {
 	// handshakes. Numbers are the stream's own: no other stream reaches them.
 	// The caller reads answers as they come: past a few requests unanswered
 	// the stream is not read from until an answer is sent, and a stream held
-	// back by answers none of which is read for SessionTTL ends with
-	// DEADLINE_EXCEEDED.
+	// back by answers none of which is read for SessionTTL, or whose answer
+	// has waited to be sent for the stream idle timeout (a minute), ends with
+	// DEADLINE_EXCEEDED, whichever comes first.
 	Multiplex(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MultiplexRequest, MultiplexResponse], error)
 }
 
@@ -180,8 +181,9 @@ type HandshakeServer interface {
 	// handshakes. Numbers are the stream's own: no other stream reaches them.
 	// The caller reads answers as they come: past a few requests unanswered
 	// the stream is not read from until an answer is sent, and a stream held
-	// back by answers none of which is read for SessionTTL ends with
-	// DEADLINE_EXCEEDED.
+	// back by answers none of which is read for SessionTTL, or whose answer
+	// has waited to be sent for the stream idle timeout (a minute), ends with
+	// DEADLINE_EXCEEDED, whichever comes first.
 	Multiplex(grpc.BidiStreamingServer[MultiplexRequest, MultiplexResponse]) error
 	mustEmbedUnimplementedHandshakeServer()
 }

@@ -81,7 +81,8 @@ type KeyVaultClient interface {
 	// order. For callers that sign at a high rate (a keyless TLS edge signs
 	// every handshake): one long-lived stream avoids the per-call cost of a
 	// unary RPC. A failed operation is an error in its response; the stream
-	// goes on. The service ends a stream idle for a minute.
+	// goes on. The service ends a stream idle for a minute, or one whose
+	// answers the caller has not read for a minute.
 	SignStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SignStreamRequest, SignStreamResponse], error)
 	// SealTicket seals a TLS session state into a session ticket under the
 	// vault's current ticket key, for a server with its own TLS stack (Go's
@@ -109,7 +110,7 @@ type KeyVaultClient interface {
 	// a message on a long-lived stream costs far less than a call. A batch
 	// that Batch would refuse as a whole ends the stream, once the answers
 	// to the batches before it are sent. The service ends a stream idle for
-	// a minute.
+	// a minute, or one whose answers the caller has not read for a minute.
 	BatchStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[BatchStreamRequest, BatchStreamResponse], error)
 }
 
@@ -349,7 +350,8 @@ type KeyVaultServer interface {
 	// order. For callers that sign at a high rate (a keyless TLS edge signs
 	// every handshake): one long-lived stream avoids the per-call cost of a
 	// unary RPC. A failed operation is an error in its response; the stream
-	// goes on. The service ends a stream idle for a minute.
+	// goes on. The service ends a stream idle for a minute, or one whose
+	// answers the caller has not read for a minute.
 	SignStream(grpc.BidiStreamingServer[SignStreamRequest, SignStreamResponse]) error
 	// SealTicket seals a TLS session state into a session ticket under the
 	// vault's current ticket key, for a server with its own TLS stack (Go's
@@ -377,7 +379,7 @@ type KeyVaultServer interface {
 	// a message on a long-lived stream costs far less than a call. A batch
 	// that Batch would refuse as a whole ends the stream, once the answers
 	// to the batches before it are sent. The service ends a stream idle for
-	// a minute.
+	// a minute, or one whose answers the caller has not read for a minute.
 	BatchStream(grpc.BidiStreamingServer[BatchStreamRequest, BatchStreamResponse]) error
 	mustEmbedUnimplementedKeyVaultServer()
 }
