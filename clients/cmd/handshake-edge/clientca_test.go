@@ -2,9 +2,7 @@ package main
 
 import (
 	"crypto/tls"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -51,19 +49,11 @@ func TestFollowsClientCA(t *testing.T) {
 	// refused certificate shows at the first read. midway runs once the
 	// edge has asked for the certificate, before the client sends it.
 	getMidway := func(client *testpki.Leaf, midway func()) error {
-		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool,
+		return f.pageWith(addr, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool,
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				midway()
 				return &client.TLS, nil
-			}}}
-		defer tr.CloseIdleConnections()
-		resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		_, err = io.ReadAll(resp.Body)
-		return err
+			}})
 	}
 	get := func(client *testpki.Leaf) error { return getMidway(client, func() {}) }
 	assert.NoError(t, get(oldClient), "the old CA, in the bundle")

@@ -96,7 +96,12 @@ func (f *mtlsFront) lastIdentity() string {
 
 // page fetches the echo page from the edge at addr, over a new connection.
 func (f *fixture) page(addr string) error {
-	tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}}
+	return f.pageWith(addr, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool})
+}
+
+// pageWith is page with the client's TLS configuration cfg.
+func (f *fixture) pageWith(addr string, cfg *tls.Config) error {
+	tr := &http.Transport{TLSClientConfig: cfg}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 20 * time.Second}).Get("https://" + addr + "/")
 	if err != nil {
