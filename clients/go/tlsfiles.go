@@ -97,19 +97,15 @@ func TLSConfigFromFiles(caFile, certFile, keyFile string) (*tls.Config, error) {
 		}
 		// A pool of the configuration's own: the bundle's is not the key
 		// of followed, which it would keep alive.
-		cfg.RootCAs = ca.current.Clone()
+		cfg.RootCAs = ca.current.pool.Clone()
 		followRoots(cfg.RootCAs, ca)
 	}
 	if certFile != "" {
-		kp := &keyPairFiles{certFile: certFile, keyFile: keyFile, log: slog.Default()}
-		st, err := kp.stamps()
-		if err == nil {
-			err = kp.load(st)
-		}
+		kp, err := newKeyPairFiles(certFile, keyFile, slog.Default())
 		if err != nil {
 			return nil, fmt.Errorf("client certificate for handshaked: %w", err)
 		}
-		cfg.GetClientCertificate = kp.clientCertificate
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get(), nil }
 	}
 	return cfg, nil
 }
@@ -161,7 +157,7 @@ type followingRoots struct {
 
 func (f *followingRoots) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	cfg := f.base.Clone()
-	cfg.RootCAs = f.ca.roots()
+	cfg.RootCAs = f.ca.get().pool
 	return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, raw)
 }
 
@@ -190,82 +186,117 @@ func FollowCABundle(file, what string, log *slog.Logger) (*CABundle, error) {
 // certificate that does not parse, the file missing) leaves the bundle in
 // force, with a warning. The same text comes back, as the same string,
 // for as long as the bundle stays.
-func (b *CABundle) PEM() string {
-	b.ca.mu.Lock()
-	defer b.ca.mu.Unlock()
-	b.ca.followLocked()
-	return b.ca.pem
-}
+func (b *CABundle) PEM() string { return b.ca.get().pem }
 
 // caFiles is a CA bundle kept in a file, loaded again when it changes.
-type caFiles struct {
-	file, what string
-	log        *slog.Logger
+type caFiles = followedFiles[caBundle]
 
-	mu      sync.Mutex
-	current *x509.CertPool
-	pem     string      // the text current was parsed from
-	loaded  os.FileInfo // of the file current came from
+// caBundle is a CA bundle's pool and the text it was parsed from.
+type caBundle struct {
+	pool *x509.CertPool
+	pem  string
 }
 
 func newCAFiles(file, what string, log *slog.Logger) (*caFiles, error) {
-	ca := &caFiles{file: file, what: what, log: log}
-	st, err := os.Stat(file)
-	if err == nil {
-		err = ca.load(st)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return ca, nil
-}
-
-// load reads the bundle, whose file was st just before, and makes it
-// current. ca.mu is held, or ca is not shared yet.
-func (ca *caFiles) load(st os.FileInfo) error {
-	pool, pem, err := loadBundle(ca.file)
-	if err != nil {
-		return err
-	}
-	ca.current, ca.pem, ca.loaded = pool, string(pem), st
-	return nil
-}
-
-// roots is the current pool, loaded again first if its file changed since.
-func (ca *caFiles) roots() *x509.CertPool {
-	ca.mu.Lock()
-	defer ca.mu.Unlock()
-	ca.followLocked()
-	return ca.current
-}
-
-// followLocked loads the bundle again if its file changed since. ca.mu is
-// held.
-func (ca *caFiles) followLocked() {
-	st, err := os.Stat(ca.file) // follows symlinks: a swapped target is a change
-	if err != nil {
-		ca.log.Warn(ca.what+": keeping the loaded one", "err", err)
-		return
-	}
-	if unchanged(st, ca.loaded) {
-		return
-	}
-	if err := ca.load(st); err != nil {
-		ca.log.Warn(ca.what+": the changed file does not load, keeping the loaded one", "err", err)
-		return
-	}
-	ca.log.Info(ca.what+" reloaded", "file", ca.file)
+	return followFiles(what, log, nil, func() (caBundle, error) {
+		pool, pem, err := loadBundle(file)
+		return caBundle{pool, string(pem)}, err
+	}, func(caBundle) []any { return []any{"file", file} }, file)
 }
 
 // keyPairFiles is a certificate and key kept in two files, loaded again
 // when they change.
-type keyPairFiles struct {
-	certFile, keyFile string
-	log               *slog.Logger
+type keyPairFiles = followedFiles[*tls.Certificate]
+
+func newKeyPairFiles(certFile, keyFile string, log *slog.Logger) (*keyPairFiles, error) {
+	return followFiles("handshaked client certificate", log, []any{"cert", certFile, "key", keyFile}, func() (*tls.Certificate, error) {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		return &pair, err
+	}, func(c *tls.Certificate) []any { return []any{"cert", certFile, "not_after", c.Leaf.NotAfter} }, certFile, keyFile)
+}
+
+// followedFiles is what read makes of files, read again when one of them
+// has changed since (see unchanged). A change that does not read, such as
+// a bundle cut short or a certificate renewed before its new key is
+// written, leaves what was read before in force, with a warning each time
+// it is asked for, until it reads.
+type followedFiles[T any] struct {
+	files []string
+	what  string // names it in log lines
+	log   *slog.Logger
+	names []any // log attributes of a failed read
+	read  func() (T, error)
+	// reloaded are the log attributes of a new value.
+	reloaded func(T) []any
 
 	mu      sync.Mutex
-	current *tls.Certificate
-	loaded  [2]os.FileInfo // of the files current came from
+	current T
+	loaded  []os.FileInfo // of the files current came from
+}
+
+// followFiles reads files for the first time: that must succeed.
+func followFiles[T any](what string, log *slog.Logger, names []any, read func() (T, error), reloaded func(T) []any, files ...string) (*followedFiles[T], error) {
+	f := &followedFiles[T]{files: files, what: what, log: log, names: names, read: read, reloaded: reloaded}
+	st, err := f.stamps()
+	if err == nil {
+		err = f.load(st)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *followedFiles[T]) stamps() ([]os.FileInfo, error) {
+	st := make([]os.FileInfo, len(f.files))
+	for i, name := range f.files {
+		fi, err := os.Stat(name) // follows symlinks: a swapped target is a change
+		if err != nil {
+			return nil, err
+		}
+		st[i] = fi
+	}
+	return st, nil
+}
+
+// load reads the files, which were st just before, and makes the result
+// current. f.mu is held, or f is not shared yet.
+func (f *followedFiles[T]) load(st []os.FileInfo) error {
+	v, err := f.read()
+	if err != nil {
+		return err
+	}
+	f.current, f.loaded = v, st
+	return nil
+}
+
+// get is the current value, read again first if a file changed since.
+func (f *followedFiles[T]) get() T {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, err := f.stamps()
+	if err != nil {
+		// A file briefly missing mid-renewal: keep what works.
+		f.log.Warn(f.what+": keeping the loaded one", "err", err)
+		return f.current
+	}
+	changed := false
+	for i := range st {
+		changed = changed || !unchanged(st[i], f.loaded[i])
+	}
+	if !changed {
+		return f.current
+	}
+	if err := f.load(st); err != nil {
+		msg := ": the changed file does not load, keeping the loaded one"
+		if len(f.files) > 1 {
+			msg = ": the changed files do not load, keeping the loaded one"
+		}
+		f.log.Warn(f.what+msg, append(f.names, "err", err)...)
+		return f.current
+	}
+	f.log.Info(f.what+" reloaded", f.reloaded(f.current)...)
+	return f.current
 }
 
 // unchanged tells whether a file is still the one loaded: a file written in
@@ -273,50 +304,4 @@ type keyPairFiles struct {
 // a symlink is another file.
 func unchanged(now, loaded os.FileInfo) bool {
 	return os.SameFile(now, loaded) && now.ModTime().Equal(loaded.ModTime()) && now.Size() == loaded.Size()
-}
-
-func (k *keyPairFiles) stamps() ([2]os.FileInfo, error) {
-	var st [2]os.FileInfo
-	for i, name := range []string{k.certFile, k.keyFile} {
-		fi, err := os.Stat(name) // follows symlinks: a swapped target is a change
-		if err != nil {
-			return st, err
-		}
-		st[i] = fi
-	}
-	return st, nil
-}
-
-// load reads the pair, whose files were st just before, and makes it
-// current. k.mu is held, or k is not shared yet.
-func (k *keyPairFiles) load(st [2]os.FileInfo) error {
-	pair, err := tls.LoadX509KeyPair(k.certFile, k.keyFile)
-	if err != nil {
-		return err
-	}
-	k.current, k.loaded = &pair, st
-	return nil
-}
-
-// clientCertificate is tls.Config.GetClientCertificate: the current pair,
-// loaded again first if its files changed since.
-func (k *keyPairFiles) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	st, err := k.stamps()
-	if err != nil {
-		// A file briefly missing mid-renewal: keep what works.
-		k.log.Warn("handshaked client certificate: keeping the loaded one", "err", err)
-		return k.current, nil
-	}
-	if unchanged(st[0], k.loaded[0]) && unchanged(st[1], k.loaded[1]) {
-		return k.current, nil
-	}
-	if err := k.load(st); err != nil {
-		k.log.Warn("handshaked client certificate: the changed files do not load, keeping the loaded one",
-			"cert", k.certFile, "key", k.keyFile, "err", err)
-		return k.current, nil
-	}
-	k.log.Info("handshaked client certificate reloaded", "cert", k.certFile, "not_after", k.current.Leaf.NotAfter)
-	return k.current, nil
 }

@@ -27,16 +27,16 @@ func TestCABundleThatDoesNotLoadSaysSo(t *testing.T) {
 	log := &testenv.Buffer{}
 	ca, err := newCAFiles(file, "handshaked CA bundle", slog.New(slog.NewTextHandler(log, nil)))
 	require.NoError(t, err)
-	first := ca.roots()
+	first := ca.get().pool
 	assert.Empty(t, log.String(), "unchanged: nothing loaded, nothing said")
 
 	require.NoError(t, os.WriteFile(file, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"), 0o600))
-	assert.Same(t, first, ca.roots())
+	assert.Same(t, first, ca.get().pool)
 	assert.Contains(t, log.String(), `level=WARN msg="handshaked CA bundle: the changed file does not load, keeping the loaded one"`)
 	assert.Contains(t, log.String(), file+": certificate 1: x509: malformed certificate")
 
 	// Comments around the blocks, as in system bundles, are no error.
 	require.NoError(t, os.WriteFile(file, append(append([]byte("subject=CN = CA 2\n"), two.PEM...), "# end\n"...), 0o600))
-	assert.NotSame(t, first, ca.roots())
+	assert.NotSame(t, first, ca.get().pool)
 	assert.Contains(t, log.String(), `level=INFO msg="handshaked CA bundle reloaded" file=`+file)
 }
