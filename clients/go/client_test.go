@@ -104,6 +104,49 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 	}
 }
 
+// TestRetriesThrottled: when most calls fail, retries stop, until
+// successes earn them back (gRFC A6's throttling: 100 tokens, one a failed
+// attempt, a tenth a success, no retry below 50).
+func TestRetriesThrottled(t *testing.T) {
+	f, addr := startFlaky(t)
+	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithRetries(3, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+
+	f.fails.Store(1 << 20)
+	for range 20 { // the first 12 are retried 3 times each, then retries stop at 50 tokens
+		if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
+			t.Fatalf("GetKey with the service down: %v, want UNAVAILABLE", err)
+		}
+	}
+	f.calls.Store(0)
+	if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("GetKey with the service down: %v, want UNAVAILABLE", err)
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("GetKey after a streak of failures: %d calls, want 1 (retries throttled)", got)
+	}
+
+	// 42 tokens left: 150 successes earn 15.
+	f.fails.Store(0)
+	for range 150 {
+		if _, err := c.GetKey(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.calls.Store(0)
+	f.fails.Store(1)
+	if _, err := c.GetKey(ctx, "k"); err != nil {
+		t.Errorf("GetKey after successes, failing once: %v", err)
+	}
+	if got := f.calls.Load(); got != 2 {
+		t.Errorf("GetKey after successes, failing once: %d calls, want 2 (retried again)", got)
+	}
+}
+
 func TestDefaultDeadline(t *testing.T) {
 	_, addr := startFlaky(t)
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithTimeout(50*time.Millisecond),
