@@ -81,7 +81,9 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // SealTicket, OpenTicket, GetHandshake, and the steps of stateless
 // handshakes (their state token lets any replica repeat the step). Calls
 // that change state are never retried: a lost answer to CreateKey or to a
-// step of a session held by the service must not apply twice.
+// step of a session held by the service must not apply twice. When most
+// calls fail (every replica down or overloaded), retries stop until calls
+// succeed again, rather than add to the load.
 func WithRetries(n int, backoff time.Duration) Option {
 	return func(o *options) { o.retries, o.backoff = max(n, 0), backoff }
 }

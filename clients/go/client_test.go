@@ -67,13 +67,21 @@ func startFlaky(t *testing.T) (*flakyVault, string) {
 	return f, l.Addr().String()
 }
 
-func TestRetriesOnlyIdempotentCalls(t *testing.T) {
+// dialFlaky is a client of a new flakyVault that retries 3 times, a
+// millisecond apart at first.
+func dialFlaky(t *testing.T) (*flakyVault, *handshaked.Client) {
+	t.Helper()
 	f, addr := startFlaky(t)
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithRetries(3, time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return f, c
+}
+
+func TestRetriesOnlyIdempotentCalls(t *testing.T) {
+	f, c := dialFlaky(t)
 	ctx := context.Background()
 
 	f.fails.Store(2)
@@ -86,7 +94,7 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 
 	f.calls.Store(0)
 	f.fails.Store(1)
-	_, err = c.RotateKey(ctx, "k")
+	_, err := c.RotateKey(ctx, "k")
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("RotateKey: %v, want UNAVAILABLE", err)
 	}
@@ -108,12 +116,7 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 // successes earn them back (gRFC A6's throttling: 100 tokens, one a failed
 // attempt, a tenth a success, no retry below 50).
 func TestRetriesThrottled(t *testing.T) {
-	f, addr := startFlaky(t)
-	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithRetries(3, time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	f, c := dialFlaky(t)
 	ctx := context.Background()
 
 	f.fails.Store(1 << 20)
