@@ -287,6 +287,11 @@ func retryInterceptor(n int, backoff time.Duration, observe func(string, error, 
 				observe(method, err, retry)
 			}
 			if !retry {
+				if unavailable && attempt > 0 && attempt == n {
+					// As gRPC's own retries said it: the caller sees that
+					// the call was retried, not only its last attempt.
+					return fmt.Errorf("max retries exhausted: failed after %d attempts: %w", attempt+1, err)
+				}
 				return err
 			}
 			// Full jitter: callers that failed together do not all come
