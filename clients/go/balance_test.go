@@ -258,9 +258,9 @@ func TestRetriedAfterTheReplicaAnswered(t *testing.T) {
 				handshaked.WithDialOptions(grpc.WithStatsHandler(headers)))
 			require.NoError(t, err)
 			defer c.Close()
-			// Round-robin: within a few calls, one goes to the dying
-			// replica.
-			for range 100 {
+			// Round-robin: once both replicas are connected, every other
+			// call goes to the dying one.
+			for range 1000 {
 				done := make(chan error, 1)
 				go func() { done <- call(c) }()
 				select {
