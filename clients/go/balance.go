@@ -1,10 +1,10 @@
 package handshaked
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -55,88 +55,70 @@ func parseTarget(target string) (string, []grpc.DialOption, error) {
 	return listScheme + ":///" + target, []grpc.DialOption{grpc.WithResolvers(r)}, nil
 }
 
-// retriedMethods are the methods gRPC retries on UNAVAILABLE, on another
-// replica when there is one: they read, or compute without changing any
-// state (Sign and Decrypt: an audit line more; SealTicket: another ticket
-// of the same state), so running one twice is harmless. Key changes are
-// not: a CreateKey or RotateKey whose answer was lost may have committed.
-// Stateful handshake steps are not either (the session lives on one
-// replica and a step changes it); stateless ones are retried by
-// retryInterceptor, which can tell them apart by their request.
-var retriedMethods = []string{
-	pb.KeyVault_GetKey_FullMethodName,
-	pb.KeyVault_ListKeys_FullMethodName,
-	pb.KeyVault_GetPublicKey_FullMethodName,
-	pb.KeyVault_Sign_FullMethodName,
-	pb.KeyVault_Decrypt_FullMethodName,
-	pb.KeyVault_SealTicket_FullMethodName,
-	pb.KeyVault_OpenTicket_FullMethodName,
-	pb.Handshake_GetHandshake_FullMethodName,
-	pb.Admin_GetKEKStatus_FullMethodName,
+// retriedMethods are the methods retryInterceptor retries on UNAVAILABLE,
+// on another replica when there is one: they read, or compute without
+// changing any state (Sign and Decrypt: an audit line more; SealTicket:
+// another ticket of the same state), so running one twice is harmless.
+// Key changes are not: a CreateKey or RotateKey whose answer was lost may
+// have committed. Stateful handshake steps are not either (the session
+// lives on one replica and a step changes it); stateless ones are retried
+// too, which only their request tells.
+var retriedMethods = map[string]bool{
+	pb.KeyVault_GetKey_FullMethodName:        true,
+	pb.KeyVault_ListKeys_FullMethodName:      true,
+	pb.KeyVault_GetPublicKey_FullMethodName:  true,
+	pb.KeyVault_Sign_FullMethodName:          true,
+	pb.KeyVault_Decrypt_FullMethodName:       true,
+	pb.KeyVault_SealTicket_FullMethodName:    true,
+	pb.KeyVault_OpenTicket_FullMethodName:    true,
+	pb.Handshake_GetHandshake_FullMethodName: true,
+	pb.Admin_GetKEKStatus_FullMethodName:     true,
+}
+
+// retryBudget is gRPC's retry throttling (gRFC A6), kept by the SDK's own
+// retries: when most calls fail, every replica is down or overloaded, and
+// retries stop (until successes earn them back) rather than multiply the
+// load of a fleet that is already failing. A failed attempt costs a token,
+// a success earns a tenth of one; below half the tokens nothing is retried.
+type retryBudget struct {
+	mu     sync.Mutex
+	tokens float64
+}
+
+const maxRetryTokens, retryTokenRatio = 100, 0.1
+
+func newRetryBudget() *retryBudget { return &retryBudget{tokens: maxRetryTokens} }
+
+// failed counts a failed attempt and says whether it may be retried.
+func (b *retryBudget) failed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = max(b.tokens-1, 0)
+	return b.tokens > maxRetryTokens/2
+}
+
+// succeeded counts a call that succeeded.
+func (b *retryBudget) succeeded() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = min(b.tokens+retryTokenRatio, maxRetryTokens)
 }
 
 // serviceConfig is the gRPC service config of a Dial: round_robin over
 // every address the target resolves to (each replica gets its share, and
-// one that fails leaves the rotation until it reconnects), and retries of
-// retriedMethods.
-func serviceConfig(retries int, wait time.Duration) string {
-	type name struct {
-		Service string `json:"service"`
-		Method  string `json:"method"`
-	}
-	type retryPolicy struct {
-		MaxAttempts          int      `json:"maxAttempts"`
-		InitialBackoff       string   `json:"initialBackoff"`
-		MaxBackoff           string   `json:"maxBackoff"`
-		BackoffMultiplier    float64  `json:"backoffMultiplier"`
-		RetryableStatusCodes []string `json:"retryableStatusCodes"`
-	}
-	type methodConfig struct {
-		Name        []name       `json:"name"`
-		RetryPolicy *retryPolicy `json:"retryPolicy,omitempty"`
-	}
-	cfg := struct {
-		LoadBalancingConfig []map[string]struct{} `json:"loadBalancingConfig"`
-		MethodConfig        []methodConfig        `json:"methodConfig,omitempty"`
-		RetryThrottling     map[string]float64    `json:"retryThrottling,omitempty"`
-	}{LoadBalancingConfig: []map[string]struct{}{{"round_robin": {}}}}
-	if retries > 0 {
-		mc := methodConfig{RetryPolicy: &retryPolicy{
-			MaxAttempts: retries + 1, InitialBackoff: seconds(wait), MaxBackoff: seconds(wait << (retries - 1)),
-			BackoffMultiplier: 2, RetryableStatusCodes: []string{"UNAVAILABLE"},
-		}}
-		for _, m := range retriedMethods {
-			service, method, _ := strings.Cut(strings.TrimPrefix(m, "/"), "/")
-			mc.Name = append(mc.Name, name{service, method})
-		}
-		cfg.MethodConfig = []methodConfig{mc}
-		// When most calls fail, every replica is down or overloaded:
-		// retries then stop (until successes earn them back) rather than
-		// multiply the load of a fleet that is already failing.
-		cfg.RetryThrottling = map[string]float64{"maxTokens": 100, "tokenRatio": 0.1}
-	}
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		panic(err) // only fixed types above
-	}
-	return string(b)
-}
-
-// seconds writes d as a service config duration.
-func seconds(d time.Duration) string {
-	return fmt.Sprintf("%.9fs", max(d, time.Nanosecond).Seconds())
-}
+// one that fails leaves the rotation until it reconnects). It retries
+// nothing: retryInterceptor does, see there why.
+const serviceConfig = `{"loadBalancingConfig": [{"round_robin": {}}]}`
 
 // balanceOptions are the dial options that make a connection balance and
 // fail over: the service config (the SDK's, not one a DNS TXT record
-// offers), as many attempts as the retries ask for, and a reconnection
-// backoff capped at maxReconnectDelay, so a restarted replica rejoins the
-// rotation within seconds instead of gRPC's two minutes.
-func balanceOptions(retries int, wait time.Duration) []grpc.DialOption {
+// offers) and a reconnection backoff capped at maxReconnectDelay, so a
+// restarted replica rejoins the rotation within seconds instead of gRPC's
+// two minutes.
+func balanceOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDisableServiceConfig(),
-		grpc.WithDefaultServiceConfig(serviceConfig(retries, wait)),
-		grpc.WithMaxCallAttempts(retries + 1),
+		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: maxReconnectDelay},
 			MinConnectTimeout: 5 * time.Second,

@@ -14,7 +14,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
 	handshaked "github.com/handshaked/handshaked/clients/go"
@@ -188,6 +191,89 @@ func TestFailoverUnderLoad(t *testing.T) {
 			} else {
 				assert.NotZero(t, failed, "without retries, the calls a killed replica dropped fail")
 			}
+		})
+	}
+}
+
+// dyingVault sends the response headers of every GetKey and Sign, then
+// waits: a replica killed while its answer is on the way.
+type dyingVault struct{ pb.UnimplementedKeyVaultServer }
+
+func headersThenWait(ctx context.Context) error {
+	if err := grpc.SendHeader(ctx, metadata.Pairs("replica", "dying")); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (dyingVault) GetKey(ctx context.Context, _ *pb.GetKeyRequest) (*pb.Key, error) {
+	return nil, headersThenWait(ctx)
+}
+
+func (dyingVault) Sign(ctx context.Context, _ *pb.SignRequest) (*pb.SignResponse, error) {
+	return nil, headersThenWait(ctx)
+}
+
+// dyingHeaders tells when the client has received a dyingVault's headers.
+type dyingHeaders struct{ received chan struct{} }
+
+func (h dyingHeaders) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if in, ok := s.(*stats.InHeader); ok && len(in.Header.Get("replica")) > 0 {
+		select {
+		case h.received <- struct{}{}:
+		default: // not the call the test waits for: it is told of one
+		}
+	}
+}
+
+func (dyingHeaders) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
+func (dyingHeaders) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (dyingHeaders) HandleConn(context.Context, stats.ConnStats)                       {}
+
+// TestRetriedAfterTheReplicaAnswered: a replica killed after the client
+// received a call's response headers, its answer on the way, costs the
+// caller nothing either: the call is retried on another replica. (gRPC's
+// own retries stop at the headers, gRFC A6: TestFailoverUnderLoad once saw
+// a call fail so, "error reading from server: EOF".)
+func TestRetriedAfterTheReplicaAnswered(t *testing.T) {
+	replicas, _ := startReplicas(t)
+	for name, call := range map[string]func(*handshaked.Client) error{
+		"GetKey": func(c *handshaked.Client) error {
+			_, err := c.GetKey(context.Background(), "k")
+			return err
+		},
+		"Sign": func(c *handshaked.Client) error { return sign(context.Background(), c) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			lis := servicetest.NewCutListener(l)
+			s := grpc.NewServer()
+			pb.RegisterKeyVaultServer(s, dyingVault{})
+			go s.Serve(lis)
+			defer s.Stop()
+			headers := dyingHeaders{received: make(chan struct{}, 1)}
+			c, err := handshaked.Dial(lis.Addr().String()+","+replicas[0].GRPCAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(0),
+				handshaked.WithDialOptions(grpc.WithStatsHandler(headers)))
+			require.NoError(t, err)
+			defer c.Close()
+			// Round-robin: once both replicas are connected, every other
+			// call goes to the dying one.
+			for range 1000 {
+				done := make(chan error, 1)
+				go func() { done <- call(c) }()
+				select {
+				case err := <-done:
+					require.NoError(t, err, "answered by the live replica")
+					continue
+				case <-headers.received:
+				}
+				lis.Cut()
+				require.NoError(t, <-done, "retried on the live replica")
+				return
+			}
+			require.Fail(t, "no call reached the dying replica")
 		})
 	}
 }

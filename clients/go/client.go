@@ -81,7 +81,9 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // SealTicket, OpenTicket, GetHandshake, and the steps of stateless
 // handshakes (their state token lets any replica repeat the step). Calls
 // that change state are never retried: a lost answer to CreateKey or to a
-// step of a session held by the service must not apply twice.
+// step of a session held by the service must not apply twice. When most
+// calls fail (every replica down or overloaded), retries stop until calls
+// succeed again, rather than add to the load.
 func WithRetries(n int, backoff time.Duration) Option {
 	return func(o *options) { o.retries, o.backoff = max(n, 0), backoff }
 }
@@ -172,7 +174,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		grpc.WithInitialWindowSize(1 << 20), grpc.WithInitialConnWindowSize(1 << 22),
 		grpc.WithChainUnaryInterceptor(deadlineInterceptor(o.timeout), retryInterceptor(o.retries, o.backoff, o.observe)),
 	}
-	dial = append(dial, balanceOptions(o.retries, o.backoff)...)
+	dial = append(dial, balanceOptions()...)
 	if o.keepalive != nil {
 		dial = append(dial, grpc.WithKeepaliveParams(*o.keepalive))
 	}
@@ -256,27 +258,44 @@ func deadlineInterceptor(d time.Duration) grpc.UnaryClientInterceptor {
 	}
 }
 
-// retryInterceptor retries the calls whose request says they may run
-// twice, which a service config, naming methods only, cannot tell: the
-// steps of stateless handshakes. The service config retries the rest of
-// what may be retried (retriedMethods).
+// retryInterceptor retries a call that fails with UNAVAILABLE up to n
+// times if it may run twice: a method of retriedMethods, or a step of a
+// stateless handshake, which only its request tells. Each attempt is a
+// call of its own, which the balancer places anew: on another replica
+// when the one it met is gone. gRPC's own retries (a service config's
+// retryPolicy) are not enough: they end once the replica has sent its
+// response headers (gRFC A6: the call is committed to it), so a replica
+// killed with its answer on the way failed the call ("error reading from
+// server: EOF"), which for these calls nothing justifies.
 func retryInterceptor(n int, backoff time.Duration, observe func(string, error, bool)) grpc.UnaryClientInterceptor {
+	budget := newRetryBudget()
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if !stateless(req) {
+		step := stateless(req)
+		if !step && !retriedMethods[method] {
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		wait := backoff
 		for attempt := 0; ; attempt++ {
 			err := invoker(ctx, method, req, reply, cc, opts...)
-			retry := attempt < n && status.Code(err) == codes.Unavailable && ctx.Err() == nil
-			if err != nil && observe != nil {
+			if err == nil {
+				budget.succeeded()
+				return nil
+			}
+			unavailable := status.Code(err) == codes.Unavailable
+			retry := unavailable && budget.failed() && attempt < n && ctx.Err() == nil
+			if step && observe != nil {
 				observe(method, err, retry)
 			}
 			if !retry {
+				if unavailable && attempt > 0 && attempt == n {
+					// As gRPC's own retries said it: the caller sees that
+					// the call was retried, not only its last attempt.
+					return fmt.Errorf("max retries exhausted: failed after %d attempts: %w", attempt+1, err)
+				}
 				return err
 			}
-			// Full jitter, as gRPC's own retries: callers that failed
-			// together do not all come back at once.
+			// Full jitter: callers that failed together do not all come
+			// back at once.
 			select {
 			case <-ctx.Done():
 				return err

@@ -67,13 +67,21 @@ func startFlaky(t *testing.T) (*flakyVault, string) {
 	return f, l.Addr().String()
 }
 
-func TestRetriesOnlyIdempotentCalls(t *testing.T) {
+// dialFlaky is a client of a new flakyVault that retries 3 times, a
+// millisecond apart at first.
+func dialFlaky(t *testing.T) (*flakyVault, *handshaked.Client) {
+	t.Helper()
 	f, addr := startFlaky(t)
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithRetries(3, time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return f, c
+}
+
+func TestRetriesOnlyIdempotentCalls(t *testing.T) {
+	f, c := dialFlaky(t)
 	ctx := context.Background()
 
 	f.fails.Store(2)
@@ -86,7 +94,7 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 
 	f.calls.Store(0)
 	f.fails.Store(1)
-	_, err = c.RotateKey(ctx, "k")
+	_, err := c.RotateKey(ctx, "k")
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("RotateKey: %v, want UNAVAILABLE", err)
 	}
@@ -101,6 +109,44 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 	}
 	if got := f.calls.Load(); got != 4 {
 		t.Errorf("GetKey: %d calls, want 1 + 3 retries", got)
+	}
+}
+
+// TestRetriesThrottled: when most calls fail, retries stop, until
+// successes earn them back (gRFC A6's throttling: 100 tokens, one a failed
+// attempt, a tenth a success, no retry below 50).
+func TestRetriesThrottled(t *testing.T) {
+	f, c := dialFlaky(t)
+	ctx := context.Background()
+
+	f.fails.Store(1 << 20)
+	for range 20 { // the first 12 are retried 3 times each, then retries stop at 50 tokens
+		if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
+			t.Fatalf("GetKey with the service down: %v, want UNAVAILABLE", err)
+		}
+	}
+	f.calls.Store(0)
+	if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("GetKey with the service down: %v, want UNAVAILABLE", err)
+	}
+	if got := f.calls.Load(); got != 1 {
+		t.Errorf("GetKey after a streak of failures: %d calls, want 1 (retries throttled)", got)
+	}
+
+	// 42 tokens left: 150 successes earn 15.
+	f.fails.Store(0)
+	for range 150 {
+		if _, err := c.GetKey(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.calls.Store(0)
+	f.fails.Store(1)
+	if _, err := c.GetKey(ctx, "k"); err != nil {
+		t.Errorf("GetKey after successes, failing once: %v", err)
+	}
+	if got := f.calls.Load(); got != 2 {
+		t.Errorf("GetKey after successes, failing once: %d calls, want 2 (retried again)", got)
 	}
 }
 

@@ -32,7 +32,7 @@ type Replica struct {
 
 type replicaRun struct {
 	*Server
-	lis  *cutListener
+	lis  *CutListener
 	stop func(context.Context)
 }
 
@@ -133,7 +133,7 @@ func (r *Replica) Kill() {
 	if run == nil {
 		return
 	}
-	run.lis.cut()
+	run.lis.Cut()
 	r.stop(0)
 }
 
@@ -175,20 +175,24 @@ func (r *Replica) Restart() {
 		r.t.Fatal(err)
 	}
 	r.GRPCAddr = lis.Addr().String()
-	cl := &cutListener{Listener: lis}
+	cl := NewCutListener(lis)
 	s, stop := serve(r.t, vault, r.opts, cl)
 	r.run = &replicaRun{Server: s, lis: cl, stop: stop}
 }
 
-// cutListener is a listener whose connections can all be cut at once.
-type cutListener struct {
+// CutListener is a listener whose connections can all be cut at once, as
+// a crash of the process serving them does.
+type CutListener struct {
 	net.Listener
 	mu    sync.Mutex
 	conns []net.Conn
 	done  bool
 }
 
-func (l *cutListener) Accept() (net.Conn, error) {
+// NewCutListener wraps l.
+func NewCutListener(l net.Listener) *CutListener { return &CutListener{Listener: l} }
+
+func (l *CutListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
@@ -203,8 +207,8 @@ func (l *cutListener) Accept() (net.Conn, error) {
 	return c, nil
 }
 
-// cut closes every connection, and each one accepted from now on.
-func (l *cutListener) cut() {
+// Cut closes every connection, and each one accepted from now on.
+func (l *CutListener) Cut() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.done = true

@@ -31,7 +31,7 @@ func TestLogFlags(t *testing.T) {
 
 	quiet := call()
 	assert.NotContains(t, quiet, "logger=grpc", "grpc-go's lines at the default level")
-	// gRPC retried the read before it gave up, and says so.
+	// The SDK retried the read before it gave up, and says so.
 	assert.Contains(t, quiet, "list keys: max retries exhausted: failed after 3 attempts: unavailable:")
 
 	var grpcLines int
