@@ -410,6 +410,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 	tick := time.NewTicker(f.bound / 4)
 	defer tick.Stop()
 	failing := false
+	pendingSince := make(map[RecordRef]time.Time) // finishLeftDestroys'
 	for {
 		select {
 		case <-ctx.Done():
@@ -421,6 +422,9 @@ func (v *Vault) keepUp(ctx context.Context) {
 		err := v.Sync(sctx)
 		if err == nil {
 			err = f.announce(sctx, f.view.Load())
+		}
+		if err == nil {
+			v.finishLeftDestroys(sctx, pendingSince)
 		}
 		cancel()
 		switch {

@@ -164,6 +164,11 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 		err = v.load(ctx, create)
 		switch {
 		case err == nil:
+			// Destroys that a crash or a lost answer of the store left
+			// half-done are finished before the vault serves.
+			if pending := v.pendingDestroys(); len(pending) > 0 {
+				v.finishDestroysLogged(ctx, pending)
+			}
 			if ss, ok := store.(SharedStore); ok {
 				if err := v.startFollowing(ctx, ss); err != nil {
 					return nil, err
@@ -528,9 +533,12 @@ func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, h
 		pubDER: vr.PublicKey, pub: pub, chain: vr.Chain,
 	}
 	switch {
-	case state == StateDestroyed && hasMaterial:
+	case state == StateDestroyed && hasMaterial && backendName == BackendSoftware:
 		return nil, fmt.Errorf("keyvault: %v: the version is destroyed but its private key is stored: %w", material.RecordRef, ErrCorrupted)
 	case state == StateDestroyed:
+		// A backend's key keeps its handle stored until the backend
+		// destroyed it (finishDestroys); the version is destroyed all the
+		// same and loads no key.
 		return ver, nil
 	case !hasMaterial:
 		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)
