@@ -81,6 +81,11 @@ type Vault struct {
 	// staleBound is WithStalenessBound's.
 	staleBound time.Duration
 	subs       subscribers
+	// keeper is WithKEKKeeper's, nil without one; keptKEK is the KEKID of
+	// the KEK it keeps (at first the one the vault was opened with). The
+	// caller holds writeMu.
+	keeper  KEKKeeper
+	keptKEK string
 
 	// writeMu serializes changes: each reads the current state, commits the
 	// new one to the store and only then publishes it in keys. Key
@@ -162,6 +167,12 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 			o(v)
 		}
 		err = v.load(ctx, create)
+		if err == nil {
+			// Opened with the KEK a rotation under way retires: the new one
+			// is kept for the next start, which the rotation may outlast.
+			v.keptKEK = KEKID(kek)
+			err = v.keepKEK(ctx, v.sealer.keys.Load())
+		}
 		switch {
 		case err == nil:
 			// Destroys that a crash or a lost answer of the store left
