@@ -25,6 +25,8 @@ func (c *Client) KEKStatus(ctx context.Context) (*pb.KEKStatus, error) {
 // RotateKEK rewraps the vault under newKEK (32 bytes) and returns once the
 // old KEK is refused. If it fails half-way, call it again with the same
 // newKEK: the vault opens with either KEK until the rotation completes.
+// A nil newKEK has the service make the KEK and keep it wrapped by its
+// PKCS#11 token (-kek-pkcs11-file); call it again with nil to carry on.
 func (c *Client) RotateKEK(ctx context.Context, newKEK []byte) (*pb.KEKStatus, error) {
 	return wrap(c.admin.RotateKEK(ctx, &pb.RotateKEKRequest{NewKek: newKEK}))
 }

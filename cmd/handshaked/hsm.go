@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/handshaked/handshaked/internal/keyvault"
@@ -121,4 +122,51 @@ func loadTokenKEK(ctx context.Context, cfg *config, token tokenBackend) ([]byte,
 	}
 	slog.Warn("created a new key-encryption key, wrapped by the PKCS#11 token", "file", path, "token", cfg.hsm.token)
 	return kek, nil
+}
+
+// tokenKEKFile keeps the vault's KEK wrapped by the token in
+// -kek-pkcs11-file (keyvault.KEKKeeper): a KEK rotation's new KEK
+// replaces the file whole, written beside it and renamed over it, so that
+// a start at any moment finds the old KEK or the new one, either of which
+// opens the store until the rotation completes.
+type tokenKEKFile struct {
+	path  string
+	token tokenBackend
+}
+
+func (f tokenKEKFile) KeepKEK(ctx context.Context, kek []byte) error {
+	wrapped, err := f.token.WrapKEK(ctx, kek)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(f.path)
+	tmp, err := os.CreateTemp(dir, ".kek-pkcs11-*") // mode 0600
+	if err != nil {
+		return fmt.Errorf("token-wrapped key-encryption key: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // after a failure; gone once renamed
+	if err = writeAndClose(tmp, wrapped); err == nil {
+		err = os.Rename(tmp.Name(), f.path)
+	}
+	if err == nil {
+		err = syncDir(dir) // the rename survives a crash too
+	}
+	if err != nil {
+		return fmt.Errorf("token-wrapped key-encryption key %s: %w", f.path, err)
+	}
+	slog.InfoContext(ctx, "the new key-encryption key is kept wrapped by the PKCS#11 token", "file", f.path, "kek_id", keyvault.KEKID(kek))
+	return nil
+}
+
+// syncDir makes the entries of directory dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

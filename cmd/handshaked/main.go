@@ -128,6 +128,7 @@ func run(ctx context.Context, cfg *config) error {
 	var kek []byte
 	if cfg.hsm.kekFile != "" {
 		kek, err = loadTokenKEK(ctx, cfg, token)
+		vaultOpts = append(vaultOpts, keyvault.WithKEKKeeper(tokenKEKFile{path: cfg.hsm.kekFile, token: token}))
 	} else {
 		kek, err = loadKEK(cfg)
 	}
@@ -141,6 +142,11 @@ func run(ctx context.Context, cfg *config) error {
 		return err
 	}
 	defer vault.Close()
+	if cfg.hsm.kekFile != "" {
+		// The file holds the KEK the store is sealed under now, even if it
+		// held the one a rotation under way retires (tokenKEKFile).
+		kekID = vault.KEKStatus().ID
+	}
 	resumeKEKRotation(ctx, vault, kekID)
 	if cfg.mode == modeDevelopment {
 		if err := ensureSampleKey(ctx, vault); err != nil {

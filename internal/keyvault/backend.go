@@ -33,9 +33,10 @@ type KeyBackend interface {
 	Generate(ctx context.Context, alg Algorithm, label string) (handle []byte, key crypto.Signer, err error)
 	// Load returns the key a handle of Generate names.
 	Load(ctx context.Context, alg Algorithm, handle []byte) (crypto.Signer, error)
-	// Destroy destroys key, one of this backend's, after the vault has
-	// erased its handle. Once it returns nil the key is gone for good.
-	Destroy(ctx context.Context, key crypto.Signer) error
+	// Destroy destroys the key a handle of Generate names. Once it
+	// returns nil the key is gone for good. A key gone already is no
+	// error: another replica may have finished the same destroy.
+	Destroy(ctx context.Context, handle []byte) error
 }
 
 // RawRSAKey is an RSA key of a backend that does not hand the private
@@ -121,9 +122,9 @@ func (softwareBackend) Load(ctx context.Context, alg Algorithm, handle []byte) (
 	return memoryKey(signer)
 }
 
-// Destroy has nothing to do: the material record the vault erased was the
-// key, and the vault drops it from memory.
-func (softwareBackend) Destroy(ctx context.Context, key crypto.Signer) error { return nil }
+// Destroy has nothing to do: the handle is the key, the material record
+// the vault erases, and the vault drops it from memory.
+func (softwareBackend) Destroy(ctx context.Context, handle []byte) error { return nil }
 
 // backendField is a backend's name as a version record holds it: empty for
 // the software backend, so that its records stay as they were before

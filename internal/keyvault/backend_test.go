@@ -81,7 +81,7 @@ func (b *rawTestBackend) Load(ctx context.Context, alg Algorithm, handle []byte)
 	return rawTestKey{priv: key.(*rsa.PrivateKey), mu: &b.mu, ops: &b.ops}, nil
 }
 
-func (b *rawTestBackend) Destroy(ctx context.Context, key crypto.Signer) error {
+func (b *rawTestBackend) Destroy(ctx context.Context, handle []byte) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.destroyed++

@@ -154,6 +154,11 @@ func (v *Vault) adopt(ctx context.Context, records []Record, rev int64) error {
 		}
 		return fmt.Errorf("keyvault: follow the store to revision %d: %w", rev, err)
 	}
+	// A KEK rotation another replica began: its KEK is kept before the
+	// view (and so the announcement the rotation waits for) takes it in.
+	if err := v.keepKEK(ctx, next.sealer.keys.Load()); err != nil {
+		return fmt.Errorf("keyvault: follow the store to revision %d: %w", rev, err)
+	}
 	v.entries, v.revision, v.stale = next.entries, next.revision, next.stale
 	v.manifestRev, v.manifestDigest, v.storeRev = next.manifestRev, next.manifestDigest, rev
 	nextKeys := next.sealer.keys.Load()
@@ -410,6 +415,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 	tick := time.NewTicker(f.bound / 4)
 	defer tick.Stop()
 	failing := false
+	pendingSince := make(map[RecordRef]time.Time) // finishLeftDestroys'
 	for {
 		select {
 		case <-ctx.Done():
@@ -421,6 +427,9 @@ func (v *Vault) keepUp(ctx context.Context) {
 		err := v.Sync(sctx)
 		if err == nil {
 			err = f.announce(sctx, f.view.Load())
+		}
+		if err == nil {
+			v.finishLeftDestroys(sctx, pendingSince)
 		}
 		cancel()
 		switch {

@@ -3,6 +3,7 @@ package keyvault
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
@@ -83,6 +84,41 @@ func (v *Vault) kekStatus() KEKStatus {
 	return st
 }
 
+// KEKKeeper keeps the vault's KEK where the next start reads it from, for
+// a deployment whose KEK is kept by handshaked itself (cmd/handshaked
+// keeps it wrapped by a PKCS #11 token in -kek-pkcs11-file).
+type KEKKeeper interface {
+	// KeepKEK durably replaces the kept KEK by kek, whole: a start at any
+	// moment finds the one or the other. The caller clears kek.
+	KeepKEK(ctx context.Context, kek []byte) error
+}
+
+// WithKEKKeeper gives the vault the keeper of its KEK. The vault has it
+// keep every new KEK before the store needs it to open: a KEK rotation's,
+// on the replica that begins it once the rotation record is committed (the
+// store then opens with either KEK), and on every other replica before its
+// view takes in the rotation record (a rotation completes only once every
+// live replica has: follower.allHold); and, opened with the KEK a rotation
+// under way retires, the new one. With a keeper, RotateKEK can make the new
+// KEK itself.
+func WithKEKKeeper(k KEKKeeper) Option {
+	return func(v *Vault) { v.keeper = k }
+}
+
+// keepKEK has the keeper keep k's KEK unless it keeps it already. The
+// caller holds writeMu (or is New).
+func (v *Vault) keepKEK(ctx context.Context, k *sealKeys) error {
+	id := KEKID(k.kek)
+	if v.keeper == nil || id == v.keptKEK {
+		return nil
+	}
+	if err := v.keeper.KeepKEK(ctx, k.kek); err != nil {
+		return fmt.Errorf("keyvault: keep the new KEK %s for the next start: %w", id, err)
+	}
+	v.keptKEK = id
+	return nil
+}
+
 // RotateKEK rewraps every record of the store under newKEK while the vault
 // serves, and returns when none is left under the old KEK; from then on the
 // store opens with newKEK only. It commits in steps, each durable: first a
@@ -94,7 +130,19 @@ func (v *Vault) kekStatus() KEKStatus {
 // with the old KEK too; calling RotateKEK again with newKEK carries on.
 // A rotation to another KEK while one is under way fails with
 // ErrFailedPrecondition. The caller keeps newKEK and should clear it.
+//
+// A vault with a KEKKeeper makes the new KEK itself when newKEK is nil (or
+// carries on the rotation under way), and has it kept: no caller ever
+// holds it. Without a keeper a nil newKEK fails with ErrFailedPrecondition:
+// nothing would keep the KEK the store opens with.
 func (v *Vault) RotateKEK(ctx context.Context, newKEK []byte) (KEKStatus, error) {
+	if newKEK == nil {
+		if v.keeper == nil {
+			return KEKStatus{}, fmt.Errorf("keyvault: this vault makes a new KEK only when it keeps its KEK itself (a token-wrapped KEK); give the new KEK: %w", ErrFailedPrecondition)
+		}
+		newKEK = v.madeKEK()
+		defer clear(newKEK)
+	}
 	next, err := newSealKeys(newKEK)
 	if err != nil {
 		return KEKStatus{}, err
@@ -105,15 +153,33 @@ func (v *Vault) RotateKEK(ctx context.Context, newKEK []byte) (KEKStatus, error)
 	return v.ResumeKEKRotation(ctx)
 }
 
+// madeKEK returns the new KEK of the rotation under way, or else a new
+// random one. The caller clears it.
+func (v *Vault) madeKEK() []byte {
+	if k := v.sealer.keys.Load(); k.previous != nil {
+		return bytes.Clone(k.kek)
+	}
+	kek := make([]byte, kekSize)
+	rand.Read(kek)
+	return kek
+}
+
 // beginRotation commits the rotation record and makes next the KEK that
-// seals, unless a rotation to next is under way already.
+// seals, unless a rotation to next is under way already, and has the
+// keeper keep it.
 func (v *Vault) beginRotation(ctx context.Context, next *sealKeys) error {
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
 	if v.isClosed() {
 		return ErrClosed
 	}
-	return v.retry(ctx, "begin the KEK rotation", func() error { return v.beginRotationOnce(ctx, next) })
+	if err := v.retry(ctx, "begin the KEK rotation", func() error { return v.beginRotationOnce(ctx, next) }); err != nil {
+		return err
+	}
+	// Before any record is rewrapped: until the rotation completes, the
+	// KEK kept so far opens the store too, so a failure here loses nothing
+	// and calling RotateKEK again carries on.
+	return v.keepKEK(ctx, v.sealer.keys.Load())
 }
 
 // beginRotationOnce is one attempt of beginRotation. The caller holds

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -93,7 +94,7 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 	defer clear(handle)
 	k, err := v.add(ctx, id, labels, backend, handle, signer, alg, false)
 	if err != nil {
-		return nil, destroyUnstored(ctx, b, signer, err)
+		return nil, destroyUnstored(ctx, b, handle, err)
 	}
 	return k, nil
 }
@@ -103,7 +104,7 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 // naming it, and returns err. A store that could not be reached may have
 // committed all the same (an etcd request that timed out): the key is kept
 // then, as one that may be in use.
-func destroyUnstored(ctx context.Context, b KeyBackend, key crypto.Signer, err error) error {
+func destroyUnstored(ctx context.Context, b KeyBackend, handle []byte, err error) error {
 	if errors.Is(err, ErrUnavailable) {
 		if b.Name() != BackendSoftware {
 			slog.WarnContext(ctx, "keyvault: the store did not confirm a new key version; its key is kept in the backend in case the store has it",
@@ -111,7 +112,7 @@ func destroyUnstored(ctx context.Context, b KeyBackend, key crypto.Signer, err e
 		}
 		return err
 	}
-	if derr := b.Destroy(ctx, key); derr != nil {
+	if derr := b.Destroy(ctx, handle); derr != nil {
 		return fmt.Errorf("%w (and destroying the key generated in the %s backend failed: %v)", err, b.Name(), derr)
 	}
 	return err
@@ -238,7 +239,7 @@ func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 	defer clear(handle)
 	key, err := v.rotate(ctx, id, b.Name(), handle, signer, alg)
 	if err != nil {
-		return nil, destroyUnstored(ctx, b, signer, err)
+		return nil, destroyUnstored(ctx, b, handle, err)
 	}
 	return key, nil
 }
@@ -373,8 +374,10 @@ func (v *Vault) AttachChain(ctx context.Context, id string, version uint32, chai
 // changeVersion commits the state that change computes from the current
 // state of a version, then publishes it, and returns the key and the store
 // revision of the commit. If change returns the version unchanged, nothing
-// is written and the revision is 0. A version leaving its private key behind
-// has the key erased from the store in the same write.
+// is written and the revision is 0. A version leaving a software key behind
+// has it erased from the store in the same write; one leaving a backend's
+// key behind keeps its handle stored until the backend destroyed the key
+// (finishDestroys).
 func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change func(*versionState) (*versionState, error)) (*Key, int64, error) {
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
@@ -399,7 +402,7 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 			return err
 		}
 		w := Write{Put: []Record{rec}}
-		if ver.signer != nil && next.signer == nil {
+		if ver.signer != nil && next.signer == nil && ver.backend == BackendSoftware {
 			w.Erase = []RecordRef{{Kind: RecordMaterial, ID: id, Version: ver.number}}
 		}
 		if err := v.commit(ctx, w); err != nil {
@@ -407,16 +410,30 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 		}
 		return nil
 	})
+	var pending []pendingDestroy
+	destroying := ver != nil && next != nil && ver.signer != nil && next.signer == nil && ver.backend != BackendSoftware
+	if destroying {
+		pending = []pendingDestroy{{ref: RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, backend: ver.backend}}
+	}
 	var committed *committedError
 	if errors.As(err, &committed) {
 		// The store holds the change; the view applies it when it follows
 		// the store. The caller still waits for the replicas on a
-		// revocation, and a key whose handle the store erased is
-		// destroyed in its backend now: nothing names it any more.
-		v.destroyInBackend(ctx, id, ver, next)
+		// revocation, and a destroyed version's key is destroyed in its
+		// backend now, from a view that holds the destroy.
+		if destroying {
+			if rerr := v.refresh(ctx); rerr != nil {
+				slog.WarnContext(ctx, "keyvault: the version is destroyed; its key is destroyed in the backend once a replica reads the store again",
+					"key", id, "version", ver.number, "backend", ver.backend, "err", rerr)
+			} else {
+				v.finishDestroysLogged(ctx, pending)
+			}
+		}
 		return nil, committed.rev, err
 	}
 	if err != nil {
+		// Had the store committed a destroy whose answer was lost, the
+		// replicas finish it (finishLeftDestroys, or at the next start).
 		return nil, 0, err
 	}
 	if next == ver {
@@ -424,22 +441,138 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 	}
 	nk := k.withVersion(next)
 	v.publish(nk)
-	v.destroyInBackend(ctx, id, ver, next)
+	if destroying {
+		v.finishDestroysLogged(ctx, pending)
+	}
 	return nk.snapshot(), v.storeRev, nil
 }
 
-// destroyInBackend destroys the backend key of version ver of key id when
-// next, its committed state, left its private key behind.
-func (v *Vault) destroyInBackend(ctx context.Context, id string, ver, next *versionState) {
-	if ver.signer != nil && next.signer == nil && ver.backend != BackendSoftware {
-		// The handle is erased, so the vault can never use the key again
-		// whatever happens here; a key the backend failed to destroy is
-		// left for the operator, named by its label.
-		if b, err := v.backend(ver.backend); err == nil {
-			if err := b.Destroy(ctx, ver.signer); err != nil {
-				slog.ErrorContext(ctx, "keyvault: the version is destroyed, but its key is left in the backend: remove it there",
-					"key", id, "version", ver.number, "backend", ver.backend, "label", versionLabel(id, ver.number), "err", err)
-			}
+// pendingDestroy is a destroyed version whose key its backend may still
+// hold: the store keeps the version's material record, its handle, until
+// the backend destroyed the key.
+type pendingDestroy struct {
+	ref     RecordRef // the material record
+	backend string
+}
+
+// pendingDestroys returns the destroys the view holds pending. The caller
+// holds writeMu.
+func (v *Vault) pendingDestroys() []pendingDestroy {
+	var out []pendingDestroy
+	for ref := range v.entries {
+		if ref.Kind != RecordMaterial {
+			continue
 		}
+		k, err := v.key(ref.ID)
+		if err != nil || ref.Version == 0 || ref.Version > uint32(len(k.versions)) {
+			continue
+		}
+		if ver := k.versions[ref.Version-1]; ver.state == StateDestroyed {
+			out = append(out, pendingDestroy{ref: ref, backend: ver.backend})
+		}
+	}
+	return out
+}
+
+// finishDestroys destroys the keys of pending in their backends, then
+// erases their handles from the store. Destroying first means that
+// whatever stops it half-way (a lost answer of the store, a crash, a
+// backend failing) leaves a handle stored, so that the destroy is
+// finished later, by this replica or another: at its start (New) or once
+// the destroy has been pending for a staleness bound (finishLeftDestroys).
+// The caller holds writeMu.
+func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) error {
+	backends := make(map[RecordRef]KeyBackend, len(pending))
+	var errs []error
+	for _, p := range pending {
+		b, err := v.backend(p.backend)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%v: %w", p.ref, err))
+			continue
+		}
+		backends[p.ref] = b
+	}
+	if len(backends) == 0 {
+		return errors.Join(errs...)
+	}
+	var destroyed []RecordRef
+	_, err := v.store.Scan(ctx, func(r Record) error {
+		b, ok := backends[r.RecordRef]
+		if !ok {
+			return nil
+		}
+		handle, err := v.sealer.open(r)
+		if err == nil {
+			err = b.Destroy(ctx, handle)
+			clear(handle)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%v: destroy in the %s backend: %w", r.RecordRef, b.Name(), err))
+			return nil
+		}
+		destroyed = append(destroyed, r.RecordRef)
+		return nil
+	})
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("keyvault: read the store: %w", err))...)
+	}
+	if len(destroyed) > 0 {
+		err = v.retry(ctx, "erase the handles of destroyed keys", func() error {
+			// Only what is still pending in the view: another replica may
+			// have erased it meanwhile.
+			var w Write
+			for _, p := range v.pendingDestroys() {
+				if slices.Contains(destroyed, p.ref) {
+					w.Erase = append(w.Erase, p.ref)
+				}
+			}
+			if len(w.Erase) == 0 {
+				return nil
+			}
+			return v.commit(ctx, w)
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("keyvault: erase the handles of destroyed keys: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// finishDestroysLogged is finishDestroys for callers that go on whatever
+// happens: what it could not finish stays pending, and is retried.
+func (v *Vault) finishDestroysLogged(ctx context.Context, pending []pendingDestroy) {
+	if err := v.finishDestroys(ctx, pending); err != nil {
+		slog.ErrorContext(ctx, "keyvault: a destroyed version's key is not destroyed in its backend yet; it is retried",
+			"err", err)
+	}
+}
+
+// finishLeftDestroys finishes the destroys pending for a staleness bound
+// or longer: those whose replica lost the store's answer to the commit, or
+// stopped, before it finished them itself. A destroy just committed is
+// left to its replica, which finishes it at once. since holds when each
+// pending destroy was first seen; the caller (keepUp) owns it.
+func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time.Time) {
+	v.writeMu.Lock()
+	defer v.writeMu.Unlock()
+	if v.isClosed() {
+		return
+	}
+	now := time.Now()
+	var due []pendingDestroy
+	seen := make(map[RecordRef]bool)
+	for _, p := range v.pendingDestroys() {
+		seen[p.ref] = true
+		first, ok := since[p.ref]
+		switch {
+		case !ok:
+			since[p.ref] = now
+		case now.Sub(first) >= v.staleBound:
+			due = append(due, p)
+		}
+	}
+	maps.DeleteFunc(since, func(ref RecordRef, _ time.Time) bool { return !seen[ref] })
+	if len(due) > 0 {
+		v.finishDestroysLogged(ctx, due)
 	}
 }

@@ -154,7 +154,7 @@ func (b *countingBackend) Load(ctx context.Context, alg Algorithm, handle []byte
 	return softwareBackend{}.Load(ctx, alg, handle)
 }
 
-func (b *countingBackend) Destroy(ctx context.Context, key crypto.Signer) error {
+func (b *countingBackend) Destroy(ctx context.Context, handle []byte) error {
 	b.destroyed.Add(1)
 	return nil
 }

@@ -81,6 +81,11 @@ type Vault struct {
 	// staleBound is WithStalenessBound's.
 	staleBound time.Duration
 	subs       subscribers
+	// keeper is WithKEKKeeper's, nil without one; keptKEK is the KEKID of
+	// the KEK it keeps (at first the one the vault was opened with). The
+	// caller holds writeMu.
+	keeper  KEKKeeper
+	keptKEK string
 
 	// writeMu serializes changes: each reads the current state, commits the
 	// new one to the store and only then publishes it in keys. Key
@@ -162,8 +167,19 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 			o(v)
 		}
 		err = v.load(ctx, create)
+		if err == nil {
+			// Opened with the KEK a rotation under way retires: the new one
+			// is kept for the next start, which the rotation may outlast.
+			v.keptKEK = KEKID(kek)
+			err = v.keepKEK(ctx, v.sealer.keys.Load())
+		}
 		switch {
 		case err == nil:
+			// Destroys that a crash or a lost answer of the store left
+			// half-done are finished before the vault serves.
+			if pending := v.pendingDestroys(); len(pending) > 0 {
+				v.finishDestroysLogged(ctx, pending)
+			}
 			if ss, ok := store.(SharedStore); ok {
 				if err := v.startFollowing(ctx, ss); err != nil {
 					return nil, err
@@ -528,9 +544,12 @@ func (v *Vault) openVersion(ctx context.Context, s sealer, r, material Record, h
 		pubDER: vr.PublicKey, pub: pub, chain: vr.Chain,
 	}
 	switch {
-	case state == StateDestroyed && hasMaterial:
+	case state == StateDestroyed && hasMaterial && backendName == BackendSoftware:
 		return nil, fmt.Errorf("keyvault: %v: the version is destroyed but its private key is stored: %w", material.RecordRef, ErrCorrupted)
 	case state == StateDestroyed:
+		// A backend's key keeps its handle stored until the backend
+		// destroyed it (finishDestroys); the version is destroyed all the
+		// same and loads no key.
 		return ver, nil
 	case !hasMaterial:
 		return nil, fmt.Errorf("keyvault: %v is missing: %w", RecordRef{Kind: RecordMaterial, ID: r.ID, Version: r.Version}, ErrCorrupted)

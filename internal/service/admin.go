@@ -36,10 +36,17 @@ func (s *Admin) GetKEKStatus(ctx context.Context, _ *pb.GetKEKStatusRequest) (*p
 func (s *Admin) RotateKEK(ctx context.Context, req *pb.RotateKEKRequest) (*pb.KEKStatus, error) {
 	kek := req.GetNewKek()
 	defer clear(kek)
-	if len(kek) != 32 {
-		return nil, invalid("new_kek: want 32 bytes, not %d", len(kek))
+	switch len(kek) {
+	case 0:
+		// The vault makes the KEK, where it keeps its KEK itself (a
+		// token-wrapped one), and refuses otherwise.
+		kek = nil
+		slog.InfoContext(ctx, "KEK rotation to a KEK the vault makes: rewrapping every record")
+	case 32:
+		slog.InfoContext(ctx, "KEK rotation: rewrapping every record", "kek_id", keyvault.KEKID(kek))
+	default:
+		return nil, invalid("new_kek: want 32 bytes, or none for a KEK the service makes (-kek-pkcs11-file), not %d", len(kek))
 	}
-	slog.InfoContext(ctx, "KEK rotation: rewrapping every record", "kek_id", keyvault.KEKID(kek))
 	st, err := s.vault.RotateKEK(ctx, kek)
 	if err != nil {
 		return nil, toStatus(ctx, err)

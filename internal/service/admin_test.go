@@ -65,6 +65,8 @@ func TestAdminRotateKEK(t *testing.T) {
 
 	_, err = c.RotateKEK(ctx, []byte("short"))
 	assert.Equal(t, codes.InvalidArgument, status.Code(err))
+	_, err = c.RotateKEK(ctx, nil)
+	assert.Equal(t, codes.FailedPrecondition, status.Code(err), "no KEK sent to a service that does not keep its KEK itself")
 	kek := randomKEK(t)
 	st, err := c.RotateKEK(ctx, bytes.Clone(kek))
 	require.NoError(t, err)

@@ -16,7 +16,7 @@ import (
 func printKEKStatus(w io.Writer, st *pb.KEKStatus) {
 	fmt.Fprintf(w, "KEK %s\t%d records\n", st.GetKekId(), st.GetRecords())
 	if st.GetRetiringKekId() != "" {
-		fmt.Fprintf(w, "rotation from KEK %s under way: %d records still under it (run kek-rotate again with the new KEK to finish)\n",
+		fmt.Fprintf(w, "rotation from KEK %s under way: %d records still under it (run kek-rotate again with the new KEK, or none for a token-wrapped KEK, to finish)\n",
 			st.GetRetiringKekId(), st.GetStaleRecords())
 	}
 }
@@ -40,28 +40,33 @@ func cmdKEKStatus(ctx context.Context, e *env, args []string) error {
 func cmdKEKRotate(ctx context.Context, e *env, args []string) error {
 	var file string
 	if _, err := subcommand("kek-rotate", e, args, 0, func(fs *flag.FlagSet) {
-		fs.StringVar(&file, "new-kek-file", "", "`file` holding the new KEK, 64 hex digits (as -kek-file of handshaked)")
+		fs.StringVar(&file, "new-kek-file", "", "`file` holding the new KEK, 64 hex digits (as -kek-file of handshaked); "+
+			"without it the service makes the KEK and keeps it wrapped by its PKCS#11 token (-kek-pkcs11-file)")
 	}); err != nil {
 		return err
 	}
-	if file == "" {
-		return errors.New("kek-rotate: -new-kek-file is required")
+	var kek []byte // none: the service makes it
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		kek, err = keyvault.ParseKEK(data)
+		clear(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		defer clear(kek)
 	}
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return err
-	}
-	kek, err := keyvault.ParseKEK(data)
-	clear(data)
-	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
-	}
-	defer clear(kek)
 	st, err := e.client.RotateKEK(ctx, kek)
 	if err != nil {
 		return err
 	}
 	printKEKStatus(e.stdout, st)
+	if file == "" {
+		fmt.Fprintln(e.stdout, "every record is rewrapped: the store opens with the new KEK only, which every replica keeps wrapped by the token in its -kek-pkcs11-file")
+		return nil
+	}
 	fmt.Fprintf(e.stdout, "every record is rewrapped: the store opens with the new KEK only; make %s handshaked's -kek-file (or $HANDSHAKED_KEK) before it restarts\n", file)
 	return nil
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -24,6 +27,44 @@ func writeKEKFile(t *testing.T, path string) []byte {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(path, []byte(hex.EncodeToString(kek)+"\n"), 0o600))
 	return kek
+}
+
+// keptKEK keeps a KEK in memory, as handshaked keeps a token-wrapped one
+// in its -kek-pkcs11-file.
+type keptKEK struct {
+	mu  sync.Mutex
+	kek []byte
+}
+
+func (k *keptKEK) KeepKEK(ctx context.Context, kek []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.kek = bytes.Clone(kek)
+	return nil
+}
+
+// TestKEKRotateMadeByTheService: kek-rotate without -new-kek-file has a
+// service that keeps its KEK itself (a token-wrapped KEK) make the new
+// one, and says where it is kept; a service that does not keep its KEK
+// refuses in plain words.
+func TestKEKRotateMadeByTheService(t *testing.T) {
+	keeper := &keptKEK{}
+	srv := servicetest.StartWithVault(t, service.Options{}, keyvault.WithKEKKeeper(keeper))
+	mustCtl(t, srv, nil, "create", "web")
+	out := mustCtl(t, srv, nil, "kek-rotate")
+	keeper.mu.Lock()
+	kept := bytes.Clone(keeper.kek)
+	keeper.mu.Unlock()
+	require.Len(t, kept, 32)
+	assert.Contains(t, out, "KEK "+keyvault.KEKID(kept))
+	assert.Contains(t, out, "wrapped by the token")
+	mustCtl(t, srv, []byte("hello"), "sign", "-scheme", "ecdsa_secp256r1_sha256", "web")
+
+	plain := servicetest.Start(t, service.Options{})
+	_, err := ctl(t, plain, nil, "kek-rotate")
+	require.Error(t, err)
+	assert.Contains(t, plainError(err), "failed precondition: ")
+	assert.Contains(t, plainError(err), "give the new KEK")
 }
 
 // TestAdminCommands: kek-rotate rewraps the vault under the KEK of a file

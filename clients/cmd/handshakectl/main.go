@@ -127,7 +127,7 @@ func init() {
 		"verify":       {"verify -scheme SCHEME -sig FILE [-version N] [-in FILE] ID: check a signature locally with the vault's public key", cmdVerify},
 		"trace":        {"trace -key ID [-listen ADDR | -replay FILE] [handshake flags]: narrate a handshake", cmdTrace},
 		"kek-status":   {"kek-status [-json]: show which KEK seals the vault and whether a rotation is under way", cmdKEKStatus},
-		"kek-rotate":   {"kek-rotate -new-kek-file FILE: rewrap every record under a new KEK, online", cmdKEKRotate},
+		"kek-rotate":   {"kek-rotate [-new-kek-file FILE]: rewrap every record under a new KEK, online (none given: one the service makes, for a token-wrapped KEK)", cmdKEKRotate},
 		"backup":       {"backup -o FILE: write a snapshot of the vault, online", cmdBackup},
 		"restore":      {"restore FILE: load a snapshot into a fresh instance started with its KEK", cmdRestore},
 	}

@@ -137,7 +137,10 @@ func (x *KEKStatus) GetRecords() uint32 {
 type RotateKEKRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 32 random bytes (AES-256). Keep it where the service reads its KEK from
-	// (-kek-file or $HANDSHAKED_KEK) for the next start.
+	// (-kek-file or $HANDSHAKED_KEK) for the next start. Empty: the service
+	// makes the new KEK (or carries on the rotation under way) and keeps it
+	// wrapped by its PKCS#11 token in -kek-pkcs11-file, on every replica;
+	// FAILED_PRECONDITION for a service that does not keep its KEK so.
 	NewKek        []byte `protobuf:"bytes,1,opt,name=new_kek,json=newKek,proto3" json:"new_kek,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

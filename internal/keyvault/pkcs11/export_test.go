@@ -41,10 +41,19 @@ func KeyFlags(b *Backend, key crypto.Signer) (sensitive, extractable, token, val
 
 // ObjectsWithID counts the token's objects with key's CKA_ID.
 func ObjectsWithID(b *Backend, key crypto.Signer) (int, error) {
-	tk := key.(interface{ base() *tokenKey }).base()
+	return countObjects(b, pkcs11.NewAttribute(pkcs11.CKA_ID, key.(interface{ base() *tokenKey }).base().id))
+}
+
+// ObjectsLabelled counts the token's objects with CKA_LABEL label: those
+// of a key version the vault made, by its label ("handshaked/ID/N").
+func ObjectsLabelled(b *Backend, label string) (int, error) {
+	return countObjects(b, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+}
+
+func countObjects(b *Backend, attr *pkcs11.Attribute) (int, error) {
 	var n int
 	err := b.withSession(context.Background(), func(sh pkcs11.SessionHandle) error {
-		if err := b.mod.ctx.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, tk.id)}); err != nil {
+		if err := b.mod.ctx.FindObjectsInit(sh, []*pkcs11.Attribute{attr}); err != nil {
 			return err
 		}
 		objs, _, err := b.mod.ctx.FindObjects(sh, 10)

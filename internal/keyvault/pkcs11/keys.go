@@ -183,20 +183,23 @@ func (b *Backend) findAll(sh pkcs11.SessionHandle, template ...*pkcs11.Attribute
 	return objs, err
 }
 
-// Destroy destroys the objects of key, a key of this backend: the private,
-// public and rejection keys.
-func (b *Backend) Destroy(ctx context.Context, key crypto.Signer) error {
-	k, ok := key.(interface{ base() *tokenKey })
-	if !ok {
-		return fmt.Errorf("pkcs11: a %T is not a key of this backend", key)
+// Destroy destroys the objects a handle of Generate names: the private,
+// public and rejection keys of its CKA_ID. Objects gone already (another
+// replica destroying the same key) are no error.
+func (b *Backend) Destroy(ctx context.Context, handle []byte) error {
+	uri, err := parseObjectURI(string(handle))
+	if err != nil {
+		return err
 	}
-	// By CKA_ID, not the handles held: those may be stale (tokenKey).
-	id := k.base().id
-	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error { return b.destroyID(sh, id) })
+	if uri.Token != b.token || uri.Type != "private" {
+		return fmt.Errorf("pkcs11: the key is a %s in token %q, not a private key in token %q", uri.Type, uri.Token, b.token)
+	}
+	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error { return b.destroyID(sh, uri.ID) })
 }
 
 // destroyID destroys every object with CKA_ID id: a key's public, private
-// and rejection keys.
+// and rejection keys. An object that another session destroyed between
+// the search and its destruction is gone all the same.
 func (b *Backend) destroyID(sh pkcs11.SessionHandle, id []byte) error {
 	for {
 		objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_ID, id))
@@ -204,7 +207,7 @@ func (b *Backend) destroyID(sh pkcs11.SessionHandle, id []byte) error {
 			return err
 		}
 		for _, obj := range objs {
-			if err := b.mod.ctx.DestroyObject(sh, obj); err != nil {
+			if err := b.mod.ctx.DestroyObject(sh, obj); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_OBJECT_HANDLE_INVALID)) {
 				return err
 			}
 		}

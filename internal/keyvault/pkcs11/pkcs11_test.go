@@ -192,7 +192,7 @@ func TestTokenKeysStayInTheToken(t *testing.T) {
 				want = 3 // and the rejection key
 			}
 			assert.Equal(t, want, n)
-			require.NoError(t, b.Destroy(t.Context(), key))
+			require.NoError(t, b.Destroy(t.Context(), handle))
 			n, err = pkcs11.ObjectsWithID(b, key)
 			require.NoError(t, err)
 			assert.Zero(t, n, "destroyed")
@@ -281,10 +281,10 @@ func TestSessionsLost(t *testing.T) {
 		assert.Equal(t, 1, pkcs11.OpenedSessions(b), "round %d: the lost sessions left the pool", round)
 	}
 	// Destroying finds the objects again too.
-	_, key, err := b.Generate(t.Context(), keyvault.RSA2048, "lost and destroyed")
+	handle, key, err := b.Generate(t.Context(), keyvault.RSA2048, "lost and destroyed")
 	require.NoError(t, err)
 	require.NoError(t, pkcs11.CloseAllSessions(b))
-	require.NoError(t, b.Destroy(t.Context(), key))
+	require.NoError(t, b.Destroy(t.Context(), handle))
 	n, err := pkcs11.ObjectsWithID(b, key)
 	require.NoError(t, err)
 	assert.Zero(t, n, "the destroyed key's objects")
@@ -505,9 +505,9 @@ func TestOpenSelectsToken(t *testing.T) {
 	bySlot.TokenLabel, bySlot.Slot = "", pkcs11.SlotOf(b)
 	b2, err := pkcs11.Open(bySlot)
 	require.NoError(t, err, "by slot")
-	_, key, err := b2.Generate(t.Context(), keyvault.ECDSAP256, "by slot")
+	handle, _, err := b2.Generate(t.Context(), keyvault.ECDSAP256, "by slot")
 	require.NoError(t, err)
-	require.NoError(t, b2.Destroy(t.Context(), key))
+	require.NoError(t, b2.Destroy(t.Context(), handle))
 	require.NoError(t, b2.Close())
 
 	for name, change := range map[string]func(*pkcs11.Config){
