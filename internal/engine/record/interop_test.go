@@ -6,7 +6,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
@@ -516,25 +515,6 @@ func TestInteropTLS13(t *testing.T) {
 	}
 }
 
-// prf12 is the TLS 1.2 PRF, P_hash of RFC 5246 §5, for the tests to turn
-// the key log's master secret into the key block.
-func prf12(h crypto.Hash, secret []byte, label string, seed []byte, n int) []byte {
-	labelSeed := append([]byte(label), seed...)
-	mac := hmac.New(h.New, secret)
-	a := labelSeed
-	var out []byte
-	for len(out) < n {
-		mac.Reset()
-		mac.Write(a)
-		a = mac.Sum(nil) // A(i) = HMAC(secret, A(i-1))
-		mac.Reset()
-		mac.Write(a)
-		mac.Write(labelSeed)
-		out = mac.Sum(out)
-	}
-	return out[:n]
-}
-
 func TestInteropTLS12(t *testing.T) {
 	for _, s := range suites {
 		if s.TLS13 {
@@ -565,10 +545,7 @@ func TestInteropTLS12(t *testing.T) {
 				t.Fatalf("first server record is not a ServerHello")
 			}
 			serverRandom := serverHello[6:38]
-			kb := prf12(suite.Hash, master, "key expansion", append(bytes.Clone(serverRandom), clientRandom...), 2*suite.KeyLen+2*suite.FixedIVLen)
-			clientKey, kb := kb[:suite.KeyLen], kb[suite.KeyLen:]
-			serverKey, kb := kb[:suite.KeyLen], kb[suite.KeyLen:]
-			clientIV, serverIV := kb[:suite.FixedIVLen], kb[suite.FixedIVLen:]
+			clientKey, serverKey, clientIV, serverIV := KeyBlock12(suite.Hash, master, clientRandom, serverRandom, suite.KeyLen, suite.FixedIVLen)
 
 			c2s := decodeTLS12(t, sess.clientTap.captured(), id, clientKey, clientIV)
 			if !bytes.Equal(c2s.appData, request) {
