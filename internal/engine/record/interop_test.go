@@ -1,7 +1,6 @@
 package record
 
 import (
-	"bufio"
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
@@ -11,13 +10,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"errors"
 	"io"
 	"math/big"
 	mathrand "math/rand/v2"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,25 +104,6 @@ func (c *tapConn) captured() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return bytes.Clone(c.written)
-}
-
-// keyLogSecrets parses NSS key log lines ("LABEL client_random secret").
-func keyLogSecrets(t *testing.T, b *testenv.Buffer) map[string][2][]byte {
-	out := make(map[string][2][]byte)
-	sc := bufio.NewScanner(bytes.NewReader(b.Bytes()))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 3 {
-			t.Fatalf("bad key log line %q", sc.Text())
-		}
-		random, err1 := hex.DecodeString(f[1])
-		secret, err2 := hex.DecodeString(f[2])
-		if err1 != nil || err2 != nil {
-			t.Fatalf("bad key log line %q", sc.Text())
-		}
-		out[f[0]] = [2][]byte{random, secret}
-	}
-	return out
 }
 
 // session is a completed crypto/tls handshake over tapped loopback TCP.
@@ -452,7 +430,7 @@ func TestInteropTLS13(t *testing.T) {
 			reply := randomBytes(MaxPlaintext + 1)
 			exchange(t, s, request, reply)
 
-			keys := keyLogSecrets(t, s.keyLog)
+			keys := testenv.KeyLog(t, s.keyLog)
 			secret := func(label string) []byte {
 				v, ok := keys[label]
 				if !ok {
@@ -535,7 +513,7 @@ func TestInteropTLS12(t *testing.T) {
 			// RFC 5246 §6.3: key_block = PRF(master_secret, "key expansion",
 			// server_random + client_random), cut into the write keys and
 			// IVs (AEAD suites have no MAC keys).
-			entry, ok := keyLogSecrets(t, sess.keyLog)["CLIENT_RANDOM"]
+			entry, ok := testenv.KeyLog(t, sess.keyLog)["CLIENT_RANDOM"]
 			if !ok {
 				t.Fatal("no CLIENT_RANDOM in the key log")
 			}
