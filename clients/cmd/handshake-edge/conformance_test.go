@@ -1,0 +1,596 @@
+package main
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/crypto/cryptobyte"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/testenv"
+)
+
+// The probes here play an outside conformance suite (in the manner of
+// tlsfuzzer's scripts) against handshake-edge in front of handshaked: a
+// client on a plain TCP connection writes records of its own making and
+// reads what comes back. Before the handshake the bytes are hand-made from
+// crypto/tls's ClientHello; after it, crypto/tls runs the handshake and
+// the probe writes records under the client's keys from the key log. Each
+// probe is named after the requirement it checks.
+
+// edgeModes are the ways handshake-edge steps a handshake: every probe
+// must get the same answer from each.
+var edgeModes = []struct {
+	name string
+	args []string
+}{
+	{"multiplex", nil},
+	{"unary", []string{"-unary"}},
+	{"one round trip", []string{"-one-round-trip"}},
+}
+
+// probeEdges starts handshake-edge in each mode, proxying to an echo
+// backend, and runs probe against each.
+func probeEdges(t *testing.T, f *fixture, probe func(t *testing.T, addr string)) {
+	backend, _ := echoBackend(t)
+	for _, m := range edgeModes {
+		addr, _ := f.start(t, append([]string{"-backend", backend}, m.args...)...)
+		t.Run(m.name, func(t *testing.T) { probe(t, addr) })
+	}
+}
+
+// clientHello is the ClientHello message crypto/tls sends with cfg.
+func clientHello(t *testing.T, cfg *tls.Config) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	defer s.Close()
+	go tls.Client(c, cfg).Handshake()
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr [record.HeaderLen]byte
+	_, err := io.ReadFull(s, hdr[:])
+	require.NoError(t, err)
+	body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+	_, err = io.ReadFull(s, body)
+	require.NoError(t, err)
+	c.Close()
+	require.Equal(t, byte(1), body[0], "crypto/tls's first record is not a ClientHello")
+	return body
+}
+
+// withPadding returns the ClientHello msg with a padding extension (RFC
+// 7685) of n zero bytes first in its extensions.
+func withPadding(t *testing.T, msg []byte, n int) []byte {
+	t.Helper()
+	s := cryptobyte.String(msg[4:])
+	var sid, suites, comp, exts cryptobyte.String
+	require.True(t, s.Skip(2+32) && s.ReadUint8LengthPrefixed(&sid) && s.ReadUint16LengthPrefixed(&suites) &&
+		s.ReadUint8LengthPrefixed(&comp) && s.ReadUint16LengthPrefixed(&exts) && s.Empty(), "ClientHello")
+	var b cryptobyte.Builder
+	b.AddUint8(1)
+	b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
+		b.AddBytes(msg[4 : 4+2+32])
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(sid) })
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(suites) })
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(comp) })
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+			b.AddUint16(21) // padding
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(make([]byte, n)) })
+			b.AddBytes(exts)
+		})
+	})
+	return b.BytesOrPanic()
+}
+
+// fragments is msg in handshake records of at most size bytes each.
+func fragments(msg []byte, size int) []byte {
+	var out []byte
+	for len(msg) > 0 {
+		n := min(size, len(msg))
+		out = record.Append(out, record.Handshake, 0x0301, msg[:n])
+		msg = msg[n:]
+	}
+	return out
+}
+
+// serverRecord is a record as the client read it.
+type serverRecord struct {
+	typ  record.ContentType
+	body []byte
+}
+
+// readRecords reads records from c until it has got n or the edge closes
+// the connection (or the read deadline passes, which fails the probe). It
+// returns the records and whether the edge closed.
+func readRecords(t *testing.T, c net.Conn, n int) (recs []serverRecord, closed bool) {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(20*time.Second)))
+	for len(recs) < n {
+		var hdr [record.HeaderLen]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			var ne net.Error
+			require.False(t, errors.As(err, &ne) && ne.Timeout(), "the edge neither answered nor closed")
+			return recs, true
+		}
+		body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+		_, err := io.ReadFull(c, body)
+		require.NoError(t, err, "a record cut short")
+		recs = append(recs, serverRecord{record.ContentType(hdr[0]), body})
+	}
+	return recs, false
+}
+
+// expectPlainAlert checks that the edge answered with the fatal alert
+// want in a plaintext record and closed the connection.
+func expectPlainAlert(t *testing.T, c net.Conn, want uint8) {
+	t.Helper()
+	recs, _ := readRecords(t, c, 1)
+	require.Len(t, recs, 1, "the edge closed without an alert, want %s", record.AlertName(want))
+	r := recs[0]
+	require.Equal(t, record.Alert, r.typ, "the edge sent a %v record, want alert %s", r.typ, record.AlertName(want))
+	require.Len(t, r.body, 2)
+	assert.Equal(t, record.AlertName(want), record.AlertName(r.body[1]), "alert")
+	assert.Equal(t, byte(2), r.body[0], "alert level")
+	_, closed := readRecords(t, c, 1)
+	assert.True(t, closed, "the edge sent more after its fatal alert")
+}
+
+// expectServerHello checks that the edge's first record is a ServerHello.
+func expectServerHello(t *testing.T, c net.Conn) {
+	t.Helper()
+	recs, _ := readRecords(t, c, 1)
+	require.Len(t, recs, 1, "the edge closed without a ServerHello")
+	r := recs[0]
+	require.Equal(t, record.Handshake, r.typ, "the edge sent % x, want a ServerHello", r.body)
+	assert.Equal(t, byte(2), r.body[0], "handshake message type")
+}
+
+// TestProbeEdgeClientHello sends the edge first flights that stress how it
+// reads a ClientHello before anything reaches the service: fragmented,
+// large, or not a ClientHello at all. The engine's own probes
+// (internal/engine/rfc_probes_test.go) check the same rules without the
+// edge in between.
+func TestProbeEdgeClientHello(t *testing.T) {
+	f := newFixture(t)
+	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}
+	hello := clientHello(t, cfg)
+	// The largest ClientHello the engine takes: a message body of 2^16
+	// bytes.
+	maxHello := withPadding(t, hello, 1<<16-(len(hello)-4)-4)
+	cfg12 := cfg.Clone()
+	cfg12.MaxVersion = tls.VersionTLS12
+	hello12 := clientHello(t, cfg12)
+
+	accepted := []struct {
+		name  string
+		first []byte
+	}{
+		{"RFC 8446 5.1 ClientHello in one-byte records", fragments(hello, 1)},
+		{"RFC 5246 6.2.1 TLS 1.2 ClientHello in one-byte records", fragments(hello12, 1)},
+		{"RFC 8446 5.1 ClientHello whose message header spans records", slices.Concat(fragments(hello[:3], 3), fragments(hello[3:], 1<<14))},
+		{"RFC 8446 5.1 ClientHello over 2^14 bytes across two records", fragments(withPadding(t, hello, 1<<14), 1<<14)},
+		{"RFC 7685 ClientHello of 2^16 bytes in full records", fragments(maxHello, 1<<14)},
+		{"RFC 7685 ClientHello of 2^16 bytes in 100-byte records", fragments(maxHello, 100)},
+	}
+	refused := []struct {
+		name  string
+		first []byte
+		alert uint8
+	}{
+		// RFC 8446, Appendix D.5; RFC 5246, Appendix E.2.
+		{"RFC 8446 D.5 SSL 2.0 compatible ClientHello", sslv2Hello(), alertUnexpectedMessage},
+		{"RFC 8446 5 change_cipher_spec before the ClientHello", []byte{20, 3, 3, 0, 1, 1}, alertUnexpectedMessage},
+		{"RFC 8446 5.1 zero-length handshake record", []byte{22, 3, 1, 0, 0}, alertUnexpectedMessage},
+		{"RFC 8446 5 application_data before the ClientHello", []byte{23, 3, 3, 0, 3, 1, 2, 3}, alertUnexpectedMessage},
+		{"RFC 8446 5 heartbeat record", []byte{24, 3, 3, 0, 3, 1, 0, 0}, alertUnexpectedMessage},
+		{"RFC 8446 5 an HTTP request", []byte("GET / HTTP/1.1\r\nHost: ec.test\r\n\r\n"), alertUnexpectedMessage},
+		{"RFC 8446 5.1 plaintext record over 2^14 bytes", append([]byte{22, 3, 1, 0x40, 0x01}, make([]byte, 1<<14+1)...), alertRecordOverflow},
+		{"RFC 8446 4 another handshake message first", fragments([]byte{24, 0, 0, 1, 0}, 16), alertUnexpectedMessage},
+		// The engine's bound on a handshake message; OpenSSL too answers
+		// an excessive one with illegal_parameter.
+		{"ClientHello of 2^16+1 bytes is illegal_parameter", fragments(withPadding(t, hello, 1<<16-(len(hello)-4)-3), 1<<14), alertIllegalParameter},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range accepted {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dialRaw(t, addr)
+				_, err := c.Write(tc.first)
+				require.NoError(t, err)
+				expectServerHello(t, c)
+			})
+		}
+		for _, tc := range refused {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dialRaw(t, addr)
+				c.Write(tc.first)
+				expectPlainAlert(t, c, tc.alert)
+			})
+		}
+	})
+}
+
+// sslv2Hello is an SSL 2.0 compatible CLIENT-HELLO offering TLS 1.2 (RFC
+// 5246, Appendix E.2).
+func sslv2Hello() []byte {
+	body := []byte{1, 3, 3, 0, 6, 0, 0, 0, 16, 0x00, 0xc0, 0x2f, 0x00, 0x00, 0xff}
+	body = append(body, bytes.Repeat([]byte{0x11}, 16)...)
+	return append([]byte{0x80 | byte(len(body)>>8), byte(len(body))}, body...)
+}
+
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// tapConn keeps the first bytes the client read: the ServerHello, whose
+// random a TLS 1.2 key block needs.
+type tapConn struct {
+	net.Conn
+	mu   sync.Mutex
+	read []byte
+}
+
+func (c *tapConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.mu.Lock()
+	if len(c.read) < 1<<10 {
+		c.read = append(c.read, b[:n]...)
+	}
+	c.mu.Unlock()
+	return n, err
+}
+
+// peer is a client whose handshake with the edge crypto/tls completed and
+// which then writes and reads records itself on the TCP connection, under
+// the session keys from crypto/tls's key log.
+type peer struct {
+	raw     net.Conn
+	tls13   bool
+	suite   uint16
+	key, iv []byte // the client's write key and IV, for sendRaw
+	out, in *record.Cipher
+}
+
+// dialPeer completes a handshake of version with the edge at addr.
+func dialPeer(t *testing.T, f *fixture, addr string, version uint16) *peer {
+	t.Helper()
+	raw := &tapConn{Conn: dialRaw(t, addr)}
+	logs := &testenv.Buffer{}
+	c := tls.Client(raw, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version, KeyLogWriter: logs,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}) // TLS 1.2 only
+	require.NoError(t, c.Handshake())
+	suite := c.ConnectionState().CipherSuite
+	p := &peer{raw: raw.Conn, tls13: version == tls.VersionTLS13, suite: suite}
+	var err error
+	if p.tls13 {
+		// The edge issues no ticket here (the fixture has no ticket
+		// keys): nothing was sent under these keys yet.
+		secret := testenv.KeyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0")
+		s, ok := record.SuiteByID(suite)
+		require.True(t, ok)
+		p.key, p.iv = record.TrafficKeys(s, secret)
+		p.out, err = record.NewTLS13Cipher(suite, secret, 0)
+		require.NoError(t, err)
+		p.in, err = record.NewTLS13Cipher(suite, testenv.KeyLogSecret(t, logs, "SERVER_TRAFFIC_SECRET_0"), 0)
+		require.NoError(t, err)
+		return p
+	}
+	entry := testenv.KeyLog(t, logs)["CLIENT_RANDOM"]
+	raw.mu.Lock()
+	serverHello := raw.read[record.HeaderLen:]
+	raw.mu.Unlock()
+	require.Equal(t, byte(2), serverHello[0], "the first record is not a ServerHello")
+	s, ok := record.SuiteByID(suite)
+	require.True(t, ok)
+	var sk, siv []byte
+	p.key, sk, p.iv, siv = record.KeyBlock12(s.Hash, entry[1], entry[0], serverHello[6:38], s.KeyLen, s.FixedIVLen)
+	// Each side's Finished was the first record under its keys.
+	p.out, err = record.NewTLS12Cipher(suite, p.key, p.iv, 1)
+	require.NoError(t, err)
+	p.in, err = record.NewTLS12Cipher(suite, sk, siv, 1)
+	require.NoError(t, err)
+	return p
+}
+
+// send writes records of typ, one per body, protected under the client's
+// keys.
+func (p *peer) send(t *testing.T, typ record.ContentType, bodies ...[]byte) {
+	t.Helper()
+	var w []byte
+	for _, b := range bodies {
+		var err error
+		w, err = p.out.Seal(w, typ, b, 0)
+		require.NoError(t, err)
+	}
+	_, err := p.raw.Write(w)
+	require.NoError(t, err)
+}
+
+// sendRaw writes plaintext as the client's next record of type typ,
+// protected by hand, since record.Cipher refuses to build the malformed
+// ones: in TLS 1.3 plaintext is the whole TLSInnerPlaintext (RFC 8446,
+// Section 5.2) and typ is left out; TLS 1.2 records are AES-GCM (RFC
+// 5288), the suite dialPeer asks for. The connection is not expected to
+// go on after it.
+func (p *peer) sendRaw(t *testing.T, typ record.ContentType, plaintext []byte) {
+	t.Helper()
+	var aead cipher.AEAD
+	var err error
+	if p.suite == tls.TLS_CHACHA20_POLY1305_SHA256 {
+		aead, err = chacha20poly1305.New(p.key)
+	} else {
+		var block cipher.Block
+		block, err = aes.NewCipher(p.key)
+		require.NoError(t, err)
+		aead, err = cipher.NewGCM(block)
+	}
+	require.NoError(t, err)
+	seq := binary.BigEndian.AppendUint64(nil, p.out.Seq())
+	var header, nonce, aad []byte
+	if p.tls13 {
+		// RFC 8446, Section 5.3: the IV XORed with the sequence number.
+		nonce = slices.Clone(p.iv)
+		for i := range seq {
+			nonce[len(nonce)-8+i] ^= seq[i]
+		}
+		n := len(plaintext) + aead.Overhead()
+		header = []byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}
+		aad = header
+	} else {
+		// RFC 5288, Section 3: salt and explicit nonce; RFC 5246, Section
+		// 6.2.3.3: seq_num, type, version and length as additional data.
+		nonce = slices.Concat(p.iv, seq)
+		n := len(seq) + len(plaintext) + aead.Overhead()
+		header = append([]byte{byte(typ), 3, 3, byte(n >> 8), byte(n)}, seq...)
+		aad = slices.Concat(seq, []byte{byte(typ), 3, 3, byte(len(plaintext) >> 8), byte(len(plaintext))})
+	}
+	_, err = p.raw.Write(aead.Seal(header, nonce, plaintext, aad))
+	require.NoError(t, err)
+}
+
+// opened is what the client read after the handshake, opened under the
+// server's keys.
+type opened struct {
+	data   []byte   // application data
+	alerts [][]byte // alert bodies, in order
+	closed bool     // the edge closed the connection
+}
+
+// readUntil reads and opens the edge's records until it has got want bytes
+// of application data and the alerts, or the edge closes.
+func (p *peer) readUntil(t *testing.T, want int, alerts int) opened {
+	t.Helper()
+	var o opened
+	for len(o.data) < want || len(o.alerts) < alerts {
+		recs, closed := readRecords(t, p.raw, 1)
+		if closed {
+			o.closed = true
+			return o
+		}
+		typ, plain, err := p.in.Open(recs[0].typ, 0x0303, recs[0].body)
+		require.NoError(t, err, "the edge's record does not open under the server's keys")
+		switch typ {
+		case record.ApplicationData:
+			o.data = append(o.data, plain...)
+		case record.Alert:
+			o.alerts = append(o.alerts, plain)
+		default:
+			require.Failf(t, "unexpected record", "the edge sent a %v record", typ)
+		}
+	}
+	return o
+}
+
+// expectAlert checks that the edge answered with the fatal alert want,
+// protected, and closed the connection.
+func (p *peer) expectAlert(t *testing.T, want uint8) {
+	t.Helper()
+	o := p.readUntil(t, 0, 1)
+	require.Len(t, o.alerts, 1, "the edge closed without an alert, want %s", record.AlertName(want))
+	assert.Equal(t, []byte{2, want}, o.alerts[0], "want fatal %s, got %s", record.AlertName(want), record.AlertName(o.alerts[0][1]))
+	_, closed := readRecords(t, p.raw, 1)
+	assert.True(t, closed, "the edge sent more after its fatal alert")
+}
+
+// expectEcho checks that what the client sent came back from the backend,
+// the connection still open.
+func (p *peer) expectEcho(t *testing.T, want string) {
+	t.Helper()
+	o := p.readUntil(t, len(want), 0)
+	require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
+	assert.Equal(t, want, string(o.data))
+}
+
+// Alert levels and descriptions the probes expect (RFC 8446, Section 6;
+// RFC 5246, Section 7.2).
+const (
+	alertWarning           = 1
+	alertUnexpectedMessage = 10
+	alertRecordOverflow    = 22
+	alertIllegalParameter  = 47
+	alertNoRenegotiation   = 100
+)
+
+func hsMsg(typ uint8, body ...byte) []byte {
+	return append([]byte{typ, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+}
+
+// refusedRecords is what a client sends after the handshake, and the
+// fatal alert the edge must answer with.
+type refusedRecords struct {
+	name  string
+	send  func(t *testing.T, p *peer)
+	alert uint8
+}
+
+// expectRefused runs each of probes on a new connection of version.
+func expectRefused(t *testing.T, f *fixture, addr string, version uint16, probes []refusedRecords) {
+	for _, tc := range probes {
+		t.Run(tc.name, func(t *testing.T) {
+			p := dialPeer(t, f, addr, version)
+			tc.send(t, p)
+			p.expectAlert(t, tc.alert)
+		})
+	}
+}
+
+// TestProbeEdgeTLS13Records sends the edge's record layer what crypto/tls
+// never sends after a TLS 1.3 handshake.
+func TestProbeEdgeTLS13Records(t *testing.T) {
+	f := newFixture(t)
+	refused := []refusedRecords{
+		// RFC 8446, Section 5.4: "Implementations MUST NOT send Handshake
+		// and Alert records that have a zero-length
+		// TLSInnerPlaintext.content; if such a message is received, the
+		// receiving implementation MUST terminate the connection with an
+		// "unexpected_message" alert."
+		{"5.4 zero-length handshake record is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, 0, []byte{22}) }, alertUnexpectedMessage},
+		{"5.4 zero-length alert is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, 0, []byte{21, 0, 0}) }, alertUnexpectedMessage},
+		// RFC 8446, Section 5: a change_cipher_spec after the peer's
+		// Finished is an unexpected record type; a protected one is
+		// unexpected_message.
+		{"5 change_cipher_spec after Finished is unexpected_message", func(t *testing.T, p *peer) { p.raw.Write([]byte{20, 3, 3, 0, 1, 1}) }, alertUnexpectedMessage},
+		{"5 protected change_cipher_spec is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, 0, []byte{1, 20}) }, alertUnexpectedMessage},
+		{"5 heartbeat record is unexpected_message", func(t *testing.T, p *peer) { p.raw.Write([]byte{24, 3, 3, 0, 3, 1, 0, 0}) }, alertUnexpectedMessage},
+		{"5 protected heartbeat is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, 0, []byte{1, 0, 0, 24}) }, alertUnexpectedMessage},
+		{"5.4 inner plaintext without a content type is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, 0, make([]byte, 20)) }, alertUnexpectedMessage},
+		{"5 plaintext handshake record is unexpected_message", func(t *testing.T, p *peer) { p.raw.Write(fragments(hsMsg(24, 0), 16)) }, alertUnexpectedMessage},
+		// RFC 8446, Section 5.1: "Handshake messages MUST NOT be
+		// interleaved with other record types."
+		{"5.1 application data between fragments of a KeyUpdate is unexpected_message", func(t *testing.T, p *peer) {
+			p.send(t, record.Handshake, []byte{24, 0})
+			p.send(t, record.ApplicationData, []byte("x"))
+		}, alertUnexpectedMessage},
+		// RFC 8446, Section 4: after the handshake a client sends only
+		// KeyUpdate (and the post-handshake authentication it was not
+		// asked for).
+		{"4 ClientHello after the handshake is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(1, 3, 3)) }, alertUnexpectedMessage},
+		{"4.6.1 NewSessionTicket from the client is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(4, 0)) }, alertUnexpectedMessage},
+		{"4.5 EndOfEarlyData after the handshake is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(5)) }, alertUnexpectedMessage},
+		{"4.4.2 unrequested Certificate is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(11, 0, 0, 0, 0)) }, alertUnexpectedMessage},
+		{"4.4.4 second Finished is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(20, make([]byte, 32)...)) }, alertUnexpectedMessage},
+		// RFC 8446, Section 5.4: the inner plaintext is at most 2^14 + 1
+		// bytes.
+		{"5.4 inner plaintext of 2^14+2 bytes is record_overflow", func(t *testing.T, p *peer) {
+			p.sendRaw(t, 0, append(make([]byte, record.MaxPlaintext), 23, 0))
+		}, alertRecordOverflow},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		expectRefused(t, f, addr, tls.VersionTLS13, refused)
+		t.Run("5.4 zero-length and padded application_data is accepted", func(t *testing.T) {
+			p := dialPeer(t, f, addr, tls.VersionTLS13)
+			p.send(t, record.ApplicationData, nil, []byte("ping"), nil)
+			rec, err := p.out.Seal(nil, record.ApplicationData, []byte("|full"), record.MaxPlaintext-len("|full"))
+			require.NoError(t, err)
+			p.raw.Write(rec)
+			p.expectEcho(t, "ping|full")
+		})
+		t.Run("6 a warning alert other than close_notify ends the connection", func(t *testing.T) {
+			// RFC 8446, Section 6: alerts other than close_notify and
+			// user_canceled are error alerts whatever their level; after
+			// one nothing more is sent (Section 6.2).
+			p := dialPeer(t, f, addr, tls.VersionTLS13)
+			p.send(t, record.Alert, []byte{1, 40})
+			o := p.readUntil(t, 1, 0)
+			assert.True(t, o.closed, "the edge did not close")
+			assert.Empty(t, o.alerts, "the edge answered an error alert")
+		})
+		t.Run("6.1 close_notify is answered with close_notify", func(t *testing.T) {
+			p := dialPeer(t, f, addr, tls.VersionTLS13)
+			p.send(t, record.ApplicationData, []byte("bye"))
+			p.send(t, record.Alert, []byte{1, 0})
+			o := p.readUntil(t, 3, 1)
+			assert.Equal(t, "bye", string(o.data))
+			require.Len(t, o.alerts, 1, "no close_notify")
+			assert.Equal(t, []byte{1, 0}, o.alerts[0])
+		})
+	})
+}
+
+// TestProbeEdgeTLS12Records sends the edge's record layer what crypto/tls
+// never sends after a TLS 1.2 handshake: renegotiation, above all.
+func TestProbeEdgeTLS12Records(t *testing.T) {
+	f := newFixture(t)
+	renego := hsMsg(1, append([]byte{3, 3}, make([]byte, 32+1+4+2)...)...) // a ClientHello; its content does not matter
+	refused := []refusedRecords{
+		// RFC 5246, Section 7.4.1.1: HelloRequest is the server's.
+		{"RFC 5246 7.4.1.1 HelloRequest from the client is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(0)) }, alertUnexpectedMessage},
+		{"RFC 5246 7.4 Finished after the handshake is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(20, make([]byte, 12)...)) }, alertUnexpectedMessage},
+		// RFC 5246, Section 6.2.1: no zero-length handshake, alert or
+		// change_cipher_spec fragments.
+		{"RFC 5246 6.2.1 zero-length handshake fragment is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, record.Handshake, nil) }, alertUnexpectedMessage},
+		{"RFC 5246 6.2.1 zero-length alert fragment is unexpected_message", func(t *testing.T, p *peer) { p.sendRaw(t, record.Alert, nil) }, alertUnexpectedMessage},
+		{"RFC 5246 7.1 change_cipher_spec after the handshake is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.ChangeCipherSpec, []byte{1}) }, alertUnexpectedMessage},
+		{"RFC 6520 heartbeat record is unexpected_message", func(t *testing.T, p *peer) { p.raw.Write([]byte{24, 3, 3, 0, 3, 1, 0, 0}) }, alertUnexpectedMessage},
+		{"RFC 5246 6.2.1 plaintext over 2^14 bytes is record_overflow", func(t *testing.T, p *peer) {
+			p.sendRaw(t, record.ApplicationData, make([]byte, record.MaxPlaintext+1))
+		}, alertRecordOverflow},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		expectRefused(t, f, addr, tls.VersionTLS12, refused)
+		type clientRecord struct {
+			typ  record.ContentType
+			data []byte
+		}
+		for _, tc := range []struct {
+			name    string
+			records []clientRecord
+		}{
+			// RFC 5746, Section 4.4 and RFC 5246, Section 7.2.2: a server
+			// that refuses renegotiation may answer the ClientHello with a
+			// no_renegotiation warning and carry on (tlsfuzzer's
+			// test-renegotiation-disabled.py).
+			{"RFC 5746 4.4 renegotiation gets no_renegotiation and the data goes on", []clientRecord{
+				{record.ApplicationData, []byte("GET /")}, {record.Handshake, renego}, {record.ApplicationData, []byte(" HTTP/1.0\r\n\r\n")}}},
+			// RFC 5246, Section 6.2.1: "Data of different TLS record layer
+			// content types MAY be interleaved"; only TLS 1.3 forbids it
+			// (RFC 8446, Section 5.1).
+			{"RFC 5246 6.2.1 application data between fragments of a renegotiation ClientHello", []clientRecord{
+				{record.Handshake, renego[:10]}, {record.ApplicationData, []byte("inter")}, {record.Handshake, renego[10:]}, {record.ApplicationData, []byte("leaved")}}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				p := dialPeer(t, f, addr, tls.VersionTLS12)
+				var want []byte
+				for _, r := range tc.records {
+					p.send(t, r.typ, r.data)
+					if r.typ == record.ApplicationData {
+						want = append(want, r.data...)
+					}
+				}
+				o := p.readUntil(t, len(want), 1)
+				require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
+				assert.Equal(t, [][]byte{{alertWarning, alertNoRenegotiation}}, o.alerts)
+				assert.Equal(t, string(want), string(o.data))
+			})
+		}
+		t.Run("RFC 5246 7.2 warning alerts and zero-length data are passed over", func(t *testing.T) {
+			p := dialPeer(t, f, addr, tls.VersionTLS12)
+			p.send(t, record.ApplicationData, nil, []byte("ping"), nil)
+			p.send(t, record.Alert, []byte{1, 255}) // a warning nobody defined
+			p.send(t, record.ApplicationData, []byte("pong"))
+			p.expectEcho(t, "pingpong")
+		})
+		t.Run("RFC 5246 7.2.1 close_notify is answered with close_notify", func(t *testing.T) {
+			p := dialPeer(t, f, addr, tls.VersionTLS12)
+			p.send(t, record.Alert, []byte{1, 0})
+			o := p.readUntil(t, 0, 1)
+			require.Len(t, o.alerts, 1, "no close_notify")
+			assert.Equal(t, []byte{1, 0}, o.alerts[0])
+		})
+	})
+}
