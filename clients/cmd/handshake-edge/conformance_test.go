@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"io"
+	"math/big"
 	"net"
 	"slices"
 	"sync"
@@ -593,4 +597,143 @@ func TestProbeEdgeTLS12Records(t *testing.T) {
 			assert.Equal(t, []byte{1, 0}, o.alerts[0])
 		})
 	})
+}
+
+// premasterConn is a client connection that replaces the encrypted
+// premaster secret of the TLS 1.2 ClientKeyExchange it writes with
+// ciphertext, and keeps what it reads.
+type premasterConn struct {
+	net.Conn
+	ciphertext []byte
+	mu         sync.Mutex
+	read       []byte
+}
+
+func (c *premasterConn) Write(b []byte) (int, error) {
+	out := slices.Clone(b)
+	for rec := out; len(rec) >= record.HeaderLen; {
+		n := int(rec[3])<<8 | int(rec[4])
+		body := rec[record.HeaderLen : record.HeaderLen+n]
+		// RFC 5246, Section 7.4.7.1: EncryptedPreMasterSecret, after the
+		// message header and its own length.
+		if record.ContentType(rec[0]) == record.Handshake && body[0] == 16 && len(body) == 4+2+len(c.ciphertext) {
+			copy(body[4+2:], c.ciphertext)
+		}
+		rec = rec[record.HeaderLen+n:]
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (c *premasterConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.mu.Lock()
+	c.read = append(c.read, b[:n]...)
+	c.mu.Unlock()
+	return n, err
+}
+
+// TestProbeEdgeRSAPremaster plays the Bleichenbacher (ROBOT) oracle hunt
+// of tlsfuzzer's test-bleichenbacher-workaround.py over the edge: Go's
+// client runs a TLS 1.2 RSA key exchange whose encrypted premaster is
+// replaced by a crafted one (padding right or wrong in each way an oracle
+// could tell apart). Whatever the padding, the server must go on with a
+// random premaster (RFC 5246, Section 7.4.7.1) and fail at the client's
+// Finished record, which then does not authenticate: every variant gets
+// the same bytes back, one plaintext bad_record_mac alert, then the close.
+func TestProbeEdgeRSAPremaster(t *testing.T) {
+	f := newFixture(t)
+	block, _ := pem.Decode([]byte(f.rsa.CertPEM))
+	cert, err := x509.ParseCertificate(block.Bytes)
+	require.NoError(t, err)
+	pub := cert.PublicKey.(*rsa.PublicKey)
+	k := pub.Size()
+	// encrypt is textbook RSA of em, a k-byte encoded message.
+	encrypt := func(em []byte) []byte {
+		c := new(big.Int).Exp(new(big.Int).SetBytes(em), big.NewInt(int64(pub.E)), pub.N)
+		return c.FillBytes(make([]byte, k))
+	}
+	// pkcs1 is EM = 0x00 || 0x02 || PS || 0x00 || M (RFC 8017, Section
+	// 7.2.1) with a PS of nonzero bytes, then changed by mangle.
+	pkcs1 := func(m []byte, mangle func(em []byte)) []byte {
+		em := make([]byte, k)
+		em[1] = 2
+		ps := em[2 : k-len(m)-1]
+		for i := range ps {
+			ps[i] = byte(i%250 + 1)
+		}
+		copy(em[k-len(m):], m)
+		if mangle != nil {
+			mangle(em)
+		}
+		return encrypt(em)
+	}
+	premaster := func(version uint16) []byte {
+		return append([]byte{byte(version >> 8), byte(version)}, bytes.Repeat([]byte{0x42}, 46)...)
+	}
+	variants := []struct {
+		name       string
+		ciphertext []byte
+	}{
+		{"well-formed, but not the client's premaster", pkcs1(premaster(0x0303), nil)},
+		{"premaster with version 0x0302", pkcs1(premaster(0x0302), nil)},
+		{"premaster with version 0x0000", pkcs1(premaster(0), nil)},
+		{"premaster of 47 bytes", pkcs1(premaster(0x0303)[:47], nil)},
+		{"premaster of 49 bytes", pkcs1(append(premaster(0x0303), 0x42), nil)},
+		{"first byte 0x01", pkcs1(premaster(0x0303), func(em []byte) { em[0] = 1 })},
+		{"block type 0x01", pkcs1(premaster(0x0303), func(em []byte) { em[1] = 1 })},
+		{"no zero separator", pkcs1(premaster(0x0303), func(em []byte) { em[k-48-1] = 0x11 })},
+		{"zero byte in the first eight bytes of padding", pkcs1(premaster(0x0303), func(em []byte) { em[5] = 0 })},
+		{"empty message", pkcs1(nil, nil)},
+		{"ciphertext 0", make([]byte, k)},
+		{"ciphertext over the modulus", bytes.Repeat([]byte{0xff}, k)},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		var first []byte
+		for _, v := range variants {
+			t.Run(v.name, func(t *testing.T) {
+				raw := dialRaw(t, addr)
+				c := &premasterConn{Conn: raw, ciphertext: v.ciphertext}
+				tc := tls.Client(c, &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool, MaxVersion: tls.VersionTLS12,
+					CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}})
+				require.NoError(t, raw.SetDeadline(time.Now().Add(20*time.Second)))
+				err := tc.Handshake()
+				require.Error(t, err, "the handshake completed with a premaster the client did not choose")
+				rest, err := io.ReadAll(raw)
+				require.NoError(t, err, "the edge did not close")
+				c.mu.Lock()
+				got := slices.Concat(c.read, rest)
+				c.mu.Unlock()
+				// After the server's flight (ServerHello, Certificate,
+				// ServerHelloDone): the alert.
+				recs := splitPlainRecords(t, got)
+				require.NotEmpty(t, recs)
+				last := recs[len(recs)-1]
+				assert.Equal(t, serverRecord{record.Alert, []byte{2, 20}}, last, "want one plaintext fatal bad_record_mac, then the close")
+				for _, r := range recs[:len(recs)-1] {
+					assert.Equal(t, record.Handshake, r.typ, "before the alert")
+				}
+				if first == nil {
+					first = last.body
+				}
+				assert.Equal(t, first, last.body, "variants differ")
+			})
+		}
+	})
+}
+
+// splitPlainRecords cuts data into whole plaintext records.
+func splitPlainRecords(t *testing.T, data []byte) []serverRecord {
+	t.Helper()
+	var recs []serverRecord
+	for len(data) > 0 {
+		typ, _, body, n, err := record.Parse(data, record.MaxPlaintext)
+		require.NoError(t, err)
+		require.NotZero(t, n, "a record cut short")
+		recs = append(recs, serverRecord{typ, slices.Clone(body)})
+		data = data[n:]
+	}
+	return recs
 }
