@@ -241,22 +241,54 @@ func dialRaw(t *testing.T, addr string) net.Conn {
 	return c
 }
 
-// tapConn keeps the first bytes the client read: the ServerHello, whose
-// random a TLS 1.2 key block needs.
+// tapConn is the client's TCP connection: it keeps what the client read
+// and lets a probe change what it writes. It reads one record at a time,
+// so that crypto/tls never takes in records past its handshake (the edge
+// may send the first right after its Finished) that a probe means to read.
 type tapConn struct {
 	net.Conn
-	mu   sync.Mutex
-	read []byte
+	write   func(b []byte) []byte // nil: b as it is
+	pending []byte                // the rest of the record being read
+	mu      sync.Mutex
+	read    []byte
 }
 
 func (c *tapConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.mu.Lock()
-	if len(c.read) < 1<<10 {
-		c.read = append(c.read, b[:n]...)
+	if len(c.pending) == 0 {
+		hdr := make([]byte, record.HeaderLen)
+		if _, err := io.ReadFull(c.Conn, hdr); err != nil {
+			return 0, err
+		}
+		rec := append(hdr, make([]byte, int(hdr[3])<<8|int(hdr[4]))...)
+		if _, err := io.ReadFull(c.Conn, rec[record.HeaderLen:]); err != nil {
+			return 0, err
+		}
+		c.mu.Lock()
+		c.read = append(c.read, rec...)
+		c.mu.Unlock()
+		c.pending = rec
 	}
-	c.mu.Unlock()
-	return n, err
+	n := copy(b, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+func (c *tapConn) Write(b []byte) (int, error) {
+	out := b
+	if c.write != nil {
+		out = c.write(slices.Clone(b))
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// readSoFar is what the client has read.
+func (c *tapConn) readSoFar() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.read)
 }
 
 // peer is a client whose handshake with the edge crypto/tls completed and
@@ -273,42 +305,74 @@ type peer struct {
 // dialPeer completes a handshake of version with the edge at addr.
 func dialPeer(t *testing.T, f *fixture, addr string, version uint16) *peer {
 	t.Helper()
-	raw := &tapConn{Conn: dialRaw(t, addr)}
+	return dialPeerWith(t, f, addr, version, nil)
+}
+
+// dialPeerWith is dialPeer whose client writes the records withFinished
+// returns in the same TCP segment as its Finished, under the session keys
+// (the peer's out cipher, ready by then): what a client that sends
+// application data with its last flight (TLS 1.3; TLS 1.2 False Start,
+// RFC 7918) does.
+func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, withFinished func(p *peer) []byte) *peer {
+	t.Helper()
+	tap := &tapConn{Conn: dialRaw(t, addr)}
 	logs := &testenv.Buffer{}
-	c := tls.Client(raw, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version, KeyLogWriter: logs,
+	p := &peer{raw: tap, tls13: version == tls.VersionTLS13}
+	label := "CLIENT_RANDOM"
+	if p.tls13 {
+		label = "CLIENT_TRAFFIC_SECRET_0"
+	}
+	if withFinished != nil {
+		// crypto/tls logs the session secrets before it writes its last
+		// flight, which it writes at once.
+		tap.write = func(b []byte) []byte {
+			if p.out != nil || !bytes.Contains(logs.Bytes(), []byte(label)) {
+				return b
+			}
+			p.keys(t, logs, tap.readSoFar())
+			return append(b, withFinished(p)...)
+		}
+	}
+	c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version, KeyLogWriter: logs,
 		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}) // TLS 1.2 only
 	require.NoError(t, c.Handshake())
-	suite := c.ConnectionState().CipherSuite
-	p := &peer{raw: raw.Conn, tls13: version == tls.VersionTLS13, suite: suite}
+	if p.out == nil {
+		p.keys(t, logs, tap.readSoFar())
+	}
+	require.Equal(t, c.ConnectionState().CipherSuite, p.suite)
+	return p
+}
+
+// keys sets up the peer's session keys from the key log and the server's
+// first bytes, which begin with its ServerHello.
+func (p *peer) keys(t *testing.T, logs *testenv.Buffer, server []byte) {
+	t.Helper()
+	hello := cryptobyte.String(server[record.HeaderLen:])
+	var random []byte
+	require.True(t, hello.Skip(4+2) && hello.ReadBytes(&random, 32) && hello.Skip(1+int(hello[0])) && hello.ReadUint16(&p.suite),
+		"the first record is not a ServerHello")
+	s, ok := record.SuiteByID(p.suite)
+	require.True(t, ok)
 	var err error
 	if p.tls13 {
 		// The edge issues no ticket here (the fixture has no ticket
 		// keys): nothing was sent under these keys yet.
 		secret := testenv.KeyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0")
-		s, ok := record.SuiteByID(suite)
-		require.True(t, ok)
 		p.key, p.iv = record.TrafficKeys(s, secret)
-		p.out, err = record.NewTLS13Cipher(suite, secret, 0)
+		p.out, err = record.NewTLS13Cipher(p.suite, secret, 0)
 		require.NoError(t, err)
-		p.in, err = record.NewTLS13Cipher(suite, testenv.KeyLogSecret(t, logs, "SERVER_TRAFFIC_SECRET_0"), 0)
+		p.in, err = record.NewTLS13Cipher(p.suite, testenv.KeyLogSecret(t, logs, "SERVER_TRAFFIC_SECRET_0"), 0)
 		require.NoError(t, err)
-		return p
+		return
 	}
 	entry := testenv.KeyLog(t, logs)["CLIENT_RANDOM"]
-	raw.mu.Lock()
-	serverHello := raw.read[record.HeaderLen:]
-	raw.mu.Unlock()
-	require.Equal(t, byte(2), serverHello[0], "the first record is not a ServerHello")
-	s, ok := record.SuiteByID(suite)
-	require.True(t, ok)
 	var sk, siv []byte
-	p.key, sk, p.iv, siv = record.KeyBlock12(s.Hash, entry[1], entry[0], serverHello[6:38], s.KeyLen, s.FixedIVLen)
-	// Each side's Finished was the first record under its keys.
-	p.out, err = record.NewTLS12Cipher(suite, p.key, p.iv, 1)
+	p.key, sk, p.iv, siv = record.KeyBlock12(s.Hash, entry[1], entry[0], random, s.KeyLen, s.FixedIVLen)
+	// Each side's Finished is the first record under its keys.
+	p.out, err = record.NewTLS12Cipher(p.suite, p.key, p.iv, 1)
 	require.NoError(t, err)
-	p.in, err = record.NewTLS12Cipher(suite, sk, siv, 1)
+	p.in, err = record.NewTLS12Cipher(p.suite, sk, siv, 1)
 	require.NoError(t, err)
-	return p
 }
 
 // send writes records of typ, one per body, protected under the client's
@@ -370,9 +434,10 @@ func (p *peer) sendRaw(t *testing.T, typ record.ContentType, plaintext []byte) {
 // opened is what the client read after the handshake, opened under the
 // server's keys.
 type opened struct {
-	data   []byte   // application data
-	alerts [][]byte // alert bodies, in order
-	closed bool     // the edge closed the connection
+	data       []byte   // application data
+	alerts     [][]byte // alert bodies, in order
+	closed     bool     // the edge closed the connection
+	keyUpdates int      // KeyUpdates from the edge
 }
 
 // readUntil reads and opens the edge's records until it has got want bytes
@@ -393,6 +458,11 @@ func (p *peer) readUntil(t *testing.T, want int, alerts int) opened {
 			o.data = append(o.data, plain...)
 		case record.Alert:
 			o.alerts = append(o.alerts, plain)
+		case record.Handshake:
+			// The edge's KeyUpdate (RFC 8446, Section 4.6.3).
+			require.Equal(t, []byte{24, 0, 0, 1, 0}, plain, "the edge sent a handshake message")
+			require.NoError(t, p.in.Update())
+			o.keyUpdates++
 		default:
 			require.Failf(t, "unexpected record", "the edge sent a %v record", typ)
 		}
@@ -599,40 +669,20 @@ func TestProbeEdgeTLS12Records(t *testing.T) {
 	})
 }
 
-// premasterConn is a client connection that replaces the encrypted
-// premaster secret of the TLS 1.2 ClientKeyExchange it writes with
-// ciphertext, and keeps what it reads.
-type premasterConn struct {
-	net.Conn
-	ciphertext []byte
-	mu         sync.Mutex
-	read       []byte
-}
-
-func (c *premasterConn) Write(b []byte) (int, error) {
-	out := slices.Clone(b)
-	for rec := out; len(rec) >= record.HeaderLen; {
+// replacePremaster replaces the encrypted premaster secret of the TLS 1.2
+// ClientKeyExchange in the records b with ciphertext.
+func replacePremaster(b, ciphertext []byte) []byte {
+	for rec := b; len(rec) >= record.HeaderLen; {
 		n := int(rec[3])<<8 | int(rec[4])
 		body := rec[record.HeaderLen : record.HeaderLen+n]
 		// RFC 5246, Section 7.4.7.1: EncryptedPreMasterSecret, after the
 		// message header and its own length.
-		if record.ContentType(rec[0]) == record.Handshake && body[0] == 16 && len(body) == 4+2+len(c.ciphertext) {
-			copy(body[4+2:], c.ciphertext)
+		if record.ContentType(rec[0]) == record.Handshake && body[0] == 16 && len(body) == 4+2+len(ciphertext) {
+			copy(body[4+2:], ciphertext)
 		}
 		rec = rec[record.HeaderLen+n:]
 	}
-	if _, err := c.Conn.Write(out); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
-
-func (c *premasterConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.mu.Lock()
-	c.read = append(c.read, b[:n]...)
-	c.mu.Unlock()
-	return n, err
+	return b
 }
 
 // TestProbeEdgeRSAPremaster plays the Bleichenbacher (ROBOT) oracle hunt
@@ -695,7 +745,7 @@ func TestProbeEdgeRSAPremaster(t *testing.T) {
 		for _, v := range variants {
 			t.Run(v.name, func(t *testing.T) {
 				raw := dialRaw(t, addr)
-				c := &premasterConn{Conn: raw, ciphertext: v.ciphertext}
+				c := &tapConn{Conn: raw, write: func(b []byte) []byte { return replacePremaster(b, v.ciphertext) }}
 				tc := tls.Client(c, &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool, MaxVersion: tls.VersionTLS12,
 					CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}})
 				require.NoError(t, raw.SetDeadline(time.Now().Add(20*time.Second)))
@@ -703,9 +753,7 @@ func TestProbeEdgeRSAPremaster(t *testing.T) {
 				require.Error(t, err, "the handshake completed with a premaster the client did not choose")
 				rest, err := io.ReadAll(raw)
 				require.NoError(t, err, "the edge did not close")
-				c.mu.Lock()
-				got := slices.Concat(c.read, rest)
-				c.mu.Unlock()
+				got := slices.Concat(c.readSoFar(), rest)
 				// After the server's flight (ServerHello, Certificate,
 				// ServerHelloDone): the alert.
 				recs := splitPlainRecords(t, got)
@@ -736,4 +784,36 @@ func splitPlainRecords(t *testing.T, data []byte) []serverRecord {
 		data = data[n:]
 	}
 	return recs
+}
+
+// TestProbeEdgeDataWithFinished: records the client writes in the same
+// TCP segment as its Finished reach the record layer whichever way the
+// edge completed the handshake (the service's leftover, or the edge's own
+// check of the Finished with -one-round-trip).
+func TestProbeEdgeDataWithFinished(t *testing.T) {
+	f := newFixture(t)
+	seal := func(p *peer, typ record.ContentType, b []byte) []byte {
+		rec, err := p.out.Seal(nil, typ, b, 0)
+		require.NoError(t, err)
+		return rec
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("RFC 8446 4.6.3 KeyUpdate and data with the Finished", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer) []byte {
+				rec := slices.Concat(seal(p, record.ApplicationData, []byte("first|")), seal(p, record.Handshake, []byte{24, 0, 0, 1, 1}))
+				require.NoError(t, p.out.Update())
+				return slices.Concat(rec, seal(p, record.ApplicationData, []byte("under the new key")))
+			})
+			o := p.readUntil(t, len("first|under the new key"), 0)
+			require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
+			assert.Equal(t, "first|under the new key", string(o.data))
+			assert.Equal(t, 1, o.keyUpdates, "update_requested: the edge's KeyUpdate")
+		})
+		t.Run("RFC 7918 False Start data with the Finished", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer) []byte {
+				return seal(p, record.ApplicationData, []byte("false start"))
+			})
+			p.expectEcho(t, "false start")
+		})
+	})
 }
