@@ -300,6 +300,7 @@ type peer struct {
 	suite   uint16
 	key, iv []byte // the client's write key and IV, for sendRaw
 	out, in *record.Cipher
+	logs    *testenv.Buffer // crypto/tls's key log
 }
 
 // dialPeer completes a handshake of version with the edge at addr.
@@ -308,21 +309,21 @@ func dialPeer(t *testing.T, f *fixture, addr string, version uint16) *peer {
 	return dialPeerWith(t, f, addr, version, nil)
 }
 
-// dialPeerWith is dialPeer whose client writes the records withFinished
-// returns in the same TCP segment as its Finished, under the session keys
-// (the peer's out cipher, ready by then): what a client that sends
-// application data with its last flight (TLS 1.3; TLS 1.2 False Start,
-// RFC 7918) does.
-func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, withFinished func(p *peer) []byte) *peer {
+// dialPeerWith is dialPeer whose client writes lastFlight(p, flight) in
+// place of its last flight (ChangeCipherSpec and Finished, and in TLS 1.2
+// the ClientKeyExchange first), in one TCP segment, with the peer's keys
+// ready: to send application data with it (TLS 1.3; TLS 1.2 False Start,
+// RFC 7918), or another Finished.
+func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, lastFlight func(p *peer, flight []byte) []byte) *peer {
 	t.Helper()
 	tap := &tapConn{Conn: dialRaw(t, addr)}
 	logs := &testenv.Buffer{}
-	p := &peer{raw: tap, tls13: version == tls.VersionTLS13}
+	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: logs}
 	label := "CLIENT_RANDOM"
 	if p.tls13 {
 		label = "CLIENT_TRAFFIC_SECRET_0"
 	}
-	if withFinished != nil {
+	if lastFlight != nil {
 		// crypto/tls logs the session secrets before it writes its last
 		// flight, which it writes at once.
 		tap.write = func(b []byte) []byte {
@@ -330,7 +331,7 @@ func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, withFin
 				return b
 			}
 			p.keys(t, logs, tap.readSoFar())
-			return append(b, withFinished(p)...)
+			return lastFlight(p, b)
 		}
 	}
 	c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version, KeyLogWriter: logs,
@@ -495,8 +496,11 @@ func (p *peer) expectEcho(t *testing.T, want string) {
 const (
 	alertWarning           = 1
 	alertUnexpectedMessage = 10
+	alertBadRecordMAC      = 20
 	alertRecordOverflow    = 22
 	alertIllegalParameter  = 47
+	alertDecodeError       = 50
+	alertDecryptError      = 51
 	alertNoRenegotiation   = 100
 )
 
@@ -799,8 +803,8 @@ func TestProbeEdgeDataWithFinished(t *testing.T) {
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		t.Run("RFC 8446 4.6.3 KeyUpdate and data with the Finished", func(t *testing.T) {
-			p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer) []byte {
-				rec := slices.Concat(seal(p, record.ApplicationData, []byte("first|")), seal(p, record.Handshake, []byte{24, 0, 0, 1, 1}))
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+				rec := slices.Concat(flight, seal(p, record.ApplicationData, []byte("first|")), seal(p, record.Handshake, []byte{24, 0, 0, 1, 1}))
 				require.NoError(t, p.out.Update())
 				return slices.Concat(rec, seal(p, record.ApplicationData, []byte("under the new key")))
 			})
@@ -810,10 +814,129 @@ func TestProbeEdgeDataWithFinished(t *testing.T) {
 			assert.Equal(t, 1, o.keyUpdates, "update_requested: the edge's KeyUpdate")
 		})
 		t.Run("RFC 7918 False Start data with the Finished", func(t *testing.T) {
-			p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer) []byte {
-				return seal(p, record.ApplicationData, []byte("false start"))
+			p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer, flight []byte) []byte {
+				return slices.Concat(flight, seal(p, record.ApplicationData, []byte("false start")))
 			})
 			p.expectEcho(t, "false start")
 		})
 	})
+}
+
+// TestProbeEdgeTLS13Finished replaces the client's TLS 1.3 second flight
+// (RFC 8446, Section 4.4) with variants of its own Finished: the engine
+// checks it (multiplex, -unary) or the edge does (-one-round-trip), and
+// each must answer as the other.
+func TestProbeEdgeTLS13Finished(t *testing.T) {
+	f := newFixture(t)
+	ccs := []byte{20, 3, 3, 0, 1, 1}
+	seal := func(c *record.Cipher, typ record.ContentType, b []byte, padding int) []byte {
+		rec, err := c.Seal(nil, typ, b, padding)
+		require.NoError(t, err)
+		return rec
+	}
+	tests := []struct {
+		name   string
+		flight func(fin []byte, hs *record.Cipher) []byte
+		alert  uint8 // 0: accepted
+	}{
+		{"4.4.4 Finished without change_cipher_spec is accepted", func(fin []byte, hs *record.Cipher) []byte {
+			return seal(hs, record.Handshake, fin, 0)
+		}, 0},
+		// RFC 8446, Section 5: compatibility change_cipher_spec records
+		// are dropped until the peer's Finished.
+		{"5 two change_cipher_spec records are dropped", func(fin []byte, hs *record.Cipher) []byte {
+			return slices.Concat(ccs, ccs, seal(hs, record.Handshake, fin, 0))
+		}, 0},
+		{"5.1 Finished across two records is accepted", func(fin []byte, hs *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(hs, record.Handshake, fin[:5], 0), seal(hs, record.Handshake, fin[5:], 0))
+		}, 0},
+		{"5.4 padded Finished is accepted", func(fin []byte, hs *record.Cipher) []byte {
+			return seal(hs, record.Handshake, fin, 1000)
+		}, 0},
+		{"4.4.4 wrong verify_data is decrypt_error", func(fin []byte, hs *record.Cipher) []byte {
+			bad := slices.Clone(fin)
+			bad[len(bad)-1] ^= 1
+			return seal(hs, record.Handshake, bad, 0)
+		}, alertDecryptError},
+		{"4.4.4 Finished one byte short is decode_error", func(fin []byte, hs *record.Cipher) []byte {
+			return seal(hs, record.Handshake, hsMsg(20, fin[4:len(fin)-1]...), 0)
+		}, alertDecodeError},
+		{"5 change_cipher_spec of value 2 is unexpected_message", func(fin []byte, hs *record.Cipher) []byte {
+			return slices.Concat([]byte{20, 3, 3, 0, 1, 2}, seal(hs, record.Handshake, fin, 0))
+		}, alertUnexpectedMessage},
+		{"5 plaintext Finished is unexpected_message", func(fin []byte, hs *record.Cipher) []byte {
+			return fragments(fin, 1<<14)
+		}, alertUnexpectedMessage},
+		{"5 application data before the Finished is unexpected_message", func(fin []byte, hs *record.Cipher) []byte {
+			return slices.Concat(seal(hs, record.ApplicationData, []byte("early"), 0), seal(hs, record.Handshake, fin, 0))
+		}, alertUnexpectedMessage},
+		{"5.2 record that fails to decrypt is bad_record_mac", func(fin []byte, hs *record.Cipher) []byte {
+			rec := seal(hs, record.Handshake, fin, 0)
+			rec[len(rec)-1] ^= 1
+			return rec
+		}, alertBadRecordMAC},
+		// RFC 8446, Section 5.1: a message before a key change ends its
+		// record.
+		{"5.1 data after the Finished in its record is unexpected_message", func(fin []byte, hs *record.Cipher) []byte {
+			return seal(hs, record.Handshake, slices.Concat(fin, hsMsg(24, 0)), 0)
+		}, alertUnexpectedMessage},
+		{"4 KeyUpdate in place of the Finished is unexpected_message", func(fin []byte, hs *record.Cipher) []byte {
+			return seal(hs, record.Handshake, hsMsg(24, 0), 0)
+		}, alertUnexpectedMessage},
+		{"4.4.4 empty Finished is decode_error", func(fin []byte, hs *record.Cipher) []byte {
+			return seal(hs, record.Handshake, hsMsg(20), 0)
+		}, alertDecodeError},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+					fin, hs := clientFinished13(t, p, flight)
+					return tc.flight(fin, hs())
+				})
+				if tc.alert == 0 {
+					p.send(t, record.ApplicationData, []byte("after"))
+					p.expectEcho(t, "after")
+					return
+				}
+				p.expectAlert(t, tc.alert)
+			})
+		}
+		t.Run("6.2 a fatal alert in place of the Finished gets no answer", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+				_, hs := clientFinished13(t, p, flight)
+				return seal(hs(), record.Alert, []byte{2, 40}, 0)
+			})
+			o := p.readUntil(t, 1, 0)
+			assert.True(t, o.closed, "the edge did not close")
+			assert.Empty(t, o.alerts, "the edge answered the client's fatal alert")
+		})
+	})
+}
+
+// clientFinished13 opens the client's TLS 1.3 last flight, crypto/tls's
+// change_cipher_spec and protected Finished, and returns the Finished
+// message and a maker of new client handshake ciphers (RFC 8446, Section
+// 7.3) from sequence number 0.
+func clientFinished13(t *testing.T, p *peer, flight []byte) ([]byte, func() *record.Cipher) {
+	t.Helper()
+	secret := testenv.KeyLogSecret(t, p.logs, "CLIENT_HANDSHAKE_TRAFFIC_SECRET")
+	hs := func() *record.Cipher {
+		c, err := record.NewTLS13Cipher(p.suite, secret, 0)
+		require.NoError(t, err)
+		return c
+	}
+	c := hs()
+	for _, r := range splitPlainRecords(t, flight) {
+		if r.typ != record.ApplicationData {
+			continue
+		}
+		typ, fin, err := c.Open(r.typ, 0x0303, r.body)
+		require.NoError(t, err)
+		require.Equal(t, record.Handshake, typ)
+		require.Equal(t, byte(20), fin[0], "not a Finished")
+		return slices.Clone(fin), hs
+	}
+	require.Fail(t, "no protected record in the client's last flight")
+	return nil, nil
 }
