@@ -850,6 +850,13 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 		{"5.1 Finished across two records is accepted", func(fin []byte, hs *record.Cipher) []byte {
 			return slices.Concat(ccs, seal(hs, record.Handshake, fin[:5], 0), seal(hs, record.Handshake, fin[5:], 0))
 		}, 0},
+		{"5.1 Finished in one-byte records is accepted", func(fin []byte, hs *record.Cipher) []byte {
+			var w []byte
+			for i := range fin {
+				w = slices.Concat(w, seal(hs, record.Handshake, fin[i:i+1], 0))
+			}
+			return w
+		}, 0},
 		{"5.4 padded Finished is accepted", func(fin []byte, hs *record.Cipher) []byte {
 			return seal(hs, record.Handshake, fin, 1000)
 		}, 0},
@@ -939,4 +946,53 @@ func clientFinished13(t *testing.T, p *peer, flight []byte) ([]byte, func() *rec
 	}
 	require.Fail(t, "no protected record in the client's last flight")
 	return nil, nil
+}
+
+// TestProbeEdgeTLS12Fragmented sends the client's TLS 1.2 second flight
+// (ClientKeyExchange, ChangeCipherSpec, Finished) in one-byte handshake
+// records, each in a TCP segment of its own (tlsfuzzer's
+// test-record-layer-fragmentation.py): RFC 5246, Section 6.2.1 lets any
+// handshake message span records.
+func TestProbeEdgeTLS12Fragmented(t *testing.T) {
+	f := newFixture(t)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer, flight []byte) []byte {
+			out, err := record.NewTLS12Cipher(p.suite, p.key, p.iv, 0)
+			require.NoError(t, err)
+			in, err := record.NewTLS12Cipher(p.suite, p.key, p.iv, 0)
+			require.NoError(t, err)
+			var recs [][]byte
+			changed := false
+			for _, r := range splitPlainRecords(t, flight) {
+				body := r.body
+				switch {
+				case r.typ == record.ChangeCipherSpec:
+					recs, changed = append(recs, record.Append(nil, r.typ, 0x0303, body)), true
+					continue
+				case changed:
+					var typ record.ContentType
+					typ, body, err = in.Open(r.typ, 0x0303, body)
+					require.NoError(t, err)
+					require.Equal(t, record.Handshake, typ)
+				}
+				for i := range body {
+					rec := record.Append(nil, r.typ, 0x0303, body[i:i+1])
+					if changed {
+						rec, err = out.Seal(nil, r.typ, body[i:i+1], 0)
+						require.NoError(t, err)
+					}
+					recs = append(recs, rec)
+				}
+			}
+			p.out = out // past the Finished's records
+			conn := p.raw.(*tapConn).Conn
+			for _, rec := range recs {
+				_, err := conn.Write(rec)
+				require.NoError(t, err)
+			}
+			return nil
+		})
+		p.send(t, record.ApplicationData, []byte("after"))
+		p.expectEcho(t, "after")
+	})
 }
