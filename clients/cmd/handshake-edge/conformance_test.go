@@ -78,22 +78,33 @@ func clientHello(t *testing.T, cfg *tls.Config) []byte {
 // 7685) of n zero bytes first in its extensions.
 func withPadding(t *testing.T, msg []byte, n int) []byte {
 	t.Helper()
+	ext := append([]byte{0, 21, byte(n >> 8), byte(n)}, make([]byte, n)...)
+	return editHello(t, msg, nil, ext)
+}
+
+// withSuite returns the ClientHello msg with suite last in its
+// cipher_suites.
+func withSuite(t *testing.T, msg []byte, suite uint16) []byte {
+	t.Helper()
+	return editHello(t, msg, []byte{byte(suite >> 8), byte(suite)}, nil)
+}
+
+// editHello returns the ClientHello msg with suites added after its cipher
+// suites and exts (encoded extensions) before its extensions.
+func editHello(t *testing.T, msg, suites, exts []byte) []byte {
+	t.Helper()
 	s := cryptobyte.String(msg[4:])
-	var sid, suites, comp, exts cryptobyte.String
-	require.True(t, s.Skip(2+32) && s.ReadUint8LengthPrefixed(&sid) && s.ReadUint16LengthPrefixed(&suites) &&
-		s.ReadUint8LengthPrefixed(&comp) && s.ReadUint16LengthPrefixed(&exts) && s.Empty(), "ClientHello")
+	var sid, oldSuites, comp, oldExts cryptobyte.String
+	require.True(t, s.Skip(2+32) && s.ReadUint8LengthPrefixed(&sid) && s.ReadUint16LengthPrefixed(&oldSuites) &&
+		s.ReadUint8LengthPrefixed(&comp) && s.ReadUint16LengthPrefixed(&oldExts) && s.Empty(), "ClientHello")
 	var b cryptobyte.Builder
 	b.AddUint8(1)
 	b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
 		b.AddBytes(msg[4 : 4+2+32])
 		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(sid) })
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(suites) })
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(slices.Concat(oldSuites, suites)) })
 		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(comp) })
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
-			b.AddUint16(21) // padding
-			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(make([]byte, n)) })
-			b.AddBytes(exts)
-		})
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(slices.Concat(exts, oldExts)) })
 	})
 	return b.BytesOrPanic()
 }
@@ -494,14 +505,16 @@ func (p *peer) expectEcho(t *testing.T, want string) {
 // Alert levels and descriptions the probes expect (RFC 8446, Section 6;
 // RFC 5246, Section 7.2).
 const (
-	alertWarning           = 1
-	alertUnexpectedMessage = 10
-	alertBadRecordMAC      = 20
-	alertRecordOverflow    = 22
-	alertIllegalParameter  = 47
-	alertDecodeError       = 50
-	alertDecryptError      = 51
-	alertNoRenegotiation   = 100
+	alertWarning               = 1
+	alertUnexpectedMessage     = 10
+	alertBadRecordMAC          = 20
+	alertRecordOverflow        = 22
+	alertIllegalParameter      = 47
+	alertProtocolVersion       = 70
+	alertInappropriateFallback = 86
+	alertDecodeError           = 50
+	alertDecryptError          = 51
+	alertNoRenegotiation       = 100
 )
 
 func hsMsg(typ uint8, body ...byte) []byte {
@@ -994,5 +1007,59 @@ func TestProbeEdgeTLS12Fragmented(t *testing.T) {
 		})
 		p.send(t, record.ApplicationData, []byte("after"))
 		p.expectEcho(t, "after")
+	})
+}
+
+// TestProbeEdgeVersions: version negotiation as the edge's -min-version
+// and -max-version configure it (RFC 8446, Sections 4.1.3 and 4.2.1).
+func TestProbeEdgeVersions(t *testing.T) {
+	f := newFixture(t)
+	backend, _ := echoBackend(t)
+	def, _ := f.start(t, "-backend", backend)
+	only12, _ := f.start(t, "-backend", backend, "-max-version", "1.2")
+	only13, _ := f.start(t, "-backend", backend, "-min-version", "1.3")
+	cfg := func(max uint16) *tls.Config {
+		return &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: max}
+	}
+	// serverRandom runs a handshake and returns the ServerHello's random.
+	serverRandom := func(t *testing.T, addr string, c *tls.Config) ([]byte, error) {
+		tap := &tapConn{Conn: dialRaw(t, addr)}
+		err := tls.Client(tap, c).Handshake()
+		hello := tap.readSoFar()
+		require.Greater(t, len(hello), record.HeaderLen+6+32, "no ServerHello")
+		return hello[record.HeaderLen+6 : record.HeaderLen+6+32], err
+	}
+	t.Run("4.1.3 TLS 1.2 negotiated by a TLS 1.3 server carries the downgrade sentinel", func(t *testing.T) {
+		random, err := serverRandom(t, def, cfg(tls.VersionTLS12))
+		require.NoError(t, err)
+		assert.Equal(t, []byte("DOWNGRD\x01"), random[24:])
+	})
+	t.Run("4.1.3 a server configured for TLS 1.2 at most sends no sentinel", func(t *testing.T) {
+		// A TLS 1.3 client would take a sentinel for a downgrade attack
+		// and abort, as crypto/tls does.
+		random, err := serverRandom(t, only12, cfg(tls.VersionTLS13))
+		require.NoError(t, err, "a TLS 1.3 client cannot reach an edge limited to TLS 1.2")
+		assert.NotEqual(t, []byte("DOWNGRD\x01"), random[24:])
+		assert.NotEqual(t, []byte("DOWNGRD\x00"), random[24:])
+	})
+	t.Run("4.1.3 TLS 1.3 carries no sentinel", func(t *testing.T) {
+		random, err := serverRandom(t, def, cfg(tls.VersionTLS13))
+		require.NoError(t, err)
+		assert.NotEqual(t, []byte("DOWNGRD\x01"), random[24:])
+	})
+	t.Run("4.2.1 a TLS 1.2 client of a TLS 1.3-only server gets protocol_version", func(t *testing.T) {
+		c := dialRaw(t, only13)
+		_, err := c.Write(fragments(clientHello(t, cfg(tls.VersionTLS12)), 1<<14))
+		require.NoError(t, err)
+		expectPlainAlert(t, c, alertProtocolVersion)
+	})
+	t.Run("RFC 7507 TLS_FALLBACK_SCSV below the best version is inappropriate_fallback", func(t *testing.T) {
+		// crypto/tls sends no SCSV: add it to the cipher suites of its
+		// TLS 1.2 ClientHello.
+		hello := clientHello(t, cfg(tls.VersionTLS12))
+		c := dialRaw(t, def)
+		_, err := c.Write(fragments(withSuite(t, hello, 0x5600), 1<<14))
+		require.NoError(t, err)
+		expectPlainAlert(t, c, alertInappropriateFallback)
 	})
 }
