@@ -109,6 +109,16 @@ func editHello(t *testing.T, msg, suites, exts []byte) []byte {
 	return b.BytesOrPanic()
 }
 
+// unknownExtensions is n empty extensions of code points no one
+// registered, as they go into an extensions block.
+func unknownExtensions(n int) []byte {
+	var b []byte
+	for i := range n {
+		b = append(b, byte(0xa0+(i>>8)), byte(i), 0, 0)
+	}
+	return b
+}
+
 // fragments is msg in handshake records of at most size bytes each.
 func fragments(msg []byte, size int) []byte {
 	var out []byte
@@ -198,6 +208,12 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		{"RFC 8446 5.1 ClientHello over 2^14 bytes across two records", fragments(withPadding(t, hello, 1<<14), 1<<14)},
 		{"RFC 7685 ClientHello of 2^16 bytes in full records", fragments(maxHello, 1<<14)},
 		{"RFC 7685 ClientHello of 2^16 bytes in 100-byte records", fragments(maxHello, 100)},
+		// tlsfuzzer's test-large-number-of-extensions.py: unknown
+		// extensions are ignored (RFC 8446, Section 4.2), however many.
+		{"RFC 8446 4.2 ClientHello with 4000 unknown extensions", fragments(editHello(t, hello, nil, unknownExtensions(4000)), 1<<14)},
+		// RFC 5246, Section 7.4.1.2: a ClientHello may end after its
+		// compression methods; RSA key exchange needs no extension.
+		{"RFC 5246 7.4.1.2 TLS 1.2 ClientHello without extensions", fragments(hsMsg(1, slices.Concat([]byte{3, 3}, make([]byte, 32), []byte{0, 0, 2, 0x00, 0x9c, 1, 0})...), 1<<14)},
 	}
 	refused := []struct {
 		name  string
