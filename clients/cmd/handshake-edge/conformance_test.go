@@ -362,7 +362,8 @@ func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, lastFli
 		}
 	}
 	c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version, KeyLogWriter: logs,
-		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}) // TLS 1.2 only
+		CipherSuites:       []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}, // TLS 1.2 only
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)})                      // so as to take tickets: psk_key_exchange_modes
 	require.NoError(t, c.Handshake())
 	if p.out == nil {
 		p.keys(t, logs, tap.readSoFar())
@@ -383,8 +384,6 @@ func (p *peer) keys(t *testing.T, logs *testenv.Buffer, server []byte) {
 	require.True(t, ok)
 	var err error
 	if p.tls13 {
-		// The edge issues no ticket here (the fixture has no ticket
-		// keys): nothing was sent under these keys yet.
 		secret := testenv.KeyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0")
 		p.key, p.iv = record.TrafficKeys(s, secret)
 		p.out, err = record.NewTLS13Cipher(p.suite, secret, 0)
@@ -466,6 +465,7 @@ type opened struct {
 	alerts     [][]byte // alert bodies, in order
 	closed     bool     // the edge closed the connection
 	keyUpdates int      // KeyUpdates from the edge
+	tickets    int      // NewSessionTickets from the edge
 }
 
 // readUntil reads and opens the edge's records until it has got want bytes
@@ -487,10 +487,14 @@ func (p *peer) readUntil(t *testing.T, want int, alerts int) opened {
 		case record.Alert:
 			o.alerts = append(o.alerts, plain)
 		case record.Handshake:
-			// The edge's KeyUpdate (RFC 8446, Section 4.6.3).
-			require.Equal(t, []byte{24, 0, 0, 1, 0}, plain, "the edge sent a handshake message")
-			require.NoError(t, p.in.Update())
-			o.keyUpdates++
+			switch {
+			case plain[0] == 4: // NewSessionTicket (RFC 8446, Section 4.6.1)
+				o.tickets++
+			default: // KeyUpdate (RFC 8446, Section 4.6.3)
+				require.Equal(t, []byte{24, 0, 0, 1, 0}, plain, "the edge sent a handshake message")
+				require.NoError(t, p.in.Update())
+				o.keyUpdates++
+			}
 		default:
 			require.Failf(t, "unexpected record", "the edge sent a %v record", typ)
 		}
@@ -824,7 +828,13 @@ func splitPlainRecords(t *testing.T, data []byte) []serverRecord {
 // edge completed the handshake (the service's leftover, or the edge's own
 // check of the Finished with -one-round-trip).
 func TestProbeEdgeDataWithFinished(t *testing.T) {
-	f := newFixture(t)
+	t.Run("no tickets", func(t *testing.T) { probeDataWithFinished(t, newFixture(t), 0) })
+	// The edge's NewSessionTicket comes first; with -one-round-trip the
+	// edge holds it back until it has checked the Finished.
+	t.Run("tickets", func(t *testing.T) { probeDataWithFinished(t, newTicketFixture(t), 1) })
+}
+
+func probeDataWithFinished(t *testing.T, f *fixture, tickets int) {
 	seal := func(p *peer, typ record.ContentType, b []byte) []byte {
 		rec, err := p.out.Seal(nil, typ, b, 0)
 		require.NoError(t, err)
@@ -841,6 +851,7 @@ func TestProbeEdgeDataWithFinished(t *testing.T) {
 			require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
 			assert.Equal(t, "first|under the new key", string(o.data))
 			assert.Equal(t, 1, o.keyUpdates, "update_requested: the edge's KeyUpdate")
+			assert.Equal(t, tickets, o.tickets, "NewSessionTickets")
 		})
 		t.Run("RFC 7918 False Start data with the Finished", func(t *testing.T) {
 			p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer, flight []byte) []byte {
