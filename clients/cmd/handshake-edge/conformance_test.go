@@ -529,6 +529,7 @@ const (
 	alertUnexpectedMessage     = 10
 	alertBadRecordMAC          = 20
 	alertRecordOverflow        = 22
+	alertHandshakeFailure      = 40
 	alertIllegalParameter      = 47
 	alertProtocolVersion       = 70
 	alertInappropriateFallback = 86
@@ -1089,4 +1090,25 @@ func TestProbeEdgeVersions(t *testing.T) {
 		require.NoError(t, err)
 		expectPlainAlert(t, c, alertInappropriateFallback)
 	})
+}
+
+// TestProbeEdgeGroupFallback: a TLS 1.2 client none of whose groups the
+// edge takes (-groups) gets no ECDHE suite (RFC 8422, Section 5.1): RSA
+// key exchange if it offers it, else handshake_failure.
+func TestProbeEdgeGroupFallback(t *testing.T) {
+	f := newFixture(t)
+	backend, _ := echoBackend(t)
+	addr, _ := f.start(t, "-backend", backend, "-groups", "P384")
+	client := func(suites ...uint16) *tls.Config {
+		return &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool, MaxVersion: tls.VersionTLS12,
+			CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}, CipherSuites: suites}
+	}
+	c := tls.Client(dialRaw(t, addr), client(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_RSA_WITH_AES_128_GCM_SHA256))
+	require.NoError(t, c.Handshake())
+	assert.Equal(t, tls.TLS_RSA_WITH_AES_128_GCM_SHA256, c.ConnectionState().CipherSuite)
+
+	raw := dialRaw(t, addr)
+	_, err := raw.Write(fragments(clientHello(t, client(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)), 1<<14))
+	require.NoError(t, err)
+	expectPlainAlert(t, raw, alertHandshakeFailure)
 }
