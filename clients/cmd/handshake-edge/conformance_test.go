@@ -950,15 +950,26 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 				p.expectAlert(t, tc.alert)
 			})
 		}
-		t.Run("6.2 a fatal alert in place of the Finished gets no answer", func(t *testing.T) {
-			p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
-				_, hs := clientFinished13(t, p, flight)
-				return seal(hs(), record.Alert, []byte{2, 40}, 0)
+		// RFC 8446, Section 6.2: after a fatal alert nothing more is
+		// sent. A client that cannot take the server's flight may send
+		// it under the handshake key or, before it has keys, in the clear.
+		for _, alert := range []struct {
+			name   string
+			record func(hs *record.Cipher) []byte
+		}{
+			{"protected", func(hs *record.Cipher) []byte { return seal(hs, record.Alert, []byte{2, 42}, 0) }},
+			{"plaintext", func(*record.Cipher) []byte { return record.Append(nil, record.Alert, 0x0303, []byte{2, 42}) }},
+		} {
+			t.Run("6.2 a "+alert.name+" fatal alert in place of the Finished gets no answer", func(t *testing.T) {
+				p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+					_, hs := clientFinished13(t, p, flight)
+					return alert.record(hs())
+				})
+				o := p.readUntil(t, 1, 0)
+				assert.True(t, o.closed, "the edge did not close")
+				assert.Empty(t, o.alerts, "the edge answered the client's fatal alert")
 			})
-			o := p.readUntil(t, 1, 0)
-			assert.True(t, o.closed, "the edge did not close")
-			assert.Empty(t, o.alerts, "the edge answered the client's fatal alert")
-		})
+		}
 	})
 }
 
