@@ -49,9 +49,14 @@ var edgeModes = []struct {
 // probeEdges starts handshake-edge in each mode, proxying to an echo
 // backend, and runs probe against each.
 func probeEdges(t *testing.T, f *fixture, probe func(t *testing.T, addr string)) {
+	probeEdgesWith(t, f, nil, probe)
+}
+
+// probeEdgesWith is probeEdges with handshake-edge started with args too.
+func probeEdgesWith(t *testing.T, f *fixture, args []string, probe func(t *testing.T, addr string)) {
 	backend, _ := echoBackend(t)
 	for _, m := range edgeModes {
-		addr, _ := f.start(t, append([]string{"-backend", backend}, m.args...)...)
+		addr, _ := f.start(t, slices.Concat([]string{"-backend", backend}, m.args, args)...)
 		t.Run(m.name, func(t *testing.T) { probe(t, addr) })
 	}
 }
@@ -333,15 +338,24 @@ type peer struct {
 // dialPeer completes a handshake of version with the edge at addr.
 func dialPeer(t *testing.T, f *fixture, addr string, version uint16) *peer {
 	t.Helper()
-	return dialPeerWith(t, f, addr, version, nil)
+	return dialPeerWith(t, f, addr, version, peerHooks{})
 }
 
-// dialPeerWith is dialPeer whose client writes lastFlight(p, flight) in
-// place of its last flight (ChangeCipherSpec and Finished, and in TLS 1.2
-// the ClientKeyExchange first), in one TCP segment, with the peer's keys
-// ready: to send application data with it (TLS 1.3; TLS 1.2 False Start,
-// RFC 7918), or another Finished.
-func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, lastFlight func(p *peer, flight []byte) []byte) *peer {
+// peerHooks change what dialPeerWith's client writes.
+type peerHooks struct {
+	// earlier returns what to write in place of the client's write i
+	// (from 0) before its last flight.
+	earlier func(i int, b []byte) []byte
+	// last returns what to write in place of the client's last flight
+	// (ChangeCipherSpec and Finished, and in TLS 1.2 the
+	// ClientKeyExchange first), in one TCP segment, with the peer's keys
+	// ready: to send application data with it (TLS 1.3; TLS 1.2 False
+	// Start, RFC 7918), or another Finished.
+	last func(p *peer, flight []byte) []byte
+}
+
+// dialPeerWith is dialPeer whose client writes what hooks say.
+func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, hooks peerHooks) *peer {
 	t.Helper()
 	tap := &tapConn{Conn: dialRaw(t, addr)}
 	logs := &testenv.Buffer{}
@@ -350,16 +364,23 @@ func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, lastFli
 	if p.tls13 {
 		label = "CLIENT_TRAFFIC_SECRET_0"
 	}
-	if lastFlight != nil {
-		// crypto/tls logs the session secrets before it writes its last
-		// flight, which it writes at once.
-		tap.write = func(b []byte) []byte {
-			if p.out != nil || !bytes.Contains(logs.Bytes(), []byte(label)) {
-				return b
+	writes := 0
+	tap.write = func(b []byte) []byte {
+		switch {
+		case p.out != nil:
+			return b
+		case !bytes.Contains(logs.Bytes(), []byte(label)):
+			// crypto/tls logs the session secrets before it writes its
+			// last flight, which it writes at once.
+			if writes++; hooks.earlier != nil {
+				return hooks.earlier(writes-1, b)
 			}
+			return b
+		case hooks.last != nil:
 			p.keys(t, logs, tap.readSoFar())
-			return lastFlight(p, b)
+			return hooks.last(p, b)
 		}
+		return b
 	}
 	c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version, KeyLogWriter: logs,
 		CipherSuites:       []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}, // TLS 1.2 only
@@ -843,11 +864,11 @@ func probeDataWithFinished(t *testing.T, f *fixture, tickets int) {
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		t.Run("RFC 8446 4.6.3 KeyUpdate and data with the Finished", func(t *testing.T) {
-			p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
 				rec := slices.Concat(flight, seal(p, record.ApplicationData, []byte("first|")), seal(p, record.Handshake, []byte{24, 0, 0, 1, 1}))
 				require.NoError(t, p.out.Update())
 				return slices.Concat(rec, seal(p, record.ApplicationData, []byte("under the new key")))
-			})
+			}})
 			o := p.readUntil(t, len("first|under the new key"), 0)
 			require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
 			assert.Equal(t, "first|under the new key", string(o.data))
@@ -855,9 +876,9 @@ func probeDataWithFinished(t *testing.T, f *fixture, tickets int) {
 			assert.Equal(t, tickets, o.tickets, "NewSessionTickets")
 		})
 		t.Run("RFC 7918 False Start data with the Finished", func(t *testing.T) {
-			p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer, flight []byte) []byte {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS12, peerHooks{last: func(p *peer, flight []byte) []byte {
 				return slices.Concat(flight, seal(p, record.ApplicationData, []byte("false start")))
-			})
+			}})
 			p.expectEcho(t, "false start")
 		})
 	})
@@ -938,10 +959,10 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
-				p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+				p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
 					fin, hs := clientFinished13(t, p, flight)
 					return tc.flight(fin, hs())
-				})
+				}})
 				if tc.alert == 0 {
 					p.send(t, record.ApplicationData, []byte("after"))
 					p.expectEcho(t, "after")
@@ -961,10 +982,10 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 			{"plaintext", func(*record.Cipher) []byte { return record.Append(nil, record.Alert, 0x0303, []byte{2, 42}) }},
 		} {
 			t.Run("6.2 a "+alert.name+" fatal alert in place of the Finished gets no answer", func(t *testing.T) {
-				p := dialPeerWith(t, f, addr, tls.VersionTLS13, func(p *peer, flight []byte) []byte {
+				p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
 					_, hs := clientFinished13(t, p, flight)
 					return alert.record(hs())
-				})
+				}})
 				o := p.readUntil(t, 1, 0)
 				assert.True(t, o.closed, "the edge did not close")
 				assert.Empty(t, o.alerts, "the edge answered the client's fatal alert")
@@ -1008,7 +1029,7 @@ func clientFinished13(t *testing.T, p *peer, flight []byte) ([]byte, func() *rec
 func TestProbeEdgeTLS12Fragmented(t *testing.T) {
 	f := newFixture(t)
 	probeEdges(t, f, func(t *testing.T, addr string) {
-		p := dialPeerWith(t, f, addr, tls.VersionTLS12, func(p *peer, flight []byte) []byte {
+		p := dialPeerWith(t, f, addr, tls.VersionTLS12, peerHooks{last: func(p *peer, flight []byte) []byte {
 			out, err := record.NewTLS12Cipher(p.suite, p.key, p.iv, 0)
 			require.NoError(t, err)
 			in, err := record.NewTLS12Cipher(p.suite, p.key, p.iv, 0)
@@ -1043,7 +1064,7 @@ func TestProbeEdgeTLS12Fragmented(t *testing.T) {
 				require.NoError(t, err)
 			}
 			return nil
-		})
+		}})
 		p.send(t, record.ApplicationData, []byte("after"))
 		p.expectEcho(t, "after")
 	})
@@ -1122,4 +1143,38 @@ func TestProbeEdgeGroupFallback(t *testing.T) {
 	_, err := raw.Write(fragments(clientHello(t, client(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)), 1<<14))
 	require.NoError(t, err)
 	expectPlainAlert(t, raw, alertHandshakeFailure)
+}
+
+// TestProbeEdgeCCSAcrossHelloRetryRequest: RFC 8446, Section 5 has the
+// server drop compatibility change_cipher_spec records until the client's
+// Finished; the engine and the edge (-one-round-trip) bound them the same
+// way, 16 in each wait: before the second ClientHello, and before the
+// Finished. The edge takes P-384 only, for which Go's client sends no
+// share: a HelloRetryRequest, then Go's one CCS before its second
+// ClientHello.
+func TestProbeEdgeCCSAcrossHelloRetryRequest(t *testing.T) {
+	f := newFixture(t)
+	ccs := []byte{20, 3, 3, 0, 1, 1}
+	ccsBefore := func(n int) peerHooks {
+		return peerHooks{
+			earlier: func(i int, b []byte) []byte {
+				if i == 1 { // the second ClientHello
+					return slices.Concat(bytes.Repeat(ccs, 15), b)
+				}
+				return b
+			},
+			last: func(p *peer, flight []byte) []byte { return slices.Concat(bytes.Repeat(ccs, n), flight) },
+		}
+	}
+	probeEdgesWith(t, f, []string{"-groups", "P384"}, func(t *testing.T, addr string) {
+		t.Run("16 before the second ClientHello and 16 before the Finished are dropped", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, ccsBefore(16))
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
+		t.Run("17 before the Finished is unexpected_message", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, ccsBefore(17))
+			p.expectAlert(t, alertUnexpectedMessage)
+		})
+	})
 }
