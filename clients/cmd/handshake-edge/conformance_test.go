@@ -553,6 +553,7 @@ const (
 	alertHandshakeFailure      = 40
 	alertIllegalParameter      = 47
 	alertProtocolVersion       = 70
+	alertInternalError         = 80
 	alertInappropriateFallback = 86
 	alertDecodeError           = 50
 	alertDecryptError          = 51
@@ -1177,4 +1178,22 @@ func TestProbeEdgeCCSAcrossHelloRetryRequest(t *testing.T) {
 			p.expectAlert(t, alertUnexpectedMessage)
 		})
 	})
+}
+
+// TestProbeEdgeServiceDown: with handshaked unreachable the client's
+// handshake fails with a fatal internal_error (RFC 8446, Section 6.2), not
+// a bare close, in each mode.
+func TestProbeEdgeServiceDown(t *testing.T) {
+	f := newFixture(t)
+	hello := fragments(clientHello(t, &tls.Config{ServerName: f.ecdsa.Name}), 1<<14)
+	down := testenv.FreeAddr(t)
+	for _, m := range edgeModes {
+		t.Run(m.name, func(t *testing.T) {
+			addr, _ := startEdge(t, append([]string{"-handshaked", down, "-key", f.ecdsa.ID}, m.args...)...)
+			c := dialRaw(t, addr)
+			_, err := c.Write(hello)
+			require.NoError(t, err)
+			expectPlainAlert(t, c, alertInternalError)
+		})
+	}
 }
