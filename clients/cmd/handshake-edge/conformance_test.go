@@ -953,6 +953,15 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 		{"4 KeyUpdate in place of the Finished is unexpected_message", func(fin []byte, hs *record.Cipher) []byte {
 			return seal(hs, record.Handshake, hsMsg(24, 0), 0)
 		}, alertUnexpectedMessage},
+		// RFC 8446, Section 5.1 and 5.2: at most 2^14 bytes in the clear,
+		// 2^14+256 protected.
+		{"5.1 plaintext record over 2^14 bytes is record_overflow", func(fin []byte, hs *record.Cipher) []byte {
+			return append([]byte{byte(record.Alert), 3, 3, 0x40, 0x01}, make([]byte, 1<<14+1)...)
+		}, alertRecordOverflow},
+		{"5.2 protected record over 2^14+256 bytes is record_overflow", func(fin []byte, hs *record.Cipher) []byte {
+			n := record.MaxCiphertextTLS13 + 1
+			return append([]byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}, make([]byte, n)...)
+		}, alertRecordOverflow},
 		{"4.4.4 empty Finished is decode_error", func(fin []byte, hs *record.Cipher) []byte {
 			return seal(hs, record.Handshake, hsMsg(20), 0)
 		}, alertDecodeError},
