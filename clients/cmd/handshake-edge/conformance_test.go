@@ -265,6 +265,7 @@ func sslv2Hello() []byte {
 	return append([]byte{0x80 | byte(len(body)>>8), byte(len(body))}, body...)
 }
 
+// dialRaw is a TCP connection to addr, closed when the test ends.
 func dialRaw(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -377,7 +378,7 @@ func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, hooks p
 			}
 			return b
 		case hooks.last != nil:
-			p.keys(t, logs, tap.readSoFar())
+			p.keys(t, tap.readSoFar())
 			return hooks.last(p, b)
 		}
 		return b
@@ -387,16 +388,17 @@ func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, hooks p
 		ClientSessionCache: tls.NewLRUClientSessionCache(1)})                      // so as to take tickets: psk_key_exchange_modes
 	require.NoError(t, c.Handshake())
 	if p.out == nil {
-		p.keys(t, logs, tap.readSoFar())
+		p.keys(t, tap.readSoFar())
 	}
 	require.Equal(t, c.ConnectionState().CipherSuite, p.suite)
 	return p
 }
 
-// keys sets up the peer's session keys from the key log and the server's
+// keys sets up the peer's session keys from its key log and the server's
 // first bytes, which begin with its ServerHello.
-func (p *peer) keys(t *testing.T, logs *testenv.Buffer, server []byte) {
+func (p *peer) keys(t *testing.T, server []byte) {
 	t.Helper()
+	logs := p.logs
 	hello := cryptobyte.String(server[record.HeaderLen:])
 	var random []byte
 	require.True(t, hello.Skip(4+2) && hello.ReadBytes(&random, 32) && hello.Skip(1+int(hello[0])) && hello.ReadUint16(&p.suite),
