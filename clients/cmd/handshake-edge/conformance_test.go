@@ -1208,3 +1208,64 @@ func TestProbeEdgeServiceDown(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeEdgeTLS12ResumptionFlight changes the second flight of a
+// resuming TLS 1.2 client, its ChangeCipherSpec then Finished (RFC 5246,
+// Section 7.3): the engine checks it (multiplex, -unary) or the edge does
+// (-one-round-trip), and each must answer as the other.
+func TestProbeEdgeTLS12ResumptionFlight(t *testing.T) {
+	f := newTicketFixture(t)
+	ccs := []byte{20, 3, 3, 0, 1, 1}
+	tests := []struct {
+		name   string
+		change func(ccs, fin []byte) []byte
+		alert  string // crypto/tls's text of the alert; "": resumed
+	}{
+		{"7.3 ChangeCipherSpec then Finished resumes", func(ccs, fin []byte) []byte { return slices.Concat(ccs, fin) }, ""},
+		{"7.3 missing ChangeCipherSpec is unexpected_message", func(ccs, fin []byte) []byte { return fin }, "unexpected message"},
+		{"7.3 Finished before ChangeCipherSpec is unexpected_message", func(ccs, fin []byte) []byte { return slices.Concat(fin, ccs) }, "unexpected message"},
+		{"7.1 two ChangeCipherSpecs is unexpected_message", func(ccs, fin []byte) []byte { return slices.Concat(ccs, ccs, fin) }, "unexpected message"},
+		{"7.1 ChangeCipherSpec of value 2 is unexpected_message", func(ccs, fin []byte) []byte {
+			return slices.Concat([]byte{20, 3, 3, 0, 1, 2}, fin)
+		}, "unexpected message"},
+		{"6.2.3.3 garbled Finished record is bad_record_mac", func(ccs, fin []byte) []byte {
+			fin[len(fin)-1] ^= 1
+			return slices.Concat(ccs, fin)
+		}, "bad record MAC"},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12,
+					ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+				full := tls.Client(dialRaw(t, addr), cfg)
+				require.NoError(t, full.Handshake())
+				full.Close()
+
+				// Write 0 is the ClientHello, write 1 the second flight.
+				writes := 0
+				tap := &tapConn{Conn: dialRaw(t, addr), write: func(b []byte) []byte {
+					if writes++; writes != 2 {
+						return b
+					}
+					require.True(t, bytes.HasPrefix(b, ccs), "the second flight does not start with a ChangeCipherSpec")
+					return tc.change(slices.Clone(ccs), b[len(ccs):])
+				}}
+				c := tls.Client(tap, cfg)
+				require.NoError(t, c.Handshake(), "a resuming TLS 1.2 client finishes before reading the server's answer")
+				require.True(t, c.ConnectionState().DidResume)
+				_, err := c.Write([]byte("ping"))
+				require.NoError(t, err)
+				require.NoError(t, tap.SetReadDeadline(time.Now().Add(20*time.Second)))
+				got := make([]byte, 4)
+				_, err = io.ReadFull(c, got)
+				if tc.alert == "" {
+					require.NoError(t, err)
+					assert.Equal(t, "ping", string(got))
+					return
+				}
+				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
+			})
+		}
+	})
+}
