@@ -14,9 +14,11 @@ import (
 const maxSkippedEarlyData = 1 << 16
 
 // maxDroppedCCS bounds the compatibility change_cipher_spec records dropped
-// in a TLS 1.3 handshake. RFC 8446, Section 5 says to drop them without
-// giving a number; a client sends one (Appendix D.4), so more than a few is
-// a peer wasting our time. crypto/tls allows 16 non-advancing records.
+// in each wait for a TLS 1.3 client: before its second ClientHello after a
+// HelloRetryRequest, and after the server's flight. RFC 8446, Section 5
+// says to drop them without giving a number; a client sends one (Appendix
+// D.4), so more than a few is a peer wasting our time. crypto/tls allows
+// 16 non-advancing records.
 const maxDroppedCCS = 16
 
 // errPeerAlert marks a failure the client announced with an alert: nothing

@@ -490,7 +490,7 @@ type handshake12 struct {
 type handshake13 struct {
 	didHRR     bool
 	sentCCS    bool   // compatibility change_cipher_spec sent
-	droppedCCS uint8  // change_cipher_spec records received
+	droppedCCS uint8  // change_cipher_spec records dropped in this wait (maxDroppedCCS)
 	sessionID  []byte // echoed, RFC 8446, Section 4.1.3
 	hrrHello   []byte // fingerprint of ClientHello1, see helloFingerprint
 	// skipEarlyData is set while records may be 0-RTT data the server

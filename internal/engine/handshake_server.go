@@ -511,7 +511,7 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 	h.transcript.write(raw)
 	h.masterSecret = masterSecret(h.suite.Hash, preMaster, h.ems, h.transcript.sum(), h.clientRandom, h.serverRandom)
 	clear(preMaster)
-	h.clientKey, h.serverKey, h.clientIV, h.serverIV = keysFromMasterSecret(h.suite.Hash, h.masterSecret,
+	h.clientKey, h.serverKey, h.clientIV, h.serverIV = record.KeyBlock12(h.suite.Hash, h.masterSecret,
 		h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
 	h.state = state12ChangeCipherSpec
 	if h.peerKey != nil {

@@ -338,6 +338,11 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 	// RFC 8446, Section 4.2.10: 0-RTT data the server does not accept is
 	// skipped until a record opens under the handshake keys.
 	h.skipEarlyData = ch.earlyData && !h.didHRR
+	// The server's flight ends one wait for the client and begins the
+	// next: the compatibility change_cipher_spec records are counted
+	// afresh, as clientfinished counts those after the server's flight
+	// when the caller checks the Finished, so that both refuse the same.
+	h.droppedCCS = 0
 	h.state = state13ClientFinished
 	switch {
 	case h.clientAuth:

@@ -177,7 +177,7 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 		// bounds how long one master secret lives, however often resumed.
 		h.sendNewSessionTicket12(t.created)
 	}
-	h.clientKey, h.serverKey, h.clientIV, h.serverIV = keysFromMasterSecret(h.suite.Hash, h.masterSecret,
+	h.clientKey, h.serverKey, h.clientIV, h.serverIV = record.KeyBlock12(h.suite.Hash, h.masterSecret,
 		h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
 	if err := h.sendServerFinished12(); err != nil {
 		return err

@@ -321,7 +321,7 @@ func dialResume12(t *testing.T, cfg Config, hello rawHello, master []byte) *resu
 	for _, m := range msgs {
 		r.transcript.Write(m.raw)
 	}
-	r.clientKey, r.serverKey, r.clinv, r.srvIV = keysFromMasterSecret(crypto.SHA256, master, rawRandom, r.hello.random, 16, 4)
+	r.clientKey, r.serverKey, r.clinv, r.srvIV = record.KeyBlock12(crypto.SHA256, master, rawRandom, r.hello.random, 16, 4)
 	in, err := record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, r.serverKey, r.srvIV, 0)
 	require.NoError(t, err)
 	typ, body = next()
@@ -657,7 +657,7 @@ func TestProbeTicketIssuedTLS12(t *testing.T) {
 
 		// The Finished, under the server's keys, covers the
 		// NewSessionTicket.
-		_, serverKey, _, serverIV := keysFromMasterSecret(crypto.SHA256, c.master, rawRandom, c.random, 16, 4)
+		_, serverKey, _, serverIV := record.KeyBlock12(crypto.SHA256, c.master, rawRandom, c.random, 16, 4)
 		in, err := record.NewTLS12Cipher(0xc02b, serverKey, serverIV, 0)
 		require.NoError(t, err)
 		_, got, err := in.Open(record.Handshake, 0x0303, recs[2])

@@ -1121,7 +1121,7 @@ func dial12Hello(t *testing.T, cfg Config, hello rawHello) *client12 {
 	c.transcript.Write(c.cke)
 	// RFC 7627, Section 4: the session hash runs through ClientKeyExchange.
 	c.master = masterSecret(crypto.SHA256, shared, true, c.transcript.Sum(nil), rawRandom, serverRandom)
-	c.key, _, c.iv, _ = keysFromMasterSecret(crypto.SHA256, c.master, rawRandom, serverRandom, 16, 4)
+	c.key, _, c.iv, _ = record.KeyBlock12(crypto.SHA256, c.master, rawRandom, serverRandom, 16, 4)
 	c.out, err = record.NewTLS12Cipher(0xc02b, c.key, c.iv, 0)
 	require.NoError(t, err)
 	return c

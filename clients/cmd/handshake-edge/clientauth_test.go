@@ -55,18 +55,26 @@ func TestClientAuth(t *testing.T) {
 		return string(b), err
 	}
 
-	required, _ := f.start(t, "-client-auth", "require", "-client-ca", caFile)
-	requested, _ := f.start(t, "-client-auth", "request", "-client-ca", caFile)
-	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
-		page, err := get(required, withCert, v)
-		if err != nil || !strings.Contains(page, "Client certificate: CN=client-7") {
-			t.Errorf("%s require, with a certificate: %v\n%s", tls.VersionName(v), err, page)
-		}
-		if _, err := get(required, nil, v); err == nil {
-			t.Errorf("%s require: a client without a certificate got in", tls.VersionName(v))
-		}
-		if page, err := get(requested, nil, v); err != nil || strings.Contains(page, "Client certificate") {
-			t.Errorf("%s request, without a certificate: %v\n%s", tls.VersionName(v), err, page)
+	// In each mode: -one-round-trip leaves a handshake with client
+	// authentication to the service (the edge cannot verify the client's
+	// Certificate and CertificateVerify).
+	for _, m := range edgeModes {
+		required, _ := f.start(t, append([]string{"-client-auth", "require", "-client-ca", caFile}, m.args...)...)
+		requested, _ := f.start(t, append([]string{"-client-auth", "request", "-client-ca", caFile}, m.args...)...)
+		for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+			page, err := get(required, withCert, v)
+			if err != nil || !strings.Contains(page, "Client certificate: CN=client-7") {
+				t.Errorf("%s %s require, with a certificate: %v\n%s", m.name, tls.VersionName(v), err, page)
+			}
+			if _, err := get(required, nil, v); err == nil {
+				t.Errorf("%s %s require: a client without a certificate got in", m.name, tls.VersionName(v))
+			}
+			if page, err := get(requested, nil, v); err != nil || strings.Contains(page, "Client certificate") {
+				t.Errorf("%s %s request, without a certificate: %v\n%s", m.name, tls.VersionName(v), err, page)
+			}
+			if page, err := get(requested, withCert, v); err != nil || !strings.Contains(page, "Client certificate: CN=client-7") {
+				t.Errorf("%s %s request, with a certificate: %v\n%s", m.name, tls.VersionName(v), err, page)
+			}
 		}
 	}
 }

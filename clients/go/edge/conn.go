@@ -242,9 +242,12 @@ func (c *Conn) readRecord() error {
 	if err != nil {
 		return c.fatal(err)
 	}
-	if len(c.in.hs) > 0 && inner != record.Handshake {
+	if c.tls13 && len(c.in.hs) > 0 && inner != record.Handshake {
 		// RFC 8446 §5.1: handshake messages must not be interleaved with
-		// other record types.
+		// other record types. TLS 1.2 allows it (RFC 5246 §6.2.1: "Data
+		// of different TLS record layer content types MAY be
+		// interleaved"), as between the fragments of a renegotiating
+		// ClientHello.
 		return c.fatal(&alertError{alertUnexpectedMessage, "record interleaved with a fragmented handshake message"})
 	}
 	switch inner {

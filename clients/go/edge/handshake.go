@@ -411,6 +411,8 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 		st = &streamStepper{cfg: hcfg, stream: stream}
 	}
 	var steps []Step
+	// plain: the client still reads our records in the clear.
+	plain := true
 	bufp := handshakeBuffers.Get().(*[handshakeBufferLen]byte)
 	defer handshakeBuffers.Put(bufp)
 	buf := bufp[:]
@@ -427,6 +429,13 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 		out, err := st.step(ctx, input)
 		if err != nil {
 			st.abort()
+			if plain {
+				// RFC 8446, Section 6.2: a fatal error SHOULD be
+				// announced; the service failing is internal_error, not
+				// the client's doing. Only in the clear: once the
+				// service protects our records, their keys are its own.
+				raw.Write(internalErrorAlert)
+			}
 			return nil, fmt.Errorf("edge: handshake step: %w", err)
 		}
 		steps = append(steps, Step{In: len(input), Out: len(out.GetOutput()), Duration: time.Since(start), Trace: out.GetTrace()})
@@ -435,6 +444,7 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 			st.abort()
 			return nil, fmt.Errorf("edge: writing to the client: %w", err)
 		}
+		plain = plain && !startsProtection(out.GetOutput())
 		switch out.GetState() {
 		case pb.HandshakeState_HANDSHAKE_STATE_FAILED:
 			a := out.GetAlert()
@@ -461,6 +471,29 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 			return nil, fmt.Errorf("edge: handshake step in state %v", out.GetState())
 		}
 	}
+}
+
+// internalErrorAlert is a plaintext fatal internal_error alert (RFC 8446,
+// Section 6.2).
+var internalErrorAlert = []byte{byte(record.Alert), 3, 3, 0, 2, alertLevelFatal, alertInternalError}
+
+// startsProtection reports whether the server's records b switch it to
+// protected records: a change_cipher_spec (TLS 1.2, RFC 5246, Section 7.1;
+// in TLS 1.3 the compatibility one comes just before the first protected
+// record, RFC 8446, Appendix D.4) or a protected TLS 1.3 record, whose outer
+// type is application_data (RFC 8446, Section 5.2).
+func startsProtection(b []byte) bool {
+	for len(b) > 0 {
+		typ, _, _, n, err := record.Parse(b, record.MaxCiphertextTLS13)
+		if err != nil || n == 0 {
+			return true // not records to read: nothing more in the clear
+		}
+		if typ == record.ChangeCipherSpec || typ == record.ApplicationData {
+			return true
+		}
+		b = b[n:]
+	}
+	return false
 }
 
 // parsePeerCertificates parses the client's chain, which the engine has

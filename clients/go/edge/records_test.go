@@ -1,14 +1,11 @@
 package edge
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,24 +15,6 @@ import (
 	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/testenv"
 )
-
-// keyLogSecret returns the secret on the line of an NSS key log (as
-// crypto/tls's KeyLogWriter writes it) with label, so a test can write
-// records as the client would.
-func keyLogSecret(t *testing.T, keyLog *testenv.Buffer, label string) []byte {
-	t.Helper()
-	sc := bufio.NewScanner(bytes.NewReader(keyLog.Bytes()))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 3 && f[0] == label {
-			b, err := hex.DecodeString(f[2])
-			require.NoError(t, err)
-			return b
-		}
-	}
-	require.Failf(t, "no secret in the key log", "label %s", label)
-	return nil
-}
 
 // rawPeer is the client's side of a TLS 1.3 connection to the edge whose
 // handshake crypto/tls completed: the TCP connection with the client's
@@ -56,9 +35,9 @@ func rawClient(t *testing.T, s *testService, suite uint16) (*rawPeer, *Conn) {
 	cfg.KeyLogWriter = logs
 	_, cc := dial(t, l, cfg)
 	server := accept(t, conns)
-	out, err := record.NewTLS13Cipher(suite, keyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0"), 0)
+	out, err := record.NewTLS13Cipher(suite, testenv.KeyLogSecret(t, logs, "CLIENT_TRAFFIC_SECRET_0"), 0)
 	require.NoError(t, err)
-	in, err := record.NewTLS13Cipher(suite, keyLogSecret(t, logs, "SERVER_TRAFFIC_SECRET_0"), 0)
+	in, err := record.NewTLS13Cipher(suite, testenv.KeyLogSecret(t, logs, "SERVER_TRAFFIC_SECRET_0"), 0)
 	require.NoError(t, err)
 	return &rawPeer{raw: cc.Conn, out: out, in: in}, server
 }

@@ -1,24 +1,20 @@
 package record
 
 import (
-	"bufio"
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"errors"
 	"io"
 	"math/big"
 	mathrand "math/rand/v2"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,25 +104,6 @@ func (c *tapConn) captured() []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return bytes.Clone(c.written)
-}
-
-// keyLogSecrets parses NSS key log lines ("LABEL client_random secret").
-func keyLogSecrets(t *testing.T, b *testenv.Buffer) map[string][2][]byte {
-	out := make(map[string][2][]byte)
-	sc := bufio.NewScanner(bytes.NewReader(b.Bytes()))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) != 3 {
-			t.Fatalf("bad key log line %q", sc.Text())
-		}
-		random, err1 := hex.DecodeString(f[1])
-		secret, err2 := hex.DecodeString(f[2])
-		if err1 != nil || err2 != nil {
-			t.Fatalf("bad key log line %q", sc.Text())
-		}
-		out[f[0]] = [2][]byte{random, secret}
-	}
-	return out
 }
 
 // session is a completed crypto/tls handshake over tapped loopback TCP.
@@ -453,7 +430,7 @@ func TestInteropTLS13(t *testing.T) {
 			reply := randomBytes(MaxPlaintext + 1)
 			exchange(t, s, request, reply)
 
-			keys := keyLogSecrets(t, s.keyLog)
+			keys := testenv.KeyLog(t, s.keyLog)
 			secret := func(label string) []byte {
 				v, ok := keys[label]
 				if !ok {
@@ -516,25 +493,6 @@ func TestInteropTLS13(t *testing.T) {
 	}
 }
 
-// prf12 is the TLS 1.2 PRF, P_hash of RFC 5246 §5, for the tests to turn
-// the key log's master secret into the key block.
-func prf12(h crypto.Hash, secret []byte, label string, seed []byte, n int) []byte {
-	labelSeed := append([]byte(label), seed...)
-	mac := hmac.New(h.New, secret)
-	a := labelSeed
-	var out []byte
-	for len(out) < n {
-		mac.Reset()
-		mac.Write(a)
-		a = mac.Sum(nil) // A(i) = HMAC(secret, A(i-1))
-		mac.Reset()
-		mac.Write(a)
-		mac.Write(labelSeed)
-		out = mac.Sum(out)
-	}
-	return out[:n]
-}
-
 func TestInteropTLS12(t *testing.T) {
 	for _, s := range suites {
 		if s.TLS13 {
@@ -555,7 +513,7 @@ func TestInteropTLS12(t *testing.T) {
 			// RFC 5246 §6.3: key_block = PRF(master_secret, "key expansion",
 			// server_random + client_random), cut into the write keys and
 			// IVs (AEAD suites have no MAC keys).
-			entry, ok := keyLogSecrets(t, sess.keyLog)["CLIENT_RANDOM"]
+			entry, ok := testenv.KeyLog(t, sess.keyLog)["CLIENT_RANDOM"]
 			if !ok {
 				t.Fatal("no CLIENT_RANDOM in the key log")
 			}
@@ -565,10 +523,7 @@ func TestInteropTLS12(t *testing.T) {
 				t.Fatalf("first server record is not a ServerHello")
 			}
 			serverRandom := serverHello[6:38]
-			kb := prf12(suite.Hash, master, "key expansion", append(bytes.Clone(serverRandom), clientRandom...), 2*suite.KeyLen+2*suite.FixedIVLen)
-			clientKey, kb := kb[:suite.KeyLen], kb[suite.KeyLen:]
-			serverKey, kb := kb[:suite.KeyLen], kb[suite.KeyLen:]
-			clientIV, serverIV := kb[:suite.FixedIVLen], kb[suite.FixedIVLen:]
+			clientKey, serverKey, clientIV, serverIV := KeyBlock12(suite.Hash, master, clientRandom, serverRandom, suite.KeyLen, suite.FixedIVLen)
 
 			c2s := decodeTLS12(t, sess.clientTap.captured(), id, clientKey, clientIV)
 			if !bytes.Equal(c2s.appData, request) {

@@ -1,0 +1,48 @@
+package record
+
+import (
+	"crypto"
+	"crypto/hmac"
+)
+
+// TLS 1.2 key derivation (RFC 5246, Sections 5 and 6.3), here beside the
+// record protection it keys so that the engine, and a test that plays a
+// TLS 1.2 client from a key log's master secret, derive the key block the
+// same way.
+
+// PRF12 is PRF(secret, label, seed) = P_hash(secret, label + seed), RFC
+// 5246, Section 5, with the suite's hash (SHA-256 or SHA-384).
+func PRF12(h crypto.Hash, secret []byte, label string, seed []byte, length int) []byte {
+	labelAndSeed := make([]byte, 0, len(label)+len(seed))
+	labelAndSeed = append(labelAndSeed, label...)
+	labelAndSeed = append(labelAndSeed, seed...)
+
+	out := make([]byte, 0, length+h.Size())
+	mac := hmac.New(h.New, secret)
+	mac.Write(labelAndSeed)
+	a := mac.Sum(nil) // A(1)
+	for len(out) < length {
+		mac.Reset()
+		mac.Write(a)
+		mac.Write(labelAndSeed)
+		out = mac.Sum(out)
+		mac.Reset()
+		mac.Write(a)
+		a = mac.Sum(a[:0])
+	}
+	return out[:length]
+}
+
+// KeyBlock12 cuts the AEAD keys and IVs out of the key block, RFC 5246,
+// Section 6.3. AEAD suites have no MAC keys.
+func KeyBlock12(h crypto.Hash, master, clientRandom, serverRandom []byte, keyLen, ivLen int) (clientKey, serverKey, clientIV, serverIV []byte) {
+	seed := make([]byte, 0, len(serverRandom)+len(clientRandom))
+	seed = append(seed, serverRandom...)
+	seed = append(seed, clientRandom...)
+	block := PRF12(h, master, "key expansion", seed, 2*keyLen+2*ivLen)
+	clientKey, block = block[:keyLen:keyLen], block[keyLen:]
+	serverKey, block = block[:keyLen:keyLen], block[keyLen:]
+	clientIV, block = block[:ivLen:ivLen], block[ivLen:]
+	serverIV = block[:ivLen:ivLen]
+	return
+}
