@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,7 +114,26 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 
 // refresh makes the view the store's current state. The caller holds
 // writeMu.
+//
+// It reads only the records written since the state the view last read
+// (ScanChanged), and opens that state's records with those put in and the
+// erased ones taken out, exactly what a Scan would return: records not
+// written since are the ones read before, and the store's count of
+// records, with the new manifest, tells which were erased. A follower of
+// a store of N keys thus reads and transfers what each change wrote, not
+// N keys' records. When that does not add up (a record the manifest
+// lists is missing, another replica rotated the KEK) it reads the whole
+// store, which says what is wrong.
 func (v *Vault) refresh(ctx context.Context) error {
+	if v.read.records != nil {
+		records, rev, ok, err := v.readChanged(ctx)
+		if err != nil {
+			return fmt.Errorf("keyvault: read the store's changes: %w", err)
+		}
+		if ok {
+			return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
+		}
+	}
 	var records []Record
 	rev, err := v.store.Scan(ctx, func(r Record) error {
 		records = append(records, r)
@@ -121,7 +142,65 @@ func (v *Vault) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keyvault: read the store: %w", err)
 	}
-	return v.adopt(ctx, records, rev)
+	return v.adoptRead(ctx, records, rev)
+}
+
+// storeState is a state of the store a vault read: its revision and
+// records.
+type storeState struct {
+	rev     int64
+	records map[RecordRef]Record
+}
+
+func newStoreState(rev int64, records []Record) storeState {
+	s := storeState{rev: rev, records: make(map[RecordRef]Record, len(records))}
+	for _, r := range records {
+		s.records[r.RecordRef] = r
+	}
+	return s
+}
+
+// adoptRead adopts records, the store's state at rev, and remembers them as
+// the state read last.
+func (v *Vault) adoptRead(ctx context.Context, records []Record, rev int64) error {
+	if err := v.adopt(ctx, records, rev); err != nil {
+		return err
+	}
+	v.read = newStoreState(rev, records)
+	return nil
+}
+
+// readChanged reads the records written since the state read last and
+// returns the store's current state: revision rev, the records read last
+// with the changed ones put in and the erased ones taken out. ok is false
+// when the records do not add up to the store's count: refresh then reads
+// the whole store. The caller holds writeMu.
+func (v *Vault) readChanged(ctx context.Context) (records map[RecordRef]Record, rev int64, ok bool, err error) {
+	records = maps.Clone(v.read.records)
+	rev, total, err := v.follow.store.ScanChanged(ctx, v.read.rev, func(r Record) error {
+		records[r.RecordRef] = r
+		return nil
+	})
+	if err != nil || rev < v.read.rev {
+		// A store older than what was read (etcd restored from a
+		// backup): read all of it.
+		return nil, 0, false, err
+	}
+	if len(records) != total {
+		// Records were erased since: the manifest lists those left. One
+		// that does not open is left to the whole read to report.
+		var m manifestRecord
+		if err := v.sealer.openJSON(records[manifestRef], &m); err != nil {
+			return nil, 0, false, nil
+		}
+		listed := make(map[RecordRef]bool, len(m.Records)+1)
+		listed[manifestRef] = true
+		for _, e := range m.Records {
+			listed[RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}] = true
+		}
+		maps.DeleteFunc(records, func(ref RecordRef, _ Record) bool { return !listed[ref] })
+	}
+	return records, rev, len(records) == total, nil
 }
 
 // adopt makes records, the store's state at revision rev, the view. It

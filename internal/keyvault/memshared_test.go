@@ -3,7 +3,6 @@ package keyvault
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -44,6 +43,9 @@ type memClient struct {
 	// late.
 	scanDelay atomic.Int64
 	scans     atomic.Int64
+	// scanned counts the records its reads returned, fullScans its reads
+	// of the whole store (Scan).
+	scanned, fullScans atomic.Int64
 	// watchHeld keeps the replica's watch from reporting commits, as a
 	// watch that lags behind the store.
 	watchHeld atomic.Bool
@@ -75,23 +77,41 @@ func (c *memClient) expireAnnouncement() {
 var errMemDown = fmt.Errorf("memShared: cut off: %w", ErrUnavailable)
 
 func (c *memClient) Scan(ctx context.Context, fn func(Record) error) (int64, error) {
+	c.fullScans.Add(1)
+	rev, _, err := c.scanAfter(0, fn)
+	return rev, err
+}
+
+func (c *memClient) ScanChanged(ctx context.Context, after int64, fn func(Record) error) (int64, int, error) {
+	return c.scanAfter(after, fn)
+}
+
+// scanAfter reads the records written after revision after (all of them
+// from 0), counting the reads and what they read.
+func (c *memClient) scanAfter(after int64, fn func(Record) error) (int64, int, error) {
 	c.scans.Add(1)
 	if d := time.Duration(c.scanDelay.Load()); d > 0 {
 		time.Sleep(d)
 	}
 	if c.down.Load() {
-		return 0, errMemDown
+		return 0, 0, errMemDown
 	}
 	c.s.mu.Lock()
-	rev := c.s.rev
-	records := slices.Collect(maps.Values(c.s.records))
-	c.s.mu.Unlock()
-	for _, r := range records {
-		if err := fn(r); err != nil {
-			return 0, err
+	rev, total := c.s.rev, len(c.s.records)
+	var records []Record
+	for _, r := range c.s.records {
+		if r.Revision > after {
+			records = append(records, r)
 		}
 	}
-	return rev, nil
+	c.s.mu.Unlock()
+	c.scanned.Add(int64(len(records)))
+	for _, r := range records {
+		if err := fn(r); err != nil {
+			return 0, 0, err
+		}
+	}
+	return rev, total, nil
 }
 
 func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {

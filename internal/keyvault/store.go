@@ -112,6 +112,14 @@ type Store interface {
 // follows it.
 type SharedStore interface {
 	Store
+	// ScanChanged is Scan for a replica that has read the store at
+	// revision after: it calls fn once for every record written since
+	// (Revision greater than after), in one state of the store, and
+	// returns that state's revision and how many records it holds in all.
+	// Records erased since are not reported; the count, with the
+	// manifest, tells them. A replica that follows the store thus reads
+	// what changed, not all of it, at each change.
+	ScanChanged(ctx context.Context, after int64, fn func(Record) error) (rev int64, total int, err error)
 	// Watch calls fn with the store revision of each commit after `after`,
 	// by any process, in order, until ctx ends (returns ctx.Err()) or the
 	// watch breaks (returns another error: the caller rescans, then

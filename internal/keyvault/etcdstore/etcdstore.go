@@ -337,6 +337,47 @@ func (s *Store) read(ctx context.Context) ([]keyvault.Record, int64, error) {
 	}
 }
 
+// ScanChanged implements keyvault.SharedStore in one read-only
+// transaction, so at one etcd revision: the head, the count of the keys
+// under the store's prefix, and those whose ModRevision is past after.
+// etcd filters on the revision itself, so only the changed records cross
+// the network, and it needs no history: a compaction does not affect it.
+func (s *Store) ScanChanged(ctx context.Context, after int64, fn func(keyvault.Record) error) (int64, int, error) {
+	if s.isClosed() {
+		return 0, 0, keyvault.ErrClosed
+	}
+	end := clientv3.GetPrefixRangeEnd(s.store)
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Txn(rctx).Then(
+		clientv3.OpGet(s.head, clientv3.WithKeysOnly()),
+		clientv3.OpGet(s.store, clientv3.WithRange(end), clientv3.WithCountOnly()),
+		clientv3.OpGet(s.store, clientv3.WithRange(end), clientv3.WithMinModRev(after+1)),
+	).Commit()
+	cancel()
+	if err != nil {
+		return 0, 0, s.fail(ctx, "scan the changes", s.cfg.RequestTimeout, err)
+	}
+	var rev int64
+	total := int(resp.Responses[1].GetResponseRange().Count)
+	if head := resp.Responses[0].GetResponseRange().Kvs; len(head) > 0 {
+		rev = head[0].ModRevision
+		total-- // the head is no record
+	}
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		if string(kv.Key) == s.head {
+			continue
+		}
+		ref, err := s.parseKey(string(kv.Key))
+		if err != nil {
+			return 0, 0, err
+		}
+		if err := fn(keyvault.Record{RecordRef: ref, Sealed: kv.Value, Revision: kv.ModRevision}); err != nil {
+			return 0, 0, err
+		}
+	}
+	return rev, total, nil
+}
+
 // key returns the etcd key of ref.
 func (s *Store) key(ref keyvault.RecordRef) string {
 	return fmt.Sprintf("%s%02x/%08x/%s", s.records, uint8(ref.Kind), ref.Version, ref.ID)

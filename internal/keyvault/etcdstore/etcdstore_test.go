@@ -73,6 +73,7 @@ func TestStore(t *testing.T) {
 	t.Run("CompareAndSwap", func(t *testing.T) { testCompareAndSwap(t, c) })
 	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, c) })
 	t.Run("EraseCompactsHistory", func(t *testing.T) { testEraseCompactsHistory(t, c) })
+	t.Run("ScanChanged", func(t *testing.T) { testScanChanged(t, c) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, c) })
 	t.Run("AnnounceWaitApplied", func(t *testing.T) { testAnnounceWaitApplied(t, c) })
 	t.Run("Corrupted", func(t *testing.T) { testCorrupted(t, c) })
@@ -460,6 +461,57 @@ func assertWaiting(t *testing.T, waited chan error) {
 
 // A key under the store's prefix that is no record is reported, not
 // skipped.
+// ScanChanged reads the records written after a revision, in one state
+// with its revision and count, after a compaction too (an erase compacts
+// etcd's history); what another prefix writes it does not see, and a key
+// under the prefix that is no record it reports as corrupted, as Scan.
+func testScanChanged(t *testing.T, c *etcdtest.Cluster) {
+	s := open(t, c, "/scan-changed")
+	other := open(t, c, "/scan-changed-other")
+	ctx := t.Context()
+	changed := func(after int64) (map[keyvault.RecordRef]keyvault.Record, int64, int) {
+		t.Helper()
+		recs := map[keyvault.RecordRef]keyvault.Record{}
+		rev, total, err := s.ScanChanged(ctx, after, func(r keyvault.Record) error {
+			recs[r.RecordRef] = r
+			return nil
+		})
+		require.NoError(t, err)
+		return recs, rev, total
+	}
+	recs, rev, total := changed(0)
+	assert.Empty(t, recs)
+	assert.Zero(t, rev)
+	assert.Zero(t, total)
+
+	rev1, err := s.Commit(ctx, keyvault.Write{Create: []keyvault.Record{
+		{RecordRef: check, Sealed: sealed(t)}, {RecordRef: keyRef, Sealed: sealed(t)}, {RecordRef: material, Sealed: sealed(t)},
+	}})
+	require.NoError(t, err)
+	newKey := sealed(t)
+	rev2, err := s.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: newKey}}, Erase: []keyvault.RecordRef{material}})
+	require.NoError(t, err)
+	_, err = other.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: version1, Sealed: sealed(t)}}})
+	require.NoError(t, err)
+
+	recs, rev, total = changed(rev1)
+	assert.Equal(t, rev2, rev)
+	assert.Equal(t, 2, total, "the check record and the key's")
+	require.Len(t, recs, 1, "only what the second commit wrote; the erased record is not reported")
+	assert.Equal(t, newKey, recs[keyRef].Sealed)
+	assert.Equal(t, rev2, recs[keyRef].Revision)
+	recs, _, _ = changed(0)
+	assert.Len(t, recs, 2)
+	recs, rev, _ = changed(rev2)
+	assert.Empty(t, recs)
+	assert.Equal(t, rev2, rev)
+
+	_, err = c.Client(t, nil).Put(ctx, "/scan-changed/store/r/zz", "?")
+	require.NoError(t, err)
+	_, _, err = s.ScanChanged(ctx, rev2, func(keyvault.Record) error { return nil })
+	assert.ErrorIs(t, err, keyvault.ErrCorrupted)
+}
+
 func testCorrupted(t *testing.T, c *etcdtest.Cluster) {
 	s := open(t, c, "/corrupted")
 	_, err := c.Client(t, nil).Put(t.Context(), "/corrupted/store/r/zz", "?")
