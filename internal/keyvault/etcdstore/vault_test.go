@@ -77,6 +77,17 @@ func waitChange(t testing.TB, v *keyvault.Vault) func(done func() bool) {
 	}
 }
 
+// replicasWithKey opens two replicas on prefix, the first creates key id
+// and the second has synced it.
+func replicasWithKey(t *testing.T, c *etcdtest.Cluster, prefix, id string) (a, b *keyvault.Vault) {
+	t.Helper()
+	a, b = openVault(t, open(t, c, prefix)), openVault(t, open(t, c, prefix))
+	_, err := a.Create(t.Context(), id, keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	require.NoError(t, b.Sync(t.Context()))
+	return a, b
+}
+
 func TestVaultReplicasOnEtcd(t *testing.T) {
 	c := etcdtest.Start(t, 3)
 
@@ -99,11 +110,7 @@ func TestVaultReplicasOnEtcd(t *testing.T) {
 	// records are not those its manifest lists: one deleted behind the
 	// replicas' backs is found at the next change.
 	t.Run("record deleted behind the replicas", func(t *testing.T) {
-		a := openVault(t, open(t, c, "/tampered"))
-		b := openVault(t, open(t, c, "/tampered"))
-		_, err := a.Create(t.Context(), "web", keyvault.Ed25519, nil)
-		require.NoError(t, err)
-		require.NoError(t, b.Sync(t.Context()))
+		a, b := replicasWithKey(t, c, "/tampered", "web")
 		require.NoError(t, sign(b, "web", 1))
 		raw := c.Client(t, nil)
 		resp, err := raw.Get(t.Context(), "/tampered/store/r/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
@@ -127,11 +134,7 @@ func TestVaultReplicasOnEtcd(t *testing.T) {
 	// replica opening the store (every record checked against the
 	// manifest) finds exactly those.
 	t.Run("rotate concurrently", func(t *testing.T) {
-		a := openVault(t, open(t, c, "/rotate"))
-		b := openVault(t, open(t, c, "/rotate"))
-		_, err := a.Create(t.Context(), "k", keyvault.Ed25519, nil)
-		require.NoError(t, err)
-		require.NoError(t, b.Sync(t.Context()))
+		a, b := replicasWithKey(t, c, "/rotate", "k")
 		const rounds = 25
 		var mu sync.Mutex
 		made := map[uint32][]byte{}
