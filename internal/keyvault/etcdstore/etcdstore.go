@@ -271,111 +271,94 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 // pages at that revision. rev is the revision of the last commit to the
 // store in that state.
 func (s *Store) Scan(ctx context.Context, fn func(keyvault.Record) error) (int64, error) {
+	rev, _, err := s.scan(ctx, 0, fn)
+	return rev, err
+}
+
+// ScanChanged implements keyvault.SharedStore: Scan of the records whose
+// ModRevision is past after. etcd filters on the revision itself, so only
+// the changed records cross the network.
+func (s *Store) ScanChanged(ctx context.Context, after int64, fn func(keyvault.Record) error) (int64, int, error) {
+	return s.scan(ctx, after, fn)
+}
+
+func (s *Store) scan(ctx context.Context, after int64, fn func(keyvault.Record) error) (int64, int, error) {
 	if s.isClosed() {
-		return 0, keyvault.ErrClosed
+		return 0, 0, keyvault.ErrClosed
 	}
 	// A compaction between two pages makes the state unreadable; read again
 	// from the start, and call fn only once all of one state is read.
 	for attempt := 0; ; attempt++ {
-		recs, rev, err := s.read(ctx)
+		recs, rev, total, err := s.read(ctx, after)
 		if errors.Is(err, rpctypes.ErrCompacted) && attempt < 3 {
 			continue
 		}
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for _, r := range recs {
 			if err := fn(r); err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 		}
-		return rev, nil
+		return rev, total, nil
 	}
 }
 
-func (s *Store) read(ctx context.Context) ([]keyvault.Record, int64, error) {
-	var (
-		recs   []keyvault.Record
-		rev    int64 // head's ModRevision: the store revision
-		at     int64 // etcd revision of the state read
-		from   = s.store
-		end    = clientv3.GetPrefixRangeEnd(s.store)
-		header bool
-	)
+// read reads the records written after store revision after (all of them
+// for 0) of one state of the store: its first page in one read-only
+// transaction with the head (whose ModRevision is the store revision rev)
+// and the count of the store's keys, the next pages at that transaction's
+// etcd revision.
+func (s *Store) read(ctx context.Context, after int64) (recs []keyvault.Record, rev int64, total int, err error) {
+	end := clientv3.GetPrefixRangeEnd(s.store)
+	page := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
+	if after > 0 {
+		// Not for a whole Scan: with a revision filter etcd reads the rest
+		// of the range for each page.
+		page = append(page, clientv3.WithMinModRev(after+1))
+	}
+	rctx, cancel := s.request(ctx)
+	first, err := s.cli.Txn(rctx).Then(
+		clientv3.OpGet(s.head, clientv3.WithKeysOnly()),
+		clientv3.OpGet(s.store, clientv3.WithRange(end), clientv3.WithCountOnly()),
+		clientv3.OpGet(s.store, page...),
+	).Commit()
+	cancel()
+	if err != nil {
+		return nil, 0, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
+	}
+	total = int(first.Responses[1].GetResponseRange().Count)
+	if head := first.Responses[0].GetResponseRange().Kvs; len(head) > 0 {
+		rev = head[0].ModRevision
+		total-- // the head is no record
+	}
+	resp := (*clientv3.GetResponse)(first.Responses[2].GetResponseRange())
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
-		if header {
-			opts = append(opts, clientv3.WithRev(at))
-		}
-		rctx, cancel := s.request(ctx)
-		resp, err := s.cli.Get(rctx, from, opts...)
-		cancel()
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			return nil, 0, err
-		}
-		if err != nil {
-			return nil, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
-		}
-		if !header {
-			at, header = resp.Header.Revision, true
-		}
 		for _, kv := range resp.Kvs {
 			if string(kv.Key) == s.head {
-				rev = kv.ModRevision
 				continue
 			}
 			ref, err := s.parseKey(string(kv.Key))
 			if err != nil {
-				return nil, 0, err
+				return nil, 0, 0, err
 			}
 			recs = append(recs, keyvault.Record{RecordRef: ref, Sealed: kv.Value, Revision: kv.ModRevision})
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return recs, rev, nil
+			return recs, rev, total, nil
 		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
-}
-
-// ScanChanged implements keyvault.SharedStore in one read-only
-// transaction, so at one etcd revision: the head, the count of the keys
-// under the store's prefix, and those whose ModRevision is past after.
-// etcd filters on the revision itself, so only the changed records cross
-// the network, and it needs no history: a compaction does not affect it.
-func (s *Store) ScanChanged(ctx context.Context, after int64, fn func(keyvault.Record) error) (int64, int, error) {
-	if s.isClosed() {
-		return 0, 0, keyvault.ErrClosed
-	}
-	end := clientv3.GetPrefixRangeEnd(s.store)
-	rctx, cancel := s.request(ctx)
-	resp, err := s.cli.Txn(rctx).Then(
-		clientv3.OpGet(s.head, clientv3.WithKeysOnly()),
-		clientv3.OpGet(s.store, clientv3.WithRange(end), clientv3.WithCountOnly()),
-		clientv3.OpGet(s.store, clientv3.WithRange(end), clientv3.WithMinModRev(after+1)),
-	).Commit()
-	cancel()
-	if err != nil {
-		return 0, 0, s.fail(ctx, "scan the changes", s.cfg.RequestTimeout, err)
-	}
-	var rev int64
-	total := int(resp.Responses[1].GetResponseRange().Count)
-	if head := resp.Responses[0].GetResponseRange().Kvs; len(head) > 0 {
-		rev = head[0].ModRevision
-		total-- // the head is no record
-	}
-	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
-		if string(kv.Key) == s.head {
-			continue
+		from := string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		rctx, cancel := s.request(ctx)
+		resp, err = s.cli.Get(rctx, from, append(page, clientv3.WithRev(first.Header.Revision))...)
+		cancel()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return nil, 0, 0, err
 		}
-		ref, err := s.parseKey(string(kv.Key))
 		if err != nil {
-			return 0, 0, err
-		}
-		if err := fn(keyvault.Record{RecordRef: ref, Sealed: kv.Value, Revision: kv.ModRevision}); err != nil {
-			return 0, 0, err
+			return nil, 0, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
 		}
 	}
-	return rev, total, nil
 }
 
 // key returns the etcd key of ref.

@@ -506,6 +506,19 @@ func testScanChanged(t *testing.T, c *etcdtest.Cluster) {
 	assert.Empty(t, recs)
 	assert.Equal(t, rev2, rev)
 
+	// More changed records than one page.
+	for i := range 3 {
+		w := keyvault.Write{}
+		for j := range 100 {
+			w.Put = append(w.Put, keyvault.Record{RecordRef: keyvault.RecordRef{Kind: keyvault.RecordKey, ID: fmt.Sprintf("k%d-%d", i, j)}, Sealed: sealed(t)})
+		}
+		_, err = s.Commit(ctx, w)
+		require.NoError(t, err)
+	}
+	recs, _, total = changed(rev2)
+	assert.Len(t, recs, 300)
+	assert.Equal(t, 302, total)
+
 	_, err = c.Client(t, nil).Put(ctx, "/scan-changed/store/r/zz", "?")
 	require.NoError(t, err)
 	_, _, err = s.ScanChanged(ctx, rev2, func(keyvault.Record) error { return nil })
