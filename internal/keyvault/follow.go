@@ -26,9 +26,10 @@ import (
 //     gives up with ErrAborted. Two replicas rotating one key at once thus
 //     make two versions, numbered one after the other, never one lost.
 //   - The view follows the store: a watch wakes it at every commit of any
-//     replica, and it reads the store again (refresh), keeping the loaded
-//     state of every version whose records did not change, so following
-//     neither parses keys again nor reopens HSM objects.
+//     replica, and it reads what changed since it last read the store
+//     (refresh), keeping the loaded state of every version whose records
+//     did not change, so following neither parses keys again nor reopens
+//     HSM objects.
 //   - Key use is fenced by staleness: a replica confirms its view when a
 //     Revision read it sent at ts is answered and it has applied everything
 //     up to that revision (confirmedAt = ts, on the monotonic clock). Once
