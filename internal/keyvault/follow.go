@@ -89,7 +89,7 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 			if rev <= v.storeRev {
 				return err
 			}
-			if err := v.refresh(ctx); err != nil {
+			if err := v.refresh(ctx, rev); err != nil {
 				return fmt.Errorf("keyvault: %s: %w", what, err)
 			}
 			continue
@@ -107,34 +107,46 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := v.refresh(ctx); err != nil {
+		if err := v.refresh(ctx, 0); err != nil {
 			return fmt.Errorf("keyvault: %s: %w", what, err)
 		}
 	}
 }
 
-// refresh makes the view the store's current state. The caller holds
-// writeMu.
+// refresh makes the view the store's current state, or one at revision
+// target or later (0: the current one). The caller holds writeMu.
 //
-// It reads only the records written since the state the view last read
-// (ScanChanged), and opens that state's records with those put in and the
-// erased ones taken out, exactly what a Scan would return: records not
-// written since are the ones read before, and the store's count of
-// records, with the new manifest, tells which were erased. A follower of
-// a store of N keys thus reads and transfers what each change wrote, not
-// N keys' records. When that does not add up (a record the manifest
-// lists is missing, another replica rotated the KEK) it reads the whole
-// store, which says what is wrong.
-func (v *Vault) refresh(ctx context.Context) error {
-	if v.read.records != nil {
-		records, rev, ok, err := v.readChanged(ctx)
-		if err != nil {
-			return fmt.Errorf("keyvault: read the store's changes: %w", err)
-		}
-		if ok {
+// It opens the records of the state the view last read with the changes
+// since put in and the erased records taken out, exactly what a Scan
+// would return. The changes come from the watch when it has reported
+// every one up to target (it carries the records each commit wrote), or
+// else from the store (ScanChanged): the records written since, with the
+// store's count of records, which with the new manifest tells which were
+// erased. A follower of a store of N keys thus neither reads nor
+// transfers N keys' records at each change. When that does not add up (a
+// record the manifest lists is missing, another replica rotated the KEK)
+// it reads the whole store, which says what is wrong.
+func (v *Vault) refresh(ctx context.Context, target int64) error {
+	if v.read.records == nil {
+		return v.refreshAll(ctx)
+	}
+	if target > 0 {
+		if records, rev, ok := v.follow.watched.take(v.read, target); ok {
 			return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
 		}
 	}
+	records, rev, ok, err := v.readChanged(ctx)
+	if err != nil {
+		return fmt.Errorf("keyvault: read the store's changes: %w", err)
+	}
+	if ok {
+		return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
+	}
+	return v.refreshAll(ctx)
+}
+
+// refreshAll makes the view the store's current state, read whole.
+func (v *Vault) refreshAll(ctx context.Context) error {
 	var records []Record
 	rev, err := v.store.Scan(ctx, func(r Record) error {
 		records = append(records, r)
@@ -334,11 +346,73 @@ func (v *Vault) unchangedTicketKey(ref RecordRef) *ticketKey {
 	return nil
 }
 
+// maxWatched bounds the records of the changes the watch reported that
+// refresh has not taken: past it they are dropped, and the view reads the
+// changes from the store instead.
+const maxWatched = 4096
+
+// watched are the changes the watch reported since revision from, every
+// one, in order, that refresh has not taken yet.
+type watched struct {
+	mu      sync.Mutex
+	from    int64
+	changes []Change
+	records int
+}
+
+// restart begins again after revision from, as a new watch does.
+func (w *watched) restart(from int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.from, w.changes, w.records = from, nil, 0
+}
+
+// add keeps ch. One the store could not tell, or past maxWatched, drops
+// what is kept: whoever applies the changes up to it reads the store.
+func (w *watched) add(ch Change) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.records += len(ch.Put) + len(ch.Erased)
+	if !ch.Known || w.records > maxWatched {
+		w.from, w.changes, w.records = ch.Rev, nil, 0
+		return
+	}
+	w.changes = append(w.changes, ch)
+}
+
+// take returns the state of the store that read, with the changes kept put
+// in, when they are every change from read's revision up to target or
+// later; ok is false when they are not. What it returns is no longer kept.
+func (w *watched) take(read storeState, target int64) (records map[RecordRef]Record, rev int64, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.from > read.rev || len(w.changes) == 0 || w.changes[len(w.changes)-1].Rev < target {
+		return nil, 0, false
+	}
+	records = maps.Clone(read.records)
+	for _, ch := range w.changes {
+		if ch.Rev <= read.rev {
+			continue
+		}
+		for _, ref := range ch.Erased {
+			delete(records, ref)
+		}
+		for _, r := range ch.Put {
+			records[r.RecordRef] = r
+		}
+	}
+	rev = w.changes[len(w.changes)-1].Rev
+	w.from, w.changes, w.records = rev, nil, 0
+	return records, rev, true
+}
+
 // follower follows a SharedStore for its vault.
 type follower struct {
 	store SharedStore
-	bound time.Duration
-	epoch time.Time // the origin of the monotonic times below
+	// watched are the changes the watch reported, for refresh.
+	watched watched
+	bound   time.Duration
+	epoch   time.Time // the origin of the monotonic times below
 
 	// confirmed is when, in nanoseconds since epoch, the Revision read
 	// that last confirmed the view was sent.
@@ -462,8 +536,11 @@ func (v *Vault) watch(ctx context.Context) {
 	defer f.done.Done()
 	backoff := 50 * time.Millisecond
 	for {
-		err := f.store.Watch(ctx, f.view.Load(), func(rev int64) {
-			if rev > f.view.Load() {
+		after := f.view.Load()
+		f.watched.restart(after)
+		err := f.store.Watch(ctx, after, func(ch Change) {
+			f.watched.add(ch)
+			if ch.Rev > f.view.Load() {
 				f.signal()
 			}
 		})
@@ -605,7 +682,7 @@ func (v *Vault) syncOnce(ctx context.Context) error {
 		case v.isClosed():
 			err = ErrClosed
 		case v.storeRev < rev:
-			err = v.refresh(ctx)
+			err = v.refresh(ctx, rev)
 		}
 		v.writeMu.Unlock()
 		if err != nil {

@@ -18,6 +18,7 @@ type memShared struct {
 	mu      sync.Mutex
 	rev     int64
 	records map[RecordRef]Record
+	log     []Change      // the change of each revision: log[rev-1]
 	changed chan struct{} // closed and replaced at every change
 	applied map[*memClient]int64
 }
@@ -132,14 +133,20 @@ func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {
 		}
 	}
 	s.rev++
+	ch := Change{Rev: s.rev, Known: true}
 	for _, ref := range w.Erase {
+		if _, ok := s.records[ref]; ok {
+			ch.Erased = append(ch.Erased, ref)
+		}
 		delete(s.records, ref)
 	}
 	for _, r := range slices.Concat(w.Create, w.Put) {
 		r.Sealed = slices.Clone(r.Sealed)
 		r.Revision = s.rev
 		s.records[r.RecordRef] = r
+		ch.Put = append(ch.Put, r)
 	}
+	s.log = append(s.log, ch)
 	s.broadcast()
 	return s.rev, nil
 }
@@ -152,16 +159,16 @@ func (c *memClient) Close() error {
 	return nil
 }
 
-func (c *memClient) Watch(ctx context.Context, after int64, fn func(rev int64)) error {
+func (c *memClient) Watch(ctx context.Context, after int64, fn func(Change)) error {
 	for {
 		c.s.mu.Lock()
-		rev, changed := c.s.rev, c.s.changed
+		log, changed := c.s.log, c.s.changed
 		c.s.mu.Unlock()
 		if c.down.Load() {
 			return errMemDown
 		}
-		for ; after < rev && !c.watchHeld.Load(); after++ {
-			fn(after + 1)
+		for ; after < int64(len(log)) && !c.watchHeld.Load(); after++ {
+			fn(log[after])
 		}
 		select {
 		case <-changed:

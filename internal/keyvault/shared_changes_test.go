@@ -3,6 +3,7 @@ package keyvault
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -109,4 +110,47 @@ func TestSharedFollowDetectsTampering(t *testing.T) {
 			assert.ErrorIs(t, err, ErrCorrupted, "a replica opening the store")
 		})
 	}
+}
+
+// TestSharedFollowByWatchReadsNothing: the watch reports each commit with
+// the records it wrote and erased, and a replica follows the others from
+// it without reading the store at all (no Scan, no ScanChanged: only the
+// Revision reads confirming its view), its own commits in between too.
+func TestSharedFollowByWatchReadsNothing(t *testing.T) {
+	s := newMemShared()
+	// A bound of minutes: no confirmation tick comes during the test, so
+	// B reads only to follow what its watch reported.
+	a, _ := newSharedVault(t, s, WithStalenessBound(10*time.Minute))
+	b, bc := newSharedVault(t, s, WithStalenessBound(10*time.Minute))
+	sub := subscribe(b)
+	scans := bc.scans.Load()
+
+	_, err := a.Create(ctx, "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	sub.waitFor(t, "web")
+	signOK(t, b, "web", 1)
+	_, err = b.Create(ctx, "own", ECDSAP256, nil) // B's own commit, between A's
+	require.NoError(t, err)
+	_, err = a.Rotate(ctx, "web")
+	require.NoError(t, err)
+	sub.waitFor(t, "web")
+	signOK(t, b, "web", 2)
+	_, err = a.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	sub.waitFor(t, "web")
+	_, err = a.DestroyVersion(ctx, "web", 1)
+	require.NoError(t, err)
+	sub.waitFor(t, "web")
+	key, err := b.Get(ctx, "web")
+	require.NoError(t, err)
+	assert.Equal(t, StateDestroyed, key.Versions[0].State)
+	assert.Equal(t, scans, bc.scans.Load(), "reads of the store to follow")
+
+	// What B follows is what a replica opening the store now reads.
+	c, _ := newSharedVault(t, s)
+	fresh, err := c.Get(ctx, "web")
+	require.NoError(t, err)
+	assert.Equal(t, fresh, key)
+	_, err = c.Get(ctx, "own")
+	assert.NoError(t, err)
 }

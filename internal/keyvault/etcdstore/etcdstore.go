@@ -558,7 +558,7 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // Watch implements keyvault.SharedStore. The watch needs the etcd member it
 // is connected to to have a leader; a member that loses it ends the watch,
 // and so does a compaction past the revision the watch has reached.
-func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) error {
+func (s *Store) Watch(ctx context.Context, after int64, fn func(keyvault.Change)) error {
 	if s.isClosed() {
 		return keyvault.ErrClosed
 	}
@@ -576,7 +576,7 @@ func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) erro
 		}
 		if len(resp.Kvs) > 0 {
 			after = resp.Kvs[0].ModRevision
-			fn(after)
+			fn(keyvault.Change{Rev: after})
 		}
 		start = resp.Header.Revision + 1
 	}
@@ -588,18 +588,47 @@ func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) erro
 			}
 			return fmt.Errorf("etcdstore: watch after revision %d: %w: %w", last, err, keyvault.ErrUnavailable)
 		}
+		// The events of one commit share its revision, and etcd sends
+		// them in one response (it splits only between revisions).
+		var ch keyvault.Change
 		for _, ev := range resp.Events {
-			// The events of one commit share its revision: report it once.
-			if rev := ev.Kv.ModRevision; rev > last {
-				last = rev
-				fn(rev)
+			switch rev := ev.Kv.ModRevision; {
+			case rev <= last:
+				continue
+			case rev != ch.Rev:
+				if ch.Rev != 0 {
+					fn(ch)
+				}
+				ch = keyvault.Change{Rev: rev, Known: true}
 			}
+			s.addEvent(&ch, ev)
+		}
+		if ch.Rev != 0 {
+			last = ch.Rev
+			fn(ch)
 		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return fmt.Errorf("etcdstore: watch after revision %d ended: %w", last, keyvault.ErrUnavailable)
+}
+
+// addEvent adds what ev did to ch. A key under the store's prefix that is
+// no record makes ch unknown: the vault reads the store, which reports it.
+func (s *Store) addEvent(ch *keyvault.Change, ev *clientv3.Event) {
+	if string(ev.Kv.Key) == s.head {
+		return
+	}
+	ref, err := s.parseKey(string(ev.Kv.Key))
+	switch {
+	case err != nil:
+		ch.Known = false
+	case ev.Type == mvccpb.DELETE:
+		ch.Erased = append(ch.Erased, ref)
+	default:
+		ch.Put = append(ch.Put, keyvault.Record{RecordRef: ref, Sealed: ev.Kv.Value, Revision: ev.Kv.ModRevision})
+	}
 }
 
 // Announce implements keyvault.SharedStore: this replica's key under

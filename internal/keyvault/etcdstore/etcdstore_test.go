@@ -2,10 +2,12 @@ package etcdstore_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -296,7 +298,8 @@ func testEraseCompactsHistory(t *testing.T, c *etcdtest.Cluster) {
 }
 
 // Watch reports every commit to the store after the revision given, by any
-// store on the prefix, in order and once each; nothing else in etcd.
+// store on the prefix, in order and once each, with the records it wrote
+// and those it erased; nothing else in etcd.
 func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	a, b := open(t, c, "/watch"), open(t, c, "/watch")
 	other := open(t, c, "/watch-other")
@@ -305,24 +308,32 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	require.NoError(t, err)
 
 	wctx, cancel := context.WithCancel(ctx)
-	revs := make(chan int64, 16)
+	revs := make(chan keyvault.Change, 16)
 	done := make(chan error, 1)
-	go func() { done <- a.Watch(wctx, rev0, func(rev int64) { revs <- rev }) }()
+	go func() { done <- a.Watch(wctx, rev0, func(ch keyvault.Change) { revs <- ch }) }()
 
-	var want []int64
+	var want []keyvault.Change
 	for i := range 3 {
 		_, err := other.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: check, Sealed: []byte("x")}}})
 		require.NoError(t, err)
 		require.NoError(t, b.Announce(ctx, int64(i)))
-		rev, err := b.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: []byte{byte(i)}}, {RecordRef: version1, Sealed: []byte{byte(i)}}}})
+		w := keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: []byte{byte(i)}}, {RecordRef: version1, Sealed: []byte{byte(i)}}}}
+		rev, err := b.Commit(ctx, w)
 		require.NoError(t, err)
-		want = append(want, rev)
+		for j := range w.Put {
+			w.Put[j].Revision = rev
+		}
+		want = append(want, keyvault.Change{Rev: rev, Known: true, Put: w.Put})
 	}
-	var got []int64
+	rev, err := b.Commit(ctx, keyvault.Write{Erase: []keyvault.RecordRef{version1}})
+	require.NoError(t, err)
+	want = append(want, keyvault.Change{Rev: rev, Known: true, Erased: []keyvault.RecordRef{version1}})
+	var got []keyvault.Change
 	for range want {
 		select {
-		case rev := <-revs:
-			got = append(got, rev)
+		case ch := <-revs:
+			slices.SortFunc(ch.Put, func(a, b keyvault.Record) int { return cmp.Compare(a.Kind, b.Kind) })
+			got = append(got, ch)
 		case <-time.After(30 * time.Second):
 			t.Fatalf("watch reported %v of %v", got, want)
 		}
@@ -334,9 +345,9 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 
 	// Watching from before a compaction breaks the watch: the caller
 	// rescans.
-	_, err = a.Commit(ctx, keyvault.Write{Erase: []keyvault.RecordRef{version1}})
+	_, err = a.Commit(ctx, keyvault.Write{Erase: []keyvault.RecordRef{material}})
 	require.NoError(t, err)
-	err = a.Watch(ctx, rev0, func(int64) {})
+	err = a.Watch(ctx, rev0, func(keyvault.Change) {})
 	assert.ErrorIs(t, err, keyvault.ErrUnavailable)
 	assert.ErrorContains(t, err, "compacted")
 
@@ -344,7 +355,7 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	empty := open(t, c, "/watch-empty")
 	wctx, cancel = context.WithCancel(ctx)
 	defer cancel()
-	go func() { done <- empty.Watch(wctx, 0, func(rev int64) { revs <- rev }) }()
+	go func() { done <- empty.Watch(wctx, 0, func(ch keyvault.Change) { revs <- ch }) }()
 	// A failed commit ends the wait, to fail on the test's goroutine.
 	require.Eventually(t, func() bool {
 		if _, err = empty.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: check, Sealed: []byte("c")}}}); err != nil {
