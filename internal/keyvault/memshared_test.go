@@ -50,6 +50,10 @@ type memClient struct {
 	// watchHeld keeps the replica's watch from reporting commits, as a
 	// watch that lags behind the store.
 	watchHeld atomic.Bool
+	// watchFirst makes Revision answer a revision only once the replica's
+	// watch has reported it (delivered): a watch never behind the store.
+	watchFirst atomic.Bool
+	delivered  atomic.Int64
 	// revisionDelay slows Revision reads; revisions counts them.
 	revisionDelay atomic.Int64
 	revisions     atomic.Int64
@@ -160,6 +164,7 @@ func (c *memClient) Close() error {
 }
 
 func (c *memClient) Watch(ctx context.Context, after int64, fn func(Change)) error {
+	c.delivered.Store(max(c.delivered.Load(), after))
 	for {
 		c.s.mu.Lock()
 		log, changed := c.s.log, c.s.changed
@@ -167,8 +172,14 @@ func (c *memClient) Watch(ctx context.Context, after int64, fn func(Change)) err
 		if c.down.Load() {
 			return errMemDown
 		}
-		for ; after < int64(len(log)) && !c.watchHeld.Load(); after++ {
-			fn(log[after])
+		if after < int64(len(log)) && !c.watchHeld.Load() {
+			for ; after < int64(len(log)); after++ {
+				fn(log[after])
+			}
+			c.delivered.Store(after)
+			c.s.mu.Lock()
+			c.s.broadcast()
+			c.s.mu.Unlock()
 		}
 		select {
 		case <-changed:
@@ -183,12 +194,22 @@ func (c *memClient) Revision(ctx context.Context) (int64, error) {
 	if d := time.Duration(c.revisionDelay.Load()); d > 0 {
 		time.Sleep(d)
 	}
-	if c.down.Load() {
-		return 0, errMemDown
+	for {
+		if c.down.Load() {
+			return 0, errMemDown
+		}
+		c.s.mu.Lock()
+		rev, changed := c.s.rev, c.s.changed
+		c.s.mu.Unlock()
+		if !c.watchFirst.Load() || c.delivered.Load() >= rev {
+			return rev, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	return c.s.rev, nil
 }
 
 func (c *memClient) Announce(ctx context.Context, rev int64) error {
