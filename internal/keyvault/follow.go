@@ -89,7 +89,7 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 			if rev <= v.storeRev {
 				return err
 			}
-			if err := v.refresh(ctx, rev); err != nil {
+			if err := v.refreshTo(ctx, rev); err != nil {
 				return fmt.Errorf("keyvault: %s: %w", what, err)
 			}
 			continue
@@ -107,14 +107,18 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := v.refresh(ctx, 0); err != nil {
+		if err := v.refresh(ctx); err != nil {
 			return fmt.Errorf("keyvault: %s: %w", what, err)
 		}
 	}
 }
 
-// refresh makes the view the store's current state, or one at revision
-// target or later (0: the current one). The caller holds writeMu.
+// refresh makes the view the store's current state. The caller holds
+// writeMu.
+func (v *Vault) refresh(ctx context.Context) error { return v.refreshTo(ctx, 0) }
+
+// refreshTo makes the view a state of the store at revision target or
+// later (0: the current one). The caller holds writeMu.
 //
 // It opens the records of the state the view last read with the changes
 // since put in and the erased records taken out, exactly what a Scan
@@ -126,7 +130,7 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 // transfers N keys' records at each change. When that does not add up (a
 // record the manifest lists is missing, another replica rotated the KEK)
 // it reads the whole store, which says what is wrong.
-func (v *Vault) refresh(ctx context.Context, target int64) error {
+func (v *Vault) refreshTo(ctx context.Context, target int64) error {
 	if v.read.records == nil {
 		return v.refreshAll(ctx)
 	}
@@ -682,7 +686,7 @@ func (v *Vault) syncOnce(ctx context.Context) error {
 		case v.isClosed():
 			err = ErrClosed
 		case v.storeRev < rev:
-			err = v.refresh(ctx, rev)
+			err = v.refreshTo(ctx, rev)
 		}
 		v.writeMu.Unlock()
 		if err != nil {
