@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,9 +26,10 @@ import (
 //     gives up with ErrAborted. Two replicas rotating one key at once thus
 //     make two versions, numbered one after the other, never one lost.
 //   - The view follows the store: a watch wakes it at every commit of any
-//     replica, and it reads the store again (refresh), keeping the loaded
-//     state of every version whose records did not change, so following
-//     neither parses keys again nor reopens HSM objects.
+//     replica, and it reads what changed since it last read the store
+//     (refresh), keeping the loaded state of every version whose records
+//     did not change, so following neither parses keys again nor reopens
+//     HSM objects.
 //   - Key use is fenced by staleness: a replica confirms its view when a
 //     Revision read it sent at ts is answered and it has applied everything
 //     up to that revision (confirmedAt = ts, on the monotonic clock). Once
@@ -86,7 +89,7 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 			if rev <= v.storeRev {
 				return err
 			}
-			if err := v.refresh(ctx); err != nil {
+			if err := v.refreshTo(ctx, rev); err != nil {
 				return fmt.Errorf("keyvault: %s: %w", what, err)
 			}
 			continue
@@ -112,7 +115,42 @@ func (v *Vault) retry(ctx context.Context, what string, change func() error) err
 
 // refresh makes the view the store's current state. The caller holds
 // writeMu.
-func (v *Vault) refresh(ctx context.Context) error {
+func (v *Vault) refresh(ctx context.Context) error { return v.refreshTo(ctx, 0) }
+
+// refreshTo makes the view a state of the store at revision target or
+// later (0: the current one). The caller holds writeMu.
+//
+// It opens the records of the state the view last read with the changes
+// since put in and the erased records taken out, exactly what a Scan
+// would return. The changes come from the watch when it has reported
+// every one up to target (it carries the records each commit wrote), or
+// else from the store (ScanChanged): the records written since, with the
+// store's count of records, which with the new manifest tells which were
+// erased. A follower of a store of N keys thus neither reads nor
+// transfers N keys' records at each change. When that does not add up (a
+// record the manifest lists is missing, another replica rotated the KEK)
+// it reads the whole store, which says what is wrong.
+func (v *Vault) refreshTo(ctx context.Context, target int64) error {
+	if v.read.records == nil {
+		return v.refreshAll(ctx)
+	}
+	if target > 0 {
+		if records, rev, ok := v.follow.watched.take(v.read, target); ok {
+			return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
+		}
+	}
+	records, rev, ok, err := v.readChanged(ctx)
+	if err != nil {
+		return fmt.Errorf("keyvault: read the store's changes: %w", err)
+	}
+	if ok {
+		return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
+	}
+	return v.refreshAll(ctx)
+}
+
+// refreshAll makes the view the store's current state, read whole.
+func (v *Vault) refreshAll(ctx context.Context) error {
 	var records []Record
 	rev, err := v.store.Scan(ctx, func(r Record) error {
 		records = append(records, r)
@@ -121,7 +159,65 @@ func (v *Vault) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keyvault: read the store: %w", err)
 	}
-	return v.adopt(ctx, records, rev)
+	return v.adoptRead(ctx, records, rev)
+}
+
+// storeState is a state of the store a vault read: its revision and
+// records.
+type storeState struct {
+	rev     int64
+	records map[RecordRef]Record
+}
+
+func newStoreState(rev int64, records []Record) storeState {
+	s := storeState{rev: rev, records: make(map[RecordRef]Record, len(records))}
+	for _, r := range records {
+		s.records[r.RecordRef] = r
+	}
+	return s
+}
+
+// adoptRead adopts records, the store's state at rev, and remembers them as
+// the state read last.
+func (v *Vault) adoptRead(ctx context.Context, records []Record, rev int64) error {
+	if err := v.adopt(ctx, records, rev); err != nil {
+		return err
+	}
+	v.read = newStoreState(rev, records)
+	return nil
+}
+
+// readChanged reads the records written since the state read last and
+// returns the store's current state: revision rev, the records read last
+// with the changed ones put in and the erased ones taken out. ok is false
+// when the records do not add up to the store's count: refresh then reads
+// the whole store. The caller holds writeMu.
+func (v *Vault) readChanged(ctx context.Context) (records map[RecordRef]Record, rev int64, ok bool, err error) {
+	records = maps.Clone(v.read.records)
+	rev, total, err := v.follow.store.ScanChanged(ctx, v.read.rev, func(r Record) error {
+		records[r.RecordRef] = r
+		return nil
+	})
+	if err != nil || rev < v.read.rev {
+		// A store older than what was read (etcd restored from a
+		// backup): read all of it.
+		return nil, 0, false, err
+	}
+	if len(records) != total {
+		// Records were erased since: the manifest lists those left. One
+		// that does not open is left to the whole read to report.
+		var m manifestRecord
+		if err := v.sealer.openJSON(records[manifestRef], &m); err != nil {
+			return nil, 0, false, nil
+		}
+		listed := make(map[RecordRef]bool, len(m.Records)+1)
+		listed[manifestRef] = true
+		for _, e := range m.Records {
+			listed[RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}] = true
+		}
+		maps.DeleteFunc(records, func(ref RecordRef, _ Record) bool { return !listed[ref] })
+	}
+	return records, rev, len(records) == total, nil
 }
 
 // adopt makes records, the store's state at revision rev, the view. It
@@ -259,11 +355,73 @@ func (v *Vault) unchangedTicketKey(ref RecordRef) *ticketKey {
 	return nil
 }
 
+// maxWatched bounds the records of the changes the watch reported that
+// refresh has not taken: past it they are dropped, and the view reads the
+// changes from the store instead.
+const maxWatched = 4096
+
+// watched are the changes the watch reported since revision from, every
+// one, in order, that refresh has not taken yet.
+type watched struct {
+	mu      sync.Mutex
+	from    int64
+	changes []Change
+	records int
+}
+
+// restart begins again after revision from, as a new watch does.
+func (w *watched) restart(from int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.from, w.changes, w.records = from, nil, 0
+}
+
+// add keeps ch. One the store could not tell, or past maxWatched, drops
+// what is kept: whoever applies the changes up to it reads the store.
+func (w *watched) add(ch Change) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.records += len(ch.Put) + len(ch.Erased)
+	if !ch.Known || w.records > maxWatched {
+		w.from, w.changes, w.records = ch.Rev, nil, 0
+		return
+	}
+	w.changes = append(w.changes, ch)
+}
+
+// take returns the state of the store that read, with the changes kept put
+// in, when they are every change from read's revision up to target or
+// later; ok is false when they are not. What it returns is no longer kept.
+func (w *watched) take(read storeState, target int64) (records map[RecordRef]Record, rev int64, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.from > read.rev || len(w.changes) == 0 || w.changes[len(w.changes)-1].Rev < target {
+		return nil, 0, false
+	}
+	records = maps.Clone(read.records)
+	for _, ch := range w.changes {
+		if ch.Rev <= read.rev {
+			continue
+		}
+		for _, ref := range ch.Erased {
+			delete(records, ref)
+		}
+		for _, r := range ch.Put {
+			records[r.RecordRef] = r
+		}
+	}
+	rev = w.changes[len(w.changes)-1].Rev
+	w.from, w.changes, w.records = rev, nil, 0
+	return records, rev, true
+}
+
 // follower follows a SharedStore for its vault.
 type follower struct {
 	store SharedStore
-	bound time.Duration
-	epoch time.Time // the origin of the monotonic times below
+	// watched are the changes the watch reported, for refresh.
+	watched watched
+	bound   time.Duration
+	epoch   time.Time // the origin of the monotonic times below
 
 	// confirmed is when, in nanoseconds since epoch, the Revision read
 	// that last confirmed the view was sent.
@@ -387,8 +545,11 @@ func (v *Vault) watch(ctx context.Context) {
 	defer f.done.Done()
 	backoff := 50 * time.Millisecond
 	for {
-		err := f.store.Watch(ctx, f.view.Load(), func(rev int64) {
-			if rev > f.view.Load() {
+		after := f.view.Load()
+		f.watched.restart(after)
+		err := f.store.Watch(ctx, after, func(ch Change) {
+			f.watched.add(ch)
+			if ch.Rev > f.view.Load() {
 				f.signal()
 			}
 		})
@@ -534,7 +695,7 @@ func (v *Vault) syncOnce(ctx context.Context) error {
 		case v.isClosed():
 			err = ErrClosed
 		case v.storeRev < rev:
-			err = v.refresh(ctx)
+			err = v.refreshTo(ctx, rev)
 		}
 		v.writeMu.Unlock()
 		if err != nil {

@@ -3,7 +3,6 @@ package keyvault
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,6 +18,7 @@ type memShared struct {
 	mu      sync.Mutex
 	rev     int64
 	records map[RecordRef]Record
+	log     []Change      // the change of each revision: log[rev-1]
 	changed chan struct{} // closed and replaced at every change
 	applied map[*memClient]int64
 }
@@ -44,9 +44,16 @@ type memClient struct {
 	// late.
 	scanDelay atomic.Int64
 	scans     atomic.Int64
+	// scanned counts the records its reads returned, fullScans its reads
+	// of the whole store (Scan).
+	scanned, fullScans atomic.Int64
 	// watchHeld keeps the replica's watch from reporting commits, as a
 	// watch that lags behind the store.
 	watchHeld atomic.Bool
+	// watchFirst makes Revision answer a revision only once the replica's
+	// watch has reported it (delivered): a watch never behind the store.
+	watchFirst atomic.Bool
+	delivered  atomic.Int64
 	// revisionDelay slows Revision reads; revisions counts them.
 	revisionDelay atomic.Int64
 	revisions     atomic.Int64
@@ -75,23 +82,41 @@ func (c *memClient) expireAnnouncement() {
 var errMemDown = fmt.Errorf("memShared: cut off: %w", ErrUnavailable)
 
 func (c *memClient) Scan(ctx context.Context, fn func(Record) error) (int64, error) {
+	c.fullScans.Add(1)
+	rev, _, err := c.scanAfter(0, fn)
+	return rev, err
+}
+
+func (c *memClient) ScanChanged(ctx context.Context, after int64, fn func(Record) error) (int64, int, error) {
+	return c.scanAfter(after, fn)
+}
+
+// scanAfter reads the records written after revision after (all of them
+// from 0), counting the reads and what they read.
+func (c *memClient) scanAfter(after int64, fn func(Record) error) (int64, int, error) {
 	c.scans.Add(1)
 	if d := time.Duration(c.scanDelay.Load()); d > 0 {
 		time.Sleep(d)
 	}
 	if c.down.Load() {
-		return 0, errMemDown
+		return 0, 0, errMemDown
 	}
 	c.s.mu.Lock()
-	rev := c.s.rev
-	records := slices.Collect(maps.Values(c.s.records))
-	c.s.mu.Unlock()
-	for _, r := range records {
-		if err := fn(r); err != nil {
-			return 0, err
+	rev, total := c.s.rev, len(c.s.records)
+	var records []Record
+	for _, r := range c.s.records {
+		if r.Revision > after {
+			records = append(records, r)
 		}
 	}
-	return rev, nil
+	c.s.mu.Unlock()
+	c.scanned.Add(int64(len(records)))
+	for _, r := range records {
+		if err := fn(r); err != nil {
+			return 0, 0, err
+		}
+	}
+	return rev, total, nil
 }
 
 func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {
@@ -112,14 +137,20 @@ func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {
 		}
 	}
 	s.rev++
+	ch := Change{Rev: s.rev, Known: true}
 	for _, ref := range w.Erase {
+		if _, ok := s.records[ref]; ok {
+			ch.Erased = append(ch.Erased, ref)
+		}
 		delete(s.records, ref)
 	}
 	for _, r := range slices.Concat(w.Create, w.Put) {
 		r.Sealed = slices.Clone(r.Sealed)
 		r.Revision = s.rev
 		s.records[r.RecordRef] = r
+		ch.Put = append(ch.Put, r)
 	}
+	s.log = append(s.log, ch)
 	s.broadcast()
 	return s.rev, nil
 }
@@ -132,16 +163,23 @@ func (c *memClient) Close() error {
 	return nil
 }
 
-func (c *memClient) Watch(ctx context.Context, after int64, fn func(rev int64)) error {
+func (c *memClient) Watch(ctx context.Context, after int64, fn func(Change)) error {
+	c.delivered.Store(max(c.delivered.Load(), after))
 	for {
 		c.s.mu.Lock()
-		rev, changed := c.s.rev, c.s.changed
+		log, changed := c.s.log, c.s.changed
 		c.s.mu.Unlock()
 		if c.down.Load() {
 			return errMemDown
 		}
-		for ; after < rev && !c.watchHeld.Load(); after++ {
-			fn(after + 1)
+		if after < int64(len(log)) && !c.watchHeld.Load() {
+			for ; after < int64(len(log)); after++ {
+				fn(log[after])
+			}
+			c.delivered.Store(after)
+			c.s.mu.Lock()
+			c.s.broadcast()
+			c.s.mu.Unlock()
 		}
 		select {
 		case <-changed:
@@ -156,12 +194,22 @@ func (c *memClient) Revision(ctx context.Context) (int64, error) {
 	if d := time.Duration(c.revisionDelay.Load()); d > 0 {
 		time.Sleep(d)
 	}
-	if c.down.Load() {
-		return 0, errMemDown
+	for {
+		if c.down.Load() {
+			return 0, errMemDown
+		}
+		c.s.mu.Lock()
+		rev, changed := c.s.rev, c.s.changed
+		c.s.mu.Unlock()
+		if !c.watchFirst.Load() || c.delivered.Load() >= rev {
+			return rev, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
 	}
-	c.s.mu.Lock()
-	defer c.s.mu.Unlock()
-	return c.s.rev, nil
 }
 
 func (c *memClient) Announce(ctx context.Context, rev int64) error {

@@ -112,11 +112,19 @@ type Store interface {
 // follows it.
 type SharedStore interface {
 	Store
-	// Watch calls fn with the store revision of each commit after `after`,
-	// by any process, in order, until ctx ends (returns ctx.Err()) or the
+	// ScanChanged is Scan for a replica that has read the store at
+	// revision after: it calls fn once for every record written since
+	// (Revision greater than after), in one state of the store, and
+	// returns that state's revision and how many records it holds in all.
+	// Records erased since are not reported; the count, with the
+	// manifest, tells them. A replica that follows the store thus reads
+	// what changed, not all of it, at each change.
+	ScanChanged(ctx context.Context, after int64, fn func(Record) error) (rev int64, total int, err error)
+	// Watch calls fn with each commit after `after`, by any process, in
+	// order and none left out, until ctx ends (returns ctx.Err()) or the
 	// watch breaks (returns another error: the caller rescans, then
 	// watches again).
-	Watch(ctx context.Context, after int64, fn func(rev int64)) error
+	Watch(ctx context.Context, after int64, fn func(Change)) error
 	// Revision returns the store's current revision, read linearizably; it
 	// fails when the store cannot confirm it (etcd without quorum): wrap
 	// ErrUnavailable.
@@ -127,4 +135,14 @@ type SharedStore interface {
 	// WaitApplied returns once every live announced replica has applied
 	// rev, or when ctx ends.
 	WaitApplied(ctx context.Context, rev int64) error
+}
+
+// Change is a change of the store that Watch reports: its revision and,
+// when Known, the records it wrote (with that revision) and those it
+// erased, so that a replica applies it without reading the store.
+type Change struct {
+	Rev    int64
+	Known  bool
+	Put    []Record
+	Erased []RecordRef
 }

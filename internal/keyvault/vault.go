@@ -74,6 +74,10 @@ type Vault struct {
 	// new Vault: the view it replaces, whose versions (and their loaded
 	// keys) are taken over wherever their records did not change.
 	prev *Vault
+	// read is, on a SharedStore, the state of the store the view last
+	// read, which refresh reads only the changes since. The caller holds
+	// writeMu.
+	read storeState
 
 	// follow is set for a SharedStore: how the view follows it and fences
 	// key use when it cannot (follow.go). Never changes after New.
@@ -339,6 +343,13 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	v.storeRev = storeRev
 	if manifest != nil {
 		v.manifestRev, v.manifestDigest = manifest.Revision, sha256.Sum256(manifest.Sealed)
+	}
+	if _, ok := v.store.(SharedStore); ok {
+		records := all
+		if manifest != nil {
+			records = append(slices.Clip(all), *manifest)
+		}
+		v.read = newStoreState(storeRev, records)
 	}
 
 	if check == nil {
@@ -635,6 +646,7 @@ func (v *Vault) Close() error {
 	}
 	v.keys, v.ids, v.tickets = nil, nil, nil
 	v.mu.Unlock()
+	v.read = storeState{}
 	return v.store.Close()
 }
 

@@ -515,29 +515,41 @@ func (m *muxStream) do(x *muxHandshake, j muxJob) {
 }
 
 // expire ends x at its session TTL. Its answers still waiting to be sent
-// have their audit entries completed now (the steps they answer have
-// run): an entry must not stay open for as long as the caller does not
-// read. DEADLINE_EXCEEDED is answered unless the stream holds its bound
-// of answers already, when the caller learns it at its next request.
+// are dropped: the handshake they step has ended, and a caller that reads
+// again must not be handed steps of it (records to send to its client)
+// after its expiry. Their audit entries are completed now (the steps they
+// answer have run): an entry must not stay open for as long as the caller
+// does not read. DEADLINE_EXCEEDED is answered unless the stream holds
+// its bound of answers already, when the caller learns it at its next
+// request.
 func (m *muxStream) expire(x *muxHandshake) {
 	m.end(x, pb.HandshakeState_HANDSHAKE_STATE_UNSPECIFIED)
 	m.mu.Lock()
-	var waiting []muxAnswer
-	for i := range m.out {
-		if a := &m.out[i]; a.x == x && a.finish != nil {
-			waiting = append(waiting, *a)
-			a.finish = nil
+	var dropped []muxAnswer
+	kept := m.out[:0]
+	for _, a := range m.out {
+		if a.x == x {
+			dropped = append(dropped, a)
+		} else {
+			kept = append(kept, a)
 		}
 	}
+	clear(m.out[len(kept):])
+	m.out = kept
+	m.unanswered -= len(dropped)
 	full := len(m.out) >= muxMaxQueued()
 	if full {
 		m.forget(x)
 		m.unanswered--
+	}
+	if full || len(dropped) > 0 {
 		m.signalRoom()
 	}
 	m.mu.Unlock()
-	for _, a := range waiting {
-		a.finish(a.result, nil)
+	for _, a := range dropped {
+		if a.finish != nil {
+			a.finish(a.result, nil)
+		}
 	}
 	if !full {
 		m.answerError(x, status.Errorf(codes.DeadlineExceeded, "handshake %d expired: not complete %v after its start", x.n, m.h.sessions.ttl))

@@ -188,10 +188,11 @@ func TestMultiplexUnreadOnlyWhileHeldBack(t *testing.T) {
 }
 
 // TestMultiplexExpiryWithUnsentAnswers: a handshake that expires while
-// its answers wait unsent (a caller not reading) has their audit entries
-// completed at its expiry, and its DEADLINE_EXCEEDED answer is queued
-// only while the stream holds fewer answers than its bound: past it the
-// caller learns at its next request.
+// its answers wait unsent (a caller not reading) has them dropped, their
+// audit entries completed at its expiry: a caller that reads again gets
+// no step of the expired handshake, only its DEADLINE_EXCEEDED, which is
+// queued only while the stream holds fewer answers than its bound (past
+// it the caller learns at its next request).
 func TestMultiplexExpiryWithUnsentAnswers(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
 	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
@@ -199,31 +200,43 @@ func TestMultiplexExpiryWithUnsentAnswers(t *testing.T) {
 	step := &pb.HandshakeStep{State: pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT}
 	stepAnswer := func(x *muxHandshake, finish func(any, error)) {
 		m.answer(x, &pb.MultiplexResponse{Handshake: x.n, Result: &pb.MultiplexResponse_Step{Step: step}}, step, finish)
+		m.unanswered++
 	}
 	var completed []any
 	x := &muxHandshake{n: 1, running: true}
 	m.live[1] = x
-	stepAnswer(x, func(resp any, err error) {
-		assert.NoError(t, err)
-		completed = append(completed, resp)
-	})
 	other := &muxHandshake{n: 2}
-	for range muxMaxQueued() - 1 {
+	stepAnswer(other, notAudited)
+	for range 2 {
+		stepAnswer(x, func(resp any, err error) {
+			assert.NoError(t, err)
+			completed = append(completed, resp)
+		})
+	}
+	for range muxMaxQueued() - 3 {
 		stepAnswer(other, notAudited)
 	}
-	m.unanswered = muxMaxQueued() + 1 // the answered requests, and the expiry
+	m.unanswered++ // the expiry
 	m.expire(x)
-	assert.Equal(t, []any{step}, completed, "the unsent answer's entry completed at the expiry")
-	assert.Len(t, m.out, muxMaxQueued(), "no expiry answer past the bound")
-	assert.Equal(t, muxMaxQueued(), m.unanswered, "the expiry counted as answered")
-	assert.NotContains(t, m.live, uint64(1), "the number is free")
+	assert.Equal(t, []any{step, step}, completed, "the unsent answers' entries completed at the expiry")
+	var ofX []*pb.MultiplexResponse
+	for _, a := range m.out {
+		if a.resp.GetHandshake() == 1 {
+			ofX = append(ofX, a.resp)
+		}
+	}
+	require.Len(t, ofX, 1, "the expired handshake's unsent steps are dropped: %v", ofX)
+	assert.Equal(t, int32(codes.DeadlineExceeded), ofX[0].GetError().GetCode(), "%v", ofX[0])
+	assert.Len(t, m.out, muxMaxQueued()-1, "the other handshake's answers stay, the expiry is answered")
+	assert.Equal(t, len(m.out), m.unanswered, "the dropped answers counted as answered")
 
-	// With room, the expiry is answered.
-	m.out = m.out[:1]
+	// Past the bound, the expiry is not answered, and its number is free.
+	stepAnswer(other, notAudited)
 	y := &muxHandshake{n: 3, running: true}
 	m.live[3] = y
+	m.unanswered++
 	m.expire(y)
-	require.Len(t, m.out, 2)
-	assert.Equal(t, int32(codes.DeadlineExceeded), m.out[1].resp.GetError().GetCode(), "%v", m.out[1].resp)
-	assert.Equal(t, uint64(3), m.out[1].resp.GetHandshake())
+	assert.Len(t, m.out, muxMaxQueued(), "no expiry answer past the bound")
+	assert.Equal(t, muxMaxQueued(), m.unanswered, "the expiry counted as answered")
+	assert.NotContains(t, m.live, uint64(3), "the number is free")
 }

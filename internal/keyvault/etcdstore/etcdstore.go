@@ -271,69 +271,93 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 // pages at that revision. rev is the revision of the last commit to the
 // store in that state.
 func (s *Store) Scan(ctx context.Context, fn func(keyvault.Record) error) (int64, error) {
+	rev, _, err := s.scan(ctx, 0, fn)
+	return rev, err
+}
+
+// ScanChanged implements keyvault.SharedStore: Scan of the records whose
+// ModRevision is past after. etcd filters on the revision itself, so only
+// the changed records cross the network.
+func (s *Store) ScanChanged(ctx context.Context, after int64, fn func(keyvault.Record) error) (int64, int, error) {
+	return s.scan(ctx, after, fn)
+}
+
+func (s *Store) scan(ctx context.Context, after int64, fn func(keyvault.Record) error) (int64, int, error) {
 	if s.isClosed() {
-		return 0, keyvault.ErrClosed
+		return 0, 0, keyvault.ErrClosed
 	}
 	// A compaction between two pages makes the state unreadable; read again
 	// from the start, and call fn only once all of one state is read.
 	for attempt := 0; ; attempt++ {
-		recs, rev, err := s.read(ctx)
+		recs, rev, total, err := s.read(ctx, after)
 		if errors.Is(err, rpctypes.ErrCompacted) && attempt < 3 {
 			continue
 		}
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for _, r := range recs {
 			if err := fn(r); err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 		}
-		return rev, nil
+		return rev, total, nil
 	}
 }
 
-func (s *Store) read(ctx context.Context) ([]keyvault.Record, int64, error) {
-	var (
-		recs   []keyvault.Record
-		rev    int64 // head's ModRevision: the store revision
-		at     int64 // etcd revision of the state read
-		from   = s.store
-		end    = clientv3.GetPrefixRangeEnd(s.store)
-		header bool
-	)
+// read reads the records written after store revision after (all of them
+// for 0) of one state of the store: its first page in one read-only
+// transaction with the head (whose ModRevision is the store revision rev)
+// and the count of the store's keys, the next pages at that transaction's
+// etcd revision.
+func (s *Store) read(ctx context.Context, after int64) (recs []keyvault.Record, rev int64, total int, err error) {
+	end := clientv3.GetPrefixRangeEnd(s.store)
+	page := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
+	if after > 0 {
+		// Not for a whole Scan: with a revision filter etcd reads the rest
+		// of the range for each page.
+		page = append(page, clientv3.WithMinModRev(after+1))
+	}
+	rctx, cancel := s.request(ctx)
+	first, err := s.cli.Txn(rctx).Then(
+		clientv3.OpGet(s.head, clientv3.WithKeysOnly()),
+		clientv3.OpGet(s.store, clientv3.WithRange(end), clientv3.WithCountOnly()),
+		clientv3.OpGet(s.store, page...),
+	).Commit()
+	cancel()
+	if err != nil {
+		return nil, 0, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
+	}
+	total = int(first.Responses[1].GetResponseRange().Count)
+	if head := first.Responses[0].GetResponseRange().Kvs; len(head) > 0 {
+		rev = head[0].ModRevision
+		total-- // the head is no record
+	}
+	resp := (*clientv3.GetResponse)(first.Responses[2].GetResponseRange())
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}
-		if header {
-			opts = append(opts, clientv3.WithRev(at))
-		}
-		rctx, cancel := s.request(ctx)
-		resp, err := s.cli.Get(rctx, from, opts...)
-		cancel()
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			return nil, 0, err
-		}
-		if err != nil {
-			return nil, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
-		}
-		if !header {
-			at, header = resp.Header.Revision, true
-		}
 		for _, kv := range resp.Kvs {
 			if string(kv.Key) == s.head {
-				rev = kv.ModRevision
 				continue
 			}
 			ref, err := s.parseKey(string(kv.Key))
 			if err != nil {
-				return nil, 0, err
+				return nil, 0, 0, err
 			}
 			recs = append(recs, keyvault.Record{RecordRef: ref, Sealed: kv.Value, Revision: kv.ModRevision})
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return recs, rev, nil
+			return recs, rev, total, nil
 		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		from := string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		rctx, cancel := s.request(ctx)
+		resp, err = s.cli.Get(rctx, from, append(page, clientv3.WithRev(first.Header.Revision))...)
+		cancel()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			return nil, 0, 0, err
+		}
+		if err != nil {
+			return nil, 0, 0, s.fail(ctx, "scan", s.cfg.RequestTimeout, err)
+		}
 	}
 }
 
@@ -534,7 +558,7 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // Watch implements keyvault.SharedStore. The watch needs the etcd member it
 // is connected to to have a leader; a member that loses it ends the watch,
 // and so does a compaction past the revision the watch has reached.
-func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) error {
+func (s *Store) Watch(ctx context.Context, after int64, fn func(keyvault.Change)) error {
 	if s.isClosed() {
 		return keyvault.ErrClosed
 	}
@@ -552,7 +576,7 @@ func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) erro
 		}
 		if len(resp.Kvs) > 0 {
 			after = resp.Kvs[0].ModRevision
-			fn(after)
+			fn(keyvault.Change{Rev: after})
 		}
 		start = resp.Header.Revision + 1
 	}
@@ -564,18 +588,47 @@ func (s *Store) Watch(ctx context.Context, after int64, fn func(rev int64)) erro
 			}
 			return fmt.Errorf("etcdstore: watch after revision %d: %w: %w", last, err, keyvault.ErrUnavailable)
 		}
+		// The events of one commit share its revision, and etcd sends
+		// them in one response (it splits only between revisions).
+		var ch keyvault.Change
 		for _, ev := range resp.Events {
-			// The events of one commit share its revision: report it once.
-			if rev := ev.Kv.ModRevision; rev > last {
-				last = rev
-				fn(rev)
+			switch rev := ev.Kv.ModRevision; {
+			case rev <= last:
+				continue
+			case rev != ch.Rev:
+				if ch.Rev != 0 {
+					fn(ch)
+				}
+				ch = keyvault.Change{Rev: rev, Known: true}
 			}
+			s.addEvent(&ch, ev)
+		}
+		if ch.Rev != 0 {
+			last = ch.Rev
+			fn(ch)
 		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return fmt.Errorf("etcdstore: watch after revision %d ended: %w", last, keyvault.ErrUnavailable)
+}
+
+// addEvent adds what ev did to ch. A key under the store's prefix that is
+// no record makes ch unknown: the vault reads the store, which reports it.
+func (s *Store) addEvent(ch *keyvault.Change, ev *clientv3.Event) {
+	if string(ev.Kv.Key) == s.head {
+		return
+	}
+	ref, err := s.parseKey(string(ev.Kv.Key))
+	switch {
+	case err != nil:
+		ch.Known = false
+	case ev.Type == mvccpb.DELETE:
+		ch.Erased = append(ch.Erased, ref)
+	default:
+		ch.Put = append(ch.Put, keyvault.Record{RecordRef: ref, Sealed: ev.Kv.Value, Revision: ev.Kv.ModRevision})
+	}
 }
 
 // Announce implements keyvault.SharedStore: this replica's key under

@@ -2,10 +2,12 @@ package etcdstore_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -73,6 +75,7 @@ func TestStore(t *testing.T) {
 	t.Run("CompareAndSwap", func(t *testing.T) { testCompareAndSwap(t, c) })
 	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, c) })
 	t.Run("EraseCompactsHistory", func(t *testing.T) { testEraseCompactsHistory(t, c) })
+	t.Run("ScanChanged", func(t *testing.T) { testScanChanged(t, c) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, c) })
 	t.Run("AnnounceWaitApplied", func(t *testing.T) { testAnnounceWaitApplied(t, c) })
 	t.Run("Corrupted", func(t *testing.T) { testCorrupted(t, c) })
@@ -295,7 +298,8 @@ func testEraseCompactsHistory(t *testing.T, c *etcdtest.Cluster) {
 }
 
 // Watch reports every commit to the store after the revision given, by any
-// store on the prefix, in order and once each; nothing else in etcd.
+// store on the prefix, in order and once each, with the records it wrote
+// and those it erased; nothing else in etcd.
 func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	a, b := open(t, c, "/watch"), open(t, c, "/watch")
 	other := open(t, c, "/watch-other")
@@ -304,24 +308,32 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	require.NoError(t, err)
 
 	wctx, cancel := context.WithCancel(ctx)
-	revs := make(chan int64, 16)
+	revs := make(chan keyvault.Change, 16)
 	done := make(chan error, 1)
-	go func() { done <- a.Watch(wctx, rev0, func(rev int64) { revs <- rev }) }()
+	go func() { done <- a.Watch(wctx, rev0, func(ch keyvault.Change) { revs <- ch }) }()
 
-	var want []int64
+	var want []keyvault.Change
 	for i := range 3 {
 		_, err := other.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: check, Sealed: []byte("x")}}})
 		require.NoError(t, err)
 		require.NoError(t, b.Announce(ctx, int64(i)))
-		rev, err := b.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: []byte{byte(i)}}, {RecordRef: version1, Sealed: []byte{byte(i)}}}})
+		w := keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: []byte{byte(i)}}, {RecordRef: version1, Sealed: []byte{byte(i)}}}}
+		rev, err := b.Commit(ctx, w)
 		require.NoError(t, err)
-		want = append(want, rev)
+		for j := range w.Put {
+			w.Put[j].Revision = rev
+		}
+		want = append(want, keyvault.Change{Rev: rev, Known: true, Put: w.Put})
 	}
-	var got []int64
+	rev, err := b.Commit(ctx, keyvault.Write{Erase: []keyvault.RecordRef{version1}})
+	require.NoError(t, err)
+	want = append(want, keyvault.Change{Rev: rev, Known: true, Erased: []keyvault.RecordRef{version1}})
+	var got []keyvault.Change
 	for range want {
 		select {
-		case rev := <-revs:
-			got = append(got, rev)
+		case ch := <-revs:
+			slices.SortFunc(ch.Put, func(a, b keyvault.Record) int { return cmp.Compare(a.Kind, b.Kind) })
+			got = append(got, ch)
 		case <-time.After(30 * time.Second):
 			t.Fatalf("watch reported %v of %v", got, want)
 		}
@@ -333,9 +345,9 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 
 	// Watching from before a compaction breaks the watch: the caller
 	// rescans.
-	_, err = a.Commit(ctx, keyvault.Write{Erase: []keyvault.RecordRef{version1}})
+	_, err = a.Commit(ctx, keyvault.Write{Erase: []keyvault.RecordRef{material}})
 	require.NoError(t, err)
-	err = a.Watch(ctx, rev0, func(int64) {})
+	err = a.Watch(ctx, rev0, func(keyvault.Change) {})
 	assert.ErrorIs(t, err, keyvault.ErrUnavailable)
 	assert.ErrorContains(t, err, "compacted")
 
@@ -343,7 +355,7 @@ func testWatch(t *testing.T, c *etcdtest.Cluster) {
 	empty := open(t, c, "/watch-empty")
 	wctx, cancel = context.WithCancel(ctx)
 	defer cancel()
-	go func() { done <- empty.Watch(wctx, 0, func(rev int64) { revs <- rev }) }()
+	go func() { done <- empty.Watch(wctx, 0, func(ch keyvault.Change) { revs <- ch }) }()
 	// A failed commit ends the wait, to fail on the test's goroutine.
 	require.Eventually(t, func() bool {
 		if _, err = empty.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: check, Sealed: []byte("c")}}}); err != nil {
@@ -460,6 +472,70 @@ func assertWaiting(t *testing.T, waited chan error) {
 
 // A key under the store's prefix that is no record is reported, not
 // skipped.
+// ScanChanged reads the records written after a revision, in one state
+// with its revision and count, after a compaction too (an erase compacts
+// etcd's history); what another prefix writes it does not see, and a key
+// under the prefix that is no record it reports as corrupted, as Scan.
+func testScanChanged(t *testing.T, c *etcdtest.Cluster) {
+	s := open(t, c, "/scan-changed")
+	other := open(t, c, "/scan-changed-other")
+	ctx := t.Context()
+	changed := func(after int64) (map[keyvault.RecordRef]keyvault.Record, int64, int) {
+		t.Helper()
+		recs := map[keyvault.RecordRef]keyvault.Record{}
+		rev, total, err := s.ScanChanged(ctx, after, func(r keyvault.Record) error {
+			recs[r.RecordRef] = r
+			return nil
+		})
+		require.NoError(t, err)
+		return recs, rev, total
+	}
+	recs, rev, total := changed(0)
+	assert.Empty(t, recs)
+	assert.Zero(t, rev)
+	assert.Zero(t, total)
+
+	rev1, err := s.Commit(ctx, keyvault.Write{Create: []keyvault.Record{
+		{RecordRef: check, Sealed: sealed(t)}, {RecordRef: keyRef, Sealed: sealed(t)}, {RecordRef: material, Sealed: sealed(t)},
+	}})
+	require.NoError(t, err)
+	newKey := sealed(t)
+	rev2, err := s.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: newKey}}, Erase: []keyvault.RecordRef{material}})
+	require.NoError(t, err)
+	_, err = other.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: version1, Sealed: sealed(t)}}})
+	require.NoError(t, err)
+
+	recs, rev, total = changed(rev1)
+	assert.Equal(t, rev2, rev)
+	assert.Equal(t, 2, total, "the check record and the key's")
+	require.Len(t, recs, 1, "only what the second commit wrote; the erased record is not reported")
+	assert.Equal(t, newKey, recs[keyRef].Sealed)
+	assert.Equal(t, rev2, recs[keyRef].Revision)
+	recs, _, _ = changed(0)
+	assert.Len(t, recs, 2)
+	recs, rev, _ = changed(rev2)
+	assert.Empty(t, recs)
+	assert.Equal(t, rev2, rev)
+
+	// More changed records than one page.
+	for i := range 3 {
+		w := keyvault.Write{}
+		for j := range 100 {
+			w.Put = append(w.Put, keyvault.Record{RecordRef: keyvault.RecordRef{Kind: keyvault.RecordKey, ID: fmt.Sprintf("k%d-%d", i, j)}, Sealed: sealed(t)})
+		}
+		_, err = s.Commit(ctx, w)
+		require.NoError(t, err)
+	}
+	recs, _, total = changed(rev2)
+	assert.Len(t, recs, 300)
+	assert.Equal(t, 302, total)
+
+	_, err = c.Client(t, nil).Put(ctx, "/scan-changed/store/r/zz", "?")
+	require.NoError(t, err)
+	_, _, err = s.ScanChanged(ctx, rev2, func(keyvault.Record) error { return nil })
+	assert.ErrorIs(t, err, keyvault.ErrCorrupted)
+}
+
 func testCorrupted(t *testing.T, c *etcdtest.Cluster) {
 	s := open(t, c, "/corrupted")
 	_, err := c.Client(t, nil).Put(t.Context(), "/corrupted/store/r/zz", "?")

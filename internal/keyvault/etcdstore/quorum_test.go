@@ -28,7 +28,7 @@ func TestQuorumLoss(t *testing.T) {
 	require.NoError(t, s.Announce(ctx, rev))
 
 	watchErr := make(chan error, 1)
-	go func() { watchErr <- s.Watch(ctx, rev, func(int64) {}) }()
+	go func() { watchErr <- s.Watch(ctx, rev, func(keyvault.Change) {}) }()
 
 	c.Stop(0)
 	rev, err = s.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: keyRef, Sealed: []byte("k")}}})
