@@ -275,11 +275,15 @@ func retryInterceptor(n int, backoff time.Duration, observe func(string, error, 
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}
 		wait := backoff
+		var first error
 		for attempt := 0; ; attempt++ {
 			err := invoker(ctx, method, req, reply, cc, opts...)
 			if err == nil {
 				budget.succeeded()
 				return nil
+			}
+			if first == nil {
+				first = err
 			}
 			unavailable := status.Code(err) == codes.Unavailable
 			retry := unavailable && budget.failed() && attempt < n && ctx.Err() == nil
@@ -289,7 +293,13 @@ func retryInterceptor(n int, backoff time.Duration, observe func(string, error, 
 			if !retry {
 				if unavailable && attempt > 0 && attempt == n {
 					// As gRPC's own retries said it: the caller sees that
-					// the call was retried, not only its last attempt.
+					// the call was retried, not only its last attempt. The
+					// first attempt's error too, when it said something
+					// else: a reconnection cut short (EOF) must not hide
+					// the certificate its first connection refused.
+					if f, l := status.Convert(first).Message(), status.Convert(err).Message(); f != l {
+						return fmt.Errorf("max retries exhausted: failed after %d attempts: %w (first attempt: %s)", attempt+1, err, f)
+					}
 					return fmt.Errorf("max retries exhausted: failed after %d attempts: %w", attempt+1, err)
 				}
 				return err

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -31,11 +33,16 @@ import (
 type flakyVault struct {
 	pb.UnimplementedKeyVaultServer
 	fails, calls atomic.Int32
+	// sayCall: each failure names its call, so that attempts differ.
+	sayCall atomic.Bool
 }
 
 func (f *flakyVault) answer() error {
-	f.calls.Add(1)
+	n := f.calls.Add(1)
 	if f.fails.Add(-1) >= 0 {
+		if f.sayCall.Load() {
+			return status.Errorf(codes.Unavailable, "try again (call %d)", n)
+		}
 		return status.Error(codes.Unavailable, "try again")
 	}
 	return nil
@@ -110,6 +117,27 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 	if got := f.calls.Load(); got != 4 {
 		t.Errorf("GetKey: %d calls, want 1 + 3 retries", got)
 	}
+}
+
+// TestRetriesExhaustedSayFirstError: a call whose retries ran out says
+// so, with its last attempt's error and, when it differs, its first's
+// (whose connection may have refused a certificate, the later ones cut
+// short).
+func TestRetriesExhaustedSayFirstError(t *testing.T) {
+	f, c := dialFlaky(t)
+	ctx := context.Background()
+
+	f.fails.Store(10)
+	_, err := c.GetKey(ctx, "k")
+	require.Equal(t, codes.Unavailable, status.Code(err))
+	assert.ErrorContains(t, err, "max retries exhausted: failed after 4 attempts: rpc error: code = Unavailable desc = try again")
+	assert.NotContains(t, err.Error(), "first attempt", "every attempt said the same")
+
+	f.calls.Store(0)
+	f.sayCall.Store(true)
+	_, err = c.GetKey(ctx, "k")
+	require.Equal(t, codes.Unavailable, status.Code(err))
+	assert.ErrorContains(t, err, "failed after 4 attempts: rpc error: code = Unavailable desc = try again (call 4) (first attempt: try again (call 1))")
 }
 
 // TestRetriesThrottled: when most calls fail, retries stop, until
