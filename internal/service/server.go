@@ -166,6 +166,10 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4))
 	healthpb.RegisterHealthServer(s.healthOnly, s.health)
 
+	routes, err := apiRoutes(openapiv2.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	mux := runtime.NewServeMux(
 		// Unknown JSON fields are rejected: a misspelt field must not be
 		// silently dropped from a request to a key service.
@@ -176,6 +180,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
 		runtime.WithOutgoingHeaderMatcher(gatewayOutgoingHeader),
 		runtime.WithErrorHandler(restError),
+		runtime.WithRoutingErrorHandler(methodNotAllowed(routes)),
 	)
 	// The gateway tries a method's patterns one after the other, the last
 	// registered first, and each miss costs (issue 12: a REST Sign missed
@@ -203,7 +208,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	docs := docsHandler()
 	h.Handle("/docs", docs)
 	h.Handle("/docs/", docs)
-	h.Handle("/", withHTTPPeer(mux))
+	h.Handle("/", withHTTPPeer(knownQuery(routes, mux)))
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),
 		ConnContext:       withConnPeer,
