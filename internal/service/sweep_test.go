@@ -23,8 +23,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/handshaked/handshaked/gen/openapiv2"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/gen/openapiv2"
 )
 
 // apiSpec is the part of the OpenAPI v2 document the sweep reads.
@@ -43,12 +43,12 @@ type apiOperation struct {
 }
 
 type apiSchema struct {
-	Ref                  string                `json:"$ref"`
-	Type                 string                `json:"type"`
-	Format               string                `json:"format"`
-	Enum                 []string              `json:"enum"`
-	Properties           map[string]*apiSchema `json:"properties"`
-	Items                *apiSchema            `json:"items"`
+	Ref        string                `json:"$ref"`
+	Type       string                `json:"type"`
+	Format     string                `json:"format"`
+	Enum       []string              `json:"enum"`
+	Properties map[string]*apiSchema `json:"properties"`
+	Items      *apiSchema            `json:"items"`
 	// AdditionalProperties is a map's value schema, or a bool.
 	AdditionalProperties json.RawMessage `json:"additionalProperties"`
 }
