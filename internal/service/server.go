@@ -114,7 +114,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.maxConns = opts.Limits.MaxConnections
 	chain := newCalls(g, opts.TracerProvider, registry)
 	local := newLocalConn(chain)
-	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream), grpc.MaxRecvMsgSize(MaxRequestBytes))
+	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream), grpc.MaxRecvMsgSize(MaxRequestBytes), grpc.ForceServerCodecV2(newCallerCodec()))
 	if streamWorkers > 0 {
 		// A unary call otherwise runs on a fresh goroutine whose stack
 		// grows (copied, doubling) inside the P-256 and RSA code on every
@@ -127,7 +127,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.grpc = grpc.NewServer(serverOpts...)
 	// The API's services answer on both transports; health and reflection
 	// on gRPC only.
-	api := registrars{s.grpc, local}
+	api := registrars{callerDecoding{s.grpc}, local}
 	kv, err := newKeyVault(vault, g.visible, opts.Handshake.Deployment, opts.Audit)
 	if err != nil {
 		return nil, err
@@ -159,12 +159,12 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	}
 	pb.RegisterHandshakeServer(api, hs)
 	pb.RegisterAdminServer(api, NewAdmin(vault))
-	healthpb.RegisterHealthServer(s.grpc, s.health)
-	reflection.Register(s.grpc)
+	healthpb.RegisterHealthServer(callerDecoding{s.grpc}, s.health)
+	reflection.Register(callerDecoding{s.grpc})
 	// Probes make one short call at a time: small caps keep an open port
 	// that answers anyone from holding much for anyone.
-	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4))
-	healthpb.RegisterHealthServer(s.healthOnly, s.health)
+	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4), grpc.ForceServerCodecV2(newCallerCodec()))
+	healthpb.RegisterHealthServer(callerDecoding{s.healthOnly}, s.health)
 
 	routes, err := apiRoutes(openapiv2.Spec)
 	if err != nil {
