@@ -173,10 +173,10 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	mux := runtime.NewServeMux(
 		// Unknown JSON fields are rejected: a misspelt field must not be
 		// silently dropped from a request to a key service.
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, restJSON{&runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newOneBody(restJSON{&runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}}),
+		}}, pb.File_handshake_v1_keyvault_proto, pb.File_handshake_v1_handshake_proto, pb.File_handshake_v1_admin_proto)),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
 		runtime.WithOutgoingHeaderMatcher(gatewayOutgoingHeader),
 		runtime.WithErrorHandler(restError),

@@ -282,7 +282,7 @@ func bodyRequests(t testing.TB, s *apiSpec, method, path string, body *apiSchema
 		"array": "[]", "null": "null", "string": `"s"`, "number": "42", "trailing comma": `{"a":1,}`,
 		"lone surrogate": `{"\ud800":1}`, "invalid UTF-8": "{\"\xff\":1}", "byte order mark": "\xef\xbb\xbf{}",
 		"deep nesting": strings.Repeat("[", 100_000), "deep objects": strings.Repeat(`{"a":`, 10_000),
-		"single quotes": `{'a':1}`, "comment": `{/* */}`,
+		"single quotes": `{'a':1}`, "comment": `{/* */}`, "two objects": "{}{}", "trailing data": "{} x",
 		"half of a sample": string(valid[:len(valid)/2]), "sample less its last byte": string(valid[:len(valid)-1]),
 	} {
 		add("malformed JSON: "+name, refused, []byte(b))
@@ -361,15 +361,16 @@ func storeSnapshot(t testing.TB, s *testServer) string {
 	return b.String()
 }
 
-// checkHostileAnswer checks what every answer to a hostile request must
-// be: no server error, an error body that is a JSON status whose code
-// gives the HTTP status (the gateway's mapping), and what r's kind wants.
-func checkHostileAnswer(t testing.TB, r hostileRequest, httpStatus int, header http.Header, raw []byte) {
+// checkAnswer checks what every answer of the API must be: no server
+// error, and an error body that is a JSON status whose code gives the HTTP
+// status (the gateway's mapping; 415 and 405 are the exceptions, see
+// sameOrigin and methodNotAllowed). It returns the error's code (OK for
+// a 200).
+func checkAnswer(t testing.TB, method string, httpStatus int, header http.Header, raw []byte) codes.Code {
 	t.Helper()
 	require.Less(t, httpStatus, 500, "a server error for the caller's mistake: %.300s", raw)
 	if httpStatus == http.StatusOK {
-		require.Equal(t, anyAnswer, r.kind, "accepted: %.300s", raw)
-		return
+		return codes.OK
 	}
 	var st struct {
 		Code    codes.Code `json:"code"`
@@ -379,23 +380,33 @@ func checkHostileAnswer(t testing.TB, r hostileRequest, httpStatus int, header h
 	require.NotEmpty(t, st.Message, "%s", raw)
 	switch httpStatus {
 	case http.StatusUnsupportedMediaType:
-		require.Equal(t, unsupported, r.kind, "%.300s", raw)
-		return
+		require.Equal(t, codes.InvalidArgument, st.Code, "%.300s", raw)
 	case http.StatusMethodNotAllowed:
-		// No gRPC code maps to 405: UNIMPLEMENTED says what gRPC says of
-		// a method a service does not have.
 		require.Equal(t, codes.Unimplemented, st.Code, "%.300s", raw)
 		allow := header.Get("Allow")
 		require.NotEmpty(t, allow, "405 without the methods the path has (RFC 9110 §15.5.6)")
-		require.NotContains(t, strings.Split(allow, ", "), r.method)
-		return
+		require.NotContains(t, strings.Split(allow, ", "), method)
+	default:
+		require.Equal(t, runtime.HTTPStatusFromCode(st.Code), httpStatus, "HTTP status and code disagree: %.300s", raw)
 	}
-	require.Equal(t, runtime.HTTPStatusFromCode(st.Code), httpStatus, "HTTP status and code disagree: %.300s", raw)
-	switch r.kind {
-	case refused:
-		require.Equal(t, codes.InvalidArgument, st.Code, "%.300s", raw)
-	case unsupported:
-		require.Fail(t, "a body that does not say it is JSON was read", "%d %.300s", httpStatus, raw)
+	return st.Code
+}
+
+// checkHostileAnswer checks an answer to r: checkAnswer's and what r's
+// kind wants.
+func checkHostileAnswer(t testing.TB, r hostileRequest, httpStatus int, header http.Header, raw []byte) {
+	t.Helper()
+	code := checkAnswer(t, r.method, httpStatus, header, raw)
+	switch {
+	case code == codes.OK:
+		require.Equal(t, anyAnswer, r.kind, "accepted: %.300s", raw)
+	case r.kind == refused:
+		require.Equal(t, http.StatusBadRequest, httpStatus, "%.300s", raw)
+		require.Equal(t, codes.InvalidArgument, code, "%.300s", raw)
+	case r.kind == unsupported:
+		require.Equal(t, http.StatusUnsupportedMediaType, httpStatus, "a body that does not say it is JSON was read: %.300s", raw)
+	case httpStatus == http.StatusUnsupportedMediaType:
+		require.Fail(t, "a JSON body refused as not JSON", "%.300s", raw)
 	}
 }
 
@@ -460,4 +471,71 @@ func TestRESTRoutesRefuseWhatTheyDoNotHave(t *testing.T) {
 		code, _, raw = send("GET", path)
 		assert.Equal(t, http.StatusOK, code, "%s: %s", path, raw)
 	}
+}
+
+// FuzzREST sends what the fuzzer makes of a REST request (method, path
+// with its query, content type, body) to a real gateway: checkAnswer's
+// rules hold, and a refused request changes nothing stored. Its seeds are
+// a valid-typed body of each route and the hostile requests of one route.
+// Answers net/http gives before any handler (a redirect for a path to
+// clean, 400 for a request line it cannot parse, 431) are plain text.
+func FuzzREST(f *testing.F) {
+	s := startServer(f)
+	importFixture(f, s, "sweep-ec", "p256-sec1.pem")
+	for _, r := range hostileRequests(f, "sweep-ec") {
+		if len(r.body) <= 4<<10 && (strings.HasPrefix(r.path, "/v1/keys/sweep-ec:sign") || r.kind == anyAnswer) {
+			f.Add(r.method, r.path, r.contentType, r.body)
+		}
+	}
+	f.Fuzz(func(t *testing.T, method, path, contentType string, body []byte) {
+		req, err := http.NewRequest(method, s.rest+"/"+strings.TrimPrefix(path, "/"), bytes.NewReader(body))
+		if err != nil {
+			t.Skip("not a request a client can send")
+		}
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		before := storeSnapshot(t, s)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Skip("not a request a client can send:", err)
+		}
+		raw, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		switch resp.StatusCode {
+		case http.StatusMovedPermanently, http.StatusTemporaryRedirect, http.StatusRequestHeaderFieldsTooLarge:
+			return
+		case http.StatusBadRequest, http.StatusNotFound:
+			if !json.Valid(raw) { // net/http's own, or /docs
+				return
+			}
+		}
+		if strings.HasPrefix(req.URL.Path, "/v1/") {
+			checkAnswer(t, method, resp.StatusCode, resp.Header, raw)
+		} else {
+			require.Less(t, resp.StatusCode, 500, "%.300s", raw)
+		}
+		if resp.StatusCode != http.StatusOK {
+			assert.Equal(t, before, storeSnapshot(t, s), "a refused request changed what is stored")
+		}
+	})
+}
+
+// TestRESTBodyIsOneValue: a call that takes one request refuses a body
+// with more after it, and does nothing (the gateway read the first value
+// and acted on it: `{} x` disabled the version); white space after it is
+// no more.
+func TestRESTBodyIsOneValue(t *testing.T) {
+	s := startServer(t)
+	importFixture(t, s, "one-ec", "p256-sec1.pem")
+	before := storeSnapshot(t, s)
+	for _, body := range []string{"{} x", "{}{}", `{}{"unknownField":1}`, "{}\n{}", "{}]"} {
+		code, _, raw := sendHostile(t, s.rest, hostileRequest{method: "POST", path: "/v1/keys/one-ec/versions/1:disable", contentType: "application/json", body: []byte(body)})
+		assert.Equal(t, http.StatusBadRequest, code, "%q: %s", body, raw)
+		assert.Contains(t, string(raw), `"code":3`, "%q", body)
+	}
+	assert.Equal(t, before, storeSnapshot(t, s), "a refused body changed what is stored")
+	code, _, raw := sendHostile(t, s.rest, hostileRequest{method: "POST", path: "/v1/keys/one-ec/versions/1:disable", contentType: "application/json", body: []byte("\t{} \r\n")})
+	assert.Equal(t, http.StatusOK, code, "%s", raw)
 }
