@@ -3,6 +3,7 @@ package service
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"io"
 	"strconv"
 	"sync"
@@ -601,4 +602,57 @@ func appendJSONString(b []byte, s string) ([]byte, bool) {
 		i++
 	}
 	return append(b, '"'), true
+}
+
+// oneBody is restJSON for the gateway: the body of a call that takes one
+// request must be that request and nothing more. The gateway decodes one
+// JSON value and leaves the rest of the body unread, so `{} x` or `{}{}`
+// would disable a key version as `{}` does: malformed JSON, the caller's
+// mistake, acted on. A client stream's body (a restore) is a sequence of
+// messages and is left as it is.
+type oneBody struct {
+	restJSON
+	streamed map[protoreflect.FullName]bool // the requests of client streams
+}
+
+// newOneBody is oneBody for the API's services: every method that reads a
+// client stream is found in the descriptors.
+func newOneBody(j restJSON, files ...protoreflect.FileDescriptor) oneBody {
+	streamed := map[protoreflect.FullName]bool{}
+	for _, fd := range files {
+		for i := range fd.Services().Len() {
+			ms := fd.Services().Get(i).Methods()
+			for j := range ms.Len() {
+				if ms.Get(j).IsStreamingClient() {
+					streamed[ms.Get(j).Input().FullName()] = true
+				}
+			}
+		}
+	}
+	return oneBody{j, streamed}
+}
+
+func (o oneBody) NewDecoder(r io.Reader) runtime.Decoder {
+	return oneBodyDecoder{o.restJSON.NewDecoder(r), o.streamed}
+}
+
+type oneBodyDecoder struct {
+	runtime.Decoder
+	streamed map[protoreflect.FullName]bool
+}
+
+func (d oneBodyDecoder) Decode(v any) error {
+	if err := d.Decoder.Decode(v); err != nil {
+		return err
+	}
+	m, ok := v.(proto.Message)
+	if !ok || d.streamed[m.ProtoReflect().Descriptor().FullName()] {
+		return nil
+	}
+	// The body must end here. A second value, if any, goes into v, which
+	// is refused with it.
+	if err := d.Decoder.Decode(v); !errors.Is(err, io.EOF) {
+		return errors.New("the body holds more than one JSON value")
+	}
+	return nil
 }

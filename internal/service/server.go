@@ -118,7 +118,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.maxConns = opts.Limits.MaxConnections
 	chain := newCalls(g, opts.TracerProvider, registry)
 	local := newLocalConn(chain)
-	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream), grpc.MaxRecvMsgSize(MaxRequestBytes))
+	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream), grpc.MaxRecvMsgSize(MaxRequestBytes), grpc.ForceServerCodecV2(newCallerCodec()))
 	// Static flow-control windows, as the SDK's (clients/go, Dial): with
 	// dynamic ones grpc-go measures the bandwidth-delay product by a PING
 	// the caller acknowledges, one per round trip of data received until
@@ -143,7 +143,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.grpc = grpc.NewServer(serverOpts...)
 	// The API's services answer on both transports; health and reflection
 	// on gRPC only.
-	api := registrars{s.grpc, local}
+	api := registrars{callerDecoding{s.grpc}, local}
 	kv, err := newKeyVault(vault, g.visible, opts.Handshake.Deployment, opts.Audit)
 	if err != nil {
 		return nil, err
@@ -175,23 +175,28 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	}
 	pb.RegisterHandshakeServer(api, hs)
 	pb.RegisterAdminServer(api, NewAdmin(vault))
-	healthpb.RegisterHealthServer(s.grpc, s.health)
-	reflection.Register(s.grpc)
+	healthpb.RegisterHealthServer(callerDecoding{s.grpc}, s.health)
+	reflection.Register(callerDecoding{s.grpc})
 	// Probes make one short call at a time: small caps keep an open port
 	// that answers anyone from holding much for anyone.
-	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4))
-	healthpb.RegisterHealthServer(s.healthOnly, s.health)
+	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4), grpc.ForceServerCodecV2(newCallerCodec()))
+	healthpb.RegisterHealthServer(callerDecoding{s.healthOnly}, s.health)
 
+	routes, err := apiRoutes(openapiv2.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	mux := runtime.NewServeMux(
 		// Unknown JSON fields are rejected: a misspelt field must not be
 		// silently dropped from a request to a key service.
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, restJSON{&runtime.JSONPb{
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, newOneBody(restJSON{&runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}}),
+		}}, pb.File_handshake_v1_keyvault_proto, pb.File_handshake_v1_handshake_proto, pb.File_handshake_v1_admin_proto)),
 		runtime.WithIncomingHeaderMatcher(gatewayHeaderMatcher),
 		runtime.WithOutgoingHeaderMatcher(gatewayOutgoingHeader),
 		runtime.WithErrorHandler(restError),
+		runtime.WithRoutingErrorHandler(methodNotAllowed(routes)),
 	)
 	// The gateway tries a method's patterns one after the other, the last
 	// registered first, and each miss costs (issue 12: a REST Sign missed
@@ -219,7 +224,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	docs := docsHandler()
 	h.Handle("/docs", docs)
 	h.Handle("/docs/", docs)
-	h.Handle("/", withHTTPPeer(mux))
+	h.Handle("/", withHTTPPeer(knownQuery(routes, mux)))
 	s.http = &http.Server{
 		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),
 		ConnContext:       withConnPeer,
