@@ -58,7 +58,7 @@ func undecodable(v any) error {
 		return nil
 	}
 	msg, _ := protowire.ConsumeBytes(u[len(undecodableTag):])
-	return status.Errorf(codes.InvalidArgument, "request: %s", msg)
+	return status.Errorf(codes.InvalidArgument, "request: %.256s", msg)
 }
 
 // callerDecoding registers services with a gRPC server that decodes with
