@@ -66,9 +66,7 @@ func startFlaky(t *testing.T) (*flakyVault, string) {
 	s := grpc.NewServer()
 	pb.RegisterKeyVaultServer(s, f)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	go s.Serve(l)
 	t.Cleanup(s.Stop)
 	return f, l.Addr().String()
@@ -80,9 +78,7 @@ func dialFlaky(t *testing.T) (*flakyVault, *handshaked.Client) {
 	t.Helper()
 	f, addr := startFlaky(t)
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithRetries(3, time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return f, c
 }
@@ -92,31 +88,21 @@ func TestRetriesOnlyIdempotentCalls(t *testing.T) {
 	ctx := context.Background()
 
 	f.fails.Store(2)
-	if _, err := c.GetKey(ctx, "k"); err != nil {
-		t.Fatalf("GetKey after two UNAVAILABLE answers: %v", err)
-	}
-	if got := f.calls.Load(); got != 3 {
-		t.Errorf("GetKey: %d calls, want 3", got)
-	}
+	_, err := c.GetKey(ctx, "k")
+	require.NoError(t, err, "GetKey after two UNAVAILABLE answers")
+	assert.Equal(t, int32(3), f.calls.Load(), "GetKey: calls")
 
 	f.calls.Store(0)
 	f.fails.Store(1)
-	_, err := c.RotateKey(ctx, "k")
-	if status.Code(err) != codes.Unavailable {
-		t.Errorf("RotateKey: %v, want UNAVAILABLE", err)
-	}
-	if got := f.calls.Load(); got != 1 {
-		t.Errorf("RotateKey was sent %d times: a non-idempotent call must not be retried", got)
-	}
+	_, err = c.RotateKey(ctx, "k")
+	assert.Equal(t, codes.Unavailable, status.Code(err), "RotateKey: %v", err)
+	assert.Equal(t, int32(1), f.calls.Load(), "RotateKey: times sent; a non-idempotent call must not be retried")
 
 	f.calls.Store(0)
 	f.fails.Store(10)
-	if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
-		t.Errorf("GetKey with the service down: %v, want UNAVAILABLE", err)
-	}
-	if got := f.calls.Load(); got != 4 {
-		t.Errorf("GetKey: %d calls, want 1 + 3 retries", got)
-	}
+	_, err = c.GetKey(ctx, "k")
+	assert.Equal(t, codes.Unavailable, status.Code(err), "GetKey with the service down: %v", err)
+	assert.Equal(t, int32(4), f.calls.Load(), "GetKey: calls, want 1 + 3 retries")
 }
 
 // TestRetriesExhaustedSayFirstError: a call whose retries ran out says
@@ -149,52 +135,40 @@ func TestRetriesThrottled(t *testing.T) {
 
 	f.fails.Store(1 << 20)
 	for range 20 { // the first 12 are retried 3 times each, then retries stop at 50 tokens
-		if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
-			t.Fatalf("GetKey with the service down: %v, want UNAVAILABLE", err)
-		}
+		_, err := c.GetKey(ctx, "k")
+		require.Equal(t, codes.Unavailable, status.Code(err), "GetKey with the service down: %v", err)
 	}
 	f.calls.Store(0)
-	if _, err := c.GetKey(ctx, "k"); status.Code(err) != codes.Unavailable {
-		t.Fatalf("GetKey with the service down: %v, want UNAVAILABLE", err)
-	}
-	if got := f.calls.Load(); got != 1 {
-		t.Errorf("GetKey after a streak of failures: %d calls, want 1 (retries throttled)", got)
-	}
+	_, err := c.GetKey(ctx, "k")
+	require.Equal(t, codes.Unavailable, status.Code(err), "GetKey with the service down: %v", err)
+	assert.Equal(t, int32(1), f.calls.Load(), "GetKey after a streak of failures: calls, want 1 (retries throttled)")
 
 	// 42 tokens left: 150 successes earn 15.
 	f.fails.Store(0)
 	for range 150 {
-		if _, err := c.GetKey(ctx, "k"); err != nil {
-			t.Fatal(err)
-		}
+		_, err := c.GetKey(ctx, "k")
+		require.NoError(t, err)
 	}
 	f.calls.Store(0)
 	f.fails.Store(1)
-	if _, err := c.GetKey(ctx, "k"); err != nil {
-		t.Errorf("GetKey after successes, failing once: %v", err)
-	}
-	if got := f.calls.Load(); got != 2 {
-		t.Errorf("GetKey after successes, failing once: %d calls, want 2 (retried again)", got)
-	}
+	_, err = c.GetKey(ctx, "k")
+	assert.NoError(t, err, "GetKey after successes, failing once")
+	assert.Equal(t, int32(2), f.calls.Load(), "GetKey after successes, failing once: calls, want 2 (retried again)")
 }
 
 func TestDefaultDeadline(t *testing.T) {
 	_, addr := startFlaky(t)
 	c, err := handshaked.Dial(addr, handshaked.WithInsecure(), handshaked.WithTimeout(50*time.Millisecond),
 		handshaked.WithKeepalive(10*time.Second, time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer c.Close()
-	if _, err := c.GetKey(context.Background(), "slow"); status.Code(err) != codes.DeadlineExceeded {
-		t.Errorf("GetKey on a stuck call: %v, want DEADLINE_EXCEEDED", err)
-	}
+	_, err = c.GetKey(context.Background(), "slow")
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "GetKey on a stuck call: %v", err)
 }
 
 func TestDialNeedsTransportChoice(t *testing.T) {
-	if _, err := handshaked.Dial("127.0.0.1:1"); err == nil {
-		t.Error("Dial without WithTLS or WithInsecure succeeded")
-	}
+	_, err := handshaked.Dial("127.0.0.1:1")
+	assert.Error(t, err, "Dial without WithTLS or WithInsecure succeeded")
 }
 
 // TestMutualTLS runs the service behind a TLS listener that requires a
@@ -207,28 +181,18 @@ func TestMutualTLS(t *testing.T) {
 	pool.AddCert(ca)
 
 	store, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "keys.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	kek := make([]byte, 32)
 	rand.Read(kek)
 	vault, err := keyvault.New(context.Background(), store, kek)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer vault.Close()
 	srv, err := service.New(vault, service.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	raw, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	grpcLis := tls.NewListener(raw, &tls.Config{
 		Certificates: []tls.Certificate{{Certificate: [][]byte{serverCert.Raw}, PrivateKey: serverKey}},
 		ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: pool, NextProtos: []string{"h2"},
@@ -245,30 +209,22 @@ func TestMutualTLS(t *testing.T) {
 	withCert, err := handshaked.Dial(raw.Addr().String(), handshaked.WithTLS(&tls.Config{
 		RootCAs: pool, Certificates: []tls.Certificate{{Certificate: [][]byte{clientCert.Raw}, PrivateKey: clientKey}},
 	}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer withCert.Close()
-	if _, err := withCert.ListKeys(context.Background()); err != nil {
-		t.Errorf("with a client certificate: %v", err)
-	}
+	_, err = withCert.ListKeys(context.Background())
+	assert.NoError(t, err, "with a client certificate")
 
 	without, err := handshaked.Dial(raw.Addr().String(), handshaked.WithTLS(&tls.Config{RootCAs: pool}), handshaked.WithTimeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer without.Close()
-	if _, err := without.ListKeys(context.Background()); status.Code(err) != codes.Unavailable {
-		t.Errorf("without a client certificate: %v, want UNAVAILABLE", err)
-	}
+	_, err = without.ListKeys(context.Background())
+	assert.Equal(t, codes.Unavailable, status.Code(err), "without a client certificate: %v", err)
 }
 
 func newCert(t *testing.T, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
@@ -282,13 +238,9 @@ func newCert(t *testing.T, name string, parent *x509.Certificate, parentKey *ecd
 		parent, parentKey = tmpl, key
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return cert, key
 }
 
@@ -298,38 +250,32 @@ func TestKeyLifecycle(t *testing.T) {
 	srv := servicetest.Start(t, service.Options{})
 	c := handshaked.New(srv.Conn)
 	ctx := context.Background()
-	if _, err := c.CreateKey(ctx, "life", pb.Algorithm_ALGORITHM_ECDSA_P256, map[string]string{"team": "edge"}); err != nil {
-		t.Fatal(err)
-	}
+	_, err := c.CreateKey(ctx, "life", pb.Algorithm_ALGORITHM_ECDSA_P256, map[string]string{"team": "edge"})
+	require.NoError(t, err)
 	k, err := c.RotateKey(ctx, "life")
-	if err != nil || k.GetPrimaryVersion() != 2 {
-		t.Fatalf("rotate: %v, primary %d", err, k.GetPrimaryVersion())
-	}
+	require.NoError(t, err, "rotate")
+	require.Equal(t, uint32(2), k.GetPrimaryVersion(), "rotate: primary")
 	pub, v, err := c.PublicKey(ctx, "life", 0)
-	if _, ok := pub.(*ecdsa.PublicKey); err != nil || !ok || v != 2 {
-		t.Fatalf("public key: %T version %d, %v", pub, v, err)
-	}
-	if _, err := c.DisableKeyVersion(ctx, "life", 1); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.DestroyKeyVersion(ctx, "life", 1); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "public key")
+	require.IsType(t, (*ecdsa.PublicKey)(nil), pub, "public key")
+	require.Equal(t, uint32(2), v, "public key: version")
+	_, err = c.DisableKeyVersion(ctx, "life", 1)
+	require.NoError(t, err)
+	_, err = c.DestroyKeyVersion(ctx, "life", 1)
+	require.NoError(t, err)
 	keys, err := c.ListKeys(ctx)
-	if err != nil || len(keys) != 1 || keys[0].GetVersions()[0].GetState() != pb.KeyVersionState_KEY_VERSION_STATE_DESTROYED {
-		t.Fatalf("list: %v, %v", keys, err)
-	}
+	require.NoError(t, err, "list")
+	require.Len(t, keys, 1, "list")
+	require.NotEmpty(t, keys[0].GetVersions(), "list: %v", keys)
+	assert.Equal(t, pb.KeyVersionState_KEY_VERSION_STATE_DESTROYED, keys[0].GetVersions()[0].GetState(), "list: %v", keys)
 	csr, err := c.CreateCertificateSigningRequest(ctx, &pb.CreateCertificateSigningRequestRequest{Key: "life", CommonName: "life.test", DnsNames: []string{"life.test"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	req, err := x509.ParseCertificateRequest(csr.GetDer())
-	if err != nil || req.CheckSignature() != nil || req.Subject.CommonName != "life.test" {
-		t.Fatalf("CSR: %v", err)
-	}
-	if _, _, err := c.CertificateChain(ctx, "life", 0); err == nil {
-		t.Error("CertificateChain of a key with none attached succeeded")
-	}
+	require.NoError(t, err, "CSR")
+	assert.NoError(t, req.CheckSignature(), "CSR")
+	assert.Equal(t, "life.test", req.Subject.CommonName, "CSR")
+	_, _, err = c.CertificateChain(ctx, "life", 0)
+	assert.Error(t, err, "CertificateChain of a key with none attached succeeded")
 }
 
 // TestHandshakeSession drives the typed Handshake methods: a session
@@ -340,25 +286,19 @@ func TestHandshakeSession(t *testing.T) {
 	c := handshaked.New(srv.Conn)
 	ctx := context.Background()
 	step, err := c.StartHandshake(ctx, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, nil)
-	if err != nil || step.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
-		t.Fatalf("start: %v, %v", step.GetState(), err)
-	}
-	if got, err := c.GetHandshake(ctx, step.GetId()); err != nil || got.GetState() != pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT {
-		t.Fatalf("get: %v, %v", got.GetState(), err)
-	}
+	require.NoError(t, err, "start")
+	require.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, step.GetState(), "start")
+	got, err := c.GetHandshake(ctx, step.GetId())
+	require.NoError(t, err, "get")
+	require.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT, got.GetState(), "get")
 	// Not TLS: the engine fails the handshake with an alert to send.
 	failed, err := c.StepHandshake(ctx, step.GetId(), []byte("GET / HTTP/1.1\r\n\r\n"))
-	if err != nil || failed.GetState() != pb.HandshakeState_HANDSHAKE_STATE_FAILED || len(failed.GetAlert().GetRecord()) == 0 {
-		t.Fatalf("step: %v, %v", failed, err)
-	}
+	require.NoError(t, err, "step")
+	assert.Equal(t, pb.HandshakeState_HANDSHAKE_STATE_FAILED, failed.GetState(), "step: %v", failed)
+	assert.NotEmpty(t, failed.GetAlert().GetRecord(), "step: %v", failed)
 	step, err = c.StartHandshake(ctx, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: key.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.AbortHandshake(ctx, step.GetId()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.GetHandshake(ctx, step.GetId()); status.Code(err) != codes.NotFound {
-		t.Errorf("get after abort: %v, want NOT_FOUND", err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, c.AbortHandshake(ctx, step.GetId()))
+	_, err = c.GetHandshake(ctx, step.GetId())
+	assert.Equal(t, codes.NotFound, status.Code(err), "get after abort: %v", err)
 }
