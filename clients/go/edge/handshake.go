@@ -440,9 +440,9 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 		}
 		steps = append(steps, Step{In: len(input), Out: len(out.GetOutput()), Duration: time.Since(start), Trace: out.GetTrace()})
 		input = nil
-		if _, err := raw.Write(out.GetOutput()); err != nil {
+		if err := writeOutput(raw, out.GetOutput()); err != nil {
 			st.abort()
-			return nil, fmt.Errorf("edge: writing to the client: %w", err)
+			return nil, err
 		}
 		plain = plain && !startsProtection(out.GetOutput())
 		switch out.GetState() {
@@ -471,6 +471,19 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 			return nil, fmt.Errorf("edge: handshake step in state %v", out.GetState())
 		}
 	}
+}
+
+// writeOutput writes the service's records b to the client. Nothing is
+// written when b is empty, as after a client Finished in TLS 1.2: a
+// write(2) of no bytes is a system call, for nothing, in every handshake.
+func writeOutput(raw net.Conn, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := raw.Write(b); err != nil {
+		return fmt.Errorf("edge: writing to the client: %w", err)
+	}
+	return nil
 }
 
 // internalErrorAlert is a plaintext fatal internal_error alert (RFC 8446,
