@@ -452,19 +452,20 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 			return nil, &HandshakeError{Alert: a.GetName(), Reason: a.GetReason()}
 		case pb.HandshakeState_HANDSHAKE_STATE_COMPLETE:
 			leftover := out.GetLeftover()
+			var in *record.Cipher
 			if out.GetSession().GetKeys().GetClientFinished() != nil {
 				// The service left the client's Finished to the edge
 				// (finished.go), within the handshake's deadline: its
 				// part is over.
 				serviceDone()
-				if leftover, err = finishAtEdge(raw, out.GetSession(), leftover, buf); err != nil {
+				if leftover, in, err = finishAtEdge(raw, out.GetSession(), leftover, buf); err != nil {
 					return nil, err
 				}
 			}
 			if err := raw.SetDeadline(time.Time{}); err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
 			}
-			return newConn(raw, out.GetSession(), leftover, steps)
+			return newConn(raw, out.GetSession(), leftover, in, steps)
 		case pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT:
 		default:
 			st.abort()

@@ -29,7 +29,9 @@ func (c *writeCountingConn) Write(b []byte) (int, error) {
 // TestNoEmptyWrites: the edge writes nothing to the client for a step with
 // no output, as the last of a TLS 1.2 resumption in two service round
 // trips (after the client's Finished) and the client Finished it verifies
-// itself in one (TLS 1.2 holds nothing back), and for full handshakes.
+// itself in one (TLS 1.2 holds nothing back), and for full handshakes. A
+// connection with nothing read from the client yet holds no read buffer
+// until its first Read.
 func TestNoEmptyWrites(t *testing.T) {
 	s := ticketService(t)
 	const suite = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
@@ -59,6 +61,9 @@ func TestNoEmptyWrites(t *testing.T) {
 				server := <-served
 				require.NotNil(t, server)
 				require.Equal(t, resumed, server.ConnectionState().DidResume, "handshake %d", i)
+				server.in.Lock()
+				assert.Nil(t, server.in.buf, "read buffer before the first Read of handshake %d", i)
+				server.in.Unlock()
 				exchange(t, tc, server, []byte("ping"))
 				assert.Zero(t, counted.empty.Load(), "writes of no bytes in handshake %d", i)
 				tc.Close()
