@@ -1,15 +1,22 @@
 package edge
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
 // writeCountingConn counts the writes of no bytes made on it: each is a
@@ -70,5 +77,134 @@ func TestNoEmptyWrites(t *testing.T) {
 				server.Close()
 			}
 		})
+	}
+}
+
+// splitFinishedConn is a resuming TLS 1.2 client's connection that sends
+// its Finished in two records (RFC 5246, Section 6.2.1: a handshake
+// message may span records): it derives the client's write key from the
+// master secret in keys (the client's key log) and the randoms it sees, and re-seals
+// the Finished and every record after it, one sequence number on.
+type splitFinishedConn struct {
+	net.Conn
+	t      *testing.T
+	keys   *bytes.Buffer
+	writes int
+	read   []byte // the server's first bytes, for its random
+	client []byte // the client random
+	open   *record.Cipher
+	seal   *record.Cipher
+}
+
+func (c *splitFinishedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if len(c.read) < 64 {
+		c.read = append(c.read, b[:n]...)
+	}
+	return n, err
+}
+
+func (c *splitFinishedConn) Write(b []byte) (int, error) {
+	c.writes++
+	switch {
+	case c.writes == 1: // ClientHello: record header, message header, version
+		c.client = bytes.Clone(b[11:43])
+		return c.Conn.Write(b)
+	case c.writes == 2: // ChangeCipherSpec, Finished
+		// crypto/tls logs a TLS 1.2 master secret at the full handshake
+		// only: the resumed session's is the last logged.
+		var master []byte
+		for _, line := range strings.Split(c.keys.String(), "\n") {
+			if f := strings.Fields(line); len(f) == 3 && f[0] == "CLIENT_RANDOM" {
+				master, _ = hex.DecodeString(f[2])
+			}
+		}
+		require.NotEmpty(c.t, master, "the client's master secret")
+		ck, _, civ, _ := record.KeyBlock12(crypto.SHA256, master, c.client, c.read[11:43], 16, 4)
+		var err error
+		c.open, err = record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ck, civ, 0)
+		require.NoError(c.t, err)
+		c.seal, err = record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ck, civ, 0)
+		require.NoError(c.t, err)
+		require.True(c.t, bytes.HasPrefix(b, ccsRecord))
+		out := slices.Clone(ccsRecord)
+		fin := c.reseal(b[len(ccsRecord):], func(typ record.ContentType, plain []byte) {
+			for _, part := range [][]byte{plain[:3], plain[3:]} {
+				rec, err := c.seal.Seal(nil, typ, part, 0)
+				require.NoError(c.t, err)
+				out = append(out, rec...)
+			}
+		})
+		require.Empty(c.t, fin, "more than the Finished in the second flight")
+		_, err = c.Conn.Write(out)
+		return len(b), err
+	default:
+		var out []byte
+		rest := c.reseal(b, func(typ record.ContentType, plain []byte) {
+			rec, err := c.seal.Seal(nil, typ, plain, 0)
+			require.NoError(c.t, err)
+			out = append(out, rec...)
+		})
+		require.Empty(c.t, rest, "a record cut across writes")
+		_, err := c.Conn.Write(out)
+		return len(b), err
+	}
+}
+
+// reseal opens the first record of b, hands its content to f, and returns
+// the bytes after it.
+func (c *splitFinishedConn) reseal(b []byte, f func(record.ContentType, []byte)) []byte {
+	for len(b) > 0 {
+		typ, vers, body, n, err := record.Parse(b, record.MaxCiphertextTLS12)
+		require.NoError(c.t, err)
+		require.NotZero(c.t, n)
+		inner, plain, err := c.open.Open(typ, vers, bytes.Clone(body))
+		require.NoError(c.t, err)
+		f(inner, plain)
+		b = b[n:]
+		if inner == record.Handshake {
+			return b
+		}
+	}
+	return b
+}
+
+// TestOneRoundTripTLS12FragmentedFinished: a resuming TLS 1.2 client whose
+// Finished spans two records (RFC 5246, Section 6.2.1) through the edge in
+// one round trip: the edge verifies it, then opens the client's records
+// from sequence number 2, not the session's 1, and data goes both ways.
+func TestOneRoundTripTLS12FragmentedFinished(t *testing.T) {
+	s := ticketService(t)
+	const suite = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer inner.Close()
+	keys := new(bytes.Buffer)
+	cfg := s.clientConfig(suite, tls.VersionTLS12, true)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	cfg.KeyLogWriter = keys
+	for i, resumed := range []bool{false, true} {
+		client, err := net.Dial("tcp", inner.Addr().String())
+		require.NoError(t, err)
+		raw, err := inner.Accept()
+		require.NoError(t, err)
+		served := make(chan *Conn, 1)
+		go func() {
+			c, err := Server(context.Background(), raw, &Config{Client: s.client, Handshake: s.oneRoundTrip(suite)})
+			assert.NoError(t, err, "edge handshake %d", i)
+			served <- c
+		}()
+		var wire net.Conn = client
+		if resumed {
+			wire = &splitFinishedConn{Conn: client, t: t, keys: keys}
+		}
+		tc := tls.Client(wire, cfg)
+		require.NoError(t, tc.Handshake(), "handshake %d", i)
+		server := <-served
+		require.NotNil(t, server)
+		require.Equal(t, resumed, server.ConnectionState().DidResume)
+		exchange(t, tc, server, []byte("after a Finished in two records"))
+		tc.Close()
+		server.Close()
 	}
 }
