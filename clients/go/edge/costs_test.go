@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
 
@@ -41,33 +42,15 @@ func (c *writeCountingConn) Write(b []byte) (int, error) {
 // until its first Read.
 func TestNoEmptyWrites(t *testing.T) {
 	s := ticketService(t)
-	const suite = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
 	for _, oneTrip := range []bool{false, true} {
 		t.Run(fmt.Sprintf("one-round-trip=%v", oneTrip), func(t *testing.T) {
-			hcfg := s.config(suite)
-			hcfg.CallerVerifiesFinished = oneTrip
-			inner, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			defer inner.Close()
-			cfg := s.clientConfig(suite, tls.VersionTLS12, true)
-			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			r := newResumer12(t, s, oneTrip)
 			for i, resumed := range []bool{false, true, true} {
-				client, err := net.Dial("tcp", inner.Addr().String())
-				require.NoError(t, err)
-				raw, err := inner.Accept()
-				require.NoError(t, err)
-				counted := &writeCountingConn{Conn: raw}
-				served := make(chan *Conn, 1)
-				go func() {
-					c, err := Server(context.Background(), counted, &Config{Client: s.client, Handshake: hcfg})
-					assert.NoError(t, err, "edge handshake %d", i)
-					served <- c
-				}()
-				tc := tls.Client(client, cfg)
-				require.NoError(t, tc.Handshake(), "handshake %d", i)
-				server := <-served
-				require.NotNil(t, server)
-				require.Equal(t, resumed, server.ConnectionState().DidResume, "handshake %d", i)
+				var counted *writeCountingConn
+				tc, server := r.handshake(t, i, resumed, nil, func(raw net.Conn) net.Conn {
+					counted = &writeCountingConn{Conn: raw}
+					return counted
+				})
 				server.in.Lock()
 				assert.Nil(t, server.in.buf, "read buffer before the first Read of handshake %d", i)
 				server.in.Unlock()
@@ -78,6 +61,58 @@ func TestNoEmptyWrites(t *testing.T) {
 			}
 		})
 	}
+}
+
+// resumer12 makes TLS 1.2 handshakes (ECDHE-ECDSA, AES-128-GCM) of one
+// crypto/tls client with a session cache through the edge, in one service
+// round trip or two.
+type resumer12 struct {
+	s     *testService
+	hcfg  *pb.HandshakeConfig
+	inner net.Listener
+	cfg   *tls.Config
+	keys  *bytes.Buffer // the client's key log
+}
+
+func newResumer12(t *testing.T, s *testService, oneTrip bool) *resumer12 {
+	const suite = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { inner.Close() })
+	r := &resumer12{s: s, hcfg: s.config(suite), inner: inner, cfg: s.clientConfig(suite, tls.VersionTLS12, true), keys: new(bytes.Buffer)}
+	r.hcfg.CallerVerifiesFinished = oneTrip
+	r.cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	r.cfg.KeyLogWriter = r.keys
+	return r
+}
+
+// handshake makes handshake i, the client's connection and the edge's
+// wrapped by client and edge if not nil, and returns both ends once the
+// edge's resumed as resumed says.
+func (r *resumer12) handshake(t *testing.T, i int, resumed bool, client, edge func(net.Conn) net.Conn) (*tls.Conn, *Conn) {
+	t.Helper()
+	wire, err := net.Dial("tcp", r.inner.Addr().String())
+	require.NoError(t, err)
+	raw, err := r.inner.Accept()
+	require.NoError(t, err)
+	if client != nil {
+		wire = client(wire)
+	}
+	if edge != nil {
+		raw = edge(raw)
+	}
+	served := make(chan *Conn, 1)
+	go func() {
+		c, err := Server(context.Background(), raw, &Config{Client: r.s.client, Handshake: r.hcfg})
+		assert.NoError(t, err, "edge handshake %d", i)
+		served <- c
+	}()
+	tc := tls.Client(wire, r.cfg)
+	require.NoError(t, tc.Handshake(), "handshake %d", i)
+	server := <-served
+	require.NotNil(t, server)
+	require.Equal(t, resumed, server.ConnectionState().DidResume, "handshake %d", i)
+	return tc, server
 }
 
 // splitFinishedConn is a resuming TLS 1.2 client's connection that sends
@@ -171,40 +206,24 @@ func (c *splitFinishedConn) reseal(b []byte, f func(record.ContentType, []byte))
 
 // TestOneRoundTripTLS12FragmentedFinished: a resuming TLS 1.2 client whose
 // Finished spans two records (RFC 5246, Section 6.2.1) through the edge in
-// one round trip: the edge verifies it, then opens the client's records
-// from sequence number 2, not the session's 1, and data goes both ways.
+// one round trip (the edge verifies it, then opens the client's records
+// from sequence number 2, not the session's 1) and in two (the engine
+// verifies it), and data goes both ways.
 func TestOneRoundTripTLS12FragmentedFinished(t *testing.T) {
 	s := ticketService(t)
-	const suite = tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer inner.Close()
-	keys := new(bytes.Buffer)
-	cfg := s.clientConfig(suite, tls.VersionTLS12, true)
-	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
-	cfg.KeyLogWriter = keys
-	for i, resumed := range []bool{false, true} {
-		client, err := net.Dial("tcp", inner.Addr().String())
-		require.NoError(t, err)
-		raw, err := inner.Accept()
-		require.NoError(t, err)
-		served := make(chan *Conn, 1)
-		go func() {
-			c, err := Server(context.Background(), raw, &Config{Client: s.client, Handshake: s.oneRoundTrip(suite)})
-			assert.NoError(t, err, "edge handshake %d", i)
-			served <- c
-		}()
-		var wire net.Conn = client
-		if resumed {
-			wire = &splitFinishedConn{Conn: client, t: t, keys: keys}
-		}
-		tc := tls.Client(wire, cfg)
-		require.NoError(t, tc.Handshake(), "handshake %d", i)
-		server := <-served
-		require.NotNil(t, server)
-		require.Equal(t, resumed, server.ConnectionState().DidResume)
-		exchange(t, tc, server, []byte("after a Finished in two records"))
-		tc.Close()
-		server.Close()
+	for _, oneTrip := range []bool{true, false} {
+		t.Run(fmt.Sprintf("one-round-trip=%v", oneTrip), func(t *testing.T) {
+			r := newResumer12(t, s, oneTrip)
+			for i, resumed := range []bool{false, true} {
+				var split func(net.Conn) net.Conn
+				if resumed {
+					split = func(c net.Conn) net.Conn { return &splitFinishedConn{Conn: c, t: t, keys: r.keys} }
+				}
+				tc, server := r.handshake(t, i, resumed, split, nil)
+				exchange(t, tc, server, []byte("after a Finished in two records"))
+				tc.Close()
+				server.Close()
+			}
+		})
 	}
 }
