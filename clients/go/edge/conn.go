@@ -119,7 +119,10 @@ type Conn struct {
 	closeErr  error
 }
 
-func newConn(raw net.Conn, s *pb.Session, leftover []byte, steps []Step) (*Conn, error) {
+// newConn is the connection of session s, with leftover read from the
+// client already; in, if not nil, is the TLS 1.2 cipher the client's
+// records open under, built by the edge to verify its Finished.
+func newConn(raw net.Conn, s *pb.Session, leftover []byte, in *record.Cipher, steps []Step) (*Conn, error) {
 	peers, err := parsePeerCertificates(s.GetPeerCertificates())
 	if err != nil {
 		return nil, err
@@ -140,7 +143,11 @@ func newConn(raw net.Conn, s *pb.Session, leftover []byte, steps []Step) (*Conn,
 			c.out.cipher, err = record.NewTLS13Cipher(suite, k.GetServerApplicationTrafficSecret(), k.GetServerSequence())
 		}
 	case tls.VersionTLS12:
-		if c.in.cipher, err = record.NewTLS12Cipher(suite, k.GetClientWriteKey(), k.GetClientWriteIv(), k.GetClientSequence()); err == nil {
+		c.in.cipher = in
+		if in == nil {
+			c.in.cipher, err = record.NewTLS12Cipher(suite, k.GetClientWriteKey(), k.GetClientWriteIv(), k.GetClientSequence())
+		}
+		if err == nil {
 			c.out.cipher, err = record.NewTLS12Cipher(suite, k.GetServerWriteKey(), k.GetServerWriteIv(), k.GetServerSequence())
 		}
 	default:
@@ -150,9 +157,13 @@ func newConn(raw net.Conn, s *pb.Session, leftover []byte, steps []Step) (*Conn,
 		return nil, fmt.Errorf("edge: session keys: %w", err)
 	}
 	// Small to start with: many connections carry short requests; the
-	// buffer grows to its full size for the first large record.
-	c.in.buf = make([]byte, max(initialReadBuffer, len(leftover)))
-	c.in.w = copy(c.in.buf, leftover)
+	// buffer grows to its full size for the first large record. With
+	// nothing read yet, it waits for the first Read (a connection that
+	// only writes never needs one).
+	if len(leftover) > 0 {
+		c.in.buf = make([]byte, max(initialReadBuffer, len(leftover)))
+		c.in.w = copy(c.in.buf, leftover)
+	}
 	return c, nil
 }
 
@@ -221,8 +232,13 @@ func (c *Conn) readRecord() error {
 		}
 		if c.in.w == len(c.in.buf) {
 			// Room for two whole records, so a record never has to wait
-			// for the buffer to be compacted more than once.
-			grown := make([]byte, max(fullReadBuffer, len(c.in.buf)))
+			// for the buffer to be compacted more than once; the first
+			// buffer is small.
+			size := max(fullReadBuffer, len(c.in.buf))
+			if c.in.buf == nil {
+				size = initialReadBuffer
+			}
+			grown := make([]byte, size)
 			copy(grown, c.in.buf[:c.in.w])
 			c.in.buf = grown
 		}

@@ -19,14 +19,15 @@ import (
 // records from leftover and then raw until its Finished, verified in
 // constant time against the one the service expects, and only then writes
 // what the service held back (TLS 1.3: the NewSessionTicket) and returns
-// the bytes after the Finished for the record layer. No session key
+// the bytes after the Finished for the record layer, with (TLS 1.2) the
+// cipher they open under, built once for the Finished. No session key
 // protects a byte from or to the application before that: on a missing or
 // wrong Finished (or, in TLS 1.2, a missing ChangeCipherSpec before it)
 // the connection gets the alert (RFC 8446 §4.4.4, RFC 5246 §7.4.9:
 // decrypt_error) under the server's session write key, as the first
 // record the client reads under it, and closes. buf is the handshake's
 // read buffer.
-func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, error) {
+func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, *record.Cipher, error) {
 	keys := s.GetKeys()
 	p := keys.GetClientFinished()
 	suite := uint16(s.GetCipherSuite())
@@ -42,7 +43,7 @@ func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, er
 		v, err = clientfinished.New(suite, p.GetMessage(), p.GetClientHandshakeKey(), p.GetClientHandshakeIv(), p.GetSkipEarlyData())
 	}
 	if err != nil {
-		return nil, fmt.Errorf("edge: the service's client Finished: %w", err)
+		return nil, nil, fmt.Errorf("edge: the service's client Finished: %w", err)
 	}
 	for in := leftover; ; {
 		if len(in) > 0 {
@@ -53,20 +54,21 @@ func finishAtEdge(raw net.Conn, s *pb.Session, leftover, buf []byte) ([]byte, er
 				if !fe.Peer {
 					raw.Write(finishedAlert(s, fe.Alert))
 				}
-				return nil, &HandshakeError{Alert: record.AlertName(fe.Alert), Reason: fe.Reason}
+				return nil, nil, &HandshakeError{Alert: record.AlertName(fe.Alert), Reason: fe.Reason}
 			case err != nil:
-				return nil, fmt.Errorf("edge: %w", err)
+				return nil, nil, fmt.Errorf("edge: %w", err)
 			case done:
-				if _, err := raw.Write(p.GetOutput()); err != nil {
-					return nil, fmt.Errorf("edge: writing to the client: %w", err)
+				// TLS 1.2 holds nothing back.
+				if err := writeOutput(raw, p.GetOutput()); err != nil {
+					return nil, nil, err
 				}
 				// rest may be the pooled read buffer.
-				return append([]byte(nil), rest...), nil
+				return append([]byte(nil), rest...), v.Cipher12(), nil
 			}
 		}
 		n, err := raw.Read(buf)
 		if n == 0 {
-			return nil, fmt.Errorf("edge: reading the client's Finished: %w", err)
+			return nil, nil, fmt.Errorf("edge: reading the client's Finished: %w", err)
 		}
 		in = buf[:n]
 	}

@@ -78,7 +78,7 @@ func FuzzConnRead(f *testing.F) {
 	f.Add(byte(1), []byte{20, 3, 3, 0, 1, 1})
 	f.Fuzz(func(t *testing.T, which byte, data []byte) {
 		s := fuzzSessions[int(which)%len(fuzzSessions)]
-		c, err := newConn(&bytesConn{r: bytes.NewReader(data)}, s, nil, nil)
+		c, err := newConn(&bytesConn{r: bytes.NewReader(data)}, s, nil, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -440,9 +440,9 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 		}
 		steps = append(steps, Step{In: len(input), Out: len(out.GetOutput()), Duration: time.Since(start), Trace: out.GetTrace()})
 		input = nil
-		if _, err := raw.Write(out.GetOutput()); err != nil {
+		if err := writeOutput(raw, out.GetOutput()); err != nil {
 			st.abort()
-			return nil, fmt.Errorf("edge: writing to the client: %w", err)
+			return nil, err
 		}
 		plain = plain && !startsProtection(out.GetOutput())
 		switch out.GetState() {
@@ -452,25 +452,39 @@ func handshake(ctx context.Context, raw net.Conn, cfg *Config, hcfg *pb.Handshak
 			return nil, &HandshakeError{Alert: a.GetName(), Reason: a.GetReason()}
 		case pb.HandshakeState_HANDSHAKE_STATE_COMPLETE:
 			leftover := out.GetLeftover()
+			var in *record.Cipher
 			if out.GetSession().GetKeys().GetClientFinished() != nil {
 				// The service left the client's Finished to the edge
 				// (finished.go), within the handshake's deadline: its
 				// part is over.
 				serviceDone()
-				if leftover, err = finishAtEdge(raw, out.GetSession(), leftover, buf); err != nil {
+				if leftover, in, err = finishAtEdge(raw, out.GetSession(), leftover, buf); err != nil {
 					return nil, err
 				}
 			}
 			if err := raw.SetDeadline(time.Time{}); err != nil {
 				return nil, fmt.Errorf("edge: %w", err)
 			}
-			return newConn(raw, out.GetSession(), leftover, steps)
+			return newConn(raw, out.GetSession(), leftover, in, steps)
 		case pb.HandshakeState_HANDSHAKE_STATE_NEED_INPUT:
 		default:
 			st.abort()
 			return nil, fmt.Errorf("edge: handshake step in state %v", out.GetState())
 		}
 	}
+}
+
+// writeOutput writes the service's records b to the client. Nothing is
+// written when b is empty, as after a client Finished in TLS 1.2: a
+// write(2) of no bytes is a system call, for nothing, in every handshake.
+func writeOutput(raw net.Conn, b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := raw.Write(b); err != nil {
+		return fmt.Errorf("edge: writing to the client: %w", err)
+	}
+	return nil
 }
 
 // internalErrorAlert is a plaintext fatal internal_error alert (RFC 8446,

@@ -108,6 +108,18 @@ func New12(suite uint16, expected, key, iv []byte) (*Verifier, error) {
 	return &Verifier{cipher: c, expected: expected, tls12: true}, nil
 }
 
+// Cipher12 is, once a TLS 1.2 Finished is verified, the cipher the
+// client's next records open under: the same write key, its sequence
+// number past the records that carried the Finished (RFC 5246, Section
+// 6.1). Nil before, and in TLS 1.3, whose application data has keys of
+// its own.
+func (v *Verifier) Cipher12() *record.Cipher {
+	if !v.tls12 || !v.done {
+		return nil
+	}
+	return v.cipher
+}
+
 func checkExpected(expected []byte) error {
 	if len(expected) < 4 || expected[0] != typeFinished || int(expected[1])<<16|int(expected[2])<<8|int(expected[3]) != len(expected)-4 {
 		return errors.New("clientfinished: the expected Finished is not a Finished message")

@@ -279,6 +279,42 @@ func TestVerifier12Accepts(t *testing.T) {
 	}
 }
 
+// TestVerifier12Cipher: once a TLS 1.2 Finished is verified, Cipher12 opens
+// the client's next record, also after a Finished fragmented over two
+// records (its sequence number is then 2, not the session's 1); it is nil
+// before, and for TLS 1.3.
+func TestVerifier12Cipher(t *testing.T) {
+	for _, fragmented := range []bool{false, true} {
+		c := newClient12(t)
+		var flight []byte
+		if fragmented {
+			flight = slices.Concat(ccs, c.seal(record.Handshake, finished12[:3]), c.seal(record.Handshake, finished12[3:]))
+		} else {
+			flight = slices.Concat(ccs, c.seal(record.Handshake, finished12))
+		}
+		data := c.seal(record.ApplicationData, []byte("after the Finished"))
+		v := newVerifier12(t)
+		assert.Nil(t, v.Cipher12(), "before the Finished")
+		done, rest, err := v.Feed(slices.Concat(flight, data))
+		require.NoError(t, err)
+		require.True(t, done)
+		require.Equal(t, data, rest)
+		in := v.Cipher12()
+		require.NotNil(t, in, "fragmented=%v", fragmented)
+		typ, vers, body, _, err := record.Parse(rest, record.MaxCiphertextTLS12)
+		require.NoError(t, err)
+		inner, plain, err := in.Open(typ, vers, body)
+		require.NoError(t, err, "fragmented=%v", fragmented)
+		assert.Equal(t, record.ApplicationData, inner)
+		assert.Equal(t, "after the Finished", string(plain))
+	}
+	v := newVerifier(t, false)
+	done, _, err := v.Feed(newClient(t).seal(record.Handshake, finished))
+	require.NoError(t, err)
+	require.True(t, done)
+	assert.Nil(t, v.Cipher12(), "TLS 1.3")
+}
+
 func TestVerifier12Refuses(t *testing.T) {
 	tests := []struct {
 		name   string
