@@ -136,7 +136,7 @@ func (v *Vault) refreshTo(ctx context.Context, target int64) error {
 	}
 	if target > 0 {
 		if records, rev, ok := v.follow.watched.take(v.read, target); ok {
-			return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
+			return v.adoptState(ctx, storeState{rev: rev, records: records})
 		}
 	}
 	records, rev, ok, err := v.readChanged(ctx)
@@ -144,7 +144,7 @@ func (v *Vault) refreshTo(ctx context.Context, target int64) error {
 		return fmt.Errorf("keyvault: read the store's changes: %w", err)
 	}
 	if ok {
-		return v.adoptRead(ctx, slices.Collect(maps.Values(records)), rev)
+		return v.adoptState(ctx, storeState{rev: rev, records: records})
 	}
 	return v.refreshAll(ctx)
 }
@@ -159,7 +159,13 @@ func (v *Vault) refreshAll(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("keyvault: read the store: %w", err)
 	}
-	return v.adoptRead(ctx, records, rev)
+	// The records as read, not as a state's map: adopt reports a record
+	// the store holds twice.
+	if err := v.adopt(ctx, records, rev); err != nil {
+		return err
+	}
+	v.read = newStoreState(rev, records)
+	return nil
 }
 
 // storeState is a state of the store a vault read: its revision and
@@ -177,13 +183,13 @@ func newStoreState(rev int64, records []Record) storeState {
 	return s
 }
 
-// adoptRead adopts records, the store's state at rev, and remembers them as
-// the state read last.
-func (v *Vault) adoptRead(ctx context.Context, records []Record, rev int64) error {
-	if err := v.adopt(ctx, records, rev); err != nil {
+// adoptState adopts s, a state of the store built from the one read last
+// and the changes since, and remembers it as the state read last.
+func (v *Vault) adoptState(ctx context.Context, s storeState) error {
+	if err := v.adopt(ctx, slices.Collect(maps.Values(s.records)), s.rev); err != nil {
 		return err
 	}
-	v.read = newStoreState(rev, records)
+	v.read = s
 	return nil
 }
 
