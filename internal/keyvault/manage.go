@@ -553,7 +553,13 @@ func (v *Vault) finishDestroysLogged(ctx context.Context, pending []pendingDestr
 // left to its replica, which finishes it at once. since holds when each
 // pending destroy was first seen; the caller (keepUp) owns it.
 func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time.Time) {
-	v.writeMu.Lock()
+	// keepUp must never wait for a change under way: one may hold writeMu
+	// until every replica, this one included, announces a revision (a
+	// KEK rotation's step waits so in allHold), which keepUp does. A
+	// destroy left pending waits for a later tick instead.
+	if !v.writeMu.TryLock() {
+		return
+	}
 	defer v.writeMu.Unlock()
 	if v.isClosed() {
 		return
