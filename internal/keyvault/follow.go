@@ -444,6 +444,12 @@ type follower struct {
 	roundMu sync.Mutex
 	pending *syncRound // the round Sync callers wait for, not begun
 	rounds  bool       // runRounds runs
+	stopped bool       // stop began: no round starts
+	// roundsDone waits for runRounds, which stop waits for too: the store
+	// is closed after it, and no call of this replica may reach the store
+	// then (an announcement made after the store's own ended would stand
+	// for a replica that is gone, and hold every KEK rotation).
+	roundsDone sync.WaitGroup
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -541,6 +547,10 @@ func (f *follower) stop() {
 	}
 	f.cancel()
 	f.done.Wait()
+	f.roundMu.Lock()
+	f.stopped = true
+	f.roundMu.Unlock()
+	f.roundsDone.Wait()
 }
 
 // watch wakes keepUp at every commit the view has not applied. When the
@@ -650,10 +660,16 @@ type syncRound struct {
 func (f *follower) nextRound(v *Vault) *syncRound {
 	f.roundMu.Lock()
 	defer f.roundMu.Unlock()
+	if f.stopped {
+		r := &syncRound{done: make(chan struct{}), err: ErrClosed}
+		close(r.done)
+		return r
+	}
 	if f.pending == nil {
 		f.pending = &syncRound{done: make(chan struct{})}
 		if !f.rounds {
 			f.rounds = true
+			f.roundsDone.Add(1)
 			go f.runRounds(v)
 		}
 	}
@@ -661,6 +677,7 @@ func (f *follower) nextRound(v *Vault) *syncRound {
 }
 
 func (f *follower) runRounds(v *Vault) {
+	defer f.roundsDone.Done()
 	for {
 		f.roundMu.Lock()
 		r := f.pending

@@ -36,6 +36,12 @@ func (s *memShared) broadcast() {
 // memClient is one replica's connection to a memShared.
 type memClient struct {
 	s *memShared
+	// closed is set by Close, after which every call fails, as an etcd
+	// client's do; usedAfterClose counts such calls, busy the calls in
+	// flight and busyAtClose those Close found.
+	closed               atomic.Bool
+	usedAfterClose, busy atomic.Int64
+	busyAtClose          atomic.Int64
 	// down cuts the replica off the store (a partition): every call fails
 	// with ErrUnavailable and watches break; its announcement stays, as an
 	// etcd lease does until it expires.
@@ -81,6 +87,17 @@ func (c *memClient) expireAnnouncement() {
 
 var errMemDown = fmt.Errorf("memShared: cut off: %w", ErrUnavailable)
 
+// use begins a call: it fails once the client is closed, and otherwise
+// counts the call in flight until done is called.
+func (c *memClient) use() (done func(), err error) {
+	if c.closed.Load() {
+		c.usedAfterClose.Add(1)
+		return nil, fmt.Errorf("memShared: client used after Close: %w", ErrClosed)
+	}
+	c.busy.Add(1)
+	return func() { c.busy.Add(-1) }, nil
+}
+
 func (c *memClient) Scan(ctx context.Context, fn func(Record) error) (int64, error) {
 	c.fullScans.Add(1)
 	rev, _, err := c.scanAfter(0, fn)
@@ -94,6 +111,11 @@ func (c *memClient) ScanChanged(ctx context.Context, after int64, fn func(Record
 // scanAfter reads the records written after revision after (all of them
 // from 0), counting the reads and what they read.
 func (c *memClient) scanAfter(after int64, fn func(Record) error) (int64, int, error) {
+	done, err := c.use()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer done()
 	c.scans.Add(1)
 	if d := time.Duration(c.scanDelay.Load()); d > 0 {
 		time.Sleep(d)
@@ -120,6 +142,11 @@ func (c *memClient) scanAfter(after int64, fn func(Record) error) (int64, int, e
 }
 
 func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {
+	done, err := c.use()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	if c.down.Load() {
 		return 0, errMemDown
 	}
@@ -156,6 +183,8 @@ func (c *memClient) Commit(ctx context.Context, w Write) (int64, error) {
 }
 
 func (c *memClient) Close() error {
+	c.closed.Store(true)
+	c.busyAtClose.Store(c.busy.Load())
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
 	delete(c.s.applied, c)
@@ -164,6 +193,11 @@ func (c *memClient) Close() error {
 }
 
 func (c *memClient) Watch(ctx context.Context, after int64, fn func(Change)) error {
+	done, err := c.use()
+	if err != nil {
+		return err
+	}
+	defer done()
 	c.delivered.Store(max(c.delivered.Load(), after))
 	for {
 		c.s.mu.Lock()
@@ -190,6 +224,11 @@ func (c *memClient) Watch(ctx context.Context, after int64, fn func(Change)) err
 }
 
 func (c *memClient) Revision(ctx context.Context) (int64, error) {
+	done, err := c.use()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
 	c.revisions.Add(1)
 	if d := time.Duration(c.revisionDelay.Load()); d > 0 {
 		time.Sleep(d)
@@ -213,6 +252,11 @@ func (c *memClient) Revision(ctx context.Context) (int64, error) {
 }
 
 func (c *memClient) Announce(ctx context.Context, rev int64) error {
+	done, err := c.use()
+	if err != nil {
+		return err
+	}
+	defer done()
 	if c.down.Load() {
 		return errMemDown
 	}
@@ -224,6 +268,11 @@ func (c *memClient) Announce(ctx context.Context, rev int64) error {
 }
 
 func (c *memClient) WaitApplied(ctx context.Context, rev int64) error {
+	done, err := c.use()
+	if err != nil {
+		return err
+	}
+	defer done()
 	if c.down.Load() {
 		return errMemDown
 	}

@@ -327,6 +327,29 @@ func TestSyncCoalesces(t *testing.T) {
 	assert.Less(t, reads, int64(callers/4))
 }
 
+// TestCloseEndsEveryStoreCall: Close closes the store only once no call of
+// the vault is in flight, and none reaches the store after. A Sync round
+// begun just before Close (a caller naming a key it does not know) used to
+// run on: in this test's store its announcement outlived the replica, and
+// every KEK rotation after waited for ever for a replica that was gone.
+func TestCloseEndsEveryStoreCall(t *testing.T) {
+	s := newMemShared()
+	v, c := newSharedVault(t, s)
+	c.revisionDelay.Store(int64(100 * time.Millisecond))
+	before := c.revisions.Load()
+	synced := make(chan error, 1)
+	go func() { synced <- v.Sync(ctx) }()
+	require.Eventually(t, func() bool { return c.revisions.Load() > before }, 5*time.Second, time.Millisecond, "the round reads the revision")
+	require.NoError(t, v.Close())
+	assert.Zero(t, c.busyAtClose.Load(), "calls in flight when the store was closed")
+	<-synced
+	assert.ErrorIs(t, v.Sync(ctx), ErrClosed)
+	assert.Zero(t, c.usedAfterClose.Load(), "calls after the store was closed")
+	s.mu.Lock()
+	assert.NotContains(t, s.applied, c, "the replica is announced no more")
+	s.mu.Unlock()
+}
+
 // TestSharedConcurrentRotation: two replicas rotate one key at once, many
 // rounds. Every rotation either makes a version or aborts; none is lost or
 // made twice, and a third replica opening the store afterwards (checking
