@@ -560,7 +560,14 @@ const (
 	alertDecodeError           = 50
 	alertDecryptError          = 51
 	alertNoRenegotiation       = 100
+	alertMissingExtension      = 109
 )
+
+// appDataRecord is an application_data record of n zero bytes, in one
+// record whatever n (record.Append would split it).
+func appDataRecord(n int) []byte {
+	return append([]byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}, make([]byte, n)...)
+}
 
 func hsMsg(typ uint8, body ...byte) []byte {
 	return append([]byte{typ, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
@@ -625,6 +632,23 @@ func TestProbeEdgeTLS13Records(t *testing.T) {
 		{"5.4 inner plaintext of 2^14+2 bytes is record_overflow", func(t *testing.T, p *peer) {
 			p.sendRaw(t, 0, append(make([]byte, record.MaxPlaintext), 23, 0))
 		}, alertRecordOverflow},
+		{"5.2 protected record over 2^14+256 bytes is record_overflow", func(t *testing.T, p *peer) {
+			p.raw.Write(appDataRecord(record.MaxCiphertextTLS13 + 1))
+		}, alertRecordOverflow},
+		// RFC 8446, Section 4.6.3: request_update is 0 or 1.
+		{"4.6.3 KeyUpdate with request_update 2 is illegal_parameter", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(24, 2)) }, alertIllegalParameter},
+		{"4.6.3 KeyUpdate of two bytes is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(24, 0, 0)) }, alertDecodeError},
+		{"4.6.3 empty KeyUpdate is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(24)) }, alertDecodeError},
+		// RFC 8446, Section 5.1: a message before a key change ends its
+		// record.
+		{"5.1 two KeyUpdates in one record is unexpected_message", func(t *testing.T, p *peer) {
+			p.send(t, record.Handshake, slices.Concat(hsMsg(24, 0), hsMsg(24, 0)))
+		}, alertUnexpectedMessage},
+		{"4 unknown handshake message type is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(99, 1)) }, alertUnexpectedMessage},
+		// RFC 8446, Section 6 and 5.1: an alert is two bytes, never
+		// fragmented.
+		{"6 alert of three bytes is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Alert, []byte{1, 0, 0}) }, alertDecodeError},
+		{"5.1 alert of one byte is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Alert, []byte{1}) }, alertDecodeError},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		expectRefused(t, f, addr, tls.VersionTLS13, refused)
@@ -676,6 +700,11 @@ func TestProbeEdgeTLS12Records(t *testing.T) {
 		{"RFC 5246 6.2.1 plaintext over 2^14 bytes is record_overflow", func(t *testing.T, p *peer) {
 			p.sendRaw(t, record.ApplicationData, make([]byte, record.MaxPlaintext+1))
 		}, alertRecordOverflow},
+		{"RFC 5246 6.2.3 protected record over 2^14+2048 bytes is record_overflow", func(t *testing.T, p *peer) {
+			p.raw.Write(appDataRecord(record.MaxCiphertextTLS12 + 1))
+		}, alertRecordOverflow},
+		{"RFC 5246 7.2 alert of three bytes is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Alert, []byte{1, 0, 0}) }, alertDecodeError},
+		{"RFC 5246 7.4 unknown handshake message type is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(99, 1)) }, alertUnexpectedMessage},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		expectRefused(t, f, addr, tls.VersionTLS12, refused)
@@ -961,8 +990,7 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 			return append([]byte{byte(record.Alert), 3, 3, 0x40, 0x01}, make([]byte, 1<<14+1)...)
 		}, alertRecordOverflow},
 		{"5.2 protected record over 2^14+256 bytes is record_overflow", func(fin []byte, hs *record.Cipher) []byte {
-			n := record.MaxCiphertextTLS13 + 1
-			return append([]byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}, make([]byte, n)...)
+			return appDataRecord(record.MaxCiphertextTLS13 + 1)
 		}, alertRecordOverflow},
 		{"4.4.4 empty Finished is decode_error", func(fin []byte, hs *record.Cipher) []byte {
 			return seal(hs, record.Handshake, hsMsg(20), 0)
