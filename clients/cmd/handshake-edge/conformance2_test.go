@@ -36,7 +36,9 @@ const (
 	extSigAlgs       uint16 = 13
 	extEMS           uint16 = 23
 	extSessionTicket uint16 = 35
+	extPreSharedKey  uint16 = 41
 	extEarlyData     uint16 = 42
+	extPSKModes      uint16 = 45
 	extVersions      uint16 = 43
 	extKeyShare      uint16 = 51
 )
@@ -131,6 +133,16 @@ func (h *helloMsg) set(typ uint16, data []byte) *helloMsg {
 	return c
 }
 
+// ext is extension typ's data, nil if absent.
+func (h *helloMsg) ext(typ uint16) []byte {
+	for _, e := range h.exts {
+		if e.typ == typ {
+			return e.data
+		}
+	}
+	return nil
+}
+
 // without returns a copy without extension typ.
 func (h *helloMsg) without(typ uint16) *helloMsg {
 	c := h.clone()
@@ -188,21 +200,28 @@ var helloRetryRequestRandom = []byte{
 
 // serverHello is a ServerHello as a client reads it.
 type serverHello struct {
-	raw    []byte // the whole message
-	random []byte
-	suite  uint16
-	exts   []helloExt
+	raw               []byte // the whole message
+	version           uint16
+	random, sessionID []byte
+	suite             uint16
+	exts              []helloExt
+	rest              []byte // what followed it in its record
 }
 
 func (s *serverHello) isHRR() bool { return bytes.Equal(s.random, helloRetryRequestRandom) }
 
 func (s *serverHello) ext(typ uint16) []byte {
+	data, _ := s.lookup(typ)
+	return data
+}
+
+func (s *serverHello) lookup(typ uint16) ([]byte, bool) {
 	for _, e := range s.exts {
 		if e.typ == typ {
-			return e.data
+			return e.data, true
 		}
 	}
-	return nil
+	return nil, false
 }
 
 // readServerHello reads the edge's plaintext records up to a ServerHello
@@ -224,10 +243,14 @@ func readServerHello(t *testing.T, c net.Conn) *serverHello {
 		var vers uint16
 		var comp uint8
 		sh := &serverHello{}
-		require.True(t, s.ReadUint8(&typ) && typ == 2 && s.ReadUint24LengthPrefixed(&body) && s.Empty(), "want a ServerHello alone in its record, got % x", r.body)
+		// In TLS 1.3 the ServerHello is alone in its record (a key
+		// change follows, RFC 8446, Section 5.1); in TLS 1.2 the flight
+		// may follow it in the same record.
+		require.True(t, s.ReadUint8(&typ) && typ == 2 && s.ReadUint24LengthPrefixed(&body), "want a ServerHello, got % x", r.body)
 		require.True(t, body.ReadUint16(&vers) && body.ReadBytes((*[]byte)(&random), 32) && body.ReadUint8LengthPrefixed(&sid) &&
 			body.ReadUint16(&sh.suite) && body.ReadUint8(&comp) && body.ReadUint16LengthPrefixed(&exts) && body.Empty(), "ServerHello")
-		sh.raw, sh.random, sh.exts = r.body, slices.Clone(random), parseExtensions(t, exts)
+		sh.raw, sh.random, sh.exts = r.body[:len(r.body)-len(s)], slices.Clone(random), parseExtensions(t, exts)
+		sh.version, sh.sessionID, sh.rest = vers, slices.Clone(sid), slices.Clone(s)
 		return sh
 	}
 }
@@ -245,6 +268,12 @@ type client13 struct {
 	// shared, when set, is the shared secret from the server's share, in
 	// place of key's.
 	shared func(server []byte) []byte
+	// psk, when set, is the PSK of the ticket the ClientHello offers
+	// (resumeWith); early is its early secret.
+	psk, early []byte
+	// resumption is the resumption_master_secret once the handshake is
+	// finished (RFC 8446, Section 7.1).
+	resumption []byte
 }
 
 // suite13 is the one suite client13 offers.
@@ -297,6 +326,9 @@ func (c *client13) retried() *serverHello {
 // flight13 is the server's TLS 1.3 flight as client13 read it, and what
 // the client needs to finish.
 type flight13 struct {
+	c         *client13
+	master    []byte
+	msgs      []byte         // EncryptedExtensions to Finished
 	p         *peer          // out: the client handshake traffic key; in: the server application traffic key
 	finished  []byte         // the client's Finished message
 	appOut    *record.Cipher // the client application traffic key
@@ -326,10 +358,18 @@ func (c *client13) serverFlight() flight13 {
 	}
 	c.transcript.Write(sh.raw)
 
-	// RFC 8446, Section 7.1, without a PSK.
+	// RFC 8446, Section 7.1: the early secret of the PSK, or of zeros.
 	zeros := make([]byte, sha256.Size)
-	early, err := hkdf.Extract(sha256.New, zeros, nil)
-	require.NoError(t, err)
+	early := c.early
+	if c.psk == nil {
+		var err error
+		early, err = hkdf.Extract(sha256.New, zeros, nil)
+		require.NoError(t, err)
+		_, ok := sh.lookup(extPreSharedKey)
+		require.False(t, ok, "the ServerHello accepts a PSK the client did not offer")
+	} else {
+		require.Equal(t, []byte{0, 0}, sh.ext(extPreSharedKey), "the ServerHello does not accept the PSK")
+	}
 	hsSecret, err := hkdf.Extract(sha256.New, shared, c.deriveSecret(early, "derived", sha256.New()))
 	require.NoError(t, err)
 	clientHS := c.deriveSecret(hsSecret, "c hs traffic", c.transcript)
@@ -354,7 +394,7 @@ func (c *client13) serverFlight() flight13 {
 	require.NoError(t, err)
 	s, ok := record.SuiteByID(suite13)
 	require.True(t, ok)
-	var f flight13
+	f := flight13{c: c, master: master, msgs: msgs}
 	f.p = &peer{raw: c.raw, tls13: true, suite: suite13}
 	f.p.key, f.p.iv = record.TrafficKeys(s, clientHS)
 	f.p.out, err = record.NewTLS13Cipher(suite13, clientHS, 0)
@@ -380,9 +420,76 @@ func (f flight13) finish(t *testing.T, before ...[]byte) *peer {
 	_, err = f.p.raw.Write(slices.Concat(append(before, rec)...))
 	require.NoError(t, err)
 	f.p.out = f.appOut
+	f.c.transcript.Write(f.finished)
+	f.c.resumption = f.c.deriveSecret(f.master, "res master", f.c.transcript)
 	s, _ := record.SuiteByID(suite13)
 	f.p.key, f.p.iv = record.TrafficKeys(s, f.appSecret)
 	return f.p
+}
+
+// ticket reads the edge's records up to its NewSessionTicket and returns
+// the PSK it gives the client and the ticket's identity and ticket_age_add
+// (RFC 8446, Sections 4.6.1).
+func (c *client13) ticket(p *peer) (psk, identity []byte, ageAdd uint32) {
+	t := c.t
+	t.Helper()
+	require.NotNil(t, c.resumption, "the handshake is not finished")
+	for {
+		recs, _ := readRecords(t, p.raw, 1)
+		require.Len(t, recs, 1, "the edge closed without a NewSessionTicket")
+		typ, plain, err := p.in.Open(recs[0].typ, 0x0303, recs[0].body)
+		require.NoError(t, err)
+		if typ != record.Handshake || plain[0] != 4 {
+			continue
+		}
+		s := cryptobyte.String(plain[4:])
+		var lifetime uint32
+		var nonce, ticket, exts cryptobyte.String
+		require.True(t, s.ReadUint32(&lifetime) && s.ReadUint32(&ageAdd) && s.ReadUint8LengthPrefixed(&nonce) &&
+			s.ReadUint16LengthPrefixed(&ticket) && s.ReadUint16LengthPrefixed(&exts) && s.Empty(), "NewSessionTicket")
+		return record.ExpandLabel(crypto.SHA256, c.resumption, "resumption", nonce, sha256.Size), slices.Clone(ticket), ageAdd
+	}
+}
+
+// resumeWith returns h offering the ticket identity of psk, with
+// psk_dhe_ke, and sets c's key schedule to start from psk. The binder is
+// computed over h as returned (RFC 8446, Section 4.2.11.2).
+func (c *client13) resumeWith(h *helloMsg, psk, identity []byte, ageAdd uint32) *helloMsg {
+	t := c.t
+	t.Helper()
+	var err error
+	c.psk = psk
+	c.early, err = hkdf.Extract(sha256.New, psk, make([]byte, sha256.Size))
+	require.NoError(t, err)
+	offer := func(binder []byte) []byte {
+		var b cryptobyte.Builder
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(identity) })
+			b.AddUint32(ageAdd) // a ticket of age 0
+		})
+		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+			b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(binder) })
+		})
+		return b.BytesOrPanic()
+	}
+	// pre_shared_key last (Section 4.2.11), after psk_key_exchange_modes.
+	h = h.without(extPreSharedKey).set(extPSKModes, []byte{1, 1}) // psk_dhe_ke
+	h = h.set(extPreSharedKey, offer(make([]byte, sha256.Size)))
+	msg := h.marshal()
+	truncated := sha256.Sum256(msg[:len(msg)-(2+1+sha256.Size)])
+	binderKey := c.deriveSecret(c.early, "res binder", sha256.New())
+	mac := hmac.New(sha256.New, record.ExpandLabel(crypto.SHA256, binderKey, "finished", nil, sha256.Size))
+	mac.Write(truncated[:])
+	return h.set(extPreSharedKey, offer(mac.Sum(nil)))
+}
+
+// earlyCipher is the client's 0-RTT write cipher once its ClientHello is
+// sent (RFC 8446, Section 7.1: client_early_traffic_secret).
+func (c *client13) earlyCipher() *record.Cipher {
+	c.t.Helper()
+	e, err := record.NewTLS13Cipher(suite13, c.deriveSecret(c.early, "c e traffic", c.transcript), 0)
+	require.NoError(c.t, err)
+	return e
 }
 
 // deriveSecret is Derive-Secret(secret, label, messages) of RFC 8446,
@@ -474,6 +581,24 @@ func TestProbeEdgeEarlyData(t *testing.T) {
 			p := c.serverFlight().finish(t)
 			p.send(t, record.ApplicationData, []byte("after"))
 			p.expectEcho(t, "after")
+		})
+		// Skipped in several steps of the edge (it reads 16 KiB at a
+		// time): the count goes from one to the next, in the unary mode in
+		// the state token.
+		t.Run("4.2.10 2^16 bytes of 0-RTT records before the second ClientHello are skipped", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extKeyShare, noShare).set(extEarlyData, nil), full, full, full, garbage(rest))
+			c.retried()
+			c.send(c.hello)
+			p := c.serverFlight().finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
+		t.Run("4.2.10 more 0-RTT data than the bound before the second ClientHello is unexpected_message", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extKeyShare, noShare).set(extEarlyData, nil), full, full, full, garbage(rest+1))
+			c.retried()
+			expectPlainAlert(t, c.raw, alertUnexpectedMessage)
 		})
 		t.Run("4.2.10 0-RTT records after the second ClientHello are bad_record_mac", func(t *testing.T) {
 			c := dialClient13(t, f, addr)
@@ -699,5 +824,233 @@ func TestProbeEdgeClientHello13(t *testing.T) {
 			p.send(t, record.ApplicationData, []byte("after"))
 			p.expectEcho(t, "after")
 		})
+	})
+}
+
+// TestProbeEdgeClientHello12 sends TLS 1.2 ClientHellos that differ from
+// crypto/tls's in one field each, and checks what the ServerHello says to
+// them.
+func TestProbeEdgeClientHello12(t *testing.T) {
+	f := newTicketFixture(t)
+	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12,
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	base := parseHello(t, clientHello(t, cfg))
+	const extRenegotiationInfo uint16 = 0xff01
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		hello := func(t *testing.T, h *helloMsg) (net.Conn, *serverHello) {
+			c := dialRaw(t, addr)
+			_, err := c.Write(fragments(h.marshal(), 1<<14))
+			require.NoError(t, err)
+			return c, readServerHello(t, c)
+		}
+		// nextMessage is the type of the handshake message after the
+		// ServerHello.
+		nextMessage := func(t *testing.T, c net.Conn, sh *serverHello) byte {
+			if len(sh.rest) > 0 {
+				return sh.rest[0]
+			}
+			recs, _ := readRecords(t, c, 1)
+			require.Len(t, recs, 1, "nothing after the ServerHello")
+			if recs[0].typ == record.ChangeCipherSpec {
+				return 0
+			}
+			require.Equal(t, record.Handshake, recs[0].typ)
+			return recs[0].body[0]
+		}
+		t.Run("RFC 5746 3.6 SCSV gets an empty renegotiation_info", func(t *testing.T) {
+			h := base.without(extRenegotiationInfo)
+			h.suites = append(slices.Clone(h.suites), 0x00, 0xff)
+			_, sh := hello(t, h)
+			data, ok := sh.lookup(extRenegotiationInfo)
+			require.True(t, ok, "no renegotiation_info in the ServerHello")
+			assert.Equal(t, []byte{0}, data)
+		})
+		t.Run("RFC 7627 5.1 extended_master_secret is answered", func(t *testing.T) {
+			_, sh := hello(t, base)
+			data, ok := sh.lookup(extEMS)
+			require.True(t, ok, "no extended_master_secret in the ServerHello")
+			assert.Empty(t, data)
+		})
+		t.Run("RFC 7627 5.1 no extended_master_secret, none in the ServerHello", func(t *testing.T) {
+			_, sh := hello(t, base.without(extEMS))
+			_, ok := sh.lookup(extEMS)
+			assert.False(t, ok)
+		})
+		t.Run("RFC 5077 3.4 a ticket that does not decrypt gets a full handshake", func(t *testing.T) {
+			ticket := make([]byte, 200)
+			rand.Read(ticket)
+			h := base.set(extSessionTicket, ticket)
+			h.sessionID = bytes.Repeat([]byte{7}, 32)
+			c, sh := hello(t, h)
+			assert.NotEqual(t, h.sessionID, sh.sessionID, "the session ID echoed: resumed")
+			assert.Equal(t, byte(11), nextMessage(t, c, sh), "want a Certificate after the ServerHello")
+		})
+		// RFC 7627, Section 5.3: "If the original session used the
+		// "extended_master_secret" extension but the new ClientHello does
+		// not contain it, the server MUST abort the abbreviated
+		// handshake."
+		t.Run("RFC 7627 5.3 resuming a session with the extended master secret", func(t *testing.T) {
+			c := tls.Client(dialRaw(t, addr), cfg)
+			require.NoError(t, c.Handshake())
+			c.Close()
+			resume := parseHello(t, clientHello(t, cfg))
+			require.NotEmpty(t, resume.ext(extSessionTicket), "crypto/tls offers no ticket")
+			t.Run("with it resumes", func(t *testing.T) {
+				c, sh := hello(t, resume)
+				assert.Equal(t, resume.sessionID, sh.sessionID, "the session ID not echoed: not resumed")
+				assert.NotEqual(t, byte(11), nextMessage(t, c, sh), "a Certificate: not resumed")
+			})
+			t.Run("without it is handshake_failure", func(t *testing.T) {
+				c := dialRaw(t, addr)
+				_, err := c.Write(fragments(resume.without(extEMS).marshal(), 1<<14))
+				require.NoError(t, err)
+				expectPlainAlert(t, c, alertHandshakeFailure)
+			})
+		})
+		refused := []struct {
+			name  string
+			hello *helloMsg
+			alert uint8
+		}{
+			// RFC 5246, Section 7.4.1.4.1: the server's signature uses a
+			// scheme the client listed; rsa_pss_pss_* need an RSASSA-PSS
+			// key (RFC 8446, Section 4.2.3), which the RSA key is not.
+			{"RFC 5246 7.4.1.4.1 only rsa_pss_pss schemes for ECDHE_RSA is handshake_failure",
+				base.withSuites(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256).set(extSigAlgs, u16list(0x0809, 0x080a, 0x080b)).set(extServerName, serverNameExt(f.rsa.Name)),
+				alertHandshakeFailure},
+			{"RFC 5246 7.4.1.4.1 only RSA schemes for ECDHE_ECDSA is handshake_failure",
+				base.withSuites(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).set(extSigAlgs, u16list(0x0401, 0x0804)),
+				alertHandshakeFailure},
+			{"RFC 5246 7.4.1.2 only TLS 1.3 suites in a TLS 1.2 ClientHello is handshake_failure",
+				base.withSuites(tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384), alertHandshakeFailure},
+		}
+		for _, tc := range refused {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dialRaw(t, addr)
+				_, err := c.Write(fragments(tc.hello.marshal(), 1<<14))
+				require.NoError(t, err)
+				expectPlainAlert(t, c, tc.alert)
+			})
+		}
+	})
+}
+
+// messageTypes lists the types of the handshake messages msgs.
+func messageTypes(msgs []byte) []byte {
+	var types []byte
+	for len(msgs) >= 4 {
+		types = append(types, msgs[0])
+		msgs = msgs[min(len(msgs), 4+(int(msgs[1])<<16|int(msgs[2])<<8|int(msgs[3]))):]
+	}
+	return types
+}
+
+// encryptedExtensions is the extensions of the EncryptedExtensions first
+// in msgs.
+func encryptedExtensions(t *testing.T, msgs []byte) []helloExt {
+	t.Helper()
+	s := cryptobyte.String(msgs)
+	var typ uint8
+	var body, exts cryptobyte.String
+	require.True(t, s.ReadUint8(&typ) && typ == 8 && s.ReadUint24LengthPrefixed(&body) && body.ReadUint16LengthPrefixed(&exts) && body.Empty(),
+		"the server's flight does not start with EncryptedExtensions")
+	return parseExtensions(t, exts)
+}
+
+// TestProbeEdgeResumption13 resumes from the edge's tickets with client13,
+// which can offer what crypto/tls does not: 0-RTT data under the early
+// traffic key, bad binders, other key exchange modes (RFC 8446, Sections
+// 2.2, 4.2.9 to 4.2.11).
+func TestProbeEdgeResumption13(t *testing.T) {
+	f := newTicketFixture(t)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		// A full handshake, for its ticket: psk_dhe_ke offered, or the
+		// server issues none (RFC 8446, Section 4.2.9).
+		c := dialClient13(t, f, addr)
+		c.send(c.hello.set(extPSKModes, []byte{1, 1}))
+		psk, identity, ageAdd := c.ticket(c.serverFlight().finish(t))
+		resume := func(t *testing.T, h func(c *client13) *helloMsg) *client13 {
+			c := dialClient13(t, f, addr)
+			c.send(c.resumeWith(h(c), psk, identity, ageAdd))
+			return c
+		}
+		same := func(c *client13) *helloMsg { return c.hello }
+		t.Run("4.2.11 resumption completes without a certificate", func(t *testing.T) {
+			fl := resume(t, same).serverFlight()
+			assert.Equal(t, []byte{8, 20}, messageTypes(fl.msgs), "EncryptedExtensions and Finished")
+			p := fl.finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
+		// The server takes the PSK but not the early data (its tickets
+		// allow none, Section 4.6.1): the 0-RTT records are under keys it
+		// could derive, and it still skips them unread.
+		t.Run("4.2.10 refused 0-RTT data under the early traffic key is skipped unread", func(t *testing.T) {
+			c := resume(t, func(c *client13) *helloMsg { return c.hello.set(extEarlyData, nil) })
+			early := c.earlyCipher()
+			var w []byte
+			for _, data := range []string{"GET / HTTP/1.1\r\n", "Host: ec.test\r\n\r\n"} {
+				var err error
+				w, err = early.Seal(w, record.ApplicationData, []byte(data), 0)
+				require.NoError(t, err)
+			}
+			_, err := c.raw.Write(w)
+			require.NoError(t, err)
+			fl := c.serverFlight()
+			for _, e := range encryptedExtensions(t, fl.msgs) {
+				assert.NotEqual(t, extEarlyData, e.typ, "early_data accepted")
+			}
+			p := fl.finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after") // and not the early data
+		})
+		t.Run("4.5 EndOfEarlyData after refused early data is unexpected_message", func(t *testing.T) {
+			c := resume(t, func(c *client13) *helloMsg { return c.hello.set(extEarlyData, nil) })
+			fl := c.serverFlight()
+			eoed, err := fl.p.out.Seal(nil, record.Handshake, hsMsg(5), 0)
+			require.NoError(t, err)
+			_, err = c.raw.Write(eoed)
+			require.NoError(t, err)
+			fl.p.expectAlert(t, alertUnexpectedMessage)
+		})
+		// Section 4.2.11: "If this value is not present or does not
+		// validate, the server MUST abort the handshake."
+		t.Run("4.2.11 wrong binder is decrypt_error", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			h := c.resumeWith(c.hello, psk, identity, ageAdd)
+			binder := h.ext(extPreSharedKey)
+			binder[len(binder)-1] ^= 1
+			c.send(h)
+			expectPlainAlert(t, c.raw, alertDecryptError)
+		})
+		// Section 4.2.9: the server "MUST NOT select a key exchange mode
+		// that is not listed by the client"; handshaked does psk_dhe_ke
+		// only, so a psk_ke offer is a full handshake (its binder unread).
+		// So is a ticket it cannot open.
+		for _, tc := range []struct {
+			name  string
+			hello func(c *client13) *helloMsg
+		}{
+			{"4.2.9 psk_ke only is a full handshake", func(c *client13) *helloMsg {
+				return c.resumeWith(c.hello, psk, identity, ageAdd).set(extPSKModes, []byte{1, 0})
+			}},
+			{"4.2.11 a ticket that does not open is a full handshake", func(c *client13) *helloMsg {
+				bad := slices.Clone(identity)
+				bad[len(bad)/2] ^= 1
+				return c.resumeWith(c.hello, psk, bad, ageAdd)
+			}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				h := tc.hello(c)
+				c.psk, c.early = nil, nil
+				c.send(h)
+				fl := c.serverFlight()
+				assert.Contains(t, messageTypes(fl.msgs), byte(11), "no Certificate: resumed")
+				p := fl.finish(t)
+				p.send(t, record.ApplicationData, []byte("after"))
+				p.expectEcho(t, "after")
+			})
+		}
 	})
 }

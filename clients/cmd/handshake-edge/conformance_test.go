@@ -213,6 +213,9 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		{"RFC 8446 5.1 ClientHello over 2^14 bytes across two records", fragments(withPadding(t, hello, 1<<14), 1<<14)},
 		{"RFC 7685 ClientHello of 2^16 bytes in full records", fragments(maxHello, 1<<14)},
 		{"RFC 7685 ClientHello of 2^16 bytes in 100-byte records", fragments(maxHello, 100)},
+		// More record bytes than the edge holds before it opens a session
+		// in the service (six a byte): the rest follows in steps.
+		{"RFC 8446 5.1 ClientHello of 2^16 bytes in one-byte records", fragments(maxHello, 1)},
 		// tlsfuzzer's test-large-number-of-extensions.py: unknown
 		// extensions are ignored (RFC 8446, Section 4.2), however many.
 		{"RFC 8446 4.2 ClientHello with 4000 unknown extensions", fragments(editHello(t, hello, nil, unknownExtensions(4000)), 1<<14)},
@@ -234,6 +237,13 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		{"RFC 8446 5 an HTTP request", []byte("GET / HTTP/1.1\r\nHost: ec.test\r\n\r\n"), alertUnexpectedMessage},
 		{"RFC 8446 5.1 plaintext record over 2^14 bytes", append([]byte{22, 3, 1, 0x40, 0x01}, make([]byte, 1<<14+1)...), alertRecordOverflow},
 		{"RFC 8446 4 another handshake message first", fragments([]byte{24, 0, 0, 1, 0}, 16), alertUnexpectedMessage},
+		// RFC 8446, Section 5.1: "Handshake messages MUST NOT be
+		// interleaved with other record types."
+		{"RFC 8446 5.1 alert inside a fragmented ClientHello", slices.Concat(fragments(hello[:40], 40), []byte{21, 3, 3, 0, 2, 1, 0}, fragments(hello[40:], 1<<14)), alertUnexpectedMessage},
+		{"RFC 8446 5.1 change_cipher_spec inside a fragmented ClientHello", slices.Concat(fragments(hello[:40], 40), []byte{20, 3, 3, 0, 1, 1}, fragments(hello[40:], 1<<14)), alertUnexpectedMessage},
+		// RFC 8446, Section 6: an alert is two bytes.
+		{"RFC 8446 6 alert of one byte first", []byte{21, 3, 3, 0, 1, 2}, alertDecodeError},
+		{"RFC 8446 6 alert of three bytes first", []byte{21, 3, 3, 0, 3, 2, 40, 0}, alertDecodeError},
 		// The engine's bound on a handshake message; OpenSSL too answers
 		// an excessive one with illegal_parameter.
 		{"ClientHello of 2^16+1 bytes is illegal_parameter", fragments(withPadding(t, hello, 1<<16-(len(hello)-4)-3), 1<<14), alertIllegalParameter},
