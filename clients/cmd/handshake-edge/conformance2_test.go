@@ -224,35 +224,30 @@ func (s *serverHello) lookup(typ uint16) ([]byte, bool) {
 	return nil, false
 }
 
-// readServerHello reads the edge's plaintext records up to a ServerHello
-// (passing over a compatibility change_cipher_spec) and fails the probe if
-// anything else comes.
+// readServerHello reads the edge's first record, which must be a
+// ServerHello (a compatibility change_cipher_spec comes after it, RFC 8446,
+// Appendix D.4).
 func readServerHello(t *testing.T, c net.Conn) *serverHello {
 	t.Helper()
-	for {
-		recs, _ := readRecords(t, c, 1)
-		require.Len(t, recs, 1, "the edge closed without a ServerHello")
-		r := recs[0]
-		if r.typ == record.ChangeCipherSpec {
-			continue
-		}
-		require.Equal(t, record.Handshake, r.typ, "the edge sent % x, want a ServerHello", r.body)
-		s := cryptobyte.String(r.body)
-		var typ uint8
-		var body, random, sid, exts cryptobyte.String
-		var vers uint16
-		var comp uint8
-		sh := &serverHello{}
-		// In TLS 1.3 the ServerHello is alone in its record (a key
-		// change follows, RFC 8446, Section 5.1); in TLS 1.2 the flight
-		// may follow it in the same record.
-		require.True(t, s.ReadUint8(&typ) && typ == 2 && s.ReadUint24LengthPrefixed(&body), "want a ServerHello, got % x", r.body)
-		require.True(t, body.ReadUint16(&vers) && body.ReadBytes((*[]byte)(&random), 32) && body.ReadUint8LengthPrefixed(&sid) &&
-			body.ReadUint16(&sh.suite) && body.ReadUint8(&comp) && body.ReadUint16LengthPrefixed(&exts) && body.Empty(), "ServerHello")
-		sh.raw, sh.random, sh.exts = r.body[:len(r.body)-len(s)], slices.Clone(random), parseExtensions(t, exts)
-		sh.version, sh.sessionID, sh.rest = vers, slices.Clone(sid), slices.Clone(s)
-		return sh
-	}
+	recs, _ := readRecords(t, c, 1)
+	require.Len(t, recs, 1, "the edge closed without a ServerHello")
+	r := recs[0]
+	require.Equal(t, record.Handshake, r.typ, "the edge sent % x, want a ServerHello", r.body)
+	s := cryptobyte.String(r.body)
+	var typ uint8
+	var body, random, sid, exts cryptobyte.String
+	var vers uint16
+	var comp uint8
+	sh := &serverHello{}
+	// In TLS 1.3 the ServerHello is alone in its record (a key change
+	// follows, RFC 8446, Section 5.1); in TLS 1.2 the flight may follow it
+	// in the same record.
+	require.True(t, s.ReadUint8(&typ) && typ == 2 && s.ReadUint24LengthPrefixed(&body), "want a ServerHello, got % x", r.body)
+	require.True(t, body.ReadUint16(&vers) && body.ReadBytes((*[]byte)(&random), 32) && body.ReadUint8LengthPrefixed(&sid) &&
+		body.ReadUint16(&sh.suite) && body.ReadUint8(&comp) && body.ReadUint16LengthPrefixed(&exts) && body.Empty(), "ServerHello")
+	sh.raw, sh.random, sh.exts = r.body[:len(r.body)-len(s)], slices.Clone(random), parseExtensions(t, exts)
+	sh.version, sh.sessionID, sh.rest = vers, slices.Clone(sid), slices.Clone(s)
+	return sh
 }
 
 // client13 is a TLS 1.3 client of its own making: the ClientHellos are
@@ -274,6 +269,10 @@ type client13 struct {
 	// resumption is the resumption_master_secret once the handshake is
 	// finished (RFC 8446, Section 7.1).
 	resumption []byte
+	// sentHello is the legacy_session_id of the first ClientHello sent;
+	// ccs counts the server's change_cipher_spec records.
+	sentHello *helloMsg
+	ccs       int
 }
 
 // suite13 is the one suite client13 offers.
@@ -300,6 +299,9 @@ func (c *client13) send(h *helloMsg, after ...[]byte) {
 	c.t.Helper()
 	msg := h.marshal()
 	c.transcript.Write(msg)
+	if c.sentHello == nil {
+		c.sentHello = h
+	}
 	_, err := c.raw.Write(slices.Concat(append([][]byte{fragments(msg, 1<<14)}, after...)...))
 	require.NoError(c.t, err)
 }
@@ -314,11 +316,13 @@ func (c *client13) retried() *serverHello {
 	c.transcript.Reset()
 	c.transcript.Write(append([]byte{254, 0, 0, byte(len(first))}, first...))
 	c.transcript.Write(hrr.raw)
-	if len(c.hello.sessionID) > 0 {
+	if len(c.sentHello.sessionID) > 0 {
 		// RFC 8446, Appendix D.4: the compatibility change_cipher_spec
-		// follows the server's first handshake message.
+		// follows the server's first handshake message, if the client
+		// asked for it with a legacy_session_id.
 		recs, _ := readRecords(c.t, c.raw, 1)
 		require.Equal(c.t, []serverRecord{{record.ChangeCipherSpec, []byte{1}}}, recs, "after the HelloRetryRequest")
+		c.ccs++
 	}
 	return hrr
 }
@@ -382,6 +386,9 @@ func (c *client13) serverFlight() flight13 {
 		recs, _ := readRecords(t, c.raw, 1)
 		require.Len(t, recs, 1, "the edge closed in its flight")
 		if recs[0].typ == record.ChangeCipherSpec {
+			require.Equal(t, []byte{1}, recs[0].body, "change_cipher_spec")
+			require.Empty(t, msgs, "change_cipher_spec inside the server's encrypted flight")
+			c.ccs++
 			continue
 		}
 		typ, plain, err := serverHS.Open(recs[0].typ, 0x0303, recs[0].body)
@@ -390,6 +397,13 @@ func (c *client13) serverFlight() flight13 {
 		msgs = append(msgs, plain...)
 	}
 	c.transcript.Write(msgs)
+	// RFC 8446, Appendix D.4: one compatibility change_cipher_spec in the
+	// handshake, if the client sent a legacy_session_id.
+	wantCCS := 0
+	if len(c.sentHello.sessionID) > 0 {
+		wantCCS = 1
+	}
+	require.Equal(t, wantCCS, c.ccs, "compatibility change_cipher_spec records from the server")
 	master, err := hkdf.Extract(sha256.New, zeros, c.deriveSecret(hsSecret, "derived", sha256.New()))
 	require.NoError(t, err)
 	s, ok := record.SuiteByID(suite13)
@@ -689,6 +703,19 @@ func TestProbeEdgeHelloRetryRequest(t *testing.T) {
 			p.send(t, record.ApplicationData, []byte("after"))
 			p.expectEcho(t, "after")
 		})
+		// RFC 8446, Appendix D.4: no compatibility change_cipher_spec for
+		// a client without a legacy_session_id (client13 counts them).
+		t.Run("D.4 without legacy_session_id no change_cipher_spec", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.hello = c.hello.clone()
+			c.hello.sessionID = nil
+			c.send(c.hello.set(extKeyShare, keyShare()))
+			c.retried()
+			c.send(c.hello)
+			p := c.serverFlight().finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
 		for _, tc := range refused {
 			t.Run(tc.name, func(t *testing.T) {
 				c := retry(t)
@@ -812,6 +839,15 @@ func TestProbeEdgeClientHello13(t *testing.T) {
 				p.expectEcho(t, "after")
 			})
 		}
+		t.Run("D.4 without legacy_session_id no change_cipher_spec", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.hello = c.hello.clone()
+			c.hello.sessionID = nil
+			c.send(c.hello)
+			p := c.serverFlight().finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
 		// RFC 8446, Section 4.2.1: with supported_versions, "servers MUST
 		// NOT use the ClientHello.legacy_version value for version
 		// negotiation".
