@@ -526,6 +526,10 @@ func endsWithFinished(msgs []byte) bool {
 	return len(msgs) == 0 && last == 20
 }
 
+// compatCCS is a compatibility change_cipher_spec record (RFC 8446,
+// Appendix D.4).
+var compatCCS = []byte{20, 3, 3, 0, 1, 1}
+
 // garbage is one application_data record of n random bytes (up to
 // 2^14+256, a protected record's limit): 0-RTT data under keys the server
 // never derived, as tlsfuzzer's test-tls13-0rtt-garbage.py sends it.
@@ -566,6 +570,28 @@ func TestProbeEdgeEarlyData(t *testing.T) {
 			c := dialClient13(t, f, addr)
 			c.send(c.hello.set(extEarlyData, nil), full, full, full, garbage(rest+1))
 			c.serverFlight().p.expectAlert(t, alertUnexpectedMessage)
+		})
+		// tlsfuzzer's test-tls13-0rtt-garbage.py: compatibility
+		// change_cipher_spec records among the 0-RTT ones are dropped
+		// (RFC 8446, Section 5).
+		t.Run("4.2.10 change_cipher_spec among refused 0-RTT records is dropped", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extEarlyData, nil), compatCCS, garbage(100), compatCCS, garbage(200))
+			p := c.serverFlight().finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
+		// RFC 8446, Appendix D.3: a client whose 0-RTT ClientHello gets a
+		// TLS 1.2 ServerHello fails the connection, so a TLS 1.2 server
+		// need not skip early data: to it they are application data
+		// before the handshake's end.
+		t.Run("D.3 0-RTT records after a TLS 1.2 ServerHello are unexpected_message", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.withSuites(suite13, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).
+				set(extVersions, []byte{4, 0x03, 0x05, 0x03, 0x03}).set(extEarlyData, nil), garbage(100))
+			sh := readServerHello(t, c.raw)
+			require.Equal(t, uint16(tls.VersionTLS12), sh.version)
+			expectPlainAlertAfterFlight(t, c.raw, alertUnexpectedMessage)
 		})
 		// "skip ... until it finds one that decrypts": from then on a
 		// record that does not is the client's fault.
@@ -636,6 +662,22 @@ func TestProbeEdgeEarlyData(t *testing.T) {
 			expectPlainAlert(t, c.raw, alertUnexpectedMessage)
 		})
 	})
+}
+
+// expectPlainAlertAfterFlight checks that the edge went on with its
+// plaintext handshake flight, then sent the fatal alert want and closed.
+func expectPlainAlertAfterFlight(t *testing.T, c net.Conn, want uint8) {
+	t.Helper()
+	for {
+		recs, _ := readRecords(t, c, 1)
+		require.Len(t, recs, 1, "the edge closed without an alert, want %s", record.AlertName(want))
+		if recs[0].typ != record.Handshake {
+			require.Equal(t, serverRecord{record.Alert, []byte{2, want}}, recs[0], "want fatal %s", record.AlertName(want))
+			break
+		}
+	}
+	_, closed := readRecords(t, c, 1)
+	assert.True(t, closed, "the edge sent more after its fatal alert")
 }
 
 // TestProbeEdgeHelloRetryRequest answers the edge's HelloRetryRequest with
@@ -1048,6 +1090,36 @@ func TestProbeEdgeResumption13(t *testing.T) {
 			_, err = c.raw.Write(eoed)
 			require.NoError(t, err)
 			fl.p.expectAlert(t, alertUnexpectedMessage)
+		})
+		// tlsfuzzer's test-tls13-0rtt-garbage.py: a client offering a
+		// ticket the server cannot open, early_data and 0-RTT records
+		// gets a full handshake, the records skipped; after a
+		// HelloRetryRequest, up to its second ClientHello, whose binder
+		// is new.
+		fake := func(c *client13, h *helloMsg) *helloMsg {
+			identity := make([]byte, 320)
+			rand.Read(identity)
+			h = c.resumeWith(h, identity[:32], identity, uint32(len(identity)))
+			c.psk, c.early = nil, nil // the server's key schedule has none
+			return h
+		}
+		t.Run("4.2.10 a ticket that does not open with 0-RTT records: full handshake, records skipped", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(fake(c, c.hello.set(extEarlyData, nil)), garbage(1000), garbage(1000))
+			fl := c.serverFlight()
+			assert.Contains(t, messageTypes(fl.msgs), byte(11), "no Certificate: resumed")
+			p := fl.finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
+		t.Run("4.2.10 a ticket that does not open with 0-RTT records and a HelloRetryRequest", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(fake(c, c.hello.set(extKeyShare, keyShare()).set(extEarlyData, nil)), garbage(1000))
+			c.retried()
+			c.send(fake(c, c.hello))
+			p := c.serverFlight().finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
 		})
 		// Section 4.2.11: "If this value is not present or does not
 		// validate, the server MUST abort the handshake."
