@@ -213,6 +213,9 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		{"RFC 8446 5.1 ClientHello over 2^14 bytes across two records", fragments(withPadding(t, hello, 1<<14), 1<<14)},
 		{"RFC 7685 ClientHello of 2^16 bytes in full records", fragments(maxHello, 1<<14)},
 		{"RFC 7685 ClientHello of 2^16 bytes in 100-byte records", fragments(maxHello, 100)},
+		// More record bytes than the edge holds before it opens a session
+		// in the service (six a byte): the rest follows in steps.
+		{"RFC 8446 5.1 ClientHello of 2^16 bytes in one-byte records", fragments(maxHello, 1)},
 		// tlsfuzzer's test-large-number-of-extensions.py: unknown
 		// extensions are ignored (RFC 8446, Section 4.2), however many.
 		{"RFC 8446 4.2 ClientHello with 4000 unknown extensions", fragments(editHello(t, hello, nil, unknownExtensions(4000)), 1<<14)},
@@ -234,6 +237,13 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		{"RFC 8446 5 an HTTP request", []byte("GET / HTTP/1.1\r\nHost: ec.test\r\n\r\n"), alertUnexpectedMessage},
 		{"RFC 8446 5.1 plaintext record over 2^14 bytes", append([]byte{22, 3, 1, 0x40, 0x01}, make([]byte, 1<<14+1)...), alertRecordOverflow},
 		{"RFC 8446 4 another handshake message first", fragments([]byte{24, 0, 0, 1, 0}, 16), alertUnexpectedMessage},
+		// RFC 8446, Section 5.1: "Handshake messages MUST NOT be
+		// interleaved with other record types."
+		{"RFC 8446 5.1 alert inside a fragmented ClientHello", slices.Concat(fragments(hello[:40], 40), []byte{21, 3, 3, 0, 2, 1, 0}, fragments(hello[40:], 1<<14)), alertUnexpectedMessage},
+		{"RFC 8446 5.1 change_cipher_spec inside a fragmented ClientHello", slices.Concat(fragments(hello[:40], 40), []byte{20, 3, 3, 0, 1, 1}, fragments(hello[40:], 1<<14)), alertUnexpectedMessage},
+		// RFC 8446, Section 6: an alert is two bytes.
+		{"RFC 8446 6 alert of one byte first", []byte{21, 3, 3, 0, 1, 2}, alertDecodeError},
+		{"RFC 8446 6 alert of three bytes first", []byte{21, 3, 3, 0, 3, 2, 40, 0}, alertDecodeError},
 		// The engine's bound on a handshake message; OpenSSL too answers
 		// an excessive one with illegal_parameter.
 		{"ClientHello of 2^16+1 bytes is illegal_parameter", fragments(withPadding(t, hello, 1<<16-(len(hello)-4)-3), 1<<14), alertIllegalParameter},
@@ -560,7 +570,14 @@ const (
 	alertDecodeError           = 50
 	alertDecryptError          = 51
 	alertNoRenegotiation       = 100
+	alertMissingExtension      = 109
 )
+
+// appDataRecord is an application_data record of n zero bytes, in one
+// record whatever n (record.Append would split it).
+func appDataRecord(n int) []byte {
+	return append([]byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}, make([]byte, n)...)
+}
 
 func hsMsg(typ uint8, body ...byte) []byte {
 	return append([]byte{typ, byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
@@ -625,6 +642,23 @@ func TestProbeEdgeTLS13Records(t *testing.T) {
 		{"5.4 inner plaintext of 2^14+2 bytes is record_overflow", func(t *testing.T, p *peer) {
 			p.sendRaw(t, 0, append(make([]byte, record.MaxPlaintext), 23, 0))
 		}, alertRecordOverflow},
+		{"5.2 protected record over 2^14+256 bytes is record_overflow", func(t *testing.T, p *peer) {
+			p.raw.Write(appDataRecord(record.MaxCiphertextTLS13 + 1))
+		}, alertRecordOverflow},
+		// RFC 8446, Section 4.6.3: request_update is 0 or 1.
+		{"4.6.3 KeyUpdate with request_update 2 is illegal_parameter", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(24, 2)) }, alertIllegalParameter},
+		{"4.6.3 KeyUpdate of two bytes is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(24, 0, 0)) }, alertDecodeError},
+		{"4.6.3 empty KeyUpdate is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(24)) }, alertDecodeError},
+		// RFC 8446, Section 5.1: a message before a key change ends its
+		// record.
+		{"5.1 two KeyUpdates in one record is unexpected_message", func(t *testing.T, p *peer) {
+			p.send(t, record.Handshake, slices.Concat(hsMsg(24, 0), hsMsg(24, 0)))
+		}, alertUnexpectedMessage},
+		{"4 unknown handshake message type is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(99, 1)) }, alertUnexpectedMessage},
+		// RFC 8446, Section 6 and 5.1: an alert is two bytes, never
+		// fragmented.
+		{"6 alert of three bytes is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Alert, []byte{1, 0, 0}) }, alertDecodeError},
+		{"5.1 alert of one byte is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Alert, []byte{1}) }, alertDecodeError},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		expectRefused(t, f, addr, tls.VersionTLS13, refused)
@@ -676,6 +710,11 @@ func TestProbeEdgeTLS12Records(t *testing.T) {
 		{"RFC 5246 6.2.1 plaintext over 2^14 bytes is record_overflow", func(t *testing.T, p *peer) {
 			p.sendRaw(t, record.ApplicationData, make([]byte, record.MaxPlaintext+1))
 		}, alertRecordOverflow},
+		{"RFC 5246 6.2.3 protected record over 2^14+2048 bytes is record_overflow", func(t *testing.T, p *peer) {
+			p.raw.Write(appDataRecord(record.MaxCiphertextTLS12 + 1))
+		}, alertRecordOverflow},
+		{"RFC 5246 7.2 alert of three bytes is decode_error", func(t *testing.T, p *peer) { p.send(t, record.Alert, []byte{1, 0, 0}) }, alertDecodeError},
+		{"RFC 5246 7.4 unknown handshake message type is unexpected_message", func(t *testing.T, p *peer) { p.send(t, record.Handshake, hsMsg(99, 1)) }, alertUnexpectedMessage},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		expectRefused(t, f, addr, tls.VersionTLS12, refused)
@@ -961,8 +1000,7 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 			return append([]byte{byte(record.Alert), 3, 3, 0x40, 0x01}, make([]byte, 1<<14+1)...)
 		}, alertRecordOverflow},
 		{"5.2 protected record over 2^14+256 bytes is record_overflow", func(fin []byte, hs *record.Cipher) []byte {
-			n := record.MaxCiphertextTLS13 + 1
-			return append([]byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}, make([]byte, n)...)
+			return appDataRecord(record.MaxCiphertextTLS13 + 1)
 		}, alertRecordOverflow},
 		{"4.4.4 empty Finished is decode_error", func(fin []byte, hs *record.Cipher) []byte {
 			return seal(hs, record.Handshake, hsMsg(20), 0)
