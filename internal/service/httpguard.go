@@ -51,6 +51,26 @@ func validUTF8(next http.Handler) http.Handler {
 	})
 }
 
+// identityBody refuses a request whose body has a content coding, gzip or
+// any other: the gateway reads a body as it is, so it would refuse a gzip
+// one for what its bytes are as JSON (400, "invalid character"), and act
+// on one in a coding whose bytes happen to be JSON. 415 with
+// Accept-Encoding is the answer RFC 9110 gives (sections 8.4 and 12.5.3).
+func identityBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, v := range r.Header.Values("Content-Encoding") {
+			for c := range strings.SplitSeq(v, ",") {
+				if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+					w.Header().Set("Accept-Encoding", "identity")
+					httpError(w, http.StatusUnsupportedMediaType, codes.InvalidArgument, "Content-Encoding %q: request bodies are taken as they are (identity), not compressed", v)
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // sameOrigin keeps web pages of other origins from using the REST API
 // through a browser: the browser of someone holding a client certificate
 // (in production), or of a developer (development mode authenticates

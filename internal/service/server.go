@@ -118,7 +118,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	s.maxConns = opts.Limits.MaxConnections
 	chain := newCalls(g, opts.TracerProvider, registry)
 	local := newLocalConn(chain)
-	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream), grpc.MaxRecvMsgSize(MaxRequestBytes), grpc.ForceServerCodecV2(newCallerCodec()))
+	serverOpts = append(serverOpts, grpc.UnaryInterceptor(chain.unary), grpc.StreamInterceptor(chain.stream))
+	serverOpts = append(serverOpts, callerDecodingOptions(MaxRequestBytes)...)
 	// Static flow-control windows, as the SDK's (clients/go, Dial): with
 	// dynamic ones grpc-go measures the bandwidth-delay product by a PING
 	// the caller acknowledges, one per round trip of data received until
@@ -179,7 +180,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	reflection.Register(callerDecoding{s.grpc})
 	// Probes make one short call at a time: small caps keep an open port
 	// that answers anyone from holding much for anyone.
-	s.healthOnly = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxConcurrentStreams(4), grpc.ForceServerCodecV2(newCallerCodec()))
+	s.healthOnly = grpc.NewServer(append(callerDecodingOptions(4<<10), grpc.MaxConcurrentStreams(4))...)
 	healthpb.RegisterHealthServer(callerDecoding{s.healthOnly}, s.health)
 
 	routes, err := apiRoutes(openapiv2.Spec)
@@ -226,7 +227,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	h.Handle("/docs/", docs)
 	h.Handle("/", withHTTPPeer(knownQuery(routes, mux)))
 	s.http = &http.Server{
-		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, validUTF8(h)), MaxRequestBytes),
+		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, identityBody(validUTF8(h))), MaxRequestBytes),
 		ConnContext:       withConnPeer,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
