@@ -250,7 +250,7 @@ func TestMultiplexAnswersWhileSendWaits(t *testing.T) {
 	case err := <-first:
 		assert.NoError(t, err, "the first handshake's answer")
 	case <-time.After(10 * time.Second):
-		t.Fatal("the first handshake's answer was not handed out while another's Send waited")
+		require.FailNow(t, "the first handshake's answer was not handed out while another's Send waited")
 	}
 }
 
@@ -331,7 +331,7 @@ func TestMultiplexSendWaitsNoLongerThanItsStep(t *testing.T) {
 		case err := <-errs:
 			return err
 		case <-time.After(10 * time.Second):
-			t.Fatalf("%s still waits to send past its deadline", name)
+			require.FailNowf(t, "a wait past the deadline", "%s still waits to send past its deadline", name)
 			return nil
 		}
 	}
