@@ -228,8 +228,12 @@ func (h *Handshake) handleChangeCipherSpec(body []byte) error {
 func (h *Handshake) processMessages() error {
 	for h.state != stateComplete && len(h.hsBuf) >= 4 {
 		n := int(h.hsBuf[1])<<16 | int(h.hsBuf[2])<<8 | int(h.hsBuf[3])
-		if n > maxHandshakeMessage {
-			return fail(alertIllegalParameter, "%d-byte handshake message exceeds %d", n, maxHandshakeMessage)
+		limit := maxHandshakeMessage
+		if h.hsBuf[0] == typeClientHello {
+			limit = maxClientHello
+		}
+		if n > limit {
+			return fail(alertIllegalParameter, "%d-byte handshake message exceeds %d", n, limit)
 		}
 		if len(h.hsBuf) < 4+n {
 			break

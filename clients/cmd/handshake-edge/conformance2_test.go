@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"fmt"
 	"hash"
 	"net"
 	"slices"
@@ -155,6 +156,49 @@ func (h *helloMsg) withSuites(suites ...uint16) *helloMsg {
 	c := h.clone()
 	c.suites = u16list(suites...)[2:]
 	return c
+}
+
+// maxExtensions is the most an extensions block holds: extensions<8..2^16-1>
+// (RFC 8446, Section 4.1.2).
+const maxExtensions = 1<<16 - 1
+
+// extensionsLen is the length of h's extensions block.
+func (h *helloMsg) extensionsLen() int {
+	n := 0
+	for _, e := range h.exts {
+		n += 4 + len(e.data)
+	}
+	return n
+}
+
+// largestHello is the TLS 1.2 ClientHello msg grown to the most each of
+// its fields holds (RFC 5246, Section 7.4.1.2): a 32-byte session ID,
+// 2^15-1 cipher suites (unassigned ones added after its own), 255
+// compression methods and a padding extension (RFC 7685) filling the
+// extensions to 2^16-1 bytes. Its body is 131396 bytes, as OpenSSL's
+// CLIENT_HELLO_MAX_LENGTH, and tlsfuzzer's test-client-hello-max-size.py
+// sends one.
+func largestHello(t *testing.T, msg []byte) []byte {
+	t.Helper()
+	h := parseHello(t, msg).without(21)
+	h.sessionID = bytes.Repeat([]byte{7}, 32)
+	suites := slices.Clone(h.suites)
+	// From 0x0100 on, but for TLS_FALLBACK_SCSV (0x5600, RFC 7507):
+	// unassigned values, and TLS 1.3's, which TLS 1.2 passes over.
+	for v := 0x0100; len(suites) < 2*(1<<15-1); v++ {
+		if v != 0x5600 {
+			suites = append(suites, byte(v>>8), byte(v))
+		}
+	}
+	h.suites = suites
+	h.compression = make([]byte, 255)
+	for i := range h.compression {
+		h.compression[i] = byte(i) // null first
+	}
+	h = h.set(21, make([]byte, maxExtensions-h.extensionsLen()-4))
+	out := h.marshal()
+	require.Len(t, out, 4+131396)
+	return out
 }
 
 // u16list is a list of 16-bit values with its 16-bit length, as groups,
@@ -844,6 +888,21 @@ func TestProbeEdgeClientHello13(t *testing.T) {
 			return c.hello.without(extKeyShare)
 		}, alertMissingExtension},
 	}
+	// tlsfuzzer's test-tls13-legacy-version.py: a TLS 1.3 ClientHello
+	// whose legacy_version is SSL 3.0 or below (and in its
+	// supported_versions too) is protocol_version: RFC 8446, Appendix D.5
+	// for SSL 3.0; Section 4.1.2 for "MUST be set to 0x0303".
+	for _, v := range []uint16{0x0300, 0x0000, 0x0200, 0x0002, 0x0100, 0x0103, 0x0102, 0x0001} {
+		refused = append(refused, struct {
+			name  string
+			hello func(c *client13) *helloMsg
+			alert uint8
+		}{fmt.Sprintf("4.1.2 legacy_version %#04x is protocol_version", v), func(c *client13) *helloMsg {
+			h := c.hello.set(extVersions, []byte{4, 3, 4, byte(v >> 8), byte(v)})
+			h.version = v
+			return h
+		}, alertProtocolVersion})
+	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		for _, tc := range refused {
 			t.Run(tc.name, func(t *testing.T) {
@@ -886,6 +945,22 @@ func TestProbeEdgeClientHello13(t *testing.T) {
 			c.hello = c.hello.clone()
 			c.hello.sessionID = nil
 			c.send(c.hello)
+			p := c.serverFlight().finish(t)
+			p.send(t, record.ApplicationData, []byte("after"))
+			p.expectEcho(t, "after")
+		})
+		// tlsfuzzer's test-tls13-signature-algorithms.py: the most
+		// schemes the extensions block holds ("tolerance 32717
+		// methods"), the ClientHello over 2^16 bytes; the one the edge's
+		// key can sign with last.
+		t.Run("4.2.3 signature_algorithms filling the extensions completes", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			h := c.hello.without(extSigAlgs)
+			n := (maxExtensions - h.extensionsLen() - 4 - 2) / 2
+			schemes := slices.Repeat([]uint16{0x0202}, n-1) // sha1 dsa, which nobody signs with
+			h = h.set(extSigAlgs, u16list(append(schemes, uint16(tls.ECDSAWithP256AndSHA256))...))
+			require.Greater(t, len(h.marshal()), 1<<16+4)
+			c.send(h)
 			p := c.serverFlight().finish(t)
 			p.send(t, record.ApplicationData, []byte("after"))
 			p.expectEcho(t, "after")

@@ -196,12 +196,12 @@ func TestProbeEdgeClientHello(t *testing.T) {
 	f := newFixture(t)
 	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool}
 	hello := clientHello(t, cfg)
-	// The largest ClientHello the engine takes: a message body of 2^16
-	// bytes.
+	// A ClientHello of 2^16 bytes.
 	maxHello := withPadding(t, hello, 1<<16-(len(hello)-4)-4)
 	cfg12 := cfg.Clone()
 	cfg12.MaxVersion = tls.VersionTLS12
 	hello12 := clientHello(t, cfg12)
+	largest := largestHello(t, hello12)
 
 	accepted := []struct {
 		name  string
@@ -216,6 +216,8 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		// More record bytes than the edge holds before it opens a session
 		// in the service (six a byte): the rest follows in steps.
 		{"RFC 8446 5.1 ClientHello of 2^16 bytes in one-byte records", fragments(maxHello, 1)},
+		{"RFC 5246 7.4.1.2 the largest ClientHello in full records", fragments(largest, 1<<14)},
+		{"RFC 5246 7.4.1.2 the largest ClientHello in 1000-byte records", fragments(largest, 1000)},
 		// tlsfuzzer's test-large-number-of-extensions.py: unknown
 		// extensions are ignored (RFC 8446, Section 4.2), however many.
 		{"RFC 8446 4.2 ClientHello with 4000 unknown extensions", fragments(editHello(t, hello, nil, unknownExtensions(4000)), 1<<14)},
@@ -244,9 +246,9 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		// RFC 8446, Section 6: an alert is two bytes.
 		{"RFC 8446 6 alert of one byte first", []byte{21, 3, 3, 0, 1, 2}, alertDecodeError},
 		{"RFC 8446 6 alert of three bytes first", []byte{21, 3, 3, 0, 3, 2, 40, 0}, alertDecodeError},
-		// The engine's bound on a handshake message; OpenSSL too answers
-		// an excessive one with illegal_parameter.
-		{"ClientHello of 2^16+1 bytes is illegal_parameter", fragments(withPadding(t, hello, 1<<16-(len(hello)-4)-3), 1<<14), alertIllegalParameter},
+		// Longer than any ClientHello can be: refused on its header, with
+		// illegal_parameter as OpenSSL does.
+		{"ClientHello over 131396 bytes is illegal_parameter", fragments(append([]byte{1, 0x02, 0x01, 0x45}, hello[4:]...), 1<<14), alertIllegalParameter},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		for _, tc := range accepted {

@@ -318,13 +318,16 @@ func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
 }
 
 // maxClientHello bounds the ClientHello the edge holds before it opens a
-// session in the service: the engine refuses any handshake message longer
-// (its maxHandshakeMessage), so nothing valid is cut off.
-const maxClientHello = 1 << 16
+// session in the service: the most a ClientHello's fields hold, 131396
+// bytes (RFC 8446, Section 4.1.2; the engine's maxClientHello), so nothing
+// valid is cut off.
+const maxClientHello = 2 + 32 + 1 + 32 + 2 + (1<<16 - 2) + 1 + 255 + 2 + (1<<16 - 1)
 
 // maxFirstFlight bounds the bytes of the records that carry it, for a
-// ClientHello fragmented into many small records.
-const maxFirstFlight = 2 * maxClientHello
+// ClientHello fragmented into many small records (the rest then follows in
+// later steps). With the record that crosses it, the first step stays
+// within the service's bound on one step's input (256 KiB).
+const maxFirstFlight = 192 << 10
 
 // errNoClientHello is a connection that ended, or timed out, before its
 // ClientHello was complete.
