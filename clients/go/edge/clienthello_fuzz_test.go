@@ -71,7 +71,7 @@ func TestReadClientHello(t *testing.T) {
 		{"an empty handshake record", []byte{22, 3, 1, 0, 0, 1, 2, 3}, record.HeaderLen, false},
 		{"an over-long record", []byte{22, 3, 1, 0x40, 0x01, 1}, record.HeaderLen, false},
 		{"another message", []byte{22, 3, 1, 0, 4, 2, 0, 0, 9, 9}, 9, false},
-		{"an over-long ClientHello", []byte{22, 3, 1, 0, 4, 1, 1, 0, 1, 9}, 9, false},
+		{"an over-long ClientHello", []byte{22, 3, 1, 0, 4, 1, 2, 1, 0x45, 9}, 9, false}, // 131397 bytes
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := readClientHello(&helloConn{bytesConn{r: bytes.NewReader(tc.in)}}, &Config{})
