@@ -557,6 +557,14 @@ func (p *peer) expectEcho(t *testing.T, want string) {
 	assert.Equal(t, want, string(o.data))
 }
 
+// expectServes checks that the connection carries data after the
+// handshake: application data sent comes back from the backend.
+func (p *peer) expectServes(t *testing.T) {
+	t.Helper()
+	p.send(t, record.ApplicationData, []byte("after"))
+	p.expectEcho(t, "after")
+}
+
 // Alert levels and descriptions the probes expect (RFC 8446, Section 6;
 // RFC 5246, Section 7.2).
 const (
@@ -1016,8 +1024,7 @@ func TestProbeEdgeTLS13Finished(t *testing.T) {
 					return tc.flight(fin, hs())
 				}})
 				if tc.alert == 0 {
-					p.send(t, record.ApplicationData, []byte("after"))
-					p.expectEcho(t, "after")
+					p.expectServes(t)
 					return
 				}
 				p.expectAlert(t, tc.alert)
@@ -1117,8 +1124,7 @@ func TestProbeEdgeTLS12Fragmented(t *testing.T) {
 			}
 			return nil
 		}})
-		p.send(t, record.ApplicationData, []byte("after"))
-		p.expectEcho(t, "after")
+		p.expectServes(t)
 	})
 }
 
@@ -1221,8 +1227,7 @@ func TestProbeEdgeCCSAcrossHelloRetryRequest(t *testing.T) {
 	probeEdgesWith(t, f, []string{"-groups", "P384"}, func(t *testing.T, addr string) {
 		t.Run("16 before the second ClientHello and 16 before the Finished are dropped", func(t *testing.T) {
 			p := dialPeerWith(t, f, addr, tls.VersionTLS13, ccsBefore(16))
-			p.send(t, record.ApplicationData, []byte("after"))
-			p.expectEcho(t, "after")
+			p.expectServes(t)
 		})
 		t.Run("17 before the Finished is unexpected_message", func(t *testing.T) {
 			p := dialPeerWith(t, f, addr, tls.VersionTLS13, ccsBefore(17))
