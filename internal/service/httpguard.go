@@ -62,7 +62,8 @@ func identityBody(next http.Handler) http.Handler {
 			for c := range strings.SplitSeq(v, ",") {
 				if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
 					w.Header().Set("Accept-Encoding", "identity")
-					httpError(w, http.StatusUnsupportedMediaType, codes.InvalidArgument, "Content-Encoding %q: request bodies are taken as they are (identity), not compressed", v)
+					// At most 64 characters of the caller's header in the answer.
+					httpError(w, http.StatusUnsupportedMediaType, codes.InvalidArgument, "Content-Encoding %.64q: request bodies are taken as they are (identity), not compressed", c)
 					return
 				}
 			}

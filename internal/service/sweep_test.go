@@ -81,6 +81,7 @@ type hostileRequest struct {
 	name         string
 	method, path string
 	contentType  string
+	encoding     string // Content-Encoding, if any
 	body         []byte // nil: no body
 	kind         hostileKind
 }
@@ -327,6 +328,9 @@ func sendHostile(t testing.TB, base string, r hostileRequest) (int, http.Header,
 	require.NoError(t, err)
 	if r.contentType != "" {
 		req.Header.Set("Content-Type", r.contentType)
+	}
+	if r.encoding != "" {
+		req.Header.Set("Content-Encoding", r.encoding)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
