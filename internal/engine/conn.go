@@ -230,7 +230,7 @@ func (h *Handshake) processMessages() error {
 		n := int(h.hsBuf[1])<<16 | int(h.hsBuf[2])<<8 | int(h.hsBuf[3])
 		limit := maxHandshakeMessage
 		if h.hsBuf[0] == typeClientHello {
-			limit = maxClientHello
+			limit = record.MaxClientHello
 		}
 		if n > limit {
 			return fail(alertIllegalParameter, "%d-byte handshake message exceeds %d", n, limit)

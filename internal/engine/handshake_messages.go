@@ -76,18 +76,8 @@ func rfc8422Curve(g tls.CurveID) bool {
 
 // maxHandshakeMessage caps the body of one handshake message (the protocol
 // allows 16 MiB; nothing a server receives needs more than 64 KiB), but for
-// the ClientHello.
+// the ClientHello (record.MaxClientHello).
 const maxHandshakeMessage = 1 << 16
-
-// maxClientHello caps the body of a ClientHello: the most its fields hold
-// (RFC 8446, Section 4.1.2; RFC 5246, Section 7.4.1.2): legacy_version 2,
-// random 32, legacy_session_id 1+32, cipher_suites 2+(2^16-2),
-// legacy_compression_methods 1+255, extensions 2+(2^16-1). The extensions
-// alone may take 2^16-1 bytes (tlsfuzzer's test-tls13-signature-algorithms.py
-// fills them with schemes), so a ClientHello over maxHandshakeMessage can be
-// valid; one over this cannot. OpenSSL's CLIENT_HELLO_MAX_LENGTH is the
-// same.
-const maxClientHello = 2 + 32 + 1 + 32 + 2 + (1<<16 - 2) + 1 + 255 + 2 + (1<<16 - 1)
 
 // helloRetryRequestRandom is the ServerHello.random that marks a
 // HelloRetryRequest, RFC 8446, Section 4.1.3.

@@ -317,12 +317,6 @@ func Server(ctx context.Context, raw net.Conn, cfg *Config) (*Conn, error) {
 	return c, nil
 }
 
-// maxClientHello bounds the ClientHello the edge holds before it opens a
-// session in the service: the most a ClientHello's fields hold, 131396
-// bytes (RFC 8446, Section 4.1.2; the engine's maxClientHello), so nothing
-// valid is cut off.
-const maxClientHello = 2 + 32 + 1 + 32 + 2 + (1<<16 - 2) + 1 + 255 + 2 + (1<<16 - 1)
-
 // maxFirstFlight bounds the bytes of the records that carry it, for a
 // ClientHello fragmented into many small records (the rest then follows in
 // later steps). With the record that crosses it, the first step stays
@@ -374,7 +368,7 @@ func readClientHello(raw net.Conn, cfg *Config) ([]byte, error) {
 			continue
 		}
 		length := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
-		if msg[0] != typeClientHello || length > maxClientHello || got >= len(msg)+length {
+		if msg[0] != typeClientHello || length > record.MaxClientHello || got >= len(msg)+length {
 			return flight, nil
 		}
 	}

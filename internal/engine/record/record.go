@@ -58,6 +58,16 @@ const (
 	// MaxCiphertextTLS13 is the largest protected TLS 1.3 record body
 	// (RFC 8446 §5.2).
 	MaxCiphertextTLS13 = MaxPlaintext + 256
+	// MaxClientHello is the largest ClientHello body: the most its fields
+	// hold (RFC 8446 §4.1.2, RFC 5246 §7.4.1.2): legacy_version 2, random
+	// 32, legacy_session_id 1+32, cipher_suites 2+(2^16-2),
+	// legacy_compression_methods 1+255, extensions 2+(2^16-1). The
+	// extensions alone may take 2^16-1 bytes (tlsfuzzer's
+	// test-tls13-signature-algorithms.py fills them with schemes), so a
+	// valid ClientHello can be longer than 2^16; none is longer than this.
+	// OpenSSL's CLIENT_HELLO_MAX_LENGTH is the same. The engine and the
+	// edge both bound the ClientHello by it.
+	MaxClientHello = 2 + 32 + 1 + 32 + 2 + (1<<16 - 2) + 1 + 255 + 2 + (1<<16 - 1)
 )
 
 // Parse reads the first record in buf.
