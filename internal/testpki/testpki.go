@@ -8,6 +8,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -154,12 +155,19 @@ func (ca *CA) SignCSR(csrDER []byte) ([]byte, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("testpki: CSR signature: %w", err)
 	}
+	usage := x509.KeyUsageDigitalSignature
+	if _, ok := csr.PublicKey.(*rsa.PublicKey); ok {
+		// TLS 1.2's RSA key exchange encrypts the premaster to the key,
+		// which RFC 5280 (4.2.1.3) calls key encipherment; clients that
+		// check key usage (NSS) refuse the exchange without it.
+		usage |= x509.KeyUsageKeyEncipherment
+	}
 	return create(&x509.Certificate{
 		Subject:     csr.Subject,
 		DNSNames:    csr.DNSNames,
 		NotBefore:   time.Now().Add(-time.Hour),
 		NotAfter:    time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
+		KeyUsage:    usage,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}, ca.Cert, csr.PublicKey, ca.key)
 }
