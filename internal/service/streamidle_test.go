@@ -2,6 +2,8 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -46,7 +48,7 @@ func streamGoroutines() []string {
 	}
 	var out []string
 	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		for _, fn := range []string{"service.(*KeyVault).SignStream", "service.(*KeyVault).BatchStream", "service.pipeline", "service.(*Handshake).Stream", "service.(*Handshake).Multiplex", "service.(*muxStream)"} {
+		for _, fn := range []string{"service.(*KeyVault).SignStream", "service.(*KeyVault).BatchStream", "service.pipeline", "service.(*Handshake).Stream", "service.(*Handshake).Multiplex", "service.(*muxStream)", "service.(*Admin).Restore", "service.(*Admin).Backup", "service.(*guardedStream).serve"} {
 			if strings.Contains(g, fn) {
 				out = append(out, g)
 				break
@@ -279,4 +281,54 @@ func signServed(t *testing.T, conn grpc.ClientConnInterface, req *pb.SignStreamR
 	}
 	require.NotNil(t, resp.GetResponse(), "%v", resp.GetError())
 	return codes.OK
+}
+
+// TestRESTStreamIdle: over REST the same: a restore whose body stops
+// coming (the caller sent part of a snapshot, then nothing for the idle
+// timeout) is answered 504 with the message, once the gateway reads on.
+func TestRESTStreamIdle(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	srv := servicetest.Start(t, service.Options{Limits: service.Limits{StreamIdleTimeout: timeout}})
+	ctx := context.Background()
+	_, err := pb.NewKeyVaultClient(srv.Conn).ImportKey(ctx, &pb.ImportKeyRequest{Id: "key-a", PrivateKeyPem: fixture(t, "p256-sec1.pem")})
+	require.NoError(t, err)
+	backup, err := pb.NewAdminClient(srv.Conn).Backup(ctx, &pb.BackupRequest{})
+	require.NoError(t, err)
+	var snap []byte
+	for {
+		chunk, err := backup.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		snap = append(snap, chunk.GetData()...)
+	}
+	require.Greater(t, len(snap), 64)
+
+	body, w := io.Pipe()
+	answered := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.Post(srv.RESTURL+"/v1/admin:restore", "application/json", body)
+		assert.NoError(t, err)
+		answered <- resp
+	}()
+	chunk := func(b []byte) {
+		line, err := json.Marshal(map[string][]byte{"data": b})
+		require.NoError(t, err)
+		_, err = w.Write(append(line, '\n'))
+		require.NoError(t, err)
+	}
+	chunk(snap[:32])
+	time.Sleep(3 * timeout)
+	// The gateway reads the body on: the next chunk finds the call ended.
+	chunk(snap[32:64])
+	require.NoError(t, w.Close())
+	resp := <-answered
+	require.NotNil(t, resp)
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, "%s", got)
+	assert.Contains(t, string(got), fmt.Sprintf("stream idle for longer than the service's stream idle timeout (%v): the caller sent no message", timeout))
+	noStreamGoroutines(t)
 }
