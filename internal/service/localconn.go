@@ -386,8 +386,10 @@ func (s *localClientStream) RecvMsg(m any) error {
 		return s.status()
 	case <-s.done:
 		// Each send of the handler waits for this side to take it, and
-		// its sends fail once the call has ended: nothing is left to
-		// receive.
+		// fails once the call has ended (hctx): nothing is left to
+		// receive. (A handler the guard left waiting in a send when it
+		// ended an idle stream may, as the call ends, still have that one
+		// message taken by a RecvMsg racing with the end.)
 		if err := s.status(); err != nil {
 			return err
 		}
