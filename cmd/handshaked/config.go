@@ -137,7 +137,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool), usageOut 
 	fs.IntVar(&cfg.maxInFlightPerCaller, "max-in-flight-per-caller", 0, "unary API calls served at once for one caller identity (default a quarter of -max-in-flight)")
 	fs.IntVar(&cfg.maxStreams, "max-streams", 0, fmt.Sprintf("API streams open at once, all callers, 0 for no cap (production default %d)", productionMaxStreams))
 	fs.IntVar(&cfg.maxStreamsPerCaller, "max-streams-per-caller", 0, "API streams open at once for one caller identity (default a quarter of -max-streams)")
-	fs.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", 0, fmt.Sprintf("end a stream on which the caller sent nothing, or read nothing sent to it, for this long (default %v)", service.DefaultStreamIdleTimeout))
+	fs.DurationVar(&cfg.streamIdleTimeout, "stream-idle-timeout", 0, fmt.Sprintf("end a stream on which the caller sent nothing with all it sent answered, or read nothing sent to it, for this long (default %v)", service.DefaultStreamIdleTimeout))
 	fs.Float64Var(&cfg.unauthenticatedRate, "unauthenticated-rate", 0, fmt.Sprintf("production: calls per second by callers without a certificate, all together, refused and audited; past it only counted (default %d)", service.DefaultUnauthenticatedRate))
 	fs.IntVar(&cfg.maxConnections, "max-connections", 0, fmt.Sprintf("open connections per listener, 0 for no cap (production default %d)", productionMaxConnections))
 	fs.DurationVar(&cfg.callTimeout, "call-timeout", 30*time.Second, "longest a unary call may run")

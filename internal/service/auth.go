@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/tap"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/audit"
@@ -480,11 +479,9 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 		r = adminOnly
 	}
 	gs := &guardedStream{ServerStream: ss, g: g, rule: r, method: info.FullMethod}
-	if !gs.idle.start(ctx, g.idleTimeout, func() { g.refused("stream_idle") }) {
-		return status.Errorf(codes.Internal, "stream %s: not set up to end when idle", info.FullMethod)
-	}
-	err := handler(srv, gs)
-	gs.idle.stop()
+	gs.ctx = context.WithValue(ctx, idleWatchKey{}, &gs.idle)
+	gs.idle.start(g.idleTimeout, func() { g.refused("stream_idle") })
+	err := gs.serve(srv, info, handler)
 	gs.completePending(nil, err)
 	return err
 }
@@ -495,6 +492,7 @@ func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 // that message's answer and for a handshake stream that step's outcome.
 type guardedStream struct {
 	grpc.ServerStream
+	ctx    context.Context // the stream's, with its idle watch for streamWork
 	g      *guard
 	rule   rule
 	method string
@@ -508,33 +506,43 @@ type guardedStream struct {
 	idle idleWatch
 }
 
-// idleWatch ends a stream whose caller has sent nothing for the idle
-// timeout while the handler waited for it, or has read nothing for the
-// idle timeout while the handler (or the one worker sending for it) waited
-// to send: an idle stream, or one whose caller stops reading once flow
-// control is full, must not hold its place, its goroutines and a
-// handshake's session for the life of the connection. grpc-go's RecvMsg
-// and SendMsg return only when done or with the end of the stream's
-// context, so the handler waits in them itself (no hand-off per message to
-// a goroutine that could be left waiting) and the watch ends the context,
-// which the stream got for that (withIdleCancel). The timer is not reset
-// per message: it fires once per timeout and looks at how long the current
-// waits have lasted, arming itself again for the rest. A pipeline stream
-// waits to receive and to send at once: each wait has its own start, so
-// that one ending does not hide the other still going on.
+// idleWatch finds a stream idle when its caller has sent nothing for the
+// idle timeout while the handler waited for it with every request
+// answered, or has read nothing for the idle timeout while the handler (or
+// the one worker sending for it) waited to send: an idle stream, or one
+// whose caller stops reading once flow control is full, must not hold its
+// place, its goroutines and a handshake's session for the life of the
+// connection. A stream whose handler still owes the caller answers is not
+// idle, however long it waits for the next message: a batch, or an
+// operation on a slow key backend, may outlast the timeout. The handler
+// waits in RecvMsg and SendMsg itself (no hand-off per message to a
+// goroutine that could be left waiting); the guard ends the stream with
+// the watch's status when it fires (guardedStream.serve). The timer is not
+// reset per message: it fires once per timeout and looks at how long the
+// current waits have lasted, arming itself again for the rest. A pipeline
+// stream waits to receive and to send at once: each wait has its own
+// start, so that one ending does not hide the other still going on.
 type idleWatch struct {
 	timeout time.Duration
-	ctx     *idleCtx
 	// since is, per waitKind, when the handler began the current wait, in
-	// nanoseconds after epoch; 0 while it is not waiting. Sends are
+	// nanoseconds after epoch (now); 0 while it is not waiting. Sends are
 	// serialized by their callers (one worker sends a pipeline's answers
 	// at a time), so one start per kind is enough.
 	since [waitKinds]atomic.Int64
 	epoch time.Time
+	// owed counts the answers the handler owes the caller (owe); free is
+	// when it last fell, so that a wait to receive begun while answers were
+	// owed counts from when the last of them was sent.
+	owed atomic.Int64
+	free atomic.Int64
 
-	mu    sync.Mutex // orders timer rearming with stop
+	mu    sync.Mutex // orders timer rearming and firing with stop
 	timer *time.Timer
 	ended bool
+	// idled is closed when the watch finds the stream idle, for the wait
+	// of kind firedBy (set before).
+	idled   chan struct{}
+	firedBy waitKind
 }
 
 // waitKind is what a handler waits for in an idleWatch.
@@ -546,118 +554,83 @@ const (
 	waitKinds                 // how many kinds there are
 )
 
-// idleCtx is a stream's context that its idleWatch can end. Once ended its
-// Err is DeadlineExceeded: grpc-go's RecvMsg and SendMsg, failing on it,
-// end the stream with that status at once ("context deadline exceeded", a
-// wait that ran out, as a call's deadline), and what the handler still
-// sends fails; the handler's own contexts, derived from it, are cancelled.
-type idleCtx struct {
-	context.Context // cancelled by cancel
-	cancel          context.CancelFunc
-	idled           atomic.Bool
+type idleWatchKey struct{}
+
+// streamWork is the idleWatch of the stream whose context is ctx, for its
+// handler to tell it of the answers it owes (owe); nil, which owes
+// nothing, on a stream without one.
+func streamWork(ctx context.Context) *idleWatch {
+	w, _ := ctx.Value(idleWatchKey{}).(*idleWatch)
+	return w
 }
 
-type idleCtxKey struct{}
-
-// withIdleCancel gives a stream's context an end idleWatch can use: the
-// server's tap (tapStreams) and localConn's streams set it up.
-func withIdleCancel(ctx context.Context) context.Context {
-	inner, cancel := context.WithCancel(ctx)
-	return &idleCtx{Context: inner, cancel: cancel}
-}
-
-func (c *idleCtx) Value(key any) any {
-	if key == (idleCtxKey{}) {
-		return c
-	}
-	return c.Context.Value(key)
-}
-
-func (c *idleCtx) Err() error {
-	err := c.Context.Err()
-	if err != nil && c.idled.Load() {
-		return context.DeadlineExceeded
-	}
-	return err
-}
-
-// end ends the stream, unless it has ended already (its Err says why).
-func (c *idleCtx) end() {
-	if c.Context.Err() == nil {
-		c.idled.Store(true)
-		c.cancel()
-	}
-}
-
-// streamMethods are the full names of desc's streaming methods.
-func streamMethods(descs ...*grpc.ServiceDesc) map[string]bool {
-	m := map[string]bool{}
-	for _, d := range descs {
-		for _, s := range d.Streams {
-			m["/"+d.ServiceName+"/"+s.StreamName] = true
-		}
-	}
-	return m
-}
-
-// tapStreams is a tap.ServerInHandle giving the streams of methods a
-// context an idleWatch can end; the others keep theirs.
-func tapStreams(methods map[string]bool) tap.ServerInHandle {
-	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		if methods[info.FullMethodName] {
-			ctx = withIdleCancel(ctx)
-		}
-		return ctx, nil
-	}
-}
-
-// start arms the watch over the stream whose context is ctx; false if ctx
-// cannot be ended (the stream was not set up by withIdleCancel).
-func (w *idleWatch) start(ctx context.Context, timeout time.Duration, refused func()) bool {
-	c, ok := ctx.Value(idleCtxKey{}).(*idleCtx)
-	if !ok {
-		return false
-	}
-	w.timeout, w.ctx, w.epoch = timeout, c, time.Now()
+// start arms the watch; refused counts a stream it finds idle.
+func (w *idleWatch) start(timeout time.Duration, refused func()) {
+	w.timeout, w.epoch, w.idled = timeout, time.Now(), make(chan struct{})
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.timer = time.AfterFunc(timeout, func() { w.check(refused) })
-	return true
 }
+
+// now is the time in nanoseconds after epoch, plus one: a wait starting
+// at the epoch is still a wait.
+func (w *idleWatch) now() int64 { return int64(time.Since(w.epoch)) + 1 }
 
 // wait marks the start (true) or the end (false) of a wait of kind k.
 func (w *idleWatch) wait(k waitKind, waiting bool) {
 	var since int64
 	if waiting {
-		// +1: a wait starting at the epoch is still a wait.
-		since = int64(time.Since(w.epoch)) + 1
+		since = w.now()
 	}
 	w.since[k].Store(since)
 }
 
-// check ends the stream if a current wait has lasted the timeout, else
+// owe counts n more answers owed to the caller, a request taken on (n <
+// 0: answers sent, or requests that get none). While some are owed, a
+// wait for the caller's next message is not idle.
+func (w *idleWatch) owe(n int) {
+	if w == nil {
+		return
+	}
+	if n < 0 {
+		// Before the count falls: check, which reads it first, never
+		// sees none owed with an older free.
+		w.free.Store(w.now())
+	}
+	w.owed.Add(int64(n))
+}
+
+// check fires the watch if a current wait has lasted the timeout, else
 // looks again when the one that began first would have.
 func (w *idleWatch) check(refused func()) {
 	next := w.timeout
-	now := int64(time.Since(w.epoch)) + 1
-	for k := range w.since {
+	now := w.now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended {
+		return
+	}
+	for k := range waitKinds {
 		since := w.since[k].Load()
 		if since == 0 {
 			continue
 		}
+		if k == receiving {
+			if w.owed.Load() > 0 {
+				continue // the service works for the caller, it does not wait for it
+			}
+			since = max(since, w.free.Load())
+		}
 		waited := time.Duration(now - since)
 		if waited >= w.timeout {
+			w.firedBy, w.ended = k, true
 			refused()
-			w.ctx.end()
+			close(w.idled)
 			return
 		}
 		next = min(next, w.timeout-waited)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.ended {
-		w.timer.Reset(next)
-	}
+	w.timer.Reset(next)
 }
 
 // stop ends the watch once the handler has returned.
@@ -667,6 +640,43 @@ func (w *idleWatch) stop() {
 	w.ended = true
 	w.timer.Stop()
 }
+
+// err is the status of a stream the watch found idle.
+func (w *idleWatch) err() error {
+	what := "the caller sent no message"
+	if w.firedBy == sending {
+		what = "the caller read nothing sent to it"
+	}
+	// DEADLINE_EXCEEDED: the service's deadline for the caller's next
+	// message (or for it to read) ran out. The caller may open a new
+	// stream at once, which FAILED_PRECONDITION would tell it not to do
+	// before it has fixed something.
+	return status.Errorf(codes.DeadlineExceeded, "stream idle for longer than the service's stream idle timeout (%v): %s", w.timeout, what)
+}
+
+// serve runs the handler on a goroutine of its own and returns its error,
+// or the idle status once the watch finds the stream idle. The handler
+// then waits in RecvMsg or SendMsg, which return only when done or at the
+// end of the stream; a status they fail with is sent as the stream's (as
+// grpc-go's "context canceled"), so it must not be they that end it. The
+// stream ends when this returns: grpc-go sends the status returned, then
+// ends the stream's context, with which the handler's wait fails (sending
+// nothing more) and its goroutine ends; localConn ends it the same way.
+// The handler runs inside recoverStream, so that a panic on its goroutine
+// still fails this call only.
+func (s *guardedStream) serve(srv any, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	done := make(chan error, 1)
+	go func() { done <- recoverStream(srv, s, info, handler) }()
+	select {
+	case err := <-done:
+		s.idle.stop()
+		return err
+	case <-s.idle.idled:
+		return s.idle.err()
+	}
+}
+
+func (s *guardedStream) Context() context.Context { return s.ctx }
 
 type pendingEntry struct {
 	e     *audit.Entry

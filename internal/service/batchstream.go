@@ -19,7 +19,7 @@ const batchStreamDepth = 2
 // unary calls.
 func (s *KeyVault) BatchStream(stream pb.KeyVault_BatchStreamServer) error {
 	ctx := stream.Context()
-	return pipeline(batchStreamDepth, stream.Recv, func(req *pb.BatchStreamRequest) *pb.BatchStreamResponse {
+	return pipeline(ctx, batchStreamDepth, stream.Recv, func(req *pb.BatchStreamRequest) *pb.BatchStreamResponse {
 		// The guard checked the batch (checkBatch). The pipeline's workers
 		// live as long as the stream: they work on their batches too.
 		return &pb.BatchStreamResponse{Batch: s.runBatch(ctx, req.GetBatch(), true)}

@@ -84,8 +84,9 @@ type muxStream struct {
 	out     []muxAnswer
 	sending bool // a worker is sending out
 	// unanswered counts the requests (and expiries) whose answer has not
-	// been sent yet.
+	// been sent yet (owe), as work does for the idle timeout.
 	unanswered int
+	work       *idleWatch
 	sent       uint64 // answers sent, for unread
 	workers    int    // running
 	idle       int    // workers waiting on wake, not yet woken
@@ -148,6 +149,7 @@ func newMuxStream(h *Handshake, stream pb.Handshake_MultiplexServer) *muxStream 
 	m := &muxStream{h: h, stream: stream, live: map[uint64]*muxHandshake{}, room: make(chan struct{}, 1)}
 	if stream != nil {
 		m.ctx = stream.Context()
+		m.work = streamWork(m.ctx)
 		m.owner = callerIdentity(m.ctx)
 		m.root = trace.ContextWithSpanContext(m.ctx, trace.SpanContext{})
 		m.stepSpan = []trace.SpanStartOption{trace.WithLinks(trace.LinkFromContext(m.ctx))}
@@ -262,13 +264,20 @@ func (m *muxStream) stop() {
 	}
 }
 
+// owe counts n more answers due (n < 0: fewer), mu held: while some are,
+// the stream is not idle.
+func (m *muxStream) owe(n int) {
+	m.unanswered += n
+	m.work.owe(n)
+}
+
 // dispatch admits req and queues it on its handshake, or answers it at
 // once when it names none it can be for.
 func (m *muxStream) dispatch(req *pb.MultiplexRequest) {
 	n := req.GetHandshake()
 	start := req.GetStart()
 	m.mu.Lock()
-	m.unanswered++
+	m.owe(1)
 	x := m.live[n]
 	m.mu.Unlock()
 	keys := []target{}
@@ -418,7 +427,7 @@ func (m *muxStream) flush() {
 		}
 		m.mu.Lock()
 		m.sent++
-		m.unanswered--
+		m.owe(-1)
 		m.signalRoom()
 	}
 	m.sending = false
@@ -536,11 +545,11 @@ func (m *muxStream) expire(x *muxHandshake) {
 	}
 	clear(m.out[len(kept):])
 	m.out = kept
-	m.unanswered -= len(dropped)
+	m.owe(-len(dropped))
 	full := len(m.out) >= muxMaxQueued()
 	if full {
 		m.forget(x)
-		m.unanswered--
+		m.owe(-1)
 	}
 	if full || len(dropped) > 0 {
 		m.signalRoom()
@@ -559,7 +568,7 @@ func (m *muxStream) expire(x *muxHandshake) {
 // answered counts a request, or an expiry, that gets no answer.
 func (m *muxStream) answered() {
 	m.mu.Lock()
-	m.unanswered--
+	m.owe(-1)
 	m.signalRoom()
 	m.mu.Unlock()
 }
@@ -622,7 +631,7 @@ func (m *muxStream) begin(x *muxHandshake, start *pb.StartHandshakeRequest) erro
 	// its start.
 	x.expiry = time.AfterFunc(m.h.sessions.ttl, func() {
 		m.mu.Lock()
-		m.unanswered++
+		m.owe(1)
 		m.mu.Unlock()
 		m.enqueue(x, muxJob{finish: notAudited})
 	})

@@ -183,9 +183,10 @@ func TestMultiplexUnreadStreamEnds(t *testing.T) {
 }
 
 // TestMultiplexQuietStreamsCost: a quiet Multiplex stream costs the
-// service the goroutines of a Stream (its handler and the read it waits
-// on) and the one worker its answer needed, not a worker per core from
-// its start: a connection may carry a thousand quiet streams.
+// service the goroutines of a Stream (the call's, waiting in the guard,
+// and its handler's, which waits for a message: guardedStream.serve) and
+// the one worker its answer needed, not a worker per core from its start:
+// a connection may carry a thousand quiet streams.
 func TestMultiplexQuietStreamsCost(t *testing.T) {
 	s := startServer(t)
 	hc := s.handshakeClient(t)
@@ -197,7 +198,7 @@ func TestMultiplexQuietStreamsCost(t *testing.T) {
 	}
 	perStream := float64(runtime.NumGoroutine()-before) / streams
 	t.Logf("%.2f goroutines per quiet stream (GOMAXPROCS %d)", perStream, runtime.GOMAXPROCS(0))
-	// The service's handler, the read it waits on, and one worker; a
-	// worker per core from the start: 2 x GOMAXPROCS more.
+	// The call's goroutine, its handler's, and one worker; a worker per
+	// core from the start: 2 x GOMAXPROCS more.
 	assert.LessOrEqual(t, perStream, 3.5, "goroutines per quiet stream")
 }

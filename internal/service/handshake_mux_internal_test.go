@@ -240,3 +240,30 @@ func TestMultiplexExpiryWithUnsentAnswers(t *testing.T) {
 	assert.Equal(t, muxMaxQueued(), m.unanswered, "the expiry counted as answered")
 	assert.NotContains(t, m.live, uint64(3), "the number is free")
 }
+
+// watchedSendWaits is sendWaits on a stream with an idle watch.
+type watchedSendWaits struct {
+	sendWaits
+	ctx context.Context
+}
+
+func (s *watchedSendWaits) Context() context.Context { return s.ctx }
+
+// TestMultiplexOwesTheIdleWatch: a request the stream has not answered
+// yet (its answer waiting in Send here) is owed to the idle watch, so the
+// stream is not idle while it is worked on; once sent it is not.
+func TestMultiplexOwesTheIdleWatch(t *testing.T) {
+	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
+	h := NewHandshake(vault, HandshakeOptions{}, newHandshakeMetrics(prometheus.NewRegistry()))
+	var w idleWatch
+	w.start(time.Hour, func() {})
+	defer w.stop()
+	stream := &watchedSendWaits{sendWaits{release: make(chan struct{})}, context.WithValue(context.Background(), idleWatchKey{}, &w)}
+	m := newMuxStream(h, stream)
+	m.dispatch(&pb.MultiplexRequest{Handshake: 1, Request: &pb.MultiplexRequest_Abort{Abort: &pb.MultiplexAbort{}}})
+	assert.Equal(t, int64(1), w.owed.Load(), "a request received, not answered")
+	close(stream.release)
+	require.Eventually(t, func() bool { return w.owed.Load() == 0 }, 10*time.Second, time.Millisecond, "its answer sent")
+	m.stop()
+	assert.Zero(t, m.unanswered)
+}

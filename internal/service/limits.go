@@ -37,9 +37,11 @@ type Limits struct {
 	MaxStreams          int
 	MaxStreamsPerCaller int
 	// StreamIdleTimeout ends a stream on which the caller has sent nothing
-	// for that long while the service waited for it, or has read nothing
-	// for that long while an answer waited to be sent (flow control full).
-	// 0: DefaultStreamIdleTimeout.
+	// for that long while the service waited for it with every request
+	// answered (a stream whose requests are still worked on is not idle),
+	// or has read nothing for that long while an answer waited to be sent
+	// (flow control full). The caller gets DEADLINE_EXCEEDED with a message
+	// that says which. 0: DefaultStreamIdleTimeout.
 	StreamIdleTimeout time.Duration
 	// UnauthenticatedRate is how many calls per second callers without a
 	// client certificate may make, all of them together, in production mode

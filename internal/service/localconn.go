@@ -194,11 +194,14 @@ func (c *localConn) NewStream(ctx context.Context, _ *grpc.StreamDesc, method st
 		headerSent: make(chan struct{}),
 		done:       make(chan struct{}),
 	}
-	s.ctx = incoming(withIdleCancel(ctx), localStreamTransport{(*localServerStream)(s)})
+	s.ctx = ctx
+	hctx, end := context.WithCancel(ctx)
+	s.hctx = incoming(hctx, localStreamTransport{(*localServerStream)(s)})
 	go func() {
 		info := &grpc.StreamServerInfo{FullMethod: method, IsClientStream: sd.desc.ClientStreams, IsServerStream: sd.desc.ServerStreams}
 		err := c.calls.stream(sd.impl, (*localServerStream)(s), info, sd.desc.Handler)
 		s.finish(err)
+		end()
 	}()
 	return (*localClientStream)(s), nil
 }
@@ -206,9 +209,13 @@ func (c *localConn) NewStream(ctx context.Context, _ *grpc.StreamDesc, method st
 // localStream is both ends of a local streaming call: localClientStream
 // is the gateway's, localServerStream the handler's.
 type localStream struct {
-	method   string
-	desc     grpc.StreamDesc
-	ctx      context.Context // the handler's: the gateway's, which ends with the HTTP request
+	method string
+	desc   grpc.StreamDesc
+	ctx    context.Context // the gateway's, which ends with the HTTP request
+	// hctx is the handler's: ctx's, ended also once the call has (as a
+	// gRPC server stream's), which releases a handler goroutine still
+	// waiting in SendMsg or RecvMsg after the guard ended an idle stream.
+	hctx     context.Context
 	toServer chan proto.Message
 	toClient chan proto.Message
 	closeTx  sync.Once
@@ -239,7 +246,7 @@ func ctxErr(ctx context.Context) error { return status.FromContextError(ctx.Err(
 
 type localServerStream localStream
 
-func (s *localServerStream) Context() context.Context { return s.ctx }
+func (s *localServerStream) Context() context.Context { return s.hctx }
 
 func (s *localServerStream) SetHeader(md metadata.MD) error {
 	select {
@@ -276,8 +283,8 @@ func (s *localServerStream) SendMsg(m any) error {
 	select {
 	case s.toClient <- proto.Clone(msg):
 		return nil
-	case <-s.ctx.Done():
-		return ctxErr(s.ctx)
+	case <-s.hctx.Done():
+		return ctxErr(s.hctx)
 	}
 }
 
@@ -288,8 +295,8 @@ func (s *localServerStream) RecvMsg(m any) error {
 			return io.EOF
 		}
 		return copyMessage(m, msg)
-	case <-s.ctx.Done():
-		return ctxErr(s.ctx)
+	case <-s.hctx.Done():
+		return ctxErr(s.hctx)
 	}
 }
 
@@ -378,9 +385,11 @@ func (s *localClientStream) RecvMsg(m any) error {
 		<-s.done
 		return s.status()
 	case <-s.done:
-		// The handler sends only from its own goroutine and each send
-		// waits for this side to take it: once it has returned, nothing
-		// is left to receive.
+		// Each send of the handler waits for this side to take it, and
+		// fails once the call has ended (hctx): nothing is left to
+		// receive. (A handler the guard left waiting in a send when it
+		// ended an idle stream may, as the call ends, still have that one
+		// message taken by a RecvMsg racing with the end.)
 		if err := s.status(); err != nil {
 			return err
 		}

@@ -139,8 +139,6 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 		// 12% of the CPU of unary ECDSA signing went to stack growth).
 		serverOpts = append(serverOpts, grpc.NumStreamWorkers(uint32(streamWorkers)))
 	}
-	// The API's streams get a context the guard can end when they idle.
-	serverOpts = append(serverOpts, grpc.InTapHandle(tapStreams(streamMethods(&pb.KeyVault_ServiceDesc, &pb.Handshake_ServiceDesc, &pb.Admin_ServiceDesc))))
 	s.grpc = grpc.NewServer(serverOpts...)
 	// The API's services answer on both transports; health and reflection
 	// on gRPC only.

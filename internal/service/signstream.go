@@ -25,7 +25,7 @@ func signStreamParallelism() int { return batchParallelism() }
 // answers to the requests before it are sent.
 func (s *KeyVault) SignStream(stream pb.KeyVault_SignStreamServer) error {
 	ctx := stream.Context()
-	return pipeline(signStreamParallelism(), stream.Recv, func(req *pb.SignStreamRequest) *pb.SignStreamResponse {
+	return pipeline(ctx, signStreamParallelism(), stream.Recv, func(req *pb.SignStreamRequest) *pb.SignStreamResponse {
 		return s.signStreamOne(ctx, req)
 	}, stream.Send)
 }
@@ -64,8 +64,10 @@ func (s *KeyVault) signStreamOne(ctx context.Context, req *pb.SignStreamRequest)
 // io.EOF (the caller closed its side) or recv's error; a failed send ends
 // it with that error, the answers still due being dropped. At most n
 // requests are taken on before their answers are sent, so a caller that
-// does not read stops being read from.
-func pipeline[Req, Resp any](n int, recv func() (Req, error), do func(Req) Resp, send func(Resp) error) error {
+// does not read stops being read from. The stream's idle watch (ctx's)
+// is told of each request taken on and each answered: a stream with
+// requests still being worked on is not idle.
+func pipeline[Req, Resp any](ctx context.Context, n int, recv func() (Req, error), do func(Req) Resp, send func(Resp) error) error {
 	type job struct {
 		req Req
 		seq int
@@ -73,7 +75,7 @@ func pipeline[Req, Resp any](n int, recv func() (Req, error), do func(Req) Resp,
 	jobs := make(chan job)
 	// taken holds a place per request received and not yet answered.
 	taken := make(chan struct{}, n)
-	o := &inOrder[Resp]{send: send, answers: make([]answer[Resp], n), taken: taken}
+	o := &inOrder[Resp]{send: send, answers: make([]answer[Resp], n), taken: taken, work: streamWork(ctx)}
 	var workers sync.WaitGroup
 	for range n {
 		workers.Go(func() {
@@ -89,6 +91,7 @@ func pipeline[Req, Resp any](n int, recv func() (Req, error), do func(Req) Resp,
 			recvErr = err
 			break
 		}
+		o.work.owe(1)
 		taken <- struct{}{}
 		jobs <- job{req, seq}
 	}
@@ -116,6 +119,7 @@ type answer[Resp any] struct {
 type inOrder[Resp any] struct {
 	send  func(Resp) error
 	taken chan struct{}
+	work  *idleWatch // nil: none
 
 	mu      sync.Mutex
 	answers []answer[Resp] // by request number modulo its length
@@ -144,6 +148,7 @@ func (o *inOrder[Resp]) deliver(seq int, resp Resp) {
 			err = o.send(resp)
 		}
 		<-o.taken
+		o.work.owe(-1)
 		o.mu.Lock()
 		if err != nil {
 			o.sendErr = err

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"io"
 	"sync"
@@ -39,7 +40,7 @@ func TestPipelineConcurrent(t *testing.T) {
 	var sent []int
 	done := make(chan error, 1)
 	go func() {
-		done <- pipeline(n, feed([]int{0, 1, 2, 3}, io.EOF), func(r int) int {
+		done <- pipeline(context.Background(), n, feed([]int{0, 1, 2, 3}, io.EOF), func(r int) int {
 			if r == 0 {
 				<-allStarted
 			} else {
@@ -65,17 +66,17 @@ func TestPipelineEnds(t *testing.T) {
 	var sent []int
 	record := func(a int) error { sent = append(sent, a); return nil }
 
-	require.NoError(t, pipeline(2, feed([]int{1, 2, 3}, io.EOF), double, record))
+	require.NoError(t, pipeline(context.Background(), 2, feed([]int{1, 2, 3}, io.EOF), double, record))
 	assert.Equal(t, []int{2, 4, 6}, sent)
 
 	sent = nil
 	refused := errors.New("refused")
-	assert.ErrorIs(t, pipeline(2, feed([]int{1, 2, 3}, refused), double, record), refused)
+	assert.ErrorIs(t, pipeline(context.Background(), 2, feed([]int{1, 2, 3}, refused), double, record), refused)
 	assert.Equal(t, []int{2, 4, 6}, sent, "answers before the refusal are sent")
 
 	broken := errors.New("broken")
 	calls := 0
-	err := pipeline(2, feed([]int{1, 2, 3}, io.EOF), double, func(int) error { calls++; return broken })
+	err := pipeline(context.Background(), 2, feed([]int{1, 2, 3}, io.EOF), double, func(int) error { calls++; return broken })
 	assert.ErrorIs(t, err, broken)
 	assert.Equal(t, 1, calls, "nothing is sent after a failed send")
 }
@@ -103,7 +104,7 @@ func TestPipelineBounded(t *testing.T) {
 		return nil
 	}
 	done := make(chan error, 1)
-	go func() { done <- pipeline(n, recv, func(r int) int { return r }, send) }()
+	go func() { done <- pipeline(context.Background(), n, recv, func(r int) int { return r }, send) }()
 	for range n + 1 {
 		<-received
 	}

@@ -8,22 +8,32 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
+// fires waits for w to find its stream idle, at most 50 timeouts.
+func fires(t *testing.T, w *idleWatch) {
+	t.Helper()
+	select {
+	case <-w.idled:
+	case <-time.After(50 * w.timeout):
+		require.FailNow(t, "a wait of the timeout did not end the stream")
+	}
+}
+
 // TestIdleWatch: only the time the handler waits for a message counts,
-// from the start of the current wait; a stopped watch ends nothing; a
-// context not set up for it is refused.
+// from the start of the current wait; a stopped watch ends nothing.
 func TestIdleWatch(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	var refused atomic.Int32
 	count := func() { refused.Add(1) }
 
-	ctx := withIdleCancel(context.Background())
 	var w idleWatch
-	require.True(t, w.start(ctx, timeout, count))
+	w.start(timeout, count)
 	// Busy (not waiting) for several timeouts: not idle.
 	time.Sleep(3 * timeout)
-	require.NoError(t, ctx.Err(), "the stream ended while the handler was not waiting")
+	require.Zero(t, refused.Load(), "the stream ended while the handler was not waiting")
 	// Waits shorter than the timeout, one after the other: not idle.
 	// (A quarter of it: a sleep on a loaded machine overruns.)
 	for range 10 {
@@ -31,29 +41,23 @@ func TestIdleWatch(t *testing.T) {
 		time.Sleep(timeout / 4)
 		w.wait(receiving, false)
 	}
-	require.NoError(t, ctx.Err(), "the stream ended although no wait lasted the timeout")
+	require.Zero(t, refused.Load(), "the stream ended although no wait lasted the timeout")
 	w.wait(receiving, true)
 	waited := time.Now()
-	select {
-	case <-ctx.Done():
-	case <-time.After(50 * timeout):
-		require.FailNow(t, "a wait of the timeout did not end the stream")
-	}
+	fires(t, &w)
 	assert.GreaterOrEqual(t, time.Since(waited), timeout)
-	assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded, "grpc-go's RecvMsg says what ctx.Err says")
-	assert.True(t, w.ctx.idled.Load())
 	assert.Equal(t, int32(1), refused.Load())
+	err := w.err()
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+	assert.Equal(t, "stream idle for longer than the service's stream idle timeout (100ms): the caller sent no message", status.Convert(err).Message())
 	w.stop()
 
-	ctx = withIdleCancel(context.Background())
 	var stopped idleWatch
-	require.True(t, stopped.start(ctx, timeout, count))
+	stopped.start(timeout, count)
 	stopped.wait(receiving, true)
 	stopped.stop()
 	time.Sleep(3 * timeout)
-	assert.NoError(t, ctx.Err(), "a stopped watch ended the stream")
-
-	assert.False(t, new(idleWatch).start(context.Background(), timeout, count))
+	assert.Equal(t, int32(1), refused.Load(), "a stopped watch ended the stream")
 }
 
 // TestIdleWatchSendAndReceive: a wait to send of the timeout ends the
@@ -65,16 +69,16 @@ func TestIdleWatchSendAndReceive(t *testing.T) {
 	for _, c := range []struct {
 		name        string
 		long, short []waitKind // the wait that lasts; the ones that come and go meanwhile
+		why         string
 	}{
-		{"send", []waitKind{sending}, nil},
-		{"receive, sends meanwhile", []waitKind{receiving}, []waitKind{sending}},
-		{"send, receives meanwhile", []waitKind{sending}, []waitKind{receiving}},
+		{"send", []waitKind{sending}, nil, "the caller read nothing sent to it"},
+		{"receive, sends meanwhile", []waitKind{receiving}, []waitKind{sending}, "the caller sent no message"},
+		{"send, receives meanwhile", []waitKind{sending}, []waitKind{receiving}, "the caller read nothing sent to it"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var refused atomic.Int32
-			ctx := withIdleCancel(context.Background())
 			var w idleWatch
-			require.True(t, w.start(ctx, timeout, func() { refused.Add(1) }))
+			w.start(timeout, func() { refused.Add(1) })
 			defer w.stop()
 			// A wait of each kind that ended, then none for two timeouts:
 			// not idle.
@@ -84,12 +88,12 @@ func TestIdleWatchSendAndReceive(t *testing.T) {
 				w.wait(k, false)
 			}
 			time.Sleep(2 * timeout)
-			require.NoError(t, ctx.Err(), "the stream ended after its waits had ended")
+			require.Zero(t, refused.Load(), "the stream ended after its waits had ended")
 			for _, k := range c.long {
 				w.wait(k, true)
 			}
 			waited := time.Now()
-			for ctx.Err() == nil && time.Since(waited) < 50*timeout {
+			for refused.Load() == 0 && time.Since(waited) < 50*timeout {
 				for _, k := range c.short {
 					w.wait(k, true)
 					time.Sleep(timeout / 10)
@@ -97,9 +101,40 @@ func TestIdleWatchSendAndReceive(t *testing.T) {
 				}
 				time.Sleep(timeout / 10)
 			}
-			require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded, "a wait of the timeout did not end the stream")
+			fires(t, &w)
 			assert.GreaterOrEqual(t, time.Since(waited), timeout)
 			assert.Equal(t, int32(1), refused.Load())
+			assert.ErrorContains(t, w.err(), "stream idle for longer than the service's stream idle timeout (100ms): "+c.why)
 		})
 	}
+}
+
+// TestIdleWatchOwed: a wait for the caller's next message while the
+// handler owes it answers (requests still worked on) is not idle however
+// long it lasts; once the last is answered, the wait counts from then.
+func TestIdleWatchOwed(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	var refused atomic.Int32
+	var w idleWatch
+	w.start(timeout, func() { refused.Add(1) })
+	defer w.stop()
+	ctx := context.WithValue(context.Background(), idleWatchKey{}, &w)
+	work := streamWork(ctx)
+	require.Same(t, &w, work, "the handler finds the watch by its stream's context")
+	assert.Nil(t, streamWork(context.Background()), "a stream without a watch")
+	streamWork(context.Background()).owe(1) // owes nothing to nobody
+
+	// Two requests taken on, the handler waiting for a third meanwhile.
+	work.owe(1)
+	work.owe(1)
+	w.wait(receiving, true)
+	time.Sleep(3 * timeout)
+	work.owe(-1)
+	time.Sleep(3 * timeout)
+	require.Zero(t, refused.Load(), "the stream ended while answers were owed")
+	work.owe(-1)
+	answered := time.Now()
+	fires(t, &w)
+	assert.GreaterOrEqual(t, time.Since(answered), timeout, "ended before the timeout from the last answer")
+	assert.Equal(t, int32(1), refused.Load())
 }

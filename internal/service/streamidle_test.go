@@ -2,8 +2,13 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,16 +19,63 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/service"
 	"github.com/handshaked/handshaked/internal/servicetest"
 )
 
+// idleEnd checks that err is the end of a stream the service found idle
+// for timeout, for the reason why, as the caller reads it.
+func idleEnd(t *testing.T, err error, timeout time.Duration, why string) {
+	t.Helper()
+	assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+	assert.Equal(t, fmt.Sprintf("stream idle for longer than the service's stream idle timeout (%v): %s", timeout, why), status.Convert(err).Message())
+}
+
+// streamGoroutines are the stacks of the goroutines serving the API's
+// streams in this process: their handlers and the workers they start.
+func streamGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		for _, fn := range []string{"service.(*KeyVault).SignStream", "service.(*KeyVault).BatchStream", "service.pipeline", "service.(*Handshake).Stream", "service.(*Handshake).Multiplex", "service.(*muxStream)", "service.(*Admin).Restore", "service.(*Admin).Backup", "service.(*guardedStream).serve"} {
+			if strings.Contains(g, fn) {
+				out = append(out, g)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// noStreamGoroutines checks that the streams of the test, all ended, left
+// no goroutine behind.
+func noStreamGoroutines(t *testing.T) {
+	t.Helper()
+	var left []string
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if left = streamGoroutines(); len(left) == 0 {
+			return
+		}
+	}
+	assert.Empty(t, left, "goroutines of ended streams still running")
+}
+
 // TestStreamIdleTimeout: a stream whose caller sends within the idle
 // timeout each time stays open however long it lives; one whose caller
 // stops sending ends with DEADLINE_EXCEEDED once it has waited the
-// timeout, on every kind of stream.
+// timeout, on every kind of stream, with a message that says so, and
+// leaves no goroutine behind.
 func TestStreamIdleTimeout(t *testing.T) {
 	const timeout = 400 * time.Millisecond
 	srv := servicetest.Start(t, service.Options{Limits: service.Limits{StreamIdleTimeout: timeout}})
@@ -66,19 +118,67 @@ func TestStreamIdleTimeout(t *testing.T) {
 		_, err = stream.Recv()
 		require.NoError(t, err)
 		_, err = stream.Recv()
-		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+		idleEnd(t, err, timeout, "the caller sent no message")
 		assert.GreaterOrEqual(t, time.Since(sent), timeout, "ended before the caller was idle for the timeout")
 		assert.Less(t, time.Since(sent), callerDeadline/2, "ended by the caller's deadline, not the service")
 	})
-	t.Run("multiplex, never used", func(t *testing.T) {
-		opened := time.Now()
-		stream, err := pb.NewHandshakeClient(srv.Conn).Multiplex(ctx)
-		require.NoError(t, err)
-		_, err = stream.Recv()
-		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
-		assert.GreaterOrEqual(t, time.Since(opened), timeout)
-		assert.Less(t, time.Since(opened), callerDeadline/2, "ended by the caller's deadline, not the service")
-	})
+	hs := pb.NewHandshakeClient(srv.Conn)
+	for name, open := range map[string]func() (grpc.ClientStream, error){
+		"SignStream":  func() (grpc.ClientStream, error) { return kv.SignStream(ctx) },
+		"BatchStream": func() (grpc.ClientStream, error) { return kv.BatchStream(ctx) },
+		"Stream":      func() (grpc.ClientStream, error) { return hs.Stream(ctx) },
+		"Multiplex":   func() (grpc.ClientStream, error) { return hs.Multiplex(ctx) },
+	} {
+		t.Run(name+", never used", func(t *testing.T) {
+			opened := time.Now()
+			stream, err := open()
+			require.NoError(t, err)
+			err = stream.RecvMsg(new(emptypb.Empty))
+			idleEnd(t, err, timeout, "the caller sent no message")
+			assert.GreaterOrEqual(t, time.Since(opened), timeout)
+			assert.Less(t, time.Since(opened), callerDeadline/2, "ended by the caller's deadline, not the service")
+		})
+	}
+	noStreamGoroutines(t)
+}
+
+// TestStreamIdleNotWhileWorking: a stream whose caller waits for the
+// answer to what it sent is not idle, however long the service works on
+// it (here a batch that takes several idle timeouts); once answered, the
+// service waits for the caller, and the stream ends the idle timeout
+// after the answer.
+func TestStreamIdleNotWhileWorking(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	srv := servicetest.Start(t, service.Options{Limits: service.Limits{StreamIdleTimeout: timeout}})
+	kv := pb.NewKeyVaultClient(srv.Conn)
+	_, err := kv.ImportKey(context.Background(), &pb.ImportKeyRequest{Id: "key-rsa", PrivateKeyPem: fixture(t, "rsa4096-pkcs1.pem")})
+	require.NoError(t, err)
+	// The largest batch of the slowest signatures the vault makes.
+	ops := make([]*pb.BatchOperation, 256)
+	for i := range ops {
+		ops[i] = batchSign("key-rsa", pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, "slow")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stream, err := kv.BatchStream(ctx)
+	require.NoError(t, err)
+	sent := time.Now()
+	require.NoError(t, stream.Send(streamBatch("slow", ops...)))
+	resp, err := stream.Recv()
+	answered := time.Now()
+	require.NoError(t, err, "the stream ended %v after its batch was sent, before its answer", answered.Sub(sent))
+	require.Len(t, resp.GetBatch().GetResults(), len(ops))
+	for _, r := range resp.GetBatch().GetResults() {
+		require.NotEmpty(t, r.GetSign().GetSignature(), "%v", r.GetError())
+	}
+	t.Logf("batch answered in %v", answered.Sub(sent))
+	require.Greater(t, answered.Sub(sent), 2*timeout, "the batch took less than the idle timeout: the test shows nothing")
+	_, err = stream.Recv()
+	idleEnd(t, err, timeout, "the caller sent no message")
+	// The service counts from when it sent the answer, a little before
+	// the caller had it: not at once, in any case.
+	assert.GreaterOrEqual(t, time.Since(answered), timeout/2, "ended before the caller was idle for the timeout")
+	noStreamGoroutines(t)
 }
 
 // TestStreamUnreadEnds: a SignStream whose caller keeps sending and stops
@@ -159,7 +259,7 @@ func TestStreamUnreadEnds(t *testing.T) {
 		for ; err == nil; read++ {
 			_, err = stream.Recv()
 		}
-		assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%v", err)
+		idleEnd(t, err, timeout, "the caller read nothing sent to it")
 		t.Logf("%d requests sent, %d answers read before the end", sent.Load(), read-1)
 	})
 }
@@ -181,4 +281,54 @@ func signServed(t *testing.T, conn grpc.ClientConnInterface, req *pb.SignStreamR
 	}
 	require.NotNil(t, resp.GetResponse(), "%v", resp.GetError())
 	return codes.OK
+}
+
+// TestRESTStreamIdle: over REST the same: a restore whose body stops
+// coming (the caller sent part of a snapshot, then nothing for the idle
+// timeout) is answered 504 with the message, once the gateway reads on.
+func TestRESTStreamIdle(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	srv := servicetest.Start(t, service.Options{Limits: service.Limits{StreamIdleTimeout: timeout}})
+	ctx := context.Background()
+	_, err := pb.NewKeyVaultClient(srv.Conn).ImportKey(ctx, &pb.ImportKeyRequest{Id: "key-a", PrivateKeyPem: fixture(t, "p256-sec1.pem")})
+	require.NoError(t, err)
+	backup, err := pb.NewAdminClient(srv.Conn).Backup(ctx, &pb.BackupRequest{})
+	require.NoError(t, err)
+	var snap []byte
+	for {
+		chunk, err := backup.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err)
+		snap = append(snap, chunk.GetData()...)
+	}
+	require.Greater(t, len(snap), 64)
+
+	body, w := io.Pipe()
+	answered := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.Post(srv.RESTURL+"/v1/admin:restore", "application/json", body)
+		assert.NoError(t, err)
+		answered <- resp
+	}()
+	chunk := func(b []byte) {
+		line, err := json.Marshal(map[string][]byte{"data": b})
+		require.NoError(t, err)
+		_, err = w.Write(append(line, '\n'))
+		require.NoError(t, err)
+	}
+	chunk(snap[:32])
+	time.Sleep(3 * timeout)
+	// The gateway reads the body on: the next chunk finds the call ended.
+	chunk(snap[32:64])
+	require.NoError(t, w.Close())
+	resp := <-answered
+	require.NotNil(t, resp)
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, "%s", got)
+	assert.Contains(t, string(got), fmt.Sprintf("stream idle for longer than the service's stream idle timeout (%v): the caller sent no message", timeout))
+	noStreamGoroutines(t)
 }
