@@ -21,16 +21,22 @@ func PRF12(h crypto.Hash, secret []byte, label string, seed []byte, length int) 
 	mac := hmac.New(h.New, secret)
 	mac.Write(labelAndSeed)
 	a := mac.Sum(nil) // A(1)
-	for len(out) < length {
+	for {
 		mac.Reset()
 		mac.Write(a)
 		mac.Write(labelAndSeed)
 		out = mac.Sum(out)
+		if len(out) >= length {
+			return out[:length]
+		}
+		// A(i+1) = HMAC(secret, A(i)), only when another block follows:
+		// a Finished (12 bytes) is one block, a TLS 1.2 handshake's master
+		// secret and key block two, so computing it after the last block
+		// too cost every resumed handshake three HMACs for nothing.
 		mac.Reset()
 		mac.Write(a)
 		a = mac.Sum(a[:0])
 	}
-	return out[:length]
 }
 
 // KeyBlock12 cuts the AEAD keys and IVs out of the key block, RFC 5246,
