@@ -17,21 +17,19 @@ import (
 
 // TestJSSEClient: Java's TLS stack (JSSE), independent of the Go, OpenSSL
 // and GnuTLS clients the other tests drive, completes handshakes through
-// the edge in TLS 1.3 and 1.2 (ECDHE with each key, and RSA key exchange)
-// and resumes them from the session tickets the service seals: each run's
+// the edge, in each of its stepping modes, in TLS 1.3 and 1.2 (ECDHE with
+// each key, and RSA key exchange) and resumes them from the session
+// tickets the service seals: each run's
 // first connection is a full handshake, the ones after it resume. JSSE
 // names what it negotiated and the edge's page what it did; both must
 // agree with the run asked for.
 func TestJSSEClient(t *testing.T) {
 	java := testenv.LookPath(t, "java")
 	f := newTicketFixture(t)
-	addr, _ := f.start(t)
-	host, port, err := net.SplitHostPort(addr)
-	require.NoError(t, err)
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	require.NoError(t, os.WriteFile(ca, []byte(f.ecdsa.CertPEM+f.rsa.CertPEM), 0o600))
 
-	runs := []struct {
+	cases := []struct {
 		protocol, suite, name string
 		connections           int
 		// What the edge's page says of the full handshake.
@@ -43,9 +41,22 @@ func TestJSSEClient(t *testing.T) {
 		{"TLSv1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", f.rsa.Name, 1, "TLS 1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "Signature scheme: PSSWithSHA256"},
 		{"TLSv1.2", "TLS_RSA_WITH_AES_128_GCM_SHA256", f.rsa.Name, 2, "TLS 1.2", "TLS_RSA_WITH_AES_128_GCM_SHA256", "Signature scheme: none (RSA key exchange)"},
 	}
-	args := []string{filepath.Join("testdata", "JSSEClient.java"), host, port, ca}
-	for _, r := range runs {
-		args = append(args, strings.Join([]string{r.protocol, r.suite, strconv.Itoa(r.connections), r.name}, ","))
+	// Every case against the edge in each of its stepping modes, in one
+	// run of the JVM (its start is most of the test's time).
+	type run struct {
+		mode string
+		c    int // in cases
+	}
+	var runs []run
+	args := []string{filepath.Join("testdata", "JSSEClient.java"), "127.0.0.1", ca}
+	for _, m := range edgeModes {
+		addr, _ := f.start(t, m.args...)
+		_, port, err := net.SplitHostPort(addr)
+		require.NoError(t, err)
+		for i, c := range cases {
+			runs = append(runs, run{m.name, i})
+			args = append(args, strings.Join([]string{port, c.protocol, c.suite, strconv.Itoa(c.connections), c.name}, ","))
+		}
 	}
 	out, err := exec.Command(java, args...).CombinedOutput()
 	require.NoError(t, err, "java %s:\n%s", strings.Join(args, " "), out)
@@ -54,28 +65,29 @@ func TestJSSEClient(t *testing.T) {
 	sections := strings.Split(string(out), "=== run ")[1:]
 	want := 0
 	for _, r := range runs {
-		want += r.connections
+		want += cases[r.c].connections
 	}
 	require.Len(t, sections, want, "connections reported:\n%s", out)
-	for i, r := range runs {
+	for _, run := range runs {
+		r, mode := cases[run.c], run.mode
 		for c := range r.connections {
 			page := sections[0]
 			sections = sections[1:]
-			assert.Contains(t, page, "JSSE protocol: "+r.protocol+"\n", "run %d connection %d:\n%s", i, c, page)
-			assert.Contains(t, page, "JSSE suite: "+r.suite+"\n", "run %d connection %d:\n%s", i, c, page)
-			assert.Contains(t, page, "TLS version: "+r.version+"\n", "run %d connection %d:\n%s", i, c, page)
-			assert.Contains(t, page, "Cipher suite: "+r.cipher+"\n", "run %d connection %d:\n%s", i, c, page)
-			assert.Contains(t, page, "Server name: "+r.name+"\n", "run %d connection %d:\n%s", i, c, page)
+			assert.Contains(t, page, "JSSE protocol: "+r.protocol+"\n", "%s: connection %d:\n%s", mode, c, page)
+			assert.Contains(t, page, "JSSE suite: "+r.suite+"\n", "%s: connection %d:\n%s", mode, c, page)
+			assert.Contains(t, page, "TLS version: "+r.version+"\n", "%s: connection %d:\n%s", mode, c, page)
+			assert.Contains(t, page, "Cipher suite: "+r.cipher+"\n", "%s: connection %d:\n%s", mode, c, page)
+			assert.Contains(t, page, "Server name: "+r.name+"\n", "%s: connection %d:\n%s", mode, c, page)
 			if c == 0 {
-				assert.Contains(t, page, "Resumed: no (full handshake)\n", "run %d connection %d:\n%s", i, c, page)
-				assert.Contains(t, page, r.signature+"\n", "run %d connection %d:\n%s", i, c, page)
+				assert.Contains(t, page, "Resumed: no (full handshake)\n", "%s: connection %d:\n%s", mode, c, page)
+				assert.Contains(t, page, r.signature+"\n", "%s: connection %d:\n%s", mode, c, page)
 			} else {
-				assert.Contains(t, page, "Resumed: yes", "run %d connection %d: JSSE did not resume:\n%s", i, c, page)
-				assert.Contains(t, page, "Signature scheme: none (resumed)\n", "run %d connection %d:\n%s", i, c, page)
+				assert.Contains(t, page, "Resumed: yes", "%s: connection %d: JSSE did not resume:\n%s", mode, c, page)
+				assert.Contains(t, page, "Signature scheme: none (resumed)\n", "%s: connection %d:\n%s", mode, c, page)
 			}
 			if r.version == "TLS 1.2" {
 				// JSSE offers RFC 7627's extension; the edge must use it.
-				assert.Contains(t, page, "Extended master secret: true\n", "run %d connection %d:\n%s", i, c, page)
+				assert.Contains(t, page, "Extended master secret: true\n", "%s: connection %d:\n%s", mode, c, page)
 			}
 		}
 	}

@@ -20,10 +20,10 @@ import (
 
 // TestNSSClient: NSS (Firefox's TLS stack, through its tstclnt), another
 // implementation independent of Go's, OpenSSL's and GnuTLS's, completes
-// handshakes through the edge in TLS 1.3 and 1.2 (ECDHE with each key, and
-// RSA key exchange) and resumes them from the service's session tickets
-// when it reconnects: each run's first connection is a full handshake, the
-// ones after it resume. NSS does not take a self-signed CA certificate as
+// handshakes through the edge, in each of its stepping modes, in TLS 1.3
+// and 1.2 (ECDHE with each key, and RSA key exchange) and resumes them
+// from the service's session tickets when it reconnects: each run's first
+// connection is a full handshake, the ones after it resume. NSS does not take a self-signed CA certificate as
 // a server's, so the keys get certificates from a test CA the client
 // trusts, issued from the vault's CSRs.
 func TestNSSClient(t *testing.T) {
@@ -43,10 +43,6 @@ func TestNSSClient(t *testing.T) {
 		_, err = kv.AttachCertificateChain(ctx, &pb.AttachCertificateChainRequest{Key: k.id, Version: 1, CertificateChain: [][]byte{der}})
 		require.NoError(t, err)
 	}
-	addr, _ := f.start(t)
-	host, port, err := net.SplitHostPort(addr)
-	require.NoError(t, err)
-
 	dir := t.TempDir()
 	db := "sql:" + dir
 	caFile := filepath.Join(dir, "ca.pem")
@@ -72,44 +68,49 @@ func TestNSSClient(t *testing.T) {
 		{"TLS 1.2 ECDHE RSA ChaCha20", "tls1.2:tls1.2", ":CCA8", f.rsa.Name, 1, "TLS 1.2", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256", "Signature scheme: PSSWithSHA256"},
 		{"TLS 1.2 RSA key exchange", "tls1.2:tls1.2", ":009C", f.rsa.Name, 1, "TLS 1.2", "TLS_RSA_WITH_AES_128_GCM_SHA256", "Signature scheme: none (RSA key exchange)"},
 	}
-	for _, r := range runs {
-		t.Run(r.name, func(t *testing.T) {
-			request := filepath.Join(t.TempDir(), "request")
-			require.NoError(t, os.WriteFile(request, []byte("GET / HTTP/1.0\r\nHost: "+r.server+"\r\n\r\n"), 0o600))
-			// -u offers session tickets, -G extended master secret (RFC
-			// 7627), -L reconnects with the same session cache. tstclnt
-			// (NSS 3.87) aborts on reconnecting when -c chose the suites,
-			// so the runs that resume keep NSS's own list.
-			args := []string{"-h", host, "-p", port, "-a", r.server, "-d", db, "-V", r.versions, "-u", "-G", "-A", request}
-			if r.cipher != "" {
-				args = append(args, "-c", r.cipher)
-			}
-			if r.connections > 1 {
-				args = append(args, "-L", strconv.Itoa(r.connections))
-			}
-			out, err := exec.CommandContext(t.Context(), tstclnt, args...).CombinedOutput()
-			require.NoError(t, err, "tstclnt %s:\n%s", strings.Join(args, " "), out)
-			pages := strings.Split(string(out), "TLS version: ")[1:]
-			require.Len(t, pages, r.connections, "pages served:\n%s", out)
-			suite := r.suite
-			if suite == "" {
-				_, rest, _ := strings.Cut(pages[0], "Cipher suite: ")
-				suite, _, _ = strings.Cut(rest, "\n")
-			}
-			for c, page := range pages {
-				assert.True(t, strings.HasPrefix(page, r.version+"\n"), "connection %d:\n%s", c, page)
-				assert.Contains(t, page, "Cipher suite: "+suite+"\n", "connection %d:\n%s", c, page)
-				assert.Contains(t, page, "Server name: "+r.server+"\n", "connection %d:\n%s", c, page)
-				if c == 0 {
-					assert.Contains(t, page, "Resumed: no (full handshake)\n", "connection %d:\n%s", c, page)
-					assert.Contains(t, page, r.signature+"\n", "connection %d:\n%s", c, page)
-				} else {
-					assert.Contains(t, page, "Resumed: yes", "connection %d: NSS did not resume:\n%s", c, page)
+	for _, m := range edgeModes {
+		addr, _ := f.start(t, m.args...)
+		host, port, err := net.SplitHostPort(addr)
+		require.NoError(t, err)
+		for _, r := range runs {
+			t.Run(m.name+"/"+r.name, func(t *testing.T) {
+				request := filepath.Join(t.TempDir(), "request")
+				require.NoError(t, os.WriteFile(request, []byte("GET / HTTP/1.0\r\nHost: "+r.server+"\r\n\r\n"), 0o600))
+				// -u offers session tickets, -G extended master secret (RFC
+				// 7627), -L reconnects with the same session cache. tstclnt
+				// (NSS 3.87) aborts on reconnecting when -c chose the suites,
+				// so the runs that resume keep NSS's own list.
+				args := []string{"-h", host, "-p", port, "-a", r.server, "-d", db, "-V", r.versions, "-u", "-G", "-A", request}
+				if r.cipher != "" {
+					args = append(args, "-c", r.cipher)
 				}
-				if r.version == "TLS 1.2" {
-					assert.Contains(t, page, "Extended master secret: true\n", "connection %d:\n%s", c, page)
+				if r.connections > 1 {
+					args = append(args, "-L", strconv.Itoa(r.connections))
 				}
-			}
-		})
+				out, err := exec.CommandContext(t.Context(), tstclnt, args...).CombinedOutput()
+				require.NoError(t, err, "tstclnt %s:\n%s", strings.Join(args, " "), out)
+				pages := strings.Split(string(out), "TLS version: ")[1:]
+				require.Len(t, pages, r.connections, "pages served:\n%s", out)
+				suite := r.suite
+				if suite == "" {
+					_, rest, _ := strings.Cut(pages[0], "Cipher suite: ")
+					suite, _, _ = strings.Cut(rest, "\n")
+				}
+				for c, page := range pages {
+					assert.True(t, strings.HasPrefix(page, r.version+"\n"), "connection %d:\n%s", c, page)
+					assert.Contains(t, page, "Cipher suite: "+suite+"\n", "connection %d:\n%s", c, page)
+					assert.Contains(t, page, "Server name: "+r.server+"\n", "connection %d:\n%s", c, page)
+					if c == 0 {
+						assert.Contains(t, page, "Resumed: no (full handshake)\n", "connection %d:\n%s", c, page)
+						assert.Contains(t, page, r.signature+"\n", "connection %d:\n%s", c, page)
+					} else {
+						assert.Contains(t, page, "Resumed: yes", "connection %d: NSS did not resume:\n%s", c, page)
+					}
+					if r.version == "TLS 1.2" {
+						assert.Contains(t, page, "Extended master secret: true\n", "connection %d:\n%s", c, page)
+					}
+				}
+			})
+		}
 	}
 }

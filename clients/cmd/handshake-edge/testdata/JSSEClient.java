@@ -4,9 +4,9 @@
 // handshakes through the edge. Run as a single source file (java
 // JSSEClient.java ...), which needs no separate compile step.
 //
-// Arguments: host port ca.pem, then one or more runs, each
-// "protocol,suite,connections,server-name" (suite "-" for JSSE's default
-// list). The
+// Arguments: host ca.pem, then one or more runs, each
+// "port,protocol,suite,connections,server-name" (suite "-" for JSSE's
+// default list). The
 // connections of one run share an SSLContext, so its client session cache:
 // every connection after the first offers to resume. For each connection
 // it prints "=== run i connection j", the JSSE session's protocol and
@@ -30,7 +30,6 @@ import javax.net.ssl.TrustManagerFactory;
 public class JSSEClient {
     public static void main(String[] args) throws Exception {
         String host = args[0];
-        int port = Integer.parseInt(args[1]);
         // JDK 24 and later disable the TLS 1.2 RSA key exchange by default
         // (jdk.tls.disabledAlgorithms lists TLS_RSA_*); the edge offers it,
         // as in the articles the product started from, so the test asks
@@ -42,7 +41,7 @@ public class JSSEClient {
 
         KeyStore trust = KeyStore.getInstance(KeyStore.getDefaultType());
         trust.load(null, null);
-        try (InputStream in = new FileInputStream(args[2])) {
+        try (InputStream in = new FileInputStream(args[1])) {
             int i = 0;
             for (Certificate c : CertificateFactory.getInstance("X.509").generateCertificates(in)) {
                 trust.setCertificateEntry("ca" + i++, c);
@@ -51,19 +50,20 @@ public class JSSEClient {
         TrustManagerFactory tmf = TrustManagerFactory.getInstance(TrustManagerFactory.getDefaultAlgorithm());
         tmf.init(trust);
 
-        for (int r = 3; r < args.length; r++) {
+        for (int r = 2; r < args.length; r++) {
             String[] run = args[r].split(",");
-            String serverName = run[3];
+            int port = Integer.parseInt(run[0]);
+            String serverName = run[4];
             SSLContext ctx = SSLContext.getInstance("TLS");
             ctx.init(null, tmf.getTrustManagers(), null);
-            int connections = Integer.parseInt(run[2]);
+            int connections = Integer.parseInt(run[3]);
             for (int c = 0; c < connections; c++) {
                 try (SSLSocket s = (SSLSocket) ctx.getSocketFactory().createSocket(host, port)) {
                     s.setSoTimeout(30000);
                     SSLParameters p = s.getSSLParameters();
-                    p.setProtocols(new String[] {run[0]});
-                    if (!run[1].equals("-")) {
-                        p.setCipherSuites(new String[] {run[1]});
+                    p.setProtocols(new String[] {run[1]});
+                    if (!run[2].equals("-")) {
+                        p.setCipherSuites(new String[] {run[2]});
                     }
                     p.setServerNames(List.of(new SNIHostName(serverName)));
                     // Checks the certificate names serverName, as an
@@ -71,7 +71,7 @@ public class JSSEClient {
                     p.setEndpointIdentificationAlgorithm("HTTPS");
                     s.setSSLParameters(p);
                     s.startHandshake();
-                    System.out.println("=== run " + (r - 3) + " connection " + c);
+                    System.out.println("=== run " + (r - 2) + " connection " + c);
                     System.out.println("JSSE protocol: " + s.getSession().getProtocol());
                     System.out.println("JSSE suite: " + s.getSession().getCipherSuite());
                     OutputStream out = s.getOutputStream();
