@@ -195,18 +195,30 @@ func TestMultiplexConcurrent(t *testing.T) {
 	slow := newServerKey(t, s, "rsa4096-pkcs1.pem", "rsa.test")
 	fast := newServerKey(t, s, "p256-sec1.pem", "ec.test")
 	hello := clientHello(t, &tls.Config{ServerName: slow.name, RootCAs: slow.pool, MinVersion: tls.VersionTLS13})
-	m := openMux(t, s.handshakeClient(t))
-	m.start(1, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: slow.id}}}, hello)
-	for n := range uint64(10) {
-		m.start(10+n, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: fast.id}}}, nil)
+	for attempt := 1; ; attempt++ {
+		m := openMux(t, s.handshakeClient(t))
+		m.start(1, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: slow.id}}}, hello)
+		for n := range uint64(10) {
+			m.start(10+n, &pb.HandshakeConfig{Keys: []*pb.KeyRef{{Key: fast.id}}}, nil)
+		}
+		m.mu.Lock()
+		answeredBeforeSent := len(m.order) > 0 && m.order[0] == 1
+		m.mu.Unlock()
+		assert.NotEmpty(t, m.step(1).GetOutput(), "the server's flight, signed")
+		for n := range uint64(10) {
+			m.step(10 + n)
+		}
+		// A run shows something only if the slow step was still in work
+		// when the others were sent: on a loaded machine this goroutine
+		// may lose the CPU for longer than the signature takes.
+		if answeredBeforeSent && attempt < 5 {
+			continue
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		assert.NotEqual(t, uint64(1), m.order[0], "answers in order %v: the slow step held back the others (attempt %d)", m.order, attempt)
+		return
 	}
-	assert.NotEmpty(t, m.step(1).GetOutput(), "the server's flight, signed")
-	for n := range uint64(10) {
-		m.step(10 + n)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	assert.NotEqual(t, uint64(1), m.order[0], "answers in order %v: the slow step held back the others", m.order)
 }
 
 // TestMultiplexBadInput: a request that names no handshake it can be for,
