@@ -1,0 +1,309 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+	"github.com/handshaked/handshaked/internal/testenv"
+)
+
+// Still more probes in the manner of tlsfuzzer's scripts, for what the
+// probes of conformance_test.go and conformance2_test.go leave out: what
+// a client writes in the same segment as its Finished, the Finished of a
+// TLS 1.2 resumption (which the edge checks itself with -one-round-trip),
+// groups the edge does not do, and extensions it must not answer.
+
+// TestProbeEdgeWithFinished13 writes records right after the client's TLS
+// 1.3 Finished, in its TCP segment: the engine hands them to the edge as
+// leftover (multiplex, -unary), or the edge's own check of the Finished
+// does (-one-round-trip), and the record layer must take them as it takes
+// any record after the handshake. The edge issues tickets, so with
+// -one-round-trip it holds one back until the Finished is checked.
+func TestProbeEdgeWithFinished13(t *testing.T) {
+	f := newTicketFixture(t)
+	seal := func(p *peer, typ record.ContentType, b []byte, padding int) []byte {
+		rec, err := p.out.Seal(nil, typ, b, padding)
+		require.NoError(t, err)
+		return rec
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		// tlsfuzzer's test-tls13-ccs.py, "CCS message after Finished
+		// message": RFC 8446, Section 5 drops a change_cipher_spec only
+		// "before the peer's Finished message has been received".
+		t.Run("5 change_cipher_spec right after the Finished is unexpected_message", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
+				return slices.Concat(flight, compatCCS)
+			}})
+			p.expectAlert(t, alertUnexpectedMessage)
+		})
+		// tlsfuzzer's test-tls13-zero-length-data.py: RFC 8446, Section
+		// 5.4, "Zero-length fragments of Application Data MAY be sent".
+		t.Run("5.4 zero-length application_data with the Finished is accepted", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
+				return slices.Concat(flight, seal(p, record.ApplicationData, nil, 0), seal(p, record.ApplicationData, []byte("ping"), 0))
+			}})
+			p.expectEcho(t, "ping")
+		})
+		// tlsfuzzer's test-tls13-record-padding.py, "set-max-length-padding":
+		// the inner plaintext filled to 2^14+1 bytes (RFC 8446, Section 5.4).
+		t.Run("5.4 application_data padded to 2^14 bytes with the Finished is accepted", func(t *testing.T) {
+			p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
+				return slices.Concat(flight, seal(p, record.ApplicationData, []byte("ping"), record.MaxPlaintext-len("ping")))
+			}})
+			p.expectEcho(t, "ping")
+		})
+	})
+}
+
+// resumed12 runs a full TLS 1.2 handshake with the edge at addr for its
+// session, then resumes it (RFC 5246, Section 7.3) with the client's
+// second flight, ChangeCipherSpec then Finished, replaced by what flight
+// returns: fin is crypto/tls's Finished message and out the client's write
+// cipher from sequence number 0, which the peer writes with afterwards. A
+// resuming client finishes last, so crypto/tls's handshake completes
+// whatever the edge thinks of the flight; the peer reads its answer.
+func resumed12(t *testing.T, f *fixture, addr string, flight func(fin []byte, out *record.Cipher) []byte) *peer {
+	t.Helper()
+	logs := &testenv.Buffer{}
+	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12, KeyLogWriter: logs,
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+	full := tls.Client(dialRaw(t, addr), cfg)
+	require.NoError(t, full.Handshake())
+	full.Close()
+	// The resumed session keeps the master secret; crypto/tls logs it for
+	// the full handshake only.
+	master := testenv.KeyLog(t, logs)["CLIENT_RANDOM"][1]
+
+	tap := &tapConn{Conn: dialRaw(t, addr)}
+	p := &peer{raw: tap}
+	var clientRandom []byte
+	writes := 0
+	tap.write = func(b []byte) []byte {
+		switch writes++; writes {
+		case 1: // the ClientHello
+			clientRandom = slices.Clone(b[record.HeaderLen+4+2 : record.HeaderLen+4+2+32])
+			return b
+		case 2:
+		default:
+			return b
+		}
+		// ServerHello: version, random, session ID, cipher suite.
+		hello := tap.readSoFar()[record.HeaderLen+4:]
+		serverRandom := hello[2 : 2+32]
+		sid := int(hello[2+32])
+		p.suite = uint16(hello[2+32+1+sid])<<8 | uint16(hello[2+32+1+sid+1])
+		s, ok := record.SuiteByID(p.suite)
+		require.True(t, ok)
+		var sk, siv []byte
+		p.key, sk, p.iv, siv = record.KeyBlock12(s.Hash, master, clientRandom, serverRandom, s.KeyLen, s.FixedIVLen)
+		recs := splitPlainRecords(t, b)
+		require.Len(t, recs, 2, "the second flight is not ChangeCipherSpec and Finished")
+		require.Equal(t, serverRecord{record.ChangeCipherSpec, []byte{1}}, recs[0])
+		in, err := record.NewTLS12Cipher(p.suite, p.key, p.iv, 0)
+		require.NoError(t, err)
+		typ, fin, err := in.Open(recs[1].typ, 0x0303, recs[1].body)
+		require.NoError(t, err, "the client's Finished does not open: not the session's master secret")
+		require.Equal(t, record.Handshake, typ)
+		p.out, err = record.NewTLS12Cipher(p.suite, p.key, p.iv, 0)
+		require.NoError(t, err)
+		// The server's Finished came first under its keys.
+		p.in, err = record.NewTLS12Cipher(p.suite, sk, siv, 1)
+		require.NoError(t, err)
+		return flight(slices.Clone(fin), p.out)
+	}
+	c := tls.Client(tap, cfg)
+	require.NoError(t, c.Handshake())
+	require.True(t, c.ConnectionState().DidResume, "not resumed")
+	require.NotNil(t, p.out, "the client wrote no second flight")
+	return p
+}
+
+// TestProbeEdgeTLS12ResumedFinished changes the Finished of a resuming
+// TLS 1.2 client (tlsfuzzer's test-fuzzed-finished.py and
+// test-message-skipping.py for the abbreviated handshake): the engine
+// checks it (multiplex, -unary) or the edge does (-one-round-trip), and
+// each must answer with the same alert, under the server's keys since its
+// Finished went first.
+func TestProbeEdgeTLS12ResumedFinished(t *testing.T) {
+	f := newTicketFixture(t)
+	ccs := []byte{20, 3, 3, 0, 1, 1}
+	seal := func(c *record.Cipher, typ record.ContentType, b []byte) []byte {
+		rec, err := c.Seal(nil, typ, b, 0)
+		require.NoError(t, err)
+		return rec
+	}
+	accepted := []struct {
+		name   string
+		flight func(fin []byte, out *record.Cipher) []byte
+	}{
+		{"RFC 5246 6.2.1 the Finished across two records resumes", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, fin[:5]), seal(out, record.Handshake, fin[5:]))
+		}},
+		{"RFC 5246 6.2.1 the Finished in one-byte records resumes", func(fin []byte, out *record.Cipher) []byte {
+			w := slices.Clone(ccs)
+			for i := range fin {
+				w = append(w, seal(out, record.Handshake, fin[i:i+1])...)
+			}
+			return w
+		}},
+	}
+	refused := []struct {
+		name   string
+		flight func(fin []byte, out *record.Cipher) []byte
+		alert  uint8
+	}{
+		// RFC 5246, Section 7.4.9: "Recipients of Finished messages MUST
+		// verify that the contents are correct"; a wrong verify_data is
+		// decrypt_error (Section 7.2.2), a verify_data of another length
+		// than 12 bytes decode_error.
+		{"RFC 5246 7.4.9 wrong verify_data is decrypt_error", func(fin []byte, out *record.Cipher) []byte {
+			fin[len(fin)-1] ^= 1
+			return slices.Concat(ccs, seal(out, record.Handshake, fin))
+		}, alertDecryptError},
+		{"RFC 5246 7.4.9 Finished of 11 bytes is decode_error", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, hsMsg(20, fin[4:len(fin)-1]...)))
+		}, alertDecodeError},
+		{"RFC 5246 7.4.9 Finished of 13 bytes is decode_error", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, hsMsg(20, append(fin[4:], 0)...)))
+		}, alertDecodeError},
+		{"RFC 5246 7.4.9 empty Finished is decode_error", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, hsMsg(20)))
+		}, alertDecodeError},
+		// RFC 5246, Section 7.3: after the ChangeCipherSpec the client
+		// sends its Finished, nothing else.
+		{"RFC 5246 7.3 HelloRequest before the Finished is unexpected_message", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, hsMsg(0)), seal(out, record.Handshake, fin))
+		}, alertUnexpectedMessage},
+		{"RFC 5246 7.3 application data before the Finished is unexpected_message", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.ApplicationData, []byte("early")), seal(out, record.Handshake, fin))
+		}, alertUnexpectedMessage},
+		// tlsfuzzer's test-ccs.py, "two bytes long CCS": the message is
+		// one byte of value 1 (RFC 5246, Section 7.1).
+		{"RFC 5246 7.1 change_cipher_spec of two bytes is unexpected_message", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat([]byte{20, 3, 3, 0, 2, 1, 1}, seal(out, record.Handshake, fin))
+		}, alertUnexpectedMessage},
+		// A ChangeCipherSpec once the handshake is over is out of place
+		// (RFC 5246, Section 7.1), in the same segment as the Finished as
+		// after it. Past the client's ChangeCipherSpec every record is
+		// under its keys (Section 6.2.3): one in the clear does not
+		// authenticate.
+		{"RFC 5246 7.1 protected change_cipher_spec right after the Finished is unexpected_message", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, fin), seal(out, record.ChangeCipherSpec, []byte{1}))
+		}, alertUnexpectedMessage},
+		{"RFC 5246 6.2.3 plaintext change_cipher_spec right after the Finished is bad_record_mac", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, fin), ccs)
+		}, alertBadRecordMAC},
+		{"RFC 5246 7.4.1.1 HelloRequest after the Finished in its record is unexpected_message", func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, slices.Concat(fin, hsMsg(0))))
+		}, alertUnexpectedMessage},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range accepted {
+			t.Run(tc.name, func(t *testing.T) {
+				p := resumed12(t, f, addr, tc.flight)
+				p.expectServes(t)
+			})
+		}
+		for _, tc := range refused {
+			t.Run(tc.name, func(t *testing.T) {
+				p := resumed12(t, f, addr, tc.flight)
+				p.expectAlert(t, tc.alert)
+			})
+		}
+	})
+}
+
+// Groups the edge does not do (RFC 8446, Section 4.2.7; RFC 7748; RFC
+// 7919).
+const (
+	groupX448      uint16 = 0x001e
+	groupFFDHE2048 uint16 = 0x0100
+)
+
+// TestProbeEdgeUnsupportedGroups13 offers the edge key shares for groups
+// it does not do, beside groups it does (tlsfuzzer's
+// test-tls13-crfg-curves.py, test-tls13-ffdhe-groups.py and
+// test-tls13-unrecognised-groups.py): RFC 8446, Section 4.2.8, a server
+// uses a share of a group it selects, passes over the others, and asks
+// with a HelloRetryRequest for a share of a group it supports that the
+// client listed.
+func TestProbeEdgeUnsupportedGroups13(t *testing.T) {
+	f := newFixture(t)
+	share := func(n int) []byte {
+		b := make([]byte, n)
+		rand.Read(b)
+		return b
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("4.2.8 a share for X448 only gets a HelloRetryRequest for X25519", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			first := c.hello.set(extGroups, u16list(groupX448, groupX25519, groupP256))
+			c.send(first.set(extKeyShare, keyShare(groupX448, share(56))))
+			hrr := c.retried()
+			require.Equal(t, []byte{0, 0x1d}, hrr.ext(extKeyShare), "HelloRetryRequest selected_group")
+			c.send(first.set(extKeyShare, keyShare(groupX25519, c.share())))
+			p := c.serverFlight().finish(t)
+			p.expectServes(t)
+		})
+		for _, tc := range []struct {
+			name   string
+			groups []uint16
+			shares []any
+		}{
+			{"4.2.8 a share for ffdhe2048 before the X25519 one is passed over", []uint16{groupFFDHE2048, groupX25519},
+				[]any{groupFFDHE2048, share(256)}},
+			{"4.2.8 a share for X448 before the X25519 one is passed over", []uint16{groupX448, groupX25519},
+				[]any{groupX448, share(56)}},
+			// Code points nobody registered (RFC 8446, Section 4.2.7).
+			{"4.2.7 unknown groups and their shares before X25519 are passed over", []uint16{0xfe01, 0x7777, groupX25519},
+				[]any{uint16(0xfe01), share(32), uint16(0x7777), share(100)}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				c.send(c.hello.set(extGroups, u16list(tc.groups...)).set(extKeyShare, keyShare(append(tc.shares, groupX25519, c.share())...)))
+				p := c.serverFlight().finish(t)
+				p.expectServes(t)
+			})
+		}
+	})
+}
+
+// extEncryptThenMAC is RFC 7366's extension.
+const extEncryptThenMAC uint16 = 22
+
+// TestProbeEdgeEncryptThenMAC offers encrypt_then_mac (tlsfuzzer's
+// test-encrypt-then-mac.py): RFC 7366, Section 3, a server that "selects
+// a stream or Authenticated Encryption with Associated Data (AEAD)
+// ciphersuite, it MUST NOT send an encrypt-then-MAC response extension";
+// every suite of the edge is AEAD, and TLS 1.3 has no such extension.
+func TestProbeEdgeEncryptThenMAC(t *testing.T) {
+	f := newFixture(t)
+	hello12 := parseHello(t, clientHello(t, &tls.Config{ServerName: f.ecdsa.Name, MaxVersion: tls.VersionTLS12})).set(extEncryptThenMAC, nil)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("RFC 7366 3 TLS 1.2 ServerHello without encrypt_then_mac", func(t *testing.T) {
+			c := dialRaw(t, addr)
+			_, err := c.Write(fragments(hello12.marshal(), 1<<14))
+			require.NoError(t, err)
+			sh := readServerHello(t, c)
+			require.Equal(t, uint16(tls.VersionTLS12), sh.version)
+			_, ok := sh.lookup(extEncryptThenMAC)
+			assert.False(t, ok, "encrypt_then_mac answered for %s", tls.CipherSuiteName(sh.suite))
+		})
+		t.Run("RFC 7366 3 TLS 1.3 EncryptedExtensions without encrypt_then_mac", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extEncryptThenMAC, nil))
+			fl := c.serverFlight()
+			for _, e := range encryptedExtensions(t, fl.msgs) {
+				assert.NotEqual(t, extEncryptThenMAC, e.typ, "encrypt_then_mac answered")
+			}
+			p := fl.finish(t)
+			p.expectServes(t)
+		})
+	})
+}
