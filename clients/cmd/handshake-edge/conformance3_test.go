@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/rand"
 	"crypto/tls"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -305,5 +306,86 @@ func TestProbeEdgeEncryptThenMAC(t *testing.T) {
 			p := fl.finish(t)
 			p.expectServes(t)
 		})
+	})
+}
+
+// TestProbeEdgeLargeSecondClientHello: RFC 8446, Section 4.1.2 lets the
+// second ClientHello after a HelloRetryRequest add a padding extension
+// (RFC 7685); one that takes it over 2^16 bytes, as
+// tlsfuzzer's test-tls13-hrr.py pads, reaches the engine through the edge's
+// steps rather than its read of the first ClientHello, and its bound is the
+// same (record.MaxClientHello).
+func TestProbeEdgeLargeSecondClientHello(t *testing.T) {
+	f := newFixture(t)
+	const extPadding uint16 = 21
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, size := range []int{1 << 14, 100} {
+			t.Run(fmt.Sprintf("4.1.2 a second ClientHello padded over 2^16 bytes in %d-byte records completes", size), func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				first := c.hello.without(extPadding)
+				c.send(first.set(extKeyShare, keyShare()))
+				c.retried()
+				second := first.set(extPadding, make([]byte, maxExtensions-first.extensionsLen()-4)).marshal()
+				require.Greater(t, len(second), 1<<16+4)
+				c.transcript.Write(second)
+				_, err := c.raw.Write(fragments(second, size))
+				require.NoError(t, err)
+				p := c.serverFlight().finish(t)
+				p.expectServes(t)
+			})
+		}
+	})
+}
+
+// TestProbeEdgeKeyUpdates: tlsfuzzer's test-tls13-keyupdate.py, "multiple
+// KeyUpdate messages": 32 KeyUpdates with update_requested before any
+// data, each under the key the one before it made (RFC 8446, Section
+// 4.6.3), get a KeyUpdate each from the edge before its next data.
+func TestProbeEdgeKeyUpdates(t *testing.T) {
+	f := newFixture(t)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		p := dialPeer(t, f, addr, tls.VersionTLS13)
+		const n = 32
+		for range n {
+			p.send(t, record.Handshake, []byte{24, 0, 0, 1, 1})
+			require.NoError(t, p.out.Update())
+		}
+		p.send(t, record.ApplicationData, []byte("after"))
+		o := p.readUntil(t, len("after"), 0)
+		require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
+		assert.Equal(t, "after", string(o.data))
+		assert.Equal(t, n, o.keyUpdates, "KeyUpdates from the edge")
+	})
+}
+
+// TestProbeEdgeRecordVersions13: tlsfuzzer's
+// test-tls13-version-negotiation.py, "tls 1.3 negotiation with SSL 3.x in
+// record layer": a TLS 1.3 client whose every record, the ClientHello's
+// as the protected ones, says SSL 3.0 to TLS 1.2 in its
+// legacy_record_version. RFC 8446, Section 5.1: the field "MUST be ignored
+// for all purposes" (but for the additional data, Section 5.2, which
+// covers the header as sent).
+func TestProbeEdgeRecordVersions13(t *testing.T) {
+	f := newFixture(t)
+	s, ok := record.SuiteByID(suite13)
+	require.True(t, ok)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, v := range []uint16{0x0300, 0x0301, 0x0302, 0x0303} {
+			t.Run(fmt.Sprintf("5.1 legacy_record_version %#04x completes", v), func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				msg := c.hello.marshal()
+				c.transcript.Write(msg)
+				c.sentHello = c.hello
+				_, err := c.raw.Write(record.Append(nil, record.Handshake, v, msg))
+				require.NoError(t, err)
+				fl := c.serverFlight()
+				p := fl.p
+				p.sendRawAs(t, 0, v, append(slices.Clone(fl.finished), byte(record.Handshake)))
+				p.out = fl.appOut
+				p.key, p.iv = record.TrafficKeys(s, fl.appSecret)
+				p.sendRawAs(t, 0, v, append([]byte("after"), byte(record.ApplicationData)))
+				p.expectEcho(t, "after")
+			})
+		}
 	})
 }
