@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"crypto"
+	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"slices"
@@ -9,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/testenv"
@@ -385,6 +390,131 @@ func TestProbeEdgeRecordVersions13(t *testing.T) {
 				p.key, p.iv = record.TrafficKeys(s, fl.appSecret)
 				p.sendRawAs(t, 0, v, append([]byte("after"), byte(record.ApplicationData)))
 				p.expectEcho(t, "after")
+			})
+		}
+	})
+}
+
+// TestProbeEdgePaddedSharedSecret12 is tlsfuzzer's
+// test-ecdhe-padded-shared-secret.py: in TLS 1.2 the client picks its
+// ECDHE key after the server's (RFC 8422, Section 2), so it can pick one
+// whose shared secret begins with a zero byte. RFC 8422, Section 5.10 and
+// RFC 7748, Section 6.1: the premaster secret is the whole fixed-length
+// value, leading zeros kept; a server that strips them derives other keys
+// and the client's Finished fails.
+func TestProbeEdgePaddedSharedSecret12(t *testing.T) {
+	f := newFixture(t)
+	curves := []struct {
+		name  string
+		id    tls.CurveID
+		curve ecdh.Curve
+	}{
+		{"X25519", tls.X25519, ecdh.X25519()},
+		{"P-256", tls.CurveP256, ecdh.P256()},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, cv := range curves {
+			t.Run("RFC 8422 5.10 "+cv.name+" shared secret with a leading zero byte completes", func(t *testing.T) {
+				// P-256 too: the ECDSA key's curve must be one the client
+				// lists (RFC 8422, Section 5.3).
+				hello := clientHello(t, &tls.Config{ServerName: f.ecdsa.Name, MaxVersion: tls.VersionTLS12,
+					CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}, CurvePreferences: []tls.CurveID{cv.id, tls.CurveP256}})
+				c := dialRaw(t, addr)
+				_, err := c.Write(fragments(hello, 1<<14))
+				require.NoError(t, err)
+				// ServerHello to ServerHelloDone (RFC 5246, Section 7.3).
+				var flight []byte
+				for !bytes.HasSuffix(flight, []byte{14, 0, 0, 0}) {
+					recs, _ := readRecords(t, c, 1)
+					require.Len(t, recs, 1, "the edge closed in its flight")
+					require.Equal(t, record.Handshake, recs[0].typ, "the edge sent % x", recs[0].body)
+					flight = append(flight, recs[0].body...)
+				}
+				require.Equal(t, []byte{2, 11, 12, 14}, messageTypes(flight), "ServerHello, Certificate, ServerKeyExchange, ServerHelloDone")
+				sh := cryptobyte.String(flight[4:])
+				var serverRandom, sid []byte
+				var suite uint16
+				require.True(t, sh.Skip(2) && sh.ReadBytes(&serverRandom, 32) && sh.ReadUint8LengthPrefixed((*cryptobyte.String)(&sid)) && sh.ReadUint16(&suite))
+				require.Equal(t, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, suite)
+				// ServerECDHParams (RFC 8422, Section 5.4): named_curve,
+				// then the server's point.
+				ske := flight
+				for ske[0] != 12 {
+					ske = ske[4+(int(ske[1])<<16|int(ske[2])<<8|int(ske[3])):]
+				}
+				params := cryptobyte.String(ske[4:])
+				var curveType uint8
+				var group uint16
+				var point []byte
+				require.True(t, params.ReadUint8(&curveType) && curveType == 3 && params.ReadUint16(&group) &&
+					params.ReadUint8LengthPrefixed((*cryptobyte.String)(&point)), "ServerKeyExchange")
+				require.Equal(t, uint16(cv.id), group)
+				server, err := cv.curve.NewPublicKey(point)
+				require.NoError(t, err)
+				var key *ecdh.PrivateKey
+				var premaster []byte
+				for premaster == nil || premaster[0] != 0 {
+					key, err = cv.curve.GenerateKey(rand.Reader)
+					require.NoError(t, err)
+					premaster, err = key.ECDH(server)
+					require.NoError(t, err)
+				}
+				public := key.PublicKey().Bytes()
+				cke := hsMsg(16, append([]byte{byte(len(public))}, public...)...)
+
+				// RFC 7627, Section 4: the master secret from the session
+				// hash, up to the ClientKeyExchange; RFC 5246, Sections
+				// 6.3 and 7.4.9: keys and the client's Finished.
+				transcript := sha256.New()
+				transcript.Write(slices.Concat(hello, flight, cke))
+				master := record.PRF12(crypto.SHA256, premaster, "extended master secret", transcript.Sum(nil), 48)
+				s, ok := record.SuiteByID(suite)
+				require.True(t, ok)
+				ck, sk, civ, siv := record.KeyBlock12(s.Hash, master, hello[4+2:4+2+32], serverRandom, s.KeyLen, s.FixedIVLen)
+				fin := hsMsg(20, record.PRF12(crypto.SHA256, master, "client finished", transcript.Sum(nil), 12)...)
+				transcript.Write(fin)
+				p := &peer{raw: c, suite: suite, key: ck, iv: civ}
+				p.out, err = record.NewTLS12Cipher(suite, ck, civ, 0)
+				require.NoError(t, err)
+				p.in, err = record.NewTLS12Cipher(suite, sk, siv, 0)
+				require.NoError(t, err)
+				sealed, err := p.out.Seal(nil, record.Handshake, fin, 0)
+				require.NoError(t, err)
+				_, err = c.Write(slices.Concat(fragments(cke, 1<<14), []byte{20, 3, 3, 0, 1, 1}, sealed))
+				require.NoError(t, err)
+
+				recs, _ := readRecords(t, c, 2)
+				require.Len(t, recs, 2, "the edge closed: % x", recs)
+				require.Equal(t, serverRecord{record.ChangeCipherSpec, []byte{1}}, recs[0], "want the server's ChangeCipherSpec")
+				typ, serverFin, err := p.in.Open(recs[1].typ, 0x0303, recs[1].body)
+				require.NoError(t, err, "the server's Finished does not open: its keys are not the client's")
+				require.Equal(t, record.Handshake, typ)
+				assert.Equal(t, hsMsg(20, record.PRF12(crypto.SHA256, master, "server finished", transcript.Sum(nil), 12)...), serverFin)
+				p.expectServes(t)
+			})
+		}
+	})
+}
+
+// TestProbeEdgeX25519LowOrder13 is tlsfuzzer's test-tls13-crfg-curves.py,
+// "all zero x25519 key share" and "x25519 key share of "1"": both are
+// points of small order, whose shared secret is all zeros, which RFC 8446,
+// Section 7.4.2 and RFC 7748, Section 6.1 have the server refuse; tlsfuzzer
+// expects illegal_parameter.
+func TestProbeEdgeX25519LowOrder13(t *testing.T) {
+	f := newFixture(t)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range []struct {
+			name  string
+			share []byte
+		}{
+			{"all zero", make([]byte, 32)},
+			{"1", append([]byte{1}, make([]byte, 31)...)}, // little-endian (RFC 7748, Section 5)
+		} {
+			t.Run("7.4.2 X25519 share of "+tc.name+" is illegal_parameter", func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				c.send(c.hello.set(extGroups, u16list(groupX25519)).set(extKeyShare, keyShare(groupX25519, tc.share)))
+				expectPlainAlert(t, c.raw, alertIllegalParameter)
 			})
 		}
 	})
