@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"slices"
 	"testing"
 
@@ -395,6 +396,36 @@ func TestProbeEdgeRecordVersions13(t *testing.T) {
 	})
 }
 
+// readFlight12 reads the edge's TLS 1.2 flight of a full ECDHE handshake,
+// ServerHello to ServerHelloDone (RFC 5246, Section 7.3), and returns its
+// messages.
+func readFlight12(t *testing.T, c net.Conn) []byte {
+	t.Helper()
+	var flight []byte
+	for !bytes.HasSuffix(flight, []byte{14, 0, 0, 0}) {
+		recs, _ := readRecords(t, c, 1)
+		require.Len(t, recs, 1, "the edge closed in its flight")
+		require.Equal(t, record.Handshake, recs[0].typ, "the edge sent % x", recs[0].body)
+		flight = append(flight, recs[0].body...)
+	}
+	require.Equal(t, []byte{2, 11, 12, 14}, messageTypes(flight), "ServerHello, Certificate, ServerKeyExchange, ServerHelloDone")
+	return flight
+}
+
+// serverKeyExchange12 is the named curve and the server's point of the
+// ServerKeyExchange in flight (ServerECDHParams, RFC 8422, Section 5.4).
+func serverKeyExchange12(t *testing.T, flight []byte) (group uint16, point []byte) {
+	t.Helper()
+	for flight[0] != 12 {
+		flight = flight[4+(int(flight[1])<<16|int(flight[2])<<8|int(flight[3])):]
+	}
+	params := cryptobyte.String(flight[4:])
+	var curveType uint8
+	require.True(t, params.ReadUint8(&curveType) && curveType == 3 && params.ReadUint16(&group) &&
+		params.ReadUint8LengthPrefixed((*cryptobyte.String)(&point)), "ServerKeyExchange")
+	return group, point
+}
+
 // TestProbeEdgePaddedSharedSecret12 is tlsfuzzer's
 // test-ecdhe-padded-shared-secret.py: in TLS 1.2 the client picks its
 // ECDHE key after the server's (RFC 8422, Section 2), so it can pick one
@@ -422,32 +453,13 @@ func TestProbeEdgePaddedSharedSecret12(t *testing.T) {
 				c := dialRaw(t, addr)
 				_, err := c.Write(fragments(hello, 1<<14))
 				require.NoError(t, err)
-				// ServerHello to ServerHelloDone (RFC 5246, Section 7.3).
-				var flight []byte
-				for !bytes.HasSuffix(flight, []byte{14, 0, 0, 0}) {
-					recs, _ := readRecords(t, c, 1)
-					require.Len(t, recs, 1, "the edge closed in its flight")
-					require.Equal(t, record.Handshake, recs[0].typ, "the edge sent % x", recs[0].body)
-					flight = append(flight, recs[0].body...)
-				}
-				require.Equal(t, []byte{2, 11, 12, 14}, messageTypes(flight), "ServerHello, Certificate, ServerKeyExchange, ServerHelloDone")
+				flight := readFlight12(t, c)
 				sh := cryptobyte.String(flight[4:])
 				var serverRandom, sid []byte
 				var suite uint16
 				require.True(t, sh.Skip(2) && sh.ReadBytes(&serverRandom, 32) && sh.ReadUint8LengthPrefixed((*cryptobyte.String)(&sid)) && sh.ReadUint16(&suite))
 				require.Equal(t, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, suite)
-				// ServerECDHParams (RFC 8422, Section 5.4): named_curve,
-				// then the server's point.
-				ske := flight
-				for ske[0] != 12 {
-					ske = ske[4+(int(ske[1])<<16|int(ske[2])<<8|int(ske[3])):]
-				}
-				params := cryptobyte.String(ske[4:])
-				var curveType uint8
-				var group uint16
-				var point []byte
-				require.True(t, params.ReadUint8(&curveType) && curveType == 3 && params.ReadUint16(&group) &&
-					params.ReadUint8LengthPrefixed((*cryptobyte.String)(&point)), "ServerKeyExchange")
+				group, point := serverKeyExchange12(t, flight)
 				require.Equal(t, uint16(cv.id), group)
 				server, err := cv.curve.NewPublicKey(point)
 				require.NoError(t, err)
@@ -517,5 +529,33 @@ func TestProbeEdgeX25519LowOrder13(t *testing.T) {
 				expectPlainAlert(t, c.raw, alertIllegalParameter)
 			})
 		}
+	})
+}
+
+// TestProbeEdgeNoHybridIn12 is tlsfuzzer's test-no-mlkem-in-old-tls.py:
+// the hybrid groups (X25519MLKEM768 and its kin,
+// draft-ietf-tls-ecdhe-mlkem) are TLS 1.3's only; a TLS 1.2 ECDHE
+// ServerKeyExchange names an elliptic curve (RFC 8422, Section 5.4), so a
+// TLS 1.2 client offering them gets a classical curve, or with nothing
+// else handshake_failure (RFC 8422, Section 5.1).
+func TestProbeEdgeNoHybridIn12(t *testing.T) {
+	f := newFixture(t)
+	hybrids := []uint16{0x11eb, 0x11ec, 0x11ed} // SecP256r1MLKEM768, X25519MLKEM768, SecP384r1MLKEM1024
+	base := parseHello(t, clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12})).
+		withSuites(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("RFC 8422 5.1 hybrid groups only is handshake_failure", func(t *testing.T) {
+			c := dialRaw(t, addr)
+			_, err := c.Write(fragments(base.set(extGroups, u16list(hybrids...)).marshal(), 1<<14))
+			require.NoError(t, err)
+			expectPlainAlert(t, c, alertHandshakeFailure)
+		})
+		t.Run("RFC 8422 5.4 hybrid groups first get X25519", func(t *testing.T) {
+			c := dialRaw(t, addr)
+			_, err := c.Write(fragments(base.set(extGroups, u16list(append(hybrids, groupX25519)...)).marshal(), 1<<14))
+			require.NoError(t, err)
+			group, _ := serverKeyExchange12(t, readFlight12(t, c))
+			assert.Equal(t, groupX25519, group)
+		})
 	})
 }
