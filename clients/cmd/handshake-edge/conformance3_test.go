@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdh"
+	"crypto/mlkem"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -557,5 +558,51 @@ func TestProbeEdgeNoHybridIn12(t *testing.T) {
 			group, _ := serverKeyExchange12(t, readFlight12(t, c))
 			assert.Equal(t, groupX25519, group)
 		})
+	})
+}
+
+// TestProbeEdgeHybridShares13 sends X25519MLKEM768 shares that are not
+// one (draft-ietf-tls-ecdhe-mlkem, Section 4.1: the ML-KEM-768
+// encapsulation key, 1184 bytes, then the X25519 share): of another
+// length, or a key that fails FIPS 203's modulus check (Section 7.2),
+// are illegal_parameter as any invalid share (RFC 8446, Section 4.2.8).
+func TestProbeEdgeHybridShares13(t *testing.T) {
+	f := newFixture(t)
+	const groupX25519MLKEM768 uint16 = 0x11ec
+	dk, err := mlkem.GenerateKey768()
+	require.NoError(t, err)
+	ek := dk.EncapsulationKey().Bytes()
+	x, err := ecdh.X25519().GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	good := slices.Concat(ek, x.PublicKey().Bytes())
+	// The first coefficient 0xfff, above q = 3329.
+	badKey := slices.Clone(good)
+	badKey[0], badKey[1] = 0xff, badKey[1]|0x0f
+	hello := func(c *client13, share []byte) *helloMsg {
+		return c.hello.set(extGroups, u16list(groupX25519MLKEM768, groupX25519)).
+			set(extKeyShare, keyShare(groupX25519MLKEM768, share, groupX25519, c.share()))
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("the well-formed share is the one taken", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(hello(c, good))
+			sh := readServerHello(t, c.raw)
+			assert.Equal(t, []byte{0x11, 0xec}, sh.ext(extKeyShare)[:2], "ServerHello key_share group")
+		})
+		for _, tc := range []struct {
+			name  string
+			share []byte
+		}{
+			{"one byte short", good[:len(good)-1]},
+			{"one byte long", append(slices.Clone(good), 0)},
+			{"without its X25519 share", ek},
+			{"with an encapsulation key out of range", badKey},
+		} {
+			t.Run("4.2.8 X25519MLKEM768 share "+tc.name+" is illegal_parameter", func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				c.send(hello(c, tc.share))
+				expectPlainAlert(t, c.raw, alertIllegalParameter)
+			})
+		}
 	})
 }
