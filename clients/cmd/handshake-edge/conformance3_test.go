@@ -211,6 +211,25 @@ func TestProbeEdgeTLS12ResumedFinished(t *testing.T) {
 			return slices.Concat(ccs, seal(out, record.Handshake, slices.Concat(fin, hsMsg(0))))
 		}, alertUnexpectedMessage},
 	}
+	// A Finished whose header says another length than 12 bytes is
+	// decode_error once the header is in: the rest of it is not worth
+	// waiting for.
+	for _, n := range finishedLengths(12) {
+		refused = append(refused, struct {
+			name   string
+			flight func(fin []byte, out *record.Cipher) []byte
+			alert  uint8
+		}{fmt.Sprintf("RFC 5246 7.4.9 Finished whose header says %d bytes, 12 sent, is decode_error", n), func(fin []byte, out *record.Cipher) []byte {
+			return slices.Concat(ccs, seal(out, record.Handshake, withLength(fin, n)))
+		}, alertDecodeError})
+	}
+	refused = append(refused, struct {
+		name   string
+		flight func(fin []byte, out *record.Cipher) []byte
+		alert  uint8
+	}{"RFC 5246 7.3 the header of a HelloRequest of 100 bytes before the Finished is unexpected_message", func(fin []byte, out *record.Cipher) []byte {
+		return slices.Concat(ccs, seal(out, record.Handshake, withLength(hsMsg(0, 0), 100)))
+	}, alertUnexpectedMessage})
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		for _, tc := range accepted {
 			t.Run(tc.name, func(t *testing.T) {
@@ -221,6 +240,55 @@ func TestProbeEdgeTLS12ResumedFinished(t *testing.T) {
 		for _, tc := range refused {
 			t.Run(tc.name, func(t *testing.T) {
 				p := resumed12(t, f, addr, tc.flight)
+				p.expectAlert(t, tc.alert)
+			})
+		}
+	})
+}
+
+// finishedLengths are lengths a Finished message header may claim that
+// verify_data of size bytes cannot have: one more, past the engine's
+// bound on a handshake message (2^16), and the most a header holds.
+func finishedLengths(size int) []int { return []int{size + 1, 1<<16 + 1, 1<<24 - 1} }
+
+// withLength is the handshake message msg with n in its header's length.
+func withLength(msg []byte, n int) []byte {
+	return append([]byte{msg[0], byte(n >> 16), byte(n >> 8), byte(n)}, msg[4:]...)
+}
+
+// TestProbeEdgeFinishedHeader13: in place of the client's TLS 1.3
+// Finished, a message header that alone decides the answer, its body
+// shorter than the header says: a Finished whose length is not Hash.length
+// (RFC 8446, Section 4.4.4) is decode_error, another message
+// unexpected_message, as soon as the header is in, whether the engine or
+// the edge (-one-round-trip) checks it, rather than a wait for bytes that
+// change nothing (tlsfuzzer's test-tls13-finished.py pads and truncates
+// the Finished).
+func TestProbeEdgeFinishedHeader13(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name    string
+		message func(fin []byte) []byte
+		alert   uint8
+	}{
+		{"4 the header of a KeyUpdate of 100 bytes is unexpected_message", func([]byte) []byte { return withLength(hsMsg(24, 0), 100) }, alertUnexpectedMessage},
+	}
+	for _, n := range finishedLengths(sha256.Size) {
+		tests = append(tests, struct {
+			name    string
+			message func(fin []byte) []byte
+			alert   uint8
+		}{fmt.Sprintf("4.4.4 Finished whose header says %d bytes, 32 sent, is decode_error", n), func(fin []byte) []byte { return withLength(fin, n) }, alertDecodeError})
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				p := dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
+					fin, hs := clientFinished13(t, p, flight)
+					rec, err := hs().Seal(nil, record.Handshake, tc.message(fin), 0)
+					require.NoError(t, err)
+					return slices.Concat(compatCCS, rec)
+				}})
 				p.expectAlert(t, tc.alert)
 			})
 		}
