@@ -674,3 +674,22 @@ func TestProbeEdgeHybridShares13(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeEdgePostHandshakeHeader13: after the TLS 1.3 handshake the
+// edge's record layer refuses a message on its header when the header
+// decides, as the engine does before it: a KeyUpdate is one byte (RFC
+// 8446, Section 4.6.3), and a client sends no other message then
+// (Section 4). The body sent is shorter than the header says.
+func TestProbeEdgePostHandshakeHeader13(t *testing.T) {
+	f := newFixture(t)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		expectRefused(t, f, addr, tls.VersionTLS13, []refusedRecords{
+			{"4.6.3 the header of a KeyUpdate of 100 bytes is decode_error", func(t *testing.T, p *peer) {
+				p.send(t, record.Handshake, withLength(hsMsg(24, 0), 100))
+			}, alertDecodeError},
+			{"4 the header of an unknown message of 100 bytes is unexpected_message", func(t *testing.T, p *peer) {
+				p.send(t, record.Handshake, withLength(hsMsg(99, 0), 100))
+			}, alertUnexpectedMessage},
+		})
+	})
+}
