@@ -25,7 +25,9 @@ import (
 // probes of conformance_test.go and conformance2_test.go leave out: what
 // a client writes in the same segment as its Finished, the Finished of a
 // TLS 1.2 resumption (which the edge checks itself with -one-round-trip),
-// groups the edge does not do, and extensions it must not answer.
+// message headers that alone decide the answer, groups the edge does not
+// do or does only in TLS 1.3 (the ML-KEM hybrids), shared secrets with
+// leading zeros, record versions, and extensions it must not answer.
 
 // TestProbeEdgeWithFinished13 writes records right after the client's TLS
 // 1.3 Finished, in its TCP segment: the engine hands them to the edge as
