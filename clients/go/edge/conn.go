@@ -63,7 +63,8 @@ const (
 	// application data (empty records, warnings, KeyUpdates), so a peer
 	// cannot keep Read spinning; crypto/tls uses the same limit.
 	maxUselessRecords = 100
-	// maxPostHandshakeMessage bounds a buffered post-handshake message.
+	// maxPostHandshakeMessage bounds a buffered post-handshake message
+	// but for a renegotiating ClientHello (record.MaxClientHello).
 	maxPostHandshakeMessage = 1 << 16
 	// keyUpdateAfter is how many records a TLS 1.3 write key protects
 	// before the edge updates it: well within the AES-GCM limit of
@@ -318,7 +319,14 @@ func (c *Conn) handlePostHandshake(b []byte) error {
 		default:
 			return c.fatal(&alertError{alertUnexpectedMessage, fmt.Sprintf("post-handshake message type %d", typ)})
 		}
-		if length > maxPostHandshakeMessage {
+		// A renegotiating ClientHello may be as long as a first one
+		// (record.MaxClientHello, RFC 5246 §7.4.1.2): it gets the same
+		// warning.
+		limit := maxPostHandshakeMessage
+		if typ == typeClientHello {
+			limit = record.MaxClientHello
+		}
+		if length > limit {
 			return c.fatal(&alertError{alertUnexpectedMessage, fmt.Sprintf("%d-byte post-handshake message", length)})
 		}
 		if len(c.in.hs) < 4+length {
