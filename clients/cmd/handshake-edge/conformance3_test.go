@@ -695,3 +695,26 @@ func TestProbeEdgePostHandshakeHeader13(t *testing.T) {
 		})
 	})
 }
+
+// TestProbeEdgeLargeRenegotiation12: a renegotiating TLS 1.2 ClientHello
+// of the largest size its fields allow (131396 bytes, RFC 5246, Section
+// 7.4.1.2, as tlsfuzzer's test-client-hello-max-size.py builds it) gets
+// the same answer as a small one: the no_renegotiation warning, and the
+// data goes on (RFC 5746, Section 4.4).
+func TestProbeEdgeLargeRenegotiation12(t *testing.T) {
+	f := newFixture(t)
+	largest := largestHello(t, clientHello(t, &tls.Config{ServerName: f.ecdsa.Name, MaxVersion: tls.VersionTLS12}))
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		p := dialPeer(t, f, addr, tls.VersionTLS12)
+		var frags [][]byte
+		for rest := largest; len(rest) > 0; rest = rest[min(len(rest), record.MaxPlaintext):] {
+			frags = append(frags, rest[:min(len(rest), record.MaxPlaintext)])
+		}
+		p.send(t, record.Handshake, frags...)
+		p.send(t, record.ApplicationData, []byte("after"))
+		o := p.readUntil(t, len("after"), 1)
+		require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
+		assert.Equal(t, [][]byte{{alertWarning, alertNoRenegotiation}}, o.alerts)
+		assert.Equal(t, "after", string(o.data))
+	})
+}
