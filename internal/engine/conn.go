@@ -224,12 +224,38 @@ func (h *Handshake) handleChangeCipherSpec(body []byte) error {
 	return fail(alertUnexpectedMessage, "change_cipher_spec while expecting %s", stateNames[h.state])
 }
 
-// processMessages handles every complete handshake message in hsBuf.
+// processMessages handles every complete handshake message in hsBuf. What
+// a message's header alone decides is decided once the header is in, not
+// after waiting for a body that changes nothing: a type the state does not
+// expect, and a Finished of another length than its verify_data. The
+// edge's own check of the client Finished (clientfinished) answers the
+// same way, on the header.
 func (h *Handshake) processMessages() error {
 	for h.state != stateComplete && len(h.hsBuf) >= 4 {
-		n := int(h.hsBuf[1])<<16 | int(h.hsBuf[2])<<8 | int(h.hsBuf[3])
+		typ, n := h.hsBuf[0], int(h.hsBuf[1])<<16|int(h.hsBuf[2])<<8|int(h.hsBuf[3])
+		st, ok := steps[h.state]
+		if !ok || st.msg != typ {
+			if typ == typeClientHello {
+				return fail(alertUnexpectedMessage, "renegotiation refused: ClientHello while expecting %s", stateNames[h.state])
+			}
+			return fail(alertUnexpectedMessage, "unexpected %s while expecting %s", messageName(typ), stateNames[h.state])
+		}
+		if typ == typeFinished {
+			// verify_data is opaque[Hash.length] in TLS 1.3 (RFC 8446,
+			// Section 4.4.4) and 12 bytes in TLS 1.2 (RFC 5246, Section
+			// 7.4.9): a Finished of another length is a message that
+			// cannot be decoded (RFC 8446, Section 6.2), not a wrong MAC.
+			// Its length is public.
+			want := finishedVerifyLength
+			if h.vers == tls.VersionTLS13 {
+				want = h.suite.Hash.Size()
+			}
+			if n != want {
+				return fail(alertDecodeError, "%d-byte client Finished, want %d", n, want)
+			}
+		}
 		limit := maxHandshakeMessage
-		if h.hsBuf[0] == typeClientHello {
+		if typ == typeClientHello {
 			limit = record.MaxClientHello
 		}
 		if n > limit {
@@ -240,10 +266,10 @@ func (h *Handshake) processMessages() error {
 		}
 		msg := h.hsBuf[:4+n]
 		h.hsBuf = h.hsBuf[4+n:]
-		if len(h.hsBuf) > 0 && steps[h.state].endsRecord {
+		if len(h.hsBuf) > 0 && st.endsRecord {
 			return fail(alertUnexpectedMessage, "data after the %s in the same record", stateNames[h.state])
 		}
-		if err := h.handleMessage(msg[0], msg[4:], msg); err != nil {
+		if err := st.handle(h, msg[4:], msg); err != nil {
 			return err
 		}
 	}
@@ -277,19 +303,6 @@ var steps = map[handshakeState]step{
 	state13ClientCertificate:       {typeCertificate, (*Handshake).processClientCertificate13, false},
 	state13ClientCertificateVerify: {typeCertificateVerify, (*Handshake).processClientCertificateVerify13, false},
 	state13ClientFinished:          {typeFinished, (*Handshake).processClientFinished13, true},
-}
-
-// handleMessage dispatches a handshake message to the handler of the
-// current state.
-func (h *Handshake) handleMessage(typ uint8, body, raw []byte) error {
-	st, ok := steps[h.state]
-	if !ok || st.msg != typ {
-		if typ == typeClientHello {
-			return fail(alertUnexpectedMessage, "renegotiation refused: ClientHello while expecting %s", stateNames[h.state])
-		}
-		return fail(alertUnexpectedMessage, "unexpected %s while expecting %s", messageName(typ), stateNames[h.state])
-	}
-	return st.handle(h, body, raw)
 }
 
 // sendMessage adds a handshake message to the transcript and to the flight

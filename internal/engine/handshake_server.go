@@ -608,16 +608,9 @@ func (h *Handshake) complete12(pending *PendingFinished) {
 }
 
 // checkClientFinished compares the client's Finished with the expected
-// verify_data in constant time.
+// verify_data in constant time; processMessages has checked its length.
 func (h *Handshake) checkClientFinished(body, expected []byte) error {
 	h.note(h.event(Received, "Finished"))
-	// verify_data is opaque[Hash.length] in TLS 1.3 (RFC 8446, Section
-	// 4.4.4) and 12 bytes in TLS 1.2 (RFC 5246, Section 7.4.9): a Finished
-	// of another length is a message that cannot be decoded (RFC 8446,
-	// Section 6.2), not a wrong MAC. Its length is public.
-	if len(body) != len(expected) {
-		return fail(alertDecodeError, "%d-byte client Finished, want %d", len(body), len(expected))
-	}
 	if !hmac.Equal(body, expected) {
 		return fail(alertDecryptError, "client Finished does not match the transcript")
 	}

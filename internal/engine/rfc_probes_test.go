@@ -814,6 +814,20 @@ func TestProbeSecondFlightTLS13(t *testing.T) {
 			f := c.finished()
 			return c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 33}, append(f[4:], 0)...))
 		}, alertDecodeError},
+		// The header alone decides: no waiting for the rest of a Finished
+		// longer than Hash.length, or of a message the state does not
+		// expect (as clientfinished answers for the edge).
+		{"4.4.4 Finished header of Hash.length+1 bytes, Hash.length sent, is decode_error", func(c *client13) []byte {
+			f := c.finished()
+			return c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 33}, f[4:]...))
+		}, alertDecodeError},
+		{"4.4.4 Finished header of 2^24-1 bytes is decode_error", func(c *client13) []byte {
+			f := c.finished()
+			return c.seal(record.Handshake, append([]byte{typeFinished, 0xff, 0xff, 0xff}, f[4:]...))
+		}, alertDecodeError},
+		{"4 KeyUpdate header of 100 bytes before Finished is unexpected_message", func(c *client13) []byte {
+			return c.seal(record.Handshake, []byte{typeKeyUpdate, 0, 0, 100, 0})
+		}, alertUnexpectedMessage},
 		// Section 4.5: EndOfEarlyData only after accepted early data.
 		{"4.5 EndOfEarlyData without early data is unexpected_message", func(c *client13) []byte {
 			return c.seal(record.Handshake, []byte{typeEndOfEarlyData, 0, 0, 0})
@@ -1196,6 +1210,10 @@ func TestProbeSecondFlightTLS12(t *testing.T) {
 		}, alertDecodeError},
 		{"RFC 5246 7.4.9 empty Finished is decode_error", func(c *client12) []byte {
 			return slices.Concat(ccs, c.seal(record.Handshake, []byte{typeFinished, 0, 0, 0}))
+		}, alertDecodeError},
+		{"RFC 5246 7.4.9 Finished header of 13 bytes, 12 sent, is decode_error", func(c *client12) []byte {
+			f := c.finished()
+			return slices.Concat(ccs, c.seal(record.Handshake, append([]byte{typeFinished, 0, 0, 13}, f[4:]...)))
 		}, alertDecodeError},
 		// Section 6.2.3.3: a record that does not authenticate is
 		// bad_record_mac.

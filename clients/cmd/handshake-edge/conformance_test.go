@@ -459,6 +459,14 @@ func (p *peer) send(t *testing.T, typ record.ContentType, bodies ...[]byte) {
 // go on after it.
 func (p *peer) sendRaw(t *testing.T, typ record.ContentType, plaintext []byte) {
 	t.Helper()
+	p.sendRawAs(t, typ, 0x0303, plaintext)
+}
+
+// sendRawAs is sendRaw with version as the record's legacy_record_version,
+// which the additional data covers (RFC 8446, Section 5.2; RFC 5246,
+// Section 6.2.3.3).
+func (p *peer) sendRawAs(t *testing.T, typ record.ContentType, version uint16, plaintext []byte) {
+	t.Helper()
 	var aead cipher.AEAD
 	var err error
 	if p.suite == tls.TLS_CHACHA20_POLY1305_SHA256 {
@@ -479,15 +487,15 @@ func (p *peer) sendRaw(t *testing.T, typ record.ContentType, plaintext []byte) {
 			nonce[len(nonce)-8+i] ^= seq[i]
 		}
 		n := len(plaintext) + aead.Overhead()
-		header = []byte{byte(record.ApplicationData), 3, 3, byte(n >> 8), byte(n)}
+		header = []byte{byte(record.ApplicationData), byte(version >> 8), byte(version), byte(n >> 8), byte(n)}
 		aad = header
 	} else {
 		// RFC 5288, Section 3: salt and explicit nonce; RFC 5246, Section
 		// 6.2.3.3: seq_num, type, version and length as additional data.
 		nonce = slices.Concat(p.iv, seq)
 		n := len(seq) + len(plaintext) + aead.Overhead()
-		header = append([]byte{byte(typ), 3, 3, byte(n >> 8), byte(n)}, seq...)
-		aad = slices.Concat(seq, []byte{byte(typ), 3, 3, byte(len(plaintext) >> 8), byte(len(plaintext))})
+		header = append([]byte{byte(typ), byte(version >> 8), byte(version), byte(n >> 8), byte(n)}, seq...)
+		aad = slices.Concat(seq, []byte{byte(typ), byte(version >> 8), byte(version), byte(len(plaintext) >> 8), byte(len(plaintext))})
 	}
 	_, err = p.raw.Write(aead.Seal(header, nonce, plaintext, aad))
 	require.NoError(t, err)

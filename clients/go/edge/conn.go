@@ -63,7 +63,8 @@ const (
 	// application data (empty records, warnings, KeyUpdates), so a peer
 	// cannot keep Read spinning; crypto/tls uses the same limit.
 	maxUselessRecords = 100
-	// maxPostHandshakeMessage bounds a buffered post-handshake message.
+	// maxPostHandshakeMessage bounds a buffered post-handshake message
+	// but for a renegotiating ClientHello (record.MaxClientHello).
 	maxPostHandshakeMessage = 1 << 16
 	// keyUpdateAfter is how many records a TLS 1.3 write key protects
 	// before the edge updates it: well within the AES-GCM limit of
@@ -299,13 +300,33 @@ func (c *Conn) handleAlert(b []byte) error {
 }
 
 // handlePostHandshake handles handshake messages after the handshake:
-// KeyUpdate in TLS 1.3, a renegotiating ClientHello in TLS 1.2.
+// KeyUpdate in TLS 1.3, a renegotiating ClientHello in TLS 1.2. A message
+// is refused on its header when the header decides (another type, a
+// KeyUpdate that is not one byte), as the engine does during the
+// handshake, rather than after waiting for a body that changes nothing.
 func (c *Conn) handlePostHandshake(b []byte) error {
 	c.in.hs = append(c.in.hs, b...)
 	for len(c.in.hs) >= 4 {
 		typ := c.in.hs[0]
 		length := int(c.in.hs[1])<<16 | int(c.in.hs[2])<<8 | int(c.in.hs[3])
-		if length > maxPostHandshakeMessage {
+		switch {
+		case c.tls13 && typ == typeKeyUpdate:
+			// RFC 8446 §4.6.3: KeyUpdate holds one byte, request_update.
+			if length != 1 {
+				return c.fatal(&alertError{alertDecodeError, fmt.Sprintf("%d-byte KeyUpdate", length)})
+			}
+		case !c.tls13 && typ == typeClientHello:
+		default:
+			return c.fatal(&alertError{alertUnexpectedMessage, fmt.Sprintf("post-handshake message type %d", typ)})
+		}
+		// A renegotiating ClientHello may be as long as a first one
+		// (record.MaxClientHello, RFC 5246 §7.4.1.2): it gets the same
+		// warning.
+		limit := maxPostHandshakeMessage
+		if typ == typeClientHello {
+			limit = record.MaxClientHello
+		}
+		if length > limit {
 			return c.fatal(&alertError{alertUnexpectedMessage, fmt.Sprintf("%d-byte post-handshake message", length)})
 		}
 		if len(c.in.hs) < 4+length {
@@ -313,19 +334,16 @@ func (c *Conn) handlePostHandshake(b []byte) error {
 		}
 		msg := c.in.hs[4 : 4+length]
 		c.in.hs = c.in.hs[4+length:]
-		switch {
-		case c.tls13 && typ == typeKeyUpdate:
-			if err := c.handleKeyUpdate(msg); err != nil {
+		if typ == typeKeyUpdate {
+			if err := c.handleKeyUpdate(msg[0]); err != nil {
 				return err
 			}
-		case !c.tls13 && typ == typeClientHello:
-			// The engine refuses renegotiation; say so and carry on
-			// (RFC 5246 §7.2.2, RFC 5746 §4.4 lets the client decide).
-			if err := c.sendAlert(alertLevelWarning, alertNoRenegotiation); err != nil {
-				return err
-			}
-		default:
-			return c.fatal(&alertError{alertUnexpectedMessage, fmt.Sprintf("post-handshake message type %d", typ)})
+			continue
+		}
+		// The engine refuses renegotiation; say so and carry on (RFC
+		// 5246 §7.2.2, RFC 5746 §4.4 lets the client decide).
+		if err := c.sendAlert(alertLevelWarning, alertNoRenegotiation); err != nil {
+			return err
 		}
 	}
 	if len(c.in.hs) == 0 {
@@ -334,15 +352,13 @@ func (c *Conn) handlePostHandshake(b []byte) error {
 	return nil
 }
 
-// handleKeyUpdate implements RFC 8446 §4.6.3.
-func (c *Conn) handleKeyUpdate(msg []byte) error {
-	if len(msg) != 1 {
-		return c.fatal(&alertError{alertDecodeError, fmt.Sprintf("%d-byte KeyUpdate", len(msg))})
-	}
+// handleKeyUpdate implements RFC 8446 §4.6.3 for a KeyUpdate whose
+// request_update is req.
+func (c *Conn) handleKeyUpdate(req byte) error {
 	// RFC 8446 §4.6.3: a request_update other than update_not_requested
 	// or update_requested is illegal_parameter.
-	if msg[0] > 1 {
-		return c.fatal(&alertError{alertIllegalParameter, fmt.Sprintf("KeyUpdate request_update %d", msg[0])})
+	if req > 1 {
+		return c.fatal(&alertError{alertIllegalParameter, fmt.Sprintf("KeyUpdate request_update %d", req)})
 	}
 	// RFC 8446 §5.1: a message before a key change must end its record.
 	if len(c.in.hs) > 0 {
@@ -351,7 +367,7 @@ func (c *Conn) handleKeyUpdate(msg []byte) error {
 	if err := c.in.cipher.Update(); err != nil {
 		return c.fatal(err)
 	}
-	if msg[0] == 1 { // update_requested
+	if req == 1 { // update_requested
 		c.out.Lock()
 		defer c.out.Unlock()
 		if c.out.err == nil {

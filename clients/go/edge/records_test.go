@@ -129,6 +129,9 @@ func TestKeyUpdateRefused(t *testing.T) {
 		// A KeyUpdate body is one byte (RFC 8446 §4.6.3).
 		{"two-byte body", []byte{24, 0, 0, 2, 0, 0}, alertDecodeError},
 		{"empty body", []byte{24, 0, 0, 0}, alertDecodeError},
+		// The header decides, with the rest of the body not yet in.
+		{"header of a 100-byte body, one byte sent", []byte{24, 0, 0, 100, 0}, alertDecodeError},
+		{"header of an unknown message, one byte sent", []byte{99, 0, 0, 100, 0}, alertUnexpectedMessage},
 		// RFC 8446 §5.1: handshake messages preceding a key change must
 		// align with a record boundary, else unexpected_message.
 		{"two KeyUpdates in one record", []byte{24, 0, 0, 1, 0, 24, 0, 0, 1, 0}, alertUnexpectedMessage},
