@@ -254,9 +254,14 @@ func (h *Handshake) processMessages() error {
 				return fail(alertDecodeError, "%d-byte client Finished, want %d", n, want)
 			}
 		}
+		// Only the message the state expects gets here: a larger bound
+		// is not there for the taking before the handshake reaches it.
 		limit := maxHandshakeMessage
-		if typ == typeClientHello {
+		switch typ {
+		case typeClientHello:
 			limit = record.MaxClientHello
+		case typeCertificate:
+			limit = maxCertificateMessage
 		}
 		if n > limit {
 			return fail(alertIllegalParameter, "%d-byte handshake message exceeds %d", n, limit)

@@ -76,8 +76,15 @@ func rfc8422Curve(g tls.CurveID) bool {
 
 // maxHandshakeMessage caps the body of one handshake message (the protocol
 // allows 16 MiB; nothing a server receives needs more than 64 KiB), but for
-// the ClientHello (record.MaxClientHello).
+// the ClientHello (record.MaxClientHello) and a client's Certificate
+// (maxCertificateMessage).
 const maxHandshakeMessage = 1 << 16
+
+// maxCertificateMessage caps a client's Certificate message (mutual TLS):
+// a chain may outgrow 64 KiB, and crypto/tls takes Certificate messages of
+// up to 256 KiB. The service's bound on a session's input (twice its
+// per-step bound of 256 KiB) holds one with the rest of the handshake.
+const maxCertificateMessage = 256 << 10
 
 // helloRetryRequestRandom is the ServerHello.random that marks a
 // HelloRetryRequest, RFC 8446, Section 4.1.3.

@@ -4,6 +4,7 @@ package engine
 import (
 	"crypto/tls"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -260,6 +261,53 @@ func TestClientAuth(t *testing.T) {
 			}
 			expectFailure(t, runInterop(t, interopCase{server: cfg, client: cl}), alertUnknownCA)
 		})
+	}
+}
+
+// TestClientAuthLongChain: a client's chain longer than 64 KiB (its
+// certificate, then padding certificates a verifier passes over as
+// unneeded intermediates) is taken up to crypto/tls's 256 KiB for a
+// Certificate message, in TLS 1.3 and 1.2; a longer one is
+// illegal_parameter, without waiting for its body.
+func TestClientAuthLongChain(t *testing.T) {
+	p := getPKI(t)
+	leaf := p.clientCerts["p256"]
+	pad := p.rogueClientCert.Certificate[0]
+	// chainOf is leaf's chain padded to at least n bytes of certificates.
+	chainOf := func(n int) tls.Certificate {
+		c := leaf
+		c.Certificate = slices.Clone(leaf.Certificate)
+		for size := len(c.Certificate[0]); size < n; size += len(pad) {
+			c.Certificate = append(c.Certificate, pad)
+		}
+		return c
+	}
+	for _, vers := range []uint16{tls.VersionTLS13, tls.VersionTLS12} {
+		for _, tc := range []struct {
+			name  string
+			bytes int
+			ok    bool
+		}{
+			{"100 KiB", 100 << 10, true},
+			{"250 KiB", 250 << 10, true},
+			{"over 256 KiB", 257 << 10, false},
+		} {
+			t.Run(versionName(vers)+"/"+tc.name, func(t *testing.T) {
+				cfg := serverConfig(p.p256)
+				cfg.ClientAuth, cfg.ClientCAs = ClientAuthRequired, p.clientCA
+				cl := clientConfig(p, "p256.example.com")
+				cl.MinVersion, cl.MaxVersion = vers, vers
+				chain := chainOf(tc.bytes)
+				cl.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &chain, nil }
+				res := runInterop(t, interopCase{server: cfg, client: cl})
+				if !tc.ok {
+					expectFailure(t, res, alertIllegalParameter)
+					return
+				}
+				s := expectSuccess(t, res)
+				assert.Len(t, s.PeerCertificates, len(chain.Certificate))
+			})
+		}
 	}
 }
 

@@ -13,35 +13,41 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClientAuth: with -client-auth require, a client certificate issued by
-// the -client-ca roots gets the page (which names it); a client without
-// one is refused in the handshake. With request, both get in.
+// the -client-ca roots gets the page (which names it), also sent with a
+// chain over 64 KiB (padded with copies of the CA's certificate, which
+// verification passes over; a session ticket cannot hold such a chain, and
+// the handshake goes on without one); a client without one is refused in
+// the handshake. With request, both get in.
 func TestClientAuth(t *testing.T) {
-	f := newFixture(t)
+	f := newTicketFixture(t)
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge test clients"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ca, _ := x509.ParseCertificate(caDER)
 	clientKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	clientDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "client-7"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		KeyUsage: x509.KeyUsageDigitalSignature}, ca, &clientKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	caFile := filepath.Join(t.TempDir(), "clients.pem")
-	os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600)
+	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600))
 	withCert := []tls.Certificate{{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}}
+	long := tls.Certificate{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}
+	for size := len(clientDER); size < 200<<10; size += len(caDER) {
+		long.Certificate = append(long.Certificate, caDER)
+	}
+	withLongChain := []tls.Certificate{long}
 
 	get := func(addr string, certs []tls.Certificate, version uint16) (string, error) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, Certificates: certs, MaxVersion: version}}
@@ -62,18 +68,24 @@ func TestClientAuth(t *testing.T) {
 		required, _ := f.start(t, append([]string{"-client-auth", "require", "-client-ca", caFile}, m.args...)...)
 		requested, _ := f.start(t, append([]string{"-client-auth", "request", "-client-ca", caFile}, m.args...)...)
 		for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+			name := m.name + " " + tls.VersionName(v)
 			page, err := get(required, withCert, v)
-			if err != nil || !strings.Contains(page, "Client certificate: CN=client-7") {
-				t.Errorf("%s %s require, with a certificate: %v\n%s", m.name, tls.VersionName(v), err, page)
+			if assert.NoError(t, err, "%s require, with a certificate", name) {
+				assert.Contains(t, page, "Client certificate: CN=client-7", "%s require, with a certificate", name)
 			}
-			if _, err := get(required, nil, v); err == nil {
-				t.Errorf("%s %s require: a client without a certificate got in", m.name, tls.VersionName(v))
+			page, err = get(required, withLongChain, v)
+			if assert.NoError(t, err, "%s require, with a %d-certificate chain", name, len(long.Certificate)) {
+				assert.Contains(t, page, "Client certificate: CN=client-7", "%s require, with a long chain", name)
 			}
-			if page, err := get(requested, nil, v); err != nil || strings.Contains(page, "Client certificate") {
-				t.Errorf("%s %s request, without a certificate: %v\n%s", m.name, tls.VersionName(v), err, page)
+			_, err = get(required, nil, v)
+			assert.Error(t, err, "%s require: a client without a certificate got in", name)
+			page, err = get(requested, nil, v)
+			if assert.NoError(t, err, "%s request, without a certificate", name) {
+				assert.NotContains(t, page, "Client certificate", "%s request, without a certificate", name)
 			}
-			if page, err := get(requested, withCert, v); err != nil || !strings.Contains(page, "Client certificate: CN=client-7") {
-				t.Errorf("%s %s request, with a certificate: %v\n%s", m.name, tls.VersionName(v), err, page)
+			page, err = get(requested, withCert, v)
+			if assert.NoError(t, err, "%s request, with a certificate", name) {
+				assert.Contains(t, page, "Client certificate: CN=client-7", "%s request, with a certificate", name)
 			}
 		}
 	}
