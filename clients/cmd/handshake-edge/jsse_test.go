@@ -48,7 +48,9 @@ func TestJSSEClient(t *testing.T) {
 		c    int // in cases
 	}
 	var runs []run
-	args := []string{filepath.Join("testdata", "JSSEClient.java"), "127.0.0.1", ca}
+	// -XX:-UsePerfData: no hsperfdata directory left in the system's
+	// temporary directory.
+	args := []string{"-XX:-UsePerfData", filepath.Join("testdata", "JSSEClient.java"), "127.0.0.1", ca}
 	for _, m := range edgeModes {
 		addr, _ := f.start(t, m.args...)
 		_, port, err := net.SplitHostPort(addr)
