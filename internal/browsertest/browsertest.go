@@ -63,9 +63,9 @@ func Start(t testing.TB, width, height int) *Browser {
 	cmd := exec.Command(chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
 		"--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
-	cmd.ExtraFiles = []*os.File{cmdIn, cmdOut}            // fd 3: commands in, fd 4: replies and events out
-	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir()) // its shared-memory and crash files
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its renderer and helper processes end with it
+	cmd.ExtraFiles = []*os.File{cmdIn, cmdOut}                           // fd 3: commands in, fd 4: replies and events out
+	cmd.Env = append(testenv.HomeIn(t.TempDir()), "TMPDIR="+t.TempDir()) // its shared-memory and crash files
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}                // its renderer and helper processes end with it
 	require.NoError(t, cmd.Start())
 	cmdIn.Close()
 	cmdOut.Close()

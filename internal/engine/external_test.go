@@ -161,6 +161,7 @@ func runClient(t *testing.T, stdin string, want string, name string, args ...str
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = testenv.HomeIn(t.TempDir()) // Chromium writes under HOME
 	cmd.Stdin = strings.NewReader(stdin)
 	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

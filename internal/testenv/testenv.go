@@ -52,6 +52,18 @@ func (b *Buffer) Bytes() []byte {
 
 func (b *Buffer) String() string { return string(b.Bytes()) }
 
+// HomeIn is the environment with HOME and the XDG base directories in
+// dir, for a program that writes under the user's home whatever its flags
+// say (Chromium, even with --user-data-dir, its crash reports and its NSS
+// database): a test leaves nothing outside its temporary directories.
+func HomeIn(dir string) []string {
+	env := os.Environ()
+	for _, v := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"} {
+		env = append(env, v+"="+dir)
+	}
+	return env
+}
+
 // BuildCommand builds the command in the current directory, as an operator
 // would (go build), into the test's temporary directory and returns the
 // binary's path: for tests of what only the real process shows, such as

@@ -53,6 +53,7 @@ func dumpDOM(t *testing.T, chromium, url string) string {
 	cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--ignore-certificate-errors",
 		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=20000", "--dump-dom", url)
+	cmd.Env = testenv.HomeIn(t.TempDir())
 	out, err := cmd.Output()
 	require.NoError(t, err, "chromium:\n%s", out)
 	return string(out)
