@@ -6,9 +6,8 @@
 //
 // Arguments: host ca.pem, then one or more runs, each
 // "port,protocol,suite,connections,server-name" (suite "-" for JSSE's
-// default list). The
-// connections of one run share an SSLContext, so its client session cache:
-// every connection after the first offers to resume. For each connection
+// default list). The connections of one run share an SSLContext, so its
+// client session cache: every connection after the first offers to resume. For each connection
 // it prints "=== run i connection j", the JSSE session's protocol and
 // suite, then the page.
 import java.io.ByteArrayOutputStream;
