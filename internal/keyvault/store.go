@@ -31,6 +31,35 @@ const (
 	RecordTicketKey
 )
 
+// StoreFormat is the store format this release reads. Replicas of one
+// store may run different releases (a rolling upgrade), so a release that
+// adds a record kind must not write it while a replica that cannot read it
+// serves:
+//
+//   - Format 0, every release before formats, takes a record of a kind it
+//     does not know for corruption and refuses the whole store (load fails
+//     with ErrCorrupted), so a newer replica's record would stop every
+//     replica of such a release.
+//   - Format 1 reads a record of a kind it does not know (a foreign
+//     record) if the manifest lists it, with its digest, as skippable: it
+//     serves without it, lists it in every manifest it writes after, and
+//     reseals it under a KEK rotation (its associated data has the one
+//     form of every kind this release does not name). A foreign record
+//     the manifest does not list, or one of another digest, is refused as
+//     any record is: skipping weakens no tamper detection, since the
+//     manifest is sealed and names every record. One listed as not
+//     skippable is refused with ErrFailedPrecondition: the release that
+//     wrote it says this one cannot serve beside it.
+//
+// A release writes a skippable kind only where no replica of format 0 can
+// read it.
+const StoreFormat = 1
+
+// knownKind says whether this release knows records of kind k.
+func knownKind(k RecordKind) bool {
+	return k >= RecordCheck && k <= RecordTicketKey || k == RecordKEKRotation
+}
+
 // RecordRef names a record: its kind, key id and version number. ID is
 // empty for RecordCheck, RecordManifest, RecordKEKRotation and
 // RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial
