@@ -51,8 +51,12 @@ const (
 //     skippable is refused with ErrFailedPrecondition: the release that
 //     wrote it says this one cannot serve beside it.
 //
-// A release writes a skippable kind only where no replica of format 0 can
-// read it.
+// Replicas announce the format they read (SharedStore.Announce), and a
+// replica writes a record of a kind format 0 does not know (RecordKeyIntent)
+// only once every live replica announces format 1 or later
+// (SharedStore.MinFormat): a replica of a release before format 1 announces
+// none and counts as format 0. A store no other process writes has no
+// other reader.
 const StoreFormat = 1
 
 // knownKind says whether this release knows records of kind k.
@@ -159,8 +163,13 @@ type SharedStore interface {
 	// ErrUnavailable.
 	Revision(ctx context.Context) (int64, error)
 	// Announce publishes that this replica's view has applied revision
-	// rev, under a lease that ends with the process.
+	// rev, and that it reads StoreFormat, under a lease that ends with the
+	// process.
 	Announce(ctx context.Context, rev int64) error
+	// MinFormat returns the lowest store format the live announced
+	// replicas read: 0 if one of them announced none (a release before
+	// formats), StoreFormat if none is announced.
+	MinFormat(ctx context.Context) (int, error)
 	// WaitApplied returns once every live announced replica has applied
 	// rev, or when ctx ends.
 	WaitApplied(ctx context.Context, rev int64) error
