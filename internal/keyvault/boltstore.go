@@ -322,7 +322,7 @@ func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 					ref = ticketKeyRef(binary.BigEndian.Uint32(k[1:]))
 				case string(k) == string(entryRotation):
 					ref = rotationRef
-				case len(k) >= 6 && k[0] == prefixForeign && !knownKind(RecordKind(k[1])):
+				case len(k) >= 6 && k[0] == prefixForeign && !formatZeroKind(RecordKind(k[1])):
 					ref = RecordRef{Kind: RecordKind(k[1]), Version: binary.BigEndian.Uint32(k[2:6]), ID: string(k[6:])}
 				default:
 					return unknownEntry(name, k)
@@ -385,7 +385,7 @@ func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
 	case RecordKEKRotation:
 		return [][]byte{bucketVault}, entryRotation, nil
 	}
-	if !knownKind(ref.Kind) {
+	if !formatZeroKind(ref.Kind) {
 		return [][]byte{bucketVault}, foreignEntry(ref), nil
 	}
 	if ref.ID == "" {

@@ -29,6 +29,13 @@ const (
 	// RecordTicketKey holds a session ticket key (ticketkeys.go); Version
 	// is its id. It is erased when the key is retired.
 	RecordTicketKey
+	// RecordKeyIntent says that a replica is generating a key for version
+	// Version of key ID in a backend whose keys live outside the store (an
+	// HSM's), under a label it names (intent.go). It is committed before
+	// the key is generated and erased by the commit of the version, so
+	// that a key whose version never landed in the store is found and
+	// destroyed. Store format 1 (StoreFormat).
+	RecordKeyIntent
 )
 
 // StoreFormat is the store format this release reads. Replicas of one
@@ -52,22 +59,25 @@ const (
 //     wrote it says this one cannot serve beside it.
 //
 // Replicas announce the format they read (SharedStore.Announce), and a
-// replica writes a record of a kind format 0 does not know (RecordKeyIntent)
-// only once every live replica announces format 1 or later
+// replica writes a record of a kind format 0 does not know (RecordKeyIntent,
+// and every kind after it) only once every live replica announces format 1 or later
 // (SharedStore.MinFormat): a replica of a release before format 1 announces
 // none and counts as format 0. A store no other process writes has no
 // other reader.
 const StoreFormat = 1
 
-// knownKind says whether this release knows records of kind k.
-func knownKind(k RecordKind) bool {
+// formatZeroKind says whether kind k is one store format 0 reads. Every
+// other kind is written only through the gate above, and stores keep it
+// in their layout for any kind (BoltStore's "x" entries), which a release
+// that does not know the kind reads too.
+func formatZeroKind(k RecordKind) bool {
 	return k >= RecordCheck && k <= RecordTicketKey || k == RecordKEKRotation
 }
 
 // RecordRef names a record: its kind, key id and version number. ID is
 // empty for RecordCheck, RecordManifest, RecordKEKRotation and
-// RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial
-// or RecordTicketKey.
+// RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial,
+// RecordTicketKey or RecordKeyIntent.
 type RecordRef struct {
 	Kind    RecordKind
 	ID      string
@@ -90,6 +100,8 @@ func (r RecordRef) String() string {
 		return fmt.Sprintf("key %q version %d private key", r.ID, r.Version)
 	case RecordTicketKey:
 		return fmt.Sprintf("ticket key %08x", r.Version)
+	case RecordKeyIntent:
+		return fmt.Sprintf("key %q version %d intent", r.ID, r.Version)
 	}
 	return fmt.Sprintf("record of kind %d for key %q version %d", r.Kind, r.ID, r.Version)
 }

@@ -185,6 +185,7 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 			if pending := v.pendingDestroys(); len(pending) > 0 {
 				v.finishDestroysLogged(ctx, pending)
 			}
+			v.undoIntentsAtStart(ctx)
 			if ss, ok := store.(SharedStore); ok {
 				if err := v.startFollowing(ctx, ss); err != nil {
 					return nil, err
@@ -311,6 +312,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	versionRecords := make(map[RecordRef]Record)
 	ticketRecords := make(map[uint32]Record)
 	foreign := make(map[RecordRef]bool) // records of kinds of later releases (StoreFormat)
+	intents := make(map[RecordRef]bool)
 	storeRev, err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
@@ -332,6 +334,14 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		case RecordTicketKey:
 			_, dup = ticketRecords[r.Version]
 			ticketRecords[r.Version] = r
+		case RecordKeyIntent:
+			// Opened only when undone (intent.go); the manifest vouches
+			// for its bytes.
+			if validateID(r.ID) != nil || r.Version == 0 {
+				return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+			}
+			dup = intents[r.RecordRef]
+			intents[r.RecordRef] = true
 		default:
 			// Checked against the manifest with every other record.
 			dup = foreign[r.RecordRef]
