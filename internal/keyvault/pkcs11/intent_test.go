@@ -36,16 +36,28 @@ func (l *lostCommits) lost(w keyvault.Write) error {
 	return nil
 }
 
+// lostSharedCommits is lostCommits on etcd. With answerLost, the commits
+// are applied and only their answers lost: a request that timed out after
+// etcd committed it.
 type lostSharedCommits struct {
 	*etcdstore.Store
 	lostCommits
+	answerLost bool
 }
 
 func (s *lostSharedCommits) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
-	if err := s.lost(w); err != nil {
+	err := s.lost(w)
+	if err != nil && !s.answerLost {
 		return 0, err
 	}
-	return s.Store.Commit(ctx, w)
+	rev, cerr := s.Store.Commit(ctx, w)
+	if cerr != nil {
+		return rev, cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return rev, nil
 }
 
 type lostBoltCommits struct {
@@ -224,4 +236,28 @@ func TestSlowGenerationUndoneByAnotherReplicaFailsCleanly(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, a.Sync(t.Context()))
 	signsP256(t, a, "slow")
+}
+
+// TestKeyWhoseAnswerWasLostIsKept: a version whose commit etcd applied
+// but whose answer was lost (the caller saw UNAVAILABLE) is in the store,
+// and the commit erased its intent: nothing is left to undo, and the key
+// stays in the token and signs.
+func TestKeyWhoseAnswerWasLostIsKept(t *testing.T) {
+	b := softhsmtest.Open(t)
+	c := etcdtest.Start(t, 1)
+	s, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/answer-lost"})
+	require.NoError(t, err)
+	store := &lostSharedCommits{Store: s, answerLost: true}
+	v, err := keyvault.New(t.Context(), store, bytes.Repeat([]byte{13}, 32), keyvault.WithBackend(b), keyvault.WithStalenessBound(100*time.Millisecond))
+	require.NoError(t, err)
+	defer v.Close()
+
+	store.drop.Store(true)
+	_, err = v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "answer-lost", keyvault.ECDSAP256, nil)
+	store.drop.Store(false)
+	require.ErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.Zero(t, intents(t, store), "the version's commit erased the intent")
+	require.NoError(t, v.Sync(t.Context()))
+	signsP256(t, v, "answer-lost")
+	assert.Equal(t, 2, objectsOfVersion(t, b, "answer-lost", 1))
 }
