@@ -36,6 +36,10 @@ import (
 //     no longer holds the intent as it was, cannot land after), destroys
 //     every key the label names, then erases the intent.
 //
+// A KEK rotation that rewraps an intent (one committed before the rotation
+// began) changes it as a claim does: that creation fails with ErrAborted,
+// leaving nothing, and succeeds when retried.
+//
 // The software backend writes no intent: its key is the material record.
 // Intents are store format 1: until every live replica reads it
 // (SharedStore.MinFormat), keys are created without one, as before.
