@@ -38,6 +38,10 @@ var (
 	oidEd25519 = asn1.ObjectIdentifier{1, 3, 101, 112}
 )
 
+// The vault records an intent for each key it generates here, and undoes
+// one left behind with DestroyLabeled (keyvault's intent.go).
+var _ keyvault.LabelDestroyer = (*Backend)(nil)
+
 // Name is keyvault.BackendPKCS11.
 func (b *Backend) Name() string { return keyvault.BackendPKCS11 }
 
