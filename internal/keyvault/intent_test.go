@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 )
 
 // labelBackend is the software backend as a backend whose keys live
@@ -118,4 +119,25 @@ func TestRestoreLeavesTheSnapshotsIntents(t *testing.T) {
 	}
 	openTestVault(t, path, testKEK, WithBackend(b)) // starts clean, and undoes nothing
 	assert.Equal(t, 1, b.labels[label], "the key of the snapshot's intent is not destroyed")
+}
+
+// TestForgedIntentIsRefused: an intent is checked against the manifest as
+// every record is: one put into the file that the manifest does not list
+// (which would make a replica destroy the keys of any label it names) is
+// refused, and nothing is destroyed.
+func TestForgedIntentIsRefused(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{"handshaked/web/1/0000000000000000": 1}}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	v := openTestVault(t, path, testKEK, WithBackend(b))
+	importTestKey(t, v, "web", ECDSAP256)
+	require.NoError(t, v.Close())
+	s, err := newSealer(testKEK)
+	require.NoError(t, err)
+	forged, err := s.sealJSON(RecordRef{Kind: RecordKeyIntent, ID: "web", Version: 1}, intentRecord{Backend: "token", Label: "handshaked/web/1/0000000000000000"})
+	require.NoError(t, err)
+	editBolt(t, path, func(tx *bolt.Tx) error { return putRecord(tx, forged) })
+	_, err = openVault(path, testKEK, WithBackend(b))
+	assert.ErrorIs(t, err, ErrCorrupted)
+	assert.ErrorContains(t, err, `key "web" version 1 intent is not in the manifest`)
+	assert.Len(t, b.labels, 1, "nothing destroyed")
 }
