@@ -186,16 +186,20 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 		for ref := range v.entries {
 			w.Erase = append(w.Erase, ref)
 		}
+		// Not its intents: they name attempts of the instance the snapshot
+		// was taken of, whose keys this one must not destroy (intent.go).
 		for _, r := range records {
-			if r.Kind != RecordManifest {
+			if r.Kind != RecordManifest && r.Kind != RecordKeyIntent {
 				w.Put = append(w.Put, r)
 			}
 		}
 		// The new manifest carries on from the snapshot's, listing its records.
 		prevEntries, prevRevision, prevKeys := v.entries, v.revision, v.sealer.keys.Load()
 		v.entries, v.revision = maps.Clone(restored.entries), max(v.revision, restored.revision)
+		maps.DeleteFunc(v.entries, func(ref RecordRef, _ recordEntry) bool { return ref.Kind == RecordKeyIntent })
 		v.sealer.keys.Store(restored.sealer.keys.Load()) // the snapshot may be mid-rotation
-		v.stale = restored.stale
+		v.stale = maps.Clone(restored.stale)
+		maps.DeleteFunc(v.stale, func(ref RecordRef, _ bool) bool { return ref.Kind == RecordKeyIntent })
 		if err := v.commit(ctx, w); err != nil {
 			v.entries, v.revision, v.stale = prevEntries, prevRevision, nil
 			v.sealer.keys.Store(prevKeys)

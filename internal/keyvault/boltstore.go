@@ -21,7 +21,9 @@ import (
 
 // The bolt file holds the check record, the manifest, the KEK rotation
 // record (during a rotation) and the ticket keys ("t"+id, id as 4 bytes
-// big-endian) in bucket "vault" and one nested
+// big-endian) and the records of every other kind, those of later releases
+// ("x", kind, version as 4 bytes big-endian, id; see StoreFormat) in
+// bucket "vault", and one nested
 // bucket per key in bucket "keys", whose entries are "key", "v"+version and
 // "m"+version (private key), version as 4 bytes big-endian. Bucket
 // "revisions" holds the store revision (entry "\x00") and the revision of
@@ -43,6 +45,7 @@ const (
 	prefixVersion   = 'v'
 	prefixMaterial  = 'm'
 	prefixTicketKey = 't'
+	prefixForeign   = 'x'
 )
 
 // boltOptions never sets NoSync: every commit is fsynced before it returns.
@@ -319,6 +322,8 @@ func forEachRecord(tx *bolt.Tx, fn func(Record) error) error {
 					ref = ticketKeyRef(binary.BigEndian.Uint32(k[1:]))
 				case string(k) == string(entryRotation):
 					ref = rotationRef
+				case len(k) >= 6 && k[0] == prefixForeign && !formatZeroKind(RecordKind(k[1])):
+					ref = RecordRef{Kind: RecordKind(k[1]), Version: binary.BigEndian.Uint32(k[2:6]), ID: string(k[6:])}
 				default:
 					return unknownEntry(name, k)
 				}
@@ -380,6 +385,9 @@ func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
 	case RecordKEKRotation:
 		return [][]byte{bucketVault}, entryRotation, nil
 	}
+	if !formatZeroKind(ref.Kind) {
+		return [][]byte{bucketVault}, foreignEntry(ref), nil
+	}
 	if ref.ID == "" {
 		return nil, nil, fmt.Errorf("keyvault: bolt store: %v without key id: %w", ref, ErrInvalidArgument)
 	}
@@ -398,6 +406,13 @@ func entryName(ref RecordRef) (buckets [][]byte, name []byte, err error) {
 		return buckets, binary.BigEndian.AppendUint32([]byte{prefix}, ref.Version), nil
 	}
 	return nil, nil, fmt.Errorf("keyvault: bolt store: %v: %w", ref, ErrInvalidArgument)
+}
+
+// foreignEntry is the entry name in bucket "vault" of a record of a kind
+// this release does not name, whatever its id and version: the layout a
+// later release's kinds have, so that this one reads them.
+func foreignEntry(ref RecordRef) []byte {
+	return append(binary.BigEndian.AppendUint32([]byte{prefixForeign, byte(ref.Kind)}, ref.Version), ref.ID...)
 }
 
 // bucketFor returns the bucket holding ref and the entry's name. With create

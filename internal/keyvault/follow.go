@@ -592,7 +592,8 @@ func (v *Vault) keepUp(ctx context.Context) {
 	tick := time.NewTicker(f.bound / 4)
 	defer tick.Stop()
 	failing := false
-	pendingSince := make(map[RecordRef]time.Time) // finishLeftDestroys'
+	pendingSince := make(map[RecordRef]time.Time)  // finishLeftDestroys'
+	intentsSince := make(map[RecordRef]intentSeen) // undoLeftIntents'
 	for {
 		select {
 		case <-ctx.Done():
@@ -607,6 +608,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 		}
 		if err == nil {
 			v.finishLeftDestroys(sctx, pendingSince)
+			v.undoLeftIntents(sctx, intentsSince)
 		}
 		cancel()
 		switch {

@@ -87,14 +87,18 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 	if err != nil {
 		return nil, err
 	}
-	handle, signer, err := b.Generate(ctx, alg, versionLabel(id, 1))
+	label, in, err := v.beginIntent(ctx, b, id, 1)
 	if err != nil {
-		return nil, fmt.Errorf("keyvault: key %q: %w", id, err)
+		return nil, err
+	}
+	handle, signer, err := b.Generate(ctx, alg, label)
+	if err != nil {
+		return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
 	}
 	defer clear(handle)
-	k, err := v.add(ctx, id, labels, backend, handle, signer, alg, false)
+	k, err := v.add(ctx, id, labels, backend, handle, signer, alg, false, in)
 	if err != nil {
-		return nil, destroyUnstored(ctx, b, handle, err)
+		return nil, v.unstored(ctx, b, handle, in, err)
 	}
 	return k, nil
 }
@@ -118,7 +122,9 @@ func destroyUnstored(ctx context.Context, b KeyBackend, handle []byte, err error
 	return err
 }
 
-// versionLabel names a key version inside a backend, for an operator.
+// versionLabel names a key version inside a backend, for an operator; a
+// LabelDestroyer's keys have one with a suffix unique to the attempt
+// (attemptLabel).
 func versionLabel(id string, version uint32) string {
 	return fmt.Sprintf("handshaked/%s/%d", id, version)
 }
@@ -146,7 +152,7 @@ func (v *Vault) Import(ctx context.Context, id string, pemBytes []byte, labels m
 	if signer, err = memoryKey(signer); err != nil {
 		return nil, err
 	}
-	return v.add(ctx, id, labels, BackendSoftware, handle, signer, alg, true)
+	return v.add(ctx, id, labels, BackendSoftware, handle, signer, alg, true, nil)
 }
 
 // checkNew validates the arguments of a new key and fails early if the id
@@ -174,8 +180,8 @@ func (v *Vault) absent(id string) error {
 }
 
 // add stores a new key whose version 1 holds signer, a key of backend that
-// handle names.
-func (v *Vault) add(ctx context.Context, id string, labels map[string]string, backend string, handle []byte, signer crypto.Signer, alg Algorithm, imported bool) (*Key, error) {
+// handle names, generated under intent in (nil: none).
+func (v *Vault) add(ctx context.Context, id string, labels map[string]string, backend string, handle []byte, signer crypto.Signer, alg Algorithm, imported bool, in *keyIntent) (*Key, error) {
 	now := time.Now().UTC()
 	ver, err := newVersion(1, backend, signer, alg, imported, now)
 	if err != nil {
@@ -193,6 +199,9 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 		if err := v.absent(id); err != nil {
 			return err // another replica may have created it meanwhile
 		}
+		if err := v.held(in); err != nil {
+			return err
+		}
 		keyRec, err := v.sealKey(k)
 		if err != nil {
 			return err
@@ -205,7 +214,7 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 			keyRec, verRec,
 			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, handle),
 		}}
-		if err := v.commit(ctx, w); err != nil {
+		if err := v.commit(ctx, withIntent(w, in)); err != nil {
 			return fmt.Errorf("keyvault: store key %q: %w", id, err)
 		}
 		return nil
@@ -231,20 +240,24 @@ func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Generating an RSA key takes long; do it before taking writeMu.
-	handle, signer, err := b.Generate(ctx, alg, versionLabel(id, uint32(len(k.versions))+1))
+	label, in, err := v.beginIntent(ctx, b, id, uint32(len(k.versions))+1)
 	if err != nil {
-		return nil, fmt.Errorf("keyvault: key %q: %w", id, err)
+		return nil, err
+	}
+	// Generating an RSA key takes long; do it before taking writeMu.
+	handle, signer, err := b.Generate(ctx, alg, label)
+	if err != nil {
+		return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
 	}
 	defer clear(handle)
-	key, err := v.rotate(ctx, id, b.Name(), handle, signer, alg)
+	key, err := v.rotate(ctx, id, b.Name(), handle, signer, alg, in)
 	if err != nil {
-		return nil, destroyUnstored(ctx, b, handle, err)
+		return nil, v.unstored(ctx, b, handle, in, err)
 	}
 	return key, nil
 }
 
-func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []byte, signer crypto.Signer, alg Algorithm) (*Key, error) {
+func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []byte, signer crypto.Signer, alg Algorithm, in *keyIntent) (*Key, error) {
 	v.writeMu.Lock()
 	defer v.writeMu.Unlock()
 	var next *keyState
@@ -253,6 +266,9 @@ func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []
 		// conflict, of the view another replica's rotation left.
 		k, err := v.key(id)
 		if err != nil {
+			return err
+		}
+		if err := v.held(in); err != nil {
 			return err
 		}
 		ver, err := newVersion(uint32(len(k.versions))+1, backend, signer, alg, false, time.Now().UTC())
@@ -275,7 +291,7 @@ func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []
 				v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, handle),
 			},
 		}
-		if err := v.commit(ctx, w); err != nil {
+		if err := v.commit(ctx, withIntent(w, in)); err != nil {
 			return fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)
 		}
 		return nil

@@ -63,6 +63,9 @@ type memClient struct {
 	// revisionDelay slows Revision reads; revisions counts them.
 	revisionDelay atomic.Int64
 	revisions     atomic.Int64
+	// formatZero makes the replica announce no store format, as one of a
+	// release before formats.
+	formatZero atomic.Bool
 }
 
 func (s *memShared) client() *memClient { return &memClient{s: s} }
@@ -265,6 +268,26 @@ func (c *memClient) Announce(ctx context.Context, rev int64) error {
 	c.s.applied[c] = rev
 	c.s.broadcast()
 	return nil
+}
+
+func (c *memClient) MinFormat(ctx context.Context) (int, error) {
+	done, err := c.use()
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	if c.down.Load() {
+		return 0, errMemDown
+	}
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	lowest := StoreFormat
+	for r := range c.s.applied {
+		if r.formatZero.Load() {
+			lowest = 0
+		}
+	}
+	return lowest, nil
 }
 
 func (c *memClient) WaitApplied(ctx context.Context, rev int64) error {

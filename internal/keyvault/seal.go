@@ -106,9 +106,10 @@ func associatedData(prefix string, ref RecordRef) []byte {
 	case RecordKEKRotation:
 		return []byte(prefix + "kek-rotation")
 	}
-	// load rejects records of other kinds before opening any, and the
-	// vault seals only the kinds above.
-	panic("keyvault: associated data for " + ref.String())
+	// Every other kind, those of later releases included: a replica that
+	// does not know a kind still opens and reseals its records under a KEK
+	// rotation (StoreFormat), so a new kind must use this form too.
+	return []byte(prefix + "kind-" + strconv.FormatUint(uint64(ref.Kind), 10) + "/" + ref.ID + "/" + n)
 }
 
 func (s sealer) seal(ref RecordRef, plaintext []byte) Record {
@@ -175,6 +176,10 @@ type manifestEntry struct {
 	Version  uint32     `json:"version,omitempty"`
 	Revision uint64     `json:"revision"`
 	SHA256   []byte     `json:"sha256"`
+	// Skippable says that a replica that does not know the record's kind
+	// may serve without it (StoreFormat): set by the release that writes
+	// the kind, kept by every replica that rewrites the manifest.
+	Skippable bool `json:"skippable,omitempty"`
 }
 
 func (s sealer) sealJSON(ref RecordRef, v any) (Record, error) {

@@ -29,12 +29,55 @@ const (
 	// RecordTicketKey holds a session ticket key (ticketkeys.go); Version
 	// is its id. It is erased when the key is retired.
 	RecordTicketKey
+	// RecordKeyIntent says that a replica is generating a key for version
+	// Version of key ID in a backend whose keys live outside the store (an
+	// HSM's), under a label it names (intent.go). It is committed before
+	// the key is generated and erased by the commit of the version, so
+	// that a key whose version never landed in the store is found and
+	// destroyed. Store format 1 (StoreFormat).
+	RecordKeyIntent
 )
+
+// StoreFormat is the store format this release reads. Replicas of one
+// store may run different releases (a rolling upgrade), so a release that
+// adds a record kind must not write it while a replica that cannot read it
+// serves:
+//
+//   - Format 0, every release before formats, takes a record of a kind it
+//     does not know for corruption and refuses the whole store (load fails
+//     with ErrCorrupted), so a newer replica's record would stop every
+//     replica of such a release.
+//   - Format 1 reads a record of a kind it does not know (a foreign
+//     record) if the manifest lists it, with its digest, as skippable: it
+//     serves without it, lists it in every manifest it writes after, and
+//     reseals it under a KEK rotation (its associated data has the one
+//     form of every kind this release does not name). A foreign record
+//     the manifest does not list, or one of another digest, is refused as
+//     any record is: skipping weakens no tamper detection, since the
+//     manifest is sealed and names every record. One listed as not
+//     skippable is refused with ErrFailedPrecondition: the release that
+//     wrote it says this one cannot serve beside it.
+//
+// Replicas announce the format they read (SharedStore.Announce), and a
+// replica writes a record of a kind format 0 does not know (RecordKeyIntent,
+// and every kind after it) only once every live replica announces format 1 or later
+// (SharedStore.MinFormat): a replica of a release before format 1 announces
+// none and counts as format 0. A store no other process writes has no
+// other reader.
+const StoreFormat = 1
+
+// formatZeroKind says whether kind k is one store format 0 reads. Every
+// other kind is written only through the gate above, and stores keep it
+// in their layout for any kind (BoltStore's "x" entries), which a release
+// that does not know the kind reads too.
+func formatZeroKind(k RecordKind) bool {
+	return k >= RecordCheck && k <= RecordTicketKey || k == RecordKEKRotation
+}
 
 // RecordRef names a record: its kind, key id and version number. ID is
 // empty for RecordCheck, RecordManifest, RecordKEKRotation and
-// RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial
-// or RecordTicketKey.
+// RecordTicketKey; Version is 0 unless Kind is RecordVersion, RecordMaterial,
+// RecordTicketKey or RecordKeyIntent.
 type RecordRef struct {
 	Kind    RecordKind
 	ID      string
@@ -57,6 +100,8 @@ func (r RecordRef) String() string {
 		return fmt.Sprintf("key %q version %d private key", r.ID, r.Version)
 	case RecordTicketKey:
 		return fmt.Sprintf("ticket key %08x", r.Version)
+	case RecordKeyIntent:
+		return fmt.Sprintf("key %q version %d intent", r.ID, r.Version)
 	}
 	return fmt.Sprintf("record of kind %d for key %q version %d", r.Kind, r.ID, r.Version)
 }
@@ -130,8 +175,13 @@ type SharedStore interface {
 	// ErrUnavailable.
 	Revision(ctx context.Context) (int64, error)
 	// Announce publishes that this replica's view has applied revision
-	// rev, under a lease that ends with the process.
+	// rev, and that it reads StoreFormat, under a lease that ends with the
+	// process.
 	Announce(ctx context.Context, rev int64) error
+	// MinFormat returns the lowest store format the live announced
+	// replicas read: 0 if one of them announced none (a release before
+	// formats), StoreFormat if none is announced.
+	MinFormat(ctx context.Context) (int, error)
 	// WaitApplied returns once every live announced replica has applied
 	// rev, or when ctx ends.
 	WaitApplied(ctx context.Context, rev int64) error

@@ -131,8 +131,9 @@ type versionState struct {
 }
 
 type recordEntry struct {
-	revision uint64
-	digest   [sha256.Size]byte
+	revision  uint64
+	digest    [sha256.Size]byte
+	skippable bool // manifestEntry.Skippable
 }
 
 // New opens every record of store under kek (32 bytes) and returns a vault
@@ -184,6 +185,7 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 			if pending := v.pendingDestroys(); len(pending) > 0 {
 				v.finishDestroysLogged(ctx, pending)
 			}
+			v.undoIntentsAtStart(ctx)
 			if ss, ok := store.(SharedStore); ok {
 				if err := v.startFollowing(ctx, ss); err != nil {
 					return nil, err
@@ -211,12 +213,16 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 		delete(entries, ref)
 	}
 	for _, r := range slices.Concat(w.Create, w.Put) {
-		entries[r.RecordRef] = recordEntry{revision: rev, digest: sha256.Sum256(r.Sealed)}
+		// A foreign record resealed (a KEK rotation) stays skippable: this
+		// release writes no other.
+		entries[r.RecordRef] = recordEntry{revision: rev, digest: sha256.Sum256(r.Sealed), skippable: v.entries[r.RecordRef].skippable}
 	}
 	m := manifestRecord{Revision: rev, Records: make([]manifestEntry, 0, len(entries))}
 	for _, ref := range slices.SortedFunc(maps.Keys(entries), compareRefs) {
 		e := entries[ref]
-		m.Records = append(m.Records, manifestEntry{Kind: ref.Kind, ID: ref.ID, Version: ref.Version, Revision: e.revision, SHA256: e.digest[:]})
+		m.Records = append(m.Records, manifestEntry{
+			Kind: ref.Kind, ID: ref.ID, Version: ref.Version, Revision: e.revision, SHA256: e.digest[:], Skippable: e.skippable,
+		})
 	}
 	rec, err := v.sealer.sealJSON(manifestRef, m)
 	if err != nil {
@@ -305,6 +311,8 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
 	ticketRecords := make(map[uint32]Record)
+	foreign := make(map[RecordRef]bool) // records of kinds of later releases (StoreFormat)
+	intents := make(map[RecordRef]bool)
 	storeRev, err := v.store.Scan(ctx, func(r Record) error {
 		var dup bool
 		switch r.Kind {
@@ -326,8 +334,18 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		case RecordTicketKey:
 			_, dup = ticketRecords[r.Version]
 			ticketRecords[r.Version] = r
+		case RecordKeyIntent:
+			// Opened only when undone (intent.go); the manifest vouches
+			// for its bytes.
+			if validateID(r.ID) != nil || r.Version == 0 {
+				return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+			}
+			dup = intents[r.RecordRef]
+			intents[r.RecordRef] = true
 		default:
-			return fmt.Errorf("keyvault: %v: %w", r.RecordRef, ErrCorrupted)
+			// Checked against the manifest with every other record.
+			dup = foreign[r.RecordRef]
+			foreign[r.RecordRef] = true
 		}
 		if dup {
 			return fmt.Errorf("keyvault: %v: stored twice: %w", r.RecordRef, ErrCorrupted)
@@ -386,11 +404,23 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		if err := v.checkManifest(*manifest, all); err != nil {
 			return err
 		}
+		// Listed, with their digests, in the sealed manifest: written by a
+		// replica of a later release, which marks what this one may skip.
+		for _, ref := range slices.SortedFunc(maps.Keys(foreign), compareRefs) {
+			if !v.entries[ref].skippable {
+				return fmt.Errorf("keyvault: %v was written by a later release of handshaked, which says this one cannot serve beside it: "+
+					"upgrade this replica: %w", ref, ErrFailedPrecondition)
+			}
+		}
 	case opens(s.v1(), checkPlaintextV1):
 		// A v1 store, written before manifests: what it holds is taken as
 		// it is, once, and resealed below.
 		if manifest != nil || rotation != nil {
 			return fmt.Errorf("keyvault: a v1 %v in a store with a manifest: %w", checkRef, ErrCorrupted)
+		}
+		if len(foreign) > 0 {
+			ref := slices.SortedFunc(maps.Keys(foreign), compareRefs)[0]
+			return fmt.Errorf("keyvault: %v in a v1 store: %w", ref, ErrCorrupted)
 		}
 		s = s.v1()
 	default:
@@ -468,7 +498,7 @@ func (v *Vault) checkManifest(r Record, records []Record) error {
 		if dup || ref.Kind == RecordManifest || len(e.SHA256) != sha256.Size || e.Revision > m.Revision {
 			return fmt.Errorf("keyvault: %v: bad entry for %v: %w", manifestRef, ref, ErrCorrupted)
 		}
-		v.entries[ref] = recordEntry{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256)}
+		v.entries[ref] = recordEntry{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256), skippable: e.Skippable}
 	}
 	v.revision = m.Revision
 	seen := make(map[RecordRef]bool, len(records))

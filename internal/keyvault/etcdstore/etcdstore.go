@@ -8,7 +8,9 @@
 //
 //	P+"store/head"               rewritten by every commit: its ModRevision is the store revision
 //	P+"store/r/KK/VVVVVVVV/ID"   a record: kind and version in hex, then the key id; value: sealed bytes
-//	P+"replicas/LLLLLLLLLLLLLLLL" a replica's applied revision (decimal), under that replica's lease
+//	P+"replicas/LLLLLLLLLLLLLLLL/format-F" a replica's applied revision (decimal), under that replica's lease;
+//	                             F is the keyvault.StoreFormat it reads (a replica of a release
+//	                             before formats announces P+"replicas/LLLLLLLLLLLLLLLL")
 //
 // The store revision is etcd's revision of the last commit to this store,
 // so commits of other deployments (or of announcements) in the same etcd
@@ -672,8 +674,37 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 	}
 }
 
+// replicaKey names the announcement of lease with the store format this
+// release reads. The format is in the key's name, not its value: a replica
+// of a release before formats reads every value under replicas/ as a
+// revision (WaitApplied), and the name, which it does not parse.
 func (s *Store) replicaKey(lease clientv3.LeaseID) string {
-	return fmt.Sprintf("%s%016x", s.replicas, int64(lease))
+	return fmt.Sprintf("%s%016x/format-%d", s.replicas, int64(lease), keyvault.StoreFormat)
+}
+
+// MinFormat implements keyvault.SharedStore from the names of the live
+// announcements (replicaKey): one that names no format counts as 0.
+func (s *Store) MinFormat(ctx context.Context) (int, error) {
+	if s.isClosed() {
+		return 0, keyvault.ErrClosed
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Get(rctx, s.replicas, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return 0, s.fail(ctx, "read the replicas' store formats", s.cfg.RequestTimeout, err)
+	}
+	lowest := keyvault.StoreFormat
+	for _, kv := range resp.Kvs {
+		f := 0
+		if _, name, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), s.replicas), "/format-"); ok {
+			if n, err := strconv.Atoi(name); err == nil && n > 0 {
+				f = n
+			}
+		}
+		lowest = min(lowest, f)
+	}
+	return lowest, nil
 }
 
 // liveLease returns the replica's lease, granting one (and starting its

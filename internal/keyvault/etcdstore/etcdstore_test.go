@@ -78,6 +78,7 @@ func TestStore(t *testing.T) {
 	t.Run("ScanChanged", func(t *testing.T) { testScanChanged(t, c) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, c) })
 	t.Run("AnnounceWaitApplied", func(t *testing.T) { testAnnounceWaitApplied(t, c) })
+	t.Run("MinFormat", func(t *testing.T) { testMinFormat(t, c) })
 	t.Run("Corrupted", func(t *testing.T) { testCorrupted(t, c) })
 	t.Run("Vault", func(t *testing.T) { testVault(t, c) })
 }
@@ -445,6 +446,50 @@ func testAnnounceWaitApplied(t *testing.T, c *etcdtest.Cluster) {
 	assert.Equal(t, before, head())
 	require.NoError(t, a.Announce(ctx, 22))
 	assert.Greater(t, head(), before)
+}
+
+// MinFormat is the lowest store format the live replicas announce: a
+// replica of a release before formats (an announcement whose key names
+// none) counts as 0, and one whose lease ended no longer counts. Such a
+// replica's WaitApplied still reads this release's announcements as
+// revisions.
+func testMinFormat(t *testing.T, c *etcdtest.Cluster) {
+	ctx := t.Context()
+	a, b := open(t, c, "/formats"), open(t, c, "/formats")
+	f, err := a.MinFormat(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, keyvault.StoreFormat, f, "no replica announced")
+	require.NoError(t, a.Announce(ctx, 5))
+	require.NoError(t, b.Announce(ctx, 5))
+	f, err = b.MinFormat(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, keyvault.StoreFormat, f, "replicas of this release")
+
+	// A replica of a release before formats announces under its lease's
+	// key alone.
+	raw := c.Client(t, nil)
+	lease, err := raw.Grant(ctx, 60)
+	require.NoError(t, err)
+	_, err = raw.Put(ctx, fmt.Sprintf("/formats/replicas/%016x", int64(lease.ID)), "5", clientv3.WithLease(lease.ID))
+	require.NoError(t, err)
+	f, err = a.MinFormat(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 0, f, "a replica of a release before formats")
+
+	// What that replica reads of this release's announcements: every
+	// value under replicas/ is a revision.
+	resp, err := raw.Get(ctx, "/formats/replicas/", clientv3.WithPrefix())
+	require.NoError(t, err)
+	require.Len(t, resp.Kvs, 3)
+	for _, kv := range resp.Kvs {
+		assert.Equal(t, "5", string(kv.Value), "%s", kv.Key)
+	}
+
+	_, err = raw.Revoke(ctx, lease.ID)
+	require.NoError(t, err)
+	f, err = a.MinFormat(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, keyvault.StoreFormat, f, "the old replica is gone")
 }
 
 // leaseOf returns the lease of the announcement under prefix with value v.

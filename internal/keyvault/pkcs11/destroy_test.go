@@ -40,7 +40,7 @@ func (s *lostAnswer) Commit(ctx context.Context, w keyvault.Write) (int64, error
 // destroys version 1 on v while store loses the answer: the destroy is
 // committed, and the caller is told UNAVAILABLE. The token still holds
 // version 1's objects then (the vault cannot know it committed).
-func destroyLosingTheAnswer(t *testing.T, v *keyvault.Vault, store *lostAnswer, b *pkcs11.Backend, id string) string {
+func destroyLosingTheAnswer(t *testing.T, v *keyvault.Vault, store *lostAnswer, b *pkcs11.Backend, id string) {
 	t.Helper()
 	_, err := v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, id, keyvault.ECDSAP256, nil)
 	require.NoError(t, err)
@@ -48,8 +48,7 @@ func destroyLosingTheAnswer(t *testing.T, v *keyvault.Vault, store *lostAnswer, 
 	require.NoError(t, err)
 	_, err = v.SetVersionEnabled(t.Context(), id, 1, false)
 	require.NoError(t, err)
-	label := "handshaked/" + id + "/1"
-	n, err := pkcs11.ObjectsLabelled(b, label)
+	n, err := pkcs11.ObjectsOfVersion(b, id, 1)
 	require.NoError(t, err)
 	require.Equal(t, 2, n, "version 1's public and private key in the token")
 
@@ -57,7 +56,6 @@ func destroyLosingTheAnswer(t *testing.T, v *keyvault.Vault, store *lostAnswer, 
 	_, err = v.DestroyVersion(t.Context(), id, 1)
 	store.lose.Store(false)
 	require.ErrorIs(t, err, keyvault.ErrUnavailable)
-	return label
 }
 
 // TestDestroyWithLostAnswerLeavesNothingInToken: a destroy of a token key
@@ -81,8 +79,8 @@ func TestDestroyWithLostAnswerLeavesNothingInToken(t *testing.T) {
 		t.Cleanup(func() { v.Close() })
 		return v
 	}
-	gone := func(t *testing.T, label string) bool {
-		n, err := pkcs11.ObjectsLabelled(b, label)
+	gone := func(t *testing.T, id string) bool {
+		n, err := pkcs11.ObjectsOfVersion(b, id, 1)
 		require.NoError(t, err)
 		return n == 0
 	}
@@ -90,12 +88,12 @@ func TestDestroyWithLostAnswerLeavesNothingInToken(t *testing.T) {
 	t.Run("the replica that lost the answer", func(t *testing.T) {
 		store := open(t, "/lost-answer")
 		v := replica(t, store, 400*time.Millisecond)
-		label := destroyLosingTheAnswer(t, v, store, b, "lost-answer")
+		destroyLosingTheAnswer(t, v, store, b, "lost-answer")
 		// Not a timing assertion: the replica finishes the destroy a
 		// staleness bound after it saw it pending; the deadline only ends a
 		// failing run.
 		deadline := time.Now().Add(30 * time.Second)
-		for !gone(t, label) {
+		for !gone(t, "lost-answer") {
 			require.True(t, time.Now().Before(deadline), "version 1's objects are still in the token")
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -110,12 +108,12 @@ func TestDestroyWithLostAnswerLeavesNothingInToken(t *testing.T) {
 		// A bound far longer than the test: this replica does not finish
 		// the destroy itself before it stops.
 		v := replica(t, store, time.Hour)
-		label := destroyLosingTheAnswer(t, v, store, b, "stopped")
+		destroyLosingTheAnswer(t, v, store, b, "stopped")
 		require.NoError(t, v.Close())
-		require.False(t, gone(t, label), "the stopped replica did not finish it")
+		require.False(t, gone(t, "stopped"), "the stopped replica did not finish it")
 
 		next := replica(t, open(t, "/stopped"), time.Hour)
-		assert.True(t, gone(t, label), "the next replica finished the destroy at its start")
+		assert.True(t, gone(t, "stopped"), "the next replica finished the destroy at its start")
 		signsP256(t, next, "stopped")
 		k, err := next.Get(t.Context(), "stopped")
 		require.NoError(t, err)

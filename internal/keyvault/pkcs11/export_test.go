@@ -5,6 +5,8 @@ package pkcs11
 import (
 	"context"
 	"crypto"
+	"fmt"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 )
@@ -44,10 +46,40 @@ func ObjectsWithID(b *Backend, key crypto.Signer) (int, error) {
 	return countObjects(b, pkcs11.NewAttribute(pkcs11.CKA_ID, key.(interface{ base() *tokenKey }).base().id))
 }
 
-// ObjectsLabelled counts the token's objects with CKA_LABEL label: those
-// of a key version the vault made, by its label ("handshaked/ID/N").
-func ObjectsLabelled(b *Backend, label string) (int, error) {
-	return countObjects(b, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+// ObjectsOfVersion counts the token's objects that the vault made for
+// version n of key id, in any attempt: those labelled "handshaked/ID/N/"
+// and a suffix of the attempt.
+func ObjectsOfVersion(b *Backend, id string, n uint32) (int, error) {
+	prefix := fmt.Sprintf("handshaked/%s/%d/", id, n)
+	var count int
+	err := b.withSession(context.Background(), func(sh pkcs11.SessionHandle) error {
+		if err := b.mod.ctx.FindObjectsInit(sh, nil); err != nil {
+			return err
+		}
+		var objs []pkcs11.ObjectHandle
+		for {
+			batch, _, err := b.mod.ctx.FindObjects(sh, 100)
+			if err != nil || len(batch) == 0 {
+				b.mod.ctx.FindObjectsFinal(sh)
+				if err != nil {
+					return err
+				}
+				break
+			}
+			objs = append(objs, batch...)
+		}
+		for _, obj := range objs {
+			attrs, err := b.mod.ctx.GetAttributeValue(sh, obj, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil)})
+			if err != nil {
+				return err
+			}
+			if strings.HasPrefix(string(attrs[0].Value), prefix) {
+				count++
+			}
+		}
+		return nil
+	})
+	return count, err
 }
 
 func countObjects(b *Backend, attr *pkcs11.Attribute) (int, error) {

@@ -38,6 +38,10 @@ var (
 	oidEd25519 = asn1.ObjectIdentifier{1, 3, 101, 112}
 )
 
+// The vault records an intent for each key it generates here, and undoes
+// one left behind with DestroyLabeled (keyvault's intent.go).
+var _ keyvault.LabelDestroyer = (*Backend)(nil)
+
 // Name is keyvault.BackendPKCS11.
 func (b *Backend) Name() string { return keyvault.BackendPKCS11 }
 
@@ -197,12 +201,28 @@ func (b *Backend) Destroy(ctx context.Context, handle []byte) error {
 	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error { return b.destroyID(sh, uri.ID) })
 }
 
+// DestroyLabeled implements keyvault.LabelDestroyer: it destroys every
+// object with CKA_LABEL label, the objects of every key Generate made
+// under it (the vault gives each attempt a label of its own), found or
+// not by their CKA_ID.
+func (b *Backend) DestroyLabeled(ctx context.Context, label string) error {
+	return b.withSession(ctx, func(sh pkcs11.SessionHandle) error {
+		return b.destroyAll(sh, pkcs11.NewAttribute(pkcs11.CKA_LABEL, label))
+	})
+}
+
 // destroyID destroys every object with CKA_ID id: a key's public, private
-// and rejection keys. An object that another session destroyed between
-// the search and its destruction is gone all the same.
+// and rejection keys.
 func (b *Backend) destroyID(sh pkcs11.SessionHandle, id []byte) error {
+	return b.destroyAll(sh, pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+}
+
+// destroyAll destroys every object matching attr. An object that another
+// session destroyed between the search and its destruction is gone all
+// the same.
+func (b *Backend) destroyAll(sh pkcs11.SessionHandle, attr *pkcs11.Attribute) error {
 	for {
-		objs, err := b.findAll(sh, pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+		objs, err := b.findAll(sh, attr)
 		if err != nil || len(objs) == 0 {
 			return err
 		}

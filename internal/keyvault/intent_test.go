@@ -1,0 +1,143 @@
+package keyvault
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
+)
+
+// labelBackend is the software backend as a backend whose keys live
+// outside the store (a LabelDestroyer), which the vault writes intents
+// for; it counts the keys it holds by label.
+type labelBackend struct {
+	mu     sync.Mutex
+	labels map[string]int
+}
+
+func (b *labelBackend) Name() string { return "token" }
+
+func (b *labelBackend) Generate(ctx context.Context, alg Algorithm, label string) ([]byte, crypto.Signer, error) {
+	handle, signer, err := softwareBackend{}.Generate(ctx, alg, label)
+	if err == nil {
+		b.mu.Lock()
+		b.labels[label]++
+		b.mu.Unlock()
+	}
+	return handle, signer, err
+}
+
+func (b *labelBackend) Load(ctx context.Context, alg Algorithm, handle []byte) (crypto.Signer, error) {
+	return softwareBackend{}.Load(ctx, alg, handle)
+}
+
+func (b *labelBackend) Destroy(ctx context.Context, handle []byte) error { return nil }
+
+func (b *labelBackend) DestroyLabeled(ctx context.Context, label string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.labels, label)
+	return nil
+}
+
+// intentsWritten counts the commits of s that wrote a key intent.
+func intentsWritten(s *memShared) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, ch := range s.log {
+		for _, r := range ch.Put {
+			if r.Kind == RecordKeyIntent {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// TestIntentWaitsForEveryReplicaToReadFormat1: while a replica of a
+// release before store formats follows the store (it announces none), a
+// key of a LabelDestroyer is made without an intent, the one record kind
+// that replica could not read (it would refuse its whole view); once it is
+// gone, with one, which the version's commit erases.
+func TestIntentWaitsForEveryReplicaToReadFormat1(t *testing.T) {
+	s := newMemShared()
+	old := s.client()
+	old.formatZero.Store(true)
+	require.NoError(t, old.Announce(ctx, 0))
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newSharedVault(t, s, WithBackend(b))
+
+	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	assert.Zero(t, intentsWritten(s), "no intent while a replica of format 0 follows the store")
+
+	require.NoError(t, old.Close())
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	assert.Equal(t, 1, intentsWritten(s), "an intent once every replica reads format 1")
+	v.writeMu.Lock()
+	for ref := range v.entries {
+		assert.NotEqual(t, RecordKeyIntent, ref.Kind, "the version's commit erased %v", ref)
+	}
+	v.writeMu.Unlock()
+	signOK(t, v, "web", 2)
+	assert.Len(t, b.labels, 2, "both keys are kept")
+}
+
+// TestRestoreLeavesTheSnapshotsIntents: a snapshot holds the store as it
+// is, intents included; an instance restored from it does not take them
+// over: they name attempts of the instance the snapshot was taken of,
+// which may have stored their versions since, and whose keys the restored
+// one must not destroy.
+func TestRestoreLeavesTheSnapshotsIntents(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newTestVault(t)
+	importTestKey(t, v, "web", ECDSAP256)
+	label, in, err := v.beginIntent(ctx, b, "web", 2)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // the generation under way
+	var snapshot bytes.Buffer
+	_, err = v.Backup(ctx, &snapshot)
+	require.NoError(t, err)
+
+	path := filepath.Join(t.TempDir(), "vault.db")
+	fresh := openTestVault(t, path, testKEK, WithBackend(b))
+	_, err = fresh.Restore(ctx, &snapshot)
+	require.NoError(t, err)
+	signOK(t, fresh, "web", 1)
+	require.NoError(t, fresh.Close())
+	for _, r := range storedRecords(t, path) {
+		assert.NotEqual(t, RecordKeyIntent, r.Kind, "restored %v", r.RecordRef)
+	}
+	openTestVault(t, path, testKEK, WithBackend(b)) // starts clean, and undoes nothing
+	assert.Equal(t, 1, b.labels[label], "the key of the snapshot's intent is not destroyed")
+}
+
+// TestForgedIntentIsRefused: an intent is checked against the manifest as
+// every record is: one put into the file that the manifest does not list
+// (which would make a replica destroy the keys of any label it names) is
+// refused, and nothing is destroyed.
+func TestForgedIntentIsRefused(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{"handshaked/web/1/0000000000000000": 1}}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	v := openTestVault(t, path, testKEK, WithBackend(b))
+	importTestKey(t, v, "web", ECDSAP256)
+	require.NoError(t, v.Close())
+	s, err := newSealer(testKEK)
+	require.NoError(t, err)
+	forged, err := s.sealJSON(RecordRef{Kind: RecordKeyIntent, ID: "web", Version: 1}, intentRecord{Backend: "token", Label: "handshaked/web/1/0000000000000000"})
+	require.NoError(t, err)
+	editBolt(t, path, func(tx *bolt.Tx) error { return putRecord(tx, forged) })
+	_, err = openVault(path, testKEK, WithBackend(b))
+	assert.ErrorIs(t, err, ErrCorrupted)
+	assert.ErrorContains(t, err, `key "web" version 1 intent is not in the manifest`)
+	assert.Len(t, b.labels, 1, "nothing destroyed")
+}
