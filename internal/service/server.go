@@ -71,6 +71,8 @@ type Server struct {
 	stopPoll   context.CancelFunc
 	// helpers work on batches beside their calls; Shutdown ends them.
 	helpers *helpers
+	// restHelpers serve REST requests that come over HTTP/2 (onHelpers).
+	restHelpers *helpers
 }
 
 // Options configure a Server. The zero value is a development server:
@@ -224,8 +226,10 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	h.Handle("/docs", docs)
 	h.Handle("/docs/", docs)
 	h.Handle("/", withHTTPPeer(knownQuery(routes, mux)))
+	// As many as the gRPC server's workers, for the same reason.
+	s.restHelpers = startHelpers(streamWorkers)
 	s.http = &http.Server{
-		Handler:           http.MaxBytesHandler(sameOrigin(opts.TLS == nil, identityBody(validUTF8(h))), MaxRequestBytes),
+		Handler:           onHelpers(s.restHelpers, http.MaxBytesHandler(sameOrigin(opts.TLS == nil, identityBody(validUTF8(h))), MaxRequestBytes)),
 		ConnContext:       withConnPeer,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -333,5 +337,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.healthOnly.Stop()
 	s.helpers.close()
+	s.restHelpers.close()
 	return httpErr
 }
