@@ -139,7 +139,7 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 	h.kex, h.group = s.kex, t.group
 	h.suite, _ = record.SuiteByID(t.suite)
 	h.ems = t.ems
-	h.masterSecret = slices.Clone(t.secret)
+	h.masterSecret, h.master12 = slices.Clone(t.secret), nil
 	if len(t.peerCerts) > 0 {
 		h.peerCerts = t.peerCerts
 	}
@@ -177,8 +177,7 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 		// bounds how long one master secret lives, however often resumed.
 		h.sendNewSessionTicket12(t.created)
 	}
-	h.clientKey, h.serverKey, h.clientIV, h.serverIV = record.KeyBlock12(h.suite.Hash, h.masterSecret,
-		h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
+	h.clientKey, h.serverKey, h.clientIV, h.serverIV = h.masterPRF().KeyBlock(h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
 	if err := h.sendServerFinished12(); err != nil {
 		return err
 	}
@@ -205,7 +204,7 @@ func (h *Handshake) processResumedClientFinished12(body, raw []byte) error {
 // handshake, over the transcript up to the server's Finished (RFC 5246,
 // Section 7.4.9).
 func (h *Handshake) clientFinished12() []byte {
-	return finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())
+	return finishedVerifyData12(h.masterPRF(), "client finished", h.transcript.sum())
 }
 
 // sendNewSessionTicket12 seals the session into a ticket and sends it, RFC
