@@ -2,12 +2,11 @@ package engine
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
@@ -248,10 +247,15 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 }
 
 // marshalNewSessionTicket12 is the TLS 1.2 NewSessionTicket, RFC 5077,
-// Section 3.3: uint32 ticket_lifetime_hint; opaque ticket<0..2^16-1>.
+// Section 3.3: uint32 ticket_lifetime_hint; opaque ticket<0..2^16-1>
+// (sealTicket bounds it by maxTicketLen). Appended into one buffer of the
+// exact size, not built with cryptobyte (whose buffer grew five times), as
+// every TLS 1.2 handshake with a ticket makes one.
 func marshalNewSessionTicket12(lifetimeHint uint32, ticket []byte) []byte {
-	return marshalHandshake(typeNewSessionTicket, func(b *cryptobyte.Builder) {
-		b.AddUint32(lifetimeHint)
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(ticket) })
-	})
+	body := 4 + 2 + len(ticket)
+	b := make([]byte, 0, 4+body)
+	b = append(b, typeNewSessionTicket, byte(body>>16), byte(body>>8), byte(body))
+	b = binary.BigEndian.AppendUint32(b, lifetimeHint)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(ticket)))
+	return append(b, ticket...)
 }
