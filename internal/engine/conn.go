@@ -387,6 +387,6 @@ func (h *Handshake) wipe() {
 		h.clientHandshake, h.clientTraffic, h.serverTraffic, h.exporterSecret, h.master13} {
 		clear(s)
 	}
-	h.ecdheKey = nil
+	h.ecdheKey, h.master12 = nil, nil
 	h.inBuf, h.hsBuf, h.transcript, h.readCipher, h.writeCipher = nil, nil, nil, nil, nil
 }

@@ -480,8 +480,11 @@ type handshake12 struct {
 	issueTicket bool
 	// Secrets: the ECDHE key until ClientKeyExchange, the master secret and
 	// the key block.
-	ecdheKey            *ecdh.PrivateKey
-	masterSecret        []byte
+	ecdheKey     *ecdh.PrivateKey
+	masterSecret []byte
+	// master12 is masterSecret keyed into the PRF (masterPRF), not saved
+	// with the state.
+	master12            *record.Secret12
 	clientKey, clientIV []byte
 	serverKey, serverIV []byte
 }

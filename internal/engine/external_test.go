@@ -61,6 +61,10 @@ func serveConnections(t *testing.T, cfg Config, keys []KeyOps, serve []func(*rec
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
+	// A client that fails before its last connection (runClient gives up
+	// on it after 15 s) must not leave Accept waiting for that connection
+	// until go test's timeout, ten minutes with no word of which test.
+	require.NoError(t, ln.(*net.TCPListener).SetDeadline(time.Now().Add(time.Minute)))
 	require.NoError(t, cfg.check())
 	ch := make(chan externalOutcome, len(keys))
 	go func() {

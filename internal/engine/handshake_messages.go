@@ -730,9 +730,12 @@ func marshalServerHelloDone() []byte {
 	return marshalHandshake(typeServerHelloDone, func(*cryptobyte.Builder) {})
 }
 
-// finishedMsg, RFC 8446, Section 4.4.4 and RFC 5246, Section 7.4.9.
+// finishedMsg, RFC 8446, Section 4.4.4 and RFC 5246, Section 7.4.9: the
+// verify_data fills the message. Appended, not built with cryptobyte
+// (whose buffer grew three times), as every handshake makes one or two.
 func marshalFinished(verifyData []byte) []byte {
-	return marshalHandshake(typeFinished, func(b *cryptobyte.Builder) { b.AddBytes(verifyData) })
+	n := len(verifyData)
+	return append([]byte{typeFinished, byte(n >> 16), byte(n >> 8), byte(n)}, verifyData...)
 }
 
 // parseClientKeyExchange extracts the key exchange payload: the RSA

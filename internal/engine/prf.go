@@ -7,7 +7,7 @@ import (
 )
 
 // TLS 1.2 key derivation, RFC 5246, Sections 7.4.9 and 8.1 and RFC 7627;
-// the PRF and the key block are record.PRF12 and record.KeyBlock12.
+// the PRF and the key block are record.PRF12 and record.Secret12.
 
 const (
 	masterSecretLength   = 48 // RFC 5246, Section 8.1
@@ -29,6 +29,16 @@ func masterSecret(h crypto.Hash, preMaster []byte, ems bool, sessionHash, client
 
 // finishedVerifyData12 is PRF(master_secret, finished_label,
 // Hash(handshake_messages))[0..11], RFC 5246, Section 7.4.9.
-func finishedVerifyData12(h crypto.Hash, master []byte, label string, transcriptHash []byte) []byte {
-	return record.PRF12(h, master, label, transcriptHash, finishedVerifyLength)
+func finishedVerifyData12(master *record.Secret12, label string, transcriptHash []byte) []byte {
+	return master.PRF(label, transcriptHash, finishedVerifyLength)
+}
+
+// masterPRF is the master secret keyed into the PRF, once for the key
+// block and both Finished (record.Secret12); a restored handshake keys it
+// again.
+func (h *Handshake) masterPRF() *record.Secret12 {
+	if h.master12 == nil {
+		h.master12 = record.NewSecret12(h.suite.Hash, h.masterSecret)
+	}
+	return h.master12
 }

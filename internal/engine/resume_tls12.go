@@ -2,12 +2,11 @@ package engine
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
@@ -139,7 +138,7 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 	h.kex, h.group = s.kex, t.group
 	h.suite, _ = record.SuiteByID(t.suite)
 	h.ems = t.ems
-	h.masterSecret = slices.Clone(t.secret)
+	h.masterSecret, h.master12 = slices.Clone(t.secret), nil
 	if len(t.peerCerts) > 0 {
 		h.peerCerts = t.peerCerts
 	}
@@ -177,8 +176,7 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 		// bounds how long one master secret lives, however often resumed.
 		h.sendNewSessionTicket12(t.created)
 	}
-	h.clientKey, h.serverKey, h.clientIV, h.serverIV = record.KeyBlock12(h.suite.Hash, h.masterSecret,
-		h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
+	h.clientKey, h.serverKey, h.clientIV, h.serverIV = h.masterPRF().KeyBlock(h.clientRandom, h.serverRandom, h.suite.KeyLen, h.suite.FixedIVLen)
 	if err := h.sendServerFinished12(); err != nil {
 		return err
 	}
@@ -205,7 +203,7 @@ func (h *Handshake) processResumedClientFinished12(body, raw []byte) error {
 // handshake, over the transcript up to the server's Finished (RFC 5246,
 // Section 7.4.9).
 func (h *Handshake) clientFinished12() []byte {
-	return finishedVerifyData12(h.suite.Hash, h.masterSecret, "client finished", h.transcript.sum())
+	return finishedVerifyData12(h.masterPRF(), "client finished", h.transcript.sum())
 }
 
 // sendNewSessionTicket12 seals the session into a ticket and sends it, RFC
@@ -249,10 +247,15 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 }
 
 // marshalNewSessionTicket12 is the TLS 1.2 NewSessionTicket, RFC 5077,
-// Section 3.3: uint32 ticket_lifetime_hint; opaque ticket<0..2^16-1>.
+// Section 3.3: uint32 ticket_lifetime_hint; opaque ticket<0..2^16-1>
+// (sealTicket bounds it by maxTicketLen). Appended into one buffer of the
+// exact size, not built with cryptobyte (whose buffer grew five times), as
+// every TLS 1.2 handshake with a ticket makes one.
 func marshalNewSessionTicket12(lifetimeHint uint32, ticket []byte) []byte {
-	return marshalHandshake(typeNewSessionTicket, func(b *cryptobyte.Builder) {
-		b.AddUint32(lifetimeHint)
-		b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(ticket) })
-	})
+	body := 4 + 2 + len(ticket)
+	b := make([]byte, 0, 4+body)
+	b = append(b, typeNewSessionTicket, byte(body>>16), byte(body>>8), byte(body))
+	b = binary.BigEndian.AppendUint32(b, lifetimeHint)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(ticket)))
+	return append(b, ticket...)
 }

@@ -321,14 +321,14 @@ func dialResume12(t *testing.T, cfg Config, hello rawHello, master []byte) *resu
 	for _, m := range msgs {
 		r.transcript.Write(m.raw)
 	}
-	r.clientKey, r.serverKey, r.clinv, r.srvIV = record.KeyBlock12(crypto.SHA256, master, rawRandom, r.hello.random, 16, 4)
+	r.clientKey, r.serverKey, r.clinv, r.srvIV = record.NewSecret12(crypto.SHA256, master).KeyBlock(rawRandom, r.hello.random, 16, 4)
 	in, err := record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, r.serverKey, r.srvIV, 0)
 	require.NoError(t, err)
 	typ, body = next()
 	inner, fin, err := in.Open(typ, 0x0303, body)
 	require.NoError(t, err, "the server's Finished under the keys of the ticket's master secret")
 	require.Equal(t, record.Handshake, inner)
-	want := marshalFinished(finishedVerifyData12(crypto.SHA256, master, "server finished", r.transcript.Sum(nil)))
+	want := marshalFinished(finishedVerifyData12(record.NewSecret12(crypto.SHA256, master), "server finished", r.transcript.Sum(nil)))
 	require.Equal(t, want, fin, "server Finished over ClientHello, ServerHello, NewSessionTicket")
 	r.transcript.Write(fin)
 	return r
@@ -351,7 +351,7 @@ func (r *resumption12) finish(t *testing.T, alter func(fin []byte)) ([]byte, rel
 
 // clientFinished is the client's correct Finished message.
 func (r *resumption12) clientFinished() []byte {
-	return marshalFinished(finishedVerifyData12(crypto.SHA256, r.master, "client finished", r.transcript.Sum(nil)))
+	return marshalFinished(finishedVerifyData12(record.NewSecret12(crypto.SHA256, r.master), "client finished", r.transcript.Sum(nil)))
 }
 
 // send writes the client's second flight and returns what the server
@@ -657,12 +657,12 @@ func TestProbeTicketIssuedTLS12(t *testing.T) {
 
 		// The Finished, under the server's keys, covers the
 		// NewSessionTicket.
-		_, serverKey, _, serverIV := record.KeyBlock12(crypto.SHA256, c.master, rawRandom, c.random, 16, 4)
+		_, serverKey, _, serverIV := record.NewSecret12(crypto.SHA256, c.master).KeyBlock(rawRandom, c.random, 16, 4)
 		in, err := record.NewTLS12Cipher(0xc02b, serverKey, serverIV, 0)
 		require.NoError(t, err)
 		_, got, err := in.Open(record.Handshake, 0x0303, recs[2])
 		require.NoError(t, err)
-		assert.Equal(t, marshalFinished(finishedVerifyData12(crypto.SHA256, c.master, "server finished", c.transcript.Sum(nil))), got)
+		assert.Equal(t, marshalFinished(finishedVerifyData12(record.NewSecret12(crypto.SHA256, c.master), "server finished", c.transcript.Sum(nil))), got)
 	})
 }
 

@@ -1135,7 +1135,7 @@ func dial12Hello(t *testing.T, cfg Config, hello rawHello) *client12 {
 	c.transcript.Write(c.cke)
 	// RFC 7627, Section 4: the session hash runs through ClientKeyExchange.
 	c.master = masterSecret(crypto.SHA256, shared, true, c.transcript.Sum(nil), rawRandom, serverRandom)
-	c.key, _, c.iv, _ = record.KeyBlock12(crypto.SHA256, c.master, rawRandom, serverRandom, 16, 4)
+	c.key, _, c.iv, _ = record.NewSecret12(crypto.SHA256, c.master).KeyBlock(rawRandom, serverRandom, 16, 4)
 	c.out, err = record.NewTLS12Cipher(0xc02b, c.key, c.iv, 0)
 	require.NoError(t, err)
 	return c
@@ -1143,7 +1143,7 @@ func dial12Hello(t *testing.T, cfg Config, hello rawHello) *client12 {
 
 // finished is the client's correct Finished message.
 func (c *client12) finished() []byte {
-	return marshalFinished(finishedVerifyData12(crypto.SHA256, c.master, "client finished", c.transcript.Sum(nil)))
+	return marshalFinished(finishedVerifyData12(record.NewSecret12(crypto.SHA256, c.master), "client finished", c.transcript.Sum(nil)))
 }
 
 func (c *client12) seal(typ record.ContentType, content []byte) []byte {

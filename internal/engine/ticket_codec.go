@@ -2,6 +2,7 @@ package engine
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -60,24 +61,39 @@ func (t *ticketState) marshal() []byte {
 	if t.ems {
 		flags |= ticketFlagEMS
 	}
-	var b cryptobyte.Builder
-	b.AddUint8(ticketCodecVersion)
-	b.AddUint16(t.vers)
-	b.AddUint16(t.suite)
-	b.AddUint16(uint16(t.group))
-	b.AddUint64(uint64(t.created.UnixMilli()))
-	b.AddUint32(t.ageAdd)
-	b.AddUint8(flags)
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(t.secret) })
-	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(t.serverName)) })
-	b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(t.alpn)) })
-	b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) {
-		for _, c := range t.peerCerts {
-			b.AddUint24LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(c) })
-		}
-	})
-	return b.BytesOrPanic()
+	certsLen := 0
+	for _, c := range t.peerCerts {
+		certsLen += 3 + len(c)
+	}
+	if len(t.secret) > 0xff || len(t.serverName) > 0xffff || len(t.alpn) > 0xff || certsLen > 0xffffff {
+		panic("engine: ticket state field too long for its length prefix")
+	}
+	// Appended into one buffer of the exact size, not built with
+	// cryptobyte: its buffer grew four or five times and each length
+	// prefix allocated a builder, for every ticket sealed, and the grown
+	// copies kept the secret beyond sealTicket's clear of the result.
+	b := make([]byte, 0, 1+3*2+8+4+1+1+len(t.secret)+2+len(t.serverName)+1+len(t.alpn)+3+certsLen)
+	b = append(b, ticketCodecVersion)
+	b = binary.BigEndian.AppendUint16(b, t.vers)
+	b = binary.BigEndian.AppendUint16(b, t.suite)
+	b = binary.BigEndian.AppendUint16(b, uint16(t.group))
+	b = binary.BigEndian.AppendUint64(b, uint64(t.created.UnixMilli()))
+	b = binary.BigEndian.AppendUint32(b, t.ageAdd)
+	b = append(b, flags, byte(len(t.secret)))
+	b = append(b, t.secret...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(t.serverName)))
+	b = append(b, t.serverName...)
+	b = append(b, byte(len(t.alpn)))
+	b = append(b, t.alpn...)
+	b = appendUint24(b, certsLen)
+	for _, c := range t.peerCerts {
+		b = appendUint24(b, len(c))
+		b = append(b, c...)
+	}
+	return b
 }
+
+func appendUint24(b []byte, n int) []byte { return append(b, byte(n>>16), byte(n>>8), byte(n)) }
 
 // parseTicketState decodes what marshal wrote. The result owns its memory.
 func parseTicketState(data []byte) (*ticketState, error) {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"testing"
 	"time"
 
@@ -33,6 +34,19 @@ func TestTicketCodecRoundTrip(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, ts, got)
 	}
+}
+
+// TestTicketCodecLayout pins the bytes of ticket plaintext codec version 1
+// (as its cryptobyte encoder wrote them): replicas of a fleet running other
+// builds open each other's tickets, so a change of layout needs a new
+// ticketCodecVersion.
+func TestTicketCodecLayout(t *testing.T) {
+	want, err := hex.DecodeString("010304130100000000019e7044887bdeadbeef01" +
+		"203031323334353637383961626364656630313233343536373839616263646566" + // secret
+		"0010703235362e6578616d706c652e636f6d" + "026832" + // server_name, alpn
+		"000016" + "0000046c656166" + "00000c696e7465726d656469617465") // peer_certs
+	require.NoError(t, err)
+	assert.Equal(t, want, sampleTicketState().marshal())
 }
 
 func TestTicketCodecRejects(t *testing.T) {

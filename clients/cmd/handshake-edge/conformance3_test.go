@@ -111,7 +111,7 @@ func resumed12(t *testing.T, f *fixture, addr string, flight func(fin []byte, ou
 		s, ok := record.SuiteByID(p.suite)
 		require.True(t, ok)
 		var sk, siv []byte
-		p.key, sk, p.iv, siv = record.KeyBlock12(s.Hash, master, clientRandom, serverRandom, s.KeyLen, s.FixedIVLen)
+		p.key, sk, p.iv, siv = record.NewSecret12(s.Hash, master).KeyBlock(clientRandom, serverRandom, s.KeyLen, s.FixedIVLen)
 		recs := splitPlainRecords(t, b)
 		require.Len(t, recs, 2, "the second flight is not ChangeCipherSpec and Finished")
 		require.Equal(t, serverRecord{record.ChangeCipherSpec, []byte{1}}, recs[0])
@@ -553,7 +553,7 @@ func TestProbeEdgePaddedSharedSecret12(t *testing.T) {
 				master := record.PRF12(crypto.SHA256, premaster, "extended master secret", transcript.Sum(nil), 48)
 				s, ok := record.SuiteByID(suite)
 				require.True(t, ok)
-				ck, sk, civ, siv := record.KeyBlock12(s.Hash, master, hello[4+2:4+2+32], serverRandom, s.KeyLen, s.FixedIVLen)
+				ck, sk, civ, siv := record.NewSecret12(s.Hash, master).KeyBlock(hello[4+2:4+2+32], serverRandom, s.KeyLen, s.FixedIVLen)
 				fin := hsMsg(20, record.PRF12(crypto.SHA256, master, "client finished", transcript.Sum(nil), 12)...)
 				transcript.Write(fin)
 				p := &peer{raw: c, suite: suite, key: ck, iv: civ}

@@ -429,7 +429,7 @@ func (p *peer) keys(t *testing.T, server []byte) {
 	}
 	entry := testenv.KeyLog(t, logs)["CLIENT_RANDOM"]
 	var sk, siv []byte
-	p.key, sk, p.iv, siv = record.KeyBlock12(s.Hash, entry[1], entry[0], random, s.KeyLen, s.FixedIVLen)
+	p.key, sk, p.iv, siv = record.NewSecret12(s.Hash, entry[1]).KeyBlock(entry[0], random, s.KeyLen, s.FixedIVLen)
 	// Each side's Finished is the first record under its keys.
 	p.out, err = record.NewTLS12Cipher(p.suite, p.key, p.iv, 1)
 	require.NoError(t, err)

@@ -155,7 +155,7 @@ func (c *splitFinishedConn) Write(b []byte) (int, error) {
 			}
 		}
 		require.NotEmpty(c.t, master, "the client's master secret")
-		ck, _, civ, _ := record.KeyBlock12(crypto.SHA256, master, c.client, c.read[11:43], 16, 4)
+		ck, _, civ, _ := record.NewSecret12(crypto.SHA256, master).KeyBlock(c.client, c.read[11:43], 16, 4)
 		var err error
 		c.open, err = record.NewTLS12Cipher(tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, ck, civ, 0)
 		require.NoError(c.t, err)

@@ -523,7 +523,7 @@ func TestInteropTLS12(t *testing.T) {
 				t.Fatalf("first server record is not a ServerHello")
 			}
 			serverRandom := serverHello[6:38]
-			clientKey, serverKey, clientIV, serverIV := KeyBlock12(suite.Hash, master, clientRandom, serverRandom, suite.KeyLen, suite.FixedIVLen)
+			clientKey, serverKey, clientIV, serverIV := NewSecret12(suite.Hash, master).KeyBlock(clientRandom, serverRandom, suite.KeyLen, suite.FixedIVLen)
 
 			c2s := decodeTLS12(t, sess.clientTap.captured(), id, clientKey, clientIV)
 			if !bytes.Equal(c2s.appData, request) {
