@@ -141,3 +141,36 @@ func TestForgedIntentIsRefused(t *testing.T) {
 	assert.ErrorContains(t, err, `key "web" version 1 intent is not in the manifest`)
 	assert.Len(t, b.labels, 1, "nothing destroyed")
 }
+
+// TestRestoreKeepsTheInstancesOwnIntents: an intent the instance restored
+// into holds (an attempt of its own whose version never landed, its key in
+// the token) stays through Restore, and is undone at the next start: the
+// restore erased it, and the key stayed in the token with nothing naming
+// it.
+func TestRestoreKeepsTheInstancesOwnIntents(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newTestVault(t)
+	importTestKey(t, v, "web", ECDSAP256)
+	var snapshot bytes.Buffer
+	_, err := v.Backup(ctx, &snapshot)
+	require.NoError(t, err)
+
+	path := filepath.Join(t.TempDir(), "vault.db")
+	fresh := openTestVault(t, path, testKEK, WithBackend(b))
+	label, in, err := fresh.beginIntent(ctx, b, "api", 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // generated; the version's commit never landed
+	_, err = fresh.Restore(ctx, &snapshot)
+	require.NoError(t, err)
+	signOK(t, fresh, "web", 1)
+	require.NoError(t, fresh.Close())
+
+	reopened, err := openVault(path, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	require.NoError(t, reopened.Close())
+	assert.Zero(t, b.labels[label], "the key of the instance's own intent is destroyed at the next start")
+	for _, r := range storedRecords(t, path) {
+		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
+	}
+}
