@@ -138,8 +138,8 @@ func (v *Vault) held(in *keyIntent) error {
 		return nil
 	}
 	if e, ok := v.entries[in.ref]; !ok || e != in.entry {
-		return fmt.Errorf("keyvault: %v: the creation was undone (by this replica or another) as it took longer than %d staleness bounds; retry it: %w",
-			in.ref, intentUndoBounds, ErrAborted)
+		return fmt.Errorf("keyvault: %v: the creation was undone (by this replica or another) as it took longer than %d staleness bounds, "+
+			"or its intent was rewrapped by a KEK rotation; retry it: %w", in.ref, intentUndoBounds, ErrAborted)
 	}
 	return nil
 }

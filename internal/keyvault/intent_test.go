@@ -174,3 +174,42 @@ func TestRestoreKeepsTheInstancesOwnIntents(t *testing.T) {
 		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
 	}
 }
+
+// TestKEKRotationDuringACreationAbortsIt: a KEK rotation that rewraps the
+// intent of a creation under way changes it as a claim does: the version's
+// commit fails with ABORTED, saying so, and leaves nothing in the backend;
+// a retry succeeds, and the intent left is undone at the next start.
+func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	v, err := openVault(path, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	label, in, err := v.beginIntent(ctx, b, "web", 2)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	handle, signer, err := b.Generate(ctx, ECDSAP256, label)
+	require.NoError(t, err)
+	nextKEK := newKEK(t)
+	_, err = v.RotateKEK(ctx, nextKEK)
+	require.NoError(t, err)
+
+	_, err = v.rotate(ctx, "web", "token", handle, signer, ECDSAP256, in)
+	require.ErrorIs(t, err, ErrAborted)
+	assert.ErrorContains(t, err, "rewrapped by a KEK rotation")
+	require.ErrorIs(t, v.unstored(ctx, b, handle, in, err), ErrAborted)
+	assert.Zero(t, b.labels[label], "the attempt's key is destroyed")
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	signOK(t, v, "web", 2)
+	require.NoError(t, v.Close())
+
+	v, err = openVault(path, nextKEK, WithBackend(b))
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	for _, r := range storedRecords(t, path) {
+		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
+	}
+	assert.Len(t, b.labels, 2, "the keys of both versions are kept")
+}
