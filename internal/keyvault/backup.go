@@ -182,12 +182,20 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 		if v.sealer.keys.Load().previous != nil {
 			return fmt.Errorf("keyvault: restore goes into a fresh instance, and this one is rotating its KEK: %w", ErrFailedPrecondition)
 		}
+		// The instance's own intents stay: they name attempts of this
+		// instance whose keys, if their versions never land, are still to
+		// be destroyed (intent.go).
 		var w Write
-		for ref := range v.entries {
-			w.Erase = append(w.Erase, ref)
+		kept := make(map[RecordRef]recordEntry)
+		for ref, e := range v.entries {
+			if ref.Kind == RecordKeyIntent {
+				kept[ref] = e
+			} else {
+				w.Erase = append(w.Erase, ref)
+			}
 		}
-		// Not its intents: they name attempts of the instance the snapshot
-		// was taken of, whose keys this one must not destroy (intent.go).
+		// Not the snapshot's: they name attempts of the instance the snapshot
+		// was taken of, whose keys this one must not destroy.
 		for _, r := range records {
 			if r.Kind != RecordManifest && r.Kind != RecordKeyIntent {
 				w.Put = append(w.Put, r)
@@ -200,6 +208,14 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 		v.sealer.keys.Store(restored.sealer.keys.Load()) // the snapshot may be mid-rotation
 		v.stale = maps.Clone(restored.stale)
 		maps.DeleteFunc(v.stale, func(ref RecordRef, _ bool) bool { return ref.Kind == RecordKeyIntent })
+		maps.Copy(v.entries, kept)
+		if restoredKeys := v.sealer.keys.Load(); restoredKeys.previous != nil && KEKID(restoredKeys.kek) != KEKID(prevKeys.kek) {
+			// A snapshot taken mid-rotation: the kept intents are sealed
+			// under the KEK it retires, as the instance's records were.
+			for ref := range kept {
+				v.stale[ref] = true
+			}
+		}
 		if err := v.commit(ctx, w); err != nil {
 			v.entries, v.revision, v.stale = prevEntries, prevRevision, nil
 			v.sealer.keys.Store(prevKeys)

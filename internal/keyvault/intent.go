@@ -27,7 +27,8 @@ import (
 //     store's); otherwise the attempt fails with ErrAborted.
 //  3. An attempt that fails for certain destroys what it generated, by
 //     its label, then erases its intent. One whose commit may have
-//     landed (ErrUnavailable) leaves both: the key is in use if the
+//     landed (mayHaveLanded: ErrUnavailable, or its context ended while
+//     the commit was out) leaves both: the key is in use if the
 //     commit landed, which erased the intent.
 //  4. An intent left for intentUndoBounds staleness bounds is undone by a
 //     replica that follows a shared store (keepUp), or at the start of a
@@ -137,8 +138,8 @@ func (v *Vault) held(in *keyIntent) error {
 		return nil
 	}
 	if e, ok := v.entries[in.ref]; !ok || e != in.entry {
-		return fmt.Errorf("keyvault: %v: the creation was undone (by this replica or another) as it took longer than %d staleness bounds; retry it: %w",
-			in.ref, intentUndoBounds, ErrAborted)
+		return fmt.Errorf("keyvault: %v: the creation was undone (by this replica or another) as it took longer than %d staleness bounds, "+
+			"or its intent was rewrapped by a KEK rotation; retry it: %w", in.ref, intentUndoBounds, ErrAborted)
 	}
 	return nil
 }
@@ -154,10 +155,10 @@ func withIntent(w Write, in *keyIntent) Write {
 // unstored undoes an attempt whose version the vault failed to store and
 // returns err. Without an intent the key is destroyed by its handle
 // (destroyUnstored); with one, by its label, unless the store may hold the
-// version (ErrUnavailable): the intent stays then, and is undone if it
+// version (mayHaveLanded): the intent stays then, and is undone if it
 // does not.
 func (v *Vault) unstored(ctx context.Context, b KeyBackend, handle []byte, in *keyIntent, err error) error {
-	if in == nil || errors.Is(err, ErrUnavailable) {
+	if in == nil || mayHaveLanded(err) {
 		return destroyUnstored(ctx, b, handle, err)
 	}
 	return v.abandon(ctx, in, err)

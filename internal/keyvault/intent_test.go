@@ -141,3 +141,75 @@ func TestForgedIntentIsRefused(t *testing.T) {
 	assert.ErrorContains(t, err, `key "web" version 1 intent is not in the manifest`)
 	assert.Len(t, b.labels, 1, "nothing destroyed")
 }
+
+// TestRestoreKeepsTheInstancesOwnIntents: an intent the instance restored
+// into holds (an attempt of its own whose version never landed, its key in
+// the token) stays through Restore, and is undone at the next start: the
+// restore erased it, and the key stayed in the token with nothing naming
+// it.
+func TestRestoreKeepsTheInstancesOwnIntents(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newTestVault(t)
+	importTestKey(t, v, "web", ECDSAP256)
+	var snapshot bytes.Buffer
+	_, err := v.Backup(ctx, &snapshot)
+	require.NoError(t, err)
+
+	path := filepath.Join(t.TempDir(), "vault.db")
+	fresh := openTestVault(t, path, testKEK, WithBackend(b))
+	label, in, err := fresh.beginIntent(ctx, b, "api", 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // generated; the version's commit never landed
+	_, err = fresh.Restore(ctx, &snapshot)
+	require.NoError(t, err)
+	signOK(t, fresh, "web", 1)
+	require.NoError(t, fresh.Close())
+
+	reopened, err := openVault(path, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	require.NoError(t, reopened.Close())
+	assert.Zero(t, b.labels[label], "the key of the instance's own intent is destroyed at the next start")
+	for _, r := range storedRecords(t, path) {
+		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
+	}
+}
+
+// TestKEKRotationDuringACreationAbortsIt: a KEK rotation that rewraps the
+// intent of a creation under way changes it as a claim does: the version's
+// commit fails with ABORTED, saying so, and leaves nothing in the backend;
+// a retry succeeds, and the intent left is undone at the next start.
+func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	v, err := openVault(path, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	label, in, err := v.beginIntent(ctx, b, "web", 2)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	handle, signer, err := b.Generate(ctx, ECDSAP256, label)
+	require.NoError(t, err)
+	nextKEK := newKEK(t)
+	_, err = v.RotateKEK(ctx, nextKEK)
+	require.NoError(t, err)
+
+	_, err = v.rotate(ctx, "web", "token", handle, signer, ECDSAP256, in)
+	require.ErrorIs(t, err, ErrAborted)
+	assert.ErrorContains(t, err, "rewrapped by a KEK rotation")
+	require.ErrorIs(t, v.unstored(ctx, b, handle, in, err), ErrAborted)
+	assert.Zero(t, b.labels[label], "the attempt's key is destroyed")
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	signOK(t, v, "web", 2)
+	require.NoError(t, v.Close())
+
+	v, err = openVault(path, nextKEK, WithBackend(b))
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	for _, r := range storedRecords(t, path) {
+		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
+	}
+	assert.Len(t, b.labels, 2, "the keys of both versions are kept")
+}

@@ -105,11 +105,10 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 
 // destroyUnstored destroys a key that a backend generated but the vault
 // failed to store, so that it does not linger in an HSM with no record
-// naming it, and returns err. A store that could not be reached may have
-// committed all the same (an etcd request that timed out): the key is kept
-// then, as one that may be in use.
+// naming it, and returns err. A commit that may have landed (mayHaveLanded)
+// keeps the key, as one that may be in use.
 func destroyUnstored(ctx context.Context, b KeyBackend, handle []byte, err error) error {
-	if errors.Is(err, ErrUnavailable) {
+	if mayHaveLanded(err) {
 		if b.Name() != BackendSoftware {
 			slog.WarnContext(ctx, "keyvault: the store did not confirm a new key version; its key is kept in the backend in case the store has it",
 				"backend", b.Name(), "err", err)
@@ -120,6 +119,18 @@ func destroyUnstored(ctx context.Context, b KeyBackend, handle []byte, err error
 		return fmt.Errorf("%w (and destroying the key generated in the %s backend failed: %v)", err, b.Name(), derr)
 	}
 	return err
+}
+
+// mayHaveLanded says whether err, the error of a commit, leaves it unknown
+// whether the store applied it (or says it did): a store that could not be
+// reached or did not answer (an etcd request that timed out), the caller's
+// context ending while the request was out (etcd may have applied it, and
+// etcdstore then returns the context's error), or a commit made whose
+// aftermath failed (committedError).
+func mayHaveLanded(err error) bool {
+	var committed *committedError
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.As(err, &committed)
 }
 
 // versionLabel names a key version inside a backend, for an operator; a

@@ -261,3 +261,57 @@ func TestKeyWhoseAnswerWasLostIsKept(t *testing.T) {
 	signsP256(t, v, "answer-lost")
 	assert.Equal(t, 2, objectsOfVersion(t, b, "answer-lost", 1))
 }
+
+// answerCanceled applies a commit of a new key version and then ends its
+// caller's context before the answer comes back, failing it as etcdstore
+// does when the caller's context ended: a client that gave up (its
+// deadline passed) while etcd applied the request.
+type answerCanceled struct {
+	*etcdstore.Store
+	cancel atomic.Pointer[context.CancelFunc]
+}
+
+func (s *answerCanceled) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
+	rev, err := s.Store.Commit(ctx, w)
+	cancel := s.cancel.Load()
+	if err != nil || cancel == nil || !slices.ContainsFunc(w.Create, func(r keyvault.Record) bool { return r.Kind == keyvault.RecordMaterial }) {
+		return rev, err
+	}
+	(*cancel)()
+	return 0, fmt.Errorf("etcdstore: commit: %w", ctx.Err())
+}
+
+// TestKeyWhoseCallerGaveUpDuringTheCommitIsKept: a version whose commit
+// etcd applied while its caller's context ended (the caller sees the
+// context's error, not UNAVAILABLE, yet the store holds the version) keeps
+// its key in the token: the failed creation must not destroy by its label
+// a key the store names, as it did, leaving a version that cannot sign.
+func TestKeyWhoseCallerGaveUpDuringTheCommitIsKept(t *testing.T) {
+	b := softhsmtest.Open(t)
+	c := etcdtest.Start(t, 1)
+	s, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/gave-up"})
+	require.NoError(t, err)
+	store := &answerCanceled{Store: s}
+	v, err := keyvault.New(t.Context(), store, bytes.Repeat([]byte{15}, 32), keyvault.WithBackend(b), keyvault.WithStalenessBound(100*time.Millisecond))
+	require.NoError(t, err)
+	defer v.Close()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	store.cancel.Store(&cancel)
+	_, err = v.CreateInBackend(ctx, keyvault.BackendPKCS11, "gave-up", keyvault.ECDSAP256, nil)
+	require.ErrorIs(t, err, context.Canceled)
+	ctx, cancel = context.WithCancel(t.Context())
+	store.cancel.Store(&cancel)
+	_, err = v.Rotate(ctx, "gave-up")
+	require.ErrorIs(t, err, context.Canceled)
+	store.cancel.Store(nil)
+
+	assert.Zero(t, intents(t, store), "the versions' commits erased their intents")
+	require.NoError(t, v.Sync(t.Context()))
+	k, err := v.Get(t.Context(), "gave-up")
+	require.NoError(t, err)
+	require.Len(t, k.Versions, 2, "both versions are in the store")
+	assert.Equal(t, 2, objectsOfVersion(t, b, "gave-up", 1), "the key of version 1 is in the token")
+	assert.Equal(t, 2, objectsOfVersion(t, b, "gave-up", 2), "the key of version 2 is in the token")
+	signsP256(t, v, "gave-up")
+}
