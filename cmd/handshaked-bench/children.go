@@ -154,6 +154,8 @@ func runChild(role string) error {
 		info, cleanup, err = serveEdge(os.Getenv(serviceEnv))
 	case "local":
 		info, cleanup, err = serveLocal()
+	case "bare":
+		info, cleanup, err = serveBare(ctx, dir)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}

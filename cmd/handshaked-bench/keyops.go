@@ -28,63 +28,96 @@ const batchSize = 16
 // keyOp is one operation as each transport sends it.
 type keyOp struct {
 	name    string
+	index   int                // in vaultOps' order: the bare server's name for it
 	sign    *pb.SignRequest    // or
 	decrypt *pb.DecryptRequest // one of the two
 	local   func(ctx context.Context, v *keyvault.Vault) error
 }
 
-// keyOps are the operations measured, with the inputs a TLS server has:
-// a SHA-256 digest to sign (the message for Ed25519) and an RSA-encrypted
-// 48-byte premaster.
-func keyOps(ctx context.Context, c *handshaked.Client, local *keyvault.Vault) ([]keyOp, error) {
-	pub, _, err := c.PublicKey(ctx, "rsa", 0)
-	if err != nil {
-		return nil, err
-	}
-	k, err := local.Get(ctx, "rsa")
+// The inputs a TLS server has: a SHA-256 digest to sign (the message for
+// Ed25519) and an RSA-encrypted 48-byte premaster.
+var (
+	benchDigest  = sha256.Sum256([]byte("handshaked-bench"))
+	benchMessage = make([]byte, 100) // about what a TLS 1.3 CertificateVerify signs
+)
+
+// signOps are the signatures measured, after the premaster decryption.
+var signOps = []struct {
+	name, key string
+	scheme    pb.SignatureScheme
+	tlsScheme tls.SignatureScheme
+}{
+	{"RSA-2048 PSS sign", "rsa", pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, tls.PSSWithSHA256},
+	{"ECDSA P-256 sign", "ec", pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, tls.ECDSAWithP256AndSHA256},
+	{"Ed25519 sign", "ed", pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, tls.Ed25519},
+}
+
+// vaultOps are the operations measured on vault v itself, what the
+// in-process baseline and the bare server run, without the requests of
+// the service's transports.
+func vaultOps(ctx context.Context, v *keyvault.Vault) ([]keyOp, error) {
+	k, err := v.Get(ctx, "rsa")
 	if err != nil {
 		return nil, err
 	}
 	premaster := make([]byte, 48)
 	rand.Read(premaster)
-	// A premaster for each vault's own key: one under another key would
+	// A premaster for the vault's own key: one under another key would
 	// measure the countermeasure's substitute, not a decryption (and cost
 	// no RSA operation at all when it is not below the other modulus).
+	ct, err := rsa.EncryptPKCS1v15(rand.Reader, k.Versions[0].PublicKey.(*rsa.PublicKey), premaster)
+	if err != nil {
+		return nil, err
+	}
+	ops := []keyOp{{name: "RSA-2048 PKCS#1 premaster decrypt", local: func(ctx context.Context, v *keyvault.Vault) error {
+		got, err := v.Decrypt(ctx, "rsa", 1, keyvault.DecryptRSAPKCS1TLSPremaster, ct, 0)
+		if err == nil && !bytes.Equal(got, premaster) {
+			err = errors.New("the in-process premaster decryption is not the premaster")
+		}
+		return err
+	}}}
+	for _, s := range signOps {
+		input, isDigest := benchDigest[:], true
+		if s.tlsScheme == tls.Ed25519 {
+			input, isDigest = benchMessage, false
+		}
+		ops = append(ops, keyOp{name: s.name, local: func(ctx context.Context, v *keyvault.Vault) error {
+			_, err := v.Sign(ctx, s.key, 1, s.tlsScheme, input, isDigest)
+			return err
+		}})
+	}
+	for i := range ops {
+		ops[i].index = i
+	}
+	return ops, nil
+}
+
+// keyOps are vaultOps on local with the requests of the service's
+// transports, for the service's keys.
+func keyOps(ctx context.Context, c *handshaked.Client, local *keyvault.Vault) ([]keyOp, error) {
+	ops, err := vaultOps(ctx, local)
+	if err != nil {
+		return nil, err
+	}
+	pub, _, err := c.PublicKey(ctx, "rsa", 0)
+	if err != nil {
+		return nil, err
+	}
+	premaster := make([]byte, 48)
+	rand.Read(premaster)
 	ct, err := rsa.EncryptPKCS1v15(rand.Reader, pub.(*rsa.PublicKey), premaster)
 	if err != nil {
 		return nil, err
 	}
-	localCT, err := rsa.EncryptPKCS1v15(rand.Reader, k.Versions[0].PublicKey.(*rsa.PublicKey), premaster)
-	if err != nil {
-		return nil, err
-	}
-	digest := sha256.Sum256([]byte("handshaked-bench"))
-	message := make([]byte, 100) // about what a TLS 1.3 CertificateVerify signs
-	signOp := func(name, key string, scheme pb.SignatureScheme, tlsScheme tls.SignatureScheme) keyOp {
-		req := &pb.SignRequest{Key: key, Version: 1, Scheme: scheme, Input: &pb.SignRequest_Digest{Digest: digest[:]}}
-		input, isDigest := digest[:], true
-		if scheme == pb.SignatureScheme_SIGNATURE_SCHEME_ED25519 {
-			req.Input = &pb.SignRequest_Message{Message: message}
-			input, isDigest = message, false
+	ops[0].decrypt = &pb.DecryptRequest{Key: "rsa", Version: 1, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct}
+	for i, s := range signOps {
+		req := &pb.SignRequest{Key: s.key, Version: 1, Scheme: s.scheme, Input: &pb.SignRequest_Digest{Digest: benchDigest[:]}}
+		if s.tlsScheme == tls.Ed25519 {
+			req.Input = &pb.SignRequest_Message{Message: benchMessage}
 		}
-		return keyOp{name: name, sign: req, local: func(ctx context.Context, v *keyvault.Vault) error {
-			_, err := v.Sign(ctx, key, 1, tlsScheme, input, isDigest)
-			return err
-		}}
+		ops[i+1].sign = req
 	}
-	return []keyOp{
-		{name: "RSA-2048 PKCS#1 premaster decrypt", decrypt: &pb.DecryptRequest{Key: "rsa", Version: 1, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct},
-			local: func(ctx context.Context, v *keyvault.Vault) error {
-				got, err := v.Decrypt(ctx, "rsa", 1, keyvault.DecryptRSAPKCS1TLSPremaster, localCT, 0)
-				if err == nil && !bytes.Equal(got, premaster) {
-					err = errors.New("the in-process premaster decryption is not the premaster")
-				}
-				return err
-			}},
-		signOp("RSA-2048 PSS sign", "rsa", pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, tls.PSSWithSHA256),
-		signOp("ECDSA P-256 sign", "ec", pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, tls.ECDSAWithP256AndSHA256),
-		signOp("Ed25519 sign", "ed", pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, tls.Ed25519),
-	}, nil
+	return ops, nil
 }
 
 // transport runs one operation of its kind; n is how many operations the
@@ -100,25 +133,33 @@ type transport struct {
 
 // transports connects every transport and prepares the operations for
 // them.
-func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int) ([]transport, []keyOp, func(), error) {
+func transports(ctx context.Context, dir, grpcAddr, httpAddr, bareAddr string, maxConc int) ([]transport, []keyOp, func(), error) {
 	local, _, err := openVault(ctx, dir)
 	if err != nil {
+		return nil, nil, nil, err
+	}
+	bare, err := dialBare(bareAddr, maxConc)
+	if err != nil {
+		local.Close()
 		return nil, nil, nil, err
 	}
 	unary, err := handshaked.Dial(grpcAddr, handshaked.WithInsecure(), handshaked.WithSignStreams(0))
 	if err != nil {
 		local.Close()
+		bare.close()
 		return nil, nil, nil, err
 	}
 	streamed, err := handshaked.Dial(grpcAddr, handshaked.WithInsecure(), handshaked.WithoutCoalescing())
 	if err != nil {
 		local.Close()
+		bare.close()
 		unary.Close()
 		return nil, nil, nil, err
 	}
 	coalesced, err := handshaked.Dial(grpcAddr, handshaked.WithInsecure())
 	if err != nil {
 		local.Close()
+		bare.close()
 		unary.Close()
 		streamed.Close()
 		return nil, nil, nil, err
@@ -126,6 +167,7 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 	httpClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: maxConc, MaxConnsPerHost: maxConc}, Timeout: 30 * time.Second}
 	cleanup := func() {
 		local.Close()
+		bare.close()
 		unary.Close()
 		streamed.Close()
 		coalesced.Close()
@@ -213,6 +255,7 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 		{fmt.Sprintf("Batch (≤%d)", batchSize), batch, func(c int) int { return (c + batchSize - 1) / batchSize }},
 		{"REST", restCall, nil},
 		{"coalesced", viaClient(coalesced), nil},
+		{"bare gRPC", func(ctx context.Context, op keyOp, _ int) (int, error) { return 1, bare.call(ctx, op.index) }, nil},
 	}
 	ops, err := keyOps(ctx, unary, local)
 	for i := 0; err == nil && i < len(ops); i++ {
@@ -227,13 +270,13 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr string, maxConc int
 
 // benchKeyOps measures every operation over every transport at every
 // concurrency, the in-process baseline first in each row.
-func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc childInfo, pids []int) error {
-	ts, ops, cleanup, err := transports(ctx, dir, svc.GRPC, svc.HTTP, slices.Max(o.concurrency))
+func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc, bare childInfo, pids []int) error {
+	ts, ops, cleanup, err := transports(ctx, dir, svc.GRPC, svc.HTTP, bare.GRPC, slices.Max(o.concurrency))
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d; SignStream is the Go SDK's Sign without coalescing, one message per operation; coalesced is its default: concurrent ECDSA and Ed25519 signatures coalesced into batches on BatchStreams, each batch on the next in turn, RSA operations one message each as on SignStream.\n\n", batchSize)
+	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d; SignStream is the Go SDK's Sign without coalescing, one message per operation; coalesced is its default: concurrent ECDSA and Ed25519 signatures coalesced into batches on BatchStreams, each batch on the next in turn, RSA operations one message each as on SignStream; bare gRPC is the ceiling of any gRPC transport: the same vault operations in a process of their own behind a bare gRPC stream per caller, one message per operation, with nothing of the service around them (no API, authentication, interceptors, limits, metrics, audit or protobuf).\n\n", batchSize)
 	header := "| operation | callers |"
 	rule := "|---|---:|"
 	for _, t := range ts {

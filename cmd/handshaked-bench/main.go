@@ -5,7 +5,8 @@
 //   - key operations (RSA-2048 PKCS#1 premaster decryption, RSA-2048 PSS,
 //     ECDSA P-256 and Ed25519 signatures) over unary gRPC, SignStream,
 //     Batch and REST at 1, 8 and 64 concurrent callers, against the same
-//     vault operation in-process;
+//     vault operation in-process, and behind a bare gRPC stream (bare.go:
+//     the ceiling of any gRPC transport of them);
 //   - full and resumed TLS handshakes per second, and their p50/p99
 //     latency at half load, through the edge (clients/go/edge, what
 //     handshake-edge runs) against a crypto/tls server holding the key
@@ -16,8 +17,8 @@
 //   - the service's resident memory holding 10,000 and 50,000 pending
 //     handshake sessions, against the same process idle.
 //
-// The service, the edge and the local-key server each run in a process of
-// their own (this program started again in another role); this process is
+// The service, the bare gRPC server, the edge and the local-key server
+// each run in a process of their own (this program started again in another role); this process is
 // the load generator, and the in-process baseline. From the repository:
 //
 //	go run ./cmd/handshaked-bench
@@ -173,7 +174,13 @@ func run(ctx context.Context, w io.Writer, o options) error {
 		}
 		defer svc.stop()
 		if o.parts["keyops"] {
-			if err := benchKeyOps(ctx, w, o, dir, svc.info, []int{svc.pid()}); err != nil {
+			bare, err := startChild(ctx, o, "bare", dir, nil)
+			if err != nil {
+				return err
+			}
+			err = benchKeyOps(ctx, w, o, dir, svc.info, bare.info, []int{svc.pid(), bare.pid()})
+			bare.stop()
+			if err != nil {
 				return fmt.Errorf("key operations: %w", err)
 			}
 		}
