@@ -321,8 +321,8 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	fmt.Fprintf(w, "Handshakes: per second from %d clients connecting again and again (each resuming client with its own session cache), and the CPU time each took in all processes (clients, service, edge, local server); latency of %d handshakes on each server at half the edge's rate, the same rate on both, arriving at that steady rate whatever the earlier ones are doing, from the moment each was due to its first byte read, the servers taking turns every %d handshakes; in brackets the latency the edge adds and the range it lies in at 95%% confidence (from the order statistics of the samples). Local: crypto/tls holding the key. Edge: the edge stepping the handshake in the service (session tickets sealed by the service) in 2 service round trips, or in 1 for TLS 1.3 and TLS 1.2 resumptions with handshake-edge -one-round-trip (the edge verifies the client's Finished); the rows of one handshake share one local measurement, interleaved with both edge modes.\n\n", o.hsClients, o.latencySamples, latencyRound)
 	fmt.Fprintln(w, "| handshake | | service round trips | local hs/s | edge hs/s | edge ÷ local | CPU µs/hs local / edge (local ÷ edge) | at | p50 local / edge (added) | p99 local / edge (added) |")
 	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-	// -latency-detail's rows, shown after the table.
-	var details []string
+	// -latency-detail's and -cpu-detail's rows, shown after the table.
+	var details, cpuDetails []string
 	for _, kind := range hsKinds {
 		for _, resumed := range []bool{false, true} {
 			label := "full"
@@ -369,6 +369,7 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 				slices.Sort(edgeLat)
 				fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %.2f× | %.0f / %.0f (%.2f×) | %s/s | %s | %s |\n", kind.name, label, m.trips, si(localRate), si(edgeRate), edgeRate/localRate,
 					res[0].cpu*1e6, res[i+1].cpu*1e6, res[0].cpu/res[i+1].cpu, si(half), addedCell(localLat, edgeLat, 0.50), addedCell(localLat, edgeLat, 0.99))
+				cpuDetails = append(cpuDetails, fmt.Sprintf("| %s | %s | %d | %s | %s |", kind.name, label, m.trips, perProcessCell(res[0]), perProcessCell(res[i+1])))
 				if watch != nil {
 					cells := append(schedulingCells(watch[0], len(localLat)), schedulingCells(watch[1], len(edgeLat))...)
 					details = append(details, fmt.Sprintf("| %s | %s | %d | %s |", kind.name, label, m.trips, strings.Join(cells, " | ")))
@@ -377,6 +378,16 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 		}
 	}
 	fmt.Fprintln(w)
+	if o.cpuDetail {
+		fmt.Fprintln(w, "CPU time per handshake in each process (-cpu-detail), µs: this process (the clients) + the service + the edge + the local-key server.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| handshake | | service round trips | local | edge |")
+		fmt.Fprintln(w, "|---|---|---:|---:|---:|")
+		for _, d := range cpuDetails {
+			fmt.Fprintln(w, d)
+		}
+		fmt.Fprintln(w)
+	}
 	if len(details) > 0 {
 		fmt.Fprintln(w, "Where the handshakes of the latency measurement waited (-latency-detail): per handshake, the time the threads of each process spent runnable, waiting for a CPU, and how often they slept and were woken; the clients are this process, during that server's turns.")
 		fmt.Fprintln(w)

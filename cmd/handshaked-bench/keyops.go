@@ -285,6 +285,7 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc, b
 	}
 	fmt.Fprintln(w, header)
 	fmt.Fprintln(w, rule)
+	var details []string // -cpu-detail's rows
 	for _, op := range ops {
 		if !o.keyOps.MatchString(op.name) {
 			continue
@@ -309,17 +310,30 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc, b
 			if err != nil {
 				return err
 			}
+			detail := fmt.Sprintf("| %s | %d |", op.name, c)
 			for i, r := range res {
 				if i == 0 {
 					row += fmt.Sprintf(" %s/s %s |", si(r.rate), cpuCell(r.cpu))
 				} else {
 					row += fmt.Sprintf(" %s/s %.2f× (CPU %.2f×) |", si(r.rate), r.rate/res[0].rate, res[0].cpu/r.cpu)
 				}
+				detail += " " + perProcessCell(r) + " |"
 			}
 			fmt.Fprintln(w, row)
+			details = append(details, detail)
 		}
 	}
 	fmt.Fprintln(w)
+	if o.cpuDetail {
+		fmt.Fprintln(w, "CPU time per operation in each process (-cpu-detail), µs: this process (the callers) + the service + the bare gRPC server.")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, header)
+		fmt.Fprintln(w, rule)
+		for _, d := range details {
+			fmt.Fprintln(w, d)
+		}
+		fmt.Fprintln(w)
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,8 +17,12 @@ import (
 type load func(d time.Duration) (n int, elapsed time.Duration, err error)
 
 // result is a load's rate and the CPU time (seconds) each operation took
-// in this process and the others measured.
-type result struct{ rate, cpu float64 }
+// in this process and the others measured: cpu in all, perProcess in
+// each (this process first, then the pids in their order).
+type result struct {
+	rate, cpu  float64
+	perProcess []float64
+}
 
 // interleaved runs each load for d in all, in rounds of d/rounds one load
 // after the other, so that what else the machine does meanwhile hits all
@@ -27,17 +32,18 @@ func interleaved(rounds int, d time.Duration, pids []int, loads []load) ([]resul
 	type sum struct {
 		n       int
 		elapsed time.Duration
-		cpu     time.Duration
+		cpu     []time.Duration // per process
 	}
 	sums := make([]sum, len(loads))
-	for _, l := range loads {
+	for i, l := range loads {
 		if _, _, err := l(d / 10); err != nil {
 			return nil, err
 		}
+		sums[i].cpu = make([]time.Duration, 1+len(pids))
 	}
 	for range rounds {
 		for i, l := range loads {
-			before, err := cpuTime(pids)
+			before, err := cpuTimes(pids)
 			if err != nil {
 				return nil, err
 			}
@@ -45,13 +51,15 @@ func interleaved(rounds int, d time.Duration, pids []int, loads []load) ([]resul
 			if err != nil {
 				return nil, err
 			}
-			after, err := cpuTime(pids)
+			after, err := cpuTimes(pids)
 			if err != nil {
 				return nil, err
 			}
 			sums[i].n += n
 			sums[i].elapsed += elapsed
-			sums[i].cpu += after - before
+			for j := range after {
+				sums[i].cpu[j] += after[j] - before[j]
+			}
 		}
 	}
 	out := make([]result, len(loads))
@@ -59,7 +67,12 @@ func interleaved(rounds int, d time.Duration, pids []int, loads []load) ([]resul
 		if s.n == 0 {
 			return nil, fmt.Errorf("no operation completed in %v", s.elapsed)
 		}
-		out[i] = result{rate: float64(s.n) / s.elapsed.Seconds(), cpu: s.cpu.Seconds() / float64(s.n)}
+		r := result{rate: float64(s.n) / s.elapsed.Seconds(), perProcess: make([]float64, len(s.cpu))}
+		for j, t := range s.cpu {
+			r.perProcess[j] = t.Seconds() / float64(s.n)
+			r.cpu += r.perProcess[j]
+		}
+		out[i] = r
 	}
 	return out, nil
 }
@@ -93,22 +106,32 @@ func measure(ctx context.Context, c int, d time.Duration, op func(context.Contex
 	return int(count.Load()), time.Since(start), first
 }
 
-// cpuTime is the CPU time (user and system) this process and pids have
-// used.
-func cpuTime(pids []int) (time.Duration, error) {
+// cpuTimes are the CPU times (user and system) this process and pids
+// have used, in that order.
+func cpuTimes(pids []int) ([]time.Duration, error) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, err
+		return nil, err
 	}
-	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	out := []time.Duration{time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
 	for _, pid := range pids {
 		t, err := procstat.CPUTime(pid)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		total += t
+		out = append(out, t)
 	}
-	return total, nil
+	return out, nil
+}
+
+// perProcessCell writes a result's CPU time per operation in each process,
+// in microseconds, as "a + b + c".
+func perProcessCell(r result) string {
+	parts := make([]string, len(r.perProcess))
+	for i, s := range r.perProcess {
+		parts[i] = fmt.Sprintf("%.1f", s*1e6)
+	}
+	return strings.Join(parts, " + ")
 }
 
 // cpuCell writes a CPU time per operation.

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 func TestPercentile(t *testing.T) {
@@ -156,4 +159,46 @@ func TestLatencies(t *testing.T) {
 		assert.GreaterOrEqual(t, watch[i].sched[0].Wakeups, int64(150), "server %d: wake-ups of the counted operations", i)
 		assert.Len(t, schedulingCells(watch[i], len(lat[i])), 1)
 	}
+}
+
+// TestInterleavedCountsEachProcess: interleaved gives each load's CPU time
+// per operation in this process and in each process measured, in order,
+// and their sum as the load's CPU time (what -cpu-detail prints). The load
+// runs until both this process and a busy child have used at least 30 ms
+// of CPU, so each share has a floor whatever the machine's load.
+func TestInterleavedCountsEachProcess(t *testing.T) {
+	testenv.LookPath(t, "sh")
+	child := exec.Command("sh", "-c", "while :; do :; done")
+	require.NoError(t, child.Start())
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	pid := child.Process.Pid
+	const floor = 30 * time.Millisecond
+	busy := func(time.Duration) (int, time.Duration, error) {
+		start := time.Now()
+		before, err := cpuTimes([]int{pid})
+		if err != nil {
+			return 0, 0, err
+		}
+		for {
+			now, err := cpuTimes([]int{pid})
+			if err != nil {
+				return 0, 0, err
+			}
+			if now[0]-before[0] >= floor && now[1]-before[1] >= floor {
+				return 1, time.Since(start), nil
+			}
+		}
+	}
+	idle := func(time.Duration) (int, time.Duration, error) { return 1, time.Millisecond, nil }
+	res, err := interleaved(2, 10*time.Millisecond, []int{pid}, []load{busy, idle})
+	require.NoError(t, err)
+	require.Len(t, res, 2)
+	for _, r := range res {
+		require.Len(t, r.perProcess, 2)
+		assert.InDelta(t, r.cpu, r.perProcess[0]+r.perProcess[1], 1e-9, "the CPU time is the processes' sum")
+	}
+	// Two rounds of one operation each, each round at least the floor in
+	// both processes.
+	assert.GreaterOrEqual(t, res[0].perProcess[0], floor.Seconds(), "this process's time")
+	assert.GreaterOrEqual(t, res[0].perProcess[1], floor.Seconds(), "the child's time")
 }

@@ -54,6 +54,7 @@ type options struct {
 	// server.
 	latencySamples int
 	latencyDetail  bool  // where the latency measurement's handshakes waited
+	cpuDetail      bool  // each process's CPU time per operation
 	sessions       []int // pending sessions to measure memory at
 	parts          map[string]bool
 	handshakes     *regexp.Regexp // the handshake rows to measure
@@ -81,6 +82,7 @@ func main() {
 	fs.IntVar(&o.hsClients, "handshake-clients", 16, "concurrent TLS clients measuring handshakes per second")
 	fs.IntVar(&o.latencySamples, "latency-samples", 2000, "handshakes whose latency is measured, per row and server: the p99 is the 1% slowest of them")
 	fs.BoolVar(&o.latencyDetail, "latency-detail", false, "after the handshakes' table, say where the handshakes of each latency measurement waited: each process's run-queue wait and wake-ups per handshake (Linux /proc)")
+	fs.BoolVar(&o.cpuDetail, "cpu-detail", false, "after the key operations' and the handshakes' tables, give each measurement's CPU time per operation in each process (this one, the service, the bare gRPC server, the edge, the local-key server): which process a ratio's cost is in")
 	sessions := fs.String("sessions", "10000,50000", "pending handshake sessions to measure the service's memory at, comma-separated, increasing")
 	partList := fs.String("parts", strings.Join(parts, ","), "parts to run, comma-separated: "+strings.Join(parts, ", "))
 	opsFilter := fs.String("keyops", "", "measure only the key operations whose name (\"ECDSA P-256 sign\", \"RSA-2048 PKCS#1 premaster decrypt\") this regular expression matches")
