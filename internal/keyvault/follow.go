@@ -583,6 +583,31 @@ func (v *Vault) watch(ctx context.Context) {
 	}
 }
 
+// leftWork is when keepUp first saw each destroy pending and each intent
+// as it stands (finishLeftWork).
+type leftWork struct {
+	destroys map[RecordRef]time.Time
+	intents  map[RecordRef]intentSeen
+}
+
+// finishLeftWork finishes what replicas left undone: the destroys pending
+// for a staleness bound (finishLeftDestroys) and the intents standing for
+// intentUndoBounds (undoLeftIntents). keepUp must never wait for a change
+// under way: one may hold writeMu until every replica, this one included,
+// announces a revision (a KEK rotation's step waits so in allHold), which
+// keepUp does. What is left waits for a later tick instead.
+func (v *Vault) finishLeftWork(ctx context.Context, left leftWork) {
+	if !v.writeMu.TryLock() {
+		return
+	}
+	defer v.writeMu.Unlock()
+	if v.isClosed() {
+		return
+	}
+	v.finishLeftDestroys(ctx, left.destroys)
+	v.undoLeftIntents(ctx, left.intents)
+}
+
 // keepUp confirms the view every quarter of the staleness bound and when
 // woken, catching up with the store as needed, and announces what the
 // view applied.
@@ -592,8 +617,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 	tick := time.NewTicker(f.bound / 4)
 	defer tick.Stop()
 	failing := false
-	pendingSince := make(map[RecordRef]time.Time)  // finishLeftDestroys'
-	intentsSince := make(map[RecordRef]intentSeen) // undoLeftIntents'
+	left := leftWork{destroys: make(map[RecordRef]time.Time), intents: make(map[RecordRef]intentSeen)}
 	for {
 		select {
 		case <-ctx.Done():
@@ -607,8 +631,7 @@ func (v *Vault) keepUp(ctx context.Context) {
 			err = f.announce(sctx, f.view.Load())
 		}
 		if err == nil {
-			v.finishLeftDestroys(sctx, pendingSince)
-			v.undoLeftIntents(sctx, intentsSince)
+			v.finishLeftWork(sctx, left)
 		}
 		cancel()
 		switch {

@@ -189,7 +189,7 @@ func (v *Vault) abandon(ctx context.Context, in *keyIntent, err error) error {
 
 // undoIntentsAtStart undoes every intent of a store no other process
 // writes: the process that recorded it has stopped. A shared store's are
-// left to keepUp (undoLeftIntents), as a snapshot's are (Restore does not
+// left to keepUp (finishLeftWork), as a snapshot's are (Restore does not
 // restore them).
 func (v *Vault) undoIntentsAtStart(ctx context.Context) {
 	if _, shared := v.store.(SharedStore); shared {
@@ -215,16 +215,8 @@ type intentSeen struct {
 
 // undoLeftIntents undoes the intents that have stood unchanged for
 // intentUndoBounds staleness bounds. since holds when each was first seen
-// as it stands; the caller (keepUp) owns it.
+// as it stands; the caller (finishLeftWork) owns it and holds writeMu.
 func (v *Vault) undoLeftIntents(ctx context.Context, since map[RecordRef]intentSeen) {
-	// As finishLeftDestroys: keepUp never waits for a change under way.
-	if !v.writeMu.TryLock() {
-		return
-	}
-	defer v.writeMu.Unlock()
-	if v.isClosed() {
-		return
-	}
 	now := time.Now()
 	due := make(map[RecordRef]recordEntry)
 	for ref, e := range v.entries {

@@ -578,19 +578,9 @@ func (v *Vault) finishDestroysLogged(ctx context.Context, pending []pendingDestr
 // or longer: those whose replica lost the store's answer to the commit, or
 // stopped, before it finished them itself. A destroy just committed is
 // left to its replica, which finishes it at once. since holds when each
-// pending destroy was first seen; the caller (keepUp) owns it.
+// pending destroy was first seen; the caller (finishLeftWork) owns it and
+// holds writeMu.
 func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time.Time) {
-	// keepUp must never wait for a change under way: one may hold writeMu
-	// until every replica, this one included, announces a revision (a
-	// KEK rotation's step waits so in allHold), which keepUp does. A
-	// destroy left pending waits for a later tick instead.
-	if !v.writeMu.TryLock() {
-		return
-	}
-	defer v.writeMu.Unlock()
-	if v.isClosed() {
-		return
-	}
 	now := time.Now()
 	var due []pendingDestroy
 	seen := make(map[RecordRef]bool)
