@@ -734,9 +734,17 @@ func marshalServerHelloDone() []byte {
 // verify_data fills the message. Appended, not built with cryptobyte
 // (whose buffer grew three times), as every handshake makes one or two.
 func marshalFinished(verifyData []byte) []byte {
-	n := len(verifyData)
-	return append([]byte{typeFinished, byte(n >> 16), byte(n >> 8), byte(n)}, verifyData...)
+	b := appendHandshakeHeader(make([]byte, 0, 4+len(verifyData)), typeFinished, len(verifyData))
+	return append(b, verifyData...)
 }
+
+// appendHandshakeHeader appends a handshake message's header: its type and
+// the uint24 length of its body (RFC 8446, Section 4; RFC 5246, Section
+// 7.4), for the messages appended into a buffer of their size rather than
+// built with marshalHandshake.
+func appendHandshakeHeader(b []byte, typ uint8, n int) []byte { return appendUint24(append(b, typ), n) }
+
+func appendUint24(b []byte, n int) []byte { return append(b, byte(n>>16), byte(n>>8), byte(n)) }
 
 // parseClientKeyExchange extracts the key exchange payload: the RSA
 // EncryptedPreMasterSecret (RFC 5246, Section 7.4.7.1) or the ECDH point

@@ -253,8 +253,7 @@ func (h *Handshake) sendNewSessionTicket12(created time.Time) {
 // every TLS 1.2 handshake with a ticket makes one.
 func marshalNewSessionTicket12(lifetimeHint uint32, ticket []byte) []byte {
 	body := 4 + 2 + len(ticket)
-	b := make([]byte, 0, 4+body)
-	b = append(b, typeNewSessionTicket, byte(body>>16), byte(body>>8), byte(body))
+	b := appendHandshakeHeader(make([]byte, 0, 4+body), typeNewSessionTicket, body)
 	b = binary.BigEndian.AppendUint32(b, lifetimeHint)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(ticket)))
 	return append(b, ticket...)

@@ -93,8 +93,6 @@ func (t *ticketState) marshal() []byte {
 	return b
 }
 
-func appendUint24(b []byte, n int) []byte { return append(b, byte(n>>16), byte(n>>8), byte(n)) }
-
 // parseTicketState decodes what marshal wrote. The result owns its memory.
 func parseTicketState(data []byte) (*ticketState, error) {
 	s := cryptobyte.String(data)
