@@ -379,24 +379,12 @@ func benchHandshakes(ctx context.Context, w io.Writer, o options, dir string, sv
 	}
 	fmt.Fprintln(w)
 	if o.cpuDetail {
-		fmt.Fprintln(w, "CPU time per handshake in each process (-cpu-detail), µs: this process (the clients) + the service + the edge + the local-key server.")
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| handshake | | service round trips | local | edge |")
-		fmt.Fprintln(w, "|---|---|---:|---:|---:|")
-		for _, d := range cpuDetails {
-			fmt.Fprintln(w, d)
-		}
-		fmt.Fprintln(w)
+		detailTable(w, "CPU time per handshake in each process (-cpu-detail), µs: this process (the clients) + the service + the edge + the local-key server.",
+			"| handshake | | service round trips | local | edge |", "|---|---|---:|---:|---:|", cpuDetails)
 	}
 	if len(details) > 0 {
-		fmt.Fprintln(w, "Where the handshakes of the latency measurement waited (-latency-detail): per handshake, the time the threads of each process spent runnable, waiting for a CPU, and how often they slept and were woken; the clients are this process, during that server's turns.")
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| handshake | | service round trips | local turns: clients | local server | edge turns: clients | edge | service |")
-		fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|")
-		for _, d := range details {
-			fmt.Fprintln(w, d)
-		}
-		fmt.Fprintln(w)
+		detailTable(w, "Where the handshakes of the latency measurement waited (-latency-detail): per handshake, the time the threads of each process spent runnable, waiting for a CPU, and how often they slept and were woken; the clients are this process, during that server's turns.",
+			"| handshake | | service round trips | local turns: clients | local server | edge turns: clients | edge | service |", "|---|---|---:|---:|---:|---:|---:|---:|", details)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -37,16 +38,31 @@ type keyOp struct {
 // The inputs a TLS server has: a SHA-256 digest to sign (the message for
 // Ed25519) and an RSA-encrypted 48-byte premaster.
 var (
-	benchDigest  = sha256.Sum256([]byte("handshaked-bench"))
-	benchMessage = make([]byte, 100) // about what a TLS 1.3 CertificateVerify signs
+	benchDigest    = sha256.Sum256([]byte("handshaked-bench"))
+	benchMessage   = make([]byte, 100) // about what a TLS 1.3 CertificateVerify signs
+	benchPremaster = func() []byte { p := make([]byte, 48); rand.Read(p); return p }()
 )
 
-// signOps are the signatures measured, after the premaster decryption.
-var signOps = []struct {
+// encryptPremaster is benchPremaster encrypted for an RSA key. Each vault
+// decrypts one for its own key: one under another key would measure the
+// countermeasure's substitute, not a decryption (and cost no RSA
+// operation at all when it is not below the other modulus).
+func encryptPremaster(pub crypto.PublicKey) ([]byte, error) {
+	return rsa.EncryptPKCS1v15(rand.Reader, pub.(*rsa.PublicKey), benchPremaster)
+}
+
+// signOp is a signature measured, after the premaster decryption.
+type signOp struct {
 	name, key string
 	scheme    pb.SignatureScheme
 	tlsScheme tls.SignatureScheme
-}{
+}
+
+// ed25519 says whether the operation signs the message itself, not its
+// digest.
+func (s signOp) ed25519() bool { return s.tlsScheme == tls.Ed25519 }
+
+var signOps = []signOp{
 	{"RSA-2048 PSS sign", "rsa", pb.SignatureScheme_SIGNATURE_SCHEME_RSA_PSS_RSAE_SHA256, tls.PSSWithSHA256},
 	{"ECDSA P-256 sign", "ec", pb.SignatureScheme_SIGNATURE_SCHEME_ECDSA_SECP256R1_SHA256, tls.ECDSAWithP256AndSHA256},
 	{"Ed25519 sign", "ed", pb.SignatureScheme_SIGNATURE_SCHEME_ED25519, tls.Ed25519},
@@ -60,29 +76,24 @@ func vaultOps(ctx context.Context, v *keyvault.Vault) ([]keyOp, error) {
 	if err != nil {
 		return nil, err
 	}
-	premaster := make([]byte, 48)
-	rand.Read(premaster)
-	// A premaster for the vault's own key: one under another key would
-	// measure the countermeasure's substitute, not a decryption (and cost
-	// no RSA operation at all when it is not below the other modulus).
-	ct, err := rsa.EncryptPKCS1v15(rand.Reader, k.Versions[0].PublicKey.(*rsa.PublicKey), premaster)
+	ct, err := encryptPremaster(k.Versions[0].PublicKey)
 	if err != nil {
 		return nil, err
 	}
 	ops := []keyOp{{name: "RSA-2048 PKCS#1 premaster decrypt", local: func(ctx context.Context, v *keyvault.Vault) error {
 		got, err := v.Decrypt(ctx, "rsa", 1, keyvault.DecryptRSAPKCS1TLSPremaster, ct, 0)
-		if err == nil && !bytes.Equal(got, premaster) {
+		if err == nil && !bytes.Equal(got, benchPremaster) {
 			err = errors.New("the in-process premaster decryption is not the premaster")
 		}
 		return err
 	}}}
 	for _, s := range signOps {
-		input, isDigest := benchDigest[:], true
-		if s.tlsScheme == tls.Ed25519 {
-			input, isDigest = benchMessage, false
+		input := benchDigest[:]
+		if s.ed25519() {
+			input = benchMessage
 		}
 		ops = append(ops, keyOp{name: s.name, local: func(ctx context.Context, v *keyvault.Vault) error {
-			_, err := v.Sign(ctx, s.key, 1, s.tlsScheme, input, isDigest)
+			_, err := v.Sign(ctx, s.key, 1, s.tlsScheme, input, !s.ed25519())
 			return err
 		}})
 	}
@@ -103,16 +114,14 @@ func keyOps(ctx context.Context, c *handshaked.Client, local *keyvault.Vault) ([
 	if err != nil {
 		return nil, err
 	}
-	premaster := make([]byte, 48)
-	rand.Read(premaster)
-	ct, err := rsa.EncryptPKCS1v15(rand.Reader, pub.(*rsa.PublicKey), premaster)
+	ct, err := encryptPremaster(pub)
 	if err != nil {
 		return nil, err
 	}
 	ops[0].decrypt = &pb.DecryptRequest{Key: "rsa", Version: 1, Mode: pb.DecryptMode_DECRYPT_MODE_RSA_PKCS1_TLS_PREMASTER, Ciphertext: ct}
 	for i, s := range signOps {
 		req := &pb.SignRequest{Key: s.key, Version: 1, Scheme: s.scheme, Input: &pb.SignRequest_Digest{Digest: benchDigest[:]}}
-		if s.tlsScheme == tls.Ed25519 {
+		if s.ed25519() {
 			req.Input = &pb.SignRequest_Message{Message: benchMessage}
 		}
 		ops[i+1].sign = req
@@ -325,14 +334,7 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc, b
 	}
 	fmt.Fprintln(w)
 	if o.cpuDetail {
-		fmt.Fprintln(w, "CPU time per operation in each process (-cpu-detail), µs: this process (the callers) + the service + the bare gRPC server.")
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, header)
-		fmt.Fprintln(w, rule)
-		for _, d := range details {
-			fmt.Fprintln(w, d)
-		}
-		fmt.Fprintln(w)
+		detailTable(w, "CPU time per operation in each process (-cpu-detail), µs: this process (the callers) + the service + the bare gRPC server.", header, rule, details)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,6 +133,16 @@ func perProcessCell(r result) string {
 		parts[i] = fmt.Sprintf("%.1f", s*1e6)
 	}
 	return strings.Join(parts, " + ")
+}
+
+// detailTable writes one of the tables a -...-detail flag adds after a
+// part's table: what it shows, then its header, rule and rows.
+func detailTable(w io.Writer, intro, header, rule string, rows []string) {
+	fmt.Fprintf(w, "%s\n\n%s\n%s\n", intro, header, rule)
+	for _, r := range rows {
+		fmt.Fprintln(w, r)
+	}
+	fmt.Fprintln(w)
 }
 
 // cpuCell writes a CPU time per operation.
