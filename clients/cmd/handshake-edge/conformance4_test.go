@@ -803,3 +803,102 @@ func TestProbeEdgeFreshValues(t *testing.T) {
 		})
 	})
 }
+
+// TestProbeEdgeRecordPadding13 is more of tlsfuzzer's
+// test-tls13-record-padding.py than round 3 took: RFC 8446, Section 5.4,
+// any record may be padded, a handshake or alert record as well as
+// application data, up to an inner plaintext of 2^14+1 bytes; one byte
+// more is record_overflow. The client's Finished is checked by the service
+// (multiplex, -unary) or by the edge (-one-round-trip), the records after
+// it by the edge's record layer.
+func TestProbeEdgeRecordPadding13(t *testing.T) {
+	f := newFixture(t)
+	// finishWith writes the client's last flight as write makes it: hs
+	// writes under the client handshake traffic key, fin is the Finished.
+	finishWith := func(t *testing.T, addr string, write func(hs *peer, fin []byte)) *peer {
+		return dialPeerWith(t, f, addr, tls.VersionTLS13, peerHooks{last: func(p *peer, flight []byte) []byte {
+			fin, _ := clientFinished13(t, p, flight)
+			secret := testenv.KeyLogSecret(t, p.logs, "CLIENT_HANDSHAKE_TRAFFIC_SECRET")
+			s, ok := record.SuiteByID(p.suite)
+			require.True(t, ok)
+			hs := &peer{raw: p.raw.(*tapConn).Conn, tls13: true, suite: p.suite}
+			hs.key, hs.iv = record.TrafficKeys(s, secret)
+			var err error
+			hs.out, err = record.NewTLS13Cipher(p.suite, secret, 0)
+			require.NoError(t, err)
+			write(hs, fin)
+			return nil
+		}})
+	}
+	full := func(msg []byte) int { return record.MaxPlaintext - len(msg) }
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("5.4 the Finished padded to 2^14+1 bytes is accepted", func(t *testing.T) {
+			p := finishWith(t, addr, func(hs *peer, fin []byte) {
+				rec, err := hs.out.Seal(nil, record.Handshake, fin, full(fin))
+				require.NoError(t, err)
+				_, err = hs.raw.Write(rec)
+				require.NoError(t, err)
+			})
+			p.expectServes(t)
+		})
+		t.Run("5.4 the Finished padded to 2^14+2 bytes is record_overflow", func(t *testing.T) {
+			p := finishWith(t, addr, func(hs *peer, fin []byte) {
+				hs.sendRaw(t, 0, append(slices.Concat(fin, []byte{byte(record.Handshake)}), make([]byte, full(fin)+1)...))
+			})
+			p.expectAlert(t, alertRecordOverflow)
+		})
+		t.Run("5.4 a KeyUpdate padded to 2^14+1 bytes is taken", func(t *testing.T) {
+			p := dialPeer(t, f, addr, tls.VersionTLS13)
+			ku := []byte{24, 0, 0, 1, 1}
+			rec, err := p.out.Seal(nil, record.Handshake, ku, full(ku))
+			require.NoError(t, err)
+			require.NoError(t, p.out.Update())
+			rec, err = p.out.Seal(rec, record.ApplicationData, []byte("after"), 0)
+			require.NoError(t, err)
+			_, err = p.raw.Write(rec)
+			require.NoError(t, err)
+			o := p.readUntil(t, len("after"), 0)
+			require.False(t, o.closed, "the edge closed the connection; alerts % x", o.alerts)
+			assert.Equal(t, "after", string(o.data))
+			assert.Equal(t, 1, o.keyUpdates)
+		})
+		t.Run("5.4 close_notify padded to 2^14+1 bytes is answered with close_notify", func(t *testing.T) {
+			p := dialPeer(t, f, addr, tls.VersionTLS13)
+			rec, err := p.out.Seal(nil, record.Alert, []byte{1, 0}, full([]byte{1, 0}))
+			require.NoError(t, err)
+			_, err = p.raw.Write(rec)
+			require.NoError(t, err)
+			o := p.readUntil(t, 0, 1)
+			assert.Equal(t, [][]byte{{1, 0}}, o.alerts)
+		})
+	})
+}
+
+// reversed is h with its extensions in the opposite order (h offers no
+// pre_shared_key, which must stay last, RFC 8446, Section 4.2.11).
+func reversed(h *helloMsg) *helloMsg {
+	c := h.clone()
+	slices.Reverse(c.exts)
+	return c
+}
+
+// TestProbeEdgeShuffledExtensions is tlsfuzzer's
+// test-tls13-shuffled-extentions.py: RFC 8446, Section 4.2, "Extensions
+// in the ClientHello may be sent in any order" (pre_shared_key aside,
+// which crypto/tls's ClientHello here does not carry); RFC 5246, Section
+// 7.4.1.4 puts no order on them either.
+func TestProbeEdgeShuffledExtensions(t *testing.T) {
+	f := newFixture(t)
+	base12 := hello12(t, f)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("RFC 8446 4.2 extensions in reverse order complete TLS 1.3", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(reversed(c.hello))
+			c.serverFlight().finish(t).expectServes(t)
+		})
+		t.Run("RFC 5246 7.4.1.4 extensions in reverse order get a TLS 1.2 ServerHello", func(t *testing.T) {
+			sh := readServerHello(t, sendHello(t, addr, reversed(base12).marshal()))
+			assert.Equal(t, uint16(tls.VersionTLS12), sh.version)
+		})
+	})
+}
