@@ -902,3 +902,89 @@ func TestProbeEdgeShuffledExtensions(t *testing.T) {
 		})
 	})
 }
+
+// serverNames is the data of a server_name extension with the entries,
+// name type then name, given (RFC 6066, Section 3).
+func serverNames(entries ...any) []byte {
+	var b cryptobyte.Builder
+	b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+		for i := 0; i < len(entries); i += 2 {
+			b.AddUint8(entries[i].(uint8))
+			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(entries[i+1].(string))) })
+		}
+	})
+	return b.BytesOrPanic()
+}
+
+// serverCertificate is the first certificate of the Certificate message in
+// the TLS 1.2 flight.
+func serverCertificate(t *testing.T, flight []byte) []byte {
+	t.Helper()
+	for flight[0] != 11 {
+		flight = flight[4+(int(flight[1])<<16|int(flight[2])<<8|int(flight[3])):]
+	}
+	s := cryptobyte.String(flight[4:])
+	var list, cert cryptobyte.String
+	require.True(t, s.ReadUint24LengthPrefixed(&list) && list.ReadUint24LengthPrefixed(&cert), "Certificate")
+	return cert
+}
+
+// TestProbeEdgeServerName is tlsfuzzer's
+// test-invalid-server-name-extension.py, against an edge with two keys
+// (the ECDSA one first, the default). RFC 6066, Section 3: the host name
+// picks the certificate (compared without regard to case, RFC 4343); a
+// name the server does not know may end the handshake with a fatal
+// unrecognized_name or let it go on, and the edge goes on with its
+// default certificate and no alert (a warning is "NOT RECOMMENDED";
+// tlsfuzzer expects one by default, so its "incorrect SNI" fails against
+// the edge); name types other than host_name are passed over; a host
+// name is a DNS name in ASCII without a trailing dot, so one with other
+// bytes is illegal_parameter; a malformed extension is decode_error. Two
+// host_names (which the ServerNameList "MUST NOT contain") are
+// decode_error in the engine, where tlsfuzzer expects illegal_parameter:
+// RFC 6066 names no alert for it.
+func TestProbeEdgeServerName(t *testing.T) {
+	f := newFixture(t)
+	base12 := parseHello(t, clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12}))
+	const hostName uint8 = 0
+	chosen := []struct {
+		name string
+		sni  []byte
+		cert []byte
+	}{
+		{"the RSA key's name gets its certificate", serverNames(hostName, f.rsa.Name), f.rsa.Chain[0]},
+		{"RFC 4343 the name in capitals gets the same", serverNames(hostName, "RSA.TEST"), f.rsa.Chain[0]},
+		{"an unknown name gets the default certificate", serverNames(hostName, "www."+f.rsa.Name), f.ecdsa.Chain[0]},
+		{"an unknown name type before the host_name is passed over", serverNames(uint8(1), string(make([]byte, 24)), hostName, f.rsa.Name), f.rsa.Chain[0]},
+	}
+	refused := []struct {
+		name  string
+		sni   []byte
+		alert uint8
+	}{
+		{"an empty extension is decode_error", []byte{}, alertDecodeError},
+		{"an empty list is decode_error", []byte{0, 0}, alertDecodeError},
+		{"an empty host_name is decode_error", serverNames(hostName, ""), alertDecodeError},
+		{"data after the host_name in its list is decode_error", []byte{0, 4, 0, 0, 1, 'e', 'x'}, alertDecodeError},
+		{"a list length past the extension is decode_error", []byte{0xff, 0xff, 0xff, 0xff}, alertDecodeError},
+		{"two host_names are decode_error", serverNames(hostName, f.rsa.Name, hostName, "www."+f.rsa.Name), alertDecodeError},
+		{"a NUL in the name is illegal_parameter", serverNames(hostName, "rsa.tes\x00t"), alertIllegalParameter},
+		{"a BEL in the name is illegal_parameter", serverNames(hostName, "rsa.tes\x07t"), alertIllegalParameter},
+		{"UTF-8 in the name is illegal_parameter", serverNames(hostName, "rsa.tes\xc4\x85t"), alertIllegalParameter},
+		{"ANSI escapes after the name are illegal_parameter", serverNames(hostName, f.rsa.Name+"\x1b[31mBAD\x1b[0;37m"), alertIllegalParameter},
+		{"a trailing dot is illegal_parameter", serverNames(hostName, f.rsa.Name+"."), alertIllegalParameter},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range chosen {
+			t.Run("RFC 6066 3 "+tc.name, func(t *testing.T) {
+				flight := readFlight12(t, sendHello(t, addr, base12.set(extServerName, tc.sni).marshal()))
+				assert.Equal(t, tc.cert, serverCertificate(t, flight), "the server's certificate")
+			})
+		}
+		for _, tc := range refused {
+			t.Run("RFC 6066 3 "+tc.name, func(t *testing.T) {
+				expectPlainAlert(t, sendHello(t, addr, base12.set(extServerName, tc.sni).marshal()), tc.alert)
+			})
+		}
+	})
+}
