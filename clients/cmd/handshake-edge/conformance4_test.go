@@ -988,3 +988,56 @@ func TestProbeEdgeServerName(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeEdgeUnimplementedExtensions offers what tlsfuzzer's
+// test-ocsp-stapling.py, test-heartbeat.py, test-record-size-limit.py
+// (max_fragment_length) and test-tls13-certificate-compression.py offer,
+// to a server that implements none of it: each is passed over (RFC 8446,
+// Section 4.2: "Implementations MUST NOT send extension responses if the
+// remote endpoint did not send the corresponding extension requests",
+// and a server that does not implement one sends no response), so the
+// ServerHello or EncryptedExtensions answers none, and a TLS 1.2 server
+// that staples nothing sends no CertificateStatus (RFC 6066, Section 8).
+func TestProbeEdgeUnimplementedExtensions(t *testing.T) {
+	f := newFixture(t)
+	base12 := hello12(t, f)
+	exts := []struct {
+		name string
+		typ  uint16
+		data []byte
+	}{
+		{"RFC 6066 4 max_fragment_length 2^9", 1, []byte{1}},
+		{"RFC 6066 4 max_fragment_length of an undefined value", 1, []byte{5}},
+		{"RFC 6066 7 truncated_hmac", 4, nil},
+		{"RFC 6066 8 status_request for OCSP", 5, []byte{1, 0, 0, 0, 0}},
+		{"RFC 6962 3.3.1 signed_certificate_timestamp", 18, nil},
+		{"RFC 6520 2 heartbeat peer_allowed_to_send", 15, []byte{1}},
+		{"RFC 8879 3 compress_certificate zlib", 27, []byte{2, 0, 1}},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, e := range exts {
+			t.Run(e.name+" is not answered in TLS 1.2", func(t *testing.T) {
+				c := sendHello(t, addr, base12.set(e.typ, e.data).marshal())
+				sh := readServerHello(t, c)
+				_, ok := sh.lookup(e.typ)
+				assert.False(t, ok, "answered in the ServerHello")
+				rest := sh.rest
+				for !bytes.HasSuffix(rest, []byte{14, 0, 0, 0}) {
+					recs, _ := readRecords(t, c, 1)
+					require.Len(t, recs, 1, "the edge closed in its flight")
+					rest = append(rest, recs[0].body...)
+				}
+				assert.Equal(t, []byte{11, 12, 14}, messageTypes(rest), "Certificate, ServerKeyExchange, ServerHelloDone: no CertificateStatus")
+			})
+			t.Run(e.name+" is not answered in TLS 1.3", func(t *testing.T) {
+				c := dialClient13(t, f, addr)
+				c.send(c.hello.set(e.typ, e.data))
+				fl := c.serverFlight()
+				ee := &serverHello{exts: encryptedExtensions(t, fl.msgs)}
+				_, ok := ee.lookup(e.typ)
+				assert.False(t, ok, "answered in the EncryptedExtensions")
+				fl.finish(t).expectServes(t)
+			})
+		}
+	})
+}
