@@ -1041,3 +1041,49 @@ func TestProbeEdgeUnimplementedExtensions(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeEdgeClientAlerts is what tlsfuzzer's scripts send when they
+// give up early, and test-tls13-unencrypted-alert.py: RFC 8446, Section
+// 6.2 (and RFC 5246, Section 7.2.2), after a fatal alert the connection
+// closes and nothing is sent back, not even an alert; a close_notify
+// (Section 6.1) ends the connection before anything was agreed. Before
+// the ClientHello (the edge reads it alone), and in place of the TLS 1.2
+// client's second flight, in the clear as a client that rejects the
+// server's certificate sends it.
+func TestProbeEdgeClientAlerts(t *testing.T) {
+	f := newFixture(t)
+	base12 := hello12(t, f)
+	alerts := []struct {
+		name string
+		body []byte
+	}{
+		{"fatal handshake_failure", []byte{2, 40}},
+		{"fatal bad_certificate", []byte{2, 42}},
+		{"warning close_notify", []byte{1, 0}},
+		{"fatal close_notify", []byte{2, 0}},
+	}
+	// expectClose checks that the edge closes c without a byte more.
+	expectClose := func(t *testing.T, c net.Conn) {
+		t.Helper()
+		recs, closed := readRecords(t, c, 1)
+		assert.True(t, closed, "the edge did not close")
+		assert.Empty(t, recs, "the edge answered the client's alert")
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, a := range alerts {
+			t.Run("6.2 "+a.name+" before the ClientHello gets the close", func(t *testing.T) {
+				c := dialRaw(t, addr)
+				_, err := c.Write(record.Append(nil, record.Alert, 0x0301, a.body))
+				require.NoError(t, err)
+				expectClose(t, c)
+			})
+			t.Run("RFC 5246 7.2.2 "+a.name+" in place of the second flight gets the close", func(t *testing.T) {
+				c := sendHello(t, addr, base12.marshal())
+				readFlight12(t, c)
+				_, err := c.Write(record.Append(nil, record.Alert, 0x0303, a.body))
+				require.NoError(t, err)
+				expectClose(t, c)
+			})
+		}
+	})
+}
