@@ -1087,3 +1087,50 @@ func TestProbeEdgeClientAlerts(t *testing.T) {
 		}
 	})
 }
+
+// byteWriter writes each byte in a TCP segment of its own (Go's TCP
+// connections disable Nagle's algorithm).
+type byteWriter struct{ net.Conn }
+
+func (w byteWriter) Write(b []byte) (int, error) {
+	for i := range b {
+		if _, err := w.Conn.Write(b[i : i+1]); err != nil {
+			return i, err
+		}
+	}
+	return len(b), nil
+}
+
+// TestProbeEdgeByteSegments is tlsfuzzer's TCP-buffering checks
+// (test-record-layer-fragmentation.py, test-truncating-of-client-hello.py's
+// "expect no message" before the rest): every byte the client writes in a
+// TCP segment of its own, so the edge, which reads the ClientHello itself
+// and with -one-round-trip the client's Finished too, reads records cut
+// anywhere. TCP is a byte stream (RFC 9293, Section 3.8.5 leaves segment
+// boundaries to the sender) and TLS records may arrive split or coalesced
+// (RFC 8446, Section 5). Full and resumed handshakes of each version.
+func TestProbeEdgeByteSegments(t *testing.T) {
+	f := newTicketFixture(t)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+			cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MinVersion: version, MaxVersion: version,
+				ClientSessionCache: tls.NewLRUClientSessionCache(1)}
+			for _, resumed := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s resumed %v", tls.VersionName(version), resumed), func(t *testing.T) {
+					c := tls.Client(&tapConn{Conn: byteWriter{dialRaw(t, addr)}}, cfg)
+					require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
+					require.NoError(t, c.Handshake())
+					_, err := c.Write([]byte("ping"))
+					require.NoError(t, err)
+					got := make([]byte, 4)
+					_, err = io.ReadFull(c, got)
+					require.NoError(t, err)
+					assert.Equal(t, "ping", string(got))
+					// The first handshake reads the ticket the second
+					// resumes with.
+					assert.Equal(t, resumed, c.ConnectionState().DidResume, "resumed")
+				})
+			}
+		}
+	})
+}
