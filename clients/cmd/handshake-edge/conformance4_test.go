@@ -1134,3 +1134,51 @@ func TestProbeEdgeByteSegments(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeEdgeEarlyApplicationData12 is tlsfuzzer's
+// test-early-application-data.py for a full TLS 1.2 handshake: RFC 5246,
+// Section 7.3, "Application data MUST NOT be sent prior to the completion
+// of the first handshake", so a record of it in the client's second
+// flight, in the clear before the ChangeCipherSpec or protected before the
+// Finished, is unexpected_message (round 1 probes the resumed handshake
+// and TLS 1.3).
+func TestProbeEdgeEarlyApplicationData12(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name   string
+		flight func(p *peer, cke, ccs, fin []byte) []byte
+	}{
+		{"RFC 5246 7.3 application data before the ChangeCipherSpec is unexpected_message", func(p *peer, cke, ccs, fin []byte) []byte {
+			return slices.Concat(cke, record.Append(nil, record.ApplicationData, 0x0303, []byte("early")), ccs, fin)
+		}},
+		{"RFC 5246 7.3 application data between the ChangeCipherSpec and the Finished is unexpected_message", func(p *peer, cke, ccs, fin []byte) []byte {
+			return slices.Concat(cke, ccs, p.sealExplicit(t, 0, record.ApplicationData, []byte("early"), make([]byte, 8)))
+		}},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				tap := &tapConn{Conn: dialRaw(t, addr)}
+				logs := &testenv.Buffer{}
+				p := &peer{raw: tap, logs: logs}
+				tap.write = func(b []byte) []byte {
+					if !bytes.Contains(logs.Bytes(), []byte("CLIENT_RANDOM")) {
+						return b
+					}
+					p.keys(t, tap.readSoFar())
+					recs := splitPlainRecords(t, b)
+					require.Len(t, recs, 3, "ClientKeyExchange, ChangeCipherSpec, Finished")
+					var parts [][]byte
+					for _, r := range recs {
+						parts = append(parts, record.Append(nil, r.typ, 0x0303, r.body))
+					}
+					return tc.flight(p, parts[0], parts[1], parts[2])
+				}
+				c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12, KeyLogWriter: logs,
+					CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}})
+				require.NoError(t, tap.SetDeadline(time.Now().Add(20*time.Second)))
+				assert.ErrorContains(t, c.Handshake(), "remote error: tls: unexpected message")
+			})
+		}
+	})
+}
