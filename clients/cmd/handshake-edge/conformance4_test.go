@@ -566,10 +566,11 @@ func (p *peer) sealExplicit(t *testing.T, seq uint64, typ record.ContentType, pl
 // TestProbeEdgeGCMExplicitNonces12 is tlsfuzzer's test-aes-gcm-nonces.py:
 // RFC 5288, Section 3, the client chooses each record's nonce_explicit
 // (the sequence number is one choice, "MAY"), and the server takes it
-// from the record. For the client's Finished (which the service opens)
-// and for the records after it (the edge's record layer).
+// from the record. For the client's Finished of a full handshake (which
+// the service opens) and of a resumption (which with -one-round-trip the
+// edge opens), and for the records after them (the edge's record layer).
 func TestProbeEdgeGCMExplicitNonces12(t *testing.T) {
-	f := newFixture(t)
+	f := newTicketFixture(t)
 	nonces := []struct {
 		name  string
 		nonce func(seq uint64) []byte
@@ -605,6 +606,16 @@ func TestProbeEdgeGCMExplicitNonces12(t *testing.T) {
 				_, err := p.raw.Write(w)
 				require.NoError(t, err)
 				p.expectEcho(t, "one|two|three")
+			})
+			t.Run("RFC 5288 3 nonce_explicit "+n.name+" in the resumed Finished and after", func(t *testing.T) {
+				p := resumed12With(t, f, addr, func(p *peer, fin []byte) []byte {
+					return slices.Concat(compatCCS, p.sealExplicit(t, 0, record.Handshake, fin, n.nonce(0)))
+				})
+				// The Finished was record 0 under the client's keys.
+				w := p.sealExplicit(t, 1, record.ApplicationData, []byte("resumed"), n.nonce(1))
+				_, err := p.raw.Write(w)
+				require.NoError(t, err)
+				p.expectEcho(t, "resumed")
 			})
 		}
 	})
