@@ -80,6 +80,13 @@ func TestProbeEdgeWithFinished13(t *testing.T) {
 // whatever the edge thinks of the flight; the peer reads its answer.
 func resumed12(t *testing.T, f *fixture, addr string, flight func(fin []byte, out *record.Cipher) []byte) *peer {
 	t.Helper()
+	return resumed12With(t, f, addr, func(p *peer, fin []byte) []byte { return flight(fin, p.out) })
+}
+
+// resumed12With is resumed12 whose flight gets the peer, its keys set, for
+// records the record layer would not write.
+func resumed12With(t *testing.T, f *fixture, addr string, flight func(p *peer, fin []byte) []byte) *peer {
+	t.Helper()
 	logs := &testenv.Buffer{}
 	cfg := &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: tls.VersionTLS12, KeyLogWriter: logs,
 		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
@@ -125,7 +132,7 @@ func resumed12(t *testing.T, f *fixture, addr string, flight func(fin []byte, ou
 		// The server's Finished came first under its keys.
 		p.in, err = record.NewTLS12Cipher(p.suite, sk, siv, 1)
 		require.NoError(t, err)
-		return flight(slices.Clone(fin), p.out)
+		return flight(p, slices.Clone(fin))
 	}
 	c := tls.Client(tap, cfg)
 	require.NoError(t, c.Handshake())
