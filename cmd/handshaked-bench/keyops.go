@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"slices"
 	"time"
 
@@ -277,6 +278,12 @@ func transports(ctx context.Context, dir, grpcAddr, httpAddr, bareAddr string, m
 	return ts, ops, cleanup, nil
 }
 
+// measuredTransports are the in-process baseline, ts[0], which every
+// ratio is over, and the transports of ts[1:] whose name re matches.
+func measuredTransports(ts []transport, re *regexp.Regexp) []transport {
+	return append(ts[:1:1], slices.DeleteFunc(slices.Clone(ts[1:]), func(t transport) bool { return !re.MatchString(t.name) })...)
+}
+
 // benchKeyOps measures every operation over every transport at every
 // concurrency, the in-process baseline first in each row.
 func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc, bare childInfo, pids []int) error {
@@ -285,6 +292,7 @@ func benchKeyOps(ctx context.Context, w io.Writer, o options, dir string, svc, b
 		return err
 	}
 	defer cleanup()
+	ts = measuredTransports(ts, o.transports)
 	fmt.Fprintf(w, "Key operations: operations per second from concurrent callers in this process, and the CPU time each took (in-process) in this process and the service's together; × is the rate over the in-process rate (the same vault operation, no service) at the same concurrency, CPU × the in-process CPU time per operation over this one's (what the rate ratio is on a machine doing nothing else, once the cores are saturated). Every transport has the same number of operations in flight: Batch sends them in batches of up to %d; SignStream is the Go SDK's Sign without coalescing, one message per operation; coalesced is its default: concurrent ECDSA and Ed25519 signatures coalesced into batches on BatchStreams, each batch on the next in turn, RSA operations one message each as on SignStream; bare gRPC is the ceiling of any gRPC transport: the same vault operations in a process of their own behind a bare gRPC stream per caller, one message per operation, with nothing of the service around them (no API, authentication, interceptors, limits, metrics, audit or protobuf).\n\n", batchSize)
 	header := "| operation | callers |"
 	rule := "|---|---:|"

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,27 @@ func TestPercentile(t *testing.T) {
 	assert.Equal(t, 51*time.Millisecond, percentile(lat, 0.50))
 	assert.Equal(t, 100*time.Millisecond, percentile(lat, 0.99))
 	assert.Equal(t, time.Duration(0), percentile(nil, 0.99))
+}
+
+// -transports keeps the in-process baseline, whatever it matches, and of
+// the others those it matches, in their order.
+func TestMeasuredTransports(t *testing.T) {
+	all := []string{"in-process", "unary gRPC", "SignStream", "REST", "bare gRPC"}
+	var ts []transport
+	for _, name := range all {
+		ts = append(ts, transport{name: name})
+	}
+	names := func(ts []transport) (out []string) {
+		for _, t := range ts {
+			out = append(out, t.name)
+		}
+		return out
+	}
+	assert.Equal(t, []string{"in-process", "unary gRPC", "REST"}, names(measuredTransports(ts, regexp.MustCompile(`^(REST|unary gRPC)$`))))
+	assert.Equal(t, []string{"in-process", "unary gRPC", "bare gRPC"}, names(measuredTransports(ts, regexp.MustCompile(`gRPC`))))
+	assert.Equal(t, []string{"in-process"}, names(measuredTransports(ts, regexp.MustCompile(`in-process`))))
+	assert.Equal(t, all, names(measuredTransports(ts, regexp.MustCompile(``))))
+	assert.Equal(t, all, names(ts), "the transports given are left as they were")
 }
 
 // TestOpenLoopCountsFromDue: a latency counts from when the operation was

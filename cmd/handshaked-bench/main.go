@@ -59,6 +59,7 @@ type options struct {
 	parts          map[string]bool
 	handshakes     *regexp.Regexp // the handshake rows to measure
 	keyOps         *regexp.Regexp // the key operations to measure
+	transports     *regexp.Regexp // the key operations' transports to measure, beside the in-process baseline
 	profileDir     string         // where each process writes its CPU profile, if set
 	short          bool
 }
@@ -86,6 +87,7 @@ func main() {
 	sessions := fs.String("sessions", "10000,50000", "pending handshake sessions to measure the service's memory at, comma-separated, increasing")
 	partList := fs.String("parts", strings.Join(parts, ","), "parts to run, comma-separated: "+strings.Join(parts, ", "))
 	opsFilter := fs.String("keyops", "", "measure only the key operations whose name (\"ECDSA P-256 sign\", \"RSA-2048 PKCS#1 premaster decrypt\") this regular expression matches")
+	transportFilter := fs.String("transports", "", "measure the key operations only over the transports whose column (\"unary gRPC\", \"REST\") this regular expression matches, beside the in-process baseline: a CPU profile (-cpuprofile) then holds only their work")
 	hsFilter := fs.String("handshakes", "", "measure only the handshakes whose row (\"TLS 1.3 ECDSA P-256 full\", \"TLS 1.2 RSA key exchange resumed\") this regular expression matches")
 	fs.StringVar(&o.profileDir, "cpuprofile", "", "write a CPU profile of every process (this one, the service, the edge, the local-key server) to this directory, one file per process and part, for go tool pprof")
 	fs.BoolVar(&o.short, "short", false, "run every part briefly with small loads: checks the suite works, measures nothing")
@@ -105,6 +107,9 @@ func main() {
 	}
 	if err == nil {
 		o.keyOps, err = regexp.Compile(*opsFilter)
+	}
+	if err == nil {
+		o.transports, err = regexp.Compile(*transportFilter)
 	}
 	if err == nil && o.rounds < 1 {
 		err = fmt.Errorf("-rounds %d: at least 1", o.rounds)
