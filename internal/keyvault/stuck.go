@@ -74,14 +74,16 @@ func (s stuckWork) failed(ctx context.Context, v *Vault, now time.Time, what str
 }
 
 // settle forgets, logging each, the stuck records that the view no longer
-// holds: their keys are destroyed. The caller holds writeMu.
+// holds: their keys are destroyed (or, for an intent, its version reached
+// the store after all). The caller holds writeMu.
 func (s stuckWork) settle(ctx context.Context, v *Vault) {
 	for ref, it := range s.items {
 		if _, ok := v.entries[ref]; ok {
 			continue
 		}
 		delete(s.items, ref)
-		slog.InfoContext(ctx, "keyvault: "+it.what+" that was stuck in its key backend is destroyed", "record", ref.String())
+		slog.InfoContext(ctx, "keyvault: "+it.what+" that this replica could not destroy in its key backend is no longer left to it: "+
+			"finished, by this replica or another", "record", ref.String())
 	}
 	s.count.Store(int64(len(s.items)))
 }
