@@ -28,6 +28,7 @@ type etcdConfig struct {
 	requestTimeout            time.Duration
 	stalenessBound            time.Duration
 	maxTxnOps                 int
+	maxRequestBytes           int
 }
 
 func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
@@ -39,6 +40,7 @@ func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
 	fs.DurationVar(&e.dialTimeout, "etcd-dial-timeout", etcdstore.DefaultDialTimeout, "how long the start waits for the etcd cluster to answer")
 	fs.DurationVar(&e.requestTimeout, "etcd-request-timeout", etcdstore.DefaultRequestTimeout, "how long a request to etcd may take; past it (no quorum) key changes fail with UNAVAILABLE instead of waiting")
 	fs.IntVar(&e.maxTxnOps, "etcd-max-txn-ops", etcdstore.DefaultMaxTxnOps, "the etcd cluster's --max-txn-ops: a KEK rotation commits in batches below it, and a restore (one commit of every record) needs more than the vault has records")
+	fs.IntVar(&e.maxRequestBytes, "etcd-max-request-bytes", etcdstore.DefaultMaxRequestBytes, "the etcd cluster's --max-request-bytes: every commit carries a manifest of every record (about 320 bytes per key of one version, 220 per version added), so the default 1.5 MiB holds about 4,900 keys; past it key changes fail with FAILED_PRECONDITION")
 	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long after its commit; the same on every replica")
 }
 
@@ -61,17 +63,21 @@ func (e *etcdConfig) check() error {
 	if e.maxTxnOps < 2 {
 		return errors.New("-etcd-max-txn-ops must be at least 2")
 	}
+	if e.maxRequestBytes <= 0 {
+		return errors.New("-etcd-max-request-bytes must be positive")
+	}
 	return nil
 }
 
 // storeConfig is the etcdstore configuration of cfg.
 func (e *etcdConfig) storeConfig(deployment string) (etcdstore.Config, error) {
 	sc := etcdstore.Config{
-		Endpoints:      strings.Split(e.endpoints, ","),
-		Prefix:         e.prefix,
-		DialTimeout:    e.dialTimeout,
-		RequestTimeout: e.requestTimeout,
-		MaxTxnOps:      e.maxTxnOps,
+		Endpoints:       strings.Split(e.endpoints, ","),
+		Prefix:          e.prefix,
+		DialTimeout:     e.dialTimeout,
+		RequestTimeout:  e.requestTimeout,
+		MaxTxnOps:       e.maxTxnOps,
+		MaxRequestBytes: e.maxRequestBytes,
 		// A replica whose announcement expired is no longer waited for by
 		// a revocation: by then it must have fenced itself, so its lease
 		// outlives the staleness bound.

@@ -40,6 +40,7 @@ type Cluster struct {
 	scheme    string
 	tls       *ServerTLS
 	maxTxnOps uint
+	maxBytes  uint
 	// log collects what the members log at error level, shown only when
 	// the test fails: stopping a member logs closed listeners as errors.
 	log    testenv.Buffer
@@ -77,6 +78,12 @@ func WithServerTLS(s ServerTLS) Option {
 // WithMaxTxnOps sets the members' --max-txn-ops (etcd's default: 128).
 func WithMaxTxnOps(n uint) Option {
 	return func(c *Cluster) { c.maxTxnOps = n }
+}
+
+// WithMaxRequestBytes sets the members' --max-request-bytes (etcd's
+// default: 1.5 MiB).
+func WithMaxRequestBytes(n uint) Option {
+	return func(c *Cluster) { c.maxBytes = n }
 }
 
 // Start starts an n-member cluster, waits until every member serves, and
@@ -140,6 +147,9 @@ func (c *Cluster) config(m *member, cluster string) *embed.Config {
 	cfg.InitialClusterToken = "etcdtest"
 	if c.maxTxnOps > 0 {
 		cfg.MaxTxnOps = c.maxTxnOps
+	}
+	if c.maxBytes > 0 {
+		cfg.MaxRequestBytes = c.maxBytes
 	}
 	if c.tls != nil {
 		cfg.ClientTLSInfo.CertFile = filepath.Join(m.dir, "server.pem")

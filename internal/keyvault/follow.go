@@ -435,6 +435,9 @@ type follower struct {
 	// view is the store revision the view has applied.
 	view atomic.Int64
 	wake chan struct{} // capacity 1: something to catch up with
+	// stuck is how many keys keepUp was left to destroy in their backends
+	// and could not (stuckWork).
+	stuck atomic.Int64
 
 	announceMu sync.Mutex
 	announced  int64 // the newest revision announced
@@ -584,15 +587,18 @@ func (v *Vault) watch(ctx context.Context) {
 }
 
 // leftWork is when keepUp first saw each destroy pending and each intent
-// as it stands (finishLeftWork).
+// as it stands, and what of either it could not finish (finishLeftWork).
 type leftWork struct {
 	destroys map[RecordRef]time.Time
 	intents  map[RecordRef]intentSeen
+	stuck    stuckWork
 }
 
 // finishLeftWork finishes what replicas left undone: the destroys pending
 // for a staleness bound (finishLeftDestroys) and the intents standing for
-// intentUndoBounds (undoLeftIntents). keepUp must never wait for a change
+// intentUndoBounds (undoLeftIntents). What it cannot finish (no such
+// backend here, or one that fails) is retried at every tick and logged
+// by left.stuck, not at every tick. keepUp must never wait for a change
 // under way: one may hold writeMu until every replica, this one included,
 // announces a revision (a KEK rotation's step waits so in allHold), which
 // keepUp does. What is left waits for a later tick instead.
@@ -604,8 +610,9 @@ func (v *Vault) finishLeftWork(ctx context.Context, left leftWork) {
 	if v.isClosed() {
 		return
 	}
-	v.finishLeftDestroys(ctx, left.destroys)
-	v.undoLeftIntents(ctx, left.intents)
+	v.finishLeftDestroys(ctx, left.destroys, left.stuck)
+	v.undoLeftIntents(ctx, left.intents, left.stuck)
+	left.stuck.settle(ctx, v)
 }
 
 // keepUp confirms the view every quarter of the staleness bound and when
@@ -617,7 +624,10 @@ func (v *Vault) keepUp(ctx context.Context) {
 	tick := time.NewTicker(f.bound / 4)
 	defer tick.Stop()
 	failing := false
-	left := leftWork{destroys: make(map[RecordRef]time.Time), intents: make(map[RecordRef]intentSeen)}
+	left := leftWork{
+		destroys: make(map[RecordRef]time.Time), intents: make(map[RecordRef]intentSeen),
+		stuck: stuckWork{items: make(map[RecordRef]stuckItem), count: &f.stuck},
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -215,8 +215,9 @@ type intentSeen struct {
 
 // undoLeftIntents undoes the intents that have stood unchanged for
 // intentUndoBounds staleness bounds. since holds when each was first seen
-// as it stands; the caller (finishLeftWork) owns it and holds writeMu.
-func (v *Vault) undoLeftIntents(ctx context.Context, since map[RecordRef]intentSeen) {
+// as it stands; the caller (finishLeftWork) owns it and stuck, and holds
+// writeMu.
+func (v *Vault) undoLeftIntents(ctx context.Context, since map[RecordRef]intentSeen, stuck stuckWork) {
 	now := time.Now()
 	due := make(map[RecordRef]recordEntry)
 	for ref, e := range v.entries {
@@ -231,21 +232,31 @@ func (v *Vault) undoLeftIntents(ctx context.Context, since map[RecordRef]intentS
 		}
 	}
 	maps.DeleteFunc(since, func(ref RecordRef, _ intentSeen) bool { _, ok := v.entries[ref]; return !ok })
-	v.undoIntentsLogged(ctx, due)
+	if len(due) == 0 {
+		return
+	}
+	backends, failed, err := v.undoIntents(ctx, due)
+	if err != nil {
+		slog.ErrorContext(ctx, "keyvault: the intents left to this replica are not undone yet; it retries", "err", err)
+	}
+	stuck.failed(ctx, v, now, "a key generated for a version that never reached the store", backends, failed)
 }
 
 func (v *Vault) undoIntentsLogged(ctx context.Context, due map[RecordRef]recordEntry) {
 	if len(due) == 0 {
 		return
 	}
-	if err := v.undoIntents(ctx, due); err != nil {
+	_, failed, err := v.undoIntents(ctx, due)
+	if err := errors.Join(failed.err(), err); err != nil {
 		slog.ErrorContext(ctx, "keyvault: a key generated for a version that never reached the store is not destroyed yet; it is retried", "err", err)
 	}
 }
 
 // undoIntents undoes the intents of due, each as the view holds it: claim,
-// destroy by its label, erase. The caller holds writeMu.
-func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) error {
+// destroy by its label, erase. It returns the backend each intent names,
+// what it could not undo, and err when it could not read the store. The
+// caller holds writeMu.
+func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) (backends map[RecordRef]string, failed failures, err error) {
 	records := make(map[RecordRef]Record, len(due))
 	if _, err := v.store.Scan(ctx, func(r Record) error {
 		if _, ok := due[r.RecordRef]; ok {
@@ -253,22 +264,23 @@ func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) 
 		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("keyvault: read the store: %w", err)
+		return nil, nil, fmt.Errorf("keyvault: read the store: %w", err)
 	}
-	var errs []error
+	backends, failed = make(map[RecordRef]string), make(failures)
 	for ref, seen := range due {
-		if err := v.undoIntent(ctx, ref, seen, records[ref]); err != nil {
-			errs = append(errs, fmt.Errorf("%v: %w", ref, err))
+		var ir intentRecord
+		if err := v.sealer.openJSON(records[ref], &ir); err != nil {
+			continue // changed since the view: looked at again as it stands now
+		}
+		backends[ref] = ir.Backend
+		if err := v.undoIntent(ctx, ref, seen, ir); err != nil {
+			failed.fail(ref, err)
 		}
 	}
-	return errors.Join(errs...)
+	return backends, failed, nil
 }
 
-func (v *Vault) undoIntent(ctx context.Context, ref RecordRef, seen recordEntry, r Record) error {
-	var ir intentRecord
-	if err := v.sealer.openJSON(r, &ir); err != nil {
-		return nil // changed since the view: looked at again as it stands now
-	}
+func (v *Vault) undoIntent(ctx context.Context, ref RecordRef, seen recordEntry, ir intentRecord) error {
 	b, err := v.backend(ir.Backend)
 	if err != nil {
 		return err

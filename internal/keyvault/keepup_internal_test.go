@@ -1,6 +1,9 @@
 package keyvault
 
 import (
+	"errors"
+	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,3 +33,42 @@ func TestKeepUpWhileAChangeHoldsWriteMu(t *testing.T) {
 		return v.follow.confirmed.Load() > second
 	}, 2*time.Second, 10*time.Millisecond, "keepUp went on confirming the view while writeMu was held")
 }
+
+// TestStuckWorkIsLoggedAgainOnlyLater: a record that keeps failing for one
+// cause is logged at its first failure, then again only once
+// stuckLogEvery has passed; a new cause is logged at once.
+func TestStuckWorkIsLoggedAgainOnlyLater(t *testing.T) {
+	var logged []string
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		logged = append(logged, string(p))
+		return len(p), nil
+	}), nil)))
+	defer slog.SetDefault(prev)
+	v := &Vault{backends: map[string]KeyBackend{}}
+	var count atomic.Int64
+	s := stuckWork{items: make(map[RecordRef]stuckItem), count: &count}
+	ref := RecordRef{Kind: RecordMaterial, ID: "t", Version: 1}
+	backends := map[RecordRef]string{ref: "token"}
+	fail := func(at time.Time, cause string) {
+		f := make(failures)
+		f.fail(ref, errors.New(cause))
+		s.failed(ctx, v, at, "the key of a destroyed version", backends, f)
+	}
+	t0 := time.Now()
+	fail(t0, "down")
+	fail(t0.Add(stuckLogEvery/2), "down")
+	assert.Len(t, logged, 1, "the same cause within stuckLogEvery")
+	fail(t0.Add(stuckLogEvery/2), "refused")
+	assert.Len(t, logged, 2, "a new cause")
+	fail(t0.Add(stuckLogEvery), "refused")
+	assert.Len(t, logged, 2)
+	fail(t0.Add(stuckLogEvery/2+stuckLogEvery), "refused")
+	require.Len(t, logged, 3, "the same cause, stuckLogEvery later")
+	assert.Contains(t, logged[2], "configure the token backend on this replica")
+	assert.EqualValues(t, 1, count.Load())
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -507,23 +507,25 @@ func (v *Vault) pendingDestroys() []pendingDestroy {
 // backend failing) leaves a handle stored, so that the destroy is
 // finished later, by this replica or another: at its start (New) or once
 // the destroy has been pending for a staleness bound (finishLeftDestroys).
-// The caller holds writeMu.
-func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) error {
+// It returns what it could not finish, and err when it could not read the
+// store or erased the handles without compacting their history. The
+// caller holds writeMu.
+func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (failed failures, err error) {
+	failed = make(failures)
 	backends := make(map[RecordRef]KeyBackend, len(pending))
-	var errs []error
 	for _, p := range pending {
 		b, err := v.backend(p.backend)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%v: %w", p.ref, err))
+			failed.fail(p.ref, err)
 			continue
 		}
 		backends[p.ref] = b
 	}
 	if len(backends) == 0 {
-		return errors.Join(errs...)
+		return failed, nil
 	}
 	var destroyed []RecordRef
-	_, err := v.store.Scan(ctx, func(r Record) error {
+	_, err = v.store.Scan(ctx, func(r Record) error {
 		b, ok := backends[r.RecordRef]
 		if !ok {
 			return nil
@@ -534,14 +536,14 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) er
 			clear(handle)
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%v: destroy in the %s backend: %w", r.RecordRef, b.Name(), err))
+			failed.fail(r.RecordRef, fmt.Errorf("destroy in the %s backend: %w", b.Name(), err))
 			return nil
 		}
 		destroyed = append(destroyed, r.RecordRef)
 		return nil
 	})
 	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("keyvault: read the store: %w", err))...)
+		return failed, fmt.Errorf("keyvault: read the store: %w", err)
 	}
 	if len(destroyed) > 0 {
 		err = v.retry(ctx, "erase the handles of destroyed keys", func() error {
@@ -558,17 +560,25 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) er
 			}
 			return v.commit(ctx, w)
 		})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("keyvault: erase the handles of destroyed keys: %w", err))
+		var committed *committedError
+		switch {
+		case errors.As(err, &committed):
+			// Erased (the store's history of them is compacted later).
+			return failed, fmt.Errorf("keyvault: erase the handles of destroyed keys: %w", err)
+		case err != nil:
+			for _, ref := range destroyed {
+				failed.fail(ref, fmt.Errorf("destroyed in its backend; erase its handle: %w", err))
+			}
 		}
 	}
-	return errors.Join(errs...)
+	return failed, nil
 }
 
 // finishDestroysLogged is finishDestroys for callers that go on whatever
 // happens: what it could not finish stays pending, and is retried.
 func (v *Vault) finishDestroysLogged(ctx context.Context, pending []pendingDestroy) {
-	if err := v.finishDestroys(ctx, pending); err != nil {
+	failed, err := v.finishDestroys(ctx, pending)
+	if err := errors.Join(failed.err(), err); err != nil {
 		slog.ErrorContext(ctx, "keyvault: a destroyed version's key is not destroyed in its backend yet; it is retried",
 			"err", err)
 	}
@@ -579,13 +589,13 @@ func (v *Vault) finishDestroysLogged(ctx context.Context, pending []pendingDestr
 // stopped, before it finished them itself. A destroy just committed is
 // left to its replica, which finishes it at once. since holds when each
 // pending destroy was first seen; the caller (finishLeftWork) owns it and
-// holds writeMu.
-func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time.Time) {
+// stuck, and holds writeMu.
+func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time.Time, stuck stuckWork) {
 	now := time.Now()
 	var due []pendingDestroy
-	seen := make(map[RecordRef]bool)
+	backends := make(map[RecordRef]string)
 	for _, p := range v.pendingDestroys() {
-		seen[p.ref] = true
+		backends[p.ref] = p.backend
 		first, ok := since[p.ref]
 		switch {
 		case !ok:
@@ -594,8 +604,13 @@ func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time
 			due = append(due, p)
 		}
 	}
-	maps.DeleteFunc(since, func(ref RecordRef, _ time.Time) bool { return !seen[ref] })
-	if len(due) > 0 {
-		v.finishDestroysLogged(ctx, due)
+	maps.DeleteFunc(since, func(ref RecordRef, _ time.Time) bool { _, ok := backends[ref]; return !ok })
+	if len(due) == 0 {
+		return
 	}
+	failed, err := v.finishDestroys(ctx, due)
+	if err != nil {
+		slog.ErrorContext(ctx, "keyvault: the keys of destroyed versions left to this replica are not destroyed in their backends yet; it retries", "err", err)
+	}
+	stuck.failed(ctx, v, now, "the key of a destroyed version", backends, failed)
 }

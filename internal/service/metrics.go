@@ -22,6 +22,17 @@ func buildInfoGauge(info buildinfo.Info) prometheus.Collector {
 	}, func() float64 { return 1 })
 }
 
+// backendDestroysStuckGauge is handshaked_backend_destroys_stuck: the keys
+// this replica was left to destroy in their key backends and could not
+// (keyvault.Vault.StuckBackendDestroys). The log says each one once, at
+// ERROR; the gauge is what an alert watches.
+func backendDestroysStuckGauge(vault *keyvault.Vault) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "handshaked_backend_destroys_stuck",
+		Help: "Keys this replica was left to destroy in their key backends (destroyed versions, creations whose version never reached the store) and could not: the backend is not configured here, or fails. The log names each at ERROR.",
+	}, func() float64 { return float64(vault.StuckBackendDestroys()) })
+}
+
 // handshakeMetrics are the Handshake API's Prometheus metrics.
 type handshakeMetrics struct {
 	startedTotal   prometheus.Counter

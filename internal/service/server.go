@@ -108,7 +108,8 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	heapfloor.Start(heapfloor.Serving)
 	registry := prometheus.NewRegistry()
 	build := buildinfo.Read()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge(build))
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge(build),
+		backendDestroysStuckGauge(vault))
 	s := &Server{
 		build:  build,
 		health: health.NewServer(),

@@ -75,3 +75,30 @@ func TestVaultRestoreRaisedTxnOps(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, k.Versions, 1)
 }
+
+// A store whose manifest outgrows etcd's --max-request-bytes refuses the
+// change that would pass it with FAILED_PRECONDITION, saying which limit
+// and what to do (not UNAVAILABLE: it is certain not to have landed, and
+// retrying does not help); a change that does not grow the store, as a
+// revocation, still commits.
+func TestVaultFullAtMaxRequestBytes(t *testing.T) {
+	const limit = 64 << 10 // about 200 keys
+	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit))
+	ctx := t.Context()
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	v, err := keyvault.New(ctx, open(t, c, "/full", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes = limit }), kek)
+	require.NoError(t, err)
+	defer v.Close()
+	var full error
+	for i := 0; full == nil; i++ {
+		require.Less(t, i, 1000, "64 KiB of manifest holds fewer keys")
+		_, full = v.Create(ctx, fmt.Sprintf("k%04d", i), keyvault.Ed25519, nil)
+	}
+	require.ErrorIs(t, full, keyvault.ErrFailedPrecondition)
+	assert.NotErrorIs(t, full, keyvault.ErrUnavailable)
+	assert.ErrorContains(t, full, "--max-request-bytes (65536")
+	assert.ErrorContains(t, full, "-etcd-max-request-bytes")
+	_, err = v.SetVersionEnabled(ctx, "k0000", 1, false)
+	assert.NoError(t, err, "a revocation fits where the last key did")
+}

@@ -46,6 +46,8 @@ const (
 	DefaultLeaseTTL       = 5 * time.Second
 	// DefaultMaxTxnOps is etcd's default --max-txn-ops.
 	DefaultMaxTxnOps = 128
+	// DefaultMaxRequestBytes is etcd's default --max-request-bytes.
+	DefaultMaxRequestBytes = 3 << 19 // 1.5 MiB
 )
 
 // scanPage is how many records one range request of a Scan reads.
@@ -74,6 +76,11 @@ type Config struct {
 	// MaxTxnOps is the etcd cluster's --max-txn-ops: a commit writes at
 	// most MaxTxnOps-1 records (one operation rewrites the head).
 	MaxTxnOps int
+	// MaxRequestBytes is the etcd cluster's --max-request-bytes: a commit
+	// larger than that is refused before it is sent. Every commit carries
+	// the vault's manifest, which lists every record, so this bounds the
+	// number of records of the store (README, "Running several replicas").
+	MaxRequestBytes int
 }
 
 // Store is a keyvault.SharedStore on etcd.
@@ -128,6 +135,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxTxnOps <= 1 {
 		cfg.MaxTxnOps = DefaultMaxTxnOps
 	}
+	if cfg.MaxRequestBytes <= 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
@@ -136,7 +146,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// another member while nothing else is sent (10s: gRPC's minimum).
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: cfg.RequestTimeout,
-		Logger:               zap.NewNop(),
+		// The cluster's limit is the one that holds (Commit checks it): the
+		// client's own (2 MiB) must not refuse a commit the cluster takes.
+		MaxCallSendMsgSize: cfg.MaxRequestBytes + 1<<20,
+		Logger:             zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
@@ -261,8 +274,8 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken):
 		return fmt.Errorf("etcdstore: %s: etcd at %s refused access (%v): handshaked's etcd user needs read and write on the keys under %q: %w",
 			op, eps, err, s.cfg.Prefix, keyvault.ErrUnavailable)
-	case errors.Is(err, rpctypes.ErrTooManyOps), errors.Is(err, rpctypes.ErrRequestTooLarge):
-		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops or --max-request-bytes: %w",
+	case errors.Is(err, rpctypes.ErrTooManyOps):
+		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops: %w",
 			op, eps, err, keyvault.ErrUnavailable)
 	}
 	return fmt.Errorf("etcdstore: %s: etcd at %s did not confirm within %v (%v): a majority of its members must be running and reachable from this replica: %w",
@@ -401,6 +414,9 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if n := s.requestBytes(w); n > s.cfg.MaxRequestBytes {
+		return 0, s.tooLarge(n)
+	}
 	rctx, cancel := s.request(ctx)
 	resp, err := s.cli.Txn(rctx).If(cmps...).Then(ops...).Else(checks...).Commit()
 	cancel()
@@ -408,6 +424,10 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 		// Without an answer the commit may or may not have happened: a
 		// retry computed on a new Scan compares revisions and finds out.
 		op := "commit"
+		if errors.Is(err, rpctypes.ErrRequestTooLarge) {
+			// requestBytes is an estimate, a few bytes short.
+			return 0, s.tooLarge(s.requestBytes(w))
+		}
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
 			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
 		}
@@ -430,6 +450,35 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 		}
 	}
 	return rev, nil
+}
+
+// requestBytes is about the size of the transaction of w that etcd
+// receives: every key and value it carries, and their framing.
+func (s *Store) requestBytes(w keyvault.Write) int {
+	const framing = 16 // tags, lengths, a revision: at most this per key
+	n := len(s.head) + framing
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		n += len(s.key(r.RecordRef)) + len(r.Sealed) + framing
+	}
+	for _, r := range w.Create { // a comparison and a check
+		n += 2 * (len(s.key(r.RecordRef)) + framing)
+	}
+	for ref := range w.If {
+		n += 2 * (len(s.key(ref)) + framing)
+	}
+	for _, ref := range w.Erase {
+		n += len(s.key(ref)) + framing
+	}
+	return n
+}
+
+// tooLarge is the error of a commit of n bytes, past the cluster's
+// --max-request-bytes: it is certain not to have landed.
+func (s *Store) tooLarge(n int) error {
+	return fmt.Errorf("etcdstore: the commit is %d bytes, more than etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes): "+
+		"every commit carries the vault's manifest, which lists every record (about 320 bytes per key of one version, 220 per version added), "+
+		"so the store is full; destroy versions no longer needed, or raise --max-request-bytes on every etcd member and -etcd-max-request-bytes on every replica: %w",
+		n, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
 }
 
 // MaxCommitRecords is how many records one commit may write: the vault

@@ -1,0 +1,252 @@
+package etcdstore_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/etcdtest"
+	"github.com/handshaked/handshaked/internal/keyvault"
+	"github.com/handshaked/handshaked/internal/keyvault/etcdstore"
+)
+
+// tokenBackend is a backend whose keys live outside the store (a
+// keyvault.LabelDestroyer, as a PKCS#11 token is), which fails while
+// broken is set.
+type tokenBackend struct {
+	broken atomic.Bool
+	mu     sync.Mutex
+	keys   map[string]crypto.Signer // by handle, which is the label
+}
+
+func newTokenBackend() *tokenBackend { return &tokenBackend{keys: make(map[string]crypto.Signer)} }
+
+var errTokenBroken = errors.New("test: the token does not answer")
+
+func (b *tokenBackend) Name() string { return "token" }
+
+func (b *tokenBackend) Generate(ctx context.Context, alg keyvault.Algorithm, label string) ([]byte, crypto.Signer, error) {
+	if b.broken.Load() {
+		return nil, nil, errTokenBroken
+	}
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.keys[label] = key
+	return []byte(label), key, nil
+}
+
+func (b *tokenBackend) Load(ctx context.Context, alg keyvault.Algorithm, handle []byte) (crypto.Signer, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if k, ok := b.keys[string(handle)]; ok {
+		return k, nil
+	}
+	return nil, errors.New("test: no such key in the token")
+}
+
+func (b *tokenBackend) Destroy(ctx context.Context, handle []byte) error {
+	return b.DestroyLabeled(ctx, string(handle))
+}
+
+func (b *tokenBackend) DestroyLabeled(ctx context.Context, label string) error {
+	if b.broken.Load() {
+		return errTokenBroken
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.keys, label)
+	return nil
+}
+
+func (b *tokenBackend) held() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.keys)
+}
+
+// logRecords captures the records of the default logger.
+type logRecords struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+// captureLog makes the default logger's records go to the returned
+// logRecords until the test ends.
+func captureLog(t *testing.T) *logRecords {
+	h := &logRecords{}
+	prev := slog.Default()
+	slog.SetDefault(slog.New(h))
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	return h
+}
+
+func (h *logRecords) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecords) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logRecords) WithGroup(string) slog.Handler            { return h }
+
+func (h *logRecords) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.records = append(h.records, r.Clone())
+	return nil
+}
+
+// take returns the records of level logged since they were last taken,
+// each as its message and attributes.
+func (h *logRecords) take(level slog.Level) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	kept := h.records[:0]
+	for _, r := range h.records {
+		if r.Level != level {
+			kept = append(kept, r)
+			continue
+		}
+		var b strings.Builder
+		b.WriteString(r.Message)
+		r.Attrs(func(a slog.Attr) bool {
+			b.WriteString(" " + a.String())
+			return true
+		})
+		out = append(out, b.String())
+	}
+	h.records = kept
+	return out
+}
+
+// ticks counts the Revision reads of a replica: one at each keepUp tick.
+type ticks struct {
+	*etcdstore.Store
+	n atomic.Int64
+}
+
+func (s *ticks) Revision(ctx context.Context) (int64, error) {
+	s.n.Add(1)
+	return s.Store.Revision(ctx)
+}
+
+// waitTicks returns once the replica reading s has made n more keepUp
+// ticks.
+func (s *ticks) waitTicks(t *testing.T, n int64) {
+	until := s.n.Load() + n
+	require.Eventually(t, func() bool { return s.n.Load() >= until }, time.Minute, time.Millisecond)
+}
+
+// stuckErrors returns the ERROR records logged since the last take that
+// say left work is stuck.
+func stuckErrors(logs *logRecords) []string {
+	var out []string
+	for _, r := range logs.take(slog.LevelError) {
+		if strings.Contains(r, "is still in its key backend") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// stuckBound is the staleness bound of the tests of stuck left work: keepUp
+// ticks every quarter of it, and gives up on the store after it (a loaded
+// machine makes a shorter one fail for that).
+const stuckBound = 250 * time.Millisecond
+
+// TestStuckDestroyIsLoggedOnce: a destroyed version whose key the backend
+// keeps failing to destroy is retried at every keepUp tick (four per
+// staleness bound) but logged at ERROR once, saying what to do, counted
+// as stuck meanwhile, and logged at INFO when the backend works again and
+// the destroy is finished.
+func TestStuckDestroyIsLoggedOnce(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	logs := captureLog(t)
+	b := newTokenBackend()
+	s := &ticks{Store: open(t, c, "/stuck")}
+	v := openVault(t, s, keyvault.WithBackend(b), keyvault.WithStalenessBound(stuckBound))
+	ctx := t.Context()
+	_, err := v.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	_, err = v.Rotate(ctx, "t")
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "t", 1, false)
+	require.NoError(t, err)
+	b.broken.Store(true)
+	_, err = v.DestroyVersion(ctx, "t", 1)
+	require.NoError(t, err, "committed; the key is left in the token")
+
+	require.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
+	errs := stuckErrors(logs)
+	require.Len(t, errs, 1, "the first failure of keepUp's retry, besides the destroy's own")
+	assert.Contains(t, errs[0], "the key of a destroyed version is still in its key backend")
+	assert.Contains(t, errs[0], "make the token backend work on this replica")
+	assert.Contains(t, errs[0], errTokenBroken.Error())
+	s.waitTicks(t, 40)
+	assert.Zero(t, len(stuckErrors(logs)), "ERROR records of 40 keepUp ticks that retried the destroy")
+	assert.Equal(t, 1, v.StuckBackendDestroys())
+	assert.Equal(t, 2, b.held())
+
+	b.broken.Store(false)
+	require.Eventually(t, func() bool { return v.StuckBackendDestroys() == 0 }, time.Minute, time.Millisecond)
+	assert.Equal(t, 1, b.held(), "version 1's key destroyed")
+	assert.Empty(t, stuckErrors(logs))
+	var done []string
+	for _, r := range logs.take(slog.LevelInfo) {
+		if strings.Contains(r, "is no longer left to it") {
+			done = append(done, r)
+		}
+	}
+	require.Len(t, done, 1)
+	assert.Contains(t, done[0], `key "t" version 1`)
+}
+
+// TestStuckIntentIsLoggedOnce: a replica without the backend an intent
+// names (one of a mixed fleet, or misconfigured) cannot undo it, at any of
+// its keepUp ticks: it logs that at ERROR once, saying to configure the
+// backend, counts it as stuck, and logs at INFO once a replica that has
+// the backend undid it.
+func TestStuckIntentIsLoggedOnce(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	logs := captureLog(t)
+	ctx := t.Context()
+	broken := newTokenBackend()
+	broken.broken.Store(true)
+	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
+	_, err := a.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
+	require.ErrorIs(t, err, errTokenBroken, "the generation failed, and so did destroying by its label: the intent stays")
+	require.NoError(t, a.Close())
+
+	s := &ticks{Store: open(t, c, "/stuck")}
+	lacking := openVault(t, s, keyvault.WithStalenessBound(stuckBound))
+	require.Eventually(t, func() bool { return lacking.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
+	errs := stuckErrors(logs)
+	require.Len(t, errs, 1)
+	assert.Contains(t, errs[0], "a key generated for a version that never reached the store is still in its key backend")
+	assert.Contains(t, errs[0], "configure the token backend on this replica")
+	s.waitTicks(t, 40)
+	assert.Zero(t, len(stuckErrors(logs)), "ERROR records of 40 keepUp ticks that tried to undo the intent")
+	assert.Equal(t, 1, lacking.StuckBackendDestroys())
+
+	openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(newTokenBackend()), keyvault.WithStalenessBound(stuckBound))
+	require.Eventually(t, func() bool { return lacking.StuckBackendDestroys() == 0 }, time.Minute, time.Millisecond,
+		"the replica with the backend undid the intent")
+	var done []string
+	for _, r := range logs.take(slog.LevelInfo) {
+		if strings.Contains(r, "is no longer left to it") {
+			done = append(done, r)
+		}
+	}
+	require.Len(t, done, 1)
+	assert.Contains(t, done[0], "a key generated for a version that never reached the store")
+}

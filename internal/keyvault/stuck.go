@@ -1,0 +1,101 @@
+package keyvault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+)
+
+// stuckLogEvery is how often a key left to destroy in its backend that
+// keeps failing for the same cause is logged again. keepUp retries it
+// four times per staleness bound: a replica without the backend (a
+// misconfigured one, or one of a mixed fleet) would otherwise log an
+// ERROR at every tick for as long as the key stands.
+const stuckLogEvery = 10 * time.Minute
+
+// failures are the records of left work that could not be finished, each
+// with its cause.
+type failures map[RecordRef]error
+
+// fail records that ref could not be finished for err.
+func (f failures) fail(ref RecordRef, err error) { f[ref] = fmt.Errorf("%v: %w", ref, err) }
+
+// err joins the causes, in the order of the records.
+func (f failures) err() error {
+	var errs []error
+	for _, ref := range slices.SortedFunc(maps.Keys(f), compareRefs) {
+		errs = append(errs, f[ref])
+	}
+	return errors.Join(errs...)
+}
+
+// stuckWork is the left work (finishLeftWork) this replica tried and
+// could not finish: keys to destroy in their backends, those of destroyed
+// versions (by handle) and those of creations whose version never reached
+// the store (by an intent's label). Each is logged at ERROR when it first
+// fails, again only when its cause changes or stuckLogEvery has passed,
+// and at INFO once it is no longer in the view (finished by this replica
+// or another).
+type stuckWork struct {
+	items map[RecordRef]stuckItem
+	count *atomic.Int64 // len(items), for StuckBackendDestroys
+}
+
+type stuckItem struct {
+	what   string // what is left: "the key of a destroyed version"…
+	cause  string
+	logged time.Time
+}
+
+// failed records the failures of one kind of left work: what is left,
+// the backend of each record, what failed.
+func (s stuckWork) failed(ctx context.Context, v *Vault, now time.Time, what string, backends map[RecordRef]string, f failures) {
+	for ref, err := range f {
+		cause := err.Error()
+		if it, ok := s.items[ref]; ok && it.cause == cause && now.Sub(it.logged) < stuckLogEvery {
+			continue
+		}
+		s.items[ref] = stuckItem{what: what, cause: cause, logged: now}
+		backend := backends[ref]
+		action := fmt.Sprintf("make the %s backend work on this replica (its device or token reachable, its credentials right)", backend)
+		if _, ok := v.backends[backend]; !ok {
+			action = fmt.Sprintf("configure the %s backend on this replica as on the replica that made the key, or run a replica that has it", backend)
+		}
+		slog.ErrorContext(ctx, "keyvault: "+what+" is still in its key backend, and this replica cannot destroy it; it retries, "+
+			"and logs this again only if the cause changes or every "+stuckLogEvery.String(),
+			"record", ref.String(), "backend", backend, "action", action, "err", err)
+	}
+	s.count.Store(int64(len(s.items)))
+}
+
+// settle forgets, logging each, the stuck records that the view no longer
+// holds: their keys are destroyed (or, for an intent, its version reached
+// the store after all). The caller holds writeMu.
+func (s stuckWork) settle(ctx context.Context, v *Vault) {
+	for ref, it := range s.items {
+		if _, ok := v.entries[ref]; ok {
+			continue
+		}
+		delete(s.items, ref)
+		slog.InfoContext(ctx, "keyvault: "+it.what+" that this replica could not destroy in its key backend is no longer left to it: "+
+			"finished, by this replica or another", "record", ref.String())
+	}
+	s.count.Store(int64(len(s.items)))
+}
+
+// StuckBackendDestroys is how many keys this replica was left to destroy
+// in their key backends (by the replicas that destroyed their versions,
+// or made them for versions that never reached the store) and could not:
+// it lacks the backend, or the backend failed. The log says which, at
+// ERROR. It is 0 for a vault on a store no other process writes.
+func (v *Vault) StuckBackendDestroys() int {
+	if v.follow == nil {
+		return 0
+	}
+	return int(v.follow.stuck.Load())
+}
