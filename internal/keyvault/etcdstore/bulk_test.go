@@ -155,3 +155,21 @@ func TestCommitPastTheClusterLimit(t *testing.T) {
 	_, err := s.Commit(t.Context(), keyvault.Write{Put: []keyvault.Record{{RecordRef: manifest, Sealed: []byte("m")}}})
 	assert.NoError(t, err, "the store goes on")
 }
+
+// An etcd past its --quota-backend-bytes (every commit writes the manifest
+// of every record, which etcd keeps until compaction) refuses writes: the
+// error says so and what to do, and stays UNAVAILABLE, as the write that
+// crosses the quota is applied, then refused.
+func TestCommitPastTheQuota(t *testing.T) {
+	c := etcdtest.Start(t, 1, etcdtest.WithQuotaBackendBytes(4<<20))
+	s := open(t, c, "/quota")
+	var err error
+	for i := 0; err == nil; i++ {
+		require.Less(t, i, 16, "4 MiB of quota holds fewer 512 KiB values")
+		ref := keyvault.RecordRef{Kind: keyvault.RecordVersion, ID: "k", Version: uint32(i + 1)}
+		_, err = s.Commit(t.Context(), keyvault.Write{Put: []keyvault.Record{{RecordRef: ref, Sealed: make([]byte, 512<<10)}}})
+	}
+	require.ErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.ErrorContains(t, err, "is out of space")
+	assert.ErrorContains(t, err, "etcdctl alarm disarm")
+}

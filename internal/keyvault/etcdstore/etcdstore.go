@@ -279,6 +279,12 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 	case errors.Is(err, rpctypes.ErrTooManyOps):
 		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops: %w",
 			op, eps, err, keyvault.ErrUnavailable)
+	case errors.Is(err, rpctypes.ErrNoSpace):
+		// Unavailable, not a certain failure: the write that crosses the
+		// quota is applied, then answered so (etcd's quotaApplierV3).
+		return fmt.Errorf("etcdstore: %s: etcd at %s is out of space (%v): past its --quota-backend-bytes it raised the NOSPACE alarm and takes no writes; "+
+			"compact its history, defragment every member, then disarm the alarm (etcdctl alarm disarm): %w",
+			op, eps, err, keyvault.ErrUnavailable)
 	}
 	return fmt.Errorf("etcdstore: %s: etcd at %s did not confirm within %v (%v): a majority of its members must be running and reachable from this replica: %w",
 		op, eps, timeout, err, keyvault.ErrUnavailable)
