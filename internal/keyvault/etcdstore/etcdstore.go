@@ -436,9 +436,11 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 			// Refused before it was proposed (etcd's check of the raft
 			// request) or read (gRPC's of the message, at
 			// --max-request-bytes + 512 KiB; etcd's own ResourceExhausted
-			// errors are rpctypes errors, with no gRPC status): it did not
-			// land. requestBytes bounds what etcd checks, so the cluster's
-			// limit is below the one the replica was given.
+			// errors are rpctypes errors, with no gRPC status, and the
+			// client's receive limit, 2 GiB, is far above a commit's
+			// answer): it did not land. requestBytes bounds what etcd
+			// checks, so the cluster's limit is below the one the replica
+			// was given.
 			return 0, fmt.Errorf("etcdstore: etcd at %s refused the commit of at most %d bytes as larger than its --max-request-bytes (%v), "+
 				"which is less than this replica's -etcd-max-request-bytes (%d): give every replica the cluster's value: %w",
 				strings.Join(s.cfg.Endpoints, ","), s.requestBytes(w), err, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
