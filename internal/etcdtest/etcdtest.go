@@ -41,6 +41,7 @@ type Cluster struct {
 	tls       *ServerTLS
 	maxTxnOps uint
 	maxBytes  uint
+	quota     int64
 	// log collects what the members log at error level, shown only when
 	// the test fails: stopping a member logs closed listeners as errors.
 	log    testenv.Buffer
@@ -84,6 +85,12 @@ func WithMaxTxnOps(n uint) Option {
 // default: 1.5 MiB).
 func WithMaxRequestBytes(n uint) Option {
 	return func(c *Cluster) { c.maxBytes = n }
+}
+
+// WithQuotaBackendBytes sets the members' --quota-backend-bytes (etcd's
+// default: 2 GiB), past which etcd raises its NOSPACE alarm.
+func WithQuotaBackendBytes(n int64) Option {
+	return func(c *Cluster) { c.quota = n }
 }
 
 // Start starts an n-member cluster, waits until every member serves, and
@@ -150,6 +157,9 @@ func (c *Cluster) config(m *member, cluster string) *embed.Config {
 	}
 	if c.maxBytes > 0 {
 		cfg.MaxRequestBytes = c.maxBytes
+	}
+	if c.quota > 0 {
+		cfg.QuotaBackendBytes = c.quota
 	}
 	if c.tls != nil {
 		cfg.ClientTLSInfo.CertFile = filepath.Join(m.dir, "server.pem")

@@ -34,9 +34,11 @@ func TestKeepUpWhileAChangeHoldsWriteMu(t *testing.T) {
 	}, 2*time.Second, 10*time.Millisecond, "keepUp went on confirming the view while writeMu was held")
 }
 
-// TestStuckWorkIsLoggedAgainOnlyLater: a record that keeps failing for one
-// cause is logged at its first failure, then again only once
-// stuckLogEvery has passed; a new cause is logged at once.
+// TestStuckWorkIsLoggedAgainOnlyLater: a record that keeps failing is
+// logged at its first failure, then again only once stuckLogEvery has
+// passed, with the error of then, however the error's text varies
+// meanwhile; a change of what to do (the backend configured here now, and
+// failing) is logged at once.
 func TestStuckWorkIsLoggedAgainOnlyLater(t *testing.T) {
 	var logged []string
 	prev := slog.Default()
@@ -56,16 +58,19 @@ func TestStuckWorkIsLoggedAgainOnlyLater(t *testing.T) {
 		s.failed(ctx, v, at, "the key of a destroyed version", backends, f)
 	}
 	t0 := time.Now()
-	fail(t0, "down")
-	fail(t0.Add(stuckLogEvery/2), "down")
-	assert.Len(t, logged, 1, "the same cause within stuckLogEvery")
-	fail(t0.Add(stuckLogEvery/2), "refused")
-	assert.Len(t, logged, 2, "a new cause")
-	fail(t0.Add(stuckLogEvery), "refused")
+	fail(t0, "no backend (attempt 1)")
+	fail(t0.Add(stuckLogEvery/2), "no backend (attempt 2)")
+	require.Len(t, logged, 1, "the same action within stuckLogEvery, with another error text")
+	assert.Contains(t, logged[0], "configure the token backend on this replica")
+	v.backends["token"] = softwareBackend{}
+	fail(t0.Add(stuckLogEvery/2), "refused at 10:00")
+	require.Len(t, logged, 2, "a new action")
+	assert.Contains(t, logged[1], "make the token backend work on this replica")
+	fail(t0.Add(stuckLogEvery), "refused at 10:05")
 	assert.Len(t, logged, 2)
-	fail(t0.Add(stuckLogEvery/2+stuckLogEvery), "refused")
-	require.Len(t, logged, 3, "the same cause, stuckLogEvery later")
-	assert.Contains(t, logged[2], "configure the token backend on this replica")
+	fail(t0.Add(stuckLogEvery/2+stuckLogEvery), "refused at 10:15")
+	require.Len(t, logged, 3, "the same action, stuckLogEvery later")
+	assert.Contains(t, logged[2], "refused at 10:15")
 	assert.EqualValues(t, 1, count.Load())
 }
 

@@ -12,7 +12,7 @@ import (
 )
 
 // stuckLogEvery is how often a key left to destroy in its backend that
-// keeps failing for the same cause is logged again. keepUp retries it
+// keeps failing (with the same thing to do) is logged again. keepUp retries it
 // four times per staleness bound: a replica without the backend (a
 // misconfigured one, or one of a mixed fleet) would otherwise log an
 // ERROR at every tick for as long as the key stands.
@@ -38,9 +38,12 @@ func (f failures) err() error {
 // could not finish: keys to destroy in their backends, those of destroyed
 // versions (by handle) and those of creations whose version never reached
 // the store (by an intent's label). Each is logged at ERROR when it first
-// fails, again only when its cause changes or stuckLogEvery has passed,
-// and at INFO once it is no longer in the view (finished by this replica
-// or another).
+// fails, again only when what to do about it changes (the backend is
+// configured here now, and fails) or stuckLogEvery has passed, and at INFO
+// once it is no longer in the view (finished by this replica or another).
+// Not when the error's text changes: a backend's error may name what
+// differs at every attempt (a session, a network address, a time), and two
+// causes taking turns would be logged at every tick all the same.
 type stuckWork struct {
 	items map[RecordRef]stuckItem
 	count *atomic.Int64 // len(items), for StuckBackendDestroys
@@ -48,7 +51,7 @@ type stuckWork struct {
 
 type stuckItem struct {
 	what   string // what is left: "the key of a destroyed version"…
-	cause  string
+	action string // what to do, as logged
 	logged time.Time
 }
 
@@ -56,18 +59,17 @@ type stuckItem struct {
 // the backend of each record, what failed.
 func (s stuckWork) failed(ctx context.Context, v *Vault, now time.Time, what string, backends map[RecordRef]string, f failures) {
 	for ref, err := range f {
-		cause := err.Error()
-		if it, ok := s.items[ref]; ok && it.cause == cause && now.Sub(it.logged) < stuckLogEvery {
-			continue
-		}
-		s.items[ref] = stuckItem{what: what, cause: cause, logged: now}
 		backend := backends[ref]
 		action := fmt.Sprintf("make the %s backend work on this replica (its device or token reachable, its credentials right)", backend)
 		if _, ok := v.backends[backend]; !ok {
 			action = fmt.Sprintf("configure the %s backend on this replica as on the replica that made the key, or run a replica that has it", backend)
 		}
+		if it, ok := s.items[ref]; ok && it.action == action && now.Sub(it.logged) < stuckLogEvery {
+			continue
+		}
+		s.items[ref] = stuckItem{what: what, action: action, logged: now}
 		slog.ErrorContext(ctx, "keyvault: "+what+" is still in its key backend, and this replica cannot destroy it; it retries, "+
-			"and logs this again only if the cause changes or every "+stuckLogEvery.String(),
+			"and logs this again only if what to do changes or every "+stuckLogEvery.String(),
 			"record", ref.String(), "backend", backend, "action", action, "err", err)
 	}
 	s.count.Store(int64(len(s.items)))

@@ -102,3 +102,74 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	_, err = v.SetVersionEnabled(ctx, "k0000", 1, false)
 	assert.NoError(t, err, "a revocation fits where the last key did")
 }
+
+// The store's own bound on a commit's size (requestBytes) is never below
+// what etcd checks: a commit one byte past the largest one etcd takes is
+// refused by the store, as the store being full (etcd's refusal would say
+// the replica's -etcd-max-request-bytes is above the cluster's), and it
+// refuses at most a few hundred bytes short of etcd. A put of one record
+// with nothing else is the commit whose framing is least.
+func TestCommitSizeBound(t *testing.T) {
+	const limit = 64 << 10
+	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit))
+	ctx := t.Context()
+	// largest is the largest value of a put s commits, between lo and hi.
+	largest := func(s *etcdstore.Store, lo, hi int) int {
+		for hi-lo > 1 {
+			mid := (lo + hi) / 2
+			if _, err := s.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: manifest, Sealed: make([]byte, mid)}}}); err != nil {
+				require.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
+				hi = mid
+			} else {
+				lo = mid
+			}
+		}
+		return lo
+	}
+	unchecked := open(t, c, "/size", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes = 1 << 20 })
+	etcdTakes := largest(unchecked, 0, limit)
+	s := open(t, c, "/size", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes = limit })
+	_, err := s.Commit(ctx, keyvault.Write{Put: []keyvault.Record{{RecordRef: manifest, Sealed: make([]byte, etcdTakes+1)}}})
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
+	assert.ErrorContains(t, err, "so the store is full", "refused by the store, not by etcd")
+	storeTakes := largest(s, 0, etcdTakes+1)
+	t.Logf("largest value etcd takes: %d bytes, the store: %d", etcdTakes, storeTakes)
+	assert.Greater(t, storeTakes, etcdTakes-512, "the store refuses what etcd takes only within its bound's excess")
+}
+
+// A replica told a larger -etcd-max-request-bytes than the cluster's gets
+// etcd's refusals: under the cluster's limit + 512 KiB etcd's check of the
+// raft request, past it gRPC's of the message. Both are certain failures
+// (FAILED_PRECONDITION, not UNAVAILABLE: a PKCS#11 creation would keep its
+// key for a commit that may have landed) and say which setting is wrong.
+func TestCommitPastTheClusterLimit(t *testing.T) {
+	const limit = 64 << 10
+	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit))
+	s := open(t, c, "/past", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes = 8 << 20 })
+	for _, size := range []int{limit, limit + 1<<20} {
+		_, err := s.Commit(t.Context(), keyvault.Write{Put: []keyvault.Record{{RecordRef: manifest, Sealed: make([]byte, size)}}})
+		require.ErrorIs(t, err, keyvault.ErrFailedPrecondition, "a value of %d bytes", size)
+		assert.NotErrorIs(t, err, keyvault.ErrUnavailable)
+		assert.ErrorContains(t, err, "less than this replica's -etcd-max-request-bytes (8388608)")
+	}
+	_, err := s.Commit(t.Context(), keyvault.Write{Put: []keyvault.Record{{RecordRef: manifest, Sealed: []byte("m")}}})
+	assert.NoError(t, err, "the store goes on")
+}
+
+// An etcd past its --quota-backend-bytes (every commit writes the manifest
+// of every record, which etcd keeps until compaction) refuses writes: the
+// error says so and what to do, and stays UNAVAILABLE, as the write that
+// crosses the quota is applied, then refused.
+func TestCommitPastTheQuota(t *testing.T) {
+	c := etcdtest.Start(t, 1, etcdtest.WithQuotaBackendBytes(4<<20))
+	s := open(t, c, "/quota")
+	var err error
+	for i := 0; err == nil; i++ {
+		require.Less(t, i, 16, "4 MiB of quota holds fewer 512 KiB values")
+		ref := keyvault.RecordRef{Kind: keyvault.RecordVersion, ID: "k", Version: uint32(i + 1)}
+		_, err = s.Commit(t.Context(), keyvault.Write{Put: []keyvault.Record{{RecordRef: ref, Sealed: make([]byte, 512<<10)}}})
+	}
+	require.ErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.ErrorContains(t, err, "is out of space")
+	assert.ErrorContains(t, err, "etcdctl alarm disarm")
+}

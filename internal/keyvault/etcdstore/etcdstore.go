@@ -35,6 +35,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/handshaked/handshaked/internal/keyvault"
 )
@@ -277,6 +279,12 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 	case errors.Is(err, rpctypes.ErrTooManyOps):
 		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops: %w",
 			op, eps, err, keyvault.ErrUnavailable)
+	case errors.Is(err, rpctypes.ErrNoSpace):
+		// Unavailable, not a certain failure: the write that crosses the
+		// quota is applied, then answered so (etcd's quotaApplierV3).
+		return fmt.Errorf("etcdstore: %s: etcd at %s is out of space (%v): past its --quota-backend-bytes it raised the NOSPACE alarm and takes no writes; "+
+			"compact its history, defragment every member, then disarm the alarm (etcdctl alarm disarm): %w",
+			op, eps, err, keyvault.ErrUnavailable)
 	}
 	return fmt.Errorf("etcdstore: %s: etcd at %s did not confirm within %v (%v): a majority of its members must be running and reachable from this replica: %w",
 		op, eps, timeout, err, keyvault.ErrUnavailable)
@@ -424,9 +432,18 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 		// Without an answer the commit may or may not have happened: a
 		// retry computed on a new Scan compares revisions and finds out.
 		op := "commit"
-		if errors.Is(err, rpctypes.ErrRequestTooLarge) {
-			// requestBytes is an estimate, a few bytes short.
-			return 0, s.tooLarge(s.requestBytes(w))
+		if errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
+			// Refused before it was proposed (etcd's check of the raft
+			// request) or read (gRPC's of the message, at
+			// --max-request-bytes + 512 KiB; etcd's own ResourceExhausted
+			// errors are rpctypes errors, with no gRPC status, and the
+			// client's receive limit, 2 GiB, is far above a commit's
+			// answer): it did not land. requestBytes bounds what etcd
+			// checks, so the cluster's limit is below the one the replica
+			// was given.
+			return 0, fmt.Errorf("etcdstore: etcd at %s refused the commit of at most %d bytes as larger than its --max-request-bytes (%v), "+
+				"which is less than this replica's -etcd-max-request-bytes (%d): give every replica the cluster's value: %w",
+				strings.Join(s.cfg.Endpoints, ","), s.requestBytes(w), err, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
 		}
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
 			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
@@ -452,11 +469,21 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	return rev, nil
 }
 
-// requestBytes is about the size of the transaction of w that etcd
-// receives: every key and value it carries, and their framing.
+// requestBytes bounds the size of the raft request of w's transaction,
+// which etcd checks against its --max-request-bytes: every key and value
+// it carries and their framing, and the request's header. It is over by a
+// few hundred bytes at most; never under, so that what etcd would refuse
+// for its size is refused here first, with the store's own error.
 func (s *Store) requestBytes(w keyvault.Write) int {
-	const framing = 16 // tags, lengths, a revision: at most this per key
-	n := len(s.head) + framing
+	// framing bounds the protobuf tags, lengths and revision of one
+	// operation or comparison on a key: 17 for a put of a value past 2 MiB.
+	const framing = 24
+	// header bounds the raft request's header (a request id, the etcd user,
+	// which is the client certificate's common name, at most 64 bytes by
+	// RFC 5280's ub-common-name, and an auth revision), with the tag and
+	// length of the transaction.
+	const header = 100
+	n := header + len(s.head) + framing
 	for _, r := range slices.Concat(w.Create, w.Put) {
 		n += len(s.key(r.RecordRef)) + len(r.Sealed) + framing
 	}

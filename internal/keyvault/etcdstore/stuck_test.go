@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -22,11 +23,13 @@ import (
 
 // tokenBackend is a backend whose keys live outside the store (a
 // keyvault.LabelDestroyer, as a PKCS#11 token is), which fails while
-// broken is set.
+// broken is set, with an error whose text differs at every attempt (as
+// one naming a session, a network address or a time does).
 type tokenBackend struct {
-	broken atomic.Bool
-	mu     sync.Mutex
-	keys   map[string]crypto.Signer // by handle, which is the label
+	broken   atomic.Bool
+	attempts atomic.Int64
+	mu       sync.Mutex
+	keys     map[string]crypto.Signer // by handle, which is the label
 }
 
 func newTokenBackend() *tokenBackend { return &tokenBackend{keys: make(map[string]crypto.Signer)} }
@@ -35,9 +38,17 @@ var errTokenBroken = errors.New("test: the token does not answer")
 
 func (b *tokenBackend) Name() string { return "token" }
 
+// fail is the error of an attempt while the backend is broken.
+func (b *tokenBackend) fail() error {
+	if !b.broken.Load() {
+		return nil
+	}
+	return fmt.Errorf("%w (attempt %d)", errTokenBroken, b.attempts.Add(1))
+}
+
 func (b *tokenBackend) Generate(ctx context.Context, alg keyvault.Algorithm, label string) ([]byte, crypto.Signer, error) {
-	if b.broken.Load() {
-		return nil, nil, errTokenBroken
+	if err := b.fail(); err != nil {
+		return nil, nil, err
 	}
 	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
@@ -63,8 +74,8 @@ func (b *tokenBackend) Destroy(ctx context.Context, handle []byte) error {
 }
 
 func (b *tokenBackend) DestroyLabeled(ctx context.Context, label string) error {
-	if b.broken.Load() {
-		return errTokenBroken
+	if err := b.fail(); err != nil {
+		return err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -166,7 +177,8 @@ const stuckBound = 250 * time.Millisecond
 
 // TestStuckDestroyIsLoggedOnce: a destroyed version whose key the backend
 // keeps failing to destroy is retried at every keepUp tick (four per
-// staleness bound) but logged at ERROR once, saying what to do, counted
+// staleness bound) but logged at ERROR once (though the error's text
+// differs at every attempt), saying what to do, counted
 // as stuck meanwhile, and logged at INFO when the backend works again and
 // the destroy is finished.
 func TestStuckDestroyIsLoggedOnce(t *testing.T) {
