@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -28,23 +29,10 @@ import (
 // the handshake. With request, both get in.
 func TestClientAuth(t *testing.T) {
 	f := newTicketFixture(t)
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge test clients"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	require.NoError(t, err)
-	ca, _ := x509.ParseCertificate(caDER)
-	clientKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	clientDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "client-7"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		KeyUsage: x509.KeyUsageDigitalSignature}, ca, &clientKey.PublicKey, caKey)
-	require.NoError(t, err)
-	caFile := filepath.Join(t.TempDir(), "clients.pem")
-	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600))
-	withCert := []tls.Certificate{{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}}
-	long := tls.Certificate{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}
-	for size := len(clientDER); size < 200<<10; size += len(caDER) {
+	caDER, caFile, client := clientCA(t, "client-7")
+	withCert := []tls.Certificate{client}
+	long := tls.Certificate{Certificate: slices.Clone(client.Certificate), PrivateKey: client.PrivateKey}
+	for size := len(client.Certificate[0]); size < 200<<10; size += len(caDER) {
 		long.Certificate = append(long.Certificate, caDER)
 	}
 	withLongChain := []tls.Certificate{long}
@@ -89,4 +77,28 @@ func TestClientAuth(t *testing.T) {
 			}
 		}
 	}
+}
+
+// clientCA makes a CA for client certificates, written to caFile for
+// -client-ca, and a client certificate it issued for the common name cn.
+func clientCA(t *testing.T, cn string) (caDER []byte, caFile string, client tls.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "edge test clients"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err = x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	ca, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	clientKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	clientDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}, ca, &clientKey.PublicKey, caKey)
+	require.NoError(t, err)
+	caFile = filepath.Join(t.TempDir(), "clients.pem")
+	require.NoError(t, os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600))
+	return caDER, caFile, tls.Certificate{Certificate: [][]byte{clientDER}, PrivateKey: clientKey}
 }
