@@ -112,7 +112,7 @@ func (v *Vault) beginIntent(ctx context.Context, b KeyBackend, id string, n uint
 		if err != nil {
 			return err
 		}
-		if err := v.commit(ctx, Write{Create: []Record{rec}}); err != nil {
+		if err := v.commit(ctx, Write{Create: []Record{rec}, Headroom: keyHeadroom}); err != nil {
 			return fmt.Errorf("keyvault: store %v: %w", ref, err)
 		}
 		in = &keyIntent{ref: ref, entry: v.entries[ref], backend: ld, label: label}

@@ -224,7 +224,7 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 		w := Write{Create: []Record{
 			keyRec, verRec,
 			v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: 1}, handle),
-		}}
+		}, Headroom: keyHeadroom}
 		if err := v.commit(ctx, withIntent(w, in)); err != nil {
 			return fmt.Errorf("keyvault: store key %q: %w", id, err)
 		}
@@ -301,6 +301,7 @@ func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []
 				verRec,
 				v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: id, Version: ver.number}, handle),
 			},
+			Headroom: keyHeadroom,
 		}
 		if err := v.commit(ctx, withIntent(w, in)); err != nil {
 			return fmt.Errorf("keyvault: store key %q version %d: %w", id, ver.number, err)

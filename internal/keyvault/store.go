@@ -133,7 +133,19 @@ type Write struct {
 	// given (0: the record must not exist) and otherwise fails with an
 	// error wrapping ErrConflict, changing nothing.
 	If map[RecordRef]int64
+	// Headroom is room the commit must leave below the store's size limit,
+	// in a store that has one (etcd's --max-request-bytes); a commit that
+	// would not fails with an error wrapping ErrFailedPrecondition.
+	Headroom int
 }
+
+// keyHeadroom is the Headroom of a commit that adds a key or a version:
+// room kept for the vault's own commits when keys fill the store, so that
+// its ticket, step-token and page-token keys still rotate (each purpose
+// holds up to nine keys, about 360 bytes each with their manifest
+// entries) and session tickets, unary handshakes and listings keep
+// working while an operator makes room.
+const keyHeadroom = 16 << 10
 
 // Store keeps the vault's sealed records. It is the seam for backends: the
 // embedded BoltStore, later PKCS#11 or a store shared by several replicas.

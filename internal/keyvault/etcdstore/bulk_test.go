@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -80,7 +81,10 @@ func TestVaultRestoreRaisedTxnOps(t *testing.T) {
 // change that would pass it with FAILED_PRECONDITION, saying which limit
 // and what to do (not UNAVAILABLE: it is certain not to have landed, and
 // retrying does not help); a change that does not grow the store, as a
-// revocation, still commits.
+// revocation, still commits. A store full of keys still has room for the
+// vault's own keys: the ticket, step-token and page-token keys of a fleet
+// that has run past a whole ticket lifetime (eight keys a purpose) are made
+// after the last key that fits.
 func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	const limit = 64 << 10 // about 200 keys
 	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit))
@@ -99,8 +103,21 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	assert.NotErrorIs(t, full, keyvault.ErrUnavailable)
 	assert.ErrorContains(t, full, "--max-request-bytes (65536")
 	assert.ErrorContains(t, full, "-etcd-max-request-bytes")
+	assert.ErrorContains(t, full, "kept for the vault's ticket key rotations")
 	_, err = v.SetVersionEnabled(ctx, "k0000", 1, false)
 	assert.NoError(t, err, "a revocation fits where the last key did")
+
+	now := time.Now()
+	for _, purpose := range []keyvault.TicketKeyPurpose{keyvault.PurposeTickets, keyvault.PurposeStepTokens, keyvault.PurposePageTokens} {
+		day := 0
+		tk, err := keyvault.NewTicketKeys(v, keyvault.TicketKeyOptions{Purpose: purpose, Now: func() time.Time { return now.Add(time.Duration(day) * 24 * time.Hour) }})
+		require.NoError(t, err)
+		for ; day < 9; day++ { // a key a day, each accepted for 8 days
+			_, err := tk.Seal(ctx, "scope", []byte("state"))
+			require.NoError(t, err, "%v key of day %d in a store full of keys", purpose, day)
+		}
+	}
+	assert.Len(t, v.TicketKeys(), 24, "eight keys a purpose: the first retired by the ninth")
 }
 
 // The store's own bound on a commit's size (requestBytes) is never below

@@ -422,8 +422,8 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if n := s.requestBytes(w); n > s.cfg.MaxRequestBytes {
-		return 0, s.tooLarge(n)
+	if n := s.requestBytes(w); n > s.cfg.MaxRequestBytes-w.Headroom {
+		return 0, s.tooLarge(n, w.Headroom)
 	}
 	rctx, cancel := s.request(ctx)
 	resp, err := s.cli.Txn(rctx).If(cmps...).Then(ops...).Else(checks...).Commit()
@@ -499,13 +499,18 @@ func (s *Store) requestBytes(w keyvault.Write) int {
 	return n
 }
 
-// tooLarge is the error of a commit of n bytes, past the cluster's
-// --max-request-bytes: it is certain not to have landed.
-func (s *Store) tooLarge(n int) error {
-	return fmt.Errorf("etcdstore: the commit is %d bytes, more than etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes): "+
+// tooLarge is the error of a commit of n bytes past the cluster's
+// --max-request-bytes, or past it less the headroom the commit must leave:
+// it is certain not to have landed.
+func (s *Store) tooLarge(n, headroom int) error {
+	over := fmt.Sprintf("more than etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes)", s.cfg.MaxRequestBytes)
+	if headroom > 0 {
+		over += fmt.Sprintf(" less the %d bytes kept for the vault's ticket key rotations", headroom)
+	}
+	return fmt.Errorf("etcdstore: the commit is %d bytes, %s: "+
 		"every commit carries the vault's manifest, which lists every record (about 320 bytes per key of one version, 220 per version added), "+
 		"so the store is full; destroy versions no longer needed, or raise --max-request-bytes on every etcd member and -etcd-max-request-bytes on every replica: %w",
-		n, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
+		n, over, keyvault.ErrFailedPrecondition)
 }
 
 // MaxCommitRecords is how many records one commit may write: the vault
