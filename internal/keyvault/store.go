@@ -142,9 +142,9 @@ type Write struct {
 // keyHeadroom is the Headroom of a commit that adds a key or a version:
 // room kept for the vault's own commits when keys fill the store, so that
 // its ticket, step-token and page-token keys still rotate (each purpose
-// holds up to nine keys, about 360 bytes each with their manifest
-// entries) and session tickets, unary handshakes and listings keep
-// working while an operator makes room.
+// holds up to eight keys at the default rotation and lifetime, about 360
+// bytes each with their manifest entries) and session tickets, unary
+// handshakes and listings keep working while an operator makes room.
 const keyHeadroom = 16 << 10
 
 // Store keeps the vault's sealed records. It is the seam for backends: the

@@ -422,8 +422,9 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if n := s.requestBytes(w); n > s.cfg.MaxRequestBytes-w.Headroom {
-		return 0, s.tooLarge(n, w.Headroom)
+	size := s.requestBytes(w)
+	if size > s.cfg.MaxRequestBytes-w.Headroom {
+		return 0, s.tooLarge(size, w.Headroom)
 	}
 	rctx, cancel := s.request(ctx)
 	resp, err := s.cli.Txn(rctx).If(cmps...).Then(ops...).Else(checks...).Commit()
@@ -443,7 +444,7 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 			// was given.
 			return 0, fmt.Errorf("etcdstore: etcd at %s refused the commit of at most %d bytes as larger than its --max-request-bytes (%v), "+
 				"which is less than this replica's -etcd-max-request-bytes (%d): give every replica the cluster's value: %w",
-				strings.Join(s.cfg.Endpoints, ","), s.requestBytes(w), err, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
+				strings.Join(s.cfg.Endpoints, ","), size, err, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
 		}
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
 			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
