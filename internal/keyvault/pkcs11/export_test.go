@@ -48,8 +48,25 @@ func ObjectsWithID(b *Backend, key crypto.Signer) (int, error) {
 
 // ObjectsOfVersion counts the token's objects that the vault made for
 // version n of key id, in any attempt: those labelled "handshaked/ID/N/"
-// and a suffix of the attempt.
+// and a suffix of the attempt. The vault may destroy objects while it
+// counts (tests poll it while a destroy runs), and SoftHSM answers the
+// label of an object destroyed since it was found with an error
+// (CKR_OBJECT_HANDLE_INVALID, or CKR_GENERAL_ERROR when its file went
+// first): such a count starts over, and an error that stays is returned.
 func ObjectsOfVersion(b *Backend, id string, n uint32) (int, error) {
+	var (
+		count int
+		err   error
+	)
+	for range 5 {
+		if count, err = objectsOfVersion(b, id, n); err == nil {
+			break
+		}
+	}
+	return count, err
+}
+
+func objectsOfVersion(b *Backend, id string, n uint32) (int, error) {
 	prefix := fmt.Sprintf("handshaked/%s/%d/", id, n)
 	var count int
 	err := b.withSession(context.Background(), func(sh pkcs11.SessionHandle) error {
