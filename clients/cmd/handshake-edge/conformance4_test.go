@@ -151,15 +151,22 @@ func TestProbeEdgeALPN(t *testing.T) {
 			})
 		}
 		for _, tc := range refused {
-			t.Run("RFC 7301 "+tc.name+" in TLS 1.2", func(t *testing.T) {
-				expectPlainAlert(t, sendHello(t, addr, base12.set(extALPN, tc.offer).marshal()), tc.alert)
-			})
-			t.Run("RFC 7301 "+tc.name+" in TLS 1.3", func(t *testing.T) {
-				c := dialClient13(t, f, addr)
-				c.send(c.hello.set(extALPN, tc.offer))
-				expectPlainAlert(t, c.raw, tc.alert)
-			})
+			expectExtensionRefused(t, f, addr, base12, "RFC 7301 "+tc.name, extALPN, tc.offer, tc.alert)
 		}
+	})
+}
+
+// expectExtensionRefused checks, as subtests named after name, that a
+// ClientHello with extension ext's data set to data is refused with the
+// plaintext alert, in TLS 1.2 (base12 so changed) and TLS 1.3.
+func expectExtensionRefused(t *testing.T, f *fixture, addr string, base12 *helloMsg, name string, ext uint16, data []byte, alert uint8) {
+	t.Run(name+" in TLS 1.2", func(t *testing.T) {
+		expectPlainAlert(t, sendHello(t, addr, base12.set(ext, data).marshal()), alert)
+	})
+	t.Run(name+" in TLS 1.3", func(t *testing.T) {
+		c := dialClient13(t, f, addr)
+		c.send(c.hello.set(ext, data))
+		expectPlainAlert(t, c.raw, alert)
 	})
 }
 
@@ -233,14 +240,7 @@ func TestProbeEdgeRecordSizeLimit(t *testing.T) {
 			})
 		}
 		for _, tc := range refused {
-			t.Run("RFC 8449 4 record_size_limit "+tc.name+" in TLS 1.2", func(t *testing.T) {
-				expectPlainAlert(t, sendHello(t, addr, base12.set(extRecordSizeLimit, tc.data).marshal()), tc.alert)
-			})
-			t.Run("RFC 8449 4 record_size_limit "+tc.name+" in TLS 1.3", func(t *testing.T) {
-				c := dialClient13(t, f, addr)
-				c.send(c.hello.set(extRecordSizeLimit, tc.data))
-				expectPlainAlert(t, c.raw, tc.alert)
-			})
+			expectExtensionRefused(t, f, addr, base12, "RFC 8449 4 record_size_limit "+tc.name, extRecordSizeLimit, tc.data, tc.alert)
 		}
 		// RFC 8449, Section 4: the server's limit is the protocol's, so a
 		// record over it is record_overflow as without the extension

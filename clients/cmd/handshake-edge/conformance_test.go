@@ -532,8 +532,11 @@ func (p *peer) readUntil(t *testing.T, want int, alerts int) opened {
 			o.alerts = append(o.alerts, plain)
 		case record.Handshake:
 			hs = append(hs, plain...)
-			for len(hs) >= 4 && len(hs) >= 4+(int(hs[1])<<16|int(hs[2])<<8|int(hs[3])) {
+			for len(hs) >= 4 {
 				n := 4 + (int(hs[1])<<16 | int(hs[2])<<8 | int(hs[3]))
+				if len(hs) < n {
+					break
+				}
 				msg := hs[:n]
 				hs = hs[n:]
 				switch {
