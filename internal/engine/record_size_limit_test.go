@@ -99,6 +99,18 @@ func TestRecordSizeLimitTLS13(t *testing.T) {
 			assert.Equal(t, "16385", traceField(c.outcome.trace, Sent, "EncryptedExtensions", "record_size_limit"))
 		})
 	}
+	t.Run("resumption answers the limit anew", func(t *testing.T) {
+		// RFC 8449, Section 4: "During renegotiation or resumption, the
+		// record size limit is renegotiated."
+		h, err := NewHandshake(&cfg)
+		require.NoError(t, err)
+		hello := resumeHello(hello13().with(extRecordSizeLimit(64)), []byte{pskModeDHEKE}, []offeredTicket{probeTicket(t, &cfg, time.Second, nil)}, 1, 32, false)
+		res := h.Step(context.Background(), noKeyOps, hello)
+		require.Equal(t, NeedInput, res.State, res.Reason)
+		require.True(t, h.resumed)
+		assert.Equal(t, "16385", traceField(res.Trace, Sent, "EncryptedExtensions", "record_size_limit"))
+		assert.Equal(t, 63, h.maxFragment(), "what the NewSessionTicket and the edge's records may carry")
+	})
 	t.Run("no record_size_limit, no answer", func(t *testing.T) {
 		c := dial13(t, cfg, hello13().with(pskModesDHE))
 		_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
