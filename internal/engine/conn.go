@@ -318,8 +318,9 @@ func (h *Handshake) sendMessage(msg []byte, ev TraceEvent) {
 	h.note(ev)
 }
 
-// flush writes the pending flight as records: plaintext, or protected under
-// the current write keys, in fragments of at most 2^14 bytes.
+// flush writes the pending flight as records: plaintext, in fragments of at
+// most 2^14 bytes, or protected under the current write keys, in fragments
+// the client's record_size_limit allows (maxFragment).
 func (h *Handshake) flush() error {
 	if h.writeCipher == nil {
 		if len(h.flight) > 0 {
@@ -328,8 +329,9 @@ func (h *Handshake) flush() error {
 		h.flight = h.flight[:0]
 		return nil
 	}
+	size := h.maxFragment()
 	for rest := h.flight; len(rest) > 0; {
-		frag := rest[:min(len(rest), record.MaxPlaintext)]
+		frag := rest[:min(len(rest), size)]
 		rest = rest[len(frag):]
 		var err error
 		if h.out, err = h.writeCipher.Seal(h.out, record.Handshake, frag, 0); err != nil {

@@ -307,6 +307,12 @@ type Session struct {
 	// ExtendedMasterSecret reports RFC 7627 in TLS 1.2 (always true in 1.3).
 	ExtendedMasterSecret bool
 	DidHelloRetryRequest bool
+	// RecordPlaintextLimit is the most plaintext bytes the server may put
+	// in one record it protects with the session's keys: record.MaxPlaintext
+	// (2^14), or fewer as the client's record_size_limit says (RFC 8449,
+	// Section 4; in TLS 1.3 one byte fewer than the limit, which counts
+	// the inner content type).
+	RecordPlaintextLimit int
 	// Resumed reports an abbreviated handshake from a session ticket: no
 	// certificate was sent and no private-key operation made.
 	// PeerCertificates are those the ticket carried forward; ServerName is
@@ -451,6 +457,9 @@ type Handshake struct {
 	transcript   *transcript
 	peerCerts    [][]byte
 	peerKey      crypto.PublicKey
+	// recordLimit is the client's record_size_limit, 0 if it sent none
+	// (see record_size_limit.go).
+	recordLimit uint16
 
 	// What only one version's states use.
 	handshake12

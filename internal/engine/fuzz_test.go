@@ -30,6 +30,11 @@ func seedHellos(t testing.TB) [][]byte {
 		cfg.RootCAs = p.serverRoots
 		out = append(out, captureClientHello(t, cfg))
 	}
+	// record_size_limit (RFC 8449) at its smallest, in either version;
+	// GnuTLS's recorded ClientHellos carry it at its largest.
+	for _, h := range []rawHello{hello12(), hello13()} {
+		out = append(out, h.with(extRecordSizeLimit(minRecordSizeLimit)).record())
+	}
 	for _, tc := range transcriptCases {
 		data, err := os.ReadFile(transcriptPath(tc.name))
 		require.NoError(t, err)

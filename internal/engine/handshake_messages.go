@@ -38,6 +38,7 @@ const (
 	extensionALPN                    uint16 = 16
 	extensionSCT                     uint16 = 18
 	extensionExtendedMasterSecret    uint16 = 23
+	extensionRecordSizeLimit         uint16 = 28
 	extensionSessionTicket           uint16 = 35
 	extensionPreSharedKey            uint16 = 41
 	extensionEarlyData               uint16 = 42
@@ -151,6 +152,9 @@ type clientHelloMsg struct {
 	pskBindersLen                int
 	secureRenegotiationSupported bool
 	secureRenegotiation          []byte
+	// recordSizeLimit is the client's record_size_limit (RFC 8449,
+	// Section 4), when has(extensionRecordSizeLimit).
+	recordSizeLimit uint16
 }
 
 // has reports whether the client sent extension ext.
@@ -341,6 +345,11 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 	case extensionExtendedMasterSecret:
 		// RFC 7627, Section 5.1.
 		m.extendedMasterSecret = true
+	case extensionRecordSizeLimit:
+		// RFC 8449, Section 4: uint16 RecordSizeLimit, and nothing else.
+		if !data.ReadUint16(&m.recordSizeLimit) {
+			return false
+		}
 	case extensionSessionTicket:
 		// RFC 5077, Section 3.2: empty to ask for a ticket, or the ticket
 		// of the session to resume.
@@ -487,11 +496,20 @@ type serverHelloMsg struct {
 	serverNameAck        bool // TLS 1.2: RFC 6066, Section 3
 	sessionTicket        bool // TLS 1.2: empty SessionTicket, RFC 5077, Section 3.2
 	alpnProtocol         string
+	recordSizeLimit      uint16 // TLS 1.2: the server's record_size_limit, RFC 8449, Section 4
 }
 
 func addExtension(b *cryptobyte.Builder, ext uint16, f func(b *cryptobyte.Builder)) {
 	b.AddUint16(ext)
 	b.AddUint16LengthPrefixed(f)
+}
+
+// addRecordSizeLimit adds the server's record_size_limit (RFC 8449,
+// Section 4), if limit is not 0.
+func addRecordSizeLimit(b *cryptobyte.Builder, limit uint16) {
+	if limit != 0 {
+		addExtension(b, extensionRecordSizeLimit, func(b *cryptobyte.Builder) { b.AddUint16(limit) })
+	}
 }
 
 func addALPN(b *cryptobyte.Builder, proto string) {
@@ -539,6 +557,7 @@ func (m *serverHelloMsg) marshal() []byte {
 	if m.sessionTicket {
 		addExtension(&exts, extensionSessionTicket, func(*cryptobyte.Builder) {})
 	}
+	addRecordSizeLimit(&exts, m.recordSizeLimit)
 	extBytes := exts.BytesOrPanic()
 	return marshalHandshake(typeServerHello, func(b *cryptobyte.Builder) {
 		b.AddUint16(0x0303) // legacy_version, RFC 8446, Section 4.1.3
@@ -554,8 +573,9 @@ func (m *serverHelloMsg) marshal() []byte {
 
 // encryptedExtensionsMsg, RFC 8446, Section 4.3.1.
 type encryptedExtensionsMsg struct {
-	serverNameAck bool
-	alpnProtocol  string
+	serverNameAck   bool
+	alpnProtocol    string
+	recordSizeLimit uint16 // RFC 8449, Section 4: in TLS 1.3 here, never in the ServerHello
 }
 
 func (m *encryptedExtensionsMsg) marshal() []byte {
@@ -567,6 +587,7 @@ func (m *encryptedExtensionsMsg) marshal() []byte {
 			if m.alpnProtocol != "" {
 				addALPN(b, m.alpnProtocol)
 			}
+			addRecordSizeLimit(b, m.recordSizeLimit)
 		})
 	})
 }

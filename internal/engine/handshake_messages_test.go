@@ -106,6 +106,8 @@ func (m *clientHelloMsg) marshal() []byte {
 						b.AddBytes(pskExtension(ids, binders))
 					case extensionRenegotiationInfo:
 						b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes(m.secureRenegotiation) })
+					case extensionRecordSizeLimit:
+						b.AddUint16(m.recordSizeLimit)
 					}
 				})
 			}

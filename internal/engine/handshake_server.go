@@ -30,11 +30,15 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed ClientHello")
 	}
 	h.noteClientHello(&ch)
+	if err := checkRecordSizeLimit(&ch); err != nil {
+		return err
+	}
 	vers, err := h.negotiateVersion(&ch)
 	if err != nil {
 		return err
 	}
 	h.vers = vers
+	h.recordLimit = ch.recordSizeLimit
 	// RFC 6066, Section 3 forbids IP literals in host_name, yet clients
 	// that take the name from the URL send them (wrk, for one). The name
 	// then says nothing a certificate could match, so it counts as absent
@@ -311,6 +315,7 @@ func (h *Handshake) serverHello12(ch *clientHelloMsg, raw []byte) error {
 		serverNameAck:   ch.serverName != "",
 		alpnProtocol:    alpn,
 		sessionTicket:   h.issueTicket,
+		recordSizeLimit: h.recordSizeLimitAnswer(),
 	}
 	ev := h.traceServerHello12(&hello, ch)
 	if refused != "" && !ev.omitted {
@@ -369,6 +374,9 @@ func (h *Handshake) traceServerHello12(hello *serverHelloMsg, ch *clientHelloMsg
 	ev.add("secure_renegotiation", strconv.FormatBool(ch.secureRenegotiationSupported))
 	if hello.sessionTicket {
 		ev.add("session_ticket", "a new ticket follows")
+	}
+	if hello.recordSizeLimit != 0 {
+		ev.add("record_size_limit", strconv.Itoa(int(hello.recordSizeLimit)))
 	}
 	if _, hi := h.cfg.versions(); hi == tls.VersionTLS13 {
 		ev.add("downgrade_sentinel", "DOWNGRD\\x01")
@@ -639,6 +647,7 @@ func (h *Handshake) newSession() *Session {
 		CertificateIndex:     h.cert,
 		KeyRef:               h.cfg.Certificates[h.cert].KeyRef,
 		PeerCertificates:     h.peerCerts,
+		RecordPlaintextLimit: h.maxFragment(),
 		DidHelloRetryRequest: h.didHRR,
 		Resumed:              h.resumed,
 	}
@@ -703,6 +712,12 @@ func helloFingerprint(ch *clientHelloMsg) []byte {
 	putBytes(ch.secureRenegotiation)
 	for _, v := range []bool{ch.ocspStapling, ch.scts, ch.extendedMasterSecret, ch.ticketSupported, ch.secureRenegotiationSupported} {
 		putBool(v)
+	}
+	// Only when sent, so that the fingerprint of a ClientHello without it
+	// is the one a replica of the previous release saved.
+	if ch.has(extensionRecordSizeLimit) {
+		put16(extensionRecordSizeLimit)
+		put16(ch.recordSizeLimit)
 	}
 	sum := sha256.Sum256(b.Bytes())
 	return sum[:]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"slices"
+	"strconv"
 
 	"github.com/handshaked/handshaked/internal/engine/record"
 )
@@ -287,13 +288,16 @@ func (h *Handshake) sendServerFlight13(ch *clientHelloMsg, raw []byte, n negotia
 
 	// RFC 6066, Section 3: "When resuming a session, the server MUST NOT
 	// include a server_name extension in the server hello."
-	ee := encryptedExtensionsMsg{serverNameAck: ch.serverName != "" && !h.resumed, alpnProtocol: n.alpn}
+	ee := encryptedExtensionsMsg{serverNameAck: ch.serverName != "" && !h.resumed, alpnProtocol: n.alpn, recordSizeLimit: h.recordSizeLimitAnswer()}
 	ev = h.event(Sent, "EncryptedExtensions")
 	if n.alpn != "" {
 		ev.add("alpn", n.alpn)
 	}
 	if ee.serverNameAck {
 		ev.add("server_name", "acknowledged")
+	}
+	if ee.recordSizeLimit != 0 {
+		ev.add("record_size_limit", strconv.Itoa(int(ee.recordSizeLimit)))
 	}
 	h.sendMessage(ee.marshal(), ev)
 

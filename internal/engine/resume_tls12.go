@@ -167,6 +167,9 @@ func (h *Handshake) abbreviatedHandshake12(ch *clientHelloMsg, raw []byte, t *ti
 		// A fresh ticket for every resumption (RFC 5077, Section 3.3), so
 		// that the same ticket does not link the client's connections.
 		sessionTicket: issue,
+		// RFC 8449, Section 4: "During renegotiation or resumption, the
+		// record size limit is renegotiated."
+		recordSizeLimit: h.recordSizeLimitAnswer(),
 	}
 	ev := h.traceServerHello12(&hello, ch)
 	ev.add("resumption", "accepted")

@@ -605,6 +605,11 @@ type client13 struct {
 	master     []byte // master secret, for the resumption secrets
 	serverMsgs []serverMsg
 	done       chan relayOutcome
+	hello      helloFields  // the server's ServerHello
+	outcome    relayOutcome // the relay's, once send has returned
+	// protected are the lengths of the protected records read (RFC 8446,
+	// Section 5.2: outer type application_data).
+	protected []int
 }
 
 // startProbeRelay runs a handshake with cfg behind a loopback TCP
@@ -646,7 +651,8 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	require.Equal(t, record.Handshake, typ, "ServerHello record")
 	sh := splitMessages(t, body)[0]
 	c.transcript.Write(sh.raw)
-	share, ok := parseServerHello(t, sh).ext(xKeyShare)
+	c.hello = parseServerHello(t, sh)
+	share, ok := c.hello.ext(xKeyShare)
 	require.True(t, ok)
 	peer, err := ecdh.X25519().NewPublicKey(share[4:])
 	require.NoError(t, err)
@@ -671,6 +677,9 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 		require.NoError(t, err, "server handshake record")
 		require.Equal(t, record.Handshake, inner)
 		hs = append(hs, pt...)
+		if !wholeMessages(hs) {
+			continue // a message spans records (a small record_size_limit)
+		}
 		c.serverMsgs = nil
 		for _, m := range splitMessages(t, hs) {
 			c.serverMsgs = append(c.serverMsgs, serverMsg{typ: m.typ, body: slices.Clone(m.body), raw: slices.Clone(m.raw)})
@@ -687,6 +696,18 @@ func dial13(t *testing.T, cfg Config, hello rawHello) *client13 {
 	return c
 }
 
+// wholeMessages reports whether data ends where a handshake message ends.
+func wholeMessages(data []byte) bool {
+	for len(data) >= 4 {
+		n := 4 + (int(data[1])<<16 | int(data[2])<<8 | int(data[3]))
+		if len(data) < n {
+			return false
+		}
+		data = data[n:]
+	}
+	return len(data) == 0
+}
+
 // readRecord returns the next record from the server.
 func (c *client13) readRecord() (record.ContentType, []byte) {
 	c.t.Helper()
@@ -696,11 +717,19 @@ func (c *client13) readRecord() (record.ContentType, []byte) {
 		require.NoError(c.t, err)
 		if n > 0 {
 			c.buf = c.buf[n:]
+			c.noteProtected(typ, body)
 			return typ, slices.Clone(body)
 		}
 		m, err := c.conn.Read(tmp)
 		require.NoError(c.t, err, "reading the server's flight")
 		c.buf = append(c.buf, tmp[:m]...)
+	}
+}
+
+// noteProtected counts a protected record the client read.
+func (c *client13) noteProtected(typ record.ContentType, body []byte) {
+	if typ == record.ApplicationData {
+		c.protected = append(c.protected, len(body))
 	}
 }
 
@@ -762,6 +791,7 @@ func (c *client13) send(raw []byte) ([]byte, StepResult) {
 			continue
 		}
 		c.buf = c.buf[n:]
+		c.noteProtected(typ, body)
 		switch typ {
 		case record.Alert:
 			alert = slices.Clone(body)
@@ -774,7 +804,8 @@ func (c *client13) send(raw []byte) ([]byte, StepResult) {
 		}
 	}
 	c.conn.Close()
-	return alert, (<-c.done).last
+	c.outcome = <-c.done
+	return alert, c.outcome.last
 }
 
 // expectAlert13 checks the alert the client read and the engine's report.
@@ -1075,7 +1106,8 @@ type client12 struct {
 	key, iv    []byte // client write key and salt
 	random     []byte // the server's
 	out        *record.Cipher
-	cke        []byte // the correct ClientKeyExchange message
+	cke        []byte      // the correct ClientKeyExchange message
+	hello      helloFields // the server's
 	done       chan relayOutcome
 }
 
@@ -1123,7 +1155,8 @@ func dial12Hello(t *testing.T, cfg Config, hello rawHello) *client12 {
 	for _, m := range msgs {
 		c.transcript.Write(m.raw)
 	}
-	serverRandom := parseServerHello(t, msgs[0]).random
+	c.hello = parseServerHello(t, msgs[0])
+	serverRandom := c.hello.random
 	c.random = serverRandom
 	skx := msgs[2].body
 	require.Equal(t, []byte{3, 0x00, 0x17, 65}, skx[:4], "ServerECDHParams for secp256r1")

@@ -24,8 +24,15 @@ import (
 // handshake states (state12_*, state13_*), numbered anew. Version 4: 16 bits
 // of flags, with the resumption flag; the TLS 1.3 master secret kept for
 // the resumption master secret; the TLS 1.2 abbreviated handshake states
-// and the ticket promised in a full one.
-const stateCodecVersion = 4
+// and the ticket promised in a full one. Version 5: the client's
+// record_size_limit (RFC 8449) after the ClientHello's legacy_version. A
+// handshake without one is saved as version 4, which replicas of the
+// previous release read, and version 4 reads as no limit.
+const stateCodecVersion = 5
+
+// stateCodecNoRecordLimit is the version of a state whose client sent no
+// record_size_limit.
+const stateCodecNoRecordLimit = 4
 
 // stateFlags pack the booleans of the state.
 const (
@@ -82,12 +89,19 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 		ecdheKey = h.ecdheKey.Bytes()
 	}
 	var b cryptobyte.Builder
-	b.AddUint8(stateCodecVersion)
+	codecVersion := uint8(stateCodecVersion)
+	if h.recordLimit == 0 {
+		codecVersion = stateCodecNoRecordLimit
+	}
+	b.AddUint8(codecVersion)
 	b.AddUint8(uint8(h.state))
 	b.AddUint16(flags)
 	b.AddUint8(h.droppedCCS)
 	for _, v := range []uint16{h.vers, suiteID, uint16(h.kex), uint16(h.group), uint16(h.cert), uint16(h.scheme), h.clientVersion} {
 		b.AddUint16(v)
+	}
+	if h.recordLimit != 0 {
+		b.AddUint16(h.recordLimit)
 	}
 	b.AddUint32(uint32(h.skippedEarlyData))
 	if h.readCipher != nil {
@@ -125,10 +139,11 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	s := cryptobyte.String(data)
 	var codecVersion, state uint8
 	var flags, suiteID, kex, group, cert, scheme uint16
-	if !s.ReadUint8(&codecVersion) || codecVersion != stateCodecVersion ||
+	if !s.ReadUint8(&codecVersion) || (codecVersion != stateCodecVersion && codecVersion != stateCodecNoRecordLimit) ||
 		!s.ReadUint8(&state) || !s.ReadUint16(&flags) || !s.ReadUint8(&h.droppedCCS) ||
 		!s.ReadUint16(&h.vers) || !s.ReadUint16(&suiteID) || !s.ReadUint16(&kex) || !s.ReadUint16(&group) ||
-		!s.ReadUint16(&cert) || !s.ReadUint16(&scheme) || !s.ReadUint16(&h.clientVersion) {
+		!s.ReadUint16(&cert) || !s.ReadUint16(&scheme) || !s.ReadUint16(&h.clientVersion) ||
+		(codecVersion == stateCodecVersion && (!s.ReadUint16(&h.recordLimit) || h.recordLimit < minRecordSizeLimit)) {
 		return nil, errBadState
 	}
 	h.state, h.kex, h.group, h.cert, h.scheme = handshakeState(state), keyExchange(kex), tls.CurveID(group), int(cert), tls.SignatureScheme(scheme)

@@ -119,7 +119,7 @@ func TestRestoreRefusesOtherCodecVersion(t *testing.T) {
 	require.NoError(t, err)
 	_, err = RestoreHandshake(&cfg, saved)
 	require.NoError(t, err)
-	for _, v := range []byte{stateCodecVersion - 1, stateCodecVersion + 1} {
+	for _, v := range []byte{stateCodecNoRecordLimit - 1, stateCodecVersion + 1} {
 		saved[0] = v
 		_, err = RestoreHandshake(&cfg, saved)
 		assert.ErrorIs(t, err, errBadState, "codec version %d", v)

@@ -184,6 +184,9 @@ func (h *Handshake) noteClientHello(ch *clientHelloMsg) {
 	if ch.earlyData {
 		ev.add("early_data", "offered (refused)")
 	}
+	if ch.has(extensionRecordSizeLimit) {
+		ev.add("record_size_limit", strconv.Itoa(int(ch.recordSizeLimit)))
+	}
 	h.note(ev)
 }
 

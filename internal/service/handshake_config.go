@@ -283,6 +283,7 @@ func sessionToProto(s *engine.Session, withKeys bool) *pb.Session {
 		ExtendedMasterSecret: s.ExtendedMasterSecret,
 		HelloRetryRequest:    s.DidHelloRetryRequest,
 		Resumed:              s.Resumed,
+		RecordPlaintextLimit: uint32(s.RecordPlaintextLimit),
 	}
 	if withKeys {
 		out.Keys = &pb.SessionKeys{

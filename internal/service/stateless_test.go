@@ -119,6 +119,8 @@ func TestStatelessHandshakeAcrossReplicas(t *testing.T) {
 			state, r := runClient(t, tc.client, func() stepper { return st })
 			require.True(t, state.HandshakeComplete)
 			assert.Equal(t, tc.name == "TLS13-HRR", r.session.GetHelloRetryRequest())
+			// crypto/tls sends no record_size_limit (RFC 8449): full records.
+			assert.EqualValues(t, 1<<14, r.session.GetRecordPlaintextLimit())
 			if tc.name == "TLS13-client-auth" {
 				assert.Len(t, r.session.GetPeerCertificates(), 1)
 			}

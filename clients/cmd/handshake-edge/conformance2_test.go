@@ -277,7 +277,13 @@ func readServerHello(t *testing.T, c net.Conn) *serverHello {
 	require.Len(t, recs, 1, "the edge closed without a ServerHello")
 	r := recs[0]
 	require.Equal(t, record.Handshake, r.typ, "the edge sent % x, want a ServerHello", r.body)
-	s := cryptobyte.String(r.body)
+	return parseServerHello(t, r.body)
+}
+
+// parseServerHello parses the ServerHello msgs starts with.
+func parseServerHello(t *testing.T, msgs []byte) *serverHello {
+	t.Helper()
+	s := cryptobyte.String(msgs)
 	var typ uint8
 	var body, random, sid, exts cryptobyte.String
 	var vers uint16
@@ -286,10 +292,10 @@ func readServerHello(t *testing.T, c net.Conn) *serverHello {
 	// In TLS 1.3 the ServerHello is alone in its record (a key change
 	// follows, RFC 8446, Section 5.1); in TLS 1.2 the flight may follow it
 	// in the same record.
-	require.True(t, s.ReadUint8(&typ) && typ == 2 && s.ReadUint24LengthPrefixed(&body), "want a ServerHello, got % x", r.body)
+	require.True(t, s.ReadUint8(&typ) && typ == 2 && s.ReadUint24LengthPrefixed(&body), "want a ServerHello, got % x", msgs)
 	require.True(t, body.ReadUint16(&vers) && body.ReadBytes((*[]byte)(&random), 32) && body.ReadUint8LengthPrefixed(&sid) &&
 		body.ReadUint16(&sh.suite) && body.ReadUint8(&comp) && body.ReadUint16LengthPrefixed(&exts) && body.Empty(), "ServerHello")
-	sh.raw, sh.random, sh.exts = r.body[:len(r.body)-len(s)], slices.Clone(random), parseExtensions(t, exts)
+	sh.raw, sh.random, sh.exts = msgs[:len(msgs)-len(s)], slices.Clone(random), parseExtensions(t, exts)
 	sh.version, sh.sessionID, sh.rest = vers, slices.Clone(sid), slices.Clone(s)
 	return sh
 }
@@ -375,6 +381,7 @@ func (c *client13) retried() *serverHello {
 // the client needs to finish.
 type flight13 struct {
 	c         *client13
+	hello     *serverHello
 	master    []byte
 	msgs      []byte         // EncryptedExtensions to Finished
 	p         *peer          // out: the client handshake traffic key; in: the server application traffic key
@@ -452,7 +459,7 @@ func (c *client13) serverFlight() flight13 {
 	require.NoError(t, err)
 	s, ok := record.SuiteByID(suite13)
 	require.True(t, ok)
-	f := flight13{c: c, master: master, msgs: msgs}
+	f := flight13{c: c, hello: sh, master: master, msgs: msgs}
 	f.p = &peer{raw: c.raw, tls13: true, suite: suite13}
 	f.p.key, f.p.iv = record.TrafficKeys(s, clientHS)
 	f.p.out, err = record.NewTLS13Cipher(suite13, clientHS, 0)

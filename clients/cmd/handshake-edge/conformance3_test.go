@@ -504,6 +504,70 @@ func serverKeyExchange12(t *testing.T, flight []byte) (group uint16, point []byt
 	return group, point
 }
 
+// handshake12 completes a full TLS 1.2 handshake on c as a client of its
+// own making, so that its ClientHello may carry what crypto/tls never
+// sends: hello is the ClientHello message, crypto/tls's for
+// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 with extended_master_secret,
+// as the probe changed it. The client's ECDHE key on curve (the group the
+// server picks) is the first whose premaster keep takes (nil: any). It
+// checks the server's ChangeCipherSpec and Finished and returns the peer,
+// under the session keys, and the server's flight, ServerHello to
+// ServerHelloDone.
+func handshake12(t *testing.T, c net.Conn, hello []byte, curve ecdh.Curve, keep func(premaster []byte) bool) (*peer, []byte) {
+	t.Helper()
+	_, err := c.Write(fragments(hello, 1<<14))
+	require.NoError(t, err)
+	flight := readFlight12(t, c)
+	sh := cryptobyte.String(flight[4:])
+	var serverRandom, sid []byte
+	var suite uint16
+	require.True(t, sh.Skip(2) && sh.ReadBytes(&serverRandom, 32) && sh.ReadUint8LengthPrefixed((*cryptobyte.String)(&sid)) && sh.ReadUint16(&suite))
+	require.Equal(t, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, suite)
+	_, point := serverKeyExchange12(t, flight)
+	server, err := curve.NewPublicKey(point)
+	require.NoError(t, err)
+	var key *ecdh.PrivateKey
+	var premaster []byte
+	for premaster == nil || (keep != nil && !keep(premaster)) {
+		key, err = curve.GenerateKey(rand.Reader)
+		require.NoError(t, err)
+		premaster, err = key.ECDH(server)
+		require.NoError(t, err)
+	}
+	public := key.PublicKey().Bytes()
+	cke := hsMsg(16, append([]byte{byte(len(public))}, public...)...)
+
+	// RFC 7627, Section 4: the master secret from the session hash, up to
+	// the ClientKeyExchange; RFC 5246, Sections 6.3 and 7.4.9: keys and the
+	// client's Finished.
+	transcript := sha256.New()
+	transcript.Write(slices.Concat(hello, flight, cke))
+	master := record.PRF12(crypto.SHA256, premaster, "extended master secret", transcript.Sum(nil), 48)
+	s, ok := record.SuiteByID(suite)
+	require.True(t, ok)
+	ck, sk, civ, siv := record.NewSecret12(s.Hash, master).KeyBlock(hello[4+2:4+2+32], serverRandom, s.KeyLen, s.FixedIVLen)
+	fin := hsMsg(20, record.PRF12(crypto.SHA256, master, "client finished", transcript.Sum(nil), 12)...)
+	transcript.Write(fin)
+	p := &peer{raw: c, suite: suite, key: ck, iv: civ}
+	p.out, err = record.NewTLS12Cipher(suite, ck, civ, 0)
+	require.NoError(t, err)
+	p.in, err = record.NewTLS12Cipher(suite, sk, siv, 0)
+	require.NoError(t, err)
+	sealed, err := p.out.Seal(nil, record.Handshake, fin, 0)
+	require.NoError(t, err)
+	_, err = c.Write(slices.Concat(fragments(cke, 1<<14), []byte{20, 3, 3, 0, 1, 1}, sealed))
+	require.NoError(t, err)
+
+	recs, _ := readRecords(t, c, 2)
+	require.Len(t, recs, 2, "the edge closed: % x", recs)
+	require.Equal(t, serverRecord{record.ChangeCipherSpec, []byte{1}}, recs[0], "want the server's ChangeCipherSpec")
+	typ, serverFin, err := p.in.Open(recs[1].typ, 0x0303, recs[1].body)
+	require.NoError(t, err, "the server's Finished does not open: its keys are not the client's")
+	require.Equal(t, record.Handshake, typ)
+	assert.Equal(t, hsMsg(20, record.PRF12(crypto.SHA256, master, "server finished", transcript.Sum(nil), 12)...), serverFin)
+	return p, flight
+}
+
 // TestProbeEdgePaddedSharedSecret12 is tlsfuzzer's
 // test-ecdhe-padded-shared-secret.py: in TLS 1.2 the client picks its
 // ECDHE key after the server's (RFC 8422, Section 2), so it can pick one
@@ -529,57 +593,9 @@ func TestProbeEdgePaddedSharedSecret12(t *testing.T) {
 				hello := clientHello(t, &tls.Config{ServerName: f.ecdsa.Name, MaxVersion: tls.VersionTLS12,
 					CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}, CurvePreferences: []tls.CurveID{cv.id, tls.CurveP256}})
 				c := dialRaw(t, addr)
-				_, err := c.Write(fragments(hello, 1<<14))
-				require.NoError(t, err)
-				flight := readFlight12(t, c)
-				sh := cryptobyte.String(flight[4:])
-				var serverRandom, sid []byte
-				var suite uint16
-				require.True(t, sh.Skip(2) && sh.ReadBytes(&serverRandom, 32) && sh.ReadUint8LengthPrefixed((*cryptobyte.String)(&sid)) && sh.ReadUint16(&suite))
-				require.Equal(t, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, suite)
-				group, point := serverKeyExchange12(t, flight)
+				p, flight := handshake12(t, c, hello, cv.curve, func(premaster []byte) bool { return premaster[0] == 0 })
+				group, _ := serverKeyExchange12(t, flight)
 				require.Equal(t, uint16(cv.id), group)
-				server, err := cv.curve.NewPublicKey(point)
-				require.NoError(t, err)
-				var key *ecdh.PrivateKey
-				var premaster []byte
-				for premaster == nil || premaster[0] != 0 {
-					key, err = cv.curve.GenerateKey(rand.Reader)
-					require.NoError(t, err)
-					premaster, err = key.ECDH(server)
-					require.NoError(t, err)
-				}
-				public := key.PublicKey().Bytes()
-				cke := hsMsg(16, append([]byte{byte(len(public))}, public...)...)
-
-				// RFC 7627, Section 4: the master secret from the session
-				// hash, up to the ClientKeyExchange; RFC 5246, Sections
-				// 6.3 and 7.4.9: keys and the client's Finished.
-				transcript := sha256.New()
-				transcript.Write(slices.Concat(hello, flight, cke))
-				master := record.PRF12(crypto.SHA256, premaster, "extended master secret", transcript.Sum(nil), 48)
-				s, ok := record.SuiteByID(suite)
-				require.True(t, ok)
-				ck, sk, civ, siv := record.NewSecret12(s.Hash, master).KeyBlock(hello[4+2:4+2+32], serverRandom, s.KeyLen, s.FixedIVLen)
-				fin := hsMsg(20, record.PRF12(crypto.SHA256, master, "client finished", transcript.Sum(nil), 12)...)
-				transcript.Write(fin)
-				p := &peer{raw: c, suite: suite, key: ck, iv: civ}
-				p.out, err = record.NewTLS12Cipher(suite, ck, civ, 0)
-				require.NoError(t, err)
-				p.in, err = record.NewTLS12Cipher(suite, sk, siv, 0)
-				require.NoError(t, err)
-				sealed, err := p.out.Seal(nil, record.Handshake, fin, 0)
-				require.NoError(t, err)
-				_, err = c.Write(slices.Concat(fragments(cke, 1<<14), []byte{20, 3, 3, 0, 1, 1}, sealed))
-				require.NoError(t, err)
-
-				recs, _ := readRecords(t, c, 2)
-				require.Len(t, recs, 2, "the edge closed: % x", recs)
-				require.Equal(t, serverRecord{record.ChangeCipherSpec, []byte{1}}, recs[0], "want the server's ChangeCipherSpec")
-				typ, serverFin, err := p.in.Open(recs[1].typ, 0x0303, recs[1].body)
-				require.NoError(t, err, "the server's Finished does not open: its keys are not the client's")
-				require.Equal(t, record.Handshake, typ)
-				assert.Equal(t, hsMsg(20, record.PRF12(crypto.SHA256, master, "server finished", transcript.Sum(nil), 12)...), serverFin)
 				p.expectServes(t)
 			})
 		}

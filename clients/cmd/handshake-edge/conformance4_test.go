@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,9 +25,9 @@ import (
 )
 
 // A fourth round of probes in the manner of tlsfuzzer's scripts, for what
-// the first three leave out: ALPN negotiated by the edge, extensions the
-// engine does not implement and must pass over (record_size_limit,
-// post_handshake_auth), TLS_FALLBACK_SCSV where it must not fire,
+// the first three leave out: ALPN negotiated by the edge, the record size
+// limit a client asks for (RFC 8449), an extension the engine does not
+// implement and must pass over (post_handshake_auth), TLS_FALLBACK_SCSV where it must not fire,
 // ClientHellos whose length disagrees with their fields, record types
 // nobody defined, compression methods, KeyUpdates that ask for no answer
 // or span records, and the NewSessionTickets a TLS 1.3 client gets.
@@ -149,65 +151,152 @@ func TestProbeEdgeALPN(t *testing.T) {
 			})
 		}
 		for _, tc := range refused {
-			t.Run("RFC 7301 "+tc.name+" in TLS 1.2", func(t *testing.T) {
-				expectPlainAlert(t, sendHello(t, addr, base12.set(extALPN, tc.offer).marshal()), tc.alert)
-			})
-			t.Run("RFC 7301 "+tc.name+" in TLS 1.3", func(t *testing.T) {
-				c := dialClient13(t, f, addr)
-				c.send(c.hello.set(extALPN, tc.offer))
-				expectPlainAlert(t, c.raw, tc.alert)
-			})
+			expectExtensionRefused(t, f, addr, base12, "RFC 7301 "+tc.name, extALPN, tc.offer, tc.alert)
 		}
 	})
 }
 
+// expectExtensionRefused checks, as subtests named after name, that a
+// ClientHello with extension ext's data set to data is refused with the
+// plaintext alert, in TLS 1.2 (base12 so changed) and TLS 1.3.
+func expectExtensionRefused(t *testing.T, f *fixture, addr string, base12 *helloMsg, name string, ext uint16, data []byte, alert uint8) {
+	t.Run(name+" in TLS 1.2", func(t *testing.T) {
+		expectPlainAlert(t, sendHello(t, addr, base12.set(ext, data).marshal()), alert)
+	})
+	t.Run(name+" in TLS 1.3", func(t *testing.T) {
+		c := dialClient13(t, f, addr)
+		c.send(c.hello.set(ext, data))
+		expectPlainAlert(t, c.raw, alert)
+	})
+}
+
 // TestProbeEdgeRecordSizeLimit is tlsfuzzer's test-record-size-limit.py
-// against a server that does not implement RFC 8449: an extension it does
-// not know it passes over (RFC 8446, Section 4.2), so it does not answer
-// record_size_limit, and then, RFC 8449, Section 4, the limit is not in
-// force: records up to 2^14 bytes go both ways. The extension's own rules
-// (a value below 64 is illegal_parameter) bind those that implement it,
-// so malformed values are passed over too; tlsfuzzer's checks of the
-// negotiated size fail against the edge for that reason.
+// (RFC 8449): the server answers record_size_limit with its own limit, the
+// protocol's (2^14 in the TLS 1.2 ServerHello; 2^14+1 in the TLS 1.3
+// EncryptedExtensions, never in its ServerHello, Section 4), and from then
+// on every protected record it sends, of the handshake (TLS 1.3 from the
+// EncryptedExtensions, the NewSessionTicket) and of the application data
+// the edge writes with the session keys, carries no more plaintext than
+// the client's limit (in TLS 1.3 the limit counts the inner content type).
+// The session works: what goes to the backend in full records comes back
+// in records of the limit. What the server takes is unchanged: a record
+// over 2^14 bytes of plaintext is record_overflow. A value below 64 is
+// illegal_parameter; a body other than one uint16 is decode_error.
 func TestProbeEdgeRecordSizeLimit(t *testing.T) {
-	f := newFixture(t)
-	base12 := hello12(t, f)
-	values := []struct {
-		name string
-		data []byte
+	f := newTicketFixture(t)
+	base12 := parseHello(t, clientHello(t, &tls.Config{ServerName: f.ecdsa.Name, MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}}))
+	limits := []uint16{64, 65, 100, 1000, 1 << 14, 1<<14 + 1, 1<<16 - 1}
+	refused := []struct {
+		name  string
+		data  []byte
+		alert uint8
 	}{
-		{"the smallest, 64", []byte{0, 64}},
-		{"2^14+1", []byte{0x40, 0x01}},
-		{"the largest, 2^16-1", []byte{0xff, 0xff}},
-		{"63, below the minimum", []byte{0, 63}},
-		{"of one byte", []byte{1}},
+		{"63, below the minimum, is illegal_parameter", []byte{0, 63}, alertIllegalParameter},
+		{"0 is illegal_parameter", []byte{0, 0}, alertIllegalParameter},
+		{"of one byte is decode_error", []byte{1}, alertDecodeError},
+		{"of three bytes is decode_error", []byte{0, 64, 0}, alertDecodeError},
+		{"empty is decode_error", []byte{}, alertDecodeError},
 	}
+	// More than a record's worth for the backend to echo, so the edge's
+	// writes span records whatever the limit.
 	big := make([]byte, record.MaxPlaintext)
 	for i := range big {
 		big[i] = byte('a' + i%26)
 	}
+	echoed := string(slices.Concat(big, big[:100]))
 	probeEdges(t, f, func(t *testing.T, addr string) {
-		for _, v := range values {
-			t.Run("RFC 8449 4 record_size_limit "+v.name+" is not answered in TLS 1.2", func(t *testing.T) {
-				sh := readServerHello(t, sendHello(t, addr, base12.set(extRecordSizeLimit, v.data).marshal()))
-				_, ok := sh.lookup(extRecordSizeLimit)
-				assert.False(t, ok, "record_size_limit in the ServerHello")
+		for _, limit := range limits {
+			value := []byte{byte(limit >> 8), byte(limit)}
+			t.Run("RFC 8449 4 record_size_limit "+strconv.Itoa(int(limit))+" in TLS 1.2", func(t *testing.T) {
+				c := &recordTap{Conn: dialRaw(t, addr)}
+				p, flight := handshake12(t, c, base12.set(extRecordSizeLimit, value).marshal(), ecdh.X25519(), nil)
+				assert.Equal(t, []byte{0x40, 0}, parseServerHello(t, flight).ext(extRecordSizeLimit), "the server's limit in its ServerHello: 2^14")
+				p.send(t, record.ApplicationData, big, big[:100])
+				p.expectEcho(t, echoed)
+				// TLS 1.2: the limit is the plaintext alone (RFC 8449,
+				// Section 4); a GCM record adds an 8-byte explicit nonce
+				// and a 16-byte tag (RFC 5288, Section 3).
+				c.expectWithin(t, min(int(limit), 1<<14), 8+16)
 			})
-			t.Run("RFC 8449 4 record_size_limit "+v.name+" is not answered in TLS 1.3", func(t *testing.T) {
+			t.Run("RFC 8449 4 record_size_limit "+strconv.Itoa(int(limit))+" in TLS 1.3", func(t *testing.T) {
 				c := dialClient13(t, f, addr)
-				c.send(c.hello.set(extRecordSizeLimit, v.data))
+				tap := &recordTap{Conn: c.raw}
+				c.raw = tap
+				c.send(c.hello.withSuites(suite13).set(extPSKModes, []byte{1, 1}).set(extRecordSizeLimit, value))
 				fl := c.serverFlight()
+				_, ok := fl.hello.lookup(extRecordSizeLimit)
+				assert.False(t, ok, "record_size_limit in the TLS 1.3 ServerHello (RFC 8449, Section 4: in EncryptedExtensions)")
 				ee := &serverHello{exts: encryptedExtensions(t, fl.msgs)}
-				_, ok := ee.lookup(extRecordSizeLimit)
-				assert.False(t, ok, "record_size_limit in the EncryptedExtensions")
-				// The limit not in force, a full record goes to the
-				// backend and comes back.
+				assert.Equal(t, []byte{0x40, 1}, ee.ext(extRecordSizeLimit), "the server's limit in EncryptedExtensions: 2^14+1")
 				p := fl.finish(t)
-				p.send(t, record.ApplicationData, big)
-				p.expectEcho(t, string(big))
+				p.send(t, record.ApplicationData, big, big[:100])
+				o := p.readUntil(t, len(echoed), 0)
+				assert.Equal(t, echoed, string(o.data))
+				assert.Positive(t, o.tickets, "NewSessionTickets, which the limit binds too")
+				// TLS 1.3: TLSInnerPlaintext, content type included, and
+				// the 16-byte tag (RFC 8446, Section 5.2).
+				tap.expectWithin(t, min(int(limit), 1<<14+1), 16)
 			})
 		}
+		for _, tc := range refused {
+			expectExtensionRefused(t, f, addr, base12, "RFC 8449 4 record_size_limit "+tc.name, extRecordSizeLimit, tc.data, tc.alert)
+		}
+		// RFC 8449, Section 4: the server's limit is the protocol's, so a
+		// record over it is record_overflow as without the extension
+		// (RFC 8446, Section 5.2; RFC 5246, Section 6.2.3).
+		t.Run("RFC 8449 4 a record over the server's limit is record_overflow in TLS 1.2", func(t *testing.T) {
+			p, _ := handshake12(t, dialRaw(t, addr), base12.set(extRecordSizeLimit, []byte{0, 64}).marshal(), ecdh.X25519(), nil)
+			p.sendRaw(t, record.ApplicationData, make([]byte, 1<<14+1))
+			p.expectAlert(t, alertRecordOverflow)
+		})
+		t.Run("RFC 8449 4 a record over the server's limit is record_overflow in TLS 1.3", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extRecordSizeLimit, []byte{0, 64}))
+			p := c.serverFlight().finish(t)
+			p.sendRaw(t, record.ApplicationData, append(make([]byte, 1<<14+1), byte(record.ApplicationData)))
+			p.expectAlert(t, alertRecordOverflow)
+		})
 	})
+}
+
+// recordTap is a client's TCP connection that notes the length of each
+// protected record it reads (TLS 1.3: outer type application_data; TLS
+// 1.2: any type after the change_cipher_spec).
+type recordTap struct {
+	net.Conn
+	buf       []byte
+	ccs       bool
+	protected []int
+}
+
+func (c *recordTap) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.buf = append(c.buf, b[:n]...)
+	for len(c.buf) >= record.HeaderLen {
+		end := record.HeaderLen + (int(c.buf[3])<<8 | int(c.buf[4]))
+		if len(c.buf) < end {
+			break
+		}
+		switch typ := record.ContentType(c.buf[0]); {
+		case typ == record.ChangeCipherSpec:
+			c.ccs = true
+		case typ == record.ApplicationData, c.ccs:
+			c.protected = append(c.protected, end-record.HeaderLen)
+		}
+		c.buf = c.buf[end:]
+	}
+	return n, err
+}
+
+// expectWithin checks that every protected record read carried at most
+// limit bytes: its length less overhead.
+func (c *recordTap) expectWithin(t *testing.T, limit, overhead int) {
+	t.Helper()
+	require.NotEmpty(t, c.protected, "no protected record read")
+	for i, n := range c.protected {
+		assert.LessOrEqual(t, n-overhead, limit, "protected record %d of %d", i, len(c.protected))
+	}
 }
 
 // TestProbeEdgeFallbackSCSV is tlsfuzzer's test-fallback-scsv.py: RFC

@@ -516,6 +516,7 @@ type opened struct {
 func (p *peer) readUntil(t *testing.T, want int, alerts int) opened {
 	t.Helper()
 	var o opened
+	var hs []byte // handshake messages, which may span records (RFC 8449)
 	for len(o.data) < want || len(o.alerts) < alerts {
 		recs, closed := readRecords(t, p.raw, 1)
 		if closed {
@@ -530,13 +531,22 @@ func (p *peer) readUntil(t *testing.T, want int, alerts int) opened {
 		case record.Alert:
 			o.alerts = append(o.alerts, plain)
 		case record.Handshake:
-			switch {
-			case plain[0] == 4: // NewSessionTicket (RFC 8446, Section 4.6.1)
-				o.tickets++
-			default: // KeyUpdate (RFC 8446, Section 4.6.3)
-				require.Equal(t, []byte{24, 0, 0, 1, 0}, plain, "the edge sent a handshake message")
-				require.NoError(t, p.in.Update())
-				o.keyUpdates++
+			hs = append(hs, plain...)
+			for len(hs) >= 4 {
+				n := 4 + (int(hs[1])<<16 | int(hs[2])<<8 | int(hs[3]))
+				if len(hs) < n {
+					break
+				}
+				msg := hs[:n]
+				hs = hs[n:]
+				switch {
+				case msg[0] == 4: // NewSessionTicket (RFC 8446, Section 4.6.1)
+					o.tickets++
+				default: // KeyUpdate (RFC 8446, Section 4.6.3)
+					require.Equal(t, []byte{24, 0, 0, 1, 0}, msg, "the edge sent a handshake message")
+					require.NoError(t, p.in.Update())
+					o.keyUpdates++
+				}
 			}
 		default:
 			require.Failf(t, "unexpected record", "the edge sent a %v record", typ)

@@ -34,6 +34,10 @@ type ConnectionState struct {
 	// 1.2 RFC 5077): no certificate was sent and no private-key operation
 	// made; the ticket may have been issued by another edge.
 	DidResume bool
+	// RecordPlaintextLimit is the most plaintext the edge puts in one
+	// record: 2^14, or fewer as the client's record_size_limit says (RFC
+	// 8449).
+	RecordPlaintextLimit int
 	// Steps is the handshake as relayed, step by step.
 	Steps []Step
 }
@@ -68,10 +72,13 @@ const (
 	maxPostHandshakeMessage = 1 << 16
 	// keyUpdateAfter is how many records a TLS 1.3 write key protects
 	// before the edge updates it: well within the AES-GCM limit of
-	// 2^24.5 records (RFC 8446 §5.5).
+	// 2^24.5 records (RFC 8446 §5.5), also when Write checks it only
+	// between batches (writeBatch) of records of 63 bytes.
 	keyUpdateAfter = 1 << 24
-	// writeBatch is how many records one Write hands the socket at once.
-	writeBatch = 8
+	// writeBatch is how many bytes of plaintext one Write hands the socket
+	// at once: eight full records, or more records as small as the
+	// client's record_size_limit asks.
+	writeBatch = 8 * record.MaxPlaintext
 	// initialReadBuffer and fullReadBuffer size a connection's buffer of
 	// received bytes.
 	initialReadBuffer = 4 << 10
@@ -115,6 +122,8 @@ type Conn struct {
 		cipher *record.Cipher
 		buf    []byte
 		err    error // sticky: set by a fatal alert or close_notify
+		// maxPlain is the most plaintext of a record (RecordPlaintextLimit).
+		maxPlain int
 	}
 	closeOnce sync.Once
 	closeErr  error
@@ -134,7 +143,9 @@ func newConn(raw net.Conn, s *pb.Session, leftover []byte, in *record.Cipher, st
 		ServerName: s.GetServerName(), NegotiatedProtocol: s.GetAlpnProtocol(), PeerCertificates: peers,
 		SignatureScheme: tls.SignatureScheme(s.GetSignatureScheme()), KeyID: s.GetKey().GetKey(), KeyVersion: s.GetKey().GetVersion(),
 		HelloRetryRequest: s.GetHelloRetryRequest(), ExtendedMasterSecret: s.GetExtendedMasterSecret(), DidResume: s.GetResumed(), Steps: steps,
+		RecordPlaintextLimit: recordPlaintextLimit(s),
 	}
+	c.out.maxPlain = c.state.RecordPlaintextLimit
 	suite, k := uint16(s.GetCipherSuite()), s.GetKeys()
 	switch s.GetVersion() {
 	case tls.VersionTLS13:
@@ -166,6 +177,17 @@ func newConn(raw net.Conn, s *pb.Session, leftover []byte, in *record.Cipher, st
 		c.in.w = copy(c.in.buf, leftover)
 	}
 	return c, nil
+}
+
+// recordPlaintextLimit is what the service says one record of the edge's
+// may carry: 0, from a service that predates record_size_limit (RFC
+// 8449), is the protocol's 2^14, and so is anything above it.
+func recordPlaintextLimit(s *pb.Session) int {
+	n := int(s.GetRecordPlaintextLimit())
+	if n == 0 || n > record.MaxPlaintext {
+		return record.MaxPlaintext
+	}
+	return n
 }
 
 // ConnectionState returns the negotiated parameters.
@@ -452,8 +474,9 @@ func (c *Conn) fatal(err error) error {
 	return fmt.Errorf("edge: %w", err)
 }
 
-// Write writes application data in records of at most 2^14 bytes
-// (RFC 8446 §5.1).
+// Write writes application data in records of at most 2^14 bytes (RFC
+// 8446 §5.1), or of the client's record_size_limit (RFC 8449 §4:
+// RecordPlaintextLimit).
 func (c *Conn) Write(b []byte) (int, error) {
 	c.out.Lock()
 	defer c.out.Unlock()
@@ -469,8 +492,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 		}
 		buf := c.out.buf[:0]
 		batched := 0
-		for i := 0; i < writeBatch && len(b) > 0; i++ {
-			chunk := b[:min(len(b), record.MaxPlaintext)]
+		for batched < writeBatch && len(b) > 0 {
+			chunk := b[:min(len(b), c.out.maxPlain)]
 			var err error
 			if buf, err = c.out.cipher.Seal(buf, record.ApplicationData, chunk, 0); err != nil {
 				c.out.err = err

@@ -1090,9 +1090,15 @@ type Session struct {
 	Keys *SessionKeys `protobuf:"bytes,12,opt,name=keys,proto3" json:"keys,omitempty"`
 	// The handshake resumed a session from a ticket: no certificate was sent
 	// and no private-key operation was made.
-	Resumed       bool `protobuf:"varint,13,opt,name=resumed,proto3" json:"resumed,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Resumed bool `protobuf:"varint,13,opt,name=resumed,proto3" json:"resumed,omitempty"`
+	// The most plaintext bytes the server may put in one record it protects
+	// with the session keys: 16384 (2^14), or fewer when the client sent
+	// record_size_limit (RFC 8449 §4; in TLS 1.3 one fewer than the
+	// client's limit, which counts the inner content type). 0, from a service
+	// that predates the field, means 16384.
+	RecordPlaintextLimit uint32 `protobuf:"varint,14,opt,name=record_plaintext_limit,json=recordPlaintextLimit,proto3" json:"record_plaintext_limit,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Session) Reset() {
@@ -1214,6 +1220,13 @@ func (x *Session) GetResumed() bool {
 		return x.Resumed
 	}
 	return false
+}
+
+func (x *Session) GetRecordPlaintextLimit() uint32 {
+	if x != nil {
+		return x.RecordPlaintextLimit
+	}
+	return 0
 }
 
 // SessionKeys are the record-layer keys. TLS 1.2: write keys and fixed IVs
@@ -1767,7 +1780,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\n" +
 	"TraceField\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xfd\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xb3\x04\n" +
 	"\aSession\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12!\n" +
 	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12*\n" +
@@ -1783,7 +1796,8 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	" \x01(\bR\x14extendedMasterSecret\x12.\n" +
 	"\x13hello_retry_request\x18\v \x01(\bR\x11helloRetryRequest\x12-\n" +
 	"\x04keys\x18\f \x01(\v2\x19.handshake.v1.SessionKeysR\x04keys\x12\x18\n" +
-	"\aresumed\x18\r \x01(\bR\aresumed\"\x9d\x04\n" +
+	"\aresumed\x18\r \x01(\bR\aresumed\x124\n" +
+	"\x16record_plaintext_limit\x18\x0e \x01(\rR\x14recordPlaintextLimit\"\x9d\x04\n" +
 	"\vSessionKeys\x12(\n" +
 	"\x10client_write_key\x18\x01 \x01(\fR\x0eclientWriteKey\x12&\n" +
 	"\x0fclient_write_iv\x18\x02 \x01(\fR\rclientWriteIv\x12(\n" +
