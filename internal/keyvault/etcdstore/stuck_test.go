@@ -262,3 +262,27 @@ func TestStuckIntentIsLoggedOnce(t *testing.T) {
 	require.Len(t, done, 1)
 	assert.Contains(t, done[0], "a key generated for a version that never reached the store")
 }
+
+// TestStuckCountEndsWithTheVault: a closed vault counts nothing stuck (it
+// tries nothing any more), so the gauge of a server whose vault was closed
+// shows no stale count, and a vault opened again on the store counts
+// afresh what it, in turn, cannot finish.
+func TestStuckCountEndsWithTheVault(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	captureLog(t)
+	broken := newTokenBackend()
+	broken.broken.Store(true)
+	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
+	_, err := a.CreateInBackend(t.Context(), "token", "t", keyvault.Ed25519, nil)
+	require.ErrorIs(t, err, errTokenBroken, "the intent stays")
+	require.NoError(t, a.Close())
+
+	lacking := openVault(t, open(t, c, "/stuck"), keyvault.WithStalenessBound(stuckBound))
+	require.Eventually(t, func() bool { return lacking.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
+	require.NoError(t, lacking.Close())
+	assert.Zero(t, lacking.StuckBackendDestroys(), "closed")
+
+	s := &ticks{Store: open(t, c, "/stuck")}
+	again := openVault(t, s, keyvault.WithStalenessBound(stuckBound))
+	require.Eventually(t, func() bool { return again.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
+}
