@@ -1,6 +1,9 @@
 package keyvault
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // The service maps the first four, ErrAborted and ErrUnavailable to gRPC codes with errors.Is. The vault
 // wraps every error with context (key id, version number), never with key
@@ -36,3 +39,16 @@ var (
 	// whose view it could not confirm recently.
 	ErrUnavailable = errors.New("unavailable")
 )
+
+// CommitTooLargeError is wrapped by Store.Commit, beside
+// ErrFailedPrecondition, for a commit larger than the store takes (etcd's
+// --max-request-bytes): it says by how much. What helps depends on the
+// commit, which the store does not know: a restore cannot be made smaller.
+type CommitTooLargeError struct {
+	Bytes int    // the commit's size
+	Limit string // the limit it passes, as the operator sets it
+}
+
+func (e *CommitTooLargeError) Error() string {
+	return fmt.Sprintf("the commit is %d bytes, more than %s", e.Bytes, e.Limit)
+}

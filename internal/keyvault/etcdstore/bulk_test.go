@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -118,6 +119,62 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 		}
 	}
 	assert.Len(t, v.TicketKeys(), 24, "eight keys a purpose: the first retired by the ninth")
+}
+
+// A restore too large for etcd's --max-request-bytes (one commit of every
+// record of the snapshot) fails with FAILED_PRECONDITION saying what helps:
+// the limit raised above the commit's size on every member and replica.
+// Not the store's advice for a full store, to destroy versions: the
+// instance restored into holds none, and the snapshot goes in whole.
+func TestVaultRestoreTooLarge(t *testing.T) {
+	const limit = 64 << 10
+	ctx := t.Context()
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	bolt, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "vault.db"))
+	require.NoError(t, err)
+	src, err := keyvault.New(ctx, bolt, kek)
+	require.NoError(t, err)
+	defer src.Close()
+	for i := range 300 { // about 100 KiB of records and manifest
+		_, err := src.Create(ctx, fmt.Sprintf("k%03d", i), keyvault.Ed25519, nil)
+		require.NoError(t, err)
+	}
+	var backup bytes.Buffer
+	info, err := src.Backup(ctx, &backup)
+	require.NoError(t, err)
+	require.Greater(t, info.Bytes, int64(limit))
+
+	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit), etcdtest.WithMaxTxnOps(1024))
+	dst, err := keyvault.New(ctx, open(t, c, "/restore", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes, cfg.MaxTxnOps = limit, 1024 }), kek)
+	require.NoError(t, err)
+	defer dst.Close()
+	_, err = dst.Restore(ctx, bytes.NewReader(backup.Bytes()))
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
+	assert.NotErrorIs(t, err, keyvault.ErrUnavailable)
+	var tooLarge *keyvault.CommitTooLargeError
+	require.ErrorAs(t, err, &tooLarge)
+	assert.Greater(t, tooLarge.Bytes, int(info.Bytes), "the snapshot's records, a manifest and etcd's framing")
+	assert.ErrorContains(t, err, fmt.Sprintf("the whole snapshot, %d records, in one commit", info.Records))
+	assert.ErrorContains(t, err, "more than etcd's --max-request-bytes (65536, given as -etcd-max-request-bytes)")
+	assert.ErrorContains(t, err, fmt.Sprintf("raise --max-request-bytes on every etcd member above %d bytes", tooLarge.Bytes))
+	assert.ErrorContains(t, err, "start every replica with the same -etcd-max-request-bytes")
+	assert.NotContains(t, err.Error(), "destroy versions", "advice that cannot help a restore")
+	keys, _, err := dst.List(ctx, 10, "")
+	require.NoError(t, err)
+	assert.Empty(t, keys, "nothing restored")
+
+	// What it says helps: a cluster and a replica whose limit is above
+	// the commit's size take it.
+	raised := tooLarge.Bytes + 1
+	c = etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(uint(raised)), etcdtest.WithMaxTxnOps(1024))
+	dst, err = keyvault.New(ctx, open(t, c, "/restore", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes, cfg.MaxTxnOps = raised, 1024 }), kek)
+	require.NoError(t, err)
+	defer dst.Close()
+	_, err = dst.Restore(ctx, bytes.NewReader(backup.Bytes()))
+	require.NoError(t, err)
+	_, err = dst.Get(ctx, "k299")
+	assert.NoError(t, err)
 }
 
 // The store's own bound on a commit's size (requestBytes) is never below

@@ -504,14 +504,14 @@ func (s *Store) requestBytes(w keyvault.Write) int {
 // --max-request-bytes, or past it less the headroom the commit must leave:
 // it is certain not to have landed.
 func (s *Store) tooLarge(n, headroom int) error {
-	over := fmt.Sprintf("more than etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes)", s.cfg.MaxRequestBytes)
+	over := fmt.Sprintf("etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes)", s.cfg.MaxRequestBytes)
 	if headroom > 0 {
 		over += fmt.Sprintf(" less the %d bytes kept for the vault's ticket key rotations", headroom)
 	}
-	return fmt.Errorf("etcdstore: the commit is %d bytes, %s: "+
+	return fmt.Errorf("etcdstore: %w: "+
 		"every commit carries the vault's manifest, which lists every record (about 320 bytes per key of one version, 220 per version added), "+
 		"so the store is full; destroy versions no longer needed, or raise --max-request-bytes on every etcd member and -etcd-max-request-bytes on every replica: %w",
-		n, over, keyvault.ErrFailedPrecondition)
+		&keyvault.CommitTooLargeError{Bytes: n, Limit: over}, keyvault.ErrFailedPrecondition)
 }
 
 // MaxCommitRecords is how many records one commit may write: the vault
