@@ -35,8 +35,9 @@ var (
 	// changes of other replicas: the caller may retry it.
 	ErrAborted = errors.New("aborted by concurrent changes")
 	// ErrUnavailable is wrapped when the store cannot be reached or cannot
-	// confirm its state (etcd without quorum), and by key use on a replica
-	// whose view it could not confirm recently.
+	// confirm its state (etcd without quorum), or takes no writes (out of
+	// space, read-only), and by key use on a replica whose view it could
+	// not confirm recently.
 	ErrUnavailable = errors.New("unavailable")
 )
 
