@@ -230,3 +230,29 @@ func TestPlainErrors(t *testing.T) {
 	assert.Equal(t, 0, report(nil, &stderr))
 	assert.Equal(t, 0, report(errors.Join(flag.ErrHelp), &stderr))
 }
+
+// TestRefusedClientCertificate: a client certificate handshaked refuses
+// (another CA's) is said to be the likely cause, not the
+// address or the transport (which the error, a closed connection after
+// the handshake, would otherwise suggest).
+func TestRefusedClientCertificate(t *testing.T) {
+	p := startProduction(t)
+	other, err := testpki.NewCA("another CA")
+	require.NoError(t, err)
+	foreign, err := other.Client("ctl-admin", false, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, data, 0o600))
+		return path
+	}
+	_, _, err = runCtl("-handshaked", p.addr, "-server-name", serverName, "-ca", p.ca,
+		"-cert", write("foreign.crt", foreign.CertPEM), "-key", write("foreign.key", foreign.KeyPEM), "-timeout", "5s", "list")
+	require.Error(t, err)
+	msg := plainError(err)
+	assert.Contains(t, msg, "unavailable: ")
+	assert.Contains(t, msg, "it refused the client certificate, most likely")
+	assert.Contains(t, msg, "-client-ca")
+	assert.NotContains(t, msg, "is handshaked running at that address")
+}
