@@ -247,3 +247,49 @@ func TestCommitPastTheQuota(t *testing.T) {
 	assert.ErrorContains(t, err, "is out of space")
 	assert.ErrorContains(t, err, "etcdctl alarm disarm")
 }
+
+// TestRestoreOntoAStoreInUse: a restore through one replica of a fresh
+// deployment whose other replicas already run (and made their ticket
+// keys) is served by all of them at once, the snapshot's ticket keys in
+// place of theirs; one into a deployment where a replica made a key is
+// refused, and changes nothing.
+func TestRestoreOntoAStoreInUse(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	src := openVault(t, open(t, c, "/source"))
+	_, err := src.Create(ctx, "web", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	srcTickets, err := keyvault.NewTicketKeys(src, keyvault.TicketKeyOptions{})
+	require.NoError(t, err)
+	ticket, err := srcTickets.Seal(ctx, "scope", []byte("session"))
+	require.NoError(t, err)
+	var snap bytes.Buffer
+	_, err = src.Backup(ctx, &snap)
+	require.NoError(t, err)
+
+	a, b := openVault(t, open(t, c, "/fresh")), openVault(t, open(t, c, "/fresh"))
+	bTickets, err := keyvault.NewTicketKeys(b, keyvault.TicketKeyOptions{})
+	require.NoError(t, err)
+	own, err := bTickets.Seal(ctx, "scope", []byte("before the restore"))
+	require.NoError(t, err)
+	_, err = a.Restore(ctx, bytes.NewReader(snap.Bytes()))
+	require.NoError(t, err)
+	require.NoError(t, b.Sync(ctx))
+	require.NoError(t, sign(b, "web", 1), "the other replica serves the restored key")
+	plain, err := bTickets.Open(ctx, "scope", ticket)
+	require.NoError(t, err, "and opens the snapshot's tickets")
+	assert.Equal(t, "session", string(plain))
+	_, err = bTickets.Open(ctx, "scope", own)
+	assert.ErrorIs(t, err, keyvault.ErrTicketRejected, "its own ticket key was replaced")
+
+	d, e := openVault(t, open(t, c, "/used")), openVault(t, open(t, c, "/used"))
+	_, err = e.Create(ctx, "theirs", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	_, err = d.Restore(ctx, bytes.NewReader(snap.Bytes()))
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition, "another replica holds a key")
+	assert.ErrorContains(t, err, "holds keys")
+	require.NoError(t, e.Sync(ctx))
+	require.NoError(t, sign(e, "theirs", 1))
+	_, err = e.Get(ctx, "web")
+	assert.ErrorIs(t, err, keyvault.ErrNotFound)
+}
