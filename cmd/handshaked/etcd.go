@@ -41,7 +41,7 @@ func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
 	fs.DurationVar(&e.requestTimeout, "etcd-request-timeout", etcdstore.DefaultRequestTimeout, "how long a request to etcd may take; past it (no quorum) key changes fail with UNAVAILABLE instead of waiting")
 	fs.IntVar(&e.maxTxnOps, "etcd-max-txn-ops", etcdstore.DefaultMaxTxnOps, "the etcd cluster's --max-txn-ops: a KEK rotation commits in batches below it, and a restore (one commit of every record) needs more than the vault has records")
 	fs.IntVar(&e.maxRequestBytes, "etcd-max-request-bytes", etcdstore.DefaultMaxRequestBytes, "the etcd cluster's --max-request-bytes: every commit carries a manifest of every record (about 320 bytes per key of one version, 220 per version added), so the default 1.5 MiB holds about 4,900 keys; past it key changes fail with FAILED_PRECONDITION")
-	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long after its commit; the same on every replica")
+	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long (the longest of the live replicas') after its commit; the same on every replica")
 }
 
 // check validates the -etcd-* settings together.
@@ -81,7 +81,8 @@ func (e *etcdConfig) storeConfig(deployment string) (etcdstore.Config, error) {
 		// A replica whose announcement expired is no longer waited for by
 		// a revocation: by then it must have fenced itself, so its lease
 		// outlives the staleness bound.
-		LeaseTTL: max(etcdstore.DefaultLeaseTTL, 2*e.stalenessBound),
+		LeaseTTL:       max(etcdstore.DefaultLeaseTTL, 2*e.stalenessBound),
+		StalenessBound: e.stalenessBound,
 	}
 	if sc.Prefix == "" {
 		sc.Prefix = "/handshaked/" + deployment + "/"

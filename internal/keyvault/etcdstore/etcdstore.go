@@ -11,6 +11,7 @@
 //	P+"replicas/LLLLLLLLLLLLLLLL/format-F" a replica's applied revision (decimal), under that replica's lease;
 //	                             F is the keyvault.StoreFormat it reads (a replica of a release
 //	                             before formats announces P+"replicas/LLLLLLLLLLLLLLLL")
+//	P+"bounds/LLLLLLLLLLLLLLLL"  that replica's staleness bound (decimal nanoseconds), under its lease
 //
 // The store revision is etcd's revision of the last commit to this store,
 // so commits of other deployments (or of announcements) in the same etcd
@@ -83,6 +84,13 @@ type Config struct {
 	// the vault's manifest, which lists every record, so this bounds the
 	// number of records of the store (README, "Running several replicas").
 	MaxRequestBytes int
+	// StalenessBound is the staleness bound of the vault on this replica
+	// (keyvault.WithStalenessBound), announced beside its applied revision:
+	// a revocation on any replica waits for the longest bound of the live
+	// replicas (LongestStalenessBound), not its own, so one started with a
+	// longer bound by mistake cannot use a revoked version after the
+	// revocation returned. 0: none announced.
+	StalenessBound time.Duration
 }
 
 // Store is a keyvault.SharedStore on etcd.
@@ -93,6 +101,7 @@ type Store struct {
 	records  string // P+"store/r/"
 	store    string // P+"store/"
 	replicas string // P+"replicas/"
+	bounds   string // P+"bounds/"
 
 	// ctx ends with Close: it bounds the lease keep-alive.
 	ctx    context.Context
@@ -164,6 +173,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		head:     cfg.Prefix + "store/head",
 		records:  cfg.Prefix + "store/r/",
 		replicas: cfg.Prefix + "replicas/",
+		bounds:   cfg.Prefix + "bounds/",
 		ctx:      sctx,
 		cancel:   cancel,
 	}
@@ -717,8 +727,9 @@ func (s *Store) addEvent(ch *keyvault.Change, ev *clientv3.Event) {
 
 // Announce implements keyvault.SharedStore: this replica's key under
 // replicas/ holds rev, attached to a lease that the store keeps alive while
-// it is open. A lease that expired (the process stalled past LeaseTTL) is
-// replaced by a new one. Announcing a revision lower than one announced
+// it is open, and so does its key under bounds/, the staleness bound,
+// written with the first announcement on each lease. A lease that expired
+// (the process stalled past LeaseTTL) is replaced by a new one. Announcing a revision lower than one announced
 // before, or the one the lease's key holds already, changes nothing and
 // sends nothing: a replica announces at every confirmation of its view, and
 // each write would grow etcd's history.
@@ -735,12 +746,18 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 			rev = s.announced
 		}
 		held := lease == s.announcedOn && rev == s.announced
+		newLease := lease != s.announcedOn
 		s.mu.Unlock()
 		if held {
 			return nil
 		}
+		ops := []clientv3.Op{clientv3.OpPut(s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))}
+		if newLease && s.cfg.StalenessBound > 0 {
+			// Once per lease: it ends with the announcement.
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.bounds, int64(lease)), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
+		}
 		rctx, cancel := s.request(ctx)
-		_, err = s.cli.Put(rctx, s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))
+		_, err = s.cli.Txn(rctx).Then(ops...).Commit()
 		cancel()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
 			s.leaseEnded(lease)
@@ -787,6 +804,28 @@ func (s *Store) MinFormat(ctx context.Context) (int, error) {
 		lowest = min(lowest, f)
 	}
 	return lowest, nil
+}
+
+// LongestStalenessBound returns the longest staleness bound the live
+// replicas announced (Config.StalenessBound), 0 when none did (replicas of
+// releases before it announce none).
+func (s *Store) LongestStalenessBound(ctx context.Context) (time.Duration, error) {
+	if s.isClosed() {
+		return 0, keyvault.ErrClosed
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Get(rctx, s.bounds, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return 0, s.fail(ctx, "read the replicas' staleness bounds", s.cfg.RequestTimeout, err)
+	}
+	var longest time.Duration
+	for _, kv := range resp.Kvs {
+		if n, err := strconv.ParseInt(string(kv.Value), 10, 64); err == nil {
+			longest = max(longest, time.Duration(n))
+		}
+	}
+	return longest, nil
 }
 
 // liveLease returns the replica's lease, granting one (and starting its
