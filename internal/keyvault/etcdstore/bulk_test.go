@@ -41,14 +41,16 @@ func TestVaultBulkWrites(t *testing.T) {
 	assert.Equal(t, keyvault.KEKID(newKEK), st.ID)
 
 	// A restore is one commit of every record: past --max-txn-ops it is
-	// refused, saying how many operations it needs.
+	// refused, FAILED_PRECONDITION (it did not land, and no retry helps),
+	// saying how many operations it needs and which settings to raise.
 	r, err := keyvault.New(ctx, open(t, c, "/bulk-restored"), kek)
 	require.NoError(t, err)
 	defer r.Close()
 	_, err = r.Restore(ctx, bytes.NewReader(backup.Bytes()))
-	require.ErrorIs(t, err, keyvault.ErrUnavailable)
-	assert.ErrorContains(t, err, "--max-txn-ops")
-	assert.Regexp(t, `commit of \d+ operations`, err.Error())
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
+	assert.NotErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.Regexp(t, `refused the commit of \d+ records, \d+ operations, as more than its --max-txn-ops`, err.Error())
+	assert.Regexp(t, `raise --max-txn-ops on every etcd member to \d+ or more and pass the same value as -etcd-max-txn-ops to every replica \(this one's is 128\)`, err.Error())
 }
 
 // An etcd whose --max-txn-ops is raised takes a restore of that size when

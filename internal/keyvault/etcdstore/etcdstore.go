@@ -286,9 +286,6 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken):
 		return fmt.Errorf("etcdstore: %s: etcd at %s refused access (%v): handshaked's etcd user needs read and write on the keys under %q: %w",
 			op, eps, err, s.cfg.Prefix, keyvault.ErrUnavailable)
-	case errors.Is(err, rpctypes.ErrTooManyOps):
-		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops: %w",
-			op, eps, err, keyvault.ErrUnavailable)
 	case errors.Is(err, rpctypes.ErrNoSpace):
 		// Unavailable, not a certain failure: the write that crosses the
 		// quota is applied, then answered so (etcd's quotaApplierV3).
@@ -442,7 +439,6 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		// Without an answer the commit may or may not have happened: a
 		// retry computed on a new Scan compares revisions and finds out.
-		op := "commit"
 		if errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
 			// Refused before it was proposed (etcd's check of the raft
 			// request) or read (gRPC's of the message, at
@@ -457,9 +453,15 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 				strings.Join(s.cfg.Endpoints, ","), size, err, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
 		}
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
-			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
+			// Refused before it was proposed: it did not land, and no
+			// retry helps. The vault splits what it can (a KEK rotation's
+			// batches, by -etcd-max-txn-ops); a restore it cannot.
+			n := max(len(cmps), len(ops), len(checks))
+			return 0, fmt.Errorf("etcdstore: etcd at %s refused the commit of %d records, %d operations, as more than its --max-txn-ops (%v): "+
+				"raise --max-txn-ops on every etcd member to %d or more and pass the same value as -etcd-max-txn-ops to every replica (this one's is %d): %w",
+				strings.Join(s.cfg.Endpoints, ","), len(w.Create)+len(w.Put), n, err, n, s.cfg.MaxTxnOps, keyvault.ErrFailedPrecondition)
 		}
-		return 0, s.fail(ctx, op, s.cfg.RequestTimeout, err)
+		return 0, s.fail(ctx, "commit", s.cfg.RequestTimeout, err)
 	}
 	if !resp.Succeeded {
 		return 0, s.explain(w, resp)
