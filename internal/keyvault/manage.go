@@ -88,21 +88,32 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 		return nil, err
 	}
 	return againIfRewrapped(ctx, func() (*Key, error) {
-		label, in, err := v.beginIntent(ctx, b, id, 1)
-		if err != nil {
-			return nil, err
-		}
-		handle, signer, err := b.Generate(ctx, alg, label)
-		if err != nil {
-			return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
-		}
-		defer clear(handle)
-		k, err := v.add(ctx, id, labels, backend, handle, signer, alg, false, in)
-		if err != nil {
-			return nil, v.unstored(ctx, b, handle, in, err)
-		}
-		return k, nil
+		return v.generated(ctx, b, id, 1, alg, func(handle []byte, signer crypto.Signer, in *keyIntent) (*Key, error) {
+			return v.add(ctx, id, labels, backend, handle, signer, alg, false, in)
+		})
 	})
+}
+
+// generated generates version n of key id, of alg, in backend b (under an
+// intent, for a LabelDestroyer) and has store commit it, undoing the
+// attempt when either fails.
+func (v *Vault) generated(ctx context.Context, b KeyBackend, id string, n uint32, alg Algorithm,
+	store func(handle []byte, signer crypto.Signer, in *keyIntent) (*Key, error)) (*Key, error) {
+	label, in, err := v.beginIntent(ctx, b, id, n)
+	if err != nil {
+		return nil, err
+	}
+	// Generating an RSA key takes long; it is done holding no lock.
+	handle, signer, err := b.Generate(ctx, alg, label)
+	if err != nil {
+		return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
+	}
+	defer clear(handle)
+	k, err := store(handle, signer, in)
+	if err != nil {
+		return nil, v.unstored(ctx, b, handle, in, err)
+	}
+	return k, nil
 }
 
 // destroyUnstored destroys a key that a backend generated but the vault
@@ -254,21 +265,9 @@ func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
 		if err != nil {
 			return nil, err
 		}
-		label, in, err := v.beginIntent(ctx, b, id, uint32(len(k.versions))+1)
-		if err != nil {
-			return nil, err
-		}
-		// Generating an RSA key takes long; do it before taking writeMu.
-		handle, signer, err := b.Generate(ctx, alg, label)
-		if err != nil {
-			return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
-		}
-		defer clear(handle)
-		key, err := v.rotate(ctx, id, b.Name(), handle, signer, alg, in)
-		if err != nil {
-			return nil, v.unstored(ctx, b, handle, in, err)
-		}
-		return key, nil
+		return v.generated(ctx, b, id, uint32(len(k.versions))+1, alg, func(handle []byte, signer crypto.Signer, in *keyIntent) (*Key, error) {
+			return v.rotate(ctx, id, b.Name(), handle, signer, alg, in)
+		})
 	})
 }
 

@@ -139,6 +139,8 @@ type productionServer struct {
 	ca                    string
 	adminCert, adminKey   string
 	nobodyCert, nobodyKey string
+	// write writes a file of the test's beside the service's, 0600.
+	write func(name string, data []byte) string
 }
 
 const serverName = "handshaked.test"
@@ -166,7 +168,7 @@ func startProduction(t *testing.T) *productionServer {
 	require.NoError(t, err)
 	t.Cleanup(func() { auditLog.Close() })
 	srv := servicetest.Start(t, service.Options{TLS: &files, Policy: policy, Audit: auditLog, ReloadInterval: -1})
-	return &productionServer{addr: srv.GRPCAddr, ca: files.ClientCAFile,
+	return &productionServer{addr: srv.GRPCAddr, ca: files.ClientCAFile, write: write,
 		adminCert: write("admin.crt", admin.CertPEM), adminKey: write("admin.key", admin.KeyPEM),
 		nobodyCert: write("nobody.crt", nobody.CertPEM), nobodyKey: write("nobody.key", nobody.KeyPEM)}
 }
@@ -241,12 +243,7 @@ func TestRefusedClientCertificate(t *testing.T) {
 	require.NoError(t, err)
 	foreign, err := other.Client("ctl-admin", false, time.Now().Add(time.Hour))
 	require.NoError(t, err)
-	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		path := filepath.Join(dir, name)
-		require.NoError(t, os.WriteFile(path, data, 0o600))
-		return path
-	}
+	write := p.write
 	_, _, err = runCtl("-handshaked", p.addr, "-server-name", serverName, "-ca", p.ca,
 		"-cert", write("foreign.crt", foreign.CertPEM), "-key", write("foreign.key", foreign.KeyPEM), "-timeout", "5s", "list")
 	require.Error(t, err)
