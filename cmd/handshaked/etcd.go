@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -83,6 +84,7 @@ func (e *etcdConfig) storeConfig(deployment string) (etcdstore.Config, error) {
 		// outlives the staleness bound.
 		LeaseTTL:       max(etcdstore.DefaultLeaseTTL, 2*e.stalenessBound),
 		StalenessBound: e.stalenessBound,
+		Deployment:     deployment,
 	}
 	if sc.Prefix == "" {
 		sc.Prefix = "/handshaked/" + deployment + "/"
@@ -131,6 +133,19 @@ func openEtcdStore(ctx context.Context, cfg *config) (*etcdstore.Store, string, 
 	store, err := etcdstore.Open(ctx, sc)
 	if err != nil {
 		return nil, "", fmt.Errorf("key store: %w", err)
+	}
+	// Replicas of one store are one deployment: a replica with another
+	// -deployment could open none of the others' step tokens, page tokens
+	// or tickets, and every unary handshake step or listing page balanced
+	// onto it would fail.
+	names, err := store.Deployments(ctx)
+	if i := slices.IndexFunc(names, func(n string) bool { return n != cfg.deployment }); err == nil && i >= 0 {
+		err = fmt.Errorf("the replicas running on %s are of deployment %q, and this one is started as %q: "+
+			"give every replica of a key store the same -deployment (it is bound into step tokens, page tokens and session tickets); "+
+			"to rename a deployment, stop every replica first", store, names[i], cfg.deployment)
+	}
+	if err != nil {
+		return nil, "", errors.Join(fmt.Errorf("key store: %w", err), store.Close())
 	}
 	return store, store.String(), nil
 }

@@ -7,11 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
+	"github.com/handshaked/handshaked/internal/etcdtest"
 )
 
 // TestInitOnAnExistingStore: -init left in a service's flags after the
@@ -58,4 +61,29 @@ func TestInitOnAnExistingStore(t *testing.T) {
 			p.stop(t)
 		})
 	}
+}
+
+// TestReplicasOfAnotherDeployment: a replica started on a key store whose
+// live replicas are of another -deployment (a copied flag set, a typo) is
+// refused at start, naming both: it could open none of their step tokens,
+// page tokens or tickets, and every unary step or listing page balanced
+// onto it would fail. One of the same deployment starts.
+func TestReplicasOfAnotherDeployment(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	dataDir := t.TempDir() // the development KEK file, shared
+	flags := []string{"-etcd-endpoints", c.Endpoint(0), "-etcd-prefix", "/dep"}
+	first := startProcess(t, dataDir, append(flags, "-deployment", "eu")...)
+	require.NotEmpty(t, first.grpcAddr, first.out())
+	raw := c.Client(t, nil)
+	require.Eventually(t, func() bool {
+		resp, err := raw.Get(context.Background(), "/dep/deployments/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 1
+	}, time.Minute, 10*time.Millisecond, "the first replica announces its deployment")
+
+	out := waitExit(t, startProcess(t, dataDir, append(flags, "-deployment", "us")...))
+	assert.Contains(t, out, `are of deployment \"eu\", and this one is started as \"us\"`)
+	assert.Contains(t, out, "give every replica of a key store the same -deployment")
+
+	second := startProcess(t, dataDir, append(flags, "-deployment", "eu")...)
+	require.NotEmpty(t, second.grpcAddr, "a replica of the same deployment:\n%s", second.out())
 }

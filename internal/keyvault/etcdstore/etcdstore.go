@@ -12,6 +12,7 @@
 //	                             F is the keyvault.StoreFormat it reads (a replica of a release
 //	                             before formats announces P+"replicas/LLLLLLLLLLLLLLLL")
 //	P+"bounds/LLLLLLLLLLLLLLLL"  that replica's staleness bound (decimal nanoseconds), under its lease
+//	P+"deployments/LLLLLLLLLLLLLLLL" that replica's deployment name, under its lease
 //
 // The store revision is etcd's revision of the last commit to this store,
 // so commits of other deployments (or of announcements) in the same etcd
@@ -91,6 +92,10 @@ type Config struct {
 	// longer bound by mistake cannot use a revoked version after the
 	// revocation returned. 0: none announced.
 	StalenessBound time.Duration
+	// Deployment is the name this replica serves as (handshaked's
+	// -deployment, bound into its step tokens, page tokens and tickets),
+	// announced beside its applied revision (Deployments). "": none.
+	Deployment string
 }
 
 // Store is a keyvault.SharedStore on etcd.
@@ -102,6 +107,7 @@ type Store struct {
 	store    string // P+"store/"
 	replicas string // P+"replicas/"
 	bounds   string // P+"bounds/"
+	names    string // P+"deployments/"
 
 	// ctx ends with Close: it bounds the lease keep-alive.
 	ctx    context.Context
@@ -174,6 +180,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		records:  cfg.Prefix + "store/r/",
 		replicas: cfg.Prefix + "replicas/",
 		bounds:   cfg.Prefix + "bounds/",
+		names:    cfg.Prefix + "deployments/",
 		ctx:      sctx,
 		cancel:   cancel,
 	}
@@ -754,9 +761,14 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 			return nil
 		}
 		ops := []clientv3.Op{clientv3.OpPut(s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))}
-		if newLease && s.cfg.StalenessBound > 0 {
-			// Once per lease: it ends with the announcement.
-			ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.bounds, int64(lease)), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
+		if newLease {
+			// Once per lease: they end with the announcement.
+			if s.cfg.StalenessBound > 0 {
+				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.bounds, int64(lease)), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
+			}
+			if s.cfg.Deployment != "" {
+				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.names, int64(lease)), s.cfg.Deployment, clientv3.WithLease(lease)))
+			}
 		}
 		rctx, cancel := s.request(ctx)
 		_, err = s.cli.Txn(rctx).Then(ops...).Commit()
@@ -812,22 +824,41 @@ func (s *Store) MinFormat(ctx context.Context) (int, error) {
 // replicas announced (Config.StalenessBound), 0 when none did (replicas of
 // releases before it announce none).
 func (s *Store) LongestStalenessBound(ctx context.Context) (time.Duration, error) {
-	if s.isClosed() {
-		return 0, keyvault.ErrClosed
-	}
-	rctx, cancel := s.request(ctx)
-	resp, err := s.cli.Get(rctx, s.bounds, clientv3.WithPrefix())
-	cancel()
-	if err != nil {
-		return 0, s.fail(ctx, "read the replicas' staleness bounds", s.cfg.RequestTimeout, err)
-	}
+	bounds, err := s.readAnnounced(ctx, s.bounds, "staleness bounds")
 	var longest time.Duration
-	for _, kv := range resp.Kvs {
-		if n, err := strconv.ParseInt(string(kv.Value), 10, 64); err == nil {
+	for _, b := range bounds {
+		if n, err := strconv.ParseInt(b, 10, 64); err == nil {
 			longest = max(longest, time.Duration(n))
 		}
 	}
-	return longest, nil
+	return longest, err
+}
+
+// Deployments returns the deployment names the live replicas announced
+// (Config.Deployment), each once, sorted.
+func (s *Store) Deployments(ctx context.Context) ([]string, error) {
+	names, err := s.readAnnounced(ctx, s.names, "deployment names")
+	slices.Sort(names)
+	return slices.Compact(names), err
+}
+
+// readAnnounced returns the values of the live replicas' announcements
+// under prefix, what (for errors) they are.
+func (s *Store) readAnnounced(ctx context.Context, prefix, what string) ([]string, error) {
+	if s.isClosed() {
+		return nil, keyvault.ErrClosed
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Get(rctx, prefix, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return nil, s.fail(ctx, "read the replicas' "+what, s.cfg.RequestTimeout, err)
+	}
+	values := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		values = append(values, string(kv.Value))
+	}
+	return values, nil
 }
 
 // liveLease returns the replica's lease, granting one (and starting its
