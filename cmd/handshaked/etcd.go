@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,7 +42,7 @@ func registerEtcdFlags(fs *flag.FlagSet, e *etcdConfig) {
 	fs.DurationVar(&e.requestTimeout, "etcd-request-timeout", etcdstore.DefaultRequestTimeout, "how long a request to etcd may take; past it (no quorum) key changes fail with UNAVAILABLE instead of waiting")
 	fs.IntVar(&e.maxTxnOps, "etcd-max-txn-ops", etcdstore.DefaultMaxTxnOps, "the etcd cluster's --max-txn-ops: a KEK rotation commits in batches below it, and a restore (one commit of every record) needs more than the vault has records")
 	fs.IntVar(&e.maxRequestBytes, "etcd-max-request-bytes", etcdstore.DefaultMaxRequestBytes, "the etcd cluster's --max-request-bytes: every commit carries a manifest of every record (about 320 bytes per key of one version, 220 per version added), so the default 1.5 MiB holds about 4,900 keys; past it key changes fail with FAILED_PRECONDITION")
-	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long after its commit; the same on every replica")
+	fs.DurationVar(&e.stalenessBound, "staleness-bound", keyvault.DefaultStalenessBound, "with -etcd-endpoints: a replica that has not confirmed its view of the key store for this long refuses key use (Sign, Decrypt: UNAVAILABLE), and a disable or destroy returns at the latest this long (the longest of the live replicas') after its commit; the same on every replica")
 }
 
 // check validates the -etcd-* settings together.
@@ -81,7 +82,9 @@ func (e *etcdConfig) storeConfig(deployment string) (etcdstore.Config, error) {
 		// A replica whose announcement expired is no longer waited for by
 		// a revocation: by then it must have fenced itself, so its lease
 		// outlives the staleness bound.
-		LeaseTTL: max(etcdstore.DefaultLeaseTTL, 2*e.stalenessBound),
+		LeaseTTL:       max(etcdstore.DefaultLeaseTTL, 2*e.stalenessBound),
+		StalenessBound: e.stalenessBound,
+		Deployment:     deployment,
 	}
 	if sc.Prefix == "" {
 		sc.Prefix = "/handshaked/" + deployment + "/"
@@ -130,6 +133,19 @@ func openEtcdStore(ctx context.Context, cfg *config) (*etcdstore.Store, string, 
 	store, err := etcdstore.Open(ctx, sc)
 	if err != nil {
 		return nil, "", fmt.Errorf("key store: %w", err)
+	}
+	// Replicas of one store are one deployment: a replica with another
+	// -deployment could open none of the others' step tokens, page tokens
+	// or tickets, and every unary handshake step or listing page balanced
+	// onto it would fail.
+	names, err := store.Deployments(ctx)
+	if i := slices.IndexFunc(names, func(n string) bool { return n != cfg.deployment }); err == nil && i >= 0 {
+		err = fmt.Errorf("the replicas running on %s are of deployment %q, and this one is started as %q: "+
+			"give every replica of a key store the same -deployment (it is bound into step tokens, page tokens and session tickets); "+
+			"to rename a deployment, stop every replica first", store, names[i], cfg.deployment)
+	}
+	if err != nil {
+		return nil, "", errors.Join(fmt.Errorf("key store: %w", err), store.Close())
 	}
 	return store, store.String(), nil
 }

@@ -219,6 +219,9 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 		if err := v.commit(ctx, w); err != nil {
 			v.entries, v.revision, v.stale = prevEntries, prevRevision, nil
 			v.sealer.keys.Store(prevKeys)
+			if tooLarge := (*CommitTooLargeError)(nil); errors.As(err, &tooLarge) {
+				return restoreTooLarge(len(records), tooLarge)
+			}
 			return fmt.Errorf("keyvault: restore: %w", err)
 		}
 		return nil
@@ -228,6 +231,16 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 	}
 	v.adoptLoaded(restored)
 	return info, nil
+}
+
+// restoreTooLarge is the error of a restore of n records whose commit the
+// store refuses as too large. Not the store's own advice, to destroy
+// versions: the instance restored into holds no key, and the snapshot goes
+// in whole.
+func restoreTooLarge(n int, tooLarge *CommitTooLargeError) error {
+	return fmt.Errorf("keyvault: restore: a restore writes the whole snapshot, %d records, in one commit, and %w; "+
+		"destroying versions does not make a restore smaller: raise --max-request-bytes on every etcd member above %d bytes, "+
+		"start every replica with the same -etcd-max-request-bytes, and restore again: %w", n, tooLarge, tooLarge.Bytes, ErrFailedPrecondition)
 }
 
 // adoptLoaded makes the state that load gave from serve in v: the records

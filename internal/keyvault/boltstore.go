@@ -232,9 +232,27 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 		return err
 	})
 	if err != nil {
-		return 0, err
+		return 0, unwritable(s.path, err)
 	}
 	return rev, nil
+}
+
+// unwritable explains a commit the file system refused for want of room or
+// of write access (a full disk or quota, a file system remounted read-only
+// after I/O errors): the operator's to mend, not the caller's mistake nor
+// the service's fault, and the store serves reads on and takes writes
+// again once it can. Other errors are returned as they are.
+func unwritable(path string, err error) error {
+	var why string
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		why = "its disk is full (or its quota used up): free space on it"
+	case errors.Is(err, syscall.EROFS):
+		why = "its file system is read-only: make it writable"
+	default:
+		return err
+	}
+	return fmt.Errorf("keyvault: the key store %s takes no writes, %s; keys are still served (%v): %w", path, why, err, ErrUnavailable)
 }
 
 // rewrite commits a write that erases records by copying every other record
@@ -257,7 +275,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	}
 	dst, err := openBoltDB(tmp, s.fs)
 	if err != nil {
-		return 0, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+		return 0, errors.Join(unwritable(s.path, fmt.Errorf("keyvault: rewrite bolt store: %w", err)), removeIfExists(tmp))
 	}
 	erased := make(map[RecordRef]bool, len(w.Erase))
 	for _, ref := range w.Erase {
@@ -287,7 +305,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 		err = s.fs.Rename(tmp, s.path)
 	}
 	if err != nil {
-		return 0, errors.Join(fmt.Errorf("keyvault: rewrite bolt store: %w", err), dst.Close(), removeIfExists(tmp))
+		return 0, errors.Join(unwritable(s.path, fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
 	}
 	// The old file is unlinked and the write is durable in the new one, so
 	// closing the old one can only fail to release resources.

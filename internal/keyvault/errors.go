@@ -1,6 +1,9 @@
 package keyvault
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // The service maps the first four, ErrAborted and ErrUnavailable to gRPC codes with errors.Is. The vault
 // wraps every error with context (key id, version number), never with key
@@ -32,7 +35,21 @@ var (
 	// changes of other replicas: the caller may retry it.
 	ErrAborted = errors.New("aborted by concurrent changes")
 	// ErrUnavailable is wrapped when the store cannot be reached or cannot
-	// confirm its state (etcd without quorum), and by key use on a replica
-	// whose view it could not confirm recently.
+	// confirm its state (etcd without quorum), or takes no writes (out of
+	// space, read-only), and by key use on a replica whose view it could
+	// not confirm recently.
 	ErrUnavailable = errors.New("unavailable")
 )
+
+// CommitTooLargeError is wrapped by Store.Commit, beside
+// ErrFailedPrecondition, for a commit larger than the store takes (etcd's
+// --max-request-bytes): it says by how much. What helps depends on the
+// commit, which the store does not know: a restore cannot be made smaller.
+type CommitTooLargeError struct {
+	Bytes int    // the commit's size
+	Limit string // the limit it passes, as the operator sets it
+}
+
+func (e *CommitTooLargeError) Error() string {
+	return fmt.Sprintf("the commit is %d bytes, more than %s", e.Bytes, e.Limit)
+}

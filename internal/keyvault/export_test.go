@@ -36,3 +36,13 @@ func BulkCreate(tb testing.TB, v *Vault, n, batch int, id func(int) string) {
 		require.NoError(tb, v.commit(context.Background(), w), fmt.Sprintf("keys %d to %d", i, i+batch))
 	}
 }
+
+// BeginKEKRotation begins a rotation to newKEK and rewraps nothing yet:
+// the store holds records under both KEKs until ResumeKEKRotation.
+func BeginKEKRotation(ctx context.Context, v *Vault, newKEK []byte) error {
+	next, err := newSealKeys(newKEK)
+	if err != nil {
+		return err
+	}
+	return v.beginRotation(ctx, next)
+}

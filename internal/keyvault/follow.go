@@ -40,7 +40,8 @@ import (
 //     replica announced it applied the change's revision, or B has passed
 //     since the commit: a replica that has not applied it by then has not
 //     confirmed a view since before the commit, and so refuses key use.
-//     This needs the same B on every replica.
+//     This needs the same B on every replica: where the replicas announce
+//     theirs (etcdstore), it waits for the longest (revocationWait).
 //
 // Ticket and step-token keys are not revocable by the API: a replica with a
 // stale view keeps sealing and opening with them.
@@ -773,13 +774,17 @@ func (v *Vault) revoked(ctx context.Context, rev int64) error {
 	if f == nil {
 		return nil
 	}
-	bctx, cancel := context.WithTimeout(ctx, f.bound)
+	wait, err := v.revocationWait(ctx)
+	if err != nil {
+		return err
+	}
+	bctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	if err := f.store.WaitApplied(bctx, rev); err != nil {
 		<-bctx.Done() // by then a replica that did not apply rev refuses key use
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("keyvault: the change is committed, and replicas that have not applied it refuse key use within %v of it: %w", f.bound, err)
+		return fmt.Errorf("keyvault: the change is committed, and replicas that have not applied it refuse key use within %v of it: %w", wait, err)
 	}
 	return nil
 }

@@ -38,8 +38,12 @@ import (
 //     every key the label names, then erases the intent.
 //
 // A KEK rotation that rewraps an intent (one committed before the rotation
-// began) changes it as a claim does: that creation fails with ErrAborted,
-// leaving nothing, and succeeds when retried.
+// began) changes it as a claim does, and no commit can tell the two apart
+// (a claim reseals the same plaintext, under the KEK of the moment): that
+// attempt is undone as for a claim, and the creation is made again
+// (againIfRewrapped), its new intent committed under the new KEK, which
+// the rotation under way does not rewrap. The intent left behind is
+// undone as any other.
 //
 // The software backend writes no intent: its key is the material record.
 // Intents are store format 1: until every live replica reads it
@@ -64,8 +68,33 @@ type LabelDestroyer interface {
 type keyIntent struct {
 	ref     RecordRef
 	entry   recordEntry // as committed: a claim by another replica changes it
+	kek     string      // the KEKID it was sealed under
 	backend LabelDestroyer
 	label   string
+}
+
+// errRewrapped is wrapped, beside ErrAborted, by held when the intent
+// changed since it was committed and the KEK did too: a KEK rotation
+// rewrapped it (and maybe a replica claimed it as well).
+var errRewrapped = errors.New("the intent was rewrapped by a KEK rotation")
+
+// rewrapAttempts bounds the attempts of a creation whose intents KEK
+// rotations keep rewrapping: one rotation rewraps an intent at most once,
+// and the next begins only once it completed.
+const rewrapAttempts = 3
+
+// againIfRewrapped runs create, a creation in a backend with an intent,
+// again when a KEK rotation rewrapped its intent (errRewrapped): create
+// has undone that attempt, and the next one's intent is committed under
+// the new KEK.
+func againIfRewrapped(ctx context.Context, create func() (*Key, error)) (*Key, error) {
+	for attempt := 1; ; attempt++ {
+		k, err := create()
+		if !errors.Is(err, errRewrapped) || attempt == rewrapAttempts || ctx.Err() != nil {
+			return k, err
+		}
+		slog.InfoContext(ctx, "keyvault: a KEK rotation rewrapped the intent of a key creation under way; the key is made again", "err", err)
+	}
 }
 
 // intentRecord is the plaintext of a RecordKeyIntent.
@@ -115,7 +144,7 @@ func (v *Vault) beginIntent(ctx context.Context, b KeyBackend, id string, n uint
 		if err := v.commit(ctx, Write{Create: []Record{rec}, Headroom: keyHeadroom}); err != nil {
 			return fmt.Errorf("keyvault: store %v: %w", ref, err)
 		}
-		in = &keyIntent{ref: ref, entry: v.entries[ref], backend: ld, label: label}
+		in = &keyIntent{ref: ref, entry: v.entries[ref], kek: KEKID(v.sealer.keys.Load().kek), backend: ld, label: label}
 		return nil
 	})
 	if err != nil {
@@ -137,11 +166,15 @@ func (v *Vault) held(in *keyIntent) error {
 	if in == nil {
 		return nil
 	}
-	if e, ok := v.entries[in.ref]; !ok || e != in.entry {
-		return fmt.Errorf("keyvault: %v: the creation was undone (by this replica or another) as it took longer than %d staleness bounds, "+
-			"or its intent was rewrapped by a KEK rotation; retry it: %w", in.ref, intentUndoBounds, ErrAborted)
+	e, ok := v.entries[in.ref]
+	switch {
+	case ok && e == in.entry:
+		return nil
+	case ok && KEKID(v.sealer.keys.Load().kek) != in.kek:
+		return fmt.Errorf("keyvault: %v: %w: %w", in.ref, errRewrapped, ErrAborted)
 	}
-	return nil
+	return fmt.Errorf("keyvault: %v: the creation was undone (by this replica or another) as it took longer than %d staleness bounds; retry it: %w",
+		in.ref, intentUndoBounds, ErrAborted)
 }
 
 // withIntent adds the erasure of in, if any, to the version's commit w.

@@ -46,6 +46,91 @@ func (b *labelBackend) DestroyLabeled(ctx context.Context, label string) error {
 	return nil
 }
 
+// pausingBackend is a labelBackend whose next Generate, once paused is
+// set, waits for release: a creation held between its intent's commit and
+// its version's.
+type pausingBackend struct {
+	labelBackend
+	paused  chan struct{} // closed when the paused Generate began
+	release chan struct{}
+	once    sync.Once
+}
+
+func newPausingBackend() *pausingBackend {
+	return &pausingBackend{labelBackend: labelBackend{labels: map[string]int{}}, paused: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (b *pausingBackend) Generate(ctx context.Context, alg Algorithm, label string) ([]byte, crypto.Signer, error) {
+	first := false
+	b.once.Do(func() { first = true })
+	if first {
+		close(b.paused)
+		<-b.release
+	}
+	return b.labelBackend.Generate(ctx, alg, label)
+}
+
+// TestKEKRotationDuringACreationMakesItAgain: a KEK rotation that runs
+// while a key is generated in a backend with an intent (an HSM's) rewraps
+// that intent; the creation, a create or a rotate, undoes that attempt and
+// makes the key again under the new KEK, and succeeds: the caller never
+// sees the rotation. Only the key it stored is left in the backend, and the
+// store, at the next start, holds no intent.
+func TestKEKRotationDuringACreationMakesItAgain(t *testing.T) {
+	for _, op := range []string{"create", "rotate"} {
+		t.Run(op, func(t *testing.T) {
+			b := newPausingBackend()
+			path := filepath.Join(t.TempDir(), "vault.db")
+			v, err := openVault(path, testKEK, WithBackend(&b.labelBackend))
+			require.NoError(t, err)
+			_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+			require.NoError(t, err)
+			require.NoError(t, v.Close())
+			v, err = openVault(path, testKEK, WithBackend(b))
+			require.NoError(t, err)
+
+			type result struct {
+				k   *Key
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				var r result
+				if op == "create" {
+					r.k, r.err = v.CreateInBackend(ctx, "token", "api", ECDSAP256, nil)
+				} else {
+					r.k, r.err = v.Rotate(ctx, "web")
+				}
+				done <- r
+			}()
+			<-b.paused
+			nextKEK := newKEK(t)
+			_, err = v.RotateKEK(ctx, nextKEK)
+			require.NoError(t, err, "the rotation rewraps the intent of the creation under way")
+			close(b.release)
+			r := <-done
+			require.NoError(t, r.err)
+			id, n := "api", uint32(1)
+			if op == "rotate" {
+				id, n = "web", 2
+			}
+			assert.Len(t, r.k.Versions, int(n))
+			signOK(t, v, id, n)
+			assert.Len(t, b.labels, 2, "the key stored and web's first; the attempt's is destroyed")
+			require.NoError(t, v.Close())
+
+			v, err = openVault(path, nextKEK, WithBackend(b))
+			require.NoError(t, err)
+			signOK(t, v, id, n)
+			require.NoError(t, v.Close())
+			for _, r := range storedRecords(t, path) {
+				assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
+			}
+			assert.Len(t, b.labels, 2)
+		})
+	}
+}
+
 // intentsWritten counts the commits of s that wrote a key intent.
 func intentsWritten(s *memShared) int {
 	s.mu.Lock()
@@ -176,9 +261,11 @@ func TestRestoreKeepsTheInstancesOwnIntents(t *testing.T) {
 }
 
 // TestKEKRotationDuringACreationAbortsIt: a KEK rotation that rewraps the
-// intent of a creation under way changes it as a claim does: the version's
-// commit fails with ABORTED, saying so, and leaves nothing in the backend;
-// a retry succeeds, and the intent left is undone at the next start.
+// intent of a creation under way changes it as a claim does: the attempt's
+// version commit fails with ABORTED, saying so (errRewrapped, on which
+// Rotate and CreateInBackend make the key again), and leaves nothing in the
+// backend; a retry succeeds, and the intent left is undone at the next
+// start.
 func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 	b := &labelBackend{labels: map[string]int{}}
 	path := filepath.Join(t.TempDir(), "vault.db")
@@ -197,7 +284,7 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 
 	_, err = v.rotate(ctx, "web", "token", handle, signer, ECDSAP256, in)
 	require.ErrorIs(t, err, ErrAborted)
-	assert.ErrorContains(t, err, "rewrapped by a KEK rotation")
+	assert.ErrorIs(t, err, errRewrapped)
 	require.ErrorIs(t, v.unstored(ctx, b, handle, in, err), ErrAborted)
 	assert.Zero(t, b.labels[label], "the attempt's key is destroyed")
 	_, err = v.Rotate(ctx, "web")

@@ -87,16 +87,29 @@ func (v *Vault) CreateInBackend(ctx context.Context, backend string, id string, 
 	if err != nil {
 		return nil, err
 	}
-	label, in, err := v.beginIntent(ctx, b, id, 1)
+	return againIfRewrapped(ctx, func() (*Key, error) {
+		return v.generated(ctx, b, id, 1, alg, func(handle []byte, signer crypto.Signer, in *keyIntent) (*Key, error) {
+			return v.add(ctx, id, labels, backend, handle, signer, alg, false, in)
+		})
+	})
+}
+
+// generated generates version n of key id, of alg, in backend b (under an
+// intent, for a LabelDestroyer) and has store commit it, undoing the
+// attempt when either fails.
+func (v *Vault) generated(ctx context.Context, b KeyBackend, id string, n uint32, alg Algorithm,
+	store func(handle []byte, signer crypto.Signer, in *keyIntent) (*Key, error)) (*Key, error) {
+	label, in, err := v.beginIntent(ctx, b, id, n)
 	if err != nil {
 		return nil, err
 	}
+	// Generating an RSA key takes long; it is done holding no lock.
 	handle, signer, err := b.Generate(ctx, alg, label)
 	if err != nil {
 		return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
 	}
 	defer clear(handle)
-	k, err := v.add(ctx, id, labels, backend, handle, signer, alg, false, in)
+	k, err := store(handle, signer, in)
 	if err != nil {
 		return nil, v.unstored(ctx, b, handle, in, err)
 	}
@@ -242,30 +255,20 @@ func (v *Vault) add(ctx context.Context, id string, labels map[string]string, ba
 // backend for an imported key). It becomes the primary version; the earlier
 // ones keep working until disabled.
 func (v *Vault) Rotate(ctx context.Context, id string) (*Key, error) {
-	k, err := v.knownKey(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	alg := k.versions[0].alg
-	b, err := v.backend(k.versions[len(k.versions)-1].backend)
-	if err != nil {
-		return nil, err
-	}
-	label, in, err := v.beginIntent(ctx, b, id, uint32(len(k.versions))+1)
-	if err != nil {
-		return nil, err
-	}
-	// Generating an RSA key takes long; do it before taking writeMu.
-	handle, signer, err := b.Generate(ctx, alg, label)
-	if err != nil {
-		return nil, v.abandon(ctx, in, fmt.Errorf("keyvault: key %q: %w", id, err))
-	}
-	defer clear(handle)
-	key, err := v.rotate(ctx, id, b.Name(), handle, signer, alg, in)
-	if err != nil {
-		return nil, v.unstored(ctx, b, handle, in, err)
-	}
-	return key, nil
+	return againIfRewrapped(ctx, func() (*Key, error) {
+		k, err := v.knownKey(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		alg := k.versions[0].alg
+		b, err := v.backend(k.versions[len(k.versions)-1].backend)
+		if err != nil {
+			return nil, err
+		}
+		return v.generated(ctx, b, id, uint32(len(k.versions))+1, alg, func(handle []byte, signer crypto.Signer, in *keyIntent) (*Key, error) {
+			return v.rotate(ctx, id, b.Name(), handle, signer, alg, in)
+		})
+	})
 }
 
 func (v *Vault) rotate(ctx context.Context, id string, backend string, handle []byte, signer crypto.Signer, alg Algorithm, in *keyIntent) (*Key, error) {

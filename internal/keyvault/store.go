@@ -135,7 +135,8 @@ type Write struct {
 	If map[RecordRef]int64
 	// Headroom is room the commit must leave below the store's size limit,
 	// in a store that has one (etcd's --max-request-bytes); a commit that
-	// would not fails with an error wrapping ErrFailedPrecondition.
+	// would not fails with an error wrapping a *CommitTooLargeError and
+	// ErrFailedPrecondition.
 	Headroom int
 }
 

@@ -94,9 +94,13 @@ func (s stuckWork) settle(ctx context.Context, v *Vault) {
 // in their key backends (by the replicas that destroyed their versions,
 // or made them for versions that never reached the store) and could not:
 // it lacks the backend, or the backend failed. The log says which, at
-// ERROR. It is 0 for a vault on a store no other process writes.
+// ERROR. It is 0 for a vault on a store no other process writes, and for a
+// closed vault, which tries nothing any more: what it could not finish is
+// left to the replicas still open (or to this process's next vault, which
+// counts afresh), and a gauge that kept the closed vault's count would
+// show keys stuck that nothing is trying to destroy.
 func (v *Vault) StuckBackendDestroys() int {
-	if v.follow == nil {
+	if v.follow == nil || v.isClosed() {
 		return 0
 	}
 	return int(v.follow.stuck.Load())

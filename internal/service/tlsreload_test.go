@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -195,4 +197,27 @@ func TestReloadOnDemand(t *testing.T) {
 	if strings.Contains(string(readAll(t, rotated)), rid.String()) {
 		t.Fatal("entry written to the rotated file after reopening")
 	}
+}
+
+// TestReloadRefusesAKeyThatDoesNotMatch: a certificate renewed while the
+// key file still holds the old key (or the reverse, half of a rotation
+// written) is refused at reload, saying so, and the pair in force goes on
+// serving new connections: no caller sees a handshake fail.
+func TestReloadRefusesAKeyThatDoesNotMatch(t *testing.T) {
+	s := startSecure(t, secureOptions{})
+	ctx := context.Background()
+	other, err := s.pki.ca.Server()
+	require.NoError(t, err)
+	writeFile(t, s.files.CertFile, other.CertPEM, 0o644) // the key file keeps the old key
+	err = s.srv.Reload()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "private key does not match public key")
+	assert.Contains(t, err.Error(), s.files.CertFile)
+	_, err = s.kv(t, "admin").ListKeys(ctx, &pb.ListKeysRequest{})
+	require.NoError(t, err, "a new connection after the refused reload")
+
+	writeFile(t, s.files.KeyFile, other.KeyPEM, 0o600) // the other half
+	require.NoError(t, s.srv.Reload())
+	_, err = s.kv(t, "admin").ListKeys(ctx, &pb.ListKeysRequest{})
+	require.NoError(t, err, "the new pair serves")
 }

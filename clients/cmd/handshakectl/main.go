@@ -67,15 +67,33 @@ func plainError(err error) string {
 	msg := strings.Replace(err.Error(), st.Err().Error(), codeWords(st.Code())+": "+st.Message(), 1)
 	switch st.Code() {
 	case codes.Unavailable:
-		if strings.Contains(msg, "x509: ") {
+		switch {
+		case strings.Contains(msg, "x509: "):
 			msg += " (handshaked's certificate was not accepted: check -ca, and give -server-name when the address is not a name in the certificate)"
-		} else {
+		case refusedAfterHandshake(msg):
+			msg += " (handshaked ended the connection once the TLS handshake was done: it refused the client certificate, most likely; " +
+				"check that -cert is issued by a CA of handshaked's -client-ca bundle, is valid now and has the clientAuth usage; " +
+				"handshaked's log and audit log say why)"
+		default:
 			msg += " (is handshaked running at that address, and does it speak TLS (-ca) or plain text?)"
 		}
 	case codes.Unauthenticated:
 		msg += " (give a client certificate with -cert and -key)"
 	}
 	return msg
+}
+
+// refusedAfterHandshake says whether msg, an UNAVAILABLE call's, is of a
+// connection handshaked closed after its TLS handshake, as it does when it
+// refuses the client's certificate: in TLS 1.3 the client's side of the
+// handshake is done before the server checks its certificate, so the
+// client learns of the refusal from the alert that follows (remote error),
+// or from the closed connection its first write meets.
+func refusedAfterHandshake(msg string) bool {
+	if strings.Contains(msg, "authentication handshake failed") {
+		return false // the handshake itself failed
+	}
+	return strings.Contains(msg, "remote error: tls: ") || strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer")
 }
 
 // codeWords spells a gRPC code as words: PermissionDenied is "permission

@@ -139,6 +139,8 @@ type productionServer struct {
 	ca                    string
 	adminCert, adminKey   string
 	nobodyCert, nobodyKey string
+	// write writes a file of the test's beside the service's, 0600.
+	write func(name string, data []byte) string
 }
 
 const serverName = "handshaked.test"
@@ -166,7 +168,7 @@ func startProduction(t *testing.T) *productionServer {
 	require.NoError(t, err)
 	t.Cleanup(func() { auditLog.Close() })
 	srv := servicetest.Start(t, service.Options{TLS: &files, Policy: policy, Audit: auditLog, ReloadInterval: -1})
-	return &productionServer{addr: srv.GRPCAddr, ca: files.ClientCAFile,
+	return &productionServer{addr: srv.GRPCAddr, ca: files.ClientCAFile, write: write,
 		adminCert: write("admin.crt", admin.CertPEM), adminKey: write("admin.key", admin.KeyPEM),
 		nobodyCert: write("nobody.crt", nobody.CertPEM), nobodyKey: write("nobody.key", nobody.KeyPEM)}
 }
@@ -229,4 +231,25 @@ func TestPlainErrors(t *testing.T) {
 	assert.Equal(t, "handshakectl: "+unavailable+"\n", stderr.String())
 	assert.Equal(t, 0, report(nil, &stderr))
 	assert.Equal(t, 0, report(errors.Join(flag.ErrHelp), &stderr))
+}
+
+// TestRefusedClientCertificate: a client certificate handshaked refuses
+// (another CA's) is said to be the likely cause, not the
+// address or the transport (which the error, a closed connection after
+// the handshake, would otherwise suggest).
+func TestRefusedClientCertificate(t *testing.T) {
+	p := startProduction(t)
+	other, err := testpki.NewCA("another CA")
+	require.NoError(t, err)
+	foreign, err := other.Client("ctl-admin", false, time.Now().Add(time.Hour))
+	require.NoError(t, err)
+	write := p.write
+	_, _, err = runCtl("-handshaked", p.addr, "-server-name", serverName, "-ca", p.ca,
+		"-cert", write("foreign.crt", foreign.CertPEM), "-key", write("foreign.key", foreign.KeyPEM), "-timeout", "5s", "list")
+	require.Error(t, err)
+	msg := plainError(err)
+	assert.Contains(t, msg, "unavailable: ")
+	assert.Contains(t, msg, "it refused the client certificate, most likely")
+	assert.Contains(t, msg, "-client-ca")
+	assert.NotContains(t, msg, "is handshaked running at that address")
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -40,14 +41,16 @@ func TestVaultBulkWrites(t *testing.T) {
 	assert.Equal(t, keyvault.KEKID(newKEK), st.ID)
 
 	// A restore is one commit of every record: past --max-txn-ops it is
-	// refused, saying how many operations it needs.
+	// refused, FAILED_PRECONDITION (it did not land, and no retry helps),
+	// saying how many operations it needs and which settings to raise.
 	r, err := keyvault.New(ctx, open(t, c, "/bulk-restored"), kek)
 	require.NoError(t, err)
 	defer r.Close()
 	_, err = r.Restore(ctx, bytes.NewReader(backup.Bytes()))
-	require.ErrorIs(t, err, keyvault.ErrUnavailable)
-	assert.ErrorContains(t, err, "--max-txn-ops")
-	assert.Regexp(t, `commit of \d+ operations`, err.Error())
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
+	assert.NotErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.Regexp(t, `refused the commit of \d+ records, \d+ operations, as more than its --max-txn-ops`, err.Error())
+	assert.Regexp(t, `raise --max-txn-ops on every etcd member to \d+ or more and pass the same value as -etcd-max-txn-ops to every replica \(this one's is 128\)`, err.Error())
 }
 
 // An etcd whose --max-txn-ops is raised takes a restore of that size when
@@ -120,6 +123,62 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	assert.Len(t, v.TicketKeys(), 24, "eight keys a purpose: the first retired by the ninth")
 }
 
+// A restore too large for etcd's --max-request-bytes (one commit of every
+// record of the snapshot) fails with FAILED_PRECONDITION saying what helps:
+// the limit raised above the commit's size on every member and replica.
+// Not the store's advice for a full store, to destroy versions: the
+// instance restored into holds none, and the snapshot goes in whole.
+func TestVaultRestoreTooLarge(t *testing.T) {
+	const limit = 64 << 10
+	ctx := t.Context()
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	bolt, err := keyvault.OpenBolt(filepath.Join(t.TempDir(), "vault.db"))
+	require.NoError(t, err)
+	src, err := keyvault.New(ctx, bolt, kek)
+	require.NoError(t, err)
+	defer src.Close()
+	for i := range 300 { // about 100 KiB of records and manifest
+		_, err := src.Create(ctx, fmt.Sprintf("k%03d", i), keyvault.Ed25519, nil)
+		require.NoError(t, err)
+	}
+	var backup bytes.Buffer
+	info, err := src.Backup(ctx, &backup)
+	require.NoError(t, err)
+	require.Greater(t, info.Bytes, int64(limit))
+
+	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit), etcdtest.WithMaxTxnOps(1024))
+	dst, err := keyvault.New(ctx, open(t, c, "/restore", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes, cfg.MaxTxnOps = limit, 1024 }), kek)
+	require.NoError(t, err)
+	defer dst.Close()
+	_, err = dst.Restore(ctx, bytes.NewReader(backup.Bytes()))
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition)
+	assert.NotErrorIs(t, err, keyvault.ErrUnavailable)
+	var tooLarge *keyvault.CommitTooLargeError
+	require.ErrorAs(t, err, &tooLarge)
+	assert.Greater(t, tooLarge.Bytes, int(info.Bytes), "the snapshot's records, a manifest and etcd's framing")
+	assert.ErrorContains(t, err, fmt.Sprintf("the whole snapshot, %d records, in one commit", info.Records))
+	assert.ErrorContains(t, err, "more than etcd's --max-request-bytes (65536, given as -etcd-max-request-bytes)")
+	assert.ErrorContains(t, err, fmt.Sprintf("raise --max-request-bytes on every etcd member above %d bytes", tooLarge.Bytes))
+	assert.ErrorContains(t, err, "start every replica with the same -etcd-max-request-bytes")
+	assert.NotContains(t, err.Error(), "destroy versions", "advice that cannot help a restore")
+	keys, _, err := dst.List(ctx, 10, "")
+	require.NoError(t, err)
+	assert.Empty(t, keys, "nothing restored")
+
+	// What it says helps: a cluster and a replica whose limit is above
+	// the commit's size take it.
+	raised := tooLarge.Bytes + 1
+	c = etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(uint(raised)), etcdtest.WithMaxTxnOps(1024))
+	dst, err = keyvault.New(ctx, open(t, c, "/restore", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes, cfg.MaxTxnOps = raised, 1024 }), kek)
+	require.NoError(t, err)
+	defer dst.Close()
+	_, err = dst.Restore(ctx, bytes.NewReader(backup.Bytes()))
+	require.NoError(t, err)
+	_, err = dst.Get(ctx, "k299")
+	assert.NoError(t, err)
+}
+
 // The store's own bound on a commit's size (requestBytes) is never below
 // what etcd checks: a commit one byte past the largest one etcd takes is
 // refused by the store, as the store being full (etcd's refusal would say
@@ -189,4 +248,50 @@ func TestCommitPastTheQuota(t *testing.T) {
 	require.ErrorIs(t, err, keyvault.ErrUnavailable)
 	assert.ErrorContains(t, err, "is out of space")
 	assert.ErrorContains(t, err, "etcdctl alarm disarm")
+}
+
+// TestRestoreOntoAStoreInUse: a restore through one replica of a fresh
+// deployment whose other replicas already run (and made their ticket
+// keys) is served by all of them at once, the snapshot's ticket keys in
+// place of theirs; one into a deployment where a replica made a key is
+// refused, and changes nothing.
+func TestRestoreOntoAStoreInUse(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	src := openVault(t, open(t, c, "/source"))
+	_, err := src.Create(ctx, "web", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	srcTickets, err := keyvault.NewTicketKeys(src, keyvault.TicketKeyOptions{})
+	require.NoError(t, err)
+	ticket, err := srcTickets.Seal(ctx, "scope", []byte("session"))
+	require.NoError(t, err)
+	var snap bytes.Buffer
+	_, err = src.Backup(ctx, &snap)
+	require.NoError(t, err)
+
+	a, b := openVault(t, open(t, c, "/fresh")), openVault(t, open(t, c, "/fresh"))
+	bTickets, err := keyvault.NewTicketKeys(b, keyvault.TicketKeyOptions{})
+	require.NoError(t, err)
+	own, err := bTickets.Seal(ctx, "scope", []byte("before the restore"))
+	require.NoError(t, err)
+	_, err = a.Restore(ctx, bytes.NewReader(snap.Bytes()))
+	require.NoError(t, err)
+	require.NoError(t, b.Sync(ctx))
+	require.NoError(t, sign(b, "web", 1), "the other replica serves the restored key")
+	plain, err := bTickets.Open(ctx, "scope", ticket)
+	require.NoError(t, err, "and opens the snapshot's tickets")
+	assert.Equal(t, "session", string(plain))
+	_, err = bTickets.Open(ctx, "scope", own)
+	assert.ErrorIs(t, err, keyvault.ErrTicketRejected, "its own ticket key was replaced")
+
+	d, e := openVault(t, open(t, c, "/used")), openVault(t, open(t, c, "/used"))
+	_, err = e.Create(ctx, "theirs", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	_, err = d.Restore(ctx, bytes.NewReader(snap.Bytes()))
+	require.ErrorIs(t, err, keyvault.ErrFailedPrecondition, "another replica holds a key")
+	assert.ErrorContains(t, err, "holds keys")
+	require.NoError(t, e.Sync(ctx))
+	require.NoError(t, sign(e, "theirs", 1))
+	_, err = e.Get(ctx, "web")
+	assert.ErrorIs(t, err, keyvault.ErrNotFound)
 }

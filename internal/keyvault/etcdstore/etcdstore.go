@@ -11,6 +11,8 @@
 //	P+"replicas/LLLLLLLLLLLLLLLL/format-F" a replica's applied revision (decimal), under that replica's lease;
 //	                             F is the keyvault.StoreFormat it reads (a replica of a release
 //	                             before formats announces P+"replicas/LLLLLLLLLLLLLLLL")
+//	P+"bounds/LLLLLLLLLLLLLLLL"  that replica's staleness bound (decimal nanoseconds), under its lease
+//	P+"deployments/LLLLLLLLLLLLLLLL" that replica's deployment name, under its lease
 //
 // The store revision is etcd's revision of the last commit to this store,
 // so commits of other deployments (or of announcements) in the same etcd
@@ -83,6 +85,17 @@ type Config struct {
 	// the vault's manifest, which lists every record, so this bounds the
 	// number of records of the store (README, "Running several replicas").
 	MaxRequestBytes int
+	// StalenessBound is the staleness bound of the vault on this replica
+	// (keyvault.WithStalenessBound), announced beside its applied revision:
+	// a revocation on any replica waits for the longest bound of the live
+	// replicas (LongestStalenessBound), not its own, so one started with a
+	// longer bound by mistake cannot use a revoked version after the
+	// revocation returned. 0: none announced.
+	StalenessBound time.Duration
+	// Deployment is the name this replica serves as (handshaked's
+	// -deployment, bound into its step tokens, page tokens and tickets),
+	// announced beside its applied revision (Deployments). "": none.
+	Deployment string
 }
 
 // Store is a keyvault.SharedStore on etcd.
@@ -93,6 +106,8 @@ type Store struct {
 	records  string // P+"store/r/"
 	store    string // P+"store/"
 	replicas string // P+"replicas/"
+	bounds   string // P+"bounds/"
+	names    string // P+"deployments/"
 
 	// ctx ends with Close: it bounds the lease keep-alive.
 	ctx    context.Context
@@ -164,6 +179,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		head:     cfg.Prefix + "store/head",
 		records:  cfg.Prefix + "store/r/",
 		replicas: cfg.Prefix + "replicas/",
+		bounds:   cfg.Prefix + "bounds/",
+		names:    cfg.Prefix + "deployments/",
 		ctx:      sctx,
 		cancel:   cancel,
 	}
@@ -276,9 +293,6 @@ func (s *Store) fail(ctx context.Context, op string, timeout time.Duration, err 
 		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrInvalidAuthToken):
 		return fmt.Errorf("etcdstore: %s: etcd at %s refused access (%v): handshaked's etcd user needs read and write on the keys under %q: %w",
 			op, eps, err, s.cfg.Prefix, keyvault.ErrUnavailable)
-	case errors.Is(err, rpctypes.ErrTooManyOps):
-		return fmt.Errorf("etcdstore: %s: etcd at %s refused the transaction (%v): raise its --max-txn-ops: %w",
-			op, eps, err, keyvault.ErrUnavailable)
 	case errors.Is(err, rpctypes.ErrNoSpace):
 		// Unavailable, not a certain failure: the write that crosses the
 		// quota is applied, then answered so (etcd's quotaApplierV3).
@@ -432,7 +446,6 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 	if err != nil {
 		// Without an answer the commit may or may not have happened: a
 		// retry computed on a new Scan compares revisions and finds out.
-		op := "commit"
 		if errors.Is(err, rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted {
 			// Refused before it was proposed (etcd's check of the raft
 			// request) or read (gRPC's of the message, at
@@ -447,9 +460,15 @@ func (s *Store) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
 				strings.Join(s.cfg.Endpoints, ","), size, err, s.cfg.MaxRequestBytes, keyvault.ErrFailedPrecondition)
 		}
 		if errors.Is(err, rpctypes.ErrTooManyOps) {
-			op = fmt.Sprintf("commit of %d operations", max(len(ops), len(cmps)))
+			// Refused before it was proposed: it did not land, and no
+			// retry helps. The vault splits what it can (a KEK rotation's
+			// batches, by -etcd-max-txn-ops); a restore it cannot.
+			n := max(len(cmps), len(ops), len(checks))
+			return 0, fmt.Errorf("etcdstore: etcd at %s refused the commit of %d records, %d operations, as more than its --max-txn-ops (%v): "+
+				"raise --max-txn-ops on every etcd member to %d or more and pass the same value as -etcd-max-txn-ops to every replica (this one's is %d): %w",
+				strings.Join(s.cfg.Endpoints, ","), len(w.Create)+len(w.Put), n, err, n, s.cfg.MaxTxnOps, keyvault.ErrFailedPrecondition)
 		}
-		return 0, s.fail(ctx, op, s.cfg.RequestTimeout, err)
+		return 0, s.fail(ctx, "commit", s.cfg.RequestTimeout, err)
 	}
 	if !resp.Succeeded {
 		return 0, s.explain(w, resp)
@@ -504,14 +523,14 @@ func (s *Store) requestBytes(w keyvault.Write) int {
 // --max-request-bytes, or past it less the headroom the commit must leave:
 // it is certain not to have landed.
 func (s *Store) tooLarge(n, headroom int) error {
-	over := fmt.Sprintf("more than etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes)", s.cfg.MaxRequestBytes)
+	over := fmt.Sprintf("etcd's --max-request-bytes (%d, given as -etcd-max-request-bytes)", s.cfg.MaxRequestBytes)
 	if headroom > 0 {
 		over += fmt.Sprintf(" less the %d bytes kept for the vault's ticket key rotations", headroom)
 	}
-	return fmt.Errorf("etcdstore: the commit is %d bytes, %s: "+
+	return fmt.Errorf("etcdstore: %w: "+
 		"every commit carries the vault's manifest, which lists every record (about 320 bytes per key of one version, 220 per version added), "+
 		"so the store is full; destroy versions no longer needed, or raise --max-request-bytes on every etcd member and -etcd-max-request-bytes on every replica: %w",
-		n, over, keyvault.ErrFailedPrecondition)
+		&keyvault.CommitTooLargeError{Bytes: n, Limit: over}, keyvault.ErrFailedPrecondition)
 }
 
 // MaxCommitRecords is how many records one commit may write: the vault
@@ -717,8 +736,9 @@ func (s *Store) addEvent(ch *keyvault.Change, ev *clientv3.Event) {
 
 // Announce implements keyvault.SharedStore: this replica's key under
 // replicas/ holds rev, attached to a lease that the store keeps alive while
-// it is open. A lease that expired (the process stalled past LeaseTTL) is
-// replaced by a new one. Announcing a revision lower than one announced
+// it is open, and so does its key under bounds/, the staleness bound,
+// written with the first announcement on each lease. A lease that expired
+// (the process stalled past LeaseTTL) is replaced by a new one. Announcing a revision lower than one announced
 // before, or the one the lease's key holds already, changes nothing and
 // sends nothing: a replica announces at every confirmation of its view, and
 // each write would grow etcd's history.
@@ -735,12 +755,23 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 			rev = s.announced
 		}
 		held := lease == s.announcedOn && rev == s.announced
+		newLease := lease != s.announcedOn
 		s.mu.Unlock()
 		if held {
 			return nil
 		}
+		ops := []clientv3.Op{clientv3.OpPut(s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))}
+		if newLease {
+			// Once per lease: they end with the announcement.
+			if s.cfg.StalenessBound > 0 {
+				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.bounds, int64(lease)), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
+			}
+			if s.cfg.Deployment != "" {
+				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.names, int64(lease)), s.cfg.Deployment, clientv3.WithLease(lease)))
+			}
+		}
 		rctx, cancel := s.request(ctx)
-		_, err = s.cli.Put(rctx, s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))
+		_, err = s.cli.Txn(rctx).Then(ops...).Commit()
 		cancel()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
 			s.leaseEnded(lease)
@@ -787,6 +818,47 @@ func (s *Store) MinFormat(ctx context.Context) (int, error) {
 		lowest = min(lowest, f)
 	}
 	return lowest, nil
+}
+
+// LongestStalenessBound returns the longest staleness bound the live
+// replicas announced (Config.StalenessBound), 0 when none did (replicas of
+// releases before it announce none).
+func (s *Store) LongestStalenessBound(ctx context.Context) (time.Duration, error) {
+	bounds, err := s.readAnnounced(ctx, s.bounds, "staleness bounds")
+	var longest time.Duration
+	for _, b := range bounds {
+		if n, err := strconv.ParseInt(b, 10, 64); err == nil {
+			longest = max(longest, time.Duration(n))
+		}
+	}
+	return longest, err
+}
+
+// Deployments returns the deployment names the live replicas announced
+// (Config.Deployment), each once, sorted.
+func (s *Store) Deployments(ctx context.Context) ([]string, error) {
+	names, err := s.readAnnounced(ctx, s.names, "deployment names")
+	slices.Sort(names)
+	return slices.Compact(names), err
+}
+
+// readAnnounced returns the values of the live replicas' announcements
+// under prefix, what (for errors) they are.
+func (s *Store) readAnnounced(ctx context.Context, prefix, what string) ([]string, error) {
+	if s.isClosed() {
+		return nil, keyvault.ErrClosed
+	}
+	rctx, cancel := s.request(ctx)
+	resp, err := s.cli.Get(rctx, prefix, clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return nil, s.fail(ctx, "read the replicas' "+what, s.cfg.RequestTimeout, err)
+	}
+	values := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		values = append(values, string(kv.Value))
+	}
+	return values, nil
 }
 
 // liveLease returns the replica's lease, granting one (and starting its

@@ -1,6 +1,7 @@
 package etcdstore_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -261,4 +262,93 @@ func TestStuckIntentIsLoggedOnce(t *testing.T) {
 	}
 	require.Len(t, done, 1)
 	assert.Contains(t, done[0], "a key generated for a version that never reached the store")
+}
+
+// TestStuckCountEndsWithTheVault: a closed vault counts nothing stuck (it
+// tries nothing any more), so the gauge of a server whose vault was closed
+// shows no stale count, and a vault opened again on the store counts
+// afresh what it, in turn, cannot finish.
+func TestStuckCountEndsWithTheVault(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	captureLog(t)
+	broken := newTokenBackend()
+	broken.broken.Store(true)
+	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
+	_, err := a.CreateInBackend(t.Context(), "token", "t", keyvault.Ed25519, nil)
+	require.ErrorIs(t, err, errTokenBroken, "the intent stays")
+	require.NoError(t, a.Close())
+
+	lacking := openVault(t, open(t, c, "/stuck"), keyvault.WithStalenessBound(stuckBound))
+	require.Eventually(t, func() bool { return lacking.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
+	require.NoError(t, lacking.Close())
+	assert.Zero(t, lacking.StuckBackendDestroys(), "closed")
+
+	s := &ticks{Store: open(t, c, "/stuck")}
+	again := openVault(t, s, keyvault.WithStalenessBound(stuckBound))
+	require.Eventually(t, func() bool { return again.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
+}
+
+// pausingToken is a tokenBackend whose first Generate waits for release.
+type pausingToken struct {
+	*tokenBackend
+	paused, release chan struct{}
+	once            sync.Once
+}
+
+func (b *pausingToken) Generate(ctx context.Context, alg keyvault.Algorithm, label string) ([]byte, crypto.Signer, error) {
+	first := false
+	b.once.Do(func() { first = true })
+	if first {
+		close(b.paused)
+		<-b.release
+	}
+	return b.tokenBackend.Generate(ctx, alg, label)
+}
+
+// TestKEKRotationOnAnotherReplicaDuringACreation: a KEK rotation made
+// through one replica while another generates a key in a token (its intent
+// committed, its version not yet) completes, and the creation succeeds: it
+// makes the key again under the new KEK, destroying the first attempt's.
+// The intent the first attempt left is undone by a replica (keepUp), and
+// the token holds only the key stored.
+func TestKEKRotationOnAnotherReplicaDuringACreation(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	token := newTokenBackend()
+	b := &pausingToken{tokenBackend: token, paused: make(chan struct{}), release: make(chan struct{})}
+	s := open(t, c, "/rewrap")
+	making := openVault(t, s, keyvault.WithBackend(b), keyvault.WithStalenessBound(stuckBound))
+	rotating := openVault(t, open(t, c, "/rewrap"), keyvault.WithBackend(token), keyvault.WithStalenessBound(stuckBound))
+	for i := range 10 {
+		_, err := rotating.Create(ctx, fmt.Sprintf("k%d", i), keyvault.Ed25519, nil)
+		require.NoError(t, err)
+	}
+
+	created := make(chan error, 1)
+	go func() {
+		_, err := making.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
+		created <- err
+	}()
+	<-b.paused
+	newKEK := bytes.Repeat([]byte{0x43}, 32)
+	st, err := rotating.RotateKEK(ctx, newKEK)
+	require.NoError(t, err)
+	require.Zero(t, st.Stale)
+	close(b.release)
+	require.NoError(t, <-created)
+	assert.Equal(t, keyvault.KEKID(newKEK), making.KEKStatus().ID)
+	require.NoError(t, sign(making, "t", 1))
+	require.NoError(t, rotating.Sync(ctx))
+	require.NoError(t, sign(rotating, "t", 1))
+	assert.Equal(t, 1, token.held(), "the first attempt's key is destroyed")
+	require.Eventually(t, func() bool {
+		recs, _ := scan(t, s)
+		for ref := range recs {
+			if ref.Kind == keyvault.RecordKeyIntent {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 10*time.Millisecond, "the intent left is undone")
+	assert.Equal(t, 1, token.held())
 }

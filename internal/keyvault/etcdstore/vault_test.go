@@ -368,3 +368,55 @@ func processCPU(b *testing.B) time.Duration {
 	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// cutOff is a replica's store whose Revision reads fail while cut is set:
+// the replica can confirm its view no more (its lease and announcement
+// live on), as one whose reads of etcd time out.
+type cutOff struct {
+	*etcdstore.Store
+	cut atomic.Bool
+}
+
+func (s *cutOff) Revision(ctx context.Context) (int64, error) {
+	if s.cut.Load() {
+		return 0, fmt.Errorf("test: cut off: %w", keyvault.ErrUnavailable)
+	}
+	return s.Store.Revision(ctx)
+}
+
+// TestRevocationWaitsForTheLongestBound: a replica started with a longer
+// -staleness-bound than the others (an operator's mistake: every replica
+// must have the same) trusts a view it cannot confirm for that long, so a
+// revocation made on another replica waits for the longest bound the live
+// replicas announced, not its own: a disable does not return as done while
+// that replica, cut off, still signs with the version it disabled.
+func TestRevocationWaitsForTheLongestBound(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	const short, long = 200 * time.Millisecond, time.Hour
+	a := openVault(t, open(t, c, "/bounds", func(cfg *etcdstore.Config) { cfg.StalenessBound = short }), keyvault.WithStalenessBound(short))
+	ls := &cutOff{Store: open(t, c, "/bounds", func(cfg *etcdstore.Config) { cfg.StalenessBound = long })}
+	l := openVault(t, ls, keyvault.WithStalenessBound(long))
+	_, err := a.Create(ctx, "web", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	_, err = a.Rotate(ctx, "web")
+	require.NoError(t, err)
+	require.NoError(t, l.Sync(ctx))
+	require.NoError(t, sign(l, "web", 1))
+	raw := open(t, c, "/bounds")
+	require.Eventually(t, func() bool {
+		b, err := raw.LongestStalenessBound(ctx)
+		return err == nil && b == long
+	}, time.Minute, 10*time.Millisecond, "the long bound announced")
+
+	ls.cut.Store(true)
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "web", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the disable waits for the cut-off replica, whose bound is %v", long)
+	assert.ErrorContains(t, err, "refuse key use within 1h0m0s of it")
+	assert.NoError(t, sign(l, "web", 1), "why: the cut-off replica still trusts its view, and signs with version 1")
+	k, err := a.Get(ctx, "web")
+	require.NoError(t, err)
+	assert.Equal(t, keyvault.StateDisabled, k.Versions[0].State, "committed")
+}
