@@ -420,3 +420,69 @@ func TestRevocationWaitsForTheLongestBound(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, keyvault.StateDisabled, k.Versions[0].State, "committed")
 }
+
+// unreadBounds is a replica's store whose reads of the announced staleness
+// bounds fail while unread is set, as when etcd is briefly unreachable
+// just after a revocation's commit.
+type unreadBounds struct {
+	*etcdstore.Store
+	unread atomic.Bool
+}
+
+func (s *unreadBounds) LongestStalenessBound(ctx context.Context) (time.Duration, error) {
+	if s.unread.Load() {
+		return 0, fmt.Errorf("test: bounds unread: %w", keyvault.ErrUnavailable)
+	}
+	return s.Store.LongestStalenessBound(ctx)
+}
+
+// TestRevocationRetriedWaitsToo: a disable whose wait did not end (the
+// call's deadline, or the bounds could not be read: UNAVAILABLE, which a
+// caller retries) is committed; the caller's retry finds the version
+// disabled already, and must not report it done while a replica that has
+// not applied it still signs with it. It waits as the first call did.
+func TestRevocationRetriedWaitsToo(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	const short, long = 200 * time.Millisecond, time.Hour
+	as := &unreadBounds{Store: open(t, c, "/retried", func(cfg *etcdstore.Config) { cfg.StalenessBound = short })}
+	a := openVault(t, as, keyvault.WithStalenessBound(short))
+	ls := &cutOff{Store: open(t, c, "/retried", func(cfg *etcdstore.Config) { cfg.StalenessBound = long })}
+	l := openVault(t, ls, keyvault.WithStalenessBound(long))
+	for _, id := range []string{"web", "api"} {
+		_, err := a.Create(ctx, id, keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		_, err = a.Rotate(ctx, id)
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Sync(ctx))
+	raw := open(t, c, "/retried")
+	require.Eventually(t, func() bool {
+		b, err := raw.LongestStalenessBound(ctx)
+		return err == nil && b == long
+	}, time.Minute, 10*time.Millisecond, "the long bound announced")
+	ls.cut.Store(true)
+
+	// The bounds unread: committed, UNAVAILABLE, then retried.
+	as.unread.Store(true)
+	_, err := a.SetVersionEnabled(ctx, "web", 1, false)
+	require.ErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.ErrorContains(t, err, "the change is committed")
+	as.unread.Store(false)
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "web", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the retry waits for the cut-off replica too")
+	assert.NoError(t, sign(l, "web", 1), "which still signs with version 1")
+
+	// The deadline ended the first call; the retry, and a destroy, wait too.
+	dctx, cancel = context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "api", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	dctx, cancel = context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "api", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the retry waits for the cut-off replica too")
+	assert.NoError(t, sign(l, "api", 1), "which still signs with version 1")
+}
