@@ -142,7 +142,8 @@ func openEtcdStore(ctx context.Context, cfg *config) (*etcdstore.Store, string, 
 	if i := slices.IndexFunc(names, func(n string) bool { return n != cfg.deployment }); err == nil && i >= 0 {
 		err = fmt.Errorf("the replicas running on %s are of deployment %q, and this one is started as %q: "+
 			"give every replica of a key store the same -deployment (it is bound into step tokens, page tokens and session tickets); "+
-			"to rename a deployment, stop every replica first", store, names[i], cfg.deployment)
+			"to rename a deployment, stop every replica first; a replica that did not stop cleanly (killed, or cut off from etcd) is announced until its lease ends, "+
+			"the longer of %v and twice its -staleness-bound", store, names[i], cfg.deployment, etcdstore.DefaultLeaseTTL)
 	}
 	if err != nil {
 		return nil, "", errors.Join(fmt.Errorf("key store: %w", err), store.Close())

@@ -1,13 +1,21 @@
+//go:build linux
+
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -17,17 +25,76 @@ import (
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 )
 
-// smallDisk mounts a file system of size bytes at a new directory, for as
-// long as the test runs; it skips the test where mounting is not allowed
-// (not root, or no CAP_SYS_ADMIN).
-func smallDisk(t *testing.T, size int) string {
+// inMountNamespace is the environment variable that tells a test binary
+// it runs in a mount namespace of its own (smallDisk).
+const inMountNamespace = "HANDSHAKED_TEST_MOUNT_NAMESPACE"
+
+// smallDisk mounts a file system of size bytes at a new directory and
+// returns it, ok, for as long as the test runs. The test runs in a child
+// of this test binary with a mount namespace of its own, so that the mount
+// is never seen outside it and cannot outlive it, not even a test binary
+// killed (a -timeout, a SIGKILL) before its cleanups ran: the mount ends
+// with the namespace's last process. Here, in the parent, smallDisk runs
+// the child, reports its result as the test's, and returns ok false: the
+// test returns. It skips the test where mounting is not allowed (not root,
+// or no CAP_SYS_ADMIN).
+func smallDisk(t *testing.T, size int) (string, bool) {
 	t.Helper()
+	if os.Getenv(inMountNamespace) != "1" {
+		runInMountNamespace(t)
+		return "", false
+	}
 	dir := t.TempDir()
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
 		t.Skipf("mount a %d-byte tmpfs: %v (needs root)", size, err)
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
-	return dir
+	return dir, true
+}
+
+// runInMountNamespace runs the test t in a child of this test binary, in
+// a new mount namespace (Go makes its mounts private, so none propagates
+// back), killed if this process dies first; the child's result is t's.
+func runInMountNamespace(t *testing.T) {
+	t.Helper()
+	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.v"}
+	if d, ok := t.Deadline(); ok {
+		args = append(args, "-test.timeout="+time.Until(d).String())
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), inMountNamespace+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS, Pdeathsig: syscall.SIGKILL}
+	// Pdeathsig follows the thread that started the child.
+	runtime.LockOSThread()
+	out, err := cmd.CombinedOutput()
+	runtime.UnlockOSThread()
+	var exit *exec.ExitError
+	switch {
+	case errors.Is(err, syscall.EPERM):
+		t.Skipf("a mount namespace of its own: %v (needs root)", err)
+	case err != nil && !errors.As(err, &exit):
+		t.Fatalf("run the test in a mount namespace of its own: %v", err)
+	case err != nil:
+		t.Fatalf("in a mount namespace of its own: %v\n%s", err, out)
+	case bytes.Contains(out, []byte("--- SKIP: "+t.Name())):
+		t.Skipf("in a mount namespace of its own:\n%s", out)
+	}
+	t.Logf("in a mount namespace of its own:\n%s", out)
+}
+
+// mountedOutside reports whether dir is a mount point in the mount
+// namespace of the process pid.
+func mountedOutside(t *testing.T, pid int, dir string) bool {
+	t.Helper()
+	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	require.NoError(t, err)
+	for line := range strings.SplitSeq(string(info), "\n") {
+		// "36 35 98:0 /root /mnt/point rw,...": the fifth field
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
 }
 
 // fill writes to dir until its file system is full, and returns the file
@@ -54,7 +121,11 @@ func fill(t *testing.T, dir string) string {
 // destroy included (which rewrites the file, and leaves no half-written
 // copy behind), and a restart finds every acknowledged change.
 func TestStoreOnAFullDisk(t *testing.T) {
-	disk := smallDisk(t, 1<<20)
+	disk, ok := smallDisk(t, 1<<20)
+	if !ok {
+		return
+	}
+	require.False(t, mountedOutside(t, os.Getppid(), disk), "the small disk is seen outside the test's mount namespace")
 	dataDir := filepath.Join(disk, "data")
 	p := startProcess(t, dataDir)
 	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())

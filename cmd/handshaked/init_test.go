@@ -86,4 +86,15 @@ func TestReplicasOfAnotherDeployment(t *testing.T) {
 
 	second := startProcess(t, dataDir, append(flags, "-deployment", "eu")...)
 	require.NotEmpty(t, second.grpcAddr, "a replica of the same deployment:\n%s", second.out())
+
+	// A rename after every replica stopped, but not cleanly: a killed
+	// replica's announcement outlives it, until its lease ends, and the
+	// refusal says so (not only "stop every replica first", which the
+	// operator did).
+	for _, p := range []*process{first, second} {
+		require.NoError(t, p.cmd.Process.Kill())
+		<-p.waited
+	}
+	out = waitExit(t, startProcess(t, dataDir, append(flags, "-deployment", "us")...))
+	assert.Contains(t, out, "a replica that did not stop cleanly (killed, or cut off from etcd) is announced until its lease ends")
 }

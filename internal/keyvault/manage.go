@@ -405,7 +405,10 @@ func (v *Vault) AttachChain(ctx context.Context, id string, version uint32, chai
 // changeVersion commits the state that change computes from the current
 // state of a version, then publishes it, and returns the key and the store
 // revision of the commit. If change returns the version unchanged, nothing
-// is written and the revision is 0. A version leaving a software key behind
+// is written and the revision is the view's, which holds the version in
+// that state: a disable retried after its wait did not end (the caller's
+// deadline, or etcd unreachable) waits for the replicas again, instead of
+// returning at once while one that has not applied it still signs. A version leaving a software key behind
 // has it erased from the store in the same write; one leaving a backend's
 // key behind keeps its handle stored until the backend destroyed the key
 // (finishDestroys).
@@ -468,7 +471,7 @@ func (v *Vault) changeVersion(ctx context.Context, id string, n uint32, change f
 		return nil, 0, err
 	}
 	if next == ver {
-		return k.snapshot(), 0, nil
+		return k.snapshot(), v.storeRev, nil
 	}
 	nk := k.withVersion(next)
 	v.publish(nk)

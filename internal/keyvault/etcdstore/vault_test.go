@@ -384,6 +384,36 @@ func (s *cutOff) Revision(ctx context.Context) (int64, error) {
 	return s.Store.Revision(ctx)
 }
 
+// shortBound gives a replica's store the bound of withLongBound's first
+// replica.
+func shortBound(cfg *etcdstore.Config) { cfg.StalenessBound = 200 * time.Millisecond }
+
+// withLongBound opens a vault on as (opened on prefix with shortBound) and a replica
+// beside it of a bound of an hour, whose store it returns to be cut off,
+// and makes keys ids of two versions through the first; it returns once
+// the second applied them and announced its bound.
+func withLongBound(t *testing.T, c *etcdtest.Cluster, prefix string, as keyvault.SharedStore, ids ...string) (a, l *keyvault.Vault, ls *cutOff) {
+	t.Helper()
+	ctx := t.Context()
+	const long = time.Hour
+	a = openVault(t, as, keyvault.WithStalenessBound(200*time.Millisecond))
+	ls = &cutOff{Store: open(t, c, prefix, func(cfg *etcdstore.Config) { cfg.StalenessBound = long })}
+	l = openVault(t, ls, keyvault.WithStalenessBound(long))
+	for _, id := range ids {
+		_, err := a.Create(ctx, id, keyvault.Ed25519, nil)
+		require.NoError(t, err)
+		_, err = a.Rotate(ctx, id)
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Sync(ctx))
+	raw := open(t, c, prefix)
+	require.Eventually(t, func() bool {
+		b, err := raw.LongestStalenessBound(ctx)
+		return err == nil && b == long
+	}, time.Minute, 10*time.Millisecond, "the long bound announced")
+	return a, l, ls
+}
+
 // TestRevocationWaitsForTheLongestBound: a replica started with a longer
 // -staleness-bound than the others (an operator's mistake: every replica
 // must have the same) trusts a view it cannot confirm for that long, so a
@@ -393,30 +423,68 @@ func (s *cutOff) Revision(ctx context.Context) (int64, error) {
 func TestRevocationWaitsForTheLongestBound(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	ctx := t.Context()
-	const short, long = 200 * time.Millisecond, time.Hour
-	a := openVault(t, open(t, c, "/bounds", func(cfg *etcdstore.Config) { cfg.StalenessBound = short }), keyvault.WithStalenessBound(short))
-	ls := &cutOff{Store: open(t, c, "/bounds", func(cfg *etcdstore.Config) { cfg.StalenessBound = long })}
-	l := openVault(t, ls, keyvault.WithStalenessBound(long))
-	_, err := a.Create(ctx, "web", keyvault.Ed25519, nil)
-	require.NoError(t, err)
-	_, err = a.Rotate(ctx, "web")
-	require.NoError(t, err)
-	require.NoError(t, l.Sync(ctx))
+	a, l, ls := withLongBound(t, c, "/bounds", open(t, c, "/bounds", shortBound), "web")
 	require.NoError(t, sign(l, "web", 1))
-	raw := open(t, c, "/bounds")
-	require.Eventually(t, func() bool {
-		b, err := raw.LongestStalenessBound(ctx)
-		return err == nil && b == long
-	}, time.Minute, 10*time.Millisecond, "the long bound announced")
 
 	ls.cut.Store(true)
 	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	_, err = a.SetVersionEnabled(dctx, "web", 1, false)
-	require.ErrorIs(t, err, context.DeadlineExceeded, "the disable waits for the cut-off replica, whose bound is %v", long)
+	_, err := a.SetVersionEnabled(dctx, "web", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the disable waits for the cut-off replica, whose bound is an hour")
 	assert.ErrorContains(t, err, "refuse key use within 1h0m0s of it")
 	assert.NoError(t, sign(l, "web", 1), "why: the cut-off replica still trusts its view, and signs with version 1")
 	k, err := a.Get(ctx, "web")
 	require.NoError(t, err)
 	assert.Equal(t, keyvault.StateDisabled, k.Versions[0].State, "committed")
+}
+
+// unreadBounds is a replica's store whose reads of the announced staleness
+// bounds fail while unread is set, as when etcd is briefly unreachable
+// just after a revocation's commit.
+type unreadBounds struct {
+	*etcdstore.Store
+	unread atomic.Bool
+}
+
+func (s *unreadBounds) LongestStalenessBound(ctx context.Context) (time.Duration, error) {
+	if s.unread.Load() {
+		return 0, fmt.Errorf("test: bounds unread: %w", keyvault.ErrUnavailable)
+	}
+	return s.Store.LongestStalenessBound(ctx)
+}
+
+// TestRevocationRetriedWaitsToo: a disable whose wait did not end (the
+// call's deadline, or the bounds could not be read: UNAVAILABLE, which a
+// caller retries) is committed; the caller's retry finds the version
+// disabled already, and must not report it done while a replica that has
+// not applied it still signs with it. It waits as the first call did.
+func TestRevocationRetriedWaitsToo(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	as := &unreadBounds{Store: open(t, c, "/retried", shortBound)}
+	a, l, ls := withLongBound(t, c, "/retried", as, "web", "api")
+	ls.cut.Store(true)
+
+	// The bounds unread: committed, UNAVAILABLE, then retried.
+	as.unread.Store(true)
+	_, err := a.SetVersionEnabled(ctx, "web", 1, false)
+	require.ErrorIs(t, err, keyvault.ErrUnavailable)
+	assert.ErrorContains(t, err, "the change is committed")
+	as.unread.Store(false)
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "web", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the retry waits for the cut-off replica too")
+	assert.NoError(t, sign(l, "web", 1), "which still signs with version 1")
+
+	// The deadline ended the first call; the retry, and a destroy, wait too.
+	dctx, cancel = context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "api", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	dctx, cancel = context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err = a.SetVersionEnabled(dctx, "api", 1, false)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the retry waits for the cut-off replica too")
+	assert.NoError(t, sign(l, "api", 1), "which still signs with version 1")
 }
