@@ -22,28 +22,44 @@ func readBolt(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 	require.NoError(t, db.View(fn))
 }
 
+// webOfTwoVersions returns the path of a closed vault holding key "web"
+// of two versions.
+func webOfTwoVersions(t *testing.T) string {
+	t.Helper()
+	v, path := newTestVault(t)
+	importTestKey(t, v, "web", ECDSAP256)
+	_, err := v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	return path
+}
+
+// disableWebV1 disables version 1 of key "web" in the vault at path and
+// returns the file then.
+func disableWebV1(t *testing.T, path string) []byte {
+	t.Helper()
+	v := openTestVault(t, path, testKEK)
+	_, err := v.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	clean, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return clean
+}
+
 // TestRollbackOfARecordIsRefused copies an older sealed record back with a
 // plain bbolt Put, as anyone who can write the file can (an old copy sits in
 // a free page of the file, or in a backup): a disabled version must not come
 // back enabled.
 func TestRollbackOfARecordIsRefused(t *testing.T) {
-	v, path := newTestVault(t)
-	importTestKey(t, v, "web", ECDSAP256)
-	_, err := v.Rotate(ctx, "web")
-	require.NoError(t, err)
-	v.Close()
+	path := webOfTwoVersions(t)
 	var enabled, oldManifest []byte
 	readBolt(t, path, func(tx *bolt.Tx) error {
 		enabled, oldManifest = storedValue(tx, verRef("web", 1)), storedValue(tx, manifestRef)
 		return nil
 	})
 
-	v = openTestVault(t, path, testKEK)
-	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
-	require.NoError(t, err)
-	v.Close()
-	clean, err := os.ReadFile(path)
-	require.NoError(t, err)
+	clean := disableWebV1(t, path)
 
 	t.Run("version record", func(t *testing.T) {
 		editBolt(t, path, func(tx *bolt.Tx) error {
@@ -90,11 +106,7 @@ func TestRollbackOfARecordIsRefused(t *testing.T) {
 // bucket's revision and digest, so an older bucket is refused as an older
 // record is, and a disabled version does not come back enabled.
 func TestRollbackOfABucketIsRefused(t *testing.T) {
-	v, path := newTestVault(t)
-	importTestKey(t, v, "web", ECDSAP256)
-	_, err := v.Rotate(ctx, "web")
-	require.NoError(t, err)
-	v.Close()
+	path := webOfTwoVersions(t)
 	bucket := bucketRef(bucketOf(keyRef("web")))
 	var enabled, oldBucket []byte
 	readBolt(t, path, func(tx *bolt.Tx) error {
@@ -103,12 +115,7 @@ func TestRollbackOfABucketIsRefused(t *testing.T) {
 	})
 	require.NotNil(t, oldBucket, "the store holds %v", bucket)
 
-	v = openTestVault(t, path, testKEK)
-	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
-	require.NoError(t, err)
-	v.Close()
-	clean, err := os.ReadFile(path)
-	require.NoError(t, err)
+	clean := disableWebV1(t, path)
 	want := bucket.String() + " is not the one revision"
 
 	t.Run("bucket", func(t *testing.T) {

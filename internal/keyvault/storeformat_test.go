@@ -215,6 +215,17 @@ func requireFlat(t *testing.T, s *memShared) {
 	assert.Zero(t, storedBuckets(s))
 }
 
+// formatOneFleet returns a shared store that a replica of store format 1
+// follows (it announces that format), and that replica's client.
+func formatOneFleet(t *testing.T) (*memShared, *memClient) {
+	t.Helper()
+	s := newMemShared()
+	old := s.client()
+	old.formatOne.Store(true)
+	require.NoError(t, old.Announce(ctx, 0))
+	return s, old
+}
+
 // TestStoreFormatBucketsWaitForEveryReplica: while a replica of store
 // format 1 follows a shared store, replicas of this release write the flat
 // manifest that one reads, and follow each other on it. Once it is gone,
@@ -222,10 +233,7 @@ func requireFlat(t *testing.T, s *memShared) {
 // before the change's, and every replica follows the bucketed store, as a
 // replica that opens it then does.
 func TestStoreFormatBucketsWaitForEveryReplica(t *testing.T) {
-	s := newMemShared()
-	old := s.client()
-	old.formatOne.Store(true)
-	require.NoError(t, old.Announce(ctx, 0))
+	s, old := formatOneFleet(t)
 	a, _ := newSharedVault(t, s)
 	b, _ := newSharedVault(t, s)
 	importTestKey(t, a, "web", ECDSAP256)
@@ -275,10 +283,7 @@ func TestStoreFormatBucketsWaitForEveryReplica(t *testing.T) {
 // still flat (a replica of format 1 follows it): a restore writes the
 // manifest of the store it goes into, whatever the snapshot's.
 func TestStoreFormatRestoreAcrossFormats(t *testing.T) {
-	flat := newMemShared()
-	old := flat.client()
-	old.formatOne.Store(true)
-	require.NoError(t, old.Announce(ctx, 0))
+	flat, _ := formatOneFleet(t)
 	a, _ := newSharedVault(t, flat)
 	importTestKey(t, a, "web", ECDSAP256)
 	_, err := a.Rotate(ctx, "web")
@@ -302,10 +307,7 @@ func TestStoreFormatRestoreAcrossFormats(t *testing.T) {
 	_, err = bucketed.Backup(ctx, &bucketedSnapshot)
 	require.NoError(t, err)
 
-	into := newMemShared()
-	old = into.client()
-	old.formatOne.Store(true)
-	require.NoError(t, old.Announce(ctx, 0))
+	into, _ := formatOneFleet(t)
 	r, _ := newSharedVault(t, into)
 	_, err = r.Restore(ctx, &bucketedSnapshot)
 	require.NoError(t, err)

@@ -86,7 +86,9 @@ func TestVaultRestoreRaisedTxnOps(t *testing.T) {
 // that has run past a whole ticket lifetime (eight keys a purpose) are made
 // after the last key that fits.
 func TestVaultFullAtMaxRequestBytes(t *testing.T) {
-	const limit = 64 << 10 // about 200 keys in a flat manifest, thousands in buckets
+	// About 100 keys in a flat manifest (store format 1), about a thousand
+	// in buckets: the store is full when its fullest bucket is.
+	const limit = 32 << 10
 	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit))
 	ctx := t.Context()
 	kek := make([]byte, 32)
@@ -97,13 +99,13 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	var full error
 	n := 0
 	for ; full == nil; n++ {
-		require.Less(t, n, 20000, "64 KiB of manifest holds fewer keys")
+		require.Less(t, n, 3000, "32 KiB of manifest and bucket hold fewer keys")
 		_, full = v.Create(ctx, fmt.Sprintf("k%04d", n), keyvault.Ed25519, nil)
 	}
 	t.Logf("%d KiB of etcd request hold %d keys", limit>>10, n-1)
 	require.ErrorIs(t, full, keyvault.ErrFailedPrecondition)
 	assert.NotErrorIs(t, full, keyvault.ErrUnavailable)
-	assert.ErrorContains(t, full, "--max-request-bytes (65536")
+	assert.ErrorContains(t, full, "--max-request-bytes (32768")
 	assert.ErrorContains(t, full, "-etcd-max-request-bytes")
 	assert.ErrorContains(t, full, "kept for the vault's ticket key rotations")
 	_, err = v.SetVersionEnabled(ctx, "k0000", 1, false)
