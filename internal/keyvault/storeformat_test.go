@@ -2,7 +2,9 @@ package keyvault
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"os"
 	"slices"
@@ -316,4 +318,33 @@ func TestStoreFormatRestoreAcrossFormats(t *testing.T) {
 	signOK(t, r, "api", 1)
 	other, _ := newSharedVault(t, into)
 	signOK(t, other, "api", 1)
+}
+
+// noRoomForBuckets is a shared store that refuses a commit with a
+// manifest bucket as too large, as etcd does past --max-request-bytes.
+type noRoomForBuckets struct{ *memClient }
+
+func (s noRoomForBuckets) Commit(ctx context.Context, w Write) (int64, error) {
+	for _, r := range w.Put {
+		if r.Kind == RecordManifestBucket {
+			return 0, fmt.Errorf("the commit is larger than the store takes: %w", ErrFailedPrecondition)
+		}
+	}
+	return s.memClient.Commit(ctx, w)
+}
+
+// TestStoreFormatConversionThatDoesNotFit: a store where every bucket in
+// one commit does not fit (a flat manifest near etcd's request limit)
+// stays flat, and changes go on in it, rather than every change failing.
+func TestStoreFormatConversionThatDoesNotFit(t *testing.T) {
+	s, old := formatOneFleet(t)
+	v, err := New(ctx, noRoomForBuckets{s.client()}, testKEK)
+	require.NoError(t, err)
+	defer v.Close()
+	importTestKey(t, v, "web", ECDSAP256)
+	require.NoError(t, old.Close())
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err, "a change once every replica reads format 2")
+	requireFlat(t, s)
+	signOK(t, v, "web", 2)
 }

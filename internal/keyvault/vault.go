@@ -381,7 +381,16 @@ func (v *Vault) convertIfDue(ctx context.Context) error {
 	if err != nil || !due {
 		return err
 	}
-	if err := v.commitAs(ctx, Write{}, true); err != nil {
+	err = v.commitAs(ctx, Write{}, true)
+	if errors.Is(err, ErrFailedPrecondition) {
+		// Every bucket and the manifest are a little more than the flat
+		// manifest, and may not fit where it does (etcd's
+		// --max-request-bytes): the change goes on in the flat manifest,
+		// as it would have, and the next one tries again.
+		slog.WarnContext(ctx, "keyvault: the store's manifest stays flat (store format 1): converting it to buckets does not fit in one commit", "err", err)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("keyvault: convert the store's manifest to buckets (store format 2): %w", err)
 	}
 	slog.InfoContext(ctx, "keyvault: the store's manifest is bucketed now (store format 2); releases that read store format 1 or before can no longer read the store",
