@@ -117,15 +117,26 @@ func (v *Vault) consistentRecords(ctx context.Context) ([]Record, *sealKeys, err
 		if err != nil {
 			break
 		}
-		if r.Kind != RecordManifest {
-			e, ok := v.entries[r.RecordRef]
-			if !ok || sha256.Sum256(r.Sealed) != e.digest {
-				err = fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
-			}
+		var digest [sha256.Size]byte
+		var ok bool
+		switch r.Kind {
+		case RecordManifest:
+			continue
+		case RecordManifestBucket:
+			var b bucketState
+			b, ok = v.buckets[r.Version]
+			digest = b.digest
+		default:
+			var e recordEntry
+			e, ok = v.entries[r.RecordRef]
+			digest = e.digest
+		}
+		if !ok || sha256.Sum256(r.Sealed) != digest {
+			err = fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
 		}
 	}
-	if err == nil && len(records) != len(v.entries)+1 {
-		err = fmt.Errorf("keyvault: the store holds %d records, its manifest lists %d: %w", len(records), len(v.entries)+1, ErrCorrupted)
+	if listed := len(v.entries) + len(v.buckets) + 1; err == nil && len(records) != listed {
+		err = fmt.Errorf("keyvault: the store holds %d records, its manifest lists %d: %w", len(records), listed, ErrCorrupted)
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("keyvault: backup: %w", err)
@@ -194,10 +205,12 @@ func (v *Vault) Restore(ctx context.Context, r io.Reader) (SnapshotInfo, error) 
 				w.Erase = append(w.Erase, ref)
 			}
 		}
-		// Not the snapshot's: they name attempts of the instance the snapshot
-		// was taken of, whose keys this one must not destroy.
+		// Not the snapshot's intents: they name attempts of the instance
+		// the snapshot was taken of, whose keys this one must not destroy.
+		// Nor its manifest and buckets: the commit writes this store's, in
+		// the format this store is in, whichever the snapshot's was.
 		for _, r := range records {
-			if r.Kind != RecordManifest && r.Kind != RecordKeyIntent {
+			if r.Kind != RecordManifest && r.Kind != RecordManifestBucket && r.Kind != RecordKeyIntent {
 				w.Put = append(w.Put, r)
 			}
 		}

@@ -1,9 +1,9 @@
 package keyvault
 
 import (
+	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,7 +76,10 @@ func aborted(what string, attempts int) error {
 func (v *Vault) retry(ctx context.Context, what string, change func() error) error {
 	caughtUp := false
 	for attempt := 1; ; attempt++ {
-		err := change()
+		err := v.convertIfDue(ctx)
+		if err == nil {
+			err = change()
+		}
 		if errors.Is(err, ErrNotFound) && v.follow != nil && !caughtUp {
 			// A key or version another replica made a moment ago may not
 			// be in the view yet: if the store is ahead of the view, read
@@ -213,18 +216,50 @@ func (v *Vault) readChanged(ctx context.Context) (records map[RecordRef]Record, 
 	if len(records) != total {
 		// Records were erased since: the manifest lists those left. One
 		// that does not open is left to the whole read to report.
-		var m manifestRecord
-		if err := v.sealer.openJSON(records[manifestRef], &m); err != nil {
+		listed, ok := v.listed(records)
+		if !ok {
 			return nil, 0, false, nil
 		}
-		listed := make(map[RecordRef]bool, len(m.Records)+1)
-		listed[manifestRef] = true
-		for _, e := range m.Records {
-			listed[RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}] = true
-		}
-		maps.DeleteFunc(records, func(ref RecordRef, _ Record) bool { return !listed[ref] })
+		maps.DeleteFunc(records, func(ref RecordRef, _ Record) bool { return !listed(ref) })
 	}
 	return records, rev, len(records) == total, nil
+}
+
+// listed returns whether the manifest among records lists a record, and
+// false if it does not open. A bucket whose digest did not change lists
+// the records the view's does; only the others are opened.
+func (v *Vault) listed(records map[RecordRef]Record) (func(RecordRef) bool, bool) {
+	var m manifestRecord
+	if err := v.sealer.openJSON(records[manifestRef], &m); err != nil {
+		return nil, false
+	}
+	refs := map[RecordRef]bool{manifestRef: true}
+	for _, e := range m.Records {
+		refs[RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}] = true
+	}
+	kept := make(map[uint32]bool) // buckets that list what the view's do
+	for _, e := range m.Buckets {
+		ref := bucketRef(e.Bucket)
+		refs[ref] = true
+		if b, ok := v.buckets[e.Bucket]; ok && bytes.Equal(b.digest[:], e.SHA256) {
+			kept[e.Bucket] = true
+			continue
+		}
+		var br bucketRecord
+		if err := v.sealer.openJSON(records[ref], &br); err != nil {
+			return nil, false
+		}
+		for _, e := range br.Records {
+			refs[RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}] = true
+		}
+	}
+	return func(ref RecordRef) bool {
+		if refs[ref] {
+			return true
+		}
+		_, inView := v.entries[ref]
+		return ref.Kind != RecordManifestBucket && inView && kept[bucketOf(ref)]
+	}, true
 }
 
 // adopt makes records, the store's state at revision rev, the view. It
@@ -232,14 +267,12 @@ func (v *Vault) readChanged(ctx context.Context) (records map[RecordRef]Record, 
 // version and ticket key whose records did not change, then serves that.
 // On an error the view stays as it was. The caller holds writeMu.
 func (v *Vault) adopt(ctx context.Context, records []Record, rev int64) error {
-	for _, r := range records {
-		if r.Kind == RecordManifest && r.Revision == v.manifestRev && sha256.Sum256(r.Sealed) == v.manifestDigest {
-			// Every commit rewrites the manifest: nothing the view holds
-			// changed.
-			v.storeRev = max(v.storeRev, rev)
-			v.follow.applied(v.storeRev)
-			return nil
-		}
+	if v.holds(records) {
+		// The store moved on without changing a record (etcd's revision
+		// of the head alone).
+		v.storeRev = max(v.storeRev, rev)
+		v.follow.applied(v.storeRev)
+		return nil
 	}
 	cur := v.sealer.keys.Load()
 	s, err := newSealer(cur.kek)
@@ -263,6 +296,7 @@ func (v *Vault) adopt(ctx context.Context, records []Record, rev int64) error {
 		return fmt.Errorf("keyvault: follow the store to revision %d: %w", rev, err)
 	}
 	v.entries, v.revision, v.stale = next.entries, next.revision, next.stale
+	v.bucketed, v.buckets = next.bucketed, next.buckets
 	v.manifestRev, v.manifestDigest, v.storeRev = next.manifestRev, next.manifestDigest, rev
 	nextKeys := next.sealer.keys.Load()
 	v.sealer.keys.Store(nextKeys)
@@ -275,6 +309,21 @@ func (v *Vault) adopt(ctx context.Context, records []Record, rev int64) error {
 	}
 	v.follow.applied(rev)
 	return nil
+}
+
+// holds says whether records are the ones of the state the view read
+// last, which it verified (and which checkManifest then trusts, through
+// verifiedBefore).
+func (v *Vault) holds(records []Record) bool {
+	if len(records) != len(v.read.records) {
+		return false
+	}
+	for _, r := range records {
+		if old, ok := v.read.records[r.RecordRef]; !ok || !bytes.Equal(old.Sealed, r.Sealed) {
+			return false
+		}
+	}
+	return true
 }
 
 // unchangedVersion returns the state of version n of key id in the view

@@ -22,28 +22,44 @@ func readBolt(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
 	require.NoError(t, db.View(fn))
 }
 
+// webOfTwoVersions returns the path of a closed vault holding key "web"
+// of two versions.
+func webOfTwoVersions(t *testing.T) string {
+	t.Helper()
+	v, path := newTestVault(t)
+	importTestKey(t, v, "web", ECDSAP256)
+	_, err := v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	return path
+}
+
+// disableWebV1 disables version 1 of key "web" in the vault at path and
+// returns the file then.
+func disableWebV1(t *testing.T, path string) []byte {
+	t.Helper()
+	v := openTestVault(t, path, testKEK)
+	_, err := v.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+	clean, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return clean
+}
+
 // TestRollbackOfARecordIsRefused copies an older sealed record back with a
 // plain bbolt Put, as anyone who can write the file can (an old copy sits in
 // a free page of the file, or in a backup): a disabled version must not come
 // back enabled.
 func TestRollbackOfARecordIsRefused(t *testing.T) {
-	v, path := newTestVault(t)
-	importTestKey(t, v, "web", ECDSAP256)
-	_, err := v.Rotate(ctx, "web")
-	require.NoError(t, err)
-	v.Close()
+	path := webOfTwoVersions(t)
 	var enabled, oldManifest []byte
 	readBolt(t, path, func(tx *bolt.Tx) error {
 		enabled, oldManifest = storedValue(tx, verRef("web", 1)), storedValue(tx, manifestRef)
 		return nil
 	})
 
-	v = openTestVault(t, path, testKEK)
-	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
-	require.NoError(t, err)
-	v.Close()
-	clean, err := os.ReadFile(path)
-	require.NoError(t, err)
+	clean := disableWebV1(t, path)
 
 	t.Run("version record", func(t *testing.T) {
 		editBolt(t, path, func(tx *bolt.Tx) error {
@@ -72,7 +88,52 @@ func TestRollbackOfARecordIsRefused(t *testing.T) {
 		})
 		_, err = openVault(path, testKEK)
 		assert.ErrorIs(t, err, ErrCorrupted)
-		assert.ErrorContains(t, err, `key "api" is not in the manifest`)
+		// The buckets of "web" and "api" are not the ones the old
+		// manifest lists.
+		assert.Regexp(t, `manifest bucket \d+ is not the one revision \d+ wrote`, err)
+	})
+	t.Run("untouched", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, clean, 0o600))
+		v := openTestVault(t, path, testKEK)
+		signFails(t, v, "web", 1, ErrFailedPrecondition)
+		signOK(t, v, "web", 2)
+	})
+}
+
+// TestRollbackOfABucketIsRefused copies an older sealed manifest bucket
+// back, alone and with the older version record it lists (one key rolled
+// back whole, its bucket consistent with it): the manifest lists every
+// bucket's revision and digest, so an older bucket is refused as an older
+// record is, and a disabled version does not come back enabled.
+func TestRollbackOfABucketIsRefused(t *testing.T) {
+	path := webOfTwoVersions(t)
+	bucket := bucketRef(bucketOf(keyRef("web")))
+	var enabled, oldBucket []byte
+	readBolt(t, path, func(tx *bolt.Tx) error {
+		enabled, oldBucket = storedValue(tx, verRef("web", 1)), storedValue(tx, bucket)
+		return nil
+	})
+	require.NotNil(t, oldBucket, "the store holds %v", bucket)
+
+	clean := disableWebV1(t, path)
+	want := bucket.String() + " is not the one revision"
+
+	t.Run("bucket", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, clean, 0o600))
+		editBolt(t, path, func(tx *bolt.Tx) error { return putRecord(tx, Record{RecordRef: bucket, Sealed: oldBucket}) })
+		_, err := openVault(path, testKEK)
+		assert.ErrorIs(t, err, ErrCorrupted)
+		assert.ErrorContains(t, err, want)
+	})
+	t.Run("bucket and the version record it lists", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(path, clean, 0o600))
+		editBolt(t, path, func(tx *bolt.Tx) error {
+			_, err := applyWrite(tx, Write{Put: []Record{{RecordRef: bucket, Sealed: oldBucket}, {RecordRef: verRef("web", 1), Sealed: enabled}}})
+			return err
+		})
+		_, err := openVault(path, testKEK)
+		assert.ErrorIs(t, err, ErrCorrupted)
+		assert.ErrorContains(t, err, want)
 	})
 	t.Run("untouched", func(t *testing.T) {
 		require.NoError(t, os.WriteFile(path, clean, 0o600))
@@ -137,8 +198,11 @@ func TestFlipEveryStoredValue(t *testing.T) {
 	require.NoError(t, err)
 
 	leaves := boltLeaves(t, path)
-	// check, manifest; rsa: key, v1, m1; web: key, v1, v2, m2.
-	require.Len(t, leaves, 9)
+	// check, manifest, the manifest's buckets; rsa: key, v1, m1; web: key,
+	// v1, v2, m2.
+	buckets := countKind(storedRecords(t, path), RecordManifestBucket)
+	require.NotZero(t, buckets)
+	require.Len(t, leaves, 9+buckets)
 	nested := 0
 	for _, leaf := range leaves {
 		if len(leaf.buckets) > 1 {
@@ -199,7 +263,7 @@ func makeV1Store(t *testing.T, path string) {
 		var w Write
 		err := forEachRecord(tx, func(r Record) error {
 			switch r.Kind {
-			case RecordManifest:
+			case RecordManifest, RecordManifestBucket:
 				w.Erase = append(w.Erase, r.RecordRef)
 			case RecordCheck:
 				w.Put = append(w.Put, s.v1().seal(checkRef, checkPlaintextV1))
@@ -241,7 +305,7 @@ func TestUpgradeFromAStoreWithoutManifest(t *testing.T) {
 			return nil
 		})
 	})
-	require.Len(t, v1Records, 7) // check; web and api: key, version, private key
+	require.Len(t, v1Records, 7) // check; web and api: key, version, private key (a v1 store has no manifest, nor buckets)
 	pre := filepath.Join(t.TempDir(), "before-upgrade.db")
 	file, err := os.ReadFile(path)
 	require.NoError(t, err)

@@ -116,7 +116,7 @@ func (v *Vault) beginIntent(ctx context.Context, b KeyBackend, id string, n uint
 		if err != nil {
 			return "", nil, fmt.Errorf("keyvault: key %q: read the store formats of the replicas: %w", id, err)
 		}
-		if f < StoreFormat {
+		if f < formatIntents {
 			slog.WarnContext(ctx, "keyvault: a replica of an earlier release follows the store: the key is made without an intent, "+
 				"and is left in its backend if its version never reaches the store", "key", id, "backend", b.Name())
 			return attemptLabel(id, n), nil, nil

@@ -2,6 +2,7 @@ package keyvault
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 )
 
@@ -29,11 +31,33 @@ var rewrapBatch = 256
 // (etcd: its --max-txn-ops); a rotation's batches stay within it.
 type commitBounded interface{ MaxCommitRecords() int }
 
-func (v *Vault) rewrapBatchSize() int {
+// rewrapBatch returns the stale records one commit rewraps: at most
+// rewrapBatch, and within the store's bound on a commit's records with the
+// manifest and, when bucketed, the buckets they change. Taken bucket by
+// bucket, a batch changes one or two.
+func (v *Vault) rewrapBatch() map[RecordRef]bool {
+	limit := math.MaxInt
 	if b, ok := v.store.(commitBounded); ok {
-		return max(1, min(rewrapBatch, b.MaxCommitRecords()-1)) // -1: the manifest
+		limit = b.MaxCommitRecords()
 	}
-	return rewrapBatch
+	byBucket := func(a, b RecordRef) int { return cmp.Or(cmp.Compare(bucketOf(a), bucketOf(b)), compareRefs(a, b)) }
+	batch := make(map[RecordRef]bool)
+	buckets := make(map[uint32]bool)
+	for _, ref := range slices.SortedFunc(maps.Keys(v.stale), byBucket) {
+		b := bucketOf(ref)
+		n := len(batch) + 1 + 1 // and the manifest
+		if v.bucketed {
+			n += len(buckets)
+			if !buckets[b] {
+				n++
+			}
+		}
+		if len(batch) == rewrapBatch || n > limit && len(batch) > 0 {
+			break
+		}
+		batch[ref], buckets[b] = true, true
+	}
+	return batch
 }
 
 // rotationRecord is the content of the RecordKEKRotation, each field an
@@ -64,7 +88,8 @@ type KEKStatus struct {
 	Retiring string
 	// Stale is how many records are still sealed under the retiring KEK.
 	Stale int
-	// Records is how many records the store holds, the manifest aside.
+	// Records is how many records the store holds, the manifest and its
+	// buckets aside.
 	Records int
 }
 
@@ -276,14 +301,7 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 		v.stale = nil
 		return true, nil
 	}
-	n := v.rewrapBatchSize()
-	batch := make(map[RecordRef]bool, n)
-	for _, ref := range slices.SortedFunc(maps.Keys(v.stale), compareRefs) {
-		if len(batch) == n {
-			break
-		}
-		batch[ref] = true
-	}
+	batch := v.rewrapBatch()
 	var w Write
 	_, err := v.store.Scan(ctx, func(r Record) error {
 		if !batch[r.RecordRef] {

@@ -61,6 +61,17 @@ func requireWrongKEK(t *testing.T, path string, kek []byte, msg string) {
 	require.ErrorIs(t, err, ErrWrongKEK, msg)
 }
 
+// countKind returns how many of records are of kind k.
+func countKind(records []Record, k RecordKind) int {
+	n := 0
+	for _, r := range records {
+		if r.Kind == k {
+			n++
+		}
+	}
+	return n
+}
+
 // storedRecords returns every record of the bolt file at path.
 func storedRecords(t *testing.T, path string) []Record {
 	t.Helper()
@@ -105,7 +116,9 @@ func TestKEKRotation(t *testing.T) {
 	require.NoError(t, err)
 	st, err := v.RotateKEK(ctx, nextKEK)
 	require.NoError(t, err)
-	assert.Equal(t, KEKStatus{ID: KEKID(nextKEK), Records: len(before) - 1}, st, "the status after the rotation")
+	buckets := countKind(before, RecordManifestBucket)
+	require.NotZero(t, buckets)
+	assert.Equal(t, KEKStatus{ID: KEKID(nextKEK), Records: len(before) - 1 - buckets}, st, "the status after the rotation")
 	signOK(t, v, "web", 1)
 	signOK(t, v, "web", 2)
 	_, err = v.RotateKEK(ctx, nextKEK)

@@ -64,8 +64,9 @@ type memClient struct {
 	revisionDelay atomic.Int64
 	revisions     atomic.Int64
 	// formatZero makes the replica announce no store format, as one of a
-	// release before formats.
-	formatZero atomic.Bool
+	// release before formats; formatOne store format 1, as one of the
+	// release before bucketed manifests.
+	formatZero, formatOne atomic.Bool
 }
 
 func (s *memShared) client() *memClient { return &memClient{s: s} }
@@ -283,8 +284,11 @@ func (c *memClient) MinFormat(ctx context.Context) (int, error) {
 	defer c.s.mu.Unlock()
 	lowest := StoreFormat
 	for r := range c.s.applied {
-		if r.formatZero.Load() {
+		switch {
+		case r.formatZero.Load():
 			lowest = 0
+		case r.formatOne.Load():
+			lowest = min(lowest, 1)
 		}
 	}
 	return lowest, nil

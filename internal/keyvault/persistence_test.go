@@ -93,22 +93,39 @@ func resealManifest(t *testing.T, path string) {
 	s, err := newSealer(testKEK)
 	require.NoError(t, err)
 	editBolt(t, path, func(tx *bolt.Tx) error {
-		m := manifestRecord{Revision: 1 << 20}
+		m := manifestRecord{Format: formatBuckets, Revision: 1 << 20, Records: []manifestEntry{bucketedSentinel}}
+		buckets := make(map[uint32][]manifestEntry)
+		var w Write
 		err := forEachRecord(tx, func(r Record) error {
-			if r.Kind != RecordManifest {
+			switch r.Kind {
+			case RecordManifest:
+			case RecordManifestBucket:
+				w.Erase = append(w.Erase, r.RecordRef)
+			default:
 				d := sha256.Sum256(r.Sealed)
-				m.Records = append(m.Records, manifestEntry{Kind: r.Kind, ID: r.ID, Version: r.Version, Revision: 1, SHA256: d[:]})
+				b := bucketOf(r.RecordRef)
+				buckets[b] = append(buckets[b], manifestEntry{Kind: r.Kind, ID: r.ID, Version: r.Version, Revision: 1, SHA256: d[:]})
 			}
 			return nil
 		})
 		if err != nil {
 			return err
 		}
+		for _, b := range slices.Sorted(maps.Keys(buckets)) {
+			rec, err := s.sealJSON(bucketRef(b), bucketRecord{Records: buckets[b]})
+			if err != nil {
+				return err
+			}
+			d := sha256.Sum256(rec.Sealed)
+			m.Buckets = append(m.Buckets, bucketEntry{Bucket: b, Revision: 1, SHA256: d[:]})
+			w.Put = append(w.Put, rec)
+		}
 		rec, err := s.sealJSON(manifestRef, m)
 		if err != nil {
 			return err
 		}
-		return putRecord(tx, rec)
+		_, err = applyWrite(tx, Write{Erase: w.Erase, Put: append(w.Put, rec)})
+		return err
 	})
 }
 

@@ -162,10 +162,65 @@ type versionRecord struct {
 }
 
 // manifestRecord is the plaintext of the RecordManifest: the store's
-// revision, counted up by every commit, and an entry for every other record.
+// revision, counted up by every commit, and either an entry for every
+// other record (a flat manifest, store format 1: Format is 0) or one for
+// every bucket (a bucketed one, format 2: Format is formatBuckets, and
+// Records holds bucketedSentinel only).
 type manifestRecord struct {
+	Format   int             `json:"format,omitempty"`
 	Revision uint64          `json:"revision"`
 	Records  []manifestEntry `json:"records"`
+	Buckets  []bucketEntry   `json:"buckets,omitempty"`
+}
+
+// bucketEntry binds one bucket of a bucketed manifest to the revision that
+// wrote it and to the SHA-256 of its sealed bytes.
+type bucketEntry struct {
+	Bucket   uint32 `json:"bucket"`
+	Revision uint64 `json:"revision"`
+	SHA256   []byte `json:"sha256"`
+}
+
+// bucketRecord is the plaintext of a RecordManifestBucket: an entry for
+// every record of the bucket, as a flat manifest has.
+type bucketRecord struct {
+	Records []manifestEntry `json:"records"`
+}
+
+// manifestBuckets is how many buckets a bucketed manifest has. A commit
+// carries the manifest (an entry per bucket, about 90 bytes each) and the
+// buckets it changes (a store's entries over manifestBuckets, about 110
+// bytes each): 64 keeps both small up to a hundred thousand keys, and a
+// conversion, which writes every bucket in one commit, within etcd's
+// default --max-txn-ops (128).
+const manifestBuckets = 64
+
+// bucketOf returns the bucket of ref: by FNV-1a of its key id, so that a
+// key's records share one bucket and a change of a key rewrites one, or
+// of its kind when it has no id (the check record, ticket keys). Every
+// release of format 2 or later assigns so: load refuses an entry in
+// another bucket.
+func bucketOf(ref RecordRef) uint32 {
+	h := uint32(2166136261)
+	if ref.ID == "" {
+		h = (h ^ uint32(ref.Kind)) * 16777619
+	}
+	for i := 0; i < len(ref.ID); i++ {
+		h = (h ^ uint32(ref.ID[i])) * 16777619
+	}
+	return (h ^ h>>16) % manifestBuckets
+}
+
+func bucketRef(b uint32) RecordRef { return RecordRef{Kind: RecordManifestBucket, Version: b} }
+
+// bucketedSentinel is the one entry of Records in a bucketed manifest. A
+// release of store format 1 reads Records as every record of the store,
+// and refuses an entry without a digest before it checks any record, with
+// an error naming the entry: this one's id says why (StoreFormat).
+var bucketedSentinel = manifestEntry{
+	Kind: RecordManifestBucket,
+	ID: "this store's manifest is bucketed (store format 2), which this release of handshaked does not read: " +
+		"run a release that reads store format 2 or later",
 }
 
 // manifestEntry binds one record to the revision that wrote it and to the

@@ -36,12 +36,18 @@ const (
 	// that a key whose version never landed in the store is found and
 	// destroyed. Store format 1 (StoreFormat).
 	RecordKeyIntent
+	// RecordManifestBucket is one bucket of a bucketed manifest (store
+	// format 2): the revision and digest of every record bucketOf assigns
+	// to bucket Version. The manifest lists the buckets' revisions and
+	// digests, so that a commit rewrites the manifest and the buckets it
+	// changes, not an entry for every record of the store.
+	RecordManifestBucket
 )
 
 // StoreFormat is the store format this release reads. Replicas of one
 // store may run different releases (a rolling upgrade), so a release that
-// adds a record kind must not write it while a replica that cannot read it
-// serves:
+// changes what it writes must not write it while a replica that cannot read
+// it serves:
 //
 //   - Format 0, every release before formats, takes a record of a kind it
 //     does not know for corruption and refuses the whole store (load fails
@@ -57,14 +63,33 @@ const (
 //     manifest is sealed and names every record. One listed as not
 //     skippable is refused with ErrFailedPrecondition: the release that
 //     wrote it says this one cannot serve beside it.
+//   - Format 2 reads a bucketed manifest as well as a flat one: the
+//     manifest lists manifestBuckets buckets (RecordManifestBucket), each
+//     listing its records as a flat manifest does, skippable ones
+//     included. A format-1 replica cannot read it: the one entry a
+//     bucketed manifest lists where a flat one lists records
+//     (bucketedSentinel) is one format 1 refuses before any other check,
+//     with an error that says so, so it neither serves nor takes the
+//     store for another's.
 //
 // Replicas announce the format they read (SharedStore.Announce), and a
 // replica writes a record of a kind format 0 does not know (RecordKeyIntent,
 // and every kind after it) only once every live replica announces format 1 or later
 // (SharedStore.MinFormat): a replica of a release before format 1 announces
-// none and counts as format 0. A store no other process writes has no
-// other reader.
-const StoreFormat = 1
+// none and counts as format 0. It converts the manifest to buckets (the
+// first commit that finds every live replica announcing format 2 or later,
+// retry's convertIfDue) only then too; once converted it stays so, and a
+// replica of format 1 or before can no longer start on the store, nor
+// follow it: rolling back past format 2 then means restoring a snapshot
+// taken before the conversion. A store no other process writes has no
+// other reader, and converts at its first commit.
+const StoreFormat = 2
+
+// The store formats that gate what a replica writes (StoreFormat).
+const (
+	formatIntents = 1 // RecordKeyIntent
+	formatBuckets = 2 // a bucketed manifest
+)
 
 // formatZeroKind says whether kind k is one store format 0 reads. Every
 // other kind is written only through the gate above, and stores keep it
@@ -102,6 +127,8 @@ func (r RecordRef) String() string {
 		return fmt.Sprintf("ticket key %08x", r.Version)
 	case RecordKeyIntent:
 		return fmt.Sprintf("key %q version %d intent", r.ID, r.Version)
+	case RecordManifestBucket:
+		return fmt.Sprintf("manifest bucket %d", r.Version)
 	}
 	return fmt.Sprintf("record of kind %d for key %q version %d", r.Kind, r.ID, r.Version)
 }

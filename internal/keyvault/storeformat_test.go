@@ -2,7 +2,12 @@ package keyvault
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -12,7 +17,7 @@ import (
 
 // laterKind is a record kind this release does not know: one a later
 // release writes (StoreFormat).
-const laterKind RecordKind = 8
+const laterKind RecordKind = 9
 
 var laterRef = RecordRef{Kind: laterKind, ID: "web", Version: 2}
 
@@ -165,4 +170,181 @@ func TestStoreFormatSharedReplicaFollowsALaterRecord(t *testing.T) {
 	later.writeMu.Lock()
 	defer later.writeMu.Unlock()
 	assert.True(t, later.entries[laterRef].skippable, "still listed as skippable")
+}
+
+// storedManifest opens the manifest of s and returns it, with its
+// plaintext's top-level fields.
+func storedManifest(t *testing.T, s *memShared) (manifestRecord, []string) {
+	t.Helper()
+	s.mu.Lock()
+	r := s.records[manifestRef]
+	s.mu.Unlock()
+	sealer, err := newSealer(testKEK)
+	require.NoError(t, err)
+	plaintext, err := sealer.open(r)
+	require.NoError(t, err)
+	var fields map[string]json.RawMessage
+	require.NoError(t, json.Unmarshal(plaintext, &fields))
+	var m manifestRecord
+	require.NoError(t, json.Unmarshal(plaintext, &m))
+	return m, slices.Sorted(maps.Keys(fields))
+}
+
+// storedBuckets returns how many manifest buckets s holds.
+func storedBuckets(s *memShared) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for ref := range s.records {
+		if ref.Kind == RecordManifestBucket {
+			n++
+		}
+	}
+	return n
+}
+
+// requireFlat checks that the manifest of s is flat, as store format 1
+// writes it (those fields and no other) and reads it (an entry for every
+// record), and that s holds no bucket.
+func requireFlat(t *testing.T, s *memShared) {
+	t.Helper()
+	m, fields := storedManifest(t, s)
+	assert.Equal(t, []string{"records", "revision"}, fields, "the fields of a format-1 manifest")
+	s.mu.Lock()
+	records := len(s.records)
+	s.mu.Unlock()
+	assert.Len(t, m.Records, records-1, "an entry for every record but the manifest")
+	assert.Zero(t, storedBuckets(s))
+}
+
+// formatOneFleet returns a shared store that a replica of store format 1
+// follows (it announces that format), and that replica's client.
+func formatOneFleet(t *testing.T) (*memShared, *memClient) {
+	t.Helper()
+	s := newMemShared()
+	old := s.client()
+	old.formatOne.Store(true)
+	require.NoError(t, old.Announce(ctx, 0))
+	return s, old
+}
+
+// TestStoreFormatBucketsWaitForEveryReplica: while a replica of store
+// format 1 follows a shared store, replicas of this release write the flat
+// manifest that one reads, and follow each other on it. Once it is gone,
+// the next change converts the manifest to buckets, in a commit of its own
+// before the change's, and every replica follows the bucketed store, as a
+// replica that opens it then does.
+func TestStoreFormatBucketsWaitForEveryReplica(t *testing.T) {
+	s, old := formatOneFleet(t)
+	a, _ := newSharedVault(t, s)
+	b, _ := newSharedVault(t, s)
+	importTestKey(t, a, "web", ECDSAP256)
+	require.NoError(t, b.Sync(ctx))
+	_, err := b.Rotate(ctx, "web")
+	require.NoError(t, err)
+	_, err = a.Create(ctx, "api", ECDSAP256, nil)
+	require.NoError(t, err)
+	requireFlat(t, s)
+	require.NoError(t, b.Sync(ctx))
+	signOK(t, b, "api", 1)
+	signOK(t, a, "web", 2)
+
+	require.NoError(t, old.Close())
+	s.mu.Lock()
+	before := s.rev
+	s.mu.Unlock()
+	_, err = a.Rotate(ctx, "api")
+	require.NoError(t, err)
+	m, _ := storedManifest(t, s)
+	assert.Equal(t, formatBuckets, m.Format)
+	assert.Equal(t, []manifestEntry{bucketedSentinel}, m.Records)
+	assert.Equal(t, len(m.Buckets), storedBuckets(s))
+	s.mu.Lock()
+	after, log := s.rev, s.log
+	s.mu.Unlock()
+	require.Equal(t, before+2, after, "the conversion, then the rotation")
+	conversion := log[before]
+	for _, r := range conversion.Put {
+		assert.Contains(t, []RecordKind{RecordManifest, RecordManifestBucket}, r.Kind, "the conversion writes %v", r.RecordRef)
+	}
+	assert.Empty(t, conversion.Erased)
+
+	require.NoError(t, b.Sync(ctx))
+	signOK(t, b, "api", 2)
+	_, err = b.Rotate(ctx, "web")
+	require.NoError(t, err)
+	require.NoError(t, a.Sync(ctx))
+	signOK(t, a, "web", 3)
+	c, _ := newSharedVault(t, s)
+	signOK(t, c, "web", 3)
+	signOK(t, c, "api", 2)
+}
+
+// TestStoreFormatRestoreAcrossFormats: a snapshot of a flat store restores
+// into a bucketed one, and one of a bucketed store into a shared store
+// still flat (a replica of format 1 follows it): a restore writes the
+// manifest of the store it goes into, whatever the snapshot's.
+func TestStoreFormatRestoreAcrossFormats(t *testing.T) {
+	flat, _ := formatOneFleet(t)
+	a, _ := newSharedVault(t, flat)
+	importTestKey(t, a, "web", ECDSAP256)
+	_, err := a.Rotate(ctx, "web")
+	require.NoError(t, err)
+	requireFlat(t, flat)
+	var flatSnapshot bytes.Buffer
+	_, err = a.Backup(ctx, &flatSnapshot)
+	require.NoError(t, err)
+
+	bucketed, path := newTestVault(t)
+	_, err = bucketed.Restore(ctx, &flatSnapshot)
+	require.NoError(t, err)
+	signOK(t, bucketed, "web", 2)
+	require.NoError(t, bucketed.Close())
+	assert.NotZero(t, countKind(storedRecords(t, path), RecordManifestBucket), "the restored store is bucketed")
+	bucketed = openTestVault(t, path, testKEK)
+	signOK(t, bucketed, "web", 2)
+	_, err = bucketed.Create(ctx, "api", ECDSAP256, nil)
+	require.NoError(t, err)
+	var bucketedSnapshot bytes.Buffer
+	_, err = bucketed.Backup(ctx, &bucketedSnapshot)
+	require.NoError(t, err)
+
+	into, _ := formatOneFleet(t)
+	r, _ := newSharedVault(t, into)
+	_, err = r.Restore(ctx, &bucketedSnapshot)
+	require.NoError(t, err)
+	requireFlat(t, into)
+	signOK(t, r, "web", 2)
+	signOK(t, r, "api", 1)
+	other, _ := newSharedVault(t, into)
+	signOK(t, other, "api", 1)
+}
+
+// noRoomForBuckets is a shared store that refuses a commit with a
+// manifest bucket as too large, as etcd does past --max-request-bytes.
+type noRoomForBuckets struct{ *memClient }
+
+func (s noRoomForBuckets) Commit(ctx context.Context, w Write) (int64, error) {
+	for _, r := range w.Put {
+		if r.Kind == RecordManifestBucket {
+			return 0, fmt.Errorf("the commit is larger than the store takes: %w", ErrFailedPrecondition)
+		}
+	}
+	return s.memClient.Commit(ctx, w)
+}
+
+// TestStoreFormatConversionThatDoesNotFit: a store where every bucket in
+// one commit does not fit (a flat manifest near etcd's request limit)
+// stays flat, and changes go on in it, rather than every change failing.
+func TestStoreFormatConversionThatDoesNotFit(t *testing.T) {
+	s, old := formatOneFleet(t)
+	v, err := New(ctx, noRoomForBuckets{s.client()}, testKEK)
+	require.NoError(t, err)
+	defer v.Close()
+	importTestKey(t, v, "web", ECDSAP256)
+	require.NoError(t, old.Close())
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err, "a change once every replica reads format 2")
+	requireFlat(t, s)
+	signOK(t, v, "web", 2)
 }

@@ -19,7 +19,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -60,6 +62,12 @@ type Vault struct {
 	// caller holds writeMu.
 	revision uint64
 	entries  map[RecordRef]recordEntry
+	// bucketed says that the store's manifest is bucketed (store format 2),
+	// and buckets is then what it lists of each bucket (by number), the
+	// records of a bucket being the entries bucketOf assigns to it. The
+	// caller holds writeMu.
+	bucketed bool
+	buckets  map[uint32]bucketState
 	// stale holds, during a KEK rotation, the records still sealed under
 	// the KEK being retired (kekrotation.go). The caller holds writeMu.
 	stale map[RecordRef]bool
@@ -136,6 +144,13 @@ type recordEntry struct {
 	skippable bool // manifestEntry.Skippable
 }
 
+// bucketState is what a bucketed manifest lists of a bucket: the revision
+// that wrote it and its digest.
+type bucketState struct {
+	revision uint64
+	digest   [sha256.Size]byte
+}
+
 // New opens every record of store under kek (32 bytes) and returns a vault
 // serving them; an empty store becomes a new vault. A wrong kek fails with
 // ErrWrongKEK; a record that does not open, does not fit, or is not the one
@@ -203,6 +218,12 @@ func newVault(ctx context.Context, store Store, kek []byte, create bool, opts []
 // commit commits w together with the manifest it leads to, and makes that
 // manifest the vault's. The caller holds writeMu (or is New).
 func (v *Vault) commit(ctx context.Context, w Write) error {
+	return v.commitAs(ctx, w, v.bucketed)
+}
+
+// commitAs is commit writing a bucketed manifest or a flat one: bucketed
+// on a flat view converts, rewriting every bucket.
+func (v *Vault) commitAs(ctx context.Context, w Write, bucketed bool) error {
 	w, err := v.underCurrentKEK(w)
 	if err != nil {
 		return err
@@ -217,12 +238,21 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 		// release writes no other.
 		entries[r.RecordRef] = recordEntry{revision: rev, digest: sha256.Sum256(r.Sealed), skippable: v.entries[r.RecordRef].skippable}
 	}
-	m := manifestRecord{Revision: rev, Records: make([]manifestEntry, 0, len(entries))}
-	for _, ref := range slices.SortedFunc(maps.Keys(entries), compareRefs) {
-		e := entries[ref]
-		m.Records = append(m.Records, manifestEntry{
-			Kind: ref.Kind, ID: ref.ID, Version: ref.Version, Revision: e.revision, SHA256: e.digest[:], Skippable: e.skippable,
-		})
+	m := manifestRecord{Revision: rev}
+	var buckets map[uint32]bucketState
+	if bucketed {
+		var written []Record
+		if buckets, written, err = v.sealBuckets(w, entries, rev); err != nil {
+			return err
+		}
+		w.Put = append(slices.Clone(w.Put), written...)
+		m.Format, m.Records = formatBuckets, []manifestEntry{bucketedSentinel}
+		for _, b := range slices.Sorted(maps.Keys(buckets)) {
+			st := buckets[b]
+			m.Buckets = append(m.Buckets, bucketEntry{Bucket: b, Revision: st.revision, SHA256: st.digest[:]})
+		}
+	} else {
+		m.Records = manifestEntries(entries, slices.Collect(maps.Keys(entries)))
 	}
 	rec, err := v.sealer.sealJSON(manifestRef, m)
 	if err != nil {
@@ -238,10 +268,22 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 		}
 		return err
 	}
-	v.revision, v.entries = rev, entries
+	v.revision, v.entries, v.bucketed, v.buckets = rev, entries, bucketed, buckets
 	// The commit passed If, so no other commit came between the view and
-	// it: the view is now the store at storeRev.
+	// it: the view is now the store at storeRev, and so is the state it
+	// read, whose bytes checkManifest trusts as the view's entries say
+	// (verifiedBefore).
 	v.manifestRev, v.storeRev, v.manifestDigest = storeRev, storeRev, sha256.Sum256(rec.Sealed)
+	if v.read.records != nil {
+		for _, ref := range w.Erase {
+			delete(v.read.records, ref)
+		}
+		for _, r := range slices.Concat(w.Create, w.Put) {
+			r.Revision = storeRev
+			v.read.records[r.RecordRef] = r
+		}
+		v.read.rev = storeRev
+	}
 	v.follow.applied(storeRev)
 	for _, ref := range w.Erase {
 		delete(v.stale, ref)
@@ -249,6 +291,110 @@ func (v *Vault) commit(ctx context.Context, w Write) error {
 	for _, r := range slices.Concat(w.Create, w.Put) {
 		delete(v.stale, r.RecordRef)
 	}
+	return nil
+}
+
+// manifestEntries returns the entries of refs, in order.
+func manifestEntries(entries map[RecordRef]recordEntry, refs []RecordRef) []manifestEntry {
+	slices.SortFunc(refs, compareRefs)
+	out := make([]manifestEntry, 0, len(refs))
+	for _, ref := range refs {
+		e := entries[ref]
+		out = append(out, manifestEntry{
+			Kind: ref.Kind, ID: ref.ID, Version: ref.Version, Revision: e.revision, SHA256: e.digest[:], Skippable: e.skippable,
+		})
+	}
+	return out
+}
+
+// sealBuckets seals the buckets that w changes, entries being the records
+// after it, as revision rev wrote them: every bucket that holds one when
+// the view is flat (a conversion). A bucket once written stays, empty or
+// not: erasing one would cost a compaction of the store's history for
+// nothing secret. It returns what the manifest lists of every bucket
+// then, and the records to write.
+func (v *Vault) sealBuckets(w Write, entries map[RecordRef]recordEntry, rev uint64) (map[uint32]bucketState, []Record, error) {
+	touched := make(map[uint32][]RecordRef)
+	touch := func(ref RecordRef) { touched[bucketOf(ref)] = nil }
+	if !v.bucketed {
+		for ref := range entries {
+			touch(ref)
+		}
+	}
+	for _, ref := range w.Erase {
+		touch(ref)
+	}
+	for _, r := range slices.Concat(w.Create, w.Put) {
+		touch(r.RecordRef)
+	}
+	for ref := range entries {
+		b := bucketOf(ref)
+		if refs, ok := touched[b]; ok {
+			touched[b] = append(refs, ref)
+		}
+	}
+	buckets := maps.Clone(v.buckets)
+	if buckets == nil {
+		buckets = make(map[uint32]bucketState, len(touched))
+	}
+	var written []Record
+	for _, b := range slices.Sorted(maps.Keys(touched)) {
+		rec, err := v.sealer.sealJSON(bucketRef(b), bucketRecord{Records: manifestEntries(entries, touched[b])})
+		if err != nil {
+			return nil, nil, err
+		}
+		buckets[b] = bucketState{revision: rev, digest: sha256.Sum256(rec.Sealed)}
+		written = append(written, rec)
+	}
+	return buckets, written, nil
+}
+
+// bucketsDue says whether the vault may write a bucketed manifest: on a
+// store no other process writes, always; on a shared one, once every live
+// replica reads store format 2 (StoreFormat). Either way only if the store
+// takes a commit of every bucket, the conversion.
+func (v *Vault) bucketsDue(ctx context.Context) (bool, error) {
+	if b, ok := v.store.(commitBounded); ok && b.MaxCommitRecords() < manifestBuckets+1 {
+		return false, nil
+	}
+	ss, ok := v.store.(SharedStore)
+	if !ok {
+		return true, nil
+	}
+	f, err := ss.MinFormat(ctx)
+	if err != nil {
+		return false, fmt.Errorf("keyvault: read the store formats of the replicas: %w", err)
+	}
+	return f >= formatBuckets, nil
+}
+
+// convertIfDue converts a flat manifest to buckets, in a commit of its own
+// that changes no record, once bucketsDue. retry calls it before each
+// change is computed, when the view is the store's state and nothing
+// else: a change sets up the view (entries, keys) before it commits. The
+// caller holds writeMu.
+func (v *Vault) convertIfDue(ctx context.Context) error {
+	if v.bucketed {
+		return nil
+	}
+	due, err := v.bucketsDue(ctx)
+	if err != nil || !due {
+		return err
+	}
+	err = v.commitAs(ctx, Write{}, true)
+	if errors.Is(err, ErrFailedPrecondition) {
+		// Every bucket and the manifest are a little more than the flat
+		// manifest, and may not fit where it does (etcd's
+		// --max-request-bytes): the change goes on in the flat manifest,
+		// as it would have, and the next one tries again.
+		slog.WarnContext(ctx, "keyvault: the store's manifest stays flat (store format 1): converting it to buckets does not fit in one commit", "err", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("keyvault: convert the store's manifest to buckets (store format 2): %w", err)
+	}
+	slog.InfoContext(ctx, "keyvault: the store's manifest is bucketed now (store format 2); releases that read store format 1 or before can no longer read the store",
+		"buckets", len(v.buckets), "records", len(v.entries))
 	return nil
 }
 
@@ -307,7 +453,8 @@ func compareRefs(a, b RecordRef) int {
 
 func (v *Vault) load(ctx context.Context, create bool) error {
 	var check, manifest, rotation *Record
-	var all []Record // every record but the manifest
+	var all []Record // every record but the manifest and its buckets
+	bucketRecords := make(map[uint32]Record)
 	keyRecords := make(map[string]Record)
 	versionRecords := make(map[RecordRef]Record)
 	ticketRecords := make(map[uint32]Record)
@@ -334,6 +481,9 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		case RecordTicketKey:
 			_, dup = ticketRecords[r.Version]
 			ticketRecords[r.Version] = r
+		case RecordManifestBucket:
+			_, dup = bucketRecords[r.Version]
+			bucketRecords[r.Version] = r
 		case RecordKeyIntent:
 			// Opened only when undone (intent.go); the manifest vouches
 			// for its bytes.
@@ -350,7 +500,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		if dup {
 			return fmt.Errorf("keyvault: %v: stored twice: %w", r.RecordRef, ErrCorrupted)
 		}
-		if r.Kind != RecordManifest {
+		if r.Kind != RecordManifest && r.Kind != RecordManifestBucket {
 			all = append(all, r)
 		}
 		return nil
@@ -363,16 +513,23 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		v.manifestRev, v.manifestDigest = manifest.Revision, sha256.Sum256(manifest.Sealed)
 	}
 	if _, ok := v.store.(SharedStore); ok {
-		records := all
+		records := slices.Concat(all, slices.Collect(maps.Values(bucketRecords)))
 		if manifest != nil {
-			records = append(slices.Clip(all), *manifest)
+			records = append(records, *manifest)
 		}
 		v.read = newStoreState(storeRev, records)
+	}
+	if manifest == nil {
+		// A new store, or a v1 one: what its first commit writes is all
+		// it lists.
+		if v.bucketed, err = v.bucketsDue(ctx); err != nil {
+			return err
+		}
 	}
 
 	if check == nil {
 		switch {
-		case len(all) > 0 || manifest != nil:
+		case len(all) > 0 || manifest != nil || len(bucketRecords) > 0:
 			return fmt.Errorf("keyvault: %v is missing: %w", checkRef, ErrCorrupted)
 		case !create:
 			return ErrEmptyStore
@@ -401,7 +558,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 		if manifest == nil {
 			return fmt.Errorf("keyvault: %v is missing: %w", manifestRef, ErrCorrupted)
 		}
-		if err := v.checkManifest(*manifest, all); err != nil {
+		if err := v.checkManifest(*manifest, bucketRecords, all); err != nil {
 			return err
 		}
 		// Listed, with their digests, in the sealed manifest: written by a
@@ -415,7 +572,7 @@ func (v *Vault) load(ctx context.Context, create bool) error {
 	case opens(s.v1(), checkPlaintextV1):
 		// A v1 store, written before manifests: what it holds is taken as
 		// it is, once, and resealed below.
-		if manifest != nil || rotation != nil {
+		if manifest != nil || rotation != nil || len(bucketRecords) > 0 {
 			return fmt.Errorf("keyvault: a v1 %v in a store with a manifest: %w", checkRef, ErrCorrupted)
 		}
 		if len(foreign) > 0 {
@@ -482,23 +639,78 @@ func (v *Vault) upgrade(ctx context.Context, old sealer, records []Record) error
 	return nil
 }
 
-// checkManifest opens the manifest and requires records to be exactly the
-// ones it lists: each written by the revision it names, with its digest. A
-// record of an older revision copied back (from a free page of the file or
-// a backup) is refused; so is a listed record that is missing or an
-// unlisted one.
-func (v *Vault) checkManifest(r Record, records []Record) error {
+// checkManifest opens the manifest and, when it is bucketed, the buckets
+// it lists, and requires records to be exactly the ones they list: each
+// written by the revision it names, with its digest, and each bucket too.
+// A record or bucket of an older revision copied back (from a free page of
+// the file or a backup) is refused; so is a listed one that is missing or
+// an unlisted one.
+//
+// Following a shared store (adopt, v.prev set), a bucket or record whose
+// bytes are the ones the view replaced verified (v.prev.read), listed as
+// they were, is not hashed again, nor is such a bucket opened: a change
+// costs the buckets and records it wrote. A new vault checks everything.
+func (v *Vault) checkManifest(r Record, bucketRecords map[uint32]Record, records []Record) error {
 	var m manifestRecord
 	if err := v.sealer.openJSON(r, &m); err != nil {
 		return err
 	}
-	for _, e := range m.Records {
-		ref := RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}
-		_, dup := v.entries[ref]
-		if dup || ref.Kind == RecordManifest || len(e.SHA256) != sha256.Size || e.Revision > m.Revision {
-			return fmt.Errorf("keyvault: %v: bad entry for %v: %w", manifestRef, ref, ErrCorrupted)
+	switch m.Format {
+	case 0:
+		if len(m.Buckets) > 0 {
+			return fmt.Errorf("keyvault: %v: buckets in a flat manifest: %w", manifestRef, ErrCorrupted)
 		}
-		v.entries[ref] = recordEntry{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256), skippable: e.Skippable}
+		if err := v.addEntries(manifestRef, m.Records, m.Revision, func(RecordRef) bool { return true }); err != nil {
+			return err
+		}
+	case formatBuckets:
+		if len(m.Records) != 1 || !reflect.DeepEqual(m.Records[0], bucketedSentinel) {
+			return fmt.Errorf("keyvault: %v: a bucketed manifest that lists records: %w", manifestRef, ErrCorrupted)
+		}
+		v.bucketed, v.buckets = true, make(map[uint32]bucketState, len(m.Buckets))
+		reused := make(map[uint32]bool)
+		for _, e := range m.Buckets {
+			ref := bucketRef(e.Bucket)
+			_, dup := v.buckets[e.Bucket]
+			if dup || e.Bucket >= manifestBuckets || len(e.SHA256) != sha256.Size || e.Revision > m.Revision {
+				return fmt.Errorf("keyvault: %v: bad entry for %v: %w", manifestRef, ref, ErrCorrupted)
+			}
+			b := bucketState{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256)}
+			v.buckets[e.Bucket] = b
+			rec, ok := bucketRecords[e.Bucket]
+			switch {
+			case !ok:
+				return fmt.Errorf("keyvault: %v is missing: %w", ref, ErrCorrupted)
+			case v.verifiedBefore(rec, b.digest) && v.prev.buckets[e.Bucket] == b:
+				reused[e.Bucket] = true
+				continue
+			case sha256.Sum256(rec.Sealed) != b.digest:
+				return fmt.Errorf("keyvault: %v is not the one revision %d wrote (an older copy spliced back?): %w", ref, b.revision, ErrCorrupted)
+			}
+			var br bucketRecord
+			if err := v.sealer.openJSON(rec, &br); err != nil {
+				return err
+			}
+			if err := v.addEntries(ref, br.Records, b.revision, func(r RecordRef) bool { return bucketOf(r) == e.Bucket }); err != nil {
+				return err
+			}
+		}
+		if len(reused) > 0 {
+			// The entries of the buckets that did not change are the view's.
+			for ref, e := range v.prev.entries {
+				if reused[bucketOf(ref)] {
+					v.entries[ref] = e
+				}
+			}
+		}
+	default:
+		return fmt.Errorf("keyvault: the %v is of store format %d, written by a later release of handshaked: upgrade this replica: %w",
+			manifestRef, m.Format, ErrFailedPrecondition)
+	}
+	for _, b := range slices.Sorted(maps.Keys(bucketRecords)) {
+		if _, ok := v.buckets[b]; !ok {
+			return fmt.Errorf("keyvault: %v is not in the %v: %w", bucketRef(b), manifestRef, ErrCorrupted)
+		}
 	}
 	v.revision = m.Revision
 	seen := make(map[RecordRef]bool, len(records))
@@ -507,7 +719,7 @@ func (v *Vault) checkManifest(r Record, records []Record) error {
 		if !ok {
 			return fmt.Errorf("keyvault: %v is not in the %v: %w", rec.RecordRef, manifestRef, ErrCorrupted)
 		}
-		if sha256.Sum256(rec.Sealed) != e.digest {
+		if !v.verifiedBefore(rec, e.digest) && sha256.Sum256(rec.Sealed) != e.digest {
 			return fmt.Errorf("keyvault: %v is not the one revision %d wrote (an older copy spliced back?): %w", rec.RecordRef, e.revision, ErrCorrupted)
 		}
 		seen[rec.RecordRef] = true
@@ -520,6 +732,38 @@ func (v *Vault) checkManifest(r Record, records []Record) error {
 		}
 	}
 	return nil
+}
+
+// addEntries adds the entries of a flat manifest or of a bucket (in),
+// written by revision rev, whose records must all be where belongs says.
+func (v *Vault) addEntries(in RecordRef, list []manifestEntry, rev uint64, belongs func(RecordRef) bool) error {
+	for _, e := range list {
+		ref := RecordRef{Kind: e.Kind, ID: e.ID, Version: e.Version}
+		_, dup := v.entries[ref]
+		if dup || ref.Kind == RecordManifest || ref.Kind == RecordManifestBucket || !belongs(ref) ||
+			len(e.SHA256) != sha256.Size || e.Revision > rev {
+			return fmt.Errorf("keyvault: %v: bad entry for %v: %w", in, ref, ErrCorrupted)
+		}
+		v.entries[ref] = recordEntry{revision: e.Revision, digest: [sha256.Size]byte(e.SHA256), skippable: e.Skippable}
+	}
+	return nil
+}
+
+// verifiedBefore says whether r holds the bytes the view that v replaces
+// verified for its record, and that view listed them with digest too.
+func (v *Vault) verifiedBefore(r Record, digest [sha256.Size]byte) bool {
+	if v.prev == nil {
+		return false
+	}
+	old, ok := v.prev.read.records[r.RecordRef]
+	if !ok || !bytes.Equal(old.Sealed, r.Sealed) {
+		return false
+	}
+	if r.Kind == RecordManifestBucket {
+		return v.prev.buckets[r.Version].digest == digest
+	}
+	e, ok := v.prev.entries[r.RecordRef]
+	return ok && e.digest == digest
 }
 
 // openKey opens a key record and its versions, removing what it uses from

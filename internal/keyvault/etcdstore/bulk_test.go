@@ -89,7 +89,9 @@ func TestVaultRestoreRaisedTxnOps(t *testing.T) {
 // that has run past a whole ticket lifetime (eight keys a purpose) are made
 // after the last key that fits.
 func TestVaultFullAtMaxRequestBytes(t *testing.T) {
-	const limit = 64 << 10 // about 200 keys
+	// About 100 keys in a flat manifest (store format 1), about a thousand
+	// in buckets: the store is full when its fullest bucket is.
+	const limit = 32 << 10
 	c := etcdtest.Start(t, 1, etcdtest.WithMaxRequestBytes(limit))
 	ctx := t.Context()
 	kek := make([]byte, 32)
@@ -98,13 +100,15 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	require.NoError(t, err)
 	defer v.Close()
 	var full error
-	for i := 0; full == nil; i++ {
-		require.Less(t, i, 1000, "64 KiB of manifest holds fewer keys")
-		_, full = v.Create(ctx, fmt.Sprintf("k%04d", i), keyvault.Ed25519, nil)
+	n := 0
+	for ; full == nil; n++ {
+		require.Less(t, n, 3000, "32 KiB of manifest and bucket hold fewer keys")
+		_, full = v.Create(ctx, fmt.Sprintf("k%04d", n), keyvault.Ed25519, nil)
 	}
+	t.Logf("%d KiB of etcd request hold %d keys", limit>>10, n-1)
 	require.ErrorIs(t, full, keyvault.ErrFailedPrecondition)
 	assert.NotErrorIs(t, full, keyvault.ErrUnavailable)
-	assert.ErrorContains(t, full, "--max-request-bytes (65536")
+	assert.ErrorContains(t, full, "--max-request-bytes (32768")
 	assert.ErrorContains(t, full, "-etcd-max-request-bytes")
 	assert.ErrorContains(t, full, "kept for the vault's ticket key rotations")
 	_, err = v.SetVersionEnabled(ctx, "k0000", 1, false)

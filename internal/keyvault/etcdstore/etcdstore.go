@@ -82,7 +82,8 @@ type Config struct {
 	MaxTxnOps int
 	// MaxRequestBytes is the etcd cluster's --max-request-bytes: a commit
 	// larger than that is refused before it is sent. Every commit carries
-	// the vault's manifest, which lists every record, so this bounds the
+	// the vault's manifest and the manifest buckets it changes (a flat
+	// manifest, store format 1, lists every record), so this bounds the
 	// number of records of the store (README, "Running several replicas").
 	MaxRequestBytes int
 	// StalenessBound is the staleness bound of the vault on this replica
@@ -528,7 +529,8 @@ func (s *Store) tooLarge(n, headroom int) error {
 		over += fmt.Sprintf(" less the %d bytes kept for the vault's ticket key rotations", headroom)
 	}
 	return fmt.Errorf("etcdstore: %w: "+
-		"every commit carries the vault's manifest, which lists every record (about 320 bytes per key of one version, 220 per version added), "+
+		"every commit carries the vault's manifest and the manifest buckets it changes, which list their records "+
+		"(about 320 bytes per key of one version, 220 per version added; a flat manifest, while a replica of store format 1 serves, lists every record), "+
 		"so the store is full; destroy versions no longer needed, or raise --max-request-bytes on every etcd member and -etcd-max-request-bytes on every replica: %w",
 		&keyvault.CommitTooLargeError{Bytes: n, Limit: over}, keyvault.ErrFailedPrecondition)
 }
