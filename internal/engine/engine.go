@@ -505,6 +505,11 @@ type handshake13 struct {
 	droppedCCS uint8  // change_cipher_spec records dropped in this wait (maxDroppedCCS)
 	sessionID  []byte // echoed, RFC 8446, Section 4.1.3
 	hrrHello   []byte // fingerprint of ClientHello1, see helloFingerprint
+	// hrrHelloWithoutLimit: a replica of a release that did not know
+	// record_size_limit (RFC 8449) sent the HelloRetryRequest and saved
+	// the state, so hrrHello leaves the extension out and recordLimit is
+	// not the client's (see RestoreHandshake).
+	hrrHelloWithoutLimit bool
 	// skipEarlyData is set while records may be 0-RTT data the server
 	// refused; skippedEarlyData counts their bytes (RFC 8446, Section 4.2.10).
 	skipEarlyData    bool

@@ -264,3 +264,73 @@ func TestRecordSizeLimitSaved(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordSizeLimitHelloRetryRequestAcrossReleases: in a rolling upgrade
+// a replica of the previous release, which knew nothing of
+// record_size_limit, may send the HelloRetryRequest and save the state, and
+// a replica of this release take the second ClientHello. That state is
+// codec version 4, with no limit and a fingerprint of the first ClientHello
+// that leaves the extension out; a second ClientHello that keeps the
+// extension, as RFC 8446, Section 4.1.2 has it, is accepted, and its limit
+// answered and kept to.
+func TestRecordSizeLimitHelloRetryRequestAcrossReleases(t *testing.T) {
+	p := getPKI(t)
+	cfg := probeConfig(t)
+	cfg.Groups = []tls.CurveID{tls.CurveP256}
+	with := hello13().with(extRecordSizeLimit(100))
+	_, old := stepHello(t, &cfg, with.record())
+	_, without := stepHello(t, &cfg, hello13().record())
+	require.Equal(t, state13SecondClientHello, old.state)
+	// What the previous release saved: no limit, its fingerprint (that of
+	// the same ClientHello without the extension), only the flags it had.
+	old.recordLimit, old.hrrHello = 0, without.hrrHello
+	saved, err := old.MarshalBinary()
+	require.NoError(t, err)
+	require.Equal(t, byte(stateCodecNoRecordLimit), saved[0])
+	saved[2] &= byte((flagIssueTicket<<1 - 1) >> 8)
+	restored, err := RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	// Half the second ClientHello first, so that this release saves the
+	// state still waiting for it, and another replica takes the rest.
+	second := with.replace(extKeyShare(shareP256)).record()
+	res := restored.Step(context.Background(), p.keys, second[:len(second)/2])
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	saved, err = restored.MarshalBinary()
+	require.NoError(t, err)
+	restored, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	res = restored.Step(context.Background(), p.keys, second[len(second)/2:])
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	assert.Equal(t, "16385", traceField(res.Trace, Sent, "EncryptedExtensions", "record_size_limit"))
+	assert.Equal(t, 99, restored.maxFragment(), "the limit of the second ClientHello")
+	_, rest := plaintextMessages(t, res.Output)
+	for len(rest) > 0 {
+		_, _, body, n, err := record.Parse(rest, record.MaxCiphertextTLS13)
+		require.NoError(t, err)
+		require.NotZero(t, n)
+		assert.LessOrEqual(t, len(body)-16, 100, "TLSInnerPlaintext of a protected record")
+		rest = rest[n:]
+	}
+
+	// Saved by this release, the same state without the limit is no
+	// longer taken for the previous release's: adding the extension in
+	// the second ClientHello stays illegal_parameter.
+	saved, err = without.MarshalBinary()
+	require.NoError(t, err)
+	restored, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	res = restored.Step(context.Background(), p.keys, with.replace(extKeyShare(shareP256)).record())
+	require.Equal(t, Failed, res.State)
+	assert.Equal(t, alertIllegalParameter, res.AlertDescription, res.Reason)
+
+	// The previous release's state, and a limit below 64 in the second
+	// ClientHello, where this release checks it first.
+	saved, err = without.MarshalBinary()
+	require.NoError(t, err)
+	saved[2] &= byte((flagIssueTicket<<1 - 1) >> 8)
+	restored, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	res = restored.Step(context.Background(), p.keys, hello13().with(extRecordSizeLimit(63)).replace(extKeyShare(shareP256)).record())
+	require.Equal(t, Failed, res.State)
+	assert.Equal(t, alertIllegalParameter, res.AlertDescription, res.Reason)
+}

@@ -27,7 +27,9 @@ import (
 // and the ticket promised in a full one. Version 5: the client's
 // record_size_limit (RFC 8449) after the ClientHello's legacy_version. A
 // handshake without one is saved as version 4, which replicas of the
-// previous release read, and version 4 reads as no limit.
+// previous release read, and version 4 reads as no limit. A state this
+// release saves has flagFingerprintRecordLimit, which the previous release
+// ignores, unless the previous release made its ClientHello fingerprint.
 const stateCodecVersion = 5
 
 // stateCodecNoRecordLimit is the version of a state whose client sent no
@@ -46,6 +48,10 @@ const (
 	flagWriteCipher
 	flagResumed
 	flagIssueTicket
+	// flagFingerprintRecordLimit: the ClientHello fingerprint (hrrHello)
+	// counts record_size_limit (RFC 8449); clear in the states of the
+	// release before, which knew nothing of the extension.
+	flagFingerprintRecordLimit
 )
 
 var errNotPending = errors.New("engine: only a handshake waiting for input can be saved")
@@ -72,6 +78,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	set(flagWriteCipher, h.writeCipher != nil)
 	set(flagResumed, h.resumed)
 	set(flagIssueTicket, h.issueTicket)
+	set(flagFingerprintRecordLimit, !h.hrrHelloWithoutLimit)
 	var suiteID uint16
 	if h.suite != nil {
 		suiteID = h.suite.ID
@@ -150,6 +157,10 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	h.ems, h.clientAuth, h.didHRR = flags&flagEMS != 0, flags&flagClientAuth != 0, flags&flagDidHRR != 0
 	h.sentCCS, h.skipEarlyData = flags&flagSentCCS != 0, flags&flagSkipEarlyData != 0
 	h.resumed, h.issueTicket = flags&flagResumed != 0, flags&flagIssueTicket != 0
+	// During a rolling upgrade the first ClientHello may have gone to a
+	// replica of the previous release, which ignored the client's
+	// record_size_limit: the second ClientHello's is then the one to keep.
+	h.hrrHelloWithoutLimit = flags&flagFingerprintRecordLimit == 0
 	var skipped uint32
 	var readSeq, writeSeq uint64
 	if !s.ReadUint32(&skipped) ||
