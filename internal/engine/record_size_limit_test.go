@@ -334,3 +334,41 @@ func TestRecordSizeLimitHelloRetryRequestAcrossReleases(t *testing.T) {
 	require.Equal(t, Failed, res.State)
 	assert.Equal(t, alertIllegalParameter, res.AlertDescription, res.Reason)
 }
+
+// TestRecordSizeLimitWithMaxFragmentLength is RFC 8449, Section 5: "A
+// server that supports the "record_size_limit" extension MUST ignore a
+// "max_fragment_length" that appears in a ClientHello if both extensions
+// appear." A client that sends both (GnuTLS does, for a limit that
+// max_fragment_length can express) gets record_size_limit answered and
+// kept to, and no max_fragment_length (RFC 6066, Section 4) in either
+// version.
+func TestRecordSizeLimitWithMaxFragmentLength(t *testing.T) {
+	const xMaxFragmentLength = 1
+	mfl := rawExt{xMaxFragmentLength, []byte{1}} // 2^9
+	cfg := probeConfig(t)
+	t.Run("TLS 1.3", func(t *testing.T) {
+		c := dial13(t, cfg, hello13().with(pskModesDHE).with(mfl).with(extRecordSizeLimit(1000)))
+		ee := eeExtensions(t, c.serverMsgs[0])
+		_, ok := ee.ext(xMaxFragmentLength)
+		assert.False(t, ok, "max_fragment_length in the EncryptedExtensions")
+		limit, _ := ee.ext(xRecordSizeLimit)
+		assert.Equal(t, u16(1<<14+1), limit)
+		alert, res := c.send(c.seal(record.Handshake, c.finished()))
+		require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
+		require.NotNil(t, c.outcome.session)
+		assert.Equal(t, 999, c.outcome.session.RecordPlaintextLimit, "record_size_limit, not max_fragment_length")
+		for i, n := range c.protected {
+			assert.LessOrEqual(t, n-16, 1000, "record %d", i)
+		}
+	})
+	t.Run("TLS 1.2", func(t *testing.T) {
+		c := dial12Hello(t, cfg, hello12().with(mfl).with(extRecordSizeLimit(1000)))
+		_, ok := c.hello.ext(xMaxFragmentLength)
+		assert.False(t, ok, "max_fragment_length in the ServerHello")
+		limit, _ := c.hello.ext(xRecordSizeLimit)
+		assert.Equal(t, u16(1<<14), limit)
+		_, out := c.send(slices.Concat(rawRecord(20, 1), c.seal(record.Handshake, c.finished())))
+		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+		assert.Equal(t, 1000, out.session.RecordPlaintextLimit, "record_size_limit, not max_fragment_length")
+	})
+}
