@@ -232,19 +232,32 @@ func TestRecordSizeLimitHelloRetryRequest(t *testing.T) {
 // TestRecordSizeLimitSaved: a handshake saved after the ClientHello keeps
 // the client's limit (state codec version 5); one without the extension is
 // saved as version 4, as the previous release wrote it, and reads as no
-// limit.
+// limit. So is one whose client's limit, once answered, leaves records at
+// 2^14 (GnuTLS and Firefox send the protocol's maximum): during a rolling
+// upgrade its next step may go to a replica of the previous release, which
+// reads only version 4. Waiting for the second ClientHello, the limit is
+// kept whatever it is: it is still to be answered and compared.
 func TestRecordSizeLimitSaved(t *testing.T) {
 	p := getPKI(t)
 	cfg := probeConfig(t)
+	hrr := probeConfig(t)
+	hrr.Groups = []tls.CurveID{tls.CurveP256}
 	for _, tc := range []struct {
+		cfg     *Config
 		hello   rawHello
 		version byte
 		limit   int
 	}{
-		{hello13().with(extRecordSizeLimit(100)), stateCodecVersion, 99},
-		{hello12().with(extRecordSizeLimit(100)), stateCodecVersion, 100},
-		{hello13(), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(100)), stateCodecVersion, 99},
+		{&cfg, hello12().with(extRecordSizeLimit(100)), stateCodecVersion, 100},
+		{&cfg, hello13(), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(1<<14 + 1)), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(1<<16 - 1)), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(1 << 14)), stateCodecVersion, 1<<14 - 1},
+		{&cfg, hello12().with(extRecordSizeLimit(1 << 14)), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&hrr, hello13().with(extRecordSizeLimit(1<<14 + 1)), stateCodecVersion, record.MaxPlaintext},
 	} {
+		cfg := *tc.cfg
 		h, err := NewHandshake(&cfg)
 		require.NoError(t, err)
 		res := h.Step(context.Background(), p.keys, tc.hello.record())

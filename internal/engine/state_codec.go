@@ -26,14 +26,15 @@ import (
 // the resumption master secret; the TLS 1.2 abbreviated handshake states
 // and the ticket promised in a full one. Version 5: the client's
 // record_size_limit (RFC 8449) after the ClientHello's legacy_version. A
-// handshake without one is saved as version 4, which replicas of the
-// previous release read, and version 4 reads as no limit. A state this
+// handshake without one, or whose limit no longer counts (see
+// MarshalBinary), is saved as version 4, which replicas of the previous
+// release read, and version 4 reads as no limit. A state this
 // release saves has flagFingerprintRecordLimit, which the previous release
 // ignores, unless the previous release made its ClientHello fingerprint.
 const stateCodecVersion = 5
 
 // stateCodecNoRecordLimit is the version of a state whose client sent no
-// record_size_limit.
+// record_size_limit, or one that no longer counts.
 const stateCodecNoRecordLimit = 4
 
 // stateFlags pack the booleans of the state.
@@ -95,9 +96,19 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	if h.ecdheKey != nil {
 		ecdheKey = h.ecdheKey.Bytes()
 	}
+	// The client's record_size_limit is saved (version 5) only while it
+	// counts: until it is answered (waiting for the second ClientHello)
+	// and while it holds records below 2^14. Else the state is version 4,
+	// which a replica of the previous release reads, so that during a
+	// rolling upgrade a handshake of a client that sends the protocol's
+	// maximum (GnuTLS, Firefox) may go on there.
+	limit := h.recordLimit
+	if h.state != state13SecondClientHello && h.maxFragment() == record.MaxPlaintext {
+		limit = 0
+	}
 	var b cryptobyte.Builder
 	codecVersion := uint8(stateCodecVersion)
-	if h.recordLimit == 0 {
+	if limit == 0 {
 		codecVersion = stateCodecNoRecordLimit
 	}
 	b.AddUint8(codecVersion)
@@ -107,8 +118,8 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	for _, v := range []uint16{h.vers, suiteID, uint16(h.kex), uint16(h.group), uint16(h.cert), uint16(h.scheme), h.clientVersion} {
 		b.AddUint16(v)
 	}
-	if h.recordLimit != 0 {
-		b.AddUint16(h.recordLimit)
+	if limit != 0 {
+		b.AddUint16(limit)
 	}
 	b.AddUint32(uint32(h.skippedEarlyData))
 	if h.readCipher != nil {
