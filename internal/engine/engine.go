@@ -160,6 +160,14 @@ type Config struct {
 	// server's, and TLS 1.3 with a CertificateRequest complete on the
 	// client's Finished as without it.
 	CallerVerifiesFinished bool
+
+	// CallerHonorsRecordSizeLimit: the caller keeps the records it
+	// protects within Session.RecordPlaintextLimit, so a client's
+	// record_size_limit is answered and in force (RFC 8449, Section 4).
+	// Without it the extension is ignored, unanswered: a caller that knows
+	// nothing of the limit writes records of 2^14, which a client must
+	// take when its limit was not negotiated.
+	CallerHonorsRecordSizeLimit bool
 }
 
 func (c *Config) rand() io.Reader {

@@ -30,7 +30,7 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed ClientHello")
 	}
 	h.noteClientHello(&ch)
-	if err := checkRecordSizeLimit(&ch); err != nil {
+	if err := h.takeRecordSizeLimit(&ch); err != nil {
 		return err
 	}
 	vers, err := h.negotiateVersion(&ch)
@@ -38,7 +38,6 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return err
 	}
 	h.vers = vers
-	h.recordLimit = ch.recordSizeLimit
 	// RFC 6066, Section 3 forbids IP literals in host_name, yet clients
 	// that take the name from the URL send them (wrk, for one). The name
 	// then says nothing a certificate could match, so it counts as absent

@@ -210,10 +210,9 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 		return fail(alertIllegalParameter, "second ClientHello changed more than the key share")
 	}
 	if h.hrrHelloWithoutLimit {
-		if err := checkRecordSizeLimit(&ch); err != nil {
+		if err := h.takeRecordSizeLimit(&ch); err != nil {
 			return err
 		}
-		h.recordLimit = ch.recordSizeLimit
 	}
 	h.hrrHello = nil
 	n, err := h.negotiate13(&ch)

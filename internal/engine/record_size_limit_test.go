@@ -385,3 +385,35 @@ func TestRecordSizeLimitWithMaxFragmentLength(t *testing.T) {
 		assert.Equal(t, 1000, out.session.RecordPlaintextLimit, "record_size_limit, not max_fragment_length")
 	})
 }
+
+// TestRecordSizeLimitNotHonored: a caller that does not say it keeps to
+// Session.RecordPlaintextLimit (an edge or a REST client older than the
+// field) writes records of 2^14, so the engine leaves the client's
+// record_size_limit unanswered, as before it knew the extension: the limit
+// is then not negotiated, and 2^14 within what the client must take (RFC
+// 8449, Section 4: "When the record_size_limit extension is negotiated, an
+// endpoint MUST NOT generate a protected record with plaintext that is
+// larger than the RecordSizeLimit value it receives from its peer").
+func TestRecordSizeLimitNotHonored(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.CallerHonorsRecordSizeLimit = false
+	for _, limit := range []uint16{63, 100} {
+		t.Run("TLS 1.3 record_size_limit "+strconv.Itoa(int(limit)), func(t *testing.T) {
+			c := dial13(t, cfg, hello13().with(pskModesDHE).with(extRecordSizeLimit(limit)))
+			_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
+			assert.False(t, ok, "record_size_limit answered for a caller that does not keep to it")
+			alert, res := c.send(c.seal(record.Handshake, c.finished()))
+			require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
+			require.NotNil(t, c.outcome.session)
+			assert.Equal(t, record.MaxPlaintext, c.outcome.session.RecordPlaintextLimit)
+		})
+		t.Run("TLS 1.2 record_size_limit "+strconv.Itoa(int(limit)), func(t *testing.T) {
+			c := dial12Hello(t, cfg, hello12().with(extRecordSizeLimit(limit)))
+			_, ok := c.hello.ext(xRecordSizeLimit)
+			assert.False(t, ok, "record_size_limit answered for a caller that does not keep to it")
+			_, out := c.send(slices.Concat(rawRecord(20, 1), c.seal(record.Handshake, c.finished())))
+			require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+			assert.Equal(t, record.MaxPlaintext, out.session.RecordPlaintextLimit)
+		})
+	}
+}
