@@ -112,15 +112,22 @@ func TestRecordSizeLimitTLS13(t *testing.T) {
 		assert.Equal(t, 63, h.maxFragment(), "what the NewSessionTicket and the edge's records may carry")
 	})
 	t.Run("no record_size_limit, no answer", func(t *testing.T) {
-		c := dial13(t, cfg, hello13().with(pskModesDHE))
-		_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
-		assert.False(t, ok, "record_size_limit in the EncryptedExtensions, not asked for")
-		alert, res := c.send(c.seal(record.Handshake, c.finished()))
-		require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
-		require.NotNil(t, c.outcome.session)
-		assert.Equal(t, record.MaxPlaintext, c.outcome.session.RecordPlaintextLimit)
-		assert.Empty(t, traceField(c.outcome.trace, Sent, "EncryptedExtensions", "record_size_limit"))
+		expectNoAnswer13(t, cfg, hello13().with(pskModesDHE))
 	})
+}
+
+// expectNoAnswer13 runs a TLS 1.3 handshake of hello and checks that the
+// server answers no record_size_limit and leaves records at 2^14.
+func expectNoAnswer13(t *testing.T, cfg Config, hello rawHello) {
+	t.Helper()
+	c := dial13(t, cfg, hello)
+	_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
+	assert.False(t, ok, "record_size_limit in the EncryptedExtensions")
+	alert, res := c.send(c.seal(record.Handshake, c.finished()))
+	require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
+	require.NotNil(t, c.outcome.session)
+	assert.Equal(t, record.MaxPlaintext, c.outcome.session.RecordPlaintextLimit)
+	assert.Empty(t, traceField(c.outcome.trace, Sent, "EncryptedExtensions", "record_size_limit"))
 }
 
 // TestRecordSizeLimitTLS12 is RFC 8449, Section 4 in TLS 1.2: the server
@@ -399,13 +406,7 @@ func TestRecordSizeLimitNotHonored(t *testing.T) {
 	cfg.CallerHonorsRecordSizeLimit = false
 	for _, limit := range []uint16{63, 100} {
 		t.Run("TLS 1.3 record_size_limit "+strconv.Itoa(int(limit)), func(t *testing.T) {
-			c := dial13(t, cfg, hello13().with(pskModesDHE).with(extRecordSizeLimit(limit)))
-			_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
-			assert.False(t, ok, "record_size_limit answered for a caller that does not keep to it")
-			alert, res := c.send(c.seal(record.Handshake, c.finished()))
-			require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
-			require.NotNil(t, c.outcome.session)
-			assert.Equal(t, record.MaxPlaintext, c.outcome.session.RecordPlaintextLimit)
+			expectNoAnswer13(t, cfg, hello13().with(pskModesDHE).with(extRecordSizeLimit(limit)))
 		})
 		t.Run("TLS 1.2 record_size_limit "+strconv.Itoa(int(limit)), func(t *testing.T) {
 			c := dial12Hello(t, cfg, hello12().with(extRecordSizeLimit(limit)))

@@ -88,10 +88,22 @@ func startEdge(t testing.TB, args ...string) (string, *testenv.Buffer) {
 // on the half-close. It reports each connection's bytes and how it ended.
 func echoBackend(t testing.TB) (string, <-chan error) {
 	t.Helper()
+	ended := make(chan error, 16)
+	addr := serveBackend(t, func(c net.Conn) {
+		_, err := io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+		ended <- err
+	})
+	return addr, ended
+}
+
+// serveBackend is a TCP backend that runs serve on each connection, then
+// closes it.
+func serveBackend(t testing.TB, serve func(net.Conn)) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
-	ended := make(chan error, 16)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -100,13 +112,11 @@ func echoBackend(t testing.TB) (string, <-chan error) {
 			}
 			go func() {
 				defer c.Close()
-				_, err := io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				ended <- err
+				serve(c)
 			}()
 		}
 	}()
-	return l.Addr().String(), ended
+	return l.Addr().String()
 }
 
 func randomFile(t testing.TB, n int) (string, []byte) {
@@ -296,24 +306,12 @@ func TestGnuTLSClientRecordSizeLimit(t *testing.T) {
 	gnutls := testenv.LookPath(t, "gnutls-cli")
 	f := newFixture(t)
 	data := hexLines(64 << 10)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
-					c.Write(data)
-				}
-			}()
+	backend := serveBackend(t, func(c net.Conn) {
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			c.Write(data)
 		}
-	}()
-	addr, _ := f.start(t, "-backend", l.Addr().String())
+	})
+	addr, _ := f.start(t, "-backend", backend)
 	host, port, _ := net.SplitHostPort(addr)
 	for _, prio := range []string{"NORMAL:-VERS-ALL:+VERS-TLS1.3", "NORMAL:-VERS-ALL:+VERS-TLS1.2"} {
 		cmd := exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
