@@ -160,6 +160,14 @@ type Config struct {
 	// server's, and TLS 1.3 with a CertificateRequest complete on the
 	// client's Finished as without it.
 	CallerVerifiesFinished bool
+
+	// CallerHonorsRecordSizeLimit: the caller keeps the records it
+	// protects within Session.RecordPlaintextLimit, so a client's
+	// record_size_limit is answered and in force (RFC 8449, Section 4).
+	// Without it the extension is ignored, unanswered: a caller that knows
+	// nothing of the limit writes records of 2^14, which a client must
+	// take when its limit was not negotiated.
+	CallerHonorsRecordSizeLimit bool
 }
 
 func (c *Config) rand() io.Reader {
@@ -505,6 +513,11 @@ type handshake13 struct {
 	droppedCCS uint8  // change_cipher_spec records dropped in this wait (maxDroppedCCS)
 	sessionID  []byte // echoed, RFC 8446, Section 4.1.3
 	hrrHello   []byte // fingerprint of ClientHello1, see helloFingerprint
+	// hrrHelloWithoutLimit: a replica of a release that did not know
+	// record_size_limit (RFC 8449) sent the HelloRetryRequest and saved
+	// the state, so hrrHello leaves the extension out and recordLimit is
+	// not the client's (see RestoreHandshake).
+	hrrHelloWithoutLimit bool
 	// skipEarlyData is set while records may be 0-RTT data the server
 	// refused; skippedEarlyData counts their bytes (RFC 8446, Section 4.2.10).
 	skipEarlyData    bool

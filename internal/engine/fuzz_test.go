@@ -64,7 +64,7 @@ func FuzzClientHello(f *testing.F) {
 			return
 		}
 		(&Handshake{}).noteClientHello(&m)
-		helloFingerprint(&m)
+		helloFingerprint(&m, true)
 		validHostname(m.serverName)
 		// What was understood survives re-encoding.
 		var again clientHelloMsg

@@ -30,7 +30,7 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed ClientHello")
 	}
 	h.noteClientHello(&ch)
-	if err := checkRecordSizeLimit(&ch); err != nil {
+	if err := h.takeRecordSizeLimit(&ch); err != nil {
 		return err
 	}
 	vers, err := h.negotiateVersion(&ch)
@@ -38,7 +38,6 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return err
 	}
 	h.vers = vers
-	h.recordLimit = ch.recordSizeLimit
 	// RFC 6066, Section 3 forbids IP literals in host_name, yet clients
 	// that take the name from the URL send them (wrk, for one). The name
 	// then says nothing a certificate could match, so it counts as absent
@@ -668,7 +667,7 @@ func (h *Handshake) complete(s *Session) {
 // in its second ClientHello (RFC 8446, Section 4.1.2: everything but
 // key_share, early_data, cookie, pre_shared_key and padding). Keeping a
 // digest instead of the first ClientHello keeps the pending state small.
-func helloFingerprint(ch *clientHelloMsg) []byte {
+func helloFingerprint(ch *clientHelloMsg, withRecordLimit bool) []byte {
 	var b bytes.Buffer
 	put16 := func(v uint16) { b.WriteByte(byte(v >> 8)); b.WriteByte(byte(v)) }
 	putBytes := func(p []byte) { put16(uint16(len(p))); b.Write(p) }
@@ -714,8 +713,10 @@ func helloFingerprint(ch *clientHelloMsg) []byte {
 		putBool(v)
 	}
 	// Only when sent, so that the fingerprint of a ClientHello without it
-	// is the one a replica of the previous release saved.
-	if ch.has(extensionRecordSizeLimit) {
+	// is the one a replica of the previous release saved; and not at all
+	// to compare with a fingerprint that release made (withRecordLimit
+	// false), which leaves the extension out.
+	if withRecordLimit && ch.has(extensionRecordSizeLimit) {
 		put16(extensionRecordSizeLimit)
 		put16(ch.recordSizeLimit)
 	}

@@ -146,7 +146,7 @@ func (h *Handshake) sendHelloRetryRequest(ch *clientHelloMsg, raw []byte, n nego
 	h.transcript.restartWithMessageHash(raw)
 	h.group = n.group
 	h.didHRR = true
-	h.hrrHello = helloFingerprint(ch)
+	h.hrrHello = helloFingerprint(ch, true)
 	// RFC 8446, Section 4.2.10: refused 0-RTT data may follow; it is skipped
 	// unread until the second ClientHello.
 	h.skipEarlyData = ch.earlyData
@@ -206,8 +206,13 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 	if ch.has(extensionCookie) {
 		return fail(alertIllegalParameter, "cookie in the second ClientHello, which the HelloRetryRequest did not send")
 	}
-	if !bytes.Equal(helloFingerprint(&ch), h.hrrHello) {
+	if !bytes.Equal(helloFingerprint(&ch, !h.hrrHelloWithoutLimit), h.hrrHello) {
 		return fail(alertIllegalParameter, "second ClientHello changed more than the key share")
+	}
+	if h.hrrHelloWithoutLimit {
+		if err := h.takeRecordSizeLimit(&ch); err != nil {
+			return err
+		}
 	}
 	h.hrrHello = nil
 	n, err := h.negotiate13(&ch)

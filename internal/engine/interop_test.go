@@ -17,7 +17,8 @@ func clientConfig(p *testPKI, serverName string) *tls.Config {
 }
 
 func serverConfig(certs ...*testKey) Config {
-	cfg := Config{}
+	// As the edge asks (HandshakeConfig.caller_honors_record_size_limit).
+	cfg := Config{CallerHonorsRecordSizeLimit: true}
 	for _, k := range certs {
 		cfg.Certificates = append(cfg.Certificates, k.cert)
 	}

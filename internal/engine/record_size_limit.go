@@ -37,11 +37,18 @@ func ownRecordSizeLimit(vers uint16) uint16 {
 	return record.MaxPlaintext
 }
 
-// checkRecordSizeLimit refuses a record_size_limit below the minimum.
-func checkRecordSizeLimit(ch *clientHelloMsg) error {
-	if ch.has(extensionRecordSizeLimit) && ch.recordSizeLimit < minRecordSizeLimit {
+// takeRecordSizeLimit keeps the client's record_size_limit, refusing one
+// below the minimum, if the caller honors it (Config.
+// CallerHonorsRecordSizeLimit); else the extension is ignored, as by a
+// server that does not implement it.
+func (h *Handshake) takeRecordSizeLimit(ch *clientHelloMsg) error {
+	if !h.cfg.CallerHonorsRecordSizeLimit || !ch.has(extensionRecordSizeLimit) {
+		return nil
+	}
+	if ch.recordSizeLimit < minRecordSizeLimit {
 		return fail(alertIllegalParameter, "record_size_limit %d is below %d (RFC 8449, Section 4)", ch.recordSizeLimit, minRecordSizeLimit)
 	}
+	h.recordLimit = ch.recordSizeLimit
 	return nil
 }
 

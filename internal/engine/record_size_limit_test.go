@@ -112,15 +112,22 @@ func TestRecordSizeLimitTLS13(t *testing.T) {
 		assert.Equal(t, 63, h.maxFragment(), "what the NewSessionTicket and the edge's records may carry")
 	})
 	t.Run("no record_size_limit, no answer", func(t *testing.T) {
-		c := dial13(t, cfg, hello13().with(pskModesDHE))
-		_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
-		assert.False(t, ok, "record_size_limit in the EncryptedExtensions, not asked for")
-		alert, res := c.send(c.seal(record.Handshake, c.finished()))
-		require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
-		require.NotNil(t, c.outcome.session)
-		assert.Equal(t, record.MaxPlaintext, c.outcome.session.RecordPlaintextLimit)
-		assert.Empty(t, traceField(c.outcome.trace, Sent, "EncryptedExtensions", "record_size_limit"))
+		expectNoAnswer13(t, cfg, hello13().with(pskModesDHE))
 	})
+}
+
+// expectNoAnswer13 runs a TLS 1.3 handshake of hello and checks that the
+// server answers no record_size_limit and leaves records at 2^14.
+func expectNoAnswer13(t *testing.T, cfg Config, hello rawHello) {
+	t.Helper()
+	c := dial13(t, cfg, hello)
+	_, ok := eeExtensions(t, c.serverMsgs[0]).ext(xRecordSizeLimit)
+	assert.False(t, ok, "record_size_limit in the EncryptedExtensions")
+	alert, res := c.send(c.seal(record.Handshake, c.finished()))
+	require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
+	require.NotNil(t, c.outcome.session)
+	assert.Equal(t, record.MaxPlaintext, c.outcome.session.RecordPlaintextLimit)
+	assert.Empty(t, traceField(c.outcome.trace, Sent, "EncryptedExtensions", "record_size_limit"))
 }
 
 // TestRecordSizeLimitTLS12 is RFC 8449, Section 4 in TLS 1.2: the server
@@ -232,19 +239,32 @@ func TestRecordSizeLimitHelloRetryRequest(t *testing.T) {
 // TestRecordSizeLimitSaved: a handshake saved after the ClientHello keeps
 // the client's limit (state codec version 5); one without the extension is
 // saved as version 4, as the previous release wrote it, and reads as no
-// limit.
+// limit. So is one whose client's limit, once answered, leaves records at
+// 2^14 (GnuTLS and Firefox send the protocol's maximum): during a rolling
+// upgrade its next step may go to a replica of the previous release, which
+// reads only version 4. Waiting for the second ClientHello, the limit is
+// kept whatever it is: it is still to be answered and compared.
 func TestRecordSizeLimitSaved(t *testing.T) {
 	p := getPKI(t)
 	cfg := probeConfig(t)
+	hrr := probeConfig(t)
+	hrr.Groups = []tls.CurveID{tls.CurveP256}
 	for _, tc := range []struct {
+		cfg     *Config
 		hello   rawHello
 		version byte
 		limit   int
 	}{
-		{hello13().with(extRecordSizeLimit(100)), stateCodecVersion, 99},
-		{hello12().with(extRecordSizeLimit(100)), stateCodecVersion, 100},
-		{hello13(), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(100)), stateCodecVersion, 99},
+		{&cfg, hello12().with(extRecordSizeLimit(100)), stateCodecVersion, 100},
+		{&cfg, hello13(), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(1<<14 + 1)), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(1<<16 - 1)), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&cfg, hello13().with(extRecordSizeLimit(1 << 14)), stateCodecVersion, 1<<14 - 1},
+		{&cfg, hello12().with(extRecordSizeLimit(1 << 14)), stateCodecNoRecordLimit, record.MaxPlaintext},
+		{&hrr, hello13().with(extRecordSizeLimit(1<<14 + 1)), stateCodecVersion, record.MaxPlaintext},
 	} {
+		cfg := *tc.cfg
 		h, err := NewHandshake(&cfg)
 		require.NoError(t, err)
 		res := h.Step(context.Background(), p.keys, tc.hello.record())
@@ -262,5 +282,139 @@ func TestRecordSizeLimitSaved(t *testing.T) {
 			_, err = RestoreHandshake(&cfg, saved)
 			assert.ErrorIs(t, err, errBadState)
 		}
+	}
+}
+
+// TestRecordSizeLimitHelloRetryRequestAcrossReleases: in a rolling upgrade
+// a replica of the previous release, which knew nothing of
+// record_size_limit, may send the HelloRetryRequest and save the state, and
+// a replica of this release take the second ClientHello. That state is
+// codec version 4, with no limit and a fingerprint of the first ClientHello
+// that leaves the extension out; a second ClientHello that keeps the
+// extension, as RFC 8446, Section 4.1.2 has it, is accepted, and its limit
+// answered and kept to.
+func TestRecordSizeLimitHelloRetryRequestAcrossReleases(t *testing.T) {
+	p := getPKI(t)
+	cfg := probeConfig(t)
+	cfg.Groups = []tls.CurveID{tls.CurveP256}
+	with := hello13().with(extRecordSizeLimit(100))
+	_, old := stepHello(t, &cfg, with.record())
+	_, without := stepHello(t, &cfg, hello13().record())
+	require.Equal(t, state13SecondClientHello, old.state)
+	// What the previous release saved: no limit, its fingerprint (that of
+	// the same ClientHello without the extension), only the flags it had.
+	old.recordLimit, old.hrrHello = 0, without.hrrHello
+	saved, err := old.MarshalBinary()
+	require.NoError(t, err)
+	require.Equal(t, byte(stateCodecNoRecordLimit), saved[0])
+	saved[2] &= byte((flagIssueTicket<<1 - 1) >> 8)
+	restored, err := RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	// Half the second ClientHello first, so that this release saves the
+	// state still waiting for it, and another replica takes the rest.
+	second := with.replace(extKeyShare(shareP256)).record()
+	res := restored.Step(context.Background(), p.keys, second[:len(second)/2])
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	saved, err = restored.MarshalBinary()
+	require.NoError(t, err)
+	restored, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	res = restored.Step(context.Background(), p.keys, second[len(second)/2:])
+	require.Equal(t, NeedInput, res.State, res.Reason)
+	assert.Equal(t, "16385", traceField(res.Trace, Sent, "EncryptedExtensions", "record_size_limit"))
+	assert.Equal(t, 99, restored.maxFragment(), "the limit of the second ClientHello")
+	_, rest := plaintextMessages(t, res.Output)
+	for len(rest) > 0 {
+		_, _, body, n, err := record.Parse(rest, record.MaxCiphertextTLS13)
+		require.NoError(t, err)
+		require.NotZero(t, n)
+		assert.LessOrEqual(t, len(body)-16, 100, "TLSInnerPlaintext of a protected record")
+		rest = rest[n:]
+	}
+
+	// Saved by this release, the same state without the limit is no
+	// longer taken for the previous release's: adding the extension in
+	// the second ClientHello stays illegal_parameter.
+	saved, err = without.MarshalBinary()
+	require.NoError(t, err)
+	restored, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	res = restored.Step(context.Background(), p.keys, with.replace(extKeyShare(shareP256)).record())
+	require.Equal(t, Failed, res.State)
+	assert.Equal(t, alertIllegalParameter, res.AlertDescription, res.Reason)
+
+	// The previous release's state, and a limit below 64 in the second
+	// ClientHello, where this release checks it first.
+	saved, err = without.MarshalBinary()
+	require.NoError(t, err)
+	saved[2] &= byte((flagIssueTicket<<1 - 1) >> 8)
+	restored, err = RestoreHandshake(&cfg, saved)
+	require.NoError(t, err)
+	res = restored.Step(context.Background(), p.keys, hello13().with(extRecordSizeLimit(63)).replace(extKeyShare(shareP256)).record())
+	require.Equal(t, Failed, res.State)
+	assert.Equal(t, alertIllegalParameter, res.AlertDescription, res.Reason)
+}
+
+// TestRecordSizeLimitWithMaxFragmentLength is RFC 8449, Section 5: "A
+// server that supports the "record_size_limit" extension MUST ignore a
+// "max_fragment_length" that appears in a ClientHello if both extensions
+// appear." A client that sends both (GnuTLS does, for a limit that
+// max_fragment_length can express) gets record_size_limit answered and
+// kept to, and no max_fragment_length (RFC 6066, Section 4) in either
+// version.
+func TestRecordSizeLimitWithMaxFragmentLength(t *testing.T) {
+	const xMaxFragmentLength = 1
+	mfl := rawExt{xMaxFragmentLength, []byte{1}} // 2^9
+	cfg := probeConfig(t)
+	t.Run("TLS 1.3", func(t *testing.T) {
+		c := dial13(t, cfg, hello13().with(pskModesDHE).with(mfl).with(extRecordSizeLimit(1000)))
+		ee := eeExtensions(t, c.serverMsgs[0])
+		_, ok := ee.ext(xMaxFragmentLength)
+		assert.False(t, ok, "max_fragment_length in the EncryptedExtensions")
+		limit, _ := ee.ext(xRecordSizeLimit)
+		assert.Equal(t, u16(1<<14+1), limit)
+		alert, res := c.send(c.seal(record.Handshake, c.finished()))
+		require.Nil(t, alert, "alert %v: %s", alertName(alert), res.Reason)
+		require.NotNil(t, c.outcome.session)
+		assert.Equal(t, 999, c.outcome.session.RecordPlaintextLimit, "record_size_limit, not max_fragment_length")
+		for i, n := range c.protected {
+			assert.LessOrEqual(t, n-16, 1000, "record %d", i)
+		}
+	})
+	t.Run("TLS 1.2", func(t *testing.T) {
+		c := dial12Hello(t, cfg, hello12().with(mfl).with(extRecordSizeLimit(1000)))
+		_, ok := c.hello.ext(xMaxFragmentLength)
+		assert.False(t, ok, "max_fragment_length in the ServerHello")
+		limit, _ := c.hello.ext(xRecordSizeLimit)
+		assert.Equal(t, u16(1<<14), limit)
+		_, out := c.send(slices.Concat(rawRecord(20, 1), c.seal(record.Handshake, c.finished())))
+		require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+		assert.Equal(t, 1000, out.session.RecordPlaintextLimit, "record_size_limit, not max_fragment_length")
+	})
+}
+
+// TestRecordSizeLimitNotHonored: a caller that does not say it keeps to
+// Session.RecordPlaintextLimit (an edge or a REST client older than the
+// field) writes records of 2^14, so the engine leaves the client's
+// record_size_limit unanswered, as before it knew the extension: the limit
+// is then not negotiated, and 2^14 within what the client must take (RFC
+// 8449, Section 4: "When the record_size_limit extension is negotiated, an
+// endpoint MUST NOT generate a protected record with plaintext that is
+// larger than the RecordSizeLimit value it receives from its peer").
+func TestRecordSizeLimitNotHonored(t *testing.T) {
+	cfg := probeConfig(t)
+	cfg.CallerHonorsRecordSizeLimit = false
+	for _, limit := range []uint16{63, 100} {
+		t.Run("TLS 1.3 record_size_limit "+strconv.Itoa(int(limit)), func(t *testing.T) {
+			expectNoAnswer13(t, cfg, hello13().with(pskModesDHE).with(extRecordSizeLimit(limit)))
+		})
+		t.Run("TLS 1.2 record_size_limit "+strconv.Itoa(int(limit)), func(t *testing.T) {
+			c := dial12Hello(t, cfg, hello12().with(extRecordSizeLimit(limit)))
+			_, ok := c.hello.ext(xRecordSizeLimit)
+			assert.False(t, ok, "record_size_limit answered for a caller that does not keep to it")
+			_, out := c.send(slices.Concat(rawRecord(20, 1), c.seal(record.Handshake, c.finished())))
+			require.NotNil(t, out.session, "engine: %v %s", out.last.State, out.last.Reason)
+			assert.Equal(t, record.MaxPlaintext, out.session.RecordPlaintextLimit)
+		})
 	}
 }

@@ -26,12 +26,15 @@ import (
 // the resumption master secret; the TLS 1.2 abbreviated handshake states
 // and the ticket promised in a full one. Version 5: the client's
 // record_size_limit (RFC 8449) after the ClientHello's legacy_version. A
-// handshake without one is saved as version 4, which replicas of the
-// previous release read, and version 4 reads as no limit.
+// handshake without one, or whose limit no longer counts (see
+// MarshalBinary), is saved as version 4, which replicas of the previous
+// release read, and version 4 reads as no limit. A state this
+// release saves has flagFingerprintRecordLimit, which the previous release
+// ignores, unless the previous release made its ClientHello fingerprint.
 const stateCodecVersion = 5
 
 // stateCodecNoRecordLimit is the version of a state whose client sent no
-// record_size_limit.
+// record_size_limit, or one that no longer counts.
 const stateCodecNoRecordLimit = 4
 
 // stateFlags pack the booleans of the state.
@@ -46,6 +49,10 @@ const (
 	flagWriteCipher
 	flagResumed
 	flagIssueTicket
+	// flagFingerprintRecordLimit: the ClientHello fingerprint (hrrHello)
+	// counts record_size_limit (RFC 8449); clear in the states of the
+	// release before, which knew nothing of the extension.
+	flagFingerprintRecordLimit
 )
 
 var errNotPending = errors.New("engine: only a handshake waiting for input can be saved")
@@ -72,6 +79,7 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	set(flagWriteCipher, h.writeCipher != nil)
 	set(flagResumed, h.resumed)
 	set(flagIssueTicket, h.issueTicket)
+	set(flagFingerprintRecordLimit, !h.hrrHelloWithoutLimit)
 	var suiteID uint16
 	if h.suite != nil {
 		suiteID = h.suite.ID
@@ -88,9 +96,19 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	if h.ecdheKey != nil {
 		ecdheKey = h.ecdheKey.Bytes()
 	}
+	// The client's record_size_limit is saved (version 5) only while it
+	// counts: until it is answered (waiting for the second ClientHello)
+	// and while it holds records below 2^14. Else the state is version 4,
+	// which a replica of the previous release reads, so that during a
+	// rolling upgrade a handshake of a client that sends the protocol's
+	// maximum (GnuTLS, Firefox) may go on there.
+	limit := h.recordLimit
+	if h.state != state13SecondClientHello && h.maxFragment() == record.MaxPlaintext {
+		limit = 0
+	}
 	var b cryptobyte.Builder
 	codecVersion := uint8(stateCodecVersion)
-	if h.recordLimit == 0 {
+	if limit == 0 {
 		codecVersion = stateCodecNoRecordLimit
 	}
 	b.AddUint8(codecVersion)
@@ -100,8 +118,8 @@ func (h *Handshake) MarshalBinary() ([]byte, error) {
 	for _, v := range []uint16{h.vers, suiteID, uint16(h.kex), uint16(h.group), uint16(h.cert), uint16(h.scheme), h.clientVersion} {
 		b.AddUint16(v)
 	}
-	if h.recordLimit != 0 {
-		b.AddUint16(h.recordLimit)
+	if limit != 0 {
+		b.AddUint16(limit)
 	}
 	b.AddUint32(uint32(h.skippedEarlyData))
 	if h.readCipher != nil {
@@ -150,6 +168,10 @@ func RestoreHandshake(cfg *Config, data []byte) (*Handshake, error) {
 	h.ems, h.clientAuth, h.didHRR = flags&flagEMS != 0, flags&flagClientAuth != 0, flags&flagDidHRR != 0
 	h.sentCCS, h.skipEarlyData = flags&flagSentCCS != 0, flags&flagSkipEarlyData != 0
 	h.resumed, h.issueTicket = flags&flagResumed != 0, flags&flagIssueTicket != 0
+	// During a rolling upgrade the first ClientHello may have gone to a
+	// replica of the previous release, which ignored the client's
+	// record_size_limit: the second ClientHello's is then the one to keep.
+	h.hrrHelloWithoutLimit = flags&flagFingerprintRecordLimit == 0
 	var skipped uint32
 	var readSeq, writeSeq uint64
 	if !s.ReadUint32(&skipped) ||

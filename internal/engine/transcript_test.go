@@ -186,7 +186,8 @@ func (tr *recordedTranscript) config(t *testing.T) (*Config, KeyOps) {
 	require.Equal(t, tr.KeyHash, keyHash, "testdata/keys/%s changed since the recording: re-record", tr.Key)
 	cert, err := NewCertificate([][]byte{tr.Cert}, "key")
 	require.NoError(t, err)
-	cfg := &Config{Certificates: []Certificate{cert}, Groups: tr.Groups, NextProtos: tr.NextProtos, MaxVersion: tr.MaxVersion}
+	cfg := &Config{Certificates: []Certificate{cert}, Groups: tr.Groups, NextProtos: tr.NextProtos, MaxVersion: tr.MaxVersion,
+		CallerHonorsRecordSizeLimit: true}
 	if tr.Resumed {
 		// The ticket's creation time and its nonce (drawn from the seeded
 		// randomness) make the new ticket the same bytes on every replay.

@@ -115,6 +115,7 @@ func engineConfig(ctx context.Context, vault *keyvault.Vault, certs *certificate
 		}
 	}
 	cfg.CallerVerifiesFinished = c.GetCallerVerifiesFinished()
+	cfg.CallerHonorsRecordSizeLimit = c.GetCallerHonorsRecordSizeLimit()
 	return cfg, nil
 }
 

@@ -88,10 +88,22 @@ func startEdge(t testing.TB, args ...string) (string, *testenv.Buffer) {
 // on the half-close. It reports each connection's bytes and how it ended.
 func echoBackend(t testing.TB) (string, <-chan error) {
 	t.Helper()
+	ended := make(chan error, 16)
+	addr := serveBackend(t, func(c net.Conn) {
+		_, err := io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+		ended <- err
+	})
+	return addr, ended
+}
+
+// serveBackend is a TCP backend that runs serve on each connection, then
+// closes it.
+func serveBackend(t testing.TB, serve func(net.Conn)) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
-	ended := make(chan error, 16)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -100,13 +112,11 @@ func echoBackend(t testing.TB) (string, <-chan error) {
 			}
 			go func() {
 				defer c.Close()
-				_, err := io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				ended <- err
+				serve(c)
 			}()
 		}
 	}()
-	return l.Addr().String(), ended
+	return l.Addr().String()
 }
 
 func randomFile(t testing.TB, n int) (string, []byte) {
@@ -278,6 +288,55 @@ func TestGnuTLSClient(t *testing.T) {
 			"--priority", prio, "-p", port, host)
 		runInteractive(t, cmd, nil, "", data)
 		assert.NoError(t, <-ended, "%s: backend connection", prio)
+	}
+}
+
+// TestGnuTLSClientRecordSizeLimit: gnutls-cli --recordsize 512 (RFC 8449)
+// gets the handshake and 64 KiB through the edge, in TLS 1.3 and TLS 1.2.
+// GnuTLS enforces the limit it advertises: a protected record over it, of
+// the server's flight or of the data, aborts the connection ("Received
+// packet with illegal length"). The backend answers a request line with
+// the data and closes, for gnutls-cli 3.7.9 takes one record from its
+// buffer each time the socket turns readable (openssl s_server
+// -max_send_frag 512 stalls it the same way, with or without --recordsize):
+// while the connection stays open, the records of one write of the edge's
+// past the first wait for more bytes to arrive, and at the end the close
+// is what keeps the socket readable until gnutls-cli has read them all.
+func TestGnuTLSClientRecordSizeLimit(t *testing.T) {
+	gnutls := testenv.LookPath(t, "gnutls-cli")
+	f := newFixture(t)
+	data := hexLines(64 << 10)
+	backend := serveBackend(t, func(c net.Conn) {
+		if _, err := bufio.NewReader(c).ReadString('\n'); err == nil {
+			c.Write(data)
+		}
+	})
+	addr, _ := f.start(t, "-backend", backend)
+	host, port, _ := net.SplitHostPort(addr)
+	for _, prio := range []string{"NORMAL:-VERS-ALL:+VERS-TLS1.3", "NORMAL:-VERS-ALL:+VERS-TLS1.2"} {
+		cmd := exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
+			"--priority", prio, "--recordsize", "512", "-p", port, host)
+		stdin, err := cmd.StdinPipe()
+		require.NoError(t, err)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		require.NoError(t, cmd.Start())
+		killer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
+		// stdin stays open: gnutls-cli ends its connection at the end of
+		// its input, and here at the server's close_notify.
+		stdin.Write([]byte("go\n"))
+		err = cmd.Wait()
+		killer.Stop()
+		stdin.Close()
+		require.NoError(t, err, "%s:\n%s", prio, stderr.String())
+		var echoed bytes.Buffer
+		for _, line := range bytes.SplitAfter(stdout.Bytes(), []byte("\n")) {
+			if bytes.HasPrefix(line, []byte("@")) {
+				echoed.Write(line)
+			}
+		}
+		assert.Equal(t, len(data), echoed.Len(), "%s: bytes received", prio)
+		assert.True(t, bytes.Equal(data, echoed.Bytes()), "%s: the data differs", prio)
 	}
 }
 

@@ -112,11 +112,11 @@ type Config struct {
 	Trace bool
 }
 
-// withTraceChoice returns c with its Handshake configuration asking for
-// the trace or not, as c.Trace says: c itself if it does already, else a
-// copy (the caller's configuration is left as it is).
+// withTraceChoice returns c with its Handshake configuration asking what
+// the edge asks of every handshake (edgeAsks): c itself if it does
+// already, else a copy (the caller's configuration is left as it is).
 func (c *Config) withTraceChoice() *Config {
-	if c.Trace == !c.Handshake.GetOmitTrace() {
+	if c.edgeAsks(c.Handshake) {
 		return c
 	}
 	out := *c
@@ -124,23 +124,35 @@ func (c *Config) withTraceChoice() *Config {
 	if out.Handshake == nil {
 		out.Handshake = &pb.HandshakeConfig{}
 	}
-	out.Handshake.OmitTrace = !c.Trace
+	c.setEdgeAsks(out.Handshake)
 	return &out
 }
 
+// edgeAsks reports whether h asks what the edge asks of every handshake:
+// the trace or not, as c.Trace says, and the client's record_size_limit
+// answered, which Conn.Write keeps to (RFC 8449).
+func (c *Config) edgeAsks(h *pb.HandshakeConfig) bool {
+	return c.Trace == !h.GetOmitTrace() && h.GetCallerHonorsRecordSizeLimit()
+}
+
+// setEdgeAsks makes h ask what edgeAsks checks.
+func (c *Config) setEdgeAsks(h *pb.HandshakeConfig) {
+	h.OmitTrace, h.CallerHonorsRecordSizeLimit = !c.Trace, true
+}
+
 // handshakeFor is the configuration for a new connection's handshake:
-// GetHandshake's or Handshake, asking for the trace or not as c.Trace
-// says. A copy made for the trace is kept in last, if given, for as long
-// as GetHandshake gives the same configuration.
+// GetHandshake's or Handshake, asking what the edge asks (edgeAsks). A
+// copy made for it is kept in last, if given, for as long as GetHandshake
+// gives the same configuration.
 func (c *Config) handshakeFor(last *atomic.Pointer[tracedConfig]) *pb.HandshakeConfig {
 	var h *pb.HandshakeConfig
 	if c.GetHandshake != nil {
 		h = c.GetHandshake()
 	}
 	if h == nil {
-		return c.Handshake // already asks as c.Trace says (withTraceChoice)
+		return c.Handshake // already asks what the edge asks (withTraceChoice)
 	}
-	if c.Trace == !h.GetOmitTrace() {
+	if c.edgeAsks(h) {
 		return h
 	}
 	if last != nil {
@@ -149,7 +161,7 @@ func (c *Config) handshakeFor(last *atomic.Pointer[tracedConfig]) *pb.HandshakeC
 		}
 	}
 	sent := proto.CloneOf(h)
-	sent.OmitTrace = !c.Trace
+	c.setEdgeAsks(sent)
 	if last != nil {
 		last.Store(&tracedConfig{given: h, sent: sent})
 	}
@@ -157,7 +169,7 @@ func (c *Config) handshakeFor(last *atomic.Pointer[tracedConfig]) *pb.HandshakeC
 }
 
 // tracedConfig is a configuration GetHandshake gave and its copy asking
-// for the trace or not.
+// what the edge asks.
 type tracedConfig struct{ given, sent *pb.HandshakeConfig }
 
 // startSpan starts a handshake's span; without a TracerProvider it records

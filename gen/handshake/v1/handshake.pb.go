@@ -282,9 +282,17 @@ type HandshakeConfig struct {
 	// (an edge serving traffic), the service saves building it and the
 	// caller decoding it, some 1.4 KB in 26 messages per TLS 1.3 handshake.
 	// The service's own tracing spans still record the messages.
-	OmitTrace     bool `protobuf:"varint,12,opt,name=omit_trace,json=omitTrace,proto3" json:"omit_trace,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OmitTrace bool `protobuf:"varint,12,opt,name=omit_trace,json=omitTrace,proto3" json:"omit_trace,omitempty"`
+	// The caller keeps every record it protects with the session keys within
+	// Session.record_plaintext_limit, so the service answers a client's
+	// record_size_limit (RFC 8449), which puts the client's limit in force.
+	// Without it the extension goes unanswered, as before this field, and
+	// records of 2^14 stay within what the client must take (RFC 8449 §4
+	// binds only a negotiated limit): a caller that predates
+	// record_plaintext_limit writes no record the client refuses.
+	CallerHonorsRecordSizeLimit bool `protobuf:"varint,13,opt,name=caller_honors_record_size_limit,json=callerHonorsRecordSizeLimit,proto3" json:"caller_honors_record_size_limit,omitempty"`
+	unknownFields               protoimpl.UnknownFields
+	sizeCache                   protoimpl.SizeCache
 }
 
 func (x *HandshakeConfig) Reset() {
@@ -397,6 +405,13 @@ func (x *HandshakeConfig) GetCallerVerifiesFinished() bool {
 func (x *HandshakeConfig) GetOmitTrace() bool {
 	if x != nil {
 		return x.OmitTrace
+	}
+	return false
+}
+
+func (x *HandshakeConfig) GetCallerHonorsRecordSizeLimit() bool {
+	if x != nil {
+		return x.CallerHonorsRecordSizeLimit
 	}
 	return false
 }
@@ -1093,9 +1108,10 @@ type Session struct {
 	Resumed bool `protobuf:"varint,13,opt,name=resumed,proto3" json:"resumed,omitempty"`
 	// The most plaintext bytes the server may put in one record it protects
 	// with the session keys: 16384 (2^14), or fewer when the client sent
-	// record_size_limit (RFC 8449 §4; in TLS 1.3 one fewer than the
-	// client's limit, which counts the inner content type). 0, from a service
-	// that predates the field, means 16384.
+	// record_size_limit and HandshakeConfig.caller_honors_record_size_limit
+	// had it answered (RFC 8449 §4; in TLS 1.3 one fewer than the client's
+	// limit, which counts the inner content type). 0, from a service that
+	// predates the field, means 16384.
 	RecordPlaintextLimit uint32 `protobuf:"varint,14,opt,name=record_plaintext_limit,json=recordPlaintextLimit,proto3" json:"record_plaintext_limit,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -1716,7 +1732,7 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	"\x1chandshake/v1/handshake.proto\x12\fhandshake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bhandshake/v1/keyvault.proto\"4\n" +
 	"\x06KeyRef\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\aversion\x18\x02 \x01(\rR\aversion\"\xc8\x04\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\"\x8e\x05\n" +
 	"\x0fHandshakeConfig\x12(\n" +
 	"\x04keys\x18\x01 \x03(\v2\x14.handshake.v1.KeyRefR\x04keys\x129\n" +
 	"\vmin_version\x18\x02 \x01(\x0e2\x18.handshake.v1.TLSVersionR\n" +
@@ -1734,7 +1750,8 @@ const file_handshake_v1_handshake_proto_rawDesc = "" +
 	" \x01(\bR\x1adisableTls12SessionTickets\x128\n" +
 	"\x18caller_verifies_finished\x18\v \x01(\bR\x16callerVerifiesFinished\x12\x1d\n" +
 	"\n" +
-	"omit_trace\x18\f \x01(\bR\tomitTrace\"\x82\x01\n" +
+	"omit_trace\x18\f \x01(\bR\tomitTrace\x12D\n" +
+	"\x1fcaller_honors_record_size_limit\x18\r \x01(\bR\x1bcallerHonorsRecordSizeLimit\"\x82\x01\n" +
 	"\x15StartHandshakeRequest\x125\n" +
 	"\x06config\x18\x01 \x01(\v2\x1d.handshake.v1.HandshakeConfigR\x06config\x12\x14\n" +
 	"\x05input\x18\x02 \x01(\fR\x05input\x12\x1c\n" +
