@@ -1,0 +1,62 @@
+package keyvault
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// loneID returns a key id whose manifest bucket holds none of the
+// vault's own records (the check record, the KEK rotation record).
+func loneID(t *testing.T) string {
+	t.Helper()
+	for i := range 1000 {
+		id := fmt.Sprintf("lone%d", i)
+		if b := bucketOf(keyRef(id)); b != bucketOf(checkRef) && b != bucketOf(rotationRef) {
+			return id
+		}
+	}
+	require.FailNow(t, "no key id in a bucket of its own")
+	return ""
+}
+
+// TestKEKRotationRewrapsABucketLeftEmpty: a bucket whose last record was
+// erased (here the intent of a key creation that never landed, undone at
+// the next start) holds no record a KEK rotation rewraps. It must still not
+// be left sealed under the old KEK: after the rotation the store opens with
+// the new KEK alone.
+func TestKEKRotationRewrapsABucketLeftEmpty(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vault.db")
+	oldKEK, nextKEK := newKEK(t), newKEK(t)
+	b := &labelBackend{labels: map[string]int{}}
+	v := openTestVault(t, path, oldKEK, WithBackend(b))
+	importTestKey(t, v, "web", ECDSAP256)
+	id := loneID(t)
+	_, in, err := v.beginIntent(ctx, b, id, 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	require.NoError(t, v.Close()) // a crash mid-creation: the intent stays
+
+	v = openTestVault(t, path, oldKEK, WithBackend(b)) // undoes it
+	v.writeMu.Lock()
+	_, held := v.entries[in.ref]
+	v.writeMu.Unlock()
+	require.False(t, held, "the intent is undone")
+	_, err = v.RotateKEK(ctx, nextKEK)
+	require.NoError(t, err)
+	require.NoError(t, v.Close())
+
+	s, err := newSealer(nextKEK)
+	require.NoError(t, err)
+	for _, r := range storedRecords(t, path) {
+		_, err := s.open(r)
+		assert.NoError(t, err, "%v opens under the new KEK", r.RecordRef)
+	}
+	v, err = openVault(path, nextKEK, WithBackend(b))
+	require.NoError(t, err, "the store opens with the new KEK")
+	signOK(t, v, "web", 1)
+	require.NoError(t, v.Close())
+}
