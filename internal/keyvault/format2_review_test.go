@@ -60,3 +60,35 @@ func TestKEKRotationRewrapsABucketLeftEmpty(t *testing.T) {
 	signOK(t, v, "web", 1)
 	require.NoError(t, v.Close())
 }
+
+// TestKEKRotationRefusesASplicedRecord: a KEK rotation reads the records it
+// rewraps from the store. An older copy of one put back there (by a writer
+// with store access, here the enabled version record of a version since
+// disabled) must be refused, not resealed under the new KEK with a digest
+// the new manifest vouches for: that would undo the disable for every
+// replica that opens the store after.
+func TestKEKRotationRefusesASplicedRecord(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	importTestKey(t, a, "web", ECDSAP256)
+	_, err := a.Rotate(ctx, "web")
+	require.NoError(t, err)
+	s.mu.Lock()
+	enabled := s.records[verRef("web", 1)]
+	s.mu.Unlock()
+	_, err = a.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+
+	_, err = s.client().Commit(ctx, Write{Put: []Record{enabled}})
+	require.NoError(t, err)
+	nextKEK := newKEK(t)
+	_, err = a.RotateKEK(ctx, nextKEK)
+	assert.ErrorIs(t, err, ErrCorrupted, "the rotation")
+
+	c, err := New(ctx, s.client(), nextKEK)
+	if err == nil {
+		defer c.Close()
+		signFails(t, c, "web", 1, ErrFailedPrecondition)
+	}
+	assert.ErrorIs(t, err, ErrCorrupted, "a replica opening the store")
+}
