@@ -1,9 +1,11 @@
 package keyvault
 
 import (
+	"bytes"
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -91,4 +93,39 @@ func TestKEKRotationRefusesASplicedRecord(t *testing.T) {
 		signFails(t, c, "web", 1, ErrFailedPrecondition)
 	}
 	assert.ErrorIs(t, err, ErrCorrupted, "a replica opening the store")
+}
+
+// TestSharedFollowerRefusesASplicedRecordAfterABackup: a Backup that finds
+// the store ahead of the view takes in the newer state. The follower must
+// then trust, as verified before, only the bytes of that state: an older
+// copy of a record it replaced (here the enabled version record of a
+// version since disabled), put back by a writer with store access, is
+// refused at the next change it follows, as it is without the Backup.
+func TestSharedFollowerRefusesASplicedRecordAfterABackup(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	importTestKey(t, a, "web", ECDSAP256)
+	_, err := a.Rotate(ctx, "web")
+	require.NoError(t, err)
+	// A bound of minutes and a watch that reports nothing: F reads the
+	// store only when the test says.
+	f, fc := newSharedVault(t, s, WithStalenessBound(10*time.Minute))
+	fc.watchHeld.Store(true)
+	s.mu.Lock()
+	enabled := s.records[verRef("web", 1)]
+	s.mu.Unlock()
+	_, err = a.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	var snapshot bytes.Buffer
+	_, err = f.Backup(ctx, &snapshot)
+	require.NoError(t, err)
+	signFails(t, f, "web", 1, ErrFailedPrecondition)
+
+	_, err = s.client().Commit(ctx, Write{Put: []Record{enabled}})
+	require.NoError(t, err)
+	_, err = a.Create(ctx, "api", ECDSAP256, nil)
+	require.NoError(t, err)
+	err = f.Sync(ctx)
+	assert.ErrorIs(t, err, ErrCorrupted, "the follower")
+	assert.ErrorContains(t, err, `key "web" version 1 is not the one revision`)
 }
