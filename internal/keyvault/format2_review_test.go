@@ -129,3 +129,28 @@ func TestSharedFollowerRefusesASplicedRecordAfterABackup(t *testing.T) {
 	assert.ErrorIs(t, err, ErrCorrupted, "the follower")
 	assert.ErrorContains(t, err, `key "web" version 1 is not the one revision`)
 }
+
+// TestSharedFollowerRefusesARecordSwappedForAnUnlistedOne: a follower
+// reading only the changes counts the store's records to tell erasures. A
+// record deleted from the store and another put in that nothing lists (by
+// a writer with store access) leave the count as it was; the follower must
+// refuse that store, as a replica opening it does, not drop the unlisted
+// record and keep serving the deleted one.
+func TestSharedFollowerRefusesARecordSwappedForAnUnlistedOne(t *testing.T) {
+	s := newMemShared()
+	a, _ := newSharedVault(t, s)
+	importTestKey(t, a, "web", ECDSAP256)
+	f, fc := newSharedVault(t, s, WithStalenessBound(10*time.Minute))
+	fc.watchHeld.Store(true) // F reads the changes from the store
+
+	s.mu.Lock()
+	delete(s.records, verRef("web", 1))
+	s.mu.Unlock()
+	_, err := s.client().Commit(ctx, Write{Put: []Record{{RecordRef: keyRef("ghost"), Sealed: []byte("unlisted")}}})
+	require.NoError(t, err)
+	_, err = a.Create(ctx, "api", ECDSAP256, nil)
+	require.NoError(t, err)
+	assert.ErrorIs(t, f.Sync(ctx), ErrCorrupted, "the follower")
+	_, err = New(ctx, s.client(), testKEK)
+	assert.ErrorIs(t, err, ErrCorrupted, "a replica opening the store")
+}
