@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -35,26 +34,10 @@ func TestVaultFullFlatStoreStillRevokes(t *testing.T) {
 	v, err := keyvault.New(ctx, open(t, c, "/flat", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes = limit }), kek)
 	require.NoError(t, err)
 	defer v.Close()
-	var full error
-	n := 0
-	for ; full == nil; n++ {
-		require.Less(t, n, 2000, "64 KiB of flat manifest holds fewer keys")
-		_, full = v.Create(ctx, fmt.Sprintf("k%04d", n), keyvault.Ed25519, nil)
-	}
-	t.Logf("%d KiB of etcd request hold %d keys in a flat manifest", limit>>10, n-1)
+	n, full := fill(t, v, 2000)
+	t.Logf("%d KiB of etcd request hold %d keys in a flat manifest", limit>>10, n)
 	require.ErrorIs(t, full, keyvault.ErrFailedPrecondition)
-	// The room kept for the vault's own keys, used as a fleet that has
-	// run past a whole ticket lifetime uses it.
-	now := time.Now()
-	for _, purpose := range []keyvault.TicketKeyPurpose{keyvault.PurposeTickets, keyvault.PurposeStepTokens, keyvault.PurposePageTokens} {
-		day := 0
-		tk, err := keyvault.NewTicketKeys(v, keyvault.TicketKeyOptions{Purpose: purpose, Now: func() time.Time { return now.Add(time.Duration(day) * 24 * time.Hour) }})
-		require.NoError(t, err)
-		for ; day < 9; day++ {
-			_, err := tk.Seal(ctx, "scope", []byte("state"))
-			require.NoError(t, err, "%v key of day %d in a store full of keys", purpose, day)
-		}
-	}
+	makeFleetTicketKeys(t, v) // the room kept for the vault's own keys, used up
 
 	_, err = raw.Revoke(ctx, lease.ID) // the replica of format 1 is gone
 	require.NoError(t, err)
