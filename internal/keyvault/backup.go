@@ -110,8 +110,11 @@ func (v *Vault) consistentRecords(ctx context.Context) ([]Record, *sealKeys, err
 	})
 	if err == nil && rev != v.storeRev {
 		// Another replica changed the store: these records are its state
-		// now, which the view takes.
-		err = v.adopt(ctx, records, rev)
+		// now, which the view takes, and the state it read (whose bytes
+		// checkManifest trusts as verified, verifiedBefore).
+		if err = v.adopt(ctx, records, rev); err == nil && v.read.records != nil {
+			v.read = newStoreState(rev, records)
+		}
 	}
 	for _, r := range records {
 		if err != nil {

@@ -204,8 +204,10 @@ func (v *Vault) adoptState(ctx context.Context, s storeState) error {
 // the whole store. The caller holds writeMu.
 func (v *Vault) readChanged(ctx context.Context) (records map[RecordRef]Record, rev int64, ok bool, err error) {
 	records = maps.Clone(v.read.records)
+	var changed []RecordRef
 	rev, total, err := v.follow.store.ScanChanged(ctx, v.read.rev, func(r Record) error {
 		records[r.RecordRef] = r
+		changed = append(changed, r.RecordRef)
 		return nil
 	})
 	if err != nil || rev < v.read.rev {
@@ -217,7 +219,9 @@ func (v *Vault) readChanged(ctx context.Context) (records map[RecordRef]Record, 
 		// Records were erased since: the manifest lists those left. One
 		// that does not open is left to the whole read to report.
 		listed, ok := v.listed(records)
-		if !ok {
+		if !ok || slices.ContainsFunc(changed, func(ref RecordRef) bool { return !listed(ref) }) {
+			// A record in the store that nothing lists: the count does
+			// not tell the erasures, and the whole read reports it.
 			return nil, 0, false, nil
 		}
 		maps.DeleteFunc(records, func(ref RecordRef, _ Record) bool { return !listed(ref) })

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
@@ -306,6 +307,11 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 	_, err := v.store.Scan(ctx, func(r Record) error {
 		if !batch[r.RecordRef] {
 			return nil
+		}
+		// What the view verified, not an older copy put back since: the
+		// commit makes the manifest vouch for what it reseals.
+		if sha256.Sum256(r.Sealed) != v.entries[r.RecordRef].digest {
+			return fmt.Errorf("keyvault: %v is not the one the manifest lists (an older copy spliced back?): %w", r.RecordRef, ErrCorrupted)
 		}
 		plaintext, err := openWith(k.previous, v.sealer.format, r)
 		if err != nil {

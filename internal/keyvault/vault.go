@@ -242,10 +242,12 @@ func (v *Vault) commitAs(ctx context.Context, w Write, bucketed bool) error {
 	var buckets map[uint32]bucketState
 	if bucketed {
 		var written []Record
-		if buckets, written, err = v.sealBuckets(w, entries, rev); err != nil {
+		var emptied []RecordRef
+		if buckets, written, emptied, err = v.sealBuckets(w, entries, rev); err != nil {
 			return err
 		}
 		w.Put = append(slices.Clone(w.Put), written...)
+		w.Erase = append(slices.Clone(w.Erase), emptied...)
 		m.Format, m.Records = formatBuckets, []manifestEntry{bucketedSentinel}
 		for _, b := range slices.Sorted(maps.Keys(buckets)) {
 			st := buckets[b]
@@ -309,11 +311,13 @@ func manifestEntries(entries map[RecordRef]recordEntry, refs []RecordRef) []mani
 
 // sealBuckets seals the buckets that w changes, entries being the records
 // after it, as revision rev wrote them: every bucket that holds one when
-// the view is flat (a conversion). A bucket once written stays, empty or
-// not: erasing one would cost a compaction of the store's history for
-// nothing secret. It returns what the manifest lists of every bucket
-// then, and the records to write.
-func (v *Vault) sealBuckets(w Write, entries map[RecordRef]recordEntry, rev uint64) (map[uint32]bucketState, []Record, error) {
+// the view is flat (a conversion). A bucket w leaves empty is erased
+// instead, in a commit that erases already (its compaction is paid): one
+// kept would hold no record a KEK rotation rewraps, and stay sealed under
+// the retired KEK, which the store would then not open without. It
+// returns what the manifest lists of every bucket then, the records to
+// write and the buckets to erase.
+func (v *Vault) sealBuckets(w Write, entries map[RecordRef]recordEntry, rev uint64) (map[uint32]bucketState, []Record, []RecordRef, error) {
 	touched := make(map[uint32][]RecordRef)
 	touch := func(ref RecordRef) { touched[bucketOf(ref)] = nil }
 	if !v.bucketed {
@@ -338,15 +342,23 @@ func (v *Vault) sealBuckets(w Write, entries map[RecordRef]recordEntry, rev uint
 		buckets = make(map[uint32]bucketState, len(touched))
 	}
 	var written []Record
+	var emptied []RecordRef
 	for _, b := range slices.Sorted(maps.Keys(touched)) {
+		if len(touched[b]) == 0 {
+			if _, ok := buckets[b]; ok {
+				delete(buckets, b)
+				emptied = append(emptied, bucketRef(b))
+			}
+			continue
+		}
 		rec, err := v.sealer.sealJSON(bucketRef(b), bucketRecord{Records: manifestEntries(entries, touched[b])})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		buckets[b] = bucketState{revision: rev, digest: sha256.Sum256(rec.Sealed)}
 		written = append(written, rec)
 	}
-	return buckets, written, nil
+	return buckets, written, emptied, nil
 }
 
 // bucketsDue says whether the vault may write a bucketed manifest: on a

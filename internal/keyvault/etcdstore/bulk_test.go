@@ -99,13 +99,8 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	v, err := keyvault.New(ctx, open(t, c, "/full", func(cfg *etcdstore.Config) { cfg.MaxRequestBytes = limit }), kek)
 	require.NoError(t, err)
 	defer v.Close()
-	var full error
-	n := 0
-	for ; full == nil; n++ {
-		require.Less(t, n, 3000, "32 KiB of manifest and bucket hold fewer keys")
-		_, full = v.Create(ctx, fmt.Sprintf("k%04d", n), keyvault.Ed25519, nil)
-	}
-	t.Logf("%d KiB of etcd request hold %d keys", limit>>10, n-1)
+	n, full := fill(t, v, 20000)
+	t.Logf("%d KiB of etcd request hold %d keys", limit>>10, n)
 	require.ErrorIs(t, full, keyvault.ErrFailedPrecondition)
 	assert.NotErrorIs(t, full, keyvault.ErrUnavailable)
 	assert.ErrorContains(t, full, "--max-request-bytes (32768")
@@ -114,17 +109,36 @@ func TestVaultFullAtMaxRequestBytes(t *testing.T) {
 	_, err = v.SetVersionEnabled(ctx, "k0000", 1, false)
 	assert.NoError(t, err, "a revocation fits where the last key did")
 
+	makeFleetTicketKeys(t, v)
+	assert.Len(t, v.TicketKeys(), 24, "eight keys a purpose: the first retired by the ninth")
+}
+
+// fill creates keys in v until one fails (at most limit), and returns how
+// many it created and the error of the one that failed.
+func fill(t *testing.T, v *keyvault.Vault, limit int) (int, error) {
+	t.Helper()
+	for n := 0; ; n++ {
+		require.Less(t, n, limit, "the store holds fewer keys")
+		if _, err := v.Create(t.Context(), fmt.Sprintf("k%04d", n), keyvault.Ed25519, nil); err != nil {
+			return n, err
+		}
+	}
+}
+
+// makeFleetTicketKeys makes in v the ticket, step-token and page-token keys
+// of a fleet that has run past a whole ticket lifetime.
+func makeFleetTicketKeys(t *testing.T, v *keyvault.Vault) {
+	t.Helper()
 	now := time.Now()
 	for _, purpose := range []keyvault.TicketKeyPurpose{keyvault.PurposeTickets, keyvault.PurposeStepTokens, keyvault.PurposePageTokens} {
 		day := 0
 		tk, err := keyvault.NewTicketKeys(v, keyvault.TicketKeyOptions{Purpose: purpose, Now: func() time.Time { return now.Add(time.Duration(day) * 24 * time.Hour) }})
 		require.NoError(t, err)
 		for ; day < 9; day++ { // a key a day, each accepted for 8 days
-			_, err := tk.Seal(ctx, "scope", []byte("state"))
+			_, err := tk.Seal(t.Context(), "scope", []byte("state"))
 			require.NoError(t, err, "%v key of day %d in a store full of keys", purpose, day)
 		}
 	}
-	assert.Len(t, v.TicketKeys(), 24, "eight keys a purpose: the first retired by the ninth")
 }
 
 // A restore too large for etcd's --max-request-bytes (one commit of every
