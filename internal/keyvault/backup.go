@@ -120,20 +120,10 @@ func (v *Vault) consistentRecords(ctx context.Context) ([]Record, *sealKeys, err
 		if err != nil {
 			break
 		}
-		var digest [sha256.Size]byte
-		var ok bool
-		switch r.Kind {
-		case RecordManifest:
+		if r.Kind == RecordManifest {
 			continue
-		case RecordManifestBucket:
-			var b bucketState
-			b, ok = v.buckets[r.Version]
-			digest = b.digest
-		default:
-			var e recordEntry
-			e, ok = v.entries[r.RecordRef]
-			digest = e.digest
 		}
+		digest, ok := v.listedDigest(r.RecordRef)
 		if !ok || sha256.Sum256(r.Sealed) != digest {
 			err = fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
 		}

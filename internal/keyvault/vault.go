@@ -771,11 +771,19 @@ func (v *Vault) verifiedBefore(r Record, digest [sha256.Size]byte) bool {
 	if !ok || !bytes.Equal(old.Sealed, r.Sealed) {
 		return false
 	}
-	if r.Kind == RecordManifestBucket {
-		return v.prev.buckets[r.Version].digest == digest
+	listed, ok := v.prev.listedDigest(r.RecordRef)
+	return ok && listed == digest
+}
+
+// listedDigest returns the digest the view's manifest lists for ref, a
+// bucket's or a record's, and whether it lists ref.
+func (v *Vault) listedDigest(ref RecordRef) ([sha256.Size]byte, bool) {
+	if ref.Kind == RecordManifestBucket {
+		b, ok := v.buckets[ref.Version]
+		return b.digest, ok
 	}
-	e, ok := v.prev.entries[r.RecordRef]
-	return ok && e.digest == digest
+	e, ok := v.entries[ref]
+	return e.digest, ok
 }
 
 // openKey opens a key record and its versions, removing what it uses from
