@@ -81,10 +81,10 @@ func TestIdleWatchSendAndReceive(t *testing.T) {
 			w.start(timeout, func() { refused.Add(1) })
 			defer w.stop()
 			// A wait of each kind that ended, then none for two timeouts:
-			// not idle.
+			// not idle. (Ended at once: a wait that slept, on a loaded
+			// machine, could itself outlast the timeout.)
 			for _, k := range []waitKind{receiving, sending} {
 				w.wait(k, true)
-				time.Sleep(timeout / 4)
 				w.wait(k, false)
 			}
 			time.Sleep(2 * timeout)
