@@ -40,8 +40,7 @@ const inMountNamespace = "HANDSHAKED_TEST_MOUNT_NAMESPACE"
 // or no CAP_SYS_ADMIN).
 func smallDisk(t *testing.T, size int) (string, bool) {
 	t.Helper()
-	if os.Getenv(inMountNamespace) != "1" {
-		runInMountNamespace(t)
+	if !ownMountNamespace(t) {
 		return "", false
 	}
 	dir := t.TempDir()
@@ -50,6 +49,18 @@ func smallDisk(t *testing.T, size int) (string, bool) {
 	}
 	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 	return dir, true
+}
+
+// ownMountNamespace reports whether t runs in a mount namespace of its
+// own. If it does not, it runs t in one (runInMountNamespace) and reports
+// false: the test returns.
+func ownMountNamespace(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(inMountNamespace) == "1" {
+		return true
+	}
+	runInMountNamespace(t)
+	return false
 }
 
 // runInMountNamespace runs the test t in a child of this test binary, in
