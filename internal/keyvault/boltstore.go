@@ -296,7 +296,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	}
 	dst, err := openBoltDB(tmp, s.fs)
 	if err != nil {
-		return 0, errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), removeIfExists(tmp))
+		return 0, &notAppliedError{errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), removeIfExists(tmp))}
 	}
 	erased := make(map[RecordRef]bool, len(w.Erase))
 	for _, ref := range w.Erase {
@@ -322,11 +322,15 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 			return err
 		})
 	})
-	if err == nil {
-		err = s.fs.Rename(tmp, s.path)
+	failed := func(err error) error {
+		return errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
 	}
 	if err != nil {
-		return 0, errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
+		// The file at s.path is untouched until the rename.
+		return 0, &notAppliedError{failed(err)}
+	}
+	if err := s.fs.Rename(tmp, s.path); err != nil {
+		return 0, failed(err)
 	}
 	// The old file is unlinked and the write is durable in the new one, so
 	// closing the old one can only fail to release resources.

@@ -4,8 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -299,4 +304,46 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
 	}
 	assert.Len(t, b.labels, 2, "the keys of both versions are kept")
+}
+
+// fullDiskFS is the operating system's file system on a disk that, while
+// full is set, has no room for the file a commit that erases writes.
+type fullDiskFS struct {
+	osFS
+	full atomic.Bool
+}
+
+func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	if f.full.Load() && strings.HasSuffix(name, rewritePath("")) {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: syscall.ENOSPC}
+	}
+	return f.osFS.OpenFile(name, flag, perm)
+}
+
+// TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend: a version's
+// commit that a bolt store on a full disk refused (UNAVAILABLE) did not
+// land, and cannot later: the file is untouched until the rename that ends
+// a rewrite. So the key generated in the backend is destroyed at once, as
+// for any commit that failed for certain, not kept until its intent is
+// undone at the next start (as it was, like a commit whose answer was lost).
+func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	fsys := &fullDiskFS{}
+	store, err := openBolt(filepath.Join(t.TempDir(), "vault.db"), fsys)
+	require.NoError(t, err)
+	v, err := New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	t.Cleanup(func() { v.Close() })
+
+	fsys.full.Store(true)
+	_, err = v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.ErrorContains(t, err, "its disk is full")
+	assert.Empty(t, b.labels, "the key generated for the version is still in the backend")
+
+	fsys.full.Store(false)
+	_, err = v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
+	require.NoError(t, err)
+	signOK(t, v, "full", 1)
+	assert.Len(t, b.labels, 1)
 }

@@ -139,9 +139,14 @@ func destroyUnstored(ctx context.Context, b KeyBackend, handle []byte, err error
 // reached or did not answer (an etcd request that timed out), the caller's
 // context ending while the request was out (etcd may have applied it, and
 // etcdstore then returns the context's error), or a commit made whose
-// aftermath failed (committedError).
+// aftermath failed (committedError); not one the store knows it did not
+// apply (notAppliedError: a bolt store on a full disk), whose key in a
+// backend is destroyed at once rather than left to the undoing of intents.
 func mayHaveLanded(err error) bool {
 	var committed *committedError
+	if errors.As(err, new(*notAppliedError)) {
+		return false
+	}
 	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.As(err, &committed)
 }

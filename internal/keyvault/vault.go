@@ -423,6 +423,15 @@ type committedError struct {
 func (e *committedError) Error() string { return e.err.Error() }
 func (e *committedError) Unwrap() error { return e.err }
 
+// notAppliedError is the error of a commit the store knows it did not
+// apply, whatever else the error says (ErrUnavailable on a full disk): a
+// bolt rewrite that failed before its rename, which left the file as it
+// was. Such a commit cannot land later either.
+type notAppliedError struct{ err error }
+
+func (e *notAppliedError) Error() string { return e.err.Error() }
+func (e *notAppliedError) Unwrap() error { return e.err }
+
 // underCurrentKEK returns w with every record sealed under the current KEK:
 // one sealed under the KEK a rotation retires (a record of a snapshot taken
 // mid-rotation that Restore commits, or one sealed before the rotation began)
