@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -346,4 +348,87 @@ func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
 	require.NoError(t, err)
 	signOK(t, v, "full", 1)
 	assert.Len(t, b.labels, 1)
+}
+
+// corruptStored changes the bytes of the record ref in s in place, as the
+// store's own damage would, with no commit a replica is told of.
+func corruptStored(t *testing.T, s *memShared, ref RecordRef, sealed func([]byte) []byte) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.records[ref]
+	require.True(t, ok, "%v is stored", ref)
+	r.Sealed = sealed(bytes.Clone(r.Sealed))
+	s.records[ref] = r
+}
+
+// TestDamagedIntentIsReportedNotUndone: an intent whose stored bytes are
+// not those the manifest lists, in the state of the store the view holds,
+// is reported as corrupted (left work that cannot be finished, counted and
+// logged), not skipped without a word at every sweep as it was, and the
+// keys of its label are not destroyed.
+func TestDamagedIntentIsReportedNotUndone(t *testing.T) {
+	s := newMemShared()
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
+	label, in, err := v.beginIntent(ctx, b, "web", 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // generated; the version's commit never came
+	corruptStored(t, s, in.ref, func(sealed []byte) []byte { sealed[len(sealed)-1] ^= 1; return sealed })
+
+	assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the damaged intent is reported")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	assert.Equal(t, 1, b.labels[label], "the key of the damaged intent's label is destroyed")
+}
+
+// refusingBackend is a labelBackend whose Destroy fails while refuse is
+// set, and that records the handles it destroyed.
+type refusingBackend struct {
+	labelBackend
+	refuse    atomic.Bool
+	destroyed [][]byte
+}
+
+func (b *refusingBackend) Destroy(ctx context.Context, handle []byte) error {
+	if b.refuse.Load() {
+		return errors.New("test: the token refuses")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.destroyed = append(b.destroyed, bytes.Clone(handle))
+	return nil
+}
+
+// TestSplicedHandleOfADestroyedVersionIsNotDestroyed: a destroyed
+// version's handle left in the store (its backend refused the destroy) is
+// checked against the manifest before the destroy is finished: one put
+// there since (validly sealed, for the same record: the handle of another
+// key) is reported as corrupted, and the key it names is not destroyed.
+func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
+	s := newMemShared()
+	b := &refusingBackend{labelBackend: labelBackend{labels: map[string]int{}}}
+	// A bound long enough that no sweep finds the handle before it is
+	// spliced, while the backend still refuses.
+	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(500*time.Millisecond))
+	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	b.refuse.Store(true)
+	_, err = v.DestroyVersion(ctx, "web", 1)
+	require.NoError(t, err, "destroyed; its key is left to destroy in the backend")
+
+	forged := v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: "web", Version: 1}, []byte("another key's handle"))
+	corruptStored(t, s, forged.RecordRef, func([]byte) []byte { return forged.Sealed })
+	b.refuse.Store(false)
+	assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the spliced handle is reported")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	assert.Empty(t, b.destroyed, "a handle the manifest does not list is destroyed")
 }

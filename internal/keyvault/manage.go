@@ -536,12 +536,26 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 	if len(backends) == 0 {
 		return failed, nil
 	}
-	var destroyed []RecordRef
-	_, err = v.store.Scan(ctx, func(r Record) error {
-		b, ok := backends[r.RecordRef]
-		if !ok {
-			return nil
+	var records []Record
+	rev, err := v.store.Scan(ctx, func(r Record) error {
+		if _, ok := backends[r.RecordRef]; ok {
+			records = append(records, r)
 		}
+		return nil
+	})
+	if err != nil {
+		return failed, fmt.Errorf("keyvault: read the store: %w", err)
+	}
+	var destroyed []RecordRef
+	for _, r := range records {
+		ok, err := v.readListed(r, rev)
+		if err != nil {
+			failed.fail(r.RecordRef, err)
+		}
+		if !ok {
+			continue
+		}
+		b := backends[r.RecordRef]
 		handle, err := v.sealer.open(r)
 		if err == nil {
 			err = b.Destroy(ctx, handle)
@@ -549,13 +563,9 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 		}
 		if err != nil {
 			failed.fail(r.RecordRef, fmt.Errorf("destroy in the %s backend: %w", b.Name(), err))
-			return nil
+			continue
 		}
 		destroyed = append(destroyed, r.RecordRef)
-		return nil
-	})
-	if err != nil {
-		return failed, fmt.Errorf("keyvault: read the store: %w", err)
 	}
 	if len(destroyed) > 0 {
 		err = v.retry(ctx, "erase the handles of destroyed keys", func() error {

@@ -795,6 +795,32 @@ func (v *Vault) listedDigest(ref RecordRef) ([sha256.Size]byte, bool) {
 	return e.digest, ok
 }
 
+// checkListed returns an error wrapping ErrCorrupted unless r holds the
+// bytes the view's manifest lists for it: what the view verified, not an
+// older copy spliced back nor bytes changed in the store since.
+func (v *Vault) checkListed(r Record) error {
+	if digest, ok := v.listedDigest(r.RecordRef); !ok || sha256.Sum256(r.Sealed) != digest {
+		return fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
+	}
+	return nil
+}
+
+// readListed is checkListed for a record that left work (an intent to
+// undo, a destroy to finish) read from the store in its state rev. Where
+// the store moved on from the view (another replica claimed the intent, or
+// rotated the KEK), a record other than the view's is no error: ok is
+// false, and the work is looked at again once the view follows the store.
+// Where the view holds that state, it is corrupted.
+func (v *Vault) readListed(r Record, rev int64) (ok bool, err error) {
+	if err := v.checkListed(r); err != nil {
+		if rev != v.storeRev {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
 // openKey opens a key record and its versions, removing what it uses from
 // versionRecords.
 func (v *Vault) openKey(ctx context.Context, s sealer, r Record, versionRecords map[RecordRef]Record) (*keyState, error) {
