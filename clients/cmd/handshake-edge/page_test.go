@@ -75,14 +75,7 @@ func (w servedPage) check(t *testing.T, page, where string) {
 func TestPageShowsRecordPlaintextLimit(t *testing.T) {
 	f := newFixture(t)
 	addr, _ := f.start(t)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool}}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Get("https://" + addr + "/")
-	require.NoError(t, err)
-	page, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.NoError(t, err)
-	assert.Contains(t, string(page), "Record plaintext limit: 16384 bytes\n")
+	assert.Contains(t, getPage(t, addr, &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool}), "Record plaintext limit: 16384 bytes\n")
 
 	gnutls := testenv.LookPath(t, "gnutls-cli")
 	host, port, _ := net.SplitHostPort(addr)
