@@ -337,7 +337,10 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	_ = s.db.Close()
 	s.db = dst
 	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
-		return 0, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+		// Committed, maybe not durably: the store reads the new file, and
+		// after a crash may read the old one. The revision says it is
+		// committed (a committedError in the vault), not failed for certain.
+		return rev, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
 	return rev, nil
 }

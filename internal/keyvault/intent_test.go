@@ -309,10 +309,18 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 }
 
 // fullDiskFS is the operating system's file system on a disk that, while
-// full is set, has no room for the file a commit that erases writes.
+// full is set, has no room for the file a commit that erases writes, and
+// that, while syncFails is set, fails to sync a directory.
 type fullDiskFS struct {
 	osFS
-	full atomic.Bool
+	full, syncFails atomic.Bool
+}
+
+func (f *fullDiskFS) SyncDir(dir string) error {
+	if f.syncFails.Load() {
+		return &fs.PathError{Op: "sync", Path: dir, Err: syscall.EIO}
+	}
+	return f.osFS.SyncDir(dir)
 }
 
 func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
@@ -348,6 +356,38 @@ func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
 	require.NoError(t, err)
 	signOK(t, v, "full", 1)
 	assert.Len(t, b.labels, 1)
+}
+
+// TestKeyWhoseCommitWasNotMadeDurableIsKept: a version's commit whose
+// rewrite was renamed into place but whose directory sync then failed is
+// in the store (the vault reads it from the new file), durably or not: its
+// key in the backend is kept, as for any commit that may have landed, not
+// destroyed under a version that names it (as it was: the store returned
+// the error alone, a commit failed for certain). Should the rename be lost
+// in a crash, the old file's intent has the key destroyed at the next
+// start.
+func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	fsys := &fullDiskFS{}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	store, err := openBolt(path, fsys)
+	require.NoError(t, err)
+	v, err := New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+
+	fsys.syncFails.Store(true)
+	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "sync")
+	assert.Len(t, b.labels, 1, "the key of the stored version is destroyed in the backend")
+	fsys.syncFails.Store(false)
+	_, err = v.CreateInBackend(ctx, "token", "api", ECDSAP256, nil)
+	require.NoError(t, err, "the vault goes on from the store's state")
+	require.NoError(t, v.Close())
+
+	v = openTestVault(t, path, testKEK, WithBackend(b))
+	signOK(t, v, "web", 1)
+	assert.Len(t, b.labels, 2)
 }
 
 // corruptStored changes the bytes of the record ref in s in place, as the

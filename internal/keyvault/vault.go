@@ -413,8 +413,9 @@ func (v *Vault) convertIfDue(ctx context.Context) error {
 // committedError is the error of a commit the store made and then failed
 // after, returning the commit's revision with the error (etcdstore, when
 // etcd refuses or does not answer the compaction after a commit that
-// erased records): the change is in the store, and the view applies it
-// when it follows the store, not at once.
+// erased records; BoltStore, when the directory sync after a rewrite's
+// rename fails): the change is in the store, and the view applies it when
+// it follows the store, not at once.
 type committedError struct {
 	rev int64
 	err error
