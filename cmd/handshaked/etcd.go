@@ -138,7 +138,7 @@ func openEtcdStore(ctx context.Context, cfg *config) (*etcdstore.Store, string, 
 	// -deployment could open none of the others' step tokens, page tokens
 	// or tickets, and every unary handshake step or listing page balanced
 	// onto it would fail.
-	names, err := store.Deployments(ctx)
+	names, err := store.JoinDeployment(ctx)
 	if i := slices.IndexFunc(names, func(n string) bool { return n != cfg.deployment }); err == nil && i >= 0 {
 		err = fmt.Errorf("the replicas running on %s are of deployment %q, and this one is started as %q: "+
 			"give every replica of a key store the same -deployment (it is bound into step tokens, page tokens and session tickets); "+

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -97,4 +99,40 @@ func TestReplicasOfAnotherDeployment(t *testing.T) {
 	}
 	out = waitExit(t, startProcess(t, dataDir, append(flags, "-deployment", "us")...))
 	assert.Contains(t, out, "a replica that did not stop cleanly (killed, or cut off from etcd) is announced until its lease ends")
+}
+
+// TestReplicasOfTwoDeploymentsStartingAtOnce: of two replicas of different
+// -deployment starting at once on one key store, exactly one starts and
+// the other is refused. Each used to read the announced deployments first
+// and announce its own only later, once its vault was open: both saw none,
+// and both started.
+func TestReplicasOfTwoDeploymentsStartingAtOnce(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	none := func(string) (string, bool) { return "", false }
+	for round := range 5 {
+		prefix := fmt.Sprintf("/at-once-%d/", round)
+		errs := make(chan error, 2)
+		start := make(chan struct{})
+		for _, deployment := range []string{"eu", "us"} {
+			cfg, err := parseConfig([]string{"-etcd-endpoints", c.Endpoint(0), "-etcd-prefix", prefix, "-deployment", deployment}, none, io.Discard)
+			require.NoError(t, err)
+			go func() {
+				<-start
+				store, _, err := openEtcdStore(t.Context(), cfg)
+				if err == nil {
+					t.Cleanup(func() { store.Close() })
+				}
+				errs <- err
+			}()
+		}
+		close(start)
+		var refused []error
+		for range 2 {
+			if err := <-errs; err != nil {
+				refused = append(refused, err)
+			}
+		}
+		require.Len(t, refused, 1, "round %d: one replica starts, the other is refused", round)
+		assert.ErrorContains(t, refused[0], "give every replica of a key store the same -deployment")
+	}
 }

@@ -123,10 +123,7 @@ func (v *Vault) consistentRecords(ctx context.Context) ([]Record, *sealKeys, err
 		if r.Kind == RecordManifest {
 			continue
 		}
-		digest, ok := v.listedDigest(r.RecordRef)
-		if !ok || sha256.Sum256(r.Sealed) != digest {
-			err = fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
-		}
+		err = v.checkListed(r)
 	}
 	if listed := len(v.entries) + len(v.buckets) + 1; err == nil && len(records) != listed {
 		err = fmt.Errorf("keyvault: the store holds %d records, its manifest lists %d: %w", len(records), listed, ErrCorrupted)

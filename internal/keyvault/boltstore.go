@@ -224,17 +224,22 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 		return 0, ErrClosed
 	}
 	var rev int64
+	var written bool
 	err := s.db.Update(func(tx *bolt.Tx) (err error) {
 		if err := checkIf(tx, w.If); err != nil {
 			return err
 		}
 		rev, err = applyWrite(tx, w)
+		written = err == nil
 		return err
 	})
-	if err != nil {
-		return 0, unwritable(s.path, err)
+	switch {
+	case err == nil:
+		return rev, nil
+	case !written:
+		return 0, err // the write's own error (a conflict, say): the file had no part in it
 	}
-	return rev, nil
+	return 0, s.unwritable(err)
 }
 
 // unwritable explains a commit the file system refused for want of room or
@@ -242,17 +247,33 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 // after I/O errors): the operator's to mend, not the caller's mistake nor
 // the service's fault, and the store serves reads on and takes writes
 // again once it can. Other errors are returned as they are.
-func unwritable(path string, err error) error {
+func (s *BoltStore) unwritable(err error) error {
 	var why string
 	switch {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		why = "its disk is full (or its quota used up): free space on it"
-	case errors.Is(err, syscall.EROFS):
+	case errors.Is(err, syscall.EROFS), s.readOnly():
 		why = "its file system is read-only: make it writable"
 	default:
 		return err
 	}
-	return fmt.Errorf("keyvault: the key store %s takes no writes, %s; keys are still served (%v): %w", path, why, err, ErrUnavailable)
+	return fmt.Errorf("keyvault: the key store %s takes no writes, %s; keys are still served (%v): %w", s.path, why, err, ErrUnavailable)
+}
+
+// readOnly reports whether the store's file system refuses to open its
+// file for writing as read-only. A commit's error does not always say so:
+// bbolt formats a failed resize of the file with %s, which drops the EROFS.
+// Neither statfs's ST_RDONLY nor access(2) tells it either where ext4 went
+// read-only after an error (Linux 6 marks it emergency_ro, not read-only),
+// while an open for writing fails there as on any read-only mount. A second
+// descriptor leaves bbolt's lock alone: flock locks belong to the open file
+// description, not to the file.
+func (s *BoltStore) readOnly() bool {
+	f, err := s.fs.OpenFile(s.path, os.O_WRONLY, 0)
+	if err == nil {
+		f.Close()
+	}
+	return errors.Is(err, syscall.EROFS)
 }
 
 // rewrite commits a write that erases records by copying every other record
@@ -275,7 +296,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	}
 	dst, err := openBoltDB(tmp, s.fs)
 	if err != nil {
-		return 0, errors.Join(unwritable(s.path, fmt.Errorf("keyvault: rewrite bolt store: %w", err)), removeIfExists(tmp))
+		return 0, &notAppliedError{errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), removeIfExists(tmp))}
 	}
 	erased := make(map[RecordRef]bool, len(w.Erase))
 	for _, ref := range w.Erase {
@@ -301,18 +322,25 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 			return err
 		})
 	})
-	if err == nil {
-		err = s.fs.Rename(tmp, s.path)
+	failed := func(err error) error {
+		return errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
 	}
 	if err != nil {
-		return 0, errors.Join(unwritable(s.path, fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
+		// The file at s.path is untouched until the rename.
+		return 0, &notAppliedError{failed(err)}
+	}
+	if err := s.fs.Rename(tmp, s.path); err != nil {
+		return 0, failed(err)
 	}
 	// The old file is unlinked and the write is durable in the new one, so
 	// closing the old one can only fail to release resources.
 	_ = s.db.Close()
 	s.db = dst
 	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
-		return 0, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
+		// Committed, maybe not durably: the store reads the new file, and
+		// after a crash may read the old one. The revision says it is
+		// committed (a committedError in the vault), not failed for certain.
+		return rev, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
 	return rev, nil
 }

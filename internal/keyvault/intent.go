@@ -291,19 +291,32 @@ func (v *Vault) undoIntentsLogged(ctx context.Context, due map[RecordRef]recordE
 // caller holds writeMu.
 func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) (backends map[RecordRef]string, failed failures, err error) {
 	records := make(map[RecordRef]Record, len(due))
-	if _, err := v.store.Scan(ctx, func(r Record) error {
+	rev, err := v.store.Scan(ctx, func(r Record) error {
 		if _, ok := due[r.RecordRef]; ok {
 			records[r.RecordRef] = r
 		}
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, nil, fmt.Errorf("keyvault: read the store: %w", err)
 	}
 	backends, failed = make(map[RecordRef]string), make(failures)
 	for ref, seen := range due {
+		r, ok := records[ref]
+		if !ok {
+			continue // erased since the view
+		}
 		var ir intentRecord
-		if err := v.sealer.openJSON(records[ref], &ir); err != nil {
-			continue // changed since the view: looked at again as it stands now
+		ok, err := v.readListed(r, rev)
+		if ok {
+			err = v.sealer.openJSON(r, &ir)
+		}
+		if err != nil {
+			failed.fail(ref, err)
+			continue
+		}
+		if !ok {
+			continue
 		}
 		backends[ref] = ir.Backend
 		if err := v.undoIntent(ctx, ref, seen, ir); err != nil {

@@ -4,9 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -299,4 +306,169 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 		assert.NotEqual(t, RecordKeyIntent, r.Kind, "left %v", r.RecordRef)
 	}
 	assert.Len(t, b.labels, 2, "the keys of both versions are kept")
+}
+
+// fullDiskFS is the operating system's file system on a disk that, while
+// full is set, has no room for the file a commit that erases writes, and
+// that, while syncFails is set, fails to sync a directory.
+type fullDiskFS struct {
+	osFS
+	full, syncFails atomic.Bool
+}
+
+func (f *fullDiskFS) SyncDir(dir string) error {
+	if f.syncFails.Load() {
+		return &fs.PathError{Op: "sync", Path: dir, Err: syscall.EIO}
+	}
+	return f.osFS.SyncDir(dir)
+}
+
+func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) {
+	if f.full.Load() && strings.HasSuffix(name, rewritePath("")) {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: syscall.ENOSPC}
+	}
+	return f.osFS.OpenFile(name, flag, perm)
+}
+
+// TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend: a version's
+// commit that a bolt store on a full disk refused (UNAVAILABLE) did not
+// land, and cannot later: the file is untouched until the rename that ends
+// a rewrite. So the key generated in the backend is destroyed at once, as
+// for any commit that failed for certain, not kept until its intent is
+// undone at the next start (as it was, like a commit whose answer was lost).
+func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	fsys := &fullDiskFS{}
+	store, err := openBolt(filepath.Join(t.TempDir(), "vault.db"), fsys)
+	require.NoError(t, err)
+	v, err := New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	t.Cleanup(func() { v.Close() })
+
+	fsys.full.Store(true)
+	_, err = v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.ErrorContains(t, err, "its disk is full")
+	assert.Empty(t, b.labels, "the key generated for the version is still in the backend")
+
+	fsys.full.Store(false)
+	_, err = v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
+	require.NoError(t, err)
+	signOK(t, v, "full", 1)
+	assert.Len(t, b.labels, 1)
+}
+
+// TestKeyWhoseCommitWasNotMadeDurableIsKept: a version's commit whose
+// rewrite was renamed into place but whose directory sync then failed is
+// in the store (the vault reads it from the new file), durably or not: its
+// key in the backend is kept, as for any commit that may have landed, not
+// destroyed under a version that names it (as it was: the store returned
+// the error alone, a commit failed for certain). Should the rename be lost
+// in a crash, the old file's intent has the key destroyed at the next
+// start.
+func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	fsys := &fullDiskFS{}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	store, err := openBolt(path, fsys)
+	require.NoError(t, err)
+	v, err := New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+
+	fsys.syncFails.Store(true)
+	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "sync")
+	assert.Len(t, b.labels, 1, "the key of the stored version is destroyed in the backend")
+	fsys.syncFails.Store(false)
+	_, err = v.CreateInBackend(ctx, "token", "api", ECDSAP256, nil)
+	require.NoError(t, err, "the vault goes on from the store's state")
+	require.NoError(t, v.Close())
+
+	v = openTestVault(t, path, testKEK, WithBackend(b))
+	signOK(t, v, "web", 1)
+	assert.Len(t, b.labels, 2)
+}
+
+// corruptStored changes the bytes of the record ref in s in place, as the
+// store's own damage would, with no commit a replica is told of.
+func corruptStored(t *testing.T, s *memShared, ref RecordRef, sealed func([]byte) []byte) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.records[ref]
+	require.True(t, ok, "%v is stored", ref)
+	r.Sealed = sealed(bytes.Clone(r.Sealed))
+	s.records[ref] = r
+}
+
+// TestDamagedIntentIsReportedNotUndone: an intent whose stored bytes are
+// not those the manifest lists, in the state of the store the view holds,
+// is reported as corrupted (left work that cannot be finished, counted and
+// logged), not skipped without a word at every sweep as it was, and the
+// keys of its label are not destroyed.
+func TestDamagedIntentIsReportedNotUndone(t *testing.T) {
+	s := newMemShared()
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
+	label, in, err := v.beginIntent(ctx, b, "web", 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // generated; the version's commit never came
+	corruptStored(t, s, in.ref, func(sealed []byte) []byte { sealed[len(sealed)-1] ^= 1; return sealed })
+
+	assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the damaged intent is reported")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	assert.Equal(t, 1, b.labels[label], "the key of the damaged intent's label is destroyed")
+}
+
+// refusingBackend is a labelBackend whose Destroy fails while refuse is
+// set, and that records the handles it destroyed.
+type refusingBackend struct {
+	labelBackend
+	refuse    atomic.Bool
+	destroyed [][]byte
+}
+
+func (b *refusingBackend) Destroy(ctx context.Context, handle []byte) error {
+	if b.refuse.Load() {
+		return errors.New("test: the token refuses")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.destroyed = append(b.destroyed, bytes.Clone(handle))
+	return nil
+}
+
+// TestSplicedHandleOfADestroyedVersionIsNotDestroyed: a destroyed
+// version's handle left in the store (its backend refused the destroy) is
+// checked against the manifest before the destroy is finished: one put
+// there since (validly sealed, for the same record: the handle of another
+// key) is reported as corrupted, and the key it names is not destroyed.
+func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
+	s := newMemShared()
+	b := &refusingBackend{labelBackend: labelBackend{labels: map[string]int{}}}
+	// A bound long enough that no sweep finds the handle before it is
+	// spliced, while the backend still refuses.
+	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(500*time.Millisecond))
+	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	_, err = v.Rotate(ctx, "web")
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "web", 1, false)
+	require.NoError(t, err)
+	b.refuse.Store(true)
+	_, err = v.DestroyVersion(ctx, "web", 1)
+	require.NoError(t, err, "destroyed; its key is left to destroy in the backend")
+
+	forged := v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: "web", Version: 1}, []byte("another key's handle"))
+	corruptStored(t, s, forged.RecordRef, func([]byte) []byte { return forged.Sealed })
+	b.refuse.Store(false)
+	assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the spliced handle is reported")
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	assert.Empty(t, b.destroyed, "a handle the manifest does not list is destroyed")
 }

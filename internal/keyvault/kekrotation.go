@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
@@ -310,8 +309,8 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 		}
 		// What the view verified, not an older copy put back since: the
 		// commit makes the manifest vouch for what it reseals.
-		if sha256.Sum256(r.Sealed) != v.entries[r.RecordRef].digest {
-			return fmt.Errorf("keyvault: %v is not the one the manifest lists (an older copy spliced back?): %w", r.RecordRef, ErrCorrupted)
+		if err := v.checkListed(r); err != nil {
+			return err
 		}
 		plaintext, err := openWith(k.previous, v.sealer.format, r)
 		if err != nil {

@@ -139,9 +139,14 @@ func destroyUnstored(ctx context.Context, b KeyBackend, handle []byte, err error
 // reached or did not answer (an etcd request that timed out), the caller's
 // context ending while the request was out (etcd may have applied it, and
 // etcdstore then returns the context's error), or a commit made whose
-// aftermath failed (committedError).
+// aftermath failed (committedError); not one the store knows it did not
+// apply (notAppliedError: a bolt store on a full disk), whose key in a
+// backend is destroyed at once rather than left to the undoing of intents.
 func mayHaveLanded(err error) bool {
 	var committed *committedError
+	if errors.As(err, new(*notAppliedError)) {
+		return false
+	}
 	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.As(err, &committed)
 }
@@ -531,12 +536,26 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 	if len(backends) == 0 {
 		return failed, nil
 	}
-	var destroyed []RecordRef
-	_, err = v.store.Scan(ctx, func(r Record) error {
-		b, ok := backends[r.RecordRef]
-		if !ok {
-			return nil
+	var records []Record
+	rev, err := v.store.Scan(ctx, func(r Record) error {
+		if _, ok := backends[r.RecordRef]; ok {
+			records = append(records, r)
 		}
+		return nil
+	})
+	if err != nil {
+		return failed, fmt.Errorf("keyvault: read the store: %w", err)
+	}
+	var destroyed []RecordRef
+	for _, r := range records {
+		ok, err := v.readListed(r, rev)
+		if err != nil {
+			failed.fail(r.RecordRef, err)
+		}
+		if !ok {
+			continue
+		}
+		b := backends[r.RecordRef]
 		handle, err := v.sealer.open(r)
 		if err == nil {
 			err = b.Destroy(ctx, handle)
@@ -544,13 +563,9 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 		}
 		if err != nil {
 			failed.fail(r.RecordRef, fmt.Errorf("destroy in the %s backend: %w", b.Name(), err))
-			return nil
+			continue
 		}
 		destroyed = append(destroyed, r.RecordRef)
-		return nil
-	})
-	if err != nil {
-		return failed, fmt.Errorf("keyvault: read the store: %w", err)
 	}
 	if len(destroyed) > 0 {
 		err = v.retry(ctx, "erase the handles of destroyed keys", func() error {

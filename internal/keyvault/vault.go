@@ -413,8 +413,9 @@ func (v *Vault) convertIfDue(ctx context.Context) error {
 // committedError is the error of a commit the store made and then failed
 // after, returning the commit's revision with the error (etcdstore, when
 // etcd refuses or does not answer the compaction after a commit that
-// erased records): the change is in the store, and the view applies it
-// when it follows the store, not at once.
+// erased records; BoltStore, when the directory sync after a rewrite's
+// rename fails): the change is in the store, and the view applies it when
+// it follows the store, not at once.
 type committedError struct {
 	rev int64
 	err error
@@ -422,6 +423,15 @@ type committedError struct {
 
 func (e *committedError) Error() string { return e.err.Error() }
 func (e *committedError) Unwrap() error { return e.err }
+
+// notAppliedError is the error of a commit the store knows it did not
+// apply, whatever else the error says (ErrUnavailable on a full disk): a
+// bolt rewrite that failed before its rename, which left the file as it
+// was. Such a commit cannot land later either.
+type notAppliedError struct{ err error }
+
+func (e *notAppliedError) Error() string { return e.err.Error() }
+func (e *notAppliedError) Unwrap() error { return e.err }
 
 // underCurrentKEK returns w with every record sealed under the current KEK:
 // one sealed under the KEK a rotation retires (a record of a snapshot taken
@@ -784,6 +794,32 @@ func (v *Vault) listedDigest(ref RecordRef) ([sha256.Size]byte, bool) {
 	}
 	e, ok := v.entries[ref]
 	return e.digest, ok
+}
+
+// checkListed returns an error wrapping ErrCorrupted unless r holds the
+// bytes the view's manifest lists for it: what the view verified, not an
+// older copy spliced back nor bytes changed in the store since.
+func (v *Vault) checkListed(r Record) error {
+	if digest, ok := v.listedDigest(r.RecordRef); !ok || sha256.Sum256(r.Sealed) != digest {
+		return fmt.Errorf("keyvault: %v is not the one the manifest lists: %w", r.RecordRef, ErrCorrupted)
+	}
+	return nil
+}
+
+// readListed is checkListed for a record that left work (an intent to
+// undo, a destroy to finish) read from the store in its state rev. Where
+// the store moved on from the view (another replica claimed the intent, or
+// rotated the KEK), a record other than the view's is no error: ok is
+// false, and the work is looked at again once the view follows the store.
+// Where the view holds that state, it is corrupted.
+func (v *Vault) readListed(r Record, rev int64) (ok bool, err error) {
+	if err := v.checkListed(r); err != nil {
+		if rev != v.storeRev {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
 
 // openKey opens a key record and its versions, removing what it uses from

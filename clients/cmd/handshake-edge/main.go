@@ -474,6 +474,11 @@ func echoBody(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// maxRecordPlaintext is the protocol's most plaintext in one record, 2^14
+// (RFC 8446, Section 5.1; RFC 5246, Section 6.2.1): a record plaintext
+// limit below it is the client's record_size_limit.
+const maxRecordPlaintext = 1 << 14
+
 // describe renders a connection's negotiated parameters.
 func describe(st edge.ConnectionState) string {
 	var b strings.Builder
@@ -497,6 +502,11 @@ func describe(st edge.ConnectionState) string {
 	fmt.Fprintf(&b, "ALPN: %s\n", st.NegotiatedProtocol)
 	fmt.Fprintf(&b, "Key: %s version %d\n", st.KeyID, st.KeyVersion)
 	fmt.Fprintf(&b, "HelloRetryRequest: %v\n", st.HelloRetryRequest)
+	if st.RecordPlaintextLimit < maxRecordPlaintext {
+		fmt.Fprintf(&b, "Record plaintext limit: %d bytes (the client's record_size_limit, RFC 8449)\n", st.RecordPlaintextLimit)
+	} else {
+		fmt.Fprintf(&b, "Record plaintext limit: %d bytes\n", st.RecordPlaintextLimit)
+	}
 	if st.DidResume {
 		b.WriteString("Resumed: yes (session ticket: no certificate, no private-key operation)\n")
 	} else {

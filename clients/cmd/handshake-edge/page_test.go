@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/testenv"
 )
 
 // TestPageNamesRSAKeyExchange: a TLS 1.2 RSA-key-exchange connection has no
@@ -57,5 +63,33 @@ func (w servedPage) check(t *testing.T, page, where string) {
 	if w.version == "TLS 1.2" {
 		// Both clients offer RFC 7627's extension; the edge must use it.
 		assert.Contains(t, page, "Extended master secret: true\n", "%s:\n%s", where, page)
+	}
+}
+
+// TestPageShowsRecordPlaintextLimit: the echo page shows the record
+// plaintext limit the engine negotiated beside the other parameters: the
+// protocol's 2^14 for a client that sends no record_size_limit (Go's), and
+// 512 bytes for gnutls-cli --recordsize 512 (RFC 8449, Section 4), which
+// advertises 512 in TLS 1.2 and 513 in TLS 1.3, whose limit counts the
+// inner content type byte.
+func TestPageShowsRecordPlaintextLimit(t *testing.T) {
+	f := newFixture(t)
+	addr, _ := f.start(t)
+	assert.Contains(t, getPage(t, addr, &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool}), "Record plaintext limit: 16384 bytes\n")
+
+	gnutls := testenv.LookPath(t, "gnutls-cli")
+	host, port, _ := net.SplitHostPort(addr)
+	for _, prio := range []string{"NORMAL:-VERS-ALL:+VERS-TLS1.3", "NORMAL:-VERS-ALL:+VERS-TLS1.2"} {
+		cmd := exec.Command(gnutls, "--x509cafile", f.rsaCA, "--sni-hostname", "rsa.test", "--verify-hostname", "rsa.test",
+			"--priority", prio, "--recordsize", "512", "-p", port, host)
+		// HTTP/1.0: the page ends the connection, and so gnutls-cli.
+		cmd.Stdin = strings.NewReader("GET / HTTP/1.0\r\n\r\n")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		killer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
+		err := cmd.Run()
+		killer.Stop()
+		require.NoError(t, err, "%s:\n%s", prio, stderr.String())
+		assert.Contains(t, stdout.String(), "Record plaintext limit: 512 bytes (the client's record_size_limit, RFC 8449)\n", "%s:\n%s", prio, stdout.String())
 	}
 }

@@ -95,7 +95,7 @@ type Config struct {
 	StalenessBound time.Duration
 	// Deployment is the name this replica serves as (handshaked's
 	// -deployment, bound into its step tokens, page tokens and tickets),
-	// announced beside its applied revision (Deployments). "": none.
+	// announced beside its applied revision (JoinDeployment). "": none.
 	Deployment string
 }
 
@@ -769,7 +769,7 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.bounds, int64(lease)), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
 			}
 			if s.cfg.Deployment != "" {
-				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.names, int64(lease)), s.cfg.Deployment, clientv3.WithLease(lease)))
+				ops = append(ops, clientv3.OpPut(s.nameKey(lease), s.cfg.Deployment, clientv3.WithLease(lease)))
 			}
 		}
 		rctx, cancel := s.request(ctx)
@@ -836,12 +836,56 @@ func (s *Store) LongestStalenessBound(ctx context.Context) (time.Duration, error
 	return longest, err
 }
 
-// Deployments returns the deployment names the live replicas announced
-// (Config.Deployment), each once, sorted.
-func (s *Store) Deployments(ctx context.Context) ([]string, error) {
-	names, err := s.readAnnounced(ctx, s.names, "deployment names")
-	slices.Sort(names)
-	return slices.Compact(names), err
+// JoinDeployment announces this replica's deployment (Config.Deployment)
+// under its lease, unless a live replica announced another: then it
+// announces nothing and returns the names the live replicas announced,
+// each once, sorted. The read and the announcement are one transaction
+// (if no announcement under deployments/ changed since the read), so that
+// of replicas of different deployments starting at once exactly one joins
+// and the others are refused: read, then announced apart, both would pass.
+func (s *Store) JoinDeployment(ctx context.Context) ([]string, error) {
+	if s.cfg.Deployment == "" {
+		return nil, nil
+	}
+	lease, err := s.liveLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rctx, cancel := s.request(ctx)
+	get, err := s.cli.Get(rctx, s.names, clientv3.WithPrefix())
+	cancel()
+	for err == nil {
+		names := make([]string, 0, len(get.Kvs))
+		for _, kv := range get.Kvs {
+			names = append(names, string(kv.Value))
+		}
+		if slices.ContainsFunc(names, func(n string) bool { return n != s.cfg.Deployment }) {
+			slices.Sort(names)
+			return slices.Compact(names), nil
+		}
+		var resp *clientv3.TxnResponse
+		rctx, cancel = s.request(ctx)
+		resp, err = s.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.ModRevision(s.names), "<", get.Header.Revision+1).WithPrefix()).
+			Then(clientv3.OpPut(s.nameKey(lease), s.cfg.Deployment, clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(s.names, clientv3.WithPrefix())).
+			Commit()
+		cancel()
+		if err == nil && resp.Succeeded {
+			return nil, nil
+		}
+		if err == nil {
+			// Another replica announced since the read: read again.
+			get = (*clientv3.GetResponse)(resp.Responses[0].GetResponseRange())
+			get.Header = resp.Header
+		}
+	}
+	return nil, s.fail(ctx, "announce the replica's deployment", s.cfg.RequestTimeout, err)
+}
+
+// nameKey names the announcement of lease's deployment name.
+func (s *Store) nameKey(lease clientv3.LeaseID) string {
+	return fmt.Sprintf("%s%016x", s.names, int64(lease))
 }
 
 // readAnnounced returns the values of the live replicas' announcements
