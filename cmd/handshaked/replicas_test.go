@@ -472,22 +472,24 @@ func testEtcdMembersDown(ctx context.Context, t *testing.T, f *fleet, e *edgePro
 	require.Equal(t, codes.Unavailable, status.Code(err), "a rotation without etcd quorum: %v", err)
 	fences.Wait()
 	// A handshake whose key operation ran just before its replica fenced
-	// may still complete: let those in flight finish (a handshake takes
-	// milliseconds) before counting, so that only one signed after every
-	// fence counts against it.
-	time.Sleep(500 * time.Millisecond)
+	// may still complete, however late on a loaded machine: only those
+	// started once every replica refused (phase 12) count against it.
 	fullOK, _, _ := load.counts(11)
-	time.Sleep(time.Second)
-	fullOKLater, failed, errs := load.counts(11)
-	t.Logf("no etcd quorum: %d handshakes ok (the first before the fence), %d failed %v", fullOKLater, failed, errs)
-	assert.Equal(t, fullOK, fullOKLater, "full handshakes completed with every replica fenced")
+	load.setPhase(12)
+	require.Eventually(t, func() bool {
+		_, failed, _ := load.counts(12)
+		return failed >= 20
+	}, 60*time.Second, 20*time.Millisecond, "no handshake tried with every replica fenced")
+	fencedOK, failed, errs := load.counts(12)
+	t.Logf("no etcd quorum: %d handshakes ok before the fences, %d after, %d failed %v", fullOK, fencedOK, failed, errs)
+	assert.Zero(t, fencedOK, "full handshakes completed with every replica fenced")
 	// A resumed handshake makes no private-key operation, and ticket and
 	// step-token keys stay usable: it completes without quorum.
 	resumed, err = getEcho(ctx, e.addr, resumeCfg)
 	require.NoError(t, err, "a resumed handshake without etcd quorum")
 	assert.True(t, resumed, "the handshake without etcd quorum did not resume")
 
-	load.setPhase(12)
+	load.setPhase(13)
 	f.etcd.Restart(1)
 	f.etcd.Restart(0)
 	back := time.Now()
@@ -498,6 +500,6 @@ func testEtcdMembersDown(ctx context.Context, t *testing.T, f *fleet, e *edgePro
 	for _, r := range f.replicas {
 		waitSigns(t, r, "fleet-ec", 0)
 	}
-	load.waitOK(t, 12, 20)
+	load.waitOK(t, 13, 20)
 	t.Logf("quorum back: key changes and handshakes again after %v", time.Since(back).Round(time.Millisecond))
 }

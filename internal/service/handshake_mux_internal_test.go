@@ -164,7 +164,9 @@ func TestMultiplexNumberFreedByLastAnswer(t *testing.T) {
 // does.
 func TestMultiplexUnreadOnlyWhileHeldBack(t *testing.T) {
 	vault, _ := vaultWithKey(t, "k", "p256-sec1.pem")
-	const ttl = 50 * time.Millisecond
+	// Long enough that this test's goroutine, slow on a loaded machine,
+	// lets the loop read on (answered, below) well before the check runs.
+	const ttl = time.Second
 	h := NewHandshake(vault, HandshakeOptions{SessionTTL: ttl}, newHandshakeMetrics(prometheus.NewRegistry()))
 	stream := &sendWaits{release: make(chan struct{})}
 	m := newMuxStream(h, stream)
@@ -179,10 +181,16 @@ func TestMultiplexUnreadOnlyWhileHeldBack(t *testing.T) {
 	}, 10*time.Second, time.Millisecond)
 	m.answered()
 	require.NoError(t, <-waited)
-	time.Sleep(3 * ttl) // the answer in Send stays unread meanwhile
-	m.mu.Lock()
-	assert.False(t, m.isUnread, "unread while the loop was reading")
-	m.mu.Unlock()
+	// The check, a TTL after it was armed, finds the loop reading and
+	// disarms; the answer in Send stays unread meanwhile.
+	var unread bool
+	require.Eventually(t, func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		unread = m.isUnread
+		return !m.armed || unread
+	}, 10*time.Second+ttl, time.Millisecond, "the check did not run")
+	assert.False(t, unread, "unread while the loop was reading")
 	close(stream.release)
 	m.stop()
 }

@@ -390,7 +390,11 @@ func partialClientHello(n int) []byte {
 // the admin starts handshakes throughout; and the sessions gauge falls as
 // the sessions expire.
 func TestSessionFloodPerIdentity(t *testing.T) {
-	s := startSecure(t, secureOptions{handshake: service.HandshakeOptions{MaxSessions: 40, SessionTTL: time.Second, MaxInput: 256 << 10}})
+	// Long enough that the calls filling the edge's shares, slow on a
+	// loaded machine (over a second seen), all come before its first
+	// sessions expire and free their places.
+	const ttl = 5 * time.Second
+	s := startSecure(t, secureOptions{handshake: service.HandshakeOptions{MaxSessions: 40, SessionTTL: ttl, MaxInput: 256 << 10}})
 	s.adminImport(t, "key-a", "p256-pkcs8.pem", nil)
 	service.AttachSelfSigned(t, s.vault, "key-a")
 	ctx := context.Background()
@@ -425,7 +429,7 @@ func TestSessionFloodPerIdentity(t *testing.T) {
 	assert.Greater(t, sessionsGauge(t, s), 0.0)
 
 	// Expiry frees the sessions, and the gauge says so, with no new call.
-	require.Eventually(t, func() bool { return sessionsGauge(t, s) == 0 }, 10*time.Second, 100*time.Millisecond,
+	require.Eventually(t, func() bool { return sessionsGauge(t, s) == 0 }, ttl+10*time.Second, 100*time.Millisecond,
 		"the sessions gauge stays up after the sessions expired")
 	_, err = edge.StartHandshake(ctx, &pb.StartHandshakeRequest{Config: cfg, Input: input})
 	require.NoError(t, err, "the edge's share is not free after expiry")

@@ -34,13 +34,19 @@ func TestIdleWatch(t *testing.T) {
 	// Busy (not waiting) for several timeouts: not idle.
 	time.Sleep(3 * timeout)
 	require.Zero(t, refused.Load(), "the stream ended while the handler was not waiting")
-	// Waits shorter than the timeout, one after the other: not idle.
-	// (A quarter of it: a sleep on a loaded machine overruns.)
+	// Waits shorter than the timeout, one after the other, longer than it
+	// together: not idle. On a watch of a longer timeout: a wait that
+	// sleeps must stay shorter than it, and a sleep on a loaded machine
+	// overruns (TestIdleWatchSendAndReceive's by more than the
+	// three quarters of 100ms left, on CI).
+	var short idleWatch
+	short.start(10*timeout, count)
 	for range 10 {
-		w.wait(receiving, true)
-		time.Sleep(timeout / 4)
-		w.wait(receiving, false)
+		short.wait(receiving, true)
+		time.Sleep(short.timeout / 8)
+		short.wait(receiving, false)
 	}
+	short.stop()
 	require.Zero(t, refused.Load(), "the stream ended although no wait lasted the timeout")
 	w.wait(receiving, true)
 	waited := time.Now()
@@ -94,9 +100,11 @@ func TestIdleWatchSendAndReceive(t *testing.T) {
 			}
 			waited := time.Now()
 			for refused.Load() == 0 && time.Since(waited) < 50*timeout {
+				// Ended at once too: one that slept through a stall of
+				// the machine would itself have lasted the timeout when
+				// the (late) check came, and be the one found idle.
 				for _, k := range c.short {
 					w.wait(k, true)
-					time.Sleep(timeout / 10)
 					w.wait(k, false)
 				}
 				time.Sleep(timeout / 10)

@@ -93,13 +93,16 @@ func TestStreamIdleTimeout(t *testing.T) {
 	t.Run("busy", func(t *testing.T) {
 		stream, err := kv.SignStream(ctx)
 		require.NoError(t, err)
-		// Four timeouts long, a message every third of one.
+		// Four timeouts long, a message every tenth of one: the wait for
+		// each (the answer's way back, the sleep, the next message's way
+		// there) must stay under the timeout, and a sleep on a loaded
+		// machine overruns.
 		for end := time.Now().Add(4 * timeout); time.Now().Before(end); {
 			require.NoError(t, stream.Send(req))
 			resp, err := stream.Recv()
-			require.NoError(t, err, "a stream used every %v ended", timeout/3)
+			require.NoError(t, err, "a stream used every %v ended", timeout/10)
 			require.NotNil(t, resp.GetResponse(), "%v", resp.GetError())
-			time.Sleep(timeout / 3)
+			time.Sleep(timeout / 10)
 		}
 		require.NoError(t, stream.CloseSend())
 		_, err = stream.Recv()
@@ -108,9 +111,10 @@ func TestStreamIdleTimeout(t *testing.T) {
 	t.Run("idle after use", func(t *testing.T) {
 		stream, err := kv.SignStream(ctx)
 		require.NoError(t, err)
-		// Half a timeout in: the wait for the next message starts after
-		// the stream's first timeout began.
-		time.Sleep(timeout / 2)
+		// A quarter of a timeout in: the wait for the next message starts
+		// after the stream's first timeout began. (Not more: the stream
+		// must not find this first wait idle, though the sleep overruns.)
+		time.Sleep(timeout / 4)
 		// The service waits for the next message from when it has this
 		// one, before it answers it.
 		sent := time.Now()
@@ -233,14 +237,17 @@ func TestStreamUnreadEnds(t *testing.T) {
 			}
 			require.NotNil(t, resp.GetResponse(), "%v", resp.GetError())
 			if read++; read%1000 == 0 {
-				// Answers wait in Send meanwhile, half a timeout each time.
+				// Answers wait in Send meanwhile, a fifth of a timeout each
+				// time (more than the timeout together). Not more: the
+				// wait must stay under the timeout, though the sleep
+				// overruns.
 				pauses++
-				time.Sleep(timeout / 2)
+				time.Sleep(timeout / 5)
 			}
 		}
 		assert.Equal(t, sent.Load(), read, "every request answered")
 		assert.Zero(t, idled(), "stream_idle counted")
-		t.Logf("%d answers read, %d pauses of %v", read, pauses, timeout/2)
+		t.Logf("%d answers read, %d pauses of %v", read, pauses, timeout/5)
 	})
 	t.Run("unread", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*timeout)

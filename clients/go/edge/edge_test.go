@@ -330,11 +330,14 @@ func TestClose(t *testing.T) {
 }
 
 // TestHandshakesDoNotBlockAccept leaves one client silent and another
-// halfway through its ClientHello: a third completes meanwhile, and the
-// stuck ones are dropped at the handshake timeout.
+// halfway through its ClientHello: a third completes meanwhile, while
+// they still wait, and the stuck ones are dropped at the handshake
+// timeout.
 func TestHandshakesDoNotBlockAccept(t *testing.T) {
 	s := newTestService(t)
-	l, conns := listen(t, &Config{Client: s.client, Handshake: s.config(), HandshakeTimeout: 500 * time.Millisecond})
+	// The third's handshake (through the service, on a loaded machine)
+	// must come well within it, as the timeout bounds it too.
+	l, conns := listen(t, &Config{Client: s.client, Handshake: s.config(), HandshakeTimeout: 3 * time.Second})
 	silent, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -351,6 +354,13 @@ func TestHandshakesDoNotBlockAccept(t *testing.T) {
 	server := accept(t, conns)
 	exchange(t, client, server, []byte("not blocked"))
 
+	// Still open: the third did not wait for them to time out.
+	for _, c := range []net.Conn{silent, partial} {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("a stuck handshake ended before the third completed: %v", err)
+		}
+	}
 	for _, c := range []net.Conn{silent, partial} {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := io.ReadAll(c); err != nil {
