@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,7 +36,7 @@ func TestREADMEProduction(t *testing.T) {
 	}
 	script += "\n" + replicasBlock(t)
 	clone := filepath.Join(t.TempDir(), "handshaked")
-	copyTree(t, filepath.Join("..", ".."), clone)
+	testenv.CopyTree(t, filepath.Join("..", ".."), clone)
 
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir = clone
@@ -78,40 +77,4 @@ func TestREADMEProduction(t *testing.T) {
 	assert.Contains(t, string(audit), `"caller":"spiffe://example.org/edge","peer":"127.0.0.1:`, "the edge's handshakes are audited under its identity")
 	assert.Contains(t, string(audit), `"operation":"Handshake.Multiplex"`, "the handshake through the edge ran in the service, on a shared stream")
 	checkReplicasOutput(t, got)
-}
-
-// copyTree copies the source tree at src to dst, as a fresh clone would
-// have it: without .git, and without what a development instance or an
-// earlier build leaves at the root.
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	skip := map[string]bool{".git": true, "handshaked-data": true, "bin": true, "fleet": true, "handshaked": true}
-	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(rel, string(filepath.Separator)) && skip[rel] {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		target := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, b, 0o644)
-	})
-	require.NoError(t, err)
 }
