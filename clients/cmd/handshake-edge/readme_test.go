@@ -70,3 +70,12 @@ func TestREADMEEdge(t *testing.T) {
 		assert.Contains(t, string(got), want, "the blocks' output")
 	}
 }
+
+// TestREADMEBenchmarks runs clients/README.md's benchmark commands, each
+// benchmark once: they compile, select benchmarks, and those run.
+func TestREADMEBenchmarks(t *testing.T) {
+	testenv.LookPath(t, "bash")
+	testenv.LookPath(t, "go")
+	root := filepath.Join("..", "..", "..")
+	testenv.RunBenchCommands(t, root, testenv.DocBlock(t, filepath.Join(root, "clients", "README.md"), "benchmarks"))
+}
