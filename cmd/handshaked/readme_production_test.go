@@ -2,11 +2,9 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,19 +33,8 @@ func TestREADMEProduction(t *testing.T) {
 		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(testenv.FreePort(t)))
 	}
 	script += "\n" + replicasBlock(t)
-	clone := filepath.Join(t.TempDir(), "handshaked")
-	testenv.CopyTree(t, filepath.Join("..", ".."), clone)
-
-	cmd := exec.Command("bash", "-c", script)
-	cmd.Dir = clone
-	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // what it starts in the background ends with it
-	var out testenv.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	err := cmd.Wait()
+	clone, got, err := testenv.RunInClone(t, filepath.Join("..", ".."), script)
 	took := time.Since(start)
 	logs := func() string {
 		var b strings.Builder
@@ -58,9 +45,8 @@ func TestREADMEProduction(t *testing.T) {
 		}
 		return b.String()
 	}
-	require.NoError(t, err, "the README's production walkthrough or replicas block failed:\n%s%s", out.String(), logs())
+	require.NoError(t, err, "the README's production walkthrough or replicas block failed:\n%s%s", got, logs())
 	t.Logf("the production walkthrough and the replicas block took %v", took.Round(100*time.Millisecond))
-	got := out.String()
 	for _, want := range []string{
 		`"status":"SERVING"`,           // the service's health over TLS
 		"TLS version: TLS 1.3",         // the echo page through handshake-edge

@@ -3,8 +3,10 @@ package testenv
 import (
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -46,4 +48,36 @@ func CopyTree(t testing.TB, src, dst string) {
 	if err != nil {
 		t.Fatalf("copy the source tree: %v", err)
 	}
+}
+
+// RunInClone runs a README's script with bash (-euo pipefail) in a copy of
+// the source tree at src (CopyTree), as a user would in a fresh clone,
+// with env added to the environment and TMPDIR in the test's temporary
+// directory. The script runs in a process group of its own, killed with
+// whatever it left running when the test ends; its output goes to a file,
+// not a pipe, which servers it left in the background would hold open.
+// It returns the clone's directory, the output and how the script ended.
+func RunInClone(t testing.TB, src, script string, env ...string) (clone, out string, err error) {
+	t.Helper()
+	clone = filepath.Join(t.TempDir(), "handshaked")
+	CopyTree(t, src, clone)
+	f, err := os.Create(filepath.Join(t.TempDir(), "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = clone, f, f
+	cmd.Env = append(append(os.Environ(), "TMPDIR="+t.TempDir()), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	err = cmd.Wait()
+	b, rerr := os.ReadFile(f.Name())
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	return clone, string(b), err
 }

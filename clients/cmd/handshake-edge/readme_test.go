@@ -1,12 +1,9 @@
 package main
 
 import (
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -37,26 +34,10 @@ func TestREADMEEdge(t *testing.T) {
 		require.Contains(t, script, port, "the blocks' ports")
 		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(testenv.FreePort(t)))
 	}
-	clone := filepath.Join(t.TempDir(), "handshaked")
-	testenv.CopyTree(t, filepath.Join("..", "..", ".."), clone)
-
-	// Output to a file, not a pipe: the blocks leave their servers running
-	// in the background, and Wait would wait for them to close a pipe.
-	out, err := os.Create(filepath.Join(t.TempDir(), "out"))
-	require.NoError(t, err)
-	defer out.Close()
-	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
-	cmd.Dir, cmd.Stdout, cmd.Stderr = clone, out, out
-	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir(),
+	_, got, err := testenv.RunInClone(t, filepath.Join("..", "..", ".."), script,
 		"HANDSHAKED_GRPC_ADDR="+grpc, "HANDSHAKED_HTTP_ADDR="+rest, // go run ./cmd/handshaked
 		"HANDSHAKE_EDGE_HANDSHAKED="+grpc, // handshake-edge -handshaked
 		"HANDSHAKED_ADDR="+grpc)           // handshakectl -handshaked
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // what it starts in the background ends with it
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	err = cmd.Wait()
-	got, rerr := os.ReadFile(out.Name())
-	require.NoError(t, rerr)
 	require.NoError(t, err, "the README's end-to-end or trace block failed:\n%s", got)
 	for _, want := range []string{
 		"TLS version: TLS 1.3",                                // curl's default
@@ -67,7 +48,7 @@ func TestREADMEEdge(t *testing.T) {
 		"COMPLETE after",                                      // handshakectl trace
 		"server → client  CertificateVerify",                  // narrated message by message
 	} {
-		assert.Contains(t, string(got), want, "the blocks' output")
+		assert.Contains(t, got, want, "the blocks' output")
 	}
 }
 
