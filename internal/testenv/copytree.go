@@ -17,7 +17,7 @@ import (
 // instance's handshaked-data/, a build's bin/) stays out of the checkout.
 func CopyTree(t testing.TB, src, dst string) {
 	t.Helper()
-	skip := map[string]bool{".git": true, "handshaked-data": true, "bin": true, "fleet": true, "handshaked": true}
+	skip := map[string]bool{".git": true, "handshaked-data": true, "bin": true, "fleet": true, "hsm": true, "handshaked": true}
 	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
