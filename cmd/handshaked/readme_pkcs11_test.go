@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -33,7 +34,7 @@ func TestREADMEPKCS11Build(t *testing.T) {
 // at their defaults, and the test sets them in the environment): the
 // pkcs11 build, a token initialised, a development instance whose KEK the
 // token wraps, a key generated in the token that signs there and whose
-// signature verifies.
+// signature verifies, and a rotation to a KEK the service made in the token.
 func TestREADMEPKCS11SoftHSM(t *testing.T) {
 	for _, tool := range []string{"bash", "go", "gcc", "curl", "softhsm2-util"} {
 		testenv.LookPath(t, tool)
@@ -52,4 +53,10 @@ func TestREADMEPKCS11SoftHSM(t *testing.T) {
 	assert.Contains(t, string(log), "created a new key-encryption key, wrapped by the PKCS#11 token")
 	assert.NoFileExists(t, filepath.Join(clone, "hsm", "data", "kek"), "no plaintext KEK")
 	assert.FileExists(t, filepath.Join(clone, "hsm", "kek.wrapped"))
+	first := regexp.MustCompile(`kek_id=([0-9a-f]{16})`).FindStringSubmatch(string(log))
+	require.NotNil(t, first, "the KEK's id in the log:\n%s", log)
+	status := regexp.MustCompile(`(?m)^KEK ([0-9a-f]{16})\t`).FindAllStringSubmatch(out, -1)
+	require.NotEmpty(t, status, "kek-status's output:\n%s", out)
+	assert.NotEqual(t, first[1], status[len(status)-1][1], "kek-status after kek-rotate names the KEK the service started with")
+	assert.Contains(t, out, "every record is rewrapped: the store opens with the new KEK only, which every replica keeps wrapped by the token")
 }
