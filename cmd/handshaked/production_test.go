@@ -330,3 +330,12 @@ func TestREADMEMutationCommand(t *testing.T) {
 	assert.Regexp(t, `RUNNABLE .* at policy\.go:`, string(out), "gremlins found the authz package's mutants")
 	assert.Contains(t, string(out), "Dry run completed")
 }
+
+// TestREADMEBenchmarks runs the README's command for the service's Go
+// benchmarks, each benchmark once: it compiles, selects benchmarks, and
+// they run.
+func TestREADMEBenchmarks(t *testing.T) {
+	testenv.LookPath(t, "bash")
+	testenv.LookPath(t, "go")
+	testenv.RunBenchCommands(t, filepath.Join("..", ".."), readmeBlock(t, "benchmarks"))
+}

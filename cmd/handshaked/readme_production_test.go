@@ -1,13 +1,10 @@
 package main
 
 import (
-	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -36,19 +33,8 @@ func TestREADMEProduction(t *testing.T) {
 		script = strings.ReplaceAll(script, port, ":"+strconv.Itoa(testenv.FreePort(t)))
 	}
 	script += "\n" + replicasBlock(t)
-	clone := filepath.Join(t.TempDir(), "handshaked")
-	copyTree(t, filepath.Join("..", ".."), clone)
-
-	cmd := exec.Command("bash", "-c", script)
-	cmd.Dir = clone
-	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // what it starts in the background ends with it
-	var out testenv.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	err := cmd.Wait()
+	clone, got, err := testenv.RunInClone(t, filepath.Join("..", ".."), script)
 	took := time.Since(start)
 	logs := func() string {
 		var b strings.Builder
@@ -59,9 +45,8 @@ func TestREADMEProduction(t *testing.T) {
 		}
 		return b.String()
 	}
-	require.NoError(t, err, "the README's production walkthrough or replicas block failed:\n%s%s", out.String(), logs())
+	require.NoError(t, err, "the README's production walkthrough or replicas block failed:\n%s%s", got, logs())
 	t.Logf("the production walkthrough and the replicas block took %v", took.Round(100*time.Millisecond))
-	got := out.String()
 	for _, want := range []string{
 		`"status":"SERVING"`,           // the service's health over TLS
 		"TLS version: TLS 1.3",         // the echo page through handshake-edge
@@ -78,40 +63,4 @@ func TestREADMEProduction(t *testing.T) {
 	assert.Contains(t, string(audit), `"caller":"spiffe://example.org/edge","peer":"127.0.0.1:`, "the edge's handshakes are audited under its identity")
 	assert.Contains(t, string(audit), `"operation":"Handshake.Multiplex"`, "the handshake through the edge ran in the service, on a shared stream")
 	checkReplicasOutput(t, got)
-}
-
-// copyTree copies the source tree at src to dst, as a fresh clone would
-// have it: without .git, and without what a development instance or an
-// earlier build leaves at the root.
-func copyTree(t *testing.T, src, dst string) {
-	t.Helper()
-	skip := map[string]bool{".git": true, "handshaked-data": true, "bin": true, "fleet": true, "handshaked": true}
-	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(rel, string(filepath.Separator)) && skip[rel] {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		target := filepath.Join(dst, rel)
-		if d.IsDir() {
-			return os.MkdirAll(target, 0o755)
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		return os.WriteFile(target, b, 0o644)
-	})
-	require.NoError(t, err)
 }

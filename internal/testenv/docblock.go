@@ -7,9 +7,10 @@ import (
 )
 
 // DocBlock returns what the Markdown file at path holds between the
-// markers <!-- name:begin --> and <!-- name:end -->, without a ```sh code
-// fence around it: a README's command that a test runs as written, so the
-// documentation cannot drift from what the code does.
+// markers <!-- name:begin --> and <!-- name:end -->, without the code fence
+// around it (```sh, ```json, ...): a README's command that a test runs as
+// written, or a file it shows that a test parses, so the documentation
+// cannot drift from what the code does.
 func DocBlock(t testing.TB, path, name string) string {
 	t.Helper()
 	doc, err := os.ReadFile(path)
@@ -21,6 +22,10 @@ func DocBlock(t testing.TB, path, name string) string {
 	if !ok || !ok2 {
 		t.Fatalf("%s has no %s block", path, name)
 	}
-	block = strings.TrimPrefix(strings.TrimSpace(block), "```sh")
-	return strings.TrimSpace(strings.TrimSuffix(block, "```"))
+	block = strings.TrimSpace(block)
+	if fenced, ok := strings.CutPrefix(block, "```"); ok {
+		_, block, _ = strings.Cut(fenced, "\n") // the fence's info string: sh, json
+		block = strings.TrimSuffix(strings.TrimSpace(block), "```")
+	}
+	return strings.TrimSpace(block)
 }

@@ -43,10 +43,12 @@ func TestMainFailsOnLeftovers(t *testing.T) {
 // surrounding blank lines removed, not another name's block.
 func TestDocBlock(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "README.md")
-	doc := "intro\n<!-- other:begin -->\nnot this\n<!-- other:end -->\n<!-- run:begin -->\n\n```sh\necho one\necho two\n```\n\n<!-- run:end -->\n"
+	doc := "intro\n<!-- other:begin -->\nnot this\n<!-- other:end -->\n<!-- run:begin -->\n\n```sh\necho one\necho two\n```\n\n<!-- run:end -->\n" +
+		"<!-- file:begin -->\n```json\n{\"a\": 1}\n```\n<!-- file:end -->\n"
 	require.NoError(t, os.WriteFile(path, []byte(doc), 0o600))
 	assert.Equal(t, "echo one\necho two", DocBlock(t, path, "run"))
 	assert.Equal(t, "not this", DocBlock(t, path, "other"))
+	assert.Equal(t, `{"a": 1}`, DocBlock(t, path, "file"), "a fence with another language")
 }
 
 // TestFreePortsBelowEphemeral: the ports handed out differ, are free, and
