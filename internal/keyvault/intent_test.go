@@ -310,10 +310,24 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 
 // fullDiskFS is the operating system's file system on a disk that, while
 // full is set, has no room for the file a commit that erases writes, and
-// that, while syncFails is set, fails to sync a directory.
+// that, while syncFails is set, fails to sync a directory. Its next rename
+// once renameLost is set renames, then fails, as a network file system's
+// whose answer was lost (the retried RENAME finds no source: ENOENT), and
+// leaves the disk full; while renameFails is set, renames fail with EIO.
 type fullDiskFS struct {
 	osFS
-	full, syncFails atomic.Bool
+	full, syncFails, renameLost, renameFails atomic.Bool
+}
+
+func (f *fullDiskFS) Rename(oldpath, newpath string) error {
+	if f.renameFails.Load() {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.EIO}
+	}
+	if err := f.osFS.Rename(oldpath, newpath); err != nil || !f.renameLost.CompareAndSwap(true, false) {
+		return err
+	}
+	f.full.Store(true)
+	return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.ENOENT}
 }
 
 func (f *fullDiskFS) SyncDir(dir string) error {
@@ -388,6 +402,62 @@ func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
 	v = openTestVault(t, path, testKEK, WithBackend(b))
 	signOK(t, v, "web", 1)
 	assert.Len(t, b.labels, 2)
+}
+
+// TestKeyWhoseRenameFailedButLandedIsKept: a version's rewrite whose
+// rename failed (an error that does not say the name is unchanged) may
+// have landed. Here it did: the store file holds the version, so its key
+// in the backend is kept, and the store reads the new file. It was
+// destroyed (the error taken as a commit failed for certain), and the next
+// start served a version whose key was gone.
+func TestKeyWhoseRenameFailedButLandedIsKept(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	fsys := &fullDiskFS{}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	store, err := openBolt(path, fsys)
+	require.NoError(t, err)
+	v, err := New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+
+	fsys.renameLost.Store(true)
+	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "rename")
+	assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
+	require.NoError(t, v.Close())
+
+	fsys.full.Store(false)
+	v = openTestVault(t, path, testKEK, WithBackend(b))
+	signOK(t, v, "web", 1)
+	assert.Len(t, b.labels, 1)
+}
+
+// TestKeyWhoseRenameMayHaveFailedIsKeptUntilTheNextStart: a version's
+// rewrite whose rename failed with EIO, the name unchanged as far as the
+// store can see, may still have landed: UNAVAILABLE, and the key is kept
+// with its intent, not destroyed at once as for a commit failed for
+// certain. The next start finds the intent and no version, and destroys
+// the key.
+func TestKeyWhoseRenameMayHaveFailedIsKeptUntilTheNextStart(t *testing.T) {
+	b := &labelBackend{labels: map[string]int{}}
+	fsys := &fullDiskFS{}
+	path := filepath.Join(t.TempDir(), "vault.db")
+	store, err := openBolt(path, fsys)
+	require.NoError(t, err)
+	v, err := New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+
+	fsys.renameFails.Store(true)
+	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.ErrorIs(t, err, ErrUnavailable)
+	assert.ErrorContains(t, err, "cannot tell whether a commit took effect")
+	assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
+	require.NoError(t, v.Close())
+
+	v = openTestVault(t, path, testKEK, WithBackend(b))
+	_, err = v.Get(ctx, "web")
+	require.ErrorIs(t, err, ErrNotFound)
+	assert.Empty(t, b.labels, "the intent left is undone at the start")
 }
 
 // corruptStored changes the bytes of the record ref in s in place, as the
