@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -344,6 +345,20 @@ func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File
 	return f.osFS.OpenFile(name, flag, perm)
 }
 
+// newDiskVault opens a vault with a labelBackend on a bolt store at path,
+// in a directory of its own, reached through a fullDiskFS.
+func newDiskVault(t *testing.T) (v *Vault, b *labelBackend, fsys *fullDiskFS, path string) {
+	t.Helper()
+	b, fsys = &labelBackend{labels: map[string]int{}}, &fullDiskFS{}
+	path = filepath.Join(t.TempDir(), "vault.db")
+	store, err := openBolt(path, fsys)
+	require.NoError(t, err)
+	v, err = New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	t.Cleanup(func() { v.Close() })
+	return v, b, fsys, path
+}
+
 // TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend: a version's
 // commit that a bolt store on a full disk refused (UNAVAILABLE) did not
 // land, and cannot later: the file is untouched until the rename that ends
@@ -351,16 +366,9 @@ func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File
 // for any commit that failed for certain, not kept until its intent is
 // undone at the next start (as it was, like a commit whose answer was lost).
 func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
-	b := &labelBackend{labels: map[string]int{}}
-	fsys := &fullDiskFS{}
-	store, err := openBolt(filepath.Join(t.TempDir(), "vault.db"), fsys)
-	require.NoError(t, err)
-	v, err := New(ctx, store, testKEK, WithBackend(b))
-	require.NoError(t, err)
-	t.Cleanup(func() { v.Close() })
-
+	v, b, fsys, _ := newDiskVault(t)
 	fsys.full.Store(true)
-	_, err = v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
+	_, err := v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
 	require.ErrorIs(t, err, ErrUnavailable)
 	assert.ErrorContains(t, err, "its disk is full")
 	assert.Empty(t, b.labels, "the key generated for the version is still in the backend")
@@ -381,16 +389,9 @@ func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
 // in a crash, the old file's intent has the key destroyed at the next
 // start.
 func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
-	b := &labelBackend{labels: map[string]int{}}
-	fsys := &fullDiskFS{}
-	path := filepath.Join(t.TempDir(), "vault.db")
-	store, err := openBolt(path, fsys)
-	require.NoError(t, err)
-	v, err := New(ctx, store, testKEK, WithBackend(b))
-	require.NoError(t, err)
-
+	v, b, fsys, path := newDiskVault(t)
 	fsys.syncFails.Store(true)
-	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
 	require.Error(t, err)
 	assert.ErrorContains(t, err, "sync")
 	assert.Len(t, b.labels, 1, "the key of the stored version is destroyed in the backend")
@@ -404,60 +405,43 @@ func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
 	assert.Len(t, b.labels, 2)
 }
 
-// TestKeyWhoseRenameFailedButLandedIsKept: a version's rewrite whose
-// rename failed (an error that does not say the name is unchanged) may
-// have landed. Here it did: the store file holds the version, so its key
-// in the backend is kept, and the store reads the new file. It was
-// destroyed (the error taken as a commit failed for certain), and the next
-// start served a version whose key was gone.
-func TestKeyWhoseRenameFailedButLandedIsKept(t *testing.T) {
-	b := &labelBackend{labels: map[string]int{}}
-	fsys := &fullDiskFS{}
-	path := filepath.Join(t.TempDir(), "vault.db")
-	store, err := openBolt(path, fsys)
-	require.NoError(t, err)
-	v, err := New(ctx, store, testKEK, WithBackend(b))
-	require.NoError(t, err)
+// TestKeyWhoseRenameFailedIsKept: a version's rewrite whose rename failed
+// may have landed (POSIX keeps the name unchanged only on errors other
+// than EIO, and a network file system may rename and lose the answer), so
+// its key in the backend is kept, not destroyed at once as for a commit
+// failed for certain (as it was).
+//   - Landed: the store's path names the new file. The store reads it,
+//     and the next start serves the version, with its key. The key was
+//     destroyed, and the next start served a version whose key was gone.
+//   - The name unchanged as far as the store can see: UNAVAILABLE, and
+//     the key is kept with its intent, which the next start undoes,
+//     finding no version.
+func TestKeyWhoseRenameFailedIsKept(t *testing.T) {
+	for _, landed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("landed=%v", landed), func(t *testing.T) {
+			v, b, fsys, path := newDiskVault(t)
+			fsys.renameLost.Store(landed)
+			fsys.renameFails.Store(!landed)
+			_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+			require.ErrorContains(t, err, "rename")
+			if !landed {
+				assert.ErrorIs(t, err, ErrUnavailable)
+				assert.ErrorContains(t, err, "cannot tell whether a commit took effect")
+			}
+			assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
+			require.NoError(t, v.Close())
 
-	fsys.renameLost.Store(true)
-	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
-	require.Error(t, err)
-	assert.ErrorContains(t, err, "rename")
-	assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
-	require.NoError(t, v.Close())
-
-	fsys.full.Store(false)
-	v = openTestVault(t, path, testKEK, WithBackend(b))
-	signOK(t, v, "web", 1)
-	assert.Len(t, b.labels, 1)
-}
-
-// TestKeyWhoseRenameMayHaveFailedIsKeptUntilTheNextStart: a version's
-// rewrite whose rename failed with EIO, the name unchanged as far as the
-// store can see, may still have landed: UNAVAILABLE, and the key is kept
-// with its intent, not destroyed at once as for a commit failed for
-// certain. The next start finds the intent and no version, and destroys
-// the key.
-func TestKeyWhoseRenameMayHaveFailedIsKeptUntilTheNextStart(t *testing.T) {
-	b := &labelBackend{labels: map[string]int{}}
-	fsys := &fullDiskFS{}
-	path := filepath.Join(t.TempDir(), "vault.db")
-	store, err := openBolt(path, fsys)
-	require.NoError(t, err)
-	v, err := New(ctx, store, testKEK, WithBackend(b))
-	require.NoError(t, err)
-
-	fsys.renameFails.Store(true)
-	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
-	require.ErrorIs(t, err, ErrUnavailable)
-	assert.ErrorContains(t, err, "cannot tell whether a commit took effect")
-	assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
-	require.NoError(t, v.Close())
-
-	v = openTestVault(t, path, testKEK, WithBackend(b))
-	_, err = v.Get(ctx, "web")
-	require.ErrorIs(t, err, ErrNotFound)
-	assert.Empty(t, b.labels, "the intent left is undone at the start")
+			v = openTestVault(t, path, testKEK, WithBackend(b))
+			if landed {
+				signOK(t, v, "web", 1)
+				assert.Len(t, b.labels, 1)
+				return
+			}
+			_, err = v.Get(ctx, "web")
+			require.ErrorIs(t, err, ErrNotFound)
+			assert.Empty(t, b.labels, "the intent left is undone at the start")
+		})
+	}
 }
 
 // corruptStored changes the bytes of the record ref in s in place, as the
