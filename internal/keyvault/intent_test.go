@@ -526,3 +526,54 @@ func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
 	defer b.mu.Unlock()
 	assert.Empty(t, b.destroyed, "a handle the manifest does not list is destroyed")
 }
+
+// loseStored takes the record ref out of s, as the store's own damage (or
+// a key deleted by hand in etcd) would, with no commit a replica is told
+// of.
+func loseStored(t *testing.T, s *memShared, ref RecordRef) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.records[ref]
+	require.True(t, ok, "%v is stored", ref)
+	delete(s.records, ref)
+}
+
+// TestLostLeftWorkIsReported: a record of left work (an intent to undo, a
+// destroyed version's handle) that the manifest lists and the store, in
+// the state the view holds, does not hold is reported as corrupted (left
+// work that cannot be finished, counted and logged), as a damaged one is,
+// not looked for in silence at every sweep, its key left in the backend
+// unreported.
+func TestLostLeftWorkIsReported(t *testing.T) {
+	t.Run("intent", func(t *testing.T) {
+		s := newMemShared()
+		b := &labelBackend{labels: map[string]int{}}
+		v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
+		label, in, err := v.beginIntent(ctx, b, "web", 1)
+		require.NoError(t, err)
+		require.NotNil(t, in)
+		b.labels[label]++ // generated; the version's commit never came
+		loseStored(t, s, in.ref)
+		assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 5*time.Second, 10*time.Millisecond,
+			"the lost intent is reported")
+	})
+	t.Run("handle", func(t *testing.T) {
+		s := newMemShared()
+		b := &refusingBackend{labelBackend: labelBackend{labels: map[string]int{}}}
+		v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(500*time.Millisecond))
+		_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+		require.NoError(t, err)
+		_, err = v.Rotate(ctx, "web")
+		require.NoError(t, err)
+		_, err = v.SetVersionEnabled(ctx, "web", 1, false)
+		require.NoError(t, err)
+		b.refuse.Store(true)
+		_, err = v.DestroyVersion(ctx, "web", 1)
+		require.NoError(t, err, "destroyed; its key is left to destroy in the backend")
+		loseStored(t, s, RecordRef{Kind: RecordMaterial, ID: "web", Version: 1})
+		b.refuse.Store(false)
+		assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 5*time.Second, 10*time.Millisecond,
+			"the lost handle is reported")
+	})
+}
