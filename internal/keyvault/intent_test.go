@@ -456,6 +456,21 @@ func corruptStored(t *testing.T, s *memShared, ref RecordRef, sealed func([]byte
 	s.records[ref] = r
 }
 
+// intentLeft opens a vault on s, with a short bound, that committed an
+// intent of key "web" and generated its key in the backend, the version's
+// commit never made. It returns the vault, its backend, the key's label
+// and the intent.
+func intentLeft(t *testing.T, s *memShared) (*Vault, *labelBackend, string, *keyIntent) {
+	t.Helper()
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
+	label, in, err := v.beginIntent(ctx, b, "web", 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // generated; the version's commit never came
+	return v, b, label, in
+}
+
 // TestDamagedIntentIsReportedNotUndone: an intent whose stored bytes are
 // not those the manifest lists, in the state of the store the view holds,
 // is reported as corrupted (left work that cannot be finished, counted and
@@ -463,12 +478,7 @@ func corruptStored(t *testing.T, s *memShared, ref RecordRef, sealed func([]byte
 // keys of its label are not destroyed.
 func TestDamagedIntentIsReportedNotUndone(t *testing.T) {
 	s := newMemShared()
-	b := &labelBackend{labels: map[string]int{}}
-	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
-	label, in, err := v.beginIntent(ctx, b, "web", 1)
-	require.NoError(t, err)
-	require.NotNil(t, in)
-	b.labels[label]++ // generated; the version's commit never came
+	v, b, label, in := intentLeft(t, s)
 	corruptStored(t, s, in.ref, func(sealed []byte) []byte { sealed[len(sealed)-1] ^= 1; return sealed })
 
 	assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 10*time.Second, 10*time.Millisecond,
@@ -496,16 +506,14 @@ func (b *refusingBackend) Destroy(ctx context.Context, handle []byte) error {
 	return nil
 }
 
-// TestSplicedHandleOfADestroyedVersionIsNotDestroyed: a destroyed
-// version's handle left in the store (its backend refused the destroy) is
-// checked against the manifest before the destroy is finished: one put
-// there since (validly sealed, for the same record: the handle of another
-// key) is reported as corrupted, and the key it names is not destroyed.
-func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
-	s := newMemShared()
+// destroyLeft opens a vault on s whose key "web" has its version 1
+// destroyed, and the key left in the backend, which refused the destroy
+// and then takes destroys again.
+func destroyLeft(t *testing.T, s *memShared) (*Vault, *refusingBackend) {
+	t.Helper()
 	b := &refusingBackend{labelBackend: labelBackend{labels: map[string]int{}}}
-	// A bound long enough that no sweep finds the handle before it is
-	// spliced, while the backend still refuses.
+	// A bound long enough that no sweep finds the handle before the test
+	// changes it, while the backend still refuses.
 	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(500*time.Millisecond))
 	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
 	require.NoError(t, err)
@@ -516,7 +524,17 @@ func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
 	b.refuse.Store(true)
 	_, err = v.DestroyVersion(ctx, "web", 1)
 	require.NoError(t, err, "destroyed; its key is left to destroy in the backend")
+	return v, b
+}
 
+// TestSplicedHandleOfADestroyedVersionIsNotDestroyed: a destroyed
+// version's handle left in the store (its backend refused the destroy) is
+// checked against the manifest before the destroy is finished: one put
+// there since (validly sealed, for the same record: the handle of another
+// key) is reported as corrupted, and the key it names is not destroyed.
+func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
+	s := newMemShared()
+	v, b := destroyLeft(t, s)
 	forged := v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: "web", Version: 1}, []byte("another key's handle"))
 	corruptStored(t, s, forged.RecordRef, func([]byte) []byte { return forged.Sealed })
 	b.refuse.Store(false)
@@ -548,29 +566,14 @@ func loseStored(t *testing.T, s *memShared, ref RecordRef) {
 func TestLostLeftWorkIsReported(t *testing.T) {
 	t.Run("intent", func(t *testing.T) {
 		s := newMemShared()
-		b := &labelBackend{labels: map[string]int{}}
-		v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
-		label, in, err := v.beginIntent(ctx, b, "web", 1)
-		require.NoError(t, err)
-		require.NotNil(t, in)
-		b.labels[label]++ // generated; the version's commit never came
+		v, _, _, in := intentLeft(t, s)
 		loseStored(t, s, in.ref)
 		assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 5*time.Second, 10*time.Millisecond,
 			"the lost intent is reported")
 	})
 	t.Run("handle", func(t *testing.T) {
 		s := newMemShared()
-		b := &refusingBackend{labelBackend: labelBackend{labels: map[string]int{}}}
-		v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(500*time.Millisecond))
-		_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
-		require.NoError(t, err)
-		_, err = v.Rotate(ctx, "web")
-		require.NoError(t, err)
-		_, err = v.SetVersionEnabled(ctx, "web", 1, false)
-		require.NoError(t, err)
-		b.refuse.Store(true)
-		_, err = v.DestroyVersion(ctx, "web", 1)
-		require.NoError(t, err, "destroyed; its key is left to destroy in the backend")
+		v, b := destroyLeft(t, s)
 		loseStored(t, s, RecordRef{Kind: RecordMaterial, ID: "web", Version: 1})
 		b.refuse.Store(false)
 		assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 5*time.Second, 10*time.Millisecond,
