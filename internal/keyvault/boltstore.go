@@ -325,24 +325,54 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	failed := func(err error) error {
 		return errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
 	}
+	var written os.FileInfo
+	if err == nil {
+		written, err = os.Stat(tmp)
+	}
 	if err != nil {
 		// The file at s.path is untouched until the rename.
 		return 0, &notAppliedError{failed(err)}
 	}
-	if err := s.fs.Rename(tmp, s.path); err != nil {
-		return 0, failed(err)
+	err = s.fs.Rename(tmp, s.path)
+	if err != nil && !s.names(written) {
+		// Not known to be renamed, nor known not to be: POSIX keeps the
+		// name unchanged only on errors other than EIO, and a network
+		// file system may rename and lose the answer.
+		return 0, errors.Join(s.mayBeRenamed(err), dst.Close(), removeIfExists(tmp))
 	}
 	// The old file is unlinked and the write is durable in the new one, so
 	// closing the old one can only fail to release resources.
 	_ = s.db.Close()
 	s.db = dst
-	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
+	if err == nil {
+		err = s.fs.SyncDir(filepath.Dir(s.path))
+	}
+	if err != nil {
 		// Committed, maybe not durably: the store reads the new file, and
 		// after a crash may read the old one. The revision says it is
 		// committed (a committedError in the vault), not failed for certain.
 		return rev, fmt.Errorf("keyvault: rewrite bolt store: %w", err)
 	}
 	return rev, nil
+}
+
+// names reports whether the store's path names the file fi describes: a
+// rename that failed yet took effect.
+func (s *BoltStore) names(fi os.FileInfo) bool {
+	cur, err := os.Stat(s.path)
+	return err == nil && os.SameFile(cur, fi)
+}
+
+// mayBeRenamed is the error of a rewrite whose rename failed and whose
+// new file the store's path does not name (or could not be seen to): the
+// commit may yet have landed (ErrUnavailable, which the vault takes so, and
+// keeps a key it generated). The store goes on reading the old file.
+func (s *BoltStore) mayBeRenamed(err error) error {
+	err = s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err))
+	if errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("keyvault: the key store %s cannot tell whether a commit took effect (%v): %w", s.path, err, ErrUnavailable)
 }
 
 func rewritePath(path string) string { return path + ".rewrite" }

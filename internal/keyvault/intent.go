@@ -304,7 +304,10 @@ func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) 
 	for ref, seen := range due {
 		r, ok := records[ref]
 		if !ok {
-			continue // erased since the view
+			if err := v.lostListed(ref, rev); err != nil {
+				failed.fail(ref, err)
+			}
+			continue
 		}
 		var ir intentRecord
 		ok, err := v.readListed(r, rev)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -310,10 +311,24 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 
 // fullDiskFS is the operating system's file system on a disk that, while
 // full is set, has no room for the file a commit that erases writes, and
-// that, while syncFails is set, fails to sync a directory.
+// that, while syncFails is set, fails to sync a directory. Its next rename
+// once renameLost is set renames, then fails, as a network file system's
+// whose answer was lost (the retried RENAME finds no source: ENOENT), and
+// leaves the disk full; while renameFails is set, renames fail with EIO.
 type fullDiskFS struct {
 	osFS
-	full, syncFails atomic.Bool
+	full, syncFails, renameLost, renameFails atomic.Bool
+}
+
+func (f *fullDiskFS) Rename(oldpath, newpath string) error {
+	if f.renameFails.Load() {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.EIO}
+	}
+	if err := f.osFS.Rename(oldpath, newpath); err != nil || !f.renameLost.CompareAndSwap(true, false) {
+		return err
+	}
+	f.full.Store(true)
+	return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.ENOENT}
 }
 
 func (f *fullDiskFS) SyncDir(dir string) error {
@@ -330,6 +345,20 @@ func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File
 	return f.osFS.OpenFile(name, flag, perm)
 }
 
+// newDiskVault opens a vault with a labelBackend on a bolt store at path,
+// in a directory of its own, reached through a fullDiskFS.
+func newDiskVault(t *testing.T) (v *Vault, b *labelBackend, fsys *fullDiskFS, path string) {
+	t.Helper()
+	b, fsys = &labelBackend{labels: map[string]int{}}, &fullDiskFS{}
+	path = filepath.Join(t.TempDir(), "vault.db")
+	store, err := openBolt(path, fsys)
+	require.NoError(t, err)
+	v, err = New(ctx, store, testKEK, WithBackend(b))
+	require.NoError(t, err)
+	t.Cleanup(func() { v.Close() })
+	return v, b, fsys, path
+}
+
 // TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend: a version's
 // commit that a bolt store on a full disk refused (UNAVAILABLE) did not
 // land, and cannot later: the file is untouched until the rename that ends
@@ -337,16 +366,9 @@ func (f *fullDiskFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File
 // for any commit that failed for certain, not kept until its intent is
 // undone at the next start (as it was, like a commit whose answer was lost).
 func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
-	b := &labelBackend{labels: map[string]int{}}
-	fsys := &fullDiskFS{}
-	store, err := openBolt(filepath.Join(t.TempDir(), "vault.db"), fsys)
-	require.NoError(t, err)
-	v, err := New(ctx, store, testKEK, WithBackend(b))
-	require.NoError(t, err)
-	t.Cleanup(func() { v.Close() })
-
+	v, b, fsys, _ := newDiskVault(t)
 	fsys.full.Store(true)
-	_, err = v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
+	_, err := v.CreateInBackend(ctx, "token", "full", ECDSAP256, nil)
 	require.ErrorIs(t, err, ErrUnavailable)
 	assert.ErrorContains(t, err, "its disk is full")
 	assert.Empty(t, b.labels, "the key generated for the version is still in the backend")
@@ -367,16 +389,9 @@ func TestKeyWhoseCommitAFullDiskRefusedLeavesNothingInTheBackend(t *testing.T) {
 // in a crash, the old file's intent has the key destroyed at the next
 // start.
 func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
-	b := &labelBackend{labels: map[string]int{}}
-	fsys := &fullDiskFS{}
-	path := filepath.Join(t.TempDir(), "vault.db")
-	store, err := openBolt(path, fsys)
-	require.NoError(t, err)
-	v, err := New(ctx, store, testKEK, WithBackend(b))
-	require.NoError(t, err)
-
+	v, b, fsys, path := newDiskVault(t)
 	fsys.syncFails.Store(true)
-	_, err = v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
 	require.Error(t, err)
 	assert.ErrorContains(t, err, "sync")
 	assert.Len(t, b.labels, 1, "the key of the stored version is destroyed in the backend")
@@ -388,6 +403,45 @@ func TestKeyWhoseCommitWasNotMadeDurableIsKept(t *testing.T) {
 	v = openTestVault(t, path, testKEK, WithBackend(b))
 	signOK(t, v, "web", 1)
 	assert.Len(t, b.labels, 2)
+}
+
+// TestKeyWhoseRenameFailedIsKept: a version's rewrite whose rename failed
+// may have landed (POSIX keeps the name unchanged only on errors other
+// than EIO, and a network file system may rename and lose the answer), so
+// its key in the backend is kept, not destroyed at once as for a commit
+// failed for certain (as it was).
+//   - Landed: the store's path names the new file. The store reads it,
+//     and the next start serves the version, with its key. The key was
+//     destroyed, and the next start served a version whose key was gone.
+//   - The name unchanged as far as the store can see: UNAVAILABLE, and
+//     the key is kept with its intent, which the next start undoes,
+//     finding no version.
+func TestKeyWhoseRenameFailedIsKept(t *testing.T) {
+	for _, landed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("landed=%v", landed), func(t *testing.T) {
+			v, b, fsys, path := newDiskVault(t)
+			fsys.renameLost.Store(landed)
+			fsys.renameFails.Store(!landed)
+			_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+			require.ErrorContains(t, err, "rename")
+			if !landed {
+				assert.ErrorIs(t, err, ErrUnavailable)
+				assert.ErrorContains(t, err, "cannot tell whether a commit took effect")
+			}
+			assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
+			require.NoError(t, v.Close())
+
+			v = openTestVault(t, path, testKEK, WithBackend(b))
+			if landed {
+				signOK(t, v, "web", 1)
+				assert.Len(t, b.labels, 1)
+				return
+			}
+			_, err = v.Get(ctx, "web")
+			require.ErrorIs(t, err, ErrNotFound)
+			assert.Empty(t, b.labels, "the intent left is undone at the start")
+		})
+	}
 }
 
 // corruptStored changes the bytes of the record ref in s in place, as the
@@ -402,6 +456,21 @@ func corruptStored(t *testing.T, s *memShared, ref RecordRef, sealed func([]byte
 	s.records[ref] = r
 }
 
+// intentLeft opens a vault on s, with a short bound, that committed an
+// intent of key "web" and generated its key in the backend, the version's
+// commit never made. It returns the vault, its backend, the key's label
+// and the intent.
+func intentLeft(t *testing.T, s *memShared) (*Vault, *labelBackend, string, *keyIntent) {
+	t.Helper()
+	b := &labelBackend{labels: map[string]int{}}
+	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
+	label, in, err := v.beginIntent(ctx, b, "web", 1)
+	require.NoError(t, err)
+	require.NotNil(t, in)
+	b.labels[label]++ // generated; the version's commit never came
+	return v, b, label, in
+}
+
 // TestDamagedIntentIsReportedNotUndone: an intent whose stored bytes are
 // not those the manifest lists, in the state of the store the view holds,
 // is reported as corrupted (left work that cannot be finished, counted and
@@ -409,12 +478,7 @@ func corruptStored(t *testing.T, s *memShared, ref RecordRef, sealed func([]byte
 // keys of its label are not destroyed.
 func TestDamagedIntentIsReportedNotUndone(t *testing.T) {
 	s := newMemShared()
-	b := &labelBackend{labels: map[string]int{}}
-	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(50*time.Millisecond))
-	label, in, err := v.beginIntent(ctx, b, "web", 1)
-	require.NoError(t, err)
-	require.NotNil(t, in)
-	b.labels[label]++ // generated; the version's commit never came
+	v, b, label, in := intentLeft(t, s)
 	corruptStored(t, s, in.ref, func(sealed []byte) []byte { sealed[len(sealed)-1] ^= 1; return sealed })
 
 	assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 10*time.Second, 10*time.Millisecond,
@@ -442,16 +506,14 @@ func (b *refusingBackend) Destroy(ctx context.Context, handle []byte) error {
 	return nil
 }
 
-// TestSplicedHandleOfADestroyedVersionIsNotDestroyed: a destroyed
-// version's handle left in the store (its backend refused the destroy) is
-// checked against the manifest before the destroy is finished: one put
-// there since (validly sealed, for the same record: the handle of another
-// key) is reported as corrupted, and the key it names is not destroyed.
-func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
-	s := newMemShared()
+// destroyLeft opens a vault on s whose key "web" has its version 1
+// destroyed, and the key left in the backend, which refused the destroy
+// and then takes destroys again.
+func destroyLeft(t *testing.T, s *memShared) (*Vault, *refusingBackend) {
+	t.Helper()
 	b := &refusingBackend{labelBackend: labelBackend{labels: map[string]int{}}}
-	// A bound long enough that no sweep finds the handle before it is
-	// spliced, while the backend still refuses.
+	// A bound long enough that no sweep finds the handle before the test
+	// changes it, while the backend still refuses.
 	v, _ := newSharedVault(t, s, WithBackend(b), WithStalenessBound(500*time.Millisecond))
 	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
 	require.NoError(t, err)
@@ -462,7 +524,17 @@ func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
 	b.refuse.Store(true)
 	_, err = v.DestroyVersion(ctx, "web", 1)
 	require.NoError(t, err, "destroyed; its key is left to destroy in the backend")
+	return v, b
+}
 
+// TestSplicedHandleOfADestroyedVersionIsNotDestroyed: a destroyed
+// version's handle left in the store (its backend refused the destroy) is
+// checked against the manifest before the destroy is finished: one put
+// there since (validly sealed, for the same record: the handle of another
+// key) is reported as corrupted, and the key it names is not destroyed.
+func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
+	s := newMemShared()
+	v, b := destroyLeft(t, s)
 	forged := v.sealer.seal(RecordRef{Kind: RecordMaterial, ID: "web", Version: 1}, []byte("another key's handle"))
 	corruptStored(t, s, forged.RecordRef, func([]byte) []byte { return forged.Sealed })
 	b.refuse.Store(false)
@@ -471,4 +543,40 @@ func TestSplicedHandleOfADestroyedVersionIsNotDestroyed(t *testing.T) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	assert.Empty(t, b.destroyed, "a handle the manifest does not list is destroyed")
+}
+
+// loseStored takes the record ref out of s, as the store's own damage (or
+// a key deleted by hand in etcd) would, with no commit a replica is told
+// of.
+func loseStored(t *testing.T, s *memShared, ref RecordRef) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.records[ref]
+	require.True(t, ok, "%v is stored", ref)
+	delete(s.records, ref)
+}
+
+// TestLostLeftWorkIsReported: a record of left work (an intent to undo, a
+// destroyed version's handle) that the manifest lists and the store, in
+// the state the view holds, does not hold is reported as corrupted (left
+// work that cannot be finished, counted and logged), as a damaged one is,
+// not looked for in silence at every sweep, its key left in the backend
+// unreported.
+func TestLostLeftWorkIsReported(t *testing.T) {
+	t.Run("intent", func(t *testing.T) {
+		s := newMemShared()
+		v, _, _, in := intentLeft(t, s)
+		loseStored(t, s, in.ref)
+		assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 5*time.Second, 10*time.Millisecond,
+			"the lost intent is reported")
+	})
+	t.Run("handle", func(t *testing.T) {
+		s := newMemShared()
+		v, b := destroyLeft(t, s)
+		loseStored(t, s, RecordRef{Kind: RecordMaterial, ID: "web", Version: 1})
+		b.refuse.Store(false)
+		assert.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, 5*time.Second, 10*time.Millisecond,
+			"the lost handle is reported")
+	})
 }

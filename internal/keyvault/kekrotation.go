@@ -302,24 +302,36 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 	batch := v.rewrapBatch()
+	var records []Record
+	rev, err := v.store.Scan(ctx, func(r Record) error {
+		if batch[r.RecordRef] {
+			records = append(records, r)
+		}
+		return nil
+	})
+	if err == nil && rev != v.storeRev {
+		// Another replica changed the store since the view: its records
+		// may differ from the view's, or be erased, without any damage.
+		// The retry rewraps the store's state.
+		err = fmt.Errorf("keyvault: the store is at revision %d, the view at %d: %w", rev, v.storeRev, ErrConflict)
+	}
 	var w Write
-	_, err := v.store.Scan(ctx, func(r Record) error {
-		if !batch[r.RecordRef] {
-			return nil
+	for _, r := range records {
+		if err != nil {
+			break
 		}
 		// What the view verified, not an older copy put back since: the
 		// commit makes the manifest vouch for what it reseals.
-		if err := v.checkListed(r); err != nil {
-			return err
+		if err = v.checkListed(r); err != nil {
+			break
 		}
-		plaintext, err := openWith(k.previous, v.sealer.format, r)
-		if err != nil {
-			return err
+		var plaintext []byte
+		if plaintext, err = openWith(k.previous, v.sealer.format, r); err != nil {
+			break
 		}
 		w.Put = append(w.Put, v.sealer.seal(r.RecordRef, plaintext))
 		clear(plaintext) // a private key, for material records
-		return nil
-	})
+	}
 	if err == nil && len(w.Put) != len(batch) {
 		err = fmt.Errorf("keyvault: %d records listed in the manifest are missing from the store: %w", len(batch)-len(w.Put), ErrCorrupted)
 	}

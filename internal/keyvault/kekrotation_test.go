@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/handshaked/handshaked/internal/testenv"
 	"github.com/stretchr/testify/assert"
@@ -300,4 +301,34 @@ func TestCommitRefusesRecordsUnderAnotherKEK(t *testing.T) {
 	for _, r := range storedRecords(t, path) {
 		assert.NotEqual(t, "stray", r.ID, "the refused record is in the store")
 	}
+}
+
+// TestKEKRotationAfterAnotherReplicaChangedARecord: a rewrap step of a
+// replica whose view is behind the store (another replica rotated a key
+// since) reads records other than the view's. That is a conflict, retried
+// on the store's state, not ErrCorrupted: only a record other than the
+// manifest lists in the state the view holds is corrupted.
+func TestKEKRotationAfterAnotherReplicaChangedARecord(t *testing.T) {
+	s := newMemShared()
+	// Bounds long enough that only the watch would make a follow the store.
+	a, ac := newSharedVault(t, s, WithStalenessBound(time.Hour))
+	b, _ := newSharedVault(t, s, WithStalenessBound(time.Hour))
+	_, err := a.Create(ctx, "web", ECDSAP256, nil)
+	require.NoError(t, err)
+	newKEK := bytes.Repeat([]byte{0x17}, kekSize)
+	next, err := newSealKeys(newKEK)
+	require.NoError(t, err)
+	require.NoError(t, a.beginRotation(ctx, next))
+	require.NoError(t, b.Sync(ctx))
+
+	ac.watchHeld.Store(true) // a's view stays behind b's rotation
+	_, err = b.Rotate(ctx, "web")
+	require.NoError(t, err)
+	st, err := a.ResumeKEKRotation(ctx)
+	require.NoError(t, err, "a record another replica changed is no corruption")
+	assert.Equal(t, KEKID(newKEK), st.ID)
+	assert.Empty(t, st.Retiring)
+	ac.watchHeld.Store(false)
+	require.NoError(t, b.Sync(ctx))
+	signOK(t, b, "web", 2)
 }

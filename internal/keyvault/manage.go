@@ -546,6 +546,13 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 	if err != nil {
 		return failed, fmt.Errorf("keyvault: read the store: %w", err)
 	}
+	for ref := range backends {
+		if !slices.ContainsFunc(records, func(r Record) bool { return r.RecordRef == ref }) {
+			if err := v.lostListed(ref, rev); err != nil {
+				failed.fail(ref, err)
+			}
+		}
+	}
 	var destroyed []RecordRef
 	for _, r := range records {
 		ok, err := v.readListed(r, rev)

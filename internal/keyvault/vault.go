@@ -822,6 +822,17 @@ func (v *Vault) readListed(r Record, rev int64) (ok bool, err error) {
 	return true, nil
 }
 
+// lostListed is readListed for a record of left work that the store, in
+// its state rev, does not hold: erased since where the store moved on from
+// the view or the view lists it no more (nil), and corrupted where the
+// view, holding that state, lists it.
+func (v *Vault) lostListed(ref RecordRef, rev int64) error {
+	if _, listed := v.entries[ref]; !listed || rev != v.storeRev {
+		return nil
+	}
+	return fmt.Errorf("keyvault: %v, which the manifest lists, is missing from the store: %w", ref, ErrCorrupted)
+}
+
 // openKey opens a key record and its versions, removing what it uses from
 // versionRecords.
 func (v *Vault) openKey(ctx context.Context, s sealer, r Record, versionRecords map[RecordRef]Record) (*keyState, error) {

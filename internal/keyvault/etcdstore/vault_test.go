@@ -384,6 +384,18 @@ func (s *cutOff) Revision(ctx context.Context) (int64, error) {
 	return s.Store.Revision(ctx)
 }
 
+// cutNow cuts the store of replica v off, and returns once v has no
+// Revision read in flight that began before the cut: such a read, slow on
+// a loaded machine, could answer with a revision committed after the cut,
+// and v would apply and announce it. v reads one round at a time (Sync),
+// and the round answering a call made now begins after the cut, so it
+// fails, and every later one does.
+func (s *cutOff) cutNow(t *testing.T, v *keyvault.Vault) {
+	t.Helper()
+	s.cut.Store(true)
+	require.ErrorContains(t, v.Sync(t.Context()), "test: cut off", "a round begun after the cut")
+}
+
 // shortBound gives a replica's store the bound of withLongBound's first
 // replica.
 func shortBound(cfg *etcdstore.Config) { cfg.StalenessBound = 200 * time.Millisecond }
@@ -426,7 +438,7 @@ func TestRevocationWaitsForTheLongestBound(t *testing.T) {
 	a, l, ls := withLongBound(t, c, "/bounds", open(t, c, "/bounds", shortBound), "web")
 	require.NoError(t, sign(l, "web", 1))
 
-	ls.cut.Store(true)
+	ls.cutNow(t, l)
 	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	_, err := a.SetVersionEnabled(dctx, "web", 1, false)
@@ -463,7 +475,7 @@ func TestRevocationRetriedWaitsToo(t *testing.T) {
 	ctx := t.Context()
 	as := &unreadBounds{Store: open(t, c, "/retried", shortBound)}
 	a, l, ls := withLongBound(t, c, "/retried", as, "web", "api")
-	ls.cut.Store(true)
+	ls.cutNow(t, l)
 
 	// The bounds unread: committed, UNAVAILABLE, then retried.
 	as.unread.Store(true)
