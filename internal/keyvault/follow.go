@@ -135,7 +135,9 @@ func (v *Vault) refresh(ctx context.Context) error { return v.refreshTo(ctx, 0) 
 // record the manifest lists is missing, another replica rotated the KEK)
 // it reads the whole store, which says what is wrong.
 func (v *Vault) refreshTo(ctx context.Context, target int64) error {
-	if v.read.records == nil {
+	if v.follow == nil || v.read.records == nil {
+		// A store nothing follows (bolt) has no changes to read: it is
+		// read whole.
 		return v.refreshAll(ctx)
 	}
 	if target > 0 {
@@ -168,7 +170,11 @@ func (v *Vault) refreshAll(ctx context.Context) error {
 	if err := v.adopt(ctx, records, rev); err != nil {
 		return err
 	}
-	v.read = newStoreState(rev, records)
+	if v.follow != nil {
+		// The state the follower reads changes from; a bolt store's view
+		// keeps none, as at its start.
+		v.read = newStoreState(rev, records)
+	}
 	return nil
 }
 

@@ -580,3 +580,38 @@ func TestLostLeftWorkIsReported(t *testing.T) {
 			"the lost handle is reported")
 	})
 }
+
+// TestCommitNotMadeDurableIsServed: a bolt rewrite renamed into place
+// whose directory sync then failed is in the store (a committedError), and
+// the vault serves it at once. Nothing follows a bolt store, so the view
+// is read again there, not left behind until the next write's conflict: a
+// key created so was not served, and a software version destroyed so kept
+// its state (and its private key in memory). And the second such commit
+// panicked the vault (a nil follower's changes read).
+func TestCommitNotMadeDurableIsServed(t *testing.T) {
+	v, _, fsys, _ := newDiskVault(t)
+	fsys.syncFails.Store(true)
+	_, err := v.CreateInBackend(ctx, "token", "web", ECDSAP256, nil)
+	require.ErrorContains(t, err, "sync")
+	signOK(t, v, "web", 1)
+
+	fsys.syncFails.Store(false)
+	_, err = v.Create(ctx, "soft", ECDSAP256, nil)
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "soft", 1, false)
+	require.NoError(t, err)
+	fsys.syncFails.Store(true)
+	_, err = v.DestroyVersion(ctx, "soft", 1) // erases the material: a rewrite
+	require.ErrorContains(t, err, "sync")
+	k, err := v.Get(ctx, "soft")
+	require.NoError(t, err)
+	require.Len(t, k.Versions, 1)
+	assert.Equal(t, StateDestroyed, k.Versions[0].State)
+	// A bolt view read again keeps no state to read changes from (only a
+	// follower has one): the second refresh read them from the follower
+	// a bolt store has not, and panicked.
+	fsys.syncFails.Store(false)
+	_, err = v.Create(ctx, "after", ECDSAP256, nil)
+	require.NoError(t, err)
+	signOK(t, v, "after", 1)
+}

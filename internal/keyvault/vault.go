@@ -265,7 +265,15 @@ func (v *Vault) commitAs(ctx context.Context, w Write, bucketed bool) error {
 	storeRev, err := v.store.Commit(ctx, w)
 	if err != nil {
 		if storeRev > 0 {
-			// The view follows the store to it.
+			// The view follows the store to it. Nothing follows a bolt
+			// store: its view is read again here, or a key created so
+			// would not be served, nor a version destroyed so dropped
+			// from memory, until the next write's conflict.
+			if v.follow == nil {
+				if rerr := v.refresh(ctx); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
+			}
 			return &committedError{rev: storeRev, err: err}
 		}
 		return err
