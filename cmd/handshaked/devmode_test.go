@@ -46,12 +46,13 @@ func waitExit(t *testing.T, p *process) string {
 
 // TestDevelopmentInstance: with only a data directory, handshaked creates a
 // private KEK, a sample key with a self-signed certificate, and says loudly
-// that it is in development mode.
+// that it is in development mode, with its KEK in plain text beside the data.
 func TestDevelopmentInstance(t *testing.T) {
 	dataDir := t.TempDir()
 	p := startProcess(t, dataDir)
 	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
 	assert.Contains(t, p.out(), "DEVELOPMENT MODE", "no development-mode warning")
+	assert.Contains(t, p.out(), "key-encryption key in plain text in "+filepath.Join(dataDir, "kek")+";")
 	fi, err := os.Stat(filepath.Join(dataDir, "kek"))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "KEK file mode")
@@ -63,6 +64,16 @@ func TestDevelopmentInstance(t *testing.T) {
 	require.NoError(t, err)
 	assert.NoError(t, cert.VerifyHostname("localhost"))
 	assert.NoError(t, cert.CheckSignatureFrom(cert), "self-signature")
+}
+
+// TestDevelopmentWarningKEKFromEnvironment: a development instance given
+// its KEK in $HANDSHAKED_KEK says so, and creates no KEK file.
+func TestDevelopmentWarningKEKFromEnvironment(t *testing.T) {
+	dataDir := t.TempDir()
+	p := startProcessEnv(t, dataDir, []string{kekEnv + "=" + strings.Repeat("ab", 32)})
+	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
+	assert.Contains(t, p.out(), "key-encryption key in plain text from $"+kekEnv+";")
+	assert.NoFileExists(t, filepath.Join(dataDir, "kek"))
 }
 
 func TestRefusesNonLoopbackInDevelopmentMode(t *testing.T) {

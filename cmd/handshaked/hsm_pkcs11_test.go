@@ -39,6 +39,7 @@ func TestPKCS11Instance(t *testing.T) {
 	p := startProcessEnv(t, dataDir, env, append(hsmArgs, "-pkcs11-pin-file", pinFile)...)
 	require.NotEmpty(t, p.grpcAddr, "did not start:\n%s", p.out())
 	assert.NoFileExists(t, filepath.Join(dataDir, "kek"), "no plaintext KEK")
+	assert.Contains(t, p.out(), "key-encryption key wrapped by the PKCS#11 token in "+wrapped+";", "the development-mode warning")
 	require.FileExists(t, wrapped)
 	kv := p.client(t)
 	k, err := kv.CreateKey(t.Context(), &pb.CreateKeyRequest{Id: "in-token", Algorithm: pb.Algorithm_ALGORITHM_RSA_2048, Backend: pb.KeyBackend_KEY_BACKEND_PKCS11})

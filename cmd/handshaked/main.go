@@ -291,7 +291,10 @@ func resumeKEKRotation(ctx context.Context, vault *keyvault.Vault, kekID string)
 
 // prepareDevelopment checks and creates what a development instance needs.
 func prepareDevelopment(cfg *config) error {
-	slog.Warn("DEVELOPMENT MODE: plain-text transport on loopback, no caller authentication, key-encryption key stored next to the data; never use this for real keys")
+	if cfg.kekFile == "" && cfg.kek == "" && cfg.hsm.kekFile == "" {
+		cfg.kekFile = filepath.Join(cfg.dataDir, "kek")
+	}
+	slog.Warn("DEVELOPMENT MODE: plain-text transport on loopback, no caller authentication, " + devKEKPlace(cfg) + "; never use this for real keys")
 	for _, addr := range []string{cfg.grpcAddr, cfg.httpAddr, cfg.healthAddr} {
 		if addr == "" {
 			continue
@@ -303,10 +306,19 @@ func prepareDevelopment(cfg *config) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	if cfg.kekFile == "" && cfg.kek == "" && cfg.hsm.kekFile == "" {
-		cfg.kekFile = filepath.Join(cfg.dataDir, "kek")
-	}
 	return nil
+}
+
+// devKEKPlace says where a development instance's key-encryption key is,
+// for its warning: in plain text unless the PKCS#11 token wraps it.
+func devKEKPlace(cfg *config) string {
+	switch {
+	case cfg.hsm.kekFile != "":
+		return "key-encryption key wrapped by the PKCS#11 token in " + cfg.hsm.kekFile
+	case cfg.kek != "":
+		return "key-encryption key in plain text from $" + kekEnv
+	}
+	return "key-encryption key in plain text in " + cfg.kekFile
 }
 
 // requireLoopback refuses to expose an unauthenticated development instance

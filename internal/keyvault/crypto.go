@@ -50,7 +50,7 @@ func (v *Vault) SignVersion(ctx context.Context, id string, version uint32, sche
 	}
 	s, ok := sigscheme.Lookup(scheme)
 	if !ok || !ver.alg.sigschemeKey().Fits(s, tls.VersionTLS12) {
-		return nil, used, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit a %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
+		return nil, used, fmt.Errorf("keyvault: key %q version %d: signature scheme %v does not fit an %v key: %w", id, ver.number, scheme, ver.alg, ErrInvalidArgument)
 	}
 	opts := s.SignerOpts()
 	hash := s.Hash

@@ -539,11 +539,16 @@ func handshakeMessages(steps []edge.Step) string {
 	return strings.Join(msgs, " ")
 }
 
-// logConn logs what a new connection negotiated.
+// logConn logs what a new connection negotiated. A connection with no key
+// exchange group (TLS 1.2 RSA key exchange, a TLS 1.2 resumption) logs
+// none, not CurveID(0).
 func logConn(log *slog.Logger, c *edge.Conn) {
 	st := c.ConnectionState()
-	log.Info("TLS connection", "remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version),
-		"suite", tls.CipherSuiteName(st.CipherSuite), "group", st.CurveID.String(), "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume, "service_round_trips", len(st.Steps))
+	attrs := []any{"remote", c.RemoteAddr().String(), "version", tls.VersionName(st.Version), "suite", tls.CipherSuiteName(st.CipherSuite)}
+	if st.CurveID != 0 {
+		attrs = append(attrs, "group", st.CurveID.String())
+	}
+	log.Info("TLS connection", append(attrs, "sni", st.ServerName, "alpn", st.NegotiatedProtocol, "resumed", st.DidResume, "service_round_trips", len(st.Steps))...)
 }
 
 // proxy relays each connection of l to a new TCP connection to backend.

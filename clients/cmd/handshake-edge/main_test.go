@@ -165,10 +165,10 @@ func TestCurl(t *testing.T) {
 }
 
 // TestGoClient: Go's client, HTTP/1.1 keep-alive, 1 MiB each way on both
-// versions, and the negotiated group on the page.
+// versions, and the negotiated group on the page and in the edge's log.
 func TestGoClient(t *testing.T) {
 	f := newFixture(t)
-	addr, _ := f.start(t, "-groups", "X25519MLKEM768,X25519")
+	addr, log := f.start(t, "-groups", "X25519MLKEM768,X25519")
 	_, want := randomFile(t, 1<<20)
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, MaxVersion: v}}
@@ -187,6 +187,7 @@ func TestGoClient(t *testing.T) {
 			wantGroup = "Group: X25519" // no hybrid groups in TLS 1.2
 		}
 		assert.Contains(t, string(page), wantGroup+"\n", tls.VersionName(v))
+		assert.Contains(t, log.String(), "group="+strings.TrimPrefix(wantGroup, "Group: ")+" ", tls.VersionName(v))
 		assert.Equal(t, v, resp.TLS.Version)
 		tr.CloseIdleConnections()
 	}

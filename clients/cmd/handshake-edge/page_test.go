@@ -19,10 +19,11 @@ import (
 
 // TestPageNamesRSAKeyExchange: a TLS 1.2 RSA-key-exchange connection has no
 // group and no signature scheme, and the echo page says so in words rather
-// than printing zero values (CurveID(0), SignatureScheme(0)).
+// than printing zero values (CurveID(0), SignatureScheme(0)); the edge's
+// log line of the connection has no group.
 func TestPageNamesRSAKeyExchange(t *testing.T) {
 	f := newFixture(t)
-	addr, _ := f.start(t)
+	addr, log := f.start(t)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{
 		ServerName: f.rsa.Name, RootCAs: f.rsa.Pool, MaxVersion: tls.VersionTLS12,
 		CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256},
@@ -37,6 +38,17 @@ func TestPageNamesRSAKeyExchange(t *testing.T) {
 	assert.Contains(t, string(page), "Group: none (RSA key exchange)\n")
 	assert.Contains(t, string(page), "Signature scheme: none (RSA key exchange)\n")
 	assert.NotContains(t, string(page), "(0)")
+
+	// Logged before the page is served (http.Server's ConnContext).
+	var logged []string
+	for line := range strings.Lines(log.String()) {
+		if strings.Contains(line, `msg="TLS connection"`) {
+			logged = append(logged, line)
+		}
+	}
+	require.Len(t, logged, 1, "the connection's log line:\n%s", log.String())
+	assert.Contains(t, logged[0], "suite=TLS_RSA_WITH_AES_128_GCM_SHA256")
+	assert.NotContains(t, logged[0], "group=")
 }
 
 // servedPage is what the edge's page must say of one connection of an

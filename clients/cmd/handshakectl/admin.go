@@ -14,10 +14,10 @@ import (
 )
 
 func printKEKStatus(w io.Writer, st *pb.KEKStatus) {
-	fmt.Fprintf(w, "KEK %s\t%d records\n", st.GetKekId(), st.GetRecords())
+	fmt.Fprintf(w, "KEK %s\t%s\n", st.GetKekId(), count(st.GetRecords(), "record"))
 	if st.GetRetiringKekId() != "" {
-		fmt.Fprintf(w, "rotation from KEK %s under way: %d records still under it (run kek-rotate again with the new KEK, or none for a token-wrapped KEK, to finish)\n",
-			st.GetRetiringKekId(), st.GetStaleRecords())
+		fmt.Fprintf(w, "rotation from KEK %s under way: %s still under it (run kek-rotate again with the new KEK, or none for a token-wrapped KEK, to finish)\n",
+			st.GetRetiringKekId(), count(st.GetStaleRecords(), "record"))
 	}
 }
 
@@ -104,7 +104,7 @@ func cmdBackup(ctx context.Context, e *env, args []string) error {
 	if err := os.Rename(tmp.Name(), out); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "snapshot of %d bytes written to %s\n", n, out)
+	fmt.Fprintf(e.stdout, "snapshot of %s written to %s\n", count(n, "byte"), out)
 	return nil
 }
 
@@ -122,6 +122,15 @@ func cmdRestore(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "restored %d keys (%d records, %d bytes) under KEK %s\n", resp.GetKeys(), resp.GetRecords(), resp.GetBytes(), resp.GetKekId())
+	fmt.Fprintf(e.stdout, "restored %s (%s, %s) under KEK %s\n",
+		count(resp.GetKeys(), "key"), count(resp.GetRecords(), "record"), count(resp.GetBytes(), "byte"), resp.GetKekId())
 	return nil
+}
+
+// count is n and noun, in the plural unless n is 1: "1 key", "2 keys".
+func count[N int64 | uint32 | uint64](n N, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -64,7 +64,10 @@ func plainError(err error) string {
 		return err.Error()
 	}
 	st := se.GRPCStatus()
-	msg := strings.Replace(err.Error(), st.Err().Error(), codeWords(st.Code())+": "+st.Message(), 1)
+	// The vault's errors end with their kind ("...: failed precondition"),
+	// the words of the code the service answers with: said once, first.
+	words := codeWords(st.Code())
+	msg := strings.Replace(err.Error(), st.Err().Error(), words+": "+strings.TrimSuffix(st.Message(), ": "+words), 1)
 	switch st.Code() {
 	case codes.Unavailable:
 		switch {

@@ -103,7 +103,7 @@ func (b *Backend) Generate(ctx context.Context, alg keyvault.Algorithm, label st
 			if errors.Is(err, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID)) || errors.Is(err, pkcs11.Error(pkcs11.CKR_CURVE_NOT_SUPPORTED)) {
 				return fmt.Errorf("pkcs11: token %q cannot generate %v keys (%v): %w", b.token, alg, err, keyvault.ErrFailedPrecondition)
 			}
-			return fmt.Errorf("pkcs11: generate a %v key pair: %w", alg, err)
+			return fmt.Errorf("pkcs11: generate an %v key pair: %w", alg, err)
 		}
 		if mech != pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN {
 			return nil
