@@ -3,9 +3,13 @@ package testenv
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -68,4 +72,50 @@ func TestFreePortsBelowEphemeral(t *testing.T) {
 		require.NoError(t, err, "port %d not free", p)
 		l.Close()
 	}
+}
+
+// TestRunInCloneEndsWithTheBinary: what a README script left running ends
+// when the test binary running it ends without its cleanups, at a -timeout
+// or a Ctrl-C, not only at the end of the test.
+func TestRunInCloneEndsWithTheBinary(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		end  func(*os.Process) error
+	}{
+		{"timeout", []string{"-test.timeout", "3s"}, func(*os.Process) error { return nil }},
+		{"interrupt", nil, func(p *os.Process) error { return p.Signal(os.Interrupt) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pidFile := filepath.Join(t.TempDir(), "pid")
+			cmd := exec.Command(os.Args[0], append([]string{"-test.run", "^TestRunInCloneLeavesASleep$"}, tc.args...)...)
+			cmd.Env = append(os.Environ(), "TESTENV_SLEEP_PID="+pidFile, "TMPDIR="+t.TempDir())
+			out := &Buffer{}
+			cmd.Stdout, cmd.Stderr = out, out
+			require.NoError(t, cmd.Start())
+			var pid int
+			require.Eventually(t, func() bool {
+				b, err := os.ReadFile(pidFile)
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				return err == nil && pid > 0
+			}, time.Minute, 10*time.Millisecond, "the script did not start:\n%s", out)
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+			require.NoError(t, tc.end(cmd.Process))
+			assert.Error(t, cmd.Wait(), "the test binary ended as it should not have:\n%s", out)
+			assert.Eventually(t, func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH }, 10*time.Second, 10*time.Millisecond,
+				"the sleep the script started outlived the test binary")
+		})
+	}
+}
+
+// TestRunInCloneLeavesASleep is TestRunInCloneEndsWithTheBinary's test
+// binary's: a script that starts a sleep in the background and waits.
+func TestRunInCloneLeavesASleep(t *testing.T) {
+	pidFile := os.Getenv("TESTENV_SLEEP_PID")
+	if pidFile == "" {
+		t.Skip("run by TestRunInCloneEndsWithTheBinary")
+	}
+	src := t.TempDir()
+	_, out, err := RunInClone(t, src, `sleep 300 & echo $! > "$TESTENV_SLEEP_PID"; wait`)
+	t.Fatalf("the script ended: %v\n%s", err, out)
 }
