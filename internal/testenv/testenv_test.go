@@ -1,10 +1,12 @@
 package testenv
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -72,6 +74,41 @@ func TestFreePortsBelowEphemeral(t *testing.T) {
 		require.NoError(t, err, "port %d not free", p)
 		l.Close()
 	}
+}
+
+// TestFreePortsNotToAnotherBinary: the ports one test binary handed out
+// are not handed out by another one running meanwhile (go test ./...
+// runs packages' tests at once). 500 each: drawn without the claims,
+// about eleven would be both binaries'.
+func TestFreePortsNotToAnotherBinary(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("ports are claimed across test binaries on Linux only")
+	}
+	if os.Getenv("TESTENV_PRINT_PORTS") != "" {
+		for range 500 {
+			fmt.Println(FreePort(t))
+		}
+		return
+	}
+	ours := map[int]bool{}
+	for range 500 {
+		ours[FreePort(t)] = true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestFreePortsNotToAnotherBinary$", "-test.v")
+	cmd.Env = append(os.Environ(), "TESTENV_PRINT_PORTS=1", "TMPDIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var theirs, both int
+	for _, line := range strings.Split(string(out), "\n") {
+		if p, err := strconv.Atoi(line); err == nil {
+			theirs++
+			if ours[p] {
+				both++
+			}
+		}
+	}
+	require.Equal(t, 500, theirs, "the other binary's ports:\n%s", out)
+	assert.Zero(t, both, "ports handed out by both binaries")
 }
 
 // TestRunInCloneEndsWithTheBinary: what a README script left running ends
