@@ -53,10 +53,9 @@ func CopyTree(t testing.TB, src, dst string) {
 // RunInClone runs a README's script with bash (-euo pipefail) in a copy of
 // the source tree at src (CopyTree), as a user would in a fresh clone,
 // with env added to the environment and TMPDIR in the test's temporary
-// directory. The script runs in a process group of its own, killed with
-// whatever it left running when the test ends, also when the test binary
-// ends without its cleanups (endGroupWithUs); its output goes to a file,
-// not a pipe, which servers it left in the background would hold open.
+// directory. The script runs in a process group of its own (StartGroup);
+// its output goes to a file, not a pipe, which servers it left in the
+// background would hold open.
 // It returns the clone's directory, the output and how the script ended.
 func RunInClone(t testing.TB, src, script string, env ...string) (clone, out string, err error) {
 	t.Helper()
@@ -70,17 +69,26 @@ func RunInClone(t testing.TB, src, script string, env ...string) (clone, out str
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir, cmd.Stdout, cmd.Stderr = clone, f, f
 	cmd.Env = append(append(os.Environ(), "TMPDIR="+t.TempDir()), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	endGroupWithUs(t, cmd.Process.Pid)
+	StartGroup(t, cmd)
 	err = cmd.Wait()
 	b, rerr := os.ReadFile(f.Name())
 	if rerr != nil {
 		t.Fatal(rerr)
 	}
 	return clone, string(b), err
+}
+
+// StartGroup starts cmd (a script that leaves servers in the background)
+// in a process group of its own, killed with whatever cmd left running
+// when the test ends, also when the test binary ends without its cleanups
+// (endGroupWithUs).
+func StartGroup(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	endGroupWithUs(t, cmd.Process.Pid)
 }
 
 // endGroupWithUs kills the process group pgid at the end of the test,
