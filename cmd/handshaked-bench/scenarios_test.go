@@ -29,9 +29,12 @@ func TestLoadScenarios(t *testing.T) {
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir = filepath.Join("..", "..")
 	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	got := string(out)
+	var out testenv.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	testenv.StartGroup(t, cmd) // its servers end with the test, however it ends
+	err := cmd.Wait()
+	got := out.String()
+	require.NoError(t, err, "%s", got)
 	// ghz, three times, every call OK.
 	assert.Equal(t, 3, strings.Count(got, "Summary:"), "%s", got)
 	assert.Equal(t, 3, strings.Count(got, "[OK]"), "%s", got)

@@ -53,9 +53,9 @@ func CopyTree(t testing.TB, src, dst string) {
 // RunInClone runs a README's script with bash (-euo pipefail) in a copy of
 // the source tree at src (CopyTree), as a user would in a fresh clone,
 // with env added to the environment and TMPDIR in the test's temporary
-// directory. The script runs in a process group of its own, killed with
-// whatever it left running when the test ends; its output goes to a file,
-// not a pipe, which servers it left in the background would hold open.
+// directory. The script runs in a process group of its own (StartGroup);
+// its output goes to a file, not a pipe, which servers it left in the
+// background would hold open.
 // It returns the clone's directory, the output and how the script ended.
 func RunInClone(t testing.TB, src, script string, env ...string) (clone, out string, err error) {
 	t.Helper()
@@ -69,15 +69,54 @@ func RunInClone(t testing.TB, src, script string, env ...string) (clone, out str
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir, cmd.Stdout, cmd.Stderr = clone, f, f
 	cmd.Env = append(append(os.Environ(), "TMPDIR="+t.TempDir()), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	StartGroup(t, cmd)
 	err = cmd.Wait()
 	b, rerr := os.ReadFile(f.Name())
 	if rerr != nil {
 		t.Fatal(rerr)
 	}
 	return clone, string(b), err
+}
+
+// StartGroup starts cmd (a script that leaves servers in the background)
+// in a process group of its own, killed with whatever cmd left running
+// when the test ends, also when the test binary ends without its cleanups
+// (endGroupWithUs).
+func StartGroup(t testing.TB, cmd *exec.Cmd) {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	endGroupWithUs(t, cmd.Process.Pid)
+}
+
+// endGroupWithUs kills the process group pgid at the end of the test,
+// before the test's directories are removed. A test binary that ends
+// without its cleanups (a -timeout panic; a Ctrl-C, which a group in the
+// background does not get) would leave the group running, its servers on
+// their ports, so a watcher in the group kills it then: it reads a pipe
+// whose other end only this process holds, and end of file means this
+// process is gone.
+func endGroupWithUs(t testing.TB, pgid int) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		t.Fatal(err)
+	}
+	defer r.Close()
+	watcher := exec.Command("sh", "-c", `cat >/dev/null; kill -s KILL 0`) // 0: its own group
+	watcher.Stdin = r
+	watcher.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid}
+	if err := watcher.Start(); err != nil {
+		w.Close()
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		w.Close()
+		watcher.Wait()
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -17,7 +18,10 @@ import (
 // one it may hand out again, as the local end of any outgoing connection,
 // before the process meant to listen on it starts (a replica of the
 // README's fleet once found its REST port taken by a connection to etcd).
-// A port is handed out once per test binary.
+// A port is handed out once per test binary, and not to another test
+// binary while this one runs (claim): go test ./... runs packages' tests
+// at once, and a README script starts its servers on the ports it was
+// given a minute later, after its builds.
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports := make([]int, 0, n)
@@ -63,10 +67,35 @@ func reservePort() (net.Listener, error) {
 		if err != nil {
 			continue // taken
 		}
+		if !claim(p) {
+			l.Close()
+			continue // another test binary's
+		}
 		handedOut[p] = true
 		return l, nil
 	}
 	return net.Listen("tcp", "127.0.0.1:0")
+}
+
+// claims holds, for the life of the test binary, the claims on the ports
+// it handed out.
+var claims []net.Listener
+
+// claim tells the test binaries running at once that this one hands out
+// port p, unless another one did: on Linux, by listening on an abstract
+// Unix socket named after it, which leaves no file and ends with the
+// process, however it ends. (Elsewhere there is no claim, and the ports
+// one binary handed out may go to another.)
+func claim(p int) bool {
+	if runtime.GOOS != "linux" {
+		return true
+	}
+	l, err := net.Listen("unix", "@handshaked-test-port-"+strconv.Itoa(p))
+	if err != nil {
+		return false
+	}
+	claims = append(claims, l)
+	return true
 }
 
 // ephemeralLow is the first port of the kernel's ephemeral range (Linux;

@@ -1,11 +1,17 @@
 package testenv
 
 import (
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -68,4 +74,87 @@ func TestFreePortsBelowEphemeral(t *testing.T) {
 		require.NoError(t, err, "port %d not free", p)
 		l.Close()
 	}
+}
+
+// TestFreePortsNotToAnotherBinary: the ports one test binary handed out
+// are not handed out by another one running meanwhile (go test ./...
+// runs packages' tests at once). 500 each: drawn without the claims,
+// about eleven would be both binaries'.
+func TestFreePortsNotToAnotherBinary(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("ports are claimed across test binaries on Linux only")
+	}
+	if os.Getenv("TESTENV_PRINT_PORTS") != "" {
+		for range 500 {
+			fmt.Println(FreePort(t))
+		}
+		return
+	}
+	ours := map[int]bool{}
+	for range 500 {
+		ours[FreePort(t)] = true
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestFreePortsNotToAnotherBinary$", "-test.v")
+	cmd.Env = append(os.Environ(), "TESTENV_PRINT_PORTS=1", "TMPDIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var theirs, both int
+	for _, line := range strings.Split(string(out), "\n") {
+		if p, err := strconv.Atoi(line); err == nil {
+			theirs++
+			if ours[p] {
+				both++
+			}
+		}
+	}
+	require.Equal(t, 500, theirs, "the other binary's ports:\n%s", out)
+	assert.Zero(t, both, "ports handed out by both binaries")
+}
+
+// TestRunInCloneEndsWithTheBinary: what a README script left running ends
+// when the test binary running it ends without its cleanups, at a -timeout
+// or killed (a Ctrl-C is the same end; SIGINT is not sent here, as a
+// test run started in the background ignores it), not only at the end of
+// the test.
+func TestRunInCloneEndsWithTheBinary(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		end  func(*os.Process) error
+	}{
+		{"timeout", []string{"-test.timeout", "5s"}, func(*os.Process) error { return nil }},
+		{"killed", nil, func(p *os.Process) error { return p.Kill() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pidFile := filepath.Join(t.TempDir(), "pid")
+			cmd := exec.Command(os.Args[0], append([]string{"-test.run", "^TestRunInCloneLeavesASleep$"}, tc.args...)...)
+			cmd.Env = append(os.Environ(), "TESTENV_SLEEP_PID="+pidFile, "TMPDIR="+t.TempDir())
+			out := &Buffer{}
+			cmd.Stdout, cmd.Stderr = out, out
+			require.NoError(t, cmd.Start())
+			var pid int
+			require.Eventually(t, func() bool {
+				b, err := os.ReadFile(pidFile)
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				return err == nil && pid > 0
+			}, time.Minute, 10*time.Millisecond, "the script did not start:\n%s", out)
+			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+			require.NoError(t, tc.end(cmd.Process))
+			assert.Error(t, cmd.Wait(), "the test binary ended as it should not have:\n%s", out)
+			assert.Eventually(t, func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH }, 10*time.Second, 10*time.Millisecond,
+				"the sleep the script started outlived the test binary")
+		})
+	}
+}
+
+// TestRunInCloneLeavesASleep is TestRunInCloneEndsWithTheBinary's test
+// binary's: a script that starts a sleep in the background and waits.
+func TestRunInCloneLeavesASleep(t *testing.T) {
+	pidFile := os.Getenv("TESTENV_SLEEP_PID")
+	if pidFile == "" {
+		t.Skip("run by TestRunInCloneEndsWithTheBinary")
+	}
+	src := t.TempDir()
+	_, out, err := RunInClone(t, src, `sleep 300 & echo $! > "$TESTENV_SLEEP_PID"; wait`)
+	t.Fatalf("the script ended: %v\n%s", err, out)
 }
