@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -262,6 +264,68 @@ func TestStuckIntentIsLoggedOnce(t *testing.T) {
 	}
 	require.Len(t, done, 1)
 	assert.Contains(t, done[0], "a key generated for a version that never reached the store")
+}
+
+// claimTimingOut is a store whose first commit of an intent's claim (a Put
+// of an intent) returns only once its context ended: a commit that
+// outlasts keepUp's tick on a loaded machine.
+type claimTimingOut struct {
+	*etcdstore.Store
+	timedOut atomic.Bool
+}
+
+func (s *claimTimingOut) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
+	claim := slices.ContainsFunc(w.Put, func(r keyvault.Record) bool { return r.Kind == keyvault.RecordKeyIntent })
+	if claim && s.timedOut.CompareAndSwap(false, true) {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return s.Store.Commit(ctx, w)
+}
+
+// TestIntentClaimTimingOutIsNotStuck: a replica that has the backend an
+// intent names, whose claim of the intent fails in the store (its commit
+// outlasts keepUp's tick), logs that the intent is not undone yet and
+// undoes it at a later tick. It counts no key stuck in a backend and logs
+// none: that would tell the operator to make a backend that works work,
+// and log at INFO once the intent is undone, beside the INFO of each
+// replica that lacks the backend (TestStuckIntentIsLoggedOnce).
+func TestIntentClaimTimingOutIsNotStuck(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	logs := captureLog(t)
+	broken := newTokenBackend()
+	broken.broken.Store(true)
+	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
+	_, err := a.CreateInBackend(t.Context(), "token", "t", keyvault.Ed25519, nil)
+	require.ErrorIs(t, err, errTokenBroken, "the intent stays")
+	require.NoError(t, a.Close())
+
+	s := &claimTimingOut{Store: open(t, c, "/stuck")}
+	v := openVault(t, s, keyvault.WithBackend(newTokenBackend()), keyvault.WithStalenessBound(stuckBound))
+	stuck := 0
+	require.Eventually(t, func() bool {
+		stuck = max(stuck, v.StuckBackendDestroys())
+		recs, _ := scan(t, s)
+		return !slices.ContainsFunc(slices.Collect(maps.Keys(recs)), func(ref keyvault.RecordRef) bool { return ref.Kind == keyvault.RecordKeyIntent })
+	}, time.Minute, time.Millisecond, "the intent undone at a later tick")
+	require.True(t, s.timedOut.Load(), "the first claim timed out")
+	assert.Zero(t, stuck, "counted stuck")
+	var notYet, stuckErrs []string
+	for _, r := range logs.take(slog.LevelError) {
+		switch {
+		case strings.Contains(r, "is still in its key backend"):
+			stuckErrs = append(stuckErrs, r)
+		case strings.Contains(r, "not undone yet"):
+			notYet = append(notYet, r)
+		}
+	}
+	assert.Empty(t, stuckErrs)
+	require.Len(t, notYet, 1)
+	assert.Contains(t, notYet[0], `undo key "t" version 1 intent`)
+	assert.Contains(t, notYet[0], context.DeadlineExceeded.Error())
+	for _, r := range logs.take(slog.LevelInfo) {
+		assert.NotContains(t, r, "is no longer left to it")
+	}
 }
 
 // TestStuckCountEndsWithTheVault: a closed vault counts nothing stuck (it
