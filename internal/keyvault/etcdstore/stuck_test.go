@@ -328,6 +328,74 @@ func TestIntentClaimTimingOutIsNotStuck(t *testing.T) {
 	}
 }
 
+// erasureTimingOut is a store whose first commits erasing a material
+// record (a destroyed version's handle), as many as timeouts, fail as
+// ones that did not complete in time.
+type erasureTimingOut struct {
+	*etcdstore.Store
+	timeouts atomic.Int64
+}
+
+func (s *erasureTimingOut) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
+	erasure := slices.ContainsFunc(w.Erase, func(ref keyvault.RecordRef) bool { return ref.Kind == keyvault.RecordMaterial })
+	if erasure && s.timeouts.Add(-1) >= 0 {
+		return 0, fmt.Errorf("test: commit: %w", context.DeadlineExceeded)
+	}
+	return s.Store.Commit(ctx, w)
+}
+
+// TestDestroyErasureTimingOutIsNotStuck: a destroyed version whose key
+// its backend destroyed, and whose handle's erasure fails in the store
+// (its own replica's, then keepUp's), is finished at a later tick, and is
+// not counted or logged as a key stuck in its backend, which holds it no
+// more.
+func TestDestroyErasureTimingOutIsNotStuck(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	logs := captureLog(t)
+	b := newTokenBackend()
+	s := &erasureTimingOut{Store: open(t, c, "/stuck")}
+	v := openVault(t, s, keyvault.WithBackend(b), keyvault.WithStalenessBound(stuckBound))
+	ctx := t.Context()
+	_, err := v.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	_, err = v.Rotate(ctx, "t")
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "t", 1, false)
+	require.NoError(t, err)
+	s.timeouts.Store(2)
+	_, err = v.DestroyVersion(ctx, "t", 1)
+	require.NoError(t, err, "committed; the handle is left in the store")
+	assert.Equal(t, 1, b.held(), "version 1's key destroyed")
+
+	stuck := 0
+	require.Eventually(t, func() bool {
+		stuck = max(stuck, v.StuckBackendDestroys())
+		recs, _ := scan(t, s)
+		_, held := recs[keyvault.RecordRef{Kind: keyvault.RecordMaterial, ID: "t", Version: 1}]
+		return !held
+	}, time.Minute, time.Millisecond, "the handle erased at a later tick")
+	require.Negative(t, s.timeouts.Load(), "keepUp's first erasure timed out too")
+	assert.Zero(t, stuck, "counted stuck")
+	var notYet, stuckErrs []string
+	for _, r := range logs.take(slog.LevelError) {
+		switch {
+		case strings.Contains(r, "is still in its key backend"):
+			stuckErrs = append(stuckErrs, r)
+		case strings.Contains(r, "not finished yet"):
+			notYet = append(notYet, r)
+		}
+	}
+	assert.Empty(t, stuckErrs)
+	require.Len(t, notYet, 2, "the replica's own erasure, and keepUp's first")
+	for _, r := range notYet {
+		assert.Contains(t, r, "erase the handles of keys destroyed in their backends")
+		assert.Contains(t, r, context.DeadlineExceeded.Error())
+	}
+	for _, r := range logs.take(slog.LevelInfo) {
+		assert.NotContains(t, r, "is no longer left to it")
+	}
+}
+
 // TestStuckCountEndsWithTheVault: a closed vault counts nothing stuck (it
 // tries nothing any more), so the gauge of a server whose vault was closed
 // shows no stale count, and a vault opened again on the store counts
