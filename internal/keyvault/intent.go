@@ -287,8 +287,11 @@ func (v *Vault) undoIntentsLogged(ctx context.Context, due map[RecordRef]recordE
 
 // undoIntents undoes the intents of due, each as the view holds it: claim,
 // destroy by its label, erase. It returns the backend each intent names,
-// what it could not undo, and err when it could not read the store. The
-// caller holds writeMu.
+// what it could not undo for its backend or its record (the keys left in
+// a backend, which keepUp counts as stuck), and err when the store failed
+// it: the read, or a claim's or an erasure's commit (one keepUp's tick
+// gave too little time, on a loaded machine), which leaves no key stuck in
+// a backend and is tried again. The caller holds writeMu.
 func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) (backends map[RecordRef]string, failed failures, err error) {
 	records := make(map[RecordRef]Record, len(due))
 	rev, err := v.store.Scan(ctx, func(r Record) error {
@@ -301,6 +304,7 @@ func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) 
 		return nil, nil, fmt.Errorf("keyvault: read the store: %w", err)
 	}
 	backends, failed = make(map[RecordRef]string), make(failures)
+	var commits []error
 	for ref, seen := range due {
 		r, ok := records[ref]
 		if !ok {
@@ -322,21 +326,28 @@ func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) 
 			continue
 		}
 		backends[ref] = ir.Backend
-		if err := v.undoIntent(ctx, ref, seen, ir); err != nil {
-			failed.fail(ref, err)
+		stuck, err := v.undoIntent(ctx, ref, seen, ir)
+		if stuck != nil {
+			failed.fail(ref, stuck)
+		}
+		if err != nil {
+			commits = append(commits, fmt.Errorf("keyvault: undo %v: %w", ref, err))
 		}
 	}
-	return backends, failed, nil
+	return backends, failed, errors.Join(commits...)
 }
 
-func (v *Vault) undoIntent(ctx context.Context, ref RecordRef, seen recordEntry, ir intentRecord) error {
+// undoIntent undoes the intent ref, as the view holds it (seen). stuck is
+// why its backend could not destroy its keys (not configured here, or
+// failing); err is why the store could not claim or erase it.
+func (v *Vault) undoIntent(ctx context.Context, ref RecordRef, seen recordEntry, ir intentRecord) (stuck, err error) {
 	b, err := v.backend(ir.Backend)
 	if err != nil {
-		return err
+		return err, nil
 	}
 	ld, ok := b.(LabelDestroyer)
 	if !ok {
-		return fmt.Errorf("the %s backend destroys no key by its label", b.Name())
+		return fmt.Errorf("the %s backend destroys no key by its label", b.Name()), nil
 	}
 	var claimed recordEntry
 	err = v.retry(ctx, "claim "+ref.String(), func() error {
@@ -354,14 +365,14 @@ func (v *Vault) undoIntent(ctx context.Context, ref RecordRef, seen recordEntry,
 		return nil
 	})
 	if err != nil || claimed == (recordEntry{}) {
-		return err
+		return nil, err
 	}
 	// No commit of the version can land now: its replica's view does not
 	// hold the intent as it committed it.
 	if err := ld.DestroyLabeled(ctx, ir.Label); err != nil {
-		return fmt.Errorf("destroy the keys labelled %q in the %s backend: %w", ir.Label, b.Name(), err)
+		return fmt.Errorf("destroy the keys labelled %q in the %s backend: %w", ir.Label, b.Name(), err), nil
 	}
-	return v.retry(ctx, "erase "+ref.String(), func() error {
+	return nil, v.retry(ctx, "erase "+ref.String(), func() error {
 		if v.entries[ref] != claimed {
 			return nil
 		}

@@ -519,9 +519,11 @@ func (v *Vault) pendingDestroys() []pendingDestroy {
 // backend failing) leaves a handle stored, so that the destroy is
 // finished later, by this replica or another: at its start (New) or once
 // the destroy has been pending for a staleness bound (finishLeftDestroys).
-// It returns what it could not finish, and err when it could not read the
-// store or erased the handles without compacting their history. The
-// caller holds writeMu.
+// It returns what it could not finish for a backend or a record (the keys
+// left in a backend, which keepUp counts as stuck), and err when the store
+// failed it: the read, or the erasure of the handles (a commit that
+// outlasts keepUp's tick, or one made whose history was not compacted),
+// which leaves no key in a backend. The caller holds writeMu.
 func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (failed failures, err error) {
 	failed = make(failures)
 	backends := make(map[RecordRef]KeyBackend, len(pending))
@@ -589,15 +591,11 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 			}
 			return v.commit(ctx, w)
 		})
-		var committed *committedError
-		switch {
-		case errors.As(err, &committed):
-			// Erased (the store's history of them is compacted later).
-			return failed, fmt.Errorf("keyvault: erase the handles of destroyed keys: %w", err)
-		case err != nil:
-			for _, ref := range destroyed {
-				failed.fail(ref, fmt.Errorf("destroyed in its backend; erase its handle: %w", err))
-			}
+		if err != nil {
+			// A failure of the store, not of a backend: no key is left in
+			// one. A handle still pending is erased at the next try, and
+			// one erased (committedError) has its history compacted later.
+			return failed, fmt.Errorf("keyvault: erase the handles of keys destroyed in their backends: %w", err)
 		}
 	}
 	return failed, nil
@@ -608,7 +606,7 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 func (v *Vault) finishDestroysLogged(ctx context.Context, pending []pendingDestroy) {
 	failed, err := v.finishDestroys(ctx, pending)
 	if err := errors.Join(failed.err(), err); err != nil {
-		slog.ErrorContext(ctx, "keyvault: a destroyed version's key is not destroyed in its backend yet; it is retried",
+		slog.ErrorContext(ctx, "keyvault: the destroy of a version is not finished yet; it is retried",
 			"err", err)
 	}
 }
@@ -639,7 +637,7 @@ func (v *Vault) finishLeftDestroys(ctx context.Context, since map[RecordRef]time
 	}
 	failed, err := v.finishDestroys(ctx, due)
 	if err != nil {
-		slog.ErrorContext(ctx, "keyvault: the keys of destroyed versions left to this replica are not destroyed in their backends yet; it retries", "err", err)
+		slog.ErrorContext(ctx, "keyvault: the destroys of versions left to this replica are not finished yet; it retries", "err", err)
 	}
 	stuck.failed(ctx, v, now, "the key of a destroyed version", backends, failed)
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -176,6 +178,26 @@ func stuckErrors(logs *logRecords) []string {
 // machine makes a shorter one fail for that).
 const stuckBound = 250 * time.Millisecond
 
+// destroyLeft opens a vault on s with backend b, creates key "t" in b,
+// rotates it, and destroys version 1 once fail made finishing the destroy
+// fail (in the backend, or in the store): the destroy is committed, and
+// left to finish.
+func destroyLeft(t *testing.T, s keyvault.SharedStore, b keyvault.KeyBackend, fail func()) *keyvault.Vault {
+	t.Helper()
+	v := openVault(t, s, keyvault.WithBackend(b), keyvault.WithStalenessBound(stuckBound))
+	ctx := t.Context()
+	_, err := v.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
+	require.NoError(t, err)
+	_, err = v.Rotate(ctx, "t")
+	require.NoError(t, err)
+	_, err = v.SetVersionEnabled(ctx, "t", 1, false)
+	require.NoError(t, err)
+	fail()
+	_, err = v.DestroyVersion(ctx, "t", 1)
+	require.NoError(t, err, "committed; its finishing is left")
+	return v
+}
+
 // TestStuckDestroyIsLoggedOnce: a destroyed version whose key the backend
 // keeps failing to destroy is retried at every keepUp tick (four per
 // staleness bound) but logged at ERROR once (though the error's text
@@ -187,17 +209,7 @@ func TestStuckDestroyIsLoggedOnce(t *testing.T) {
 	logs := captureLog(t)
 	b := newTokenBackend()
 	s := &ticks{Store: open(t, c, "/stuck")}
-	v := openVault(t, s, keyvault.WithBackend(b), keyvault.WithStalenessBound(stuckBound))
-	ctx := t.Context()
-	_, err := v.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
-	require.NoError(t, err)
-	_, err = v.Rotate(ctx, "t")
-	require.NoError(t, err)
-	_, err = v.SetVersionEnabled(ctx, "t", 1, false)
-	require.NoError(t, err)
-	b.broken.Store(true)
-	_, err = v.DestroyVersion(ctx, "t", 1)
-	require.NoError(t, err, "committed; the key is left in the token")
+	v := destroyLeft(t, s, b, func() { b.broken.Store(true) })
 
 	require.Eventually(t, func() bool { return v.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
 	errs := stuckErrors(logs)
@@ -224,6 +236,19 @@ func TestStuckDestroyIsLoggedOnce(t *testing.T) {
 	assert.Contains(t, done[0], `key "t" version 1`)
 }
 
+// leaveIntent leaves an intent of key "t" in the store of c under /stuck:
+// a replica whose token fails creates the key (the generation fails, and
+// so does destroying by its label), then closes.
+func leaveIntent(t *testing.T, c *etcdtest.Cluster) {
+	t.Helper()
+	broken := newTokenBackend()
+	broken.broken.Store(true)
+	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
+	_, err := a.CreateInBackend(t.Context(), "token", "t", keyvault.Ed25519, nil)
+	require.ErrorIs(t, err, errTokenBroken, "the intent stays")
+	require.NoError(t, a.Close())
+}
+
 // TestStuckIntentIsLoggedOnce: a replica without the backend an intent
 // names (one of a mixed fleet, or misconfigured) cannot undo it, at any of
 // its keepUp ticks: it logs that at ERROR once, saying to configure the
@@ -232,13 +257,7 @@ func TestStuckDestroyIsLoggedOnce(t *testing.T) {
 func TestStuckIntentIsLoggedOnce(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	logs := captureLog(t)
-	ctx := t.Context()
-	broken := newTokenBackend()
-	broken.broken.Store(true)
-	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
-	_, err := a.CreateInBackend(ctx, "token", "t", keyvault.Ed25519, nil)
-	require.ErrorIs(t, err, errTokenBroken, "the generation failed, and so did destroying by its label: the intent stays")
-	require.NoError(t, a.Close())
+	leaveIntent(t, c)
 
 	s := &ticks{Store: open(t, c, "/stuck")}
 	lacking := openVault(t, s, keyvault.WithStalenessBound(stuckBound))
@@ -264,6 +283,110 @@ func TestStuckIntentIsLoggedOnce(t *testing.T) {
 	assert.Contains(t, done[0], "a key generated for a version that never reached the store")
 }
 
+// claimTimingOut is a store whose first commit of an intent's claim (a Put
+// of an intent) returns only once its context ended: a commit that
+// outlasts keepUp's tick on a loaded machine.
+type claimTimingOut struct {
+	*etcdstore.Store
+	timedOut atomic.Bool
+}
+
+func (s *claimTimingOut) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
+	claim := slices.ContainsFunc(w.Put, func(r keyvault.Record) bool { return r.Kind == keyvault.RecordKeyIntent })
+	if claim && s.timedOut.CompareAndSwap(false, true) {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	}
+	return s.Store.Commit(ctx, w)
+}
+
+// TestIntentClaimTimingOutIsNotStuck: a replica that has the backend an
+// intent names, whose claim of the intent fails in the store (its commit
+// outlasts keepUp's tick), logs that the intent is not undone yet and
+// undoes it at a later tick. It counts no key stuck in a backend and logs
+// none: that would tell the operator to make a backend that works work,
+// and log at INFO once the intent is undone, beside the INFO of each
+// replica that lacks the backend (TestStuckIntentIsLoggedOnce).
+func TestIntentClaimTimingOutIsNotStuck(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	logs := captureLog(t)
+	leaveIntent(t, c)
+
+	s := &claimTimingOut{Store: open(t, c, "/stuck")}
+	v := openVault(t, s, keyvault.WithBackend(newTokenBackend()), keyvault.WithStalenessBound(stuckBound))
+	notYet := finishedNotStuck(t, v, s, logs, func(ref keyvault.RecordRef) bool { return ref.Kind == keyvault.RecordKeyIntent }, "not undone yet")
+	require.True(t, s.timedOut.Load(), "the first claim timed out")
+	require.Len(t, notYet, 1)
+	assert.Contains(t, notYet[0], `undo key "t" version 1 intent`)
+	assert.Contains(t, notYet[0], context.DeadlineExceeded.Error())
+}
+
+// erasureTimingOut is a store whose first commits erasing a material
+// record (a destroyed version's handle), as many as timeouts, fail as
+// ones that did not complete in time.
+type erasureTimingOut struct {
+	*etcdstore.Store
+	timeouts atomic.Int64
+}
+
+func (s *erasureTimingOut) Commit(ctx context.Context, w keyvault.Write) (int64, error) {
+	erasure := slices.ContainsFunc(w.Erase, func(ref keyvault.RecordRef) bool { return ref.Kind == keyvault.RecordMaterial })
+	if erasure && s.timeouts.Add(-1) >= 0 {
+		return 0, fmt.Errorf("test: commit: %w", context.DeadlineExceeded)
+	}
+	return s.Store.Commit(ctx, w)
+}
+
+// TestDestroyErasureTimingOutIsNotStuck: a destroyed version whose key
+// its backend destroyed, and whose handle's erasure fails in the store
+// (its own replica's, then keepUp's), is finished at a later tick, and is
+// not counted or logged as a key stuck in its backend, which holds it no
+// more.
+func TestDestroyErasureTimingOutIsNotStuck(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	logs := captureLog(t)
+	b := newTokenBackend()
+	s := &erasureTimingOut{Store: open(t, c, "/stuck")}
+	v := destroyLeft(t, s, b, func() { s.timeouts.Store(2) })
+	assert.Equal(t, 1, b.held(), "version 1's key destroyed")
+
+	handle := keyvault.RecordRef{Kind: keyvault.RecordMaterial, ID: "t", Version: 1}
+	notYet := finishedNotStuck(t, v, s, logs, func(ref keyvault.RecordRef) bool { return ref == handle }, "not finished yet")
+	require.Negative(t, s.timeouts.Load(), "keepUp's first erasure timed out too")
+	require.Len(t, notYet, 2, "the replica's own erasure, and keepUp's first")
+	for _, r := range notYet {
+		assert.Contains(t, r, "erase the handles of keys destroyed in their backends")
+		assert.Contains(t, r, context.DeadlineExceeded.Error())
+	}
+}
+
+// finishedNotStuck waits until s holds no record that left says is left
+// work, checking that v never counts it as stuck, and that no record
+// logged meanwhile says a key is stuck in its backend or that its stuck
+// work ended. It returns the ERROR records that say the work is not done
+// yet (that contain notYet).
+func finishedNotStuck(t *testing.T, v *keyvault.Vault, s keyvault.Store, logs *logRecords, left func(keyvault.RecordRef) bool, notYet string) []string {
+	t.Helper()
+	stuck := 0
+	require.Eventually(t, func() bool {
+		stuck = max(stuck, v.StuckBackendDestroys())
+		recs, _ := scan(t, s)
+		return !slices.ContainsFunc(slices.Collect(maps.Keys(recs)), left)
+	}, time.Minute, time.Millisecond, "the left work finished at a later tick")
+	assert.Zero(t, stuck, "counted stuck")
+	var out []string
+	for _, r := range logs.take(slog.LevelError) {
+		assert.NotContains(t, r, "is still in its key backend")
+		if strings.Contains(r, notYet) {
+			out = append(out, r)
+		}
+	}
+	for _, r := range logs.take(slog.LevelInfo) {
+		assert.NotContains(t, r, "is no longer left to it")
+	}
+	return out
+}
+
 // TestStuckCountEndsWithTheVault: a closed vault counts nothing stuck (it
 // tries nothing any more), so the gauge of a server whose vault was closed
 // shows no stale count, and a vault opened again on the store counts
@@ -271,12 +394,7 @@ func TestStuckIntentIsLoggedOnce(t *testing.T) {
 func TestStuckCountEndsWithTheVault(t *testing.T) {
 	c := etcdtest.Start(t, 1)
 	captureLog(t)
-	broken := newTokenBackend()
-	broken.broken.Store(true)
-	a := openVault(t, open(t, c, "/stuck"), keyvault.WithBackend(broken), keyvault.WithStalenessBound(stuckBound))
-	_, err := a.CreateInBackend(t.Context(), "token", "t", keyvault.Ed25519, nil)
-	require.ErrorIs(t, err, errTokenBroken, "the intent stays")
-	require.NoError(t, a.Close())
+	leaveIntent(t, c)
 
 	lacking := openVault(t, open(t, c, "/stuck"), keyvault.WithStalenessBound(stuckBound))
 	require.Eventually(t, func() bool { return lacking.StuckBackendDestroys() == 1 }, time.Minute, time.Millisecond)
