@@ -74,6 +74,16 @@ func TestStuckWorkIsLoggedAgainOnlyLater(t *testing.T) {
 	require.Len(t, logged, 3, "the same action, stuckLogEvery later")
 	assert.Contains(t, logged[2], "refused at 10:15")
 	assert.EqualValues(t, 1, count.Load())
+
+	// A record that does not open (damaged) names no backend: the action
+	// says so, not "configure the  backend".
+	damaged := RecordRef{Kind: RecordKeyIntent, ID: "d", Version: 1}
+	f := make(failures)
+	f.fail(damaged, errors.New("record is corrupted or was tampered with"))
+	s.failed(ctx, v, t0, "a key generated for a version that never reached the store", map[RecordRef]string{}, f)
+	require.Len(t, logged, 4)
+	assert.NotContains(t, logged[3], "the  backend")
+	assert.Contains(t, logged[3], "the record does not open, so its backend is unknown")
 }
 
 type writerFunc func([]byte) (int, error)

@@ -59,10 +59,16 @@ type stuckItem struct {
 // the backend of each record, what failed.
 func (s stuckWork) failed(ctx context.Context, v *Vault, now time.Time, what string, backends map[RecordRef]string, f failures) {
 	for ref, err := range f {
-		backend := backends[ref]
-		action := fmt.Sprintf("make the %s backend work on this replica (its device or token reachable, its credentials right)", backend)
-		if _, ok := v.backends[backend]; !ok {
+		backend, known := backends[ref]
+		var action string
+		switch _, ok := v.backends[backend]; {
+		case !known:
+			// Its record did not open (damaged, or not the manifest's).
+			action = "the record does not open, so its backend is unknown: find what changed the store (see err); a key it held stays in its backend until destroyed there by hand"
+		case !ok:
 			action = fmt.Sprintf("configure the %s backend on this replica as on the replica that made the key, or run a replica that has it", backend)
+		default:
+			action = fmt.Sprintf("make the %s backend work on this replica (its device or token reachable, its credentials right)", backend)
 		}
 		if it, ok := s.items[ref]; ok && it.action == action && now.Sub(it.logged) < stuckLogEvery {
 			continue
