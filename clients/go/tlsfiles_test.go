@@ -228,9 +228,11 @@ func (c *caller) refusal() error {
 	for {
 		_, err := c.c.GetKey(context.Background(), "k")
 		// A connection still in its handshake when the drop came (one the
-		// caller made again after an earlier drop) fails with EOF: not the
-		// refusal waited for, which the next connection's handshake gives.
-		cut := strings.HasSuffix(strings.TrimSuffix(status.Convert(err).Message(), `"`), "EOF")
+		// caller made again after an earlier drop) fails with EOF, or with
+		// a reset when the drop beat the caller's read: not the refusal
+		// waited for, which the next connection's handshake gives.
+		msg := strings.TrimSuffix(status.Convert(err).Message(), `"`)
+		cut := strings.HasSuffix(msg, "EOF") || strings.HasSuffix(msg, "connection reset by peer") || strings.HasSuffix(msg, "broken pipe")
 		if err == nil || strings.Contains(err.Error(), "authentication handshake failed") && !cut {
 			return err
 		}
