@@ -322,23 +322,22 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 			return err
 		})
 	})
-	failed := func(err error) error {
-		return errors.Join(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)), dst.Close(), removeIfExists(tmp))
-	}
+	// abandon leaves the new file, which the store's path does not name.
+	abandon := func(err error) error { return errors.Join(err, dst.Close(), removeIfExists(tmp)) }
 	var written os.FileInfo
 	if err == nil {
 		written, err = os.Stat(tmp)
 	}
 	if err != nil {
 		// The file at s.path is untouched until the rename.
-		return 0, &notAppliedError{failed(err)}
+		return 0, &notAppliedError{abandon(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)))}
 	}
 	err = s.fs.Rename(tmp, s.path)
 	if err != nil && !s.names(written) {
 		// Not known to be renamed, nor known not to be: POSIX keeps the
 		// name unchanged only on errors other than EIO, and a network
 		// file system may rename and lose the answer.
-		return 0, errors.Join(s.mayBeRenamed(err), dst.Close(), removeIfExists(tmp))
+		return 0, abandon(s.mayBeRenamed(err))
 	}
 	// The old file is unlinked and the write is durable in the new one, so
 	// closing the old one can only fail to release resources.

@@ -318,7 +318,7 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 	var w Write
 	for _, r := range records {
 		if err != nil {
-			break
+			break // a conflict, or the record before
 		}
 		// What the view verified, not an older copy put back since: the
 		// commit makes the manifest vouch for what it reseals.

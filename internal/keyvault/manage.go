@@ -538,10 +538,10 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 	if len(backends) == 0 {
 		return failed, nil
 	}
-	var records []Record
+	records := make(map[RecordRef]Record, len(backends))
 	rev, err := v.store.Scan(ctx, func(r Record) error {
 		if _, ok := backends[r.RecordRef]; ok {
-			records = append(records, r)
+			records[r.RecordRef] = r
 		}
 		return nil
 	})
@@ -549,7 +549,7 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 		return failed, fmt.Errorf("keyvault: read the store: %w", err)
 	}
 	for ref := range backends {
-		if !slices.ContainsFunc(records, func(r Record) bool { return r.RecordRef == ref }) {
+		if _, held := records[ref]; !held {
 			if err := v.lostListed(ref, rev); err != nil {
 				failed.fail(ref, err)
 			}

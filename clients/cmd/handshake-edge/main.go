@@ -45,6 +45,7 @@ import (
 	"github.com/handshaked/handshaked/clients/go/edge"
 	pb "github.com/handshaked/handshaked/gen/handshake/v1"
 	"github.com/handshaked/handshaked/internal/buildinfo"
+	"github.com/handshaked/handshaked/internal/engine/record"
 	"github.com/handshaked/handshaked/internal/flagenv"
 	"github.com/handshaked/handshaked/internal/grpckeepalive"
 	"github.com/handshaked/handshaked/internal/heapfloor"
@@ -474,11 +475,6 @@ func echoBody(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// maxRecordPlaintext is the protocol's most plaintext in one record, 2^14
-// (RFC 8446, Section 5.1; RFC 5246, Section 6.2.1): a record plaintext
-// limit below it is the client's record_size_limit.
-const maxRecordPlaintext = 1 << 14
-
 // describe renders a connection's negotiated parameters.
 func describe(st edge.ConnectionState) string {
 	var b strings.Builder
@@ -502,7 +498,9 @@ func describe(st edge.ConnectionState) string {
 	fmt.Fprintf(&b, "ALPN: %s\n", st.NegotiatedProtocol)
 	fmt.Fprintf(&b, "Key: %s version %d\n", st.KeyID, st.KeyVersion)
 	fmt.Fprintf(&b, "HelloRetryRequest: %v\n", st.HelloRetryRequest)
-	if st.RecordPlaintextLimit < maxRecordPlaintext {
+	// Below the protocol's most plaintext in a record, the limit is the
+	// client's record_size_limit.
+	if st.RecordPlaintextLimit < record.MaxPlaintext {
 		fmt.Fprintf(&b, "Record plaintext limit: %d bytes (the client's record_size_limit, RFC 8449)\n", st.RecordPlaintextLimit)
 	} else {
 		fmt.Fprintf(&b, "Record plaintext limit: %d bytes\n", st.RecordPlaintextLimit)

@@ -766,10 +766,10 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 		if newLease {
 			// Once per lease: they end with the announcement.
 			if s.cfg.StalenessBound > 0 {
-				ops = append(ops, clientv3.OpPut(fmt.Sprintf("%s%016x", s.bounds, int64(lease)), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
+				ops = append(ops, clientv3.OpPut(leaseKey(s.bounds, lease), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
 			}
 			if s.cfg.Deployment != "" {
-				ops = append(ops, clientv3.OpPut(s.nameKey(lease), s.cfg.Deployment, clientv3.WithLease(lease)))
+				ops = append(ops, clientv3.OpPut(leaseKey(s.names, lease), s.cfg.Deployment, clientv3.WithLease(lease)))
 			}
 		}
 		rctx, cancel := s.request(ctx)
@@ -794,7 +794,7 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 // of a release before formats reads every value under replicas/ as a
 // revision (WaitApplied), and the name, which it does not parse.
 func (s *Store) replicaKey(lease clientv3.LeaseID) string {
-	return fmt.Sprintf("%s%016x/format-%d", s.replicas, int64(lease), keyvault.StoreFormat)
+	return fmt.Sprintf("%s/format-%d", leaseKey(s.replicas, lease), keyvault.StoreFormat)
 }
 
 // MinFormat implements keyvault.SharedStore from the names of the live
@@ -867,7 +867,7 @@ func (s *Store) JoinDeployment(ctx context.Context) ([]string, error) {
 		rctx, cancel = s.request(ctx)
 		resp, err = s.cli.Txn(rctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.names), "<", get.Header.Revision+1).WithPrefix()).
-			Then(clientv3.OpPut(s.nameKey(lease), s.cfg.Deployment, clientv3.WithLease(lease))).
+			Then(clientv3.OpPut(leaseKey(s.names, lease), s.cfg.Deployment, clientv3.WithLease(lease))).
 			Else(clientv3.OpGet(s.names, clientv3.WithPrefix())).
 			Commit()
 		cancel()
@@ -883,9 +883,10 @@ func (s *Store) JoinDeployment(ctx context.Context) ([]string, error) {
 	return nil, s.fail(ctx, "announce the replica's deployment", s.cfg.RequestTimeout, err)
 }
 
-// nameKey names the announcement of lease's deployment name.
-func (s *Store) nameKey(lease clientv3.LeaseID) string {
-	return fmt.Sprintf("%s%016x", s.names, int64(lease))
+// leaseKey names the announcement of lease under prefix (replicas/,
+// bounds/, deployments/): it ends with the lease.
+func leaseKey(prefix string, lease clientv3.LeaseID) string {
+	return fmt.Sprintf("%s%016x", prefix, int64(lease))
 }
 
 // readAnnounced returns the values of the live replicas' announcements
