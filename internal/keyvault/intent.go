@@ -293,15 +293,9 @@ func (v *Vault) undoIntentsLogged(ctx context.Context, due map[RecordRef]recordE
 // gave too little time, on a loaded machine), which leaves no key stuck in
 // a backend and is tried again. The caller holds writeMu.
 func (v *Vault) undoIntents(ctx context.Context, due map[RecordRef]recordEntry) (backends map[RecordRef]string, failed failures, err error) {
-	records := make(map[RecordRef]Record, len(due))
-	rev, err := v.store.Scan(ctx, func(r Record) error {
-		if _, ok := due[r.RecordRef]; ok {
-			records[r.RecordRef] = r
-		}
-		return nil
-	})
+	records, rev, err := recordsOf(ctx, v.store, due)
 	if err != nil {
-		return nil, nil, fmt.Errorf("keyvault: read the store: %w", err)
+		return nil, nil, err
 	}
 	backends, failed = make(map[RecordRef]string), make(failures)
 	var commits []error

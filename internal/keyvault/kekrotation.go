@@ -302,13 +302,7 @@ func (v *Vault) rewrapOnce(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 	batch := v.rewrapBatch()
-	var records []Record
-	rev, err := v.store.Scan(ctx, func(r Record) error {
-		if batch[r.RecordRef] {
-			records = append(records, r)
-		}
-		return nil
-	})
+	records, rev, err := recordsOf(ctx, v.store, batch)
 	if err == nil && rev != v.storeRev {
 		// Another replica changed the store since the view: its records
 		// may differ from the view's, or be erased, without any damage.

@@ -538,15 +538,9 @@ func (v *Vault) finishDestroys(ctx context.Context, pending []pendingDestroy) (f
 	if len(backends) == 0 {
 		return failed, nil
 	}
-	records := make(map[RecordRef]Record, len(backends))
-	rev, err := v.store.Scan(ctx, func(r Record) error {
-		if _, ok := backends[r.RecordRef]; ok {
-			records[r.RecordRef] = r
-		}
-		return nil
-	})
+	records, rev, err := recordsOf(ctx, v.store, backends)
 	if err != nil {
-		return failed, fmt.Errorf("keyvault: read the store: %w", err)
+		return failed, err
 	}
 	for ref := range backends {
 		if _, held := records[ref]; !held {

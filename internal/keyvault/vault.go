@@ -830,6 +830,22 @@ func (v *Vault) readListed(r Record, rev int64) (ok bool, err error) {
 	return true, nil
 }
 
+// recordsOf reads the records of refs that the store holds, by ref, with
+// the revision of the store's state they are of.
+func recordsOf[T any](ctx context.Context, s Store, refs map[RecordRef]T) (map[RecordRef]Record, int64, error) {
+	records := make(map[RecordRef]Record, len(refs))
+	rev, err := s.Scan(ctx, func(r Record) error {
+		if _, ok := refs[r.RecordRef]; ok {
+			records[r.RecordRef] = r
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("keyvault: read the store: %w", err)
+	}
+	return records, rev, nil
+}
+
 // lostListed is readListed for a record of left work that the store, in
 // its state rev, does not hold: erased since where the store moved on from
 // the view or the view lists it no more (nil), and corrupted where the
