@@ -128,6 +128,7 @@ type clientHelloMsg struct {
 	compressionMethods      []uint8
 	extensions              []uint16 // types in the order sent
 	serverName              string
+	hostNames               int // host_name entries in server_name
 	ocspStapling            bool
 	supportedGroups         []tls.CurveID
 	supportedPoints         []uint8
@@ -274,10 +275,12 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			if nameType != 0 {
 				continue
 			}
-			if m.serverName != "" {
-				return false // only one host_name
+			// The list "MUST NOT contain more than one name of the same
+			// name_type": a second host_name decodes, and is refused
+			// (checkHostNames) as a field inconsistent with another.
+			if m.hostNames++; m.hostNames == 1 {
+				m.serverName = string(name)
 			}
-			m.serverName = string(name)
 		}
 	case extensionStatusRequest:
 		// RFC 6066, Section 8. No stapling is offered, but the request is

@@ -30,6 +30,9 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed ClientHello")
 	}
 	h.noteClientHello(&ch)
+	if err := ch.checkHostNames(); err != nil {
+		return err
+	}
 	if err := h.takeRecordSizeLimit(&ch); err != nil {
 		return err
 	}
@@ -65,6 +68,18 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return h.serverHello13(&ch, raw)
 	}
 	return h.serverHello12(&ch, raw)
+}
+
+// checkHostNames refuses a server_name list of more than one host_name:
+// RFC 6066, Section 3 forbids it and names no alert. The list decodes, so
+// it is not decode_error; a second name of the same type is a field
+// inconsistent with another, RFC 8446, Section 6.2's illegal_parameter
+// (tlsfuzzer's test-invalid-server-name-extension.py expects it).
+func (m *clientHelloMsg) checkHostNames() error {
+	if m.hostNames > 1 {
+		return fail(alertIllegalParameter, "server_name with %d host_names", m.hostNames)
+	}
+	return nil
 }
 
 // versionSSL30 is SSL 3.0's version number (crypto/tls's is deprecated).

@@ -191,6 +191,9 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed second ClientHello")
 	}
 	h.noteClientHello(&ch)
+	if err := ch.checkHostNames(); err != nil {
+		return err
+	}
 	h.skipEarlyData = false
 	if vers, err := h.negotiateVersion(&ch); err != nil || vers != tls.VersionTLS13 {
 		return fail(alertIllegalParameter, "second ClientHello does not offer TLS 1.3")

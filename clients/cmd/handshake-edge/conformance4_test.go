@@ -1016,9 +1016,10 @@ func serverCertificate(t *testing.T, flight []byte) []byte {
 // the edge); name types other than host_name are passed over; a host
 // name is a DNS name in ASCII without a trailing dot, so one with other
 // bytes is illegal_parameter; a malformed extension is decode_error. Two
-// host_names (which the ServerNameList "MUST NOT contain") are
-// decode_error in the engine, where tlsfuzzer expects illegal_parameter:
-// RFC 6066 names no alert for it.
+// host_names (which the ServerNameList "MUST NOT contain"; RFC 6066 names
+// no alert) are illegal_parameter, as tlsfuzzer expects: the list decodes,
+// and the second name is a field inconsistent with the first (RFC 8446,
+// Section 6.2).
 func TestProbeEdgeServerName(t *testing.T) {
 	f := newFixture(t)
 	base12 := parseHello(t, clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12}))
@@ -1032,6 +1033,7 @@ func TestProbeEdgeServerName(t *testing.T) {
 		{"RFC 4343 the name in capitals gets the same", serverNames(hostName, "RSA.TEST"), f.rsa.Chain[0]},
 		{"an unknown name gets the default certificate", serverNames(hostName, "www."+f.rsa.Name), f.ecdsa.Chain[0]},
 		{"an unknown name type before the host_name is passed over", serverNames(uint8(1), string(make([]byte, 24)), hostName, f.rsa.Name), f.rsa.Chain[0]},
+		{"an unknown name type after the host_name is passed over", serverNames(hostName, f.rsa.Name, uint8(1), string(make([]byte, 24))), f.rsa.Chain[0]},
 	}
 	refused := []struct {
 		name  string
@@ -1043,7 +1045,7 @@ func TestProbeEdgeServerName(t *testing.T) {
 		{"an empty host_name is decode_error", serverNames(hostName, ""), alertDecodeError},
 		{"data after the host_name in its list is decode_error", []byte{0, 4, 0, 0, 1, 'e', 'x'}, alertDecodeError},
 		{"a list length past the extension is decode_error", []byte{0xff, 0xff, 0xff, 0xff}, alertDecodeError},
-		{"two host_names are decode_error", serverNames(hostName, f.rsa.Name, hostName, "www."+f.rsa.Name), alertDecodeError},
+		{"two host_names are illegal_parameter", serverNames(hostName, f.rsa.Name, hostName, "www."+f.rsa.Name), alertIllegalParameter},
 		{"a NUL in the name is illegal_parameter", serverNames(hostName, "rsa.tes\x00t"), alertIllegalParameter},
 		{"a BEL in the name is illegal_parameter", serverNames(hostName, "rsa.tes\x07t"), alertIllegalParameter},
 		{"UTF-8 in the name is illegal_parameter", serverNames(hostName, "rsa.tes\xc4\x85t"), alertIllegalParameter},
