@@ -254,7 +254,8 @@ func TestMalformedInput(t *testing.T) {
 		{"garbage", [][]byte{[]byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")}, alertUnexpectedMessage},
 		{"bad record version", [][]byte{{22, 0x7f, 0x01, 0, 4, 1, 0, 0, 0}}, alertDecodeError},
 		{"oversized record", [][]byte{{22, 3, 1, 0x40, 0x01}}, alertRecordOverflow},
-		{"oversized message", [][]byte{message(typeClientHello, 1<<20, nil)}, alertIllegalParameter},
+		// Longer than any ClientHello's fields can make it: a wrong length.
+		{"oversized ClientHello", [][]byte{message(typeClientHello, 1<<20, nil)}, alertDecodeError},
 		{"truncated ClientHello", [][]byte{message(typeClientHello, 40, bytes.Repeat([]byte{3}, 40))}, alertDecodeError},
 		{"trailing data", [][]byte{hello(real13, func(m *clientHelloMsg) {})[:0], func() []byte {
 			m := parseHello(t, real13).marshal()

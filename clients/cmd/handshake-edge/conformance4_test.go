@@ -348,8 +348,8 @@ func withBodyLength(msg, body []byte, n int) []byte {
 // the ClientHello's fields; RFC 8446, Section 6.2, decode_error: "the
 // length of the message was incorrect". The edge reads the whole message
 // before the service parses it, so each must come back decode_error.
-// (Past 131396 bytes the edge refuses the message on its header with
-// illegal_parameter, TestProbeEdgeClientHello.)
+// (Past 131396 bytes the message is refused on its header, decode_error
+// too, TestProbeEdgeClientHello.)
 func TestProbeEdgeClientHelloLength(t *testing.T) {
 	f := newFixture(t)
 	msg := hello12(t, f).marshal()
