@@ -1,0 +1,262 @@
+package main
+
+import (
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/handshaked/handshaked/internal/engine/record"
+)
+
+// A fifth round of probes in the manner of tlsfuzzer's scripts, for what
+// the first four leave out: every value of each length field of a bare
+// TLS 1.2 ClientHello, the client's ECDHE point in each malformed shape,
+// and the curve a TLS 1.2 client gets when its supported_groups says
+// nothing the edge takes, or nothing at all.
+
+// extPointFormats is RFC 8422, Section 5.1.2's ec_point_formats.
+const extPointFormats uint16 = 11
+
+// bareHello12 is a TLS 1.2 ClientHello as tlsfuzzer's scripts write one:
+// a zero random, no session ID, suites, null compression, and exts (an
+// encoded extensions block's content; nil: no block at all, RFC 5246,
+// Section 7.4.1.2).
+func bareHello12(exts []byte, suites ...uint16) []byte {
+	body := slices.Concat([]byte{3, 3}, make([]byte, 32), []byte{0}, u16list(suites...), []byte{1, 0})
+	if exts != nil {
+		body = append(body, byte(len(exts)>>8), byte(len(exts)))
+		body = append(body, exts...)
+	}
+	return hsMsg(1, body...)
+}
+
+// TestProbeEdgeClientHelloFields12 is tlsfuzzer's
+// test-invalid-client-hello.py: a TLS 1.2 ClientHello with each of its
+// length fields set to every other value, its message length unchanged.
+// The fields no longer add up to the message (RFC 5246, Section 7.4.1.2;
+// RFC 8446, Section 4.1.2: legacy_session_id<0..32>,
+// cipher_suites<2..2^16-2>, legacy_compression_methods<1..2^8-1>,
+// extensions<8..2^16-1>), a message that cannot be decoded: decode_error
+// (RFC 8446, Section 6.2). A message type other than ClientHello first is
+// unexpected_message (Section 4). One value, in the script as here, makes
+// a ClientHello that decodes: a compression list that takes in the
+// extensions' bytes, null first, leaves a ClientHello without extensions.
+func TestProbeEdgeClientHelloFields12(t *testing.T) {
+	f := newFixture(t)
+	const (
+		rsaGCM = tls.TLS_RSA_WITH_AES_128_GCM_SHA256
+		scsv   = 0x00ff // TLS_EMPTY_RENEGOTIATION_INFO_SCSV (RFC 5746, Section 3.3)
+	)
+	// Two suites, no extensions: the session ID's length at [38], the
+	// suites' at [39:41], the compression methods' at [45].
+	plain := bareHello12(nil, rsaGCM, scsv)
+	// One suite and an empty renegotiation_info (RFC 5746, Section 3.2):
+	// the compression methods' length at [43], the extensions' at [45:47].
+	withExt := bareHello12([]byte{0xff, 0x01, 0, 1, 0}, rsaGCM)
+	type variant struct {
+		name  string
+		msg   []byte
+		alert uint8
+	}
+	var refused []variant
+	// sweep adds msg with byte i set to each value but its own (and but
+	// skip), each refused with alert.
+	sweep := func(name string, msg []byte, i int, alert uint8, skip ...int) {
+		for v := range 256 {
+			if byte(v) == msg[i] || slices.Contains(skip, v) {
+				continue
+			}
+			m := slices.Clone(msg)
+			m[i] = byte(v)
+			refused = append(refused, variant{fmt.Sprintf("%s %d", name, v), m, alert})
+		}
+	}
+	sweep("RFC 8446 4 message type", plain, 0, alertUnexpectedMessage)
+	sweep("RFC 5246 7.4.1.2 session ID length", plain, 38, alertDecodeError)
+	sweep("RFC 5246 7.4.1.2 session ID length with extensions", withExt, 38, alertDecodeError)
+	sweep("RFC 5246 7.4.1.2 cipher suites length", plain, 40, alertDecodeError)
+	sweep("RFC 5246 7.4.1.2 cipher suites length with extensions", withExt, 40, alertDecodeError)
+	for _, hi := range []byte{1, 2, 128, 255} {
+		m := slices.Clone(plain)
+		m[39] = hi
+		refused = append(refused, variant{fmt.Sprintf("RFC 5246 7.4.1.2 cipher suites length %d", int(hi)<<8|4), m, alertDecodeError})
+	}
+	sweep("RFC 5246 7.4.1.2 compression methods length", plain, 45, alertDecodeError)
+	sweep("RFC 5246 7.4.1.2 compression methods length with extensions", withExt, 43, alertDecodeError, 8)
+	sweep("RFC 5246 7.4.1.2 extensions length", withExt, 46, alertDecodeError)
+	for _, hi := range []byte{1, 2, 255} {
+		m := slices.Clone(withExt)
+		m[45] = hi
+		refused = append(refused, variant{fmt.Sprintf("RFC 5246 7.4.1.2 extensions length %d", int(hi)<<8|5), m, alertDecodeError})
+	}
+	swallowed := slices.Clone(withExt)
+	swallowed[43] = 8
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("RFC 5246 7.4.1.2 compression methods taking in the extensions leave a ClientHello", func(t *testing.T) {
+			// Its ServerHello has no extensions block to answer nothing
+			// (RFC 5246, Section 7.4.1.3), which parseServerHello wants.
+			expectServerHello(t, sendHello(t, addr, swallowed))
+		})
+		for _, v := range refused {
+			t.Run(v.name+" is "+record.AlertName(v.alert), func(t *testing.T) {
+				expectPlainAlert(t, sendHello(t, addr, v.msg), v.alert)
+			})
+		}
+	})
+}
+
+// sendKeyExchange12 writes the TLS 1.2 ClientHello hello to addr, reads
+// the edge's ECDHE flight, and answers it with a ClientKeyExchange whose
+// ECPoint (RFC 8422, Section 5.7: opaque point <1..2^8-1>) is the body
+// point makes of the server's point, then, in the same segment as a
+// client that does not wait, ChangeCipherSpec and a Finished under keys
+// the client has not got.
+func sendKeyExchange12(t *testing.T, addr string, hello []byte, body func(server []byte) []byte) net.Conn {
+	t.Helper()
+	c := sendHello(t, addr, hello)
+	_, point := serverKeyExchange12(t, readFlight12(t, c))
+	finished := make([]byte, 8+16+16) // explicit nonce, a 16-byte Finished, tag
+	rand.Read(finished)
+	_, err := c.Write(slices.Concat(fragments(hsMsg(16, body(point)...), 1<<14), compatCCS,
+		record.Append(nil, record.Handshake, 0x0303, finished)))
+	require.NoError(t, err)
+	return c
+}
+
+// ecPoint is an ECPoint's wire form: its length, then p.
+func ecPoint(p []byte) []byte { return append([]byte{byte(len(p))}, p...) }
+
+// TestProbeEdgeClientPoint12 is tlsfuzzer's
+// test-ecdhe-rsa-key-exchange-with-bad-messages.py, test-point-extension.py
+// and test-x25519.py for the client's ECDHE point of a TLS 1.2
+// ClientKeyExchange. P-256: RFC 8422, Section 5.7 and 5.1.2, the point is
+// uncompressed (form 4, x, y), on the curve; anything else, the point at
+// infinity, (0, 0), a point with y changed, raw x and y without the form
+// byte, the hybrid forms 6 and 7, the compressed forms, is
+// illegal_parameter. X25519: RFC 8422, Section 5.11, 32 bytes; 31 or 33
+// are illegal_parameter, and a u-coordinate with the top bit set is taken,
+// masked (RFC 7748, Section 5), so the client's Finished, under keys it
+// could not have, is bad_record_mac. An empty point, or one whose length
+// disagrees with the message, is decode_error. tlsfuzzer expects
+// internal_error for a compressed point from a client the server did not
+// offer compression: that alert is for a failure "unrelated to the peer or
+// the correctness of the protocol" (RFC 8446, Section 6.2), and the point
+// is the peer's, so the edge keeps illegal_parameter.
+func TestProbeEdgeClientPoint12(t *testing.T) {
+	f := newFixture(t)
+	hello := func(curve tls.CurveID) []byte {
+		return clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12,
+			CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}, CurvePreferences: []tls.CurveID{curve}})
+	}
+	p256, x25519 := hello(tls.CurveP256), hello(tls.X25519)
+	key, err := ecdh.P256().GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	good := key.PublicKey().Bytes() // 4, x, y
+	x, y := good[1:33], good[33:]
+	changed := func(p []byte, i int, v byte) []byte {
+		p = slices.Clone(p)
+		p[i] ^= v
+		return p
+	}
+	hybrid := byte(6 | y[31]&1) // form 6 for an even y, 7 for an odd (X9.62)
+	compressed := byte(2 | y[31]&1)
+	withoutY := slices.Concat(good[:33], make([]byte, 32))
+	tests := []struct {
+		name  string
+		hello []byte
+		body  func(server []byte) []byte
+		alert uint8
+	}{
+		{"RFC 8422 5.7 P-256 point (0, 1) is illegal_parameter", p256, func([]byte) []byte {
+			return ecPoint(slices.Concat([]byte{4}, make([]byte, 63), []byte{1}))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point (0, 0) is illegal_parameter", p256, func([]byte) []byte {
+			return ecPoint(append([]byte{4}, make([]byte, 64)...))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point with y all zero is illegal_parameter", p256, func([]byte) []byte { return ecPoint(withoutY) }, alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point with y's last byte changed is illegal_parameter", p256, func([]byte) []byte {
+			return ecPoint(changed(good, 64, 0xff))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point without the form byte is illegal_parameter", p256, func([]byte) []byte { return ecPoint(good[1:]) }, alertIllegalParameter},
+		{"RFC 8422 5.1.2 P-256 point in the hybrid form is illegal_parameter", p256, func([]byte) []byte {
+			return ecPoint(slices.Concat([]byte{hybrid}, x, y))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.1.2 P-256 point in the compressed form is illegal_parameter", p256, func([]byte) []byte {
+			return ecPoint(append([]byte{compressed}, x...))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.7 empty point is decode_error", p256, func([]byte) []byte { return []byte{0} }, alertDecodeError},
+		{"RFC 8422 5.7 point one byte short of its length is decode_error", p256, func([]byte) []byte {
+			return ecPoint(good)[:len(good)]
+		}, alertDecodeError},
+		{"RFC 8422 5.7 a byte after the point is decode_error", p256, func([]byte) []byte { return append(ecPoint(good), 0) }, alertDecodeError},
+		{"RFC 8422 5.11 X25519 point of 31 bytes is illegal_parameter", x25519, func([]byte) []byte {
+			return ecPoint(slices.Repeat([]byte{55}, 31))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.11 X25519 point of 33 bytes is illegal_parameter", x25519, func([]byte) []byte {
+			return ecPoint(slices.Repeat([]byte{55}, 33))
+		}, alertIllegalParameter},
+		{"RFC 8422 5.7 empty X25519 point is decode_error", x25519, func([]byte) []byte { return []byte{0} }, alertDecodeError},
+		{"RFC 7748 5 X25519 point with the top bit set is taken, the Finished is bad_record_mac", x25519, func([]byte) []byte {
+			return ecPoint(append(slices.Repeat([]byte{55}, 31), 0x80))
+		}, alertBadRecordMAC},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				expectPlainAlert(t, sendKeyExchange12(t, addr, tc.hello, tc.body), tc.alert)
+			})
+		}
+	})
+}
+
+// TestProbeEdgeGroups12 is tlsfuzzer's test-x25519.py for the curve of a
+// TLS 1.2 ECDHE handshake: RFC 8422, Section 4, a client that sends no
+// supported_groups lets the server pick, and gets P-256, the curve every
+// client of RFC 4492's (which knew no X25519) has; X25519 beside X448,
+// which the edge does not do, gets X25519, whatever ec_point_formats
+// lists with uncompressed; a client none of whose groups the edge knows
+// gets RSA key exchange if it offers it, else handshake_failure (Section
+// 5.1).
+func TestProbeEdgeGroups12(t *testing.T) {
+	f := newFixture(t)
+	base := parseHello(t, clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12}))
+	ecdheRSA := base.withSuites(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+	withRSA := base.withSuites(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, tls.TLS_RSA_WITH_AES_128_GCM_SHA256)
+	const unknownGroup uint16 = 11200
+	curves := []struct {
+		name  string
+		hello *helloMsg
+		group uint16
+		curve ecdh.Curve
+	}{
+		{"RFC 8422 4 no supported_groups gets P-256", ecdheRSA.without(extGroups), groupP256, ecdh.P256()},
+		{"RFC 8422 5.1.1 X25519 and X448 get X25519", ecdheRSA.set(extGroups, u16list(groupX25519, groupX448)), groupX25519, ecdh.X25519()},
+		{"RFC 8422 5.1.2 X25519 with every point format gets X25519", ecdheRSA.set(extGroups, u16list(groupX25519)).set(extPointFormats, []byte{3, 1, 2, 0}),
+			groupX25519, ecdh.X25519()},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range curves {
+			t.Run(tc.name, func(t *testing.T) {
+				c := dialRaw(t, addr)
+				p, flight := handshake12(t, c, tc.hello.marshal(), tc.curve, nil)
+				group, _ := serverKeyExchange12(t, flight)
+				assert.Equal(t, tc.group, group)
+				p.expectServes(t)
+			})
+		}
+		t.Run("RFC 8422 5.1 only an unknown group gets RSA key exchange", func(t *testing.T) {
+			sh := readServerHello(t, sendHello(t, addr, withRSA.set(extGroups, u16list(unknownGroup)).marshal()))
+			assert.Equal(t, tls.TLS_RSA_WITH_AES_128_GCM_SHA256, sh.suite)
+		})
+		t.Run("RFC 8422 5.1 only an unknown group and no RSA key exchange is handshake_failure", func(t *testing.T) {
+			expectPlainAlert(t, sendHello(t, addr, ecdheRSA.set(extGroups, u16list(unknownGroup)).marshal()), alertHandshakeFailure)
+		})
+	})
+}
