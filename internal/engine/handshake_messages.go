@@ -158,6 +158,23 @@ type clientHelloMsg struct {
 	recordSizeLimit uint16
 }
 
+// codePoints is a set of 16-bit code points (extension types, groups). A
+// ClientHello's lists can hold thousands of them (its extensions block
+// alone up to 2^16-1 bytes), and comparing such lists pairwise would let
+// one ClientHello cost the server some hundred milliseconds.
+type codePoints [1 << 16 / 64]uint64
+
+// add puts v in the set and reports whether it was not there.
+func (s *codePoints) add(v uint16) bool {
+	if s.has(v) {
+		return false
+	}
+	s[v/64] |= 1 << (v % 64)
+	return true
+}
+
+func (s *codePoints) has(v uint16) bool { return s[v/64]&(1<<(v%64)) != 0 }
+
 // has reports whether the client sent extension ext.
 func (m *clientHelloMsg) has(ext uint16) bool { return slices.Contains(m.extensions, ext) }
 
@@ -231,6 +248,7 @@ func (m *clientHelloMsg) unmarshal(body []byte) bool {
 	if !s.ReadUint16LengthPrefixed(&exts) || !s.Empty() {
 		return false
 	}
+	var seen codePoints
 	for !exts.Empty() {
 		var ext uint16
 		var data cryptobyte.String
@@ -238,10 +256,8 @@ func (m *clientHelloMsg) unmarshal(body []byte) bool {
 			return false
 		}
 		// RFC 8446, Section 4.2: at most one extension of each type.
-		for _, seen := range m.extensions {
-			if seen == ext {
-				return false
-			}
+		if !seen.add(ext) {
+			return false
 		}
 		m.extensions = append(m.extensions, ext)
 		if !m.unmarshalExtension(ext, data) {

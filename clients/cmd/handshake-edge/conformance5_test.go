@@ -99,10 +99,14 @@ func TestProbeEdgeClientHelloFields12(t *testing.T) {
 	swallowed := slices.Clone(withExt)
 	swallowed[43] = 8
 	probeEdges(t, f, func(t *testing.T, addr string) {
+		// Their ServerHellos have no extensions block to answer nothing
+		// (RFC 5246, Section 7.4.1.3), which parseServerHello wants.
 		t.Run("RFC 5246 7.4.1.2 compression methods taking in the extensions leave a ClientHello", func(t *testing.T) {
-			// Its ServerHello has no extensions block to answer nothing
-			// (RFC 5246, Section 7.4.1.3), which parseServerHello wants.
 			expectServerHello(t, sendHello(t, addr, swallowed))
+		})
+		// tlsfuzzer's test-empty-extensions.py.
+		t.Run("RFC 5246 7.4.1.2 an empty extensions block is answered", func(t *testing.T) {
+			expectServerHello(t, sendHello(t, addr, bareHello12([]byte{}, rsaGCM)))
 		})
 		for _, v := range refused {
 			t.Run(v.name+" is "+record.AlertName(v.alert), func(t *testing.T) {
@@ -258,5 +262,44 @@ func TestProbeEdgeGroups12(t *testing.T) {
 		t.Run("RFC 8422 5.1 only an unknown group and no RSA key exchange is handshake_failure", func(t *testing.T) {
 			expectPlainAlert(t, sendHello(t, addr, ecdheRSA.set(extGroups, u16list(unknownGroup)).marshal()), alertHandshakeFailure)
 		})
+	})
+}
+
+// TestProbeEdgeManyExtensions12 is tlsfuzzer's test-extensions.py: a TLS
+// 1.2 ClientHello with up to 16382 empty extensions of code points from 90
+// on (unassigned, and GREASE's, RFC 8701), then renegotiation_info, or
+// with the first of them moved last. RFC 5246, Section 7.4.1.4: the server
+// passes over what it does not know, and answers renegotiation_info (RFC
+// 5746, Section 3.6) whatever comes around it. The engine pairs no
+// extension with every other to find a repeat (BenchmarkLargeClientHello).
+func TestProbeEdgeManyExtensions12(t *testing.T) {
+	f := newFixture(t)
+	renegotiationInfo := []byte{0xff, 0x01, 0, 1, 0}
+	empty := func(from, to int) []byte {
+		var b []byte
+		for v := from; v < to; v++ {
+			b = append(b, byte(v>>8), byte(v), 0, 0)
+		}
+		return b
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, n := range []int{31, 32, 33, 63, 64, 65, 100, 127, 128, 129, 256, 1024, 4085, 4086, 4096, 8192, 16382} {
+			for _, tc := range []struct {
+				name string
+				exts []byte
+			}{
+				{fmt.Sprintf("RFC 5246 7.4.1.4 %d empty extensions then renegotiation_info are answered", n),
+					append(empty(90, 90+n), renegotiationInfo...)},
+				{fmt.Sprintf("RFC 5246 7.4.1.4 %d empty extensions around renegotiation_info are answered", n),
+					slices.Concat(empty(91, 90+n), renegotiationInfo, empty(90, 91))},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					sh := readServerHello(t, sendHello(t, addr, bareHello12(tc.exts, tls.TLS_RSA_WITH_AES_128_GCM_SHA256)))
+					data, ok := sh.lookup(0xff01)
+					require.True(t, ok, "no renegotiation_info in the ServerHello")
+					assert.Equal(t, []byte{0}, data)
+				})
+			}
+		}
 	})
 }
