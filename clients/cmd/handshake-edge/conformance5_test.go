@@ -116,22 +116,25 @@ func TestProbeEdgeClientHelloFields12(t *testing.T) {
 	})
 }
 
-// sendKeyExchange12 writes the TLS 1.2 ClientHello hello to addr, reads
-// the edge's ECDHE flight, and answers it with a ClientKeyExchange whose
-// ECPoint (RFC 8422, Section 5.7: opaque point <1..2^8-1>) is the body
-// point makes of the server's point, then, in the same segment as a
-// client that does not wait, ChangeCipherSpec and a Finished under keys
-// the client has not got.
-func sendKeyExchange12(t *testing.T, addr string, hello []byte, body func(server []byte) []byte) net.Conn {
+// answerFlight12 writes the TLS 1.2 ClientHello hello to addr, reads the
+// edge's ECDHE flight, and answers it with answer.
+func answerFlight12(t *testing.T, addr string, hello, answer []byte) net.Conn {
 	t.Helper()
 	c := sendHello(t, addr, hello)
-	_, point := serverKeyExchange12(t, readFlight12(t, c))
-	finished := make([]byte, 8+16+16) // explicit nonce, a 16-byte Finished, tag
-	rand.Read(finished)
-	_, err := c.Write(slices.Concat(fragments(hsMsg(16, body(point)...), 1<<14), compatCCS,
-		record.Append(nil, record.Handshake, 0x0303, finished)))
+	readFlight12(t, c)
+	_, err := c.Write(answer)
 	require.NoError(t, err)
 	return c
+}
+
+// keyExchange12 is a client's second flight whose ClientKeyExchange
+// carries body, an ECPoint (RFC 8422, Section 5.7: opaque point
+// <1..2^8-1>) or not: then, in the same segment as a client that does not
+// wait, ChangeCipherSpec and a Finished under keys the client has not got.
+func keyExchange12(body []byte) []byte {
+	finished := make([]byte, 8+16+16) // explicit nonce, a 16-byte Finished, tag
+	rand.Read(finished)
+	return slices.Concat(fragments(hsMsg(16, body...), 1<<14), compatCCS, record.Append(nil, record.Handshake, 0x0303, finished))
 }
 
 // ecPoint is an ECPoint's wire form: its length, then p.
@@ -175,46 +178,29 @@ func TestProbeEdgeClientPoint12(t *testing.T) {
 	tests := []struct {
 		name  string
 		hello []byte
-		body  func(server []byte) []byte
+		body  []byte // the ClientKeyExchange
 		alert uint8
 	}{
-		{"RFC 8422 5.7 P-256 point (0, 1) is illegal_parameter", p256, func([]byte) []byte {
-			return ecPoint(slices.Concat([]byte{4}, make([]byte, 63), []byte{1}))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.7 P-256 point (0, 0) is illegal_parameter", p256, func([]byte) []byte {
-			return ecPoint(append([]byte{4}, make([]byte, 64)...))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.7 P-256 point with y all zero is illegal_parameter", p256, func([]byte) []byte { return ecPoint(withoutY) }, alertIllegalParameter},
-		{"RFC 8422 5.7 P-256 point with y's last byte changed is illegal_parameter", p256, func([]byte) []byte {
-			return ecPoint(changed(good, 64, 0xff))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.7 P-256 point without the form byte is illegal_parameter", p256, func([]byte) []byte { return ecPoint(good[1:]) }, alertIllegalParameter},
-		{"RFC 8422 5.1.2 P-256 point in the hybrid form is illegal_parameter", p256, func([]byte) []byte {
-			return ecPoint(slices.Concat([]byte{hybrid}, x, y))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.1.2 P-256 point in the compressed form is illegal_parameter", p256, func([]byte) []byte {
-			return ecPoint(append([]byte{compressed}, x...))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.7 empty point is decode_error", p256, func([]byte) []byte { return []byte{0} }, alertDecodeError},
-		{"RFC 8422 5.7 point one byte short of its length is decode_error", p256, func([]byte) []byte {
-			return ecPoint(good)[:len(good)]
-		}, alertDecodeError},
-		{"RFC 8422 5.7 a byte after the point is decode_error", p256, func([]byte) []byte { return append(ecPoint(good), 0) }, alertDecodeError},
-		{"RFC 8422 5.11 X25519 point of 31 bytes is illegal_parameter", x25519, func([]byte) []byte {
-			return ecPoint(slices.Repeat([]byte{55}, 31))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.11 X25519 point of 33 bytes is illegal_parameter", x25519, func([]byte) []byte {
-			return ecPoint(slices.Repeat([]byte{55}, 33))
-		}, alertIllegalParameter},
-		{"RFC 8422 5.7 empty X25519 point is decode_error", x25519, func([]byte) []byte { return []byte{0} }, alertDecodeError},
-		{"RFC 7748 5 X25519 point with the top bit set is taken, the Finished is bad_record_mac", x25519, func([]byte) []byte {
-			return ecPoint(append(slices.Repeat([]byte{55}, 31), 0x80))
-		}, alertBadRecordMAC},
+		{"RFC 8422 5.7 P-256 point (0, 1) is illegal_parameter", p256, ecPoint(slices.Concat([]byte{4}, make([]byte, 63), []byte{1})), alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point (0, 0) is illegal_parameter", p256, ecPoint(append([]byte{4}, make([]byte, 64)...)), alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point with y all zero is illegal_parameter", p256, ecPoint(withoutY), alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point with y's last byte changed is illegal_parameter", p256, ecPoint(changed(good, 64, 0xff)), alertIllegalParameter},
+		{"RFC 8422 5.7 P-256 point without the form byte is illegal_parameter", p256, ecPoint(good[1:]), alertIllegalParameter},
+		{"RFC 8422 5.1.2 P-256 point in the hybrid form is illegal_parameter", p256, ecPoint(slices.Concat([]byte{hybrid}, x, y)), alertIllegalParameter},
+		{"RFC 8422 5.1.2 P-256 point in the compressed form is illegal_parameter", p256, ecPoint(append([]byte{compressed}, x...)), alertIllegalParameter},
+		{"RFC 8422 5.7 empty point is decode_error", p256, []byte{0}, alertDecodeError},
+		{"RFC 8422 5.7 point one byte short of its length is decode_error", p256, ecPoint(good)[:len(good)], alertDecodeError},
+		{"RFC 8422 5.7 a byte after the point is decode_error", p256, append(ecPoint(good), 0), alertDecodeError},
+		{"RFC 8422 5.11 X25519 point of 31 bytes is illegal_parameter", x25519, ecPoint(slices.Repeat([]byte{55}, 31)), alertIllegalParameter},
+		{"RFC 8422 5.11 X25519 point of 33 bytes is illegal_parameter", x25519, ecPoint(slices.Repeat([]byte{55}, 33)), alertIllegalParameter},
+		{"RFC 8422 5.7 empty X25519 point is decode_error", x25519, []byte{0}, alertDecodeError},
+		{"RFC 7748 5 X25519 point with the top bit set is taken, the Finished is bad_record_mac", x25519,
+			ecPoint(append(slices.Repeat([]byte{55}, 31), 0x80)), alertBadRecordMAC},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
-				expectPlainAlert(t, sendKeyExchange12(t, addr, tc.hello, tc.body), tc.alert)
+				expectPlainAlert(t, answerFlight12(t, addr, tc.hello, keyExchange12(tc.body)), tc.alert)
 			})
 		}
 	})
@@ -302,4 +288,106 @@ func TestProbeEdgeManyExtensions12(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestProbeEdgeDuplicateMessages12 is tlsfuzzer's
+// test-message-duplication.py for the ClientHello sent again in a full TLS
+// 1.2 handshake (the other duplicates are the engine's probes' and round
+// 1's): RFC 5246, Section 7.3, after the server's flight the client sends
+// its ClientKeyExchange, then ChangeCipherSpec; a ClientHello in place of
+// either is unexpected_message (the renegotiation a server may refuse
+// with a warning, RFC 5746, Section 4.4, comes only after the handshake).
+func TestProbeEdgeDuplicateMessages12(t *testing.T) {
+	f := newFixture(t)
+	hello := clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}, CurvePreferences: []tls.CurveID{tls.X25519}})
+	key, err := ecdh.X25519().GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	cke := fragments(hsMsg(16, ecPoint(key.PublicKey().Bytes())...), 1<<14)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range []struct {
+			name   string
+			answer []byte
+		}{
+			{"RFC 5246 7.3 a second ClientHello in place of the ClientKeyExchange is unexpected_message", fragments(hello, 1<<14)},
+			{"RFC 5246 7.3 a ClientHello after the ClientKeyExchange is unexpected_message", slices.Concat(cke, fragments(hello, 1<<14))},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				expectPlainAlert(t, answerFlight12(t, addr, hello, tc.answer), alertUnexpectedMessage)
+			})
+		}
+	})
+}
+
+// TestProbeEdgeSignatureAlgorithms12 is tlsfuzzer's test-sig-algs.py and
+// test-clienthello-md5.py against the RSA key in an ECDHE_RSA handshake:
+// RFC 5246, Section 7.4.1.4.1, the ServerKeyExchange is signed with a
+// scheme the client listed, which is never MD5 (RFC 6151) or SHA-1 (RFC
+// 9155, Section 2), wherever the client put them, nor a pair nobody
+// defined; with nothing else on the list, handshake_failure. A list that
+// is empty, of odd length, or whose length disagrees with the extension
+// is decode_error (Section 7.4.1.4.1: supported_signature_algorithms<2..2^16-2>).
+// tlsfuzzer's "sha1 only" and "sha224 only" expect a handshake; RFC 9155
+// forbids the first, and the key signs with neither.
+func TestProbeEdgeSignatureAlgorithms12(t *testing.T) {
+	f := newFixture(t)
+	base := parseHello(t, clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12})).
+		withSuites(tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)
+	const (
+		md5RSA    uint16 = 0x0101
+		sha1RSA   uint16 = 0x0201
+		sha224RSA uint16 = 0x0301
+		sha256RSA uint16 = 0x0401
+		sha512RSA uint16 = 0x0601
+	)
+	undefined := []uint16{0x0418, 0x1801, 0x0a0a, 0x0918, 0xffff}
+	chosen := []struct {
+		name    string
+		schemes []uint16
+		allowed []uint16 // those of schemes the signature may use
+	}{
+		{"MD5 first is passed over", []uint16{md5RSA, sha512RSA, sha256RSA, sha1RSA}, []uint16{sha512RSA, sha256RSA}},
+		{"MD5 and SHA-1 before SHA-256 are passed over", []uint16{md5RSA, sha1RSA, sha224RSA, sha256RSA}, []uint16{sha256RSA}},
+		{"undefined pairs first are passed over", append(slices.Clone(undefined), sha256RSA), []uint16{sha256RSA}},
+	}
+	refused := []struct {
+		name  string
+		data  []byte
+		alert uint8
+	}{
+		{"MD5 only is handshake_failure", u16list(md5RSA), alertHandshakeFailure},
+		{"SHA-1 only is handshake_failure", u16list(sha1RSA), alertHandshakeFailure},
+		{"undefined pairs only are handshake_failure", u16list(undefined...), alertHandshakeFailure},
+		{"an empty list is decode_error", []byte{0, 0}, alertDecodeError},
+		{"a list of odd length is decode_error", []byte{0, 3, 4, 1, 4}, alertDecodeError},
+		{"a list shorter than the extension is decode_error", []byte{0, 4, 2, 1, 4, 1, 4, 3}, alertDecodeError},
+		{"a list longer than the extension is decode_error", []byte{0, 4, 4, 1}, alertDecodeError},
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range chosen {
+			t.Run("RFC 5246 7.4.1.4.1 "+tc.name, func(t *testing.T) {
+				flight := readFlight12(t, sendHello(t, addr, base.set(extSigAlgs, u16list(tc.schemes...)).marshal()))
+				assert.Contains(t, tc.allowed, serverKeyExchangeScheme(t, flight), "the ServerKeyExchange's signature scheme")
+			})
+		}
+		for _, tc := range refused {
+			t.Run("RFC 5246 7.4.1.4.1 "+tc.name, func(t *testing.T) {
+				expectPlainAlert(t, sendHello(t, addr, base.set(extSigAlgs, tc.data).marshal()), tc.alert)
+			})
+		}
+	})
+}
+
+// serverKeyExchangeScheme is the signature scheme of the ServerKeyExchange
+// in flight (RFC 5246, Section 7.4.3, and RFC 8422, Section 5.4: the
+// ServerECDHParams, then the SignatureAndHashAlgorithm).
+func serverKeyExchangeScheme(t *testing.T, flight []byte) uint16 {
+	t.Helper()
+	for flight[0] != 12 {
+		flight = flight[4+(int(flight[1])<<16|int(flight[2])<<8|int(flight[3])):]
+	}
+	params := flight[4:]
+	n := 1 + 2 + 1 + int(params[3]) // curve_type, named curve, point
+	require.Greater(t, len(params), n+2, "ServerKeyExchange")
+	return uint16(params[n])<<8 | uint16(params[n+1])
 }
