@@ -391,3 +391,48 @@ func serverKeyExchangeScheme(t *testing.T, flight []byte) uint16 {
 	require.Greater(t, len(params), n+2, "ServerKeyExchange")
 	return uint16(params[n])<<8 | uint16(params[n+1])
 }
+
+// TestProbeEdgeVersionsAndGroups13 is what tlsfuzzer's
+// test-tls13-version-negotiation.py and test-tls13-obsolete-curves.py
+// send that the earlier rounds did not. RFC 8446, Section 4.2.1: a
+// supported_versions of SSL 3.0 alone is protocol_version; one of a
+// future version and TLS 1.2 gets TLS 1.2, whose ServerHello carries no
+// supported_versions. Appendix B.3.1.4: the obsolete groups (secp160k1 to
+// secp224r1, 0x0001-0x0016, and kin) "MUST NOT be offered" by a TLS 1.3
+// client, but RFC 8446 names nothing for the server to do about it;
+// tlsfuzzer expects illegal_parameter even beside P-256 and its share. The
+// edge passes over groups it does not do, as crypto/tls and OpenSSL (3.0,
+// checked) do: the handshake goes on with P-256, and with an obsolete
+// group alone (Section 4.1.1) it is handshake_failure.
+func TestProbeEdgeVersionsAndGroups13(t *testing.T) {
+	f := newFixture(t)
+	const secp224r1 uint16 = 0x0015
+	p256, err := ecdh.P256().GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		t.Run("4.2.1 supported_versions of SSL 3.0 alone is protocol_version", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extVersions, []byte{2, 3, 0}))
+			expectPlainAlert(t, c.raw, alertProtocolVersion)
+		})
+		t.Run("4.2.1 supported_versions of a future version and TLS 1.2 gets TLS 1.2", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.withSuites(suite13, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).set(extVersions, []byte{4, 3, 9, 3, 3}))
+			sh := readServerHello(t, c.raw)
+			assert.Equal(t, uint16(tls.VersionTLS12), sh.version)
+			_, ok := sh.lookup(extVersions)
+			assert.False(t, ok, "supported_versions in a TLS 1.2 ServerHello")
+		})
+		t.Run("B.3.1.4 an obsolete group beside P-256 is passed over", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extGroups, u16list(secp224r1, groupP256)).set(extKeyShare, keyShare(groupP256, p256.PublicKey().Bytes())))
+			sh := readServerHello(t, c.raw)
+			assert.Equal(t, []byte{0, 0x17}, sh.ext(extKeyShare)[:2], "ServerHello key_share group")
+		})
+		t.Run("4.1.1 an obsolete group alone is handshake_failure", func(t *testing.T) {
+			c := dialClient13(t, f, addr)
+			c.send(c.hello.set(extGroups, u16list(secp224r1)).set(extKeyShare, keyShare(secp224r1, slices.Repeat([]byte{0xab}, 32))))
+			expectPlainAlert(t, c.raw, alertHandshakeFailure)
+		})
+	})
+}
