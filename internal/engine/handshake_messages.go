@@ -734,10 +734,14 @@ func (m *certificateVerifyMsg) marshal() []byte {
 	})
 }
 
+// unmarshal reads a CertificateVerify. The signature is opaque
+// signature<0..2^16-1> (RFC 8446, Section 4.4.3; RFC 5246, Section 4.7):
+// an empty one decodes, and fails to verify (decrypt_error), as
+// tlsfuzzer's test-certificate-verify-malformed.py expects.
 func (m *certificateVerifyMsg) unmarshal(body []byte) bool {
 	s := cryptobyte.String(body)
 	return s.ReadUint16((*uint16)(&m.signatureAlgorithm)) &&
-		s.ReadUint16LengthPrefixed((*cryptobyte.String)(&m.signature)) && len(m.signature) > 0 && s.Empty()
+		s.ReadUint16LengthPrefixed((*cryptobyte.String)(&m.signature)) && s.Empty()
 }
 
 // serverKeyExchangeMsg carries ServerECDHParams and their signature, RFC 8422,

@@ -750,6 +750,37 @@ func coalesce13(t *testing.T, p *peer, flight []byte, join func(msgs []byte, hs 
 	return append(plain, join(msgs, out)...)
 }
 
+// clientAuthHandshake runs crypto/tls's handshake of version with the
+// client certificates certs against the edge at addr, its last flight
+// (from the Certificate on) replaced by what rewrite makes of it, the
+// peer's keys set, and returns the client, its deadline 20 seconds away,
+// and the handshake's error.
+func clientAuthHandshake(t *testing.T, f *fixture, addr string, version uint16, certs []tls.Certificate, rewrite func(p *peer, flight []byte) []byte) (*tls.Conn, error) {
+	t.Helper()
+	tap := &tapConn{Conn: dialRaw(t, addr)}
+	logs := &testenv.Buffer{}
+	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: logs}
+	label := "CLIENT_RANDOM"
+	if p.tls13 {
+		label = "CLIENT_TRAFFIC_SECRET_0"
+	}
+	rewritten := false
+	tap.write = func(b []byte) []byte {
+		if rewritten || !bytes.Contains(logs.Bytes(), []byte(label)) {
+			return b
+		}
+		rewritten = true
+		p.keys(t, tap.readSoFar())
+		return rewrite(p, b)
+	}
+	require.NoError(t, tap.SetDeadline(time.Now().Add(20*time.Second)))
+	c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, Certificates: certs,
+		MinVersion: version, MaxVersion: version, KeyLogWriter: logs})
+	err := c.Handshake()
+	require.True(t, rewritten, "the client's last flight was not rewritten")
+	return c, err
+}
+
 // TestProbeEdgeClientAuthFlights is tlsfuzzer's test-conversation.py and
 // test-record-layer-fragmentation.py for a client that authenticates with
 // a certificate (-client-auth require): its flight of several handshake
@@ -801,28 +832,9 @@ func TestProbeEdgeClientAuthFlights(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
-					tap := &tapConn{Conn: dialRaw(t, addr)}
-					logs := &testenv.Buffer{}
-					p := &peer{raw: tap, tls13: tc.version == tls.VersionTLS13, logs: logs}
-					label := "CLIENT_RANDOM"
-					if p.tls13 {
-						label = "CLIENT_TRAFFIC_SECRET_0"
-					}
-					rewritten := false
-					tap.write = func(b []byte) []byte {
-						if rewritten || !bytes.Contains(logs.Bytes(), []byte(label)) {
-							return b
-						}
-						rewritten = true
-						p.keys(t, tap.readSoFar())
-						return tc.rewrite(p, b)
-					}
-					c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, Certificates: certs,
-						MinVersion: tc.version, MaxVersion: tc.version, KeyLogWriter: logs})
-					require.NoError(t, c.Handshake())
-					require.True(t, rewritten, "the client's last flight was not rewritten")
-					require.NoError(t, tap.SetDeadline(time.Now().Add(20*time.Second)))
-					_, err := c.Write([]byte("ping"))
+					c, err := clientAuthHandshake(t, f, addr, tc.version, certs, tc.rewrite)
+					require.NoError(t, err)
+					_, err = c.Write([]byte("ping"))
 					require.NoError(t, err)
 					got := make([]byte, 4)
 					_, err = io.ReadFull(c, got)

@@ -436,3 +436,95 @@ func TestProbeEdgeVersionsAndGroups13(t *testing.T) {
 		})
 	})
 }
+
+// TestProbeEdgeCertificateVerify is tlsfuzzer's
+// test-certificate-verify-malformed.py against an edge that requires a
+// client certificate (-client-auth require): the client's
+// CertificateVerify (RFC 5246, Sections 7.4.8 and 4.7: a
+// SignatureAndHashAlgorithm, then signature<0..2^16-1>; RFC 8446, Section
+// 4.4.3, alike) changed in crypto/tls's last flight, TLS 1.2 and 1.3. A
+// message whose length disagrees with its signature's, or too short to
+// hold the scheme and the length, cannot be decoded: decode_error. One
+// that decodes, with a signature of 0 to 3 bytes, does not verify:
+// decrypt_error (Section 7.2.2).
+func TestProbeEdgeCertificateVerify(t *testing.T) {
+	f := newFixture(t)
+	_, caFile, client := clientCA(t, "client-5")
+	// certificateVerify is the CertificateVerify message with body.
+	certificateVerify := func(body []byte) []byte { return hsMsg(15, body...) }
+	tests := []struct {
+		name   string
+		change func(cv []byte) []byte // cv: crypto/tls's CertificateVerify message
+		alert  string                 // crypto/tls's text of the alert
+	}{
+		{"one byte past its signature is decode_error", func(cv []byte) []byte { return certificateVerify(append(slices.Clone(cv[4:]), 0)) }, "error decoding message"},
+		{"one byte short of its signature is decode_error", func(cv []byte) []byte { return certificateVerify(cv[4 : len(cv)-1]) }, "error decoding message"},
+	}
+	for _, v := range []byte{1, 2, 0x80, 0xff} {
+		tests = append(tests, struct {
+			name   string
+			change func(cv []byte) []byte
+			alert  string
+		}{fmt.Sprintf("signature length changed by %#x is decode_error", v), func(cv []byte) []byte {
+			cv = slices.Clone(cv)
+			cv[7] ^= v
+			return cv
+		}, "error decoding message"})
+	}
+	for n := range 4 {
+		tests = append(tests, struct {
+			name   string
+			change func(cv []byte) []byte
+			alert  string
+		}{fmt.Sprintf("a signature of %d bytes is decrypt_error", n), func(cv []byte) []byte {
+			return certificateVerify(slices.Concat(cv[4:6], []byte{0, byte(n)}, slices.Repeat([]byte{0xac}, n)))
+		}, "error decrypting message"}, struct {
+			name   string
+			change func(cv []byte) []byte
+			alert  string
+		}{fmt.Sprintf("a CertificateVerify of %d bytes is decode_error", n), func(cv []byte) []byte {
+			return certificateVerify(cv[4 : 4+n])
+		}, "error decoding message"})
+	}
+	// changed replaces the CertificateVerify among msgs.
+	changed := func(msgs []byte, change func(cv []byte) []byte) []byte {
+		var out []byte
+		for len(msgs) > 0 {
+			n := 4 + (int(msgs[1])<<16 | int(msgs[2])<<8 | int(msgs[3]))
+			msg := msgs[:n]
+			if msg[0] == 15 {
+				msg = change(msg)
+			}
+			out, msgs = append(out, msg...), msgs[n:]
+		}
+		return out
+	}
+	probeEdgesWith(t, f, []string{"-client-auth", "require", "-client-ca", caFile}, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run("RFC 5246 7.4.8 "+tc.name, func(t *testing.T) {
+				_, err := clientAuthHandshake(t, f, addr, tls.VersionTLS12, []tls.Certificate{client}, func(_ *peer, flight []byte) []byte {
+					return coalesce12(t, flight, func(msgs []byte) []byte {
+						return record.Append(nil, record.Handshake, 0x0303, changed(msgs, tc.change))
+					})
+				})
+				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
+			})
+			// RFC 8446, Section 4.4.3: the same structure. The client has
+			// finished by then; the alert comes under the server's
+			// handshake key, which crypto/tls still has.
+			t.Run("RFC 8446 4.4.3 "+tc.name, func(t *testing.T) {
+				c, err := clientAuthHandshake(t, f, addr, tls.VersionTLS13, []tls.Certificate{client}, func(p *peer, flight []byte) []byte {
+					return coalesce13(t, p, flight, func(msgs []byte, hs *record.Cipher) []byte {
+						rec, err := hs.Seal(nil, record.Handshake, changed(msgs, tc.change), 0)
+						require.NoError(t, err)
+						return rec
+					})
+				})
+				if err == nil {
+					_, err = c.Read(make([]byte, 1))
+				}
+				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
+			})
+		}
+	})
+}
