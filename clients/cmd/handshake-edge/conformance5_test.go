@@ -437,6 +437,21 @@ func TestProbeEdgeVersionsAndGroups13(t *testing.T) {
 	})
 }
 
+// withMessage is the handshake messages msgs with the one of type typ
+// replaced by what change makes of it.
+func withMessage(msgs []byte, typ byte, change func(msg []byte) []byte) []byte {
+	var out []byte
+	for len(msgs) > 0 {
+		n := 4 + (int(msgs[1])<<16 | int(msgs[2])<<8 | int(msgs[3]))
+		msg := msgs[:n]
+		if msg[0] == typ {
+			msg = change(msg)
+		}
+		out, msgs = append(out, msg...), msgs[n:]
+	}
+	return out
+}
+
 // TestProbeEdgeCertificateVerify is tlsfuzzer's
 // test-certificate-verify-malformed.py against an edge that requires a
 // client certificate (-client-auth require): the client's
@@ -486,25 +501,12 @@ func TestProbeEdgeCertificateVerify(t *testing.T) {
 			return certificateVerify(cv[4 : 4+n])
 		}, "error decoding message"})
 	}
-	// changed replaces the CertificateVerify among msgs.
-	changed := func(msgs []byte, change func(cv []byte) []byte) []byte {
-		var out []byte
-		for len(msgs) > 0 {
-			n := 4 + (int(msgs[1])<<16 | int(msgs[2])<<8 | int(msgs[3]))
-			msg := msgs[:n]
-			if msg[0] == 15 {
-				msg = change(msg)
-			}
-			out, msgs = append(out, msg...), msgs[n:]
-		}
-		return out
-	}
 	probeEdgesWith(t, f, []string{"-client-auth", "require", "-client-ca", caFile}, func(t *testing.T, addr string) {
 		for _, tc := range tests {
 			t.Run("RFC 5246 7.4.8 "+tc.name, func(t *testing.T) {
 				_, err := clientAuthHandshake(t, f, addr, tls.VersionTLS12, []tls.Certificate{client}, func(_ *peer, flight []byte) []byte {
 					return coalesce12(t, flight, func(msgs []byte) []byte {
-						return record.Append(nil, record.Handshake, 0x0303, changed(msgs, tc.change))
+						return record.Append(nil, record.Handshake, 0x0303, withMessage(msgs, 15, tc.change))
 					})
 				})
 				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
@@ -515,7 +517,7 @@ func TestProbeEdgeCertificateVerify(t *testing.T) {
 			t.Run("RFC 8446 4.4.3 "+tc.name, func(t *testing.T) {
 				c, err := clientAuthHandshake(t, f, addr, tls.VersionTLS13, []tls.Certificate{client}, func(p *peer, flight []byte) []byte {
 					return coalesce13(t, p, flight, func(msgs []byte, hs *record.Cipher) []byte {
-						rec, err := hs.Seal(nil, record.Handshake, changed(msgs, tc.change), 0)
+						rec, err := hs.Seal(nil, record.Handshake, withMessage(msgs, 15, tc.change), 0)
 						require.NoError(t, err)
 						return rec
 					})
@@ -524,6 +526,73 @@ func TestProbeEdgeCertificateVerify(t *testing.T) {
 					_, err = c.Read(make([]byte, 1))
 				}
 				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
+			})
+		}
+	})
+}
+
+// TestProbeEdgeClientCertificate12 is tlsfuzzer's
+// test-certificate-malformed.py against an edge that asks for a client
+// certificate (-client-auth request): the TLS 1.2 client's Certificate
+// (RFC 5246, Section 7.4.6: ASN.1Cert certificate_list<0..2^24-1>, each
+// ASN.1Cert<1..2^24-1>) replaced in crypto/tls's last flight. Lengths that
+// do not add up to the message are decode_error; a list that decodes, of
+// one certificate of zero bytes, is not a certificate: bad_certificate
+// (RFC 5246, Section 7.2.2). The script leaves a certificate of no bytes
+// at all to the server, and so does this probe.
+func TestProbeEdgeClientCertificate12(t *testing.T) {
+	f := newFixture(t)
+	_, caFile, client := clientCA(t, "client-6")
+	type variant struct {
+		name   string
+		change func(msg []byte) []byte // msg: crypto/tls's Certificate message
+		alert  string                  // crypto/tls's text of the alert
+	}
+	var variants []variant
+	// The script's "fuzz empty certificate": the list's length i, k bytes
+	// after it, the third of which (the low byte of the first
+	// certificate's length) is j.
+	for i := range 8 {
+		for j := range 8 {
+			for k := range 6 {
+				if i == 3 && j == 0 || k == 0 && i == 0 || k < 3 && j > 0 {
+					continue // well-formed, or left to the server; j unused
+				}
+				body := append([]byte{0, 0, byte(i)}, make([]byte, k)...)
+				if k >= 3 {
+					body[5] = byte(j)
+				}
+				alert := "error decoding message"
+				if i == j+3 && k == i {
+					alert = "bad certificate"
+				}
+				variants = append(variants, variant{fmt.Sprintf("list length %d, first certificate length %d, %d bytes", i, j, k+3),
+					func([]byte) []byte { return hsMsg(11, body...) }, alert})
+			}
+		}
+	}
+	// The real certificate's lengths changed.
+	for _, v := range []byte{1, 2, 0x10, 0x80, 0xff} {
+		for _, at := range []struct {
+			name string
+			i    int
+		}{{"list length's low byte", 6}, {"first certificate length's high byte", 7}, {"first certificate length's low byte", 9}} {
+			variants = append(variants, variant{fmt.Sprintf("the %s changed by %#x", at.name, v), func(msg []byte) []byte {
+				msg = slices.Clone(msg)
+				msg[at.i] ^= v
+				return msg
+			}, "error decoding message"})
+		}
+	}
+	probeEdgesWith(t, f, []string{"-client-auth", "request", "-client-ca", caFile}, func(t *testing.T, addr string) {
+		for _, v := range variants {
+			t.Run("RFC 5246 7.4.6 "+v.name, func(t *testing.T) {
+				_, err := clientAuthHandshake(t, f, addr, tls.VersionTLS12, []tls.Certificate{client}, func(_ *peer, flight []byte) []byte {
+					return coalesce12(t, flight, func(msgs []byte) []byte {
+						return record.Append(nil, record.Handshake, 0x0303, withMessage(msgs, 11, v.change))
+					})
+				})
+				assert.ErrorContains(t, err, "remote error: tls: "+v.alert)
 			})
 		}
 	})
