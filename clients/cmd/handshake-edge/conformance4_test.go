@@ -757,13 +757,8 @@ func coalesce13(t *testing.T, p *peer, flight []byte, join func(msgs []byte, hs 
 // and the handshake's error.
 func clientAuthHandshake(t *testing.T, f *fixture, addr string, version uint16, certs []tls.Certificate, rewrite func(p *peer, flight []byte) []byte) (*tls.Conn, error) {
 	t.Helper()
-	tap := &tapConn{Conn: dialRaw(t, addr)}
-	logs := &testenv.Buffer{}
-	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: logs}
-	label := "CLIENT_RANDOM"
-	if p.tls13 {
-		label = "CLIENT_TRAFFIC_SECRET_0"
-	}
+	tap, p, label := tappedPeer(t, addr, version)
+	logs := p.logs
 	rewritten := false
 	tap.write = func(b []byte) []byte {
 		if rewritten || !bytes.Contains(logs.Bytes(), []byte(label)) {

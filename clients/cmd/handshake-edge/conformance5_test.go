@@ -452,6 +452,21 @@ func withMessage(msgs []byte, typ byte, change func(msg []byte) []byte) []byte {
 	return out
 }
 
+// expectClientAuthAlert12 runs a TLS 1.2 handshake with the client
+// certificate client, its message of type typ (Certificate or
+// CertificateVerify) changed by change, all of the flight before the
+// ChangeCipherSpec in one record, and checks that the edge answered with
+// the alert crypto/tls names alert.
+func expectClientAuthAlert12(t *testing.T, f *fixture, addr string, client tls.Certificate, typ byte, change func(msg []byte) []byte, alert string) {
+	t.Helper()
+	_, err := clientAuthHandshake(t, f, addr, tls.VersionTLS12, []tls.Certificate{client}, func(_ *peer, flight []byte) []byte {
+		return coalesce12(t, flight, func(msgs []byte) []byte {
+			return record.Append(nil, record.Handshake, 0x0303, withMessage(msgs, typ, change))
+		})
+	})
+	assert.ErrorContains(t, err, "remote error: tls: "+alert)
+}
+
 // TestProbeEdgeCertificateVerify is tlsfuzzer's
 // test-certificate-verify-malformed.py against an edge that requires a
 // client certificate (-client-auth require): the client's
@@ -504,12 +519,7 @@ func TestProbeEdgeCertificateVerify(t *testing.T) {
 	probeEdgesWith(t, f, []string{"-client-auth", "require", "-client-ca", caFile}, func(t *testing.T, addr string) {
 		for _, tc := range tests {
 			t.Run("RFC 5246 7.4.8 "+tc.name, func(t *testing.T) {
-				_, err := clientAuthHandshake(t, f, addr, tls.VersionTLS12, []tls.Certificate{client}, func(_ *peer, flight []byte) []byte {
-					return coalesce12(t, flight, func(msgs []byte) []byte {
-						return record.Append(nil, record.Handshake, 0x0303, withMessage(msgs, 15, tc.change))
-					})
-				})
-				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
+				expectClientAuthAlert12(t, f, addr, client, 15, tc.change, tc.alert)
 			})
 			// RFC 8446, Section 4.4.3: the same structure. The client has
 			// finished by then; the alert comes under the server's
@@ -587,12 +597,7 @@ func TestProbeEdgeClientCertificate12(t *testing.T) {
 	probeEdgesWith(t, f, []string{"-client-auth", "request", "-client-ca", caFile}, func(t *testing.T, addr string) {
 		for _, v := range variants {
 			t.Run("RFC 5246 7.4.6 "+v.name, func(t *testing.T) {
-				_, err := clientAuthHandshake(t, f, addr, tls.VersionTLS12, []tls.Certificate{client}, func(_ *peer, flight []byte) []byte {
-					return coalesce12(t, flight, func(msgs []byte) []byte {
-						return record.Append(nil, record.Handshake, 0x0303, withMessage(msgs, 11, v.change))
-					})
-				})
-				assert.ErrorContains(t, err, "remote error: tls: "+v.alert)
+				expectClientAuthAlert12(t, f, addr, client, 11, v.change, v.alert)
 			})
 		}
 	})

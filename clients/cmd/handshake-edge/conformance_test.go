@@ -369,16 +369,24 @@ type peerHooks struct {
 	last func(p *peer, flight []byte) []byte
 }
 
+// tappedPeer is a peer of version on a new tapConn to addr, before
+// crypto/tls runs its handshake on it, and the key log label crypto/tls
+// writes just before the client's last flight.
+func tappedPeer(t *testing.T, addr string, version uint16) (*tapConn, *peer, string) {
+	t.Helper()
+	tap := &tapConn{Conn: dialRaw(t, addr)}
+	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: &testenv.Buffer{}}
+	if p.tls13 {
+		return tap, p, "CLIENT_TRAFFIC_SECRET_0"
+	}
+	return tap, p, "CLIENT_RANDOM"
+}
+
 // dialPeerWith is dialPeer whose client writes what hooks say.
 func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, hooks peerHooks) *peer {
 	t.Helper()
-	tap := &tapConn{Conn: dialRaw(t, addr)}
-	logs := &testenv.Buffer{}
-	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: logs}
-	label := "CLIENT_RANDOM"
-	if p.tls13 {
-		label = "CLIENT_TRAFFIC_SECRET_0"
-	}
+	tap, p, label := tappedPeer(t, addr, version)
+	logs := p.logs
 	writes := 0
 	tap.write = func(b []byte) []byte {
 		switch {
