@@ -802,5 +802,8 @@ func parseClientKeyExchange(body []byte, rsaKex bool) ([]byte, bool) {
 	} else {
 		ok = s.ReadUint8LengthPrefixed(&v)
 	}
-	return v, ok && !v.Empty() && s.Empty()
+	// An ECPoint is <1..2^8-1> (RFC 8422, Section 5.7); an RSA-encrypted
+	// premaster may be of any length, and one of the wrong length is the
+	// server's to pass over (processClientKeyExchange).
+	return v, ok && (rsaKex || !v.Empty()) && s.Empty()
 }

@@ -3,11 +3,14 @@ package main
 import (
 	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -598,6 +601,68 @@ func TestProbeEdgeClientCertificate12(t *testing.T) {
 		for _, v := range variants {
 			t.Run("RFC 5246 7.4.6 "+v.name, func(t *testing.T) {
 				expectClientAuthAlert12(t, f, addr, client, 11, v.change, v.alert)
+			})
+		}
+	})
+}
+
+// TestProbeEdgeRSAKeyExchange12 is tlsfuzzer's
+// test-truncating-of-kRSA-client-key-exchange.py and
+// test-invalid-rsa-key-exchange-messages.py: the TLS 1.2 client's RSA
+// ClientKeyExchange (RFC 5246, Section 7.4.7.1: EncryptedPreMasterSecret,
+// opaque<0..2^16-1>) replaced in crypto/tls's flight. One whose message
+// length disagrees with the ciphertext's cannot be decoded: decode_error.
+// A ciphertext that decodes but is all zeros, of the key's size or of
+// another, empty, or the modulus itself, does not decrypt to a premaster:
+// "a TLS server MUST NOT generate an alert if processing an RSA-encrypted
+// premaster secret message fails" and goes on with a random one (Section
+// 7.4.7.1), so the client's Finished does not authenticate,
+// bad_record_mac, as for every bad padding (TestProbeEdgeRSAPremaster).
+// Before this round a ciphertext not of the modulus size was decode_error.
+func TestProbeEdgeRSAKeyExchange12(t *testing.T) {
+	f := newFixture(t)
+	cert, err := x509.ParseCertificate(f.rsa.Chain[0])
+	require.NoError(t, err)
+	modulus := cert.PublicKey.(*rsa.PublicKey).N.Bytes() // 256 bytes
+	encrypted := func(c []byte) func([]byte) []byte {
+		return func([]byte) []byte { return hsMsg(16, append([]byte{byte(len(c) >> 8), byte(len(c))}, c...)...) }
+	}
+	tests := []struct {
+		name   string
+		change func(cke []byte) []byte // cke: crypto/tls's ClientKeyExchange message
+		alert  string                  // crypto/tls's text of the alert
+	}{
+		{"a byte past the ciphertext is decode_error", func(cke []byte) []byte { return hsMsg(16, append(slices.Clone(cke[4:]), 0)...) }, "error decoding message"},
+		{"a byte short of the ciphertext is decode_error", func(cke []byte) []byte { return hsMsg(16, cke[4:len(cke)-1]...) }, "error decoding message"},
+		{"the modulus as the ciphertext is bad_record_mac", encrypted(modulus), "bad record MAC"},
+		{"an empty ciphertext is bad_record_mac", encrypted(nil), "bad record MAC"},
+	}
+	for _, size := range []int{128, 256, 384, 512} {
+		tests = append(tests, struct {
+			name   string
+			change func(cke []byte) []byte
+			alert  string
+		}{fmt.Sprintf("a ciphertext of %d zero bytes is bad_record_mac", size), encrypted(make([]byte, size)), "bad record MAC"})
+	}
+	probeEdges(t, f, func(t *testing.T, addr string) {
+		for _, tc := range tests {
+			t.Run("RFC 5246 7.4.7.1 "+tc.name, func(t *testing.T) {
+				raw := dialRaw(t, addr)
+				changed := false
+				c := &tapConn{Conn: raw, write: func(b []byte) []byte {
+					recs := splitPlainRecords(t, b)
+					if changed || len(recs) == 0 || recs[0].typ != record.Handshake || recs[0].body[0] != 16 {
+						return b
+					}
+					changed = true
+					rest := b[record.HeaderLen+len(recs[0].body):]
+					return append(fragments(tc.change(recs[0].body), 1<<14), rest...)
+				}}
+				require.NoError(t, raw.SetDeadline(time.Now().Add(20*time.Second)))
+				err := tls.Client(c, &tls.Config{ServerName: f.rsa.Name, RootCAs: f.rsa.Pool, MaxVersion: tls.VersionTLS12,
+					CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}}).Handshake()
+				require.True(t, changed, "no ClientKeyExchange written")
+				assert.ErrorContains(t, err, "remote error: tls: "+tc.alert)
 			})
 		}
 	})
