@@ -264,6 +264,14 @@ func (h *Handshake) processMessages() error {
 			limit = maxCertificateMessage
 		}
 		if n > limit {
+			// No ClientHello is longer than its fields can hold: one
+			// whose header says more has "the length of the message ...
+			// incorrect", RFC 8446, Section 6.2's decode_error (as
+			// tlsfuzzer expects). The other bounds are the engine's own,
+			// below what the protocol allows.
+			if typ == typeClientHello {
+				return fail(alertDecodeError, "%d-byte ClientHello, longer than its fields can be (%d)", n, limit)
+			}
 			return fail(alertIllegalParameter, "%d-byte handshake message exceeds %d", n, limit)
 		}
 		if len(h.hsBuf) < 4+n {

@@ -128,6 +128,7 @@ type clientHelloMsg struct {
 	compressionMethods      []uint8
 	extensions              []uint16 // types in the order sent
 	serverName              string
+	hostNames               int // host_name entries in server_name
 	ocspStapling            bool
 	supportedGroups         []tls.CurveID
 	supportedPoints         []uint8
@@ -156,6 +157,23 @@ type clientHelloMsg struct {
 	// Section 4), when has(extensionRecordSizeLimit).
 	recordSizeLimit uint16
 }
+
+// codePoints is a set of 16-bit code points (extension types, groups). A
+// ClientHello's lists can hold thousands of them (its extensions block
+// alone up to 2^16-1 bytes), and comparing such lists pairwise would let
+// one ClientHello cost the server some hundred milliseconds.
+type codePoints [1 << 16 / 64]uint64
+
+// add puts v in the set and reports whether it was not there.
+func (s *codePoints) add(v uint16) bool {
+	if s.has(v) {
+		return false
+	}
+	s[v/64] |= 1 << (v % 64)
+	return true
+}
+
+func (s *codePoints) has(v uint16) bool { return s[v/64]&(1<<(v%64)) != 0 }
 
 // has reports whether the client sent extension ext.
 func (m *clientHelloMsg) has(ext uint16) bool { return slices.Contains(m.extensions, ext) }
@@ -230,6 +248,7 @@ func (m *clientHelloMsg) unmarshal(body []byte) bool {
 	if !s.ReadUint16LengthPrefixed(&exts) || !s.Empty() {
 		return false
 	}
+	var seen codePoints
 	for !exts.Empty() {
 		var ext uint16
 		var data cryptobyte.String
@@ -237,10 +256,8 @@ func (m *clientHelloMsg) unmarshal(body []byte) bool {
 			return false
 		}
 		// RFC 8446, Section 4.2: at most one extension of each type.
-		for _, seen := range m.extensions {
-			if seen == ext {
-				return false
-			}
+		if !seen.add(ext) {
+			return false
 		}
 		m.extensions = append(m.extensions, ext)
 		if !m.unmarshalExtension(ext, data) {
@@ -274,10 +291,12 @@ func (m *clientHelloMsg) unmarshalExtension(ext uint16, data cryptobyte.String) 
 			if nameType != 0 {
 				continue
 			}
-			if m.serverName != "" {
-				return false // only one host_name
+			// The list "MUST NOT contain more than one name of the same
+			// name_type": a second host_name decodes, and is refused
+			// (checkHostNames) as a field inconsistent with another.
+			if m.hostNames++; m.hostNames == 1 {
+				m.serverName = string(name)
 			}
-			m.serverName = string(name)
 		}
 	case extensionStatusRequest:
 		// RFC 6066, Section 8. No stapling is offered, but the request is
@@ -715,10 +734,14 @@ func (m *certificateVerifyMsg) marshal() []byte {
 	})
 }
 
+// unmarshal reads a CertificateVerify. The signature is opaque
+// signature<0..2^16-1> (RFC 8446, Section 4.4.3; RFC 5246, Section 4.7):
+// an empty one decodes, and fails to verify (decrypt_error), as
+// tlsfuzzer's test-certificate-verify-malformed.py expects.
 func (m *certificateVerifyMsg) unmarshal(body []byte) bool {
 	s := cryptobyte.String(body)
 	return s.ReadUint16((*uint16)(&m.signatureAlgorithm)) &&
-		s.ReadUint16LengthPrefixed((*cryptobyte.String)(&m.signature)) && len(m.signature) > 0 && s.Empty()
+		s.ReadUint16LengthPrefixed((*cryptobyte.String)(&m.signature)) && s.Empty()
 }
 
 // serverKeyExchangeMsg carries ServerECDHParams and their signature, RFC 8422,
@@ -779,5 +802,8 @@ func parseClientKeyExchange(body []byte, rsaKex bool) ([]byte, bool) {
 	} else {
 		ok = s.ReadUint8LengthPrefixed(&v)
 	}
-	return v, ok && !v.Empty() && s.Empty()
+	// An ECPoint is <1..2^8-1> (RFC 8422, Section 5.7); an RSA-encrypted
+	// premaster may be of any length, and one of the wrong length is the
+	// server's to pass over (processClientKeyExchange).
+	return v, ok && (rsaKex || !v.Empty()) && s.Empty()
 }

@@ -331,9 +331,12 @@ func TestCertificateVerifyRoundTrip(t *testing.T) {
 	require.True(t, got.unmarshal(msg[4:]))
 	assert.Equal(t, m.signatureAlgorithm, got.signatureAlgorithm)
 	assert.Equal(t, m.signature, got.signature)
-	for _, bad := range [][]byte{msg[4 : len(msg)-1], append(slices.Clone(msg[4:]), 0), {4, 3, 0, 0}} {
+	for _, bad := range [][]byte{msg[4 : len(msg)-1], append(slices.Clone(msg[4:]), 0), {4, 3, 0}, {4, 3}} {
 		assert.False(t, got.unmarshal(bad), "accepted %x", bad)
 	}
+	// signature<0..2^16-1>: an empty one decodes (and does not verify).
+	require.True(t, got.unmarshal([]byte{4, 3, 0, 0}))
+	assert.Empty(t, got.signature)
 }
 
 // TestServerMessages checks the encodings of what the server sends against

@@ -30,6 +30,9 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed ClientHello")
 	}
 	h.noteClientHello(&ch)
+	if err := ch.checkHostNames(); err != nil {
+		return err
+	}
 	if err := h.takeRecordSizeLimit(&ch); err != nil {
 		return err
 	}
@@ -65,6 +68,18 @@ func (h *Handshake) processClientHello(body, raw []byte) error {
 		return h.serverHello13(&ch, raw)
 	}
 	return h.serverHello12(&ch, raw)
+}
+
+// checkHostNames refuses a server_name list of more than one host_name:
+// RFC 6066, Section 3 forbids it and names no alert. The list decodes, so
+// it is not decode_error; a second name of the same type is a field
+// inconsistent with another, RFC 8446, Section 6.2's illegal_parameter
+// (tlsfuzzer's test-invalid-server-name-extension.py expects it).
+func (m *clientHelloMsg) checkHostNames() error {
+	if m.hostNames > 1 {
+		return fail(alertIllegalParameter, "server_name with %d host_names", m.hostNames)
+	}
+	return nil
 }
 
 // versionSSL30 is SSL 3.0's version number (crypto/tls's is deprecated).
@@ -497,16 +512,25 @@ func (h *Handshake) processClientKeyExchange(body, raw []byte) error {
 		if h.keys == nil {
 			return errNoKeyOps
 		}
-		// The ciphertext's length is public, so one that is not the modulus
-		// size is malformed input, not a padding error to hide (RFC 8017,
-		// Section 7.2.2, step 1), and costs no key operation.
-		if pub, ok := h.cfg.Certificates[h.cert].leaf.PublicKey.(*rsa.PublicKey); !ok || len(payload) != pub.Size() {
-			return fail(alertDecodeError, "RSA-encrypted premaster of %d bytes does not match the key", len(payload))
-		}
-		var err error
-		preMaster, err = h.keys.DecryptPremaster(h.ctx, h.cfg.Certificates[h.cert].KeyRef, payload, h.clientVersion)
-		if err != nil {
-			return failWrap(alertInternalError, keyOpsError{err}, "premaster decryption")
+		// A ciphertext that is not of the modulus size cannot decrypt (RFC
+		// 8017, Section 7.2.2, step 1). Its length is public, so there is
+		// nothing to hide, but RFC 5246, Section 7.4.7.1 still has the
+		// server "continue the handshake with a randomly generated premaster
+		// secret" and send no alert of its own, as for any ciphertext that
+		// fails (tlsfuzzer's test-invalid-rsa-key-exchange-messages.py
+		// expects the Finished's bad_record_mac); the random premaster is
+		// drawn here, with no key operation.
+		if pub, ok := h.cfg.Certificates[h.cert].leaf.PublicKey.(*rsa.PublicKey); ok && len(payload) == pub.Size() {
+			var err error
+			preMaster, err = h.keys.DecryptPremaster(h.ctx, h.cfg.Certificates[h.cert].KeyRef, payload, h.clientVersion)
+			if err != nil {
+				return failWrap(alertInternalError, keyOpsError{err}, "premaster decryption")
+			}
+		} else {
+			preMaster = make([]byte, masterSecretLength)
+			if _, err := io.ReadFull(h.cfg.rand(), preMaster); err != nil {
+				return failWrap(alertInternalError, err, "random premaster")
+			}
 		}
 		if len(preMaster) != masterSecretLength {
 			return fail(alertInternalError, "premaster decryption returned %d bytes, want 48", len(preMaster))

@@ -60,14 +60,16 @@ func (h *Handshake) negotiate13(ch *clientHelloMsg) (negotiation13, error) {
 		return n, fail(alertHandshakeFailure, "TLS 1.3 ClientHello offers only a PSK (no supported_groups), and the server resumes no session that way")
 	}
 	// RFC 8446, Section 4.2.8: one share per group, each for an offered group.
-	for i, ks := range ch.keyShares {
-		if !slices.Contains(ch.supportedGroups, ks.group) {
+	var offered, shared codePoints
+	for _, g := range ch.supportedGroups {
+		offered.add(uint16(g))
+	}
+	for _, ks := range ch.keyShares {
+		if !offered.has(uint16(ks.group)) {
 			return n, fail(alertIllegalParameter, "key share for %v, which supported_groups does not list", ks.group)
 		}
-		for _, other := range ch.keyShares[:i] {
-			if other.group == ks.group {
-				return n, fail(alertIllegalParameter, "two key shares for %v", ks.group)
-			}
+		if !shared.add(uint16(ks.group)) {
+			return n, fail(alertIllegalParameter, "two key shares for %v", ks.group)
 		}
 	}
 	for _, id := range serverPreference(h.cfg.suites13(), ch.cipherSuites) {
@@ -191,6 +193,9 @@ func (h *Handshake) processSecondClientHello(body, raw []byte) error {
 		return fail(alertDecodeError, "malformed second ClientHello")
 	}
 	h.noteClientHello(&ch)
+	if err := ch.checkHostNames(); err != nil {
+		return err
+	}
 	h.skipEarlyData = false
 	if vers, err := h.negotiateVersion(&ch); err != nil || vers != tls.VersionTLS13 {
 		return fail(alertIllegalParameter, "second ClientHello does not offer TLS 1.3")

@@ -126,8 +126,14 @@ func selectGroup13(configured []tls.CurveID, ch *clientHelloMsg) (tls.CurveID, b
 }
 
 // selectGroup12 picks the ECDHE curve for TLS 1.2. A client that sends no
-// supported_groups lets the server choose (RFC 8422, Section 4).
+// supported_groups lets the server choose (RFC 8422, Section 4); it gets
+// P-256 when the server takes it: such a client is most likely one of RFC
+// 4492's, which knew only the NIST curves, not X25519 (tlsfuzzer's
+// test-x25519.py expects P-256 too).
 func selectGroup12(configured []tls.CurveID, ch *clientHelloMsg) (tls.CurveID, bool) {
+	if !ch.has(extensionSupportedGroups) && slices.Contains(configured, tls.CurveP256) {
+		return tls.CurveP256, true
+	}
 	for _, g := range configured {
 		if isHybrid(g) {
 			continue

@@ -150,15 +150,17 @@ func TestTamperedClientMessages(t *testing.T) {
 			tamper: tamperPlain(typeClientKeyExchange, flipLast)})
 		expectFailure(t, res, alertBadRecordMAC)
 	})
-	// A ciphertext shorter than the modulus is malformed, said openly: its
-	// length is public (RFC 8017, Section 7.2.2, step 1).
+	// A ciphertext shorter than the modulus cannot decrypt (RFC 8017,
+	// Section 7.2.2, step 1), and like any that fails gets no alert of its
+	// own: the handshake goes on with a random premaster (RFC 5246, Section
+	// 7.4.7.1), and the client's Finished does not authenticate.
 	t.Run("RSA premaster of the wrong length", func(t *testing.T) {
 		cl := clientConfig(p, "rsa.example.com")
 		cl.MaxVersion = tls.VersionTLS12
 		cl.CipherSuites = []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}
 		res := runInterop(t, interopCase{server: serverConfig(p.rsa), client: cl, mode: splitRecords,
 			tamper: shortenRSAPremaster})
-		expectFailure(t, res, alertDecodeError)
+		expectFailure(t, res, alertBadRecordMAC)
 	})
 	// Nothing may follow the client's Finished in its record: the keys
 	// change there (RFC 8446, Section 5.1).
@@ -254,7 +256,8 @@ func TestMalformedInput(t *testing.T) {
 		{"garbage", [][]byte{[]byte("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")}, alertUnexpectedMessage},
 		{"bad record version", [][]byte{{22, 0x7f, 0x01, 0, 4, 1, 0, 0, 0}}, alertDecodeError},
 		{"oversized record", [][]byte{{22, 3, 1, 0x40, 0x01}}, alertRecordOverflow},
-		{"oversized message", [][]byte{message(typeClientHello, 1<<20, nil)}, alertIllegalParameter},
+		// Longer than any ClientHello's fields can make it: a wrong length.
+		{"oversized ClientHello", [][]byte{message(typeClientHello, 1<<20, nil)}, alertDecodeError},
 		{"truncated ClientHello", [][]byte{message(typeClientHello, 40, bytes.Repeat([]byte{3}, 40))}, alertDecodeError},
 		{"trailing data", [][]byte{hello(real13, func(m *clientHelloMsg) {})[:0], func() []byte {
 			m := parseHello(t, real13).marshal()

@@ -270,7 +270,8 @@ func TestProbeClientHelloTLS13(t *testing.T) {
 		{"4.2.3 PSK with (EC)DHE but no signature_algorithms, no tickets, is missing_extension", base.without(xSignatureAlgs).with(pskModesDHE).with(psk).record(), alertMissingExtension},
 		// RFC 6066, Section 3: "The ServerNameList MUST NOT contain more
 		// than one name of the same name_type"; HostName<1..2^16-1>.
-		{"RFC 6066 3 two host_names is decode_error", base.replace(sniNames(rawExt{0, []byte("p256.example.com")}, rawExt{0, []byte("rsa.example.com")})).record(), alertDecodeError},
+		// RFC 6066 names no alert; see checkHostNames.
+		{"RFC 6066 3 two host_names is illegal_parameter", base.replace(sniNames(rawExt{0, []byte("p256.example.com")}, rawExt{0, []byte("rsa.example.com")})).record(), alertIllegalParameter},
 		{"RFC 6066 3 data after the server_name list is decode_error", base.replace(rawExt{xServerName, append(extSNI("p256.example.com").data, 0)}).record(), alertDecodeError},
 		{"RFC 6066 3 empty host_name is decode_error", base.replace(sniNames(rawExt{0, nil})).record(), alertDecodeError},
 		{"RFC 6066 3 empty server_name list is decode_error", base.replace(rawExt{xServerName, []byte{0, 0}}).record(), alertDecodeError},
@@ -1067,6 +1068,10 @@ func TestProbeHelloRetryRequest(t *testing.T) {
 		{"4.2.8 empty key_share in the second ClientHello is illegal_parameter", second.replace(extKeyShare()).record(), alertIllegalParameter},
 		{"4.2.11 pre_shared_key not last in the second ClientHello is illegal_parameter", second.with(pskModesDHE).with(psk).with(rawExt{0x2a2a, nil}).record(), alertIllegalParameter},
 		{"4.1.4 ClientHello offering only TLS 1.2 after a HelloRetryRequest is refused", hello12().record(), alertIllegalParameter},
+		// The first host_name unchanged, a second added: refused as in a
+		// first ClientHello (checkHostNames), not taken for the same name.
+		{"RFC 6066 3 a second host_name in the second ClientHello is illegal_parameter",
+			second.replace(sniNames(rawExt{0, []byte("p256.example.com")}, rawExt{0, []byte("rsa.example.com")})).record(), alertIllegalParameter},
 		// RFC 8446, Section 5: a change_cipher_spec may come between them.
 		{"5 change_cipher_spec of value 2 between the ClientHellos is unexpected_message", rawRecord(20, 2), alertUnexpectedMessage},
 	}

@@ -507,8 +507,8 @@ func serverKeyExchange12(t *testing.T, flight []byte) (group uint16, point []byt
 // handshake12 completes a full TLS 1.2 handshake on c as a client of its
 // own making, so that its ClientHello may carry what crypto/tls never
 // sends: hello is the ClientHello message, crypto/tls's for
-// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 with extended_master_secret,
-// as the probe changed it. The client's ECDHE key on curve (the group the
+// TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 (or its ECDHE_RSA twin) with
+// extended_master_secret, as the probe changed it. The client's ECDHE key on curve (the group the
 // server picks) is the first whose premaster keep takes (nil: any). It
 // checks the server's ChangeCipherSpec and Finished and returns the peer,
 // under the session keys, and the server's flight, ServerHello to
@@ -522,7 +522,7 @@ func handshake12(t *testing.T, c net.Conn, hello []byte, curve ecdh.Curve, keep 
 	var serverRandom, sid []byte
 	var suite uint16
 	require.True(t, sh.Skip(2) && sh.ReadBytes(&serverRandom, 32) && sh.ReadUint8LengthPrefixed((*cryptobyte.String)(&sid)) && sh.ReadUint16(&suite))
-	require.Equal(t, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, suite)
+	require.Contains(t, []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}, suite)
 	_, point := serverKeyExchange12(t, flight)
 	server, err := curve.NewPublicKey(point)
 	require.NoError(t, err)

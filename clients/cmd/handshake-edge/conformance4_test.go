@@ -348,8 +348,8 @@ func withBodyLength(msg, body []byte, n int) []byte {
 // the ClientHello's fields; RFC 8446, Section 6.2, decode_error: "the
 // length of the message was incorrect". The edge reads the whole message
 // before the service parses it, so each must come back decode_error.
-// (Past 131396 bytes the edge refuses the message on its header with
-// illegal_parameter, TestProbeEdgeClientHello.)
+// (Past 131396 bytes the message is refused on its header, decode_error
+// too, TestProbeEdgeClientHello.)
 func TestProbeEdgeClientHelloLength(t *testing.T) {
 	f := newFixture(t)
 	msg := hello12(t, f).marshal()
@@ -750,6 +750,32 @@ func coalesce13(t *testing.T, p *peer, flight []byte, join func(msgs []byte, hs 
 	return append(plain, join(msgs, out)...)
 }
 
+// clientAuthHandshake runs crypto/tls's handshake of version with the
+// client certificates certs against the edge at addr, its last flight
+// (from the Certificate on) replaced by what rewrite makes of it, the
+// peer's keys set, and returns the client, its deadline 20 seconds away,
+// and the handshake's error.
+func clientAuthHandshake(t *testing.T, f *fixture, addr string, version uint16, certs []tls.Certificate, rewrite func(p *peer, flight []byte) []byte) (*tls.Conn, error) {
+	t.Helper()
+	tap, p, label := tappedPeer(t, addr, version)
+	logs := p.logs
+	rewritten := false
+	tap.write = func(b []byte) []byte {
+		if rewritten || !bytes.Contains(logs.Bytes(), []byte(label)) {
+			return b
+		}
+		rewritten = true
+		p.keys(t, tap.readSoFar())
+		return rewrite(p, b)
+	}
+	require.NoError(t, tap.SetDeadline(time.Now().Add(20*time.Second)))
+	c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, Certificates: certs,
+		MinVersion: version, MaxVersion: version, KeyLogWriter: logs})
+	err := c.Handshake()
+	require.True(t, rewritten, "the client's last flight was not rewritten")
+	return c, err
+}
+
 // TestProbeEdgeClientAuthFlights is tlsfuzzer's test-conversation.py and
 // test-record-layer-fragmentation.py for a client that authenticates with
 // a certificate (-client-auth require): its flight of several handshake
@@ -801,28 +827,9 @@ func TestProbeEdgeClientAuthFlights(t *testing.T) {
 		t.Run(m.name, func(t *testing.T) {
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
-					tap := &tapConn{Conn: dialRaw(t, addr)}
-					logs := &testenv.Buffer{}
-					p := &peer{raw: tap, tls13: tc.version == tls.VersionTLS13, logs: logs}
-					label := "CLIENT_RANDOM"
-					if p.tls13 {
-						label = "CLIENT_TRAFFIC_SECRET_0"
-					}
-					rewritten := false
-					tap.write = func(b []byte) []byte {
-						if rewritten || !bytes.Contains(logs.Bytes(), []byte(label)) {
-							return b
-						}
-						rewritten = true
-						p.keys(t, tap.readSoFar())
-						return tc.rewrite(p, b)
-					}
-					c := tls.Client(tap, &tls.Config{ServerName: f.ecdsa.Name, RootCAs: f.ecdsa.Pool, Certificates: certs,
-						MinVersion: tc.version, MaxVersion: tc.version, KeyLogWriter: logs})
-					require.NoError(t, c.Handshake())
-					require.True(t, rewritten, "the client's last flight was not rewritten")
-					require.NoError(t, tap.SetDeadline(time.Now().Add(20*time.Second)))
-					_, err := c.Write([]byte("ping"))
+					c, err := clientAuthHandshake(t, f, addr, tc.version, certs, tc.rewrite)
+					require.NoError(t, err)
+					_, err = c.Write([]byte("ping"))
 					require.NoError(t, err)
 					got := make([]byte, 4)
 					_, err = io.ReadFull(c, got)
@@ -1016,9 +1023,10 @@ func serverCertificate(t *testing.T, flight []byte) []byte {
 // the edge); name types other than host_name are passed over; a host
 // name is a DNS name in ASCII without a trailing dot, so one with other
 // bytes is illegal_parameter; a malformed extension is decode_error. Two
-// host_names (which the ServerNameList "MUST NOT contain") are
-// decode_error in the engine, where tlsfuzzer expects illegal_parameter:
-// RFC 6066 names no alert for it.
+// host_names (which the ServerNameList "MUST NOT contain"; RFC 6066 names
+// no alert) are illegal_parameter, as tlsfuzzer expects: the list decodes,
+// and the second name is a field inconsistent with the first (RFC 8446,
+// Section 6.2).
 func TestProbeEdgeServerName(t *testing.T) {
 	f := newFixture(t)
 	base12 := parseHello(t, clientHello(t, &tls.Config{ServerName: f.rsa.Name, MaxVersion: tls.VersionTLS12}))
@@ -1032,6 +1040,7 @@ func TestProbeEdgeServerName(t *testing.T) {
 		{"RFC 4343 the name in capitals gets the same", serverNames(hostName, "RSA.TEST"), f.rsa.Chain[0]},
 		{"an unknown name gets the default certificate", serverNames(hostName, "www."+f.rsa.Name), f.ecdsa.Chain[0]},
 		{"an unknown name type before the host_name is passed over", serverNames(uint8(1), string(make([]byte, 24)), hostName, f.rsa.Name), f.rsa.Chain[0]},
+		{"an unknown name type after the host_name is passed over", serverNames(hostName, f.rsa.Name, uint8(1), string(make([]byte, 24))), f.rsa.Chain[0]},
 	}
 	refused := []struct {
 		name  string
@@ -1043,7 +1052,7 @@ func TestProbeEdgeServerName(t *testing.T) {
 		{"an empty host_name is decode_error", serverNames(hostName, ""), alertDecodeError},
 		{"data after the host_name in its list is decode_error", []byte{0, 4, 0, 0, 1, 'e', 'x'}, alertDecodeError},
 		{"a list length past the extension is decode_error", []byte{0xff, 0xff, 0xff, 0xff}, alertDecodeError},
-		{"two host_names are decode_error", serverNames(hostName, f.rsa.Name, hostName, "www."+f.rsa.Name), alertDecodeError},
+		{"two host_names are illegal_parameter", serverNames(hostName, f.rsa.Name, hostName, "www."+f.rsa.Name), alertIllegalParameter},
 		{"a NUL in the name is illegal_parameter", serverNames(hostName, "rsa.tes\x00t"), alertIllegalParameter},
 		{"a BEL in the name is illegal_parameter", serverNames(hostName, "rsa.tes\x07t"), alertIllegalParameter},
 		{"UTF-8 in the name is illegal_parameter", serverNames(hostName, "rsa.tes\xc4\x85t"), alertIllegalParameter},

@@ -246,9 +246,11 @@ func TestProbeEdgeClientHello(t *testing.T) {
 		// RFC 8446, Section 6: an alert is two bytes.
 		{"RFC 8446 6 alert of one byte first", []byte{21, 3, 3, 0, 1, 2}, alertDecodeError},
 		{"RFC 8446 6 alert of three bytes first", []byte{21, 3, 3, 0, 3, 2, 40, 0}, alertDecodeError},
-		// Longer than any ClientHello can be: refused on its header, with
-		// illegal_parameter as OpenSSL does.
-		{"ClientHello over 131396 bytes is illegal_parameter", fragments(append([]byte{1, 0x02, 0x01, 0x45}, hello[4:]...), 1<<14), alertIllegalParameter},
+		// Longer than any ClientHello can be: refused on its header, as a
+		// message whose length is incorrect (RFC 8446, Section 6.2's
+		// decode_error, which tlsfuzzer expects; OpenSSL says
+		// illegal_parameter).
+		{"RFC 8446 6.2 ClientHello over 131396 bytes is decode_error", fragments(append([]byte{1, 0x02, 0x01, 0x45}, hello[4:]...), 1<<14), alertDecodeError},
 	}
 	probeEdges(t, f, func(t *testing.T, addr string) {
 		for _, tc := range accepted {
@@ -367,16 +369,24 @@ type peerHooks struct {
 	last func(p *peer, flight []byte) []byte
 }
 
+// tappedPeer is a peer of version on a new tapConn to addr, before
+// crypto/tls runs its handshake on it, and the key log label crypto/tls
+// writes just before the client's last flight.
+func tappedPeer(t *testing.T, addr string, version uint16) (*tapConn, *peer, string) {
+	t.Helper()
+	tap := &tapConn{Conn: dialRaw(t, addr)}
+	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: &testenv.Buffer{}}
+	if p.tls13 {
+		return tap, p, "CLIENT_TRAFFIC_SECRET_0"
+	}
+	return tap, p, "CLIENT_RANDOM"
+}
+
 // dialPeerWith is dialPeer whose client writes what hooks say.
 func dialPeerWith(t *testing.T, f *fixture, addr string, version uint16, hooks peerHooks) *peer {
 	t.Helper()
-	tap := &tapConn{Conn: dialRaw(t, addr)}
-	logs := &testenv.Buffer{}
-	p := &peer{raw: tap, tls13: version == tls.VersionTLS13, logs: logs}
-	label := "CLIENT_RANDOM"
-	if p.tls13 {
-		label = "CLIENT_TRAFFIC_SECRET_0"
-	}
+	tap, p, label := tappedPeer(t, addr, version)
+	logs := p.logs
 	writes := 0
 	tap.write = func(b []byte) []byte {
 		switch {
