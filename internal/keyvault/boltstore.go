@@ -54,13 +54,15 @@ const (
 var boltOptions = bolt.Options{Timeout: time.Second}
 
 // fileSystem is how BoltStore reaches the file system: the files bbolt
-// opens (and creates), the renames that commit a rewrite and the directory
-// syncs that make a new file or a rename durable. Tests put a file system
-// there that loses what was not made durable.
+// opens (and creates), the renames that commit a rewrite, the directory
+// syncs that make a new file or a rename durable and the look-ups of which
+// file the store's path names. Tests put a file system there that loses
+// what was not made durable, or fails.
 type fileSystem interface {
 	OpenFile(name string, flag int, perm os.FileMode) (*os.File, error)
 	Rename(oldpath, newpath string) error
 	SyncDir(dir string) error
+	Stat(name string) (os.FileInfo, error)
 }
 
 // osFS is the operating system's file system.
@@ -71,6 +73,8 @@ func (osFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) 
 }
 
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+func (osFS) Stat(name string) (os.FileInfo, error) { return os.Stat(name) }
 
 func (osFS) SyncDir(dir string) error {
 	d, err := os.Open(dir)
@@ -358,7 +362,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 // names reports whether the store's path names the file fi describes: a
 // rename that failed yet took effect.
 func (s *BoltStore) names(fi os.FileInfo) bool {
-	cur, err := os.Stat(s.path)
+	cur, err := s.fs.Stat(s.path)
 	return err == nil && os.SameFile(cur, fi)
 }
 
