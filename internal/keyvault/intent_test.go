@@ -315,12 +315,27 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 // once renameLost is set renames, then fails, as a network file system's
 // whose answer was lost (the retried RENAME finds no source: ENOENT), and
 // leaves the disk full; while renameFails is set, renames fail with EIO.
+// Its next statFails look-ups of a file fail with EIO, as a network file
+// system's that does not answer; its next rename sets statFails to
+// statAfterRename, if set.
 type fullDiskFS struct {
 	osFS
 	full, syncFails, renameLost, renameFails atomic.Bool
+	statFails, statAfterRename               atomic.Int64
+}
+
+func (f *fullDiskFS) Stat(name string) (os.FileInfo, error) {
+	if f.statFails.Add(-1) >= 0 {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: syscall.EIO}
+	}
+	f.statFails.Store(0)
+	return f.osFS.Stat(name)
 }
 
 func (f *fullDiskFS) Rename(oldpath, newpath string) error {
+	if n := f.statAfterRename.Swap(0); n > 0 {
+		f.statFails.Store(n)
+	}
 	if f.renameFails.Load() {
 		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.EIO}
 	}
