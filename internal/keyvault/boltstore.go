@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"maps"
 	"os"
@@ -270,7 +271,9 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 	}
 	var rev int64
 	var written bool
+	var txid, pageSize int
 	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		txid, pageSize = tx.ID(), tx.DB().Info().PageSize
 		if err := checkIf(tx, w.If); err != nil {
 			return err
 		}
@@ -284,7 +287,52 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 	case !written:
 		return 0, err // the write's own error (a conflict, say): the file had no part in it
 	}
-	return 0, s.unwritable(err)
+	err = s.unwritable(err)
+	// bbolt writes the commit's pages and syncs them, then its meta page,
+	// which names the transaction: a commit failed before that (no room
+	// for its pages, say) did not land, and cannot later. That is told
+	// from the file, not from the error, which does not say how far the
+	// commit went.
+	if last, ok := lastCommitted(s.file, pageSize); ok && last == uint64(txid)-1 {
+		return 0, &notAppliedError{err}
+	}
+	return 0, err
+}
+
+// lastCommitted returns the transaction id of the last commit f names,
+// read from its two meta pages as bbolt v1.5.0 lays them out
+// (internal/common/page.go, meta.go) and chooses between them (DB.meta):
+// pages 0 and 1, pageSize bytes each, hold a page header of 16 bytes and
+// then the meta: magic, version, page size and flags (4 bytes each), the
+// root bucket (16), the freelist's page, the high water mark, the txid
+// and the checksum (8 each), in the machine's byte order. A meta page
+// counts if its magic, version and checksum (FNV-1a, 64 bits, of the meta
+// before it) are right; the last commit is the valid one of the higher
+// txid. ok is false if the pages cannot be read or neither counts.
+func lastCommitted(f *os.File, pageSize int) (txid uint64, ok bool) {
+	const (
+		header   = 16
+		magic    = 0xED0CDAED
+		version  = 2
+		txidAt   = header + 48
+		checksum = header + 56
+	)
+	buf := make([]byte, checksum+8)
+	for page := range 2 {
+		if _, err := f.ReadAt(buf, int64(page*pageSize)); err != nil {
+			return 0, false
+		}
+		e := binary.NativeEndian
+		h := fnv.New64a()
+		h.Write(buf[header:checksum])
+		if e.Uint32(buf[header:]) != magic || e.Uint32(buf[header+4:]) != version || e.Uint64(buf[checksum:]) != h.Sum64() {
+			continue
+		}
+		if t := e.Uint64(buf[txidAt:]); !ok || t > txid {
+			txid, ok = t, true
+		}
+	}
+	return txid, ok
 }
 
 // settle makes the store's file the one its path names where a rewrite
