@@ -83,14 +83,7 @@ func TestStoreThatCannotTellWhichFileItsPathNamesTakesNoWrites(t *testing.T) {
 			}
 			_, err = v.Get(ctx, "refused")
 			assert.ErrorIs(t, err, ErrNotFound)
-			if landed {
-				signOK(t, v, "web", 1)
-				assert.Len(t, b.labels, 1)
-				return
-			}
-			_, err = v.Get(ctx, "web")
-			require.ErrorIs(t, err, ErrNotFound)
-			assert.Empty(t, b.labels, "the intent left is undone at the start")
+			requireRenameOutcome(t, v, b, landed)
 		})
 	}
 }

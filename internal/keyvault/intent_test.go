@@ -446,17 +446,25 @@ func TestKeyWhoseRenameFailedIsKept(t *testing.T) {
 			assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
 			require.NoError(t, v.Close())
 
-			v = openTestVault(t, path, testKEK, WithBackend(b))
-			if landed {
-				signOK(t, v, "web", 1)
-				assert.Len(t, b.labels, 1)
-				return
-			}
-			_, err = v.Get(ctx, "web")
-			require.ErrorIs(t, err, ErrNotFound)
-			assert.Empty(t, b.labels, "the intent left is undone at the start")
+			requireRenameOutcome(t, openTestVault(t, path, testKEK, WithBackend(b)), b, landed)
 		})
 	}
+}
+
+// requireRenameOutcome requires v, started again on a store whose rewrite
+// committing version 1 of key "web" in b failed at its rename, to serve
+// the version with its key if the rename landed, and otherwise neither
+// (the intent left undone at the start).
+func requireRenameOutcome(t *testing.T, v *Vault, b *labelBackend, landed bool) {
+	t.Helper()
+	if landed {
+		signOK(t, v, "web", 1)
+		assert.Len(t, b.labels, 1)
+		return
+	}
+	_, err := v.Get(ctx, "web")
+	require.ErrorIs(t, err, ErrNotFound)
+	assert.Empty(t, b.labels, "the intent left is undone at the start")
 }
 
 // corruptStored changes the bytes of the record ref in s in place, as the
