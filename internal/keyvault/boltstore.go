@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"maps"
 	"os"
@@ -54,13 +55,15 @@ const (
 var boltOptions = bolt.Options{Timeout: time.Second}
 
 // fileSystem is how BoltStore reaches the file system: the files bbolt
-// opens (and creates), the renames that commit a rewrite and the directory
-// syncs that make a new file or a rename durable. Tests put a file system
-// there that loses what was not made durable.
+// opens (and creates), the renames that commit a rewrite, the directory
+// syncs that make a new file or a rename durable and the look-ups of which
+// file the store's path names. Tests put a file system there that loses
+// what was not made durable, or fails.
 type fileSystem interface {
 	OpenFile(name string, flag int, perm os.FileMode) (*os.File, error)
 	Rename(oldpath, newpath string) error
 	SyncDir(dir string) error
+	Stat(name string) (os.FileInfo, error)
 }
 
 // osFS is the operating system's file system.
@@ -71,6 +74,8 @@ func (osFS) OpenFile(name string, flag int, perm os.FileMode) (*os.File, error) 
 }
 
 func (osFS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+func (osFS) Stat(name string) (os.FileInfo, error) { return os.Stat(name) }
 
 func (osFS) SyncDir(dir string) error {
 	d, err := os.Open(dir)
@@ -86,9 +91,31 @@ type BoltStore struct {
 	path string
 	fs   fileSystem
 
-	// mu is held for writing only while a commit that erases swaps the file.
+	// mu is held for writing while the store changes its file or what it
+	// knows of it (a commit that erases, settle), for reading otherwise.
 	mu sync.RWMutex
-	db *bolt.DB
+	// boltFile is the store's file. The store commits into it only while
+	// its path names it (current): a file no name reaches is one no later
+	// start reads, and a commit into it is lost at the next.
+	boltFile
+	// renamed is the new file of a rewrite whose rename failed while the
+	// store could not tell which file its path named: the rename may have
+	// landed, unlinking file. It is kept open until the next commit tells
+	// (settle).
+	renamed *boltFile
+	// unsynced says that the rename that made the path name file is not
+	// known durable (its directory's sync failed, or was not made): a
+	// crash could bring the old file back, and with it lose what is
+	// committed into this one, so the directory is synced first.
+	unsynced bool
+}
+
+// boltFile is an open bolt file: bbolt's, the descriptor bbolt opened
+// (which bbolt closes) and the file's identity (os.SameFile).
+type boltFile struct {
+	db   *bolt.DB
+	file *os.File
+	info os.FileInfo
 }
 
 // OpenBolt opens the bolt store at path, creating it with mode 0600 if it
@@ -100,7 +127,7 @@ func OpenBolt(path string) (*BoltStore, error) {
 
 func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 	_, statErr := os.Stat(path)
-	db, err := openBoltDB(path, fsys)
+	bf, err := openBoltDB(path, fsys)
 	if err != nil {
 		return nil, fmt.Errorf("keyvault: open bolt store %s: %w", path, err)
 	}
@@ -113,9 +140,9 @@ func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 		err = fsys.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("keyvault: open bolt store %s: %w", path, err), db.Close())
+		return nil, errors.Join(fmt.Errorf("keyvault: open bolt store %s: %w", path, err), bf.db.Close())
 	}
-	return &BoltStore{path: path, fs: fsys, db: db}, nil
+	return &BoltStore{path: path, fs: fsys, boltFile: bf}, nil
 }
 
 // openBoltDB opens a bolt file and checks that it holds every page its last
@@ -125,7 +152,7 @@ func openBolt(path string, fsys fileSystem) (*BoltStore, error) {
 // file descriptor bbolt opened is closed again, but bbolt leaves the file
 // mapped, which keeps its lock until the process exits: handshaked exits on
 // this error anyway.
-func openBoltDB(path string, fsys fileSystem) (db *bolt.DB, err error) {
+func openBoltDB(path string, fsys fileSystem) (bf boltFile, err error) {
 	var file *os.File
 	opts := boltOptions
 	opts.OpenFile = func(name string, flag int, perm os.FileMode) (*os.File, error) {
@@ -139,33 +166,33 @@ func openBoltDB(path string, fsys fileSystem) (db *bolt.DB, err error) {
 			if file != nil {
 				file.Close()
 			}
-			db, err = nil, fmt.Errorf("the file is damaged (truncated or not a bolt file): %v: %w", r, ErrCorrupted)
+			bf, err = boltFile{}, fmt.Errorf("the file is damaged (truncated or not a bolt file): %v: %w", r, ErrCorrupted)
 		}
 	}()
-	db, err = bolt.Open(path, 0o600, &opts)
+	db, err := bolt.Open(path, 0o600, &opts)
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		// bbolt says only "timeout": say whose lock it waited for.
-		return nil, fmt.Errorf("another process has it open%s and holds its lock; a bolt store serves one handshaked: stop that one, "+
+		return boltFile{}, fmt.Errorf("another process has it open%s and holds its lock; a bolt store serves one handshaked: stop that one, "+
 			"or run several replicas on a shared store (etcd)", lockHolder(path))
 	case err == nil:
 	case errors.As(err, new(*fs.PathError)), errors.As(err, new(syscall.Errno)):
-		return nil, err // the file system's error, not the file's content
+		return boltFile{}, err // the file system's error, not the file's content
 	default:
-		return nil, fmt.Errorf("the file is damaged (truncated or not a bolt file): %w: %w", err, ErrCorrupted)
+		return boltFile{}, fmt.Errorf("the file is damaged (truncated or not a bolt file): %w: %w", err, ErrCorrupted)
 	}
 	var need int64
 	if err := db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil }); err != nil {
-		return nil, errors.Join(err, db.Close())
+		return boltFile{}, errors.Join(err, db.Close())
 	}
 	fi, err := file.Stat()
 	if err == nil && fi.Size() < need {
 		err = fmt.Errorf("the file is damaged (truncated or not a bolt file): %d bytes, its last commit needs %d: %w", fi.Size(), need, ErrCorrupted)
 	}
 	if err != nil {
-		return nil, errors.Join(err, db.Close())
+		return boltFile{}, errors.Join(err, db.Close())
 	}
-	return db, nil
+	return boltFile{db: db, file: file, info: fi}, nil
 }
 
 // Close closes the file. Closing twice is not an error.
@@ -176,6 +203,12 @@ func (s *BoltStore) Close() error {
 		return nil
 	}
 	err := s.db.Close()
+	if s.renamed != nil {
+		// The next start tells which file the path names, and removes
+		// the other if it is the rewrite's.
+		err = errors.Join(err, s.renamed.db.Close())
+		s.renamed = nil
+	}
 	s.db = nil
 	if err != nil {
 		return fmt.Errorf("keyvault: close bolt store: %w", err)
@@ -220,12 +253,27 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	for s.db != nil && (s.renamed != nil || s.unsynced) {
+		s.mu.RUnlock()
+		s.mu.Lock()
+		err := s.settle()
+		s.mu.Unlock()
+		s.mu.RLock()
+		if err != nil {
+			return 0, err
+		}
+	}
 	if s.db == nil {
 		return 0, ErrClosed
 	}
+	if err := s.current(); err != nil {
+		return 0, err
+	}
 	var rev int64
 	var written bool
+	var txid, pageSize int
 	err := s.db.Update(func(tx *bolt.Tx) (err error) {
+		txid, pageSize = tx.ID(), tx.DB().Info().PageSize
 		if err := checkIf(tx, w.If); err != nil {
 			return err
 		}
@@ -239,7 +287,148 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 	case !written:
 		return 0, err // the write's own error (a conflict, say): the file had no part in it
 	}
-	return 0, s.unwritable(err)
+	err = s.unwritable(err)
+	// bbolt writes the commit's pages and syncs them, then its meta page,
+	// which names the transaction: a commit failed before that (no room
+	// for its pages, say) did not land, and cannot later. That is told
+	// from the file, not from the error, which does not say how far the
+	// commit went.
+	if last, ok := lastCommitted(s.file, pageSize); ok && last == uint64(txid)-1 {
+		return 0, &notAppliedError{err}
+	}
+	return 0, err
+}
+
+// lastCommitted returns the transaction id of the last commit f names,
+// read from its two meta pages as bbolt v1.5.0 lays them out
+// (internal/common/page.go, meta.go) and chooses between them (DB.meta):
+// pages 0 and 1, pageSize bytes each, hold a page header of 16 bytes and
+// then the meta: magic, version, page size and flags (4 bytes each), the
+// root bucket (16), the freelist's page, the high water mark, the txid
+// and the checksum (8 each), in the machine's byte order. A meta page
+// counts if its magic, version and checksum (FNV-1a, 64 bits, of the meta
+// before it) are right; the last commit is the valid one of the higher
+// txid. ok is false if the pages cannot be read or neither counts.
+func lastCommitted(f *os.File, pageSize int) (txid uint64, ok bool) {
+	const (
+		header   = 16
+		magic    = 0xED0CDAED
+		version  = 2
+		txidAt   = header + 48
+		checksum = header + 56
+	)
+	buf := make([]byte, checksum+8)
+	for page := range 2 {
+		if _, err := f.ReadAt(buf, int64(page*pageSize)); err != nil {
+			return 0, false
+		}
+		e := binary.NativeEndian
+		h := fnv.New64a()
+		h.Write(buf[header:checksum])
+		if e.Uint32(buf[header:]) != magic || e.Uint32(buf[header+4:]) != version || e.Uint64(buf[checksum:]) != h.Sum64() {
+			continue
+		}
+		if t := e.Uint64(buf[txidAt:]); !ok || t > txid {
+			txid, ok = t, true
+		}
+	}
+	return txid, ok
+}
+
+// settle makes the store's file the one its path names where a rewrite
+// left that in doubt (renamed), and makes the rename that put it there
+// durable (unsynced), before anything more is committed into it. What it
+// cannot do refuses the commit: nothing is written. The caller holds mu
+// for writing.
+func (s *BoltStore) settle() error {
+	if s.db == nil {
+		return ErrClosed
+	}
+	if s.renamed != nil {
+		cur, err := s.fs.Stat(s.path)
+		switch {
+		case err == nil && os.SameFile(cur, s.renamed.info):
+			// The rename landed: the new file holds the rewrite's commit,
+			// which the caller was told may have landed.
+			s.adopt(*s.renamed)
+			s.renamed = nil
+		case err == nil && os.SameFile(cur, s.info):
+			// It did not, and cannot now: its source is removed. That
+			// removes no name the store's path goes by.
+			err = errors.Join(s.renamed.db.Close(), removeIfExists(rewritePath(s.path)))
+			s.renamed = nil
+			if err != nil {
+				return &notAppliedError{fmt.Errorf("keyvault: remove the new file of a rewrite whose rename did not land: %w", err)}
+			}
+		default:
+			return s.notCurrent(err)
+		}
+	}
+	if s.unsynced {
+		if err := s.syncRename(); err != nil {
+			return s.refused(fmt.Sprintf("the rename that put its file in place is not known durable, its directory's sync failing (%v)", err),
+				"check the file system that holds it")
+		}
+	}
+	return nil
+}
+
+// current checks, before a commit, that the store's path names the file
+// it commits into. The caller holds mu.
+func (s *BoltStore) current() error {
+	cur, err := s.fs.Stat(s.path)
+	if err == nil && os.SameFile(cur, s.info) {
+		return nil
+	}
+	return s.notCurrent(err)
+}
+
+// notCurrent is the refusal of a commit while the store's path is not
+// known to name the file it has open (err: why it cannot be looked up).
+// Reads go on from that file: it holds every commit the store
+// acknowledged, whatever name it has, and at most one more, the commit
+// whose rename answered an error, which the caller was told may have
+// landed and the vault's view does not hold either. A destroy whose
+// rename is in doubt so leaves the version served until writes resume,
+// as a destroy that failed would.
+func (s *BoltStore) notCurrent(err error) error {
+	rewrite := ""
+	if s.renamed != nil {
+		rewrite = fmt.Sprintf(" (a rewrite's rename of %s over it failed, and may have landed)", rewritePath(s.path))
+	}
+	if err != nil {
+		return s.refused(fmt.Sprintf("it cannot tell which file its path names%s: %v", rewrite, err),
+			"check that the file system that holds it answers; writes resume once it does")
+	}
+	return s.refused("its path names another file than the one it has open"+rewrite,
+		"it was replaced or moved while handshaked runs: put the file back, or restart handshaked to serve the file the path names")
+}
+
+// refused is the error of a commit the store refused before writing
+// anything (UNAVAILABLE, and not applied), why, and what the operator
+// should check.
+func (s *BoltStore) refused(why, check string) error {
+	return &notAppliedError{fmt.Errorf("keyvault: the key store %s takes no writes: %s; %s; keys are still served from the file it has open: %w",
+		s.path, why, check, ErrUnavailable)}
+}
+
+// adopt makes f the store's file, in place of the one its path no longer
+// names, unsynced until its rename is known durable. The caller holds mu
+// for writing.
+func (s *BoltStore) adopt(f boltFile) {
+	// The old file is unlinked and every commit is durable in the new
+	// one, so closing the old one can only fail to release resources.
+	_ = s.db.Close()
+	s.boltFile, s.unsynced = f, true
+}
+
+// syncRename makes durable the rename that put the store's file in place.
+func (s *BoltStore) syncRename() error {
+	if err := s.fs.SyncDir(filepath.Dir(s.path)); err != nil {
+		return err
+	}
+	s.unsynced = false
+	return nil
 }
 
 // unwritable explains a commit the file system refused for want of room or
@@ -287,6 +476,12 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	if s.db == nil {
 		return 0, ErrClosed
 	}
+	if err := s.settle(); err != nil {
+		return 0, err
+	}
+	if err := s.current(); err != nil {
+		return 0, err
+	}
 	if err := s.db.View(func(tx *bolt.Tx) error { return checkIf(tx, w.If) }); err != nil {
 		return 0, err
 	}
@@ -304,7 +499,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	}
 	var rev int64
 	err = s.db.View(func(src *bolt.Tx) error {
-		return dst.Update(func(tx *bolt.Tx) error {
+		return dst.db.Update(func(tx *bolt.Tx) error {
 			err := forEachRecord(src, func(r Record) error {
 				if erased[r.RecordRef] {
 					return nil
@@ -323,28 +518,37 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 		})
 	})
 	// abandon leaves the new file, which the store's path does not name.
-	abandon := func(err error) error { return errors.Join(err, dst.Close(), removeIfExists(tmp)) }
-	var written os.FileInfo
-	if err == nil {
-		written, err = os.Stat(tmp)
-	}
+	abandon := func(err error) error { return errors.Join(err, dst.db.Close(), removeIfExists(tmp)) }
 	if err != nil {
 		// The file at s.path is untouched until the rename.
 		return 0, &notAppliedError{abandon(s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err)))}
 	}
 	err = s.fs.Rename(tmp, s.path)
-	if err != nil && !s.names(written) {
+	if err != nil {
 		// Not known to be renamed, nor known not to be: POSIX keeps the
 		// name unchanged only on errors other than EIO, and a network
-		// file system may rename and lose the answer.
-		return 0, abandon(s.mayBeRenamed(err))
+		// file system may rename and lose the answer. The path tells.
+		cur, serr := s.fs.Stat(s.path)
+		switch {
+		case serr == nil && os.SameFile(cur, dst.info):
+			// Renamed: committed, as below.
+		case serr == nil && os.SameFile(cur, s.info):
+			return 0, abandon(s.mayBeRenamed(err))
+		default:
+			// Either file may be the one the path names: neither is
+			// given up, and the next commit tells (settle).
+			s.renamed = &dst
+			which := "neither the old file nor the new one"
+			if serr != nil {
+				which = "unknown: " + serr.Error()
+			}
+			return 0, s.mayBeRenamed(fmt.Errorf("%w; the file its path names is %s; it takes no writes until it can tell: "+
+				"check that the file system that holds it answers", err, which))
+		}
 	}
-	// The old file is unlinked and the write is durable in the new one, so
-	// closing the old one can only fail to release resources.
-	_ = s.db.Close()
-	s.db = dst
+	s.adopt(dst)
 	if err == nil {
-		err = s.fs.SyncDir(filepath.Dir(s.path))
+		err = s.syncRename()
 	}
 	if err != nil {
 		// Committed, maybe not durably: the store reads the new file, and
@@ -355,17 +559,11 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	return rev, nil
 }
 
-// names reports whether the store's path names the file fi describes: a
-// rename that failed yet took effect.
-func (s *BoltStore) names(fi os.FileInfo) bool {
-	cur, err := os.Stat(s.path)
-	return err == nil && os.SameFile(cur, fi)
-}
-
 // mayBeRenamed is the error of a rewrite whose rename failed and whose
 // new file the store's path does not name (or could not be seen to): the
 // commit may yet have landed (ErrUnavailable, which the vault takes so, and
-// keeps a key it generated). The store goes on reading the old file.
+// keeps a key it generated). The store goes on reading the old file, and
+// committing into it only while its path names it (current).
 func (s *BoltStore) mayBeRenamed(err error) error {
 	err = s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err))
 	if errors.Is(err, ErrUnavailable) {

@@ -113,6 +113,8 @@ func (p *powerLossFS) Rename(oldpath, newpath string) error {
 	return nil
 }
 
+func (p *powerLossFS) Stat(name string) (os.FileInfo, error) { return os.Stat(name) }
+
 func (p *powerLossFS) SyncDir(dir string) error {
 	if err := (osFS{}).SyncDir(dir); err != nil {
 		return err

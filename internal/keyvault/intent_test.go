@@ -315,12 +315,27 @@ func TestKEKRotationDuringACreationAbortsIt(t *testing.T) {
 // once renameLost is set renames, then fails, as a network file system's
 // whose answer was lost (the retried RENAME finds no source: ENOENT), and
 // leaves the disk full; while renameFails is set, renames fail with EIO.
+// Its next statFails look-ups of a file fail with EIO, as a network file
+// system's that does not answer; its next rename sets statFails to
+// statAfterRename, if set.
 type fullDiskFS struct {
 	osFS
 	full, syncFails, renameLost, renameFails atomic.Bool
+	statFails, statAfterRename               atomic.Int64
+}
+
+func (f *fullDiskFS) Stat(name string) (os.FileInfo, error) {
+	if f.statFails.Add(-1) >= 0 {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: syscall.EIO}
+	}
+	f.statFails.Store(0)
+	return f.osFS.Stat(name)
 }
 
 func (f *fullDiskFS) Rename(oldpath, newpath string) error {
+	if n := f.statAfterRename.Swap(0); n > 0 {
+		f.statFails.Store(n)
+	}
 	if f.renameFails.Load() {
 		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.EIO}
 	}
@@ -431,17 +446,25 @@ func TestKeyWhoseRenameFailedIsKept(t *testing.T) {
 			assert.Len(t, b.labels, 1, "the key of a version the store may hold is destroyed in the backend")
 			require.NoError(t, v.Close())
 
-			v = openTestVault(t, path, testKEK, WithBackend(b))
-			if landed {
-				signOK(t, v, "web", 1)
-				assert.Len(t, b.labels, 1)
-				return
-			}
-			_, err = v.Get(ctx, "web")
-			require.ErrorIs(t, err, ErrNotFound)
-			assert.Empty(t, b.labels, "the intent left is undone at the start")
+			requireRenameOutcome(t, openTestVault(t, path, testKEK, WithBackend(b)), b, landed)
 		})
 	}
+}
+
+// requireRenameOutcome requires v, started again on a store whose rewrite
+// committing version 1 of key "web" in b failed at its rename, to serve
+// the version with its key if the rename landed, and otherwise neither
+// (the intent left undone at the start).
+func requireRenameOutcome(t *testing.T, v *Vault, b *labelBackend, landed bool) {
+	t.Helper()
+	if landed {
+		signOK(t, v, "web", 1)
+		assert.Len(t, b.labels, 1)
+		return
+	}
+	_, err := v.Get(ctx, "web")
+	require.ErrorIs(t, err, ErrNotFound)
+	assert.Empty(t, b.labels, "the intent left is undone at the start")
 }
 
 // corruptStored changes the bytes of the record ref in s in place, as the
