@@ -287,16 +287,16 @@ func (s *BoltStore) Commit(ctx context.Context, w Write) (int64, error) {
 	case !written:
 		return 0, err // the write's own error (a conflict, say): the file had no part in it
 	}
-	err = s.unwritable(err)
 	// bbolt writes the commit's pages and syncs them, then its meta page,
 	// which names the transaction: a commit failed before that (no room
 	// for its pages, say) did not land, and cannot later. That is told
 	// from the file, not from the error, which does not say how far the
-	// commit went.
+	// commit went. Any other failure (an I/O error once the meta page was
+	// written, say) may have landed: a restart reads the meta page.
 	if last, ok := lastCommitted(s.file, pageSize); ok && last == uint64(txid)-1 {
-		return 0, &notAppliedError{err}
+		return 0, &notAppliedError{s.unwritable(err)}
 	}
-	return 0, err
+	return 0, s.inDoubt(err)
 }
 
 // lastCommitted returns the transaction id of the last commit f names,
@@ -533,7 +533,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 		case serr == nil && os.SameFile(cur, dst.info):
 			// Renamed: committed, as below.
 		case serr == nil && os.SameFile(cur, s.info):
-			return 0, abandon(s.mayBeRenamed(err))
+			return 0, abandon(s.inDoubt(fmt.Errorf("keyvault: rewrite bolt store: %w", err)))
 		default:
 			// Either file may be the one the path names: neither is
 			// given up, and the next commit tells (settle).
@@ -542,7 +542,7 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 			if serr != nil {
 				which = "unknown: " + serr.Error()
 			}
-			return 0, s.mayBeRenamed(fmt.Errorf("%w; the file its path names is %s; it takes no writes until it can tell: "+
+			return 0, s.inDoubt(fmt.Errorf("keyvault: rewrite bolt store: %w; the file its path names is %s; it takes no writes until it can tell: "+
 				"check that the file system that holds it answers", err, which))
 		}
 	}
@@ -559,13 +559,13 @@ func (s *BoltStore) rewrite(w Write) (int64, error) {
 	return rev, nil
 }
 
-// mayBeRenamed is the error of a rewrite whose rename failed and whose
-// new file the store's path does not name (or could not be seen to): the
-// commit may yet have landed (ErrUnavailable, which the vault takes so, and
-// keeps a key it generated). The store goes on reading the old file, and
-// committing into it only while its path names it (current).
-func (s *BoltStore) mayBeRenamed(err error) error {
-	err = s.unwritable(fmt.Errorf("keyvault: rewrite bolt store: %w", err))
+// inDoubt is the error of a commit that failed where it may yet have
+// landed (a rewrite's rename that failed, whose new file the store's path
+// does not name or could not be seen to; an in-place commit that failed
+// once its meta page could have been written): ErrUnavailable, which the
+// vault takes so, and keeps a key it generated.
+func (s *BoltStore) inDoubt(err error) error {
+	err = s.unwritable(err)
 	if errors.Is(err, ErrUnavailable) {
 		return err
 	}

@@ -82,20 +82,33 @@ func TestKeyWhoseInPlaceCommitAFullDiskRefusedIsDestroyed(t *testing.T) {
 
 // TestKeyWhoseInPlaceCommitWroteItsMetaPageIsKept: a commit in place that
 // failed once its meta page was written (a sync that a full disk failed,
-// say) may have landed: the file names it. Its key in the backend is kept
-// and the error is not one of a commit that did not land.
+// or an I/O error) may have landed: the file names it, and a restart reads
+// it. Its key in the backend is kept, and the error is UNAVAILABLE, not
+// one of a commit that did not land (nor, for the I/O error, a plain
+// failure, which the vault would take for one that failed for certain and
+// destroy the key a restart then finds its record naming).
 func TestKeyWhoseInPlaceCommitWroteItsMetaPageIsKept(t *testing.T) {
-	v, store, b, _ := newBoltVault(t)
-	failWrites(t, store, func(pageSize int, orig func([]byte, int64) (int, error), p []byte, off int64) (int, error) {
-		n, err := orig(p, off)
-		if err == nil && off < 2*int64(pageSize) {
-			_, err = noRoom(p, off)
-		}
-		return n, err
-	})
-	_, err := v.CreateInBackend(ctx, "counting", "full", ECDSAP256, nil)
-	require.ErrorIs(t, err, ErrUnavailable)
-	assert.ErrorContains(t, err, "its disk is full")
-	assert.NotErrorAs(t, err, new(*notAppliedError), "a commit the file names is taken for one that did not land")
-	assert.Zero(t, b.destroyed.Load(), "the key of a commit that may have landed is destroyed")
+	for _, tc := range []struct {
+		errno syscall.Errno
+		says  string
+	}{
+		{syscall.ENOSPC, "its disk is full"},
+		{syscall.EIO, "cannot tell whether a commit took effect"},
+	} {
+		t.Run(tc.errno.Error(), func(t *testing.T) {
+			v, store, b, _ := newBoltVault(t)
+			failWrites(t, store, func(pageSize int, orig func([]byte, int64) (int, error), p []byte, off int64) (int, error) {
+				n, err := orig(p, off)
+				if err == nil && off < 2*int64(pageSize) {
+					err = &fs.PathError{Op: "write", Path: "vault.db", Err: tc.errno}
+				}
+				return n, err
+			})
+			_, err := v.CreateInBackend(ctx, "counting", "full", ECDSAP256, nil)
+			require.ErrorIs(t, err, ErrUnavailable)
+			assert.ErrorContains(t, err, tc.says)
+			assert.NotErrorAs(t, err, new(*notAppliedError), "a commit the file names is taken for one that did not land")
+			assert.Zero(t, b.destroyed.Load(), "the key of a commit that may have landed is destroyed")
+		})
+	}
 }
