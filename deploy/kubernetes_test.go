@@ -143,6 +143,13 @@ func TestKubernetesBase(t *testing.T) {
 			require.NotNil(t, p.GRPC, "the %s probe is not a gRPC probe", name)
 			assert.Equal(t, ports["health"], p.GRPC.Port, "the %s probe asks the plain-text health port (the kubelet's gRPC probe speaks no TLS)", name)
 		}
+		// Readiness follows key use (NOT_SERVING while the replica refuses
+		// it); startup and liveness ask for the process, which recovers by itself.
+		require.NotNil(t, c.ReadinessProbe.GRPC.Service)
+		assert.Equal(t, "handshake.v1.KeyVault", *c.ReadinessProbe.GRPC.Service)
+		for name, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe} {
+			assert.Empty(t, p.GRPC.Service, "the %s probe asks the server's own health", name)
+		}
 	})
 	t.Run("requests and limits", func(t *testing.T) {
 		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {

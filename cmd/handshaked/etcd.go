@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -138,14 +137,7 @@ func openEtcdStore(ctx context.Context, cfg *config) (*etcdstore.Store, string, 
 	// -deployment could open none of the others' step tokens, page tokens
 	// or tickets, and every unary handshake step or listing page balanced
 	// onto it would fail.
-	names, err := store.JoinDeployment(ctx)
-	if i := slices.IndexFunc(names, func(n string) bool { return n != cfg.deployment }); err == nil && i >= 0 {
-		err = fmt.Errorf("the replicas running on %s are of deployment %q, and this one is started as %q: "+
-			"give every replica of a key store the same -deployment (it is bound into step tokens, page tokens and session tickets); "+
-			"to rename a deployment, stop every replica first; a replica that did not stop cleanly (killed, or cut off from etcd) is announced until its lease ends, "+
-			"the longer of %v and twice its -staleness-bound", store, names[i], cfg.deployment, etcdstore.DefaultLeaseTTL)
-	}
-	if err != nil {
+	if err := store.JoinDeployment(ctx); err != nil {
 		return nil, "", errors.Join(fmt.Errorf("key store: %w", err), store.Close())
 	}
 	return store, store.String(), nil

@@ -39,6 +39,13 @@ var (
 	// space, read-only), and by key use on a replica whose view it could
 	// not confirm recently.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrDeploymentConflict is wrapped, beside ErrUnavailable, by
+	// SharedStore.Announce on a replica of one deployment while live
+	// replicas of the store announced another (etcdstore's
+	// Config.Deployment): it announced nothing, and the vault refuses key
+	// use until it can announce (fresh), since the others could open none
+	// of its step tokens, page tokens or tickets, nor it theirs.
+	ErrDeploymentConflict = errors.New("replicas of another deployment are live on the key store")
 )
 
 // CommitTooLargeError is wrapped by Store.Commit, beside

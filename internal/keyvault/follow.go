@@ -501,6 +501,12 @@ type follower struct {
 
 	announceMu sync.Mutex
 	announced  int64 // the newest revision announced
+	// conflict is why key use is refused while the store refuses to
+	// announce this replica for a deployment conflict; nil while it does
+	// not. conflictMu orders its changes and guards onConflict.
+	conflict   atomic.Pointer[error]
+	conflictMu sync.Mutex
+	onConflict []func(error)
 
 	// ctx ends with stop; it bounds what the loops and Sync rounds do.
 	ctx     context.Context
@@ -571,11 +577,69 @@ func (f *follower) announce(ctx context.Context, rev int64) error {
 	f.announceMu.Lock()
 	defer f.announceMu.Unlock()
 	rev = max(rev, f.announced)
-	if err := f.store.Announce(ctx, rev); err != nil {
+	err := f.store.Announce(ctx, rev)
+	f.conflicted(ctx, err)
+	if err != nil {
 		return err
 	}
 	f.announced = rev
 	return nil
+}
+
+// conflicted records the outcome err of an announcement: a deployment
+// conflict begins with one the store refused for it and ends with one it
+// made; an error of another kind (the store unreachable) changes nothing.
+// Each change is logged, once, and told to the functions
+// OnDeploymentConflict registered. keepUp retries at every tick meanwhile.
+func (f *follower) conflicted(ctx context.Context, err error) {
+	refused := errors.Is(err, ErrDeploymentConflict)
+	if err != nil && !refused {
+		return
+	}
+	f.conflictMu.Lock()
+	defer f.conflictMu.Unlock()
+	was := f.conflict.Load() != nil
+	switch {
+	case refused && !was:
+		slog.ErrorContext(ctx, "keyvault: replicas of another deployment are live on the shared key store: this replica announces nothing "+
+			"and refuses key use (UNAVAILABLE) until they are gone, retrying every "+(f.bound/4).String(), "err", err)
+	case !refused && was:
+		slog.InfoContext(ctx, "keyvault: no replica of another deployment is live on the shared key store any more: this replica is announced and serves key use again")
+	default:
+		return
+	}
+	var conflict error
+	if refused {
+		conflict = err
+		f.conflict.Store(&conflict)
+	} else {
+		f.conflict.Store(nil)
+	}
+	for _, fn := range f.onConflict {
+		fn(conflict)
+	}
+}
+
+// OnDeploymentConflict calls fn with the error while this replica refuses
+// key use because replicas of another deployment are live on the shared
+// store (ErrDeploymentConflict), and with nil while it does not: once now,
+// then at each change. A server reports itself not ready meanwhile. fn
+// must return quickly; it is called once only for a vault on a store no
+// other process writes, which has no other deployment to meet.
+func (v *Vault) OnDeploymentConflict(fn func(conflict error)) {
+	f := v.follow
+	if f == nil {
+		fn(nil)
+		return
+	}
+	f.conflictMu.Lock()
+	defer f.conflictMu.Unlock()
+	f.onConflict = append(f.onConflict, fn)
+	var conflict error
+	if c := f.conflict.Load(); c != nil {
+		conflict = *c
+	}
+	fn(conflict)
 }
 
 // confirm records a confirmation by a Revision read sent at ts (since
@@ -590,10 +654,14 @@ func (f *follower) confirm(ts time.Duration) {
 }
 
 // fresh fails with ErrUnavailable once the view was last confirmed longer
-// than the staleness bound ago.
+// than the staleness bound ago, and while the store refuses to announce
+// this replica for a deployment conflict.
 func (f *follower) fresh() error {
 	if f == nil {
 		return nil
+	}
+	if c := f.conflict.Load(); c != nil {
+		return fmt.Errorf("keyvault: this replica refuses key use while the shared key store does not announce it: %w", *c)
 	}
 	age := time.Since(f.epoch) - time.Duration(f.confirmed.Load())
 	if age <= f.bound {
@@ -704,16 +772,19 @@ func (v *Vault) keepUp(ctx context.Context) {
 			v.finishLeftWork(sctx, left)
 		}
 		cancel()
+		// A deployment conflict is logged where it begins and ends
+		// (conflicted), and stops key use at once.
+		conflict := errors.Is(err, ErrDeploymentConflict)
 		switch {
 		case ctx.Err() != nil:
 			return
-		case err != nil && !failing:
+		case err != nil && !conflict && !failing:
 			slog.ErrorContext(ctx, "keyvault: cannot confirm the view of the shared key store; key use stops once it is older than the staleness bound",
 				"bound", f.bound, "err", err)
 		case err == nil && failing:
 			slog.InfoContext(ctx, "keyvault: the view of the shared key store is confirmed again")
 		}
-		failing = err != nil
+		failing = err != nil && !conflict
 	}
 }
 

@@ -216,7 +216,9 @@ type SharedStore interface {
 	Revision(ctx context.Context) (int64, error)
 	// Announce publishes that this replica's view has applied revision
 	// rev, and that it reads StoreFormat, under a lease that ends with the
-	// process.
+	// process. A store whose replicas name their deployment fails,
+	// announcing nothing, with an error wrapping ErrDeploymentConflict
+	// (and ErrUnavailable) while live replicas announced another.
 	Announce(ctx context.Context, rev int64) error
 	// MinFormat returns the lowest store format the live announced
 	// replicas read: 0 if one of them announced none (a release before

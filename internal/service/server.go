@@ -178,6 +178,7 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	pb.RegisterHandshakeServer(api, hs)
 	pb.RegisterAdminServer(api, NewAdmin(vault))
 	healthpb.RegisterHealthServer(callerDecoding{s.grpc}, s.health)
+	vault.OnDeploymentConflict(s.keyUseHealth)
 	reflection.Register(callerDecoding{s.grpc})
 	// Probes make one short call at a time: small caps keep an open port
 	// that answers anyone from holding much for anyone.
@@ -246,6 +247,26 @@ func New(vault *keyvault.Vault, opts Options) (*Server, error) {
 	return s, nil
 }
 
+// keyUseServices are the services whose health follows whether the vault
+// serves key use (readiness); the server's own, "", is SERVING until
+// Shutdown (liveness).
+var keyUseServices = []string{pb.KeyVault_ServiceDesc.ServiceName, pb.Handshake_ServiceDesc.ServiceName}
+
+// keyUseHealth reports the services that use keys NOT_SERVING while the
+// vault refuses key use for a deployment conflict, so that balancers and
+// readiness probes turn to other replicas. The server's own health stays
+// SERVING: the replica serves again by itself once the other deployment's
+// replicas are gone, and a restart would only be refused at start.
+func (s *Server) keyUseHealth(conflict error) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if conflict != nil {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	for _, name := range keyUseServices {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
 // healthz answers 200 while the service serves and 503 once it is shutting
 // down, with the state and the build in a JSON body:
 // {"status":"SERVING","build":{"version":...}}.
@@ -308,8 +329,9 @@ func (s *Server) Serve(grpcLis, httpLis net.Listener) error {
 // ServeHealth serves gRPC health checking (grpc.health.v1) alone, in plain
 // text, on lis until Shutdown: for probes that cannot speak TLS, such as the
 // kubelet's gRPC probe. It answers what the health service on the API
-// listener answers, SERVING until Shutdown begins, and nothing else: no API
-// call, no reflection, no metrics.
+// listener answers (SERVING until Shutdown begins; the API services also
+// NOT_SERVING while keyUseHealth says so), and nothing else: no API call,
+// no reflection, no metrics.
 func (s *Server) ServeHealth(lis net.Listener) error {
 	if err := s.healthOnly.Serve(netutil.LimitListener(lis, maxHealthConns)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err

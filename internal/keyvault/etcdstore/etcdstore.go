@@ -738,12 +738,17 @@ func (s *Store) addEvent(ch *keyvault.Change, ev *clientv3.Event) {
 
 // Announce implements keyvault.SharedStore: this replica's key under
 // replicas/ holds rev, attached to a lease that the store keeps alive while
-// it is open, and so does its key under bounds/, the staleness bound,
-// written with the first announcement on each lease. A lease that expired
-// (the process stalled past LeaseTTL) is replaced by a new one. Announcing a revision lower than one announced
-// before, or the one the lease's key holds already, changes nothing and
-// sends nothing: a replica announces at every confirmation of its view, and
-// each write would grow etcd's history.
+// it is open, and so does its key under bounds/, the staleness bound, and
+// its key under deployments/, its deployment, both written with the first
+// announcement on each lease. A lease that expired (the process stalled
+// past LeaseTTL, or was cut off from etcd that long) is replaced by a new
+// one, and the first announcement on it checks the deployment as
+// JoinDeployment does, in the same transaction: while the replicas cut
+// off from were gone, the operator may have started another deployment's.
+// Announcing a revision lower than one announced before, or the one the
+// lease's key holds already, changes nothing and sends nothing: a replica
+// announces at every confirmation of its view, and each write would grow
+// etcd's history.
 func (s *Store) Announce(ctx context.Context, rev int64) error {
 	s.announceMu.Lock()
 	defer s.announceMu.Unlock()
@@ -763,21 +768,23 @@ func (s *Store) Announce(ctx context.Context, rev int64) error {
 			return nil
 		}
 		ops := []clientv3.Op{clientv3.OpPut(s.replicaKey(lease), strconv.FormatInt(rev, 10), clientv3.WithLease(lease))}
-		if newLease {
-			// Once per lease: they end with the announcement.
-			if s.cfg.StalenessBound > 0 {
-				ops = append(ops, clientv3.OpPut(leaseKey(s.bounds, lease), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
-			}
-			if s.cfg.Deployment != "" {
-				ops = append(ops, clientv3.OpPut(leaseKey(s.names, lease), s.cfg.Deployment, clientv3.WithLease(lease)))
-			}
+		if newLease && s.cfg.StalenessBound > 0 {
+			// Once per lease: it ends with the announcement.
+			ops = append(ops, clientv3.OpPut(leaseKey(s.bounds, lease), strconv.FormatInt(int64(s.cfg.StalenessBound), 10), clientv3.WithLease(lease)))
 		}
-		rctx, cancel := s.request(ctx)
-		_, err = s.cli.Txn(rctx).Then(ops...).Commit()
-		cancel()
+		if newLease && s.cfg.Deployment != "" {
+			err = s.join(ctx, lease, ops...)
+		} else {
+			rctx, cancel := s.request(ctx)
+			_, err = s.cli.Txn(rctx).Then(ops...).Commit()
+			cancel()
+		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
 			s.leaseEnded(lease)
 			continue
+		}
+		if errors.Is(err, keyvault.ErrDeploymentConflict) {
+			return err
 		}
 		if err != nil {
 			return s.fail(ctx, "announce the applied revision", s.cfg.RequestTimeout, err)
@@ -838,41 +845,55 @@ func (s *Store) LongestStalenessBound(ctx context.Context) (time.Duration, error
 
 // JoinDeployment announces this replica's deployment (Config.Deployment)
 // under its lease, unless a live replica announced another: then it
-// announces nothing and returns the names the live replicas announced,
-// each once, sorted. The read and the announcement are one transaction
-// (if no announcement under deployments/ changed since the read), so that
-// of replicas of different deployments starting at once exactly one joins
-// and the others are refused: read, then announced apart, both would pass.
-func (s *Store) JoinDeployment(ctx context.Context) ([]string, error) {
+// announces nothing and fails with the error of join.
+func (s *Store) JoinDeployment(ctx context.Context) error {
 	if s.cfg.Deployment == "" {
-		return nil, nil
+		return nil
 	}
 	lease, err := s.liveLease(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	err = s.join(ctx, lease)
+	if err != nil && !errors.Is(err, keyvault.ErrDeploymentConflict) {
+		return s.fail(ctx, "announce the replica's deployment", s.cfg.RequestTimeout, err)
+	}
+	return err
+}
+
+// join commits ops with the announcement of this replica's deployment
+// (Config.Deployment, not "") under lease, unless a live replica
+// announced another deployment: then it commits nothing and returns the
+// error of conflict. The read and the commit are one transaction (if no
+// announcement under deployments/ changed since the read, else it reads
+// them again), so that of replicas of different deployments announcing at
+// once exactly one joins and the others are refused: read, then announced
+// apart, both would pass. Errors of etcd are returned as they are.
+func (s *Store) join(ctx context.Context, lease clientv3.LeaseID, ops ...clientv3.Op) error {
+	ops = append(ops, clientv3.OpPut(leaseKey(s.names, lease), s.cfg.Deployment, clientv3.WithLease(lease)))
 	rctx, cancel := s.request(ctx)
 	get, err := s.cli.Get(rctx, s.names, clientv3.WithPrefix())
 	cancel()
 	for err == nil {
-		names := make([]string, 0, len(get.Kvs))
+		var others []string
 		for _, kv := range get.Kvs {
-			names = append(names, string(kv.Value))
+			if n := string(kv.Value); n != s.cfg.Deployment {
+				others = append(others, n)
+			}
 		}
-		if slices.ContainsFunc(names, func(n string) bool { return n != s.cfg.Deployment }) {
-			slices.Sort(names)
-			return slices.Compact(names), nil
+		if len(others) > 0 {
+			return s.conflict(others)
 		}
 		var resp *clientv3.TxnResponse
 		rctx, cancel = s.request(ctx)
 		resp, err = s.cli.Txn(rctx).
 			If(clientv3.Compare(clientv3.ModRevision(s.names), "<", get.Header.Revision+1).WithPrefix()).
-			Then(clientv3.OpPut(leaseKey(s.names, lease), s.cfg.Deployment, clientv3.WithLease(lease))).
+			Then(ops...).
 			Else(clientv3.OpGet(s.names, clientv3.WithPrefix())).
 			Commit()
 		cancel()
 		if err == nil && resp.Succeeded {
-			return nil, nil
+			return nil
 		}
 		if err == nil {
 			// Another replica announced since the read: read again.
@@ -880,7 +901,24 @@ func (s *Store) JoinDeployment(ctx context.Context) ([]string, error) {
 			get.Header = resp.Header
 		}
 	}
-	return nil, s.fail(ctx, "announce the replica's deployment", s.cfg.RequestTimeout, err)
+	return err
+}
+
+// conflict is the error of a replica of Config.Deployment among live
+// replicas of the deployments others: it names each once, sorted, and
+// says what to do.
+func (s *Store) conflict(others []string) error {
+	slices.Sort(others)
+	others = slices.Compact(others)
+	quoted := make([]string, len(others))
+	for i, n := range others {
+		quoted[i] = strconv.Quote(n)
+	}
+	return fmt.Errorf("etcdstore: the replicas running on %s are of deployment %s, and this one is started as %q: "+
+		"give every replica of a key store the same -deployment (it is bound into step tokens, page tokens and session tickets), "+
+		"and stop the replicas of one of the two deployments; to rename a deployment, stop every replica first; "+
+		"a replica that did not stop cleanly (killed, or cut off from etcd) is announced until its lease ends, the longer of %v and twice its -staleness-bound: %w: %w",
+		s, strings.Join(quoted, ", "), s.cfg.Deployment, DefaultLeaseTTL, keyvault.ErrDeploymentConflict, keyvault.ErrUnavailable)
 }
 
 // leaseKey names the announcement of lease under prefix (replicas/,
