@@ -346,7 +346,11 @@ func (c *Client) ImportKey(ctx context.Context, id string, privateKeyPEM []byte,
 
 // GetKey returns a key's metadata.
 func (c *Client) GetKey(ctx context.Context, id string) (*pb.Key, error) {
-	return wrap(c.vault.GetKey(ctx, &pb.GetKeyRequest{Key: id}))
+	k, err := c.vault.GetKey(ctx, &pb.GetKeyRequest{Key: id})
+	if err != nil {
+		return nil, fmt.Errorf("handshaked: get key %s: %w", id, err)
+	}
+	return k, nil
 }
 
 // ListKeys returns every key, following pages.

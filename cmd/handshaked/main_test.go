@@ -103,7 +103,10 @@ func startProcessEnv(t testing.TB, dataDir string, env []string, extra ...string
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	p := &process{cmd: cmd, output: &strings.Builder{}, mu: &sync.Mutex{}, exited: make(chan error, 1), waited: make(chan struct{})}
-	require.NoError(t, cmd.Start())
+	// It dies with the test binary too, not only at the test's end: one
+	// killed, or ended at its -timeout, skips the cleanup below, and left
+	// handshaked serving on its ports, its data in a temporary directory.
+	testenv.StartGroup(t, cmd)
 	serving := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -136,6 +139,24 @@ func startProcessEnv(t testing.TB, dataDir string, env []string, extra ...string
 		require.FailNow(t, "handshaked did not start", p.out())
 	}
 	return nil
+}
+
+// TestStartProcessEndsWithTheBinary: the handshaked a test started ends
+// when the test binary is killed (kill -9, which runs no cleanup), not
+// only at the end of the test.
+func TestStartProcessEndsWithTheBinary(t *testing.T) {
+	testenv.EndsWithTheBinary(t, "^TestStartProcessLeavesAServer$", nil, (*os.Process).Kill)
+}
+
+// TestStartProcessLeavesAServer is TestStartProcessEndsWithTheBinary's
+// test binary's: a handshaked serving, which it waits for.
+func TestStartProcessLeavesAServer(t *testing.T) {
+	pidFile := testenv.PIDFile(t)
+	p := startProcess(t, t.TempDir())
+	require.NotEmpty(t, p.grpcAddr, "handshaked did not serve:\n%s", p.out())
+	require.NoError(t, os.WriteFile(pidFile, []byte(fmt.Sprint(p.cmd.Process.Pid)), 0o600))
+	<-p.waited
+	t.Fatalf("handshaked ended:\n%s", p.out())
 }
 
 func (p *process) out() string {

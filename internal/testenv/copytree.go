@@ -78,10 +78,10 @@ func RunInClone(t testing.TB, src, script string, env ...string) (clone, out str
 	return clone, string(b), err
 }
 
-// StartGroup starts cmd (a script that leaves servers in the background)
-// in a process group of its own, killed with whatever cmd left running
-// when the test ends, also when the test binary ends without its cleanups
-// (endGroupWithUs).
+// StartGroup starts cmd (a server, or a script that leaves servers in the
+// background) in a process group of its own, killed with whatever cmd left
+// running when the test ends, also when the test binary ends without its
+// cleanups (endGroupWithUs).
 func StartGroup(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -9,9 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -123,26 +121,10 @@ func TestRunInCloneEndsWithTheBinary(t *testing.T) {
 		end  func(*os.Process) error
 	}{
 		{"timeout", []string{"-test.timeout", "5s"}, func(*os.Process) error { return nil }},
-		{"killed", nil, func(p *os.Process) error { return p.Kill() }},
+		{"killed", nil, (*os.Process).Kill},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pidFile := filepath.Join(t.TempDir(), "pid")
-			cmd := exec.Command(os.Args[0], append([]string{"-test.run", "^TestRunInCloneLeavesASleep$"}, tc.args...)...)
-			cmd.Env = append(os.Environ(), "TESTENV_SLEEP_PID="+pidFile, "TMPDIR="+t.TempDir())
-			out := &Buffer{}
-			cmd.Stdout, cmd.Stderr = out, out
-			require.NoError(t, cmd.Start())
-			var pid int
-			require.Eventually(t, func() bool {
-				b, err := os.ReadFile(pidFile)
-				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-				return err == nil && pid > 0
-			}, time.Minute, 10*time.Millisecond, "the script did not start:\n%s", out)
-			t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
-			require.NoError(t, tc.end(cmd.Process))
-			assert.Error(t, cmd.Wait(), "the test binary ended as it should not have:\n%s", out)
-			assert.Eventually(t, func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH }, 10*time.Second, 10*time.Millisecond,
-				"the sleep the script started outlived the test binary")
+			EndsWithTheBinary(t, "^TestRunInCloneLeavesASleep$", tc.args, tc.end)
 		})
 	}
 }
@@ -150,11 +132,8 @@ func TestRunInCloneEndsWithTheBinary(t *testing.T) {
 // TestRunInCloneLeavesASleep is TestRunInCloneEndsWithTheBinary's test
 // binary's: a script that starts a sleep in the background and waits.
 func TestRunInCloneLeavesASleep(t *testing.T) {
-	pidFile := os.Getenv("TESTENV_SLEEP_PID")
-	if pidFile == "" {
-		t.Skip("run by TestRunInCloneEndsWithTheBinary")
-	}
+	PIDFile(t)
 	src := t.TempDir()
-	_, out, err := RunInClone(t, src, `sleep 300 & echo $! > "$TESTENV_SLEEP_PID"; wait`)
+	_, out, err := RunInClone(t, src, `sleep 300 & echo $! > "$`+pidFileEnv+`"; wait`)
 	t.Fatalf("the script ended: %v\n%s", err, out)
 }

@@ -214,7 +214,7 @@ func TestPlainErrors(t *testing.T) {
 	_, err := ctl(t, srv, nil, "get", "no-such-key")
 	require.Error(t, err)
 	msg := plainError(err)
-	assert.Equal(t, `handshaked: not found: keyvault: key "no-such-key"`, msg)
+	assert.Equal(t, `handshaked: get key no-such-key: not found: keyvault: key "no-such-key"`, msg, "the error names the operation and the key")
 
 	mustCtl(t, srv, nil, "create", "web")
 	mustCtl(t, srv, nil, "rotate", "web")

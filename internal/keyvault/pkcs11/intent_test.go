@@ -111,6 +111,13 @@ func eventually(t *testing.T, cond func() bool, what string) {
 // replicas that follow a shared store, or at the next start of a vault on
 // a bolt file; its intent is erased, and the key id and version are free
 // again. Before intents, its objects stayed in the token for good.
+//
+// On the shared store the replica that makes and uses the keys has a bound
+// that never lapses in the test (its key use needs a fresh view, and a
+// creation of its own must not stand long enough to be undone, however
+// loaded the machine); another replica, with a short bound, undoes the
+// intents left, which the test waits for, and stops before the keys are
+// made again.
 func TestKeyWhoseVersionNeverLandsLeavesNothingInToken(t *testing.T) {
 	b := softhsmtest.Open(t)
 	kek := bytes.Repeat([]byte{9}, 32)
@@ -120,7 +127,7 @@ func TestKeyWhoseVersionNeverLandsLeavesNothingInToken(t *testing.T) {
 		s, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/never-lands"})
 		require.NoError(t, err)
 		store := &lostSharedCommits{Store: s}
-		v, err := keyvault.New(t.Context(), store, kek, keyvault.WithBackend(b), keyvault.WithStalenessBound(100*time.Millisecond))
+		v, err := keyvault.New(t.Context(), store, kek, keyvault.WithBackend(b), keyvault.WithStalenessBound(time.Hour))
 		require.NoError(t, err)
 		t.Cleanup(func() { v.Close() })
 
@@ -137,9 +144,15 @@ func TestKeyWhoseVersionNeverLandsLeavesNothingInToken(t *testing.T) {
 		assert.Equal(t, 2, objectsOfVersion(t, b, "created", 1), "the key pair is in the token")
 		assert.Equal(t, 2, objectsOfVersion(t, b, "rotated", 2), "the key pair is in the token")
 
+		us, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/never-lands"})
+		require.NoError(t, err)
+		undoer, err := keyvault.New(t.Context(), us, kek, keyvault.WithBackend(b), keyvault.WithStalenessBound(100*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(func() { undoer.Close() })
 		eventually(t, func() bool {
 			return objectsOfVersion(t, b, "created", 1)+objectsOfVersion(t, b, "rotated", 2)+intents(t, store) == 0
 		}, "the keys whose versions never landed are still in the token, or their intents in the store")
+		require.NoError(t, undoer.Close())
 		assert.Equal(t, 2, objectsOfVersion(t, b, "rotated", 1), "the stored version's key stays")
 		_, err = v.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "created", keyvault.ECDSAP256, nil)
 		require.NoError(t, err)
@@ -208,7 +221,9 @@ func TestSlowGenerationUndoneByAnotherReplicaFailsCleanly(t *testing.T) {
 	}
 	slow := &slowBackend{Backend: b, started: make(chan struct{}), release: make(chan struct{})}
 	// The slow replica's own bound is longer than the test: the other one
-	// undoes the intent.
+	// undoes the intent, and is stopped before the key is made again (a
+	// creation that stood ten of its bounds, on a loaded machine, would be
+	// undone too).
 	a, store := replica(slow, time.Hour)
 	other, _ := replica(b, 100*time.Millisecond)
 
@@ -232,7 +247,9 @@ func TestSlowGenerationUndoneByAnotherReplicaFailsCleanly(t *testing.T) {
 		_, err = v.Get(t.Context(), "slow")
 		assert.ErrorIs(t, err, keyvault.ErrNotFound)
 	}
-	_, err = other.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "slow", keyvault.ECDSAP256, nil)
+	require.NoError(t, other.Close())
+	third, _ := replica(b, time.Hour)
+	_, err = third.CreateInBackend(t.Context(), keyvault.BackendPKCS11, "slow", keyvault.ECDSAP256, nil)
 	require.NoError(t, err)
 	require.NoError(t, a.Sync(t.Context()))
 	signsP256(t, a, "slow")
@@ -248,7 +265,10 @@ func TestKeyWhoseAnswerWasLostIsKept(t *testing.T) {
 	s, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/answer-lost"})
 	require.NoError(t, err)
 	store := &lostSharedCommits{Store: s, answerLost: true}
-	v, err := keyvault.New(t.Context(), store, bytes.Repeat([]byte{13}, 32), keyvault.WithBackend(b), keyvault.WithStalenessBound(100*time.Millisecond))
+	// A bound that never lapses in the test: signing needs a fresh view,
+	// and nothing here waits for an intent to be undone (the commit must
+	// have erased it already).
+	v, err := keyvault.New(t.Context(), store, bytes.Repeat([]byte{13}, 32), keyvault.WithBackend(b), keyvault.WithStalenessBound(time.Hour))
 	require.NoError(t, err)
 	defer v.Close()
 
@@ -292,7 +312,9 @@ func TestKeyWhoseCallerGaveUpDuringTheCommitIsKept(t *testing.T) {
 	s, err := etcdstore.Open(t.Context(), etcdstore.Config{Endpoints: c.Endpoints(), Prefix: "/gave-up"})
 	require.NoError(t, err)
 	store := &answerCanceled{Store: s}
-	v, err := keyvault.New(t.Context(), store, bytes.Repeat([]byte{15}, 32), keyvault.WithBackend(b), keyvault.WithStalenessBound(100*time.Millisecond))
+	// A bound that never lapses in the test, as in
+	// TestKeyWhoseAnswerWasLostIsKept.
+	v, err := keyvault.New(t.Context(), store, bytes.Repeat([]byte{15}, 32), keyvault.WithBackend(b), keyvault.WithStalenessBound(time.Hour))
 	require.NoError(t, err)
 	defer v.Close()
 
